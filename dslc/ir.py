@@ -1,0 +1,248 @@
+"""Rules as compiled: the contract between the front end and the back end.
+
+The front end (`parser` -> `syntax` AST -> `checker` -> `compiler.lower`)
+produces these values; the matcher consumes them and produces `Match`es; the
+rewriter turns a `Match` plus the rule's targets into edits.
+
+Pattern terms
+-------------
+`Var("x")` is the abstract variable `$x`; `Const(v)` a literal; `AttrOf`
+`$lin.weight` (targets only); `Expr` a binary/unary expression of terms
+(targets only, e.g. `$a + $i`).  A pattern node (`PatNode`) is a layer call, a
+tensor op, a unary op or the wildcard `*`, exactly as in Fig. 2 of the paper.
+
+Forward layer nodes refer to init layers
+----------------------------------------
+In a `forward` pattern a layer call is either `qual.Type(...)` — a call of a
+module attribute whose init type is `qual.Type`, or a call of the function
+`qual.Type` itself when the rule has no init node of that type — or
+`$var(...)`, a call of the layer that the init pattern bound to `$var`.  The
+compiler resolves both forms to `PatNode.layer_var` (the init variable, or
+None for a plain function call), so the matcher never has to guess.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Mapping
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """A location in a rule file: 1-based line/column, end exclusive."""
+
+    path: str
+    line: int
+    col: int
+    end_line: int
+    end_col: int
+
+
+@dataclass(frozen=True, slots=True)
+class Var:
+    name: str  # without the `$`
+    span: Span | None = field(default=None, compare=False)
+
+    def __str__(self) -> str:
+        return f"${self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Const:
+    value: object  # int | float | str | bool | None
+    span: Span | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class AttrOf:
+    """`$lin.weight`: an attribute of what a variable is bound to (targets)."""
+
+    base: Var
+    attr: str
+    span: Span | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Expr:
+    """A tensor expression in a target: `$a + $i`, `-$x`."""
+
+    op: str
+    operands: tuple["Term", ...]
+    span: Span | None = field(default=None, compare=False)
+
+
+Term = Var | Const | AttrOf | Expr
+
+
+@dataclass(frozen=True, slots=True)
+class Callee:
+    """What a layer node calls.
+
+    Exactly one of: `qualname` (`torch.nn.LayerNorm`), `var` (`$norm(...)`,
+    a layer bound in init).  `subscript` is set for `ACT2FN[$key]` style
+    lookups: `qualname` is then the container (`transformers.activations.ACT2FN`).
+    """
+
+    qualname: str | None = None
+    var: Var | None = None
+    subscript: Term | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PatNode:
+    kind: Literal["layer", "op", "unary", "wildcard"]
+    callee: Callee | None = None
+    op: str | None = None  # for op / unary
+    args: tuple[Term, ...] = ()
+    kwargs: tuple[tuple[str, Term], ...] = ()
+    outputs: tuple[Var, ...] = ()
+    # Forward layer nodes: the init variable of the layer called (resolved by
+    # the compiler), None for a plain function call.
+    layer_var: str | None = None
+    span: Span | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One rule item, `source => target`; `target is None` means `_`."""
+
+    source: tuple[PatNode, ...]
+    target: tuple[PatNode, ...] | None
+    span: Span | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Constraint:
+    """`where $dim == -1`, `where $bias != False`, `where $act in ("gelu", "gelu_new")`.
+
+    op is one of `==`, `!=`, `in`, `not in`; `values` has one element for
+    `==`/`!=`.  A constraint on a variable that is bound to a non-constant
+    holds for `!=`/`not in` only when the value is a constant (unknown values
+    never satisfy a constraint).
+    """
+
+    var: Var
+    op: str
+    values: tuple[object, ...]
+    span: Span | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ParamMap:
+    """`params { $norm.weight <- $norm.weight; }`: target param <- source param."""
+
+    target: AttrOf
+    source: AttrOf
+    span: Span | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Contract:
+    """The numerical contract held by the equivalence test."""
+
+    exact: bool = True
+    atol: float = 0.0
+    rtol: float = 0.0
+    # Whether train-mode forward is deterministic (no dropout randomness in
+    # the comparison), so train mode can be compared too.
+    deterministic: bool = False
+    note: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Requirement:
+    """A kernel package a pack needs: `requires epoi >=0.1,<1 install "..."`."""
+
+    package: str
+    version: str | None = None  # a PEP 440 specifier set, e.g. ">=0.1,<1"
+    install: str | None = None
+    module: str | None = None  # import name where it differs from the package
+    span: Span | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    pack: str
+    name: str
+    description: str
+    kernels: tuple[str, ...]
+    contract: Contract
+    init: Item | None = None
+    forward: Item | None = None
+    where: tuple[Constraint, ...] = ()
+    params: tuple[ParamMap, ...] = ()
+    # Free-form options (`option scope = "any"`, `option guard = ...`).
+    options: tuple[tuple[str, object], ...] = ()
+    span: Span | None = field(default=None, compare=False)
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.pack}:{self.name}"
+
+    def option(self, name: str, default: object = None) -> object:
+        for key, value in self.options:
+            if key == name:
+                return value
+        return default
+
+
+@dataclass(frozen=True, slots=True)
+class Pack:
+    name: str
+    description: str
+    requires: tuple[Requirement, ...]
+    rules: tuple[Rule, ...]
+    path: str = ""
+    span: Span | None = field(default=None, compare=False)
+
+
+# ---------------------------------------------------------------------------
+# Matches: what the matcher hands to the safety checks and the rewriter.
+
+
+@dataclass(frozen=True, slots=True)
+class Bound:
+    """What an abstract variable is bound to.
+
+    `kind` is `name` (a local variable of the composition function),
+    `const` (a literal; `value` holds it), `expr` (other source text), or
+    `layer` (an init variable: `text` is the attribute name, e.g. `LayerNorm`).
+    """
+
+    text: str
+    kind: Literal["name", "const", "expr", "layer"]
+    value: object = None
+
+
+@dataclass(frozen=True)
+class Match:
+    """One location where a rule's source patterns matched.
+
+    `nodes` are the matched forward nodes in pattern order (wildcards
+    included), taken from `path_indices[0]`'s path of `class_name` (or of a
+    module-level function when `class_name` is None).  `init_nodes` maps each
+    init pattern variable to the analysis `InitBinding` it matched.
+    `bindings` maps every abstract variable to what it is bound to.
+    `paths` lists the indices of all paths containing this same location.
+    """
+
+    rule: Rule
+    file: str
+    class_name: str | None
+    function: str  # the composition function or helper holding the match
+    nodes: tuple  # tuple[analysis.model.Node, ...]
+    init_nodes: Mapping[str, object]  # var name -> analysis.model.InitBinding
+    bindings: Mapping[str, Bound]
+    paths: tuple[int, ...] = ()
+
+    @property
+    def lines(self) -> tuple[int, ...]:
+        found: set[int] = set()
+        for node in self.nodes:
+            lo, hi = node.stmt.lines
+            found.update(range(lo, hi + 1))
+        for binding in self.init_nodes.values():
+            if binding.stmt is not None:
+                lo, hi = binding.stmt.lines
+                found.update(range(lo, hi + 1))
+        return tuple(sorted(found))

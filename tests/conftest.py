@@ -1,0 +1,36 @@
+"""Shared fixtures.
+
+`transformers_src` gives the unpacked transformers 4.35.0 package (downloaded
+once with `pip download`, see dslc/corpus.py); tests that need it skip with the
+reason when it cannot be fetched.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from hypothesis import settings
+
+settings.register_profile("ci", derandomize=True, deadline=None, max_examples=60)
+settings.register_profile("dev", deadline=None)
+settings.load_profile("ci" if os.environ.get("CI") else os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def transformers_src() -> Path:
+    from dslc import corpus
+
+    try:
+        return corpus.transformers_root()
+    except RuntimeError as exc:  # no network / no pip
+        pytest.skip(f"transformers 4.35.0 sources unavailable: {exc}")
