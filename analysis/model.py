@@ -168,6 +168,12 @@ class Node:
     # For `self.<method>(...)` inlining: the call chain that led here,
     # outermost first, as (method, call-site lines).
     inlined_from: tuple[tuple[str, tuple[int, int]], ...] = ()
+    # The exact source span of this node's own expression (the call or the
+    # operator expression, nested arguments included) as
+    # (lineno, col_offset, end_lineno, end_col_offset) of the stdlib `ast`
+    # (1-based lines, 0-based UTF-8 byte columns); None for `stmt` nodes.
+    # The emitter replaces expressions in place with it.
+    expr_span: tuple[int, int, int, int] | None = None
 
     def kwarg(self, name: str) -> Value | None:
         for key, value in self.kwargs:
