@@ -19,7 +19,7 @@ from pathlib import Path
 TRANSFORMERS_VERSION = "4.35.0"
 # Models of 4.35.0 that are not in the benchmark (see shared/bench/README.md).
 NOT_IN_BENCHMARK = ("fuyu", "kosmos2", "seamless_m4t")
-_DATA = Path(__file__).resolve().parent.parent / "benchmarks" / "data"
+_DATA = Path(__file__).resolve().parent / "data"
 
 
 def cache_dir() -> Path:
