@@ -234,6 +234,20 @@ class Match:
     init_nodes: Mapping[str, object]  # var name -> analysis.model.InitBinding
     bindings: Mapping[str, Bound]
     paths: tuple[int, ...] = ()
+    # Additive fields (matcher):
+    # `conflict`: why this match must not be applied although it matched (it
+    # overlaps an earlier match of an earlier rule, or a `where` constraint
+    # needs a static value the source does not give, e.g. `bias=config.x`);
+    # None for a clean match.  Apply reports such matches `skipped`.
+    conflict: str | None = None
+    # `extras`: per forward pattern node index, the arguments the call gives
+    # that the pattern does not mention, as (parameter name or `#<pos>`, the
+    # analysis Value) pairs (`dtype=torch.float32` on a softmax call).
+    extras: Mapping[int, tuple] = field(default_factory=dict)
+    # `paths_of`: which paths `paths` indexes: None for `ClassFacts.paths`
+    # (forward, helpers inlined), `method:<name>` for `ClassFacts.other_paths`,
+    # `function:<name>` for `FileFacts.functions`.
+    paths_of: str | None = None
 
     @property
     def lines(self) -> tuple[int, ...]:
