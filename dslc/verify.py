@@ -1,0 +1,939 @@
+"""Equivalence verification: does a rewritten model compute what the original did?
+
+`dslc verify ORIGINAL REWRITTEN` and `dslc apply --verify` both end here.  The
+check is a differential test, per rewritten class:
+
+  1. Find the classes to compare: those whose AST differs between the two
+     sources, those using a changed module-level name, or those asked for.
+  2. Load both sources as modules.  A file inside a package (a transformers
+     modeling file) is loaded as a sibling module of that package, so its
+     relative imports resolve; a plain file is loaded standalone.  A rewritten
+     file that does not import fails; one that lacks a kernel package is
+     skipped with the pack's install hint.
+  3. Build the original and the optimized module with the same constructor
+     arguments and the same seed: from a factory `FUNC(cls) -> (module,
+     inputs)`, or from a tiny configuration (`dslc.tinyconfig`) with inputs
+     synthesised from the forward signature.  When no inputs fit a class, the
+     file's whole-model class that contains it is compared instead.
+  4. Load the original's state_dict into the optimized module with
+     strict=True: a failing load breaks checkpoint compatibility.
+  5. Run both in eval mode (and in train mode when every rule involved
+     declares itself deterministic), seeding before each forward; compare all
+     tensors of the nested outputs, the input gradients and the parameter
+     gradients of `sum(outputs).backward()`.  Parameter gradients are compared
+     by state-dict name after mapping the original's gradients through the
+     optimized module's own load hooks (the checkpoint mapping).
+  6. Hold each class to its tolerance: the rules whose kernels the class
+     uses (from `--rules`), else atol=1e-5, rtol=1e-4.
+
+Torch is imported lazily: the rest of dslc does not need it.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import importlib
+import importlib.util
+import inspect
+import itertools
+import json
+import math
+import os
+import sys
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterable, Literal, Sequence
+
+from dslc import tinyconfig
+
+DEFAULT_ATOL = 1e-5
+DEFAULT_RTOL = 1e-4
+# A kernel package marks itself as a pure-PyTorch stand-in with this attribute
+# (tests/kernel_refs/); results under it are reported as "reference kernel".
+REFERENCE_MARKER = "DSLC_REFERENCE_KERNEL"
+
+Status = Literal["pass", "fail", "skipped"]
+
+
+class VerifyUsageError(Exception):
+    """Bad input to verify (unreadable file, bad factory spec): exit 2."""
+
+
+@dataclass(frozen=True, slots=True)
+class Tolerance:
+    exact: bool = False
+    atol: float = DEFAULT_ATOL
+    rtol: float = DEFAULT_RTOL
+    deterministic: bool = False
+    rules: tuple[str, ...] = ()  # qualified names of the rules it came from
+
+    def describe(self) -> str:
+        base = "exact" if self.exact else f"atol={self.atol:g} rtol={self.rtol:g}"
+        src = ", ".join(self.rules) if self.rules else "default"
+        return f"{base} ({src})"
+
+
+@dataclass(frozen=True, slots=True)
+class Mismatch:
+    """The worst disagreement found: where, and how large."""
+
+    where: str  # e.g. "eval output.last_hidden_state", "eval grad param dense.weight"
+    max_abs: float = math.inf
+    max_rel: float = math.inf
+    message: str = ""  # a structural problem (shape, missing output) instead of numbers
+
+
+@dataclass(frozen=True, slots=True)
+class ClassResult:
+    name: str
+    status: Status
+    reason: str = ""
+    via: str | None = None  # the whole-model class run to exercise this one
+    tolerance: Tolerance | None = None
+    mismatch: Mismatch | None = None
+    max_abs: float = 0.0  # worst errors over everything compared
+    max_rel: float = 0.0
+    modes: tuple[str, ...] = ()
+    compared: int = 0  # number of tensors compared
+    reference_kernels: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"class": self.name, "status": self.status}
+        if self.reason:
+            out["reason"] = self.reason
+        if self.via:
+            out["via"] = self.via
+        if self.tolerance is not None:
+            t = self.tolerance
+            out["tolerance"] = {"exact": t.exact, "atol": t.atol, "rtol": t.rtol,
+                                "deterministic": t.deterministic, "rules": list(t.rules)}
+        if self.status != "skipped":
+            out.update(max_abs=_num(self.max_abs), max_rel=_num(self.max_rel),
+                       modes=list(self.modes), compared=self.compared)
+        if self.mismatch is not None:
+            m = self.mismatch
+            out["mismatch"] = {"where": m.where, "max_abs": _num(m.max_abs),
+                               "max_rel": _num(m.max_rel), "message": m.message}
+        if self.reference_kernels:
+            out["reference_kernels"] = list(self.reference_kernels)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyReport:
+    original: str
+    rewritten: str
+    device: str
+    results: tuple[ClassResult, ...] = ()
+    error: str | None = None  # the rewritten file itself is broken (a failure)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and all(r.status != "fail" for r in self.results)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        out = {"pass": 0, "fail": 0, "skipped": 0}
+        for r in self.results:
+            out[r.status] += 1
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"original": self.original, "rewritten": self.rewritten, "device": self.device,
+                "ok": self.ok, "error": self.error, "counts": self.counts,
+                "results": [r.to_dict() for r in self.results]}
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyOptions:
+    classes: tuple[str, ...] = ()
+    factory: str | None = None  # "FILE.py:FUNC"
+    device: str = "auto"
+    rules: tuple[str, ...] = ()  # rule files or directories
+    packs: tuple = ()  # already loaded ir.Pack values (apply passes these)
+    seed: int = 0
+    module: str | None = None  # dotted module name of ORIGINAL, when known
+
+
+def _num(x: float) -> float | str:
+    return x if math.isfinite(x) else str(x)
+
+
+# ---------------------------------------------------------------------------
+# Public entry points
+
+
+def verify_files(original: str, rewritten: str, options: VerifyOptions = VerifyOptions()) -> VerifyReport:
+    """Verify two files on disk (the `dslc verify` command)."""
+    try:
+        orig_src = Path(original).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise VerifyUsageError(f"{original}: cannot read: {exc}") from None
+    try:
+        new_src = Path(rewritten).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise VerifyUsageError(f"{rewritten}: cannot read: {exc}") from None
+    return _verify(orig_src, new_src, path=original, rewritten_path=rewritten, options=options)
+
+
+def verify_sources(original_source: str, rewritten_source: str, *, path: str,
+                   module: str | None = None, rules: Sequence | None = None,
+                   device: str = "auto", classes: Sequence[str] = (),
+                   factory: str | None = None, seed: int = 0) -> VerifyReport:
+    """Verify a rewrite held in memory (`dslc apply --verify`).
+
+    `path` is where the original lives (it decides the package a modeling
+    file belongs to); `module` its dotted name when known; `rules` either
+    loaded `ir.Pack`s or rule file paths.
+    """
+    packs = tuple(r for r in (rules or ()) if not isinstance(r, (str, os.PathLike)))
+    files = tuple(str(r) for r in (rules or ()) if isinstance(r, (str, os.PathLike)))
+    options = VerifyOptions(classes=tuple(classes), factory=factory, device=device,
+                            rules=files, packs=packs, seed=seed, module=module)
+    return _verify(original_source, rewritten_source, path=path, rewritten_path=path, options=options)
+
+
+def resolve_device(device: str, torch: Any) -> tuple[str, str | None]:
+    """(device, why-not) for `auto`/`cpu`/`cuda`: auto picks cuda only when one is usable."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise VerifyUsageError(f"unknown device {device!r}: use cpu, cuda or auto")
+    has_cuda = bool(torch.cuda.is_available())
+    if device == "auto":
+        return ("cuda" if has_cuda else "cpu"), None
+    if device == "cuda" and not has_cuda:
+        return "cuda", "no GPU: torch.cuda.is_available() is False"
+    return device, None
+
+
+# ---------------------------------------------------------------------------
+# Which classes, which rules
+
+
+def changed_classes(original_source: str, rewritten_source: str) -> list[str]:
+    """Classes of ORIGINAL that the rewrite changed, in source order.
+
+    1. A class whose AST (positions and comments ignored) differs.
+    2. A class that reads a module-level name whose definition changed
+       (a rewritten helper function, a new import bound to an old name).
+    """
+    old, new = ast.parse(original_source), ast.parse(rewritten_source)
+    old_defs, new_defs = _top_defs(old), _top_defs(new)
+    changed_names = {n for n, d in old_defs.items() if n in new_defs and new_defs[n] != d}
+    out: list[str] = []
+    for node in old.body:
+        if not isinstance(node, ast.ClassDef) or node.name not in new_defs:
+            continue
+        used = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+        if node.name in changed_names or used & (changed_names - {node.name}):
+            out.append(node.name)
+    return out
+
+
+def _top_defs(tree: ast.Module) -> dict[str, str]:
+    defs: dict[str, str] = {}
+    for node in tree.body:
+        if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            defs[node.name] = ast.dump(node)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            for alias in node.names:
+                name = (alias.asname or alias.name).split(".")[0]
+                defs[name] = ast.dump(node) if alias.asname or isinstance(node, ast.ImportFrom) else defs.get(name, "import")
+        elif isinstance(node, ast.Assign):
+            for target in node.targets:
+                if isinstance(target, ast.Name):
+                    defs[target.id] = ast.dump(node.value)
+    return defs
+
+
+def load_packs(options: VerifyOptions) -> tuple:
+    """The packs of `--rules` (through the front end), plus those passed in."""
+    packs = list(options.packs)
+    if options.rules:
+        try:
+            from dslc.loader import load_rules
+        except ImportError as exc:
+            raise VerifyUsageError(f"--rules needs the rule front end (dslc.loader): {exc}") from None
+        result = load_rules(list(options.rules))
+        errors = [d for d in result.diagnostics if getattr(d, "severity", "error") == "error"]
+        if errors:
+            try:
+                from dslc.diagnostics import render
+                text = render(errors, "text")
+            except Exception:  # noqa: BLE001 - rendering is best effort here
+                text = "; ".join(str(getattr(d, "message", d)) for d in errors)
+            raise VerifyUsageError(f"the rules given with --rules do not load:\n{text}")
+        packs.extend(result.packs)
+    return tuple(packs)
+
+
+def rules_used(source: str, packs: Iterable) -> list:
+    """Rules whose kernels `source` refers to (imported, or named qualified)."""
+    refs = _referenced_qualnames(source)
+    found = []
+    for pack in packs:
+        for rule in pack.rules:
+            if any(_kernel_referenced(k, refs) for k in rule.kernels):
+                found.append(rule)
+    return found
+
+
+def _referenced_qualnames(source: str) -> set[str]:
+    """Dotted names a source can reach: imports (resolved) and attribute chains."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return set()
+    aliases: dict[str, str] = {}
+    refs: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                aliases[a.asname or a.name.split(".")[0]] = a.name if a.asname else a.name.split(".")[0]
+                refs.add(a.name)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            for a in node.names:
+                aliases[a.asname or a.name] = f"{node.module}.{a.name}"
+                refs.add(f"{node.module}.{a.name}")
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute):
+            parts: list[str] = []
+            cur: ast.AST = node
+            while isinstance(cur, ast.Attribute):
+                parts.append(cur.attr)
+                cur = cur.value
+            if isinstance(cur, ast.Name):
+                head = aliases.get(cur.id, cur.id)
+                refs.add(".".join([head, *reversed(parts)]))
+        elif isinstance(node, ast.Name) and node.id in aliases:
+            refs.add(aliases[node.id])
+    return refs
+
+
+def _kernel_referenced(kernel: str, refs: set[str]) -> bool:
+    return any(r == kernel or r.startswith(kernel + ".") for r in refs)
+
+
+def tolerance_for(rules: Sequence) -> Tolerance:
+    """Combine contracts: the loosest atol/rtol; exact and deterministic only if all are."""
+    if not rules:
+        return Tolerance()
+    contracts = [r.contract for r in rules]
+    exact = all(c.exact for c in contracts)
+    loose = [c for c in contracts if not c.exact]
+    return Tolerance(
+        exact=exact,
+        atol=max((c.atol for c in loose), default=0.0),
+        rtol=max((c.rtol for c in loose), default=0.0),
+        deterministic=all(c.deterministic for c in contracts),
+        rules=tuple(r.qualified_name for r in rules),
+    )
+
+
+def _class_sources(source: str) -> dict[str, str]:
+    tree = ast.parse(source)
+    return {n.name: (ast.get_source_segment(source, n) or "") for n in tree.body if isinstance(n, ast.ClassDef)}
+
+
+# ---------------------------------------------------------------------------
+# Loading
+
+
+@dataclass
+class _Loaded:
+    original: Any
+    rewritten: Any
+    registered: list[str] = field(default_factory=list)
+
+
+def infer_module_name(path: str) -> tuple[str | None, str | None]:
+    """(package, module) of a file, walking up while `__init__.py` exists.
+
+    A file outside any package gives (None, None).
+    """
+    p = Path(path).resolve()
+    parts = [p.stem]
+    d = p.parent
+    while (d / "__init__.py").exists():
+        parts.append(d.name)
+        d = d.parent
+    if len(parts) == 1:
+        return None, None
+    dotted = ".".join(reversed(parts))
+    return dotted.rpartition(".")[0], dotted
+
+
+_COUNTER = itertools.count()
+
+
+def _exec_module(source: str, name: str, package: str | None, filename: str) -> Any:
+    spec = importlib.util.spec_from_loader(name, loader=None, origin=filename)
+    module = importlib.util.module_from_spec(spec)
+    module.__package__ = package or ""
+    module.__file__ = filename
+    sys.modules[name] = module  # dataclasses and typing look modules up here
+    try:
+        exec(compile(source, filename, "exec"), module.__dict__)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return module
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    msg = text[0] if text else ""
+    if isinstance(exc, SyntaxError) and exc.lineno:
+        return f"SyntaxError: {exc.msg} (line {exc.lineno})"
+    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+
+
+class _Skip(Exception):
+    """Every class is skipped for this reason."""
+
+
+class _Broken(Exception):
+    """The rewritten file is broken: a failure."""
+
+
+def _top_imports(source: str) -> set[str]:
+    found: set[str] = set()
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return found
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def install_hint(missing: str, packs: Iterable) -> str | None:
+    """The pack's install hint for a missing module (by import name or package)."""
+    top = missing.split(".")[0]
+    for pack in packs:
+        for req in pack.requires:
+            names = {req.package, (req.module or req.package).split(".")[0], req.module or ""}
+            if missing in names or top in names or any(missing.startswith(n + ".") for n in names if n):
+                return req.install
+    return None
+
+
+def _load_pair(orig_src: str, new_src: str, path: str, rewritten_path: str,
+               module: str | None, packs: Sequence) -> _Loaded:
+    """Import ORIGINAL and load REWRITTEN next to it (see the module docstring, step 2)."""
+    package, dotted = (module.rpartition(".")[0] or None, module) if module else infer_module_name(path)
+    registered: list[str] = []
+    n = next(_COUNTER)
+    stem = Path(path).stem
+    extra_path = None
+    if package:
+        try:
+            importlib.import_module(package)
+        except Exception as exc:  # noqa: BLE001 - any import failure is a skip reason
+            hint = ""
+            if package.split(".")[0] == "transformers":
+                hint = " (install transformers==4.35.0 to verify its modeling files)"
+            raise _Skip(f"package {package} not importable: {_one_line(exc)}{hint}") from None
+    else:
+        extra_path = str(Path(path).resolve().parent)
+        sys.path.insert(0, extra_path)
+    try:
+        original = None
+        if dotted:
+            try:
+                mod = importlib.import_module(dotted)
+                if Path(getattr(mod, "__file__", "") or "").is_file() and \
+                        Path(mod.__file__).read_text(encoding="utf-8") == orig_src:
+                    original = mod
+            except Exception:  # noqa: BLE001 - fall back to loading the given source
+                original = None
+        if original is None:
+            name = f"{package}._dslc_original_{stem}_{n}" if package else f"_dslc_original_{stem}_{n}"
+            try:
+                original = _exec_module(orig_src, name, package, path)
+            except Exception as exc:  # noqa: BLE001
+                raise _Skip(f"the original does not import: {_one_line(exc)}") from None
+            registered.append(name)
+        name = f"{package}._dslc_rewritten_{stem}_{n}" if package else f"_dslc_rewritten_{stem}_{n}"
+        try:
+            rewritten = _exec_module(new_src, name, package, rewritten_path)
+        except ModuleNotFoundError as exc:
+            missing = exc.name or ""
+            top = missing.split(".")[0]
+            hint = install_hint(missing, packs)
+            newly = top and top not in _top_imports(orig_src) and top != (package or "").split(".")[0]
+            if newly and (hint or not packs or _is_kernel_module(missing, packs)):
+                how = f"; install: {hint}" if hint else ""
+                raise _Skip(f"kernel not installed: no module named {missing!r}{how}") from None
+            raise _Broken(f"the rewritten file does not import: {_one_line(exc)}") from None
+        except Exception as exc:  # noqa: BLE001 - any import-time failure is the rewrite's
+            raise _Broken(f"the rewritten file does not import: {_one_line(exc)}") from None
+        registered.append(name)
+        return _Loaded(original, rewritten, registered)
+    finally:
+        if extra_path is not None:
+            try:
+                sys.path.remove(extra_path)
+            except ValueError:
+                pass
+
+
+def _is_kernel_module(missing: str, packs: Sequence) -> bool:
+    for pack in packs:
+        for rule in pack.rules:
+            for kernel in rule.kernels:
+                if kernel == missing or kernel.startswith(missing + "."):
+                    return True
+    return False
+
+
+def _reference_kernels(module: Any) -> tuple[str, ...]:
+    """Top-level packages used by `module` that mark themselves as reference kernels."""
+    found = set()
+    for value in vars(module).values():
+        mod_name = getattr(value, "__module__", None) if not inspect.ismodule(value) else value.__name__
+        if not isinstance(mod_name, str):
+            continue
+        top = sys.modules.get(mod_name.split(".")[0])
+        if top is not None and getattr(top, REFERENCE_MARKER, False):
+            found.add(top.__name__)
+    return tuple(sorted(found))
+
+
+# ---------------------------------------------------------------------------
+# Building instances
+
+
+@dataclass
+class _Built:
+    original: Any
+    rewritten: Any
+    inputs: dict[str, Any]
+    via: str | None = None
+
+
+def _load_factory(spec: str) -> Any:
+    file, sep, func = spec.rpartition(":")
+    if not sep or not file or not func:
+        raise VerifyUsageError(f"--factory {spec!r}: expected FILE.py:FUNC")
+    if not Path(file).is_file():
+        raise VerifyUsageError(f"--factory {spec!r}: no such file {file}")
+    name = f"_dslc_factory_{Path(file).stem}_{next(_COUNTER)}"
+    parent = str(Path(file).resolve().parent)
+    sys.path.insert(0, parent)
+    try:
+        module = _exec_module(Path(file).read_text(encoding="utf-8"), name, None, file)
+    except Exception as exc:  # noqa: BLE001
+        raise VerifyUsageError(f"--factory {spec!r}: {file} does not import: {_one_line(exc)}") from None
+    finally:
+        sys.path.remove(parent)
+    fn = getattr(module, func, None)
+    if not callable(fn):
+        raise VerifyUsageError(f"--factory {spec!r}: {file} defines no function {func}")
+    return fn
+
+
+def _as_kwargs(forward: Any, inputs: Any) -> dict[str, Any]:
+    """Factory inputs (a tuple, or a dict) as keyword arguments of forward."""
+    if isinstance(inputs, dict):
+        return dict(inputs)
+    if not isinstance(inputs, (tuple, list)):
+        inputs = (inputs,)
+    names = [p for p in list(inspect.signature(forward).parameters)[1:]]
+    if len(inputs) > len(names):
+        return {f"__pos{i}": v for i, v in enumerate(inputs)}
+    return dict(zip(names, inputs))
+
+
+def _call(module: Any, kwargs: dict[str, Any]) -> Any:
+    pos = [v for k, v in kwargs.items() if k.startswith("__pos")]
+    if pos:
+        return module(*pos)
+    return module(**kwargs)
+
+
+def _build_with_factory(factory: Any, orig_cls: type, new_cls: type, seed: int, torch: Any) -> _Built:
+    torch.manual_seed(seed)
+    try:
+        m0, x0 = factory(orig_cls)
+    except Exception as exc:  # noqa: BLE001
+        raise _ClassSkip(f"class not constructible: factory failed on the original: {_one_line(exc)}") from None
+    torch.manual_seed(seed)
+    try:
+        m1, _ = factory(new_cls)
+    except Exception as exc:  # noqa: BLE001
+        raise _ClassFail(f"the factory fails on the rewritten class: {_one_line(exc)}") from None
+    return _Built(m0, m1, _as_kwargs(orig_cls.forward, x0))
+
+
+class _ClassSkip(Exception):
+    pass
+
+
+class _ClassFail(Exception):
+    pass
+
+
+def _build_from_config(loaded: _Loaded, name: str, seed: int, torch: Any) -> _Built:
+    """Tiny-config construction, falling back to a containing whole model."""
+    orig_cls = getattr(loaded.original, name)
+    new_cls = getattr(loaded.rewritten, name)
+    configs = tinyconfig.config_candidates(loaded.original, orig_cls)
+    if not configs:
+        raise _ClassSkip("no factory (a plain file needs --factory FILE.py:FUNC)")
+    why = "class not constructible"
+    for config_cls in configs:
+        try:
+            cfg = tinyconfig.tiny_config(config_cls)
+            torch.manual_seed(seed)
+            m0 = tinyconfig.construct_with_config(orig_cls, cfg)
+        except Exception as exc:  # noqa: BLE001 - try the next config / the model
+            why = f"class not constructible from {config_cls.__name__}: {_one_line(exc)}"
+            continue
+        m0.eval()
+        inputs = _fitting_inputs(m0, orig_cls.forward, cfg, torch)
+        if inputs is None:
+            why = "cannot synthesise inputs for its forward"
+            break
+        torch.manual_seed(seed)
+        try:
+            m1 = tinyconfig.construct_with_config(new_cls, cfg)
+        except Exception as exc:  # noqa: BLE001
+            raise _ClassFail(f"the rewritten class does not construct: {_one_line(exc)}") from None
+        return _Built(m0, m1, inputs)
+    return _build_whole_model(loaded, name, why, seed, torch)
+
+
+def _fitting_inputs(m0: Any, forward: Any, cfg: Any, torch: Any) -> dict[str, Any] | None:
+    for kwargs in tinyconfig.input_candidates(forward, cfg, torch):
+        try:
+            with torch.no_grad():
+                m0(**kwargs)
+        except Exception:  # noqa: BLE001 - the shape did not fit; try the next
+            continue
+        return kwargs
+    return None
+
+
+def _build_whole_model(loaded: _Loaded, name: str, why: str, seed: int, torch: Any) -> _Built:
+    """Run a whole-model class of the file that contains `name` instead.
+
+    Candidates are the file's PreTrainedModel subclasses, `XxxModel` first;
+    the first one whose tiny instance contains an instance of `name` and runs
+    on synthesised inputs is used.
+    """
+    cands = [v for k, v in vars(loaded.original).items()
+             if tinyconfig.is_pretrained_model(v) and v.__module__ == loaded.original.__name__]
+    cands.sort(key=lambda c: (not c.__name__.endswith("Model"), c.__name__))
+    for model_cls in cands:
+        for config_cls in tinyconfig.config_candidates(loaded.original, model_cls)[:1]:
+            try:
+                cfg = tinyconfig.tiny_config(config_cls)
+                torch.manual_seed(seed)
+                m0 = model_cls(cfg)
+            except Exception:  # noqa: BLE001
+                continue
+            if not any(type(m).__name__ == name for m in m0.modules()):
+                continue
+            m0.eval()
+            inputs = _fitting_inputs(m0, model_cls.forward, cfg, torch)
+            if inputs is None:
+                continue
+            new_cls = getattr(loaded.rewritten, model_cls.__name__, None)
+            if new_cls is None:
+                raise _ClassFail(f"the rewritten file lost class {model_cls.__name__}")
+            torch.manual_seed(seed)
+            try:
+                m1 = new_cls(cfg)
+            except Exception as exc:  # noqa: BLE001
+                raise _ClassFail(f"the rewritten {model_cls.__name__} does not construct: {_one_line(exc)}") from None
+            return _Built(m0, m1, inputs, via=model_cls.__name__)
+    raise _ClassSkip(f"{why}; no whole-model class of the file contains it and runs")
+
+
+# ---------------------------------------------------------------------------
+# Comparing
+
+
+def _flatten(value: Any, prefix: str, out: list[tuple[str, Any]], torch: Any) -> None:
+    """All tensors of a nested output, with a path naming each."""
+    if isinstance(value, torch.Tensor):
+        out.append((prefix, value))
+    elif isinstance(value, dict):  # also HF ModelOutput (an OrderedDict)
+        for k, v in value.items():
+            _flatten(v, f"{prefix}.{k}", out, torch)
+    elif isinstance(value, (tuple, list)):
+        for i, v in enumerate(value):
+            _flatten(v, f"{prefix}[{i}]", out, torch)
+
+
+@dataclass
+class _Tally:
+    tol: Tolerance
+    max_abs: float = 0.0
+    max_rel: float = 0.0
+    compared: int = 0
+    worst: Mismatch | None = None  # first failing comparison
+    modes: tuple[str, ...] = ()
+
+    def compare(self, where: str, a: Any, b: Any, torch: Any) -> None:
+        """Compare expected `a` (original) with actual `b` (rewritten)."""
+        if a is None and b is None:
+            return
+        if a is None or b is None:
+            self._fail(Mismatch(where, message="present on one side only"))
+            return
+        if tuple(a.shape) != tuple(b.shape):
+            self._fail(Mismatch(where, message=f"shape {tuple(b.shape)} instead of {tuple(a.shape)}"))
+            return
+        self.compared += 1
+        if a.numel() == 0:
+            return
+        if not (a.is_floating_point() or a.is_complex()):
+            if not torch.equal(a.cpu(), b.cpu().to(a.dtype)):
+                diff = (a.cpu().double() - b.cpu().double()).abs().max().item()
+                self._fail(Mismatch(where, diff, math.inf, "integer values differ"))
+            return
+        x, y = a.detach().cpu().double(), b.detach().cpu().double()
+        diff = (x - y).abs()
+        nan_mismatch = bool((x.isnan() != y.isnan()).any())
+        diff = torch.where(x.isnan() & y.isnan(), torch.zeros_like(diff), diff)
+        abs_err = float(diff.max().item())
+        rel_err = float((diff / x.abs().clamp_min(1e-12)).max().item())
+        self.max_abs, self.max_rel = max(self.max_abs, abs_err), max(self.max_rel, rel_err)
+        if self.tol.exact:
+            ok = not nan_mismatch and abs_err == 0.0
+        else:
+            ok = not nan_mismatch and bool((diff <= self.tol.atol + self.tol.rtol * x.abs()).all())
+        if not ok:
+            self._fail(Mismatch(where, abs_err, rel_err, "NaN on one side only" if nan_mismatch else ""))
+
+    def _fail(self, mismatch: Mismatch) -> None:
+        if self.worst is None:
+            self.worst = mismatch
+
+
+def _run(module: Any, inputs: dict[str, Any], seed: int, torch: Any) -> tuple[Any, dict[str, Any]]:
+    """Forward (seeded) and backward of the sum of floating outputs."""
+    args = {}
+    for k, v in inputs.items():
+        if isinstance(v, torch.Tensor) and v.is_floating_point():
+            v = v.detach().clone().requires_grad_(True)
+        elif isinstance(v, torch.Tensor):
+            v = v.clone()
+        args[k] = v
+    torch.manual_seed(seed)
+    out = _call(module, args)
+    flat: list[tuple[str, Any]] = []
+    _flatten(out, "output", flat, torch)
+    loss = None
+    for _, t in flat:
+        if t.is_floating_point() and t.requires_grad:
+            loss = t.sum() if loss is None else loss + t.sum()
+    if loss is not None:
+        loss.backward()
+    grads = {k: v.grad for k, v in args.items() if isinstance(v, torch.Tensor) and v.requires_grad}
+    return out, grads
+
+
+def _param_grads_mapped(m0: Any, m1: Any, torch: Any) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """(expected, actual) gradients of m1's parameters by state-dict name.
+
+    The original's gradients are put in a state dict (buffers as they are)
+    and loaded into a copy of m1, so m1's own load hooks map them exactly as
+    they map a checkpoint.  None when that copy cannot be made.
+    """
+    params0 = dict(m0.named_parameters(remove_duplicate=False))
+    sd = {}
+    for key, value in m0.state_dict(keep_vars=True).items():
+        p = params0.get(key)
+        if p is not None:
+            sd[key] = (p.grad if p.grad is not None else torch.zeros_like(p)).detach().clone()
+        else:
+            sd[key] = value.detach().clone() if isinstance(value, torch.Tensor) else value
+    try:
+        shadow = copy.deepcopy(m1)
+        shadow.load_state_dict(sd, strict=True)
+    except Exception:  # noqa: BLE001 - fall back to same-name comparison
+        return None
+    expected = {k: v for k, v in shadow.named_parameters(remove_duplicate=False)}
+    actual = {k: (v.grad if v.grad is not None else torch.zeros_like(v))
+              for k, v in m1.named_parameters(remove_duplicate=False)}
+    return {k: v.detach() for k, v in expected.items()}, actual
+
+
+def _compare_built(built: _Built, tol: Tolerance, seed: int, device: str, torch: Any) -> _Tally:
+    m0, m1 = built.original, built.rewritten
+    tally = _Tally(tol)
+    try:
+        m1.load_state_dict(m0.state_dict(), strict=True)
+    except Exception as exc:  # noqa: BLE001
+        raise _ClassFail(f"checkpoint incompatible: the original's state_dict does not load "
+                         f"strictly: {_compact_load_error(exc)}") from None
+    m0.to(device)
+    m1.to(device)
+    inputs = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in built.inputs.items()}
+    modes = ["eval"] + (["train"] if tol.deterministic else [])
+    for mode in modes:
+        m0.train(mode == "train")
+        m1.train(mode == "train")
+        m0.zero_grad(set_to_none=True)
+        m1.zero_grad(set_to_none=True)
+        out0, g0 = _run(m0, inputs, seed, torch)
+        try:
+            out1, g1 = _run(m1, inputs, seed, torch)
+        except Exception as exc:  # noqa: BLE001
+            raise _ClassFail(f"the rewritten forward/backward raises in {mode} mode: {_one_line(exc)}") from None
+        f0: list[tuple[str, Any]] = []
+        f1: list[tuple[str, Any]] = []
+        _flatten(out0, "output", f0, torch)
+        _flatten(out1, "output", f1, torch)
+        d1 = dict(f1)
+        for where, t0 in f0:
+            tally.compare(f"{mode} {where}", t0, d1.get(where), torch)
+        for where, _ in f1:
+            if where not in dict(f0):
+                tally._fail(Mismatch(f"{mode} {where}", message="extra output"))
+        for k in g0:
+            tally.compare(f"{mode} grad input {k}", g0[k], g1.get(k), torch)
+        mapped = _param_grads_mapped(m0, m1, torch)
+        if mapped is None:
+            p0 = dict(m0.named_parameters())
+            mapped = ({k: (v.grad if v.grad is not None else torch.zeros_like(v)) for k, v in p0.items()},
+                      {k: (v.grad if v.grad is not None else torch.zeros_like(v))
+                       for k, v in m1.named_parameters() if k in p0})
+        expected, actual = mapped
+        for k in sorted(actual):
+            tally.compare(f"{mode} grad param {k}", expected.get(k), actual[k], torch)
+    tally.modes = tuple(modes)
+    return tally
+
+
+def _compact_load_error(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 400 else text[:397] + "..."
+
+
+# ---------------------------------------------------------------------------
+# The driver
+
+
+def _verify(orig_src: str, new_src: str, *, path: str, rewritten_path: str,
+            options: VerifyOptions) -> VerifyReport:
+    try:
+        with warnings.catch_warnings():  # torch warns when numpy is absent
+            warnings.simplefilter("ignore")
+            import torch
+    except ImportError:
+        raise VerifyUsageError("verification needs PyTorch: pip install 'dslc[verify]'") from None
+    device, no_device = resolve_device(options.device, torch)
+    packs = load_packs(options)
+    factory = _load_factory(options.factory) if options.factory else None
+    try:
+        ast.parse(orig_src)
+    except SyntaxError as exc:
+        raise VerifyUsageError(f"{path}: the original does not parse: {_one_line(exc)}") from None
+    try:
+        names = changed_classes(orig_src, new_src)
+    except SyntaxError as exc:
+        return VerifyReport(path, rewritten_path, device,
+                            error=f"the rewritten file does not parse: {_one_line(exc)}")
+    orig_classes = _class_sources(orig_src)
+    for name in options.classes:
+        if name not in orig_classes:
+            raise VerifyUsageError(f"--class {name}: no such class in {path}")
+    if options.classes:
+        names = list(dict.fromkeys(options.classes))
+    if not names:
+        return VerifyReport(path, rewritten_path, device)
+    if no_device:
+        return VerifyReport(path, rewritten_path, device,
+                            tuple(ClassResult(n, "skipped", no_device) for n in names))
+    try:
+        loaded = _load_pair(orig_src, new_src, path, rewritten_path, options.module, packs)
+    except _Skip as exc:
+        return VerifyReport(path, rewritten_path, device,
+                            tuple(ClassResult(n, "skipped", str(exc)) for n in names))
+    except _Broken as exc:
+        return VerifyReport(path, rewritten_path, device, error=str(exc))
+    new_classes = _class_sources(new_src)
+    file_rules = rules_used(new_src, packs)
+    refs = _reference_kernels(loaded.rewritten)
+    results = []
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for name in names:
+                class_rules = rules_used(new_classes.get(name, ""), packs)
+                results.append(_verify_class(loaded, name, factory, class_rules, file_rules,
+                                             refs, options.seed, device, torch))
+    finally:
+        for mod_name in loaded.registered:
+            sys.modules.pop(mod_name, None)
+    return VerifyReport(path, rewritten_path, device, tuple(results))
+
+
+def _verify_class(loaded: _Loaded, name: str, factory: Any, class_rules: list, file_rules: list,
+                  refs: tuple[str, ...], seed: int, device: str, torch: Any) -> ClassResult:
+    orig_cls = getattr(loaded.original, name, None)
+    new_cls = getattr(loaded.rewritten, name, None)
+    if new_cls is None:
+        return ClassResult(name, "fail", "the rewritten file no longer defines this class")
+    if not isinstance(orig_cls, type) or not hasattr(orig_cls, "forward"):
+        return ClassResult(name, "skipped", "not a torch module class")
+    tol = tolerance_for(class_rules or file_rules)
+    try:
+        if factory is not None:
+            built = _build_with_factory(factory, orig_cls, new_cls, seed, torch)
+        else:
+            built = _build_from_config(loaded, name, seed, torch)
+        if built.via:
+            tol = tolerance_for(file_rules)
+        tally = _compare_built(built, tol, seed, device, torch)
+    except _ClassSkip as exc:
+        return ClassResult(name, "skipped", str(exc), tolerance=tol)
+    except _ClassFail as exc:
+        return ClassResult(name, "fail", str(exc), tolerance=tol, reference_kernels=refs)
+    except Exception as exc:  # noqa: BLE001 - the original itself failed to run
+        return ClassResult(name, "skipped", f"the original does not run: {_one_line(exc)}", tolerance=tol)
+    common = dict(via=built.via, tolerance=tol, max_abs=tally.max_abs, max_rel=tally.max_rel,
+                  modes=tally.modes, compared=tally.compared, reference_kernels=refs)
+    if tally.worst is not None:
+        m = tally.worst
+        reason = m.message or f"max abs error {m.max_abs:.3g}, max rel error {m.max_rel:.3g}"
+        return ClassResult(name, "fail", f"{m.where}: {reason}", mismatch=m, **common)
+    return ClassResult(name, "pass", **common)
+
+
+# ---------------------------------------------------------------------------
+# Rendering
+
+
+def render(report: VerifyReport, fmt: str = "text") -> str:
+    if fmt == "json":
+        return json.dumps(report.to_dict(), indent=2)
+    lines = [f"verify {report.original} -> {report.rewritten} on {report.device}"]
+    if report.error:
+        lines.append(f"  FAIL  {report.error}")
+    if not report.results and not report.error:
+        lines.append("  no rewritten classes to compare")
+    for r in report.results:
+        via = f" via {r.via}" if r.via else ""
+        ref = f" [reference kernel: {', '.join(r.reference_kernels)}]" if r.reference_kernels else ""
+        tol = f"; tolerance {r.tolerance.describe()}" if r.tolerance and r.status != "skipped" else ""
+        if r.status == "pass":
+            lines.append(f"  pass  {r.name}{via}: {r.compared} tensors in {'+'.join(r.modes)} mode, "
+                         f"max abs error {r.max_abs:.3g}, max rel error {r.max_rel:.3g}{tol}{ref}")
+        elif r.status == "fail":
+            lines.append(f"  FAIL  {r.name}{via}: {r.reason}{tol}{ref}")
+        else:
+            lines.append(f"  skip  {r.name}: {r.reason}")
+    c = report.counts
+    verdict = "ok" if report.ok else "FAILED"
+    lines.append(f"{verdict}: {c['pass']} passed, {c['fail'] + (1 if report.error else 0)} failed, "
+                 f"{c['skipped']} skipped")
+    return "\n".join(lines)
