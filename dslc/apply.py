@@ -1,0 +1,556 @@
+"""The `dslc apply` driver: rule packs + source files -> matches, rewrites, a report.
+
+`apply_paths(paths, packs, options)` is the whole pipeline (docs/design.md):
+
+1. Find the files (`fileio.discover`: directories walked for `*.py`,
+   `.gitignore` and `--exclude` honoured).
+2. Compile every pack once; the union of the compiled packs'
+   `anchor_names()` is the analysis pre-filter (`want=`): a file that
+   mentions none of those names cannot match and is not analyzed deeply.
+3. Read and decode every file (`fileio.read_source`); an unreadable or
+   non-text file becomes an error entry and drops out.
+4. Analyze the rest in one batch (`dslc.analysis.analyze_paths`: content-hash
+   cache, worker processes); files in an encoding other than UTF-8 go through
+   `analyze_source` with the text decoded here, so the analysis and the
+   rewriter see the same characters.
+5. Per file (`process_file`): a file that does not parse is an error entry;
+   otherwise match every compiled pack, hand all matches to
+   `dslc.rewriter.rewrite_source`, and (with `verify`) check the rewrite with
+   `dslc.verify.verify_sources`, refusing it when not equivalent.
+6. Emit per the mode: `diff` keeps everything in memory (the caller prints
+   the diff), `write` replaces changed files atomically, `patch` writes one
+   `.patch` per changed file.  Unchanged files are never touched.
+7. Check the packs' kernel requirements without importing anything and
+   report those that are missing, with the pack's install hint.
+
+No stage may bring the run down: an exception inside one file's processing
+is an error entry (E199) for that file and the others go on.  This module does
+no printing; `dslc.report` renders the `Report` and `dslc.commands.apply`
+owns the exit code.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.machinery
+import importlib.metadata
+import importlib.util
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field, replace
+from typing import Callable, Literal, Sequence
+
+from dslc import fileio
+from dslc.fileio import Found, SourceError, SourceFile
+
+Mode = Literal["diff", "write", "patch"]
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyOptions:
+    """How to run.  `cache_dir=None` disables the analysis cache.
+
+    `inline`/`flatten` are passed to the analysis (the paper's ablation
+    ADOPTER_p is `inline=False, flatten=True`); `root` is the analysis root
+    for resolving imports inside the analyzed tree (None: found per file).
+    """
+
+    mode: Mode = "diff"
+    patch_dir: str | None = None
+    jobs: int = 1
+    excludes: tuple[str, ...] = ()
+    gitignore: bool = True
+    cache_dir: str | None = None
+    verify: bool = False
+    inline: bool = True
+    flatten: bool = False
+    root: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MatchEntry:
+    """One match as reported (report.md: rule, file, class, lines, status, reason)."""
+
+    rule: str
+    file: str
+    class_name: str | None
+    lines: tuple[int, ...]
+    status: Literal["applied", "skipped"]
+    reason: str | None = None
+    function: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FileError:
+    """An `errors` (or `warnings`) entry: file, 1-based line (0: whole file), code, message."""
+
+    file: str
+    line: int
+    code: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class FileResult:
+    """What happened to one file.
+
+    `original`/`new_source` are decoded text (`new_source` None: no change);
+    `written` says the file on disk was replaced (mode `write`); `patch` is
+    the path of the `.patch` written for it (mode `patch`).
+    """
+
+    found: Found
+    matches: tuple[MatchEntry, ...] = ()
+    errors: tuple[FileError, ...] = ()
+    warnings: tuple[FileError, ...] = ()
+    original: str | None = None
+    new_source: str | None = None
+    written: bool = False
+    patch: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def changed(self) -> bool:
+        return self.new_source is not None and self.new_source != self.original
+
+
+@dataclass(frozen=True, slots=True)
+class MissingKernel:
+    """A kernel package a pack requires that is not importable here."""
+
+    pack: str
+    package: str
+    module: str
+    version: str | None
+    install: str | None
+    reason: str
+    rules: tuple[str, ...]  # the selected rules whose kernels live in it
+    applied: int = 0  # rewrites in this run that import it
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    rules: tuple[str, ...]
+    files: tuple[FileResult, ...]
+    errors: tuple[FileError, ...]  # path-level problems (no such file) + every file's errors
+    warnings: tuple[FileError, ...]
+    missing_kernels: tuple[MissingKernel, ...]
+    seconds: float
+    mode: Mode = "diff"
+
+    @property
+    def files_scanned(self) -> int:
+        return len(self.files)
+
+    @property
+    def matches(self) -> list[MatchEntry]:
+        return [m for f in self.files for m in f.matches]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+# ---------------------------------------------------------------------------
+# The stages, imported lazily (tests replace these names with fakes).
+
+
+def compile_pack(pack):
+    from dslc.compiler import compile_pack as _compile
+
+    return _compile(pack)
+
+
+def match_file(compiled, facts):
+    from dslc.matcher import match_file as _match
+
+    return _match(compiled, facts)
+
+
+def rewrite_source(source, facts, matches, *, path):
+    from dslc.rewriter import rewrite_source as _rewrite
+
+    return _rewrite(source, facts, matches, path=path)
+
+
+def analyze_paths(paths, **kwargs):
+    from dslc.analysis import analyze_paths as _analyze
+
+    return _analyze(paths, **kwargs)
+
+
+def analyze_source(source, path, **kwargs):
+    from dslc.analysis import analyze_source as _analyze
+
+    return _analyze(source, path, **kwargs)
+
+
+def verify_sources(original, rewritten, *, path, rules):
+    from dslc.verify import verify_sources as _verify
+
+    return _verify(original, rewritten, path=path, rules=rules)
+
+
+def verify_available() -> bool:
+    try:
+        return importlib.util.find_spec("dslc.verify") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+# ---------------------------------------------------------------------------
+# Kernel requirements
+
+
+def module_available(name: str) -> bool:
+    """Whether `import name` would find a module, without importing anything.
+
+    `importlib.util.find_spec("a.b.c")` imports `a` and `a.b` (and a kernel
+    package typically imports torch: seconds).  Instead: find the top-level
+    spec, then look each further component up with `PathFinder` in the
+    parent's search locations, which only reads directories.
+    """
+    parts = name.split(".")
+    try:
+        spec = importlib.machinery.PathFinder.find_spec(parts[0])
+        if spec is None and parts[0] in sys.modules:
+            spec = getattr(sys.modules[parts[0]], "__spec__", None)
+    except (ImportError, ValueError):
+        return False
+    for part in parts[1:]:
+        if spec is None or not spec.submodule_search_locations:
+            return False
+        try:
+            spec = importlib.machinery.PathFinder.find_spec(part, list(spec.submodule_search_locations))
+        except (ImportError, ValueError):
+            return False
+    return spec is not None
+
+
+def _version_problem(package: str, spec: str | None) -> str | None:
+    """A reason when the installed version is outside `spec` (None: fine or unknowable)."""
+    if not spec:
+        return None
+    try:
+        installed = importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None  # importable but not installed as a distribution: cannot tell
+    try:
+        from packaging.specifiers import InvalidSpecifier, SpecifierSet
+        from packaging.version import InvalidVersion
+    except ImportError:  # packaging is optional; without it versions go unchecked
+        return None
+    try:
+        if SpecifierSet(spec).contains(installed, prereleases=True):
+            return None
+    except (InvalidSpecifier, InvalidVersion):
+        return None
+    return f"{package} {installed} is installed, the pack needs {spec}"
+
+
+def _kernel_in(kernel: str, module: str) -> bool:
+    return kernel == module or kernel.startswith(module + ".")
+
+
+def missing_kernels(packs: Sequence, applied: dict[str, int] | None = None) -> list[MissingKernel]:
+    """Requirements of the packs' (selected) rules that are not importable here.
+
+    A requirement concerns the rules whose `kernels` live in its module (or
+    its package, when it names no module); one no selected rule needs is not
+    reported.  `applied` counts applied rewrites per qualified rule name.
+    """
+    applied = applied or {}
+    out = []
+    for pack in packs:
+        for req in pack.requires:
+            module = req.module or req.package
+            tops = {module, module.split(".")[0], req.package}
+            rules = tuple(
+                r.qualified_name for r in pack.rules if any(_kernel_in(k, t) for k in r.kernels for t in tops)
+            )
+            if not rules:
+                continue
+            if not module_available(module):
+                reason = f"module {module} is not importable" if module != req.package else f"{req.package} is not installed"
+            else:
+                reason = _version_problem(req.package, req.version)
+                if reason is None:
+                    continue
+            out.append(MissingKernel(
+                pack=pack.name, package=req.package, module=module, version=req.version,
+                install=req.install, reason=reason, rules=rules,
+                applied=sum(applied.get(r, 0) for r in rules),
+            ))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# The driver
+
+
+@dataclass
+class Compiled:
+    """The packs, compiled once per run, and the analysis pre-filter."""
+
+    packs: list
+    compiled: list
+    want: frozenset[str] | None
+    rules: dict[str, object] = field(default_factory=dict)  # qualified name -> ir.Rule
+
+
+def compile_packs(packs: Sequence) -> Compiled:
+    compiled = [compile_pack(p) for p in packs]
+    want: set[str] = set()
+    for c in compiled:
+        names = getattr(c, "anchor_names", None)
+        if names is None:  # a compiler without the pre-filter: analyze everything
+            return Compiled(list(packs), compiled, None, _rule_index(packs))
+        want |= set(names())
+    return Compiled(list(packs), compiled, frozenset(want), _rule_index(packs))
+
+
+def _rule_index(packs) -> dict[str, object]:
+    return {r.qualified_name: r for p in packs for r in p.rules}
+
+
+def _analysis_kwargs(options: ApplyOptions, want) -> dict:
+    kw: dict = {"root": options.root, "want": want}
+    # Pass the ablation switches only when set, so an analysis without them still runs.
+    if not options.inline:
+        kw["inline"] = False
+    if options.flatten:
+        kw["flatten"] = True
+    return kw
+
+
+def _parse_error(text: str, path: str) -> FileError | None:
+    try:
+        ast.parse(text, filename=path)
+    except SyntaxError as exc:
+        return FileError(path, exc.lineno or 0, fileio.E_SYNTAX, exc.msg or "invalid syntax")
+    except (ValueError, MemoryError, RecursionError) as exc:
+        return FileError(path, 0, fileio.E_SYNTAX, f"cannot parse: {exc}")
+    return None
+
+
+def _is_empty(facts) -> bool:
+    return not getattr(facts, "classes", ()) and not getattr(facts, "functions", ())
+
+
+def process_file(found: Found, source: SourceFile, facts, compiled: Compiled, options: ApplyOptions) -> FileResult:
+    """Match, check and rewrite one analyzed file (no writing: see `emit`).
+
+    1. A file that does not parse is an E101 error.  The analysis reports
+       such files as problems (or, pre-filtered, as empty facts), so only
+       those files are parsed again here to tell.
+    2. Other analysis problems are warnings.
+    3. Matches of every compiled pack go to the rewriter in one call; its
+       outcomes become the report's match entries.
+    4. With `options.verify`, a rewrite that is not equivalent is dropped:
+       its applied matches turn `skipped` and the file gets an E110 error.
+    """
+    text = source.text
+    name = found.display
+    warnings = []
+    problems = tuple(getattr(facts, "problems", ()) or ())
+    if problems or _is_empty(facts):
+        err = _parse_error(text, name)
+        if err is not None:
+            return FileResult(found, errors=(err,), original=text)
+    for p in problems:
+        warnings.append(FileError(name, getattr(p, "line", 0) or 0, getattr(p, "code", "W000"), getattr(p, "message", str(p))))
+    if _is_empty(facts):
+        return FileResult(found, warnings=tuple(warnings), original=text)
+    matches = []
+    for c in compiled.compiled:
+        matches.extend(match_file(c, facts))
+    if not matches:
+        return FileResult(found, warnings=tuple(warnings), original=text)
+    result = rewrite_source(text, facts, matches, path=name)
+    entries = []
+    for o in result.outcomes:
+        m = o.match
+        entries.append(MatchEntry(
+            rule=m.rule.qualified_name, file=name, class_name=m.class_name,
+            lines=tuple(o.lines or m.lines), status=o.status, reason=o.reason,
+            function=getattr(m, "function", None),
+        ))
+    new_source = result.new_source
+    if new_source == text:
+        new_source = None
+    errors = []
+    if new_source is not None and options.verify:
+        rules = [compiled.rules[e.rule] for e in entries if e.status == "applied" and e.rule in compiled.rules]
+        verdict = verify_sources(text, new_source, path=found.path, rules=rules)
+        if not getattr(verdict, "ok", False):
+            why = _verify_summary(verdict)
+            errors.append(FileError(name, 0, fileio.E_VERIFY, f"rewrite not written: verification failed: {why}"))
+            entries = [replace(e, status="skipped", reason=f"verification failed: {why}") if e.status == "applied" else e for e in entries]
+            new_source = None
+    return FileResult(found, matches=tuple(entries), errors=tuple(errors), warnings=tuple(warnings),
+                      original=text, new_source=new_source)
+
+
+def _verify_summary(verdict) -> str:
+    for attr in ("summary", "message", "reason"):
+        value = getattr(verdict, attr, None)
+        if callable(value):
+            value = value()
+        if value:
+            return str(value)
+    return "outputs differ"
+
+
+def patch_name(found: Found, used: set[str]) -> str:
+    """A flat, unique `.patch` file name for a file: `pkg/mod.py` -> `pkg__mod.py.patch`."""
+    base = found.display.replace("\\", "/").lstrip("./").replace("/", "__") or "file.py"
+    name, n = base + ".patch", 1
+    while name in used:
+        n += 1
+        name = f"{base}.{n}.patch"
+    used.add(name)
+    return name
+
+
+def emit(result: FileResult, source: SourceFile, options: ApplyOptions, used_patch_names: set[str]) -> FileResult:
+    """Write a changed file (mode `write`) or its patch (mode `patch`); errors become entries."""
+    if not result.changed:
+        return result
+    from dslc.report import file_diff  # the diff text is the report's business
+
+    name = result.found.display
+    try:
+        if options.mode == "write":
+            data = fileio.encode_source(result.new_source, source.encoding)
+            fileio.atomic_write(result.found.path, data, expect=source.data)
+            return replace(result, written=True)
+        if options.mode == "patch":
+            fileio.encode_source(result.new_source, source.encoding)  # must be writable later
+            target = os.path.join(options.patch_dir, patch_name(result.found, used_patch_names))
+            fileio.atomic_write_new(target, file_diff(result).encode("utf-8"))
+            return replace(result, patch=target)
+    except SourceError as exc:
+        return replace(result, errors=result.errors + (FileError(name, exc.line, exc.code, exc.message),))
+    return result
+
+
+def apply_paths(
+    paths: Sequence[str],
+    packs: Sequence,
+    options: ApplyOptions = ApplyOptions(),
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    files: Sequence[Found] | None = None,
+) -> Report:
+    """Run the pipeline (module docstring) over command-line `paths`.
+
+    `files`, when given, replaces discovery (the benchmark passes its own
+    list).  `progress(done, total)` is called as files complete.
+    """
+    start = time.perf_counter()
+    errors: list[FileError] = []
+    if files is None:
+        found, problems = fileio.discover(list(paths), tuple(options.excludes), gitignore=options.gitignore)
+        errors += [FileError(p, 0, fileio.E_UNREADABLE, msg) for p, msg in problems]
+    else:
+        found = list(files)
+    compiled = compile_packs(packs)
+    total = len(found)
+    results: dict[int, FileResult] = {}
+    sources: dict[int, SourceFile] = {}
+    for i, f in enumerate(found):
+        try:
+            sources[i] = fileio.read_source(f.path)
+        except SourceError as exc:
+            results[i] = FileResult(f, errors=(FileError(f.display, exc.line, exc.code, exc.message),))
+    done = len(results)
+    if progress:
+        progress(done, total)
+
+    facts = _analyze_all(found, sources, compiled, options, results, progress, done, total)
+    used_patch_names: set[str] = set()
+    if options.mode == "patch" and options.patch_dir:
+        os.makedirs(options.patch_dir, exist_ok=True)
+    for i, f in enumerate(found):
+        if i in results:
+            continue
+        t0 = time.perf_counter()
+        try:
+            r = process_file(f, sources[i], facts[i], compiled, options)
+            r = emit(r, sources[i], options, used_patch_names)
+        except Exception as exc:  # a dslc bug must not cost the other files
+            r = FileResult(f, errors=(_internal_error(f.display, exc),), original=sources[i].text)
+        results[i] = replace(r, seconds=r.seconds + time.perf_counter() - t0)
+    ordered = tuple(results[i] for i in range(total))
+    for r in ordered:
+        errors += r.errors
+    applied: dict[str, int] = {}
+    for r in ordered:
+        for m in r.matches:
+            if m.status == "applied":
+                applied[m.rule] = applied.get(m.rule, 0) + 1
+    return Report(
+        rules=tuple(compiled.rules),
+        files=ordered,
+        errors=tuple(errors),
+        warnings=tuple(w for r in ordered for w in r.warnings),
+        missing_kernels=tuple(missing_kernels(packs, applied)),
+        seconds=time.perf_counter() - start,
+        mode=options.mode,
+    )
+
+
+def _internal_error(name: str, exc: BaseException) -> FileError:
+    frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+    where = f" (at {os.path.basename(frame.filename)}:{frame.lineno})" if frame else ""
+    return FileError(name, 0, fileio.E_INTERNAL, f"internal error: {type(exc).__name__}: {exc}{where}")
+
+
+# Files analyzed by path; a BOM or another codec goes through analyze_source with our text.
+_UTF8 = ("utf-8",)
+
+
+def _analyze_all(found, sources, compiled, options, results, progress, done, total) -> dict[int, object]:
+    """Analyze every readable file; returns index -> FileFacts.
+
+    UTF-8 files go to `analyze_paths` in batches (one batch unless progress is
+    wanted, then chunks of a few files per worker so the bar moves); files
+    in other encodings go through `analyze_source` with the decoded text.
+    An analysis exception is an E199 error entry for the files concerned.
+    """
+    facts: dict[int, object] = {}
+    kw = _analysis_kwargs(options, compiled.want)
+    batch = [i for i in sorted(sources) if sources[i].encoding in _UTF8]
+    others = [i for i in sorted(sources) if sources[i].encoding not in _UTF8]
+    chunk = max(len(batch), 1) if progress is None else max(4 * max(options.jobs, 1), 8)
+    for lo in range(0, len(batch), chunk):
+        part = batch[lo:lo + chunk]
+        try:
+            out = analyze_paths([found[i].path for i in part], jobs=options.jobs, cache_dir=options.cache_dir, **kw)
+            out = list(out)
+            if len(out) != len(part):
+                raise RuntimeError(f"analysis returned {len(out)} results for {len(part)} files")
+            facts.update(zip(part, out))
+        except Exception:
+            # Retry one by one so a single bad file does not take the batch with it.
+            for i in part:
+                try:
+                    facts[i] = analyze_paths([found[i].path], jobs=1, cache_dir=options.cache_dir, **kw)[0]
+                except Exception as exc:
+                    results[i] = FileResult(found[i], errors=(_internal_error(found[i].display, exc),),
+                                            original=sources[i].text)
+        done += len(part)
+        if progress:
+            progress(done, total)
+    for i in others:
+        try:
+            facts[i] = analyze_source(sources[i].text, found[i].path, **kw)
+        except Exception as exc:
+            results[i] = FileResult(found[i], errors=(_internal_error(found[i].display, exc),),
+                                    original=sources[i].text)
+        done += 1
+        if progress:
+            progress(done, total)
+    return facts

@@ -1,0 +1,203 @@
+"""`dslc apply`: find where rules match in model source and rewrite it.
+
+The command parses arguments, loads the rule packs, runs
+`dslc.apply.apply_paths` and prints what `dslc.report` renders.  Exit codes:
+0 every file processed, 1 some file failed (unreadable, does not parse, not
+writable, verification failed; the rest were still processed), 2 usage errors
+and rule packs with errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+DESCRIPTION = """\
+Match the rules of .adr packs against PyTorch model source and put the
+kernels in.  By default a dry run: the unified diff of every change is
+printed on stdout and nothing is written.  Directories are searched for
+*.py files; .gitignore'd files, version-control and virtual-env folders are
+skipped.  A per-rule summary (found / applied / skipped) and the reasons of
+skipped matches go to stderr.
+"""
+
+EPILOG = """\
+examples:
+  dslc apply --rules rulepacks/adopter.adr examples/
+      dry run: print the diff of every rewrite
+  dslc apply --rules rulepacks/ --write src/models/
+      rewrite the files in place (atomically; unchanged files untouched)
+  dslc apply --rules rulepacks/adopter.adr --select adopter:softmax --patch-dir out/ model.py
+      one rule only; write out/model.py.patch instead of editing
+  dslc apply --rules rulepacks/adopter.adr --format json transformers/models/ > report.json
+      machine-readable report (rule, file, class, lines, status, reason)
+  dslc apply --rules rulepacks/ --exclude 'tests/*' --exclude '*_old.py' --jobs 2 src/
+
+exit status: 0 all files processed, 1 some file failed (the others were still
+processed), 2 usage error or a rule pack with errors.
+"""
+
+
+def default_jobs() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def default_cache_dir() -> str:
+    """`$XDG_CACHE_HOME/dslc/facts`, else `~/.cache/dslc/facts`."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "dslc", "facts")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "apply",
+        help="rewrite model source with rule packs (dry run by default)",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH", help="model files or directories (searched for *.py)")
+    p.add_argument("--rules", action="append", required=True, metavar="FILE|DIR",
+                   help="an .adr rule pack, or a directory of them (repeatable)")
+    p.add_argument("--select", action="append", default=[], metavar="PACK:RULE",
+                   help="apply only this rule (repeatable; default: every rule of the packs)")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--diff", dest="mode", action="store_const", const="diff",
+                     help="print a unified diff and change nothing (the default)")
+    out.add_argument("--write", dest="mode", action="store_const", const="write",
+                     help="edit the files in place, atomically, keeping their mode")
+    out.add_argument("--patch-dir", metavar="DIR",
+                     help="write one .patch per changed file into DIR (created if needed)")
+    p.add_argument("--format", choices=("text", "json"), default="text",
+                   help="text: diff on stdout, summary on stderr; json: the report on stdout")
+    p.add_argument("--jobs", "-j", type=_positive_int, default=default_jobs(), metavar="N",
+                   help="analysis worker processes (default: min(4, CPUs) = %(default)s)")
+    p.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                   help="skip paths matching GLOB (matched against the path relative to PATH, "
+                        "its name and its folders; repeatable)")
+    p.add_argument("--no-gitignore", dest="gitignore", action="store_false",
+                   help="do not skip the files that .gitignore files ignore")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write the analysis cache")
+    p.add_argument("--cache-dir", metavar="DIR",
+                   help=f"analysis cache location (default: {default_cache_dir()})")
+    p.add_argument("--verify", action="store_true",
+                   help="check each rewrite with `dslc verify` before emitting it; a rewrite "
+                        "that fails is not written and the file is an error")
+    p.add_argument("--quiet", "-q", action="store_true",
+                   help="text mode: no notes on skipped matches and analysis warnings")
+    p.set_defaults(func=run, mode=None)
+    return p
+
+
+class _Progress:
+    """A one-line `\\r` progress bar on stderr (only when stderr is a terminal)."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+        self.shown = False
+
+    def __call__(self, done: int, total: int) -> None:
+        if total <= 0:
+            return
+        width = 30
+        filled = int(width * done / total)
+        self.stream.write(f"\rdslc apply [{'#' * filled}{'.' * (width - filled)}] {done}/{total} files")
+        self.stream.flush()
+        self.shown = True
+
+    def clear(self) -> None:
+        if self.shown:
+            self.stream.write("\r" + " " * 60 + "\r")
+            self.stream.flush()
+
+
+def _is_error(diag) -> bool:
+    severity = getattr(diag, "severity", "error")
+    return str(getattr(severity, "value", severity)).lower().endswith("error")
+
+
+def _render_diagnostics(diags) -> str:
+    try:
+        from dslc.diagnostics import render
+
+        return render(list(diags), fmt="text").rstrip("\n") + "\n"
+    except ImportError:
+        return "".join(f"{d}\n" for d in diags)
+
+
+def _usage(message: str) -> int:
+    print(f"dslc apply: error: {message}", file=sys.stderr)
+    return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    """1. check paths and options, 2. load the packs, 3. apply, 4. print, 5. exit code."""
+    from dslc import apply as driver
+    from dslc import report as render
+
+    mode = "patch" if args.patch_dir else (args.mode or "diff")
+    missing = [p for p in list(args.paths) + list(args.rules) if not os.path.exists(p)]
+    if missing:
+        return _usage(f"no such file or directory: {', '.join(missing)}")
+    if args.patch_dir and os.path.exists(args.patch_dir) and not os.path.isdir(args.patch_dir):
+        return _usage(f"--patch-dir {args.patch_dir} exists and is not a directory")
+    if args.verify and not driver.verify_available():
+        return _usage("--verify needs the dslc.verify module, which is not part of this installation")
+    try:
+        from dslc.loader import load_rules
+    except ImportError as exc:
+        return _usage(f"the rule loader is not available ({exc})")
+    loaded = load_rules(list(args.rules), list(args.select))
+    diags = list(loaded.diagnostics)
+    if diags:
+        sys.stderr.write(_render_diagnostics(diags))
+    if any(_is_error(d) for d in diags):
+        print("dslc apply: error: the rule packs have errors; nothing was applied", file=sys.stderr)
+        return 2
+    if not any(p.rules for p in loaded.packs):
+        return _usage("no rules to apply (empty packs, or --select matched nothing)")
+
+    options = driver.ApplyOptions(
+        mode=mode,
+        patch_dir=args.patch_dir,
+        jobs=args.jobs,
+        excludes=tuple(args.exclude),
+        gitignore=args.gitignore,
+        cache_dir=None if args.no_cache else (args.cache_dir or default_cache_dir()),
+        verify=args.verify,
+    )
+    progress = _Progress(sys.stderr) if sys.stderr.isatty() else None
+    try:
+        result = driver.apply_paths(list(args.paths), loaded.packs, options, progress=progress)
+    finally:
+        if progress:
+            progress.clear()
+
+    if args.format == "json":
+        sys.stdout.write(render.render_json(result))
+    else:
+        if mode == "diff":
+            sys.stdout.write(render.render_diff(result))
+        sys.stdout.flush()
+        sys.stderr.write(render.render_notes(result, skipped=not args.quiet, warnings=not args.quiet))
+        sys.stderr.write(render.render_errors(result))
+        sys.stderr.write(render.render_summary(result))
+        if mode == "patch":
+            for f in result.files:
+                if f.patch:
+                    sys.stderr.write(f"wrote {f.patch}\n")
+    if args.format == "json" and result.missing_kernels:
+        # Also tell a human watching the terminal; the JSON field carries the data.
+        sys.stderr.write(render.render_notes(result, skipped=False, warnings=False))
+    return 1 if result.errors else 0
