@@ -48,7 +48,7 @@ _GENERIC = {
     "patch_size": 8,
     "embedding_size": 16,
     "fusion_hidden_size": 16,
-    "num_labels": 3,
+    "num_labels": 2,  # question answering splits its logits in two
 }
 
 # Fields that must agree with each other, by `model_type`.

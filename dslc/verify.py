@@ -38,6 +38,7 @@ import importlib.util
 import inspect
 import itertools
 import json
+import logging
 import math
 import os
 import sys
@@ -221,12 +222,14 @@ def changed_classes(original_source: str, rewritten_source: str) -> list[str]:
     old, new = ast.parse(original_source), ast.parse(rewritten_source)
     old_defs, new_defs = _top_defs(old), _top_defs(new)
     changed_names = {n for n, d in old_defs.items() if n in new_defs and new_defs[n] != d}
+    # A changed class is compared itself; its users need not be compared too.
+    changed_helpers = changed_names - {n.name for n in old.body if isinstance(n, ast.ClassDef)}
     out: list[str] = []
     for node in old.body:
         if not isinstance(node, ast.ClassDef) or node.name not in new_defs:
             continue
         used = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
-        if node.name in changed_names or used & (changed_names - {node.name}):
+        if node.name in changed_names or used & changed_helpers:
             out.append(node.name)
     return out
 
@@ -864,6 +867,10 @@ def _verify(orig_src: str, new_src: str, *, path: str, rewritten_path: str,
     file_rules = rules_used(new_src, packs)
     refs = _reference_kernels(loaded.rewritten)
     results = []
+    # transformers logs advice ("add is_decoder=True") for tiny models: not ours to show.
+    hf_logger = logging.getLogger("transformers")
+    saved_level = hf_logger.level
+    hf_logger.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -872,6 +879,7 @@ def _verify(orig_src: str, new_src: str, *, path: str, rewritten_path: str,
                 results.append(_verify_class(loaded, name, factory, class_rules, file_rules,
                                              refs, options.seed, device, torch))
     finally:
+        hf_logger.setLevel(saved_level)
         for mod_name in loaded.registered:
             sys.modules.pop(mod_name, None)
     return VerifyReport(path, rewritten_path, device, tuple(results))

@@ -1,0 +1,1 @@
+"""REFERENCE KERNEL (tests only)."""
