@@ -1,0 +1,156 @@
+"""Minimal text edits over the original source (ruff's `Edit`, black's safety).
+
+An `Edit` replaces the characters `[start, end)` of the original text with
+`text`.  A rewrite is a set of non-overlapping edits applied right to left, so
+that every character outside the edited ranges stays byte-identical
+(comments, blank lines, formatting, newline style).
+
+Positions from the stdlib `ast` are (1-based line, 0-based UTF-8 *byte*
+column); `SourceMap` converts them to string offsets of the original text.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Edit:
+    """Replace `source[start:end]` (string offsets) with `text`."""
+
+    start: int
+    end: int
+    text: str
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.start <= self.end:
+            raise ValueError(f"bad edit range {self.start}..{self.end}")
+
+
+class EditConflict(ValueError):
+    """Two edits overlap: the rewrite is ill-formed and must not be applied."""
+
+
+class SourceMap:
+    """Offsets, lines and indentation of one source text.
+
+    1. Split the text into lines keeping their terminators.
+    2. Remember the string offset where each line starts.
+    3. Convert (line, byte column) to a string offset by decoding the line's
+       UTF-8 prefix (columns of the stdlib `ast` count bytes).
+    """
+
+    def __init__(self, text: str):
+        self.text = text
+        self.lines = text.splitlines(keepends=True)
+        if not self.lines or self.lines[-1].endswith(("\n", "\r")):
+            self.lines.append("")
+        self.starts: list[int] = []
+        offset = 0
+        for line in self.lines:
+            self.starts.append(offset)
+            offset += len(line)
+        self.newline = detect_newline(text)
+
+    def line_text(self, lineno: int) -> str:
+        """The text of a 1-based line, without its terminator."""
+        return self.lines[lineno - 1].rstrip("\r\n")
+
+    def offset(self, lineno: int, col_bytes: int) -> int:
+        line = self.lines[lineno - 1]
+        prefix = line.encode("utf-8")[:col_bytes].decode("utf-8", errors="ignore")
+        return self.starts[lineno - 1] + len(prefix)
+
+    def line_start(self, lineno: int) -> int:
+        return self.starts[lineno - 1]
+
+    def line_end(self, lineno: int) -> int:
+        """Offset just after the line's terminator (start of the next line)."""
+        return self.starts[lineno - 1] + len(self.lines[lineno - 1])
+
+    def indent_of(self, lineno: int) -> str:
+        line = self.line_text(lineno)
+        return line[: len(line) - len(line.lstrip(" \t"))]
+
+    def span_text(self, span: tuple[int, int, int, int]) -> str:
+        lo, col, hi, end_col = span
+        return self.text[self.offset(lo, col) : self.offset(hi, end_col)]
+
+    def node_span(self, node: ast.AST) -> tuple[int, int]:
+        return (
+            self.offset(node.lineno, node.col_offset),
+            self.offset(node.end_lineno, node.end_col_offset),
+        )
+
+    def indent_unit(self) -> str:
+        """The file's indentation step: the smallest positive indent seen, else 4 spaces."""
+        best: str | None = None
+        for raw in self.lines:
+            line = raw.rstrip("\r\n")
+            stripped = line.lstrip(" \t")
+            if not stripped or stripped.startswith("#"):
+                continue
+            indent = line[: len(line) - len(stripped)]
+            if indent and (best is None or len(indent) < len(best)):
+                best = indent
+        return best if best else "    "
+
+
+def detect_newline(text: str) -> str:
+    """The file's newline style: the first terminator found, `\\n` by default."""
+    match = re.search(r"\r\n|\n|\r", text)
+    return match.group(0) if match else "\n"
+
+
+def apply_edits(text: str, edits: list[Edit] | tuple[Edit, ...]) -> str:
+    """Apply non-overlapping edits right to left.
+
+    1. Sort by (start, end); identical pure insertions at one offset keep
+       their given order.
+    2. Reject overlaps (an insertion at the boundary of a replacement is not
+       an overlap).
+    3. Splice from the right so earlier offsets stay valid.
+    """
+    ordered = sorted(enumerate(edits), key=lambda item: (item[1].start, item[1].end, item[0]))
+    previous_end = -1
+    for _, edit in ordered:
+        if edit.end > len(text):
+            raise EditConflict(f"edit {edit.start}..{edit.end} runs past the end of the text")
+        if edit.start < previous_end:
+            raise EditConflict(f"edits overlap at offset {edit.start}")
+        previous_end = max(previous_end, edit.end)
+    result = text
+    for _, edit in reversed(ordered):
+        result = result[: edit.start] + edit.text + result[edit.end :]
+    return result
+
+
+def untouched_regions_identical(original: str, new: str, edits: list[Edit] | tuple[Edit, ...]) -> bool:
+    """Check that every character outside the edits is unchanged in `new`.
+
+    1. Walk the edits in order, keeping the shift the earlier ones caused.
+    2. Each gap between edits must appear, shifted, unchanged in `new`.
+    """
+    ordered = sorted(enumerate(edits), key=lambda item: (item[1].start, item[1].end, item[0]))
+    shift = 0
+    cursor = 0
+    for _, edit in ordered:
+        gap = original[cursor : edit.start]
+        if new[cursor + shift : edit.start + shift] != gap:
+            return False
+        shift += len(edit.text) - (edit.end - edit.start)
+        cursor = edit.end
+    return new[cursor + shift :] == original[cursor:] and len(new) == len(original) + shift
+
+
+def parse_error(text: str) -> str | None:
+    """None when `text` parses as Python, else a short located message."""
+    try:
+        ast.parse(text)
+    except SyntaxError as exc:
+        return f"line {exc.lineno}: {exc.msg}"
+    except ValueError as exc:  # null bytes
+        return str(exc)
+    return None

@@ -1,0 +1,1003 @@
+"""Synthesis of the rewritten code: a `Match` + its rule's targets -> edits.
+
+`rewrite_source(source, facts, matches)` is a pure function.  For each match,
+in order (paper §3.5):
+
+1. Safety (`dslc.safety`): conflicts from the matcher, guards, `where`
+   constraints over non-static values, `when`, data flow, attribute uses.
+2. Plan the forward edits: group the matched nodes by statement; the
+   statement of the last node keeps its place and gets the target
+   expression in place of the last node's expression (`Node.expr_span`);
+   every other matched statement must be a plain `name = <matched call>` and
+   is deleted.  An earlier statement that sits outside the `if` holding the
+   last one is hoisted: copied to the start of the other branch (an `else:`
+   is created when missing) and deleted from its place (paper Fig. 4–5).
+3. Plan the init edits: init statements of source variables that the target
+   does not produce again are deleted (unless the hoisted copy still calls
+   the layer); those it does produce again are replaced in place; new
+   variables get fresh attribute names and their statements go where the
+   last replaced statement was (same block, so a conditional init stays
+   under its guard).  A `when` option wraps them as
+   `if <cond>: <new> else: <old>`.
+4. Checkpoint names: non-identity `params` mappings register a
+   load_state_dict pre-hook (a helper emitted once per file).
+5. Imports for new qualified callees, once per file, after the last
+   top-level import.
+6. Every match's edits are tried on top of the accepted ones; a match whose
+   edits overlap accepted ones or break parsing is skipped with the reason,
+   the others still apply.  The final text is checked by
+   `safety.verify_output`.
+"""
+
+from __future__ import annotations
+
+import ast
+import keyword
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+from dslc import ir, safety
+from dslc.edits import Edit, EditConflict, SourceMap, apply_edits, parse_error
+
+HOOK_HELPER = "_dslc_remap_state_dict"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What happened to one match: `applied`, or `skipped` with the reason."""
+
+    match: ir.Match
+    status: Literal["applied", "skipped"]
+    reason: str | None
+    lines: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RewriteResult:
+    """The new source (None when nothing changed) and one outcome per match."""
+
+    new_source: str | None
+    outcomes: tuple[Outcome, ...]
+
+
+class Skip(Exception):
+    """A match cannot be rewritten; the message is the report's reason."""
+
+
+@dataclass
+class _Plan:
+    edits: list[Edit] = field(default_factory=list)
+    imports: dict[str, str] = field(default_factory=dict)  # qualname -> how it is spelled
+    import_lines: list[str] = field(default_factory=list)
+    needs_hook: bool = False
+    claimed: set[tuple[int, int]] = field(default_factory=set)  # (start, end) offsets of edited statements
+    new_attrs: dict[str, set[str]] = field(default_factory=dict)  # class -> new attribute names
+    lines: set[int] = field(default_factory=set)
+
+
+# ---------------------------------------------------------------------------
+# The module: statements, parents, names
+
+
+class _Module:
+    """The stdlib `ast` of the source, indexed for the emitter."""
+
+    def __init__(self, source: str, facts):
+        self.source = source
+        self.smap = SourceMap(source)
+        self.tree = ast.parse(source)
+        self.facts = facts
+        self.parent: dict[int, tuple[ast.AST, str]] = {}
+        self.stmt_at: dict[tuple[int, int], ast.stmt] = {}
+        self.classes: dict[str, ast.ClassDef] = {}
+        self.functions: dict[str, ast.FunctionDef] = {}
+        self.all_names: set[str] = set()
+        for node in ast.walk(self.tree):
+            for fname, value in ast.iter_fields(node):
+                if isinstance(value, list):
+                    for child in value:
+                        if isinstance(child, ast.stmt):
+                            self.parent[id(child)] = (node, fname)
+            if isinstance(node, ast.stmt):
+                self.stmt_at.setdefault((node.lineno, node.col_offset), node)
+            if isinstance(node, ast.ClassDef):
+                self.classes.setdefault(node.name, node)
+            if isinstance(node, ast.Name):
+                self.all_names.add(node.id)
+            elif isinstance(node, ast.arg):
+                self.all_names.add(node.arg)
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                self.all_names.add(node.name)
+            elif isinstance(node, ast.alias):
+                self.all_names.add((node.asname or node.name).split(".")[0])
+        for node in self.tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                self.functions[node.name] = node
+        self.imports: dict[str, str] = {}
+        self.last_import: ast.stmt | None = None
+        for node in self.tree.body:
+            if isinstance(node, ast.Import):
+                self.last_import = node
+                for alias in node.names:
+                    if alias.asname:
+                        self.imports[alias.asname] = alias.name
+                    else:
+                        self.imports[alias.name.split(".")[0]] = alias.name.split(".")[0]
+            elif isinstance(node, ast.ImportFrom):
+                self.last_import = node
+                if node.module and not node.level:
+                    for alias in node.names:
+                        self.imports[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+        for local, qual in getattr(facts, "imports", ()) or ():
+            self.imports.setdefault(local, qual)
+        self.unit = self.smap.indent_unit()
+        self.nl = self.smap.newline
+
+    # -- statements -------------------------------------------------------
+
+    def stmt(self, ref) -> ast.stmt:
+        found = self.stmt_at.get((ref.lines[0], ref.col))
+        if found is None:
+            raise Skip(f"cannot locate the statement at line {ref.lines[0]}")
+        return found
+
+    def block_of(self, stmt: ast.stmt) -> tuple[ast.AST, str, list]:
+        parent, fname = self.parent[id(stmt)]
+        return parent, fname, getattr(parent, fname)
+
+    def chain(self, stmt: ast.stmt) -> list[tuple[ast.AST, str]]:
+        """Enclosing compound statements up to the function, outermost first."""
+        out = []
+        node = stmt
+        while id(node) in self.parent:
+            parent, fname = self.parent[id(node)]
+            if isinstance(parent, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Module)):
+                break
+            out.append((parent, fname))
+            node = parent
+        return list(reversed(out))
+
+    def indent(self, stmt: ast.stmt) -> str:
+        return self.smap.indent_of(stmt.lineno)
+
+    def stmt_range(self, stmt: ast.stmt) -> tuple[int, int]:
+        """Whole lines of a statement that stands alone on them."""
+        line = self.smap.line_text(stmt.lineno)
+        before = line.encode("utf-8")[: stmt.col_offset].decode("utf-8", errors="ignore")
+        after_line = self.smap.line_text(stmt.end_lineno)
+        after = after_line.encode("utf-8")[stmt.end_col_offset :].decode("utf-8", errors="ignore").strip()
+        if before.strip() or (after and not after.startswith("#")):
+            raise Skip(f"line {stmt.lineno} holds more than one statement")
+        return self.smap.line_start(stmt.lineno), self.smap.line_end(stmt.end_lineno)
+
+    def stmt_text(self, stmt: ast.stmt, indent: str) -> str:
+        """The statement's lines re-indented to `indent` (with the newline)."""
+        start, end = self.stmt_range(stmt)
+        old = self.indent(stmt)
+        out = []
+        for raw in self.source[start:end].splitlines():
+            out.append(indent + raw[len(old):] if raw.startswith(old) else raw)
+        return self.nl.join(out) + self.nl
+
+    def lines_text(self, lines: list[str], indent: str) -> str:
+        return "".join(indent + line + self.nl for line in lines)
+
+    def ends_with_newline(self, lineno: int) -> bool:
+        return self.smap.lines[lineno - 1].endswith(("\n", "\r"))
+
+
+# ---------------------------------------------------------------------------
+# Rendering target terms
+
+
+class _Absent(Exception):
+    pass
+
+
+_ATOM = (ast.Name, ast.Attribute, ast.Call, ast.Constant, ast.Subscript, ast.List, ast.Tuple, ast.Dict)
+
+
+def _paren(text: str) -> str:
+    try:
+        node = ast.parse(text, mode="eval").body
+    except SyntaxError:
+        return f"({text})"
+    if isinstance(node, _ATOM) and not (isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and text.startswith("-")):
+        return text
+    return f"({text})"
+
+
+class _Env:
+    """Abstract variable -> source text, for one match."""
+
+    def __init__(self, match: ir.Match, attrs: dict[str, str], temps: dict[str, str]):
+        self.match = match
+        self.attrs = attrs  # layer var -> attribute name (after the rewrite)
+        self.temps = temps  # temp name -> source expression
+        self.inline: dict[str, str] = {}
+        self.casts: dict[str, str] = {}
+
+    def var(self, name: str) -> str:
+        if name in self.inline:
+            return self.inline[name]
+        if name in self.attrs:
+            return f"self.{self.attrs[name]}"
+        bound = self.match.bindings.get(name)
+        if bound is None:
+            raise _Absent(name)
+        if bound.kind == "layer":
+            text = f"self.{bound.text}"
+        elif bound.kind == "const":
+            text = bound.text if bound.text else repr(bound.value)
+        else:
+            if not bound.text:
+                raise _Absent(name)
+            text = self.temps.get(bound.text, bound.text)
+        if name in self.casts:
+            text = f"{_paren(text)}.to({self.casts[name]})"
+        return text
+
+    def term(self, term) -> str:
+        if isinstance(term, ir.Var):
+            return self.var(term.name)
+        if isinstance(term, ir.Const):
+            return repr(term.value)
+        if isinstance(term, ir.AttrOf):
+            return f"{_paren(self.var(term.base.name))}.{term.attr}"
+        if isinstance(term, ir.Expr):
+            ops = [_paren(self.term(t)) for t in term.operands]
+            if len(ops) == 1:
+                return f"{term.op}{ops[0]}"
+            return f" {term.op} ".join(ops)
+        raise Skip(f"cannot render target term {term!r}")
+
+
+def _render_args(env: _Env, node: ir.PatNode) -> str:
+    parts = []
+    for arg in node.args:
+        try:
+            parts.append(env.term(arg))
+        except _Absent as exc:
+            raise Skip(f"target argument `${exc.args[0]}` has no value in the source") from None
+    for key, value in node.kwargs:
+        try:
+            parts.append(f"{key}={env.term(value)}")
+        except _Absent:
+            continue  # an absent keyword is omitted (the callee's default applies)
+    return ", ".join(parts)
+
+
+def _vars_in(term) -> set[str]:
+    if isinstance(term, ir.Var):
+        return {term.name}
+    if isinstance(term, ir.AttrOf):
+        return {term.base.name}
+    if isinstance(term, ir.Expr):
+        out: set[str] = set()
+        for t in term.operands:
+            out |= _vars_in(t)
+        return out
+    return set()
+
+
+def _node_vars(node: ir.PatNode) -> set[str]:
+    out: set[str] = set()
+    for t in list(node.args) + [v for _, v in node.kwargs]:
+        out |= _vars_in(t)
+    if node.callee is not None:
+        if node.callee.var is not None:
+            out.add(node.callee.var.name)
+        if node.callee.subscript is not None:
+            out |= _vars_in(node.callee.subscript)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# The rewriter
+
+
+class _Rewriter:
+    def __init__(self, source: str, facts, path: str):
+        self.source = source
+        self.facts = facts
+        self.path = path
+        self.mod = _Module(source, facts)
+        self.accepted: list[Edit] = []
+        self.claimed: list[tuple[int, int, str]] = []  # (start, end, who)
+        self.imports: dict[str, str] = {}  # qualname -> spelling
+        self.import_lines: list[str] = []
+        self.needs_hook = HOOK_HELPER in self.mod.all_names
+        self.hook_present = self.needs_hook
+        self.taken: dict[str, set[str]] = {}
+        self.done_locations: dict[tuple, int] = {}
+
+    # -- names ------------------------------------------------------------
+
+    def class_names(self, class_name: str | None) -> set[str]:
+        if class_name is None:
+            return set()
+        if class_name not in self.taken:
+            names: set[str] = set()
+            node = self.mod.classes.get(class_name.rsplit(".", 1)[-1])
+            if node is not None:
+                for sub in ast.walk(node):
+                    if isinstance(sub, ast.Attribute) and isinstance(sub.value, ast.Name) and sub.value.id == "self":
+                        names.add(sub.attr)
+                    elif isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                        names.add(sub.name)
+            cls = safety.find_class(self.facts, class_name)
+            if cls is not None:
+                names |= set(cls.methods) | {b.attr for b in cls.init} | {u.attr for u in cls.attr_uses}
+            self.taken[class_name] = names
+        return self.taken[class_name]
+
+    def fresh_attr(self, class_name: str | None, var: str, extra: set[str]) -> str:
+        base = re.sub(r"\W", "_", var) or "fused"
+        if keyword.iskeyword(base):
+            base += "_"
+        taken = self.class_names(class_name) | extra
+        name, n = base, 1
+        while name in taken:
+            n += 1
+            name = f"{base}_{n}"
+        return name
+
+    def spell(self, qualname: str, plan: _Plan) -> str:
+        """How the file names `qualname`: an existing import or alias, else a new import."""
+        if qualname in self.imports:
+            return self.imports[qualname]
+        if qualname in plan.imports:
+            return plan.imports[qualname]
+        imports = self.mod.imports
+        for local, qual in sorted(imports.items()):
+            if qual == qualname:
+                plan.imports[qualname] = local
+                return local
+        if "." not in qualname:
+            plan.imports[qualname] = qualname
+            return qualname
+        module, name = qualname.rsplit(".", 1)
+        for local, qual in sorted(imports.items()):
+            if qual == module:
+                spelled = f"{local}.{name}"
+                plan.imports[qualname] = spelled
+                return spelled
+        taken = self.mod.all_names | {s.split(".")[0] for s in self.imports.values()} | {s.split(".")[0] for s in plan.imports.values()}
+        if name not in taken:
+            plan.imports[qualname] = name
+            plan.import_lines.append(f"from {module} import {name}")
+            return name
+        root = module.split(".")[0]
+        if root in imports and imports[root] != root:
+            raise Skip(f"cannot import `{qualname}`: `{name}` and `{root}` are both taken in this file")
+        plan.imports[qualname] = qualname
+        if imports.get(root) != root or module != root:
+            plan.import_lines.append(f"import {module}")
+        return qualname
+
+    def callee(self, node: ir.PatNode, env: _Env, plan: _Plan) -> str:
+        callee = node.callee
+        if callee is None:
+            raise Skip("target node has no callee")
+        if callee.var is not None:
+            try:
+                return env.var(callee.var.name)
+            except _Absent:
+                raise Skip(f"target layer `${callee.var.name}` is bound to nothing") from None
+        if node.layer_var is not None:
+            try:
+                return env.var(node.layer_var)
+            except _Absent:
+                raise Skip(f"target layer `${node.layer_var}` is bound to nothing") from None
+        text = self.spell(callee.qualname, plan)
+        if callee.subscript is not None:
+            text = f"{text}[{env.term(callee.subscript)}]"
+        return text
+
+    # -- one match --------------------------------------------------------
+
+    def plan(self, match: ir.Match) -> _Plan:
+        rule = match.rule
+        plan = _Plan()
+        reason = safety.check_conflict(match)
+        if reason:
+            raise Skip(reason)
+        reason = safety.check_constraints(match)
+        if reason:
+            raise Skip(reason)
+        condition = self.when_condition(match)
+        reason = safety.check_when(match, condition)
+        if reason:
+            raise Skip(reason)
+        cls = safety.find_class(self.facts, match.class_name)
+        paths = safety.paths_through(match, self.facts) if match.nodes else []
+        reason, feasible = safety.check_guards(match, paths)
+        if reason:
+            raise Skip(reason)
+
+        forward_edit = rule.forward is not None and rule.forward.target is not None
+        init_edit = rule.init is not None and rule.init.target is not None
+        if rule.forward is not None and not match.nodes:
+            raise Skip("no forward call of the matched layer was found")
+        if rule.forward is None and rule.init is not None and cls is not None:
+            attrs = {b.attr for b in match.init_nodes.values()}
+            if not any(u.attr in attrs and u.kind == "call" for u in cls.attr_uses):
+                raise Skip("the matched layer is never called, so replacing it is pointless")
+
+        # Forward structure: statements, hoisting.
+        groups = self.forward_groups(match) if forward_edit else []
+        hoisted_attrs: set[str] = set()
+        if groups:
+            for _, nodes, stmt in groups[:-1]:
+                if self.needs_hoist(stmt, groups[-1][2]):
+                    hoisted_attrs |= {n.attr for n in nodes if n.kind == "layer" and n.attr}
+
+        # Init changes.
+        source_vars, target_vars = {}, {}
+        if init_edit:
+            for pn in rule.init.source:
+                for out in pn.outputs:
+                    source_vars[out.name] = pn
+            for pn in rule.init.target:
+                for out in pn.outputs:
+                    target_vars[out.name] = pn
+        referenced: set[str] = set()
+        for pn in (rule.init.target if init_edit else ()):
+            referenced |= _node_vars(pn)
+        bindings = dict(match.init_nodes)
+        changed: dict[str, str] = {}
+        deleted_vars, replaced_vars, kept_vars = [], [], []
+        for var in source_vars:
+            binding = bindings.get(var)
+            if binding is None:
+                raise Skip(f"init variable `${var}` matched no binding")
+            if var in target_vars:
+                replaced_vars.append(var)
+                changed[binding.attr] = "replaces"
+            elif binding.attr in hoisted_attrs or var in referenced:
+                kept_vars.append(var)
+            else:
+                deleted_vars.append(var)
+                changed[binding.attr] = "removes"
+        if forward_edit and rule.forward.target:
+            # A layer the target forward calls under its old name keeps its interface only if replaced.
+            pass
+
+        reason = safety.check_attr_uses(match, cls, changed, interface_kept=not forward_edit)
+        if reason:
+            raise Skip(reason)
+
+        # Attribute names after the rewrite.
+        attrs: dict[str, str] = {}
+        for var, binding in bindings.items():
+            attrs[var] = binding.attr
+        new_names: set[str] = set()
+        for var in target_vars:
+            if var not in source_vars:
+                name = self.fresh_attr(match.class_name, var, new_names)
+                new_names.add(name)
+                attrs[var] = name
+        temps = self.temp_texts(match, feasible or paths)
+        env = _Env(match, attrs, temps)
+
+        if groups:
+            self.plan_forward(match, groups, env, plan, feasible or paths)
+        if init_edit:
+            self.plan_init(match, source_vars, target_vars, deleted_vars, replaced_vars, kept_vars, env, plan, condition)
+        if new_names:
+            plan.new_attrs.setdefault(match.class_name or "", set()).update(new_names)
+        return plan
+
+    def when_condition(self, match: ir.Match) -> str | None:
+        raw = match.rule.option("when")
+        if not raw:
+            return None
+        text = str(raw)
+        env = _Env(match, {v: b.attr for v, b in match.init_nodes.items()}, {})
+
+        def sub(m: re.Match) -> str:
+            try:
+                return env.var(m.group(1))
+            except _Absent:
+                raise Skip(f"`when` names `${m.group(1)}`, which is bound to nothing") from None
+
+        return re.sub(r"\$([A-Za-z_]\w*)", sub, text)
+
+    def temp_texts(self, match: ir.Match, paths) -> dict[str, str]:
+        """Temporaries produced by unmatched nested nodes -> their source text."""
+        out: dict[str, str] = {}
+        matched = {safety.node_key(n) for n in match.nodes}
+        for path in paths[:1]:
+            for node in path.nodes:
+                if node.expr_span is None or safety.node_key(node) in matched:
+                    continue
+                for name in node.outputs:
+                    if safety.TEMP_RE.match(name):
+                        out[name] = self.mod.smap.span_text(node.expr_span)
+        return out
+
+    # -- forward ----------------------------------------------------------
+
+    def forward_groups(self, match: ir.Match) -> list[tuple[tuple, list, ast.stmt]]:
+        """Matched nodes grouped by statement, in source order; last = the final statement."""
+        groups: dict[tuple, list] = {}
+        for node in match.nodes:
+            if node.kind == "stmt":
+                raise Skip(f"a wildcard matched a plain statement at line {node.stmt.lines[0]}")
+            groups.setdefault(safety.stmt_key(node), []).append(node)
+        methods = {key[0] for key in groups}
+        if len(methods) > 1:
+            names = " and ".join(f"`{m}`" for m in sorted(methods))
+            raise Skip(f"the match crosses methods {names}; the emitter cannot edit across them")
+        last_key = safety.stmt_key(match.nodes[-1])
+        ordered = sorted((k for k in groups if k != last_key), key=lambda k: (k[2][0], k[3]))
+        ordered.append(last_key)
+        return [(key, groups[key], self.mod.stmt(groups[key][0].stmt)) for key in ordered]
+
+    def needs_hoist(self, earlier: ast.stmt, final: ast.stmt) -> bool:
+        return self.mod.block_of(earlier)[2] is not self.mod.block_of(final)[2]
+
+    def plan_forward(self, match: ir.Match, groups, env: _Env, plan: _Plan, paths) -> None:
+        rule = match.rule
+        mod = self.mod
+        smap = mod.smap
+        final_key, final_nodes, final_stmt = groups[-1]
+        last = match.nodes[-1]
+        if last.expr_span is None:
+            raise Skip(f"no expression span for the matched call at line {last.stmt.lines[0]}")
+        lo, hi = self.span_offsets(last.expr_span)
+        for node in final_nodes:
+            if node.expr_span is None:
+                continue
+            a, b = self.span_offsets(node.expr_span)
+            if a < lo or b > hi:
+                raise Skip(f"matched node at line {node.stmt.lines[0]} is not part of the last node's expression")
+
+        deleted_keys: set[tuple] = set()
+        for key, nodes, stmt in groups[:-1]:
+            outer = max(nodes, key=lambda n: self.span_len(n.expr_span))
+            value = stmt.value if isinstance(stmt, (ast.Assign, ast.AnnAssign)) else None
+            ok = (
+                value is not None
+                and (not isinstance(stmt, ast.Assign) or (len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name)))
+                and (not isinstance(stmt, ast.AnnAssign) or isinstance(stmt.target, ast.Name))
+                and outer.expr_span is not None
+                and tuple(outer.expr_span) == (value.lineno, value.col_offset, value.end_lineno, value.end_col_offset)
+            )
+            if not ok:
+                raise Skip(f"line {stmt.lineno} is not a plain `name = <matched call>` and cannot be removed")
+            deleted_keys.add(key)
+
+        # Extra arguments of matched function calls the pattern did not mention.
+        extras = getattr(match, "extras", {}) or {}
+        source_nodes = rule.forward.source
+        for index, items in extras.items():
+            pn = source_nodes[index] if 0 <= index < len(source_nodes) else None
+            for name, value in items:
+                text = getattr(value, "text", str(value))
+                if name == "dtype" and pn is not None and pn.args and isinstance(pn.args[0], ir.Var):
+                    env.casts[pn.args[0].name] = text
+                    continue
+                line = match.nodes[index].stmt.lines[0] if index < len(match.nodes) else last.stmt.lines[0]
+                raise Skip(f"argument `{name}={text}` of the call at line {line} has no counterpart in the target")
+
+        # The target expression: earlier target nodes are inlined into later ones.
+        target = rule.forward.target
+        uses: dict[str, int] = {}
+        for pn in target:
+            for v in _node_vars(pn):
+                uses[v] = uses.get(v, 0) + 1
+        final_text = None
+        for i, pn in enumerate(target):
+            text = self.render_node(pn, env, plan)
+            if i == len(target) - 1:
+                final_text = text
+                break
+            if len(pn.outputs) != 1 or uses.get(pn.outputs[0].name, 0) != 1:
+                raise Skip("the target needs a temporary variable, which the emitter does not introduce")
+            env.inline[pn.outputs[0].name] = _paren(text) if pn.kind in ("op", "unary") else text
+        final_pn = target[-1]
+
+        # Data flow.
+        produced_again = set()
+        for pn in target:
+            for out in pn.outputs:
+                bound = match.bindings.get(out.name)
+                if bound is not None and bound.kind == "name":
+                    produced_again.add(bound.text)
+        kept_names = set(last.outputs)
+        target_inputs: set[str] = set()
+        for pn in target:
+            for v in _node_vars(pn):
+                bound = match.bindings.get(v)
+                if bound is not None and bound.kind == "name" and v not in env.inline and bound.text not in env.temps:
+                    target_inputs.add(bound.text)
+        reason = safety.check_dataflow(
+            match, paths,
+            kept_names=kept_names if len(final_pn.outputs) <= 1 else set(),
+            produced_again=produced_again,
+            target_inputs=target_inputs,
+            deleted_stmts=deleted_keys,
+            final_stmt=final_key,
+        )
+        if reason:
+            raise Skip(reason)
+
+        # The final statement.
+        if len(final_pn.outputs) > 1:
+            if not (isinstance(final_stmt, ast.Assign) and len(final_stmt.targets) == 1):
+                raise Skip(f"line {final_stmt.lineno} must be a plain assignment to take several outputs")
+            names = []
+            for out in final_pn.outputs:
+                bound = match.bindings.get(out.name)
+                if bound is None or bound.kind != "name":
+                    raise Skip(f"target output `${out.name}` is bound to no name")
+                names.append(bound.text)
+            start, end = smap.node_span(final_stmt)
+            self.claim(plan, start, end, f"{', '.join(names)} = {final_text}", final_stmt)
+        else:
+            self.claim(plan, lo, hi, final_text, final_stmt)
+
+        # Earlier statements: delete; hoist out of the branch when needed.
+        hoisted_by_if: dict[int, tuple[ast.If, str, list[ast.stmt]]] = {}
+        final_chain = mod.chain(final_stmt)
+        matched_stmts = {id(stmt) for _, _, stmt in groups}
+        for key, nodes, stmt in groups[:-1]:
+            if self.needs_hoist(stmt, final_stmt):
+                chain = mod.chain(stmt)
+                if final_chain[: len(chain)] != chain or len(final_chain) <= len(chain):
+                    raise Skip(f"line {stmt.lineno} sits in a branch that does not hold line {final_stmt.lineno}; cannot hoist")
+                self.check_hoist(stmt, final_stmt, chain, final_chain, matched_stmts)
+                for compound, branch in final_chain[len(chain):]:
+                    if not isinstance(compound, ast.If):
+                        kind = type(compound).__name__.lower()
+                        raise Skip(f"cannot hoist line {stmt.lineno} into the `{kind}` at line {compound.lineno}")
+                    entry = hoisted_by_if.setdefault(id(compound), (compound, branch, []))
+                    entry[2].append(stmt)
+            self.delete_stmt(plan, stmt, also_deleted={id(s) for _, _, s in groups[:-1]})
+        for compound, branch, stmts in hoisted_by_if.values():
+            self.copy_into_other_branch(plan, compound, branch, stmts)
+        plan.lines.update(range(final_stmt.lineno, final_stmt.end_lineno + 1))
+
+    def check_hoist(self, stmt, final_stmt, chain, final_chain, matched_stmts) -> None:
+        """Statements the hoisted copy moves past must not touch its names."""
+        names = _names(stmt)
+        parent, fname, body = self.mod.block_of(stmt)
+        compound = final_chain[len(chain)][0]
+        movers: list[ast.AST] = []
+        i = body.index(stmt)
+        for other in body[i + 1 :]:
+            if other is compound:
+                break
+            movers.append(other)
+        for level, (comp, branch) in enumerate(final_chain[len(chain):]):
+            movers.append(comp.test)
+            inner = getattr(comp, branch)
+            stop = final_chain[len(chain) + level + 1][0] if len(chain) + level + 1 < len(final_chain) else final_stmt
+            for other in inner:
+                if other is stop:
+                    break
+                movers.append(other)
+        for other in movers:
+            if id(other) in matched_stmts:
+                continue
+            common = names & _names(other)
+            if common:
+                line = getattr(other, "lineno", stmt.lineno)
+                raise Skip(
+                    f"hoisting line {stmt.lineno} would move it past line {line}, which uses `{sorted(common)[0]}`"
+                )
+
+    def copy_into_other_branch(self, plan: _Plan, compound: ast.If, branch: str, stmts: list[ast.stmt]) -> None:
+        mod = self.mod
+        stmts = sorted(stmts, key=lambda s: s.lineno)
+        if branch == "body":
+            other = compound.orelse
+            if other:
+                if len(other) == 1 and isinstance(other[0], ast.If) and mod.smap.line_text(other[0].lineno).lstrip().startswith("elif"):
+                    raise Skip(f"cannot hoist into the `elif` at line {other[0].lineno}")
+                first = other[0]
+                indent = mod.indent(first)
+                text = "".join(mod.stmt_text(s, indent) for s in stmts)
+                at = mod.smap.line_start(first.lineno)
+                plan.edits.append(Edit(at, at, text))
+            else:
+                head = mod.smap.line_text(compound.lineno)
+                if head.lstrip().startswith("elif"):
+                    indent = mod.indent(compound)
+                else:
+                    indent = mod.indent(compound)
+                body_indent = mod.indent(compound.body[0])
+                text = indent + "else:" + mod.nl + "".join(mod.stmt_text(s, body_indent) for s in stmts)
+                end_line = compound.end_lineno
+                at = mod.smap.line_end(end_line)
+                if not mod.ends_with_newline(end_line):
+                    text = mod.nl + text.rstrip("\r\n")
+                plan.edits.append(Edit(at, at, text))
+        else:
+            first = compound.body[0]
+            indent = mod.indent(first)
+            text = "".join(mod.stmt_text(s, indent) for s in stmts)
+            at = mod.smap.line_start(first.lineno)
+            plan.edits.append(Edit(at, at, text))
+
+    def render_node(self, pn: ir.PatNode, env: _Env, plan: _Plan) -> str:
+        if pn.kind == "op":
+            ops = [_paren(env.term(t)) for t in pn.args]
+            if len(ops) != 2:
+                raise Skip(f"operator `{pn.op}` needs two operands")
+            return f"{ops[0]} {pn.op} {ops[1]}"
+        if pn.kind == "unary":
+            return f"{pn.op}{_paren(env.term(pn.args[0]))}"
+        if pn.kind == "wildcard":
+            raise Skip("a wildcard cannot be emitted")
+        return f"{self.callee(pn, env, plan)}({_render_args(env, pn)})"
+
+    # -- init -------------------------------------------------------------
+
+    def plan_init(self, match, source_vars, target_vars, deleted_vars, replaced_vars, kept_vars, env, plan, condition) -> None:
+        mod = self.mod
+        rule = match.rule
+        bindings = match.init_nodes
+        stmts: dict[str, ast.stmt] = {}
+        for var in list(deleted_vars) + list(replaced_vars) + list(kept_vars):
+            binding = bindings[var]
+            if binding.stmt is None:
+                raise Skip(f"no statement recorded for `self.{binding.attr}`")
+            stmt = mod.stmt(binding.stmt)
+            if not (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Attribute)):
+                raise Skip(f"line {stmt.lineno} is not a plain `self.{binding.attr} = ...`")
+            stmts[var] = stmt
+        rendered: dict[str, str] = {}
+        order = []
+        for pn in rule.init.target:
+            if len(pn.outputs) != 1:
+                raise Skip("an init target node must bind exactly one variable")
+            var = pn.outputs[0].name
+            rendered[var] = f"self.{env.attrs[var]} = {self.render_node(pn, env, plan)}"
+            order.append(var)
+        # Checkpoint compatibility.
+        renames = []
+        for pm in rule.params:
+            new_attr = env.attrs.get(pm.target.base.name)
+            old_binding = bindings.get(pm.source.base.name)
+            if new_attr is None or old_binding is None:
+                raise Skip(f"params mapping `{pm.target.base}.{pm.target.attr}` names an unbound variable")
+            new_key = f"{new_attr}.{pm.target.attr}"
+            old_key = f"{old_binding.attr}.{pm.source.attr}"
+            if new_key != old_key:
+                keep = pm.source.base.name in kept_vars
+                renames.append((new_key, old_key, keep))
+        changed = [v for v in list(deleted_vars) + list(replaced_vars)]
+        if not changed and not order:
+            return
+        candidates = changed + [v for v in kept_vars if any(v in _node_vars(pn) for pn in rule.init.target)]
+        if not candidates:
+            raise Skip("nothing in `__init__` to anchor the new layers to")
+        anchor_var = max(candidates, key=lambda v: (stmts[v].lineno, stmts[v].col_offset))
+        anchor = stmts[anchor_var]
+        indent = mod.indent(anchor)
+        new_lines = []
+        for var in order:
+            if var in replaced_vars:
+                continue
+            new_lines.append(rendered[var])
+        if renames:
+            plan.needs_hook = True
+            items = ", ".join(f"({n!r}, {o!r}, {k})" for n, o, k in renames)
+            new_lines.append(f"self._register_load_state_dict_pre_hook({HOOK_HELPER}(({items},)))")
+        if condition:
+            self.plan_init_when(match, stmts, changed, anchor, new_lines, rendered, replaced_vars, condition, plan)
+            return
+        # Replace in place (all but the anchor); delete; then the anchor carries the new block.
+        also_deleted = {id(stmts[v]) for v in deleted_vars}
+        for var in replaced_vars:
+            if var == anchor_var:
+                continue
+            stmt = stmts[var]
+            start, end = mod.stmt_range(stmt)
+            text = mod.lines_text([rendered[var]], mod.indent(stmt))
+            self.claim(plan, start, end, self.fit(text, stmt), stmt)
+        for var in deleted_vars:
+            if var == anchor_var:
+                continue
+            self.delete_stmt(plan, stmts[var], also_deleted=also_deleted)
+        start, end = mod.stmt_range(anchor)
+        if anchor_var in deleted_vars and not new_lines:
+            self.delete_stmt(plan, anchor, also_deleted=also_deleted)
+            return
+        if anchor_var in deleted_vars:
+            text = mod.lines_text(new_lines, indent)
+        elif anchor_var in replaced_vars:
+            text = mod.lines_text([rendered[anchor_var]] + new_lines, indent)
+        else:  # a kept statement the new layer references: append after it
+            text = mod.source[start:end] + mod.lines_text(new_lines, indent)
+        self.claim(plan, start, end, self.fit(text, anchor), anchor)
+
+    def plan_init_when(self, match, stmts, changed, anchor, new_lines, rendered, replaced_vars, condition, plan) -> None:
+        """`if <cond>: <new init> else: <original statements>` at the anchor."""
+        mod = self.mod
+        olds = sorted((stmts[v] for v in changed), key=lambda s: s.lineno)
+        blocks = {id(mod.block_of(s)[2]) for s in olds}
+        if len(blocks) != 1:
+            raise Skip("a `when` rewrite needs the replaced init statements in one block")
+        body = mod.block_of(anchor)[2]
+        first = body.index(olds[0])
+        last = body.index(anchor)
+        moved_attrs = {s.targets[0].attr for s in olds}
+        for other in body[first : last + 1]:
+            if other in olds:
+                continue
+            used = {n.attr for n in ast.walk(other) if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == "self"}
+            if used & moved_attrs:
+                raise Skip(f"line {other.lineno} uses `self.{sorted(used & moved_attrs)[0]}` between the init statements a `when` rewrite moves")
+        indent = mod.indent(anchor)
+        inner = indent + mod.unit
+        replaced_lines = [rendered[v] for v in replaced_vars]
+        text = indent + f"if {condition}:" + mod.nl
+        text += mod.lines_text(replaced_lines + new_lines, inner)
+        text += indent + "else:" + mod.nl
+        text += "".join(mod.stmt_text(s, inner) for s in olds)
+        for s in olds[:-1]:
+            self.delete_stmt(plan, s, also_deleted={id(o) for o in olds})
+        start, end = mod.stmt_range(anchor)
+        self.claim(plan, start, end, self.fit(text, anchor), anchor)
+
+    # -- edit helpers -----------------------------------------------------
+
+    def fit(self, text: str, stmt: ast.stmt) -> str:
+        """Drop the final newline when the replaced statement had none (end of file)."""
+        if not self.mod.ends_with_newline(stmt.end_lineno) and text.endswith(("\n", "\r")):
+            return text.rstrip("\r\n")
+        return text
+
+    def span_offsets(self, span) -> tuple[int, int]:
+        lo, col, hi, end_col = span
+        return self.mod.smap.offset(lo, col), self.mod.smap.offset(hi, end_col)
+
+    @staticmethod
+    def span_len(span) -> tuple:
+        if span is None:
+            return (-1,)
+        return (span[2] - span[0], span[3] - span[1] if span[2] == span[0] else span[3])
+
+    def claim(self, plan: _Plan, start: int, end: int, text: str, stmt: ast.stmt) -> None:
+        plan.edits.append(Edit(start, end, text))
+        plan.claimed.add((start, end))
+        plan.lines.update(range(stmt.lineno, stmt.end_lineno + 1))
+
+    def delete_stmt(self, plan: _Plan, stmt: ast.stmt, *, also_deleted: set[int]) -> None:
+        """Delete a statement's lines; the last deleted statement of a block that empties gets `pass`."""
+        mod = self.mod
+        start, end = mod.stmt_range(stmt)
+        _, _, body = mod.block_of(stmt)
+        text = ""
+        if all(id(s) in also_deleted for s in body) and stmt is max(body, key=lambda s: s.lineno):
+            text = self.fit(mod.indent(stmt) + "pass" + mod.nl, stmt)
+        plan.edits.append(Edit(start, end, text))
+        plan.claimed.add((start, end))
+        plan.lines.update(range(stmt.lineno, stmt.end_lineno + 1))
+
+    # -- the file ---------------------------------------------------------
+
+    def header_edit(self) -> Edit | None:
+        """New imports (and the state-dict helper) after the last top-level import."""
+        mod = self.mod
+        lines = list(dict.fromkeys(self.import_lines))
+        helper = self.needs_hook and not self.hook_present
+        if not lines and not helper:
+            return None
+        nl = mod.nl
+        if mod.last_import is not None:
+            at = mod.smap.line_end(mod.last_import.end_lineno)
+            prefix = "" if mod.ends_with_newline(mod.last_import.end_lineno) else nl
+        else:
+            at, prefix = self.top_of_file()
+        text = prefix + "".join(line + nl for line in lines)
+        if helper:
+            text += nl + nl + _hook_helper(mod.unit, nl)
+            if mod.last_import is None or True:
+                text += nl
+        return Edit(at, at, text)
+
+    def top_of_file(self) -> tuple[int, str]:
+        mod = self.mod
+        body = mod.tree.body
+        pos = 0
+        for node in body:
+            is_doc = isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
+            is_future = isinstance(node, ast.ImportFrom) and node.module == "__future__"
+            if (is_doc and node is body[0]) or is_future:
+                pos = node.end_lineno
+                continue
+            break
+        if pos == 0:
+            return 0, ""
+        prefix = "" if mod.ends_with_newline(pos) else mod.nl
+        return mod.smap.line_end(pos), prefix
+
+
+def _hook_helper(unit: str, nl: str) -> str:
+    lines = [
+        f"def {HOOK_HELPER}(renames):",
+        f'{unit}"""A load_state_dict pre-hook (added by `dslc apply`): load checkpoints saved before the rewrite."""',
+        "",
+        f"{unit}def hook(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):",
+        f"{unit*2}for new, old, keep in renames:",
+        f"{unit*3}if prefix + old in state_dict and prefix + new not in state_dict:",
+        f"{unit*4}state_dict[prefix + new] = state_dict[prefix + old] if keep else state_dict.pop(prefix + old)",
+        "",
+        f"{unit}return hook",
+        "",
+    ]
+    return nl.join(lines)
+
+
+def _names(node: ast.AST) -> set[str]:
+    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+
+
+def _location_key(match: ir.Match) -> tuple:
+    return (match.rule.qualified_name, tuple(sorted({safety.stmt_key(n) for n in match.nodes})),
+            tuple(sorted((b.attr for b in match.init_nodes.values()))))
+
+
+def rewrite_source(source: str, facts, matches: list[ir.Match], *, path: str = "<string>") -> RewriteResult:
+    """Rewrite every safe match of `source`; see the module docstring for the steps."""
+    try:
+        rewriter = _Rewriter(source, facts, path)
+    except SyntaxError as exc:
+        reason = f"the file does not parse (line {exc.lineno}: {exc.msg})"
+        return RewriteResult(None, tuple(Outcome(m, "skipped", reason, tuple(m.lines)) for m in matches))
+    outcomes: list[Outcome] = []
+    current = source
+    for match in matches:
+        key = _location_key(match)
+        if match.nodes and key in rewriter.done_locations:
+            outcomes.append(Outcome(match, "skipped", f"same location as the match at line {rewriter.done_locations[key]} (edited once)", tuple(match.lines)))
+            continue
+        try:
+            plan = rewriter.plan(match)
+            edits = rewriter.accepted + plan.edits
+            for start, end in plan.claimed:
+                for a, b, who in rewriter.claimed:
+                    if start < b and a < end:
+                        raise Skip(f"overlaps the rewrite of {who}")
+            try:
+                candidate = apply_edits(source, edits)
+            except EditConflict as exc:
+                raise Skip(f"its edits overlap another rewrite ({exc})") from None
+            err = parse_error(candidate)
+            if err is not None:
+                raise Skip(f"the rewrite would not parse ({err})")
+        except Skip as exc:
+            outcomes.append(Outcome(match, "skipped", str(exc), tuple(match.lines)))
+            continue
+        # Accept.
+        rewriter.accepted = edits
+        first = min(plan.lines) if plan.lines else (match.lines[0] if match.lines else 0)
+        for start, end in plan.claimed:
+            rewriter.claimed.append((start, end, f"{match.rule.qualified_name} at line {first}"))
+        rewriter.imports.update(plan.imports)
+        rewriter.import_lines.extend(plan.import_lines)
+        rewriter.needs_hook = rewriter.needs_hook or plan.needs_hook
+        for cls, names in plan.new_attrs.items():
+            rewriter.taken.setdefault(cls, set()).update(names)
+        if match.nodes:
+            rewriter.done_locations[key] = first
+        current = candidate
+        outcomes.append(Outcome(match, "applied", None, tuple(sorted(set(match.lines) | plan.lines))))
+    if not rewriter.accepted:
+        return RewriteResult(None, tuple(outcomes))
+    edits = list(rewriter.accepted)
+    header = rewriter.header_edit()
+    if header is not None:
+        edits.append(header)
+    new = apply_edits(source, edits)
+    reason = safety.verify_output(source, new, edits)
+    if reason is not None:
+        outcomes = [Outcome(o.match, "skipped", reason, o.lines) if o.status == "applied" else o for o in outcomes]
+        return RewriteResult(None, tuple(outcomes))
+    del current
+    return RewriteResult(new if new != source else None, tuple(outcomes))

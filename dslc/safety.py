@@ -1,0 +1,385 @@
+"""Safety checks decided before any edit, and the gate on every output.
+
+Each check returns None when the match may be rewritten, or a short human
+sentence naming the value / attribute / line that blocks it (the `skipped`
+reason of the report).  The authority is `shared/spec/adopter-rules.md`,
+"What is never a location" and "Conventions that settle the hard cases".
+
+Checks (the rewriter calls them in this order):
+
+1. `check_conflict`   the matcher already found a reason (overlap, a static
+                      fact it needs but the source does not give).
+2. `check_guards`     the guards of the paths through the location are
+                      consistent (z3); refuted -> "contradictory guards",
+                      undecided -> unsafe.
+3. `check_constraints` `where` constraints over values that are not static.
+4. `check_dataflow`   intermediates the rewrite removes are not read later or
+                      between the matched nodes by other nodes, on any path;
+                      the inputs the target reads still hold the same values
+                      where the target reads them.
+5. `check_attr_uses`  attributes the rewrite replaces or removes are used
+                      nowhere else, and assigned only by their init binding.
+6. `check_when`       the init binding's guards do not imply `not when`.
+
+`verify_output` is the final gate: the output parses and every character
+outside the edits is unchanged.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterable, Sequence
+
+from dslc import ir
+from dslc.edits import Edit, parse_error, untouched_regions_identical
+
+TEMP_RE = re.compile(r"^temp_\d+$")
+
+
+def node_key(node) -> tuple:
+    """Identity of a node across paths: its statement and its own expression."""
+    stmt = node.stmt
+    return (stmt.method, stmt.owner, tuple(stmt.lines), stmt.col, node.expr_span, node.kind, node.attr, node.type, node.op)
+
+
+def stmt_key(node) -> tuple:
+    stmt = node.stmt
+    return (stmt.method, stmt.owner, tuple(stmt.lines), stmt.col)
+
+
+def first_line(node) -> int:
+    return node.stmt.lines[0]
+
+
+def reads_of(node) -> set[str]:
+    names = set(node.reads)
+    for value in list(node.inputs) + [v for _, v in node.kwargs]:
+        if getattr(value, "kind", None) == "name":
+            names.add(value.text)
+    return names
+
+
+def writes_of(node) -> set[str]:
+    return set(node.writes) | set(node.outputs)
+
+
+# ---------------------------------------------------------------------------
+# Paths through a location
+
+
+def candidate_paths(match: ir.Match, facts) -> list:
+    """All paths of the function holding the match (per `Match.paths_of`)."""
+    paths_of = getattr(match, "paths_of", None)
+    cls = find_class(facts, match.class_name)
+    if paths_of and paths_of.startswith("function:"):
+        return list(dict(facts.functions).get(paths_of.split(":", 1)[1], ()))
+    if paths_of and paths_of.startswith("method:") and cls is not None:
+        return list(dict(cls.other_paths).get(paths_of.split(":", 1)[1], ()))
+    if cls is not None:
+        if cls.paths:
+            return list(cls.paths)
+        return list(dict(cls.other_paths).get(match.function, ()))
+    return list(dict(facts.functions).get(match.function, ()))
+
+
+def paths_through(match: ir.Match, facts) -> list:
+    """The paths that contain every matched node, in order.
+
+    1. Take every path of the function that holds the match.
+    2. Keep those that contain all matched nodes (by `node_key`).
+    3. Fall back to `Match.paths` indices when none contains them all (the
+       analysis may rename temporaries per path).
+    """
+    paths = candidate_paths(match, facts)
+    keys = [node_key(n) for n in match.nodes]
+    found = [p for p in paths if _positions(p, keys) is not None]
+    if not found:
+        found = [paths[i] for i in match.paths if 0 <= i < len(paths)]
+    return found
+
+
+def _positions(path, keys: Sequence[tuple]) -> list[int] | None:
+    index = {node_key(n): i for i, n in enumerate(path.nodes)}
+    out = []
+    for key in keys:
+        if key not in index:
+            return None
+        out.append(index[key])
+    return out
+
+
+def find_class(facts, name: str | None):
+    if name is None:
+        return None
+    for cls in facts.classes:
+        if cls.name == name or cls.qualname == name or cls.qualname.endswith("." + name):
+            return cls
+    return None
+
+
+# ---------------------------------------------------------------------------
+# 1. conflicts found by the matcher
+
+
+def check_conflict(match: ir.Match) -> str | None:
+    return getattr(match, "conflict", None) or None
+
+
+# ---------------------------------------------------------------------------
+# 2. guards
+
+
+def _guards_module():
+    try:
+        from dslc.analysis import guards
+    except ImportError:  # pragma: no cover - the analysis package ships guards
+        return None
+    return guards
+
+
+def check_guards(match: ir.Match, paths: Iterable) -> tuple[str | None, list]:
+    """Keep the feasible paths through the location.
+
+    1. For each path, ask z3 whether its guards can hold together (with the
+       init bindings' guards: the layers must exist when forward runs).
+    2. Refuted on every path -> skipped "contradictory guards"; undecided on
+       every path that is not refuted -> skipped as unsafe.
+    Returns (reason, feasible paths).
+    """
+    paths = list(paths)
+    if not paths:
+        return None, []
+    guards = _guards_module()
+    init_guards = []
+    for binding in match.init_nodes.values():
+        init_guards.extend(getattr(binding, "guards", ()) or ())
+    feasible, unknown, refuted = [], [], []
+    for path in paths:
+        gs = list(path.guards)
+        if guards is None:
+            answer = _text_consistent(gs)
+        else:
+            answer = guards.consistent(gs).value
+            if answer != "refuted" and init_guards:
+                combined = guards.consistent(gs + init_guards).value
+                if combined == "refuted":
+                    answer = "refuted"
+        if answer == "proved":
+            feasible.append(path)
+        elif answer == "refuted":
+            refuted.append(path)
+        else:
+            unknown.append(path)
+    if feasible:
+        return None, feasible
+    if unknown:
+        texts = ", ".join(f"`{g}`" for g in unknown[0].guards)
+        return f"guards {texts} could not be decided; skipped as unsafe", []
+    return "contradictory guards: " + _describe_contradiction(refuted[0].guards, init_guards), []
+
+
+def _text_consistent(gs) -> str:
+    seen = {(g.text, g.negated) for g in gs}
+    return "refuted" if any((t, not n) in seen for t, n in seen) else "proved"
+
+
+def _describe_contradiction(gs, init_guards) -> str:
+    gs = list(gs)
+    for a in gs:
+        for b in gs:
+            if a.text == b.text and a.negated != b.negated and not a.negated:
+                return f"`{a}` (line {a.lines[0]}) and `{b}` (line {b.lines[0]}) on one path"
+    parts = [f"`{g}` (line {g.lines[0]})" for g in gs]
+    if init_guards:
+        parts += [f"`{g}` (init, line {g.lines[0]})" for g in init_guards]
+    return ", ".join(parts) + " cannot all hold"
+
+
+# ---------------------------------------------------------------------------
+# 3. constraints that need static facts
+
+
+def check_constraints(match: ir.Match) -> str | None:
+    """A `where` constraint over a value that is not a literal cannot be decided."""
+    for constraint in match.rule.where:
+        bound = match.bindings.get(constraint.var.name)
+        if bound is None or bound.kind == "const":
+            continue
+        values = ", ".join(repr(v) for v in constraint.values)
+        need = f"{constraint.op} {values}" if len(constraint.values) == 1 else f"{constraint.op} ({values})"
+        return f"`${constraint.var.name}` must be {need} but is `{bound.text}`, not known statically"
+    return None
+
+
+# ---------------------------------------------------------------------------
+# 4. data flow
+
+
+def check_dataflow(
+    match: ir.Match,
+    paths: Iterable,
+    *,
+    kept_names: set[str],
+    produced_again: set[str],
+    target_inputs: set[str],
+    deleted_stmts: set[tuple],
+    final_stmt: tuple | None,
+) -> str | None:
+    """Removed intermediates are dead and target inputs are unchanged, on every path.
+
+    On each path (positions of the matched nodes known):
+    1. For every output `o` of a matched node that the final statement does
+       not write itself: scan the nodes after it.  A node that is not matched
+       and reads `o` blocks the match ("read ... after the match" when it
+       comes after the final statement, "between" otherwise), unless `o` is
+       produced again (`produced_again`) and the read comes after the final
+       statement.  A write of `o` (by any node) ends the scan.
+    2. For every name the target reads (`target_inputs`): find the first
+       matched node that reads it; no unmatched node between there and the
+       final statement may write it, and no deleted statement before it may
+       write it (after the edit the name is read at the final statement).
+    """
+    keys = [node_key(n) for n in match.nodes]
+    for path in paths:
+        positions = _positions(path, keys)
+        if positions is None:
+            continue
+        matched = set(positions)
+        last = max(positions)
+        final_positions = {i for i, n in enumerate(path.nodes) if final_stmt is not None and stmt_key(n) == final_stmt}
+        end_of_final = max([last] + [i for i in final_positions])
+        for pos in sorted(positions):
+            node = path.nodes[pos]
+            if pos in final_positions:
+                continue
+            for out in node.outputs:
+                if out in kept_names:
+                    continue
+                reason = _scan_reads(path, pos, out, matched, end_of_final, final_positions, produced_again)
+                if reason:
+                    return reason
+        for name in sorted(target_inputs):
+            first = next((p for p in sorted(positions) if name in reads_of(path.nodes[p])), None)
+            if first is None:
+                continue
+            for q in range(first + 1, last + 1):
+                other = path.nodes[q]
+                if q in matched or q in final_positions:
+                    continue
+                if name in writes_of(other):
+                    return f"`{name}` is reassigned at line {first_line(other)} before the fused call reads it"
+            for q in sorted(positions):
+                if q >= first:
+                    break
+                other = path.nodes[q]
+                if stmt_key(other) in deleted_stmts and name in writes_of(other):
+                    return f"`{name}` is written by line {first_line(other)}, which the rewrite removes"
+    return None
+
+
+def _scan_reads(path, pos, out, matched, end_of_final, final_positions, produced_again) -> str | None:
+    origin = first_line(path.nodes[pos])
+    for q in range(pos + 1, len(path.nodes)):
+        other = path.nodes[q]
+        after = q > end_of_final
+        if q in final_positions:
+            if out in produced_again:
+                return None
+            continue
+        if q not in matched and out in reads_of(other):
+            if after and out in produced_again:
+                return None
+            where = "after the match" if after else "between the matched statements"
+            what = "temporary" if TEMP_RE.match(out) else "intermediate"
+            return f"{what} `{out}` (line {origin}) is read at line {first_line(other)} {where}"
+        if out in writes_of(other):
+            return None
+    return None
+
+
+# ---------------------------------------------------------------------------
+# 5. attribute uses
+
+
+def check_attr_uses(
+    match: ir.Match,
+    cls,
+    changed: dict[str, str],
+    *,
+    interface_kept: bool,
+) -> str | None:
+    """Attributes the rewrite replaces or removes are used nowhere else.
+
+    `changed` maps attribute -> "replaced" / "removed".  Allowed uses: the
+    init binding's own statement, and the matched forward statements.  With
+    `interface_kept` (a drop-in module replacement, forward target `_`) calls
+    elsewhere are fine; stores outside the binding never are.
+    """
+    if cls is None or not changed:
+        return None
+    bindings = {b.attr: b for b in match.init_nodes.values()}
+    forward_spans = [(n.stmt.method, n.stmt.lines) for n in match.nodes]
+    for use in cls.attr_uses:
+        if use.attr not in changed:
+            continue
+        binding = bindings.get(use.attr)
+        if binding is not None and binding.stmt is not None:
+            lo, hi = binding.stmt.lines
+            if use.method == binding.stmt.method and lo <= use.lines[0] <= hi and use.kind == "store":
+                continue
+        if use.kind == "store":
+            where = "outside `__init__`" if use.method != "__init__" else "again"
+            return f"attribute `self.{use.attr}` is assigned {where} at line {use.lines[0]} (in `{use.method}`)"
+        if interface_kept:
+            continue
+        if any(method == use.method and lo <= use.lines[0] <= hi for method, (lo, hi) in forward_spans):
+            continue
+        if binding is not None and binding.stmt is not None and use.method == binding.stmt.method and binding.stmt.lines[0] <= use.lines[0] <= binding.stmt.lines[1]:
+            continue
+        return (
+            f"attribute `self.{use.attr}`, which the rewrite {changed[use.attr]}, "
+            f"is also used at line {use.lines[0]} (in `{use.method}`)"
+        )
+    return None
+
+
+# ---------------------------------------------------------------------------
+# 6. `when`
+
+
+def check_when(match: ir.Match, condition: str | None) -> str | None:
+    """Not a location when the init bindings' guards imply `not when`.
+
+    This keeps a second apply a no-op: the first kept the original init in
+    the `else:` branch of `if <when>:`.
+    """
+    if not condition:
+        return None
+    guards = _guards_module()
+    from dslc.analysis.model import Guard
+
+    for binding in match.init_nodes.values():
+        gs = list(getattr(binding, "guards", ()) or ())
+        if not gs:
+            continue
+        if guards is not None:
+            answer = guards.consistent(gs + [Guard(condition)]).value
+        else:
+            answer = _text_consistent(gs + [Guard(condition)])
+        if answer == "refuted":
+            return f"not a location: `self.{binding.attr}` (line {binding.stmt.lines[0] if binding.stmt else 0}) is built only when `not ({condition})`"
+    return None
+
+
+# ---------------------------------------------------------------------------
+# the output gate
+
+
+def verify_output(original: str, new: str, edits: Sequence[Edit]) -> str | None:
+    """None when `new` parses and is `original` outside the edits."""
+    err = parse_error(new)
+    if err is not None:
+        return f"the rewritten file does not parse ({err})"
+    if not untouched_regions_identical(original, new, edits):
+        return "the rewrite changed text outside the edited statements"
+    return None
