@@ -1,0 +1,312 @@
+"""Compile rules (`ir.Rule`) to matcher automata and one combined matcher.
+
+`compile_rules(rules)` runs an explicit tuple of passes (`PASSES`) over each
+rule, then indexes the compiled rules by anchor:
+
+1. `_resolve_layer_vars`  every forward layer node gets its init variable:
+   `$v(...)` calls the layer `$v`; `qual.Type(...)` calls the layer of init
+   type `qual.Type` when the init pattern has exactly one such node, else
+   the function `qual.Type` itself (`PatNode.layer_var` set by the front end
+   wins).
+2. `_compile_init`   the init source pattern -> a `SetMatcher` (one
+   `InitTest` per node; arguments keyed by parameter name where the
+   signature table knows the type).
+3. `_compile_forward`  the forward source pattern -> a linear `Automaton`
+   (transition `i -> i+1` per pattern node; skip self-loops are implicit).
+4. `_collect_names`  the last components of the qualified names the rule
+   needs (the file pre-filter of `CompiledPack.anchor_names`).
+
+The combined matcher (`CompiledPack`) maps each anchor key — (kind, type) of
+an automaton's first non-wildcard transition — to the rules anchored there, so
+`dslc.matcher` only tries a path node against the rules whose anchor the node
+carries: the work per node is one dict lookup plus the rules that can really
+start there, however many rules the pack holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+from dslc import ir, signatures
+from dslc.automaton import Action, Automaton, InitTest, SetMatcher, Test, Transition
+
+COMMUTATIVE = frozenset({"+", "*"})
+
+
+class CompileError(ValueError):
+    """A rule that cannot be compiled (the checker should have said so)."""
+
+    def __init__(self, rule: ir.Rule, message: str, span: ir.Span | None = None):
+        span = span or rule.span
+        where = f"{span.path}:{span.line}:{span.col}: " if span else ""
+        super().__init__(f"{where}rule {rule.qualified_name}: {message}")
+        self.rule = rule
+        self.span = span
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRule:
+    rule: ir.Rule
+    index: int  # position in pack order (overlap resolution: lower wins)
+    init: SetMatcher | None
+    forward: Automaton | None
+    init_types: tuple[tuple[str, str], ...]  # init var -> qualified type
+    names: frozenset[str]
+
+    @property
+    def name(self) -> str:
+        return self.rule.qualified_name
+
+    @property
+    def class_scoped(self) -> bool:
+        """Rules with an init item apply in forward (helpers inlined) only."""
+        return self.init is not None
+
+    def init_type(self, var: str) -> str | None:
+        for v, t in self.init_types:
+            if v == var:
+                return t
+        return None
+
+    def dump(self) -> str:
+        scope = "forward paths of classes" if self.class_scoped else "every function (no init item)"
+        lines = [f"rule {self.name}  [{scope}]"]
+        if self.init is not None:
+            lines += ["  " + ln for ln in self.init.dump().splitlines()]
+        if self.forward is not None:
+            lines += ["  " + ln for ln in self.forward.dump().splitlines()]
+        else:
+            lines.append("  forward: none (an instantiation whose layer is called in forward)")
+        for c in self.rule.where:
+            vals = c.values[0] if c.op in ("==", "!=") else c.values
+            lines.append(f"  where {c.var} {c.op} {vals!r}")
+        lines.append(f"  names: {', '.join(sorted(self.names)) or '-'}")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledPack:
+    """All rules of one or more packs behind one anchor index."""
+
+    rules: tuple[CompiledRule, ...]
+    index: Mapping[tuple[str, str], tuple[int, ...]] = field(default_factory=dict)
+    # Rules whose automaton has no anchor (all wildcards): tried everywhere.
+    unanchored: tuple[int, ...] = ()
+    # Rules with an init item and no forward item.
+    init_only: tuple[int, ...] = ()
+
+    def candidates(self, key: tuple[str, str]) -> tuple[int, ...]:
+        return self.index.get(key, ())
+
+    def anchor_names(self) -> frozenset[str]:
+        """Last components of every qualified name some rule needs.
+
+        A file that mentions none of them cannot match.  A rule that needs no
+        name at all (only operators) adds `""`, which every file contains.
+        """
+        out: set[str] = set()
+        for rule in self.rules:
+            out |= rule.names or {""}
+        return frozenset(out)
+
+    def dump(self) -> str:
+        lines = [f"combined matcher: {len(self.rules)} rule(s), {len(self.index)} anchor(s)"]
+        for key in sorted(self.index):
+            names = ", ".join(self.rules[i].name for i in self.index[key])
+            lines.append(f"  anchor {key[0]}:{key[1]} -> {names}")
+        for i in self.unanchored:
+            lines.append(f"  anchor * -> {self.rules[i].name}")
+        for i in self.init_only:
+            lines.append(f"  init only -> {self.rules[i].name}")
+        for rule in self.rules:
+            lines.append("")
+            lines.append(rule.dump())
+        return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------
+# Passes.  Each takes the working state of one rule and fills part of it.
+
+
+@dataclass
+class _Work:
+    rule: ir.Rule
+    forward: tuple[ir.PatNode, ...] = ()
+    init_types: dict[str, str] = field(default_factory=dict)
+    init: SetMatcher | None = None
+    automaton: Automaton | None = None
+    names: set[str] = field(default_factory=set)
+
+
+def _is_rest(term: ir.Term) -> bool:
+    return (isinstance(term, ir.Const) and term.value is Ellipsis) or (
+        isinstance(term, ir.Var) and term.name in ("...", "")
+    )
+
+
+def _is_discard(var: ir.Var) -> bool:
+    return var.name == "_"
+
+
+def _arg_actions(rule: ir.Rule, node: ir.PatNode, qualname: str | None) -> tuple[tuple[Action, ...], str | None, bool]:
+    """Actions for a call's arguments: by parameter name when the callee's
+    signature is known, else by position / keyword as written."""
+    args = list(node.args)
+    rest = bool(args) and _is_rest(args[-1])
+    if rest:
+        args = args[:-1]
+    kwargs = [(k, t) for k, t in node.kwargs if not _is_rest(t)]
+    sig = signatures.signature(qualname)
+    actions: list[Action] = []
+    if sig is not None:
+        positional = [p.name for p in sig.params if p.kind == "pos"]
+        names = set(sig.names)
+        varkw = any(p.kind == "varkw" for p in sig.params)
+        if len(args) > len(positional):
+            raise CompileError(rule, f"{qualname} takes {len(positional)} positional argument(s), the pattern gives {len(args)}", node.span)
+        for name, term in zip(positional, args):
+            actions.append(Action(f"p:{name}", term))
+        for key, term in kwargs:
+            if key not in names and not varkw:
+                raise CompileError(rule, f"{qualname} has no parameter {key!r} (known: {', '.join(sig.names)})", node.span)
+            actions.append(Action(f"p:{key}", term))
+        return tuple(actions), qualname, rest
+    for i, term in enumerate(args):
+        actions.append(Action(f"in{i}", term))
+    for key, term in kwargs:
+        actions.append(Action(f"kw:{key}", term))
+    return tuple(actions), None, rest
+
+
+def _resolve_layer_vars(w: _Work) -> None:
+    rule = w.rule
+    if rule.init is not None:
+        for node in rule.init.source:
+            if node.kind != "layer" or node.callee is None or not node.callee.qualname:
+                raise CompileError(rule, "an init pattern node must be `qual.Type(args) -> $v` or `qual.Container[key] -> $v`", node.span)
+            for out in node.outputs:
+                if not _is_discard(out):
+                    w.init_types[out.name] = node.callee.qualname
+    if rule.forward is None:
+        return
+    by_type: dict[str, list[str]] = {}
+    for var, typ in w.init_types.items():
+        by_type.setdefault(typ, []).append(var)
+    resolved = []
+    for node in rule.forward.source:
+        if node.kind == "layer" and node.layer_var is None and node.callee is not None:
+            var = None
+            if node.callee.var is not None:
+                var = node.callee.var.name
+            elif node.callee.qualname and len(by_type.get(node.callee.qualname, ())) == 1:
+                var = by_type[node.callee.qualname][0]
+            if var is not None:
+                node = ir.PatNode(node.kind, node.callee, node.op, node.args, node.kwargs, node.outputs, var, node.span)
+        if node.layer_var is not None and node.layer_var not in w.init_types:
+            raise CompileError(rule, f"forward calls layer ${node.layer_var}, which no init node binds", node.span)
+        resolved.append(node)
+    w.forward = tuple(resolved)
+
+
+def _compile_init(w: _Work) -> None:
+    rule = w.rule
+    if rule.init is None:
+        return
+    tests = []
+    for node in rule.init.source:
+        qual = node.callee.qualname
+        var = next((o.name for o in node.outputs if not _is_discard(o)), None)
+        if node.callee.subscript is not None:
+            tests.append(InitTest(var, qual, "subscript", (Action("sub", node.callee.subscript),), pattern=node))
+            continue
+        actions, sig, rest = _arg_actions(rule, node, qual)
+        tests.append(InitTest(var, qual, "call", actions, sig, rest, node))
+    w.init = SetMatcher(tuple(tests))
+
+
+def _compile_forward(w: _Work) -> None:
+    rule = w.rule
+    if rule.forward is None:
+        return
+    transitions = []
+    for i, node in enumerate(w.forward):
+        outs = tuple(Action(f"out{j}", o) for j, o in enumerate(node.outputs) if not _is_discard(o))
+        if node.kind == "wildcard":
+            acts, _, rest = _arg_actions(rule, node, None)
+            transitions.append(Transition(i, Test("any"), acts + outs, None, True, node))
+        elif node.kind in ("op", "unary"):
+            arity = 1 if node.kind == "unary" else len(node.args)
+            comm = node.kind == "op" and node.op in COMMUTATIVE and arity == 2
+            acts = tuple(Action(f"in{j}", t) for j, t in enumerate(node.args))
+            transitions.append(Transition(i, Test("op", node.op, None, arity, comm), acts + outs, None, False, node))
+        elif node.layer_var is not None:
+            acts, _, rest = _arg_actions(rule, node, None)
+            test = Test("layer", w.init_types[node.layer_var], node.layer_var)
+            transitions.append(Transition(i, test, (Action("attr", ir.Var(node.layer_var)),) + acts + outs, None, rest, node))
+        elif node.callee is not None and node.callee.qualname:
+            qual = node.callee.qualname
+            if qual.startswith("self."):
+                acts, _, rest = _arg_actions(rule, node, None)
+                transitions.append(Transition(i, Test("method", qual[5:]), acts + outs, None, rest, node))
+            else:
+                acts, sig, rest = _arg_actions(rule, node, qual)
+                transitions.append(Transition(i, Test("call", qual), acts + outs, sig, rest, node))
+        else:
+            raise CompileError(rule, f"cannot compile forward node of kind {node.kind!r}", node.span)
+    anchor = next((t.source for t in transitions if t.test.kind != "any"), 0)
+    w.automaton = Automaton(tuple(transitions), anchor)
+
+
+def _collect_names(w: _Work) -> None:
+    for typ in w.init_types.values():
+        w.names.add(typ.rsplit(".", 1)[-1])
+    if w.init is not None:
+        for t in w.init.tests:
+            w.names.add(t.type.rsplit(".", 1)[-1])
+    if w.automaton is not None:
+        for t in w.automaton.transitions:
+            if t.test.kind in ("call", "method", "layer") and t.test.type:
+                w.names.add(t.test.type.rsplit(".", 1)[-1])
+
+
+PASSES: tuple[Callable[[_Work], None], ...] = (
+    _resolve_layer_vars,
+    _compile_init,
+    _compile_forward,
+    _collect_names,
+)
+
+
+def compile_rule(rule: ir.Rule, index: int = 0) -> CompiledRule:
+    """Run `PASSES` over one rule."""
+    if rule.init is None and rule.forward is None:
+        raise CompileError(rule, "the rule has neither an init nor a forward item")
+    w = _Work(rule)
+    for run in PASSES:
+        run(w)
+    return CompiledRule(rule, index, w.init, w.automaton, tuple(sorted(w.init_types.items())), frozenset(w.names))
+
+
+def compile_rules(rules) -> CompiledPack:
+    """Compile rules (in pack order) into one combined, anchor-indexed matcher."""
+    compiled = tuple(compile_rule(rule, i) for i, rule in enumerate(rules))
+    index: dict[tuple[str, str], list[int]] = {}
+    unanchored, init_only = [], []
+    for c in compiled:
+        if c.forward is None:
+            init_only.append(c.index)
+        elif c.forward.anchor is None:
+            unanchored.append(c.index)
+        else:
+            index.setdefault(c.forward.anchor, []).append(c.index)
+    return CompiledPack(compiled, {k: tuple(v) for k, v in index.items()}, tuple(unanchored), tuple(init_only))
+
+
+def compile_pack(pack: ir.Pack) -> CompiledPack:
+    return compile_rules(pack.rules)
+
+
+def compile_packs(packs) -> CompiledPack:
+    """One combined matcher over several packs (pack order, then rule order)."""
+    return compile_rules([rule for pack in packs for rule in pack.rules])

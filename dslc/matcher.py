@@ -1,0 +1,709 @@
+"""Match compiled rules against the model structures of one file.
+
+`match_file(compiled, facts)` returns every `ir.Match` (docs/design.md,
+"Match semantics").  The matcher finds candidates: the data flow *within* a
+match is enforced here, the data flow after it and the guards are checked by
+`dslc.safety`.
+
+Algorithm, per file:
+
+1. Path sets.  Rules with an init item run over `ClassFacts.paths` (forward,
+   helpers inlined); rules without one also over `ClassFacts.other_paths` and
+   `FileFacts.functions` (every call site).
+2. Anchors.  For each path node, compute its index keys ((kind, qualified
+   type); a layer node also carries the init types of its attribute) and look
+   up the rules anchored there (`CompiledPack.index`).  Only those are tried.
+3. Automaton run (depth first).  With the anchor transition fixed on that
+   node, fire transitions left to right over later nodes (earlier ones for
+   leading wildcards).  A node that does not fire is skipped, unless it
+   writes a name bound to a variable: that kills the partial match.  Names
+   are bound with the path position of their defining write, so a variable
+   only ever denotes one value (`x = drop(x); y = x + x` binds two values).
+4. Scope (init).  Each init test whose variable forward bound to an
+   attribute must match that attribute's init binding of the test's type
+   (arguments normalised by parameter name, defaults filled in); the other
+   init tests take any distinct binding of the class (order-insensitive
+   backtracking).  `where` constraints are checked last: a constraint that
+   needs a static value the source does not give (`bias=config.x`) keeps the
+   match but marks it `conflict`.
+5. Locations.  Matches of one rule with the same forward statements and init
+   bindings are one `Match`; `paths` lists every path index holding it.
+6. Overlaps.  Sorted by (rule order, first line), a match that shares a
+   forward node with an earlier kept match, or an init binding with a kept
+   match of another rule, gets `conflict = "overlaps ..."` (returned, so
+   apply can report it skipped).
+
+Conditional init policy: an attribute with several `InitBinding`s (an
+`if`/`else` in `__init__`) matches when every binding of the test's type
+unifies with the same variable bindings; bindings of other types (the
+`else: self.act = config.hidden_act` branch of transformers) are allowed —
+`init_nodes` holds the matching binding with its guards, and the rewriter
+keeps the other branch as it is.
+
+Debugging: `DSLC_MATCH_DEBUG=<file suffix>:<line>` prints to stderr why the
+nodes at that line did not match (failed attempts are falsy `Fail` values
+carrying a reason).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from bisect import bisect_left
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from dslc import ir, signatures
+from dslc.analysis.model import ClassFacts, FileFacts, InitBinding, Node, Path, Value
+from dslc.automaton import Action, InitTest, Transition
+from dslc.compiler import CompiledPack, CompiledRule
+
+# How many complete matches one anchor attempt may produce (several later
+# nodes can complete the same prefix; all are reported, overlaps resolved).
+MAX_PER_ANCHOR = 8
+
+
+class Fail:
+    """A failed match attempt: falsy, with a lazily formatted reason."""
+
+    __slots__ = ("fmt", "args")
+
+    def __init__(self, fmt: str, *args: object):
+        self.fmt = fmt
+        self.args = args
+
+    def __bool__(self) -> bool:
+        return False
+
+    @property
+    def reason(self) -> str:
+        return self.fmt.format(*self.args) if self.args else self.fmt
+
+    def __repr__(self) -> str:
+        return f"Fail({self.reason!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class _B:
+    """A binding: `defn` is the path position of a name's defining write
+    (-1: defined before the path, e.g. a parameter; None: in __init__)."""
+
+    text: str
+    kind: str  # name | const | expr | layer | absent
+    value: object = None
+    defn: int | None = None
+
+
+_ABSENT = _B("", "absent")
+
+
+def _const_eq(a: object, b: object) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_const_eq(x, y) for x, y in zip(a, b))
+    try:
+        return type(a) is type(b) and a == b or (
+            isinstance(a, (int, float)) and isinstance(b, (int, float)) and a == b
+        )
+    except Exception:  # exotic values never compare equal
+        return False
+
+
+def _same(a: _B, b: _B) -> bool:
+    if a.kind != b.kind:
+        return False
+    if a.kind == "const":
+        return _const_eq(a.value, b.value)
+    if a.text != b.text:
+        return False
+    return a.defn is None or b.defn is None or a.defn == b.defn
+
+
+def _bind_value(value: Value, defn: int | None) -> _B:
+    if value.is_const:
+        return _B(value.text, "const", value.const)
+    if value.kind == "name":
+        return _B(value.text, "name", None, defn)
+    return _B(value.text, "expr")
+
+
+def _unify(term: ir.Term, b: _B, env: dict[str, _B]) -> dict[str, _B] | Fail:
+    """Bind or check one term against one value; returns the new env."""
+    if isinstance(term, ir.Var):
+        if term.name == "_":
+            return env
+        old = env.get(term.name)
+        if old is None:
+            new = dict(env)
+            new[term.name] = b
+            return new
+        if _same(old, b):
+            return env
+        return Fail("{} is bound to {!r}, the node has {!r}", term, _show(old), _show(b))
+    if isinstance(term, ir.Const):
+        if b.kind == "const" and _const_eq(term.value, b.value):
+            return env
+        return Fail("needs the literal {!r}, the node has {!r}", term.value, _show(b))
+    return Fail("cannot match pattern term {!r}", term)
+
+
+def _show(b: _B) -> str:
+    if b.kind == "absent":
+        return "<absent>"
+    if b.kind == "name" and b.defn is not None:
+        return f"{b.text}@{b.defn}"
+    return b.text
+
+
+# ---------------------------------------------------------------------------
+# Per-file, per-class and per-path context.
+
+
+class _Debug:
+    def __init__(self, file: str):
+        spec = os.environ.get("DSLC_MATCH_DEBUG", "")
+        self.line = None
+        if ":" in spec:
+            where, _, line = spec.rpartition(":")
+            if line.isdigit() and (file.endswith(where) or where in ("", "*")):
+                self.line = int(line)
+
+    def at(self, node: Node) -> bool:
+        return self.line is not None and node.stmt.lines[0] <= self.line <= node.stmt.lines[1]
+
+    def say(self, file: str, rule: str, msg: str) -> None:
+        print(f"{file}:{self.line}: {rule}: {msg}", file=sys.stderr)
+
+
+@dataclass
+class _Scope:
+    """One class (or module level) and the path set being matched."""
+
+    cls: ClassFacts | None
+    init_by_attr: dict[str, list[InitBinding]]
+    paths_of: str | None
+    class_scoped: bool  # ClassFacts.paths: rules with init items apply
+
+
+class _PathCtx:
+    __slots__ = ("path", "nodes", "writes", "writers")
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.nodes = path.nodes
+        self.writes = [frozenset(n.writes) | frozenset(n.outputs) for n in path.nodes]
+        writers: dict[str, list[int]] = {}
+        for i, names in enumerate(self.writes):
+            for name in names:
+                writers.setdefault(name, []).append(i)
+        self.writers = writers
+
+    def defn(self, name: str, pos: int) -> int:
+        """The position of the last write of `name` before `pos` (-1: none)."""
+        ws = self.writers.get(name)
+        if not ws:
+            return -1
+        i = bisect_left(ws, pos)
+        return ws[i - 1] if i else -1
+
+
+def _node_keys(node: Node, scope: _Scope) -> list[tuple[str, str]]:
+    if node.kind == "layer":
+        keys = {("layer", node.type or "")}
+        for b in scope.init_by_attr.get(node.attr or "", ()):
+            if b.type:
+                keys.add(("layer", b.type))
+        return sorted(keys)
+    if node.kind == "call":
+        keys = [("call", node.type or "")]
+        spelled = node.type or node.unresolved or ""
+        if "." in spelled:
+            keys.append(("method", spelled.rsplit(".", 1)[1]))
+        return keys
+    if node.kind == "op":
+        return [("op", f"{node.op}/{len(node.inputs)}")]
+    return []
+
+
+def _is_self_method(node: Node, name: str, scope: _Scope) -> bool:
+    if node.unresolved and node.unresolved == f"self.{name}":
+        return True
+    if node.type and scope.cls is not None and node.type.endswith(f".{name}"):
+        owner = node.type[: -len(name) - 1]
+        return owner.rsplit(".", 1)[-1] in (scope.cls.name, node.stmt.owner) or owner == scope.cls.qualname
+    return False
+
+
+# ---------------------------------------------------------------------------
+# Firing one transition on one node.
+
+
+def _test(t: Transition, node: Node, env: dict[str, _B], scope: _Scope) -> bool | Fail:
+    test = t.test
+    if test.kind == "any":
+        return node.kind != "stmt" or Fail("a wildcard matches DL nodes, not statements")
+    if test.kind == "op":
+        if node.kind != "op" or node.op != test.type or len(node.inputs) != test.arity:
+            return Fail("not the operator {}", test.type)
+        return True
+    if test.kind == "call":
+        if node.kind != "call" or node.type != test.type:
+            return Fail("not a call of {} (node: {} {})", test.type, node.kind, node.type or node.unresolved)
+        return True
+    if test.kind == "method":
+        if node.kind != "call" or not _is_self_method(node, test.type, scope):
+            return Fail("not a call of self.{}", test.type)
+        return True
+    # layer
+    if node.kind != "layer" or not node.attr:
+        return Fail("not a layer call")
+    bindings = scope.init_by_attr.get(node.attr)
+    if not bindings:
+        return Fail("self.{} is not initialised in __init__", node.attr)
+    bound = env.get(test.layer_var)
+    if bound is not None:
+        return bound.text == node.attr or Fail("${} is bound to self.{}, the node calls self.{}", test.layer_var, bound.text, node.attr)
+    if node.type == test.type or any(b.type == test.type for b in bindings):
+        return True
+    return Fail("self.{} is a {}, the rule needs {}", node.attr, node.type or bindings[0].unresolved, test.type)
+
+
+def _slots(t: Transition, node: Node) -> tuple[dict[str, Value], tuple[str, ...]] | Fail:
+    """The node's values by slot name, and the slots given explicitly."""
+    if t.signature is not None:
+        norm = signatures.normalize(t.signature, node.inputs, node.kwargs)
+        if norm is None:
+            return Fail("the call's arguments do not fit the signature of {}", t.signature)
+        given = signatures.explicit_params(t.signature, node.inputs, node.kwargs) or ()
+        return {f"p:{k}": v for k, v in norm.items()}, tuple(f"p:{k}" for k in given)
+    slots = {f"in{i}": v for i, v in enumerate(node.inputs)}
+    for k, v in node.kwargs:
+        slots[f"kw:{k}"] = v
+    return slots, tuple(slots)
+
+
+def _fire(t: Transition, node: Node, pos: int, env: dict[str, _B], scope: _Scope, ctx: _PathCtx):
+    """Fire transition `t` on `node` (at path position `pos`).
+
+    Returns `(env, extras)` or a `Fail`."""
+    ok = _test(t, node, env, scope)
+    if not ok:
+        return ok
+    got = _slots(t, node)
+    if isinstance(got, Fail):
+        return got
+    slots, given = got
+    outs = [a for a in t.actions if a.slot.startswith("out")]
+    if outs and t.pattern is not None and len(t.pattern.outputs) != len(node.outputs):
+        return Fail("the pattern has {} output(s), the node {}", len(t.pattern.outputs), len(node.outputs))
+    orders = [None]
+    if t.test.commutative:
+        orders = [None, {"in0": "in1", "in1": "in0"}]
+    last: Fail | None = None
+    for swap in orders:
+        res = _run_actions(t.actions, node, pos, env, slots, swap, ctx)
+        if isinstance(res, Fail):
+            last = res
+            continue
+        used = {a.slot for a in t.actions}
+        extra = []
+        for slot in given:
+            if slot in used:
+                continue
+            if slot.startswith("in") and not t.rest and t.test.kind != "any":
+                return Fail("the call passes more positional arguments than the pattern")
+            extra.append((_slot_label(slot), slots[slot]))
+        return res, tuple(extra)
+    return last
+
+
+def _slot_label(slot: str) -> str:
+    """`p:dtype` / `kw:dtype` -> `dtype`; `in2` -> `#2`."""
+    if slot.startswith(("p:", "kw:")):
+        return slot.split(":", 1)[1]
+    return "#" + slot[2:]
+
+
+def _run_actions(actions, node: Node, pos: int, env, slots, swap, ctx: _PathCtx):
+    for a in actions:
+        if a.slot == "attr":
+            env = _unify(a.term, _B(node.attr or "", "layer"), env)
+        elif a.slot.startswith("out"):
+            i = int(a.slot[3:])
+            if i >= len(node.outputs):
+                return Fail("the node has no output {}", i)
+            env = _unify(a.term, _B(node.outputs[i], "name", None, pos), env)
+        else:
+            slot = swap.get(a.slot, a.slot) if swap else a.slot
+            value = slots.get(slot)
+            if value is None:
+                env = _unify(a.term, _ABSENT, env) if isinstance(a.term, ir.Var) else Fail("argument {} is missing", slot)
+            else:
+                defn = ctx.defn(value.text, pos) if value.kind == "name" else None
+                env = _unify(a.term, _bind_value(value, defn), env)
+        if isinstance(env, Fail):
+            return Fail("{}: {}", a.describe(), env.reason)
+    return env
+
+
+# ---------------------------------------------------------------------------
+# Running one automaton from one anchor node.
+
+
+@dataclass
+class _Partial:
+    positions: tuple[int, ...]
+    env: dict[str, _B]
+    extras: dict[int, tuple] = field(default_factory=dict)
+
+
+def _bound_names(env: dict[str, _B]) -> set[str]:
+    return {b.text for b in env.values() if b.kind == "name"}
+
+
+def _run(cr: CompiledRule, ctx: _PathCtx, anchor_pos: int, scope: _Scope, dbg: _Debug, file: str) -> Iterator[_Partial]:
+    auto = cr.forward
+    trans = auto.transitions
+    a = auto.anchor_index
+    nodes = ctx.nodes
+    found = 0
+
+    def report(k: int, pos: int, why: Fail) -> None:
+        if dbg.line is not None and dbg.at(nodes[pos]):
+            dbg.say(file, cr.name, f"pattern node {k} ({trans[k].test.describe()}) at path node {pos}: {why.reason}")
+
+    def extend(k: int, prev: int, p: _Partial) -> Iterator[_Partial]:
+        nonlocal found
+        if found >= MAX_PER_ANCHOR:
+            return
+        if k == len(trans):
+            found += 1
+            yield p
+            return
+        if k == a:
+            candidates: range | list[int] = [anchor_pos] if anchor_pos > prev else []
+            bound = _bound_names(p.env)
+            if k > 0 and any(ctx.writes[q] & bound for q in range(prev + 1, anchor_pos)):
+                return  # a skipped node before the anchor rebinds a name
+        else:
+            candidates = range(prev + 1, len(nodes) if k > a else anchor_pos)
+        bound = _bound_names(p.env)
+        for q in candidates:
+            # The nodes between prev and q are skipped: none may write a bound name.
+            res = _fire(trans[k], nodes[q], q, p.env, scope, ctx)
+            if isinstance(res, Fail):
+                report(k, q, res)
+            else:
+                env, extra = res
+                extras = dict(p.extras)
+                if extra:
+                    extras[k] = extra
+                yield from extend(k + 1, q, _Partial(p.positions + (q,), env, extras))
+            if k > 0 and ctx.writes[q] & bound:
+                if dbg.line is not None and dbg.at(nodes[q]):
+                    dbg.say(file, cr.name, f"path node {q} writes {sorted(ctx.writes[q] & bound)}, bound before: kills the partial match")
+                return
+
+    yield from extend(0, -1, _Partial((), {}))
+
+
+# ---------------------------------------------------------------------------
+# Scope: init bindings and constraints.
+
+
+def _init_slots(test: InitTest, b: InitBinding) -> tuple[dict[str, Value], tuple[str, ...]] | Fail:
+    if test.kind == "subscript":
+        if b.kind != "subscript" or not b.args:
+            return Fail("self.{} is not a subscript of {}", b.attr, test.type)
+        return {"sub": b.args[0]}, ("sub",)
+    if b.kind != "call":
+        return Fail("self.{} is not built by a call", b.attr)
+    if test.signature is not None:
+        norm = signatures.normalize(test.signature, b.args, b.kwargs)
+        if norm is None:
+            return Fail("the arguments of self.{} do not fit the signature of {}", b.attr, test.signature)
+        given = signatures.explicit_params(test.signature, b.args, b.kwargs) or ()
+        return {f"p:{k}": v for k, v in norm.items()}, tuple(f"p:{k}" for k in given)
+    slots = {f"in{i}": v for i, v in enumerate(b.args)}
+    for k, v in b.kwargs:
+        slots[f"kw:{k}"] = v
+    return slots, tuple(slots)
+
+
+def _match_binding(test: InitTest, b: InitBinding, env: dict[str, _B]) -> dict[str, _B] | Fail:
+    if b.type != test.type:
+        return Fail("self.{} is {}, the rule needs {}", b.attr, b.type or b.unresolved, test.type)
+    got = _init_slots(test, b)
+    if isinstance(got, Fail):
+        return got
+    slots, given = got
+    if test.var is not None:
+        env = _unify(ir.Var(test.var), _B(b.attr, "layer"), env)
+        if isinstance(env, Fail):
+            return env
+    used = {a.slot for a in test.actions}
+    if test.signature is None and not test.rest and any(s.startswith("in") and s not in used for s in given):
+        return Fail("self.{} is built with more positional arguments than the pattern", b.attr)
+    for a in test.actions:
+        value = slots.get(a.slot)
+        if value is None:
+            env = _unify(a.term, _ABSENT, env) if isinstance(a.term, ir.Var) else Fail("argument {} is missing", a.slot)
+        else:
+            env = _unify(a.term, _bind_value(value, None), env)
+        if isinstance(env, Fail):
+            return Fail("init of self.{}: {}: {}", b.attr, a.describe(), env.reason)
+    return env
+
+
+def _match_init(cr: CompiledRule, scope: _Scope, env: dict[str, _B]) -> Iterator[tuple[dict[str, _B], dict[str, InitBinding]]] | Fail:
+    """Every (env, init_nodes) the init set-matcher allows (order-insensitive)."""
+    tests = cr.init.tests
+    fixed: dict[int, list[InitBinding]] = {}
+    for i, test in enumerate(tests):
+        if test.var is not None and test.var in env and env[test.var].kind == "layer":
+            attr = env[test.var].text
+            same = [b for b in scope.init_by_attr.get(attr, ()) if b.type == test.type]
+            if not same:
+                return Fail("self.{} has no init binding of type {}", attr, test.type)
+            fixed[i] = same
+    # Fixed tests first (they are determined), then the free ones.
+    order = sorted(range(len(tests)), key=lambda i: i not in fixed)
+    all_bindings = [b for bs in scope.init_by_attr.values() for b in bs]
+
+    def go(j: int, env: dict[str, _B], used: dict[str, InitBinding], reasons: list[Fail]):
+        if j == len(order):
+            yield env, used
+            return
+        i = order[j]
+        test = tests[i]
+        if i in fixed:
+            # Every binding of the test's type must agree (conditional init).
+            cur = env
+            for b in fixed[i]:
+                cur = _match_binding(test, b, cur)
+                if isinstance(cur, Fail):
+                    reasons.append(cur)
+                    return
+            key = test.var or f"#{i}"
+            yield from go(j + 1, cur, {**used, key: fixed[i][0]}, reasons)
+            return
+        taken = {b.attr for b in used.values()}
+        for b in all_bindings:
+            if b.attr in taken or b.type != test.type:
+                continue
+            res = _match_binding(test, b, env)
+            if isinstance(res, Fail):
+                reasons.append(res)
+                continue
+            yield from go(j + 1, res, {**used, test.var or f"#{i}": b}, reasons)
+
+    reasons: list[Fail] = []
+    results = list(go(0, env, {}, reasons))
+    if not results:
+        return reasons[0] if reasons else Fail("no init binding of type {}", ", ".join(t.type for t in tests))
+    return iter(results)
+
+
+def _check_where(rule: ir.Rule, env: dict[str, _B]) -> str | None | Fail:
+    """None: all hold; a string: a constraint needs an unknown static fact."""
+    for c in rule.where:
+        b = env.get(c.var.name)
+        if b is None or b.kind == "absent":
+            return f"where {c.var} {c.op} ...: {c.var} has no value at this location"
+        if b.kind != "const":
+            return f"where {c.var} {c.op} {_vals(c)}: {c.var} is {b.text}, not a static value"
+        hit = any(_const_eq(b.value, v) for v in c.values)
+        if c.op in ("==", "in") and not hit or c.op in ("!=", "not in") and hit:
+            return Fail("where {} {} {}: {} is {!r}", c.var, c.op, _vals(c), c.var, b.value)
+    return None
+
+
+def _vals(c: ir.Constraint) -> str:
+    return repr(c.values[0]) if c.op in ("==", "!=") else repr(tuple(c.values))
+
+
+# ---------------------------------------------------------------------------
+# The file driver.
+
+
+@dataclass
+class _Found:
+    rule: CompiledRule
+    scope: _Scope
+    path_index: int
+    nodes: tuple[Node, ...]
+    env: dict[str, _B]
+    init_nodes: dict[str, InitBinding]
+    extras: dict[int, tuple]
+    conflict: str | None
+    paths: list[int] = field(default_factory=list)
+
+
+def _node_id(node: Node) -> tuple:
+    s = node.stmt
+    return (s.owner, s.method, s.index_path, s.lines, node.expr_span, node.kind, node.op, node.attr, node.type)
+
+
+def _init_id(b: InitBinding) -> tuple:
+    s = b.stmt
+    return (b.attr, s.owner if s else None, s.lines if s else None, s.index_path if s else None)
+
+
+def _to_bound(b: _B) -> ir.Bound | None:
+    if b.kind == "absent":
+        return None
+    if b.kind == "const":
+        return ir.Bound(b.text, "const", b.value)
+    return ir.Bound(b.text, b.kind)  # name | expr | layer
+
+
+def _group_init(cls: ClassFacts | None) -> dict[str, list[InitBinding]]:
+    out: dict[str, list[InitBinding]] = {}
+    if cls is not None:
+        for b in cls.init:
+            out.setdefault(b.attr, []).append(b)
+    return out
+
+
+def _scopes(facts: FileFacts) -> Iterator[tuple[_Scope, tuple[Path, ...]]]:
+    for cls in facts.classes:
+        init = _group_init(cls)
+        yield _Scope(cls, init, None, True), cls.paths
+        for method, paths in cls.other_paths:
+            yield _Scope(cls, init, f"method:{method}", False), paths
+    for name, paths in facts.functions:
+        yield _Scope(None, {}, f"function:{name}", False), paths
+
+
+def _match_paths(compiled: CompiledPack, scope: _Scope, paths, file: str, dbg: _Debug, stats: dict | None, out: list[_Found]) -> None:
+    for pi, path in enumerate(paths):
+        ctx = _PathCtx(path)
+        for pos, node in enumerate(path.nodes):
+            if node.kind == "stmt":
+                continue
+            cands: list[int] = []
+            for key in _node_keys(node, scope):
+                for r in compiled.candidates(key):
+                    if r not in cands:
+                        cands.append(r)
+            cands.extend(r for r in compiled.unanchored if r not in cands)
+            if dbg.line is not None and dbg.at(node) and not cands:
+                dbg.say(file, "-", f"path {pi} node {pos} keys {_node_keys(node, scope)}: no rule is anchored there")
+            for r in sorted(cands):
+                cr = compiled.rules[r]
+                if cr.class_scoped and not scope.class_scoped:
+                    continue
+                if stats is not None:
+                    stats["attempts"] = stats.get("attempts", 0) + 1
+                for p in _run(cr, ctx, pos, scope, dbg, file):
+                    _complete(cr, scope, pi, ctx, p, file, dbg, out)
+
+
+def _complete(cr: CompiledRule, scope: _Scope, pi: int, ctx: _PathCtx, p: _Partial, file: str, dbg: _Debug, out: list[_Found]) -> None:
+    nodes = tuple(ctx.nodes[q] for q in p.positions)
+    watch = dbg.line is not None and any(dbg.at(n) for n in nodes)
+    results: list[tuple[dict, dict]] = [(p.env, {})]
+    if cr.init is not None:
+        got = _match_init(cr, scope, p.env)
+        if isinstance(got, Fail):
+            if watch:
+                dbg.say(file, cr.name, f"forward matched, init did not: {got.reason}")
+            return
+        results = list(got)
+    for env, init_nodes in results:
+        verdict = _check_where(cr.rule, env)
+        if isinstance(verdict, Fail):
+            if watch:
+                dbg.say(file, cr.name, verdict.reason)
+            continue
+        out.append(_Found(cr, scope, pi, nodes, env, init_nodes, p.extras, verdict, [pi]))
+        return  # one init solution per forward match
+
+
+def _match_init_only(cr: CompiledRule, facts: FileFacts, out: list[_Found]) -> None:
+    """Module-replacement rules: an instantiation whose layer forward calls."""
+    for cls in facts.classes:
+        scope = _Scope(cls, _group_init(cls), None, True)
+        got = _match_init(cr, scope, {})
+        if isinstance(got, Fail):
+            continue
+        for env, init_nodes in got:
+            attrs = {b.attr for b in init_nodes.values()}
+            paths = [i for i, path in enumerate(cls.paths) if any(n.kind == "layer" and n.attr in attrs for n in path.nodes)]
+            if not paths:
+                continue
+            verdict = _check_where(cr.rule, env)
+            if isinstance(verdict, Fail):
+                continue
+            out.append(_Found(cr, scope, paths[0], (), env, init_nodes, {}, verdict, paths))
+
+
+def match_file(compiled: CompiledPack, facts: FileFacts, *, file: str | None = None, stats: dict | None = None) -> list[ir.Match]:
+    """All matches of the compiled rules in one analysed file (see module doc).
+
+    `stats`, when given, counts `attempts` (rule runs started at an anchor
+    node) — the measure of the combined matcher's selectivity.
+    """
+    file = file or facts.path
+    dbg = _Debug(file)
+    found: list[_Found] = []
+    for scope, paths in _scopes(facts):
+        _match_paths(compiled, scope, paths, file, dbg, stats, found)
+    for r in compiled.init_only:
+        _match_init_only(compiled.rules[r], facts, found)
+
+    # Step 5: one Match per location (rule, statements, init bindings).
+    merged: dict[tuple, _Found] = {}
+    for f in found:
+        key = (f.rule.index, tuple(_node_id(n) for n in f.nodes), tuple(sorted(_init_id(b) for b in f.init_nodes.values())))
+        if key in merged:
+            m = merged[key]
+            if m.scope.paths_of == f.scope.paths_of and m.scope.cls is f.scope.cls:
+                for pi in f.paths:
+                    if pi not in m.paths:
+                        m.paths.append(pi)
+        else:
+            merged[key] = f
+
+    # Step 6: overlaps, deterministic order.
+    def first_line(f: _Found) -> tuple:
+        lines = [n.stmt.lines[0] for n in f.nodes] + [b.stmt.lines[0] for b in f.init_nodes.values() if b.stmt]
+        return (min(lines) if lines else 0, tuple(sorted(lines)))
+
+    ordered = sorted(merged.values(), key=lambda f: (f.rule.index, first_line(f)))
+    kept: list[_Found] = []
+    matches = []
+    for f in ordered:
+        conflict = f.conflict
+        if conflict is None:
+            ids = {_node_id(n) for n in f.nodes}
+            inits = {_init_id(b) for b in f.init_nodes.values()}
+            for k in kept:
+                if ids & {_node_id(n) for n in k.nodes} or (k.rule.index != f.rule.index and inits & {_init_id(b) for b in k.init_nodes.values()}):
+                    conflict = f"overlaps {k.rule.name} at line {first_line(k)[0]}"
+                    break
+            if conflict is None:
+                kept.append(f)
+        bindings = {}
+        for var, b in f.env.items():
+            bound = _to_bound(b)
+            if bound is not None:
+                bindings[var] = bound
+        function = f.nodes[0].stmt.method if f.nodes else "__init__"
+        if f.scope.paths_of and f.scope.paths_of.startswith("function:") and not f.nodes:
+            function = f.scope.paths_of.split(":", 1)[1]
+        matches.append(ir.Match(
+            rule=f.rule.rule,
+            file=file,
+            class_name=f.scope.cls.name if f.scope.cls is not None else None,
+            function=function,
+            nodes=f.nodes,
+            init_nodes=dict(f.init_nodes),
+            bindings=bindings,
+            paths=tuple(sorted(f.paths)),
+            conflict=conflict,
+            extras=dict(f.extras),
+            paths_of=f.scope.paths_of,
+        ))
+    return matches
