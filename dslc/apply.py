@@ -188,6 +188,7 @@ def analyze_source(source, path, **kwargs):
 
 
 def verify_sources(original, rewritten, *, path, rules):
+    """`rules`: the loaded packs (the verifier takes its tolerances from them)."""
     from dslc.verify import verify_sources as _verify
 
     return _verify(original, rewritten, path=path, rules=rules)
@@ -382,8 +383,8 @@ def process_file(found: Found, source: SourceFile, facts, compiled: Compiled, op
         new_source = None
     errors = []
     if new_source is not None and options.verify:
-        rules = [compiled.rules[e.rule] for e in entries if e.status == "applied" and e.rule in compiled.rules]
-        verdict = verify_sources(text, new_source, path=found.path, rules=rules)
+        verdict = verify_sources(text, new_source, path=found.path, rules=tuple(compiled.packs))
+        warnings += _verify_skips(verdict, name)
         if not getattr(verdict, "ok", False):
             why = _verify_summary(verdict)
             errors.append(FileError(name, 0, fileio.E_VERIFY, f"rewrite not written: verification failed: {why}"))
@@ -394,13 +395,37 @@ def process_file(found: Found, source: SourceFile, facts, compiled: Compiled, op
 
 
 def _verify_summary(verdict) -> str:
+    """One line saying why a VerifyReport failed (its error, else its failing classes)."""
+    if getattr(verdict, "error", None):
+        return str(verdict.error)
+    parts = []
+    for r in getattr(verdict, "results", ()) or ():
+        if getattr(r, "status", None) != "fail":
+            continue
+        m = getattr(r, "mismatch", None)
+        if getattr(r, "reason", ""):
+            why = r.reason
+        elif m is not None:
+            why = m.message or f"{m.where}: max abs diff {m.max_abs:g}, max rel diff {m.max_rel:g}"
+        else:
+            why = "outputs differ"
+        parts.append(f"{r.name}: {why}")
+    if parts:
+        return "; ".join(parts)
     for attr in ("summary", "message", "reason"):
         value = getattr(verdict, attr, None)
-        if callable(value):
-            value = value()
         if value:
             return str(value)
     return "outputs differ"
+
+
+def _verify_skips(verdict, name: str) -> list[FileError]:
+    """Classes the verifier could not run (missing kernel, no GPU): warnings, not failures."""
+    out = []
+    for r in getattr(verdict, "results", ()) or ():
+        if getattr(r, "status", None) == "skipped":
+            out.append(FileError(name, 0, "W110", f"verification of {r.name} skipped: {r.reason or 'no reason given'}"))
+    return out
 
 
 def patch_name(found: Found, used: set[str]) -> str:
