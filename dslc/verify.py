@@ -135,6 +135,17 @@ class VerifyReport:
         return self.error is None and all(r.status != "fail" for r in self.results)
 
     @property
+    def summary(self) -> str:
+        """One line: the file error or the first failing class, else the counts."""
+        if self.error:
+            return self.error
+        for r in self.results:
+            if r.status == "fail":
+                return f"{r.name}: {r.reason}"
+        c = self.counts
+        return f"{c['pass']} passed, {c['skipped']} skipped"
+
+    @property
     def counts(self) -> dict[str, int]:
         out = {"pass": 0, "fail": 0, "skipped": 0}
         for r in self.results:
@@ -153,7 +164,7 @@ class VerifyOptions:
     factory: str | None = None  # "FILE.py:FUNC"
     device: str = "auto"
     rules: tuple[str, ...] = ()  # rule files or directories
-    packs: tuple = ()  # already loaded ir.Pack values (apply passes these)
+    packs: tuple = ()  # already loaded ir.Pack or ir.Rule values (apply passes rules)
     seed: int = 0
     module: str | None = None  # dotted module name of ORIGINAL, when known
 
@@ -186,14 +197,19 @@ def verify_sources(original_source: str, rewritten_source: str, *, path: str,
     """Verify a rewrite held in memory (`dslc apply --verify`).
 
     `path` is where the original lives (it decides the package a modeling
-    file belongs to); `module` its dotted name when known; `rules` either
-    loaded `ir.Pack`s or rule file paths.
+    file belongs to); `module` its dotted name when known; `rules` holds
+    loaded `ir.Pack`s or `ir.Rule`s (the rules applied) or rule file paths.
+    Never raises for bad input: a usage problem (no torch, rules that do not
+    load) comes back as `report.error`, so the caller refuses the rewrite.
     """
     packs = tuple(r for r in (rules or ()) if not isinstance(r, (str, os.PathLike)))
     files = tuple(str(r) for r in (rules or ()) if isinstance(r, (str, os.PathLike)))
     options = VerifyOptions(classes=tuple(classes), factory=factory, device=device,
                             rules=files, packs=packs, seed=seed, module=module)
-    return _verify(original_source, rewritten_source, path=path, rewritten_path=path, options=options)
+    try:
+        return _verify(original_source, rewritten_source, path=path, rewritten_path=path, options=options)
+    except VerifyUsageError as exc:
+        return VerifyReport(path, path, device, error=f"cannot verify: {exc}")
 
 
 def resolve_device(device: str, torch: Any) -> tuple[str, str | None]:
@@ -271,15 +287,20 @@ def load_packs(options: VerifyOptions) -> tuple:
     return tuple(packs)
 
 
-def rules_used(source: str, packs: Iterable) -> list:
+def all_rules(packs: Iterable) -> list:
+    """The rules of packs and loose rules, in order, each once."""
+    out: list = []
+    for item in packs:
+        for rule in (item.rules if hasattr(item, "rules") else (item,)):
+            if rule not in out:
+                out.append(rule)
+    return out
+
+
+def rules_used(source: str, rules: Iterable) -> list:
     """Rules whose kernels `source` refers to (imported, or named qualified)."""
     refs = _referenced_qualnames(source)
-    found = []
-    for pack in packs:
-        for rule in pack.rules:
-            if any(_kernel_referenced(k, refs) for k in rule.kernels):
-                found.append(rule)
-    return found
+    return [r for r in rules if any(_kernel_referenced(k, refs) for k in r.kernels)]
 
 
 def _referenced_qualnames(source: str) -> set[str]:
@@ -418,7 +439,7 @@ def install_hint(missing: str, packs: Iterable) -> str | None:
     """The pack's install hint for a missing module (by import name or package)."""
     top = missing.split(".")[0]
     for pack in packs:
-        for req in pack.requires:
+        for req in getattr(pack, "requires", ()):
             names = {req.package, (req.module or req.package).split(".")[0], req.module or ""}
             if missing in names or top in names or any(missing.startswith(n + ".") for n in names if n):
                 return req.install
@@ -486,12 +507,7 @@ def _load_pair(orig_src: str, new_src: str, path: str, rewritten_path: str,
 
 
 def _is_kernel_module(missing: str, packs: Sequence) -> bool:
-    for pack in packs:
-        for rule in pack.rules:
-            for kernel in rule.kernels:
-                if kernel == missing or kernel.startswith(missing + "."):
-                    return True
-    return False
+    return any(k == missing or k.startswith(missing + ".") for r in all_rules(packs) for k in r.kernels)
 
 
 def _reference_kernels(module: Any) -> tuple[str, ...]:
@@ -864,7 +880,8 @@ def _verify(orig_src: str, new_src: str, *, path: str, rewritten_path: str,
     except _Broken as exc:
         return VerifyReport(path, rewritten_path, device, error=str(exc))
     new_classes = _class_sources(new_src)
-    file_rules = rules_used(new_src, packs)
+    rules = all_rules(packs)
+    file_rules = rules_used(new_src, rules)
     refs = _reference_kernels(loaded.rewritten)
     results = []
     # transformers logs advice ("add is_decoder=True") for tiny models: not ours to show.
@@ -875,7 +892,7 @@ def _verify(orig_src: str, new_src: str, *, path: str, rewritten_path: str,
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             for name in names:
-                class_rules = rules_used(new_classes.get(name, ""), packs)
+                class_rules = rules_used(new_classes.get(name, ""), rules)
                 results.append(_verify_class(loaded, name, factory, class_rules, file_rules,
                                              refs, options.seed, device, torch))
     finally:
