@@ -786,7 +786,8 @@ class _Rewriter:
         if renames:
             plan.needs_hook = True
             items = ", ".join(f"({n!r}, {o!r}, {k})" for n, o, k in renames)
-            new_lines.append(f"self._register_load_state_dict_pre_hook({HOOK_HELPER}(({items},)))")
+            items = f"({items},)" if len(renames) == 1 else f"({items})"
+            new_lines.append(f"self._register_load_state_dict_pre_hook({HOOK_HELPER}({items}))")
         if condition:
             self.plan_init_when(match, stmts, changed, anchor, new_lines, rendered, replaced_vars, condition, plan)
             return
@@ -897,8 +898,6 @@ class _Rewriter:
         text = prefix + "".join(line + nl for line in lines)
         if helper:
             text += nl + nl + _hook_helper(mod.unit, nl)
-            if mod.last_import is None or True:
-                text += nl
         return Edit(at, at, text)
 
     def top_of_file(self) -> tuple[int, str]:
@@ -935,7 +934,7 @@ def _hook_helper(unit: str, nl: str) -> str:
 
 
 def _names(node: ast.AST) -> set[str]:
-    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and n.id != "self"}
 
 
 def _location_key(match: ir.Match) -> tuple:
