@@ -867,7 +867,7 @@ def _verify(orig_src: str, new_src: str, *, path: str, rewritten_path: str,
             raise VerifyUsageError(f"--class {name}: no such class in {path}")
     if options.classes:
         names = list(dict.fromkeys(options.classes))
-    if not names:
+    if not names and ast.dump(ast.parse(orig_src)) == ast.dump(ast.parse(new_src)):
         return VerifyReport(path, rewritten_path, device)
     if no_device:
         return VerifyReport(path, rewritten_path, device,

@@ -1,0 +1,181 @@
+"""`dslc verify` as a command: exit codes, usage errors, skips, broken rewrites."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from dslc import verify
+from dslc.cli import main
+from test_verify_planted import FACTORY, ORIGINAL, fused_layernorm
+from test_verify_support import EPOI_HINT, epoi_requirement, kernel_refs, no_kernels, pack, rule  # noqa: F401
+
+
+@pytest.fixture
+def pair(tmp_path):
+    (tmp_path / "model.py").write_text(ORIGINAL)
+    (tmp_path / "factories.py").write_text(FACTORY)
+
+    def write(source: str) -> tuple[str, str, str]:
+        (tmp_path / "rewritten.py").write_text(source)
+        return str(tmp_path / "model.py"), str(tmp_path / "rewritten.py"), f"{tmp_path / 'factories.py'}:make"
+
+    return write
+
+
+def cli(capsys, *argv):
+    code = main(["verify", *argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_help_teaches(capsys):
+    assert main(["verify", "--help"]) == 0
+    out = capsys.readouterr().out
+    for word in ("--factory", "--class", "--device", "--rules", "strict=True", "tiny config", "examples:"):
+        assert word in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["missing.py", "also_missing.py"], "cannot read"),
+    (["{orig}", "{new}", "--factory", "nocolon"], "expected FILE.py:FUNC"),
+    (["{orig}", "{new}", "--factory", "{fac_file}:nope"], "defines no function nope"),
+    (["{orig}", "{new}", "--class", "NoSuchClass"], "no such class"),
+    (["{orig}", "{new}", "--device", "tpu"], "invalid choice"),
+])
+def test_usage_errors_exit_2_without_traceback(pair, capsys, argv, message):
+    orig, new, factory = pair(ORIGINAL)
+    values = {"orig": orig, "new": new, "fac_file": factory.rpartition(":")[0]}
+    code, out, err = cli(capsys, *[a.format(**values) for a in argv])
+    assert code == 2
+    assert message in err and "Traceback" not in err + out
+
+
+def test_original_that_does_not_parse_is_a_usage_error(pair, capsys, tmp_path):
+    orig, new, factory = pair(ORIGINAL)
+    (tmp_path / "model.py").write_text("class Broken(:\n")
+    code, _, err = cli(capsys, orig, new, "--factory", factory)
+    assert code == 2 and "does not parse" in err
+
+
+def test_rewritten_file_with_a_syntax_error_fails_in_one_line(pair, capsys):
+    orig, new, factory = pair(ORIGINAL.replace("return hidden_states\n", "return hidden_states +\n", 1))
+    code, out, err = cli(capsys, orig, new, "--factory", factory)
+    assert code == 1
+    assert "FAIL  the rewritten file does not parse: SyntaxError" in out
+    assert "Traceback" not in out + err
+
+
+def test_rewritten_file_that_raises_on_import_fails_in_one_line(pair, capsys):
+    broken = ORIGINAL.replace("from torch import nn\n", "from torch import nn\nraise RuntimeError('boom')\n")
+    orig, new, factory = pair(broken)
+    code, out, err = cli(capsys, orig, new, "--factory", factory)
+    assert code == 1
+    assert "does not import: RuntimeError: boom" in out and "Traceback" not in out + err
+
+
+def test_missing_kernel_is_skipped_with_the_pack_install_hint(pair, no_kernels):
+    orig, _, factory = pair(ORIGINAL)
+    dl = rule("dropout_layernorm", "epoi.ops.torchscript_ops.FusedDropoutAddLayerNorm")
+    report = verify.verify_sources(ORIGINAL, fused_layernorm(), path=orig, factory=factory,
+                                   rules=[pack(dl, requires=(epoi_requirement(),))])
+    assert report.ok
+    (res,) = report.results
+    assert res.status == "skipped"
+    assert "kernel not installed" in res.reason and EPOI_HINT in res.reason
+
+
+def test_missing_kernel_without_rules_is_still_a_skip(pair, capsys, no_kernels):
+    orig, new, factory = pair(fused_layernorm())
+    code, out, _ = cli(capsys, orig, new, "--factory", factory)
+    assert code == 0
+    assert "skip  SelfOutput: kernel not installed: no module named 'epoi'" in out
+
+
+def test_misspelt_torch_import_is_a_failure_not_a_skip(pair, capsys):
+    orig, new, factory = pair(ORIGINAL.replace("from torch import nn\n", "from torch import nn\nimport torch.nn.functionall\n"))
+    code, out, _ = cli(capsys, orig, new, "--factory", factory, "--class", "Merge")
+    assert code == 1 and "No module named 'torch.nn.functionall'" in out
+
+
+def test_cuda_without_a_gpu_skips_every_class(pair, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the no-GPU path is not reachable")
+    orig, new, factory = pair(ORIGINAL)
+    code, out, _ = cli(capsys, orig, new, "--factory", factory, "--class", "Merge", "--device", "cuda")
+    assert code == 0
+    assert "skip  Merge: no GPU" in out
+
+
+def test_auto_device_picks_cpu_here(pair, capsys):
+    import torch
+
+    orig, new, factory = pair(ORIGINAL)
+    code, out, _ = cli(capsys, orig, new, "--factory", factory, "--class", "Merge", "--format", "json")
+    assert code == 0
+    assert json.loads(out)["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_nothing_changed_means_nothing_to_compare(pair, capsys):
+    orig, new, factory = pair(ORIGINAL)
+    code, out, _ = cli(capsys, orig, new, "--factory", factory)
+    assert code == 0 and "no rewritten classes to compare" in out
+
+
+def test_plain_file_without_factory_is_skipped(pair, capsys):
+    orig, new, _ = pair(ORIGINAL.replace("eps=1e-12", "eps=1e-6"))
+    code, out, _ = cli(capsys, orig, new)
+    assert code == 0 and "skip  SelfOutput: no factory" in out
+
+
+def test_changed_classes_follow_changed_helpers():
+    before = "def helper(x):\n    return x\n\nclass A:\n    def f(self):\n        return helper(1)\n\nclass B:\n    pass\n"
+    after = before.replace("return x\n", "return -x\n")
+    assert verify.changed_classes(before, after) == ["A"]
+    assert verify.changed_classes(before, before.replace("pass", "x = 1")) == ["B"]
+    # formatting and comments do not count as a change
+    assert verify.changed_classes(before, before.replace("class B:\n", "class B:  # note\n")) == []
+
+
+def test_tolerance_combines_contracts():
+    a = rule("a", "k.A", atol=1e-5, rtol=1e-4, deterministic=True)
+    b = rule("b", "k.B", atol=1e-3, rtol=0.0, deterministic=False)
+    e = rule("e", "k.E", exact=True, deterministic=True)
+    tol = verify.tolerance_for([a, b])
+    assert (tol.exact, tol.atol, tol.rtol, tol.deterministic) == (False, 1e-3, 1e-4, False)
+    assert verify.tolerance_for([e]).exact and verify.tolerance_for([e]).deterministic
+    assert verify.tolerance_for([]) == verify.Tolerance()
+
+
+def test_rules_used_resolves_import_aliases():
+    src = "import epoi.ops.torchscript_ops as ts\nx = ts.FusedBiasGELU(3)\n"
+    g = rule("biased_gelu", "epoi.ops.torchscript_ops.FusedBiasGELU")
+    d = rule("dropout_layernorm", "epoi.ops.torchscript_ops.FusedDropoutAddLayerNorm")
+    assert verify.rules_used(src, [g, d]) == [g]
+    assert verify.rules_used("from epoi.ops.torchscript_ops import FusedDropoutAddLayerNorm as F\n", [g, d]) == [d]
+
+
+def test_exact_contract_rejects_any_difference(pair):
+    orig, _, factory = pair(ORIGINAL)
+    # x + res -> res + x is bit-identical; a reassociated sum is not exact.
+    changed = ORIGINAL.replace("self.LayerNorm(hidden_states + input_tensor)",
+                               "self.LayerNorm((hidden_states * 3.0 + input_tensor * 3.0) / 3.0)")
+    exact = rule("r", "torch.nn.LayerNorm", exact=True)
+    report = verify.verify_sources(ORIGINAL, changed, path=orig, factory=factory, rules=[exact])
+    (res,) = report.results
+    assert res.status == "fail" and res.tolerance.exact
+    loose = verify.verify_sources(ORIGINAL, changed, path=orig, factory=factory)
+    assert loose.ok
+
+
+def test_module_entry_point_runs(pair):
+    orig, new, factory = pair(ORIGINAL)
+    proc = subprocess.run([sys.executable, "-m", "dslc", "verify", orig, new, "--factory", factory,
+                           "--class", "Merge"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "pass  Merge" in proc.stdout
