@@ -1,0 +1,246 @@
+"""The analysis entry points: one source, one file, many files (cached, parallel).
+
+`analyze_source` never raises for bad input: a file that does not parse, or
+that the analysis cannot handle, comes back as `FileFacts.problems`.
+
+`analyze_paths` algorithm:
+
+1. For each file, the cache key is the SHA-256 of (analysis version = hash of
+   this package's sources, options, `want`, the file's bytes).
+2. A cache entry stores the facts and the (path, hash) of every other in-tree
+   file the resolution read (bases, re-exports); it is a hit only when those
+   files still have those hashes.
+3. Misses are analyzed, in `jobs` worker processes when `jobs > 1` (each
+   worker keeps one parsed-module cache for its share of the files), and
+   written back atomically (temporary file + `os.replace`).
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import os
+import pickle
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from functools import lru_cache
+
+from .extract import Extractor, Options
+from .model import FileFacts, Problem
+from .names import Resolver, build_scope, module_name_for, tree_root_for
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+@lru_cache(maxsize=1)
+def analysis_version() -> str:
+    """A hash of this package's sources: any change invalidates the cache."""
+    digest = hashlib.sha256()
+    for name in sorted(os.listdir(_HERE)):
+        if name.endswith(".py"):
+            with open(os.path.join(_HERE, name), "rb") as fh:
+                digest.update(name.encode() + b"\0" + fh.read())
+    return digest.hexdigest()[:16]
+
+
+def mentions_any(source: str, want: frozenset[str] | None) -> bool:
+    """The cheap pre-pass: does the text name any of `want` at all?"""
+    if want is None:
+        return True
+    return any(word in source for word in want)
+
+
+def _decode(data: bytes, path: str) -> tuple[str | None, Problem | None]:
+    try:
+        import io
+        import tokenize
+        encoding, _ = tokenize.detect_encoding(io.BytesIO(data).readline)
+        return data.decode(encoding), None
+    except (SyntaxError, UnicodeDecodeError, LookupError) as exc:
+        line = 1
+        if isinstance(exc, UnicodeDecodeError):
+            line = data[: exc.start].count(b"\n") + 1
+        return None, Problem("encoding", f"cannot decode {os.path.basename(path)}: {exc}", line)
+
+
+def analyze_source(
+    source: str,
+    path: str,
+    *,
+    module: str | None = None,
+    root: str | None = None,
+    inline: bool = True,
+    flatten: bool = False,
+    want: frozenset[str] | None = None,
+    max_paths: int | None = None,
+    _modules: dict | None = None,
+    _consulted: set | None = None,
+) -> FileFacts:
+    """Facts of one module's source text (see `extract.py` for the algorithm).
+
+    `module` is its dotted name (default: from `path` and the packages around
+    it); `root` the directory that holds the analyzed tree's top package
+    (default: derived from `path` and `module`), through which relative and
+    in-tree imports are followed.
+    """
+    try:
+        module = module or module_name_for(path, root)
+    except (OSError, ValueError):
+        module = os.path.splitext(os.path.basename(path))[0]
+    if not mentions_any(source, want):
+        return FileFacts(path, module, ())
+    try:
+        tree = ast.parse(source, filename=path)
+    except SyntaxError as exc:
+        msg = exc.msg or "invalid syntax"
+        return FileFacts(path, module, (), problems=(Problem("syntax-error", f"{msg} (col {exc.offset or 0})", exc.lineno or 1),))
+    except (ValueError, MemoryError, RecursionError) as exc:
+        return FileFacts(path, module, (), problems=(Problem("syntax-error", str(exc), 1),))
+    try:
+        is_package = os.path.basename(path) == "__init__.py"
+        scope = build_scope(tree, module, path, is_package)
+        tree_root = root if root is not None else tree_root_for(path, module)
+        resolver = Resolver(tree_root, _modules)
+        resolver.register(scope, tree)
+        options = Options(inline=inline, flatten=flatten)
+        if max_paths is not None:
+            options.max_paths = max_paths
+        extractor = Extractor(tree, scope, resolver, options)
+        classes, functions = extractor.run()
+        imports = []
+        for name, bindings in scope.names.items():
+            if len(bindings) == 1 and bindings[0].kind == "import":
+                qual = resolver.follow(bindings[0].target)
+                if qual is not None:
+                    imports.append((name, qual))
+        if _consulted is not None:
+            _consulted |= {p for p in resolver.consulted if os.path.abspath(p) != os.path.abspath(path)}
+        return FileFacts(path, module, tuple(classes), tuple(functions), tuple(sorted(imports)),
+                         tuple(extractor.problems))
+    except RecursionError:
+        return FileFacts(path, module, (), problems=(Problem("analysis-error", "too deeply nested to analyze", 1),))
+    except Exception as exc:  # never out of the API: reported as a problem
+        line = getattr(exc, "lineno", 0) or 0
+        return FileFacts(path, module, (), problems=(Problem("analysis-error", f"{type(exc).__name__}: {exc}", line),))
+
+
+def analyze_file(path: str, *, root: str | None = None, **kwargs) -> FileFacts:
+    """`analyze_source` on a file's bytes (decoded per PEP 263)."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        return FileFacts(str(path), None, (), problems=(Problem("io-error", str(exc), 0),))
+    source, problem = _decode(data, str(path))
+    if problem is not None:
+        return FileFacts(str(path), None, (), problems=(problem,))
+    return analyze_source(source, str(path), root=root, **kwargs)
+
+
+# --------------------------------------------------------------------------
+# many files
+# --------------------------------------------------------------------------
+
+def _hash_file(path: str, memo: dict) -> str | None:
+    if path in memo:
+        return memo[path]
+    try:
+        with open(path, "rb") as fh:
+            memo[path] = hashlib.sha256(fh.read()).hexdigest()
+    except OSError:
+        memo[path] = None
+    return memo[path]
+
+
+def _key(data: bytes, options: tuple) -> str:
+    digest = hashlib.sha256()
+    digest.update(analysis_version().encode())
+    digest.update(repr(options).encode())
+    digest.update(data)
+    return digest.hexdigest()
+
+
+def _cache_get(cache_dir: str, key: str, memo: dict) -> FileFacts | None:
+    entry = os.path.join(cache_dir, key[:2], key + ".pickle")
+    try:
+        with open(entry, "rb") as fh:
+            deps, facts = pickle.load(fh)
+    except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ImportError, ValueError, TypeError):
+        return None
+    for dep, digest in deps:
+        if _hash_file(dep, memo) != digest:
+            return None
+    return facts
+
+
+def _cache_put(cache_dir: str, key: str, deps: list, facts: FileFacts) -> None:
+    directory = os.path.join(cache_dir, key[:2])
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+        with os.fdopen(fd, "wb") as fh:
+            pickle.dump((deps, facts), fh, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, os.path.join(directory, key + ".pickle"))
+    except OSError:
+        pass  # a cache that cannot be written is only slower
+
+
+def _work(batch: list[tuple[int, str]], root, kwargs) -> list[tuple[int, FileFacts, list]]:
+    """Analyze a batch in one process, sharing its parsed-module cache."""
+    modules: dict = {}
+    memo: dict = {}
+    out = []
+    for index, path in batch:
+        consulted: set = set()
+        facts = analyze_file(path, root=root, _modules=modules, _consulted=consulted, **kwargs)
+        deps = [(p, _hash_file(p, memo)) for p in sorted(consulted)]
+        out.append((index, facts, deps))
+    return out
+
+
+def analyze_paths(
+    paths,
+    *,
+    root: str | None = None,
+    jobs: int = 1,
+    cache_dir: str | None = None,
+    want: frozenset[str] | None = None,
+    inline: bool = True,
+    flatten: bool = False,
+) -> list[FileFacts]:
+    """Facts for many files, in the order given (see the module docstring)."""
+    paths = [str(p) for p in paths]
+    kwargs = {"want": want, "inline": inline, "flatten": flatten}
+    options = (root and os.path.abspath(root), sorted(want) if want is not None else None, inline, flatten)
+    results: list[FileFacts | None] = [None] * len(paths)
+    keys: list[str | None] = [None] * len(paths)
+    memo: dict = {}
+    todo: list[tuple[int, str]] = []
+    for i, path in enumerate(paths):
+        if cache_dir is not None:
+            try:
+                with open(path, "rb") as fh:
+                    data = fh.read()
+            except OSError:
+                data = None
+            if data is not None:
+                keys[i] = _key(data + b"\0" + os.path.abspath(path).encode(), options)
+                hit = _cache_get(cache_dir, keys[i], memo)
+                if hit is not None:
+                    results[i] = hit
+                    continue
+        todo.append((i, path))
+    done: list = []
+    if jobs > 1 and len(todo) > 1:
+        # interleave so that big and small files spread over the workers
+        batches = [todo[k::jobs] for k in range(jobs)]
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            for part in pool.map(_work, batches, [root] * len(batches), [kwargs] * len(batches)):
+                done.extend(part)
+    elif todo:
+        done = _work(todo, root, kwargs)
+    for index, facts, deps in done:
+        results[index] = facts
+        if cache_dir is not None and keys[index] is not None:
+            _cache_put(cache_dir, keys[index], deps, facts)
+    return results  # type: ignore[return-value]

@@ -1,0 +1,1298 @@
+"""Model-structure extraction: init bindings and forward paths (paper §3.2).
+
+The unit of work is one parsed module (stdlib `ast`) plus a `Resolver` for
+qualified names (see `names.py`).  For each `torch.nn.Module` subclass:
+
+1. **Init bindings.**  Walk `__init__` (and the `self.<helper>()` methods it
+   calls, and the `__init__` of in-tree bases reached by `super().__init__`)
+   with the guards of the enclosing `if`s; every `self.<attr> = rhs` becomes
+   an `InitBinding`: `Ctor(args)` (kind call, qualified type), `TABLE[key]`
+   (kind subscript), `a if c else b` (one binding per branch, guarded),
+   `nn.ModuleList([...])` / `nn.Sequential(...)` (the container plus one
+   binding per element, `container` set), a local variable assigned a layer
+   earlier, or anything else (kind other).
+2. **Paths.**  Walk `forward` statement by statement, keeping the set of
+   path prefixes ("alternatives").  Each statement appends events to every
+   alternative that is still running: DL nodes (layer / call / op, nested
+   expressions first, each into a fresh `temp_<n>`), `stmt` nodes for the
+   rest (reads/writes), and guards.  Compound statements split or not:
+
+   * `if` splits into a guarded body and a negated-guard `orelse` when its
+     branches hold a layer or call node; otherwise the whole `if` is one
+     `stmt` node.  `assert c` adds the guard `c`.
+   * A loop with DL nodes gives the path that skips it (for `while`, guarded
+     by `not test`) and the path that runs its body exactly once (as if it
+     ran one iteration; `break`/`continue` end that iteration).  A match
+     that spans the loop boundary is visible in `StmtRef.blocks`, whose
+     compound is the loop; consumers must not fuse across it.
+   * `try`: the path through the body (then `else`), and for each handler
+     the path that runs only that handler (the exception raised before any
+     body effect); `finally` is appended to the paths that fall through.
+   * `with`: the body, in line.  `return` / `raise` end a path.
+3. **Inlining.**  `self.<method>(...)` and calls of functions defined inside
+   the function are inlined (bounded depth, never recursively) when the
+   callee holds layer or call nodes: a `stmt` node binds the parameters from
+   the arguments at the call site, the callee's paths are spliced in (its
+   nodes keep their own `StmtRef`, with `inlined_from` set), and its
+   `return` statements write the call site's targets.  Names inside the
+   callee keep their spelling so the emitter can edit it.  Otherwise, or
+   with inlining off, the call is a `call` node of type
+   `<owner qualname>.<method>`.
+4. **Feasibility.**  Adding a guard to a path checks it against the path's
+   guards: the same condition (same text, same versions of what it reads)
+   taken both ways drops the path; when the new guard shares a symbol with
+   an earlier one, z3 decides (`guards.py`; unknown keeps the path).  At
+   most `MAX_PATHS` paths are kept per function (a Problem reports a cap).
+5. **Merging.**  Paths with equal node sequences whose guard disjunction z3
+   proves equal to their common guards become one path.
+
+Flatten mode (the paper's ADOPTER_p ablation): every compound contributes
+all its branches in order, with no guards, giving one path per function.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass, field
+
+from . import guards as guardlib
+from .model import (
+    AttrUse,
+    ClassFacts,
+    Guard,
+    InitBinding,
+    Node,
+    Path,
+    Problem,
+    StmtRef,
+    Value,
+)
+from .names import BUILTINS, Resolver, Scope, dotted
+
+MAX_PATHS = 256
+MAX_INLINE_DEPTH = 3
+MODULE_BASE = "torch.nn.Module"
+CONTAINERS = ("torch.nn.ModuleList", "torch.nn.Sequential", "torch.nn.ModuleDict")
+
+_BINOPS = {
+    ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.MatMult: "@",
+    ast.FloorDiv: "//", ast.Mod: "%", ast.Pow: "**",
+}
+_UNARY = {ast.USub: "-", ast.UAdd: "+", ast.Invert: "~"}
+# Sub-expressions whose parts do not run exactly once, in order.
+_OPAQUE = (ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp,
+           ast.IfExp, ast.BoolOp)
+
+
+# --------------------------------------------------------------------------
+# values
+# --------------------------------------------------------------------------
+
+def literal(expr: ast.expr):
+    """The Python value of a literal expression (negative numbers, tuples), or raise."""
+    if isinstance(expr, ast.Constant):
+        return expr.value
+    if isinstance(expr, ast.UnaryOp) and isinstance(expr.op, (ast.USub, ast.UAdd)):
+        inner = literal(expr.operand)
+        if isinstance(inner, (int, float, complex)) and not isinstance(inner, bool):
+            return -inner if isinstance(expr.op, ast.USub) else inner
+    if isinstance(expr, ast.Tuple):
+        return tuple(literal(e) for e in expr.elts)
+    raise ValueError("not a literal")
+
+
+def is_literal(expr: ast.expr) -> bool:
+    try:
+        literal(expr)
+        return True
+    except ValueError:
+        return False
+
+
+def value_of(expr: ast.expr) -> Value:
+    """A `Value` for an expression as written (no DL nodes inside)."""
+    text = ast.unparse(expr)
+    if isinstance(expr, ast.Name):
+        return Value(expr.id, "name")
+    try:
+        return Value(text, "const", literal(expr))
+    except ValueError:
+        pass
+    if dotted(expr) is not None:
+        return Value(text, "attr")
+    return Value(text, "expr")
+
+
+def _self_attr(expr: ast.expr) -> str | None:
+    """`self.x` -> 'x'."""
+    if isinstance(expr, ast.Attribute) and isinstance(expr.value, ast.Name) and expr.value.id == "self":
+        return expr.attr
+    return None
+
+
+def reads_of(expr: ast.AST | None, replaced: dict | None = None) -> set[str]:
+    """Local names and `self.<attr>` read by `expr`; sub-expressions in
+    `replaced` (id -> temp name) count as a read of their temporary."""
+    out: set[str] = set()
+    if expr is None:
+        return out
+    replaced = replaced or {}
+    stack = [expr]
+    while stack:
+        node = stack.pop()
+        temp = replaced.get(id(node))
+        if temp is not None:
+            out.add(temp)
+            continue
+        if isinstance(node, ast.Name):
+            if isinstance(node.ctx, ast.Load):
+                out.add(node.id)
+            continue
+        attr = _self_attr(node) if isinstance(node, ast.Attribute) else None
+        if attr is not None and isinstance(node.ctx, ast.Load):
+            out.add("self." + attr)
+            out.add("self")
+            continue
+        stack.extend(ast.iter_child_nodes(node))
+    return out
+
+
+def writes_of(target: ast.AST) -> set[str]:
+    """Names a store to `target` writes (the base name of `x[i] = `, `x.a = `)."""
+    out: set[str] = set()
+    if isinstance(target, ast.Name):
+        out.add(target.id)
+    elif isinstance(target, (ast.Tuple, ast.List)):
+        for elt in target.elts:
+            out |= writes_of(elt)
+    elif isinstance(target, ast.Starred):
+        out |= writes_of(target.value)
+    elif isinstance(target, ast.Attribute):
+        attr = _self_attr(target)
+        if attr is not None:
+            out.add("self." + attr)
+        else:
+            base = target.value
+            while isinstance(base, (ast.Attribute, ast.Subscript)):
+                base = base.value
+            if isinstance(base, ast.Name):
+                out.add(base.id)
+    elif isinstance(target, ast.Subscript):
+        base = target.value
+        while isinstance(base, (ast.Attribute, ast.Subscript)):
+            if _self_attr(base) is not None:
+                out.add("self." + _self_attr(base))
+                break
+            base = base.value
+        if isinstance(base, ast.Name):
+            out.add(base.id)
+    return out
+
+
+def _target_reads(target: ast.AST) -> set[str]:
+    """Names read while storing to `target` (`x[i] = ..` reads i and x)."""
+    if isinstance(target, ast.Name):
+        return set()
+    if isinstance(target, (ast.Tuple, ast.List)):
+        out: set[str] = set()
+        for elt in target.elts:
+            out |= _target_reads(elt)
+        return out
+    if isinstance(target, ast.Starred):
+        return _target_reads(target.value)
+    if isinstance(target, (ast.Attribute, ast.Subscript)):
+        out = reads_of(target.value)
+        if isinstance(target, ast.Subscript):
+            out |= reads_of(target.slice)
+        return out
+    return set()
+
+
+def local_names(fn: ast.FunctionDef) -> set[str]:
+    """Parameters and every name the function body stores (its locals)."""
+    names = {a.arg for a in fn.args.posonlyargs + fn.args.args + fn.args.kwonlyargs}
+    if fn.args.vararg:
+        names.add(fn.args.vararg.arg)
+    if fn.args.kwarg:
+        names.add(fn.args.kwarg.arg)
+    stack = list(fn.body)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
+            names.add(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+            continue
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            continue  # local imports are resolved, not opaque locals
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            names.add(node.name)
+        elif isinstance(node, ast.Lambda):
+            continue
+        stack.extend(ast.iter_child_nodes(node))
+    return names
+
+
+# --------------------------------------------------------------------------
+# classes
+# --------------------------------------------------------------------------
+
+@dataclass(slots=True)
+class ClassInfo:
+    """A class definition seen by the analysis (in this file or the tree)."""
+
+    name: str
+    qualname: str
+    node: ast.ClassDef
+    scope: Scope
+    bases: tuple[str, ...]  # resolved qualnames or spellings
+    base_quals: tuple[str | None, ...]
+    methods: dict[str, ast.FunctionDef]
+
+
+@dataclass(slots=True)
+class Options:
+    inline: bool = True
+    flatten: bool = False
+    max_paths: int = MAX_PATHS
+
+
+# --------------------------------------------------------------------------
+# path state
+# --------------------------------------------------------------------------
+
+class Alt:
+    """A path prefix under construction."""
+
+    __slots__ = ("guards", "keys", "nodes", "status", "writes", "symbols")
+
+    def __init__(self):
+        self.guards: tuple[Guard, ...] = ()
+        self.keys: tuple = ()  # per guard: (text, negated, versions)
+        self.nodes: tuple[Node, ...] = ()
+        self.status = "fall"
+        self.writes: dict[str, int] = {}
+        self.symbols: frozenset[str] = frozenset()
+
+    def copy(self) -> "Alt":
+        new = Alt()
+        new.guards, new.keys, new.nodes = self.guards, self.keys, self.nodes
+        new.status, new.writes, new.symbols = self.status, self.writes, self.symbols
+        return new
+
+    def add_node(self, node: Node) -> None:
+        self.nodes = self.nodes + (node,)
+        if node.writes:
+            writes = dict(self.writes)
+            for name in node.writes:
+                writes[name] = writes.get(name, 0) + 1
+            self.writes = writes
+
+    def add_guard(self, guard: Guard) -> bool:
+        """Add a guard; False when the path became infeasible."""
+        syms = guardlib.symbols(guard)
+        versions = tuple(sorted((s, self.writes[s]) for s in syms if s in self.writes))
+        key = (guard.text, guard.negated, versions)
+        for old in self.keys:
+            if old[0] == key[0] and old[2] == key[2]:
+                # the same condition, unchanged since: same way is redundant
+                return old[1] == key[1]
+        shared = bool(syms & self.symbols)
+        self.guards = self.guards + (guard,)
+        self.keys = self.keys + (key,)
+        self.symbols = self.symbols | syms
+        if shared:
+            return guardlib.feasible_key(self.keys) is not guardlib.Answer.REFUTED
+        return True
+
+
+@dataclass(slots=True)
+class Frame:
+    """Where extraction is: the function that textually holds the statements."""
+
+    method: str
+    owner: str
+    fn: ast.FunctionDef
+    locals: frozenset[str]
+    inlined_from: tuple = ()
+    depth: int = 0
+    local_funcs: dict = field(default_factory=dict)
+    local_imports: dict = field(default_factory=dict)
+    loop_layers: dict = field(default_factory=dict)
+    # inlined callee: the names its `return` writes
+    result: tuple[str, ...] | None = None
+    stack: tuple = ()
+
+
+class Extractor:
+    """Extracts facts from one module (see the module docstring)."""
+
+    def __init__(self, tree: ast.Module, scope: Scope, resolver: Resolver, options: Options):
+        self.tree = tree
+        self.scope = scope
+        self.module = scope.module
+        self.resolver = resolver
+        self.options = options
+        self.problems: list[Problem] = []
+        self._class_cache: dict[str, ClassInfo | None] = {}
+        self._is_module_cache: dict[str, bool] = {}
+        self._dl_cache: dict = {}
+        self.cls: ClassInfo | None = None
+        self.init_types: dict[str, list[InitBinding]] = {}
+        self.temp = 0
+        self.capped = False
+
+    # -- names ---------------------------------------------------------------
+
+    def resolve(self, parts: list[str], frame: Frame | None = None, scope: Scope | None = None) -> str | None:
+        if frame is not None and parts[0] in frame.local_imports:
+            base = frame.local_imports[parts[0]]
+            return self.resolver.follow(".".join([base] + parts[1:]))
+        return self.resolver.resolve_parts(scope or self.scope, parts)
+
+    # -- classes -------------------------------------------------------------
+
+    def class_info(self, qual: str) -> ClassInfo | None:
+        """The class `qual` when it is defined in this module or the tree."""
+        if qual in self._class_cache:
+            return self._class_cache[qual]
+        self._class_cache[qual] = None
+        module, _, name = qual.rpartition(".")
+        info = None
+        if module == self.module:
+            tree, scope = self.tree, self.scope
+        else:
+            entry = self.resolver.load(module) if module else None
+            tree, scope = (entry[1], entry[0]) if entry else (None, None)
+        if tree is not None:
+            for stmt in _top_level(tree.body):
+                if isinstance(stmt, ast.ClassDef) and stmt.name == name:
+                    info = self._make_info(stmt, scope)
+        self._class_cache[qual] = info
+        return info
+
+    def _make_info(self, node: ast.ClassDef, scope: Scope) -> ClassInfo:
+        bases, quals = [], []
+        for base in node.bases:
+            parts = dotted(base)
+            qual = self.resolver.resolve_parts(scope, parts) if parts else None
+            quals.append(qual)
+            bases.append(qual or ast.unparse(base))
+        methods = {s.name: s for s in node.body if isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef))}
+        return ClassInfo(node.name, f"{scope.module}.{node.name}", node, scope, tuple(bases), tuple(quals), methods)
+
+    def is_module(self, qual: str | None, _depth: int = 0) -> bool:
+        """Is `qual` torch.nn.Module or a subclass of it (through the tree)?"""
+        if qual is None or _depth > 20:
+            return False
+        if qual in self._is_module_cache:
+            return self._is_module_cache[qual]
+        self._is_module_cache[qual] = False
+        result = False
+        if qual == MODULE_BASE or (qual.startswith("torch.nn.") and qual.rsplit(".", 1)[1][:1].isupper()
+                                   and qual not in ("torch.nn.Parameter",)):
+            result = True
+        else:
+            info = self.class_info(qual)
+            if info is not None:
+                result = any(self.is_module(b, _depth + 1) for b in info.base_quals)
+        self._is_module_cache[qual] = result
+        return result
+
+    def mro(self, info: ClassInfo) -> list[ClassInfo]:
+        """The class and its in-tree bases, depth-first (a simple MRO)."""
+        out, seen, stack = [], set(), [info]
+        while stack:
+            cur = stack.pop(0)
+            if cur.qualname in seen:
+                continue
+            seen.add(cur.qualname)
+            out.append(cur)
+            for qual in cur.base_quals:
+                base = self.class_info(qual) if qual else None
+                if base is not None:
+                    stack.append(base)
+        return out
+
+    def find_method(self, name: str) -> tuple[ast.FunctionDef, ClassInfo] | None:
+        for info in self.mro(self.cls):
+            if name in info.methods:
+                return info.methods[name], info
+        return None
+
+    # -- facts of a file -----------------------------------------------------
+
+    def run(self) -> tuple[list[ClassFacts], list[tuple[str, tuple[Path, ...]]]]:
+        classes, functions = [], []
+        for stmt in _top_level(self.tree.body):
+            if isinstance(stmt, ast.ClassDef):
+                info = self._make_info(stmt, self.scope)
+                self._class_cache.setdefault(info.qualname, info)
+                if any(self.is_module(q) for q in info.base_quals):
+                    try:
+                        classes.append(self.class_facts(info))
+                    except RecursionError:
+                        self.problems.append(Problem("analysis-recursion", f"class {info.name} too deeply nested", stmt.lineno))
+                else:
+                    for name, fn in info.methods.items():
+                        self.cls = None
+                        functions.append((f"{info.name}.{name}", self.function_paths(fn, info.qualname, None)))
+            elif isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                self.cls = None
+                functions.append((stmt.name, self.function_paths(stmt, self.module, None)))
+        return classes, functions
+
+    def class_facts(self, info: ClassInfo) -> ClassFacts:
+        self.cls = info
+        init = self.init_bindings(info)
+        self.init_types = {}
+        for binding in init:
+            self.init_types.setdefault(binding.attr, []).append(binding)
+        paths: tuple[Path, ...] = ()
+        other = []
+        found = self.find_method("forward")
+        if found is not None:
+            fn, owner = found
+            paths = self.function_paths(fn, owner.qualname, owner)
+        for name, fn in info.methods.items():
+            if name in ("forward", "__init__"):
+                continue
+            other.append((name, self.function_paths(fn, info.qualname, info)))
+        uses = self.attr_uses(info)
+        node = info.node
+        return ClassFacts(
+            name=info.name,
+            qualname=info.qualname,
+            lines=(node.lineno, node.end_lineno or node.lineno),
+            bases=info.bases,
+            init=tuple(init),
+            paths=paths,
+            methods=tuple(info.methods),
+            attr_uses=uses,
+            other_paths=tuple(other),
+        )
+
+    def attr_uses(self, info: ClassInfo) -> tuple[AttrUse, ...]:
+        out = []
+        for name, fn in info.methods.items():
+            callees = set()
+            for node in ast.walk(fn):
+                if isinstance(node, ast.Call) and _self_attr(node.func) is not None:
+                    callees.add(id(node.func))
+            for node in ast.walk(fn):
+                attr = _self_attr(node) if isinstance(node, ast.Attribute) else None
+                if attr is None:
+                    continue
+                if id(node) in callees:
+                    kind = "call"
+                elif isinstance(node.ctx, (ast.Store, ast.Del)):
+                    kind = "store"
+                else:
+                    kind = "read"
+                out.append(AttrUse(attr, name, (node.lineno, node.end_lineno or node.lineno), kind))
+        out.sort(key=lambda u: (u.lines, u.attr, u.method, u.kind))
+        return tuple(out)
+
+    # -- init ----------------------------------------------------------------
+
+    def init_bindings(self, info: ClassInfo) -> list[InitBinding]:
+        found = None
+        for cur in self.mro(info):
+            if "__init__" in cur.methods:
+                found = (cur.methods["__init__"], cur)
+                break
+        if found is None:
+            return []
+        out: list[InitBinding] = []
+        self._init_walk(found[0], found[1], (), out, set(), 0)
+        return out
+
+    def _init_walk(self, fn, owner: ClassInfo, guards: tuple, out: list, seen: set, depth: int) -> None:
+        key = (owner.qualname, fn.name)
+        if key in seen or depth > MAX_INLINE_DEPTH:
+            return
+        seen = seen | {key}
+        frame = Frame(fn.name, owner.qualname, fn, frozenset(local_names(fn)))
+        local_layers: dict[str, list[InitBinding]] = {}
+        self._init_block(fn.body, ("body",), (), frame, owner, guards, out, seen, depth, local_layers)
+
+    def _init_block(self, stmts, prefix, blocks, frame, owner, guards, out, seen, depth, local_layers) -> None:
+        for i, stmt in enumerate(stmts):
+            path = prefix + (i,)
+            ref = StmtRef(frame.method, frame.owner, path, (stmt.lineno, stmt.end_lineno or stmt.lineno), stmt.col_offset, blocks)
+            if isinstance(stmt, ast.If):
+                g = Guard(ast.unparse(stmt.test), False, (stmt.lineno, stmt.lineno))
+                gn = Guard(g.text, True, g.lines)
+                self._init_block(stmt.body, path + ("body",), blocks + ((path, "body"),), frame, owner,
+                                 guards + (g,), out, seen, depth, local_layers)
+                self._init_block(stmt.orelse, path + ("orelse",), blocks + ((path, "orelse"),), frame, owner,
+                                 guards + (gn,), out, seen, depth, local_layers)
+            elif isinstance(stmt, (ast.For, ast.While, ast.With, ast.AsyncFor, ast.AsyncWith)):
+                self._init_block(stmt.body, path + ("body",), blocks + ((path, "body"),), frame, owner,
+                                 guards, out, seen, depth, local_layers)
+                if getattr(stmt, "orelse", None):
+                    self._init_block(stmt.orelse, path + ("orelse",), blocks + ((path, "orelse"),), frame, owner,
+                                     guards, out, seen, depth, local_layers)
+            elif isinstance(stmt, ast.Try) or type(stmt).__name__ == "TryStar":
+                self._init_block(stmt.body, path + ("body",), blocks + ((path, "body"),), frame, owner,
+                                 guards, out, seen, depth, local_layers)
+                for h, handler in enumerate(stmt.handlers):
+                    branch = f"handlers[{h}]"
+                    self._init_block(handler.body, path + ("handlers", h, "body"), blocks + ((path, branch),),
+                                     frame, owner, guards, out, seen, depth, local_layers)
+                for fld in ("orelse", "finalbody"):
+                    self._init_block(getattr(stmt, fld), path + (fld,), blocks + ((path, fld),), frame, owner,
+                                     guards, out, seen, depth, local_layers)
+            elif isinstance(stmt, (ast.Import, ast.ImportFrom)):
+                from .names import import_bindings
+                for name, binding in import_bindings(stmt, self.module, self.scope.is_package):
+                    frame.local_imports[name] = binding.target
+            elif isinstance(stmt, (ast.Assign, ast.AnnAssign)) and stmt.value is not None:
+                targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
+                for target in targets:
+                    attr = _self_attr(target)
+                    if attr is not None:
+                        out.extend(self._bindings_for(attr, stmt.value, frame, guards, ref, local_layers))
+                    elif isinstance(target, ast.Name):
+                        made = self._bindings_for(target.id, stmt.value, frame, guards, ref, local_layers)
+                        local_layers[target.id] = [b for b in made if b.kind != "other"]
+                    elif isinstance(target, ast.Tuple) and isinstance(stmt.value, ast.Tuple) \
+                            and len(target.elts) == len(stmt.value.elts):
+                        for t, v in zip(target.elts, stmt.value.elts):
+                            a = _self_attr(t)
+                            if a is not None:
+                                out.extend(self._bindings_for(a, v, frame, guards, ref, local_layers))
+            elif isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call):
+                call = stmt.value
+                # self.add_module("name", Layer(...)) / self.register_module
+                if _self_attr(call.func) in ("add_module", "register_module") and len(call.args) == 2 \
+                        and isinstance(call.args[0], ast.Constant) and isinstance(call.args[0].value, str):
+                    out.extend(self._bindings_for(call.args[0].value, call.args[1], frame, guards, ref, local_layers))
+                    continue
+                # self.<helper>(...) and super().__init__(...)
+                callee = self._init_callee(call, owner)
+                if callee is not None:
+                    cfn, cowner = callee
+                    self._init_walk(cfn, cowner, guards, out, seen, depth + 1)
+
+    def _init_callee(self, call: ast.Call, owner: ClassInfo):
+        func = call.func
+        attr = _self_attr(func)
+        if attr is not None:
+            found = self.find_method(attr)
+            return found
+        if (isinstance(func, ast.Attribute) and func.attr == "__init__" and isinstance(func.value, ast.Call)
+                and isinstance(func.value.func, ast.Name) and func.value.func.id == "super"):
+            for base_qual in owner.base_quals:
+                base = self.class_info(base_qual) if base_qual else None
+                if base is None:
+                    continue
+                for cur in self.mro(base):
+                    if "__init__" in cur.methods:
+                        return cur.methods["__init__"], cur
+        return None
+
+    def _bindings_for(self, attr, rhs, frame, guards, ref, local_layers) -> list[InitBinding]:
+        if isinstance(rhs, ast.IfExp):
+            g = Guard(ast.unparse(rhs.test), False, (rhs.test.lineno, rhs.test.end_lineno or rhs.test.lineno))
+            return (self._bindings_for(attr, rhs.body, frame, guards + (g,), ref, local_layers)
+                    + self._bindings_for(attr, rhs.orelse, frame, guards + (Guard(g.text, True, g.lines),), ref, local_layers))
+        if isinstance(rhs, ast.Name) and rhs.id in local_layers and local_layers[rhs.id]:
+            return [InitBinding(attr, b.type, b.args, b.kwargs, b.kind, b.unresolved, guards, ref, b.container)
+                    for b in local_layers[rhs.id] if b.container is None]
+        if isinstance(rhs, ast.Call):
+            qual, spelling = self._callee_type(rhs.func, frame)
+            args = tuple(value_of(a) for a in rhs.args)
+            kwargs = tuple((k.arg or "**", value_of(k.value)) for k in rhs.keywords)
+            out = [InitBinding(attr, qual, args, kwargs, "call", None if qual else spelling, guards, ref)]
+            if qual in CONTAINERS:
+                out.extend(self._container_elements(attr, qual, rhs, frame, guards, ref, local_layers))
+            return out
+        if isinstance(rhs, ast.Subscript):
+            parts = dotted(rhs.value)
+            qual = self.resolve(parts, frame) if parts and parts[0] not in frame.locals else None
+            return [InitBinding(attr, qual, (value_of(rhs.slice),), (), "subscript",
+                                None if qual else ast.unparse(rhs.value), guards, ref)]
+        return [InitBinding(attr, None, (value_of(rhs),), (), "other", None, guards, ref)]
+
+    def _container_elements(self, attr, qual, call, frame, guards, ref, local_layers) -> list[InitBinding]:
+        elements: list[tuple[str, ast.expr]] = []
+        if qual == "torch.nn.Sequential":
+            for i, arg in enumerate(call.args):
+                if isinstance(arg, ast.Starred):
+                    break
+                elements.append((str(i), arg))
+        elif call.args:
+            arg = call.args[0]
+            if isinstance(arg, (ast.List, ast.Tuple)):
+                elements = [(str(i), e) for i, e in enumerate(arg.elts) if not isinstance(e, ast.Starred)]
+            elif isinstance(arg, (ast.ListComp, ast.GeneratorExp)):
+                elements = [("*", arg.elt)]
+            elif isinstance(arg, ast.Dict):
+                elements = [(k.value, v) for k, v in zip(arg.keys, arg.values)
+                            if isinstance(k, ast.Constant) and isinstance(k.value, str)]
+        out = []
+        for key, elt in elements:
+            for b in self._bindings_for(f"{attr}.{key}", elt, frame, guards, ref, local_layers):
+                out.append(InitBinding(b.attr, b.type, b.args, b.kwargs, b.kind, b.unresolved, b.guards, b.stmt, attr))
+        return out
+
+    def _callee_type(self, func: ast.expr, frame: Frame) -> tuple[str | None, str]:
+        """(qualified name, spelling) of what a call calls; None when unknown."""
+        spelling = ast.unparse(func)
+        parts = dotted(func)
+        if parts is None:
+            return None, spelling
+        if parts[0] in frame.locals and parts[0] not in frame.local_imports:
+            return None, spelling  # a parameter or local: a factory we cannot see through
+        if parts[0] == "self":
+            return None, spelling
+        if len(parts) == 1 and parts[0] in BUILTINS and parts[0] not in self.scope.names:
+            return f"builtins.{parts[0]}", spelling
+        return self.resolve(parts, frame), spelling
+
+    # -- paths ---------------------------------------------------------------
+
+    def function_paths(self, fn: ast.FunctionDef, owner: str, info: ClassInfo | None) -> tuple[Path, ...]:
+        self.cls = info
+        if info is None:
+            self.init_types = {}
+        self.temp = 0
+        self.capped = False
+        frame = Frame(fn.name, owner, fn, frozenset(local_names(fn)), stack=((owner, fn.name),))
+        alts = self.block(fn.body, ("body",), (), frame, [Alt()])
+        if self.capped:
+            self.problems.append(Problem("path-cap", f"{owner}.{fn.name}: more than {self.options.max_paths} paths; "
+                                         f"kept the first {self.options.max_paths}", fn.lineno))
+        return merge_paths([Path(a.guards, a.nodes) for a in alts])
+
+    def _cap(self, alts: list[Alt]) -> list[Alt]:
+        if len(alts) > self.options.max_paths:
+            self.capped = True
+            return alts[: self.options.max_paths]
+        return alts
+
+    def ref(self, frame: Frame, stmt: ast.stmt, path: tuple, blocks: tuple) -> StmtRef:
+        return StmtRef(frame.method, frame.owner, path, (stmt.lineno, stmt.end_lineno or stmt.lineno),
+                       stmt.col_offset, blocks)
+
+    def stmt_node(self, ref: StmtRef, frame: Frame, reads, writes) -> Node:
+        return Node("stmt", ref, reads=frozenset(reads), writes=frozenset(writes), inlined_from=frame.inlined_from)
+
+    def block(self, stmts, prefix, blocks, frame: Frame, alts: list[Alt]) -> list[Alt]:
+        for i, stmt in enumerate(stmts):
+            if not any(a.status == "fall" for a in alts):
+                break
+            path = prefix + (i,)
+            live = [a for a in alts if a.status == "fall"]
+            done = [a for a in alts if a.status != "fall"]
+            alts = done + self._cap(self.statement(stmt, path, blocks, frame, live))
+        return alts
+
+    def statement(self, stmt, path, blocks, frame: Frame, alts: list[Alt]) -> list[Alt]:
+        ref = self.ref(frame, stmt, path, blocks)
+        flatten = self.options.flatten
+        if isinstance(stmt, ast.If):
+            if not self.has_dl(stmt, frame):
+                return self.opaque(stmt, ref, frame, alts)
+            alts = self.run_actions(self.evaluate(stmt.test, frame, ref), frame, alts)
+            test_reads = reads_of(stmt.test, self._replaced)
+            for a in alts:
+                a.add_node(self.stmt_node(ref, frame, test_reads, ()))
+            sub_body = blocks + ((path, "body"),)
+            sub_else = blocks + ((path, "orelse"),)
+            if flatten:
+                alts = self.block(stmt.body, path + ("body",), sub_body, frame, alts)
+                return self.block(stmt.orelse, path + ("orelse",), sub_else, frame, alts)
+            text = ast.unparse(stmt.test)
+            lines = (stmt.lineno, stmt.test.end_lineno or stmt.lineno)
+            yes, no = [], []
+            for a in alts:
+                b = a.copy()
+                if a.add_guard(Guard(text, False, lines)):
+                    yes.append(a)
+                if b.add_guard(Guard(text, True, lines)):
+                    no.append(b)
+            yes = self.block(stmt.body, path + ("body",), sub_body, frame, yes)
+            no = self.block(stmt.orelse, path + ("orelse",), sub_else, frame, no)
+            return yes + no
+        if isinstance(stmt, (ast.For, ast.AsyncFor, ast.While)):
+            if not self.has_dl(stmt, frame):
+                return self.opaque(stmt, ref, frame, alts)
+            is_while = isinstance(stmt, ast.While)
+            head = stmt.test if is_while else stmt.iter
+            alts = self.run_actions(self.evaluate(head, frame, ref), frame, alts)
+            head_reads = reads_of(head, self._replaced)
+            head_writes = set() if is_while else writes_of(stmt.target)
+            if not is_while:
+                head_reads |= _target_reads(stmt.target)
+            loop_frame = frame
+            if not is_while and isinstance(stmt.target, ast.Name):
+                attr = _self_attr(stmt.iter)
+                if attr is not None and attr in self.init_types:
+                    loop_frame = _with_loop_layer(frame, stmt.target.id, attr)
+            sub_body = blocks + ((path, "body"),)
+            sub_else = blocks + ((path, "orelse"),)
+            text = ast.unparse(stmt.test) if is_while else None
+            lines = (stmt.lineno, stmt.lineno)
+            run, skip = [], []
+            for a in alts:
+                b = a.copy()
+                if is_while and not flatten:
+                    if a.add_guard(Guard(text, False, lines)):
+                        run.append(a)
+                    if b.add_guard(Guard(text, True, lines)):
+                        skip.append(b)
+                else:
+                    run.append(a)
+                    skip.append(b)
+            for a in run:
+                a.add_node(self.stmt_node(ref, frame, head_reads, head_writes))
+            run = self.block(stmt.body, path + ("body",), sub_body, loop_frame, run)
+            broke = []
+            for a in run:
+                if a.status == "continue":
+                    a.status = "fall"
+                elif a.status == "break":
+                    a.status = "fall"
+                    broke.append(a)
+            if flatten:
+                run = self.block(stmt.orelse, path + ("orelse",), sub_else, frame, run)
+                return run
+            after = [a for a in run if a not in broke] + skip
+            after = self.block(stmt.orelse, path + ("orelse",), sub_else, frame, after)
+            return after + broke
+        if isinstance(stmt, (ast.With, ast.AsyncWith)):
+            actions = []
+            reads, writes = set(), set()
+            for item in stmt.items:
+                actions += self.evaluate(item.context_expr, frame, ref)
+                reads |= reads_of(item.context_expr, self._replaced)
+                if item.optional_vars is not None:
+                    writes |= writes_of(item.optional_vars)
+            alts = self.run_actions(actions, frame, alts)
+            for a in alts:
+                a.add_node(self.stmt_node(ref, frame, reads, writes))
+            return self.block(stmt.body, path + ("body",), blocks + ((path, "body"),), frame, alts)
+        if isinstance(stmt, ast.Try) or type(stmt).__name__ == "TryStar":
+            if not self.has_dl(stmt, frame):
+                return self.opaque(stmt, ref, frame, alts)
+            if flatten:
+                alts = self.block(stmt.body, path + ("body",), blocks + ((path, "body"),), frame, alts)
+                for h, handler in enumerate(stmt.handlers):
+                    alts = self.block(handler.body, path + ("handlers", h, "body"),
+                                      blocks + ((path, f"handlers[{h}]"),), frame, alts)
+                alts = self.block(stmt.orelse, path + ("orelse",), blocks + ((path, "orelse"),), frame, alts)
+                return self.block(stmt.finalbody, path + ("finalbody",), blocks + ((path, "finalbody"),), frame, alts)
+            starts = [a.copy() for a in alts]
+            body = self.block(stmt.body, path + ("body",), blocks + ((path, "body"),), frame, alts)
+            body_fall = [a for a in body if a.status == "fall"]
+            body_done = [a for a in body if a.status != "fall"]
+            body_fall = self.block(stmt.orelse, path + ("orelse",), blocks + ((path, "orelse"),), frame, body_fall)
+            result = body_done + body_fall
+            for h, handler in enumerate(stmt.handlers):
+                hal = [a.copy() for a in starts]
+                reads = reads_of(handler.type) if handler.type is not None else set()
+                for a in hal:
+                    a.add_node(self.stmt_node(ref, frame, reads, {handler.name} if handler.name else ()))
+                result += self.block(handler.body, path + ("handlers", h, "body"),
+                                     blocks + ((path, f"handlers[{h}]"),), frame, hal)
+            result = self._cap(result)
+            fall = [a for a in result if a.status == "fall"]
+            rest = [a for a in result if a.status != "fall"]
+            fall = self.block(stmt.finalbody, path + ("finalbody",), blocks + ((path, "finalbody"),), frame, fall)
+            return rest + fall
+        if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            frame.local_funcs[stmt.name] = stmt
+            return self.opaque(stmt, ref, frame, alts, reads=set(), writes={stmt.name})
+        if isinstance(stmt, (ast.Import, ast.ImportFrom)):
+            from .names import import_bindings
+            names = set()
+            for name, binding in import_bindings(stmt, self.module, self.scope.is_package):
+                frame.local_imports[name] = binding.target
+                names.add(name)
+            return self.opaque(stmt, ref, frame, alts, reads=set(), writes=names)
+        if isinstance(stmt, ast.Assert):
+            alts = self.run_actions(self.evaluate(stmt.test, frame, ref), frame, alts)
+            reads = reads_of(stmt.test, self._replaced) | reads_of(stmt.msg)
+            out = []
+            for a in alts:
+                a.add_node(self.stmt_node(ref, frame, reads, ()))
+                if flatten or a.add_guard(Guard(ast.unparse(stmt.test), False, (stmt.lineno, stmt.end_lineno or stmt.lineno))):
+                    out.append(a)
+            return out
+        if isinstance(stmt, ast.Return):
+            actions = self.evaluate(stmt.value, frame, ref) if stmt.value is not None else []
+            alts = self.run_actions(actions, frame, alts)
+            reads = reads_of(stmt.value, self._replaced)
+            writes = frame.result or ()
+            for a in alts:
+                a.add_node(self.stmt_node(ref, frame, reads, writes))
+                if not flatten:
+                    a.status = "return"
+            return alts
+        if isinstance(stmt, ast.Raise):
+            alts = self.opaque(stmt, ref, frame, alts)
+            if not flatten:
+                for a in alts:
+                    a.status = "raise"
+            return alts
+        if isinstance(stmt, (ast.Break, ast.Continue)):
+            if not flatten:
+                for a in alts:
+                    a.status = "break" if isinstance(stmt, ast.Break) else "continue"
+            return alts
+        if isinstance(stmt, ast.Pass):
+            return alts
+        if isinstance(stmt, (ast.Assign, ast.AnnAssign, ast.AugAssign, ast.Expr)):
+            return self.simple(stmt, ref, frame, alts)
+        # global, nonlocal, del, match, class definitions: opaque
+        return self.opaque(stmt, ref, frame, alts)
+
+    def opaque(self, stmt, ref, frame, alts, reads=None, writes=None) -> list[Alt]:
+        """The whole statement as one `stmt` node (no DL nodes inside)."""
+        if reads is None or writes is None:
+            r, w = set(), set()
+            for node in ast.walk(stmt):
+                if isinstance(node, ast.Name):
+                    (r if isinstance(node.ctx, ast.Load) else w).add(node.id)
+                elif isinstance(node, ast.Attribute) and _self_attr(node) is not None:
+                    (r if isinstance(node.ctx, ast.Load) else w).add("self." + node.attr)
+                elif isinstance(node, (ast.Subscript, ast.Attribute)) and isinstance(node.ctx, ast.Store):
+                    w |= writes_of(node)
+            reads = r if reads is None else reads
+            writes = w if writes is None else writes
+        node = self.stmt_node(ref, frame, reads, writes)
+        for a in alts:
+            a.add_node(node)
+        return alts
+
+    def simple(self, stmt, ref, frame, alts) -> list[Alt]:
+        """Assignments and expression statements."""
+        if isinstance(stmt, ast.Expr):
+            targets, value = [], stmt.value
+        elif isinstance(stmt, ast.Assign):
+            targets, value = stmt.targets, stmt.value
+        elif isinstance(stmt, ast.AnnAssign):
+            targets, value = [stmt.target], stmt.value
+        else:  # AugAssign: `x += y` is the op `x + y -> x`
+            targets, value = [stmt.target], None
+        if value is None and not isinstance(stmt, ast.AugAssign):
+            return self.opaque(stmt, ref, frame, alts)
+        # outputs of the top DL expression, when the targets are plain names
+        outputs = None
+        if len(targets) == 1 and _plain_target(targets[0]):
+            outputs = tuple(sorted(writes_of(targets[0]), key=_name_order(targets[0])))
+        if isinstance(stmt, ast.Expr):
+            outputs = ()
+        if isinstance(stmt, ast.AugAssign):
+            op = _BINOPS.get(type(stmt.op))
+            actions = self.evaluate(stmt.value, frame, ref)
+            target_value = value_of(stmt.target)
+            in_value = self._last_value
+            out_names = outputs if outputs else (self.new_temp(),)
+            if op is not None:
+                node = Node("op", ref, op=op, inputs=(target_value, in_value), outputs=out_names,
+                            reads=frozenset(reads_of(stmt.target) | reads_of(stmt.value, self._replaced)),
+                            writes=frozenset(out_names), inlined_from=frame.inlined_from,
+                            expr_span=_span(stmt))
+                actions.append(("node", node))
+            alts = self.run_actions(actions, frame, alts)
+            if not outputs:
+                node = self.stmt_node(ref, frame, {out_names[0]} | _target_reads(stmt.target), writes_of(stmt.target))
+                for a in alts:
+                    a.add_node(node)
+            return alts
+        actions = self.evaluate(value, frame, ref, outputs=outputs)
+        alts = self.run_actions(actions, frame, alts)
+        if self._top_consumed and (isinstance(stmt, ast.Expr) or outputs):
+            return alts  # the DL node is the whole statement
+        reads = reads_of(value, self._replaced)
+        writes: set[str] = set()
+        for t in targets:
+            writes |= writes_of(t)
+            reads |= _target_reads(t)
+        node = self.stmt_node(ref, frame, reads, writes)
+        for a in alts:
+            a.add_node(node)
+        return alts
+
+    def new_temp(self) -> str:
+        self.temp += 1
+        return f"temp_{self.temp}"
+
+    # -- expressions -----------------------------------------------------------
+
+    def evaluate(self, expr, frame: Frame, ref: StmtRef, outputs=None) -> list:
+        """Actions for the DL nodes of `expr`, in evaluation order.
+
+        An action is ("node", Node) or ("inline", fn, owner, frame-args...).
+        Sets `self._replaced` (id of sub-expression -> temp) for reads, and
+        `self._top_consumed` when `expr` itself became a DL node writing
+        `outputs`.  `self._last_value` is the Value of `expr`.
+        """
+        self._replaced = {}
+        self._top_consumed = False
+        actions: list = []
+        self._last_value = self._expr(expr, frame, ref, actions, outputs, top=True)
+        return actions
+
+    def _expr(self, e, frame, ref, actions, outputs=None, top=False) -> Value:
+        if isinstance(e, ast.Call):
+            return self._call(e, frame, ref, actions, outputs, top)
+        if isinstance(e, ast.BinOp) and type(e.op) in _BINOPS:
+            if is_literal(e.left) and is_literal(e.right):
+                return value_of(e)
+            left = self._expr(e.left, frame, ref, actions)
+            right = self._expr(e.right, frame, ref, actions)
+            return self._emit(e, Node("op", ref, op=_BINOPS[type(e.op)], inputs=(left, right)),
+                              frame, actions, outputs, top)
+        if isinstance(e, ast.UnaryOp) and type(e.op) in _UNARY and not is_literal(e):
+            operand = self._expr(e.operand, frame, ref, actions)
+            return self._emit(e, Node("op", ref, op=_UNARY[type(e.op)], inputs=(operand,)),
+                              frame, actions, outputs, top)
+        if isinstance(e, _OPAQUE) or isinstance(e, (ast.Name, ast.Constant)):
+            return value_of(e)
+        if isinstance(e, ast.BoolOp) or isinstance(e, ast.Compare):
+            pass
+        # descend for nested DL nodes (attributes, subscripts, tuples, ...)
+        for child in ast.iter_child_nodes(e):
+            if isinstance(child, ast.expr):
+                if isinstance(e, ast.Compare) or isinstance(e, ast.Attribute) and _self_attr(e) is not None:
+                    pass
+                self._expr(child, frame, ref, actions)
+        return value_of(e)
+
+    def _emit(self, e, node: Node, frame, actions, outputs, top) -> Value:
+        """Finish a DL node: outputs, reads/writes, span; record it."""
+        if top and outputs:
+            outs = outputs
+            self._top_consumed = True
+        else:
+            outs = (self.new_temp(),)
+            if top and outputs == ():
+                self._top_consumed = True  # an expression statement
+        reads = set()
+        for v in node.inputs:
+            reads |= _value_reads(v)
+        for _, v in node.kwargs:
+            reads |= _value_reads(v)
+        if node.attr is not None:
+            reads |= {"self", "self." + node.attr.split(".")[0]}
+        node = Node(node.kind, node.stmt, node.type, node.unresolved, node.op, node.attr, node.inputs,
+                    node.kwargs, outs, frozenset(reads), frozenset(outs), frame.inlined_from, _span(e))
+        actions.append(("node", node))
+        self._replaced[id(e)] = outs[0] if len(outs) == 1 else None
+        if len(outs) != 1:
+            self._replaced.pop(id(e))
+            return Value(", ".join(outs), "expr")
+        return Value(outs[0], "name")
+
+    def _args(self, call: ast.Call, frame, ref, actions):
+        args = []
+        for a in call.args:
+            if isinstance(a, ast.Starred):
+                self._expr(a.value, frame, ref, actions)
+                args.append(Value(ast.unparse(a), "expr"))
+            else:
+                args.append(self._expr(a, frame, ref, actions))
+        kwargs = []
+        for k in call.keywords:
+            v = self._expr(k.value, frame, ref, actions)
+            kwargs.append((k.arg or "**", v))
+        return tuple(args), tuple(kwargs)
+
+    def classify(self, call: ast.Call, frame: Frame):
+        """What a call is: ("layer", attr, bindings) | ("method", name) |
+        ("local", fn) | ("call", qual, spelling) | ("loop", attr) | None (no node)."""
+        func = call.func
+        attr = _self_attr(func)
+        if attr is not None and self.cls is not None:
+            if attr in self.init_types:
+                return ("layer", attr)
+            if self.find_method(attr) is not None:
+                return ("method", attr)
+            return ("layer", attr)
+        if isinstance(func, ast.Name):
+            name = func.id
+            if name in frame.local_funcs:
+                return ("local", name)
+            if name in frame.loop_layers:
+                return ("loop", frame.loop_layers[name])
+            if name in frame.locals and name not in frame.local_imports:
+                return None
+            if name in BUILTINS and name not in self.scope.names and name not in frame.local_imports:
+                return None
+            if name == "self":
+                return None
+        parts = dotted(func)
+        if parts is None:
+            return None
+        head = parts[0]
+        if head == "self" or (head in frame.locals and head not in frame.local_imports):
+            return None  # a method of a local value (tensor methods)
+        if head in BUILTINS and head not in self.scope.names and head not in frame.local_imports:
+            return None
+        if head not in frame.local_imports:
+            kinds = {b.kind for b in self.scope.names.get(head, ())}
+            if kinds and kinds <= {"value"} and len(parts) > 1:
+                return None  # a method of a module-level object (logger.warning)
+        qual = self.resolve(parts, frame)
+        return ("call", qual, ast.unparse(func))
+
+    def _call(self, e: ast.Call, frame, ref, actions, outputs, top) -> Value:
+        kind = self.classify(e, frame)
+        if kind is None:
+            # not a node: evaluate the receiver and the arguments in order
+            if isinstance(e.func, ast.Attribute):
+                self._expr(e.func.value, frame, ref, actions)
+            elif not isinstance(e.func, ast.Name):
+                self._expr(e.func, frame, ref, actions)
+            self._args(e, frame, ref, actions)
+            return value_of(e)
+        if kind[0] in ("method", "local"):
+            found = self.find_method(kind[1]) if kind[0] == "method" else (frame.local_funcs[kind[1]], None)
+            fn, owner = found
+            owner_qual = owner.qualname if owner is not None else frame.owner
+            key = (owner_qual, fn.name, id(fn))
+            can_inline = (self.options.inline and frame.depth < MAX_INLINE_DEPTH
+                          and key not in frame.stack and self._fn_has_dl(fn, owner, frame))
+            args, kwargs = self._args(e, frame, ref, actions)
+            if can_inline:
+                if top and outputs:
+                    outs = outputs
+                    self._top_consumed = True
+                else:
+                    outs = (self.new_temp(),)
+                    if top and outputs == ():
+                        self._top_consumed = True
+                actions.append(("inline", fn, owner_qual, args, kwargs, outs, e, key, ref))
+                if len(outs) == 1:
+                    self._replaced[id(e)] = outs[0]
+                    return Value(outs[0], "name")
+                return Value(", ".join(outs), "expr")
+            qual = f"{owner_qual}.{fn.name}" if kind[0] == "method" else f"{frame.owner}.{frame.method}.{fn.name}"
+            node = Node("call", ref, type=qual, inputs=args, kwargs=kwargs)
+            return self._emit(e, node, frame, actions, outputs, top)
+        if kind[0] == "layer":
+            attr = kind[1]
+            args, kwargs = self._args(e, frame, ref, actions)
+            typ, unresolved = self._attr_type(attr)
+            node = Node("layer", ref, type=typ, unresolved=unresolved, attr=attr, inputs=args, kwargs=kwargs)
+            return self._emit(e, node, frame, actions, outputs, top)
+        if kind[0] == "loop":
+            attr = kind[1]
+            args, kwargs = self._args(e, frame, ref, actions)
+            types = {b.type for b in self.init_types.get(attr, ()) if b.container == attr}
+            typ = types.pop() if len(types) == 1 else None
+            node = Node("layer", ref, type=typ, unresolved=None if typ else f"self.{attr}[*]", attr=attr,
+                        inputs=args, kwargs=kwargs)
+            return self._emit(e, node, frame, actions, outputs, top)
+        _, qual, spelling = kind
+        if isinstance(e.func, ast.Attribute):
+            pass  # a dotted module path: nothing to evaluate
+        args, kwargs = self._args(e, frame, ref, actions)
+        node = Node("call", ref, type=qual, unresolved=None if qual else spelling, inputs=args, kwargs=kwargs)
+        return self._emit(e, node, frame, actions, outputs, top)
+
+    def _attr_type(self, attr: str) -> tuple[str | None, str | None]:
+        bindings = [b for b in self.init_types.get(attr, ()) if b.kind != "other"]
+        types = {b.type for b in bindings}
+        if len(types) == 1 and None not in types:
+            return types.pop(), None
+        return None, f"self.{attr}"
+
+    # -- DL content ------------------------------------------------------------
+
+    def has_dl(self, stmt: ast.AST, frame: Frame) -> bool:
+        """Does a compound statement hold a layer or call node (or a helper with one)?"""
+        key = id(stmt)
+        if key in self._dl_cache:
+            return self._dl_cache[key]
+        self._dl_cache[key] = False
+        result = False
+        for node in _walk_no_opaque(stmt):
+            if isinstance(node, ast.Call):
+                kind = self.classify(node, frame)
+                if kind is None:
+                    continue
+                if kind[0] in ("method", "local"):
+                    # a helper is either inlined (its nodes) or a call node: both count
+                    result = True
+                    break
+                result = True
+                break
+        self._dl_cache[key] = result
+        return result
+
+    def _fn_has_dl(self, fn, owner, frame: Frame) -> bool:
+        key = ("fn", id(fn))
+        if key in self._dl_cache:
+            return self._dl_cache[key]
+        self._dl_cache[key] = False
+        inner = Frame(fn.name, owner.qualname if owner else frame.owner, fn, frozenset(local_names(fn)),
+                      local_funcs=dict(frame.local_funcs) if owner is None else {})
+        result = False
+        for node in _walk_no_opaque(fn):
+            if node is fn:
+                continue
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                inner.local_funcs[node.name] = node
+            if isinstance(node, ast.Call):
+                kind = self.classify(node, inner)
+                if kind is None:
+                    continue
+                if kind[0] in ("layer", "call", "loop"):
+                    result = True
+                    break
+                if kind[0] == "method":
+                    found = self.find_method(kind[1])
+                    if found and self._fn_has_dl(found[0], found[1], inner):
+                        result = True
+                        break
+                if kind[0] == "local" and self._fn_has_dl(inner.local_funcs[kind[1]], None, inner):
+                    result = True
+                    break
+        self._dl_cache[key] = result
+        return result
+
+    # -- actions ---------------------------------------------------------------
+
+    def run_actions(self, actions: list, frame: Frame, alts: list[Alt]) -> list[Alt]:
+        for action in actions:
+            if action[0] == "node":
+                for a in alts:
+                    if a.status == "fall":
+                        a.add_node(action[1])
+                continue
+            _, fn, owner_qual, args, kwargs, outs, call, key, call_ref = action
+            live = [a for a in alts if a.status == "fall"]
+            done = [a for a in alts if a.status != "fall"]
+            site = (call.lineno, call.end_lineno or call.lineno)
+            inner = Frame(
+                fn.name, owner_qual, fn, frozenset(local_names(fn)),
+                inlined_from=frame.inlined_from + ((frame.method, site),),
+                depth=frame.depth + 1,
+                local_funcs=dict(frame.local_funcs) if fn.name in frame.local_funcs else {},
+                result=outs,
+                stack=frame.stack + (key,),
+            )
+            # parameters bound from the call's arguments (a stmt at the call site)
+            params = [p.arg for p in fn.args.posonlyargs + fn.args.args]
+            if params and params[0] == "self" and owner_qual and not fn.name in frame.local_funcs:
+                params = params[1:]
+            bound = set(params[: len(args)]) | {k for k, _ in kwargs if k != "**"}
+            reads = set()
+            for v in args:
+                reads |= _value_reads(v)
+            for _, v in kwargs:
+                reads |= _value_reads(v)
+            entry = Node("stmt", call_ref, reads=frozenset(reads), writes=frozenset(bound),
+                         inlined_from=frame.inlined_from)
+            for a in live:
+                a.add_node(entry)
+            saved = (self._replaced, self._top_consumed, self._last_value)
+            result = self.block(fn.body, ("body",), (), inner, live)
+            self._replaced, self._top_consumed, self._last_value = saved
+            for a in result:
+                if a.status == "return":
+                    a.status = "fall"
+                elif a.status == "fall":
+                    # fell off the end: returns None into the targets
+                    a.add_node(Node("stmt", entry.stmt, writes=frozenset(outs), inlined_from=frame.inlined_from))
+            alts = done + self._cap(result)
+        return alts
+
+    _replaced: dict = {}
+    _top_consumed = False
+    _last_value: Value | None = None
+
+
+def _with_loop_layer(frame: Frame, name: str, attr: str) -> Frame:
+    loop_layers = dict(frame.loop_layers)
+    loop_layers[name] = attr
+    return Frame(frame.method, frame.owner, frame.fn, frame.locals, frame.inlined_from, frame.depth,
+                 frame.local_funcs, frame.local_imports, loop_layers, frame.result, frame.stack)
+
+
+def _value_reads(v: Value) -> set[str]:
+    if v.kind == "name":
+        return {v.text}
+    if v.kind in ("attr", "expr"):
+        try:
+            return reads_of(ast.parse(v.text, mode="eval").body)
+        except SyntaxError:
+            return set()
+    return set()
+
+
+def _span(e: ast.AST) -> tuple[int, int, int, int]:
+    return (e.lineno, e.col_offset, e.end_lineno or e.lineno, e.end_col_offset or 0)
+
+
+def _plain_target(t: ast.AST) -> bool:
+    if isinstance(t, ast.Name):
+        return True
+    if isinstance(t, (ast.Tuple, ast.List)):
+        return all(isinstance(x, ast.Name) for x in t.elts)
+    return False
+
+
+def _name_order(t: ast.AST):
+    order = {}
+    if isinstance(t, ast.Name):
+        order[t.id] = 0
+    else:
+        for i, x in enumerate(t.elts):
+            order.setdefault(x.id, i)
+    return lambda n: order.get(n, 0)
+
+
+def _walk_no_opaque(root: ast.AST):
+    """ast.walk that does not enter lambdas/comprehensions/nested classes."""
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        yield node
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp,
+                                  ast.GeneratorExp, ast.ClassDef)):
+                continue
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)) and child is not root:
+                continue
+            stack.append(child)
+
+
+def _top_level(stmts):
+    """Top-level statements, descending into module-level if/try blocks."""
+    for stmt in stmts:
+        if isinstance(stmt, ast.If):
+            yield from _top_level(stmt.body)
+            yield from _top_level(stmt.orelse)
+        elif isinstance(stmt, ast.Try):
+            yield from _top_level(stmt.body)
+            for h in stmt.handlers:
+                yield from _top_level(h.body)
+            yield from _top_level(stmt.orelse)
+            yield from _top_level(stmt.finalbody)
+        else:
+            yield stmt
+
+
+def merge_paths(paths: list[Path]) -> tuple[Path, ...]:
+    """Merge paths with equal nodes when z3 proves the merged guard equal
+    (step 5 of the module docstring); keep the first occurrence's order."""
+    out: list[Path] = []
+    for path in paths:
+        merged = False
+        for i, prev in enumerate(out):
+            if prev.nodes != path.nodes:
+                continue
+            common = tuple(g for g in prev.guards if g in path.guards)
+            if guardlib.merge_equivalent(prev.guards, path.guards, common) is guardlib.Answer.PROVED:
+                out[i] = Path(common, prev.nodes)
+                merged = True
+                break
+        if not merged:
+            out.append(path)
+    return tuple(out)

@@ -1,0 +1,269 @@
+"""Guards as z3 terms: feasibility and equivalence of path conditions.
+
+Translation (`to_z3`) of a guard's Python expression, recursively:
+
+1. `not e`, `a and b`, `a or b` become Not / And / Or; `a if c else b` in a
+   boolean context becomes If.
+2. A comparison chain `x < y <= z` becomes the conjunction of its links.
+   `e is None` / `e is not None` is a Bool atom `<e> is None` (negated for
+   `is not`).  `==`, `!=`, `<`, ... between an operand and a number are
+   arithmetic (Int for ints and bools, Real when a float is involved);
+   against a string they compare z3 strings; `in (c1, c2, ...)` with literal
+   members is the disjunction of equalities.
+3. A dotted name (`self.use_bn`, `config.x`) is a symbol named after its text
+   (and its *version*, see below) with the sort the context needs: Bool when
+   used as a condition, Int/Real/String when compared.
+4. Anything else (`isinstance(x, str)`, `len(x) > 0`'s `len(x)`) is a fresh
+   symbol keyed by its source text, so one text is one symbol: the answer may
+   become UNKNOWN-ish ("satisfiable") but is never wrong.
+
+Versions: a guard over a local variable that the path reassigns between two
+`if`s must not be identified with the earlier one (`if x is None: x = f()`,
+`if x is None:` again).  Callers pass `versions` (name -> how often the path
+wrote it so far); a symbol `x` then becomes `x@2`.  `self.<attr>` and
+`config.<attr>` are versioned the same way (by the written name `self.attr`).
+
+Answers are PROVED / REFUTED / UNKNOWN; the solver runs with a timeout and a
+timeout is UNKNOWN, which callers treat as "may differ" / "may be feasible".
+"""
+
+from __future__ import annotations
+
+import ast
+import enum
+from functools import lru_cache
+from typing import Iterable, Mapping
+
+import z3
+
+from .model import Guard
+
+TIMEOUT_MS = 200
+
+
+class Answer(enum.Enum):
+    PROVED = "proved"
+    REFUTED = "refuted"
+    UNKNOWN = "unknown"
+
+
+def _dotted(expr: ast.expr) -> str | None:
+    parts = []
+    while isinstance(expr, ast.Attribute):
+        parts.append(expr.attr)
+        expr = expr.value
+    if isinstance(expr, ast.Name):
+        parts.append(expr.id)
+        return ".".join(reversed(parts))
+    return None
+
+
+def _names_in(expr: ast.expr) -> set[str]:
+    out = set()
+    for node in ast.walk(expr):
+        if isinstance(node, ast.Name):
+            out.add(node.id)
+        elif isinstance(node, ast.Attribute):
+            text = _dotted(node)
+            if text and text.startswith("self."):
+                out.add(".".join(text.split(".")[:2]))
+    return out
+
+
+class _Translator:
+    def __init__(self, versions: Mapping[str, int] | None):
+        self.versions = versions or {}
+
+    def key(self, expr: ast.expr) -> str:
+        text = ast.unparse(expr)
+        stamps = []
+        for name in sorted(_names_in(expr)):
+            version = self.versions.get(name, 0)
+            if version:
+                stamps.append(f"{name}@{version}")
+        return text + ("|" + ",".join(stamps) if stamps else "")
+
+    # -- sorts -------------------------------------------------------------
+
+    def boolean(self, expr: ast.expr) -> z3.BoolRef:
+        if isinstance(expr, ast.Constant):
+            return z3.BoolVal(bool(expr.value))
+        if isinstance(expr, ast.UnaryOp) and isinstance(expr.op, ast.Not):
+            return z3.Not(self.boolean(expr.operand))
+        if isinstance(expr, ast.BoolOp):
+            items = [self.boolean(v) for v in expr.values]
+            return z3.And(*items) if isinstance(expr.op, ast.And) else z3.Or(*items)
+        if isinstance(expr, ast.IfExp):
+            return z3.If(self.boolean(expr.test), self.boolean(expr.body), self.boolean(expr.orelse))
+        if isinstance(expr, ast.Compare):
+            links = []
+            left = expr.left
+            for op, right in zip(expr.ops, expr.comparators):
+                links.append(self.compare(left, op, right))
+                left = right
+            return z3.And(*links) if len(links) > 1 else links[0]
+        return z3.Bool("b:" + self.key(expr))
+
+    def compare(self, left: ast.expr, op: ast.cmpop, right: ast.expr) -> z3.BoolRef:
+        if isinstance(op, (ast.Is, ast.IsNot)):
+            if isinstance(right, ast.Constant) and right.value is None:
+                atom = z3.Bool("none:" + self.key(left))
+            elif isinstance(left, ast.Constant) and left.value is None:
+                atom = z3.Bool("none:" + self.key(right))
+            else:
+                atom = z3.Bool("is:" + self.key(left) + " is " + self.key(right))
+            return atom if isinstance(op, ast.Is) else z3.Not(atom)
+        if isinstance(op, (ast.In, ast.NotIn)):
+            if isinstance(right, (ast.Tuple, ast.List, ast.Set)) and right.elts and all(
+                isinstance(e, ast.Constant) for e in right.elts
+            ):
+                eqs = [self.compare(left, ast.Eq(), e) for e in right.elts]
+                disj = z3.Or(*eqs)
+                return disj if isinstance(op, ast.In) else z3.Not(disj)
+            atom = z3.Bool("in:" + self.key(left) + " in " + self.key(right))
+            return atom if isinstance(op, ast.In) else z3.Not(atom)
+        sort = self._sort(left, right)
+        if sort is None:
+            text = ast.unparse(ast.Compare(left=left, ops=[op], comparators=[right]))
+            return z3.Bool("cmp:" + text + "|" + self.key(left) + "|" + self.key(right))
+        a, b = self.term(left, sort), self.term(right, sort)
+        if isinstance(op, ast.Eq):
+            return a == b
+        if isinstance(op, ast.NotEq):
+            return a != b
+        if sort == "str":
+            return z3.Bool("cmp:" + self.key(left) + type(op).__name__ + self.key(right))
+        return {ast.Lt: a < b, ast.LtE: a <= b, ast.Gt: a > b, ast.GtE: a >= b}[type(op)]
+
+    @staticmethod
+    def _literal(expr: ast.expr):
+        if isinstance(expr, ast.Constant):
+            return expr.value
+        if (isinstance(expr, ast.UnaryOp) and isinstance(expr.op, ast.USub)
+                and isinstance(expr.operand, ast.Constant)
+                and isinstance(expr.operand.value, (int, float)) and not isinstance(expr.operand.value, bool)):
+            return -expr.operand.value
+        return _NO
+
+    def _sort(self, left: ast.expr, right: ast.expr) -> str | None:
+        sorts = set()
+        for side in (left, right):
+            value = self._literal(side)
+            if value is _NO:
+                continue
+            if isinstance(value, str):
+                sorts.add("str")
+            elif isinstance(value, float):
+                sorts.add("real")
+            elif isinstance(value, (int, bool)):
+                sorts.add("int")
+            else:
+                return None
+        if not sorts or len(sorts) > 1 and "str" in sorts:
+            return None
+        return "real" if "real" in sorts else sorts.pop()
+
+    def term(self, expr: ast.expr, sort: str):
+        value = self._literal(expr)
+        if value is not _NO:
+            if sort == "str":
+                return z3.StringVal(value)
+            if sort == "real":
+                return z3.RealVal(value)
+            return z3.IntVal(int(value))
+        name = f"{sort}:" + self.key(expr)
+        if sort == "str":
+            return z3.String(name)
+        if sort == "real":
+            return z3.Real(name)
+        return z3.Int(name)
+
+
+_NO = object()
+
+
+def _parse(text: str) -> ast.expr | None:
+    try:
+        return ast.parse(text.strip(), mode="eval").body
+    except SyntaxError:
+        return None
+
+
+def to_z3(guard: Guard | str, versions: Mapping[str, int] | None = None) -> z3.BoolRef:
+    """The z3 term of one guard (its polarity applied)."""
+    text = guard.text if isinstance(guard, Guard) else guard
+    negated = guard.negated if isinstance(guard, Guard) else False
+    expr = _parse(text)
+    term = z3.Bool("raw:" + text) if expr is None else _Translator(versions).boolean(expr)
+    return z3.Not(term) if negated else term
+
+
+def symbols(guard: Guard | str) -> frozenset[str]:
+    """The names a guard reads (for the cheap independence pre-check)."""
+    expr = _parse(guard.text if isinstance(guard, Guard) else guard)
+    return frozenset() if expr is None else frozenset(_names_in(expr))
+
+
+def _check(formula: z3.BoolRef) -> z3.CheckSatResult:
+    solver = z3.Solver()
+    solver.set("timeout", TIMEOUT_MS)
+    solver.add(formula)
+    return solver.check()
+
+
+def _conj(guards: Iterable, versions_list=None) -> z3.BoolRef:
+    guards = list(guards)
+    if versions_list is None:
+        versions_list = [None] * len(guards)
+    terms = [to_z3(g, v) for g, v in zip(guards, versions_list)]
+    return z3.And(*terms) if terms else z3.BoolVal(True)
+
+
+def consistent(guards: Iterable[Guard | str], versions: list | None = None) -> Answer:
+    """PROVED when the conjunction of `guards` is satisfiable, REFUTED when not.
+
+    `versions` optionally gives, per guard, the path's write counts at that
+    guard (see the module docstring).
+    """
+    result = _check(_conj(guards, versions))
+    if result == z3.sat:
+        return Answer.PROVED
+    if result == z3.unsat:
+        return Answer.REFUTED
+    return Answer.UNKNOWN
+
+
+def _as_term(x) -> z3.BoolRef:
+    if isinstance(x, (Guard, str)):
+        return to_z3(x)
+    return _conj(x)
+
+
+def equivalent(a, b) -> Answer:
+    """Are two conditions equivalent?  Each is a Guard, a text, or a sequence
+    of guards (their conjunction).  UNKNOWN on timeout: never "equal"."""
+    result = _check(z3.Xor(_as_term(a), _as_term(b)))
+    if result == z3.unsat:
+        return Answer.PROVED
+    if result == z3.sat:
+        return Answer.REFUTED
+    return Answer.UNKNOWN
+
+
+def merge_equivalent(a: Iterable[Guard], b: Iterable[Guard], common: Iterable[Guard]) -> Answer:
+    """Is `(and a) or (and b)` equivalent to `and common`? (path merging)"""
+    either = z3.Or(_conj(a), _conj(b))
+    result = _check(z3.Xor(either, _conj(common)))
+    if result == z3.unsat:
+        return Answer.PROVED
+    if result == z3.sat:
+        return Answer.REFUTED
+    return Answer.UNKNOWN
+
+
+@lru_cache(maxsize=4096)
+def feasible_key(keys: tuple) -> Answer:
+    """Cached feasibility of guards given as (text, negated, versions-tuple)."""
+    guards = [Guard(text, negated) for text, negated, _ in keys]
+    versions = [dict(v) for _, _, v in keys]
+    return consistent(guards, versions)
