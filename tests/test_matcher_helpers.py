@@ -163,3 +163,47 @@ def bert_self_output(first="hidden_states", second="input_tensor", between=()):
 
 
 __all__ = [n for n in dir() if not n.startswith("_")] + ["Guard"]
+
+
+def adopter_rules() -> list[ir.Rule]:
+    """The nine ADOPTER rules, hand-lowered (until rulepacks/adopter.adr lands;
+    the integration tests prefer the real pack when it loads)."""
+    rest = K(...)
+    return [
+        rule("bert_self_attention", pack="adopter",
+             init=[L("transformers.models.bert.modeling_bert.BertSelfAttention", [V("config")],
+                     [("position_embedding_type", V("pet"))], out=["attn"])],
+             forward=[ir.PatNode("layer", ir.Callee(var=V("attn")), None, (rest,), (), (V("_"),))]),
+        rule("t5_attention", pack="adopter",
+             init=[L("transformers.models.t5.modeling_t5.T5Attention", [V("config")],
+                     [("has_relative_attention_bias", V("rel"))], out=["attn"])],
+             forward=[ir.PatNode("layer", ir.Callee(var=V("attn")), None, (rest,), (), (V("_"),))]),
+        rule("gpt2_attention", pack="adopter",
+             init=[L("transformers.models.gpt2.modeling_gpt2.GPT2Attention", [V("config")],
+                     [("is_cross_attention", V("cross")), ("layer_idx", V("idx"))], out=["attn"])],
+             forward=[ir.PatNode("layer", ir.Callee(var=V("attn")), None, (rest,), (), (V("_"),))]),
+        softmax().__class__(**{**{f: getattr(softmax(), f) for f in softmax().__slots__}, "pack": "adopter"}),
+        dropout_layernorm().__class__(**{**{f: getattr(dropout_layernorm(), f) for f in dropout_layernorm().__slots__}, "pack": "adopter"}),
+        rule("biased_gelu", pack="adopter",
+             init=[L("torch.nn.Linear", [V("fin"), V("fout")], [("bias", V("bias"))], out=["lin"]),
+                   L("transformers.activations.ACT2FN", sub=V("key"), out=["act"])],
+             forward=[L(var="lin", args=[V("x")], out=["y"]), L(var="act", args=[V("y")], out=["z"])],
+             where=[ir.Constraint(V("bias"), "!=", (False,))]),
+        rule("conv_batchnorm", pack="adopter",
+             init=[L("torch.nn.Conv2d", [V("cin"), V("cout"), V("k")], out=["conv"]),
+                   L("torch.nn.BatchNorm2d", [V("c")], [("affine", K(True)), ("track_running_stats", K(True))], out=["bn"])],
+             forward=[L(var="conv", args=[V("x")], out=["h"]), L(var="bn", args=[V("h")], out=["o"])]),
+        rule("linear_batchnorm", pack="adopter",
+             init=[L("torch.nn.Linear", [V("fin"), V("fout")], out=["lin"]),
+                   L("torch.nn.BatchNorm1d", [V("c")], [("affine", K(True)), ("track_running_stats", K(True))], out=["bn"])],
+             forward=[L(var="lin", args=[V("x")], out=["h"]), L(var="bn", args=[V("h")], out=["o"])]),
+        rule("fused_qkv", pack="adopter",
+             init=[L("torch.nn.Linear", [V("h1"), V("o1")], [("bias", K(False))], out=["wq"]),
+                   L("torch.nn.Linear", [V("h2"), V("o2")], [("bias", K(False))], out=["wk"]),
+                   L("torch.nn.Linear", [V("h3"), V("o3")], [("bias", K(False))], out=["wv"])],
+             forward=[L(var="wq", args=[V("x")], out=["q0"]), L(var="wk", args=[V("x")], out=["k0"]),
+                      L(var="wv", args=[V("x")], out=["v0"]),
+                      L("self._split_heads", [V("q0"), V("nh"), V("hd"), rest], out=["q"]),
+                      L("self._split_heads", [V("k0"), V("nh"), V("hd"), rest], out=["k"]),
+                      L("self._split_heads", [V("v0"), V("nh"), V("hd"), rest], out=["v"])]),
+    ]
