@@ -1,0 +1,528 @@
+"""Semantic checks over the syntax tree; collects every diagnostic.
+
+`check_file(file)` runs, in order:
+1. the pack header (exactly one) and the `requires` lines (PEP 440 ranges,
+   no package twice);
+2. rule names unique in the pack;
+3. per rule, structure: sections given at most once, a kernel named and
+   covered by `requires` (or torch), a contract unless detect-only, valid
+   tolerance values, known options with valid values, an init or forward item;
+4. per item, node shapes (what init / forward, source / target nodes may
+   be; arguments allowed in sources vs targets; `...` placement; repeated
+   keywords; wildcards not in targets);
+5. variables: one definition per output; `$v(...)` in forward calls an init
+   layer; every target variable bound by its source (init-source variables
+   are visible in forward); `where` / `when` / `params` name bound variables;
+   every init layer has a forward use when the rule has a forward item;
+   `qual.Type(...)` in forward not ambiguous; source variables used.
+`check_files(files)` adds the cross-file check (a pack name declared twice).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections import Counter
+
+from dslc import codes, syntax as S
+from dslc.diagnostics import Diagnostic, Label, diag
+
+# option name -> (check, description of the valid values)
+OPTIONS: dict[str, tuple] = {
+    "scope": (lambda v: v in ("any", "forward"), '"any" or "forward"'),
+    "detect": (lambda v: isinstance(v, bool), "True or False"),
+    "commutative": (lambda v: isinstance(v, bool), "True or False"),
+    "verify": (lambda v: v in ("auto", "skip"), '"auto" or "skip"'),
+}
+
+# PEP 440 public versions (with local labels), as in the specification's
+# appendix; `.*` allowed after == and != only.
+_VERSION = re.compile(
+    r"""v?(?:\d+!)?\d+(?:\.\d+)*
+        (?:[-_.]?(?:a|b|c|rc|alpha|beta|pre|preview)[-_.]?\d*)?
+        (?:-\d+|[-_.]?(?:post|rev|r)[-_.]?\d*)?
+        (?:[-_.]?dev[-_.]?\d*)?
+        (?:\+[a-z0-9]+(?:[-_.][a-z0-9]+)*)?""",
+    re.VERBOSE | re.IGNORECASE,
+)
+_CLAUSE = re.compile(r"\s*(~=|===|==|!=|<=|>=|<|>)\s*(\S+?)\s*$")
+
+
+def version_error(spec: str) -> str | None:
+    """Why `spec` is not a PEP 440 specifier set (None when it is).
+
+    1. Split on commas; every clause must be non-empty.
+    2. Each clause is an operator and a version.
+    3. `===` takes any string; `==`/`!=` a version optionally ending in
+       `.*`; `~=` a version with at least two components; others a version.
+    """
+    if not spec.strip():
+        return "empty version range"
+    for clause in spec.split(","):
+        if not clause.strip():
+            return "empty clause (stray comma)"
+        m = _CLAUSE.match(clause)
+        if not m:
+            return f"`{clause.strip()}` has no comparison operator (~=, ==, !=, <=, >=, <, >, ===)"
+        op, version = m.groups()
+        if op == "===":
+            continue
+        if op in ("==", "!=") and version.endswith(".*"):
+            version = version[:-2]
+            if "+" in version:
+                return f"`{clause.strip()}`: a wildcard version cannot have a local label"
+        if not _VERSION.fullmatch(version):
+            return f"`{version}` is not a PEP 440 version"
+        if op == "~=" and "." not in version.split("+")[0]:
+            return f"`{clause.strip()}`: ~= needs a version with at least two components"
+    return None
+
+
+def check_files(files: list[S.File]) -> list[Diagnostic]:
+    out: list[Diagnostic] = []
+    for f in files:
+        out.extend(check_file(f))
+    first: dict[str, S.PackHeader] = {}
+    for f in files:
+        h = f.header
+        if h is None:
+            continue
+        if h.name in first:
+            prev = first[h.name]
+            out.append(diag(codes.DUP_PACK, f"pack `{h.name}` is also declared in {prev.span.path}",
+                            h.name_span, label="declared again here",
+                            extra=(Label(prev.name_span, "first declared here"),),
+                            help="give each pack a unique name"))
+        else:
+            first[h.name] = h
+    return out
+
+
+def check_file(f: S.File) -> list[Diagnostic]:
+    out: list[Diagnostic] = []
+    if not f.headers:
+        from dslc.ir import Span
+        out.append(diag(codes.NO_PACK, "missing pack header", Span(f.path, 1, 1, 1, 2),
+                        label="expected `pack <name> \"<description>\"`",
+                        help='start the file with e.g. `pack mypack "What these rules do"`'))
+    for h in f.headers[1:]:
+        out.append(diag(codes.NO_PACK, f"second pack header `{h.name}`", h.span,
+                        label="a file holds one pack",
+                        extra=(Label(f.headers[0].span, "first header"),),
+                        help="split the file, one pack per file"))
+    seen_pkg: dict[str, S.Requires] = {}
+    for q in f.requires:
+        key = q.package.lower().replace("_", "-")
+        if key in seen_pkg:
+            out.append(diag(codes.DUP_REQUIRES, f"package `{q.package}` is required twice", q.package_span,
+                            label="again here", extra=(Label(seen_pkg[key].package_span, "first here"),),
+                            help="merge the version ranges into one specifier set"))
+        else:
+            seen_pkg[key] = q
+        if q.version is not None:
+            why = version_error(str(q.version.value))
+            if why:
+                out.append(diag(codes.BAD_VERSION, f"malformed version range {pretty_const(q.version.value)}: {why}",
+                                q.version.span, label="not a PEP 440 specifier set",
+                                help='write e.g. ">=0.1,<1" or "==0.0.22"'))
+    providers = {"torch"}
+    for q in f.requires:
+        providers.add(q.package.lower().replace("-", "_"))
+        if q.module is not None:
+            providers.add(q.module.qualname.split(".")[0].lower())
+    rules_seen: dict[str, S.Rule] = {}
+    for r in f.rules:
+        if r.name in rules_seen:
+            out.append(diag(codes.DUP_RULE, f"duplicate rule name `{r.name}`", r.name_span,
+                            label="defined again here", extra=(Label(rules_seen[r.name].name_span, "first defined here"),),
+                            help="rename one of the rules; names are unique in a pack"))
+        else:
+            rules_seen[r.name] = r
+        out.extend(_RuleChecker(r, providers).run())
+    return out
+
+
+def pretty_const(v) -> str:
+    from dslc.pretty import const
+    return const(v)
+
+
+def _walk_expr(e):
+    """Yield `e` and its sub-expressions (iteratively: depth is capped anyway)."""
+    stack = [e]
+    while stack:
+        x = stack.pop()
+        if x is None:
+            continue
+        yield x
+        if isinstance(x, S.BinOp):
+            stack += [x.right, x.left]
+        elif isinstance(x, S.UnaryOp):
+            stack.append(x.operand)
+        elif isinstance(x, S.Subscript):
+            stack.append(x.key)
+        elif isinstance(x, S.Call):
+            stack += [a.value for a in reversed(x.args)]
+            stack.append(x.callee)
+        elif isinstance(x, S.AttrRef):
+            stack.append(x.var)
+        elif isinstance(x, S.Compare):
+            stack += [x.right, x.left]
+        elif isinstance(x, S.BoolOp):
+            stack += [x.right, x.left]
+        elif isinstance(x, S.Not):
+            stack.append(x.operand)
+
+
+def vars_in(e) -> list[S.Var]:
+    return [x for x in _walk_expr(e) if isinstance(x, S.Var)]
+
+
+def node_vars(n) -> list[S.Var]:
+    """Every variable of a node: its expression's, then its outputs."""
+    found = [] if isinstance(n, S.Wildcard) else vars_in(n.expr)
+    return found + list(n.outputs)
+
+
+def _callee_type(n) -> str | None:
+    if isinstance(n, S.Node):
+        if isinstance(n.expr, S.Call) and isinstance(n.expr.callee, S.Name):
+            return n.expr.callee.qualname
+        if isinstance(n.expr, S.Subscript):
+            return n.expr.container.qualname
+    return None
+
+
+class _RuleChecker:
+    def __init__(self, rule: S.Rule, providers: set[str]) -> None:
+        self.r = rule
+        self.providers = providers
+        self.out: list[Diagnostic] = []
+
+    def emit(self, *args, **kw) -> None:
+        self.out.append(diag(*args, **kw))
+
+    def run(self) -> list[Diagnostic]:
+        self.structure()
+        init = self.r.section("init")
+        fwd = self.r.section("forward")
+        for sec in (init, fwd):
+            if sec is not None:
+                self.shapes(sec)
+        self.variables(init, fwd)
+        return self.out
+
+    # -- 3. structure ----------------------------------------------------------
+    def structure(self) -> None:
+        r = self.r
+        counts: Counter = Counter()
+        for c in r.clauses:
+            key = {S.Exact: "contract", S.Tolerance: "contract", S.When: "when",
+                   S.Params: "params"}.get(type(c))
+            if isinstance(c, S.Section):
+                key = c.kind
+            if key is None:
+                continue
+            counts[key] += 1
+            if counts[key] > 1:
+                what = "a numerical contract (`exact` or `tolerance`)" if key == "contract" else f"`{key}`"
+                self.emit(codes.DUP_SECTION, f"{what} given twice in rule `{r.name}`", c.span,
+                          label="second one", help="keep one; merge them if both say something")
+        kernels = r.of(S.Kernel)
+        if not kernels:
+            self.emit(codes.NO_KERNEL, f"rule `{r.name}` names no kernel", r.name_span,
+                      help="add `kernel <qualified.name>` for the kernel the rule brings in")
+        for k in kernels:
+            top = k.qualname.qualname.split(".")[0].lower()
+            if top not in self.providers:
+                self.emit(codes.KERNEL_NOT_REQUIRED,
+                          f"kernel `{k.qualname.qualname}` is in no required package", k.span,
+                          label=f"`{top}` is not in `requires`",
+                          help=f'add `requires {top} install "<how to install it>"`')
+        sections = [c for c in r.clauses if isinstance(c, S.Section)]
+        if not sections:
+            self.emit(codes.NO_ITEMS, f"rule `{r.name}` has no init or forward item", r.name_span,
+                      help="add `init { ... } => { ... }` and/or `forward { ... } => { ... }`")
+        detect_only = bool(sections) and all(s.item.target is None for s in sections)
+        options = {o.name: o.value.value for o in r.of(S.Option)}
+        has_contract = bool(r.of(S.Exact) or r.of(S.Tolerance))
+        if sections and not detect_only and not has_contract:
+            self.emit(codes.NO_CONTRACT, f"rule `{r.name}` states no numerical contract", r.name_span,
+                      help="add `exact` or `tolerance atol=<a> rtol=<r>`")
+        if detect_only and options.get("detect") is not True:
+            self.emit(codes.NOOP_RULE, f"every target of rule `{r.name}` is `_`: it only detects",
+                      r.name_span, help="add `option detect = True` if that is intended")
+        for t in r.of(S.Tolerance):
+            self.tolerance(t)
+        for o in r.of(S.Option):
+            self.option(o)
+
+    def tolerance(self, t: S.Tolerance) -> None:
+        seen = set()
+        values = []
+        for a in t.args:
+            if a.name not in ("atol", "rtol"):
+                self.emit(codes.BAD_TOLERANCE, f"unknown tolerance `{a.name}`", a.span,
+                          label="expected atol or rtol", help="write `tolerance atol=<a> rtol=<r>`")
+                continue
+            if a.name in seen:
+                self.emit(codes.BAD_TOLERANCE, f"`{a.name}` given twice", a.span, label="again here")
+            seen.add(a.name)
+            v = a.value.value
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                self.emit(codes.BAD_TOLERANCE, f"`{a.name}` must be a number", a.value.span,
+                          label="not a number")
+            elif v < 0:
+                self.emit(codes.BAD_TOLERANCE, f"`{a.name}` is negative", a.value.span,
+                          label="must be >= 0", help="tolerances are absolute values")
+            else:
+                values.append(v)
+        if values and not any(v > 0 for v in values) and len(values) == len(t.args):
+            self.emit(codes.BAD_TOLERANCE, "tolerance with all values zero", t.span,
+                      label="this is `exact`", help="write `exact` instead")
+
+    def option(self, o: S.Option) -> None:
+        entry = OPTIONS.get(o.name)
+        if entry is None:
+            close = difflib.get_close_matches(o.name, OPTIONS, n=1)
+            hint = f"did you mean `{close[0]}`?" if close else "known options: " + ", ".join(sorted(OPTIONS))
+            self.emit(codes.UNKNOWN_OPTION, f"unknown option `{o.name}`", o.name_span,
+                      label="not an option", help=hint)
+            return
+        check, allowed = entry
+        if not check(o.value.value):
+            self.emit(codes.BAD_OPTION, f"invalid value {pretty_const(o.value.value)} for option `{o.name}`",
+                      o.value.span, label=f"expected {allowed}")
+
+    # -- 4. node shapes --------------------------------------------------------
+    def shapes(self, sec: S.Section) -> None:
+        item = sec.item
+        if not item.source:
+            self.emit(codes.EMPTY_PATTERN, f"empty {sec.kind} source pattern", item.span or sec.span,
+                      label="matches nothing", help="write at least one node")
+        for n in item.source:
+            self.node_shape(n, sec.kind, source=True)
+        for n in item.target or ():
+            self.node_shape(n, sec.kind, source=False)
+
+    def node_shape(self, n, kind: str, source: bool) -> None:
+        side = "source" if source else "target"
+        if isinstance(n, S.Wildcard):
+            if not source:
+                self.emit(codes.WILDCARD_TARGET, f"wildcard `*` in a {kind} target", n.span,
+                          label="a target must be explicit",
+                          help="write the node the rewrite should produce, or drop it")
+            elif kind == "init":
+                self.emit(codes.BAD_NODE, "wildcard `*` in an init pattern", n.span,
+                          label="init nodes are constructor calls or lookups",
+                          help="init nodes say which layer type is bound; drop the `*`")
+            return
+        e = n.expr
+        if kind == "init":
+            ok = isinstance(e, S.Subscript) or (isinstance(e, S.Call) and isinstance(e.callee, S.Name))
+            if not ok:
+                self.emit(codes.BAD_NODE, f"an init {side} node must be `qual.Type(args) -> $v` or `qual.C[$k] -> $v`",
+                          n.span, label="not a constructor call or lookup")
+                return
+            if not n.outputs:
+                self.emit(codes.NO_OUTPUT, "init node binds no variable", n.span,
+                          label="add `-> $name`", help="the forward pattern refers to the layer through it")
+        else:
+            if not isinstance(e, (S.Call, S.BinOp, S.UnaryOp)):
+                self.emit(codes.BAD_NODE, f"a forward {side} node must be a call, a tensor op or `*`",
+                          n.span, label="not a DL node")
+                return
+        if isinstance(e, S.Subscript):
+            self.term(e.key, source, where="subscript key", allow_expr=False)
+        elif isinstance(e, S.Call):
+            if isinstance(e.callee, S.Subscript):
+                self.term(e.callee.key, source, where="subscript key", allow_expr=False)
+            self.call_args(e, source)
+        elif isinstance(e, S.BinOp):
+            for operand in (e.left, e.right):
+                self.term(operand, source, where="operand", allow_expr=not source)
+        elif isinstance(e, S.UnaryOp):
+            self.term(e.operand, source, where="operand", allow_expr=not source)
+
+    def call_args(self, call: S.Call, source: bool) -> None:
+        keywords: dict[str, S.Arg] = {}
+        for i, a in enumerate(call.args):
+            if a.rest:
+                if not source:
+                    self.emit(codes.BAD_REST, "`...` in a target", a.span, label="a target must list its arguments",
+                              help="write the arguments the new call takes")
+                elif i != len(call.args) - 1:
+                    self.emit(codes.BAD_REST, "`...` must be the last argument", a.span, label="not last")
+                continue
+            if a.name is not None:
+                if a.name in keywords:
+                    self.emit(codes.DUP_KEYWORD, f"keyword argument `{a.name}` repeated", a.span,
+                              label="again here", extra=(Label(keywords[a.name].span, "first here"),))
+                keywords[a.name] = a
+            self.term(a.value, source, where="argument", allow_expr=not source)
+
+    def term(self, e, source: bool, where: str, allow_expr: bool) -> None:
+        if isinstance(e, (S.Var, S.Const)):
+            return
+        if isinstance(e, S.AttrRef):
+            if source:
+                self.emit(codes.UNSUPPORTED_TERM, f"attribute reference `${e.var.name}.{e.path}` in a source pattern",
+                          e.span, label="only targets may read attributes",
+                          help="bind the value to a variable instead")
+            return
+        if isinstance(e, (S.BinOp, S.UnaryOp)) and allow_expr:
+            for sub in ((e.left, e.right) if isinstance(e, S.BinOp) else (e.operand,)):
+                self.term(sub, source, where, allow_expr)
+            return
+        what = {S.Name: "a qualified name", S.Call: "a nested call", S.Subscript: "a subscript",
+                S.BinOp: "a nested expression", S.UnaryOp: "a nested expression"}.get(type(e), "this term")
+        self.emit(codes.UNSUPPORTED_TERM, f"{what} as {where} in a {'source' if source else 'target'} pattern",
+                  getattr(e, "span", None), label="cannot be matched" if source else "cannot be written",
+                  help="write it as a separate node and pass its output variable" if isinstance(e, (S.Call, S.BinOp, S.UnaryOp))
+                  else "bind the value to a variable (and constrain it with `where`)")
+
+    # -- 5. variables --------------------------------------------------------
+    def variables(self, init: S.Section | None, fwd: S.Section | None) -> None:
+        r = self.r
+        init_src = init.item.source if init else ()
+        fwd_src = fwd.item.source if fwd else ()
+        init_layers: dict[str, object] = {}  # init-source output var -> node
+        for n in init_src:
+            for v in n.outputs:
+                init_layers.setdefault(v.name, n)
+        init_targets = {v.name for n in (init.item.target or ()) for v in n.outputs} if init else set()
+
+        # one definition per output, per pattern
+        for sec in (init, fwd):
+            if sec is None:
+                continue
+            for nodes in (sec.item.source, sec.item.target or ()):
+                defined: dict[str, S.Var] = {}
+                for n in nodes:
+                    for v in n.outputs:
+                        if v.name == "_":
+                            continue
+                        if v.name in defined:
+                            self.emit(codes.REBOUND_VAR, f"variable `${v.name}` is bound twice", v.span,
+                                      label="second definition",
+                                      extra=(Label(defined[v.name].span, "first definition"),),
+                                      help="use a new variable for this output")
+                        else:
+                            defined[v.name] = v
+
+        init_src_vars = {v.name for n in init_src for v in node_vars(n)}
+        fwd_src_vars = {v.name for n in fwd_src for v in node_vars(n)}
+        all_src = init_src_vars | fwd_src_vars
+
+        # `$v(...)` and `qual.Type(...)` in forward sources
+        by_type: dict[str, list[str]] = {}
+        for name, node in init_layers.items():
+            t = _callee_type(node)
+            if t is not None and isinstance(node.expr, S.Call):
+                by_type.setdefault(t, []).append(name)
+        used_layers: set[str] = set()
+        for n in fwd_src:
+            if not (isinstance(n, S.Node) and isinstance(n.expr, S.Call)):
+                continue
+            callee = n.expr.callee
+            if isinstance(callee, S.Var):
+                if callee.name not in init_layers:
+                    msg = "the rule has no init item" if init is None else "no init node binds it"
+                    self.emit(codes.UNKNOWN_LAYER, f"forward calls layer `${callee.name}`, but {msg}", callee.span,
+                              label="not an init layer",
+                              help="bind it in the init source (`qual.Type(...) -> $" + callee.name + "`) "
+                                   "or call the type by its qualified name")
+                used_layers.add(callee.name)
+            elif isinstance(callee, S.Name):
+                owners = by_type.get(callee.qualname, [])
+                if len(owners) > 1:
+                    self.emit(codes.AMBIGUOUS_LAYER, f"`{callee.qualname}` is the type of several init layers ("
+                              + ", ".join(f"${o}" for o in owners) + ")", callee.span,
+                              label="which one?", help=f"call it as `${owners[0]}(...)`")
+                used_layers.update(owners)
+        if fwd is not None and init is not None:
+            for name, node in init_layers.items():
+                if name not in used_layers and name != "_":
+                    self.emit(codes.NO_FORWARD_USE, f"init layer `${name}` is not called by the forward pattern",
+                              node.outputs[0].span if node.outputs else node.span,
+                              label="no forward node calls it",
+                              help=f"add `${name}(...) -> $out` to the forward source, or remove the init node")
+
+        # targets
+        if init is not None and init.item.target is not None:
+            for n in init.item.target:
+                for v in node_vars(n):
+                    if v.name in init_src_vars or v.name == "_":
+                        continue
+                    if v.name in fwd_src_vars:
+                        self.emit(codes.INIT_USES_FORWARD,
+                                  f"init target uses `${v.name}`, bound only by the forward pattern", v.span,
+                                  label="bound in forward",
+                                  help="its source text is copied into __init__; prefer an init-source variable")
+                    else:
+                        self._unbound(v, "init")
+        if fwd is not None and fwd.item.target is not None:
+            visible = fwd_src_vars | init_src_vars | init_targets
+            for n in fwd.item.target:
+                for v in node_vars(n):
+                    if v.name not in visible and v.name != "_":
+                        self._unbound(v, "forward")
+
+        # where / when / params
+        for w in r.of(S.Where):
+            for c in w.constraints:
+                if c.var.name not in all_src:
+                    self.emit(codes.CONSTRAINT_UNKNOWN, f"`where` constrains `${c.var.name}`, which no source binds",
+                              c.var.span, label="unknown variable", help=self._suggest(c.var.name, all_src))
+        for w in r.of(S.When):
+            for v in vars_in(w.cond):
+                if v.name not in all_src:
+                    self.emit(codes.CONSTRAINT_UNKNOWN, f"`when` names `${v.name}`, which no source binds",
+                              v.span, label="unknown variable", help=self._suggest(v.name, all_src))
+        layer_vars = init_src_vars | init_targets
+        for p in r.of(S.Params):
+            for m in p.maps:
+                for ref, role in ((m.target, "target"), (m.source, "source")):
+                    if ref.var.name not in layer_vars:
+                        self.emit(codes.PARAMS_UNKNOWN,
+                                  f"params {role} `${ref.var.name}` is not an init variable", ref.var.span,
+                                  label="unknown variable", help=self._suggest(ref.var.name, layer_vars))
+
+        # unused source variables
+        uses: Counter = Counter()
+        for sec in (init, fwd):
+            if sec is None:
+                continue
+            for n in list(sec.item.source) + list(sec.item.target or ()):
+                uses.update(v.name for v in node_vars(n))
+        for w in r.of(S.Where):
+            uses.update(c.var.name for c in w.constraints)
+        for w in r.of(S.When):
+            uses.update(v.name for v in vars_in(w.cond))
+        for p in r.of(S.Params):
+            for m in p.maps:
+                uses.update((m.target.var.name, m.source.var.name))
+        for sec in (init, fwd):
+            if sec is None or sec.item.target is None:
+                continue  # detect-only items bind freely
+            reported = set()
+            for n in sec.item.source:
+                for v in node_vars(n):
+                    if uses[v.name] <= 1 and not v.name.startswith("_") and v.name not in reported:
+                        reported.add(v.name)
+                        self.emit(codes.UNUSED_VAR, f"variable `${v.name}` is never used", v.span,
+                                  label="bound here only",
+                                  help=f"use it, or write `$_{v.name}` to ignore it on purpose")
+
+    def _unbound(self, v: S.Var, kind: str) -> None:
+        where = "the init source" if kind == "init" else "the forward or init source"
+        self.emit(codes.UNBOUND_TARGET, f"unbound variable `${v.name}` in {kind} target", v.span,
+                  label=f"not bound in {where}",
+                  help=f"bind `${v.name}` in {where}, or use a constant")
+
+    @staticmethod
+    def _suggest(name: str, names) -> str:
+        close = difflib.get_close_matches(name, sorted(names), n=1)
+        if close:
+            return f"did you mean `${close[0]}`?"
+        return "bound variables: " + (", ".join(f"${n}" for n in sorted(names)) or "none")

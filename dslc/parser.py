@@ -1,0 +1,542 @@
+"""Parse `.adr` text into the syntax tree (`dslc.syntax`), never raising.
+
+Algorithm (`parse_source`):
+1. Refuse inputs over `source.MAX_SOURCE_BYTES` (ADR005) before lexing.
+2. Run the LALR parser (built once per process from `grammar_path()`), with
+   the tree builder attached as its inline transformer: each grammar rule is
+   turned into a syntax node the moment it is reduced, so no recursive tree
+   walk is needed, however deep the input nests.
+3. The builder caps expression depth (ADR006): deeper sub-expressions are
+   replaced by a placeholder, keeping every later pass (printer, checker,
+   `==`) far from Python's recursion limit.
+4. A lark error becomes one located diagnostic: unexpected token ("expected
+   one of ..." in friendly names), unexpected end of file, invalid character,
+   or an unknown section keyword inside a rule body (ADR102).
+"""
+
+from __future__ import annotations
+
+import ast as _pyast
+import difflib
+import importlib.resources
+import threading
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from lark import Lark, Token, Transformer
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+
+from dslc import codes, syntax as S
+from dslc.diagnostics import Diagnostic, diag
+from dslc.ir import Span
+from dslc.source import MAX_SOURCE_BYTES, SourceFile, decode
+
+# Sub-expressions nested deeper than this are refused (ADR006).
+MAX_DEPTH = 100
+
+SECTIONS = ("kernel", "exact", "tolerance", "init", "forward", "where", "when",
+            "params", "option", "note")
+
+
+def grammar_path():
+    """Where the grammar is installed (the one place that knows)."""
+    return importlib.resources.files("dslc.grammar") / "adr.lark"
+
+
+@dataclass
+class ParseResult:
+    file: S.File | None
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+    source: SourceFile | None = None
+
+
+# ---------------------------------------------------------------------------
+# The parser, built once per process.
+
+_LOCK = threading.Lock()
+
+
+class _Context:
+    """Per-parse state read by the (shared) inline transformer."""
+
+    def __init__(self) -> None:
+        self.path = ""
+        self.diagnostics: list[Diagnostic] = []
+        self.depth: dict[int, int] = {}
+        self.too_deep = False
+
+
+_CTX = _Context()
+
+
+@lru_cache(maxsize=1)
+def _lark() -> Lark:
+    text = grammar_path().read_text(encoding="utf-8")
+    return Lark(text, parser="lalr", lexer="contextual", transformer=_Builder(),
+                propagate_positions=False, maybe_placeholders=True)
+
+
+def parse_source(text: str, path: str = "<string>") -> ParseResult:
+    """Parse rule text; see the module docstring for the steps."""
+    source = SourceFile(path, text)
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_SOURCE_BYTES:
+        d = diag(codes.TOO_LARGE,
+                 f"file too large ({len(text)} characters; the limit is {MAX_SOURCE_BYTES} bytes)",
+                 Span(path, 1, 1, 1, 1))
+        return ParseResult(None, [d], source)
+    parser = _lark()
+    with _LOCK:
+        _CTX.path, _CTX.diagnostics, _CTX.depth, _CTX.too_deep = path, [], {}, False
+        try:
+            tree = parser.parse(text)
+            error = None
+        except UnexpectedInput as exc:
+            tree, error = None, exc
+        except RecursionError:  # not expected (no recursion), but never crash
+            tree, error = None, None
+            _CTX.diagnostics.append(diag(codes.TOO_DEEP, "input nested too deeply",
+                                         Span(path, 1, 1, 1, 1)))
+        diagnostics = list(_CTX.diagnostics)
+        _CTX.depth = {}
+    if error is not None:
+        diagnostics.append(_syntax_diagnostic(error, source))
+        return ParseResult(None, diagnostics, source)
+    if tree is None:
+        return ParseResult(None, diagnostics, source)
+    file = S.File(tree.headers, tree.requires, tree.rules, path=path,
+                  span=Span(path, 1, 1, *source.position(len(text))))
+    return ParseResult(file, diagnostics, source)
+
+
+def parse_bytes(data: bytes, path: str) -> ParseResult:
+    if len(data) > MAX_SOURCE_BYTES:
+        d = diag(codes.TOO_LARGE,
+                 f"file too large ({len(data)} bytes; the limit is {MAX_SOURCE_BYTES})",
+                 Span(path, 1, 1, 1, 1))
+        return ParseResult(None, [d], None)
+    text = decode(data)
+    if not isinstance(text, str):
+        span = Span(path, text.line, text.col, text.line, text.col + 1)
+        d = diag(codes.DECODE, text.message, span,
+                 help="rule files are UTF-8 text; is this the right file?")
+        return ParseResult(None, [d], None)
+    return parse_source(text, path)
+
+
+def parse_file(path: str | Path) -> ParseResult:
+    path = str(path)
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_SOURCE_BYTES + 1)
+    except OSError as exc:
+        d = diag(codes.IO_ERROR, f"cannot read {path}: {exc.strerror or exc}", Span(path, 1, 1, 1, 1))
+        return ParseResult(None, [d], None)
+    return parse_bytes(data, path)
+
+
+# ---------------------------------------------------------------------------
+# Syntax errors
+
+
+_FRIENDLY = {
+    "NAME": "a name",
+    "VAR": "a variable `$name`",
+    "ATTR_REF": "an attribute `$var.attr`",
+    "NUMBER": "a number",
+    "STRING": "a string",
+    "$END": "end of file",
+    "_ARROW": "`->`",
+    "_ARROW2": "`=>`",
+    "_LARROW": "`<-`",
+    "NOTHING": "`_`",
+    "ELLIPSIS": "`...`",
+}
+
+
+@lru_cache(maxsize=1)
+def _terminal_names() -> dict[str, str]:
+    names = dict(_FRIENDLY)
+    for term in _lark().terminals:
+        if term.name in names:
+            continue
+        if term.pattern.type == "str":
+            names[term.name] = f"`{term.pattern.value}`"
+        else:
+            names[term.name] = term.name.lower()
+    return names
+
+
+def _friendly(expected) -> str:
+    names = _terminal_names()
+    shown = sorted({names.get(t, t) for t in expected})
+    # Keywords last, punctuation and classes first: easier to read.
+    shown.sort(key=lambda s: (s.startswith("`") and s[1:-1].isalpha(), s))
+    if len(shown) > 12:
+        shown = shown[:12] + ["..."]
+    return ", ".join(shown)
+
+
+def _token_text(tok: Token) -> str:
+    if tok.type == "$END":
+        return "end of file"
+    value = str(tok.value)
+    if len(value) > 30:
+        value = value[:27] + "..."
+    return f"`{value}`"
+
+
+def _syntax_diagnostic(exc: UnexpectedInput, source: SourceFile) -> Diagnostic:
+    path = source.path
+    if isinstance(exc, UnexpectedCharacters):
+        line, col = exc.line, exc.column
+        ch = source.text[exc.pos_in_stream] if exc.pos_in_stream < len(source.text) else ""
+        span = Span(path, line, col, line, col + 1)
+        if ch == "$":
+            return diag(codes.BAD_CHARACTER, "`$` must be followed by a variable name", span,
+                        label="expected a name here", help="variables are written `$name`")
+        if ch in "\"'":
+            return diag(codes.BAD_CHARACTER, "unterminated string", span,
+                        label="string starts here", help="strings end on the line they start")
+        shown = repr(ch) if ch.isprintable() and ch else f"U+{ord(ch):04X}" if ch else "?"
+        return diag(codes.BAD_CHARACTER, f"invalid character {shown}", span,
+                    label="not part of any token",
+                    help=f"expected one of: {_friendly(exc.allowed or ())}" if exc.allowed else None)
+    if isinstance(exc, UnexpectedEOF) or (isinstance(exc, UnexpectedToken) and exc.token.type == "$END"):
+        line, col = source.position(len(source.text))
+        span = Span(path, line, col, line, col + 1)
+        expected = exc.expected if isinstance(exc, UnexpectedEOF) else exc.expected
+        return diag(codes.UNEXPECTED_EOF, "unexpected end of file", span,
+                    label="file ends here", help=f"expected one of: {_friendly(expected)}")
+    assert isinstance(exc, UnexpectedToken)
+    tok = exc.token
+    end_line = tok.end_line or tok.line
+    end_col = tok.end_column or tok.column + len(str(tok.value))
+    span = Span(path, tok.line, tok.column, end_line, end_col)
+    expected = set(exc.expected)
+    if tok.type == "NAME" and "KERNEL" in expected:
+        word = str(tok.value)
+        close = difflib.get_close_matches(word, SECTIONS, n=1)
+        hint = f"did you mean `{close[0]}`?" if close else "sections: " + ", ".join(SECTIONS)
+        return diag(codes.UNKNOWN_SECTION, f"unknown section `{word}` in rule body", span,
+                    label="not a section keyword", help=hint)
+    return diag(codes.SYNTAX, f"unexpected {_token_text(tok)}", span,
+                label="unexpected here", help=f"expected one of: {_friendly(expected)}")
+
+
+# ---------------------------------------------------------------------------
+# The tree builder
+
+
+def _tok_span(tok: Token) -> Span:
+    return Span(_CTX.path, tok.line, tok.column, tok.end_line or tok.line,
+                tok.end_column or tok.column + len(tok))
+
+
+def _span_of(x) -> Span | None:
+    if isinstance(x, Token):
+        return _tok_span(x)
+    return getattr(x, "span", None)
+
+
+def _join(*parts) -> Span | None:
+    spans = [s for s in (_span_of(p) for p in parts if p is not None) if s is not None]
+    if not spans:
+        return None
+    first, last = spans[0], spans[-1]
+    return Span(_CTX.path, first.line, first.col, last.end_line, last.end_col)
+
+
+def _number(text: str):
+    if any(c in text for c in ".eE"):
+        return float(text)
+    return int(text)
+
+
+def _unquote(tok: Token) -> str:
+    try:
+        value = _pyast.literal_eval(str(tok))
+    except (ValueError, SyntaxError):
+        _CTX.diagnostics.append(diag(codes.BAD_CHARACTER, "invalid escape sequence in string",
+                                     _tok_span(tok)))
+        return str(tok)[1:-1]
+    return value if isinstance(value, str) else str(value)
+
+
+def _deep(node, *children):
+    """Record the depth of `node`; past MAX_DEPTH, replace it by a placeholder."""
+    depth = 1 + max((_CTX.depth.get(id(c), 0) for c in children), default=0)
+    if depth > MAX_DEPTH:
+        if not _CTX.too_deep:
+            _CTX.too_deep = True
+            _CTX.diagnostics.append(diag(
+                codes.TOO_DEEP, f"expression nested more than {MAX_DEPTH} levels deep",
+                node.span, label="too deep",
+                help="split the expression into several pattern nodes"))
+        return S.Const(None, span=node.span)
+    _CTX.depth[id(node)] = depth
+    return node
+
+
+def _no_tokens(children):
+    return [c for c in children if not isinstance(c, Token) and c is not None]
+
+
+class _Builder(Transformer):
+    """Grammar rule -> syntax node (runs inline, during parsing)."""
+
+    # -- file ------------------------------------------------------------------
+    def start(self, items):
+        headers = tuple(i for i in items if isinstance(i, S.PackHeader))
+        requires = tuple(i for i in items if isinstance(i, S.Requires))
+        rules = tuple(i for i in items if isinstance(i, S.Rule))
+        return _FileParts(headers, requires, rules)
+
+    def pack_header(self, c):
+        name, desc = c
+        return S.PackHeader(str(name), _unquote(desc), span=_join(name, desc),
+                            name_span=_tok_span(name))
+
+    def pkg_name(self, c):
+        return c  # list of tokens, joined by `requires`
+
+    def requires(self, c):
+        toks = c[0]
+        package = "".join(str(t) for t in toks)
+        version = module = install = None
+        for part in c[1:]:
+            if isinstance(part, Token) and part.type == "STRING":
+                version = S.Const(_unquote(part), span=_tok_span(part))
+            elif isinstance(part, S.Name):
+                module = part
+            elif isinstance(part, S.Const):
+                install = part
+        pspan = _join(toks[0], toks[-1])
+        return S.Requires(package, version, module, install,
+                          span=_join(toks[0], *(p for p in c[1:] if p is not None)), package_span=pspan)
+
+    def requires_module(self, c):
+        return c[0]
+
+    def requires_install(self, c):
+        return S.Const(_unquote(c[0]), span=_tok_span(c[0]))
+
+    # -- rules ---------------------------------------------------------------
+    def rule(self, c):
+        name, desc, *clauses = c
+        return S.Rule(str(name), _unquote(desc), tuple(clauses),
+                      span=_join(name, desc, *clauses), name_span=_tok_span(name))
+
+    def kernel(self, c):
+        return S.Kernel(c[0], span=c[0].span)
+
+    def exact(self, c):
+        det = len(c) > 1 and c[1] is not None
+        return S.Exact(det, span=_join(*[x for x in c if x is not None]))
+
+    def tolerance(self, c):
+        args = tuple(x for x in c if isinstance(x, S.TolArg))
+        det = any(isinstance(x, Token) and x.type == "DETERMINISTIC" for x in c)
+        return S.Tolerance(args, det, span=_join(*[x for x in c if x is not None]))
+
+    def tol_arg(self, c):
+        name, value = c
+        return S.TolArg(str(name), value, span=_join(name, value))
+
+    def init_item(self, c):
+        return S.Section("init", c[0], span=c[0].span)
+
+    def forward_item(self, c):
+        return S.Section("forward", c[0], span=c[0].span)
+
+    def item(self, c):
+        source, target = c
+        if isinstance(target, Token):  # `_`
+            return S.Item(source.nodes, None, span=_join(source, target), target_span=_tok_span(target))
+        return S.Item(source.nodes, target.nodes, span=_join(source, target), target_span=target.span)
+
+    def block(self, c):
+        nodes = tuple(n for n in c if isinstance(n, (S.Node, S.Wildcard)))
+        return _Block(nodes, _join(*nodes) if nodes else None)
+
+    def node_bare(self, c):
+        return S.Node(c[0], (), span=_span_of(c[0]))
+
+    def node_out(self, c):
+        expr, outs = c
+        return S.Node(expr, outs, span=_join(expr, *outs))
+
+    def wildcard(self, c):
+        outs = next((x for x in c if isinstance(x, tuple)), ())
+        star = next((x for x in c if isinstance(x, Token)), None)
+        return S.Wildcard(outs, span=_join(star, *outs))
+
+    def outputs(self, c):
+        return tuple(c)
+
+    # -- expressions ---------------------------------------------------------
+    def binop(self, c):
+        left, op, right = c
+        return _deep(S.BinOp(str(op), left, right, span=_join(left, right)), left, right)
+
+    def unop(self, c):
+        op, operand = c
+        # `-1` is a negative constant; `-(-1)` stays a unary minus.
+        if isinstance(operand, S.Const) and type(operand.value) in (int, float) \
+                and not str(operand.value).startswith("-"):
+            return S.Const(-operand.value, span=_join(op, operand))
+        return _deep(S.UnaryOp(str(op), operand, span=_join(op, operand)), operand)
+
+    def paren(self, c):
+        inner = _no_tokens(c)[0]
+        return inner
+
+    def name_ref(self, c):
+        return c[0]
+
+    def call(self, c):
+        callee, lpar, args, rpar = c
+        args = tuple(args or ())
+        return _deep(S.Call(callee, args, span=_join(callee, rpar)), callee, *(a.value for a in args))
+
+    def subscript(self, c):
+        container, key = c
+        node = S.Subscript(container, key, span=_join(container, key))
+        return _deep(node, key)
+
+    def args(self, c):
+        return [a for a in c if isinstance(a, S.Arg)]
+
+    def pos_arg(self, c):
+        v = c[0]
+        return _deep_arg(S.Arg(None, v, span=_span_of(v)), v)
+
+    def kw_arg(self, c):
+        name, v = c
+        return _deep_arg(S.Arg(str(name), v, span=_join(name, v)), v)
+
+    def rest_arg(self, c):
+        return S.Arg(None, None, rest=True, span=_tok_span(c[0]))
+
+    # -- where / when --------------------------------------------------------
+    def where(self, c):
+        return S.Where(tuple(c), span=_join(*c))
+
+    def c_eq(self, c):
+        var, _, value = c
+        return S.Constraint(var, "==", (value,), span=_join(var, value))
+
+    def c_ne(self, c):
+        var, _, value = c
+        return S.Constraint(var, "!=", (value,), span=_join(var, value))
+
+    def c_in(self, c):
+        var, values = c
+        return S.Constraint(var, "in", values.items, span=_join(var, values))
+
+    def c_not_in(self, c):
+        var, values = c
+        return S.Constraint(var, "not in", values.items, span=_join(var, values))
+
+    def const_tuple(self, c):
+        items = tuple(x for x in c if isinstance(x, S.Const))
+        return S.TupleLit(items, span=_join(*items) if items else None)
+
+    def cond_tuple(self, c):
+        items = tuple(x for x in c if isinstance(x, S.Const))
+        return S.TupleLit(items, span=_join(c[0], c[-1]))
+
+    def when(self, c):
+        return S.When(c[0], span=_span_of(c[0]))
+
+    def cond_or(self, c):
+        left, right = c
+        return _deep(S.BoolOp("or", left, right, span=_join(left, right)), left, right)
+
+    def cond_and(self, c):
+        left, right = c
+        return _deep(S.BoolOp("and", left, right, span=_join(left, right)), left, right)
+
+    def cond_not(self, c):
+        return _deep(S.Not(c[0], span=_span_of(c[0])), c[0])
+
+    def cond_cmp(self, c):
+        left, op, right = c
+        return _deep(S.Compare(str(op), left, right, span=_join(left, right)), left, right)
+
+    def cond_in(self, c):
+        left, right = c
+        return _deep(S.Compare("in", left, right, span=_join(left, right)), left, right)
+
+    def cond_not_in(self, c):
+        left, right = c
+        return _deep(S.Compare("not in", left, right, span=_join(left, right)), left, right)
+
+    # -- params, options, notes ----------------------------------------------
+    def params(self, c):
+        maps = tuple(m for m in c if isinstance(m, S.ParamMap))
+        return S.Params(maps, span=_join(*maps) if maps else None)
+
+    def param_map(self, c):
+        target, source = c
+        return S.ParamMap(target, source, span=_join(target, source))
+
+    def option(self, c):
+        name, value = c
+        return S.Option(str(name), value, span=_join(name, value), name_span=_tok_span(name))
+
+    def note(self, c):
+        return S.Note(_unquote(c[0]), span=_tok_span(c[0]))
+
+    # -- terms ---------------------------------------------------------------
+    def var(self, c):
+        tok = c[0]
+        return S.Var(str(tok)[1:], span=_tok_span(tok))
+
+    def attr_ref(self, c):
+        tok = c[0]
+        base, _, path = str(tok)[1:].partition(".")
+        span = _tok_span(tok)
+        var_span = Span(span.path, span.line, span.col, span.line, span.col + 1 + len(base))
+        return S.AttrRef(S.Var(base, span=var_span), path, span=span)
+
+    def qualname(self, c):
+        return S.Name(".".join(str(t) for t in c), span=_join(c[0], c[-1]))
+
+    def number(self, c):
+        return S.Const(_number(str(c[0])), span=_tok_span(c[0]))
+
+    def neg_number(self, c):
+        return S.Const(-_number(str(c[1])), span=_join(c[0], c[1]))
+
+    def string(self, c):
+        return S.Const(_unquote(c[0]), span=_tok_span(c[0]))
+
+    def true(self, c):
+        return S.Const(True, span=_span_of(c[0]) if c else None)
+
+    def false(self, c):
+        return S.Const(False, span=_span_of(c[0]) if c else None)
+
+    def none(self, c):
+        return S.Const(None, span=_span_of(c[0]) if c else None)
+
+
+def _deep_arg(arg: S.Arg, value):
+    # Arguments do not add a level, but carry their value's depth upwards.
+    if id(value) in _CTX.depth:
+        _CTX.depth[id(arg)] = _CTX.depth[id(value)]
+    return arg
+
+
+@dataclass(frozen=True, slots=True)
+class _Block:
+    nodes: tuple
+    span: Span | None
+
+
+@dataclass(frozen=True, slots=True)
+class _FileParts:
+    headers: tuple
+    requires: tuple
+    rules: tuple
