@@ -421,6 +421,7 @@ class _RuleChecker:
             if t is not None and isinstance(node.expr, S.Call):
                 by_type.setdefault(t, []).append(name)
         used_layers: set[str] = set()
+        self.unlinked: set[str] = set()
         for n in fwd_src:
             if not (isinstance(n, S.Node) and isinstance(n.expr, S.Call)):
                 continue
@@ -443,6 +444,7 @@ class _RuleChecker:
         if fwd is not None and init is not None:
             for name, node in init_layers.items():
                 if name not in used_layers and name != "_":
+                    self.unlinked.add(name)
                     self.emit(codes.NO_FORWARD_USE, f"init layer `${name}` is not called by the forward pattern",
                               node.outputs[0].span if node.outputs else node.span,
                               label="no forward node calls it",
@@ -508,7 +510,8 @@ class _RuleChecker:
             reported = set()
             for n in sec.item.source:
                 for v in node_vars(n):
-                    if uses[v.name] <= 1 and not v.name.startswith("_") and v.name not in reported:
+                    if uses[v.name] <= 1 and not v.name.startswith("_") and v.name not in reported \
+                            and v.name not in self.unlinked:
                         reported.add(v.name)
                         self.emit(codes.UNUSED_VAR, f"variable `${v.name}` is never used", v.span,
                                   label="bound here only",

@@ -31,6 +31,8 @@ class LoadResult:
     # path -> text of every decoded file (for rendering snippets)
     sources: dict[str, str] = field(default_factory=dict)
     files: tuple[str, ...] = ()
+    # every parsed file, with or without errors (for counting and printing)
+    parsed: tuple = ()
 
     @property
     def ok(self) -> bool:
@@ -81,7 +83,7 @@ def load_rules(paths: list[str] | str, select: Iterable[str] = ()) -> LoadResult
     packs, sel_diags = apply_select(packs, list(select))
     diags.extend(sel_diags)
     diags.sort(key=Diagnostic.sort_key)
-    return LoadResult(packs, diags, sources, tuple(files))
+    return LoadResult(packs, diags, sources, tuple(files), tuple(parsed))
 
 
 def apply_select(packs: list[ir.Pack], select: list[str]) -> tuple[list[ir.Pack], list[Diagnostic]]:

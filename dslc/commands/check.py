@@ -1,0 +1,102 @@
+"""`dslc check`: parse and check rule packs, report diagnostics.
+
+Exit codes: 0 when every file is well formed (warnings allowed), 1 when any
+diagnostic is an error, 2 on usage errors (a path that does not exist, a
+directory without `.adr` files, `--dump` without the compiler).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from dslc import diagnostics as D
+from dslc.loader import load_rules
+
+EPILOG = """\
+examples:
+  dslc check rulepacks/                  check every pack in a directory
+  dslc check rulepacks/adopter.adr --format json
+  dslc check rulepacks/ --dump --select adopter:softmax   show the automaton
+  dslc explain ADR201                    what a diagnostic code means
+
+Each problem is reported as `path:line:col: severity[CODE]: message`,
+followed by the source line, a caret under the span and a hint.
+"""
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "check", help="parse and check .adr rule packs",
+        description="Parse and check .adr rule packs; report every problem with its location.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("paths", nargs="+", metavar="FILE|DIR", help=".adr files or directories holding them")
+    p.add_argument("--format", choices=("text", "json"), default="text",
+                   help="text (default: rustc-style snippets) or json (a list of objects)")
+    p.add_argument("--dump", action="store_true",
+                   help="also print what each rule compiled to (matcher automata)")
+    p.add_argument("--quiet", "-q", action="store_true",
+                   help="print errors only: no warnings, no summary")
+    p.add_argument("--select", action="append", default=[], metavar="PACK:RULE",
+                   help="check / dump only these rules (repeatable; `pack`, `rule` or `pack:rule`)")
+    p.set_defaults(func=run)
+
+
+def _usage_error(paths: list[str]) -> str | None:
+    for raw in paths:
+        p = Path(raw)
+        if not p.exists():
+            return f"no such file or directory: {raw}"
+        if p.is_dir() and not any(f.is_file() for f in p.rglob("*.adr")):
+            return f"no .adr files in directory {raw}"
+    return None
+
+
+def run(args) -> int:
+    problem = _usage_error(args.paths)
+    if problem:
+        print(f"dslc check: error: {problem}", file=sys.stderr)
+        return 2
+    start = time.perf_counter()
+    result = load_rules(args.paths, args.select)
+    elapsed = time.perf_counter() - start
+    diags = result.diagnostics
+    errors, warnings = D.count(diags)
+    shown = [d for d in diags if d.is_error] if args.quiet else diags
+    if args.format == "json":
+        print(D.render(shown, "json"))
+    elif shown:
+        print(D.render(shown, "text", result.sources))
+        print()
+    rules = sum(len(f.rules) for f in result.parsed)
+    packs = len(result.parsed)
+    if not args.quiet:
+        summary = (f"checked {rules} rule{'s' * (rules != 1)} in {packs} pack{'s' * (packs != 1)}: "
+                   f"{errors} error{'s' * (errors != 1)}, {warnings} warning{'s' * (warnings != 1)} "
+                   f"({elapsed:.2f}s)")
+        print(summary, file=sys.stderr if args.format == "json" else sys.stdout)
+    if errors:
+        return 1
+    if args.dump:
+        return _dump(result)
+    return 0
+
+
+def _dump(result) -> int:
+    try:
+        from dslc.compiler import compile_pack  # built by another stage; optional here
+    except ImportError as exc:
+        print(f"dslc check: error: --dump needs dslc.compiler, which is not available ({exc})", file=sys.stderr)
+        return 2
+    status = 0
+    for pack in result.packs:
+        try:
+            print(compile_pack(pack).dump())
+        except BrokenPipeError:
+            raise
+        except Exception as exc:  # a compile error is a finding, not a crash
+            print(f"{pack.path}: error: pack `{pack.name}` does not compile: {exc}", file=sys.stderr)
+            status = 1
+    return status
