@@ -20,6 +20,7 @@ import ast as _pyast
 import difflib
 import importlib.resources
 import threading
+import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -97,10 +98,11 @@ def parse_source(text: str, path: str = "<string>") -> ParseResult:
             tree, error = None, None
             _CTX.diagnostics.append(diag(codes.TOO_DEEP, "input nested too deeply",
                                          Span(path, 1, 1, 1, 1)))
+        syntax_error = _syntax_diagnostic(error, source) if error is not None else None
         diagnostics = list(_CTX.diagnostics)
         _CTX.depth = {}
-    if error is not None:
-        diagnostics.append(_syntax_diagnostic(error, source))
+    if syntax_error is not None:
+        diagnostics.append(syntax_error)
         return ParseResult(None, diagnostics, source)
     if tree is None:
         return ParseResult(None, diagnostics, source)
@@ -213,15 +215,48 @@ def _syntax_diagnostic(exc: UnexpectedInput, source: SourceFile) -> Diagnostic:
     end_line = tok.end_line or tok.line
     end_col = tok.end_column or tok.column + len(str(tok.value))
     span = Span(path, tok.line, tok.column, end_line, end_col)
-    expected = set(exc.expected)
+    expected = _accepted(exc)
     if tok.type == "NAME" and "KERNEL" in expected:
         word = str(tok.value)
         close = difflib.get_close_matches(word, SECTIONS, n=1)
         hint = f"did you mean `{close[0]}`?" if close else "sections: " + ", ".join(SECTIONS)
         return diag(codes.UNKNOWN_SECTION, f"unknown section `{word}` in rule body", span,
                     label="not a section keyword", help=hint)
+    notes = ()
+    if "SEMICOLON" in expected and getattr(exc, "token", None) is not None:
+        prev = _previous_token_line(source, tok)
+        if prev is not None and prev < tok.line:
+            notes = ("is a `;` missing at the end of the previous line?",)
     return diag(codes.SYNTAX, f"unexpected {_token_text(tok)}", span,
-                label="unexpected here", help=f"expected one of: {_friendly(expected)}")
+                label="unexpected here", notes=notes,
+                help=f"expected one of: {_friendly(expected)}")
+
+
+def _accepted(exc: UnexpectedToken) -> set[str]:
+    """The terminals that really can come next.
+
+    LALR's merged states list more lookaheads than are valid (a reduction
+    would fail later); ask the interactive parser, which tries each one.
+    """
+    ip = getattr(exc, "interactive_parser", None)
+    if ip is None:
+        return set(exc.expected)
+    saved = (list(_CTX.diagnostics), _CTX.too_deep)
+    try:
+        return set(ip.accepts()) or set(exc.expected)
+    except Exception:  # lark internals: fall back to the raw lookahead set
+        return set(exc.expected)
+    finally:
+        _CTX.diagnostics[:], _CTX.too_deep = saved
+
+
+def _previous_token_line(source: SourceFile, tok: Token) -> int | None:
+    """Line of the last non-blank, non-comment text before `tok`."""
+    for line in range(tok.line - 1, 0, -1):
+        text = source.line_text(line).split("#", 1)[0].strip()
+        if text:
+            return line
+    return None
 
 
 # ---------------------------------------------------------------------------
@@ -254,9 +289,12 @@ def _number(text: str):
 
 
 def _unquote(tok: Token) -> str:
+    """A string token's value (Python escapes; an invalid one is diagnosed)."""
     try:
-        value = _pyast.literal_eval(str(tok))
-    except (ValueError, SyntaxError):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # `"\q"` is a warning in Python, an error here
+            value = _pyast.literal_eval(str(tok))
+    except (ValueError, SyntaxError, Warning):
         _CTX.diagnostics.append(diag(codes.BAD_CHARACTER, "invalid escape sequence in string",
                                      _tok_span(tok)))
         return str(tok)[1:-1]

@@ -1,0 +1,46 @@
+"""Golden diagnostics: every tests/lang_cases/*.adr against its .expected.
+
+`DSLC_UPDATE_GOLDEN=1 pytest tests/test_lang_golden.py` rewrites the
+.expected files (review the diff before committing).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from dslc import cli
+from dslc.diagnostics import render
+from dslc.loader import load_rules
+
+REPO = Path(__file__).resolve().parent.parent
+CASES = sorted((REPO / "tests" / "lang_cases").glob("*.adr"))
+
+
+def _rendered(rel: str) -> str:
+    result = load_rules([rel])
+    return render(result.diagnostics, "text", result.sources) + "\n"
+
+
+def test_enough_cases():
+    assert len(CASES) >= 25
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda p: p.stem)
+def test_golden(case: Path, monkeypatch, capsys):
+    monkeypatch.chdir(REPO)
+    rel = str(case.relative_to(REPO))
+    got = _rendered(rel)
+    expected_path = case.with_suffix(".expected")
+    if os.environ.get("DSLC_UPDATE_GOLDEN") == "1":
+        expected_path.write_text(got, encoding="utf-8")
+    assert expected_path.exists(), f"no {expected_path.name}; run with DSLC_UPDATE_GOLDEN=1"
+    assert got == expected_path.read_text(encoding="utf-8")
+    # Every case is malformed: `dslc check` says so with exit 1, no traceback.
+    capsys.readouterr()
+    assert cli.main(["check", rel]) == 1
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    assert "error[ADR" in out
