@@ -217,6 +217,8 @@ class _Env:
         self.temps = temps  # temp name -> source expression
         self.inline: dict[str, str] = {}
         self.casts: dict[str, str] = {}
+        # Init targets: a layer variable as an argument is its original constructor call.
+        self.ctor: dict[str, str] = {}
 
     def var(self, name: str) -> str:
         if name in self.inline:
@@ -240,6 +242,8 @@ class _Env:
 
     def term(self, term) -> str:
         if isinstance(term, ir.Var):
+            if term.name in self.ctor:
+                return self.ctor[term.name]
             return self.var(term.name)
         if isinstance(term, ir.Const):
             return repr(term.value)
@@ -279,6 +283,31 @@ def _vars_in(term) -> set[str]:
             out |= _vars_in(t)
         return out
     return set()
+
+
+def _attrof_bases(node: ir.PatNode) -> set[str]:
+    out: set[str] = set()
+
+    def walk(term) -> None:
+        if isinstance(term, ir.AttrOf):
+            out.add(term.base.name)
+        elif isinstance(term, ir.Expr):
+            for t in term.operands:
+                walk(t)
+
+    for t in list(node.args) + [v for _, v in node.kwargs]:
+        walk(t)
+    return out
+
+
+def _branch_guard(compound: ast.AST, branch: str):
+    from dslc.analysis.model import Guard
+
+    return Guard(ast.unparse(compound.test), branch == "orelse", (compound.lineno, compound.lineno))
+
+
+def _indent_lines(text: str, unit: str) -> str:
+    return "".join(unit + line if line.strip() else line for line in text.splitlines(keepends=True))
 
 
 def _node_vars(node: ir.PatNode) -> set[str]:
@@ -425,15 +454,28 @@ class _Rewriter:
             if not any(u.attr in attrs and u.kind == "call" for u in cls.attr_uses):
                 raise Skip("the matched layer is never called, so replacing it is pointless")
 
-        # Forward structure: statements, hoisting.
+        # Forward structure: statements, hoisting.  A forward target equal to
+        # its source (biased_gelu: only the init changes) needs no forward edit.
+        if forward_edit and tuple(rule.forward.target) == tuple(rule.forward.source):
+            forward_edit = False
+        if condition and forward_edit:
+            raise Skip("a rule with `when` must leave forward unchanged (its old layers live only in the `else` branch)")
         groups = self.forward_groups(match) if forward_edit else []
         hoisted_attrs: set[str] = set()
+        hoist_guards: list = []
         if groups:
+            final_stmt = groups[-1][2]
             for _, nodes, stmt in groups[:-1]:
-                if self.needs_hoist(stmt, groups[-1][2]):
+                if self.needs_hoist(stmt, final_stmt):
                     hoisted_attrs |= {n.attr for n in nodes if n.kind == "layer" and n.attr}
+                    chain = self.mod.chain(stmt)
+                    hoist_guards = [
+                        _branch_guard(compound, branch) for compound, branch in self.mod.chain(final_stmt)[len(chain):]
+                    ]
 
-        # Init changes.
+        # Init changes: which source layers are deleted, replaced in place,
+        # kept (still called by a hoisted copy / referenced as `$v.attr`), or
+        # kept and re-assigned under the branch's guard (hoisted and replaced).
         source_vars, target_vars = {}, {}
         if init_edit:
             for pn in rule.init.source:
@@ -442,27 +484,25 @@ class _Rewriter:
             for pn in rule.init.target:
                 for out in pn.outputs:
                     target_vars[out.name] = pn
-        referenced: set[str] = set()
+        attr_refs: set[str] = set()
         for pn in (rule.init.target if init_edit else ()):
-            referenced |= _node_vars(pn)
+            attr_refs |= _attrof_bases(pn)
         bindings = dict(match.init_nodes)
         changed: dict[str, str] = {}
-        deleted_vars, replaced_vars, kept_vars = [], [], []
+        kinds: dict[str, str] = {}
         for var in source_vars:
             binding = bindings.get(var)
             if binding is None:
                 raise Skip(f"init variable `${var}` matched no binding")
+            hoisted = binding.attr in hoisted_attrs
             if var in target_vars:
-                replaced_vars.append(var)
+                kinds[var] = "reassigned" if hoisted else "replaced"
                 changed[binding.attr] = "replaces"
-            elif binding.attr in hoisted_attrs or var in referenced:
-                kept_vars.append(var)
+            elif hoisted or var in attr_refs:
+                kinds[var] = "kept"
             else:
-                deleted_vars.append(var)
+                kinds[var] = "deleted"
                 changed[binding.attr] = "removes"
-        if forward_edit and rule.forward.target:
-            # A layer the target forward calls under its old name keeps its interface only if replaced.
-            pass
 
         reason = safety.check_attr_uses(match, cls, changed, interface_kept=not forward_edit)
         if reason:
@@ -484,7 +524,7 @@ class _Rewriter:
         if groups:
             self.plan_forward(match, groups, env, plan, feasible or paths)
         if init_edit:
-            self.plan_init(match, source_vars, target_vars, deleted_vars, replaced_vars, kept_vars, env, plan, condition)
+            self.plan_init(match, target_vars, kinds, env, plan, condition, hoist_guards)
         if new_names:
             plan.new_attrs.setdefault(match.class_name or "", set()).update(new_names)
         return plan
@@ -736,12 +776,28 @@ class _Rewriter:
 
     # -- init -------------------------------------------------------------
 
-    def plan_init(self, match, source_vars, target_vars, deleted_vars, replaced_vars, kept_vars, env, plan, condition) -> None:
+    def plan_init(self, match, target_vars, kinds, env, plan, condition, hoist_guards) -> None:
+        """Edits of `__init__` (see the module docstring, step 3).
+
+        1. Locate each matched binding's statement (a plain `self.a = ...`).
+        2. Render the target statements; a layer variable used as an argument
+           stands for its original constructor call, `$v.attr` for the
+           attribute of the layer after the rewrite.
+        3. Anchor: the last (in source order) statement that is deleted or
+           replaced; the new statements (and the checkpoint hook) go there.
+        4. Replaced statements change in place, deleted ones go; a replaced
+           layer that a hoisted copy still calls keeps its statement and is
+           re-assigned at the anchor, which must sit under a guard equivalent
+           to the forward branch that calls the fused layer.
+        5. With `when`, the smallest run of statements holding all the edits is
+           duplicated: `if <cond>: <edited run> else: <original run>`.
+        """
         mod = self.mod
         rule = match.rule
         bindings = match.init_nodes
         stmts: dict[str, ast.stmt] = {}
-        for var in list(deleted_vars) + list(replaced_vars) + list(kept_vars):
+        ctor: dict[str, str] = {}
+        for var in kinds:
             binding = bindings[var]
             if binding.stmt is None:
                 raise Skip(f"no statement recorded for `self.{binding.attr}`")
@@ -749,6 +805,8 @@ class _Rewriter:
             if not (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Attribute)):
                 raise Skip(f"line {stmt.lineno} is not a plain `self.{binding.attr} = ...`")
             stmts[var] = stmt
+            ctor[var] = self.relative_text(stmt.value, stmt)
+        env.ctor = ctor
         rendered: dict[str, str] = {}
         order = []
         for pn in rule.init.target:
@@ -757,7 +815,8 @@ class _Rewriter:
             var = pn.outputs[0].name
             rendered[var] = f"self.{env.attrs[var]} = {self.render_node(pn, env, plan)}"
             order.append(var)
-        # Checkpoint compatibility.
+        env.ctor = {}
+        # Checkpoint compatibility: `$new.key <- $old.key` that is not an identity.
         renames = []
         for pm in rule.params:
             new_attr = env.attrs.get(pm.target.base.name)
@@ -767,83 +826,107 @@ class _Rewriter:
             new_key = f"{new_attr}.{pm.target.attr}"
             old_key = f"{old_binding.attr}.{pm.source.attr}"
             if new_key != old_key:
-                keep = pm.source.base.name in kept_vars
+                keep = kinds.get(pm.source.base.name) == "kept"
                 renames.append((new_key, old_key, keep))
-        changed = [v for v in list(deleted_vars) + list(replaced_vars)]
-        if not changed and not order:
-            return
-        candidates = changed + [v for v in kept_vars if any(v in _node_vars(pn) for pn in rule.init.target)]
+        candidates = [v for v, k in kinds.items() if k != "kept"]
         if not candidates:
             raise Skip("nothing in `__init__` to anchor the new layers to")
         anchor_var = max(candidates, key=lambda v: (stmts[v].lineno, stmts[v].col_offset))
         anchor = stmts[anchor_var]
+        if kinds[anchor_var] == "reassigned":
+            raise Skip(f"`self.{bindings[anchor_var].attr}` must stay as it is for the branch that does not use the fused layer, and nothing else anchors the new one")
+        reassigned = [v for v, k in kinds.items() if k == "reassigned"]
+        if reassigned:
+            self.check_reassign_guard(bindings[anchor_var], hoist_guards, bindings[reassigned[0]].attr)
         indent = mod.indent(anchor)
-        new_lines = []
-        for var in order:
-            if var in replaced_vars:
-                continue
-            new_lines.append(rendered[var])
+        new_lines = [rendered[v] for v in order if kinds.get(v) in (None, "reassigned")]
         if renames:
             plan.needs_hook = True
             items = ", ".join(f"({n!r}, {o!r}, {k})" for n, o, k in renames)
             items = f"({items},)" if len(renames) == 1 else f"({items})"
             new_lines.append(f"self._register_load_state_dict_pre_hook({HOOK_HELPER}({items}))")
-        if condition:
-            self.plan_init_when(match, stmts, changed, anchor, new_lines, rendered, replaced_vars, condition, plan)
-            return
-        # Replace in place (all but the anchor); delete; then the anchor carries the new block.
-        also_deleted = {id(stmts[v]) for v in deleted_vars}
-        for var in replaced_vars:
+        init_plan = _Plan()
+        deleted_ids = {id(stmts[v]) for v, k in kinds.items() if k == "deleted"}
+        for var, kind in kinds.items():
             if var == anchor_var:
                 continue
             stmt = stmts[var]
-            start, end = mod.stmt_range(stmt)
-            text = mod.lines_text([rendered[var]], mod.indent(stmt))
-            self.claim(plan, start, end, self.fit(text, stmt), stmt)
-        for var in deleted_vars:
-            if var == anchor_var:
-                continue
-            self.delete_stmt(plan, stmts[var], also_deleted=also_deleted)
+            if kind == "replaced":
+                start, end = mod.stmt_range(stmt)
+                self.claim(init_plan, start, end, self.fit(self.lines_text([rendered[var]], mod.indent(stmt)), stmt), stmt)
+            elif kind == "deleted":
+                self.delete_stmt(init_plan, stmt, also_deleted=deleted_ids)
         start, end = mod.stmt_range(anchor)
-        if anchor_var in deleted_vars and not new_lines:
-            self.delete_stmt(plan, anchor, also_deleted=also_deleted)
-            return
-        if anchor_var in deleted_vars:
-            text = mod.lines_text(new_lines, indent)
-        elif anchor_var in replaced_vars:
-            text = mod.lines_text([rendered[anchor_var]] + new_lines, indent)
-        else:  # a kept statement the new layer references: append after it
-            text = mod.source[start:end] + mod.lines_text(new_lines, indent)
-        self.claim(plan, start, end, self.fit(text, anchor), anchor)
+        if kinds[anchor_var] == "deleted" and not new_lines:
+            self.delete_stmt(init_plan, anchor, also_deleted=deleted_ids)
+        else:
+            lines = new_lines if kinds[anchor_var] == "deleted" else [rendered[anchor_var]] + new_lines
+            self.claim(init_plan, start, end, self.fit(self.lines_text(lines, indent), anchor), anchor)
+        if condition:
+            self.wrap_when(init_plan, [stmts[v] for v in candidates], condition)
+        plan.edits.extend(init_plan.edits)
+        plan.claimed |= init_plan.claimed
+        plan.lines |= init_plan.lines
 
-    def plan_init_when(self, match, stmts, changed, anchor, new_lines, rendered, replaced_vars, condition, plan) -> None:
-        """`if <cond>: <new init> else: <original statements>` at the anchor."""
+    def check_reassign_guard(self, anchor_binding, hoist_guards, attr) -> None:
+        guards = safety._guards_module()
+        init_guards = list(getattr(anchor_binding, "guards", ()) or ())
+        text_i = " and ".join(str(g) for g in init_guards) or "True"
+        text_f = " and ".join(str(g) for g in hoist_guards) or "True"
+        answer = guards.equivalent(init_guards, hoist_guards).value if guards is not None else ("proved" if text_i == text_f else "unknown")
+        if answer != "proved":
+            raise Skip(
+                f"the hoisted copy needs the original `self.{attr}` where `{text_f}` is false, "
+                f"but the fused layer would be built where `{text_i}` holds"
+            )
+
+    def wrap_when(self, init_plan: _Plan, stmts: list[ast.stmt], condition: str) -> None:
+        """Replace the run of statements holding the init edits by `if cond: <new> else: <old>`."""
         mod = self.mod
-        olds = sorted((stmts[v] for v in changed), key=lambda s: s.lineno)
-        blocks = {id(mod.block_of(s)[2]) for s in olds}
-        if len(blocks) != 1:
-            raise Skip("a `when` rewrite needs the replaced init statements in one block")
-        body = mod.block_of(anchor)[2]
-        first = body.index(olds[0])
-        last = body.index(anchor)
-        moved_attrs = {s.targets[0].attr for s in olds}
-        for other in body[first : last + 1]:
-            if other in olds:
-                continue
-            used = {n.attr for n in ast.walk(other) if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == "self"}
-            if used & moved_attrs:
-                raise Skip(f"line {other.lineno} uses `self.{sorted(used & moved_attrs)[0]}` between the init statements a `when` rewrite moves")
-        indent = mod.indent(anchor)
-        inner = indent + mod.unit
-        replaced_lines = [rendered[v] for v in replaced_vars]
-        text = indent + f"if {condition}:" + mod.nl
-        text += mod.lines_text(replaced_lines + new_lines, inner)
-        text += indent + "else:" + mod.nl
-        text += "".join(mod.stmt_text(s, inner) for s in olds)
-        for s in olds[:-1]:
-            self.delete_stmt(plan, s, also_deleted={id(o) for o in olds})
-        start, end = mod.stmt_range(anchor)
-        self.claim(plan, start, end, self.fit(text, anchor), anchor)
+        # The innermost block that holds (an ancestor of) every edited statement.
+        chains = [[(None, None)] + mod.chain(s) for s in stmts]
+        depth = 0
+        while all(len(c) > depth + 1 for c in chains) and len({(id(c[depth + 1][0]), c[depth + 1][1]) for c in chains}) == 1:
+            depth += 1
+        tops = []
+        for s, c in zip(stmts, chains):
+            tops.append(c[depth + 1][0] if len(c) > depth + 1 else s)
+        _, _, body = mod.block_of(tops[0])
+        indices = sorted(body.index(t) for t in tops)
+        first, last = body[indices[0]], body[indices[-1]]
+        region_start = mod.smap.line_start(first.lineno)
+        region_end = mod.smap.line_end(last.end_lineno)
+        for e in init_plan.edits:
+            if e.start < region_start or e.end > region_end:
+                raise Skip("a `when` rewrite needs all the init statements it changes in one run of statements")
+        old = mod.source[region_start:region_end]
+        new = apply_edits(old, [Edit(e.start - region_start, e.end - region_start, e.text) for e in init_plan.edits])
+        indent = mod.indent(first)
+        nl = mod.nl
+        if not old.endswith(("\n", "\r")):
+            old += nl
+            new += nl
+        text = (indent + f"if {condition}:" + nl + _indent_lines(new, mod.unit)
+                + indent + "else:" + nl + _indent_lines(old, mod.unit))
+        init_plan.edits = [Edit(region_start, region_end, self.fit(text, last))]
+        init_plan.claimed = {(region_start, region_end)}
+        init_plan.lines.update(range(first.lineno, last.end_lineno + 1))
+
+    def relative_text(self, expr: ast.expr, stmt: ast.stmt) -> str:
+        """An expression's source; continuation lines lose the statement's indentation."""
+        text = self.mod.smap.span_text((expr.lineno, expr.col_offset, expr.end_lineno, expr.end_col_offset))
+        indent = self.mod.indent(stmt)
+        lines = text.splitlines()
+        out = [lines[0]] + [line[len(indent):] if line.startswith(indent) else line for line in lines[1:]]
+        return "\n".join(out)
+
+    def lines_text(self, items: list[str], indent: str) -> str:
+        """Statements (possibly multi-line, relative indentation) at `indent`."""
+        out = []
+        for item in items:
+            for line in item.split("\n"):
+                out.append(indent + line if line.strip() else "")
+        return "".join(line + self.mod.nl for line in out)
 
     # -- edit helpers -----------------------------------------------------
 
@@ -872,6 +955,12 @@ class _Rewriter:
         """Delete a statement's lines; the last deleted statement of a block that empties gets `pass`."""
         mod = self.mod
         start, end = mod.stmt_range(stmt)
+        # Deleting a statement between two blank lines would leave a double gap.
+        before = stmt.lineno - 1
+        after = stmt.end_lineno + 1
+        if before >= 1 and after <= len(mod.smap.lines) and not mod.smap.line_text(before).strip() \
+                and not mod.smap.line_text(after).strip() and mod.ends_with_newline(after):
+            end = mod.smap.line_end(after)
         _, _, body = mod.block_of(stmt)
         text = ""
         if all(id(s) in also_deleted for s in body) and stmt is max(body, key=lambda s: s.lineno):

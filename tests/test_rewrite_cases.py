@@ -108,7 +108,8 @@ def test_dpt_hoists_into_both_branches():
     tree = ast.parse(new)
     fwd = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "forward")
     first_if = next(s for s in fwd.body if isinstance(s, ast.If))
-    assert ast.unparse(first_if.body[0]) == "hidden_state = self.conv_bn(hidden_state)"
+    assert ast.unparse(first_if.body[0]) == "hidden_state = self.convolution1(hidden_state)"
+    assert "self.convolution1 = ConvBn2d(nn.Conv2d(" in new
     assert ast.unparse(first_if.orelse[0]) == "hidden_state = self.convolution1(hidden_state)"
     assert "hidden_state = self.convolution1(hidden_state)" not in [ast.unparse(s) for s in fwd.body]
 

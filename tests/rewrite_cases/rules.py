@@ -60,12 +60,16 @@ CONV_BN = rule(
     "conv_batchnorm",
     init=ir.Item(
         (layer("torch.nn.Conv2d", V("cin"), V("cout"), kwargs=[("kernel_size", V("k"))], out=["conv"]), layer("torch.nn.BatchNorm2d", V("c"), out=["bn"])),
-        (layer("torch.ao.nn.intrinsic.ConvBn2d", V("conv"), V("bn"), out=["conv_bn"]),),
+        (layer("torch.ao.nn.intrinsic.ConvBn2d", V("conv"), V("bn"), out=["conv"]),),
     ),
     forward=ir.Item(
         (layer(None, V("x"), var="conv", out=["h"], layer_var="conv"), layer(None, V("h"), var="bn", out=["o"], layer_var="bn")),
-        (layer(None, V("x"), var="conv_bn", out=["o"], layer_var="conv_bn"),),
+        (layer(None, V("x"), var="conv", out=["o"], layer_var="conv"),),
     ),
+    params=[
+        ir.ParamMap(ir.AttrOf(V("conv"), "0.weight"), ir.AttrOf(V("conv"), "weight")),
+        ir.ParamMap(ir.AttrOf(V("conv"), "1.weight"), ir.AttrOf(V("bn"), "weight")),
+    ],
 )
 
 SOFTMAX = rule(
