@@ -842,9 +842,9 @@ class _Rewriter:
         new_lines = [rendered[v] for v in order if kinds.get(v) in (None, "reassigned")]
         if renames:
             plan.needs_hook = True
-            items = ", ".join(f"({n!r}, {o!r}, {k})" for n, o, k in renames)
-            items = f"({items},)" if len(renames) == 1 else f"({items})"
-            new_lines.append(f"self._register_load_state_dict_pre_hook({HOOK_HELPER}({items}))")
+            # One (new key, old key, keep old) triple per line: a readable diff.
+            items = "".join(f"{mod.unit}({n!r}, {o!r}, {k}),\n" for n, o, k in renames)
+            new_lines.append(f"self._register_load_state_dict_pre_hook({HOOK_HELPER}((\n{items})))")
         init_plan = _Plan()
         deleted_ids = {id(stmts[v]) for v, k in kinds.items() if k == "deleted"}
         for var, kind in kinds.items():

@@ -36,7 +36,10 @@ class BertSelfOutput(nn.Module):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.dropout_add_layernorm = FusedDropoutAddLayerNorm(config.hidden_size, config.hidden_dropout_prob, eps=config.layer_norm_eps)
-        self._register_load_state_dict_pre_hook(_dslc_remap_state_dict((('dropout_add_layernorm.weight', 'LayerNorm.weight', False), ('dropout_add_layernorm.bias', 'LayerNorm.bias', False))))
+        self._register_load_state_dict_pre_hook(_dslc_remap_state_dict((
+            ('dropout_add_layernorm.weight', 'LayerNorm.weight', False),
+            ('dropout_add_layernorm.bias', 'LayerNorm.bias', False),
+        )))
 
     def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
         hidden_states = self.dense(hidden_states)

@@ -52,9 +52,15 @@ class DPTPreActResidualLayer(nn.Module):
         self.convolution2 = nn.Conv2d(config.fusion_hidden_size, config.fusion_hidden_size, kernel_size=3)
         if self.use_batch_norm:
             self.convolution1 = ConvBn2d(nn.Conv2d(config.fusion_hidden_size, config.fusion_hidden_size, kernel_size=3), nn.BatchNorm2d(config.fusion_hidden_size))
-            self._register_load_state_dict_pre_hook(_dslc_remap_state_dict((('convolution1.0.weight', 'convolution1.weight', False), ('convolution1.1.weight', 'batch_norm1.weight', False))))
+            self._register_load_state_dict_pre_hook(_dslc_remap_state_dict((
+                ('convolution1.0.weight', 'convolution1.weight', False),
+                ('convolution1.1.weight', 'batch_norm1.weight', False),
+            )))
             self.convolution2 = ConvBn2d(nn.Conv2d(config.fusion_hidden_size, config.fusion_hidden_size, kernel_size=3), nn.BatchNorm2d(config.fusion_hidden_size))
-            self._register_load_state_dict_pre_hook(_dslc_remap_state_dict((('convolution2.0.weight', 'convolution2.weight', False), ('convolution2.1.weight', 'batch_norm2.weight', False))))
+            self._register_load_state_dict_pre_hook(_dslc_remap_state_dict((
+                ('convolution2.0.weight', 'convolution2.weight', False),
+                ('convolution2.1.weight', 'batch_norm2.weight', False),
+            )))
 
     def forward(self, hidden_state: torch.Tensor) -> torch.Tensor:
         residual = hidden_state

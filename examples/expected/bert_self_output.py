@@ -1,0 +1,36 @@
+"""BertSelfOutput, as in the ADOPTER paper's Fig. 1 (the original version).
+
+Dense, Dropout, then LayerNorm over the residual sum: the Dropout + add +
+LayerNorm sequence is what the `dropout_layernorm` rule fuses.
+"""
+
+import torch
+from torch import nn
+from epoi.ops.torchscript_ops import FusedDropoutAddLayerNorm
+
+
+class BertSelfOutput(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = FusedDropoutAddLayerNorm(config.hidden_size, config.hidden_dropout_prob, eps=config.layer_norm_eps)
+
+    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.dense(hidden_states)
+        hidden_states = self.LayerNorm(hidden_states, input_tensor)
+        return hidden_states
+
+
+class Config:
+    """The few configuration values the layer reads."""
+
+    hidden_size = 32
+    layer_norm_eps = 1e-12
+    hidden_dropout_prob = 0.1
+
+
+if __name__ == "__main__":
+    torch.manual_seed(0)
+    layer = BertSelfOutput(Config()).eval()
+    x = torch.randn(2, 4, Config.hidden_size)
+    print(layer(x, x).shape)
