@@ -327,6 +327,8 @@ def check_attr_uses(
             lo, hi = binding.stmt.lines
             if use.method == binding.stmt.method and lo <= use.lines[0] <= hi and use.kind == "store":
                 continue
+        if use.kind == "store" and binding is not None and _exclusive_store(cls, binding, use):
+            continue
         if use.kind == "store":
             where = "outside `__init__`" if use.method != "__init__" else "again"
             return f"attribute `self.{use.attr}` is assigned {where} at line {use.lines[0]} (in `{use.method}`)"
@@ -341,6 +343,26 @@ def check_attr_uses(
             f"is also used at line {use.lines[0]} (in `{use.method}`)"
         )
     return None
+
+
+def _exclusive_store(cls, binding, use) -> bool:
+    """A second store of the attribute in the init that can never run with the binding
+    (`if isinstance(k, str): self.act = ACT2FN[k] else: self.act = k`)."""
+    if binding.stmt is None or use.method != binding.stmt.method:
+        return False
+    guards = _guards_module()
+    for other in cls.init:
+        if other.attr != use.attr or other.stmt is None or other is binding:
+            continue
+        lo, hi = other.stmt.lines
+        if not lo <= use.lines[0] <= hi:
+            continue
+        gs = list(binding.guards) + list(other.guards)
+        if not gs:
+            return False
+        answer = guards.consistent(gs).value if guards is not None else _text_consistent(gs)
+        return answer == "refuted"
+    return False
 
 
 # ---------------------------------------------------------------------------
