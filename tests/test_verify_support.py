@@ -85,3 +85,18 @@ def _dslc_rename(mapping):
                 state_dict[prefix + new] = state_dict.pop(prefix + old)
     return hook
 '''
+
+
+def edit_in(source: str, cls: str, old: str, new: str) -> str:
+    """`edit` restricted to the text of top-level class `cls`."""
+    start = source.index(f"\nclass {cls}(") + 1
+    end = source.find("\nclass ", start)
+    end = len(source) if end < 0 else end
+    return source[:start] + edit(source[start:end], old, new) + source[end:]
+
+
+def add_import(source: str, text: str) -> str:
+    """Insert `text` after the `from ...activations import` line of a modeling file."""
+    start = source.index("\nfrom ...activations import") + 1
+    end = source.index("\n", start) + 1
+    return source[:end] + text + source[end:]
