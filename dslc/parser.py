@@ -74,8 +74,10 @@ _CTX = _Context()
 @lru_cache(maxsize=1)
 def _lark() -> Lark:
     text = grammar_path().read_text(encoding="utf-8")
+    # cache=True: lark keeps the LALR tables in the temp dir (keyed by the
+    # grammar text), so a fresh process skips the table construction.
     return Lark(text, parser="lalr", lexer="contextual", transformer=_Builder(),
-                propagate_positions=False, maybe_placeholders=True)
+                propagate_positions=False, maybe_placeholders=True, cache=True)
 
 
 def parse_source(text: str, path: str = "<string>") -> ParseResult:
