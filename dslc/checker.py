@@ -329,7 +329,8 @@ class _RuleChecker:
                           label="add `-> $name`", help="the forward pattern refers to the layer through it")
         else:
             if not isinstance(e, (S.Call, S.BinOp, S.UnaryOp)):
-                self.emit(codes.BAD_NODE, f"a forward {side} node must be a call, a tensor op or `*`",
+                shapes = "a call, a tensor op or `*`" if source else "a call or a tensor op"
+                self.emit(codes.BAD_NODE, f"a forward {side} node must be {shapes}",
                           n.span, label="not a DL node")
                 return
         if isinstance(e, S.Subscript):

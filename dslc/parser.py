@@ -100,6 +100,11 @@ def parse_source(text: str, path: str = "<string>") -> ParseResult:
             tree, error = None, None
             _CTX.diagnostics.append(diag(codes.TOO_DEEP, "input nested too deeply",
                                          Span(path, 1, 1, 1, 1)))
+        except Exception as exc:  # a bug in the builder: report it, do not crash
+            tree, error = None, None
+            _CTX.diagnostics.append(diag(codes.SYNTAX, f"internal parser error: {type(exc).__name__}: {exc}",
+                                         Span(path, 1, 1, 1, 1),
+                                         help="please report this input as a dslc bug"))
         syntax_error = _syntax_diagnostic(error, source) if error is not None else None
         diagnostics = list(_CTX.diagnostics)
         _CTX.depth = {}
@@ -284,10 +289,18 @@ def _join(*parts) -> Span | None:
     return Span(_CTX.path, first.line, first.col, last.end_line, last.end_col)
 
 
-def _number(text: str):
-    if any(c in text for c in ".eE"):
-        return float(text)
-    return int(text)
+def _number(tok: Token):
+    """The value of a NUMBER token; out-of-range numbers are diagnosed."""
+    text = str(tok)
+    try:
+        value = float(text) if any(c in text for c in ".eE") else int(text)
+    except ValueError:  # more digits than Python converts
+        value = None
+    if value is None or value in (float("inf"), float("-inf")):
+        _CTX.diagnostics.append(diag(codes.BAD_CHARACTER, "number out of range", _tok_span(tok),
+                                     label="too large", help="write a smaller number"))
+        return 0
+    return value
 
 
 def _unquote(tok: Token) -> str:
@@ -544,10 +557,10 @@ class _Builder(Transformer):
         return S.Name(".".join(str(t) for t in c), span=_join(c[0], c[-1]))
 
     def number(self, c):
-        return S.Const(_number(str(c[0])), span=_tok_span(c[0]))
+        return S.Const(_number(c[0]), span=_tok_span(c[0]))
 
     def neg_number(self, c):
-        return S.Const(-_number(str(c[1])), span=_join(c[0], c[1]))
+        return S.Const(-_number(c[1]), span=_join(c[0], c[1]))
 
     def string(self, c):
         return S.Const(_unquote(c[0]), span=_tok_span(c[0]))
