@@ -18,6 +18,7 @@ that the analysis cannot handle, comes back as `FileFacts.problems`.
 from __future__ import annotations
 
 import ast
+import gc
 import hashlib
 import os
 import pickle
@@ -27,7 +28,7 @@ from functools import lru_cache
 
 from .extract import Extractor, Options
 from .model import FileFacts, Problem
-from .names import Resolver, build_scope, module_name_for, tree_root_for
+from .names import Resolver, build_scope, canonical, module_name_for, tree_root_for
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -110,9 +111,7 @@ def analyze_source(
         imports = []
         for name, bindings in scope.names.items():
             if len(bindings) == 1 and bindings[0].kind == "import":
-                qual = resolver.follow(bindings[0].target)
-                if qual is not None:
-                    imports.append((name, qual))
+                imports.append((name, canonical(bindings[0].target)))
         if _consulted is not None:
             _consulted |= {p for p in resolver.consulted if os.path.abspath(p) != os.path.abspath(path)}
         return FileFacts(path, module, tuple(classes), tuple(functions), tuple(sorted(imports)),
@@ -186,15 +185,25 @@ def _cache_put(cache_dir: str, key: str, deps: list, facts: FileFacts) -> None:
 
 
 def _work(batch: list[tuple[int, str]], root, kwargs) -> list[tuple[int, FileFacts, list]]:
-    """Analyze a batch in one process, sharing its parsed-module cache."""
+    """Analyze a batch in one process, sharing its parsed-module cache.
+
+    The cyclic garbage collector is paused meanwhile: ASTs are large, acyclic
+    enough, and full collections while parsing cost more than the analysis.
+    """
     modules: dict = {}
     memo: dict = {}
     out = []
-    for index, path in batch:
-        consulted: set = set()
-        facts = analyze_file(path, root=root, _modules=modules, _consulted=consulted, **kwargs)
-        deps = [(p, _hash_file(p, memo)) for p in sorted(consulted)]
-        out.append((index, facts, deps))
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for index, path in batch:
+            consulted: set = set()
+            facts = analyze_file(path, root=root, _modules=modules, _consulted=consulted, **kwargs)
+            deps = [(p, _hash_file(p, memo)) for p in sorted(consulted)]
+            out.append((index, facts, deps))
+    finally:
+        if enabled:
+            gc.enable()
     return out
 
 

@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import ast
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from . import guards as guardlib
 from .model import (
@@ -111,15 +112,17 @@ def is_literal(expr: ast.expr) -> bool:
 
 def value_of(expr: ast.expr) -> Value:
     """A `Value` for an expression as written (no DL nodes inside)."""
-    text = ast.unparse(expr)
     if isinstance(expr, ast.Name):
         return Value(expr.id, "name")
+    if isinstance(expr, ast.Attribute):
+        parts = dotted(expr)
+        if parts is not None:
+            return Value(".".join(parts), "attr")
+    text = ast.unparse(expr)
     try:
         return Value(text, "const", literal(expr))
     except ValueError:
         pass
-    if dotted(expr) is not None:
-        return Value(text, "attr")
     return Value(text, "expr")
 
 
@@ -208,29 +211,80 @@ def _target_reads(target: ast.AST) -> set[str]:
     return set()
 
 
-def local_names(fn: ast.FunctionDef) -> set[str]:
+_SCANS: dict = {}
+
+
+def local_names(fn: ast.FunctionDef) -> frozenset[str]:
     """Parameters and every name the function body stores (its locals)."""
-    names = {a.arg for a in fn.args.posonlyargs + fn.args.args + fn.args.kwonlyargs}
-    if fn.args.vararg:
-        names.add(fn.args.vararg.arg)
-    if fn.args.kwarg:
-        names.add(fn.args.kwarg.arg)
-    stack = list(fn.body)
+    return scan(fn)[0]
+
+
+def scan(fn: ast.FunctionDef) -> tuple[frozenset[str], tuple]:
+    """One walk of a function: (its local names, its `self.<attr>` uses as
+    (attr, lines, kind) with kind call/read/store).  Cached per node."""
+    cached = _SCANS.get(id(fn))
+    if cached is not None and cached[0] is fn:
+        return cached[1]
+    if len(_SCANS) > 50000:
+        _SCANS.clear()
+    args = fn.args
+    names = {a.arg for a in args.posonlyargs + args.args + args.kwonlyargs}
+    if args.vararg:
+        names.add(args.vararg.arg)
+    if args.kwarg:
+        names.add(args.kwarg.arg)
+    uses = []
+    callees = set()
+    # (node, collect-locals?) : nested defs/lambdas/classes do not add locals
+    stack = [(child, True) for child in fn.body]
+    stack += [(d, False) for d in fn.args.defaults + fn.args.kw_defaults if d is not None]
+    stack += [(d, False) for d in fn.decorator_list]
+    Name, Attribute, Call, Store, Del = ast.Name, ast.Attribute, ast.Call, ast.Store, ast.Del
     while stack:
-        node = stack.pop()
-        if isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
-            names.add(node.id)
-        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            names.add(node.name)
+        node, own = stack.pop()
+        cls = type(node)
+        if cls is Name:
+            if own and type(node.ctx) is not ast.Load:
+                names.add(node.id)
             continue
-        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+        if cls is Attribute:
+            value = node.value
+            if type(value) is Name and value.id == "self":
+                if id(node) in callees:
+                    kind = "call"
+                elif type(node.ctx) in (Store, Del):
+                    kind = "store"
+                else:
+                    kind = "read"
+                uses.append((node.attr, (node.lineno, node.end_lineno or node.lineno), kind))
+                continue
+            stack.append((value, own))
+            continue
+        if cls is Call:
+            callees.add(id(node.func))
+        elif cls in (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef):
+            if own:
+                names.add(node.name)
+            own = False
+        elif cls is ast.Lambda:
+            own = False
+        elif cls in (ast.Import, ast.ImportFrom):
             continue  # local imports are resolved, not opaque locals
-        elif isinstance(node, ast.ExceptHandler) and node.name:
+        elif cls is ast.ExceptHandler and node.name and own:
             names.add(node.name)
-        elif isinstance(node, ast.Lambda):
+        elif cls is ast.Constant:
             continue
-        stack.extend(ast.iter_child_nodes(node))
-    return names
+        for field_name in node._fields:
+            value = getattr(node, field_name, None)
+            if type(value) is list:
+                for item in value:
+                    if isinstance(item, ast.AST):
+                        stack.append((item, own))
+            elif isinstance(value, ast.AST):
+                stack.append((value, own))
+    result = (frozenset(names), tuple(uses))
+    _SCANS[id(fn)] = (fn, result)
+    return result
 
 
 # --------------------------------------------------------------------------
@@ -262,47 +316,68 @@ class Options:
 # --------------------------------------------------------------------------
 
 class Alt:
-    """A path prefix under construction."""
+    """A path prefix under construction.
 
-    __slots__ = ("guards", "keys", "nodes", "status", "writes", "symbols")
+    Nodes are a persistent linked list (`tail` = (node, previous tail,
+    length)) so that splitting a path is O(1); `nodes` materialises it.
+    """
+
+    __slots__ = ("guards", "keys", "tail", "status", "symbols")
 
     def __init__(self):
         self.guards: tuple[Guard, ...] = ()
         self.keys: tuple = ()  # per guard: (text, negated, versions)
-        self.nodes: tuple[Node, ...] = ()
+        self.tail = None
         self.status = "fall"
-        self.writes: dict[str, int] = {}
         self.symbols: frozenset[str] = frozenset()
 
     def copy(self) -> "Alt":
         new = Alt()
-        new.guards, new.keys, new.nodes = self.guards, self.keys, self.nodes
-        new.status, new.writes, new.symbols = self.status, self.writes, self.symbols
+        new.guards, new.keys, new.tail = self.guards, self.keys, self.tail
+        new.status, new.symbols = self.status, self.symbols
         return new
 
     def add_node(self, node: Node) -> None:
-        self.nodes = self.nodes + (node,)
-        if node.writes:
-            writes = dict(self.writes)
-            for name in node.writes:
-                writes[name] = writes.get(name, 0) + 1
-            self.writes = writes
+        self.tail = (node, self.tail, (self.tail[2] if self.tail else 0) + 1)
+
+    @property
+    def nodes(self) -> tuple[Node, ...]:
+        out = []
+        cur = self.tail
+        while cur is not None:
+            out.append(cur[0])
+            cur = cur[1]
+        return tuple(reversed(out))
+
+    def version(self, symbol: str) -> int:
+        """Position of the last node that wrote `symbol` or a prefix of it
+        (0: never written on this path): the symbol's version."""
+        parts = symbol.split(".")
+        prefixes = {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
+        cur = self.tail
+        while cur is not None:
+            if cur[0].writes and not prefixes.isdisjoint(cur[0].writes):
+                return cur[2]
+            cur = cur[1]
+        return 0
 
     def add_guard(self, guard: Guard) -> bool:
         """Add a guard; False when the path became infeasible."""
         syms = guardlib.symbols(guard)
-        versions = tuple(sorted((s, self.writes[s]) for s in syms if s in self.writes))
+        versions = tuple(sorted((s, v) for s in syms if (v := self.version(s))))
         key = (guard.text, guard.negated, versions)
         for old in self.keys:
             if old[0] == key[0] and old[2] == key[2]:
                 # the same condition, unchanged since: same way is redundant
                 return old[1] == key[1]
         shared = bool(syms & self.symbols)
+        related = tuple(k for k in self.keys if shared and guardlib.symbols(k[0]) & syms)
         self.guards = self.guards + (guard,)
         self.keys = self.keys + (key,)
         self.symbols = self.symbols | syms
         if shared:
-            return guardlib.feasible_key(self.keys) is not guardlib.Answer.REFUTED
+            # only the guards that share a symbol can contradict the new one
+            return guardlib.feasible_key(related + (key,)) is not guardlib.Answer.REFUTED
         return True
 
 
@@ -322,6 +397,7 @@ class Frame:
     # inlined callee: the names its `return` writes
     result: tuple[str, ...] | None = None
     stack: tuple = ()
+    scope: Scope | None = None  # the module scope of the code (inherited code: its own module)
 
 
 class Extractor:
@@ -348,6 +424,8 @@ class Extractor:
         if frame is not None and parts[0] in frame.local_imports:
             base = frame.local_imports[parts[0]]
             return self.resolver.follow(".".join([base] + parts[1:]))
+        if scope is None and frame is not None:
+            scope = frame.scope
         return self.resolver.resolve_parts(scope or self.scope, parts)
 
     # -- classes -------------------------------------------------------------
@@ -436,10 +514,12 @@ class Extractor:
                 else:
                     for name, fn in info.methods.items():
                         self.cls = None
-                        functions.append((f"{info.name}.{name}", self.function_paths(fn, info.qualname, None)))
+                        if self._fn_has_dl(fn, None, Frame(name, info.qualname, fn, local_names(fn), scope=self.scope)):
+                            functions.append((f"{info.name}.{name}", self.function_paths(fn, info.qualname, None)))
             elif isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 self.cls = None
-                functions.append((stmt.name, self.function_paths(stmt, self.module, None)))
+                if self._fn_has_dl(stmt, None, Frame(stmt.name, self.module, stmt, local_names(stmt), scope=self.scope)):
+                    functions.append((stmt.name, self.function_paths(stmt, self.module, None)))
         return classes, functions
 
     def class_facts(self, info: ClassInfo) -> ClassFacts:
@@ -456,6 +536,9 @@ class Extractor:
             paths = self.function_paths(fn, owner.qualname, owner)
         for name, fn in info.methods.items():
             if name in ("forward", "__init__"):
+                continue
+            # a method with no layer/call node has nothing an init-less rule can match
+            if not self._fn_has_dl(fn, info, Frame(name, info.qualname, fn, local_names(fn), scope=info.scope)):
                 continue
             other.append((name, self.function_paths(fn, info.qualname, info)))
         uses = self.attr_uses(info)
@@ -475,21 +558,8 @@ class Extractor:
     def attr_uses(self, info: ClassInfo) -> tuple[AttrUse, ...]:
         out = []
         for name, fn in info.methods.items():
-            callees = set()
-            for node in ast.walk(fn):
-                if isinstance(node, ast.Call) and _self_attr(node.func) is not None:
-                    callees.add(id(node.func))
-            for node in ast.walk(fn):
-                attr = _self_attr(node) if isinstance(node, ast.Attribute) else None
-                if attr is None:
-                    continue
-                if id(node) in callees:
-                    kind = "call"
-                elif isinstance(node.ctx, (ast.Store, ast.Del)):
-                    kind = "store"
-                else:
-                    kind = "read"
-                out.append(AttrUse(attr, name, (node.lineno, node.end_lineno or node.lineno), kind))
+            for attr, lines, kind in scan(fn)[1]:
+                out.append(AttrUse(attr, name, lines, kind))
         out.sort(key=lambda u: (u.lines, u.attr, u.method, u.kind))
         return tuple(out)
 
@@ -512,7 +582,7 @@ class Extractor:
         if key in seen or depth > MAX_INLINE_DEPTH:
             return
         seen = seen | {key}
-        frame = Frame(fn.name, owner.qualname, fn, frozenset(local_names(fn)))
+        frame = Frame(fn.name, owner.qualname, fn, frozenset(local_names(fn)), scope=owner.scope)
         local_layers: dict[str, list[InitBinding]] = {}
         self._init_block(fn.body, ("body",), (), frame, owner, guards, out, seen, depth, local_layers)
 
@@ -545,7 +615,7 @@ class Extractor:
                                      guards, out, seen, depth, local_layers)
             elif isinstance(stmt, (ast.Import, ast.ImportFrom)):
                 from .names import import_bindings
-                for name, binding in import_bindings(stmt, self.module, self.scope.is_package):
+                for name, binding in import_bindings(stmt, (frame.scope or self.scope).module, (frame.scope or self.scope).is_package):
                     frame.local_imports[name] = binding.target
             elif isinstance(stmt, (ast.Assign, ast.AnnAssign)) and stmt.value is not None:
                 targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
@@ -647,7 +717,7 @@ class Extractor:
             return None, spelling  # a parameter or local: a factory we cannot see through
         if parts[0] == "self":
             return None, spelling
-        if len(parts) == 1 and parts[0] in BUILTINS and parts[0] not in self.scope.names:
+        if len(parts) == 1 and parts[0] in BUILTINS and parts[0] not in (frame.scope or self.scope).names:
             return f"builtins.{parts[0]}", spelling
         return self.resolve(parts, frame), spelling
 
@@ -659,7 +729,8 @@ class Extractor:
             self.init_types = {}
         self.temp = 0
         self.capped = False
-        frame = Frame(fn.name, owner, fn, frozenset(local_names(fn)), stack=((owner, fn.name),))
+        frame = Frame(fn.name, owner, fn, frozenset(local_names(fn)), stack=((owner, fn.name),),
+                      scope=info.scope if info is not None else self.scope)
         alts = self.block(fn.body, ("body",), (), frame, [Alt()])
         if self.capped:
             self.problems.append(Problem("path-cap", f"{owner}.{fn.name}: more than {self.options.max_paths} paths; "
@@ -808,7 +879,7 @@ class Extractor:
         if isinstance(stmt, (ast.Import, ast.ImportFrom)):
             from .names import import_bindings
             names = set()
-            for name, binding in import_bindings(stmt, self.module, self.scope.is_package):
+            for name, binding in import_bindings(stmt, (frame.scope or self.scope).module, (frame.scope or self.scope).is_package):
                 frame.local_imports[name] = binding.target
                 names.add(name)
             return self.opaque(stmt, ref, frame, alts, reads=set(), writes=names)
@@ -937,12 +1008,12 @@ class Extractor:
         self._last_value = self._expr(expr, frame, ref, actions, outputs, top=True)
         return actions
 
-    def _expr(self, e, frame, ref, actions, outputs=None, top=False) -> Value:
+    def _expr(self, e, frame, ref, actions, outputs=None, top=False, need=True) -> Value | None:
         if isinstance(e, ast.Call):
-            return self._call(e, frame, ref, actions, outputs, top)
+            return self._call(e, frame, ref, actions, outputs, top, need)
         if isinstance(e, ast.BinOp) and type(e.op) in _BINOPS:
             if is_literal(e.left) and is_literal(e.right):
-                return value_of(e)
+                return value_of(e) if need else None
             left = self._expr(e.left, frame, ref, actions)
             right = self._expr(e.right, frame, ref, actions)
             return self._emit(e, Node("op", ref, op=_BINOPS[type(e.op)], inputs=(left, right)),
@@ -952,16 +1023,13 @@ class Extractor:
             return self._emit(e, Node("op", ref, op=_UNARY[type(e.op)], inputs=(operand,)),
                               frame, actions, outputs, top)
         if isinstance(e, _OPAQUE) or isinstance(e, (ast.Name, ast.Constant)):
-            return value_of(e)
-        if isinstance(e, ast.BoolOp) or isinstance(e, ast.Compare):
-            pass
+            return value_of(e) if need else None
         # descend for nested DL nodes (attributes, subscripts, tuples, ...)
-        for child in ast.iter_child_nodes(e):
-            if isinstance(child, ast.expr):
-                if isinstance(e, ast.Compare) or isinstance(e, ast.Attribute) and _self_attr(e) is not None:
-                    pass
-                self._expr(child, frame, ref, actions)
-        return value_of(e)
+        if not (isinstance(e, ast.Attribute) and isinstance(e.value, ast.Name)):
+            for child in ast.iter_child_nodes(e):
+                if isinstance(child, ast.expr):
+                    self._expr(child, frame, ref, actions, need=False)
+        return value_of(e) if need else None
 
     def _emit(self, e, node: Node, frame, actions, outputs, top) -> Value:
         """Finish a DL node: outputs, reads/writes, span; record it."""
@@ -1021,7 +1089,7 @@ class Extractor:
                 return ("loop", frame.loop_layers[name])
             if name in frame.locals and name not in frame.local_imports:
                 return None
-            if name in BUILTINS and name not in self.scope.names and name not in frame.local_imports:
+            if name in BUILTINS and name not in (frame.scope or self.scope).names and name not in frame.local_imports:
                 return None
             if name == "self":
                 return None
@@ -1031,31 +1099,35 @@ class Extractor:
         head = parts[0]
         if head == "self" or (head in frame.locals and head not in frame.local_imports):
             return None  # a method of a local value (tensor methods)
-        if head in BUILTINS and head not in self.scope.names and head not in frame.local_imports:
+        scope = frame.scope or self.scope
+        if head in BUILTINS and head not in scope.names and head not in frame.local_imports:
             return None
         if head not in frame.local_imports:
-            kinds = {b.kind for b in self.scope.names.get(head, ())}
+            kinds = {b.kind for b in scope.names.get(head, ())}
             if kinds and kinds <= {"value"} and len(parts) > 1:
                 return None  # a method of a module-level object (logger.warning)
         qual = self.resolve(parts, frame)
         return ("call", qual, ast.unparse(func))
 
-    def _call(self, e: ast.Call, frame, ref, actions, outputs, top) -> Value:
+    def _call(self, e: ast.Call, frame, ref, actions, outputs, top, need=True) -> Value | None:
         kind = self.classify(e, frame)
         if kind is None:
             # not a node: evaluate the receiver and the arguments in order
             if isinstance(e.func, ast.Attribute):
-                self._expr(e.func.value, frame, ref, actions)
+                self._expr(e.func.value, frame, ref, actions, need=False)
             elif not isinstance(e.func, ast.Name):
-                self._expr(e.func, frame, ref, actions)
+                self._expr(e.func, frame, ref, actions, need=False)
             self._args(e, frame, ref, actions)
-            return value_of(e)
+            return value_of(e) if need else None
         if kind[0] in ("method", "local"):
             found = self.find_method(kind[1]) if kind[0] == "method" else (frame.local_funcs[kind[1]], None)
             fn, owner = found
             owner_qual = owner.qualname if owner is not None else frame.owner
             key = (owner_qual, fn.name, id(fn))
-            can_inline = (self.options.inline and frame.depth < MAX_INLINE_DEPTH
+            # methods of bases in other files are not inlined: generic library
+            # helpers (get_extended_attention_mask) that the emitter cannot edit here
+            local_owner = owner is None or owner.scope is self.scope
+            can_inline = (self.options.inline and frame.depth < MAX_INLINE_DEPTH and local_owner
                           and key not in frame.stack and self._fn_has_dl(fn, owner, frame))
             args, kwargs = self._args(e, frame, ref, actions)
             if can_inline:
@@ -1131,7 +1203,8 @@ class Extractor:
             return self._dl_cache[key]
         self._dl_cache[key] = False
         inner = Frame(fn.name, owner.qualname if owner else frame.owner, fn, frozenset(local_names(fn)),
-                      local_funcs=dict(frame.local_funcs) if owner is None else {})
+                      local_funcs=dict(frame.local_funcs) if owner is None else {},
+                      scope=owner.scope if owner else frame.scope)
         result = False
         for node in _walk_no_opaque(fn):
             if node is fn:
@@ -1168,6 +1241,8 @@ class Extractor:
             _, fn, owner_qual, args, kwargs, outs, call, key, call_ref = action
             live = [a for a in alts if a.status == "fall"]
             done = [a for a in alts if a.status != "fall"]
+            owner_info = self._class_cache.get(owner_qual)
+            owner_scope = owner_info.scope if owner_info is not None else frame.scope
             site = (call.lineno, call.end_lineno or call.lineno)
             inner = Frame(
                 fn.name, owner_qual, fn, frozenset(local_names(fn)),
@@ -1176,6 +1251,7 @@ class Extractor:
                 local_funcs=dict(frame.local_funcs) if fn.name in frame.local_funcs else {},
                 result=outs,
                 stack=frame.stack + (key,),
+                scope=owner_scope,
             )
             # parameters bound from the call's arguments (a stmt at the call site)
             params = [p.arg for p in fn.args.posonlyargs + fn.args.args]
@@ -1212,18 +1288,23 @@ def _with_loop_layer(frame: Frame, name: str, attr: str) -> Frame:
     loop_layers = dict(frame.loop_layers)
     loop_layers[name] = attr
     return Frame(frame.method, frame.owner, frame.fn, frame.locals, frame.inlined_from, frame.depth,
-                 frame.local_funcs, frame.local_imports, loop_layers, frame.result, frame.stack)
+                 frame.local_funcs, frame.local_imports, loop_layers, frame.result, frame.stack, frame.scope)
 
 
 def _value_reads(v: Value) -> set[str]:
     if v.kind == "name":
         return {v.text}
     if v.kind in ("attr", "expr"):
-        try:
-            return reads_of(ast.parse(v.text, mode="eval").body)
-        except SyntaxError:
-            return set()
+        return set(_text_reads(v.text))
     return set()
+
+
+@lru_cache(maxsize=16384)
+def _text_reads(text: str) -> frozenset[str]:
+    try:
+        return frozenset(reads_of(ast.parse(text, mode="eval").body))
+    except SyntaxError:
+        return frozenset()
 
 
 def _span(e: ast.AST) -> tuple[int, int, int, int]:
@@ -1283,9 +1364,15 @@ def merge_paths(paths: list[Path]) -> tuple[Path, ...]:
     """Merge paths with equal nodes when z3 proves the merged guard equal
     (step 5 of the module docstring); keep the first occurrence's order."""
     out: list[Path] = []
+    by_nodes: dict = {}
     for path in paths:
+        try:
+            key = hash(path.nodes)
+        except TypeError:  # an unhashable constant somewhere: compare pairwise
+            key = None
         merged = False
-        for i, prev in enumerate(out):
+        for i in by_nodes.get(key, ()) if key is not None else range(len(out)):
+            prev = out[i]
             if prev.nodes != path.nodes:
                 continue
             common = tuple(g for g in prev.guards if g in path.guards)
@@ -1294,5 +1381,6 @@ def merge_paths(paths: list[Path]) -> tuple[Path, ...]:
                 merged = True
                 break
         if not merged:
+            by_nodes.setdefault(key, []).append(len(out))
             out.append(path)
     return tuple(out)

@@ -59,15 +59,28 @@ def _dotted(expr: ast.expr) -> str | None:
 
 
 def _names_in(expr: ast.expr) -> set[str]:
+    """Maximal dotted names read by `expr` (`config.x`, `self.use_bn`, `h`):
+    two guards share a symbol only when they read the same such name."""
     out = set()
-    for node in ast.walk(expr):
-        if isinstance(node, ast.Name):
-            out.add(node.id)
-        elif isinstance(node, ast.Attribute):
+    stack = [expr]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (ast.Name, ast.Attribute)):
             text = _dotted(node)
-            if text and text.startswith("self."):
-                out.add(".".join(text.split(".")[:2]))
+            if text is not None:
+                out.add(text)
+                continue
+        stack.extend(ast.iter_child_nodes(node))
     return out
+
+
+def version_of(symbol: str, writes: Mapping[str, int]) -> int:
+    """How often a path wrote `symbol` or a prefix of it (`x` for `x.a`)."""
+    parts = symbol.split(".")
+    total = 0
+    for i in range(1, len(parts) + 1):
+        total += writes.get(".".join(parts[:i]), 0)
+    return total
 
 
 class _Translator:
@@ -182,6 +195,7 @@ class _Translator:
 _NO = object()
 
 
+@lru_cache(maxsize=8192)
 def _parse(text: str) -> ast.expr | None:
     try:
         return ast.parse(text.strip(), mode="eval").body
@@ -193,6 +207,12 @@ def to_z3(guard: Guard | str, versions: Mapping[str, int] | None = None) -> z3.B
     """The z3 term of one guard (its polarity applied)."""
     text = guard.text if isinstance(guard, Guard) else guard
     negated = guard.negated if isinstance(guard, Guard) else False
+    return _to_z3(text, negated, tuple(sorted((versions or {}).items())))
+
+
+@lru_cache(maxsize=8192)
+def _to_z3(text: str, negated: bool, versions: tuple) -> z3.BoolRef:
+    versions = dict(versions)
     expr = _parse(text)
     term = z3.Bool("raw:" + text) if expr is None else _Translator(versions).boolean(expr)
     return z3.Not(term) if negated else term
@@ -200,15 +220,32 @@ def to_z3(guard: Guard | str, versions: Mapping[str, int] | None = None) -> z3.B
 
 def symbols(guard: Guard | str) -> frozenset[str]:
     """The names a guard reads (for the cheap independence pre-check)."""
-    expr = _parse(guard.text if isinstance(guard, Guard) else guard)
+    return _symbols(guard.text if isinstance(guard, Guard) else guard)
+
+
+@lru_cache(maxsize=8192)
+def _symbols(text: str) -> frozenset[str]:
+    expr = _parse(text)
     return frozenset() if expr is None else frozenset(_names_in(expr))
 
 
+_SOLVER: list = []
+
+
 def _check(formula: z3.BoolRef) -> z3.CheckSatResult:
-    solver = z3.Solver()
-    solver.set("timeout", TIMEOUT_MS)
-    solver.add(formula)
-    return solver.check()
+    """Satisfiability of `formula` on one reused solver (push/pop is ~2x
+    cheaper than a fresh solver per query), with the timeout."""
+    if not _SOLVER:
+        solver = z3.Solver()
+        solver.set("timeout", TIMEOUT_MS)
+        _SOLVER.append(solver)
+    solver = _SOLVER[0]
+    solver.push()
+    try:
+        solver.add(formula)
+        return solver.check()
+    finally:
+        solver.pop()
 
 
 def _conj(guards: Iterable, versions_list=None) -> z3.BoolRef:
@@ -261,9 +298,85 @@ def merge_equivalent(a: Iterable[Guard], b: Iterable[Guard], common: Iterable[Gu
     return Answer.UNKNOWN
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=16384)
 def feasible_key(keys: tuple) -> Answer:
-    """Cached feasibility of guards given as (text, negated, versions-tuple)."""
+    """Cached feasibility of guards given as (text, negated, versions-tuple).
+
+    Purely propositional guard sets (names, `is None`, not/and/or, opaque
+    calls) over at most 12 atoms are decided by enumerating assignments,
+    which is much cheaper than a solver call; the rest goes to z3.
+    """
+    props = []
+    for text, negated, versions in keys:
+        expr = _parse(text)
+        prop = None if expr is None else _prop(expr, dict(versions))
+        if prop is None:
+            props = None
+            break
+        props.append(("not", prop) if negated else prop)
+    if props is not None:
+        atoms: dict = {}
+        for prop in props:
+            _atoms(prop, atoms)
+        if len(atoms) <= 12:
+            names = list(atoms)
+            for bits in range(1 << len(names)):
+                env = {name: bool(bits >> i & 1) for i, name in enumerate(names)}
+                if all(_eval(p, env) for p in props):
+                    return Answer.PROVED
+            return Answer.REFUTED
     guards = [Guard(text, negated) for text, negated, _ in keys]
     versions = [dict(v) for _, _, v in keys]
     return consistent(guards, versions)
+
+
+def _prop(expr: ast.expr, versions: dict):
+    """A propositional reading of `expr`, or None when it compares values."""
+    tr = _Translator(versions)
+    if isinstance(expr, ast.UnaryOp) and isinstance(expr.op, ast.Not):
+        inner = _prop(expr.operand, versions)
+        return None if inner is None else ("not", inner)
+    if isinstance(expr, ast.BoolOp):
+        items = [_prop(v, versions) for v in expr.values]
+        if any(i is None for i in items):
+            return None
+        return ("and" if isinstance(expr.op, ast.And) else "or", tuple(items))
+    if isinstance(expr, ast.Constant):
+        return ("const", bool(expr.value))
+    if isinstance(expr, ast.Compare):
+        if len(expr.ops) == 1 and isinstance(expr.ops[0], (ast.Is, ast.IsNot)):
+            left, right = expr.left, expr.comparators[0]
+            if isinstance(right, ast.Constant) and right.value is None:
+                atom = ("atom", "none:" + tr.key(left))
+            elif isinstance(left, ast.Constant) and left.value is None:
+                atom = ("atom", "none:" + tr.key(right))
+            else:
+                return None
+            return atom if isinstance(expr.ops[0], ast.Is) else ("not", atom)
+        return None
+    if isinstance(expr, ast.IfExp):
+        return None
+    return ("atom", "b:" + tr.key(expr))
+
+
+def _atoms(prop, out: dict) -> None:
+    if prop[0] == "atom":
+        out[prop[1]] = True
+    elif prop[0] == "not":
+        _atoms(prop[1], out)
+    elif prop[0] in ("and", "or"):
+        for item in prop[1]:
+            _atoms(item, out)
+
+
+def _eval(prop, env) -> bool:
+    tag = prop[0]
+    if tag == "atom":
+        return env[prop[1]]
+    if tag == "not":
+        return not _eval(prop[1], env)
+    if tag == "and":
+        return all(_eval(p, env) for p in prop[1])
+    if tag == "or":
+        return any(_eval(p, env) for p in prop[1])
+    return prop[1]
