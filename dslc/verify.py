@@ -297,14 +297,18 @@ def all_rules(packs: Iterable) -> list:
     return out
 
 
-def rules_used(source: str, rules: Iterable) -> list:
-    """Rules whose kernels `source` refers to (imported, or named qualified)."""
-    refs = _referenced_qualnames(source)
+def rules_used(source: str, rules: Iterable, within: str | None = None) -> list:
+    """Rules whose kernels `source` refers to (imported, or named qualified).
+
+    With `within`, only references inside that top-level class count (the
+    file's imports still resolve its names).
+    """
+    refs = _referenced_qualnames(source, within)
     return [r for r in rules if any(_kernel_referenced(k, refs) for k in r.kernels)]
 
 
-def _referenced_qualnames(source: str) -> set[str]:
-    """Dotted names a source can reach: imports (resolved) and attribute chains."""
+def _referenced_qualnames(source: str, within: str | None = None) -> set[str]:
+    """Dotted names a source (or one class of it) reaches: imports and attribute chains."""
     try:
         tree = ast.parse(source)
     except SyntaxError:
@@ -315,11 +319,18 @@ def _referenced_qualnames(source: str) -> set[str]:
         if isinstance(node, ast.Import):
             for a in node.names:
                 aliases[a.asname or a.name.split(".")[0]] = a.name if a.asname else a.name.split(".")[0]
-                refs.add(a.name)
+                if within is None:
+                    refs.add(a.name)
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
             for a in node.names:
                 aliases[a.asname or a.name] = f"{node.module}.{a.name}"
-                refs.add(f"{node.module}.{a.name}")
+                if within is None:
+                    refs.add(f"{node.module}.{a.name}")
+    if within is not None:
+        found = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == within]
+        if not found:
+            return refs
+        tree = found[0]
     for node in ast.walk(tree):
         if isinstance(node, ast.Attribute):
             parts: list[str] = []
@@ -920,11 +931,11 @@ def _verify(orig_src: str, new_src: str, *, path: str, rewritten_path: str,
                             tuple(ClassResult(n, "skipped", str(exc)) for n in names))
     except _Broken as exc:
         return VerifyReport(path, rewritten_path, device, error=str(exc))
-    new_classes = _class_sources(new_src)
     rules = all_rules(packs)
     file_rules = rules_used(new_src, rules)
     refs = _reference_kernels(loaded.rewritten)
     results = []
+    via_cache: dict[str, ClassResult] = {}  # one whole-model run serves every class inside it
     # transformers logs advice ("add is_decoder=True") for tiny models: not ours to show.
     hf_logger = logging.getLogger("transformers")
     saved_level = hf_logger.level
@@ -933,9 +944,9 @@ def _verify(orig_src: str, new_src: str, *, path: str, rewritten_path: str,
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             for name in names:
-                class_rules = rules_used(new_classes.get(name, ""), rules)
+                class_rules = rules_used(new_src, rules, within=name)
                 results.append(_verify_class(loaded, name, factory, class_rules, file_rules,
-                                             refs, options.seed, device, torch))
+                                             refs, options.seed, device, torch, via_cache))
     finally:
         hf_logger.setLevel(saved_level)
         for mod_name in loaded.registered:
@@ -944,7 +955,8 @@ def _verify(orig_src: str, new_src: str, *, path: str, rewritten_path: str,
 
 
 def _verify_class(loaded: _Loaded, name: str, factory: Any, class_rules: list, file_rules: list,
-                  refs: tuple[str, ...], seed: int, device: str, torch: Any) -> ClassResult:
+                  refs: tuple[str, ...], seed: int, device: str, torch: Any,
+                  via_cache: dict[str, ClassResult] | None = None) -> ClassResult:
     orig_cls = getattr(loaded.original, name, None)
     new_cls = getattr(loaded.rewritten, name, None)
     if new_cls is None:
@@ -960,12 +972,17 @@ def _verify_class(loaded: _Loaded, name: str, factory: Any, class_rules: list, f
             built = _build_from_config(loaded, name, seed, torch)
         if built.via:
             tol = tolerance_for(file_rules)
+            if via_cache is not None and built.via in via_cache:
+                return replace(via_cache[built.via], name=name)
         tally = _compare_built(built, tol, seed, device, torch)
     except _ClassSkip as exc:
         return ClassResult(name, "skipped", str(exc), tolerance=tol)
     except _ClassFail as exc:
-        return ClassResult(name, "fail", str(exc), via=built.via if built else None,
-                           tolerance=tol, reference_kernels=refs)
+        result = ClassResult(name, "fail", str(exc), via=built.via if built else None,
+                             tolerance=tol, reference_kernels=refs)
+        if built is not None and built.via and via_cache is not None:
+            via_cache[built.via] = result
+        return result
     except Exception as exc:  # noqa: BLE001 - the original itself failed to run
         return ClassResult(name, "skipped", f"the original does not run: {_one_line(exc)}", tolerance=tol)
     common = dict(via=built.via, tolerance=tol, max_abs=tally.max_abs, max_rel=tally.max_rel,
@@ -973,8 +990,12 @@ def _verify_class(loaded: _Loaded, name: str, factory: Any, class_rules: list, f
     if tally.worst is not None:
         m = tally.worst
         reason = m.message or f"max abs error {m.max_abs:.3g}, max rel error {m.max_rel:.3g}"
-        return ClassResult(name, "fail", f"{m.where}: {reason}", mismatch=m, **common)
-    return ClassResult(name, "pass", **common)
+        result = ClassResult(name, "fail", f"{m.where}: {reason}", mismatch=m, **common)
+    else:
+        result = ClassResult(name, "pass", **common)
+    if built.via and via_cache is not None:
+        via_cache[built.via] = result
+    return result
 
 
 # ---------------------------------------------------------------------------
