@@ -74,6 +74,8 @@ class _Plan:
     claimed: set[tuple[int, int]] = field(default_factory=set)  # (start, end) offsets of edited statements
     new_attrs: dict[str, set[str]] = field(default_factory=dict)  # class -> new attribute names
     lines: set[int] = field(default_factory=set)
+    # Accepted edits (of earlier matches) that a `when` region absorbed into both branches.
+    absorbed: list[Edit] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------
@@ -867,6 +869,7 @@ class _Rewriter:
         plan.edits.extend(init_plan.edits)
         plan.claimed |= init_plan.claimed
         plan.lines |= init_plan.lines
+        plan.absorbed.extend(init_plan.absorbed)
 
     def check_reassign_guard(self, anchor_binding, hoist_guards, attr) -> None:
         guards = safety._guards_module()
@@ -899,8 +902,21 @@ class _Rewriter:
         for e in init_plan.edits:
             if e.start < region_start or e.end > region_end:
                 raise Skip("a `when` rewrite needs all the init statements it changes in one run of statements")
-        old = mod.source[region_start:region_end]
-        new = apply_edits(old, [Edit(e.start - region_start, e.end - region_start, e.text) for e in init_plan.edits])
+        # Earlier rewrites inside the run go into both branches (`when` rules run last).
+        absorbed = []
+        for e in self.accepted:
+            boundary_insert = e.start == e.end and e.start in (region_start, region_end)
+            if region_start <= e.start and e.end <= region_end and not boundary_insert:
+                absorbed.append(e)
+            elif e.start < region_end and e.end > region_start and not boundary_insert:
+                raise Skip("overlaps an earlier rewrite around the init statements a `when` rewrite duplicates")
+
+        def shifted(edits):
+            return [Edit(e.start - region_start, e.end - region_start, e.text) for e in edits]
+
+        old = apply_edits(mod.source[region_start:region_end], shifted(absorbed))
+        new = apply_edits(mod.source[region_start:region_end], shifted(absorbed + init_plan.edits))
+        init_plan.absorbed = absorbed
         indent = mod.indent(first)
         nl = mod.nl
         if not old.endswith(("\n", "\r")):
@@ -1038,19 +1054,26 @@ def rewrite_source(source: str, facts, matches: list[ir.Match], *, path: str = "
     except SyntaxError as exc:
         reason = f"the file does not parse (line {exc.lineno}: {exc.msg})"
         return RewriteResult(None, tuple(Outcome(m, "skipped", reason, tuple(m.lines)) for m in matches))
-    outcomes: list[Outcome] = []
-    current = source
-    for match in matches:
+    outcomes: dict[int, Outcome] = {}
+    # `when` rules duplicate a run of init statements into both branches of an
+    # `if`: they go last, so the other rewrites inside that run are composed
+    # into both branches instead of blocking each other (a second apply would
+    # otherwise find them).
+    order = sorted(range(len(matches)), key=lambda i: (bool(matches[i].rule.option("when")), i))
+    for index in order:
+        match = matches[index]
         key = _location_key(match)
         if match.nodes and key in rewriter.done_locations:
-            outcomes.append(Outcome(match, "skipped", f"same location as the match at line {rewriter.done_locations[key]} (edited once)", tuple(match.lines)))
+            outcomes[index] = Outcome(match, "skipped", f"same location as the match at line {rewriter.done_locations[key]} (edited once)", tuple(match.lines))
             continue
         try:
             plan = rewriter.plan(match)
-            edits = rewriter.accepted + plan.edits
+            absorbed = {id(e) for e in plan.absorbed}
+            edits = [e for e in rewriter.accepted if id(e) not in absorbed] + plan.edits
             for start, end in plan.claimed:
                 for a, b, who in rewriter.claimed:
-                    if start < b and a < end:
+                    inside = any(e.start >= start and e.end <= end for e in plan.absorbed) and start <= a and b <= end
+                    if start < b and a < end and not inside:
                         raise Skip(f"overlaps the rewrite of {who}")
             try:
                 candidate = apply_edits(source, edits)
@@ -1060,7 +1083,7 @@ def rewrite_source(source: str, facts, matches: list[ir.Match], *, path: str = "
             if err is not None:
                 raise Skip(f"the rewrite would not parse ({err})")
         except Skip as exc:
-            outcomes.append(Outcome(match, "skipped", str(exc), tuple(match.lines)))
+            outcomes[index] = Outcome(match, "skipped", str(exc), tuple(match.lines))
             continue
         # Accept.
         rewriter.accepted = edits
@@ -1075,7 +1098,8 @@ def rewrite_source(source: str, facts, matches: list[ir.Match], *, path: str = "
         if match.nodes:
             rewriter.done_locations[key] = first
         current = candidate
-        outcomes.append(Outcome(match, "applied", None, tuple(sorted(set(match.lines) | plan.lines))))
+        outcomes[index] = Outcome(match, "applied", None, tuple(sorted(set(match.lines) | plan.lines)))
+    outcomes = [outcomes[i] for i in range(len(matches))]
     if not rewriter.accepted:
         return RewriteResult(None, tuple(outcomes))
     edits = list(rewriter.accepted)

@@ -159,3 +159,41 @@ def test_pipeline_softmax_dtype_kept(compiled):
     assert [o.status for o in result.outcomes] == ["applied"], result.outcomes
     assert "    return softmax(scores.to(torch.float32)).to(q.dtype)\n" in result.new_source
     assert "from xformers.triton.softmax import softmax\n" in result.new_source
+
+
+WHEN_AND_FUSION = '''import torch
+from torch import nn
+from transformers.activations import ACT2FN
+
+
+class Layer(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.linear1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout1 = nn.Dropout(config.hidden_dropout_prob)
+        self.activation = ACT2FN[config.hidden_act]
+
+    def forward(self, hidden_states, residual):
+        hidden_states = residual + self.dropout1(hidden_states)
+        hidden_states = self.norm1(hidden_states)
+        hidden_states = self.linear1(hidden_states)
+        hidden_states = self.activation(hidden_states)
+        return hidden_states
+'''
+
+
+def test_when_region_composes_other_rewrites(compiled):
+    """biased_gelu's `when` duplicates the init run that dropout_layernorm also edits:
+    both apply (the fusion in both branches), and a second run finds nothing."""
+    result = run(compiled, WHEN_AND_FUSION)
+    assert sorted((o.match.rule.name, o.status) for o in result.outcomes) == [
+        ("biased_gelu", "applied"), ("dropout_layernorm", "applied")], result.outcomes
+    new = result.new_source
+    assert new.count("self.norm1 = FusedDropoutAddLayerNorm(") == 2
+    assert "        if config.hidden_act in (" in new
+    assert "            self.activation = FusedBiasGELU(config.intermediate_size, prev_weight=self.linear1.weight)\n" in new
+    assert "            self.activation = ACT2FN[config.hidden_act]\n" in new
+    again = run(compiled, new)
+    assert again.new_source is None
+    assert [o.status for o in again.outcomes if o.status == "applied"] == []
