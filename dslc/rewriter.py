@@ -572,6 +572,15 @@ class _Rewriter:
         if len(methods) > 1:
             names = " and ".join(f"`{m}`" for m in sorted(methods))
             raise Skip(f"the match crosses methods {names}; the emitter cannot edit across them")
+        if match.class_name:
+            mine = match.class_name.rsplit(".", 1)[-1]
+            for node in match.nodes:
+                owner = (node.stmt.owner or mine).rsplit(".", 1)[-1]
+                if owner != mine:
+                    raise Skip(
+                        f"the matched code at line {node.stmt.lines[0]} is `{owner}.{node.stmt.method}`, inherited; "
+                        f"editing it would change every class that shares it"
+                    )
         last_key = safety.stmt_key(match.nodes[-1])
         ordered = sorted((k for k in groups if k != last_key), key=lambda k: (k[2][0], k[3]))
         ordered.append(last_key)

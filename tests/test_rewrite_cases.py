@@ -308,3 +308,20 @@ def test_when_wraps_init_and_second_run_is_not_a_location():
     again = rewrite_source(new, facts2, [m2])
     assert again.new_source is None
     assert again.outcomes[0].reason.startswith("not a location")
+
+
+def test_refuses_intermediate_read_between_nodes():
+    source = bert().replace("        out = self.LayerNorm", "        print(dropped.shape)\n        out = self.LayerNorm")
+    reason = skipped(source, dln_dropped)
+    assert reason == "intermediate `dropped` (line 14) is read at line 15 between the matched statements"
+
+
+def test_refuses_inherited_helper():
+    source = bert()
+    facts = analyze(source)
+    m = dln_dropped(facts)
+    import dataclasses
+    nodes = tuple(dataclasses.replace(n, stmt=dataclasses.replace(n.stmt, owner="Base")) for n in m.nodes)
+    result = rewrite_source(source, facts, [dataclasses.replace(m, nodes=nodes)])
+    assert result.outcomes[0].reason == (
+        "the matched code at line 14 is `Base.forward`, inherited; editing it would change every class that shares it")
