@@ -9,14 +9,15 @@
    mentions none of those names cannot match and is not analyzed deeply.
 3. Read and decode every file (`fileio.read_source`); an unreadable or
    non-text file becomes an error entry and drops out.
-4. Analyze the rest in one batch (`dslc.analysis.analyze_paths`: content-hash
-   cache, worker processes); files in an encoding other than UTF-8 go through
-   `analyze_source` with the text decoded here, so the analysis and the
-   rewriter see the same characters.
-5. Per file (`process_file`): a file that does not parse is an error entry;
-   otherwise match every compiled pack, hand all matches to
-   `dslc.rewriter.rewrite_source`, and (with `verify`) check the rewrite with
-   `dslc.verify.verify_sources`, refusing it when not equivalent.
+4. Deal the rest into chunks and run each chunk in a worker process
+   (`--jobs`): analyze it (`dslc.analysis.analyze_paths`, content-hash
+   cache; files in an encoding other than UTF-8 go through `analyze_source`
+   with the text decoded here, so the analysis and the rewriter see the same
+   characters), then per file (`process_file`): a file that does not parse
+   is an error entry; otherwise match every compiled pack and hand all
+   matches to `dslc.rewriter.rewrite_source`.
+5. Back in this process, with `verify`, check each rewrite with
+   `dslc.verify.verify_sources` and drop those that are not equivalent.
 6. Emit per the mode: `diff` keeps everything in memory (the caller prints
    the diff), `write` replaces changed files atomically, `patch` writes one
    `.patch` per changed file.  Unchanged files are never touched.
@@ -349,8 +350,6 @@ def process_file(found: Found, source: SourceFile, facts, compiled: Compiled, op
     2. Other analysis problems are warnings.
     3. Matches of every compiled pack go to the rewriter in one call; its
        outcomes become the report's match entries.
-    4. With `options.verify`, a rewrite that is not equivalent is dropped:
-       its applied matches turn `skipped` and the file gets an E110 error.
     """
     text = source.text
     name = found.display
@@ -360,10 +359,15 @@ def process_file(found: Found, source: SourceFile, facts, compiled: Compiled, op
         err = _parse_error(text, name)
         if err is not None:
             return FileResult(found, errors=(err,), original=text)
+    errors = []
     for p in problems:
-        warnings.append(FileError(name, getattr(p, "line", 0) or 0, getattr(p, "code", "W000"), getattr(p, "message", str(p))))
-    if _is_empty(facts):
-        return FileResult(found, warnings=tuple(warnings), original=text)
+        line, code, msg = getattr(p, "line", 0) or 0, getattr(p, "code", "W000"), getattr(p, "message", str(p))
+        if code == "analysis-error":  # the analysis gave up on the file: it was not processed
+            errors.append(FileError(name, line, fileio.E_INTERNAL, f"analysis failed: {msg}"))
+        else:
+            warnings.append(FileError(name, line, code, msg))
+    if errors or _is_empty(facts):
+        return FileResult(found, errors=tuple(errors), warnings=tuple(warnings), original=text)
     matches = []
     for c in compiled.compiled:
         matches.extend(match_file(c, facts))
@@ -381,17 +385,28 @@ def process_file(found: Found, source: SourceFile, facts, compiled: Compiled, op
     new_source = result.new_source
     if new_source == text:
         new_source = None
-    errors = []
-    if new_source is not None and options.verify:
-        verdict = verify_sources(text, new_source, path=found.path, rules=tuple(compiled.packs))
-        warnings += _verify_skips(verdict, name)
-        if not getattr(verdict, "ok", False):
-            why = _verify_summary(verdict)
-            errors.append(FileError(name, 0, fileio.E_VERIFY, f"rewrite not written: verification failed: {why}"))
-            entries = [replace(e, status="skipped", reason=f"verification failed: {why}") if e.status == "applied" else e for e in entries]
-            new_source = None
-    return FileResult(found, matches=tuple(entries), errors=tuple(errors), warnings=tuple(warnings),
-                      original=text, new_source=new_source)
+    return FileResult(found, matches=tuple(entries), warnings=tuple(warnings), original=text,
+                      new_source=new_source)
+
+
+def verify_result(result: FileResult, packs: Sequence) -> FileResult:
+    """`--verify`: check a rewrite with `dslc.verify`; a failing one is dropped.
+
+    Its applied matches turn `skipped` (with the verifier's reason) and the
+    file gets an E110 error; classes the verifier had to skip are warnings.
+    """
+    if not result.changed:
+        return result
+    name = result.found.display
+    verdict = verify_sources(result.original, result.new_source, path=result.found.path, rules=tuple(packs))
+    warnings = result.warnings + tuple(_verify_skips(verdict, name))
+    if getattr(verdict, "ok", False):
+        return replace(result, warnings=warnings)
+    why = _verify_summary(verdict)
+    entries = tuple(replace(e, status="skipped", reason=f"verification failed: {why}") if e.status == "applied" else e
+                    for e in result.matches)
+    error = FileError(name, 0, fileio.E_VERIFY, f"rewrite not written: verification failed: {why}")
+    return replace(result, matches=entries, warnings=warnings, errors=result.errors + (error,), new_source=None)
 
 
 def _verify_summary(verdict) -> str:
@@ -494,20 +509,23 @@ def apply_paths(
     if progress:
         progress(done, total)
 
-    facts = _analyze_all(found, sources, compiled, options, results, progress, done, total)
+    items = [(i, found[i], sources[i]) for i in sorted(sources)]
+    for i, r in _run_all(items, packs, compiled, options, progress, done, total):
+        results[i] = r
     used_patch_names: set[str] = set()
     if options.mode == "patch" and options.patch_dir:
         os.makedirs(options.patch_dir, exist_ok=True)
     for i, f in enumerate(found):
-        if i in results:
+        if i not in sources:
             continue
-        t0 = time.perf_counter()
         try:
-            r = process_file(f, sources[i], facts[i], compiled, options)
-            r = emit(r, sources[i], options, used_patch_names)
+            r = results[i]
+            if options.verify:
+                r = verify_result(r, packs)
+            results[i] = emit(r, sources[i], options, used_patch_names)
         except Exception as exc:  # a dslc bug must not cost the other files
-            r = FileResult(f, errors=(_internal_error(f.display, exc),), original=sources[i].text)
-        results[i] = replace(r, seconds=r.seconds + time.perf_counter() - t0)
+            results[i] = replace(results[i], new_source=None,
+                                 errors=results[i].errors + (_internal_error(f.display, exc),))
     ordered = tuple(results[i] for i in range(total))
     for r in ordered:
         errors += r.errors
@@ -537,45 +555,95 @@ def _internal_error(name: str, exc: BaseException) -> FileError:
 _UTF8 = ("utf-8",)
 
 
-def _analyze_all(found, sources, compiled, options, results, progress, done, total) -> dict[int, object]:
-    """Analyze every readable file; returns index -> FileFacts.
+_WORKER: dict = {}
 
-    UTF-8 files go to `analyze_paths` in batches (one batch unless progress is
-    wanted, then chunks of a few files per worker so the bar moves); files
-    in other encodings go through `analyze_source` with the decoded text.
-    An analysis exception is an E199 error entry for the files concerned.
+
+def _init_worker(packs, options) -> None:
+    # Compile once per worker process: the ir values pickle, compiled automata need not.
+    _WORKER["compiled"] = compile_packs(packs)
+    _WORKER["options"] = options
+
+
+def _run_chunk(items, compiled=None, options=None) -> list[tuple[int, FileResult]]:
+    """Analyze, match and rewrite a chunk of files (in a worker, or in-process).
+
+    UTF-8 files go to `analyze_paths` together (they share its parsed-module
+    cache); files in other encodings (or with a BOM) go through
+    `analyze_source` with the text decoded here, so the analysis and the
+    rewriter see the same characters.  An exception is an E199 entry for its
+    file only.
     """
-    facts: dict[int, object] = {}
+    compiled = compiled or _WORKER["compiled"]
+    options = options or _WORKER["options"]
     kw = _analysis_kwargs(options, compiled.want)
-    batch = [i for i in sorted(sources) if sources[i].encoding in _UTF8]
-    others = [i for i in sorted(sources) if sources[i].encoding not in _UTF8]
-    chunk = max(len(batch), 1) if progress is None else max(4 * max(options.jobs, 1), 8)
-    for lo in range(0, len(batch), chunk):
-        part = batch[lo:lo + chunk]
+    facts: dict[int, object] = {}
+    failed: dict[int, BaseException] = {}
+    utf8 = [(i, f) for i, f, s in items if s.encoding in _UTF8]
+    if utf8:
         try:
-            out = analyze_paths([found[i].path for i in part], jobs=options.jobs, cache_dir=options.cache_dir, **kw)
-            out = list(out)
-            if len(out) != len(part):
-                raise RuntimeError(f"analysis returned {len(out)} results for {len(part)} files")
-            facts.update(zip(part, out))
+            out = list(analyze_paths([f.path for _, f in utf8], jobs=1, cache_dir=options.cache_dir, **kw))
+            if len(out) != len(utf8):
+                raise RuntimeError(f"analysis returned {len(out)} results for {len(utf8)} files")
+            facts.update(zip([i for i, _ in utf8], out))
         except Exception:
-            # Retry one by one so a single bad file does not take the batch with it.
-            for i in part:
+            # One by one, so that a single bad file does not take the chunk with it.
+            for i, f in utf8:
                 try:
-                    facts[i] = analyze_paths([found[i].path], jobs=1, cache_dir=options.cache_dir, **kw)[0]
+                    facts[i] = analyze_paths([f.path], jobs=1, cache_dir=options.cache_dir, **kw)[0]
                 except Exception as exc:
-                    results[i] = FileResult(found[i], errors=(_internal_error(found[i].display, exc),),
-                                            original=sources[i].text)
+                    failed[i] = exc
+    out_results = []
+    for i, f, src in items:
+        t0 = time.perf_counter()
+        try:
+            if i in failed:
+                raise failed[i]
+            if i not in facts:
+                facts[i] = analyze_source(src.text, f.path, **kw)
+            r = process_file(f, src, facts[i], compiled, options)
+        except Exception as exc:
+            r = FileResult(f, errors=(_internal_error(f.display, exc),), original=src.text)
+        out_results.append((i, replace(r, seconds=time.perf_counter() - t0)))
+    return out_results
+
+
+def _run_all(items, packs, compiled, options, progress, done, total):
+    """Run every file through `_run_chunk`: in `options.jobs` worker processes
+    when there is more than one job and file, else in this process.
+
+    1. Deal the files round-robin into about 4 chunks per worker (sizes even
+       out, and the progress bar moves as chunks complete).
+    2. Submit them to a process pool whose workers compile the packs once.
+    3. If the pool cannot run (no fork/spawn, a worker died), the chunks not
+       finished yet run in this process instead.
+    """
+    if not items:
+        return []
+    jobs = max(1, options.jobs)
+    n_chunks = min(len(items), jobs * 4 if jobs > 1 else max(1, len(items) // 8))
+    chunks = [items[k::n_chunks] for k in range(n_chunks)]
+    results: list = []
+    pending = list(range(len(chunks)))
+    if jobs > 1 and len(items) > 1:
+        try:
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+
+            with ProcessPoolExecutor(max_workers=min(jobs, len(chunks)), initializer=_init_worker,
+                                     initargs=(list(packs), options)) as pool:
+                futures = {pool.submit(_run_chunk, chunks[k]): k for k in pending}
+                for fut in as_completed(futures):
+                    part = fut.result()
+                    results.extend(part)
+                    pending.remove(futures[fut])
+                    done += len(part)
+                    if progress:
+                        progress(done, total)
+        except Exception:  # BrokenProcessPool, OSError, pickling: finish here
+            pass
+    for k in pending:
+        part = _run_chunk(chunks[k], compiled, options)
+        results.extend(part)
         done += len(part)
         if progress:
             progress(done, total)
-    for i in others:
-        try:
-            facts[i] = analyze_source(sources[i].text, found[i].path, **kw)
-        except Exception as exc:
-            results[i] = FileResult(found[i], errors=(_internal_error(found[i].display, exc),),
-                                    original=sources[i].text)
-        done += 1
-        if progress:
-            progress(done, total)
-    return facts
+    return results

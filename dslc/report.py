@@ -144,7 +144,7 @@ def render_notes(report: Report, *, skipped: bool = True, warnings: bool = True)
             where = f"{w.file}:{w.line}" if w.line else w.file
             lines.append(f"{where}: warning[{w.code}]: {w.message}\n")
     for k in report.missing_kernels:
-        need = f" ({k.applied} rewrite{'s' if k.applied != 1 else ''} in this run import it)" if k.applied else ""
+        need = f" ({k.applied} {'rewrites in this run import' if k.applied != 1 else 'rewrite in this run imports'} it)" if k.applied else ""
         hint = f"; install it with: {k.install}" if k.install else ""
         lines.append(f"note: pack `{k.pack}` requires {k.package}"
                      f"{' ' + k.version if k.version else ''}: {k.reason}{need}{hint}\n")

@@ -8,6 +8,7 @@ atomic writes, error entries, exit codes and the report.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import shutil
 import subprocess
@@ -44,7 +45,7 @@ def tree(tmp_path):
 
 
 def run_cli(capsys, *args):
-    code = main(["apply", "--rules", "fake.adr", "--no-cache", *map(str, args)])
+    code = main(["apply", "--rules", "fake.adr", "--no-cache", "--jobs", "1", *map(str, args)])
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -356,16 +357,33 @@ def test_a_crashing_stage_costs_only_its_file(fake_pipeline, tree, capsys, monke
     assert "fast_softmax(h)" in b.read_text()
 
 
-def test_analysis_gets_prefilter_cache_and_jobs(fake_pipeline, tree, capsys, tmp_path):
-    code = main(["apply", "--rules", "fake.adr", "--jobs", "3", "--cache-dir", "cache", "src"])
+def test_analysis_gets_prefilter_and_cache(fake_pipeline, tree, capsys, tmp_path):
+    code = main(["apply", "--rules", "fake.adr", "--jobs", "1", "--cache-dir", "cache", "src"])
     capsys.readouterr()
     assert code == 0
     (call,) = fake_pipeline
     assert call["want"] == frozenset({"softmax", "relu"})
-    assert call["jobs"] == 3 and call["cache_dir"] == "cache"
+    assert call["cache_dir"] == "cache" and len(call["paths"]) == 3
     fake_pipeline.clear()
     run_cli(capsys, "src")
     assert fake_pipeline[0]["cache_dir"] is None  # --no-cache
+
+
+@pytest.mark.skipif(multiprocessing.get_start_method() != "fork", reason="the fakes reach workers only by fork")
+def test_workers_give_the_same_report(fake_pipeline, tree, capsys):
+    src = tree[0]
+    for n in range(6):
+        write(src / f"more{n}.py", MODEL if n % 2 else PLAIN)
+    write(src / "broken.py", "def (\n")
+    reports = []
+    for jobs in ("1", "3"):
+        code = main(["apply", "--rules", "fake.adr", "--no-cache", "--jobs", jobs, "--format", "json", "src"])
+        report = json.loads(capsys.readouterr().out)
+        assert code == 1
+        report.pop("seconds")
+        reports.append(report)
+    assert reports[0] == reports[1]
+    assert len(reports[0]["files_changed"]) == 5
 
 
 def test_default_cache_dir_follows_xdg(monkeypatch, tmp_path):
