@@ -788,20 +788,21 @@ class Extractor:
             no = self.block(stmt.orelse, path + ("orelse",), sub_else, frame, no)
             return yes + no
         if isinstance(stmt, (ast.For, ast.AsyncFor, ast.While)):
-            if not self.has_dl(stmt, frame):
-                return self.opaque(stmt, ref, frame, alts)
             is_while = isinstance(stmt, ast.While)
+            loop_frame = frame
+            if not is_while and isinstance(stmt.target, ast.Name):
+                attr = _self_attr(stmt.iter)
+                if attr is not None and attr in self.init_types:
+                    # `for layer in self.layers: layer(x)`: calls of a container's element
+                    loop_frame = _with_loop_layer(frame, stmt.target.id, attr)
+            if not self.has_dl(stmt, loop_frame):
+                return self.opaque(stmt, ref, frame, alts)
             head = stmt.test if is_while else stmt.iter
             alts = self.run_actions(self.evaluate(head, frame, ref), frame, alts)
             head_reads = reads_of(head, self._replaced)
             head_writes = set() if is_while else writes_of(stmt.target)
             if not is_while:
                 head_reads |= _target_reads(stmt.target)
-            loop_frame = frame
-            if not is_while and isinstance(stmt.target, ast.Name):
-                attr = _self_attr(stmt.iter)
-                if attr is not None and attr in self.init_types:
-                    loop_frame = _with_loop_layer(frame, stmt.target.id, attr)
             sub_body = blocks + ((path, "body"),)
             sub_else = blocks + ((path, "orelse"),)
             text = ast.unparse(stmt.test) if is_while else None
@@ -1155,7 +1156,7 @@ class Extractor:
         if kind[0] == "loop":
             attr = kind[1]
             args, kwargs = self._args(e, frame, ref, actions)
-            types = {b.type for b in self.init_types.get(attr, ()) if b.container == attr}
+            types = {b.type for bs in self.init_types.values() for b in bs if b.container == attr}
             typ = types.pop() if len(types) == 1 else None
             node = Node("layer", ref, type=typ, unresolved=None if typ else f"self.{attr}[*]", attr=attr,
                         inputs=args, kwargs=kwargs)
