@@ -32,6 +32,7 @@ import ast
 import collections
 import json
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -135,6 +136,13 @@ def _check_patched(found, new_source: str, compiled, kw) -> dict:
 # Scoring
 
 
+def reason_group(reason: str | None) -> str:
+    """A skip reason with its specifics (names in backticks, line numbers) blanked, for grouping."""
+    if not reason:
+        return "no reason given"
+    return re.sub(r"\d+", "N", re.sub(r"`[^`]*`", "`X`", reason))
+
+
 def score(records: list[dict], truth: dict[tuple[str, str], int], models: list[str]) -> dict:
     """Step 4; returns per-rule and total TP/FN/FP/precision/recall and skip reasons."""
     found = collections.Counter()
@@ -151,7 +159,7 @@ def score(records: list[dict], truth: dict[tuple[str, str], int], models: list[s
                 found[(rec["model"], rule)] += 1
             else:
                 skipped[rule] += 1
-                reasons[rule][m.reason or "no reason given"] += 1
+                reasons[rule][reason_group(m.reason)] += 1
     rules = {}
     for rule in corpus.RULE_NAMES:
         tp = fn = fp = gt = 0

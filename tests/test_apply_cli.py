@@ -393,3 +393,25 @@ def test_default_cache_dir_follows_xdg(monkeypatch, tmp_path):
     assert default_cache_dir() == str(tmp_path / "dslc" / "facts")
     monkeypatch.delenv("XDG_CACHE_HOME")
     assert default_cache_dir().endswith(os.path.join(".cache", "dslc", "facts"))
+
+
+def test_progress_bar_is_one_carriage_return_line():
+    import io
+
+    from dslc.commands.apply import _Progress
+
+    stream = io.StringIO()
+    bar = _Progress(stream)
+    bar(0, 4)
+    bar(2, 4)
+    bar(4, 4)
+    bar.clear()
+    text = stream.getvalue()
+    assert "\n" not in text and text.count("\r") == 4
+    assert "2/4 files" in text and "[" + "#" * 30 + "]" in text
+    assert text.endswith("\r")
+
+
+def test_no_progress_bar_when_stderr_is_not_a_terminal(fake_pipeline, tree, capsys):
+    _, _, err = run_cli(capsys, "src")
+    assert "\r" not in err
