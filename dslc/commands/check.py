@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 from dslc import diagnostics as D
-from dslc.loader import load_rules
 
 EPILOG = """\
 examples:
@@ -59,6 +58,10 @@ def run(args) -> int:
     if problem:
         print(f"dslc check: error: {problem}", file=sys.stderr)
         return 2
+    # Imported here, not at module level: the command module is imported
+    # once by the CLI, and a stub loader (tests) must not stick to it.
+    from dslc.loader import load_rules
+
     start = time.perf_counter()
     result = load_rules(args.paths, args.select)
     elapsed = time.perf_counter() - start
