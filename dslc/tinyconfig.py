@@ -13,6 +13,8 @@ Shrinking a configuration (`tiny_config`):
      their length, and clip layer-index lists to the layer count.
   4. Apply the per-model fixes in `_MODEL_OVERRIDES` (fields that must agree
      with each other, e.g. DPT's neck and backbone indices).
+  5. Optionally, a variant from `_MODEL_VARIANTS` that turns on code paths
+     the defaults leave dead; `dslc.verify` compares every variant.
 Dropout probabilities are left as given: the comparison runs in eval mode.
 
 Synthesising inputs (`input_candidates`) reads the forward signature and
@@ -63,6 +65,16 @@ _MODEL_OVERRIDES: dict[str, dict[str, Any]] = {
     "resnet": {"embedding_size": 8, "hidden_sizes": [8, 16, 24, 32], "depths": [1, 1, 1, 1]},
     "bert": {"type_vocab_size": 2},
     "roberta": {"type_vocab_size": 1, "pad_token_id": 1},
+}
+
+# Further configurations to compare, by `model_type`: each switches on code
+# paths the defaults leave dead (DPT's BatchNorm in the fusion residual, a
+# tanh-GELU activation key, ResNet's basic blocks).
+_MODEL_VARIANTS: dict[str, tuple[dict[str, Any], ...]] = {
+    "dpt": ({"use_batch_norm_in_fusion_residual": True},),
+    "bert": ({"hidden_act": "gelu_new"},),
+    "roberta": ({"hidden_act": "gelu_new"},),
+    "resnet": ({"layer_type": "basic"},),
 }
 
 _STAGE_LISTS = ("hidden_sizes", "embed_dims", "dims")
@@ -118,8 +130,17 @@ def config_candidates(module: Any, cls: type) -> list[type]:
     return found
 
 
-def tiny_config(config_cls: type) -> Any:
-    """A shrunk instance of `config_cls` (see the module docstring)."""
+def variants(config_cls: type) -> tuple[str, ...]:
+    """Labels of the configurations `tiny_config` offers for a class (the first is "")."""
+    extra = _MODEL_VARIANTS.get(getattr(config_cls, "model_type", ""), ())
+    return ("",) + tuple(",".join(f"{k}={v!r}" for k, v in ov.items()) for ov in extra)
+
+
+def tiny_config(config_cls: type, variant: int = 0) -> Any:
+    """A shrunk instance of `config_cls` (see the module docstring).
+
+    `variant` > 0 also applies that entry of `_MODEL_VARIANTS` (step 5).
+    """
     cfg = config_cls()
     for key, value in _GENERIC.items():
         if hasattr(cfg, key):
@@ -139,6 +160,9 @@ def tiny_config(config_cls: type) -> Any:
             setattr(cfg, key, [min(int(v), layers - 1) for v in value][:layers])
     for key, value in _MODEL_OVERRIDES.get(getattr(cfg, "model_type", ""), {}).items():
         setattr(cfg, key, value)
+    if variant:
+        for key, value in _MODEL_VARIANTS[cfg.model_type][variant - 1].items():
+            setattr(cfg, key, value)
     return cfg
 
 

@@ -608,7 +608,7 @@ class _ClassFail(Exception):
     pass
 
 
-def _build_from_config(loaded: _Loaded, name: str, seed: int, torch: Any) -> _Built:
+def _build_from_config(loaded: _Loaded, name: str, seed: int, torch: Any, variant: int = 0) -> _Built:
     """Tiny-config construction, falling back to a containing whole model."""
     orig_cls = getattr(loaded.original, name)
     new_cls = getattr(loaded.rewritten, name)
@@ -618,7 +618,9 @@ def _build_from_config(loaded: _Loaded, name: str, seed: int, torch: Any) -> _Bu
     why = "class not constructible"
     for config_cls in configs:
         try:
-            cfg = tinyconfig.tiny_config(config_cls)
+            if variant >= len(tinyconfig.variants(config_cls)):
+                continue
+            cfg = tinyconfig.tiny_config(config_cls, variant)
             torch.manual_seed(seed)
             m0 = tinyconfig.construct_with_config(orig_cls, cfg)
         except Exception as exc:  # noqa: BLE001 - try the next config / the model
@@ -635,7 +637,7 @@ def _build_from_config(loaded: _Loaded, name: str, seed: int, torch: Any) -> _Bu
         except Exception as exc:  # noqa: BLE001
             raise _ClassFail(f"the rewritten class does not construct: {_one_line(exc)}") from None
         return _Built(m0, m1, inputs)
-    return _build_whole_model(loaded, name, why, seed, torch)
+    return _build_whole_model(loaded, name, why, seed, torch, variant)
 
 
 def _fitting_inputs(m0: Any, forward: Any, cfg: Any, torch: Any) -> dict[str, Any] | None:
@@ -649,7 +651,8 @@ def _fitting_inputs(m0: Any, forward: Any, cfg: Any, torch: Any) -> dict[str, An
     return None
 
 
-def _build_whole_model(loaded: _Loaded, name: str, why: str, seed: int, torch: Any) -> _Built:
+def _build_whole_model(loaded: _Loaded, name: str, why: str, seed: int, torch: Any,
+                       variant: int = 0) -> _Built:
     """Run a whole-model class of the file that contains `name` instead.
 
     Candidates are the file's PreTrainedModel subclasses, `XxxModel` first;
@@ -661,8 +664,10 @@ def _build_whole_model(loaded: _Loaded, name: str, why: str, seed: int, torch: A
     cands.sort(key=lambda c: (not c.__name__.endswith("Model"), c.__name__))
     for model_cls in cands:
         for config_cls in tinyconfig.config_candidates(loaded.original, model_cls)[:1]:
+            if variant >= len(tinyconfig.variants(config_cls)):
+                continue
             try:
-                cfg = tinyconfig.tiny_config(config_cls)
+                cfg = tinyconfig.tiny_config(config_cls, variant)
                 torch.manual_seed(seed)
                 m0 = model_cls(cfg)
             except Exception:  # noqa: BLE001
@@ -956,7 +961,48 @@ def _verify(orig_src: str, new_src: str, *, path: str, rewritten_path: str,
 
 def _verify_class(loaded: _Loaded, name: str, factory: Any, class_rules: list, file_rules: list,
                   refs: tuple[str, ...], seed: int, device: str, torch: Any,
-                  via_cache: dict[str, ClassResult] | None = None) -> ClassResult:
+                  via_cache: dict | None = None) -> ClassResult:
+    """Every configuration variant of one class; the first failure decides.
+
+    Variant 0 is the tiny default configuration (or the factory); the others
+    (`tinyconfig.variants`) are compared too when they apply, and a variant
+    that cannot be built is ignored.  Passing variants are merged.
+    """
+    count = 1
+    if factory is None:
+        for config_cls in tinyconfig.config_candidates(loaded.original, getattr(loaded.original, name, object)):
+            count = max(count, len(tinyconfig.variants(config_cls)))
+    merged: ClassResult | None = None
+    for variant in range(count):
+        result = _verify_variant(loaded, name, factory, class_rules, file_rules, refs, seed, device,
+                                 torch, via_cache, variant)
+        label = _variant_label(loaded, name, variant)
+        if variant and result.status == "skipped":
+            continue
+        if result.status != "pass":
+            if variant and result.status == "fail":
+                result = replace(result, reason=f"with {label}: {result.reason}")
+            return result
+        if merged is None:
+            merged = result
+        else:
+            merged = replace(merged, max_abs=max(merged.max_abs, result.max_abs),
+                             max_rel=max(merged.max_rel, result.max_rel), compared=merged.compared + result.compared,
+                             modes=merged.modes + tuple(f"{m}[{label}]" for m in result.modes))
+    return merged  # type: ignore[return-value] - variant 0 always returns above or sets it
+
+
+def _variant_label(loaded: _Loaded, name: str, variant: int) -> str:
+    for config_cls in tinyconfig.config_candidates(loaded.original, getattr(loaded.original, name, object)):
+        labels = tinyconfig.variants(config_cls)
+        if variant < len(labels):
+            return labels[variant]
+    return str(variant)
+
+
+def _verify_variant(loaded: _Loaded, name: str, factory: Any, class_rules: list, file_rules: list,
+                    refs: tuple[str, ...], seed: int, device: str, torch: Any,
+                    via_cache: dict | None, variant: int) -> ClassResult:
     orig_cls = getattr(loaded.original, name, None)
     new_cls = getattr(loaded.rewritten, name, None)
     if new_cls is None:
@@ -969,11 +1015,11 @@ def _verify_class(loaded: _Loaded, name: str, factory: Any, class_rules: list, f
         if factory is not None:
             built = _build_with_factory(factory, orig_cls, new_cls, seed, torch)
         else:
-            built = _build_from_config(loaded, name, seed, torch)
+            built = _build_from_config(loaded, name, seed, torch, variant)
         if built.via:
             tol = tolerance_for(file_rules)
-            if via_cache is not None and built.via in via_cache:
-                return replace(via_cache[built.via], name=name)
+            if via_cache is not None and (built.via, variant) in via_cache:
+                return replace(via_cache[built.via, variant], name=name)
         tally = _compare_built(built, tol, seed, device, torch)
     except _ClassSkip as exc:
         return ClassResult(name, "skipped", str(exc), tolerance=tol)
@@ -981,7 +1027,7 @@ def _verify_class(loaded: _Loaded, name: str, factory: Any, class_rules: list, f
         result = ClassResult(name, "fail", str(exc), via=built.via if built else None,
                              tolerance=tol, reference_kernels=refs)
         if built is not None and built.via and via_cache is not None:
-            via_cache[built.via] = result
+            via_cache[built.via, variant] = result
         return result
     except Exception as exc:  # noqa: BLE001 - the original itself failed to run
         return ClassResult(name, "skipped", f"the original does not run: {_one_line(exc)}", tolerance=tol)
@@ -994,12 +1040,22 @@ def _verify_class(loaded: _Loaded, name: str, factory: Any, class_rules: list, f
     else:
         result = ClassResult(name, "pass", **common)
     if built.via and via_cache is not None:
-        via_cache[built.via] = result
+        via_cache[built.via, variant] = result
     return result
 
 
 # ---------------------------------------------------------------------------
 # Rendering
+
+
+def _describe_modes(modes: Sequence[str]) -> str:
+    """`eval, eval x0.01, train` plus how many configuration variants ran them."""
+    base = [m for m in modes if "[" not in m]
+    variants = {m[m.index("[") + 1:-1] for m in modes if "[" in m}
+    text = ", ".join(base) + " runs"
+    if variants:
+        text += f" (+ the same with {'; '.join(sorted(variants))})"
+    return text
 
 
 def render(report: VerifyReport, fmt: str = "text") -> str:
@@ -1015,7 +1071,7 @@ def render(report: VerifyReport, fmt: str = "text") -> str:
         ref = f" [reference kernel: {', '.join(r.reference_kernels)}]" if r.reference_kernels else ""
         tol = f"; tolerance {r.tolerance.describe()}" if r.tolerance and r.status != "skipped" else ""
         if r.status == "pass":
-            lines.append(f"  pass  {r.name}{via}: {r.compared} tensors in {'+'.join(r.modes)} mode, "
+            lines.append(f"  pass  {r.name}{via}: {r.compared} tensors in {_describe_modes(r.modes)}, "
                          f"max abs error {r.max_abs:.3g}, max rel error {r.max_rel:.3g}{tol}{ref}")
         elif r.status == "fail":
             lines.append(f"  FAIL  {r.name}{via}: {r.reason}{tol}{ref}")
