@@ -182,9 +182,6 @@ class _Module:
             out.append(indent + raw[len(old):] if raw.startswith(old) else raw)
         return self.nl.join(out) + self.nl
 
-    def lines_text(self, lines: list[str], indent: str) -> str:
-        return "".join(indent + line + self.nl for line in lines)
-
     def ends_with_newline(self, lineno: int) -> bool:
         return self.smap.lines[lineno - 1].endswith(("\n", "\r"))
 
@@ -597,6 +594,8 @@ class _Rewriter:
         last = match.nodes[-1]
         if last.expr_span is None:
             raise Skip(f"no expression span for the matched call at line {last.stmt.lines[0]}")
+        if isinstance(final_stmt, ast.AugAssign):
+            raise Skip(f"line {final_stmt.lineno} is an augmented assignment; the emitter does not rewrite its hidden operand")
         lo, hi = self.span_offsets(last.expr_span)
         for node in final_nodes:
             if node.expr_span is None:
@@ -627,7 +626,9 @@ class _Rewriter:
             pn = source_nodes[index] if 0 <= index < len(source_nodes) else None
             for name, value in items:
                 text = getattr(value, "text", str(value))
-                if name == "dtype" and pn is not None and pn.args and isinstance(pn.args[0], ir.Var):
+                # `f(x, ..., dtype=d)` casts its input first (softmax & co.): keep that as `x.to(d)`.
+                is_function = pn is not None and pn.layer_var is None and (pn.callee is None or pn.callee.var is None)
+                if name == "dtype" and is_function and pn.args and isinstance(pn.args[0], ir.Var):
                     env.casts[pn.args[0].name] = text
                     continue
                 line = match.nodes[index].stmt.lines[0] if index < len(match.nodes) else last.stmt.lines[0]
@@ -1064,6 +1065,7 @@ def rewrite_source(source: str, facts, matches: list[ir.Match], *, path: str = "
         reason = f"the file does not parse (line {exc.lineno}: {exc.msg})"
         return RewriteResult(None, tuple(Outcome(m, "skipped", reason, tuple(m.lines)) for m in matches))
     outcomes: dict[int, Outcome] = {}
+    candidate = source
     # `when` rules duplicate a run of init statements into both branches of an
     # `if`: they go last, so the other rewrites inside that run are composed
     # into both branches instead of blocking each other (a second apply would
@@ -1106,7 +1108,6 @@ def rewrite_source(source: str, facts, matches: list[ir.Match], *, path: str = "
             rewriter.taken.setdefault(cls, set()).update(names)
         if match.nodes:
             rewriter.done_locations[key] = first
-        current = candidate
         outcomes[index] = Outcome(match, "applied", None, tuple(sorted(set(match.lines) | plan.lines)))
     outcomes = [outcomes[i] for i in range(len(matches))]
     if not rewriter.accepted:
@@ -1120,5 +1121,4 @@ def rewrite_source(source: str, facts, matches: list[ir.Match], *, path: str = "
     if reason is not None:
         outcomes = [Outcome(o.match, "skipped", reason, o.lines) if o.status == "applied" else o for o in outcomes]
         return RewriteResult(None, tuple(outcomes))
-    del current
     return RewriteResult(new if new != source else None, tuple(outcomes))
