@@ -50,7 +50,16 @@ def binding_text(b: InitBinding) -> str:
 
 
 def _guards(guards) -> str:
-    return " and ".join(str(g) for g in guards) if guards else "always"
+    """A conjunction for display: compound conditions in parentheses."""
+    if not guards:
+        return "always"
+    parts = []
+    for g in guards:
+        text = str(g)
+        if not g.negated and any(w in text for w in (" or ", " and ", " if ", "lambda")):
+            text = f"({text})"
+        parts.append(text)
+    return " and ".join(parts)
 
 
 def _path_lines(path: Path, show_stmts: bool, indent: str) -> list[str]:
