@@ -15,10 +15,15 @@ check is a differential test, per rewritten class:
      inputs)`, or from a tiny configuration (`dslc.tinyconfig`) with inputs
      synthesised from the forward signature.  When no inputs fit a class, the
      file's whole-model class that contains it is compared instead.
-  4. Load the original's state_dict into the optimized module with
+  4. Give the original's constant tensors (LayerNorm weight 1, zero biases,
+     BatchNorm statistics) seeded noise, so that a wrong mapping or a dropped
+     bias shows; then load its state_dict into the optimized module with
      strict=True: a failing load breaks checkpoint compatibility.
-  5. Run both in eval mode (and in train mode when every rule involved
-     declares itself deterministic), seeding before each forward; compare all
+  5. Run both in eval mode, again with the inputs scaled by 0.01 (a wrong
+     LayerNorm eps hides at unit scale), and in train mode when every rule
+     involved declares itself deterministic, seeding before each forward;
+     with a tiny config, repeat for each configuration variant that turns on
+     dead code paths (`tinyconfig.variants`).  Compare all
      tensors of the nested outputs, the input gradients and the parameter
      gradients of `sum(outputs).backward()`.  Parameter gradients are compared
      by state-dict name after mapping the original's gradients through the
@@ -940,7 +945,8 @@ def _verify(orig_src: str, new_src: str, *, path: str, rewritten_path: str,
     file_rules = rules_used(new_src, rules)
     refs = _reference_kernels(loaded.rewritten)
     results = []
-    via_cache: dict[str, ClassResult] = {}  # one whole-model run serves every class inside it
+    rng_state = torch.random.get_rng_state()  # apply runs us in-process: leave its RNG alone
+    via_cache: dict = {}  # one whole-model run serves every class inside it
     # transformers logs advice ("add is_decoder=True") for tiny models: not ours to show.
     hf_logger = logging.getLogger("transformers")
     saved_level = hf_logger.level
@@ -953,6 +959,7 @@ def _verify(orig_src: str, new_src: str, *, path: str, rewritten_path: str,
                 results.append(_verify_class(loaded, name, factory, class_rules, file_rules,
                                              refs, options.seed, device, torch, via_cache))
     finally:
+        torch.random.set_rng_state(rng_state)
         hf_logger.setLevel(saved_level)
         for mod_name in loaded.registered:
             sys.modules.pop(mod_name, None)

@@ -72,5 +72,8 @@ def run(args: argparse.Namespace) -> int:
     except verify.VerifyUsageError as exc:
         print(f"dslc verify: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # noqa: BLE001 - a bug of ours: one line, not a traceback
+        print(f"dslc verify: internal error: {type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)
+        return 2
     print(verify.render(report, args.format))
     return 0 if report.ok else 1
