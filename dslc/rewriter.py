@@ -1058,14 +1058,26 @@ def _location_key(match: ir.Match) -> tuple:
 
 
 def rewrite_source(source: str, facts, matches: list[ir.Match], *, path: str = "<string>") -> RewriteResult:
-    """Rewrite every safe match of `source`; see the module docstring for the steps."""
+    """Rewrite every safe match of `source`; see the module docstring for the steps.
+
+    Parsing the whole file after every match is the costly part, so the
+    matches are first accepted optimistically (overlaps still checked); only
+    when the combined output does not parse is the run repeated with a parse
+    after each match, which pins the failure on the match that causes it.
+    """
     try:
-        rewriter = _Rewriter(source, facts, path)
+        result = _rewrite(source, facts, matches, path, check_each=False)
     except SyntaxError as exc:
         reason = f"the file does not parse (line {exc.lineno}: {exc.msg})"
         return RewriteResult(None, tuple(Outcome(m, "skipped", reason, tuple(m.lines)) for m in matches))
+    if result is None:
+        result = _rewrite(source, facts, matches, path, check_each=True)
+    return result
+
+
+def _rewrite(source: str, facts, matches, path: str, *, check_each: bool) -> RewriteResult | None:
+    rewriter = _Rewriter(source, facts, path)
     outcomes: dict[int, Outcome] = {}
-    candidate = source
     # `when` rules duplicate a run of init statements into both branches of an
     # `if`: they go last, so the other rewrites inside that run are composed
     # into both branches instead of blocking each other (a second apply would
@@ -1078,7 +1090,12 @@ def rewrite_source(source: str, facts, matches: list[ir.Match], *, path: str = "
             outcomes[index] = Outcome(match, "skipped", f"same location as the match at line {rewriter.done_locations[key]} (edited once)", tuple(match.lines))
             continue
         try:
-            plan = rewriter.plan(match)
+            try:
+                plan = rewriter.plan(match)
+            except (Skip, SyntaxError):
+                raise
+            except Exception as exc:  # a bug must cost one match, not the run
+                raise Skip(f"internal error in the rewriter ({type(exc).__name__}: {exc})") from None
             absorbed = {id(e) for e in plan.absorbed}
             edits = [e for e in rewriter.accepted if id(e) not in absorbed] + plan.edits
             for start, end in plan.claimed:
@@ -1090,9 +1107,10 @@ def rewrite_source(source: str, facts, matches: list[ir.Match], *, path: str = "
                 candidate = apply_edits(source, edits)
             except EditConflict as exc:
                 raise Skip(f"its edits overlap another rewrite ({exc})") from None
-            err = parse_error(candidate)
-            if err is not None:
-                raise Skip(f"the rewrite would not parse ({err})")
+            if check_each:
+                err = parse_error(candidate)
+                if err is not None:
+                    raise Skip(f"the rewrite would not parse ({err})")
         except Skip as exc:
             outcomes[index] = Outcome(match, "skipped", str(exc), tuple(match.lines))
             continue
@@ -1109,9 +1127,9 @@ def rewrite_source(source: str, facts, matches: list[ir.Match], *, path: str = "
         if match.nodes:
             rewriter.done_locations[key] = first
         outcomes[index] = Outcome(match, "applied", None, tuple(sorted(set(match.lines) | plan.lines)))
-    outcomes = [outcomes[i] for i in range(len(matches))]
+    ordered = [outcomes[i] for i in range(len(matches))]
     if not rewriter.accepted:
-        return RewriteResult(None, tuple(outcomes))
+        return RewriteResult(None, tuple(ordered))
     edits = list(rewriter.accepted)
     header = rewriter.header_edit()
     if header is not None:
@@ -1119,6 +1137,8 @@ def rewrite_source(source: str, facts, matches: list[ir.Match], *, path: str = "
     new = apply_edits(source, edits)
     reason = safety.verify_output(source, new, edits)
     if reason is not None:
-        outcomes = [Outcome(o.match, "skipped", reason, o.lines) if o.status == "applied" else o for o in outcomes]
-        return RewriteResult(None, tuple(outcomes))
-    return RewriteResult(new if new != source else None, tuple(outcomes))
+        if not check_each:
+            return None  # find the culprit: redo with a parse after each match
+        ordered = [Outcome(o.match, "skipped", reason, o.lines) if o.status == "applied" else o for o in ordered]
+        return RewriteResult(None, tuple(ordered))
+    return RewriteResult(new if new != source else None, tuple(ordered))

@@ -325,3 +325,21 @@ def test_refuses_inherited_helper():
     result = rewrite_source(source, facts, [dataclasses.replace(m, nodes=nodes)])
     assert result.outcomes[0].reason == (
         "the matched code at line 14 is `Base.forward`, inherited; editing it would change every class that shares it")
+
+
+def test_match_breaking_the_parse_is_skipped_others_apply():
+    source = SOFTMAX_SRC.format(extra="") + '''
+
+class Other(nn.Module):
+    def forward(self, scores):
+        probs = F.softmax(scores, dim=-1)
+        return probs
+'''
+    facts = analyze(source)
+    bad = make_match(SOFTMAX, facts, "Attn", ["call:torch.nn.functional.softmax"], {"x": ir.Bound("scores +", "expr"), "y": "probs"}, {})
+    good = softmax_match(facts, "Other")
+    result = rewrite_source(source, facts, [bad, good])
+    assert [o.status for o in result.outcomes] == ["skipped", "applied"]
+    assert result.outcomes[0].reason.startswith("the rewrite would not parse (line 8:")
+    assert "        probs = softmax(scores)\n" in result.new_source
+    assert "F.softmax(scores, dim=-1)" in result.new_source
