@@ -96,6 +96,19 @@ def is_config_class(obj: object) -> bool:
     return "PretrainedConfig" in names and obj.__name__ != "PretrainedConfig"
 
 
+def is_plain_config(obj: object, module: Any) -> bool:
+    """A `...Config` class defined in `module` that takes no constructor arguments."""
+    if not isinstance(obj, type) or not obj.__name__.endswith("Config") or is_config_class(obj):
+        return False
+    if obj.__module__ != getattr(module, "__name__", None):
+        return False
+    try:
+        params = list(inspect.signature(obj).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    return all(p.default is not p.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params)
+
+
 def is_pretrained_model(obj: object) -> bool:
     if not isinstance(obj, type):
         return False
@@ -107,7 +120,9 @@ def config_candidates(module: Any, cls: type) -> list[type]:
     """Config classes visible in `module`, the likeliest for `cls` first.
 
     1. `cls.config_class` when the class declares one (PreTrainedModel does).
-    2. Every `PretrainedConfig` subclass in the module's globals, ordered by
+    2. Every `PretrainedConfig` subclass in the module's globals, and every
+       plain `...Config` class the module defines itself (the examples/
+       convention: class attributes, no constructor arguments), ordered by
        the length of the name prefix it shares with `cls` (BertConfig for
        BertSelfOutput), then by name for determinism.
     """
@@ -115,7 +130,8 @@ def config_candidates(module: Any, cls: type) -> list[type]:
     declared = getattr(cls, "config_class", None)
     if is_config_class(declared):
         found.append(declared)
-    pool = sorted({v for v in vars(module).values() if is_config_class(v)}, key=lambda c: c.__name__)
+    pool = sorted({v for v in vars(module).values() if is_config_class(v) or is_plain_config(v, module)},
+                  key=lambda c: c.__name__)
 
     def shared(c: type) -> int:
         a, b = c.__name__.removesuffix("Config").lower(), cls.__name__.lower()
@@ -140,8 +156,12 @@ def tiny_config(config_cls: type, variant: int = 0) -> Any:
     """A shrunk instance of `config_cls` (see the module docstring).
 
     `variant` > 0 also applies that entry of `_MODEL_VARIANTS` (step 5).
+    A plain (non-transformers) config is used as it is: it is the file's own
+    choice of small sizes.
     """
     cfg = config_cls()
+    if not is_config_class(config_cls):
+        return cfg
     for key, value in _GENERIC.items():
         if hasattr(cfg, key):
             setattr(cfg, key, value)

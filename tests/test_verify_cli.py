@@ -179,3 +179,35 @@ def test_module_entry_point_runs(pair):
                            "--class", "Merge"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "pass  Merge" in proc.stdout
+
+
+CONFIG_MODEL = '''\
+import torch
+from torch import nn
+
+
+class Block(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, hidden_states, input_tensor):
+        return self.norm(self.dense(hidden_states) + input_tensor)
+
+
+class Config:
+    hidden_size = 24
+    layer_norm_eps = 1e-12
+'''
+
+
+def test_plain_file_with_its_own_config_class_needs_no_factory(tmp_path, capsys):
+    (tmp_path / "a.py").write_text(CONFIG_MODEL)
+    (tmp_path / "b.py").write_text(CONFIG_MODEL.replace("self.dense(hidden_states) + input_tensor",
+                                                        "input_tensor + self.dense(hidden_states)"))
+    (tmp_path / "c.py").write_text(CONFIG_MODEL.replace("eps=config.layer_norm_eps", "eps=1e-5"))
+    code, out, _ = cli(capsys, str(tmp_path / "a.py"), str(tmp_path / "b.py"))
+    assert code == 0 and "pass  Block" in out
+    code, out, _ = cli(capsys, str(tmp_path / "a.py"), str(tmp_path / "c.py"))
+    assert code == 1 and "FAIL  Block: eval x0.01 output" in out
