@@ -27,7 +27,8 @@ How modules are built:
       the forward signature; a class whose inputs cannot be synthesised is
       run inside the file's whole-model class (XxxModel) that contains it.
       transformers (4.35.0 for the benchmark) must be importable.
-  a plain file without --factory: skipped ("no factory").
+  a plain file without --factory: its own ...Config class (no constructor
+      arguments, sizes as attributes) when it has one, else skipped.
 
 A class is skipped, with the reason, when a kernel package is not installed
 (with the pack's install hint when --rules is given), when --device cuda has no
