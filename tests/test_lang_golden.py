@@ -44,3 +44,26 @@ def test_golden(case: Path, monkeypatch, capsys):
     out, err = capsys.readouterr()
     assert "Traceback" not in out + err
     assert "error[ADR" in out
+
+
+def test_every_code_is_exercised():
+    """Each registered code has a golden case, or a named test elsewhere."""
+    from dslc.codes import REGISTRY
+
+    elsewhere = {
+        "ADR005": "test_lang_roundtrip.test_ten_megabytes_is_refused_quickly",
+        "ADR007": "test_lang_golden.test_io_errors",
+        "ADR104": "test_lang_lower.test_duplicate_pack_across_files",
+        "ADR401": "test_lang_lower.test_select",
+    }
+    text = "".join(p.with_suffix(".expected").read_text(encoding="utf-8") for p in CASES)
+    missing = [c for c in REGISTRY if f"[{c}]" not in text and c not in elsewhere]
+    assert not missing
+
+
+def test_io_errors(tmp_path):
+    from dslc.parser import parse_file
+
+    result = load_rules([str(tmp_path / "nope.adr"), str(tmp_path)])
+    assert [d.code for d in result.diagnostics] == ["ADR007", "ADR007"]
+    assert parse_file(tmp_path).diagnostics[0].code == "ADR007"  # a directory read as a file
