@@ -712,7 +712,7 @@ class Extractor:
         spelling = ast.unparse(func)
         parts = dotted(func)
         if parts is None:
-            return None, spelling
+            return self._table_entry(func, frame), spelling
         if parts[0] in frame.locals and parts[0] not in frame.local_imports:
             return None, spelling  # a parameter or local: a factory we cannot see through
         if parts[0] == "self":
@@ -720,6 +720,24 @@ class Extractor:
         if len(parts) == 1 and parts[0] in BUILTINS and parts[0] not in (frame.scope or self.scope).names:
             return f"builtins.{parts[0]}", spelling
         return self.resolve(parts, frame), spelling
+
+    def _table_entry(self, func: ast.expr, frame: Frame) -> str | None:
+        """`TABLE["key"]` where TABLE is a module-level dict literal of this
+        module whose "key" entry is a dotted name: that name, resolved
+        (MobileBERT's `NORM2FN["layer_norm"]`).  Only when the binding is unique."""
+        if not (isinstance(func, ast.Subscript) and isinstance(func.value, ast.Name)
+                and isinstance(func.slice, ast.Constant)):
+            return None
+        scope = frame.scope or self.scope
+        name = func.value.id
+        table = scope.dicts.get(name)
+        if table is None or len(scope.names.get(name, ())) != 1 or name in frame.locals:
+            return None
+        for key, value in zip(table.keys, table.values):
+            if isinstance(key, ast.Constant) and key.value == func.slice.value:
+                parts = dotted(value)
+                return self.resolve(parts, frame) if parts else None
+        return None
 
     # -- paths ---------------------------------------------------------------
 
@@ -1081,6 +1099,8 @@ class Extractor:
                 return ("layer", attr)
             if self.find_method(attr) is not None:
                 return ("method", attr)
+            if attr not in self._stored_attrs():
+                return None  # a method inherited from outside the tree (register_buffer)
             return ("layer", attr)
         if isinstance(func, ast.Name):
             name = func.id
@@ -1108,7 +1128,7 @@ class Extractor:
             if kinds and kinds <= {"value"} and len(parts) > 1:
                 return None  # a method of a module-level object (logger.warning)
         qual = self.resolve(parts, frame)
-        return ("call", qual, ast.unparse(func))
+        return ("call", qual, func)  # the spelling is unparsed only when needed
 
     def _call(self, e: ast.Call, frame, ref, actions, outputs, top, need=True) -> Value | None:
         kind = self.classify(e, frame)
@@ -1161,12 +1181,22 @@ class Extractor:
             node = Node("layer", ref, type=typ, unresolved=None if typ else f"self.{attr}[*]", attr=attr,
                         inputs=args, kwargs=kwargs)
             return self._emit(e, node, frame, actions, outputs, top)
-        _, qual, spelling = kind
+        _, qual, func = kind
+        spelling = None if qual else ast.unparse(func)
         if isinstance(e.func, ast.Attribute):
             pass  # a dotted module path: nothing to evaluate
         args, kwargs = self._args(e, frame, ref, actions)
         node = Node("call", ref, type=qual, unresolved=None if qual else spelling, inputs=args, kwargs=kwargs)
         return self._emit(e, node, frame, actions, outputs, top)
+
+    def _stored_attrs(self) -> frozenset[str]:
+        """Attributes stored by any method of the class or its in-tree bases."""
+        key = ("stored", self.cls.qualname)
+        if key not in self._dl_cache:
+            self._dl_cache[key] = frozenset(
+                attr for info in self.mro(self.cls) for fn in info.methods.values()
+                for attr, _, kind in scan(fn)[1] if kind == "store")
+        return self._dl_cache[key]
 
     def _attr_type(self, attr: str) -> tuple[str | None, str | None]:
         bindings = [b for b in self.init_types.get(attr, ()) if b.kind != "other"]
@@ -1367,12 +1397,11 @@ def merge_paths(paths: list[Path]) -> tuple[Path, ...]:
     out: list[Path] = []
     by_nodes: dict = {}
     for path in paths:
-        try:
-            key = hash(path.nodes)
-        except TypeError:  # an unhashable constant somewhere: compare pairwise
-            key = None
+        # nodes are built once per statement and shared by the paths through it:
+        # identity is the cheap key (equal-but-distinct nodes are simply not merged)
+        key = tuple(map(id, path.nodes))
         merged = False
-        for i in by_nodes.get(key, ()) if key is not None else range(len(out)):
+        for i in by_nodes.get(key, ()):
             prev = out[i]
             if prev.nodes != path.nodes:
                 continue

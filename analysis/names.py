@@ -134,6 +134,8 @@ class Scope:
     path: str | None
     is_package: bool
     names: dict[str, list[Binding]] = field(default_factory=dict)
+    # module-level `NAME = {...}` dict literals (for `TABLE["key"](...)` lookups)
+    dicts: dict[str, ast.Dict] = field(default_factory=dict)
 
     def add(self, name: str, binding: Binding) -> None:
         self.names.setdefault(name, []).append(binding)
@@ -190,6 +192,8 @@ def build_scope(tree: ast.Module, module: str, path: str | None, is_package: boo
                 targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
                 value = stmt.value
                 for target in targets:
+                    if isinstance(target, ast.Name) and isinstance(value, ast.Dict):
+                        scope.dicts[target.id] = value
                     if isinstance(target, ast.Name):
                         if value is not None and dotted(value) is not None:
                             scope.add(target.id, Binding("alias", ".".join(dotted(value)), stmt.lineno))
