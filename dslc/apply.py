@@ -514,7 +514,10 @@ def apply_paths(
         results[i] = r
     used_patch_names: set[str] = set()
     if options.mode == "patch" and options.patch_dir:
-        os.makedirs(options.patch_dir, exist_ok=True)
+        try:
+            os.makedirs(options.patch_dir, exist_ok=True)
+        except OSError:  # each patch write then reports the problem per file
+            pass
     for i, f in enumerate(found):
         if i not in sources:
             continue

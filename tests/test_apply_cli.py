@@ -415,3 +415,9 @@ def test_progress_bar_is_one_carriage_return_line():
 def test_no_progress_bar_when_stderr_is_not_a_terminal(fake_pipeline, tree, capsys):
     _, _, err = run_cli(capsys, "src")
     assert "\r" not in err
+
+
+def test_patch_dir_that_is_a_file_is_a_usage_error(fake_pipeline, tree, capsys, tmp_path):
+    (tmp_path / "afile").write_text("")
+    code, _, err = run_cli(capsys, "--patch-dir", "afile/sub", "src")
+    assert code == 2 and "--patch-dir" in err

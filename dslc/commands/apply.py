@@ -150,8 +150,11 @@ def run(args: argparse.Namespace) -> int:
     missing = [p for p in list(args.paths) + list(args.rules) if not os.path.exists(p)]
     if missing:
         return _usage(f"no such file or directory: {', '.join(missing)}")
-    if args.patch_dir and os.path.exists(args.patch_dir) and not os.path.isdir(args.patch_dir):
-        return _usage(f"--patch-dir {args.patch_dir} exists and is not a directory")
+    if args.patch_dir:
+        try:
+            os.makedirs(args.patch_dir, exist_ok=True)
+        except OSError as exc:
+            return _usage(f"--patch-dir {args.patch_dir}: {exc.strerror or exc}")
     if args.verify and not driver.verify_available():
         return _usage("--verify needs the dslc.verify module, which is not part of this installation")
     try:
@@ -193,10 +196,11 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.write(render.render_notes(result, skipped=not args.quiet, warnings=not args.quiet))
         sys.stderr.write(render.render_errors(result))
         sys.stderr.write(render.render_summary(result))
-        if mode == "patch":
-            for f in result.files:
-                if f.patch:
-                    sys.stderr.write(f"wrote {f.patch}\n")
+        for f in result.files:
+            if f.patch:
+                sys.stderr.write(f"wrote {f.patch}\n")
+            elif f.written:
+                sys.stderr.write(f"rewrote {f.found.path}\n")
     if args.format == "json" and result.missing_kernels:
         # Also tell a human watching the terminal; the JSON field carries the data.
         sys.stderr.write(render.render_notes(result, skipped=False, warnings=False))
