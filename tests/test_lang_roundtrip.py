@@ -212,3 +212,11 @@ def test_ten_thousand_deep_expressions_are_diagnosed():
     assert [d.code for d in result.diagnostics] == ["ADR006"]
     unbalanced = _wrap("(" * 10_000 + "$x")
     assert parse_source(unbalanced).diagnostics[0].code == "ADR001"
+
+
+def test_shipped_packs_round_trip():
+    for path in sorted((REPO / "rulepacks").glob("*.adr")):
+        tree = parse_bytes(path.read_bytes(), str(path)).file
+        text = pretty.file(tree)
+        again = parse_source(text, "printed.adr").file
+        assert again == tree and pretty.file(again) == text, path.name
