@@ -379,7 +379,7 @@ def process_file(found: Found, source: SourceFile, facts, compiled: Compiled, op
         m = o.match
         entries.append(MatchEntry(
             rule=m.rule.qualified_name, file=name, class_name=m.class_name,
-            lines=tuple(o.lines or m.lines), status=o.status, reason=o.reason,
+            lines=tuple(sorted(set(o.lines or m.lines))), status=o.status, reason=o.reason,
             function=getattr(m, "function", None),
         ))
     new_source = result.new_source
