@@ -128,3 +128,22 @@ def test_benchmark_on_a_handful_of_models_finds_the_ground_truth(transformers_sr
     assert full["total"]["truth"] == 20 and full["total"]["tp"] == 20 and full["total"]["fp"] == 0
     checks = full["checks"]
     assert checks["patched"] >= 4 and checks["failures"] == [] and checks["errors"] == []
+
+
+@pytest.mark.skipif(shutil.which("patch") is None, reason="needs patch(1)")
+def test_patches_reproduce_the_written_output(tmp_path, capsys, monkeypatch):
+    import subprocess
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("a", "b"):
+        shutil.copytree(EXAMPLES, tmp_path / name, ignore=shutil.ignore_patterns("expected", "__pycache__"))
+    code, _, err = apply_cli(capsys, "--write", "a")
+    assert code == 0, err
+    code, _, err = apply_cli(capsys, "--patch-dir", "patches", "b")
+    assert code == 0, err
+    patches = sorted((tmp_path / "patches").glob("*.patch"))
+    assert patches
+    for p in patches:
+        subprocess.run(["patch", "-p1", "-s", "-i", str(p)], check=True, cwd=tmp_path)
+    for f in (tmp_path / "a").rglob("*.py"):
+        assert (tmp_path / "b" / f.relative_to(tmp_path / "a")).read_text() == f.read_text()
