@@ -147,3 +147,15 @@ def test_patches_reproduce_the_written_output(tmp_path, capsys, monkeypatch):
         subprocess.run(["patch", "-p1", "-s", "-i", str(p)], check=True, cwd=tmp_path)
     for f in (tmp_path / "a").rglob("*.py"):
         assert (tmp_path / "b" / f.relative_to(tmp_path / "a")).read_text() == f.read_text()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="--verify needs torch")
+def test_verify_checks_the_examples_before_writing(tmp_path, capsys):
+    work = tmp_path / "examples"
+    shutil.copytree(EXAMPLES, work, ignore=shutil.ignore_patterns("expected", "__pycache__"))
+    code, out, err = apply_cli(capsys, "--verify", "--write", "--format", "json", work)
+    report = json.loads(out)
+    assert code == 0, report["errors"]
+    assert sorted(report["files_written"]) == ["bert_self_output.py", "dpt_preact_residual.py"]
+    if importlib.util.find_spec("epoi") is None:  # cannot run the fused kernel: said, not hidden
+        assert any(w["code"] == "W110" and "epoi" in w["message"] for w in report["warnings"])
