@@ -924,8 +924,11 @@ class _Rewriter:
         def shifted(edits):
             return [Edit(e.start - region_start, e.end - region_start, e.text) for e in edits]
 
-        old = apply_edits(mod.source[region_start:region_end], shifted(absorbed))
-        new = apply_edits(mod.source[region_start:region_end], shifted(absorbed + init_plan.edits))
+        try:
+            old = apply_edits(mod.source[region_start:region_end], shifted(absorbed))
+            new = apply_edits(mod.source[region_start:region_end], shifted(absorbed + init_plan.edits))
+        except EditConflict:
+            raise Skip("its init statements were already changed by another rewrite in the run a `when` rewrite duplicates") from None
         init_plan.absorbed = absorbed
         indent = mod.indent(first)
         nl = mod.nl
