@@ -12,21 +12,27 @@ in order (paper §3.5):
    is deleted.  An earlier statement that sits outside the `if` holding the
    last one is hoisted: copied to the start of the other branch (an `else:`
    is created when missing) and deleted from its place (paper Fig. 4–5).
-3. Plan the init edits: init statements of source variables that the target
-   does not produce again are deleted (unless the hoisted copy still calls
-   the layer); those it does produce again are replaced in place; new
-   variables get fresh attribute names and their statements go where the
-   last replaced statement was (same block, so a conditional init stays
-   under its guard).  A `when` option wraps them as
-   `if <cond>: <new> else: <old>`.
+3. Plan the init edits (`plan_init`): init statements of source variables
+   that the target does not produce again are deleted (unless a hoisted copy
+   still calls the layer or the target reads `$v.attr`); those it produces
+   again are replaced in place; a replaced layer that a hoisted copy still
+   calls keeps its statement and is re-assigned under the branch's guard
+   (Fig. 5(b)); new variables get fresh attribute names.  New statements go
+   where the last changed statement was (same block, so a conditional init
+   stays under its guard).  A layer variable used as a target argument
+   stands for its original constructor call.  A `when` option duplicates the
+   run of statements holding the edits as `if <cond>: <new> else: <old>`
+   (such matches go last, so other rewrites in that run land in both
+   branches).
 4. Checkpoint names: non-identity `params` mappings register a
    load_state_dict pre-hook (a helper emitted once per file).
 5. Imports for new qualified callees, once per file, after the last
    top-level import.
-6. Every match's edits are tried on top of the accepted ones; a match whose
-   edits overlap accepted ones or break parsing is skipped with the reason,
-   the others still apply.  The final text is checked by
-   `safety.verify_output`.
+6. Every match's edits are combined with the accepted ones; a match whose
+   edits overlap accepted ones is skipped with the reason.  The combined
+   output must parse and be unchanged outside the edits
+   (`safety.verify_output`); if it does not parse, the run is repeated with
+   a parse after each match so that only the culprit is skipped.
 """
 
 from __future__ import annotations

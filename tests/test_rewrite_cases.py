@@ -343,3 +343,12 @@ class Other(nn.Module):
     assert result.outcomes[0].reason.startswith("the rewrite would not parse (line 8:")
     assert "        probs = softmax(scores)\n" in result.new_source
     assert "F.softmax(scores, dim=-1)" in result.new_source
+
+
+def test_same_location_twice_is_edited_once():
+    source = bert()
+    facts = analyze(source)
+    result = rewrite_source(source, facts, [dln_dropped(facts), dln_dropped(facts)])
+    assert [o.status for o in result.outcomes] == ["applied", "skipped"]
+    assert result.outcomes[1].reason.startswith("same location as the match at line ")
+    assert result.new_source.count("self.dropout_add_layernorm(") == 1
