@@ -1,0 +1,88 @@
+"""The matcher on real corpus files (transformers 4.35.0), through the analysis.
+
+Uses the shipped `rulepacks/adopter.adr` when the front end loads it, else the
+hand-lowered rules of `test_matcher_helpers.adopter_rules()`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from dslc.compiler import compile_rules
+from dslc.matcher import match_file
+from test_matcher_helpers import adopter_rules
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    pack = REPO / "rulepacks" / "adopter.adr"
+    rules = None
+    if pack.exists():
+        try:
+            from dslc.loader import load_rules
+
+            result = load_rules([str(pack)])
+            if result.packs and not any(getattr(d, "severity", "") == "error" for d in result.diagnostics):
+                rules = result.packs[0].rules
+        except ImportError:
+            pass
+    return compile_rules(rules if rules is not None else adopter_rules())
+
+
+@pytest.fixture(scope="module")
+def analyze():
+    api = pytest.importorskip("dslc.analysis.api", reason="the analysis has not landed")
+
+    def run(root: Path, model: str, names):
+        f = root / "models" / model / f"modeling_{model}.py"
+        return api.analyze_source(f.read_text(), str(f), root=str(root.parent), want=names)
+
+    return run
+
+
+def _matches(compiled, analyze, root, model):
+    facts = analyze(root, model, compiled.anchor_names())
+    return [m for m in match_file(compiled, facts) if m.conflict is None]
+
+
+def test_bert(transformers_src, compiled, analyze):
+    ms = _matches(compiled, analyze, transformers_src, "bert")
+    by_rule = Counter(m.rule.name for m in ms)
+    dl = sorted(m.class_name for m in ms if m.rule.name == "dropout_layernorm")
+    assert dl == ["BertOutput", "BertSelfOutput"]
+    assert by_rule["bert_self_attention"] == 1
+    [bsa] = [m for m in ms if m.rule.name == "bert_self_attention"]
+    assert bsa.class_name == "BertAttention" and bsa.bindings["config"].text == "config"
+    assert by_rule["biased_gelu"] == 2
+    assert by_rule["softmax"] == 1
+    # eps by parameter name, from the keyword in the source
+    [so] = [m for m in ms if m.rule.name == "dropout_layernorm" and m.class_name == "BertSelfOutput"]
+    assert so.bindings["eps"].text == "config.layer_norm_eps"
+    assert so.bindings["x"].text == "hidden_states" and so.bindings["res"].text == "input_tensor"
+
+
+def test_dpt_conv_batchnorm_across_if(transformers_src, compiled, analyze):
+    ms = [m for m in _matches(compiled, analyze, transformers_src, "dpt") if m.rule.name == "conv_batchnorm"]
+    assert len(ms) >= 2
+    # The BatchNorm call sits inside `if self.use_batch_norm:`, the conv before it.
+    assert any(m.nodes[1].stmt.blocks and not m.nodes[0].stmt.blocks for m in ms)
+
+
+def test_gptj_fused_qkv_and_softmax_extras(transformers_src, compiled, analyze):
+    ms = _matches(compiled, analyze, transformers_src, "gptj")
+    [qkv] = [m for m in ms if m.rule.name == "fused_qkv"]
+    assert qkv.bindings["nh"].text == "self.num_attention_heads"
+
+
+def test_t5_and_gpt2_module_replacement(transformers_src, compiled, analyze):
+    t5 = [m for m in _matches(compiled, analyze, transformers_src, "t5") if m.rule.name == "t5_attention"]
+    assert len(t5) == 2
+    gpt2 = [m for m in _matches(compiled, analyze, transformers_src, "gpt2") if m.rule.name == "gpt2_attention"]
+    # self.attn (is_cross_attention defaulted to False) and self.crossattention (True)
+    assert sorted(m.bindings["cross"].value for m in gpt2) == [False, True]
+    assert {b.attr for m in gpt2 for b in m.init_nodes.values()} == {"attn", "crossattention"}
