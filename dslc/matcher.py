@@ -89,7 +89,7 @@ class _B:
     (-1: defined before the path, e.g. a parameter; None: in __init__)."""
 
     text: str
-    kind: str  # name | const | expr | layer | absent
+    kind: str  # name | const | expr | layer | absent | unknown (a literal check on a non-static value)
     value: object = None
     defn: int | None = None
 
@@ -144,6 +144,12 @@ def _unify(term: ir.Term, b: _B, env: dict[str, _B]) -> dict[str, _B] | Fail:
     if isinstance(term, ir.Const):
         if b.kind == "const" and _const_eq(term.value, b.value):
             return env
+        if b.kind == "expr" or b.kind == "name":
+            # Not a static value: like `where ==` on an unknown value, the
+            # match is kept but marked (apply reports it skipped).
+            new = dict(env)
+            new[f"?{len(env)}"] = _B(f"needs the literal {term.value!r}, the source gives {b.text}, not a static value", "unknown")
+            return new
         return Fail("needs the literal {!r}, the node has {!r}", term.value, _show(b))
     return Fail("cannot match pattern term {!r}", term)
 
@@ -507,6 +513,9 @@ def _match_init(cr: CompiledRule, scope: _Scope, env: dict[str, _B]) -> Iterator
 
 def _check_where(rule: ir.Rule, env: dict[str, _B]) -> str | None | Fail:
     """None: all hold; a string: a constraint needs an unknown static fact."""
+    for b in env.values():
+        if b.kind == "unknown":
+            return b.text
     for c in rule.where:
         b = env.get(c.var.name)
         if b is None or b.kind == "absent":
@@ -551,7 +560,7 @@ def _init_id(b: InitBinding) -> tuple:
 
 
 def _to_bound(b: _B) -> ir.Bound | None:
-    if b.kind == "absent":
+    if b.kind in ("absent", "unknown"):
         return None
     if b.kind == "const":
         return ir.Bound(b.text, "const", b.value)

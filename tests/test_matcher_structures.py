@@ -141,8 +141,12 @@ def test_softmax_dim_positional_or_keyword_and_extras():
         call(7, "torch.softmax", ["s", C(-1)], ["f"]),
         call(8, "torch.nn.functional.softmax", ["s"], ["g"], kwargs=[("dim", C(1))]),
     ]
-    ms = run([softmax()], facts(functions=[("attn", (Path((), tuple(fn)),))]))
+    found = run([softmax()], facts(functions=[("attn", (Path((), tuple(fn)),))]))
+    ms = clean(found)
     assert [m.nodes[0].stmt.lines[0] for m in ms] == [3, 4, 6]
+    # dim held in a variable: not a location, kept marked so apply can say why.
+    [var] = [m for m in found if m.conflict]
+    assert var.nodes[0].stmt.lines[0] == 5 and "needs the literal -1" in var.conflict
     assert ms[2].extras == {0: (("dtype", A("torch.float32")),)}
     assert ms[0].class_name is None and ms[0].paths_of == "function:attn"
 
