@@ -33,6 +33,10 @@ OPTIONS: dict[str, tuple] = {
     "detect": (lambda v: isinstance(v, bool), "True or False"),
     "commutative": (lambda v: isinstance(v, bool), "True or False"),
     "verify": (lambda v: v in ("auto", "skip"), '"auto" or "skip"'),
+    # Acknowledge warnings for this rule: a comma-separated list of codes.
+    "allow": (lambda v: isinstance(v, str) and bool(v.strip()) and all(
+        (c.strip().upper() in codes.REGISTRY and codes.REGISTRY[c.strip().upper()].severity == "warning")
+        for c in v.split(",")), 'a string of warning codes, e.g. "ADR209"'),
 }
 
 # PEP 440 public versions (with local labels), as in the specification's
@@ -210,7 +214,15 @@ class _RuleChecker:
             if sec is not None:
                 self.shapes(sec)
         self.variables(init, fwd)
-        return self.out
+        return self._allowed(self.out)
+
+    def _allowed(self, diags: list[Diagnostic]) -> list[Diagnostic]:
+        """Drop the warnings the rule acknowledges with `option allow = "..."`."""
+        allowed: set[str] = set()
+        for o in self.r.of(S.Option):
+            if o.name == "allow" and isinstance(o.value.value, str):
+                allowed.update(c.strip().upper() for c in o.value.value.split(","))
+        return [d for d in diags if d.is_error or d.code not in allowed]
 
     # -- 3. structure ----------------------------------------------------------
     def structure(self) -> None:

@@ -70,7 +70,8 @@ DUP_PACK = _code("ADR104", "warning", "duplicate pack name", """
 UNKNOWN_OPTION = _code("ADR105", "error", "unknown option", """
     `option NAME = VALUE` accepts only the options the tools read: scope
     ("any" or "forward"), detect (True: the rule only reports), commutative
-    (True/False), verify ("auto" or "skip").""")
+    (True/False), verify ("auto" or "skip"), allow (a string of warning codes
+    the rule acknowledges, e.g. "ADR209"; errors cannot be allowed).""")
 BAD_OPTION = _code("ADR106", "error", "invalid option value", """
     The option exists but the value has the wrong type or is not one of the
     allowed values (see `dslc explain ADR105`).""")

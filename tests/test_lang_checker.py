@@ -71,3 +71,10 @@ def test_init_only_rule_and_forward_var_visibility():
       init { torch.nn.Linear($i, $o) -> $lin; } => { torch.nn.Linear($i, $o) -> $lin; }
       forward { $lin($x) -> $y; } => { torch.g($x, $o) -> $y; } }'''
     assert codes_of(text) == []  # init-source $o is visible in forward
+
+
+def test_option_allow_acknowledges_warnings_only():
+    rule = HEAD + 'rule r "d" { kernel torch.x forward { torch.f($x) -> $y; } => _ %s }'
+    assert codes_of(rule % "") == ["ADR112"]
+    assert codes_of(rule % 'option allow = "ADR112"') == []
+    assert codes_of(rule % 'option allow = "ADR201"') == ["ADR106", "ADR112"]  # errors cannot be allowed
