@@ -543,7 +543,7 @@ class _Rewriter:
 
         def sub(m: re.Match) -> str:
             try:
-                return env.var(m.group(1))
+                return _paren(env.var(m.group(1)))
             except _Absent:
                 raise Skip(f"`when` names `${m.group(1)}`, which is bound to nothing") from None
 
