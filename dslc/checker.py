@@ -31,8 +31,6 @@ from dslc.diagnostics import Diagnostic, Label, diag
 OPTIONS: dict[str, tuple] = {
     "scope": (lambda v: v in ("any", "forward"), '"any" or "forward"'),
     "detect": (lambda v: isinstance(v, bool), "True or False"),
-    "commutative": (lambda v: isinstance(v, bool), "True or False"),
-    "verify": (lambda v: v in ("auto", "skip"), '"auto" or "skip"'),
     # Acknowledge warnings for this rule: a comma-separated list of codes.
     "allow": (lambda v: isinstance(v, str) and bool(v.strip()) and all(
         (c.strip().upper() in codes.REGISTRY and codes.REGISTRY[c.strip().upper()].severity == "warning")
@@ -305,6 +303,14 @@ class _RuleChecker:
         if not check(o.value.value):
             self.emit(codes.BAD_OPTION, f"invalid value {pretty_const(o.value.value)} for option `{o.name}`",
                       o.value.span, label=f"expected {allowed}")
+        elif o.name == "scope":
+            # The compiler derives the scope from the init item; the option
+            # states it, and must agree.
+            want = "forward" if self.r.section("init") is not None else "any"
+            if o.value.value != want:
+                why = "has an init item" if want == "forward" else "has no init item"
+                self.emit(codes.BAD_OPTION, f"scope {pretty_const(o.value.value)} contradicts the rule, which {why}",
+                          o.value.span, label=f"this rule's scope is \"{want}\"")
 
     # -- 4. node shapes --------------------------------------------------------
     def shapes(self, sec: S.Section) -> None:

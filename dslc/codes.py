@@ -69,8 +69,8 @@ DUP_PACK = _code("ADR104", "warning", "duplicate pack name", """
     kept apart, but `--select pack:rule` becomes ambiguous.""")
 UNKNOWN_OPTION = _code("ADR105", "error", "unknown option", """
     `option NAME = VALUE` accepts only the options the tools read: scope
-    ("any" or "forward"), detect (True: the rule only reports), commutative
-    (True/False), verify ("auto" or "skip"), allow (a string of warning codes
+    ("any" for rules without an init item, "forward" for rules with one),
+    detect (True: the rule only reports), allow (a string of warning codes
     the rule acknowledges, e.g. "ADR209"; errors cannot be allowed).""")
 BAD_OPTION = _code("ADR106", "error", "invalid option value", """
     The option exists but the value has the wrong type or is not one of the

@@ -78,3 +78,9 @@ def test_option_allow_acknowledges_warnings_only():
     assert codes_of(rule % "") == ["ADR112"]
     assert codes_of(rule % 'option allow = "ADR112"') == []
     assert codes_of(rule % 'option allow = "ADR201"') == ["ADR106", "ADR112"]  # errors cannot be allowed
+
+
+def test_scope_must_agree_with_the_items():
+    fwd = HEAD + 'rule r "d" { kernel torch.x exact forward { torch.f($x) -> $y; } => { torch.g($x) -> $y; } %s }'
+    assert codes_of(fwd % 'option scope = "any"') == []
+    assert codes_of(fwd % 'option scope = "forward"') == ["ADR106"]
