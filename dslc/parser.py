@@ -208,6 +208,10 @@ def _syntax_diagnostic(exc: UnexpectedInput, source: SourceFile) -> Diagnostic:
             return diag(codes.BAD_CHARACTER, "unterminated string", span,
                         label="string starts here", help="strings end on the line they start")
         shown = repr(ch) if ch.isprintable() and ch else f"U+{ord(ch):04X}" if ch else "?"
+        if ch in "<>~!" and "STRING" in (exc.allowed or ()):
+            return diag(codes.BAD_CHARACTER, f"invalid character {shown}", span,
+                        label="a version range must be quoted",
+                        help='write the range as a string: requires pkg ">=0.1,<1"')
         return diag(codes.BAD_CHARACTER, f"invalid character {shown}", span,
                     label="not part of any token",
                     help=f"expected one of: {_friendly(exc.allowed or ())}" if exc.allowed else None)
@@ -223,12 +227,18 @@ def _syntax_diagnostic(exc: UnexpectedInput, source: SourceFile) -> Diagnostic:
     end_col = tok.end_column or tok.column + len(str(tok.value))
     span = Span(path, tok.line, tok.column, end_line, end_col)
     expected = _accepted(exc)
-    if tok.type == "NAME" and "KERNEL" in expected:
+    if tok.type == "NAME":
+        # A misspelt keyword is the usual cause: suggest the closest one.
         word = str(tok.value)
-        close = difflib.get_close_matches(word, SECTIONS, n=1)
-        hint = f"did you mean `{close[0]}`?" if close else "sections: " + ", ".join(SECTIONS)
-        return diag(codes.UNKNOWN_SECTION, f"unknown section `{word}` in rule body", span,
-                    label="not a section keyword", help=hint)
+        words = _keywords(expected)
+        close = difflib.get_close_matches(word, words, n=1)
+        if "KERNEL" in expected and not (close and close[0] not in SECTIONS):
+            hint = f"did you mean `{close[0]}`?" if close else "sections: " + ", ".join(SECTIONS)
+            return diag(codes.UNKNOWN_SECTION, f"unknown section `{word}` in rule body", span,
+                        label="not a section keyword", help=hint)
+        if close:
+            return diag(codes.SYNTAX, f"unexpected `{word}`", span, label="unexpected here",
+                        help=f"did you mean `{close[0]}`? (expected one of: {_friendly(expected)})")
     notes = ()
     if "SEMICOLON" in expected and getattr(exc, "token", None) is not None:
         prev = _previous_token_line(source, tok)
@@ -237,6 +247,15 @@ def _syntax_diagnostic(exc: UnexpectedInput, source: SourceFile) -> Diagnostic:
     return diag(codes.SYNTAX, f"unexpected {_token_text(tok)}", span,
                 label="unexpected here", notes=notes,
                 help=f"expected one of: {_friendly(expected)}")
+
+
+def _keywords(expected) -> list[str]:
+    """The keywords among the terminals `expected`."""
+    out = []
+    for term in _lark().terminals:
+        if term.name in expected and term.pattern.type == "str" and term.pattern.value.isalpha():
+            out.append(term.pattern.value)
+    return out
 
 
 def _accepted(exc: UnexpectedToken) -> set[str]:
