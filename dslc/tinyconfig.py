@@ -50,6 +50,17 @@ _GENERIC = {
     "patch_size": 8,
     "embedding_size": 16,
     "fusion_hidden_size": 16,
+    # encoder-decoder names (BART, T5, Whisper, ...)
+    "d_model": 32,
+    "d_kv": 8,
+    "d_ff": 37,
+    "encoder_layers": 2,
+    "decoder_layers": 2,
+    "num_decoder_layers": 2,
+    "encoder_attention_heads": 4,
+    "decoder_attention_heads": 4,
+    "encoder_ffn_dim": 37,
+    "decoder_ffn_dim": 37,
     "num_labels": 2,  # question answering splits its logits in two
 }
 
@@ -64,6 +75,12 @@ _MODEL_OVERRIDES: dict[str, dict[str, Any]] = {
     },
     "resnet": {"embedding_size": 8, "hidden_sizes": [8, 16, 24, 32], "depths": [1, 1, 1, 1]},
     "bert": {"type_vocab_size": 2},
+    "gptj": {"rotary_dim": 4},  # at most the head size (32 / 4 heads)
+    "codegen": {"rotary_dim": 4},
+    "swin": {"image_size": 32, "patch_size": 2, "embed_dim": 16, "depths": [1, 2, 1],
+             "num_heads": [2, 2, 4], "window_size": 2},
+    "segformer": {"hidden_sizes": [8, 16, 24, 32], "num_attention_heads": [1, 2, 4, 8],
+                  "depths": [1, 1, 1, 1], "decoder_hidden_size": 16},
     "roberta": {"type_vocab_size": 1, "pad_token_id": 1},
 }
 
@@ -163,7 +180,8 @@ def tiny_config(config_cls: type, variant: int = 0) -> Any:
     if not is_config_class(config_cls):
         return cfg
     for key, value in _GENERIC.items():
-        if hasattr(cfg, key):
+        # A per-stage list (Segformer's heads) is left to the overrides.
+        if hasattr(cfg, key) and not isinstance(getattr(cfg, key), (list, tuple)):
             setattr(cfg, key, value)
     layers = getattr(cfg, "num_hidden_layers", 2) or 2
     for key in _STAGE_LISTS:
