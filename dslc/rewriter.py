@@ -345,6 +345,7 @@ class _Rewriter:
         self.hook_present = self.needs_hook
         self.taken: dict[str, set[str]] = {}
         self.done_locations: dict[tuple, int] = {}
+        self.matches: list[ir.Match] = []
 
     # -- names ------------------------------------------------------------
 
@@ -461,7 +462,9 @@ class _Rewriter:
 
         # Forward structure: statements, hoisting.  A forward target equal to
         # its source (biased_gelu: only the init changes) needs no forward edit.
-        if forward_edit and tuple(rule.forward.target) == tuple(rule.forward.source):
+        detect_only = rule.forward is None or rule.forward.target is None
+        unchanged_forward = forward_edit and _forward_unchanged(rule)
+        if unchanged_forward:
             forward_edit = False
         if condition and forward_edit:
             raise Skip("a rule with `when` must leave forward unchanged (its old layers live only in the `else` branch)")
@@ -509,7 +512,14 @@ class _Rewriter:
                 kinds[var] = "deleted"
                 changed[binding.attr] = "removes"
 
-        reason = safety.check_attr_uses(match, cls, changed, interface_kept=not forward_edit)
+        # A rule whose forward target equals its source (biased_gelu) changes
+        # only the init: every call site it matched shares that one change, so
+        # the calls at those sites are not "uses elsewhere".
+        siblings: list = []
+        if unchanged_forward:
+            mine = _init_attrs(match)
+            siblings = [n for m in self.matches if m.rule is rule and _init_attrs(m) == mine for n in m.nodes]
+        reason = safety.check_attr_uses(match, cls, changed, interface_kept=detect_only, also_allowed=siblings)
         if reason:
             raise Skip(reason)
 
@@ -846,6 +856,14 @@ class _Rewriter:
             if new_key != old_key:
                 keep = kinds.get(pm.source.base.name) == "kept"
                 renames.append((new_key, old_key, keep))
+        # A replaced statement that reads `$u.attr` of a layer built later
+        # (`self.act = ...` above `self.fc1 = ...`) moves to the anchor, after it.
+        target_of = {pn.outputs[0].name: pn for pn in rule.init.target}
+        for var, kind in list(kinds.items()):
+            if kind == "replaced":
+                deps = [d for d in _attrof_bases(target_of[var]) if d in stmts and d != var]
+                if any(stmts[d].lineno > stmts[var].lineno for d in deps):
+                    kinds[var] = "moved"
         candidates = [v for v, k in kinds.items() if k != "kept"]
         if not candidates:
             raise Skip("nothing in `__init__` to anchor the new layers to")
@@ -857,14 +875,14 @@ class _Rewriter:
         if reassigned:
             self.check_reassign_guard(bindings[anchor_var], hoist_guards, bindings[reassigned[0]].attr)
         indent = mod.indent(anchor)
-        new_lines = [rendered[v] for v in order if kinds.get(v) in (None, "reassigned")]
+        new_lines = [rendered[v] for v in order if kinds.get(v) in (None, "reassigned", "moved")]
         if renames:
             plan.needs_hook = True
             # One (new key, old key, keep old) triple per line: a readable diff.
             items = "".join(f"{mod.unit}({n!r}, {o!r}, {k}),\n" for n, o, k in renames)
             new_lines.append(f"self._register_load_state_dict_pre_hook({HOOK_HELPER}((\n{items})))")
         init_plan = _Plan()
-        deleted_ids = {id(stmts[v]) for v, k in kinds.items() if k == "deleted"}
+        deleted_ids = {id(stmts[v]) for v, k in kinds.items() if k in ("deleted", "moved")}
         for var, kind in kinds.items():
             if var == anchor_var:
                 continue
@@ -872,7 +890,7 @@ class _Rewriter:
             if kind == "replaced":
                 start, end = mod.stmt_range(stmt)
                 self.claim(init_plan, start, end, self.fit(self.lines_text([rendered[var]], mod.indent(stmt)), stmt), stmt)
-            elif kind == "deleted":
+            elif kind in ("deleted", "moved"):
                 self.delete_stmt(init_plan, stmt, also_deleted=deleted_ids)
         start, end = mod.stmt_range(anchor)
         if kinds[anchor_var] == "deleted" and not new_lines:
@@ -1061,7 +1079,22 @@ def _names(node: ast.AST) -> set[str]:
     return {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and n.id != "self"}
 
 
+def _forward_unchanged(rule: ir.Rule) -> bool:
+    return rule.forward is not None and rule.forward.target is not None and tuple(rule.forward.target) == tuple(rule.forward.source)
+
+
+def _init_attrs(match: ir.Match) -> tuple:
+    """The init bindings a match changes, as a key: class, variable, attribute, statement lines."""
+    return (match.class_name,) + tuple(sorted(
+        (var, getattr(b, "attr", None), tuple(b.stmt.lines) if getattr(b, "stmt", None) else ())
+        for var, b in match.init_nodes.items()
+    ))
+
+
 def _location_key(match: ir.Match) -> tuple:
+    if _forward_unchanged(match.rule) and match.init_nodes:
+        # Only the init changes: one location however many call sites matched.
+        return (match.rule.qualified_name, "init", _init_attrs(match))
     return (match.rule.qualified_name, tuple(sorted({safety.stmt_key(n) for n in match.nodes})),
             tuple(sorted((b.attr for b in match.init_nodes.values()))))
 
@@ -1086,6 +1119,7 @@ def rewrite_source(source: str, facts, matches: list[ir.Match], *, path: str = "
 
 def _rewrite(source: str, facts, matches, path: str, *, check_each: bool) -> RewriteResult | None:
     rewriter = _Rewriter(source, facts, path)
+    rewriter.matches = list(matches)
     outcomes: dict[int, Outcome] = {}
     # `when` rules duplicate a run of init statements into both branches of an
     # `if`: they go last, so the other rewrites inside that run are composed
@@ -1095,7 +1129,7 @@ def _rewrite(source: str, facts, matches, path: str, *, check_each: bool) -> Rew
     for index in order:
         match = matches[index]
         key = _location_key(match)
-        if match.nodes and key in rewriter.done_locations:
+        if key in rewriter.done_locations:
             outcomes[index] = Outcome(match, "skipped", f"same location as the match at line {rewriter.done_locations[key]} (edited once)", tuple(match.lines))
             continue
         try:
@@ -1133,7 +1167,7 @@ def _rewrite(source: str, facts, matches, path: str, *, check_each: bool) -> Rew
         rewriter.needs_hook = rewriter.needs_hook or plan.needs_hook
         for cls, names in plan.new_attrs.items():
             rewriter.taken.setdefault(cls, set()).update(names)
-        if match.nodes:
+        if match.nodes or key[1:2] == ("init",):
             rewriter.done_locations[key] = first
         outcomes[index] = Outcome(match, "applied", None, tuple(sorted(set(match.lines) | plan.lines)))
     ordered = [outcomes[i] for i in range(len(matches))]

@@ -307,18 +307,20 @@ def check_attr_uses(
     changed: dict[str, str],
     *,
     interface_kept: bool,
+    also_allowed: Sequence = (),
 ) -> str | None:
     """Attributes the rewrite replaces or removes are used nowhere else.
 
-    `changed` maps attribute -> "replaced" / "removed".  Allowed uses: the
-    init binding's own statement, and the matched forward statements.  With
+    `changed` maps attribute -> "replaces" / "removes".  Allowed uses: the
+    init binding's own statement, the matched forward statements, and
+    `also_allowed` nodes (other call sites that share the same init change).  With
     `interface_kept` (a drop-in module replacement, forward target `_`) calls
     elsewhere are fine; stores outside the binding never are.
     """
     if cls is None or not changed:
         return None
     bindings = {b.attr: b for b in match.init_nodes.values()}
-    forward_spans = [(n.stmt.method, n.stmt.lines) for n in match.nodes]
+    forward_spans = [(n.stmt.method, n.stmt.lines) for n in list(match.nodes) + list(also_allowed)]
     for use in cls.attr_uses:
         if use.attr not in changed:
             continue

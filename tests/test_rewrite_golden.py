@@ -197,3 +197,35 @@ def test_when_region_composes_other_rewrites(compiled):
     again = run(compiled, new)
     assert again.new_source is None
     assert [o.status for o in again.outcomes if o.status == "applied"] == []
+
+
+GELU_TWO_SITES = '''import torch
+from torch import nn
+from transformers.activations import ACT2FN
+
+
+class Layer(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.act = ACT2FN[config.hidden_act]
+
+    def forward(self, hidden_states, other):
+        hidden_states = self.act(self.fc1(hidden_states))
+        other = {second}
+        return hidden_states, other
+'''
+
+
+def test_biased_gelu_two_call_sites_are_one_location(compiled):
+    result = run(compiled, GELU_TWO_SITES.format(second="self.act(self.fc1(other))"))
+    assert [(o.status, (o.reason or "")[:31]) for o in result.outcomes] == [
+        ("applied", ""), ("skipped", "same location as the match at l")]
+    assert "self.act = FusedBiasGELU(config.intermediate_size, prev_weight=self.fc1.weight)" in result.new_source
+
+
+def test_biased_gelu_linear_used_alone_elsewhere_is_skipped(compiled):
+    result = run(compiled, GELU_TWO_SITES.format(second="self.fc1(other)"))
+    assert result.new_source is None
+    assert [o.reason for o in result.outcomes] == [
+        "attribute `self.fc1`, which the rewrite replaces, is also used at line 14 (in `forward`)"]
