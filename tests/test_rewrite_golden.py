@@ -229,3 +229,14 @@ def test_biased_gelu_linear_used_alone_elsewhere_is_skipped(compiled):
     assert result.new_source is None
     assert [o.reason for o in result.outcomes] == [
         "attribute `self.fc1`, which the rewrite replaces, is also used at line 14 (in `forward`)"]
+
+
+def test_fused_layer_moves_below_the_layer_it_reads(compiled):
+    source = GELU_TWO_SITES.format(second="other").replace(
+        "        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)\n        self.act = ACT2FN[config.hidden_act]\n",
+        "        self.act = ACT2FN[config.hidden_act]\n        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)\n")
+    new = run(compiled, source).new_source
+    body = new[new.index("        if config.hidden_act in"):new.index("    def forward")]
+    fused = body.index("self.act = FusedBiasGELU(")
+    assert body.index("self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)") < fused
+    assert run(compiled, new).new_source is None
