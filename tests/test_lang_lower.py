@@ -165,3 +165,21 @@ def test_cli_usage_and_json(tmp_path, capsys):
     big.write_bytes(b"#" * 2_000_000)
     assert cli.main(["check", str(big)]) == 1
     assert "error[ADR005]" in capsys.readouterr().out
+
+
+def test_dump_without_compiler_is_a_usage_error(monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "dslc.compiler", None)  # import fails
+    assert cli.main(["check", "--dump", ADOPTER]) == 2
+    assert "--dump needs dslc.compiler" in capsys.readouterr().err
+
+
+def test_quiet_prints_errors_only(tmp_path, capsys):
+    f = tmp_path / "w.adr"
+    f.write_text('pack p "d"\nrule r "d" { kernel torch.x forward { torch.f($x) -> $y; } => _ }\n')
+    assert cli.main(["check", "--quiet", str(f)]) == 0
+    assert capsys.readouterr().out == ""
+    assert cli.main(["check", str(f)]) == 0
+    out = capsys.readouterr().out
+    assert "warning[ADR112]" in out and "0 errors, 1 warning" in out
