@@ -10,14 +10,20 @@ Algorithm (`parse_source`):
    replaced by a placeholder, keeping every later pass (printer, checker,
    `==`) far from Python's recursion limit.
 4. A lark error becomes one located diagnostic: unexpected token ("expected
-   one of ..." in friendly names), unexpected end of file, invalid character,
-   or an unknown section keyword inside a rule body (ADR102).
+   one of ..." in friendly names, the closest keyword suggested), unexpected
+   end of file, invalid character, or an unknown section keyword inside a
+   rule body (ADR102).
+5. Recovery: the text before the next `rule` line after the error is blanked
+   (newlines kept, so positions hold) and parsed again, up to
+   MAX_SYNTAX_ERRORS times, so each broken rule reports its own error.  A
+   file with any syntax error yields no tree.
 """
 
 from __future__ import annotations
 
 import ast as _pyast
 import difflib
+import re
 import importlib.resources
 import threading
 import warnings
@@ -88,34 +94,73 @@ def parse_source(text: str, path: str = "<string>") -> ParseResult:
                  f"file too large ({len(text)} characters; the limit is {MAX_SOURCE_BYTES} bytes)",
                  Span(path, 1, 1, 1, 1))
         return ParseResult(None, [d], source)
-    parser = _lark()
     with _LOCK:
-        _CTX.path, _CTX.diagnostics, _CTX.depth, _CTX.too_deep = path, [], {}, False
-        try:
-            tree = parser.parse(text)
-            error = None
-        except UnexpectedInput as exc:
-            tree, error = None, exc
-        except RecursionError:  # not expected (no recursion), but never crash
-            tree, error = None, None
-            _CTX.diagnostics.append(diag(codes.TOO_DEEP, "input nested too deeply",
-                                         Span(path, 1, 1, 1, 1)))
-        except Exception as exc:  # a bug in the builder: report it, do not crash
-            tree, error = None, None
-            _CTX.diagnostics.append(diag(codes.SYNTAX, f"internal parser error: {type(exc).__name__}: {exc}",
-                                         Span(path, 1, 1, 1, 1),
-                                         help="please report this input as a dslc bug"))
-        syntax_error = _syntax_diagnostic(error, source) if error is not None else None
-        diagnostics = list(_CTX.diagnostics)
-        _CTX.depth = {}
-    if syntax_error is not None:
-        diagnostics.append(syntax_error)
-        return ParseResult(None, diagnostics, source)
+        tree, diagnostics, failed = _parse_locked(text, source)
+        # Recovery: after a syntax error, blank out everything before the
+        # next line that starts a rule (keeping newlines, so positions stay
+        # right) and parse again, so each broken rule reports its own error.
+        for _ in range(MAX_SYNTAX_ERRORS - 1):
+            if failed is None:
+                break
+            sync = _next_rule_start(text, failed)
+            if sync is None:
+                break
+            masked = _BLANK.sub(" ", text[:sync]) + text[sync:]
+            _, more, failed = _parse_locked(masked, source)
+            diagnostics.extend(more)
     if tree is None:
         return ParseResult(None, diagnostics, source)
     file = S.File(tree.headers, tree.requires, tree.rules, path=path,
                   span=Span(path, 1, 1, *source.position(len(text))))
     return ParseResult(file, diagnostics, source)
+
+
+# At most this many syntax errors are reported per file.
+MAX_SYNTAX_ERRORS = 10
+_BLANK = re.compile(r"[^\n]")
+_RULE_LINE = re.compile(r"^[ \t]*rule\b", re.MULTILINE)
+
+
+def _next_rule_start(text: str, error_offset: int) -> int | None:
+    """Offset of the first line after the error's line that starts a rule."""
+    line_end = text.find("\n", error_offset)
+    if line_end < 0:
+        return None
+    m = _RULE_LINE.search(text, line_end + 1)
+    return m.start() if m else None
+
+
+def _parse_locked(text: str, source: SourceFile):
+    """One parse (caller holds _LOCK): (tree or None, diagnostics, offset of
+    the syntax error or None)."""
+    path = source.path
+    _CTX.path, _CTX.diagnostics, _CTX.depth, _CTX.too_deep = path, [], {}, False
+    tree = error = None
+    try:
+        tree = _lark().parse(text)
+    except UnexpectedInput as exc:
+        error = exc
+    except RecursionError:  # not expected (no recursion), but never crash
+        _CTX.diagnostics.append(diag(codes.TOO_DEEP, "input nested too deeply", Span(path, 1, 1, 1, 1)))
+    except Exception as exc:  # a bug in the builder: report it, do not crash
+        _CTX.diagnostics.append(diag(codes.SYNTAX, f"internal parser error: {type(exc).__name__}: {exc}",
+                                     Span(path, 1, 1, 1, 1), help="please report this input as a dslc bug"))
+    diagnostics = list(_CTX.diagnostics)
+    failed = None
+    if error is not None:
+        diagnostics.append(_syntax_diagnostic(error, source))
+        failed = _error_offset(error, text)
+    _CTX.depth = {}
+    return (tree if error is None else None), diagnostics, failed
+
+
+def _error_offset(exc: UnexpectedInput, text: str) -> int:
+    if isinstance(exc, UnexpectedCharacters):
+        return exc.pos_in_stream
+    tok = getattr(exc, "token", None)
+    if tok is not None and tok.type != "$END" and tok.start_pos is not None:
+        return tok.start_pos
+    return len(text)
 
 
 def parse_bytes(data: bytes, path: str) -> ParseResult:

@@ -447,6 +447,8 @@ class _Rewriter:
             raise Skip(reason)
         cls = safety.find_class(self.facts, match.class_name)
         paths = safety.paths_through(match, self.facts) if match.nodes else []
+        if match.nodes and not paths:
+            raise Skip(f"the matched nodes are on no path of `{match.function}`; the data flow cannot be checked")
         reason, feasible = safety.check_guards(match, paths)
         if reason:
             raise Skip(reason)
@@ -674,7 +676,6 @@ class _Rewriter:
                 bound = match.bindings.get(out.name)
                 if bound is not None and bound.kind == "name":
                     produced_again.add(bound.text)
-        kept_names = set(last.outputs)
         target_inputs: set[str] = set()
         for pn in target:
             for v in _node_vars(pn):
@@ -683,7 +684,6 @@ class _Rewriter:
                     target_inputs.add(bound.text)
         reason = safety.check_dataflow(
             match, paths,
-            kept_names=kept_names if len(final_pn.outputs) <= 1 else set(),
             produced_again=produced_again,
             target_inputs=target_inputs,
             deleted_stmts=deleted_keys,

@@ -219,7 +219,6 @@ def check_dataflow(
     match: ir.Match,
     paths: Iterable,
     *,
-    kept_names: set[str],
     produced_again: set[str],
     target_inputs: set[str],
     deleted_stmts: set[tuple],
@@ -253,8 +252,6 @@ def check_dataflow(
             if pos in final_positions:
                 continue
             for out in node.outputs:
-                if out in kept_names:
-                    continue
                 reason = _scan_reads(path, pos, out, matched, end_of_final, final_positions, produced_again)
                 if reason:
                     return reason

@@ -352,3 +352,12 @@ def test_same_location_twice_is_edited_once():
     assert [o.status for o in result.outcomes] == ["applied", "skipped"]
     assert result.outcomes[1].reason.startswith("same location as the match at line ")
     assert result.new_source.count("self.dropout_add_layernorm(") == 1
+
+
+def test_refuses_read_between_when_names_are_reused():
+    source = BERT.format(tail="out", extra="").replace(
+        "        dropped = self.dropout(hidden_states)\n        out = self.LayerNorm(dropped + input_tensor)",
+        "        hidden_states = self.dropout(hidden_states)\n        print(hidden_states)\n        hidden_states = self.LayerNorm(hidden_states + input_tensor)",
+    ).replace("return out", "return hidden_states")
+    reason = skipped(source, lambda f: [dln(f, bindings={"out": "hidden_states"})])
+    assert reason == "intermediate `hidden_states` (line 14) is read at line 15 between the matched statements"
