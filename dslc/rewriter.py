@@ -137,8 +137,8 @@ class _Module:
                 if node.module and not node.level:
                     for alias in node.names:
                         self.imports[alias.asname or alias.name] = f"{node.module}.{alias.name}"
-        for local, qual in getattr(facts, "imports", ()) or ():
-            self.imports.setdefault(local, qual)
+        # Only top-level imports are reused: a function-local alias is not in
+        # scope where the new code goes.
         self.unit = self.smap.indent_unit()
         self.nl = self.smap.newline
 
