@@ -211,3 +211,18 @@ def test_plain_file_with_its_own_config_class_needs_no_factory(tmp_path, capsys)
     assert code == 0 and "pass  Block" in out
     code, out, _ = cli(capsys, str(tmp_path / "a.py"), str(tmp_path / "c.py"))
     assert code == 1 and "FAIL  Block: eval x0.01 output" in out
+
+
+def test_modeling_file_without_transformers_is_skipped_with_the_reason(transformers_src):
+    import importlib.util
+
+    if importlib.util.find_spec("transformers") is not None:
+        pytest.skip("transformers is importable here: the missing-package path is not reachable")
+    path = transformers_src / "models" / "bert" / "modeling_bert.py"
+    src = path.read_text(encoding="utf-8")
+    changed = src.replace("eps=config.layer_norm_eps", "eps=1e-5", 1)
+    report = verify.verify_sources(src, changed, path=str(path))
+    assert report.ok and report.results
+    assert all(r.status == "skipped" for r in report.results)
+    assert "package transformers.models.bert not importable" in report.results[0].reason
+    assert "transformers==4.35.0" in report.results[0].reason
