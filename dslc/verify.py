@@ -514,6 +514,10 @@ def _load_pair(orig_src: str, new_src: str, path: str, rewritten_path: str,
             raise _Broken(f"the rewritten file does not import: {_one_line(exc)}") from None
         registered.append(name)
         return _Loaded(original, rewritten, registered)
+    except BaseException:
+        for mod_name in registered:  # no half-loaded pair left in sys.modules
+            sys.modules.pop(mod_name, None)
+        raise
     finally:
         if extra_path is not None:
             try:
