@@ -71,7 +71,17 @@ class Expr:
     span: Span | None = field(default=None, compare=False)
 
 
-Term = Var | Const | AttrOf | Expr
+@dataclass(frozen=True, slots=True)
+class Code:
+    """Source text matched literally (source patterns; additive): the key in
+    `ACT2FN[config.hidden_act]` matches a value whose canonical text
+    (`ast.unparse`) is `config.hidden_act`."""
+
+    text: str
+    span: Span | None = field(default=None, compare=False)
+
+
+Term = Var | Const | AttrOf | Expr | Code
 
 
 @dataclass(frozen=True, slots=True)
