@@ -36,6 +36,10 @@ examples:
 
 exit status: 0 all files processed, 1 some file failed (the others were still
 processed), 2 usage error or a rule pack with errors.
+
+error codes: E100 cannot read, E101 does not parse, E102 not text in its
+encoding, E103 cannot write, E104 cannot encode the rewrite, E105 changed on
+disk during the run, E110 --verify failed, E199 internal error (a dslc bug).
 """
 
 
@@ -82,7 +86,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("text", "json"), default="text",
                    help="text: diff on stdout, summary on stderr; json: the report on stdout")
     p.add_argument("--jobs", "-j", type=_positive_int, default=default_jobs(), metavar="N",
-                   help="analysis worker processes (default: min(4, CPUs) = %(default)s)")
+                   help="worker processes for analysis, matching and rewriting "
+                        "(default: min(4, CPUs) = %(default)s)")
     p.add_argument("--exclude", action="append", default=[], metavar="GLOB",
                    help="skip paths matching GLOB (matched against the path relative to PATH, "
                         "its name and its folders; repeatable)")
