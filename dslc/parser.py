@@ -205,7 +205,22 @@ _FRIENDLY = {
     "_LARROW": "`<-`",
     "NOTHING": "`_`",
     "ELLIPSIS": "`...`",
+    "EXACT": "`exact`",
+    "DETERMINISTIC": "`deterministic`",
+    "TRUE": "`True`",
+    "FALSE": "`False`",
+    "NONE": "`None`",
 }
+
+
+def _keyword_of(terminal: str) -> str | None:
+    """The keyword a terminal stands for (`_KW_KERNEL` -> `kernel`), else None."""
+    if terminal.startswith("_KW_"):
+        return terminal[4:].lower()
+    word = _FRIENDLY.get(terminal, "")
+    if word.startswith("`") and word[1:-1].isalpha():
+        return word[1:-1]
+    return None
 
 
 @lru_cache(maxsize=1)
@@ -214,7 +229,9 @@ def _terminal_names() -> dict[str, str]:
     for term in _lark().terminals:
         if term.name in names:
             continue
-        if term.pattern.type == "str":
+        if _keyword_of(term.name):
+            names[term.name] = f"`{_keyword_of(term.name)}`"
+        elif term.pattern.type == "str":
             names[term.name] = f"`{term.pattern.value}`"
         else:
             names[term.name] = term.name.lower()
@@ -277,7 +294,7 @@ def _syntax_diagnostic(exc: UnexpectedInput, source: SourceFile) -> Diagnostic:
         word = str(tok.value)
         words = _keywords(expected)
         close = difflib.get_close_matches(word, words, n=1)
-        if "KERNEL" in expected and not (close and close[0] not in SECTIONS):
+        if "_KW_KERNEL" in expected and not (close and close[0] not in SECTIONS):
             hint = f"did you mean `{close[0]}`?" if close else "sections: " + ", ".join(SECTIONS)
             return diag(codes.UNKNOWN_SECTION, f"unknown section `{word}` in rule body", span,
                         label="not a section keyword", help=hint)
@@ -285,9 +302,11 @@ def _syntax_diagnostic(exc: UnexpectedInput, source: SourceFile) -> Diagnostic:
             return diag(codes.SYNTAX, f"unexpected `{word}`", span, label="unexpected here",
                         help=f"did you mean `{close[0]}`? (expected one of: {_friendly(expected)})")
     notes = ()
-    if "SEMICOLON" in expected and getattr(exc, "token", None) is not None:
-        prev = _previous_token_line(source, tok)
-        if prev is not None and prev < tok.line:
+    if "SEMICOLON" in expected and tok.type in ("NAME", "VAR", "STAR", "MINUS"):
+        before = source.line_text(tok.line)[: tok.column - 1].split("#", 1)[0]
+        if before.strip():
+            notes = ("is a `;` missing before it?",)
+        elif _previous_token_line(source, tok) is not None:
             notes = ("is a `;` missing at the end of the previous line?",)
     return diag(codes.SYNTAX, f"unexpected {_token_text(tok)}", span,
                 label="unexpected here", notes=notes,
@@ -296,11 +315,7 @@ def _syntax_diagnostic(exc: UnexpectedInput, source: SourceFile) -> Diagnostic:
 
 def _keywords(expected) -> list[str]:
     """The keywords among the terminals `expected`."""
-    out = []
-    for term in _lark().terminals:
-        if term.name in expected and term.pattern.type == "str" and term.pattern.value.isalpha():
-            out.append(term.pattern.value)
-    return out
+    return sorted(k for k in (_keyword_of(t) for t in expected) if k)
 
 
 def _accepted(exc: UnexpectedToken) -> set[str]:

@@ -22,7 +22,11 @@ KEYWORDS = {
     "in", "not", "and", "or", "True", "False", "None", "_",
 }
 
-names = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,6}", fullmatch=True).filter(lambda s: s not in KEYWORDS)
+names = st.one_of(
+    st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,6}", fullmatch=True).filter(lambda s: s not in KEYWORDS),
+    # a keyword followed by more name characters is a plain name (`kernels`, `Truex`)
+    st.tuples(st.sampled_from(sorted(KEYWORDS)), st.from_regex(r"[A-Za-z0-9_]{1,2}", fullmatch=True)).map("".join),
+)
 qualnames = st.lists(names, min_size=1, max_size=3).map(".".join)
 var_names = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,5}", fullmatch=True)
 attr_paths = st.lists(st.from_regex(r"[A-Za-z0-9_]{1,5}", fullmatch=True), min_size=1, max_size=3).map(".".join)
