@@ -55,6 +55,8 @@ def _usage_error(paths: list[str]) -> str | None:
 
 def run(args) -> int:
     problem = _usage_error(args.paths)
+    if args.dump and args.format == "json":
+        problem = "--dump prints text; use it without --format json"
     if problem:
         print(f"dslc check: error: {problem}", file=sys.stderr)
         return 2
