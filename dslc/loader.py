@@ -80,13 +80,21 @@ def load_rules(paths: list[str] | str, select: Iterable[str] = ()) -> LoadResult
     diags.extend(checker.check_files(parsed))
     failed = {d.span.path for d in diags if d.is_error and d.span is not None}
     packs = [lower_file(f) for f in parsed if f.path not in failed]
-    packs, sel_diags = apply_select(packs, list(select))
+    # Rules of files with errors are not loaded, but a selection naming them
+    # is not "unknown": the file's own diagnostics say what is wrong.
+    broken = [ir.Pack(f.header.name, "", (), tuple(ir.Rule(f.header.name, r.name, "", (), ir.Contract())
+                                                   for r in f.rules))
+              for f in parsed if f.path in failed and f.header is not None]
+    packs, sel_diags = apply_select(packs, list(select), broken)
     diags.extend(sel_diags)
     diags.sort(key=Diagnostic.sort_key)
     return LoadResult(packs, diags, sources, tuple(files), tuple(parsed))
 
 
-def apply_select(packs: list[ir.Pack], select: list[str]) -> tuple[list[ir.Pack], list[Diagnostic]]:
+def apply_select(packs: list[ir.Pack], select: list[str],
+                 broken: list[ir.Pack] = ()) -> tuple[list[ir.Pack], list[Diagnostic]]:
+    """Keep the selected rules; `broken` packs (files with errors) count as
+    known names but are never returned."""
     if not select:
         return packs, []
     wanted: set[tuple[str, str]] = set()
@@ -94,7 +102,7 @@ def apply_select(packs: list[ir.Pack], select: list[str]) -> tuple[list[ir.Pack]
     for sel in select:
         pack_name, sep, rule_name = sel.partition(":")
         hits = []
-        for p in packs:
+        for p in list(packs) + list(broken):
             for r in p.rules:
                 if sep:
                     ok = p.name == pack_name and rule_name in (r.name, "*", "")

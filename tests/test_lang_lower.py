@@ -183,3 +183,10 @@ def test_quiet_prints_errors_only(tmp_path, capsys):
     assert cli.main(["check", str(f)]) == 0
     out = capsys.readouterr().out
     assert "warning[ADR112]" in out and "0 errors, 1 warning" in out
+
+
+def test_select_in_a_broken_file_is_not_unknown(tmp_path):
+    f = tmp_path / "b.adr"
+    f.write_text('pack p "d"\nrule r "d" { kernel torch.x exact forward { torch.f($x) -> $y; } => { torch.g($w) -> $y; } }\n')
+    result = load_rules([str(f)], ["p:r"])
+    assert [d.code for d in result.diagnostics if d.is_error] == ["ADR201"] and result.packs == []
