@@ -466,6 +466,11 @@ def _load_pair(orig_src: str, new_src: str, path: str, rewritten_path: str,
                module: str | None, packs: Sequence) -> _Loaded:
     """Import ORIGINAL and load REWRITTEN next to it (see the module docstring, step 2)."""
     package, dotted = (module.rpartition(".")[0] or None, module) if module else infer_module_name(path)
+    if package is None and _has_relative_imports(orig_src):
+        package, dotted = _guess_transformers_module(path)
+        if package is None:
+            raise _Skip("the file uses relative imports but is not inside a package: "
+                        "pass --module with its dotted name (e.g. transformers.models.bert.modeling_bert)")
     registered: list[str] = []
     n = next(_COUNTER)
     stem = Path(path).stem
@@ -524,6 +529,26 @@ def _load_pair(orig_src: str, new_src: str, path: str, rewritten_path: str,
                 sys.path.remove(extra_path)
             except ValueError:
                 pass
+
+
+def _has_relative_imports(source: str) -> bool:
+    try:
+        return any(isinstance(n, ast.ImportFrom) and n.level for n in ast.walk(ast.parse(source)))
+    except SyntaxError:
+        return False
+
+
+def _guess_transformers_module(path: str) -> tuple[str | None, str | None]:
+    """A copied `modeling_xxx.py` belongs to `transformers.models.xxx` when that exists."""
+    stem = Path(path).stem
+    if not stem.startswith("modeling_"):
+        return None, None
+    package = f"transformers.models.{stem[len('modeling_'):]}"
+    try:
+        found = importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):
+        found = False
+    return (package, f"{package}.{stem}") if found else (None, None)
 
 
 def _is_kernel_module(missing: str, packs: Sequence) -> bool:
