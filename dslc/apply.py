@@ -614,8 +614,9 @@ def _run_all(items, packs, compiled, options, progress, done, total):
     """Run every file through `_run_chunk`: in `options.jobs` worker processes
     when there is more than one job and file, else in this process.
 
-    1. Deal the files round-robin into about 4 chunks per worker (sizes even
-       out, and the progress bar moves as chunks complete).
+    1. Deal the files round-robin into 2 chunks per worker (4 when a
+       progress bar is shown, so that it moves): sizes even out, and each
+       chunk keeps the analysis's parsed-module cache for its files.
     2. Submit them to a process pool whose workers compile the packs once.
     3. If the pool cannot run (no fork/spawn, a worker died), the chunks not
        finished yet run in this process instead.
@@ -623,7 +624,11 @@ def _run_all(items, packs, compiled, options, progress, done, total):
     if not items:
         return []
     jobs = max(1, options.jobs)
-    n_chunks = min(len(items), jobs * 4 if jobs > 1 else max(1, len(items) // 8))
+    # Fewer, larger chunks keep the analysis's per-call module cache useful; more move the bar.
+    if jobs > 1:
+        n_chunks = min(len(items), jobs * (4 if progress else 2))
+    else:
+        n_chunks = max(1, len(items) // 8) if progress else 1
     chunks = [items[k::n_chunks] for k in range(n_chunks)]
     results: list = []
     pending = list(range(len(chunks)))
