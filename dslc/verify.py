@@ -544,8 +544,8 @@ def _guess_transformers_module(path: str) -> tuple[str | None, str | None]:
     if not stem.startswith("modeling_"):
         return None, None
     package = f"transformers.models.{stem[len('modeling_'):]}"
-    try:
-        found = importlib.util.find_spec(package) is not None
+    try:  # transformers' lazy modules have no __spec__ once imported
+        found = package in sys.modules or importlib.util.find_spec(package) is not None
     except (ImportError, ValueError):
         found = False
     return (package, f"{package}.{stem}") if found else (None, None)

@@ -268,11 +268,11 @@ def test_dpt_neck_class_is_checked_inside_the_depth_model():
 def test_a_copied_modeling_file_finds_its_package(tmp_path):
     _, src = modeling("resnet")
     (tmp_path / "modeling_resnet.py").write_text(src)
-    (tmp_path / "copy.py").write_text(src)
+    (tmp_path / "copied_model.py").write_text(src)
     after = conv_batchnorm(src)
     report = check(str(tmp_path / "modeling_resnet.py"), src, after)
     assert statuses(report) == {"ResNetConvLayer": "pass"}
-    report = check(str(tmp_path / "copy.py"), src, after)
+    report = check(str(tmp_path / "copied_model.py"), src, after)
     assert statuses(report) == {"ResNetConvLayer": "skipped"} and "--module" in report.results[0].reason
-    report = check(str(tmp_path / "copy.py"), src, after, module="transformers.models.resnet.modeling_resnet")
+    report = check(str(tmp_path / "copied_model.py"), src, after, module="transformers.models.resnet.modeling_resnet")
     assert statuses(report) == {"ResNetConvLayer": "pass"}
