@@ -86,6 +86,8 @@ class Action:
             return f"{self.term} <- {self.slot}"
         if isinstance(self.term, ir.Const):
             return f"{self.slot} == {self.term.value!r}"
+        if isinstance(self.term, ir.Code):
+            return f"{self.slot} is `{self.term.text}`"
         return f"{self.slot} ~ {self.term!r}"
 
 

@@ -229,6 +229,10 @@ def _compile_forward(w: _Work) -> None:
     rule = w.rule
     if rule.forward is None:
         return
+    # `option commutative = false`: match `+`/`*` operands in written order
+    # only (the ADOPTER benchmark labels count `dropout(x) + res`, not
+    # `res + dropout(x)`).
+    commutative = rule.option("commutative", True) not in (False, "false", "no", 0)
     transitions = []
     for i, node in enumerate(w.forward):
         outs = tuple(Action(f"out{j}", o) for j, o in enumerate(node.outputs) if not _is_discard(o))
@@ -237,7 +241,7 @@ def _compile_forward(w: _Work) -> None:
             transitions.append(Transition(i, Test("any"), acts + outs, None, True, node))
         elif node.kind in ("op", "unary"):
             arity = 1 if node.kind == "unary" else len(node.args)
-            comm = node.kind == "op" and node.op in COMMUTATIVE and arity == 2
+            comm = node.kind == "op" and node.op in COMMUTATIVE and arity == 2 and commutative
             acts = tuple(Action(f"in{j}", t) for j, t in enumerate(node.args))
             transitions.append(Transition(i, Test("op", node.op, None, arity, comm), acts + outs, None, False, node))
         elif node.layer_var is not None:

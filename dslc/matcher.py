@@ -8,8 +8,9 @@ match is enforced here, the data flow after it and the guards are checked by
 Algorithm, per file:
 
 1. Path sets.  Rules with an init item run over `ClassFacts.paths` (forward,
-   helpers inlined); rules without one also over `ClassFacts.other_paths` and
-   `FileFacts.functions` (every call site).
+   helpers inlined) and the `other_paths` of methods forward passes as a
+   value (`apply_chunking_to_forward(self.ff_chunk, ...)`); rules without one
+   also over all `ClassFacts.other_paths` and `FileFacts.functions`.
 2. Anchors.  For each path node, compute its index keys ((kind, qualified
    type); a layer node also carries the init types of its attribute) and look
    up the rules anchored there (`CompiledPack.index`).  Only those are tried.
@@ -26,6 +27,9 @@ Algorithm, per file:
    backtracking).  `where` constraints are checked last: a constraint that
    needs a static value the source does not give (`bias=config.x`) keeps the
    match but marks it `conflict`.
+   Calls of an `nn.Sequential` attribute are expanded into the chain of its
+   elements first (`_expand_sequential`), so `Sequential(Conv2d, BatchNorm2d)`
+   matches conv_batchnorm; such nodes have `attr == "<seq>.<i>"`.
 5. Locations.  Matches of one rule with the same forward statements and init
    bindings are one `Match`; `paths` lists every path index holding it.
 6. Overlaps.  Sorted by (rule order, first line), a match that shares a
@@ -35,10 +39,12 @@ Algorithm, per file:
 
 Conditional init policy: an attribute with several `InitBinding`s (an
 `if`/`else` in `__init__`) matches when every binding of the test's type
-unifies with the same variable bindings; bindings of other types (the
-`else: self.act = config.hidden_act` branch of transformers) are allowed —
+unifies with the same variable bindings.  Bindings of kind `other` (the
+`else: self.act = config.hidden_act` branch of transformers) are allowed:
 `init_nodes` holds the matching binding with its guards, and the rewriter
-keeps the other branch as it is.
+keeps the other branch as it is.  So are bindings of another known type
+(`nn.Linear(...)` if `num_groups == 1` else `GroupedLinearLayer(...)`, which
+the benchmark labels count): the safety checks see the guards.
 
 Debugging: `DSLC_MATCH_DEBUG=<file suffix>:<line>` prints to stderr why the
 nodes at that line did not match (failed attempts are falsy `Fail` values
@@ -151,6 +157,10 @@ def _unify(term: ir.Term, b: _B, env: dict[str, _B]) -> dict[str, _B] | Fail:
             new[f"?{len(env)}"] = _B(f"needs the literal {term.value!r}, the source gives {b.text}, not a static value", "unknown")
             return new
         return Fail("needs the literal {!r}, the node has {!r}", term.value, _show(b))
+    if isinstance(term, ir.Code):
+        if b.kind in ("name", "expr") and b.text == term.text:
+            return env
+        return Fail("needs {}, the node has {!r}", term.text, _show(b))
     return Fail("cannot match pattern term {!r}", term)
 
 
@@ -469,7 +479,8 @@ def _match_init(cr: CompiledRule, scope: _Scope, env: dict[str, _B]) -> Iterator
     for i, test in enumerate(tests):
         if test.var is not None and test.var in env and env[test.var].kind == "layer":
             attr = env[test.var].text
-            same = [b for b in scope.init_by_attr.get(attr, ()) if b.type == test.type]
+            every = scope.init_by_attr.get(attr, ())
+            same = [b for b in every if b.type == test.type]
             if not same:
                 return Fail("self.{} has no init binding of type {}", attr, test.type)
             fixed[i] = same
@@ -550,6 +561,10 @@ class _Found:
 
 
 def _node_id(node: Node) -> tuple:
+    if node.kind == "layer" and node.attr and "." in node.attr:
+        # An element of an nn.Sequential: the location is the element (its
+        # init), whichever call of the container reached it.
+        return ("sequential", node.stmt.owner, node.attr, node.type)
     s = node.stmt
     return (s.owner, s.method, s.index_path, s.lines, node.expr_span, node.kind, node.op, node.attr, node.type)
 
@@ -575,20 +590,91 @@ def _group_init(cls: ClassFacts | None) -> dict[str, list[InitBinding]]:
     return out
 
 
+def _forward_references(cls: ClassFacts) -> set[str]:
+    """Methods forward passes as values (`apply_chunking_to_forward(self.ff_chunk, ...)`)."""
+    out: set[str] = set()
+    for path in cls.paths:
+        for node in path.nodes:
+            for name in node.reads:
+                if name.startswith("self."):
+                    out.add(name[5:])
+    return out
+
+
 def _scopes(facts: FileFacts) -> Iterator[tuple[_Scope, tuple[Path, ...]]]:
     for cls in facts.classes:
         init = _group_init(cls)
         yield _Scope(cls, init, None, True), cls.paths
+        referenced = _forward_references(cls) if cls.other_paths else set()
         for method, paths in cls.other_paths:
-            yield _Scope(cls, init, f"method:{method}", False), paths
+            # A helper forward hands to a function (transformers' chunking)
+            # runs as part of forward: rules with init items apply there too.
+            yield _Scope(cls, init, f"method:{method}", method in referenced), paths
     for name, paths in facts.functions:
         yield _Scope(None, {}, f"function:{name}", False), paths
 
 
+SEQUENTIAL = "torch.nn.Sequential"
+
+
+def _sequential_children(attr: str, scope: _Scope) -> list[InitBinding] | None:
+    """The element bindings `attr.0`, `attr.1`, ... of an `nn.Sequential`."""
+    bindings = scope.init_by_attr.get(attr, ())
+    if len(bindings) != 1 or bindings[0].type != SEQUENTIAL:
+        return None
+    children = []
+    i = 0
+    while True:
+        child = scope.init_by_attr.get(f"{attr}.{i}")
+        if not child:
+            break
+        if len(child) != 1 or child[0].container != attr:
+            return None
+        children.append(child[0])
+        i += 1
+    return children or None
+
+
+def _expand_sequential(path: Path, scope: _Scope) -> Path:
+    """Replace each call of an `nn.Sequential` attribute by its elements.
+
+    `self.seq(x) -> y` with elements `seq.0 .. seq.n` becomes the chain
+    `self.seq.0(x) -> seq.0:out; ...; self.seq.n(...) -> y`: layer nodes whose
+    `attr` is `<seq>.<i>` and whose stmt/expr_span are those of the call of
+    the container (the intermediate names contain `:` and so can never clash
+    with a Python name).
+    """
+    if scope.cls is None or not any(b.type == SEQUENTIAL for bs in scope.init_by_attr.values() for b in bs):
+        return path
+    nodes: list[Node] = []
+    changed = False
+    for node in path.nodes:
+        children = None
+        if node.kind == "layer" and node.attr and len(node.inputs) == 1 and not node.kwargs:
+            children = _sequential_children(node.attr, scope)
+        if not children:
+            nodes.append(node)
+            continue
+        changed = True
+        prev = node.inputs
+        for i, child in enumerate(children):
+            last = i == len(children) - 1
+            outs = node.outputs if last else (f"{node.attr}.{i}:out",)
+            nodes.append(Node(
+                "layer", node.stmt, type=child.type, unresolved=child.unresolved, attr=child.attr,
+                inputs=prev, outputs=outs,
+                reads=(node.reads if i == 0 else frozenset({prev[0].text})) | {f"self.{child.attr}"},
+                writes=node.writes if last else frozenset(outs),
+                inlined_from=node.inlined_from, expr_span=node.expr_span,
+            ))
+            prev = (Value(outs[0], "name"),)
+    return Path(path.guards, tuple(nodes)) if changed else path
+
+
 def _match_paths(compiled: CompiledPack, scope: _Scope, paths, file: str, dbg: _Debug, stats: dict | None, out: list[_Found]) -> None:
     for pi, path in enumerate(paths):
-        ctx = _PathCtx(path)
-        for pos, node in enumerate(path.nodes):
+        ctx = _PathCtx(_expand_sequential(path, scope))
+        for pos, node in enumerate(ctx.nodes):
             if node.kind == "stmt":
                 continue
             cands: list[int] = []

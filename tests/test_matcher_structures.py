@@ -261,3 +261,51 @@ def test_outputs_count_must_agree():
     r = rule("r", forward=[L("torch.matmul", [V("a"), V("b")], out=["c", "d"])])
     fn = [call(3, "torch.matmul", ["q", "k"], ["s"])]
     assert run([r], facts(functions=[("f", (Path((), tuple(fn)),))])) == []
+
+
+def test_sequential_elements_match_and_two_calls_are_one_location():
+    seq = init("block", "torch.nn.Sequential", [A("nn.Conv2d(3, 8, 3)"), A("nn.BatchNorm2d(8)"), A("nn.ReLU()")])
+    conv = init("block.0", "torch.nn.Conv2d", [C(3), C(8), C(3)])
+    bn = init("block.1", "torch.nn.BatchNorm2d", [C(8)])
+    relu = init("block.2", "torch.nn.ReLU")
+    conv, bn, relu = (b.__class__(**{**{f: getattr(b, f) for f in b.__slots__}, "container": "block"}) for b in (conv, bn, relu))
+    nodes = [layer(10, "block", "torch.nn.Sequential", ["x"], ["y"]), layer(11, "block", "torch.nn.Sequential", ["y"], ["z"])]
+    [m] = run([conv_batchnorm()], facts(cls("C", [seq, conv, bn, relu], nodes)))
+    assert [n.attr for n in m.nodes] == ["block.0", "block.1"]
+    assert m.bindings["x"].text == "x" and m.bindings["h"].text == "block.0:out"
+    assert m.nodes[0].stmt.lines == (10, 10)
+
+
+def test_helper_passed_by_forward_is_in_scope():
+    lin = init("dense", "torch.nn.Linear", [A("c.h"), A("c.i")])
+    act = init("act", "transformers.activations.ACT2FN", [A("config.hidden_act")], kind="subscript", line=3)
+    chunk = [layer(20, "dense", "torch.nn.Linear", ["h"], ["h"], method="ff_chunk"),
+             layer(21, "act", "transformers.activations.ACT2FN", ["h"], ["h"], method="ff_chunk")]
+    fwd = [call(10, "transformers.pytorch_utils.apply_chunking_to_forward", [A("self.ff_chunk"), "x"], ["o"])]
+    fwd[0] = fwd[0].__class__(**{**{f: getattr(fwd[0], f) for f in fwd[0].__slots__}, "reads": frozenset({"x", "self.ff_chunk"})})
+    passed = cls("L", [lin, act], fwd, other_paths=[("ff_chunk", (Path((), tuple(chunk)),))])
+    [m] = run([biased_gelu()], facts(passed))
+    assert m.paths_of == "method:ff_chunk" and m.function == "ff_chunk"
+    unrelated = cls("L", [lin, act], [stmt(10, reads=["x"])], other_paths=[("ff_chunk", (Path((), tuple(chunk)),))])
+    assert run([biased_gelu()], facts(unrelated)) == []
+
+
+def test_code_term_matches_source_text():
+    r = biased_gelu()
+    init_nodes = list(r.init.source)
+    init_nodes[1] = L("transformers.activations.ACT2FN", sub=ir.Code("config.hidden_act"), out=["act"])
+    r2 = rule("bg", init=init_nodes, forward=r.forward.source)
+    lin = init("dense", "torch.nn.Linear", [A("c.h"), A("c.i")])
+    nodes = [layer(10, "dense", "torch.nn.Linear", ["h"], ["h"]), layer(11, "act", "transformers.activations.ACT2FN", ["h"], ["h"])]
+    good = init("act", "transformers.activations.ACT2FN", [A("config.hidden_act")], kind="subscript", line=3)
+    other = init("act", "transformers.activations.ACT2FN", [A("config.activation_function")], kind="subscript", line=3)
+    assert len(run([r2], facts(cls("I", [lin, good], nodes)))) == 1
+    assert run([r2], facts(cls("I", [lin, other], nodes))) == []
+
+
+def test_option_commutative_false_keeps_operand_order():
+    base = dropout_layernorm()
+    strict = ir.Rule(base.pack, base.name, base.description, base.kernels, base.contract, base.init, base.forward,
+                     options=(("commutative", False),))
+    assert len(run([strict], facts(bert_self_output()))) == 1
+    assert run([strict], facts(bert_self_output(first="input_tensor", second="hidden_states"))) == []
