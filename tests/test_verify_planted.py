@@ -216,3 +216,22 @@ def test_parameter_gradients_are_compared_through_the_load_mapping(files, kernel
     (res,) = report.results
     # per run: output, 2 input grads, dense.weight/bias, LayerNorm.layer_norm.weight/bias
     assert res.status == "pass" and res.modes == ("eval", "eval x0.01") and res.compared == 14
+
+
+def test_swapped_weight_and_bias_mapping_is_caught_despite_unit_init(files, capsys, kernel_refs):
+    # LayerNorm starts with weight 1 / bias 0: verify perturbs constant tensors,
+    # so a checkpoint hook that swaps them cannot hide.
+    swapped_hook = LN_HOOK.replace('"LayerNorm.layer_norm.weight", "LayerNorm.bias": "LayerNorm.layer_norm.bias"',
+                                   '"LayerNorm.layer_norm.bias", "LayerNorm.bias": "LayerNorm.layer_norm.weight"')
+    src = fused_layernorm().replace(LN_HOOK, swapped_hook)
+    assert src != fused_layernorm()
+    code, out, _ = run_cli(capsys, files(src))
+    assert code == 1 and "FAIL  SelfOutput: eval output" in out
+
+
+def test_forward_equal_but_gradient_different_fails(files, capsys):
+    # A detached residual computes the same values and a different gradient.
+    src = edit(ORIGINAL, "torch.cat((hidden_states, residual), dim=-1)",
+               "torch.cat((hidden_states, residual.detach()), dim=-1)")
+    code, out, _ = run_cli(capsys, files(src))
+    assert code == 1 and "FAIL  Merge: eval grad input residual: max abs error" in out
