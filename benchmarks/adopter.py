@@ -31,7 +31,6 @@ import argparse
 import ast
 import collections
 import json
-import os
 import re
 import statistics
 import sys

@@ -15,7 +15,6 @@ import subprocess
 
 import pytest
 
-from dslc import fileio
 from dslc.cli import main
 
 from test_apply_fakes import fake_pipeline  # noqa: F401  (fixture)
