@@ -15,8 +15,10 @@ Check that a rewritten model file computes what the original computes.
 For each class the rewrite changed (or each --class), the original and the
 rewritten class are built with the same constructor arguments and seed, the
 original's state_dict is loaded into the rewritten module with strict=True
-(checkpoint compatibility), both run on the same inputs in eval mode (and in
-train mode when the rule declares itself deterministic), and the outputs,
+(checkpoint compatibility; constant weights such as LayerNorm's 1/0 are
+perturbed first so that a wrong mapping shows), both run on the same inputs
+in eval mode, again with inputs scaled by 0.01, and in train mode when the
+rule declares itself deterministic, and the outputs,
 input gradients and parameter gradients are compared within the rule's
 declared tolerance (default atol=1e-5 rtol=1e-4; `exact` rules bit for bit).
 
@@ -35,6 +37,9 @@ A class is skipped, with the reason, when a kernel package is not installed
 GPU, or when it cannot be constructed."""
 
 EPILOG = """\
+exit status: 0 every compared class passes (skips do not count), 1 a class
+fails or the rewritten file does not import, 2 usage error.
+
 examples:
   dslc verify before.py after.py --factory factories.py:make
   dslc verify modeling_bert.py modeling_bert.new.py --rules rulepacks/adopter.adr
