@@ -418,7 +418,7 @@ def discover(paths: list[str], excludes: tuple[str, ...] = (), *, gitignore: boo
             for name in sorted(filenames):
                 if not name.endswith(".py"):
                     continue
-                full = os.path.join(dirpath, name)
+                full = os.path.normpath(os.path.join(dirpath, name))
                 rel = os.path.relpath(full, arg).replace(os.sep, "/")
                 if excluded(rel, excludes):
                     continue
