@@ -203,11 +203,14 @@ class _Scope:
 
 
 class _PathCtx:
-    __slots__ = ("path", "nodes", "writes", "writers")
+    __slots__ = ("path", "nodes", "writes", "writers", "keys")
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, scope: _Scope):
         self.path = path
         self.nodes = path.nodes
+        # Index keys per node: a transition is only fired on nodes carrying
+        # its key (the same pre-filter as the anchor index, for later nodes).
+        self.keys = [frozenset(_node_keys(n, scope)) for n in path.nodes]
         self.writes = [frozenset(n.writes) | frozenset(n.outputs) for n in path.nodes]
         writers: dict[str, list[int]] = {}
         for i, names in enumerate(self.writes):
@@ -374,6 +377,9 @@ class _Partial:
     extras: dict[int, tuple] = field(default_factory=dict)
 
 
+_NO_KEY = Fail("the node does not carry the transition's (kind, type)")
+
+
 def _bound_names(env: dict[str, _B]) -> set[str]:
     return {b.text for b in env.values() if b.kind == "name"}
 
@@ -405,9 +411,13 @@ def _run(cr: CompiledRule, ctx: _PathCtx, anchor_pos: int, scope: _Scope, dbg: _
         else:
             candidates = range(prev + 1, len(nodes) if k > a else anchor_pos)
         bound = _bound_names(p.env)
+        key = trans[k].test.anchor
         for q in candidates:
             # The nodes between prev and q are skipped: none may write a bound name.
-            res = _fire(trans[k], nodes[q], q, p.env, scope, ctx)
+            if key is not None and key not in ctx.keys[q]:
+                res = _NO_KEY
+            else:
+                res = _fire(trans[k], nodes[q], q, p.env, scope, ctx)
             if isinstance(res, Fail):
                 report(k, q, res)
             else:
@@ -673,12 +683,12 @@ def _expand_sequential(path: Path, scope: _Scope) -> Path:
 
 def _match_paths(compiled: CompiledPack, scope: _Scope, paths, file: str, dbg: _Debug, stats: dict | None, out: list[_Found]) -> None:
     for pi, path in enumerate(paths):
-        ctx = _PathCtx(_expand_sequential(path, scope))
+        ctx = _PathCtx(_expand_sequential(path, scope), scope)
         for pos, node in enumerate(ctx.nodes):
             if node.kind == "stmt":
                 continue
             cands: list[int] = []
-            for key in _node_keys(node, scope):
+            for key in ctx.keys[pos]:
                 for r in compiled.candidates(key):
                     if r not in cands:
                         cands.append(r)
