@@ -392,7 +392,7 @@ def _run(cr: CompiledRule, ctx: _PathCtx, anchor_pos: int, scope: _Scope, dbg: _
     found = 0
 
     def report(k: int, pos: int, why: Fail) -> None:
-        if dbg.line is not None and dbg.at(nodes[pos]):
+        if dbg.line is not None and why is not _NO_KEY and dbg.at(nodes[pos]):
             dbg.say(file, cr.name, f"pattern node {k} ({trans[k].test.describe()}) at path node {pos}: {why.reason}")
 
     def extend(k: int, prev: int, p: _Partial) -> Iterator[_Partial]:
@@ -427,9 +427,17 @@ def _run(cr: CompiledRule, ctx: _PathCtx, anchor_pos: int, scope: _Scope, dbg: _
                     extras[k] = extra
                 yield from extend(k + 1, q, _Partial(p.positions + (q,), env, extras))
             if k > 0 and ctx.writes[q] & bound:
-                if dbg.line is not None and dbg.at(nodes[q]):
-                    dbg.say(file, cr.name, f"path node {q} writes {sorted(ctx.writes[q] & bound)}, bound before: kills the partial match")
+                if watching(p, q):
+                    dbg.say(file, cr.name, f"path node {q} (line {nodes[q].stmt.lines[0]}) writes "
+                            f"{sorted(ctx.writes[q] & bound)}, bound before: kills the partial match at pattern node {k}")
                 return
+        if k > a and watching(p, None):
+            dbg.say(file, cr.name, f"pattern node {k} ({trans[k].test.describe()}): no later node of the path matched")
+
+    def watching(p: _Partial, q: int | None) -> bool:
+        if dbg.line is None:
+            return False
+        return (q is not None and dbg.at(nodes[q])) or any(dbg.at(nodes[i]) for i in p.positions)
 
     yield from extend(0, -1, _Partial((), {}))
 
@@ -693,8 +701,9 @@ def _match_paths(compiled: CompiledPack, scope: _Scope, paths, file: str, dbg: _
                     if r not in cands:
                         cands.append(r)
             cands.extend(r for r in compiled.unanchored if r not in cands)
-            if dbg.line is not None and dbg.at(node) and not cands:
-                dbg.say(file, "-", f"path {pi} node {pos} keys {_node_keys(node, scope)}: no rule is anchored there")
+            if dbg.line is not None and dbg.at(node):
+                names = ", ".join(compiled.rules[r].name for r in cands) or "no rule"
+                dbg.say(file, "-", f"path {pi} node {pos} ({node.kind} {node.type or node.op or ''}) keys {sorted(ctx.keys[pos])}: anchors {names}")
             for r in sorted(cands):
                 cr = compiled.rules[r]
                 if cr.class_scoped and not scope.class_scoped:
