@@ -16,6 +16,13 @@ rule, then indexes the compiled rules by anchor:
 4. `_collect_names`  the last components of the qualified names the rule
    needs (the file pre-filter of `CompiledPack.anchor_names`).
 
+Rule options read here: `option commutative = false` matches the operands
+of `+`/`*` in written order only (default: commutative, as
+shared/spec/adopter-rules.md settles it).  Pattern terms: `Var` binds,
+`Const` is a literal check (a non-static value keeps the match, marked
+`conflict`), `Code` matches source text (`ACT2FN[config.hidden_act]`), and a
+trailing `Const(Ellipsis)` (`...`) accepts further arguments.
+
 The combined matcher (`CompiledPack`) maps each anchor key — (kind, type) of
 an automaton's first non-wildcard transition — to the rules anchored there, so
 `dslc.matcher` only tries a path node against the rules whose anchor the node
