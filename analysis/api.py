@@ -93,6 +93,8 @@ def analyze_source(
         module = os.path.splitext(os.path.basename(path))[0]
     if not mentions_any(source, want):
         return FileFacts(path, module, ())
+    if source.startswith("\ufeff"):
+        source = source[1:]  # a decoded BOM: not Python text (line 1 columns shift by its 3 bytes)
     try:
         tree = ast.parse(source, filename=path)
     except SyntaxError as exc:
