@@ -513,17 +513,25 @@ class Extractor:
                         self.problems.append(Problem("analysis-recursion", f"class {info.name} too deeply nested", stmt.lineno))
                 else:
                     for name, fn in info.methods.items():
-                        self.cls = None
+                        self._enter(None)
                         if self._fn_has_dl(fn, None, Frame(name, info.qualname, fn, local_names(fn), scope=self.scope)):
                             functions.append((f"{info.name}.{name}", self.function_paths(fn, info.qualname, None)))
             elif isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                self.cls = None
+                self._enter(None)
                 if self._fn_has_dl(stmt, None, Frame(stmt.name, self.module, stmt, local_names(stmt), scope=self.scope)):
                     functions.append((stmt.name, self.function_paths(stmt, self.module, None)))
         return classes, functions
 
+    def _enter(self, info: ClassInfo | None) -> None:
+        """Switch the class context; DL-content answers depend on it."""
+        if info is not self.cls:
+            self._dl_cache = {}
+            self.cls = info
+            if info is None:
+                self.init_types = {}
+
     def class_facts(self, info: ClassInfo) -> ClassFacts:
-        self.cls = info
+        self._enter(info)
         init = self.init_bindings(info)
         self.init_types = {}
         for binding in init:
@@ -742,9 +750,7 @@ class Extractor:
     # -- paths ---------------------------------------------------------------
 
     def function_paths(self, fn: ast.FunctionDef, owner: str, info: ClassInfo | None) -> tuple[Path, ...]:
-        self.cls = info
-        if info is None:
-            self.init_types = {}
+        self._enter(info)
         self.temp = 0
         self.capped = False
         frame = Frame(fn.name, owner, fn, frozenset(local_names(fn)), stack=((owner, fn.name),),
