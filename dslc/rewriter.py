@@ -475,13 +475,18 @@ class _Rewriter:
         hoist_guards: list = []
         if groups:
             final_stmt = groups[-1][2]
+            final_chain = self.mod.chain(final_stmt)
             for _, nodes, stmt in groups[:-1]:
                 if self.needs_hoist(stmt, final_stmt):
-                    hoisted_attrs |= {n.attr for n in nodes if n.kind == "layer" and n.attr}
                     chain = self.mod.chain(stmt)
-                    hoist_guards = [
-                        _branch_guard(compound, branch) for compound, branch in self.mod.chain(final_stmt)[len(chain):]
-                    ]
+                    if _is_prefix(final_chain, chain):
+                        # The last statement follows the branch: it is the one copied.
+                        hoisted_attrs |= {n.attr for n in groups[-1][1] if n.kind == "layer" and n.attr}
+                        crossed = chain[len(final_chain):]
+                    else:
+                        hoisted_attrs |= {n.attr for n in nodes if n.kind == "layer" and n.attr}
+                        crossed = final_chain[len(chain):]
+                    hoist_guards = [_branch_guard(compound, branch) for compound, branch in crossed]
 
         # Init changes: which source layers are deleted, replaced in place,
         # kept (still called by a hoisted copy / referenced as `$v.attr`), or
@@ -692,6 +697,13 @@ class _Rewriter:
         if reason:
             raise Skip(reason)
 
+        final_chain = mod.chain(final_stmt)
+        reverse = [stmt for _, _, stmt in groups[:-1]
+                   if self.needs_hoist(stmt, final_stmt) and _is_prefix(final_chain, mod.chain(stmt))]
+        if reverse:
+            self.plan_reverse_hoist(plan, groups, final_stmt, final_text, (lo, hi), len(final_pn.outputs))
+            return
+
         # The final statement.
         if len(final_pn.outputs) > 1:
             if not (isinstance(final_stmt, ast.Assign) and len(final_stmt.targets) == 1):
@@ -726,6 +738,67 @@ class _Rewriter:
             self.delete_stmt(plan, stmt, also_deleted={id(s) for _, _, s in groups[:-1]})
         for compound, branch, stmts in hoisted_by_if.values():
             self.copy_into_other_branch(plan, compound, branch, stmts)
+        plan.lines.update(range(final_stmt.lineno, final_stmt.end_lineno + 1))
+
+    def plan_reverse_hoist(self, plan: _Plan, groups, final_stmt, final_text: str, span: tuple[int, int], n_outputs: int) -> None:
+        """The earlier statements sit in a branch and the last one after it (Fig. 4, mirrored).
+
+        1. The last statement, with the target expression in place of the last
+           node's, moves to the end of the branch that holds the earlier ones.
+        2. Every other branch crossed gets an unchanged copy of it at its end
+           (an `else:` is created when missing), innermost first.
+        3. The earlier statements and the original last statement are deleted.
+        Statements between the `if` and the last statement must not touch its
+        names (it now runs before them).
+        """
+        mod = self.mod
+        earlier = [stmt for _, _, stmt in groups[:-1]]
+        chains = [mod.chain(stmt) for stmt in earlier]
+        if n_outputs > 1 or any(c != chains[0] for c in chains[1:]):
+            raise Skip(f"cannot move line {final_stmt.lineno} into the branch: the matched statements are spread over several branches")
+        final_chain = mod.chain(final_stmt)
+        crossed = chains[0][len(final_chain):]
+        for compound, _ in crossed:
+            if not isinstance(compound, ast.If):
+                raise Skip(f"cannot move line {final_stmt.lineno} into the `{type(compound).__name__.lower()}` at line {compound.lineno}")
+        outer = crossed[0][0]
+        _, _, block = mod.block_of(final_stmt)
+        names = _names(final_stmt)
+        for other in block[block.index(outer) + 1 : block.index(final_stmt)]:
+            common = names & _names(other)
+            if common:
+                raise Skip(f"moving line {final_stmt.lineno} before line {other.lineno}, which uses `{sorted(common)[0]}`, would change it")
+        start, end = mod.stmt_range(final_stmt)
+        original = mod.source[start:end]
+        fused = original[: span[0] - start] + final_text + original[span[1] - start :]
+        if not fused.endswith(("\n", "\r")):
+            fused += mod.nl
+            original += mod.nl
+        old_indent = mod.indent(final_stmt)
+
+        def at_indent(text: str, indent: str) -> str:
+            return "".join(indent + line[len(old_indent):] if line.startswith(old_indent) else line
+                           for line in text.splitlines(keepends=True))
+
+        # The branch gets the fused statement, so it never empties: no `pass`.
+        for stmt in earlier:
+            self.delete_stmt(plan, stmt, also_deleted=set(), merge_blank=False)
+        self.delete_stmt(plan, final_stmt, also_deleted=set(), merge_blank=False)
+        _, _, inner = mod.block_of(earlier[0])
+        last = inner[-1]
+        plan.edits.append(Edit(mod.smap.line_end(last.end_lineno), mod.smap.line_end(last.end_lineno), at_indent(fused, mod.indent(earlier[0]))))
+        for compound, branch in reversed(crossed):
+            other = compound.orelse if branch == "body" else compound.body
+            if other and branch == "body" and len(other) == 1 and isinstance(other[0], ast.If) \
+                    and mod.smap.line_text(other[0].lineno).lstrip().startswith("elif"):
+                raise Skip(f"cannot copy line {final_stmt.lineno} into the `elif` at line {other[0].lineno}")
+            if other:
+                at = mod.smap.line_end(other[-1].end_lineno)
+                plan.edits.append(Edit(at, at, at_indent(original, mod.indent(other[-1]))))
+            else:
+                at = mod.smap.line_end(compound.end_lineno)
+                text = mod.indent(compound) + "else:" + mod.nl + at_indent(original, mod.indent(compound.body[0]))
+                plan.edits.append(Edit(at, at, text))
         plan.lines.update(range(final_stmt.lineno, final_stmt.end_lineno + 1))
 
     def check_hoist(self, stmt, final_stmt, chain, final_chain, matched_stmts) -> None:
@@ -1004,14 +1077,14 @@ class _Rewriter:
         plan.claimed.add((start, end))
         plan.lines.update(range(stmt.lineno, stmt.end_lineno + 1))
 
-    def delete_stmt(self, plan: _Plan, stmt: ast.stmt, *, also_deleted: set[int]) -> None:
+    def delete_stmt(self, plan: _Plan, stmt: ast.stmt, *, also_deleted: set[int], merge_blank: bool = True) -> None:
         """Delete a statement's lines; the last deleted statement of a block that empties gets `pass`."""
         mod = self.mod
         start, end = mod.stmt_range(stmt)
         # Deleting a statement between two blank lines would leave a double gap.
         before = stmt.lineno - 1
         after = stmt.end_lineno + 1
-        if before >= 1 and after <= len(mod.smap.lines) and not mod.smap.line_text(before).strip() \
+        if merge_blank and before >= 1 and after <= len(mod.smap.lines) and not mod.smap.line_text(before).strip() \
                 and not mod.smap.line_text(after).strip() and mod.ends_with_newline(after):
             end = mod.smap.line_end(after)
         _, _, body = mod.block_of(stmt)
@@ -1073,6 +1146,11 @@ def _hook_helper(unit: str, nl: str) -> str:
         "",
     ]
     return nl.join(lines)
+
+
+def _is_prefix(short: list, long: list) -> bool:
+    """Is the chain of compound statements `short` a proper prefix of `long` (by identity)?"""
+    return len(short) < len(long) and all(a[0] is b[0] and a[1] == b[1] for a, b in zip(short, long))
 
 
 def _names(node: ast.AST) -> set[str]:

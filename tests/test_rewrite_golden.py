@@ -240,3 +240,48 @@ def test_fused_layer_moves_below_the_layer_it_reads(compiled):
     fused = body.index("self.act = FusedBiasGELU(")
     assert body.index("self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)") < fused
     assert run(compiled, new).new_source is None
+
+
+REVERSE = '''import torch
+import torch.nn as nn
+
+
+class M(nn.Module):
+    def __init__(self, use_conv):
+        super().__init__()
+        self.use_conv = use_conv
+        self.conv = nn.Conv2d(3, 3, kernel_size=3, padding=1)
+        self.bn = nn.BatchNorm2d(3)
+
+    def forward(self, x):
+        if self.use_conv:
+            x = self.conv(x)
+        x = self.bn(x)
+        return x
+'''
+
+
+def test_later_statement_moves_into_the_branch_and_stays_equivalent(compiled):
+    """Fig. 4 mirrored: the BatchNorm after the `if` goes into both branches."""
+    torch = pytest.importorskip("torch")
+    result = run(compiled, REVERSE)
+    assert [o.status for o in result.outcomes] == ["applied"], result.outcomes
+    new = result.new_source
+    assert ("        if self.use_conv:\n            x = self.conv(x)\n"
+            "        else:\n            x = self.bn(x)\n        return x\n") in new
+    assert run(compiled, new).new_source is None
+
+    def load(text, name):
+        module = types.ModuleType(name)
+        exec(compile(text, name, "exec"), module.__dict__)
+        return module
+
+    old_mod, new_mod = load(REVERSE, "rev_old"), load(new, "rev_new")
+    for use_conv in (True, False):
+        torch.manual_seed(0)
+        before = old_mod.M(use_conv).eval()
+        before.bn.running_mean.uniform_()
+        after = new_mod.M(use_conv).eval()
+        after.load_state_dict(before.state_dict(), strict=True)
+        x = torch.randn(2, 3, 5, 5)
+        assert torch.equal(before(x), after(x))
