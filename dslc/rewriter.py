@@ -12,6 +12,9 @@ in order (paper §3.5):
    is deleted.  An earlier statement that sits outside the `if` holding the
    last one is hoisted: copied to the start of the other branch (an `else:`
    is created when missing) and deleted from its place (paper Fig. 4–5).
+   Mirrored: when the earlier statements sit in a branch and the last one
+   after it, the last one (fused) moves to the end of that branch and an
+   unchanged copy goes to the end of every other branch.
 3. Plan the init edits (`plan_init`): init statements of source variables
    that the target does not produce again are deleted (unless a hoisted copy
    still calls the layer or the target reads `$v.attr`); those it produces
