@@ -755,11 +755,25 @@ class Extractor:
         self.capped = False
         frame = Frame(fn.name, owner, fn, frozenset(local_names(fn)), stack=((owner, fn.name),),
                       scope=info.scope if info is not None else self.scope)
-        alts = self.block(fn.body, ("body",), (), frame, [Alt()])
+        alts = self._cap(self.block(fn.body, ("body",), (), frame, [Alt()]))
         if self.capped:
             self.problems.append(Problem("path-cap", f"{owner}.{fn.name}: more than {self.options.max_paths} paths; "
                                          f"kept the first {self.options.max_paths}", fn.lineno))
         return merge_paths([Path(a.guards, a.nodes) for a in alts])
+
+    def _join(self, *lists: list[Alt]) -> list[Alt]:
+        """Concatenate the alternatives of a split; past the cap, interleave
+        them so that every branch keeps representatives (the truncation in
+        `_cap` then drops paths evenly instead of whole branches)."""
+        total = sum(len(x) for x in lists)
+        if total <= self.options.max_paths:
+            return [a for x in lists for a in x]
+        out = []
+        for i in range(max(len(x) for x in lists)):
+            for x in lists:
+                if i < len(x):
+                    out.append(x[i])
+        return out
 
     def _cap(self, alts: list[Alt]) -> list[Alt]:
         if len(alts) > self.options.max_paths:
@@ -810,7 +824,7 @@ class Extractor:
                     no.append(b)
             yes = self.block(stmt.body, path + ("body",), sub_body, frame, yes)
             no = self.block(stmt.orelse, path + ("orelse",), sub_else, frame, no)
-            return yes + no
+            return self._join(yes, no)
         if isinstance(stmt, (ast.For, ast.AsyncFor, ast.While)):
             is_while = isinstance(stmt, ast.While)
             loop_frame = frame
@@ -857,7 +871,7 @@ class Extractor:
                 return run
             after = [a for a in run if a not in broke] + skip
             after = self.block(stmt.orelse, path + ("orelse",), sub_else, frame, after)
-            return after + broke
+            return self._join(after, broke)
         if isinstance(stmt, (ast.With, ast.AsyncWith)):
             actions = []
             reads, writes = set(), set()

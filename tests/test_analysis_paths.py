@@ -207,10 +207,14 @@ def test_path_cap_is_reported():
     body = "def forward(self, x, " + ", ".join(f"f{i}" for i in range(10)) + "):\n"
     for i in range(10):
         body += f"    if f{i}:\n        x = self.a(x)\n"
+    body += "    if x:\n        x = self.b(x)\n    else:\n        x = self.c(x)\n"
     body += "    return x\n"
     c, _, ff = cls(body)
     assert len(c.paths) == 256
     assert [p.code for p in ff.problems] == ["path-cap"]
+    # the kept paths still cover both branches of the last split
+    last = {n.attr for p in c.paths for n in p.nodes if n.attr in ("b", "c")}
+    assert last == {"b", "c"}
 
 
 def test_flatten_gives_one_guardless_path():
