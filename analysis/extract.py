@@ -29,6 +29,7 @@ qualified names (see `names.py`).  For each `torch.nn.Module` subclass:
      the path that runs only that handler (the exception raised before any
      body effect); `finally` is appended to the paths that fall through.
    * `with`: the body, in line.  `return` / `raise` end a path.
+   * `a if c else b` whose branches hold a layer or call splits like an `if`.
 3. **Inlining.**  `self.<method>(...)` and calls of functions defined inside
    the function are inlined (bounded depth, never recursively) when the
    callee holds layer or call nodes: a `stmt` node binds the parameters from
@@ -1061,6 +1062,8 @@ class Extractor:
             operand = self._expr(e.operand, frame, ref, actions)
             return self._emit(e, Node("op", ref, op=_UNARY[type(e.op)], inputs=(operand,)),
                               frame, actions, outputs, top)
+        if isinstance(e, ast.IfExp) and self._expr_has_dl(e.body, frame) | self._expr_has_dl(e.orelse, frame):
+            return self._ifexp(e, frame, ref, actions, outputs, top)
         if isinstance(e, _OPAQUE) or isinstance(e, (ast.Name, ast.Constant)):
             return value_of(e) if need else None
         # descend for nested DL nodes (attributes, subscripts, tuples, ...)
@@ -1069,6 +1072,42 @@ class Extractor:
                 if isinstance(child, ast.expr):
                     self._expr(child, frame, ref, actions, need=False)
         return value_of(e) if need else None
+
+    def _expr_has_dl(self, e: ast.expr, frame: Frame) -> bool:
+        for node in _walk_no_opaque(e):
+            if isinstance(node, ast.Call) and self.classify(node, frame) is not None:
+                return True
+        return False
+
+    def _ifexp(self, e: ast.IfExp, frame, ref, actions, outputs, top) -> Value:
+        """`a if c else b` with DL calls in a branch: a split like an `if`
+        (a "fork" action); both branches write one result name."""
+        self._expr(e.test, frame, ref, actions, need=False)
+        if top and outputs:
+            outs = outputs
+            self._top_consumed = True
+        else:
+            outs = (self.new_temp(),)
+            if top and outputs == ():
+                self._top_consumed = True
+        branches = []
+        for branch in (e.body, e.orelse):
+            sub: list = []
+            saved = self._top_consumed
+            self._top_consumed = False
+            self._expr(branch, frame, ref, sub, outputs=outs, top=True)
+            if not self._top_consumed:
+                # a plain value: the result name is assigned from it
+                sub.append(("node", Node("stmt", ref, reads=frozenset(reads_of(branch, self._replaced)),
+                                         writes=frozenset(outs), inlined_from=frame.inlined_from)))
+            self._top_consumed = saved
+            branches.append(sub)
+        lines = (e.test.lineno, e.test.end_lineno or e.test.lineno)
+        actions.append(("fork", ast.unparse(e.test), lines, branches[0], branches[1]))
+        if len(outs) == 1:
+            self._replaced[id(e)] = outs[0]
+            return Value(outs[0], "name")
+        return Value(", ".join(outs), "expr")
 
     def _emit(self, e, node: Node, frame, actions, outputs, top) -> Value:
         """Finish a DL node: outputs, reads/writes, span; record it."""
@@ -1288,6 +1327,23 @@ class Extractor:
                 for a in alts:
                     if a.status == "fall":
                         a.add_node(action[1])
+                continue
+            if action[0] == "fork":
+                _, text, lines, body, orelse = action
+                live = [a for a in alts if a.status == "fall"]
+                done = [a for a in alts if a.status != "fall"]
+                if self.options.flatten:
+                    alts = done + self.run_actions(orelse, frame, self.run_actions(body, frame, live))
+                    continue
+                yes, no = [], []
+                for a in live:
+                    b = a.copy()
+                    if a.add_guard(Guard(text, False, lines)):
+                        yes.append(a)
+                    if b.add_guard(Guard(text, True, lines)):
+                        no.append(b)
+                alts = done + self._cap(self._join(self.run_actions(body, frame, yes),
+                                                   self.run_actions(orelse, frame, no)))
                 continue
             _, fn, owner_qual, args, kwargs, outs, call, key, call_ref = action
             live = [a for a in alts if a.status == "fall"]

@@ -452,3 +452,24 @@ def test_want_prefilter_skips_files_without_the_names():
     src = HEADER + "    def forward(self, x):\n        return self.a(x)\n"
     assert analyze_source(src, "m.py", module="m", want=frozenset({"Conv2d"})).classes == ()
     assert analyze_source(src, "m.py", module="m", want=frozenset({"Linear"})).classes != ()
+
+
+def test_conditional_expression_with_dl_nodes_splits():
+    c, _, _ = cls("""
+    def forward(self, x):
+        y = self.a(x) if self.use_bn else x
+        z = self.b(y) + (self.c(y) if y is not None else 0)
+        return z
+    """)
+    got = shapes(c)
+    assert sorted(got) == [
+        (("not (self.use_bn)", "not (y is not None)"), ("b", "+")),
+        (("not (self.use_bn)", "y is not None"), ("b", "c", "+")),
+        (("self.use_bn", "not (y is not None)"), ("a", "b", "+")),
+        (("self.use_bn", "y is not None"), ("a", "b", "c", "+")),
+    ]
+    full = next(p for p in c.paths if len([n for n in p.nodes if n.kind != "stmt"]) == 4)
+    first = [n for n in full.nodes if n.kind != "stmt"]
+    assert first[0].outputs == ("y",) and first[2].outputs == ("temp_2",) and first[3].inputs[1].text == "temp_2"
+    plain = [n for p in c.paths for n in p.nodes if n.kind == "stmt" and n.writes == {"y"}]
+    assert plain and plain[0].reads == {"x"}
