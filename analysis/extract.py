@@ -371,6 +371,10 @@ class Alt:
             if old[0] == key[0] and old[2] == key[2]:
                 # the same condition, unchanged since: same way is redundant
                 return old[1] == key[1]
+        if not syms:  # a constant condition (`while True`): decide it alone
+            self.guards = self.guards + (guard,)
+            self.keys = self.keys + (key,)
+            return guardlib.feasible_key((key,)) is not guardlib.Answer.REFUTED
         shared = bool(syms & self.symbols)
         related = tuple(k for k in self.keys if shared and guardlib.symbols(k[0]) & syms)
         self.guards = self.guards + (guard,)

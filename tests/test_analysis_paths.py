@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import textwrap
+from pathlib import Path
 
 from dslc.analysis import analyze_source
 from dslc.analysis.extract import merge_paths
@@ -473,3 +474,37 @@ def test_conditional_expression_with_dl_nodes_splits():
     assert first[0].outputs == ("y",) and first[2].outputs == ("temp_2",) and first[3].inputs[1].text == "temp_2"
     plain = [n for p in c.paths for n in p.nodes if n.kind == "stmt" and n.writes == {"y"}]
     assert plain and plain[0].reads == {"x"}
+
+
+def test_while_true_has_no_skip_path():
+    c, _, _ = cls("""
+    def forward(self, x):
+        while True:
+            x = self.a(x)
+            if x.sum() > 0:
+                break
+        return x
+    """)
+    assert shapes(c) == [(("True",), ("a",))]
+
+
+def test_mutated_sources_never_raise():
+    """Random edits of a real model file: facts or problems, never an exception."""
+    import random
+
+    from dslc.analysis.model import FileFacts
+
+    base = (Path(__file__).resolve().parent.parent / "examples" / "dpt_preact_residual.py").read_text()
+    rng = random.Random(1234)
+    pieces = ["if ", "else:", "    ", "\n", "(", ")", "self.", "return ", "for i in x:", "=", ":", "not ",
+              "try:\n", "except:\n", "lambda: ", "yield ", "await ", "*", "**", "@", "[", "]", ","]
+    for _ in range(300):
+        text = list(base)
+        for _ in range(rng.randint(1, 4)):
+            pos = rng.randrange(len(text))
+            if rng.random() < 0.5:
+                del text[pos:pos + rng.randint(1, 8)]
+            else:
+                text.insert(pos, rng.choice(pieces))
+        facts = analyze_source("".join(text), "mutant.py", module="mutant")
+        assert isinstance(facts, FileFacts)
