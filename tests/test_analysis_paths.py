@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ast
 import textwrap
-from pathlib import Path
+from pathlib import Path as FsPath
 
 from dslc.analysis import analyze_source
 from dslc.analysis.extract import merge_paths
@@ -494,7 +494,7 @@ def test_mutated_sources_never_raise():
 
     from dslc.analysis.model import FileFacts
 
-    base = (Path(__file__).resolve().parent.parent / "examples" / "dpt_preact_residual.py").read_text()
+    base = (FsPath(__file__).resolve().parent.parent / "examples" / "dpt_preact_residual.py").read_text()
     rng = random.Random(1234)
     pieces = ["if ", "else:", "    ", "\n", "(", ")", "self.", "return ", "for i in x:", "=", ":", "not ",
               "try:\n", "except:\n", "lambda: ", "yield ", "await ", "*", "**", "@", "[", "]", ","]
