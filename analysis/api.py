@@ -25,6 +25,7 @@ import io
 import os
 import pickle
 import tempfile
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from functools import lru_cache
 
@@ -96,7 +97,9 @@ def analyze_source(
     if source.startswith("\ufeff"):
         source = source[1:]  # a decoded BOM: not Python text (line 1 columns shift by its 3 bytes)
     try:
-        tree = ast.parse(source, filename=path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # SyntaxWarnings of the user's code are not ours to print
+            tree = ast.parse(source, filename=path)
     except SyntaxError as exc:
         msg = exc.msg or "invalid syntax"
         return FileFacts(path, module, (), problems=(Problem("syntax-error", f"{msg} (col {exc.offset or 0})", exc.lineno or 1),))

@@ -32,6 +32,7 @@ import ast
 import builtins
 import hashlib
 import os
+import warnings
 from dataclasses import dataclass, field
 
 BUILTINS = frozenset(dir(builtins))
@@ -261,7 +262,8 @@ class Resolver:
         if found is not None:
             path, is_package = found
             try:
-                with open(path, "rb") as fh:
+                with open(path, "rb") as fh, warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
                     tree = ast.parse(fh.read(), filename=path)
                 entry = (build_scope(tree, module, path, is_package), tree)
                 self.consulted.add(path)
