@@ -85,3 +85,17 @@ def test_transformers_entries_agree_with_corpus(transformers_src):
     shipped = json.loads(signatures.TABLE.read_text())
     for qualname, rel in signatures.TRANSFORMERS_NAMES.items():
         assert shipped[qualname] == signatures.transformers_entry(qualname, transformers_src / rel)
+
+
+from hypothesis import given, strategies as st
+
+
+@given(st.integers(min_value=0, max_value=5), st.permutations(range(5)))
+def test_any_positional_keyword_split_normalises_alike(k, order):
+    names = ["in_channels", "out_channels", "kernel_size", "stride", "padding"]
+    values = [c(3), c(8), c(3), c(2), c(1)]
+    args = values[:k]
+    kwargs = [(names[i], values[i]) for i in order if i >= k]
+    got = normalize("torch.nn.Conv2d", args, kwargs)
+    assert {n: got[n] for n in names} == dict(zip(names, values))
+    assert got["dilation"].const == 1 and got["bias"].const is True

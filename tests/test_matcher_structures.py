@@ -309,3 +309,15 @@ def test_option_commutative_false_keeps_operand_order():
                      options=(("commutative", False),))
     assert len(run([strict], facts(bert_self_output()))) == 1
     assert run([strict], facts(bert_self_output(first="input_tensor", second="hidden_states"))) == []
+
+
+def test_helper_inlined_at_two_call_sites_is_one_location():
+    def helper_nodes(site):
+        ns = [layer(30, "dropout", "torch.nn.Dropout", ["h"], ["h"], method="_residual"),
+              op(31, "+", ["h", "r"], "temp_1", method="_residual"),
+              layer(31, "LayerNorm", "torch.nn.LayerNorm", ["temp_1"], ["o"], method="_residual")]
+        return [n.__class__(**{**{f: getattr(n, f) for f in n.__slots__}, "inlined_from": (("_residual", (site, site)),)}) for n in ns]
+    b = bert_self_output()
+    c = cls("C", b.init, helper_nodes(10) + [stmt(12, reads=["o"], writes=["h"])] + helper_nodes(13))
+    [m] = run([dropout_layernorm()], facts(c))
+    assert m.function == "_residual" and m.paths == (0,)
