@@ -16,7 +16,8 @@ rule, then indexes the compiled rules by anchor:
 4. `_collect_names`  the last components of the qualified names the rule
    needs (the file pre-filter of `CompiledPack.anchor_names`).
 
-Rule options read here: `option commutative = false` matches the operands
+Rule options read here: `option scope = "forward"` limits an init-less rule
+to forward paths (default `"any"`); `option commutative = false` matches the operands
 of `+`/`*` in written order only (default: commutative, as
 shared/spec/adopter-rules.md settles it).  Pattern terms: `Var` binds,
 `Const` is a literal check (a non-static value keeps the match, marked
@@ -67,8 +68,10 @@ class CompiledRule:
 
     @property
     def class_scoped(self) -> bool:
-        """Rules with an init item apply in forward (helpers inlined) only."""
-        return self.init is not None
+        """Rules with an init item apply in forward (helpers inlined) only;
+        so do init-less rules with `option scope = "forward"` (the default
+        for them is `"any"`: every method and module-level function)."""
+        return self.init is not None or self.rule.option("scope") == "forward"
 
     def init_type(self, var: str) -> str | None:
         for v, t in self.init_types:

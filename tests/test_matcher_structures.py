@@ -321,3 +321,15 @@ def test_helper_inlined_at_two_call_sites_is_one_location():
     c = cls("C", b.init, helper_nodes(10) + [stmt(12, reads=["o"], writes=["h"])] + helper_nodes(13))
     [m] = run([dropout_layernorm()], facts(c))
     assert m.function == "_residual" and m.paths == (0,)
+
+
+def test_option_scope_forward_limits_an_initless_rule():
+    base = softmax()
+    fwd_only = ir.Rule(base.pack, base.name, base.description, base.kernels, base.contract, None, base.forward,
+                       options=(("scope", "forward"),))
+    helper = ("helper", (Path((), (call(20, "torch.nn.functional.softmax", ["s", C(-1)], ["p"], method="helper"),)),))
+    c = cls("C", [], [call(10, "torch.nn.functional.softmax", ["s", C(-1)], ["p"])], other_paths=[helper])
+    fn = ("f", (Path((), (call(30, "torch.nn.functional.softmax", ["s", C(-1)], ["p"], method="f"),)),))
+    ms = run([fwd_only], facts(c, functions=[fn]))
+    assert [m.nodes[0].stmt.lines[0] for m in ms] == [10]
+    assert len(run([base], facts(c, functions=[fn]))) == 3
