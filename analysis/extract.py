@@ -1246,8 +1246,6 @@ class Extractor:
             return self._emit(e, node, frame, actions, outputs, top)
         _, qual, func = kind
         spelling = None if qual else ast.unparse(func)
-        if isinstance(e.func, ast.Attribute):
-            pass  # a dotted module path: nothing to evaluate
         args, kwargs = self._args(e, frame, ref, actions)
         node = Node("call", ref, type=qual, unresolved=None if qual else spelling, inputs=args, kwargs=kwargs)
         return self._emit(e, node, frame, actions, outputs, top)
@@ -1276,18 +1274,9 @@ class Extractor:
         if key in self._dl_cache:
             return self._dl_cache[key]
         self._dl_cache[key] = False
-        result = False
-        for node in _walk_no_opaque(stmt):
-            if isinstance(node, ast.Call):
-                kind = self.classify(node, frame)
-                if kind is None:
-                    continue
-                if kind[0] in ("method", "local"):
-                    # a helper is either inlined (its nodes) or a call node: both count
-                    result = True
-                    break
-                result = True
-                break
+        # any node counts: a helper is either inlined (its nodes) or a call node
+        result = any(isinstance(node, ast.Call) and self.classify(node, frame) is not None
+                     for node in _walk_no_opaque(stmt))
         self._dl_cache[key] = result
         return result
 
