@@ -200,6 +200,7 @@ class _Scope:
     init_by_attr: dict[str, list[InitBinding]]
     paths_of: str | None
     class_scoped: bool  # ClassFacts.paths: rules with init items apply
+    sequential: bool = True  # expand nn.Sequential calls into their elements
 
 
 class _PathCtx:
@@ -662,7 +663,7 @@ def _expand_sequential(path: Path, scope: _Scope) -> Path:
     the container (the intermediate names contain `:` and so can never clash
     with a Python name).
     """
-    if scope.cls is None or not any(b.type == SEQUENTIAL for bs in scope.init_by_attr.values() for b in bs):
+    if not scope.sequential or scope.cls is None or not any(b.type == SEQUENTIAL for bs in scope.init_by_attr.values() for b in bs):
         return path
     nodes: list[Node] = []
     changed = False
@@ -753,16 +754,20 @@ def _match_init_only(cr: CompiledRule, facts: FileFacts, out: list[_Found]) -> N
             out.append(_Found(cr, scope, paths[0], (), env, init_nodes, {}, verdict, paths))
 
 
-def match_file(compiled: CompiledPack, facts: FileFacts, *, file: str | None = None, stats: dict | None = None) -> list[ir.Match]:
+def match_file(compiled: CompiledPack, facts: FileFacts, *, file: str | None = None, stats: dict | None = None,
+               sequential: bool = True) -> list[ir.Match]:
     """All matches of the compiled rules in one analysed file (see module doc).
 
     `stats`, when given, counts `attempts` (rule runs started at an anchor
     node) — the measure of the combined matcher's selectivity.
+    `sequential=False` leaves `nn.Sequential` calls unexpanded (for a
+    consumer that cannot rewrite inside containers).
     """
     file = file or facts.path
     dbg = _Debug(file)
     found: list[_Found] = []
     for scope, paths in _scopes(facts):
+        scope.sequential = sequential
         _match_paths(compiled, scope, paths, file, dbg, stats, found)
     for r in compiled.init_only:
         _match_init_only(compiled.rules[r], facts, found)

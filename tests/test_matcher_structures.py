@@ -333,3 +333,13 @@ def test_option_scope_forward_limits_an_initless_rule():
     ms = run([fwd_only], facts(c, functions=[fn]))
     assert [m.nodes[0].stmt.lines[0] for m in ms] == [10]
     assert len(run([base], facts(c, functions=[fn]))) == 3
+
+
+def test_sequential_expansion_can_be_turned_off():
+    seq = init("block", "torch.nn.Sequential")
+    conv = init("block.0", "torch.nn.Conv2d", [C(3), C(8), C(3)])
+    bn = init("block.1", "torch.nn.BatchNorm2d", [C(8)])
+    conv, bn = (b.__class__(**{**{f: getattr(b, f) for f in b.__slots__}, "container": "block"}) for b in (conv, bn))
+    f = facts(cls("C", [seq, conv, bn], [layer(10, "block", "torch.nn.Sequential", ["x"], ["y"])]))
+    assert len(match_file(compile_rules([conv_batchnorm()]), f)) == 1
+    assert match_file(compile_rules([conv_batchnorm()]), f, sequential=False) == []
