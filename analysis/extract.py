@@ -482,6 +482,23 @@ class Extractor:
         self._is_module_cache[qual] = result
         return result
 
+    def _hidden_base(self, info: ClassInfo, _depth: int = 0) -> str | None:
+        """The first base (transitively) that is neither torch's nor visible."""
+        if _depth > 20:
+            return None
+        for qual, spelling in zip(info.base_quals, info.bases):
+            if qual is None:
+                return spelling
+            if qual.startswith("torch.") or qual in ("object", "builtins.object") or qual.startswith("builtins."):
+                continue
+            base = self.class_info(qual)
+            if base is None:
+                return qual
+            deeper = self._hidden_base(base, _depth + 1)
+            if deeper is not None:
+                return deeper
+        return None
+
     def mro(self, info: ClassInfo) -> list[ClassInfo]:
         """The class and its in-tree bases, depth-first (a simple MRO)."""
         out, seen, stack = [], set(), [info]
@@ -517,6 +534,13 @@ class Extractor:
                     except RecursionError:
                         self.problems.append(Problem("analysis-recursion", f"class {info.name} too deeply nested", stmt.lineno))
                 else:
+                    hidden = self._hidden_base(info)
+                    if hidden is not None and "forward" in info.methods:
+                        self.problems.append(Problem(
+                            "base-not-visible",
+                            f"class {info.name}: base `{hidden}` is outside the analyzed tree, so whether "
+                            f"it is a torch.nn.Module is unknown; analyze the tree that defines it "
+                            f"(--root) to include this class", stmt.lineno))
                     for name, fn in info.methods.items():
                         self._enter(None)
                         if self._fn_has_dl(fn, None, Frame(name, info.qualname, fn, local_names(fn), scope=self.scope)):

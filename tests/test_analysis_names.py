@@ -240,3 +240,23 @@ def test_self_attr_resolves_to_init_type_and_module_list(tmp_path):
         (("torch.nn.Linear", "layers"), ("torch.nn.Sequential", "seq")),
         (("torch.nn.Sequential", "seq"),),
     ]
+
+
+def test_class_with_invisible_base_is_reported(tmp_path):
+    src = """
+    from transformers import PreTrainedModel
+    from torch import nn
+
+    class Mine(PreTrainedModel):
+        def forward(self, x):
+            return x
+
+    class Plain:
+        def forward(self, x):
+            return x
+    """
+    ff = facts(src, tmp_path)
+    assert ff.classes == ()
+    (problem,) = ff.problems
+    assert problem.code == "base-not-visible" and "transformers.PreTrainedModel" in problem.message
+    assert problem.line == 5
