@@ -981,8 +981,8 @@ class Extractor:
                 for a in alts:
                     a.status = "break" if isinstance(stmt, ast.Break) else "continue"
             return alts
-        if isinstance(stmt, ast.Pass):
-            return alts
+        if isinstance(stmt, ast.Pass) or (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant)):
+            return alts  # `pass`, docstrings, `...`: nothing read or written
         if isinstance(stmt, (ast.Assign, ast.AnnAssign, ast.AugAssign, ast.Expr)):
             return self.simple(stmt, ref, frame, alts)
         # global, nonlocal, del, match, class definitions: opaque
