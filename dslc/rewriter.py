@@ -506,6 +506,13 @@ class _Rewriter:
         for pn in (rule.init.target if init_edit else ()):
             attr_refs |= _attrof_bases(pn)
         bindings = dict(match.init_nodes)
+        if init_edit:
+            for var in source_vars:
+                binding = bindings.get(var)
+                if binding is not None and getattr(binding, "container", None):
+                    line = binding.stmt.lines[0] if binding.stmt else 0
+                    raise Skip(f"`self.{binding.attr}` lives inside the container `self.{binding.container}` (line {line}); "
+                               f"the emitter does not rewrite layers inside containers")
         changed: dict[str, str] = {}
         kinds: dict[str, str] = {}
         for var in source_vars:

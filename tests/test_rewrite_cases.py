@@ -361,3 +361,15 @@ def test_refuses_read_between_when_names_are_reused():
     ).replace("return out", "return hidden_states")
     reason = skipped(source, lambda f: [dln(f, bindings={"out": "hidden_states"})])
     assert reason == "intermediate `hidden_states` (line 14) is read at line 15 between the matched statements"
+
+
+def test_layers_inside_containers_are_skipped():
+    import dataclasses
+    source = bert()
+    facts = analyze(source)
+    m = dln_dropped(facts)
+    inits = dict(m.init_nodes)
+    inits["drop"] = dataclasses.replace(inits["drop"], attr="block.1", container="block")
+    result = rewrite_source(source, facts, [dataclasses.replace(m, init_nodes=inits)])
+    assert result.outcomes[0].reason == (
+        "`self.block.1` lives inside the container `self.block` (line 10); the emitter does not rewrite layers inside containers")
