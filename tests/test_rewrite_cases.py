@@ -19,7 +19,7 @@ sys.path.insert(0, str(CASES))
 
 from kit import analyze, make_match  # noqa: E402
 from rules import (  # noqa: E402
-    BERT_ATTENTION, CONV_BN, DROPOUT_LAYERNORM, DROPOUT_LAYERNORM_REUSE, SOFTMAX, rule, layer, op, V,
+    BERT_ATTENTION, CONV_BN, DROPOUT_LAYERNORM, DROPOUT_LAYERNORM_REUSE, SOFTMAX, rule, V,
 )
 
 from dslc import ir  # noqa: E402
