@@ -285,3 +285,10 @@ def test_later_statement_moves_into_the_branch_and_stays_equivalent(compiled):
         after.load_state_dict(before.state_dict(), strict=True)
         x = torch.randn(2, 3, 5, 5)
         assert torch.equal(before(x), after(x))
+
+
+def test_byte_columns_with_non_ascii_text(compiled):
+    """`ast` columns count UTF-8 bytes: the edit must still land on the call."""
+    source = 'import torch.nn.functional as F\n\n\ndef f(x):\n    y = ("héllo→", F.softmax(x, dim=-1))  # ünïcode\n    return y'
+    new = run(compiled, source).new_source
+    assert new.endswith('    y = ("héllo→", softmax(x))  # ünïcode\n    return y')
