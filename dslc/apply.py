@@ -468,8 +468,11 @@ def emit(result: FileResult, source: SourceFile, options: ApplyOptions, used_pat
             return replace(result, written=True)
         if options.mode == "patch":
             fileio.encode_source(result.new_source, source.encoding)  # must be writable later
+            # The patch must match the file's bytes: same encoding, BOM on line 1.
+            bom = source.encoding == "utf-8-sig"
+            data = fileio.encode_source(file_diff(result, bom=bom), "utf-8" if bom else source.encoding)
             target = os.path.join(options.patch_dir, patch_name(result.found, used_patch_names))
-            fileio.atomic_write_new(target, file_diff(result).encode("utf-8"))
+            fileio.atomic_write_new(target, data)
             return replace(result, patch=target)
     except SourceError as exc:
         return replace(result, errors=result.errors + (FileError(name, exc.line, exc.code, exc.message),))

@@ -34,17 +34,20 @@ def diff_path(result: FileResult) -> str:
     return path.replace(os.sep, "/").lstrip("/")
 
 
-def file_diff(result: FileResult) -> str:
+def file_diff(result: FileResult, *, bom: bool = False) -> str:
     """A unified diff (3 lines of context) from the original to the rewritten text.
 
     Lines without a final newline get git's `\\ No newline at end of file`
-    marker so that `patch` and `git apply` accept the output.
+    marker so that `patch` and `git apply` accept the output.  With `bom`,
+    the first line carries the file's byte-order mark, as on disk (for
+    patch files, which must match the file's bytes).
     """
     if not result.changed:
         return ""
     name = diff_path(result)
-    old = result.original.splitlines(keepends=True)
-    new = result.new_source.splitlines(keepends=True)
+    prefix = "\ufeff" if bom else ""
+    old = (prefix + result.original).splitlines(keepends=True)
+    new = (prefix + result.new_source).splitlines(keepends=True)
     out = []
     for line in difflib.unified_diff(old, new, f"a/{name}", f"b/{name}"):
         if line.startswith(("---", "+++")) and not line.endswith("\n"):

@@ -257,12 +257,16 @@ def test_missing_kernel_reported_once_with_install_hint(fake_pipeline, tree, cap
 def test_patch_dir_patches_apply_and_reproduce_the_output(fake_pipeline, tree, tmp_path, capsys):
     src, a, b, _ = tree
     nonl = write(src / "nonl.py", MODEL.rstrip("\n"))  # no newline at the end of the file
+    latin_text = "# -*- coding: latin-1 -*-\n" + MODEL.replace("return y", "return y  # café")  # in the hunk
+    latin = write(src / "l1.py", latin_text, "latin-1")
+    bom = write(src / "bom.py", b"\xef\xbb\xbf" + MODEL.encode())
     original = snapshot(a, b, nonl)
     code, _, err = run_cli(capsys, "--patch-dir", "patches", "src")
     assert code == 0, err
     assert snapshot(a, b, nonl) == original  # patch mode does not edit sources
     patches = sorted((tmp_path / "patches").iterdir())
-    assert [p.name for p in patches] == ["a.py.patch", "nonl.py.patch", "pkg__b.py.patch"]
+    assert [p.name for p in patches] == ["a.py.patch", "bom.py.patch", "l1.py.patch", "nonl.py.patch",
+                                         "pkg__b.py.patch"]
     for p in patches:
         if shutil.which("patch"):
             subprocess.run(["patch", "-p1", "-s", "-i", str(p)], check=True, cwd=tmp_path)
@@ -270,6 +274,8 @@ def test_patch_dir_patches_apply_and_reproduce_the_output(fake_pipeline, tree, t
             subprocess.run(["git", "apply", str(p)], check=True, cwd=tmp_path)
     assert a.read_text() == MODEL_OUT
     assert nonl.read_text() == MODEL_OUT.rstrip("\n")
+    assert latin.read_bytes() == latin_text.replace("F.softmax(x, dim=-1)", "fast_softmax(x)").encode("latin-1")
+    assert bom.read_bytes() == b"\xef\xbb\xbf" + MODEL_OUT.encode()
     assert "fast_softmax(h)" in b.read_text()
 
 
