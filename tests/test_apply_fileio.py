@@ -123,3 +123,23 @@ def test_module_available_does_not_import():
     code = ("import sys; from dslc.apply import module_available as m; "
             "assert m('xml.dom.minidom'); assert 'xml.dom' not in sys.modules, 'imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_missing_kernels_checks_modules_and_versions():
+    from dslc import ir
+
+    def rule(name, kernel):
+        return ir.Rule(pack="p", name=name, description="", kernels=(kernel,), contract=ir.Contract())
+
+    pack = ir.Pack("p", "", requires=(
+        ir.Requirement("pytest", version="<1", install="pip install 'pytest<1'"),  # installed, too new
+        ir.Requirement("json", module="json.decoder"),  # present: not reported
+        ir.Requirement("nosuchpkg", module="nosuchpkg.sub", install="pip install nosuchpkg"),
+        ir.Requirement("unused_pkg"),  # no selected rule needs it: not reported
+    ), rules=(rule("a", "pytest.fused"), rule("b", "json.decoder.x"), rule("c", "nosuchpkg.sub.k")))
+    got = {k.package: k for k in apply.missing_kernels([pack], {"p:a": 3})}
+    assert set(got) == {"pytest", "nosuchpkg"}
+    assert "is installed, the pack needs <1" in got["pytest"].reason and got["pytest"].applied == 3
+    assert got["pytest"].rules == ("p:a",)
+    assert got["nosuchpkg"].reason == "module nosuchpkg.sub is not importable"
+    assert got["nosuchpkg"].install == "pip install nosuchpkg"
