@@ -384,7 +384,10 @@ class _RuleChecker:
         if isinstance(e, (S.Var, S.Const)):
             return
         if isinstance(e, S.AttrRef):
-            if source:
+            # A subscript key may name an attribute of a bound value
+            # (`ACT2FN[$cfg.hidden_act]`): the matcher checks the attribute
+            # name and binds the base.
+            if source and where != "subscript key":
                 self.emit(codes.UNSUPPORTED_TERM, f"attribute reference `${e.var.name}.{e.path}` in a source pattern",
                           e.span, label="only targets may read attributes",
                           help="bind the value to a variable instead")

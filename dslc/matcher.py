@@ -161,6 +161,15 @@ def _unify(term: ir.Term, b: _B, env: dict[str, _B]) -> dict[str, _B] | Fail:
         if b.kind in ("name", "expr") and b.text == term.text:
             return env
         return Fail("needs {}, the node has {!r}", term.text, _show(b))
+    if isinstance(term, ir.AttrOf):
+        # `$cfg.hidden_act` in a source pattern: the value must be an
+        # attribute access ending in `.hidden_act`; `$cfg` binds its base.
+        suffix = "." + term.attr
+        base = b.text[: -len(suffix)] if b.kind == "expr" and b.text.endswith(suffix) else ""
+        if not base:
+            return Fail("needs `<value>{}`, the node has {!r}", suffix, _show(b))
+        kind = "name" if base.isidentifier() else "expr"
+        return _unify(term.base, _B(base, kind), env)
     return Fail("cannot match pattern term {!r}", term)
 
 

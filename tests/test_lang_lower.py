@@ -80,9 +80,10 @@ def test_other_adopter_rules(adopter):
 
     gelu = rule(adopter, "biased_gelu")
     assert not gelu.contract.exact and "tanh" in gelu.contract.note
-    assert gelu.option("when").startswith("$key in (\"gelu\"")
+    assert gelu.option("when").startswith("$cfg.hidden_act in (\"gelu\"")
     act = gelu.init.source[1]
-    assert act.callee == ir.Callee("transformers.activations.ACT2FN", subscript=ir.Var("key"))
+    assert act.callee == ir.Callee("transformers.activations.ACT2FN",
+                                   subscript=ir.AttrOf(ir.Var("cfg"), "hidden_act"))
     fused = gelu.init.target[1]
     assert fused.kwargs == (("prev_weight", ir.AttrOf(ir.Var("lin"), "weight")),)
 
