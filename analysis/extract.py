@@ -48,7 +48,8 @@ qualified names (see `names.py`).  For each `torch.nn.Module` subclass:
    proves equal to their common guards become one path.
 
 Flatten mode (the paper's ADOPTER_p ablation): every compound contributes
-all its branches in order, with no guards, giving one path per function.
+all its branches in order, with no guards, giving one path per function;
+in `__init__` the textually last assignment of each attribute stands.
 """
 
 from __future__ import annotations
@@ -562,6 +563,14 @@ class Extractor:
     def class_facts(self, info: ClassInfo) -> ClassFacts:
         self._enter(info)
         init = self.init_bindings(info)
+        if self.options.flatten:
+            # one flat list of statements: no guards, and the textually last
+            # assignment of an attribute is the one that stands
+            last = {}
+            for b in init:
+                last[b.attr] = InitBinding(b.attr, b.type, b.args, b.kwargs, b.kind, b.unresolved, (),
+                                           b.stmt, b.container)
+            init = [b for b in last.values()]
         self.init_types = {}
         for binding in init:
             self.init_types.setdefault(binding.attr, []).append(binding)

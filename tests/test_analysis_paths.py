@@ -508,3 +508,12 @@ def test_mutated_sources_never_raise():
                 text.insert(pos, rng.choice(pieces))
         facts = analyze_source("".join(text), "mutant.py", module="mutant")
         assert isinstance(facts, FileFacts)
+
+
+def test_flatten_keeps_the_last_init_assignment_without_guards():
+    src = HEADER.replace("self.use_bn = config.use_bn", "if config.x:\n            self.d = nn.GELU()\n"
+                         "        else:\n            self.d = config.act") + "    def forward(self, x):\n        return self.d(x)\n"
+    full = analyze_source(src, "m.py", module="m").classes[0]
+    flat = analyze_source(src, "m.py", module="m", flatten=True, inline=False).classes[0]
+    assert [(b.kind, len(b.guards)) for b in full.init if b.attr == "d"] == [("call", 1), ("other", 1)]
+    assert [(b.kind, b.guards) for b in flat.init if b.attr == "d"] == [("other", ())]
