@@ -123,6 +123,8 @@ def test_errors_are_located_and_never_tracebacks(tmp_path, capsys):
     assert code == 1 and "error[no-such-class]" in err
     code, _, err = run_cli(capsys, str(ok), "--format", "yaml")
     assert code == 2
+    code, _, err = run_cli(capsys, str(ok), "--root", str(tmp_path / "nowhere"))
+    assert code == 2 and "not a directory" in err
     proc = subprocess.run([sys.executable, "-m", "dslc", "structure", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "examples:" in proc.stdout and "--flatten" in proc.stdout
 

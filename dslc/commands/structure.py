@@ -57,6 +57,9 @@ def run(args) -> int:
     from dslc.analysis import analyze_file
 
     path = args.file
+    if args.root is not None and not os.path.isdir(args.root):
+        print(f"dslc structure: error: --root {args.root}: not a directory", file=sys.stderr)
+        return 2
     if not os.path.exists(path):
         _error(path, 0, 0, "io-error", "no such file")
         return 1
