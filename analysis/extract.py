@@ -423,6 +423,7 @@ class Extractor:
         self.init_types: dict[str, list[InitBinding]] = {}
         self.temp = 0
         self.capped = False
+        self._installed: Resolver | None = None
 
     # -- names ---------------------------------------------------------------
 
@@ -452,14 +453,37 @@ class Extractor:
             for stmt in _top_level(tree.body):
                 if isinstance(stmt, ast.ClassDef) and stmt.name == name:
                     info = self._make_info(stmt, scope)
+        elif module and not qual.startswith("torch."):
+            info = self._installed_class(qual)
         self._class_cache[qual] = info
         return info
 
-    def _make_info(self, node: ast.ClassDef, scope: Scope) -> ClassInfo:
+    def _installed_class(self, qual: str, _depth: int = 0) -> ClassInfo | None:
+        """A base class from an installed package's sources (never torch):
+        only to decide whether a class is a Module (names stay as composed)."""
+        if _depth > 5:
+            return None
+        if self._installed is None:
+            self._installed = Resolver(None, installed=True)
+        module, _, name = qual.rpartition(".")
+        entry = self._installed.load(module)
+        if entry is None:
+            return None
+        scope, tree = entry
+        for stmt in _top_level(tree.body):
+            if isinstance(stmt, ast.ClassDef) and stmt.name == name:
+                return self._make_info(stmt, scope, self._installed)
+        target = self._installed.resolve_parts(scope, [name])  # a re-export
+        if target and target != qual:
+            return self._installed_class(target, _depth + 1)
+        return None
+
+    def _make_info(self, node: ast.ClassDef, scope: Scope, resolver: Resolver | None = None) -> ClassInfo:
+        resolver = resolver or self.resolver
         bases, quals = [], []
         for base in node.bases:
             parts = dotted(base)
-            qual = self.resolver.resolve_parts(scope, parts) if parts else None
+            qual = resolver.resolve_parts(scope, parts) if parts else None
             quals.append(qual)
             bases.append(qual or ast.unparse(base))
         methods = {s.name: s for s in node.body if isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef))}

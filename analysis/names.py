@@ -220,6 +220,18 @@ def build_scope(tree: ast.Module, module: str, path: str | None, is_package: boo
     return scope
 
 
+# Libraries whose sources are never read: names from them are canonicalised
+# (torch's sources are large and the answer must not depend on its presence).
+_NEVER_INSTALLED = frozenset({"torch", "builtins", "typing", "os", "sys", "math"})
+
+
+def site_dirs() -> list[str]:
+    """The installed-package directories on `sys.path` (site-/dist-packages)."""
+    import sys
+
+    return [d for d in sys.path if d and ("site-packages" in d or "dist-packages" in d) and os.path.isdir(d)]
+
+
 class Resolver:
     """Resolves names of one analysis run, loading in-tree modules on demand.
 
@@ -228,11 +240,13 @@ class Resolver:
     whose bindings a resolution used (for the cache key).
     """
 
-    def __init__(self, root: str | None, cache: dict | None = None):
+    def __init__(self, root: str | None, cache: dict | None = None, installed: bool = False):
         self.root = root
         # (module) -> (Scope, tree) or None; shareable across files of one run
         self._modules: dict[str, object] = cache if cache is not None else {}
         self.consulted: set[str] = set()
+        # also read the sources of installed packages (site-packages; never torch)
+        self.installed = installed
 
     # -- modules of the tree -------------------------------------------------
 
@@ -240,14 +254,16 @@ class Resolver:
         self._modules[scope.module] = (scope, tree)
 
     def module_file(self, module: str) -> tuple[str, bool] | None:
-        if self.root is None:
-            return None
-        base = os.path.join(self.root, *module.split("."))
-        if os.path.isfile(base + ".py"):
-            return base + ".py", False
-        init = os.path.join(base, "__init__.py")
-        if os.path.isfile(init):
-            return init, True
+        roots = [self.root] if self.root is not None else []
+        if self.installed and module.split(".")[0] not in _NEVER_INSTALLED:
+            roots += site_dirs()
+        for root in roots:
+            base = os.path.join(root, *module.split("."))
+            if os.path.isfile(base + ".py"):
+                return base + ".py", False
+            init = os.path.join(base, "__init__.py")
+            if os.path.isfile(init):
+                return init, True
         return None
 
     def load(self, module: str):

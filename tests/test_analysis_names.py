@@ -260,3 +260,30 @@ def test_class_with_invisible_base_is_reported(tmp_path):
     (problem,) = ff.problems
     assert problem.code == "base-not-visible" and "transformers.PreTrainedModel" in problem.message
     assert problem.line == 5
+
+
+def test_base_from_an_installed_package_is_read_from_its_sources(tmp_path, monkeypatch):
+    site = tmp_path / "site-packages"
+    (site / "fakehf").mkdir(parents=True)
+    (site / "fakehf" / "__init__.py").write_text("from .modeling import Pre\n")
+    (site / "fakehf" / "modeling.py").write_text("import torch.nn as nn\nclass Pre(nn.Module):\n    pass\n")
+    monkeypatch.syspath_prepend(str(site))
+    src = """
+    from fakehf import Pre
+    from torch import nn
+
+    class Mine(Pre):
+        def __init__(self):
+            super().__init__()
+            self.l = nn.Linear(2, 2)
+
+        def forward(self, x):
+            return self.l(x)
+    """
+    work = tmp_path / "work"
+    work.mkdir()
+    ff = facts(src, work)
+    assert not ff.problems
+    (c,) = ff.classes
+    assert c.bases == ("fakehf.Pre",)  # the public spelling stays; sources only decide Module-ness
+    assert [b.type for b in c.init] == ["torch.nn.Linear"]
