@@ -1179,11 +1179,16 @@ class Extractor:
             outs = (self.new_temp(),)
             if top and outputs == ():
                 self._top_consumed = True  # an expression statement
+        # reads from the argument expressions, nested DL nodes read as their temporaries
+        if isinstance(e, ast.Call):
+            parts = list(e.args) + [k.value for k in e.keywords]
+        elif isinstance(e, ast.BinOp):
+            parts = [e.left, e.right]
+        else:
+            parts = [e.operand]
         reads = set()
-        for v in node.inputs:
-            reads |= _value_reads(v)
-        for _, v in node.kwargs:
-            reads |= _value_reads(v)
+        for part in parts:
+            reads |= reads_of(part, self._replaced)
         if node.attr is not None:
             reads |= {"self", "self." + node.attr.split(".")[0]}
         node = Node(node.kind, node.stmt, node.type, node.unresolved, node.op, node.attr, node.inputs,

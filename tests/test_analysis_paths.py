@@ -517,3 +517,14 @@ def test_flatten_keeps_the_last_init_assignment_without_guards():
     flat = analyze_source(src, "m.py", module="m", flatten=True, inline=False).classes[0]
     assert [(b.kind, len(b.guards)) for b in full.init if b.attr == "d"] == [("call", 1), ("other", 1)]
     assert [(b.kind, b.guards) for b in flat.init if b.attr == "d"] == [("other", ())]
+
+
+def test_reads_of_nested_nodes_inside_plain_expressions():
+    c, _, _ = cls("""
+    def forward(self, x, y):
+        z = torch.cat([self.a(x), y], dim=-1)
+        return z
+    """)
+    a, cat = [n for n in c.paths[0].nodes if n.kind != "stmt"]
+    assert a.outputs == ("temp_1",)
+    assert cat.reads == {"temp_1", "y"} and cat.inputs[0].text == "[self.a(x), y]"
