@@ -256,6 +256,22 @@ def _conj(guards: Iterable, versions_list=None) -> z3.BoolRef:
     return z3.And(*terms) if terms else z3.BoolVal(True)
 
 
+def _safe(fn):
+    """A query that z3 cannot build or run (an odd term, a solver error) is
+    UNKNOWN: never an exception out of the analysis, never a wrong answer."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (z3.Z3Exception, TypeError, ValueError, AttributeError, RecursionError, OverflowError):
+            return Answer.UNKNOWN
+
+    return wrapper
+
+
+@_safe
 def consistent(guards: Iterable[Guard | str], versions: list | None = None) -> Answer:
     """PROVED when the conjunction of `guards` is satisfiable, REFUTED when not.
 
@@ -276,6 +292,7 @@ def _as_term(x) -> z3.BoolRef:
     return _conj(x)
 
 
+@_safe
 def equivalent(a, b) -> Answer:
     """Are two conditions equivalent?  Each is a Guard, a text, or a sequence
     of guards (their conjunction).  UNKNOWN on timeout: never "equal"."""
@@ -287,6 +304,7 @@ def equivalent(a, b) -> Answer:
     return Answer.UNKNOWN
 
 
+@_safe
 def merge_equivalent(a: Iterable[Guard], b: Iterable[Guard], common: Iterable[Guard]) -> Answer:
     """Is `(and a) or (and b)` equivalent to `and common`? (path merging)"""
     either = z3.Or(_conj(a), _conj(b))

@@ -80,3 +80,12 @@ def test_z3_reading_agrees_with_python(formula, a, b, x, y_none, name):
     # the propositional fast path and z3 agree where the former applies
     keys = tuple((g.text, g.negated, ()) for g in [Guard(formula)] + pins)
     assert feasible_key(keys) is answer
+
+
+def test_odd_terms_never_raise():
+    odd = [Guard("x == 1j"), Guard("x == b'a'"), Guard("x == 10**400"), Guard("x < 1e400"),
+           Guard("f'{a}' == 'b'"), Guard("a[0] == -3.5"), Guard("((((a))))"), Guard("not ("), Guard("lambda: 1")]
+    for g in odd:
+        assert consistent([g]) in (Answer.PROVED, Answer.UNKNOWN, Answer.REFUTED)
+    assert consistent(odd) in (Answer.PROVED, Answer.UNKNOWN, Answer.REFUTED)
+    assert feasible_key(tuple((g.text, g.negated, ()) for g in odd)) in tuple(Answer)
