@@ -1098,7 +1098,9 @@ class Extractor:
     def evaluate(self, expr, frame: Frame, ref: StmtRef, outputs=None) -> list:
         """Actions for the DL nodes of `expr`, in evaluation order.
 
-        An action is ("node", Node) or ("inline", fn, owner, frame-args...).
+        An action is ("node", Node), ("inline", fn, owner, args, kwargs,
+        result names, call, key, ref) for a helper to splice in, or ("fork",
+        condition, lines, actions if true, actions if false) for `a if c else b`.
         Sets `self._replaced` (id of sub-expression -> temp) for reads, and
         `self._top_consumed` when `expr` itself became a DL node writing
         `outputs`.  `self._last_value` is the Value of `expr`.
