@@ -458,6 +458,9 @@ class _Rewriter:
 
         forward_edit = rule.forward is not None and rule.forward.target is not None
         init_edit = rule.init is not None and rule.init.target is not None
+        if init_edit and any(getattr(b, "container", None) for b in match.init_nodes.values()):
+            self.plan_sequential(match, cls, condition, plan)
+            return plan
         if rule.forward is not None and not match.nodes:
             raise Skip("no forward call of the matched layer was found")
         if rule.forward is None and rule.init is not None and cls is not None:
@@ -506,13 +509,6 @@ class _Rewriter:
         for pn in (rule.init.target if init_edit else ()):
             attr_refs |= _attrof_bases(pn)
         bindings = dict(match.init_nodes)
-        if init_edit:
-            for var in source_vars:
-                binding = bindings.get(var)
-                if binding is not None and getattr(binding, "container", None):
-                    line = binding.stmt.lines[0] if binding.stmt else 0
-                    raise Skip(f"`self.{binding.attr}` lives inside the container `self.{binding.container}` (line {line}); "
-                               f"the emitter does not rewrite layers inside containers")
         changed: dict[str, str] = {}
         kinds: dict[str, str] = {}
         for var in source_vars:
@@ -988,6 +984,140 @@ class _Rewriter:
         plan.lines |= init_plan.lines
         plan.absorbed.extend(init_plan.absorbed)
 
+    def plan_sequential(self, match: ir.Match, cls, condition: str | None, plan: _Plan) -> None:
+        """Matched layers that are consecutive elements of one `nn.Sequential` literal.
+
+        Forward stays as it is (the call of the container).  In the
+        `self.<seq> = nn.Sequential(e0, e1, ...)` statement, element i becomes
+        the rule's init target built from the element expressions and
+        elements i+1.. become `nn.Identity()`, so later indices do not move;
+        checkpoints load through the pre-hook (`<seq>.<i>.<p>` renamed by the
+        `params` mapping under `<seq>.<i>.`).  Refused (see `_sequential_uses`)
+        when the container is indexed, iterated, measured, mutated, passed
+        around, assigned twice or called at more than one place, when its
+        elements are not a plain positional list of constructor calls, and
+        when the matched elements are not adjacent.
+        """
+        mod = self.mod
+        rule = match.rule
+        bindings = dict(match.init_nodes)
+        first = next(b for b in bindings.values() if getattr(b, "container", None))
+        containers = {getattr(b, "container", None) for b in bindings.values()}
+        if len(containers) != 1:
+            raise Skip(_container_reason(first))  # a chain that leaves the container
+        seq = first.container
+        if condition:
+            raise Skip(f"a rule with `when` cannot rewrite layers inside the container `self.{seq}`")
+        if cls is None:
+            raise Skip(_container_reason(first))
+        owns = [b for b in cls.init if b.attr == seq]
+        if len(owns) != 1 or owns[0].type != "torch.nn.Sequential":
+            if len(owns) > 1:
+                raise Skip(f"`self.{seq}` is assigned more than once in `__init__`; the emitter rewrites only a single `nn.Sequential(...)`")
+            raise Skip(_container_reason(first))
+        seq_binding = owns[0]
+        if first.stmt is None or seq_binding.stmt is None:
+            raise Skip(_container_reason(first))
+        mine = (match.class_name or "").rsplit(".", 1)[-1]
+        owner = (first.stmt.owner or mine).rsplit(".", 1)[-1]
+        if owner != mine:
+            raise Skip(f"`self.{seq}` is built in `{owner}.__init__`, inherited; editing it would change every class that shares it")
+        stmt = mod.stmt(first.stmt)
+        target = stmt.targets[0] if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 else None
+        if not (isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name) and target.value.id == "self"
+                and target.attr == seq and isinstance(stmt.value, ast.Call)):
+            raise Skip(_container_reason(first))
+        call = stmt.value
+        if any(isinstance(a, ast.Starred) for a in call.args) or call.keywords:
+            raise Skip(f"the elements of `self.{seq}` (line {stmt.lineno}) are built from `*args`; only literal positional elements are rewritten")
+        if any(isinstance(a, ast.Call) and _dotted_tail(a.func) in ("OrderedDict", "dict") for a in call.args):
+            raise Skip(f"the elements of `self.{seq}` (line {stmt.lineno}) come from an OrderedDict; only literal positional elements are rewritten")
+
+        # The matched elements, in forward order: consecutive indices of one call of the container.
+        if rule.forward is None or rule.forward.target is None or not match.nodes:
+            raise Skip(_container_reason(first))
+        var_of_attr = {b.attr: v for v, b in bindings.items()}
+        indices = []
+        for node in match.nodes:
+            attr = node.attr or ""
+            head, _, index = attr.rpartition(".")
+            if node.kind != "layer" or head != seq or not index.isdigit() or attr not in var_of_attr:
+                raise Skip(f"the match at line {node.stmt.lines[0]} mixes elements of `self.{seq}` with other code; "
+                           f"only a chain of its elements can be rewritten inside it")
+            indices.append(int(index))
+        if len({n.expr_span for n in match.nodes}) != 1 or match.nodes[0].expr_span is None:
+            raise Skip(f"the matched elements of `self.{seq}` come from more than one call of it")
+        if sorted(indices) != list(range(indices[0], indices[0] + len(indices))) or indices != sorted(indices):
+            names = " and ".join(f"`self.{seq}.{i}`" for i in indices)
+            raise Skip(f"the matched elements {names} are not adjacent in `self.{seq}`")
+        if set(var_of_attr) != {n.attr for n in match.nodes}:
+            raise Skip(f"the rule's init names a layer outside the matched chain of `self.{seq}`")
+        if max(indices) >= len(call.args) or any(not isinstance(call.args[i], ast.Call) for i in indices):
+            raise Skip(f"the matched elements of `self.{seq}` (line {stmt.lineno}) are not constructor calls written in the `nn.Sequential(...)`")
+        fused_var = var_of_attr[f"{seq}.{indices[0]}"]
+
+        # The rule must be "the first layer, fused, applied to the chain's input".
+        source, fwd_target = rule.forward.source, rule.forward.target
+        tpn = fwd_target[0] if len(fwd_target) == 1 else None
+        ok = (
+            tpn is not None and tpn.kind == "layer" and _layer_var(tpn) == fused_var
+            and len(tpn.args) == 1 and not tpn.kwargs and source and source[0].args
+            and tpn.args[0] == source[0].args[0] and tuple(tpn.outputs) == tuple(source[-1].outputs)
+            and all(pn.kind == "layer" and _layer_var(pn) is not None for pn in source)
+        )
+        init_target = rule.init.target
+        ok = ok and len(init_target) == 1 and tuple(o.name for o in init_target[0].outputs) == (fused_var,) \
+            and not _attrof_bases(init_target[0])
+        if not ok:
+            raise Skip(f"inside the container `self.{seq}` only the init can change (the rule's forward target is not "
+                       f"its fused layer applied to the chain's input)")
+        reason = _sequential_uses(mod, mine, seq, stmt, match.nodes[0])
+        if reason:
+            raise Skip(reason)
+
+        # Edits inside the `nn.Sequential(...)` call.
+        smap = mod.smap
+        ctor = {var_of_attr[f"{seq}.{i}"]: smap.span_text((call.args[i].lineno, call.args[i].col_offset,
+                                                            call.args[i].end_lineno, call.args[i].end_col_offset))
+                for i in indices}
+        attrs = {v: b.attr for v, b in bindings.items()}
+        env = _Env(match, attrs, {})
+        env.ctor = ctor
+        fused = self.render_node(init_target[0], env, plan)
+        env.ctor = {}
+        func = call.func
+        if isinstance(func, ast.Attribute) and func.attr == "Sequential":
+            identity = smap.span_text((func.value.lineno, func.value.col_offset, func.value.end_lineno, func.value.end_col_offset)) + ".Identity"
+        else:
+            identity = self.spell("torch.nn.Identity", plan)
+        mod.stmt_range(stmt)  # alone on its lines (the hook goes after it)
+        for k, i in enumerate(indices):
+            arg = call.args[i]
+            start, end = smap.node_span(arg)
+            plan.edits.append(Edit(start, end, fused if k == 0 else f"{identity}()"))
+            plan.claimed.add((start, end))
+        plan.lines.update(range(stmt.lineno, stmt.end_lineno + 1))
+
+        # Checkpoint names under `<seq>.<i>.`.
+        renames = []
+        for pm in rule.params:
+            new_attr = attrs.get(pm.target.base.name)
+            old_attr = attrs.get(pm.source.base.name)
+            if new_attr is None or old_attr is None:
+                raise Skip(f"params mapping `{pm.target.base}.{pm.target.attr}` names an unbound variable")
+            new_key, old_key = f"{new_attr}.{pm.target.attr}", f"{old_attr}.{pm.source.attr}"
+            if new_key != old_key:
+                renames.append((new_key, old_key, False))
+        if renames:
+            plan.needs_hook = True
+            items = "".join(f"{mod.unit}({n!r}, {o!r}, {k}),\n" for n, o, k in renames)
+            text = self.lines_text([f"self._register_load_state_dict_pre_hook({HOOK_HELPER}((\n{items})))"], mod.indent(stmt))
+            at = smap.line_end(stmt.end_lineno)
+            if not mod.ends_with_newline(stmt.end_lineno):
+                text = mod.nl + text.rstrip("\r\n")
+            plan.edits.append(Edit(at, at, text))
+            plan.claimed.add((at, at))
+
     def check_reassign_guard(self, anchor_binding, hoist_guards, attr) -> None:
         guards = safety._guards_module()
         init_guards = list(getattr(anchor_binding, "guards", ()) or ())
@@ -1156,6 +1286,69 @@ def _hook_helper(unit: str, nl: str) -> str:
         "",
     ]
     return nl.join(lines)
+
+
+def _container_reason(binding) -> str:
+    line = binding.stmt.lines[0] if binding.stmt else 0
+    return (f"`self.{binding.attr}` lives inside the container `self.{binding.container}` (line {line}); "
+            f"the emitter does not rewrite layers inside containers")
+
+
+def _layer_var(pn: ir.PatNode) -> str | None:
+    if pn.callee is not None and pn.callee.var is not None:
+        return pn.callee.var.name
+    return pn.layer_var
+
+
+def _dotted_tail(expr: ast.expr) -> str | None:
+    if isinstance(expr, ast.Attribute):
+        return expr.attr
+    if isinstance(expr, ast.Name):
+        return expr.id
+    return None
+
+
+def _sequential_uses(mod: _Module, class_name: str, seq: str, init_stmt: ast.stmt, node) -> str | None:
+    """Every `self.<seq>` of the class is its one assignment or the one matched call.
+
+    An index (`self.seq[0]`), an iteration, `len(...)`, a method (`.append`,
+    `.add_module`), passing it around or a second call would see the element
+    indices or types the rewrite changes.
+    """
+    cls = mod.classes.get(class_name)
+    if cls is None:
+        return f"cannot find the class `{class_name}` that holds `self.{seq}`"
+    parents: dict[int, ast.AST] = {}
+    for sub in ast.walk(cls):
+        for child in ast.iter_child_nodes(sub):
+            parents[id(child)] = sub
+    lo, col, hi, end_col = node.expr_span
+    calls = []
+    for sub in ast.walk(cls):
+        if not (isinstance(sub, ast.Attribute) and sub.attr == seq and isinstance(sub.value, ast.Name) and sub.value.id == "self"):
+            continue
+        parent = parents.get(id(sub))
+        if isinstance(sub.ctx, ast.Store):
+            if parent is init_stmt:
+                continue
+            return f"`self.{seq}` is assigned again at line {sub.lineno}"
+        if isinstance(parent, ast.Call) and parent.func is sub:
+            calls.append(parent)
+            continue
+        if isinstance(parent, ast.Subscript) and parent.value is sub:
+            return f"`self.{seq}` is also indexed at line {sub.lineno}; the rewrite changes its elements"
+        if isinstance(parent, (ast.For, ast.AsyncFor, ast.comprehension)) and parent.iter is sub:
+            return f"`self.{seq}` is also iterated at line {sub.lineno}; the rewrite changes its elements"
+        if isinstance(parent, ast.Attribute):
+            return f"`self.{seq}.{parent.attr}` is used at line {sub.lineno}; the rewrite changes its elements"
+        return f"`self.{seq}` is also used at line {sub.lineno} (`{ast.unparse(parent) if parent is not None else seq}`); the rewrite changes its elements"
+    if len(calls) != 1:
+        lines = ", ".join(str(c.lineno) for c in calls)
+        return f"`self.{seq}` is called at lines {lines}; rewriting its elements would change every call"
+    c = calls[0]
+    if (c.lineno, c.col_offset, c.end_lineno, c.end_col_offset) != (lo, col, hi, end_col):
+        return f"the call of `self.{seq}` at line {c.lineno} is not the matched location"
+    return None
 
 
 def _is_prefix(short: list, long: list) -> bool:
