@@ -27,6 +27,13 @@ in order (paper §3.5):
    run of statements holding the edits as `if <cond>: <new> else: <old>`
    (such matches go last, so other rewrites in that run land in both
    branches).
+   Layers inside a container: when the matched layers are consecutive
+   elements of one `self.<seq> = nn.Sequential(e0, e1, ...)` literal and
+   the match is the one call of `self.<seq>`, forward is left alone and
+   only that constructor call changes: element i becomes the init target
+   (built from the element expressions), the later matched elements
+   `nn.Identity()`, so no index moves (`plan_sequential`; the refusals are
+   listed there and in `_sequential_uses`).  Other containers are skipped.
 4. Checkpoint names: non-identity `params` mappings register a
    load_state_dict pre-hook (a helper emitted once per file).
 5. Imports for new qualified callees, once per file, after the last
@@ -1318,13 +1325,25 @@ def _sequential_uses(mod: _Module, class_name: str, seq: str, init_stmt: ast.stm
     cls = mod.classes.get(class_name)
     if cls is None:
         return f"cannot find the class `{class_name}` that holds `self.{seq}`"
+    # The class and its subclasses in this file (they inherit the container).
+    family = [cls]
+    names = {class_name}
+    grew = True
+    while grew:
+        grew = False
+        for other in mod.classes.values():
+            if other not in family and any(_dotted_tail(b) in names for b in other.bases):
+                family.append(other)
+                names.add(other.name)
+                grew = True
     parents: dict[int, ast.AST] = {}
-    for sub in ast.walk(cls):
-        for child in ast.iter_child_nodes(sub):
-            parents[id(child)] = sub
+    for klass in family:
+        for sub in ast.walk(klass):
+            for child in ast.iter_child_nodes(sub):
+                parents[id(child)] = sub
     lo, col, hi, end_col = node.expr_span
     calls = []
-    for sub in ast.walk(cls):
+    for sub in (n for klass in family for n in ast.walk(klass)):
         if not (isinstance(sub, ast.Attribute) and sub.attr == seq and isinstance(sub.value, ast.Name) and sub.value.id == "self"):
             continue
         parent = parents.get(id(sub))

@@ -225,3 +225,15 @@ def test_non_adjacent_elements_are_skipped(compiled):
     result = rewrite_source(source, facts, [forged], path="m.py")
     assert result.outcomes[0].status == "skipped"
     assert result.outcomes[0].reason == "the matched elements `self.head.0` and `self.head.2` are not adjacent in `self.head`"
+
+
+def test_subclass_indexing_the_sequential_is_seen(compiled):
+    source = block() + '''
+
+class Child(Block):
+    def first(self):
+        return self.head[1]
+'''
+    got = outcomes(run(compiled, source), "conv_batchnorm")
+    assert got and all(status == "skipped" for status, _ in got), got
+    assert any(reason.startswith("`self.head` is also indexed at line 22") for _, reason in got), got
