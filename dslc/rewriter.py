@@ -442,10 +442,39 @@ class _Rewriter:
 
     # -- one match --------------------------------------------------------
 
+    def check_scripted(self, match: ir.Match) -> str | None:
+        """A match inside a TorchScript-compiled function is not rewritten.
+
+        `@torch.jit.script` compiles the function when the module is
+        imported; a call of an external kernel (a Triton or epoi op) there
+        fails to compile, so the rewrite would break the import.  Rules
+        whose kernels are all `torch.*` stay applicable.
+        """
+        if not match.nodes or all(k.startswith("torch.") for k in match.rule.kernels):
+            return None
+        line = match.nodes[-1].stmt.lines[0]
+        for fn in ast.walk(self.mod.tree):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            if not (fn.lineno <= line <= (fn.end_lineno or fn.lineno)):
+                continue
+            for deco in fn.decorator_list:
+                target = deco.func if isinstance(deco, ast.Call) else deco
+                text = ast.unparse(target)
+                head, _, last = text.rpartition(".")
+                origin = self.mod.imports.get(text) or self.mod.imports.get(head.split(".")[0], "")
+                if last == "script" and ("jit" in head or "jit" in origin):
+                    return (f"`{fn.name}` (line {fn.lineno}) is compiled by @{text}: "
+                            f"the kernel {', '.join(match.rule.kernels)} cannot be called from TorchScript")
+        return None
+
     def plan(self, match: ir.Match) -> _Plan:
         rule = match.rule
         plan = _Plan()
         reason = safety.check_conflict(match)
+        if reason:
+            raise Skip(reason)
+        reason = self.check_scripted(match)
         if reason:
             raise Skip(reason)
         reason = safety.check_constraints(match)
