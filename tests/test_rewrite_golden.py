@@ -1,7 +1,7 @@
 """Golden outputs of the whole pipeline on the paper's examples, and refusals.
 
-examples/bert_self_output.py -> examples/expected/bert_self_output.py (paper
-Fig. 1), examples/dpt_preact_residual.py -> examples/expected/... (Fig. 5(b):
+examples/bert_self_output.py -> tests/golden/apply/bert_self_output.py (paper
+Fig. 1), examples/dpt_preact_residual.py -> tests/golden/apply/... (Fig. 5(b):
 the Conv2d hoisted into both branches).  `DSLC_UPDATE_GOLDEN=1` regenerates.
 Each golden output is also checked for idempotence: analysing and matching it
 again finds nothing to apply.
@@ -24,7 +24,7 @@ from dslc.rewriter import rewrite_source
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
-EXPECTED = EXAMPLES / "expected"
+EXPECTED = Path(__file__).resolve().parent / "golden" / "apply"
 
 
 @pytest.fixture(scope="module")
