@@ -146,11 +146,9 @@ def test_verify_checks_the_examples_before_writing(tmp_path, capsys):
 SLOW_MODELS = ["bert", "dpt", "t5", "gpt2", "llama"]
 # Ground-truth locations the pipeline knowingly does not find, with why.  The
 # test fails when one of them starts being found, so that this list shrinks.
-KNOWN_MISSES = {
-    # DPT's segmentation/auxiliary heads hold Conv2d -> BatchNorm2d inside an
-    # nn.Sequential (modeling_dpt.py lines 1168-1169 and 1191-1192): no
-    # forward path has the two as separate nodes.
-    ("dpt", "rule_7"): 2,
+KNOWN_MISSES: dict[tuple[str, str], int] = {
+    # None left: DPT's Conv2d -> BatchNorm2d pairs inside nn.Sequential heads
+    # (modeling_dpt.py lines 1168-1169 and 1191-1192) are rewritten in place.
 }
 
 
