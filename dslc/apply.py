@@ -435,11 +435,24 @@ def _verify_summary(verdict) -> str:
 
 
 def _verify_skips(verdict, name: str) -> list[FileError]:
-    """Classes the verifier could not run (missing kernel, no GPU): warnings, not failures."""
+    """What the verifier said of each class that did not fail.
+
+    Classes it could not run (missing kernel, no GPU) are W110 warnings;
+    classes that passed are I110 notes, so that `--verify` says what it
+    checked and how close the outputs were (and under which kernels).
+    """
     out = []
     for r in getattr(verdict, "results", ()) or ():
-        if getattr(r, "status", None) == "skipped":
+        status = getattr(r, "status", None)
+        if status == "skipped":
             out.append(FileError(name, 0, "W110", f"verification of {r.name} skipped: {r.reason or 'no reason given'}"))
+        elif status == "pass":
+            via = f" via {r.via}" if getattr(r, "via", None) else ""
+            refs = getattr(r, "reference_kernels", ())
+            ref = f" [reference kernel: {', '.join(refs)}]" if refs else ""
+            out.append(FileError(name, 0, "I110",
+                                 f"verified {r.name}{via}: pass, max abs err {r.max_abs:.3g}, "
+                                 f"max rel err {r.max_rel:.3g}{ref}"))
     return out
 
 

@@ -145,7 +145,8 @@ def render_notes(report: Report, *, skipped: bool = True, warnings: bool = True)
     if warnings:
         for w in report.warnings:
             where = f"{w.file}:{w.line}" if w.line else w.file
-            lines.append(f"{where}: warning[{w.code}]: {w.message}\n")
+            level = "note" if w.code.startswith("I") else "warning"
+            lines.append(f"{where}: {level}[{w.code}]: {w.message}\n")
     for k in report.missing_kernels:
         need = f" ({k.applied} {'rewrites in this run import' if k.applied != 1 else 'rewrite in this run imports'} it)" if k.applied else ""
         hint = f"; install it with: {k.install}" if k.install else ""
