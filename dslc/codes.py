@@ -117,6 +117,10 @@ NO_OUTPUT = _code("ADR118", "error", "init node binds no variable", """
     $lin`. Without `-> $var` the forward pattern cannot refer to it.""")
 EMPTY_PATTERN = _code("ADR119", "error", "empty source pattern", """
     A source pattern `{ }` matches nothing; write at least one node.""")
+UNCOMPILABLE = _code("ADR120", "error", "rule does not compile", """
+    The rule is well formed but cannot be turned into a matcher, e.g. a
+    keyword argument that the layer's signature (dslc/data/signatures.json)
+    does not have. The rule is not loaded; `dslc apply` refuses the pack.""")
 
 # -- ADR2xx: variables -------------------------------------------------------
 UNBOUND_TARGET = _code("ADR201", "error", "unbound variable in target", """

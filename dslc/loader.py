@@ -14,7 +14,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable
 
@@ -80,6 +80,7 @@ def load_rules(paths: list[str] | str, select: Iterable[str] = ()) -> LoadResult
     diags.extend(checker.check_files(parsed))
     failed = {d.span.path for d in diags if d.is_error and d.span is not None}
     packs = [lower_file(f) for f in parsed if f.path not in failed]
+    packs = _compilable(packs, diags)
     # Rules of files with errors are not loaded, but a selection naming them
     # is not "unknown": the file's own diagnostics say what is wrong.
     broken = [ir.Pack(f.header.name, "", (), tuple(ir.Rule(f.header.name, r.name, "", (), ir.Contract())
@@ -89,6 +90,26 @@ def load_rules(paths: list[str] | str, select: Iterable[str] = ()) -> LoadResult
     diags.extend(sel_diags)
     diags.sort(key=Diagnostic.sort_key)
     return LoadResult(packs, diags, sources, tuple(files), tuple(parsed))
+
+
+def _compilable(packs: list[ir.Pack], diags: list[Diagnostic]) -> list[ir.Pack]:
+    """Compile each rule once; a rule the compiler refuses is an ADR120 error
+    and is dropped, so neither `check` nor `apply` meets it later."""
+    from dslc.compiler import CompileError, compile_rule
+
+    out = []
+    for pack in packs:
+        kept = []
+        for rule in pack.rules:
+            try:
+                compile_rule(rule)
+            except CompileError as exc:
+                message = str(exc).split(f"rule {rule.qualified_name}: ", 1)[-1]
+                diags.append(diag(codes.UNCOMPILABLE, message, exc.span, label="cannot be compiled"))
+                continue
+            kept.append(rule)
+        out.append(replace(pack, rules=tuple(kept)))
+    return out
 
 
 def apply_select(packs: list[ir.Pack], select: list[str],
