@@ -104,8 +104,8 @@ def test_linear_bn_in_sequential(compiled):
     result = run(compiled, source)
     assert outcomes(result, "linear_batchnorm") == [("applied", None)]
     new = result.new_source
-    assert "nn.Sequential(LinearBn1d(cin, cout, bias=True, eps=1e-05, momentum=0.1), nn.Identity(), nn.ReLU())" in new \
-        or "nn.Sequential(LinearBn1d(cin, cout" in new
+    assert "        self.head = nn.Sequential(LinearBn1d(cin, cout, bias=True, eps=1e-05, momentum=0.1), nn.Identity(), nn.ReLU())\n" in new
+    assert "from torch.ao.nn.intrinsic.qat import LinearBn1d\n" in new
     assert "('head.0.bn.running_var', 'head.1.running_var', False)" in new
 
 
