@@ -1390,12 +1390,12 @@ def _sequential_uses(mod: _Module, class_name: str, seq: str, init_stmt: ast.stm
         if isinstance(parent, ast.Attribute):
             return f"`self.{seq}.{parent.attr}` is used at line {sub.lineno}; the rewrite changes its elements"
         return f"`self.{seq}` is also used at line {sub.lineno} (`{ast.unparse(parent) if parent is not None else seq}`); the rewrite changes its elements"
-    if len(calls) != 1:
-        lines = ", ".join(str(c.lineno) for c in calls)
-        return f"`self.{seq}` is called at lines {lines}; rewriting its elements would change every call"
-    c = calls[0]
-    if (c.lineno, c.col_offset, c.end_lineno, c.end_col_offset) != (lo, col, hi, end_col):
-        return f"the call of `self.{seq}` at line {c.lineno} is not the matched location"
+    # Several calls are fine: each runs the whole container, so fusing two
+    # adjacent elements changes no call's result (the init is one location).
+    if not calls:
+        return f"`self.{seq}` is never called directly; the rewrite cannot see how its elements are used"
+    if not any((c.lineno, c.col_offset, c.end_lineno, c.end_col_offset) == (lo, col, hi, end_col) for c in calls):
+        return f"no call of `self.{seq}` (lines {', '.join(str(c.lineno) for c in calls)}) is the matched location"
     return None
 
 

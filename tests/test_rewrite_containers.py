@@ -109,11 +109,21 @@ def test_linear_bn_in_sequential(compiled):
     assert "('head.0.bn.running_var', 'head.1.running_var', False)" in new
 
 
+def test_container_called_twice_is_one_location(compiled):
+    """Each call runs the whole container: fusing two of its elements is one
+    init change, right for every call (groupvit's projections)."""
+    result = run(compiled, block("        return self.head(x) + self.head(x * 2)"))
+    got = outcomes(result, "conv_batchnorm")
+    assert got[0] == ("applied", None), got
+    assert all(status == "skipped" and "edited once" in why for status, why in got[1:]), got
+    assert "ConvBn2d(nn.Conv2d(cin, cout, kernel_size=3, padding=1), nn.BatchNorm2d(cout)),\n            nn.Identity()," in result.new_source
+    assert "return self.head(x) + self.head(x * 2)" in result.new_source
+
+
 @pytest.mark.parametrize("forward, head, reason", [
     (FORWARD + "\n\n    def first(self):\n        return self.head[0]", None, "`self.head` is also indexed at line"),
     ("        for m in self.head:\n            x = m(x)\n        return self.head(x)", None, "`self.head` is also iterated at line"),
     ("        n = len(self.head)\n        return self.out(self.head(x)) * n", None, "`self.head` is also used at line"),
-    ("        return self.head(x) + self.head(x * 2)", None, "`self.head` is called at lines"),
     (FORWARD + "\n\n    def grow(self):\n        self.head.add_module('extra', nn.ReLU())", None, "`self.head.add_module` is used at line"),
     (FORWARD, "        layers = [nn.Conv2d(cin, cout, 3), nn.BatchNorm2d(cout)]\n        self.head = nn.Sequential(*layers)\n", None),
     (FORWARD, "        self.head = nn.Sequential(nn.Conv2d(cin, cout, 3), nn.Dropout(0.0), nn.BatchNorm2d(cout))\n", None),
