@@ -114,7 +114,7 @@ def analyze_source(
         options = Options(inline=inline, flatten=flatten)
         if max_paths is not None:
             options.max_paths = max_paths
-        extractor = Extractor(tree, scope, resolver, options)
+        extractor = Extractor(tree, scope, resolver, options, source=source)
         classes, functions = extractor.run()
         imports = []
         for name, bindings in scope.names.items():

@@ -409,8 +409,11 @@ class Frame:
 class Extractor:
     """Extracts facts from one module (see the module docstring)."""
 
-    def __init__(self, tree: ast.Module, scope: Scope, resolver: Resolver, options: Options):
+    def __init__(self, tree: ast.Module, scope: Scope, resolver: Resolver, options: Options,
+                 source: str | None = None):
         self.tree = tree
+        self.source = source  # for the astroid fallback (infer.py); None: table only
+        self._inferrer = None
         self.scope = scope
         self.module = scope.module
         self.resolver = resolver
@@ -784,12 +787,39 @@ class Extractor:
         if parts is None:
             return self._table_entry(func, frame), spelling
         if parts[0] in frame.locals and parts[0] not in frame.local_imports:
-            return None, spelling  # a parameter or local: a factory we cannot see through
+            # a parameter or local: a factory only astroid's reaching definitions can see through
+            return self._infer(func, parts, frame), spelling
         if parts[0] == "self":
-            return None, spelling
+            return self._infer(func, parts, frame), spelling
         if len(parts) == 1 and parts[0] in BUILTINS and parts[0] not in (frame.scope or self.scope).names:
             return f"builtins.{parts[0]}", spelling
-        return self.resolve(parts, frame), spelling
+        qual = self.resolve(parts, frame)
+        if qual is None:
+            qual = self._infer(func, parts, frame)
+        return qual, spelling
+
+    def _infer(self, func: ast.expr, parts: list[str], frame: Frame) -> str | None:
+        """The astroid fallback (infer.py) for a callee the table left
+        unresolved.  Cheap syntactic checks first: astroid parses the module
+        only when some reaching definition could evaluate to a name."""
+        if self.source is None or (frame.scope is not None and frame.scope is not self.scope):
+            return None  # code inherited from another module: its own file would be needed
+        head = parts[0]
+        classes = None
+        if head == "self":
+            if len(parts) != 2 or self.cls is None or not _class_binds_name(self.mro(self.cls), parts[1]):
+                return None
+            classes = [(c.qualname, c.node, c.scope is self.scope, c.base_quals) for c in self.mro(self.cls)]
+        elif head in frame.locals:
+            if head in frame.local_imports or not _local_may_name(frame.fn, head):
+                return None
+        else:
+            if not any(b.kind == "infer" for b in self.scope.names.get(head, ())):
+                return None
+        if self._inferrer is None:
+            from .infer import Inferrer
+            self._inferrer = Inferrer(self.source, self.scope, self.resolver, self.tree)
+        return self._inferrer.infer_qualname(func, classes)
 
     def _table_entry(self, func: ast.expr, frame: Frame) -> str | None:
         """`TABLE["key"]` where TABLE is a module-level dict literal of this
@@ -1309,6 +1339,8 @@ class Extractor:
                         inputs=args, kwargs=kwargs)
             return self._emit(e, node, frame, actions, outputs, top)
         _, qual, func = kind
+        if qual is None and (parts := dotted(func)) is not None:
+            qual = self._infer(func, parts, frame)
         spelling = None if qual else ast.unparse(func)
         args, kwargs = self._args(e, frame, ref, actions)
         node = Node("call", ref, type=qual, unresolved=None if qual else spelling, inputs=args, kwargs=kwargs)
@@ -1446,6 +1478,37 @@ class Extractor:
     _replaced: dict = {}
     _top_consumed = False
     _last_value: Value | None = None
+
+
+def _local_may_name(fn: ast.FunctionDef, name: str) -> bool:
+    """Could a local `name` of `fn` hold a class or function known by name?
+    Only when some assignment to it has a dotted-name or conditional right-hand
+    side; and a parameter must be rebound unconditionally (at the top level of
+    the body), or the caller's argument reaches every use."""
+    args = fn.args
+    params = {a.arg for a in args.posonlyargs + args.args + args.kwonlyargs}
+    params |= {a.arg for a in (args.vararg, args.kwarg) if a is not None}
+    if name in params and not any(
+            isinstance(st, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in st.targets)
+            for st in fn.body):
+        return False
+    for node in ast.walk(fn):
+        if isinstance(node, ast.Assign) and isinstance(node.value, (ast.Name, ast.Attribute, ast.IfExp)) \
+                and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
+            return True
+    return False
+
+
+def _class_binds_name(classes, name: str) -> bool:
+    """Does some class of the hierarchy bind `name` with a plain class-level assignment?"""
+    for info in classes:
+        for st in info.node.body:
+            if isinstance(st, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in st.targets):
+                return True
+            if isinstance(st, ast.AnnAssign) and st.value is not None and isinstance(st.target, ast.Name) \
+                    and st.target.id == name:
+                return True
+    return False
 
 
 def _with_loop_layer(frame: Frame, name: str, attr: str) -> Frame:

@@ -10,8 +10,10 @@ in the analyzed code itself, over the stdlib `ast` of each module:
    the imported qualified name; a class or function gives `<module>.<name>`;
    an assignment of a dotted name (`Norm = nn.LayerNorm`) resolves that
    expression in the same module; any other assignment gives
-   `<module>.<name>` (a module-level object such as `ACT2FN`).  A name bound
-   to different things on different branches is ambiguous: unresolved.
+   `<module>.<name>` (a module-level object such as `ACT2FN`), except a
+   conditional expression or a `getattr(...)` call, which resolves to None
+   here and is left to `infer.py` (astroid).  A name bound to different
+   things on different branches is ambiguous: unresolved.
 3. A qualified name that points into the analyzed tree (a package directory
    on disk, found from the file's package path) is chased: its module's
    scope is loaded and step 2 repeats there (re-exports, aliases), with a
@@ -122,7 +124,7 @@ def dotted(expr: ast.expr) -> list[str] | None:
 class Binding:
     """One top-level binding of a name: how it was bound and to what."""
 
-    kind: str  # import | class | def | alias | value
+    kind: str  # import | class | def | alias | value | infer (see _needs_inference)
     target: str = ""  # import: the qualified name; alias: the dotted source text
     line: int = 0
 
@@ -176,6 +178,17 @@ def import_bindings(stmt: ast.Import | ast.ImportFrom, module: str, is_package: 
         yield alias.asname or alias.name, Binding("import", f"{base}.{alias.name}", stmt.lineno)
 
 
+def _needs_inference(value: ast.expr | None) -> bool:
+    """A module-level right-hand side that names a class or function only
+    indirectly: `A if c else B`, `getattr(mod, "Name")`.  The table does not
+    evaluate it (the name resolves to None, not `<module>.<name>`);
+    `infer.py` may, when a callee needs it."""
+    if isinstance(value, ast.IfExp):
+        return True
+    return (isinstance(value, ast.Call) and isinstance(value.func, ast.Name)
+            and value.func.id == "getattr")
+
+
 def build_scope(tree: ast.Module, module: str, path: str | None, is_package: bool) -> Scope:
     """Collect the top-level bindings of a module (see the module docstring, step 1)."""
     scope = Scope(module, path, is_package)
@@ -198,6 +211,8 @@ def build_scope(tree: ast.Module, module: str, path: str | None, is_package: boo
                     if isinstance(target, ast.Name):
                         if value is not None and dotted(value) is not None:
                             scope.add(target.id, Binding("alias", ".".join(dotted(value)), stmt.lineno))
+                        elif _needs_inference(value):
+                            scope.add(target.id, Binding("infer", line=stmt.lineno))
                         else:
                             scope.add(target.id, Binding("value", line=stmt.lineno))
                     elif isinstance(target, (ast.Tuple, ast.List)):
@@ -306,6 +321,8 @@ class Resolver:
                 results.add(self.follow(binding.target, seen))
             elif binding.kind == "alias":
                 results.add(self.resolve_parts(scope, binding.target.split("."), seen))
+            elif binding.kind == "infer":
+                results.add(None)  # left to astroid (infer.py) at the call sites that need it
             else:  # class, def, value: defined here
                 results.add(f"{scope.module}.{head}")
         if len(results) != 1:
