@@ -354,6 +354,7 @@ class _Rewriter:
         self.needs_hook = HOOK_HELPER in self.mod.all_names
         self.hook_present = self.needs_hook
         self.taken: dict[str, set[str]] = {}
+        self._scripted: list | None = None  # see scripted_functions()
         self.done_locations: dict[tuple, int] = {}
         self.matches: list[ir.Match] = []
 
@@ -453,20 +454,28 @@ class _Rewriter:
         if not match.nodes or all(k.startswith("torch.") for k in match.rule.kernels):
             return None
         line = match.nodes[-1].stmt.lines[0]
-        for fn in ast.walk(self.mod.tree):
-            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                continue
-            if not (fn.lineno <= line <= (fn.end_lineno or fn.lineno)):
-                continue
-            for deco in fn.decorator_list:
-                target = deco.func if isinstance(deco, ast.Call) else deco
-                text = ast.unparse(target)
-                head, _, last = text.rpartition(".")
-                origin = self.mod.imports.get(text) or self.mod.imports.get(head.split(".")[0], "")
-                if last == "script" and ("jit" in head or "jit" in origin):
-                    return (f"`{fn.name}` (line {fn.lineno}) is compiled by @{text}: "
-                            f"the kernel {', '.join(match.rule.kernels)} cannot be called from TorchScript")
+        for fn, text in self.scripted_functions():
+            if fn.lineno <= line <= (fn.end_lineno or fn.lineno):
+                return (f"`{fn.name}` (line {fn.lineno}) is compiled by @{text}: "
+                        f"the kernel {', '.join(match.rule.kernels)} cannot be called from TorchScript")
         return None
+
+    def scripted_functions(self) -> list:
+        """The functions decorated with `torch.jit.script` (one walk per file)."""
+        if self._scripted is None:
+            self._scripted = []
+            if "script" in self.mod.source:
+                for fn in ast.walk(self.mod.tree):
+                    if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                        continue
+                    for deco in fn.decorator_list:
+                        target = deco.func if isinstance(deco, ast.Call) else deco
+                        text = ast.unparse(target)
+                        head, _, last = text.rpartition(".")
+                        origin = self.mod.imports.get(text) or self.mod.imports.get(head.split(".")[0], "")
+                        if last == "script" and ("jit" in head or "jit" in origin):
+                            self._scripted.append((fn, text))
+        return self._scripted
 
     def plan(self, match: ir.Match) -> _Plan:
         rule = match.rule
