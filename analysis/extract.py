@@ -798,6 +798,32 @@ class Extractor:
             qual = self._infer(func, parts, frame)
         return qual, spelling
 
+    def _table_quals(self, frame: Frame, name: str) -> set[str]:
+        """Qualified names the table gives to the dotted right-hand sides
+        (both branches of a conditional) assigned to local `name` in
+        `frame.fn`, "" for a right-hand side that is no dotted name.  Two or
+        more, or "": astroid could only resolve the use when one assignment
+        kills the other, which is not worth a parse (left unresolved)."""
+        out: set[str] = set()
+        for node in ast.walk(frame.fn):
+            if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
+                leaves, todo = [], [node.value]
+                while todo:
+                    v = todo.pop()
+                    if isinstance(v, ast.IfExp):
+                        todo += [v.body, v.orelse]
+                    else:
+                        leaves.append(v)
+                for leaf in leaves:
+                    parts = dotted(leaf)
+                    if parts is None:
+                        out.add("")  # a call, a constant: that definition evaluates to nothing
+                    elif parts[0] not in frame.locals and parts[0] != "self":
+                        qual = self.resolve(parts, frame)
+                        if qual:
+                            out.add(qual)
+        return out
+
     def _infer(self, func: ast.expr, parts: list[str], frame: Frame) -> str | None:
         """The astroid fallback (infer.py) for a callee the table left
         unresolved.  Cheap syntactic checks first: astroid parses the module
@@ -813,6 +839,9 @@ class Extractor:
         elif head in frame.locals:
             if head in frame.local_imports or not _local_may_name(frame.fn, head):
                 return None
+            quals = self._table_quals(frame, head)
+            if len(quals) > 1 or "" in quals:
+                return None  # different classes, or something that is no name, assigned to it
         else:
             if not any(b.kind == "infer" for b in self.scope.names.get(head, ())):
                 return None

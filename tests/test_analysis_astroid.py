@@ -141,27 +141,51 @@ def test_parameter_rebound_unconditionally_is_known():
     assert init_of(ff, "B") == {"bn": "torch.nn.BatchNorm2d"}
 
 
-def test_disagreement_loops_and_closures_stay_unresolved():
+def test_disagreement_and_loop_rebinding_stay_unresolved():
+    # `a`/`b` hide the classes from the table's cheap pre-check, so astroid decides
     ff = facts("""
         class B(nn.Module):
             def __init__(self, c, flag=False):
                 super().__init__()
-                f = nn.ReLU
+                a = nn.ReLU
+                b = nn.SiLU
+                f = a
                 if flag:
-                    f = nn.SiLU
+                    f = b
                 self.f = f()
                 try:
-                    h = nn.ReLU
+                    h = a
                 except ImportError:
-                    h = nn.GELU
+                    h = b
                 self.h = h()
-                k = nn.ReLU
+                k = a
                 for i in range(2):
                     self.k = k()
-                    k = nn.GELU
+                    k = b
+                u = a
+                u = b
+                self.u = u()
     """)
     init = init_of(ff, "B")
     assert init["f"] == ("?", "f") and init["h"] == ("?", "h") and init["k"] == ("?", "k")
+    assert init["u"] == "torch.nn.SiLU"  # the unconditional rebinding kills the first
+
+
+def test_table_precheck_skips_astroid_when_assignments_differ(monkeypatch):
+    calls = []
+    monkeypatch.setattr(infer.Inferrer, "_astroid", lambda self: calls.append(1))
+    ff = facts("""
+        class B(nn.Module):
+            def __init__(self, c, flag=False):
+                super().__init__()
+                f = nn.ReLU if flag else nn.SiLU
+                self.f = f()
+                g = nn.ReLU if flag else None
+                if g is not None:
+                    self.g = g()
+    """)
+    assert init_of(ff, "B") == {"f": ("?", "f"), "g": ("?", "g")}
+    assert calls == []
 
 
 def test_user_class_named_like_torch_is_not_torch():
