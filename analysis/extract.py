@@ -843,8 +843,9 @@ class Extractor:
             if len(quals) > 1 or "" in quals:
                 return None  # different classes, or something that is no name, assigned to it
         else:
-            if not any(b.kind == "infer" for b in self.scope.names.get(head, ())):
-                return None
+            bindings = self.scope.names.get(head, ())
+            if len(bindings) != 1 or bindings[0].kind != "infer":
+                return None  # bound once, by an expression the table does not evaluate
         if self._inferrer is None:
             from .infer import Inferrer
             self._inferrer = Inferrer(self.source, self.scope, self.resolver, self.tree)

@@ -99,6 +99,8 @@ def test_module_level_conditional_alias_agreeing_branches():
         Norm = nn.LayerNorm if FAST else nn.LayerNorm
         Mixed = nn.LayerNorm if FAST else nn.BatchNorm1d
         LN = getattr(nn, "LayerNorm")
+        Twice = nn.ReLU if FAST else nn.ReLU
+        Twice = nn.GELU if FAST else nn.GELU   # which one a call sees depends on when it runs
 
         class B(nn.Module):
             def __init__(self, d):
@@ -106,11 +108,13 @@ def test_module_level_conditional_alias_agreeing_branches():
                 self.n1 = Norm(d)
                 self.n2 = Mixed(d)
                 self.n3 = LN(d)
+                self.n4 = Twice()
 
             def forward(self, x):
                 return Norm(x)
     """)
-    assert init_of(ff, "B") == {"n1": "torch.nn.LayerNorm", "n2": ("?", "Mixed"), "n3": ("?", "LN")}
+    assert init_of(ff, "B") == {"n1": "torch.nn.LayerNorm", "n2": ("?", "Mixed"), "n3": ("?", "LN"),
+                                "n4": ("?", "Twice")}
     (c,) = ff.classes
     calls = [n.type for n in c.paths[0].nodes if n.kind == "call"]
     assert calls == ["torch.nn.LayerNorm"]
