@@ -443,6 +443,12 @@ class _Rewriter:
 
     # -- one match --------------------------------------------------------
 
+    def statements_between(self, lo: ast.stmt, hi: ast.stmt) -> list[ast.stmt]:
+        """Statements that start after `lo` ends and end before `hi` starts."""
+        lo_end, hi_start = lo.end_lineno or lo.lineno, hi.lineno
+        return [st for st in ast.walk(self.mod.tree)
+                if isinstance(st, ast.stmt) and st.lineno > lo_end and (st.end_lineno or st.lineno) < hi_start]
+
     def check_scripted(self, match: ir.Match) -> str | None:
         """A match inside a TorchScript-compiled function is not rewritten.
 
@@ -988,6 +994,23 @@ class _Rewriter:
                 deps = [d for d in _attrof_bases(target_of[var]) if d in stmts and d != var]
                 if any(stmts[d].lineno > stmts[var].lineno for d in deps):
                     kinds[var] = "moved"
+        # A target statement that embeds the constructor call of a layer built
+        # later (`ConvBn2d(<conv call>, <bn call>)` at the conv's line) must
+        # not move that call above an assignment of a local it reads.
+        for var, kind in kinds.items():
+            if kind not in ("replaced", "reassigned", "moved"):
+                continue
+            for arg in list(target_of[var].args) + [v for _, v in target_of[var].kwargs]:
+                d = arg.name if isinstance(arg, ir.Var) else None
+                if d is None or d not in stmts or d == var:
+                    continue
+                lo, hi = sorted((stmts[var], stmts[d]), key=lambda st: st.lineno)
+                reads = _names(stmts[d].value)
+                for st in self.statements_between(lo, hi):
+                    written = {n.id for n in ast.walk(st) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+                    if written & reads:
+                        raise Skip(f"`{', '.join(sorted(written & reads))}`, which the call at line {stmts[d].lineno} reads, "
+                                   f"is assigned at line {st.lineno}, between the statements the fused layer joins")
         candidates = [v for v, k in kinds.items() if k != "kept"]
         if not candidates:
             raise Skip("nothing in `__init__` to anchor the new layers to")
