@@ -352,4 +352,4 @@ def test_apply_does_not_move_a_call_above_the_local_it_reads(tmp_path, repo_root
           "--jobs", "1", "--select", "adopter:conv_batchnorm", str(path)])
     out, err = capsys.readouterr()
     assert "ConvBn2d(nn.Conv2d(cin, cout, 3, padding=1, bias=False), norm_layer(cout))" not in out
-    assert "`norm_layer`, which the call at line 9 reads, is assigned at line 8" in err
+    assert "`norm_layer`, which the call at line 10 reads, is assigned at line 9" in err
