@@ -42,6 +42,7 @@ import importlib
 import importlib.util
 import inspect
 import itertools
+import linecache
 import json
 import logging
 import math
@@ -413,8 +414,20 @@ def _exec_module(source: str, name: str, package: str | None, filename: str) -> 
     module.__package__ = package or ""
     module.__file__ = filename
     sys.modules[name] = module  # dataclasses and typing look modules up here
+    # `@torch.jit.script` (and anything else using `inspect.getsource`)
+    # re-reads a function's source by its code's file name: a rewrite held in
+    # memory gets a name of its own, with its text in linecache, so that the
+    # original file on disk is never read in its place.
+    code_name = filename
     try:
-        exec(compile(source, filename, "exec"), module.__dict__)
+        on_disk = Path(filename).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        on_disk = None
+    if on_disk != source:
+        code_name = f"{filename}::dslc-{next(_COUNTER)}"
+        linecache.cache[code_name] = (len(source), None, source.splitlines(True), code_name)
+    try:
+        exec(compile(source, code_name, "exec"), module.__dict__)
     except BaseException:
         sys.modules.pop(name, None)
         raise

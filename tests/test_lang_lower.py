@@ -80,7 +80,7 @@ def test_other_adopter_rules(adopter):
 
     gelu = rule(adopter, "biased_gelu")
     assert not gelu.contract.exact and "tanh" in gelu.contract.note
-    assert gelu.option("when").startswith("$cfg.hidden_act in (\"gelu\"")
+    assert gelu.option("when").startswith("$cfg.hidden_act in (\"gelu_new\"")
     act = gelu.init.source[1]
     assert act.callee == ir.Callee("transformers.activations.ACT2FN",
                                    subscript=ir.AttrOf(ir.Var("cfg"), "hidden_act"))
