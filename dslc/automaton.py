@@ -88,6 +88,8 @@ class Action:
             return f"{self.slot} == {self.term.value!r}"
         if isinstance(self.term, ir.Code):
             return f"{self.slot} is `{self.term.text}`"
+        if isinstance(self.term, ir.AttrOf):
+            return f"{self.slot} is `<{self.term.base}>.{self.term.attr}`, {self.term.base} <- its base"
         return f"{self.slot} ~ {self.term!r}"
 
 
