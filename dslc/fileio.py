@@ -168,30 +168,7 @@ def atomic_write(path: str, data: bytes, *, expect: bytes | None = None) -> None
             raise SourceError(E_WRITE, f"cannot write: {exc.strerror or exc}") from None
         if current != expect:
             raise SourceError(E_CHANGED, "the file changed on disk while dslc was running; not written")
-    directory = os.path.dirname(real) or "."
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(real)}.", suffix=".dslc-tmp", dir=directory)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, stat.S_IMODE(st.st_mode))
-        if hasattr(os, "chown"):
-            try:
-                os.chown(tmp, st.st_uid, st.st_gid)
-            except OSError:  # only root may give files away; the mode is what matters
-                pass
-        os.replace(tmp, real)
-        tmp = None
-    except OSError as exc:
-        raise SourceError(E_WRITE, f"cannot write: {exc.strerror or exc}") from None
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+    _replace_atomically(real, data, stat.S_IMODE(st.st_mode), (st.st_uid, st.st_gid), "cannot write")
 
 
 # ---------------------------------------------------------------------------
@@ -430,21 +407,34 @@ def discover(paths: list[str], excludes: tuple[str, ...] = (), *, gitignore: boo
 
 def atomic_write_new(path: str, data: bytes) -> None:
     """Create or replace `path` (a file dslc owns, e.g. a .patch) atomically, mode per umask."""
-    directory = os.path.dirname(os.path.abspath(path))
+    umask = os.umask(0)
+    os.umask(umask)
+    _replace_atomically(os.path.abspath(path), data, 0o666 & ~umask, None, f"cannot write {path}")
+
+
+def _replace_atomically(target: str, data: bytes, mode: int, owner: tuple[int, int] | None, what: str) -> None:
+    """Write `data` to a temporary file beside `target` (same file system),
+    fsync it, give it `mode` (and `owner` where permitted), then os.replace
+    it over `target`; on any failure the temporary file is removed and
+    `target` is intact.  Raises SourceError (E103) saying `what` failed."""
     tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".dslc-tmp", dir=directory)
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".dslc-tmp",
+                                   dir=os.path.dirname(target) or ".")
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
+        os.chmod(tmp, mode)
+        if owner is not None and hasattr(os, "chown"):
+            try:
+                os.chown(tmp, *owner)
+            except OSError:  # only root may give files away; the mode is what matters
+                pass
+        os.replace(tmp, target)
         tmp = None
     except OSError as exc:
-        raise SourceError(E_WRITE, f"cannot write {path}: {exc.strerror or exc}") from None
+        raise SourceError(E_WRITE, f"{what}: {exc.strerror or exc}") from None
     finally:
         if tmp is not None:
             try:
