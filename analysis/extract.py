@@ -289,6 +289,19 @@ def scan(fn: ast.FunctionDef) -> tuple[frozenset[str], tuple]:
     return result
 
 
+def _split(alts: list, text: str, lines: tuple[int, int]) -> tuple[list, list]:
+    """Fork each alternative on a condition: (those where it holds, those
+    where it does not), each keeping only the feasible forks."""
+    yes, no = [], []
+    for a in alts:
+        b = a.copy()
+        if a.add_guard(Guard(text, False, lines)):
+            yes.append(a)
+        if b.add_guard(Guard(text, True, lines)):
+            no.append(b)
+    return yes, no
+
+
 # --------------------------------------------------------------------------
 # classes
 # --------------------------------------------------------------------------
@@ -937,13 +950,7 @@ class Extractor:
                 return self.block(stmt.orelse, path + ("orelse",), sub_else, frame, alts)
             text = ast.unparse(stmt.test)
             lines = (stmt.lineno, stmt.test.end_lineno or stmt.lineno)
-            yes, no = [], []
-            for a in alts:
-                b = a.copy()
-                if a.add_guard(Guard(text, False, lines)):
-                    yes.append(a)
-                if b.add_guard(Guard(text, True, lines)):
-                    no.append(b)
+            yes, no = _split(alts, text, lines)
             yes = self.block(stmt.body, path + ("body",), sub_body, frame, yes)
             no = self.block(stmt.orelse, path + ("orelse",), sub_else, frame, no)
             return self._join(yes, no)
@@ -967,17 +974,10 @@ class Extractor:
             sub_else = blocks + ((path, "orelse"),)
             text = ast.unparse(stmt.test) if is_while else None
             lines = (stmt.lineno, stmt.lineno)
-            run, skip = [], []
-            for a in alts:
-                b = a.copy()
-                if is_while and not flatten:
-                    if a.add_guard(Guard(text, False, lines)):
-                        run.append(a)
-                    if b.add_guard(Guard(text, True, lines)):
-                        skip.append(b)
-                else:
-                    run.append(a)
-                    skip.append(b)
+            if is_while and not flatten:
+                run, skip = _split(alts, text, lines)
+            else:
+                run, skip = alts, [a.copy() for a in alts]
             for a in run:
                 a.add_node(self.stmt_node(ref, frame, head_reads, head_writes))
             run = self.block(stmt.body, path + ("body",), sub_body, loop_frame, run)
@@ -1454,13 +1454,7 @@ class Extractor:
                 if self.options.flatten:
                     alts = done + self.run_actions(orelse, frame, self.run_actions(body, frame, live))
                     continue
-                yes, no = [], []
-                for a in live:
-                    b = a.copy()
-                    if a.add_guard(Guard(text, False, lines)):
-                        yes.append(a)
-                    if b.add_guard(Guard(text, True, lines)):
-                        no.append(b)
+                yes, no = _split(live, text, lines)
                 alts = done + self._cap(self._join(self.run_actions(body, frame, yes),
                                                    self.run_actions(orelse, frame, no)))
                 continue
