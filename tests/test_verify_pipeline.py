@@ -17,6 +17,7 @@ import pytest
 from dslc import verify
 from dslc.cli import main
 from test_verify_support import has_transformers, kernel_refs, no_kernels  # noqa: F401
+from verify_factories import EXAMPLE_FACTORY
 
 REPO = Path(__file__).resolve().parent.parent
 PACK = REPO / "rulepacks" / "adopter.adr"
@@ -33,29 +34,6 @@ def _pipeline_missing() -> str | None:
 
 
 pytestmark = pytest.mark.skipif(_pipeline_missing() is not None, reason=str(_pipeline_missing()))
-
-# Examples carry a plain `Config` class: build with it, synthesise inputs from
-# the forward signature the way tiny configs do.
-EXAMPLE_FACTORY = '''\
-import sys
-
-import torch
-
-from dslc import tinyconfig
-
-
-def make(cls):
-    cfg = sys.modules[cls.__module__].Config()
-    module = cls(cfg).eval()
-    for kwargs in tinyconfig.input_candidates(cls.forward, cfg, torch):
-        try:
-            with torch.no_grad():
-                module(**kwargs)
-        except Exception:
-            continue
-        return module, tuple(kwargs.values())
-    raise TypeError(f"no inputs fit {cls.__name__}")
-'''
 
 
 def apply_write(tmp_path: Path, sources: dict[str, Path], capsys) -> dict[str, tuple[Path, str]]:

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from verify_factories import EXAMPLE_FACTORY
 
 pytestmark = pytest.mark.cuda
 
@@ -49,28 +50,6 @@ def _needs_cuda():
     why = _why_not()
     if why:
         pytest.skip(why)
-
-
-EXAMPLE_FACTORY = '''\
-import sys
-
-import torch
-
-from dslc import tinyconfig
-
-
-def make(cls):
-    cfg = sys.modules[cls.__module__].Config()
-    module = cls(cfg).eval()
-    for kwargs in tinyconfig.input_candidates(cls.forward, cfg, torch):
-        try:
-            with torch.no_grad():
-                module(**kwargs)
-        except Exception:
-            continue
-        return module, tuple(kwargs.values())
-    raise TypeError(f"no inputs fit {cls.__name__}")
-'''
 
 
 def _targets() -> list[tuple[str, Path]]:
