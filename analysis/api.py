@@ -29,7 +29,7 @@ import warnings
 from concurrent.futures import ProcessPoolExecutor
 from functools import lru_cache
 
-from . import model
+from . import cachefile, model
 from .extract import Extractor, Options
 from .model import FileFacts, Problem
 from .names import Resolver, build_scope, canonical, module_name_for, tree_root_for
@@ -193,31 +193,57 @@ def _key(data: bytes, options: tuple) -> str:
     return digest.hexdigest()
 
 
-def _cache_get(cache_dir: str, key: str, memo: dict) -> FileFacts | None:
-    entry = os.path.join(cache_dir, key[:2], key + ".pickle")
+def _allowed() -> dict:
+    """The classes an analysis cache entry may contain (see `cachefile.loads`)."""
+    out = {(cls.__module__, cls.__name__): cls for cls in _DISPATCH}
+    out.update({("builtins", "frozenset"): frozenset, ("builtins", "set"): set})
+    return out
+
+
+_ALLOWED = _allowed()
+
+
+def _entry_path(cache_dir: str, key: str) -> str:
+    return os.path.join(cache_dir, key[:2], key + ".pickle")
+
+
+def _cache_get(cache_dir: str, key: str, memo: dict, content: str | None = None,
+               deps_out: list | None = None) -> FileFacts | None:
+    """The cached facts for `key`, or None (missing, bad, or a dependency changed).
+
+    The entry is checked before it is decoded and must name this key, this
+    content hash and this analysis version (`cachefile`); never raises.
+    """
+    entry = _entry_path(cache_dir, key)
+    payload = cachefile.read(entry)
+    if payload is None:
+        return None
     try:
-        with open(entry, "rb") as fh:
-            deps, facts = pickle.loads(fh.read())
+        tag, got_key, got_content, version, deps, facts = cachefile.loads(payload, _ALLOWED)
+        if tag != "facts" or got_key != key or version != analysis_version():
+            raise cachefile.Bad("made for another key or version")
+        if content is not None and got_content != content:
+            raise cachefile.Bad("made from other content")
         if not isinstance(facts, FileFacts):
-            return None
-    except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ImportError, ValueError, TypeError):
+            raise cachefile.Bad("not file facts")
+        deps = [(str(dep), digest) for dep, digest in deps]
+    except Exception as exc:  # noqa: BLE001 - MemoryError, RecursionError, SystemError too
+        cachefile.bad(entry, str(exc) if isinstance(exc, cachefile.Bad) else f"{type(exc).__name__}: {exc}")
         return None
     for dep, digest in deps:
         if _hash_file(dep, memo) != digest:
             return None
+    if deps_out is not None:
+        deps_out.extend(deps)
     return facts
 
 
-def _cache_put(cache_dir: str, key: str, deps: list, facts: FileFacts) -> None:
-    directory = os.path.join(cache_dir, key[:2])
+def _cache_put(cache_dir: str, key: str, deps: list, facts: FileFacts, content: str | None = None) -> None:
     try:
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(dumps((deps, facts)))
-        os.replace(tmp, os.path.join(directory, key + ".pickle"))
-    except OSError:
-        pass  # a cache that cannot be written is only slower
+        payload = dumps(("facts", key, content, analysis_version(), deps, facts))
+    except Exception:  # noqa: BLE001 - unpicklable facts: not cached
+        return
+    cachefile.write(_entry_path(cache_dir, key), payload)
 
 
 def _work(batch: list[tuple[int, str]], root, kwargs) -> list[tuple[int, FileFacts, list]]:
@@ -257,23 +283,32 @@ def analyze_paths(
     want: frozenset[str] | None = None,
     inline: bool = True,
     flatten: bool = False,
+    deps_out: list | None = None,
 ) -> list[FileFacts]:
-    """Facts for many files, in the order given (see the module docstring)."""
+    """Facts for many files, in the order given (see the module docstring).
+
+    `deps_out`, when given, receives per file (in order) the list of
+    (path, SHA-256) of the other files its facts depend on (bases and
+    re-exports read from the tree): what a cache of anything computed from
+    these facts must check too.
+    """
     enabled = gc.isenabled()
     gc.disable()  # unpickling and building many small objects: no cyclic garbage here
     try:
-        return _analyze_paths(paths, root, jobs, cache_dir, want, inline, flatten)
+        return _analyze_paths(paths, root, jobs, cache_dir, want, inline, flatten, deps_out)
     finally:
         if enabled:
             gc.enable()
 
 
-def _analyze_paths(paths, root, jobs, cache_dir, want, inline, flatten) -> list[FileFacts]:
+def _analyze_paths(paths, root, jobs, cache_dir, want, inline, flatten, deps_out=None) -> list[FileFacts]:
     paths = [str(p) for p in paths]
     kwargs = {"want": want, "inline": inline, "flatten": flatten}
     options = (root and os.path.abspath(root), sorted(want) if want is not None else None, inline, flatten)
     results: list[FileFacts | None] = [None] * len(paths)
     keys: list[str | None] = [None] * len(paths)
+    contents: list[str | None] = [None] * len(paths)
+    file_deps: list[list] = [[] for _ in paths]
     memo: dict = {}
     todo: list[tuple[int, str]] = []
     for i, path in enumerate(paths):
@@ -284,8 +319,9 @@ def _analyze_paths(paths, root, jobs, cache_dir, want, inline, flatten) -> list[
             except OSError:
                 data = None
             if data is not None:
+                contents[i] = cachefile.digest(data)
                 keys[i] = _key(data + b"\0" + os.path.abspath(path).encode(), options)
-                hit = _cache_get(cache_dir, keys[i], memo)
+                hit = _cache_get(cache_dir, keys[i], memo, contents[i], file_deps[i])
                 if hit is not None:
                     results[i] = hit
                     continue
@@ -301,6 +337,9 @@ def _analyze_paths(paths, root, jobs, cache_dir, want, inline, flatten) -> list[
         done = _work(todo, root, kwargs)
     for index, facts, deps in done:
         results[index] = facts
+        file_deps[index] = list(deps)
         if cache_dir is not None and keys[index] is not None:
-            _cache_put(cache_dir, keys[index], deps, facts)
+            _cache_put(cache_dir, keys[index], deps, facts, contents[index])
+    if deps_out is not None:
+        deps_out.extend(file_deps)
     return results  # type: ignore[return-value]

@@ -594,32 +594,128 @@ def _init_worker(packs, options) -> None:
 def _run_chunk(items, compiled=None, options=None) -> list[tuple[int, FileResult]]:
     """Analyze, match and rewrite a chunk of files (in a worker, or in-process).
 
-    UTF-8 files go to `analyze_paths` together (they share its parsed-module
-    cache); files in other encodings (or with a BOM) go through
-    `analyze_source` with the text decoded here, so the analysis and the
-    rewriter see the same characters.  An exception is an E199 entry for its
-    file only.
+    With a cache folder, each file's whole result is first looked up in the
+    result cache (`dslc.resultcache`: same bytes, packs, options and dslc);
+    only the misses go on.  UTF-8 files go to `analyze_paths` together (they
+    share its parsed-module cache); files in other encodings (or with a BOM)
+    go through `analyze_source` with the text decoded here, so the analysis
+    and the rewriter see the same characters.  An exception is an E199 entry
+    for its file only.
     """
     compiled = compiled or _WORKER["compiled"]
     options = options or _WORKER["options"]
     kw = _analysis_kwargs(options, compiled.want)
+    cache = _result_cache(compiled, options)
+    out: list[tuple[int, FileResult]] = []
+    keys: dict[int, tuple[str, str]] = {}
+    if cache is not None:
+        items, hits = _cached_results(cache, items, keys)
+        out.extend(hits)
     facts: dict[int, object] = {}
+    deps: dict[int, list] = {}
     failed: dict[int, BaseException] = {}
     utf8 = [(i, f) for i, f, s in items if s.encoding in _UTF8]
     if utf8:
         try:
-            out = list(analyze_paths([f.path for _, f in utf8], jobs=1, cache_dir=options.cache_dir, **kw))
-            if len(out) != len(utf8):
-                raise RuntimeError(f"analysis returned {len(out)} results for {len(utf8)} files")
-            facts.update(zip([i for i, _ in utf8], out))
+            found_deps: list = []
+            extra = {"deps_out": found_deps} if cache is not None else {}
+            out_facts = list(analyze_paths([f.path for _, f in utf8], jobs=1, cache_dir=options.cache_dir,
+                                           **kw, **extra))
+            if len(out_facts) != len(utf8):
+                raise RuntimeError(f"analysis returned {len(out_facts)} results for {len(utf8)} files")
+            facts.update(zip([i for i, _ in utf8], out_facts))
+            if len(found_deps) == len(utf8):
+                deps.update(zip([i for i, _ in utf8], found_deps))
         except Exception:
             # One by one, so that a single bad file does not take the chunk with it.
             for i, f in utf8:
                 try:
                     facts[i] = analyze_paths([f.path], jobs=1, cache_dir=options.cache_dir, **kw)[0]
+                    deps.pop(i, None)
                 except Exception as exc:
                     failed[i] = exc
-    return [_process_one(i, f, src, facts, failed, compiled, options, kw) for i, f, src in items]
+    for i, f, src in items:
+        if cache is not None and i not in facts and i not in failed:
+            consulted: set = set()
+            kw_i = dict(kw, _consulted=consulted)
+            try:
+                facts[i] = analyze_source(src.text, f.path, **kw_i)
+                deps[i] = [(p, _file_digest(p)) for p in sorted(consulted)]
+            except Exception:  # noqa: BLE001 - `_process_one` retries and reports it
+                pass
+        result = _process_one(i, f, src, facts, failed, compiled, options, kw)
+        out.append(result)
+        if cache is not None and i in keys and i in deps:
+            _store_result(cache, keys[i], deps[i], result[1])
+    return out
+
+
+def _file_digest(path: str) -> str | None:
+    import hashlib
+
+    try:
+        with open(path, "rb") as fh:
+            return hashlib.sha256(fh.read()).hexdigest()
+    except OSError:
+        return None
+
+
+# The stages as this module defines them: the result cache is used only with
+# these (tests replace them with fakes, whose results must not be cached).
+_REAL_STAGES = (compile_pack, match_file, rewrite_source, analyze_paths, analyze_source)
+
+
+def _result_cache(compiled: Compiled, options: ApplyOptions):
+    if options.cache_dir is None:
+        return None
+    current = (compile_pack, match_file, rewrite_source, analyze_paths, analyze_source)
+    if any(a is not b for a, b in zip(current, _REAL_STAGES)):
+        return None
+    try:
+        from dslc.resultcache import ResultCache
+
+        return ResultCache(options.cache_dir, compiled.packs, options)
+    except Exception:  # noqa: BLE001 - no cache is only slower
+        return None
+
+
+def _cached_results(cache, items, keys):
+    """Split `items` into misses and (index, FileResult) hits; record each miss's key."""
+    from dslc.resultcache import from_json
+    from dslc.analysis.cachefile import bad, digest
+
+    misses, hits = [], []
+    for i, f, src in items:
+        t0 = time.perf_counter()
+        try:
+            content = digest(src.data)
+            key = cache.key(f.path, f.display, src.data)
+            keys[i] = (key, content)
+            value = cache.get(key, content)
+            if value is not None:
+                try:
+                    r = from_json(value, f, src.text)
+                except Exception as exc:  # noqa: BLE001 - malformed: a miss
+                    bad(cache._path(key), f"malformed result ({type(exc).__name__})")
+                else:
+                    hits.append((i, replace(r, seconds=time.perf_counter() - t0)))
+                    continue
+        except Exception:  # noqa: BLE001 - the cache never costs a file
+            keys.pop(i, None)
+        misses.append((i, f, src))
+    return misses, hits
+
+
+def _store_result(cache, key_content, deps, result: FileResult) -> None:
+    if any(e.code == fileio.E_INTERNAL for e in result.errors):
+        return  # a dslc bug's outcome is not worth keeping
+    try:
+        from dslc.resultcache import to_json
+
+        key, content = key_content
+        cache.put(key, content, deps, to_json(result))
+    except Exception:  # noqa: BLE001
+        pass
 
 
 def _process_one(i, f, src, facts, failed, compiled, options, kw) -> tuple[int, FileResult]:

@@ -1,0 +1,176 @@
+"""The per-file result cache of `dslc apply` (issue 11: warm runs near parse speed).
+
+A warm run should do next to nothing for a file whose content, rule packs
+and dslc are unchanged.  The analysis cache (`dslc.analysis.api`) saves the
+analysis only; matching, safety and rewriting still ran.  This cache keeps
+the whole outcome of `dslc.apply.process_file` for a file: its match
+entries, errors, warnings and rewritten text.
+
+Key: SHA-256 of (dslc's code version, the packs' fingerprint, the options
+that change results, the file's absolute path and display name, the file's
+bytes).
+
+* code version: a hash of every source file of `dslc` and `dslc.analysis`
+  and of the data files (`dslc/data`), so any change of dslc misses;
+* packs: the `repr` of the loaded `ir.Pack` values (rules, selection,
+  constants; deterministic: the IR holds tuples, not sets);
+* options: `inline`, `flatten`, `root` (mode, jobs, verify and patch folder
+  do not change `process_file`'s result: verification and writing run after
+  it, every time);
+* path and display name: the module name follows from the path, and the
+  report's messages carry the display name.
+
+Value: JSON (never pickle: nothing in an entry is code) sealed by
+`dslc.analysis.cachefile`: checked before decoding, and it must record the
+same key, content hash and code version, or it is a miss.  It also lists the
+(path, SHA-256) of every other file the analysis read for it (in-tree bases
+and re-exports): a result whose base class changed in another file is a miss.
+
+Results with an internal error (E199) are never stored.  A cache that
+cannot be read or written is only slower; nothing here raises.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from functools import lru_cache
+
+from dslc.analysis import cachefile
+
+_DSLC = os.path.dirname(os.path.abspath(__file__))
+FORMAT = 1
+
+
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    """A hash of dslc's and its analysis's sources and data files."""
+    from dslc.analysis import analysis_version
+
+    digest = hashlib.sha256(f"format {FORMAT}\0analysis {analysis_version()}\0".encode())
+    for folder in (_DSLC, os.path.join(_DSLC, "commands"), os.path.join(_DSLC, "data")):
+        try:
+            names = sorted(os.listdir(folder))
+        except OSError:
+            continue
+        for name in names:
+            full = os.path.join(folder, name)
+            if not os.path.isfile(full) or name.endswith((".pyc", ".pyo")):
+                continue
+            try:
+                with open(full, "rb") as fh:
+                    digest.update(name.encode() + b"\0" + fh.read() + b"\0")
+            except OSError:
+                digest.update(name.encode() + b"\0?\0")
+    return digest.hexdigest()[:24]
+
+
+def packs_fingerprint(packs) -> str:
+    return hashlib.sha256(repr(list(packs)).encode()).hexdigest()
+
+
+class ResultCache:
+    """One run's view of the result cache under `<cache_dir>/results/`."""
+
+    def __init__(self, cache_dir: str, packs, options) -> None:
+        self.dir = os.path.join(cache_dir, "results")
+        root = os.path.abspath(options.root) if options.root else None
+        self.prefix = json.dumps([code_version(), packs_fingerprint(packs), bool(options.inline),
+                                  bool(options.flatten), root]).encode()
+        self.memo: dict = {}
+        self.version = code_version()
+
+    def key(self, path: str, display: str, data: bytes) -> str:
+        digest = hashlib.sha256(self.prefix)
+        digest.update(b"\0" + os.path.abspath(path).encode("utf-8", "surrogateescape"))
+        digest.update(b"\0" + display.encode("utf-8", "surrogateescape") + b"\0")
+        digest.update(data)
+        return digest.hexdigest()
+
+    def _path(self, key: str) -> str:
+        return os.path.join(self.dir, key[:2], key + ".json")
+
+    def _dep_hash(self, path: str) -> str | None:
+        if path not in self.memo:
+            try:
+                with open(path, "rb") as fh:
+                    self.memo[path] = hashlib.sha256(fh.read()).hexdigest()
+            except OSError:
+                self.memo[path] = None
+        return self.memo[path]
+
+    def get(self, key: str, content: str) -> dict | None:
+        """The stored result (a dict, see `put`) or None; never raises."""
+        entry = self._path(key)
+        payload = cachefile.read(entry)
+        if payload is None:
+            return None
+        try:
+            value = json.loads(payload.decode("utf-8"))
+            if not isinstance(value, dict) or value.get("key") != key or value.get("version") != self.version \
+                    or value.get("content") != content:
+                raise cachefile.Bad("made for another file, content or version")
+            deps = value["deps"]
+            if not isinstance(deps, list) or not all(isinstance(d, list) and len(d) == 2 for d in deps):
+                raise cachefile.Bad("malformed dependencies")
+            if not isinstance(value.get("result"), dict):
+                raise cachefile.Bad("malformed result")
+        except Exception as exc:  # noqa: BLE001 - MemoryError, RecursionError, ... too
+            cachefile.bad(entry, str(exc) if isinstance(exc, cachefile.Bad) else f"{type(exc).__name__}")
+            return None
+        for dep, digest in deps:
+            if self._dep_hash(str(dep)) != digest:
+                return None  # another file it depends on changed: an ordinary miss
+        return value["result"]
+
+    def put(self, key: str, content: str, deps, result: dict) -> None:
+        try:
+            payload = json.dumps({"key": key, "version": self.version, "content": content,
+                                  "deps": [[str(p), d] for p, d in deps], "result": result},
+                                 ensure_ascii=False).encode("utf-8", "surrogatepass")
+        except Exception:  # noqa: BLE001 - not serialisable: not cached
+            return
+        cachefile.write(self._path(key), payload)
+
+
+# ---------------------------------------------------------------------------
+# FileResult <-> JSON (the fields `process_file` fills)
+
+
+def to_json(result) -> dict:
+    return {
+        "matches": [[m.rule, m.class_name, list(m.lines), m.status, m.reason, m.function] for m in result.matches],
+        "errors": [[e.line, e.code, e.message] for e in result.errors],
+        "warnings": [[w.line, w.code, w.message] for w in result.warnings],
+        "new_source": result.new_source,
+    }
+
+
+def from_json(value: dict, found, text: str):
+    """The FileResult of a stored result, for `found` whose text is `text`.
+
+    Raises (ValueError, TypeError, KeyError) on a malformed value: the caller
+    treats that as a miss.
+    """
+    from dslc.apply import FileError, FileResult, MatchEntry
+
+    name = found.display
+
+    def text_or_none(x):
+        if x is not None and not isinstance(x, str):
+            raise TypeError("expected text")
+        return x
+
+    matches = []
+    for rule, cls, lines, status, reason, function in value["matches"]:
+        if status not in ("applied", "skipped") or not isinstance(rule, str):
+            raise ValueError("bad match entry")
+        matches.append(MatchEntry(rule=rule, file=name, class_name=text_or_none(cls),
+                                  lines=tuple(int(n) for n in lines), status=status,
+                                  reason=text_or_none(reason), function=text_or_none(function)))
+    errors = tuple(FileError(name, int(line), str(code), str(msg)) for line, code, msg in value["errors"])
+    warnings = tuple(FileError(name, int(line), str(code), str(msg)) for line, code, msg in value["warnings"])
+    new_source = text_or_none(value["new_source"])
+    return FileResult(found, matches=tuple(matches), errors=errors, warnings=warnings, original=text,
+                      new_source=new_source)
