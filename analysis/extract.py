@@ -73,6 +73,17 @@ from .model import (
 from .names import BUILTINS, Resolver, Scope, dotted
 
 MAX_PATHS = 256
+# Per-function work budgets (issue 11: no input may take more than a few
+# seconds).  Generous: no function of the transformers corpus comes near
+# them.  Exceeding one is a Problem with its code; the function's paths are
+# dropped (`path-budget`, `node-budget`: nothing of it can be matched, never
+# a wrong match), or its remaining guards are assumed feasible
+# (`solver-budget`: safety re-checks the guards of every match).  The
+# file's other functions and classes are still analysed.
+MAX_WORK = 250_000  # statement visits x live paths (+ path nodes walked / 64), inlined callees included
+MAX_PATH_NODES = 3_000  # nodes on one path (the matcher's work grows with it)
+MAX_GUARD_QUERIES = 100_000  # guards sent to z3 (summed over its questions; cached answers are free)
+MAX_CONTAINER_ELEMENTS = 1_000  # elements of one nn.Sequential/ModuleList literal
 MAX_INLINE_DEPTH = 3
 MODULE_BASE = "torch.nn.Module"
 CONTAINERS = ("torch.nn.ModuleList", "torch.nn.Sequential", "torch.nn.ModuleDict")
@@ -324,6 +335,66 @@ class Options:
     inline: bool = True
     flatten: bool = False
     max_paths: int = MAX_PATHS
+    max_work: int = MAX_WORK
+    max_path_nodes: int = MAX_PATH_NODES
+    max_guard_queries: int = MAX_GUARD_QUERIES
+    max_container_elements: int = MAX_CONTAINER_ELEMENTS
+
+
+class OverBudget(Exception):
+    """A function's path enumeration ran out of a budget (`Budget`)."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Budget:
+    """What one function's path enumeration may spend (see MAX_WORK ...).
+
+    `block` charges one unit per live path per statement and checks the
+    longest path; `Alt.add_guard` counts the feasibility questions (past the
+    limit a new guard is assumed feasible and `solver_out` is set).
+    """
+
+    __slots__ = ("work", "walk", "start_terms", "solver_out", "max_work", "max_nodes", "max_queries")
+
+    def __init__(self, max_work: int = MAX_WORK, max_nodes: int = MAX_PATH_NODES,
+                 max_queries: int = MAX_GUARD_QUERIES):
+        self.work = 0
+        self.walk = 0  # path nodes walked to version guard symbols (`Alt.version`)
+        self.start_terms = guardlib.SOLVER_TERMS[0]
+        self.solver_out = False
+        self.max_work, self.max_nodes, self.max_queries = max_work, max_nodes, max_queries
+
+    @property
+    def queries(self) -> int:
+        """Guards sent to z3 since this budget started (cached answers are free)."""
+        return guardlib.SOLVER_TERMS[0] - self.start_terms
+
+    def charge(self, alts: list) -> None:
+        self.work += len(alts) + self.walk // 64
+        self.walk %= 64
+        if self.work > self.max_work:
+            raise OverBudget("path-budget", f"more than {self.max_work} statement visits over its paths")
+        for a in alts:
+            if a.tail is not None and a.tail[2] > self.max_nodes:
+                raise OverBudget("node-budget", f"a path of more than {self.max_nodes} nodes")
+
+    def ask(self, path_length: int, symbols: int) -> bool:
+        """Before a feasibility question: charge the symbol versioning's walk
+        of the path; False when z3 had its share (the guard is then assumed
+        feasible)."""
+        self.walk += path_length * symbols
+        if self.queries > self.max_queries:
+            self.solver_out = True
+            return False
+        return True
+
+
+# the budget of the function being enumerated (None: unlimited)
+_ACTIVE: list = [None]
 
 
 # --------------------------------------------------------------------------
@@ -379,6 +450,12 @@ class Alt:
     def add_guard(self, guard: Guard) -> bool:
         """Add a guard; False when the path became infeasible."""
         syms = guardlib.symbols(guard)
+        budget = _ACTIVE[0]
+        if budget is not None and not budget.ask(self.tail[2] if self.tail else 0, len(syms)):
+            self.guards = self.guards + (guard,)
+            self.keys = self.keys + ((guard.text, guard.negated, ()),)
+            self.symbols = self.symbols | syms
+            return True  # z3 had its share: assumed feasible (safety re-checks a match's guards)
         versions = tuple(sorted((s, v) for s in syms if (v := self.version(s))))
         key = (guard.text, guard.negated, versions)
         for old in self.keys:
@@ -787,6 +864,12 @@ class Extractor:
             elif isinstance(arg, ast.Dict):
                 elements = [(k.value, v) for k, v in zip(arg.keys, arg.values)
                             if isinstance(k, ast.Constant) and isinstance(k.value, str)]
+        limit = getattr(self.options, "max_container_elements", MAX_CONTAINER_ELEMENTS)
+        if len(elements) > limit:
+            self.problems.append(Problem("node-budget", f"self.{attr}: a {qual.rsplit('.', 1)[-1]} of "
+                                         f"{len(elements)} elements (more than {limit}); its elements are not "
+                                         f"analysed", call.lineno))
+            return []
         out = []
         for key, elt in elements:
             for b in self._bindings_for(f"{attr}.{key}", elt, frame, guards, ref, local_layers):
@@ -890,7 +973,20 @@ class Extractor:
         self.capped = False
         frame = Frame(fn.name, owner, fn, frozenset(local_names(fn)), stack=((owner, fn.name),),
                       scope=info.scope if info is not None else self.scope)
-        alts = self._cap(self.block(fn.body, ("body",), (), frame, [Alt()]))
+        outer, budget = _ACTIVE[0], self._new_budget()
+        _ACTIVE[0] = budget
+        try:
+            alts = self._cap(self.block(fn.body, ("body",), (), frame, [Alt()]))
+        except OverBudget as exc:
+            self.problems.append(Problem(exc.code, f"{owner}.{fn.name}: {exc.message}; its paths are not "
+                                         f"analysed (no rule is matched in it)", fn.lineno))
+            return ()
+        finally:
+            _ACTIVE[0] = outer
+        if budget.solver_out:
+            self.problems.append(Problem("solver-budget", f"{owner}.{fn.name}: z3 questions over more than "
+                                         f"{budget.max_queries} guards in all; later guards are assumed feasible (the guards of "
+                                         f"every match are still checked)", fn.lineno))
         if self.capped:
             self.problems.append(Problem("path-cap", f"{owner}.{fn.name}: more than {self.options.max_paths} paths; "
                                          f"kept the first {self.options.max_paths}", fn.lineno))
@@ -923,13 +1019,20 @@ class Extractor:
     def stmt_node(self, ref: StmtRef, frame: Frame, reads, writes) -> Node:
         return Node("stmt", ref, reads=frozenset(reads), writes=frozenset(writes), inlined_from=frame.inlined_from)
 
+    def _new_budget(self) -> Budget:
+        return Budget(getattr(self.options, "max_work", MAX_WORK), getattr(self.options, "max_path_nodes", MAX_PATH_NODES),
+                      getattr(self.options, "max_guard_queries", MAX_GUARD_QUERIES))
+
     def block(self, stmts, prefix, blocks, frame: Frame, alts: list[Alt]) -> list[Alt]:
+        budget = _ACTIVE[0]
         for i, stmt in enumerate(stmts):
             if not any(a.status == "fall" for a in alts):
                 break
             path = prefix + (i,)
             live = [a for a in alts if a.status == "fall"]
             done = [a for a in alts if a.status != "fall"]
+            if budget is not None:
+                budget.charge(live)
             alts = done + self._cap(self.statement(stmt, path, blocks, frame, live))
         return alts
 

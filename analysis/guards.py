@@ -230,6 +230,8 @@ def _symbols(text: str) -> frozenset[str]:
 
 
 _SOLVER: list = []
+# guards sent to z3 by `consistent` in this process (the extractor's budget reads it)
+SOLVER_TERMS = [0]
 
 
 def _check(formula: z3.BoolRef) -> z3.CheckSatResult:
@@ -278,6 +280,8 @@ def consistent(guards: Iterable[Guard | str], versions: list | None = None) -> A
     `versions` optionally gives, per guard, the path's write counts at that
     guard (see the module docstring).
     """
+    guards = list(guards)
+    SOLVER_TERMS[0] += len(guards)
     result = _check(_conj(guards, versions))
     if result == z3.sat:
         return Answer.PROVED
@@ -326,26 +330,74 @@ def feasible_key(keys: tuple) -> Answer:
     """
     props = []
     for text, negated, versions in keys:
-        expr = _parse(text)
-        prop = None if expr is None else _prop(expr, dict(versions))
+        prop = _prop_of(text, versions)
         if prop is None:
             props = None
             break
         props.append(("not", prop) if negated else prop)
     if props is not None:
-        atoms: dict = {}
-        for prop in props:
-            _atoms(prop, atoms)
-        if len(atoms) <= 12:
-            names = list(atoms)
-            for bits in range(1 << len(names)):
-                env = {name: bool(bits >> i & 1) for i, name in enumerate(names)}
-                if all(_eval(p, env) for p in props):
-                    return Answer.PROVED
-            return Answer.REFUTED
+        # Guards that share no atom are independent: the conjunction is
+        # satisfiable iff each atom-connected group is.  Deciding the groups
+        # one by one keeps the enumeration small when a path has many
+        # unrelated guards (`flags[0]`, `flags[1]`, ...): exactly the same
+        # answer as enumerating them all at once.
+        groups = _components(props)
+        if all(len(atoms) <= 12 for atoms, _ in groups):
+            for atoms, members in groups:
+                if not _enumerate(atoms, members):
+                    return Answer.REFUTED
+            return Answer.PROVED
     guards = [Guard(text, negated) for text, negated, _ in keys]
     versions = [dict(v) for _, _, v in keys]
     return consistent(guards, versions)
+
+
+@lru_cache(maxsize=16384)
+def _prop_of(text: str, versions: tuple):
+    """`_prop` of a guard's text under its versions (cached: paths repeat guards)."""
+    expr = _parse(text)
+    return None if expr is None else _prop(expr, dict(versions))
+
+
+def _components(props: list) -> list[tuple[list, list]]:
+    """Group propositions that (transitively) share an atom: [(atoms, props)]."""
+    parent: dict = {}
+
+    def find(x):
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    owned = []
+    for i, prop in enumerate(props):
+        atoms: dict = {}
+        _atoms(prop, atoms)
+        node = ("p", i)
+        parent[node] = node
+        for atom in atoms:
+            parent.setdefault(("a", atom), ("a", atom))
+            ra, rb = find(node), find(("a", atom))
+            if ra != rb:
+                parent[ra] = rb
+        owned.append(list(atoms))
+    groups: dict = {}
+    for i, prop in enumerate(props):
+        root = find(("p", i))
+        atoms, members = groups.setdefault(root, ({}, []))
+        for atom in owned[i]:
+            atoms[atom] = True
+        members.append(prop)
+    return [(list(a), m) for a, m in groups.values()]
+
+
+def _enumerate(names: list, props: list) -> bool:
+    """Is some assignment of `names` making every prop true? (at most 2^12 tries)"""
+    for bits in range(1 << len(names)):
+        env = {name: bool(bits >> i & 1) for i, name in enumerate(names)}
+        if all(_eval(p, env) for p in props):
+            return True
+    return False
 
 
 def _prop(expr: ast.expr, versions: dict):
