@@ -335,10 +335,11 @@ class Options:
     inline: bool = True
     flatten: bool = False
     max_paths: int = MAX_PATHS
-    max_work: int = MAX_WORK
-    max_path_nodes: int = MAX_PATH_NODES
-    max_guard_queries: int = MAX_GUARD_QUERIES
-    max_container_elements: int = MAX_CONTAINER_ELEMENTS
+    # budgets (None: the module's MAX_* value at the time of use)
+    max_work: int | None = None
+    max_path_nodes: int | None = None
+    max_guard_queries: int | None = None
+    max_container_elements: int | None = None
 
 
 class OverBudget(Exception):
@@ -864,7 +865,7 @@ class Extractor:
             elif isinstance(arg, ast.Dict):
                 elements = [(k.value, v) for k, v in zip(arg.keys, arg.values)
                             if isinstance(k, ast.Constant) and isinstance(k.value, str)]
-        limit = getattr(self.options, "max_container_elements", MAX_CONTAINER_ELEMENTS)
+        limit = self.options.max_container_elements or MAX_CONTAINER_ELEMENTS
         if len(elements) > limit:
             self.problems.append(Problem("node-budget", f"self.{attr}: a {qual.rsplit('.', 1)[-1]} of "
                                          f"{len(elements)} elements (more than {limit}); its elements are not "
@@ -1020,8 +1021,9 @@ class Extractor:
         return Node("stmt", ref, reads=frozenset(reads), writes=frozenset(writes), inlined_from=frame.inlined_from)
 
     def _new_budget(self) -> Budget:
-        return Budget(getattr(self.options, "max_work", MAX_WORK), getattr(self.options, "max_path_nodes", MAX_PATH_NODES),
-                      getattr(self.options, "max_guard_queries", MAX_GUARD_QUERIES))
+        o = self.options
+        return Budget(o.max_work or MAX_WORK, o.max_path_nodes or MAX_PATH_NODES,
+                      o.max_guard_queries or MAX_GUARD_QUERIES)
 
     def block(self, stmts, prefix, blocks, frame: Frame, alts: list[Alt]) -> list[Alt]:
         budget = _ACTIVE[0]
