@@ -196,7 +196,9 @@ def _key(data: bytes, options: tuple) -> str:
 def _allowed() -> dict:
     """The classes an analysis cache entry may contain (see `cachefile.loads`)."""
     out = {(cls.__module__, cls.__name__): cls for cls in _DISPATCH}
-    out.update({("builtins", "frozenset"): frozenset, ("builtins", "set"): set})
+    out.update({("builtins", "frozenset"): frozenset, ("builtins", "set"): set,
+                ("builtins", "Ellipsis"): Ellipsis, ("builtins", "complex"): complex,
+                (model.__name__, "NOT_CONST"): model.NOT_CONST})
     return out
 
 

@@ -10,9 +10,12 @@
 3. Read and decode every file (`fileio.read_source`); an unreadable or
    non-text file becomes an error entry and drops out.
 4. Deal the rest into chunks and run each chunk in a worker process
-   (`--jobs`): analyze it (`dslc.analysis.analyze_paths`, content-hash
-   cache; files in an encoding other than UTF-8 go through `analyze_source`
-   with the text decoded here, so the analysis and the rewriter see the same
+   (`--jobs`): with a cache folder, take each unchanged file's whole
+   result from the result cache (`dslc.resultcache`: same bytes, packs,
+   options, dslc, and unchanged files it depends on); analyze the rest
+   (`dslc.analysis.analyze_paths`, content-hash cache; files in an
+   encoding other than UTF-8 go through `analyze_source` with the text
+   decoded here, so the analysis and the rewriter see the same
    characters), then per file (`process_file`): a file that does not parse
    is an error entry; otherwise match every compiled pack and hand all
    matches to `dslc.rewriter.rewrite_source`.

@@ -138,11 +138,32 @@ def _corruptions():
     }
 
 
+def test_good_entries_are_never_refused(tmp_path):
+    """Constants of every kind (Ellipsis, complex, the not-a-constant marker)
+    survive the restricted unpickler: a warm run reads every entry."""
+    from dslc.analysis import analyze_paths
+
+    f = tmp_path / "m.py"
+    f.write_text("import torch\nfrom torch import nn\n\n\nclass M(nn.Module):\n"
+                 "    def __init__(self, n):\n        super().__init__()\n"
+                 "        self.a = nn.Linear(n, 2 + 1j, bias=...)\n        self.b = nn.Dropout(p=n.x)\n\n"
+                 "    def forward(self, x):\n        return self.b(self.a(x[..., 0]))\n")
+    cache = str(tmp_path / "cache")
+    first = analyze_paths([f], cache_dir=cache)
+    before = cachefile.BAD_ENTRIES[0]
+    assert analyze_paths([f], cache_dir=cache) == first
+    assert cachefile.BAD_ENTRIES[0] == before
+
+
 def test_the_result_cache_makes_warm_runs_hit(tree, packs, tmp_path):
     cache = tmp_path / "cache"
     ref = _run(tree, packs, None)
     assert _run(tree, packs, cache) == ref
     assert list((cache / "results").rglob("*.json")), "results were not cached"
+    before = cachefile.BAD_ENTRIES[0]
+    shutil.rmtree(cache / "results")
+    assert _run(tree, packs, cache) == ref  # from the analysis cache
+    assert cachefile.BAD_ENTRIES[0] == before, "a good analysis entry was refused"
 
     calls = []
     real = apply.process_file

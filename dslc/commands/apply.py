@@ -93,9 +93,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "its name and its folders; repeatable)")
     p.add_argument("--no-gitignore", dest="gitignore", action="store_false",
                    help="do not skip the files that .gitignore files ignore")
-    p.add_argument("--no-cache", action="store_true", help="do not read or write the analysis cache")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write the caches (analysis facts and per-file results)")
     p.add_argument("--cache-dir", metavar="DIR",
-                   help=f"analysis cache location (default: {default_cache_dir()})")
+                   help=f"cache location: analysis facts, and per-file results under results/ (default: {default_cache_dir()})")
     p.add_argument("--verify", action="store_true",
                    help="check each rewrite with `dslc verify` before emitting it; a rewrite "
                         "that fails is not written and the file is an error")
