@@ -42,7 +42,8 @@ class itself) binds `attr` once at class level, every base of the hierarchy
 is in the tree (or is `torch.nn.Module`/`object`), and no code of the module
 stores an attribute of that name or calls `setattr`.
 
-Each module gets `TIME_BUDGET` seconds of astroid work in all; past it, or on
+Each module gets `TIME_BUDGET` CPU seconds of astroid work in all (process
+time: the wall clock of a loaded machine would change results); past it, or on
 any astroid exception, the answer is None (unresolved).
 """
 
@@ -53,7 +54,7 @@ import time
 
 from .names import Resolver, Scope, resolve_relative
 
-TIME_BUDGET = 2.0  # seconds of astroid work per analyzed module
+TIME_BUDGET = 2.0  # CPU seconds of astroid work per analyzed module (CPU, not wall: a loaded machine must not change results)
 MAX_DEPTH = 24
 
 # how many modules were parsed with astroid in this process (tests use it)
@@ -89,7 +90,7 @@ class Inferrer:
             return self._module
         global PARSES
         PARSES += 1
-        start = time.monotonic()
+        start = time.process_time()
         try:
             import astroid
             from astroid import nodes
@@ -115,7 +116,7 @@ class Inferrer:
         except Exception as exc:  # any astroid failure: unresolved
             self._failed = True
             self.error = f"{type(exc).__name__}: {exc}"
-        self._spent += time.monotonic() - start
+        self._spent += time.process_time() - start
         return self._module
 
     def _node_for(self, expr: ast.expr):
@@ -135,7 +136,7 @@ class Inferrer:
             return None
         if self._astroid() is None:
             return None
-        start = time.monotonic()
+        start = time.process_time()
         self._deadline = start + (TIME_BUDGET - self._spent)
         try:
             if (isinstance(expr, ast.Attribute) and isinstance(expr.value, ast.Name)
@@ -157,7 +158,7 @@ class Inferrer:
             self.error = f"{type(exc).__name__}: {exc}"
             return None
         finally:
-            self._spent += time.monotonic() - start
+            self._spent += time.process_time() - start
 
     # -- class attributes -----------------------------------------------------------
 
@@ -204,7 +205,7 @@ class Inferrer:
 
     def _eval(self, node, depth: int) -> str | None:
         """Dotted composition that an astroid (or ('ifexp', ast)) node denotes."""
-        if depth > MAX_DEPTH or time.monotonic() > self._deadline:
+        if depth > MAX_DEPTH or time.process_time() > self._deadline:
             raise _Unknown
         from astroid import nodes
 
