@@ -671,7 +671,10 @@ _REAL_STAGES = (compile_pack, match_file, rewrite_source, analyze_paths, analyze
 def _result_cache(compiled: Compiled, options: ApplyOptions):
     if options.cache_dir is None:
         return None
-    current = (compile_pack, match_file, rewrite_source, analyze_paths, analyze_source)
+    import inspect
+
+    # wrappers (functools.wraps: the stage profiler) of the real stages count as real
+    current = [inspect.unwrap(f) for f in (compile_pack, match_file, rewrite_source, analyze_paths, analyze_source)]
     if any(a is not b for a, b in zip(current, _REAL_STAGES)):
         return None
     try:

@@ -14,9 +14,10 @@ bytes).
   and of the data files (`dslc/data`), so any change of dslc misses;
 * packs: the `repr` of the loaded `ir.Pack` values (rules, selection,
   constants; deterministic: the IR holds tuples, not sets);
-* options: `inline`, `flatten`, `root` (mode, jobs, verify and patch folder
-  do not change `process_file`'s result: verification and writing run after
-  it, every time);
+* options: every `ApplyOptions` field but those in `NOT_IN_KEY` (mode,
+  jobs, verify, patch folder, file selection and the cache folder do not
+  change `process_file`'s result: verification and writing run after it,
+  every time);
 * path and display name: the module name follows from the path, and the
   report's messages carry the display name.
 
@@ -70,14 +71,31 @@ def packs_fingerprint(packs) -> str:
     return hashlib.sha256(repr(list(packs)).encode()).hexdigest()
 
 
+# ApplyOptions fields that do not change `process_file`'s result (what the
+# cache stores); every other field is part of the key.
+NOT_IN_KEY = frozenset({"mode", "patch_dir", "jobs", "excludes", "gitignore", "cache_dir", "verify"})
+
+
+def options_fingerprint(options) -> str:
+    import dataclasses
+
+    items = []
+    for f in dataclasses.fields(options):
+        if f.name in NOT_IN_KEY:
+            continue
+        value = getattr(options, f.name)
+        if f.name == "root" and value:
+            value = os.path.abspath(value)
+        items.append(f"{f.name}={value!r}")
+    return ";".join(items)
+
+
 class ResultCache:
     """One run's view of the result cache under `<cache_dir>/results/`."""
 
     def __init__(self, cache_dir: str, packs, options) -> None:
         self.dir = os.path.join(cache_dir, "results")
-        root = os.path.abspath(options.root) if options.root else None
-        self.prefix = json.dumps([code_version(), packs_fingerprint(packs), bool(options.inline),
-                                  bool(options.flatten), root]).encode()
+        self.prefix = json.dumps([code_version(), packs_fingerprint(packs), options_fingerprint(options)]).encode()
         self.memo: dict = {}
         self.version = code_version()
 
@@ -136,15 +154,36 @@ class ResultCache:
 
 # ---------------------------------------------------------------------------
 # FileResult <-> JSON (the fields `process_file` fills)
+#
+# Entries are stored field by field (`dataclasses.fields`), so that a field
+# added to MatchEntry, FileError or another entry type is stored too; the
+# `file` field is the display name, filled in again on reading.
+
+_ENTRY_FIELDS = ("matches", "errors", "warnings", "near_misses")
+
+
+def _fields(obj) -> dict:
+    import dataclasses
+
+    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj) if f.name != "file"}
+
+
+def _plain(value):
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    raise TypeError(f"cannot store {type(value).__name__}")
 
 
 def to_json(result) -> dict:
-    return {
-        "matches": [[m.rule, m.class_name, list(m.lines), m.status, m.reason, m.function] for m in result.matches],
-        "errors": [[e.line, e.code, e.message] for e in result.errors],
-        "warnings": [[w.line, w.code, w.message] for w in result.warnings],
-        "new_source": result.new_source,
-    }
+    out: dict = {"new_source": result.new_source}
+    for name in _ENTRY_FIELDS:
+        entries = getattr(result, name, None)
+        if entries is None:
+            continue
+        out[name] = [{"type": type(e).__name__, **{k: _plain(v) for k, v in _fields(e).items()}} for e in entries]
+    return out
 
 
 def from_json(value: dict, found, text: str):
@@ -153,24 +192,35 @@ def from_json(value: dict, found, text: str):
     Raises (ValueError, TypeError, KeyError) on a malformed value: the caller
     treats that as a miss.
     """
-    from dslc.apply import FileError, FileResult, MatchEntry
+    import dataclasses
+
+    from dslc import apply
 
     name = found.display
-
-    def text_or_none(x):
-        if x is not None and not isinstance(x, str):
-            raise TypeError("expected text")
-        return x
-
-    matches = []
-    for rule, cls, lines, status, reason, function in value["matches"]:
-        if status not in ("applied", "skipped") or not isinstance(rule, str):
-            raise ValueError("bad match entry")
-        matches.append(MatchEntry(rule=rule, file=name, class_name=text_or_none(cls),
-                                  lines=tuple(int(n) for n in lines), status=status,
-                                  reason=text_or_none(reason), function=text_or_none(function)))
-    errors = tuple(FileError(name, int(line), str(code), str(msg)) for line, code, msg in value["errors"])
-    warnings = tuple(FileError(name, int(line), str(code), str(msg)) for line, code, msg in value["warnings"])
-    new_source = text_or_none(value["new_source"])
-    return FileResult(found, matches=tuple(matches), errors=errors, warnings=warnings, original=text,
-                      new_source=new_source)
+    kwargs: dict = {}
+    for field_name in _ENTRY_FIELDS:
+        if field_name not in value:
+            continue
+        entries = []
+        for item in value[field_name]:
+            cls = getattr(apply, item["type"], None)
+            if cls is None or not dataclasses.is_dataclass(cls) or item["type"] not in (
+                    "MatchEntry", "FileError", "NearMissEntry"):
+                raise ValueError(f"unknown entry type {item['type']!r}")
+            names = {f.name: f for f in dataclasses.fields(cls)}
+            args = {"file": name} if "file" in names else {}
+            for k, v in item.items():
+                if k == "type":
+                    continue
+                if k not in names:
+                    raise ValueError(f"unknown field {k!r}")
+                args[k] = tuple(v) if isinstance(v, list) else v
+            entries.append(cls(**args))
+        kwargs[field_name] = tuple(entries)
+    new_source = value["new_source"]
+    if new_source is not None and not isinstance(new_source, str):
+        raise TypeError("expected text")
+    for m in kwargs.get("matches", ()):
+        if m.status not in ("applied", "skipped"):
+            raise ValueError("bad match status")
+    return apply.FileResult(found, original=text, new_source=new_source, **kwargs)
