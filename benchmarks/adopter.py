@@ -14,8 +14,8 @@ Steps:
    timing each file.  `--cold` starts from an empty cache directory.
 4. Score as the paper does: per (model, rule) TP = min(found, truth),
    FN = truth - TP, FP = found - TP, summed per rule; found counts only
-   `applied` matches.  Found-but-skipped matches are counted beside, with
-   their reasons grouped.
+   `applied` matches.  Found-but-skipped matches are counted beside, grouped
+   by their reason's code (`dslc explain CODE` says what each means).
 5. Checks on every patched file: it parses, and a second apply on the
    patched text (analysis from scratch, no cache) changes nothing.
 6. The ablation ADOPTER_p: the same run with the analysis at
@@ -31,7 +31,6 @@ import argparse
 import ast
 import collections
 import json
-import re
 import statistics
 import sys
 import tempfile
@@ -43,6 +42,7 @@ if str(REPO) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(REPO))
 
 from dslc import apply, corpus, fileio  # noqa: E402
+from dslc import codes as dslc_codes  # noqa: E402
 
 # Paper Table 2 (ADOPTER): rule -> (ground truth, TP, FN, FP).
 PAPER = {
@@ -161,11 +161,11 @@ def _check_patched(found, new_source: str, compiled, kw) -> dict:
 # Scoring
 
 
-def reason_group(reason: str | None) -> str:
-    """A skip reason with its specifics (names in backticks, line numbers) blanked, for grouping."""
-    if not reason:
-        return "no reason given"
-    return re.sub(r"\d+", "N", re.sub(r"`[^`]*`", "`X`", reason))
+def reason_group(match) -> str:
+    """A skipped match's group: its registered code and the code's title (dslc/codes.py)."""
+    code = getattr(match, "code", None) or dslc_codes.S_UNCLASSIFIED
+    entry = dslc_codes.lookup(code)
+    return f"{code} {entry.title if entry else 'unregistered code'}"
 
 
 def score(records: list[dict], truth: dict[tuple[str, str], int], models: list[str]) -> dict:
@@ -184,7 +184,7 @@ def score(records: list[dict], truth: dict[tuple[str, str], int], models: list[s
                 found[(rec["model"], rule)] += 1
             else:
                 skipped[rule] += 1
-                reasons[rule][reason_group(m.reason)] += 1
+                reasons[rule][reason_group(m)] += 1
     rules = {}
     for rule in corpus.RULE_NAMES:
         tp = fn = fp = gt = 0
@@ -207,7 +207,7 @@ def score(records: list[dict], truth: dict[tuple[str, str], int], models: list[s
             if t != f:
                 misses.append({"model": model, "rule": rule, "truth": t, "found": f,
                                "matches": [{"status": m.status, "class": m.class_name, "lines": list(m.lines),
-                                            "reason": m.reason} for m in where[(model, rule)]]})
+                                            "reason": m.reason, "code": m.code} for m in where[(model, rule)]]})
     return {"rules": rules, "total": tot, "misses": misses}
 
 
@@ -240,7 +240,7 @@ def print_skips(result: dict) -> None:
     if not rows:
         print("\nfound but skipped: none")
         return
-    print("\nfound but skipped (not counted as found), reasons grouped:")
+    print("\nfound but skipped (not counted as found), by reason code:")
     for rule, r in rows:
         print(f"  {rule} {r['name']}: {r['skipped']}")
         for reason, n in r["skip_reasons"].items():
@@ -255,7 +255,7 @@ def print_misses(result: dict) -> None:
               f"found {m['found']} ({kind})")
         for x in m["matches"]:
             print(f"      {x['status']:<8} {x['class']} lines {x['lines']}"
-                  + (f": {x['reason']}" if x["reason"] else ""))
+                  + (f": [{x['code']}] {x['reason']}" if x["reason"] else ""))
 
 
 def timing(records: list[dict], wall: float) -> dict:

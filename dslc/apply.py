@@ -44,7 +44,7 @@ import traceback
 from dataclasses import dataclass, field, replace
 from typing import Callable, Literal, Sequence
 
-from dslc import fileio
+from dslc import codes, fileio
 from dslc.fileio import Found, SourceError, SourceFile
 
 Mode = Literal["diff", "write", "patch"]
@@ -82,6 +82,7 @@ class MatchEntry:
     status: Literal["applied", "skipped"]
     reason: str | None = None
     function: str | None = None
+    code: str | None = None  # the reason's registered code (dslc/codes.py); None when applied
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,6 +343,56 @@ def _is_empty(facts) -> bool:
     return not getattr(facts, "classes", ()) and not getattr(facts, "functions", ())
 
 
+# The analysis's problem kinds (it never imports dslc) -> registered codes.
+PROBLEM_CODES = {
+    "path-cap": codes.W_PATH_CAP,
+    "base-not-visible": codes.W_BASE_HIDDEN,
+    "analysis-recursion": codes.W_RECURSION,
+    "encoding": codes.W_ANALYSIS,
+    "io-error": codes.W_ANALYSIS,
+    "syntax-error": codes.W_ANALYSIS,
+}
+
+
+def _anchor_keys(compiled: Compiled) -> set | None:
+    """(kind, qualified type) of every node some forward automaton starts from;
+    None when some rule has no such anchor (it may match anywhere)."""
+    keys: set = set()
+    for c in compiled.compiled:
+        index = getattr(c, "index", None)
+        if index is None or getattr(c, "unanchored", ()):
+            return None
+        keys |= set(index)
+    return keys
+
+
+def _cap_matters(facts, message: str, compiled: Compiled) -> bool:
+    """Does the function whose paths were capped hold a node a rule anchors on?
+
+    The path-cap problem names `owner.function`; its kept paths (the class's
+    forward paths, another method's, or a function's) show which nodes it
+    calls.  When that cannot be told, the warning is kept.
+    """
+    keys = _anchor_keys(compiled)
+    qual = message.split(":", 1)[0]
+    owner, _, fn = qual.rpartition(".")
+    if keys is None or not fn:
+        return True
+    paths = None
+    for c in getattr(facts, "classes", ()):
+        if c.qualname == owner:
+            paths = c.paths if fn == "forward" else next((ps for n, ps in c.other_paths if n == fn), None)
+            break
+    if paths is None:
+        for n, ps in getattr(facts, "functions", ()):
+            if qual == n or qual.endswith("." + n):
+                paths = ps
+                break
+    if paths is None:
+        return True
+    return any((n.kind, n.type) in keys for p in paths for n in p.nodes)
+
+
 def process_file(found: Found, source: SourceFile, facts, compiled: Compiled, options: ApplyOptions) -> FileResult:
     """Match, check and rewrite one analyzed file (no writing: see `emit`).
 
@@ -362,11 +413,13 @@ def process_file(found: Found, source: SourceFile, facts, compiled: Compiled, op
             return FileResult(found, errors=(err,), original=text)
     errors = []
     for p in problems:
-        line, code, msg = getattr(p, "line", 0) or 0, getattr(p, "code", "W000"), getattr(p, "message", str(p))
+        line, code, msg = getattr(p, "line", 0) or 0, getattr(p, "code", ""), getattr(p, "message", str(p))
         if code == "analysis-error":  # the analysis gave up on the file: it was not processed
             errors.append(FileError(name, line, fileio.E_INTERNAL, f"analysis failed: {msg}"))
+        elif code == "path-cap" and not _cap_matters(facts, msg, compiled):
+            continue  # no rule looks for anything in that function: the cap costs nothing
         else:
-            warnings.append(FileError(name, line, code, msg))
+            warnings.append(FileError(name, line, PROBLEM_CODES.get(code, codes.W_ANALYSIS), msg))
     if errors or _is_empty(facts):
         return FileResult(found, errors=tuple(errors), warnings=tuple(warnings), original=text)
     # The analysis facts (and whatever else is alive) are frozen meanwhile:
@@ -385,16 +438,22 @@ def process_file(found: Found, source: SourceFile, facts, compiled: Compiled, op
     entries = []
     for o in result.outcomes:
         m = o.match
-        entries.append(MatchEntry(
+        code = codes.code_of(o.reason) if o.status == "skipped" else None
+        entry = MatchEntry(
             rule=m.rule.qualified_name, file=name, class_name=m.class_name,
-            lines=tuple(sorted(set(o.lines or m.lines))), status=o.status, reason=o.reason,
-            function=getattr(m, "function", None),
-        ))
+            lines=tuple(sorted(set(o.lines or m.lines))), status=o.status,
+            reason=None if o.reason is None else str(o.reason),
+            function=getattr(m, "function", None), code=code,
+        )
+        entries.append(entry)
+        if code == codes.E_INTERNAL:  # a dslc bug: the match is skipped and the file is an error
+            first = entry.lines[0] if entry.lines else 0
+            errors.append(FileError(name, first, codes.E_INTERNAL, f"{entry.rule}: {entry.reason}"))
     new_source = result.new_source
     if new_source == text:
         new_source = None
-    return FileResult(found, matches=tuple(entries), warnings=tuple(warnings), original=text,
-                      new_source=new_source)
+    return FileResult(found, matches=tuple(entries), errors=tuple(errors), warnings=tuple(warnings),
+                      original=text, new_source=new_source)
 
 
 def verify_result(result: FileResult, packs: Sequence) -> FileResult:
@@ -411,7 +470,8 @@ def verify_result(result: FileResult, packs: Sequence) -> FileResult:
     if getattr(verdict, "ok", False):
         return replace(result, warnings=warnings)
     why = _verify_summary(verdict)
-    entries = tuple(replace(e, status="skipped", reason=f"verification failed: {why}") if e.status == "applied" else e
+    entries = tuple(replace(e, status="skipped", reason=f"verification failed: {why}", code=codes.S_VERIFY_FAILED)
+                    if e.status == "applied" else e
                     for e in result.matches)
     error = FileError(name, 0, fileio.E_VERIFY, f"rewrite not written: verification failed: {why}")
     return replace(result, matches=entries, warnings=warnings, errors=result.errors + (error,), new_source=None)

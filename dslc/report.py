@@ -1,9 +1,9 @@
 """Rendering an apply `Report`: unified diffs, the JSON contract, the text summary.
 
 Pure functions from `dslc.apply` values to text; the command prints them.
-The JSON shape is /work/shared/spec/report.md (`dslc`, `rules`,
-`files_scanned`, `seconds`, `matches`, `errors`); everything else here is an
-added field, never a changed one.
+The JSON shape is docs/report-format.md (`dslc`, `rules`, `files_scanned`,
+`seconds`, `matches`, `errors` are the core; everything else is an added
+field, never a changed one).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import difflib
 import json
 import os
 
-from dslc import __version__
+from dslc import __version__, codes
 from dslc.apply import FileResult, Report
 
 
@@ -87,6 +87,7 @@ def to_json(report: Report) -> dict:
                 "lines": list(m.lines),
                 "status": m.status,
                 "reason": m.reason,
+                "code": m.code,
                 "function": m.function,
             }
             for m in report.matches
@@ -141,16 +142,19 @@ def render_notes(report: Report, *, skipped: bool = True, warnings: bool = True)
                 first = m.lines[0] if m.lines else 0
                 where = f"{m.file}:{first}" if first else m.file
                 cls = f" in {m.class_name}" if m.class_name else ""
-                lines.append(f"{where}: skipped {m.rule}{cls}: {m.reason or 'no reason given'}\n")
+                code = f"[{m.code}]" if m.code else ""
+                lines.append(f"{where}: skipped{code} {m.rule}{cls}: {m.reason or 'no reason given'}\n")
     if warnings:
         for w in report.warnings:
             where = f"{w.file}:{w.line}" if w.line else w.file
             level = "note" if w.code.startswith("I") else "warning"
             lines.append(f"{where}: {level}[{w.code}]: {w.message}\n")
     for k in report.missing_kernels:
+        if not k.applied:  # no rewrite of this run needs it: nothing to act on
+            continue
         need = f" ({k.applied} {'rewrites in this run import' if k.applied != 1 else 'rewrite in this run imports'} it)" if k.applied else ""
         hint = f"; install it with: {k.install}" if k.install else ""
-        lines.append(f"note: pack `{k.pack}` requires {k.package}"
+        lines.append(f"note[{codes.I_MISSING_KERNEL}]: pack `{k.pack}` requires {k.package}"
                      f"{' ' + k.version if k.version else ''}: {k.reason}{need}{hint}\n")
     return "".join(lines)
 
