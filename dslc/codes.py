@@ -249,6 +249,9 @@ E_ENCODE = _code("E104", "error", "cannot encode the rewrite", """
 E_CHANGED = _code("E105", "error", "changed on disk during the run", """
     The file's bytes changed between reading and writing it (an editor or
     another tool wrote it). It is not overwritten; run dslc again.""")
+E_NO_CLASS = _code("E106", "error", "no such class", """
+    `dslc structure --class NAME` names no torch.nn.Module subclass of the
+    file; the message lists the classes it has.""")
 E_VERIFY = _code("E110", "error", "--verify found the rewrite not equivalent", """
     With `--verify`, the rewritten classes were run against the originals on
     random inputs and some output differed beyond the rule's tolerance (or
