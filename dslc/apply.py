@@ -38,6 +38,7 @@ import importlib.machinery
 import importlib.metadata
 import importlib.util
 import os
+import re
 import sys
 import time
 import traceback
@@ -393,6 +394,84 @@ def _cap_matters(facts, message: str, compiled: Compiled) -> bool:
     return any((n.kind, n.type) in keys for p in paths for n in p.nodes)
 
 
+# ---------------------------------------------------------------------------
+# Suppressions: `# dslc: ignore` / `# dslc: ignore[pack:rule, rule]`
+
+_IGNORE_RE = re.compile(r"#\s*dslc:\s*ignore\b(?:\[([^\]]*)\])?")
+
+
+def suppressions(text: str) -> dict[int, frozenset[str] | None]:
+    """Line -> the rules its `# dslc: ignore[...]` comment names (None: every rule).
+
+    Comments only (a `#` inside a string is no comment), found with tokenize.
+    """
+    if "dslc:" not in text:
+        return {}
+    import io
+    import tokenize
+
+    out: dict[int, frozenset[str] | None] = {}
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+            if tok.type != tokenize.COMMENT:
+                continue
+            m = _IGNORE_RE.search(tok.string)
+            if m is None:
+                continue
+            names = None if m.group(1) is None else frozenset(n.strip() for n in m.group(1).split(",") if n.strip())
+            out[tok.start[0]] = names or None
+    except (tokenize.TokenError, SyntaxError, ValueError):
+        pass
+    return out
+
+
+def _rule_named(qualified: str, name: str) -> bool:
+    pack, _, rule = qualified.partition(":")
+    p, sep, r = name.partition(":")
+    if sep:
+        return p == pack and r in (rule, "*", "")
+    return name in (pack, rule)
+
+
+def _match_lines(match) -> set[int]:
+    """Every line of every statement the match involves (forward nodes and init bindings)."""
+    lines = set(getattr(match, "lines", ()) or ())
+    stmts = [n.stmt for n in getattr(match, "nodes", ())]
+    stmts += [b.stmt for b in (getattr(match, "init_nodes", None) or {}).values() if getattr(b, "stmt", None)]
+    for stmt in stmts:
+        lo, hi = getattr(stmt, "lines", (0, 0))
+        if lo and hi >= lo:
+            lines.update(range(lo, hi + 1))
+    return lines
+
+
+def split_suppressed(text: str, matches: list) -> tuple[list, list]:
+    """(matches to rewrite, [(match, comment line)] suppressed by a comment)."""
+    table = suppressions(text)
+    if not table:
+        return matches, []
+    keep, dropped = [], []
+    for m in matches:
+        rule = m.rule.qualified_name
+        hit = next((line for line in sorted(_match_lines(m)) if line in table
+                    and (table[line] is None or any(_rule_named(rule, n) for n in table[line]))), None)
+        if hit is None:
+            keep.append(m)
+        else:
+            dropped.append((m, hit))
+    return keep, dropped
+
+
+def suppressed_entries(suppressed: list, name: str):
+    for m, line in suppressed:
+        yield MatchEntry(
+            rule=m.rule.qualified_name, file=name, class_name=m.class_name,
+            lines=tuple(sorted(set(m.lines))), status="skipped",
+            reason=f"suppressed by `# dslc: ignore` at line {line}",
+            function=getattr(m, "function", None), code=codes.S_SUPPRESSED,
+        )
+
+
 def process_file(found: Found, source: SourceFile, facts, compiled: Compiled, options: ApplyOptions) -> FileResult:
     """Match, check and rewrite one analyzed file (no writing: see `emit`).
 
@@ -432,10 +511,13 @@ def process_file(found: Found, source: SourceFile, facts, compiled: Compiled, op
             matches.extend(match_file(c, facts))
         if not matches:
             return FileResult(found, warnings=tuple(warnings), original=text)
-        result = rewrite_source(text, facts, matches, path=name)
+        matches, suppressed = split_suppressed(text, matches)
+        result = rewrite_source(text, facts, matches, path=name) if matches else None
     finally:
         gc.unfreeze()
-    entries = []
+    entries = list(suppressed_entries(suppressed, name))
+    if result is None:
+        return FileResult(found, matches=tuple(entries), warnings=tuple(warnings), original=text)
     for o in result.outcomes:
         m = o.match
         code = codes.code_of(o.reason) if o.status == "skipped" else None

@@ -224,6 +224,10 @@ UNKNOWN_SELECT = _code("ADR401", "error", "unknown rule selection", """
     `--select pack:rule` (or `pack` alone, or `rule` alone) names no loaded
     pack or rule.""")
 
+UNKNOWN_IGNORE = _code("ADR402", "warning", "ignored rule not loaded", """
+    `--ignore pack:rule` (or `ignore = [...]` in `[tool.dslc]`) names no rule
+    of the loaded (and selected) packs; it has no effect. Check the spelling
+    against the rule names of the summary table of `dslc apply`.""")
 
 # =============================================================================
 # `dslc apply`: errors of one file (the run goes on; exit status 1)

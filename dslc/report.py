@@ -59,12 +59,19 @@ def file_diff(result: FileResult, *, bom: bool = False) -> str:
 
 
 def summary_counts(report: Report) -> dict[str, dict[str, int]]:
-    """Per rule (every selected rule, in pack order): found, applied, skipped."""
-    counts = {r: {"found": 0, "applied": 0, "skipped": 0} for r in report.rules}
+    """Per rule (every selected rule, in pack order): found, applied, skipped,
+    suppressed (found = applied + skipped + suppressed; a suppressed match is
+    `skipped` with code S406 in the match list)."""
+    counts = {r: {"found": 0, "applied": 0, "skipped": 0, "suppressed": 0} for r in report.rules}
     for m in report.matches:
-        c = counts.setdefault(m.rule, {"found": 0, "applied": 0, "skipped": 0})
+        c = counts.setdefault(m.rule, {"found": 0, "applied": 0, "skipped": 0, "suppressed": 0})
         c["found"] += 1
-        c["applied" if m.status == "applied" else "skipped"] += 1
+        if m.status == "applied":
+            c["applied"] += 1
+        elif getattr(m, "code", None) == codes.S_SUPPRESSED:
+            c["suppressed"] += 1
+        else:
+            c["skipped"] += 1
     return counts
 
 
@@ -99,6 +106,7 @@ def to_json(report: Report) -> dict:
         "files_written": [f.found.display for f in report.files if f.written],
         "patches": [f.patch for f in report.files if f.patch],
         "summary": summary_counts(report),
+        "suppressed": sum(1 for m in report.matches if m.code == codes.S_SUPPRESSED),
         "warnings": [_error_json(w) for w in report.warnings],
         "missing_kernels": [
             {
@@ -163,13 +171,21 @@ def render_summary(report: Report) -> str:
     """The per-rule table (found / applied / skipped) and a one-line total."""
     counts = summary_counts(report)
     width = max([len("rule")] + [len(r) for r in counts])
-    rows = [f"{'rule':<{width}}  {'found':>5}  {'applied':>7}  {'skipped':>7}"]
-    tot = {"found": 0, "applied": 0, "skipped": 0}
+    # The `suppressed` column appears when a `# dslc: ignore` comment held a match back.
+    sup = any(c["suppressed"] for c in counts.values())
+    extra = f"  {'suppressed':>10}" if sup else ""
+    rows = [f"{'rule':<{width}}  {'found':>5}  {'applied':>7}  {'skipped':>7}{extra}"]
+    tot = {"found": 0, "applied": 0, "skipped": 0, "suppressed": 0}
+
+    def row(name, c):
+        return (f"{name:<{width}}  {c['found']:>5}  {c['applied']:>7}  {c['skipped']:>7}"
+                + (f"  {c['suppressed']:>10}" if sup else ""))
+
     for rule, c in counts.items():
-        rows.append(f"{rule:<{width}}  {c['found']:>5}  {c['applied']:>7}  {c['skipped']:>7}")
+        rows.append(row(rule, c))
         for k in tot:
             tot[k] += c[k]
-    rows.append(f"{'total':<{width}}  {tot['found']:>5}  {tot['applied']:>7}  {tot['skipped']:>7}")
+    rows.append(row("total", tot))
     changed = sum(1 for f in report.files if f.changed)
     verb = {"diff": "would change", "write": "changed", "patch": "patched"}[report.mode]
     if report.mode == "write":

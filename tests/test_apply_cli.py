@@ -225,7 +225,7 @@ def test_json_report_matches_the_contract(fake_pipeline, tree, capsys):
     for e in report["errors"]:
         assert set(e) == {"file", "line", "code", "message"}
         assert isinstance(e["line"], int) and isinstance(e["code"], str)
-    assert report["summary"]["fake:softmax"] == {"found": 3, "applied": 2, "skipped": 1}
+    assert report["summary"]["fake:softmax"] == {"found": 3, "applied": 2, "skipped": 1, "suppressed": 0}
 
 
 def test_select_filters_rules(fake_pipeline, tmp_path, capsys):
