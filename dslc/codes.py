@@ -229,6 +229,27 @@ UNKNOWN_IGNORE = _code("ADR402", "warning", "ignored rule not loaded", """
     of the loaded (and selected) packs; it has no effect. Check the spelling
     against the rule names of the summary table of `dslc apply`.""")
 
+# -- ADR5xx: names and types (the stricter checks of `dslc check`) -----------
+UNKNOWN_NAME = _code("ADR501", "warning", "qualified name not found", """
+    The rule names `pkg.mod.Name`, but the installed package `pkg` has no
+    such module or top-level name (looked up in the signature table and in
+    the package's source, without importing it). Usually a typo: the help
+    suggests the closest name. Names of packages that are not installed here
+    are not checked.""")
+TENSOR_VS_STRING = _code("ADR502", "warning", "a tensor compared with a string", """
+    A `where`/`when` constraint compares a variable that holds a tensor (an
+    output of a forward node, or an operand of a tensor operation) with a
+    string; it can never hold, so the rule never matches.""")
+KEYWORD_TYPE = _code("ADR503", "warning", "keyword value of the wrong type", """
+    A keyword argument of a call pattern is a constant whose type does not
+    fit the parameter's default in the signature table (a string where the
+    default is a number or a bool, a number where it is a string). Such a
+    pattern never matches, and such a target builds a broken layer.""")
+NO_SUCH_PARAM = _code("ADR504", "warning", "layer has no such parameter", """
+    A `params` mapping names `$layer.p`, but the layer's class (read from
+    its source) registers no parameter or buffer `p`. The checkpoint mapping
+    would fail at load time.""")
+
 # =============================================================================
 # `dslc apply`: errors of one file (the run goes on; exit status 1)
 

@@ -56,6 +56,10 @@ def test_every_code_is_exercised():
         "ADR104": "test_lang_lower.test_duplicate_pack_across_files",
         "ADR401": "test_lang_lower.test_select",
         "ADR402": "test_outcomes_integration.test_config_ignore_exclude_and_the_ignore_flag",
+        "ADR501": "test_outcomes_check.test_names_and_types",
+        "ADR502": "test_outcomes_check.test_names_and_types",
+        "ADR503": "test_outcomes_check.test_names_and_types",
+        "ADR504": "test_outcomes_check.test_names_and_types",
     }
     text = "".join(p.with_suffix(".expected").read_text(encoding="utf-8") for p in CASES)
     # Rule-file codes only; the codes of `dslc apply` are tests/test_outcomes_*.py's.

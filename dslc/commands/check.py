@@ -66,8 +66,18 @@ def run(args) -> int:
 
     start = time.perf_counter()
     result = load_rules(args.paths, args.select)
+    diags = list(result.diagnostics)
+    try:
+        from dslc.checker import check_semantics
+    except ImportError:  # a stub checker (tests)
+        check_semantics = None
+    if check_semantics is not None:
+        # Rules of files that parsed (even with errors elsewhere in them).
+        selected = {r.qualified_name for p in result.packs for r in p.rules}
+        parsed = [f for f in result.parsed if not args.select or f.header is None
+                  or any(f"{f.header.name}:{r.name}" in selected for r in f.rules)]
+        diags = sorted(diags + check_semantics(parsed), key=D.Diagnostic.sort_key)
     elapsed = time.perf_counter() - start
-    diags = result.diagnostics
     errors, warnings = D.count(diags)
     shown = [d for d in diags if d.is_error] if args.quiet else diags
     if args.format == "json":
