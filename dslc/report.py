@@ -17,21 +17,40 @@ from dslc.apply import FileResult, Report
 
 
 def diff_path(result: FileResult) -> str:
-    """The file's name in diff headers: as reachable from the current directory.
+    """The file's name in diff headers, such that `patch -p1` and `git apply`
+    accept it (no `..`, no leading `/`).
 
-    Relative command-line paths give relative names, so `patch -p1` /
-    `git apply` run from the same directory find the files; absolute ones lose
-    their leading `/` (the `a/` prefix must be followed by a relative path).
+    1. A file under the current folder: its path relative to it, so the
+       patch applies from the folder dslc ran in.
+    2. Otherwise (`../models/x.py`, `/tmp/x.py`): its path relative to the
+       top of the git work tree that holds it (apply from there), else to
+       the folder of the command-line PATH it was found under.
     """
-    path = os.path.normpath(result.found.path)
-    if os.path.isabs(path):
-        try:
-            rel = os.path.relpath(path)
-            if not rel.startswith(".."):
-                path = rel
-        except ValueError:  # another drive on Windows
-            pass
-    return path.replace(os.sep, "/").lstrip("/")
+    path = os.path.abspath(result.found.path)
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:  # another drive on Windows
+        rel = None
+    if rel is not None and not rel.startswith(os.pardir):
+        return rel.replace(os.sep, "/")
+    top = _work_tree(os.path.dirname(path))
+    if top is not None:
+        return os.path.relpath(path, top).replace(os.sep, "/")
+    arg = os.path.abspath(result.found.arg)
+    base = arg if os.path.isdir(arg) else os.path.dirname(arg)
+    rel = os.path.relpath(path, base) if path.startswith(base + os.sep) else os.path.basename(path)
+    return rel.replace(os.sep, "/")
+
+
+def _work_tree(folder: str) -> str | None:
+    """The nearest folder at or above `folder` holding `.git` (None: none)."""
+    while True:
+        if os.path.exists(os.path.join(folder, ".git")):
+            return folder
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return None
+        folder = parent
 
 
 def file_diff(result: FileResult, *, bom: bool = False) -> str:

@@ -249,6 +249,9 @@ class _Env:
         self.casts: dict[str, str] = {}
         # Init targets: a layer variable as an argument is its original constructor call.
         self.ctor: dict[str, str] = {}
+        # A constant's canonical text -> its spelling in the matched statements
+        # (`1e-06` -> `1e-6`): literals are copied from the source, not re-printed.
+        self.literals: dict[str, str] = {}
 
     def var(self, name: str) -> str:
         if name in self.inline:
@@ -262,6 +265,7 @@ class _Env:
             text = f"self.{bound.text}"
         elif bound.kind == "const":
             text = bound.text if bound.text else repr(bound.value)
+            text = self.literals.get(text, text)
         else:
             if not bound.text:
                 raise _Absent(name)
@@ -614,6 +618,7 @@ class _Rewriter:
                 attrs[var] = name
         temps = self.temp_texts(match, feasible or paths)
         env = _Env(match, attrs, temps)
+        env.literals = self.literal_texts(match)
 
         if groups:
             self.plan_forward(match, groups, env, plan, feasible or paths)
@@ -623,12 +628,33 @@ class _Rewriter:
             plan.new_attrs.setdefault(match.class_name or "", set()).update(new_names)
         return plan
 
+    def literal_texts(self, match: ir.Match) -> dict[str, str]:
+        """Constants of the matched statements: canonical text -> text as written."""
+        ranges = [tuple(n.stmt.lines) for n in match.nodes]
+        ranges += [tuple(b.stmt.lines) for b in match.init_nodes.values() if b.stmt is not None]
+        ranges = [(lo, hi) for lo, hi in ranges if lo and hi >= lo]
+        if not ranges:
+            return {}
+        out: dict[str, str] = {}
+        for node in ast.walk(self.mod.tree):
+            is_lit = isinstance(node, ast.Constant) and not isinstance(node.value, bool) and node.value is not None \
+                or isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)) \
+                and isinstance(node.operand, ast.Constant)
+            if not is_lit or not any(lo <= node.lineno and node.end_lineno <= hi for lo, hi in ranges):
+                continue
+            canonical = ast.unparse(node)
+            written = self.mod.smap.span_text((node.lineno, node.col_offset, node.end_lineno, node.end_col_offset))
+            if written != canonical and "\n" not in written:
+                out.setdefault(canonical, written)
+        return out
+
     def when_condition(self, match: ir.Match) -> str | None:
         raw = match.rule.option("when")
         if not raw:
             return None
         text = str(raw)
         env = _Env(match, {v: b.attr for v, b in match.init_nodes.items()}, {})
+        env.literals = self.literal_texts(match)
 
         def sub(m: re.Match) -> str:
             try:
@@ -1165,6 +1191,7 @@ class _Rewriter:
                 for i in indices}
         attrs = {v: b.attr for v, b in bindings.items()}
         env = _Env(match, attrs, {})
+        env.literals = self.literal_texts(match)
         env.ctor = ctor
         fused = self.render_node(init_target[0], env, plan)
         env.ctor = {}
