@@ -129,3 +129,38 @@ def test_a_method_call_in_a_target_points_to_the_docs(capsys, tmp_path):
     assert code == 1 and "error[ADR114]" in out and '"Writing targets"' in out
     doc = (REPO / "docs" / "adr-language.md").read_text()
     assert "## Writing targets" in doc and "$k.transpose(-2, -1)" in doc
+
+
+SYNTAX_THEN_MORE = '''pack syn "syntax then semantics"
+
+rule a "broken" {
+  kernel torch.relu
+  exact
+  forward { torch.relu($x) -> $y; } => { torch.relu($x) -> ; }
+}
+
+rule b "unbound" {
+  kernel torch.relu
+  exact
+  forward { torch.relu($x) -> $y; } => { torch.relu($w) -> $y; }
+}
+
+rule c "bad option" {
+  kernel torch.relu
+  exact
+  option scop = "any"
+  forward { torch.relu($x) -> $y; } => { torch.relu($x) -> $y; }
+}
+'''
+
+
+def test_a_syntax_error_does_not_hide_the_other_rules_problems(capsys, tmp_path):
+    code, out, _ = check(capsys, tmp_path, SYNTAX_THEN_MORE, "--format", "json")
+    assert code == 1
+    assert [(d["code"], d["line"]) for d in json.loads(out)] == [("ADR001", 6), ("ADR201", 12), ("ADR105", 18)]
+    # the file is still refused as a whole
+    from dslc.loader import load_rules
+
+    f = tmp_path / "p.adr"
+    result = load_rules([str(f)])
+    assert not result.packs and not result.ok

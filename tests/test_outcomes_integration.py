@@ -285,3 +285,17 @@ def test_pre_commit_hook_file_runs_on_a_sample_repo(tmp_path):
     bad = subprocess.run([pre_commit, "run", "--all-files"], cwd=repo, env=env, capture_output=True, text=True)
     assert bad.returncode == 1, bad.stdout + bad.stderr
     assert "would rewrite bert.py" in bad.stdout and (repo / "bert.py").read_text() == BERT
+
+
+def test_check_output_is_coloured_only_when_asked(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("FORCE_COLOR", raising=False)
+    f = tmp_path / "p.adr"
+    f.write_text('pack p "d"\nrule r "x" {\n  kernel torch.relu\n  exact\n'
+                 '  forward { torch.relu($x) -> $y; } => { torch.relu($w) -> $y; }\n}\n')
+    assert main(["check", str(f)]) == 1
+    plain = capsys.readouterr().out
+    assert "\x1b[" not in plain and "error[ADR201]" in plain
+    assert main(["check", "--color", "always", str(f)]) == 1
+    painted = capsys.readouterr().out
+    assert "\x1b[31m\x1b[1merror[ADR201]\x1b[0m" in painted
+    assert color.strip(painted).split("checked")[0] == plain.split("checked")[0]  # the timing differs

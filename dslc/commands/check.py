@@ -40,6 +40,9 @@ def add_parser(subparsers) -> None:
                    help="print errors only: no warnings, no summary")
     p.add_argument("--select", action="append", default=[], metavar="PACK:RULE",
                    help="check / dump only these rules (repeatable; `pack`, `rule` or `pack:rule`)")
+    p.add_argument("--color", choices=("auto", "always", "never"), default="auto",
+                   help="colour the text output (auto: on a terminal, unless NO_COLOR is set; "
+                        "FORCE_COLOR forces it)")
     p.set_defaults(func=run)
 
 
@@ -83,7 +86,10 @@ def run(args) -> int:
     if args.format == "json":
         print(D.render(shown, "json"))
     elif shown:
-        print(D.render(shown, "text", result.sources))
+        from dslc import color
+
+        text = D.render(shown, "text", result.sources)
+        print(color.paint_notes(text) if color.enabled(sys.stdout, getattr(args, "color", "auto")) else text)
         print()
     rules = sum(len(f.rules) for f in result.parsed)
     packs = len(result.parsed)
