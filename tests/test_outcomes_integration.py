@@ -194,9 +194,10 @@ def test_sarif_validates_and_its_fixes_give_the_rewrite(tmp_path, capsys, monkey
 @pytest.mark.slow
 def test_sarif_of_the_benchmark_corpus_validates(transformers_src, tmp_path):
     validator = _validator()
-    models = transformers_src / "models"
-    files = sorted(models.glob("*/modeling_*.py"))
-    files = [str(p) for p in files if not p.name.startswith(("modeling_tf_", "modeling_flax_"))]
+    from dslc import corpus
+
+    files = [str(p) for p in corpus.benchmark_files(transformers_src)]
+    assert len(files) == 199
     proc = subprocess.run([sys.executable, "-m", "dslc", "apply", "--rules", str(PACK), "--format", "sarif",
                            "--cache-dir", str(tmp_path / "cache"), *files], capture_output=True, text=True)
     assert proc.returncode in (0, 1), proc.stderr[-2000:]
