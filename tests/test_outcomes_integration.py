@@ -300,3 +300,18 @@ def test_check_output_is_coloured_only_when_asked(tmp_path, capsys, monkeypatch)
     painted = capsys.readouterr().out
     assert "\x1b[31m\x1b[1merror[ADR201]\x1b[0m" in painted
     assert color.strip(painted).split("checked")[0] == plain.split("checked")[0]  # the timing differs
+
+
+def test_unsafe_key_is_read_and_the_flag_wins(tmp_path):
+    from dslc.cli import build_parser
+    from dslc.commands.apply import _settings
+
+    src = project(tmp_path, 'rules = ["adopter.adr"]\nunsafe = true\njobs = 3\ncache-dir = "cache"\n')
+    settings, problem = _settings(build_parser().parse_args(["apply", str(src)]))
+    assert problem is None and settings.unsafe is True and settings.jobs == 3
+    assert settings.cache_dir == os.path.relpath(tmp_path / "cache")
+    assert settings.rules == [os.path.relpath(tmp_path / "adopter.adr")]
+    settings, _ = _settings(build_parser().parse_args(["apply", "--jobs", "1", "--cache-dir", "/x", str(src)]))
+    assert settings.jobs == 1 and settings.cache_dir == "/x"
+    settings, _ = _settings(build_parser().parse_args(["apply", "--no-config", "--rules", str(PACK), str(src)]))
+    assert settings.unsafe is False and settings.jobs >= 1

@@ -10,6 +10,7 @@ and rule packs with errors.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -259,6 +260,8 @@ def run(args: argparse.Namespace) -> int:
         gitignore=args.gitignore,
         cache_dir=None if args.no_cache else settings.cache_dir,
         verify=args.verify,
+        # `unsafe` (the --unsafe flag or [tool.dslc] unsafe = true) where the driver has the option.
+        **({"unsafe": settings.unsafe} if "unsafe" in {f.name for f in dataclasses.fields(driver.ApplyOptions)} else {}),
     )
     progress = _Progress(sys.stderr) if sys.stderr.isatty() else None
     try:
