@@ -1347,23 +1347,79 @@ class _Rewriter:
 
     # -- the file ---------------------------------------------------------
 
-    def header_edit(self) -> Edit | None:
-        """New imports (and the state-dict helper) after the last top-level import."""
+    def header_edit(self) -> list[Edit]:
+        """New imports placed the way the file groups its imports, and the
+        state-dict helper after the last top-level import.
+
+        1. The import groups are the runs of top-level import statements not
+           separated by a blank line; the new imports join the group that
+           imports torch (kernels are third-party packages like it), else
+           the last group.
+        2. In a group sorted isort's way (`import x` lines, then `from x
+           import y` lines, each by module), a new import goes where it
+           sorts; in an unsorted group, or for a multi-statement block, at
+           the group's end.
+        """
         mod = self.mod
         lines = list(dict.fromkeys(self.import_lines))
         helper = self.needs_hook and not self.hook_present
         if not lines and not helper:
-            return None
+            return []
         nl = mod.nl
         if mod.last_import is not None:
-            at = mod.smap.line_end(mod.last_import.end_lineno)
-            prefix = "" if mod.ends_with_newline(mod.last_import.end_lineno) else nl
+            end_at = mod.smap.line_end(mod.last_import.end_lineno)
+            end_prefix = "" if mod.ends_with_newline(mod.last_import.end_lineno) else nl
         else:
-            at, prefix = self.top_of_file()
-        text = prefix + "".join(line + nl for line in lines)
+            end_at, end_prefix = self.top_of_file()
+        inserts: dict[int, list[tuple[tuple, str]]] = {}
+        groups = self.import_groups()
+        group = next((g for g in groups if any(_import_top(n) == "torch" for n in g)), groups[-1] if groups else None)
+        for line in lines:
+            key = _import_key_of_text(line)
+            at = None
+            if group is not None and key is not None:
+                keys = [_import_key(n) for n in group]
+                if keys == sorted(keys):
+                    after = next((n for n, k in zip(group, keys) if k > key), None)
+                    if after is not None:
+                        at = mod.smap.line_start(after.lineno)
+                if at is None:
+                    at = mod.smap.line_end(group[-1].end_lineno)
+            if at is None:
+                at = end_at
+            inserts.setdefault(at, []).append((key or (2, ""), line))
         if helper:
-            text += nl + nl + _hook_helper(mod.unit, nl)
-        return Edit(at, at, text)
+            inserts.setdefault(end_at, [])
+        edits = []
+        for at, items in sorted(inserts.items()):
+            text = "".join(line + nl for _, line in sorted(items, key=lambda kv: kv[0]))
+            if at == end_at:
+                text = end_prefix + text  # after a last line without its newline
+                if helper:
+                    text += nl + nl + _hook_helper(mod.unit, nl)
+            edits.append(Edit(at, at, text))
+        return edits
+
+    def import_groups(self) -> list[list[ast.stmt]]:
+        """Runs of top-level imports (not `__future__`) with no blank line between."""
+        mod = self.mod
+        rows = mod.source.splitlines()
+        groups: list[list[ast.stmt]] = []
+        cur: list[ast.stmt] = []
+        for node in mod.tree.body:
+            is_import = isinstance(node, ast.Import) or (isinstance(node, ast.ImportFrom) and node.module != "__future__")
+            if not is_import:
+                if cur:
+                    groups.append(cur)
+                    cur = []
+                continue
+            if cur and any(not rows[i].strip() for i in range(cur[-1].end_lineno, node.lineno - 1) if i < len(rows)):
+                groups.append(cur)
+                cur = []
+            cur.append(node)
+        if cur:
+            groups.append(cur)
+        return groups
 
     def top_of_file(self) -> tuple[int, str]:
         mod = self.mod
@@ -1380,6 +1436,29 @@ class _Rewriter:
             return 0, ""
         prefix = "" if mod.ends_with_newline(pos) else mod.nl
         return mod.smap.line_end(pos), prefix
+
+
+def _import_top(node: ast.stmt) -> str:
+    if isinstance(node, ast.Import):
+        return node.names[0].name.split(".")[0]
+    return (node.module or "").split(".")[0] if not node.level else ""
+
+
+def _import_key(node: ast.stmt) -> tuple:
+    """isort's default order inside a section: `import x` lines, then `from x import`, by module."""
+    if isinstance(node, ast.Import):
+        return (0, node.names[0].name.lower())
+    return (1, "." * node.level + (node.module or "").lower())
+
+
+def _import_key_of_text(line: str) -> tuple | None:
+    try:
+        body = ast.parse(line).body
+    except SyntaxError:
+        return None
+    if len(body) == 1 and isinstance(body[0], (ast.Import, ast.ImportFrom)):
+        return _import_key(body[0])
+    return None
 
 
 def _hook_helper(unit: str, nl: str) -> str:
@@ -1577,9 +1656,7 @@ def _rewrite(source: str, facts, matches, path: str, *, check_each: bool) -> Rew
     if not rewriter.accepted:
         return RewriteResult(None, tuple(ordered))
     edits = list(rewriter.accepted)
-    header = rewriter.header_edit()
-    if header is not None:
-        edits.append(header)
+    edits.extend(rewriter.header_edit())
     new = apply_edits(source, edits)
     reason = safety.verify_output(source, new, edits)
     if reason is not None:

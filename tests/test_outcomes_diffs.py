@@ -66,3 +66,41 @@ def test_diff_of_a_file_in_a_git_tree_applies_with_git_apply_from_its_top(tmp_pa
     assert out.splitlines()[0] == "--- a/src/models/x.py"
     proc = subprocess.run(["git", "apply", "--check", "-"], input=out, text=True, capture_output=True, cwd=repo)
     assert proc.returncode == 0, proc.stderr
+
+
+GROUPED = '''import math
+
+import torch
+import torch.nn.functional as F
+
+from mypkg import thing
+
+
+def f(x):
+    return F.softmax(x, dim=-1)
+'''
+
+
+def test_new_import_joins_the_torch_group_in_isort_order(tmp_path, capsys):
+    f = tmp_path / "m.py"
+    f.write_text(GROUPED)
+    main(["apply", "--rules", str(PACK), "--no-cache", "--jobs", "1", "-q", "--write", str(f)])
+    capsys.readouterr()
+    assert f.read_text().splitlines()[:8] == [
+        "import math", "", "import torch", "import torch.nn.functional as F",
+        "from xformers.triton.softmax import softmax", "", "from mypkg import thing", ""]
+    # sorted by module inside a sorted group
+    g = tmp_path / "g.py"
+    g.write_text(BERT)
+    main(["apply", "--rules", str(PACK), "--no-cache", "--jobs", "1", "-q", "--write", str(g)])
+    capsys.readouterr()
+    head = [line for line in g.read_text().splitlines() if line.startswith(("import ", "from "))]
+    assert head == ["import torch", "from epoi.ops.torchscript_ops import FusedDropoutAddLayerNorm", "from torch import nn"]
+    # an unsorted group: appended at its end
+    h = tmp_path / "h.py"
+    h.write_text(GROUPED.replace("import torch\nimport torch.nn.functional as F\n",
+                                 "import torch.nn.functional as F\nimport torch\n"))
+    main(["apply", "--rules", str(PACK), "--no-cache", "--jobs", "1", "-q", "--write", str(h)])
+    capsys.readouterr()
+    assert h.read_text().splitlines()[2:5] == ["import torch.nn.functional as F", "import torch",
+                                               "from xformers.triton.softmax import softmax"]
