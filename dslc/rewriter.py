@@ -50,6 +50,7 @@ from __future__ import annotations
 import ast
 import keyword
 import re
+import textwrap
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -802,6 +803,9 @@ class _Rewriter:
             self.plan_reverse_hoist(plan, groups, final_stmt, final_text, (lo, hi), len(final_pn.outputs))
             return
 
+        if len(final_pn.outputs) == 1 and self.merge_identical_branches(plan, groups, final_stmt, final_text, (lo, hi)):
+            return
+
         # The final statement.
         if len(final_pn.outputs) > 1:
             if not (isinstance(final_stmt, ast.Assign) and len(final_stmt.targets) == 1):
@@ -898,6 +902,52 @@ class _Rewriter:
                 text = mod.indent(compound) + "else:" + mod.nl + at_indent(original, mod.indent(compound.body[0]))
                 plan.edits.append(Edit(at, at, text))
         plan.lines.update(range(final_stmt.lineno, final_stmt.end_lineno + 1))
+
+    def merge_identical_branches(self, plan: _Plan, groups, final_stmt, final_text: str, span: tuple[int, int]) -> bool:
+        """Hoisting would write `if c: S else: S`: write nothing but drop the `if`.
+
+        When the earlier statements sit before an `if c:` whose only statement
+        is the final one, hoisting deletes them, puts the fused statement in the
+        `if` and copies them into a new `else:`.  If the fused statement is the
+        earlier ones (same syntax tree; e.g. `h = self.conv(h)` when only the
+        init changes) and `c` has no side effects, both branches would run the
+        same code: the earlier statements stay as they are and the `if`
+        (holding only the final statement) is deleted.  True when done.
+        """
+        mod = self.mod
+        earlier = [stmt for _, _, stmt in groups[:-1]]
+        if not earlier or not all(self.needs_hoist(stmt, final_stmt) for stmt in earlier):
+            return False
+        final_chain = mod.chain(final_stmt)
+        chains = [mod.chain(stmt) for stmt in earlier]
+        if any(c != chains[0] for c in chains) or len(final_chain) != len(chains[0]) + 1 \
+                or final_chain[: len(chains[0])] != chains[0]:
+            return False
+        compound, branch = final_chain[-1]
+        if not isinstance(compound, ast.If) or branch != "body" or compound.orelse \
+                or compound.body != [final_stmt] or not mod.smap.line_text(compound.lineno).lstrip().startswith("if"):
+            return False
+        if any(isinstance(n, (ast.Call, ast.NamedExpr, ast.Await, ast.Yield, ast.YieldFrom)) for n in ast.walk(compound.test)):
+            return False
+        _, _, block = mod.block_of(compound)
+        if any(mod.block_of(stmt)[2] is not block for stmt in earlier):
+            return False
+        start, end = mod.stmt_range(final_stmt)
+        fused = mod.source[start:span[0]] + final_text + mod.source[span[1]:end]
+        try:
+            new = ast.parse(textwrap.dedent(fused)).body
+            old = ast.parse(textwrap.dedent("".join(mod.source[a:b] for a, b in map(mod.stmt_range, earlier)))).body
+        except SyntaxError:
+            return False
+        if [ast.dump(n) for n in new] != [ast.dump(n) for n in old]:
+            return False
+        # Nothing between the earlier statements and the `if` may see a difference: they stay where they were.
+        self.delete_stmt(plan, compound, also_deleted={id(compound)})
+        for stmt in earlier:
+            plan.claimed.add(mod.stmt_range(stmt))
+            plan.lines.update(range(stmt.lineno, stmt.end_lineno + 1))
+        plan.lines.update(range(final_stmt.lineno, final_stmt.end_lineno + 1))
+        return True
 
     def check_hoist(self, stmt, final_stmt, chain, final_chain, matched_stmts) -> None:
         """Statements the hoisted copy moves past must not touch its names."""

