@@ -69,6 +69,7 @@ class ApplyOptions:
     inline: bool = True
     flatten: bool = False
     root: str | None = None
+    near_misses: bool = False  # also explain the places where a rule did not apply
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +83,24 @@ class MatchEntry:
     status: Literal["applied", "skipped"]
     reason: str | None = None
     function: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NearMissEntry:
+    """A place holding a rule's anchors where no rewrite was applied, and why.
+
+    `kind` is `unmatched` (a pattern node, an init argument or a constraint
+    did not fit: `dslc.nearmiss`) or `skipped` (the rule matched but a check
+    refused it: the skipped match's reason).
+    """
+
+    rule: str
+    file: str
+    class_name: str | None
+    line: int
+    reason: str
+    function: str | None = None
+    kind: Literal["unmatched", "skipped"] = "unmatched"
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +131,7 @@ class FileResult:
     written: bool = False
     patch: str | None = None
     seconds: float = 0.0
+    near_misses: tuple[NearMissEntry, ...] = ()  # the `unmatched` ones (with `near_misses`)
 
     @property
     def changed(self) -> bool:
@@ -141,6 +161,9 @@ class Report:
     missing_kernels: tuple[MissingKernel, ...]
     seconds: float
     mode: Mode = "diff"
+    # With `ApplyOptions.near_misses`: every near miss, skipped matches
+    # included, per file in line order (None: not asked for).
+    near_misses: tuple[NearMissEntry, ...] | None = None
 
     @property
     def files_scanned(self) -> int:
@@ -169,6 +192,12 @@ def match_file(compiled, facts):
     from dslc.matcher import match_file as _match
 
     return _match(compiled, facts)
+
+
+def near_misses(compiled, facts, matches, *, file):
+    from dslc.nearmiss import near_misses as _near
+
+    return _near(compiled, facts, matches, file=file)
 
 
 def rewrite_source(source, facts, matches, *, path):
@@ -375,10 +404,15 @@ def process_file(found: Found, source: SourceFile, facts, compiled: Compiled, op
     gc.freeze()
     try:
         matches = []
+        near: list[NearMissEntry] = []
         for c in compiled.compiled:
-            matches.extend(match_file(c, facts))
+            found_here = match_file(c, facts)
+            matches.extend(found_here)
+            if options.near_misses:
+                near += [NearMissEntry(n.rule, name, n.class_name, n.line, n.reason, n.function)
+                         for n in near_misses(c, facts, found_here, file=name)]
         if not matches:
-            return FileResult(found, warnings=tuple(warnings), original=text)
+            return FileResult(found, warnings=tuple(warnings), original=text, near_misses=tuple(near))
         result = rewrite_source(text, facts, matches, path=name)
     finally:
         gc.unfreeze()
@@ -394,7 +428,7 @@ def process_file(found: Found, source: SourceFile, facts, compiled: Compiled, op
     if new_source == text:
         new_source = None
     return FileResult(found, matches=tuple(entries), warnings=tuple(warnings), original=text,
-                      new_source=new_source)
+                      new_source=new_source, near_misses=tuple(near))
 
 
 def verify_result(result: FileResult, packs: Sequence) -> FileResult:
@@ -569,7 +603,19 @@ def apply_paths(
         missing_kernels=tuple(missing_kernels(packs, applied)),
         seconds=time.perf_counter() - start,
         mode=options.mode,
+        near_misses=tuple(n for r in ordered for n in file_near_misses(r)) if options.near_misses else None,
     )
+
+
+def file_near_misses(result: FileResult) -> list[NearMissEntry]:
+    """A file's near misses: its unmatched places and its skipped matches, by line."""
+    out = list(result.near_misses)
+    for m in result.matches:
+        if m.status == "skipped":
+            out.append(NearMissEntry(m.rule, m.file, m.class_name, m.lines[0] if m.lines else 0,
+                                     m.reason or "no reason given", m.function, "skipped"))
+    out.sort(key=lambda n: (n.line, n.rule, n.kind))
+    return out
 
 
 def _internal_error(name: str, exc: BaseException) -> FileError:

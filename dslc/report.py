@@ -99,6 +99,11 @@ def to_json(report: Report) -> dict:
         "patches": [f.patch for f in report.files if f.patch],
         "summary": summary_counts(report),
         "warnings": [_error_json(w) for w in report.warnings],
+        **({} if report.near_misses is None else {"near_misses": [
+            {"rule": n.rule, "file": n.file, "class": n.class_name, "line": n.line, "reason": n.reason,
+             "function": n.function, "kind": n.kind}
+            for n in report.near_misses
+        ]}),
         "missing_kernels": [
             {
                 "pack": k.pack,
@@ -152,6 +157,19 @@ def render_notes(report: Report, *, skipped: bool = True, warnings: bool = True)
         hint = f"; install it with: {k.install}" if k.install else ""
         lines.append(f"note: pack `{k.pack}` requires {k.package}"
                      f"{' ' + k.version if k.version else ''}: {k.reason}{need}{hint}\n")
+    return "".join(lines)
+
+
+def render_near_misses(report: Report) -> str:
+    """`file:line: near-miss[rule]: reason`, grouped per file (files in run order)."""
+    if not report.near_misses:
+        return ""
+    lines = []
+    for n in report.near_misses:
+        where = f"{n.file}:{n.line}" if n.line else n.file
+        cls = f" in {n.class_name}" if n.class_name else ""
+        how = "skipped: " if n.kind == "skipped" else ""
+        lines.append(f"{where}: near-miss[{n.rule}]{cls}: {how}{n.reason}\n")
     return "".join(lines)
 
 

@@ -1,0 +1,224 @@
+"""The near-miss report: `dslc apply --near-misses` and `dslc explain FILE:LINE`.
+
+Every model here is written for the test: each class holds the anchors of a
+rule and misses it in one way (a pattern node, an init argument, a
+constraint, a safety check), or holds no anchors at all.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dslc.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+PACK = REPO / "rulepacks" / "adopter.adr"
+
+MODEL = '''\
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+
+class NoResidualRead(nn.Module):
+    def __init__(self, h):
+        super().__init__()
+        self.drop = nn.Dropout(0.1)
+        self.norm = nn.LayerNorm(h, eps=1e-5)
+
+    def forward(self, x, res):
+        y = self.drop(x)
+        z = y + res
+        return self.norm(x) + z
+
+
+class Fused(nn.Module):
+    def __init__(self, h):
+        super().__init__()
+        self.drop = nn.Dropout(0.1)
+        self.norm = nn.LayerNorm(h, eps=1e-5)
+
+    def forward(self, x, res):
+        return self.norm(self.drop(x) + res)
+
+
+class Softmaxes(nn.Module):
+    def forward(self, x):
+        a = F.softmax(x, dim=1)
+        return F.softmax(a, dim=-1)
+
+
+class UnpackedKwargs(nn.Module):
+    def __init__(self, c, device=None, dtype=None):
+        super().__init__()
+        dd = {"device": device, "dtype": dtype}
+        self.conv = nn.Conv2d(c, c, 3)
+        self.bn = nn.BatchNorm2d(c, **dd)
+
+    def forward(self, x):
+        return self.bn(self.conv(x))
+
+
+class NotAffine(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3)
+        self.bn = nn.BatchNorm2d(c, affine=False)
+
+    def forward(self, x):
+        return self.bn(self.conv(x))
+
+
+class ReadAfter(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3)
+        self.bn = nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        h = self.conv(x)
+        y = self.bn(h)
+        return y + h
+
+
+class OnlyDropout(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.drop = nn.Dropout(0.1)
+
+    def forward(self, x):
+        return self.drop(x)
+'''
+
+
+def line_of(text: str, needle: str) -> int:
+    for i, line in enumerate(text.splitlines(), 1):
+        if needle in line:
+            return i
+    raise AssertionError(needle)
+
+
+@pytest.fixture
+def model(tmp_path):
+    path = tmp_path / "model.py"
+    path.write_text(MODEL)
+    return path
+
+
+def apply_json(path, *extra):
+    import io
+    import contextlib
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(["apply", "--rules", str(PACK), "--no-cache", "--jobs", "1", "--format", "json", *extra, str(path)])
+    return code, json.loads(out.getvalue())
+
+
+def by_class(report) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for n in report["near_misses"]:
+        out.setdefault(n["class"], []).append(n)
+    return out
+
+
+def test_json_has_near_misses_only_when_asked(model):
+    code, plain = apply_json(model)
+    assert code == 0 and "near_misses" not in plain
+    code, report = apply_json(model, "--near-misses")
+    assert code == 0
+    # The rewrites are the same with and without the report.
+    assert [(m["rule"], m["class"], m["status"]) for m in report["matches"]] == \
+           [(m["rule"], m["class"], m["status"]) for m in plain["matches"]]
+    for n in report["near_misses"]:
+        assert set(n) >= {"rule", "file", "class", "line", "reason"}
+        assert n["file"].endswith("model.py") and n["reason"]
+
+
+def test_each_miss_says_why(model):
+    _, report = apply_json(model, "--near-misses")
+    miss = by_class(report)
+    # A pattern node that did not fit: the LayerNorm reads `x`, not the sum.
+    [dl] = miss["NoResidualRead"]
+    assert dl["rule"] == "adopter:dropout_layernorm" and dl["kind"] == "unmatched"
+    assert dl["line"] == line_of(MODEL, "y = self.drop(x)")
+    assert "`self.drop(...)`" in dl["reason"] and "`y + res`" in dl["reason"]
+    assert f"line {line_of(MODEL, 'return self.norm(x) + z')} `self.norm(...)`" in dl["reason"]
+    # A literal the call does not give: dim=1 is not dim=-1; the dim=-1 call is applied.
+    [sm] = miss["Softmaxes"]
+    assert sm["rule"] == "adopter:softmax" and sm["line"] == line_of(MODEL, "dim=1")
+    assert "dim == -1" in sm["reason"] and "'1'" in sm["reason"]
+    # An init constraint hidden behind **dd.
+    [dd] = miss["UnpackedKwargs"]
+    assert dd["rule"] == "adopter:conv_batchnorm"
+    assert "**dd" in dd["reason"] and "affine" in dd["reason"] and "__init__" in dd["reason"]
+    # An init constraint that is refuted.
+    [na] = miss["NotAffine"]
+    assert "affine == True" in na["reason"] and "'False'" in na["reason"]
+    # A safety refusal: the skipped match is a near miss too, with its reason.
+    [ra] = miss["ReadAfter"]
+    assert ra["kind"] == "skipped" and ra["rule"] == "adopter:conv_batchnorm"
+    skipped = [m for m in report["matches"] if m["class"] == "ReadAfter"]
+    assert skipped and skipped[0]["status"] == "skipped" and ra["reason"] == skipped[0]["reason"]
+    # Applied places and classes without every anchor name are no near misses.
+    assert "Fused" not in miss and "OnlyDropout" not in miss
+
+
+def test_text_report_groups_near_misses_on_stderr(model, capsys):
+    code = main(["apply", "--rules", str(PACK), "--no-cache", "--jobs", "1", "--near-misses", str(model)])
+    out, err = capsys.readouterr()
+    assert code == 0
+    lines = [ln for ln in err.splitlines() if "near-miss[" in ln]
+    assert len(lines) == 5
+    numbers = [int(ln.split(":")[1]) for ln in lines]
+    assert numbers == sorted(numbers)
+    assert f"model.py:{line_of(MODEL, 'dim=1')}: near-miss[adopter:softmax] in Softmaxes: " in err
+    code = main(["apply", "--rules", str(PACK), "--no-cache", "--jobs", "1", str(model)])
+    assert "near-miss[" not in capsys.readouterr().err
+
+
+def test_explain_place(model, capsys):
+    line = line_of(MODEL, "return self.norm(x) + z")
+    assert main(["explain", "--rules", str(PACK), f"{model}:{line}"]) == 0
+    out = capsys.readouterr().out
+    assert f"{model}:{line} in NoResidualRead.forward" in out
+    assert "near miss adopter:dropout_layernorm" in out and "does not fit" in out
+    line = line_of(MODEL, "return self.norm(self.drop(x) + res)")
+    assert main(["explain", "--rules", str(PACK), f"{model}:{line}"]) == 0
+    assert "applied   adopter:dropout_layernorm" in capsys.readouterr().out
+    line = line_of(MODEL, "return y + h")
+    assert main(["explain", "--rules", str(PACK), f"{model}:{line}"]) == 0
+    assert "skipped   adopter:conv_batchnorm" in capsys.readouterr().out
+    line = len(MODEL.splitlines())  # OnlyDropout's `return self.drop(x)`
+    assert main(["explain", "--rules", str(PACK), f"{model}:{line}"]) == 0
+    assert "holds no rule's anchors" in capsys.readouterr().out
+
+
+def test_explain_place_usage_errors(model, capsys):
+    assert main(["explain", "--rules", str(PACK), f"{model}:9999"]) == 2
+    assert "not 9999" in capsys.readouterr().err
+    assert main(["explain", "--rules", str(PACK), f"{model}.missing:3"]) == 2
+    assert "no such file" in capsys.readouterr().err
+    # Codes still work.
+    assert main(["explain", "ADR201"]) == 0
+    assert "ADR201" in capsys.readouterr().out
+
+
+def test_recording_is_off_by_default(model):
+    """A normal match_file run records nothing; a recorder sees the failures."""
+    from dslc.analysis import analyze_file
+    from dslc.compiler import compile_pack
+    from dslc.loader import load_rules
+    from dslc.matcher import match_file
+    from dslc.nearmiss import Recorder
+
+    compiled = compile_pack(load_rules([str(PACK)]).packs[0])
+    facts = analyze_file(str(model))
+    plain = match_file(compiled, facts)
+    rec = Recorder()
+    recorded = match_file(compiled, facts, recorder=rec)
+    assert [m.lines for m in plain] == [m.lines for m in recorded]
+    assert any(e.fail is not None and not e.fail for _, e in rec.best.values())
