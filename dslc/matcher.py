@@ -446,9 +446,9 @@ def _run(cr: CompiledRule, ctx: _PathCtx, anchor_pos: int, scope: _Scope, dbg: _
                             f"{sorted(ctx.writes[q] & bound)}, bound before: kills the partial match at pattern node {k}")
                 if rec is not None:
                     rec.event(cr, scope, nodes[anchor_pos], _at(p), k, 0.5,
-                              Fail("line {} writes {} again before the pattern completes",
-                                   nodes[q].stmt.lines[0], ", ".join(sorted(ctx.writes[q] & bound))),
-                              node=nodes[q], stage="forward")
+                              Fail("line {} writes {} again", nodes[q].stmt.lines[0],
+                                   ", ".join(f"`{n}`" for n in sorted(ctx.writes[q] & bound))),
+                              node=nodes[q], stage="kill")
                 return
         if k > a and watching(p, None):
             dbg.say(file, cr.name, f"pattern node {k} ({trans[k].test.describe()}): no later node of the path matched")

@@ -56,7 +56,7 @@ class _Event:
     k: int  # the pattern node that failed
     fail: Fail | None  # None: no node of the path fitted pattern node k
     node: object  # the path node that failed it, if any
-    stage: str  # forward | init | where
+    stage: str  # forward | kill | init | where
 
 
 def _unit(cr, scope, anchor) -> tuple:
@@ -250,6 +250,9 @@ def describe(e: _Event) -> str:
     found = _found_text(e.matched)
     if e.stage == "forward" and e.anchor is None:  # an init-only rule
         return tidy(e.fail.reason) if e.fail else "forward does not call the layer"
+    if e.stage == "kill":  # a node between matched ones rebinds a matched value
+        want = f"`{pattern_text(trans[e.k])}`" if e.k < len(trans) else "the next pattern node"
+        return f"found {found}, but {e.fail.reason} before a node fits {want}"
     if e.stage == "forward":
         want = f"`{pattern_text(trans[e.k])}`" if e.k < len(trans) else "the next pattern node"
         if e.fail is None:

@@ -84,6 +84,18 @@ class ReadAfter(nn.Module):
         return y + h
 
 
+class Rebound(nn.Module):
+    def __init__(self, h):
+        super().__init__()
+        self.drop = nn.Dropout(0.1)
+        self.norm = nn.LayerNorm(h)
+
+    def forward(self, x, res):
+        y = self.drop(x)
+        y = y * 2
+        return self.norm(y + res)
+
+
 class OnlyDropout(nn.Module):
     def __init__(self):
         super().__init__()
@@ -163,6 +175,9 @@ def test_each_miss_says_why(model):
     assert ra["kind"] == "skipped" and ra["rule"] == "adopter:conv_batchnorm"
     skipped = [m for m in report["matches"] if m["class"] == "ReadAfter"]
     assert skipped and skipped[0]["status"] == "skipped" and ra["reason"] == skipped[0]["reason"]
+    # A matched value written again between the pattern's nodes.
+    [rb] = miss["Rebound"]
+    assert f"line {line_of(MODEL, 'y = y * 2')} writes `y` again before a node fits `$y + $res" in rb["reason"]
     # Applied places and classes without every anchor name are no near misses.
     assert "Fused" not in miss and "OnlyDropout" not in miss
 
@@ -172,7 +187,7 @@ def test_text_report_groups_near_misses_on_stderr(model, capsys):
     out, err = capsys.readouterr()
     assert code == 0
     lines = [ln for ln in err.splitlines() if "near-miss[" in ln]
-    assert len(lines) == 5
+    assert len(lines) == 6
     numbers = [int(ln.split(":")[1]) for ln in lines]
     assert numbers == sorted(numbers)
     assert f"model.py:{line_of(MODEL, 'dim=1')}: near-miss[adopter:softmax] in Softmaxes: " in err
