@@ -107,6 +107,7 @@ class _Place:
     class_name: str | None
     function: str | None
     line: int
+    hint: str | None = None  # the reason when no attempt can start (the anchor layer is never called)
 
 
 def places(compiled, facts) -> list[_Place]:
@@ -142,6 +143,23 @@ def places(compiled, facts) -> list[_Place]:
                         if k not in found or line < found[k].line and unit[0] == "class":
                             found[k] = _Place(cr, unit, scope.cls.name if scope.cls else None,
                                               node.stmt.method if unit[0] == "node" else "forward", line)
+    # A class that builds a rule's anchor layer in __init__ but whose forward
+    # never calls it (a layer list iterated, a call the analysis cannot see).
+    for cr in compiled.rules:
+        anchor = cr.forward.anchor if cr.forward is not None and cr.init is not None else None
+        if anchor is None or anchor[0] != "layer":
+            continue
+        for cls in facts.classes:
+            key = (cr.name, ("class", cls.qualname))
+            if key in found or not cr.names <= class_names[cls.qualname]:
+                continue
+            built = [b for b in cls.init if b.type == anchor[1]]
+            if built:
+                b = built[0]
+                line = b.stmt.lines[0] if b.stmt else cls.lines[0]
+                found[key] = _Place(cr, key[1], cls.name, "__init__", line,
+                                    f"self.{b.attr} = {_short(anchor[1])}(...) (line {line}) is built in __init__, "
+                                    f"but no path of forward calls it")
     for r in compiled.init_only:
         cr = compiled.rules[r]
         types = {t.type for t in cr.init.tests}
@@ -308,7 +326,7 @@ def near_misses(compiled, facts, matches: Iterable[ir.Match], *, file: str | Non
     for p in todo:
         got = rec.best.get((p.rule.name, p.key))
         if got is None:
-            reason = "the rule's anchor is here, but no attempt from it got further"
+            reason = p.hint or "the rule's anchor is here, but no attempt from it got further"
             line = p.line
         else:
             e = got[1]

@@ -21,6 +21,20 @@ MODEL = '''\
 import torch
 from torch import nn
 import torch.nn.functional as F
+from transformers.models.gpt2.modeling_gpt2 import GPT2Attention
+
+
+def scores(x):
+    return F.softmax(x, dim=0)
+
+
+class NeverCalled(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.attn = GPT2Attention(config, is_cross_attention=False, layer_idx=0)
+
+    def forward(self, x):
+        return x
 
 
 class NoResidualRead(nn.Module):
@@ -178,6 +192,13 @@ def test_each_miss_says_why(model):
     # A matched value written again between the pattern's nodes.
     [rb] = miss["Rebound"]
     assert f"line {line_of(MODEL, 'y = y * 2')} writes `y` again before a node fits `$y + $res" in rb["reason"]
+    # A module-level function (an init-less rule's place is each anchor call).
+    [fn] = miss[None]
+    assert fn["rule"] == "adopter:softmax" and fn["function"] == "scores" and "'0'" in fn["reason"]
+    # A layer the rule replaces, built but never called by forward.
+    [nc] = miss["NeverCalled"]
+    assert nc["rule"] == "adopter:gpt2_attention" and nc["line"] == line_of(MODEL, "self.attn = GPT2Attention")
+    assert "no path of forward calls it" in nc["reason"]
     # Applied places and classes without every anchor name are no near misses.
     assert "Fused" not in miss and "OnlyDropout" not in miss
 
@@ -187,7 +208,7 @@ def test_text_report_groups_near_misses_on_stderr(model, capsys):
     out, err = capsys.readouterr()
     assert code == 0
     lines = [ln for ln in err.splitlines() if "near-miss[" in ln]
-    assert len(lines) == 6
+    assert len(lines) == 8
     numbers = [int(ln.split(":")[1]) for ln in lines]
     assert numbers == sorted(numbers)
     assert f"model.py:{line_of(MODEL, 'dim=1')}: near-miss[adopter:softmax] in Softmaxes: " in err
@@ -237,3 +258,49 @@ def test_recording_is_off_by_default(model):
     recorded = match_file(compiled, facts, recorder=rec)
     assert [m.lines for m in plain] == [m.lines for m in recorded]
     assert any(e.fail is not None and not e.fail for _, e in rec.best.values())
+
+
+# ---------------------------------------------------------------------------
+# The benchmark's label sets and its near-miss counts (no corpus needed).
+
+
+def _bench():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("adopter_bench_nm", REPO / "benchmarks" / "adopter.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_both_label_sets_ship():
+    from dslc import corpus
+
+    paper = corpus.ground_truth()
+    adj = corpus.ground_truth(labels="adjudicated")
+    assert sum(paper.values()) == 474 and sum(adj.values()) == 497
+    assert set(paper) == set(adj)
+    # Two softmax places over another dimension than the last are removed.
+    assert sum(max(paper[k] - adj[k], 0) for k in paper) == 2
+    assert sum(max(adj[k] - paper[k], 0) for k in paper) == 25
+
+
+def test_score_counts_near_misses_per_rule():
+    from dslc.apply import MatchEntry
+    from dslc.nearmiss import NearMiss
+
+    bench = _bench()
+    records = [{
+        "model": "m1",
+        "matches": (MatchEntry("adopter:softmax", "m1.py", "A", (3,), "applied"),
+                    MatchEntry("adopter:softmax", "m1.py", "A", (9,), "skipped", "why")),
+        "near_misses": [NearMiss("adopter:softmax", "A", "forward", 5, "dim == -1 ..."),
+                        NearMiss("adopter:conv_batchnorm", "B", "forward", 7, "affine ...")],
+    }]
+    truth = {("m1", "rule_4"): 2, ("m1", "rule_7"): 1}
+    res = bench.score(records, truth, ["m1"])
+    assert res["rules"]["rule_4"]["near_misses"] == 1 and res["rules"]["rule_7"]["near_misses"] == 1
+    assert res["total"]["near_misses"] == 2 and res["total"]["tp"] == 1 and res["total"]["fn"] == 2
+    [miss4, miss7] = res["misses"]
+    assert miss4["near_misses"] == [{"class": "A", "line": 5, "reason": "dim == -1 ..."}]
+    assert miss7["near_misses"][0]["class"] == "B"
