@@ -49,6 +49,8 @@ from dslc.fileio import Found, SourceError, SourceFile
 
 Mode = Literal["diff", "write", "patch"]
 
+W_NEAR_MISS = "W199"  # the near-miss report of a file failed (a dslc bug; its rewrites stand)
+
 
 @dataclass(frozen=True, slots=True)
 class ApplyOptions:
@@ -409,8 +411,12 @@ def process_file(found: Found, source: SourceFile, facts, compiled: Compiled, op
             found_here = match_file(c, facts)
             matches.extend(found_here)
             if options.near_misses:
-                near += [NearMissEntry(n.rule, name, n.class_name, n.line, n.reason, n.function)
-                         for n in near_misses(c, facts, found_here, file=name)]
+                try:
+                    near += [NearMissEntry(n.rule, name, n.class_name, n.line, n.reason, n.function)
+                             for n in near_misses(c, facts, found_here, file=name)]
+                except Exception as exc:  # the report must not cost the file its rewrites
+                    err = _internal_error(name, exc)
+                    warnings.append(FileError(name, 0, W_NEAR_MISS, f"near-miss report failed: {err.message}"))
         if not matches:
             return FileResult(found, warnings=tuple(warnings), original=text, near_misses=tuple(near))
         result = rewrite_source(text, facts, matches, path=name)

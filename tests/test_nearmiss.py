@@ -304,3 +304,16 @@ def test_score_counts_near_misses_per_rule():
     [miss4, miss7] = res["misses"]
     assert miss4["near_misses"] == [{"class": "A", "line": 5, "reason": "dim == -1 ..."}]
     assert miss7["near_misses"][0]["class"] == "B"
+
+
+def test_a_failing_near_miss_report_keeps_the_rewrites(model, monkeypatch):
+    from dslc import apply
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("planted")
+
+    monkeypatch.setattr(apply, "near_misses", boom)
+    code, report = apply_json(model, "--near-misses")
+    assert code == 0 and report["errors"] == []
+    assert any(m["status"] == "applied" for m in report["matches"])
+    assert any(w["code"] == "W199" and "planted" in w["message"] for w in report["warnings"])

@@ -39,7 +39,8 @@ processed), 2 usage error or a rule pack with errors.
 
 error codes: E100 cannot read, E101 does not parse, E102 not text in its
 encoding, E103 cannot write, E104 cannot encode the rewrite, E105 changed on
-disk during the run, E110 --verify failed, E199 internal error (a dslc bug).
+disk during the run, E110 --verify failed, E199 internal error (a dslc bug);
+warning W199: the near-miss report of a file failed (its rewrites stand).
 """
 
 
