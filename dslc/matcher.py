@@ -48,7 +48,10 @@ the benchmark labels count): the safety checks see the guards.
 
 Debugging: `DSLC_MATCH_DEBUG=<file suffix>:<line>` prints to stderr why the
 nodes at that line did not match (failed attempts are falsy `Fail` values
-carrying a reason).
+carrying a reason).  For users, `match_file(..., recorder=)` hands every
+failed attempt to a recorder (`dslc.nearmiss`: the near-miss report of
+`dslc apply --near-misses` and `dslc explain FILE:LINE`); without one, the
+hooks cost an `is None` test.
 """
 
 from __future__ import annotations

@@ -249,9 +249,13 @@ _VALUE = re.compile(r"'([^']*?)@-?\d+'")
 _BOUND = re.compile(r"(\$\w+) <- ([\w #]+): \1 is bound to (.+?), the node has (.+?)$")
 
 
+_KEY = re.compile(r"sub is `<(\$\w+)>\.(\w+)`, \$\w+ <- its base: needs `<value>\.\w+`, the node has '(.+?)'")
+
+
 def tidy(reason: str) -> str:
     """Slot names of the automaton dump (`p:dim`, `in0`) and the matcher's
     value positions (`x@3`) in words."""
+    reason = _KEY.sub(r"the key is `\3`, the rule needs `\1.\2`", reason)
     reason = _SLOT.sub(r"\1", reason)
     reason = _POS.sub(lambda m: f"argument #{int(m.group(1)) + 1}", reason)
     reason = _VALUE.sub(r"`\1`", reason)

@@ -21,6 +21,7 @@ MODEL = '''\
 import torch
 from torch import nn
 import torch.nn.functional as F
+from transformers.activations import ACT2FN
 from transformers.models.gpt2.modeling_gpt2 import GPT2Attention
 
 
@@ -108,6 +109,16 @@ class Rebound(nn.Module):
         y = self.drop(x)
         y = y * 2
         return self.norm(y + res)
+
+
+class OtherKey(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.fc1 = nn.Linear(4, 8)
+        self.act = ACT2FN[config.activation_function]
+
+    def forward(self, x):
+        return self.act(self.fc1(x))
 
 
 class OnlyDropout(nn.Module):
@@ -199,6 +210,10 @@ def test_each_miss_says_why(model):
     [nc] = miss["NeverCalled"]
     assert nc["rule"] == "adopter:gpt2_attention" and nc["line"] == line_of(MODEL, "self.attn = GPT2Attention")
     assert "no path of forward calls it" in nc["reason"]
+    # A lookup key the rule does not take.
+    [ok] = miss["OtherKey"]
+    assert ok["rule"] == "adopter:biased_gelu"
+    assert "the key is `config.activation_function`, the rule needs `$cfg.hidden_act`" in ok["reason"]
     # Applied places and classes without every anchor name are no near misses.
     assert "Fused" not in miss and "OnlyDropout" not in miss
 
@@ -208,7 +223,7 @@ def test_text_report_groups_near_misses_on_stderr(model, capsys):
     out, err = capsys.readouterr()
     assert code == 0
     lines = [ln for ln in err.splitlines() if "near-miss[" in ln]
-    assert len(lines) == 8
+    assert len(lines) == 9
     numbers = [int(ln.split(":")[1]) for ln in lines]
     assert numbers == sorted(numbers)
     assert f"model.py:{line_of(MODEL, 'dim=1')}: near-miss[adopter:softmax] in Softmaxes: " in err
