@@ -167,6 +167,8 @@ def test_json_has_near_misses_only_when_asked(model):
     assert code == 0 and "near_misses" not in plain
     code, report = apply_json(model, "--near-misses")
     assert code == 0
+    assert "near_misses" not in plain["summary"]["adopter:softmax"]
+    assert report["summary"]["adopter:softmax"] == {"found": 1, "applied": 1, "skipped": 0, "near_misses": 2}
     # The rewrites are the same with and without the report.
     assert [(m["rule"], m["class"], m["status"]) for m in report["matches"]] == \
            [(m["rule"], m["class"], m["status"]) for m in plain["matches"]]
@@ -227,8 +229,13 @@ def test_text_report_groups_near_misses_on_stderr(model, capsys):
     numbers = [int(ln.split(":")[1]) for ln in lines]
     assert numbers == sorted(numbers)
     assert f"model.py:{line_of(MODEL, 'dim=1')}: near-miss[adopter:softmax] in Softmaxes: " in err
+    # The summary table counts them per rule (the unmatched ones; skipped are skipped).
+    row = next(ln for ln in err.splitlines() if ln.startswith("adopter:conv_batchnorm "))
+    assert row.split()[1:] == ["1", "0", "1", "2"]
+    assert "near-miss" in next(ln for ln in err.splitlines() if ln.startswith("rule "))
     code = main(["apply", "--rules", str(PACK), "--no-cache", "--jobs", "1", str(model)])
-    assert "near-miss[" not in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "near-miss" not in err
 
 
 def test_explain_place(model, capsys):
