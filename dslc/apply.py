@@ -103,6 +103,7 @@ class NearMissEntry:
     reason: str
     function: str | None = None
     kind: Literal["unmatched", "skipped"] = "unmatched"
+    code: str | None = None  # N1xx-N4xx for unmatched places (dslc.codes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -412,7 +413,8 @@ def process_file(found: Found, source: SourceFile, facts, compiled: Compiled, op
             matches.extend(found_here)
             if options.near_misses:
                 try:
-                    near += [NearMissEntry(n.rule, name, n.class_name, n.line, n.reason, n.function)
+                    near += [NearMissEntry(n.rule, name, n.class_name, n.line, n.reason, n.function,
+                                           code=getattr(n, "code", None))
                              for n in near_misses(c, facts, found_here, file=name)]
                 except Exception as exc:  # the report must not cost the file its rewrites
                     err = _internal_error(name, exc)

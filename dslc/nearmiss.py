@@ -45,6 +45,7 @@ class NearMiss:
     function: str | None
     line: int
     reason: str
+    code: str = "N101"  # dslc.codes: N1xx forward, N2xx init, N3xx where, N4xx no attempt
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +109,7 @@ class _Place:
     function: str | None
     line: int
     hint: str | None = None  # the reason when no attempt can start (the anchor layer is never called)
+    anchor: object = None  # the first anchor node seen
 
 
 def places(compiled, facts) -> list[_Place]:
@@ -142,7 +144,8 @@ def places(compiled, facts) -> list[_Place]:
                         k = (cr.name, unit)
                         if k not in found or line < found[k].line and unit[0] == "class":
                             found[k] = _Place(cr, unit, scope.cls.name if scope.cls else None,
-                                              node.stmt.method if unit[0] == "node" else "forward", line)
+                                              node.stmt.method if unit[0] == "node" else "forward", line,
+                                              anchor=node)
     # A class that builds a rule's anchor layer in __init__ but whose forward
     # never calls it (a layer list iterated, a call the analysis cannot see).
     for cr in compiled.rules:
@@ -266,6 +269,17 @@ def _found_text(nodes) -> str:
     return " then ".join(f"`{node_text(n)}` (line {n.stmt.lines[0]})" for n in nodes)
 
 
+def code_of(e: _Event) -> str:
+    """The near-miss code of an attempt (`dslc explain N101`)."""
+    if e.stage == "kill":
+        return "N102"
+    if e.stage == "forward":
+        if e.anchor is None:
+            return "N401"
+        return "N103" if e.fail is None else "N101"
+    return "N201" if e.stage == "init" else "N301"
+
+
 def describe(e: _Event) -> str:
     """The reason of the deepest attempt, in words."""
     trans = e.rule.forward.transitions if e.rule.forward is not None else ()
@@ -287,6 +301,15 @@ def describe(e: _Event) -> str:
         return f"{head}__init__ does not fit: {tidy(e.fail.reason)}"
     head = f"matched ({found}), but " if found else ""
     return f"{head}a constraint does not hold: {tidy(e.fail.reason)}"
+
+
+def _no_attempt(p: _Place) -> str:
+    auto = p.rule.forward
+    where = f"`{node_text(p.anchor)}` (line {p.anchor.stmt.lines[0]})" if p.anchor is not None else "here"
+    if auto is not None and auto.anchor_index > 0:
+        before = ", ".join(f"`{pattern_text(t)}`" for t in auto.transitions[:auto.anchor_index])
+        return f"the rule's anchor {where} is here, but no node before it fits {before}"
+    return f"the rule's anchor {where} is here, but no attempt from it got further"
 
 
 # ---------------------------------------------------------------------------
@@ -330,13 +353,14 @@ def near_misses(compiled, facts, matches: Iterable[ir.Match], *, file: str | Non
     for p in todo:
         got = rec.best.get((p.rule.name, p.key))
         if got is None:
-            reason = p.hint or "the rule's anchor is here, but no attempt from it got further"
+            reason = p.hint or _no_attempt(p)
+            code = "N401" if p.hint else "N402"
             line = p.line
         else:
             e = got[1]
-            reason = describe(e)
+            reason, code = describe(e), code_of(e)
             first = e.matched[0] if e.matched else (e.anchor if e.anchor is not None else None)
             line = first.stmt.lines[0] if first is not None and p.key[0] == "class" else p.line
-        out.append(NearMiss(p.rule.name, p.class_name, p.function, line, reason))
+        out.append(NearMiss(p.rule.name, p.class_name, p.function, line, reason, code))
     out.sort(key=lambda n: (n.line, n.rule))
     return out

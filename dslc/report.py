@@ -106,7 +106,7 @@ def to_json(report: Report) -> dict:
         "warnings": [_error_json(w) for w in report.warnings],
         **({} if report.near_misses is None else {"near_misses": [
             {"rule": n.rule, "file": n.file, "class": n.class_name, "line": n.line, "reason": n.reason,
-             "function": n.function, "kind": n.kind}
+             "function": n.function, "kind": n.kind, "code": n.code}
             for n in report.near_misses
         ]}),
         "missing_kernels": [
@@ -174,7 +174,8 @@ def render_near_misses(report: Report) -> str:
         where = f"{n.file}:{n.line}" if n.line else n.file
         cls = f" in {n.class_name}" if n.class_name else ""
         how = "skipped: " if n.kind == "skipped" else ""
-        lines.append(f"{where}: near-miss[{n.rule}]{cls}: {how}{n.reason}\n")
+        code = f" [{n.code}]" if n.code else ""
+        lines.append(f"{where}: near-miss[{n.rule}]{cls}: {how}{n.reason}{code}\n")
     return "".join(lines)
 
 

@@ -339,3 +339,91 @@ def test_a_failing_near_miss_report_keeps_the_rewrites(model, monkeypatch):
     assert code == 0 and report["errors"] == []
     assert any(m["status"] == "applied" for m in report["matches"])
     assert any(w["code"] == "W199" and "planted" in w["message"] for w in report["warnings"])
+
+
+CODES_PACK = '''\
+pack t "near-miss codes"
+
+rule drop_half "Dropout(0.5) only" {
+  kernel torch.nn.Identity
+  exact
+  init {
+    torch.nn.Dropout($p) -> $drop;
+  } => {
+    torch.nn.Identity() -> $drop;
+  }
+  forward {
+    $drop($x) -> $y;
+  } => {
+    $drop($x) -> $y;
+  }
+  where $p == 0.5
+}
+
+rule after_any "softmax of a computed value" {
+  kernel torch.softmax
+  exact
+  forward {
+    * -> $a;
+    torch.nn.functional.softmax($a, dim=-1) -> $y;
+  } => {
+    torch.softmax($a, -1) -> $y;
+  }
+}
+'''
+
+CODES_MODEL = '''\
+import torch.nn.functional as F
+from torch import nn
+
+
+class Tenth(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.drop = nn.Dropout(0.1)
+
+    def forward(self, x):
+        return self.drop(x)
+
+
+def first(x):
+    return F.softmax(x, dim=-1)
+'''
+
+
+def test_codes_of_near_misses(model, tmp_path, capsys):
+    from dslc import codes
+
+    _, report = apply_json(model, "--near-misses")
+    got = {(n["class"], n["code"]) for n in report["near_misses"] if n["kind"] == "unmatched"}
+    assert {("NoResidualRead", "N101"), ("Rebound", "N102"), ("UnpackedKwargs", "N201"),
+            ("NotAffine", "N201"), ("OtherKey", "N201"), ("NeverCalled", "N401"), (None, "N101")} <= got
+    assert all(n["code"] is None for n in report["near_misses"] if n["kind"] == "skipped")
+    # A dropout whose result is never added (N103).
+    plain = tmp_path / "plain.py"
+    plain.write_text(MODEL.split("class NoResidualRead")[0] + '''
+class NoAdd(nn.Module):
+    def __init__(self, h):
+        super().__init__()
+        self.drop = nn.Dropout(0.1)
+        self.norm = nn.LayerNorm(h)
+
+    def forward(self, x):
+        return self.norm(self.drop(x))
+''')
+    _, report = apply_json(plain, "--near-misses")
+    [n] = [n for n in report["near_misses"] if n["class"] == "NoAdd"]
+    assert n["code"] == "N103" and "no later node fits `$y + $res -> $z`" in n["reason"]
+    # A refuted `where` (N301) and a leading wildcard with nothing before the anchor (N402).
+    pack = tmp_path / "t.adr"
+    pack.write_text(CODES_PACK)
+    src = tmp_path / "m.py"
+    src.write_text(CODES_MODEL)
+    assert main(["apply", "--rules", str(pack), "--no-cache", "--jobs", "1", "--near-misses", str(src)]) == 0
+    err = capsys.readouterr().err
+    assert "near-miss[t:drop_half] in Tenth: " in err and "where $p == 0.5: $p is 0.1 [N301]" in err
+    assert "near-miss[t:after_any]: the rule's anchor `softmax(...)` (line 15) is here, " \
+           "but no node before it fits `* -> $a` [N402]" in err
+    for code in ("N101", "N102", "N103", "N201", "N301", "N401", "N402", "W199"):
+        assert codes.lookup(code) is not None
+    assert main(["explain", "N102"]) == 0 and "written again" in capsys.readouterr().out

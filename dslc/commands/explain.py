@@ -151,7 +151,8 @@ def explain_text(report, path: str, line: int, cls: str | None, func: str | None
         else:
             out.append(f"  skipped   {m.rule} ({lines}): {m.reason or 'no reason given'}\n")
     for n in near_here:
-        out.append(f"  near miss {n.rule} (line {n.line}): {n.reason}\n")
+        code = f" [{n.code}]" if n.code else ""
+        out.append(f"  near miss {n.rule} (line {n.line}): {n.reason}{code}\n")
     if len(out) == 1:
         scope = f"class {cls}" if cls else "this line"
         out.append(f"  no rule matched, and {scope} holds no rule's anchors "
