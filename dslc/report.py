@@ -80,10 +80,12 @@ def file_diff(result: FileResult, *, bom: bool = False) -> str:
 def summary_counts(report: Report) -> dict[str, dict[str, int]]:
     """Per rule (every selected rule, in pack order): found, applied, skipped,
     suppressed (found = applied + skipped + suppressed; a suppressed match is
-    `skipped` with code S406 in the match list)."""
-    counts = {r: {"found": 0, "applied": 0, "skipped": 0, "suppressed": 0} for r in report.rules}
+    `skipped` with code S406 in the match list); with near misses asked for,
+    also `near_misses` (the unmatched places)."""
+    keys = ("found", "applied", "skipped", "suppressed") + (("near_misses",) if report.near_misses is not None else ())
+    counts = {r: dict.fromkeys(keys, 0) for r in report.rules}
     for m in report.matches:
-        c = counts.setdefault(m.rule, {"found": 0, "applied": 0, "skipped": 0, "suppressed": 0})
+        c = counts.setdefault(m.rule, dict.fromkeys(keys, 0))
         c["found"] += 1
         if m.status == "applied":
             c["applied"] += 1
@@ -91,6 +93,9 @@ def summary_counts(report: Report) -> dict[str, dict[str, int]]:
             c["suppressed"] += 1
         else:
             c["skipped"] += 1
+    for n in report.near_misses or ():
+        if n.kind == "unmatched":
+            counts.setdefault(n.rule, dict.fromkeys(keys, 0))["near_misses"] += 1
     return counts
 
 
@@ -127,6 +132,11 @@ def to_json(report: Report) -> dict:
         "summary": summary_counts(report),
         "suppressed": sum(1 for m in report.matches if m.code == codes.S_SUPPRESSED),
         "warnings": [_error_json(w) for w in report.warnings],
+        **({} if report.near_misses is None else {"near_misses": [
+            {"rule": n.rule, "file": n.file, "class": n.class_name, "line": n.line, "reason": n.reason,
+             "function": n.function, "kind": n.kind, "code": n.code}
+            for n in report.near_misses
+        ]}),
         "missing_kernels": [
             {
                 "pack": k.pack,
@@ -186,23 +196,39 @@ def render_notes(report: Report, *, skipped: bool = True, warnings: bool = True)
     return "".join(lines)
 
 
+def render_near_misses(report: Report) -> str:
+    """`file:line: near-miss[rule]: reason`, grouped per file (files in run order)."""
+    if not report.near_misses:
+        return ""
+    lines = []
+    for n in report.near_misses:
+        where = f"{n.file}:{n.line}" if n.line else n.file
+        cls = f" in {n.class_name}" if n.class_name else ""
+        how = "skipped: " if n.kind == "skipped" else ""
+        code = f" [{n.code}]" if n.code else ""
+        lines.append(f"{where}: near-miss[{n.rule}]{cls}: {how}{n.reason}{code}\n")
+    return "".join(lines)
+
+
 def render_summary(report: Report) -> str:
     """The per-rule table (found / applied / skipped) and a one-line total."""
     counts = summary_counts(report)
     width = max([len("rule")] + [len(r) for r in counts])
     # The `suppressed` column appears when a `# dslc: ignore` comment held a match back.
     sup = any(c["suppressed"] for c in counts.values())
-    extra = f"  {'suppressed':>10}" if sup else ""
+    near = report.near_misses is not None
+    extra = (f"  {'suppressed':>10}" if sup else "") + ("  near-miss" if near else "")
     rows = [f"{'rule':<{width}}  {'found':>5}  {'applied':>7}  {'skipped':>7}{extra}"]
-    tot = {"found": 0, "applied": 0, "skipped": 0, "suppressed": 0}
+    tot = {"found": 0, "applied": 0, "skipped": 0, "suppressed": 0, "near_misses": 0}
 
     def row(name, c):
         return (f"{name:<{width}}  {c['found']:>5}  {c['applied']:>7}  {c['skipped']:>7}"
-                + (f"  {c['suppressed']:>10}" if sup else ""))
+                + (f"  {c['suppressed']:>10}" if sup else "")
+                + (f"  {c['near_misses']:>9}" if near else ""))
 
     for rule, c in counts.items():
         rows.append(row(rule, c))
-        for k in tot:
+        for k in c:
             tot[k] += c[k]
     rows.append(row("total", tot))
     changed = sum(1 for f in report.files if f.changed)

@@ -103,14 +103,21 @@ def to_sarif(report, packs=()) -> dict:
                                          "replacements": fixes[i]}],
                 }]
             results.append(result)
-    for nm in getattr(report, "near_misses", ()) or ():  # "why not" entries, where the report has them
-        results.append({
-            "ruleId": getattr(nm, "rule", "dslc"),
+    for nm in getattr(report, "near_misses", None) or ():  # with --near-misses: places a rule did not fit
+        if getattr(nm, "kind", "unmatched") != "unmatched":
+            continue  # a skipped match: already a result above
+        result = {
+            "ruleId": nm.rule,
             "level": "note",
-            "message": {"text": f"near miss: {getattr(nm, 'reason', None) or getattr(nm, 'message', '')}"},
-            "locations": [_location(_uri(getattr(nm, "file", "")), getattr(nm, "lines", ()) or ())],
-            "properties": {"status": "near-miss", "code": getattr(nm, "code", None)},
-        })
+            "message": {"text": f"near miss{' in ' + nm.class_name if nm.class_name else ''}: {nm.reason}"},
+            "locations": [_location(_uri(_near_path(report, nm.file)), [nm.line] if nm.line else [])],
+            "properties": {"status": "near-miss", "class": nm.class_name, "function": nm.function},
+        }
+        if nm.rule in index:
+            result["ruleIndex"] = index[nm.rule]
+        if getattr(nm, "code", None):
+            result["properties"]["code"] = nm.code
+        results.append(result)
     notifications = [{
         "level": "error",
         "message": {"text": e.message},
@@ -131,6 +138,14 @@ def to_sarif(report, packs=()) -> dict:
         "results": results,
     }
     return {"$schema": SCHEMA, "version": "2.1.0", "runs": [run]}
+
+
+def _near_path(report, display: str) -> str:
+    """A near miss names its file as reported (`display`): the same path as its file's results."""
+    for f in report.files:
+        if f.found.display == display:
+            return diff_path(f)
+    return display
 
 
 def _message(m, rule) -> str:

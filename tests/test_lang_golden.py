@@ -60,6 +60,14 @@ def test_every_code_is_exercised():
         "ADR502": "test_outcomes_check.test_names_and_types",
         "ADR503": "test_outcomes_check.test_names_and_types",
         "ADR504": "test_outcomes_check.test_names_and_types",
+        "N101": "test_nearmiss.test_each_miss_says_why",
+        "N102": "test_nearmiss.test_each_miss_says_why",
+        "N103": "test_nearmiss.test_codes_of_near_misses",
+        "N201": "test_nearmiss.test_each_miss_says_why",
+        "N301": "test_nearmiss.test_codes_of_near_misses",
+        "N401": "test_nearmiss.test_each_miss_says_why",
+        "N402": "test_nearmiss.test_codes_of_near_misses",
+        "W199": "test_nearmiss.test_a_failing_near_miss_report_keeps_the_rewrites",
     }
     text = "".join(p.with_suffix(".expected").read_text(encoding="utf-8") for p in CASES)
     # Rule-file codes only; the codes of `dslc apply` are tests/test_outcomes_*.py's.

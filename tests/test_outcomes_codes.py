@@ -26,12 +26,13 @@ from dslc.cli import main
 REPO = Path(__file__).resolve().parent.parent
 PACK = REPO / "rulepacks" / "adopter.adr"
 SOURCES = sorted(list((REPO / "dslc").rglob("*.py")) + list((REPO / "benchmarks").glob("*.py")))
-CODE_RE = re.compile(r"\b(ADR\d{3}|[EWIS]\d{3})\b")
+CODE_RE = re.compile(r"\b(ADR\d{3}|[EWISN]\d{3})\b")
 
 
 def test_every_registered_code_is_documented_and_explained(capsys):
     assert len(codes.REGISTRY) > 60
-    prefixes = {"ADR": {"error", "warning"}, "E": {"error"}, "W": {"warning"}, "I": {"note"}, "S": {"skip"}}
+    prefixes = {"ADR": {"error", "warning"}, "E": {"error"}, "W": {"warning"}, "I": {"note"}, "S": {"skip"},
+                "N": {"note"}}
     for code, entry in codes.REGISTRY.items():
         assert entry.code == code and CODE_RE.fullmatch(code), code
         kind = "ADR" if code.startswith("ADR") else code[0]

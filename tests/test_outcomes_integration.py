@@ -315,3 +315,15 @@ def test_unsafe_key_is_read_and_the_flag_wins(tmp_path):
     assert settings.jobs == 1 and settings.cache_dir == "/x"
     settings, _ = _settings(build_parser().parse_args(["apply", "--no-config", "--rules", str(PACK), str(src)]))
     assert settings.unsafe is False and settings.jobs >= 1
+
+
+def test_sarif_has_one_result_per_near_miss(tmp_path, capsys, monkeypatch):
+    validator = _validator()
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "attn.py").write_text(SOFTMAX + "\n\ndef other(scores):\n    return F.softmax(scores, dim=1)\n")
+    code, out, _ = run(capsys, "--rules", PACK, "--select", "adopter:softmax", "--format", "sarif", "--near-misses", ".")
+    log = json.loads(out)
+    assert not list(validator.iter_errors(log))
+    near = [r for r in log["runs"][0]["results"] if r["properties"]["status"] == "near-miss"]
+    assert near and all(r["level"] == "note" and r["properties"]["code"].startswith("N") for r in near)
+    assert near[0]["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] == "attn.py"

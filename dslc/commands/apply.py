@@ -54,7 +54,8 @@ Every outcome has a code (skipped[S204], warning[W101], error[E101]);
 
 error codes: E100 cannot read, E101 does not parse, E102 not text in its
 encoding, E103 cannot write, E104 cannot encode the rewrite, E105 changed on
-disk during the run, E110 --verify failed, E199 internal error (a dslc bug).
+disk during the run, E110 --verify failed, E199 internal error (a dslc bug);
+warning W199: the near-miss report of a file failed (its rewrites stand).
 """
 
 
@@ -121,6 +122,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--verify", action="store_true",
                    help="check each rewrite with `dslc verify` before emitting it; a rewrite "
                         "that fails is not written and the file is an error")
+    p.add_argument("--near-misses", action="store_true",
+                   help="also report every place that holds a rule's anchors but got no rewrite, with "
+                        "the reason (the pattern node, init argument or constraint that did not fit, or "
+                        "the check that refused it): `file:line: near-miss[rule]: reason` on stderr, "
+                        "`near_misses` in JSON")
     p.add_argument("--quiet", "-q", action="store_true",
                    help="text mode: no notes on skipped matches and analysis warnings")
     p.add_argument("--color", choices=("auto", "always", "never"), default="auto",
@@ -260,6 +266,7 @@ def run(args: argparse.Namespace) -> int:
         gitignore=args.gitignore,
         cache_dir=None if args.no_cache else settings.cache_dir,
         verify=args.verify,
+        near_misses=args.near_misses,
         # `unsafe` (the --unsafe flag or [tool.dslc] unsafe = true) where the driver has the option.
         **({"unsafe": settings.unsafe} if "unsafe" in {f.name for f in dataclasses.fields(driver.ApplyOptions)} else {}),
     )
@@ -283,6 +290,7 @@ def run(args: argparse.Namespace) -> int:
             sys.stdout.write(color.paint_diff(diff) if paint_out else diff)
         sys.stdout.flush()
         notes_out += render.render_notes(result, skipped=not args.quiet, warnings=not args.quiet)
+        notes_out += render.render_near_misses(result)
         notes_out += render.render_errors(result)
         if args.check:
             notes_out += "".join(f"would rewrite {render.diff_path(f)}\n" for f in result.files if f.changed)
