@@ -105,7 +105,7 @@ class NearMissEntry:
     reason: str
     function: str | None = None
     kind: Literal["unmatched", "skipped"] = "unmatched"
-    code: str | None = None  # N1xx-N4xx for unmatched places (dslc.codes)
+    code: str | None = None  # N1xx-N4xx for unmatched places, the skip reason's S code for skipped ones
 
 
 @dataclass(frozen=True, slots=True)
@@ -764,7 +764,7 @@ def file_near_misses(result: FileResult) -> list[NearMissEntry]:
     for m in result.matches:
         if m.status == "skipped":
             out.append(NearMissEntry(m.rule, m.file, m.class_name, m.lines[0] if m.lines else 0,
-                                     m.reason or "no reason given", m.function, "skipped"))
+                                     m.reason or "no reason given", m.function, "skipped", code=m.code))
     out.sort(key=lambda n: (n.line, n.rule, n.kind))
     return out
 
