@@ -34,7 +34,6 @@ examples:
   dslc apply --rules rulepacks/adopter.adr --format json transformers/models/ > report.json
       machine-readable report (rule, file, class, lines, status, reason)
   dslc apply --rules rulepacks/ --exclude 'tests/*' --exclude '*_old.py' --jobs 2 src/
-
   dslc apply --check src/
       CI / pre-commit: change nothing, exit 1 when some safe rewrite applies
   dslc apply --format sarif src/ > dslc.sarif
