@@ -637,7 +637,15 @@ class _Rewriter:
         if not ranges:
             return {}
         out: dict[str, str] = {}
-        for node in ast.walk(self.mod.tree):
+        lo_all, hi_all = min(lo for lo, _ in ranges), max(hi for _, hi in ranges)
+        stack = [self.mod.tree]
+        while stack:  # only the subtrees that reach into the matched lines
+            node = stack.pop()
+            for child in ast.iter_child_nodes(node):
+                if not hasattr(child, "lineno") or (child.lineno <= hi_all and (child.end_lineno or child.lineno) >= lo_all):
+                    stack.append(child)
+            if not hasattr(node, "lineno"):
+                continue
             is_lit = isinstance(node, ast.Constant) and not isinstance(node.value, bool) and node.value is not None \
                 or isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)) \
                 and isinstance(node.operand, ast.Constant)
