@@ -272,6 +272,12 @@ def verify_isolated(orig_src: str, new_src: str, *, path: str, rewritten_path: s
     """
     if not options.isolate or not hasattr(os, "fork"):
         return _verify(orig_src, new_src, path=path, rewritten_path=rewritten_path, options=options)
+    try:  # imported once here, not again in every child (and not counted in --timeout)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import torch  # noqa: F401
+    except ImportError:
+        pass  # the child says so, as a usage error
     device = options.device
     done: list[ClassResult] = []
     pending: list[str] | None = None
