@@ -331,3 +331,32 @@ def test_ctrl_c_exits_130_without_a_traceback(tree):
             proc.wait()
     assert proc.returncode == 130, err
     assert b"Traceback" not in out + err and b"interrupted" in err
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_parallel_apply_stops_the_workers_quietly():
+    transformers = pytest.importorskip("transformers")
+    models = Path(transformers.__file__).parent / "models"
+    children = Path("/proc/self/task")
+    if not children.exists():
+        pytest.skip("needs /proc to see the worker processes")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "dslc", "apply", "--rules", RULES, "--no-cache", "--jobs", "2",
+                             str(models)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.time() + TIMEOUT
+        kids = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+        while time.time() < deadline and proc.poll() is None:
+            if kids.exists() and len(kids.read_text().split()) >= 2:
+                break
+            time.sleep(0.1)
+        time.sleep(2)  # the workers are analysing
+        assert proc.poll() is None, "the run finished before it could be interrupted"
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130 and b"Traceback" not in err, err[-2000:]
