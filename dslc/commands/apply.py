@@ -42,7 +42,8 @@ not text in its encoding, E103 cannot write (read-only), E104 cannot encode
 the rewrite, E105 changed on disk during the run, E106 not a regular file
 (FIFO, device, socket: never opened), E107 --write through a symlink out of
 the paths given, E108 symlink loop, E109 larger than --max-file-size, E110
---verify failed, E199 internal error (a dslc bug).  `dslc explain E107`
+--verify failed, E199 internal error (a dslc bug); warning W199: the
+near-miss report of a file failed (its rewrites stand).  `dslc explain E107`
 says more.  Only regular files are read; symlinked folders are not entered;
 see docs/reliability.md.
 """
@@ -127,6 +128,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true",
                    help="with --write, also replace read-only files and files in read-only folders "
                         "(refused by default: E103)")
+    p.add_argument("--near-misses", action="store_true",
+                   help="also report every place that holds a rule's anchors but got no rewrite, with "
+                        "the reason (the pattern node, init argument or constraint that did not fit, or "
+                        "the check that refused it): `file:line: near-miss[rule]: reason` on stderr, "
+                        "`near_misses` in JSON")
     p.add_argument("--quiet", "-q", action="store_true",
                    help="text mode: no notes on skipped matches and analysis warnings")
     p.set_defaults(func=run, mode=None)
@@ -219,6 +225,7 @@ def run(args: argparse.Namespace) -> int:
                        else (args.max_file_size or None)),
         follow_symlinks_outside=args.follow_symlinks_outside,
         force=args.force,
+        near_misses=args.near_misses,
     )
     progress = _Progress(sys.stderr) if sys.stderr.isatty() else None
     try:
@@ -234,6 +241,7 @@ def run(args: argparse.Namespace) -> int:
             sys.stdout.write(render.render_diff(result))
         sys.stdout.flush()
         sys.stderr.write(render.render_notes(result, skipped=not args.quiet, warnings=not args.quiet))
+        sys.stderr.write(render.render_near_misses(result))
         sys.stderr.write(render.render_errors(result))
         sys.stderr.write(render.render_summary(result))
         for f in result.files:
