@@ -136,3 +136,15 @@ def test_display_path_and_writer_units():
     stream = io.TextIOWrapper(raw, encoding="ascii")
     output.write_json(json.dumps({"f": os.fsdecode(b"x\xff"), "g": "→"}), stream)
     assert json.loads(raw.getvalue().decode("utf-8")) == {"f": "x\\xff", "g": "→"}
+
+
+def test_check_json_with_non_ascii_rules_under_an_ascii_terminal(tmp_path):
+    rules = tmp_path / "r.adr"
+    rules.write_text('pack café "résumé → ∑"\nrule x { }\n', encoding="utf-8")
+    code, out, _ = dslc("check", str(rules), "--format", "json", env=ASCII)
+    assert code == 1
+    diags = json.loads(out.decode("utf-8"))  # valid UTF-8 JSON, not terminal escapes
+    assert diags
+    code, out, _ = dslc("check", str(rules), env=ASCII)
+    assert code == 1
+    out.decode("ascii")
