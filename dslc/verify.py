@@ -261,7 +261,9 @@ def verify_isolated(orig_src: str, new_src: str, *, path: str, rewritten_path: s
        packs); the child runs `_verify`, sending over a pipe the classes it
        will compare, each class as it starts, each result as it ends, and the
        report.  It ends with `os._exit`: the parent's exit handlers never run
-       in it.  Ctrl-C stops it with the parent.
+       in it.  It leads a process group of its own, killed when it is done,
+       so that nothing the user's code started outlives the check; Ctrl-C in
+       the parent kills it too.
     2. The parent collects the messages.  When the child ends without a
        report (the code it loaded called `os._exit`, a native crash, a
        signal) or runs past `options.timeout`: before any class, the report
@@ -335,6 +337,17 @@ def _send(fd: int, message: Any) -> None:
         data = data[n:]
 
 
+def _stop_group(pgid: int) -> None:
+    """Kill what is left of the child's process group (processes the user's code started)."""
+    import signal
+
+    try:
+        if pgid != os.getpgid(0):
+            os.killpg(pgid, signal.SIGKILL)
+    except OSError:
+        pass
+
+
 def _run_child(orig_src: str, new_src: str, path: str, rewritten_path: str,
                options: VerifyOptions) -> _ChildOutcome:
     import pickle
@@ -359,6 +372,10 @@ def _run_child(orig_src: str, new_src: str, path: str, rewritten_path: str,
             try:
                 signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C ends it quietly; the parent reports
             except (ValueError, OSError):
+                pass
+            try:  # a group of its own: whatever the user's code starts is stopped with it
+                os.setpgid(0, 0)
+            except OSError:
                 pass
 
             def progress(kind: str, value: Any) -> None:
@@ -388,14 +405,24 @@ def _run_child(orig_src: str, new_src: str, path: str, rewritten_path: str,
     deadline = None if options.timeout is None else time.monotonic() + options.timeout
     buffer = b""
     died = None
+    status = None  # the child's wait status, once it has ended
     try:
         while True:
-            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            wait = 0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic()))
+            if status is not None:
+                wait = 0.0  # the child is gone: take what is left, then stop
             ready, _, _ = select.select([read_fd], [], [], wait)
             if not ready:
-                outcome.timed_out = True
-                os.kill(pid, signal.SIGKILL)
-                break
+                if status is not None:
+                    break  # a process the child started may hold the pipe open: no EOF to wait for
+                if deadline is not None and time.monotonic() >= deadline:
+                    outcome.timed_out = True
+                    os.kill(pid, signal.SIGKILL)
+                    break
+                done_pid, done_status = os.waitpid(pid, os.WNOHANG)
+                if done_pid:
+                    status = done_status
+                continue
             chunk = os.read(read_fd, 1 << 16)
             if not chunk:
                 break
@@ -424,15 +451,22 @@ def _run_child(orig_src: str, new_src: str, path: str, rewritten_path: str,
                     outcome.results.append(value)
                     outcome.current = None
     except BaseException:  # Ctrl-C (or anything else) in the parent: the child goes too
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
-        os.waitpid(pid, 0)
+        if status is None:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+        _stop_group(pid)
         os.close(read_fd)
         raise
     os.close(read_fd)
-    _, status = os.waitpid(pid, 0)
+    if status is None:
+        _, status = os.waitpid(pid, 0)
+    _stop_group(pid)
     if outcome.report is None and outcome.usage_error is None:
         if outcome.timed_out:
             outcome.why = f"timed out after {options.timeout:g} s"

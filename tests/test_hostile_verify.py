@@ -306,3 +306,38 @@ def test_apply_verify_keeps_skips_as_warnings(tmp_path):
     report = apply.verify_sources(MODEL, skipped, path=str(tmp_path / "m.py"), rules=())
     assert report.ok and {r.status for r in report.results} == {"skipped"}
     assert not verify.verify_sources(MODEL, skipped, path=str(tmp_path / "m.py")).ok
+
+
+def test_a_process_left_behind_by_the_user_code_does_not_hold_verify(files, capsys, tmp_path):
+    # The factory forks a process that keeps the result pipe open and sleeps;
+    # verify must end when its own child ends (not when the pipe closes), and
+    # the stray process is stopped with the child's process group.
+    pid_file = tmp_path / "stray.pid"
+    factory_src = FACTORY + f'''
+
+def forks(cls):
+    import os, time
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(30)
+        os._exit(0)
+    open({str(pid_file)!r}, "w").write(str(pid))
+    return make(cls)
+'''
+    orig, new, fac = files(CHANGED, "forks")
+    Path(fac.rpartition(":")[0]).write_text(factory_src)
+    code, out, _ = cli(capsys, orig, new, "--factory", fac, "--class", "Block", "--timeout", "20")
+    assert code == 0 and "pass  Block" in out, out
+    stray = int(pid_file.read_text())
+    import time
+
+    for _ in range(50):  # reaped by init once killed
+        try:
+            os.kill(stray, 0)
+        except ProcessLookupError:
+            break
+        if Path(f"/proc/{stray}/stat").exists() and Path(f"/proc/{stray}/stat").read_text().split()[2] == "Z":
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the process the factory started is still running")
