@@ -377,6 +377,12 @@ def _run_child(orig_src: str, new_src: str, path: str, rewritten_path: str,
                 os.setpgid(0, 0)
             except OSError:
                 pass
+            torch = sys.modules.get("torch")
+            if torch is not None:  # the parent's OpenMP pool does not survive a fork: one thread here
+                try:
+                    torch.set_num_threads(1)
+                except Exception:  # noqa: BLE001
+                    pass
 
             def progress(kind: str, value: Any) -> None:
                 _send(write_fd, (kind, value))
