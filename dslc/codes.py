@@ -71,6 +71,8 @@ REGISTRY: dict[str, Code] = {}
 
 
 def _code(code: str, severity: str, title: str, doc: str) -> str:
+    if code in REGISTRY:  # two meanings for one code: a merge that renumbered nothing
+        raise ValueError(f"code {code} registered twice ({REGISTRY[code].title!r}, {title!r})")
     REGISTRY[code] = Code(code, severity, title, " ".join(doc.split()))
     return code
 
@@ -274,7 +276,7 @@ E_ENCODE = _code("E104", "error", "cannot encode the rewrite", """
 E_CHANGED = _code("E105", "error", "changed on disk during the run", """
     The file's bytes changed between reading and writing it (an editor or
     another tool wrote it). It is not overwritten; run dslc again.""")
-E_NO_CLASS = _code("E106", "error", "no such class", """
+E_NO_CLASS = _code("E120", "error", "no such class", """
     `dslc structure --class NAME` names no torch.nn.Module subclass of the
     file; the message lists the classes it has.""")
 E_VERIFY = _code("E110", "error", "--verify found the rewrite not equivalent", """
@@ -318,6 +320,11 @@ I_MISSING_KERNEL = _code("I120", "note", "a kernel package is not installed", ""
     A pack's `requires` names a package (or module, or version range) that is
     not importable here, and a rewrite of this run imports a kernel from it.
     The rewritten code needs it to run; the note gives the install hint.""")
+I_TEMP_REMOVED = _code("I130", "note", "stale temporary files removed", """
+    An earlier `dslc apply --write` was interrupted (killed, power loss)
+    between writing a file's temporary copy and replacing the file; this run
+    found such `*.dslc-tmp` files (of no dslc process still running) and
+    removed them. The files themselves were never half-written.""")
 
 # -- S1xx: the matcher refuses a match ---------------------------------------
 S_OVERLAP_RULE = _code("S101", "skip", "overlaps a match of an earlier rule", """
@@ -461,6 +468,30 @@ S_UNCLASSIFIED = _code("S499", "skip", "skipped (no code given)", """
     A skip reason produced without a code (code that predates the registry).
     Every reason dslc itself gives has a code; this one marks a gap to fill.""")
 
+
+# -- E10x: files `dslc apply` cannot process safely (docs/reliability.md) -------
+SPECIAL_FILE = _code("E106", "error", "not a regular file", """
+    The path is a FIFO (named pipe), a character or block device, or a
+    socket, possibly reached through a symlink. dslc reads only regular
+    files: such a file is reported and never opened, so that a FIFO cannot
+    block the run and a device such as /dev/zero cannot fill memory. Remove
+    it, or leave it out with `--exclude`.""")
+OUTSIDE_SYMLINK = _code("E107", "error", "symlink target outside the paths given", """
+    With `--write`, the file is a symlink whose real target lies outside
+    every path given on the command line; dslc does not rewrite files there
+    by default (the diff is still shown without --write). Give the target's
+    folder as a path too, or pass `--follow-symlinks-outside` to rewrite
+    symlink targets wherever they are. A symlink given itself as a PATH
+    counts as its target.""")
+SYMLINK_LOOP = _code("E108", "error", "symlink loop", """
+    The path is a symlink that resolves to itself, directly or through a
+    chain of links (or a chain too long to resolve). It is reported and not
+    followed. Remove or repair the link.""")
+FILE_TOO_LARGE = _code("E109", "error", "file too large", """
+    The source file is larger than `--max-file-size` (default 10M; `0`
+    means no limit). It is refused before it is read; model files are far
+    smaller, so this is usually generated or binary content. Raise the limit
+    or leave the file out with `--exclude`.""")
 
 # -- N1xx-N4xx: near misses (`dslc apply --near-misses`, `dslc explain FILE:LINE`) --
 NM_NODE = _code("N101", "note", "a pattern node did not fit", """

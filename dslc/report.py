@@ -26,6 +26,12 @@ def diff_path(result: FileResult) -> str:
        top of the git work tree that holds it (apply from there), else to
        the folder of the command-line PATH it was found under.
     """
+    from dslc.fileio import display_path
+
+    return display_path(_diff_path(result))
+
+
+def _diff_path(result: FileResult) -> str:
     path = os.path.abspath(result.found.path)
     try:
         rel = os.path.relpath(path)
@@ -235,6 +241,8 @@ def render_summary(report: Report) -> str:
     verb = {"diff": "would change", "write": "changed", "patch": "patched"}[report.mode]
     if report.mode == "write":
         changed = sum(1 for f in report.files if f.written)
+    elif report.mode == "patch":  # only patches actually written (a full disk is an E103, not a patch)
+        changed = sum(1 for f in report.files if f.patch)
     n_err = len(report.errors)
     rows.append(
         f"{report.files_scanned} file{'s' if report.files_scanned != 1 else ''} scanned in "

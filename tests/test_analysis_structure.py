@@ -120,7 +120,7 @@ def test_errors_are_located_and_never_tracebacks(tmp_path, capsys):
     ok = tmp_path / "ok.py"
     ok.write_text("x = 1\n")
     code, _, err = run_cli(capsys, str(ok), "--class", "Nope")
-    assert code == 1 and "error[E106]" in err
+    assert code == 1 and "error[E120]" in err
     code, _, err = run_cli(capsys, str(ok), "--format", "yaml")
     assert code == 2
     code, _, err = run_cli(capsys, str(ok), "--root", str(tmp_path / "nowhere"))

@@ -43,7 +43,7 @@ def test_every_registered_code_is_documented_and_explained(capsys):
         assert out.startswith(f"{code} ({entry.severity}): {entry.title}")
 
 
-@pytest.mark.parametrize("code", ["E199", "E110", "W110", "I110", "S204", "W101", "I120"])
+@pytest.mark.parametrize("code", ["E199", "E110", "W110", "I110", "S204", "W101", "I120", "I130", "E120"])
 def test_explain_knows_the_apply_codes(code, capsys):
     assert main(["explain", code]) == 0
     assert code in capsys.readouterr().out

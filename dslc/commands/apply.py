@@ -46,15 +46,20 @@ given on the command line wins.  A match with `# dslc: ignore` (or
 
 exit status: 0 all files processed, 1 some file failed (the others were still
 processed) or, with --check, some file would change, 2 usage error or a rule
-pack with errors.
+pack with errors, 130 interrupted.
 
 Every outcome has a code (skipped[S204], warning[W101], error[E101]);
 `dslc explain CODE` says what it means and `dslc explain --list` lists them.
 
-error codes: E100 cannot read, E101 does not parse, E102 not text in its
-encoding, E103 cannot write, E104 cannot encode the rewrite, E105 changed on
-disk during the run, E110 --verify failed, E199 internal error (a dslc bug);
-warning W199: the near-miss report of a file failed (its rewrites stand).
+error codes: E100 cannot read (or list a folder), E101 does not parse, E102
+not text in its encoding, E103 cannot write (read-only), E104 cannot encode
+the rewrite, E105 changed on disk during the run, E106 not a regular file
+(FIFO, device, socket: never opened), E107 --write through a symlink out of
+the paths given, E108 symlink loop, E109 larger than --max-file-size, E110
+--verify failed, E199 internal error (a dslc bug); warning W199: the
+near-miss report of a file failed (its rewrites stand).  `dslc explain E107`
+says more.  Only regular files are read; symlinked folders are not entered;
+see docs/reliability.md.
 """
 
 
@@ -66,6 +71,20 @@ def default_cache_dir() -> str:
     """`$XDG_CACHE_HOME/dslc/facts`, else `~/.cache/dslc/facts`."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "dslc", "facts")
+
+
+def _size(text: str) -> int:
+    """`--max-file-size`: bytes, or with a k/M/G suffix (powers of 1024); 0 = no limit."""
+    units = {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}
+    raw = text.strip().lower().removesuffix("b").removesuffix("i")
+    unit = raw[-1:] if raw[-1:] in ("k", "m", "g") else ""
+    try:
+        value = float(raw[: len(raw) - len(unit)])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size such as 10M, 500k or 1048576, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {text!r}")
+    return int(value * units[unit])
 
 
 def _positive_int(text: str) -> int:
@@ -121,6 +140,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--verify", action="store_true",
                    help="check each rewrite with `dslc verify` before emitting it; a rewrite "
                         "that fails is not written and the file is an error")
+    p.add_argument("--max-file-size", type=_size, default=None, metavar="SIZE",
+                   help="refuse (E109) source files larger than SIZE (bytes, or 500k, 10M; 0: no limit; "
+                        "default 10M)")
+    p.add_argument("--follow-symlinks-outside", action="store_true",
+                   help="with --write, also rewrite the target of a symlink that points outside the "
+                        "paths given (refused by default: E107)")
+    p.add_argument("--force", action="store_true",
+                   help="with --write, also replace read-only files and files in read-only folders "
+                        "(refused by default: E103)")
     p.add_argument("--near-misses", action="store_true",
                    help="also report every place that holds a rule's anchors but got no rewrite, with "
                         "the reason (the pattern node, init argument or constraint that did not fit, or "
@@ -219,23 +247,26 @@ def run(args: argparse.Namespace) -> int:
     """1. check paths, options and [tool.dslc], 2. load the packs, 3. apply,
     4. print, 5. exit code."""
     from dslc import apply as driver
-    from dslc import color
+    from dslc import codes, color
     from dslc import report as render
 
     if args.check and (args.mode == "write" or args.patch_dir):
         return _usage("--check changes nothing; it cannot be combined with --write or --patch-dir")
     mode = "patch" if args.patch_dir else (args.mode or "diff")
+    from dslc.fileio import DEFAULT_MAX_FILE_SIZE
+    from dslc.output import display_path, write_json
+
     settings, problem = _settings(args)
     if problem:
         return _usage(problem)
-    missing = [p for p in list(args.paths) + list(settings.rules) if not os.path.exists(p)]
+    missing = [p for p in list(args.paths) + list(settings.rules) if not os.path.lexists(p)]
     if missing:
-        return _usage(f"no such file or directory: {', '.join(missing)}")
+        return _usage(f"no such file or directory: {', '.join(display_path(m) for m in missing)}")
     if args.patch_dir:
         try:
             os.makedirs(args.patch_dir, exist_ok=True)
         except OSError as exc:
-            return _usage(f"--patch-dir {args.patch_dir}: {exc.strerror or exc}")
+            return _usage(f"--patch-dir {display_path(args.patch_dir)}: {exc.strerror or exc}")
     if args.verify and not driver.verify_available():
         return _usage("--verify needs the dslc.verify module, which is not part of this installation")
     try:
@@ -265,6 +296,10 @@ def run(args: argparse.Namespace) -> int:
         gitignore=args.gitignore,
         cache_dir=None if args.no_cache else settings.cache_dir,
         verify=args.verify,
+        max_file_size=(DEFAULT_MAX_FILE_SIZE if args.max_file_size is None
+                       else (args.max_file_size or None)),
+        follow_symlinks_outside=args.follow_symlinks_outside,
+        force=args.force,
         near_misses=args.near_misses,
         # `unsafe` (the --unsafe flag or [tool.dslc] unsafe = true) where the driver has the option.
         **({"unsafe": settings.unsafe} if "unsafe" in {f.name for f in dataclasses.fields(driver.ApplyOptions)} else {}),
@@ -278,11 +313,11 @@ def run(args: argparse.Namespace) -> int:
 
     notes_out = ""
     if args.format == "json":
-        sys.stdout.write(render.render_json(result))
+        write_json(render.render_json(result))
     elif args.format == "sarif":
         from dslc import sarif
 
-        sys.stdout.write(sarif.render_sarif(result, loaded.packs))
+        write_json(sarif.render_sarif(result, loaded.packs))
     else:
         if mode == "diff" and (not args.check or args.mode == "diff"):
             diff = render.render_diff(result)
@@ -296,9 +331,13 @@ def run(args: argparse.Namespace) -> int:
         notes_out += render.render_summary(result)
         for f in result.files:
             if f.patch:
-                notes_out += f"wrote {f.patch}\n"
+                notes_out += f"wrote {display_path(f.patch)}\n"
             elif f.written:
-                notes_out += f"rewrote {f.found.path}\n"
+                notes_out += f"rewrote {display_path(f.found.path)}\n"
+    if result.removed_temp_files:
+        n = len(result.removed_temp_files)
+        notes_out += (f"note[{codes.I_TEMP_REMOVED}]: removed {n} temporary file{'s' * (n != 1)} left by an interrupted dslc run: "
+                      f"{', '.join(result.removed_temp_files)}\n")
     if args.format != "text" and result.missing_kernels:
         # Also tell a human watching the terminal; the JSON field carries the data.
         notes_out += render.render_notes(result, skipped=False, warnings=False)

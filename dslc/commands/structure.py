@@ -1,7 +1,7 @@
 """`dslc structure`: print the model structures the analysis extracts.
 
 Exit codes: 0 success, 1 when the file cannot be read (E100), decoded
-(E102) or parsed (E101), or `--class` names no class of the file (E106),
+(E102) or parsed (E101), or `--class` names no class of the file (E120),
 2 on usage errors (bad arguments, a directory instead of a file).
 """
 
@@ -59,7 +59,9 @@ def add_parser(subparsers) -> None:
 
 
 def _error(path: str, line: int, col: int, code: str, message: str) -> None:
-    print(f"{path}:{line}:{col}: error[{code}]: {message}", file=sys.stderr)
+    from dslc.fileio import display_path
+
+    print(f"{display_path(path)}:{line}:{col}: error[{code}]: {message}", file=sys.stderr)
 
 
 def run(args) -> int:
@@ -71,11 +73,18 @@ def run(args) -> int:
     if args.root is not None and not os.path.isdir(args.root):
         print(f"dslc structure: error: --root {args.root}: not a directory", file=sys.stderr)
         return 2
+    if not os.path.lexists(path):
+        _error(path, 0, 0, codes.E_UNREADABLE, "no such file")
+        return 1
     if os.path.isdir(path):
         print(f"dslc structure: error: {path} is a directory; give one Python file", file=sys.stderr)
         return 2
-    if not os.path.exists(path):
-        _error(path, 0, 0, codes.E_UNREADABLE, "no such file")
+    from dslc import fileio
+
+    try:  # only a regular file of a sane size is read: a FIFO or /dev/zero would hang
+        fileio.read_bytes(path, fileio.DEFAULT_MAX_FILE_SIZE)
+    except fileio.SourceError as exc:
+        _error(path, exc.line, 0, exc.code, exc.message)
         return 1
     facts = analyze_file(path, root=args.root, inline=not args.no_inline, flatten=args.flatten)
     fatal = [p for p in facts.problems if p.code in ("syntax-error", "encoding", "io-error", "analysis-error")]
@@ -95,7 +104,9 @@ def run(args) -> int:
     from dslc.analysis.render import file_json, file_text
 
     if args.format == "json":
-        print(json.dumps(file_json(facts, only=args.cls), indent=2, ensure_ascii=False))
+        from dslc.output import write_json
+
+        write_json(json.dumps(file_json(facts, only=args.cls), indent=2, ensure_ascii=False))
     else:
         sys.stdout.write(file_text(facts, show_stmts=args.stmts, only=args.cls))
     return 0
