@@ -322,7 +322,7 @@ def _analyze_paths(paths, root, jobs, cache_dir, want, inline, flatten, deps_out
                 data = None
             if data is not None:
                 contents[i] = cachefile.digest(data)
-                keys[i] = _key(data + b"\0" + os.path.abspath(path).encode(), options)
+                keys[i] = _key(data + b"\0" + os.fsencode(os.path.abspath(path)), options)
                 hit = _cache_get(cache_dir, keys[i], memo, contents[i], file_deps[i])
                 if hit is not None:
                     results[i] = hit

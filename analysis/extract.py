@@ -867,7 +867,7 @@ class Extractor:
                             if isinstance(k, ast.Constant) and isinstance(k.value, str)]
         limit = self.options.max_container_elements or MAX_CONTAINER_ELEMENTS
         if len(elements) > limit:
-            self.problems.append(Problem("node-budget", f"self.{attr}: a {qual.rsplit('.', 1)[-1]} of "
+            self.problems.append(Problem("node-budget", f"node-budget: self.{attr}: a {qual.rsplit('.', 1)[-1]} of "
                                          f"{len(elements)} elements (more than {limit}); its elements are not "
                                          f"analysed", call.lineno))
             return []
@@ -979,13 +979,13 @@ class Extractor:
         try:
             alts = self._cap(self.block(fn.body, ("body",), (), frame, [Alt()]))
         except OverBudget as exc:
-            self.problems.append(Problem(exc.code, f"{owner}.{fn.name}: {exc.message}; its paths are not "
+            self.problems.append(Problem(exc.code, f"{exc.code}: {owner}.{fn.name}: {exc.message}; its paths are not "
                                          f"analysed (no rule is matched in it)", fn.lineno))
             return ()
         finally:
             _ACTIVE[0] = outer
         if budget.solver_out:
-            self.problems.append(Problem("solver-budget", f"{owner}.{fn.name}: z3 questions over more than "
+            self.problems.append(Problem("solver-budget", f"solver-budget: {owner}.{fn.name}: z3 questions over more than "
                                          f"{budget.max_queries} guards in all; later guards are assumed feasible (the guards of "
                                          f"every match are still checked)", fn.lineno))
         if self.capped:

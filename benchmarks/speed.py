@@ -141,7 +141,8 @@ def child(spec: dict) -> dict:
     out = {"cpu": cpu, "wall": time.perf_counter() - t0, "peak_mb": _peak_mb(),
            "rules": len(report.rules), "applied": sum(1 for m in report.matches if m.status == "applied"),
            "found": len(report.matches),
-           "budget_warnings": sorted({w.code for w in report.warnings if w.code.endswith("-budget")}),
+           "budget_warnings": sorted({w.message.split(":")[0] for w in report.warnings
+                                       if w.message.split(":")[0].endswith("-budget")}),
            "errors": len(report.errors)}
     if timer is not None:
         out["stages"] = timer.table()
