@@ -441,6 +441,89 @@ class _Rewriter:
             text = f"{text}[{env.term(callee.subscript)}]"
         return text
 
+    # -- reads of shape, dtype and device -----------------------------------
+
+    def metadata_check(self, match: ir.Match):
+        """`metadata_ok(path, pos, q, name)` for `safety.check_dataflow`, or None.
+
+        With `option keeps = "shape,dtype,..."` a read at node `q` of the
+        value the matched node at `pos` bound to `name` may stay when it looks
+        only at properties the rule keeps (`name.shape`, `name.size()`,
+        `name.dim()`, `name.ndim`, `name.dtype`, `name.device`) and, after the
+        rewrite, `name` there still holds a value with those properties:
+        1. the matched statement stays (the forward target equals the source)
+           and the rule keeps the properties of every value it changes;
+        2. the matched statement goes: `name` then falls back to its earlier
+           definition, which must be the input of a chain of matched calls,
+           each of a layer that keeps its input's shape, dtype and device
+           (`h = self.dropout(h)`: `h` is the Dropout's input again).
+        """
+        keeps = {k.strip() for k in str(match.rule.option("keeps") or "").split(",") if k.strip()}
+        if not keeps:
+            return None
+        unchanged_forward = _forward_unchanged(match.rule)
+        keys = [safety.node_key(n) for n in match.nodes]
+
+        def ok(path, pos, q, name) -> bool:
+            needs = self.metadata_reads(path, q, name)
+            if needs is None or not needs <= keeps:
+                return False
+            if unchanged_forward:
+                return True
+            positions = safety._positions(path, keys) or []
+            while True:
+                node = path.nodes[pos]
+                if node.kind not in ("layer", "call") or node.type not in SHAPE_KEEPING:
+                    return False
+                first = node.inputs[0] if node.inputs else None
+                if first is None or first.kind != "name" or first.text != name:
+                    return False
+                earlier = next((r for r in range(pos - 1, -1, -1) if name in safety.writes_of(path.nodes[r])), None)
+                if earlier is None or earlier not in positions:
+                    return True
+                pos = earlier
+
+        return ok
+
+    def metadata_reads(self, path, q: int, name: str) -> set[str] | None:
+        """The properties (shape / dtype / device) the node at `q` reads of `name`,
+        or None when some read of `name` there looks at more than those."""
+        node = path.nodes[q]
+        try:
+            stmt = self.mod.stmt(node.stmt)
+        except Skip:
+            return None
+        if (stmt.lineno, stmt.end_lineno) != tuple(node.stmt.lines):
+            return None  # code of another file (inherited)
+        whole = (stmt.lineno, stmt.col_offset, stmt.end_lineno, stmt.end_col_offset)
+        region = tuple(node.expr_span) if node.expr_span is not None else whole
+        key = safety.stmt_key(node)
+        inner = [tuple(n.expr_span) for n in path.nodes
+                 if n is not node and n.expr_span is not None and safety.stmt_key(n) == key
+                 and tuple(n.expr_span) != region and _span_in(tuple(n.expr_span), region)]
+        parents: dict[int, ast.AST] = {}
+        for sub in ast.walk(stmt):
+            for child in ast.iter_child_nodes(sub):
+                parents[id(child)] = sub
+        needs: set[str] = set()
+        for sub in ast.walk(stmt):
+            if not (isinstance(sub, ast.Name) and sub.id == name and isinstance(sub.ctx, ast.Load)):
+                continue
+            at = (sub.lineno, sub.col_offset, sub.end_lineno, sub.end_col_offset)
+            if not _span_in(at, region) or any(_span_in(at, span) for span in inner):
+                continue
+            parent = parents.get(id(sub))
+            if isinstance(parent, ast.Attribute) and parent.attr in _META_ATTRS:
+                needs.add(_META_ATTRS[parent.attr])
+                continue
+            if isinstance(parent, ast.Attribute) and parent.attr in _META_METHODS:
+                call = parents.get(id(parent))
+                if isinstance(call, ast.Call) and call.func is parent:
+                    needs.add(_META_METHODS[parent.attr])
+                    continue
+            return None
+        return needs
+
     # -- one match --------------------------------------------------------
 
     def statements_between(self, lo: ast.stmt, hi: ast.stmt) -> list[ast.stmt]:
@@ -599,6 +682,21 @@ class _Rewriter:
                 attrs[var] = name
         temps = self.temp_texts(match, feasible or paths)
         env = _Env(match, attrs, temps)
+        if unchanged_forward and match.nodes:
+            # No statement changes, but a value the target binds again may
+            # (biased_gelu moves the Linear's bias into the activation): such
+            # a value must not be read anywhere else, like a removed one.
+            reason = safety.check_dataflow(
+                match, feasible or paths,
+                produced_again=_produced_again(match),
+                target_inputs=set(), deleted_stmts=set(),
+                final_stmt=safety.stmt_key(match.nodes[-1]),
+                metadata_ok=self.metadata_check(match),
+                scan={match.bindings[v].text for v in _changed_values(rule)
+                      if v in match.bindings and match.bindings[v].kind == "name"},
+            )
+            if reason:
+                raise Skip(reason)
 
         if groups:
             self.plan_forward(match, groups, env, plan, feasible or paths)
@@ -732,12 +830,7 @@ class _Rewriter:
         final_pn = target[-1]
 
         # Data flow.
-        produced_again = set()
-        for pn in target:
-            for out in pn.outputs:
-                bound = match.bindings.get(out.name)
-                if bound is not None and bound.kind == "name":
-                    produced_again.add(bound.text)
+        produced_again = _produced_again(match)
         target_inputs: set[str] = set()
         for pn in target:
             for v in _node_vars(pn):
@@ -750,6 +843,7 @@ class _Rewriter:
             target_inputs=target_inputs,
             deleted_stmts=deleted_keys,
             final_stmt=final_key,
+            metadata_ok=self.metadata_check(match),
         )
         if reason:
             raise Skip(reason)
@@ -1438,6 +1532,78 @@ def _is_prefix(short: list, long: list) -> bool:
 
 def _names(node: ast.AST) -> set[str]:
     return {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and n.id != "self"}
+
+
+# Reads that look only at a tensor's metadata, and the property each needs.
+_META_ATTRS = {"shape": "shape", "ndim": "shape", "dtype": "dtype", "device": "device", "is_cuda": "device"}
+_META_METHODS = {"size": "shape", "dim": "shape"}
+
+# Layers and functions whose output has the shape, dtype and device of their
+# first input (elementwise ops, normalisations, dropout).
+SHAPE_KEEPING = frozenset(
+    [f"torch.nn.{n}" for n in (
+        "Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout", "LayerNorm", "RMSNorm", "GroupNorm",
+        "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "InstanceNorm1d", "InstanceNorm2d",
+        "InstanceNorm3d", "GELU", "ReLU", "ReLU6", "SiLU", "Sigmoid", "Tanh", "Identity", "Softmax", "LogSoftmax")]
+    + [f"torch.nn.functional.{n}" for n in (
+        "dropout", "gelu", "relu", "silu", "softmax", "log_softmax", "layer_norm", "batch_norm", "group_norm")]
+)
+
+
+def _span_in(inner: tuple, outer: tuple) -> bool:
+    return (inner[0], inner[1]) >= (outer[0], outer[1]) and (inner[2], inner[3]) <= (outer[2], outer[3])
+
+
+def _changed_values(rule: ir.Rule) -> set[str]:
+    """Forward variables the target binds again with a value that differs from the source's.
+
+    The outputs of the source chain that no later source node reads are what
+    the rule's contract keeps equal.  Any other variable the target binds
+    again keeps its value only when the target node that binds it is the
+    source node that bound it (same callee, arguments and outputs), the layer
+    it calls keeps its init (its init target, if any, equals its init source)
+    and none of its inputs changed.  biased_gelu binds `$y` with `$lin($x)` in
+    both, but `$lin` loses its bias: `$y` changes.
+    """
+    if rule.forward is None or rule.forward.target is None:
+        return set()
+    source, target = rule.forward.source, rule.forward.target
+    init_changed: set[str] = set()
+    if rule.init is not None and rule.init.target is not None:
+        before = {o.name: pn for pn in rule.init.source for o in pn.outputs}
+        for pn in rule.init.target:
+            for o in pn.outputs:
+                if before.get(o.name) != pn:
+                    init_changed.add(o.name)
+    bound_by = {o.name: pn for pn in source for o in pn.outputs}
+    read: set[str] = set()
+    for pn in source:
+        read |= _node_vars(pn)
+    changed: set[str] = set()
+    for pn in target:
+        for o in pn.outputs:
+            if o.name not in read:
+                continue  # a result of the chain: equal by the rule's contract
+            old = bound_by.get(o.name)
+            layer = _layer_var(pn)
+            same = (old is not None and old == pn and (layer is None or layer not in init_changed)
+                    and not (_node_vars(pn) & changed))
+            if not same:
+                changed.add(o.name)
+    return changed
+
+
+def _produced_again(match: ir.Match) -> set[str]:
+    """Names the target binds again with the same value (see `_changed_values`)."""
+    rule = match.rule
+    changed = _changed_values(rule)
+    out: set[str] = set()
+    for pn in rule.forward.target or ():
+        for o in pn.outputs:
+            bound = match.bindings.get(o.name)
+            if bound is not None and bound.kind == "name" and o.name not in changed:
+                out.add(bound.text)
+    return out
 
 
 def _forward_unchanged(rule: ir.Rule) -> bool:

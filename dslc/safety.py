@@ -223,16 +223,22 @@ def check_dataflow(
     target_inputs: set[str],
     deleted_stmts: set[tuple],
     final_stmt: tuple | None,
+    metadata_ok=None,
+    scan: set[str] | None = None,
 ) -> str | None:
     """Removed intermediates are dead and target inputs are unchanged, on every path.
 
     On each path (positions of the matched nodes known):
     1. For every output `o` of a matched node that the final statement does
-       not write itself: scan the nodes after it.  A node that is not matched
-       and reads `o` blocks the match ("read ... after the match" when it
-       comes after the final statement, "between" otherwise), unless `o` is
-       produced again (`produced_again`) and the read comes after the final
-       statement.  A write of `o` (by any node) ends the scan.
+       not write itself (only those in `scan`, when given): scan the nodes
+       after it.  A node that is not matched and reads `o` blocks the match
+       ("read ... after the match" when it comes after the final statement,
+       "between" otherwise, "in the statement that holds the matched call"
+       for an unmatched part of the final statement), unless `o` is produced
+       again with its value (`produced_again`) and the read comes after the
+       final statement, or the read looks only at properties the rule keeps
+       (`metadata_ok`).  A write of `o` (by any node) ends the scan: only
+       reads the matched definition reaches count.
     2. For every name the target reads (`target_inputs`): find the first
        matched node that reads it; no unmatched node between there and the
        final statement may write it, and no deleted statement before it may
@@ -252,7 +258,10 @@ def check_dataflow(
             if pos in final_positions:
                 continue
             for out in node.outputs:
-                reason = _scan_reads(path, pos, out, matched, end_of_final, final_positions, produced_again)
+                if scan is not None and out not in scan:
+                    continue
+                ok = (lambda q, name, _p=path, _pos=pos: metadata_ok(_p, _pos, q, name)) if metadata_ok is not None else None
+                reason = _scan_reads(path, pos, out, matched, end_of_final, final_positions, produced_again, ok)
                 if reason:
                     return reason
         for name in sorted(target_inputs):
@@ -274,18 +283,37 @@ def check_dataflow(
     return None
 
 
-def _scan_reads(path, pos, out, matched, end_of_final, final_positions, produced_again) -> str | None:
+def _scan_reads(path, pos, out, matched, end_of_final, final_positions, produced_again,
+                metadata_ok=None) -> str | None:
+    """The first unmatched read of `out` that the definition at `pos` reaches.
+
+    Per path, a read counts only while the matched definition reaches it: a
+    write of `out` by any node ends the scan (def-use along the path, not by
+    name).  Unmatched nodes of the final statement read before it writes:
+    `return self.bn(h) + h` reads `h` beside the matched call, so such reads
+    count even when the final statement binds `out` again.  `metadata_ok(q,
+    out)` (when given) says a read at `q` looks only at the shape, dtype or
+    device of `out` and the rewrite keeps those (rule option `keeps`).
+    """
     origin = first_line(path.nodes[pos])
     for q in range(pos + 1, len(path.nodes)):
         other = path.nodes[q]
         after = q > end_of_final
         if q in final_positions:
-            if out in produced_again:
+            if q not in matched and out in reads_of(other) and not (metadata_ok and metadata_ok(q, out)):
+                what = "temporary" if TEMP_RE.match(out) else "intermediate"
+                return (f"{what} `{out}` (line {origin}) is also read at line {first_line(other)}, "
+                        f"in the statement that holds the matched call")
+            if out in writes_of(other):
                 return None
             continue
         if q not in matched and out in reads_of(other):
             if after and out in produced_again:
                 return None
+            if metadata_ok is not None and metadata_ok(q, out):
+                if out in writes_of(other):
+                    return None
+                continue
             where = "after the match" if after else "between the matched statements"
             what = "temporary" if TEMP_RE.match(out) else "intermediate"
             return f"{what} `{out}` (line {origin}) is read at line {first_line(other)} {where}"
