@@ -234,6 +234,9 @@ class _Env:
         self.casts: dict[str, str] = {}
         # Init targets: a layer variable as an argument is its original constructor call.
         self.ctor: dict[str, str] = {}
+        # Init targets: constructor arguments the rule does not name, carried
+        # over to the target node that binds the same variable (`_ctor_extras`).
+        self.extra_args: dict[str, list[tuple[str, str]]] = {}
 
     def var(self, name: str) -> str:
         if name in self.inline:
@@ -669,6 +672,9 @@ class _Rewriter:
         reason = safety.check_attr_uses(match, cls, changed, interface_kept=detect_only, also_allowed=siblings)
         if reason:
             raise Skip(reason)
+        reason = safety.check_subclass_uses(self.facts, cls, changed, interface_kept=detect_only)
+        if reason:
+            raise Skip(reason)
 
         # Attribute names after the rewrite.
         attrs: dict[str, str] = {}
@@ -682,6 +688,8 @@ class _Rewriter:
                 attrs[var] = name
         temps = self.temp_texts(match, feasible or paths)
         env = _Env(match, attrs, temps)
+        if init_edit:
+            env.extra_args = _ctor_extras(match, kinds)
         if unchanged_forward and match.nodes:
             # No statement changes, but a value the target binds again may
             # (biased_gelu moves the Linear's bias into the activation): such
@@ -1024,7 +1032,11 @@ class _Rewriter:
             return f"{pn.op}{_paren(env.term(pn.args[0]))}"
         if pn.kind == "wildcard":
             raise Skip("a wildcard cannot be emitted")
-        return f"{self.callee(pn, env, plan)}({_render_args(env, pn)})"
+        args = _render_args(env, pn)
+        extra = env.extra_args.get(pn.outputs[0].name, ()) if len(pn.outputs) == 1 else ()
+        if extra:
+            args = ", ".join([a for a in [args] if a] + [f"{k}={v}" for k, v in extra])
+        return f"{self.callee(pn, env, plan)}({args})"
 
     # -- init -------------------------------------------------------------
 
@@ -1244,6 +1256,7 @@ class _Rewriter:
                 for i in indices}
         attrs = {v: b.attr for v, b in bindings.items()}
         env = _Env(match, attrs, {})
+        env.extra_args = _ctor_extras(match, {v: ("replaced" if v == fused_var else "deleted") for v in bindings})
         env.ctor = ctor
         fused = self.render_node(init_target[0], env, plan)
         env.ctor = {}
@@ -1552,6 +1565,92 @@ SHAPE_KEEPING = frozenset(
 
 def _span_in(inner: tuple, outer: tuple) -> bool:
     return (inner[0], inner[1]) >= (outer[0], outer[1]) and (inner[2], inner[3]) <= (outer[2], outer[3])
+
+
+def _is_default(value, default) -> bool:
+    return (default is not None and default.is_const and getattr(value, "is_const", False)
+            and type(value.const) is type(default.const) and value.const == default.const)
+
+
+def _ctor_extras(match: ir.Match, kinds: dict[str, str]) -> dict[str, list[tuple[str, str]]]:
+    """Constructor arguments the rule's init source does not name, per target variable.
+
+    For each source init node `Type(...) -> $v` and the binding it matched:
+    1. The arguments the call gives that the pattern does not name (by
+       parameter name through the signature table; by position past the
+       pattern's and by keyword without it); an argument equal to the
+       parameter's default is dropped (it changes nothing).
+    2. A variable whose constructor call the target embeds whole (`$conv` as
+       an argument of `ConvBn2d($conv, $bn)`) keeps all of them; a kept one
+       (still built as it was) too.
+    3. Otherwise they go, as keywords, to the target node that binds `$v`
+       again, when its signature is known and accepts them (not already given);
+       `device`/`dtype` must also reach every other target layer that takes
+       over `$v`'s parameters (`params`), which they cannot: refused.
+    Anything else is a Skip naming the argument: dropping it would build a
+    different layer (`bias=False`, `elementwise_affine=False`, `dtype=`).
+    """
+    from dslc import signatures
+
+    rule = match.rule
+    if rule.init is None or rule.init.target is None:
+        return {}
+    embedded: set[str] = set()
+    for pn in rule.init.target:
+        for t in list(pn.args) + [v for _, v in pn.kwargs]:
+            if isinstance(t, ir.Var):
+                embedded.add(t.name)
+    target_of = {o.name: pn for pn in rule.init.target for o in pn.outputs}
+    out: dict[str, list[tuple[str, str]]] = {}
+    for spn in rule.init.source:
+        if len(spn.outputs) != 1 or spn.callee is None or spn.callee.subscript is not None:
+            continue
+        var = spn.outputs[0].name
+        binding = match.init_nodes.get(var)
+        if binding is None or getattr(binding, "kind", "call") != "call" or var in embedded or kinds.get(var) == "kept":
+            continue
+        qual = spn.callee.qualname
+        pargs = [a for a in spn.args if not (isinstance(a, ir.Const) and a.value is Ellipsis)]
+        sig = signatures.signature(qual)
+        extras: list[tuple[str, object]] = []
+        if sig is not None:
+            named = set(signatures.explicit_params(qual, pargs, spn.kwargs) or ())
+            given = signatures.explicit_params(qual, binding.args, binding.kwargs)
+            values = signatures.normalize(qual, binding.args, binding.kwargs)
+            if given is None or values is None:
+                raise Skip(f"the arguments of `self.{binding.attr}` do not fit the signature of `{qual}`")
+            defaults = {p.name: p.default for p in sig.params}
+            extras = [(p, values[p]) for p in given if p not in named and not _is_default(values[p], defaults.get(p))]
+        else:
+            pkw = {k for k, _ in spn.kwargs}
+            extras = [(f"#{i}", v) for i, v in enumerate(binding.args) if i >= len(pargs)]
+            extras += [(k, v) for k, v in binding.kwargs if k not in pkw]
+        if not extras:
+            continue
+        line = binding.stmt.lines[0] if getattr(binding, "stmt", None) else 0
+        where = f"`self.{binding.attr}` (line {line})"
+        tpn = target_of.get(var)
+        for name, value in extras:
+            text = getattr(value, "text", str(value))
+            shown = f"`{text}` (argument {int(name[1:]) + 1})" if name.startswith("#") else f"`{name}={text}`"
+            if tpn is None:
+                raise Skip(f"{shown} of {where} would be dropped: the rule's target does not build `${var}` again")
+            tqual = tpn.callee.qualname if tpn.callee is not None else None
+            tsig = signatures.signature(tqual)
+            if name.startswith("*") or text.startswith("*"):
+                raise Skip(f"{shown} of {where} cannot be carried over to the target")
+            if tsig is None or name.startswith("#"):
+                raise Skip(f"{shown} of {where} has no counterpart in the target `{tqual}` (its parameters are unknown)")
+            taken = set(signatures.explicit_params(tqual, tpn.args, tpn.kwargs) or ())
+            if name not in tsig.names or name in taken:
+                raise Skip(f"{shown} of {where} has no counterpart in the target `{tqual}`")
+            if name in ("device", "dtype"):
+                for pm in rule.params:
+                    if pm.source.base.name == var and pm.target.base.name != var:
+                        raise Skip(f"{shown} of {where} would not reach `${pm.target.base.name}`, which takes over its "
+                                   f"`{pm.source.attr}`")
+            out.setdefault(var, []).append((name, text))
+    return out
 
 
 def _changed_values(rule: ir.Rule) -> set[str]:

@@ -372,6 +372,44 @@ def check_attr_uses(
     return None
 
 
+def subclasses(facts, cls) -> list:
+    """Every class of `facts` that inherits from `cls`, directly or through others."""
+    if cls is None:
+        return []
+    names = {cls.qualname, cls.name}
+    family: list = []
+    grew = True
+    while grew:
+        grew = False
+        for other in facts.classes:
+            if other is cls or other in family:
+                continue
+            if any(b in names or b.rsplit(".", 1)[-1] in names for b in other.bases):
+                family.append(other)
+                names |= {other.qualname, other.name}
+                grew = True
+    return family
+
+
+def check_subclass_uses(facts, cls, changed: dict[str, str], *, interface_kept: bool) -> str | None:
+    """No subclass the analysis sees uses an attribute the rewrite replaces or removes.
+
+    A subclass inherits the rewritten `__init__`; its own methods that call,
+    read or assign `self.<attr>` (a flash-attention variant still calling
+    `self.k_proj`) would see the fused layer or no layer at all.  With
+    `interface_kept` (a drop-in module replacement) calls are fine.
+    """
+    for sub in subclasses(facts, cls):
+        for use in sub.attr_uses:
+            if use.attr not in changed:
+                continue
+            if interface_kept and use.kind != "store":
+                continue
+            return (f"attribute `self.{use.attr}`, which the rewrite {changed[use.attr]}, is also used by the subclass "
+                    f"`{sub.name}` at line {use.lines[0]} (in `{use.method}`)")
+    return None
+
+
 def _exclusive_store(cls, binding, use) -> bool:
     """A second store of the attribute in the init that can never run with the binding
     (`if isinstance(k, str): self.act = ACT2FN[k] else: self.act = k`)."""
