@@ -359,6 +359,7 @@ class _Rewriter:
         self.taken: dict[str, set[str]] = {}
         self._scripted: list | None = None  # see scripted_functions()
         self.done_locations: dict[tuple, int] = {}
+        self._effects_cache: dict[tuple, object] = {}
         self.matches: list[ir.Match] = []
 
     # -- names ------------------------------------------------------------
@@ -487,6 +488,36 @@ class _Rewriter:
                 pos = earlier
 
         return ok
+
+    def stmt_effects(self, path, q: int):
+        """(reads, definite writes) of a compound statement the analysis keeps as one node, else None.
+
+        The analysis summarises a loop or `with` without layers as one `stmt`
+        node with every name it reads or writes; order and conditions are
+        lost (`for h in xs: o = o + h` reads `h` only after writing it, and
+        may write nothing).  `safety.stmt_effects` recovers them.
+        """
+        node = path.nodes[q]
+        if node.kind != "stmt":
+            return None
+        cache = self._effects_cache
+        key = (node.stmt.lines, node.stmt.col)
+        if key not in cache:
+            found = None
+            stmt = self.mod.stmt_at.get((node.stmt.lines[0], node.stmt.col))
+            if isinstance(stmt, safety._COMPOUND) and (stmt.lineno, stmt.end_lineno) == tuple(node.stmt.lines):
+                found = safety.stmt_effects(stmt)
+                if found is None:
+                    found = (set(node.reads), frozenset())
+            cache[key] = found
+        found = cache[key]
+        if found is None:
+            return None
+        lo, hi = node.stmt.lines
+        if any(other is not node and lo <= other.stmt.lines[0] <= hi and other.stmt.lines != node.stmt.lines
+               for other in path.nodes):
+            return None  # the statement's body is on the path as nodes of its own
+        return found
 
     def metadata_reads(self, path, q: int, name: str) -> set[str] | None:
         """The properties (shape / dtype / device) the node at `q` reads of `name`,
@@ -662,6 +693,19 @@ class _Rewriter:
                 kinds[var] = "deleted"
                 changed[binding.attr] = "removes"
 
+        # A parameter-free layer the rewrite would delete but that other code
+        # still uses (a shared `self.dropout`) stays as it is for those uses:
+        # the fused layer is built from its arguments, so nothing is tied.
+        for var, kind in list(kinds.items()):
+            binding = bindings[var]
+            if kind != "deleted" or binding.type not in STATELESS:
+                continue
+            alone = {binding.attr: "removes"}
+            if (safety.check_attr_uses(match, cls, alone, interface_kept=detect_only)
+                    or safety.check_subclass_uses(self.facts, cls, alone, interface_kept=detect_only)):
+                kinds[var] = "kept"
+                del changed[binding.attr]
+
         # A rule whose forward target equals its source (biased_gelu) changes
         # only the init: every call site it matched shares that one change, so
         # the calls at those sites are not "uses elsewhere".
@@ -700,6 +744,7 @@ class _Rewriter:
                 target_inputs=set(), deleted_stmts=set(),
                 final_stmt=safety.stmt_key(match.nodes[-1]),
                 metadata_ok=self.metadata_check(match),
+                effects=self.stmt_effects,
                 scan={match.bindings[v].text for v in _changed_values(rule)
                       if v in match.bindings and match.bindings[v].kind == "name"},
             )
@@ -852,6 +897,7 @@ class _Rewriter:
             deleted_stmts=deleted_keys,
             final_stmt=final_key,
             metadata_ok=self.metadata_check(match),
+            effects=self.stmt_effects,
         )
         if reason:
             raise Skip(reason)
@@ -1560,6 +1606,14 @@ SHAPE_KEEPING = frozenset(
         "InstanceNorm3d", "GELU", "ReLU", "ReLU6", "SiLU", "Sigmoid", "Tanh", "Identity", "Softmax", "LogSoftmax")]
     + [f"torch.nn.functional.{n}" for n in (
         "dropout", "gelu", "relu", "silu", "softmax", "log_softmax", "layer_norm", "batch_norm", "group_norm")]
+)
+
+
+# Layers with no parameters or buffers: a second instance is indistinguishable.
+STATELESS = frozenset(
+    [f"torch.nn.{n}" for n in (
+        "Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout", "GELU", "ReLU", "ReLU6", "SiLU",
+        "Sigmoid", "Tanh", "Identity", "Softmax", "LogSoftmax")]
 )
 
 
