@@ -489,40 +489,50 @@ class _Rewriter:
 
         return ok
 
+    def local_code(self, node) -> bool:
+        """Is the node's statement in this file (not inherited from another module)?"""
+        owner = node.stmt.owner or ""
+        module = getattr(self.facts, "module", None)
+        return not owner or owner == module or owner.rsplit(".", 1)[-1] in self.mod.classes \
+            or owner.rsplit(".", 1)[-1] in self.mod.functions
+
     def stmt_effects(self, path, q: int):
-        """(reads, definite writes) of a compound statement the analysis keeps as one node, else None.
+        """(reads, definite writes) of a statement the analysis keeps as one opaque node, else None.
 
         The analysis summarises a loop or `with` without layers as one `stmt`
         node with every name it reads or writes; order and conditions are
         lost (`for h in xs: o = o + h` reads `h` only after writing it, and
-        may write nothing).  `safety.stmt_effects` recovers them.
+        may write nothing), and a comprehension's own variables count as
+        reads (`[h * 2 for h in xs]`).  `safety.stmt_effects` recovers them
+        from the statement (only when no part of it is a node of its own).
         """
         node = path.nodes[q]
-        if node.kind != "stmt":
+        if node.kind != "stmt" or not self.local_code(node):
             return None
         cache = self._effects_cache
         key = (node.stmt.lines, node.stmt.col)
         if key not in cache:
             found = None
             stmt = self.mod.stmt_at.get((node.stmt.lines[0], node.stmt.col))
-            if isinstance(stmt, safety._COMPOUND) and (stmt.lineno, stmt.end_lineno) == tuple(node.stmt.lines):
+            if stmt is not None and (stmt.lineno, stmt.end_lineno) == tuple(node.stmt.lines):
                 found = safety.stmt_effects(stmt)
-                if found is None:
+                if found is None and isinstance(stmt, safety._COMPOUND):
                     found = (set(node.reads), frozenset())
             cache[key] = found
         found = cache[key]
         if found is None:
             return None
         lo, hi = node.stmt.lines
-        if any(other is not node and lo <= other.stmt.lines[0] <= hi and other.stmt.lines != node.stmt.lines
-               for other in path.nodes):
-            return None  # the statement's body is on the path as nodes of its own
+        if any(other is not node and lo <= other.stmt.lines[0] <= hi for other in path.nodes):
+            return None  # parts of the statement are on the path as nodes of their own
         return found
 
     def metadata_reads(self, path, q: int, name: str) -> set[str] | None:
         """The properties (shape / dtype / device) the node at `q` reads of `name`,
         or None when some read of `name` there looks at more than those."""
         node = path.nodes[q]
+        if not self.local_code(node):
+            return None
         try:
             stmt = self.mod.stmt(node.stmt)
         except Skip:

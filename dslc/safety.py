@@ -18,7 +18,8 @@ Checks (the rewriter calls them in this order):
                       the inputs the target reads still hold the same values
                       where the target reads them.
 5. `check_attr_uses`  attributes the rewrite replaces or removes are used
-                      nowhere else, and assigned only by their init binding.
+                      nowhere else, and assigned only by their init binding;
+   `check_subclass_uses` nor by a subclass the analysis sees in the file.
 6. `check_when`       the init binding's guards do not imply `not when`.
 
 `verify_output` is the final gate: the output parses and every character
