@@ -360,6 +360,7 @@ class _Rewriter:
         self._scripted: list | None = None  # see scripted_functions()
         self.done_locations: dict[tuple, int] = {}
         self._effects_cache: dict[tuple, object] = {}
+        self._sibling_cache: dict[tuple, list] = {}
         self.matches: list[ir.Match] = []
 
     # -- names ------------------------------------------------------------
@@ -488,6 +489,50 @@ class _Rewriter:
                 pos = earlier
 
         return ok
+
+    def package_subclass_uses(self, cls, changed: dict[str, str], *, interface_kept: bool) -> str | None:
+        """Subclasses in the other modules of this file's package that use a changed attribute.
+
+        The analysis sees one file; a subclass in a sibling module (same
+        folder) inherits the rewritten `__init__` too.  A sibling whose text
+        names the class is parsed; a class there that derives from it (by
+        name, directly or through other classes of that file) must not call,
+        read or assign the attribute in its own methods.  Names are matched
+        by spelling, so an unrelated class of the same name refuses too.
+        """
+        import os
+
+        if cls is None or not changed:
+            return None
+        here = getattr(self.facts, "path", None) or self.path
+        folder = os.path.dirname(os.path.abspath(here))
+        try:
+            siblings = sorted(n for n in os.listdir(folder) if n.endswith(".py"))
+        except OSError:
+            return None
+        pattern = re.compile(r"\b" + re.escape(cls.name) + r"\b")
+        for name in siblings:
+            path = os.path.join(folder, name)
+            if os.path.abspath(path) == os.path.abspath(here) or not os.path.isfile(path):
+                continue
+            found = self._sibling_cache.get((path, cls.name))
+            if found is None:
+                found = []
+                try:
+                    with open(path, "rb") as fh:
+                        raw = fh.read()
+                    text = raw.decode("utf-8", errors="replace")
+                    if pattern.search(text):
+                        found = _subclass_attr_uses(ast.parse(raw), cls.name)
+                except (OSError, SyntaxError, ValueError, RecursionError):
+                    found = []
+                self._sibling_cache[(path, cls.name)] = found
+            for sub, attr, line, method, kind in found:
+                if attr not in changed or (interface_kept and kind != "store"):
+                    continue
+                return (f"attribute `self.{attr}`, which the rewrite {changed[attr]}, is also used by the subclass "
+                        f"`{sub}` in {name} at line {line} (in `{method}`)")
+        return None
 
     def local_code(self, node) -> bool:
         """Is the node's statement in this file (not inherited from another module)?"""
@@ -727,6 +772,9 @@ class _Rewriter:
         if reason:
             raise Skip(reason)
         reason = safety.check_subclass_uses(self.facts, cls, changed, interface_kept=detect_only)
+        if reason:
+            raise Skip(reason)
+        reason = self.package_subclass_uses(cls, changed, interface_kept=detect_only)
         if reason:
             raise Skip(reason)
 
@@ -1625,6 +1673,31 @@ STATELESS = frozenset(
         "Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout", "GELU", "ReLU", "ReLU6", "SiLU",
         "Sigmoid", "Tanh", "Identity", "Softmax", "LogSoftmax")]
 )
+
+
+def _subclass_attr_uses(tree: ast.Module, base: str) -> list[tuple[str, str, int, str, str]]:
+    """(class, attr, line, method, kind) for `self.<attr>` in the methods of classes deriving from `base` (by name)."""
+    classes = [n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)]
+    names = {base}
+    family: list[ast.ClassDef] = []
+    grew = True
+    while grew:
+        grew = False
+        for c in classes:
+            if c not in family and c.name != base and any(_dotted_tail(b) in names for b in c.bases):
+                family.append(c)
+                names.add(c.name)
+                grew = True
+    out = []
+    for c in family:
+        for fn in c.body:
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for sub in ast.walk(fn):
+                if isinstance(sub, ast.Attribute) and isinstance(sub.value, ast.Name) and sub.value.id == "self":
+                    kind = "store" if isinstance(sub.ctx, ast.Store) else "read"
+                    out.append((c.name, sub.attr, sub.lineno, fn.name, kind))
+    return out
 
 
 def _span_in(inner: tuple, outer: tuple) -> bool:

@@ -525,3 +525,23 @@ def kernel_refs():
     finally:
         sys.path.remove(str(REFS))
         _purge()
+
+
+def test_4_subclass_in_a_sibling_module_is_refused(tmp_path):
+    from dslc.apply import ApplyOptions, apply_paths
+
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "modeling.py").write_text(textwrap.dedent(ATTN))
+    (pkg / "flash.py").write_text("from .modeling import Attn\n\n\nclass FlashAttn(Attn):\n"
+                                  "    def forward(self, x):\n        return self.v_proj(x)\n")
+    packs = load_rules([PACKS[0]]).packs
+    report = apply_paths([str(pkg / "modeling.py")], packs, ApplyOptions(mode="diff", jobs=1))
+    entry = [m for m in report.matches if m.rule == "adopter:fused_qkv"]
+    assert entry and entry[0].status == "skipped"
+    assert entry[0].reason == ("attribute `self.v_proj`, which the rewrite removes, is also used by the subclass "
+                               "`FlashAttn` in flash.py at line 6 (in `forward`)")
+    (pkg / "flash.py").write_text("from .modeling import Attn\n\n\nclass FlashAttn(Attn):\n    pass\n")
+    report = apply_paths([str(pkg / "modeling.py")], packs, ApplyOptions(mode="diff", jobs=1))
+    assert [m.status for m in report.matches if m.rule == "adopter:fused_qkv"] == ["applied"]
