@@ -795,19 +795,27 @@ class _Rewriter:
         if unchanged_forward and match.nodes:
             # No statement changes, but a value the target binds again may
             # (biased_gelu moves the Linear's bias into the activation): such
-            # a value must not be read anywhere else, like a removed one.
-            reason = safety.check_dataflow(
-                match, feasible or paths,
-                produced_again=_produced_again(match),
-                target_inputs=set(), deleted_stmts=set(),
-                final_stmt=safety.stmt_key(match.nodes[-1]),
-                metadata_ok=self.metadata_check(match),
-                effects=self.stmt_effects,
-                scan={match.bindings[v].text for v in _changed_values(rule)
-                      if v in match.bindings and match.bindings[v].kind == "name"},
-            )
-            if reason:
-                raise Skip(reason)
+            # a value must not be read anywhere else, like a removed one.  The
+            # init change reaches every call site of the layer, so every site
+            # that shares it (the siblings) must pass too.
+            sites = [match] + [m for m in self.matches if m is not match and m.rule is rule
+                               and m.nodes and _init_attrs(m) == _init_attrs(match)]
+            for site in sites:
+                site_paths = safety.paths_through(site, self.facts)
+                reason = safety.check_dataflow(
+                    site, site_paths,
+                    produced_again=_produced_again(site),
+                    target_inputs=set(), deleted_stmts=set(),
+                    final_stmt=safety.stmt_key(site.nodes[-1]),
+                    metadata_ok=self.metadata_check(site),
+                    effects=self.stmt_effects,
+                    scan={site.bindings[v].text for v in _changed_values(rule)
+                          if v in site.bindings and site.bindings[v].kind == "name"},
+                )
+                if reason:
+                    if site is not match:
+                        reason = f"at line {site.nodes[0].stmt.lines[0]}, another call of the changed layer: {reason}"
+                    raise Skip(reason)
 
         if groups:
             self.plan_forward(match, groups, env, plan, feasible or paths)

@@ -545,3 +545,26 @@ def test_4_subclass_in_a_sibling_module_is_refused(tmp_path):
     (pkg / "flash.py").write_text("from .modeling import Attn\n\n\nclass FlashAttn(Attn):\n    pass\n")
     report = apply_paths([str(pkg / "modeling.py")], packs, ApplyOptions(mode="diff", jobs=1))
     assert [m.status for m in report.matches if m.rule == "adopter:fused_qkv"] == ["applied"]
+
+
+def test_1_every_call_site_of_the_changed_layer_is_checked():
+    """Found by the property test: `self.dense` loses its bias for every call, not only the matched one."""
+    source = HEAD + """
+class Inter(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(8, 8)
+        self.act = ACT2FN[config.hidden_act]
+
+    def forward(self, x):
+        x = self.dense(x)
+        x = self.act(x)
+        y = self.dense(x)
+        z = self.act(y)
+        return z + y
+"""
+    outcomes, new = run(source)
+    assert [o[1] for o in outcomes if o[0] == "biased_gelu"] == ["skipped", "skipped"]
+    assert ("biased_gelu", "skipped", "at line 14, another call of the changed layer: intermediate `y` (line 14) is "
+            "read at line 16 after the match") in outcomes
+    assert new is None
