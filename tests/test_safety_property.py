@@ -15,7 +15,12 @@ rules whose kernels have pure-PyTorch reference stand-ins in tests/kernel_refs
 built, loads the original's (randomised) state dict strictly through the
 emitted checkpoint mapping, and must give the same output in eval mode.
 A rewrite that changes numbers (a value read after the match, an argument
-dropped, a layer still shared) fails here.
+dropped, a layer still shared) fails here.  Run against the rewriter before
+issue 8's fixes it fails within the fast suite's 25 examples (biased_gelu's
+pre-activation read later; `bias=False` dropped, so the strict load fails;
+`self.bn(h) + h` leaving `h` undefined), and the slow variant found one more
+(an init-only change reaches every call of the layer, not only the matched
+one: tests/test_safety_issue8.py::test_1_every_call_site_of_the_changed_layer_is_checked).
 """
 
 from __future__ import annotations
