@@ -570,9 +570,10 @@ def process_file(found: Found, source: SourceFile, facts, compiled: Compiled, op
     for o in result.outcomes:
         m = o.match
         code = codes.code_of(o.reason) if o.status == "skipped" else None
+        file, lines = _code_location(found, facts, m, tuple(sorted(set(o.lines or m.lines))), options)
         entry = MatchEntry(
-            rule=m.rule.qualified_name, file=name, class_name=m.class_name,
-            lines=tuple(sorted(set(o.lines or m.lines))), status=o.status,
+            rule=m.rule.qualified_name, file=file, class_name=m.class_name,
+            lines=lines, status=o.status,
             reason=None if o.reason is None else str(o.reason),
             function=getattr(m, "function", None), code=code,
         )
@@ -585,6 +586,64 @@ def process_file(found: Found, source: SourceFile, facts, compiled: Compiled, op
         new_source = None
     return FileResult(found, matches=tuple(entries), errors=tuple(errors), warnings=tuple(warnings),
                       original=text, new_source=new_source, near_misses=tuple(near))
+
+
+def _code_location(found: Found, facts, match, lines: tuple[int, ...], options: ApplyOptions) -> tuple[str, tuple[int, ...]]:
+    """The file and lines where a match's code is.
+
+    A match in a subclass can sit in code it inherits from a base class of
+    another module (`StmtRef.owner`): its lines are that module's.  When all
+    of the match's statements are in another module, report that module's
+    file (relative to where this file's name is relative to); when only some
+    are, keep this file and the lines of the statements that are in it.
+    """
+    local_classes = [c.qualname for c in facts.classes]
+    module = getattr(facts, "module", None)
+
+    def is_local(owner: str | None) -> bool:
+        return (not owner or owner == module
+                or any(owner == q or owner.startswith(q + ".") for q in local_classes))
+
+    refs = [n.stmt for n in match.nodes] + [b.stmt for b in match.init_nodes.values() if getattr(b, "stmt", None)]
+    foreign = [r for r in refs if not is_local(r.owner)]
+    if not foreign:
+        return found.display, lines
+    if len(foreign) < len(refs):
+        mine: set[int] = set()
+        for r in refs:
+            if is_local(r.owner):
+                mine.update(range(r.lines[0], r.lines[1] + 1))
+        return found.display, tuple(sorted(mine))
+    owners = {r.owner for r in foreign}
+    path = _module_file(found, module, options, owners.pop()) if len(owners) == 1 else None
+    if path is None:
+        return found.display, lines
+    shown = path
+    absolute = os.path.abspath(found.path)
+    display = found.display.replace("\\", "/")
+    if not os.path.isabs(found.display) and absolute.replace(os.sep, "/").endswith("/" + display.lstrip("./")):
+        base = absolute[: len(absolute) - len(display.lstrip("./"))]
+        shown = os.path.relpath(path, base)
+    return shown, lines
+
+
+def _module_file(found: Found, module: str | None, options: ApplyOptions, owner: str) -> str | None:
+    """The file of the module that defines the class `owner` (a qualified name), if it is in the tree."""
+    from dslc.analysis.names import tree_root_for
+
+    if options.root:
+        root = options.root
+    elif module:
+        root = tree_root_for(found.path, module)
+    else:
+        return None
+    parts = owner.split(".")
+    for k in range(len(parts) - 1, 0, -1):
+        base = os.path.join(root, *parts[:k])
+        for candidate in (base + ".py", os.path.join(base, "__init__.py")):
+            if os.path.isfile(candidate):
+                return os.path.abspath(candidate)
+    return None
 
 
 def verify_result(result: FileResult, packs: Sequence) -> FileResult:

@@ -40,6 +40,12 @@ OPTIONS: dict[str, tuple] = {
     "allow": (lambda v: isinstance(v, str) and bool(v.strip()) and all(
         (c.strip().upper() in codes.REGISTRY and codes.REGISTRY[c.strip().upper()].severity == "warning")
         for c in v.split(",")), 'a string of warning codes, e.g. "ADR209"'),
+    # What the rewrite keeps of every value it changes or removes: reads that
+    # look only at those properties (`x.shape`, `x.dtype`, `x.device`) may
+    # stay (docs/adr-language.md, "Reads of shape, dtype and device").
+    "keeps": (lambda v: isinstance(v, str) and bool(v.strip()) and all(
+        c.strip() in ("shape", "dtype", "device") for c in v.split(",")),
+        'a comma-separated subset of "shape", "dtype", "device", e.g. "shape,dtype,device"'),
 }
 
 # PEP 440 public versions (with local labels), as in the specification's
