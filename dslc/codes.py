@@ -171,6 +171,40 @@ KERNEL_NOT_REQUIRED = _code("ADR303", "warning", "kernel package not required", 
     `module`) named by a `requires` line, so a run cannot tell the user what
     to install.""")
 
+# -- class items, safety classes, run-time needs (ADR15x, ADR25x, ADR35x) --------
+CLASS_MIXED = _code("ADR150", "error", "class item mixed with init/forward items", """
+    A `class { ... } => { ... }` item describes a whole module class by what
+    its forward computes and rewrites that class; it cannot be combined with
+    `init` or `forward` items in the same rule (write two rules).""")
+CLASS_NODE = _code("ADR151", "error", "node not allowed in a class item", """
+    The forward pattern of a class item is a data-flow pattern: layer calls
+    `$l(...)`, function calls `q.f(...)`, methods `$x.m(...)`, attribute reads
+    `$x.dtype`, and tensor ops; each binds its output (`-> $v`). Wildcards and
+    `...` are not allowed (the match must cover the whole forward), nor a
+    node without an output.""")
+CLASS_RESULT = _code("ADR152", "error", "class forward pattern is not one expression", """
+    Every output of a class-item forward pattern except the last must be used
+    by a later node, and the last node's output is what forward returns; the
+    target must define that same output variable.""")
+METHOD_OUTSIDE_CLASS = _code("ADR153", "error", "method or attribute node outside a class item", """
+    `$x.m(...)` and `$x.attr` patterns are matched against the expression
+    graph of a class's forward; `init` and `forward` items match DL-node
+    paths, which do not record tensor methods. Use a `class` item.""")
+REQUIRES_UNKNOWN = _code("ADR350", "error", "rule requires a package the pack does not require", """
+    `requires PKG ...` inside a rule names what its kernel needs at run time;
+    PKG must be named by a `requires` line of the pack (which gives its
+    version range, import name and install hint).""")
+BAD_DEVICE = _code("ADR351", "error", "unknown device", """
+    `device NAME on $x`: NAME is `cuda` (the kernel runs only when the tensor
+    bound to `$x` is on a CUDA device) or `cpu`.""")
+BAD_FALLBACK = _code("ADR352", "error", "invalid fallback", """
+    `fallback original` is the one fallback: where the kernel's needs are not
+    met at run time the original computation runs. It needs a `requires`
+    clause in the rule (what is checked), and a rule shape the emitter can
+    guard: a class item (a per-call dispatch in forward), an init item that
+    replaces layers in place (a per-construction choice), or a forward item
+    whose target is one node (a per-call conditional expression).""")
+
 # -- ADR4xx: selection -----------------------------------------------------------
 UNKNOWN_SELECT = _code("ADR401", "error", "unknown rule selection", """
     `--select pack:rule` (or `pack` alone, or `rule` alone) names no loaded

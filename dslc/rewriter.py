@@ -489,6 +489,9 @@ class _Rewriter:
         reason = safety.check_conflict(match)
         if reason:
             raise Skip(reason)
+        if match.klass is not None:
+            self.plan_class(match, plan)
+            return plan
         reason = self.check_scripted(match)
         if reason:
             raise Skip(reason)
@@ -607,6 +610,122 @@ class _Rewriter:
         if new_names:
             plan.new_attrs.setdefault(match.class_name or "", set()).update(new_names)
         return plan
+
+    # -- class items --------------------------------------------------------
+
+    def plan_class(self, match: ir.Match, plan: _Plan) -> None:
+        """A class item: a dispatch at the top of the class's forward.
+
+        `if <needs met>: <target>; return <result>` goes before the first
+        statement of the body; the original body stays as the fallback, so
+        the parameters, their names and the computation without the kernel
+        are unchanged.  The guard: each kernel import of a required package
+        succeeded (a guarded import at the top of the file binds the name to
+        None when it fails), the tensor named by `device ... on $x` is on
+        that device, every `scalar` variable is a Python number, and the
+        run-time type checks of the match (`ACT2FN[key]` activations) hold.
+        A rule without `fallback original` puts the same guard on a rule
+        without needs: the dispatch is then always taken (`if True`) only when
+        it has no needs; a rule with needs and no fallback is refused.
+        """
+        rule = match.rule
+        k = rule.klass
+        if k.target is None:
+            raise Skip("detect only: the rule has no class target")
+        if rule.needs and rule.fallback != "original":
+            raise Skip("the kernel has run-time needs (`requires` in the rule) and the rule declares no "
+                       "`fallback original`: the class would lose its computation where they are not met")
+        cls_node = self.mod.classes.get(match.class_name)
+        fn = None
+        if cls_node is not None:
+            fn = next((s for s in cls_node.body if isinstance(s, ast.FunctionDef) and s.name == "forward"), None)
+        if fn is None:
+            raise Skip(f"cannot find `{match.class_name}.forward` in the file")
+        reason = self.check_scripted_class(match, fn)
+        if reason:
+            raise Skip(reason)
+        produced = {o.name for pn in k.forward for o in pn.outputs}
+        inputs = {v.name for v in k.inputs}
+        locals_ = {n.id for n in ast.walk(fn) if isinstance(n, ast.Name)} | {a.arg for a in fn.args.args}
+        env = _Env(match, {}, {})
+        taken = set(locals_) | self.mod.all_names
+        stmts: list[str] = []
+        # Kernel imports of required packages: guarded, bound to None when missing.
+        flags: list[str] = []
+        for pn in k.target:
+            qual = pn.callee.qualname if pn.callee is not None and pn.kind == "layer" and pn.layer_var is None \
+                and pn.callee.var is None else None
+            if not qual:
+                continue
+            need = next((n for n in rule.needs if qual == n.module or qual.startswith(n.module + ".")), None)
+            if need is None:
+                continue
+            name = self.guarded_import(qual, plan)
+            flags.append(f"{name} is not None")
+        for pn in k.target:
+            for v in _node_vars(pn):
+                if v in produced and v not in {o.name for t in k.target for o in t.outputs}:
+                    raise Skip(f"the target reads `${v}`, an intermediate value of the original forward")
+        for pn in k.target:
+            text = self.render_node(pn, env, plan)
+            outs = []
+            for o in pn.outputs:
+                name = _fresh(f"_dslc_{o.name}", taken)
+                taken.add(name)
+                env.inline[o.name] = name
+                outs.append(name)
+            stmts.append(f"{', '.join(outs)} = {text}" if outs else text)
+        result = k.forward[-1].outputs[0].name
+        if result not in env.inline:
+            raise Skip(f"the target does not compute `${result}`")
+        stmts.append(f"return {env.inline[result]}")
+        guard = list(dict.fromkeys(flags))
+        for need in rule.needs:
+            if need.device is not None and need.var is not None:
+                x = env.var(need.var.name)
+                guard.append(f"{_paren(x)}.is_cuda" if need.device == "cuda" else f"{_paren(x)}.device.type == 'cpu'")
+        for v in k.scalars:
+            guard.append(f"isinstance({env.var(v.name)}, (int, float))")
+        for expr, typ in getattr(match.klass, "type_checks", ()):
+            guard.append(f"isinstance({expr}, {self.spell(typ, plan)})")
+        if not guard:
+            guard = ["True"]
+        body = fn.body
+        first = body[0]
+        if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str) \
+                and len(body) > 1:
+            first = body[1]
+        indent = self.mod.indent(first)
+        unit = self.mod.unit
+        text = indent + "if " + " and ".join(guard) + ":" + self.mod.nl
+        text += self.lines_text(stmts, indent + unit)
+        at = self.mod.smap.line_start(first.lineno)
+        plan.edits.append(Edit(at, at, text))
+        plan.claimed.add((at, at))
+        plan.lines.update(range(fn.lineno, (fn.end_lineno or fn.lineno) + 1))
+
+    def guarded_import(self, qualname: str, plan: _Plan) -> str:
+        """`try: from m import n / except ImportError: n = None` once per file; the local name."""
+        if qualname in self.imports:
+            return self.imports[qualname]
+        if qualname in plan.imports:
+            return plan.imports[qualname]
+        module, name = qualname.rsplit(".", 1)
+        taken = self.mod.all_names | {v for v in self.imports.values()} | set(plan.imports.values())
+        local = name if name not in taken else _fresh(f"_dslc_{name}", taken)
+        alias = f" as {local}" if local != name else ""
+        unit, nl = self.mod.unit, self.mod.nl
+        plan.imports[qualname] = local
+        plan.import_lines.append(f"try:{nl}{unit}from {module} import {name}{alias}{nl}"
+                                 f"except ImportError:  # the kernel is optional: the original code runs{nl}"
+                                 f"{unit}{local} = None")
+        return local
+
+    def check_scripted_class(self, match: ir.Match, fn: ast.FunctionDef) -> str | None:
+        for other, text in self.scripted_functions():
+            if other is fn:
+                return f"`forward` is compiled by @{text}: the kernel cannot be called from TorchScript"
+        return None
 
     def when_condition(self, match: ir.Match) -> str | None:
         raw = match.rule.option("when")
@@ -1356,6 +1475,14 @@ def _hook_helper(unit: str, nl: str) -> str:
     return nl.join(lines)
 
 
+def _fresh(base: str, taken: set[str]) -> str:
+    name, n = base, 1
+    while name in taken:
+        n += 1
+        name = f"{base}_{n}"
+    return name
+
+
 def _container_reason(binding) -> str:
     line = binding.stmt.lines[0] if binding.stmt else 0
     return (f"`self.{binding.attr}` lives inside the container `self.{binding.container}` (line {line}); "
@@ -1453,6 +1580,8 @@ def _init_attrs(match: ir.Match) -> tuple:
 
 
 def _location_key(match: ir.Match) -> tuple:
+    if match.klass is not None:
+        return (match.rule.qualified_name, "class", match.class_name)
     if _forward_unchanged(match.rule) and match.init_nodes:
         # Only the init changes: one location however many call sites matched.
         return (match.rule.qualified_name, "init", _init_attrs(match))
