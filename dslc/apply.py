@@ -69,6 +69,9 @@ class ApplyOptions:
     inline: bool = True
     flatten: bool = False
     root: str | None = None
+    # Apply `unsafe` rules too (ruff's --unsafe-fixes); by default they are
+    # left out and the report lists them (`Report.left_out`).
+    unsafe: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +144,9 @@ class Report:
     missing_kernels: tuple[MissingKernel, ...]
     seconds: float
     mode: Mode = "diff"
+    # Rules not applied because they are `unsafe` and `--unsafe` was not given:
+    # (qualified rule name, the rule's note or description).
+    left_out: tuple[tuple[str, str], ...] = ()
 
     @property
     def files_scanned(self) -> int:
@@ -520,6 +526,7 @@ def apply_paths(
         errors += [FileError(p, 0, fileio.E_UNREADABLE, msg) for p, msg in problems]
     else:
         found = list(files)
+    packs, left_out = safe_packs(packs, options.unsafe)
     compiled = compile_packs(packs)
     total = len(found)
     results: dict[int, FileResult] = {}
@@ -569,7 +576,23 @@ def apply_paths(
         missing_kernels=tuple(missing_kernels(packs, applied)),
         seconds=time.perf_counter() - start,
         mode=options.mode,
+        left_out=left_out,
     )
+
+
+def safe_packs(packs: Sequence, unsafe: bool) -> tuple[list, tuple[tuple[str, str], ...]]:
+    """The packs without their `unsafe` rules (unless `unsafe`), and what was left out."""
+    if unsafe:
+        return list(packs), ()
+    out, left = [], []
+    for pack in packs:
+        kept = tuple(r for r in pack.rules if getattr(r, "safety", "safe") != "unsafe")
+        for r in pack.rules:
+            if getattr(r, "safety", "safe") == "unsafe":
+                why = (r.contract.note or r.description or "").split("\n")[0]
+                left.append((r.qualified_name, why))
+        out.append(replace(pack, rules=kept) if len(kept) != len(pack.rules) else pack)
+    return out, tuple(left)
 
 
 def _internal_error(name: str, exc: BaseException) -> FileError:

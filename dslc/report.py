@@ -112,6 +112,8 @@ def to_json(report: Report) -> dict:
             }
             for k in report.missing_kernels
         ],
+        "left_out": [{"rule": name, "safety": "unsafe", "reason": why}
+                     for name, why in getattr(report, "left_out", ())],
     }
 
 
@@ -152,6 +154,9 @@ def render_notes(report: Report, *, skipped: bool = True, warnings: bool = True)
         hint = f"; install it with: {k.install}" if k.install else ""
         lines.append(f"note: pack `{k.pack}` requires {k.package}"
                      f"{' ' + k.version if k.version else ''}: {k.reason}{need}{hint}\n")
+    for name, _ in getattr(report, "left_out", ()):
+        lines.append(f"note: left out unsafe rule {name} (known to change numbers or not to construct; "
+                     f"--unsafe applies it)\n")
     return "".join(lines)
 
 

@@ -99,6 +99,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--verify", action="store_true",
                    help="check each rewrite with `dslc verify` before emitting it; a rewrite "
                         "that fails is not written and the file is an error")
+    p.add_argument("--unsafe", action="store_true",
+                   help="also apply rules declared `unsafe` (known to change numbers or not to "
+                        "construct); by default they are left out and listed")
     p.add_argument("--quiet", "-q", action="store_true",
                    help="text mode: no notes on skipped matches and analysis warnings")
     p.set_defaults(func=run, mode=None)
@@ -184,6 +187,7 @@ def run(args: argparse.Namespace) -> int:
         gitignore=args.gitignore,
         cache_dir=None if args.no_cache else (args.cache_dir or default_cache_dir()),
         verify=args.verify,
+        unsafe=args.unsafe,
     )
     progress = _Progress(sys.stderr) if sys.stderr.isatty() else None
     try:
@@ -206,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
                 sys.stderr.write(f"wrote {f.patch}\n")
             elif f.written:
                 sys.stderr.write(f"rewrote {f.found.path}\n")
-    if args.format == "json" and result.missing_kernels:
+    if args.format == "json" and (result.missing_kernels or result.left_out):
         # Also tell a human watching the terminal; the JSON field carries the data.
         sys.stderr.write(render.render_notes(result, skipped=False, warnings=False))
     return 1 if result.errors else 0
