@@ -101,8 +101,20 @@ def forward_compute(fn: ast.FunctionDef, resolve: Callable[[list[str]], str | No
         env[name] = len(nodes)
         nodes.append(CNode("input", name, text=name, lines=lines))
 
+    seen: dict[tuple, int] = {}
+
     def add(node: CNode) -> int:
+        # Pure nodes (operators, attribute reads, constants, names) computed
+        # twice from the same operands are one value: `(x - u) ... (x - u)`.
+        key = None
+        if node.op in ("binop", "unary", "attr", "global", "self") or (
+                node.op == "const" and type(node.value) in (int, float, str, bool, type(None))):
+            key = (node.op, node.name, node.args, node.kwargs, type(node.value), node.value)
+            if key in seen:
+                return seen[key]
         nodes.append(node)
+        if key is not None:
+            seen[key] = len(nodes) - 1
         return len(nodes) - 1
 
     def expr(e: ast.expr) -> int:

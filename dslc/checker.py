@@ -31,6 +31,9 @@ from dslc.diagnostics import Diagnostic, Label, diag
 OPTIONS: dict[str, tuple] = {
     "scope": (lambda v: v in ("any", "forward"), '"any" or "forward"'),
     "detect": (lambda v: isinstance(v, bool), "True or False"),
+    # A run-time condition of the kernel dispatch (rules with `fallback`):
+    # a Python expression over `$vars` and `$v.attr` (`"$x.dim() == 2"`).
+    "check": (lambda v: isinstance(v, str) and _check_parses(v), 'a Python expression over $variables, e.g. "$x.dim() == 2"'),
     # Acknowledge warnings for this rule: a comma-separated list of codes.
     "allow": (lambda v: isinstance(v, str) and bool(v.strip()) and all(
         (c.strip().upper() in codes.REGISTRY and codes.REGISTRY[c.strip().upper()].severity == "warning")
@@ -48,6 +51,19 @@ _VERSION = re.compile(
     re.VERBOSE | re.IGNORECASE,
 )
 _CLAUSE = re.compile(r"\s*(~=|===|==|!=|<=|>=|<|>)\s*(\S+?)\s*$")
+
+
+CHECK_VAR = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def _check_parses(text: str) -> bool:
+    import ast as _ast
+
+    try:
+        _ast.parse(CHECK_VAR.sub(lambda m: "_v_" + m.group(1), text), mode="eval")
+    except SyntaxError:
+        return False
+    return bool(text.strip())
 
 
 def version_error(spec: str) -> str | None:
@@ -682,6 +698,15 @@ class _RuleChecker:
             if q.var is not None and q.var.name not in bound:
                 self.emit(codes.CONSTRAINT_UNKNOWN, f"`requires ... on` names `${q.var.name}`, which no source binds",
                           q.var.span, label="unknown variable", help=self._suggest(q.var.name, bound))
+        for o in r.of(S.Option):
+            if o.name == "check" and isinstance(o.value.value, str):
+                for name in CHECK_VAR.findall(o.value.value):
+                    if name not in bound:
+                        self.emit(codes.CONSTRAINT_UNKNOWN, f"`option check` names `${name}`, which no source binds",
+                                  o.value.span, label="unknown variable", help=self._suggest(name, bound))
+                if not r.of(S.Fallback):
+                    self.emit(codes.BAD_OPTION, "`option check` without `fallback original`", o.value.span,
+                              label="a check guards the kernel dispatch", help="add `requires ...` and `fallback original`")
         for f in r.of(S.Fallback):
             if f.kind != "original":
                 self.emit(codes.BAD_FALLBACK, f"unknown fallback `{f.kind}`", f.span, label="expected `original`")

@@ -160,8 +160,12 @@ def _canon_compute(c: Compute, i: int, cls: ClassFacts):
                 func, fixed, check = fn
                 if n.kwargs or len(n.args) != 1:
                     raise _Fail("activation called with extra arguments")
-                return "call", func, n.args, {k: ("const", v) for k, v in fixed}, (), (
-                    (f"self.{n.name}", check) if check else None)
+                kw = {k: ("const", v) for k, v in fixed}
+                norm = signatures.normalize(func, [("idx", n.args[0])], [(k, ("const", v)) for k, v in fixed])
+                if norm is not None:
+                    kw = {k: (("const", v.const) if isinstance(v, Value) else v) for k, v in norm.items()}
+                    kw.pop(next(iter(kw)), None)  # the input
+                return "call", func, n.args, kw, (), ((f"self.{n.name}", check) if check else None)
         return "layer", n.name, n.args, {k: ("idx", a) for k, a in n.kwargs}, (), None
     if n.op == "attr":
         return "attr", n.name, n.args, {}, (), None
@@ -399,7 +403,9 @@ def _match_init(rule: ir.Rule, cls: ClassFacts, env: dict) -> dict[str, InitBind
             rest = bool(pn.args) and isinstance(pn.args[-1], ir.Const) and pn.args[-1].value is Ellipsis
             pargs = pn.args[:-1] if rest else pn.args
             norm_b = signatures.normalize(qual, b.args, b.kwargs)
-            norm_p = signatures.normalize(qual, pargs, [(k, t) for k, t in pn.kwargs])
+            # the pattern's own arguments only (no defaults: `Linear(...)` constrains nothing)
+            named = signatures.explicit_params(qual, pargs, pn.kwargs)
+            norm_p = None if named is None else dict(zip(named, list(pargs) + [t for _, t in pn.kwargs]))
             if norm_b is None or norm_p is None:
                 if not rest and (len(b.args) != len(pargs) or len(b.kwargs) != len(pn.kwargs)):
                     return f"`self.{attr}`: arguments differ from the pattern"

@@ -492,6 +492,13 @@ class _Rewriter:
         if match.klass is not None:
             self.plan_class(match, plan)
             return plan
+        if rule.fallback == "original" and rule.needs:
+            # Kernels of required packages are imported under a guard.
+            for item in (rule.init, rule.forward):
+                for pn in (item.target or ()) if item is not None else ():
+                    qual = pn.callee.qualname if pn.callee is not None and pn.callee.var is None else None
+                    if qual and any(qual == n.module or qual.startswith(n.module + ".") for n in rule.needs):
+                        self.guarded_import(qual, plan)
         reason = self.check_scripted(match)
         if reason:
             raise Skip(reason)
@@ -499,6 +506,12 @@ class _Rewriter:
         if reason:
             raise Skip(reason)
         condition = self.when_condition(match)
+        forward_edit = rule.forward is not None and rule.forward.target is not None
+        init_edit = rule.init is not None and rule.init.target is not None
+        if rule.fallback == "original" and rule.needs and init_edit:
+            # Per construction: the kernel's layer where its needs are met, else the original.
+            needs = self.needs_condition(match, plan, rule.init.target, per_call=False)
+            condition = f"{needs} and ({condition})" if condition else needs
         reason = safety.check_when(match, condition)
         if reason:
             raise Skip(reason)
@@ -688,6 +701,8 @@ class _Rewriter:
             guard.append(f"isinstance({env.var(v.name)}, (int, float))")
         for expr, typ in getattr(match.klass, "type_checks", ()):
             guard.append(f"isinstance({expr}, {self.spell(typ, plan)})")
+        if rule.option("check"):
+            guard.append(_paren(self.check_text(str(rule.option("check")), env)))
         if not guard:
             guard = ["True"]
         body = fn.body
@@ -704,6 +719,59 @@ class _Rewriter:
         plan.claimed.add((at, at))
         plan.lines.update(range(fn.lineno, (fn.end_lineno or fn.lineno) + 1))
 
+    def needs_condition(self, match: ir.Match, plan: _Plan, target, *, per_call: bool, env: "_Env | None" = None) -> str:
+        """The run-time test that the kernel's needs are met (rule `requires`).
+
+        Every target callee from a required package is imported under a
+        guard (bound to None when the import fails); the test checks those
+        names, and the device: per call, the tensor bound to `on $x`
+        (`x.is_cuda`); per construction, `torch.cuda.is_available()`.
+        """
+        rule = match.rule
+        parts: list[str] = []
+        for pn in target:
+            if pn.callee is None or pn.callee.var is not None or not pn.callee.qualname:
+                continue
+            if pn.kind == "layer" and pn.layer_var is not None and not per_call:
+                pass
+            qual = pn.callee.qualname
+            if any(qual == n.module or qual.startswith(n.module + ".") for n in rule.needs):
+                parts.append(f"{self.guarded_import(qual, plan)} is not None")
+        if not parts:
+            raise Skip("the rule requires a package but its target calls nothing from it")
+        if per_call and env is not None and rule.option("check"):
+            parts.append(_paren(self.check_text(str(rule.option("check")), env)))
+        for need in rule.needs:
+            if need.device == "cuda":
+                if per_call and need.var is not None and env is not None:
+                    try:
+                        parts.append(f"{_paren(env.var(need.var.name))}.is_cuda")
+                    except _Absent:
+                        raise Skip(f"`${need.var.name}` (the tensor whose device is checked) is bound to nothing") from None
+                else:
+                    parts.append(f"{self.spell('torch', plan)}.cuda.is_available()")
+        return " and ".join(dict.fromkeys(parts))
+
+    @staticmethod
+    def check_text(text: str, env: "_Env") -> str:
+        """`option check`: `$v` / `$v.attr` replaced by the bound source text."""
+        def sub(m: re.Match) -> str:
+            try:
+                return _paren(env.var(m.group(1)))
+            except _Absent:
+                raise Skip(f"`option check` names `${m.group(1)}`, which is bound to nothing here") from None
+        return re.sub(r"\$([A-Za-z_][A-Za-z0-9_]*)", sub, text)
+
+    def check_not_guarded(self, lo: int, hi: int) -> None:
+        """A call that is already the fallback branch of a dispatch is not rewritten again."""
+        smap = self.mod.smap
+        for node in ast.walk(self.mod.tree):
+            if isinstance(node, ast.IfExp):
+                a, b = smap.offset(node.orelse.lineno, node.orelse.col_offset), \
+                    smap.offset(node.orelse.end_lineno, node.orelse.end_col_offset)
+                if (a, b) == (lo, hi) and "is not None" in ast.unparse(node.test):
+                    raise Skip("already the fallback branch of a kernel dispatch")
+
     def guarded_import(self, qualname: str, plan: _Plan) -> str:
         """`try: from m import n / except ImportError: n = None` once per file; the local name."""
         if qualname in self.imports:
@@ -717,7 +785,7 @@ class _Rewriter:
         unit, nl = self.mod.unit, self.mod.nl
         plan.imports[qualname] = local
         plan.import_lines.append(f"try:{nl}{unit}from {module} import {name}{alias}{nl}"
-                                 f"except ImportError:  # the kernel is optional: the original code runs{nl}"
+                                 f"except Exception:  # optional kernel (missing package, no Triton): the original code runs{nl}"
                                  f"{unit}{local} = None")
         return local
 
@@ -893,6 +961,23 @@ class _Rewriter:
             start, end = smap.node_span(final_stmt)
             self.claim(plan, start, end, f"{', '.join(names)} = {final_text}", final_stmt)
         else:
+            if rule.fallback == "original" and rule.needs and (rule.init is None or rule.init.target is None):
+                # Per call: `(<kernel call> if <needs met> else <original call>)`.
+                if len(target) != 1 or len(source_nodes) != 1:
+                    raise Skip("a per-call fallback needs one source node and one target node")
+                self.check_not_guarded(lo, hi)
+                for v in sorted(set().union(*(_node_vars(pn) for pn in target)) | _check_vars(rule)
+                                | {n.var.name for n in rule.needs if n.var is not None}):
+                    try:
+                        text = env.var(v)
+                    except _Absent:
+                        continue
+                    if not _SIMPLE.fullmatch(text):
+                        raise Skip(f"`${v}` is `{text}`: the per-call dispatch would evaluate it twice "
+                                   f"(in the check and in the call); assign it to a name first")
+                needs = self.needs_condition(match, plan, target, per_call=True, env=env)
+                original = smap.text[lo:hi] if hasattr(smap, "text") else mod.source[lo:hi]
+                final_text = f"({final_text} if {needs} else {original})"
             self.claim(plan, lo, hi, final_text, final_stmt)
 
         # Earlier statements: delete; hoist out of the branch when needed.
@@ -1473,6 +1558,14 @@ def _hook_helper(unit: str, nl: str) -> str:
         "",
     ]
     return nl.join(lines)
+
+
+# A name, an attribute chain or a literal: safe to evaluate twice.
+_SIMPLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*|-?[0-9.eE+-]+|'[^'\\]*'|\"[^\"\\]*\"")
+
+
+def _check_vars(rule: ir.Rule) -> set[str]:
+    return set(re.findall(r"\$([A-Za-z_][A-Za-z0-9_]*)", str(rule.option("check") or "")))
 
 
 def _fresh(base: str, taken: set[str]) -> str:
