@@ -92,6 +92,8 @@ class _Plan:
     lines: set[int] = field(default_factory=set)
     # Accepted edits (of earlier matches) that a `when` region absorbed into both branches.
     absorbed: list[Edit] = field(default_factory=list)
+    # Generated per-call dispatch helpers: name -> definition (rules with `fallback`).
+    helper_defs: dict[str, str] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------
@@ -150,6 +152,7 @@ class _Module:
         # Only top-level imports are reused: a function-local alias is not in
         # scope where the new code goes.
         self.unit = self.smap.indent_unit()
+        self.block_unit = _block_unit(self.tree, self.smap) or self.unit
         self.nl = self.smap.newline
 
     # -- statements -------------------------------------------------------
@@ -353,6 +356,7 @@ class _Rewriter:
         self.import_lines: list[str] = []
         self.needs_hook = HOOK_HELPER in self.mod.all_names
         self.hook_present = self.needs_hook
+        self.helper_defs: dict[str, str] = {}
         self.taken: dict[str, set[str]] = {}
         self._scripted: list | None = None  # see scripted_functions()
         self.done_locations: dict[tuple, int] = {}
@@ -489,6 +493,8 @@ class _Rewriter:
         reason = safety.check_conflict(match)
         if reason:
             raise Skip(reason)
+        if match.function.startswith("_dslc_"):
+            raise Skip(f"inside `{match.function}`, a dispatch helper that dslc generated")
         if match.klass is not None:
             self.plan_class(match, plan)
             return plan
@@ -711,7 +717,7 @@ class _Rewriter:
                 and len(body) > 1:
             first = body[1]
         indent = self.mod.indent(first)
-        unit = self.mod.unit
+        unit = indent[len(self.mod.indent(fn)):] or self.mod.block_unit
         text = indent + "if " + " and ".join(guard) + ":" + self.mod.nl
         text += self.lines_text(stmts, indent + unit)
         at = self.mod.smap.line_start(first.lineno)
@@ -762,15 +768,57 @@ class _Rewriter:
                 raise Skip(f"`option check` names `${m.group(1)}`, which is bound to nothing here") from None
         return re.sub(r"\$([A-Za-z_][A-Za-z0-9_]*)", sub, text)
 
-    def check_not_guarded(self, lo: int, hi: int) -> None:
-        """A call that is already the fallback branch of a dispatch is not rewritten again."""
-        smap = self.mod.smap
-        for node in ast.walk(self.mod.tree):
-            if isinstance(node, ast.IfExp):
-                a, b = smap.offset(node.orelse.lineno, node.orelse.col_offset), \
-                    smap.offset(node.orelse.end_lineno, node.orelse.end_col_offset)
-                if (a, b) == (lo, hi) and "is not None" in ast.unparse(node.test):
-                    raise Skip("already the fallback branch of a kernel dispatch")
+    def dispatch_call(self, match: ir.Match, plan: _Plan, env: "_Env", spn: ir.PatNode, tpn: ir.PatNode) -> str:
+        """`_dslc_<pack>_<rule>(args)`: a module-level helper (once per file) that
+        calls the kernel where its needs are met and the original call else.
+
+        Every bound value is an argument of the helper, so it is evaluated
+        once, at the call site, in the original order.
+        """
+        rule = match.rule
+        if env.casts:
+            raise Skip("the matched call casts its input (dtype=...); the per-call dispatch does not keep casts")
+        if any(isinstance(t, ir.Const) and t.value is Ellipsis for t in spn.args):
+            raise Skip("the source pattern takes further arguments (`...`), which the dispatch cannot pass on")
+        params: list[str] = []
+
+        def add(names) -> None:
+            for v in names:
+                if v not in params and v != "_":
+                    params.append(v)
+
+        lv = _layer_var(spn)
+        if lv is not None:
+            add([lv])
+        for t in list(spn.args) + [t for _, t in spn.kwargs]:
+            add(sorted(_vars_in(t)))
+        add(sorted(_node_vars(tpn)))
+        add(sorted(_check_vars(rule)))
+        add([n.var.name for n in rule.needs if n.var is not None])
+        names = {v: (v + "_" if keyword.iskeyword(v) else v) for v in params}
+        call_args = []
+        for v in params:
+            try:
+                call_args.append(env.var(v))
+            except _Absent:
+                raise Skip(f"`${v}` is bound to nothing at this call") from None
+        henv = _Env(match, {}, {})
+        henv.inline = {v: names[v] for v in params}
+        kernel = self.render_node(tpn, henv, plan)
+        original = self.render_node(spn, henv, plan)
+        cond = self.needs_condition(match, plan, [tpn], per_call=True, env=henv)
+        helper = re.sub(r"\W", "_", f"_dslc_{rule.pack}_{rule.name}")
+        unit, nl = self.mod.block_unit, self.mod.nl
+        text = (f"def {helper}({', '.join(names[v] for v in params)}):{nl}"
+                f'{unit}"""Added by `dslc apply` ({rule.qualified_name}): the kernel where it can run, else the original call."""{nl}'
+                f"{unit}if {cond}:{nl}{unit * 2}return {kernel}{nl}{unit}return {original}{nl}")
+        known = self.helper_defs.get(helper) or plan.helper_defs.get(helper)
+        if known is None and helper in self.mod.all_names:
+            raise Skip(f"`{helper}` is already defined in this file")
+        if known is not None and known != text:
+            raise Skip(f"`{helper}` was generated with other arguments in this file")
+        plan.helper_defs[helper] = text
+        return f"{helper}({', '.join(call_args)})"
 
     def guarded_import(self, qualname: str, plan: _Plan) -> str:
         """`try: from m import n / except ImportError: n = None` once per file; the local name."""
@@ -782,7 +830,7 @@ class _Rewriter:
         taken = self.mod.all_names | {v for v in self.imports.values()} | set(plan.imports.values())
         local = name if name not in taken else _fresh(f"_dslc_{name}", taken)
         alias = f" as {local}" if local != name else ""
-        unit, nl = self.mod.unit, self.mod.nl
+        unit, nl = self.mod.block_unit, self.mod.nl
         plan.imports[qualname] = local
         plan.import_lines.append(f"try:{nl}{unit}from {module} import {name}{alias}{nl}"
                                  f"except Exception:  # optional kernel (missing package, no Triton): the original code runs{nl}"
@@ -962,22 +1010,10 @@ class _Rewriter:
             self.claim(plan, start, end, f"{', '.join(names)} = {final_text}", final_stmt)
         else:
             if rule.fallback == "original" and rule.needs and (rule.init is None or rule.init.target is None):
-                # Per call: `(<kernel call> if <needs met> else <original call>)`.
+                # Per call: a generated helper chooses the kernel or the original call.
                 if len(target) != 1 or len(source_nodes) != 1:
                     raise Skip("a per-call fallback needs one source node and one target node")
-                self.check_not_guarded(lo, hi)
-                for v in sorted(set().union(*(_node_vars(pn) for pn in target)) | _check_vars(rule)
-                                | {n.var.name for n in rule.needs if n.var is not None}):
-                    try:
-                        text = env.var(v)
-                    except _Absent:
-                        continue
-                    if not _SIMPLE.fullmatch(text):
-                        raise Skip(f"`${v}` is `{text}`: the per-call dispatch would evaluate it twice "
-                                   f"(in the check and in the call); assign it to a name first")
-                needs = self.needs_condition(match, plan, target, per_call=True, env=env)
-                original = smap.text[lo:hi] if hasattr(smap, "text") else mod.source[lo:hi]
-                final_text = f"({final_text} if {needs} else {original})"
+                final_text = self.dispatch_call(match, plan, env, source_nodes[0], target[0])
             self.claim(plan, lo, hi, final_text, final_stmt)
 
         # Earlier statements: delete; hoist out of the branch when needed.
@@ -1514,7 +1550,7 @@ class _Rewriter:
         mod = self.mod
         lines = list(dict.fromkeys(self.import_lines))
         helper = self.needs_hook and not self.hook_present
-        if not lines and not helper:
+        if not lines and not helper and not self.helper_defs:
             return None
         nl = mod.nl
         if mod.last_import is not None:
@@ -1525,6 +1561,8 @@ class _Rewriter:
         text = prefix + "".join(line + nl for line in lines)
         if helper:
             text += nl + nl + _hook_helper(mod.unit, nl)
+        for name in sorted(self.helper_defs):
+            text += nl + nl + self.helper_defs[name]
         return Edit(at, at, text)
 
     def top_of_file(self) -> tuple[int, str]:
@@ -1544,6 +1582,18 @@ class _Rewriter:
         return mod.smap.line_end(pos), prefix
 
 
+def _block_unit(tree: ast.Module, smap) -> str | None:
+    """The indentation step of the file's blocks: the body of its first
+    top-level `def`/`class` (a continuation line indented by 2 does not count)."""
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.body:
+            inner = smap.indent_of(node.body[0].lineno)
+            outer = smap.indent_of(node.lineno)
+            if len(inner) > len(outer) and inner.startswith(outer):
+                return inner[len(outer):]
+    return None
+
+
 def _hook_helper(unit: str, nl: str) -> str:
     lines = [
         f"def {HOOK_HELPER}(renames):",
@@ -1558,10 +1608,6 @@ def _hook_helper(unit: str, nl: str) -> str:
         "",
     ]
     return nl.join(lines)
-
-
-# A name, an attribute chain or a literal: safe to evaluate twice.
-_SIMPLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*|-?[0-9.eE+-]+|'[^'\\]*'|\"[^\"\\]*\"")
 
 
 def _check_vars(rule: ir.Rule) -> set[str]:
@@ -1748,6 +1794,7 @@ def _rewrite(source: str, facts, matches, path: str, *, check_each: bool) -> Rew
         rewriter.imports.update(plan.imports)
         rewriter.import_lines.extend(plan.import_lines)
         rewriter.needs_hook = rewriter.needs_hook or plan.needs_hook
+        rewriter.helper_defs.update(plan.helper_defs)
         for cls, names in plan.new_attrs.items():
             rewriter.taken.setdefault(cls, set()).update(names)
         if match.nodes or key[1:2] == ("init",):

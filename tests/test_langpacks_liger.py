@@ -166,9 +166,10 @@ def test_named_classes_are_chosen_per_construction(tmp_path):
         assert out_diff <= 1e-4 and grad_diff <= 1e-4, (dtype, out_diff, grad_diff)
 
 
-def test_per_call_dispatch_refuses_expressions_evaluated_twice(tmp_path):
+def test_per_call_dispatch_is_a_helper_that_evaluates_arguments_once(tmp_path):
     src = tmp_path / "ce.py"
     src.write_text(textwrap.dedent("""
+        import torch
         import torch.nn.functional as F
 
 
@@ -177,5 +178,30 @@ def test_per_call_dispatch_refuses_expressions_evaluated_twice(tmp_path):
     """))
     target, report = _apply(tmp_path, src)
     (m,) = [m for m in report["matches"] if m["rule"] == "liger:cross_entropy"]
-    assert m["status"] == "skipped" and "evaluate it twice" in m["reason"]
-    assert target.read_text() == src.read_text()
+    assert m["status"] == "applied"
+    text = target.read_text()
+    assert "return _dslc_liger_cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1))" in text
+    assert "def _dslc_liger_cross_entropy(x, y):" in text and "return F.cross_entropy(x, y)" in text
+    # the original call inside the helper is not rewritten again
+    code = main(["apply", "--rules", str(LIGER), "--no-cache", "--jobs", "1", "-q", "--write", str(target)])
+    assert code == 0 and target.read_text() == text
+    # without liger: the same loss as the original function
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        sys.modules["liger_kernel"] = None
+        import importlib.util, torch
+        def load(name, path):
+            spec = importlib.util.spec_from_file_location(name, path)
+            mod = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(mod)
+            return mod
+        a, b = load("a", {str(src)!r}), load("b", {str(target)!r})
+        torch.manual_seed(0)
+        logits, labels = torch.randn(2, 3, 7), torch.randint(0, 7, (2, 3))
+        assert torch.equal(a.loss(logits, labels), b.loss(logits, labels))
+        assert b.liger_cross_entropy is None
+        print("ok")
+    """))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
