@@ -795,29 +795,49 @@ class _Rewriter:
         add(sorted(_node_vars(tpn)))
         add(sorted(_check_vars(rule)))
         add([n.var.name for n in rule.needs if n.var is not None])
-        names = {v: (v + "_" if keyword.iskeyword(v) else v) for v in params}
+        kw_only = set()
+        for pn in (spn, tpn):
+            for _, t in pn.kwargs:
+                if isinstance(t, ir.Var):
+                    kw_only.add(t.name)
+        for pn in (spn, tpn):
+            for t in pn.args:
+                kw_only -= _vars_in(t)
+            if pn.callee is not None and pn.callee.var is not None:
+                kw_only.discard(pn.callee.var.name)
+        kw_only -= _check_vars(rule) | {n.var.name for n in rule.needs if n.var is not None}
         call_args = []
+        present = []
         for v in params:
             try:
                 call_args.append(env.var(v))
+                present.append(v)
             except _Absent:
-                raise Skip(f"`${v}` is bound to nothing at this call") from None
+                if v not in kw_only:
+                    raise Skip(f"`${v}` is bound to nothing at this call") from None
+                # a keyword the call does not give: left out of both calls
+        params = present
+        names = {v: (v + "_" if keyword.iskeyword(v) else v) for v in params}
         henv = _Env(match, {}, {})
         henv.inline = {v: names[v] for v in params}
         kernel = self.render_node(tpn, henv, plan)
         original = self.render_node(spn, henv, plan)
         cond = self.needs_condition(match, plan, [tpn], per_call=True, env=henv)
-        helper = re.sub(r"\W", "_", f"_dslc_{rule.pack}_{rule.name}")
+        base = re.sub(r"\W", "_", f"_dslc_{rule.pack}_{rule.name}")
         unit, nl = self.mod.block_unit, self.mod.nl
-        text = (f"def {helper}({', '.join(names[v] for v in params)}):{nl}"
+        body = (f"({', '.join(names[v] for v in params)}):{nl}"
                 f'{unit}"""Added by `dslc apply` ({rule.qualified_name}): the kernel where it can run, else the original call."""{nl}'
                 f"{unit}if {cond}:{nl}{unit * 2}return {kernel}{nl}{unit}return {original}{nl}")
-        known = self.helper_defs.get(helper) or plan.helper_defs.get(helper)
-        if known is None and helper in self.mod.all_names:
-            raise Skip(f"`{helper}` is already defined in this file")
-        if known is not None and known != text:
-            raise Skip(f"`{helper}` was generated with other arguments in this file")
-        plan.helper_defs[helper] = text
+        defs = {**self.helper_defs, **plan.helper_defs}
+        helper, n = base, 1
+        while True:
+            if defs.get(helper) == f"def {helper}{body}":
+                break  # the same helper, already generated
+            if helper not in defs and helper not in self.mod.all_names:
+                plan.helper_defs[helper] = f"def {helper}{body}"
+                break
+            n += 1
+            helper = f"{base}_{n}"
         return f"{helper}({', '.join(call_args)})"
 
     def guarded_import(self, qualname: str, plan: _Plan) -> str:
