@@ -149,6 +149,15 @@ class _Module:
                 if node.module and not node.level:
                     for alias in node.names:
                         self.imports[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+        # Guarded imports of optional kernels (`try: from m import n` at the
+        # top level), as an earlier `dslc apply` wrote them: qualname -> local.
+        self.guarded: dict[str, str] = {}
+        for node in self.tree.body:
+            if isinstance(node, ast.Try):
+                for sub in node.body:
+                    if isinstance(sub, ast.ImportFrom) and sub.module and not sub.level:
+                        for alias in sub.names:
+                            self.guarded[f"{sub.module}.{alias.name}"] = alias.asname or alias.name
         # Only top-level imports are reused: a function-local alias is not in
         # scope where the new code goes.
         self.unit = self.smap.indent_unit()
@@ -846,6 +855,9 @@ class _Rewriter:
             return self.imports[qualname]
         if qualname in plan.imports:
             return plan.imports[qualname]
+        if qualname in self.mod.guarded:  # written by an earlier run
+            plan.imports[qualname] = self.mod.guarded[qualname]
+            return self.mod.guarded[qualname]
         module, name = qualname.rsplit(".", 1)
         taken = self.mod.all_names | {v for v in self.imports.values()} | set(plan.imports.values())
         local = name if name not in taken else _fresh(f"_dslc_{name}", taken)
