@@ -764,7 +764,7 @@ class _Rewriter:
                     except _Absent:
                         raise Skip(f"`${need.var.name}` (the tensor whose device is checked) is bound to nothing") from None
                 else:
-                    parts.append(f"{self.spell('torch', plan)}.cuda.is_available()")
+                    parts.append(f"{self.torch_module(plan)}.cuda.is_available()")
         return " and ".join(dict.fromkeys(parts))
 
     @staticmethod
@@ -848,6 +848,17 @@ class _Rewriter:
             n += 1
             helper = f"{base}_{n}"
         return f"{helper}({', '.join(call_args)})"
+
+    def torch_module(self, plan: _Plan) -> str:
+        """How the file names the `torch` module (`import torch` added when it has none)."""
+        for local, qual in sorted(self.mod.imports.items()):
+            if qual == "torch":
+                return local
+        if "torch" in self.mod.all_names:
+            raise Skip("`torch` names something else in this file; the run-time check needs the torch module")
+        if "import torch" not in plan.import_lines and "import torch" not in self.import_lines:
+            plan.import_lines.append("import torch")
+        return "torch"
 
     def guarded_import(self, qualname: str, plan: _Plan) -> str:
         """`try: from m import n / except ImportError: n = None` once per file; the local name."""

@@ -135,7 +135,6 @@ def test_rewritten_model_without_liger_gives_the_same_numbers(tmp_path):
 
 
 NAMED = textwrap.dedent("""
-    import torch
     from torch import nn
     from transformers import LlamaConfig
     from transformers.models.llama.modeling_llama import LlamaMLP, LlamaRMSNorm
@@ -161,6 +160,10 @@ def test_named_classes_are_chosen_per_construction(tmp_path):
     text = rewritten.read_text()
     assert "torch.cuda.is_available()" in text and "LigerRMSNorm(" in text and "LigerSwiGLUMLP(" in text
     assert 'config.hidden_act in ("silu", "swish")' in text
+    again = tmp_path / "again.py"
+    again.write_text(text)
+    assert main(["apply", "--rules", str(LIGER), "--no-cache", "--jobs", "1", "-q", "--write", str(again)]) == 0
+    assert again.read_text() == text
     result = _run_child(tmp_path, src, rewritten, "Layer", "(torch.randn(2, 3, 16) * 3 + 1,)")
     for dtype, (out_diff, grad_diff, _) in result.items():
         assert out_diff <= 1e-4 and grad_diff <= 1e-4, (dtype, out_diff, grad_diff)
