@@ -208,3 +208,44 @@ def test_per_call_dispatch_is_a_helper_that_evaluates_arguments_once(tmp_path):
     """))
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+def _liger_names(module: str) -> set[str]:
+    """Names a liger_kernel module defines or re-exports, read from its source (no import: Triton may be absent)."""
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec("liger_kernel")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("liger-kernel is not installed")
+    base = Path(list(spec.submodule_search_locations)[0]).parent
+    path = base.joinpath(*module.split("."))
+    path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+    tree = ast.parse(path.read_text())
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.ImportFrom):
+            names.update(a.asname or a.name for a in node.names)
+    return names
+
+
+def test_kernel_names_exist_in_the_installed_liger_kernel():
+    from dslc.loader import load_rules
+
+    (pack,) = load_rules([str(LIGER)]).packs
+    targets = set()
+    for rule in pack.rules:
+        targets.update(rule.kernels)
+        for item in (rule.init, rule.forward):
+            for pn in (item.target or ()) if item is not None else ():
+                if pn.callee is not None and pn.callee.qualname and pn.callee.qualname.startswith("liger_kernel."):
+                    targets.add(pn.callee.qualname)
+        for pn in (rule.klass.target or ()) if rule.klass is not None else ():
+            if pn.callee is not None and pn.callee.qualname and pn.callee.qualname.startswith("liger_kernel."):
+                targets.add(pn.callee.qualname)
+    assert len(targets) >= 8
+    for qual in sorted(targets):
+        module, name = qual.rsplit(".", 1)
+        assert name in _liger_names(module), qual
