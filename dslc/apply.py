@@ -133,6 +133,9 @@ class MissingKernel:
     reason: str
     rules: tuple[str, ...]  # the selected rules whose kernels live in it
     applied: int = 0  # rewrites in this run that import it
+    # every such rule declares `fallback original`: the rewritten code imports
+    # the kernel under a guard and runs without it
+    guarded: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,6 +294,8 @@ def missing_kernels(packs: Sequence, applied: dict[str, int] | None = None) -> l
                 pack=pack.name, package=req.package, module=module, version=req.version,
                 install=req.install, reason=reason, rules=rules,
                 applied=sum(applied.get(r, 0) for r in rules),
+                guarded=all(getattr(r, "fallback", None) == "original" for r in pack.rules
+                            if r.qualified_name in rules),
             ))
     return out
 

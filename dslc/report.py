@@ -109,6 +109,7 @@ def to_json(report: Report) -> dict:
                 "reason": k.reason,
                 "rules": list(k.rules),
                 "applied": k.applied,
+                "guarded": getattr(k, "guarded", False),
             }
             for k in report.missing_kernels
         ],
@@ -152,6 +153,8 @@ def render_notes(report: Report, *, skipped: bool = True, warnings: bool = True)
     for k in report.missing_kernels:
         need = f" ({k.applied} {'rewrites in this run import' if k.applied != 1 else 'rewrite in this run imports'} it)" if k.applied else ""
         hint = f"; install it with: {k.install}" if k.install else ""
+        if getattr(k, "guarded", False):
+            hint = " (guarded: without it the rewritten code runs the original computation)" + hint
         lines.append(f"note: pack `{k.pack}` requires {k.package}"
                      f"{' ' + k.version if k.version else ''}: {k.reason}{need}{hint}\n")
     for name, _ in getattr(report, "left_out", ()):
