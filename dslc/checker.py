@@ -241,9 +241,9 @@ class _RuleChecker:
         for sec in (init, fwd):
             if sec is not None:
                 self.shapes(sec)
-        self.variables(init, fwd)
         for c in self.r.of(S.ClassItem):
             self.class_item(c, mixed=init is not None or fwd is not None)
+        self.variables(init, fwd)
         self.needs(init, fwd)
         return self._allowed(self.out)
 
@@ -486,7 +486,7 @@ class _RuleChecker:
 
         init_src_vars = {v.name for n in init_src for v in node_vars(n)}
         fwd_src_vars = {v.name for n in fwd_src for v in node_vars(n)}
-        all_src = init_src_vars | fwd_src_vars
+        all_src = init_src_vars | fwd_src_vars | set(getattr(self, "class_vars", ()))
 
         # `$v(...)` and `qual.Type(...)` in forward sources
         by_type: dict[str, list[str]] = {}

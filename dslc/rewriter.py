@@ -505,6 +505,9 @@ class _Rewriter:
         if match.function.startswith("_dslc_"):
             raise Skip(f"inside `{match.function}`, a dispatch helper that dslc generated")
         if match.klass is not None:
+            reason = safety.check_constraints(match)
+            if reason:
+                raise Skip(reason)
             self.plan_class(match, plan)
             return plan
         if rule.fallback == "original" and rule.needs:
@@ -718,6 +721,9 @@ class _Rewriter:
             guard.append(f"isinstance({expr}, {self.spell(typ, plan)})")
         if rule.option("check"):
             guard.append(_paren(self.check_text(str(rule.option("check")), env)))
+        condition = self.when_condition(match)
+        if condition:  # `when`: one more run-time condition of the dispatch
+            guard.append(_paren(condition))
         if not guard:
             guard = ["True"]
         body = fn.body
