@@ -239,3 +239,41 @@ def test_compute_graph_shares_pure_subexpressions():
     assert c.problem is None
     last = c.nodes[c.output]
     assert last.op == "binop" and last.args[0] == last.args[1]
+
+
+WHEN_WHERE = textwrap.dedent('''
+    pack w "t"
+    rule r "d" {
+      kernel torch.nn.functional.silu
+      exact
+      class {
+        forward($x) { torch.sigmoid($x) -> $s; $x * $s -> $y; }
+      } => { torch.nn.functional.silu($x) -> $y; }
+      when $x != None
+    }
+    rule q "d" {
+      kernel torch.nn.functional.silu
+      exact
+      class {
+        forward($x) { torch.tanh($x) -> $s; $x * $s -> $y; }
+      } => { torch.nn.functional.silu($x) -> $y; }
+      where $s == 1
+    }
+''')
+
+
+def test_when_guards_the_dispatch_and_where_is_checked(tmp_path):
+    path = tmp_path / "w.adr"
+    path.write_text(WHEN_WHERE)
+    loaded = load_rules([str(path)])
+    assert not loaded.diagnostics
+    src = ("import torch\nfrom torch import nn\n\n\nclass S(nn.Module):\n    def forward(self, x):\n"
+           "        return x * torch.sigmoid(x)\n\n\nclass T(nn.Module):\n    def forward(self, x):\n"
+           "        return x * torch.tanh(x)\n")
+    facts = analyze_source(src, "m.py")
+    matches = match_file(compile_rules(loaded.packs[0].rules), facts)
+    result = rewrite_source(src, facts, matches, path="m.py")
+    status = {o.match.class_name: (o.status, o.reason) for o in result.outcomes}
+    assert status["S"] == ("applied", None)
+    assert status["T"][0] == "skipped" and "not known statically" in status["T"][1]
+    assert "        if (x != None):\n" in result.new_source
