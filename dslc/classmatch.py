@@ -385,6 +385,7 @@ def _const_eq(a, b) -> bool:
 def _match_init(rule: ir.Rule, cls: ClassFacts, env: dict) -> dict[str, InitBinding] | str:
     """Init pattern nodes against the bindings of their attributes."""
     out: dict[str, InitBinding] = {}
+    seen: dict[str, str | None] = {}  # init-pattern variable -> the source text it stands for
     for pn in rule.klass.init:
         var = next((o.name for o in pn.outputs if o.name != "_"), None)
         if var is None or var not in env or env[var][0] != "attr":
@@ -414,6 +415,12 @@ def _match_init(rule: ir.Rule, cls: ClassFacts, env: dict) -> dict[str, InitBind
                         return f"`self.{attr}`: the arguments of `{qual}` cannot be compared (no signature)"
             else:
                 for k, t in norm_p.items():
+                    if isinstance(t, ir.Var) and t.name != "_" and not t.name.startswith("_"):
+                        got = norm_b.get(k)
+                        text = got.text if got is not None else None
+                        if seen.setdefault(t.name, text) != text:
+                            return f"`${t.name}` is `{seen[t.name]}` and `{text}` in the init bindings"
+                        continue
                     if isinstance(t, ir.Const) or not isinstance(t, (ir.Var, ir.Code)):
                         want = t.value if isinstance(t, ir.Const) else getattr(t, "const", None)
                         got = norm_b.get(k)

@@ -277,3 +277,21 @@ def test_when_guards_the_dispatch_and_where_is_checked(tmp_path):
     assert status["S"] == ("applied", None)
     assert status["T"][0] == "skipped" and "not known statically" in status["T"][1]
     assert "        if (x != None):\n" in result.new_source
+
+
+def test_init_pattern_variables_must_agree(tmp_path):
+    path = tmp_path / "v.adr"
+    path.write_text(PACK.replace(
+        "init { torch.nn.Linear(...) -> $gate; torch.nn.Linear(...) -> $up; torch.nn.Linear(...) -> $down; }",
+        "init { torch.nn.Linear($h, $i) -> $gate; torch.nn.Linear($h, $i) -> $up; torch.nn.Linear($i, $h) -> $down; }"))
+    (pack,) = load_rules([str(path)]).packs
+    body = """
+    def forward(self, x):
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+    """
+    ok = "self.w1 = nn.Linear(8, 16)\nself.w3 = nn.Linear(8, 16)\nself.w2 = nn.Linear(16, 8)"
+    _, _, matches = _matches(pack, body, init=ok)
+    assert [m.conflict for m in matches] == [None]
+    bad = "self.w1 = nn.Linear(8, 16)\nself.w3 = nn.Linear(8, 32)\nself.w2 = nn.Linear(16, 8)"
+    _, _, matches = _matches(pack, body, init=bad)
+    assert len(matches) == 1 and "`$i` is `16` and `32`" in matches[0].conflict
