@@ -86,6 +86,8 @@ def _dotted(e: ast.expr) -> list[str] | None:
 def forward_compute(fn: ast.FunctionDef, resolve: Callable[[list[str]], str | None]) -> Compute:
     """The expression graph of `fn` (see the module docstring); never raises."""
     lines = (fn.lineno, fn.end_lineno or fn.lineno)
+    if not isinstance(fn, ast.FunctionDef):
+        return Compute(lines=lines, problem="forward is not a plain `def`")
     a = fn.args
     if a.vararg or a.kwarg or a.kwonlyargs or a.posonlyargs:
         return Compute(lines=lines, problem="forward takes *args, **kwargs or keyword-only parameters")

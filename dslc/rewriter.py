@@ -731,6 +731,10 @@ class _Rewriter:
         if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str) \
                 and len(body) > 1:
             first = body[1]
+        if first.lineno <= fn.lineno:
+            raise Skip("forward's body is on the line of its `def`; the dispatch needs a line of its own")
+        if body[0] is not first and (body[0].end_lineno or body[0].lineno) >= first.lineno:
+            raise Skip("forward's docstring ends on the line of its first statement")
         indent = self.mod.indent(first)
         unit = indent[len(self.mod.indent(fn)):] or self.mod.block_unit
         text = indent + "if " + " and ".join(guard) + ":" + self.mod.nl

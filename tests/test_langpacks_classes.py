@@ -295,3 +295,17 @@ def test_init_pattern_variables_must_agree(tmp_path):
     bad = "self.w1 = nn.Linear(8, 16)\nself.w3 = nn.Linear(8, 32)\nself.w2 = nn.Linear(16, 8)"
     _, _, matches = _matches(pack, body, init=bad)
     assert len(matches) == 1 and "`$i` is `16` and `32`" in matches[0].conflict
+
+
+def test_dispatch_needs_a_line_of_its_own(tmp_path):
+    path = tmp_path / "w.adr"
+    path.write_text(WHEN_WHERE)
+    (pack,) = load_rules([str(path)]).packs
+    src = ("import torch\nfrom torch import nn\n\n\nclass S(nn.Module):\n"
+           "    def forward(self, x): return x * torch.sigmoid(x)\n\n\nclass U(nn.Module):\n    def forward(self, x):\n"
+           "        y = torch.sigmoid(x); return x * y\n")
+    facts = analyze_source(src, "m.py")
+    result = rewrite_source(src, facts, match_file(compile_rules(pack.rules), facts), path="m.py")
+    status = {o.match.class_name: o.status for o in result.outcomes}
+    assert status == {"S": "skipped", "U": "applied"}
+    compile(result.new_source, "m.py", "exec")
