@@ -59,6 +59,7 @@ def test_classes_are_recognised_by_computation(tmp_path):
         "liger:layer_norm": ["ManualLayerNorm"],
         "liger:cross_entropy": ["TinyLM"],
         "liger:cross_entropy_loss": ["TinyLM"],
+        "liger:layer_norm_call": ["TinyLM"],
     }
     text = rewritten.read_text()
     original = TINY.read_text()

@@ -136,6 +136,7 @@ class TinyLM(nn.Module):
         self.embed = nn.Embedding(vocab, dim)
         self.blocks = nn.ModuleList([Block(dim, hidden) for _ in range(layers)])
         self.norm = ScaleNorm(dim)
+        self.ln_f = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, vocab, bias=False)
         self.loss_fct = nn.CrossEntropyLoss(label_smoothing=0.1)
 
@@ -143,7 +144,7 @@ class TinyLM(nn.Module):
         x = self.embed(ids)
         for block in self.blocks:
             x = block(x)
-        logits = self.head(self.norm(x))
+        logits = self.head(self.ln_f(self.norm(x)))
         flat = logits.view(-1, logits.shape[-1])
         targets = labels.view(-1)
         loss = F.cross_entropy(flat, targets)
