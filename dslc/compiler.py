@@ -81,6 +81,8 @@ class CompiledRule:
 
     def dump(self) -> str:
         scope = "forward paths of classes" if self.class_scoped else "every function (no init item)"
+        if self.rule.klass is not None:
+            scope = "module classes, by the forward they compute"
         lines = [f"rule {self.name}  [{scope}]"]
         if self.init is not None:
             lines += ["  " + ln for ln in self.init.dump().splitlines()]
