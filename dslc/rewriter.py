@@ -795,6 +795,9 @@ class _Rewriter:
         once, at the call site, in the original order.
         """
         rule = match.rule
+        for b in match.init_nodes.values():
+            if getattr(b, "container", None):
+                raise Skip(_container_reason(b))
         if env.casts:
             raise Skip("the matched call casts its input (dtype=...); the per-call dispatch does not keep casts")
         if any(isinstance(t, ir.Const) and t.value is Ellipsis for t in spn.args):
