@@ -855,6 +855,8 @@ class _Rewriter:
         while True:
             if defs.get(helper) == f"def {helper}{body}":
                 break  # the same helper, already generated
+            if helper not in defs and self.same_function(helper, f"def {helper}{body}"):
+                break  # written by an earlier run
             if helper not in defs and helper not in self.mod.all_names:
                 plan.helper_defs[helper] = f"def {helper}{body}"
                 break
@@ -872,6 +874,17 @@ class _Rewriter:
         if "import torch" not in plan.import_lines and "import torch" not in self.import_lines:
             plan.import_lines.append("import torch")
         return "torch"
+
+    def same_function(self, name: str, text: str) -> bool:
+        """Is the module-level function `name` of the file `text` (same code)?"""
+        fn = self.mod.functions.get(name)
+        if fn is None:
+            return False
+        try:
+            new = ast.parse(text).body[0]
+        except SyntaxError:
+            return False
+        return ast.dump(fn) == ast.dump(new)
 
     def guarded_import(self, qualname: str, plan: _Plan) -> str:
         """`try: from m import n / except ImportError: n = None` once per file; the local name."""
@@ -1777,6 +1790,9 @@ def _init_attrs(match: ir.Match) -> tuple:
 def _location_key(match: ir.Match) -> tuple:
     if match.klass is not None:
         return (match.rule.qualified_name, "class", match.class_name)
+    if match.rule.fallback and match.nodes and (match.rule.init is None or match.rule.init.target is None):
+        # a per-call dispatch edits one expression: two calls in one statement are two locations
+        return (match.rule.qualified_name, "call", tuple(n.expr_span for n in match.nodes))
     if _forward_unchanged(match.rule) and match.init_nodes:
         # Only the init changes: one location however many call sites matched.
         return (match.rule.qualified_name, "init", _init_attrs(match))

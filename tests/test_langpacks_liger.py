@@ -327,3 +327,29 @@ def test_kernel_path_passes_the_right_arguments(tmp_path):
     # float64 model; Liger's llama casting mode (as the reference) computes the
     # norm in float32, so the rules' fp32 tolerance bounds the difference
     assert result["out"] <= 1e-5 and result["loss"] <= 1e-5 and result["grad"] <= 1e-5, result
+
+
+def test_two_calls_in_one_statement_and_a_second_run(tmp_path):
+    src = tmp_path / "ln.py"
+    src.write_text(textwrap.dedent("""
+        import torch
+        from torch import nn
+
+
+        class Block(nn.Module):
+            def __init__(self, h, post):
+                super().__init__()
+                self.norm = nn.LayerNorm(h)
+                self.mlp = nn.Linear(h, h)
+                self.post = post
+
+            def forward(self, x):
+                return self.norm(self.mlp(x)) if self.post else self.mlp(self.norm(x))
+    """))
+    target, report = _apply(tmp_path, src)
+    assert [m["status"] for m in report["matches"]] == ["applied", "applied"]
+    text = target.read_text()
+    assert text.count("_dslc_liger_layer_norm_call(self.norm, ") == 2
+    assert text.count("def _dslc_liger_layer_norm_call") == 1
+    code = main(["apply", "--rules", str(LIGER), "--no-cache", "--jobs", "1", "-q", "--write", str(target)])
+    assert code == 0 and target.read_text() == text
