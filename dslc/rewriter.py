@@ -654,10 +654,11 @@ class _Rewriter:
         succeeded (a guarded import at the top of the file binds the name to
         None when it fails), the tensor named by `device ... on $x` is on
         that device, every `scalar` variable is a Python number, and the
-        run-time type checks of the match (`ACT2FN[key]` activations) hold.
-        A rule without `fallback original` puts the same guard on a rule
-        without needs: the dispatch is then always taken (`if True`) only when
-        it has no needs; a rule with needs and no fallback is refused.
+        run-time type checks of the match (`ACT2FN[key]` activations) hold,
+        and the rule's `option check` and `when` conditions.  A rule with no
+        needs and no conditions gets `if True:` (the original body stays,
+        unreachable, so a checkpoint and a second run see the same class); a
+        rule with needs but no `fallback original` is refused.
         """
         rule = match.rule
         k = rule.klass
@@ -676,7 +677,6 @@ class _Rewriter:
         if reason:
             raise Skip(reason)
         produced = {o.name for pn in k.forward for o in pn.outputs}
-        inputs = {v.name for v in k.inputs}
         locals_ = {n.id for n in ast.walk(fn) if isinstance(n, ast.Name)} | {a.arg for a in fn.args.args}
         env = _Env(match, {}, {})
         taken = set(locals_) | self.mod.all_names
@@ -757,8 +757,6 @@ class _Rewriter:
         for pn in target:
             if pn.callee is None or pn.callee.var is not None or not pn.callee.qualname:
                 continue
-            if pn.kind == "layer" and pn.layer_var is not None and not per_call:
-                pass
             qual = pn.callee.qualname
             if any(qual == n.module or qual.startswith(n.module + ".") for n in rule.needs):
                 parts.append(f"{self.guarded_import(qual, plan)} is not None")
