@@ -717,7 +717,7 @@ class _RuleChecker:
             elif fwd is not None and fwd.item.target is not None and init is None and len(fwd.item.target) != 1:
                 self.emit(codes.BAD_FALLBACK, "`fallback` on a forward item whose target has several nodes",
                           f.span, label="cannot guard per call",
-                          help="a per-call fallback needs a one-node forward target (a conditional expression)")
+                          help="a per-call fallback needs a one-node forward target (a dispatch helper)")
 
     def _unbound(self, v: S.Var, kind: str) -> None:
         where = "the init source" if kind == "init" else "the forward or init source"

@@ -203,7 +203,7 @@ BAD_FALLBACK = _code("ADR352", "error", "invalid fallback", """
     clause in the rule (what is checked), and a rule shape the emitter can
     guard: a class item (a per-call dispatch in forward), an init item that
     replaces layers in place (a per-construction choice), or a forward item
-    whose target is one node (a per-call conditional expression).""")
+    whose source and target are one node each (a per-call dispatch helper).""")
 
 # -- ADR4xx: selection -----------------------------------------------------------
 UNKNOWN_SELECT = _code("ADR401", "error", "unknown rule selection", """
