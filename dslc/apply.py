@@ -49,6 +49,8 @@ from dslc.fileio import Found, SourceError, SourceFile
 
 Mode = Literal["diff", "write", "patch"]
 
+W_NEAR_MISS = "W199"  # the near-miss report of a file failed (a dslc bug; its rewrites stand)
+
 
 @dataclass(frozen=True, slots=True)
 class ApplyOptions:
@@ -72,6 +74,7 @@ class ApplyOptions:
     # Apply `unsafe` rules too (ruff's --unsafe-fixes); by default they are
     # left out and the report lists them (`Report.left_out`).
     unsafe: bool = False
+    near_misses: bool = False  # also explain the places where a rule did not apply
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +88,25 @@ class MatchEntry:
     status: Literal["applied", "skipped"]
     reason: str | None = None
     function: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NearMissEntry:
+    """A place holding a rule's anchors where no rewrite was applied, and why.
+
+    `kind` is `unmatched` (a pattern node, an init argument or a constraint
+    did not fit: `dslc.nearmiss`) or `skipped` (the rule matched but a check
+    refused it: the skipped match's reason).
+    """
+
+    rule: str
+    file: str
+    class_name: str | None
+    line: int
+    reason: str
+    function: str | None = None
+    kind: Literal["unmatched", "skipped"] = "unmatched"
+    code: str | None = None  # N1xx-N4xx for unmatched places (dslc.codes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +137,7 @@ class FileResult:
     written: bool = False
     patch: str | None = None
     seconds: float = 0.0
+    near_misses: tuple[NearMissEntry, ...] = ()  # the `unmatched` ones (with `near_misses`)
 
     @property
     def changed(self) -> bool:
@@ -150,6 +173,9 @@ class Report:
     # Rules not applied because they are `unsafe` and `--unsafe` was not given:
     # (qualified rule name, the rule's note or description).
     left_out: tuple[tuple[str, str], ...] = ()
+    # With `ApplyOptions.near_misses`: every near miss, skipped matches
+    # included, per file in line order (None: not asked for).
+    near_misses: tuple[NearMissEntry, ...] | None = None
 
     @property
     def files_scanned(self) -> int:
@@ -178,6 +204,12 @@ def match_file(compiled, facts):
     from dslc.matcher import match_file as _match
 
     return _match(compiled, facts)
+
+
+def near_misses(compiled, facts, matches, *, file):
+    from dslc.nearmiss import near_misses as _near
+
+    return _near(compiled, facts, matches, file=file)
 
 
 def rewrite_source(source, facts, matches, *, path):
@@ -386,10 +418,20 @@ def process_file(found: Found, source: SourceFile, facts, compiled: Compiled, op
     gc.freeze()
     try:
         matches = []
+        near: list[NearMissEntry] = []
         for c in compiled.compiled:
-            matches.extend(match_file(c, facts))
+            found_here = match_file(c, facts)
+            matches.extend(found_here)
+            if options.near_misses:
+                try:
+                    near += [NearMissEntry(n.rule, name, n.class_name, n.line, n.reason, n.function,
+                                           code=getattr(n, "code", None))
+                             for n in near_misses(c, facts, found_here, file=name)]
+                except Exception as exc:  # the report must not cost the file its rewrites
+                    err = _internal_error(name, exc)
+                    warnings.append(FileError(name, 0, W_NEAR_MISS, f"near-miss report failed: {err.message}"))
         if not matches:
-            return FileResult(found, warnings=tuple(warnings), original=text)
+            return FileResult(found, warnings=tuple(warnings), original=text, near_misses=tuple(near))
         result = rewrite_source(text, facts, matches, path=name)
     finally:
         gc.unfreeze()
@@ -405,7 +447,7 @@ def process_file(found: Found, source: SourceFile, facts, compiled: Compiled, op
     if new_source == text:
         new_source = None
     return FileResult(found, matches=tuple(entries), warnings=tuple(warnings), original=text,
-                      new_source=new_source)
+                      new_source=new_source, near_misses=tuple(near))
 
 
 def verify_result(result: FileResult, packs: Sequence) -> FileResult:
@@ -582,6 +624,7 @@ def apply_paths(
         seconds=time.perf_counter() - start,
         mode=options.mode,
         left_out=left_out,
+        near_misses=tuple(n for r in ordered for n in file_near_misses(r)) if options.near_misses else None,
     )
 
 
@@ -598,6 +641,17 @@ def safe_packs(packs: Sequence, unsafe: bool) -> tuple[list, tuple[tuple[str, st
                 left.append((r.qualified_name, why))
         out.append(replace(pack, rules=kept) if len(kept) != len(pack.rules) else pack)
     return out, tuple(left)
+
+
+def file_near_misses(result: FileResult) -> list[NearMissEntry]:
+    """A file's near misses: its unmatched places and its skipped matches, by line."""
+    out = list(result.near_misses)
+    for m in result.matches:
+        if m.status == "skipped":
+            out.append(NearMissEntry(m.rule, m.file, m.class_name, m.lines[0] if m.lines else 0,
+                                     m.reason or "no reason given", m.function, "skipped"))
+    out.sort(key=lambda n: (n.line, n.rule, n.kind))
+    return out
 
 
 def _internal_error(name: str, exc: BaseException) -> FileError:

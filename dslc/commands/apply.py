@@ -39,7 +39,8 @@ processed), 2 usage error or a rule pack with errors.
 
 error codes: E100 cannot read, E101 does not parse, E102 not text in its
 encoding, E103 cannot write, E104 cannot encode the rewrite, E105 changed on
-disk during the run, E110 --verify failed, E199 internal error (a dslc bug).
+disk during the run, E110 --verify failed, E199 internal error (a dslc bug);
+warning W199: the near-miss report of a file failed (its rewrites stand).
 """
 
 
@@ -102,6 +103,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--unsafe", action="store_true",
                    help="also apply rules declared `unsafe` (known to change numbers or not to "
                         "construct); by default they are left out and listed")
+    p.add_argument("--near-misses", action="store_true",
+                   help="also report every place that holds a rule's anchors but got no rewrite, with "
+                        "the reason (the pattern node, init argument or constraint that did not fit, or "
+                        "the check that refused it): `file:line: near-miss[rule]: reason` on stderr, "
+                        "`near_misses` in JSON")
     p.add_argument("--quiet", "-q", action="store_true",
                    help="text mode: no notes on skipped matches and analysis warnings")
     p.set_defaults(func=run, mode=None)
@@ -188,6 +194,7 @@ def run(args: argparse.Namespace) -> int:
         cache_dir=None if args.no_cache else (args.cache_dir or default_cache_dir()),
         verify=args.verify,
         unsafe=args.unsafe,
+        near_misses=args.near_misses,
     )
     progress = _Progress(sys.stderr) if sys.stderr.isatty() else None
     try:
@@ -203,6 +210,7 @@ def run(args: argparse.Namespace) -> int:
             sys.stdout.write(render.render_diff(result))
         sys.stdout.flush()
         sys.stderr.write(render.render_notes(result, skipped=not args.quiet, warnings=not args.quiet))
+        sys.stderr.write(render.render_near_misses(result))
         sys.stderr.write(render.render_errors(result))
         sys.stderr.write(render.render_summary(result))
         for f in result.files:
