@@ -74,6 +74,10 @@ class ApplyOptions:
     # Apply `unsafe` rules too (ruff's --unsafe-fixes); by default they are
     # left out and the report lists them (`Report.left_out`).
     unsafe: bool = False
+    # Hostile inputs (docs/reliability.md): the read limit, the symlink policy, read-only files.
+    max_file_size: int | None = fileio.DEFAULT_MAX_FILE_SIZE
+    follow_symlinks_outside: bool = False
+    force: bool = False
     near_misses: bool = False  # also explain the places where a rule did not apply
 
 
@@ -173,6 +177,7 @@ class Report:
     # Rules not applied because they are `unsafe` and `--unsafe` was not given:
     # (qualified rule name, the rule's note or description).
     left_out: tuple[tuple[str, str], ...] = ()
+    removed_temp_files: tuple[str, ...] = ()  # leftovers of an interrupted run, removed now
     # With `ApplyOptions.near_misses`: every near miss, skipped matches
     # included, per file in line order (None: not asked for).
     near_misses: tuple[NearMissEntry, ...] | None = None
@@ -234,7 +239,8 @@ def verify_sources(original, rewritten, *, path, rules):
     """`rules`: the loaded packs (the verifier takes its tolerances from them)."""
     from dslc.verify import verify_sources as _verify
 
-    return _verify(original, rewritten, path=path, rules=rules)
+    # Skipped classes stay W110 warnings here (the rewrite is written): allow_skip.
+    return _verify(original, rewritten, path=path, rules=rules, allow_skip=True)
 
 
 def verify_available() -> bool:
@@ -528,8 +534,13 @@ def patch_name(found: Found, used: set[str]) -> str:
     return name
 
 
-def emit(result: FileResult, source: SourceFile, options: ApplyOptions, used_patch_names: set[str]) -> FileResult:
-    """Write a changed file (mode `write`) or its patch (mode `patch`); errors become entries."""
+def emit(result: FileResult, source: SourceFile, options: ApplyOptions, used_patch_names: set[str],
+         roots: frozenset[str] | None = None) -> FileResult:
+    """Write a changed file (mode `write`) or its patch (mode `patch`); errors become entries.
+
+    `roots` are the resolved command-line paths: `--write` does not follow a
+    symlink out of them (E107) unless `options.follow_symlinks_outside`.
+    """
     if not result.changed:
         return result
     from dslc.report import file_diff  # the diff text is the report's business
@@ -538,7 +549,9 @@ def emit(result: FileResult, source: SourceFile, options: ApplyOptions, used_pat
     try:
         if options.mode == "write":
             data = fileio.encode_source(result.new_source, source.encoding)
-            fileio.atomic_write(result.found.path, data, expect=source.data)
+            fileio.atomic_write(result.found.path, data, expect=source.data,
+                                roots=roots if roots is not None else _roots((), [result.found]),
+                                follow_outside=options.follow_symlinks_outside, force=options.force)
             return replace(result, written=True)
         if options.mode == "patch":
             fileio.encode_source(result.new_source, source.encoding)  # must be writable later
@@ -570,7 +583,7 @@ def apply_paths(
     errors: list[FileError] = []
     if files is None:
         found, problems = fileio.discover(list(paths), tuple(options.excludes), gitignore=options.gitignore)
-        errors += [FileError(p, 0, fileio.E_UNREADABLE, msg) for p, msg in problems]
+        errors += [FileError(p, 0, code, msg) for p, msg, code in problems]
     else:
         found = list(files)
     packs, left_out = safe_packs(packs, options.unsafe)
@@ -580,7 +593,7 @@ def apply_paths(
     sources: dict[int, SourceFile] = {}
     for i, f in enumerate(found):
         try:
-            sources[i] = fileio.read_source(f.path)
+            sources[i] = fileio.read_source(f.path, options.max_file_size)
         except SourceError as exc:
             results[i] = FileResult(f, errors=(FileError(f.display, exc.line, exc.code, exc.message),))
     done = len(results)
@@ -591,11 +604,19 @@ def apply_paths(
     for i, r in _run_all(items, packs, compiled, options, progress, done, total):
         results[i] = r
     used_patch_names: set[str] = set()
+    roots = _roots(paths, found)
+    removed: list[str] = []
     if options.mode == "patch" and options.patch_dir:
         try:
             os.makedirs(options.patch_dir, exist_ok=True)
         except OSError:  # each patch write then reports the problem per file
             pass
+        removed += fileio.remove_stale_temp_files(options.patch_dir)
+    elif options.mode == "write":
+        # Leftovers of an interrupted --write in the folders written to now.
+        folders = {os.path.dirname(os.path.realpath(found[i].path)) for i in sources}
+        for folder in sorted(folders):
+            removed += fileio.remove_stale_temp_files(folder)
     for i, f in enumerate(found):
         if i not in sources:
             continue
@@ -603,7 +624,7 @@ def apply_paths(
             r = results[i]
             if options.verify:
                 r = verify_result(r, packs)
-            results[i] = emit(r, sources[i], options, used_patch_names)
+            results[i] = emit(r, sources[i], options, used_patch_names, roots)
         except Exception as exc:  # a dslc bug must not cost the other files
             results[i] = replace(results[i], new_source=None,
                                  errors=results[i].errors + (_internal_error(f.display, exc),))
@@ -624,6 +645,7 @@ def apply_paths(
         seconds=time.perf_counter() - start,
         mode=options.mode,
         left_out=left_out,
+        removed_temp_files=tuple(fileio.display_path(p) for p in removed),
         near_misses=tuple(n for r in ordered for n in file_near_misses(r)) if options.near_misses else None,
     )
 
@@ -641,6 +663,11 @@ def safe_packs(packs: Sequence, unsafe: bool) -> tuple[list, tuple[tuple[str, st
                 left.append((r.qualified_name, why))
         out.append(replace(pack, rules=kept) if len(kept) != len(pack.rules) else pack)
     return out, tuple(left)
+
+
+def _roots(paths: Sequence[str], found: Sequence[Found]) -> frozenset[str]:
+    """The resolved command-line paths (and those the found files came from)."""
+    return frozenset(os.path.realpath(p) for p in [*paths, *(f.arg for f in found)])
 
 
 def file_near_misses(result: FileResult) -> list[NearMissEntry]:
@@ -668,6 +695,11 @@ _WORKER: dict = {}
 
 
 def _init_worker(packs, options) -> None:
+    # Ctrl-C reaches the whole process group: the parent alone handles it
+    # (exit 130, workers stopped), so a worker prints no traceback of its own.
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Compile once per worker process: the ir values pickle, compiled automata need not.
     _WORKER["compiled"] = compile_packs(packs)
     _WORKER["options"] = options
@@ -718,6 +750,22 @@ def _process_one(i, f, src, facts, failed, compiled, options, kw) -> tuple[int, 
     return i, replace(r, seconds=time.perf_counter() - t0)
 
 
+def _stop_pool(pool) -> None:
+    """Stop a pool now (an interrupt, a failure): no waiting for running chunks."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in processes:
+        try:
+            proc.terminate()
+        except (OSError, AttributeError, ValueError):
+            pass
+    for proc in processes:
+        try:
+            proc.join(5)
+        except (OSError, AttributeError, ValueError, AssertionError):
+            pass
+
+
 def _run_all(items, packs, compiled, options, progress, done, total):
     """Run every file through `_run_chunk`: in `options.jobs` worker processes
     when there is more than one job and file, else in this process.
@@ -744,8 +792,9 @@ def _run_all(items, packs, compiled, options, progress, done, total):
         try:
             from concurrent.futures import ProcessPoolExecutor, as_completed
 
-            with ProcessPoolExecutor(max_workers=min(jobs, len(chunks)), initializer=_init_worker,
-                                     initargs=(list(packs), options)) as pool:
+            pool = ProcessPoolExecutor(max_workers=min(jobs, len(chunks)), initializer=_init_worker,
+                                       initargs=(list(packs), options))
+            try:
                 futures = {pool.submit(_run_chunk, chunks[k]): k for k in pending}
                 for fut in as_completed(futures):
                     part = fut.result()
@@ -754,6 +803,10 @@ def _run_all(items, packs, compiled, options, progress, done, total):
                     done += len(part)
                     if progress:
                         progress(done, total)
+            except BaseException:
+                _stop_pool(pool)
+                raise
+            pool.shutdown(wait=True)
         except Exception:  # BrokenProcessPool, OSError, pickling: finish here
             pass
     for k in pending:

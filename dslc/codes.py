@@ -211,6 +211,30 @@ UNKNOWN_SELECT = _code("ADR401", "error", "unknown rule selection", """
     pack or rule.""")
 
 
+# -- E10x: files `dslc apply` cannot process safely (docs/reliability.md) -------
+SPECIAL_FILE = _code("E106", "error", "not a regular file", """
+    The path is a FIFO (named pipe), a character or block device, or a
+    socket, possibly reached through a symlink. dslc reads only regular
+    files: such a file is reported and never opened, so that a FIFO cannot
+    block the run and a device such as /dev/zero cannot fill memory. Remove
+    it, or leave it out with `--exclude`.""")
+OUTSIDE_SYMLINK = _code("E107", "error", "symlink target outside the paths given", """
+    With `--write`, the file is a symlink whose real target lies outside
+    every path given on the command line; dslc does not rewrite files there
+    by default (the diff is still shown without --write). Give the target's
+    folder as a path too, or pass `--follow-symlinks-outside` to rewrite
+    symlink targets wherever they are. A symlink given itself as a PATH
+    counts as its target.""")
+SYMLINK_LOOP = _code("E108", "error", "symlink loop", """
+    The path is a symlink that resolves to itself, directly or through a
+    chain of links (or a chain too long to resolve). It is reported and not
+    followed. Remove or repair the link.""")
+FILE_TOO_LARGE = _code("E109", "error", "file too large", """
+    The source file is larger than `--max-file-size` (default 10M; `0`
+    means no limit). It is refused before it is read; model files are far
+    smaller, so this is usually generated or binary content. Raise the limit
+    or leave the file out with `--exclude`.""")
+
 # -- N1xx-N4xx: near misses (`dslc apply --near-misses`, `dslc explain FILE:LINE`) --
 NM_NODE = _code("N101", "note", "a pattern node did not fit", """
     The place holds the rule's anchors and the pattern matched up to a node,

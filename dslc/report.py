@@ -23,7 +23,9 @@ def diff_path(result: FileResult) -> str:
     `git apply` run from the same directory find the files; absolute ones lose
     their leading `/` (the `a/` prefix must be followed by a relative path).
     """
-    path = os.path.normpath(result.found.path)
+    from dslc.fileio import display_path
+
+    path = display_path(os.path.normpath(result.found.path))
     if os.path.isabs(path):
         try:
             rel = os.path.relpath(path)
@@ -205,6 +207,8 @@ def render_summary(report: Report) -> str:
     verb = {"diff": "would change", "write": "changed", "patch": "patched"}[report.mode]
     if report.mode == "write":
         changed = sum(1 for f in report.files if f.written)
+    elif report.mode == "patch":  # only patches actually written (a full disk is an E103, not a patch)
+        changed = sum(1 for f in report.files if f.patch)
     n_err = len(report.errors)
     rows.append(
         f"{report.files_scanned} file{'s' if report.files_scanned != 1 else ''} scanned in "
