@@ -252,14 +252,12 @@ def run(args: argparse.Namespace) -> int:
             if f.patch:
                 sys.stderr.write(f"wrote {display_path(f.patch)}\n")
             elif f.written:
-                sys.stderr.write(f"rewrote {f.found.path}\n")
-    if args.format == "json" and (result.missing_kernels or result.left_out):
                 sys.stderr.write(f"rewrote {display_path(f.found.path)}\n")
     if result.removed_temp_files:
         n = len(result.removed_temp_files)
         sys.stderr.write(f"note: removed {n} temporary file{'s' * (n != 1)} left by an interrupted dslc run: "
                          f"{', '.join(result.removed_temp_files)}\n")
-    if args.format == "json" and result.missing_kernels:
+    if args.format == "json" and (result.missing_kernels or result.left_out):
         # Also tell a human watching the terminal; the JSON field carries the data.
         sys.stderr.write(render.render_notes(result, skipped=False, warnings=False))
     return 1 if result.errors else 0
