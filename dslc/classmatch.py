@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dslc import ir, signatures
+from dslc import codes, ir, signatures
 from dslc.analysis.compute import Compute, reachable
 from dslc.analysis.model import ClassFacts, InitBinding, Value
 
@@ -454,11 +454,11 @@ def match_class(rule: ir.Rule, cls: ClassFacts, file: str) -> ir.Match | None:
             bindings[var] = ir.Bound(node.name, "name")
         else:
             bindings[var] = ir.Bound(node.text, "expr")
-    conflict = init if isinstance(init, str) else None
+    conflict = codes.reason(codes.S_CLASS_INIT, init) if isinstance(init, str) else None
     for s in rule.klass.scalars:
         b = bindings.get(s.name)
         if b is not None and b.kind == "layer":
-            conflict = conflict or f"`${s.name}` must be a number but is the layer `self.{b.text}`"
+            conflict = conflict or codes.reason(codes.S_CLASS_INIT, f"`${s.name}` must be a number but is the layer `self.{b.text}`")
     return ir.Match(
         rule=rule, file=file, class_name=cls.name, function="forward", nodes=(),
         init_nodes=init if isinstance(init, dict) else {}, bindings=bindings, paths=(),

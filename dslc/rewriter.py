@@ -50,10 +50,11 @@ from __future__ import annotations
 import ast
 import keyword
 import re
+import textwrap
 from dataclasses import dataclass, field
 from typing import Literal
 
-from dslc import ir, safety
+from dslc import codes, ir, safety
 from dslc.edits import Edit, EditConflict, SourceMap, apply_edits, parse_error
 
 HOOK_HELPER = "_dslc_remap_state_dict"
@@ -78,7 +79,22 @@ class RewriteResult:
 
 
 class Skip(Exception):
-    """A match cannot be rewritten; the message is the report's reason."""
+    """A match cannot be rewritten: `Skip(CODE, message)` or `Skip(reason)`.
+
+    `reason` (a `codes.Reason`) is the report's reason: the message and its
+    registered code (dslc/codes.py).  A plain string without a code gets
+    S499, which the tests flag.
+    """
+
+    def __init__(self, code_or_reason: str, message: str | None = None) -> None:
+        if message is not None:
+            reason = codes.reason(code_or_reason, message)
+        elif isinstance(code_or_reason, codes.Reason):
+            reason = code_or_reason
+        else:
+            reason = codes.Reason(codes.S_UNCLASSIFIED, str(code_or_reason))
+        super().__init__(str(reason))
+        self.reason = reason
 
 
 @dataclass
@@ -169,7 +185,7 @@ class _Module:
     def stmt(self, ref) -> ast.stmt:
         found = self.stmt_at.get((ref.lines[0], ref.col))
         if found is None:
-            raise Skip(f"cannot locate the statement at line {ref.lines[0]}")
+            raise Skip(codes.S_LOCATE, f"cannot locate the statement at line {ref.lines[0]}")
         return found
 
     def block_of(self, stmt: ast.stmt) -> tuple[ast.AST, str, list]:
@@ -198,7 +214,7 @@ class _Module:
         after_line = self.smap.line_text(stmt.end_lineno)
         after = after_line.encode("utf-8")[stmt.end_col_offset :].decode("utf-8", errors="ignore").strip()
         if before.strip() or (after and not after.startswith("#")):
-            raise Skip(f"line {stmt.lineno} holds more than one statement")
+            raise Skip(codes.S_MULTI_STMT, f"line {stmt.lineno} holds more than one statement")
         return self.smap.line_start(stmt.lineno), self.smap.line_end(stmt.end_lineno)
 
     def stmt_text(self, stmt: ast.stmt, indent: str) -> str:
@@ -246,6 +262,9 @@ class _Env:
         self.casts: dict[str, str] = {}
         # Init targets: a layer variable as an argument is its original constructor call.
         self.ctor: dict[str, str] = {}
+        # A constant's canonical text -> its spelling in the matched statements
+        # (`1e-06` -> `1e-6`): literals are copied from the source, not re-printed.
+        self.literals: dict[str, str] = {}
 
     def var(self, name: str) -> str:
         if name in self.inline:
@@ -259,6 +278,7 @@ class _Env:
             text = f"self.{bound.text}"
         elif bound.kind == "const":
             text = bound.text if bound.text else repr(bound.value)
+            text = self.literals.get(text, text)
         else:
             if not bound.text:
                 raise _Absent(name)
@@ -281,7 +301,7 @@ class _Env:
             if len(ops) == 1:
                 return f"{term.op}{ops[0]}"
             return f" {term.op} ".join(ops)
-        raise Skip(f"cannot render target term {term!r}")
+        raise Skip(codes.S_TARGET, f"cannot render target term {term!r}")
 
 
 def _render_args(env: _Env, node: ir.PatNode) -> str:
@@ -290,7 +310,7 @@ def _render_args(env: _Env, node: ir.PatNode) -> str:
         try:
             parts.append(env.term(arg))
         except _Absent as exc:
-            raise Skip(f"target argument `${exc.args[0]}` has no value in the source") from None
+            raise Skip(codes.S_TARGET, f"target argument `${exc.args[0]}` has no value in the source") from None
     for key, value in node.kwargs:
         try:
             parts.append(f"{key}={env.term(value)}")
@@ -429,7 +449,7 @@ class _Rewriter:
             return name
         root = module.split(".")[0]
         if root in imports and imports[root] != root:
-            raise Skip(f"cannot import `{qualname}`: `{name}` and `{root}` are both taken in this file")
+            raise Skip(codes.S_IMPORT_CLASH, f"cannot import `{qualname}`: `{name}` and `{root}` are both taken in this file")
         plan.imports[qualname] = qualname
         if imports.get(root) != root or module != root:
             plan.import_lines.append(f"import {module}")
@@ -438,17 +458,17 @@ class _Rewriter:
     def callee(self, node: ir.PatNode, env: _Env, plan: _Plan) -> str:
         callee = node.callee
         if callee is None:
-            raise Skip("target node has no callee")
+            raise Skip(codes.S_TARGET, "target node has no callee")
         if callee.var is not None:
             try:
                 return env.var(callee.var.name)
             except _Absent:
-                raise Skip(f"target layer `${callee.var.name}` is bound to nothing") from None
+                raise Skip(codes.S_TARGET, f"target layer `${callee.var.name}` is bound to nothing") from None
         if node.layer_var is not None:
             try:
                 return env.var(node.layer_var)
             except _Absent:
-                raise Skip(f"target layer `${node.layer_var}` is bound to nothing") from None
+                raise Skip(codes.S_TARGET, f"target layer `${node.layer_var}` is bound to nothing") from None
         text = self.spell(callee.qualname, plan)
         if callee.subscript is not None:
             text = f"{text}[{env.term(callee.subscript)}]"
@@ -503,7 +523,7 @@ class _Rewriter:
         if reason:
             raise Skip(reason)
         if match.function.startswith("_dslc_"):
-            raise Skip(f"inside `{match.function}`, a dispatch helper that dslc generated")
+            raise Skip(codes.S_GENERATED, f"inside `{match.function}`, a dispatch helper that dslc generated")
         if match.klass is not None:
             reason = safety.check_constraints(match)
             if reason:
@@ -519,7 +539,7 @@ class _Rewriter:
                         self.guarded_import(qual, plan)
         reason = self.check_scripted(match)
         if reason:
-            raise Skip(reason)
+            raise Skip(codes.S_SCRIPTED, reason)
         reason = safety.check_constraints(match)
         if reason:
             raise Skip(reason)
@@ -536,7 +556,7 @@ class _Rewriter:
         cls = safety.find_class(self.facts, match.class_name)
         paths = safety.paths_through(match, self.facts) if match.nodes else []
         if match.nodes and not paths:
-            raise Skip(f"the matched nodes are on no path of `{match.function}`; the data flow cannot be checked")
+            raise Skip(codes.S_NO_PATH, f"the matched nodes are on no path of `{match.function}`; the data flow cannot be checked")
         reason, feasible = safety.check_guards(match, paths)
         if reason:
             raise Skip(reason)
@@ -547,11 +567,11 @@ class _Rewriter:
             self.plan_sequential(match, cls, condition, plan)
             return plan
         if rule.forward is not None and not match.nodes:
-            raise Skip("no forward call of the matched layer was found")
+            raise Skip(codes.S_NOT_CALLED, "no forward call of the matched layer was found")
         if rule.forward is None and rule.init is not None and cls is not None:
             attrs = {b.attr for b in match.init_nodes.values()}
             if not any(u.attr in attrs and u.kind == "call" for u in cls.attr_uses):
-                raise Skip("the matched layer is never called, so replacing it is pointless")
+                raise Skip(codes.S_NOT_CALLED, "the matched layer is never called, so replacing it is pointless")
 
         # Forward structure: statements, hoisting.  A forward target equal to
         # its source (biased_gelu: only the init changes) needs no forward edit.
@@ -560,7 +580,7 @@ class _Rewriter:
         if unchanged_forward:
             forward_edit = False
         if condition and forward_edit:
-            raise Skip("a rule with `when` must leave forward unchanged (its old layers live only in the `else` branch)")
+            raise Skip(codes.S_WHEN_FORWARD, "a rule with `when` must leave forward unchanged (its old layers live only in the `else` branch)")
         groups = self.forward_groups(match) if forward_edit else []
         hoisted_attrs: set[str] = set()
         hoist_guards: list = []
@@ -599,7 +619,7 @@ class _Rewriter:
         for var in source_vars:
             binding = bindings.get(var)
             if binding is None:
-                raise Skip(f"init variable `${var}` matched no binding")
+                raise Skip(codes.S_NO_BINDING, f"init variable `${var}` matched no binding")
             hoisted = binding.attr in hoisted_attrs
             if var in target_vars:
                 kinds[var] = "reassigned" if hoisted else "replaced"
@@ -633,6 +653,7 @@ class _Rewriter:
                 attrs[var] = name
         temps = self.temp_texts(match, feasible or paths)
         env = _Env(match, attrs, temps)
+        env.literals = self.literal_texts(match)
 
         if groups:
             self.plan_forward(match, groups, env, plan, feasible or paths)
@@ -663,16 +684,16 @@ class _Rewriter:
         rule = match.rule
         k = rule.klass
         if k.target is None:
-            raise Skip("detect only: the rule has no class target")
+            raise Skip(codes.S_CLASS_DISPATCH, "detect only: the rule has no class target")
         if rule.needs and rule.fallback != "original":
-            raise Skip("the kernel has run-time needs (`requires` in the rule) and the rule declares no "
+            raise Skip(codes.S_FALLBACK, "the kernel has run-time needs (`requires` in the rule) and the rule declares no "
                        "`fallback original`: the class would lose its computation where they are not met")
         cls_node = self.mod.classes.get(match.class_name)
         fn = None
         if cls_node is not None:
             fn = next((s for s in cls_node.body if isinstance(s, ast.FunctionDef) and s.name == "forward"), None)
         if fn is None:
-            raise Skip(f"cannot find `{match.class_name}.forward` in the file")
+            raise Skip(codes.S_CLASS_DISPATCH, f"cannot find `{match.class_name}.forward` in the file")
         reason = self.check_scripted_class(match, fn)
         if reason:
             raise Skip(reason)
@@ -696,7 +717,7 @@ class _Rewriter:
         for pn in k.target:
             for v in _node_vars(pn):
                 if v in produced and v not in {o.name for t in k.target for o in t.outputs}:
-                    raise Skip(f"the target reads `${v}`, an intermediate value of the original forward")
+                    raise Skip(codes.S_CLASS_DISPATCH, f"the target reads `${v}`, an intermediate value of the original forward")
         for pn in k.target:
             text = self.render_node(pn, env, plan)
             outs = []
@@ -708,7 +729,7 @@ class _Rewriter:
             stmts.append(f"{', '.join(outs)} = {text}" if outs else text)
         result = k.forward[-1].outputs[0].name
         if result not in env.inline:
-            raise Skip(f"the target does not compute `${result}`")
+            raise Skip(codes.S_CLASS_DISPATCH, f"the target does not compute `${result}`")
         stmts.append(f"return {env.inline[result]}")
         guard = list(dict.fromkeys(flags))
         for need in rule.needs:
@@ -732,9 +753,9 @@ class _Rewriter:
                 and len(body) > 1:
             first = body[1]
         if first.lineno <= fn.lineno:
-            raise Skip("forward's body is on the line of its `def`; the dispatch needs a line of its own")
+            raise Skip(codes.S_CLASS_DISPATCH, "forward's body is on the line of its `def`; the dispatch needs a line of its own")
         if body[0] is not first and (body[0].end_lineno or body[0].lineno) >= first.lineno:
-            raise Skip("forward's docstring ends on the line of its first statement")
+            raise Skip(codes.S_CLASS_DISPATCH, "forward's docstring ends on the line of its first statement")
         indent = self.mod.indent(first)
         unit = indent[len(self.mod.indent(fn)):] or self.mod.block_unit
         text = indent + "if " + " and ".join(guard) + ":" + self.mod.nl
@@ -761,7 +782,7 @@ class _Rewriter:
             if any(qual == n.module or qual.startswith(n.module + ".") for n in rule.needs):
                 parts.append(f"{self.guarded_import(qual, plan)} is not None")
         if not parts:
-            raise Skip("the rule requires a package but its target calls nothing from it")
+            raise Skip(codes.S_FALLBACK, "the rule requires a package but its target calls nothing from it")
         if per_call and env is not None and rule.option("check"):
             parts.append(_paren(self.check_text(str(rule.option("check")), env)))
         for need in rule.needs:
@@ -770,7 +791,7 @@ class _Rewriter:
                     try:
                         parts.append(f"{_paren(env.var(need.var.name))}.is_cuda")
                     except _Absent:
-                        raise Skip(f"`${need.var.name}` (the tensor whose device is checked) is bound to nothing") from None
+                        raise Skip(codes.S_FALLBACK, f"`${need.var.name}` (the tensor whose device is checked) is bound to nothing") from None
                 else:
                     parts.append(f"{self.torch_module(plan)}.cuda.is_available()")
         return " and ".join(dict.fromkeys(parts))
@@ -782,7 +803,7 @@ class _Rewriter:
             try:
                 return _paren(env.var(m.group(1)))
             except _Absent:
-                raise Skip(f"`option check` names `${m.group(1)}`, which is bound to nothing here") from None
+                raise Skip(codes.S_FALLBACK, f"`option check` names `${m.group(1)}`, which is bound to nothing here") from None
         return re.sub(r"\$([A-Za-z_][A-Za-z0-9_]*)", sub, text)
 
     def dispatch_call(self, match: ir.Match, plan: _Plan, env: "_Env", spn: ir.PatNode, tpn: ir.PatNode) -> str:
@@ -797,9 +818,9 @@ class _Rewriter:
             if getattr(b, "container", None):
                 raise Skip(_container_reason(b))
         if env.casts:
-            raise Skip("the matched call casts its input (dtype=...); the per-call dispatch does not keep casts")
+            raise Skip(codes.S_FALLBACK, "the matched call casts its input (dtype=...); the per-call dispatch does not keep casts")
         if any(isinstance(t, ir.Const) and t.value is Ellipsis for t in spn.args):
-            raise Skip("the source pattern takes further arguments (`...`), which the dispatch cannot pass on")
+            raise Skip(codes.S_FALLBACK, "the source pattern takes further arguments (`...`), which the dispatch cannot pass on")
         params: list[str] = []
 
         def add(names) -> None:
@@ -834,7 +855,7 @@ class _Rewriter:
                 present.append(v)
             except _Absent:
                 if v not in kw_only:
-                    raise Skip(f"`${v}` is bound to nothing at this call") from None
+                    raise Skip(codes.S_FALLBACK, f"`${v}` is bound to nothing at this call") from None
                 # a keyword the call does not give: left out of both calls
         params = present
         names = {v: (v + "_" if keyword.iskeyword(v) else v) for v in params}
@@ -868,7 +889,7 @@ class _Rewriter:
             if qual == "torch":
                 return local
         if "torch" in self.mod.all_names:
-            raise Skip("`torch` names something else in this file; the run-time check needs the torch module")
+            raise Skip(codes.S_FALLBACK, "`torch` names something else in this file; the run-time check needs the torch module")
         if "import torch" not in plan.import_lines and "import torch" not in self.import_lines:
             plan.import_lines.append("import torch")
         return "torch"
@@ -907,8 +928,36 @@ class _Rewriter:
     def check_scripted_class(self, match: ir.Match, fn: ast.FunctionDef) -> str | None:
         for other, text in self.scripted_functions():
             if other is fn:
-                return f"`forward` is compiled by @{text}: the kernel cannot be called from TorchScript"
+                return codes.reason(codes.S_SCRIPTED, f"`forward` is compiled by @{text}: the kernel cannot be called from TorchScript")
         return None
+
+    def literal_texts(self, match: ir.Match) -> dict[str, str]:
+        """Constants of the matched statements: canonical text -> text as written."""
+        ranges = [tuple(n.stmt.lines) for n in match.nodes]
+        ranges += [tuple(b.stmt.lines) for b in match.init_nodes.values() if b.stmt is not None]
+        ranges = [(lo, hi) for lo, hi in ranges if lo and hi >= lo]
+        if not ranges:
+            return {}
+        out: dict[str, str] = {}
+        lo_all, hi_all = min(lo for lo, _ in ranges), max(hi for _, hi in ranges)
+        stack = [self.mod.tree]
+        while stack:  # only the subtrees that reach into the matched lines
+            node = stack.pop()
+            for child in ast.iter_child_nodes(node):
+                if not hasattr(child, "lineno") or (child.lineno <= hi_all and (child.end_lineno or child.lineno) >= lo_all):
+                    stack.append(child)
+            if not hasattr(node, "lineno"):
+                continue
+            is_lit = isinstance(node, ast.Constant) and not isinstance(node.value, bool) and node.value is not None \
+                or isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)) \
+                and isinstance(node.operand, ast.Constant)
+            if not is_lit or not any(lo <= node.lineno and node.end_lineno <= hi for lo, hi in ranges):
+                continue
+            canonical = ast.unparse(node)
+            written = self.mod.smap.span_text((node.lineno, node.col_offset, node.end_lineno, node.end_col_offset))
+            if written != canonical and "\n" not in written:
+                out.setdefault(canonical, written)
+        return out
 
     def when_condition(self, match: ir.Match) -> str | None:
         raw = match.rule.option("when")
@@ -916,12 +965,13 @@ class _Rewriter:
             return None
         text = str(raw)
         env = _Env(match, {v: b.attr for v, b in match.init_nodes.items()}, {})
+        env.literals = self.literal_texts(match)
 
         def sub(m: re.Match) -> str:
             try:
                 return _paren(env.var(m.group(1)))
             except _Absent:
-                raise Skip(f"`when` names `${m.group(1)}`, which is bound to nothing") from None
+                raise Skip(codes.S_TARGET, f"`when` names `${m.group(1)}`, which is bound to nothing") from None
 
         return re.sub(r"\$([A-Za-z_]\w*)", sub, text)
 
@@ -945,18 +995,18 @@ class _Rewriter:
         groups: dict[tuple, list] = {}
         for node in match.nodes:
             if node.kind == "stmt":
-                raise Skip(f"a wildcard matched a plain statement at line {node.stmt.lines[0]}")
+                raise Skip(codes.S_TARGET, f"a wildcard matched a plain statement at line {node.stmt.lines[0]}")
             groups.setdefault(safety.stmt_key(node), []).append(node)
         methods = {key[0] for key in groups}
         if len(methods) > 1:
             names = " and ".join(f"`{m}`" for m in sorted(methods))
-            raise Skip(f"the match crosses methods {names}; the emitter cannot edit across them")
+            raise Skip(codes.S_CROSS_METHOD, f"the match crosses methods {names}; the emitter cannot edit across them")
         if match.class_name:
             mine = match.class_name.rsplit(".", 1)[-1]
             for node in match.nodes:
                 owner = (node.stmt.owner or mine).rsplit(".", 1)[-1]
                 if owner != mine:
-                    raise Skip(
+                    raise Skip(codes.S_INHERITED,
                         f"the matched code at line {node.stmt.lines[0]} is `{owner}.{node.stmt.method}`, inherited; "
                         f"editing it would change every class that shares it"
                     )
@@ -975,16 +1025,16 @@ class _Rewriter:
         final_key, final_nodes, final_stmt = groups[-1]
         last = match.nodes[-1]
         if last.expr_span is None:
-            raise Skip(f"no expression span for the matched call at line {last.stmt.lines[0]}")
+            raise Skip(codes.S_STMT_SHAPE, f"no expression span for the matched call at line {last.stmt.lines[0]}")
         if isinstance(final_stmt, ast.AugAssign):
-            raise Skip(f"line {final_stmt.lineno} is an augmented assignment; the emitter does not rewrite its hidden operand")
+            raise Skip(codes.S_STMT_SHAPE, f"line {final_stmt.lineno} is an augmented assignment; the emitter does not rewrite its hidden operand")
         lo, hi = self.span_offsets(last.expr_span)
         for node in final_nodes:
             if node.expr_span is None:
                 continue
             a, b = self.span_offsets(node.expr_span)
             if a < lo or b > hi:
-                raise Skip(f"matched node at line {node.stmt.lines[0]} is not part of the last node's expression")
+                raise Skip(codes.S_STMT_SHAPE, f"matched node at line {node.stmt.lines[0]} is not part of the last node's expression")
 
         deleted_keys: set[tuple] = set()
         for key, nodes, stmt in groups[:-1]:
@@ -998,7 +1048,7 @@ class _Rewriter:
                 and tuple(outer.expr_span) == (value.lineno, value.col_offset, value.end_lineno, value.end_col_offset)
             )
             if not ok:
-                raise Skip(f"line {stmt.lineno} is not a plain `name = <matched call>` and cannot be removed")
+                raise Skip(codes.S_STMT_SHAPE, f"line {stmt.lineno} is not a plain `name = <matched call>` and cannot be removed")
             deleted_keys.add(key)
 
         # Extra arguments of matched function calls the pattern did not mention.
@@ -1014,7 +1064,7 @@ class _Rewriter:
                     env.casts[pn.args[0].name] = text
                     continue
                 line = match.nodes[index].stmt.lines[0] if index < len(match.nodes) else last.stmt.lines[0]
-                raise Skip(f"argument `{name}={text}` of the call at line {line} has no counterpart in the target")
+                raise Skip(codes.S_EXTRA_ARG, f"argument `{name}={text}` of the call at line {line} has no counterpart in the target")
 
         # The target expression: earlier target nodes are inlined into later ones.
         target = rule.forward.target
@@ -1029,7 +1079,7 @@ class _Rewriter:
                 final_text = text
                 break
             if len(pn.outputs) != 1 or uses.get(pn.outputs[0].name, 0) != 1:
-                raise Skip("the target needs a temporary variable, which the emitter does not introduce")
+                raise Skip(codes.S_TEMP_VAR, "the target needs a temporary variable, which the emitter does not introduce")
             env.inline[pn.outputs[0].name] = _paren(text) if pn.kind in ("op", "unary") else text
         final_pn = target[-1]
 
@@ -1063,15 +1113,18 @@ class _Rewriter:
             self.plan_reverse_hoist(plan, groups, final_stmt, final_text, (lo, hi), len(final_pn.outputs))
             return
 
+        if len(final_pn.outputs) == 1 and self.merge_identical_branches(plan, groups, final_stmt, final_text, (lo, hi)):
+            return
+
         # The final statement.
         if len(final_pn.outputs) > 1:
             if not (isinstance(final_stmt, ast.Assign) and len(final_stmt.targets) == 1):
-                raise Skip(f"line {final_stmt.lineno} must be a plain assignment to take several outputs")
+                raise Skip(codes.S_STMT_SHAPE, f"line {final_stmt.lineno} must be a plain assignment to take several outputs")
             names = []
             for out in final_pn.outputs:
                 bound = match.bindings.get(out.name)
                 if bound is None or bound.kind != "name":
-                    raise Skip(f"target output `${out.name}` is bound to no name")
+                    raise Skip(codes.S_TARGET, f"target output `${out.name}` is bound to no name")
                 names.append(bound.text)
             start, end = smap.node_span(final_stmt)
             self.claim(plan, start, end, f"{', '.join(names)} = {final_text}", final_stmt)
@@ -1079,7 +1132,7 @@ class _Rewriter:
             if rule.fallback == "original" and rule.needs and (rule.init is None or rule.init.target is None):
                 # Per call: a generated helper chooses the kernel or the original call.
                 if len(target) != 1 or len(source_nodes) != 1:
-                    raise Skip("a per-call fallback needs one source node and one target node")
+                    raise Skip(codes.S_FALLBACK, "a per-call fallback needs one source node and one target node")
                 final_text = self.dispatch_call(match, plan, env, source_nodes[0], target[0])
             self.claim(plan, lo, hi, final_text, final_stmt)
 
@@ -1091,12 +1144,12 @@ class _Rewriter:
             if self.needs_hoist(stmt, final_stmt):
                 chain = mod.chain(stmt)
                 if final_chain[: len(chain)] != chain or len(final_chain) <= len(chain):
-                    raise Skip(f"line {stmt.lineno} sits in a branch that does not hold line {final_stmt.lineno}; cannot hoist")
+                    raise Skip(codes.S_HOIST, f"line {stmt.lineno} sits in a branch that does not hold line {final_stmt.lineno}; cannot hoist")
                 self.check_hoist(stmt, final_stmt, chain, final_chain, matched_stmts)
                 for compound, branch in final_chain[len(chain):]:
                     if not isinstance(compound, ast.If):
                         kind = type(compound).__name__.lower()
-                        raise Skip(f"cannot hoist line {stmt.lineno} into the `{kind}` at line {compound.lineno}")
+                        raise Skip(codes.S_HOIST, f"cannot hoist line {stmt.lineno} into the `{kind}` at line {compound.lineno}")
                     entry = hoisted_by_if.setdefault(id(compound), (compound, branch, []))
                     entry[2].append(stmt)
             self.delete_stmt(plan, stmt, also_deleted={id(s) for _, _, s in groups[:-1]})
@@ -1119,19 +1172,19 @@ class _Rewriter:
         earlier = [stmt for _, _, stmt in groups[:-1]]
         chains = [mod.chain(stmt) for stmt in earlier]
         if n_outputs > 1 or any(c != chains[0] for c in chains[1:]):
-            raise Skip(f"cannot move line {final_stmt.lineno} into the branch: the matched statements are spread over several branches")
+            raise Skip(codes.S_HOIST, f"cannot move line {final_stmt.lineno} into the branch: the matched statements are spread over several branches")
         final_chain = mod.chain(final_stmt)
         crossed = chains[0][len(final_chain):]
         for compound, _ in crossed:
             if not isinstance(compound, ast.If):
-                raise Skip(f"cannot move line {final_stmt.lineno} into the `{type(compound).__name__.lower()}` at line {compound.lineno}")
+                raise Skip(codes.S_HOIST, f"cannot move line {final_stmt.lineno} into the `{type(compound).__name__.lower()}` at line {compound.lineno}")
         outer = crossed[0][0]
         _, _, block = mod.block_of(final_stmt)
         names = _names(final_stmt)
         for other in block[block.index(outer) + 1 : block.index(final_stmt)]:
             common = names & _names(other)
             if common:
-                raise Skip(f"moving line {final_stmt.lineno} before line {other.lineno}, which uses `{sorted(common)[0]}`, would change it")
+                raise Skip(codes.S_REORDER, f"moving line {final_stmt.lineno} before line {other.lineno}, which uses `{sorted(common)[0]}`, would change it")
         start, end = mod.stmt_range(final_stmt)
         original = mod.source[start:end]
         fused = original[: span[0] - start] + final_text + original[span[1] - start :]
@@ -1155,7 +1208,7 @@ class _Rewriter:
             other = compound.orelse if branch == "body" else compound.body
             if other and branch == "body" and len(other) == 1 and isinstance(other[0], ast.If) \
                     and mod.smap.line_text(other[0].lineno).lstrip().startswith("elif"):
-                raise Skip(f"cannot copy line {final_stmt.lineno} into the `elif` at line {other[0].lineno}")
+                raise Skip(codes.S_HOIST, f"cannot copy line {final_stmt.lineno} into the `elif` at line {other[0].lineno}")
             if other:
                 at = mod.smap.line_end(other[-1].end_lineno)
                 plan.edits.append(Edit(at, at, at_indent(original, mod.indent(other[-1]))))
@@ -1164,6 +1217,52 @@ class _Rewriter:
                 text = mod.indent(compound) + "else:" + mod.nl + at_indent(original, mod.indent(compound.body[0]))
                 plan.edits.append(Edit(at, at, text))
         plan.lines.update(range(final_stmt.lineno, final_stmt.end_lineno + 1))
+
+    def merge_identical_branches(self, plan: _Plan, groups, final_stmt, final_text: str, span: tuple[int, int]) -> bool:
+        """Hoisting would write `if c: S else: S`: write nothing but drop the `if`.
+
+        When the earlier statements sit before an `if c:` whose only statement
+        is the final one, hoisting deletes them, puts the fused statement in the
+        `if` and copies them into a new `else:`.  If the fused statement is the
+        earlier ones (same syntax tree; e.g. `h = self.conv(h)` when only the
+        init changes) and `c` has no side effects, both branches would run the
+        same code: the earlier statements stay as they are and the `if`
+        (holding only the final statement) is deleted.  True when done.
+        """
+        mod = self.mod
+        earlier = [stmt for _, _, stmt in groups[:-1]]
+        if not earlier or not all(self.needs_hoist(stmt, final_stmt) for stmt in earlier):
+            return False
+        final_chain = mod.chain(final_stmt)
+        chains = [mod.chain(stmt) for stmt in earlier]
+        if any(c != chains[0] for c in chains) or len(final_chain) != len(chains[0]) + 1 \
+                or final_chain[: len(chains[0])] != chains[0]:
+            return False
+        compound, branch = final_chain[-1]
+        if not isinstance(compound, ast.If) or branch != "body" or compound.orelse \
+                or compound.body != [final_stmt] or not mod.smap.line_text(compound.lineno).lstrip().startswith("if"):
+            return False
+        if any(isinstance(n, (ast.Call, ast.NamedExpr, ast.Await, ast.Yield, ast.YieldFrom)) for n in ast.walk(compound.test)):
+            return False
+        _, _, block = mod.block_of(compound)
+        if any(mod.block_of(stmt)[2] is not block for stmt in earlier):
+            return False
+        start, end = mod.stmt_range(final_stmt)
+        fused = mod.source[start:span[0]] + final_text + mod.source[span[1]:end]
+        try:
+            new = ast.parse(textwrap.dedent(fused)).body
+            old = ast.parse(textwrap.dedent("".join(mod.source[a:b] for a, b in map(mod.stmt_range, earlier)))).body
+        except SyntaxError:
+            return False
+        if [ast.dump(n) for n in new] != [ast.dump(n) for n in old]:
+            return False
+        # Nothing between the earlier statements and the `if` may see a difference: they stay where they were.
+        self.delete_stmt(plan, compound, also_deleted={id(compound)})
+        for stmt in earlier:
+            plan.claimed.add(mod.stmt_range(stmt))
+            plan.lines.update(range(stmt.lineno, stmt.end_lineno + 1))
+        plan.lines.update(range(final_stmt.lineno, final_stmt.end_lineno + 1))
+        return True
 
     def check_hoist(self, stmt, final_stmt, chain, final_chain, matched_stmts) -> None:
         """Statements the hoisted copy moves past must not touch its names."""
@@ -1190,7 +1289,7 @@ class _Rewriter:
             common = names & _names(other)
             if common:
                 line = getattr(other, "lineno", stmt.lineno)
-                raise Skip(
+                raise Skip(codes.S_REORDER,
                     f"hoisting line {stmt.lineno} would move it past line {line}, which uses `{sorted(common)[0]}`"
                 )
 
@@ -1201,7 +1300,7 @@ class _Rewriter:
             other = compound.orelse
             if other:
                 if len(other) == 1 and isinstance(other[0], ast.If) and mod.smap.line_text(other[0].lineno).lstrip().startswith("elif"):
-                    raise Skip(f"cannot hoist into the `elif` at line {other[0].lineno}")
+                    raise Skip(codes.S_HOIST, f"cannot hoist into the `elif` at line {other[0].lineno}")
                 first = other[0]
                 indent = mod.indent(first)
                 text = "".join(mod.stmt_text(s, indent) for s in stmts)
@@ -1231,12 +1330,12 @@ class _Rewriter:
         if pn.kind == "op":
             ops = [_paren(env.term(t)) for t in pn.args]
             if len(ops) != 2:
-                raise Skip(f"operator `{pn.op}` needs two operands")
+                raise Skip(codes.S_TARGET, f"operator `{pn.op}` needs two operands")
             return f"{ops[0]} {pn.op} {ops[1]}"
         if pn.kind == "unary":
             return f"{pn.op}{_paren(env.term(pn.args[0]))}"
         if pn.kind == "wildcard":
-            raise Skip("a wildcard cannot be emitted")
+            raise Skip(codes.S_TARGET, "a wildcard cannot be emitted")
         return f"{self.callee(pn, env, plan)}({_render_args(env, pn)})"
 
     # -- init -------------------------------------------------------------
@@ -1265,10 +1364,10 @@ class _Rewriter:
         for var in kinds:
             binding = bindings[var]
             if binding.stmt is None:
-                raise Skip(f"no statement recorded for `self.{binding.attr}`")
+                raise Skip(codes.S_LOCATE, f"no statement recorded for `self.{binding.attr}`")
             stmt = mod.stmt(binding.stmt)
             if not (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Attribute)):
-                raise Skip(f"line {stmt.lineno} is not a plain `self.{binding.attr} = ...`")
+                raise Skip(codes.S_STMT_SHAPE, f"line {stmt.lineno} is not a plain `self.{binding.attr} = ...`")
             stmts[var] = stmt
             ctor[var] = self.relative_text(stmt.value, stmt)
         env.ctor = ctor
@@ -1276,7 +1375,7 @@ class _Rewriter:
         order = []
         for pn in rule.init.target:
             if len(pn.outputs) != 1:
-                raise Skip("an init target node must bind exactly one variable")
+                raise Skip(codes.S_TARGET, "an init target node must bind exactly one variable")
             var = pn.outputs[0].name
             rendered[var] = f"self.{env.attrs[var]} = {self.render_node(pn, env, plan)}"
             order.append(var)
@@ -1287,7 +1386,7 @@ class _Rewriter:
             new_attr = env.attrs.get(pm.target.base.name)
             old_binding = bindings.get(pm.source.base.name)
             if new_attr is None or old_binding is None:
-                raise Skip(f"params mapping `{pm.target.base}.{pm.target.attr}` names an unbound variable")
+                raise Skip(codes.S_TARGET, f"params mapping `{pm.target.base}.{pm.target.attr}` names an unbound variable")
             new_key = f"{new_attr}.{pm.target.attr}"
             old_key = f"{old_binding.attr}.{pm.source.attr}"
             if new_key != old_key:
@@ -1316,15 +1415,15 @@ class _Rewriter:
                 for st in self.statements_between(lo, hi):
                     written = {n.id for n in ast.walk(st) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
                     if written & reads:
-                        raise Skip(f"`{', '.join(sorted(written & reads))}`, which the call at line {stmts[d].lineno} reads, "
+                        raise Skip(codes.S_INPUT_CHANGED, f"`{', '.join(sorted(written & reads))}`, which the call at line {stmts[d].lineno} reads, "
                                    f"is assigned at line {st.lineno}, between the statements the fused layer joins")
         candidates = [v for v, k in kinds.items() if k != "kept"]
         if not candidates:
-            raise Skip("nothing in `__init__` to anchor the new layers to")
+            raise Skip(codes.S_ANCHOR, "nothing in `__init__` to anchor the new layers to")
         anchor_var = max(candidates, key=lambda v: (stmts[v].lineno, stmts[v].col_offset))
         anchor = stmts[anchor_var]
         if kinds[anchor_var] == "reassigned":
-            raise Skip(f"`self.{bindings[anchor_var].attr}` must stay as it is for the branch that does not use the fused layer, and nothing else anchors the new one")
+            raise Skip(codes.S_ANCHOR, f"`self.{bindings[anchor_var].attr}` must stay as it is for the branch that does not use the fused layer, and nothing else anchors the new one")
         reassigned = [v for v, k in kinds.items() if k == "reassigned"]
         if reassigned:
             self.check_reassign_guard(bindings[anchor_var], hoist_guards, bindings[reassigned[0]].attr)
@@ -1382,13 +1481,13 @@ class _Rewriter:
             raise Skip(_container_reason(first))  # a chain that leaves the container
         seq = first.container
         if condition:
-            raise Skip(f"a rule with `when` cannot rewrite layers inside the container `self.{seq}`")
+            raise Skip(codes.S_CONTAINER, f"a rule with `when` cannot rewrite layers inside the container `self.{seq}`")
         if cls is None:
             raise Skip(_container_reason(first))
         owns = [b for b in cls.init if b.attr == seq]
         if len(owns) != 1 or owns[0].type != "torch.nn.Sequential":
             if len(owns) > 1:
-                raise Skip(f"`self.{seq}` is assigned more than once in `__init__`; the emitter rewrites only a single `nn.Sequential(...)`")
+                raise Skip(codes.S_CONTAINER, f"`self.{seq}` is assigned more than once in `__init__`; the emitter rewrites only a single `nn.Sequential(...)`")
             raise Skip(_container_reason(first))
         seq_binding = owns[0]
         if first.stmt is None or seq_binding.stmt is None:
@@ -1396,7 +1495,7 @@ class _Rewriter:
         mine = (match.class_name or "").rsplit(".", 1)[-1]
         owner = (first.stmt.owner or mine).rsplit(".", 1)[-1]
         if owner != mine:
-            raise Skip(f"`self.{seq}` is built in `{owner}.__init__`, inherited; editing it would change every class that shares it")
+            raise Skip(codes.S_INHERITED, f"`self.{seq}` is built in `{owner}.__init__`, inherited; editing it would change every class that shares it")
         stmt = mod.stmt(first.stmt)
         target = stmt.targets[0] if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 else None
         if not (isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name) and target.value.id == "self"
@@ -1404,9 +1503,9 @@ class _Rewriter:
             raise Skip(_container_reason(first))
         call = stmt.value
         if any(isinstance(a, ast.Starred) for a in call.args) or call.keywords:
-            raise Skip(f"the elements of `self.{seq}` (line {stmt.lineno}) are built from `*args`; only literal positional elements are rewritten")
+            raise Skip(codes.S_CONTAINER, f"the elements of `self.{seq}` (line {stmt.lineno}) are built from `*args`; only literal positional elements are rewritten")
         if any(isinstance(a, ast.Call) and _dotted_tail(a.func) in ("OrderedDict", "dict") for a in call.args):
-            raise Skip(f"the elements of `self.{seq}` (line {stmt.lineno}) come from an OrderedDict; only literal positional elements are rewritten")
+            raise Skip(codes.S_CONTAINER, f"the elements of `self.{seq}` (line {stmt.lineno}) come from an OrderedDict; only literal positional elements are rewritten")
 
         # The matched elements, in forward order: consecutive indices of one call of the container.
         if rule.forward is None or rule.forward.target is None or not match.nodes:
@@ -1417,18 +1516,18 @@ class _Rewriter:
             attr = node.attr or ""
             head, _, index = attr.rpartition(".")
             if node.kind != "layer" or head != seq or not index.isdigit() or attr not in var_of_attr:
-                raise Skip(f"the match at line {node.stmt.lines[0]} mixes elements of `self.{seq}` with other code; "
+                raise Skip(codes.S_CONTAINER, f"the match at line {node.stmt.lines[0]} mixes elements of `self.{seq}` with other code; "
                            f"only a chain of its elements can be rewritten inside it")
             indices.append(int(index))
         if len({n.expr_span for n in match.nodes}) != 1 or match.nodes[0].expr_span is None:
-            raise Skip(f"the matched elements of `self.{seq}` come from more than one call of it")
+            raise Skip(codes.S_CONTAINER, f"the matched elements of `self.{seq}` come from more than one call of it")
         if sorted(indices) != list(range(indices[0], indices[0] + len(indices))) or indices != sorted(indices):
             names = " and ".join(f"`self.{seq}.{i}`" for i in indices)
-            raise Skip(f"the matched elements {names} are not adjacent in `self.{seq}`")
+            raise Skip(codes.S_CONTAINER, f"the matched elements {names} are not adjacent in `self.{seq}`")
         if set(var_of_attr) != {n.attr for n in match.nodes}:
-            raise Skip(f"the rule's init names a layer outside the matched chain of `self.{seq}`")
+            raise Skip(codes.S_CONTAINER, f"the rule's init names a layer outside the matched chain of `self.{seq}`")
         if max(indices) >= len(call.args) or any(not isinstance(call.args[i], ast.Call) for i in indices):
-            raise Skip(f"the matched elements of `self.{seq}` (line {stmt.lineno}) are not constructor calls written in the `nn.Sequential(...)`")
+            raise Skip(codes.S_CONTAINER, f"the matched elements of `self.{seq}` (line {stmt.lineno}) are not constructor calls written in the `nn.Sequential(...)`")
         fused_var = var_of_attr[f"{seq}.{indices[0]}"]
 
         # The rule must be "the first layer, fused, applied to the chain's input".
@@ -1444,11 +1543,11 @@ class _Rewriter:
         ok = ok and len(init_target) == 1 and tuple(o.name for o in init_target[0].outputs) == (fused_var,) \
             and not _attrof_bases(init_target[0])
         if not ok:
-            raise Skip(f"inside the container `self.{seq}` only the init can change (the rule's forward target is not "
+            raise Skip(codes.S_CONTAINER, f"inside the container `self.{seq}` only the init can change (the rule's forward target is not "
                        f"its fused layer applied to the chain's input)")
         reason = _sequential_uses(mod, mine, seq, stmt, match.nodes[0])
         if reason:
-            raise Skip(reason)
+            raise Skip(codes.S_CONTAINER_USE, reason)
 
         # Edits inside the `nn.Sequential(...)` call.
         smap = mod.smap
@@ -1457,6 +1556,7 @@ class _Rewriter:
                 for i in indices}
         attrs = {v: b.attr for v, b in bindings.items()}
         env = _Env(match, attrs, {})
+        env.literals = self.literal_texts(match)
         env.ctor = ctor
         fused = self.render_node(init_target[0], env, plan)
         env.ctor = {}
@@ -1479,7 +1579,7 @@ class _Rewriter:
             new_attr = attrs.get(pm.target.base.name)
             old_attr = attrs.get(pm.source.base.name)
             if new_attr is None or old_attr is None:
-                raise Skip(f"params mapping `{pm.target.base}.{pm.target.attr}` names an unbound variable")
+                raise Skip(codes.S_TARGET, f"params mapping `{pm.target.base}.{pm.target.attr}` names an unbound variable")
             new_key, old_key = f"{new_attr}.{pm.target.attr}", f"{old_attr}.{pm.source.attr}"
             if new_key != old_key:
                 renames.append((new_key, old_key, False))
@@ -1500,7 +1600,7 @@ class _Rewriter:
         text_f = " and ".join(str(g) for g in hoist_guards) or "True"
         answer = guards.equivalent(init_guards, hoist_guards).value if guards is not None else ("proved" if text_i == text_f else "unknown")
         if answer != "proved":
-            raise Skip(
+            raise Skip(codes.S_ANCHOR,
                 f"the hoisted copy needs the original `self.{attr}` where `{text_f}` is false, "
                 f"but the fused layer would be built where `{text_i}` holds"
             )
@@ -1523,7 +1623,7 @@ class _Rewriter:
         region_end = mod.smap.line_end(last.end_lineno)
         for e in init_plan.edits:
             if e.start < region_start or e.end > region_end:
-                raise Skip("a `when` rewrite needs all the init statements it changes in one run of statements")
+                raise Skip(codes.S_WHEN_REGION, "a `when` rewrite needs all the init statements it changes in one run of statements")
         # Earlier rewrites inside the run go into both branches (`when` rules run last).
         absorbed = []
         for e in self.accepted:
@@ -1531,7 +1631,7 @@ class _Rewriter:
             if region_start <= e.start and e.end <= region_end and not boundary_insert:
                 absorbed.append(e)
             elif e.start < region_end and e.end > region_start and not boundary_insert:
-                raise Skip("overlaps an earlier rewrite around the init statements a `when` rewrite duplicates")
+                raise Skip(codes.S_WHEN_REGION, "overlaps an earlier rewrite around the init statements a `when` rewrite duplicates")
 
         def shifted(edits):
             return [Edit(e.start - region_start, e.end - region_start, e.text) for e in edits]
@@ -1540,7 +1640,7 @@ class _Rewriter:
             old = apply_edits(mod.source[region_start:region_end], shifted(absorbed))
             new = apply_edits(mod.source[region_start:region_end], shifted(absorbed + init_plan.edits))
         except EditConflict:
-            raise Skip("its init statements were already changed by another rewrite in the run a `when` rewrite duplicates") from None
+            raise Skip(codes.S_WHEN_REGION, "its init statements were already changed by another rewrite in the run a `when` rewrite duplicates") from None
         init_plan.absorbed = absorbed
         indent = mod.indent(first)
         nl = mod.nl
@@ -1612,25 +1712,81 @@ class _Rewriter:
 
     # -- the file ---------------------------------------------------------
 
-    def header_edit(self) -> Edit | None:
-        """New imports (and the state-dict helper) after the last top-level import."""
+    def header_edit(self) -> list[Edit]:
+        """New imports placed the way the file groups its imports, and the
+        state-dict helper after the last top-level import.
+
+        1. The import groups are the runs of top-level import statements not
+           separated by a blank line; the new imports join the group that
+           imports torch (kernels are third-party packages like it), else
+           the last group.
+        2. In a group sorted isort's way (`import x` lines, then `from x
+           import y` lines, each by module), a new import goes where it
+           sorts; in an unsorted group, or for a multi-statement block, at
+           the group's end.
+        """
         mod = self.mod
         lines = list(dict.fromkeys(self.import_lines))
         helper = self.needs_hook and not self.hook_present
         if not lines and not helper and not self.helper_defs:
-            return None
+            return []
         nl = mod.nl
         if mod.last_import is not None:
-            at = mod.smap.line_end(mod.last_import.end_lineno)
-            prefix = "" if mod.ends_with_newline(mod.last_import.end_lineno) else nl
+            end_at = mod.smap.line_end(mod.last_import.end_lineno)
+            end_prefix = "" if mod.ends_with_newline(mod.last_import.end_lineno) else nl
         else:
-            at, prefix = self.top_of_file()
-        text = prefix + "".join(line + nl for line in lines)
+            end_at, end_prefix = self.top_of_file()
+        inserts: dict[int, list[tuple[tuple, str]]] = {}
+        groups = self.import_groups()
+        group = next((g for g in groups if any(_import_top(n) == "torch" for n in g)), groups[-1] if groups else None)
+        for line in lines:
+            key = _import_key_of_text(line)
+            at = None
+            if group is not None and key is not None:
+                keys = [_import_key(n) for n in group]
+                if keys == sorted(keys):
+                    after = next((n for n, k in zip(group, keys) if k > key), None)
+                    if after is not None:
+                        at = mod.smap.line_start(after.lineno)
+                if at is None:
+                    at = mod.smap.line_end(group[-1].end_lineno)
+            if at is None:
+                at = end_at
+            inserts.setdefault(at, []).append((key or (2, ""), line))
         if helper:
-            text += nl + nl + _hook_helper(mod.unit, nl)
-        for name in sorted(self.helper_defs):
-            text += nl + nl + self.helper_defs[name]
-        return Edit(at, at, text)
+            inserts.setdefault(end_at, [])
+        edits = []
+        for at, items in sorted(inserts.items()):
+            text = "".join(line + nl for _, line in sorted(items, key=lambda kv: kv[0]))
+            if at == end_at:
+                text = end_prefix + text  # after a last line without its newline
+                if helper:
+                    text += nl + nl + _hook_helper(mod.unit, nl)
+                for name in sorted(self.helper_defs):  # per-call dispatch helpers
+                    text += nl + nl + self.helper_defs[name]
+            edits.append(Edit(at, at, text))
+        return edits
+
+    def import_groups(self) -> list[list[ast.stmt]]:
+        """Runs of top-level imports (not `__future__`) with no blank line between."""
+        mod = self.mod
+        rows = mod.source.splitlines()
+        groups: list[list[ast.stmt]] = []
+        cur: list[ast.stmt] = []
+        for node in mod.tree.body:
+            is_import = isinstance(node, ast.Import) or (isinstance(node, ast.ImportFrom) and node.module != "__future__")
+            if not is_import:
+                if cur:
+                    groups.append(cur)
+                    cur = []
+                continue
+            if cur and any(not rows[i].strip() for i in range(cur[-1].end_lineno, node.lineno - 1) if i < len(rows)):
+                groups.append(cur)
+                cur = []
+            cur.append(node)
+        if cur:
+            groups.append(cur)
+        return groups
 
     def top_of_file(self) -> tuple[int, str]:
         mod = self.mod
@@ -1658,6 +1814,29 @@ def _block_unit(tree: ast.Module, smap) -> str | None:
             outer = smap.indent_of(node.lineno)
             if len(inner) > len(outer) and inner.startswith(outer):
                 return inner[len(outer):]
+    return None
+
+
+def _import_top(node: ast.stmt) -> str:
+    if isinstance(node, ast.Import):
+        return node.names[0].name.split(".")[0]
+    return (node.module or "").split(".")[0] if not node.level else ""
+
+
+def _import_key(node: ast.stmt) -> tuple:
+    """isort's default order inside a section: `import x` lines, then `from x import`, by module."""
+    if isinstance(node, ast.Import):
+        return (0, node.names[0].name.lower())
+    return (1, "." * node.level + (node.module or "").lower())
+
+
+def _import_key_of_text(line: str) -> tuple | None:
+    try:
+        body = ast.parse(line).body
+    except SyntaxError:
+        return None
+    if len(body) == 1 and isinstance(body[0], (ast.Import, ast.ImportFrom)):
+        return _import_key(body[0])
     return None
 
 
@@ -1691,8 +1870,8 @@ def _fresh(base: str, taken: set[str]) -> str:
 
 def _container_reason(binding) -> str:
     line = binding.stmt.lines[0] if binding.stmt else 0
-    return (f"`self.{binding.attr}` lives inside the container `self.{binding.container}` (line {line}); "
-            f"the emitter does not rewrite layers inside containers")
+    return codes.reason(codes.S_CONTAINER, f"`self.{binding.attr}` lives inside the container `self.{binding.container}` (line {line}); "
+                        f"the emitter does not rewrite layers inside containers")
 
 
 def _layer_var(pn: ir.PatNode) -> str | None:
@@ -1809,7 +1988,7 @@ def rewrite_source(source: str, facts, matches: list[ir.Match], *, path: str = "
     try:
         result = _rewrite(source, facts, matches, path, check_each=False)
     except SyntaxError as exc:
-        reason = f"the file does not parse (line {exc.lineno}: {exc.msg})"
+        reason = codes.reason(codes.S_FILE_PARSE, f"the file does not parse (line {exc.lineno}: {exc.msg})")
         return RewriteResult(None, tuple(Outcome(m, "skipped", reason, tuple(m.lines)) for m in matches))
     if result is None:
         result = _rewrite(source, facts, matches, path, check_each=True)
@@ -1829,7 +2008,7 @@ def _rewrite(source: str, facts, matches, path: str, *, check_each: bool) -> Rew
         match = matches[index]
         key = _location_key(match)
         if key in rewriter.done_locations:
-            outcomes[index] = Outcome(match, "skipped", f"same location as the match at line {rewriter.done_locations[key]} (edited once)", tuple(match.lines))
+            outcomes[index] = Outcome(match, "skipped", codes.reason(codes.S_SAME_LOCATION, f"same location as the match at line {rewriter.done_locations[key]} (edited once)"), tuple(match.lines))
             continue
         try:
             try:
@@ -1837,24 +2016,24 @@ def _rewrite(source: str, facts, matches, path: str, *, check_each: bool) -> Rew
             except (Skip, SyntaxError):
                 raise
             except Exception as exc:  # a bug must cost one match, not the run
-                raise Skip(f"internal error in the rewriter ({type(exc).__name__}: {exc})") from None
+                raise Skip(codes.E_INTERNAL, f"internal error in the rewriter ({type(exc).__name__}: {exc})") from None
             absorbed = {id(e) for e in plan.absorbed}
             edits = [e for e in rewriter.accepted if id(e) not in absorbed] + plan.edits
             for start, end in plan.claimed:
                 for a, b, who in rewriter.claimed:
                     inside = any(e.start >= start and e.end <= end for e in plan.absorbed) and start <= a and b <= end
                     if start < b and a < end and not inside:
-                        raise Skip(f"overlaps the rewrite of {who}")
+                        raise Skip(codes.S_OVERLAP_REWRITE, f"overlaps the rewrite of {who}")
             try:
                 candidate = apply_edits(source, edits)
             except EditConflict as exc:
-                raise Skip(f"its edits overlap another rewrite ({exc})") from None
+                raise Skip(codes.S_OVERLAP_REWRITE, f"its edits overlap another rewrite ({exc})") from None
             if check_each:
                 err = parse_error(candidate)
                 if err is not None:
-                    raise Skip(f"the rewrite would not parse ({err})")
+                    raise Skip(codes.S_NO_PARSE, f"the rewrite would not parse ({err})")
         except Skip as exc:
-            outcomes[index] = Outcome(match, "skipped", str(exc), tuple(match.lines))
+            outcomes[index] = Outcome(match, "skipped", exc.reason, tuple(match.lines))
             continue
         # Accept.
         rewriter.accepted = edits
@@ -1874,9 +2053,7 @@ def _rewrite(source: str, facts, matches, path: str, *, check_each: bool) -> Rew
     if not rewriter.accepted:
         return RewriteResult(None, tuple(ordered))
     edits = list(rewriter.accepted)
-    header = rewriter.header_edit()
-    if header is not None:
-        edits.append(header)
+    edits.extend(rewriter.header_edit())
     new = apply_edits(source, edits)
     reason = safety.verify_output(source, new, edits)
     if reason is not None:
