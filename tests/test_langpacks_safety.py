@@ -84,3 +84,14 @@ def test_safety_defaults_to_safe_and_prints_back():
     again = parse_source(pretty.file(tree), "p.adr").file
     assert pretty.file(again) == pretty.file(tree)
     assert "  unsafe\n" in pretty.file(tree)
+
+
+def test_config_unsafe_true_applies_it(tmp_path, monkeypatch):
+    (tmp_path / "pyproject.toml").write_text(f'[tool.dslc]\nrules = ["{ADOPTER}"]\nunsafe = true\n')
+    model = tmp_path / "m.py"
+    model.write_text(LINEAR_BN)
+    monkeypatch.chdir(tmp_path)
+    code, out, err = _run(["apply", "--no-cache", "--jobs", "1", "--format", "json", str(model)])
+    report = json.loads(out)
+    assert [m["status"] for m in report["matches"] if m["rule"] == "adopter:linear_batchnorm"] == ["applied"]
+    assert report["left_out"] == []
