@@ -59,6 +59,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from . import guards as guardlib
+from .compute import forward_compute
 from .model import (
     AttrUse,
     ClassFacts,
@@ -629,6 +630,11 @@ class Extractor:
             other.append((name, self.function_paths(fn, info.qualname, info)))
         uses = self.attr_uses(info)
         node = info.node
+        compute = None
+        if "forward" in info.methods:
+            # the whole data flow of a forward defined by this class (class rules)
+            compute = forward_compute(info.methods["forward"],
+                                      lambda parts: self.resolve(parts, scope=info.scope))
         return ClassFacts(
             name=info.name,
             qualname=info.qualname,
@@ -639,6 +645,7 @@ class Extractor:
             methods=tuple(info.methods),
             attr_uses=uses,
             other_paths=tuple(other),
+            compute=compute,
         )
 
     def attr_uses(self, info: ClassInfo) -> tuple[AttrUse, ...]:

@@ -72,6 +72,9 @@ class ApplyOptions:
     inline: bool = True
     flatten: bool = False
     root: str | None = None
+    # Apply `unsafe` rules too (ruff's --unsafe-fixes); by default they are
+    # left out and the report lists them (`Report.left_out`).
+    unsafe: bool = False
     # Hostile inputs (docs/reliability.md): the read limit, the symlink policy, read-only files.
     max_file_size: int | None = fileio.DEFAULT_MAX_FILE_SIZE
     follow_symlinks_outside: bool = False
@@ -159,6 +162,9 @@ class MissingKernel:
     reason: str
     rules: tuple[str, ...]  # the selected rules whose kernels live in it
     applied: int = 0  # rewrites in this run that import it
+    # every such rule declares `fallback original`: the rewritten code imports
+    # the kernel under a guard and runs without it
+    guarded: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +176,9 @@ class Report:
     missing_kernels: tuple[MissingKernel, ...]
     seconds: float
     mode: Mode = "diff"
+    # Rules not applied because they are `unsafe` and `--unsafe` was not given:
+    # (qualified rule name, the rule's note or description).
+    left_out: tuple[tuple[str, str], ...] = ()
     removed_temp_files: tuple[str, ...] = ()  # leftovers of an interrupted run, removed now
     # With `ApplyOptions.near_misses`: every near miss, skipped matches
     # included, per file in line order (None: not asked for).
@@ -325,6 +334,8 @@ def missing_kernels(packs: Sequence, applied: dict[str, int] | None = None) -> l
                 pack=pack.name, package=req.package, module=module, version=req.version,
                 install=req.install, reason=reason, rules=rules,
                 applied=sum(applied.get(r, 0) for r in rules),
+                guarded=all(getattr(r, "fallback", None) == "original" for r in pack.rules
+                            if r.qualified_name in rules),
             ))
     return out
 
@@ -777,6 +788,7 @@ def apply_paths(
         errors += [FileError(p, 0, code, msg) for p, msg, code in problems]
     else:
         found = list(files)
+    packs, left_out = safe_packs(packs, options.unsafe)
     compiled = compile_packs(packs)
     total = len(found)
     results: dict[int, FileResult] = {}
@@ -834,9 +846,25 @@ def apply_paths(
         missing_kernels=tuple(missing_kernels(packs, applied)),
         seconds=time.perf_counter() - start,
         mode=options.mode,
+        left_out=left_out,
         removed_temp_files=tuple(fileio.display_path(p) for p in removed),
         near_misses=tuple(n for r in ordered for n in file_near_misses(r)) if options.near_misses else None,
     )
+
+
+def safe_packs(packs: Sequence, unsafe: bool) -> tuple[list, tuple[tuple[str, str], ...]]:
+    """The packs without their `unsafe` rules (unless `unsafe`), and what was left out."""
+    if unsafe:
+        return list(packs), ()
+    out, left = [], []
+    for pack in packs:
+        kept = tuple(r for r in pack.rules if getattr(r, "safety", "safe") != "unsafe")
+        for r in pack.rules:
+            if getattr(r, "safety", "safe") == "unsafe":
+                why = (r.contract.note or r.description or "").split("\n")[0]
+                left.append((r.qualified_name, why))
+        out.append(replace(pack, rules=kept) if len(kept) != len(pack.rules) else pack)
+    return out, tuple(left)
 
 
 def _roots(paths: Sequence[str], found: Sequence[Found]) -> frozenset[str]:

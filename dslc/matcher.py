@@ -59,7 +59,7 @@ from __future__ import annotations
 import os
 import sys
 from bisect import bisect_left
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterator
 
 from dslc import codes, ir, signatures
@@ -881,4 +881,27 @@ def match_file(compiled: CompiledPack, facts: FileFacts, *, file: str | None = N
             extras=dict(f.extras),
             paths_of=f.scope.paths_of,
         ))
+    if compiled.class_rules:
+        matches.extend(_class_matches(compiled, facts, file))
     return matches
+
+
+def _class_matches(compiled: CompiledPack, facts: FileFacts, file: str) -> list[ir.Match]:
+    """Class items (`dslc.classmatch`): one match per class; where several
+    rules match one class, the earlier rule wins."""
+    from dslc.classmatch import match_class
+
+    out: list[ir.Match] = []
+    for cls in facts.classes:
+        winner = None
+        for r in compiled.class_rules:
+            m = match_class(compiled.rules[r].rule, cls, file)
+            if m is None:
+                continue
+            if winner is not None and m.conflict is None:
+                m = replace(m, conflict=codes.reason(codes.S_OVERLAP_RULE,
+                                                     f"overlaps {winner.rule.qualified_name} on class `{cls.name}`"))
+            elif m.conflict is None:
+                winner = m
+            out.append(m)
+    return out

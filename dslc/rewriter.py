@@ -108,6 +108,8 @@ class _Plan:
     lines: set[int] = field(default_factory=set)
     # Accepted edits (of earlier matches) that a `when` region absorbed into both branches.
     absorbed: list[Edit] = field(default_factory=list)
+    # Generated per-call dispatch helpers: name -> definition (rules with `fallback`).
+    helper_defs: dict[str, str] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------
@@ -163,9 +165,19 @@ class _Module:
                 if node.module and not node.level:
                     for alias in node.names:
                         self.imports[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+        # Guarded imports of optional kernels (`try: from m import n` at the
+        # top level), as an earlier `dslc apply` wrote them: qualname -> local.
+        self.guarded: dict[str, str] = {}
+        for node in self.tree.body:
+            if isinstance(node, ast.Try):
+                for sub in node.body:
+                    if isinstance(sub, ast.ImportFrom) and sub.module and not sub.level:
+                        for alias in sub.names:
+                            self.guarded[f"{sub.module}.{alias.name}"] = alias.asname or alias.name
         # Only top-level imports are reused: a function-local alias is not in
         # scope where the new code goes.
         self.unit = self.smap.indent_unit()
+        self.block_unit = _block_unit(self.tree, self.smap) or self.unit
         self.nl = self.smap.newline
 
     # -- statements -------------------------------------------------------
@@ -376,6 +388,7 @@ class _Rewriter:
         self.import_lines: list[str] = []
         self.needs_hook = HOOK_HELPER in self.mod.all_names
         self.hook_present = self.needs_hook
+        self.helper_defs: dict[str, str] = {}
         self.taken: dict[str, set[str]] = {}
         self._scripted: list | None = None  # see scripted_functions()
         self.done_locations: dict[tuple, int] = {}
@@ -698,6 +711,21 @@ class _Rewriter:
         reason = safety.check_conflict(match)
         if reason:
             raise Skip(reason)
+        if match.function.startswith("_dslc_"):
+            raise Skip(codes.S_GENERATED, f"inside `{match.function}`, a dispatch helper that dslc generated")
+        if match.klass is not None:
+            reason = safety.check_constraints(match)
+            if reason:
+                raise Skip(reason)
+            self.plan_class(match, plan)
+            return plan
+        if rule.fallback == "original" and rule.needs:
+            # Kernels of required packages are imported under a guard.
+            for item in (rule.init, rule.forward):
+                for pn in (item.target or ()) if item is not None else ():
+                    qual = pn.callee.qualname if pn.callee is not None and pn.callee.var is None else None
+                    if qual and any(qual == n.module or qual.startswith(n.module + ".") for n in rule.needs):
+                        self.guarded_import(qual, plan)
         reason = self.check_scripted(match)
         if reason:
             raise Skip(codes.S_SCRIPTED, reason)
@@ -705,6 +733,12 @@ class _Rewriter:
         if reason:
             raise Skip(reason)
         condition = self.when_condition(match)
+        forward_edit = rule.forward is not None and rule.forward.target is not None
+        init_edit = rule.init is not None and rule.init.target is not None
+        if rule.fallback == "original" and rule.needs and init_edit:
+            # Per construction: the kernel's layer where its needs are met, else the original.
+            needs = self.needs_condition(match, plan, rule.init.target, per_call=False)
+            condition = f"{needs} and ({condition})" if condition else needs
         reason = safety.check_when(match, condition)
         if reason:
             raise Skip(reason)
@@ -872,6 +906,274 @@ class _Rewriter:
         if new_names:
             plan.new_attrs.setdefault(match.class_name or "", set()).update(new_names)
         return plan
+
+    # -- class items --------------------------------------------------------
+
+    def plan_class(self, match: ir.Match, plan: _Plan) -> None:
+        """A class item: a dispatch at the top of the class's forward.
+
+        `if <needs met>: <target>; return <result>` goes before the first
+        statement of the body; the original body stays as the fallback, so
+        the parameters, their names and the computation without the kernel
+        are unchanged.  The guard: each kernel import of a required package
+        succeeded (a guarded import at the top of the file binds the name to
+        None when it fails), the tensor named by `device ... on $x` is on
+        that device, every `scalar` variable is a Python number, and the
+        run-time type checks of the match (`ACT2FN[key]` activations) hold,
+        and the rule's `option check` and `when` conditions.  A rule with no
+        needs and no conditions gets `if True:` (the original body stays,
+        unreachable, so a checkpoint and a second run see the same class); a
+        rule with needs but no `fallback original` is refused.
+        """
+        rule = match.rule
+        k = rule.klass
+        if k.target is None:
+            raise Skip(codes.S_CLASS_DISPATCH, "detect only: the rule has no class target")
+        if rule.needs and rule.fallback != "original":
+            raise Skip(codes.S_FALLBACK, "the kernel has run-time needs (`requires` in the rule) and the rule declares no "
+                       "`fallback original`: the class would lose its computation where they are not met")
+        cls_node = self.mod.classes.get(match.class_name)
+        fn = None
+        if cls_node is not None:
+            fn = next((s for s in cls_node.body if isinstance(s, ast.FunctionDef) and s.name == "forward"), None)
+        if fn is None:
+            raise Skip(codes.S_CLASS_DISPATCH, f"cannot find `{match.class_name}.forward` in the file")
+        reason = self.check_scripted_class(match, fn)
+        if reason:
+            raise Skip(reason)
+        produced = {o.name for pn in k.forward for o in pn.outputs}
+        locals_ = {n.id for n in ast.walk(fn) if isinstance(n, ast.Name)} | {a.arg for a in fn.args.args}
+        env = _Env(match, {}, {})
+        taken = set(locals_) | self.mod.all_names
+        stmts: list[str] = []
+        # Kernel imports of required packages: guarded, bound to None when missing.
+        flags: list[str] = []
+        for pn in k.target:
+            qual = pn.callee.qualname if pn.callee is not None and pn.kind == "layer" and pn.layer_var is None \
+                and pn.callee.var is None else None
+            if not qual:
+                continue
+            need = next((n for n in rule.needs if qual == n.module or qual.startswith(n.module + ".")), None)
+            if need is None:
+                continue
+            name = self.guarded_import(qual, plan)
+            flags.append(f"{name} is not None")
+        for pn in k.target:
+            for v in _node_vars(pn):
+                if v in produced and v not in {o.name for t in k.target for o in t.outputs}:
+                    raise Skip(codes.S_CLASS_DISPATCH, f"the target reads `${v}`, an intermediate value of the original forward")
+        for pn in k.target:
+            text = self.render_node(pn, env, plan)
+            outs = []
+            for o in pn.outputs:
+                name = _fresh(f"_dslc_{o.name}", taken)
+                taken.add(name)
+                env.inline[o.name] = name
+                outs.append(name)
+            stmts.append(f"{', '.join(outs)} = {text}" if outs else text)
+        result = k.forward[-1].outputs[0].name
+        if result not in env.inline:
+            raise Skip(codes.S_CLASS_DISPATCH, f"the target does not compute `${result}`")
+        stmts.append(f"return {env.inline[result]}")
+        guard = list(dict.fromkeys(flags))
+        for need in rule.needs:
+            if need.device is not None and need.var is not None:
+                x = env.var(need.var.name)
+                guard.append(f"{_paren(x)}.is_cuda" if need.device == "cuda" else f"{_paren(x)}.device.type == 'cpu'")
+        for v in k.scalars:
+            guard.append(f"isinstance({env.var(v.name)}, (int, float))")
+        for expr, typ in getattr(match.klass, "type_checks", ()):
+            guard.append(f"isinstance({expr}, {self.spell(typ, plan)})")
+        if rule.option("check"):
+            guard.append(_paren(self.check_text(str(rule.option("check")), env)))
+        condition = self.when_condition(match)
+        if condition:  # `when`: one more run-time condition of the dispatch
+            guard.append(_paren(condition))
+        if not guard:
+            guard = ["True"]
+        body = fn.body
+        first = body[0]
+        if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str) \
+                and len(body) > 1:
+            first = body[1]
+        if first.lineno <= fn.lineno:
+            raise Skip(codes.S_CLASS_DISPATCH, "forward's body is on the line of its `def`; the dispatch needs a line of its own")
+        if body[0] is not first and (body[0].end_lineno or body[0].lineno) >= first.lineno:
+            raise Skip(codes.S_CLASS_DISPATCH, "forward's docstring ends on the line of its first statement")
+        indent = self.mod.indent(first)
+        unit = indent[len(self.mod.indent(fn)):] or self.mod.block_unit
+        text = indent + "if " + " and ".join(guard) + ":" + self.mod.nl
+        text += self.lines_text(stmts, indent + unit)
+        at = self.mod.smap.line_start(first.lineno)
+        plan.edits.append(Edit(at, at, text))
+        plan.claimed.add((at, at))
+        plan.lines.update(range(fn.lineno, (fn.end_lineno or fn.lineno) + 1))
+
+    def needs_condition(self, match: ir.Match, plan: _Plan, target, *, per_call: bool, env: "_Env | None" = None) -> str:
+        """The run-time test that the kernel's needs are met (rule `requires`).
+
+        Every target callee from a required package is imported under a
+        guard (bound to None when the import fails); the test checks those
+        names, and the device: per call, the tensor bound to `on $x`
+        (`x.is_cuda`); per construction, `torch.cuda.is_available()`.
+        """
+        rule = match.rule
+        parts: list[str] = []
+        for pn in target:
+            if pn.callee is None or pn.callee.var is not None or not pn.callee.qualname:
+                continue
+            qual = pn.callee.qualname
+            if any(qual == n.module or qual.startswith(n.module + ".") for n in rule.needs):
+                parts.append(f"{self.guarded_import(qual, plan)} is not None")
+        if not parts:
+            raise Skip(codes.S_FALLBACK, "the rule requires a package but its target calls nothing from it")
+        if per_call and env is not None and rule.option("check"):
+            parts.append(_paren(self.check_text(str(rule.option("check")), env)))
+        for need in rule.needs:
+            if need.device == "cuda":
+                if per_call and need.var is not None and env is not None:
+                    try:
+                        parts.append(f"{_paren(env.var(need.var.name))}.is_cuda")
+                    except _Absent:
+                        raise Skip(codes.S_FALLBACK, f"`${need.var.name}` (the tensor whose device is checked) is bound to nothing") from None
+                else:
+                    parts.append(f"{self.torch_module(plan)}.cuda.is_available()")
+        return " and ".join(dict.fromkeys(parts))
+
+    @staticmethod
+    def check_text(text: str, env: "_Env") -> str:
+        """`option check`: `$v` / `$v.attr` replaced by the bound source text."""
+        def sub(m: re.Match) -> str:
+            try:
+                return _paren(env.var(m.group(1)))
+            except _Absent:
+                raise Skip(codes.S_FALLBACK, f"`option check` names `${m.group(1)}`, which is bound to nothing here") from None
+        return re.sub(r"\$([A-Za-z_][A-Za-z0-9_]*)", sub, text)
+
+    def dispatch_call(self, match: ir.Match, plan: _Plan, env: "_Env", spn: ir.PatNode, tpn: ir.PatNode) -> str:
+        """`_dslc_<pack>_<rule>(args)`: a module-level helper (once per file) that
+        calls the kernel where its needs are met and the original call else.
+
+        Every bound value is an argument of the helper, so it is evaluated
+        once, at the call site, in the original order.
+        """
+        rule = match.rule
+        for b in match.init_nodes.values():
+            if getattr(b, "container", None):
+                raise Skip(_container_reason(b))
+        if env.casts:
+            raise Skip(codes.S_FALLBACK, "the matched call casts its input (dtype=...); the per-call dispatch does not keep casts")
+        if any(isinstance(t, ir.Const) and t.value is Ellipsis for t in spn.args):
+            raise Skip(codes.S_FALLBACK, "the source pattern takes further arguments (`...`), which the dispatch cannot pass on")
+        params: list[str] = []
+
+        def add(names) -> None:
+            for v in names:
+                if v not in params and v != "_":
+                    params.append(v)
+
+        lv = _layer_var(spn)
+        if lv is not None:
+            add([lv])
+        for t in list(spn.args) + [t for _, t in spn.kwargs]:
+            add(sorted(_vars_in(t)))
+        add(sorted(_node_vars(tpn)))
+        add(sorted(_check_vars(rule)))
+        add([n.var.name for n in rule.needs if n.var is not None])
+        kw_only = set()
+        for pn in (spn, tpn):
+            for _, t in pn.kwargs:
+                if isinstance(t, ir.Var):
+                    kw_only.add(t.name)
+        for pn in (spn, tpn):
+            for t in pn.args:
+                kw_only -= _vars_in(t)
+            if pn.callee is not None and pn.callee.var is not None:
+                kw_only.discard(pn.callee.var.name)
+        kw_only -= _check_vars(rule) | {n.var.name for n in rule.needs if n.var is not None}
+        call_args = []
+        present = []
+        for v in params:
+            try:
+                call_args.append(env.var(v))
+                present.append(v)
+            except _Absent:
+                if v not in kw_only:
+                    raise Skip(codes.S_FALLBACK, f"`${v}` is bound to nothing at this call") from None
+                # a keyword the call does not give: left out of both calls
+        params = present
+        names = {v: (v + "_" if keyword.iskeyword(v) else v) for v in params}
+        henv = _Env(match, {}, {})
+        henv.inline = {v: names[v] for v in params}
+        kernel = self.render_node(tpn, henv, plan)
+        original = self.render_node(spn, henv, plan)
+        cond = self.needs_condition(match, plan, [tpn], per_call=True, env=henv)
+        base = re.sub(r"\W", "_", f"_dslc_{rule.pack}_{rule.name}")
+        unit, nl = self.mod.block_unit, self.mod.nl
+        body = (f"({', '.join(names[v] for v in params)}):{nl}"
+                f'{unit}"""Added by `dslc apply` ({rule.qualified_name}): the kernel where it can run, else the original call."""{nl}'
+                f"{unit}if {cond}:{nl}{unit * 2}return {kernel}{nl}{unit}return {original}{nl}")
+        defs = {**self.helper_defs, **plan.helper_defs}
+        helper, n = base, 1
+        while True:
+            if defs.get(helper) == f"def {helper}{body}":
+                break  # the same helper, already generated
+            if helper not in defs and self.same_function(helper, f"def {helper}{body}"):
+                break  # written by an earlier run
+            if helper not in defs and helper not in self.mod.all_names:
+                plan.helper_defs[helper] = f"def {helper}{body}"
+                break
+            n += 1
+            helper = f"{base}_{n}"
+        return f"{helper}({', '.join(call_args)})"
+
+    def torch_module(self, plan: _Plan) -> str:
+        """How the file names the `torch` module (`import torch` added when it has none)."""
+        for local, qual in sorted(self.mod.imports.items()):
+            if qual == "torch":
+                return local
+        if "torch" in self.mod.all_names:
+            raise Skip(codes.S_FALLBACK, "`torch` names something else in this file; the run-time check needs the torch module")
+        if "import torch" not in plan.import_lines and "import torch" not in self.import_lines:
+            plan.import_lines.append("import torch")
+        return "torch"
+
+    def same_function(self, name: str, text: str) -> bool:
+        """Is the module-level function `name` of the file `text` (same code)?"""
+        fn = self.mod.functions.get(name)
+        if fn is None:
+            return False
+        try:
+            new = ast.parse(text).body[0]
+        except SyntaxError:
+            return False
+        return ast.dump(fn) == ast.dump(new)
+
+    def guarded_import(self, qualname: str, plan: _Plan) -> str:
+        """`try: from m import n / except ImportError: n = None` once per file; the local name."""
+        if qualname in self.imports:
+            return self.imports[qualname]
+        if qualname in plan.imports:
+            return plan.imports[qualname]
+        if qualname in self.mod.guarded:  # written by an earlier run
+            plan.imports[qualname] = self.mod.guarded[qualname]
+            return self.mod.guarded[qualname]
+        module, name = qualname.rsplit(".", 1)
+        taken = self.mod.all_names | {v for v in self.imports.values()} | set(plan.imports.values())
+        local = name if name not in taken else _fresh(f"_dslc_{name}", taken)
+        alias = f" as {local}" if local != name else ""
+        unit, nl = self.mod.block_unit, self.mod.nl
+        plan.imports[qualname] = local
+        plan.import_lines.append(f"try:{nl}{unit}from {module} import {name}{alias}{nl}"
+                                 f"except Exception:  # optional kernel (missing package, no Triton): the original code runs{nl}"
+                                 f"{unit}{local} = None")
+        return local
+
+    def check_scripted_class(self, match: ir.Match, fn: ast.FunctionDef) -> str | None:
+        for other, text in self.scripted_functions():
+            if other is fn:
+                return codes.reason(codes.S_SCRIPTED, f"`forward` is compiled by @{text}: the kernel cannot be called from TorchScript")
+        return None
 
     def literal_texts(self, match: ir.Match) -> dict[str, str]:
         """Constants of the matched statements: canonical text -> text as written."""
@@ -1068,6 +1370,11 @@ class _Rewriter:
             start, end = smap.node_span(final_stmt)
             self.claim(plan, start, end, f"{', '.join(names)} = {final_text}", final_stmt)
         else:
+            if rule.fallback == "original" and rule.needs and (rule.init is None or rule.init.target is None):
+                # Per call: a generated helper chooses the kernel or the original call.
+                if len(target) != 1 or len(source_nodes) != 1:
+                    raise Skip(codes.S_FALLBACK, "a per-call fallback needs one source node and one target node")
+                final_text = self.dispatch_call(match, plan, env, source_nodes[0], target[0])
             self.claim(plan, lo, hi, final_text, final_stmt)
 
         # Earlier statements: delete; hoist out of the branch when needed.
@@ -1667,7 +1974,7 @@ class _Rewriter:
         mod = self.mod
         lines = list(dict.fromkeys(self.import_lines))
         helper = self.needs_hook and not self.hook_present
-        if not lines and not helper:
+        if not lines and not helper and not self.helper_defs:
             return []
         nl = mod.nl
         if mod.last_import is not None:
@@ -1701,6 +2008,8 @@ class _Rewriter:
                 text = end_prefix + text  # after a last line without its newline
                 if helper:
                     text += nl + nl + _hook_helper(mod.unit, nl)
+                for name in sorted(self.helper_defs):  # per-call dispatch helpers
+                    text += nl + nl + self.helper_defs[name]
             edits.append(Edit(at, at, text))
         return edits
 
@@ -1742,6 +2051,18 @@ class _Rewriter:
         return mod.smap.line_end(pos), prefix
 
 
+def _block_unit(tree: ast.Module, smap) -> str | None:
+    """The indentation step of the file's blocks: the body of its first
+    top-level `def`/`class` (a continuation line indented by 2 does not count)."""
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.body:
+            inner = smap.indent_of(node.body[0].lineno)
+            outer = smap.indent_of(node.lineno)
+            if len(inner) > len(outer) and inner.startswith(outer):
+                return inner[len(outer):]
+    return None
+
+
 def _import_top(node: ast.stmt) -> str:
     if isinstance(node, ast.Import):
         return node.names[0].name.split(".")[0]
@@ -1779,6 +2100,18 @@ def _hook_helper(unit: str, nl: str) -> str:
         "",
     ]
     return nl.join(lines)
+
+
+def _check_vars(rule: ir.Rule) -> set[str]:
+    return set(re.findall(r"\$([A-Za-z_][A-Za-z0-9_]*)", str(rule.option("check") or "")))
+
+
+def _fresh(base: str, taken: set[str]) -> str:
+    name, n = base, 1
+    while name in taken:
+        n += 1
+        name = f"{base}_{n}"
+    return name
 
 
 def _container_reason(binding) -> str:
@@ -2069,6 +2402,11 @@ def _init_attrs(match: ir.Match) -> tuple:
 
 
 def _location_key(match: ir.Match) -> tuple:
+    if match.klass is not None:
+        return (match.rule.qualified_name, "class", match.class_name)
+    if match.rule.fallback and match.nodes and (match.rule.init is None or match.rule.init.target is None):
+        # a per-call dispatch edits one expression: two calls in one statement are two locations
+        return (match.rule.qualified_name, "call", tuple(n.expr_span for n in match.nodes))
     if _forward_unchanged(match.rule) and match.init_nodes:
         # Only the init changes: one location however many call sites matched.
         return (match.rule.qualified_name, "init", _init_attrs(match))
@@ -2142,6 +2480,7 @@ def _rewrite(source: str, facts, matches, path: str, *, check_each: bool) -> Rew
         rewriter.imports.update(plan.imports)
         rewriter.import_lines.extend(plan.import_lines)
         rewriter.needs_hook = rewriter.needs_hook or plan.needs_hook
+        rewriter.helper_defs.update(plan.helper_defs)
         for cls, names in plan.new_attrs.items():
             rewriter.taken.setdefault(cls, set()).update(names)
         if match.nodes or key[1:2] == ("init",):

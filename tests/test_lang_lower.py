@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -139,7 +140,8 @@ def test_rulepacks_check_clean_and_fast(capsys):
     assert cli.main(["check", str(REPO / "rulepacks")]) == 0
     elapsed = time.perf_counter() - start
     out = capsys.readouterr().out
-    assert "checked 12 rules in 2 packs: 0 errors" in out
+    # every shipped pack (their number grows): clean
+    assert re.search(r"checked \d+ rules in \d+ packs: 0 errors, 0 warnings", out), out
     assert elapsed < 5  # the measured figure is well under 1 s; generous for loaded CI machines
 
 
