@@ -18,8 +18,9 @@ apply_liger_kernel_to_llama, Llama on CUDA with liger-kernel installed only).
 
 Per variant, in a child process (so peak memory is its own): AdamW, random
 batches (seeded, the same for every variant), dropout off (so the losses of
-variants are comparable), 3 warm-up steps, then 3 runs of 20 steps; reported:
-median samples/s of the 3 runs, peak memory (CUDA: max_memory_allocated; CPU:
+variants are comparable), 3 warm-up steps, then one timed run of 20 steps;
+3 such children per variant, interleaved across variants (run 1 of each
+variant, then run 2, ...); reported: median samples/s of the 3 runs, peak memory (CUDA: max_memory_allocated; CPU:
 the child's peak resident set size), the loss after the last step and its
 difference from eager's, and how many rewrites dslc made.  A table (stdout and
 OUT/train_speed.md), JSON, and OUT/train_speed.png when matplotlib is
@@ -55,7 +56,8 @@ def _config(name: str, small: bool, device: str):
     elif name == "gpt2":
         cfg = tf.GPT2Config()
     elif name == "t5":
-        cfg = tf.T5Config(d_model=512, d_ff=2048, num_layers=6, num_heads=8, d_kv=64)  # t5-small
+        cfg = tf.T5Config(d_model=512, d_ff=2048, num_layers=6, num_heads=8, d_kv=64,  # t5-small
+                          decoder_start_token_id=0, pad_token_id=0)
     elif name == "vit":
         cfg = tf.ViTConfig()
     elif name == "llama":
@@ -204,7 +206,7 @@ def child(name: str, variant: str, small: bool, device: str) -> dict:
         torch.cuda.reset_peak_memory_stats()
     rates = []
     loss = None
-    for _ in range(RUNS):
+    for _ in range(int(os.environ.get("DSLC_BENCH_RUNS", RUNS))):
         sync()
         t = time.perf_counter()
         for i in range(STEPS):
@@ -244,29 +246,27 @@ def main(argv: list[str] | None = None) -> int:
             variants.append("compile")
         if name == "llama" and args.device == "cuda" and importlib.util.find_spec("liger_kernel"):
             variants.append("liger")
+        runs: dict[str, list[dict]] = {v: [] for v in variants}
+        # interleaved: run 1 of every variant, then run 2, ... (a load change on
+        # the machine then hits every variant alike); one timed run per child
+        for _ in range(RUNS):
+            for variant in variants:
+                if runs[variant] and "error" in runs[variant][-1]:
+                    continue
+                runs[variant].append(_one(name, variant, args))
         for variant in variants:
-            cmd = [sys.executable, __file__, "--device", args.device, "--threads", str(args.threads),
-                   "--child", name, variant] + (["--small"] if args.small else [])
-            env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-            env.pop("DSLC_BENCH_SRC", None)
-            if variant.startswith("dslc:"):
-                vpacks = _all_packs() if variant == "dslc:all" else [variant.split(":", 1)[1]]
-                src_path = _source_path(name)
-                text, n = _rewrite(src_path, vpacks)
-                saved = Path(args.out) / "src" / f"{name}_{variant.replace(':', '_')}.py"
-                saved.parent.mkdir(parents=True, exist_ok=True)
-                saved.write_text(text)
-                env.update(DSLC_BENCH_SRC=str(saved), DSLC_BENCH_REWRITES=str(n))
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-            if proc.returncode != 0:
-                why = (proc.stderr.strip().splitlines() or ["?"])[-1]
-                rows.append({"model": name, "variant": variant, "error": why})
-                print(f"{name:9} {variant:11} failed: {why}", file=sys.stderr)
+            done = [r for r in runs[variant] if "error" not in r]
+            if not done:
+                rows.append(runs[variant][-1])
                 continue
-            row = json.loads(proc.stdout.strip().splitlines()[-1])
+            row = dict(done[0])
+            row["rates"] = [r["samples_per_s"] for r in done]
+            row["samples_per_s"] = statistics.median(row["rates"])
+            row["peak_mb"] = max(r["peak_mb"] for r in done)
+            row["losses"] = sorted({r["loss"] for r in done})
             rows.append(row)
-            print(f"{name:9} {variant:11} {row['samples_per_s']:9.1f} samples/s  peak {row['peak_mb']:8.1f} MB  "
-                  f"loss {row['loss']:.5f}  rewrites {row['rewrites']}", file=sys.stderr)
+            print(f"{name:9} {variant:11} {row['samples_per_s']:9.1f} samples/s (runs {', '.join(f'{x:.1f}' for x in row['rates'])})"
+                  f"  peak {row['peak_mb']:8.1f} MB  loss {row['loss']:.5f}  rewrites {row['rewrites']}", file=sys.stderr)
     table = render(rows, args)
     print(table)
     out = Path(args.out)
@@ -275,6 +275,29 @@ def main(argv: list[str] | None = None) -> int:
     (out / f"train_speed_{args.device}.json").write_text(json.dumps(rows, indent=1))
     plot(rows, out / f"train_speed_{args.device}.png")
     return 0
+
+
+def _one(name: str, variant: str, args) -> dict:
+    """One child process: warm-up, then one timed run of STEPS steps."""
+    cmd = [sys.executable, __file__, "--device", args.device, "--threads", str(args.threads),
+           "--child", name, variant] + (["--small"] if args.small else [])
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env.pop("DSLC_BENCH_SRC", None)
+    if variant.startswith("dslc:"):
+        vpacks = _all_packs() if variant == "dslc:all" else [variant.split(":", 1)[1]]
+        src_path = _source_path(name)
+        text, n = _rewrite(src_path, vpacks)
+        saved = Path(args.out) / "src" / f"{name}_{variant.replace(':', '_')}.py"
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        saved.write_text(text)
+        env.update(DSLC_BENCH_SRC=str(saved), DSLC_BENCH_REWRITES=str(n))
+    env["DSLC_BENCH_RUNS"] = "1"
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        why = (proc.stderr.strip().splitlines() or ["?"])[-1]
+        print(f"{name:9} {variant:11} failed: {why}", file=sys.stderr)
+        return {"model": name, "variant": variant, "error": why}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def render(rows: list[dict], args) -> str:
