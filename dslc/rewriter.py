@@ -508,7 +508,10 @@ class _Rewriter:
             raise Skip(reason)
 
         forward_edit = rule.forward is not None and rule.forward.target is not None
-        init_edit = rule.init is not None and rule.init.target is not None
+        # An init item whose target is its source only names a layer the
+        # forward calls (sdpa.adr's attention Dropout): no init edit, and the
+        # attribute is neither replaced nor removed.
+        init_edit = rule.init is not None and rule.init.target is not None and rule.init.target != rule.init.source
         if init_edit and any(getattr(b, "container", None) for b in match.init_nodes.values()):
             self.plan_sequential(match, cls, condition, plan)
             return plan

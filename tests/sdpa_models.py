@@ -63,6 +63,31 @@ CLASSES = {
         out = torch.bmm(w, v)
         return out.reshape(b, h, n, d).transpose(1, 2).flatten(2)
 ''', "sdpa:bmm_t12_noscale_fill_upcast_nodrop"),
+    "TimmPreScaled": ('''\
+    def forward(self, x):
+        q, k, v = self.split(x)
+        q = q * self.scale
+        attn = q @ k.transpose(-2, -1)
+        attn = attn.softmax(dim=-1)
+        attn = self.drop(attn)
+        x = attn @ v
+        return x.transpose(1, 2).flatten(2)
+''', "sdpa:at_tm2m1_noscale_nomask_tsoftmax_drop"),
+    "TimmFusedBranch": ('''\
+    fused_attn = False
+
+    def forward(self, x):
+        q, k, v = self.split(x)
+        if self.fused_attn:
+            x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.drop.p if self.training else 0.)
+        else:
+            q = q * self.scale
+            attn = q @ k.transpose(-2, -1)
+            attn = attn.softmax(dim=-1)
+            attn = self.drop(attn)
+            x = attn @ v
+        return x.transpose(1, 2).flatten(2)
+''', "sdpa:at_tm2m1_noscale_nomask_tsoftmax_drop"),
     "ReturnsProbs": ('''\
     def forward(self, x):
         q, k, v = self.split(x)
