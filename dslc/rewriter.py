@@ -251,6 +251,10 @@ class _Env:
             if not bound.text:
                 raise _Absent(name)
             text = self.temps.get(bound.text, bound.text)
+            if safety.TEMP_RE.match(text):
+                # the result of an inlined helper (`self.iterative_inv(k)`):
+                # no expression of the source to put in the target
+                raise Skip(f"`${name}` is the result of an inlined call (`{text}`), which the target cannot spell")
         if name in self.casts:
             text = f"{_paren(text)}.to({self.casts[name]})"
         return text

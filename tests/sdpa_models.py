@@ -116,6 +116,17 @@ CLASSES = {
         out = torch.matmul(probs, v)
         return out.transpose(1, 2).flatten(2)
 ''', None),
+    "InlinedValue": ('''\
+    def values(self, v):
+        return torch.tanh(v)
+
+    def forward(self, x):
+        q, k, v = self.split(x)
+        scores = torch.matmul(q, k.transpose(-2, -1))
+        probs = F.softmax(scores, dim=-1)
+        out = torch.matmul(probs, self.values(v))
+        return out.transpose(1, 2).flatten(2)
+''', None),
     "RankDependentTranspose": ('''\
     def forward(self, x):
         q, k, v = self.split(x)

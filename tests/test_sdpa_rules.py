@@ -82,6 +82,8 @@ def test_refusals_keep_the_code_and_say_why(rewritten):
     # probabilities read after the chain: refused with the data-flow reason
     assert "`probs`" in skipped["ReturnsProbs"] and "after the match" in skipped["ReturnsProbs"]
     assert "`probs`" in skipped["OutputAttentions"] and "after the match" in skipped["OutputAttentions"]
+    # v is the result of an inlined helper: no source expression to pass
+    assert "inlined call" in skipped["InlinedValue"]
     # a head mask rebinds the probabilities inside an `if`: no match at all;
     # transpose(2, 3) is the last two dims only for 4-d tensors: no rule accepts it
     for name in sdpa_models.REFUSED:
