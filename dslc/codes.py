@@ -159,6 +159,15 @@ INIT_USES_FORWARD = _code("ADR209", "warning", "init target uses a forward varia
     must mean the same thing. The rewriter checks this; prefer a variable of
     the init source.""")
 
+UNRECORDED_METHOD = _code("ADR210", "warning", "tensor method the analysis does not record", """
+    A source node `torch.Tensor.m($x, ...)` matches the method call
+    `x.m(...)` only for the methods the analysis records as nodes
+    (`transpose`, `masked_fill`, `softmax`, `matmul`, `bmm` on a local name;
+    `to` on the result of a DL call; see docs/adr-language.md). Any other
+    method stays inside an opaque statement, so this node can never match.
+    Use the function form (`torch.transpose($x, ...)`) or one of those
+    methods.""")
+
 # -- ADR3xx: requires and versions -------------------------------------------
 BAD_VERSION = _code("ADR301", "error", "malformed version range", """
     The version range of `requires` is a PEP 440 specifier set: clauses such
