@@ -36,6 +36,8 @@ import json, os, sys, warnings
 warnings.filterwarnings("ignore")
 import torch
 torch.manual_seed(0)
+torch.set_default_device(os.environ.get("LIGER_DEVICE", "cpu"))  # tests/gpu/test_liger_cuda.py: cuda
+torch.backends.cuda.matmul.allow_tf32 = False
 name = sys.argv[1]
 def inp(*shape):
     return (torch.randn(*shape) * 2.5 + 0.5).requires_grad_()
