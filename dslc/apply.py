@@ -38,16 +38,19 @@ import importlib.machinery
 import importlib.metadata
 import importlib.util
 import os
+import re
 import sys
 import time
 import traceback
 from dataclasses import dataclass, field, replace
 from typing import Callable, Literal, Sequence
 
-from dslc import fileio
+from dslc import codes, fileio
 from dslc.fileio import Found, SourceError, SourceFile
 
 Mode = Literal["diff", "write", "patch"]
+
+W_NEAR_MISS = "W199"  # the near-miss report of a file failed (a dslc bug; its rewrites stand)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +72,11 @@ class ApplyOptions:
     inline: bool = True
     flatten: bool = False
     root: str | None = None
+    # Hostile inputs (docs/reliability.md): the read limit, the symlink policy, read-only files.
+    max_file_size: int | None = fileio.DEFAULT_MAX_FILE_SIZE
+    follow_symlinks_outside: bool = False
+    force: bool = False
+    near_misses: bool = False  # also explain the places where a rule did not apply
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +90,26 @@ class MatchEntry:
     status: Literal["applied", "skipped"]
     reason: str | None = None
     function: str | None = None
+    code: str | None = None  # the reason's registered code (dslc/codes.py); None when applied
+
+
+@dataclass(frozen=True, slots=True)
+class NearMissEntry:
+    """A place holding a rule's anchors where no rewrite was applied, and why.
+
+    `kind` is `unmatched` (a pattern node, an init argument or a constraint
+    did not fit: `dslc.nearmiss`) or `skipped` (the rule matched but a check
+    refused it: the skipped match's reason).
+    """
+
+    rule: str
+    file: str
+    class_name: str | None
+    line: int
+    reason: str
+    function: str | None = None
+    kind: Literal["unmatched", "skipped"] = "unmatched"
+    code: str | None = None  # N1xx-N4xx for unmatched places, the skip reason's S code for skipped ones
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +140,7 @@ class FileResult:
     written: bool = False
     patch: str | None = None
     seconds: float = 0.0
+    near_misses: tuple[NearMissEntry, ...] = ()  # the `unmatched` ones (with `near_misses`)
 
     @property
     def changed(self) -> bool:
@@ -141,6 +170,10 @@ class Report:
     missing_kernels: tuple[MissingKernel, ...]
     seconds: float
     mode: Mode = "diff"
+    removed_temp_files: tuple[str, ...] = ()  # leftovers of an interrupted run, removed now
+    # With `ApplyOptions.near_misses`: every near miss, skipped matches
+    # included, per file in line order (None: not asked for).
+    near_misses: tuple[NearMissEntry, ...] | None = None
 
     @property
     def files_scanned(self) -> int:
@@ -171,6 +204,12 @@ def match_file(compiled, facts):
     return _match(compiled, facts)
 
 
+def near_misses(compiled, facts, matches, *, file):
+    from dslc.nearmiss import near_misses as _near
+
+    return _near(compiled, facts, matches, file=file)
+
+
 def rewrite_source(source, facts, matches, *, path):
     from dslc.rewriter import rewrite_source as _rewrite
 
@@ -193,7 +232,8 @@ def verify_sources(original, rewritten, *, path, rules):
     """`rules`: the loaded packs (the verifier takes its tolerances from them)."""
     from dslc.verify import verify_sources as _verify
 
-    return _verify(original, rewritten, path=path, rules=rules)
+    # Skipped classes stay W110 warnings here (the rewrite is written): allow_skip.
+    return _verify(original, rewritten, path=path, rules=rules, allow_skip=True)
 
 
 def verify_available() -> bool:
@@ -342,6 +382,134 @@ def _is_empty(facts) -> bool:
     return not getattr(facts, "classes", ()) and not getattr(facts, "functions", ())
 
 
+# The analysis's problem kinds (it never imports dslc) -> registered codes.
+PROBLEM_CODES = {
+    "path-cap": codes.W_PATH_CAP,
+    "base-not-visible": codes.W_BASE_HIDDEN,
+    "analysis-recursion": codes.W_RECURSION,
+    "encoding": codes.W_ANALYSIS,
+    "io-error": codes.W_ANALYSIS,
+    "syntax-error": codes.W_ANALYSIS,
+}
+
+
+def _anchor_keys(compiled: Compiled) -> set | None:
+    """(kind, qualified type) of every node some forward automaton starts from;
+    None when some rule has no such anchor (it may match anywhere)."""
+    keys: set = set()
+    for c in compiled.compiled:
+        index = getattr(c, "index", None)
+        if index is None or getattr(c, "unanchored", ()):
+            return None
+        keys |= set(index)
+    return keys
+
+
+def _cap_matters(facts, message: str, compiled: Compiled) -> bool:
+    """Does the function whose paths were capped hold a node a rule anchors on?
+
+    The path-cap problem names `owner.function`; its kept paths (the class's
+    forward paths, another method's, or a function's) show which nodes it
+    calls.  When that cannot be told, the warning is kept.
+    """
+    keys = _anchor_keys(compiled)
+    qual = message.split(":", 1)[0]
+    owner, _, fn = qual.rpartition(".")
+    if keys is None or not fn:
+        return True
+    paths = None
+    for c in getattr(facts, "classes", ()):
+        if c.qualname == owner:
+            paths = c.paths if fn == "forward" else next((ps for n, ps in c.other_paths if n == fn), None)
+            break
+    if paths is None:
+        for n, ps in getattr(facts, "functions", ()):
+            if qual == n or qual.endswith("." + n):
+                paths = ps
+                break
+    if paths is None:
+        return True
+    return any((n.kind, n.type) in keys for p in paths for n in p.nodes)
+
+
+# ---------------------------------------------------------------------------
+# Suppressions: `# dslc: ignore` / `# dslc: ignore[pack:rule, rule]`
+
+_IGNORE_RE = re.compile(r"#\s*dslc:\s*ignore\b(?:\[([^\]]*)\])?")
+
+
+def suppressions(text: str) -> dict[int, frozenset[str] | None]:
+    """Line -> the rules its `# dslc: ignore[...]` comment names (None: every rule).
+
+    Comments only (a `#` inside a string is no comment), found with tokenize.
+    """
+    if "dslc:" not in text:
+        return {}
+    import io
+    import tokenize
+
+    out: dict[int, frozenset[str] | None] = {}
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+            if tok.type != tokenize.COMMENT:
+                continue
+            m = _IGNORE_RE.search(tok.string)
+            if m is None:
+                continue
+            names = None if m.group(1) is None else frozenset(n.strip() for n in m.group(1).split(",") if n.strip())
+            out[tok.start[0]] = names or None
+    except (tokenize.TokenError, SyntaxError, ValueError):
+        pass
+    return out
+
+
+def _rule_named(qualified: str, name: str) -> bool:
+    pack, _, rule = qualified.partition(":")
+    p, sep, r = name.partition(":")
+    if sep:
+        return p == pack and r in (rule, "*", "")
+    return name in (pack, rule)
+
+
+def _match_lines(match) -> set[int]:
+    """Every line of every statement the match involves (forward nodes and init bindings)."""
+    lines = set(getattr(match, "lines", ()) or ())
+    stmts = [n.stmt for n in getattr(match, "nodes", ())]
+    stmts += [b.stmt for b in (getattr(match, "init_nodes", None) or {}).values() if getattr(b, "stmt", None)]
+    for stmt in stmts:
+        lo, hi = getattr(stmt, "lines", (0, 0))
+        if lo and hi >= lo:
+            lines.update(range(lo, hi + 1))
+    return lines
+
+
+def split_suppressed(text: str, matches: list) -> tuple[list, list]:
+    """(matches to rewrite, [(match, comment line)] suppressed by a comment)."""
+    table = suppressions(text)
+    if not table:
+        return matches, []
+    keep, dropped = [], []
+    for m in matches:
+        rule = m.rule.qualified_name
+        hit = next((line for line in sorted(_match_lines(m)) if line in table
+                    and (table[line] is None or any(_rule_named(rule, n) for n in table[line]))), None)
+        if hit is None:
+            keep.append(m)
+        else:
+            dropped.append((m, hit))
+    return keep, dropped
+
+
+def suppressed_entries(suppressed: list, name: str):
+    for m, line in suppressed:
+        yield MatchEntry(
+            rule=m.rule.qualified_name, file=name, class_name=m.class_name,
+            lines=tuple(sorted(set(m.lines))), status="skipped",
+            reason=f"suppressed by `# dslc: ignore` at line {line}",
+            function=getattr(m, "function", None), code=codes.S_SUPPRESSED,
+        )
+
+
 def process_file(found: Found, source: SourceFile, facts, compiled: Compiled, options: ApplyOptions) -> FileResult:
     """Match, check and rewrite one analyzed file (no writing: see `emit`).
 
@@ -362,11 +530,13 @@ def process_file(found: Found, source: SourceFile, facts, compiled: Compiled, op
             return FileResult(found, errors=(err,), original=text)
     errors = []
     for p in problems:
-        line, code, msg = getattr(p, "line", 0) or 0, getattr(p, "code", "W000"), getattr(p, "message", str(p))
+        line, code, msg = getattr(p, "line", 0) or 0, getattr(p, "code", ""), getattr(p, "message", str(p))
         if code == "analysis-error":  # the analysis gave up on the file: it was not processed
             errors.append(FileError(name, line, fileio.E_INTERNAL, f"analysis failed: {msg}"))
+        elif code == "path-cap" and not _cap_matters(facts, msg, compiled):
+            continue  # no rule looks for anything in that function: the cap costs nothing
         else:
-            warnings.append(FileError(name, line, code, msg))
+            warnings.append(FileError(name, line, PROBLEM_CODES.get(code, codes.W_ANALYSIS), msg))
     if errors or _is_empty(facts):
         return FileResult(found, errors=tuple(errors), warnings=tuple(warnings), original=text)
     # The analysis facts (and whatever else is alive) are frozen meanwhile:
@@ -375,26 +545,46 @@ def process_file(found: Found, source: SourceFile, facts, compiled: Compiled, op
     gc.freeze()
     try:
         matches = []
+        near: list[NearMissEntry] = []
         for c in compiled.compiled:
-            matches.extend(match_file(c, facts))
+            found_here = match_file(c, facts)
+            matches.extend(found_here)
+            if options.near_misses:
+                try:
+                    near += [NearMissEntry(n.rule, name, n.class_name, n.line, n.reason, n.function,
+                                           code=getattr(n, "code", None))
+                             for n in near_misses(c, facts, found_here, file=name)]
+                except Exception as exc:  # the report must not cost the file its rewrites
+                    err = _internal_error(name, exc)
+                    warnings.append(FileError(name, 0, W_NEAR_MISS, f"near-miss report failed: {err.message}"))
         if not matches:
-            return FileResult(found, warnings=tuple(warnings), original=text)
-        result = rewrite_source(text, facts, matches, path=name)
+            return FileResult(found, warnings=tuple(warnings), original=text, near_misses=tuple(near))
+        matches, suppressed = split_suppressed(text, matches)
+        result = rewrite_source(text, facts, matches, path=name) if matches else None
     finally:
         gc.unfreeze()
-    entries = []
+    entries = list(suppressed_entries(suppressed, name))
+    if result is None:
+        return FileResult(found, matches=tuple(entries), warnings=tuple(warnings), original=text,
+                          near_misses=tuple(near))
     for o in result.outcomes:
         m = o.match
-        entries.append(MatchEntry(
+        code = codes.code_of(o.reason) if o.status == "skipped" else None
+        entry = MatchEntry(
             rule=m.rule.qualified_name, file=name, class_name=m.class_name,
-            lines=tuple(sorted(set(o.lines or m.lines))), status=o.status, reason=o.reason,
-            function=getattr(m, "function", None),
-        ))
+            lines=tuple(sorted(set(o.lines or m.lines))), status=o.status,
+            reason=None if o.reason is None else str(o.reason),
+            function=getattr(m, "function", None), code=code,
+        )
+        entries.append(entry)
+        if code == codes.E_INTERNAL:  # a dslc bug: the match is skipped and the file is an error
+            first = entry.lines[0] if entry.lines else 0
+            errors.append(FileError(name, first, codes.E_INTERNAL, f"{entry.rule}: {entry.reason}"))
     new_source = result.new_source
     if new_source == text:
         new_source = None
-    return FileResult(found, matches=tuple(entries), warnings=tuple(warnings), original=text,
-                      new_source=new_source)
+    return FileResult(found, matches=tuple(entries), errors=tuple(errors), warnings=tuple(warnings),
+                      original=text, new_source=new_source, near_misses=tuple(near))
 
 
 def verify_result(result: FileResult, packs: Sequence) -> FileResult:
@@ -411,7 +601,8 @@ def verify_result(result: FileResult, packs: Sequence) -> FileResult:
     if getattr(verdict, "ok", False):
         return replace(result, warnings=warnings)
     why = _verify_summary(verdict)
-    entries = tuple(replace(e, status="skipped", reason=f"verification failed: {why}") if e.status == "applied" else e
+    entries = tuple(replace(e, status="skipped", reason=f"verification failed: {why}", code=codes.S_VERIFY_FAILED)
+                    if e.status == "applied" else e
                     for e in result.matches)
     error = FileError(name, 0, fileio.E_VERIFY, f"rewrite not written: verification failed: {why}")
     return replace(result, matches=entries, warnings=warnings, errors=result.errors + (error,), new_source=None)
@@ -475,8 +666,13 @@ def patch_name(found: Found, used: set[str]) -> str:
     return name
 
 
-def emit(result: FileResult, source: SourceFile, options: ApplyOptions, used_patch_names: set[str]) -> FileResult:
-    """Write a changed file (mode `write`) or its patch (mode `patch`); errors become entries."""
+def emit(result: FileResult, source: SourceFile, options: ApplyOptions, used_patch_names: set[str],
+         roots: frozenset[str] | None = None) -> FileResult:
+    """Write a changed file (mode `write`) or its patch (mode `patch`); errors become entries.
+
+    `roots` are the resolved command-line paths: `--write` does not follow a
+    symlink out of them (E107) unless `options.follow_symlinks_outside`.
+    """
     if not result.changed:
         return result
     from dslc.report import file_diff  # the diff text is the report's business
@@ -485,7 +681,9 @@ def emit(result: FileResult, source: SourceFile, options: ApplyOptions, used_pat
     try:
         if options.mode == "write":
             data = fileio.encode_source(result.new_source, source.encoding)
-            fileio.atomic_write(result.found.path, data, expect=source.data)
+            fileio.atomic_write(result.found.path, data, expect=source.data,
+                                roots=roots if roots is not None else _roots((), [result.found]),
+                                follow_outside=options.follow_symlinks_outside, force=options.force)
             return replace(result, written=True)
         if options.mode == "patch":
             fileio.encode_source(result.new_source, source.encoding)  # must be writable later
@@ -517,7 +715,7 @@ def apply_paths(
     errors: list[FileError] = []
     if files is None:
         found, problems = fileio.discover(list(paths), tuple(options.excludes), gitignore=options.gitignore)
-        errors += [FileError(p, 0, fileio.E_UNREADABLE, msg) for p, msg in problems]
+        errors += [FileError(p, 0, code, msg) for p, msg, code in problems]
     else:
         found = list(files)
     compiled = compile_packs(packs)
@@ -526,7 +724,7 @@ def apply_paths(
     sources: dict[int, SourceFile] = {}
     for i, f in enumerate(found):
         try:
-            sources[i] = fileio.read_source(f.path)
+            sources[i] = fileio.read_source(f.path, options.max_file_size)
         except SourceError as exc:
             results[i] = FileResult(f, errors=(FileError(f.display, exc.line, exc.code, exc.message),))
     done = len(results)
@@ -537,11 +735,19 @@ def apply_paths(
     for i, r in _run_all(items, packs, compiled, options, progress, done, total):
         results[i] = r
     used_patch_names: set[str] = set()
+    roots = _roots(paths, found)
+    removed: list[str] = []
     if options.mode == "patch" and options.patch_dir:
         try:
             os.makedirs(options.patch_dir, exist_ok=True)
         except OSError:  # each patch write then reports the problem per file
             pass
+        removed += fileio.remove_stale_temp_files(options.patch_dir)
+    elif options.mode == "write":
+        # Leftovers of an interrupted --write in the folders written to now.
+        folders = {os.path.dirname(os.path.realpath(found[i].path)) for i in sources}
+        for folder in sorted(folders):
+            removed += fileio.remove_stale_temp_files(folder)
     for i, f in enumerate(found):
         if i not in sources:
             continue
@@ -549,7 +755,7 @@ def apply_paths(
             r = results[i]
             if options.verify:
                 r = verify_result(r, packs)
-            results[i] = emit(r, sources[i], options, used_patch_names)
+            results[i] = emit(r, sources[i], options, used_patch_names, roots)
         except Exception as exc:  # a dslc bug must not cost the other files
             results[i] = replace(results[i], new_source=None,
                                  errors=results[i].errors + (_internal_error(f.display, exc),))
@@ -569,7 +775,25 @@ def apply_paths(
         missing_kernels=tuple(missing_kernels(packs, applied)),
         seconds=time.perf_counter() - start,
         mode=options.mode,
+        removed_temp_files=tuple(fileio.display_path(p) for p in removed),
+        near_misses=tuple(n for r in ordered for n in file_near_misses(r)) if options.near_misses else None,
     )
+
+
+def _roots(paths: Sequence[str], found: Sequence[Found]) -> frozenset[str]:
+    """The resolved command-line paths (and those the found files came from)."""
+    return frozenset(os.path.realpath(p) for p in [*paths, *(f.arg for f in found)])
+
+
+def file_near_misses(result: FileResult) -> list[NearMissEntry]:
+    """A file's near misses: its unmatched places and its skipped matches, by line."""
+    out = list(result.near_misses)
+    for m in result.matches:
+        if m.status == "skipped":
+            out.append(NearMissEntry(m.rule, m.file, m.class_name, m.lines[0] if m.lines else 0,
+                                     m.reason or "no reason given", m.function, "skipped", code=m.code))
+    out.sort(key=lambda n: (n.line, n.rule, n.kind))
+    return out
 
 
 def _internal_error(name: str, exc: BaseException) -> FileError:
@@ -586,6 +810,11 @@ _WORKER: dict = {}
 
 
 def _init_worker(packs, options) -> None:
+    # Ctrl-C reaches the whole process group: the parent alone handles it
+    # (exit 130, workers stopped), so a worker prints no traceback of its own.
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Compile once per worker process: the ir values pickle, compiled automata need not.
     _WORKER["compiled"] = compile_packs(packs)
     _WORKER["options"] = options
@@ -636,6 +865,22 @@ def _process_one(i, f, src, facts, failed, compiled, options, kw) -> tuple[int, 
     return i, replace(r, seconds=time.perf_counter() - t0)
 
 
+def _stop_pool(pool) -> None:
+    """Stop a pool now (an interrupt, a failure): no waiting for running chunks."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in processes:
+        try:
+            proc.terminate()
+        except (OSError, AttributeError, ValueError):
+            pass
+    for proc in processes:
+        try:
+            proc.join(5)
+        except (OSError, AttributeError, ValueError, AssertionError):
+            pass
+
+
 def _run_all(items, packs, compiled, options, progress, done, total):
     """Run every file through `_run_chunk`: in `options.jobs` worker processes
     when there is more than one job and file, else in this process.
@@ -662,8 +907,9 @@ def _run_all(items, packs, compiled, options, progress, done, total):
         try:
             from concurrent.futures import ProcessPoolExecutor, as_completed
 
-            with ProcessPoolExecutor(max_workers=min(jobs, len(chunks)), initializer=_init_worker,
-                                     initargs=(list(packs), options)) as pool:
+            pool = ProcessPoolExecutor(max_workers=min(jobs, len(chunks)), initializer=_init_worker,
+                                       initargs=(list(packs), options))
+            try:
                 futures = {pool.submit(_run_chunk, chunks[k]): k for k in pending}
                 for fut in as_completed(futures):
                     part = fut.result()
@@ -672,6 +918,10 @@ def _run_all(items, packs, compiled, options, progress, done, total):
                     done += len(part)
                     if progress:
                         progress(done, total)
+            except BaseException:
+                _stop_pool(pool)
+                raise
+            pool.shutdown(wait=True)
         except Exception:  # BrokenProcessPool, OSError, pickling: finish here
             pass
     for k in pending:

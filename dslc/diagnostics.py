@@ -123,9 +123,11 @@ class _Lines:
         if path not in self._split:
             text = self._sources.get(path)
             if text is None:
-                try:
-                    text = Path(path).read_bytes()[:2_000_000].decode("utf-8", "replace")
-                except OSError:
+                from dslc.fileio import SourceError, read_bytes
+
+                try:  # only a regular file: the snippet of a FIFO or a device is not worth a hang
+                    text = read_bytes(path, 2_000_000).decode("utf-8", "replace")
+                except SourceError:
                     text = None
             self._split[path] = text.split("\n") if text is not None else []
         rows = self._split[path]
@@ -144,6 +146,8 @@ def _render_one(d: Diagnostic, lines: _Lines) -> str:
     out = [f"{where}{d.severity}[{d.code}]: {d.message}"]
     labels = d.labels or ((Label(s, ""),) if s else ())
     shown = [l for l in labels if lines.get(l.span.path, l.span.line) is not None]
+    # Snippets in line order (those of the diagnostic's own file first), as the file reads.
+    shown.sort(key=lambda l: (s is not None and l.span.path != s.path, l.span.path, l.span.line, l.span.col))
     if shown:
         width = max(len(str(l.span.line)) for l in shown)
         pad = " " * width

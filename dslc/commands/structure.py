@@ -1,7 +1,8 @@
 """`dslc structure`: print the model structures the analysis extracts.
 
-Exit codes: 0 success, 1 when a file cannot be read, decoded or parsed, or
-`--class` names no class of the file, 2 on usage errors (argparse).
+Exit codes: 0 success, 1 when the file cannot be read (E100), decoded
+(E102) or parsed (E101), or `--class` names no class of the file (E120),
+2 on usage errors (bad arguments, a directory instead of a file).
 """
 
 from __future__ import annotations
@@ -9,6 +10,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+
+from dslc import codes
+
+# The analysis's fatal problem kinds -> registered codes (`dslc explain`).
+PROBLEM_CODES = {
+    "io-error": codes.E_UNREADABLE,
+    "syntax-error": codes.E_SYNTAX,
+    "encoding": codes.E_NOT_TEXT,
+    "analysis-error": codes.E_INTERNAL,
+}
 
 EPILOG = """\
 examples:
@@ -48,7 +59,9 @@ def add_parser(subparsers) -> None:
 
 
 def _error(path: str, line: int, col: int, code: str, message: str) -> None:
-    print(f"{path}:{line}:{col}: error[{code}]: {message}", file=sys.stderr)
+    from dslc.fileio import display_path
+
+    print(f"{display_path(path)}:{line}:{col}: error[{code}]: {message}", file=sys.stderr)
 
 
 def run(args) -> int:
@@ -60,11 +73,18 @@ def run(args) -> int:
     if args.root is not None and not os.path.isdir(args.root):
         print(f"dslc structure: error: --root {args.root}: not a directory", file=sys.stderr)
         return 2
-    if not os.path.exists(path):
-        _error(path, 0, 0, "io-error", "no such file")
+    if not os.path.lexists(path):
+        _error(path, 0, 0, codes.E_UNREADABLE, "no such file")
         return 1
     if os.path.isdir(path):
-        _error(path, 0, 0, "io-error", "is a directory; give a Python file")
+        print(f"dslc structure: error: {path} is a directory; give one Python file", file=sys.stderr)
+        return 2
+    from dslc import fileio
+
+    try:  # only a regular file of a sane size is read: a FIFO or /dev/zero would hang
+        fileio.read_bytes(path, fileio.DEFAULT_MAX_FILE_SIZE)
+    except fileio.SourceError as exc:
+        _error(path, exc.line, 0, exc.code, exc.message)
         return 1
     facts = analyze_file(path, root=args.root, inline=not args.no_inline, flatten=args.flatten)
     fatal = [p for p in facts.problems if p.code in ("syntax-error", "encoding", "io-error", "analysis-error")]
@@ -75,16 +95,18 @@ def run(args) -> int:
             if message.endswith(")") and "(col " in message:
                 message, _, rest = message.rpartition(" (col ")
                 col = int(rest.rstrip(")") or 0)
-            _error(path, p.line, col, p.code, message)
+            _error(path, p.line, col, PROBLEM_CODES.get(p.code, codes.E_INTERNAL), message)
         return 1
     if args.cls and not any(c.name == args.cls for c in facts.classes):
         names = ", ".join(c.name for c in facts.classes) or "none"
-        _error(path, 1, 0, "no-such-class", f"no torch.nn.Module subclass `{args.cls}` (classes: {names})")
+        _error(path, 1, 0, codes.E_NO_CLASS, f"no torch.nn.Module subclass `{args.cls}` (classes: {names})")
         return 1
     from dslc.analysis.render import file_json, file_text
 
     if args.format == "json":
-        print(json.dumps(file_json(facts, only=args.cls), indent=2, ensure_ascii=False))
+        from dslc.output import write_json
+
+        write_json(json.dumps(file_json(facts, only=args.cls), indent=2, ensure_ascii=False))
     else:
         sys.stdout.write(file_text(facts, show_stmts=args.stmts, only=args.cls))
     return 0
