@@ -235,6 +235,12 @@ class _ClassAsSection:
         self.item = S.Item((), target)
 
 
+# The tensor methods the analysis records as `torch.Tensor.<m>` call nodes
+# (analysis/extract.py TENSOR_METHODS; a copy, so that `dslc check` does not
+# import the analysis; tests/test_sdpa_checker.py keeps them equal).
+TENSOR_METHODS = frozenset({"transpose", "masked_fill", "softmax", "matmul", "bmm", "to"})
+
+
 class _RuleChecker:
     def __init__(self, rule: S.Rule, providers: set[str]) -> None:
         self.r = rule
@@ -524,6 +530,11 @@ class _RuleChecker:
                                    "or call the type by its qualified name")
                 used_layers.add(callee.name)
             elif isinstance(callee, S.Name):
+                method = callee.qualname[len("torch.Tensor."):] if callee.qualname.startswith("torch.Tensor.") else None
+                if method is not None and method not in TENSOR_METHODS:
+                    self.emit(codes.UNRECORDED_METHOD, f"`x.{method}(...)` is not recorded as a node by the analysis",
+                              callee.span, label="never matches",
+                              help="use one of " + ", ".join(sorted(TENSOR_METHODS)) + " or a function form")
                 owners = by_type.get(callee.qualname, [])
                 if len(owners) > 1:
                     self.emit(codes.AMBIGUOUS_LAYER, f"`{callee.qualname}` is the type of several init layers ("

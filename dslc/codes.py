@@ -209,6 +209,15 @@ INIT_USES_FORWARD = _code("ADR209", "warning", "init target uses a forward varia
     must mean the same thing. The rewriter checks this; prefer a variable of
     the init source.""")
 
+UNRECORDED_METHOD = _code("ADR210", "warning", "tensor method the analysis does not record", """
+    A source node `torch.Tensor.m($x, ...)` matches the method call
+    `x.m(...)` only for the methods the analysis records as nodes
+    (`transpose`, `masked_fill`, `softmax`, `matmul`, `bmm` on a local name;
+    `to` on the result of a DL call; see docs/adr-language.md). Any other
+    method stays inside an opaque statement, so this node can never match.
+    Use the function form (`torch.transpose($x, ...)`) or one of those
+    methods.""")
+
 # -- ADR3xx: requires and versions -------------------------------------------
 BAD_VERSION = _code("ADR301", "error", "malformed version range", """
     The version range of `requires` is a PEP 440 specifier set: clauses such
@@ -482,6 +491,12 @@ S_WHEN_REGION = _code("S314", "skip", "a `when` rewrite cannot duplicate its ini
     A `when` rewrite copies the run of init statements it changes into both
     branches of an `if`; here they are not in one run, or the copy would
     clash with another rewrite.""")
+
+S_INLINED_VALUE = _code("S317", "skip", "a target value is the result of an inlined call", """
+    A variable the target uses is bound to the result of a helper method the
+    analysis inlined (`self.iterative_inv(k)`): the source has no expression
+    for it at the place of the rewrite, so the target cannot spell it (it
+    would emit an undefined temporary name).""")
 
 # -- S4xx: the run and the final gates ---------------------------------------
 S_SAME_LOCATION = _code("S401", "skip", "same location as another match", """

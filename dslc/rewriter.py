@@ -286,6 +286,10 @@ class _Env:
             if not bound.text:
                 raise _Absent(name)
             text = self.temps.get(bound.text, bound.text)
+            if safety.TEMP_RE.match(text):
+                # the result of an inlined helper (`self.iterative_inv(k)`):
+                # no expression of the source to put in the target
+                raise Skip(codes.S_INLINED_VALUE, f"`${name}` is the result of an inlined call (`{text}`), which the target cannot spell")
         if name in self.casts:
             text = f"{_paren(text)}.to({self.casts[name]})"
         return text
@@ -751,7 +755,10 @@ class _Rewriter:
             raise Skip(reason)
 
         forward_edit = rule.forward is not None and rule.forward.target is not None
-        init_edit = rule.init is not None and rule.init.target is not None
+        # An init item whose target is its source only names a layer the
+        # forward calls (sdpa.adr's attention Dropout): no init edit, and the
+        # attribute is neither replaced nor removed.
+        init_edit = rule.init is not None and rule.init.target is not None and rule.init.target != rule.init.source
         if init_edit and any(getattr(b, "container", None) for b in match.init_nodes.values()):
             self.plan_sequential(match, cls, condition, plan)
             return plan
