@@ -59,6 +59,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from . import guards as guardlib
+from .compute import forward_compute
 from .model import (
     AttrUse,
     ClassFacts,
@@ -94,6 +95,12 @@ _BINOPS = {
 }
 _UNARY = {ast.USub: "-", ast.UAdd: "+", ast.Invert: "~"}
 # Sub-expressions whose parts do not run exactly once, in order.
+# Tensor methods recorded as `call` nodes (type `torch.Tensor.<name>`, the
+# receiver as first input) when called on a local name: the steps of an eager
+# attention chain (rulepacks/sdpa.adr).  Other tensor methods stay inside
+# `stmt` nodes (reads/writes only).
+TENSOR_METHODS = frozenset({"transpose", "masked_fill", "softmax", "matmul", "bmm", "to"})
+
 _OPAQUE = (ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp,
            ast.IfExp, ast.BoolOp)
 
@@ -112,6 +119,12 @@ def literal(expr: ast.expr):
             return -inner if isinstance(expr.op, ast.USub) else inner
     if isinstance(expr, ast.Tuple):
         return tuple(literal(e) for e in expr.elts)
+    if (isinstance(expr, ast.Call) and isinstance(expr.func, ast.Name) and expr.func.id == "float"
+            and len(expr.args) == 1 and not expr.keywords and isinstance(expr.args[0], ast.Constant)
+            and isinstance(expr.args[0].value, str)
+            and expr.args[0].value.strip().lower() in ("inf", "-inf", "+inf", "infinity", "-infinity")):
+        # `float("-inf")`: the usual spelling of an infinite fill value
+        return float(expr.args[0].value)
     raise ValueError("not a literal")
 
 
@@ -707,6 +720,11 @@ class Extractor:
             other.append((name, self.function_paths(fn, info.qualname, info)))
         uses = self.attr_uses(info)
         node = info.node
+        compute = None
+        if "forward" in info.methods:
+            # the whole data flow of a forward defined by this class (class rules)
+            compute = forward_compute(info.methods["forward"],
+                                      lambda parts: self.resolve(parts, scope=info.scope))
         return ClassFacts(
             name=info.name,
             qualname=info.qualname,
@@ -717,6 +735,7 @@ class Extractor:
             methods=tuple(info.methods),
             attr_uses=uses,
             other_paths=tuple(other),
+            compute=compute,
         )
 
     def attr_uses(self, info: ClassInfo) -> tuple[AttrUse, ...]:
@@ -1349,6 +1368,8 @@ class Extractor:
         # reads from the argument expressions, nested DL nodes read as their temporaries
         if isinstance(e, ast.Call):
             parts = list(e.args) + [k.value for k in e.keywords]
+            if node.kind == "call" and (node.type or "").startswith("torch.Tensor.") and isinstance(e.func, ast.Attribute):
+                parts.append(e.func.value)  # the receiver of a tensor method
         elif isinstance(e, ast.BinOp):
             parts = [e.left, e.right]
         else:
@@ -1424,6 +1445,8 @@ class Extractor:
 
     def _call(self, e: ast.Call, frame, ref, actions, outputs, top, need=True) -> Value | None:
         kind = self.classify(e, frame)
+        if kind is None and self._is_tensor_method(e, frame):
+            return self._tensor_method(e, frame, ref, actions, outputs, top)
         if kind is None:
             # not a node: evaluate the receiver and the arguments in order
             if isinstance(e.func, ast.Attribute):
@@ -1479,6 +1502,34 @@ class Extractor:
         spelling = None if qual else ast.unparse(func)
         args, kwargs = self._args(e, frame, ref, actions)
         node = Node("call", ref, type=qual, unresolved=None if qual else spelling, inputs=args, kwargs=kwargs)
+        return self._emit(e, node, frame, actions, outputs, top)
+
+    def _is_tensor_method(self, e: ast.Call, frame: Frame) -> bool:
+        """`x.transpose(-2, -1)`, `scores.masked_fill(m, v)`, `p.softmax(dim=-1)`:
+        a method of `TENSOR_METHODS` called on a local name (a parameter or a
+        local variable, never `self`, a module or a global)."""
+        func = e.func
+        if not (isinstance(func, ast.Attribute) and func.attr in TENSOR_METHODS
+                and not any(isinstance(a, ast.Starred) for a in e.args)
+                and all(k.arg is not None for k in e.keywords)):
+            return False
+        recv = func.value
+        if isinstance(recv, ast.Name):
+            # `.to` only on a DL call's result (`F.softmax(..., dtype=torch.float32).to(q.dtype)`):
+            # `x = x.to(torch.float32)` on a name stays a plain statement
+            return (func.attr != "to" and recv.id != "self" and recv.id in frame.locals and recv.id not in frame.local_imports
+                    and recv.id not in frame.local_funcs and recv.id not in frame.loop_layers)
+        # the result of a DL call (`F.softmax(s, dim=-1, dtype=torch.float32).to(q.dtype)`)
+        return isinstance(recv, ast.Call) and (self.classify(recv, frame) is not None
+                                                or self._is_tensor_method(recv, frame))
+
+    def _tensor_method(self, e: ast.Call, frame, ref, actions, outputs, top) -> Value:
+        """A tensor method call as a `call` node of type `torch.Tensor.<m>` whose
+        first input is the receiver (the function form's `self`), so that
+        `torch.Tensor.transpose($k, -2, -1) -> $kt` matches `k.transpose(-2, -1)`."""
+        receiver = self._expr(e.func.value, frame, ref, actions)
+        args, kwargs = self._args(e, frame, ref, actions)
+        node = Node("call", ref, type="torch.Tensor." + e.func.attr, inputs=(receiver,) + args, kwargs=kwargs)
         return self._emit(e, node, frame, actions, outputs, top)
 
     def _stored_attrs(self) -> frozenset[str]:

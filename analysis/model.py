@@ -215,6 +215,10 @@ class ClassFacts:
     # Calls of module-level functions and other methods, for rules with no
     # init item (they apply at every call site): method name -> paths.
     other_paths: tuple[tuple[str, tuple[Path, ...]], ...] = ()
+    # The expression graph of a straight-line `forward` defined by this class
+    # (`analysis.compute.Compute`), for rules that match a class by what it
+    # computes; None when the class defines no forward.
+    compute: object = None
 
 
 @dataclass(frozen=True, slots=True)

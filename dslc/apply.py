@@ -75,6 +75,9 @@ class ApplyOptions:
     inline: bool = True
     flatten: bool = False
     root: str | None = None
+    # Apply `unsafe` rules too (ruff's --unsafe-fixes); by default they are
+    # left out and the report lists them (`Report.left_out`).
+    unsafe: bool = False
     # Hostile inputs (docs/reliability.md): the read limit, the symlink policy, read-only files.
     max_file_size: int | None = fileio.DEFAULT_MAX_FILE_SIZE
     follow_symlinks_outside: bool = False
@@ -162,6 +165,9 @@ class MissingKernel:
     reason: str
     rules: tuple[str, ...]  # the selected rules whose kernels live in it
     applied: int = 0  # rewrites in this run that import it
+    # every such rule declares `fallback original`: the rewritten code imports
+    # the kernel under a guard and runs without it
+    guarded: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +179,9 @@ class Report:
     missing_kernels: tuple[MissingKernel, ...]
     seconds: float
     mode: Mode = "diff"
+    # Rules not applied because they are `unsafe` and `--unsafe` was not given:
+    # (qualified rule name, the rule's note or description).
+    left_out: tuple[tuple[str, str], ...] = ()
     removed_temp_files: tuple[str, ...] = ()  # leftovers of an interrupted run, removed now
     # With `ApplyOptions.near_misses`: every near miss, skipped matches
     # included, per file in line order (None: not asked for).
@@ -328,6 +337,8 @@ def missing_kernels(packs: Sequence, applied: dict[str, int] | None = None) -> l
                 pack=pack.name, package=req.package, module=module, version=req.version,
                 install=req.install, reason=reason, rules=rules,
                 applied=sum(applied.get(r, 0) for r in rules),
+                guarded=all(getattr(r, "fallback", None) == "original" for r in pack.rules
+                            if r.qualified_name in rules),
             ))
     return out
 
@@ -576,9 +587,10 @@ def process_file(found: Found, source: SourceFile, facts, compiled: Compiled, op
     for o in result.outcomes:
         m = o.match
         code = codes.code_of(o.reason) if o.status == "skipped" else None
+        file, lines = _code_location(found, facts, m, tuple(sorted(set(o.lines or m.lines))), options)
         entry = MatchEntry(
-            rule=m.rule.qualified_name, file=name, class_name=m.class_name,
-            lines=tuple(sorted(set(o.lines or m.lines))), status=o.status,
+            rule=m.rule.qualified_name, file=file, class_name=m.class_name,
+            lines=lines, status=o.status,
             reason=None if o.reason is None else str(o.reason),
             function=getattr(m, "function", None), code=code,
         )
@@ -591,6 +603,64 @@ def process_file(found: Found, source: SourceFile, facts, compiled: Compiled, op
         new_source = None
     return FileResult(found, matches=tuple(entries), errors=tuple(errors), warnings=tuple(warnings),
                       original=text, new_source=new_source, near_misses=tuple(near))
+
+
+def _code_location(found: Found, facts, match, lines: tuple[int, ...], options: ApplyOptions) -> tuple[str, tuple[int, ...]]:
+    """The file and lines where a match's code is.
+
+    A match in a subclass can sit in code it inherits from a base class of
+    another module (`StmtRef.owner`): its lines are that module's.  When all
+    of the match's statements are in another module, report that module's
+    file (relative to where this file's name is relative to); when only some
+    are, keep this file and the lines of the statements that are in it.
+    """
+    local_classes = [c.qualname for c in facts.classes]
+    module = getattr(facts, "module", None)
+
+    def is_local(owner: str | None) -> bool:
+        return (not owner or owner == module
+                or any(owner == q or owner.startswith(q + ".") for q in local_classes))
+
+    refs = [n.stmt for n in match.nodes] + [b.stmt for b in match.init_nodes.values() if getattr(b, "stmt", None)]
+    foreign = [r for r in refs if not is_local(r.owner)]
+    if not foreign:
+        return found.display, lines
+    if len(foreign) < len(refs):
+        mine: set[int] = set()
+        for r in refs:
+            if is_local(r.owner):
+                mine.update(range(r.lines[0], r.lines[1] + 1))
+        return found.display, tuple(sorted(mine))
+    owners = {r.owner for r in foreign}
+    path = _module_file(found, module, options, owners.pop()) if len(owners) == 1 else None
+    if path is None:
+        return found.display, lines
+    shown = path
+    absolute = os.path.abspath(found.path)
+    display = found.display.replace("\\", "/")
+    if not os.path.isabs(found.display) and absolute.replace(os.sep, "/").endswith("/" + display.lstrip("./")):
+        base = absolute[: len(absolute) - len(display.lstrip("./"))]
+        shown = os.path.relpath(path, base)
+    return shown, lines
+
+
+def _module_file(found: Found, module: str | None, options: ApplyOptions, owner: str) -> str | None:
+    """The file of the module that defines the class `owner` (a qualified name), if it is in the tree."""
+    from dslc.analysis.names import tree_root_for
+
+    if options.root:
+        root = options.root
+    elif module:
+        root = tree_root_for(found.path, module)
+    else:
+        return None
+    parts = owner.split(".")
+    for k in range(len(parts) - 1, 0, -1):
+        base = os.path.join(root, *parts[:k])
+        for candidate in (base + ".py", os.path.join(base, "__init__.py")):
+            if os.path.isfile(candidate):
+                return os.path.abspath(candidate)
+    return None
 
 
 def verify_result(result: FileResult, packs: Sequence) -> FileResult:
@@ -724,6 +794,7 @@ def apply_paths(
         errors += [FileError(p, 0, code, msg) for p, msg, code in problems]
     else:
         found = list(files)
+    packs, left_out = safe_packs(packs, options.unsafe)
     compiled = compile_packs(packs)
     total = len(found)
     results: dict[int, FileResult] = {}
@@ -781,9 +852,25 @@ def apply_paths(
         missing_kernels=tuple(missing_kernels(packs, applied)),
         seconds=time.perf_counter() - start,
         mode=options.mode,
+        left_out=left_out,
         removed_temp_files=tuple(fileio.display_path(p) for p in removed),
         near_misses=tuple(n for r in ordered for n in file_near_misses(r)) if options.near_misses else None,
     )
+
+
+def safe_packs(packs: Sequence, unsafe: bool) -> tuple[list, tuple[tuple[str, str], ...]]:
+    """The packs without their `unsafe` rules (unless `unsafe`), and what was left out."""
+    if unsafe:
+        return list(packs), ()
+    out, left = [], []
+    for pack in packs:
+        kept = tuple(r for r in pack.rules if getattr(r, "safety", "safe") != "unsafe")
+        for r in pack.rules:
+            if getattr(r, "safety", "safe") == "unsafe":
+                why = (r.contract.note or r.description or "").split("\n")[0]
+                left.append((r.qualified_name, why))
+        out.append(replace(pack, rules=kept) if len(kept) != len(pack.rules) else pack)
+    return out, tuple(left)
 
 
 def _roots(paths: Sequence[str], found: Sequence[Found]) -> frozenset[str]:

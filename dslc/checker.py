@@ -36,10 +36,19 @@ from dslc.diagnostics import Diagnostic, Label, diag
 OPTIONS: dict[str, tuple] = {
     "scope": (lambda v: v in ("any", "forward"), '"any" or "forward"'),
     "detect": (lambda v: isinstance(v, bool), "True or False"),
+    # A run-time condition of the kernel dispatch (rules with `fallback`):
+    # a Python expression over `$vars` and `$v.attr` (`"$x.dim() == 2"`).
+    "check": (lambda v: isinstance(v, str) and _check_parses(v), 'a Python expression over $variables, e.g. "$x.dim() == 2"'),
     # Acknowledge warnings for this rule: a comma-separated list of codes.
     "allow": (lambda v: isinstance(v, str) and bool(v.strip()) and all(
         (c.strip().upper() in codes.REGISTRY and codes.REGISTRY[c.strip().upper()].severity == "warning")
         for c in v.split(",")), 'a string of warning codes, e.g. "ADR209"'),
+    # What the rewrite keeps of every value it changes or removes: reads that
+    # look only at those properties (`x.shape`, `x.dtype`, `x.device`) may
+    # stay (docs/adr-language.md, "Reads of shape, dtype and device").
+    "keeps": (lambda v: isinstance(v, str) and bool(v.strip()) and all(
+        c.strip() in ("shape", "dtype", "device") for c in v.split(",")),
+        'a comma-separated subset of "shape", "dtype", "device", e.g. "shape,dtype,device"'),
 }
 
 # PEP 440 public versions (with local labels), as in the specification's
@@ -53,6 +62,19 @@ _VERSION = re.compile(
     re.VERBOSE | re.IGNORECASE,
 )
 _CLAUSE = re.compile(r"\s*(~=|===|==|!=|<=|>=|<|>)\s*(\S+?)\s*$")
+
+
+CHECK_VAR = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def _check_parses(text: str) -> bool:
+    import ast as _ast
+
+    try:
+        _ast.parse(CHECK_VAR.sub(lambda m: "_v_" + m.group(1), text), mode="eval")
+    except SyntaxError:
+        return False
+    return bool(text.strip())
 
 
 def version_error(spec: str) -> str | None:
@@ -145,7 +167,9 @@ def check_file(f: S.File) -> list[Diagnostic]:
                             help="rename one of the rules; names are unique in a pack"))
         else:
             rules_seen[r.name] = r
-        out.extend(_RuleChecker(r, providers).run())
+        checker = _RuleChecker(r, providers)
+        checker.packages = {q.package.lower().replace("_", "-") for q in f.requires}
+        out.extend(checker.run())
     return out
 
 
@@ -200,10 +224,28 @@ def _callee_type(n) -> str | None:
     return None
 
 
+DTYPES = ("fp32", "fp16", "bf16", "fp64")
+DEVICES = ("cuda", "cpu")
+
+
+class _ClassAsSection:
+    """A class item seen as an item by the structure checks (target or `_`)."""
+
+    def __init__(self, target) -> None:
+        self.item = S.Item((), target)
+
+
+# The tensor methods the analysis records as `torch.Tensor.<m>` call nodes
+# (analysis/extract.py TENSOR_METHODS; a copy, so that `dslc check` does not
+# import the analysis; tests/test_sdpa_checker.py keeps them equal).
+TENSOR_METHODS = frozenset({"transpose", "masked_fill", "softmax", "matmul", "bmm", "to"})
+
+
 class _RuleChecker:
     def __init__(self, rule: S.Rule, providers: set[str]) -> None:
         self.r = rule
         self.providers = providers
+        self.packages: set[str] = set()
         self.out: list[Diagnostic] = []
 
     def emit(self, *args, **kw) -> None:
@@ -216,7 +258,10 @@ class _RuleChecker:
         for sec in (init, fwd):
             if sec is not None:
                 self.shapes(sec)
+        for c in self.r.of(S.ClassItem):
+            self.class_item(c, mixed=init is not None or fwd is not None)
         self.variables(init, fwd)
+        self.needs(init, fwd)
         return self._allowed(self.out)
 
     def _allowed(self, diags: list[Diagnostic]) -> list[Diagnostic]:
@@ -233,7 +278,8 @@ class _RuleChecker:
         counts: Counter = Counter()
         for c in r.clauses:
             key = {S.Exact: "contract", S.Tolerance: "contract", S.When: "when",
-                   S.Params: "params"}.get(type(c))
+                   S.Params: "params", S.DtypeTolerance: "contract", S.Safety: "safe/unsafe",
+                   S.Fallback: "fallback", S.ClassItem: "class"}.get(type(c))
             if isinstance(c, S.Section):
                 key = c.kind
             if key is None:
@@ -255,12 +301,13 @@ class _RuleChecker:
                           label=f"`{top}` is not in `requires`",
                           help=f'add `requires {top} install "<how to install it>"`')
         sections = [c for c in r.clauses if isinstance(c, S.Section)]
+        sections += [_ClassAsSection(c.target) for c in r.of(S.ClassItem)]
         if not sections:
             self.emit(codes.NO_ITEMS, f"rule `{r.name}` has no init or forward item", r.name_span,
                       help="add `init { ... } => { ... }` and/or `forward { ... } => { ... }`")
         detect_only = bool(sections) and all(s.item.target is None for s in sections)
         options = {o.name: o.value.value for o in r.of(S.Option)}
-        has_contract = bool(r.of(S.Exact) or r.of(S.Tolerance))
+        has_contract = bool(r.of(S.Exact) or r.of(S.Tolerance) or r.of(S.DtypeTolerance))
         if sections and not detect_only and not has_contract:
             self.emit(codes.NO_CONTRACT, f"rule `{r.name}` states no numerical contract", r.name_span,
                       help="add `exact` or `tolerance atol=<a> rtol=<r>`")
@@ -269,6 +316,17 @@ class _RuleChecker:
                       r.name_span, help="add `option detect = True` if that is intended")
         for t in r.of(S.Tolerance):
             self.tolerance(t)
+        for t in r.of(S.DtypeTolerance):
+            seen_dtypes: dict[str, S.DtypeTol] = {}
+            for d in t.dtypes:
+                if d.dtype not in DTYPES:
+                    self.emit(codes.BAD_TOLERANCE, f"unknown dtype `{d.dtype}` in a tolerance", d.span,
+                              label="expected " + ", ".join(DTYPES),
+                              help="write e.g. `tolerance fp32 atol=1e-5 rtol=1e-5; bf16 atol=1e-2 rtol=1.6e-2`")
+                elif d.dtype in seen_dtypes:
+                    self.emit(codes.BAD_TOLERANCE, f"dtype `{d.dtype}` given twice", d.span, label="again here")
+                seen_dtypes[d.dtype] = d
+                self.tolerance(S.Tolerance(d.args, span=d.span))
         for o in r.of(S.Option):
             self.option(o)
 
@@ -330,6 +388,12 @@ class _RuleChecker:
 
     def node_shape(self, n, kind: str, source: bool) -> None:
         side = "source" if source else "target"
+        if isinstance(n, S.Node) and (isinstance(n.expr, S.AttrRef) or (
+                isinstance(n.expr, S.Call) and isinstance(n.expr.callee, S.AttrRef))):
+            self.emit(codes.METHOD_OUTSIDE_CLASS, f"a method or attribute node in {'an' if kind == 'init' else 'a'} {kind} item", n.span,
+                      label="only class items match tensor methods",
+                      help="write a `class { ... forward($x) { ... } } => { ... }` item")
+            return
         if isinstance(n, S.Wildcard):
             if not source:
                 self.emit(codes.WILDCARD_TARGET, f"wildcard `*` in a {kind} target", n.span,
@@ -443,7 +507,7 @@ class _RuleChecker:
 
         init_src_vars = {v.name for n in init_src for v in node_vars(n)}
         fwd_src_vars = {v.name for n in fwd_src for v in node_vars(n)}
-        all_src = init_src_vars | fwd_src_vars
+        all_src = init_src_vars | fwd_src_vars | set(getattr(self, "class_vars", ()))
 
         # `$v(...)` and `qual.Type(...)` in forward sources
         by_type: dict[str, list[str]] = {}
@@ -466,6 +530,11 @@ class _RuleChecker:
                                    "or call the type by its qualified name")
                 used_layers.add(callee.name)
             elif isinstance(callee, S.Name):
+                method = callee.qualname[len("torch.Tensor."):] if callee.qualname.startswith("torch.Tensor.") else None
+                if method is not None and method not in TENSOR_METHODS:
+                    self.emit(codes.UNRECORDED_METHOD, f"`x.{method}(...)` is not recorded as a node by the analysis",
+                              callee.span, label="never matches",
+                              help="use one of " + ", ".join(sorted(TENSOR_METHODS)) + " or a function form")
                 owners = by_type.get(callee.qualname, [])
                 if len(owners) > 1:
                     self.emit(codes.AMBIGUOUS_LAYER, f"`{callee.qualname}` is the type of several init layers ("
@@ -563,6 +632,134 @@ class _RuleChecker:
                 self.emit(codes.UNUSED_VAR, f"variable `${v.name}` is never used", v.span,
                           label="bound here only",
                           help=f"use it, or write `$_{v.name}` to ignore it on purpose")
+
+    # -- class items -----------------------------------------------------------
+    def class_item(self, c: S.ClassItem, mixed: bool) -> None:
+        if mixed:
+            self.emit(codes.CLASS_MIXED, f"rule `{self.r.name}` has a class item and init/forward items",
+                      c.span, label="class item here", help="put the class item in a rule of its own")
+        init_vars: dict[str, S.Var] = {}
+        for n in c.init or ():
+            self.node_shape(n, "init", source=True)
+            for v in getattr(n, "outputs", ()):
+                init_vars.setdefault(v.name, v)
+        if not c.forward:
+            self.emit(codes.EMPTY_PATTERN, "empty class forward pattern", c.forward_span or c.span,
+                      label="matches nothing", help="write the computation forward performs")
+            return
+        defined: dict[str, S.Var] = {}
+        for v in c.inputs:
+            if v.name in defined:
+                self.emit(codes.REBOUND_VAR, f"forward parameter `${v.name}` named twice", v.span, label="again here")
+            defined[v.name] = v
+        for v in init_vars:
+            defined.setdefault(v, init_vars[v])
+        used: Counter = Counter()
+        produced: list[S.Var] = []
+        for n in c.forward:
+            if isinstance(n, S.Wildcard) or not n.outputs or len(n.outputs) != 1:
+                self.emit(codes.CLASS_NODE, "a class forward node must be an expression with one output `-> $v`",
+                          n.span, label="not allowed here")
+                continue
+            e = n.expr
+            if not isinstance(e, (S.Call, S.BinOp, S.UnaryOp, S.AttrRef)):
+                self.emit(codes.CLASS_NODE, "a class forward node must be a call, a method, an attribute read "
+                          "or a tensor op", n.span, label="not a computation")
+                continue
+            if isinstance(e, S.Call):
+                if isinstance(e.callee, S.Subscript):
+                    self.emit(codes.CLASS_NODE, "a lookup call in a class forward pattern", n.span,
+                              label="bind the looked-up layer in `init` and call it as `$layer(...)`")
+                    continue
+                if isinstance(e.callee, S.Var) and e.callee.name not in init_vars:
+                    self.emit(codes.UNKNOWN_LAYER, f"forward calls layer `${e.callee.name}`, but no init node binds it",
+                              e.callee.span, label="not an init layer",
+                              help=f"bind it in the class's init pattern (`torch.nn.Linear(...) -> ${e.callee.name}`)")
+                for a in e.args:
+                    if a.rest:
+                        self.emit(codes.CLASS_NODE, "`...` in a class forward pattern", a.span,
+                                  label="the match covers every argument", help="list the arguments")
+                    elif not isinstance(a.value, (S.Var, S.Const, S.Name)):
+                        self.term(a.value, True, where="argument", allow_expr=False)
+            elif isinstance(e, S.BinOp):
+                for operand in (e.left, e.right):
+                    self.term(operand, True, where="operand", allow_expr=False)
+            elif isinstance(e, S.UnaryOp):
+                self.term(e.operand, True, where="operand", allow_expr=False)
+            for v in vars_in(e):
+                used[v.name] += 1
+                defined.setdefault(v.name, v)  # free variables bind what they meet
+            out = n.outputs[0]
+            if out.name in defined and out.name != "_":
+                self.emit(codes.REBOUND_VAR, f"variable `${out.name}` is bound twice", out.span,
+                          label="second definition", extra=(Label(defined[out.name].span, "first definition"),),
+                          help="use a new variable for this output")
+            defined[out.name] = out
+            produced.append(out)
+        for out in produced[:-1]:
+            if used[out.name] == 0:
+                self.emit(codes.CLASS_RESULT, f"`${out.name}` is computed but no later node uses it", out.span,
+                          label="dangling output",
+                          help="the pattern is one expression: its last node's output is what forward returns")
+        result = produced[-1].name if produced else None
+        for v in c.scalars:
+            if v.name not in defined:
+                self.emit(codes.CONSTRAINT_UNKNOWN, f"`scalar` names `${v.name}`, which the pattern does not bind",
+                          v.span, label="unknown variable", help=self._suggest(v.name, defined))
+        if c.target is not None:
+            tdefined = set(defined)
+            for n in c.target:
+                self.node_shape(n, "forward", source=False)
+                for v in (vars_in(n.expr) if isinstance(n, S.Node) else []):
+                    if v.name not in tdefined:
+                        self._unbound(v, "forward")
+                for v in getattr(n, "outputs", ()):
+                    tdefined.add(v.name)
+            outs = {v.name for n in c.target for v in getattr(n, "outputs", ())}
+            if result is not None and result not in outs:
+                self.emit(codes.CLASS_RESULT, f"the class target does not compute `${result}`", c.target_span,
+                          label=f"`${result}` is what forward returns",
+                          help=f"end the target with a node `... -> ${result}`")
+        self.class_vars = set(defined)
+
+    def needs(self, init, fwd) -> None:
+        r = self.r
+        bound = set(getattr(self, "class_vars", set()))
+        for sec in (init, fwd):
+            if sec is not None:
+                bound |= {v.name for n in sec.item.source for v in node_vars(n)}
+        reqs = r.of(S.RuleRequires)
+        for q in reqs:
+            if q.package.lower().replace("_", "-") not in self.packages:
+                self.emit(codes.REQUIRES_UNKNOWN, f"rule requires `{q.package}`, which the pack does not require",
+                          q.package_span, label="not in the pack's `requires`",
+                          help=f'add `requires {q.package} install "<how to install it>"` at the top of the file')
+            if q.device is not None and q.device not in DEVICES:
+                self.emit(codes.BAD_DEVICE, f"unknown device `{q.device}`", q.device_span,
+                          label="expected " + " or ".join(DEVICES))
+            if q.var is not None and q.var.name not in bound:
+                self.emit(codes.CONSTRAINT_UNKNOWN, f"`requires ... on` names `${q.var.name}`, which no source binds",
+                          q.var.span, label="unknown variable", help=self._suggest(q.var.name, bound))
+        for o in r.of(S.Option):
+            if o.name == "check" and isinstance(o.value.value, str):
+                for name in CHECK_VAR.findall(o.value.value):
+                    if name not in bound:
+                        self.emit(codes.CONSTRAINT_UNKNOWN, f"`option check` names `${name}`, which no source binds",
+                                  o.value.span, label="unknown variable", help=self._suggest(name, bound))
+                if not r.of(S.Fallback):
+                    self.emit(codes.BAD_OPTION, "`option check` without `fallback original`", o.value.span,
+                              label="a check guards the kernel dispatch", help="add `requires ...` and `fallback original`")
+        for f in r.of(S.Fallback):
+            if f.kind != "original":
+                self.emit(codes.BAD_FALLBACK, f"unknown fallback `{f.kind}`", f.span, label="expected `original`")
+            elif not reqs:
+                self.emit(codes.BAD_FALLBACK, "`fallback` without a `requires` clause in the rule", f.span,
+                          label="nothing to check at run time",
+                          help="say what the kernel needs: `requires <package> [device cuda on $x]`")
+            elif fwd is not None and fwd.item.target is not None and init is None and len(fwd.item.target) != 1:
+                self.emit(codes.BAD_FALLBACK, "`fallback` on a forward item whose target has several nodes",
+                          f.span, label="cannot guard per call",
+                          help="a per-call fallback needs a one-node forward target (a dispatch helper)")
 
     def _unbound(self, v: S.Var, kind: str) -> None:
         where = "the init source" if kind == "init" else "the forward or init source"

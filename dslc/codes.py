@@ -209,6 +209,15 @@ INIT_USES_FORWARD = _code("ADR209", "warning", "init target uses a forward varia
     must mean the same thing. The rewriter checks this; prefer a variable of
     the init source.""")
 
+UNRECORDED_METHOD = _code("ADR210", "warning", "tensor method the analysis does not record", """
+    A source node `torch.Tensor.m($x, ...)` matches the method call
+    `x.m(...)` only for the methods the analysis records as nodes
+    (`transpose`, `masked_fill`, `softmax`, `matmul`, `bmm` on a local name;
+    `to` on the result of a DL call; see docs/adr-language.md). Any other
+    method stays inside an opaque statement, so this node can never match.
+    Use the function form (`torch.transpose($x, ...)`) or one of those
+    methods.""")
+
 # -- ADR3xx: requires and versions -------------------------------------------
 BAD_VERSION = _code("ADR301", "error", "malformed version range", """
     The version range of `requires` is a PEP 440 specifier set: clauses such
@@ -220,6 +229,40 @@ KERNEL_NOT_REQUIRED = _code("ADR303", "warning", "kernel package not required", 
     The kernel's top-level package is neither `torch` nor any package (or
     `module`) named by a `requires` line, so a run cannot tell the user what
     to install.""")
+
+# -- class items, safety classes, run-time needs (ADR15x, ADR25x, ADR35x) --------
+CLASS_MIXED = _code("ADR150", "error", "class item mixed with init/forward items", """
+    A `class { ... } => { ... }` item describes a whole module class by what
+    its forward computes and rewrites that class; it cannot be combined with
+    `init` or `forward` items in the same rule (write two rules).""")
+CLASS_NODE = _code("ADR151", "error", "node not allowed in a class item", """
+    The forward pattern of a class item is a data-flow pattern: layer calls
+    `$l(...)`, function calls `q.f(...)`, methods `$x.m(...)`, attribute reads
+    `$x.dtype`, and tensor ops; each binds its output (`-> $v`). Wildcards and
+    `...` are not allowed (the match must cover the whole forward), nor a
+    node without an output.""")
+CLASS_RESULT = _code("ADR152", "error", "class forward pattern is not one expression", """
+    Every output of a class-item forward pattern except the last must be used
+    by a later node, and the last node's output is what forward returns; the
+    target must define that same output variable.""")
+METHOD_OUTSIDE_CLASS = _code("ADR153", "error", "method or attribute node outside a class item", """
+    `$x.m(...)` and `$x.attr` patterns are matched against the expression
+    graph of a class's forward; `init` and `forward` items match DL-node
+    paths, which do not record tensor methods. Use a `class` item.""")
+REQUIRES_UNKNOWN = _code("ADR350", "error", "rule requires a package the pack does not require", """
+    `requires PKG ...` inside a rule names what its kernel needs at run time;
+    PKG must be named by a `requires` line of the pack (which gives its
+    version range, import name and install hint).""")
+BAD_DEVICE = _code("ADR351", "error", "unknown device", """
+    `device NAME on $x`: NAME is `cuda` (the kernel runs only when the tensor
+    bound to `$x` is on a CUDA device) or `cpu`.""")
+BAD_FALLBACK = _code("ADR352", "error", "invalid fallback", """
+    `fallback original` is the one fallback: where the kernel's needs are not
+    met at run time the original computation runs. It needs a `requires`
+    clause in the rule (what is checked), and a rule shape the emitter can
+    guard: a class item (a per-call dispatch in forward), an init item that
+    replaces layers in place (a per-construction choice), or a forward item
+    whose source and target are one node each (a per-call dispatch helper).""")
 
 # -- ADR4xx: selection -----------------------------------------------------------
 UNKNOWN_SELECT = _code("ADR401", "error", "unknown rule selection", """
@@ -333,6 +376,12 @@ I_TEMP_REMOVED = _code("I130", "note", "stale temporary files removed", """
     between writing a file's temporary copy and replacing the file; this run
     found such `*.dslc-tmp` files (of no dslc process still running) and
     removed them. The files themselves were never half-written.""")
+I_UNSAFE_LEFT_OUT = _code("I140", "note", "an unsafe rule was left out", """
+    The rule is declared `unsafe` (known to change numbers or not to
+    construct) and `--unsafe` (or `[tool.dslc] unsafe = true`) was not
+    given, so `dslc apply` did not apply it. The JSON report lists it under
+    `left_out`.""")
+
 
 # -- S1xx: the matcher refuses a match ---------------------------------------
 S_OVERLAP_RULE = _code("S101", "skip", "overlaps a match of an earlier rule", """
@@ -451,6 +500,12 @@ S_WHEN_REGION = _code("S314", "skip", "a `when` rewrite cannot duplicate its ini
     branches of an `if`; here they are not in one run, or the copy would
     clash with another rewrite.""")
 
+S_INLINED_VALUE = _code("S317", "skip", "a target value is the result of an inlined call", """
+    A variable the target uses is bound to the result of a helper method the
+    analysis inlined (`self.iterative_inv(k)`): the source has no expression
+    for it at the place of the rewrite, so the target cannot spell it (it
+    would emit an undefined temporary name).""")
+
 # -- S4xx: the run and the final gates ---------------------------------------
 S_SAME_LOCATION = _code("S401", "skip", "same location as another match", """
     The same statements matched on several paths or call sites; they are
@@ -472,6 +527,27 @@ S_SUPPRESSED = _code("S406", "skip", "suppressed by a comment", """
     A line of the match carries `# dslc: ignore` (every rule) or
     `# dslc: ignore[pack:rule, ...]` naming this rule. Suppressed matches
     are counted apart in the summary and never rewritten.""")
+S_CLASS_INIT = _code("S215", "skip", "the class's attributes do not fit the class item", """
+    The forward of the class computes what a class item describes, but an
+    attribute it reads is not what the item's init pattern needs (built by
+    another type, assigned more than once or under a condition, assigned
+    again by another method), or a `scalar` variable is a layer.""")
+S_CLASS_DISPATCH = _code("S315", "skip", "the class dispatch cannot be written", """
+    A class item matched, but the dispatch at the top of `forward` cannot be
+    placed or written: the body shares the line of the `def` or of the
+    docstring, the class or its forward is not found in the file, the
+    target reads an intermediate value of the original forward, or the rule
+    is detect-only.""")
+S_FALLBACK = _code("S316", "skip", "the guarded fallback cannot be written", """
+    The rule declares what its kernel needs (`requires ... device ...`) and
+    `fallback original`, but this match cannot be guarded: no `fallback`
+    declared, a per-call dispatch for a call with further arguments or a
+    cast, a value the dispatch needs is bound to nothing, the target calls
+    nothing from the required package, or `torch` names something else.""")
+S_GENERATED = _code("S407", "skip", "inside code that dslc generated", """
+    The match lies in a dispatch helper (`_dslc_<pack>_<rule>`) written by an
+    earlier `dslc apply`; its call of the original function is the fallback
+    and stays as it is.""")
 S_UNCLASSIFIED = _code("S499", "skip", "skipped (no code given)", """
     A skip reason produced without a code (code that predates the registry).
     Every reason dslc itself gives has a code; this one marks a gap to fill.""")

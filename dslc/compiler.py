@@ -81,11 +81,15 @@ class CompiledRule:
 
     def dump(self) -> str:
         scope = "forward paths of classes" if self.class_scoped else "every function (no init item)"
+        if self.rule.klass is not None:
+            scope = "module classes, by the forward they compute"
         lines = [f"rule {self.name}  [{scope}]"]
         if self.init is not None:
             lines += ["  " + ln for ln in self.init.dump().splitlines()]
         if self.forward is not None:
             lines += ["  " + ln for ln in self.forward.dump().splitlines()]
+        elif self.rule.klass is not None:
+            lines.append("  class item: the expression graph of a straight-line forward")
         else:
             lines.append("  forward: none (an instantiation whose layer is called in forward)")
         for c in self.rule.where:
@@ -105,6 +109,8 @@ class CompiledPack:
     unanchored: tuple[int, ...] = ()
     # Rules with an init item and no forward item.
     init_only: tuple[int, ...] = ()
+    # Rules with a class item (matched by `dslc.classmatch`).
+    class_rules: tuple[int, ...] = ()
 
     def candidates(self, key: tuple[str, str]) -> tuple[int, ...]:
         return self.index.get(key, ())
@@ -129,6 +135,8 @@ class CompiledPack:
             lines.append(f"  anchor * -> {self.rules[i].name}")
         for i in self.init_only:
             lines.append(f"  init only -> {self.rules[i].name}")
+        for i in self.class_rules:
+            lines.append(f"  class item -> {self.rules[i].name}")
         for rule in self.rules:
             lines.append("")
             lines.append(rule.dump())
@@ -294,6 +302,11 @@ PASSES: tuple[Callable[[_Work], None], ...] = (
 
 def compile_rule(rule: ir.Rule, index: int = 0) -> CompiledRule:
     """Run `PASSES` over one rule."""
+    if rule.klass is not None:
+        # A class item is matched on the expression graph of forward
+        # (`dslc.classmatch`); its names: the init types it needs.
+        names = {n.callee.qualname.rsplit(".", 1)[-1] for n in rule.klass.init if n.callee and n.callee.qualname}
+        return CompiledRule(rule, index, None, None, (), frozenset(names))
     if rule.init is None and rule.forward is None:
         raise CompileError(rule, "the rule has neither an init nor a forward item")
     w = _Work(rule)
@@ -306,15 +319,18 @@ def compile_rules(rules) -> CompiledPack:
     """Compile rules (in pack order) into one combined, anchor-indexed matcher."""
     compiled = tuple(compile_rule(rule, i) for i, rule in enumerate(rules))
     index: dict[tuple[str, str], list[int]] = {}
-    unanchored, init_only = [], []
+    unanchored, init_only, class_rules = [], [], []
     for c in compiled:
-        if c.forward is None:
+        if c.rule.klass is not None:
+            class_rules.append(c.index)
+        elif c.forward is None:
             init_only.append(c.index)
         elif c.forward.anchor is None:
             unanchored.append(c.index)
         else:
             index.setdefault(c.forward.anchor, []).append(c.index)
-    return CompiledPack(compiled, {k: tuple(v) for k, v in index.items()}, tuple(unanchored), tuple(init_only))
+    return CompiledPack(compiled, {k: tuple(v) for k, v in index.items()}, tuple(unanchored), tuple(init_only),
+                        tuple(class_rules))
 
 
 def compile_pack(pack: ir.Pack) -> CompiledPack:

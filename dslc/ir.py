@@ -100,7 +100,9 @@ class Callee:
 
 @dataclass(frozen=True, slots=True)
 class PatNode:
-    kind: Literal["layer", "op", "unary", "wildcard"]
+    # `method` (`$x.pow(2)`: callee.var the receiver, callee.qualname the
+    # method name) and `attr` (`$x.dtype`) appear in class items only.
+    kind: Literal["layer", "op", "unary", "wildcard", "method", "attr"]
     callee: Callee | None = None
     op: str | None = None  # for op / unary
     args: tuple[Term, ...] = ()
@@ -157,6 +159,16 @@ class Contract:
     # the comparison), so train mode can be compared too.
     deterministic: bool = False
     note: str | None = None
+    # `tolerance fp32 atol=.. rtol=..; bf16 atol=.. rtol=..`: (dtype, atol, rtol)
+    # per dtype; `atol`/`rtol` above then hold the fp32 (else the first) entry.
+    per_dtype: tuple[tuple[str, float, float], ...] = ()
+
+    def tolerance_for(self, dtype: str) -> tuple[float, float]:
+        """(atol, rtol) for a dtype name (`fp32`, `bf16`, `fp16`, `fp64`)."""
+        for name, atol, rtol in self.per_dtype:
+            if name == dtype:
+                return atol, rtol
+        return self.atol, self.rtol
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +179,41 @@ class Requirement:
     version: str | None = None  # a PEP 440 specifier set, e.g. ">=0.1,<1"
     install: str | None = None
     module: str | None = None  # import name where it differs from the package
+    span: Span | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Need:
+    """`requires liger-kernel device cuda on $x` in a rule: what the kernel
+    needs at run time.  `module` is the import name (from the pack's
+    `requires`, else the package name with `-` as `_`); `device`/`var`: the
+    kernel runs only when the tensor bound to `var` is on that device."""
+
+    package: str
+    module: str
+    device: str | None = None
+    var: Var | None = None
+    span: Span | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ClassPattern:
+    """A `class` item: a module class recognised by what its forward computes.
+
+    `init` are init-source patterns over the class's own `__init__` bindings
+    (`torch.nn.Parameter(...) -> $w`); `scalars` the variables that must be
+    Python numbers at run time (checked by the generated dispatch);
+    `inputs` the forward parameters after `self`; `forward` the data-flow
+    pattern (nodes of kind layer/method/attr/op/unary) whose last node's
+    output is what forward returns; `target` the new computation of that
+    output (None: detect only).
+    """
+
+    init: tuple[PatNode, ...]
+    scalars: tuple[Var, ...]
+    inputs: tuple[Var, ...]
+    forward: tuple[PatNode, ...]
+    target: tuple[PatNode, ...] | None
     span: Span | None = field(default=None, compare=False)
 
 
@@ -184,6 +231,13 @@ class Rule:
     # Free-form options (`option scope = "any"`, `option guard = ...`).
     options: tuple[tuple[str, object], ...] = ()
     span: Span | None = field(default=None, compare=False)
+    # Additive (langpacks): safety class (`safe` | `unsafe`), run-time needs of
+    # the kernel, the fallback when they are not met (`original` | None), and a
+    # class item.
+    safety: str = "safe"
+    needs: tuple[Need, ...] = ()
+    fallback: str | None = None
+    klass: ClassPattern | None = None
 
     @property
     def qualified_name(self) -> str:
@@ -258,10 +312,16 @@ class Match:
     # (forward, helpers inlined), `method:<name>` for `ClassFacts.other_paths`,
     # `function:<name>` for `FileFacts.functions`.
     paths_of: str | None = None
+    # A class item's match (`dslc.classmatch.ClassMatch`): the forward's
+    # expression graph and the run-time type checks; None otherwise.
+    klass: object = None
 
     @property
     def lines(self) -> tuple[int, ...]:
         found: set[int] = set()
+        if self.klass is not None:
+            lo, hi = self.klass.lines
+            found.update(range(lo, hi + 1))
         for node in self.nodes:
             lo, hi = node.stmt.lines
             found.update(range(lo, hi + 1))

@@ -42,11 +42,15 @@ def lower_file(f: S.File) -> ir.Pack:
         )
         for q in f.requires
     )
-    rules = tuple(lower_rule(header.name, r) for r in f.rules)
+    modules = {q.package: (q.module.qualname.split(".")[0] if q.module is not None else q.package.replace("-", "_"))
+               for q in f.requires}
+    rules = tuple(lower_rule(header.name, r, modules) for r in f.rules)
     return ir.Pack(header.name, header.description, requires, rules, path=f.path, span=header.span)
 
 
-def lower_rule(pack: str, r: S.Rule) -> ir.Rule:
+def lower_rule(pack: str, r: S.Rule, modules: dict[str, str] | None = None) -> ir.Rule:
+    """`modules`: package -> import name, from the pack's `requires` lines."""
+    modules = modules or {}
     kernels = tuple(k.qualname.qualname for k in r.of(S.Kernel))
     notes = [n.text for n in r.of(S.Note)]
     contract = ir.Contract(note="\n".join(notes) if notes else None)
@@ -57,6 +61,13 @@ def lower_rule(pack: str, r: S.Rule) -> ir.Rule:
             tol = {a.name: float(a.value.value) for a in c.args}
             contract = ir.Contract(False, tol.get("atol", 0.0), tol.get("rtol", 0.0),
                                    c.deterministic, contract.note)
+        elif isinstance(c, S.DtypeTolerance):
+            per = []
+            for d in c.dtypes:
+                tol = {a.name: float(a.value.value) for a in d.args}
+                per.append((d.dtype, tol.get("atol", 0.0), tol.get("rtol", 0.0)))
+            main = next((p for p in per if p[0] == "fp32"), per[0] if per else ("fp32", 0.0, 0.0))
+            contract = ir.Contract(False, main[1], main[2], c.deterministic, contract.note, tuple(per))
     init_sec, fwd_sec = r.section("init"), r.section("forward")
     init = _item(init_sec.item, None, None) if init_sec else None
     forward = None
@@ -77,8 +88,27 @@ def lower_rule(pack: str, r: S.Rule) -> ir.Rule:
     options = [(o.name, o.value.value) for o in r.of(S.Option)]
     for w in r.of(S.When):
         options.append(("when", pretty.cond(w.cond)))
+    safety = next((c.kind for c in r.of(S.Safety)), "safe")
+    needs = tuple(
+        ir.Need(q.package, modules.get(q.package, q.package.replace("-", "_")), q.device,
+                _var(q.var) if q.var is not None else None, span=q.span)
+        for q in r.of(S.RuleRequires)
+    )
+    fallback = next((c.kind for c in r.of(S.Fallback)), None)
+    klass = None
+    for c in r.of(S.ClassItem):
+        types = _types(c.init or ())
+        klass = ir.ClassPattern(
+            init=tuple(_node(n, None) for n in (c.init or ())),
+            scalars=tuple(_var(v) for v in c.scalars),
+            inputs=tuple(_var(v) for v in c.inputs),
+            forward=tuple(_node(n, types) for n in c.forward),
+            target=None if c.target is None else tuple(_node(n, types) for n in c.target),
+            span=c.span,
+        )
     return ir.Rule(pack, r.name, r.description, kernels, contract, init, forward, where,
-                   params, tuple(options), span=r.span)
+                   params, tuple(options), span=r.span, safety=safety, needs=needs,
+                   fallback=fallback, klass=klass)
 
 
 def _types(nodes) -> dict[str, list[str]]:
@@ -116,6 +146,8 @@ def term(e) -> ir.Term:
         return ir.Expr(e.op, (term(e.left), term(e.right)), span=e.span)
     if isinstance(e, S.UnaryOp):
         return ir.Expr(e.op, (term(e.operand),), span=e.span)
+    if isinstance(e, S.Name):  # a qualified name (class items: `$x.to(torch.float32)`)
+        return ir.Code(e.qualname, span=e.span)
     raise LowerError(f"not a term: {type(e).__name__}")
 
 
@@ -144,6 +176,10 @@ def _node(n, types) -> ir.PatNode:
             layer_var = callee.name if types is not None else None
         elif isinstance(callee, S.Subscript):
             c = ir.Callee(qualname=callee.container.qualname, subscript=term(callee.key))
+        elif isinstance(callee, S.AttrRef):  # `$x.pow(2)`: a method of a value
+            pos, kw = _args(e.args)
+            return ir.PatNode("method", ir.Callee(qualname=callee.path, var=_var(callee.var)), None,
+                              pos, kw, outs, None, span=n.span)
         else:
             c = ir.Callee(qualname=callee.qualname)
             if types is not None:
@@ -154,6 +190,8 @@ def _node(n, types) -> ir.PatNode:
     if isinstance(e, S.Subscript):
         c = ir.Callee(qualname=e.container.qualname, subscript=term(e.key))
         return ir.PatNode("layer", c, outputs=outs, span=n.span)
+    if isinstance(e, S.AttrRef):  # `$x.dtype -> $dt`: an attribute of a value
+        return ir.PatNode("attr", ir.Callee(qualname=e.path, var=_var(e.var)), outputs=outs, span=n.span)
     if isinstance(e, S.BinOp):
         return ir.PatNode("op", op=e.op, args=(term(e.left), term(e.right)), outputs=outs, span=n.span)
     if isinstance(e, S.UnaryOp):

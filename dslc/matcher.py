@@ -59,7 +59,7 @@ from __future__ import annotations
 import os
 import sys
 from bisect import bisect_left
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterator
 
 from dslc import codes, ir, signatures
@@ -628,6 +628,17 @@ def _node_id(node: Node) -> tuple:
     return (s.owner, s.method, s.index_path, s.lines, node.expr_span, node.kind, node.op, node.attr, node.type)
 
 
+def _rewritten_inits(f) -> set:
+    """Init bindings a match edits: none when the rule's init target is its
+    source (the init item only names the layer the forward calls, e.g. the
+    attention Dropout of rulepacks/sdpa.adr), so two such matches that share
+    an inherited `__init__` do not overlap."""
+    item = f.rule.rule.init
+    if item is not None and item.target == item.source:
+        return set()
+    return {_init_id(b) for b in f.init_nodes.values()}
+
+
 def _init_id(b: InitBinding) -> tuple:
     s = b.stmt
     return (b.attr, s.owner if s else None, s.lines if s else None, s.index_path if s else None)
@@ -853,9 +864,9 @@ def match_file(compiled: CompiledPack, facts: FileFacts, *, file: str | None = N
         conflict = codes.reason(codes.S_NOT_STATIC, f.conflict) if f.conflict is not None else None
         if conflict is None:
             ids = {_node_id(n) for n in f.nodes}
-            inits = {_init_id(b) for b in f.init_nodes.values()}
+            inits = _rewritten_inits(f)
             for k in kept:
-                if ids & {_node_id(n) for n in k.nodes} or (k.rule.index != f.rule.index and inits & {_init_id(b) for b in k.init_nodes.values()}):
+                if ids & {_node_id(n) for n in k.nodes} or (k.rule.index != f.rule.index and inits & _rewritten_inits(k)):
                     conflict = codes.reason(codes.S_OVERLAP_RULE, f"overlaps {k.rule.name} at line {first_line(k)[0]}")
                     break
             if conflict is None:
@@ -881,4 +892,27 @@ def match_file(compiled: CompiledPack, facts: FileFacts, *, file: str | None = N
             extras=dict(f.extras),
             paths_of=f.scope.paths_of,
         ))
+    if compiled.class_rules:
+        matches.extend(_class_matches(compiled, facts, file))
     return matches
+
+
+def _class_matches(compiled: CompiledPack, facts: FileFacts, file: str) -> list[ir.Match]:
+    """Class items (`dslc.classmatch`): one match per class; where several
+    rules match one class, the earlier rule wins."""
+    from dslc.classmatch import match_class
+
+    out: list[ir.Match] = []
+    for cls in facts.classes:
+        winner = None
+        for r in compiled.class_rules:
+            m = match_class(compiled.rules[r].rule, cls, file)
+            if m is None:
+                continue
+            if winner is not None and m.conflict is None:
+                m = replace(m, conflict=codes.reason(codes.S_OVERLAP_RULE,
+                                                     f"overlaps {winner.rule.qualified_name} on class `{cls.name}`"))
+            elif m.conflict is None:
+                winner = m
+            out.append(m)
+    return out

@@ -46,7 +46,7 @@ from dslc.source import MAX_SOURCE_BYTES, SourceFile, decode
 MAX_DEPTH = 100
 
 SECTIONS = ("kernel", "exact", "tolerance", "init", "forward", "where", "when",
-            "params", "option", "note")
+            "params", "option", "note", "safe", "unsafe", "requires", "fallback", "class")
 
 
 def grammar_path():
@@ -254,6 +254,8 @@ def _keyword_of(terminal: str) -> str | None:
     """The keyword a terminal stands for (`_KW_KERNEL` -> `kernel`), else None."""
     if terminal.startswith("_KW_"):
         return terminal[4:].lower()
+    if terminal.startswith("KW_"):
+        return terminal[3:].lower()
     word = _FRIENDLY.get(terminal, "")
     if word.startswith("`") and word[1:-1].isalpha():
         return word[1:-1]
@@ -512,6 +514,71 @@ class _Builder(Transformer):
         name, value = c
         return S.TolArg(str(name), value, span=_join(name, value))
 
+    def dtype_tolerance(self, c):
+        dtypes = tuple(x for x in c if isinstance(x, S.DtypeTol))
+        det = any(isinstance(x, Token) and x.type == "DETERMINISTIC" for x in c)
+        return S.DtypeTolerance(dtypes, det, span=_join(*[x for x in c if x is not None]))
+
+    def tol_dtype(self, c):
+        name, *args = c
+        return S.DtypeTol(str(name), tuple(args), span=_join(name, *args))
+
+    def safe_clause(self, c):
+        return S.Safety("safe", span=_tok_span(c[0]))
+
+    def unsafe_clause(self, c):
+        return S.Safety("unsafe", span=_tok_span(c[0]))
+
+    def rule_requires(self, c):
+        toks = c[0]
+        package = "".join(str(t) for t in toks)
+        device = var = dspan = None
+        rest = c[1:]
+        if rest:
+            device, var = str(rest[0]), rest[1]
+            dspan = _tok_span(rest[0])
+        pspan = _join(toks[0], toks[-1])
+        return S.RuleRequires(package, device, var, span=_join(toks[0], toks[-1], *(x for x in rest if x is not None)),
+                              package_span=pspan, device_span=dspan)
+
+    def fallback(self, c):
+        return S.Fallback(str(c[0]), span=_tok_span(c[0]))
+
+    def class_item(self, c):
+        init = scalars = None
+        inputs, forward, fspan = (), (), None
+        target = tspan = None
+        parts = [x for x in c if x is not None]
+        for x in parts[:-1]:
+            if isinstance(x, _ClassInit):
+                init = x.block.nodes
+            elif isinstance(x, _ClassScalars):
+                scalars = x.vars
+            elif isinstance(x, _ClassForward):
+                inputs, forward, fspan = x.inputs, x.block.nodes, x.span
+        last = parts[-1]
+        if isinstance(last, Token):
+            tspan = _tok_span(last)
+        else:
+            target, tspan = last.nodes, last.span
+        span = None
+        if fspan is not None and tspan is not None:
+            span = Span(fspan.path, fspan.line, fspan.col, tspan.end_line, tspan.end_col)
+        return S.ClassItem(init, tuple(scalars or ()), inputs, forward, target,
+                           span=span or fspan, target_span=tspan, forward_span=fspan)
+
+    def class_init(self, c):
+        return _ClassInit(c[0])
+
+    def class_scalar(self, c):
+        return _ClassScalars(tuple(x for x in c if isinstance(x, S.Var)))
+
+    def class_forward(self, c):
+        inputs = tuple(x for x in c if isinstance(x, S.Var))
+        block = next(x for x in c if isinstance(x, _Block))
+        lpar = next((x for x in c if isinstance(x, Token)), None)
+        return _ClassForward(inputs, block, _join(lpar, *inputs, *block.nodes))
+
     def init_item(self, c):
         return S.Section("init", c[0], span=c[0].span)
 
@@ -696,6 +763,23 @@ def _deep_arg(arg: S.Arg, value):
     if id(value) in _CTX.depth:
         _CTX.depth[id(arg)] = _CTX.depth[id(value)]
     return arg
+
+
+@dataclass(frozen=True, slots=True)
+class _ClassInit:
+    block: object
+
+
+@dataclass(frozen=True, slots=True)
+class _ClassScalars:
+    vars: tuple
+
+
+@dataclass(frozen=True, slots=True)
+class _ClassForward:
+    inputs: tuple
+    block: object
+    span: Span | None
 
 
 @dataclass(frozen=True, slots=True)

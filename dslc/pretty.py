@@ -179,6 +179,28 @@ def clause(c, indent: str) -> str:
         return f"option {c.name} = {const(c.value.value)}"
     if isinstance(c, S.Note):
         return f"note {const(c.text)}"
+    if isinstance(c, S.Safety):
+        return c.kind
+    if isinstance(c, S.DtypeTolerance):
+        groups = ["; ".join(f"{d.dtype} " + " ".join(f"{a.name}={const(a.value.value)}" for a in d.args)
+                            for d in c.dtypes)]
+        return "tolerance " + groups[0] + (" deterministic" if c.deterministic else "")
+    if isinstance(c, S.RuleRequires):
+        dev = f" device {c.device} on ${c.var.name}" if c.device is not None and c.var is not None else ""
+        return f"requires {c.package}{dev}"
+    if isinstance(c, S.Fallback):
+        return f"fallback {c.kind}"
+    if isinstance(c, S.ClassItem):
+        inner = indent + INDENT
+        parts = []
+        if c.init is not None:
+            parts.append(f"{inner}init {block(c.init, inner)}\n")
+        if c.scalars:
+            parts.append(f"{inner}scalar " + ", ".join(f"${v.name}" for v in c.scalars) + ";\n")
+        ins = ", ".join(f"${v.name}" for v in c.inputs)
+        parts.append(f"{inner}forward({ins}) {block(c.forward, inner)}\n")
+        target = "_" if c.target is None else block(c.target, indent)
+        return "class {\n" + "".join(parts) + indent + "} => " + target
     raise TypeError(f"not a clause: {c!r}")
 
 

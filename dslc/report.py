@@ -153,9 +153,12 @@ def to_json(report: Report) -> dict:
                 "reason": k.reason,
                 "rules": list(k.rules),
                 "applied": k.applied,
+                "guarded": getattr(k, "guarded", False),
             }
             for k in report.missing_kernels
         ],
+        "left_out": [{"rule": name, "safety": "unsafe", "reason": why}
+                     for name, why in getattr(report, "left_out", ())],
     }
 
 
@@ -197,8 +200,13 @@ def render_notes(report: Report, *, skipped: bool = True, warnings: bool = True)
             continue
         need = f" ({k.applied} {'rewrites in this run import' if k.applied != 1 else 'rewrite in this run imports'} it)" if k.applied else ""
         hint = f"; install it with: {k.install}" if k.install else ""
+        if getattr(k, "guarded", False):
+            hint = " (guarded: without it the rewritten code runs the original computation)" + hint
         lines.append(f"note[{codes.I_MISSING_KERNEL}]: pack `{k.pack}` requires {k.package}"
                      f"{' ' + k.version if k.version else ''}: {k.reason}{need}{hint}\n")
+    for name, _ in getattr(report, "left_out", ()):
+        lines.append(f"note[{codes.I_UNSAFE_LEFT_OUT}]: left out unsafe rule {name} (known to change numbers or not to construct; "
+                     f"--unsafe applies it)\n")
     return "".join(lines)
 
 

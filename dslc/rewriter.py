@@ -108,6 +108,8 @@ class _Plan:
     lines: set[int] = field(default_factory=set)
     # Accepted edits (of earlier matches) that a `when` region absorbed into both branches.
     absorbed: list[Edit] = field(default_factory=list)
+    # Generated per-call dispatch helpers: name -> definition (rules with `fallback`).
+    helper_defs: dict[str, str] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------
@@ -163,9 +165,19 @@ class _Module:
                 if node.module and not node.level:
                     for alias in node.names:
                         self.imports[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+        # Guarded imports of optional kernels (`try: from m import n` at the
+        # top level), as an earlier `dslc apply` wrote them: qualname -> local.
+        self.guarded: dict[str, str] = {}
+        for node in self.tree.body:
+            if isinstance(node, ast.Try):
+                for sub in node.body:
+                    if isinstance(sub, ast.ImportFrom) and sub.module and not sub.level:
+                        for alias in sub.names:
+                            self.guarded[f"{sub.module}.{alias.name}"] = alias.asname or alias.name
         # Only top-level imports are reused: a function-local alias is not in
         # scope where the new code goes.
         self.unit = self.smap.indent_unit()
+        self.block_unit = _block_unit(self.tree, self.smap) or self.unit
         self.nl = self.smap.newline
 
     # -- statements -------------------------------------------------------
@@ -253,6 +265,9 @@ class _Env:
         # A constant's canonical text -> its spelling in the matched statements
         # (`1e-06` -> `1e-6`): literals are copied from the source, not re-printed.
         self.literals: dict[str, str] = {}
+        # Init targets: constructor arguments the rule does not name, carried
+        # over to the target node that binds the same variable (`_ctor_extras`).
+        self.extra_args: dict[str, list[tuple[str, str]]] = {}
 
     def var(self, name: str) -> str:
         if name in self.inline:
@@ -271,6 +286,10 @@ class _Env:
             if not bound.text:
                 raise _Absent(name)
             text = self.temps.get(bound.text, bound.text)
+            if safety.TEMP_RE.match(text):
+                # the result of an inlined helper (`self.iterative_inv(k)`):
+                # no expression of the source to put in the target
+                raise Skip(codes.S_INLINED_VALUE, f"`${name}` is the result of an inlined call (`{text}`), which the target cannot spell")
         if name in self.casts:
             text = f"{_paren(text)}.to({self.casts[name]})"
         return text
@@ -373,9 +392,12 @@ class _Rewriter:
         self.import_lines: list[str] = []
         self.needs_hook = HOOK_HELPER in self.mod.all_names
         self.hook_present = self.needs_hook
+        self.helper_defs: dict[str, str] = {}
         self.taken: dict[str, set[str]] = {}
         self._scripted: list | None = None  # see scripted_functions()
         self.done_locations: dict[tuple, int] = {}
+        self._effects_cache: dict[tuple, object] = {}
+        self._sibling_cache: dict[tuple, list] = {}
         self.matches: list[ir.Match] = []
 
     # -- names ------------------------------------------------------------
@@ -461,7 +483,191 @@ class _Rewriter:
             text = f"{text}[{env.term(callee.subscript)}]"
         return text
 
+    # -- reads of shape, dtype and device -----------------------------------
+
+    def metadata_check(self, match: ir.Match):
+        """`metadata_ok(path, pos, q, name)` for `safety.check_dataflow`, or None.
+
+        With `option keeps = "shape,dtype,..."` a read at node `q` of the
+        value the matched node at `pos` bound to `name` may stay when it looks
+        only at properties the rule keeps (`name.shape`, `name.size()`,
+        `name.dim()`, `name.ndim`, `name.dtype`, `name.device`) and, after the
+        rewrite, `name` there still holds a value with those properties:
+        1. the matched statement stays (the forward target equals the source)
+           and the rule keeps the properties of every value it changes;
+        2. the matched statement goes: `name` then falls back to its earlier
+           definition, which must be the input of a chain of matched calls,
+           each of a layer that keeps its input's shape, dtype and device
+           (`h = self.dropout(h)`: `h` is the Dropout's input again).
+        """
+        keeps = {k.strip() for k in str(match.rule.option("keeps") or "").split(",") if k.strip()}
+        if not keeps:
+            return None
+        unchanged_forward = _forward_unchanged(match.rule)
+        keys = [safety.node_key(n) for n in match.nodes]
+
+        def ok(path, pos, q, name) -> bool:
+            needs = self.metadata_reads(path, q, name)
+            if needs is None or not needs <= keeps:
+                return False
+            if unchanged_forward:
+                return True
+            positions = safety._positions(path, keys) or []
+            while True:
+                node = path.nodes[pos]
+                if node.kind not in ("layer", "call") or node.type not in SHAPE_KEEPING:
+                    return False
+                first = node.inputs[0] if node.inputs else None
+                if first is None or first.kind != "name" or first.text != name:
+                    return False
+                earlier = next((r for r in range(pos - 1, -1, -1) if name in safety.writes_of(path.nodes[r])), None)
+                if earlier is None or earlier not in positions:
+                    return True
+                pos = earlier
+
+        return ok
+
+    def package_subclass_uses(self, cls, changed: dict[str, str], *, interface_kept: bool) -> str | None:
+        """Subclasses in the other modules of this file's package that use a changed attribute.
+
+        The analysis sees one file; a subclass in a sibling module (same
+        folder) inherits the rewritten `__init__` too.  A sibling whose text
+        names the class is parsed; a class there that derives from it (by
+        name, directly or through other classes of that file) must not call,
+        read or assign the attribute in its own methods.  Names are matched
+        by spelling, so an unrelated class of the same name refuses too.
+        """
+        import os
+
+        if cls is None or not changed:
+            return None
+        here = getattr(self.facts, "path", None) or self.path
+        folder = os.path.dirname(os.path.abspath(here))
+        try:
+            siblings = sorted(n for n in os.listdir(folder) if n.endswith(".py"))
+        except OSError:
+            return None
+        pattern = re.compile(r"\b" + re.escape(cls.name) + r"\b")
+        for name in siblings:
+            path = os.path.join(folder, name)
+            if os.path.abspath(path) == os.path.abspath(here) or not os.path.isfile(path):
+                continue
+            found = self._sibling_cache.get((path, cls.name))
+            if found is None:
+                found = []
+                try:
+                    with open(path, "rb") as fh:
+                        raw = fh.read()
+                    text = raw.decode("utf-8", errors="replace")
+                    if pattern.search(text):
+                        found = _subclass_attr_uses(ast.parse(raw), cls.name)
+                except (OSError, SyntaxError, ValueError, RecursionError):
+                    found = []
+                self._sibling_cache[(path, cls.name)] = found
+            for sub, attr, line, method, kind in found:
+                if attr not in changed or (interface_kept and kind != "store"):
+                    continue
+                return codes.reason(codes.S_ATTR_USED, f"attribute `self.{attr}`, which the rewrite {changed[attr]}, is also used by the subclass "
+                        f"`{sub}` in {name} at line {line} (in `{method}`)")
+        return None
+
+    def local_code(self, node) -> bool:
+        """Is the node's statement in this file (not inherited from another module)?"""
+        owner = node.stmt.owner or ""
+        module = getattr(self.facts, "module", None)
+        return not owner or owner == module or owner.rsplit(".", 1)[-1] in self.mod.classes \
+            or owner.rsplit(".", 1)[-1] in self.mod.functions
+
+    def stmt_effects(self, path, q: int):
+        """(reads, definite writes) of a statement the analysis keeps as one opaque node, else None.
+
+        The analysis summarises a loop or `with` without layers as one `stmt`
+        node with every name it reads or writes; order and conditions are
+        lost (`for h in xs: o = o + h` reads `h` only after writing it, and
+        may write nothing), and a comprehension's own variables count as
+        reads (`[h * 2 for h in xs]`).  `safety.stmt_effects` recovers them
+        from the statement (only when no part of it is a node of its own).
+        """
+        node = path.nodes[q]
+        if node.kind != "stmt" or not self.local_code(node):
+            return None
+        cache = self._effects_cache
+        key = (node.stmt.lines, node.stmt.col)
+        if key not in cache:
+            found = None
+            stmt = self.mod.stmt_at.get((node.stmt.lines[0], node.stmt.col))
+            if stmt is not None and (stmt.lineno, stmt.end_lineno) == tuple(node.stmt.lines):
+                found = safety.stmt_effects(stmt)
+                if found is None and isinstance(stmt, safety._COMPOUND):
+                    found = (set(node.reads), frozenset())
+            cache[key] = found
+        found = cache[key]
+        if found is None:
+            return None
+        lo, hi = node.stmt.lines
+        if any(other is not node and lo <= other.stmt.lines[0] <= hi for other in path.nodes):
+            return None  # parts of the statement are on the path as nodes of their own
+        return found
+
+    def metadata_reads(self, path, q: int, name: str) -> set[str] | None:
+        """The properties (shape / dtype / device) the node at `q` reads of `name`,
+        or None when some read of `name` there looks at more than those."""
+        node = path.nodes[q]
+        if not self.local_code(node):
+            return None
+        try:
+            stmt = self.mod.stmt(node.stmt)
+        except Skip:
+            return None
+        if (stmt.lineno, stmt.end_lineno) != tuple(node.stmt.lines):
+            return None  # code of another file (inherited)
+        whole = (stmt.lineno, stmt.col_offset, stmt.end_lineno, stmt.end_col_offset)
+        region = tuple(node.expr_span) if node.expr_span is not None else whole
+        key = safety.stmt_key(node)
+        inner = [tuple(n.expr_span) for n in path.nodes
+                 if n is not node and n.expr_span is not None and safety.stmt_key(n) == key
+                 and tuple(n.expr_span) != region and _span_in(tuple(n.expr_span), region)]
+        parents: dict[int, ast.AST] = {}
+        for sub in ast.walk(stmt):
+            for child in ast.iter_child_nodes(sub):
+                parents[id(child)] = sub
+        needs: set[str] = set()
+        for sub in ast.walk(stmt):
+            if not (isinstance(sub, ast.Name) and sub.id == name and isinstance(sub.ctx, ast.Load)):
+                continue
+            at = (sub.lineno, sub.col_offset, sub.end_lineno, sub.end_col_offset)
+            if not _span_in(at, region) or any(_span_in(at, span) for span in inner):
+                continue
+            parent = parents.get(id(sub))
+            if isinstance(parent, ast.Attribute) and parent.attr in _META_ATTRS:
+                needs.add(_META_ATTRS[parent.attr])
+                continue
+            if isinstance(parent, ast.Attribute) and parent.attr in _META_METHODS:
+                call = parents.get(id(parent))
+                if isinstance(call, ast.Call) and call.func is parent:
+                    needs.add(_META_METHODS[parent.attr])
+                    continue
+            return None
+        return needs
+
     # -- one match --------------------------------------------------------
+
+    def copied_layer_uses(self, match: ir.Match, paths) -> dict[str, str]:
+        """Attributes `self.<a>` named in a value the forward target copies: attr -> variable."""
+        rule = match.rule
+        wanted: set[str] = set()
+        for pn in rule.forward.target:
+            wanted |= _node_vars(pn)
+        temps = self.temp_texts(match, paths)
+        out: dict[str, str] = {}
+        for var in sorted(wanted):
+            bound = match.bindings.get(var)
+            if bound is None or bound.kind not in ("name", "expr") or not bound.text:
+                continue
+            text = temps.get(bound.text, bound.text)
+            for attr in re.findall(r"\bself\.([A-Za-z_][A-Za-z0-9_]*)", text):
+                out.setdefault(attr, var)
+        return out
 
     def statements_between(self, lo: ast.stmt, hi: ast.stmt) -> list[ast.stmt]:
         """Statements that start after `lo` ends and end before `hi` starts."""
@@ -509,6 +715,21 @@ class _Rewriter:
         reason = safety.check_conflict(match)
         if reason:
             raise Skip(reason)
+        if match.function.startswith("_dslc_"):
+            raise Skip(codes.S_GENERATED, f"inside `{match.function}`, a dispatch helper that dslc generated")
+        if match.klass is not None:
+            reason = safety.check_constraints(match)
+            if reason:
+                raise Skip(reason)
+            self.plan_class(match, plan)
+            return plan
+        if rule.fallback == "original" and rule.needs:
+            # Kernels of required packages are imported under a guard.
+            for item in (rule.init, rule.forward):
+                for pn in (item.target or ()) if item is not None else ():
+                    qual = pn.callee.qualname if pn.callee is not None and pn.callee.var is None else None
+                    if qual and any(qual == n.module or qual.startswith(n.module + ".") for n in rule.needs):
+                        self.guarded_import(qual, plan)
         reason = self.check_scripted(match)
         if reason:
             raise Skip(codes.S_SCRIPTED, reason)
@@ -516,6 +737,12 @@ class _Rewriter:
         if reason:
             raise Skip(reason)
         condition = self.when_condition(match)
+        forward_edit = rule.forward is not None and rule.forward.target is not None
+        init_edit = rule.init is not None and rule.init.target is not None
+        if rule.fallback == "original" and rule.needs and init_edit:
+            # Per construction: the kernel's layer where its needs are met, else the original.
+            needs = self.needs_condition(match, plan, rule.init.target, per_call=False)
+            condition = f"{needs} and ({condition})" if condition else needs
         reason = safety.check_when(match, condition)
         if reason:
             raise Skip(reason)
@@ -528,7 +755,10 @@ class _Rewriter:
             raise Skip(reason)
 
         forward_edit = rule.forward is not None and rule.forward.target is not None
-        init_edit = rule.init is not None and rule.init.target is not None
+        # An init item whose target is its source only names a layer the
+        # forward calls (sdpa.adr's attention Dropout): no init edit, and the
+        # attribute is neither replaced nor removed.
+        init_edit = rule.init is not None and rule.init.target is not None and rule.init.target != rule.init.source
         if init_edit and any(getattr(b, "container", None) for b in match.init_nodes.values()):
             self.plan_sequential(match, cls, condition, plan)
             return plan
@@ -596,6 +826,29 @@ class _Rewriter:
                 kinds[var] = "deleted"
                 changed[binding.attr] = "removes"
 
+        # A value the forward target copies (a residual `self.drop(x)` nested
+        # in the matched statement) keeps its own uses of layers: those uses
+        # survive the rewrite although they sit in a matched statement.
+        copied_uses = self.copied_layer_uses(match, feasible or paths) if forward_edit else {}
+
+        # A parameter-free layer the rewrite would delete but that other code
+        # still uses (a shared `self.dropout`) stays as it is for those uses:
+        # the fused layer is built from its arguments, so nothing is tied.
+        for var, kind in list(kinds.items()):
+            binding = bindings[var]
+            if kind != "deleted" or binding.type not in STATELESS:
+                continue
+            alone = {binding.attr: "removes"}
+            if (binding.attr in copied_uses
+                    or safety.check_attr_uses(match, cls, alone, interface_kept=detect_only)
+                    or safety.check_subclass_uses(self.facts, cls, alone, interface_kept=detect_only)):
+                kinds[var] = "kept"
+                del changed[binding.attr]
+        for attr, var in copied_uses.items():
+            if attr in changed:
+                raise Skip(codes.S_ATTR_USED, f"attribute `self.{attr}`, which the rewrite {changed[attr]}, is also used "
+                           f"in the value of `${var}`, which the rewritten statement keeps")
+
         # A rule whose forward target equals its source (biased_gelu) changes
         # only the init: every call site it matched shares that one change, so
         # the calls at those sites are not "uses elsewhere".
@@ -604,6 +857,12 @@ class _Rewriter:
             mine = _init_attrs(match)
             siblings = [n for m in self.matches if m.rule is rule and _init_attrs(m) == mine for n in m.nodes]
         reason = safety.check_attr_uses(match, cls, changed, interface_kept=detect_only, also_allowed=siblings)
+        if reason:
+            raise Skip(reason)
+        reason = safety.check_subclass_uses(self.facts, cls, changed, interface_kept=detect_only)
+        if reason:
+            raise Skip(reason)
+        reason = self.package_subclass_uses(cls, changed, interface_kept=detect_only)
         if reason:
             raise Skip(reason)
 
@@ -620,6 +879,32 @@ class _Rewriter:
         temps = self.temp_texts(match, feasible or paths)
         env = _Env(match, attrs, temps)
         env.literals = self.literal_texts(match)
+        if init_edit:
+            env.extra_args = _ctor_extras(match, kinds)
+        if unchanged_forward and match.nodes:
+            # No statement changes, but a value the target binds again may
+            # (biased_gelu moves the Linear's bias into the activation): such
+            # a value must not be read anywhere else, like a removed one.  The
+            # init change reaches every call site of the layer, so every site
+            # that shares it (the siblings) must pass too.
+            sites = [match] + [m for m in self.matches if m is not match and m.rule is rule
+                               and m.nodes and _init_attrs(m) == _init_attrs(match)]
+            for site in sites:
+                site_paths = safety.paths_through(site, self.facts)
+                reason = safety.check_dataflow(
+                    site, site_paths,
+                    produced_again=_produced_again(site),
+                    target_inputs=set(), deleted_stmts=set(),
+                    final_stmt=safety.stmt_key(site.nodes[-1]),
+                    metadata_ok=self.metadata_check(site),
+                    effects=self.stmt_effects,
+                    scan={site.bindings[v].text for v in _changed_values(rule)
+                          if v in site.bindings and site.bindings[v].kind == "name"},
+                )
+                if reason:
+                    if site is not match:
+                        reason = codes.Reason(codes.code_of(reason), f"at line {site.nodes[0].stmt.lines[0]}, another call of the changed layer: {reason}")
+                    raise Skip(reason)
 
         if groups:
             self.plan_forward(match, groups, env, plan, feasible or paths)
@@ -628,6 +913,274 @@ class _Rewriter:
         if new_names:
             plan.new_attrs.setdefault(match.class_name or "", set()).update(new_names)
         return plan
+
+    # -- class items --------------------------------------------------------
+
+    def plan_class(self, match: ir.Match, plan: _Plan) -> None:
+        """A class item: a dispatch at the top of the class's forward.
+
+        `if <needs met>: <target>; return <result>` goes before the first
+        statement of the body; the original body stays as the fallback, so
+        the parameters, their names and the computation without the kernel
+        are unchanged.  The guard: each kernel import of a required package
+        succeeded (a guarded import at the top of the file binds the name to
+        None when it fails), the tensor named by `device ... on $x` is on
+        that device, every `scalar` variable is a Python number, and the
+        run-time type checks of the match (`ACT2FN[key]` activations) hold,
+        and the rule's `option check` and `when` conditions.  A rule with no
+        needs and no conditions gets `if True:` (the original body stays,
+        unreachable, so a checkpoint and a second run see the same class); a
+        rule with needs but no `fallback original` is refused.
+        """
+        rule = match.rule
+        k = rule.klass
+        if k.target is None:
+            raise Skip(codes.S_CLASS_DISPATCH, "detect only: the rule has no class target")
+        if rule.needs and rule.fallback != "original":
+            raise Skip(codes.S_FALLBACK, "the kernel has run-time needs (`requires` in the rule) and the rule declares no "
+                       "`fallback original`: the class would lose its computation where they are not met")
+        cls_node = self.mod.classes.get(match.class_name)
+        fn = None
+        if cls_node is not None:
+            fn = next((s for s in cls_node.body if isinstance(s, ast.FunctionDef) and s.name == "forward"), None)
+        if fn is None:
+            raise Skip(codes.S_CLASS_DISPATCH, f"cannot find `{match.class_name}.forward` in the file")
+        reason = self.check_scripted_class(match, fn)
+        if reason:
+            raise Skip(reason)
+        produced = {o.name for pn in k.forward for o in pn.outputs}
+        locals_ = {n.id for n in ast.walk(fn) if isinstance(n, ast.Name)} | {a.arg for a in fn.args.args}
+        env = _Env(match, {}, {})
+        taken = set(locals_) | self.mod.all_names
+        stmts: list[str] = []
+        # Kernel imports of required packages: guarded, bound to None when missing.
+        flags: list[str] = []
+        for pn in k.target:
+            qual = pn.callee.qualname if pn.callee is not None and pn.kind == "layer" and pn.layer_var is None \
+                and pn.callee.var is None else None
+            if not qual:
+                continue
+            need = next((n for n in rule.needs if qual == n.module or qual.startswith(n.module + ".")), None)
+            if need is None:
+                continue
+            name = self.guarded_import(qual, plan)
+            flags.append(f"{name} is not None")
+        for pn in k.target:
+            for v in _node_vars(pn):
+                if v in produced and v not in {o.name for t in k.target for o in t.outputs}:
+                    raise Skip(codes.S_CLASS_DISPATCH, f"the target reads `${v}`, an intermediate value of the original forward")
+        for pn in k.target:
+            text = self.render_node(pn, env, plan)
+            outs = []
+            for o in pn.outputs:
+                name = _fresh(f"_dslc_{o.name}", taken)
+                taken.add(name)
+                env.inline[o.name] = name
+                outs.append(name)
+            stmts.append(f"{', '.join(outs)} = {text}" if outs else text)
+        result = k.forward[-1].outputs[0].name
+        if result not in env.inline:
+            raise Skip(codes.S_CLASS_DISPATCH, f"the target does not compute `${result}`")
+        stmts.append(f"return {env.inline[result]}")
+        guard = list(dict.fromkeys(flags))
+        for need in rule.needs:
+            if need.device is not None and need.var is not None:
+                x = env.var(need.var.name)
+                guard.append(f"{_paren(x)}.is_cuda" if need.device == "cuda" else f"{_paren(x)}.device.type == 'cpu'")
+        for v in k.scalars:
+            guard.append(f"isinstance({env.var(v.name)}, (int, float))")
+        for expr, typ in getattr(match.klass, "type_checks", ()):
+            guard.append(f"isinstance({expr}, {self.spell(typ, plan)})")
+        if rule.option("check"):
+            guard.append(_paren(self.check_text(str(rule.option("check")), env)))
+        condition = self.when_condition(match)
+        if condition:  # `when`: one more run-time condition of the dispatch
+            guard.append(_paren(condition))
+        if not guard:
+            guard = ["True"]
+        body = fn.body
+        first = body[0]
+        if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str) \
+                and len(body) > 1:
+            first = body[1]
+        if first.lineno <= fn.lineno:
+            raise Skip(codes.S_CLASS_DISPATCH, "forward's body is on the line of its `def`; the dispatch needs a line of its own")
+        if body[0] is not first and (body[0].end_lineno or body[0].lineno) >= first.lineno:
+            raise Skip(codes.S_CLASS_DISPATCH, "forward's docstring ends on the line of its first statement")
+        indent = self.mod.indent(first)
+        unit = indent[len(self.mod.indent(fn)):] or self.mod.block_unit
+        text = indent + "if " + " and ".join(guard) + ":" + self.mod.nl
+        text += self.lines_text(stmts, indent + unit)
+        at = self.mod.smap.line_start(first.lineno)
+        plan.edits.append(Edit(at, at, text))
+        plan.claimed.add((at, at))
+        plan.lines.update(range(fn.lineno, (fn.end_lineno or fn.lineno) + 1))
+
+    def needs_condition(self, match: ir.Match, plan: _Plan, target, *, per_call: bool, env: "_Env | None" = None) -> str:
+        """The run-time test that the kernel's needs are met (rule `requires`).
+
+        Every target callee from a required package is imported under a
+        guard (bound to None when the import fails); the test checks those
+        names, and the device: per call, the tensor bound to `on $x`
+        (`x.is_cuda`); per construction, `torch.cuda.is_available()`.
+        """
+        rule = match.rule
+        parts: list[str] = []
+        for pn in target:
+            if pn.callee is None or pn.callee.var is not None or not pn.callee.qualname:
+                continue
+            qual = pn.callee.qualname
+            if any(qual == n.module or qual.startswith(n.module + ".") for n in rule.needs):
+                parts.append(f"{self.guarded_import(qual, plan)} is not None")
+        if not parts:
+            raise Skip(codes.S_FALLBACK, "the rule requires a package but its target calls nothing from it")
+        if per_call and env is not None and rule.option("check"):
+            parts.append(_paren(self.check_text(str(rule.option("check")), env)))
+        for need in rule.needs:
+            if need.device == "cuda":
+                if per_call and need.var is not None and env is not None:
+                    try:
+                        parts.append(f"{_paren(env.var(need.var.name))}.is_cuda")
+                    except _Absent:
+                        raise Skip(codes.S_FALLBACK, f"`${need.var.name}` (the tensor whose device is checked) is bound to nothing") from None
+                else:
+                    parts.append(f"{self.torch_module(plan)}.cuda.is_available()")
+        return " and ".join(dict.fromkeys(parts))
+
+    @staticmethod
+    def check_text(text: str, env: "_Env") -> str:
+        """`option check`: `$v` / `$v.attr` replaced by the bound source text."""
+        def sub(m: re.Match) -> str:
+            try:
+                return _paren(env.var(m.group(1)))
+            except _Absent:
+                raise Skip(codes.S_FALLBACK, f"`option check` names `${m.group(1)}`, which is bound to nothing here") from None
+        return re.sub(r"\$([A-Za-z_][A-Za-z0-9_]*)", sub, text)
+
+    def dispatch_call(self, match: ir.Match, plan: _Plan, env: "_Env", spn: ir.PatNode, tpn: ir.PatNode) -> str:
+        """`_dslc_<pack>_<rule>(args)`: a module-level helper (once per file) that
+        calls the kernel where its needs are met and the original call else.
+
+        Every bound value is an argument of the helper, so it is evaluated
+        once, at the call site, in the original order.
+        """
+        rule = match.rule
+        for b in match.init_nodes.values():
+            if getattr(b, "container", None):
+                raise Skip(_container_reason(b))
+        if env.casts:
+            raise Skip(codes.S_FALLBACK, "the matched call casts its input (dtype=...); the per-call dispatch does not keep casts")
+        if any(isinstance(t, ir.Const) and t.value is Ellipsis for t in spn.args):
+            raise Skip(codes.S_FALLBACK, "the source pattern takes further arguments (`...`), which the dispatch cannot pass on")
+        params: list[str] = []
+
+        def add(names) -> None:
+            for v in names:
+                if v not in params and v != "_":
+                    params.append(v)
+
+        lv = _layer_var(spn)
+        if lv is not None:
+            add([lv])
+        for t in list(spn.args) + [t for _, t in spn.kwargs]:
+            add(sorted(_vars_in(t)))
+        add(sorted(_node_vars(tpn)))
+        add(sorted(_check_vars(rule)))
+        add([n.var.name for n in rule.needs if n.var is not None])
+        kw_only = set()
+        for pn in (spn, tpn):
+            for _, t in pn.kwargs:
+                if isinstance(t, ir.Var):
+                    kw_only.add(t.name)
+        for pn in (spn, tpn):
+            for t in pn.args:
+                kw_only -= _vars_in(t)
+            if pn.callee is not None and pn.callee.var is not None:
+                kw_only.discard(pn.callee.var.name)
+        kw_only -= _check_vars(rule) | {n.var.name for n in rule.needs if n.var is not None}
+        call_args = []
+        present = []
+        for v in params:
+            try:
+                call_args.append(env.var(v))
+                present.append(v)
+            except _Absent:
+                if v not in kw_only:
+                    raise Skip(codes.S_FALLBACK, f"`${v}` is bound to nothing at this call") from None
+                # a keyword the call does not give: left out of both calls
+        params = present
+        names = {v: (v + "_" if keyword.iskeyword(v) else v) for v in params}
+        henv = _Env(match, {}, {})
+        henv.inline = {v: names[v] for v in params}
+        kernel = self.render_node(tpn, henv, plan)
+        original = self.render_node(spn, henv, plan)
+        cond = self.needs_condition(match, plan, [tpn], per_call=True, env=henv)
+        base = re.sub(r"\W", "_", f"_dslc_{rule.pack}_{rule.name}")
+        unit, nl = self.mod.block_unit, self.mod.nl
+        body = (f"({', '.join(names[v] for v in params)}):{nl}"
+                f'{unit}"""Added by `dslc apply` ({rule.qualified_name}): the kernel where it can run, else the original call."""{nl}'
+                f"{unit}if {cond}:{nl}{unit * 2}return {kernel}{nl}{unit}return {original}{nl}")
+        defs = {**self.helper_defs, **plan.helper_defs}
+        helper, n = base, 1
+        while True:
+            if defs.get(helper) == f"def {helper}{body}":
+                break  # the same helper, already generated
+            if helper not in defs and self.same_function(helper, f"def {helper}{body}"):
+                break  # written by an earlier run
+            if helper not in defs and helper not in self.mod.all_names:
+                plan.helper_defs[helper] = f"def {helper}{body}"
+                break
+            n += 1
+            helper = f"{base}_{n}"
+        return f"{helper}({', '.join(call_args)})"
+
+    def torch_module(self, plan: _Plan) -> str:
+        """How the file names the `torch` module (`import torch` added when it has none)."""
+        for local, qual in sorted(self.mod.imports.items()):
+            if qual == "torch":
+                return local
+        if "torch" in self.mod.all_names:
+            raise Skip(codes.S_FALLBACK, "`torch` names something else in this file; the run-time check needs the torch module")
+        if "import torch" not in plan.import_lines and "import torch" not in self.import_lines:
+            plan.import_lines.append("import torch")
+        return "torch"
+
+    def same_function(self, name: str, text: str) -> bool:
+        """Is the module-level function `name` of the file `text` (same code)?"""
+        fn = self.mod.functions.get(name)
+        if fn is None:
+            return False
+        try:
+            new = ast.parse(text).body[0]
+        except SyntaxError:
+            return False
+        return ast.dump(fn) == ast.dump(new)
+
+    def guarded_import(self, qualname: str, plan: _Plan) -> str:
+        """`try: from m import n / except ImportError: n = None` once per file; the local name."""
+        if qualname in self.imports:
+            return self.imports[qualname]
+        if qualname in plan.imports:
+            return plan.imports[qualname]
+        if qualname in self.mod.guarded:  # written by an earlier run
+            plan.imports[qualname] = self.mod.guarded[qualname]
+            return self.mod.guarded[qualname]
+        module, name = qualname.rsplit(".", 1)
+        taken = self.mod.all_names | {v for v in self.imports.values()} | set(plan.imports.values())
+        local = name if name not in taken else _fresh(f"_dslc_{name}", taken)
+        alias = f" as {local}" if local != name else ""
+        unit, nl = self.mod.block_unit, self.mod.nl
+        plan.imports[qualname] = local
+        plan.import_lines.append(f"try:{nl}{unit}from {module} import {name}{alias}{nl}"
+                                 f"except Exception:  # optional kernel (missing package, no Triton): the original code runs{nl}"
+                                 f"{unit}{local} = None")
+        return local
+
+    def check_scripted_class(self, match: ir.Match, fn: ast.FunctionDef) -> str | None:
+        for other, text in self.scripted_functions():
+            if other is fn:
+                return codes.reason(codes.S_SCRIPTED, f"`forward` is compiled by @{text}: the kernel cannot be called from TorchScript")
+        return None
 
     def literal_texts(self, match: ir.Match) -> dict[str, str]:
         """Constants of the matched statements: canonical text -> text as written."""
@@ -782,12 +1335,7 @@ class _Rewriter:
         final_pn = target[-1]
 
         # Data flow.
-        produced_again = set()
-        for pn in target:
-            for out in pn.outputs:
-                bound = match.bindings.get(out.name)
-                if bound is not None and bound.kind == "name":
-                    produced_again.add(bound.text)
+        produced_again = _produced_again(match)
         target_inputs: set[str] = set()
         for pn in target:
             for v in _node_vars(pn):
@@ -800,6 +1348,8 @@ class _Rewriter:
             target_inputs=target_inputs,
             deleted_stmts=deleted_keys,
             final_stmt=final_key,
+            metadata_ok=self.metadata_check(match),
+            effects=self.stmt_effects,
         )
         if reason:
             raise Skip(reason)
@@ -827,6 +1377,11 @@ class _Rewriter:
             start, end = smap.node_span(final_stmt)
             self.claim(plan, start, end, f"{', '.join(names)} = {final_text}", final_stmt)
         else:
+            if rule.fallback == "original" and rule.needs and (rule.init is None or rule.init.target is None):
+                # Per call: a generated helper chooses the kernel or the original call.
+                if len(target) != 1 or len(source_nodes) != 1:
+                    raise Skip(codes.S_FALLBACK, "a per-call fallback needs one source node and one target node")
+                final_text = self.dispatch_call(match, plan, env, source_nodes[0], target[0])
             self.claim(plan, lo, hi, final_text, final_stmt)
 
         # Earlier statements: delete; hoist out of the branch when needed.
@@ -1029,7 +1584,11 @@ class _Rewriter:
             return f"{pn.op}{_paren(env.term(pn.args[0]))}"
         if pn.kind == "wildcard":
             raise Skip(codes.S_TARGET, "a wildcard cannot be emitted")
-        return f"{self.callee(pn, env, plan)}({_render_args(env, pn)})"
+        args = _render_args(env, pn)
+        extra = env.extra_args.get(pn.outputs[0].name, ()) if len(pn.outputs) == 1 else ()
+        if extra:
+            args = ", ".join([a for a in [args] if a] + [f"{k}={v}" for k, v in extra])
+        return f"{self.callee(pn, env, plan)}({args})"
 
     # -- init -------------------------------------------------------------
 
@@ -1250,6 +1809,7 @@ class _Rewriter:
         attrs = {v: b.attr for v, b in bindings.items()}
         env = _Env(match, attrs, {})
         env.literals = self.literal_texts(match)
+        env.extra_args = _ctor_extras(match, {v: ("replaced" if v == fused_var else "deleted") for v in bindings})
         env.ctor = ctor
         fused = self.render_node(init_target[0], env, plan)
         env.ctor = {}
@@ -1421,7 +1981,7 @@ class _Rewriter:
         mod = self.mod
         lines = list(dict.fromkeys(self.import_lines))
         helper = self.needs_hook and not self.hook_present
-        if not lines and not helper:
+        if not lines and not helper and not self.helper_defs:
             return []
         nl = mod.nl
         if mod.last_import is not None:
@@ -1455,6 +2015,8 @@ class _Rewriter:
                 text = end_prefix + text  # after a last line without its newline
                 if helper:
                     text += nl + nl + _hook_helper(mod.unit, nl)
+                for name in sorted(self.helper_defs):  # per-call dispatch helpers
+                    text += nl + nl + self.helper_defs[name]
             edits.append(Edit(at, at, text))
         return edits
 
@@ -1496,6 +2058,18 @@ class _Rewriter:
         return mod.smap.line_end(pos), prefix
 
 
+def _block_unit(tree: ast.Module, smap) -> str | None:
+    """The indentation step of the file's blocks: the body of its first
+    top-level `def`/`class` (a continuation line indented by 2 does not count)."""
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.body:
+            inner = smap.indent_of(node.body[0].lineno)
+            outer = smap.indent_of(node.lineno)
+            if len(inner) > len(outer) and inner.startswith(outer):
+                return inner[len(outer):]
+    return None
+
+
 def _import_top(node: ast.stmt) -> str:
     if isinstance(node, ast.Import):
         return node.names[0].name.split(".")[0]
@@ -1533,6 +2107,18 @@ def _hook_helper(unit: str, nl: str) -> str:
         "",
     ]
     return nl.join(lines)
+
+
+def _check_vars(rule: ir.Rule) -> set[str]:
+    return set(re.findall(r"\$([A-Za-z_][A-Za-z0-9_]*)", str(rule.option("check") or "")))
+
+
+def _fresh(base: str, taken: set[str]) -> str:
+    name, n = base, 1
+    while name in taken:
+        n += 1
+        name = f"{base}_{n}"
+    return name
 
 
 def _container_reason(binding) -> str:
@@ -1619,6 +2205,197 @@ def _names(node: ast.AST) -> set[str]:
     return {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and n.id != "self"}
 
 
+# Reads that look only at a tensor's metadata, and the property each needs.
+_META_ATTRS = {"shape": "shape", "ndim": "shape", "dtype": "dtype", "device": "device", "is_cuda": "device"}
+_META_METHODS = {"size": "shape", "dim": "shape"}
+
+# Layers and functions whose output has the shape, dtype and device of their
+# first input (elementwise ops, normalisations, dropout).
+SHAPE_KEEPING = frozenset(
+    [f"torch.nn.{n}" for n in (
+        "Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout", "LayerNorm", "RMSNorm", "GroupNorm",
+        "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "InstanceNorm1d", "InstanceNorm2d",
+        "InstanceNorm3d", "GELU", "ReLU", "ReLU6", "SiLU", "Sigmoid", "Tanh", "Identity", "Softmax", "LogSoftmax")]
+    + [f"torch.nn.functional.{n}" for n in (
+        "dropout", "gelu", "relu", "silu", "softmax", "log_softmax", "layer_norm", "batch_norm", "group_norm")]
+)
+
+
+# Layers with no parameters or buffers: a second instance is indistinguishable.
+STATELESS = frozenset(
+    [f"torch.nn.{n}" for n in (
+        "Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout", "GELU", "ReLU", "ReLU6", "SiLU",
+        "Sigmoid", "Tanh", "Identity", "Softmax", "LogSoftmax")]
+)
+
+
+def _subclass_attr_uses(tree: ast.Module, base: str) -> list[tuple[str, str, int, str, str]]:
+    """(class, attr, line, method, kind) for `self.<attr>` in the methods of classes deriving from `base` (by name)."""
+    classes = [n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)]
+    names = {base}
+    family: list[ast.ClassDef] = []
+    grew = True
+    while grew:
+        grew = False
+        for c in classes:
+            if c not in family and c.name != base and any(_dotted_tail(b) in names for b in c.bases):
+                family.append(c)
+                names.add(c.name)
+                grew = True
+    out = []
+    for c in family:
+        for fn in c.body:
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for sub in ast.walk(fn):
+                if isinstance(sub, ast.Attribute) and isinstance(sub.value, ast.Name) and sub.value.id == "self":
+                    kind = "store" if isinstance(sub.ctx, ast.Store) else "read"
+                    out.append((c.name, sub.attr, sub.lineno, fn.name, kind))
+    return out
+
+
+def _span_in(inner: tuple, outer: tuple) -> bool:
+    return (inner[0], inner[1]) >= (outer[0], outer[1]) and (inner[2], inner[3]) <= (outer[2], outer[3])
+
+
+def _is_default(value, default) -> bool:
+    return (default is not None and default.is_const and getattr(value, "is_const", False)
+            and type(value.const) is type(default.const) and value.const == default.const)
+
+
+def _ctor_extras(match: ir.Match, kinds: dict[str, str]) -> dict[str, list[tuple[str, str]]]:
+    """Constructor arguments the rule's init source does not name, per target variable.
+
+    For each source init node `Type(...) -> $v` and the binding it matched:
+    1. The arguments the call gives that the pattern does not name (by
+       parameter name through the signature table; by position past the
+       pattern's and by keyword without it); an argument equal to the
+       parameter's default is dropped (it changes nothing).
+    2. A variable whose constructor call the target embeds whole (`$conv` as
+       an argument of `ConvBn2d($conv, $bn)`) keeps all of them; a kept one
+       (still built as it was) too.
+    3. Otherwise they go, as keywords, to the target node that binds `$v`
+       again, when its signature is known and accepts them (not already given);
+       `device`/`dtype` must also reach every other target layer that takes
+       over `$v`'s parameters (`params`), which they cannot: refused.
+    Anything else is a Skip naming the argument: dropping it would build a
+    different layer (`bias=False`, `elementwise_affine=False`, `dtype=`).
+    """
+    from dslc import signatures
+
+    rule = match.rule
+    if rule.init is None or rule.init.target is None:
+        return {}
+    embedded: set[str] = set()
+    for pn in rule.init.target:
+        for t in list(pn.args) + [v for _, v in pn.kwargs]:
+            if isinstance(t, ir.Var):
+                embedded.add(t.name)
+    target_of = {o.name: pn for pn in rule.init.target for o in pn.outputs}
+    out: dict[str, list[tuple[str, str]]] = {}
+    for spn in rule.init.source:
+        if len(spn.outputs) != 1 or spn.callee is None or spn.callee.subscript is not None:
+            continue
+        var = spn.outputs[0].name
+        binding = match.init_nodes.get(var)
+        if binding is None or getattr(binding, "kind", "call") != "call" or var in embedded or kinds.get(var) == "kept":
+            continue
+        qual = spn.callee.qualname
+        pargs = [a for a in spn.args if not (isinstance(a, ir.Const) and a.value is Ellipsis)]
+        sig = signatures.signature(qual)
+        extras: list[tuple[str, object]] = []
+        if sig is not None:
+            named = set(signatures.explicit_params(qual, pargs, spn.kwargs) or ())
+            given = signatures.explicit_params(qual, binding.args, binding.kwargs)
+            values = signatures.normalize(qual, binding.args, binding.kwargs)
+            if given is None or values is None:
+                raise Skip(codes.S_EXTRA_ARG, f"the arguments of `self.{binding.attr}` do not fit the signature of `{qual}`")
+            defaults = {p.name: p.default for p in sig.params}
+            extras = [(p, values[p]) for p in given if p not in named and not _is_default(values[p], defaults.get(p))]
+        else:
+            pkw = {k for k, _ in spn.kwargs}
+            extras = [(f"#{i}", v) for i, v in enumerate(binding.args) if i >= len(pargs)]
+            extras += [(k, v) for k, v in binding.kwargs if k not in pkw]
+        if not extras:
+            continue
+        line = binding.stmt.lines[0] if getattr(binding, "stmt", None) else 0
+        where = f"`self.{binding.attr}` (line {line})"
+        tpn = target_of.get(var)
+        for name, value in extras:
+            text = getattr(value, "text", str(value))
+            shown = f"`{text}` (argument {int(name[1:]) + 1})" if name.startswith("#") else f"`{name}={text}`"
+            if tpn is None:
+                raise Skip(codes.S_EXTRA_ARG, f"{shown} of {where} would be dropped: the rule's target does not build `${var}` again")
+            tqual = tpn.callee.qualname if tpn.callee is not None else None
+            tsig = signatures.signature(tqual)
+            if name.startswith("*") or text.startswith("*"):
+                raise Skip(codes.S_EXTRA_ARG, f"{shown} of {where} cannot be carried over to the target")
+            if tsig is None or name.startswith("#"):
+                raise Skip(codes.S_EXTRA_ARG, f"{shown} of {where} has no counterpart in the target `{tqual}` (its parameters are unknown)")
+            taken = set(signatures.explicit_params(tqual, tpn.args, tpn.kwargs) or ())
+            if name not in tsig.names or name in taken:
+                raise Skip(codes.S_EXTRA_ARG, f"{shown} of {where} has no counterpart in the target `{tqual}`")
+            if name in ("device", "dtype"):
+                for pm in rule.params:
+                    if pm.source.base.name == var and pm.target.base.name != var:
+                        raise Skip(codes.S_EXTRA_ARG, f"{shown} of {where} would not reach `${pm.target.base.name}`, which takes over its "
+                                   f"`{pm.source.attr}`")
+            out.setdefault(var, []).append((name, text))
+    return out
+
+
+def _changed_values(rule: ir.Rule) -> set[str]:
+    """Forward variables the target binds again with a value that differs from the source's.
+
+    The outputs of the source chain that no later source node reads are what
+    the rule's contract keeps equal.  Any other variable the target binds
+    again keeps its value only when the target node that binds it is the
+    source node that bound it (same callee, arguments and outputs), the layer
+    it calls keeps its init (its init target, if any, equals its init source)
+    and none of its inputs changed.  biased_gelu binds `$y` with `$lin($x)` in
+    both, but `$lin` loses its bias: `$y` changes.
+    """
+    if rule.forward is None or rule.forward.target is None:
+        return set()
+    source, target = rule.forward.source, rule.forward.target
+    init_changed: set[str] = set()
+    if rule.init is not None and rule.init.target is not None:
+        before = {o.name: pn for pn in rule.init.source for o in pn.outputs}
+        for pn in rule.init.target:
+            for o in pn.outputs:
+                if before.get(o.name) != pn:
+                    init_changed.add(o.name)
+    bound_by = {o.name: pn for pn in source for o in pn.outputs}
+    read: set[str] = set()
+    for pn in source:
+        read |= _node_vars(pn)
+    changed: set[str] = set()
+    for pn in target:
+        for o in pn.outputs:
+            if o.name not in read:
+                continue  # a result of the chain: equal by the rule's contract
+            old = bound_by.get(o.name)
+            layer = _layer_var(pn)
+            same = (old is not None and old == pn and (layer is None or layer not in init_changed)
+                    and not (_node_vars(pn) & changed))
+            if not same:
+                changed.add(o.name)
+    return changed
+
+
+def _produced_again(match: ir.Match) -> set[str]:
+    """Names the target binds again with the same value (see `_changed_values`)."""
+    rule = match.rule
+    changed = _changed_values(rule)
+    out: set[str] = set()
+    for pn in rule.forward.target or ():
+        for o in pn.outputs:
+            bound = match.bindings.get(o.name)
+            if bound is not None and bound.kind == "name" and o.name not in changed:
+                out.add(bound.text)
+    return out
+
+
 def _forward_unchanged(rule: ir.Rule) -> bool:
     return rule.forward is not None and rule.forward.target is not None and tuple(rule.forward.target) == tuple(rule.forward.source)
 
@@ -1632,6 +2409,11 @@ def _init_attrs(match: ir.Match) -> tuple:
 
 
 def _location_key(match: ir.Match) -> tuple:
+    if match.klass is not None:
+        return (match.rule.qualified_name, "class", match.class_name)
+    if match.rule.fallback and match.nodes and (match.rule.init is None or match.rule.init.target is None):
+        # a per-call dispatch edits one expression: two calls in one statement are two locations
+        return (match.rule.qualified_name, "call", tuple(n.expr_span for n in match.nodes))
     if _forward_unchanged(match.rule) and match.init_nodes:
         # Only the init changes: one location however many call sites matched.
         return (match.rule.qualified_name, "init", _init_attrs(match))
@@ -1705,6 +2487,7 @@ def _rewrite(source: str, facts, matches, path: str, *, check_each: bool) -> Rew
         rewriter.imports.update(plan.imports)
         rewriter.import_lines.extend(plan.import_lines)
         rewriter.needs_hook = rewriter.needs_hook or plan.needs_hook
+        rewriter.helper_defs.update(plan.helper_defs)
         for cls, names in plan.new_attrs.items():
             rewriter.taken.setdefault(cls, set()).update(names)
         if match.nodes or key[1:2] == ("init",):

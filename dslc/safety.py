@@ -19,7 +19,8 @@ Checks (the rewriter calls them in this order):
                       the inputs the target reads still hold the same values
                       where the target reads them.
 5. `check_attr_uses`  attributes the rewrite replaces or removes are used
-                      nowhere else, and assigned only by their init binding.
+                      nowhere else, and assigned only by their init binding;
+   `check_subclass_uses` nor by a subclass the analysis sees in the file.
 6. `check_when`       the init binding's guards do not imply `not when`.
 
 `verify_output` is the final gate: the output parses and every character
@@ -28,6 +29,7 @@ outside the edits is unchanged.
 
 from __future__ import annotations
 
+import ast
 import re
 from typing import Iterable, Sequence
 
@@ -62,6 +64,143 @@ def reads_of(node) -> set[str]:
 
 def writes_of(node) -> set[str]:
     return set(node.writes) | set(node.outputs)
+
+
+# ---------------------------------------------------------------------------
+# Def-use inside one compound statement (a loop or `with` the analysis keeps
+# as one opaque node): which names it may read before writing them, and which
+# it writes on every way through it.
+
+_COMPOUND = (ast.For, ast.AsyncFor, ast.While, ast.If, ast.With, ast.AsyncWith, ast.Try)
+
+
+def _target_names(target: ast.AST) -> set[str]:
+    return {n.id for n in ast.walk(target) if isinstance(n, ast.Name)}
+
+
+def _expr_reads(expr: ast.AST | None) -> set[str]:
+    """Names an expression reads from the enclosing scope (comprehension variables excluded)."""
+    if expr is None:
+        return set()
+    if isinstance(expr, (ast.ListComp, ast.SetComp, ast.GeneratorExp, ast.DictComp)):
+        gens = expr.generators
+        bound: set[str] = set()
+        out = _expr_reads(gens[0].iter)
+        inner: set[str] = set()
+        for i, gen in enumerate(gens):
+            bound |= _target_names(gen.target)
+            if i:
+                inner |= _expr_reads(gen.iter)
+            for cond in gen.ifs:
+                inner |= _expr_reads(cond)
+        parts = [expr.key, expr.value] if isinstance(expr, ast.DictComp) else [expr.elt]
+        for part in parts:
+            inner |= _expr_reads(part)
+        return out | (inner - bound)
+    if isinstance(expr, ast.Lambda):
+        params = {a.arg for a in ast.walk(expr.args) if isinstance(a, ast.arg)}
+        return _expr_reads(expr.body) - params
+    if isinstance(expr, ast.Name):
+        return {expr.id} if isinstance(expr.ctx, (ast.Load, ast.Del)) else set()
+    out: set[str] = set()
+    for child in ast.iter_child_nodes(expr):
+        out |= _expr_reads(child)
+    return out
+
+
+def _block_effects(stmts, defined: frozenset) -> tuple[set[str], frozenset] | None:
+    exposed: set[str] = set()
+    for stmt in stmts:
+        got = stmt_effects(stmt, defined)
+        if got is None:
+            return None
+        reads, defined = got
+        exposed |= reads
+    return exposed, defined
+
+
+def stmt_effects(stmt: ast.stmt, defined: frozenset = frozenset()) -> tuple[set[str], frozenset] | None:
+    """(names `stmt` may read before it writes them, names written on every way through it).
+
+    `defined` are names already written on every way to `stmt`; the second
+    result includes them.  A loop body may run zero times, a `try` may leave
+    early: their writes are not definite.  None for a statement it does not
+    model (the caller then keeps the analysis' summary and no definite write).
+    """
+    if isinstance(stmt, (ast.Assign, ast.AnnAssign)):
+        reads = _expr_reads(stmt.value) - defined
+        targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
+        written: set[str] = set()
+        for t in targets:
+            if isinstance(t, (ast.Name, ast.Tuple, ast.List, ast.Starred)):
+                written |= _target_names(t)
+            else:
+                reads |= _expr_reads(t) - defined  # `a[i] = v`, `a.b = v` read `a`
+        return reads, defined | written
+    if isinstance(stmt, ast.AugAssign):
+        reads = (_expr_reads(stmt.value) | _expr_reads(ast.Name(stmt.target.id, ast.Load()))
+                 if isinstance(stmt.target, ast.Name) else _expr_reads(stmt.value) | _expr_reads(stmt.target))
+        written = {stmt.target.id} if isinstance(stmt.target, ast.Name) else set()
+        return reads - defined, defined | written
+    if isinstance(stmt, (ast.Expr, ast.Return, ast.Assert, ast.Raise, ast.Delete)):
+        reads = set()
+        for child in ast.iter_child_nodes(stmt):
+            reads |= _expr_reads(child)
+        return reads - defined, defined
+    if isinstance(stmt, (ast.Pass, ast.Break, ast.Continue, ast.Global, ast.Nonlocal, ast.Import, ast.ImportFrom)):
+        written = {(a.asname or a.name).split(".")[0] for a in getattr(stmt, "names", ()) if isinstance(a, ast.alias)}
+        return set(), defined | written
+    if isinstance(stmt, (ast.For, ast.AsyncFor)):
+        reads = _expr_reads(stmt.iter) - defined
+        inner = defined | _target_names(stmt.target)
+        body = _block_effects(stmt.body, inner)
+        orelse = _block_effects(stmt.orelse, defined)
+        if body is None or orelse is None:
+            return None
+        return reads | body[0] | orelse[0], defined
+    if isinstance(stmt, ast.While):
+        reads = _expr_reads(stmt.test) - defined
+        body = _block_effects(stmt.body, defined)
+        orelse = _block_effects(stmt.orelse, defined)
+        if body is None or orelse is None:
+            return None
+        return reads | body[0] | orelse[0], defined
+    if isinstance(stmt, ast.If):
+        reads = _expr_reads(stmt.test) - defined
+        body = _block_effects(stmt.body, defined)
+        orelse = _block_effects(stmt.orelse, defined)
+        if body is None or orelse is None:
+            return None
+        return reads | body[0] | orelse[0], body[1] & orelse[1]
+    if isinstance(stmt, (ast.With, ast.AsyncWith)):
+        reads: set[str] = set()
+        written: set[str] = set()
+        for item in stmt.items:
+            reads |= _expr_reads(item.context_expr) - defined - written
+            if item.optional_vars is not None:
+                written |= _target_names(item.optional_vars)
+        body = _block_effects(stmt.body, defined | written)
+        if body is None:
+            return None
+        return reads | body[0], body[1]
+    if isinstance(stmt, ast.Try):
+        body = _block_effects(stmt.body, defined)
+        if body is None:
+            return None
+        reads = set(body[0])
+        for handler in stmt.handlers:
+            bound = {handler.name} if handler.name else set()
+            got = _block_effects(handler.body, defined | bound)
+            if got is None:
+                return None
+            reads |= got[0] | (_expr_reads(handler.type) - defined)
+        for block in (stmt.orelse, stmt.finalbody):
+            got = _block_effects(block, defined)
+            if got is None:
+                return None
+            reads |= got[0]
+        return reads, defined
+    return None
 
 
 # ---------------------------------------------------------------------------
@@ -227,16 +366,23 @@ def check_dataflow(
     target_inputs: set[str],
     deleted_stmts: set[tuple],
     final_stmt: tuple | None,
+    metadata_ok=None,
+    scan: set[str] | None = None,
+    effects=None,
 ) -> str | None:
     """Removed intermediates are dead and target inputs are unchanged, on every path.
 
     On each path (positions of the matched nodes known):
     1. For every output `o` of a matched node that the final statement does
-       not write itself: scan the nodes after it.  A node that is not matched
-       and reads `o` blocks the match ("read ... after the match" when it
-       comes after the final statement, "between" otherwise), unless `o` is
-       produced again (`produced_again`) and the read comes after the final
-       statement.  A write of `o` (by any node) ends the scan.
+       not write itself (only those in `scan`, when given): scan the nodes
+       after it.  A node that is not matched and reads `o` blocks the match
+       ("read ... after the match" when it comes after the final statement,
+       "between" otherwise, "in the statement that holds the matched call"
+       for an unmatched part of the final statement), unless `o` is produced
+       again with its value (`produced_again`) and the read comes after the
+       final statement, or the read looks only at properties the rule keeps
+       (`metadata_ok`).  A write of `o` (by any node) ends the scan: only
+       reads the matched definition reaches count.
     2. For every name the target reads (`target_inputs`): find the first
        matched node that reads it; no unmatched node between there and the
        final statement may write it, and no deleted statement before it may
@@ -256,7 +402,11 @@ def check_dataflow(
             if pos in final_positions:
                 continue
             for out in node.outputs:
-                reason = _scan_reads(path, pos, out, matched, end_of_final, final_positions, produced_again)
+                if scan is not None and out not in scan:
+                    continue
+                ok = (lambda q, name, _p=path, _pos=pos: metadata_ok(_p, _pos, q, name)) if metadata_ok is not None else None
+                reason = _scan_reads(path, pos, out, matched, end_of_final, final_positions, produced_again, ok,
+                                     effects)
                 if reason:
                     return reason
         for name in sorted(target_inputs):
@@ -278,22 +428,50 @@ def check_dataflow(
     return None
 
 
-def _scan_reads(path, pos, out, matched, end_of_final, final_positions, produced_again) -> str | None:
+def _scan_reads(path, pos, out, matched, end_of_final, final_positions, produced_again,
+                metadata_ok=None, effects=None) -> str | None:
+    """The first unmatched read of `out` that the definition at `pos` reaches.
+
+    Per path, a read counts only while the matched definition reaches it: a
+    write of `out` by any node ends the scan (def-use along the path, not by
+    name).  Unmatched nodes of the final statement read before it writes:
+    `return self.bn(h) + h` reads `h` beside the matched call, so such reads
+    count even when the final statement binds `out` again.  `metadata_ok(q,
+    out)` (when given) says a read at `q` looks only at the shape, dtype or
+    device of `out` and the rewrite keeps those (rule option `keeps`).
+    """
     origin = first_line(path.nodes[pos])
+
+    def reads_at(q: int) -> set[str]:
+        got = effects(path, q) if effects is not None else None
+        return set(got[0]) if got is not None else reads_of(path.nodes[q])
+
+    def writes_at(q: int) -> set[str]:
+        got = effects(path, q) if effects is not None else None
+        return set(got[1]) if got is not None else writes_of(path.nodes[q])
+
     for q in range(pos + 1, len(path.nodes)):
         other = path.nodes[q]
         after = q > end_of_final
         if q in final_positions:
-            if out in produced_again:
+            if q not in matched and out in reads_at(q) and not (metadata_ok and metadata_ok(q, out)):
+                what = "temporary" if TEMP_RE.match(out) else "intermediate"
+                return (f"{what} `{out}` (line {origin}) is also read at line {first_line(other)}, "
+                        f"in the statement that holds the matched call")
+            if out in writes_at(q):
                 return None
             continue
-        if q not in matched and out in reads_of(other):
+        if q not in matched and out in reads_at(q):
             if after and out in produced_again:
                 return None
+            if metadata_ok is not None and metadata_ok(q, out):
+                if out in writes_at(q):
+                    return None
+                continue
             where = "after the match" if after else "between the matched statements"
             what = "temporary" if TEMP_RE.match(out) else "intermediate"
             return codes.reason(codes.S_VALUE_READ, f"{what} `{out}` (line {origin}) is read at line {first_line(other)} {where}")
-        if out in writes_of(other):
+        if out in writes_at(q):
             return None
     return None
 
@@ -346,6 +524,44 @@ def check_attr_uses(
             f"attribute `self.{use.attr}`, which the rewrite {changed[use.attr]}, "
             f"is also used at line {use.lines[0]} (in `{use.method}`)"
         )
+    return None
+
+
+def subclasses(facts, cls) -> list:
+    """Every class of `facts` that inherits from `cls`, directly or through others."""
+    if cls is None:
+        return []
+    names = {cls.qualname, cls.name}
+    family: list = []
+    grew = True
+    while grew:
+        grew = False
+        for other in facts.classes:
+            if other is cls or other in family:
+                continue
+            if any(b in names or b.rsplit(".", 1)[-1] in names for b in other.bases):
+                family.append(other)
+                names |= {other.qualname, other.name}
+                grew = True
+    return family
+
+
+def check_subclass_uses(facts, cls, changed: dict[str, str], *, interface_kept: bool) -> str | None:
+    """No subclass the analysis sees uses an attribute the rewrite replaces or removes.
+
+    A subclass inherits the rewritten `__init__`; its own methods that call,
+    read or assign `self.<attr>` (a flash-attention variant still calling
+    `self.k_proj`) would see the fused layer or no layer at all.  With
+    `interface_kept` (a drop-in module replacement) calls are fine.
+    """
+    for sub in subclasses(facts, cls):
+        for use in sub.attr_uses:
+            if use.attr not in changed:
+                continue
+            if interface_kept and use.kind != "store":
+                continue
+            return codes.reason(codes.S_ATTR_USED, f"attribute `self.{use.attr}`, which the rewrite {changed[use.attr]}, is also used by the subclass "
+                    f"`{sub.name}` at line {use.lines[0]} (in `{use.method}`)")
     return None
 
 

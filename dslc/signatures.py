@@ -283,6 +283,18 @@ def transformers_entry(qualname: str, path: Path) -> dict | None:
     return None
 
 
+# Tensor methods, recorded by the analysis as calls of `torch.Tensor.<m>` with
+# the receiver as the first argument (`input`); their docstrings omit `self`,
+# so the entries are written here (from the torch documentation).
+TENSOR_METHOD_ENTRIES = {
+    "torch.Tensor.transpose": [["input", "pos", None], ["dim0", "pos", None], ["dim1", "pos", None]],
+    "torch.Tensor.masked_fill": [["input", "pos", None], ["mask", "pos", None], ["value", "pos", None]],
+    "torch.Tensor.softmax": [["input", "pos", None], ["dim", "pos", None], ["dtype", "kwonly", {"const": None}]],
+    "torch.Tensor.matmul": [["input", "pos", None], ["other", "pos", None]],
+    "torch.Tensor.bmm": [["input", "pos", None], ["mat2", "pos", None]],
+}
+
+
 def generate(transformers_root: Path | None = None) -> dict:
     """Build the table from the installed torch and the corpus sources."""
     import warnings
@@ -296,6 +308,8 @@ def generate(transformers_root: Path | None = None) -> dict:
             entry = None
         if entry is not None:
             out[qualname] = entry
+    for qualname, params in TENSOR_METHOD_ENTRIES.items():
+        out[qualname] = {"params": params, "source": "manual"}
     if transformers_root is not None:
         for qualname, rel in TRANSFORMERS_NAMES.items():
             f = transformers_root / rel

@@ -254,7 +254,68 @@ class Note:
     span: Span | None = field(default=None, compare=False)
 
 
-Clause = Union[Kernel, Exact, Tolerance, Section, Where, When, Params, Option, Note]
+@dataclass(frozen=True, slots=True)
+class DtypeTol:
+    """`bf16 atol=1e-2 rtol=1.6e-2`: one dtype's tolerance."""
+
+    dtype: str
+    args: tuple[TolArg, ...]
+    span: Span | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class DtypeTolerance:
+    """`tolerance fp32 atol=.. rtol=..; bf16 atol=.. rtol=..`."""
+
+    dtypes: tuple[DtypeTol, ...]
+    deterministic: bool = False
+    span: Span | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Safety:
+    """`safe` or `unsafe`."""
+
+    kind: str
+    span: Span | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class RuleRequires:
+    """`requires liger-kernel device cuda on $x` inside a rule."""
+
+    package: str
+    device: str | None = None
+    var: Var | None = None
+    span: Span | None = field(default=None, compare=False)
+    package_span: Span | None = field(default=None, compare=False)
+    device_span: Span | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Fallback:
+    """`fallback original`."""
+
+    kind: str
+    span: Span | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ClassItem:
+    """`class { init {..} scalar $e; forward($x) {..} } => {..} | _`."""
+
+    init: tuple[PatternNode, ...] | None
+    scalars: tuple[Var, ...]
+    inputs: tuple[Var, ...]
+    forward: tuple[PatternNode, ...]
+    target: tuple[PatternNode, ...] | None
+    span: Span | None = field(default=None, compare=False)
+    target_span: Span | None = field(default=None, compare=False)
+    forward_span: Span | None = field(default=None, compare=False)
+
+
+Clause = Union[Kernel, Exact, Tolerance, Section, Where, When, Params, Option, Note,
+               DtypeTolerance, Safety, RuleRequires, Fallback, ClassItem]
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import time
+import re
 from pathlib import Path
 
 import pytest
@@ -134,13 +134,11 @@ def test_duplicate_pack_across_files(tmp_path):
     assert len(result.packs) == 2
 
 
-def test_rulepacks_check_clean_and_fast(capsys):
-    start = time.perf_counter()
+def test_rulepacks_check_clean(capsys):
     assert cli.main(["check", str(REPO / "rulepacks")]) == 0
-    elapsed = time.perf_counter() - start
     out = capsys.readouterr().out
-    assert "checked 12 rules in 2 packs: 0 errors" in out
-    assert elapsed < 5  # the measured figure is well under 1 s; generous for loaded CI machines
+    # every shipped pack (their number grows): clean
+    assert re.search(r"checked \d+ rules in \d+ packs: 0 errors, 0 warnings", out), out
 
 
 def test_rulepacks_compile():

@@ -55,7 +55,9 @@ def by_class(report: verify.VerifyReport) -> dict[str, verify.ClassResult]:
 
 def test_examples_apply_then_verify(tmp_path, capsys, kernel_refs):
     (tmp_path / "factory.py").write_text(EXAMPLE_FACTORY)
-    files = {p.name: p for p in sorted(EXAMPLES.glob("*.py"))}
+    # the paper's examples; tiny_llm.py (the sdpa/liger example) has no `Config`
+    # for this factory and is verified by tests/test_sdpa_rules.py
+    files = {p.name: p for p in sorted(EXAMPLES.glob("*.py")) if p.name != "tiny_llm.py"}
     rewritten = apply_write(tmp_path, files, capsys)
     checked = 0
     for name, (orig, new) in rewritten.items():

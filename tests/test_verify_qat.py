@@ -133,7 +133,7 @@ def test_apply_linear_batchnorm_then_verify_fails(tmp_path, capsys):
     (tmp_path / "model.py").write_text(ORIGINAL)
     (tmp_path / "rewritten.py").write_text(ORIGINAL)
     (tmp_path / "factories.py").write_text(FACTORY)
-    code = main(["apply", "--rules", str(pack), "--select", "adopter:linear_batchnorm", "--no-cache",
+    code = main(["apply", "--rules", str(pack), "--select", "adopter:linear_batchnorm", "--no-cache", "--unsafe",
                  "--jobs", "1", "-q", "--write", str(tmp_path / "rewritten.py")])
     capsys.readouterr()
     assert code == 0 and "LinearBn1d" in (tmp_path / "rewritten.py").read_text()

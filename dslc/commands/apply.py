@@ -120,6 +120,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                      help="edit the files in place, atomically, keeping their mode")
     out.add_argument("--patch-dir", metavar="DIR",
                      help="write one .patch per changed file into DIR (created if needed)")
+    p.add_argument("--unsafe", action="store_true", default=None,
+                   help="also apply rules declared `unsafe` (known to change numbers or not to "
+                        "construct); by default they are left out and listed ([tool.dslc] unsafe = true)")
     p.add_argument("--check", action="store_true",
                    help="change nothing; exit 1 when some safe rewrite applies (for CI and "
                         "pre-commit); with --diff also print the diff")
@@ -338,7 +341,7 @@ def run(args: argparse.Namespace) -> int:
         n = len(result.removed_temp_files)
         notes_out += (f"note[{codes.I_TEMP_REMOVED}]: removed {n} temporary file{'s' * (n != 1)} left by an interrupted dslc run: "
                       f"{', '.join(result.removed_temp_files)}\n")
-    if args.format != "text" and result.missing_kernels:
+    if args.format != "text" and (result.missing_kernels or result.left_out):
         # Also tell a human watching the terminal; the JSON field carries the data.
         notes_out += render.render_notes(result, skipped=False, warnings=False)
     sys.stderr.write(color.paint_notes(notes_out) if paint_err else notes_out)

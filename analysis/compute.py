@@ -1,0 +1,210 @@
+"""What a module's `forward` computes, as one expression graph (class rules).
+
+Rules that recognise a layer by its computation (the `class` item of the
+rule language) need the whole data flow of `forward`, not a path of DL
+nodes: every tensor method (`x.pow(2)`, `x.mean(-1, keepdim=True)`,
+`x.to(torch.float32)`), attribute read (`x.dtype`), operator, function
+call and layer call, and which value the function returns.  The paths of
+`extract.py` record only the DL nodes (calls of layers and qualified
+functions, operators); tensor methods are not nodes there.
+
+`forward_compute(fn, resolve)` builds that graph for a *straight-line*
+`forward`: its body is a docstring, assignments to plain names and one final
+`return <expr>`.  Anything else (a branch, a loop, an expression statement
+such as a logging call, a `*args` parameter, a tuple target, a subscript, a
+lambda, ...) gives `Compute(problem=<why>)` and no graph: the computation
+cannot then be stated as one expression, so no class rule may claim it.
+This is what makes a whole-class match sound: the graph *is* the function.
+
+Nodes (`CNode`), by `op`:
+  `input`  a parameter of forward (`name`; `args` empty)
+  `const`  a literal (`value`)
+  `global` a module-level or qualified name (`name`: qualified where resolved,
+           else the spelling), e.g. `torch.float32`
+  `self`   `self.<name>` read (a parameter, a buffer, a float such as eps)
+  `layer`  `self.<name>(args)` (a call of a submodule or a method)
+  `call`   a call of a qualified function (`name`: `torch.rsqrt`)
+  `method` `recv.<name>(args)`: `args[0]` is the receiver
+  `attr`   `recv.<name>`: `args[0]` is the receiver (`x.dtype`)
+  `binop`  `a <op> b` (`name`: `+ - * / @ ** // %`)
+  `unary`  `-a` / `+a` (`name`: the operator)
+Arguments are node indices; keyword arguments are (name, index) pairs.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from typing import Callable
+
+from .model import NOT_CONST
+
+
+@dataclass(frozen=True, slots=True)
+class CNode:
+    op: str
+    name: str = ""
+    args: tuple[int, ...] = ()
+    kwargs: tuple[tuple[str, int], ...] = ()
+    value: object = NOT_CONST
+    text: str = ""  # canonical source text of the expression (ast.unparse)
+    lines: tuple[int, int] = (0, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Compute:
+    """The graph of a straight-line forward; `problem` says why there is none."""
+
+    inputs: tuple[str, ...] = ()
+    nodes: tuple[CNode, ...] = ()
+    output: int = -1
+    # 1-based line span of the forward `def` and of its body (for the rewriter)
+    lines: tuple[int, int] = (0, 0)
+    problem: str | None = None
+
+
+_BINOPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.MatMult: "@",
+           ast.Pow: "**", ast.FloorDiv: "//", ast.Mod: "%"}
+_UNARY = {ast.USub: "-", ast.UAdd: "+"}
+
+
+class _Unsupported(Exception):
+    pass
+
+
+def _dotted(e: ast.expr) -> list[str] | None:
+    parts = []
+    while isinstance(e, ast.Attribute):
+        parts.append(e.attr)
+        e = e.value
+    if isinstance(e, ast.Name):
+        parts.append(e.id)
+        return parts[::-1]
+    return None
+
+
+def forward_compute(fn: ast.FunctionDef, resolve: Callable[[list[str]], str | None]) -> Compute:
+    """The expression graph of `fn` (see the module docstring); never raises."""
+    lines = (fn.lineno, fn.end_lineno or fn.lineno)
+    if not isinstance(fn, ast.FunctionDef):
+        return Compute(lines=lines, problem="forward is not a plain `def`")
+    a = fn.args
+    if a.vararg or a.kwarg or a.kwonlyargs or a.posonlyargs:
+        return Compute(lines=lines, problem="forward takes *args, **kwargs or keyword-only parameters")
+    params = [p.arg for p in a.args]
+    if not params or params[0] != "self":
+        return Compute(lines=lines, problem="forward has no `self` parameter")
+    if fn.decorator_list:
+        return Compute(lines=lines, problem="forward is decorated")
+    inputs = tuple(params[1:])
+    nodes: list[CNode] = []
+    env: dict[str, int] = {}
+    for name in inputs:
+        env[name] = len(nodes)
+        nodes.append(CNode("input", name, text=name, lines=lines))
+
+    seen: dict[tuple, int] = {}
+
+    def add(node: CNode) -> int:
+        # Pure nodes (operators, attribute reads, constants, names) computed
+        # twice from the same operands are one value: `(x - u) ... (x - u)`.
+        key = None
+        if node.op in ("binop", "unary", "attr", "global", "self") or (
+                node.op == "const" and type(node.value) in (int, float, str, bool, type(None))):
+            key = (node.op, node.name, node.args, node.kwargs, type(node.value), node.value)
+            if key in seen:
+                return seen[key]
+        nodes.append(node)
+        if key is not None:
+            seen[key] = len(nodes) - 1
+        return len(nodes) - 1
+
+    def expr(e: ast.expr) -> int:
+        span = (e.lineno, e.end_lineno or e.lineno)
+        text = ast.unparse(e)
+        if isinstance(e, ast.Constant):
+            return add(CNode("const", value=e.value, text=text, lines=span))
+        if isinstance(e, ast.UnaryOp) and type(e.op) in _UNARY:
+            if isinstance(e.operand, ast.Constant) and isinstance(e.operand.value, (int, float)) \
+                    and not isinstance(e.operand.value, bool):
+                value = -e.operand.value if isinstance(e.op, ast.USub) else e.operand.value
+                return add(CNode("const", value=value, text=text, lines=span))
+            return add(CNode("unary", _UNARY[type(e.op)], (expr(e.operand),), text=text, lines=span))
+        if isinstance(e, ast.BinOp) and type(e.op) in _BINOPS:
+            left, right = expr(e.left), expr(e.right)
+            return add(CNode("binop", _BINOPS[type(e.op)], (left, right), text=text, lines=span))
+        if isinstance(e, ast.Name):
+            if e.id in env:
+                return env[e.id]
+            if e.id == "self":
+                raise _Unsupported("`self` is used as a value")
+            qual = resolve([e.id])
+            return add(CNode("global", qual or e.id, text=text, lines=span))
+        if isinstance(e, ast.Attribute):
+            if isinstance(e.value, ast.Name) and e.value.id == "self":
+                return add(CNode("self", e.attr, text=text, lines=span))
+            parts = _dotted(e)
+            if parts is not None and parts[0] not in env and parts[0] != "self":
+                qual = resolve(parts)
+                return add(CNode("global", qual or ".".join(parts), text=text, lines=span))
+            return add(CNode("attr", e.attr, (expr(e.value),), text=text, lines=span))
+        if isinstance(e, ast.Call):
+            if any(isinstance(x, ast.Starred) for x in e.args) or any(k.arg is None for k in e.keywords):
+                raise _Unsupported(f"`{text}` unpacks arguments")
+            func = e.func
+            if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id == "self":
+                op, name, recv = "layer", func.attr, ()
+            elif isinstance(func, ast.Attribute) and not (
+                    (parts := _dotted(func)) is not None and parts[0] not in env and parts[0] != "self"):
+                op, name, recv = "method", func.attr, (expr(func.value),)
+            else:
+                parts = _dotted(func)
+                if parts is None:
+                    raise _Unsupported(f"`{text}` calls a computed callee")
+                if parts[0] in env:
+                    raise _Unsupported(f"`{text}` calls a local value")
+                op, name, recv = "call", resolve(parts) or ".".join(parts), ()
+            args = recv + tuple(expr(x) for x in e.args)
+            kwargs = tuple((k.arg, expr(k.value)) for k in e.keywords)
+            return add(CNode(op, name, args, kwargs, text=text, lines=span))
+        raise _Unsupported(f"`{text}` ({type(e).__name__}) is not a tensor expression the analysis follows")
+
+    body = list(fn.body)
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+            and isinstance(body[0].value.value, str):
+        body = body[1:]
+    try:
+        if not body or not isinstance(body[-1], ast.Return) or body[-1].value is None:
+            raise _Unsupported("forward does not end with `return <expression>`")
+        for stmt in body[:-1]:
+            if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
+                target, value = stmt.targets[0].id, stmt.value
+            elif isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.value is not None:
+                target, value = stmt.target.id, stmt.value
+            else:
+                raise _Unsupported(f"line {stmt.lineno} is not an assignment to one name "
+                                   f"(forward must be straight-line code)")
+            if target == "self":
+                raise _Unsupported("`self` is reassigned")
+            env[target] = expr(value)
+        output = expr(body[-1].value)
+    except _Unsupported as exc:
+        return Compute(inputs, (), -1, lines, problem=str(exc))
+    except RecursionError:
+        return Compute(inputs, (), -1, lines, problem="expression nested too deeply")
+    return Compute(inputs, tuple(nodes), output, lines, None)
+
+
+def reachable(compute: Compute) -> set[int]:
+    """Indices of the nodes the output depends on."""
+    seen: set[int] = set()
+    stack = [compute.output] if compute.output >= 0 else []
+    while stack:
+        i = stack.pop()
+        if i in seen:
+            continue
+        seen.add(i)
+        node = compute.nodes[i]
+        stack.extend(node.args)
+        stack.extend(j for _, j in node.kwargs)
+    return seen

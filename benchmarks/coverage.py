@@ -1,0 +1,153 @@
+"""Coverage of the kernel packs on the newest transformers and timm (issue 10, item 7).
+
+    python benchmarks/coverage.py [--rules rulepacks/sdpa.adr ...] [--src DIR] [--jobs N] [--json FILE]
+
+1. Gets the newest `transformers`, `timm` and `liger-kernel` wheels from the
+   package index with `pip download --no-deps` (nothing is installed) and
+   unpacks them into a cache folder (`--src DIR` reuses an unpacked folder).
+2. Runs `dslc apply` (dry run) with rulepacks/sdpa.adr, plus
+   rulepacks/liger.adr when the tree has it, over every
+   `transformers/models/<arch>/modeling_*.py` and every `timm/models/*.py`.
+3. Prints per architecture: the layers rewritten (rule -> count), the
+   matches found but skipped (with their reasons), and, beside it, whether one
+   of Liger's own `apply_liger_kernel_to_<arch>` functions covers the
+   architecture; those names are read from the downloaded liger-kernel source
+   (`liger_kernel/transformers/monkey_patch.py`), not written here.
+
+"verified": a rewrite of a transformers 5.x file can only be run against an
+importable transformers 5.x, which the test extra does not install (it pins
+4.35.0); this script reports "not run" for that column, and
+tests/test_sdpa_rules.py + `dslc verify` run SDPA rewrites for real.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from dslc.apply import ApplyOptions, apply_paths  # noqa: E402
+from dslc.loader import load_rules  # noqa: E402
+
+PACKAGES = ("transformers", "timm", "liger-kernel")
+
+
+def fetch(dest: Path) -> dict[str, str]:
+    """Download and unpack the newest wheels; package -> version."""
+    dest.mkdir(parents=True, exist_ok=True)
+    wheels = dest / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(wheels), *PACKAGES],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    versions = {}
+    for whl in sorted(wheels.glob("*.whl")):
+        name, version = whl.name.split("-")[:2]
+        versions[name] = version
+        with zipfile.ZipFile(whl) as z:
+            z.extractall(dest / "src")
+    return versions
+
+
+def liger_architectures(src: Path) -> list[str]:
+    patch = src / "liger_kernel" / "transformers" / "monkey_patch.py"
+    if not patch.exists():
+        return []
+    return sorted(set(re.findall(r"^def apply_liger_kernel_to_(\w+)\(", patch.read_text(), re.M)))
+
+
+def arch_of(path: Path) -> tuple[str, str]:
+    parts = path.parts
+    if "transformers" in parts and "models" in parts:
+        i = parts.index("models")
+        return "transformers", parts[i + 1]
+    return "timm", path.stem
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rules", action="append", help="rule packs (default: sdpa.adr, + liger.adr if present)")
+    ap.add_argument("--src", help="an unpacked folder holding transformers/, timm/, liger_kernel/ (skips the download)")
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--json", help="write the per-architecture table as JSON here")
+    args = ap.parse_args(argv)
+
+    rules = args.rules or [str(p) for p in (REPO / "rulepacks" / "sdpa.adr", REPO / "rulepacks" / "liger.adr") if p.exists()]
+    loaded = load_rules(rules)
+    if any(d.severity == "error" for d in loaded.diagnostics):
+        print("the rule packs have errors", file=sys.stderr)
+        return 2
+    versions: dict[str, str] = {}
+    if args.src:
+        src = Path(args.src)
+    else:
+        cache = Path(tempfile.gettempdir()) / "dslc-coverage"
+        versions = fetch(cache)
+        src = cache / "src"
+    files = sorted((src / "transformers" / "models").glob("*/modeling_*.py")) + sorted((src / "timm" / "models").glob("*.py"))
+    files = [f for f in files if not f.name.startswith("_")]
+    start = time.perf_counter()
+    report = apply_paths([str(f) for f in files], loaded.packs, ApplyOptions(mode="diff", jobs=args.jobs, gitignore=False))
+    seconds = time.perf_counter() - start
+
+    table: dict[tuple[str, str], dict] = collections.defaultdict(
+        lambda: {"rewritten": collections.Counter(), "skipped": [], "files": 0, "errors": 0})
+    for f in files:
+        table[arch_of(f)]["files"] += 1
+    for res in report.files:
+        key = arch_of(Path(res.found.path if hasattr(res.found, "path") else str(res.found)))
+        row = table[key]
+        row["errors"] += len(res.errors)
+        for m in res.matches:
+            if m.status == "applied":
+                row["rewritten"][m.rule.split(":", 1)[1].split("_")[0] if m.rule.startswith("sdpa:") else m.rule] += 1
+            else:
+                row["skipped"].append(f"{m.class_name}: {m.rule}: {m.reason}")
+
+    liger = liger_architectures(src)
+    liger_set = set(liger)
+    print(f"packs: {', '.join(p.name for p in loaded.packs)} ({sum(len(p.rules) for p in loaded.packs)} rules); "
+          f"versions: {versions or 'from ' + str(src)}")
+    print(f"{len(files)} files in {seconds:.1f} s; {len(report.errors)} errors\n")
+    print(f"{'library':12} {'architecture':28} {'rewritten':>9} {'skipped':>7} {'liger':>5}  rules applied")
+    totals = collections.Counter()
+    for (lib, arch), row in sorted(table.items()):
+        n_rw = sum(row["rewritten"].values())
+        n_sk = len(row["skipped"])
+        in_liger = arch in liger_set
+        totals["archs"] += 1
+        totals["archs_rewritten"] += bool(n_rw)
+        totals["rewritten"] += n_rw
+        totals["skipped"] += n_sk
+        totals["liger"] += in_liger
+        totals["liger_and_dslc"] += in_liger and bool(n_rw)
+        if not (n_rw or n_sk or in_liger):
+            continue
+        rules_txt = ", ".join(f"{r}x{c}" for r, c in sorted(row["rewritten"].items()))
+        print(f"{lib:12} {arch:28} {n_rw:9} {n_sk:7} {'yes' if in_liger else '':>5}  {rules_txt}")
+        for reason in row["skipped"][:3]:
+            print(f"{'':42} skipped {reason}")
+    print(f"\narchitectures: {totals['archs']}; with a rewrite: {totals['archs_rewritten']}; "
+          f"layers rewritten: {totals['rewritten']}; found but skipped: {totals['skipped']}; errors: {len(report.errors)}")
+    print(f"Liger's apply_liger_kernel_to_* functions: {len(liger)} ({', '.join(liger)}); "
+          f"of those rewritten by dslc here: {totals['liger_and_dslc']}")
+    print("verified: not run (transformers 5.x is not importable here; see the module docstring)")
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "versions": versions, "liger": liger, "seconds": seconds, "errors": [e.message for e in report.errors],
+            "rows": [{"library": lib, "architecture": arch, "rewritten": dict(row["rewritten"]),
+                      "skipped": row["skipped"], "files": row["files"]} for (lib, arch), row in sorted(table.items())],
+        }, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""Done-when of issue 10 (with the sdpa pack): `dslc apply --rules
+rulepacks/sdpa.adr --rules rulepacks/liger.adr examples/tiny_llm.py`
+rewrites the RMS norm, the gated MLP and the attention, and the rewritten
+file, without liger-kernel, loads the original state_dict strictly and gives
+the same logits, loss and gradients (1e-4)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from dslc.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE = REPO / "examples" / "tiny_llm.py"
+SDPA = REPO / "rulepacks" / "sdpa.adr"
+LIGER = REPO / "rulepacks" / "liger.adr"
+
+pytestmark = pytest.mark.skipif(not (EXAMPLE.exists() and SDPA.exists()),
+                                reason="examples/tiny_llm.py and rulepacks/sdpa.adr come with the sdpa pack")
+
+
+def test_sdpa_and_liger_rewrite_tiny_llm_and_it_runs_without_liger(tmp_path):
+    target = tmp_path / "tiny_llm.py"
+    shutil.copy(EXAMPLE, target)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        code = main(["apply", "--rules", str(SDPA), "--rules", str(LIGER), "--no-cache", "--jobs", "1",
+                     "--write", "--format", "json", str(target)])
+    assert code == 0
+    report = json.loads(out.getvalue())
+    applied = {(m["rule"].split(":")[0], m["class"]) for m in report["matches"] if m["status"] == "applied"}
+    packs = {p for p, _ in applied}
+    assert packs == {"sdpa", "liger"}, applied
+    liger_rules = {m["rule"] for m in report["matches"] if m["status"] == "applied" and m["rule"].startswith("liger:")}
+    assert {"liger:rms_norm_fp32", "liger:swiglu_mlp"} <= liger_rules
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent(f"""
+        import importlib.util, sys
+        sys.modules["liger_kernel"] = None
+        import torch
+
+        def load(name, path):
+            spec = importlib.util.spec_from_file_location(name, path)
+            mod = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(mod)
+            return mod
+
+        a, b = load("orig", {str(EXAMPLE)!r}), load("new", {str(target)!r})
+        torch.manual_seed(0)
+        ma = a.TinyLM(a.TinyConfig()).eval()
+        mb = b.TinyLM(b.TinyConfig()).eval()
+        mb.load_state_dict(ma.state_dict(), strict=True)
+        ids = torch.randint(0, a.TinyConfig.vocab_size, (2, 16))
+        la, lossa = ma(ids, labels=ids)
+        lb, lossb = mb(ids, labels=ids)
+        lossa.backward(); lossb.backward()
+        gb = dict(mb.named_parameters())
+        worst = max(float((p.grad - gb[n].grad).abs().max()) for n, p in ma.named_parameters() if p.grad is not None)
+        print(float((la - lb).abs().max()), abs(float(lossa - lossb)), worst)
+    """))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    logits, loss, grads = map(float, proc.stdout.split())
+    assert logits <= 1e-4 and loss <= 1e-4 and grads <= 1e-4
