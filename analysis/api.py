@@ -205,6 +205,21 @@ def _allowed() -> dict:
 _ALLOWED = _allowed()
 
 
+def _analysis_dataclass(module: str, name: str):
+    """Also allowed in an entry: a dataclass defined in this package (the
+    facts' value types, e.g. `compute.Compute`); nothing else."""
+    import sys
+
+    package = __name__.rsplit(".", 1)[0]
+    if not module.startswith(package + ".") or name.startswith("_"):
+        return None
+    mod = sys.modules.get(module)
+    cls = getattr(mod, name, None) if mod is not None else None
+    if isinstance(cls, type) and dataclasses.is_dataclass(cls) and cls.__module__ == module:
+        return cls
+    return None
+
+
 def _entry_path(cache_dir: str, key: str) -> str:
     return os.path.join(cache_dir, key[:2], key + ".pickle")
 
@@ -221,7 +236,7 @@ def _cache_get(cache_dir: str, key: str, memo: dict, content: str | None = None,
     if payload is None:
         return None
     try:
-        tag, got_key, got_content, version, deps, facts = cachefile.loads(payload, _ALLOWED)
+        tag, got_key, got_content, version, deps, facts = cachefile.loads(payload, _ALLOWED, _analysis_dataclass)
         if tag != "facts" or got_key != key or version != analysis_version():
             raise cachefile.Bad("made for another key or version")
         if content is not None and got_content != content:

@@ -124,15 +124,20 @@ class _Restricted(pickle.Unpickler):
 
     def find_class(self, module, name):
         found = self.allowed.get((module, name))
+        if found is None and self.policy is not None:
+            found = self.policy(module, name)
         if found is None:
             raise Bad(f"unexpected class {module}.{name} in a cache entry")
         return found
 
 
-def loads(payload: bytes, allowed: dict):
+def loads(payload: bytes, allowed: dict, policy=None):
     """Unpickle `payload`, building only the classes in `allowed`
-    ((module, name) -> class).  Raises on anything else."""
-    return _Restricted(payload, allowed).load()
+    ((module, name) -> class) or those `policy(module, name)` returns (it
+    returns None to refuse).  Raises on anything else."""
+    unpickler = _Restricted(payload, allowed)
+    unpickler.policy = policy
+    return unpickler.load()
 
 
 def digest(data: bytes) -> str:
