@@ -74,6 +74,7 @@ from .names import BUILTINS, Resolver, Scope, dotted
 
 MAX_PATHS = 256
 MAX_INLINE_DEPTH = 3
+MAX_NESTED_CLASS_DEPTH = 4  # classes nested in class bodies (Outer.Inner...)
 MODULE_BASE = "torch.nn.Module"
 CONTAINERS = ("torch.nn.ModuleList", "torch.nn.Sequential", "torch.nn.ModuleDict")
 
@@ -469,8 +470,10 @@ class Extractor:
             for stmt in _top_level(tree.body):
                 if isinstance(stmt, ast.ClassDef) and stmt.name == name:
                     info = self._make_info(stmt, scope)
-        elif module and not qual.startswith("torch."):
-            info = self._installed_class(qual)
+        else:
+            info = self._nested_class_info(qual)
+            if info is None and module and not qual.startswith("torch."):
+                info = self._installed_class(qual)
         self._class_cache[qual] = info
         return info
 
@@ -494,16 +497,48 @@ class Extractor:
             return self._installed_class(target, _depth + 1)
         return None
 
-    def _make_info(self, node: ast.ClassDef, scope: Scope, resolver: Resolver | None = None) -> ClassInfo:
+    def _nested_class_info(self, qual: str) -> ClassInfo | None:
+        """`module.Outer.Inner`: a class nested in a class body (in this
+        module or an in-tree one); None when no such class exists."""
+        parts = qual.split(".")
+        for cut in range(len(parts) - 2, 0, -1):
+            module = ".".join(parts[:cut])
+            if module == self.module:
+                tree, scope = self.tree, self.scope
+            else:
+                entry = self.resolver.load(module)
+                if entry is None:
+                    continue
+                scope, tree = entry
+            body, node, parent = list(_top_level(tree.body)), None, None
+            for name in parts[cut:]:
+                parent = node
+                node = next((st for st in body if isinstance(st, ast.ClassDef) and st.name == name), None)
+                if node is None:
+                    return None
+                body = node.body
+            return self._make_info(node, scope, prefix=".".join(parts[cut:-1]) + ".", enclosing=parent)
+        return None
+
+    def _make_info(self, node: ast.ClassDef, scope: Scope, resolver: Resolver | None = None,
+                   prefix: str = "", enclosing: ast.ClassDef | None = None) -> ClassInfo:
+        """`prefix` is `Outer.` for a class nested in the body of `Outer`:
+        its name (and qualname) is then `Outer.Inner`."""
         resolver = resolver or self.resolver
         bases, quals = [], []
         for base in node.bases:
             parts = dotted(base)
             qual = resolver.resolve_parts(scope, parts) if parts else None
+            if parts and enclosing is not None and any(
+                    isinstance(st, ast.ClassDef) and st.name == parts[0] and st.lineno < node.lineno
+                    for st in enclosing.body):
+                # a sibling class of the enclosing class body (visible to the bases only)
+                qual = f"{scope.module}.{prefix}{'.'.join(parts)}"
             quals.append(qual)
             bases.append(qual or ast.unparse(base))
         methods = {s.name: s for s in node.body if isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef))}
-        return ClassInfo(node.name, f"{scope.module}.{node.name}", node, scope, tuple(bases), tuple(quals), methods)
+        name = prefix + node.name
+        return ClassInfo(name, f"{scope.module}.{name}", node, scope, tuple(bases), tuple(quals), methods)
 
     def is_module(self, qual: str | None, _depth: int = 0) -> bool:
         """Is `qual` torch.nn.Module or a subclass of it (through the tree)?"""
@@ -567,30 +602,40 @@ class Extractor:
         classes, functions = [], []
         for stmt in _top_level(self.tree.body):
             if isinstance(stmt, ast.ClassDef):
-                info = self._make_info(stmt, self.scope)
-                self._class_cache.setdefault(info.qualname, info)
-                if any(self.is_module(q) for q in info.base_quals):
-                    try:
-                        classes.append(self.class_facts(info))
-                    except RecursionError:
-                        self.problems.append(Problem("analysis-recursion", f"class {info.name} too deeply nested", stmt.lineno))
-                else:
-                    hidden = self._hidden_base(info)
-                    if hidden is not None and "forward" in info.methods:
-                        self.problems.append(Problem(
-                            "base-not-visible",
-                            f"class {info.name}: base `{hidden}` is outside the analyzed tree, so whether "
-                            f"it is a torch.nn.Module is unknown; analyze the tree that defines it "
-                            f"(--root) to include this class", stmt.lineno))
-                    for name, fn in info.methods.items():
-                        self._enter(None)
-                        if self._fn_has_dl(fn, None, Frame(name, info.qualname, fn, local_names(fn), scope=self.scope)):
-                            functions.append((f"{info.name}.{name}", self.function_paths(fn, info.qualname, None)))
+                self._class_entry(stmt, "", classes, functions)
             elif isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 self._enter(None)
                 if self._fn_has_dl(stmt, None, Frame(stmt.name, self.module, stmt, local_names(stmt), scope=self.scope)):
                     functions.append((stmt.name, self.function_paths(stmt, self.module, None)))
         return classes, functions
+
+    def _class_entry(self, stmt: ast.ClassDef, prefix: str, classes: list, functions: list, depth: int = 0,
+                     enclosing: ast.ClassDef | None = None) -> None:
+        """The facts of one class, then of the classes nested in its body
+        (`Outer.Inner`, to a bounded depth)."""
+        info = self._make_info(stmt, self.scope, prefix=prefix, enclosing=enclosing)
+        self._class_cache.setdefault(info.qualname, info)
+        if any(self.is_module(q) for q in info.base_quals):
+            try:
+                classes.append(self.class_facts(info))
+            except RecursionError:
+                self.problems.append(Problem("analysis-recursion", f"class {info.name} too deeply nested", stmt.lineno))
+        else:
+            hidden = self._hidden_base(info)
+            if hidden is not None and "forward" in info.methods:
+                self.problems.append(Problem(
+                    "base-not-visible",
+                    f"class {info.name}: base `{hidden}` is outside the analyzed tree, so whether "
+                    f"it is a torch.nn.Module is unknown; analyze the tree that defines it "
+                    f"(--root) to include this class", stmt.lineno))
+            for name, fn in info.methods.items():
+                self._enter(None)
+                if self._fn_has_dl(fn, None, Frame(name, info.qualname, fn, local_names(fn), scope=self.scope)):
+                    functions.append((f"{info.name}.{name}", self.function_paths(fn, info.qualname, None)))
+        if depth < MAX_NESTED_CLASS_DEPTH:
+            for inner in stmt.body:
+                if isinstance(inner, ast.ClassDef):
+                    self._class_entry(inner, info.name + ".", classes, functions, depth + 1, stmt)
 
     def _enter(self, info: ClassInfo | None) -> None:
         """Switch the class context; DL-content answers depend on it."""

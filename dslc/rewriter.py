@@ -132,6 +132,14 @@ class _Module:
         for node in self.tree.body:
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 self.functions[node.name] = node
+        # classes nested in class bodies also by their dotted name (`Outer.Inner`)
+        nested = [(node, node.name) for node in self.tree.body if isinstance(node, ast.ClassDef)]
+        while nested:
+            outer, prefix = nested.pop()
+            for node in outer.body:
+                if isinstance(node, ast.ClassDef):
+                    self.classes[f"{prefix}.{node.name}"] = node
+                    nested.append((node, f"{prefix}.{node.name}"))
         self.imports: dict[str, str] = {}
         self.last_import: ast.stmt | None = None
         for node in self.tree.body:
@@ -365,7 +373,7 @@ class _Rewriter:
             return set()
         if class_name not in self.taken:
             names: set[str] = set()
-            node = self.mod.classes.get(class_name.rsplit(".", 1)[-1])
+            node = self.mod.classes.get(class_name) or self.mod.classes.get(class_name.rsplit(".", 1)[-1])
             if node is not None:
                 for sub in ast.walk(node):
                     if isinstance(sub, ast.Attribute) and isinstance(sub.value, ast.Name) and sub.value.id == "self":
@@ -650,9 +658,9 @@ class _Rewriter:
             names = " and ".join(f"`{m}`" for m in sorted(methods))
             raise Skip(f"the match crosses methods {names}; the emitter cannot edit across them")
         if match.class_name:
-            mine = match.class_name.rsplit(".", 1)[-1]
+            mine = match.class_name
             for node in match.nodes:
-                owner = (node.stmt.owner or mine).rsplit(".", 1)[-1]
+                owner = _owner_name(node.stmt.owner, mine)
                 if owner != mine:
                     raise Skip(
                         f"the matched code at line {node.stmt.lines[0]} is `{owner}.{node.stmt.method}`, inherited; "
@@ -1086,8 +1094,8 @@ class _Rewriter:
         seq_binding = owns[0]
         if first.stmt is None or seq_binding.stmt is None:
             raise Skip(_container_reason(first))
-        mine = (match.class_name or "").rsplit(".", 1)[-1]
-        owner = (first.stmt.owner or mine).rsplit(".", 1)[-1]
+        mine = match.class_name or ""
+        owner = _owner_name(first.stmt.owner, mine)
         if owner != mine:
             raise Skip(f"`self.{seq}` is built in `{owner}.__init__`, inherited; editing it would change every class that shares it")
         stmt = mod.stmt(first.stmt)
@@ -1354,6 +1362,15 @@ def _hook_helper(unit: str, nl: str) -> str:
         "",
     ]
     return nl.join(lines)
+
+
+def _owner_name(owner: str | None, class_name: str) -> str:
+    """The class that defines code, as the match names its class: `class_name`
+    itself when `owner` (a qualname) is that class (`m.Outer.Inner` for
+    `Outer.Inner`), else the owner's last component (an inherited base)."""
+    if not owner or owner == class_name or owner.endswith("." + class_name):
+        return class_name
+    return owner.rsplit(".", 1)[-1]
 
 
 def _container_reason(binding) -> str:
