@@ -804,7 +804,7 @@ class Extractor:
         if isinstance(rhs, ast.Call):
             qual, spelling = self._callee_type(rhs.func, frame)
             args = tuple(value_of(a) for a in rhs.args)
-            kwargs = tuple((k.arg or "**", value_of(k.value)) for k in rhs.keywords)
+            kwargs = _star_kwargs(rhs, frame)
             out = [InitBinding(attr, qual, args, kwargs, "call", None if qual else spelling, guards, ref)]
             if qual in CONTAINERS:
                 out.extend(self._container_elements(attr, qual, rhs, frame, guards, ref, local_layers))
@@ -1103,8 +1103,14 @@ class Extractor:
             alts = self.run_actions(actions, frame, alts)
             reads = reads_of(stmt.value, self._replaced)
             writes = frame.result or ()
+            node = self.stmt_node(ref, frame, reads, writes)
+            value = self._last_value if stmt.value is not None else None
+            if len(writes) == 1 and value is not None and value.kind == "name":
+                # `return h` of an inlined helper: the call site's result is h
+                node = Node("stmt", ref, reads=node.reads, writes=node.writes, inlined_from=frame.inlined_from,
+                            copies=((writes[0], value.text),))
             for a in alts:
-                a.add_node(self.stmt_node(ref, frame, reads, writes))
+                a.add_node(node)
                 if not flatten:
                     a.status = "return"
             return alts
@@ -1523,13 +1529,14 @@ class Extractor:
             if params and params[0] == "self" and owner_qual and not fn.name in frame.local_funcs:
                 params = params[1:]
             bound = set(params[: len(args)]) | {k for k, _ in kwargs if k != "**"}
+            copies = _param_copies(fn, params, args, kwargs)
             reads = set()
             for v in args:
                 reads |= _value_reads(v)
             for _, v in kwargs:
                 reads |= _value_reads(v)
             entry = Node("stmt", call_ref, reads=frozenset(reads), writes=frozenset(bound),
-                         inlined_from=frame.inlined_from)
+                         inlined_from=frame.inlined_from, copies=copies)
             for a in live:
                 a.add_node(entry)
             saved = (self._replaced, self._top_consumed, self._last_value)
@@ -1547,6 +1554,102 @@ class Extractor:
     _replaced: dict = {}
     _top_consumed = False
     _last_value: Value | None = None
+
+
+def _star_kwargs(call: ast.Call, frame: Frame) -> tuple:
+    """A constructor call's keyword arguments, `**dd` expanded into the keys of
+    a local dict literal (`dd = {"device": device, "dtype": dtype}` or
+    `dict(device=device)`, timm's style) when that literal provably is what
+    `dd` holds; otherwise `**dd` stays as the entry `("**", dd)` (unknown keys)."""
+    out = []
+    explicit = {k.arg for k in call.keywords if k.arg is not None}
+    for k in call.keywords:
+        items = None
+        if k.arg is None and isinstance(k.value, ast.Name):
+            items = _local_dict_items(frame.fn, k.value.id, call.lineno, frame)
+        if items is None or explicit & {key for key, _ in items}:
+            out.append((k.arg or "**", value_of(k.value)))
+            continue
+        out.extend((key, value_of(v)) for key, v in items)
+    return tuple(out)
+
+
+def _local_dict_items(fn: ast.FunctionDef, name: str, use_line: int, frame: Frame):
+    """[(key, value expr)] of the dict literal `name` holds at `use_line`, or None.
+
+    Only when: `name` is a local stored exactly once in `fn`, by a plain
+    `name = {...}` / `name = dict(k=v, ...)` at the top level of the body
+    before the use, with string keys; `name` is read nowhere else but as
+    `**name` (so nothing can mutate it); and the names its values read are
+    never stored in `fn` (parameters such as `device`, `dtype`), so the
+    values mean the same where the call is."""
+    if name not in frame.locals:
+        return None
+    assign = None
+    for st in fn.body:
+        if isinstance(st, ast.Assign) and len(st.targets) == 1 and isinstance(st.targets[0], ast.Name) \
+                and st.targets[0].id == name:
+            assign = st
+            break
+    if assign is None or assign.lineno >= use_line:
+        return None
+    stores, star_uses, reads = 0, 0, 0
+    stored: set[str] = set()
+    for node in ast.walk(fn):
+        if isinstance(node, ast.Name):
+            if not isinstance(node.ctx, ast.Load):
+                stored.add(node.id)
+                stores += node.id == name
+            elif node.id == name:
+                reads += 1
+        elif isinstance(node, ast.keyword) and node.arg is None and isinstance(node.value, ast.Name) \
+                and node.value.id == name:
+            star_uses += 1
+        elif isinstance(node, (ast.Global, ast.Nonlocal)) and name in node.names:
+            return None
+    if stores != 1 or reads != star_uses:
+        return None
+    value = assign.value
+    items = []
+    if isinstance(value, ast.Dict):
+        for key, v in zip(value.keys, value.values):
+            if not (isinstance(key, ast.Constant) and isinstance(key.value, str) and key.value.isidentifier()):
+                return None  # `**other` inside the literal, or a key that is no name
+            items.append((key.value, v))
+    elif isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and value.func.id == "dict" \
+            and "dict" not in frame.locals and not value.args \
+            and "dict" not in (frame.scope.names if frame.scope is not None else {}):
+        for kw in value.keywords:
+            if kw.arg is None:
+                return None
+            items.append((kw.arg, kw.value))
+    else:
+        return None
+    if len({k for k, _ in items}) != len(items):
+        return None
+    for _, v in items:
+        for sub in ast.walk(v):
+            if isinstance(sub, ast.Name) and sub.id in stored:
+                return None
+            if isinstance(sub, (ast.Call, ast.NamedExpr, ast.Lambda, ast.Await, ast.Yield, ast.YieldFrom)):
+                return None
+    return items
+
+
+def _param_copies(fn: ast.FunctionDef, params: list[str], args: tuple, kwargs: tuple) -> tuple:
+    """(parameter, argument name) for each parameter of an inlined `fn` that
+    a call binds to a plain name (positional up to a `*args`, then by keyword)."""
+    out = []
+    for name, value in zip(params, args):
+        if value.kind == "expr" and value.text.startswith("*"):
+            break
+        if value.kind == "name":
+            out.append((name, value.text))
+    accepted = set(params) | {a.arg for a in fn.args.kwonlyargs}
+    for key, value in kwargs:
+        if key != "**" and key in accepted and value.kind == "name":
+            out.append((key, value.text))
+    return tuple(out)
 
 
 def _local_may_name(fn: ast.FunctionDef, name: str) -> bool:

@@ -98,6 +98,9 @@ class _B:
     kind: str  # name | const | expr | layer | absent | unknown (a literal check on a non-static value)
     value: object = None
     defn: int | None = None
+    # (name, defn) of the value this name copies (an inlined helper's
+    # parameter is its argument): two names with one root are one value.
+    root: tuple | None = None
 
 
 _ABSENT = _B("", "absent")
@@ -121,16 +124,18 @@ def _same(a: _B, b: _B) -> bool:
         return False
     if a.kind == "const":
         return _const_eq(a.value, b.value)
+    if a.kind == "name" and a.root is not None and b.root is not None:
+        return a.root == b.root
     if a.text != b.text:
         return False
     return a.defn is None or b.defn is None or a.defn == b.defn
 
 
-def _bind_value(value: Value, defn: int | None) -> _B:
+def _bind_value(value: Value, defn: int | None, root: tuple | None = None) -> _B:
     if value.is_const:
         return _B(value.text, "const", value.const)
     if value.kind == "name":
-        return _B(value.text, "name", None, defn)
+        return _B(value.text, "name", None, defn, root)
     return _B(value.text, "expr")
 
 
@@ -221,7 +226,9 @@ class _PathCtx:
         # Index keys per node: a transition is only fired on nodes carrying
         # its key (the same pre-filter as the anchor index, for later nodes).
         self.keys = [frozenset(_node_keys(n, scope)) for n in path.nodes]
-        self.writes = [frozenset(n.writes) | frozenset(n.outputs) for n in path.nodes]
+        # a parameter bound to the same name (`self._f(h)`, `def _f(self, h)`) keeps its value
+        self.writes = [(frozenset(n.writes) | frozenset(n.outputs)) - {d for d, s in n.copies if d == s}
+                       for n in path.nodes]
         writers: dict[str, list[int]] = {}
         for i, names in enumerate(self.writes):
             for name in names:
@@ -235,6 +242,19 @@ class _PathCtx:
             return -1
         i = bisect_left(ws, pos)
         return ws[i - 1] if i else -1
+
+    def root(self, name: str, pos: int) -> tuple[str, int]:
+        """(name, defining position) of the value `name` holds at `pos`,
+        following plain copies (an inlined helper's parameters and result)."""
+        d = self.defn(name, pos)
+        for _ in range(64):
+            if d < 0:
+                break
+            src = next((s for t, s in self.nodes[d].copies if t == name), None)
+            if src is None:
+                break
+            name, d = src, self.defn(src, d)
+        return name, d
 
 
 def _node_keys(node: Node, scope: _Scope) -> list[tuple[str, str]]:
@@ -306,8 +326,12 @@ def _slots(t: Transition, node: Node) -> tuple[dict[str, Value], tuple[str, ...]
             return Fail("the call's arguments do not fit the signature of {}", t.signature)
         given = signatures.explicit_params(t.signature, node.inputs, node.kwargs) or ()
         return {f"p:{k}": v for k, v in norm.items()}, tuple(f"p:{k}" for k in given)
-    slots = {f"in{i}": v for i, v in enumerate(node.inputs)}
-    for k, v in node.kwargs:
+    inputs, kwargs = node.inputs, node.kwargs
+    if node.kind == "layer" and kwargs:
+        # `self.bn(input=x)`: the layer's input passed by keyword
+        inputs, kwargs = signatures.layer_call_args(node.type, inputs, kwargs)
+    slots = {f"in{i}": v for i, v in enumerate(inputs)}
+    for k, v in kwargs:
         slots[f"kw:{k}"] = v
     return slots, tuple(slots)
 
@@ -362,7 +386,7 @@ def _run_actions(actions, node: Node, pos: int, env, slots, swap, ctx: _PathCtx)
             i = int(a.slot[3:])
             if i >= len(node.outputs):
                 return Fail("the node has no output {}", i)
-            env = _unify(a.term, _B(node.outputs[i], "name", None, pos), env)
+            env = _unify(a.term, _B(node.outputs[i], "name", None, pos, (node.outputs[i], pos)), env)
         else:
             slot = swap.get(a.slot, a.slot) if swap else a.slot
             value = slots.get(slot)
@@ -370,7 +394,8 @@ def _run_actions(actions, node: Node, pos: int, env, slots, swap, ctx: _PathCtx)
                 env = _unify(a.term, _ABSENT, env) if isinstance(a.term, ir.Var) else Fail("argument {} is missing", slot)
             else:
                 defn = ctx.defn(value.text, pos) if value.kind == "name" else None
-                env = _unify(a.term, _bind_value(value, defn), env)
+                root = ctx.root(value.text, pos) if value.kind == "name" else None
+                env = _unify(a.term, _bind_value(value, defn, root), env)
         if isinstance(env, Fail):
             return Fail("{}: {}", a.describe(), env.reason)
     return env
@@ -464,10 +489,11 @@ def _init_slots(test: InitTest, b: InitBinding) -> tuple[dict[str, Value], tuple
     if b.kind != "call":
         return Fail("self.{} is not built by a call", b.attr)
     if test.signature is not None:
-        norm = signatures.normalize(test.signature, b.args, b.kwargs)
+        kwargs = tuple((k, v) for k, v in b.kwargs if k != "**")
+        norm = signatures.normalize(test.signature, b.args, kwargs)
         if norm is None:
             return Fail("the arguments of self.{} do not fit the signature of {}", b.attr, test.signature)
-        given = signatures.explicit_params(test.signature, b.args, b.kwargs) or ()
+        given = signatures.explicit_params(test.signature, b.args, kwargs) or ()
         return {f"p:{k}": v for k, v in norm.items()}, tuple(f"p:{k}" for k in given)
     slots = {f"in{i}": v for i, v in enumerate(b.args)}
     for k, v in b.kwargs:
@@ -497,6 +523,14 @@ def _match_binding(test: InitTest, b: InitBinding, env: dict[str, _B]) -> dict[s
             env = _unify(a.term, _bind_value(value, None), env)
         if isinstance(env, Fail):
             return Fail("init of self.{}: {}: {}", b.attr, a.describe(), env.reason)
+    star = [v.text for k, v in b.kwargs if k == "**"]
+    if star and test.signature is not None:
+        # `Ctor(c, **kw)` with keys the analysis cannot see: any parameter the
+        # call does not name may be set there (and a re-spelled constructor
+        # would drop it), so the match is kept only to be reported skipped.
+        env = dict(env)
+        env[f"?{len(env)}"] = _B(f"self.{b.attr} is built with `**{star[0]}`, whose keys are unknown "
+                                 f"(only a local dict literal is resolved)", "unknown")
     return env
 
 
@@ -735,14 +769,21 @@ def _complete(cr: CompiledRule, scope: _Scope, pi: int, ctx: _PathCtx, p: _Parti
                 dbg.say(file, cr.name, f"forward matched, init did not: {got.reason}")
             return
         results = list(got)
+    unsure = None
     for env, init_nodes in results:
         verdict = _check_where(cr.rule, env)
         if isinstance(verdict, Fail):
             if watch:
                 dbg.say(file, cr.name, verdict.reason)
             continue
+        if verdict is not None:
+            unsure = unsure or (env, init_nodes, verdict)  # a solution without unknowns wins
+            continue
         out.append(_Found(cr, scope, pi, nodes, env, init_nodes, p.extras, verdict, [pi]))
         return  # one init solution per forward match
+    if unsure is not None:
+        env, init_nodes, verdict = unsure
+        out.append(_Found(cr, scope, pi, nodes, env, init_nodes, p.extras, verdict, [pi]))
 
 
 def _match_init_only(cr: CompiledRule, facts: FileFacts, out: list[_Found]) -> None:

@@ -133,3 +133,233 @@ class Inner(nn.Module):
     # the top-level namesake keeps its code
     assert "        return self.conv2(self.conv(x))\n" in result.new_source
     stable(compiled, result.new_source)
+
+
+# ---------------------------------------------------------------------------
+# 7. inlined helpers: parameters bound to the caller's arguments
+
+HELPERS = '''import torch
+from torch import nn
+
+
+class InHelper(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3)
+        self.bn = nn.BatchNorm2d(c)
+
+    def _conv_bn(self, inp):
+        t = self.conv(inp)
+        return self.bn(t)
+
+    def forward(self, x):
+        return self._conv_bn(x) + 1
+
+
+class Across(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3)
+        self.bn = nn.BatchNorm2d(c)
+        self.act = nn.ReLU()
+
+    def _bn_act(self, y):
+        y = self.bn(y)
+        return self.act(y)
+
+    def forward(self, x):
+        h = self.conv(x)
+        return self._bn_act(h)
+
+
+class SameName(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3)
+        self.bn = nn.BatchNorm2d(c)
+
+    def _bn(self, h):
+        return self.bn(h)
+
+    def forward(self, x):
+        h = self.conv(x)
+        return self._bn(h)
+
+
+class ThroughReturn(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3)
+        self.bn = nn.BatchNorm2d(c)
+
+    def _conv(self, z):
+        return self.conv(z)
+
+    def forward(self, x):
+        o = self._conv(x)
+        return self.bn(o)
+
+
+class OtherValue(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3)
+        self.bn = nn.BatchNorm2d(c)
+
+    def _bn(self, y):
+        return self.bn(y)
+
+    def forward(self, x):
+        h = self.conv(x)
+        return self._bn(x) + h
+'''
+
+
+def test_helper_parameters_carry_the_callers_values(compiled):
+    facts = analyze_source(HELPERS, "m.py")
+    across = next(c for c in facts.classes if c.name == "Across")
+    entry = next(n for n in across.paths[0].nodes if n.copies)
+    assert entry.copies == (("y", "h"),)
+    _, result = run(compiled, HELPERS)
+    got = {name: (status, reason) for name, status, reason in outcomes(result, "conv_batchnorm")}
+    # entirely inside the helper: rewritten there, spelled with the helper's names
+    assert got["InHelper"] == ("applied", None)
+    assert "        return self.conv(inp)\n" in result.new_source
+    # conv in forward, its BatchNorm in a helper (different, same or returned names):
+    # found, and refused with the reason (the emitter does not edit across methods)
+    for name in ("Across", "SameName", "ThroughReturn"):
+        status, reason = got[name]
+        assert status == "skipped" and "crosses methods" in reason, (name, reason)
+    # the helper is called on another value: no match at all
+    assert "OtherValue" not in got
+    stable(compiled, result.new_source)
+
+
+# ---------------------------------------------------------------------------
+# 8. a layer input passed by keyword
+
+def test_layer_input_by_keyword(compiled):
+    source = '''import torch
+from torch import nn
+
+
+class Block(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3)
+        self.bn = nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        h = self.conv(input=x)
+        return self.bn(input=h)
+'''
+    _, result = run(compiled, source)
+    assert outcomes(result, "conv_batchnorm") == [("Block", "applied", None)]
+    assert "    def forward(self, x):\n        return self.conv(x)\n" in result.new_source
+    stable(compiled, result.new_source)
+
+
+def test_forward_parameter_table_agrees_with_torch():
+    torch = pytest.importorskip("torch", reason="torch is needed to read the layers' forward signatures")
+    import inspect
+
+    from dslc.signatures import FORWARD_PARAMS
+
+    for qual, params in FORWARD_PARAMS.items():
+        cls = getattr(torch.nn, qual.rsplit(".", 1)[1], None)
+        if cls is None:
+            continue
+        names = [p.name for p in list(inspect.signature(cls.forward).parameters.values())[1:]
+                 if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+        assert tuple(names) == params, qual
+
+
+# ---------------------------------------------------------------------------
+# 9. `**dd` of a local dict literal in a constructor call
+
+STAR = '''import torch
+from torch import nn
+
+
+class Literal(nn.Module):
+    def __init__(self, c, device=None, dtype=None):
+        super().__init__()
+        dd = {"device": device, "dtype": dtype}
+        self.conv = nn.Conv2d(c, c, 3, **dd)
+        self.bn = nn.BatchNorm2d(c, **dd)
+
+    def forward(self, x):
+        h = self.conv(x)
+        return self.bn(h)
+
+
+class DictCall(nn.Module):
+    def __init__(self, c, device=None):
+        super().__init__()
+        dd = dict(affine=False, device=device)
+        self.conv = nn.Conv2d(c, c, 3)
+        self.bn = nn.BatchNorm2d(c, **dd)
+
+    def forward(self, x):
+        h = self.conv(x)
+        return self.bn(h)
+
+
+class Unknown(nn.Module):
+    def __init__(self, c, **kw):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3)
+        self.bn = nn.BatchNorm2d(c, **kw)
+
+    def forward(self, x):
+        h = self.conv(x)
+        return self.bn(h)
+
+
+class Mutated(nn.Module):
+    def __init__(self, c, device=None):
+        super().__init__()
+        dd = {"device": device}
+        dd["affine"] = False
+        self.conv = nn.Conv2d(c, c, 3)
+        self.bn = nn.BatchNorm2d(c, **dd)
+
+    def forward(self, x):
+        h = self.conv(x)
+        return self.bn(h)
+
+
+class Rebound(nn.Module):
+    def __init__(self, c, flag=True):
+        super().__init__()
+        dd = {"affine": flag}
+        flag = False
+        self.conv = nn.Conv2d(c, c, 3)
+        self.bn = nn.BatchNorm2d(c, **dd)
+
+    def forward(self, x):
+        h = self.conv(x)
+        return self.bn(h)
+'''
+
+
+def test_star_kwargs_of_a_local_dict_literal():
+    facts = analyze_source(STAR, "m.py")
+    by = {c.name: {b.attr: b for b in c.init} for c in facts.classes}
+    assert [(k, v.text) for k, v in by["Literal"]["bn"].kwargs] == [("device", "device"), ("dtype", "dtype")]
+    assert [(k, v.text) for k, v in by["DictCall"]["bn"].kwargs] == [("affine", "False"), ("device", "device")]
+    # unknown keys, a mutated dict, a value rebound before the call: left as `**`
+    for name in ("Unknown", "Mutated", "Rebound"):
+        assert [k for k, _ in by[name]["bn"].kwargs] == ["**"], name
+
+
+def test_star_kwargs_match_or_refuse(compiled):
+    _, result = run(compiled, STAR)
+    got = {name: (status, reason) for name, status, reason in outcomes(result, "conv_batchnorm")}
+    assert got["Literal"] == ("applied", None)
+    assert "        self.conv = ConvBn2d(nn.Conv2d(c, c, 3, **dd), nn.BatchNorm2d(c, **dd))\n" in result.new_source
+    assert "DictCall" not in got  # affine=False: proved not to match
+    for name in ("Unknown", "Mutated", "Rebound"):
+        status, reason = got[name]
+        assert status == "skipped" and "whose keys are unknown" in reason, (name, reason)
+    stable(compiled, result.new_source)
