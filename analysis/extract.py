@@ -1196,6 +1196,9 @@ class Extractor:
             writes |= writes_of(t)
             reads |= _target_reads(t)
         node = self.stmt_node(ref, frame, reads, writes)
+        if len(targets) == 1 and isinstance(targets[0], ast.Name) and _shape_call(value):
+            node = Node("stmt", ref, reads=node.reads, writes=node.writes, inlined_from=frame.inlined_from,
+                        defs=((targets[0].id, _unparse_with_temps(value, self._replaced)),))
         for a in alts:
             a.add_node(node)
         return alts
@@ -1634,6 +1637,41 @@ def _local_dict_items(fn: ast.FunctionDef, name: str, use_line: int, frame: Fram
             if isinstance(sub, (ast.Call, ast.NamedExpr, ast.Lambda, ast.Await, ast.Yield, ast.YieldFrom)):
                 return None
     return items
+
+
+# Tensor methods whose result's rank follows from the call (see Node.defs).
+SHAPE_METHODS = frozenset({
+    "view", "reshape", "permute", "transpose", "contiguous", "float", "half", "bfloat16", "double",
+    "to", "type_as", "clone", "detach", "masked_fill",
+})
+
+
+def _shape_call(value: ast.expr) -> bool:
+    """Is `value` a chain of tensor methods that Node.defs records?"""
+    return isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute) and value.func.attr in SHAPE_METHODS
+
+
+def _unparse_with_temps(expr: ast.expr, replaced: dict) -> str:
+    """`ast.unparse(expr)` with the sub-expressions that became DL nodes
+    written as their temporaries."""
+    if not replaced:
+        return ast.unparse(expr)
+
+    def copy(node):
+        temp = replaced.get(id(node))
+        if temp is not None:
+            return ast.Name(temp, ast.Load())
+        if not isinstance(node, ast.AST):
+            return node
+        fields = {}
+        for name, value in ast.iter_fields(node):
+            if isinstance(value, list):
+                fields[name] = [copy(v) for v in value]
+            else:
+                fields[name] = copy(value)
+        return type(node)(**fields)
+
+    return ast.unparse(copy(expr))
 
 
 def _param_copies(fn: ast.FunctionDef, params: list[str], args: tuple, kwargs: tuple) -> tuple:

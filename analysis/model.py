@@ -180,6 +180,11 @@ class Node:
     # call site's result from a helper's `return <name>`.  Data flow follows
     # them (the value is the same), spellings stay those of the source.
     copies: tuple[tuple[str, str], ...] = ()
+    # For a `stmt` node `name = <tensor method call>` (`x.view(a, b, c, d)`,
+    # `.permute(...)`, `.transpose(...)`, ...): (name, source text of the
+    # right-hand side, nested DL nodes spelled as their temporaries), from
+    # which a consumer can prove the rank of `name` (softmax over `dim=3`).
+    defs: tuple[tuple[str, str], ...] = ()
 
     def kwarg(self, name: str) -> Value | None:
         for key, value in self.kwargs:

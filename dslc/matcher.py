@@ -395,10 +395,146 @@ def _run_actions(actions, node: Node, pos: int, env, slots, swap, ctx: _PathCtx)
             else:
                 defn = ctx.defn(value.text, pos) if value.kind == "name" else None
                 root = ctx.root(value.text, pos) if value.kind == "name" else None
+                before = env
                 env = _unify(a.term, _bind_value(value, defn, root), env)
+                if isinstance(env, Fail) and _last_dim(a, value, slots, pos, ctx):
+                    # `dim=3` on a tensor of rank 4 is `dim=-1`; the rank is a
+                    # fact of this path: `_check_ranks` re-proves it on the others
+                    env = dict(before)
+                    env[f"!rank{pos}"] = _B(value.text, "rank", (node, slots["p:input"], value.const - a.term.value))
         if isinstance(env, Fail):
             return Fail("{}: {}", a.describe(), env.reason)
     return env
+
+
+# ---------------------------------------------------------------------------
+# Ranks: `softmax(x, dim=3)` where x is provably of rank 4 is over the last dim.
+
+_RANK_KEEPING_CALLS = frozenset({
+    "torch.nn.functional.softmax", "torch.softmax", "torch.nn.functional.dropout", "torch.nn.functional.gelu",
+    "torch.nn.functional.relu", "torch.tanh", "torch.sigmoid",
+})
+_RANK_KEEPING_LAYERS = frozenset({
+    "torch.nn.Dropout", "torch.nn.GELU", "torch.nn.ReLU", "torch.nn.Softmax", "torch.nn.Tanh", "torch.nn.Sigmoid",
+})
+_KEEP_METHODS = frozenset({"transpose", "contiguous", "float", "half", "bfloat16", "double", "to", "type_as",
+                           "clone", "detach", "masked_fill"})
+_COUNT_METHODS = frozenset({"view", "reshape", "permute"})
+
+
+def _last_dim(a, value: Value, slots: dict, pos: int, ctx: "_PathCtx") -> bool:
+    """A literal negative `dim=-k` in the pattern and a non-negative `dim=d`
+    in the call agree when the call's `input` has provable rank r = d + k."""
+    if a.slot != "p:dim" or not isinstance(a.term, ir.Const) or not value.is_const:
+        return False
+    want, got = a.term.value, value.const
+    if not (type(want) is int and type(got) is int and want < 0 <= got):
+        return False
+    source = slots.get("p:input")
+    if source is None:
+        return False
+    return _rank_of_value(source, pos, ctx, 0) == got - want
+
+
+def _rank_of_value(value: Value, pos: int, ctx: "_PathCtx", depth: int) -> int | None:
+    if value.is_const:
+        return 0 if type(value.const) in (int, float) else None
+    return _rank_of_text(value.text, pos, ctx, depth)
+
+
+def _rank_of_text(text: str, pos: int, ctx: "_PathCtx", depth: int) -> int | None:
+    import ast
+
+    try:
+        expr = ast.parse(text, mode="eval").body
+    except SyntaxError:
+        return None
+    return _rank_expr(expr, pos, ctx, depth)
+
+
+def _rank_expr(e, pos: int, ctx: "_PathCtx", depth: int) -> int | None:
+    """The rank of expression `e` read at path position `pos`, when provable."""
+    import ast
+
+    if depth > 32:
+        return None
+    if isinstance(e, ast.Constant):
+        return 0 if type(e.value) in (int, float) else None
+    if isinstance(e, ast.Name):
+        return _rank_of_name(e.id, pos, ctx, depth + 1)
+    if isinstance(e, ast.UnaryOp) and isinstance(e.op, (ast.USub, ast.UAdd)):
+        return _rank_expr(e.operand, pos, ctx, depth + 1)
+    if isinstance(e, ast.BinOp) and isinstance(e.op, (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.MatMult)):
+        ra = _rank_expr(e.left, pos, ctx, depth + 1)
+        rb = _rank_expr(e.right, pos, ctx, depth + 1)
+        return _binary_rank("@" if isinstance(e.op, ast.MatMult) else "+", ra, rb)
+    if isinstance(e, ast.Call) and isinstance(e.func, ast.Attribute) and not e.keywords:
+        method = e.func.attr
+        if method in _COUNT_METHODS:
+            args = e.args
+            if any(isinstance(x, ast.Starred) for x in args):
+                return None
+            if len(args) == 1 and isinstance(args[0], (ast.Tuple, ast.List)):
+                if any(isinstance(x, ast.Starred) for x in args[0].elts):
+                    return None
+                return len(args[0].elts)
+            if len(args) == 1 and not (isinstance(args[0], ast.Constant) and type(args[0].value) is int):
+                return None  # `view(shape)`, `view(dtype)`: not a count
+            return len(args) or None
+        if method in _KEEP_METHODS:
+            return _rank_expr(e.func.value, pos, ctx, depth + 1)
+    return None
+
+
+def _binary_rank(op: str, ra: int | None, rb: int | None) -> int | None:
+    if ra is None or rb is None:
+        return None
+    if op == "@":
+        return max(ra, rb) if ra >= 2 and rb >= 2 else None
+    return max(ra, rb)  # broadcasting (a Python number is rank 0)
+
+
+def _rank_of_name(name: str, pos: int, ctx: "_PathCtx", depth: int) -> int | None:
+    d = ctx.defn(name, pos)
+    if d < 0:
+        return None
+    node = ctx.nodes[d]
+    src = next((s for t, s in node.copies if t == name), None)
+    if src is not None:
+        return _rank_of_name(src, d, ctx, depth + 1)
+    if node.kind == "stmt":
+        text = next((t for n, t in node.defs if n == name), None)
+        return _rank_of_text(text, d, ctx, depth + 1) if text is not None and len(node.writes) == 1 else None
+    if node.outputs != (name,):
+        return None
+    return _node_rank(node, d, ctx, depth + 1)
+
+
+def _node_rank(node: Node, pos: int, ctx: "_PathCtx", depth: int) -> int | None:
+    if node.kind == "op":
+        ranks = [_rank_of_value(v, pos, ctx, depth) for v in node.inputs]
+        if len(ranks) == 1:
+            return ranks[0] if node.op in ("-", "+") else None
+        if node.op in ("+", "-", "*", "/", "@"):
+            return _binary_rank(node.op if node.op == "@" else "+", ranks[0], ranks[1])
+        return None
+    if node.kind == "call":
+        if node.type == "torch.einsum" and node.inputs and node.inputs[0].is_const and not node.kwargs:
+            spec = node.inputs[0].const
+            if isinstance(spec, str) and spec.count("->") == 1:
+                out = spec.split("->")[1].replace(" ", "")
+                if out.isalpha() and len(set(out)) == len(out):
+                    return len(out)
+            return None
+        if node.type == "torch.matmul" and len(node.inputs) == 2 and not node.kwargs:
+            return _binary_rank("@", _rank_of_value(node.inputs[0], pos, ctx, depth),
+                                _rank_of_value(node.inputs[1], pos, ctx, depth))
+        if node.type in _RANK_KEEPING_CALLS and node.inputs:
+            return _rank_of_value(node.inputs[0], pos, ctx, depth)
+        return None
+    if node.kind == "layer" and node.type in _RANK_KEEPING_LAYERS and len(node.inputs) == 1 and not node.kwargs:
+        return _rank_of_value(node.inputs[0], pos, ctx, depth)
+    return None
 
 
 # ---------------------------------------------------------------------------
@@ -637,7 +773,7 @@ def _init_id(b: InitBinding) -> tuple:
 
 
 def _to_bound(b: _B) -> ir.Bound | None:
-    if b.kind in ("absent", "unknown"):
+    if b.kind in ("absent", "unknown", "rank"):
         return None
     if b.kind == "const":
         return ir.Bound(b.text, "const", b.value)
@@ -733,7 +869,37 @@ def _expand_sequential(path: Path, scope: _Scope) -> Path:
     return Path(path.guards, tuple(nodes)) if changed else path
 
 
+def _check_ranks(scope: _Scope, paths, found: list[_Found]) -> None:
+    """A match that read `dim=3` as the last dim proved the rank on its own
+    path; the rewrite edits the call on every path through it, so the rank
+    must be proved on each of them, else the match is reported skipped."""
+    ctxs: dict[int, _PathCtx] = {}
+    for f in found:
+        marks = [b.value for b in f.env.values() if b.kind == "rank"]
+        if not marks or f.conflict:
+            continue
+        for node, value, rank in marks:
+            key = _node_id(node)
+            for pi, path in enumerate(paths):
+                if pi not in ctxs:
+                    ctxs[pi] = _PathCtx(_expand_sequential(path, scope), scope)
+                ctx = ctxs[pi]
+                q = next((i for i, n in enumerate(ctx.nodes) if _node_id(n) == key), None)
+                if q is not None and _rank_of_value(value, q, ctx, 0) != rank:
+                    f.conflict = (f"`{value.text}` at line {node.stmt.lines[0]} has rank {rank} (so its last dim "
+                                  f"is the one given) only on some paths through the call")
+                    break
+            if f.conflict:
+                break
+
+
 def _match_paths(compiled: CompiledPack, scope: _Scope, paths, file: str, dbg: _Debug, stats: dict | None, out: list[_Found]) -> None:
+    start = len(out)
+    _match_paths_run(compiled, scope, paths, file, dbg, stats, out)
+    _check_ranks(scope, paths, out[start:])
+
+
+def _match_paths_run(compiled: CompiledPack, scope: _Scope, paths, file: str, dbg: _Debug, stats: dict | None, out: list[_Found]) -> None:
     for pi, path in enumerate(paths):
         ctx = _PathCtx(_expand_sequential(path, scope), scope)
         for pos, node in enumerate(ctx.nodes):

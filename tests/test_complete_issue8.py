@@ -363,3 +363,91 @@ def test_star_kwargs_match_or_refuse(compiled):
         status, reason = got[name]
         assert status == "skipped" and "whose keys are unknown" in reason, (name, reason)
     stable(compiled, result.new_source)
+
+
+# ---------------------------------------------------------------------------
+# 14. softmax over `dim=3` of a tensor of provable rank 4
+
+RANKS = '''import math
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+
+class Einsum(nn.Module):
+    def forward(self, q, k):
+        scores = torch.einsum("bhqd,bhkd->bhqk", q, k)
+        return F.softmax(scores, dim=3)
+
+
+class Viewed(nn.Module):
+    def forward(self, x, b, h, s):
+        x = x.view(b, h, s, s)
+        return F.softmax(x * 0.5, dim=3)
+
+
+class Matmul(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.drop = nn.Dropout(0.1)
+
+    def forward(self, q, k, b, s, h, d):
+        q = q.view(b, s, h, d).permute(0, 2, 1, 3)
+        k = k.view(b, s, h, d).permute(0, 2, 1, 3)
+        att = torch.matmul(q, k.transpose(-1, -2))
+        att = self.drop(att)
+        return F.softmax(att, dim=3)
+
+
+class WrongDim(nn.Module):
+    def forward(self, q, k):
+        scores = torch.einsum("bhqd,bhkd->bhqk", q, k)
+        return F.softmax(scores, dim=2)
+
+
+class UnknownDivisor(nn.Module):
+    def forward(self, q, k, d):
+        scores = torch.matmul(q, k) / math.sqrt(d)
+        return F.softmax(scores, dim=3)
+
+
+class MaybeRank5(nn.Module):
+    def forward(self, q, k, m):
+        scores = torch.einsum("bhqd,bhkd->bhqk", q, k) + m
+        return F.softmax(scores, dim=3)
+
+
+class ViewOfShape(nn.Module):
+    def forward(self, x, shape):
+        x = x.view(shape)
+        return F.softmax(x, dim=3)
+
+
+class OnOnePath(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.drop = nn.Dropout(0.1)
+
+    def forward(self, x, flag: bool):
+        if flag:
+            x = self.drop(x.view(2, 3, 4, 5))
+        return F.softmax(x, dim=3)
+'''
+
+
+def test_softmax_over_the_last_of_four_provable_dims(compiled):
+    _, result = run(compiled, RANKS)
+    got = {name: status for name, status, _ in outcomes(result, "softmax")}
+    assert got == {"Einsum": "applied", "Viewed": "applied", "Matmul": "applied", "OnOnePath": "skipped"}
+    reason = next(r for name, _, r in outcomes(result, "softmax") if name == "OnOnePath")
+    assert "only on some paths" in reason
+    new = result.new_source
+    assert "        return softmax(scores)\n" in new
+    assert "        return softmax(x * 0.5)\n" in new
+    assert "        return softmax(att)\n" in new
+    # not provable, or not the last dim: unchanged
+    for line in ("F.softmax(scores, dim=2)", "F.softmax(scores, dim=3)\n\n\nclass MaybeRank5",
+                 "F.softmax(x, dim=3)\n\n\nclass OnOnePath"):
+        assert line in new, line
+    assert new.rstrip().endswith("return F.softmax(x, dim=3)")
+    stable(compiled, new)
