@@ -323,6 +323,21 @@ def _attrof_bases(node: ir.PatNode) -> set[str]:
     return out
 
 
+def _hoist_reason(stmt: ast.stmt, final: ast.stmt, compound: ast.AST) -> str:
+    """Why matched statements on both sides of a `for`/`while`/`with`/`try`
+    boundary are not joined: the fused call would run under the context
+    manager, as often as the loop body, or in the handler's paths."""
+    kind = {ast.For: "for", ast.AsyncFor: "async for", ast.While: "while", ast.With: "with",
+            ast.AsyncWith: "async with"}.get(type(compound), type(compound).__name__.lower())
+    what = {"with": "would run the earlier part under its context manager",
+            "async with": "would run the earlier part under its context manager",
+            "for": "runs once per iteration (or never)", "async for": "runs once per iteration (or never)",
+            "while": "runs once per iteration (or never)"}.get(kind, "does not run exactly once")
+    lo, hi = sorted((stmt.lineno, final.lineno))
+    return (f"lines {lo} and {hi} sit on both sides of the `{kind}` at line {compound.lineno}, whose body "
+            f"{what}: the emitter does not hoist across it")
+
+
 def _branch_guard(compound: ast.AST, branch: str):
     from dslc.analysis.model import Guard
 
@@ -515,6 +530,11 @@ class _Rewriter:
         if reason:
             raise Skip(reason)
 
+        guarded = self.none_guarded_layer(match)
+        if guarded is not None:
+            self.plan_none_guarded(match, cls, guarded, condition, plan, feasible or paths)
+            return plan
+
         forward_edit = rule.forward is not None and rule.forward.target is not None
         init_edit = rule.init is not None and rule.init.target is not None
         if init_edit and any(getattr(b, "container", None) for b in match.init_nodes.values()):
@@ -551,6 +571,9 @@ class _Rewriter:
                     else:
                         hoisted_attrs |= {n.attr for n in nodes if n.kind == "layer" and n.attr}
                         crossed = final_chain[len(chain):]
+                    for compound, _ in crossed:
+                        if not isinstance(compound, ast.If):
+                            raise Skip(_hoist_reason(stmt, final_stmt, compound))
                     hoist_guards = [_branch_guard(compound, branch) for compound, branch in crossed]
 
         # Init changes: which source layers are deleted, replaced in place,
@@ -1060,6 +1083,167 @@ class _Rewriter:
         plan.lines |= init_plan.lines
         plan.absorbed.extend(init_plan.absorbed)
 
+    # -- a layer guarded by `if self.<attr> is not None:` (issue 8 item 12) --
+
+    def none_guarded_layer(self, match: ir.Match):
+        """(var, node index, `if` statement) when the matched call of a layer
+        the rewrite removes is the only statement of `if self.<attr> is not
+        None:` (mobilenet/mobilevit: `__init__` binds the layer under a
+        condition and `None` otherwise); None for any other shape."""
+        rule = match.rule
+        if rule.forward is None or rule.forward.target is None or rule.init is None or rule.init.target is None:
+            return None
+        if len(match.nodes) != len(rule.forward.source):
+            return None
+        target_vars = {o.name for pn in rule.init.target for o in pn.outputs}
+        for i, (pn, node) in enumerate(zip(rule.forward.source, match.nodes)):
+            var = pn.layer_var
+            if var is None or var in target_vars or node.kind != "layer" or not node.attr:
+                continue
+            try:
+                stmt = self.mod.stmt(node.stmt)
+            except Skip:
+                return None
+            parent, fname = self.mod.parent.get(id(stmt), (None, None))
+            if isinstance(parent, ast.If) and fname == "body" and _is_not_none_test(parent.test, node.attr):
+                return var, i, parent
+        return None
+
+    def plan_none_guarded(self, match: ir.Match, cls, guarded, condition, plan: _Plan, paths) -> None:
+        """Rewrite a match whose removed layer `$a` is called under
+        `if self.a is not None:` while `__init__` binds `self.a` to the layer
+        under a guard G and to `None` where G fails.
+
+        Forward stays as it is.  At the layer's binding (under G) the statement
+        becomes the rule's init target, built from the layers that already
+        exist (`self.conv = ConvBn2d(self.conv, nn.BatchNorm2d(...))`), then
+        `self.a = None`: under G the fused layer runs and the guarded call is
+        skipped; where G fails nothing changes.  Only for rules whose forward
+        target is the source without the removed layer's call (`$conv($x) ->
+        $h; $bn($h) -> $o` => `$conv($x) -> $o`), so that the unchanged
+        forward computes the target; every other shape is refused here with
+        its reason."""
+        var, index, if_stmt = guarded
+        rule = match.rule
+        mod = self.mod
+        where = f"the call of `self.{match.nodes[index].attr}` under `if ... is not None:` at line {if_stmt.lineno}"
+        if condition:
+            raise Skip(f"{where}: a rule with `when` is not rewritten there")
+        source_pn = rule.forward.source[index]
+        if len(source_pn.args) != 1 or source_pn.kwargs or len(source_pn.outputs) != 1 \
+                or not isinstance(source_pn.args[0], ir.Var):
+            raise Skip(f"{where}: the removed layer's pattern is not `$a($in) -> $out`")
+        rename = {source_pn.outputs[0].name: source_pn.args[0].name}
+        rest = [_renamed(pn, rename) for j, pn in enumerate(rule.forward.source) if j != index]
+        if rest != [_renamed(pn, rename) for pn in rule.forward.target]:
+            raise Skip(f"{where}: the rule's forward target is not its source without that call")
+        node = match.nodes[index]
+        stmt = if_stmt.body[0]
+        if len(if_stmt.body) != 1 or if_stmt.orelse:
+            raise Skip(f"{where}: the `if` holds more than the call")
+        value = stmt.value if isinstance(stmt, ast.Assign) else None
+        if not (value is not None and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name)
+                and isinstance(value, ast.Call) and len(value.args) == 1 and not value.keywords
+                and isinstance(value.args[0], ast.Name) and value.args[0].id == stmt.targets[0].id
+                and node.expr_span == (value.lineno, value.col_offset, value.end_lineno, value.end_col_offset)):
+            raise Skip(f"{where}: the call is not `v = self.<layer>(v)`")
+        name = stmt.targets[0].id
+        for other in match.nodes:
+            if other.stmt.method != node.stmt.method or other.inlined_from != node.inlined_from:
+                raise Skip(f"{where}: the matched calls are in different methods")
+            if match.class_name and _owner_name(other.stmt.owner, match.class_name) != match.class_name:
+                raise Skip(f"{where}: the matched code is inherited")
+        # The value before the guarded call is read by nothing but that call.
+        for path in paths:
+            positions = [next((k for k, n in enumerate(path.nodes) if safety.node_key(n) == safety.node_key(m)), None)
+                         for m in match.nodes]
+            if None in positions:
+                raise Skip(f"{where}: the matched calls are not on one path")
+            producers = [k for k in range(positions[index]) if name in path.nodes[k].writes]
+            start = producers[-1] if producers else -1
+            for k in range(start + 1, positions[index]):
+                if name in path.nodes[k].reads:
+                    raise Skip(f"{where}: `{name}` is read at line {path.nodes[k].stmt.lines[0]} before it")
+        # __init__: the layer under G, None (and nothing else) where G fails.
+        attr = node.attr
+        layer = match.init_nodes.get(var)
+        if layer is None or layer.stmt is None or not layer.guards:
+            raise Skip(f"{where}: `self.{attr}` is not bound under a condition in `__init__`")
+        from dslc.analysis import guards as guardlib
+        for b in (cls.init if cls is not None else ()):
+            if b.attr != attr or b is layer:
+                continue
+            none = b.kind == "other" and len(b.args) == 1 and b.args[0].is_const and b.args[0].const is None
+            if not none:
+                raise Skip(f"{where}: `self.{attr}` is also bound to something else than `None` at line {b.stmt.lines[0] if b.stmt else 0}")
+            if guardlib.consistent(tuple(layer.guards) + tuple(b.guards)) is not guardlib.Answer.REFUTED:
+                raise Skip(f"{where}: `self.{attr} = None` (line {b.stmt.lines[0] if b.stmt else 0}) may run with the layer's binding")
+        layer_stmt = mod.stmt(layer.stmt)
+        if not (isinstance(layer_stmt, ast.Assign) and len(layer_stmt.targets) == 1):
+            raise Skip(f"line {layer_stmt.lineno} is not a plain `self.{attr} = ...`")
+        if_lines = (if_stmt.lineno, if_stmt.end_lineno)
+        for use in (cls.attr_uses if cls is not None else ()):
+            if use.attr != attr:
+                continue
+            if use.kind == "store" and use.method == layer.stmt.method and any(
+                    b.stmt is not None and b.attr == attr and b.stmt.lines[0] <= use.lines[0] <= b.stmt.lines[1]
+                    for b in cls.init):
+                continue
+            if use.kind != "store" and use.method == node.stmt.method and if_lines[0] <= use.lines[0] <= if_lines[1]:
+                continue
+            raise Skip(f"{where}: `self.{attr}` is also used at line {use.lines[0]} (in `{use.method}`)")
+        if cls is not None:
+            for other in self.facts.classes:
+                if cls.qualname in other.bases:
+                    raise Skip(f"{where}: `{other.name}` subclasses `{cls.name}` and would share the change")
+        # The layers the target replaces exist, unconditionally, before the binding.
+        source_vars = {o.name for pn in rule.init.source for o in pn.outputs}
+        changed = {}
+        env_ctor = {var: self.relative_text(layer_stmt.value, layer_stmt)}
+        for pn in rule.init.target:
+            for out in pn.outputs:
+                if out.name not in source_vars:
+                    raise Skip(f"{where}: the target builds a new layer `${out.name}`")
+        for v in source_vars:
+            if v == var:
+                continue
+            b = match.init_nodes.get(v)
+            if b is None or b.stmt is None:
+                raise Skip(f"init variable `${v}` matched no binding")
+            if [x for x in (cls.init if cls is not None else ()) if x.attr == b.attr] != [b]:
+                raise Skip(f"{where}: `self.{b.attr}` is bound more than once")
+            if b.stmt.method != layer.stmt.method or b.stmt.owner != layer.stmt.owner \
+                    or b.stmt.lines[1] >= layer.stmt.lines[0] or not set(b.guards) <= set(layer.guards):
+                raise Skip(f"{where}: `self.{b.attr}` is not built before `self.{attr}` wherever that is")
+            changed[b.attr] = "replaces"
+            env_ctor[v] = f"self.{b.attr}"
+        reason = safety.check_attr_uses(match, cls, changed, interface_kept=False)
+        if reason:
+            raise Skip(reason)
+        attrs = {v: b.attr for v, b in match.init_nodes.items()}
+        env = _Env(match, attrs, {})
+        env.ctor = env_ctor
+        lines = []
+        for pn in rule.init.target:
+            out = pn.outputs[0].name
+            lines.append(f"self.{attrs[out]} = {self.render_node(pn, env, plan)}")
+        lines.append(f"self.{attr} = None")
+        renames = []
+        for pm in rule.params:
+            new_attr = attrs.get(pm.target.base.name)
+            old_binding = match.init_nodes.get(pm.source.base.name)
+            if new_attr is None or old_binding is None:
+                raise Skip(f"params mapping `{pm.target.base}.{pm.target.attr}` names an unbound variable")
+            new_key, old_key = f"{new_attr}.{pm.target.attr}", f"{old_binding.attr}.{pm.source.attr}"
+            if new_key != old_key:
+                renames.append((new_key, old_key, False))
+        if renames:
+            plan.needs_hook = True
+            items = "".join(f"{mod.unit}({n!r}, {o!r}, {k}),\n" for n, o, k in renames)
+            lines.append(f"self._register_load_state_dict_pre_hook({HOOK_HELPER}((\n{items})))")
+        start, end = mod.stmt_range(layer_stmt)
+        self.claim(plan, start, end, self.fit(self.lines_text(lines, mod.indent(layer_stmt)), layer_stmt), layer_stmt)
+
     def plan_sequential(self, match: ir.Match, cls, condition: str | None, plan: _Plan) -> None:
         """Matched layers that are consecutive elements of one `nn.Sequential` literal.
 
@@ -1362,6 +1546,27 @@ def _hook_helper(unit: str, nl: str) -> str:
         "",
     ]
     return nl.join(lines)
+
+
+def _is_not_none_test(test: ast.expr, attr: str) -> bool:
+    """`self.<attr> is not None`."""
+    return (isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.IsNot)
+            and isinstance(test.comparators[0], ast.Constant) and test.comparators[0].value is None
+            and isinstance(test.left, ast.Attribute) and isinstance(test.left.value, ast.Name)
+            and test.left.value.id == "self" and test.left.attr == attr)
+
+
+def _renamed(pn: ir.PatNode, rename: dict[str, str]) -> tuple:
+    """A pattern node as comparable data, its variables renamed."""
+    def term(t):
+        if isinstance(t, ir.Var):
+            return ("var", rename.get(t.name, t.name))
+        return ("term", repr(t))
+    callee = pn.callee
+    callee_key = None if callee is None else (callee.qualname, callee.var.name if callee.var else None,
+                                              repr(callee.subscript))
+    return (pn.kind, callee_key, pn.op, tuple(term(a) for a in pn.args),
+            tuple((k, term(v)) for k, v in pn.kwargs), tuple(term(o) for o in pn.outputs), pn.layer_var)
 
 
 def _owner_name(owner: str | None, class_name: str) -> str:

@@ -451,3 +451,161 @@ def test_softmax_over_the_last_of_four_provable_dims(compiled):
         assert line in new, line
     assert new.rstrip().endswith("return F.softmax(x, dim=3)")
     stable(compiled, new)
+
+
+# ---------------------------------------------------------------------------
+# 12. a guard on the layer itself: `if self.norm is not None:`
+
+GUARDED = '''import torch
+from torch import nn
+
+
+class ConvLayer(nn.Module):
+    def __init__(self, cin, cout, use_normalization=True, use_activation=True):
+        super().__init__()
+        self.convolution = nn.Conv2d(cin, cout, 3)
+        if use_normalization:
+            self.normalization = nn.BatchNorm2d(cout, affine=True, track_running_stats=True)
+        else:
+            self.normalization = None
+        if use_activation:
+            self.activation = nn.ReLU()
+        else:
+            self.activation = None
+
+    def forward(self, features):
+        features = self.convolution(features)
+        if self.normalization is not None:
+            features = self.normalization(features)
+        if self.activation is not None:
+            features = self.activation(features)
+        return features
+'''
+
+
+def test_layer_guarded_by_is_not_none_is_fused_under_the_init_guard(compiled):
+    _, result = run(compiled, GUARDED)
+    assert outcomes(result, "conv_batchnorm") == [("ConvLayer", "applied", None)]
+    new = result.new_source
+    assert ("        if use_normalization:\n"
+            "            self.convolution = ConvBn2d(self.convolution, nn.BatchNorm2d(cout, affine=True, track_running_stats=True))\n"
+            "            self.normalization = None\n") in new
+    assert "        else:\n            self.normalization = None\n" in new
+    # forward is unchanged
+    assert GUARDED[GUARDED.index("    def forward"):] in new
+    stable(compiled, new)
+
+
+def _load(source: str, name: str):
+    namespace: dict = {}
+    exec(compile(source, f"<{name}>", "exec"), namespace)
+    return namespace
+
+
+def test_guarded_fusion_computes_the_same_and_loads_old_checkpoints(compiled):
+    torch = pytest.importorskip("torch", reason="torch runs the two versions")
+    _, result = run(compiled, GUARDED)
+    old_ns, new_ns = _load(GUARDED, "old"), _load(result.new_source, "new")
+    for use_norm in (True, False):
+        torch.manual_seed(0)
+        old = old_ns["ConvLayer"](3, 4, use_normalization=use_norm)
+        torch.manual_seed(0)
+        new = new_ns["ConvLayer"](3, 4, use_normalization=use_norm)
+        if use_norm:
+            with torch.no_grad():
+                old.normalization.running_mean.uniform_(-1, 1)
+                old.normalization.weight.uniform_(0.5, 2)
+        new.load_state_dict(old.state_dict())
+        x = torch.randn(2, 3, 8, 8)
+        for train in (False, True):
+            old.train(train)
+            new.train(train)
+            torch.testing.assert_close(new(x), old(x))
+
+
+@pytest.mark.parametrize("change, reason", [
+    # the None branch may run after the layer's binding
+    ("        else:\n            self.normalization = None\n",
+     "        else:\n            self.normalization = None\n        if cin == cout:\n            self.normalization = None\n"),
+    # bound to another layer where the condition fails
+    ("        else:\n            self.normalization = None\n",
+     "        else:\n            self.normalization = nn.Identity()\n"),
+    # the attribute is used elsewhere
+    ("        return features\n", "        return features, self.normalization\n"),
+    # the value before the guarded call is read in between
+    ("        if self.normalization is not None:\n",
+     "        print(features)\n        if self.normalization is not None:\n"),
+])
+def test_guarded_layer_refusals(compiled, change, reason):
+    source = GUARDED.replace(change, reason)
+    assert source != GUARDED
+    _, result = run(compiled, source)
+    got = outcomes(result, "conv_batchnorm")
+    assert len(got) == 1 and got[0][1] == "skipped" and "is not None:" in got[0][2], got
+
+
+# ---------------------------------------------------------------------------
+# 15. hoisting across elif (rewritten), for / with (refused with the reason)
+
+HOIST = '''import torch
+from torch import nn
+
+
+class Elif(nn.Module):
+    def __init__(self, h):
+        super().__init__()
+        self.dropout = nn.Dropout(0.1)
+        self.LayerNorm = nn.LayerNorm(h, eps=1e-12)
+
+    def forward(self, x, res, mode: int):
+        y = self.dropout(x)
+        if mode == 0:
+            out = y
+        elif mode == 1:
+            out = self.LayerNorm(y + res)
+        else:
+            out = y * 2
+        return out
+
+
+class InWith(nn.Module):
+    def __init__(self, h):
+        super().__init__()
+        self.dropout = nn.Dropout(0.1)
+        self.LayerNorm = nn.LayerNorm(h, eps=1e-12)
+
+    def forward(self, x, res):
+        y = self.dropout(x)
+        with torch.autocast("cpu"):
+            out = self.LayerNorm(y + res)
+        return out
+
+
+class InFor(nn.Module):
+    def __init__(self, h):
+        super().__init__()
+        self.dropout = nn.Dropout(0.1)
+        self.LayerNorm = nn.LayerNorm(h, eps=1e-12)
+
+    def forward(self, x, res, n: int):
+        y = self.dropout(x)
+        out = y
+        for i in range(n):
+            out = self.LayerNorm(y + res)
+        return out
+'''
+
+
+def test_hoisting_through_elif_and_refusals_for_loops_and_with(compiled):
+    _, result = run(compiled, HOIST)
+    got = {name: (status, reason) for name, status, reason in outcomes(result, "dropout_layernorm")}
+    assert got["Elif"] == ("applied", None)
+    new = result.new_source
+    assert ("        if mode == 0:\n            y = self.dropout(x)\n            out = y\n"
+            "        elif mode == 1:\n            out = self.LayerNorm(x, res)\n"
+            "        else:\n            y = self.dropout(x)\n            out = y * 2\n") in new
+    status, reason = got["InWith"]
+    assert status == "skipped" and "the `with` at line" in reason and "context manager" in reason
+    status, reason = got["InFor"]
+    assert status == "skipped" and "the `for` at line" in reason and "once per iteration" in reason
+    stable(compiled, new)
