@@ -644,7 +644,8 @@ def _match_binding(test: InitTest, b: InitBinding, env: dict[str, _B]) -> dict[s
     if isinstance(got, Fail):
         return got
     slots, given = got
-    if test.var is not None:
+    looped = test.var is not None and b.container is not None and env.get(test.var) == _B(b.container, "layer")
+    if test.var is not None and not looped:  # (a loop over the container calls its elements)
         env = _unify(ir.Var(test.var), _B(b.attr, "layer"), env)
         if isinstance(env, Fail):
             return env
@@ -679,6 +680,12 @@ def _match_init(cr: CompiledRule, scope: _Scope, env: dict[str, _B]) -> Iterator
             attr = env[test.var].text
             every = scope.init_by_attr.get(attr, ())
             same = [b for b in every if b.type == test.type]
+            if not same and every and all(b.type in _LOOPED for b in every):
+                # `for layer in self.layers: layer(x)`: the node calls every
+                # element of the container, so each must be of the type (and agree)
+                same = [b for bs in scope.init_by_attr.values() for b in bs if b.container == attr]
+                if not same or any(b.type != test.type for b in same):
+                    return Fail("the elements of self.{} are not all of type {}", attr, test.type)
             if not same:
                 return Fail("self.{} has no init binding of type {}", attr, test.type)
             fixed[i] = same
@@ -718,6 +725,10 @@ def _match_init(cr: CompiledRule, scope: _Scope, env: dict[str, _B]) -> Iterator
     if not results:
         return reasons[0] if reasons else Fail("no init binding of type {}", ", ".join(t.type for t in tests))
     return iter(results)
+
+
+# Containers a `for layer in self.<attr>:` loop calls the elements of.
+_LOOPED = ("torch.nn.ModuleList", "torch.nn.Sequential")
 
 
 def _check_where(rule: ir.Rule, env: dict[str, _B]) -> str | None | Fail:

@@ -538,7 +538,10 @@ class _Rewriter:
         forward_edit = rule.forward is not None and rule.forward.target is not None
         init_edit = rule.init is not None and rule.init.target is not None
         if init_edit and any(getattr(b, "container", None) for b in match.init_nodes.values()):
-            self.plan_sequential(match, cls, condition, plan)
+            if self.module_list_replacement(match, cls):
+                self.plan_module_list(match, cls, condition, plan)
+            else:
+                self.plan_sequential(match, cls, condition, plan)
             return plan
         if rule.forward is not None and not match.nodes:
             raise Skip("no forward call of the matched layer was found")
@@ -1244,6 +1247,80 @@ class _Rewriter:
         start, end = mod.stmt_range(layer_stmt)
         self.claim(plan, start, end, self.fit(self.lines_text(lines, mod.indent(layer_stmt)), layer_stmt), layer_stmt)
 
+    # -- a drop-in replacement of every element of an nn.ModuleList (item 15) --
+
+    def module_list_replacement(self, match: ir.Match, cls) -> bool:
+        """A module-replacement rule (forward `_`) whose layer is an element of
+        an `nn.ModuleList` (called by `for layer in self.<list>:`)."""
+        rule = match.rule
+        if rule.forward is None or rule.forward.target is not None or cls is None:
+            return False
+        containers = {getattr(b, "container", None) for b in match.init_nodes.values()}
+        if len(containers) != 1 or None in containers:
+            return False
+        (attr,) = containers
+        return [b.type for b in cls.init if b.attr == attr] == ["torch.nn.ModuleList"]
+
+    def plan_module_list(self, match: ir.Match, cls, condition: str | None, plan: _Plan) -> None:
+        """Replace every element of `self.<list> = nn.ModuleList([...])` (a list
+        literal, or a comprehension's element) by the rule's init target.
+
+        The rule keeps the layer's interface (forward `_`), and every element
+        is of the matched type and agrees with the same bindings (the
+        matcher's rule for a loop over the container), so each element can
+        be swapped where it is built; forward is unchanged.  Refused: `when`,
+        a checkpoint mapping (the keys would need the element prefixes), a
+        rule with more than one init layer, elements that are not constructor
+        calls written in the list, and a container assigned more than once."""
+        mod = self.mod
+        rule = match.rule
+        (var,) = match.init_nodes if len(match.init_nodes) == 1 else (None,)
+        first = next(iter(match.init_nodes.values()))
+        seq = first.container
+        if var is None or len(rule.init.target) != 1 or tuple(o.name for o in rule.init.target[0].outputs) != (var,):
+            raise Skip(f"inside the container `self.{seq}` only a one-layer replacement is rewritten")
+        if condition:
+            raise Skip(f"a rule with `when` cannot rewrite layers inside the container `self.{seq}`")
+        owns = [b for b in cls.init if b.attr == seq]
+        elements = [b for b in cls.init if b.container == seq]
+        if len(owns) != 1 or owns[0].stmt is None or first.stmt is None:
+            raise Skip(f"`self.{seq}` is assigned more than once in `__init__`; the emitter rewrites only a single `nn.ModuleList(...)`")
+        if any(b.type != first.type for b in elements):
+            raise Skip(f"the elements of `self.{seq}` are not all of type {first.type}")
+        mine = match.class_name or ""
+        if _owner_name(first.stmt.owner, mine) != mine:
+            raise Skip(f"`self.{seq}` is built in an inherited `__init__`; editing it would change every class that shares it")
+        renames = [pm for pm in rule.params if f"{pm.target.base.name}.{pm.target.attr}" != f"{pm.source.base.name}.{pm.source.attr}"]
+        if renames:
+            raise Skip(f"the rule renames parameters, which inside the container `self.{seq}` would need per-element keys")
+        stmt = mod.stmt(owns[0].stmt)
+        target = stmt.targets[0] if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 else None
+        call = stmt.value if isinstance(stmt, ast.Assign) else None
+        if not (isinstance(target, ast.Attribute) and _self_attr_name(target) == seq and isinstance(call, ast.Call)
+                and len(call.args) == 1 and not call.keywords):
+            raise Skip(_container_reason(first))
+        arg = call.args[0]
+        if isinstance(arg, (ast.ListComp, ast.GeneratorExp)) and len(arg.generators) == 1:
+            exprs = [arg.elt]
+        elif isinstance(arg, (ast.List, ast.Tuple)) and not any(isinstance(e, ast.Starred) for e in arg.elts):
+            exprs = list(arg.elts)
+        else:
+            raise Skip(f"the elements of `self.{seq}` (line {stmt.lineno}) are not written in the `nn.ModuleList(...)`")
+        if len(exprs) != len(elements) or any(not isinstance(e, ast.Call) for e in exprs):
+            raise Skip(f"the elements of `self.{seq}` (line {stmt.lineno}) are not all constructor calls of the matched layer")
+        lo, hi = owns[0].stmt.lines
+        for use in cls.attr_uses:
+            if use.attr == seq and use.kind == "store" and not (use.method == owns[0].stmt.method and lo <= use.lines[0] <= hi):
+                raise Skip(f"attribute `self.{seq}` is assigned again at line {use.lines[0]} (in `{use.method}`)")
+        env = _Env(match, {var: first.attr}, {})
+        fused = self.render_node(rule.init.target[0], env, plan)
+        mod.stmt_range(stmt)  # alone on its lines
+        for expr in exprs:
+            start, end = mod.smap.node_span(expr)
+            plan.edits.append(Edit(start, end, fused))
+            plan.claimed.add((start, end))
+        plan.lines.update(range(stmt.lineno, stmt.end_lineno + 1))
+
     def plan_sequential(self, match: ir.Match, cls, condition: str | None, plan: _Plan) -> None:
         """Matched layers that are consecutive elements of one `nn.Sequential` literal.
 
@@ -1546,6 +1623,12 @@ def _hook_helper(unit: str, nl: str) -> str:
         "",
     ]
     return nl.join(lines)
+
+
+def _self_attr_name(expr: ast.expr) -> str | None:
+    if isinstance(expr, ast.Attribute) and isinstance(expr.value, ast.Name) and expr.value.id == "self":
+        return expr.attr
+    return None
 
 
 def _is_not_none_test(test: ast.expr, attr: str) -> bool:

@@ -609,3 +609,73 @@ def test_hoisting_through_elif_and_refusals_for_loops_and_with(compiled):
     status, reason = got["InFor"]
     assert status == "skipped" and "the `for` at line" in reason and "once per iteration" in reason
     stable(compiled, new)
+
+
+# ---------------------------------------------------------------------------
+# 15. layers of an nn.ModuleList called by `for layer in self.layers:`
+
+LOOPS = '''import torch
+from torch import nn
+from transformers.models.bert.modeling_bert import BertSelfAttention
+
+
+class Comprehension(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.layers = nn.ModuleList([BertSelfAttention(config, position_embedding_type="absolute") for _ in range(config.n)])
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)[0]
+        return x
+
+
+class Literal(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.layers = nn.ModuleList([BertSelfAttention(config, "absolute"), BertSelfAttention(config, "absolute")])
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)[0]
+        return x
+
+
+class Mixed(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.layers = nn.ModuleList([BertSelfAttention(config), nn.Identity()])
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)[0]
+        return x
+
+
+class ConvLoop(nn.Module):
+    def __init__(self, c, n):
+        super().__init__()
+        self.convs = nn.ModuleList([nn.Conv2d(c, c, 3, padding=1) for _ in range(n)])
+        self.bn = nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        for conv in self.convs:
+            x = conv(x)
+        return self.bn(x)
+'''
+
+
+def test_module_list_elements_called_in_a_loop(compiled):
+    _, result = run(compiled, LOOPS)
+    got = {name: (status, reason) for name, status, reason in outcomes(result, "bert_self_attention")}
+    assert got["Comprehension"] == ("applied", None)
+    assert got["Literal"] == ("applied", None)
+    assert "Mixed" not in got  # not every element is the matched layer
+    new = result.new_source
+    assert ("        self.layers = nn.ModuleList([BertSelfAttentionWithXF(config, position_embedding_type='absolute', "
+            "attn_op_name='cutlass') for _ in range(config.n)])\n") in new
+    assert new.count("BertSelfAttentionWithXF(config, position_embedding_type='absolute', attn_op_name='cutlass')") == 3
+    # a fusion across the loop boundary is found and refused with the reason
+    status, reason = outcomes(result, "conv_batchnorm")[0][1:]
+    assert status == "skipped" and "container `self.convs`" in reason
+    stable(compiled, new)
