@@ -1179,6 +1179,11 @@ class _Rewriter:
             none = b.kind == "other" and len(b.args) == 1 and b.args[0].is_const and b.args[0].const is None
             if not none:
                 raise Skip(f"{where}: `self.{attr}` is also bound to something else than `None` at line {b.stmt.lines[0] if b.stmt else 0}")
+            if b.stmt is not None and b.stmt.method == layer.stmt.method and b.stmt.owner == layer.stmt.owner \
+                    and b.stmt.lines[1] < layer.stmt.lines[0] \
+                    and not any(isinstance(c, (ast.For, ast.AsyncFor, ast.While))
+                                for c, _ in mod.chain(mod.stmt(layer.stmt)) + mod.chain(mod.stmt(b.stmt))):
+                continue  # `self.a = None` first, then the layer under G: the layer's binding wins
             if guardlib.consistent(tuple(layer.guards) + tuple(b.guards)) is not guardlib.Answer.REFUTED:
                 raise Skip(f"{where}: `self.{attr} = None` (line {b.stmt.lines[0] if b.stmt else 0}) may run with the layer's binding")
         layer_stmt = mod.stmt(layer.stmt)

@@ -679,3 +679,18 @@ def test_module_list_elements_called_in_a_loop(compiled):
     status, reason = outcomes(result, "conv_batchnorm")[0][1:]
     assert status == "skipped" and "container `self.convs`" in reason
     stable(compiled, new)
+
+
+def test_guarded_layer_with_none_bound_first(compiled):
+    source = GUARDED.replace(
+        "        if use_normalization:\n            self.normalization = nn.BatchNorm2d(cout, affine=True, track_running_stats=True)\n"
+        "        else:\n            self.normalization = None\n",
+        "        self.normalization = None\n        if use_normalization:\n"
+        "            self.normalization = nn.BatchNorm2d(cout, affine=True, track_running_stats=True)\n")
+    assert source != GUARDED
+    _, result = run(compiled, source)
+    assert outcomes(result, "conv_batchnorm") == [("ConvLayer", "applied", None)]
+    assert ("        self.normalization = None\n        if use_normalization:\n"
+            "            self.convolution = ConvBn2d(self.convolution, nn.BatchNorm2d(cout, affine=True, track_running_stats=True))\n"
+            "            self.normalization = None\n") in result.new_source
+    stable(compiled, result.new_source)
