@@ -500,6 +500,8 @@ class Extractor:
     def _nested_class_info(self, qual: str) -> ClassInfo | None:
         """`module.Outer.Inner`: a class nested in a class body (in this
         module or an in-tree one); None when no such class exists."""
+        if qual.startswith("torch."):
+            return None
         parts = qual.split(".")
         for cut in range(len(parts) - 2, 0, -1):
             module = ".".join(parts[:cut])

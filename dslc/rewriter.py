@@ -534,6 +534,10 @@ class _Rewriter:
         if guarded is not None:
             self.plan_none_guarded(match, cls, guarded, condition, plan, feasible or paths)
             return plan
+        across = self.removed_in_helper(match)
+        if across is not None:
+            self.plan_across_helper(match, cls, across, condition, plan, feasible or paths)
+            return plan
 
         forward_edit = rule.forward is not None and rule.forward.target is not None
         init_edit = rule.init is not None and rule.init.target is not None
@@ -1251,6 +1255,145 @@ class _Rewriter:
             lines.append(f"self._register_load_state_dict_pre_hook({HOOK_HELPER}((\n{items})))")
         start, end = mod.stmt_range(layer_stmt)
         self.claim(plan, start, end, self.fit(self.lines_text(lines, mod.indent(layer_stmt)), layer_stmt), layer_stmt)
+
+    # -- the removed layer's call in a helper forward calls (item 7) ---------
+
+    def removed_in_helper(self, match: ir.Match):
+        """The index of the matched call of a layer the rewrite removes when
+        it sits in a helper inlined into the method of the other matched
+        nodes (conv in `forward`, its BatchNorm in `self._bn_act(h)`)."""
+        rule = match.rule
+        if rule.forward is None or rule.forward.target is None or rule.init is None or rule.init.target is None:
+            return None
+        if len(match.nodes) != len(rule.forward.source) or len({n.stmt.method for n in match.nodes}) != 2:
+            return None
+        target_vars = {o.name for pn in rule.init.target for o in pn.outputs}
+        removed = [i for i, pn in enumerate(rule.forward.source) if pn.layer_var and pn.layer_var not in target_vars]
+        if len(removed) != 1:
+            return None
+        index = removed[0]
+        node = match.nodes[index]
+        others = [n for i, n in enumerate(match.nodes) if i != index]
+        if any(n.stmt.method == node.stmt.method for n in others):
+            return None
+        return index
+
+    def plan_across_helper(self, match: ir.Match, cls, index: int, condition, plan: _Plan, paths) -> None:
+        """Delete the removed layer's call `v = self.a(v)` from the helper and
+        make the init change; the rest of forward stays.
+
+        Only when the rule's forward target is its source without that call
+        (so the unchanged code computes the target), the helper is the
+        class's own method called once (from the matched code) and by no
+        subclass, the call in the helper runs on every path that runs the
+        other matched calls, and the value between them is read by nothing
+        but the helper's parameter binding: then, under the fused layer, the
+        helper's `v` holds the value the deleted call produced."""
+        rule = match.rule
+        mod = self.mod
+        node = match.nodes[index]
+        helper = node.stmt.method
+        where = f"the call of `self.{node.attr}` in the helper `{helper}` (line {node.stmt.lines[0]})"
+        if condition:
+            raise Skip(f"{where}: a rule with `when` is not rewritten across methods")
+        source_pn = rule.forward.source[index]
+        if len(source_pn.args) != 1 or source_pn.kwargs or len(source_pn.outputs) != 1 \
+                or not isinstance(source_pn.args[0], ir.Var):
+            raise Skip(f"{where}: the removed layer's pattern is not `$a($in) -> $out`; the emitter cannot edit across methods")
+        rename = {source_pn.outputs[0].name: source_pn.args[0].name}
+        rest = [_renamed(pn, rename) for j, pn in enumerate(rule.forward.source) if j != index]
+        if rest != [_renamed(pn, rename) for pn in rule.forward.target]:
+            raise Skip(f"the match crosses methods `{helper}` and `{match.nodes[0].stmt.method if index else match.nodes[-1].stmt.method}`; "
+                       f"the emitter cannot edit across them (the rule's forward target is not its source without the helper's call)")
+        others = [n for i, n in enumerate(match.nodes) if i != index]
+        caller = others[0].stmt.method
+        if any(n.stmt.method != caller or n.inlined_from != others[0].inlined_from for n in others) \
+                or node.inlined_from[:-1] != others[0].inlined_from or node.inlined_from[-1][0] != caller:
+            raise Skip(f"the match crosses methods `{helper}` and `{caller}`; the emitter edits across them only "
+                       f"when the removed layer's call is in a helper that the other matched calls' method calls")
+        if cls is None or node.stmt.owner != cls.qualname or any(n.stmt.owner != cls.qualname for n in others):
+            raise Skip(f"{where}: the matched code is inherited")
+        for other in self.facts.classes:
+            if cls.qualname in other.bases:
+                raise Skip(f"{where}: `{other.name}` subclasses `{cls.name}` and could call `{helper}`")
+        uses = [u for u in cls.attr_uses if u.attr == helper]
+        site = node.inlined_from[-1][1]
+        if len(uses) != 1 or uses[0].kind != "call" or uses[0].method != caller or not site[0] <= uses[0].lines[0] <= site[1]:
+            raise Skip(f"{where}: `self.{helper}` is used elsewhere too, so its call cannot be deleted")
+        stmt = mod.stmt(node.stmt)
+        value = stmt.value if isinstance(stmt, ast.Assign) else None
+        if not (value is not None and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name)
+                and isinstance(value, ast.Call) and len(value.args) == 1 and not value.keywords
+                and isinstance(value.args[0], ast.Name) and value.args[0].id == stmt.targets[0].id
+                and node.expr_span == (value.lineno, value.col_offset, value.end_lineno, value.end_col_offset)):
+            raise Skip(f"{where}: the call is not `v = self.<layer>(v)`")
+        if len(mod.block_of(stmt)[2]) < 2:
+            raise Skip(f"{where}: it is the only statement of its block")
+        # Every path that runs the other matched calls runs the helper's call.
+        keys = [safety.node_key(n) for n in others]
+        mine = safety.node_key(node)
+        for path in safety.candidate_paths(match, self.facts):
+            have = {safety.node_key(n) for n in path.nodes}
+            if any(k in have for k in keys) and mine not in have:
+                raise Skip(f"{where}: some path runs the matched code without the helper's call")
+        # The value between the producer and the helper's call: read only by the parameter binding.
+        def site_stmt_lines(n):
+            return n.stmt.lines if n.stmt.lines[0] <= site[0] and site[1] <= n.stmt.lines[1] else None
+
+        for path in paths:
+            pos = {safety.node_key(n): k for k, n in enumerate(path.nodes)}
+            at = pos.get(mine)
+            if at is None:
+                raise Skip(f"{where}: the matched calls are not on one path")
+            prev = max(pos[k] for k in keys if pos.get(k, at) < at) if any(pos.get(k, at) < at for k in keys) else None
+            if prev is None:
+                raise Skip(f"{where}: the helper's call does not follow the other matched calls")
+            alias = set(path.nodes[prev].outputs)
+            for k in range(prev + 1, len(path.nodes)):
+                n = path.nodes[k]
+                if k == at:
+                    alias -= set(n.outputs)
+                    continue
+                copied = {t for t, src in n.copies if src in alias}
+                read = n.reads & alias
+                if copied and k < at and n.stmt.lines == site_stmt_lines(n) and n.inlined_from == others[0].inlined_from:
+                    # the helper's parameter binding: alias names passed as whole arguments only
+                    read -= {src for _, src in n.copies} - self._names_in_argument_expressions(helper, site)
+                if read:
+                    raise Skip(f"{where}: the value it normalises, `{sorted(read)[0]}`, is also read at line {n.stmt.lines[0]}")
+                alias = (alias - set(n.writes)) | copied
+        # The init change (the shared planner) and the deletion of the helper's call.
+        source_vars = {o.name for pn in rule.init.source for o in pn.outputs}
+        target_vars = {o.name for pn in rule.init.target for o in pn.outputs}
+        if target_vars - source_vars:
+            raise Skip(f"{where}: the target builds a new layer; the emitter does not do that across methods")
+        kinds, changed = {}, {}
+        for v in source_vars:
+            b = match.init_nodes.get(v)
+            if b is None:
+                raise Skip(f"init variable `${v}` matched no binding")
+            kinds[v] = "replaced" if v in target_vars else "deleted"
+            changed[b.attr] = "replaces" if v in target_vars else "removes"
+        reason = safety.check_attr_uses(match, cls, changed, interface_kept=False)
+        if reason:
+            raise Skip(reason)
+        attrs = {v: b.attr for v, b in match.init_nodes.items()}
+        env = _Env(match, attrs, {})
+        self.plan_init(match, target_vars, kinds, env, plan, None, [])
+        self.delete_stmt(plan, stmt, also_deleted={id(stmt)})
+
+    def _names_in_argument_expressions(self, helper: str, site: tuple[int, int]) -> set[str]:
+        """Names read inside the non-name arguments of the call `self.<helper>(...)`
+        at lines `site` (every name of the call when it cannot be found)."""
+        for node in ast.walk(self.mod.tree):
+            if isinstance(node, ast.Call) and _self_attr_name(node.func) == helper \
+                    and (node.lineno, node.end_lineno) == tuple(site):
+                out: set[str] = set()
+                for arg in list(node.args) + [k.value for k in node.keywords]:
+                    if not isinstance(arg, ast.Name):
+                        out |= {n.id for n in ast.walk(arg) if isinstance(n, ast.Name)}
+                return out
+        return {"*"}
 
     # -- a drop-in replacement of every element of an nn.ModuleList (item 15) --
 

@@ -225,14 +225,65 @@ def test_helper_parameters_carry_the_callers_values(compiled):
     # entirely inside the helper: rewritten there, spelled with the helper's names
     assert got["InHelper"] == ("applied", None)
     assert "        return self.conv(inp)\n" in result.new_source
-    # conv in forward, its BatchNorm in a helper (different, same or returned names):
-    # found, and refused with the reason (the emitter does not edit across methods)
-    for name in ("Across", "SameName", "ThroughReturn"):
-        status, reason = got[name]
-        assert status == "skipped" and "crosses methods" in reason, (name, reason)
+    # conv in forward, its BatchNorm in a helper: found through the parameter
+    # binding and rewritten (the helper's call deleted, the init fused)
+    assert got["Across"] == ("applied", None)
+    assert "    def _bn_act(self, y):\n        return self.act(y)\n" in result.new_source
+    # found through a same-name parameter / the helper's return, refused with the reason
+    status, reason = got["SameName"]
+    assert status == "skipped" and "is not `v = self.<layer>(v)`" in reason, reason
+    status, reason = got["ThroughReturn"]
+    assert status == "skipped" and "crosses methods" in reason, reason
     # the helper is called on another value: no match at all
     assert "OtherValue" not in got
     stable(compiled, result.new_source)
+
+
+def test_fusion_across_a_helper_computes_the_same(compiled):
+    torch = pytest.importorskip("torch", reason="torch runs the two versions")
+    source = HELPERS[: HELPERS.index("class SameName")]
+    _, result = run(compiled, source)
+    assert dict((n, s) for n, s, _ in outcomes(result, "conv_batchnorm")) == {"InHelper": "applied", "Across": "applied"}
+    old_ns, new_ns = _load(source, "old"), _load(result.new_source, "new")
+    for name in ("InHelper", "Across"):
+        torch.manual_seed(0)
+        old = old_ns[name](3)
+        with torch.no_grad():
+            old.bn.running_mean.uniform_(-1, 1)
+        new = new_ns[name](3)
+        new.load_state_dict(old.state_dict())
+        x = torch.randn(2, 3, 8, 8)
+        for train in (False, True):
+            old.train(train)
+            new.train(train)
+            torch.testing.assert_close(new(x), old(x))
+
+
+ACROSS = HELPERS[HELPERS.index("class Across"): HELPERS.index("class SameName")]
+
+
+@pytest.mark.parametrize("change, expected", [
+    # the helper has another caller
+    ("        return self._bn_act(h)\n", "        return self._bn_act(h) + self._bn_act(x)\n"),
+    # the conv output is read again
+    ("        return self._bn_act(h)\n", "        return self._bn_act(h) + h\n"),
+    ("        return self._bn_act(h)\n", "        return self._bn_act(h, h.mean())\n"),
+    # a second parameter aliases the conv output and is read after the BatchNorm
+    ("        return self._bn_act(h)\n", "        return self._bn_act(h, h)\n"),
+    # the helper's BatchNorm runs only on some paths
+    ("        y = self.bn(y)\n", "        if y.shape[0] > 1:\n            y = self.bn(y)\n"),
+    # the helper reads its parameter before the BatchNorm
+    ("        y = self.bn(y)\n", "        print(y)\n        y = self.bn(y)\n"),
+])
+def test_fusion_across_a_helper_refusals(compiled, change, expected):
+    source = "import torch\nfrom torch import nn\n\n\n" + ACROSS.replace(change, expected)
+    assert ACROSS.replace(change, expected) != ACROSS
+    if "(h, h" in expected:
+        source = source.replace("    def _bn_act(self, y):\n", "    def _bn_act(self, y, z):\n")
+        source = source.replace("        return self.act(y)\n", "        return self.act(y) + z\n")
+    _, result = run(compiled, source)
+    got = outcomes(result, "conv_batchnorm")
+    assert got and all(status == "skipped" for _, status, _ in got), got
 
 
 # ---------------------------------------------------------------------------
