@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from dslc import ir, safety
+from dslc.analysis.model import Guard
 from dslc.edits import Edit, EditConflict, SourceMap, apply_edits, parse_error
 
 HOOK_HELPER = "_dslc_remap_state_dict"
@@ -1136,6 +1137,8 @@ class _Rewriter:
         where = f"the call of `self.{match.nodes[index].attr}` under `if ... is not None:` at line {if_stmt.lineno}"
         if condition:
             raise Skip(f"{where}: a rule with `when` is not rewritten there")
+        if index != len(match.nodes) - 1 or index == 0:
+            raise Skip(f"{where}: it is not the last matched call after the others")
         source_pn = rule.forward.source[index]
         if len(source_pn.args) != 1 or source_pn.kwargs or len(source_pn.outputs) != 1 \
                 or not isinstance(source_pn.args[0], ir.Var):
@@ -1158,6 +1161,22 @@ class _Rewriter:
         for other in match.nodes:
             if other.stmt.method != node.stmt.method or other.inlined_from != node.inlined_from:
                 raise Skip(f"{where}: the matched calls are in different methods")
+        # Every path runs all the matched calls, or (`self.a` is None) all but the guarded one.
+        keys = [safety.node_key(n) for j, n in enumerate(match.nodes) if j != index]
+        mine = safety.node_key(node)
+        around = Guard(ast.unparse(if_stmt.test), True)
+        for path in safety.candidate_paths(match, self.facts):
+            have = {safety.node_key(n) for n in path.nodes}
+            if mine in have and not all(k in have for k in keys):
+                raise Skip(f"{where}: some path runs it without the other matched calls")
+            if any(k in have for k in keys) and mine not in have and not any(
+                    g.text == around.text and g.negated for g in path.guards):
+                raise Skip(f"{where}: some path runs the other matched calls but not the guarded one")
+        first = mod.stmt(match.nodes[0].stmt) if index else None
+        if first is not None:
+            exit_line = _exit_between(self.statements_between(first, if_stmt))
+            if exit_line:
+                raise Skip(f"{where}: line {exit_line} may leave before it (the fused layer would already have run)")
             if match.class_name and _owner_name(other.stmt.owner, match.class_name) != match.class_name:
                 raise Skip(f"{where}: the matched code is inherited")
         # The value before the guarded call is read by nothing but that call.
@@ -1296,6 +1315,9 @@ class _Rewriter:
         where = f"the call of `self.{node.attr}` in the helper `{helper}` (line {node.stmt.lines[0]})"
         if condition:
             raise Skip(f"{where}: a rule with `when` is not rewritten across methods")
+        if index != len(match.nodes) - 1 or index == 0:
+            raise Skip(f"the match crosses methods `{helper}` and `{match.nodes[0].stmt.method}`; the emitter edits "
+                       f"across them only when the removed layer's call is the last one, in a helper")
         source_pn = rule.forward.source[index]
         if len(source_pn.args) != 1 or source_pn.kwargs or len(source_pn.outputs) != 1 \
                 or not isinstance(source_pn.args[0], ir.Var):
@@ -1336,6 +1358,23 @@ class _Rewriter:
             have = {safety.node_key(n) for n in path.nodes}
             if any(k in have for k in keys) and mine not in have:
                 raise Skip(f"{where}: some path runs the matched code without the helper's call")
+            if mine in have and not all(k in have for k in keys):
+                raise Skip(f"{where}: some path runs the helper's call without the other matched code")
+        site_stmt = next((st for st in ast.walk(mod.tree) if isinstance(st, ast.stmt)
+                          and st.lineno <= site[0] and site[1] <= (st.end_lineno or st.lineno)
+                          and not isinstance(st, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+                          and not any(isinstance(c, ast.stmt) for c in ast.iter_child_nodes(st))), None)
+        first_stmt = mod.stmt(others[0].stmt)
+        helper_fn = next((f for f in ast.walk(mod.tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+                          and f.name == helper and f.lineno <= stmt.lineno <= (f.end_lineno or f.lineno)), None)
+        if site_stmt is None or helper_fn is None or site_stmt.lineno < first_stmt.lineno:
+            raise Skip(f"{where}: cannot locate the helper's call site")
+        before = self.statements_between(first_stmt, site_stmt) + [
+            st for st in ast.walk(helper_fn) if isinstance(st, ast.stmt) and st is not helper_fn
+            and (st.end_lineno or st.lineno) < stmt.lineno]
+        exit_line = _exit_between(before)
+        if exit_line:
+            raise Skip(f"{where}: line {exit_line} may leave before it (the fused layer would already have run)")
         # The value between the producer and the helper's call: read only by the parameter binding.
         def site_stmt_lines(n):
             return n.stmt.lines if n.stmt.lines[0] <= site[0] and site[1] <= n.stmt.lines[1] else None
@@ -1771,6 +1810,15 @@ def _hook_helper(unit: str, nl: str) -> str:
         "",
     ]
     return nl.join(lines)
+
+
+def _exit_between(stmts: list) -> int | None:
+    """The line of a `return`/`raise`/`break`/`continue` among `stmts` (which
+    the path analysis folds into an opaque `if` when no DL call is near)."""
+    for st in stmts:
+        if isinstance(st, (ast.Return, ast.Raise, ast.Break, ast.Continue)):
+            return st.lineno
+    return None
 
 
 def _self_attr_name(expr: ast.expr) -> str | None:

@@ -745,3 +745,38 @@ def test_guarded_layer_with_none_bound_first(compiled):
             "            self.convolution = ConvBn2d(self.convolution, nn.BatchNorm2d(cout, affine=True, track_running_stats=True))\n"
             "            self.normalization = None\n") in result.new_source
     stable(compiled, result.new_source)
+
+
+@pytest.mark.parametrize("change, expected", [
+    # the conv runs only on some paths: the BatchNorm may see another value
+    ("        features = self.convolution(features)\n",
+     "        if features.dim() == 4:\n            features = self.convolution(features)\n"),
+    # an early return between the conv and the guarded BatchNorm
+    ("        if self.normalization is not None:\n",
+     "        if features.shape[0] == 0:\n            return features\n        if self.normalization is not None:\n"),
+    # an early exit the path analysis folds into an opaque `if` (BatchNorm statistics would change)
+    ("        if self.normalization is not None:\n",
+     "        if self.training:\n            return None\n        if self.normalization is not None:\n"),
+])
+def test_guarded_layer_needs_both_calls_on_every_path(compiled, change, expected):
+    source = GUARDED.replace(change, expected)
+    assert source != GUARDED
+    _, result = run(compiled, source)
+    got = outcomes(result, "conv_batchnorm")
+    assert got and all(status == "skipped" for _, status, _ in got), got
+
+
+def test_fusion_across_a_helper_needs_the_conv_on_every_path(compiled):
+    source = "import torch\nfrom torch import nn\n\n\n" + ACROSS.replace(
+        "        h = self.conv(x)\n", "        h = x\n        if x.dim() == 4:\n            h = self.conv(x)\n")
+    _, result = run(compiled, source)
+    got = outcomes(result, "conv_batchnorm")
+    assert got and all(status == "skipped" for _, status, _ in got), got
+
+
+def test_fusion_across_a_helper_refused_after_an_early_exit(compiled):
+    source = "import torch\nfrom torch import nn\n\n\n" + ACROSS.replace(
+        "        y = self.bn(y)\n", "        if self.training:\n            return None\n        y = self.bn(y)\n")
+    _, result = run(compiled, source)
+    got = outcomes(result, "conv_batchnorm")
+    assert got and all(status == "skipped" and "may leave before it" in reason for _, status, reason in got), got
