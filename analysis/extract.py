@@ -1644,7 +1644,7 @@ def _local_dict_items(fn: ast.FunctionDef, name: str, use_line: int, frame: Fram
 # Tensor methods whose result's rank follows from the call (see Node.defs).
 SHAPE_METHODS = frozenset({
     "view", "reshape", "permute", "transpose", "contiguous", "float", "half", "bfloat16", "double",
-    "to", "type_as", "clone", "detach", "masked_fill",
+    "to", "type_as", "clone", "detach",
 })
 
 

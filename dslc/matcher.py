@@ -417,8 +417,9 @@ _RANK_KEEPING_CALLS = frozenset({
 _RANK_KEEPING_LAYERS = frozenset({
     "torch.nn.Dropout", "torch.nn.GELU", "torch.nn.ReLU", "torch.nn.Softmax", "torch.nn.Tanh", "torch.nn.Sigmoid",
 })
+# (not `masked_fill`: out of place, it broadcasts the tensor to the mask's shape)
 _KEEP_METHODS = frozenset({"transpose", "contiguous", "float", "half", "bfloat16", "double", "to", "type_as",
-                           "clone", "detach", "masked_fill"})
+                           "clone", "detach"})
 _COUNT_METHODS = frozenset({"view", "reshape", "permute"})
 
 

@@ -780,3 +780,14 @@ def test_fusion_across_a_helper_refused_after_an_early_exit(compiled):
     _, result = run(compiled, source)
     got = outcomes(result, "conv_batchnorm")
     assert got and all(status == "skipped" and "may leave before it" in reason for _, status, reason in got), got
+
+
+def test_masked_fill_does_not_keep_the_rank(compiled):
+    # out of place, masked_fill broadcasts the tensor to the mask's shape
+    source = RANKS.split("class Einsum")[0] + '''class Masked(nn.Module):
+    def forward(self, q, k, mask):
+        scores = torch.einsum("bhqd,bhkd->bhqk", q, k).masked_fill(mask, 0.0)
+        return F.softmax(scores, dim=3)
+'''
+    _, result = run(compiled, source)
+    assert outcomes(result, "softmax") == []
