@@ -284,7 +284,7 @@ def _analyze_paths(paths, root, jobs, cache_dir, want, inline, flatten) -> list[
             except OSError:
                 data = None
             if data is not None:
-                keys[i] = _key(data + b"\0" + os.path.abspath(path).encode(), options)
+                keys[i] = _key(data + b"\0" + os.fsencode(os.path.abspath(path)), options)
                 hit = _cache_get(cache_dir, keys[i], memo)
                 if hit is not None:
                     results[i] = hit

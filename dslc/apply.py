@@ -49,6 +49,8 @@ from dslc.fileio import Found, SourceError, SourceFile
 
 Mode = Literal["diff", "write", "patch"]
 
+W_NEAR_MISS = "W199"  # the near-miss report of a file failed (a dslc bug; its rewrites stand)
+
 
 @dataclass(frozen=True, slots=True)
 class ApplyOptions:
@@ -69,6 +71,11 @@ class ApplyOptions:
     inline: bool = True
     flatten: bool = False
     root: str | None = None
+    # Hostile inputs (docs/reliability.md): the read limit, the symlink policy, read-only files.
+    max_file_size: int | None = fileio.DEFAULT_MAX_FILE_SIZE
+    follow_symlinks_outside: bool = False
+    force: bool = False
+    near_misses: bool = False  # also explain the places where a rule did not apply
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +89,25 @@ class MatchEntry:
     status: Literal["applied", "skipped"]
     reason: str | None = None
     function: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NearMissEntry:
+    """A place holding a rule's anchors where no rewrite was applied, and why.
+
+    `kind` is `unmatched` (a pattern node, an init argument or a constraint
+    did not fit: `dslc.nearmiss`) or `skipped` (the rule matched but a check
+    refused it: the skipped match's reason).
+    """
+
+    rule: str
+    file: str
+    class_name: str | None
+    line: int
+    reason: str
+    function: str | None = None
+    kind: Literal["unmatched", "skipped"] = "unmatched"
+    code: str | None = None  # N1xx-N4xx for unmatched places (dslc.codes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +138,7 @@ class FileResult:
     written: bool = False
     patch: str | None = None
     seconds: float = 0.0
+    near_misses: tuple[NearMissEntry, ...] = ()  # the `unmatched` ones (with `near_misses`)
 
     @property
     def changed(self) -> bool:
@@ -141,6 +168,10 @@ class Report:
     missing_kernels: tuple[MissingKernel, ...]
     seconds: float
     mode: Mode = "diff"
+    removed_temp_files: tuple[str, ...] = ()  # leftovers of an interrupted run, removed now
+    # With `ApplyOptions.near_misses`: every near miss, skipped matches
+    # included, per file in line order (None: not asked for).
+    near_misses: tuple[NearMissEntry, ...] | None = None
 
     @property
     def files_scanned(self) -> int:
@@ -171,6 +202,12 @@ def match_file(compiled, facts):
     return _match(compiled, facts)
 
 
+def near_misses(compiled, facts, matches, *, file):
+    from dslc.nearmiss import near_misses as _near
+
+    return _near(compiled, facts, matches, file=file)
+
+
 def rewrite_source(source, facts, matches, *, path):
     from dslc.rewriter import rewrite_source as _rewrite
 
@@ -193,7 +230,8 @@ def verify_sources(original, rewritten, *, path, rules):
     """`rules`: the loaded packs (the verifier takes its tolerances from them)."""
     from dslc.verify import verify_sources as _verify
 
-    return _verify(original, rewritten, path=path, rules=rules)
+    # Skipped classes stay W110 warnings here (the rewrite is written): allow_skip.
+    return _verify(original, rewritten, path=path, rules=rules, allow_skip=True)
 
 
 def verify_available() -> bool:
@@ -375,10 +413,20 @@ def process_file(found: Found, source: SourceFile, facts, compiled: Compiled, op
     gc.freeze()
     try:
         matches = []
+        near: list[NearMissEntry] = []
         for c in compiled.compiled:
-            matches.extend(match_file(c, facts))
+            found_here = match_file(c, facts)
+            matches.extend(found_here)
+            if options.near_misses:
+                try:
+                    near += [NearMissEntry(n.rule, name, n.class_name, n.line, n.reason, n.function,
+                                           code=getattr(n, "code", None))
+                             for n in near_misses(c, facts, found_here, file=name)]
+                except Exception as exc:  # the report must not cost the file its rewrites
+                    err = _internal_error(name, exc)
+                    warnings.append(FileError(name, 0, W_NEAR_MISS, f"near-miss report failed: {err.message}"))
         if not matches:
-            return FileResult(found, warnings=tuple(warnings), original=text)
+            return FileResult(found, warnings=tuple(warnings), original=text, near_misses=tuple(near))
         result = rewrite_source(text, facts, matches, path=name)
     finally:
         gc.unfreeze()
@@ -394,7 +442,7 @@ def process_file(found: Found, source: SourceFile, facts, compiled: Compiled, op
     if new_source == text:
         new_source = None
     return FileResult(found, matches=tuple(entries), warnings=tuple(warnings), original=text,
-                      new_source=new_source)
+                      new_source=new_source, near_misses=tuple(near))
 
 
 def verify_result(result: FileResult, packs: Sequence) -> FileResult:
@@ -475,8 +523,13 @@ def patch_name(found: Found, used: set[str]) -> str:
     return name
 
 
-def emit(result: FileResult, source: SourceFile, options: ApplyOptions, used_patch_names: set[str]) -> FileResult:
-    """Write a changed file (mode `write`) or its patch (mode `patch`); errors become entries."""
+def emit(result: FileResult, source: SourceFile, options: ApplyOptions, used_patch_names: set[str],
+         roots: frozenset[str] | None = None) -> FileResult:
+    """Write a changed file (mode `write`) or its patch (mode `patch`); errors become entries.
+
+    `roots` are the resolved command-line paths: `--write` does not follow a
+    symlink out of them (E107) unless `options.follow_symlinks_outside`.
+    """
     if not result.changed:
         return result
     from dslc.report import file_diff  # the diff text is the report's business
@@ -485,7 +538,9 @@ def emit(result: FileResult, source: SourceFile, options: ApplyOptions, used_pat
     try:
         if options.mode == "write":
             data = fileio.encode_source(result.new_source, source.encoding)
-            fileio.atomic_write(result.found.path, data, expect=source.data)
+            fileio.atomic_write(result.found.path, data, expect=source.data,
+                                roots=roots if roots is not None else _roots((), [result.found]),
+                                follow_outside=options.follow_symlinks_outside, force=options.force)
             return replace(result, written=True)
         if options.mode == "patch":
             fileio.encode_source(result.new_source, source.encoding)  # must be writable later
@@ -517,7 +572,7 @@ def apply_paths(
     errors: list[FileError] = []
     if files is None:
         found, problems = fileio.discover(list(paths), tuple(options.excludes), gitignore=options.gitignore)
-        errors += [FileError(p, 0, fileio.E_UNREADABLE, msg) for p, msg in problems]
+        errors += [FileError(p, 0, code, msg) for p, msg, code in problems]
     else:
         found = list(files)
     compiled = compile_packs(packs)
@@ -526,7 +581,7 @@ def apply_paths(
     sources: dict[int, SourceFile] = {}
     for i, f in enumerate(found):
         try:
-            sources[i] = fileio.read_source(f.path)
+            sources[i] = fileio.read_source(f.path, options.max_file_size)
         except SourceError as exc:
             results[i] = FileResult(f, errors=(FileError(f.display, exc.line, exc.code, exc.message),))
     done = len(results)
@@ -537,11 +592,19 @@ def apply_paths(
     for i, r in _run_all(items, packs, compiled, options, progress, done, total):
         results[i] = r
     used_patch_names: set[str] = set()
+    roots = _roots(paths, found)
+    removed: list[str] = []
     if options.mode == "patch" and options.patch_dir:
         try:
             os.makedirs(options.patch_dir, exist_ok=True)
         except OSError:  # each patch write then reports the problem per file
             pass
+        removed += fileio.remove_stale_temp_files(options.patch_dir)
+    elif options.mode == "write":
+        # Leftovers of an interrupted --write in the folders written to now.
+        folders = {os.path.dirname(os.path.realpath(found[i].path)) for i in sources}
+        for folder in sorted(folders):
+            removed += fileio.remove_stale_temp_files(folder)
     for i, f in enumerate(found):
         if i not in sources:
             continue
@@ -549,7 +612,7 @@ def apply_paths(
             r = results[i]
             if options.verify:
                 r = verify_result(r, packs)
-            results[i] = emit(r, sources[i], options, used_patch_names)
+            results[i] = emit(r, sources[i], options, used_patch_names, roots)
         except Exception as exc:  # a dslc bug must not cost the other files
             results[i] = replace(results[i], new_source=None,
                                  errors=results[i].errors + (_internal_error(f.display, exc),))
@@ -569,7 +632,25 @@ def apply_paths(
         missing_kernels=tuple(missing_kernels(packs, applied)),
         seconds=time.perf_counter() - start,
         mode=options.mode,
+        removed_temp_files=tuple(fileio.display_path(p) for p in removed),
+        near_misses=tuple(n for r in ordered for n in file_near_misses(r)) if options.near_misses else None,
     )
+
+
+def _roots(paths: Sequence[str], found: Sequence[Found]) -> frozenset[str]:
+    """The resolved command-line paths (and those the found files came from)."""
+    return frozenset(os.path.realpath(p) for p in [*paths, *(f.arg for f in found)])
+
+
+def file_near_misses(result: FileResult) -> list[NearMissEntry]:
+    """A file's near misses: its unmatched places and its skipped matches, by line."""
+    out = list(result.near_misses)
+    for m in result.matches:
+        if m.status == "skipped":
+            out.append(NearMissEntry(m.rule, m.file, m.class_name, m.lines[0] if m.lines else 0,
+                                     m.reason or "no reason given", m.function, "skipped"))
+    out.sort(key=lambda n: (n.line, n.rule, n.kind))
+    return out
 
 
 def _internal_error(name: str, exc: BaseException) -> FileError:
@@ -586,6 +667,11 @@ _WORKER: dict = {}
 
 
 def _init_worker(packs, options) -> None:
+    # Ctrl-C reaches the whole process group: the parent alone handles it
+    # (exit 130, workers stopped), so a worker prints no traceback of its own.
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Compile once per worker process: the ir values pickle, compiled automata need not.
     _WORKER["compiled"] = compile_packs(packs)
     _WORKER["options"] = options
@@ -636,6 +722,22 @@ def _process_one(i, f, src, facts, failed, compiled, options, kw) -> tuple[int, 
     return i, replace(r, seconds=time.perf_counter() - t0)
 
 
+def _stop_pool(pool) -> None:
+    """Stop a pool now (an interrupt, a failure): no waiting for running chunks."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in processes:
+        try:
+            proc.terminate()
+        except (OSError, AttributeError, ValueError):
+            pass
+    for proc in processes:
+        try:
+            proc.join(5)
+        except (OSError, AttributeError, ValueError, AssertionError):
+            pass
+
+
 def _run_all(items, packs, compiled, options, progress, done, total):
     """Run every file through `_run_chunk`: in `options.jobs` worker processes
     when there is more than one job and file, else in this process.
@@ -662,8 +764,9 @@ def _run_all(items, packs, compiled, options, progress, done, total):
         try:
             from concurrent.futures import ProcessPoolExecutor, as_completed
 
-            with ProcessPoolExecutor(max_workers=min(jobs, len(chunks)), initializer=_init_worker,
-                                     initargs=(list(packs), options)) as pool:
+            pool = ProcessPoolExecutor(max_workers=min(jobs, len(chunks)), initializer=_init_worker,
+                                       initargs=(list(packs), options))
+            try:
                 futures = {pool.submit(_run_chunk, chunks[k]): k for k in pending}
                 for fut in as_completed(futures):
                     part = fut.result()
@@ -672,6 +775,10 @@ def _run_all(items, packs, compiled, options, progress, done, total):
                     done += len(part)
                     if progress:
                         progress(done, total)
+            except BaseException:
+                _stop_pool(pool)
+                raise
+            pool.shutdown(wait=True)
         except Exception:  # BrokenProcessPool, OSError, pickling: finish here
             pass
     for k in pending:

@@ -2,7 +2,9 @@
 
 Each sub-command lives in `dslc.commands.<name>` and exposes
 `add_parser(subparsers)` (registers its arguments and sets `func`) and a
-`run(args) -> int`.  Exit codes: 0 success, 1 findings/failures, 2 usage.
+`run(args) -> int`.  Exit codes: 0 success, 1 findings/failures, 2 usage,
+130 interrupted (Ctrl-C).  Every byte of output goes through `dslc.output`
+(streams that escape what the terminal cannot encode).
 """
 
 from __future__ import annotations
@@ -47,6 +49,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; an interrupt (Ctrl-C) is exit 130 with one line, never a traceback."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        return _interrupted()
+
+
+def _interrupted() -> int:
+    import signal
+
+    try:  # a second Ctrl-C while we say so must not raise either
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except (ValueError, OSError):  # not the main thread
+        pass
+    try:
+        sys.stderr.write("dslc: interrupted\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    return 130
+
+
+def _main(argv: list[str] | None) -> int:
+    from dslc import output
+
+    output.setup()
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -57,10 +85,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args))
-    except KeyboardInterrupt:
-        print("dslc: interrupted", file=sys.stderr)
-        return 130
     except BrokenPipeError:
+        # The reader went away (`dslc ... | head`): stop quietly, and keep
+        # the interpreter's final flush from complaining about it again.
+        try:
+            import os
+
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
         return 0
 
 

@@ -177,5 +177,69 @@ UNKNOWN_SELECT = _code("ADR401", "error", "unknown rule selection", """
     pack or rule.""")
 
 
+# -- E10x: files `dslc apply` cannot process safely (docs/reliability.md) -------
+SPECIAL_FILE = _code("E106", "error", "not a regular file", """
+    The path is a FIFO (named pipe), a character or block device, or a
+    socket, possibly reached through a symlink. dslc reads only regular
+    files: such a file is reported and never opened, so that a FIFO cannot
+    block the run and a device such as /dev/zero cannot fill memory. Remove
+    it, or leave it out with `--exclude`.""")
+OUTSIDE_SYMLINK = _code("E107", "error", "symlink target outside the paths given", """
+    With `--write`, the file is a symlink whose real target lies outside
+    every path given on the command line; dslc does not rewrite files there
+    by default (the diff is still shown without --write). Give the target's
+    folder as a path too, or pass `--follow-symlinks-outside` to rewrite
+    symlink targets wherever they are. A symlink given itself as a PATH
+    counts as its target.""")
+SYMLINK_LOOP = _code("E108", "error", "symlink loop", """
+    The path is a symlink that resolves to itself, directly or through a
+    chain of links (or a chain too long to resolve). It is reported and not
+    followed. Remove or repair the link.""")
+FILE_TOO_LARGE = _code("E109", "error", "file too large", """
+    The source file is larger than `--max-file-size` (default 10M; `0`
+    means no limit). It is refused before it is read; model files are far
+    smaller, so this is usually generated or binary content. Raise the limit
+    or leave the file out with `--exclude`.""")
+
+# -- N1xx-N4xx: near misses (`dslc apply --near-misses`, `dslc explain FILE:LINE`) --
+NM_NODE = _code("N101", "note", "a pattern node did not fit", """
+    The place holds the rule's anchors and the pattern matched up to a node,
+    but the next node of the right kind does not fit that pattern node: an
+    argument is another value than the one the pattern's variable holds (the
+    LayerNorm reads `x`, not the sum), or a literal differs (`dim=1` where
+    the rule needs `dim=-1`). The message names the node, its line and the
+    argument.""")
+NM_REBOUND = _code("N102", "note", "a matched value is written again", """
+    A statement between the matched nodes writes a name the match already
+    bound (`y = y * 2` between the dropout and the add), so the value the
+    next pattern node would read is another one. Restructure the code, or
+    read the rewrite as not applicable here.""")
+NM_NO_NODE = _code("N103", "note", "no later node fits the pattern", """
+    The pattern matched up to a node, and no later node on any path through
+    the code is of the kind the next pattern node needs (the dropout's
+    result is never added to a residual before a LayerNorm).""")
+NM_INIT = _code("N201", "note", "__init__ does not fit the rule's init pattern", """
+    The forward pattern matched, but the layers it calls are not built the
+    way the rule's init pattern needs: a constructor argument is refuted
+    (`affine=False` where the rule needs `affine=True`, `bias=False`), a
+    lookup key differs (`ACT2FN[config.activation_function]` where the rule
+    takes `config.hidden_act`), or the arguments are unknown (unpacked from
+    a `**kwargs` dict the analysis cannot read).""")
+NM_WHERE = _code("N301", "note", "a `where` constraint does not hold", """
+    Every pattern node matched, but a `where` constraint of the rule is
+    refuted by the values at this place.""")
+NM_NOT_CALLED = _code("N401", "note", "the rule's layer is never called here", """
+    The class builds the layer the rule starts from in `__init__`, but no
+    analyzed path of `forward` calls it (it is called through a container,
+    by another module, or not at all).""")
+NM_NO_ATTEMPT = _code("N402", "note", "no attempt got past the rule's anchor", """
+    The place holds the rule's anchor and names, but no match attempt from
+    the anchor got further (a leading wildcard found nothing to match).""")
+W_NEAR_MISS_FAILED = _code("W199", "warning", "the near-miss report of a file failed", """
+    Computing the near misses of one file raised an exception: a bug in
+    dslc. The file's matches and rewrites are reported as usual; only its
+    near misses are missing. Please report it with the file.""")
+
+
 def lookup(code: str) -> Code | None:
     return REGISTRY.get(code.strip().upper())

@@ -123,9 +123,11 @@ class _Lines:
         if path not in self._split:
             text = self._sources.get(path)
             if text is None:
-                try:
-                    text = Path(path).read_bytes()[:2_000_000].decode("utf-8", "replace")
-                except OSError:
+                from dslc.fileio import SourceError, read_bytes
+
+                try:  # only a regular file: the snippet of a FIFO or a device is not worth a hang
+                    text = read_bytes(path, 2_000_000).decode("utf-8", "replace")
+                except SourceError:
                     text = None
             self._split[path] = text.split("\n") if text is not None else []
         rows = self._split[path]

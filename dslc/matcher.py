@@ -48,7 +48,10 @@ the benchmark labels count): the safety checks see the guards.
 
 Debugging: `DSLC_MATCH_DEBUG=<file suffix>:<line>` prints to stderr why the
 nodes at that line did not match (failed attempts are falsy `Fail` values
-carrying a reason).
+carrying a reason).  For users, `match_file(..., recorder=)` hands every
+failed attempt to a recorder (`dslc.nearmiss`: the near-miss report of
+`dslc apply --near-misses` and `dslc explain FILE:LINE`); without one, the
+hooks cost an `is None` test.
 """
 
 from __future__ import annotations
@@ -556,14 +559,18 @@ def _bound_names(env: dict[str, _B]) -> set[str]:
     return {b.text for b in env.values() if b.kind == "name"}
 
 
-def _run(cr: CompiledRule, ctx: _PathCtx, anchor_pos: int, scope: _Scope, dbg: _Debug, file: str) -> Iterator[_Partial]:
+def _run(cr: CompiledRule, ctx: _PathCtx, anchor_pos: int, scope: _Scope, dbg: _Debug, file: str,
+         rec=None) -> Iterator[_Partial]:
     auto = cr.forward
     trans = auto.transitions
     a = auto.anchor_index
     nodes = ctx.nodes
     found = 0
 
-    def report(k: int, pos: int, why: Fail) -> None:
+    def report(k: int, pos: int, why: Fail, p: _Partial) -> None:
+        if rec is not None and why is not _NO_KEY:
+            # Near-miss mode: a node of the right kind failed pattern node k.
+            rec.event(cr, scope, nodes[anchor_pos], _at(p), k, 1, why, node=nodes[pos], stage="forward")
         if dbg.line is not None and why is not _NO_KEY and dbg.at(nodes[pos]):
             dbg.say(file, cr.name, f"pattern node {k} ({trans[k].test.describe()}) at path node {pos}: {why.reason}")
 
@@ -591,7 +598,7 @@ def _run(cr: CompiledRule, ctx: _PathCtx, anchor_pos: int, scope: _Scope, dbg: _
             else:
                 res = _fire(trans[k], nodes[q], q, p.env, scope, ctx)
             if isinstance(res, Fail):
-                report(k, q, res)
+                report(k, q, res, p)
             else:
                 env, extra = res
                 extras = dict(p.extras)
@@ -602,9 +609,19 @@ def _run(cr: CompiledRule, ctx: _PathCtx, anchor_pos: int, scope: _Scope, dbg: _
                 if watching(p, q):
                     dbg.say(file, cr.name, f"path node {q} (line {nodes[q].stmt.lines[0]}) writes "
                             f"{sorted(ctx.writes[q] & bound)}, bound before: kills the partial match at pattern node {k}")
+                if rec is not None:
+                    rec.event(cr, scope, nodes[anchor_pos], _at(p), k, 0.5,
+                              Fail("line {} writes {} again", nodes[q].stmt.lines[0],
+                                   ", ".join(f"`{n}`" for n in sorted(ctx.writes[q] & bound))),
+                              node=nodes[q], stage="kill")
                 return
         if k > a and watching(p, None):
             dbg.say(file, cr.name, f"pattern node {k} ({trans[k].test.describe()}): no later node of the path matched")
+        if rec is not None and k > a:
+            rec.event(cr, scope, nodes[anchor_pos], _at(p), k, 0, None, stage="forward")
+
+    def _at(p: _Partial) -> tuple[Node, ...]:
+        return tuple(nodes[i] for i in p.positions)
 
     def watching(p: _Partial, q: int | None) -> bool:
         if dbg.line is None:
@@ -626,16 +643,31 @@ def _init_slots(test: InitTest, b: InitBinding) -> tuple[dict[str, Value], tuple
     if b.kind != "call":
         return Fail("self.{} is not built by a call", b.attr)
     if test.signature is not None:
-        kwargs = tuple((k, v) for k, v in b.kwargs if k != "**")
-        norm = signatures.normalize(test.signature, b.args, kwargs)
+        # `**dd` of a local dict literal is expanded by the analysis; any other
+        # `**kw` / `*a` leaves the binding unknowable (a near miss with the reason)
+        norm = signatures.normalize(test.signature, b.args, b.kwargs)
         if norm is None:
-            return Fail("the arguments of self.{} do not fit the signature of {}", b.attr, test.signature)
-        given = signatures.explicit_params(test.signature, b.args, kwargs) or ()
+            hidden = _unknown_args(test, b)  # a Fail is falsy: no `or` here
+            return hidden if hidden is not None else Fail(
+                "the arguments of self.{} do not fit the signature of {}", b.attr, test.signature)
+        given = signatures.explicit_params(test.signature, b.args, b.kwargs) or ()
         return {f"p:{k}": v for k, v in norm.items()}, tuple(f"p:{k}" for k in given)
     slots = {f"in{i}": v for i, v in enumerate(b.args)}
     for k, v in b.kwargs:
         slots[f"kw:{k}"] = v
     return slots, tuple(slots)
+
+
+def _unknown_args(test: InitTest, b: InitBinding) -> Fail | None:
+    """Why arguments unpacked with `**d` / `*a` make the binding unknowable."""
+    hidden = [v.text for k, v in b.kwargs if k == "**"] + [v.text[1:] for v in b.args if v.text.startswith("*")]
+    if not hidden:
+        return None
+    needed = [a.slot.split(":", 1)[1] for a in test.actions if a.slot.startswith(("p:", "kw:"))]
+    what = f": {', '.join(needed)} cannot be proved" if needed else ""
+    stars = ", ".join(f"**{h}" if any(k == "**" and v.text == h for k, v in b.kwargs) else f"*{h}" for h in hidden)
+    return Fail("self.{} = {}(..., {}): the arguments behind `{}` are unknown{}",
+                b.attr, (b.type or "").rsplit(".", 1)[-1], stars, stars, what)
 
 
 def _match_binding(test: InitTest, b: InitBinding, env: dict[str, _B]) -> dict[str, _B] | Fail:
@@ -661,14 +693,6 @@ def _match_binding(test: InitTest, b: InitBinding, env: dict[str, _B]) -> dict[s
             env = _unify(a.term, _bind_value(value, None), env)
         if isinstance(env, Fail):
             return Fail("init of self.{}: {}: {}", b.attr, a.describe(), env.reason)
-    star = [v.text for k, v in b.kwargs if k == "**"]
-    if star and test.signature is not None:
-        # `Ctor(c, **kw)` with keys the analysis cannot see: any parameter the
-        # call does not name may be set there (and a re-spelled constructor
-        # would drop it), so the match is kept only to be reported skipped.
-        env = dict(env)
-        env[f"?{len(env)}"] = _B(f"self.{b.attr} is built with `**{star[0]}`, whose keys are unknown "
-                                 f"(only a local dict literal is resolved)", "unknown")
     return env
 
 
@@ -905,13 +929,15 @@ def _check_ranks(scope: _Scope, paths, found: list[_Found]) -> None:
                 break
 
 
-def _match_paths(compiled: CompiledPack, scope: _Scope, paths, file: str, dbg: _Debug, stats: dict | None, out: list[_Found]) -> None:
+def _match_paths(compiled: CompiledPack, scope: _Scope, paths, file: str, dbg: _Debug, stats: dict | None, out: list[_Found],
+                 rec=None) -> None:
     start = len(out)
-    _match_paths_run(compiled, scope, paths, file, dbg, stats, out)
+    _match_paths_run(compiled, scope, paths, file, dbg, stats, out, rec)
     _check_ranks(scope, paths, out[start:])
 
 
-def _match_paths_run(compiled: CompiledPack, scope: _Scope, paths, file: str, dbg: _Debug, stats: dict | None, out: list[_Found]) -> None:
+def _match_paths_run(compiled: CompiledPack, scope: _Scope, paths, file: str, dbg: _Debug, stats: dict | None,
+                     out: list[_Found], rec=None) -> None:
     for pi, path in enumerate(paths):
         ctx = _PathCtx(_expand_sequential(path, scope), scope)
         for pos, node in enumerate(ctx.nodes):
@@ -932,11 +958,12 @@ def _match_paths_run(compiled: CompiledPack, scope: _Scope, paths, file: str, db
                     continue
                 if stats is not None:
                     stats["attempts"] = stats.get("attempts", 0) + 1
-                for p in _run(cr, ctx, pos, scope, dbg, file):
-                    _complete(cr, scope, pi, ctx, p, file, dbg, out)
+                for p in _run(cr, ctx, pos, scope, dbg, file, rec):
+                    _complete(cr, scope, pi, ctx, p, file, dbg, out, rec)
 
 
-def _complete(cr: CompiledRule, scope: _Scope, pi: int, ctx: _PathCtx, p: _Partial, file: str, dbg: _Debug, out: list[_Found]) -> None:
+def _complete(cr: CompiledRule, scope: _Scope, pi: int, ctx: _PathCtx, p: _Partial, file: str, dbg: _Debug, out: list[_Found],
+              rec=None) -> None:
     nodes = tuple(ctx.nodes[q] for q in p.positions)
     watch = dbg.line is not None and any(dbg.at(n) for n in nodes)
     results: list[tuple[dict, dict]] = [(p.env, {})]
@@ -945,6 +972,8 @@ def _complete(cr: CompiledRule, scope: _Scope, pi: int, ctx: _PathCtx, p: _Parti
         if isinstance(got, Fail):
             if watch:
                 dbg.say(file, cr.name, f"forward matched, init did not: {got.reason}")
+            if rec is not None:
+                rec.event(cr, scope, nodes[cr.forward.anchor_index], nodes, len(nodes), 2, got, stage="init")
             return
         results = list(got)
     unsure = None
@@ -953,6 +982,8 @@ def _complete(cr: CompiledRule, scope: _Scope, pi: int, ctx: _PathCtx, p: _Parti
         if isinstance(verdict, Fail):
             if watch:
                 dbg.say(file, cr.name, verdict.reason)
+            if rec is not None:
+                rec.event(cr, scope, nodes[cr.forward.anchor_index], nodes, len(nodes), 3, verdict, stage="where")
             continue
         if verdict is not None:
             unsure = unsure or (env, init_nodes, verdict)  # a solution without unknowns wins
@@ -964,41 +995,51 @@ def _complete(cr: CompiledRule, scope: _Scope, pi: int, ctx: _PathCtx, p: _Parti
         out.append(_Found(cr, scope, pi, nodes, env, init_nodes, p.extras, verdict, [pi]))
 
 
-def _match_init_only(cr: CompiledRule, facts: FileFacts, out: list[_Found]) -> None:
+def _match_init_only(cr: CompiledRule, facts: FileFacts, out: list[_Found], rec=None) -> None:
     """Module-replacement rules: an instantiation whose layer forward calls."""
     for cls in facts.classes:
         scope = _Scope(cls, _group_init(cls), None, True)
         got = _match_init(cr, scope, {})
         if isinstance(got, Fail):
+            if rec is not None:
+                rec.event(cr, scope, None, (), 0, 2, got, stage="init")
             continue
         for env, init_nodes in got:
             attrs = {b.attr for b in init_nodes.values()}
             paths = [i for i, path in enumerate(cls.paths) if any(n.kind == "layer" and n.attr in attrs for n in path.nodes)]
             if not paths:
+                if rec is not None:
+                    rec.event(cr, scope, None, (), 0, 1, Fail("forward never calls self.{}", ", self.".join(sorted(attrs))),
+                              stage="forward")
                 continue
             verdict = _check_where(cr.rule, env)
             if isinstance(verdict, Fail):
+                if rec is not None:
+                    rec.event(cr, scope, None, (), 0, 3, verdict, stage="where")
                 continue
             out.append(_Found(cr, scope, paths[0], (), env, init_nodes, {}, verdict, paths))
 
 
 def match_file(compiled: CompiledPack, facts: FileFacts, *, file: str | None = None, stats: dict | None = None,
-               sequential: bool = True) -> list[ir.Match]:
+               sequential: bool = True, recorder=None) -> list[ir.Match]:
     """All matches of the compiled rules in one analysed file (see module doc).
 
     `stats`, when given, counts `attempts` (rule runs started at an anchor
     node) — the measure of the combined matcher's selectivity.
     `sequential=False` leaves `nn.Sequential` calls unexpanded (for a
     consumer that cannot rewrite inside containers).
+    `recorder`, when given, is told of every failed attempt (falsy `Fail`
+    values with their reasons; `dslc.nearmiss` keeps the deepest per place):
+    the near-miss report.  Without it nothing is recorded.
     """
     file = file or facts.path
     dbg = _Debug(file)
     found: list[_Found] = []
     for scope, paths in _scopes(facts):
         scope.sequential = sequential
-        _match_paths(compiled, scope, paths, file, dbg, stats, found)
+        _match_paths(compiled, scope, paths, file, dbg, stats, found, recorder)
     for r in compiled.init_only:
-        _match_init_only(compiled.rules[r], facts, found)
+        _match_init_only(compiled.rules[r], facts, found, recorder)
 
     # Step 5: one Match per location (rule, statements, init bindings).
     merged: dict[tuple, _Found] = {}

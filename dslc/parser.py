@@ -179,12 +179,17 @@ def parse_bytes(data: bytes, path: str) -> ParseResult:
 
 
 def parse_file(path: str | Path) -> ParseResult:
+    from dslc.fileio import SourceError, display_path, read_bytes
+
     path = str(path)
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read(MAX_SOURCE_BYTES + 1)
-    except OSError as exc:
-        d = diag(codes.IO_ERROR, f"cannot read {path}: {exc.strerror or exc}", Span(path, 1, 1, 1, 1))
+    try:  # only a regular file: a FIFO would block, /dev/zero never end
+        data = read_bytes(path, MAX_SOURCE_BYTES)
+    except SourceError as exc:
+        if exc.code == "E109":
+            d = diag(codes.TOO_LARGE, f"file too large (the limit is {MAX_SOURCE_BYTES} bytes)",
+                     Span(path, 1, 1, 1, 1))
+        else:
+            d = diag(codes.IO_ERROR, f"cannot read {display_path(path)}: {exc.message}", Span(path, 1, 1, 1, 1))
         return ParseResult(None, [d], None)
     return parse_bytes(data, path)
 

@@ -23,7 +23,9 @@ def diff_path(result: FileResult) -> str:
     `git apply` run from the same directory find the files; absolute ones lose
     their leading `/` (the `a/` prefix must be followed by a relative path).
     """
-    path = os.path.normpath(result.found.path)
+    from dslc.fileio import display_path
+
+    path = display_path(os.path.normpath(result.found.path))
     if os.path.isabs(path):
         try:
             rel = os.path.relpath(path)
@@ -59,12 +61,17 @@ def file_diff(result: FileResult, *, bom: bool = False) -> str:
 
 
 def summary_counts(report: Report) -> dict[str, dict[str, int]]:
-    """Per rule (every selected rule, in pack order): found, applied, skipped."""
-    counts = {r: {"found": 0, "applied": 0, "skipped": 0} for r in report.rules}
+    """Per rule (every selected rule, in pack order): found, applied, skipped;
+    with near misses asked for, also `near_misses` (the unmatched places)."""
+    keys = ("found", "applied", "skipped") + (("near_misses",) if report.near_misses is not None else ())
+    counts = {r: dict.fromkeys(keys, 0) for r in report.rules}
     for m in report.matches:
-        c = counts.setdefault(m.rule, {"found": 0, "applied": 0, "skipped": 0})
+        c = counts.setdefault(m.rule, dict.fromkeys(keys, 0))
         c["found"] += 1
         c["applied" if m.status == "applied" else "skipped"] += 1
+    for n in report.near_misses or ():
+        if n.kind == "unmatched":
+            counts.setdefault(n.rule, dict.fromkeys(keys, 0))["near_misses"] += 1
     return counts
 
 
@@ -99,6 +106,11 @@ def to_json(report: Report) -> dict:
         "patches": [f.patch for f in report.files if f.patch],
         "summary": summary_counts(report),
         "warnings": [_error_json(w) for w in report.warnings],
+        **({} if report.near_misses is None else {"near_misses": [
+            {"rule": n.rule, "file": n.file, "class": n.class_name, "line": n.line, "reason": n.reason,
+             "function": n.function, "kind": n.kind, "code": n.code}
+            for n in report.near_misses
+        ]}),
         "missing_kernels": [
             {
                 "pack": k.pack,
@@ -155,21 +167,40 @@ def render_notes(report: Report, *, skipped: bool = True, warnings: bool = True)
     return "".join(lines)
 
 
+def render_near_misses(report: Report) -> str:
+    """`file:line: near-miss[rule]: reason`, grouped per file (files in run order)."""
+    if not report.near_misses:
+        return ""
+    lines = []
+    for n in report.near_misses:
+        where = f"{n.file}:{n.line}" if n.line else n.file
+        cls = f" in {n.class_name}" if n.class_name else ""
+        how = "skipped: " if n.kind == "skipped" else ""
+        code = f" [{n.code}]" if n.code else ""
+        lines.append(f"{where}: near-miss[{n.rule}]{cls}: {how}{n.reason}{code}\n")
+    return "".join(lines)
+
+
 def render_summary(report: Report) -> str:
     """The per-rule table (found / applied / skipped) and a one-line total."""
     counts = summary_counts(report)
     width = max([len("rule")] + [len(r) for r in counts])
-    rows = [f"{'rule':<{width}}  {'found':>5}  {'applied':>7}  {'skipped':>7}"]
-    tot = {"found": 0, "applied": 0, "skipped": 0}
+    near = report.near_misses is not None
+    rows = [f"{'rule':<{width}}  {'found':>5}  {'applied':>7}  {'skipped':>7}" + ("  near-miss" if near else "")]
+    tot = {"found": 0, "applied": 0, "skipped": 0, "near_misses": 0}
     for rule, c in counts.items():
-        rows.append(f"{rule:<{width}}  {c['found']:>5}  {c['applied']:>7}  {c['skipped']:>7}")
-        for k in tot:
+        rows.append(f"{rule:<{width}}  {c['found']:>5}  {c['applied']:>7}  {c['skipped']:>7}"
+                    + (f"  {c['near_misses']:>9}" if near else ""))
+        for k in c:
             tot[k] += c[k]
-    rows.append(f"{'total':<{width}}  {tot['found']:>5}  {tot['applied']:>7}  {tot['skipped']:>7}")
+    rows.append(f"{'total':<{width}}  {tot['found']:>5}  {tot['applied']:>7}  {tot['skipped']:>7}"
+                + (f"  {tot['near_misses']:>9}" if near else ""))
     changed = sum(1 for f in report.files if f.changed)
     verb = {"diff": "would change", "write": "changed", "patch": "patched"}[report.mode]
     if report.mode == "write":
         changed = sum(1 for f in report.files if f.written)
+    elif report.mode == "patch":  # only patches actually written (a full disk is an E103, not a patch)
+        changed = sum(1 for f in report.files if f.patch)
     n_err = len(report.errors)
     rows.append(
         f"{report.files_scanned} file{'s' if report.files_scanned != 1 else ''} scanned in "

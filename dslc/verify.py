@@ -105,6 +105,8 @@ class ClassResult:
     modes: tuple[str, ...] = ()
     compared: int = 0  # number of tensors compared
     reference_kernels: tuple[str, ...] = ()
+    nonfinite: int = 0  # NaN/Inf values found at the same positions on both sides (they count as equal)
+    inputs: str = ""  # how the inputs were made, when dslc synthesised them without a config
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"class": self.name, "status": self.status}
@@ -125,6 +127,10 @@ class ClassResult:
                                "max_rel": _num(m.max_rel), "message": m.message}
         if self.reference_kernels:
             out["reference_kernels"] = list(self.reference_kernels)
+        if self.status != "skipped":
+            out["nonfinite_equal"] = self.nonfinite
+        if self.inputs:
+            out["inputs"] = self.inputs
         return out
 
 
@@ -135,10 +141,19 @@ class VerifyReport:
     device: str
     results: tuple[ClassResult, ...] = ()
     error: str | None = None  # the rewritten file itself is broken (a failure)
+    unchanged: bool = False  # the two sources are the same program: nothing to compare
+    allow_skip: bool = False  # --allow-skip: a run that compared nothing is not a failure
+
+    @property
+    def nothing_compared(self) -> bool:
+        """The sources differ but no class was compared (all skipped, or none found)."""
+        return not self.unchanged and not any(r.status == "pass" for r in self.results)
 
     @property
     def ok(self) -> bool:
-        return self.error is None and all(r.status != "fail" for r in self.results)
+        if self.error is not None or any(r.status == "fail" for r in self.results):
+            return False
+        return self.allow_skip or not self.nothing_compared
 
     @property
     def summary(self) -> str:
@@ -149,6 +164,8 @@ class VerifyReport:
             if r.status == "fail":
                 return f"{r.name}: {r.reason}"
         c = self.counts
+        if not self.ok:
+            return f"nothing was compared ({c['skipped']} skipped); --allow-skip accepts that"
         return f"{c['pass']} passed, {c['skipped']} skipped"
 
     @property
@@ -161,6 +178,7 @@ class VerifyReport:
     def to_dict(self) -> dict[str, Any]:
         return {"original": self.original, "rewritten": self.rewritten, "device": self.device,
                 "ok": self.ok, "error": self.error, "counts": self.counts,
+                "nothing_compared": self.nothing_compared, "allow_skip": self.allow_skip,
                 "results": [r.to_dict() for r in self.results]}
 
 
@@ -173,6 +191,10 @@ class VerifyOptions:
     packs: tuple = ()  # already loaded ir.Pack or ir.Rule values (apply passes rules)
     seed: int = 0
     module: str | None = None  # dotted module name of ORIGINAL, when known
+    allow_skip: bool = False  # a run that compares nothing is ok (else a failure)
+    input_shapes: tuple[tuple[int, ...], ...] = ()  # --input-shape: inputs of a plain module
+    isolate: bool = True  # run the user's code in a child process (verify_isolated)
+    timeout: float | None = 600.0  # seconds for the child process; None: no limit
 
 
 def _num(x: float) -> float | str:
@@ -183,23 +205,30 @@ def _num(x: float) -> float | str:
 # Public entry points
 
 
+def read_text(path: str) -> str:
+    """A source file's text exactly as `dslc apply` reads it (`fileio.read_source`:
+    only a regular file, PEP 263 coding cookie, BOM); VerifyUsageError otherwise."""
+    from dslc import fileio
+
+    try:
+        return fileio.read_source(path).text
+    except fileio.SourceError as exc:
+        where = f":{exc.line}" if exc.line else ""
+        raise VerifyUsageError(f"{fileio.display_path(path)}{where}: cannot read: {exc.message} [{exc.code}]") from None
+
+
 def verify_files(original: str, rewritten: str, options: VerifyOptions = VerifyOptions()) -> VerifyReport:
     """Verify two files on disk (the `dslc verify` command)."""
-    try:
-        orig_src = Path(original).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise VerifyUsageError(f"{original}: cannot read: {exc}") from None
-    try:
-        new_src = Path(rewritten).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise VerifyUsageError(f"{rewritten}: cannot read: {exc}") from None
-    return _verify(orig_src, new_src, path=original, rewritten_path=rewritten, options=options)
+    orig_src = read_text(original)
+    new_src = read_text(rewritten)
+    return verify_isolated(orig_src, new_src, path=original, rewritten_path=rewritten, options=options)
 
 
 def verify_sources(original_source: str, rewritten_source: str, *, path: str,
                    module: str | None = None, rules: Sequence | None = None,
                    device: str = "auto", classes: Sequence[str] = (),
-                   factory: str | None = None, seed: int = 0) -> VerifyReport:
+                   factory: str | None = None, seed: int = 0, allow_skip: bool = False,
+                   isolate: bool = True, timeout: float | None = 600.0) -> VerifyReport:
     """Verify a rewrite held in memory (`dslc apply --verify`).
 
     `path` is where the original lives (it decides the package a modeling
@@ -211,11 +240,257 @@ def verify_sources(original_source: str, rewritten_source: str, *, path: str,
     packs = tuple(r for r in (rules or ()) if not isinstance(r, (str, os.PathLike)))
     files = tuple(str(r) for r in (rules or ()) if isinstance(r, (str, os.PathLike)))
     options = VerifyOptions(classes=tuple(classes), factory=factory, device=device,
-                            rules=files, packs=packs, seed=seed, module=module)
+                            rules=files, packs=packs, seed=seed, module=module, allow_skip=allow_skip,
+                            isolate=isolate, timeout=timeout)
     try:
-        return _verify(original_source, rewritten_source, path=path, rewritten_path=path, options=options)
+        return verify_isolated(original_source, rewritten_source, path=path, rewritten_path=path, options=options)
     except VerifyUsageError as exc:
         return VerifyReport(path, path, device, error=f"cannot verify: {exc}")
+
+
+# ---------------------------------------------------------------------------
+# Isolation: the user's code runs in a child process
+
+
+def verify_isolated(orig_src: str, new_src: str, *, path: str, rewritten_path: str,
+                    options: VerifyOptions) -> VerifyReport:
+    """`_verify` in a forked child process, so that the code it loads cannot
+    end or crash dslc, nor make it report what did not happen.
+
+    1. Fork (the child shares the parent's imports, `sys.path` and rule
+       packs); the child runs `_verify`, sending over a pipe the classes it
+       will compare, each class as it starts, each result as it ends, and the
+       report.  It ends with `os._exit`: the parent's exit handlers never run
+       in it.  It leads a process group of its own, killed when it is done,
+       so that nothing the user's code started outlives the check; Ctrl-C in
+       the parent kills it too.
+    2. The parent collects the messages.  When the child ends without a
+       report (the code it loaded called `os._exit`, a native crash, a
+       signal) or runs past `options.timeout`: before any class, the report
+       is a failure naming the stage (e.g. importing the rewritten file);
+       during class X, X fails with that reason and the classes after it are
+       compared in a fresh child.
+    3. Without `os.fork` (or with `isolate=False`), `_verify` runs in process.
+    """
+    if not options.isolate or not hasattr(os, "fork"):
+        return _verify(orig_src, new_src, path=path, rewritten_path=rewritten_path, options=options)
+    try:  # imported once here, not again in every child (and not counted in --timeout)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import torch  # noqa: F401
+    except ImportError:
+        pass  # the child says so, as a usage error
+    device = options.device
+    done: list[ClassResult] = []
+    pending: list[str] | None = None
+    for _attempt in range(64):
+        run_options = options if pending is None else replace(options, classes=tuple(pending))
+        outcome = _run_child(orig_src, new_src, path, rewritten_path, run_options)
+        if outcome.usage_error is not None:
+            raise VerifyUsageError(outcome.usage_error)
+        if outcome.report is not None:
+            report = outcome.report
+            if not done:
+                return report
+            return replace(report, results=tuple(done) + report.results)
+        device = outcome.device or device
+        names = outcome.classes if outcome.classes is not None else pending
+        done.extend(outcome.results)
+        if outcome.current is None or names is None:
+            stage = outcome.stage or "starting"
+            return VerifyReport(path, rewritten_path, device, tuple(done),
+                                error=f"the verification process ended while {stage}: {outcome.why}",
+                                allow_skip=options.allow_skip)
+        done.append(ClassResult(outcome.current, "fail",
+                                f"the verification process ended while comparing this class: {outcome.why}"))
+        finished = {r.name for r in done}
+        pending = [n for n in names if n not in finished]
+        if not pending or outcome.timed_out:
+            for n in pending:
+                done.append(ClassResult(n, "skipped", f"not compared: {outcome.why} in class {outcome.current}"))
+            return VerifyReport(path, rewritten_path, device, tuple(done), allow_skip=options.allow_skip)
+    return VerifyReport(path, rewritten_path, device, tuple(done), error="the verification process kept failing",
+                        allow_skip=options.allow_skip)
+
+
+@dataclass
+class _ChildOutcome:
+    report: VerifyReport | None = None
+    usage_error: str | None = None
+    classes: list[str] | None = None
+    results: list[ClassResult] = field(default_factory=list)
+    current: str | None = None  # the class being compared when the child ended
+    stage: str | None = None
+    device: str | None = None
+    why: str = ""
+    timed_out: bool = False
+
+
+def _send(fd: int, message: Any) -> None:
+    import pickle
+    import struct
+
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    data = struct.pack("!Q", len(data)) + data
+    while data:
+        n = os.write(fd, data)
+        data = data[n:]
+
+
+def _stop_group(pgid: int) -> None:
+    """Kill what is left of the child's process group (processes the user's code started)."""
+    import signal
+
+    try:
+        if pgid != os.getpgid(0):
+            os.killpg(pgid, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+def _run_child(orig_src: str, new_src: str, path: str, rewritten_path: str,
+               options: VerifyOptions) -> _ChildOutcome:
+    import pickle
+    import select
+    import signal
+    import struct
+    import time
+
+    for stream in (sys.stdout, sys.stderr):  # no buffered text may be written twice
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+    read_fd, write_fd = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork with threads
+        pid = os.fork()
+    if pid == 0:  # the child
+        status = 0
+        try:
+            os.close(read_fd)
+            try:
+                signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C ends it quietly; the parent reports
+            except (ValueError, OSError):
+                pass
+            try:  # a group of its own: whatever the user's code starts is stopped with it
+                os.setpgid(0, 0)
+            except OSError:
+                pass
+            torch = sys.modules.get("torch")
+            if torch is not None:  # the parent's OpenMP pool does not survive a fork: one thread here
+                try:
+                    torch.set_num_threads(1)
+                except Exception:  # noqa: BLE001
+                    pass
+
+            def progress(kind: str, value: Any) -> None:
+                _send(write_fd, (kind, value))
+
+            try:
+                report = _verify(orig_src, new_src, path=path, rewritten_path=rewritten_path,
+                                 options=options, progress=progress)
+                _send(write_fd, ("report", report))
+            except VerifyUsageError as exc:
+                _send(write_fd, ("usage", str(exc)))
+            except SystemExit as exc:
+                _send(write_fd, ("died", f"the code it loaded called sys.exit({exc.code!r})"))
+            except BaseException as exc:  # noqa: BLE001 - whatever the user's code raised
+                _send(write_fd, ("died", f"{_one_line(exc)} escaped"))
+        except BaseException:  # noqa: BLE001 - not even a message could be sent
+            status = 70
+        finally:
+            try:
+                sys.stdout.flush()
+                sys.stderr.flush()
+            except BaseException:  # noqa: BLE001
+                pass
+            os._exit(status)
+    os.close(write_fd)
+    outcome = _ChildOutcome()
+    deadline = None if options.timeout is None else time.monotonic() + options.timeout
+    buffer = b""
+    died = None
+    status = None  # the child's wait status, once it has ended
+    try:
+        while True:
+            wait = 0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic()))
+            if status is not None:
+                wait = 0.0  # the child is gone: take what is left, then stop
+            ready, _, _ = select.select([read_fd], [], [], wait)
+            if not ready:
+                if status is not None:
+                    break  # a process the child started may hold the pipe open: no EOF to wait for
+                if deadline is not None and time.monotonic() >= deadline:
+                    outcome.timed_out = True
+                    os.kill(pid, signal.SIGKILL)
+                    break
+                done_pid, done_status = os.waitpid(pid, os.WNOHANG)
+                if done_pid:
+                    status = done_status
+                continue
+            chunk = os.read(read_fd, 1 << 16)
+            if not chunk:
+                break
+            buffer += chunk
+            while len(buffer) >= 8:
+                (size,) = struct.unpack("!Q", buffer[:8])
+                if len(buffer) < 8 + size:
+                    break
+                kind, value = pickle.loads(buffer[8:8 + size])
+                buffer = buffer[8 + size:]
+                if kind == "report":
+                    outcome.report = value
+                elif kind == "usage":
+                    outcome.usage_error = value
+                elif kind == "died":
+                    died = value
+                elif kind == "classes":
+                    outcome.classes = list(value)
+                elif kind == "device":
+                    outcome.device = value
+                elif kind == "stage":
+                    outcome.stage = value
+                elif kind == "class":
+                    outcome.current = value
+                elif kind == "result":
+                    outcome.results.append(value)
+                    outcome.current = None
+    except BaseException:  # Ctrl-C (or anything else) in the parent: the child goes too
+        if status is None:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+        _stop_group(pid)
+        os.close(read_fd)
+        raise
+    os.close(read_fd)
+    if status is None:
+        _, status = os.waitpid(pid, 0)
+    _stop_group(pid)
+    if outcome.report is None and outcome.usage_error is None:
+        if outcome.timed_out:
+            outcome.why = f"timed out after {options.timeout:g} s"
+        elif died is not None:
+            outcome.why = died
+        elif os.WIFSIGNALED(status):
+            sig = os.WTERMSIG(status)
+            try:
+                name = signal.Signals(sig).name
+            except ValueError:
+                name = str(sig)
+            if sig == signal.SIGINT:
+                raise KeyboardInterrupt
+            outcome.why = f"the process was killed by signal {name} (a crash in native code, or the code it loaded)"
+        else:
+            outcome.why = (f"the code it loaded ended the process with exit status {os.WEXITSTATUS(status)} "
+                           "(os._exit, or a crash) before a result was reported")
+    return outcome
 
 
 def resolve_device(device: str, torch: Any) -> tuple[str, str | None]:
@@ -237,7 +512,8 @@ def resolve_device(device: str, torch: Any) -> tuple[str, str | None]:
 def changed_classes(original_source: str, rewritten_source: str) -> list[str]:
     """Classes of ORIGINAL that the rewrite changed, in source order.
 
-    1. A class whose AST (positions and comments ignored) differs.
+    1. A class whose AST (positions and comments ignored) differs, or that
+       the rewritten file no longer defines (renamed, removed).
     2. A class that reads a module-level name whose definition changed
        (a rewritten helper function, a new import bound to an old name).
     """
@@ -248,7 +524,10 @@ def changed_classes(original_source: str, rewritten_source: str) -> list[str]:
     changed_helpers = changed_names - {n.name for n in old.body if isinstance(n, ast.ClassDef)}
     out: list[str] = []
     for node in old.body:
-        if not isinstance(node, ast.ClassDef) or node.name not in new_defs:
+        if not isinstance(node, ast.ClassDef):
+            continue
+        if node.name not in new_defs:  # renamed or removed: a failure to report, never a silent pass
+            out.append(node.name)
             continue
         used = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
         if node.name in changed_names or used & changed_helpers:
@@ -420,8 +699,8 @@ def _exec_module(source: str, name: str, package: str | None, filename: str) -> 
     # original file on disk is never read in its place.
     code_name = filename
     try:
-        on_disk = Path(filename).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
+        on_disk = read_text(filename)
+    except VerifyUsageError:
         on_disk = None
     if on_disk != source:
         code_name = f"{filename}::dslc-{next(_COUNTER)}"
@@ -432,6 +711,13 @@ def _exec_module(source: str, name: str, package: str | None, filename: str) -> 
         sys.modules.pop(name, None)
         raise
     return module
+
+
+def _user_exc(exc: BaseException) -> str:
+    """What the user's code raised, in one line (`sys.exit(4)` for a SystemExit)."""
+    if isinstance(exc, SystemExit):
+        return f"it calls sys.exit({exc.code!r})"
+    return _one_line(exc)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -504,17 +790,18 @@ def _load_pair(orig_src: str, new_src: str, path: str, rewritten_path: str,
         if dotted:
             try:
                 mod = importlib.import_module(dotted)
-                if Path(getattr(mod, "__file__", "") or "").is_file() and \
-                        Path(mod.__file__).read_text(encoding="utf-8") == orig_src:
+                if Path(getattr(mod, "__file__", "") or "").is_file() and read_text(mod.__file__) == orig_src:
                     original = mod
-            except Exception:  # noqa: BLE001 - fall back to loading the given source
+            except (Exception, SystemExit):  # noqa: BLE001 - fall back to loading the given source
                 original = None
         if original is None:
             name = f"{package}._dslc_original_{stem}_{n}" if package else f"_dslc_original_{stem}_{n}"
             try:
                 original = _exec_module(orig_src, name, package, path)
-            except Exception as exc:  # noqa: BLE001
-                raise _Skip(f"the original does not import: {_one_line(exc)}") from None
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - incl. sys.exit() at import
+                raise _Skip(f"the original does not import: {_user_exc(exc)}") from None
             registered.append(name)
         name = f"{package}._dslc_rewritten_{stem}_{n}" if package else f"_dslc_rewritten_{stem}_{n}"
         try:
@@ -528,8 +815,10 @@ def _load_pair(orig_src: str, new_src: str, path: str, rewritten_path: str,
                 how = f"; install: {hint}" if hint else ""
                 raise _Skip(f"kernel not installed: no module named {missing!r}{how}") from None
             raise _Broken(f"the rewritten file does not import: {_one_line(exc)}") from None
-        except Exception as exc:  # noqa: BLE001 - any import-time failure is the rewrite's
-            raise _Broken(f"the rewritten file does not import: {_one_line(exc)}") from None
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - any import-time failure is the rewrite's, sys.exit too
+            raise _Broken(f"the rewritten file does not import: {_user_exc(exc)}") from None
         registered.append(name)
         return _Loaded(original, rewritten, registered)
     except BaseException:
@@ -591,6 +880,7 @@ class _Built:
     rewritten: Any
     inputs: dict[str, Any]
     via: str | None = None
+    described: str = ""  # how synthesised inputs were made (plain modules)
 
 
 def _load_factory(spec: str) -> Any:
@@ -603,9 +893,13 @@ def _load_factory(spec: str) -> Any:
     parent = str(Path(file).resolve().parent)
     sys.path.insert(0, parent)
     try:
-        module = _exec_module(Path(file).read_text(encoding="utf-8"), name, None, file)
-    except Exception as exc:  # noqa: BLE001
-        raise VerifyUsageError(f"--factory {spec!r}: {file} does not import: {_one_line(exc)}") from None
+        module = _exec_module(read_text(file), name, None, file)
+    except VerifyUsageError:
+        raise
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - sys.exit() at import too
+        raise VerifyUsageError(f"--factory {spec!r}: {file} does not import: {_user_exc(exc)}") from None
     finally:
         sys.path.remove(parent)
     fn = getattr(module, func, None)
@@ -655,13 +949,15 @@ class _ClassFail(Exception):
     pass
 
 
-def _build_from_config(loaded: _Loaded, name: str, seed: int, torch: Any, variant: int = 0) -> _Built:
-    """Tiny-config construction, falling back to a containing whole model."""
+def _build_from_config(loaded: _Loaded, name: str, seed: int, torch: Any, variant: int = 0,
+                       input_shapes: tuple = ()) -> _Built:
+    """Tiny-config construction, falling back to a containing whole model;
+    a plain module without a config is built without arguments (`_build_plain`)."""
     orig_cls = getattr(loaded.original, name)
     new_cls = getattr(loaded.rewritten, name)
     configs = tinyconfig.config_candidates(loaded.original, orig_cls)
-    if not configs:
-        raise _ClassSkip("no factory (a plain file needs --factory FILE.py:FUNC)")
+    if not configs or input_shapes:
+        return _build_plain(orig_cls, new_cls, seed, torch, input_shapes, has_config=bool(configs))
     why = "class not constructible"
     for config_cls in configs:
         try:
@@ -685,6 +981,110 @@ def _build_from_config(loaded: _Loaded, name: str, seed: int, torch: Any, varian
             raise _ClassFail(f"the rewritten class does not construct: {_one_line(exc)}") from None
         return _Built(m0, m1, inputs)
     return _build_whole_model(loaded, name, why, seed, torch, variant)
+
+
+def _required_params(forward: Any) -> list[str]:
+    try:
+        params = list(inspect.signature(forward).parameters.values())[1:]
+    except (TypeError, ValueError):
+        return []
+    return [p.name for p in params if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+def _first_layer_shapes(module: Any, torch: Any) -> tuple[str, list[tuple[tuple[int, ...], str]]]:
+    """Input shapes a plain module's first layer takes: (description, [(shape, dtype)])."""
+    nn = torch.nn
+    for sub in module.modules():
+        if sub is module and not isinstance(sub, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding,
+                                                  nn.LayerNorm, nn.RNNBase)):
+            continue
+        if isinstance(sub, nn.Linear):
+            d = sub.in_features
+            return f"the first Linear's in_features={d}", [((2, 4, d), "float"), ((2, d), "float")]
+        if isinstance(sub, nn.Conv1d):
+            c = sub.in_channels
+            return f"the first Conv1d's in_channels={c}", [((2, c, 16), "float")]
+        if isinstance(sub, nn.Conv2d):
+            c = sub.in_channels
+            return f"the first Conv2d's in_channels={c}", [((2, c, 8, 8), "float")]
+        if isinstance(sub, nn.Conv3d):
+            c = sub.in_channels
+            return f"the first Conv3d's in_channels={c}", [((2, c, 4, 4, 4), "float")]
+        if isinstance(sub, nn.Embedding):
+            return f"the first Embedding's num_embeddings={sub.num_embeddings}", [((2, 8), "index")]
+        if isinstance(sub, nn.LayerNorm):
+            shape = tuple(sub.normalized_shape)
+            return f"the first LayerNorm's normalized_shape={shape}", [((2, 4, *shape), "float")]
+        if isinstance(sub, nn.RNNBase):
+            d = sub.input_size
+            shape = (2, 5, d) if sub.batch_first else (5, 2, d)
+            return f"the first {type(sub).__name__}'s input_size={d}", [(shape, "float")]
+    return "", []
+
+
+def _build_plain(orig_cls: type, new_cls: type, seed: int, torch: Any, input_shapes: tuple,
+                 has_config: bool = False) -> _Built:
+    """A module without a config: built with no arguments, inputs synthesised.
+
+    1. Both classes are constructed without arguments (same seed); a class
+       whose constructor needs arguments is skipped: pass --factory.
+    2. The inputs of forward's required parameters: `--input-shape` when
+       given (one shape for all, or one per parameter, in order), else from
+       the first layer of the original module: a Linear's in_features
+       (shape (2, 4, in_features), then (2, in_features)), a Conv's
+       in_channels ((2, C, 16) / (2, C, 8, 8) / (2, C, 4, 4, 4)), an
+       Embedding's vocabulary (integer indices (2, 8)), a LayerNorm's
+       normalized_shape, an RNN's input_size.  Seeded random values; the
+       first candidate the original runs on is used.
+    """
+    required = _required_params(orig_cls.forward)
+    torch.manual_seed(seed)
+    try:
+        m0 = orig_cls()
+    except TypeError as exc:
+        if has_config:
+            raise _ClassSkip(f"--input-shape is for modules built without arguments: {_one_line(exc)}") from None
+        raise _ClassSkip(f"no factory, and the class needs constructor arguments ({_one_line(exc)}): pass "
+                         "--factory FILE.py:FUNC") from None
+    m0.eval()
+    if input_shapes:
+        shapes = list(input_shapes)
+        if len(shapes) == 1:
+            shapes = shapes * len(required)
+        if len(shapes) != len(required):
+            raise _ClassSkip(f"--input-shape given {len(input_shapes)} times, but forward has {len(required)} "
+                             f"required inputs ({', '.join(required)})")
+        how = "from --input-shape " + ", ".join("x".join(map(str, sh)) for sh in shapes)
+        candidates = [(how, [(tuple(sh), "float") for sh in shapes])]
+    else:
+        what, options = _first_layer_shapes(m0, torch)
+        if not options or not required:
+            raise _ClassSkip("no factory, no config, and no first Linear/Conv/Embedding/LayerNorm layer to "
+                             "shape the inputs by: pass --input-shape or --factory FILE.py:FUNC")
+        candidates = [(f"shape {'x'.join(map(str, sh))} from {what}", [(sh, kind)] * len(required))
+                      for sh, kind in options]
+    for how, specs in candidates:
+        gen = torch.Generator().manual_seed(seed + 4321)
+        inputs = {}
+        for name, (shape, kind) in zip(required, specs):
+            if kind == "index":
+                high = next(m.num_embeddings for m in m0.modules() if isinstance(m, torch.nn.Embedding))
+                inputs[name] = torch.randint(0, high, shape, generator=gen)
+            else:
+                inputs[name] = torch.randn(*shape, generator=gen)
+        try:
+            with torch.no_grad():
+                m0(**inputs)
+        except Exception:  # noqa: BLE001 - the shape did not fit; try the next
+            continue
+        torch.manual_seed(seed)
+        try:
+            m1 = new_cls()
+        except Exception as exc:  # noqa: BLE001
+            raise _ClassFail(f"the rewritten class does not construct: {_one_line(exc)}") from None
+        return _Built(m0, m1, inputs, described=f"inputs synthesised: {how}")
+    raise _ClassSkip("cannot synthesise inputs for its forward (tried "
+                     + "; ".join(how for how, _ in candidates) + "): pass --input-shape or --factory")
 
 
 def _fitting_inputs(m0: Any, forward: Any, cfg: Any, torch: Any) -> dict[str, Any] | None:
@@ -761,6 +1161,7 @@ class _Tally:
     compared: int = 0
     worst: Mismatch | None = None  # first failing comparison
     modes: tuple[str, ...] = ()
+    nonfinite: int = 0  # NaN/Inf values at the same positions on both sides
 
     def compare(self, where: str, a: Any, b: Any, torch: Any) -> None:
         """Compare expected `a` (original) with actual `b` (rewritten)."""
@@ -784,22 +1185,53 @@ class _Tally:
                 self._fail(Mismatch(where, diff, math.inf, "integer values differ"))
             return
         x, y = a.detach().cpu().double(), b.detach().cpu().double()
+        if x.is_complex():
+            x, y = torch.view_as_real(x), torch.view_as_real(y)
+        # NaN and Inf, explicitly: equal when both sides hold NaN, or the
+        # same infinity, at the same position (counted and reported); a NaN
+        # or Inf facing anything else is a failure that says so.
+        finite = x.isfinite() & y.isfinite()
+        same = (x.isnan() & y.isnan()) | (x.isinf() & y.isinf() & (x == y))
+        bad = ~finite & ~same
+        self.nonfinite += int(same.sum().item())
+        if bool(bad.any()):
+            i = int(bad.reshape(-1).nonzero()[0].item())
+            index = tuple(int(k) for k in _unravel(i, tuple(x.shape)))
+            xv, yv = float(x.reshape(-1)[i].item()), float(y.reshape(-1)[i].item())
+            n_bad = int(bad.sum().item())
+            self._fail(Mismatch(where, math.inf, math.inf,
+                                f"the original gives {xv!r} and the rewrite {yv!r} at index {list(index)} "
+                                f"({n_bad} such element{'s' * (n_bad != 1)} of {x.numel()})"))
+            return
+        if not bool(finite.any()):
+            return
+        x, y = x[finite], y[finite]
         diff = (x - y).abs()
-        nan_mismatch = bool((x.isnan() != y.isnan()).any())
-        diff = torch.where(x.isnan() & y.isnan(), torch.zeros_like(diff), diff)
         abs_err = float(diff.max().item())
-        rel_err = float((diff / x.abs().clamp_min(1e-12)).max().item())
+        # The relative error only where it means something: where |expected|
+        # exceeds atol (below that, the absolute tolerance is what holds).
+        floor = self.tol.atol if not self.tol.exact else 0.0
+        big = x.abs() > floor
+        rel_err = float((diff[big] / x.abs()[big]).max().item()) if bool(big.any()) else 0.0
         self.max_abs, self.max_rel = max(self.max_abs, abs_err), max(self.max_rel, rel_err)
         if self.tol.exact:
-            ok = not nan_mismatch and abs_err == 0.0
+            ok = abs_err == 0.0
         else:
-            ok = not nan_mismatch and bool((diff <= self.tol.atol + self.tol.rtol * x.abs()).all())
+            ok = bool((diff <= self.tol.atol + self.tol.rtol * x.abs()).all())
         if not ok:
-            self._fail(Mismatch(where, abs_err, rel_err, "NaN on one side only" if nan_mismatch else ""))
+            self._fail(Mismatch(where, abs_err, rel_err))
 
     def _fail(self, mismatch: Mismatch) -> None:
         if self.worst is None:
             self.worst = mismatch
+
+
+def _unravel(i: int, shape: tuple[int, ...]) -> list[int]:
+    out = []
+    for dim in reversed(shape):
+        out.append(i % dim if dim else 0)
+        i = i // dim if dim else 0
+    return list(reversed(out))
 
 
 def _run(module: Any, inputs: dict[str, Any], seed: int, torch: Any) -> tuple[Any, dict[str, Any]]:
@@ -948,8 +1380,20 @@ def _compact_load_error(exc: BaseException) -> str:
 # The driver
 
 
+def _no_progress(kind: str, value: Any) -> None:
+    pass
+
+
 def _verify(orig_src: str, new_src: str, *, path: str, rewritten_path: str,
-            options: VerifyOptions) -> VerifyReport:
+            options: VerifyOptions, progress=_no_progress) -> VerifyReport:
+    """The differential test itself (module docstring), in this process.
+
+    `progress(kind, value)` hears of each step (`verify_isolated` relays them
+    from its child process): "device", "classes" (the names to compare),
+    "stage" (what it is doing), "class" (a class starts), "result" (its
+    ClassResult).
+    """
+    allow = options.allow_skip
     try:
         with warnings.catch_warnings():  # torch warns when numpy is absent
             warnings.simplefilter("ignore")
@@ -957,7 +1401,9 @@ def _verify(orig_src: str, new_src: str, *, path: str, rewritten_path: str,
     except ImportError:
         raise VerifyUsageError("verification needs PyTorch: pip install 'dslc[verify]'") from None
     device, no_device = resolve_device(options.device, torch)
+    progress("device", device)
     packs = load_packs(options)
+    progress("stage", "loading the factory")
     factory = _load_factory(options.factory) if options.factory else None
     try:
         ast.parse(orig_src)
@@ -975,17 +1421,19 @@ def _verify(orig_src: str, new_src: str, *, path: str, rewritten_path: str,
     if options.classes:
         names = list(dict.fromkeys(options.classes))
     if not names and ast.dump(ast.parse(orig_src)) == ast.dump(ast.parse(new_src)):
-        return VerifyReport(path, rewritten_path, device)
+        return VerifyReport(path, rewritten_path, device, unchanged=True, allow_skip=allow)
+    progress("classes", list(names))
     if no_device:
         return VerifyReport(path, rewritten_path, device,
-                            tuple(ClassResult(n, "skipped", no_device) for n in names))
+                            tuple(ClassResult(n, "skipped", no_device) for n in names), allow_skip=allow)
     try:
+        progress("stage", "importing the original and the rewritten file")
         loaded = _load_pair(orig_src, new_src, path, rewritten_path, options.module, packs)
     except _Skip as exc:
         return VerifyReport(path, rewritten_path, device,
-                            tuple(ClassResult(n, "skipped", str(exc)) for n in names))
+                            tuple(ClassResult(n, "skipped", str(exc)) for n in names), allow_skip=allow)
     except _Broken as exc:
-        return VerifyReport(path, rewritten_path, device, error=str(exc))
+        return VerifyReport(path, rewritten_path, device, error=str(exc), allow_skip=allow)
     rules = all_rules(packs)
     file_rules = rules_used(new_src, rules)
     refs = _reference_kernels(loaded.rewritten)
@@ -1004,21 +1452,24 @@ def _verify(orig_src: str, new_src: str, *, path: str, rewritten_path: str,
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             for name in names:
+                progress("class", name)
                 class_rules = rules_used(new_src, rules, within=name)
-                results.append(_verify_class(loaded, name, factory, class_rules, file_rules,
-                                             refs, options.seed, device, torch, via_cache))
+                result = _verify_class(loaded, name, factory, class_rules, file_rules,
+                                       refs, options.seed, device, torch, via_cache, options.input_shapes)
+                results.append(result)
+                progress("result", result)
     finally:
         torch.random.set_rng_state(rng_state)
         torch.set_num_threads(threads)
         hf_logger.setLevel(saved_level)
         for mod_name in loaded.registered:
             sys.modules.pop(mod_name, None)
-    return VerifyReport(path, rewritten_path, device, tuple(results))
+    return VerifyReport(path, rewritten_path, device, tuple(results), allow_skip=allow)
 
 
 def _verify_class(loaded: _Loaded, name: str, factory: Any, class_rules: list, file_rules: list,
                   refs: tuple[str, ...], seed: int, device: str, torch: Any,
-                  via_cache: dict | None = None) -> ClassResult:
+                  via_cache: dict | None = None, input_shapes: tuple = ()) -> ClassResult:
     """Every configuration variant of one class; the first failure decides.
 
     Variant 0 is the tiny default configuration (or the factory); the others
@@ -1032,7 +1483,7 @@ def _verify_class(loaded: _Loaded, name: str, factory: Any, class_rules: list, f
     merged: ClassResult | None = None
     for variant in range(count):
         result = _verify_variant(loaded, name, factory, class_rules, file_rules, refs, seed, device,
-                                 torch, via_cache, variant)
+                                 torch, via_cache, variant, input_shapes)
         label = _variant_label(loaded, name, variant)
         if variant and result.status == "skipped":
             continue
@@ -1059,7 +1510,7 @@ def _variant_label(loaded: _Loaded, name: str, variant: int) -> str:
 
 def _verify_variant(loaded: _Loaded, name: str, factory: Any, class_rules: list, file_rules: list,
                     refs: tuple[str, ...], seed: int, device: str, torch: Any,
-                    via_cache: dict | None, variant: int) -> ClassResult:
+                    via_cache: dict | None, variant: int, input_shapes: tuple = ()) -> ClassResult:
     orig_cls = getattr(loaded.original, name, None)
     new_cls = getattr(loaded.rewritten, name, None)
     if new_cls is None:
@@ -1072,7 +1523,7 @@ def _verify_variant(loaded: _Loaded, name: str, factory: Any, class_rules: list,
         if factory is not None:
             built = _build_with_factory(factory, orig_cls, new_cls, seed, torch)
         else:
-            built = _build_from_config(loaded, name, seed, torch, variant)
+            built = _build_from_config(loaded, name, seed, torch, variant, input_shapes)
         if built.via:
             tol = tolerance_for(file_rules)
             if via_cache is not None and (built.via, variant) in via_cache:
@@ -1086,10 +1537,22 @@ def _verify_variant(loaded: _Loaded, name: str, factory: Any, class_rules: list,
         if built is not None and built.via and via_cache is not None:
             via_cache[built.via, variant] = result
         return result
+    except KeyboardInterrupt:
+        raise
+    except SystemExit as exc:  # the user's code (a factory, a forward) tried to end the process
+        return ClassResult(name, "fail", f"the code under test called sys.exit({exc.code!r}) while this class "
+                                         "was built or run", tolerance=tol)
     except Exception as exc:  # noqa: BLE001 - the original itself failed to run
         return ClassResult(name, "skipped", f"the original does not run: {_one_line(exc)}", tolerance=tol)
+    except BaseException as exc:  # noqa: BLE001 - e.g. a factory raising BaseException itself
+        return ClassResult(name, "fail", f"the code under test raised {_one_line(exc)} (a BaseException) "
+                                         "while this class was built or run", tolerance=tol)
+    if tally.compared == 0 and tally.worst is None:
+        return ClassResult(name, "skipped", "nothing to compare: the forward returned no tensors and there "
+                                            "were no gradients", tolerance=tol)
     common = dict(via=built.via, tolerance=tol, max_abs=tally.max_abs, max_rel=tally.max_rel,
-                  modes=tally.modes, compared=tally.compared, reference_kernels=refs)
+                  modes=tally.modes, compared=tally.compared, reference_kernels=refs,
+                  nonfinite=tally.nonfinite, inputs=built.described)
     if tally.worst is not None:
         m = tally.worst
         reason = m.message or f"max abs error {m.max_abs:.3g}, max rel error {m.max_rel:.3g}"
@@ -1118,24 +1581,43 @@ def _describe_modes(modes: Sequence[str]) -> str:
 def render(report: VerifyReport, fmt: str = "text") -> str:
     if fmt == "json":
         return json.dumps(report.to_dict(), indent=2)
-    lines = [f"verify {report.original} -> {report.rewritten} on {report.device}"]
+    from dslc.fileio import display_path
+
+    lines = [f"verify {display_path(report.original)} -> {display_path(report.rewritten)} on {report.device}"]
     if report.error:
         lines.append(f"  FAIL  {report.error}")
     if not report.results and not report.error:
-        lines.append("  no rewritten classes to compare")
+        lines.append("  no rewritten classes to compare" if report.unchanged else
+                     "  the sources differ, but no class of the original is affected (only module-level "
+                     "code no class uses changed?)")
     for r in report.results:
         via = f" via {r.via}" if r.via else ""
         ref = f" [reference kernel: {', '.join(r.reference_kernels)}]" if r.reference_kernels else ""
         tol = f"; tolerance {r.tolerance.describe()}" if r.tolerance and r.status != "skipped" else ""
         if r.status == "pass":
+            nonfinite = (f", {r.nonfinite} NaN/Inf values equal on both sides (same positions)"
+                         if r.nonfinite else "")
+            inputs = f"; {r.inputs}" if r.inputs else ""
             lines.append(f"  pass  {r.name}{via}: {r.compared} tensors in {_describe_modes(r.modes)}, "
-                         f"max abs error {r.max_abs:.3g}, max rel error {r.max_rel:.3g}{tol}{ref}")
+                         f"max abs error {r.max_abs:.3g}, {_rel_text(r)}{nonfinite}{tol}{inputs}{ref}")
         elif r.status == "fail":
             lines.append(f"  FAIL  {r.name}{via}: {r.reason}{tol}{ref}")
         else:
             lines.append(f"  skip  {r.name}: {r.reason}")
     c = report.counts
     verdict = "ok" if report.ok else "FAILED"
+    tail = ""
+    if report.nothing_compared and not report.error and not c["fail"]:
+        tail = ("; nothing was compared (accepted: --allow-skip)" if report.allow_skip
+                else "; nothing was compared, which is no pass (--allow-skip accepts it)")
     lines.append(f"{verdict}: {c['pass']} passed, {c['fail'] + (1 if report.error else 0)} failed, "
-                 f"{c['skipped']} skipped")
+                 f"{c['skipped']} skipped{tail}")
     return "\n".join(lines)
+
+
+def _rel_text(r: ClassResult) -> str:
+    """The relative error of a pass, without alarm where the absolute tolerance held."""
+    t = r.tolerance
+    if t is not None and not t.exact and t.atol > 0:
+        return f"max rel error {r.max_rel:.3g} (where |expected| > atol)"
+    return f"max rel error {r.max_rel:.3g}"

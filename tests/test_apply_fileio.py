@@ -67,7 +67,7 @@ def test_discover_reads_gitignore_above_the_argument(tmp_path):
     found, problems = fileio.discover([str(models / "skip_b.py"), str(models), str(tmp_path / "nope")])
     # An explicit file is taken even when ignored; each file once; missing paths reported.
     assert [f.display for f in found] == [str(models / "skip_b.py"), "a.py"]
-    assert problems == [(str(tmp_path / "nope"), "no such file or directory")]
+    assert problems == [(str(tmp_path / "nope"), "no such file or directory", "E100")]
 
 
 def test_exclude_globs():

@@ -410,10 +410,27 @@ def test_star_kwargs_match_or_refuse(compiled):
     assert got["Literal"] == ("applied", None)
     assert "        self.conv = ConvBn2d(nn.Conv2d(c, c, 3, **dd), nn.BatchNorm2d(c, **dd))\n" in result.new_source
     assert "DictCall" not in got  # affine=False: proved not to match
+    # unknown keys: no match, a near miss that names what cannot be proved
     for name in ("Unknown", "Mutated", "Rebound"):
-        status, reason = got[name]
-        assert status == "skipped" and "whose keys are unknown" in reason, (name, reason)
+        assert name not in got
     stable(compiled, result.new_source)
+
+
+def test_unknown_star_kwargs_are_near_misses(tmp_path, capsys):
+    import json
+
+    from dslc.cli import main
+
+    model = tmp_path / "star.py"
+    model.write_text(STAR)
+    code = main(["apply", "--rules", str(PACK), "--no-cache", "--jobs", "1", "--format", "json", "--near-misses",
+                 "--diff", str(model)])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0
+    why = {n["class"]: n["reason"] for n in report["near_misses"] if n["rule"] == "adopter:conv_batchnorm"}
+    assert "Literal" not in why and "DictCall" in why
+    for name, star in (("Unknown", "**kw"), ("Mutated", "**dd"), ("Rebound", "**dd")):
+        assert star in why[name] and "affine" in why[name], (name, why.get(name))
 
 
 # ---------------------------------------------------------------------------

@@ -107,7 +107,7 @@ def test_dpt_without_kernels_skips_with_the_install_hint(tmp_path, capsys, corpu
     if importlib.util.find_spec("xformers") is not None:
         pytest.skip("an xformers is installed here")
     ((name, (orig, new)),) = apply_write(tmp_path, model_files(corpus, "dpt"), capsys).items()
-    report = verify.verify_sources(orig.read_text(), new, path=str(orig), rules=[str(PACK)])
+    report = verify.verify_sources(orig.read_text(), new, path=str(orig), rules=[str(PACK)], allow_skip=True)
     results = by_class(report)
     assert report.ok and {r.status for r in results.values()} == {"skipped"}
     assert all("pip install xformers==0.0.22" in r.reason for r in results.values())

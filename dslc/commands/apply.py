@@ -35,11 +35,17 @@ examples:
   dslc apply --rules rulepacks/ --exclude 'tests/*' --exclude '*_old.py' --jobs 2 src/
 
 exit status: 0 all files processed, 1 some file failed (the others were still
-processed), 2 usage error or a rule pack with errors.
+processed), 2 usage error or a rule pack with errors, 130 interrupted.
 
-error codes: E100 cannot read, E101 does not parse, E102 not text in its
-encoding, E103 cannot write, E104 cannot encode the rewrite, E105 changed on
-disk during the run, E110 --verify failed, E199 internal error (a dslc bug).
+error codes: E100 cannot read (or list a folder), E101 does not parse, E102
+not text in its encoding, E103 cannot write (read-only), E104 cannot encode
+the rewrite, E105 changed on disk during the run, E106 not a regular file
+(FIFO, device, socket: never opened), E107 --write through a symlink out of
+the paths given, E108 symlink loop, E109 larger than --max-file-size, E110
+--verify failed, E199 internal error (a dslc bug); warning W199: the
+near-miss report of a file failed (its rewrites stand).  `dslc explain E107`
+says more.  Only regular files are read; symlinked folders are not entered;
+see docs/reliability.md.
 """
 
 
@@ -51,6 +57,20 @@ def default_cache_dir() -> str:
     """`$XDG_CACHE_HOME/dslc/facts`, else `~/.cache/dslc/facts`."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "dslc", "facts")
+
+
+def _size(text: str) -> int:
+    """`--max-file-size`: bytes, or with a k/M/G suffix (powers of 1024); 0 = no limit."""
+    units = {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}
+    raw = text.strip().lower().removesuffix("b").removesuffix("i")
+    unit = raw[-1:] if raw[-1:] in ("k", "m", "g") else ""
+    try:
+        value = float(raw[: len(raw) - len(unit)])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size such as 10M, 500k or 1048576, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {text!r}")
+    return int(value * units[unit])
 
 
 def _positive_int(text: str) -> int:
@@ -99,6 +119,20 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--verify", action="store_true",
                    help="check each rewrite with `dslc verify` before emitting it; a rewrite "
                         "that fails is not written and the file is an error")
+    p.add_argument("--max-file-size", type=_size, default=None, metavar="SIZE",
+                   help="refuse (E109) source files larger than SIZE (bytes, or 500k, 10M; 0: no limit; "
+                        "default 10M)")
+    p.add_argument("--follow-symlinks-outside", action="store_true",
+                   help="with --write, also rewrite the target of a symlink that points outside the "
+                        "paths given (refused by default: E107)")
+    p.add_argument("--force", action="store_true",
+                   help="with --write, also replace read-only files and files in read-only folders "
+                        "(refused by default: E103)")
+    p.add_argument("--near-misses", action="store_true",
+                   help="also report every place that holds a rule's anchors but got no rewrite, with "
+                        "the reason (the pattern node, init argument or constraint that did not fit, or "
+                        "the check that refused it): `file:line: near-miss[rule]: reason` on stderr, "
+                        "`near_misses` in JSON")
     p.add_argument("--quiet", "-q", action="store_true",
                    help="text mode: no notes on skipped matches and analysis warnings")
     p.set_defaults(func=run, mode=None)
@@ -152,14 +186,17 @@ def run(args: argparse.Namespace) -> int:
     from dslc import report as render
 
     mode = "patch" if args.patch_dir else (args.mode or "diff")
-    missing = [p for p in list(args.paths) + list(args.rules) if not os.path.exists(p)]
+    from dslc.fileio import DEFAULT_MAX_FILE_SIZE
+    from dslc.output import display_path, write_json
+
+    missing = [p for p in list(args.paths) + list(args.rules) if not os.path.lexists(p)]
     if missing:
-        return _usage(f"no such file or directory: {', '.join(missing)}")
+        return _usage(f"no such file or directory: {', '.join(display_path(m) for m in missing)}")
     if args.patch_dir:
         try:
             os.makedirs(args.patch_dir, exist_ok=True)
         except OSError as exc:
-            return _usage(f"--patch-dir {args.patch_dir}: {exc.strerror or exc}")
+            return _usage(f"--patch-dir {display_path(args.patch_dir)}: {exc.strerror or exc}")
     if args.verify and not driver.verify_available():
         return _usage("--verify needs the dslc.verify module, which is not part of this installation")
     try:
@@ -184,6 +221,11 @@ def run(args: argparse.Namespace) -> int:
         gitignore=args.gitignore,
         cache_dir=None if args.no_cache else (args.cache_dir or default_cache_dir()),
         verify=args.verify,
+        max_file_size=(DEFAULT_MAX_FILE_SIZE if args.max_file_size is None
+                       else (args.max_file_size or None)),
+        follow_symlinks_outside=args.follow_symlinks_outside,
+        force=args.force,
+        near_misses=args.near_misses,
     )
     progress = _Progress(sys.stderr) if sys.stderr.isatty() else None
     try:
@@ -193,19 +235,24 @@ def run(args: argparse.Namespace) -> int:
             progress.clear()
 
     if args.format == "json":
-        sys.stdout.write(render.render_json(result))
+        write_json(render.render_json(result))
     else:
         if mode == "diff":
             sys.stdout.write(render.render_diff(result))
         sys.stdout.flush()
         sys.stderr.write(render.render_notes(result, skipped=not args.quiet, warnings=not args.quiet))
+        sys.stderr.write(render.render_near_misses(result))
         sys.stderr.write(render.render_errors(result))
         sys.stderr.write(render.render_summary(result))
         for f in result.files:
             if f.patch:
-                sys.stderr.write(f"wrote {f.patch}\n")
+                sys.stderr.write(f"wrote {display_path(f.patch)}\n")
             elif f.written:
-                sys.stderr.write(f"rewrote {f.found.path}\n")
+                sys.stderr.write(f"rewrote {display_path(f.found.path)}\n")
+    if result.removed_temp_files:
+        n = len(result.removed_temp_files)
+        sys.stderr.write(f"note: removed {n} temporary file{'s' * (n != 1)} left by an interrupted dslc run: "
+                         f"{', '.join(result.removed_temp_files)}\n")
     if args.format == "json" and result.missing_kernels:
         # Also tell a human watching the terminal; the JSON field carries the data.
         sys.stderr.write(render.render_notes(result, skipped=False, warnings=False))

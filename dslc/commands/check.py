@@ -71,7 +71,9 @@ def run(args) -> int:
     errors, warnings = D.count(diags)
     shown = [d for d in diags if d.is_error] if args.quiet else diags
     if args.format == "json":
-        print(D.render(shown, "json"))
+        from dslc.output import write_json
+
+        write_json(D.render(shown, "json"))
     elif shown:
         print(D.render(shown, "text", result.sources))
         print()

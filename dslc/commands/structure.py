@@ -48,7 +48,9 @@ def add_parser(subparsers) -> None:
 
 
 def _error(path: str, line: int, col: int, code: str, message: str) -> None:
-    print(f"{path}:{line}:{col}: error[{code}]: {message}", file=sys.stderr)
+    from dslc.fileio import display_path
+
+    print(f"{display_path(path)}:{line}:{col}: error[{code}]: {message}", file=sys.stderr)
 
 
 def run(args) -> int:
@@ -60,11 +62,18 @@ def run(args) -> int:
     if args.root is not None and not os.path.isdir(args.root):
         print(f"dslc structure: error: --root {args.root}: not a directory", file=sys.stderr)
         return 2
-    if not os.path.exists(path):
+    if not os.path.lexists(path):
         _error(path, 0, 0, "io-error", "no such file")
         return 1
     if os.path.isdir(path):
         _error(path, 0, 0, "io-error", "is a directory; give a Python file")
+        return 1
+    from dslc import fileio
+
+    try:  # only a regular file of a sane size is read: a FIFO or /dev/zero would hang
+        fileio.read_bytes(path, fileio.DEFAULT_MAX_FILE_SIZE)
+    except fileio.SourceError as exc:
+        _error(path, exc.line, 0, exc.code, exc.message)
         return 1
     facts = analyze_file(path, root=args.root, inline=not args.no_inline, flatten=args.flatten)
     fatal = [p for p in facts.problems if p.code in ("syntax-error", "encoding", "io-error", "analysis-error")]
@@ -84,7 +93,9 @@ def run(args) -> int:
     from dslc.analysis.render import file_json, file_text
 
     if args.format == "json":
-        print(json.dumps(file_json(facts, only=args.cls), indent=2, ensure_ascii=False))
+        from dslc.output import write_json
+
+        write_json(json.dumps(file_json(facts, only=args.cls), indent=2, ensure_ascii=False))
     else:
         sys.stdout.write(file_text(facts, show_stmts=args.stmts, only=args.cls))
     return 0

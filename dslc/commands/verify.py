@@ -1,7 +1,9 @@
 """`dslc verify ORIGINAL REWRITTEN`: differential equivalence test of a rewrite.
 
-Exit codes: 0 every compared class passes (skipped ones do not count),
-1 a class fails or the rewritten file does not import, 2 usage errors.
+Exit codes: 0 every compared class passes and at least one was compared
+(or the two files are the same program; `--allow-skip`: nothing compared is
+fine too), 1 a class fails, nothing was compared, or the rewritten file does
+not import, 2 usage errors, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -30,15 +32,28 @@ How modules are built:
       run inside the file's whole-model class (XxxModel) that contains it.
       transformers (4.35.0 for the benchmark) must be importable.
   a plain file without --factory: its own ...Config class (no constructor
-      arguments, sizes as attributes) when it has one, else skipped.
+      arguments, sizes as attributes) when it has one; else the class is
+      built without arguments and its inputs are synthesised: --input-shape
+      when given, else from the first layer (a Linear's in_features gives
+      (2, 4, in_features), a Conv2d's in_channels (2, C, 8, 8), an
+      Embedding integer indices (2, 8), ...); the report says which.
+
+The code under test runs in a child process: if it exits (sys.exit,
+os._exit), crashes or hangs (--timeout), the class being compared fails
+with that reason; dslc's own exit status is never the user code's.
+NaN and Inf count as equal only at the same positions on both sides (the
+report counts them); facing a number they fail, with the values.
 
 A class is skipped, with the reason, when a kernel package is not installed
 (with the pack's install hint when --rules is given), when --device cuda has no
-GPU, or when it cannot be constructed."""
+GPU, or when it cannot be constructed.  A run where every class was skipped
+(or no class could be compared, e.g. the rewrite renamed it) is a failure
+unless --allow-skip."""
 
 EPILOG = """\
-exit status: 0 every compared class passes (skips do not count), 1 a class
-fails or the rewritten file does not import, 2 usage error.
+exit status: 0 every compared class passes and at least one was compared,
+1 a class fails, nothing was compared (unless --allow-skip) or the rewritten
+file does not import, 2 usage error, 130 interrupted.
 
 examples:
   dslc verify before.py after.py --factory factories.py:make
@@ -60,19 +75,41 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="where to run (auto: cuda when available, else cpu)")
     p.add_argument("--rules", action="append", default=[], metavar="FILE|DIR",
                    help="rule packs: tolerances and install hints of the rules whose kernels the file uses")
-    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.add_argument("--format", choices=("text", "json"), default="text",
+                   help="text (default: one line per class and a verdict) or json (the report as an object)")
+    p.add_argument("--allow-skip", action="store_true",
+                   help="exit 0 even when no class could be compared (all skipped: no kernel, no GPU)")
+    p.add_argument("--input-shape", action="append", default=[], type=_shape, metavar="D1,D2,...",
+                   help="shape of the inputs of a plain module built without arguments (repeatable: one "
+                        "per forward input, in order; default: from its first Linear/Conv/Embedding)")
+    p.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS",
+                   help="stop the child process that runs the code under test after SECONDS "
+                        "(default 600; 0: no limit)")
     p.add_argument("--seed", type=int, default=0, help="seed for construction, inputs and forward (default 0)")
     p.add_argument("--module", metavar="DOTTED.NAME",
                    help="the original's module name, when its path does not tell (e.g. transformers.models.bert.modeling_bert)")
     p.set_defaults(func=run)
 
 
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        dims = tuple(int(d) for d in text.replace("x", ",").split(",") if d.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected sizes such as 2,4,32, got {text!r}") from None
+    if not dims or any(d < 0 for d in dims):
+        raise argparse.ArgumentTypeError(f"expected non-negative sizes such as 2,4,32, got {text!r}")
+    return dims
+
+
 def run(args: argparse.Namespace) -> int:
     from dslc import verify
+    from dslc.output import write_json
 
     options = verify.VerifyOptions(classes=tuple(args.classes), factory=args.factory,
                                    device=args.device, rules=tuple(args.rules),
-                                   seed=args.seed, module=args.module)
+                                   seed=args.seed, module=args.module, allow_skip=args.allow_skip,
+                                   input_shapes=tuple(args.input_shape),
+                                   timeout=args.timeout if args.timeout and args.timeout > 0 else None)
     try:
         report = verify.verify_files(args.original, args.rewritten, options)
     except verify.VerifyUsageError as exc:
@@ -81,5 +118,8 @@ def run(args: argparse.Namespace) -> int:
     except Exception as exc:  # noqa: BLE001 - a bug of ours: one line, not a traceback
         print(f"dslc verify: internal error: {type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)
         return 2
-    print(verify.render(report, args.format))
+    if args.format == "json":
+        write_json(verify.render(report, "json"))
+    else:
+        print(verify.render(report, args.format))
     return 0 if report.ok else 1

@@ -1,0 +1,366 @@
+"""Near misses: the places that hold a rule's anchors but got no rewrite, and why.
+
+A user who sees no rewrite cannot tell "nothing to do" from "could not prove
+it".  `near_misses(compiled, facts, covered, file=...)` answers for one
+analysed file, after the normal run (so that a run without `--near-misses`
+pays nothing):
+
+1. Places.  A place is where a rule could have applied: for a rule with an
+   init item (or `option scope = "forward"`), a class whose forward paths hold
+   a node carrying the rule's anchor key (`CompiledPack.index`, the same
+   index the matcher uses) -- or, for an init-only rule, an init binding of
+   the rule's type; for an init-less rule, each anchor node itself (a
+   `softmax(...)` call) in any method or function.  A place counts only when
+   its class (or function) mentions every name the rule needs
+   (`CompiledRule.names`, the pre-filter of `anchor_names`): a class with a
+   Dropout but no LayerNorm is no near miss of dropout_layernorm.
+2. Reasons.  The matcher runs again with a `Recorder`: every failed attempt
+   (`dslc.matcher.Fail`, falsy, its reason formatted lazily) is offered with
+   a score -- how many pattern nodes had matched, then how far the failing
+   step got (no candidate node < a bound name written again < a node of the
+   right kind whose arguments did not fit < forward matched but __init__ did
+   not < a `where` constraint failed).  Per place the deepest attempt is kept.
+3. Places already covered by a match (applied, or skipped by the matcher's
+   conflicts and the safety checks: those are reported with their own
+   reasons) are left out; every other place is a `NearMiss` with the
+   deepest attempt's reason, formatted only now.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Iterable
+
+from dslc import ir
+from dslc.matcher import Fail, _expand_sequential, _node_id, _PathCtx, _scopes, match_file
+
+
+@dataclass(frozen=True, slots=True)
+class NearMiss:
+    """A place holding a rule's anchors where the rule did not match."""
+
+    rule: str  # qualified name
+    class_name: str | None
+    function: str | None
+    line: int
+    reason: str
+    code: str = "N101"  # dslc.codes: N1xx forward, N2xx init, N3xx where, N4xx no attempt
+
+
+@dataclass(frozen=True, slots=True)
+class _Event:
+    rule: object  # CompiledRule
+    scope: object  # matcher._Scope
+    anchor: object  # the anchor Node (None: init-only rules)
+    matched: tuple  # the forward nodes matched so far
+    k: int  # the pattern node that failed
+    fail: Fail | None  # None: no node of the path fitted pattern node k
+    node: object  # the path node that failed it, if any
+    stage: str  # forward | kill | init | where
+
+
+def _unit(cr, scope, anchor) -> tuple:
+    """The place an attempt belongs to (see the module doc, step 1)."""
+    if cr.class_scoped or anchor is None:
+        cls = scope.cls
+        return ("class", cls.qualname if cls is not None else scope.paths_of)
+    return ("node", _node_id(anchor))
+
+
+class Recorder:
+    """Keeps the deepest failed attempt per (rule, place); see `match_file(recorder=)`."""
+
+    def __init__(self) -> None:
+        self.best: dict[tuple, tuple[tuple, _Event]] = {}
+
+    def event(self, cr, scope, anchor, matched, k, sub, fail, *, node=None, stage="forward") -> None:
+        key = (cr.name, _unit(cr, scope, anchor))
+        score = (k, sub)
+        cur = self.best.get(key)
+        if cur is None or score > cur[0]:
+            self.best[key] = (score, _Event(cr, scope, anchor, tuple(matched), k, fail, node, stage))
+
+
+# ---------------------------------------------------------------------------
+# Places (step 1).
+
+
+def _last(name: str | None) -> str:
+    return (name or "").rsplit(".", 1)[-1]
+
+
+def _names_of_paths(paths) -> set[str]:
+    out: set[str] = set()
+    for path in paths:
+        for n in path.nodes:
+            if n.type:
+                out.add(_last(n.type))
+            if n.unresolved:
+                out.add(_last(n.unresolved))
+    return out
+
+
+@dataclass
+class _Place:
+    rule: object
+    key: tuple
+    class_name: str | None
+    function: str | None
+    line: int
+    hint: str | None = None  # the reason when no attempt can start (the anchor layer is never called)
+    anchor: object = None  # the first anchor node seen
+
+
+def places(compiled, facts) -> list[_Place]:
+    """Every (rule, place) that holds the rule's anchors (module doc, step 1)."""
+    found: dict[tuple, _Place] = {}
+    class_names: dict[str, set[str]] = {}
+    for cls in facts.classes:
+        names = {_last(b.type) for b in cls.init if b.type} | {_last(b.unresolved) for b in cls.init if b.unresolved}
+        names |= _names_of_paths(cls.paths)
+        for _, paths in cls.other_paths:
+            names |= _names_of_paths(paths)
+        class_names[cls.qualname] = names
+    for scope, paths in _scopes(facts):
+        if scope.cls is not None:
+            names = class_names[scope.cls.qualname]
+        else:
+            names = _names_of_paths(paths)
+        for path in paths:
+            ctx = _PathCtx(_expand_sequential(path, scope), scope)
+            for pos, node in enumerate(ctx.nodes):
+                if node.kind == "stmt":
+                    continue
+                for key in ctx.keys[pos]:
+                    for r in compiled.candidates(key):
+                        cr = compiled.rules[r]
+                        if cr.class_scoped and not scope.class_scoped:
+                            continue
+                        if not cr.names <= names:
+                            continue
+                        unit = _unit(cr, scope, node)
+                        line = node.stmt.lines[0]
+                        k = (cr.name, unit)
+                        if k not in found or line < found[k].line and unit[0] == "class":
+                            found[k] = _Place(cr, unit, scope.cls.name if scope.cls else None,
+                                              node.stmt.method if unit[0] == "node" else "forward", line,
+                                              anchor=node)
+    # A class that builds a rule's anchor layer in __init__ but whose forward
+    # never calls it (a layer list iterated, a call the analysis cannot see).
+    for cr in compiled.rules:
+        anchor = cr.forward.anchor if cr.forward is not None and cr.init is not None else None
+        if anchor is None or anchor[0] != "layer":
+            continue
+        for cls in facts.classes:
+            key = (cr.name, ("class", cls.qualname))
+            if key in found or not cr.names <= class_names[cls.qualname]:
+                continue
+            built = [b for b in cls.init if b.type == anchor[1]]
+            if built:
+                b = built[0]
+                line = b.stmt.lines[0] if b.stmt else cls.lines[0]
+                found[key] = _Place(cr, key[1], cls.name, "__init__", line,
+                                    f"self.{b.attr} = {_short(anchor[1])}(...) (line {line}) is built in __init__, "
+                                    f"but no path of forward calls it")
+    for r in compiled.init_only:
+        cr = compiled.rules[r]
+        types = {t.type for t in cr.init.tests}
+        for cls in facts.classes:
+            hits = [b for b in cls.init if b.type in types]
+            if hits and cr.names <= class_names[cls.qualname]:
+                line = min((b.stmt.lines[0] for b in hits if b.stmt), default=cls.lines[0])
+                found[(cr.name, ("class", cls.qualname))] = _Place(cr, ("class", cls.qualname), cls.name, "__init__", line)
+    return list(found.values())
+
+
+# ---------------------------------------------------------------------------
+# Reasons (step 2, formatted lazily).
+
+
+def _short(name: str | None) -> str:
+    return _last(name) or "?"
+
+
+def node_text(n) -> str:
+    """A short rendering of a path node: `self.dropout(...)`, `softmax(...)`, `+`."""
+    if n is None:
+        return "?"
+    if n.kind == "layer":
+        return f"self.{n.attr}(...)"
+    if n.kind == "call":
+        spelled = n.unresolved or n.type or "?"
+        if spelled.startswith("self."):
+            return f"{spelled}(...)"
+        return f"{_short(spelled)}(...)"
+    if n.kind == "op":
+        ins = [v.text for v in n.inputs]
+        if len(ins) == 2:
+            return f"{ins[0]} {n.op} {ins[1]}"
+        return f"{n.op}{ins[0] if ins else ''}"
+    return "a statement"
+
+
+def _term(t) -> str:
+    if isinstance(t, ir.Var):
+        return str(t)
+    if isinstance(t, ir.Const):
+        return "..." if t.value is Ellipsis else repr(t.value)
+    if isinstance(t, ir.Code):
+        return t.text
+    if isinstance(t, ir.AttrOf):
+        return f"{_term(t.base)}.{t.attr}"
+    if isinstance(t, ir.Expr):
+        return f" {t.op} ".join(_term(o) for o in t.operands)
+    return "?"
+
+
+def pattern_text(t) -> str:
+    """A pattern node as written in the rule: `$norm($z) -> $out`."""
+    pn = t.pattern
+    if pn is None:
+        return t.test.describe()
+    if pn.kind in ("op", "unary"):
+        ops = [_term(a) for a in pn.args]
+        body = f" {pn.op} ".join(ops) if len(ops) == 2 else f"{pn.op}{ops[0] if ops else ''}"
+    elif pn.kind == "wildcard":
+        body = "*"
+    else:
+        c = pn.callee
+        if c is not None and c.var is not None:
+            head = str(c.var)
+        elif c is not None and c.qualname:
+            head = c.qualname
+        else:
+            head = "?"
+        if c is not None and c.subscript is not None:
+            head += f"[{_term(c.subscript)}]"
+        args = [_term(a) for a in pn.args] + [f"{k}={_term(v)}" for k, v in pn.kwargs]
+        body = f"{head}({', '.join(args)})"
+    if pn.outputs:
+        body += " -> " + ", ".join(str(o) for o in pn.outputs)
+    if t.test.kind == "layer" and t.test.type:
+        body += f" (a {_short(t.test.type)} layer)"
+    return body
+
+
+_SLOT = re.compile(r"\b(?:p|kw):(\w+)")
+_POS = re.compile(r"\bin(\d+)\b")
+
+
+_VALUE = re.compile(r"'([^']*?)@-?\d+'")
+_BOUND = re.compile(r"(\$\w+) <- ([\w #]+): \1 is bound to (.+?), the node has (.+?)$")
+
+
+_KEY = re.compile(r"sub is `<(\$\w+)>\.(\w+)`, \$\w+ <- its base: needs `<value>\.\w+`, the node has '(.+?)'")
+
+
+def tidy(reason: str) -> str:
+    """Slot names of the automaton dump (`p:dim`, `in0`) and the matcher's
+    value positions (`x@3`) in words."""
+    reason = _KEY.sub(r"the key is `\3`, the rule needs `\1.\2`", reason)
+    reason = _SLOT.sub(r"\1", reason)
+    reason = _POS.sub(lambda m: f"argument #{int(m.group(1)) + 1}", reason)
+    reason = _VALUE.sub(r"`\1`", reason)
+    return _BOUND.sub(r"its \2 is \4, but \1 is \3 (another value)", reason)
+
+
+def _found_text(nodes) -> str:
+    return " then ".join(f"`{node_text(n)}` (line {n.stmt.lines[0]})" for n in nodes)
+
+
+def code_of(e: _Event) -> str:
+    """The near-miss code of an attempt (`dslc explain N101`)."""
+    if e.stage == "kill":
+        return "N102"
+    if e.stage == "forward":
+        if e.anchor is None:
+            return "N401"
+        return "N103" if e.fail is None else "N101"
+    return "N201" if e.stage == "init" else "N301"
+
+
+def describe(e: _Event) -> str:
+    """The reason of the deepest attempt, in words."""
+    trans = e.rule.forward.transitions if e.rule.forward is not None else ()
+    found = _found_text(e.matched)
+    if e.stage == "forward" and e.anchor is None:  # an init-only rule
+        return tidy(e.fail.reason) if e.fail else "forward does not call the layer"
+    if e.stage == "kill":  # a node between matched ones rebinds a matched value
+        want = f"`{pattern_text(trans[e.k])}`" if e.k < len(trans) else "the next pattern node"
+        return f"found {found}, but {e.fail.reason} before a node fits {want}"
+    if e.stage == "forward":
+        want = f"`{pattern_text(trans[e.k])}`" if e.k < len(trans) else "the next pattern node"
+        if e.fail is None:
+            return f"found {found}, but no later node fits {want}"
+        where = f"line {e.node.stmt.lines[0]} `{node_text(e.node)}`" if e.node is not None else "a node"
+        head = f"found {found}, but " if found else ""
+        return f"{head}{where} does not fit {want}: {tidy(e.fail.reason)}"
+    if e.stage == "init":
+        head = f"forward matched ({found}), but " if found else ""
+        return f"{head}__init__ does not fit: {tidy(e.fail.reason)}"
+    head = f"matched ({found}), but " if found else ""
+    return f"{head}a constraint does not hold: {tidy(e.fail.reason)}"
+
+
+def _no_attempt(p: _Place) -> str:
+    auto = p.rule.forward
+    where = f"`{node_text(p.anchor)}` (line {p.anchor.stmt.lines[0]})" if p.anchor is not None else "here"
+    if auto is not None and auto.anchor_index > 0:
+        before = ", ".join(f"`{pattern_text(t)}`" for t in auto.transitions[:auto.anchor_index])
+        return f"the rule's anchor {where} is here, but no node before it fits {before}"
+    return f"the rule's anchor {where} is here, but no attempt from it got further"
+
+
+# ---------------------------------------------------------------------------
+# The driver (step 3).
+
+
+def covered_units(compiled, matches: Iterable[ir.Match]) -> set[tuple]:
+    """The (rule, place) keys that a match (applied or skipped) covers."""
+    by_name = {cr.name: cr for cr in compiled.rules}
+    out: set[tuple] = set()
+    for m in matches:
+        cr = by_name.get(m.rule.qualified_name)
+        if cr is None:
+            continue
+        if cr.class_scoped or not m.nodes:
+            out.add((cr.name, ("class-name", m.class_name)))
+            continue
+        for n in m.nodes:
+            out.add((cr.name, ("node", _node_id(n))))
+    return out
+
+
+def near_misses(compiled, facts, matches: Iterable[ir.Match], *, file: str | None = None) -> list[NearMiss]:
+    """The near misses of one compiled pack in one analysed file (module doc).
+
+    `matches`: the matches the normal run found (applied or skipped): their
+    places are covered and left out.
+    """
+    file = file or facts.path
+    todo = places(compiled, facts)
+    if not todo:
+        return []
+    covered = covered_units(compiled, matches)
+    todo = [p for p in todo if (p.rule.name, p.key) not in covered
+            and not (p.key[0] == "class" and (p.rule.name, ("class-name", p.class_name)) in covered)]
+    if not todo:
+        return []
+    rec = Recorder()
+    match_file(compiled, facts, file=file, recorder=rec)
+    out = []
+    for p in todo:
+        got = rec.best.get((p.rule.name, p.key))
+        if got is None:
+            reason = p.hint or _no_attempt(p)
+            code = "N401" if p.hint else "N402"
+            line = p.line
+        else:
+            e = got[1]
+            reason, code = describe(e), code_of(e)
+            first = e.matched[0] if e.matched else (e.anchor if e.anchor is not None else None)
+            line = first.stmt.lines[0] if first is not None and p.key[0] == "class" else p.line
+        out.append(NearMiss(p.rule.name, p.class_name, p.function, line, reason, code))
+    out.sort(key=lambda n: (n.line, n.rule))
+    return out
