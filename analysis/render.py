@@ -10,7 +10,7 @@ Text, per class (the paper's DSL, Fig. 2, with line numbers and guards):
           L19  torch.nn.Linear(hidden_states) → hidden_states;   # self.dense
           L21  hidden_states + input_tensor → temp_1;
 
-JSON follows /work/shared/spec/report.md ("dslc structure --format json").
+JSON follows docs/report-format.md ("dslc structure --format json").
 """
 
 from __future__ import annotations

@@ -18,7 +18,8 @@ Steps:
    softmax calls over another dimension than the last).  Per (model, rule)
    TP = min(found, truth), FN = truth - TP, FP = found - TP, summed per
    rule; found counts only `applied` matches.  Found-but-skipped matches are
-   counted beside, with their reasons grouped, and so are the near misses
+   counted beside, grouped by their reason's code (`dslc explain CODE`), and so
+   are the near misses
    (`dslc.nearmiss`: places holding a rule's anchors where it did not match;
    computed after each file's timed run, so they do not count in its time).
 5. Checks on every patched file: it parses, and a second apply on the
@@ -36,7 +37,6 @@ import argparse
 import ast
 import collections
 import json
-import re
 import statistics
 import sys
 import tempfile
@@ -48,6 +48,7 @@ if str(REPO) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(REPO))
 
 from dslc import apply, corpus, fileio, nearmiss  # noqa: E402
+from dslc import codes as dslc_codes  # noqa: E402
 
 # Paper Table 2 (ADOPTER): rule -> (ground truth, TP, FN, FP).
 PAPER = {
@@ -185,11 +186,11 @@ def _check_patched(found, new_source: str, compiled, kw) -> dict:
 # Scoring
 
 
-def reason_group(reason: str | None) -> str:
-    """A skip reason with its specifics (names in backticks, line numbers) blanked, for grouping."""
-    if not reason:
-        return "no reason given"
-    return re.sub(r"\d+", "N", re.sub(r"`[^`]*`", "`X`", reason))
+def reason_group(match) -> str:
+    """A skipped match's group: its registered code and the code's title (dslc/codes.py)."""
+    code = getattr(match, "code", None) or dslc_codes.S_UNCLASSIFIED
+    entry = dslc_codes.lookup(code)
+    return f"{code} {entry.title if entry else 'unregistered code'}"
 
 
 def score(records: list[dict], truth: dict[tuple[str, str], int], models: list[str]) -> dict:
@@ -215,7 +216,7 @@ def score(records: list[dict], truth: dict[tuple[str, str], int], models: list[s
                 found[(rec["model"], rule)] += 1
             else:
                 skipped[rule] += 1
-                reasons[rule][reason_group(m.reason)] += 1
+                reasons[rule][reason_group(m)] += 1
     rules = {}
     for rule in corpus.RULE_NAMES:
         tp = fn = fp = gt = 0
@@ -239,7 +240,7 @@ def score(records: list[dict], truth: dict[tuple[str, str], int], models: list[s
             if t != f:
                 misses.append({"model": model, "rule": rule, "truth": t, "found": f,
                                "matches": [{"status": m.status, "class": m.class_name, "lines": list(m.lines),
-                                            "reason": m.reason} for m in where[(model, rule)]],
+                                            "reason": m.reason, "code": m.code} for m in where[(model, rule)]],
                                "near_misses": [{"class": n.class_name, "line": n.line, "reason": n.reason}
                                                for n in near_where[(model, rule)]]})
     return {"rules": rules, "total": tot, "misses": misses}
@@ -275,7 +276,7 @@ def print_skips(result: dict) -> None:
     if not rows:
         print("\nfound but skipped: none")
         return
-    print("\nfound but skipped (not counted as found), reasons grouped:")
+    print("\nfound but skipped (not counted as found), by reason code:")
     for rule, r in rows:
         print(f"  {rule} {r['name']}: {r['skipped']}")
         for reason, n in r["skip_reasons"].items():
@@ -290,7 +291,7 @@ def print_misses(result: dict, labels: str = "the paper's labels") -> None:
               f"found {m['found']} ({kind})")
         for x in m["matches"]:
             print(f"      {x['status']:<8} {x['class']} lines {x['lines']}"
-                  + (f": {x['reason']}" if x["reason"] else ""))
+                  + (f": [{x['code']}] {x['reason']}" if x["reason"] else ""))
         for x in m.get("near_misses", ()):
             print(f"      near-miss {x['class']} line {x['line']}: {x['reason']}")
 
@@ -403,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  of which analysis {t['analysis']:.2f} s, match + safety + rewrite {t['total'] - t['analysis']:.2f} s"
           f" (the checks below are not included; wall time with them {t['wall_with_checks']:.2f} s)")
     print(f"ast.parse of the same files in this run: {base:.2f} s; ratio {t['total'] / base:.1f}x" if base else "")
-    print("paper's artifact on a 2-core machine (shared/bench/README.md): 2094 s for 199 x 9 separate runs, "
+    print("paper's artifact on a 2-core machine (as reported with the benchmark labels): 2094 s for 199 x 9 separate runs, "
           "1.17 s mean / 1.02 s median / 10.3 s max per (model, rule); ast.parse 1.5 s")
     c = full["checks"]
     print(f"checks: {c['patched']} patched files, {c['parse']} parse, {c['idempotent']} unchanged by a second apply")

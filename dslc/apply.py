@@ -38,13 +38,14 @@ import importlib.machinery
 import importlib.metadata
 import importlib.util
 import os
+import re
 import sys
 import time
 import traceback
 from dataclasses import dataclass, field, replace
 from typing import Callable, Literal, Sequence
 
-from dslc import fileio
+from dslc import codes, fileio
 from dslc.fileio import Found, SourceError, SourceFile
 
 Mode = Literal["diff", "write", "patch"]
@@ -89,6 +90,7 @@ class MatchEntry:
     status: Literal["applied", "skipped"]
     reason: str | None = None
     function: str | None = None
+    code: str | None = None  # the reason's registered code (dslc/codes.py); None when applied
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +109,7 @@ class NearMissEntry:
     reason: str
     function: str | None = None
     kind: Literal["unmatched", "skipped"] = "unmatched"
-    code: str | None = None  # N1xx-N4xx for unmatched places (dslc.codes)
+    code: str | None = None  # N1xx-N4xx for unmatched places, the skip reason's S code for skipped ones
 
 
 @dataclass(frozen=True, slots=True)
@@ -380,6 +382,134 @@ def _is_empty(facts) -> bool:
     return not getattr(facts, "classes", ()) and not getattr(facts, "functions", ())
 
 
+# The analysis's problem kinds (it never imports dslc) -> registered codes.
+PROBLEM_CODES = {
+    "path-cap": codes.W_PATH_CAP,
+    "base-not-visible": codes.W_BASE_HIDDEN,
+    "analysis-recursion": codes.W_RECURSION,
+    "encoding": codes.W_ANALYSIS,
+    "io-error": codes.W_ANALYSIS,
+    "syntax-error": codes.W_ANALYSIS,
+}
+
+
+def _anchor_keys(compiled: Compiled) -> set | None:
+    """(kind, qualified type) of every node some forward automaton starts from;
+    None when some rule has no such anchor (it may match anywhere)."""
+    keys: set = set()
+    for c in compiled.compiled:
+        index = getattr(c, "index", None)
+        if index is None or getattr(c, "unanchored", ()):
+            return None
+        keys |= set(index)
+    return keys
+
+
+def _cap_matters(facts, message: str, compiled: Compiled) -> bool:
+    """Does the function whose paths were capped hold a node a rule anchors on?
+
+    The path-cap problem names `owner.function`; its kept paths (the class's
+    forward paths, another method's, or a function's) show which nodes it
+    calls.  When that cannot be told, the warning is kept.
+    """
+    keys = _anchor_keys(compiled)
+    qual = message.split(":", 1)[0]
+    owner, _, fn = qual.rpartition(".")
+    if keys is None or not fn:
+        return True
+    paths = None
+    for c in getattr(facts, "classes", ()):
+        if c.qualname == owner:
+            paths = c.paths if fn == "forward" else next((ps for n, ps in c.other_paths if n == fn), None)
+            break
+    if paths is None:
+        for n, ps in getattr(facts, "functions", ()):
+            if qual == n or qual.endswith("." + n):
+                paths = ps
+                break
+    if paths is None:
+        return True
+    return any((n.kind, n.type) in keys for p in paths for n in p.nodes)
+
+
+# ---------------------------------------------------------------------------
+# Suppressions: `# dslc: ignore` / `# dslc: ignore[pack:rule, rule]`
+
+_IGNORE_RE = re.compile(r"#\s*dslc:\s*ignore\b(?:\[([^\]]*)\])?")
+
+
+def suppressions(text: str) -> dict[int, frozenset[str] | None]:
+    """Line -> the rules its `# dslc: ignore[...]` comment names (None: every rule).
+
+    Comments only (a `#` inside a string is no comment), found with tokenize.
+    """
+    if "dslc:" not in text:
+        return {}
+    import io
+    import tokenize
+
+    out: dict[int, frozenset[str] | None] = {}
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+            if tok.type != tokenize.COMMENT:
+                continue
+            m = _IGNORE_RE.search(tok.string)
+            if m is None:
+                continue
+            names = None if m.group(1) is None else frozenset(n.strip() for n in m.group(1).split(",") if n.strip())
+            out[tok.start[0]] = names or None
+    except (tokenize.TokenError, SyntaxError, ValueError):
+        pass
+    return out
+
+
+def _rule_named(qualified: str, name: str) -> bool:
+    pack, _, rule = qualified.partition(":")
+    p, sep, r = name.partition(":")
+    if sep:
+        return p == pack and r in (rule, "*", "")
+    return name in (pack, rule)
+
+
+def _match_lines(match) -> set[int]:
+    """Every line of every statement the match involves (forward nodes and init bindings)."""
+    lines = set(getattr(match, "lines", ()) or ())
+    stmts = [n.stmt for n in getattr(match, "nodes", ())]
+    stmts += [b.stmt for b in (getattr(match, "init_nodes", None) or {}).values() if getattr(b, "stmt", None)]
+    for stmt in stmts:
+        lo, hi = getattr(stmt, "lines", (0, 0))
+        if lo and hi >= lo:
+            lines.update(range(lo, hi + 1))
+    return lines
+
+
+def split_suppressed(text: str, matches: list) -> tuple[list, list]:
+    """(matches to rewrite, [(match, comment line)] suppressed by a comment)."""
+    table = suppressions(text)
+    if not table:
+        return matches, []
+    keep, dropped = [], []
+    for m in matches:
+        rule = m.rule.qualified_name
+        hit = next((line for line in sorted(_match_lines(m)) if line in table
+                    and (table[line] is None or any(_rule_named(rule, n) for n in table[line]))), None)
+        if hit is None:
+            keep.append(m)
+        else:
+            dropped.append((m, hit))
+    return keep, dropped
+
+
+def suppressed_entries(suppressed: list, name: str):
+    for m, line in suppressed:
+        yield MatchEntry(
+            rule=m.rule.qualified_name, file=name, class_name=m.class_name,
+            lines=tuple(sorted(set(m.lines))), status="skipped",
+            reason=f"suppressed by `# dslc: ignore` at line {line}",
+            function=getattr(m, "function", None), code=codes.S_SUPPRESSED,
+        )
+
+
 def process_file(found: Found, source: SourceFile, facts, compiled: Compiled, options: ApplyOptions) -> FileResult:
     """Match, check and rewrite one analyzed file (no writing: see `emit`).
 
@@ -400,11 +530,13 @@ def process_file(found: Found, source: SourceFile, facts, compiled: Compiled, op
             return FileResult(found, errors=(err,), original=text)
     errors = []
     for p in problems:
-        line, code, msg = getattr(p, "line", 0) or 0, getattr(p, "code", "W000"), getattr(p, "message", str(p))
+        line, code, msg = getattr(p, "line", 0) or 0, getattr(p, "code", ""), getattr(p, "message", str(p))
         if code == "analysis-error":  # the analysis gave up on the file: it was not processed
             errors.append(FileError(name, line, fileio.E_INTERNAL, f"analysis failed: {msg}"))
+        elif code == "path-cap" and not _cap_matters(facts, msg, compiled):
+            continue  # no rule looks for anything in that function: the cap costs nothing
         else:
-            warnings.append(FileError(name, line, code, msg))
+            warnings.append(FileError(name, line, PROBLEM_CODES.get(code, codes.W_ANALYSIS), msg))
     if errors or _is_empty(facts):
         return FileResult(found, errors=tuple(errors), warnings=tuple(warnings), original=text)
     # The analysis facts (and whatever else is alive) are frozen meanwhile:
@@ -427,22 +559,32 @@ def process_file(found: Found, source: SourceFile, facts, compiled: Compiled, op
                     warnings.append(FileError(name, 0, W_NEAR_MISS, f"near-miss report failed: {err.message}"))
         if not matches:
             return FileResult(found, warnings=tuple(warnings), original=text, near_misses=tuple(near))
-        result = rewrite_source(text, facts, matches, path=name)
+        matches, suppressed = split_suppressed(text, matches)
+        result = rewrite_source(text, facts, matches, path=name) if matches else None
     finally:
         gc.unfreeze()
-    entries = []
+    entries = list(suppressed_entries(suppressed, name))
+    if result is None:
+        return FileResult(found, matches=tuple(entries), warnings=tuple(warnings), original=text,
+                          near_misses=tuple(near))
     for o in result.outcomes:
         m = o.match
-        entries.append(MatchEntry(
+        code = codes.code_of(o.reason) if o.status == "skipped" else None
+        entry = MatchEntry(
             rule=m.rule.qualified_name, file=name, class_name=m.class_name,
-            lines=tuple(sorted(set(o.lines or m.lines))), status=o.status, reason=o.reason,
-            function=getattr(m, "function", None),
-        ))
+            lines=tuple(sorted(set(o.lines or m.lines))), status=o.status,
+            reason=None if o.reason is None else str(o.reason),
+            function=getattr(m, "function", None), code=code,
+        )
+        entries.append(entry)
+        if code == codes.E_INTERNAL:  # a dslc bug: the match is skipped and the file is an error
+            first = entry.lines[0] if entry.lines else 0
+            errors.append(FileError(name, first, codes.E_INTERNAL, f"{entry.rule}: {entry.reason}"))
     new_source = result.new_source
     if new_source == text:
         new_source = None
-    return FileResult(found, matches=tuple(entries), warnings=tuple(warnings), original=text,
-                      new_source=new_source, near_misses=tuple(near))
+    return FileResult(found, matches=tuple(entries), errors=tuple(errors), warnings=tuple(warnings),
+                      original=text, new_source=new_source, near_misses=tuple(near))
 
 
 def verify_result(result: FileResult, packs: Sequence) -> FileResult:
@@ -459,7 +601,8 @@ def verify_result(result: FileResult, packs: Sequence) -> FileResult:
     if getattr(verdict, "ok", False):
         return replace(result, warnings=warnings)
     why = _verify_summary(verdict)
-    entries = tuple(replace(e, status="skipped", reason=f"verification failed: {why}") if e.status == "applied" else e
+    entries = tuple(replace(e, status="skipped", reason=f"verification failed: {why}", code=codes.S_VERIFY_FAILED)
+                    if e.status == "applied" else e
                     for e in result.matches)
     error = FileError(name, 0, fileio.E_VERIFY, f"rewrite not written: verification failed: {why}")
     return replace(result, matches=entries, warnings=warnings, errors=result.errors + (error,), new_source=None)
@@ -648,7 +791,7 @@ def file_near_misses(result: FileResult) -> list[NearMissEntry]:
     for m in result.matches:
         if m.status == "skipped":
             out.append(NearMissEntry(m.rule, m.file, m.class_name, m.lines[0] if m.lines else 0,
-                                     m.reason or "no reason given", m.function, "skipped"))
+                                     m.reason or "no reason given", m.function, "skipped", code=m.code))
     out.sort(key=lambda n: (n.line, n.rule, n.kind))
     return out
 

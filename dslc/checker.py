@@ -16,10 +16,15 @@
    every init layer has a forward use when the rule has a forward item;
    `qual.Type(...)` in forward not ambiguous; source variables used.
 `check_files(files)` adds the cross-file check (a pack name declared twice).
+`check_semantics(files)` (run by `dslc check`, not by every load: it reads
+installed packages' sources) adds the ADR5xx warnings: qualified names that
+do not exist, tensors compared with strings, keyword constants of the wrong
+type for the signature's default, `params` naming a parameter the layer lacks.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import re
 from collections import Counter
@@ -400,7 +405,11 @@ class _RuleChecker:
                 S.BinOp: "a nested expression", S.UnaryOp: "a nested expression"}.get(type(e), "this term")
         self.emit(codes.UNSUPPORTED_TERM, f"{what} as {where} in a {'source' if source else 'target'} pattern",
                   getattr(e, "span", None), label="cannot be matched" if source else "cannot be written",
-                  help="write it as a separate node and pass its output variable" if isinstance(e, (S.Call, S.BinOp, S.UnaryOp))
+                  help=("write it as a separate node and pass its output variable" if source else
+                        "a target calls one function with the bound values; a transformed input (a "
+                        "method such as `.transpose(...)`, a nested call) goes into a helper function "
+                        "the target calls (docs/adr-language.md, \"Writing targets\")")
+                  if isinstance(e, (S.Call, S.BinOp, S.UnaryOp))
                   else "bind the value to a variable (and constrain it with `where`)")
 
     # -- 5. variables --------------------------------------------------------
@@ -526,18 +535,34 @@ class _RuleChecker:
         for p in r.of(S.Params):
             for m in p.maps:
                 uses.update((m.target.var.name, m.source.var.name))
+        # No "never used" beside an error that already concerns the variable
+        # (`$nrom(...)` calling no layer), nor for the one unused variable of an
+        # item whose target names an unbound one: that is most likely the same
+        # variable misspelt, and the error's help says so.
+        blamed = {d.span for d in self.out if d.is_error}
         for sec in (init, fwd):
             if sec is None or sec.item.target is None:
                 continue  # detect-only items bind freely
-            reported = set()
+            unused, reported = [], set()
             for n in sec.item.source:
                 for v in node_vars(n):
                     if uses[v.name] <= 1 and not v.name.startswith("_") and v.name not in reported \
                             and v.name not in self.unlinked:
                         reported.add(v.name)
-                        self.emit(codes.UNUSED_VAR, f"variable `${v.name}` is never used", v.span,
-                                  label="bound here only",
-                                  help=f"use it, or write `$_{v.name}` to ignore it on purpose")
+                        if v.span not in blamed:
+                            unused.append(v)
+            unbound = [i for i, d in enumerate(self.out)
+                       if d.code == codes.UNBOUND_TARGET and d.message.endswith(f" in {sec.kind} target")]
+            if len(unused) == 1 and unbound:
+                for i in unbound:
+                    self.out[i] = dataclasses.replace(
+                        self.out[i], help=f"{self.out[i].help}; `${unused[0].name}` is bound in the source "
+                                          f"but used nowhere: a misspelling?")
+                continue
+            for v in unused:
+                self.emit(codes.UNUSED_VAR, f"variable `${v.name}` is never used", v.span,
+                          label="bound here only",
+                          help=f"use it, or write `$_{v.name}` to ignore it on purpose")
 
     def _unbound(self, v: S.Var, kind: str) -> None:
         where = "the init source" if kind == "init" else "the forward or init source"
@@ -551,3 +576,134 @@ class _RuleChecker:
         if close:
             return f"did you mean `${close[0]}`?"
         return "bound variables: " + (", ".join(f"${n}" for n in sorted(names)) or "none")
+
+
+# ---------------------------------------------------------------------------
+# ADR5xx: names and types (`dslc check` only)
+
+
+def check_semantics(files: list[S.File]) -> list[Diagnostic]:
+    out: list[Diagnostic] = []
+    for f in files:
+        for r in f.rules:
+            diags = _Semantics(r).run()
+            out.extend(_RuleChecker(r, set())._allowed(diags))
+    return out
+
+
+def _names_in(e):
+    for x in _walk_expr(e):
+        if isinstance(x, S.Name):
+            yield x
+        elif isinstance(x, S.Subscript) and isinstance(x.container, S.Name):
+            yield x.container
+
+
+def _const_kind(v) -> str | None:
+    if isinstance(v, bool):
+        return "bool"
+    if isinstance(v, (int, float)):
+        return "number"
+    if isinstance(v, str):
+        return "string"
+    return None
+
+
+class _Semantics:
+    def __init__(self, rule: S.Rule) -> None:
+        self.r = rule
+        self.out: list[Diagnostic] = []
+
+    def run(self) -> list[Diagnostic]:
+        from dslc import names
+
+        seen: set[str] = set()
+        items = [s.item for s in self.r.of(S.Section)]
+        nodes = [n for it in items for n in list(it.source) + list(it.target or ()) if isinstance(n, S.Node)]
+        candidates = [k.qualname for k in self.r.of(S.Kernel)] + [x for n in nodes for x in _names_in(n.expr)]
+        for name in candidates:
+            q = name.qualname
+            if q in seen or "." not in q:
+                continue
+            seen.add(q)
+            if names.exists(q) is False:
+                better = names.suggestion(q)
+                self.out.append(diag(codes.UNKNOWN_NAME, f"`{q}` does not exist in the installed package",
+                                     name.span, label="no such module or name",
+                                     help=f"did you mean `{better}`?" if better and better != q else None))
+        self.keywords(nodes)
+        self.tensors()
+        self.params()
+        return self.out
+
+    def keywords(self, nodes) -> None:
+        from dslc import signatures
+
+        for n in nodes:
+            for x in _walk_expr(n.expr):
+                if not (isinstance(x, S.Call) and isinstance(x.callee, S.Name)):
+                    continue
+                sig = signatures.signature(x.callee.qualname)
+                if sig is None:
+                    continue
+                defaults = {p.name: p.default for p in sig.params}
+                for a in x.args:
+                    if a.name is None or not isinstance(a.value, S.Const) or a.name not in defaults:
+                        continue
+                    d = defaults[a.name]
+                    if d is None or not d.is_const or d.const is None or a.value.value is None:
+                        continue
+                    want, got = _const_kind(d.const), _const_kind(a.value.value)
+                    if want is None or got is None or want == got or {want, got} == {"bool", "number"}:
+                        continue
+                    self.out.append(diag(
+                        codes.KEYWORD_TYPE,
+                        f"`{a.name}={pretty_const(a.value.value)}` is a {got}, but `{x.callee.qualname}` "
+                        f"defaults `{a.name}` to {pretty_const(d.const)} (a {want})",
+                        a.value.span, label=f"expected a {want}"))
+
+    def tensors(self) -> None:
+        fwd = self.r.section("forward")
+        if fwd is None:
+            return
+        tensor: set[str] = set()
+        for n in fwd.item.source:
+            if not isinstance(n, S.Node):
+                continue
+            tensor.update(v.name for v in n.outputs)
+            for x in _walk_expr(n.expr):
+                if isinstance(x, S.BinOp):
+                    tensor.update(v.name for v in (x.left, x.right) if isinstance(v, S.Var))
+                elif isinstance(x, S.UnaryOp) and isinstance(x.operand, S.Var):
+                    tensor.add(x.operand.name)
+        for w in self.r.of(S.Where):
+            for c in w.constraints:
+                if c.var.name in tensor and any(isinstance(v.value, str) for v in c.values):
+                    self.out.append(diag(codes.TENSOR_VS_STRING,
+                                         f"`${c.var.name}` holds a tensor and is compared with a string",
+                                         c.span, label="never holds",
+                                         help="constrain a layer argument (an init variable) instead"))
+
+    def params(self) -> None:
+        from dslc import names
+
+        types: dict[str, str] = {}
+        for sec in self.r.of(S.Section):
+            if sec.kind != "init":
+                continue
+            for n in list(sec.item.source) + list(sec.item.target or ()):
+                if isinstance(n, S.Node) and isinstance(n.expr, S.Call) and isinstance(n.expr.callee, S.Name):
+                    for v in n.outputs:
+                        types.setdefault(v.name, n.expr.callee.qualname)
+        for p in self.r.of(S.Params):
+            for m in p.maps:
+                for ref in (m.target, m.source):
+                    qual = types.get(ref.var.name)
+                    if qual is None or "." in ref.path:
+                        continue
+                    have = names.layer_parameters(qual)
+                    if have is not None and ref.path not in have:
+                        self.out.append(diag(codes.NO_SUCH_PARAM,
+                                             f"`{qual}` has no parameter `{ref.path}`",
+                                             ref.span, label=f"`${ref.var.name}` is a {qual.rsplit('.', 1)[-1]}",
+                                             help=f"its parameters and buffers: {', '.join(sorted(have))}"))

@@ -1,9 +1,21 @@
-"""The registry of diagnostic codes: stable identifiers with their docs.
+"""The registry of every code dslc prints: stable identifiers with their docs.
 
 A code never changes meaning once released.  Ranges:
-ADR0xx syntax and input, ADR1xx structure (sections, options, contracts),
-ADR2xx variables and data flow, ADR3xx `requires` and versions,
-ADR4xx rule selection.  `dslc explain CODE` prints `Code.doc`.
+
+* rule files (`dslc check`, the loader): ADR0xx syntax and input, ADR1xx
+  structure (sections, options, contracts), ADR2xx variables and data flow,
+  ADR3xx `requires` and versions, ADR4xx rule selection, ADR5xx names and
+  types (warnings of the stricter checks);
+* `dslc apply` outcomes: E1xx errors of a file (exit 1), W1xx warnings,
+  I1xx notes, S1xx matches the matcher refuses, S2xx safety refusals,
+  S3xx what the emitter cannot write, S4xx conflicts between the rewrites
+  of one run and the final gates.
+
+`dslc explain CODE` prints `Code.doc`.  A skipped match carries a `Reason`:
+its code and its message (a `str`, so it renders as the text alone); make one
+with `reason(CODE, message)` or raise `dslc.rewriter.Skip(CODE, message)`.
+A new outcome gets a new code here (never reuse a number); tests check that
+every code the sources mention is registered.
 """
 
 from __future__ import annotations
@@ -14,15 +26,53 @@ from dataclasses import dataclass
 @dataclass(frozen=True, slots=True)
 class Code:
     code: str
-    severity: str  # error | warning
+    severity: str  # error | warning | note | skip
     title: str
     doc: str
+
+
+class Reason(str):
+    """Why a match was skipped: the message text, carrying its stable `code`.
+
+    A `str` subclass, so that it prints, compares and serialises as the
+    message alone (reports and goldens show the text; JSON adds `code`).
+    """
+
+    code: str
+
+    def __new__(cls, code: str, message: str) -> "Reason":
+        self = super().__new__(cls, message)
+        self.code = code
+        return self
+
+    def __reduce__(self):  # pickles across worker processes with its code
+        return (Reason, (self.code, str(self)))
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+def reason(code: str, message: str) -> Reason:
+    """A skip reason; `code` must be registered (a typo fails loudly in tests)."""
+    if code not in REGISTRY:
+        raise KeyError(f"unregistered outcome code {code!r}")
+    return Reason(code, message)
+
+
+def code_of(text: str | None, default: str = "S499") -> str | None:
+    """The code of a reason (None for None; `default` for a plain string)."""
+    if text is None:
+        return None
+    return getattr(text, "code", None) or default
 
 
 REGISTRY: dict[str, Code] = {}
 
 
 def _code(code: str, severity: str, title: str, doc: str) -> str:
+    if code in REGISTRY:  # two meanings for one code: a merge that renumbered nothing
+        raise ValueError(f"code {code} registered twice ({REGISTRY[code].title!r}, {title!r})")
     REGISTRY[code] = Code(code, severity, title, " ".join(doc.split()))
     return code
 
@@ -175,6 +225,257 @@ KERNEL_NOT_REQUIRED = _code("ADR303", "warning", "kernel package not required", 
 UNKNOWN_SELECT = _code("ADR401", "error", "unknown rule selection", """
     `--select pack:rule` (or `pack` alone, or `rule` alone) names no loaded
     pack or rule.""")
+
+UNKNOWN_IGNORE = _code("ADR402", "warning", "ignored rule not loaded", """
+    `--ignore pack:rule` (or `ignore = [...]` in `[tool.dslc]`) names no rule
+    of the loaded (and selected) packs; it has no effect. Check the spelling
+    against the rule names of the summary table of `dslc apply`.""")
+
+# -- ADR5xx: names and types (the stricter checks of `dslc check`) -----------
+UNKNOWN_NAME = _code("ADR501", "warning", "qualified name not found", """
+    The rule names `pkg.mod.Name`, but the installed package `pkg` has no
+    such module or top-level name (looked up in the signature table and in
+    the package's source, without importing it). Usually a typo: the help
+    suggests the closest name. Names of packages that are not installed here
+    are not checked.""")
+TENSOR_VS_STRING = _code("ADR502", "warning", "a tensor compared with a string", """
+    A `where`/`when` constraint compares a variable that holds a tensor (an
+    output of a forward node, or an operand of a tensor operation) with a
+    string; it can never hold, so the rule never matches.""")
+KEYWORD_TYPE = _code("ADR503", "warning", "keyword value of the wrong type", """
+    A keyword argument of a call pattern is a constant whose type does not
+    fit the parameter's default in the signature table (a string where the
+    default is a number or a bool, a number where it is a string). Such a
+    pattern never matches, and such a target builds a broken layer.""")
+NO_SUCH_PARAM = _code("ADR504", "warning", "layer has no such parameter", """
+    A `params` mapping names `$layer.p`, but the layer's class (read from
+    its source) registers no parameter or buffer `p`. The checkpoint mapping
+    would fail at load time.""")
+
+# =============================================================================
+# `dslc apply`: errors of one file (the run goes on; exit status 1)
+
+E_UNREADABLE = _code("E100", "error", "cannot read the file", """
+    The file could not be read: permissions, it vanished during the run, or
+    the path is a directory, a FIFO or another non-file. The other files are
+    still processed.""")
+E_SYNTAX = _code("E101", "error", "the file does not parse", """
+    The file is not valid Python for the running interpreter, so nothing in
+    it is matched or rewritten. The message gives the line and the parser's
+    complaint.""")
+E_NOT_TEXT = _code("E102", "error", "not text in its encoding", """
+    The bytes are not valid in the file's declared encoding (PEP 263 cookie,
+    BOM, else UTF-8), hold NUL bytes, or the cookie names an unknown codec
+    or contradicts the BOM.""")
+E_WRITE = _code("E103", "error", "cannot write the rewrite", """
+    `--write` or `--patch-dir` could not write the new file (permissions, a
+    full disk, a read-only folder). The original is left as it was.""")
+E_ENCODE = _code("E104", "error", "cannot encode the rewrite", """
+    The rewritten text holds characters the file's encoding cannot represent
+    (e.g. a kernel name in a latin-1 file); nothing is written.""")
+E_CHANGED = _code("E105", "error", "changed on disk during the run", """
+    The file's bytes changed between reading and writing it (an editor or
+    another tool wrote it). It is not overwritten; run dslc again.""")
+E_NO_CLASS = _code("E120", "error", "no such class", """
+    `dslc structure --class NAME` names no torch.nn.Module subclass of the
+    file; the message lists the classes it has.""")
+E_VERIFY = _code("E110", "error", "--verify found the rewrite not equivalent", """
+    With `--verify`, the rewritten classes were run against the originals on
+    random inputs and some output differed beyond the rule's tolerance (or
+    the rewritten module failed to build or run). The rewrite is not emitted
+    and its matches are reported skipped with code S404.""")
+E_INTERNAL = _code("E199", "error", "internal error", """
+    A stage of dslc raised an exception on this file or on one match: a bug
+    in dslc, reported with the exception and where it happened. The match
+    (or the file) is not rewritten, the rest of the run goes on, and the exit
+    status is 1. Please report it with the file that triggers it.""")
+
+# -- W1xx / I1xx: warnings and notes of `dslc apply` -------------------------
+W_PATH_CAP = _code("W101", "warning", "too many paths through a function", """
+    A function has more control-flow paths than the analysis enumerates
+    (256 by default); only the first ones are matched, so a location on a
+    later path can be missed. Reported only for functions that hold a name a
+    selected rule looks for.""")
+W_BASE_HIDDEN = _code("W102", "warning", "base class outside the analyzed tree", """
+    A class with a `forward` derives from a base that is defined outside the
+    files given, so whether it is a `torch.nn.Module` is unknown and it is
+    analyzed as plain code. Give the tree that defines the base (or `--root`)
+    to include the class.""")
+W_RECURSION = _code("W103", "warning", "class nested too deeply to analyze", """
+    The analysis hit Python's recursion limit on a class; its facts are left
+    out and nothing in it is matched.""")
+W_ANALYSIS = _code("W104", "warning", "analysis problem", """
+    The analysis could not read or decode a file it was asked about (or
+    another module of the tree it resolves names in); the message says
+    which and why. Matching goes on with what is known.""")
+W_VERIFY_SKIPPED = _code("W110", "warning", "verification of a class skipped", """
+    With `--verify`, a rewritten class could not be checked: its kernel is
+    not installed, it needs a GPU, or no inputs could be built for it. The
+    rewrite is still emitted; check it where the kernel runs.""")
+I_VERIFIED = _code("I110", "note", "verification of a class passed", """
+    With `--verify`, a rewritten class produced the same outputs as the
+    original within the rule's tolerance; the note gives the largest absolute
+    and relative differences and the kernels used.""")
+I_MISSING_KERNEL = _code("I120", "note", "a kernel package is not installed", """
+    A pack's `requires` names a package (or module, or version range) that is
+    not importable here, and a rewrite of this run imports a kernel from it.
+    The rewritten code needs it to run; the note gives the install hint.""")
+I_TEMP_REMOVED = _code("I130", "note", "stale temporary files removed", """
+    An earlier `dslc apply --write` was interrupted (killed, power loss)
+    between writing a file's temporary copy and replacing the file; this run
+    found such `*.dslc-tmp` files (of no dslc process still running) and
+    removed them. The files themselves were never half-written.""")
+
+# -- S1xx: the matcher refuses a match ---------------------------------------
+S_OVERLAP_RULE = _code("S101", "skip", "overlaps a match of an earlier rule", """
+    Two rules matched overlapping statements. The earlier rule in pack order
+    (then the earlier location) wins; the other match is reported with this
+    code. Deselect the winning rule to apply the other.""")
+S_NOT_STATIC = _code("S102", "skip", "a constraint needs a value that is not static", """
+    A literal in the pattern or a `where` constraint needs a constant, but
+    the source passes an expression whose value is known only at run time
+    (`bias=config.use_bias`). The rewrite would be right for some values only,
+    so it is refused.""")
+
+# -- S2xx: safety refusals ------------------------------------------------------
+S_GUARDS_UNKNOWN = _code("S201", "skip", "guards could not be decided", """
+    The conditions (`if` tests) on the paths through the location could not
+    be proved consistent or contradictory by the solver; the match is
+    refused as unsafe.""")
+S_GUARDS_CONTRADICT = _code("S202", "skip", "contradictory guards", """
+    The matched statements lie on no feasible path together: their guards
+    cannot all hold at once, so the nodes never run in sequence.""")
+S_CONSTRAINT_STATIC = _code("S203", "skip", "a `where` constraint is not known statically", """
+    A rule constrains a bound value (`where $p == 0.0`) but the source value
+    is an expression, not a constant; the rewrite is refused.""")
+S_VALUE_READ = _code("S204", "skip", "a removed value is read elsewhere", """
+    A value the rewrite removes (an intermediate output of the matched
+    nodes) is read after the match, or between its nodes by code that is not
+    part of the match, on some path. Removing it would change that code.""")
+S_INPUT_CHANGED = _code("S205", "skip", "an input is reassigned before the fused call", """
+    A name the fused call reads is written between the matched statements,
+    so at the fused call's position it no longer holds the value the original
+    code used (or a line the rewrite removes writes it).""")
+S_ATTR_ASSIGNED = _code("S206", "skip", "a replaced attribute is assigned elsewhere", """
+    An attribute the rewrite replaces or removes is also assigned outside its
+    init statement (another method, a second assignment). The fused layer
+    would be overwritten or go stale.""")
+S_ATTR_USED = _code("S207", "skip", "a replaced attribute is used elsewhere", """
+    An attribute the rewrite replaces or removes is used by other code (a
+    different method or statement, another path). That code would see the
+    fused layer or a missing attribute.""")
+S_WHEN_NEVER = _code("S208", "skip", "the `when` condition can never hold", """
+    The init statement of a `when` rule is built only on a branch where the
+    rule's condition is false; the location is not one the rule describes.""")
+S_NO_PATH = _code("S209", "skip", "the matched nodes are on no analyzed path", """
+    The match was found, but no composition path holds all its nodes, so the
+    data flow around it cannot be checked.""")
+S_INHERITED = _code("S210", "skip", "the matched code is inherited", """
+    The matched statements belong to a base class; editing them would change
+    every class that shares that base.""")
+S_NOT_CALLED = _code("S211", "skip", "the matched layer is never called", """
+    An init-only rewrite would replace a layer that forward never calls (or
+    whose call was not found); replacing it changes nothing useful and may
+    break code that reads it.""")
+S_CONTAINER_USE = _code("S212", "skip", "a container is used in a way the rewrite changes", """
+    The layers sit in an `nn.Sequential` that is also indexed, iterated,
+    reassigned, passed around or not called at the matched location; fusing
+    its elements would change what that code sees.""")
+S_REORDER = _code("S213", "skip", "moving a statement would change a value", """
+    Writing the fused call where the rewrite must put it would move a
+    statement past another that uses the same name, changing the value one
+    of them reads.""")
+S_SCRIPTED = _code("S214", "skip", "the location is compiled by TorchScript", """
+    The matched code is inside a function decorated with `@torch.jit.script`
+    (or similar); the kernel is a Python-level call that TorchScript cannot
+    compile, so the rewrite would break the model at import time.""")
+
+# -- S3xx: what the emitter cannot write -------------------------------------
+S_LOCATE = _code("S301", "skip", "cannot locate the statement", """
+    A matched node refers to a statement the rewriter cannot find in the
+    file's syntax tree (the analysis and the text disagree).""")
+S_MULTI_STMT = _code("S302", "skip", "several statements on one line", """
+    The matched statement shares its line with another (`a = f(x); b = g(a)`);
+    the emitter edits whole statements and refuses such lines.""")
+S_TARGET = _code("S303", "skip", "the target cannot be written", """
+    A term of the rule's target cannot be rendered at this location: a
+    variable with no value in the source, a wildcard, an operator without
+    operands, a node without callee or output. Usually a limit of the rule;
+    `dslc check` catches most of these.""")
+S_IMPORT_CLASH = _code("S304", "skip", "the kernel cannot be imported", """
+    The names the import of a kernel would bind are already taken in the
+    file, so the rewrite could not refer to the kernel without shadowing.""")
+S_WHEN_FORWARD = _code("S305", "skip", "a `when` rule changes forward", """
+    A rule with `when` keeps both layers in an `if`/`else`; its forward must
+    stay as it is, since the old layers live only in the `else` branch.""")
+S_NO_BINDING = _code("S306", "skip", "an init variable matched no binding", """
+    An init pattern variable was not matched to an attribute assignment of
+    the class, so the init statement to rewrite is unknown.""")
+S_CROSS_METHOD = _code("S307", "skip", "the match crosses methods", """
+    The matched nodes come from several methods (through inlined calls); the
+    emitter edits one function body at a time.""")
+S_STMT_SHAPE = _code("S308", "skip", "the statement has a shape the emitter does not rewrite", """
+    A matched call is not in a plain `name = call(...)` (or `self.x = ...`)
+    statement: an augmented assignment, a nested expression, a tuple target,
+    a statement with other effects that cannot simply be removed.""")
+S_EXTRA_ARG = _code("S309", "skip", "an argument has no counterpart in the target", """
+    The source call passes an argument the pattern accepts (through `...`)
+    but the target does not say where it goes; dropping it would change the
+    behaviour.""")
+S_TEMP_VAR = _code("S310", "skip", "the target needs a temporary variable", """
+    The target computes a value that must be stored in a new local name,
+    which the emitter does not introduce.""")
+S_HOIST = _code("S311", "skip", "cannot hoist or move the statement", """
+    The matched statements sit in different branches or compound statements
+    and the rewrite would have to move or copy one into a place the emitter
+    cannot reach (an `elif`, a loop, a `with`).""")
+S_ANCHOR = _code("S312", "skip", "nothing anchors the new layer in `__init__`", """
+    The new layer is built where one of the replaced init statements was;
+    here none of them can be replaced (they must stay for another branch),
+    so there is no place to build it.""")
+S_CONTAINER = _code("S313", "skip", "layers inside a container", """
+    The matched layers live in an `nn.Sequential` (or another container) in
+    a way the emitter does not rewrite: built from `*args` or an
+    OrderedDict, not adjacent, mixed with other code, inherited, or under a
+    `when` rule.""")
+S_WHEN_REGION = _code("S314", "skip", "a `when` rewrite cannot duplicate its init statements", """
+    A `when` rewrite copies the run of init statements it changes into both
+    branches of an `if`; here they are not in one run, or the copy would
+    clash with another rewrite.""")
+S_GUARDED_LAYER = _code("S315", "skip", "a layer guarded by `is not None` cannot be fused under its init guard", """
+    The removed layer is called under `if self.<a> is not None:` and the
+    rewrite would fuse it under the condition that binds it in `__init__`
+    (forward unchanged, `self.<a> = None` there); refused when the rule's
+    forward target is not its source without that call, `self.<a>` is bound
+    to something else than the layer or `None` (or `None` may follow the
+    layer), the other layers are not built unconditionally before it, some
+    path runs one matched call without the other, or the value between them
+    is read or may leave early.""")
+
+# -- S4xx: the run and the final gates ---------------------------------------
+S_SAME_LOCATION = _code("S401", "skip", "same location as another match", """
+    The same statements matched on several paths or call sites; they are
+    edited once and the other matches are reported with this code.""")
+S_OVERLAP_REWRITE = _code("S402", "skip", "overlaps another rewrite", """
+    The edits of this match overlap those of a rewrite accepted earlier in
+    the run (another rule, or the same rule at a nearby location).""")
+S_NO_PARSE = _code("S403", "skip", "the rewrite would not parse", """
+    The rewritten file would not parse, or text outside the edited statements
+    would change; the gate refuses it (a dslc bug or a rule whose target is
+    not valid Python at this location).""")
+S_VERIFY_FAILED = _code("S404", "skip", "verification failed", """
+    With `--verify`, the rewritten file was not equivalent to the original
+    (see E110); all its rewrites are withdrawn.""")
+S_FILE_PARSE = _code("S405", "skip", "the file does not parse", """
+    The rewriter could not parse the file, so none of its matches is
+    rewritten.""")
+S_SUPPRESSED = _code("S406", "skip", "suppressed by a comment", """
+    A line of the match carries `# dslc: ignore` (every rule) or
+    `# dslc: ignore[pack:rule, ...]` naming this rule. Suppressed matches
+    are counted apart in the summary and never rewritten.""")
+S_UNCLASSIFIED = _code("S499", "skip", "skipped (no code given)", """
+    A skip reason produced without a code (code that predates the registry).
+    Every reason dslc itself gives has a code; this one marks a gap to fill.""")
 
 
 # -- E10x: files `dslc apply` cannot process safely (docs/reliability.md) -------

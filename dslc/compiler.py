@@ -19,7 +19,7 @@ rule, then indexes the compiled rules by anchor:
 Rule options read here: `option scope = "forward"` limits an init-less rule
 to forward paths (default `"any"`); `option commutative = false` matches the operands
 of `+`/`*` in written order only (default: commutative, as
-shared/spec/adopter-rules.md settles it).  Pattern terms: `Var` binds,
+docs/adopter-rules.md settles it).  Pattern terms: `Var` binds,
 `Const` is a literal check (a non-static value keeps the match, marked
 `conflict`), `Code` matches source text (`ACT2FN[config.hidden_act]`), and a
 trailing `Const(Ellipsis)` (`...`) accepts further arguments.

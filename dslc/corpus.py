@@ -17,7 +17,7 @@ import zipfile
 from pathlib import Path
 
 TRANSFORMERS_VERSION = "4.35.0"
-# Models of 4.35.0 that are not in the benchmark (see shared/bench/README.md).
+# Models of 4.35.0 that are not in the benchmark (the benchmark labels in dslc/data/ leave them out).
 NOT_IN_BENCHMARK = ("fuyu", "kosmos2", "seamless_m4t")
 _DATA = Path(__file__).resolve().parent / "data"
 
@@ -91,7 +91,7 @@ def benchmark_files(root: Path | None = None) -> list[Path]:
     return out
 
 
-# The benchmark's rule numbers and the pack's rule names (shared/spec/adopter-rules.md).
+# The benchmark's rule numbers and the pack's rule names (docs/adopter-rules.md).
 RULE_NAMES = {
     "rule_1": "bert_self_attention",
     "rule_2": "t5_attention",

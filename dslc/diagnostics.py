@@ -146,6 +146,8 @@ def _render_one(d: Diagnostic, lines: _Lines) -> str:
     out = [f"{where}{d.severity}[{d.code}]: {d.message}"]
     labels = d.labels or ((Label(s, ""),) if s else ())
     shown = [l for l in labels if lines.get(l.span.path, l.span.line) is not None]
+    # Snippets in line order (those of the diagnostic's own file first), as the file reads.
+    shown.sort(key=lambda l: (s is not None and l.span.path != s.path, l.span.path, l.span.line, l.span.col))
     if shown:
         width = max(len(str(l.span.line)) for l in shown)
         pad = " " * width

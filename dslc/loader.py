@@ -9,7 +9,8 @@
 3. Lower each file that has no error to an `ir.Pack`, in path order.
 4. Apply `select` (`pack:rule`, `pack`, `rule`, or `pack:*`): keep only the
    selected rules, drop packs left empty; a selection that names nothing is
-   an ADR401 error.
+   an ADR401 error.  Then `ignore` (same forms) drops rules; an ignore that
+   names no loaded rule is an ADR402 warning.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def expand(paths: Iterable[str]) -> tuple[list[str], list[Diagnostic]]:
     return unique, diags
 
 
-def load_rules(paths: list[str] | str, select: Iterable[str] = ()) -> LoadResult:
+def load_rules(paths: list[str] | str, select: Iterable[str] = (), ignore: Iterable[str] = ()) -> LoadResult:
     if isinstance(paths, (str, Path)):
         paths = [str(paths)]
     files, diags = expand(paths)
@@ -88,6 +89,8 @@ def load_rules(paths: list[str] | str, select: Iterable[str] = ()) -> LoadResult
               for f in parsed if f.path in failed and f.header is not None]
     packs, sel_diags = apply_select(packs, list(select), broken)
     diags.extend(sel_diags)
+    packs, ign_diags = apply_ignore(packs, list(ignore), broken)
+    diags.extend(ign_diags)
     diags.sort(key=Diagnostic.sort_key)
     return LoadResult(packs, diags, sources, tuple(files), tuple(parsed))
 
@@ -110,6 +113,31 @@ def _compilable(packs: list[ir.Pack], diags: list[Diagnostic]) -> list[ir.Pack]:
             kept.append(rule)
         out.append(replace(pack, rules=tuple(kept)))
     return out
+
+
+def _names(p, r, sel: str) -> bool:
+    pack_name, sep, rule_name = sel.partition(":")
+    if sep:
+        return p.name == pack_name and rule_name in (r.name, "*", "")
+    return sel in (p.name, r.name)
+
+
+def apply_ignore(packs: list[ir.Pack], ignore: list[str],
+                 broken: list[ir.Pack] = ()) -> tuple[list[ir.Pack], list[Diagnostic]]:
+    """Drop the rules `ignore` names (`--ignore`, `ignore = [...]`); packs left empty go."""
+    if not ignore:
+        return packs, []
+    diags = []
+    for sel in ignore:
+        if not any(_names(p, r, sel) for p in list(packs) + list(broken) for r in p.rules):
+            diags.append(Diagnostic(codes.UNKNOWN_IGNORE, "warning", f"--ignore {sel!r} names no selected rule",
+                                    None, help="write pack:rule, pack, or rule"))
+    out = []
+    for p in packs:
+        rules = tuple(r for r in p.rules if not any(_names(p, r, sel) for sel in ignore))
+        if rules:
+            out.append(replace(p, rules=rules))
+    return out, diags
 
 
 def apply_select(packs: list[ir.Pack], select: list[str],

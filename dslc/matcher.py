@@ -62,7 +62,7 @@ from bisect import bisect_left
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from dslc import ir, signatures
+from dslc import codes, ir, signatures
 from dslc.analysis.model import ClassFacts, FileFacts, InitBinding, Node, Path, Value
 from dslc.automaton import Action, InitTest, Transition
 from dslc.compiler import CompiledPack, CompiledRule
@@ -1063,13 +1063,13 @@ def match_file(compiled: CompiledPack, facts: FileFacts, *, file: str | None = N
     kept: list[_Found] = []
     matches = []
     for f in ordered:
-        conflict = f.conflict
+        conflict = codes.reason(codes.S_NOT_STATIC, f.conflict) if f.conflict is not None else None
         if conflict is None:
             ids = {_node_id(n) for n in f.nodes}
             inits = {_init_id(b) for b in f.init_nodes.values()}
             for k in kept:
                 if ids & {_node_id(n) for n in k.nodes} or (k.rule.index != f.rule.index and inits & {_init_id(b) for b in k.init_nodes.values()}):
-                    conflict = f"overlaps {k.rule.name} at line {first_line(k)[0]}"
+                    conflict = codes.reason(codes.S_OVERLAP_RULE, f"overlaps {k.rule.name} at line {first_line(k)[0]}")
                     break
             if conflict is None:
                 kept.append(f)

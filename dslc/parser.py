@@ -15,8 +15,11 @@ Algorithm (`parse_source`):
    rule body (ADR102).
 5. Recovery: the text before the next `rule` line after the error is blanked
    (newlines kept, so positions hold) and parsed again, up to
-   MAX_SYNTAX_ERRORS times, so each broken rule reports its own error.  A
-   file with any syntax error yields no tree.
+   MAX_SYNTAX_ERRORS times, so each broken rule reports its own error.
+   When every error lies inside a rule, the file without those rules is
+   parsed once more and its tree returned (beside the syntax errors), so the
+   checker reports the other rules' problems too; the file is still never
+   loaded (it has errors).  Otherwise a file with a syntax error has no tree.
 """
 
 from __future__ import annotations
@@ -99,6 +102,7 @@ def parse_source(text: str, path: str = "<string>") -> ParseResult:
         # Recovery: after a syntax error, blank out everything before the
         # next line that starts a rule (keeping newlines, so positions stay
         # right) and parse again, so each broken rule reports its own error.
+        errors = [failed] if failed is not None else []
         for _ in range(MAX_SYNTAX_ERRORS - 1):
             if failed is None:
                 break
@@ -108,6 +112,10 @@ def parse_source(text: str, path: str = "<string>") -> ParseResult:
             masked = _BLANK.sub(" ", text[:sync]) + text[sync:]
             _, more, failed = _parse_locked(masked, source)
             diagnostics.extend(more)
+            if failed is not None:
+                errors.append(failed)
+        if tree is None and errors and failed is None:
+            tree = _without_broken_rules(text, errors, source)
     if tree is None:
         return ParseResult(None, diagnostics, source)
     file = S.File(tree.headers, tree.requires, tree.rules, path=path,
@@ -119,6 +127,30 @@ def parse_source(text: str, path: str = "<string>") -> ParseResult:
 MAX_SYNTAX_ERRORS = 10
 _BLANK = re.compile(r"[^\n]")
 _RULE_LINE = re.compile(r"^[ \t]*rule\b", re.MULTILINE)
+
+
+def _without_broken_rules(text: str, errors: list[int], source: SourceFile):
+    """The tree of the file with every rule that holds a syntax error blanked.
+
+    So that the checker still reports the other rules' problems (one error
+    does not hide the rest of the file).  The file keeps its syntax errors,
+    so it is never loaded; None when an error lies outside any rule (the
+    header, a `requires` line) or the rest does not parse either.
+    """
+    starts = [m.start() for m in _RULE_LINE.finditer(text)]
+    masked = text
+    for offset in errors:
+        before = [st for st in starts if st <= offset]
+        if not before:
+            return None
+        start = before[-1]
+        end = _next_rule_start(text, offset)
+        end = len(text) if end is None else end
+        masked = masked[:start] + _BLANK.sub(" ", masked[start:end]) + masked[end:]
+    tree, diagnostics, failed = _parse_locked(masked, source)
+    if failed is not None or tree is None or not tree.rules:
+        return None
+    return tree
 
 
 def _next_rule_start(text: str, error_offset: int) -> int | None:

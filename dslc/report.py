@@ -1,9 +1,9 @@
 """Rendering an apply `Report`: unified diffs, the JSON contract, the text summary.
 
 Pure functions from `dslc.apply` values to text; the command prints them.
-The JSON shape is /work/shared/spec/report.md (`dslc`, `rules`,
-`files_scanned`, `seconds`, `matches`, `errors`); everything else here is an
-added field, never a changed one.
+The JSON shape is docs/report-format.md (`dslc`, `rules`, `files_scanned`,
+`seconds`, `matches`, `errors` are the core; everything else is an added
+field, never a changed one).
 """
 
 from __future__ import annotations
@@ -12,28 +12,51 @@ import difflib
 import json
 import os
 
-from dslc import __version__
+from dslc import __version__, codes
 from dslc.apply import FileResult, Report
 
 
 def diff_path(result: FileResult) -> str:
-    """The file's name in diff headers: as reachable from the current directory.
+    """The file's name in diff headers, such that `patch -p1` and `git apply`
+    accept it (no `..`, no leading `/`).
 
-    Relative command-line paths give relative names, so `patch -p1` /
-    `git apply` run from the same directory find the files; absolute ones lose
-    their leading `/` (the `a/` prefix must be followed by a relative path).
+    1. A file under the current folder: its path relative to it, so the
+       patch applies from the folder dslc ran in.
+    2. Otherwise (`../models/x.py`, `/tmp/x.py`): its path relative to the
+       top of the git work tree that holds it (apply from there), else to
+       the folder of the command-line PATH it was found under.
     """
     from dslc.fileio import display_path
 
-    path = display_path(os.path.normpath(result.found.path))
-    if os.path.isabs(path):
-        try:
-            rel = os.path.relpath(path)
-            if not rel.startswith(".."):
-                path = rel
-        except ValueError:  # another drive on Windows
-            pass
-    return path.replace(os.sep, "/").lstrip("/")
+    return display_path(_diff_path(result))
+
+
+def _diff_path(result: FileResult) -> str:
+    path = os.path.abspath(result.found.path)
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:  # another drive on Windows
+        rel = None
+    if rel is not None and not rel.startswith(os.pardir):
+        return rel.replace(os.sep, "/")
+    top = _work_tree(os.path.dirname(path))
+    if top is not None:
+        return os.path.relpath(path, top).replace(os.sep, "/")
+    arg = os.path.abspath(result.found.arg)
+    base = arg if os.path.isdir(arg) else os.path.dirname(arg)
+    rel = os.path.relpath(path, base) if path.startswith(base + os.sep) else os.path.basename(path)
+    return rel.replace(os.sep, "/")
+
+
+def _work_tree(folder: str) -> str | None:
+    """The nearest folder at or above `folder` holding `.git` (None: none)."""
+    while True:
+        if os.path.exists(os.path.join(folder, ".git")):
+            return folder
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return None
+        folder = parent
 
 
 def file_diff(result: FileResult, *, bom: bool = False) -> str:
@@ -61,14 +84,21 @@ def file_diff(result: FileResult, *, bom: bool = False) -> str:
 
 
 def summary_counts(report: Report) -> dict[str, dict[str, int]]:
-    """Per rule (every selected rule, in pack order): found, applied, skipped;
-    with near misses asked for, also `near_misses` (the unmatched places)."""
-    keys = ("found", "applied", "skipped") + (("near_misses",) if report.near_misses is not None else ())
+    """Per rule (every selected rule, in pack order): found, applied, skipped,
+    suppressed (found = applied + skipped + suppressed; a suppressed match is
+    `skipped` with code S406 in the match list); with near misses asked for,
+    also `near_misses` (the unmatched places)."""
+    keys = ("found", "applied", "skipped", "suppressed") + (("near_misses",) if report.near_misses is not None else ())
     counts = {r: dict.fromkeys(keys, 0) for r in report.rules}
     for m in report.matches:
         c = counts.setdefault(m.rule, dict.fromkeys(keys, 0))
         c["found"] += 1
-        c["applied" if m.status == "applied" else "skipped"] += 1
+        if m.status == "applied":
+            c["applied"] += 1
+        elif getattr(m, "code", None) == codes.S_SUPPRESSED:
+            c["suppressed"] += 1
+        else:
+            c["skipped"] += 1
     for n in report.near_misses or ():
         if n.kind == "unmatched":
             counts.setdefault(n.rule, dict.fromkeys(keys, 0))["near_misses"] += 1
@@ -94,6 +124,7 @@ def to_json(report: Report) -> dict:
                 "lines": list(m.lines),
                 "status": m.status,
                 "reason": m.reason,
+                "code": m.code,
                 "function": m.function,
             }
             for m in report.matches
@@ -105,6 +136,7 @@ def to_json(report: Report) -> dict:
         "files_written": [f.found.display for f in report.files if f.written],
         "patches": [f.patch for f in report.files if f.patch],
         "summary": summary_counts(report),
+        "suppressed": sum(1 for m in report.matches if m.code == codes.S_SUPPRESSED),
         "warnings": [_error_json(w) for w in report.warnings],
         **({} if report.near_misses is None else {"near_misses": [
             {"rule": n.rule, "file": n.file, "class": n.class_name, "line": n.line, "reason": n.reason,
@@ -153,16 +185,19 @@ def render_notes(report: Report, *, skipped: bool = True, warnings: bool = True)
                 first = m.lines[0] if m.lines else 0
                 where = f"{m.file}:{first}" if first else m.file
                 cls = f" in {m.class_name}" if m.class_name else ""
-                lines.append(f"{where}: skipped {m.rule}{cls}: {m.reason or 'no reason given'}\n")
+                code = f"[{m.code}]" if m.code else ""
+                lines.append(f"{where}: skipped{code} {m.rule}{cls}: {m.reason or 'no reason given'}\n")
     if warnings:
         for w in report.warnings:
             where = f"{w.file}:{w.line}" if w.line else w.file
             level = "note" if w.code.startswith("I") else "warning"
             lines.append(f"{where}: {level}[{w.code}]: {w.message}\n")
     for k in report.missing_kernels:
+        if not k.applied:  # no rewrite of this run needs it: nothing to act on
+            continue
         need = f" ({k.applied} {'rewrites in this run import' if k.applied != 1 else 'rewrite in this run imports'} it)" if k.applied else ""
         hint = f"; install it with: {k.install}" if k.install else ""
-        lines.append(f"note: pack `{k.pack}` requires {k.package}"
+        lines.append(f"note[{codes.I_MISSING_KERNEL}]: pack `{k.pack}` requires {k.package}"
                      f"{' ' + k.version if k.version else ''}: {k.reason}{need}{hint}\n")
     return "".join(lines)
 
@@ -185,16 +220,23 @@ def render_summary(report: Report) -> str:
     """The per-rule table (found / applied / skipped) and a one-line total."""
     counts = summary_counts(report)
     width = max([len("rule")] + [len(r) for r in counts])
+    # The `suppressed` column appears when a `# dslc: ignore` comment held a match back.
+    sup = any(c["suppressed"] for c in counts.values())
     near = report.near_misses is not None
-    rows = [f"{'rule':<{width}}  {'found':>5}  {'applied':>7}  {'skipped':>7}" + ("  near-miss" if near else "")]
-    tot = {"found": 0, "applied": 0, "skipped": 0, "near_misses": 0}
+    extra = (f"  {'suppressed':>10}" if sup else "") + ("  near-miss" if near else "")
+    rows = [f"{'rule':<{width}}  {'found':>5}  {'applied':>7}  {'skipped':>7}{extra}"]
+    tot = {"found": 0, "applied": 0, "skipped": 0, "suppressed": 0, "near_misses": 0}
+
+    def row(name, c):
+        return (f"{name:<{width}}  {c['found']:>5}  {c['applied']:>7}  {c['skipped']:>7}"
+                + (f"  {c['suppressed']:>10}" if sup else "")
+                + (f"  {c['near_misses']:>9}" if near else ""))
+
     for rule, c in counts.items():
-        rows.append(f"{rule:<{width}}  {c['found']:>5}  {c['applied']:>7}  {c['skipped']:>7}"
-                    + (f"  {c['near_misses']:>9}" if near else ""))
+        rows.append(row(rule, c))
         for k in c:
             tot[k] += c[k]
-    rows.append(f"{'total':<{width}}  {tot['found']:>5}  {tot['applied']:>7}  {tot['skipped']:>7}"
-                + (f"  {tot['near_misses']:>9}" if near else ""))
+    rows.append(row("total", tot))
     changed = sum(1 for f in report.files if f.changed)
     verb = {"diff": "would change", "write": "changed", "patch": "patched"}[report.mode]
     if report.mode == "write":

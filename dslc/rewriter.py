@@ -50,10 +50,11 @@ from __future__ import annotations
 import ast
 import keyword
 import re
+import textwrap
 from dataclasses import dataclass, field
 from typing import Literal
 
-from dslc import ir, safety
+from dslc import codes, ir, safety
 from dslc.analysis.model import Guard
 from dslc.edits import Edit, EditConflict, SourceMap, apply_edits, parse_error
 
@@ -79,7 +80,22 @@ class RewriteResult:
 
 
 class Skip(Exception):
-    """A match cannot be rewritten; the message is the report's reason."""
+    """A match cannot be rewritten: `Skip(CODE, message)` or `Skip(reason)`.
+
+    `reason` (a `codes.Reason`) is the report's reason: the message and its
+    registered code (dslc/codes.py).  A plain string without a code gets
+    S499, which the tests flag.
+    """
+
+    def __init__(self, code_or_reason: str, message: str | None = None) -> None:
+        if message is not None:
+            reason = codes.reason(code_or_reason, message)
+        elif isinstance(code_or_reason, codes.Reason):
+            reason = code_or_reason
+        else:
+            reason = codes.Reason(codes.S_UNCLASSIFIED, str(code_or_reason))
+        super().__init__(str(reason))
+        self.reason = reason
 
 
 @dataclass
@@ -166,7 +182,7 @@ class _Module:
     def stmt(self, ref) -> ast.stmt:
         found = self.stmt_at.get((ref.lines[0], ref.col))
         if found is None:
-            raise Skip(f"cannot locate the statement at line {ref.lines[0]}")
+            raise Skip(codes.S_LOCATE, f"cannot locate the statement at line {ref.lines[0]}")
         return found
 
     def block_of(self, stmt: ast.stmt) -> tuple[ast.AST, str, list]:
@@ -195,7 +211,7 @@ class _Module:
         after_line = self.smap.line_text(stmt.end_lineno)
         after = after_line.encode("utf-8")[stmt.end_col_offset :].decode("utf-8", errors="ignore").strip()
         if before.strip() or (after and not after.startswith("#")):
-            raise Skip(f"line {stmt.lineno} holds more than one statement")
+            raise Skip(codes.S_MULTI_STMT, f"line {stmt.lineno} holds more than one statement")
         return self.smap.line_start(stmt.lineno), self.smap.line_end(stmt.end_lineno)
 
     def stmt_text(self, stmt: ast.stmt, indent: str) -> str:
@@ -243,6 +259,9 @@ class _Env:
         self.casts: dict[str, str] = {}
         # Init targets: a layer variable as an argument is its original constructor call.
         self.ctor: dict[str, str] = {}
+        # A constant's canonical text -> its spelling in the matched statements
+        # (`1e-06` -> `1e-6`): literals are copied from the source, not re-printed.
+        self.literals: dict[str, str] = {}
 
     def var(self, name: str) -> str:
         if name in self.inline:
@@ -256,6 +275,7 @@ class _Env:
             text = f"self.{bound.text}"
         elif bound.kind == "const":
             text = bound.text if bound.text else repr(bound.value)
+            text = self.literals.get(text, text)
         else:
             if not bound.text:
                 raise _Absent(name)
@@ -278,7 +298,7 @@ class _Env:
             if len(ops) == 1:
                 return f"{term.op}{ops[0]}"
             return f" {term.op} ".join(ops)
-        raise Skip(f"cannot render target term {term!r}")
+        raise Skip(codes.S_TARGET, f"cannot render target term {term!r}")
 
 
 def _render_args(env: _Env, node: ir.PatNode) -> str:
@@ -287,7 +307,7 @@ def _render_args(env: _Env, node: ir.PatNode) -> str:
         try:
             parts.append(env.term(arg))
         except _Absent as exc:
-            raise Skip(f"target argument `${exc.args[0]}` has no value in the source") from None
+            raise Skip(codes.S_TARGET, f"target argument `${exc.args[0]}` has no value in the source") from None
     for key, value in node.kwargs:
         try:
             parts.append(f"{key}={env.term(value)}")
@@ -440,7 +460,7 @@ class _Rewriter:
             return name
         root = module.split(".")[0]
         if root in imports and imports[root] != root:
-            raise Skip(f"cannot import `{qualname}`: `{name}` and `{root}` are both taken in this file")
+            raise Skip(codes.S_IMPORT_CLASH, f"cannot import `{qualname}`: `{name}` and `{root}` are both taken in this file")
         plan.imports[qualname] = qualname
         if imports.get(root) != root or module != root:
             plan.import_lines.append(f"import {module}")
@@ -449,17 +469,17 @@ class _Rewriter:
     def callee(self, node: ir.PatNode, env: _Env, plan: _Plan) -> str:
         callee = node.callee
         if callee is None:
-            raise Skip("target node has no callee")
+            raise Skip(codes.S_TARGET, "target node has no callee")
         if callee.var is not None:
             try:
                 return env.var(callee.var.name)
             except _Absent:
-                raise Skip(f"target layer `${callee.var.name}` is bound to nothing") from None
+                raise Skip(codes.S_TARGET, f"target layer `${callee.var.name}` is bound to nothing") from None
         if node.layer_var is not None:
             try:
                 return env.var(node.layer_var)
             except _Absent:
-                raise Skip(f"target layer `${node.layer_var}` is bound to nothing") from None
+                raise Skip(codes.S_TARGET, f"target layer `${node.layer_var}` is bound to nothing") from None
         text = self.spell(callee.qualname, plan)
         if callee.subscript is not None:
             text = f"{text}[{env.term(callee.subscript)}]"
@@ -515,7 +535,7 @@ class _Rewriter:
             raise Skip(reason)
         reason = self.check_scripted(match)
         if reason:
-            raise Skip(reason)
+            raise Skip(codes.S_SCRIPTED, reason)
         reason = safety.check_constraints(match)
         if reason:
             raise Skip(reason)
@@ -526,7 +546,7 @@ class _Rewriter:
         cls = safety.find_class(self.facts, match.class_name)
         paths = safety.paths_through(match, self.facts) if match.nodes else []
         if match.nodes and not paths:
-            raise Skip(f"the matched nodes are on no path of `{match.function}`; the data flow cannot be checked")
+            raise Skip(codes.S_NO_PATH, f"the matched nodes are on no path of `{match.function}`; the data flow cannot be checked")
         reason, feasible = safety.check_guards(match, paths)
         if reason:
             raise Skip(reason)
@@ -549,11 +569,11 @@ class _Rewriter:
                 self.plan_sequential(match, cls, condition, plan)
             return plan
         if rule.forward is not None and not match.nodes:
-            raise Skip("no forward call of the matched layer was found")
+            raise Skip(codes.S_NOT_CALLED, "no forward call of the matched layer was found")
         if rule.forward is None and rule.init is not None and cls is not None:
             attrs = {b.attr for b in match.init_nodes.values()}
             if not any(u.attr in attrs and u.kind == "call" for u in cls.attr_uses):
-                raise Skip("the matched layer is never called, so replacing it is pointless")
+                raise Skip(codes.S_NOT_CALLED, "the matched layer is never called, so replacing it is pointless")
 
         # Forward structure: statements, hoisting.  A forward target equal to
         # its source (biased_gelu: only the init changes) needs no forward edit.
@@ -562,7 +582,7 @@ class _Rewriter:
         if unchanged_forward:
             forward_edit = False
         if condition and forward_edit:
-            raise Skip("a rule with `when` must leave forward unchanged (its old layers live only in the `else` branch)")
+            raise Skip(codes.S_WHEN_FORWARD, "a rule with `when` must leave forward unchanged (its old layers live only in the `else` branch)")
         groups = self.forward_groups(match) if forward_edit else []
         hoisted_attrs: set[str] = set()
         hoist_guards: list = []
@@ -581,7 +601,7 @@ class _Rewriter:
                         crossed = final_chain[len(chain):]
                     for compound, _ in crossed:
                         if not isinstance(compound, ast.If):
-                            raise Skip(_hoist_reason(stmt, final_stmt, compound))
+                            raise Skip(codes.S_HOIST, _hoist_reason(stmt, final_stmt, compound))
                     hoist_guards = [_branch_guard(compound, branch) for compound, branch in crossed]
 
         # Init changes: which source layers are deleted, replaced in place,
@@ -604,7 +624,7 @@ class _Rewriter:
         for var in source_vars:
             binding = bindings.get(var)
             if binding is None:
-                raise Skip(f"init variable `${var}` matched no binding")
+                raise Skip(codes.S_NO_BINDING, f"init variable `${var}` matched no binding")
             hoisted = binding.attr in hoisted_attrs
             if var in target_vars:
                 kinds[var] = "reassigned" if hoisted else "replaced"
@@ -638,6 +658,7 @@ class _Rewriter:
                 attrs[var] = name
         temps = self.temp_texts(match, feasible or paths)
         env = _Env(match, attrs, temps)
+        env.literals = self.literal_texts(match)
 
         if groups:
             self.plan_forward(match, groups, env, plan, feasible or paths)
@@ -647,18 +668,47 @@ class _Rewriter:
             plan.new_attrs.setdefault(match.class_name or "", set()).update(new_names)
         return plan
 
+    def literal_texts(self, match: ir.Match) -> dict[str, str]:
+        """Constants of the matched statements: canonical text -> text as written."""
+        ranges = [tuple(n.stmt.lines) for n in match.nodes]
+        ranges += [tuple(b.stmt.lines) for b in match.init_nodes.values() if b.stmt is not None]
+        ranges = [(lo, hi) for lo, hi in ranges if lo and hi >= lo]
+        if not ranges:
+            return {}
+        out: dict[str, str] = {}
+        lo_all, hi_all = min(lo for lo, _ in ranges), max(hi for _, hi in ranges)
+        stack = [self.mod.tree]
+        while stack:  # only the subtrees that reach into the matched lines
+            node = stack.pop()
+            for child in ast.iter_child_nodes(node):
+                if not hasattr(child, "lineno") or (child.lineno <= hi_all and (child.end_lineno or child.lineno) >= lo_all):
+                    stack.append(child)
+            if not hasattr(node, "lineno"):
+                continue
+            is_lit = isinstance(node, ast.Constant) and not isinstance(node.value, bool) and node.value is not None \
+                or isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)) \
+                and isinstance(node.operand, ast.Constant)
+            if not is_lit or not any(lo <= node.lineno and node.end_lineno <= hi for lo, hi in ranges):
+                continue
+            canonical = ast.unparse(node)
+            written = self.mod.smap.span_text((node.lineno, node.col_offset, node.end_lineno, node.end_col_offset))
+            if written != canonical and "\n" not in written:
+                out.setdefault(canonical, written)
+        return out
+
     def when_condition(self, match: ir.Match) -> str | None:
         raw = match.rule.option("when")
         if not raw:
             return None
         text = str(raw)
         env = _Env(match, {v: b.attr for v, b in match.init_nodes.items()}, {})
+        env.literals = self.literal_texts(match)
 
         def sub(m: re.Match) -> str:
             try:
                 return _paren(env.var(m.group(1)))
             except _Absent:
-                raise Skip(f"`when` names `${m.group(1)}`, which is bound to nothing") from None
+                raise Skip(codes.S_TARGET, f"`when` names `${m.group(1)}`, which is bound to nothing") from None
 
         return re.sub(r"\$([A-Za-z_]\w*)", sub, text)
 
@@ -682,18 +732,18 @@ class _Rewriter:
         groups: dict[tuple, list] = {}
         for node in match.nodes:
             if node.kind == "stmt":
-                raise Skip(f"a wildcard matched a plain statement at line {node.stmt.lines[0]}")
+                raise Skip(codes.S_TARGET, f"a wildcard matched a plain statement at line {node.stmt.lines[0]}")
             groups.setdefault(safety.stmt_key(node), []).append(node)
         methods = {key[0] for key in groups}
         if len(methods) > 1:
             names = " and ".join(f"`{m}`" for m in sorted(methods))
-            raise Skip(f"the match crosses methods {names}; the emitter cannot edit across them")
+            raise Skip(codes.S_CROSS_METHOD, f"the match crosses methods {names}; the emitter cannot edit across them")
         if match.class_name:
             mine = match.class_name
             for node in match.nodes:
                 owner = _owner_name(node.stmt.owner, mine)
                 if owner != mine:
-                    raise Skip(
+                    raise Skip(codes.S_INHERITED,
                         f"the matched code at line {node.stmt.lines[0]} is `{owner}.{node.stmt.method}`, inherited; "
                         f"editing it would change every class that shares it"
                     )
@@ -712,16 +762,16 @@ class _Rewriter:
         final_key, final_nodes, final_stmt = groups[-1]
         last = match.nodes[-1]
         if last.expr_span is None:
-            raise Skip(f"no expression span for the matched call at line {last.stmt.lines[0]}")
+            raise Skip(codes.S_STMT_SHAPE, f"no expression span for the matched call at line {last.stmt.lines[0]}")
         if isinstance(final_stmt, ast.AugAssign):
-            raise Skip(f"line {final_stmt.lineno} is an augmented assignment; the emitter does not rewrite its hidden operand")
+            raise Skip(codes.S_STMT_SHAPE, f"line {final_stmt.lineno} is an augmented assignment; the emitter does not rewrite its hidden operand")
         lo, hi = self.span_offsets(last.expr_span)
         for node in final_nodes:
             if node.expr_span is None:
                 continue
             a, b = self.span_offsets(node.expr_span)
             if a < lo or b > hi:
-                raise Skip(f"matched node at line {node.stmt.lines[0]} is not part of the last node's expression")
+                raise Skip(codes.S_STMT_SHAPE, f"matched node at line {node.stmt.lines[0]} is not part of the last node's expression")
 
         deleted_keys: set[tuple] = set()
         for key, nodes, stmt in groups[:-1]:
@@ -735,7 +785,7 @@ class _Rewriter:
                 and tuple(outer.expr_span) == (value.lineno, value.col_offset, value.end_lineno, value.end_col_offset)
             )
             if not ok:
-                raise Skip(f"line {stmt.lineno} is not a plain `name = <matched call>` and cannot be removed")
+                raise Skip(codes.S_STMT_SHAPE, f"line {stmt.lineno} is not a plain `name = <matched call>` and cannot be removed")
             deleted_keys.add(key)
 
         # Extra arguments of matched function calls the pattern did not mention.
@@ -751,7 +801,7 @@ class _Rewriter:
                     env.casts[pn.args[0].name] = text
                     continue
                 line = match.nodes[index].stmt.lines[0] if index < len(match.nodes) else last.stmt.lines[0]
-                raise Skip(f"argument `{name}={text}` of the call at line {line} has no counterpart in the target")
+                raise Skip(codes.S_EXTRA_ARG, f"argument `{name}={text}` of the call at line {line} has no counterpart in the target")
 
         # The target expression: earlier target nodes are inlined into later ones.
         target = rule.forward.target
@@ -766,7 +816,7 @@ class _Rewriter:
                 final_text = text
                 break
             if len(pn.outputs) != 1 or uses.get(pn.outputs[0].name, 0) != 1:
-                raise Skip("the target needs a temporary variable, which the emitter does not introduce")
+                raise Skip(codes.S_TEMP_VAR, "the target needs a temporary variable, which the emitter does not introduce")
             env.inline[pn.outputs[0].name] = _paren(text) if pn.kind in ("op", "unary") else text
         final_pn = target[-1]
 
@@ -800,15 +850,18 @@ class _Rewriter:
             self.plan_reverse_hoist(plan, groups, final_stmt, final_text, (lo, hi), len(final_pn.outputs))
             return
 
+        if len(final_pn.outputs) == 1 and self.merge_identical_branches(plan, groups, final_stmt, final_text, (lo, hi)):
+            return
+
         # The final statement.
         if len(final_pn.outputs) > 1:
             if not (isinstance(final_stmt, ast.Assign) and len(final_stmt.targets) == 1):
-                raise Skip(f"line {final_stmt.lineno} must be a plain assignment to take several outputs")
+                raise Skip(codes.S_STMT_SHAPE, f"line {final_stmt.lineno} must be a plain assignment to take several outputs")
             names = []
             for out in final_pn.outputs:
                 bound = match.bindings.get(out.name)
                 if bound is None or bound.kind != "name":
-                    raise Skip(f"target output `${out.name}` is bound to no name")
+                    raise Skip(codes.S_TARGET, f"target output `${out.name}` is bound to no name")
                 names.append(bound.text)
             start, end = smap.node_span(final_stmt)
             self.claim(plan, start, end, f"{', '.join(names)} = {final_text}", final_stmt)
@@ -823,12 +876,12 @@ class _Rewriter:
             if self.needs_hoist(stmt, final_stmt):
                 chain = mod.chain(stmt)
                 if final_chain[: len(chain)] != chain or len(final_chain) <= len(chain):
-                    raise Skip(f"line {stmt.lineno} sits in a branch that does not hold line {final_stmt.lineno}; cannot hoist")
+                    raise Skip(codes.S_HOIST, f"line {stmt.lineno} sits in a branch that does not hold line {final_stmt.lineno}; cannot hoist")
                 self.check_hoist(stmt, final_stmt, chain, final_chain, matched_stmts)
                 for compound, branch in final_chain[len(chain):]:
                     if not isinstance(compound, ast.If):
                         kind = type(compound).__name__.lower()
-                        raise Skip(f"cannot hoist line {stmt.lineno} into the `{kind}` at line {compound.lineno}")
+                        raise Skip(codes.S_HOIST, f"cannot hoist line {stmt.lineno} into the `{kind}` at line {compound.lineno}")
                     entry = hoisted_by_if.setdefault(id(compound), (compound, branch, []))
                     entry[2].append(stmt)
             self.delete_stmt(plan, stmt, also_deleted={id(s) for _, _, s in groups[:-1]})
@@ -851,19 +904,19 @@ class _Rewriter:
         earlier = [stmt for _, _, stmt in groups[:-1]]
         chains = [mod.chain(stmt) for stmt in earlier]
         if n_outputs > 1 or any(c != chains[0] for c in chains[1:]):
-            raise Skip(f"cannot move line {final_stmt.lineno} into the branch: the matched statements are spread over several branches")
+            raise Skip(codes.S_HOIST, f"cannot move line {final_stmt.lineno} into the branch: the matched statements are spread over several branches")
         final_chain = mod.chain(final_stmt)
         crossed = chains[0][len(final_chain):]
         for compound, _ in crossed:
             if not isinstance(compound, ast.If):
-                raise Skip(f"cannot move line {final_stmt.lineno} into the `{type(compound).__name__.lower()}` at line {compound.lineno}")
+                raise Skip(codes.S_HOIST, f"cannot move line {final_stmt.lineno} into the `{type(compound).__name__.lower()}` at line {compound.lineno}")
         outer = crossed[0][0]
         _, _, block = mod.block_of(final_stmt)
         names = _names(final_stmt)
         for other in block[block.index(outer) + 1 : block.index(final_stmt)]:
             common = names & _names(other)
             if common:
-                raise Skip(f"moving line {final_stmt.lineno} before line {other.lineno}, which uses `{sorted(common)[0]}`, would change it")
+                raise Skip(codes.S_REORDER, f"moving line {final_stmt.lineno} before line {other.lineno}, which uses `{sorted(common)[0]}`, would change it")
         start, end = mod.stmt_range(final_stmt)
         original = mod.source[start:end]
         fused = original[: span[0] - start] + final_text + original[span[1] - start :]
@@ -887,7 +940,7 @@ class _Rewriter:
             other = compound.orelse if branch == "body" else compound.body
             if other and branch == "body" and len(other) == 1 and isinstance(other[0], ast.If) \
                     and mod.smap.line_text(other[0].lineno).lstrip().startswith("elif"):
-                raise Skip(f"cannot copy line {final_stmt.lineno} into the `elif` at line {other[0].lineno}")
+                raise Skip(codes.S_HOIST, f"cannot copy line {final_stmt.lineno} into the `elif` at line {other[0].lineno}")
             if other:
                 at = mod.smap.line_end(other[-1].end_lineno)
                 plan.edits.append(Edit(at, at, at_indent(original, mod.indent(other[-1]))))
@@ -896,6 +949,52 @@ class _Rewriter:
                 text = mod.indent(compound) + "else:" + mod.nl + at_indent(original, mod.indent(compound.body[0]))
                 plan.edits.append(Edit(at, at, text))
         plan.lines.update(range(final_stmt.lineno, final_stmt.end_lineno + 1))
+
+    def merge_identical_branches(self, plan: _Plan, groups, final_stmt, final_text: str, span: tuple[int, int]) -> bool:
+        """Hoisting would write `if c: S else: S`: write nothing but drop the `if`.
+
+        When the earlier statements sit before an `if c:` whose only statement
+        is the final one, hoisting deletes them, puts the fused statement in the
+        `if` and copies them into a new `else:`.  If the fused statement is the
+        earlier ones (same syntax tree; e.g. `h = self.conv(h)` when only the
+        init changes) and `c` has no side effects, both branches would run the
+        same code: the earlier statements stay as they are and the `if`
+        (holding only the final statement) is deleted.  True when done.
+        """
+        mod = self.mod
+        earlier = [stmt for _, _, stmt in groups[:-1]]
+        if not earlier or not all(self.needs_hoist(stmt, final_stmt) for stmt in earlier):
+            return False
+        final_chain = mod.chain(final_stmt)
+        chains = [mod.chain(stmt) for stmt in earlier]
+        if any(c != chains[0] for c in chains) or len(final_chain) != len(chains[0]) + 1 \
+                or final_chain[: len(chains[0])] != chains[0]:
+            return False
+        compound, branch = final_chain[-1]
+        if not isinstance(compound, ast.If) or branch != "body" or compound.orelse \
+                or compound.body != [final_stmt] or not mod.smap.line_text(compound.lineno).lstrip().startswith("if"):
+            return False
+        if any(isinstance(n, (ast.Call, ast.NamedExpr, ast.Await, ast.Yield, ast.YieldFrom)) for n in ast.walk(compound.test)):
+            return False
+        _, _, block = mod.block_of(compound)
+        if any(mod.block_of(stmt)[2] is not block for stmt in earlier):
+            return False
+        start, end = mod.stmt_range(final_stmt)
+        fused = mod.source[start:span[0]] + final_text + mod.source[span[1]:end]
+        try:
+            new = ast.parse(textwrap.dedent(fused)).body
+            old = ast.parse(textwrap.dedent("".join(mod.source[a:b] for a, b in map(mod.stmt_range, earlier)))).body
+        except SyntaxError:
+            return False
+        if [ast.dump(n) for n in new] != [ast.dump(n) for n in old]:
+            return False
+        # Nothing between the earlier statements and the `if` may see a difference: they stay where they were.
+        self.delete_stmt(plan, compound, also_deleted={id(compound)})
+        for stmt in earlier:
+            plan.claimed.add(mod.stmt_range(stmt))
+            plan.lines.update(range(stmt.lineno, stmt.end_lineno + 1))
+        plan.lines.update(range(final_stmt.lineno, final_stmt.end_lineno + 1))
+        return True
 
     def check_hoist(self, stmt, final_stmt, chain, final_chain, matched_stmts) -> None:
         """Statements the hoisted copy moves past must not touch its names."""
@@ -922,7 +1021,7 @@ class _Rewriter:
             common = names & _names(other)
             if common:
                 line = getattr(other, "lineno", stmt.lineno)
-                raise Skip(
+                raise Skip(codes.S_REORDER,
                     f"hoisting line {stmt.lineno} would move it past line {line}, which uses `{sorted(common)[0]}`"
                 )
 
@@ -933,7 +1032,7 @@ class _Rewriter:
             other = compound.orelse
             if other:
                 if len(other) == 1 and isinstance(other[0], ast.If) and mod.smap.line_text(other[0].lineno).lstrip().startswith("elif"):
-                    raise Skip(f"cannot hoist into the `elif` at line {other[0].lineno}")
+                    raise Skip(codes.S_HOIST, f"cannot hoist into the `elif` at line {other[0].lineno}")
                 first = other[0]
                 indent = mod.indent(first)
                 text = "".join(mod.stmt_text(s, indent) for s in stmts)
@@ -963,12 +1062,12 @@ class _Rewriter:
         if pn.kind == "op":
             ops = [_paren(env.term(t)) for t in pn.args]
             if len(ops) != 2:
-                raise Skip(f"operator `{pn.op}` needs two operands")
+                raise Skip(codes.S_TARGET, f"operator `{pn.op}` needs two operands")
             return f"{ops[0]} {pn.op} {ops[1]}"
         if pn.kind == "unary":
             return f"{pn.op}{_paren(env.term(pn.args[0]))}"
         if pn.kind == "wildcard":
-            raise Skip("a wildcard cannot be emitted")
+            raise Skip(codes.S_TARGET, "a wildcard cannot be emitted")
         return f"{self.callee(pn, env, plan)}({_render_args(env, pn)})"
 
     # -- init -------------------------------------------------------------
@@ -997,10 +1096,10 @@ class _Rewriter:
         for var in kinds:
             binding = bindings[var]
             if binding.stmt is None:
-                raise Skip(f"no statement recorded for `self.{binding.attr}`")
+                raise Skip(codes.S_LOCATE, f"no statement recorded for `self.{binding.attr}`")
             stmt = mod.stmt(binding.stmt)
             if not (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Attribute)):
-                raise Skip(f"line {stmt.lineno} is not a plain `self.{binding.attr} = ...`")
+                raise Skip(codes.S_STMT_SHAPE, f"line {stmt.lineno} is not a plain `self.{binding.attr} = ...`")
             stmts[var] = stmt
             ctor[var] = self.relative_text(stmt.value, stmt)
         env.ctor = ctor
@@ -1008,7 +1107,7 @@ class _Rewriter:
         order = []
         for pn in rule.init.target:
             if len(pn.outputs) != 1:
-                raise Skip("an init target node must bind exactly one variable")
+                raise Skip(codes.S_TARGET, "an init target node must bind exactly one variable")
             var = pn.outputs[0].name
             rendered[var] = f"self.{env.attrs[var]} = {self.render_node(pn, env, plan)}"
             order.append(var)
@@ -1019,7 +1118,7 @@ class _Rewriter:
             new_attr = env.attrs.get(pm.target.base.name)
             old_binding = bindings.get(pm.source.base.name)
             if new_attr is None or old_binding is None:
-                raise Skip(f"params mapping `{pm.target.base}.{pm.target.attr}` names an unbound variable")
+                raise Skip(codes.S_TARGET, f"params mapping `{pm.target.base}.{pm.target.attr}` names an unbound variable")
             new_key = f"{new_attr}.{pm.target.attr}"
             old_key = f"{old_binding.attr}.{pm.source.attr}"
             if new_key != old_key:
@@ -1048,15 +1147,15 @@ class _Rewriter:
                 for st in self.statements_between(lo, hi):
                     written = {n.id for n in ast.walk(st) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
                     if written & reads:
-                        raise Skip(f"`{', '.join(sorted(written & reads))}`, which the call at line {stmts[d].lineno} reads, "
+                        raise Skip(codes.S_INPUT_CHANGED, f"`{', '.join(sorted(written & reads))}`, which the call at line {stmts[d].lineno} reads, "
                                    f"is assigned at line {st.lineno}, between the statements the fused layer joins")
         candidates = [v for v, k in kinds.items() if k != "kept"]
         if not candidates:
-            raise Skip("nothing in `__init__` to anchor the new layers to")
+            raise Skip(codes.S_ANCHOR, "nothing in `__init__` to anchor the new layers to")
         anchor_var = max(candidates, key=lambda v: (stmts[v].lineno, stmts[v].col_offset))
         anchor = stmts[anchor_var]
         if kinds[anchor_var] == "reassigned":
-            raise Skip(f"`self.{bindings[anchor_var].attr}` must stay as it is for the branch that does not use the fused layer, and nothing else anchors the new one")
+            raise Skip(codes.S_ANCHOR, f"`self.{bindings[anchor_var].attr}` must stay as it is for the branch that does not use the fused layer, and nothing else anchors the new one")
         reassigned = [v for v, k in kinds.items() if k == "reassigned"]
         if reassigned:
             self.check_reassign_guard(bindings[anchor_var], hoist_guards, bindings[reassigned[0]].attr)
@@ -1136,31 +1235,31 @@ class _Rewriter:
         mod = self.mod
         where = f"the call of `self.{match.nodes[index].attr}` under `if ... is not None:` at line {if_stmt.lineno}"
         if condition:
-            raise Skip(f"{where}: a rule with `when` is not rewritten there")
+            raise Skip(codes.S_GUARDED_LAYER, f"{where}: a rule with `when` is not rewritten there")
         if index != len(match.nodes) - 1 or index == 0:
-            raise Skip(f"{where}: it is not the last matched call after the others")
+            raise Skip(codes.S_GUARDED_LAYER, f"{where}: it is not the last matched call after the others")
         source_pn = rule.forward.source[index]
         if len(source_pn.args) != 1 or source_pn.kwargs or len(source_pn.outputs) != 1 \
                 or not isinstance(source_pn.args[0], ir.Var):
-            raise Skip(f"{where}: the removed layer's pattern is not `$a($in) -> $out`")
+            raise Skip(codes.S_GUARDED_LAYER, f"{where}: the removed layer's pattern is not `$a($in) -> $out`")
         rename = {source_pn.outputs[0].name: source_pn.args[0].name}
         rest = [_renamed(pn, rename) for j, pn in enumerate(rule.forward.source) if j != index]
         if rest != [_renamed(pn, rename) for pn in rule.forward.target]:
-            raise Skip(f"{where}: the rule's forward target is not its source without that call")
+            raise Skip(codes.S_GUARDED_LAYER, f"{where}: the rule's forward target is not its source without that call")
         node = match.nodes[index]
         stmt = if_stmt.body[0]
         if len(if_stmt.body) != 1 or if_stmt.orelse:
-            raise Skip(f"{where}: the `if` holds more than the call")
+            raise Skip(codes.S_GUARDED_LAYER, f"{where}: the `if` holds more than the call")
         value = stmt.value if isinstance(stmt, ast.Assign) else None
         if not (value is not None and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name)
                 and isinstance(value, ast.Call) and len(value.args) == 1 and not value.keywords
                 and isinstance(value.args[0], ast.Name) and value.args[0].id == stmt.targets[0].id
                 and node.expr_span == (value.lineno, value.col_offset, value.end_lineno, value.end_col_offset)):
-            raise Skip(f"{where}: the call is not `v = self.<layer>(v)`")
+            raise Skip(codes.S_GUARDED_LAYER, f"{where}: the call is not `v = self.<layer>(v)`")
         name = stmt.targets[0].id
         for other in match.nodes:
             if other.stmt.method != node.stmt.method or other.inlined_from != node.inlined_from:
-                raise Skip(f"{where}: the matched calls are in different methods")
+                raise Skip(codes.S_GUARDED_LAYER, f"{where}: the matched calls are in different methods")
         # Every path runs all the matched calls, or (`self.a` is None) all but the guarded one.
         keys = [safety.node_key(n) for j, n in enumerate(match.nodes) if j != index]
         mine = safety.node_key(node)
@@ -1168,50 +1267,50 @@ class _Rewriter:
         for path in safety.candidate_paths(match, self.facts):
             have = {safety.node_key(n) for n in path.nodes}
             if mine in have and not all(k in have for k in keys):
-                raise Skip(f"{where}: some path runs it without the other matched calls")
+                raise Skip(codes.S_GUARDED_LAYER, f"{where}: some path runs it without the other matched calls")
             if any(k in have for k in keys) and mine not in have and not any(
                     g.text == around.text and g.negated for g in path.guards):
-                raise Skip(f"{where}: some path runs the other matched calls but not the guarded one")
+                raise Skip(codes.S_GUARDED_LAYER, f"{where}: some path runs the other matched calls but not the guarded one")
         first = mod.stmt(match.nodes[0].stmt) if index else None
         if first is not None:
             exit_line = _exit_between(self.statements_between(first, if_stmt))
             if exit_line:
-                raise Skip(f"{where}: line {exit_line} may leave before it (the fused layer would already have run)")
+                raise Skip(codes.S_GUARDED_LAYER, f"{where}: line {exit_line} may leave before it (the fused layer would already have run)")
             if match.class_name and _owner_name(other.stmt.owner, match.class_name) != match.class_name:
-                raise Skip(f"{where}: the matched code is inherited")
+                raise Skip(codes.S_INHERITED, f"{where}: the matched code is inherited")
         # The value before the guarded call is read by nothing but that call.
         for path in paths:
             positions = [next((k for k, n in enumerate(path.nodes) if safety.node_key(n) == safety.node_key(m)), None)
                          for m in match.nodes]
             if None in positions:
-                raise Skip(f"{where}: the matched calls are not on one path")
+                raise Skip(codes.S_GUARDED_LAYER, f"{where}: the matched calls are not on one path")
             producers = [k for k in range(positions[index]) if name in path.nodes[k].writes]
             start = producers[-1] if producers else -1
             for k in range(start + 1, positions[index]):
                 if name in path.nodes[k].reads:
-                    raise Skip(f"{where}: `{name}` is read at line {path.nodes[k].stmt.lines[0]} before it")
+                    raise Skip(codes.S_VALUE_READ, f"{where}: `{name}` is read at line {path.nodes[k].stmt.lines[0]} before it")
         # __init__: the layer under G, None (and nothing else) where G fails.
         attr = node.attr
         layer = match.init_nodes.get(var)
         if layer is None or layer.stmt is None or not layer.guards:
-            raise Skip(f"{where}: `self.{attr}` is not bound under a condition in `__init__`")
+            raise Skip(codes.S_GUARDED_LAYER, f"{where}: `self.{attr}` is not bound under a condition in `__init__`")
         from dslc.analysis import guards as guardlib
         for b in (cls.init if cls is not None else ()):
             if b.attr != attr or b is layer:
                 continue
             none = b.kind == "other" and len(b.args) == 1 and b.args[0].is_const and b.args[0].const is None
             if not none:
-                raise Skip(f"{where}: `self.{attr}` is also bound to something else than `None` at line {b.stmt.lines[0] if b.stmt else 0}")
+                raise Skip(codes.S_GUARDED_LAYER, f"{where}: `self.{attr}` is also bound to something else than `None` at line {b.stmt.lines[0] if b.stmt else 0}")
             if b.stmt is not None and b.stmt.method == layer.stmt.method and b.stmt.owner == layer.stmt.owner \
                     and b.stmt.lines[1] < layer.stmt.lines[0] \
                     and not any(isinstance(c, (ast.For, ast.AsyncFor, ast.While))
                                 for c, _ in mod.chain(mod.stmt(layer.stmt)) + mod.chain(mod.stmt(b.stmt))):
                 continue  # `self.a = None` first, then the layer under G: the layer's binding wins
             if guardlib.consistent(tuple(layer.guards) + tuple(b.guards)) is not guardlib.Answer.REFUTED:
-                raise Skip(f"{where}: `self.{attr} = None` (line {b.stmt.lines[0] if b.stmt else 0}) may run with the layer's binding")
+                raise Skip(codes.S_GUARDED_LAYER, f"{where}: `self.{attr} = None` (line {b.stmt.lines[0] if b.stmt else 0}) may run with the layer's binding")
         layer_stmt = mod.stmt(layer.stmt)
         if not (isinstance(layer_stmt, ast.Assign) and len(layer_stmt.targets) == 1):
-            raise Skip(f"line {layer_stmt.lineno} is not a plain `self.{attr} = ...`")
+            raise Skip(codes.S_GUARDED_LAYER, f"line {layer_stmt.lineno} is not a plain `self.{attr} = ...`")
         if_lines = (if_stmt.lineno, if_stmt.end_lineno)
         for use in (cls.attr_uses if cls is not None else ()):
             if use.attr != attr:
@@ -1222,11 +1321,11 @@ class _Rewriter:
                 continue
             if use.kind != "store" and use.method == node.stmt.method and if_lines[0] <= use.lines[0] <= if_lines[1]:
                 continue
-            raise Skip(f"{where}: `self.{attr}` is also used at line {use.lines[0]} (in `{use.method}`)")
+            raise Skip(codes.S_ATTR_USED, f"{where}: `self.{attr}` is also used at line {use.lines[0]} (in `{use.method}`)")
         if cls is not None:
             for other in self.facts.classes:
                 if cls.qualname in other.bases:
-                    raise Skip(f"{where}: `{other.name}` subclasses `{cls.name}` and would share the change")
+                    raise Skip(codes.S_GUARDED_LAYER, f"{where}: `{other.name}` subclasses `{cls.name}` and would share the change")
         # The layers the target replaces exist, unconditionally, before the binding.
         source_vars = {o.name for pn in rule.init.source for o in pn.outputs}
         changed = {}
@@ -1234,18 +1333,18 @@ class _Rewriter:
         for pn in rule.init.target:
             for out in pn.outputs:
                 if out.name not in source_vars:
-                    raise Skip(f"{where}: the target builds a new layer `${out.name}`")
+                    raise Skip(codes.S_GUARDED_LAYER, f"{where}: the target builds a new layer `${out.name}`")
         for v in source_vars:
             if v == var:
                 continue
             b = match.init_nodes.get(v)
             if b is None or b.stmt is None:
-                raise Skip(f"init variable `${v}` matched no binding")
+                raise Skip(codes.S_NO_BINDING, f"init variable `${v}` matched no binding")
             if [x for x in (cls.init if cls is not None else ()) if x.attr == b.attr] != [b]:
-                raise Skip(f"{where}: `self.{b.attr}` is bound more than once")
+                raise Skip(codes.S_GUARDED_LAYER, f"{where}: `self.{b.attr}` is bound more than once")
             if b.stmt.method != layer.stmt.method or b.stmt.owner != layer.stmt.owner \
                     or b.stmt.lines[1] >= layer.stmt.lines[0] or not set(b.guards) <= set(layer.guards):
-                raise Skip(f"{where}: `self.{b.attr}` is not built before `self.{attr}` wherever that is")
+                raise Skip(codes.S_GUARDED_LAYER, f"{where}: `self.{b.attr}` is not built before `self.{attr}` wherever that is")
             changed[b.attr] = "replaces"
             env_ctor[v] = f"self.{b.attr}"
         reason = safety.check_attr_uses(match, cls, changed, interface_kept=False)
@@ -1264,7 +1363,7 @@ class _Rewriter:
             new_attr = attrs.get(pm.target.base.name)
             old_binding = match.init_nodes.get(pm.source.base.name)
             if new_attr is None or old_binding is None:
-                raise Skip(f"params mapping `{pm.target.base}.{pm.target.attr}` names an unbound variable")
+                raise Skip(codes.S_TARGET, f"params mapping `{pm.target.base}.{pm.target.attr}` names an unbound variable")
             new_key, old_key = f"{new_attr}.{pm.target.attr}", f"{old_binding.attr}.{pm.source.attr}"
             if new_key != old_key:
                 renames.append((new_key, old_key, False))
@@ -1314,52 +1413,52 @@ class _Rewriter:
         helper = node.stmt.method
         where = f"the call of `self.{node.attr}` in the helper `{helper}` (line {node.stmt.lines[0]})"
         if condition:
-            raise Skip(f"{where}: a rule with `when` is not rewritten across methods")
+            raise Skip(codes.S_CROSS_METHOD, f"{where}: a rule with `when` is not rewritten across methods")
         if index != len(match.nodes) - 1 or index == 0:
-            raise Skip(f"the match crosses methods `{helper}` and `{match.nodes[0].stmt.method}`; the emitter edits "
+            raise Skip(codes.S_CROSS_METHOD, f"the match crosses methods `{helper}` and `{match.nodes[0].stmt.method}`; the emitter edits "
                        f"across them only when the removed layer's call is the last one, in a helper")
         source_pn = rule.forward.source[index]
         if len(source_pn.args) != 1 or source_pn.kwargs or len(source_pn.outputs) != 1 \
                 or not isinstance(source_pn.args[0], ir.Var):
-            raise Skip(f"{where}: the removed layer's pattern is not `$a($in) -> $out`; the emitter cannot edit across methods")
+            raise Skip(codes.S_CROSS_METHOD, f"{where}: the removed layer's pattern is not `$a($in) -> $out`; the emitter cannot edit across methods")
         rename = {source_pn.outputs[0].name: source_pn.args[0].name}
         rest = [_renamed(pn, rename) for j, pn in enumerate(rule.forward.source) if j != index]
         if rest != [_renamed(pn, rename) for pn in rule.forward.target]:
-            raise Skip(f"the match crosses methods `{helper}` and `{match.nodes[0].stmt.method if index else match.nodes[-1].stmt.method}`; "
+            raise Skip(codes.S_CROSS_METHOD, f"the match crosses methods `{helper}` and `{match.nodes[0].stmt.method if index else match.nodes[-1].stmt.method}`; "
                        f"the emitter cannot edit across them (the rule's forward target is not its source without the helper's call)")
         others = [n for i, n in enumerate(match.nodes) if i != index]
         caller = others[0].stmt.method
         if any(n.stmt.method != caller or n.inlined_from != others[0].inlined_from for n in others) \
                 or node.inlined_from[:-1] != others[0].inlined_from or node.inlined_from[-1][0] != caller:
-            raise Skip(f"the match crosses methods `{helper}` and `{caller}`; the emitter edits across them only "
+            raise Skip(codes.S_CROSS_METHOD, f"the match crosses methods `{helper}` and `{caller}`; the emitter edits across them only "
                        f"when the removed layer's call is in a helper that the other matched calls' method calls")
         if cls is None or node.stmt.owner != cls.qualname or any(n.stmt.owner != cls.qualname for n in others):
-            raise Skip(f"{where}: the matched code is inherited")
+            raise Skip(codes.S_INHERITED, f"{where}: the matched code is inherited")
         for other in self.facts.classes:
             if cls.qualname in other.bases:
-                raise Skip(f"{where}: `{other.name}` subclasses `{cls.name}` and could call `{helper}`")
+                raise Skip(codes.S_CROSS_METHOD, f"{where}: `{other.name}` subclasses `{cls.name}` and could call `{helper}`")
         uses = [u for u in cls.attr_uses if u.attr == helper]
         site = node.inlined_from[-1][1]
         if len(uses) != 1 or uses[0].kind != "call" or uses[0].method != caller or not site[0] <= uses[0].lines[0] <= site[1]:
-            raise Skip(f"{where}: `self.{helper}` is used elsewhere too, so its call cannot be deleted")
+            raise Skip(codes.S_CROSS_METHOD, f"{where}: `self.{helper}` is used elsewhere too, so its call cannot be deleted")
         stmt = mod.stmt(node.stmt)
         value = stmt.value if isinstance(stmt, ast.Assign) else None
         if not (value is not None and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name)
                 and isinstance(value, ast.Call) and len(value.args) == 1 and not value.keywords
                 and isinstance(value.args[0], ast.Name) and value.args[0].id == stmt.targets[0].id
                 and node.expr_span == (value.lineno, value.col_offset, value.end_lineno, value.end_col_offset)):
-            raise Skip(f"{where}: the call is not `v = self.<layer>(v)`")
+            raise Skip(codes.S_CROSS_METHOD, f"{where}: the call is not `v = self.<layer>(v)`")
         if len(mod.block_of(stmt)[2]) < 2:
-            raise Skip(f"{where}: it is the only statement of its block")
+            raise Skip(codes.S_CROSS_METHOD, f"{where}: it is the only statement of its block")
         # Every path that runs the other matched calls runs the helper's call.
         keys = [safety.node_key(n) for n in others]
         mine = safety.node_key(node)
         for path in safety.candidate_paths(match, self.facts):
             have = {safety.node_key(n) for n in path.nodes}
             if any(k in have for k in keys) and mine not in have:
-                raise Skip(f"{where}: some path runs the matched code without the helper's call")
+                raise Skip(codes.S_CROSS_METHOD, f"{where}: some path runs the matched code without the helper's call")
             if mine in have and not all(k in have for k in keys):
-                raise Skip(f"{where}: some path runs the helper's call without the other matched code")
+                raise Skip(codes.S_CROSS_METHOD, f"{where}: some path runs the helper's call without the other matched code")
         site_stmt = next((st for st in ast.walk(mod.tree) if isinstance(st, ast.stmt)
                           and st.lineno <= site[0] and site[1] <= (st.end_lineno or st.lineno)
                           and not isinstance(st, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
@@ -1368,13 +1467,13 @@ class _Rewriter:
         helper_fn = next((f for f in ast.walk(mod.tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
                           and f.name == helper and f.lineno <= stmt.lineno <= (f.end_lineno or f.lineno)), None)
         if site_stmt is None or helper_fn is None or site_stmt.lineno < first_stmt.lineno:
-            raise Skip(f"{where}: cannot locate the helper's call site")
+            raise Skip(codes.S_CROSS_METHOD, f"{where}: cannot locate the helper's call site")
         before = self.statements_between(first_stmt, site_stmt) + [
             st for st in ast.walk(helper_fn) if isinstance(st, ast.stmt) and st is not helper_fn
             and (st.end_lineno or st.lineno) < stmt.lineno]
         exit_line = _exit_between(before)
         if exit_line:
-            raise Skip(f"{where}: line {exit_line} may leave before it (the fused layer would already have run)")
+            raise Skip(codes.S_CROSS_METHOD, f"{where}: line {exit_line} may leave before it (the fused layer would already have run)")
         # The value between the producer and the helper's call: read only by the parameter binding.
         def site_stmt_lines(n):
             return n.stmt.lines if n.stmt.lines[0] <= site[0] and site[1] <= n.stmt.lines[1] else None
@@ -1383,10 +1482,10 @@ class _Rewriter:
             pos = {safety.node_key(n): k for k, n in enumerate(path.nodes)}
             at = pos.get(mine)
             if at is None:
-                raise Skip(f"{where}: the matched calls are not on one path")
+                raise Skip(codes.S_CROSS_METHOD, f"{where}: the matched calls are not on one path")
             prev = max(pos[k] for k in keys if pos.get(k, at) < at) if any(pos.get(k, at) < at for k in keys) else None
             if prev is None:
-                raise Skip(f"{where}: the helper's call does not follow the other matched calls")
+                raise Skip(codes.S_CROSS_METHOD, f"{where}: the helper's call does not follow the other matched calls")
             alias = set(path.nodes[prev].outputs)
             for k in range(prev + 1, len(path.nodes)):
                 n = path.nodes[k]
@@ -1399,18 +1498,18 @@ class _Rewriter:
                     # the helper's parameter binding: alias names passed as whole arguments only
                     read -= {src for _, src in n.copies} - self._names_in_argument_expressions(helper, site)
                 if read:
-                    raise Skip(f"{where}: the value it normalises, `{sorted(read)[0]}`, is also read at line {n.stmt.lines[0]}")
+                    raise Skip(codes.S_VALUE_READ, f"{where}: the value it normalises, `{sorted(read)[0]}`, is also read at line {n.stmt.lines[0]}")
                 alias = (alias - set(n.writes)) | copied
         # The init change (the shared planner) and the deletion of the helper's call.
         source_vars = {o.name for pn in rule.init.source for o in pn.outputs}
         target_vars = {o.name for pn in rule.init.target for o in pn.outputs}
         if target_vars - source_vars:
-            raise Skip(f"{where}: the target builds a new layer; the emitter does not do that across methods")
+            raise Skip(codes.S_CROSS_METHOD, f"{where}: the target builds a new layer; the emitter does not do that across methods")
         kinds, changed = {}, {}
         for v in source_vars:
             b = match.init_nodes.get(v)
             if b is None:
-                raise Skip(f"init variable `${v}` matched no binding")
+                raise Skip(codes.S_NO_BINDING, f"init variable `${v}` matched no binding")
             kinds[v] = "replaced" if v in target_vars else "deleted"
             changed[b.attr] = "replaces" if v in target_vars else "removes"
         reason = safety.check_attr_uses(match, cls, changed, interface_kept=False)
@@ -1465,21 +1564,21 @@ class _Rewriter:
         first = next(iter(match.init_nodes.values()))
         seq = first.container
         if var is None or len(rule.init.target) != 1 or tuple(o.name for o in rule.init.target[0].outputs) != (var,):
-            raise Skip(f"inside the container `self.{seq}` only a one-layer replacement is rewritten")
+            raise Skip(codes.S_CONTAINER, f"inside the container `self.{seq}` only a one-layer replacement is rewritten")
         if condition:
-            raise Skip(f"a rule with `when` cannot rewrite layers inside the container `self.{seq}`")
+            raise Skip(codes.S_CONTAINER, f"a rule with `when` cannot rewrite layers inside the container `self.{seq}`")
         owns = [b for b in cls.init if b.attr == seq]
         elements = [b for b in cls.init if b.container == seq]
         if len(owns) != 1 or owns[0].stmt is None or first.stmt is None:
-            raise Skip(f"`self.{seq}` is assigned more than once in `__init__`; the emitter rewrites only a single `nn.ModuleList(...)`")
+            raise Skip(codes.S_CONTAINER, f"`self.{seq}` is assigned more than once in `__init__`; the emitter rewrites only a single `nn.ModuleList(...)`")
         if any(b.type != first.type for b in elements):
-            raise Skip(f"the elements of `self.{seq}` are not all of type {first.type}")
+            raise Skip(codes.S_CONTAINER, f"the elements of `self.{seq}` are not all of type {first.type}")
         mine = match.class_name or ""
         if _owner_name(first.stmt.owner, mine) != mine:
-            raise Skip(f"`self.{seq}` is built in an inherited `__init__`; editing it would change every class that shares it")
+            raise Skip(codes.S_INHERITED, f"`self.{seq}` is built in an inherited `__init__`; editing it would change every class that shares it")
         renames = [pm for pm in rule.params if f"{pm.target.base.name}.{pm.target.attr}" != f"{pm.source.base.name}.{pm.source.attr}"]
         if renames:
-            raise Skip(f"the rule renames parameters, which inside the container `self.{seq}` would need per-element keys")
+            raise Skip(codes.S_CONTAINER, f"the rule renames parameters, which inside the container `self.{seq}` would need per-element keys")
         stmt = mod.stmt(owns[0].stmt)
         target = stmt.targets[0] if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 else None
         call = stmt.value if isinstance(stmt, ast.Assign) else None
@@ -1492,13 +1591,13 @@ class _Rewriter:
         elif isinstance(arg, (ast.List, ast.Tuple)) and not any(isinstance(e, ast.Starred) for e in arg.elts):
             exprs = list(arg.elts)
         else:
-            raise Skip(f"the elements of `self.{seq}` (line {stmt.lineno}) are not written in the `nn.ModuleList(...)`")
+            raise Skip(codes.S_CONTAINER, f"the elements of `self.{seq}` (line {stmt.lineno}) are not written in the `nn.ModuleList(...)`")
         if len(exprs) != len(elements) or any(not isinstance(e, ast.Call) for e in exprs):
-            raise Skip(f"the elements of `self.{seq}` (line {stmt.lineno}) are not all constructor calls of the matched layer")
+            raise Skip(codes.S_CONTAINER, f"the elements of `self.{seq}` (line {stmt.lineno}) are not all constructor calls of the matched layer")
         lo, hi = owns[0].stmt.lines
         for use in cls.attr_uses:
             if use.attr == seq and use.kind == "store" and not (use.method == owns[0].stmt.method and lo <= use.lines[0] <= hi):
-                raise Skip(f"attribute `self.{seq}` is assigned again at line {use.lines[0]} (in `{use.method}`)")
+                raise Skip(codes.S_ATTR_ASSIGNED, f"attribute `self.{seq}` is assigned again at line {use.lines[0]} (in `{use.method}`)")
         env = _Env(match, {var: first.attr}, {})
         fused = self.render_node(rule.init.target[0], env, plan)
         mod.stmt_range(stmt)  # alone on its lines
@@ -1531,13 +1630,13 @@ class _Rewriter:
             raise Skip(_container_reason(first))  # a chain that leaves the container
         seq = first.container
         if condition:
-            raise Skip(f"a rule with `when` cannot rewrite layers inside the container `self.{seq}`")
+            raise Skip(codes.S_CONTAINER, f"a rule with `when` cannot rewrite layers inside the container `self.{seq}`")
         if cls is None:
             raise Skip(_container_reason(first))
         owns = [b for b in cls.init if b.attr == seq]
         if len(owns) != 1 or owns[0].type != "torch.nn.Sequential":
             if len(owns) > 1:
-                raise Skip(f"`self.{seq}` is assigned more than once in `__init__`; the emitter rewrites only a single `nn.Sequential(...)`")
+                raise Skip(codes.S_CONTAINER, f"`self.{seq}` is assigned more than once in `__init__`; the emitter rewrites only a single `nn.Sequential(...)`")
             raise Skip(_container_reason(first))
         seq_binding = owns[0]
         if first.stmt is None or seq_binding.stmt is None:
@@ -1545,7 +1644,7 @@ class _Rewriter:
         mine = match.class_name or ""
         owner = _owner_name(first.stmt.owner, mine)
         if owner != mine:
-            raise Skip(f"`self.{seq}` is built in `{owner}.__init__`, inherited; editing it would change every class that shares it")
+            raise Skip(codes.S_INHERITED, f"`self.{seq}` is built in `{owner}.__init__`, inherited; editing it would change every class that shares it")
         stmt = mod.stmt(first.stmt)
         target = stmt.targets[0] if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 else None
         if not (isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name) and target.value.id == "self"
@@ -1553,9 +1652,9 @@ class _Rewriter:
             raise Skip(_container_reason(first))
         call = stmt.value
         if any(isinstance(a, ast.Starred) for a in call.args) or call.keywords:
-            raise Skip(f"the elements of `self.{seq}` (line {stmt.lineno}) are built from `*args`; only literal positional elements are rewritten")
+            raise Skip(codes.S_CONTAINER, f"the elements of `self.{seq}` (line {stmt.lineno}) are built from `*args`; only literal positional elements are rewritten")
         if any(isinstance(a, ast.Call) and _dotted_tail(a.func) in ("OrderedDict", "dict") for a in call.args):
-            raise Skip(f"the elements of `self.{seq}` (line {stmt.lineno}) come from an OrderedDict; only literal positional elements are rewritten")
+            raise Skip(codes.S_CONTAINER, f"the elements of `self.{seq}` (line {stmt.lineno}) come from an OrderedDict; only literal positional elements are rewritten")
 
         # The matched elements, in forward order: consecutive indices of one call of the container.
         if rule.forward is None or rule.forward.target is None or not match.nodes:
@@ -1566,18 +1665,18 @@ class _Rewriter:
             attr = node.attr or ""
             head, _, index = attr.rpartition(".")
             if node.kind != "layer" or head != seq or not index.isdigit() or attr not in var_of_attr:
-                raise Skip(f"the match at line {node.stmt.lines[0]} mixes elements of `self.{seq}` with other code; "
+                raise Skip(codes.S_CONTAINER, f"the match at line {node.stmt.lines[0]} mixes elements of `self.{seq}` with other code; "
                            f"only a chain of its elements can be rewritten inside it")
             indices.append(int(index))
         if len({n.expr_span for n in match.nodes}) != 1 or match.nodes[0].expr_span is None:
-            raise Skip(f"the matched elements of `self.{seq}` come from more than one call of it")
+            raise Skip(codes.S_CONTAINER, f"the matched elements of `self.{seq}` come from more than one call of it")
         if sorted(indices) != list(range(indices[0], indices[0] + len(indices))) or indices != sorted(indices):
             names = " and ".join(f"`self.{seq}.{i}`" for i in indices)
-            raise Skip(f"the matched elements {names} are not adjacent in `self.{seq}`")
+            raise Skip(codes.S_CONTAINER, f"the matched elements {names} are not adjacent in `self.{seq}`")
         if set(var_of_attr) != {n.attr for n in match.nodes}:
-            raise Skip(f"the rule's init names a layer outside the matched chain of `self.{seq}`")
+            raise Skip(codes.S_CONTAINER, f"the rule's init names a layer outside the matched chain of `self.{seq}`")
         if max(indices) >= len(call.args) or any(not isinstance(call.args[i], ast.Call) for i in indices):
-            raise Skip(f"the matched elements of `self.{seq}` (line {stmt.lineno}) are not constructor calls written in the `nn.Sequential(...)`")
+            raise Skip(codes.S_CONTAINER, f"the matched elements of `self.{seq}` (line {stmt.lineno}) are not constructor calls written in the `nn.Sequential(...)`")
         fused_var = var_of_attr[f"{seq}.{indices[0]}"]
 
         # The rule must be "the first layer, fused, applied to the chain's input".
@@ -1593,11 +1692,11 @@ class _Rewriter:
         ok = ok and len(init_target) == 1 and tuple(o.name for o in init_target[0].outputs) == (fused_var,) \
             and not _attrof_bases(init_target[0])
         if not ok:
-            raise Skip(f"inside the container `self.{seq}` only the init can change (the rule's forward target is not "
+            raise Skip(codes.S_CONTAINER, f"inside the container `self.{seq}` only the init can change (the rule's forward target is not "
                        f"its fused layer applied to the chain's input)")
         reason = _sequential_uses(mod, mine, seq, stmt, match.nodes[0])
         if reason:
-            raise Skip(reason)
+            raise Skip(codes.S_CONTAINER_USE, reason)
 
         # Edits inside the `nn.Sequential(...)` call.
         smap = mod.smap
@@ -1606,6 +1705,7 @@ class _Rewriter:
                 for i in indices}
         attrs = {v: b.attr for v, b in bindings.items()}
         env = _Env(match, attrs, {})
+        env.literals = self.literal_texts(match)
         env.ctor = ctor
         fused = self.render_node(init_target[0], env, plan)
         env.ctor = {}
@@ -1628,7 +1728,7 @@ class _Rewriter:
             new_attr = attrs.get(pm.target.base.name)
             old_attr = attrs.get(pm.source.base.name)
             if new_attr is None or old_attr is None:
-                raise Skip(f"params mapping `{pm.target.base}.{pm.target.attr}` names an unbound variable")
+                raise Skip(codes.S_TARGET, f"params mapping `{pm.target.base}.{pm.target.attr}` names an unbound variable")
             new_key, old_key = f"{new_attr}.{pm.target.attr}", f"{old_attr}.{pm.source.attr}"
             if new_key != old_key:
                 renames.append((new_key, old_key, False))
@@ -1649,7 +1749,7 @@ class _Rewriter:
         text_f = " and ".join(str(g) for g in hoist_guards) or "True"
         answer = guards.equivalent(init_guards, hoist_guards).value if guards is not None else ("proved" if text_i == text_f else "unknown")
         if answer != "proved":
-            raise Skip(
+            raise Skip(codes.S_ANCHOR,
                 f"the hoisted copy needs the original `self.{attr}` where `{text_f}` is false, "
                 f"but the fused layer would be built where `{text_i}` holds"
             )
@@ -1672,7 +1772,7 @@ class _Rewriter:
         region_end = mod.smap.line_end(last.end_lineno)
         for e in init_plan.edits:
             if e.start < region_start or e.end > region_end:
-                raise Skip("a `when` rewrite needs all the init statements it changes in one run of statements")
+                raise Skip(codes.S_WHEN_REGION, "a `when` rewrite needs all the init statements it changes in one run of statements")
         # Earlier rewrites inside the run go into both branches (`when` rules run last).
         absorbed = []
         for e in self.accepted:
@@ -1680,7 +1780,7 @@ class _Rewriter:
             if region_start <= e.start and e.end <= region_end and not boundary_insert:
                 absorbed.append(e)
             elif e.start < region_end and e.end > region_start and not boundary_insert:
-                raise Skip("overlaps an earlier rewrite around the init statements a `when` rewrite duplicates")
+                raise Skip(codes.S_WHEN_REGION, "overlaps an earlier rewrite around the init statements a `when` rewrite duplicates")
 
         def shifted(edits):
             return [Edit(e.start - region_start, e.end - region_start, e.text) for e in edits]
@@ -1689,7 +1789,7 @@ class _Rewriter:
             old = apply_edits(mod.source[region_start:region_end], shifted(absorbed))
             new = apply_edits(mod.source[region_start:region_end], shifted(absorbed + init_plan.edits))
         except EditConflict:
-            raise Skip("its init statements were already changed by another rewrite in the run a `when` rewrite duplicates") from None
+            raise Skip(codes.S_WHEN_REGION, "its init statements were already changed by another rewrite in the run a `when` rewrite duplicates") from None
         init_plan.absorbed = absorbed
         indent = mod.indent(first)
         nl = mod.nl
@@ -1761,23 +1861,79 @@ class _Rewriter:
 
     # -- the file ---------------------------------------------------------
 
-    def header_edit(self) -> Edit | None:
-        """New imports (and the state-dict helper) after the last top-level import."""
+    def header_edit(self) -> list[Edit]:
+        """New imports placed the way the file groups its imports, and the
+        state-dict helper after the last top-level import.
+
+        1. The import groups are the runs of top-level import statements not
+           separated by a blank line; the new imports join the group that
+           imports torch (kernels are third-party packages like it), else
+           the last group.
+        2. In a group sorted isort's way (`import x` lines, then `from x
+           import y` lines, each by module), a new import goes where it
+           sorts; in an unsorted group, or for a multi-statement block, at
+           the group's end.
+        """
         mod = self.mod
         lines = list(dict.fromkeys(self.import_lines))
         helper = self.needs_hook and not self.hook_present
         if not lines and not helper:
-            return None
+            return []
         nl = mod.nl
         if mod.last_import is not None:
-            at = mod.smap.line_end(mod.last_import.end_lineno)
-            prefix = "" if mod.ends_with_newline(mod.last_import.end_lineno) else nl
+            end_at = mod.smap.line_end(mod.last_import.end_lineno)
+            end_prefix = "" if mod.ends_with_newline(mod.last_import.end_lineno) else nl
         else:
-            at, prefix = self.top_of_file()
-        text = prefix + "".join(line + nl for line in lines)
+            end_at, end_prefix = self.top_of_file()
+        inserts: dict[int, list[tuple[tuple, str]]] = {}
+        groups = self.import_groups()
+        group = next((g for g in groups if any(_import_top(n) == "torch" for n in g)), groups[-1] if groups else None)
+        for line in lines:
+            key = _import_key_of_text(line)
+            at = None
+            if group is not None and key is not None:
+                keys = [_import_key(n) for n in group]
+                if keys == sorted(keys):
+                    after = next((n for n, k in zip(group, keys) if k > key), None)
+                    if after is not None:
+                        at = mod.smap.line_start(after.lineno)
+                if at is None:
+                    at = mod.smap.line_end(group[-1].end_lineno)
+            if at is None:
+                at = end_at
+            inserts.setdefault(at, []).append((key or (2, ""), line))
         if helper:
-            text += nl + nl + _hook_helper(mod.unit, nl)
-        return Edit(at, at, text)
+            inserts.setdefault(end_at, [])
+        edits = []
+        for at, items in sorted(inserts.items()):
+            text = "".join(line + nl for _, line in sorted(items, key=lambda kv: kv[0]))
+            if at == end_at:
+                text = end_prefix + text  # after a last line without its newline
+                if helper:
+                    text += nl + nl + _hook_helper(mod.unit, nl)
+            edits.append(Edit(at, at, text))
+        return edits
+
+    def import_groups(self) -> list[list[ast.stmt]]:
+        """Runs of top-level imports (not `__future__`) with no blank line between."""
+        mod = self.mod
+        rows = mod.source.splitlines()
+        groups: list[list[ast.stmt]] = []
+        cur: list[ast.stmt] = []
+        for node in mod.tree.body:
+            is_import = isinstance(node, ast.Import) or (isinstance(node, ast.ImportFrom) and node.module != "__future__")
+            if not is_import:
+                if cur:
+                    groups.append(cur)
+                    cur = []
+                continue
+            if cur and any(not rows[i].strip() for i in range(cur[-1].end_lineno, node.lineno - 1) if i < len(rows)):
+                groups.append(cur)
+                cur = []
+            cur.append(node)
+        if cur:
+            groups.append(cur)
+        return groups
 
     def top_of_file(self) -> tuple[int, str]:
         mod = self.mod
@@ -1794,6 +1950,29 @@ class _Rewriter:
             return 0, ""
         prefix = "" if mod.ends_with_newline(pos) else mod.nl
         return mod.smap.line_end(pos), prefix
+
+
+def _import_top(node: ast.stmt) -> str:
+    if isinstance(node, ast.Import):
+        return node.names[0].name.split(".")[0]
+    return (node.module or "").split(".")[0] if not node.level else ""
+
+
+def _import_key(node: ast.stmt) -> tuple:
+    """isort's default order inside a section: `import x` lines, then `from x import`, by module."""
+    if isinstance(node, ast.Import):
+        return (0, node.names[0].name.lower())
+    return (1, "." * node.level + (node.module or "").lower())
+
+
+def _import_key_of_text(line: str) -> tuple | None:
+    try:
+        body = ast.parse(line).body
+    except SyntaxError:
+        return None
+    if len(body) == 1 and isinstance(body[0], (ast.Import, ast.ImportFrom)):
+        return _import_key(body[0])
+    return None
 
 
 def _hook_helper(unit: str, nl: str) -> str:
@@ -1859,8 +2038,8 @@ def _owner_name(owner: str | None, class_name: str) -> str:
 
 def _container_reason(binding) -> str:
     line = binding.stmt.lines[0] if binding.stmt else 0
-    return (f"`self.{binding.attr}` lives inside the container `self.{binding.container}` (line {line}); "
-            f"the emitter does not rewrite layers inside containers")
+    return codes.reason(codes.S_CONTAINER, f"`self.{binding.attr}` lives inside the container `self.{binding.container}` (line {line}); "
+                        f"the emitter does not rewrite layers inside containers")
 
 
 def _layer_var(pn: ir.PatNode) -> str | None:
@@ -1972,7 +2151,7 @@ def rewrite_source(source: str, facts, matches: list[ir.Match], *, path: str = "
     try:
         result = _rewrite(source, facts, matches, path, check_each=False)
     except SyntaxError as exc:
-        reason = f"the file does not parse (line {exc.lineno}: {exc.msg})"
+        reason = codes.reason(codes.S_FILE_PARSE, f"the file does not parse (line {exc.lineno}: {exc.msg})")
         return RewriteResult(None, tuple(Outcome(m, "skipped", reason, tuple(m.lines)) for m in matches))
     if result is None:
         result = _rewrite(source, facts, matches, path, check_each=True)
@@ -1992,7 +2171,7 @@ def _rewrite(source: str, facts, matches, path: str, *, check_each: bool) -> Rew
         match = matches[index]
         key = _location_key(match)
         if key in rewriter.done_locations:
-            outcomes[index] = Outcome(match, "skipped", f"same location as the match at line {rewriter.done_locations[key]} (edited once)", tuple(match.lines))
+            outcomes[index] = Outcome(match, "skipped", codes.reason(codes.S_SAME_LOCATION, f"same location as the match at line {rewriter.done_locations[key]} (edited once)"), tuple(match.lines))
             continue
         try:
             try:
@@ -2000,24 +2179,24 @@ def _rewrite(source: str, facts, matches, path: str, *, check_each: bool) -> Rew
             except (Skip, SyntaxError):
                 raise
             except Exception as exc:  # a bug must cost one match, not the run
-                raise Skip(f"internal error in the rewriter ({type(exc).__name__}: {exc})") from None
+                raise Skip(codes.E_INTERNAL, f"internal error in the rewriter ({type(exc).__name__}: {exc})") from None
             absorbed = {id(e) for e in plan.absorbed}
             edits = [e for e in rewriter.accepted if id(e) not in absorbed] + plan.edits
             for start, end in plan.claimed:
                 for a, b, who in rewriter.claimed:
                     inside = any(e.start >= start and e.end <= end for e in plan.absorbed) and start <= a and b <= end
                     if start < b and a < end and not inside:
-                        raise Skip(f"overlaps the rewrite of {who}")
+                        raise Skip(codes.S_OVERLAP_REWRITE, f"overlaps the rewrite of {who}")
             try:
                 candidate = apply_edits(source, edits)
             except EditConflict as exc:
-                raise Skip(f"its edits overlap another rewrite ({exc})") from None
+                raise Skip(codes.S_OVERLAP_REWRITE, f"its edits overlap another rewrite ({exc})") from None
             if check_each:
                 err = parse_error(candidate)
                 if err is not None:
-                    raise Skip(f"the rewrite would not parse ({err})")
+                    raise Skip(codes.S_NO_PARSE, f"the rewrite would not parse ({err})")
         except Skip as exc:
-            outcomes[index] = Outcome(match, "skipped", str(exc), tuple(match.lines))
+            outcomes[index] = Outcome(match, "skipped", exc.reason, tuple(match.lines))
             continue
         # Accept.
         rewriter.accepted = edits
@@ -2036,9 +2215,7 @@ def _rewrite(source: str, facts, matches, path: str, *, check_each: bool) -> Rew
     if not rewriter.accepted:
         return RewriteResult(None, tuple(ordered))
     edits = list(rewriter.accepted)
-    header = rewriter.header_edit()
-    if header is not None:
-        edits.append(header)
+    edits.extend(rewriter.header_edit())
     new = apply_edits(source, edits)
     reason = safety.verify_output(source, new, edits)
     if reason is not None:

@@ -1,9 +1,10 @@
 """Safety checks decided before any edit, and the gate on every output.
 
-Each check returns None when the match may be rewritten, or a short human
-sentence naming the value / attribute / line that blocks it (the `skipped`
-reason of the report).  The authority is `shared/spec/adopter-rules.md`,
-"What is never a location" and "Conventions that settle the hard cases".
+Each check returns None when the match may be rewritten, or a
+`codes.Reason`: a short human sentence naming the value / attribute / line
+that blocks it (the `skipped` reason of the report) with its registered code
+(S2xx).  The conventions are docs/adopter-rules.md, "What is never a
+location" and "Conventions that settle the hard cases".
 
 Checks (the rewriter calls them in this order):
 
@@ -30,7 +31,7 @@ from __future__ import annotations
 import re
 from typing import Iterable, Sequence
 
-from dslc import ir
+from dslc import codes, ir
 from dslc.edits import Edit, parse_error, untouched_regions_identical
 
 TEMP_RE = re.compile(r"^temp_\d+$")
@@ -122,7 +123,10 @@ def find_class(facts, name: str | None):
 
 
 def check_conflict(match: ir.Match) -> str | None:
-    return getattr(match, "conflict", None) or None
+    conflict = getattr(match, "conflict", None) or None
+    if conflict is not None and not isinstance(conflict, codes.Reason):
+        conflict = codes.Reason(codes.S_UNCLASSIFIED, conflict)
+    return conflict
 
 
 # ---------------------------------------------------------------------------
@@ -174,8 +178,8 @@ def check_guards(match: ir.Match, paths: Iterable) -> tuple[str | None, list]:
         return None, feasible
     if unknown:
         texts = ", ".join(f"`{g}`" for g in unknown[0].guards)
-        return f"guards {texts} could not be decided; skipped as unsafe", []
-    return "contradictory guards: " + _describe_contradiction(refuted[0].guards, init_guards), []
+        return codes.reason(codes.S_GUARDS_UNKNOWN, f"guards {texts} could not be decided; skipped as unsafe"), []
+    return codes.reason(codes.S_GUARDS_CONTRADICT, "contradictory guards: " + _describe_contradiction(refuted[0].guards, init_guards)), []
 
 
 def _text_consistent(gs) -> str:
@@ -207,7 +211,7 @@ def check_constraints(match: ir.Match) -> str | None:
             continue
         values = ", ".join(repr(v) for v in constraint.values)
         need = f"{constraint.op} {values}" if len(constraint.values) == 1 else f"{constraint.op} ({values})"
-        return f"`${constraint.var.name}` must be {need} but is `{bound.text}`, not known statically"
+        return codes.reason(codes.S_CONSTRAINT_STATIC, f"`${constraint.var.name}` must be {need} but is `{bound.text}`, not known statically")
     return None
 
 
@@ -264,13 +268,13 @@ def check_dataflow(
                 if q in matched or q in final_positions:
                     continue
                 if name in writes_of(other):
-                    return f"`{name}` is reassigned at line {first_line(other)} before the fused call reads it"
+                    return codes.reason(codes.S_INPUT_CHANGED, f"`{name}` is reassigned at line {first_line(other)} before the fused call reads it")
             for q in sorted(positions):
                 if q >= first:
                     break
                 other = path.nodes[q]
                 if stmt_key(other) in deleted_stmts and name in writes_of(other):
-                    return f"`{name}` is written by line {first_line(other)}, which the rewrite removes"
+                    return codes.reason(codes.S_INPUT_CHANGED, f"`{name}` is written by line {first_line(other)}, which the rewrite removes")
     return None
 
 
@@ -288,7 +292,7 @@ def _scan_reads(path, pos, out, matched, end_of_final, final_positions, produced
                 return None
             where = "after the match" if after else "between the matched statements"
             what = "temporary" if TEMP_RE.match(out) else "intermediate"
-            return f"{what} `{out}` (line {origin}) is read at line {first_line(other)} {where}"
+            return codes.reason(codes.S_VALUE_READ, f"{what} `{out}` (line {origin}) is read at line {first_line(other)} {where}")
         if out in writes_of(other):
             return None
     return None
@@ -330,14 +334,15 @@ def check_attr_uses(
             continue
         if use.kind == "store":
             where = "outside `__init__`" if use.method != "__init__" else "again"
-            return f"attribute `self.{use.attr}` is assigned {where} at line {use.lines[0]} (in `{use.method}`)"
+            return codes.reason(codes.S_ATTR_ASSIGNED, f"attribute `self.{use.attr}` is assigned {where} at line {use.lines[0]} (in `{use.method}`)")
         if interface_kept:
             continue
         if any(method == use.method and lo <= use.lines[0] <= hi for method, (lo, hi) in forward_spans):
             continue
         if binding is not None and binding.stmt is not None and use.method == binding.stmt.method and binding.stmt.lines[0] <= use.lines[0] <= binding.stmt.lines[1]:
             continue
-        return (
+        return codes.reason(
+            codes.S_ATTR_USED,
             f"attribute `self.{use.attr}`, which the rewrite {changed[use.attr]}, "
             f"is also used at line {use.lines[0]} (in `{use.method}`)"
         )
@@ -388,7 +393,7 @@ def check_when(match: ir.Match, condition: str | None) -> str | None:
         else:
             answer = _text_consistent(gs + [Guard(condition)])
         if answer == "refuted":
-            return f"not a location: `self.{binding.attr}` (line {binding.stmt.lines[0] if binding.stmt else 0}) is built only when `not ({condition})`"
+            return codes.reason(codes.S_WHEN_NEVER, f"not a location: `self.{binding.attr}` (line {binding.stmt.lines[0] if binding.stmt else 0}) is built only when `not ({condition})`")
     return None
 
 
@@ -400,7 +405,7 @@ def verify_output(original: str, new: str, edits: Sequence[Edit]) -> str | None:
     """None when `new` parses and is `original` outside the edits."""
     err = parse_error(new)
     if err is not None:
-        return f"the rewritten file does not parse ({err})"
+        return codes.reason(codes.S_NO_PARSE, f"the rewritten file does not parse ({err})")
     if not untouched_regions_identical(original, new, edits):
-        return "the rewrite changed text outside the edited statements"
+        return codes.reason(codes.S_NO_PARSE, "the rewrite changed text outside the edited statements")
     return None

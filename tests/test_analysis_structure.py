@@ -106,21 +106,21 @@ def test_errors_are_located_and_never_tracebacks(tmp_path, capsys):
     bad.write_text("class A:\n    def f(self:\n        pass\n")
     code, out, err = run_cli(capsys, str(bad))
     assert code == 1 and out == ""
-    assert err.startswith(f"{bad}:2:") and "error[syntax-error]" in err and "Traceback" not in err
+    assert err.startswith(f"{bad}:2:") and "error[E101]" in err and "Traceback" not in err
     enc = tmp_path / "enc.py"
     enc.write_bytes(b"# -*- coding: klingon -*-\nx = 1\n")
     code, _, err = run_cli(capsys, str(enc))
-    assert code == 1 and f"{enc}:1:0: error[encoding]" in err
+    assert code == 1 and f"{enc}:1:0: error[E102]" in err
     latin = tmp_path / "latin.py"
     latin.write_bytes(b"x = '\xe9'\n")
     code, _, err = run_cli(capsys, str(latin))
     assert code == 1 and "error[" in err
     code, _, err = run_cli(capsys, str(tmp_path / "missing.py"))
-    assert code == 1 and "error[io-error]" in err
+    assert code == 1 and "error[E100]" in err
     ok = tmp_path / "ok.py"
     ok.write_text("x = 1\n")
     code, _, err = run_cli(capsys, str(ok), "--class", "Nope")
-    assert code == 1 and "error[no-such-class]" in err
+    assert code == 1 and "error[E120]" in err
     code, _, err = run_cli(capsys, str(ok), "--format", "yaml")
     assert code == 2
     code, _, err = run_cli(capsys, str(ok), "--root", str(tmp_path / "nowhere"))

@@ -217,14 +217,15 @@ def test_json_report_matches_the_contract(fake_pipeline, tree, capsys):
         assert (m["reason"] is None) == (m["status"] == "applied")
     by_file = {m["file"]: m for m in report["matches"]}
     assert by_file["a.py"] == {"rule": "fake:softmax", "file": "a.py", "class": "Model", "lines": [5],
-                               "status": "applied", "reason": None, "function": "forward"}
+                               "status": "applied", "reason": None, "code": None, "function": "forward"}
     assert by_file["keep.py"]["status"] == "skipped"
+    assert by_file["keep.py"]["code"] == "S499"  # the fake rewriter gives a plain string: no code
     assert by_file["keep.py"]["reason"] == "the value is used after the match"
     assert by_file["pkg/b.py"]["file"] == "pkg/b.py"  # relative to the path given
     for e in report["errors"]:
         assert set(e) == {"file", "line", "code", "message"}
         assert isinstance(e["line"], int) and isinstance(e["code"], str)
-    assert report["summary"]["fake:softmax"] == {"found": 3, "applied": 2, "skipped": 1}
+    assert report["summary"]["fake:softmax"] == {"found": 3, "applied": 2, "skipped": 1, "suppressed": 0}
 
 
 def test_select_filters_rules(fake_pipeline, tmp_path, capsys):

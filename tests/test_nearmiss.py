@@ -167,7 +167,8 @@ def test_json_has_near_misses_only_when_asked(model):
     code, report = apply_json(model, "--near-misses")
     assert code == 0
     assert "near_misses" not in plain["summary"]["adopter:softmax"]
-    assert report["summary"]["adopter:softmax"] == {"found": 1, "applied": 1, "skipped": 0, "near_misses": 2}
+    assert report["summary"]["adopter:softmax"] == {"found": 1, "applied": 1, "skipped": 0, "suppressed": 0,
+                                                    "near_misses": 2}
     # The rewrites are the same with and without the report.
     assert [(m["rule"], m["class"], m["status"]) for m in report["matches"]] == \
            [(m["rule"], m["class"], m["status"]) for m in plain["matches"]]
@@ -397,7 +398,7 @@ def test_codes_of_near_misses(model, tmp_path, capsys):
     got = {(n["class"], n["code"]) for n in report["near_misses"] if n["kind"] == "unmatched"}
     assert {("NoResidualRead", "N101"), ("Rebound", "N102"), ("UnpackedKwargs", "N201"),
             ("NotAffine", "N201"), ("OtherKey", "N201"), ("NeverCalled", "N401"), (None, "N101")} <= got
-    assert all(n["code"] is None for n in report["near_misses"] if n["kind"] == "skipped")
+    assert all(n["code"].startswith("S") for n in report["near_misses"] if n["kind"] == "skipped")  # the skip reason's code
     # A dropout whose result is never added (N103).
     plain = tmp_path / "plain.py"
     plain.write_text(MODEL.split("class NoResidualRead")[0] + '''

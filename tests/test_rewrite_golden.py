@@ -73,9 +73,12 @@ def test_dpt_is_figure_5b_and_equivalent(compiled):
     new = (EXPECTED / "dpt_preact_residual.py").read_text()
     tree = ast.parse(new)
     forward = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "forward")
-    ifs = [s for s in forward.body if isinstance(s, ast.If)]
-    assert [ast.unparse(i.orelse[0]) for i in ifs] == [
-        "hidden_state = self.convolution1(hidden_state)", "hidden_state = self.convolution2(hidden_state)"]
+    # Fig. 5b writes `if c: h = conv(h) else: h = conv(h)`; both branches are the
+    # same code, so the call stays as it was and only the BatchNorm `if` goes.
+    assert not [s for s in forward.body if isinstance(s, ast.If)]
+    body = [ast.unparse(s) for s in forward.body]
+    assert "hidden_state = self.convolution1(hidden_state)" in body
+    assert "hidden_state = self.convolution2(hidden_state)" in body
 
     def load(text, name):
         module = types.ModuleType(name)

@@ -10,6 +10,7 @@ and rule packs with errors.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -33,9 +34,22 @@ examples:
   dslc apply --rules rulepacks/adopter.adr --format json transformers/models/ > report.json
       machine-readable report (rule, file, class, lines, status, reason)
   dslc apply --rules rulepacks/ --exclude 'tests/*' --exclude '*_old.py' --jobs 2 src/
+  dslc apply --check src/
+      CI / pre-commit: change nothing, exit 1 when some safe rewrite applies
+  dslc apply --format sarif src/ > dslc.sarif
+      a SARIF 2.1.0 log for code scanning (the fixes included)
+
+configuration: `[tool.dslc]` in the nearest pyproject.toml above the first
+PATH (keys rules, select, ignore, exclude, unsafe, jobs, cache-dir); a flag
+given on the command line wins.  A match with `# dslc: ignore` (or
+`# dslc: ignore[pack:rule]`) on one of its lines is suppressed.
 
 exit status: 0 all files processed, 1 some file failed (the others were still
-processed), 2 usage error or a rule pack with errors, 130 interrupted.
+processed) or, with --check, some file would change, 2 usage error or a rule
+pack with errors, 130 interrupted.
+
+Every outcome has a code (skipped[S204], warning[W101], error[E101]);
+`dslc explain CODE` says what it means and `dslc explain --list` lists them.
 
 error codes: E100 cannot read (or list a folder), E101 does not parse, E102
 not text in its encoding, E103 cannot write (read-only), E104 cannot encode
@@ -92,10 +106,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="model files or directories (searched for *.py)")
-    p.add_argument("--rules", action="append", required=True, metavar="FILE|DIR",
-                   help="an .adr rule pack, or a directory of them (repeatable)")
-    p.add_argument("--select", action="append", default=[], metavar="PACK:RULE",
+    p.add_argument("--rules", action="append", metavar="FILE|DIR",
+                   help="an .adr rule pack, or a directory of them (repeatable; "
+                        "default: `rules` of [tool.dslc] in pyproject.toml)")
+    p.add_argument("--select", action="append", metavar="PACK:RULE",
                    help="apply only this rule (repeatable; default: every rule of the packs)")
+    p.add_argument("--ignore", action="append", metavar="PACK:RULE",
+                   help="do not apply this rule (repeatable; PACK:RULE, PACK or RULE)")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--diff", dest="mode", action="store_const", const="diff",
                      help="print a unified diff and change nothing (the default)")
@@ -103,12 +120,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                      help="edit the files in place, atomically, keeping their mode")
     out.add_argument("--patch-dir", metavar="DIR",
                      help="write one .patch per changed file into DIR (created if needed)")
-    p.add_argument("--format", choices=("text", "json"), default="text",
-                   help="text: diff on stdout, summary on stderr; json: the report on stdout")
-    p.add_argument("--jobs", "-j", type=_positive_int, default=default_jobs(), metavar="N",
+    p.add_argument("--check", action="store_true",
+                   help="change nothing; exit 1 when some safe rewrite applies (for CI and "
+                        "pre-commit); with --diff also print the diff")
+    p.add_argument("--format", choices=("text", "json", "sarif"), default="text",
+                   help="text: diff on stdout, summary on stderr; json: the report on stdout; "
+                        "sarif: a SARIF 2.1.0 log on stdout (code scanning)")
+    p.add_argument("--jobs", "-j", type=_positive_int, default=None, metavar="N",
                    help="worker processes for analysis, matching and rewriting "
-                        "(default: min(4, CPUs) = %(default)s)")
-    p.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                        f"(default: `jobs` of [tool.dslc], else min(4, CPUs) = {default_jobs()})")
+    p.add_argument("--exclude", action="append", default=None, metavar="GLOB",
                    help="skip paths matching GLOB (matched against the path relative to PATH, "
                         "its name and its folders; repeatable)")
     p.add_argument("--no-gitignore", dest="gitignore", action="store_false",
@@ -135,6 +156,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "`near_misses` in JSON")
     p.add_argument("--quiet", "-q", action="store_true",
                    help="text mode: no notes on skipped matches and analysis warnings")
+    p.add_argument("--color", choices=("auto", "always", "never"), default="auto",
+                   help="colour the text output (auto: on a terminal, unless NO_COLOR is set; "
+                        "FORCE_COLOR forces it)")
+    conf = p.add_mutually_exclusive_group()
+    conf.add_argument("--config", metavar="PYPROJECT",
+                      help="read [tool.dslc] from this file instead of the nearest pyproject.toml")
+    conf.add_argument("--no-config", action="store_true",
+                      help="ignore [tool.dslc] in pyproject.toml files")
     p.set_defaults(func=run, mode=None)
     return p
 
@@ -180,16 +209,57 @@ def _usage(message: str) -> int:
     return 2
 
 
+def _settings(args: argparse.Namespace):
+    """Merge `[tool.dslc]` (dslc.config) under the flags: a flag given wins.
+
+    Returns (settings namespace, None) or (None, usage error message).
+    """
+    from dslc import config
+
+    try:
+        if args.no_config:
+            conf = config.Config()
+        elif args.config:
+            conf = config.load_config(args.config)
+        else:
+            conf = config.find_config(list(args.paths))
+    except config.ConfigError as exc:
+        return None, str(exc)
+    out = argparse.Namespace(config=conf.path)
+    out.rules = list(args.rules) if args.rules else list(conf.rules)
+    out.select = list(args.select) if args.select is not None else list(conf.select)
+    out.ignore = list(args.ignore) if args.ignore is not None else list(conf.ignore)
+    out.exclude = list(args.exclude) if args.exclude is not None else list(conf.exclude)
+    out.jobs = args.jobs or conf.jobs or default_jobs()
+    out.cache_dir = args.cache_dir or conf.cache_dir or default_cache_dir()
+    # `unsafe` pairs with an `--unsafe` flag (rules marked unsafe); read and
+    # checked here, passed on where the flag exists.
+    flag_unsafe = getattr(args, "unsafe", None)
+    out.unsafe = bool(flag_unsafe) if flag_unsafe else bool(conf.unsafe)
+    if not out.rules:
+        where = f" (and `rules` is not set in [tool.dslc] of {conf.path})" if conf.path else \
+            " (or set `rules` in [tool.dslc] of pyproject.toml)"
+        return None, f"no rule packs: give --rules FILE|DIR{where}"
+    return out, None
+
+
 def run(args: argparse.Namespace) -> int:
-    """1. check paths and options, 2. load the packs, 3. apply, 4. print, 5. exit code."""
+    """1. check paths, options and [tool.dslc], 2. load the packs, 3. apply,
+    4. print, 5. exit code."""
     from dslc import apply as driver
+    from dslc import codes, color
     from dslc import report as render
 
+    if args.check and (args.mode == "write" or args.patch_dir):
+        return _usage("--check changes nothing; it cannot be combined with --write or --patch-dir")
     mode = "patch" if args.patch_dir else (args.mode or "diff")
     from dslc.fileio import DEFAULT_MAX_FILE_SIZE
     from dslc.output import display_path, write_json
 
-    missing = [p for p in list(args.paths) + list(args.rules) if not os.path.lexists(p)]
+    settings, problem = _settings(args)
+    if problem:
+        return _usage(problem)
+    missing = [p for p in list(args.paths) + list(settings.rules) if not os.path.lexists(p)]
     if missing:
         return _usage(f"no such file or directory: {', '.join(display_path(m) for m in missing)}")
     if args.patch_dir:
@@ -203,29 +273,36 @@ def run(args: argparse.Namespace) -> int:
         from dslc.loader import load_rules
     except ImportError as exc:
         return _usage(f"the rule loader is not available ({exc})")
-    loaded = load_rules(list(args.rules), list(args.select))
+    if settings.ignore:
+        loaded = load_rules(list(settings.rules), list(settings.select), list(settings.ignore))
+    else:
+        loaded = load_rules(list(settings.rules), list(settings.select))
     diags = list(loaded.diagnostics)
+    paint_err = color.enabled(sys.stderr, args.color)
+    paint_out = color.enabled(sys.stdout, args.color)
     if diags:
         sys.stderr.write(_render_diagnostics(diags))
     if any(_is_error(d) for d in diags):
         print("dslc apply: error: the rule packs have errors; nothing was applied", file=sys.stderr)
         return 2
     if not any(p.rules for p in loaded.packs):
-        return _usage("no rules to apply (empty packs, or --select matched nothing)")
+        return _usage("no rules to apply (empty packs, or --select/--ignore left none)")
 
     options = driver.ApplyOptions(
         mode=mode,
         patch_dir=args.patch_dir,
-        jobs=args.jobs,
-        excludes=tuple(args.exclude),
+        jobs=settings.jobs,
+        excludes=tuple(settings.exclude),
         gitignore=args.gitignore,
-        cache_dir=None if args.no_cache else (args.cache_dir or default_cache_dir()),
+        cache_dir=None if args.no_cache else settings.cache_dir,
         verify=args.verify,
         max_file_size=(DEFAULT_MAX_FILE_SIZE if args.max_file_size is None
                        else (args.max_file_size or None)),
         follow_symlinks_outside=args.follow_symlinks_outside,
         force=args.force,
         near_misses=args.near_misses,
+        # `unsafe` (the --unsafe flag or [tool.dslc] unsafe = true) where the driver has the option.
+        **({"unsafe": settings.unsafe} if "unsafe" in {f.name for f in dataclasses.fields(driver.ApplyOptions)} else {}),
     )
     progress = _Progress(sys.stderr) if sys.stderr.isatty() else None
     try:
@@ -234,26 +311,39 @@ def run(args: argparse.Namespace) -> int:
         if progress:
             progress.clear()
 
+    notes_out = ""
     if args.format == "json":
         write_json(render.render_json(result))
+    elif args.format == "sarif":
+        from dslc import sarif
+
+        write_json(sarif.render_sarif(result, loaded.packs))
     else:
-        if mode == "diff":
-            sys.stdout.write(render.render_diff(result))
+        if mode == "diff" and (not args.check or args.mode == "diff"):
+            diff = render.render_diff(result)
+            sys.stdout.write(color.paint_diff(diff) if paint_out else diff)
         sys.stdout.flush()
-        sys.stderr.write(render.render_notes(result, skipped=not args.quiet, warnings=not args.quiet))
-        sys.stderr.write(render.render_near_misses(result))
-        sys.stderr.write(render.render_errors(result))
-        sys.stderr.write(render.render_summary(result))
+        notes_out += render.render_notes(result, skipped=not args.quiet, warnings=not args.quiet)
+        notes_out += render.render_near_misses(result)
+        notes_out += render.render_errors(result)
+        if args.check:
+            notes_out += "".join(f"would rewrite {render.diff_path(f)}\n" for f in result.files if f.changed)
+        notes_out += render.render_summary(result)
         for f in result.files:
             if f.patch:
-                sys.stderr.write(f"wrote {display_path(f.patch)}\n")
+                notes_out += f"wrote {display_path(f.patch)}\n"
             elif f.written:
-                sys.stderr.write(f"rewrote {display_path(f.found.path)}\n")
+                notes_out += f"rewrote {display_path(f.found.path)}\n"
     if result.removed_temp_files:
         n = len(result.removed_temp_files)
-        sys.stderr.write(f"note: removed {n} temporary file{'s' * (n != 1)} left by an interrupted dslc run: "
-                         f"{', '.join(result.removed_temp_files)}\n")
-    if args.format == "json" and result.missing_kernels:
+        notes_out += (f"note[{codes.I_TEMP_REMOVED}]: removed {n} temporary file{'s' * (n != 1)} left by an interrupted dslc run: "
+                      f"{', '.join(result.removed_temp_files)}\n")
+    if args.format != "text" and result.missing_kernels:
         # Also tell a human watching the terminal; the JSON field carries the data.
-        sys.stderr.write(render.render_notes(result, skipped=False, warnings=False))
-    return 1 if result.errors else 0
+        notes_out += render.render_notes(result, skipped=False, warnings=False)
+    sys.stderr.write(color.paint_notes(notes_out) if paint_err else notes_out)
+    if result.errors:
+        return 1
+    if args.check and any(f.changed for f in result.files):
+        return 1
+    return 0

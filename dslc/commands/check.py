@@ -40,6 +40,9 @@ def add_parser(subparsers) -> None:
                    help="print errors only: no warnings, no summary")
     p.add_argument("--select", action="append", default=[], metavar="PACK:RULE",
                    help="check / dump only these rules (repeatable; `pack`, `rule` or `pack:rule`)")
+    p.add_argument("--color", choices=("auto", "always", "never"), default="auto",
+                   help="colour the text output (auto: on a terminal, unless NO_COLOR is set; "
+                        "FORCE_COLOR forces it)")
     p.set_defaults(func=run)
 
 
@@ -66,8 +69,18 @@ def run(args) -> int:
 
     start = time.perf_counter()
     result = load_rules(args.paths, args.select)
+    diags = list(result.diagnostics)
+    try:
+        from dslc.checker import check_semantics
+    except ImportError:  # a stub checker (tests)
+        check_semantics = None
+    if check_semantics is not None:
+        # Rules of files that parsed (even with errors elsewhere in them).
+        selected = {r.qualified_name for p in result.packs for r in p.rules}
+        parsed = [f for f in result.parsed if not args.select or f.header is None
+                  or any(f"{f.header.name}:{r.name}" in selected for r in f.rules)]
+        diags = sorted(diags + check_semantics(parsed), key=D.Diagnostic.sort_key)
     elapsed = time.perf_counter() - start
-    diags = result.diagnostics
     errors, warnings = D.count(diags)
     shown = [d for d in diags if d.is_error] if args.quiet else diags
     if args.format == "json":
@@ -75,7 +88,10 @@ def run(args) -> int:
 
         write_json(D.render(shown, "json"))
     elif shown:
-        print(D.render(shown, "text", result.sources))
+        from dslc import color
+
+        text = D.render(shown, "text", result.sources)
+        print(color.paint_notes(text) if color.enabled(sys.stdout, getattr(args, "color", "auto")) else text)
         print()
     rules = sum(len(f.rules) for f in result.parsed)
     packs = len(result.parsed)

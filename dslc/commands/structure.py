@@ -1,7 +1,8 @@
 """`dslc structure`: print the model structures the analysis extracts.
 
-Exit codes: 0 success, 1 when a file cannot be read, decoded or parsed, or
-`--class` names no class of the file, 2 on usage errors (argparse).
+Exit codes: 0 success, 1 when the file cannot be read (E100), decoded
+(E102) or parsed (E101), or `--class` names no class of the file (E120),
+2 on usage errors (bad arguments, a directory instead of a file).
 """
 
 from __future__ import annotations
@@ -9,6 +10,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+
+from dslc import codes
+
+# The analysis's fatal problem kinds -> registered codes (`dslc explain`).
+PROBLEM_CODES = {
+    "io-error": codes.E_UNREADABLE,
+    "syntax-error": codes.E_SYNTAX,
+    "encoding": codes.E_NOT_TEXT,
+    "analysis-error": codes.E_INTERNAL,
+}
 
 EPILOG = """\
 examples:
@@ -63,11 +74,11 @@ def run(args) -> int:
         print(f"dslc structure: error: --root {args.root}: not a directory", file=sys.stderr)
         return 2
     if not os.path.lexists(path):
-        _error(path, 0, 0, "io-error", "no such file")
+        _error(path, 0, 0, codes.E_UNREADABLE, "no such file")
         return 1
     if os.path.isdir(path):
-        _error(path, 0, 0, "io-error", "is a directory; give a Python file")
-        return 1
+        print(f"dslc structure: error: {path} is a directory; give one Python file", file=sys.stderr)
+        return 2
     from dslc import fileio
 
     try:  # only a regular file of a sane size is read: a FIFO or /dev/zero would hang
@@ -84,11 +95,11 @@ def run(args) -> int:
             if message.endswith(")") and "(col " in message:
                 message, _, rest = message.rpartition(" (col ")
                 col = int(rest.rstrip(")") or 0)
-            _error(path, p.line, col, p.code, message)
+            _error(path, p.line, col, PROBLEM_CODES.get(p.code, codes.E_INTERNAL), message)
         return 1
     if args.cls and not any(c.name == args.cls for c in facts.classes):
         names = ", ".join(c.name for c in facts.classes) or "none"
-        _error(path, 1, 0, "no-such-class", f"no torch.nn.Module subclass `{args.cls}` (classes: {names})")
+        _error(path, 1, 0, codes.E_NO_CLASS, f"no torch.nn.Module subclass `{args.cls}` (classes: {names})")
         return 1
     from dslc.analysis.render import file_json, file_text
 

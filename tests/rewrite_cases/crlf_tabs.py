@@ -17,8 +17,8 @@ class BertSelfOutput(nn.Module):
 		return hidden_states
 # output
 import torch
-from torch import nn
 from epoi.ops.torchscript_ops import FusedDropoutAddLayerNorm
+from torch import nn
 
 
 def _dslc_remap_state_dict(renames):

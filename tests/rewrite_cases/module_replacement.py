@@ -14,8 +14,8 @@ class BertAttention(nn.Module):
         self_outputs = self.self(hidden_states)
         return self_outputs
 # output
-from torch import nn
 from epoi.ops.xformers_attn import BertSelfAttentionWithXF
+from torch import nn
 
 
 class BertSelfAttention(nn.Module):

@@ -5,8 +5,8 @@ LayerNorm sequence is what the `dropout_layernorm` rule fuses.
 """
 
 import torch
-from torch import nn
 from epoi.ops.torchscript_ops import FusedDropoutAddLayerNorm
+from torch import nn
 
 
 def _dslc_remap_state_dict(renames):

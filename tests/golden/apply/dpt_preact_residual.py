@@ -93,17 +93,10 @@ class DPTPreActResidualLayer(nn.Module):
         residual = hidden_state
         hidden_state = self.activation1(hidden_state)
 
-        if self.use_batch_norm:
-            hidden_state = self.convolution1(hidden_state)
-        else:
-            hidden_state = self.convolution1(hidden_state)
+        hidden_state = self.convolution1(hidden_state)
 
         hidden_state = self.activation2(hidden_state)
-
-        if self.use_batch_norm:
-            hidden_state = self.convolution2(hidden_state)
-        else:
-            hidden_state = self.convolution2(hidden_state)
+        hidden_state = self.convolution2(hidden_state)
 
         return hidden_state + residual
 
