@@ -86,6 +86,7 @@ MAX_PATH_NODES = 3_000  # nodes on one path (the matcher's work grows with it)
 MAX_GUARD_QUERIES = 100_000  # guards sent to z3 (summed over its questions; cached answers are free)
 MAX_CONTAINER_ELEMENTS = 1_000  # elements of one nn.Sequential/ModuleList literal
 MAX_INLINE_DEPTH = 3
+MAX_NESTED_CLASS_DEPTH = 4  # classes nested in class bodies (Outer.Inner...)
 MODULE_BASE = "torch.nn.Module"
 CONTAINERS = ("torch.nn.ModuleList", "torch.nn.Sequential", "torch.nn.ModuleDict")
 
@@ -560,8 +561,10 @@ class Extractor:
             for stmt in _top_level(tree.body):
                 if isinstance(stmt, ast.ClassDef) and stmt.name == name:
                     info = self._make_info(stmt, scope)
-        elif module and not qual.startswith("torch."):
-            info = self._installed_class(qual)
+        else:
+            info = self._nested_class_info(qual)
+            if info is None and module and not qual.startswith("torch."):
+                info = self._installed_class(qual)
         self._class_cache[qual] = info
         return info
 
@@ -585,16 +588,50 @@ class Extractor:
             return self._installed_class(target, _depth + 1)
         return None
 
-    def _make_info(self, node: ast.ClassDef, scope: Scope, resolver: Resolver | None = None) -> ClassInfo:
+    def _nested_class_info(self, qual: str) -> ClassInfo | None:
+        """`module.Outer.Inner`: a class nested in a class body (in this
+        module or an in-tree one); None when no such class exists."""
+        if qual.startswith("torch."):
+            return None
+        parts = qual.split(".")
+        for cut in range(len(parts) - 2, 0, -1):
+            module = ".".join(parts[:cut])
+            if module == self.module:
+                tree, scope = self.tree, self.scope
+            else:
+                entry = self.resolver.load(module)
+                if entry is None:
+                    continue
+                scope, tree = entry
+            body, node, parent = list(_top_level(tree.body)), None, None
+            for name in parts[cut:]:
+                parent = node
+                node = next((st for st in body if isinstance(st, ast.ClassDef) and st.name == name), None)
+                if node is None:
+                    return None
+                body = node.body
+            return self._make_info(node, scope, prefix=".".join(parts[cut:-1]) + ".", enclosing=parent)
+        return None
+
+    def _make_info(self, node: ast.ClassDef, scope: Scope, resolver: Resolver | None = None,
+                   prefix: str = "", enclosing: ast.ClassDef | None = None) -> ClassInfo:
+        """`prefix` is `Outer.` for a class nested in the body of `Outer`:
+        its name (and qualname) is then `Outer.Inner`."""
         resolver = resolver or self.resolver
         bases, quals = [], []
         for base in node.bases:
             parts = dotted(base)
             qual = resolver.resolve_parts(scope, parts) if parts else None
+            if parts and enclosing is not None and any(
+                    isinstance(st, ast.ClassDef) and st.name == parts[0] and st.lineno < node.lineno
+                    for st in enclosing.body):
+                # a sibling class of the enclosing class body (visible to the bases only)
+                qual = f"{scope.module}.{prefix}{'.'.join(parts)}"
             quals.append(qual)
             bases.append(qual or ast.unparse(base))
         methods = {s.name: s for s in node.body if isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef))}
-        return ClassInfo(node.name, f"{scope.module}.{node.name}", node, scope, tuple(bases), tuple(quals), methods)
+        name = prefix + node.name
+        return ClassInfo(name, f"{scope.module}.{name}", node, scope, tuple(bases), tuple(quals), methods)
 
     def is_module(self, qual: str | None, _depth: int = 0) -> bool:
         """Is `qual` torch.nn.Module or a subclass of it (through the tree)?"""
@@ -658,30 +695,40 @@ class Extractor:
         classes, functions = [], []
         for stmt in _top_level(self.tree.body):
             if isinstance(stmt, ast.ClassDef):
-                info = self._make_info(stmt, self.scope)
-                self._class_cache.setdefault(info.qualname, info)
-                if any(self.is_module(q) for q in info.base_quals):
-                    try:
-                        classes.append(self.class_facts(info))
-                    except RecursionError:
-                        self.problems.append(Problem("analysis-recursion", f"class {info.name} too deeply nested", stmt.lineno))
-                else:
-                    hidden = self._hidden_base(info)
-                    if hidden is not None and "forward" in info.methods:
-                        self.problems.append(Problem(
-                            "base-not-visible",
-                            f"class {info.name}: base `{hidden}` is outside the analyzed tree, so whether "
-                            f"it is a torch.nn.Module is unknown; analyze the tree that defines it "
-                            f"(--root) to include this class", stmt.lineno))
-                    for name, fn in info.methods.items():
-                        self._enter(None)
-                        if self._fn_has_dl(fn, None, Frame(name, info.qualname, fn, local_names(fn), scope=self.scope)):
-                            functions.append((f"{info.name}.{name}", self.function_paths(fn, info.qualname, None)))
+                self._class_entry(stmt, "", classes, functions)
             elif isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 self._enter(None)
                 if self._fn_has_dl(stmt, None, Frame(stmt.name, self.module, stmt, local_names(stmt), scope=self.scope)):
                     functions.append((stmt.name, self.function_paths(stmt, self.module, None)))
         return classes, functions
+
+    def _class_entry(self, stmt: ast.ClassDef, prefix: str, classes: list, functions: list, depth: int = 0,
+                     enclosing: ast.ClassDef | None = None) -> None:
+        """The facts of one class, then of the classes nested in its body
+        (`Outer.Inner`, to a bounded depth)."""
+        info = self._make_info(stmt, self.scope, prefix=prefix, enclosing=enclosing)
+        self._class_cache.setdefault(info.qualname, info)
+        if any(self.is_module(q) for q in info.base_quals):
+            try:
+                classes.append(self.class_facts(info))
+            except RecursionError:
+                self.problems.append(Problem("analysis-recursion", f"class {info.name} too deeply nested", stmt.lineno))
+        else:
+            hidden = self._hidden_base(info)
+            if hidden is not None and "forward" in info.methods:
+                self.problems.append(Problem(
+                    "base-not-visible",
+                    f"class {info.name}: base `{hidden}` is outside the analyzed tree, so whether "
+                    f"it is a torch.nn.Module is unknown; analyze the tree that defines it "
+                    f"(--root) to include this class", stmt.lineno))
+            for name, fn in info.methods.items():
+                self._enter(None)
+                if self._fn_has_dl(fn, None, Frame(name, info.qualname, fn, local_names(fn), scope=self.scope)):
+                    functions.append((f"{info.name}.{name}", self.function_paths(fn, info.qualname, None)))
+        if depth < MAX_NESTED_CLASS_DEPTH:
+            for inner in stmt.body:
+                if isinstance(inner, ast.ClassDef):
+                    self._class_entry(inner, info.name + ".", classes, functions, depth + 1, stmt)
 
     def _enter(self, info: ClassInfo | None) -> None:
         """Switch the class context; DL-content answers depend on it."""
@@ -856,7 +903,7 @@ class Extractor:
         if isinstance(rhs, ast.Call):
             qual, spelling = self._callee_type(rhs.func, frame)
             args = tuple(value_of(a) for a in rhs.args)
-            kwargs = tuple((k.arg or "**", value_of(k.value)) for k in rhs.keywords)
+            kwargs = _star_kwargs(rhs, frame)
             out = [InitBinding(attr, qual, args, kwargs, "call", None if qual else spelling, guards, ref)]
             if qual in CONTAINERS:
                 out.extend(self._container_elements(attr, qual, rhs, frame, guards, ref, local_layers))
@@ -1182,8 +1229,14 @@ class Extractor:
             alts = self.run_actions(actions, frame, alts)
             reads = reads_of(stmt.value, self._replaced)
             writes = frame.result or ()
+            node = self.stmt_node(ref, frame, reads, writes)
+            value = self._last_value if stmt.value is not None else None
+            if len(writes) == 1 and value is not None and value.kind == "name":
+                # `return h` of an inlined helper: the call site's result is h
+                node = Node("stmt", ref, reads=node.reads, writes=node.writes, inlined_from=frame.inlined_from,
+                            copies=((writes[0], value.text),))
             for a in alts:
-                a.add_node(self.stmt_node(ref, frame, reads, writes))
+                a.add_node(node)
                 if not flatten:
                     a.status = "return"
             return alts
@@ -1269,6 +1322,9 @@ class Extractor:
             writes |= writes_of(t)
             reads |= _target_reads(t)
         node = self.stmt_node(ref, frame, reads, writes)
+        if len(targets) == 1 and isinstance(targets[0], ast.Name) and _shape_call(value):
+            node = Node("stmt", ref, reads=node.reads, writes=node.writes, inlined_from=frame.inlined_from,
+                        defs=((targets[0].id, _unparse_with_temps(value, self._replaced)),))
         for a in alts:
             a.add_node(node)
         return alts
@@ -1634,13 +1690,14 @@ class Extractor:
             if params and params[0] == "self" and owner_qual and not fn.name in frame.local_funcs:
                 params = params[1:]
             bound = set(params[: len(args)]) | {k for k, _ in kwargs if k != "**"}
+            copies = _param_copies(fn, params, args, kwargs)
             reads = set()
             for v in args:
                 reads |= _value_reads(v)
             for _, v in kwargs:
                 reads |= _value_reads(v)
             entry = Node("stmt", call_ref, reads=frozenset(reads), writes=frozenset(bound),
-                         inlined_from=frame.inlined_from)
+                         inlined_from=frame.inlined_from, copies=copies)
             for a in live:
                 a.add_node(entry)
             saved = (self._replaced, self._top_consumed, self._last_value)
@@ -1658,6 +1715,137 @@ class Extractor:
     _replaced: dict = {}
     _top_consumed = False
     _last_value: Value | None = None
+
+
+def _star_kwargs(call: ast.Call, frame: Frame) -> tuple:
+    """A constructor call's keyword arguments, `**dd` expanded into the keys of
+    a local dict literal (`dd = {"device": device, "dtype": dtype}` or
+    `dict(device=device)`, timm's style) when that literal provably is what
+    `dd` holds; otherwise `**dd` stays as the entry `("**", dd)` (unknown keys)."""
+    out = []
+    explicit = {k.arg for k in call.keywords if k.arg is not None}
+    for k in call.keywords:
+        items = None
+        if k.arg is None and isinstance(k.value, ast.Name):
+            items = _local_dict_items(frame.fn, k.value.id, call.lineno, frame)
+        if items is None or explicit & {key for key, _ in items}:
+            out.append((k.arg or "**", value_of(k.value)))
+            continue
+        out.extend((key, value_of(v)) for key, v in items)
+    return tuple(out)
+
+
+def _local_dict_items(fn: ast.FunctionDef, name: str, use_line: int, frame: Frame):
+    """[(key, value expr)] of the dict literal `name` holds at `use_line`, or None.
+
+    Only when: `name` is a local stored exactly once in `fn`, by a plain
+    `name = {...}` / `name = dict(k=v, ...)` at the top level of the body
+    before the use, with string keys; `name` is read nowhere else but as
+    `**name` (so nothing can mutate it); and the names its values read are
+    never stored in `fn` (parameters such as `device`, `dtype`), so the
+    values mean the same where the call is."""
+    if name not in frame.locals:
+        return None
+    assign = None
+    for st in fn.body:
+        if isinstance(st, ast.Assign) and len(st.targets) == 1 and isinstance(st.targets[0], ast.Name) \
+                and st.targets[0].id == name:
+            assign = st
+            break
+    if assign is None or assign.lineno >= use_line:
+        return None
+    stores, star_uses, reads = 0, 0, 0
+    stored: set[str] = set()
+    for node in ast.walk(fn):
+        if isinstance(node, ast.Name):
+            if not isinstance(node.ctx, ast.Load):
+                stored.add(node.id)
+                stores += node.id == name
+            elif node.id == name:
+                reads += 1
+        elif isinstance(node, ast.keyword) and node.arg is None and isinstance(node.value, ast.Name) \
+                and node.value.id == name:
+            star_uses += 1
+        elif isinstance(node, (ast.Global, ast.Nonlocal)) and name in node.names:
+            return None
+    if stores != 1 or reads != star_uses:
+        return None
+    value = assign.value
+    items = []
+    if isinstance(value, ast.Dict):
+        for key, v in zip(value.keys, value.values):
+            if not (isinstance(key, ast.Constant) and isinstance(key.value, str) and key.value.isidentifier()):
+                return None  # `**other` inside the literal, or a key that is no name
+            items.append((key.value, v))
+    elif isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and value.func.id == "dict" \
+            and "dict" not in frame.locals and not value.args \
+            and "dict" not in (frame.scope.names if frame.scope is not None else {}):
+        for kw in value.keywords:
+            if kw.arg is None:
+                return None
+            items.append((kw.arg, kw.value))
+    else:
+        return None
+    if len({k for k, _ in items}) != len(items):
+        return None
+    for _, v in items:
+        for sub in ast.walk(v):
+            if isinstance(sub, ast.Name) and sub.id in stored:
+                return None
+            if isinstance(sub, (ast.Call, ast.NamedExpr, ast.Lambda, ast.Await, ast.Yield, ast.YieldFrom)):
+                return None
+    return items
+
+
+# Tensor methods whose result's rank follows from the call (see Node.defs).
+SHAPE_METHODS = frozenset({
+    "view", "reshape", "permute", "transpose", "contiguous", "float", "half", "bfloat16", "double",
+    "to", "type_as", "clone", "detach",
+})
+
+
+def _shape_call(value: ast.expr) -> bool:
+    """Is `value` a chain of tensor methods that Node.defs records?"""
+    return isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute) and value.func.attr in SHAPE_METHODS
+
+
+def _unparse_with_temps(expr: ast.expr, replaced: dict) -> str:
+    """`ast.unparse(expr)` with the sub-expressions that became DL nodes
+    written as their temporaries."""
+    if not replaced:
+        return ast.unparse(expr)
+
+    def copy(node):
+        temp = replaced.get(id(node))
+        if temp is not None:
+            return ast.Name(temp, ast.Load())
+        if not isinstance(node, ast.AST):
+            return node
+        fields = {}
+        for name, value in ast.iter_fields(node):
+            if isinstance(value, list):
+                fields[name] = [copy(v) for v in value]
+            else:
+                fields[name] = copy(value)
+        return type(node)(**fields)
+
+    return ast.unparse(copy(expr))
+
+
+def _param_copies(fn: ast.FunctionDef, params: list[str], args: tuple, kwargs: tuple) -> tuple:
+    """(parameter, argument name) for each parameter of an inlined `fn` that
+    a call binds to a plain name (positional up to a `*args`, then by keyword)."""
+    out = []
+    for name, value in zip(params, args):
+        if value.kind == "expr" and value.text.startswith("*"):
+            break
+        if value.kind == "name":
+            out.append((name, value.text))
+    accepted = set(params) | {a.arg for a in fn.args.kwonlyargs}
+    for key, value in kwargs:
+        if key != "**" and key in accepted and value.kind == "name":
+            out.append((key, value.text))
+    return tuple(out)
 
 
 def _local_may_name(fn: ast.FunctionDef, name: str) -> bool:

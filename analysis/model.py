@@ -174,6 +174,17 @@ class Node:
     # (1-based lines, 0-based UTF-8 byte columns); None for `stmt` nodes.
     # The emitter replaces expressions in place with it.
     expr_span: tuple[int, int, int, int] | None = None
+    # Plain copies this `stmt` node makes, as (written name, read name): the
+    # parameters an inlined helper binds from the caller's arguments (`y`
+    # from `h` for `self._bn_act(h)` with `def _bn_act(self, y)`), and the
+    # call site's result from a helper's `return <name>`.  Data flow follows
+    # them (the value is the same), spellings stay those of the source.
+    copies: tuple[tuple[str, str], ...] = ()
+    # For a `stmt` node `name = <tensor method call>` (`x.view(a, b, c, d)`,
+    # `.permute(...)`, `.transpose(...)`, ...): (name, source text of the
+    # right-hand side, nested DL nodes spelled as their temporaries), from
+    # which a consumer can prove the rank of `name` (softmax over `dim=3`).
+    defs: tuple[tuple[str, str], ...] = ()
 
     def kwarg(self, name: str) -> Value | None:
         for key, value in self.kwargs:

@@ -499,6 +499,15 @@ S_WHEN_REGION = _code("S314", "skip", "a `when` rewrite cannot duplicate its ini
     A `when` rewrite copies the run of init statements it changes into both
     branches of an `if`; here they are not in one run, or the copy would
     clash with another rewrite.""")
+S_GUARDED_LAYER = _code("S318", "skip", "a layer guarded by `is not None` cannot be fused under its init guard", """
+    The removed layer is called under `if self.<a> is not None:` and the
+    rewrite would fuse it under the condition that binds it in `__init__`
+    (forward unchanged, `self.<a> = None` there); refused when the rule's
+    forward target is not its source without that call, `self.<a>` is bound
+    to something else than the layer or `None` (or `None` may follow the
+    layer), the other layers are not built unconditionally before it, some
+    path runs one matched call without the other, or the value between them
+    is read or may leave early.""")
 
 S_INLINED_VALUE = _code("S317", "skip", "a target value is the result of an inlined call", """
     A variable the target uses is bound to the result of a helper method the

@@ -101,6 +101,9 @@ class _B:
     kind: str  # name | const | expr | layer | absent | unknown (a literal check on a non-static value)
     value: object = None
     defn: int | None = None
+    # (name, defn) of the value this name copies (an inlined helper's
+    # parameter is its argument): two names with one root are one value.
+    root: tuple | None = None
 
 
 _ABSENT = _B("", "absent")
@@ -124,16 +127,18 @@ def _same(a: _B, b: _B) -> bool:
         return False
     if a.kind == "const":
         return _const_eq(a.value, b.value)
+    if a.kind == "name" and a.root is not None and b.root is not None:
+        return a.root == b.root
     if a.text != b.text:
         return False
     return a.defn is None or b.defn is None or a.defn == b.defn
 
 
-def _bind_value(value: Value, defn: int | None) -> _B:
+def _bind_value(value: Value, defn: int | None, root: tuple | None = None) -> _B:
     if value.is_const:
         return _B(value.text, "const", value.const)
     if value.kind == "name":
-        return _B(value.text, "name", None, defn)
+        return _B(value.text, "name", None, defn, root)
     return _B(value.text, "expr")
 
 
@@ -224,7 +229,9 @@ class _PathCtx:
         # Index keys per node: a transition is only fired on nodes carrying
         # its key (the same pre-filter as the anchor index, for later nodes).
         self.keys = [frozenset(_node_keys(n, scope)) for n in path.nodes]
-        self.writes = [frozenset(n.writes) | frozenset(n.outputs) for n in path.nodes]
+        # a parameter bound to the same name (`self._f(h)`, `def _f(self, h)`) keeps its value
+        self.writes = [(frozenset(n.writes) | frozenset(n.outputs)) - {d for d, s in n.copies if d == s}
+                       for n in path.nodes]
         writers: dict[str, list[int]] = {}
         for i, names in enumerate(self.writes):
             for name in names:
@@ -238,6 +245,19 @@ class _PathCtx:
             return -1
         i = bisect_left(ws, pos)
         return ws[i - 1] if i else -1
+
+    def root(self, name: str, pos: int) -> tuple[str, int]:
+        """(name, defining position) of the value `name` holds at `pos`,
+        following plain copies (an inlined helper's parameters and result)."""
+        d = self.defn(name, pos)
+        for _ in range(64):
+            if d < 0:
+                break
+            src = next((s for t, s in self.nodes[d].copies if t == name), None)
+            if src is None:
+                break
+            name, d = src, self.defn(src, d)
+        return name, d
 
 
 def _node_keys(node: Node, scope: _Scope) -> list[tuple[str, str]]:
@@ -309,8 +329,12 @@ def _slots(t: Transition, node: Node) -> tuple[dict[str, Value], tuple[str, ...]
             return Fail("the call's arguments do not fit the signature of {}", t.signature)
         given = signatures.explicit_params(t.signature, node.inputs, node.kwargs) or ()
         return {f"p:{k}": v for k, v in norm.items()}, tuple(f"p:{k}" for k in given)
-    slots = {f"in{i}": v for i, v in enumerate(node.inputs)}
-    for k, v in node.kwargs:
+    inputs, kwargs = node.inputs, node.kwargs
+    if node.kind == "layer" and kwargs:
+        # `self.bn(input=x)`: the layer's input passed by keyword
+        inputs, kwargs = signatures.layer_call_args(node.type, inputs, kwargs)
+    slots = {f"in{i}": v for i, v in enumerate(inputs)}
+    for k, v in kwargs:
         slots[f"kw:{k}"] = v
     return slots, tuple(slots)
 
@@ -365,7 +389,7 @@ def _run_actions(actions, node: Node, pos: int, env, slots, swap, ctx: _PathCtx)
             i = int(a.slot[3:])
             if i >= len(node.outputs):
                 return Fail("the node has no output {}", i)
-            env = _unify(a.term, _B(node.outputs[i], "name", None, pos), env)
+            env = _unify(a.term, _B(node.outputs[i], "name", None, pos, (node.outputs[i], pos)), env)
         else:
             slot = swap.get(a.slot, a.slot) if swap else a.slot
             value = slots.get(slot)
@@ -373,10 +397,155 @@ def _run_actions(actions, node: Node, pos: int, env, slots, swap, ctx: _PathCtx)
                 env = _unify(a.term, _ABSENT, env) if isinstance(a.term, ir.Var) else Fail("argument {} is missing", slot)
             else:
                 defn = ctx.defn(value.text, pos) if value.kind == "name" else None
-                env = _unify(a.term, _bind_value(value, defn), env)
+                root = ctx.root(value.text, pos) if value.kind == "name" else None
+                before = env
+                env = _unify(a.term, _bind_value(value, defn, root), env)
+                if isinstance(env, Fail) and _last_dim(a, value, slots, pos, ctx):
+                    # `dim=3` on a tensor of rank 4 is `dim=-1`; the rank is a
+                    # fact of this path: `_check_ranks` re-proves it on the others
+                    env = dict(before)
+                    env[f"!rank{pos}"] = _B(value.text, "rank", (node, slots["p:input"], value.const - a.term.value))
         if isinstance(env, Fail):
             return Fail("{}: {}", a.describe(), env.reason)
     return env
+
+
+# ---------------------------------------------------------------------------
+# Ranks: `softmax(x, dim=3)` where x is provably of rank 4 is over the last dim.
+
+_RANK_KEEPING_CALLS = frozenset({
+    "torch.nn.functional.softmax", "torch.softmax", "torch.nn.functional.dropout", "torch.nn.functional.gelu",
+    "torch.nn.functional.relu", "torch.tanh", "torch.sigmoid",
+})
+_RANK_KEEPING_LAYERS = frozenset({
+    "torch.nn.Dropout", "torch.nn.GELU", "torch.nn.ReLU", "torch.nn.Softmax", "torch.nn.Tanh", "torch.nn.Sigmoid",
+})
+# (not `masked_fill`: out of place, it broadcasts the tensor to the mask's shape)
+_KEEP_METHODS = frozenset({"transpose", "contiguous", "float", "half", "bfloat16", "double", "to", "type_as",
+                           "clone", "detach"})
+_COUNT_METHODS = frozenset({"view", "reshape", "permute"})
+
+
+def _last_dim(a, value: Value, slots: dict, pos: int, ctx: "_PathCtx") -> bool:
+    """A literal negative `dim=-k` in the pattern and a non-negative `dim=d`
+    in the call agree when the call's `input` has provable rank r = d + k."""
+    if a.slot != "p:dim" or not isinstance(a.term, ir.Const) or not value.is_const:
+        return False
+    want, got = a.term.value, value.const
+    if not (type(want) is int and type(got) is int and want < 0 <= got):
+        return False
+    source = slots.get("p:input")
+    if source is None:
+        return False
+    return _rank_of_value(source, pos, ctx, 0) == got - want
+
+
+def _rank_of_value(value: Value, pos: int, ctx: "_PathCtx", depth: int) -> int | None:
+    if value.is_const:
+        return 0 if type(value.const) in (int, float) else None
+    return _rank_of_text(value.text, pos, ctx, depth)
+
+
+def _rank_of_text(text: str, pos: int, ctx: "_PathCtx", depth: int) -> int | None:
+    import ast
+
+    try:
+        expr = ast.parse(text, mode="eval").body
+    except SyntaxError:
+        return None
+    return _rank_expr(expr, pos, ctx, depth)
+
+
+def _rank_expr(e, pos: int, ctx: "_PathCtx", depth: int) -> int | None:
+    """The rank of expression `e` read at path position `pos`, when provable."""
+    import ast
+
+    if depth > 32:
+        return None
+    if isinstance(e, ast.Constant):
+        return 0 if type(e.value) in (int, float) else None
+    if isinstance(e, ast.Name):
+        return _rank_of_name(e.id, pos, ctx, depth + 1)
+    if isinstance(e, ast.UnaryOp) and isinstance(e.op, (ast.USub, ast.UAdd)):
+        return _rank_expr(e.operand, pos, ctx, depth + 1)
+    if isinstance(e, ast.BinOp) and isinstance(e.op, (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.MatMult)):
+        ra = _rank_expr(e.left, pos, ctx, depth + 1)
+        rb = _rank_expr(e.right, pos, ctx, depth + 1)
+        return _binary_rank("@" if isinstance(e.op, ast.MatMult) else "+", ra, rb)
+    if isinstance(e, ast.Call) and isinstance(e.func, ast.Attribute) and not e.keywords:
+        method = e.func.attr
+        if method in _COUNT_METHODS:
+            args = e.args
+            if any(isinstance(x, ast.Starred) for x in args):
+                return None
+            if len(args) == 1 and isinstance(args[0], (ast.Tuple, ast.List)):
+                if any(isinstance(x, ast.Starred) for x in args[0].elts):
+                    return None
+                return len(args[0].elts)
+            if len(args) == 1 and not (isinstance(args[0], ast.Constant) and type(args[0].value) is int):
+                return None  # `view(shape)`, `view(dtype)`: not a count
+            return len(args) or None
+        if method in _KEEP_METHODS:
+            return _rank_expr(e.func.value, pos, ctx, depth + 1)
+    return None
+
+
+def _binary_rank(op: str, ra: int | None, rb: int | None) -> int | None:
+    if ra is None or rb is None:
+        return None
+    if op == "@":
+        return max(ra, rb) if ra >= 2 and rb >= 2 else None
+    return max(ra, rb)  # broadcasting (a Python number is rank 0)
+
+
+def _rank_of_name(name: str, pos: int, ctx: "_PathCtx", depth: int) -> int | None:
+    d = ctx.defn(name, pos)
+    if d < 0:
+        return None
+    node = ctx.nodes[d]
+    src = next((s for t, s in node.copies if t == name), None)
+    if src is not None:
+        return _rank_of_name(src, d, ctx, depth + 1)
+    if node.kind == "stmt":
+        text = next((t for n, t in node.defs if n == name), None)
+        return _rank_of_text(text, d, ctx, depth + 1) if text is not None and len(node.writes) == 1 else None
+    if node.outputs != (name,):
+        return None
+    return _node_rank(node, d, ctx, depth + 1)
+
+
+def _node_rank(node: Node, pos: int, ctx: "_PathCtx", depth: int) -> int | None:
+    if node.kind == "op":
+        ranks = [_rank_of_value(v, pos, ctx, depth) for v in node.inputs]
+        if len(ranks) == 1:
+            return ranks[0] if node.op in ("-", "+") else None
+        if node.op in ("+", "-", "*", "/", "@"):
+            return _binary_rank(node.op if node.op == "@" else "+", ranks[0], ranks[1])
+        return None
+    if node.kind == "call":
+        if node.type == "torch.einsum" and node.inputs and node.inputs[0].is_const and not node.kwargs:
+            spec = node.inputs[0].const
+            if isinstance(spec, str) and spec.count("->") == 1:
+                out = spec.split("->")[1].replace(" ", "")
+                if out.isalpha() and len(set(out)) == len(out):
+                    return len(out)
+            return None
+        if node.type == "torch.matmul" and len(node.inputs) == 2 and not node.kwargs:
+            return _binary_rank("@", _rank_of_value(node.inputs[0], pos, ctx, depth),
+                                _rank_of_value(node.inputs[1], pos, ctx, depth))
+        if node.type in _RANK_KEEPING_CALLS and node.inputs:
+            return _rank_of_value(node.inputs[0], pos, ctx, depth)
+        # tensor-method nodes (`k.transpose(-1, -2)`): the receiver is the first input
+        method = node.type.rpartition(".")[2] if node.type and node.type.startswith("torch.Tensor.") else None
+        if method in ("matmul", "bmm") and len(node.inputs) == 2 and not node.kwargs:
+            return _binary_rank("@", _rank_of_value(node.inputs[0], pos, ctx, depth),
+                                _rank_of_value(node.inputs[1], pos, ctx, depth))
+        if (method in _KEEP_METHODS or method == "softmax") and node.inputs:  # `.to(dtype)` too
+            return _rank_of_value(node.inputs[0], pos, ctx, depth)
+        return None
+    if node.kind == "layer" and node.type in _RANK_KEEPING_LAYERS and len(node.inputs) == 1 and not node.kwargs:
+        return _rank_of_value(node.inputs[0], pos, ctx, depth)
+    return None
 
 
 # ---------------------------------------------------------------------------
@@ -481,6 +650,8 @@ def _init_slots(test: InitTest, b: InitBinding) -> tuple[dict[str, Value], tuple
     if b.kind != "call":
         return Fail("self.{} is not built by a call", b.attr)
     if test.signature is not None:
+        # `**dd` of a local dict literal is expanded by the analysis; any other
+        # `**kw` / `*a` leaves the binding unknowable (a near miss with the reason)
         norm = signatures.normalize(test.signature, b.args, b.kwargs)
         if norm is None:
             hidden = _unknown_args(test, b)  # a Fail is falsy: no `or` here
@@ -513,7 +684,8 @@ def _match_binding(test: InitTest, b: InitBinding, env: dict[str, _B]) -> dict[s
     if isinstance(got, Fail):
         return got
     slots, given = got
-    if test.var is not None:
+    looped = test.var is not None and b.container is not None and env.get(test.var) == _B(b.container, "layer")
+    if test.var is not None and not looped:  # (a loop over the container calls its elements)
         env = _unify(ir.Var(test.var), _B(b.attr, "layer"), env)
         if isinstance(env, Fail):
             return env
@@ -540,6 +712,12 @@ def _match_init(cr: CompiledRule, scope: _Scope, env: dict[str, _B]) -> Iterator
             attr = env[test.var].text
             every = scope.init_by_attr.get(attr, ())
             same = [b for b in every if b.type == test.type]
+            if not same and every and all(b.type in _LOOPED for b in every):
+                # `for layer in self.layers: layer(x)`: the node calls every
+                # element of the container, so each must be of the type (and agree)
+                same = [b for bs in scope.init_by_attr.values() for b in bs if b.container == attr]
+                if not same or any(b.type != test.type for b in same):
+                    return Fail("the elements of self.{} are not all of type {}", attr, test.type)
             if not same:
                 return Fail("self.{} has no init binding of type {}", attr, test.type)
             fixed[i] = same
@@ -579,6 +757,10 @@ def _match_init(cr: CompiledRule, scope: _Scope, env: dict[str, _B]) -> Iterator
     if not results:
         return reasons[0] if reasons else Fail("no init binding of type {}", ", ".join(t.type for t in tests))
     return iter(results)
+
+
+# Containers a `for layer in self.<attr>:` loop calls the elements of.
+_LOOPED = ("torch.nn.ModuleList", "torch.nn.Sequential")
 
 
 def _check_where(rule: ir.Rule, env: dict[str, _B]) -> str | None | Fail:
@@ -645,7 +827,7 @@ def _init_id(b: InitBinding) -> tuple:
 
 
 def _to_bound(b: _B) -> ir.Bound | None:
-    if b.kind in ("absent", "unknown"):
+    if b.kind in ("absent", "unknown", "rank"):
         return None
     if b.kind == "const":
         return ir.Bound(b.text, "const", b.value)
@@ -741,8 +923,39 @@ def _expand_sequential(path: Path, scope: _Scope) -> Path:
     return Path(path.guards, tuple(nodes)) if changed else path
 
 
+def _check_ranks(scope: _Scope, paths, found: list[_Found]) -> None:
+    """A match that read `dim=3` as the last dim proved the rank on its own
+    path; the rewrite edits the call on every path through it, so the rank
+    must be proved on each of them, else the match is reported skipped."""
+    ctxs: dict[int, _PathCtx] = {}
+    for f in found:
+        marks = [b.value for b in f.env.values() if b.kind == "rank"]
+        if not marks or f.conflict:
+            continue
+        for node, value, rank in marks:
+            key = _node_id(node)
+            for pi, path in enumerate(paths):
+                if pi not in ctxs:
+                    ctxs[pi] = _PathCtx(_expand_sequential(path, scope), scope)
+                ctx = ctxs[pi]
+                q = next((i for i, n in enumerate(ctx.nodes) if _node_id(n) == key), None)
+                if q is not None and _rank_of_value(value, q, ctx, 0) != rank:
+                    f.conflict = (f"`{value.text}` at line {node.stmt.lines[0]} has rank {rank} (so its last dim "
+                                  f"is the one given) only on some paths through the call")
+                    break
+            if f.conflict:
+                break
+
+
 def _match_paths(compiled: CompiledPack, scope: _Scope, paths, file: str, dbg: _Debug, stats: dict | None, out: list[_Found],
                  rec=None) -> None:
+    start = len(out)
+    _match_paths_run(compiled, scope, paths, file, dbg, stats, out, rec)
+    _check_ranks(scope, paths, out[start:])
+
+
+def _match_paths_run(compiled: CompiledPack, scope: _Scope, paths, file: str, dbg: _Debug, stats: dict | None,
+                     out: list[_Found], rec=None) -> None:
     for pi, path in enumerate(paths):
         ctx = _PathCtx(_expand_sequential(path, scope), scope)
         for pos, node in enumerate(ctx.nodes):
@@ -781,6 +994,7 @@ def _complete(cr: CompiledRule, scope: _Scope, pi: int, ctx: _PathCtx, p: _Parti
                 rec.event(cr, scope, nodes[cr.forward.anchor_index], nodes, len(nodes), 2, got, stage="init")
             return
         results = list(got)
+    unsure = None
     for env, init_nodes in results:
         verdict = _check_where(cr.rule, env)
         if isinstance(verdict, Fail):
@@ -789,8 +1003,14 @@ def _complete(cr: CompiledRule, scope: _Scope, pi: int, ctx: _PathCtx, p: _Parti
             if rec is not None:
                 rec.event(cr, scope, nodes[cr.forward.anchor_index], nodes, len(nodes), 3, verdict, stage="where")
             continue
+        if verdict is not None:
+            unsure = unsure or (env, init_nodes, verdict)  # a solution without unknowns wins
+            continue
         out.append(_Found(cr, scope, pi, nodes, env, init_nodes, p.extras, verdict, [pi]))
         return  # one init solution per forward match
+    if unsure is not None:
+        env, init_nodes, verdict = unsure
+        out.append(_Found(cr, scope, pi, nodes, env, init_nodes, p.extras, verdict, [pi]))
 
 
 def _match_init_only(cr: CompiledRule, facts: FileFacts, out: list[_Found], rec=None) -> None:

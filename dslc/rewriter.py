@@ -55,6 +55,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from dslc import codes, ir, safety
+from dslc.analysis.model import Guard
 from dslc.edits import Edit, EditConflict, SourceMap, apply_edits, parse_error
 
 HOOK_HELPER = "_dslc_remap_state_dict"
@@ -150,6 +151,14 @@ class _Module:
         for node in self.tree.body:
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 self.functions[node.name] = node
+        # classes nested in class bodies also by their dotted name (`Outer.Inner`)
+        nested = [(node, node.name) for node in self.tree.body if isinstance(node, ast.ClassDef)]
+        while nested:
+            outer, prefix = nested.pop()
+            for node in outer.body:
+                if isinstance(node, ast.ClassDef):
+                    self.classes[f"{prefix}.{node.name}"] = node
+                    nested.append((node, f"{prefix}.{node.name}"))
         self.imports: dict[str, str] = {}
         self.last_import: ast.stmt | None = None
         for node in self.tree.body:
@@ -354,6 +363,21 @@ def _attrof_bases(node: ir.PatNode) -> set[str]:
     return out
 
 
+def _hoist_reason(stmt: ast.stmt, final: ast.stmt, compound: ast.AST) -> str:
+    """Why matched statements on both sides of a `for`/`while`/`with`/`try`
+    boundary are not joined: the fused call would run under the context
+    manager, as often as the loop body, or in the handler's paths."""
+    kind = {ast.For: "for", ast.AsyncFor: "async for", ast.While: "while", ast.With: "with",
+            ast.AsyncWith: "async with"}.get(type(compound), type(compound).__name__.lower())
+    what = {"with": "would run the earlier part under its context manager",
+            "async with": "would run the earlier part under its context manager",
+            "for": "runs once per iteration (or never)", "async for": "runs once per iteration (or never)",
+            "while": "runs once per iteration (or never)"}.get(kind, "does not run exactly once")
+    lo, hi = sorted((stmt.lineno, final.lineno))
+    return (f"lines {lo} and {hi} sit on both sides of the `{kind}` at line {compound.lineno}, whose body "
+            f"{what}: the emitter does not hoist across it")
+
+
 def _branch_guard(compound: ast.AST, branch: str):
     from dslc.analysis.model import Guard
 
@@ -407,7 +431,7 @@ class _Rewriter:
             return set()
         if class_name not in self.taken:
             names: set[str] = set()
-            node = self.mod.classes.get(class_name.rsplit(".", 1)[-1])
+            node = self.mod.classes.get(class_name) or self.mod.classes.get(class_name.rsplit(".", 1)[-1])
             if node is not None:
                 for sub in ast.walk(node):
                     if isinstance(sub, ast.Attribute) and isinstance(sub.value, ast.Name) and sub.value.id == "self":
@@ -754,13 +778,25 @@ class _Rewriter:
         if reason:
             raise Skip(reason)
 
+        guarded = self.none_guarded_layer(match)
+        if guarded is not None:
+            self.plan_none_guarded(match, cls, guarded, condition, plan, feasible or paths)
+            return plan
+        across = self.removed_in_helper(match)
+        if across is not None:
+            self.plan_across_helper(match, cls, across, condition, plan, feasible or paths)
+            return plan
+
         forward_edit = rule.forward is not None and rule.forward.target is not None
         # An init item whose target is its source only names a layer the
         # forward calls (sdpa.adr's attention Dropout): no init edit, and the
         # attribute is neither replaced nor removed.
         init_edit = rule.init is not None and rule.init.target is not None and rule.init.target != rule.init.source
         if init_edit and any(getattr(b, "container", None) for b in match.init_nodes.values()):
-            self.plan_sequential(match, cls, condition, plan)
+            if self.module_list_replacement(match, cls):
+                self.plan_module_list(match, cls, condition, plan)
+            else:
+                self.plan_sequential(match, cls, condition, plan)
             return plan
         if rule.forward is not None and not match.nodes:
             raise Skip(codes.S_NOT_CALLED, "no forward call of the matched layer was found")
@@ -793,6 +829,9 @@ class _Rewriter:
                     else:
                         hoisted_attrs |= {n.attr for n in nodes if n.kind == "layer" and n.attr}
                         crossed = final_chain[len(chain):]
+                    for compound, _ in crossed:
+                        if not isinstance(compound, ast.If):
+                            raise Skip(codes.S_HOIST, _hoist_reason(stmt, final_stmt, compound))
                     hoist_guards = [_branch_guard(compound, branch) for compound, branch in crossed]
 
         # Init changes: which source layers are deleted, replaced in place,
@@ -1253,9 +1292,9 @@ class _Rewriter:
             names = " and ".join(f"`{m}`" for m in sorted(methods))
             raise Skip(codes.S_CROSS_METHOD, f"the match crosses methods {names}; the emitter cannot edit across them")
         if match.class_name:
-            mine = match.class_name.rsplit(".", 1)[-1]
+            mine = match.class_name
             for node in match.nodes:
-                owner = (node.stmt.owner or mine).rsplit(".", 1)[-1]
+                owner = _owner_name(node.stmt.owner, mine)
                 if owner != mine:
                     raise Skip(codes.S_INHERITED,
                         f"the matched code at line {node.stmt.lines[0]} is `{owner}.{node.stmt.method}`, inherited; "
@@ -1710,6 +1749,423 @@ class _Rewriter:
         plan.lines |= init_plan.lines
         plan.absorbed.extend(init_plan.absorbed)
 
+    # -- a layer guarded by `if self.<attr> is not None:` (issue 8 item 12) --
+
+    def none_guarded_layer(self, match: ir.Match):
+        """(var, node index, `if` statement) when the matched call of a layer
+        the rewrite removes is the only statement of `if self.<attr> is not
+        None:` (mobilenet/mobilevit: `__init__` binds the layer under a
+        condition and `None` otherwise); None for any other shape."""
+        rule = match.rule
+        if rule.forward is None or rule.forward.target is None or rule.init is None or rule.init.target is None:
+            return None
+        if len(match.nodes) != len(rule.forward.source):
+            return None
+        target_vars = {o.name for pn in rule.init.target for o in pn.outputs}
+        for i, (pn, node) in enumerate(zip(rule.forward.source, match.nodes)):
+            var = pn.layer_var
+            if var is None or var in target_vars or node.kind != "layer" or not node.attr:
+                continue
+            try:
+                stmt = self.mod.stmt(node.stmt)
+            except Skip:
+                return None
+            parent, fname = self.mod.parent.get(id(stmt), (None, None))
+            if isinstance(parent, ast.If) and fname == "body" and _is_not_none_test(parent.test, node.attr):
+                return var, i, parent
+        return None
+
+    def plan_none_guarded(self, match: ir.Match, cls, guarded, condition, plan: _Plan, paths) -> None:
+        """Rewrite a match whose removed layer `$a` is called under
+        `if self.a is not None:` while `__init__` binds `self.a` to the layer
+        under a guard G and to `None` where G fails.
+
+        Forward stays as it is.  At the layer's binding (under G) the statement
+        becomes the rule's init target, built from the layers that already
+        exist (`self.conv = ConvBn2d(self.conv, nn.BatchNorm2d(...))`), then
+        `self.a = None`: under G the fused layer runs and the guarded call is
+        skipped; where G fails nothing changes.  Only for rules whose forward
+        target is the source without the removed layer's call (`$conv($x) ->
+        $h; $bn($h) -> $o` => `$conv($x) -> $o`), so that the unchanged
+        forward computes the target; every other shape is refused here with
+        its reason."""
+        var, index, if_stmt = guarded
+        rule = match.rule
+        mod = self.mod
+        where = f"the call of `self.{match.nodes[index].attr}` under `if ... is not None:` at line {if_stmt.lineno}"
+        if condition:
+            raise Skip(codes.S_GUARDED_LAYER, f"{where}: a rule with `when` is not rewritten there")
+        if index != len(match.nodes) - 1 or index == 0:
+            raise Skip(codes.S_GUARDED_LAYER, f"{where}: it is not the last matched call after the others")
+        source_pn = rule.forward.source[index]
+        if len(source_pn.args) != 1 or source_pn.kwargs or len(source_pn.outputs) != 1 \
+                or not isinstance(source_pn.args[0], ir.Var):
+            raise Skip(codes.S_GUARDED_LAYER, f"{where}: the removed layer's pattern is not `$a($in) -> $out`")
+        rename = {source_pn.outputs[0].name: source_pn.args[0].name}
+        rest = [_renamed(pn, rename) for j, pn in enumerate(rule.forward.source) if j != index]
+        if rest != [_renamed(pn, rename) for pn in rule.forward.target]:
+            raise Skip(codes.S_GUARDED_LAYER, f"{where}: the rule's forward target is not its source without that call")
+        node = match.nodes[index]
+        stmt = if_stmt.body[0]
+        if len(if_stmt.body) != 1 or if_stmt.orelse:
+            raise Skip(codes.S_GUARDED_LAYER, f"{where}: the `if` holds more than the call")
+        value = stmt.value if isinstance(stmt, ast.Assign) else None
+        if not (value is not None and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name)
+                and isinstance(value, ast.Call) and len(value.args) == 1 and not value.keywords
+                and isinstance(value.args[0], ast.Name) and value.args[0].id == stmt.targets[0].id
+                and node.expr_span == (value.lineno, value.col_offset, value.end_lineno, value.end_col_offset)):
+            raise Skip(codes.S_GUARDED_LAYER, f"{where}: the call is not `v = self.<layer>(v)`")
+        name = stmt.targets[0].id
+        for other in match.nodes:
+            if other.stmt.method != node.stmt.method or other.inlined_from != node.inlined_from:
+                raise Skip(codes.S_GUARDED_LAYER, f"{where}: the matched calls are in different methods")
+        # Every path runs all the matched calls, or (`self.a` is None) all but the guarded one.
+        keys = [safety.node_key(n) for j, n in enumerate(match.nodes) if j != index]
+        mine = safety.node_key(node)
+        around = Guard(ast.unparse(if_stmt.test), True)
+        for path in safety.candidate_paths(match, self.facts):
+            have = {safety.node_key(n) for n in path.nodes}
+            if mine in have and not all(k in have for k in keys):
+                raise Skip(codes.S_GUARDED_LAYER, f"{where}: some path runs it without the other matched calls")
+            if any(k in have for k in keys) and mine not in have and not any(
+                    g.text == around.text and g.negated for g in path.guards):
+                raise Skip(codes.S_GUARDED_LAYER, f"{where}: some path runs the other matched calls but not the guarded one")
+        first = mod.stmt(match.nodes[0].stmt) if index else None
+        if first is not None:
+            exit_line = _exit_between(self.statements_between(first, if_stmt))
+            if exit_line:
+                raise Skip(codes.S_GUARDED_LAYER, f"{where}: line {exit_line} may leave before it (the fused layer would already have run)")
+            if match.class_name and _owner_name(other.stmt.owner, match.class_name) != match.class_name:
+                raise Skip(codes.S_INHERITED, f"{where}: the matched code is inherited")
+        # The value before the guarded call is read by nothing but that call.
+        for path in paths:
+            positions = [next((k for k, n in enumerate(path.nodes) if safety.node_key(n) == safety.node_key(m)), None)
+                         for m in match.nodes]
+            if None in positions:
+                raise Skip(codes.S_GUARDED_LAYER, f"{where}: the matched calls are not on one path")
+            producers = [k for k in range(positions[index]) if name in path.nodes[k].writes]
+            start = producers[-1] if producers else -1
+            for k in range(start + 1, positions[index]):
+                if name in path.nodes[k].reads:
+                    raise Skip(codes.S_VALUE_READ, f"{where}: `{name}` is read at line {path.nodes[k].stmt.lines[0]} before it")
+        # __init__: the layer under G, None (and nothing else) where G fails.
+        attr = node.attr
+        layer = match.init_nodes.get(var)
+        if layer is None or layer.stmt is None or not layer.guards:
+            raise Skip(codes.S_GUARDED_LAYER, f"{where}: `self.{attr}` is not bound under a condition in `__init__`")
+        from dslc.analysis import guards as guardlib
+        for b in (cls.init if cls is not None else ()):
+            if b.attr != attr or b is layer:
+                continue
+            none = b.kind == "other" and len(b.args) == 1 and b.args[0].is_const and b.args[0].const is None
+            if not none:
+                raise Skip(codes.S_GUARDED_LAYER, f"{where}: `self.{attr}` is also bound to something else than `None` at line {b.stmt.lines[0] if b.stmt else 0}")
+            if b.stmt is not None and b.stmt.method == layer.stmt.method and b.stmt.owner == layer.stmt.owner \
+                    and b.stmt.lines[1] < layer.stmt.lines[0] \
+                    and not any(isinstance(c, (ast.For, ast.AsyncFor, ast.While))
+                                for c, _ in mod.chain(mod.stmt(layer.stmt)) + mod.chain(mod.stmt(b.stmt))):
+                continue  # `self.a = None` first, then the layer under G: the layer's binding wins
+            if guardlib.consistent(tuple(layer.guards) + tuple(b.guards)) is not guardlib.Answer.REFUTED:
+                raise Skip(codes.S_GUARDED_LAYER, f"{where}: `self.{attr} = None` (line {b.stmt.lines[0] if b.stmt else 0}) may run with the layer's binding")
+        layer_stmt = mod.stmt(layer.stmt)
+        if not (isinstance(layer_stmt, ast.Assign) and len(layer_stmt.targets) == 1):
+            raise Skip(codes.S_GUARDED_LAYER, f"line {layer_stmt.lineno} is not a plain `self.{attr} = ...`")
+        if_lines = (if_stmt.lineno, if_stmt.end_lineno)
+        for use in (cls.attr_uses if cls is not None else ()):
+            if use.attr != attr:
+                continue
+            if use.kind == "store" and use.method == layer.stmt.method and any(
+                    b.stmt is not None and b.attr == attr and b.stmt.lines[0] <= use.lines[0] <= b.stmt.lines[1]
+                    for b in cls.init):
+                continue
+            if use.kind != "store" and use.method == node.stmt.method and if_lines[0] <= use.lines[0] <= if_lines[1]:
+                continue
+            raise Skip(codes.S_ATTR_USED, f"{where}: `self.{attr}` is also used at line {use.lines[0]} (in `{use.method}`)")
+        if cls is not None:
+            for other in self.facts.classes:
+                if cls.qualname in other.bases:
+                    raise Skip(codes.S_GUARDED_LAYER, f"{where}: `{other.name}` subclasses `{cls.name}` and would share the change")
+        # The layers the target replaces exist, unconditionally, before the binding.
+        source_vars = {o.name for pn in rule.init.source for o in pn.outputs}
+        changed = {}
+        env_ctor = {var: self.relative_text(layer_stmt.value, layer_stmt)}
+        for pn in rule.init.target:
+            for out in pn.outputs:
+                if out.name not in source_vars:
+                    raise Skip(codes.S_GUARDED_LAYER, f"{where}: the target builds a new layer `${out.name}`")
+        for v in source_vars:
+            if v == var:
+                continue
+            b = match.init_nodes.get(v)
+            if b is None or b.stmt is None:
+                raise Skip(codes.S_NO_BINDING, f"init variable `${v}` matched no binding")
+            if [x for x in (cls.init if cls is not None else ()) if x.attr == b.attr] != [b]:
+                raise Skip(codes.S_GUARDED_LAYER, f"{where}: `self.{b.attr}` is bound more than once")
+            if b.stmt.method != layer.stmt.method or b.stmt.owner != layer.stmt.owner \
+                    or b.stmt.lines[1] >= layer.stmt.lines[0] or not set(b.guards) <= set(layer.guards):
+                raise Skip(codes.S_GUARDED_LAYER, f"{where}: `self.{b.attr}` is not built before `self.{attr}` wherever that is")
+            changed[b.attr] = "replaces"
+            env_ctor[v] = f"self.{b.attr}"
+        reason = safety.check_attr_uses(match, cls, changed, interface_kept=False)
+        if reason:
+            raise Skip(reason)
+        attrs = {v: b.attr for v, b in match.init_nodes.items()}
+        env = _Env(match, attrs, {})
+        env.ctor = env_ctor
+        lines = []
+        for pn in rule.init.target:
+            out = pn.outputs[0].name
+            lines.append(f"self.{attrs[out]} = {self.render_node(pn, env, plan)}")
+        lines.append(f"self.{attr} = None")
+        renames = []
+        for pm in rule.params:
+            new_attr = attrs.get(pm.target.base.name)
+            old_binding = match.init_nodes.get(pm.source.base.name)
+            if new_attr is None or old_binding is None:
+                raise Skip(codes.S_TARGET, f"params mapping `{pm.target.base}.{pm.target.attr}` names an unbound variable")
+            new_key, old_key = f"{new_attr}.{pm.target.attr}", f"{old_binding.attr}.{pm.source.attr}"
+            if new_key != old_key:
+                renames.append((new_key, old_key, False))
+        if renames:
+            plan.needs_hook = True
+            items = "".join(f"{mod.unit}({n!r}, {o!r}, {k}),\n" for n, o, k in renames)
+            lines.append(f"self._register_load_state_dict_pre_hook({HOOK_HELPER}((\n{items})))")
+        start, end = mod.stmt_range(layer_stmt)
+        self.claim(plan, start, end, self.fit(self.lines_text(lines, mod.indent(layer_stmt)), layer_stmt), layer_stmt)
+
+    # -- the removed layer's call in a helper forward calls (item 7) ---------
+
+    def removed_in_helper(self, match: ir.Match):
+        """The index of the matched call of a layer the rewrite removes when
+        it sits in a helper inlined into the method of the other matched
+        nodes (conv in `forward`, its BatchNorm in `self._bn_act(h)`)."""
+        rule = match.rule
+        if rule.forward is None or rule.forward.target is None or rule.init is None or rule.init.target is None:
+            return None
+        if len(match.nodes) != len(rule.forward.source) or len({n.stmt.method for n in match.nodes}) != 2:
+            return None
+        target_vars = {o.name for pn in rule.init.target for o in pn.outputs}
+        removed = [i for i, pn in enumerate(rule.forward.source) if pn.layer_var and pn.layer_var not in target_vars]
+        if len(removed) != 1:
+            return None
+        index = removed[0]
+        node = match.nodes[index]
+        others = [n for i, n in enumerate(match.nodes) if i != index]
+        if any(n.stmt.method == node.stmt.method for n in others):
+            return None
+        return index
+
+    def plan_across_helper(self, match: ir.Match, cls, index: int, condition, plan: _Plan, paths) -> None:
+        """Delete the removed layer's call `v = self.a(v)` from the helper and
+        make the init change; the rest of forward stays.
+
+        Only when the rule's forward target is its source without that call
+        (so the unchanged code computes the target), the helper is the
+        class's own method called once (from the matched code) and by no
+        subclass, the call in the helper runs on every path that runs the
+        other matched calls, and the value between them is read by nothing
+        but the helper's parameter binding: then, under the fused layer, the
+        helper's `v` holds the value the deleted call produced."""
+        rule = match.rule
+        mod = self.mod
+        node = match.nodes[index]
+        helper = node.stmt.method
+        where = f"the call of `self.{node.attr}` in the helper `{helper}` (line {node.stmt.lines[0]})"
+        if condition:
+            raise Skip(codes.S_CROSS_METHOD, f"{where}: a rule with `when` is not rewritten across methods")
+        if index != len(match.nodes) - 1 or index == 0:
+            raise Skip(codes.S_CROSS_METHOD, f"the match crosses methods `{helper}` and `{match.nodes[0].stmt.method}`; the emitter edits "
+                       f"across them only when the removed layer's call is the last one, in a helper")
+        source_pn = rule.forward.source[index]
+        if len(source_pn.args) != 1 or source_pn.kwargs or len(source_pn.outputs) != 1 \
+                or not isinstance(source_pn.args[0], ir.Var):
+            raise Skip(codes.S_CROSS_METHOD, f"{where}: the removed layer's pattern is not `$a($in) -> $out`; the emitter cannot edit across methods")
+        rename = {source_pn.outputs[0].name: source_pn.args[0].name}
+        rest = [_renamed(pn, rename) for j, pn in enumerate(rule.forward.source) if j != index]
+        if rest != [_renamed(pn, rename) for pn in rule.forward.target]:
+            raise Skip(codes.S_CROSS_METHOD, f"the match crosses methods `{helper}` and `{match.nodes[0].stmt.method if index else match.nodes[-1].stmt.method}`; "
+                       f"the emitter cannot edit across them (the rule's forward target is not its source without the helper's call)")
+        others = [n for i, n in enumerate(match.nodes) if i != index]
+        caller = others[0].stmt.method
+        if any(n.stmt.method != caller or n.inlined_from != others[0].inlined_from for n in others) \
+                or node.inlined_from[:-1] != others[0].inlined_from or node.inlined_from[-1][0] != caller:
+            raise Skip(codes.S_CROSS_METHOD, f"the match crosses methods `{helper}` and `{caller}`; the emitter edits across them only "
+                       f"when the removed layer's call is in a helper that the other matched calls' method calls")
+        if cls is None or node.stmt.owner != cls.qualname or any(n.stmt.owner != cls.qualname for n in others):
+            raise Skip(codes.S_INHERITED, f"{where}: the matched code is inherited")
+        for other in self.facts.classes:
+            if cls.qualname in other.bases:
+                raise Skip(codes.S_CROSS_METHOD, f"{where}: `{other.name}` subclasses `{cls.name}` and could call `{helper}`")
+        uses = [u for u in cls.attr_uses if u.attr == helper]
+        site = node.inlined_from[-1][1]
+        if len(uses) != 1 or uses[0].kind != "call" or uses[0].method != caller or not site[0] <= uses[0].lines[0] <= site[1]:
+            raise Skip(codes.S_CROSS_METHOD, f"{where}: `self.{helper}` is used elsewhere too, so its call cannot be deleted")
+        stmt = mod.stmt(node.stmt)
+        value = stmt.value if isinstance(stmt, ast.Assign) else None
+        if not (value is not None and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name)
+                and isinstance(value, ast.Call) and len(value.args) == 1 and not value.keywords
+                and isinstance(value.args[0], ast.Name) and value.args[0].id == stmt.targets[0].id
+                and node.expr_span == (value.lineno, value.col_offset, value.end_lineno, value.end_col_offset)):
+            raise Skip(codes.S_CROSS_METHOD, f"{where}: the call is not `v = self.<layer>(v)`")
+        if len(mod.block_of(stmt)[2]) < 2:
+            raise Skip(codes.S_CROSS_METHOD, f"{where}: it is the only statement of its block")
+        # Every path that runs the other matched calls runs the helper's call.
+        keys = [safety.node_key(n) for n in others]
+        mine = safety.node_key(node)
+        for path in safety.candidate_paths(match, self.facts):
+            have = {safety.node_key(n) for n in path.nodes}
+            if any(k in have for k in keys) and mine not in have:
+                raise Skip(codes.S_CROSS_METHOD, f"{where}: some path runs the matched code without the helper's call")
+            if mine in have and not all(k in have for k in keys):
+                raise Skip(codes.S_CROSS_METHOD, f"{where}: some path runs the helper's call without the other matched code")
+        site_stmt = next((st for st in ast.walk(mod.tree) if isinstance(st, ast.stmt)
+                          and st.lineno <= site[0] and site[1] <= (st.end_lineno or st.lineno)
+                          and not isinstance(st, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+                          and not any(isinstance(c, ast.stmt) for c in ast.iter_child_nodes(st))), None)
+        first_stmt = mod.stmt(others[0].stmt)
+        helper_fn = next((f for f in ast.walk(mod.tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+                          and f.name == helper and f.lineno <= stmt.lineno <= (f.end_lineno or f.lineno)), None)
+        if site_stmt is None or helper_fn is None or site_stmt.lineno < first_stmt.lineno:
+            raise Skip(codes.S_CROSS_METHOD, f"{where}: cannot locate the helper's call site")
+        before = self.statements_between(first_stmt, site_stmt) + [
+            st for st in ast.walk(helper_fn) if isinstance(st, ast.stmt) and st is not helper_fn
+            and (st.end_lineno or st.lineno) < stmt.lineno]
+        exit_line = _exit_between(before)
+        if exit_line:
+            raise Skip(codes.S_CROSS_METHOD, f"{where}: line {exit_line} may leave before it (the fused layer would already have run)")
+        # The value between the producer and the helper's call: read only by the parameter binding.
+        def site_stmt_lines(n):
+            return n.stmt.lines if n.stmt.lines[0] <= site[0] and site[1] <= n.stmt.lines[1] else None
+
+        for path in paths:
+            pos = {safety.node_key(n): k for k, n in enumerate(path.nodes)}
+            at = pos.get(mine)
+            if at is None:
+                raise Skip(codes.S_CROSS_METHOD, f"{where}: the matched calls are not on one path")
+            prev = max(pos[k] for k in keys if pos.get(k, at) < at) if any(pos.get(k, at) < at for k in keys) else None
+            if prev is None:
+                raise Skip(codes.S_CROSS_METHOD, f"{where}: the helper's call does not follow the other matched calls")
+            alias = set(path.nodes[prev].outputs)
+            for k in range(prev + 1, len(path.nodes)):
+                n = path.nodes[k]
+                if k == at:
+                    alias -= set(n.outputs)
+                    continue
+                copied = {t for t, src in n.copies if src in alias}
+                read = n.reads & alias
+                if copied and k < at and n.stmt.lines == site_stmt_lines(n) and n.inlined_from == others[0].inlined_from:
+                    # the helper's parameter binding: alias names passed as whole arguments only
+                    read -= {src for _, src in n.copies} - self._names_in_argument_expressions(helper, site)
+                if read:
+                    raise Skip(codes.S_VALUE_READ, f"{where}: the value it normalises, `{sorted(read)[0]}`, is also read at line {n.stmt.lines[0]}")
+                alias = (alias - set(n.writes)) | copied
+        # The init change (the shared planner) and the deletion of the helper's call.
+        source_vars = {o.name for pn in rule.init.source for o in pn.outputs}
+        target_vars = {o.name for pn in rule.init.target for o in pn.outputs}
+        if target_vars - source_vars:
+            raise Skip(codes.S_CROSS_METHOD, f"{where}: the target builds a new layer; the emitter does not do that across methods")
+        kinds, changed = {}, {}
+        for v in source_vars:
+            b = match.init_nodes.get(v)
+            if b is None:
+                raise Skip(codes.S_NO_BINDING, f"init variable `${v}` matched no binding")
+            kinds[v] = "replaced" if v in target_vars else "deleted"
+            changed[b.attr] = "replaces" if v in target_vars else "removes"
+        reason = safety.check_attr_uses(match, cls, changed, interface_kept=False)
+        if reason:
+            raise Skip(reason)
+        attrs = {v: b.attr for v, b in match.init_nodes.items()}
+        env = _Env(match, attrs, {})
+        self.plan_init(match, target_vars, kinds, env, plan, None, [])
+        self.delete_stmt(plan, stmt, also_deleted={id(stmt)})
+
+    def _names_in_argument_expressions(self, helper: str, site: tuple[int, int]) -> set[str]:
+        """Names read inside the non-name arguments of the call `self.<helper>(...)`
+        at lines `site` (every name of the call when it cannot be found)."""
+        for node in ast.walk(self.mod.tree):
+            if isinstance(node, ast.Call) and _self_attr_name(node.func) == helper \
+                    and (node.lineno, node.end_lineno) == tuple(site):
+                out: set[str] = set()
+                for arg in list(node.args) + [k.value for k in node.keywords]:
+                    if not isinstance(arg, ast.Name):
+                        out |= {n.id for n in ast.walk(arg) if isinstance(n, ast.Name)}
+                return out
+        return {"*"}
+
+    # -- a drop-in replacement of every element of an nn.ModuleList (item 15) --
+
+    def module_list_replacement(self, match: ir.Match, cls) -> bool:
+        """A module-replacement rule (forward `_`) whose layer is an element of
+        an `nn.ModuleList` (called by `for layer in self.<list>:`)."""
+        rule = match.rule
+        if rule.forward is None or rule.forward.target is not None or cls is None:
+            return False
+        containers = {getattr(b, "container", None) for b in match.init_nodes.values()}
+        if len(containers) != 1 or None in containers:
+            return False
+        (attr,) = containers
+        return [b.type for b in cls.init if b.attr == attr] == ["torch.nn.ModuleList"]
+
+    def plan_module_list(self, match: ir.Match, cls, condition: str | None, plan: _Plan) -> None:
+        """Replace every element of `self.<list> = nn.ModuleList([...])` (a list
+        literal, or a comprehension's element) by the rule's init target.
+
+        The rule keeps the layer's interface (forward `_`), and every element
+        is of the matched type and agrees with the same bindings (the
+        matcher's rule for a loop over the container), so each element can
+        be swapped where it is built; forward is unchanged.  Refused: `when`,
+        a checkpoint mapping (the keys would need the element prefixes), a
+        rule with more than one init layer, elements that are not constructor
+        calls written in the list, and a container assigned more than once."""
+        mod = self.mod
+        rule = match.rule
+        (var,) = match.init_nodes if len(match.init_nodes) == 1 else (None,)
+        first = next(iter(match.init_nodes.values()))
+        seq = first.container
+        if var is None or len(rule.init.target) != 1 or tuple(o.name for o in rule.init.target[0].outputs) != (var,):
+            raise Skip(codes.S_CONTAINER, f"inside the container `self.{seq}` only a one-layer replacement is rewritten")
+        if condition:
+            raise Skip(codes.S_CONTAINER, f"a rule with `when` cannot rewrite layers inside the container `self.{seq}`")
+        owns = [b for b in cls.init if b.attr == seq]
+        elements = [b for b in cls.init if b.container == seq]
+        if len(owns) != 1 or owns[0].stmt is None or first.stmt is None:
+            raise Skip(codes.S_CONTAINER, f"`self.{seq}` is assigned more than once in `__init__`; the emitter rewrites only a single `nn.ModuleList(...)`")
+        if any(b.type != first.type for b in elements):
+            raise Skip(codes.S_CONTAINER, f"the elements of `self.{seq}` are not all of type {first.type}")
+        mine = match.class_name or ""
+        if _owner_name(first.stmt.owner, mine) != mine:
+            raise Skip(codes.S_INHERITED, f"`self.{seq}` is built in an inherited `__init__`; editing it would change every class that shares it")
+        renames = [pm for pm in rule.params if f"{pm.target.base.name}.{pm.target.attr}" != f"{pm.source.base.name}.{pm.source.attr}"]
+        if renames:
+            raise Skip(codes.S_CONTAINER, f"the rule renames parameters, which inside the container `self.{seq}` would need per-element keys")
+        stmt = mod.stmt(owns[0].stmt)
+        target = stmt.targets[0] if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 else None
+        call = stmt.value if isinstance(stmt, ast.Assign) else None
+        if not (isinstance(target, ast.Attribute) and _self_attr_name(target) == seq and isinstance(call, ast.Call)
+                and len(call.args) == 1 and not call.keywords):
+            raise Skip(_container_reason(first))
+        arg = call.args[0]
+        if isinstance(arg, (ast.ListComp, ast.GeneratorExp)) and len(arg.generators) == 1:
+            exprs = [arg.elt]
+        elif isinstance(arg, (ast.List, ast.Tuple)) and not any(isinstance(e, ast.Starred) for e in arg.elts):
+            exprs = list(arg.elts)
+        else:
+            raise Skip(codes.S_CONTAINER, f"the elements of `self.{seq}` (line {stmt.lineno}) are not written in the `nn.ModuleList(...)`")
+        if len(exprs) != len(elements) or any(not isinstance(e, ast.Call) for e in exprs):
+            raise Skip(codes.S_CONTAINER, f"the elements of `self.{seq}` (line {stmt.lineno}) are not all constructor calls of the matched layer")
+        lo, hi = owns[0].stmt.lines
+        for use in cls.attr_uses:
+            if use.attr == seq and use.kind == "store" and not (use.method == owns[0].stmt.method and lo <= use.lines[0] <= hi):
+                raise Skip(codes.S_ATTR_ASSIGNED, f"attribute `self.{seq}` is assigned again at line {use.lines[0]} (in `{use.method}`)")
+        env = _Env(match, {var: first.attr}, {})
+        fused = self.render_node(rule.init.target[0], env, plan)
+        mod.stmt_range(stmt)  # alone on its lines
+        for expr in exprs:
+            start, end = mod.smap.node_span(expr)
+            plan.edits.append(Edit(start, end, fused))
+            plan.claimed.add((start, end))
+        plan.lines.update(range(stmt.lineno, stmt.end_lineno + 1))
+
     def plan_sequential(self, match: ir.Match, cls, condition: str | None, plan: _Plan) -> None:
         """Matched layers that are consecutive elements of one `nn.Sequential` literal.
 
@@ -1744,8 +2200,8 @@ class _Rewriter:
         seq_binding = owns[0]
         if first.stmt is None or seq_binding.stmt is None:
             raise Skip(_container_reason(first))
-        mine = (match.class_name or "").rsplit(".", 1)[-1]
-        owner = (first.stmt.owner or mine).rsplit(".", 1)[-1]
+        mine = match.class_name or ""
+        owner = _owner_name(first.stmt.owner, mine)
         if owner != mine:
             raise Skip(codes.S_INHERITED, f"`self.{seq}` is built in `{owner}.__init__`, inherited; editing it would change every class that shares it")
         stmt = mod.stmt(first.stmt)
@@ -2119,6 +2575,51 @@ def _fresh(base: str, taken: set[str]) -> str:
         n += 1
         name = f"{base}_{n}"
     return name
+
+
+def _exit_between(stmts: list) -> int | None:
+    """The line of a `return`/`raise`/`break`/`continue` among `stmts` (which
+    the path analysis folds into an opaque `if` when no DL call is near)."""
+    for st in stmts:
+        if isinstance(st, (ast.Return, ast.Raise, ast.Break, ast.Continue)):
+            return st.lineno
+    return None
+
+
+def _self_attr_name(expr: ast.expr) -> str | None:
+    if isinstance(expr, ast.Attribute) and isinstance(expr.value, ast.Name) and expr.value.id == "self":
+        return expr.attr
+    return None
+
+
+def _is_not_none_test(test: ast.expr, attr: str) -> bool:
+    """`self.<attr> is not None`."""
+    return (isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.IsNot)
+            and isinstance(test.comparators[0], ast.Constant) and test.comparators[0].value is None
+            and isinstance(test.left, ast.Attribute) and isinstance(test.left.value, ast.Name)
+            and test.left.value.id == "self" and test.left.attr == attr)
+
+
+def _renamed(pn: ir.PatNode, rename: dict[str, str]) -> tuple:
+    """A pattern node as comparable data, its variables renamed."""
+    def term(t):
+        if isinstance(t, ir.Var):
+            return ("var", rename.get(t.name, t.name))
+        return ("term", repr(t))
+    callee = pn.callee
+    callee_key = None if callee is None else (callee.qualname, callee.var.name if callee.var else None,
+                                              repr(callee.subscript))
+    return (pn.kind, callee_key, pn.op, tuple(term(a) for a in pn.args),
+            tuple((k, term(v)) for k, v in pn.kwargs), tuple(term(o) for o in pn.outputs), pn.layer_var)
+
+
+def _owner_name(owner: str | None, class_name: str) -> str:
+    """The class that defines code, as the match names its class: `class_name`
+    itself when `owner` (a qualname) is that class (`m.Outer.Inner` for
+    `Outer.Inner`), else the owner's last component (an inherited base)."""
+    if not owner or owner == class_name or owner.endswith("." + class_name):
+        return class_name
+    return owner.rsplit(".", 1)[-1]
 
 
 def _container_reason(binding) -> str:

@@ -80,6 +80,49 @@ class Signature:
         return tuple(p.name for p in self.params if p.kind in ("pos", "kwonly"))
 
 
+# The positional parameters of `forward` of the torch layers in TORCH_NAMES
+# (after `self`), so that a layer input passed by keyword (`self.bn(input=x)`)
+# matches a positional pattern argument.  A test checks it against torch.
+FORWARD_PARAMS: dict[str, tuple[str, ...]] = {
+    **{q: ("input",) for q in (
+        "torch.nn.Linear", "torch.nn.Identity", "torch.nn.Conv1d", "torch.nn.Conv2d", "torch.nn.Conv3d",
+        "torch.nn.BatchNorm1d", "torch.nn.BatchNorm2d", "torch.nn.BatchNorm3d", "torch.nn.SyncBatchNorm",
+        "torch.nn.LayerNorm", "torch.nn.GroupNorm", "torch.nn.InstanceNorm1d", "torch.nn.InstanceNorm2d",
+        "torch.nn.InstanceNorm3d", "torch.nn.Dropout", "torch.nn.Dropout1d", "torch.nn.Dropout2d",
+        "torch.nn.Dropout3d", "torch.nn.AlphaDropout", "torch.nn.Embedding", "torch.nn.GELU", "torch.nn.ReLU",
+        "torch.nn.ReLU6", "torch.nn.SiLU", "torch.nn.Tanh", "torch.nn.Sigmoid", "torch.nn.Softmax",
+        "torch.nn.LogSoftmax")},
+    "torch.nn.RMSNorm": ("x",),
+    "torch.nn.Bilinear": ("input1", "input2"),
+    **{q: ("input", "output_size") for q in (
+        "torch.nn.ConvTranspose1d", "torch.nn.ConvTranspose2d", "torch.nn.ConvTranspose3d")},
+    "torch.nn.EmbeddingBag": ("input", "offsets", "per_sample_weights"),
+    "torch.nn.MultiheadAttention": ("query", "key", "value", "key_padding_mask", "need_weights", "attn_mask",
+                                    "average_attn_weights", "is_causal"),
+}
+
+
+def layer_call_args(qualname: str | None, args, kwargs):
+    """A layer call's (args, kwargs) with the keyword arguments that name the
+    next positional parameters of its `forward` moved into position
+    (`self.bn(input=x)` -> `(x,), ()`); unchanged for an unknown layer or
+    after a `*args`."""
+    params = FORWARD_PARAMS.get(qualname or "")
+    if not params or not kwargs or any(_is_star(a.text) for a in args):
+        return args, kwargs
+    given = dict(kwargs)
+    args = list(args)
+    moved = set()
+    for name in params[len(args):]:
+        if name not in given:
+            break
+        args.append(given[name])
+        moved.add(name)
+    if not moved:
+        return tuple(args), kwargs
+    return tuple(args), tuple((k, v) for k, v in kwargs if k not in moved)
+
+
 def _value_of(obj: object) -> Value:
     """A default as an analysis `Value` (a constant where it is a literal)."""
     if obj is None or isinstance(obj, (bool, int, float, str)):

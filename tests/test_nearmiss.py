@@ -67,9 +67,8 @@ class Softmaxes(nn.Module):
 
 
 class UnpackedKwargs(nn.Module):
-    def __init__(self, c, device=None, dtype=None):
+    def __init__(self, c, **dd):  # (a local dict literal `dd` is resolved: issue 8 item 9)
         super().__init__()
-        dd = {"device": device, "dtype": dtype}
         self.conv = nn.Conv2d(c, c, 3)
         self.bn = nn.BatchNorm2d(c, **dd)
 

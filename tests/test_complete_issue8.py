@@ -1,0 +1,810 @@
+"""Issue 8, places that were missed (items 6-9, 12, 14, 15).
+
+Each test is a small model written for the test: the real pipeline (loader,
+compiler, analysis, matcher, rewriter) must find the place and rewrite it
+(before/after), or refuse it with a reason where a rewrite is unsafe.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from dslc.analysis import analyze_source
+from dslc.compiler import compile_pack
+from dslc.loader import load_rules
+from dslc.matcher import match_file
+from dslc.rewriter import rewrite_source
+
+REPO = Path(__file__).resolve().parent.parent
+PACK = REPO / "rulepacks" / "adopter.adr"
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    result = load_rules([str(PACK)])
+    return compile_pack(result.packs[0])
+
+
+def run(compiled, source: str, path: str = "m.py"):
+    facts = analyze_source(source, path)
+    matches = match_file(compiled, facts)
+    return facts, rewrite_source(source, facts, matches, path=path)
+
+
+def outcomes(result, rule: str):
+    return [(o.match.class_name, o.status, o.reason) for o in result.outcomes if o.match.rule.name == rule]
+
+
+def stable(compiled, new: str) -> None:
+    """The output parses and a second apply changes nothing."""
+    ast.parse(new)
+    _, again = run(compiled, new)
+    assert again.new_source is None
+    assert all(o.status != "applied" for o in again.outcomes)
+
+
+# ---------------------------------------------------------------------------
+# 6. classes nested inside classes
+
+NESTED = '''import torch
+from torch import nn
+
+
+class Outer(nn.Module):
+    class Inner(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.conv = nn.Conv2d(c, c, 3)
+            self.bn = nn.BatchNorm2d(c)
+
+        def forward(self, x):
+            h = self.conv(x)
+            return self.bn(h)
+
+    def __init__(self, c):
+        super().__init__()
+        self.inner = Outer.Inner(c)
+
+    def forward(self, x):
+        return self.inner(x)
+'''
+
+
+def test_nested_class_is_analysed_with_its_qualified_name():
+    facts = analyze_source(NESTED, "m.py")
+    names = {c.name: c for c in facts.classes}
+    assert set(names) == {"Outer", "Outer.Inner"}
+    inner = names["Outer.Inner"]
+    assert inner.qualname == "m.Outer.Inner"
+    assert [b.attr for b in inner.init] == ["conv", "bn"]
+    assert [n.attr for n in inner.paths[0].nodes if n.kind == "layer"] == ["conv", "bn"]
+    # the outer class's layer resolves to the nested class
+    assert names["Outer"].init[0].type == "m.Outer.Inner"
+
+
+def test_nested_class_is_rewritten(compiled):
+    _, result = run(compiled, NESTED)
+    assert outcomes(result, "conv_batchnorm") == [("Outer.Inner", "applied", None)]
+    new = result.new_source
+    assert "            self.conv = ConvBn2d(nn.Conv2d(c, c, 3), nn.BatchNorm2d(c))\n" in new
+    assert "        def forward(self, x):\n            return self.conv(x)\n" in new
+    # the outer class is untouched
+    assert "        self.inner = Outer.Inner(c)\n" in new
+    stable(compiled, new)
+
+
+def test_nested_class_with_a_sibling_base_and_a_top_level_namesake(compiled):
+    source = '''import torch
+from torch import nn
+
+
+class Outer(nn.Module):
+    class Base(nn.Module):
+        pass
+
+    class Inner(Base):
+        def __init__(self, c):
+            super().__init__()
+            self.conv = nn.Conv2d(c, c, 3)
+            self.bn = nn.BatchNorm2d(c)
+
+        def forward(self, x):
+            h = self.conv(x)
+            return self.bn(h)
+
+
+class Inner(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3)
+        self.conv2 = nn.Conv2d(c, c, 3)
+
+    def forward(self, x):
+        return self.conv2(self.conv(x))
+'''
+    facts = analyze_source(source, "m.py")
+    inner = next(c for c in facts.classes if c.name == "Outer.Inner")
+    assert inner.bases == ("m.Outer.Base",)
+    _, result = run(compiled, source)
+    assert outcomes(result, "conv_batchnorm") == [("Outer.Inner", "applied", None)]
+    # the top-level namesake keeps its code
+    assert "        return self.conv2(self.conv(x))\n" in result.new_source
+    stable(compiled, result.new_source)
+
+
+# ---------------------------------------------------------------------------
+# 7. inlined helpers: parameters bound to the caller's arguments
+
+HELPERS = '''import torch
+from torch import nn
+
+
+class InHelper(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3)
+        self.bn = nn.BatchNorm2d(c)
+
+    def _conv_bn(self, inp):
+        t = self.conv(inp)
+        return self.bn(t)
+
+    def forward(self, x):
+        return self._conv_bn(x) + 1
+
+
+class Across(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3)
+        self.bn = nn.BatchNorm2d(c)
+        self.act = nn.ReLU()
+
+    def _bn_act(self, y):
+        y = self.bn(y)
+        return self.act(y)
+
+    def forward(self, x):
+        h = self.conv(x)
+        return self._bn_act(h)
+
+
+class SameName(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3)
+        self.bn = nn.BatchNorm2d(c)
+
+    def _bn(self, h):
+        return self.bn(h)
+
+    def forward(self, x):
+        h = self.conv(x)
+        return self._bn(h)
+
+
+class ThroughReturn(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3)
+        self.bn = nn.BatchNorm2d(c)
+
+    def _conv(self, z):
+        return self.conv(z)
+
+    def forward(self, x):
+        o = self._conv(x)
+        return self.bn(o)
+
+
+class OtherValue(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3)
+        self.bn = nn.BatchNorm2d(c)
+
+    def _bn(self, y):
+        return self.bn(y)
+
+    def forward(self, x):
+        h = self.conv(x)
+        return self._bn(x) + h
+'''
+
+
+def test_helper_parameters_carry_the_callers_values(compiled):
+    facts = analyze_source(HELPERS, "m.py")
+    across = next(c for c in facts.classes if c.name == "Across")
+    entry = next(n for n in across.paths[0].nodes if n.copies)
+    assert entry.copies == (("y", "h"),)
+    _, result = run(compiled, HELPERS)
+    got = {name: (status, reason) for name, status, reason in outcomes(result, "conv_batchnorm")}
+    # entirely inside the helper: rewritten there, spelled with the helper's names
+    assert got["InHelper"] == ("applied", None)
+    assert "        return self.conv(inp)\n" in result.new_source
+    # conv in forward, its BatchNorm in a helper: found through the parameter
+    # binding and rewritten (the helper's call deleted, the init fused)
+    assert got["Across"] == ("applied", None)
+    assert "    def _bn_act(self, y):\n        return self.act(y)\n" in result.new_source
+    # found through a same-name parameter / the helper's return, refused with the reason
+    status, reason = got["SameName"]
+    assert status == "skipped" and "is not `v = self.<layer>(v)`" in reason, reason
+    status, reason = got["ThroughReturn"]
+    assert status == "skipped" and "crosses methods" in reason, reason
+    # the helper is called on another value: no match at all
+    assert "OtherValue" not in got
+    stable(compiled, result.new_source)
+
+
+def test_fusion_across_a_helper_computes_the_same(compiled):
+    torch = pytest.importorskip("torch", reason="torch runs the two versions")
+    source = HELPERS[: HELPERS.index("class SameName")]
+    _, result = run(compiled, source)
+    assert dict((n, s) for n, s, _ in outcomes(result, "conv_batchnorm")) == {"InHelper": "applied", "Across": "applied"}
+    old_ns, new_ns = _load(source, "old"), _load(result.new_source, "new")
+    for name in ("InHelper", "Across"):
+        torch.manual_seed(0)
+        old = old_ns[name](3)
+        with torch.no_grad():
+            old.bn.running_mean.uniform_(-1, 1)
+        new = new_ns[name](3)
+        new.load_state_dict(old.state_dict())
+        x = torch.randn(2, 3, 8, 8)
+        for train in (False, True):
+            old.train(train)
+            new.train(train)
+            torch.testing.assert_close(new(x), old(x))
+
+
+ACROSS = HELPERS[HELPERS.index("class Across"): HELPERS.index("class SameName")]
+
+
+@pytest.mark.parametrize("change, expected", [
+    # the helper has another caller
+    ("        return self._bn_act(h)\n", "        return self._bn_act(h) + self._bn_act(x)\n"),
+    # the conv output is read again
+    ("        return self._bn_act(h)\n", "        return self._bn_act(h) + h\n"),
+    ("        return self._bn_act(h)\n", "        return self._bn_act(h, h.mean())\n"),
+    # a second parameter aliases the conv output and is read after the BatchNorm
+    ("        return self._bn_act(h)\n", "        return self._bn_act(h, h)\n"),
+    # the helper's BatchNorm runs only on some paths
+    ("        y = self.bn(y)\n", "        if y.shape[0] > 1:\n            y = self.bn(y)\n"),
+    # the helper reads its parameter before the BatchNorm
+    ("        y = self.bn(y)\n", "        print(y)\n        y = self.bn(y)\n"),
+])
+def test_fusion_across_a_helper_refusals(compiled, change, expected):
+    source = "import torch\nfrom torch import nn\n\n\n" + ACROSS.replace(change, expected)
+    assert ACROSS.replace(change, expected) != ACROSS
+    if "(h, h" in expected:
+        source = source.replace("    def _bn_act(self, y):\n", "    def _bn_act(self, y, z):\n")
+        source = source.replace("        return self.act(y)\n", "        return self.act(y) + z\n")
+    _, result = run(compiled, source)
+    got = outcomes(result, "conv_batchnorm")
+    assert got and all(status == "skipped" for _, status, _ in got), got
+
+
+# ---------------------------------------------------------------------------
+# 8. a layer input passed by keyword
+
+def test_layer_input_by_keyword(compiled):
+    source = '''import torch
+from torch import nn
+
+
+class Block(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3)
+        self.bn = nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        h = self.conv(input=x)
+        return self.bn(input=h)
+'''
+    _, result = run(compiled, source)
+    assert outcomes(result, "conv_batchnorm") == [("Block", "applied", None)]
+    assert "    def forward(self, x):\n        return self.conv(x)\n" in result.new_source
+    stable(compiled, result.new_source)
+
+
+def test_forward_parameter_table_agrees_with_torch():
+    torch = pytest.importorskip("torch", reason="torch is needed to read the layers' forward signatures")
+    import inspect
+
+    from dslc.signatures import FORWARD_PARAMS
+
+    for qual, params in FORWARD_PARAMS.items():
+        cls = getattr(torch.nn, qual.rsplit(".", 1)[1], None)
+        if cls is None:
+            continue
+        names = [p.name for p in list(inspect.signature(cls.forward).parameters.values())[1:]
+                 if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+        assert tuple(names) == params, qual
+
+
+# ---------------------------------------------------------------------------
+# 9. `**dd` of a local dict literal in a constructor call
+
+STAR = '''import torch
+from torch import nn
+
+
+class Literal(nn.Module):
+    def __init__(self, c, device=None, dtype=None):
+        super().__init__()
+        dd = {"device": device, "dtype": dtype}
+        self.conv = nn.Conv2d(c, c, 3, **dd)
+        self.bn = nn.BatchNorm2d(c, **dd)
+
+    def forward(self, x):
+        h = self.conv(x)
+        return self.bn(h)
+
+
+class DictCall(nn.Module):
+    def __init__(self, c, device=None):
+        super().__init__()
+        dd = dict(affine=False, device=device)
+        self.conv = nn.Conv2d(c, c, 3)
+        self.bn = nn.BatchNorm2d(c, **dd)
+
+    def forward(self, x):
+        h = self.conv(x)
+        return self.bn(h)
+
+
+class Unknown(nn.Module):
+    def __init__(self, c, **kw):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3)
+        self.bn = nn.BatchNorm2d(c, **kw)
+
+    def forward(self, x):
+        h = self.conv(x)
+        return self.bn(h)
+
+
+class Mutated(nn.Module):
+    def __init__(self, c, device=None):
+        super().__init__()
+        dd = {"device": device}
+        dd["affine"] = False
+        self.conv = nn.Conv2d(c, c, 3)
+        self.bn = nn.BatchNorm2d(c, **dd)
+
+    def forward(self, x):
+        h = self.conv(x)
+        return self.bn(h)
+
+
+class Rebound(nn.Module):
+    def __init__(self, c, flag=True):
+        super().__init__()
+        dd = {"affine": flag}
+        flag = False
+        self.conv = nn.Conv2d(c, c, 3)
+        self.bn = nn.BatchNorm2d(c, **dd)
+
+    def forward(self, x):
+        h = self.conv(x)
+        return self.bn(h)
+'''
+
+
+def test_star_kwargs_of_a_local_dict_literal():
+    facts = analyze_source(STAR, "m.py")
+    by = {c.name: {b.attr: b for b in c.init} for c in facts.classes}
+    assert [(k, v.text) for k, v in by["Literal"]["bn"].kwargs] == [("device", "device"), ("dtype", "dtype")]
+    assert [(k, v.text) for k, v in by["DictCall"]["bn"].kwargs] == [("affine", "False"), ("device", "device")]
+    # unknown keys, a mutated dict, a value rebound before the call: left as `**`
+    for name in ("Unknown", "Mutated", "Rebound"):
+        assert [k for k, _ in by[name]["bn"].kwargs] == ["**"], name
+
+
+def test_star_kwargs_match_or_refuse(compiled):
+    _, result = run(compiled, STAR)
+    got = {name: (status, reason) for name, status, reason in outcomes(result, "conv_batchnorm")}
+    assert got["Literal"] == ("applied", None)
+    assert "        self.conv = ConvBn2d(nn.Conv2d(c, c, 3, **dd), nn.BatchNorm2d(c, **dd))\n" in result.new_source
+    assert "DictCall" not in got  # affine=False: proved not to match
+    # unknown keys: no match, a near miss that names what cannot be proved
+    for name in ("Unknown", "Mutated", "Rebound"):
+        assert name not in got
+    stable(compiled, result.new_source)
+
+
+def test_unknown_star_kwargs_are_near_misses(tmp_path, capsys):
+    import json
+
+    from dslc.cli import main
+
+    model = tmp_path / "star.py"
+    model.write_text(STAR)
+    code = main(["apply", "--rules", str(PACK), "--no-cache", "--jobs", "1", "--format", "json", "--near-misses",
+                 "--diff", str(model)])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0
+    why = {n["class"]: n["reason"] for n in report["near_misses"] if n["rule"] == "adopter:conv_batchnorm"}
+    assert "Literal" not in why and "DictCall" in why
+    for name, star in (("Unknown", "**kw"), ("Mutated", "**dd"), ("Rebound", "**dd")):
+        assert star in why[name] and "affine" in why[name], (name, why.get(name))
+
+
+# ---------------------------------------------------------------------------
+# 14. softmax over `dim=3` of a tensor of provable rank 4
+
+RANKS = '''import math
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+
+class Einsum(nn.Module):
+    def forward(self, q, k):
+        scores = torch.einsum("bhqd,bhkd->bhqk", q, k)
+        return F.softmax(scores, dim=3)
+
+
+class Viewed(nn.Module):
+    def forward(self, x, b, h, s):
+        x = x.view(b, h, s, s)
+        return F.softmax(x * 0.5, dim=3)
+
+
+class Matmul(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.drop = nn.Dropout(0.1)
+
+    def forward(self, q, k, b, s, h, d):
+        q = q.view(b, s, h, d).permute(0, 2, 1, 3)
+        k = k.view(b, s, h, d).permute(0, 2, 1, 3)
+        att = torch.matmul(q, k.transpose(-1, -2))
+        att = self.drop(att)
+        return F.softmax(att, dim=3)
+
+
+class WrongDim(nn.Module):
+    def forward(self, q, k):
+        scores = torch.einsum("bhqd,bhkd->bhqk", q, k)
+        return F.softmax(scores, dim=2)
+
+
+class UnknownDivisor(nn.Module):
+    def forward(self, q, k, d):
+        scores = torch.matmul(q, k) / math.sqrt(d)
+        return F.softmax(scores, dim=3)
+
+
+class MaybeRank5(nn.Module):
+    def forward(self, q, k, m):
+        scores = torch.einsum("bhqd,bhkd->bhqk", q, k) + m
+        return F.softmax(scores, dim=3)
+
+
+class ViewOfShape(nn.Module):
+    def forward(self, x, shape):
+        x = x.view(shape)
+        return F.softmax(x, dim=3)
+
+
+class OnOnePath(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.drop = nn.Dropout(0.1)
+
+    def forward(self, x, flag: bool):
+        if flag:
+            x = self.drop(x.view(2, 3, 4, 5))
+        return F.softmax(x, dim=3)
+'''
+
+
+def test_softmax_over_the_last_of_four_provable_dims(compiled):
+    _, result = run(compiled, RANKS)
+    got = {name: status for name, status, _ in outcomes(result, "softmax")}
+    assert got == {"Einsum": "applied", "Viewed": "applied", "Matmul": "applied", "OnOnePath": "skipped"}
+    reason = next(r for name, _, r in outcomes(result, "softmax") if name == "OnOnePath")
+    assert "only on some paths" in reason
+    new = result.new_source
+    assert "        return softmax(scores)\n" in new
+    assert "        return softmax(x * 0.5)\n" in new
+    assert "        return softmax(att)\n" in new
+    # not provable, or not the last dim: unchanged
+    for line in ("F.softmax(scores, dim=2)", "F.softmax(scores, dim=3)\n\n\nclass MaybeRank5",
+                 "F.softmax(x, dim=3)\n\n\nclass OnOnePath"):
+        assert line in new, line
+    assert new.rstrip().endswith("return F.softmax(x, dim=3)")
+    stable(compiled, new)
+
+
+# ---------------------------------------------------------------------------
+# 12. a guard on the layer itself: `if self.norm is not None:`
+
+GUARDED = '''import torch
+from torch import nn
+
+
+class ConvLayer(nn.Module):
+    def __init__(self, cin, cout, use_normalization=True, use_activation=True):
+        super().__init__()
+        self.convolution = nn.Conv2d(cin, cout, 3)
+        if use_normalization:
+            self.normalization = nn.BatchNorm2d(cout, affine=True, track_running_stats=True)
+        else:
+            self.normalization = None
+        if use_activation:
+            self.activation = nn.ReLU()
+        else:
+            self.activation = None
+
+    def forward(self, features):
+        features = self.convolution(features)
+        if self.normalization is not None:
+            features = self.normalization(features)
+        if self.activation is not None:
+            features = self.activation(features)
+        return features
+'''
+
+
+def test_layer_guarded_by_is_not_none_is_fused_under_the_init_guard(compiled):
+    _, result = run(compiled, GUARDED)
+    assert outcomes(result, "conv_batchnorm") == [("ConvLayer", "applied", None)]
+    new = result.new_source
+    assert ("        if use_normalization:\n"
+            "            self.convolution = ConvBn2d(self.convolution, nn.BatchNorm2d(cout, affine=True, track_running_stats=True))\n"
+            "            self.normalization = None\n") in new
+    assert "        else:\n            self.normalization = None\n" in new
+    # forward is unchanged
+    assert GUARDED[GUARDED.index("    def forward"):] in new
+    stable(compiled, new)
+
+
+def _load(source: str, name: str):
+    namespace: dict = {}
+    exec(compile(source, f"<{name}>", "exec"), namespace)
+    return namespace
+
+
+def test_guarded_fusion_computes_the_same_and_loads_old_checkpoints(compiled):
+    torch = pytest.importorskip("torch", reason="torch runs the two versions")
+    _, result = run(compiled, GUARDED)
+    old_ns, new_ns = _load(GUARDED, "old"), _load(result.new_source, "new")
+    for use_norm in (True, False):
+        torch.manual_seed(0)
+        old = old_ns["ConvLayer"](3, 4, use_normalization=use_norm)
+        torch.manual_seed(0)
+        new = new_ns["ConvLayer"](3, 4, use_normalization=use_norm)
+        if use_norm:
+            with torch.no_grad():
+                old.normalization.running_mean.uniform_(-1, 1)
+                old.normalization.weight.uniform_(0.5, 2)
+        new.load_state_dict(old.state_dict())
+        x = torch.randn(2, 3, 8, 8)
+        for train in (False, True):
+            old.train(train)
+            new.train(train)
+            torch.testing.assert_close(new(x), old(x))
+
+
+@pytest.mark.parametrize("change, reason", [
+    # the None branch may run after the layer's binding
+    ("        else:\n            self.normalization = None\n",
+     "        else:\n            self.normalization = None\n        if cin == cout:\n            self.normalization = None\n"),
+    # bound to another layer where the condition fails
+    ("        else:\n            self.normalization = None\n",
+     "        else:\n            self.normalization = nn.Identity()\n"),
+    # the attribute is used elsewhere
+    ("        return features\n", "        return features, self.normalization\n"),
+    # the value before the guarded call is read in between
+    ("        if self.normalization is not None:\n",
+     "        print(features)\n        if self.normalization is not None:\n"),
+])
+def test_guarded_layer_refusals(compiled, change, reason):
+    source = GUARDED.replace(change, reason)
+    assert source != GUARDED
+    _, result = run(compiled, source)
+    got = outcomes(result, "conv_batchnorm")
+    assert len(got) == 1 and got[0][1] == "skipped" and "is not None:" in got[0][2], got
+
+
+# ---------------------------------------------------------------------------
+# 15. hoisting across elif (rewritten), for / with (refused with the reason)
+
+HOIST = '''import torch
+from torch import nn
+
+
+class Elif(nn.Module):
+    def __init__(self, h):
+        super().__init__()
+        self.dropout = nn.Dropout(0.1)
+        self.LayerNorm = nn.LayerNorm(h, eps=1e-12)
+
+    def forward(self, x, res, mode: int):
+        y = self.dropout(x)
+        if mode == 0:
+            out = y
+        elif mode == 1:
+            out = self.LayerNorm(y + res)
+        else:
+            out = y * 2
+        return out
+
+
+class InWith(nn.Module):
+    def __init__(self, h):
+        super().__init__()
+        self.dropout = nn.Dropout(0.1)
+        self.LayerNorm = nn.LayerNorm(h, eps=1e-12)
+
+    def forward(self, x, res):
+        y = self.dropout(x)
+        with torch.autocast("cpu"):
+            out = self.LayerNorm(y + res)
+        return out
+
+
+class InFor(nn.Module):
+    def __init__(self, h):
+        super().__init__()
+        self.dropout = nn.Dropout(0.1)
+        self.LayerNorm = nn.LayerNorm(h, eps=1e-12)
+
+    def forward(self, x, res, n: int):
+        y = self.dropout(x)
+        out = y
+        for i in range(n):
+            out = self.LayerNorm(y + res)
+        return out
+'''
+
+
+def test_hoisting_through_elif_and_refusals_for_loops_and_with(compiled):
+    _, result = run(compiled, HOIST)
+    got = {name: (status, reason) for name, status, reason in outcomes(result, "dropout_layernorm")}
+    assert got["Elif"] == ("applied", None)
+    new = result.new_source
+    assert ("        if mode == 0:\n            y = self.dropout(x)\n            out = y\n"
+            "        elif mode == 1:\n            out = self.LayerNorm(x, res)\n"
+            "        else:\n            y = self.dropout(x)\n            out = y * 2\n") in new
+    status, reason = got["InWith"]
+    assert status == "skipped" and "the `with` at line" in reason and "context manager" in reason
+    status, reason = got["InFor"]
+    assert status == "skipped" and "the `for` at line" in reason and "once per iteration" in reason
+    stable(compiled, new)
+
+
+# ---------------------------------------------------------------------------
+# 15. layers of an nn.ModuleList called by `for layer in self.layers:`
+
+LOOPS = '''import torch
+from torch import nn
+from transformers.models.bert.modeling_bert import BertSelfAttention
+
+
+class Comprehension(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.layers = nn.ModuleList([BertSelfAttention(config, position_embedding_type="absolute") for _ in range(config.n)])
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)[0]
+        return x
+
+
+class Literal(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.layers = nn.ModuleList([BertSelfAttention(config, "absolute"), BertSelfAttention(config, "absolute")])
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)[0]
+        return x
+
+
+class Mixed(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.layers = nn.ModuleList([BertSelfAttention(config), nn.Identity()])
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)[0]
+        return x
+
+
+class ConvLoop(nn.Module):
+    def __init__(self, c, n):
+        super().__init__()
+        self.convs = nn.ModuleList([nn.Conv2d(c, c, 3, padding=1) for _ in range(n)])
+        self.bn = nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        for conv in self.convs:
+            x = conv(x)
+        return self.bn(x)
+'''
+
+
+def test_module_list_elements_called_in_a_loop(compiled):
+    _, result = run(compiled, LOOPS)
+    got = {name: (status, reason) for name, status, reason in outcomes(result, "bert_self_attention")}
+    assert got["Comprehension"] == ("applied", None)
+    assert got["Literal"] == ("applied", None)
+    assert "Mixed" not in got  # not every element is the matched layer
+    new = result.new_source
+    assert ("        self.layers = nn.ModuleList([BertSelfAttentionWithXF(config, position_embedding_type='absolute', "
+            "attn_op_name='cutlass') for _ in range(config.n)])\n") in new
+    assert new.count("BertSelfAttentionWithXF(config, position_embedding_type='absolute', attn_op_name='cutlass')") == 3
+    # a fusion across the loop boundary is found and refused with the reason
+    status, reason = outcomes(result, "conv_batchnorm")[0][1:]
+    assert status == "skipped" and "container `self.convs`" in reason
+    stable(compiled, new)
+
+
+def test_guarded_layer_with_none_bound_first(compiled):
+    source = GUARDED.replace(
+        "        if use_normalization:\n            self.normalization = nn.BatchNorm2d(cout, affine=True, track_running_stats=True)\n"
+        "        else:\n            self.normalization = None\n",
+        "        self.normalization = None\n        if use_normalization:\n"
+        "            self.normalization = nn.BatchNorm2d(cout, affine=True, track_running_stats=True)\n")
+    assert source != GUARDED
+    _, result = run(compiled, source)
+    assert outcomes(result, "conv_batchnorm") == [("ConvLayer", "applied", None)]
+    assert ("        self.normalization = None\n        if use_normalization:\n"
+            "            self.convolution = ConvBn2d(self.convolution, nn.BatchNorm2d(cout, affine=True, track_running_stats=True))\n"
+            "            self.normalization = None\n") in result.new_source
+    stable(compiled, result.new_source)
+
+
+@pytest.mark.parametrize("change, expected", [
+    # the conv runs only on some paths: the BatchNorm may see another value
+    ("        features = self.convolution(features)\n",
+     "        if features.dim() == 4:\n            features = self.convolution(features)\n"),
+    # an early return between the conv and the guarded BatchNorm
+    ("        if self.normalization is not None:\n",
+     "        if features.shape[0] == 0:\n            return features\n        if self.normalization is not None:\n"),
+    # an early exit the path analysis folds into an opaque `if` (BatchNorm statistics would change)
+    ("        if self.normalization is not None:\n",
+     "        if self.training:\n            return None\n        if self.normalization is not None:\n"),
+])
+def test_guarded_layer_needs_both_calls_on_every_path(compiled, change, expected):
+    source = GUARDED.replace(change, expected)
+    assert source != GUARDED
+    _, result = run(compiled, source)
+    got = outcomes(result, "conv_batchnorm")
+    assert got and all(status == "skipped" for _, status, _ in got), got
+
+
+def test_fusion_across_a_helper_needs_the_conv_on_every_path(compiled):
+    source = "import torch\nfrom torch import nn\n\n\n" + ACROSS.replace(
+        "        h = self.conv(x)\n", "        h = x\n        if x.dim() == 4:\n            h = self.conv(x)\n")
+    _, result = run(compiled, source)
+    got = outcomes(result, "conv_batchnorm")
+    assert got and all(status == "skipped" for _, status, _ in got), got
+
+
+def test_fusion_across_a_helper_refused_after_an_early_exit(compiled):
+    source = "import torch\nfrom torch import nn\n\n\n" + ACROSS.replace(
+        "        y = self.bn(y)\n", "        if self.training:\n            return None\n        y = self.bn(y)\n")
+    _, result = run(compiled, source)
+    got = outcomes(result, "conv_batchnorm")
+    assert got and all(status == "skipped" and "may leave before it" in reason for _, status, reason in got), got
+
+
+def test_masked_fill_does_not_keep_the_rank(compiled):
+    # out of place, masked_fill broadcasts the tensor to the mask's shape
+    source = RANKS.split("class Einsum")[0] + '''class Masked(nn.Module):
+    def forward(self, q, k, mask):
+        scores = torch.einsum("bhqd,bhkd->bhqk", q, k).masked_fill(mask, 0.0)
+        return F.softmax(scores, dim=3)
+'''
+    _, result = run(compiled, source)
+    assert outcomes(result, "softmax") == []
