@@ -224,6 +224,10 @@ def render_near_misses(report: Report) -> str:
     return "".join(lines)
 
 
+# Up to this many selected rules, the summary table shows every rule.
+SUMMARY_ALL_ROWS = 20
+
+
 def render_summary(report: Report) -> str:
     """The per-rule table (found / applied / skipped) and a one-line total."""
     counts = summary_counts(report)
@@ -240,11 +244,20 @@ def render_summary(report: Report) -> str:
                 + (f"  {c['suppressed']:>10}" if sup else "")
                 + (f"  {c['near_misses']:>9}" if near else ""))
 
+    # A large selection (a generated pack has hundreds of rules) lists only the
+    # rules that found something; a small one lists every rule, zeros included.
+    quiet = len(counts) > SUMMARY_ALL_ROWS
+    hidden = 0
     for rule, c in counts.items():
-        rows.append(row(rule, c))
+        if quiet and not any(c.values()):
+            hidden += 1
+        else:
+            rows.append(row(rule, c))
         for k in c:
             tot[k] += c[k]
     rows.append(row("total", tot))
+    if hidden:
+        rows.append(f"({hidden} other rule{'s' if hidden != 1 else ''} found nothing; --format json lists every rule)")
     changed = sum(1 for f in report.files if f.changed)
     verb = {"diff": "would change", "write": "changed", "patch": "patched"}[report.mode]
     if report.mode == "write":
