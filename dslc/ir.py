@@ -276,6 +276,9 @@ class Bound:
     text: str
     kind: Literal["name", "const", "expr", "layer"]
     value: object = None
+    # Additive: the value is the source signature's default of a constructor
+    # parameter the matched call does not give (not written in the source).
+    defaulted: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True)

@@ -104,6 +104,8 @@ class _B:
     # (name, defn) of the value this name copies (an inlined helper's
     # parameter is its argument): two names with one root are one value.
     root: tuple | None = None
+    # bound to the signature's default of a parameter the call does not give
+    defaulted: bool = field(default=False, compare=False)
 
 
 _ABSENT = _B("", "absent")
@@ -697,7 +699,10 @@ def _match_binding(test: InitTest, b: InitBinding, env: dict[str, _B]) -> dict[s
         if value is None:
             env = _unify(a.term, _ABSENT, env) if isinstance(a.term, ir.Var) else Fail("argument {} is missing", a.slot)
         else:
-            env = _unify(a.term, _bind_value(value, None), env)
+            bound = _bind_value(value, None)
+            if a.slot.startswith("p:") and a.slot not in given:
+                bound = replace(bound, defaulted=True)
+            env = _unify(a.term, bound, env)
         if isinstance(env, Fail):
             return Fail("init of self.{}: {}: {}", b.attr, a.describe(), env.reason)
     return env
@@ -830,8 +835,8 @@ def _to_bound(b: _B) -> ir.Bound | None:
     if b.kind in ("absent", "unknown", "rank"):
         return None
     if b.kind == "const":
-        return ir.Bound(b.text, "const", b.value)
-    return ir.Bound(b.text, b.kind)  # name | expr | layer
+        return ir.Bound(b.text, "const", b.value, defaulted=b.defaulted)
+    return ir.Bound(b.text, b.kind, defaulted=b.defaulted)  # name | expr | layer
 
 
 def _group_init(cls: ClassFacts | None) -> dict[str, list[InitBinding]]:

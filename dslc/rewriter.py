@@ -328,11 +328,45 @@ def _render_args(env: _Env, node: ir.PatNode) -> str:
         except _Absent as exc:
             raise Skip(codes.S_TARGET, f"target argument `${exc.args[0]}` has no value in the source") from None
     for key, value in node.kwargs:
+        if _unwritten_default(env, node, key, value):
+            continue  # the source did not write it and the callee's default is the same value
         try:
             parts.append(f"{key}={env.term(value)}")
         except _Absent:
             continue  # an absent keyword is omitted (the callee's default applies)
     return ", ".join(parts)
+
+
+def _unwritten_default(env: _Env, node: ir.PatNode, key: str, value) -> bool:
+    """A target keyword whose variable the matched call left to the source
+    signature's default (`nn.LayerNorm(6)`: `$eps` is 1e-05) is left out of
+    the emitted call only when that provably changes nothing: the target's
+    signature is known and its default for `key` is the same constant.  An
+    unknown target signature keeps the keyword (its default is not assumed)."""
+    from dslc import signatures
+
+    if not isinstance(value, ir.Var) or value.name in env.inline or value.name in env.attrs \
+            or value.name in env.casts or value.name in env.ctor:
+        return False
+    bound = env.match.bindings.get(value.name)
+    if bound is None or not bound.defaulted or bound.kind != "const":
+        return False
+    qual = node.callee.qualname if node.callee is not None else None
+    sig = signatures.signature(qual) if qual else None
+    if sig is None:
+        return False
+    param = next((p for p in sig.params if p.name == key and p.kind in ("pos", "kwonly")), None)
+    d = param.default if param is not None else None
+    return (d is not None and d.is_const and type(d.const) is type(bound.value) and _const_same(d.const, bound.value))
+
+
+def _const_same(a, b) -> bool:
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(type(x) is type(y) and _const_same(x, y) for x, y in zip(a, b))
+    try:
+        return bool(a == b)
+    except Exception:
+        return False
 
 
 def _vars_in(term) -> set[str]:
