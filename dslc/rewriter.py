@@ -26,7 +26,9 @@ in order (paper §3.5):
    stands for its original constructor call.  A `when` option duplicates the
    run of statements holding the edits as `if <cond>: <new> else: <old>`
    (such matches go last, so other rewrites in that run land in both
-   branches).
+   branches); unchanged parameter-free torch.nn layers in that run that
+   nothing on either side reads go before the `if` instead
+   (`wrap_when_moved`).
    Layers inside a container: when the matched layers are consecutive
    elements of one `self.<seq> = nn.Sequential(e0, e1, ...)` literal and
    the match is the one call of `self.<seq>`, forward is left alone and
@@ -367,6 +369,31 @@ def _const_same(a, b) -> bool:
         return bool(a == b)
     except Exception:
         return False
+
+
+# torch.nn layers with no parameters and no buffers (so none draws random
+# numbers when built): moving a `when` rewrite's statements across them keeps
+# every layer's initial values under a fixed seed and the order of
+# `parameters()` / `buffers()` (optimizer checkpoints are positional).
+_NO_RANDOM_INIT = frozenset(f"torch.nn.{n}" for n in (
+    "Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout", "Identity", "Flatten", "Unflatten",
+    "ReLU", "ReLU6", "GELU", "SiLU", "Tanh", "Sigmoid", "Softmax", "LogSoftmax", "LeakyReLU", "ELU", "Mish",
+    "Hardswish", "Hardsigmoid", "Softplus", "MaxPool1d", "MaxPool2d", "AvgPool1d", "AvgPool2d",
+    "AdaptiveAvgPool1d", "AdaptiveAvgPool2d"))
+
+
+def _self_attr(node) -> bool:
+    return isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self"
+
+
+def _dotted(node) -> str | None:
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if not isinstance(node, ast.Name):
+        return None
+    return ".".join([node.id] + parts[::-1])
 
 
 def _vars_in(term) -> set[str]:
@@ -1679,7 +1706,9 @@ class _Rewriter:
            re-assigned at the anchor, which must sit under a guard equivalent
            to the forward branch that calls the fused layer.
         5. With `when`, the smallest run of statements holding all the edits is
-           duplicated: `if <cond>: <edited run> else: <original run>`.
+           duplicated: `if <cond>: <edited run> else: <original run>`; the
+           unchanged statements of the run go before the `if` instead when
+           that provably changes nothing (`wrap_when_moved`).
         """
         mod = self.mod
         rule = match.rule
@@ -2361,6 +2390,8 @@ class _Rewriter:
             tops.append(c[depth + 1][0] if len(c) > depth + 1 else s)
         _, _, body = mod.block_of(tops[0])
         indices = sorted(body.index(t) for t in tops)
+        if self.wrap_when_moved(init_plan, stmts, tops, body, indices, condition):
+            return
         first, last = body[indices[0]], body[indices[-1]]
         region_start = mod.smap.line_start(first.lineno)
         region_end = mod.smap.line_end(last.end_lineno)
@@ -2395,6 +2426,122 @@ class _Rewriter:
         init_plan.edits = [Edit(region_start, region_end, self.fit(text, last))]
         init_plan.claimed = {(region_start, region_end)}
         init_plan.lines.update(range(first.lineno, last.end_lineno + 1))
+
+    def wrap_when_moved(self, init_plan: _Plan, stmts: list[ast.stmt], tops: list, body: list,
+                        indices: list[int], condition: str) -> bool:
+        """`wrap_when` without duplicating unrelated statements: when the
+        statements between the first and the last edited one are all
+        `self.u = <constructor of a torch.nn layer without parameters or
+        buffers>(<arguments without `self` or calls>)` and no edited
+        statement (old or new) mentions `self.u`, those statements go first,
+        unchanged, and `if cond: <new edited> else: <old edited>` follows them.
+        Moving the edited statements below them is then harmless: nothing
+        reads across, the random-number stream the edited constructors draw
+        from is the same, and so is the order of parameters and buffers.
+        Returns False (the caller duplicates the whole run, as before) for
+        any other shape, and when an earlier rewrite touches the run."""
+        mod = self.mod
+        changed = [body[i] for i in indices]
+        between = [st for st in body[indices[0]:indices[-1] + 1] if not any(st is c for c in changed)]
+        if not between or {id(t) for t in tops} != {id(s) for s in stmts}:
+            return False
+        run = body[indices[0]:indices[-1] + 1]
+        # One statement per line range, nothing (comments, blank lines) between them.
+        for a, b in zip(run, run[1:]):
+            if a.end_lineno + 1 != b.lineno:
+                return False
+        segments = []
+        for st in run:
+            try:
+                segments.append((st, *mod.stmt_range(st)))
+            except Skip:
+                return False
+        region_start, region_end = segments[0][1], segments[-1][2]
+        # Earlier rewrites touching the run: keep the plain duplication.
+        for e in self.accepted:
+            if e.start < region_end and e.end > region_start or (e.start == e.end and region_start < e.start < region_end):
+                return False
+        seg_of = {id(st): (lo, hi) for st, lo, hi in segments}
+        per_stmt: dict[int, list[Edit]] = {}
+        for e in init_plan.edits:
+            home = [c for c in changed if seg_of[id(c)][0] <= e.start and e.end <= seg_of[id(c)][1]]
+            if len(home) != 1:
+                return False
+            lo = seg_of[id(home[0])][0]
+            per_stmt.setdefault(id(home[0]), []).append(Edit(e.start - lo, e.end - lo, e.text))
+        old_parts, new_parts = [], []
+        try:
+            for c in changed:
+                lo, hi = seg_of[id(c)]
+                text = mod.source[lo:hi]
+                old_parts.append(text)
+                new_parts.append(apply_edits(text, per_stmt.get(id(c), [])))
+        except EditConflict:
+            return False
+        old, new = "".join(old_parts), "".join(new_parts)
+        nl = mod.nl
+        if not new.strip() or not old.endswith(("\n", "\r")) or not new.endswith(("\n", "\r")):
+            return False
+        try:
+            new_tree = ast.parse(textwrap.dedent(new)) if new.strip() else ast.Module(body=[], type_ignores=[])
+        except SyntaxError:
+            return False
+        # What the edited statements (before and after the rewrite) mention of `self`.
+        # `self` only as `self.<attr>` (no `self` passed on, no method call but
+        # the checkpoint hook's): then these are all the attributes they touch.
+        mentioned: set[str] = set()
+        for tree in changed + [new_tree]:
+            nodes = list(ast.walk(tree))
+            bases = {id(n.value) for n in nodes if _self_attr(n)}
+            if any(isinstance(n, ast.Name) and n.id == "self" and id(n) not in bases for n in nodes):
+                return False
+            if any(isinstance(n, ast.Call) and _self_attr(n.func) and n.func.attr != "_register_load_state_dict_pre_hook"
+                   for n in nodes):
+                return False
+            mentioned |= {n.attr for n in nodes if _self_attr(n)}
+        func = mod.parent.get(id(changed[0]), (None, None))[0]
+        while func is not None and not isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            func = mod.parent.get(id(func), (None, None))[0]
+        if func is None:
+            return False
+        local = {a.arg for a in ast.walk(func.args) if isinstance(a, ast.arg)}
+        local |= {n.id for n in ast.walk(func) if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load)}
+        for st in between:
+            if not (isinstance(st, ast.Assign) and len(st.targets) == 1 and _self_attr(st.targets[0])
+                    and isinstance(st.value, ast.Call)):
+                return False
+            if st.targets[0].attr in mentioned:
+                return False
+            call = st.value
+            qual = _dotted(call.func)
+            if qual is None:
+                return False
+            head, _, rest = qual.partition(".")
+            if head in local or head not in mod.imports:
+                return False
+            full = mod.imports[head] + ("." + rest if rest else "")
+            if full not in _NO_RANDOM_INIT:
+                return False
+            for arg in list(call.args) + [k.value for k in call.keywords]:
+                for n in ast.walk(arg):
+                    if isinstance(n, (ast.Call, ast.Lambda, ast.NamedExpr, ast.Await, ast.Yield, ast.YieldFrom,
+                                      ast.Starred, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)):
+                        return False
+                    if isinstance(n, ast.Name) and n.id == "self":
+                        return False
+            if any(k.arg is None for k in call.keywords):
+                return False
+        first = changed[0]
+        indent = mod.indent(first)
+        text = "".join(mod.source[seg_of[id(st)][0]:seg_of[id(st)][1]] for st in between)
+        text += (indent + f"if {condition}:" + nl + _indent_lines(new, mod.unit)
+                 + indent + "else:" + nl + _indent_lines(old, mod.unit))
+        last = run[-1]
+        init_plan.absorbed = []
+        init_plan.edits = [Edit(region_start, region_end, self.fit(text, last))]
+        init_plan.claimed = {(region_start, region_end)}
+        init_plan.lines.update(range(first.lineno, last.end_lineno + 1))
+        return True
 
     def relative_text(self, expr: ast.expr, stmt: ast.stmt) -> str:
         """An expression's source; continuation lines lose the statement's indentation."""
