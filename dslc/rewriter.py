@@ -956,6 +956,17 @@ class _Rewriter:
         if unchanged_forward:
             mine = _init_attrs(match)
             siblings = [n for m in self.matches if m.rule is rule and _init_attrs(m) == mine for n in m.nodes]
+        # A layer built in an inherited `__init__` is shared by every class
+        # that inherits it (the base itself, its other subclasses): editing
+        # that `__init__` from one subclass's match would change them all.
+        # The base's own analysis finds and checks its matches.
+        mine = match.class_name or ""
+        for binding in bindings.values():
+            if binding.attr in changed and binding.stmt is not None:
+                owner = _owner_name(binding.stmt.owner, mine)
+                if owner != mine:
+                    raise Skip(codes.S_INHERITED, f"`self.{binding.attr}` is built in `{owner}.__init__`, inherited; "
+                               f"editing it would change every class that shares it")
         reason = safety.check_attr_uses(match, cls, changed, interface_kept=detect_only, also_allowed=siblings)
         if reason:
             raise Skip(reason)

@@ -596,3 +596,35 @@ def test_a_parameter_free_layer_in_a_copied_value_is_kept():
     assert "self.drop1 = nn.Dropout(0.1)" in new
     assert "self.norm0(x, self.drop1(x))" in new
 
+
+
+# ---------------------------------------------------------------------------
+# Layers built in an inherited `__init__`: a subclass's match must not edit
+# the base's `__init__`, which the base (and every other subclass) shares.
+
+INHERITED_INIT = HEAD + """
+
+class Base(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3)
+        self.bn = nn.BatchNorm2d(3)
+
+    def forward(self, x):
+        return self.bn(self.conv(x) * 2)
+
+
+class Sub(Base):
+    def forward(self, x):
+        return self.bn(self.conv(x))
+"""
+
+
+def test_a_match_over_an_inherited_init_is_refused():
+    outcomes, new = run(INHERITED_INIT)
+    _, status, reason = only(outcomes, "conv_batchnorm")
+    assert status == "skipped"
+    assert reason == ("`self.conv` is built in `Base.__init__`, inherited; "
+                      "editing it would change every class that shares it")
+    assert reason.code == "S210"
+    assert new is None
