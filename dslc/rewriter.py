@@ -470,6 +470,13 @@ class _Rewriter:
             plan.imports[qualname] = qualname
             return qualname
         module, name = qualname.rsplit(".", 1)
+        if module == getattr(self.facts, "module", None) and name not in imports and any(
+                isinstance(st, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and st.name == name
+                for st in self.mod.tree.body):
+            # defined in this very file (transformers' modeling_llama calling its
+            # own apply_rotary_pos_emb): its own name, not a self-import
+            plan.imports[qualname] = name
+            return name
         for local, qual in sorted(imports.items()):
             if qual == module:
                 spelled = f"{local}.{name}"

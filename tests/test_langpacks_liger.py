@@ -481,3 +481,42 @@ def test_rotary_calls_of_other_forms_are_not_rewritten(tmp_path):
     target, report = _apply(tmp_path, src)
     assert [m for m in report["matches"] if m["status"] == "applied"] == []
     assert target.read_bytes() == before
+
+
+def test_rotary_call_inside_the_modeling_module_itself_keeps_its_own_name(tmp_path):
+    """In transformers' modeling_llama.py the function is the module's own: the fallback calls it by its name (no self-import)."""
+    fake = _fake_transformers(tmp_path)
+    src = fake / "transformers" / "models" / "llama" / "modeling_llama.py"
+    model = _ROPE_MODEL.replace("from transformers.models.llama.modeling_llama import apply_rotary_pos_emb\n", "")
+    src.write_text(_ROPE_438 + model)
+    original = tmp_path / "original.py"
+    shutil.copy(src, original)
+    code = main(["apply", "--rules", str(LIGER), "--no-cache", "--jobs", "1", "-q", "--write", str(src)])
+    assert code == 0
+    text = src.read_text()
+    assert "import transformers" not in text
+    assert "    return apply_rotary_pos_emb(q, k, cos, sin)\n" in text
+    assert "        q, k = _dslc_liger_rotary_pos_emb(q, k, cos, sin)\n" in text
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        sys.modules["liger_kernel"] = None
+        import importlib.util, torch
+        def load(name, path):
+            spec = importlib.util.spec_from_file_location(name, path)
+            mod = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(mod)
+            return mod
+        a, b = load("a", {str(original)!r}), load("b", {str(src)!r})
+        torch.manual_seed(0)
+        ma, mb = a.Attn(), b.Attn()
+        mb.load_state_dict(ma.state_dict(), strict=True)
+        x = torch.randn(2, 5, 16)
+        ang = torch.rand(2, 5, 2) * 3
+        cos, sin = torch.cat((ang, ang), -1).cos(), torch.cat((ang, ang), -1).sin()
+        (qa, ka), (qb, kb) = ma(x, cos, sin), mb(x, cos, sin)
+        assert torch.equal(qa, qb) and torch.equal(ka, kb)
+        print("ok")
+    """))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
