@@ -393,32 +393,34 @@ class Attn(nn.Module):
 '''
 
 
-def _fake_transformers(tmp_path: Path) -> Path:
-    """A `transformers.models.llama.modeling_llama` with the 4.38 function (the installed 4.35 one needs position_ids)."""
+def _fake_transformers(tmp_path: Path, arch: str = "llama") -> Path:
+    """A `transformers.models.<arch>.modeling_<arch>` with the 4.38 function (the installed 4.35 one needs position_ids)."""
     root = tmp_path / "fake"
-    pkg = root / "transformers" / "models" / "llama"
+    pkg = root / "transformers" / "models" / arch
     pkg.mkdir(parents=True)
     for d in (root / "transformers", root / "transformers" / "models", pkg):
         (d / "__init__.py").write_text("")
-    (pkg / "modeling_llama.py").write_text(_ROPE_438)
+    (pkg / f"modeling_{arch}.py").write_text(_ROPE_438)
     return root
 
 
-def test_rotary_call_gets_a_guarded_dispatch_with_the_same_numbers(tmp_path):
+@pytest.mark.parametrize("arch, rule", [("llama", "rotary_pos_emb"), ("mistral", "mistral_rotary_pos_emb"),
+                                        ("qwen2", "qwen2_rotary_pos_emb")])
+def test_rotary_call_gets_a_guarded_dispatch_with_the_same_numbers(tmp_path, arch, rule):
     src = tmp_path / "rope.py"
-    src.write_text(_ROPE_MODEL)
+    src.write_text(_ROPE_MODEL.replace("models.llama.modeling_llama", f"models.{arch}.modeling_{arch}"))
     target, report = _apply(tmp_path, src)
-    assert [(m["rule"], m["status"]) for m in report["matches"]] == [("liger:rotary_pos_emb", "applied")]
+    assert [(m["rule"], m["status"]) for m in report["matches"]] == [(f"liger:{rule}", "applied")]
     text = target.read_text()
-    assert "        q, k = _dslc_liger_rotary_pos_emb(q, k, cos, sin)\n" in text
-    assert "def _dslc_liger_rotary_pos_emb(q, k, cos, sin):" in text
+    assert "        q, k = _dslc_liger_{}(q, k, cos, sin)\n".format(rule) in text
+    assert "def _dslc_liger_{}(q, k, cos, sin):".format(rule) in text
     assert "return liger_rotary_pos_emb(q, k, cos, sin)" in text and "q.is_cuda" in text
     assert "return apply_rotary_pos_emb(q, k, cos, sin)" in text
     # a second run changes nothing
     assert main(["apply", "--rules", str(LIGER), "--no-cache", "--jobs", "1", "-q", "--write", str(target)]) == 0
     assert target.read_text() == text
     # without liger-kernel, on CPU: the same outputs and gradients as the original
-    fake = _fake_transformers(tmp_path)
+    fake = _fake_transformers(tmp_path, arch)
     script = tmp_path / "run.py"
     script.write_text(textwrap.dedent(f"""
         import sys
