@@ -531,6 +531,13 @@ class _Rewriter:
             plan.imports[qualname] = qualname
             return qualname
         module, name = qualname.rsplit(".", 1)
+        if module == getattr(self.facts, "module", None) and name not in imports and any(
+                isinstance(st, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and st.name == name
+                for st in self.mod.tree.body):
+            # defined in this very file (transformers' modeling_llama calling its
+            # own apply_rotary_pos_emb): its own name, not a self-import
+            plan.imports[qualname] = name
+            return name
         for local, qual in sorted(imports.items()):
             if qual == module:
                 spelled = f"{local}.{name}"
@@ -1465,6 +1472,14 @@ class _Rewriter:
         if reason:
             raise Skip(reason)
 
+        if rule.fallback == "original" and rule.needs and (rule.init is None or rule.init.target is None):
+            # Per call: a generated helper chooses the kernel or the original call
+            # (whatever the statement: one output or several, hoisted or not;
+            # `q, k = helper(...)` too).
+            if len(target) != 1 or len(source_nodes) != 1:
+                raise Skip(codes.S_FALLBACK, "a per-call fallback needs one source node and one target node")
+            final_text = self.dispatch_call(match, plan, env, source_nodes[0], target[0])
+
         final_chain = mod.chain(final_stmt)
         reverse = [stmt for _, _, stmt in groups[:-1]
                    if self.needs_hoist(stmt, final_stmt) and _is_prefix(final_chain, mod.chain(stmt))]
@@ -1488,11 +1503,6 @@ class _Rewriter:
             start, end = smap.node_span(final_stmt)
             self.claim(plan, start, end, f"{', '.join(names)} = {final_text}", final_stmt)
         else:
-            if rule.fallback == "original" and rule.needs and (rule.init is None or rule.init.target is None):
-                # Per call: a generated helper chooses the kernel or the original call.
-                if len(target) != 1 or len(source_nodes) != 1:
-                    raise Skip(codes.S_FALLBACK, "a per-call fallback needs one source node and one target node")
-                final_text = self.dispatch_call(match, plan, env, source_nodes[0], target[0])
             self.claim(plan, lo, hi, final_text, final_stmt)
 
         # Earlier statements: delete; hoist out of the branch when needed.

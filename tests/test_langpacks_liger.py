@@ -353,3 +353,172 @@ def test_two_calls_in_one_statement_and_a_second_run(tmp_path):
     assert text.count("def _dslc_liger_layer_norm_call") == 1
     code = main(["apply", "--rules", str(LIGER), "--no-cache", "--jobs", "1", "-q", "--write", str(target)])
     assert code == 0 and target.read_text() == text
+
+
+_ROPE_438 = '''
+import torch
+
+
+def rotate_half(x):
+    x1 = x[..., : x.shape[-1] // 2]
+    x2 = x[..., x.shape[-1] // 2 :]
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary_pos_emb(q, k, cos, sin, position_ids=None, unsqueeze_dim=1):
+    """transformers >= 4.38 (Llama): cos/sin already gathered; position_ids unused."""
+    cos = cos.unsqueeze(unsqueeze_dim)
+    sin = sin.unsqueeze(unsqueeze_dim)
+    return (q * cos) + (rotate_half(q) * sin), (k * cos) + (rotate_half(k) * sin)
+'''
+
+_ROPE_MODEL = '''
+import torch
+from torch import nn
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+
+class Attn(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.q_proj = nn.Linear(16, 16)
+        self.k_proj = nn.Linear(16, 8)
+
+    def forward(self, x, cos, sin):
+        b, s, _ = x.shape
+        q = self.q_proj(x).view(b, s, 4, 4).transpose(1, 2)
+        k = self.k_proj(x).view(b, s, 2, 4).transpose(1, 2)
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        return q, k
+'''
+
+
+def _fake_transformers(tmp_path: Path, arch: str = "llama") -> Path:
+    """A `transformers.models.<arch>.modeling_<arch>` with the 4.38 function (the installed 4.35 one needs position_ids)."""
+    root = tmp_path / "fake"
+    pkg = root / "transformers" / "models" / arch
+    pkg.mkdir(parents=True)
+    for d in (root / "transformers", root / "transformers" / "models", pkg):
+        (d / "__init__.py").write_text("")
+    (pkg / f"modeling_{arch}.py").write_text(_ROPE_438)
+    return root
+
+
+@pytest.mark.parametrize("arch, rule", [("llama", "rotary_pos_emb"), ("mistral", "mistral_rotary_pos_emb"),
+                                        ("qwen2", "qwen2_rotary_pos_emb")])
+def test_rotary_call_gets_a_guarded_dispatch_with_the_same_numbers(tmp_path, arch, rule):
+    src = tmp_path / "rope.py"
+    src.write_text(_ROPE_MODEL.replace("models.llama.modeling_llama", f"models.{arch}.modeling_{arch}"))
+    target, report = _apply(tmp_path, src)
+    assert [(m["rule"], m["status"]) for m in report["matches"]] == [(f"liger:{rule}", "applied")]
+    text = target.read_text()
+    assert "        q, k = _dslc_liger_{}(q, k, cos, sin)\n".format(rule) in text
+    assert "def _dslc_liger_{}(q, k, cos, sin):".format(rule) in text
+    assert "return liger_rotary_pos_emb(q, k, cos, sin)" in text and "q.is_cuda" in text
+    assert "return apply_rotary_pos_emb(q, k, cos, sin)" in text
+    # a second run changes nothing
+    assert main(["apply", "--rules", str(LIGER), "--no-cache", "--jobs", "1", "-q", "--write", str(target)]) == 0
+    assert target.read_text() == text
+    # without liger-kernel, on CPU: the same outputs and gradients as the original
+    fake = _fake_transformers(tmp_path, arch)
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(fake)!r})
+        sys.modules["liger_kernel"] = None
+        import importlib.util, torch
+        def load(name, path):
+            spec = importlib.util.spec_from_file_location(name, path)
+            mod = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(mod)
+            return mod
+        a, b = load("a", {str(src)!r}), load("b", {str(target)!r})
+        assert b.liger_rotary_pos_emb is None
+        torch.manual_seed(0)
+        ma = a.Attn()
+        mb = b.Attn()
+        mb.load_state_dict(ma.state_dict(), strict=True)
+        x = torch.randn(2, 5, 16) * 2 + 0.5
+        ang = torch.rand(1, 5, 2) * 3
+        cos, sin = torch.cat((ang, ang), -1).cos(), torch.cat((ang, ang), -1).sin()
+        outs = []
+        for m in (ma, mb):
+            q, k = m(x, cos, sin)
+            (q.square().sum() + (k * 3).sum()).backward()
+            outs.append((q, k, [p.grad for p in m.parameters()]))
+        (qa, ka, ga), (qb, kb, gb) = outs
+        assert torch.equal(qa, qb) and torch.equal(ka, kb)
+        assert all(torch.equal(u, v) for u, v in zip(ga, gb))
+        print("ok")
+    """))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+def test_rotary_calls_of_other_forms_are_not_rewritten(tmp_path):
+    """The 4.35 form gathers cos/sin by position_ids inside the function; another unsqueeze_dim is another layout."""
+    src = tmp_path / "rope_old.py"
+    src.write_text(textwrap.dedent("""
+        from torch import nn
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+
+        class Attn435(nn.Module):
+            def forward(self, q, k, cos, sin, position_ids):
+                q, k = apply_rotary_pos_emb(q, k, cos, sin, position_ids)
+                return q, k
+
+
+        class AttnOtherLayout(nn.Module):
+            def forward(self, q, k, cos, sin):
+                q, k = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=2)
+                return q, k
+
+
+        def rotate(q, k, cos, sin, apply_rotary_pos_emb):
+            q, k = apply_rotary_pos_emb(q, k, cos, sin)
+            return q, k
+    """))
+    before = src.read_bytes()
+    target, report = _apply(tmp_path, src)
+    assert [m for m in report["matches"] if m["status"] == "applied"] == []
+    assert target.read_bytes() == before
+
+
+def test_rotary_call_inside_the_modeling_module_itself_keeps_its_own_name(tmp_path):
+    """In transformers' modeling_llama.py the function is the module's own: the fallback calls it by its name (no self-import)."""
+    fake = _fake_transformers(tmp_path)
+    src = fake / "transformers" / "models" / "llama" / "modeling_llama.py"
+    model = _ROPE_MODEL.replace("from transformers.models.llama.modeling_llama import apply_rotary_pos_emb\n", "")
+    src.write_text(_ROPE_438 + model)
+    original = tmp_path / "original.py"
+    shutil.copy(src, original)
+    code = main(["apply", "--rules", str(LIGER), "--no-cache", "--jobs", "1", "-q", "--write", str(src)])
+    assert code == 0
+    text = src.read_text()
+    assert "import transformers" not in text
+    assert "    return apply_rotary_pos_emb(q, k, cos, sin)\n" in text
+    assert "        q, k = _dslc_liger_rotary_pos_emb(q, k, cos, sin)\n" in text
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        sys.modules["liger_kernel"] = None
+        import importlib.util, torch
+        def load(name, path):
+            spec = importlib.util.spec_from_file_location(name, path)
+            mod = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(mod)
+            return mod
+        a, b = load("a", {str(original)!r}), load("b", {str(src)!r})
+        torch.manual_seed(0)
+        ma, mb = a.Attn(), b.Attn()
+        mb.load_state_dict(ma.state_dict(), strict=True)
+        x = torch.randn(2, 5, 16)
+        ang = torch.rand(2, 5, 2) * 3
+        cos, sin = torch.cat((ang, ang), -1).cos(), torch.cat((ang, ang), -1).sin()
+        (qa, ka), (qb, kb) = ma(x, cos, sin), mb(x, cos, sin)
+        assert torch.equal(qa, qb) and torch.equal(ka, kb)
+        print("ok")
+    """))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
