@@ -1756,17 +1756,8 @@ class _Rewriter:
             order.append(var)
         env.ctor = {}
         # Checkpoint compatibility: `$new.key <- $old.key` that is not an identity.
-        renames = []
-        for pm in rule.params:
-            new_attr = env.attrs.get(pm.target.base.name)
-            old_binding = bindings.get(pm.source.base.name)
-            if new_attr is None or old_binding is None:
-                raise Skip(codes.S_TARGET, f"params mapping `{pm.target.base}.{pm.target.attr}` names an unbound variable")
-            new_key = f"{new_attr}.{pm.target.attr}"
-            old_key = f"{old_binding.attr}.{pm.source.attr}"
-            if new_key != old_key:
-                keep = kinds.get(pm.source.base.name) == "kept"
-                renames.append((new_key, old_key, keep))
+        renames = _param_renames(rule, env.attrs.get, lambda v: getattr(bindings.get(v), "attr", None),
+                                 keep=lambda v: kinds.get(v) == "kept")
         # A replaced statement that reads `$u.attr` of a layer built later
         # (`self.act = ...` above `self.fc1 = ...`) moves to the anchor, after it.
         target_of = {pn.outputs[0].name: pn for pn in rule.init.target}
@@ -1806,9 +1797,7 @@ class _Rewriter:
         new_lines = [rendered[v] for v in order if kinds.get(v) in (None, "reassigned", "moved")]
         if renames:
             plan.needs_hook = True
-            # One (new key, old key, keep old) triple per line: a readable diff.
-            items = "".join(f"{mod.unit}({n!r}, {o!r}, {k}),\n" for n, o, k in renames)
-            new_lines.append(f"self._register_load_state_dict_pre_hook({HOOK_HELPER}((\n{items})))")
+            new_lines.append(_hook_registration(renames, mod.unit))
         init_plan = _Plan()
         deleted_ids = {id(stmts[v]) for v, k in kinds.items() if k in ("deleted", "moved")}
         for var, kind in kinds.items():
@@ -2001,19 +1990,10 @@ class _Rewriter:
             out = pn.outputs[0].name
             lines.append(f"self.{attrs[out]} = {self.render_node(pn, env, plan)}")
         lines.append(f"self.{attr} = None")
-        renames = []
-        for pm in rule.params:
-            new_attr = attrs.get(pm.target.base.name)
-            old_binding = match.init_nodes.get(pm.source.base.name)
-            if new_attr is None or old_binding is None:
-                raise Skip(codes.S_TARGET, f"params mapping `{pm.target.base}.{pm.target.attr}` names an unbound variable")
-            new_key, old_key = f"{new_attr}.{pm.target.attr}", f"{old_binding.attr}.{pm.source.attr}"
-            if new_key != old_key:
-                renames.append((new_key, old_key, False))
+        renames = _param_renames(rule, attrs.get, lambda v: getattr(match.init_nodes.get(v), "attr", None))
         if renames:
             plan.needs_hook = True
-            items = "".join(f"{mod.unit}({n!r}, {o!r}, {k}),\n" for n, o, k in renames)
-            lines.append(f"self._register_load_state_dict_pre_hook({HOOK_HELPER}((\n{items})))")
+            lines.append(_hook_registration(renames, mod.unit))
         start, end = mod.stmt_range(layer_stmt)
         self.claim(plan, start, end, self.fit(self.lines_text(lines, mod.indent(layer_stmt)), layer_stmt), layer_stmt)
 
@@ -2367,19 +2347,10 @@ class _Rewriter:
         plan.lines.update(range(stmt.lineno, stmt.end_lineno + 1))
 
         # Checkpoint names under `<seq>.<i>.`.
-        renames = []
-        for pm in rule.params:
-            new_attr = attrs.get(pm.target.base.name)
-            old_attr = attrs.get(pm.source.base.name)
-            if new_attr is None or old_attr is None:
-                raise Skip(codes.S_TARGET, f"params mapping `{pm.target.base}.{pm.target.attr}` names an unbound variable")
-            new_key, old_key = f"{new_attr}.{pm.target.attr}", f"{old_attr}.{pm.source.attr}"
-            if new_key != old_key:
-                renames.append((new_key, old_key, False))
+        renames = _param_renames(rule, attrs.get, attrs.get)
         if renames:
             plan.needs_hook = True
-            items = "".join(f"{mod.unit}({n!r}, {o!r}, {k}),\n" for n, o, k in renames)
-            text = self.lines_text([f"self._register_load_state_dict_pre_hook({HOOK_HELPER}((\n{items})))"], mod.indent(stmt))
+            text = self.lines_text([_hook_registration(renames, mod.unit)], mod.indent(stmt))
             at = smap.line_end(stmt.end_lineno)
             if not mod.ends_with_newline(stmt.end_lineno):
                 text = mod.nl + text.rstrip("\r\n")
@@ -2749,6 +2720,32 @@ def _import_key_of_text(line: str) -> tuple | None:
     if len(body) == 1 and isinstance(body[0], (ast.Import, ast.ImportFrom)):
         return _import_key(body[0])
     return None
+
+
+def _param_renames(rule: ir.Rule, new_attr, old_attr, keep=lambda var: False) -> list[tuple[str, str, bool]]:
+    """The checkpoint renames of the rule's `params { $new.p <- $old.q; }` that
+    are not identities: (new key, old key, keep the old key) per mapping.
+
+    `new_attr` / `old_attr` map a variable to the attribute that holds its
+    layer after / before the rewrite (None: unbound); `keep(var)` says the old
+    layer stays, so its key must stay in the state dict too.
+    """
+    renames = []
+    for pm in rule.params:
+        new, old = new_attr(pm.target.base.name), old_attr(pm.source.base.name)
+        if new is None or old is None:
+            raise Skip(codes.S_TARGET, f"params mapping `{pm.target.base}.{pm.target.attr}` names an unbound variable")
+        new_key, old_key = f"{new}.{pm.target.attr}", f"{old}.{pm.source.attr}"
+        if new_key != old_key:
+            renames.append((new_key, old_key, keep(pm.source.base.name)))
+    return renames
+
+
+def _hook_registration(renames: list[tuple[str, str, bool]], unit: str) -> str:
+    """The `__init__` statement registering the checkpoint-rename pre-hook;
+    one (new key, old key, keep old) triple per line, for a readable diff."""
+    items = "".join(f"{unit}({n!r}, {o!r}, {k}),\n" for n, o, k in renames)
+    return f"self._register_load_state_dict_pre_hook({HOOK_HELPER}((\n{items})))"
 
 
 def _hook_helper(unit: str, nl: str) -> str:
