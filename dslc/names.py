@@ -46,12 +46,34 @@ def _spec(parts: list[str]):
 
 
 @functools.lru_cache(maxsize=256)
-def _module_tree(origin: str) -> ast.Module | None:
+def _absolute_module(modname: str, is_package: bool, level: int, target: str | None) -> str | None:
+    """The module `from <level dots><target> import ...` names, in module `modname`.
+
+    The same rule as `dslc.analysis.names.resolve_relative`, repeated here so
+    that `dslc check` does not import the analysis (and z3) to look up a name.
+    """
+    if level == 0:
+        return target
+    parts = modname.split(".") if is_package else modname.split(".")[:-1]
+    if level - 1 > len(parts):
+        return None
+    base = parts[: len(parts) - (level - 1)] + (target.split(".") if target else [])
+    return ".".join(base) or None
+
+
+def _module_source(origin: str) -> tuple[str, ast.Module] | None:
+    """A module file's text (for marker searches) and its tree, read once."""
     try:
         with open(origin, "rb") as fh:
-            return ast.parse(fh.read(), filename=origin)
+            raw = fh.read()
+        return raw.decode("utf-8", errors="replace"), ast.parse(raw, filename=origin)
     except (OSError, SyntaxError, ValueError):
         return None
+
+
+def _module_tree(origin: str) -> ast.Module | None:
+    source = _module_source(origin)
+    return None if source is None else source[1]
 
 
 _DYNAMIC = ("globals()[", "globals().update", "_LazyModule", "sys.modules[__name__].__dict__")
@@ -69,29 +91,20 @@ def module_names(modname: str, depth: int = 0) -> frozenset[str] | None:
     origin = getattr(spec, "origin", None)
     if not origin or not origin.endswith(".py") or depth > 8:
         return None
-    tree = _module_tree(origin)
-    if tree is None:
+    source = _module_source(origin)
+    if source is None:
         return None
-    try:
-        with open(origin, encoding="utf-8", errors="replace") as fh:
-            text = fh.read()
-    except OSError:
-        return None
+    text, tree = source
     if any(marker in text for marker in _DYNAMIC):
         return None
-    package = modname if spec.submodule_search_locations else modname.rpartition(".")[0]
+    is_package = bool(spec.submodule_search_locations)
     names: set[str] = set()
     for node in tree.body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == "__getattr__":
             return None
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and any(a.name == "*" for a in node.names):
-            if node.level:
-                base = package.split(".")
-                base = base[: len(base) - (node.level - 1)] if node.level > 1 else base
-                source = ".".join(base + ([node.module] if node.module else []))
-            else:
-                source = node.module or ""
+            source = _absolute_module(modname, is_package, node.level, node.module)
             more = module_names(source, depth + 1) if source else None
             if more is None:
                 return None
@@ -194,7 +207,7 @@ def _find_class(modname: str, name: str, depth: int = 0):
         return None
     if any(isinstance(n, ast.ClassDef) and n.name == name for n in tree.body):
         return tree, modname
-    package = modname if spec.submodule_search_locations else modname.rpartition(".")[0]
+    is_package = bool(spec.submodule_search_locations)
     for node in ast.walk(tree):
         if not isinstance(node, ast.ImportFrom):
             continue
@@ -202,12 +215,7 @@ def _find_class(modname: str, name: str, depth: int = 0):
         if not hit:
             continue
         real = next((a.name for a in node.names if (a.asname or a.name) == name), name)
-        if node.level:
-            base = package.split(".")
-            base = base[: len(base) - (node.level - 1)] if node.level > 1 else base
-            source = ".".join(base + ([node.module] if node.module else []))
-        else:
-            source = node.module or ""
+        source = _absolute_module(modname, is_package, node.level, node.module)
         found = _find_class(source, real, depth + 1) if source else None
         if found is not None:
             return found
