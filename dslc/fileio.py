@@ -550,7 +550,7 @@ class IgnoreSet:
         return verdict
 
 
-def _git_top(directory: str) -> str | None:
+def git_top(directory: str) -> str | None:
     """The nearest ancestor (or itself) holding a `.git`, else None."""
     current = os.path.abspath(directory)
     while True:
@@ -621,8 +621,8 @@ def discover(paths: list[str], excludes: tuple[str, ...] = (), *, gitignore: boo
             continue
         top_abs = os.path.abspath(arg)
         ignores = IgnoreSet()
-        git_top = _git_top(top_abs) if gitignore else None
-        anchor = git_top or top_abs
+        repo_top = git_top(top_abs) if gitignore else None
+        anchor = repo_top or top_abs
 
         def rel_to_anchor(p: str, anchor: str = anchor) -> str:
             rel = os.path.relpath(p, anchor).replace(os.sep, "/")
@@ -631,9 +631,9 @@ def discover(paths: list[str], excludes: tuple[str, ...] = (), *, gitignore: boo
             # .gitignore files above the argument, from the work tree's top down.
             chain = []
             current = top_abs
-            while git_top is not None:
+            while repo_top is not None:
                 chain.append(current)
-                if current == git_top:
+                if current == repo_top:
                     break
                 current = os.path.dirname(current)
             for directory in reversed(chain[1:]):

@@ -14,6 +14,7 @@ import os
 
 from dslc import __version__, codes
 from dslc.apply import FileResult, Report
+from dslc.fileio import git_top
 
 
 def diff_path(result: FileResult) -> str:
@@ -39,24 +40,13 @@ def _diff_path(result: FileResult) -> str:
         rel = None
     if rel is not None and not rel.startswith(os.pardir):
         return rel.replace(os.sep, "/")
-    top = _work_tree(os.path.dirname(path))
+    top = git_top(os.path.dirname(path))
     if top is not None:
         return os.path.relpath(path, top).replace(os.sep, "/")
     arg = os.path.abspath(result.found.arg)
     base = arg if os.path.isdir(arg) else os.path.dirname(arg)
     rel = os.path.relpath(path, base) if path.startswith(base + os.sep) else os.path.basename(path)
     return rel.replace(os.sep, "/")
-
-
-def _work_tree(folder: str) -> str | None:
-    """The nearest folder at or above `folder` holding `.git` (None: none)."""
-    while True:
-        if os.path.exists(os.path.join(folder, ".git")):
-            return folder
-        parent = os.path.dirname(folder)
-        if parent == folder:
-            return None
-        folder = parent
 
 
 def file_diff(result: FileResult, *, bom: bool = False) -> str:
