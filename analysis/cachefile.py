@@ -1,7 +1,7 @@
 """Cache entries that cannot lie: a checked envelope, read without trust.
 
 Both caches (the analysis facts in `api.py`, the per-file apply results in
-`dslc/resultcache.py`) store one file per key, written atomically
+`dslc/apply/resultcache.py`) store one file per key, written atomically
 (temporary file + `os.replace`).  An entry is
 
     MAGIC (8 bytes) | SHA-256 of the payload (32 bytes) | payload length (8 bytes, big endian) | payload

@@ -10,7 +10,7 @@ Steps:
    machine is shared, so ratios mean more than seconds).
 3. The full run, one file after another through the apply driver's own
    per-file path (`analyze_paths` with the pack's pre-filter and the cache,
-   then `dslc.apply.process_file`: match, safety, rewrite; nothing written),
+   then `dslc.apply.driver.process_file`: match, safety, rewrite; nothing written),
    timing each file.  `--cold` starts from an empty cache directory.
 4. Score as the paper does, against two label sets (`dslc.corpus.LABELS`):
    the paper's own table (474 locations) and the adjudicated one (497: the
@@ -20,7 +20,7 @@ Steps:
    rule; found counts only `applied` matches.  Found-but-skipped matches are
    counted beside, grouped by their reason's code (`dslc explain CODE`), and so
    are the near misses
-   (`dslc.nearmiss`: places holding a rule's anchors where it did not match;
+   (`dslc.rewrite.nearmiss`: places holding a rule's anchors where it did not match;
    computed after each file's timed run, so they do not count in its time).
 5. Checks on every patched file: it parses, and a second apply on the
    patched text (analysis from scratch, no cache) changes nothing.
@@ -47,8 +47,10 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(REPO))
 
-from dslc import apply, corpus, fileio, nearmiss  # noqa: E402
-from dslc import codes as dslc_codes  # noqa: E402
+from dslc.apply import driver as apply, fileio  # noqa: E402
+from dslc import corpus
+from dslc.rewrite import nearmiss
+from dslc.lang import codes as dslc_codes  # noqa: E402
 
 # Paper Table 2 (ADOPTER): rule -> (ground truth, TP, FN, FP).
 PAPER = {
@@ -78,8 +80,8 @@ def _fmt(x: float | None) -> str:
 
 
 def load_packs(rules: str):
-    from dslc.loader import load_rules
-    from dslc.diagnostics import render
+    from dslc.lang.loader import load_rules
+    from dslc.lang.diagnostics import render
 
     loaded = load_rules([rules], [])
     errors = [d for d in loaded.diagnostics if getattr(d, "severity", "error") == "error"]
@@ -99,7 +101,7 @@ def _init(packs, cache_dir, inline, flatten, check, near=True) -> None:
 
 
 def _near_misses(found, facts, compiled) -> list:
-    """The file's unmatched places (`dslc.nearmiss`), after the timed run."""
+    """The file's unmatched places (`dslc.rewrite.nearmiss`), after the timed run."""
     if facts is None or apply._is_empty(facts):
         return []
     out = []
@@ -187,7 +189,7 @@ def _check_patched(found, new_source: str, compiled, kw) -> dict:
 
 
 def reason_group(match) -> str:
-    """A skipped match's group: its registered code and the code's title (dslc/codes.py)."""
+    """A skipped match's group: its registered code and the code's title (dslc/lang/codes.py)."""
     code = getattr(match, "code", None) or dslc_codes.S_UNCLASSIFIED
     entry = dslc_codes.lookup(code)
     return f"{code} {entry.title if entry else 'unregistered code'}"

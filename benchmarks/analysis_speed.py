@@ -42,8 +42,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     want = None
     if args.rules:
-        from dslc.compiler import compile_pack
-        from dslc.loader import load_rules
+        from dslc.match.compiler import compile_pack
+        from dslc.lang.loader import load_rules
 
         loaded = load_rules([args.rules])
         if not loaded.packs:

@@ -9,7 +9,7 @@ think of: the check is 0 errors and 0 internal errors (E199).
 1. Fetch each package's wheel without installing it (`pip download --no-deps
    NAME -d DIR`; `NAME==VERSION` pins one) and unpack its `.py` files into
    DIR (default: a cache folder under `DSLC_CORPUS_DIR`, kept between runs).
-2. Run `dslc.apply.apply_paths` over the unpacked packages (dry run, no
+2. Run `dslc.apply.driver.apply_paths` over the unpacked packages (dry run, no
    analysis cache, `--jobs` worker processes), optionally with near misses.
 3. Print, per package and in total: files, matches, applied, skipped,
    near misses, errors by code, warnings by code, and the wall time; list
@@ -31,7 +31,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(REPO))
 
-from dslc import apply, corpus  # noqa: E402
+from dslc.apply import driver as apply  # noqa: E402
+from dslc import corpus
 
 
 def fetch(spec: str, base: Path) -> tuple[str, Path]:
@@ -84,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--near-misses", action="store_true", help="also compute the near misses")
     p.add_argument("--json", metavar="OUT", help="save the numbers as JSON")
     args = p.parse_args(argv)
-    from dslc.diagnostics import render
-    from dslc.loader import load_rules
+    from dslc.lang.diagnostics import render
+    from dslc.lang.loader import load_rules
 
     loaded = load_rules([args.rules], [])
     bad = [d for d in loaded.diagnostics if getattr(d, "severity", "error") == "error"]

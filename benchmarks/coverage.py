@@ -36,8 +36,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from dslc.apply import ApplyOptions, apply_paths  # noqa: E402
-from dslc.loader import load_rules  # noqa: E402
+from dslc.apply.driver import ApplyOptions, apply_paths  # noqa: E402
+from dslc.lang.loader import load_rules  # noqa: E402
 
 PACKAGES = ("transformers", "timm", "liger-kernel")
 

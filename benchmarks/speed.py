@@ -114,8 +114,8 @@ def child(spec: dict) -> dict:
                 warnings.simplefilter("ignore")
                 ast.parse(fh.read(), filename=path)
         return {"cpu": _cpu() - start, "peak_mb": _peak_mb()}
-    from dslc import apply
-    from dslc.loader import load_rules
+    from dslc.apply import driver as apply
+    from dslc.lang.loader import load_rules
 
     loaded = load_rules(spec["rules"])
     opts = apply.ApplyOptions(jobs=spec.get("jobs", 1), cache_dir=spec.get("cache"))
@@ -129,12 +129,12 @@ def child(spec: dict) -> dict:
     t0 = time.perf_counter()
     if timer is not None:
         report, _ = timer.run(apply.apply_paths, files, loaded.packs, opts)
-        from dslc import report as rep
+        from dslc.apply import report as rep
 
         timer.run(lambda: (rep.render_diff(report), rep.render_summary(report), rep.render_notes(report)))
     else:
         report = apply.apply_paths(files, loaded.packs, opts)
-        from dslc import report as rep
+        from dslc.apply import report as rep
 
         rep.render_diff(report), rep.render_summary(report), rep.render_notes(report)
     cpu = _cpu() - start

@@ -26,7 +26,7 @@ from collections import defaultdict
 
 # stage -> [(module, attribute path)]
 TARGETS: dict[str, list[tuple[str, str]]] = {
-    "read": [("dslc.fileio", "read_source"), ("dslc.fileio", "discover")],
+    "read": [("dslc.apply.fileio", "read_source"), ("dslc.apply.fileio", "discover")],
     "parse": [("ast", "parse")],
     "names": [("dslc.analysis.names", "build_scope"), ("dslc.analysis.names", "Resolver.resolve_parts"),
               ("dslc.analysis.names", "Resolver.follow"), ("dslc.analysis.names", "Resolver.load")],
@@ -37,13 +37,13 @@ TARGETS: dict[str, list[tuple[str, str]]] = {
            ("dslc.analysis.guards", "equivalent"), ("dslc.analysis.guards", "merge_equivalent")],
     "analysis": [("dslc.analysis.api", "analyze_source")],
     "cache": [("dslc.analysis.api", "_cache_get"), ("dslc.analysis.api", "_cache_put"),
-              ("dslc.resultcache", "ResultCache.get"), ("dslc.resultcache", "ResultCache.put")],
-    "matching": [("dslc.apply", "match_file")],
-    "safety": [("dslc.safety", name) for name in (
+              ("dslc.apply.resultcache", "ResultCache.get"), ("dslc.apply.resultcache", "ResultCache.put")],
+    "matching": [("dslc.apply.driver", "match_file")],
+    "safety": [("dslc.rewrite.safety", name) for name in (
         "check_guards", "check_dataflow", "check_attr_uses", "check_constraints", "check_when",
         "check_conflict", "verify_output", "paths_through", "candidate_paths")],
-    "rewriting": [("dslc.apply", "rewrite_source")],
-    "reporting": [("dslc.report", name) for name in (
+    "rewriting": [("dslc.apply.driver", "rewrite_source")],
+    "reporting": [("dslc.apply.report", name) for name in (
         "render_diff", "render_json", "render_summary", "render_notes", "render_errors", "file_diff")],
 }
 

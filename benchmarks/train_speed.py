@@ -87,8 +87,8 @@ def _rewrite(path: Path, packs: list[str]) -> tuple[str, int]:
     measured process (its memory would count in the peak)."""
     if os.environ.get("DSLC_BENCH_SRC"):
         return Path(os.environ["DSLC_BENCH_SRC"]).read_text(), int(os.environ["DSLC_BENCH_REWRITES"])
-    from dslc.apply import ApplyOptions, apply_paths
-    from dslc.loader import load_rules
+    from dslc.apply.driver import ApplyOptions, apply_paths
+    from dslc.lang.loader import load_rules
 
     loaded = load_rules([str(REPO / "rulepacks" / f"{p}.adr") for p in packs])
     report = apply_paths([str(path)], loaded.packs, ApplyOptions(mode="diff", jobs=1, gitignore=False))

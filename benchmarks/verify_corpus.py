@@ -8,7 +8,7 @@ Steps:
    rules) and the 199 benchmark files of transformers 4.35.0 (`dslc.corpus`).
 2. For each file, run the apply driver in memory (nothing is written).  Files
    with no applied rewrite are not verified.
-3. Verify the rewrite with `dslc.verify.verify_sources` (tiny config, same
+3. Verify the rewrite with `dslc.verify.equivalence.verify_sources` (tiny config, same
    weights, strict state_dict load, eval/train outputs and gradients within
    the rules' tolerance) and print one row per rewritten class: pass (max
    abs/rel error), fail (why) or skipped (why).
@@ -45,10 +45,11 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.reference_kernels:
         sys.path.insert(0, str(REPO / "tests" / "kernel_refs"))
-    from dslc import apply, corpus
-    from dslc.loader import load_rules
-    from dslc.diagnostics import render
-    from dslc.verify import verify_sources
+    from dslc.apply import driver as apply
+    from dslc import corpus
+    from dslc.lang.loader import load_rules
+    from dslc.lang.diagnostics import render
+    from dslc.verify.equivalence import verify_sources
 
     loaded = load_rules([args.rules], args.select)
     if not loaded.ok:

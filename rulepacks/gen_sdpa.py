@@ -36,7 +36,7 @@ HEADER = '''\
 # * every intermediate (scores, probabilities) is removed, so a rewrite is
 #   skipped when any of them is read elsewhere (returned attention weights,
 #   `output_attentions`, a head mask multiplied in, hooks): the data-flow
-#   check of dslc.safety refuses it with the reason;
+#   check of dslc.rewrite.safety refuses it with the reason;
 # * the mask is kept as an additive float mask in q's dtype (a boolean mask
 #   added to the scores adds 0/1; as a float mask it still does);
 #   `masked_fill(c, f)` becomes the additive mask `zeros.masked_fill(c, f)`:

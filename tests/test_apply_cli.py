@@ -311,7 +311,7 @@ def test_help_teaches_with_examples(capsys):
 
 
 def test_verify_unavailable_is_a_clear_usage_error(fake_pipeline, tree, capsys, monkeypatch):
-    from dslc import apply
+    from dslc.apply import driver as apply
 
     monkeypatch.setattr(apply, "verify_available", lambda: False)
     code, _, err = run_cli(capsys, "--verify", "src")
@@ -319,7 +319,7 @@ def test_verify_unavailable_is_a_clear_usage_error(fake_pipeline, tree, capsys, 
 
 
 def test_verify_failure_keeps_the_file_and_reports(fake_pipeline, tree, capsys, monkeypatch):
-    from dslc import apply
+    from dslc.apply import driver as apply
 
     src, a, b, _ = tree
 
@@ -347,7 +347,7 @@ def test_verify_failure_keeps_the_file_and_reports(fake_pipeline, tree, capsys, 
 
 
 def test_a_crashing_stage_costs_only_its_file(fake_pipeline, tree, capsys, monkeypatch):
-    from dslc import apply
+    from dslc.apply import driver as apply
 
     real = apply.rewrite_source
 

@@ -23,7 +23,7 @@ EXAMPLES = REPO / "examples"
 
 
 def _pipeline_missing() -> str | None:
-    for module in ("dslc.loader", "dslc.compiler", "dslc.matcher", "dslc.rewriter"):
+    for module in ("dslc.lang.loader", "dslc.match.compiler", "dslc.match.matcher", "dslc.rewrite.rewriter"):
         if importlib.util.find_spec(module) is None:
             return f"{module} not built yet"
     import dslc.analysis

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from dslc import ir
+from dslc.match import ir
 from dslc.analysis.model import FileFacts, Node, Path, Problem, StmtRef
 
 REQ = ir.Requirement(package="nosuchkernelpkg", version=">=1.0", install="pip install nosuchkernelpkg")
@@ -121,7 +121,7 @@ class LoadResult:
 
 def fake_load_rules(paths, select=()):
     if any(p.endswith("bad.adr") for p in paths):
-        from dslc.diagnostics import Diagnostic
+        from dslc.lang.diagnostics import Diagnostic
 
         return LoadResult([], [Diagnostic("ADR001", "error", "broken pack", ir.Span("bad.adr", 1, 1, 1, 8))])
     if select:
@@ -133,7 +133,7 @@ def fake_load_rules(paths, select=()):
 @pytest.fixture
 def fake_pipeline(monkeypatch):
     """Replace the stages (and the rule loader) by the fakes above."""
-    from dslc import apply
+    from dslc.apply import driver as apply
 
     CALLS.clear()
     monkeypatch.setattr(apply, "compile_pack", FakeCompiled)
@@ -141,9 +141,9 @@ def fake_pipeline(monkeypatch):
     monkeypatch.setattr(apply, "analyze_source", fake_analyze_source)
     monkeypatch.setattr(apply, "match_file", fake_match_file)
     monkeypatch.setattr(apply, "rewrite_source", fake_rewrite_source)
-    loader = types.ModuleType("dslc.loader")
+    loader = types.ModuleType("dslc.lang.loader")
     loader.load_rules = fake_load_rules
-    monkeypatch.setitem(sys.modules, "dslc.loader", loader)
+    monkeypatch.setitem(sys.modules, "dslc.lang.loader", loader)
     import dslc
 
     monkeypatch.setattr(dslc, "loader", loader, raising=False)

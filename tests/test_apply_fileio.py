@@ -1,4 +1,4 @@
-"""dslc.fileio: gitignore semantics, decoding, atomic writes; kernel look-up without imports."""
+"""dslc.apply.fileio: gitignore semantics, decoding, atomic writes; kernel look-up without imports."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from dslc import apply, fileio
-from dslc.fileio import IgnoreSet, SourceError, parse_gitignore
+from dslc.apply import driver as apply, fileio
+from dslc.apply.fileio import IgnoreSet, SourceError, parse_gitignore
 
 
 def ignores(text, base=""):
@@ -120,13 +120,13 @@ def test_module_available_does_not_import():
     assert not apply.module_available("email.no_such_module")
     assert not apply.module_available("no_such_top_level_pkg.x")
     # Looking up a submodule of an installed package imports nothing (run fresh).
-    code = ("import sys; from dslc.apply import module_available as m; "
+    code = ("import sys; from dslc.apply.driver import module_available as m; "
             "assert m('xml.dom.minidom'); assert 'xml.dom' not in sys.modules, 'imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_missing_kernels_checks_modules_and_versions():
-    from dslc import ir
+    from dslc.match import ir
 
     def rule(name, kernel):
         return ir.Rule(pack="p", name=name, description="", kernels=(kernel,), contract=ir.Contract())

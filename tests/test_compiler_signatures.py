@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from dslc import signatures
+from dslc.match import signatures
 from dslc.analysis.model import Value
-from dslc.signatures import normalize
+from dslc.match.signatures import normalize
 
 
 def c(v):
@@ -62,7 +62,7 @@ def test_transformers_classes_in_table():
 
 
 def test_table_does_not_import_torch():
-    code = "import sys, dslc.signatures as s; s.table(); print('torch' in sys.modules)"
+    code = "import sys, dslc.match.signatures as s; s.table(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -75,8 +75,8 @@ def test_table_agrees_with_installed_torch():
         entry = signatures.torch_entry(qualname)
         if entry is None:
             continue
-        assert qualname in shipped, f"{qualname} missing from the table: run python -m dslc.signatures"
-        assert shipped[qualname]["params"] == entry["params"], f"{qualname} is stale: run python -m dslc.signatures"
+        assert qualname in shipped, f"{qualname} missing from the table: run python -m dslc.match.signatures"
+        assert shipped[qualname]["params"] == entry["params"], f"{qualname} is stale: run python -m dslc.match.signatures"
         checked += 1
     assert checked >= 40
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from dslc.analysis import analyze_source
-from dslc.compiler import compile_pack
-from dslc.loader import load_rules
-from dslc.matcher import match_file
-from dslc.rewriter import rewrite_source
+from dslc.match.compiler import compile_pack
+from dslc.lang.loader import load_rules
+from dslc.match.matcher import match_file
+from dslc.rewrite.rewriter import rewrite_source
 
 REPO = Path(__file__).resolve().parent.parent
 PACK = REPO / "rulepacks" / "adopter.adr"
@@ -314,7 +314,7 @@ def test_forward_parameter_table_agrees_with_torch():
     torch = pytest.importorskip("torch", reason="torch is needed to read the layers' forward signatures")
     import inspect
 
-    from dslc.signatures import FORWARD_PARAMS
+    from dslc.match.signatures import FORWARD_PARAMS
 
     for qual, params in FORWARD_PARAMS.items():
         cls = getattr(torch.nn, qual.rsplit(".", 1)[1], None)

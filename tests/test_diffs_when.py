@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from dslc.analysis import analyze_source
-from dslc.compiler import compile_pack
-from dslc.loader import load_rules
-from dslc.matcher import match_file
-from dslc.rewriter import rewrite_source
+from dslc.match.compiler import compile_pack
+from dslc.lang.loader import load_rules
+from dslc.match.matcher import match_file
+from dslc.rewrite.rewriter import rewrite_source
 
 PACK = Path(__file__).resolve().parent.parent / "rulepacks" / "adopter.adr"
 

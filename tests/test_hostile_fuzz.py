@@ -24,8 +24,8 @@ hypothesmith = pytest.importorskip("hypothesmith", reason="hypothesmith (the `te
 
 from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
 
-from dslc import apply as driver  # noqa: E402
-from dslc.loader import load_rules  # noqa: E402
+from dslc.apply import driver  # noqa: E402
+from dslc.lang.loader import load_rules  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = (REPO / "examples" / "bert_self_output.py").read_text()

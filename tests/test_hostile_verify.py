@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from dslc import verify
+from dslc.verify import equivalence as verify
 from dslc.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -299,7 +299,7 @@ def test_format_has_help(capsys):
 
 def test_apply_verify_keeps_skips_as_warnings(tmp_path):
     # apply --verify writes a rewrite whose classes were all skipped (W110 warnings), as before.
-    from dslc import apply
+    from dslc.apply import driver as apply
 
     (tmp_path / "m.py").write_text(MODEL)
     skipped = CHANGED.replace("import torch\n", "import torch\nimport not_a_kernel_pkg_xyz\n")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from dslc.checker import check_file, version_error
-from dslc.parser import parse_source
+from dslc.lang.checker import check_file, version_error
+from dslc.lang.parser import parse_source
 
 SPECS = [
     ">=0.1", "<0.0.23", ">=0.1,<1", "==1.2.*", "!=1.2.*", "~=2.0", "~=1.4.5", "===foo", "==1.0+local.1",

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from dslc import cli
-from dslc.diagnostics import render
-from dslc.loader import load_rules
+from dslc.lang.diagnostics import render
+from dslc.lang.loader import load_rules
 
 REPO = Path(__file__).resolve().parent.parent
 CASES = sorted((REPO / "tests" / "lang_cases").glob("*.adr"))
@@ -48,7 +48,7 @@ def test_golden(case: Path, monkeypatch, capsys):
 
 def test_every_code_is_exercised():
     """Each registered code has a golden case, or a named test elsewhere."""
-    from dslc.codes import REGISTRY
+    from dslc.lang.codes import REGISTRY
 
     elsewhere = {
         "ADR005": "test_lang_roundtrip.test_ten_megabytes_is_refused_quickly",
@@ -80,7 +80,7 @@ def test_every_code_is_exercised():
 
 
 def test_io_errors(tmp_path):
-    from dslc.parser import parse_file
+    from dslc.lang.parser import parse_file
 
     result = load_rules([str(tmp_path / "nope.adr"), str(tmp_path)])
     assert [d.code for d in result.diagnostics] == ["ADR007", "ADR007"]

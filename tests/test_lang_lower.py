@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from dslc import cli, ir
-from dslc.loader import load_rules
-from dslc.parser import parse_source
-from dslc.lower import lower_file
+from dslc import cli
+from dslc.match import ir
+from dslc.lang.loader import load_rules
+from dslc.lang.parser import parse_source
+from dslc.lang.lower import lower_file
 
 REPO = Path(__file__).resolve().parent.parent
 ADOPTER = str(REPO / "rulepacks" / "adopter.adr")
@@ -142,7 +143,7 @@ def test_rulepacks_check_clean(capsys):
 
 
 def test_rulepacks_compile():
-    compiler = pytest.importorskip("dslc.compiler")
+    compiler = pytest.importorskip("dslc.match.compiler")
     for pack in load_rules([str(REPO / "rulepacks")]).packs:
         assert compiler.compile_pack(pack).dump()
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from dslc import checker, pretty, syntax as S
-from dslc.lower import lower_file
-from dslc.parser import parse_bytes, parse_source
+from dslc.lang import checker, pretty, syntax as S
+from dslc.lang.lower import lower_file
+from dslc.lang.parser import parse_bytes, parse_source
 
 REPO = Path(__file__).resolve().parent.parent
 ADOPTER = (REPO / "rulepacks" / "adopter.adr").read_bytes()

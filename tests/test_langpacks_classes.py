@@ -6,12 +6,12 @@ import textwrap
 
 import pytest
 
-from dslc import ir
+from dslc.match import ir
 from dslc.analysis import analyze_source
-from dslc.compiler import compile_rules
-from dslc.loader import load_rules
-from dslc.matcher import match_file
-from dslc.rewriter import rewrite_source
+from dslc.match.compiler import compile_rules
+from dslc.lang.loader import load_rules
+from dslc.match.matcher import match_file
+from dslc.rewrite.rewriter import rewrite_source
 
 PACK = textwrap.dedent('''
     pack t "test"

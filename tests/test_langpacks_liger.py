@@ -233,7 +233,7 @@ def _liger_names(module: str) -> set[str]:
 
 
 def test_kernel_names_exist_in_the_installed_liger_kernel():
-    from dslc.loader import load_rules
+    from dslc.lang.loader import load_rules
 
     (pack,) = load_rules([str(LIGER)]).packs
     targets = set()

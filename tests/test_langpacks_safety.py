@@ -9,7 +9,7 @@ import textwrap
 from pathlib import Path
 
 from dslc.cli import main
-from dslc.loader import load_rules
+from dslc.lang.loader import load_rules
 
 REPO = Path(__file__).resolve().parent.parent
 ADOPTER = REPO / "rulepacks" / "adopter.adr"
@@ -75,8 +75,8 @@ def test_apply_with_unsafe_applies_it(tmp_path):
 
 
 def test_safety_defaults_to_safe_and_prints_back():
-    from dslc import pretty
-    from dslc.parser import parse_source
+    from dslc.lang import pretty
+    from dslc.lang.parser import parse_source
 
     text = 'pack p "d"\nrule r "d" {\n  kernel torch.nn.functional.silu\n  unsafe\n  exact\n' \
            '  forward { torch.sigmoid($x) -> $s; $x * $s -> $y; } => { torch.nn.functional.silu($x) -> $y; }\n}\n'

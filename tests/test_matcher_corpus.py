@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from dslc.compiler import compile_rules
-from dslc.matcher import match_file
+from dslc.match.compiler import compile_rules
+from dslc.match.matcher import match_file
 from test_matcher_helpers import adopter_rules
 
 REPO = Path(__file__).resolve().parent.parent
@@ -24,7 +24,7 @@ def compiled():
     rules = None
     if pack.exists():
         try:
-            from dslc.loader import load_rules
+            from dslc.lang.loader import load_rules
 
             result = load_rules([str(pack)])
             if result.packs and not any(getattr(d, "severity", "") == "error" for d in result.diagnostics):

@@ -5,7 +5,7 @@ Small builders so that a test reads like the model code it stands for.
 
 from __future__ import annotations
 
-from dslc import ir
+from dslc.match import ir
 from dslc.analysis.model import (
     ClassFacts,
     FileFacts,

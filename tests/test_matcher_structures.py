@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from dslc import ir
+from dslc.match import ir
 from dslc.analysis.model import Guard, Path
-from dslc.compiler import compile_rules
-from dslc.matcher import Fail, match_file
+from dslc.match.compiler import compile_rules
+from dslc.match.matcher import Fail, match_file
 from test_matcher_helpers import (
     A, C, K, L, N, O, V, W, bert_self_output, biased_gelu, call, cls, conv_batchnorm,
     dropout_layernorm, facts, init, layer, op, rule, softmax, stmt,

@@ -268,10 +268,10 @@ def test_explain_place_usage_errors(model, capsys):
 def test_recording_is_off_by_default(model):
     """A normal match_file run records nothing; a recorder sees the failures."""
     from dslc.analysis import analyze_file
-    from dslc.compiler import compile_pack
-    from dslc.loader import load_rules
-    from dslc.matcher import match_file
-    from dslc.nearmiss import Recorder
+    from dslc.match.compiler import compile_pack
+    from dslc.lang.loader import load_rules
+    from dslc.match.matcher import match_file
+    from dslc.rewrite.nearmiss import Recorder
 
     compiled = compile_pack(load_rules([str(PACK)]).packs[0])
     facts = analyze_file(str(model))
@@ -308,8 +308,8 @@ def test_both_label_sets_ship():
 
 
 def test_score_counts_near_misses_per_rule():
-    from dslc.apply import MatchEntry
-    from dslc.nearmiss import NearMiss
+    from dslc.apply.driver import MatchEntry
+    from dslc.rewrite.nearmiss import NearMiss
 
     bench = _bench()
     records = [{
@@ -329,7 +329,7 @@ def test_score_counts_near_misses_per_rule():
 
 
 def test_a_failing_near_miss_report_keeps_the_rewrites(model, monkeypatch):
-    from dslc import apply
+    from dslc.apply import driver as apply
 
     def boom(*args, **kwargs):
         raise RuntimeError("planted")
@@ -392,7 +392,7 @@ def first(x):
 
 
 def test_codes_of_near_misses(model, tmp_path, capsys):
-    from dslc import codes
+    from dslc.lang import codes
 
     _, report = apply_json(model, "--near-misses")
     got = {(n["class"], n["code"]) for n in report["near_misses"] if n["kind"] == "unmatched"}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from dslc import names
+from dslc.match import names
 from dslc.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -159,7 +159,7 @@ def test_a_syntax_error_does_not_hide_the_other_rules_problems(capsys, tmp_path)
     assert code == 1
     assert [(d["code"], d["line"]) for d in json.loads(out)] == [("ADR001", 6), ("ADR201", 12), ("ADR105", 18)]
     # the file is still refused as a whole
-    from dslc.loader import load_rules
+    from dslc.lang.loader import load_rules
 
     f = tmp_path / "p.adr"
     result = load_rules([str(f)])

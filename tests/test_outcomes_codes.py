@@ -1,4 +1,4 @@
-"""Every outcome has a stable, registered, explained code (dslc/codes.py).
+"""Every outcome has a stable, registered, explained code (dslc/lang/codes.py).
 
 * the registry: each code has a severity, a title and a doc, and
   `dslc explain CODE` prints it;
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from dslc import codes
+from dslc.lang import codes
 from dslc.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -133,7 +133,7 @@ def test_reason_is_a_string_with_a_code_that_survives_pickling():
 
 
 def test_skip_takes_a_code_and_a_message():
-    from dslc.rewriter import Skip
+    from dslc.rewrite.rewriter import Skip
 
     exc = Skip(codes.S_MULTI_STMT, "line 3 holds more than one statement")
     assert str(exc) == "line 3 holds more than one statement" and exc.reason.code == "S302"
@@ -181,7 +181,7 @@ def test_skipped_match_has_its_code_in_json_and_text(tmp_path, capsys):
 
 
 def test_internal_error_in_one_rewrite_is_E199_and_exit_1(tmp_path, capsys, monkeypatch):
-    from dslc import rewriter
+    from dslc.rewrite import rewriter
 
     def boom(self, match):
         raise ZeroDivisionError("planted")

@@ -22,9 +22,9 @@ from rules import (  # noqa: E402
     BERT_ATTENTION, CONV_BN, DROPOUT_LAYERNORM, DROPOUT_LAYERNORM_REUSE, SOFTMAX, rule, V,
 )
 
-from dslc import ir  # noqa: E402
+from dslc.match import ir  # noqa: E402
 from dslc.analysis.model import Value  # noqa: E402
-from dslc.rewriter import rewrite_source  # noqa: E402
+from dslc.rewrite.rewriter import rewrite_source  # noqa: E402
 
 OUTPUT_MARK = "# output\n"
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from dslc.analysis import analyze_source
-from dslc.compiler import compile_pack
-from dslc.loader import load_rules
-from dslc.matcher import match_file
-from dslc.rewriter import rewrite_source
+from dslc.match.compiler import compile_pack
+from dslc.lang.loader import load_rules
+from dslc.match.matcher import match_file
+from dslc.rewrite.rewriter import rewrite_source
 
 REPO = Path(__file__).resolve().parent.parent
 PACKS = [str(REPO / "rulepacks" / "adopter.adr"), str(REPO / "rulepacks" / "examples.adr")]
@@ -100,7 +100,7 @@ def test_1_reading_only_the_shape_of_the_changed_value_is_fine():
 
 
 def test_1_the_changed_value_is_told_from_the_rule():
-    from dslc.rewriter import _changed_values
+    from dslc.rewrite.rewriter import _changed_values
 
     rules = {r.name: r for p in load_rules(PACKS).packs for r in p.rules}
     assert _changed_values(rules["biased_gelu"]) == {"y"}
@@ -330,7 +330,7 @@ class Leaf(Mid):
 # 5. An inherited match is reported at the file (and lines) of its code.
 
 def test_5_inherited_match_is_reported_in_the_base_file(tmp_path):
-    from dslc.apply import ApplyOptions, apply_paths
+    from dslc.apply.driver import ApplyOptions, apply_paths
 
     pkg = tmp_path / "pkg"
     (pkg / "sub").mkdir(parents=True)
@@ -528,7 +528,7 @@ def kernel_refs():
 
 
 def test_4_subclass_in_a_sibling_module_is_refused(tmp_path):
-    from dslc.apply import ApplyOptions, apply_paths
+    from dslc.apply.driver import ApplyOptions, apply_paths
 
     pkg = tmp_path / "pkg"
     pkg.mkdir()

@@ -37,10 +37,10 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from dslc.analysis import analyze_source  # noqa: E402
-from dslc.compiler import compile_pack  # noqa: E402
-from dslc.loader import load_rules  # noqa: E402
-from dslc.matcher import match_file  # noqa: E402
-from dslc.rewriter import rewrite_source  # noqa: E402
+from dslc.match.compiler import compile_pack  # noqa: E402
+from dslc.lang.loader import load_rules  # noqa: E402
+from dslc.match.matcher import match_file  # noqa: E402
+from dslc.rewrite.rewriter import rewrite_source  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 REFS = REPO / "tests" / "kernel_refs"

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dslc import checker, cli
+from dslc.lang import checker
+from dslc import cli
 from dslc.analysis import extract
 
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from dslc import apply
+from dslc.apply import driver as apply
 from dslc.analysis import analyze_source, extract, guards
-from dslc.loader import load_rules
+from dslc.lang.loader import load_rules
 
 REPO = Path(__file__).resolve().parent.parent
 PACK = REPO / "rulepacks" / "adopter.adr"

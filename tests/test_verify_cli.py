@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from dslc import verify
+from dslc.verify import equivalence as verify
 from dslc.cli import main
 from test_verify_planted import FACTORY, ORIGINAL, fused_layernorm
 from test_verify_support import EPOI_HINT, epoi_requirement, kernel_refs, no_kernels, pack, rule  # noqa: F401

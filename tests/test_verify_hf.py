@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from dslc import verify
+from dslc.verify import equivalence as verify
 from test_verify_support import (RENAME_HOOK, add_import, edit, edit_in, has_transformers,  # noqa: F401
                                  kernel_refs, pack, rule)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from dslc import verify
+from dslc.verify import equivalence as verify
 from dslc.cli import main
 from test_verify_support import has_transformers, kernel_refs, no_kernels  # noqa: F401
 from verify_factories import EXAMPLE_FACTORY
@@ -25,7 +25,7 @@ EXAMPLES = REPO / "examples"
 
 
 def _pipeline_missing() -> str | None:
-    for module in ("dslc.loader", "dslc.compiler", "dslc.matcher", "dslc.rewriter", "dslc.apply"):
+    for module in ("dslc.lang.loader", "dslc.match.compiler", "dslc.match.matcher", "dslc.rewrite.rewriter", "dslc.apply.driver"):
         if importlib.util.find_spec(module) is None:
             return f"{module} not built yet"
     if not PACK.exists():

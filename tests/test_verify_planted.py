@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from dslc import verify
+from dslc.verify import equivalence as verify
 from dslc.cli import main
 from test_verify_support import RENAME_HOOK, edit, kernel_refs, pack, rule  # noqa: F401 - fixture
 

@@ -117,7 +117,7 @@ def _pipeline_missing() -> str | None:
     import importlib.util
     from pathlib import Path
 
-    for module in ("dslc.loader", "dslc.apply", "dslc.rewriter"):
+    for module in ("dslc.lang.loader", "dslc.apply.driver", "dslc.rewrite.rewriter"):
         if importlib.util.find_spec(module) is None:
             return f"{module} not built yet"
     if not (Path(__file__).resolve().parent.parent / "rulepacks" / "adopter.adr").exists():

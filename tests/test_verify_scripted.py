@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from dslc import verify  # noqa: E402
+from dslc.verify import equivalence as verify  # noqa: E402
 
 ORIGINAL = textwrap.dedent('''\
     import torch

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from dslc import ir
+from dslc.match import ir
 
 REFS = Path(__file__).resolve().parent / "kernel_refs"
 REF_PACKAGES = ("epoi", "slapo", "xformers")

@@ -9,7 +9,7 @@ import sys
 
 import torch
 
-from dslc import tinyconfig
+from dslc.verify import tinyconfig
 
 
 def make(cls):

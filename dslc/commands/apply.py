@@ -1,7 +1,7 @@
 """`dslc apply`: find where rules match in model source and rewrite it.
 
 The command parses arguments, loads the rule packs, runs
-`dslc.apply.apply_paths` and prints what `dslc.report` renders.  Exit codes:
+`dslc.apply.driver.apply_paths` and prints what `dslc.apply.report` renders.  Exit codes:
 0 every file processed, 1 some file failed (unreadable, does not parse, not
 writable, verification failed; the rest were still processed), 2 usage errors
 and rule packs with errors.
@@ -200,7 +200,7 @@ def _is_error(diag) -> bool:
 
 def _render_diagnostics(diags) -> str:
     try:
-        from dslc.diagnostics import render
+        from dslc.lang.diagnostics import render
 
         return render(list(diags), fmt="text").rstrip("\n") + "\n"
     except ImportError:
@@ -249,14 +249,15 @@ def _settings(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     """1. check paths, options and [tool.dslc], 2. load the packs, 3. apply,
     4. print, 5. exit code."""
-    from dslc import apply as driver
-    from dslc import codes, color
-    from dslc import report as render
+    from dslc.apply import driver
+    from dslc.lang import codes
+    from dslc import color
+    from dslc.apply import report as render
 
     if args.check and (args.mode == "write" or args.patch_dir):
         return _usage("--check changes nothing; it cannot be combined with --write or --patch-dir")
     mode = "patch" if args.patch_dir else (args.mode or "diff")
-    from dslc.fileio import DEFAULT_MAX_FILE_SIZE
+    from dslc.apply.fileio import DEFAULT_MAX_FILE_SIZE
     from dslc.output import display_path, write_json
 
     settings, problem = _settings(args)
@@ -271,9 +272,9 @@ def run(args: argparse.Namespace) -> int:
         except OSError as exc:
             return _usage(f"--patch-dir {display_path(args.patch_dir)}: {exc.strerror or exc}")
     if args.verify and not driver.verify_available():
-        return _usage("--verify needs the dslc.verify module, which is not part of this installation")
+        return _usage("--verify needs the dslc.verify.equivalence module, which is not part of this installation")
     try:
-        from dslc.loader import load_rules
+        from dslc.lang.loader import load_rules
     except ImportError as exc:
         return _usage(f"the rule loader is not available ({exc})")
     if settings.ignore:
@@ -318,7 +319,7 @@ def run(args: argparse.Namespace) -> int:
     if args.format == "json":
         write_json(render.render_json(result))
     elif args.format == "sarif":
-        from dslc import sarif
+        from dslc.apply import sarif
 
         write_json(sarif.render_sarif(result, loaded.packs))
     else:

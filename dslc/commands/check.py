@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from dslc import diagnostics as D
+from dslc.lang import diagnostics as D
 
 EPILOG = """\
 examples:
@@ -65,13 +65,13 @@ def run(args) -> int:
         return 2
     # Imported here, not at module level: the command module is imported
     # once by the CLI, and a stub loader (tests) must not stick to it.
-    from dslc.loader import load_rules
+    from dslc.lang.loader import load_rules
 
     start = time.perf_counter()
     result = load_rules(args.paths, args.select)
     diags = list(result.diagnostics)
     try:
-        from dslc.checker import check_semantics
+        from dslc.lang.checker import check_semantics
     except ImportError:  # a stub checker (tests)
         check_semantics = None
     if check_semantics is not None:
@@ -110,7 +110,7 @@ def run(args) -> int:
 def _dump(result) -> int:
     # Every loaded rule already compiled once (the loader reports the ones
     # that do not as ADR120 and drops them), so this cannot fail.
-    from dslc.compiler import compile_pack
+    from dslc.match.compiler import compile_pack
 
     for pack in result.packs:
         print(compile_pack(pack).dump())

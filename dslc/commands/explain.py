@@ -15,7 +15,7 @@ import re
 import sys
 import textwrap
 
-from dslc import codes
+from dslc.lang import codes
 
 _PLACE = re.compile(r"^(.+):(\d+)$")
 
@@ -90,9 +90,9 @@ def _enclosing(tree: ast.AST, line: int) -> tuple[str | None, str | None, tuple[
 def explain_place(path: str, line: int, args) -> int:
     """1. check the place, 2. load the packs, 3. run apply on the file with near
     misses (nothing written), 4. print what concerns the line or its class."""
-    from dslc import apply as driver
+    from dslc.apply import driver
     from dslc.commands.apply import _render_diagnostics
-    from dslc.loader import load_rules
+    from dslc.lang.loader import load_rules
 
     if not os.path.isfile(path):
         return _usage(f"no such file: {path}")
@@ -103,7 +103,7 @@ def explain_place(path: str, line: int, args) -> int:
     if missing:
         return _usage(f"no such file or directory: {', '.join(missing)}")
     try:
-        from dslc import fileio
+        from dslc.apply import fileio
 
         text = fileio.read_source(path).text
     except Exception as exc:  # SourceError and friends: one line, no traceback

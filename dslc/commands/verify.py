@@ -102,7 +102,7 @@ def _shape(text: str) -> tuple[int, ...]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dslc import verify
+    from dslc.verify import equivalence as verify
     from dslc.output import write_json
 
     options = verify.VerifyOptions(classes=tuple(args.classes), factory=args.factory,

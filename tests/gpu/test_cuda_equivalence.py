@@ -39,7 +39,7 @@ def _why_not() -> str | None:
         return "torch is not installed"
     if DEVICE == "cuda" and not torch.cuda.is_available():
         return "no GPU: torch.cuda.is_available() is False"
-    for module in ("dslc.loader", "dslc.apply", "dslc.verify"):
+    for module in ("dslc.lang.loader", "dslc.apply.driver", "dslc.verify.equivalence"):
         if importlib.util.find_spec(module) is None:
             return f"{module} is not built"
     return None
@@ -70,7 +70,7 @@ def _targets() -> list[tuple[str, Path]]:
 @pytest.mark.parametrize("pack", PACKS, ids=lambda p: p.stem)
 @pytest.mark.parametrize("kind, target", _targets(), ids=lambda v: getattr(v, "stem", v))
 def test_pack_rewrite_is_equivalent_on_cuda(pack, kind, target, tmp_path):
-    from dslc import verify
+    from dslc.verify import equivalence as verify
     from dslc.cli import main
 
     if kind == "corpus" and importlib.util.find_spec("transformers") is None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ast
 import itertools
 
-from dslc import ir
+from dslc.match import ir
 from dslc.analysis.model import (
     AttrUse, ClassFacts, FileFacts, Guard, InitBinding, Node, Path, StmtRef, Value,
 )

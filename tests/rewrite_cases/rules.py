@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dslc import ir
+from dslc.match import ir
 
 V = ir.Var
 

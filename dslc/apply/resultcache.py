@@ -3,7 +3,7 @@
 A warm run should do next to nothing for a file whose content, rule packs
 and dslc are unchanged.  The analysis cache (`dslc.analysis.api`) saves the
 analysis only; matching, safety and rewriting still ran.  This cache keeps
-the whole outcome of `dslc.apply.process_file` for a file: its match
+the whole outcome of `dslc.apply.driver.process_file` for a file: its match
 entries, errors, warnings and rewritten text.
 
 Key: SHA-256 of (dslc's code version, the packs' fingerprint, the options
@@ -40,7 +40,7 @@ from functools import lru_cache
 
 from dslc.analysis import cachefile
 
-_DSLC = os.path.dirname(os.path.abspath(__file__))
+_DSLC = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FORMAT = 1
 
 
@@ -50,20 +50,18 @@ def code_version() -> str:
     from dslc.analysis import analysis_version
 
     digest = hashlib.sha256(f"format {FORMAT}\0analysis {analysis_version()}\0".encode())
-    for folder in (_DSLC, os.path.join(_DSLC, "commands"), os.path.join(_DSLC, "data")):
-        try:
-            names = sorted(os.listdir(folder))
-        except OSError:
-            continue
-        for name in names:
-            full = os.path.join(folder, name)
-            if not os.path.isfile(full) or name.endswith((".pyc", ".pyo")):
+    for folder, subdirs, names in os.walk(_DSLC):
+        subdirs[:] = sorted(d for d in subdirs if d != "__pycache__")
+        rel = os.path.relpath(folder, _DSLC)
+        for name in sorted(names):
+            if name.endswith((".pyc", ".pyo")):
                 continue
+            full = os.path.join(folder, name)
             try:
                 with open(full, "rb") as fh:
-                    digest.update(name.encode() + b"\0" + fh.read() + b"\0")
+                    digest.update(f"{rel}/{name}".encode() + b"\0" + fh.read() + b"\0")
             except OSError:
-                digest.update(name.encode() + b"\0?\0")
+                digest.update(f"{rel}/{name}".encode() + b"\0?\0")
     return digest.hexdigest()[:24]
 
 
@@ -194,7 +192,7 @@ def from_json(value: dict, found, text: str):
     """
     import dataclasses
 
-    from dslc import apply
+    from dslc.apply import driver as apply
 
     name = found.display
     kwargs: dict = {}

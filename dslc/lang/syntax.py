@@ -27,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Union
 
-from dslc.ir import Span
+from dslc.match.ir import Span
 
 # ---------------------------------------------------------------------------
 # Terms

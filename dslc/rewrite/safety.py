@@ -33,8 +33,9 @@ import ast
 import re
 from typing import Iterable, Sequence
 
-from dslc import codes, ir
-from dslc.edits import Edit, parse_error, untouched_regions_identical
+from dslc.lang import codes
+from dslc.match import ir
+from dslc.rewrite.edits import Edit, parse_error, untouched_regions_identical
 
 TEMP_RE = re.compile(r"^temp_\d+$")
 

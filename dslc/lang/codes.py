@@ -13,7 +13,7 @@ A code never changes meaning once released.  Ranges:
 
 `dslc explain CODE` prints `Code.doc`.  A skipped match carries a `Reason`:
 its code and its message (a `str`, so it renders as the text alone); make one
-with `reason(CODE, message)` or raise `dslc.rewriter.Skip(CODE, message)`.
+with `reason(CODE, message)` or raise `dslc.rewrite.rewriter.Skip(CODE, message)`.
 A new outcome gets a new code here (never reuse a number); tests check that
 every code the sources mention is registered.
 """

@@ -3,7 +3,7 @@
 A modeling file of transformers builds its layers from a `XxxConfig`.  To run
 an original and a rewritten class side by side we need a configuration small
 enough to be fast on a CPU and inputs whose shapes agree with it.  Nothing here
-knows about rules; `dslc.verify` calls it when no factory is given.
+knows about rules; `dslc.verify.equivalence` calls it when no factory is given.
 
 Shrinking a configuration (`tiny_config`):
   1. Instantiate the config class with its defaults.
@@ -14,7 +14,7 @@ Shrinking a configuration (`tiny_config`):
   4. Apply the per-model fixes in `_MODEL_OVERRIDES` (fields that must agree
      with each other, e.g. DPT's neck and backbone indices).
   5. Optionally, a variant from `_MODEL_VARIANTS` that turns on code paths
-     the defaults leave dead; `dslc.verify` compares every variant.
+     the defaults leave dead; `dslc.verify.equivalence` compares every variant.
 Dropout probabilities are left as given: the comparison runs in eval mode.
 
 Synthesising inputs (`input_candidates`) reads the forward signature and

@@ -26,7 +26,7 @@ trailing `Const(Ellipsis)` (`...`) accepts further arguments.
 
 The combined matcher (`CompiledPack`) maps each anchor key — (kind, type) of
 an automaton's first non-wildcard transition — to the rules anchored there, so
-`dslc.matcher` only tries a path node against the rules whose anchor the node
+`dslc.match.matcher` only tries a path node against the rules whose anchor the node
 carries: the work per node is one dict lookup plus the rules that can really
 start there, however many rules the pack holds.
 """
@@ -36,8 +36,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
-from dslc import ir, signatures
-from dslc.automaton import Action, Automaton, InitTest, SetMatcher, Test, Transition
+from dslc.match import ir, signatures
+from dslc.match.automaton import Action, Automaton, InitTest, SetMatcher, Test, Transition
 
 COMMUTATIVE = frozenset({"+", "*"})
 
@@ -109,7 +109,7 @@ class CompiledPack:
     unanchored: tuple[int, ...] = ()
     # Rules with an init item and no forward item.
     init_only: tuple[int, ...] = ()
-    # Rules with a class item (matched by `dslc.classmatch`).
+    # Rules with a class item (matched by `dslc.match.classmatch`).
     class_rules: tuple[int, ...] = ()
 
     def candidates(self, key: tuple[str, str]) -> tuple[int, ...]:
@@ -304,7 +304,7 @@ def compile_rule(rule: ir.Rule, index: int = 0) -> CompiledRule:
     """Run `PASSES` over one rule."""
     if rule.klass is not None:
         # A class item is matched on the expression graph of forward
-        # (`dslc.classmatch`); its names: the init types it needs.
+        # (`dslc.match.classmatch`); its names: the init types it needs.
         names = {n.callee.qualname.rsplit(".", 1)[-1] for n in rule.klass.init if n.callee and n.callee.qualname}
         return CompiledRule(rule, index, None, None, (), frozenset(names))
     if rule.init is None and rule.forward is None:

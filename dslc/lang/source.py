@@ -10,7 +10,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field
 
-from dslc.ir import Span
+from dslc.match.ir import Span
 
 # Rule files are small; anything larger is a mistake (or an attack on the
 # parser) and is refused with a diagnostic before lexing.

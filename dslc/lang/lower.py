@@ -1,4 +1,4 @@
-"""Lower a checked syntax tree to the rule IR (`dslc.ir`).
+"""Lower a checked syntax tree to the rule IR (`dslc.match.ir`).
 
 Algorithm (`lower_file`):
 1. The pack header and `requires` lines become `ir.Pack` / `ir.Requirement`.
@@ -21,7 +21,8 @@ Algorithm (`lower_file`):
 
 from __future__ import annotations
 
-from dslc import ir, pretty, syntax as S
+from dslc.match import ir
+from dslc.lang import pretty, syntax as S
 
 
 class LowerError(ValueError):

@@ -11,16 +11,16 @@
    non-text file becomes an error entry and drops out.
 4. Deal the rest into chunks and run each chunk in a worker process
    (`--jobs`): with a cache folder, take each unchanged file's whole
-   result from the result cache (`dslc.resultcache`: same bytes, packs,
+   result from the result cache (`dslc.apply.resultcache`: same bytes, packs,
    options, dslc, and unchanged files it depends on); analyze the rest
    (`dslc.analysis.analyze_paths`, content-hash cache; files in an
    encoding other than UTF-8 go through `analyze_source` with the text
    decoded here, so the analysis and the rewriter see the same
    characters), then per file (`process_file`): a file that does not parse
    is an error entry; otherwise match every compiled pack and hand all
-   matches to `dslc.rewriter.rewrite_source`.
+   matches to `dslc.rewrite.rewriter.rewrite_source`.
 5. Back in this process, with `verify`, check each rewrite with
-   `dslc.verify.verify_sources` and drop those that are not equivalent.
+   `dslc.verify.equivalence.verify_sources` and drop those that are not equivalent.
 6. Emit per the mode: `diff` keeps everything in memory (the caller prints
    the diff), `write` replaces changed files atomically, `patch` writes one
    `.patch` per changed file.  Unchanged files are never touched.
@@ -29,7 +29,7 @@
 
 No stage may bring the run down: an exception inside one file's processing
 is an error entry (E199) for that file and the others go on.  This module does
-no printing; `dslc.report` renders the `Report` and `dslc.commands.apply`
+no printing; `dslc.apply.report` renders the `Report` and `dslc.commands.apply`
 owns the exit code.
 """
 
@@ -48,8 +48,9 @@ import traceback
 from dataclasses import dataclass, field, replace
 from typing import Callable, Literal, Sequence
 
-from dslc import codes, fileio
-from dslc.fileio import Found, SourceError, SourceFile
+from dslc.lang import codes
+from dslc.apply import fileio
+from dslc.apply.fileio import Found, SourceError, SourceFile
 
 Mode = Literal["diff", "write", "patch"]
 
@@ -96,7 +97,7 @@ class MatchEntry:
     status: Literal["applied", "skipped"]
     reason: str | None = None
     function: str | None = None
-    code: str | None = None  # the reason's registered code (dslc/codes.py); None when applied
+    code: str | None = None  # the reason's registered code (dslc/lang/codes.py); None when applied
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +105,7 @@ class NearMissEntry:
     """A place holding a rule's anchors where no rewrite was applied, and why.
 
     `kind` is `unmatched` (a pattern node, an init argument or a constraint
-    did not fit: `dslc.nearmiss`) or `skipped` (the rule matched but a check
+    did not fit: `dslc.rewrite.nearmiss`) or `skipped` (the rule matched but a check
     refused it: the skipped match's reason).
     """
 
@@ -205,25 +206,25 @@ class Report:
 
 
 def compile_pack(pack):
-    from dslc.compiler import compile_pack as _compile
+    from dslc.match.compiler import compile_pack as _compile
 
     return _compile(pack)
 
 
 def match_file(compiled, facts):
-    from dslc.matcher import match_file as _match
+    from dslc.match.matcher import match_file as _match
 
     return _match(compiled, facts)
 
 
 def near_misses(compiled, facts, matches, *, file):
-    from dslc.nearmiss import near_misses as _near
+    from dslc.rewrite.nearmiss import near_misses as _near
 
     return _near(compiled, facts, matches, file=file)
 
 
 def rewrite_source(source, facts, matches, *, path):
-    from dslc.rewriter import rewrite_source as _rewrite
+    from dslc.rewrite.rewriter import rewrite_source as _rewrite
 
     return _rewrite(source, facts, matches, path=path)
 
@@ -242,7 +243,7 @@ def analyze_source(source, path, **kwargs):
 
 def verify_sources(original, rewritten, *, path, rules):
     """`rules`: the loaded packs (the verifier takes its tolerances from them)."""
-    from dslc.verify import verify_sources as _verify
+    from dslc.verify.equivalence import verify_sources as _verify
 
     # Skipped classes stay W110 warnings here (the rewrite is written): allow_skip.
     return _verify(original, rewritten, path=path, rules=rules, allow_skip=True)
@@ -250,7 +251,7 @@ def verify_sources(original, rewritten, *, path, rules):
 
 def verify_available() -> bool:
     try:
-        return importlib.util.find_spec("dslc.verify") is not None
+        return importlib.util.find_spec("dslc.verify.equivalence") is not None
     except (ImportError, ValueError):
         return False
 
@@ -664,7 +665,7 @@ def _module_file(found: Found, module: str | None, options: ApplyOptions, owner:
 
 
 def verify_result(result: FileResult, packs: Sequence) -> FileResult:
-    """`--verify`: check a rewrite with `dslc.verify`; a failing one is dropped.
+    """`--verify`: check a rewrite with `dslc.verify.equivalence`; a failing one is dropped.
 
     Its applied matches turn `skipped` (with the verifier's reason) and the
     file gets an E110 error; classes the verifier had to skip are warnings.
@@ -751,7 +752,7 @@ def emit(result: FileResult, source: SourceFile, options: ApplyOptions, used_pat
     """
     if not result.changed:
         return result
-    from dslc.report import file_diff  # the diff text is the report's business
+    from dslc.apply.report import file_diff  # the diff text is the report's business
 
     name = result.found.display
     try:
@@ -917,7 +918,7 @@ def _run_chunk(items, compiled=None, options=None) -> list[tuple[int, FileResult
     """Analyze, match and rewrite a chunk of files (in a worker, or in-process).
 
     With a cache folder, each file's whole result is first looked up in the
-    result cache (`dslc.resultcache`: same bytes, packs, options and dslc);
+    result cache (`dslc.apply.resultcache`: same bytes, packs, options and dslc);
     only the misses go on.  UTF-8 files go to `analyze_paths` together (they
     share its parsed-module cache); files in other encodings (or with a BOM)
     go through `analyze_source` with the text decoded here, so the analysis
@@ -998,7 +999,7 @@ def _result_cache(compiled: Compiled, options: ApplyOptions):
     if any(a is not b for a, b in zip(current, _REAL_STAGES)):
         return None
     try:
-        from dslc.resultcache import ResultCache
+        from dslc.apply.resultcache import ResultCache
 
         return ResultCache(options.cache_dir, compiled.packs, options)
     except Exception:  # noqa: BLE001 - no cache is only slower
@@ -1007,7 +1008,7 @@ def _result_cache(compiled: Compiled, options: ApplyOptions):
 
 def _cached_results(cache, items, keys):
     """Split `items` into misses and (index, FileResult) hits; record each miss's key."""
-    from dslc.resultcache import from_json
+    from dslc.apply.resultcache import from_json
     from dslc.analysis.cachefile import bad, digest
 
     misses, hits = [], []
@@ -1036,7 +1037,7 @@ def _store_result(cache, key_content, deps, result: FileResult) -> None:
     if any(e.code == fileio.E_INTERNAL for e in result.errors):
         return  # a dslc bug's outcome is not worth keeping
     try:
-        from dslc.resultcache import to_json
+        from dslc.apply.resultcache import to_json
 
         key, content = key_content
         cache.put(key, content, deps, to_json(result))

@@ -315,7 +315,7 @@ class Match:
     # (forward, helpers inlined), `method:<name>` for `ClassFacts.other_paths`,
     # `function:<name>` for `FileFacts.functions`.
     paths_of: str | None = None
-    # A class item's match (`dslc.classmatch.ClassMatch`): the forward's
+    # A class item's match (`dslc.match.classmatch.ClassMatch`): the forward's
     # expression graph and the run-time type checks; None otherwise.
     klass: object = None
 

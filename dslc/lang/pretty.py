@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 
-from dslc import syntax as S
+from dslc.lang import syntax as S
 
 INDENT = "  "
 

@@ -3,7 +3,7 @@
 `rewrite_source(source, facts, matches)` is a pure function.  For each match,
 in order (paper §3.5):
 
-1. Safety (`dslc.safety`): conflicts from the matcher, guards, `where`
+1. Safety (`dslc.rewrite.safety`): conflicts from the matcher, guards, `where`
    constraints over non-static values, `when`, data flow, attribute uses.
 2. Plan the forward edits: group the matched nodes by statement; the
    statement of the last node keeps its place and gets the target
@@ -56,9 +56,11 @@ import textwrap
 from dataclasses import dataclass, field
 from typing import Literal
 
-from dslc import codes, ir, safety
+from dslc.lang import codes
+from dslc.match import ir
+from dslc.rewrite import safety
 from dslc.analysis.model import Guard
-from dslc.edits import Edit, EditConflict, SourceMap, apply_edits, parse_error
+from dslc.rewrite.edits import Edit, EditConflict, SourceMap, apply_edits, parse_error
 
 HOOK_HELPER = "_dslc_remap_state_dict"
 
@@ -85,7 +87,7 @@ class Skip(Exception):
     """A match cannot be rewritten: `Skip(CODE, message)` or `Skip(reason)`.
 
     `reason` (a `codes.Reason`) is the report's reason: the message and its
-    registered code (dslc/codes.py).  A plain string without a code gets
+    registered code (dslc/lang/codes.py).  A plain string without a code gets
     S499, which the tests flag.
     """
 
@@ -345,7 +347,7 @@ def _unwritten_default(env: _Env, node: ir.PatNode, key: str, value) -> bool:
     the emitted call only when that provably changes nothing: the target's
     signature is known and its default for `key` is the same constant.  An
     unknown target signature keeps the keyword (its default is not assumed)."""
-    from dslc import signatures
+    from dslc.match import signatures
 
     if not isinstance(value, ir.Var) or value.name in env.inline or value.name in env.attrs \
             or value.name in env.casts or value.name in env.ctor:
@@ -2981,7 +2983,7 @@ def _ctor_extras(match: ir.Match, kinds: dict[str, str]) -> dict[str, list[tuple
     Anything else is a Skip naming the argument: dropping it would build a
     different layer (`bias=False`, `elementwise_affine=False`, `dtype=`).
     """
-    from dslc import signatures
+    from dslc.match import signatures
 
     rule = match.rule
     if rule.init is None or rule.init.target is None:

@@ -1,6 +1,6 @@
 """Rendering an apply `Report`: unified diffs, the JSON contract, the text summary.
 
-Pure functions from `dslc.apply` values to text; the command prints them.
+Pure functions from `dslc.apply.driver` values to text; the command prints them.
 The JSON shape is docs/report-format.md (`dslc`, `rules`, `files_scanned`,
 `seconds`, `matches`, `errors` are the core; everything else is an added
 field, never a changed one).
@@ -12,9 +12,10 @@ import difflib
 import json
 import os
 
-from dslc import __version__, codes
-from dslc.apply import FileResult, Report
-from dslc.fileio import git_top
+from dslc import __version__
+from dslc.lang import codes
+from dslc.apply.driver import FileResult, Report
+from dslc.apply.fileio import git_top
 
 
 def diff_path(result: FileResult) -> str:
@@ -27,7 +28,7 @@ def diff_path(result: FileResult) -> str:
        top of the git work tree that holds it (apply from there), else to
        the folder of the command-line PATH it was found under.
     """
-    from dslc.fileio import display_path
+    from dslc.apply.fileio import display_path
 
     return display_path(_diff_path(result))
 

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from dslc import codes
-from dslc.ir import Span
+from dslc.lang import codes
+from dslc.match.ir import Span
 
 ERROR = "error"
 WARNING = "warning"
@@ -123,7 +123,7 @@ class _Lines:
         if path not in self._split:
             text = self._sources.get(path)
             if text is None:
-                from dslc.fileio import SourceError, read_bytes
+                from dslc.apply.fileio import SourceError, read_bytes
 
                 try:  # only a regular file: the snippet of a FIFO or a device is not worth a hang
                     text = read_bytes(path, 2_000_000).decode("utf-8", "replace")

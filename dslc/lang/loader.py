@@ -19,10 +19,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable
 
-from dslc import checker, codes, ir
-from dslc.diagnostics import Diagnostic, diag
-from dslc.lower import lower_file
-from dslc.parser import parse_file
+from dslc.lang import checker, codes
+from dslc.match import ir
+from dslc.lang.diagnostics import Diagnostic, diag
+from dslc.lang.lower import lower_file
+from dslc.lang.parser import parse_file
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ def load_rules(paths: list[str] | str, select: Iterable[str] = (), ignore: Itera
 def _compilable(packs: list[ir.Pack], diags: list[Diagnostic]) -> list[ir.Pack]:
     """Compile each rule once; a rule the compiler refuses is an ADR120 error
     and is dropped, so neither `check` nor `apply` meets it later."""
-    from dslc.compiler import CompileError, compile_rule
+    from dslc.match.compiler import CompileError, compile_rule
 
     out = []
     for pack in packs:

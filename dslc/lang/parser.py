@@ -1,4 +1,4 @@
-"""Parse `.adr` text into the syntax tree (`dslc.syntax`), never raising.
+"""Parse `.adr` text into the syntax tree (`dslc.lang.syntax`), never raising.
 
 Algorithm (`parse_source`):
 1. Refuse inputs over `source.MAX_SOURCE_BYTES` (ADR005) before lexing.
@@ -37,10 +37,10 @@ from pathlib import Path
 from lark import Lark, Token, Transformer
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
-from dslc import codes, syntax as S
-from dslc.diagnostics import Diagnostic, diag
-from dslc.ir import Span
-from dslc.source import MAX_SOURCE_BYTES, SourceFile, decode
+from dslc.lang import codes, syntax as S
+from dslc.lang.diagnostics import Diagnostic, diag
+from dslc.match.ir import Span
+from dslc.lang.source import MAX_SOURCE_BYTES, SourceFile, decode
 
 # Sub-expressions nested deeper than this are refused (ADR006).
 MAX_DEPTH = 100
@@ -211,7 +211,7 @@ def parse_bytes(data: bytes, path: str) -> ParseResult:
 
 
 def parse_file(path: str | Path) -> ParseResult:
-    from dslc.fileio import SourceError, display_path, read_bytes
+    from dslc.apply.fileio import SourceError, display_path, read_bytes
 
     path = str(path)
     try:  # only a regular file: a FIFO would block, /dev/zero never end

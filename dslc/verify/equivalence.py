@@ -12,7 +12,7 @@ check is a differential test, per rewritten class:
      skipped with the pack's install hint.
   3. Build the original and the optimized module with the same constructor
      arguments and the same seed: from a factory `FUNC(cls) -> (module,
-     inputs)`, or from a tiny configuration (`dslc.tinyconfig`) with inputs
+     inputs)`, or from a tiny configuration (`dslc.verify.tinyconfig`) with inputs
      synthesised from the forward signature.  When no inputs fit a class, the
      file's whole-model class that contains it is compared instead.
   4. Give the original's constant tensors (LayerNorm weight 1, zero biases,
@@ -53,7 +53,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Literal, Sequence
 
-from dslc import tinyconfig
+from dslc.verify import tinyconfig
 
 DEFAULT_ATOL = 1e-5
 DEFAULT_RTOL = 1e-4
@@ -208,7 +208,7 @@ def _num(x: float) -> float | str:
 def read_text(path: str) -> str:
     """A source file's text exactly as `dslc apply` reads it (`fileio.read_source`:
     only a regular file, PEP 263 coding cookie, BOM); VerifyUsageError otherwise."""
-    from dslc import fileio
+    from dslc.apply import fileio
 
     try:
         return fileio.read_source(path).text
@@ -556,14 +556,14 @@ def load_packs(options: VerifyOptions) -> tuple:
     packs = list(options.packs)
     if options.rules:
         try:
-            from dslc.loader import load_rules
+            from dslc.lang.loader import load_rules
         except ImportError as exc:
-            raise VerifyUsageError(f"--rules needs the rule front end (dslc.loader): {exc}") from None
+            raise VerifyUsageError(f"--rules needs the rule front end (dslc.lang.loader): {exc}") from None
         result = load_rules(list(options.rules))
         errors = [d for d in result.diagnostics if getattr(d, "severity", "error") == "error"]
         if errors:
             try:
-                from dslc.diagnostics import render
+                from dslc.lang.diagnostics import render
                 text = render(errors, "text")
             except Exception:  # noqa: BLE001 - rendering is best effort here
                 text = "; ".join(str(getattr(d, "message", d)) for d in errors)
@@ -1581,7 +1581,7 @@ def _describe_modes(modes: Sequence[str]) -> str:
 def render(report: VerifyReport, fmt: str = "text") -> str:
     if fmt == "json":
         return json.dumps(report.to_dict(), indent=2)
-    from dslc.fileio import display_path
+    from dslc.apply.fileio import display_path
 
     lines = [f"verify {display_path(report.original)} -> {display_path(report.rewritten)} on {report.device}"]
     if report.error:

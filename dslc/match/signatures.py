@@ -7,8 +7,8 @@ signature.  Importing torch costs seconds, so the signatures come from a table
 shipped in `dslc/data/signatures.json`, generated from an installed torch (and
 the transformers corpus sources) by this module:
 
-    python -m dslc.signatures            # regenerate dslc/data/signatures.json
-    python -m dslc.signatures --check    # exit 1 when the table is stale
+    python -m dslc.match.signatures            # regenerate dslc/data/signatures.json
+    python -m dslc.match.signatures --check    # exit 1 when the table is stale
 
 `tests/test_compiler_signatures.py` checks that the table agrees with the
 installed torch.
@@ -31,7 +31,7 @@ from pathlib import Path
 
 from dslc.analysis.model import NOT_CONST, Value
 
-TABLE = Path(__file__).resolve().parent / "data" / "signatures.json"
+TABLE = Path(__file__).resolve().parent.parent / "data" / "signatures.json"
 
 # The callees the shipped rules touch and their neighbours.
 TORCH_NAMES = (
@@ -367,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(
-        prog="python -m dslc.signatures",
+        prog="python -m dslc.match.signatures",
         description="Regenerate dslc/data/signatures.json from the installed torch "
         "and the transformers 4.35.0 corpus sources (parameter names and defaults "
         "for argument normalisation).",
@@ -398,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         current = TABLE.read_text() if TABLE.exists() else ""
         if current != text:
-            print(f"{TABLE} is stale: run python -m dslc.signatures", file=sys.stderr)
+            print(f"{TABLE} is stale: run python -m dslc.match.signatures", file=sys.stderr)
             return 1
         return 0
     out = Path(args.output)

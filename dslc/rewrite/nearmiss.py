@@ -15,7 +15,7 @@ pays nothing):
    (`CompiledRule.names`, the pre-filter of `anchor_names`): a class with a
    Dropout but no LayerNorm is no near miss of dropout_layernorm.
 2. Reasons.  The matcher runs again with a `Recorder`: every failed attempt
-   (`dslc.matcher.Fail`, falsy, its reason formatted lazily) is offered with
+   (`dslc.match.matcher.Fail`, falsy, its reason formatted lazily) is offered with
    a score -- how many pattern nodes had matched, then how far the failing
    step got (no candidate node < a bound name written again < a node of the
    right kind whose arguments did not fit < forward matched but __init__ did
@@ -32,8 +32,8 @@ import re
 from dataclasses import dataclass
 from typing import Iterable
 
-from dslc import ir
-from dslc.matcher import Fail, _expand_sequential, _node_id, _PathCtx, _scopes, match_file
+from dslc.match import ir
+from dslc.match.matcher import Fail, _expand_sequential, _node_id, _PathCtx, _scopes, match_file
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +45,7 @@ class NearMiss:
     function: str | None
     line: int
     reason: str
-    code: str = "N101"  # dslc.codes: N1xx forward, N2xx init, N3xx where, N4xx no attempt
+    code: str = "N101"  # dslc.lang.codes: N1xx forward, N2xx init, N3xx where, N4xx no attempt
 
 
 @dataclass(frozen=True, slots=True)

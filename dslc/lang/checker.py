@@ -29,8 +29,8 @@ import difflib
 import re
 from collections import Counter
 
-from dslc import codes, syntax as S
-from dslc.diagnostics import Diagnostic, Label, diag
+from dslc.lang import codes, syntax as S
+from dslc.lang.diagnostics import Diagnostic, Label, diag
 
 # option name -> (check, description of the valid values)
 OPTIONS: dict[str, tuple] = {
@@ -130,7 +130,7 @@ def check_files(files: list[S.File]) -> list[Diagnostic]:
 def check_file(f: S.File) -> list[Diagnostic]:
     out: list[Diagnostic] = []
     if not f.headers:
-        from dslc.ir import Span
+        from dslc.match.ir import Span
         out.append(diag(codes.NO_PACK, "missing pack header", Span(f.path, 1, 1, 1, 2),
                         label="expected `pack <name> \"<description>\"`",
                         help='start the file with e.g. `pack mypack "What these rules do"`'))
@@ -174,7 +174,7 @@ def check_file(f: S.File) -> list[Diagnostic]:
 
 
 def pretty_const(v) -> str:
-    from dslc.pretty import const
+    from dslc.lang.pretty import const
     return const(v)
 
 
@@ -812,7 +812,7 @@ class _Semantics:
         self.out: list[Diagnostic] = []
 
     def run(self) -> list[Diagnostic]:
-        from dslc import names
+        from dslc.match import names
 
         seen: set[str] = set()
         items = [s.item for s in self.r.of(S.Section)]
@@ -834,7 +834,7 @@ class _Semantics:
         return self.out
 
     def keywords(self, nodes) -> None:
-        from dslc import signatures
+        from dslc.match import signatures
 
         for n in nodes:
             for x in _walk_expr(n.expr):
@@ -882,7 +882,7 @@ class _Semantics:
                                          help="constrain a layer argument (an init variable) instead"))
 
     def params(self) -> None:
-        from dslc import names
+        from dslc.match import names
 
         types: dict[str, str] = {}
         for sec in self.r.of(S.Section):

@@ -13,7 +13,7 @@ variable would no longer denote the value it was bound to.
 The init source pattern becomes a `SetMatcher`: one `InitTest` per init node,
 matched order-insensitively against a class's `InitBinding`s.
 
-These are plain frozen data; `dslc.matcher` runs them, `dump()` prints them
+These are plain frozen data; `dslc.match.matcher` runs them, `dump()` prints them
 (`dslc check --dump`, the committed goldens in tests/compiled/).
 """
 
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dslc import ir
+from dslc.match import ir
 
 # Slots name where an action reads a node's value:
 #   in<i>    the i-th positional argument / op operand

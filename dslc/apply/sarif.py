@@ -25,8 +25,9 @@ import json
 import os
 from pathlib import Path
 
-from dslc import __version__, codes
-from dslc.report import diff_path
+from dslc import __version__
+from dslc.lang import codes
+from dslc.apply.report import diff_path
 
 SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 

@@ -4,7 +4,7 @@
 
 1. A name of the signature table (dslc/data/signatures.json) exists.
 2. The longest prefix that is a module is found with `PathFinder` in the
-   installed packages (the way `dslc.apply.module_available` does: reading
+   installed packages (the way `dslc.apply.driver.module_available` does: reading
    directories only).  No top-level package found: None (a kernel package
    that is not installed here says nothing about a typo).
 3. The next component must be defined in that module's source: a top-level
@@ -143,7 +143,7 @@ def _collect(node: ast.stmt, names: set[str]) -> None:
 
 def _in_table(qualname: str) -> bool:
     try:
-        from dslc import signatures
+        from dslc.match import signatures
 
         return qualname in signatures.table()
     except Exception:  # the table is an aid, never a reason to fail

@@ -3,7 +3,7 @@
 `match_file(compiled, facts)` returns every `ir.Match` (docs/design.md,
 "Match semantics").  The matcher finds candidates: the data flow *within* a
 match is enforced here, the data flow after it and the guards are checked by
-`dslc.safety`.
+`dslc.rewrite.safety`.
 
 Algorithm, per file:
 
@@ -49,7 +49,7 @@ the benchmark labels count): the safety checks see the guards.
 Debugging: `DSLC_MATCH_DEBUG=<file suffix>:<line>` prints to stderr why the
 nodes at that line did not match (failed attempts are falsy `Fail` values
 carrying a reason).  For users, `match_file(..., recorder=)` hands every
-failed attempt to a recorder (`dslc.nearmiss`: the near-miss report of
+failed attempt to a recorder (`dslc.rewrite.nearmiss`: the near-miss report of
 `dslc apply --near-misses` and `dslc explain FILE:LINE`); without one, the
 hooks cost an `is None` test.
 """
@@ -62,10 +62,11 @@ from bisect import bisect_left
 from dataclasses import dataclass, field, replace
 from typing import Iterator
 
-from dslc import codes, ir, signatures
+from dslc.lang import codes
+from dslc.match import ir, signatures
 from dslc.analysis.model import ClassFacts, FileFacts, InitBinding, Node, Path, Value
-from dslc.automaton import Action, InitTest, Transition
-from dslc.compiler import CompiledPack, CompiledRule
+from dslc.match.automaton import Action, InitTest, Transition
+from dslc.match.compiler import CompiledPack, CompiledRule
 
 # How many complete matches one anchor attempt may produce (several later
 # nodes can complete the same prefix; all are reported, overlaps resolved).
@@ -1052,7 +1053,7 @@ def match_file(compiled: CompiledPack, facts: FileFacts, *, file: str | None = N
     `sequential=False` leaves `nn.Sequential` calls unexpanded (for a
     consumer that cannot rewrite inside containers).
     `recorder`, when given, is told of every failed attempt (falsy `Fail`
-    values with their reasons; `dslc.nearmiss` keeps the deepest per place):
+    values with their reasons; `dslc.rewrite.nearmiss` keeps the deepest per place):
     the near-miss report.  Without it nothing is recorded.
     """
     file = file or facts.path
@@ -1123,9 +1124,9 @@ def match_file(compiled: CompiledPack, facts: FileFacts, *, file: str | None = N
 
 
 def _class_matches(compiled: CompiledPack, facts: FileFacts, file: str) -> list[ir.Match]:
-    """Class items (`dslc.classmatch`): one match per class; where several
+    """Class items (`dslc.match.classmatch`): one match per class; where several
     rules match one class, the earlier rule wins."""
-    from dslc.classmatch import match_class
+    from dslc.match.classmatch import match_class
 
     out: list[ir.Match] = []
     for cls in facts.classes:

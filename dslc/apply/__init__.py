@@ -1,0 +1,2 @@
+"""`dslc apply`: the driver over files, the report and its renderings, file
+I/O, and the per-file result cache."""
