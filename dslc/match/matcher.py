@@ -638,7 +638,13 @@ def _run(cr: CompiledRule, ctx: _PathCtx, anchor_pos: int, scope: _Scope, dbg: _
             return False
         return (q is not None and dbg.at(nodes[q])) or any(dbg.at(nodes[i]) for i in p.positions)
 
-    yield from extend(0, -1, _Partial((), {}))
+    try:
+        yield from extend(0, -1, _Partial((), {}))
+    finally:
+        # `extend` refers to itself through its closure cell: a reference
+        # cycle that would keep this path's context alive until the next
+        # full collection.  Cut it so that it is freed now.
+        extend = None  # noqa: F841
 
 
 # ---------------------------------------------------------------------------
