@@ -86,6 +86,12 @@ def version_of(symbol: str, writes: Mapping[str, int]) -> int:
 class _Translator:
     def __init__(self, versions: Mapping[str, int] | None):
         self.versions = versions or {}
+        self.atoms: set[str] = set()  # names of the z3 constants made (independence of guards)
+
+    def const(self, sort: str, name: str):
+        """The z3 constant `name` of `sort` (bool, int, real, str), recorded in `atoms`."""
+        self.atoms.add(name)
+        return {"bool": z3.Bool, "int": z3.Int, "real": z3.Real, "str": z3.String}[sort](name)
 
     def key(self, expr: ast.expr) -> str:
         text = ast.unparse(expr)
@@ -115,16 +121,16 @@ class _Translator:
                 links.append(self.compare(left, op, right))
                 left = right
             return z3.And(*links) if len(links) > 1 else links[0]
-        return z3.Bool("b:" + self.key(expr))
+        return self.const("bool", "b:" + self.key(expr))
 
     def compare(self, left: ast.expr, op: ast.cmpop, right: ast.expr) -> z3.BoolRef:
         if isinstance(op, (ast.Is, ast.IsNot)):
             if isinstance(right, ast.Constant) and right.value is None:
-                atom = z3.Bool("none:" + self.key(left))
+                atom = self.const("bool", "none:" + self.key(left))
             elif isinstance(left, ast.Constant) and left.value is None:
-                atom = z3.Bool("none:" + self.key(right))
+                atom = self.const("bool", "none:" + self.key(right))
             else:
-                atom = z3.Bool("is:" + self.key(left) + " is " + self.key(right))
+                atom = self.const("bool", "is:" + self.key(left) + " is " + self.key(right))
             return atom if isinstance(op, ast.Is) else z3.Not(atom)
         if isinstance(op, (ast.In, ast.NotIn)):
             if isinstance(right, (ast.Tuple, ast.List, ast.Set)) and right.elts and all(
@@ -133,19 +139,19 @@ class _Translator:
                 eqs = [self.compare(left, ast.Eq(), e) for e in right.elts]
                 disj = z3.Or(*eqs)
                 return disj if isinstance(op, ast.In) else z3.Not(disj)
-            atom = z3.Bool("in:" + self.key(left) + " in " + self.key(right))
+            atom = self.const("bool", "in:" + self.key(left) + " in " + self.key(right))
             return atom if isinstance(op, ast.In) else z3.Not(atom)
         sort = self._sort(left, right)
         if sort is None:
             text = ast.unparse(ast.Compare(left=left, ops=[op], comparators=[right]))
-            return z3.Bool("cmp:" + text + "|" + self.key(left) + "|" + self.key(right))
+            return self.const("bool", "cmp:" + text + "|" + self.key(left) + "|" + self.key(right))
         a, b = self.term(left, sort), self.term(right, sort)
         if isinstance(op, ast.Eq):
             return a == b
         if isinstance(op, ast.NotEq):
             return a != b
         if sort == "str":
-            return z3.Bool("cmp:" + self.key(left) + type(op).__name__ + self.key(right))
+            return self.const("bool", "cmp:" + self.key(left) + type(op).__name__ + self.key(right))
         return {ast.Lt: a < b, ast.LtE: a <= b, ast.Gt: a > b, ast.GtE: a >= b}[type(op)]
 
     @staticmethod
@@ -184,12 +190,7 @@ class _Translator:
             if sort == "real":
                 return z3.RealVal(value)
             return z3.IntVal(int(value))
-        name = f"{sort}:" + self.key(expr)
-        if sort == "str":
-            return z3.String(name)
-        if sort == "real":
-            return z3.Real(name)
-        return z3.Int(name)
+        return self.const(sort, f"{sort}:" + self.key(expr))
 
 
 _NO = object()
@@ -210,12 +211,20 @@ def to_z3(guard: Guard | str, versions: Mapping[str, int] | None = None) -> z3.B
     return _to_z3(text, negated, tuple(sorted((versions or {}).items())))
 
 
-@lru_cache(maxsize=8192)
 def _to_z3(text: str, negated: bool, versions: tuple) -> z3.BoolRef:
-    versions = dict(versions)
+    return _term(text, negated, versions)[0]
+
+
+@lru_cache(maxsize=16384)
+def _term(text: str, negated: bool, versions: tuple) -> tuple[z3.BoolRef, frozenset[str]]:
+    """The z3 term of a guard, and the names of the z3 constants in it."""
     expr = _parse(text)
-    term = z3.Bool("raw:" + text) if expr is None else _Translator(versions).boolean(expr)
-    return z3.Not(term) if negated else term
+    if expr is None:
+        term, atoms = z3.Bool("raw:" + text), frozenset({"raw:" + text})
+    else:
+        translator = _Translator(dict(versions))
+        term, atoms = translator.boolean(expr), frozenset(translator.atoms)
+    return (z3.Not(term) if negated else term), atoms
 
 
 def symbols(guard: Guard | str) -> frozenset[str]:
@@ -278,11 +287,60 @@ def consistent(guards: Iterable[Guard | str], versions: list | None = None) -> A
     """PROVED when the conjunction of `guards` is satisfiable, REFUTED when not.
 
     `versions` optionally gives, per guard, the path's write counts at that
-    guard (see the module docstring).
+    guard (see the module docstring).  Decided by `feasible_key` (cached,
+    propositional sets without z3, independent groups one by one).
     """
     guards = list(guards)
-    SOLVER_TERMS[0] += len(guards)
-    result = _check(_conj(guards, versions))
+    if versions is None:
+        versions = [None] * len(guards)
+    keys = []
+    for g, v in zip(guards, versions):
+        text, negated = (g.text, g.negated) if isinstance(g, Guard) else (g, False)
+        keys.append((text, negated, tuple(sorted((v or {}).items()))))
+    return feasible_key(tuple(keys))
+
+
+def _solve(keys: tuple) -> Answer:
+    """The conjunction of guard keys, decided by z3 one independent group at
+    a time: guards that share no z3 constant (transitively) constrain
+    different variables, so the conjunction is satisfiable iff every group
+    is.  Each group's answer is cached (the paths through one function
+    repeat most of their guards)."""
+    terms = {k: _term(*k) for k in keys}
+    parent: dict = {}
+
+    def find(x):
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for k, (_, atoms) in terms.items():
+        parent.setdefault(("k", k), ("k", k))
+        for atom in atoms:
+            parent.setdefault(("a", atom), ("a", atom))
+            ra, rb = find(("k", k)), find(("a", atom))
+            if ra != rb:
+                parent[ra] = rb
+    groups: dict = {}
+    for k in terms:
+        groups.setdefault(find(("k", k)), []).append(k)
+    answer = Answer.PROVED
+    for members in groups.values():
+        got = _solve_group(tuple(sorted(members)))
+        if got is Answer.REFUTED:
+            return got
+        if got is Answer.UNKNOWN:
+            answer = got
+    return answer
+
+
+_solve_safely = _safe(_solve)
+
+
+@lru_cache(maxsize=16384)
+def _solve_group(keys: tuple) -> Answer:
+    result = _check(z3.And(*[_term(*k)[0] for k in keys]))
     if result == z3.sat:
         return Answer.PROVED
     if result == z3.unsat:
@@ -320,13 +378,14 @@ def merge_equivalent(a: Iterable[Guard], b: Iterable[Guard], common: Iterable[Gu
     return Answer.UNKNOWN
 
 
-@lru_cache(maxsize=16384)
+@lru_cache(maxsize=65536)
 def feasible_key(keys: tuple) -> Answer:
     """Cached feasibility of guards given as (text, negated, versions-tuple).
 
     Purely propositional guard sets (names, `is None`, not/and/or, opaque
     calls) over at most 12 atoms are decided by enumerating assignments,
-    which is much cheaper than a solver call; the rest goes to z3.
+    which is much cheaper than a solver call; the rest goes to z3
+    (`_solve`), and counts in `SOLVER_TERMS`.
     """
     props = []
     for text, negated, versions in keys:
@@ -347,9 +406,8 @@ def feasible_key(keys: tuple) -> Answer:
                 if not _enumerate(atoms, members):
                     return Answer.REFUTED
             return Answer.PROVED
-    guards = [Guard(text, negated) for text, negated, _ in keys]
-    versions = [dict(v) for _, _, v in keys]
-    return consistent(guards, versions)
+    SOLVER_TERMS[0] += len(keys)
+    return _solve_safely(keys)
 
 
 @lru_cache(maxsize=16384)
