@@ -221,6 +221,8 @@ class _Scope:
     paths_of: str | None
     class_scoped: bool  # ClassFacts.paths: rules with init items apply
     sequential: bool = True  # expand nn.Sequential calls into their elements
+    # id(node) -> (node, its index keys, the names it writes): paths share their nodes
+    node_memo: dict = field(default_factory=dict, repr=False, compare=False)
 
 
 class _PathCtx:
@@ -231,10 +233,19 @@ class _PathCtx:
         self.nodes = path.nodes
         # Index keys per node: a transition is only fired on nodes carrying
         # its key (the same pre-filter as the anchor index, for later nodes).
-        self.keys = [frozenset(_node_keys(n, scope)) for n in path.nodes]
-        # a parameter bound to the same name (`self._f(h)`, `def _f(self, h)`) keeps its value
-        self.writes = [(frozenset(n.writes) | frozenset(n.outputs)) - {d for d, s in n.copies if d == s}
-                       for n in path.nodes]
+        # Both are per node, and the paths of one scope share most nodes: memoised in the scope.
+        memo = scope.node_memo
+        facts = []
+        for n in path.nodes:
+            got = memo.get(id(n))
+            if got is None or got[0] is not n:
+                # a parameter bound to the same name (`self._f(h)`, `def _f(self, h)`) keeps its value
+                got = (n, frozenset(_node_keys(n, scope)),
+                       (frozenset(n.writes) | frozenset(n.outputs)) - {d for d, s in n.copies if d == s})
+                memo[id(n)] = got
+            facts.append(got)
+        self.keys = [f[1] for f in facts]
+        self.writes = [f[2] for f in facts]
         writers: dict[str, list[int]] = {}
         for i, names in enumerate(self.writes):
             for name in names:
