@@ -7,43 +7,19 @@ compiler, analysis, matcher, rewriter) must find the place and rewrite it
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import pytest
 
 from dslc.analysis import analyze_source
-from dslc.match.compiler import compile_pack
-from dslc.lang.loader import load_rules
-from dslc.match.matcher import match_file
-from dslc.rewrite.rewriter import rewrite_source
+from rewrite_support import run, stable
 
 REPO = Path(__file__).resolve().parent.parent
 PACK = REPO / "rulepacks" / "adopter.adr"
 
 
-@pytest.fixture(scope="module")
-def compiled():
-    result = load_rules([str(PACK)])
-    return compile_pack(result.packs[0])
-
-
-def run(compiled, source: str, path: str = "m.py"):
-    facts = analyze_source(source, path)
-    matches = match_file(compiled, facts)
-    return facts, rewrite_source(source, facts, matches, path=path)
-
-
 def outcomes(result, rule: str):
-    return [(o.match.class_name, o.status, o.reason) for o in result.outcomes if o.match.rule.name == rule]
-
-
-def stable(compiled, new: str) -> None:
-    """The output parses and a second apply changes nothing."""
-    ast.parse(new)
-    _, again = run(compiled, new)
-    assert again.new_source is None
-    assert all(o.status != "applied" for o in again.outcomes)
+    return [(m.class_name, m.status, m.reason) for m in result.matches if m.rule.split(":")[-1] == rule]
 
 
 # ---------------------------------------------------------------------------
@@ -85,18 +61,18 @@ def test_nested_class_is_analysed_with_its_qualified_name():
     assert names["Outer"].init[0].type == "m.Outer.Inner"
 
 
-def test_nested_class_is_rewritten(compiled):
-    _, result = run(compiled, NESTED)
+def test_nested_class_is_rewritten():
+    result = run(NESTED)
     assert outcomes(result, "conv_batchnorm") == [("Outer.Inner", "applied", None)]
     new = result.new_source
     assert "            self.conv = ConvBn2d(nn.Conv2d(c, c, 3), nn.BatchNorm2d(c))\n" in new
     assert "        def forward(self, x):\n            return self.conv(x)\n" in new
     # the outer class is untouched
     assert "        self.inner = Outer.Inner(c)\n" in new
-    stable(compiled, new)
+    stable(new)
 
 
-def test_nested_class_with_a_sibling_base_and_a_top_level_namesake(compiled):
+def test_nested_class_with_a_sibling_base_and_a_top_level_namesake():
     source = '''import torch
 from torch import nn
 
@@ -128,11 +104,11 @@ class Inner(nn.Module):
     facts = analyze_source(source, "m.py")
     inner = next(c for c in facts.classes if c.name == "Outer.Inner")
     assert inner.bases == ("m.Outer.Base",)
-    _, result = run(compiled, source)
+    result = run(source)
     assert outcomes(result, "conv_batchnorm") == [("Outer.Inner", "applied", None)]
     # the top-level namesake keeps its code
     assert "        return self.conv2(self.conv(x))\n" in result.new_source
-    stable(compiled, result.new_source)
+    stable(result.new_source)
 
 
 # ---------------------------------------------------------------------------
@@ -215,12 +191,12 @@ class OtherValue(nn.Module):
 '''
 
 
-def test_helper_parameters_carry_the_callers_values(compiled):
+def test_helper_parameters_carry_the_callers_values():
     facts = analyze_source(HELPERS, "m.py")
     across = next(c for c in facts.classes if c.name == "Across")
     entry = next(n for n in across.paths[0].nodes if n.copies)
     assert entry.copies == (("y", "h"),)
-    _, result = run(compiled, HELPERS)
+    result = run(HELPERS)
     got = {name: (status, reason) for name, status, reason in outcomes(result, "conv_batchnorm")}
     # entirely inside the helper: rewritten there, spelled with the helper's names
     assert got["InHelper"] == ("applied", None)
@@ -236,13 +212,13 @@ def test_helper_parameters_carry_the_callers_values(compiled):
     assert status == "skipped" and "crosses methods" in reason, reason
     # the helper is called on another value: no match at all
     assert "OtherValue" not in got
-    stable(compiled, result.new_source)
+    stable(result.new_source)
 
 
-def test_fusion_across_a_helper_computes_the_same(compiled):
+def test_fusion_across_a_helper_computes_the_same():
     torch = pytest.importorskip("torch", reason="torch runs the two versions")
     source = HELPERS[: HELPERS.index("class SameName")]
-    _, result = run(compiled, source)
+    result = run(source)
     assert dict((n, s) for n, s, _ in outcomes(result, "conv_batchnorm")) == {"InHelper": "applied", "Across": "applied"}
     old_ns, new_ns = _load(source, "old"), _load(result.new_source, "new")
     for name in ("InHelper", "Across"):
@@ -275,13 +251,13 @@ ACROSS = HELPERS[HELPERS.index("class Across"): HELPERS.index("class SameName")]
     # the helper reads its parameter before the BatchNorm
     ("        y = self.bn(y)\n", "        print(y)\n        y = self.bn(y)\n"),
 ])
-def test_fusion_across_a_helper_refusals(compiled, change, expected):
+def test_fusion_across_a_helper_refusals(change, expected):
     source = "import torch\nfrom torch import nn\n\n\n" + ACROSS.replace(change, expected)
     assert ACROSS.replace(change, expected) != ACROSS
     if "(h, h" in expected:
         source = source.replace("    def _bn_act(self, y):\n", "    def _bn_act(self, y, z):\n")
         source = source.replace("        return self.act(y)\n", "        return self.act(y) + z\n")
-    _, result = run(compiled, source)
+    result = run(source)
     got = outcomes(result, "conv_batchnorm")
     assert got and all(status == "skipped" for _, status, _ in got), got
 
@@ -289,7 +265,7 @@ def test_fusion_across_a_helper_refusals(compiled, change, expected):
 # ---------------------------------------------------------------------------
 # 8. a layer input passed by keyword
 
-def test_layer_input_by_keyword(compiled):
+def test_layer_input_by_keyword():
     source = '''import torch
 from torch import nn
 
@@ -304,10 +280,10 @@ class Block(nn.Module):
         h = self.conv(input=x)
         return self.bn(input=h)
 '''
-    _, result = run(compiled, source)
+    result = run(source)
     assert outcomes(result, "conv_batchnorm") == [("Block", "applied", None)]
     assert "    def forward(self, x):\n        return self.conv(x)\n" in result.new_source
-    stable(compiled, result.new_source)
+    stable(result.new_source)
 
 
 def test_forward_parameter_table_agrees_with_torch():
@@ -404,8 +380,8 @@ def test_star_kwargs_of_a_local_dict_literal():
         assert [k for k, _ in by[name]["bn"].kwargs] == ["**"], name
 
 
-def test_star_kwargs_match_or_refuse(compiled):
-    _, result = run(compiled, STAR)
+def test_star_kwargs_match_or_refuse():
+    result = run(STAR)
     got = {name: (status, reason) for name, status, reason in outcomes(result, "conv_batchnorm")}
     assert got["Literal"] == ("applied", None)
     assert "        self.conv = ConvBn2d(nn.Conv2d(c, c, 3, **dd), nn.BatchNorm2d(c, **dd))\n" in result.new_source
@@ -413,7 +389,7 @@ def test_star_kwargs_match_or_refuse(compiled):
     # unknown keys: no match, a near miss that names what cannot be proved
     for name in ("Unknown", "Mutated", "Rebound"):
         assert name not in got
-    stable(compiled, result.new_source)
+    stable(result.new_source)
 
 
 def test_unknown_star_kwargs_are_near_misses(tmp_path, capsys):
@@ -503,8 +479,8 @@ class OnOnePath(nn.Module):
 '''
 
 
-def test_softmax_over_the_last_of_four_provable_dims(compiled):
-    _, result = run(compiled, RANKS)
+def test_softmax_over_the_last_of_four_provable_dims():
+    result = run(RANKS)
     got = {name: status for name, status, _ in outcomes(result, "softmax")}
     assert got == {"Einsum": "applied", "Viewed": "applied", "Matmul": "applied", "OnOnePath": "skipped"}
     reason = next(r for name, _, r in outcomes(result, "softmax") if name == "OnOnePath")
@@ -518,7 +494,7 @@ def test_softmax_over_the_last_of_four_provable_dims(compiled):
                  "F.softmax(x, dim=3)\n\n\nclass OnOnePath"):
         assert line in new, line
     assert new.rstrip().endswith("return F.softmax(x, dim=3)")
-    stable(compiled, new)
+    stable(new)
 
 
 # ---------------------------------------------------------------------------
@@ -551,8 +527,8 @@ class ConvLayer(nn.Module):
 '''
 
 
-def test_layer_guarded_by_is_not_none_is_fused_under_the_init_guard(compiled):
-    _, result = run(compiled, GUARDED)
+def test_layer_guarded_by_is_not_none_is_fused_under_the_init_guard():
+    result = run(GUARDED)
     assert outcomes(result, "conv_batchnorm") == [("ConvLayer", "applied", None)]
     new = result.new_source
     assert ("        if use_normalization:\n"
@@ -561,7 +537,7 @@ def test_layer_guarded_by_is_not_none_is_fused_under_the_init_guard(compiled):
     assert "        else:\n            self.normalization = None\n" in new
     # forward is unchanged
     assert GUARDED[GUARDED.index("    def forward"):] in new
-    stable(compiled, new)
+    stable(new)
 
 
 def _load(source: str, name: str):
@@ -570,9 +546,9 @@ def _load(source: str, name: str):
     return namespace
 
 
-def test_guarded_fusion_computes_the_same_and_loads_old_checkpoints(compiled):
+def test_guarded_fusion_computes_the_same_and_loads_old_checkpoints():
     torch = pytest.importorskip("torch", reason="torch runs the two versions")
-    _, result = run(compiled, GUARDED)
+    result = run(GUARDED)
     old_ns, new_ns = _load(GUARDED, "old"), _load(result.new_source, "new")
     for use_norm in (True, False):
         torch.manual_seed(0)
@@ -604,10 +580,10 @@ def test_guarded_fusion_computes_the_same_and_loads_old_checkpoints(compiled):
     ("        if self.normalization is not None:\n",
      "        print(features)\n        if self.normalization is not None:\n"),
 ])
-def test_guarded_layer_refusals(compiled, change, reason):
+def test_guarded_layer_refusals(change, reason):
     source = GUARDED.replace(change, reason)
     assert source != GUARDED
-    _, result = run(compiled, source)
+    result = run(source)
     got = outcomes(result, "conv_batchnorm")
     assert len(got) == 1 and got[0][1] == "skipped" and "is not None:" in got[0][2], got
 
@@ -664,8 +640,8 @@ class InFor(nn.Module):
 '''
 
 
-def test_hoisting_through_elif_and_refusals_for_loops_and_with(compiled):
-    _, result = run(compiled, HOIST)
+def test_hoisting_through_elif_and_refusals_for_loops_and_with():
+    result = run(HOIST)
     got = {name: (status, reason) for name, status, reason in outcomes(result, "dropout_layernorm")}
     assert got["Elif"] == ("applied", None)
     new = result.new_source
@@ -676,7 +652,7 @@ def test_hoisting_through_elif_and_refusals_for_loops_and_with(compiled):
     assert status == "skipped" and "the `with` at line" in reason and "context manager" in reason
     status, reason = got["InFor"]
     assert status == "skipped" and "the `for` at line" in reason and "once per iteration" in reason
-    stable(compiled, new)
+    stable(new)
 
 
 # ---------------------------------------------------------------------------
@@ -733,8 +709,8 @@ class ConvLoop(nn.Module):
 '''
 
 
-def test_module_list_elements_called_in_a_loop(compiled):
-    _, result = run(compiled, LOOPS)
+def test_module_list_elements_called_in_a_loop():
+    result = run(LOOPS)
     got = {name: (status, reason) for name, status, reason in outcomes(result, "bert_self_attention")}
     assert got["Comprehension"] == ("applied", None)
     assert got["Literal"] == ("applied", None)
@@ -746,22 +722,22 @@ def test_module_list_elements_called_in_a_loop(compiled):
     # a fusion across the loop boundary is found and refused with the reason
     status, reason = outcomes(result, "conv_batchnorm")[0][1:]
     assert status == "skipped" and "container `self.convs`" in reason
-    stable(compiled, new)
+    stable(new)
 
 
-def test_guarded_layer_with_none_bound_first(compiled):
+def test_guarded_layer_with_none_bound_first():
     source = GUARDED.replace(
         "        if use_normalization:\n            self.normalization = nn.BatchNorm2d(cout, affine=True, track_running_stats=True)\n"
         "        else:\n            self.normalization = None\n",
         "        self.normalization = None\n        if use_normalization:\n"
         "            self.normalization = nn.BatchNorm2d(cout, affine=True, track_running_stats=True)\n")
     assert source != GUARDED
-    _, result = run(compiled, source)
+    result = run(source)
     assert outcomes(result, "conv_batchnorm") == [("ConvLayer", "applied", None)]
     assert ("        self.normalization = None\n        if use_normalization:\n"
             "            self.convolution = ConvBn2d(self.convolution, nn.BatchNorm2d(cout, affine=True, track_running_stats=True))\n"
             "            self.normalization = None\n") in result.new_source
-    stable(compiled, result.new_source)
+    stable(result.new_source)
 
 
 @pytest.mark.parametrize("change, expected", [
@@ -775,36 +751,36 @@ def test_guarded_layer_with_none_bound_first(compiled):
     ("        if self.normalization is not None:\n",
      "        if self.training:\n            return None\n        if self.normalization is not None:\n"),
 ])
-def test_guarded_layer_needs_both_calls_on_every_path(compiled, change, expected):
+def test_guarded_layer_needs_both_calls_on_every_path(change, expected):
     source = GUARDED.replace(change, expected)
     assert source != GUARDED
-    _, result = run(compiled, source)
+    result = run(source)
     got = outcomes(result, "conv_batchnorm")
     assert got and all(status == "skipped" for _, status, _ in got), got
 
 
-def test_fusion_across_a_helper_needs_the_conv_on_every_path(compiled):
+def test_fusion_across_a_helper_needs_the_conv_on_every_path():
     source = "import torch\nfrom torch import nn\n\n\n" + ACROSS.replace(
         "        h = self.conv(x)\n", "        h = x\n        if x.dim() == 4:\n            h = self.conv(x)\n")
-    _, result = run(compiled, source)
+    result = run(source)
     got = outcomes(result, "conv_batchnorm")
     assert got and all(status == "skipped" for _, status, _ in got), got
 
 
-def test_fusion_across_a_helper_refused_after_an_early_exit(compiled):
+def test_fusion_across_a_helper_refused_after_an_early_exit():
     source = "import torch\nfrom torch import nn\n\n\n" + ACROSS.replace(
         "        y = self.bn(y)\n", "        if self.training:\n            return None\n        y = self.bn(y)\n")
-    _, result = run(compiled, source)
+    result = run(source)
     got = outcomes(result, "conv_batchnorm")
     assert got and all(status == "skipped" and "may leave before it" in reason for _, status, reason in got), got
 
 
-def test_masked_fill_does_not_keep_the_rank(compiled):
+def test_masked_fill_does_not_keep_the_rank():
     # out of place, masked_fill broadcasts the tensor to the mask's shape
     source = RANKS.split("class Einsum")[0] + '''class Masked(nn.Module):
     def forward(self, q, k, mask):
         scores = torch.einsum("bhqd,bhkd->bhqk", q, k).masked_fill(mask, 0.0)
         return F.softmax(scores, dim=3)
 '''
-    _, result = run(compiled, source)
+    result = run(source)
     assert outcomes(result, "softmax") == []
