@@ -15,31 +15,21 @@ from pathlib import Path
 
 import pytest
 
-from dslc.analysis import analyze_source
-from dslc.match.compiler import compile_pack
+import rewrite_support
+from dslc.lang import codes
 from dslc.lang.loader import load_rules
-from dslc.match.matcher import match_file
-from dslc.rewrite.rewriter import rewrite_source
 
 REPO = Path(__file__).resolve().parent.parent
 PACKS = [str(REPO / "rulepacks" / "adopter.adr"), str(REPO / "rulepacks" / "examples.adr")]
-_COMPILED: dict = {}
-
-
-def compiled(paths=tuple(PACKS)):
-    if paths not in _COMPILED:
-        result = load_rules(list(paths))
-        assert not [d for d in result.diagnostics if d.severity == "error"], result.diagnostics
-        _COMPILED[paths] = [compile_pack(p) for p in result.packs]
-    return _COMPILED[paths]
 
 
 def run(source: str, packs=tuple(PACKS)):
-    source = textwrap.dedent(source)
-    facts = analyze_source(source, "model.py")
-    matches = [m for c in compiled(packs) for m in match_file(c, facts)]
-    result = rewrite_source(source, facts, matches, path="model.py")
-    return [(o.match.rule.name, o.status, o.reason) for o in result.outcomes], result.new_source
+    """The outcomes as (rule, status, reason with its code) and the new source
+    (None: unchanged); `unsafe` rules (linear_batchnorm) are applied too."""
+    result = rewrite_support.run(textwrap.dedent(source), rules=packs, unsafe=True)
+    assert not result.errors, result.errors
+    return [(m.rule.split(":")[-1], m.status, m.reason if m.reason is None else codes.Reason(m.code, m.reason))
+            for m in result.matches], result.new_source
 
 
 def only(outcomes, rule):
