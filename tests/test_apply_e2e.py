@@ -22,22 +22,6 @@ PACK = REPO / "rulepacks" / "adopter.adr"
 EXAMPLES = REPO / "examples"
 
 
-def _pipeline_missing() -> str | None:
-    for module in ("dslc.lang.loader", "dslc.match.compiler", "dslc.match.matcher", "dslc.rewrite.rewriter"):
-        if importlib.util.find_spec(module) is None:
-            return f"{module} not built yet"
-    import dslc.analysis
-
-    if not hasattr(dslc.analysis, "analyze_paths"):
-        return "dslc.analysis.analyze_paths not exported yet"
-    if not PACK.exists():
-        return "rulepacks/adopter.adr not written yet"
-    return None
-
-
-pytestmark = pytest.mark.skipif(_pipeline_missing() is not None, reason=str(_pipeline_missing()))
-
-
 def apply_cli(capsys, *args):
     code = main(["apply", "--rules", str(PACK), "--no-cache", "--jobs", "1", *map(str, args)])
     out, err = capsys.readouterr()

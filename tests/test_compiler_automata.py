@@ -9,6 +9,7 @@ import pytest
 
 from dslc.match import ir
 from dslc.match.compiler import PASSES, CompileError, compile_rule, compile_rules
+from dslc.lang.loader import load_rules
 from test_matcher_helpers import K, L, O, V, W, biased_gelu, conv_batchnorm, dropout_layernorm, rule, softmax
 
 REPO = Path(__file__).resolve().parent.parent
@@ -84,10 +85,7 @@ def test_dump_is_readable():
 
 
 def _load_adopter():
-    if not PACK.exists():
-        pytest.skip("rulepacks/adopter.adr not there yet")
-    loader = pytest.importorskip("dslc.lang.loader")
-    result = loader.load_rules([str(PACK)])
+    result = load_rules([str(PACK)])
     errors = [d for d in result.diagnostics if getattr(d, "severity", "error") == "error"]
     assert not errors, errors
     [pack] = result.packs
