@@ -98,9 +98,15 @@ def rule_paths(rules: str | os.PathLike | Iterable[str | os.PathLike]) -> tuple[
     return tuple(out)
 
 
-@functools.lru_cache(maxsize=None)
 def packs(paths: tuple[str, ...], select: tuple[str, ...] = ()) -> list:
-    """The loaded packs; a pack that does not load fails the test (no fallback)."""
+    """The loaded packs; a pack that does not load fails the test (no fallback).
+    Cached per path, selection and file contents (a test may rewrite a pack file)."""
+    contents = tuple(Path(p).read_bytes() if Path(p).is_file() else None for p in paths)
+    return _packs(paths, select, contents)
+
+
+@functools.lru_cache(maxsize=None)
+def _packs(paths: tuple[str, ...], select: tuple[str, ...], contents: tuple) -> list:
     result = load_rules(list(paths), select)
     errors = [str(d) for d in result.diagnostics if d.is_error]
     assert result.ok and result.packs, f"rule packs {paths} did not load: {errors}"

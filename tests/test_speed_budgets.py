@@ -96,17 +96,18 @@ def test_budgets_do_not_change_ordinary_files():
 
 @pytest.mark.parametrize("name", sorted(W.CASES))
 def test_every_generated_worst_case_finishes_with_small_rewritten(tmp_path, packs, name, monkeypatch):
-    # the 5000/10000-size cases run in benchmarks/speed.py; here smaller, with budgets scaled to match
-    small = {"sequential_5000": lambda: W.big_sequential(300), "lines_10000": lambda: W.long_function(400),
-             "branchy_10000": lambda: W.long_branchy_function(400), "if_else_40": lambda: W.if_else_chain(12),
-             "if_helpers_40": lambda: W.if_helpers(12), "while_chain_40": lambda: W.while_chain(12),
-             "nested_while_40": lambda: W.nested_while(12)}
+    # the 5000/10000-size cases run in benchmarks/speed.py; here at W.TEST_SIZES, with budgets scaled to match
+    generate, _ = W.CASES[name]
     monkeypatch.setattr(extract, "MAX_CONTAINER_ELEMENTS", 200)
     monkeypatch.setattr(extract, "MAX_PATH_NODES", 300)
     monkeypatch.setattr(extract, "MAX_WORK", 20_000)
-    result = _apply(tmp_path, name, small[name](), packs)
+    result = _apply(tmp_path, name, generate(W.TEST_SIZES[name]), packs)
     assert not result.errors, result.errors
     assert _small_rewritten(result), (name, result.matches, result.warnings)
+
+
+def test_every_case_has_a_test_size():
+    assert set(W.TEST_SIZES) == set(W.CASES)
 
 
 def test_propositional_groups_give_the_same_answer_as_one_enumeration():
