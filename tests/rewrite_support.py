@@ -22,6 +22,7 @@ import functools
 import os
 import tempfile
 import textwrap
+import types
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -210,3 +211,12 @@ def stable(new: str, **kw) -> None:
     again = run(new, **kw)
     assert again.new_source is None, "a second apply changed the output:\n" + _mismatch(new, again.new_source or "")
     assert not any(m.status == "applied" for m in again.matches)
+
+
+def load_module(source: str, name: str) -> types.ModuleType:
+    """Run model source as a fresh module `name` (not put in sys.modules), to
+    compare an original and its rewrite in torch."""
+    module = types.ModuleType(name)
+    module.__file__ = f"<{name}>"
+    exec(compile(source, f"<{name}>", "exec"), module.__dict__)
+    return module

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from dslc.analysis import analyze_source
-from rewrite_support import run, stable
+from rewrite_support import load_module, run, stable
 
 REPO = Path(__file__).resolve().parent.parent
 PACK = REPO / "rulepacks" / "adopter.adr"
@@ -220,7 +220,7 @@ def test_fusion_across_a_helper_computes_the_same():
     source = HELPERS[: HELPERS.index("class SameName")]
     result = run(source)
     assert dict((n, s) for n, s, _ in outcomes(result, "conv_batchnorm")) == {"InHelper": "applied", "Across": "applied"}
-    old_ns, new_ns = _load(source, "old"), _load(result.new_source, "new")
+    old_ns, new_ns = vars(load_module(source, "old")), vars(load_module(result.new_source, "new"))
     for name in ("InHelper", "Across"):
         torch.manual_seed(0)
         old = old_ns[name](3)
@@ -540,16 +540,10 @@ def test_layer_guarded_by_is_not_none_is_fused_under_the_init_guard():
     stable(new)
 
 
-def _load(source: str, name: str):
-    namespace: dict = {}
-    exec(compile(source, f"<{name}>", "exec"), namespace)
-    return namespace
-
-
 def test_guarded_fusion_computes_the_same_and_loads_old_checkpoints():
     torch = pytest.importorskip("torch", reason="torch runs the two versions")
     result = run(GUARDED)
-    old_ns, new_ns = _load(GUARDED, "old"), _load(result.new_source, "new")
+    old_ns, new_ns = vars(load_module(GUARDED, "old")), vars(load_module(result.new_source, "new"))
     for use_norm in (True, False):
         torch.manual_seed(0)
         old = old_ns["ConvLayer"](3, 4, use_normalization=use_norm)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ast
 import os
-import types
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ from dslc.match.compiler import compile_pack
 from dslc.lang.loader import load_rules
 from dslc.match.matcher import match_file
 from dslc.rewrite.rewriter import rewrite_source
-from rewrite_support import assert_rewrite, remap_hook, self_output
+from rewrite_support import assert_rewrite, load_module, remap_hook, self_output
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
@@ -81,12 +80,7 @@ def test_dpt_is_figure_5b_and_equivalent(compiled):
     assert "hidden_state = self.convolution1(hidden_state)" in body
     assert "hidden_state = self.convolution2(hidden_state)" in body
 
-    def load(text, name):
-        module = types.ModuleType(name)
-        exec(compile(text, name, "exec"), module.__dict__)
-        return module
-
-    old_mod, new_mod = load(source, "dpt_old"), load(new, "dpt_new")
+    old_mod, new_mod = load_module(source, "dpt_old"), load_module(new, "dpt_new")
     for use_bn in (True, False):
         config = old_mod.Config()
         config.use_batch_norm_in_fusion_residual = use_bn
@@ -316,12 +310,7 @@ def test_later_statement_moves_into_the_branch_and_stays_equivalent(compiled):
             "        else:\n            x = self.bn(x)\n        return x\n") in new
     assert run(compiled, new).new_source is None
 
-    def load(text, name):
-        module = types.ModuleType(name)
-        exec(compile(text, name, "exec"), module.__dict__)
-        return module
-
-    old_mod, new_mod = load(REVERSE, "rev_old"), load(new, "rev_new")
+    old_mod, new_mod = load_module(REVERSE, "rev_old"), load_module(new, "rev_new")
     for use_conv in (True, False):
         torch.manual_seed(0)
         before = old_mod.M(use_conv).eval()

@@ -468,16 +468,10 @@ def test_13_shared_dropout_is_kept_for_its_other_use(kernel_refs):
     assert "self.dropout = nn.Dropout(0.1)" in new
     assert "h = self.dropout(h)" in new
     import torch
-    import types
-
-    def load(src, name):
-        mod = types.ModuleType(name)
-        exec(compile(src, name, "exec"), mod.__dict__)
-        return mod.Out().eval()
 
     torch.manual_seed(0)
-    old = load(textwrap.dedent(SHARED), "old13")
-    new_model = load(new, "new13")
+    old = rewrite_support.load_module(textwrap.dedent(SHARED), "old13").Out().eval()
+    new_model = rewrite_support.load_module(new, "new13").Out().eval()
     new_model.load_state_dict(old.state_dict(), strict=True)
     h, res = torch.randn(3, 6), torch.randn(3, 6)
     with torch.no_grad():
