@@ -99,11 +99,12 @@ def rule_paths(rules: str | os.PathLike | Iterable[str | os.PathLike]) -> tuple[
     return tuple(out)
 
 
-def packs(paths: tuple[str, ...], select: tuple[str, ...] = ()) -> list:
+def load_packs(paths: tuple[str, ...] | str, select: tuple[str, ...] = ()) -> list:
     """The loaded packs; a pack that does not load fails the test (no fallback).
     Cached per path, selection and file contents (a test may rewrite a pack file)."""
+    paths = rule_paths(paths)
     contents = tuple(Path(p).read_bytes() if Path(p).is_file() else None for p in paths)
-    return _packs(paths, select, contents)
+    return list(_packs(paths, select, contents))
 
 
 @functools.lru_cache(maxsize=None)
@@ -117,7 +118,7 @@ def _packs(paths: tuple[str, ...], select: tuple[str, ...], contents: tuple) -> 
 def run(source: str, *, rules=("adopter",), select: Sequence[str] = (), unsafe: bool = False,
         name: str = "model.py") -> FileResult:
     """`dslc apply` (diff mode, one process, no cache) on `source` saved as `name`."""
-    loaded = packs(rule_paths(rules), tuple(select))
+    loaded = load_packs(rules, tuple(select))
     with tempfile.TemporaryDirectory(prefix="dslc-rewrite-") as tmp:
         path = Path(tmp) / name
         path.parent.mkdir(parents=True, exist_ok=True)

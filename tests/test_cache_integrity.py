@@ -25,8 +25,7 @@ import pytest
 from dslc.apply import driver as apply
 from dslc.analysis import cachefile
 from dslc.cli import main
-from dslc.lang.loader import load_rules
-from rewrite_support import self_output
+from rewrite_support import load_packs, self_output
 
 REPO = Path(__file__).resolve().parent.parent
 PACK = REPO / "rulepacks" / "adopter.adr"
@@ -70,7 +69,7 @@ class Child(Base):
 
 @pytest.fixture(scope="module")
 def packs():
-    return load_rules([str(PACK)]).packs
+    return load_packs(str(PACK))
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from dslc.analysis import analyze_source
 from dslc.match.compiler import compile_pack
 from dslc.match.matcher import match_file
 from dslc.rewrite.rewriter import rewrite_source
-from rewrite_support import REPO, assert_rewrite, packs, remap_hook, rule_paths, run
+from rewrite_support import REPO, assert_rewrite, load_packs, remap_hook, run
 
 PACK = REPO / "rulepacks" / "adopter.adr"
 
@@ -228,7 +228,7 @@ def test_non_adjacent_elements_are_skipped():
     # and 2 (built by hand) must still be refused by the emitter.
     source = block(head="        self.head = nn.Sequential(nn.Conv2d(cin, cout, 3), nn.BatchNorm2d(cout), nn.BatchNorm2d(cout))\n")
     facts = analyze_source(source, "m.py")
-    compiled = compile_pack(packs(rule_paths("adopter"))[0])
+    compiled = compile_pack(load_packs("adopter")[0])
     match = next(m for m in match_file(compiled, facts) if m.rule.name == "conv_batchnorm")
     bn_var = next(v for v, b in match.init_nodes.items() if b.attr == "head.1")
     other = next(b for c in facts.classes for b in c.init if b.attr == "head.2")

@@ -17,7 +17,6 @@ import pytest
 
 import rewrite_support
 from dslc.lang import codes
-from dslc.lang.loader import load_rules
 
 REPO = Path(__file__).resolve().parent.parent
 PACKS = [str(REPO / "rulepacks" / "adopter.adr"), str(REPO / "rulepacks" / "examples.adr")]
@@ -92,7 +91,7 @@ def test_1_reading_only_the_shape_of_the_changed_value_is_fine():
 def test_1_the_changed_value_is_told_from_the_rule():
     from dslc.rewrite.rewriter import _changed_values
 
-    rules = {r.name: r for p in load_rules(PACKS).packs for r in p.rules}
+    rules = {r.name: r for p in rewrite_support.load_packs(tuple(PACKS)) for r in p.rules}
     assert _changed_values(rules["biased_gelu"]) == {"y"}
     for name in ("dropout_layernorm", "conv_batchnorm", "fused_qkv", "silu", "softmax"):
         assert _changed_values(rules[name]) == set(), name
@@ -332,7 +331,7 @@ def test_5_inherited_match_is_reported_in_the_base_file(tmp_path):
         "    def __init__(self):\n        super().__init__()\n        self.extra = torch.nn.Linear(2, 2)\n")
     # (The whole pack: the pre-filter keeps the child file for its `Linear`;
     # with conv_batchnorm alone it skips the file, see the report of issue 8.)
-    packs = load_rules([PACKS[0]]).packs
+    packs = rewrite_support.load_packs(PACKS[0])
     report = apply_paths([str(pkg / "sub")], packs, ApplyOptions(mode="diff", jobs=1))
     entries = [m for m in report.matches if m.class_name and m.class_name.endswith("Child")]
     assert entries, report
@@ -520,7 +519,7 @@ def test_4_subclass_in_a_sibling_module_is_refused(tmp_path):
     (pkg / "modeling.py").write_text(textwrap.dedent(ATTN))
     (pkg / "flash.py").write_text("from .modeling import Attn\n\n\nclass FlashAttn(Attn):\n"
                                   "    def forward(self, x):\n        return self.v_proj(x)\n")
-    packs = load_rules([PACKS[0]]).packs
+    packs = rewrite_support.load_packs(PACKS[0])
     report = apply_paths([str(pkg / "modeling.py")], packs, ApplyOptions(mode="diff", jobs=1))
     entry = [m for m in report.matches if m.rule == "adopter:fused_qkv"]
     assert entry and entry[0].status == "skipped"

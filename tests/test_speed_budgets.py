@@ -18,7 +18,7 @@ import pytest
 
 from dslc.apply import driver as apply
 from dslc.analysis import analyze_source, extract, guards
-from dslc.lang.loader import load_rules
+from rewrite_support import load_packs
 
 REPO = Path(__file__).resolve().parent.parent
 PACK = REPO / "rulepacks" / "adopter.adr"
@@ -36,7 +36,7 @@ W = _cases()
 
 @pytest.fixture(scope="module")
 def packs():
-    return load_rules([str(PACK)]).packs
+    return load_packs(str(PACK))
 
 
 def _apply(tmp_path, name, text, packs):
