@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from dslc.analysis import analyze_source
-from rewrite_support import load_module, run, stable
+from rewrite_support import assert_rewrite, load_module, remap_hook, run, stable
 
 REPO = Path(__file__).resolve().parent.parent
 PACK = REPO / "rulepacks" / "adopter.adr"
@@ -62,14 +62,38 @@ def test_nested_class_is_analysed_with_its_qualified_name():
 
 
 def test_nested_class_is_rewritten():
-    result = run(NESTED)
-    assert outcomes(result, "conv_batchnorm") == [("Outer.Inner", "applied", None)]
-    new = result.new_source
-    assert "            self.conv = ConvBn2d(nn.Conv2d(c, c, 3), nn.BatchNorm2d(c))\n" in new
-    assert "        def forward(self, x):\n            return self.conv(x)\n" in new
-    # the outer class is untouched
-    assert "        self.inner = Outer.Inner(c)\n" in new
-    stable(new)
+    # The inner class is rewritten in place; the outer class keeps its code.
+    assert_rewrite(NESTED, """\
+        import torch
+        from torch import nn
+        from torch.ao.nn.intrinsic import ConvBn2d
+        """ + remap_hook() + """
+
+        class Outer(nn.Module):
+            class Inner(nn.Module):
+                def __init__(self, c):
+                    super().__init__()
+                    self.conv = ConvBn2d(nn.Conv2d(c, c, 3), nn.BatchNorm2d(c))
+                    self._register_load_state_dict_pre_hook(_dslc_remap_state_dict((
+                        ('conv.0.weight', 'conv.weight', False),
+                        ('conv.0.bias', 'conv.bias', False),
+                        ('conv.1.weight', 'bn.weight', False),
+                        ('conv.1.bias', 'bn.bias', False),
+                        ('conv.1.running_mean', 'bn.running_mean', False),
+                        ('conv.1.running_var', 'bn.running_var', False),
+                        ('conv.1.num_batches_tracked', 'bn.num_batches_tracked', False),
+                    )))
+
+                def forward(self, x):
+                    return self.conv(x)
+
+            def __init__(self, c):
+                super().__init__()
+                self.inner = Outer.Inner(c)
+
+            def forward(self, x):
+                return self.inner(x)
+        """, applied=["conv_batchnorm"])
 
 
 def test_nested_class_with_a_sibling_base_and_a_top_level_namesake():
