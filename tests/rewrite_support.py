@@ -10,14 +10,18 @@ reason) and the file's warnings (code, and optionally a piece of the message)
 must be exactly the ones given.  Every rewrite must also parse and be a fixed
 point: a second apply on the output changes nothing.
 
-The model sources (`BERT_EXAMPLE`, `SELF_OUTPUT`, `self_output`) are the
-BertSelfOutput block of the ADOPTER paper (examples/bert_self_output.py) in
-the few spellings the tests need, written once here.
+The model sources (`BERT_EXAMPLE`, `self_output()`) are the BertSelfOutput
+block of the ADOPTER paper (examples/bert_self_output.py) in the few
+spellings the tests need, written once here; `REMAP_HOOK` is the checkpoint
+pre-hook rewrites add.  `run` and `stable` are the pipeline without the
+comparison, `load_packs` loads packs or fails, `load_module` runs a model
+source to compare an original and its rewrite in torch.
 """
 
 from __future__ import annotations
 
 import ast
+import difflib
 import functools
 import os
 import tempfile
@@ -76,7 +80,27 @@ def self_output(name: str = "SelfOutput", *, tail: str | None = None,
     return _SELF_OUTPUT.format(imports=imports, name=name, forward=forward)
 
 
-SELF_OUTPUT = self_output()
+
+# The pre-hook a rewrite that renames parameters adds after the imports
+# (with the blank lines around it), so that old checkpoints still load.
+REMAP_HOOK = '''
+
+def _dslc_remap_state_dict(renames):
+    """A load_state_dict pre-hook (added by `dslc apply`): load checkpoints saved before the rewrite."""
+
+    def hook(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        for new, old, keep in renames:
+            if prefix + old in state_dict and prefix + new not in state_dict:
+                state_dict[prefix + new] = state_dict[prefix + old] if keep else state_dict.pop(prefix + old)
+
+    return hook
+'''
+
+
+def remap_hook(indent: int = 8) -> str:
+    """`REMAP_HOOK` indented to sit inside an indented `assert_rewrite` text."""
+    return textwrap.indent(REMAP_HOOK, " " * indent)
+
 
 # ---------------------------------------------------------------------------
 # The pipeline
@@ -129,6 +153,14 @@ def run(source: str, *, rules=("adopter",), select: Sequence[str] = (), unsafe: 
     return result
 
 
+def stable(new: str, **kw) -> None:
+    """`new` parses and a second apply (same keywords as `run`) changes nothing."""
+    ast.parse(new)
+    again = run(new, **kw)
+    assert again.new_source is None, "a second apply changed the output:\n" + _mismatch(new, again.new_source or "")
+    assert not any(m.status == "applied" for m in again.matches)
+
+
 def _short(rule: str) -> str:
     return rule.split(":", 1)[-1]
 
@@ -155,7 +187,8 @@ def assert_rewrite(before: str, after: str | None = None, *, rules=("adopter",),
     its reason); rule names may be short (`softmax`) or qualified.
     `warnings`: every warning of the file as a code or (code, a piece of its
     message).  `applied`: when given, the rules applied, one entry per match.
-    Returns the `FileResult` for further checks.
+    A changed output must parse and, unless `idempotent=False`, be left
+    alone by a second apply.  Returns the `FileResult` for further checks.
     """
     before = fixture(before)
     expected = before if after is None else fixture(after)
@@ -179,39 +212,8 @@ def assert_rewrite(before: str, after: str | None = None, *, rules=("adopter",),
 
 
 def _mismatch(expected: str, got: str) -> str:
-    import difflib
-
     return "output differs (- expected, + got):\n" + "".join(
         difflib.unified_diff(expected.splitlines(True), got.splitlines(True), "expected", "got"))
-
-
-# The pre-hook a rewrite that renames parameters adds after the imports
-# (with the blank lines around it), so that old checkpoints still load.
-REMAP_HOOK = '''
-
-def _dslc_remap_state_dict(renames):
-    """A load_state_dict pre-hook (added by `dslc apply`): load checkpoints saved before the rewrite."""
-
-    def hook(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
-        for new, old, keep in renames:
-            if prefix + old in state_dict and prefix + new not in state_dict:
-                state_dict[prefix + new] = state_dict[prefix + old] if keep else state_dict.pop(prefix + old)
-
-    return hook
-'''
-
-
-def remap_hook(indent: int = 8) -> str:
-    """`REMAP_HOOK` indented to sit inside an indented `assert_rewrite` text."""
-    return textwrap.indent(REMAP_HOOK, " " * indent)
-
-
-def stable(new: str, **kw) -> None:
-    """`new` parses and a second apply (same keywords as `run`) changes nothing."""
-    ast.parse(new)
-    again = run(new, **kw)
-    assert again.new_source is None, "a second apply changed the output:\n" + _mismatch(new, again.new_source or "")
-    assert not any(m.status == "applied" for m in again.matches)
 
 
 def load_module(source: str, name: str) -> types.ModuleType:
