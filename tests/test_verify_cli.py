@@ -106,11 +106,10 @@ def test_misspelt_torch_import_is_a_failure_not_a_skip(pair, capsys):
     assert code == 1 and "No module named 'torch.nn.functionall'" in out
 
 
-def test_cuda_without_a_gpu_skips_every_class(pair, capsys):
+def test_cuda_without_a_gpu_skips_every_class(pair, capsys, monkeypatch):
     import torch
 
-    if torch.cuda.is_available():
-        pytest.skip("this machine has a GPU: the no-GPU path is not reachable")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on a machine without a GPU
     orig, new, factory = pair(ORIGINAL)
     code, out, _ = cli(capsys, orig, new, "--factory", factory, "--class", "Merge", "--device", "cuda")
     assert code == 1
