@@ -85,17 +85,52 @@ def test_refusals_keep_the_code_and_say_why(rewritten):
     # v is the result of an inlined helper: no source expression to pass
     assert "inlined call" in skipped["InlinedValue"]
     # a head mask rebinds the probabilities inside an `if`: no match at all;
-    # transpose(2, 3) is the last two dims only for 4-d tensors: no rule accepts it
+    # transpose(2, 3) is the last two dims only for 4-d tensors: no rule accepts it;
+    # einsum equations outside the generator's lists (heads in dim 2, scores
+    # transposed) match no rule
     for name in sdpa_models.REFUSED:
         body = sdpa_models.CLASSES[name][0]
         assert body in text, f"{name} was changed"
+
+
+def _einsum_operands(eq: str, g):
+    """Random operands for an einsum equation (`...` stands for two dims)."""
+    sizes = {"...": (2, 3)}
+    shapes = []
+    for term in eq.replace(" ", "").split("->")[0].split(","):
+        dims = []
+        if term.startswith("..."):
+            dims += sizes["..."]
+            term = term[3:]
+        dims += [{"b": 2, "h": 3, "n": 3}.get(c, 0) or 4 + "ijqklsd".index(c) for c in term]
+        shapes.append(dims)
+    return [torch.randn(*s, generator=g, dtype=torch.float64) for s in shapes]
+
+
+@pytest.mark.parametrize("kind", ["qk", "pv"])
+def test_every_listed_einsum_equation_is_the_product_it_stands_for(kind):
+    """The einsum rules accept an equation only from gen_sdpa's lists: each
+    must compute q @ k^T (qk) or p @ v (pv) on tensors of its rank."""
+    sys.path.insert(0, str(REPO / "rulepacks"))
+    import gen_sdpa
+
+    eqs = gen_sdpa.EINSUM_QK if kind == "qk" else gen_sdpa.EINSUM_PV
+    assert len(eqs) == len(set(eqs)) > 10
+    g = torch.Generator().manual_seed(1)
+    for eq in eqs:
+        a, b = _einsum_operands(eq, g)
+        want = a @ b.transpose(-2, -1) if kind == "qk" else a @ b
+        torch.testing.assert_close(torch.einsum(eq, a, b), want, msg=lambda m: f"{eq}: {m}")
+    # the other list's equations are not this product (the lists are disjoint)
+    other = gen_sdpa.EINSUM_PV if kind == "qk" else gen_sdpa.EINSUM_QK
+    assert not set(eqs) & set(other)
 
 
 def _inputs(cls_name: str, dtype, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     x = (torch.randn(2, 5, 16, generator=g) * 2.5 + 0.7).to(dtype)
     kwargs = {}
-    if cls_name == "MatmulDivAddDrop":
+    if cls_name in ("MatmulDivAddDrop", "EinsumEllipsisDivAddUpcast"):
         # an additive padding mask: large negative values on some keys
         mask = torch.zeros(2, 1, 1, 5)
         mask[1, ..., -2:] = -1e4
