@@ -46,7 +46,11 @@ HEADER = '''\
 # * every intermediate (scores, probabilities) is removed, so a rewrite is
 #   skipped when any of them is read elsewhere (returned attention weights,
 #   `output_attentions`, a head mask multiplied in, hooks): the data-flow
-#   check of dslc.rewrite.safety refuses it with the reason;
+#   check of dslc.rewrite.safety refuses it with the reason; a run-time
+#   guard on `output_attentions` / `head_mask` is not expressible yet (`when`
+#   guards init rewrites only), nor is the optional mask `if mask is not
+#   None: s = s + mask` (see docs/adr-language.md, "What a forward rewrite
+#   cannot guard yet"): both are left alone;
 # * the mask is kept as an additive float mask in q's dtype (a boolean mask
 #   added to the scores adds 0/1; as a float mask it still does);
 #   `masked_fill(c, f)` becomes the additive mask `zeros.masked_fill(c, f)`:
