@@ -152,8 +152,11 @@ def print_liger(cmp: dict) -> None:
     print(f"Liger architectures with a liger-pack rewrite: {some} of {len(rows)}; with every default kernel "
           f"but fused_linear_cross_entropy: {full}; missed kernels: "
           + ", ".join(f"{k} x{c}" for k, c in missed.most_common()))
-    print(f"outside Liger's list, with a liger-pack rewrite ({len(cmp['outside_liger'])}): "
-          + ", ".join(cmp["outside_liger"]))
+    outside = cmp["outside_liger"]
+    libs = collections.Counter(name.split(":", 1)[0] for name in outside)
+    print(f"outside Liger's list, with a liger-pack rewrite: {len(outside)} ("
+          + ", ".join(f"{lib} {n}" for lib, n in sorted(libs.items())) + "): "
+          + ", ".join(outside[:12]) + (f", ... (--json lists all {len(outside)})" if len(outside) > 12 else ""))
 
 
 def arch_of(path: Path) -> tuple[str, str]:
@@ -162,6 +165,26 @@ def arch_of(path: Path) -> tuple[str, str]:
         i = parts.index("models")
         return "transformers", parts[i + 1]
     return "timm", path.stem
+
+
+def build_table(files: list[Path], report) -> dict[tuple[str, str], dict]:
+    """(library, architecture) -> files, rewrites (per sdpa spelling / liger rule), applied rules, skips."""
+    table: dict[tuple[str, str], dict] = collections.defaultdict(
+        lambda: {"rewritten": collections.Counter(), "applied_rules": collections.Counter(), "skipped": [],
+                 "files": 0, "errors": 0})
+    for f in files:
+        table[arch_of(f)]["files"] += 1
+    for res in report.files:
+        key = arch_of(Path(res.found.path if hasattr(res.found, "path") else str(res.found)))
+        row = table[key]
+        row["errors"] += len(res.errors)
+        for m in res.matches:
+            if m.status == "applied":
+                row["rewritten"][m.rule.split(":", 1)[1].split("_")[0] if m.rule.startswith("sdpa:") else m.rule] += 1
+                row["applied_rules"][m.rule] += 1
+            else:
+                row["skipped"].append(f"{m.class_name}: {m.rule}: {m.reason}")
+    return table
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,21 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     report = apply_paths([str(f) for f in files], loaded.packs, ApplyOptions(mode="diff", jobs=args.jobs, gitignore=False))
     seconds = time.perf_counter() - start
 
-    table: dict[tuple[str, str], dict] = collections.defaultdict(
-        lambda: {"rewritten": collections.Counter(), "applied_rules": collections.Counter(), "skipped": [],
-                 "files": 0, "errors": 0})
-    for f in files:
-        table[arch_of(f)]["files"] += 1
-    for res in report.files:
-        key = arch_of(Path(res.found.path if hasattr(res.found, "path") else str(res.found)))
-        row = table[key]
-        row["errors"] += len(res.errors)
-        for m in res.matches:
-            if m.status == "applied":
-                row["rewritten"][m.rule.split(":", 1)[1].split("_")[0] if m.rule.startswith("sdpa:") else m.rule] += 1
-                row["applied_rules"][m.rule] += 1
-            else:
-                row["skipped"].append(f"{m.class_name}: {m.rule}: {m.reason}")
+    table = build_table(files, report)
 
     liger = liger_architectures(src)
     liger_set = set(liger)

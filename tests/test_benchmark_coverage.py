@@ -85,3 +85,4 @@ def test_run_on_a_small_tree_compares_with_liger(tmp_path, capsys):
     assert {"rms_norm", "swiglu", "cross_entropy"} <= set(row["dslc"])
     assert "rms_norm" not in row["missing"] and "fused_linear_cross_entropy" in row["missing"]
     assert "Liger architectures with a liger-pack rewrite: 1 of 1" in out
+    assert "outside Liger's list, with a liger-pack rewrite: 0 ()" in out

@@ -242,3 +242,54 @@ def test_tiny_llm_attention_is_rewritten_and_equal(tmp_path, capsys):
     # a second apply changes nothing
     again, _ = _apply(tmp_path, capsys, "tiny_llm_sdpa.py", text)
     assert again == text
+
+
+WHEN_RULE = '''\
+pack guarded "a run-time guard on a forward rewrite"
+requires torch ">=2.1" install "pip install torch"
+rule guarded_attention "eager attention -> SDPA under a run-time condition" {
+  kernel torch.nn.functional.scaled_dot_product_attention
+  tolerance atol=1e-5 rtol=1e-4
+  forward {
+    torch.Tensor.transpose($k, -2, -1) -> $kt;
+    torch.matmul($q, $kt) -> $s0;
+    $s0 * $c -> $s1;
+    torch.nn.functional.softmax($s1, dim=-1) -> $p;
+    torch.matmul($p, $v) -> $out;
+  } => {
+    torch.nn.functional.scaled_dot_product_attention($q, $k, $v, dropout_p=0.0, scale=$c) -> $out;
+  }
+  when $c != 0
+}
+'''
+
+
+def test_when_cannot_guard_a_forward_rewrite(tmp_path, capsys):
+    """Why the output_attentions / head-mask rewrite is refused rather than
+    guarded (docs/adr-language.md, "What a forward rewrite cannot guard
+    yet"): `when` guards init rewrites only, and a rule that uses it on a
+    forward rewrite is skipped with S305, leaving the code as it was."""
+    pack = tmp_path / "guarded.adr"
+    pack.write_text(WHEN_RULE)
+    assert main(["check", str(pack)]) == 0
+    capsys.readouterr()
+    body = '''\
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class Attn(nn.Module):
+    def forward(self, q, k, v):
+        s = torch.matmul(q, k.transpose(-2, -1)) * 0.125
+        p = F.softmax(s, dim=-1)
+        return torch.matmul(p, v)
+'''
+    path = tmp_path / "m.py"
+    path.write_text(body)
+    code = main(["apply", "--rules", str(pack), "--no-cache", "--jobs", "1", "--write", "--format", "json", str(path)])
+    out = capsys.readouterr().out
+    assert code == 0
+    (match,) = json.loads(out)["matches"]
+    assert match["status"] == "skipped" and match["code"] == "S305", match
+    assert path.read_text() == body
