@@ -521,6 +521,168 @@ def test_softmax_over_the_last_of_four_provable_dims(compiled):
     stable(compiled, new)
 
 
+# 14, scaled scores: `scores * self.scale` keeps the rank when `self.scale` is
+# a Python number computed in `__init__` (analysis/scalars.py)
+
+SCALED = '''import math
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+
+class ConfigScale(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.scale = 1 / (config.d_head ** 0.5)
+
+    def forward(self, q, k):
+        scores = torch.einsum("ibnd,jbnd->bnij", q, k) * self.scale
+        return F.softmax(scores, dim=3)
+
+
+class ChainedScale(nn.Module):
+    def __init__(self, config, dim_head: int = 64):
+        super().__init__()
+        self.head_dim = config.hidden_size // config.num_heads
+        inner = dim_head
+        inner *= 2
+        self.temp = math.sqrt(inner) if config.scaled else 1.0
+        self.scale = self.head_dim ** -0.5 * self.temp
+
+    def forward(self, q, k):
+        scores = torch.einsum("bhqd,bhkd->bhqk", q, k) * self.scale / math.sqrt(self.head_dim)
+        return F.softmax(scores, dim=3)
+
+
+class TensorScale(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.ones(1, 1, 1, 1, 1)
+
+    def forward(self, q, k):
+        scores = torch.einsum("bhqd,bhkd->bhqk", q, k) * self.scale
+        return F.softmax(scores, dim=3)
+
+
+class ParameterScale(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.gain = nn.Parameter(torch.ones(config.n))
+
+    def forward(self, q, k):
+        scores = torch.einsum("bhqd,bhkd->bhqk", q, k) * self.gain
+        return F.softmax(scores, dim=3)
+'''
+
+
+def test_softmax_over_scores_scaled_by_an_init_number(compiled):
+    _, result = run(compiled, SCALED)
+    got = {name: status for name, status, _ in outcomes(result, "softmax")}
+    assert got == {"ConfigScale": "applied", "ChainedScale": "applied"}
+    new = result.new_source
+    assert new.count("return softmax(scores)\n") == 2
+    # a tensor (rank 5 here: dim=3 is not its last dim) and a parameter prove nothing
+    assert new.count("return F.softmax(scores, dim=3)\n") == 2
+    stable(compiled, new)
+
+
+def test_the_rank_5_tensor_scale_is_really_not_the_last_dim():
+    # the refusal above is needed: with the tensor scale, dim=3 is not dim=-1
+    import torch
+    scope: dict = {}
+    exec(compile(SCALED, "scaled.py", "exec"), scope)
+    q, k = torch.randn(2, 3, 4, 5), torch.randn(2, 3, 4, 5)
+    scores = torch.einsum("bhqd,bhkd->bhqk", q, k) * scope["TensorScale"]().scale
+    assert scores.dim() == 5
+    assert not torch.allclose(torch.softmax(scores, dim=3), torch.softmax(scores, dim=-1))
+
+
+SCALAR_INITS = '''import math
+import torch
+from torch import nn
+
+
+class Init(nn.Module):
+    def __init__(self, config, dim, heads=8, ratio: float = 0.5, tensor_arg: torch.Tensor = None,
+                 made=torch.ones(2)):
+        super().__init__()
+        self.a = config.d_head ** -0.5                 # config field: a number
+        self.b = heads * 2 + math.pi                   # numeric default, math constant
+        self.c = math.sqrt(ratio) if dim else 1        # annotated float, both branches
+        self.d = dim * 2                               # `dim` has no numeric declaration
+        self.e = tensor_arg * 2                        # annotated tensor
+        self.f = made * 2                              # default is a call
+        t = torch.ones(3)
+        self.g = t * 2                                 # a local tensor
+        self.h = float(config.x)
+        self.i = abs(t)                                # builtin on a tensor
+        self.j = sum([1, 2])                           # other functions prove nothing
+        for n in range(3):
+            pass
+        self.k = n * 1.0                               # bound by a loop
+        self.m = 0.5                                   # rebound below
+        self.n = 0.5                                   # written through a string
+        self.register_buffer("n", torch.ones(1))
+        self.o = self.a * self.h                       # other scalar attributes
+        self.p = self.d * 2                            # ... and a non-scalar one
+        self.q = 2.0                                   # a method has its name in another class
+        self.s = 2.0                                   # a subclass rebinds it
+
+    def rebind(self, x):
+        self.m = x
+
+
+class Sub(Init):
+    def __init__(self, config, dim):
+        super().__init__(config, dim)
+        self.s = torch.ones(1)
+
+
+class Mutated(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.r = config.r                              # the config's field is overwritten
+        config.r = torch.ones(1)
+        self.s = 1.0                                   # unrelated classes do not matter
+
+
+class Other(nn.Module):
+    def q(self):
+        return 1
+'''
+
+
+def test_init_numbers_are_proved_scalar_and_nothing_else():
+    facts = analyze_source(SCALAR_INITS, "m.py")
+    scalars = {c.name: c.scalars for c in facts.classes}
+    assert scalars["Init"] == {"a", "b", "c", "h", "o"}
+    assert scalars["Mutated"] == {"s"}
+
+
+def test_a_scalar_needs_its_binding_in_this_file(tmp_path):
+    # a base `__init__` in another file binds it: the stores there are not
+    # read (nor a subclass there), so nothing is proved; the same classes in
+    # one file prove it
+    from dslc.analysis import analyze_file
+
+    base = ("import torch\nfrom torch import nn\n\n\nclass Base(nn.Module):\n"
+            "    def __init__(self, config):\n        super().__init__()\n"
+            "        self.scale = 1 / config.d ** 0.5\n")
+    child = ("\n\nclass Child(Base):\n    def forward(self, q, k):\n"
+             "        return torch.einsum('bhqd,bhkd->bhqk', q, k) * self.scale\n")
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "base.py").write_text(base)
+    (pkg / "child.py").write_text("import torch\nfrom pkg.base import Base\n" + child)
+    (pkg / "both.py").write_text(base + child)
+    for name, want in (("child.py", frozenset()), ("both.py", {"scale"})):
+        facts = analyze_file(str(pkg / name), root=str(tmp_path))
+        found = next(c for c in facts.classes if c.name == "Child")
+        assert [b.attr for b in found.init] == ["scale"], name
+        assert found.scalars == want, name
+
+
 # ---------------------------------------------------------------------------
 # 12. a guard on the layer itself: `if self.norm is not None:`
 

@@ -56,6 +56,7 @@ hooks cost an `is None` test.
 
 from __future__ import annotations
 
+import ast
 import os
 import sys
 from bisect import bisect_left
@@ -65,6 +66,7 @@ from typing import Iterator
 from dslc.lang import codes
 from dslc.match import ir, signatures
 from dslc.analysis.model import ClassFacts, FileFacts, InitBinding, Node, Path, Value
+from dslc.analysis.scalars import MATH_FUNCTIONS
 from dslc.match.automaton import Action, InitTest, Transition
 from dslc.match.compiler import CompiledPack, CompiledRule
 
@@ -224,11 +226,13 @@ class _Scope:
 
 
 class _PathCtx:
-    __slots__ = ("path", "nodes", "writes", "writers", "keys")
+    __slots__ = ("path", "nodes", "writes", "writers", "keys", "scalars")
 
     def __init__(self, path: Path, scope: _Scope):
         self.path = path
         self.nodes = path.nodes
+        # `self.<attr>`s that hold a Python number (rank 0; analysis/scalars.py)
+        self.scalars = scope.cls.scalars if scope.cls is not None else frozenset()
         # Index keys per node: a transition is only fired on nodes carrying
         # its key (the same pre-filter as the anchor index, for later nodes).
         self.keys = [frozenset(_node_keys(n, scope)) for n in path.nodes]
@@ -418,7 +422,7 @@ def _run_actions(actions, node: Node, pos: int, env, slots, swap, ctx: _PathCtx)
 
 _RANK_KEEPING_CALLS = frozenset({
     "torch.nn.functional.softmax", "torch.softmax", "torch.nn.functional.dropout", "torch.nn.functional.gelu",
-    "torch.nn.functional.relu", "torch.tanh", "torch.sigmoid",
+    "torch.nn.functional.relu", "torch.tanh", "torch.sigmoid", "torch.index_select",
 })
 _RANK_KEEPING_LAYERS = frozenset({
     "torch.nn.Dropout", "torch.nn.GELU", "torch.nn.ReLU", "torch.nn.Softmax", "torch.nn.Tanh", "torch.nn.Sigmoid",
@@ -427,6 +431,11 @@ _RANK_KEEPING_LAYERS = frozenset({
 _KEEP_METHODS = frozenset({"transpose", "contiguous", "float", "half", "bfloat16", "double", "to", "type_as",
                            "clone", "detach"})
 _COUNT_METHODS = frozenset({"view", "reshape", "permute"})
+# Calls whose result is a Python number whatever they are given (or they raise).
+_NUMBER_CALLS = frozenset({f"math.{f}" for f in MATH_FUNCTIONS} | {"builtins.float", "builtins.int"})
+# Elementwise binary operators: the result broadcasts its operands.
+_BROADCAST_OPS = ("+", "-", "*", "/", "//", "%", "**")
+_BROADCAST_AST = (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv, ast.Mod, ast.Pow)
 
 
 def _last_dim(a, value: Value, slots: dict, pos: int, ctx: "_PathCtx") -> bool:
@@ -450,8 +459,6 @@ def _rank_of_value(value: Value, pos: int, ctx: "_PathCtx", depth: int) -> int |
 
 
 def _rank_of_text(text: str, pos: int, ctx: "_PathCtx", depth: int) -> int | None:
-    import ast
-
     try:
         expr = ast.parse(text, mode="eval").body
     except SyntaxError:
@@ -461,17 +468,17 @@ def _rank_of_text(text: str, pos: int, ctx: "_PathCtx", depth: int) -> int | Non
 
 def _rank_expr(e, pos: int, ctx: "_PathCtx", depth: int) -> int | None:
     """The rank of expression `e` read at path position `pos`, when provable."""
-    import ast
-
     if depth > 32:
         return None
     if isinstance(e, ast.Constant):
         return 0 if type(e.value) in (int, float) else None
     if isinstance(e, ast.Name):
         return _rank_of_name(e.id, pos, ctx, depth + 1)
+    if isinstance(e, ast.Attribute) and isinstance(e.value, ast.Name) and e.value.id == "self":
+        return 0 if e.attr in ctx.scalars else None
     if isinstance(e, ast.UnaryOp) and isinstance(e.op, (ast.USub, ast.UAdd)):
         return _rank_expr(e.operand, pos, ctx, depth + 1)
-    if isinstance(e, ast.BinOp) and isinstance(e.op, (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.MatMult)):
+    if isinstance(e, ast.BinOp) and isinstance(e.op, (*_BROADCAST_AST, ast.MatMult)):
         ra = _rank_expr(e.left, pos, ctx, depth + 1)
         rb = _rank_expr(e.right, pos, ctx, depth + 1)
         return _binary_rank("@" if isinstance(e.op, ast.MatMult) else "+", ra, rb)
@@ -522,10 +529,12 @@ def _node_rank(node: Node, pos: int, ctx: "_PathCtx", depth: int) -> int | None:
         ranks = [_rank_of_value(v, pos, ctx, depth) for v in node.inputs]
         if len(ranks) == 1:
             return ranks[0] if node.op in ("-", "+") else None
-        if node.op in ("+", "-", "*", "/", "@"):
+        if node.op in _BROADCAST_OPS or node.op == "@":
             return _binary_rank(node.op if node.op == "@" else "+", ranks[0], ranks[1])
         return None
     if node.kind == "call":
+        if node.type in _NUMBER_CALLS:
+            return 0
         if node.type == "torch.einsum" and node.inputs and node.inputs[0].is_const and not node.kwargs:
             spec = node.inputs[0].const
             if isinstance(spec, str) and spec.count("->") == 1:
