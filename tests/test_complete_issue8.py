@@ -771,7 +771,127 @@ def test_guarded_layer_refusals(compiled, change, reason):
     assert source != GUARDED
     _, result = run(compiled, source)
     got = outcomes(result, "conv_batchnorm")
-    assert len(got) == 1 and got[0][1] == "skipped" and "is not None:" in got[0][2], got
+    assert len(got) == 1 and got[0][1] == "skipped", got
+    # (another layer on the other branch is refused before the guard is looked at)
+    assert ("is not None:" in got[0][2]) != (got[0][2].code == "S216"), got
+
+
+# ---------------------------------------------------------------------------
+# 12. a layer `__init__` may bind to something else than the matched type:
+# forward calls whichever was bound, so the rewrite is refused (S216)
+
+ALTERNATIVES = '''import torch
+from torch import nn
+
+
+class IdentityElse(nn.Module):
+    def __init__(self, cin, cout, use_norm=True):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3)
+        if use_norm:
+            self.norm = nn.BatchNorm2d(cout)
+        else:
+            self.norm = nn.Identity()
+
+    def forward(self, x):
+        return self.norm(self.conv(x))
+
+
+class IdentityIfExp(nn.Module):
+    def __init__(self, cin, cout, use_norm=True):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3)
+        self.norm = nn.BatchNorm2d(cout) if use_norm else nn.Identity()
+
+    def forward(self, x):
+        return self.norm(self.conv(x))
+
+
+class NoneIfExp(nn.Module):
+    def __init__(self, cin, cout, use_norm=True):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3)
+        self.norm = nn.BatchNorm2d(cout) if use_norm else None
+
+    def forward(self, x):
+        x = self.conv(x)
+        if self.norm is not None:
+            x = self.norm(x)
+        return x
+
+
+class LaterOverride(nn.Module):
+    def __init__(self, cin, cout, plain=False):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3)
+        self.norm = nn.BatchNorm2d(cout)
+        if plain:
+            self.norm = nn.Identity()
+
+    def forward(self, x):
+        return self.norm(self.conv(x))
+
+
+class SameTypeIfExp(nn.Module):
+    def __init__(self, cin, cout, wide=True):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3) if wide else nn.Conv2d(cin, cout, 1)
+        self.norm = nn.BatchNorm2d(cout)
+
+    def forward(self, x):
+        return self.norm(self.conv(x))
+
+
+class Overwritten(nn.Module):
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3)
+        self.norm = nn.Identity()
+        self.norm = nn.BatchNorm2d(cout)
+
+    def forward(self, x):
+        return self.norm(self.conv(x))
+'''
+
+
+def test_a_layer_bound_to_something_else_on_a_branch_is_refused(compiled):
+    _, result = run(compiled, ALTERNATIVES)
+    got = {name: (status, reason) for name, status, reason in outcomes(result, "conv_batchnorm")}
+    assert {name: status for name, (status, _) in got.items()} == {
+        "IdentityElse": "skipped", "IdentityIfExp": "skipped", "NoneIfExp": "skipped", "LaterOverride": "skipped",
+        "SameTypeIfExp": "applied", "Overwritten": "skipped"}
+    for name in ("IdentityElse", "IdentityIfExp", "NoneIfExp", "LaterOverride"):
+        assert got[name][1].code == "S216", got[name]
+    # an Identity always overwritten by the BatchNorm is no alternative (the
+    # second assignment is refused for its own reason)
+    assert got["Overwritten"][1].code == "S206", got["Overwritten"]
+    assert "`Identity(...)` (line 12) where `not (use_norm)`" in got["IdentityElse"][1]
+    assert "one branch only: the other is `None`" in got["NoneIfExp"][1]
+    assert "`Identity(...)` (line 47) where `plain`" in got["LaterOverride"][1]
+    # both branches are a Conv2d: the whole expression is the fused layer's conv
+    assert "ConvBn2d(nn.Conv2d(cin, cout, 3) if wide else nn.Conv2d(cin, cout, 1), nn.BatchNorm2d(cout))" \
+        in result.new_source
+    stable(compiled, result.new_source)
+
+
+def test_the_refused_alternatives_were_wrong_rewrites():
+    # what the rewrite would have built (the rewriter's output before S216):
+    # the fused layer needs a BatchNorm2d, and the Identity branch computes
+    # no normalisation at all
+    torch = pytest.importorskip("torch", reason="torch builds the layers")
+    from torch.ao.nn.intrinsic import ConvBn2d
+    with pytest.raises(AssertionError):
+        ConvBn2d(torch.nn.Conv2d(3, 4, 3), torch.nn.Identity())
+    with pytest.raises(AssertionError):
+        ConvBn2d(torch.nn.Conv2d(3, 4, 3), None)
+    ns = _load(ALTERNATIVES, "alternatives")
+    torch.manual_seed(0)
+    plain = ns["IdentityElse"](3, 4, use_norm=False).eval()
+    fused = ConvBn2d(plain.conv, torch.nn.BatchNorm2d(4)).eval()
+    with torch.no_grad():
+        fused[1].running_mean.fill_(1.0)
+    x = torch.randn(1, 3, 8, 8)
+    assert not torch.allclose(plain(x), fused(x))
 
 
 # ---------------------------------------------------------------------------

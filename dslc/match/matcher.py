@@ -42,9 +42,15 @@ Conditional init policy: an attribute with several `InitBinding`s (an
 unifies with the same variable bindings.  Bindings of kind `other` (the
 `else: self.act = config.hidden_act` branch of transformers) are allowed:
 `init_nodes` holds the matching binding with its guards, and the rewriter
-keeps the other branch as it is.  So are bindings of another known type
-(`nn.Linear(...)` if `num_groups == 1` else `GroupedLinearLayer(...)`, which
-the benchmark labels count): the safety checks see the guards.
+keeps the other branch as it is.  A binding of another type (`nn.Linear(...)`
+if `num_groups == 1` else `GroupedLinearLayer(...)`; `nn.BatchNorm2d(c) if
+norm else nn.Identity()`) that the matched binding does not always
+overwrite makes the match a conflict (S216, `_alternative_binding`): forward
+calls whichever layer was bound, and the rewrite assumes the matched type
+everywhere (the grouped layer would keep its bias and get the fused one;
+`ConvBn2d(conv, nn.Identity())` does not construct).  So does any other
+branch of an `a if c else b` binding, since the rewriter copies the whole
+expression.
 
 Debugging: `DSLC_MATCH_DEBUG=<file suffix>:<line>` prints to stderr why the
 nodes at that line did not match (failed attempts are falsy `Fail` values
@@ -774,6 +780,53 @@ def _match_init(cr: CompiledRule, scope: _Scope, env: dict[str, _B]) -> Iterator
     return iter(results)
 
 
+def _alternative_binding(scope: _Scope, init_nodes: dict[str, InitBinding]) -> codes.Reason | None:
+    """Why a matched binding may not be what forward calls (S216), or None.
+
+    Every other binding of a matched attribute must be of the same kind and
+    type (`_match_init` unified those), of kind `other` (the module doc's
+    conditional init policy: a config callable, `None` under a forward
+    `is not None` guard), or always overwritten by the matched one.  A
+    binding from the same statement (`a if c else b`) must be of the same
+    type: the rewriter copies the statement's whole right-hand side."""
+    for b in init_nodes.values():
+        for other in scope.init_by_attr.get(b.attr, ()):
+            if other is b or (other.kind == b.kind and other.type == b.type):
+                continue
+            line = other.stmt.lines[0] if other.stmt is not None else 0
+            if b.stmt is not None and other.stmt == b.stmt:
+                return codes.reason(codes.S_INIT_ALTERNATIVE, (
+                    f"`self.{b.attr} = ... if ... else ...` (line {line}) builds a `{_short_type(b)}` on one branch "
+                    f"only: the other is {_binding_text(other)}"))
+            if other.kind == "other" or _overwritten_by(other, b):
+                continue
+            where = f" where `{' and '.join(str(g) for g in other.guards)}`" if other.guards else ""
+            return codes.reason(codes.S_INIT_ALTERNATIVE, (
+                f"`self.{b.attr}` is also bound to {_binding_text(other)} (line {line}){where}, "
+                f"which forward would call in place of the `{_short_type(b)}`"))
+    return None
+
+
+def _overwritten_by(other: InitBinding, b: InitBinding) -> bool:
+    """`other` always runs before `b` and `b` always runs after it: same
+    method, earlier line, in the blocks of `b` (so in the same loop, if any),
+    under at least `b`'s guards."""
+    o, s = other.stmt, b.stmt
+    if o is None or s is None or (o.owner, o.method) != (s.owner, s.method) or o.lines[1] >= s.lines[0]:
+        return False
+    return o.blocks[:len(s.blocks)] == s.blocks and set(b.guards) <= set(other.guards)
+
+
+def _short_type(b: InitBinding) -> str:
+    return (b.type or b.unresolved or "layer").rpartition(".")[2]
+
+
+def _binding_text(b: InitBinding) -> str:
+    if b.kind == "other":
+        return f"`{b.args[0].text}`" if b.args else "another value"
+    return f"`{_short_type(b)}(...)`"
+
+
 # Containers a `for layer in self.<attr>:` loop calls the elements of.
 _LOOPED = ("torch.nn.ModuleList", "torch.nn.Sequential")
 
@@ -1018,6 +1071,8 @@ def _complete(cr: CompiledRule, scope: _Scope, pi: int, ctx: _PathCtx, p: _Parti
             if rec is not None:
                 rec.event(cr, scope, nodes[cr.forward.anchor_index], nodes, len(nodes), 3, verdict, stage="where")
             continue
+        if verdict is None:
+            verdict = _alternative_binding(scope, init_nodes)
         if verdict is not None:
             unsure = unsure or (env, init_nodes, verdict)  # a solution without unknowns wins
             continue
@@ -1050,6 +1105,8 @@ def _match_init_only(cr: CompiledRule, facts: FileFacts, out: list[_Found], rec=
                 if rec is not None:
                     rec.event(cr, scope, None, (), 0, 3, verdict, stage="where")
                 continue
+            if verdict is None:
+                verdict = _alternative_binding(scope, init_nodes)
             out.append(_Found(cr, scope, paths[0], (), env, init_nodes, {}, verdict, paths))
 
 
@@ -1096,7 +1153,9 @@ def match_file(compiled: CompiledPack, facts: FileFacts, *, file: str | None = N
     kept: list[_Found] = []
     matches = []
     for f in ordered:
-        conflict = codes.reason(codes.S_NOT_STATIC, f.conflict) if f.conflict is not None else None
+        conflict = f.conflict
+        if conflict is not None and not isinstance(conflict, codes.Reason):
+            conflict = codes.reason(codes.S_NOT_STATIC, conflict)
         if conflict is None:
             ids = {_node_id(n) for n in f.nodes}
             inits = _rewritten_inits(f)
