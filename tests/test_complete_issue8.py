@@ -874,6 +874,36 @@ def test_a_layer_bound_to_something_else_on_a_branch_is_refused(compiled):
     stable(compiled, result.new_source)
 
 
+ACT_IFEXP = '''import torch
+from torch import nn
+from transformers.activations import ACT2FN
+
+
+class Inter(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.act = ACT2FN[config.hidden_act] if isinstance(config.hidden_act, str) else config.hidden_act
+
+    def forward(self, x):
+        return self.act(self.dense(x))
+'''
+
+
+def test_a_config_callable_on_the_other_branch_of_a_replaced_binding_is_no_alternative(compiled):
+    # the target builds its own activation (it does not copy `self.act`'s
+    # expression), under the rule's `when`, where `config.hidden_act` is a
+    # string; the other branch is the module doc's config callable
+    _, result = run(compiled, ACT_IFEXP)
+    assert outcomes(result, "biased_gelu") == [("Inter", "applied", None)]
+    new = result.new_source
+    assert "        if config.hidden_act in (" in new
+    assert ("        else:\n            self.dense = nn.Linear(config.hidden_size, config.intermediate_size)\n"
+            "            self.act = ACT2FN[config.hidden_act] if isinstance(config.hidden_act, str) "
+            "else config.hidden_act\n") in new
+    stable(compiled, new)
+
+
 def test_the_refused_alternatives_were_wrong_rewrites():
     # what the rewrite would have built (the rewriter's output before S216):
     # the fused layer needs a BatchNorm2d, and the Identity branch computes

@@ -780,21 +780,23 @@ def _match_init(cr: CompiledRule, scope: _Scope, env: dict[str, _B]) -> Iterator
     return iter(results)
 
 
-def _alternative_binding(scope: _Scope, init_nodes: dict[str, InitBinding]) -> codes.Reason | None:
+def _alternative_binding(rule: ir.Rule, scope: _Scope, init_nodes: dict[str, InitBinding]) -> codes.Reason | None:
     """Why a matched binding may not be what forward calls (S216), or None.
 
     Every other binding of a matched attribute must be of the same kind and
     type (`_match_init` unified those), of kind `other` (the module doc's
     conditional init policy: a config callable, `None` under a forward
-    `is not None` guard), or always overwritten by the matched one.  A
-    binding from the same statement (`a if c else b`) must be of the same
-    type: the rewriter copies the statement's whole right-hand side."""
-    for b in init_nodes.values():
+    `is not None` guard), or always overwritten by the matched one.  When the
+    rule's init target takes the layer itself (`ConvBn2d($conv, $bn)`), the
+    rewriter copies its statement's whole right-hand side, so a binding from
+    the same statement (`a if c else b`) must be of the same type too."""
+    copied = _copied_vars(rule)
+    for var, b in init_nodes.items():
         for other in scope.init_by_attr.get(b.attr, ()):
             if other is b or (other.kind == b.kind and other.type == b.type):
                 continue
             line = other.stmt.lines[0] if other.stmt is not None else 0
-            if b.stmt is not None and other.stmt == b.stmt:
+            if var in copied and b.stmt is not None and other.stmt == b.stmt:
                 return codes.reason(codes.S_INIT_ALTERNATIVE, (
                     f"`self.{b.attr} = ... if ... else ...` (line {line}) builds a `{_short_type(b)}` on one branch "
                     f"only: the other is {_binding_text(other)}"))
@@ -805,6 +807,15 @@ def _alternative_binding(scope: _Scope, init_nodes: dict[str, InitBinding]) -> c
                 f"`self.{b.attr}` is also bound to {_binding_text(other)} (line {line}){where}, "
                 f"which forward would call in place of the `{_short_type(b)}`"))
     return None
+
+
+def _copied_vars(rule: ir.Rule) -> set[str]:
+    """The init variables the rule's init target passes as arguments (the
+    rewriter writes their constructor expressions there)."""
+    item = rule.init
+    if item is None or item.target is None:
+        return set()
+    return {t.name for pn in item.target for t in (*pn.args, *(v for _, v in pn.kwargs)) if isinstance(t, ir.Var)}
 
 
 def _overwritten_by(other: InitBinding, b: InitBinding) -> bool:
@@ -1072,7 +1083,7 @@ def _complete(cr: CompiledRule, scope: _Scope, pi: int, ctx: _PathCtx, p: _Parti
                 rec.event(cr, scope, nodes[cr.forward.anchor_index], nodes, len(nodes), 3, verdict, stage="where")
             continue
         if verdict is None:
-            verdict = _alternative_binding(scope, init_nodes)
+            verdict = _alternative_binding(cr.rule, scope, init_nodes)
         if verdict is not None:
             unsure = unsure or (env, init_nodes, verdict)  # a solution without unknowns wins
             continue
@@ -1106,7 +1117,7 @@ def _match_init_only(cr: CompiledRule, facts: FileFacts, out: list[_Found], rec=
                     rec.event(cr, scope, None, (), 0, 3, verdict, stage="where")
                 continue
             if verdict is None:
-                verdict = _alternative_binding(scope, init_nodes)
+                verdict = _alternative_binding(cr.rule, scope, init_nodes)
             out.append(_Found(cr, scope, paths[0], (), env, init_nodes, {}, verdict, paths))
 
 
