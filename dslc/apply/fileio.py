@@ -20,7 +20,6 @@ import io
 import os
 import re
 import stat
-import tempfile
 import tokenize
 from dataclasses import dataclass
 
@@ -689,27 +688,18 @@ def _replace_atomically(target: str, data: bytes, mode: int, owner: tuple[int, i
     The temporary file's name carries this process's pid and host, so that
     a later run can tell a leftover of a killed run from a live one's
     (`stale_temp_files`)."""
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.{os.getpid()}@{_host()}.",
-                                   suffix=TMP_SUFFIX, dir=os.path.dirname(target) or ".")
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+    from dslc.analysis.cachefile import replace_atomically  # here: importing dslc.analysis loads z3
+
+    def prepare(tmp: str) -> None:
         os.chmod(tmp, mode)
         if owner is not None and hasattr(os, "chown"):
             try:
                 os.chown(tmp, *owner)
             except OSError:  # only root may give files away; the mode is what matters
                 pass
-        os.replace(tmp, target)
-        tmp = None
+
+    try:
+        replace_atomically(target, data, prefix=f".{os.path.basename(target)}.{os.getpid()}@{_host()}.",
+                           suffix=TMP_SUFFIX, fsync=True, prepare=prepare)
     except OSError as exc:
         raise SourceError(E_WRITE, f"{what}: {exc.strerror or exc}") from None
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
