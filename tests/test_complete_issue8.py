@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from dslc.analysis import analyze_source
+from dslc.lang import codes
 from rewrite_support import assert_rewrite, load_module, remap_hook, run, stable
 
 REPO = Path(__file__).resolve().parent.parent
@@ -19,7 +20,13 @@ PACK = REPO / "rulepacks" / "adopter.adr"
 
 
 def outcomes(result, rule: str):
-    return [(m.class_name, m.status, m.reason) for m in result.matches if m.rule.split(":")[-1] == rule]
+    """(class, status, reason with its code) of each match of `rule`."""
+    return [(m.class_name, m.status, m.reason if m.reason is None else codes.Reason(m.code, m.reason))
+            for m in result.matches if m.rule.split(":")[-1] == rule]
+
+
+def vars_of_module(source: str, name: str) -> dict:
+    return vars(load_module(source, name))
 
 
 # ---------------------------------------------------------------------------
@@ -244,7 +251,7 @@ def test_fusion_across_a_helper_computes_the_same():
     source = HELPERS[: HELPERS.index("class SameName")]
     result = run(source)
     assert dict((n, s) for n, s, _ in outcomes(result, "conv_batchnorm")) == {"InHelper": "applied", "Across": "applied"}
-    old_ns, new_ns = vars(load_module(source, "old")), vars(load_module(result.new_source, "new"))
+    old_ns, new_ns = vars_of_module(source, "old"), vars_of_module(result.new_source, "new")
     for name in ("InHelper", "Across"):
         torch.manual_seed(0)
         old = old_ns[name](3)
@@ -575,15 +582,15 @@ class ParameterScale(nn.Module):
 '''
 
 
-def test_softmax_over_scores_scaled_by_an_init_number(compiled):
-    _, result = run(compiled, SCALED)
+def test_softmax_over_scores_scaled_by_an_init_number():
+    result = run(SCALED)
     got = {name: status for name, status, _ in outcomes(result, "softmax")}
     assert got == {"ConfigScale": "applied", "ChainedScale": "applied"}
     new = result.new_source
     assert new.count("return softmax(scores)\n") == 2
     # a tensor (rank 5 here: dim=3 is not its last dim) and a parameter prove nothing
     assert new.count("return F.softmax(scores, dim=3)\n") == 2
-    stable(compiled, new)
+    stable(new)
 
 
 def test_the_rank_5_tensor_scale_is_really_not_the_last_dim():
@@ -729,7 +736,7 @@ def test_layer_guarded_by_is_not_none_is_fused_under_the_init_guard():
 def test_guarded_fusion_computes_the_same_and_loads_old_checkpoints():
     torch = pytest.importorskip("torch", reason="torch runs the two versions")
     result = run(GUARDED)
-    old_ns, new_ns = vars(load_module(GUARDED, "old")), vars(load_module(result.new_source, "new"))
+    old_ns, new_ns = vars_of_module(GUARDED, "old"), vars_of_module(result.new_source, "new")
     for use_norm in (True, False):
         torch.manual_seed(0)
         old = old_ns["ConvLayer"](3, 4, use_normalization=use_norm)
@@ -848,8 +855,8 @@ class Overwritten(nn.Module):
 '''
 
 
-def test_a_layer_bound_to_something_else_on_a_branch_is_refused(compiled):
-    _, result = run(compiled, ALTERNATIVES)
+def test_a_layer_bound_to_something_else_on_a_branch_is_refused():
+    result = run(ALTERNATIVES)
     got = {name: (status, reason) for name, status, reason in outcomes(result, "conv_batchnorm")}
     assert {name: status for name, (status, _) in got.items()} == {
         "IdentityElse": "skipped", "IdentityIfExp": "skipped", "NoneIfExp": "skipped", "LaterOverride": "skipped",
@@ -865,7 +872,7 @@ def test_a_layer_bound_to_something_else_on_a_branch_is_refused(compiled):
     # both branches are a Conv2d: the whole expression is the fused layer's conv
     assert "ConvBn2d(nn.Conv2d(cin, cout, 3) if wide else nn.Conv2d(cin, cout, 1), nn.BatchNorm2d(cout))" \
         in result.new_source
-    stable(compiled, result.new_source)
+    stable(result.new_source)
 
 
 ACT_IFEXP = '''import torch
@@ -884,18 +891,18 @@ class Inter(nn.Module):
 '''
 
 
-def test_a_config_callable_on_the_other_branch_of_a_replaced_binding_is_no_alternative(compiled):
+def test_a_config_callable_on_the_other_branch_of_a_replaced_binding_is_no_alternative():
     # the target builds its own activation (it does not copy `self.act`'s
     # expression), under the rule's `when`, where `config.hidden_act` is a
     # string; the other branch is the module doc's config callable
-    _, result = run(compiled, ACT_IFEXP)
+    result = run(ACT_IFEXP)
     assert outcomes(result, "biased_gelu") == [("Inter", "applied", None)]
     new = result.new_source
     assert "        if config.hidden_act in (" in new
     assert ("        else:\n            self.dense = nn.Linear(config.hidden_size, config.intermediate_size)\n"
             "            self.act = ACT2FN[config.hidden_act] if isinstance(config.hidden_act, str) "
             "else config.hidden_act\n") in new
-    stable(compiled, new)
+    stable(new)
 
 
 def test_the_refused_alternatives_were_wrong_rewrites():
@@ -908,7 +915,7 @@ def test_the_refused_alternatives_were_wrong_rewrites():
         ConvBn2d(torch.nn.Conv2d(3, 4, 3), torch.nn.Identity())
     with pytest.raises(AssertionError):
         ConvBn2d(torch.nn.Conv2d(3, 4, 3), None)
-    ns = _load(ALTERNATIVES, "alternatives")
+    ns = vars_of_module(ALTERNATIVES, "alternatives")
     torch.manual_seed(0)
     plain = ns["IdentityElse"](3, 4, use_norm=False).eval()
     fused = ConvBn2d(plain.conv, torch.nn.BatchNorm2d(4)).eval()
@@ -1153,8 +1160,8 @@ class StringTerm(nn.Module):
 '''
 
 
-def test_softmax_rank_through_a_number_literal_on_one_path(compiled):
-    _, result = run(compiled, LITERAL_TERM)
+def test_softmax_rank_through_a_number_literal_on_one_path():
+    result = run(LITERAL_TERM)
     got = {name: status for name, status, _ in outcomes(result, "softmax")}
     assert got.get("LiteralTerm") == "applied"
     assert got.get("NegativeLiteral") == "applied"
@@ -1163,4 +1170,4 @@ def test_softmax_rank_through_a_number_literal_on_one_path(compiled):
     assert "        return softmax(scores)\n" in new
     assert "        return softmax(ac + bias)\n" in new
     assert "return F.softmax(ac + bias, dim=3)\n" in new  # StringTerm unchanged
-    stable(compiled, new)
+    stable(new)
