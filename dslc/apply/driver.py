@@ -91,10 +91,11 @@ class ApplyOptions:
 # The stages, imported lazily (tests replace these names with fakes).
 
 
-def compile_pack(pack):
+def compile_pack(pack, done=None):
+    """`done`: rules compiled before (`LoadResult.compiled`), not compiled again."""
     from dslc.match.compiler import compile_pack as _compile
 
-    return _compile(pack)
+    return _compile(pack, done)
 
 
 def match_file(compiled, facts):
@@ -244,8 +245,8 @@ class Compiled:
     rules: dict[str, object] = field(default_factory=dict)  # qualified name -> ir.Rule
 
 
-def compile_packs(packs: Sequence) -> Compiled:
-    compiled = [compile_pack(p) for p in packs]
+def compile_packs(packs: Sequence, done: dict | None = None) -> Compiled:
+    compiled = [compile_pack(p, done) for p in packs]
     want: set[str] = set()
     for c in compiled:
         names = getattr(c, "anchor_names", None)
@@ -666,11 +667,14 @@ def apply_paths(
     *,
     progress: Callable[[int, int], None] | None = None,
     files: Sequence[Found] | None = None,
+    compiled: dict | None = None,
 ) -> Report:
     """Run the pipeline (module docstring) over command-line `paths`.
 
     `files`, when given, replaces discovery (the benchmark passes its own
     list).  `progress(done, total)` is called as files complete.
+    `compiled`: the loader's compiled rules (`LoadResult.compiled`), reused
+    here instead of compiling the packs' rules a second time.
     """
     start = time.perf_counter()
     errors: list[FileError] = []
@@ -680,7 +684,7 @@ def apply_paths(
     else:
         found = list(files)
     packs, left_out = safe_packs(packs, options.unsafe)
-    compiled = compile_packs(packs)
+    compiled = compile_packs(packs, compiled)
     total = len(found)
     results: dict[int, FileResult] = {}
     sources: dict[int, SourceFile] = {}

@@ -310,7 +310,8 @@ def run(args: argparse.Namespace) -> int:
     )
     progress = _Progress(sys.stderr) if sys.stderr.isatty() else None
     try:
-        result = driver.apply_paths(list(args.paths), loaded.packs, options, progress=progress)
+        result = driver.apply_paths(list(args.paths), loaded.packs, options, progress=progress,
+                                    compiled=loaded.compiled)
     finally:
         if progress:
             progress.clear()

@@ -109,9 +109,9 @@ def run(args) -> int:
 
 def _dump(result) -> int:
     # Every loaded rule already compiled once (the loader reports the ones
-    # that do not as ADR120 and drops them), so this cannot fail.
+    # that do not as ADR120 and drops them): reuse them.
     from dslc.match.compiler import compile_pack
 
     for pack in result.packs:
-        print(compile_pack(pack).dump())
+        print(compile_pack(pack, result.compiled).dump())
     return 0

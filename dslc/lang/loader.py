@@ -17,13 +17,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 from dslc.lang import checker, codes
 from dslc.match import ir
 from dslc.lang.diagnostics import Diagnostic, diag
 from dslc.lang.lower import lower_file
 from dslc.lang.parser import parse_file
+
+if TYPE_CHECKING:
+    from dslc.match.compiler import CompiledRule
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,9 @@ class LoadResult:
     files: tuple[str, ...] = ()
     # every parsed file, with or without errors (for counting and printing)
     parsed: tuple = ()
+    # qualified rule name -> its `CompiledRule`: every loaded rule is compiled
+    # once, here; `apply_paths(..., compiled=)` reuses them
+    compiled: dict[str, CompiledRule] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -82,7 +88,8 @@ def load_rules(paths: list[str] | str, select: Iterable[str] = (), ignore: Itera
     diags.extend(checker.check_files(parsed))
     failed = {d.span.path for d in diags if d.is_error and d.span is not None}
     packs = [lower_file(f) for f in parsed if f.path not in failed]
-    packs = _compilable(packs, diags)
+    compiled: dict[str, CompiledRule] = {}
+    packs = _compilable(packs, diags, compiled)
     # Rules of files with errors are not loaded, but a selection naming them
     # is not "unknown": the file's own diagnostics say what is wrong.
     broken = [ir.Pack(f.header.name, "", (), tuple(ir.Rule(f.header.name, r.name, "", (), ir.Contract())
@@ -93,12 +100,14 @@ def load_rules(paths: list[str] | str, select: Iterable[str] = (), ignore: Itera
     packs, ign_diags = apply_ignore(packs, list(ignore), broken)
     diags.extend(ign_diags)
     diags.sort(key=Diagnostic.sort_key)
-    return LoadResult(packs, diags, sources, tuple(files), tuple(parsed))
+    kept = {r.qualified_name for p in packs for r in p.rules}
+    compiled = {name: c for name, c in compiled.items() if name in kept}
+    return LoadResult(packs, diags, sources, tuple(files), tuple(parsed), compiled)
 
 
-def _compilable(packs: list[ir.Pack], diags: list[Diagnostic]) -> list[ir.Pack]:
-    """Compile each rule once; a rule the compiler refuses is an ADR120 error
-    and is dropped, so neither `check` nor `apply` meets it later."""
+def _compilable(packs: list[ir.Pack], diags: list[Diagnostic], compiled: dict[str, CompiledRule]) -> list[ir.Pack]:
+    """Compile each rule once, into `compiled`; a rule the compiler refuses is
+    an ADR120 error and is dropped, so neither `check` nor `apply` meets it later."""
     from dslc.match.compiler import CompileError, compile_rule
 
     out = []
@@ -106,7 +115,7 @@ def _compilable(packs: list[ir.Pack], diags: list[Diagnostic]) -> list[ir.Pack]:
         kept = []
         for rule in pack.rules:
             try:
-                compile_rule(rule)
+                compiled[rule.qualified_name] = compile_rule(rule)
             except CompileError as exc:
                 message = str(exc).split(f"rule {rule.qualified_name}: ", 1)[-1]
                 diags.append(diag(codes.UNCOMPILABLE, message, exc.span, label="cannot be compiled"))

@@ -33,7 +33,7 @@ start there, however many rules the pack holds.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Mapping
 
 from dslc.match import ir, signatures
@@ -315,9 +315,13 @@ def compile_rule(rule: ir.Rule, index: int = 0) -> CompiledRule:
     return CompiledRule(rule, index, w.init, w.automaton, tuple(sorted(w.init_types.items())), frozenset(w.names))
 
 
-def compile_rules(rules) -> CompiledPack:
-    """Compile rules (in pack order) into one combined, anchor-indexed matcher."""
-    compiled = tuple(compile_rule(rule, i) for i, rule in enumerate(rules))
+def compile_rules(rules, done: Mapping[str, CompiledRule] | None = None) -> CompiledPack:
+    """Compile rules (in pack order) into one combined, anchor-indexed matcher.
+
+    `done` holds rules compiled before (`LoadResult.compiled`, by qualified
+    name): a rule found there (the same `ir.Rule` object) is not compiled again.
+    """
+    compiled = tuple(_compiled(rule, i, done) for i, rule in enumerate(rules))
     index: dict[tuple[str, str], list[int]] = {}
     unanchored, init_only, class_rules = [], [], []
     for c in compiled:
@@ -333,10 +337,12 @@ def compile_rules(rules) -> CompiledPack:
                         tuple(class_rules))
 
 
-def compile_pack(pack: ir.Pack) -> CompiledPack:
-    return compile_rules(pack.rules)
+def _compiled(rule: ir.Rule, index: int, done: Mapping[str, CompiledRule] | None) -> CompiledRule:
+    before = done.get(rule.qualified_name) if done else None
+    if before is None or before.rule is not rule:
+        return compile_rule(rule, index)
+    return before if before.index == index else replace(before, index=index)
 
 
-def compile_packs(packs) -> CompiledPack:
-    """One combined matcher over several packs (pack order, then rule order)."""
-    return compile_rules([rule for pack in packs for rule in pack.rules])
+def compile_pack(pack: ir.Pack, done: Mapping[str, CompiledRule] | None = None) -> CompiledPack:
+    return compile_rules(pack.rules, done)
