@@ -38,13 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"dslc {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"dslc.commands.{name}")
-        except ModuleNotFoundError as exc:  # a command not built yet
-            if exc.name != f"dslc.commands.{name}":
-                raise
-            continue
-        module.add_parser(sub)
+        importlib.import_module(f"dslc.commands.{name}").add_parser(sub)
     return parser
 
 

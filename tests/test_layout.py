@@ -176,6 +176,27 @@ def test_analysis_never_imports_dslc():
     assert not bad, "\n".join(bad)
 
 
+def _catches_import_error(handler: ast.ExceptHandler) -> bool:
+    names = handler.type.elts if isinstance(handler.type, ast.Tuple) else [handler.type]
+    return any(isinstance(n, ast.Name) and n.id in ("ImportError", "ModuleNotFoundError") for n in names)
+
+
+def test_own_modules_are_imported_without_a_fallback():
+    """`try: from dslc.x import y / except ImportError: <degrade>` turns an import bug
+    into silent behaviour; only optional third-party packages (torch) may be missing."""
+    bad = []
+    for module in MODULES:
+        for node in ast.walk(TREES[module]):
+            if not isinstance(node, ast.Try) or not any(_catches_import_error(h) for h in node.handlers):
+                continue
+            for inner in (n for stmt in node.body for n in ast.walk(stmt)):
+                if isinstance(inner, (ast.Import, ast.ImportFrom)):
+                    names = [a.name for a in inner.names] if isinstance(inner, ast.Import) else [_absolute(module, inner)]
+                    if any(n == "dslc" or n.startswith("dslc.") for n in names):
+                        bad.append(f"{MODULES[module].relative_to(REPO)}:{inner.lineno}")
+    assert not bad, "imports of dslc modules guarded by `except ImportError`:\n" + "\n".join(bad)
+
+
 def _sizes() -> dict[str, tuple[int, int]]:
     """'path::qualname' -> (lines, limit), for every function and class, nested ones too."""
     sizes = {}

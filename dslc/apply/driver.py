@@ -137,10 +137,8 @@ def verify_sources(original, rewritten, *, path, rules):
 
 
 def verify_available() -> bool:
-    try:
-        return importlib.util.find_spec("dslc.verify.equivalence") is not None
-    except (ImportError, ValueError):
-        return False
+    """Whether `--verify` can run: it needs PyTorch (optional: `dslc[verify]`)."""
+    return module_available("torch")
 
 
 # ---------------------------------------------------------------------------

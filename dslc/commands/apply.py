@@ -10,7 +10,6 @@ and rule packs with errors.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 
@@ -199,12 +198,9 @@ def _is_error(diag) -> bool:
 
 
 def _render_diagnostics(diags) -> str:
-    try:
-        from dslc.lang.diagnostics import render
+    from dslc.lang.diagnostics import render
 
-        return render(list(diags), fmt="text").rstrip("\n") + "\n"
-    except ImportError:
-        return "".join(f"{d}\n" for d in diags)
+    return render(list(diags), fmt="text").rstrip("\n") + "\n"
 
 
 def _usage(message: str) -> int:
@@ -235,10 +231,7 @@ def _settings(args: argparse.Namespace):
     out.exclude = list(args.exclude) if args.exclude is not None else list(conf.exclude)
     out.jobs = args.jobs or conf.jobs or default_jobs()
     out.cache_dir = args.cache_dir or conf.cache_dir or default_cache_dir()
-    # `unsafe` pairs with an `--unsafe` flag (rules marked unsafe); read and
-    # checked here, passed on where the flag exists.
-    flag_unsafe = getattr(args, "unsafe", None)
-    out.unsafe = bool(flag_unsafe) if flag_unsafe else bool(conf.unsafe)
+    out.unsafe = bool(args.unsafe) if args.unsafe else bool(conf.unsafe)  # rules marked unsafe too
     if not out.rules:
         where = f" (and `rules` is not set in [tool.dslc] of {conf.path})" if conf.path else \
             " (or set `rules` in [tool.dslc] of pyproject.toml)"
@@ -272,11 +265,9 @@ def run(args: argparse.Namespace) -> int:
         except OSError as exc:
             return _usage(f"--patch-dir {display_path(args.patch_dir)}: {exc.strerror or exc}")
     if args.verify and not driver.verify_available():
-        return _usage("--verify needs the dslc.verify.equivalence module, which is not part of this installation")
-    try:
-        from dslc.lang.loader import load_rules
-    except ImportError as exc:
-        return _usage(f"the rule loader is not available ({exc})")
+        return _usage("--verify needs PyTorch, which is not installed: pip install 'dslc[verify]'")
+    from dslc.lang.loader import load_rules
+
     if settings.ignore:
         loaded = load_rules(list(settings.rules), list(settings.select), list(settings.ignore))
     else:
@@ -305,8 +296,7 @@ def run(args: argparse.Namespace) -> int:
         follow_symlinks_outside=args.follow_symlinks_outside,
         force=args.force,
         near_misses=args.near_misses,
-        # `unsafe` (the --unsafe flag or [tool.dslc] unsafe = true) where the driver has the option.
-        **({"unsafe": settings.unsafe} if "unsafe" in {f.name for f in dataclasses.fields(driver.ApplyOptions)} else {}),
+        unsafe=settings.unsafe,  # the --unsafe flag or [tool.dslc] unsafe = true
     )
     progress = _Progress(sys.stderr) if sys.stderr.isatty() else None
     try:
