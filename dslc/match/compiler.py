@@ -73,12 +73,6 @@ class CompiledRule:
         for them is `"any"`: every method and module-level function)."""
         return self.init is not None or self.rule.option("scope") == "forward"
 
-    def init_type(self, var: str) -> str | None:
-        for v, t in self.init_types:
-            if v == var:
-                return t
-        return None
-
     def dump(self) -> str:
         scope = "forward paths of classes" if self.class_scoped else "every function (no init item)"
         if self.rule.klass is not None:
