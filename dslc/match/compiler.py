@@ -17,7 +17,7 @@ rule, then indexes the compiled rules by anchor:
    needs (the file pre-filter of `CompiledPack.anchor_names`).
 
 Rule options read here: `option scope = "forward"` limits an init-less rule
-to forward paths (default `"any"`); `option commutative = false` matches the operands
+to forward paths (default `"any"`); `option commutative = False` matches the operands
 of `+`/`*` in written order only (default: commutative, as
 docs/adopter-rules.md settles it).  Pattern terms: `Var` binds,
 `Const` is a literal check (a non-static value keeps the match, marked
@@ -241,10 +241,10 @@ def _compile_forward(w: _Work) -> None:
     rule = w.rule
     if rule.forward is None:
         return
-    # `option commutative = false`: match `+`/`*` operands in written order
+    # `option commutative = False`: match `+`/`*` operands in written order
     # only (the ADOPTER benchmark labels count `dropout(x) + res`, not
     # `res + dropout(x)`).
-    commutative = rule.option("commutative", True) not in (False, "false", "no", 0)
+    commutative = rule.option("commutative", True) is not False  # the checker admits True/False
     transitions = []
     for i, node in enumerate(w.forward):
         outs = tuple(Action(f"out{j}", o) for j, o in enumerate(node.outputs) if not _is_discard(o))
