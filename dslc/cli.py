@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
+import os
 import sys
 
 from dslc import __version__
@@ -69,6 +71,9 @@ def _main(argv: list[str] | None) -> int:
     from dslc import output
 
     output.setup()
+    if os.environ.get("DSLC_MATCH_DEBUG"):  # the matcher's debug log (dslc/match/matcher.py) on stderr
+        logging.basicConfig(stream=sys.stderr, format="%(message)s")
+        logging.getLogger("dslc.match.matcher").setLevel(logging.DEBUG)
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -83,8 +88,6 @@ def _main(argv: list[str] | None) -> int:
         # The reader went away (`dslc ... | head`): stop quietly, and keep
         # the interpreter's final flush from complaining about it again.
         try:
-            import os
-
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
         except (OSError, ValueError, AttributeError):

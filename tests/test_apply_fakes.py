@@ -119,6 +119,7 @@ class LoadResult:
     packs: list
     diagnostics: list
     compiled: dict = field(default_factory=dict)
+    sources: dict = field(default_factory=dict)
 
 
 def fake_load_rules(paths, select=()):

@@ -197,6 +197,48 @@ def test_own_modules_are_imported_without_a_fallback():
     assert not bad, "imports of dslc modules guarded by `except ImportError`:\n" + "\n".join(bad)
 
 
+# Modules that read, write or print by themselves.  The plan (issue 9): I/O in
+# cli.py, output.py, commands/ and apply/fileio.py only; the others listed are
+# today's leftovers (delete an entry when its module stops doing I/O).  The
+# stages that must stay pure (parser, diagnostics, matcher, ...) are not here.
+DOES_IO = {
+    "dslc/cli.py", "dslc/output.py", "dslc/apply/fileio.py",
+    "dslc/commands/apply.py", "dslc/commands/check.py", "dslc/commands/explain.py",
+    "dslc/commands/structure.py", "dslc/commands/verify.py",
+    "dslc/apply/driver.py",  # the result cache's dependency digests
+    "dslc/apply/resultcache.py", "dslc/config.py", "dslc/corpus.py",
+    "dslc/lang/parser.py",  # the grammar, a package resource
+    "dslc/match/names.py", "dslc/match/signatures.py",
+    "dslc/rewrite/rewriter.py",  # subclasses in sibling files
+    "dslc/verify/equivalence.py",  # child processes and their pipes
+    "analysis/api.py", "analysis/cachefile.py", "analysis/names.py",
+}
+_IO_CALLS = {"print", "open", "input"}
+_IO_ATTRS = {"read_text", "write_text", "read_bytes", "write_bytes", "stdout", "stderr", "stdin"}
+
+
+def _io(module: str) -> list[str]:
+    """What in `module` reads, writes or prints directly (`fileio.read_bytes` is delegation)."""
+    hits = []
+    for n in ast.walk(TREES[module]):
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in _IO_CALLS:
+            hits.append(f"{n.func.id}() at line {n.lineno}")
+        elif isinstance(n, ast.Attribute):
+            base = n.value.id if isinstance(n.value, ast.Name) else ""
+            if (n.attr in _IO_ATTRS and base != "fileio") or (base == "os" and n.attr in ("open", "read", "write")):
+                hits.append(f"{ast.unparse(n)} at line {n.lineno}")
+    return hits
+
+
+def test_io_stays_where_it_is_allowed():
+    found = {MODULES[m].relative_to(REPO).as_posix(): _io(m) for m in MODULES}
+    new = {path: hits for path, hits in found.items() if hits and path not in DOES_IO}
+    assert not new, "I/O outside cli/output/commands/fileio (pass text in, return values out):\n" + "\n".join(
+        f"  {path}: {', '.join(hits[:5])}" for path, hits in sorted(new.items()))
+    stale = sorted(path for path in DOES_IO if not found.get(path))
+    assert not stale, f"no I/O left in {stale}: delete them from DOES_IO"
+
+
 def _sizes() -> dict[str, tuple[int, int]]:
     """'path::qualname' -> (lines, limit), for every function and class, nested ones too."""
     sizes = {}

@@ -197,10 +197,11 @@ def _is_error(diag) -> bool:
     return str(getattr(severity, "value", severity)).lower().endswith("error")
 
 
-def _render_diagnostics(diags) -> str:
+def _render_diagnostics(diags, sources) -> str:
+    """`sources`: the rule files' text (`LoadResult.sources`) for the snippets."""
     from dslc.lang.diagnostics import render
 
-    return render(list(diags), fmt="text").rstrip("\n") + "\n"
+    return render(list(diags), fmt="text", sources=sources).rstrip("\n") + "\n"
 
 
 def _usage(message: str) -> int:
@@ -276,7 +277,7 @@ def run(args: argparse.Namespace) -> int:
     paint_err = color.enabled(sys.stderr, args.color)
     paint_out = color.enabled(sys.stdout, args.color)
     if diags:
-        sys.stderr.write(_render_diagnostics(diags))
+        sys.stderr.write(_render_diagnostics(diags, loaded.sources))
     if any(_is_error(d) for d in diags):
         print("dslc apply: error: the rule packs have errors; nothing was applied", file=sys.stderr)
         return 2

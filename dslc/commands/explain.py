@@ -115,7 +115,7 @@ def explain_place(path: str, line: int, args) -> int:
     diags = list(loaded.diagnostics)
     if any(str(getattr(getattr(d, "severity", "error"), "value", getattr(d, "severity", "error"))).lower().endswith("error")
            for d in diags):
-        sys.stderr.write(_render_diagnostics(diags))
+        sys.stderr.write(_render_diagnostics(diags, loaded.sources))
         return _usage("the rule packs have errors")
     if not any(p.rules for p in loaded.packs):
         return _usage("no rules (empty packs, or --select matched nothing)")

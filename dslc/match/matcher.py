@@ -46,9 +46,10 @@ keeps the other branch as it is.  So are bindings of another known type
 (`nn.Linear(...)` if `num_groups == 1` else `GroupedLinearLayer(...)`, which
 the benchmark labels count): the safety checks see the guards.
 
-Debugging: `DSLC_MATCH_DEBUG=<file suffix>:<line>` prints to stderr why the
-nodes at that line did not match (failed attempts are falsy `Fail` values
-carrying a reason).  For users, `match_file(..., recorder=)` hands every
+Debugging: `DSLC_MATCH_DEBUG=<file suffix>:<line>` logs (logger
+`dslc.match.matcher`, level DEBUG; the `dslc` command shows them on stderr)
+why the nodes at that line did not match (failed attempts are falsy `Fail`
+values carrying a reason).  For users, `match_file(..., recorder=)` hands every
 failed attempt to a recorder (`dslc.rewrite.nearmiss`: the near-miss report of
 `dslc apply --near-misses` and `dslc explain FILE:LINE`); without one, the
 hooks cost an `is None` test.
@@ -56,8 +57,8 @@ hooks cost an `is None` test.
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
 from bisect import bisect_left
 from dataclasses import dataclass, field, replace
 from typing import Iterator
@@ -196,6 +197,9 @@ def _show(b: _B) -> str:
 # Per-file, per-class and per-path context.
 
 
+_LOG = logging.getLogger(__name__)
+
+
 class _Debug:
     def __init__(self, file: str):
         spec = os.environ.get("DSLC_MATCH_DEBUG", "")
@@ -209,7 +213,7 @@ class _Debug:
         return self.line is not None and node.stmt.lines[0] <= self.line <= node.stmt.lines[1]
 
     def say(self, file: str, rule: str, msg: str) -> None:
-        print(f"{file}:{self.line}: {rule}: {msg}", file=sys.stderr)
+        _LOG.debug("%s:%s: %s: %s", file, self.line, rule, msg)
 
 
 @dataclass

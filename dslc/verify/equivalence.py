@@ -561,7 +561,7 @@ def load_packs(options: VerifyOptions) -> tuple:
         result = load_rules(list(options.rules))
         errors = [d for d in result.diagnostics if getattr(d, "severity", "error") == "error"]
         if errors:
-            text = render(errors, "text")
+            text = render(errors, "text", result.sources)
             raise VerifyUsageError(f"the rules given with --rules do not load:\n{text}")
         packs.extend(result.packs)
     return tuple(packs)
