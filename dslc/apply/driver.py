@@ -239,19 +239,14 @@ class Compiled:
 
     packs: list
     compiled: list
-    want: frozenset[str] | None
+    want: frozenset[str]  # the analysis pre-filter: every name some rule needs
     rules: dict[str, object] = field(default_factory=dict)  # qualified name -> ir.Rule
 
 
 def compile_packs(packs: Sequence, done: dict | None = None) -> Compiled:
     compiled = [compile_pack(p, done) for p in packs]
-    want: set[str] = set()
-    for c in compiled:
-        names = getattr(c, "anchor_names", None)
-        if names is None:  # a compiler without the pre-filter: analyze everything
-            return Compiled(list(packs), compiled, None, _rule_index(packs))
-        want |= set(names())
-    return Compiled(list(packs), compiled, frozenset(want), _rule_index(packs))
+    want = frozenset().union(*(c.anchor_names() for c in compiled))
+    return Compiled(list(packs), compiled, want, _rule_index(packs))
 
 
 def _rule_index(packs) -> dict[str, object]:
