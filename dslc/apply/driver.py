@@ -660,14 +660,12 @@ def apply_paths(
     *,
     progress: Callable[[int, int], None] | None = None,
     files: Sequence[Found] | None = None,
-    compiled: dict | None = None,
+    compiled: dict | None = None,  # LoadResult.compiled: those rules are not compiled again
 ) -> Report:
     """Run the pipeline (module docstring) over command-line `paths`.
 
     `files`, when given, replaces discovery (the benchmark passes its own
     list).  `progress(done, total)` is called as files complete.
-    `compiled`: the loader's compiled rules (`LoadResult.compiled`), reused
-    here instead of compiling the packs' rules a second time.
     """
     start = time.perf_counter()
     errors: list[FileError] = []
@@ -746,9 +744,9 @@ def safe_packs(packs: Sequence, unsafe: bool) -> tuple[list, tuple[tuple[str, st
         return list(packs), ()
     out, left = [], []
     for pack in packs:
-        kept = tuple(r for r in pack.rules if getattr(r, "safety", "safe") != "unsafe")
+        kept = tuple(r for r in pack.rules if r.safety != "unsafe")
         for r in pack.rules:
-            if getattr(r, "safety", "safe") == "unsafe":
+            if r.safety == "unsafe":
                 why = (r.contract.note or r.description or "").split("\n")[0]
                 left.append((r.qualified_name, why))
         out.append(replace(pack, rules=kept) if len(kept) != len(pack.rules) else pack)

@@ -192,11 +192,6 @@ class _Progress:
             self.stream.flush()
 
 
-def _is_error(diag) -> bool:
-    severity = getattr(diag, "severity", "error")
-    return str(getattr(severity, "value", severity)).lower().endswith("error")
-
-
 def _render_diagnostics(diags, sources) -> str:
     """`sources`: the rule files' text (`LoadResult.sources`) for the snippets."""
     from dslc.lang.diagnostics import render
@@ -278,7 +273,7 @@ def run(args: argparse.Namespace) -> int:
     paint_out = color.enabled(sys.stdout, args.color)
     if diags:
         sys.stderr.write(_render_diagnostics(diags, loaded.sources))
-    if any(_is_error(d) for d in diags):
+    if any(d.is_error for d in diags):
         print("dslc apply: error: the rule packs have errors; nothing was applied", file=sys.stderr)
         return 2
     if not any(p.rules for p in loaded.packs):

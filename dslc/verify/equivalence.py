@@ -559,7 +559,7 @@ def load_packs(options: VerifyOptions) -> tuple:
         from dslc.lang.loader import load_rules
 
         result = load_rules(list(options.rules))
-        errors = [d for d in result.diagnostics if getattr(d, "severity", "error") == "error"]
+        errors = [d for d in result.diagnostics if d.is_error]
         if errors:
             text = render(errors, "text", result.sources)
             raise VerifyUsageError(f"the rules given with --rules do not load:\n{text}")
