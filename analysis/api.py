@@ -24,13 +24,13 @@ import hashlib
 import io
 import os
 import pickle
-import tempfile
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from functools import lru_cache
 
 from . import cachefile, model
-from .extract import Extractor, Options
+from .budget import Options
+from .extract import Extractor
 from .model import FileFacts, Problem
 from .names import Resolver, build_scope, canonical, module_name_for, tree_root_for
 

@@ -100,7 +100,7 @@ def test_1_reading_only_the_shape_of_the_changed_value_is_fine():
 
 
 def test_1_the_changed_value_is_told_from_the_rule():
-    from dslc.rewrite.rewriter import _changed_values
+    from dslc.rewrite.rules import changed_values as _changed_values
 
     rules = {r.name: r for p in load_rules(PACKS).packs for r in p.rules}
     assert _changed_values(rules["biased_gelu"]) == {"y"}

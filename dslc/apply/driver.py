@@ -691,31 +691,9 @@ def apply_paths(
     items = [(i, found[i], sources[i]) for i in sorted(sources)]
     for i, r in _run_all(items, packs, compiled, options, progress, done, total):
         results[i] = r
-    used_patch_names: set[str] = set()
     roots = _roots(paths, found)
-    removed: list[str] = []
-    if options.mode == "patch" and options.patch_dir:
-        try:
-            os.makedirs(options.patch_dir, exist_ok=True)
-        except OSError:  # each patch write then reports the problem per file
-            pass
-        removed += fileio.remove_stale_temp_files(options.patch_dir)
-    elif options.mode == "write":
-        # Leftovers of an interrupted --write in the folders written to now.
-        folders = {os.path.dirname(os.path.realpath(found[i].path)) for i in sources}
-        for folder in sorted(folders):
-            removed += fileio.remove_stale_temp_files(folder)
-    for i, f in enumerate(found):
-        if i not in sources:
-            continue
-        try:
-            r = results[i]
-            if options.verify:
-                r = verify_result(r, packs)
-            results[i] = emit(r, sources[i], options, used_patch_names, roots)
-        except Exception as exc:  # a dslc bug must not cost the other files
-            results[i] = replace(results[i], new_source=None,
-                                 errors=results[i].errors + (_internal_error(f.display, exc),))
+    removed = _remove_leftovers(options, [found[i] for i in sources])
+    _verify_and_emit(found, sources, results, packs, options, roots)
     ordered = tuple(results[i] for i in range(total))
     for r in ordered:
         errors += r.errors
@@ -736,6 +714,41 @@ def apply_paths(
         removed_temp_files=tuple(fileio.display_path(p) for p in removed),
         near_misses=tuple(n for r in ordered for n in file_near_misses(r)) if options.near_misses else None,
     )
+
+
+def _remove_leftovers(options: ApplyOptions, readable: Sequence[Found]) -> list[str]:
+    """Temporary files an interrupted run left where this one writes (the
+    patch folder, created here, or the folders of the files read); removed."""
+    removed: list[str] = []
+    if options.mode == "patch" and options.patch_dir:
+        try:
+            os.makedirs(options.patch_dir, exist_ok=True)
+        except OSError:  # each patch write then reports the problem per file
+            pass
+        removed += fileio.remove_stale_temp_files(options.patch_dir)
+    elif options.mode == "write":
+        # Leftovers of an interrupted --write in the folders written to now.
+        folders = {os.path.dirname(os.path.realpath(f.path)) for f in readable}
+        for folder in sorted(folders):
+            removed += fileio.remove_stale_temp_files(folder)
+    return removed
+
+
+def _verify_and_emit(found: Sequence[Found], sources: dict[int, SourceFile], results: dict[int, FileResult],
+                     packs: Sequence, options: ApplyOptions, roots: frozenset[str]) -> None:
+    """Verify (with `options.verify`) and emit each file read, in order; `results` updated in place."""
+    used_patch_names: set[str] = set()
+    for i, f in enumerate(found):
+        if i not in sources:
+            continue
+        try:
+            r = results[i]
+            if options.verify:
+                r = verify_result(r, packs)
+            results[i] = emit(r, sources[i], options, used_patch_names, roots)
+        except Exception as exc:  # a dslc bug must not cost the other files
+            results[i] = replace(results[i], new_source=None,
+                                 errors=results[i].errors + (_internal_error(f.display, exc),))
 
 
 def safe_packs(packs: Sequence, unsafe: bool) -> tuple[list, tuple[tuple[str, str], ...]]:

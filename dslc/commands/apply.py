@@ -235,33 +235,63 @@ def _settings(args: argparse.Namespace):
     return out, None
 
 
+class _UsageError(Exception):
+    """`dslc apply: error: MESSAGE` on stderr, exit status 2."""
+
+
 def run(args: argparse.Namespace) -> int:
     """1. check paths, options and [tool.dslc], 2. load the packs, 3. apply,
     4. print, 5. exit code."""
     from dslc.apply import driver
-    from dslc.lang import codes
-    from dslc import color
-    from dslc.apply import report as render
+
+    try:
+        mode, settings = _check(args)
+        loaded = _load(settings)
+    except _UsageError as exc:
+        return _usage(str(exc))
+    options = _apply_options(args, mode, settings)
+    progress = _Progress(sys.stderr) if sys.stderr.isatty() else None
+    try:
+        result = driver.apply_paths(list(args.paths), loaded.packs, options, progress=progress,
+                                    compiled=loaded.compiled)
+    finally:
+        if progress:
+            progress.clear()
+    _print(args, mode, result, loaded.packs)
+    if result.errors:
+        return 1
+    if args.check and any(f.changed for f in result.files):
+        return 1
+    return 0
+
+
+def _check(args: argparse.Namespace):
+    """(mode, settings) once the flags, paths and [tool.dslc] make sense; _UsageError otherwise."""
+    from dslc.apply import driver
+    from dslc.output import display_path
 
     if args.check and (args.mode == "write" or args.patch_dir):
-        return _usage("--check changes nothing; it cannot be combined with --write or --patch-dir")
+        raise _UsageError("--check changes nothing; it cannot be combined with --write or --patch-dir")
     mode = "patch" if args.patch_dir else (args.mode or "diff")
-    from dslc.apply.fileio import DEFAULT_MAX_FILE_SIZE
-    from dslc.output import display_path, write_json
-
     settings, problem = _settings(args)
     if problem:
-        return _usage(problem)
+        raise _UsageError(problem)
     missing = [p for p in list(args.paths) + list(settings.rules) if not os.path.lexists(p)]
     if missing:
-        return _usage(f"no such file or directory: {', '.join(display_path(m) for m in missing)}")
+        raise _UsageError(f"no such file or directory: {', '.join(display_path(m) for m in missing)}")
     if args.patch_dir:
         try:
             os.makedirs(args.patch_dir, exist_ok=True)
         except OSError as exc:
-            return _usage(f"--patch-dir {display_path(args.patch_dir)}: {exc.strerror or exc}")
+            raise _UsageError(f"--patch-dir {display_path(args.patch_dir)}: {exc.strerror or exc}") from None
     if args.verify and not driver.verify_available():
-        return _usage("--verify needs PyTorch, which is not installed: pip install 'dslc[verify]'")
+        raise _UsageError("--verify needs PyTorch, which is not installed: pip install 'dslc[verify]'")
+    return mode, settings
+
+
+def _load(settings: argparse.Namespace):
+    """The packs of `settings.rules` (their diagnostics printed); _UsageError
+    when they have errors or leave no rule to apply."""
     from dslc.lang.loader import load_rules
 
     if settings.ignore:
@@ -269,17 +299,20 @@ def run(args: argparse.Namespace) -> int:
     else:
         loaded = load_rules(list(settings.rules), list(settings.select))
     diags = list(loaded.diagnostics)
-    paint_err = color.enabled(sys.stderr, args.color)
-    paint_out = color.enabled(sys.stdout, args.color)
     if diags:
         sys.stderr.write(_render_diagnostics(diags, loaded.sources))
     if any(d.is_error for d in diags):
-        print("dslc apply: error: the rule packs have errors; nothing was applied", file=sys.stderr)
-        return 2
+        raise _UsageError("the rule packs have errors; nothing was applied")
     if not any(p.rules for p in loaded.packs):
-        return _usage("no rules to apply (empty packs, or --select/--ignore left none)")
+        raise _UsageError("no rules to apply (empty packs, or --select/--ignore left none)")
+    return loaded
 
-    options = driver.ApplyOptions(
+
+def _apply_options(args: argparse.Namespace, mode: str, settings: argparse.Namespace):
+    from dslc.apply import driver
+    from dslc.apply.fileio import DEFAULT_MAX_FILE_SIZE
+
+    return driver.ApplyOptions(
         mode=mode,
         patch_dir=args.patch_dir,
         jobs=settings.jobs,
@@ -294,13 +327,14 @@ def run(args: argparse.Namespace) -> int:
         near_misses=args.near_misses,
         unsafe=settings.unsafe,  # the --unsafe flag or [tool.dslc] unsafe = true
     )
-    progress = _Progress(sys.stderr) if sys.stderr.isatty() else None
-    try:
-        result = driver.apply_paths(list(args.paths), loaded.packs, options, progress=progress,
-                                    compiled=loaded.compiled)
-    finally:
-        if progress:
-            progress.clear()
+
+
+def _print(args: argparse.Namespace, mode: str, result, packs) -> None:
+    """The report on stdout (diff, JSON or SARIF); notes, summary and what was written on stderr."""
+    from dslc import color
+    from dslc.apply import report as render
+    from dslc.lang import codes
+    from dslc.output import write_json
 
     notes_out = ""
     if args.format == "json":
@@ -308,23 +342,13 @@ def run(args: argparse.Namespace) -> int:
     elif args.format == "sarif":
         from dslc.apply import sarif
 
-        write_json(sarif.render_sarif(result, loaded.packs))
+        write_json(sarif.render_sarif(result, packs))
     else:
         if mode == "diff" and (not args.check or args.mode == "diff"):
             diff = render.render_diff(result)
-            sys.stdout.write(color.paint_diff(diff) if paint_out else diff)
+            sys.stdout.write(color.paint_diff(diff) if color.enabled(sys.stdout, args.color) else diff)
         sys.stdout.flush()
-        notes_out += render.render_notes(result, skipped=not args.quiet, warnings=not args.quiet)
-        notes_out += render.render_near_misses(result)
-        notes_out += render.render_errors(result)
-        if args.check:
-            notes_out += "".join(f"would rewrite {render.diff_path(f)}\n" for f in result.files if f.changed)
-        notes_out += render.render_summary(result)
-        for f in result.files:
-            if f.patch:
-                notes_out += f"wrote {display_path(f.patch)}\n"
-            elif f.written:
-                notes_out += f"rewrote {display_path(f.found.path)}\n"
+        notes_out += _text_notes(args, result)
     if result.removed_temp_files:
         n = len(result.removed_temp_files)
         notes_out += (f"note[{codes.I_TEMP_REMOVED}]: removed {n} temporary file{'s' * (n != 1)} left by an interrupted dslc run: "
@@ -332,9 +356,23 @@ def run(args: argparse.Namespace) -> int:
     if args.format != "text" and (result.missing_kernels or result.left_out):
         # Also tell a human watching the terminal; the JSON field carries the data.
         notes_out += render.render_notes(result, skipped=False, warnings=False)
-    sys.stderr.write(color.paint_notes(notes_out) if paint_err else notes_out)
-    if result.errors:
-        return 1
-    if args.check and any(f.changed for f in result.files):
-        return 1
-    return 0
+    sys.stderr.write(color.paint_notes(notes_out) if color.enabled(sys.stderr, args.color) else notes_out)
+
+
+def _text_notes(args: argparse.Namespace, result) -> str:
+    """What `--format text` tells on stderr: notes, near misses, errors, summary, files written."""
+    from dslc.apply import report as render
+    from dslc.output import display_path
+
+    notes_out = render.render_notes(result, skipped=not args.quiet, warnings=not args.quiet)
+    notes_out += render.render_near_misses(result)
+    notes_out += render.render_errors(result)
+    if args.check:
+        notes_out += "".join(f"would rewrite {render.diff_path(f)}\n" for f in result.files if f.changed)
+    notes_out += render.render_summary(result)
+    for f in result.files:
+        if f.patch:
+            notes_out += f"wrote {display_path(f.patch)}\n"
+        elif f.written:
+            notes_out += f"rewrote {display_path(f.found.path)}\n"
+    return notes_out

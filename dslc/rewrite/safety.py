@@ -153,57 +153,63 @@ def stmt_effects(stmt: ast.stmt, defined: frozenset = frozenset()) -> tuple[set[
     if isinstance(stmt, (ast.Pass, ast.Break, ast.Continue, ast.Global, ast.Nonlocal, ast.Import, ast.ImportFrom)):
         written = {(a.asname or a.name).split(".")[0] for a in getattr(stmt, "names", ()) if isinstance(a, ast.alias)}
         return set(), defined | written
+    if isinstance(stmt, (ast.For, ast.AsyncFor, ast.While, ast.If)):
+        return _branch_effects(stmt, defined)
+    if isinstance(stmt, (ast.With, ast.AsyncWith)):
+        return _with_effects(stmt, defined)
+    if isinstance(stmt, ast.Try):
+        return _try_effects(stmt, defined)
+    return None
+
+
+def _branch_effects(stmt, defined: frozenset) -> tuple[set[str], frozenset] | None:
+    """`for`/`while`/`if`: the head's reads, then the body (a loop's target
+    bound there) and the `else` block.  Only an `if` writes definitely (what
+    both its blocks write): a loop body may run zero times."""
     if isinstance(stmt, (ast.For, ast.AsyncFor)):
         reads = _expr_reads(stmt.iter) - defined
         inner = defined | _target_names(stmt.target)
-        body = _block_effects(stmt.body, inner)
-        orelse = _block_effects(stmt.orelse, defined)
-        if body is None or orelse is None:
-            return None
-        return reads | body[0] | orelse[0], defined
-    if isinstance(stmt, ast.While):
+    else:
         reads = _expr_reads(stmt.test) - defined
-        body = _block_effects(stmt.body, defined)
-        orelse = _block_effects(stmt.orelse, defined)
-        if body is None or orelse is None:
+        inner = defined
+    body = _block_effects(stmt.body, inner)
+    orelse = _block_effects(stmt.orelse, defined)
+    if body is None or orelse is None:
+        return None
+    return reads | body[0] | orelse[0], (body[1] & orelse[1] if isinstance(stmt, ast.If) else defined)
+
+
+def _with_effects(stmt, defined: frozenset) -> tuple[set[str], frozenset] | None:
+    reads: set[str] = set()
+    written: set[str] = set()
+    for item in stmt.items:
+        reads |= _expr_reads(item.context_expr) - defined - written
+        if item.optional_vars is not None:
+            written |= _target_names(item.optional_vars)
+    body = _block_effects(stmt.body, defined | written)
+    if body is None:
+        return None
+    return reads | body[0], body[1]
+
+
+def _try_effects(stmt: ast.Try, defined: frozenset) -> tuple[set[str], frozenset] | None:
+    """A `try` may leave early: its writes are not definite."""
+    body = _block_effects(stmt.body, defined)
+    if body is None:
+        return None
+    reads = set(body[0])
+    for handler in stmt.handlers:
+        bound = {handler.name} if handler.name else set()
+        got = _block_effects(handler.body, defined | bound)
+        if got is None:
             return None
-        return reads | body[0] | orelse[0], defined
-    if isinstance(stmt, ast.If):
-        reads = _expr_reads(stmt.test) - defined
-        body = _block_effects(stmt.body, defined)
-        orelse = _block_effects(stmt.orelse, defined)
-        if body is None or orelse is None:
+        reads |= got[0] | (_expr_reads(handler.type) - defined)
+    for block in (stmt.orelse, stmt.finalbody):
+        got = _block_effects(block, defined)
+        if got is None:
             return None
-        return reads | body[0] | orelse[0], body[1] & orelse[1]
-    if isinstance(stmt, (ast.With, ast.AsyncWith)):
-        reads: set[str] = set()
-        written: set[str] = set()
-        for item in stmt.items:
-            reads |= _expr_reads(item.context_expr) - defined - written
-            if item.optional_vars is not None:
-                written |= _target_names(item.optional_vars)
-        body = _block_effects(stmt.body, defined | written)
-        if body is None:
-            return None
-        return reads | body[0], body[1]
-    if isinstance(stmt, ast.Try):
-        body = _block_effects(stmt.body, defined)
-        if body is None:
-            return None
-        reads = set(body[0])
-        for handler in stmt.handlers:
-            bound = {handler.name} if handler.name else set()
-            got = _block_effects(handler.body, defined | bound)
-            if got is None:
-                return None
-            reads |= got[0] | (_expr_reads(handler.type) - defined)
-        for block in (stmt.orelse, stmt.finalbody):
-            got = _block_effects(block, defined)
-            if got is None:
-                return None
-            reads |= got[0]
-        return reads, defined
-    return None
+        reads |= got[0]
+    return reads, defined
 
 
 # ---------------------------------------------------------------------------
