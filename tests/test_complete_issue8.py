@@ -521,6 +521,168 @@ def test_softmax_over_the_last_of_four_provable_dims(compiled):
     stable(compiled, new)
 
 
+# 14, scaled scores: `scores * self.scale` keeps the rank when `self.scale` is
+# a Python number computed in `__init__` (analysis/scalars.py)
+
+SCALED = '''import math
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+
+class ConfigScale(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.scale = 1 / (config.d_head ** 0.5)
+
+    def forward(self, q, k):
+        scores = torch.einsum("ibnd,jbnd->bnij", q, k) * self.scale
+        return F.softmax(scores, dim=3)
+
+
+class ChainedScale(nn.Module):
+    def __init__(self, config, dim_head: int = 64):
+        super().__init__()
+        self.head_dim = config.hidden_size // config.num_heads
+        inner = dim_head
+        inner *= 2
+        self.temp = math.sqrt(inner) if config.scaled else 1.0
+        self.scale = self.head_dim ** -0.5 * self.temp
+
+    def forward(self, q, k):
+        scores = torch.einsum("bhqd,bhkd->bhqk", q, k) * self.scale / math.sqrt(self.head_dim)
+        return F.softmax(scores, dim=3)
+
+
+class TensorScale(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.ones(1, 1, 1, 1, 1)
+
+    def forward(self, q, k):
+        scores = torch.einsum("bhqd,bhkd->bhqk", q, k) * self.scale
+        return F.softmax(scores, dim=3)
+
+
+class ParameterScale(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.gain = nn.Parameter(torch.ones(config.n))
+
+    def forward(self, q, k):
+        scores = torch.einsum("bhqd,bhkd->bhqk", q, k) * self.gain
+        return F.softmax(scores, dim=3)
+'''
+
+
+def test_softmax_over_scores_scaled_by_an_init_number(compiled):
+    _, result = run(compiled, SCALED)
+    got = {name: status for name, status, _ in outcomes(result, "softmax")}
+    assert got == {"ConfigScale": "applied", "ChainedScale": "applied"}
+    new = result.new_source
+    assert new.count("return softmax(scores)\n") == 2
+    # a tensor (rank 5 here: dim=3 is not its last dim) and a parameter prove nothing
+    assert new.count("return F.softmax(scores, dim=3)\n") == 2
+    stable(compiled, new)
+
+
+def test_the_rank_5_tensor_scale_is_really_not_the_last_dim():
+    # the refusal above is needed: with the tensor scale, dim=3 is not dim=-1
+    import torch
+    scope: dict = {}
+    exec(compile(SCALED, "scaled.py", "exec"), scope)
+    q, k = torch.randn(2, 3, 4, 5), torch.randn(2, 3, 4, 5)
+    scores = torch.einsum("bhqd,bhkd->bhqk", q, k) * scope["TensorScale"]().scale
+    assert scores.dim() == 5
+    assert not torch.allclose(torch.softmax(scores, dim=3), torch.softmax(scores, dim=-1))
+
+
+SCALAR_INITS = '''import math
+import torch
+from torch import nn
+
+
+class Init(nn.Module):
+    def __init__(self, config, dim, heads=8, ratio: float = 0.5, tensor_arg: torch.Tensor = None,
+                 made=torch.ones(2)):
+        super().__init__()
+        self.a = config.d_head ** -0.5                 # config field: a number
+        self.b = heads * 2 + math.pi                   # numeric default, math constant
+        self.c = math.sqrt(ratio) if dim else 1        # annotated float, both branches
+        self.d = dim * 2                               # `dim` has no numeric declaration
+        self.e = tensor_arg * 2                        # annotated tensor
+        self.f = made * 2                              # default is a call
+        t = torch.ones(3)
+        self.g = t * 2                                 # a local tensor
+        self.h = float(config.x)
+        self.i = abs(t)                                # builtin on a tensor
+        self.j = sum([1, 2])                           # other functions prove nothing
+        for n in range(3):
+            pass
+        self.k = n * 1.0                               # bound by a loop
+        self.m = 0.5                                   # rebound below
+        self.n = 0.5                                   # written through a string
+        self.register_buffer("n", torch.ones(1))
+        self.o = self.a * self.h                       # other scalar attributes
+        self.p = self.d * 2                            # ... and a non-scalar one
+        self.q = 2.0                                   # a method has its name in another class
+        self.s = 2.0                                   # a subclass rebinds it
+
+    def rebind(self, x):
+        self.m = x
+
+
+class Sub(Init):
+    def __init__(self, config, dim):
+        super().__init__(config, dim)
+        self.s = torch.ones(1)
+
+
+class Mutated(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.r = config.r                              # the config's field is overwritten
+        config.r = torch.ones(1)
+        self.s = 1.0                                   # unrelated classes do not matter
+
+
+class Other(nn.Module):
+    def q(self):
+        return 1
+'''
+
+
+def test_init_numbers_are_proved_scalar_and_nothing_else():
+    facts = analyze_source(SCALAR_INITS, "m.py")
+    scalars = {c.name: c.scalars for c in facts.classes}
+    assert scalars["Init"] == {"a", "b", "c", "h", "o"}
+    assert scalars["Mutated"] == {"s"}
+
+
+def test_a_scalar_needs_its_binding_in_this_file(tmp_path):
+    # a base `__init__` in another file binds it: the stores there are not
+    # read (nor a subclass there), so nothing is proved; the same classes in
+    # one file prove it
+    from dslc.analysis import analyze_file
+
+    base = ("import torch\nfrom torch import nn\n\n\nclass Base(nn.Module):\n"
+            "    def __init__(self, config):\n        super().__init__()\n"
+            "        self.scale = 1 / config.d ** 0.5\n")
+    child = ("\n\nclass Child(Base):\n    def forward(self, q, k):\n"
+             "        return torch.einsum('bhqd,bhkd->bhqk', q, k) * self.scale\n")
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "base.py").write_text(base)
+    (pkg / "child.py").write_text("import torch\nfrom pkg.base import Base\n" + child)
+    (pkg / "both.py").write_text(base + child)
+    for name, want in (("child.py", frozenset()), ("both.py", {"scale"})):
+        facts = analyze_file(str(pkg / name), root=str(tmp_path))
+        found = next(c for c in facts.classes if c.name == "Child")
+        assert [b.attr for b in found.init] == ["scale"], name
+        assert found.scalars == want, name
+
+
 # ---------------------------------------------------------------------------
 # 12. a guard on the layer itself: `if self.norm is not None:`
 
@@ -609,7 +771,157 @@ def test_guarded_layer_refusals(compiled, change, reason):
     assert source != GUARDED
     _, result = run(compiled, source)
     got = outcomes(result, "conv_batchnorm")
-    assert len(got) == 1 and got[0][1] == "skipped" and "is not None:" in got[0][2], got
+    assert len(got) == 1 and got[0][1] == "skipped", got
+    # (another layer on the other branch is refused before the guard is looked at)
+    assert ("is not None:" in got[0][2]) != (got[0][2].code == "S216"), got
+
+
+# ---------------------------------------------------------------------------
+# 12. a layer `__init__` may bind to something else than the matched type:
+# forward calls whichever was bound, so the rewrite is refused (S216)
+
+ALTERNATIVES = '''import torch
+from torch import nn
+
+
+class IdentityElse(nn.Module):
+    def __init__(self, cin, cout, use_norm=True):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3)
+        if use_norm:
+            self.norm = nn.BatchNorm2d(cout)
+        else:
+            self.norm = nn.Identity()
+
+    def forward(self, x):
+        return self.norm(self.conv(x))
+
+
+class IdentityIfExp(nn.Module):
+    def __init__(self, cin, cout, use_norm=True):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3)
+        self.norm = nn.BatchNorm2d(cout) if use_norm else nn.Identity()
+
+    def forward(self, x):
+        return self.norm(self.conv(x))
+
+
+class NoneIfExp(nn.Module):
+    def __init__(self, cin, cout, use_norm=True):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3)
+        self.norm = nn.BatchNorm2d(cout) if use_norm else None
+
+    def forward(self, x):
+        x = self.conv(x)
+        if self.norm is not None:
+            x = self.norm(x)
+        return x
+
+
+class LaterOverride(nn.Module):
+    def __init__(self, cin, cout, plain=False):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3)
+        self.norm = nn.BatchNorm2d(cout)
+        if plain:
+            self.norm = nn.Identity()
+
+    def forward(self, x):
+        return self.norm(self.conv(x))
+
+
+class SameTypeIfExp(nn.Module):
+    def __init__(self, cin, cout, wide=True):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3) if wide else nn.Conv2d(cin, cout, 1)
+        self.norm = nn.BatchNorm2d(cout)
+
+    def forward(self, x):
+        return self.norm(self.conv(x))
+
+
+class Overwritten(nn.Module):
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3)
+        self.norm = nn.Identity()
+        self.norm = nn.BatchNorm2d(cout)
+
+    def forward(self, x):
+        return self.norm(self.conv(x))
+'''
+
+
+def test_a_layer_bound_to_something_else_on_a_branch_is_refused(compiled):
+    _, result = run(compiled, ALTERNATIVES)
+    got = {name: (status, reason) for name, status, reason in outcomes(result, "conv_batchnorm")}
+    assert {name: status for name, (status, _) in got.items()} == {
+        "IdentityElse": "skipped", "IdentityIfExp": "skipped", "NoneIfExp": "skipped", "LaterOverride": "skipped",
+        "SameTypeIfExp": "applied", "Overwritten": "skipped"}
+    for name in ("IdentityElse", "IdentityIfExp", "NoneIfExp", "LaterOverride"):
+        assert got[name][1].code == "S216", got[name]
+    # an Identity always overwritten by the BatchNorm is no alternative (the
+    # second assignment is refused for its own reason)
+    assert got["Overwritten"][1].code == "S206", got["Overwritten"]
+    assert "`Identity(...)` (line 12) where `not (use_norm)`" in got["IdentityElse"][1]
+    assert "one branch only: the other is `None`" in got["NoneIfExp"][1]
+    assert "`Identity(...)` (line 47) where `plain`" in got["LaterOverride"][1]
+    # both branches are a Conv2d: the whole expression is the fused layer's conv
+    assert "ConvBn2d(nn.Conv2d(cin, cout, 3) if wide else nn.Conv2d(cin, cout, 1), nn.BatchNorm2d(cout))" \
+        in result.new_source
+    stable(compiled, result.new_source)
+
+
+ACT_IFEXP = '''import torch
+from torch import nn
+from transformers.activations import ACT2FN
+
+
+class Inter(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.act = ACT2FN[config.hidden_act] if isinstance(config.hidden_act, str) else config.hidden_act
+
+    def forward(self, x):
+        return self.act(self.dense(x))
+'''
+
+
+def test_a_config_callable_on_the_other_branch_of_a_replaced_binding_is_no_alternative(compiled):
+    # the target builds its own activation (it does not copy `self.act`'s
+    # expression), under the rule's `when`, where `config.hidden_act` is a
+    # string; the other branch is the module doc's config callable
+    _, result = run(compiled, ACT_IFEXP)
+    assert outcomes(result, "biased_gelu") == [("Inter", "applied", None)]
+    new = result.new_source
+    assert "        if config.hidden_act in (" in new
+    assert ("        else:\n            self.dense = nn.Linear(config.hidden_size, config.intermediate_size)\n"
+            "            self.act = ACT2FN[config.hidden_act] if isinstance(config.hidden_act, str) "
+            "else config.hidden_act\n") in new
+    stable(compiled, new)
+
+
+def test_the_refused_alternatives_were_wrong_rewrites():
+    # what the rewrite would have built (the rewriter's output before S216):
+    # the fused layer needs a BatchNorm2d, and the Identity branch computes
+    # no normalisation at all
+    torch = pytest.importorskip("torch", reason="torch builds the layers")
+    from torch.ao.nn.intrinsic import ConvBn2d
+    with pytest.raises(AssertionError):
+        ConvBn2d(torch.nn.Conv2d(3, 4, 3), torch.nn.Identity())
+    with pytest.raises(AssertionError):
+        ConvBn2d(torch.nn.Conv2d(3, 4, 3), None)
+    ns = _load(ALTERNATIVES, "alternatives")
+    torch.manual_seed(0)
+    plain = ns["IdentityElse"](3, 4, use_norm=False).eval()
+    fused = ConvBn2d(plain.conv, torch.nn.BatchNorm2d(4)).eval()
+    with torch.no_grad():
+        fused[1].running_mean.fill_(1.0)
+    x = torch.randn(1, 3, 8, 8)
+    assert not torch.allclose(plain(x), fused(x))
 
 
 # ---------------------------------------------------------------------------

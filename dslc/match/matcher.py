@@ -42,9 +42,15 @@ Conditional init policy: an attribute with several `InitBinding`s (an
 unifies with the same variable bindings.  Bindings of kind `other` (the
 `else: self.act = config.hidden_act` branch of transformers) are allowed:
 `init_nodes` holds the matching binding with its guards, and the rewriter
-keeps the other branch as it is.  So are bindings of another known type
-(`nn.Linear(...)` if `num_groups == 1` else `GroupedLinearLayer(...)`, which
-the benchmark labels count): the safety checks see the guards.
+keeps the other branch as it is.  A binding of another type (`nn.Linear(...)`
+if `num_groups == 1` else `GroupedLinearLayer(...)`; `nn.BatchNorm2d(c) if
+norm else nn.Identity()`) that the matched binding does not always
+overwrite makes the match a conflict (S216, `_alternative_binding`): forward
+calls whichever layer was bound, and the rewrite assumes the matched type
+everywhere (the grouped layer would keep its bias and get the fused one;
+`ConvBn2d(conv, nn.Identity())` does not construct).  So does any other
+branch of an `a if c else b` binding, since the rewriter copies the whole
+expression.
 
 Debugging: `DSLC_MATCH_DEBUG=<file suffix>:<line>` logs (logger
 `dslc.match.matcher`, level DEBUG; the `dslc` command shows them on stderr)
@@ -57,6 +63,7 @@ hooks cost an `is None` test.
 
 from __future__ import annotations
 
+import ast
 import logging
 import os
 from bisect import bisect_left
@@ -66,6 +73,7 @@ from typing import Iterator
 from dslc.lang import codes
 from dslc.match import ir, signatures
 from dslc.analysis.model import ClassFacts, FileFacts, InitBinding, Node, Path, Value
+from dslc.analysis.scalars import MATH_FUNCTIONS
 from dslc.match.automaton import Action, InitTest, Transition
 from dslc.match.compiler import CompiledPack, CompiledRule
 
@@ -228,11 +236,13 @@ class _Scope:
 
 
 class _PathCtx:
-    __slots__ = ("path", "nodes", "writes", "writers", "keys")
+    __slots__ = ("path", "nodes", "writes", "writers", "keys", "scalars")
 
     def __init__(self, path: Path, scope: _Scope):
         self.path = path
         self.nodes = path.nodes
+        # `self.<attr>`s that hold a Python number (rank 0; analysis/scalars.py)
+        self.scalars = scope.cls.scalars if scope.cls is not None else frozenset()
         # Index keys per node: a transition is only fired on nodes carrying
         # its key (the same pre-filter as the anchor index, for later nodes).
         self.keys = [frozenset(_node_keys(n, scope)) for n in path.nodes]
@@ -422,7 +432,7 @@ def _run_actions(actions, node: Node, pos: int, env, slots, swap, ctx: _PathCtx)
 
 _RANK_KEEPING_CALLS = frozenset({
     "torch.nn.functional.softmax", "torch.softmax", "torch.nn.functional.dropout", "torch.nn.functional.gelu",
-    "torch.nn.functional.relu", "torch.tanh", "torch.sigmoid",
+    "torch.nn.functional.relu", "torch.tanh", "torch.sigmoid", "torch.index_select",
 })
 _RANK_KEEPING_LAYERS = frozenset({
     "torch.nn.Dropout", "torch.nn.GELU", "torch.nn.ReLU", "torch.nn.Softmax", "torch.nn.Tanh", "torch.nn.Sigmoid",
@@ -431,6 +441,11 @@ _RANK_KEEPING_LAYERS = frozenset({
 _KEEP_METHODS = frozenset({"transpose", "contiguous", "float", "half", "bfloat16", "double", "to", "type_as",
                            "clone", "detach"})
 _COUNT_METHODS = frozenset({"view", "reshape", "permute"})
+# Calls whose result is a Python number whatever they are given (or they raise).
+_NUMBER_CALLS = frozenset({f"math.{f}" for f in MATH_FUNCTIONS} | {"builtins.float", "builtins.int"})
+# Elementwise binary operators: the result broadcasts its operands.
+_BROADCAST_OPS = ("+", "-", "*", "/", "//", "%", "**")
+_BROADCAST_AST = (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv, ast.Mod, ast.Pow)
 
 
 def _last_dim(a, value: Value, slots: dict, pos: int, ctx: "_PathCtx") -> bool:
@@ -454,8 +469,6 @@ def _rank_of_value(value: Value, pos: int, ctx: "_PathCtx", depth: int) -> int |
 
 
 def _rank_of_text(text: str, pos: int, ctx: "_PathCtx", depth: int) -> int | None:
-    import ast
-
     try:
         expr = ast.parse(text, mode="eval").body
     except SyntaxError:
@@ -465,17 +478,17 @@ def _rank_of_text(text: str, pos: int, ctx: "_PathCtx", depth: int) -> int | Non
 
 def _rank_expr(e, pos: int, ctx: "_PathCtx", depth: int) -> int | None:
     """The rank of expression `e` read at path position `pos`, when provable."""
-    import ast
-
     if depth > 32:
         return None
     if isinstance(e, ast.Constant):
         return 0 if type(e.value) in (int, float) else None
     if isinstance(e, ast.Name):
         return _rank_of_name(e.id, pos, ctx, depth + 1)
+    if isinstance(e, ast.Attribute) and isinstance(e.value, ast.Name) and e.value.id == "self":
+        return 0 if e.attr in ctx.scalars else None
     if isinstance(e, ast.UnaryOp) and isinstance(e.op, (ast.USub, ast.UAdd)):
         return _rank_expr(e.operand, pos, ctx, depth + 1)
-    if isinstance(e, ast.BinOp) and isinstance(e.op, (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.MatMult)):
+    if isinstance(e, ast.BinOp) and isinstance(e.op, (*_BROADCAST_AST, ast.MatMult)):
         ra = _rank_expr(e.left, pos, ctx, depth + 1)
         rb = _rank_expr(e.right, pos, ctx, depth + 1)
         return _binary_rank("@" if isinstance(e.op, ast.MatMult) else "+", ra, rb)
@@ -526,10 +539,12 @@ def _node_rank(node: Node, pos: int, ctx: "_PathCtx", depth: int) -> int | None:
         ranks = [_rank_of_value(v, pos, ctx, depth) for v in node.inputs]
         if len(ranks) == 1:
             return ranks[0] if node.op in ("-", "+") else None
-        if node.op in ("+", "-", "*", "/", "@"):
+        if node.op in _BROADCAST_OPS or node.op == "@":
             return _binary_rank(node.op if node.op == "@" else "+", ranks[0], ranks[1])
         return None
     if node.kind == "call":
+        if node.type in _NUMBER_CALLS:
+            return 0
         if node.type == "torch.einsum" and node.inputs and node.inputs[0].is_const and not node.kwargs:
             spec = node.inputs[0].const
             if isinstance(spec, str) and spec.count("->") == 1:
@@ -767,6 +782,64 @@ def _match_init(cr: CompiledRule, scope: _Scope, env: dict[str, _B]) -> Iterator
     if not results:
         return reasons[0] if reasons else Fail("no init binding of type {}", ", ".join(t.type for t in tests))
     return iter(results)
+
+
+def _alternative_binding(rule: ir.Rule, scope: _Scope, init_nodes: dict[str, InitBinding]) -> codes.Reason | None:
+    """Why a matched binding may not be what forward calls (S216), or None.
+
+    Every other binding of a matched attribute must be of the same kind and
+    type (`_match_init` unified those), of kind `other` (the module doc's
+    conditional init policy: a config callable, `None` under a forward
+    `is not None` guard), or always overwritten by the matched one.  When the
+    rule's init target takes the layer itself (`ConvBn2d($conv, $bn)`), the
+    rewriter copies its statement's whole right-hand side, so a binding from
+    the same statement (`a if c else b`) must be of the same type too."""
+    copied = _copied_vars(rule)
+    for var, b in init_nodes.items():
+        for other in scope.init_by_attr.get(b.attr, ()):
+            if other is b or (other.kind == b.kind and other.type == b.type):
+                continue
+            line = other.stmt.lines[0] if other.stmt is not None else 0
+            if var in copied and b.stmt is not None and other.stmt == b.stmt:
+                return codes.reason(codes.S_INIT_ALTERNATIVE, (
+                    f"`self.{b.attr} = ... if ... else ...` (line {line}) builds a `{_short_type(b)}` on one branch "
+                    f"only: the other is {_binding_text(other)}"))
+            if other.kind == "other" or _overwritten_by(other, b):
+                continue
+            where = f" where `{' and '.join(str(g) for g in other.guards)}`" if other.guards else ""
+            return codes.reason(codes.S_INIT_ALTERNATIVE, (
+                f"`self.{b.attr}` is also bound to {_binding_text(other)} (line {line}){where}, "
+                f"which forward would call in place of the `{_short_type(b)}`"))
+    return None
+
+
+def _copied_vars(rule: ir.Rule) -> set[str]:
+    """The init variables the rule's init target passes as arguments (the
+    rewriter writes their constructor expressions there)."""
+    item = rule.init
+    if item is None or item.target is None:
+        return set()
+    return {t.name for pn in item.target for t in (*pn.args, *(v for _, v in pn.kwargs)) if isinstance(t, ir.Var)}
+
+
+def _overwritten_by(other: InitBinding, b: InitBinding) -> bool:
+    """`other` always runs before `b` and `b` always runs after it: same
+    method, earlier line, in the blocks of `b` (so in the same loop, if any),
+    under at least `b`'s guards."""
+    o, s = other.stmt, b.stmt
+    if o is None or s is None or (o.owner, o.method) != (s.owner, s.method) or o.lines[1] >= s.lines[0]:
+        return False
+    return o.blocks[:len(s.blocks)] == s.blocks and set(b.guards) <= set(other.guards)
+
+
+def _short_type(b: InitBinding) -> str:
+    return (b.type or b.unresolved or "layer").rpartition(".")[2]
+
+
+def _binding_text(b: InitBinding) -> str:
+    if b.kind == "other":
+        return f"`{b.args[0].text}`" if b.args else "another value"
+    return f"`{_short_type(b)}(...)`"
 
 
 # Containers a `for layer in self.<attr>:` loop calls the elements of.
@@ -1013,6 +1086,8 @@ def _complete(cr: CompiledRule, scope: _Scope, pi: int, ctx: _PathCtx, p: _Parti
             if rec is not None:
                 rec.event(cr, scope, nodes[cr.forward.anchor_index], nodes, len(nodes), 3, verdict, stage="where")
             continue
+        if verdict is None:
+            verdict = _alternative_binding(cr.rule, scope, init_nodes)
         if verdict is not None:
             unsure = unsure or (env, init_nodes, verdict)  # a solution without unknowns wins
             continue
@@ -1045,6 +1120,8 @@ def _match_init_only(cr: CompiledRule, facts: FileFacts, out: list[_Found], rec=
                 if rec is not None:
                     rec.event(cr, scope, None, (), 0, 3, verdict, stage="where")
                 continue
+            if verdict is None:
+                verdict = _alternative_binding(cr.rule, scope, init_nodes)
             out.append(_Found(cr, scope, paths[0], (), env, init_nodes, {}, verdict, paths))
 
 
@@ -1091,7 +1168,9 @@ def match_file(compiled: CompiledPack, facts: FileFacts, *, file: str | None = N
     kept: list[_Found] = []
     matches = []
     for f in ordered:
-        conflict = codes.reason(codes.S_NOT_STATIC, f.conflict) if f.conflict is not None else None
+        conflict = f.conflict
+        if conflict is not None and not isinstance(conflict, codes.Reason):
+            conflict = codes.reason(codes.S_NOT_STATIC, conflict)
         if conflict is None:
             ids = {_node_id(n) for n in f.nodes}
             inits = _rewritten_inits(f)
