@@ -270,6 +270,19 @@ def shape_call(value: ast.expr) -> bool:
     return isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute) and value.func.attr in SHAPE_METHODS
 
 
+def number_literal(value: ast.expr) -> bool:
+    """Is `value` an int/float literal (or its negation)?  Node.defs records
+    it: the matcher reads such a value as rank 0."""
+    if isinstance(value, ast.UnaryOp) and isinstance(value.op, (ast.USub, ast.UAdd)):
+        value = value.operand
+    return isinstance(value, ast.Constant) and type(value.value) in (int, float)
+
+
+def recorded_def(value: ast.expr) -> bool:
+    """Does Node.defs record `name = value`?  (shape calls and number literals)"""
+    return shape_call(value) or number_literal(value)
+
+
 def unparse_with_temps(expr: ast.expr, replaced: dict) -> str:
     """`ast.unparse(expr)` with the sub-expressions that became DL nodes
     written as their temporaries."""

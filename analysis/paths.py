@@ -23,7 +23,7 @@ from .budget import ACTIVE, OverBudget, new_budget
 from .classes import ClassInfo
 from .classify import Classifier
 from .context import FileContext
-from .defuse import (local_names, name_order, plain_target, reads_of, self_attr, shape_call, source_span,
+from .defuse import (local_names, name_order, plain_target, reads_of, recorded_def, self_attr, source_span,
                      target_reads, unparse_with_temps, value_of, writes_of)
 from .exprs import BINOPS, Expressions
 from .inline import inline_call
@@ -251,7 +251,7 @@ class PathBuilder:
             writes |= writes_of(t)
             reads |= target_reads(t)
         node = self.stmt_node(ref, frame, reads, writes)
-        if len(targets) == 1 and isinstance(targets[0], ast.Name) and shape_call(value):
+        if len(targets) == 1 and isinstance(targets[0], ast.Name) and recorded_def(value):
             node = Node("stmt", ref, reads=node.reads, writes=node.writes, inlined_from=frame.inlined_from,
                         defs=((targets[0].id, unparse_with_temps(value, self.exprs.replaced)),))
         for a in alts:

@@ -1120,3 +1120,53 @@ def test_masked_fill_does_not_keep_the_rank(compiled):
 '''
     _, result = run(compiled, source)
     assert outcomes(result, "softmax") == []
+
+
+# 14, a number literal on one path: `ef = 0` on one branch and an einsum on
+# the other (a segment term that may be absent) keeps the scores at rank 4,
+# since a Python number broadcasts without adding dimensions.
+
+LITERAL_TERM = '''import torch
+from torch import nn
+import torch.nn.functional as F
+
+
+class LiteralTerm(nn.Module):
+    def forward(self, q, k, seg):
+        ac = torch.einsum("ibnd,jbnd->bnij", q, k)
+        if seg is None:
+            ef = 0
+        else:
+            ef = torch.einsum("ibnd,snd->ibns", q, seg)
+            ef = torch.einsum("ijbs,ibns->bnij", seg, ef)
+        scores = ac + ef
+        return F.softmax(scores, dim=3)
+
+
+class NegativeLiteral(nn.Module):
+    def forward(self, q, k, flag: bool):
+        ac = torch.einsum("bhqd,bhkd->bhqk", q, k)
+        bias = -1.5
+        return F.softmax(ac + bias, dim=3)
+
+
+class StringTerm(nn.Module):
+    def forward(self, q, k, bias):
+        ac = torch.einsum("bhqd,bhkd->bhqk", q, k)
+        if bias is None:
+            bias = "x"
+        return F.softmax(ac + bias, dim=3)
+'''
+
+
+def test_softmax_rank_through_a_number_literal_on_one_path(compiled):
+    _, result = run(compiled, LITERAL_TERM)
+    got = {name: status for name, status, _ in outcomes(result, "softmax")}
+    assert got.get("LiteralTerm") == "applied"
+    assert got.get("NegativeLiteral") == "applied"
+    assert got.get("StringTerm") != "applied"  # a string literal proves no rank
+    new = result.new_source
+    assert "        return softmax(scores)\n" in new
+    assert "        return softmax(ac + bias)\n" in new
+    assert "return F.softmax(ac + bias, dim=3)\n" in new  # StringTerm unchanged
+    stable(compiled, new)

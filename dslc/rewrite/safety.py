@@ -446,8 +446,9 @@ def _scan_reads(path, pos, out, matched, end_of_final, final_positions, produced
         if q in final_positions:
             if q not in matched and out in reads_at(q) and not (metadata_ok and metadata_ok(q, out)):
                 what = "temporary" if TEMP_RE.match(out) else "intermediate"
-                return (f"{what} `{out}` (line {origin}) is also read at line {first_line(other)}, "
-                        f"in the statement that holds the matched call")
+                return codes.reason(codes.S_VALUE_READ,
+                                    f"{what} `{out}` (line {origin}) is also read at line {first_line(other)}, "
+                                    f"in the statement that holds the matched call")
             if out in writes_at(q):
                 return None
             continue
