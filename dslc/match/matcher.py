@@ -68,6 +68,7 @@ import logging
 import os
 from bisect import bisect_left
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from typing import Iterator
 
 from dslc.lang import codes
@@ -236,11 +237,16 @@ class _Scope:
 
 
 class _PathCtx:
-    __slots__ = ("path", "nodes", "writes", "writers", "keys", "scalars")
+    __slots__ = ("path", "nodes", "writes", "writers", "keys", "scalars", "ranks", "cutoffs", "positions")
 
     def __init__(self, path: Path, scope: _Scope):
         self.path = path
         self.nodes = path.nodes
+        # rank proofs: (name, defining position) -> rank; `cutoffs` counts the
+        # proofs cut short by the depth limit (those results are not cached)
+        self.ranks: dict[tuple[str, int], int | None] = {}
+        self.cutoffs = 0
+        self.positions: dict | None = None  # node id -> position, built on first use
         # `self.<attr>`s that hold a Python number (rank 0; analysis/scalars.py)
         self.scalars = scope.cls.scalars if scope.cls is not None else frozenset()
         # Index keys per node: a transition is only fired on nodes carrying
@@ -468,17 +474,25 @@ def _rank_of_value(value: Value, pos: int, ctx: "_PathCtx", depth: int) -> int |
     return _rank_of_text(value.text, pos, ctx, depth)
 
 
-def _rank_of_text(text: str, pos: int, ctx: "_PathCtx", depth: int) -> int | None:
+@lru_cache(maxsize=4096)
+def _parse_expr(text: str):
+    """`text` parsed as an expression (None when it is not one); the trees
+    are only read, so one parse serves every rank proof."""
     try:
-        expr = ast.parse(text, mode="eval").body
+        return ast.parse(text, mode="eval").body
     except SyntaxError:
         return None
-    return _rank_expr(expr, pos, ctx, depth)
+
+
+def _rank_of_text(text: str, pos: int, ctx: "_PathCtx", depth: int) -> int | None:
+    expr = _parse_expr(text)
+    return None if expr is None else _rank_expr(expr, pos, ctx, depth)
 
 
 def _rank_expr(e, pos: int, ctx: "_PathCtx", depth: int) -> int | None:
     """The rank of expression `e` read at path position `pos`, when provable."""
     if depth > 32:
+        ctx.cutoffs += 1
         return None
     if isinstance(e, ast.Constant):
         return 0 if type(e.value) in (int, float) else None
@@ -519,9 +533,23 @@ def _binary_rank(op: str, ra: int | None, rb: int | None) -> int | None:
 
 
 def _rank_of_name(name: str, pos: int, ctx: "_PathCtx", depth: int) -> int | None:
+    """The rank of `name` read at `pos`: memoised per (name, definition),
+    since the value a name holds depends only on the node that wrote it (a
+    result cut short by the depth limit depends on the depth: not kept)."""
     d = ctx.defn(name, pos)
     if d < 0:
         return None
+    key = (name, d)
+    if key in ctx.ranks:
+        return ctx.ranks[key]
+    cutoffs = ctx.cutoffs
+    rank = _rank_of_definition(name, d, ctx, depth)
+    if ctx.cutoffs == cutoffs:
+        ctx.ranks[key] = rank
+    return rank
+
+
+def _rank_of_definition(name: str, d: int, ctx: "_PathCtx", depth: int) -> int | None:
     node = ctx.nodes[d]
     src = next((s for t, s in node.copies if t == name), None)
     if src is not None:
@@ -1021,7 +1049,11 @@ def _check_ranks(scope: _Scope, paths, found: list[_Found]) -> None:
                 if pi not in ctxs:
                     ctxs[pi] = _PathCtx(_expand_sequential(path, scope), scope)
                 ctx = ctxs[pi]
-                q = next((i for i, n in enumerate(ctx.nodes) if _node_id(n) == key), None)
+                if ctx.positions is None:
+                    ctx.positions = {}
+                    for i, n in enumerate(ctx.nodes):
+                        ctx.positions.setdefault(_node_id(n), i)
+                q = ctx.positions.get(key)
                 if q is not None and _rank_of_value(value, q, ctx, 0) != rank:
                     f.conflict = (f"`{value.text}` at line {node.stmt.lines[0]} has rank {rank} (so its last dim "
                                   f"is the one given) only on some paths through the call")
