@@ -72,6 +72,20 @@ def helper(x):
 '''
 
 
+def test_each_rule_is_compiled_once_per_run(capsys, monkeypatch):
+    """The loader compiles every rule (to report ADR120); apply reuses those."""
+    from dslc.lang.loader import load_rules
+    from dslc.match import compiler
+
+    loaded = sorted(r.qualified_name for p in load_rules([str(PACK)]).packs for r in p.rules)
+    calls = []
+    real = compiler.compile_rule
+    monkeypatch.setattr(compiler, "compile_rule", lambda rule, index=0: calls.append(rule.qualified_name) or real(rule, index))
+    code, out, err = apply_cli(capsys, "--unsafe", EXAMPLES)
+    assert code == 0, err
+    assert sorted(calls) == loaded
+
+
 def test_softmax_rule_on_a_small_file_json_and_missing_kernel(tmp_path, capsys):
     f = tmp_path / "m.py"
     f.write_text(SOFTMAX_MODEL)

@@ -10,7 +10,6 @@ and rule packs with errors.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 
@@ -193,18 +192,11 @@ class _Progress:
             self.stream.flush()
 
 
-def _is_error(diag) -> bool:
-    severity = getattr(diag, "severity", "error")
-    return str(getattr(severity, "value", severity)).lower().endswith("error")
+def _render_diagnostics(diags, sources) -> str:
+    """`sources`: the rule files' text (`LoadResult.sources`) for the snippets."""
+    from dslc.lang.diagnostics import render
 
-
-def _render_diagnostics(diags) -> str:
-    try:
-        from dslc.lang.diagnostics import render
-
-        return render(list(diags), fmt="text").rstrip("\n") + "\n"
-    except ImportError:
-        return "".join(f"{d}\n" for d in diags)
+    return render(list(diags), fmt="text", sources=sources).rstrip("\n") + "\n"
 
 
 def _usage(message: str) -> int:
@@ -235,10 +227,7 @@ def _settings(args: argparse.Namespace):
     out.exclude = list(args.exclude) if args.exclude is not None else list(conf.exclude)
     out.jobs = args.jobs or conf.jobs or default_jobs()
     out.cache_dir = args.cache_dir or conf.cache_dir or default_cache_dir()
-    # `unsafe` pairs with an `--unsafe` flag (rules marked unsafe); read and
-    # checked here, passed on where the flag exists.
-    flag_unsafe = getattr(args, "unsafe", None)
-    out.unsafe = bool(flag_unsafe) if flag_unsafe else bool(conf.unsafe)
+    out.unsafe = bool(args.unsafe) if args.unsafe else bool(conf.unsafe)  # rules marked unsafe too
     if not out.rules:
         where = f" (and `rules` is not set in [tool.dslc] of {conf.path})" if conf.path else \
             " (or set `rules` in [tool.dslc] of pyproject.toml)"
@@ -263,7 +252,8 @@ def run(args: argparse.Namespace) -> int:
     options = _apply_options(args, mode, settings)
     progress = _Progress(sys.stderr) if sys.stderr.isatty() else None
     try:
-        result = driver.apply_paths(list(args.paths), loaded.packs, options, progress=progress)
+        result = driver.apply_paths(list(args.paths), loaded.packs, options, progress=progress,
+                                    compiled=loaded.compiled)
     finally:
         if progress:
             progress.clear()
@@ -295,25 +285,23 @@ def _check(args: argparse.Namespace):
         except OSError as exc:
             raise _UsageError(f"--patch-dir {display_path(args.patch_dir)}: {exc.strerror or exc}") from None
     if args.verify and not driver.verify_available():
-        raise _UsageError("--verify needs the dslc.verify.equivalence module, which is not part of this installation")
+        raise _UsageError("--verify needs PyTorch, which is not installed: pip install 'dslc[verify]'")
     return mode, settings
 
 
 def _load(settings: argparse.Namespace):
     """The packs of `settings.rules` (their diagnostics printed); _UsageError
     when they have errors or leave no rule to apply."""
-    try:
-        from dslc.lang.loader import load_rules
-    except ImportError as exc:
-        raise _UsageError(f"the rule loader is not available ({exc})") from None
+    from dslc.lang.loader import load_rules
+
     if settings.ignore:
         loaded = load_rules(list(settings.rules), list(settings.select), list(settings.ignore))
     else:
         loaded = load_rules(list(settings.rules), list(settings.select))
     diags = list(loaded.diagnostics)
     if diags:
-        sys.stderr.write(_render_diagnostics(diags))
-    if any(_is_error(d) for d in diags):
+        sys.stderr.write(_render_diagnostics(diags, loaded.sources))
+    if any(d.is_error for d in diags):
         raise _UsageError("the rule packs have errors; nothing was applied")
     if not any(p.rules for p in loaded.packs):
         raise _UsageError("no rules to apply (empty packs, or --select/--ignore left none)")
@@ -337,8 +325,7 @@ def _apply_options(args: argparse.Namespace, mode: str, settings: argparse.Names
         follow_symlinks_outside=args.follow_symlinks_outside,
         force=args.force,
         near_misses=args.near_misses,
-        # `unsafe` (the --unsafe flag or [tool.dslc] unsafe = true) where the driver has the option.
-        **({"unsafe": settings.unsafe} if "unsafe" in {f.name for f in dataclasses.fields(driver.ApplyOptions)} else {}),
+        unsafe=settings.unsafe,  # the --unsafe flag or [tool.dslc] unsafe = true
     )
 
 

@@ -36,6 +36,9 @@ from dslc.lang.diagnostics import Diagnostic, Label, diag
 OPTIONS: dict[str, tuple] = {
     "scope": (lambda v: v in ("any", "forward"), '"any" or "forward"'),
     "detect": (lambda v: isinstance(v, bool), "True or False"),
+    # False: `+` and `*` of the forward pattern match their operands in the
+    # written order only (the compiler's default is commutative).
+    "commutative": (lambda v: isinstance(v, bool), "True or False"),
     # A run-time condition of the kernel dispatch (rules with `fallback`):
     # a Python expression over `$vars` and `$v.attr` (`"$x.dim() == 2"`).
     "check": (lambda v: isinstance(v, str) and _check_parses(v), 'a Python expression over $variables, e.g. "$x.dim() == 2"'),

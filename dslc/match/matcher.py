@@ -52,9 +52,10 @@ everywhere (the grouped layer would keep its bias and get the fused one;
 branch of an `a if c else b` binding, since the rewriter copies the whole
 expression.
 
-Debugging: `DSLC_MATCH_DEBUG=<file suffix>:<line>` prints to stderr why the
-nodes at that line did not match (failed attempts are falsy `Fail` values
-carrying a reason).  For users, `match_file(..., recorder=)` hands every
+Debugging: `DSLC_MATCH_DEBUG=<file suffix>:<line>` logs (logger
+`dslc.match.matcher`, level DEBUG; the `dslc` command shows them on stderr)
+why the nodes at that line did not match (failed attempts are falsy `Fail`
+values carrying a reason).  For users, `match_file(..., recorder=)` hands every
 failed attempt to a recorder (`dslc.rewrite.nearmiss`: the near-miss report of
 `dslc apply --near-misses` and `dslc explain FILE:LINE`); without one, the
 hooks cost an `is None` test.
@@ -63,8 +64,8 @@ hooks cost an `is None` test.
 from __future__ import annotations
 
 import ast
+import logging
 import os
-import sys
 from bisect import bisect_left
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -205,6 +206,9 @@ def _show(b: _B) -> str:
 # Per-file, per-class and per-path context.
 
 
+_LOG = logging.getLogger(__name__)
+
+
 class _Debug:
     def __init__(self, file: str):
         spec = os.environ.get("DSLC_MATCH_DEBUG", "")
@@ -218,7 +222,7 @@ class _Debug:
         return self.line is not None and node.stmt.lines[0] <= self.line <= node.stmt.lines[1]
 
     def say(self, file: str, rule: str, msg: str) -> None:
-        print(f"{file}:{self.line}: {rule}: {msg}", file=sys.stderr)
+        _LOG.debug("%s:%s: %s: %s", file, self.line, rule, msg)
 
 
 @dataclass

@@ -33,6 +33,8 @@ import ast
 import re
 from typing import Iterable, Sequence
 
+from dslc.analysis import guards
+from dslc.analysis.model import Guard
 from dslc.lang import codes
 from dslc.match import ir
 from dslc.rewrite.edits import Edit, parse_error, untouched_regions_identical
@@ -279,14 +281,6 @@ def check_conflict(match: ir.Match) -> str | None:
 # 2. guards
 
 
-def _guards_module():
-    try:
-        from dslc.analysis import guards
-    except ImportError:  # pragma: no cover - the analysis package ships guards
-        return None
-    return guards
-
-
 def check_guards(match: ir.Match, paths: Iterable) -> tuple[str | None, list]:
     """Keep the feasible paths through the location.
 
@@ -299,21 +293,15 @@ def check_guards(match: ir.Match, paths: Iterable) -> tuple[str | None, list]:
     paths = list(paths)
     if not paths:
         return None, []
-    guards = _guards_module()
     init_guards = []
     for binding in match.init_nodes.values():
         init_guards.extend(getattr(binding, "guards", ()) or ())
     feasible, unknown, refuted = [], [], []
     for path in paths:
         gs = list(path.guards)
-        if guards is None:
-            answer = _text_consistent(gs)
-        else:
-            answer = guards.consistent(gs).value
-            if answer != "refuted" and init_guards:
-                combined = guards.consistent(gs + init_guards).value
-                if combined == "refuted":
-                    answer = "refuted"
+        answer = guards.consistent(gs).value
+        if answer != "refuted" and init_guards and guards.consistent(gs + init_guards).value == "refuted":
+            answer = "refuted"
         if answer == "proved":
             feasible.append(path)
         elif answer == "refuted":
@@ -326,11 +314,6 @@ def check_guards(match: ir.Match, paths: Iterable) -> tuple[str | None, list]:
         texts = ", ".join(f"`{g}`" for g in unknown[0].guards)
         return codes.reason(codes.S_GUARDS_UNKNOWN, f"guards {texts} could not be decided; skipped as unsafe"), []
     return codes.reason(codes.S_GUARDS_CONTRADICT, "contradictory guards: " + _describe_contradiction(refuted[0].guards, init_guards)), []
-
-
-def _text_consistent(gs) -> str:
-    seen = {(g.text, g.negated) for g in gs}
-    return "refuted" if any((t, not n) in seen for t, n in seen) else "proved"
 
 
 def _describe_contradiction(gs, init_guards) -> str:
@@ -578,7 +561,6 @@ def _exclusive_store(cls, binding, use) -> bool:
     (`if isinstance(k, str): self.act = ACT2FN[k] else: self.act = k`)."""
     if binding.stmt is None or use.method != binding.stmt.method:
         return False
-    guards = _guards_module()
     for other in cls.init:
         if other.attr != use.attr or other.stmt is None or other is binding:
             continue
@@ -588,8 +570,7 @@ def _exclusive_store(cls, binding, use) -> bool:
         gs = list(binding.guards) + list(other.guards)
         if not gs:
             return False
-        answer = guards.consistent(gs).value if guards is not None else _text_consistent(gs)
-        return answer == "refuted"
+        return guards.consistent(gs).value == "refuted"
     return False
 
 
@@ -605,18 +586,11 @@ def check_when(match: ir.Match, condition: str | None) -> str | None:
     """
     if not condition:
         return None
-    guards = _guards_module()
-    from dslc.analysis.model import Guard
-
     for binding in match.init_nodes.values():
         gs = list(getattr(binding, "guards", ()) or ())
         if not gs:
             continue
-        if guards is not None:
-            answer = guards.consistent(gs + [Guard(condition)]).value
-        else:
-            answer = _text_consistent(gs + [Guard(condition)])
-        if answer == "refuted":
+        if guards.consistent(gs + [Guard(condition)]).value == "refuted":
             return codes.reason(codes.S_WHEN_NEVER, f"not a location: `self.{binding.attr}` (line {binding.stmt.lines[0] if binding.stmt else 0}) is built only when `not ({condition})`")
     return None
 

@@ -61,18 +61,13 @@ def load_packs(options: VerifyOptions) -> tuple:
     """The packs of `--rules` (through the front end), plus those passed in."""
     packs = list(options.packs)
     if options.rules:
-        try:
-            from dslc.lang.loader import load_rules
-        except ImportError as exc:
-            raise VerifyUsageError(f"--rules needs the rule front end (dslc.lang.loader): {exc}") from None
+        from dslc.lang.diagnostics import render
+        from dslc.lang.loader import load_rules
+
         result = load_rules(list(options.rules))
-        errors = [d for d in result.diagnostics if getattr(d, "severity", "error") == "error"]
+        errors = [d for d in result.diagnostics if d.is_error]
         if errors:
-            try:
-                from dslc.lang.diagnostics import render
-                text = render(errors, "text")
-            except Exception:  # noqa: BLE001 - rendering is best effort here
-                text = "; ".join(str(getattr(d, "message", d)) for d in errors)
+            text = render(errors, "text", result.sources)
             raise VerifyUsageError(f"the rules given with --rules do not load:\n{text}")
         packs.extend(result.packs)
     return tuple(packs)

@@ -160,11 +160,10 @@ class InitReplacement(Planner):
         return init_plan
 
     def check_reassign_guard(self, anchor_binding, hoist_guards, attr) -> None:
-        guards = safety._guards_module()
         init_guards = list(getattr(anchor_binding, "guards", ()) or ())
         text_i = " and ".join(str(g) for g in init_guards) or "True"
         text_f = " and ".join(str(g) for g in hoist_guards) or "True"
-        answer = guards.equivalent(init_guards, hoist_guards).value if guards is not None else ("proved" if text_i == text_f else "unknown")
+        answer = safety.guards.equivalent(init_guards, hoist_guards).value
         if answer != "proved":
             raise Skip(codes.S_ANCHOR,
                 f"the hoisted copy needs the original `self.{attr}` where `{text_f}` is false, "
