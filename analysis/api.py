@@ -24,13 +24,13 @@ import hashlib
 import io
 import os
 import pickle
-import tempfile
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from functools import lru_cache
 
-from . import cachefile, model
-from .extract import Extractor, Options
+from . import cachefile, model, scalars
+from .budget import Options
+from .extract import Extractor
 from .model import FileFacts, Problem
 from .names import Resolver, build_scope, canonical, module_name_for, tree_root_for
 
@@ -116,6 +116,7 @@ def analyze_source(
             options.max_paths = max_paths
         extractor = Extractor(tree, scope, resolver, options, source=source)
         classes, functions = extractor.run()
+        classes = scalars.annotate(tree, scope, classes)
         imports = []
         for name, bindings in scope.names.items():
             if len(bindings) == 1 and bindings[0].kind == "import":

@@ -2,7 +2,8 @@
 
 Both caches (the analysis facts in `api.py`, the per-file apply results in
 `dslc/apply/resultcache.py`) store one file per key, written atomically
-(temporary file + `os.replace`).  An entry is
+(temporary file + `os.replace`: `replace_atomically`, which `dslc apply`'s
+own file writes use too).  An entry is
 
     MAGIC (8 bytes) | SHA-256 of the payload (32 bytes) | payload length (8 bytes, big endian) | payload
 
@@ -31,6 +32,7 @@ import logging
 import os
 import pickle
 import tempfile
+from typing import Callable
 
 MAGIC = b"DSLCENT1"
 _HEAD = len(MAGIC) + 32 + 8
@@ -84,17 +86,33 @@ def read(path: str) -> bytes | None:
 
 def write(path: str, payload: bytes) -> None:
     """Write a sealed entry atomically; a cache that cannot be written is only slower."""
-    directory = os.path.dirname(path)
-    tmp = None
     try:
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".", suffix=".tmp")
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(seal(payload))
-        os.replace(tmp, path)
-        tmp = None
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        replace_atomically(path, seal(payload), prefix=".", suffix=".tmp")
     except Exception:  # noqa: BLE001 - OSError, a full disk, anything
         pass
+
+
+def replace_atomically(target: str, data: bytes, *, prefix: str, suffix: str, fsync: bool = False,
+                       prepare: Callable[[str], None] | None = None) -> None:
+    """Write `data` to a new temporary file beside `target` (same file
+    system; named `prefix`...`suffix`), flushed to disk when `fsync`, call
+    `prepare(temporary path)` (to set its mode, say), then `os.replace` it
+    over `target`.  On any failure the temporary file is removed, `target`
+    is as it was, and the exception propagates.  (The analysis cache and
+    `dslc apply`'s file writes both use it.)"""
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=os.path.dirname(target) or ".")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            if fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
+        if prepare is not None:
+            prepare(tmp)
+        os.replace(tmp, target)
+        tmp = None
     finally:
         if tmp is not None:
             try:

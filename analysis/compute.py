@@ -86,42 +86,88 @@ def _dotted(e: ast.expr) -> list[str] | None:
 def forward_compute(fn: ast.FunctionDef, resolve: Callable[[list[str]], str | None]) -> Compute:
     """The expression graph of `fn` (see the module docstring); never raises."""
     lines = (fn.lineno, fn.end_lineno or fn.lineno)
+    problem = _signature_problem(fn)
+    if problem is not None:
+        return Compute(lines=lines, problem=problem)
+    inputs = tuple(p.arg for p in fn.args.args[1:])
+    graph = _Graph(resolve, inputs, lines)
+    body = list(fn.body)
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+            and isinstance(body[0].value.value, str):
+        body = body[1:]
+    try:
+        if not body or not isinstance(body[-1], ast.Return) or body[-1].value is None:
+            raise _Unsupported("forward does not end with `return <expression>`")
+        for stmt in body[:-1]:
+            target, value = _assignment(stmt)
+            graph.env[target] = graph.expr(value)
+        output = graph.expr(body[-1].value)
+    except _Unsupported as exc:
+        return Compute(inputs, (), -1, lines, problem=str(exc))
+    except RecursionError:
+        return Compute(inputs, (), -1, lines, problem="expression nested too deeply")
+    return Compute(inputs, tuple(graph.nodes), output, lines, None)
+
+
+def _signature_problem(fn: ast.FunctionDef) -> str | None:
+    """Why `fn`'s signature rules out a graph, or None."""
     if not isinstance(fn, ast.FunctionDef):
-        return Compute(lines=lines, problem="forward is not a plain `def`")
+        return "forward is not a plain `def`"
     a = fn.args
     if a.vararg or a.kwarg or a.kwonlyargs or a.posonlyargs:
-        return Compute(lines=lines, problem="forward takes *args, **kwargs or keyword-only parameters")
+        return "forward takes *args, **kwargs or keyword-only parameters"
     params = [p.arg for p in a.args]
     if not params or params[0] != "self":
-        return Compute(lines=lines, problem="forward has no `self` parameter")
+        return "forward has no `self` parameter"
     if fn.decorator_list:
-        return Compute(lines=lines, problem="forward is decorated")
-    inputs = tuple(params[1:])
-    nodes: list[CNode] = []
-    env: dict[str, int] = {}
-    for name in inputs:
-        env[name] = len(nodes)
-        nodes.append(CNode("input", name, text=name, lines=lines))
+        return "forward is decorated"
+    return None
 
-    seen: dict[tuple, int] = {}
 
-    def add(node: CNode) -> int:
+def _assignment(stmt: ast.stmt) -> tuple[str, ast.expr]:
+    """(target, value) of a statement of the straight-line body, or raise."""
+    if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
+        target, value = stmt.targets[0].id, stmt.value
+    elif isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.value is not None:
+        target, value = stmt.target.id, stmt.value
+    else:
+        raise _Unsupported(f"line {stmt.lineno} is not an assignment to one name "
+                           f"(forward must be straight-line code)")
+    if target == "self":
+        raise _Unsupported("`self` is reassigned")
+    return target, value
+
+
+class _Graph:
+    """The nodes built so far, and the node each local name holds (`env`)."""
+
+    def __init__(self, resolve: Callable[[list[str]], str | None], inputs: tuple[str, ...], lines: tuple[int, int]):
+        self.resolve = resolve
+        self.nodes: list[CNode] = []
+        self.env: dict[str, int] = {}
+        self.seen: dict[tuple, int] = {}
+        for name in inputs:
+            self.env[name] = len(self.nodes)
+            self.nodes.append(CNode("input", name, text=name, lines=lines))
+
+    def add(self, node: CNode) -> int:
         # Pure nodes (operators, attribute reads, constants, names) computed
         # twice from the same operands are one value: `(x - u) ... (x - u)`.
         key = None
         if node.op in ("binop", "unary", "attr", "global", "self") or (
                 node.op == "const" and type(node.value) in (int, float, str, bool, type(None))):
             key = (node.op, node.name, node.args, node.kwargs, type(node.value), node.value)
-            if key in seen:
-                return seen[key]
-        nodes.append(node)
+            if key in self.seen:
+                return self.seen[key]
+        self.nodes.append(node)
         if key is not None:
-            seen[key] = len(nodes) - 1
-        return len(nodes) - 1
+            self.seen[key] = len(self.nodes) - 1
+        return len(self.nodes) - 1
 
-    def expr(e: ast.expr) -> int:
+    def expr(self, e: ast.expr) -> int:
         span = (e.lineno, e.end_lineno or e.lineno)
         text = ast.unparse(e)
+        env, add, resolve = self.env, self.add, self.resolve
         if isinstance(e, ast.Constant):
             return add(CNode("const", value=e.value, text=text, lines=span))
         if isinstance(e, ast.UnaryOp) and type(e.op) in _UNARY:
@@ -129,9 +175,9 @@ def forward_compute(fn: ast.FunctionDef, resolve: Callable[[list[str]], str | No
                     and not isinstance(e.operand.value, bool):
                 value = -e.operand.value if isinstance(e.op, ast.USub) else e.operand.value
                 return add(CNode("const", value=value, text=text, lines=span))
-            return add(CNode("unary", _UNARY[type(e.op)], (expr(e.operand),), text=text, lines=span))
+            return add(CNode("unary", _UNARY[type(e.op)], (self.expr(e.operand),), text=text, lines=span))
         if isinstance(e, ast.BinOp) and type(e.op) in _BINOPS:
-            left, right = expr(e.left), expr(e.right)
+            left, right = self.expr(e.left), self.expr(e.right)
             return add(CNode("binop", _BINOPS[type(e.op)], (left, right), text=text, lines=span))
         if isinstance(e, ast.Name):
             if e.id in env:
@@ -147,52 +193,30 @@ def forward_compute(fn: ast.FunctionDef, resolve: Callable[[list[str]], str | No
             if parts is not None and parts[0] not in env and parts[0] != "self":
                 qual = resolve(parts)
                 return add(CNode("global", qual or ".".join(parts), text=text, lines=span))
-            return add(CNode("attr", e.attr, (expr(e.value),), text=text, lines=span))
+            return add(CNode("attr", e.attr, (self.expr(e.value),), text=text, lines=span))
         if isinstance(e, ast.Call):
-            if any(isinstance(x, ast.Starred) for x in e.args) or any(k.arg is None for k in e.keywords):
-                raise _Unsupported(f"`{text}` unpacks arguments")
-            func = e.func
-            if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id == "self":
-                op, name, recv = "layer", func.attr, ()
-            elif isinstance(func, ast.Attribute) and not (
-                    (parts := _dotted(func)) is not None and parts[0] not in env and parts[0] != "self"):
-                op, name, recv = "method", func.attr, (expr(func.value),)
-            else:
-                parts = _dotted(func)
-                if parts is None:
-                    raise _Unsupported(f"`{text}` calls a computed callee")
-                if parts[0] in env:
-                    raise _Unsupported(f"`{text}` calls a local value")
-                op, name, recv = "call", resolve(parts) or ".".join(parts), ()
-            args = recv + tuple(expr(x) for x in e.args)
-            kwargs = tuple((k.arg, expr(k.value)) for k in e.keywords)
-            return add(CNode(op, name, args, kwargs, text=text, lines=span))
+            return self._call(e, text, span)
         raise _Unsupported(f"`{text}` ({type(e).__name__}) is not a tensor expression the analysis follows")
 
-    body = list(fn.body)
-    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
-            and isinstance(body[0].value.value, str):
-        body = body[1:]
-    try:
-        if not body or not isinstance(body[-1], ast.Return) or body[-1].value is None:
-            raise _Unsupported("forward does not end with `return <expression>`")
-        for stmt in body[:-1]:
-            if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
-                target, value = stmt.targets[0].id, stmt.value
-            elif isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.value is not None:
-                target, value = stmt.target.id, stmt.value
-            else:
-                raise _Unsupported(f"line {stmt.lineno} is not an assignment to one name "
-                                   f"(forward must be straight-line code)")
-            if target == "self":
-                raise _Unsupported("`self` is reassigned")
-            env[target] = expr(value)
-        output = expr(body[-1].value)
-    except _Unsupported as exc:
-        return Compute(inputs, (), -1, lines, problem=str(exc))
-    except RecursionError:
-        return Compute(inputs, (), -1, lines, problem="expression nested too deeply")
-    return Compute(inputs, tuple(nodes), output, lines, None)
+    def _call(self, e: ast.Call, text: str, span: tuple[int, int]) -> int:
+        if any(isinstance(x, ast.Starred) for x in e.args) or any(k.arg is None for k in e.keywords):
+            raise _Unsupported(f"`{text}` unpacks arguments")
+        func = e.func
+        if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id == "self":
+            op, name, recv = "layer", func.attr, ()
+        elif isinstance(func, ast.Attribute) and not (
+                (parts := _dotted(func)) is not None and parts[0] not in self.env and parts[0] != "self"):
+            op, name, recv = "method", func.attr, (self.expr(func.value),)
+        else:
+            parts = _dotted(func)
+            if parts is None:
+                raise _Unsupported(f"`{text}` calls a computed callee")
+            if parts[0] in self.env:
+                raise _Unsupported(f"`{text}` calls a local value")
+            op, name, recv = "call", self.resolve(parts) or ".".join(parts), ()
+        args = recv + tuple(self.expr(x) for x in e.args)
+        kwargs = tuple((k.arg, self.expr(k.value)) for k in e.keywords)
+        return self.add(CNode(op, name, args, kwargs, text=text, lines=span))
 
 
 def reachable(compute: Compute) -> set[int]:

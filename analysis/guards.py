@@ -74,15 +74,6 @@ def _names_in(expr: ast.expr) -> set[str]:
     return out
 
 
-def version_of(symbol: str, writes: Mapping[str, int]) -> int:
-    """How often a path wrote `symbol` or a prefix of it (`x` for `x.a`)."""
-    parts = symbol.split(".")
-    total = 0
-    for i in range(1, len(parts) + 1):
-        total += writes.get(".".join(parts[:i]), 0)
-    return total
-
-
 class _Translator:
     def __init__(self, versions: Mapping[str, int] | None):
         self.versions = versions or {}

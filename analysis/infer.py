@@ -311,8 +311,3 @@ def _binds(stmt: ast.stmt, name: str) -> bool:
     # bindings inside compound statements of the class body: treat as binding
     return any(isinstance(n, ast.Name) and n.id == name and not isinstance(n.ctx, ast.Load)
                for n in ast.walk(stmt)) if isinstance(stmt, (ast.If, ast.Try, ast.For, ast.While, ast.With)) else False
-
-
-def infer_qualname(inferrer: Inferrer, expr: ast.expr, classes: list | None = None) -> str | None:
-    """Module-level spelling of `Inferrer.infer_qualname`."""
-    return inferrer.infer_qualname(expr, classes)

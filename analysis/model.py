@@ -230,6 +230,10 @@ class ClassFacts:
     # (`analysis.compute.Compute`), for rules that match a class by what it
     # computes; None when the class defines no forward.
     compute: object = None
+    # `__init__` attributes proved to hold a Python number (`self.scale =
+    # 1 / config.d_head ** 0.5`), so `x * self.scale` keeps the rank of `x`;
+    # see `analysis/scalars.py` for the proof and its one assumption.
+    scalars: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import ast
 import builtins
-import hashlib
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -354,8 +353,3 @@ class Resolver:
                 return qual  # not bound there (lazy module, submodule): composition
             return self.resolve_parts(scope, rest, _seen)
         return canonical(qual)
-
-
-def file_digest(path: str) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.sha256(fh.read()).hexdigest()

@@ -86,7 +86,7 @@ def load_packs(rules: str):
     loaded = load_rules([rules], [])
     errors = [d for d in loaded.diagnostics if getattr(d, "severity", "error") == "error"]
     if errors:
-        raise SystemExit(f"{rules} has errors:\n{render(errors)}")
+        raise SystemExit(f"{rules} has errors:\n{render(errors, 'text', loaded.sources)}")
     return loaded.packs
 
 

@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     loaded = load_rules([args.rules], [])
     bad = [d for d in loaded.diagnostics if getattr(d, "severity", "error") == "error"]
     if bad:
-        raise SystemExit(f"{args.rules} has errors:\n{render(bad)}")
+        raise SystemExit(f"{args.rules} has errors:\n{render(bad, 'text', loaded.sources)}")
     base = Path(args.dir) if args.dir else corpus.cache_dir() / "newest"
     specs = [s.strip() for s in args.packages.split(",") if s.strip()]
     options = apply.ApplyOptions(mode="diff", jobs=max(1, args.jobs), cache_dir=None, near_misses=args.near_misses)

@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
 
     loaded = load_rules([args.rules], args.select)
     if not loaded.ok:
-        print(render(loaded.diagnostics), file=sys.stderr)
+        print(render(loaded.diagnostics, "text", loaded.sources), file=sys.stderr)
         return 2
     files = corpus.benchmark_files()
     if args.models:

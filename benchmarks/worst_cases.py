@@ -9,6 +9,7 @@ the tests (tests/test_speed_budgets.py) assert that, and
 `benchmarks/speed.py --only worst` times each file.
 
     CASES: name -> (generator, description)
+    TEST_SIZES: name -> the size the tests generate it at
 """
 
 from __future__ import annotations
@@ -152,6 +153,13 @@ CASES: dict[str, tuple[Callable[[], str], str]] = {
     "nested_while_40": (nested_while, "40 nested while loops"),
     "lines_10000": (long_function, "a 10 000-line straight forward"),
     "branchy_10000": (long_branchy_function, "a 10 000-line forward, an if every 10 lines"),
+}
+
+# The sizes tests/test_speed_budgets.py generates each case at (with its
+# budgets scaled down to match): the same shapes, fast enough for a test.
+TEST_SIZES: dict[str, int] = {
+    "if_else_40": 12, "if_helpers_40": 12, "sequential_5000": 300, "while_chain_40": 12,
+    "nested_while_40": 12, "lines_10000": 400, "branchy_10000": 400,
 }
 
 

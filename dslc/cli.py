@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
+import os
 import sys
 
 from dslc import __version__
@@ -38,13 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"dslc {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"dslc.commands.{name}")
-        except ModuleNotFoundError as exc:  # a command not built yet
-            if exc.name != f"dslc.commands.{name}":
-                raise
-            continue
-        module.add_parser(sub)
+        importlib.import_module(f"dslc.commands.{name}").add_parser(sub)
     return parser
 
 
@@ -75,6 +71,9 @@ def _main(argv: list[str] | None) -> int:
     from dslc import output
 
     output.setup()
+    if os.environ.get("DSLC_MATCH_DEBUG"):  # the matcher's debug log (dslc/match/matcher.py) on stderr
+        logging.basicConfig(stream=sys.stderr, format="%(message)s")
+        logging.getLogger("dslc.match.matcher").setLevel(logging.DEBUG)
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -89,8 +88,6 @@ def _main(argv: list[str] | None) -> int:
         # The reader went away (`dslc ... | head`): stop quietly, and keep
         # the interpreter's final flush from complaining about it again.
         try:
-            import os
-
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
         except (OSError, ValueError, AttributeError):

@@ -9,7 +9,8 @@ the data-flow constraint lets at most one of them match a given chain).
 Each step and its target contribution:
 
   q k^T      torch.matmul(q, k.transpose(-2, -1)) | q @ k.transpose(...) |
-             torch.bmm(q, k.transpose(1, 2))                 (both dim orders)
+             torch.bmm(q, k.transpose(1, 2))                 (both dim orders) |
+             torch.einsum(E, q, k) for E in EINSUM_QK (no transpose node)
   scale      s / d -> scale=1.0 / d | s * c -> scale=c | none -> scale=1.0
   mask       s + m -> attn_mask=torch.as_tensor(m, dtype=q.dtype) | s.masked_fill(c, f) ->
              attn_mask=zeros_like(c, q.dtype).masked_fill(c, f) | none
@@ -17,7 +18,16 @@ Each step and its target contribution:
              F.softmax(s, dim=-1, dtype=X).to(Y)              (float32 upcast)
   dropout    self.<drop>(p) (an nn.Dropout) -> dropout_p=<drop>.p * <drop>.training |
              F.dropout(p, p=P, training=T) -> dropout_p=P * T | none -> 0.0
-  @ v        the same product as q k^T (matmul, @, bmm)
+  @ v        the same product as q k^T (matmul, @, bmm); torch.einsum(E, p, v)
+             for E in EINSUM_PV
+
+An einsum rule accepts an equation only from a fixed list (`where $eq in
+(...)`): each is `<batch>id,<batch>jd-><batch>ij` (q k^T: contract the last
+dim of both, keep every leading dim) or `<batch>ij,<batch>jd-><batch>id`
+(p v), for the usual letters, compact or with spaces (einops style).  A test
+(tests/test_sdpa_rules.py) evaluates every listed equation against
+`q @ k.transpose(-2, -1)` / `p @ v`; an equation not in the list (another
+layout, heads in dim 2, a relative-position einsum) matches no rule.
 """
 
 from __future__ import annotations
@@ -36,7 +46,11 @@ HEADER = '''\
 # * every intermediate (scores, probabilities) is removed, so a rewrite is
 #   skipped when any of them is read elsewhere (returned attention weights,
 #   `output_attentions`, a head mask multiplied in, hooks): the data-flow
-#   check of dslc.rewrite.safety refuses it with the reason;
+#   check of dslc.rewrite.safety refuses it with the reason; a run-time
+#   guard on `output_attentions` / `head_mask` is not expressible yet (`when`
+#   guards init rewrites only), nor is the optional mask `if mask is not
+#   None: s = s + mask` (see docs/adr-language.md, "What a forward rewrite
+#   cannot guard yet"): both are left alone;
 # * the mask is kept as an additive float mask in q's dtype (a boolean mask
 #   added to the scores adds 0/1; as a float mask it still does);
 #   `masked_fill(c, f)` becomes the additive mask `zeros.masked_fill(c, f)`:
@@ -51,7 +65,9 @@ HEADER = '''\
 #   (not `deterministic`); dropout_p is the layer's p while the layer is in
 #   training mode, else 0.0 (`p * training`).
 # The transposes accepted are the last two dims only ((-2, -1) either way;
-# (1, 2) only before bmm, which takes 3-d tensors).
+# (1, 2) only before bmm, which takes 3-d tensors).  An einsum is accepted
+# only with an equation of the generator's lists (q k^T: contract the last
+# dim, keep the leading ones; p v likewise), each checked by a test.
 
 pack sdpa "Eager attention -> torch.nn.functional.scaled_dot_product_attention"
 
@@ -63,7 +79,31 @@ QK = {
     "matmul": ([(-2, -1), (-1, -2)], "torch.matmul($q, $kt) -> $s0", "torch.matmul($pd, $v) -> $out"),
     "at": ([(-2, -1), (-1, -2)], "$q @ $kt -> $s0", "$pd @ $v -> $out"),
     "bmm": ([(1, 2), (2, 1), (-2, -1), (-1, -2)], "torch.bmm($q, $kt) -> $s0", "torch.bmm($pd, $v) -> $out"),
+    # no transpose node: the equation contracts k's last dim
+    "einsum": ([None], "torch.einsum($eqk, $q, $k) -> $s0", "torch.einsum($eqv, $pd, $v) -> $out"),
 }
+# einsum equations (see the module docstring): leading (batch) letters, then
+# the query, key and feature letters
+EINSUM_BATCH = ("bh", "bn", "b", "...")
+EINSUM_LETTERS = (("i", "j", "d"), ("q", "k", "d"), ("l", "s", "d"))
+
+
+def _einsum_equations(kind: str) -> list[str]:
+    out = []
+    for batch in EINSUM_BATCH:
+        for i, j, d in EINSUM_LETTERS:
+            if set(batch) & {i, j, d}:
+                continue
+            terms = ([i, d], [j, d], [i, j]) if kind == "qk" else ([i, j], [j, d], [i, d])
+            parts = [[batch, *t] if batch == "..." else [*batch, *t] for t in terms]
+            out.append("{},{}->{}".format(*("".join(p) for p in parts)))
+            out.append("{}, {} -> {}".format(*(" ".join(p) for p in parts)))
+    return out
+
+
+EINSUM_QK = _einsum_equations("qk")
+EINSUM_PV = _einsum_equations("pv")
+
 SCALE = {
     "div": ("$s0 / $d -> $s1", "1.0 / $d"),
     "mul": ("$s0 * $c -> $s1", "$c"),
@@ -87,11 +127,21 @@ DROPOUT = {
 }
 
 
-def rule(qk: str, t: tuple[int, int], scale: str, mask: str, sm: str, drop: str) -> str:
+def _where_einsum() -> str:
+    def consts(eqs: list[str]) -> str:
+        return ", ".join(f'"{e}"' for e in eqs)
+    return f"  where $eqk in ({consts(EINSUM_QK)}),\n        $eqv in ({consts(EINSUM_PV)})"
+
+
+def rule(qk: str, t: tuple[int, int] | None, scale: str, mask: str, sm: str, drop: str) -> str:
     _, qk_node, pv_node = QK[qk]
-    tname = f"t{t[0]}{t[1]}".replace("-", "m")
-    name = f"{qk}_{tname}_{scale}_{mask}_{sm}_{drop}"
-    src = [f"torch.Tensor.transpose($k, {t[0]}, {t[1]}) -> $kt", qk_node]
+    if t is None:
+        name = f"{qk}_{scale}_{mask}_{sm}_{drop}"
+        src = [qk_node]
+    else:
+        tname = f"t{t[0]}{t[1]}".replace("-", "m")
+        name = f"{qk}_{tname}_{scale}_{mask}_{sm}_{drop}"
+        src = [f"torch.Tensor.transpose($k, {t[0]}, {t[1]}) -> $kt", qk_node]
     scale_node, scale_arg = SCALE[scale]
     # rename through the chain: the output of the last step feeds the next
     last = "$s0"
@@ -129,6 +179,8 @@ def rule(qk: str, t: tuple[int, int], scale: str, mask: str, sm: str, drop: str)
     lines.append("  } => {")
     lines += [f"    {n};" for n in tgt]
     lines.append("  }")
+    if qk == "einsum":
+        lines.append(_where_einsum())
     lines.append("}")
     return "\n".join(lines)
 

@@ -21,6 +21,16 @@ settings.load_profile("ci" if os.environ.get("CI") else os.environ.get("HYPOTHES
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_facts_cache(tmp_path_factory):
+    """`dslc apply` without --cache-dir/--no-cache writes $XDG_CACHE_HOME/dslc/facts:
+    give each test process (each xdist worker) its own, never the user's.
+    The corpus cache (~/.cache/dslc/corpus, DSLC_CORPUS_DIR) does not follow it."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO

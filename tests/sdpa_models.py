@@ -88,6 +88,24 @@ CLASSES = {
             x = attn @ v
         return x.transpose(1, 2).flatten(2)
 ''', "sdpa:at_tm2m1_noscale_nomask_tsoftmax_drop"),
+    "EinsumSpacedMulDrop": ('''\
+    def forward(self, x):
+        q, k, v = self.split(x)
+        sim = torch.einsum("b h i d, b h j d -> b h i j", q, k) * self.scale
+        attn = sim.softmax(dim=-1)
+        attn = self.drop(attn)
+        out = torch.einsum("b h i j, b h j d -> b h i d", attn, v)
+        return out.transpose(1, 2).flatten(2)
+''', "sdpa:einsum_mul_nomask_tsoftmax_drop"),
+    "EinsumEllipsisDivAddUpcast": ('''\
+    def forward(self, x, mask):
+        q, k, v = self.split(x)
+        s = torch.einsum("...qd,...kd->...qk", q, k) / math.sqrt(self.head_dim)
+        s = s + mask
+        p = F.softmax(s, dim=-1, dtype=torch.float32).to(q.dtype)
+        out = torch.einsum("...qk,...kd->...qd", p, v)
+        return out.transpose(1, 2).flatten(2)
+''', "sdpa:einsum_div_add_upcast_nodrop"),
     "ReturnsProbs": ('''\
     def forward(self, x):
         q, k, v = self.split(x)
@@ -133,6 +151,45 @@ CLASSES = {
         scores = torch.matmul(q, k.transpose(2, 3)) / math.sqrt(self.head_dim)
         probs = F.softmax(scores, dim=-1)
         out = torch.matmul(probs, v)
+        return out.transpose(1, 2).flatten(2)
+''', None),
+    "EinsumHeadsSecond": ('''\
+    def forward(self, x):
+        q, k, v = self.split(x)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        s = torch.einsum("blhd,bshd->blhs", q, k) * self.scale
+        p = s.softmax(dim=-1)
+        out = torch.einsum("blhs,bshd->blhd", p, v)
+        return out.flatten(2)
+''', None),
+    "EinsumTransposedScores": ('''\
+    def forward(self, x):
+        q, k, v = self.split(x)
+        s = torch.einsum("bhid,bhjd->bhji", q, k) * self.scale
+        p = s.softmax(dim=-1)
+        out = torch.einsum("bhij,bhjd->bhid", p, v)
+        return out.transpose(1, 2).flatten(2)
+''', None),
+    "OptionalMaskAdd": ('''\
+    def forward(self, x, attention_mask=None):
+        q, k, v = self.split(x)
+        attention_scores = torch.matmul(q, k.transpose(-1, -2))
+        attention_scores = attention_scores / math.sqrt(self.head_dim)
+        if attention_mask is not None:
+            attention_scores = attention_scores + attention_mask
+        attention_probs = nn.functional.softmax(attention_scores, dim=-1)
+        attention_probs = self.drop(attention_probs)
+        context = torch.matmul(attention_probs, v)
+        return context.transpose(1, 2).flatten(2)
+''', None),
+    "OptionalMaskFill": ('''\
+    def forward(self, x, mask=None):
+        q, k, v = self.split(x)
+        sim = torch.einsum("b h i d, b h j d -> b h i j", q, k) * self.scale
+        if mask is not None:
+            sim = sim.masked_fill(mask, float("-inf"))
+        attn = sim.softmax(dim=-1)
+        out = torch.einsum("b h i j, b h j d -> b h i d", attn, v)
         return out.transpose(1, 2).flatten(2)
 ''', None),
 }

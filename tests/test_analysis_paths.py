@@ -7,7 +7,7 @@ import textwrap
 from pathlib import Path as FsPath
 
 from dslc.analysis import analyze_source
-from dslc.analysis.extract import merge_paths
+from dslc.analysis.pathstate import merge_paths
 from dslc.analysis.model import Guard, Node, Path, StmtRef
 
 HEADER = """\

@@ -122,7 +122,6 @@ def test_unwritable_file_is_an_error_entry(fake_pipeline, tree, capsys, monkeypa
     assert not [p for p in src.rglob("*") if "dslc-tmp" in p.name]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root may write read-only files; covered by the os.replace test")
 def test_read_only_file_is_not_replaced(fake_pipeline, tree, capsys):
     src, a, *_ = tree
     os.chmod(a, 0o444)
@@ -131,10 +130,18 @@ def test_read_only_file_is_not_replaced(fake_pipeline, tree, capsys):
     assert a.read_text() == MODEL
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads everything")
-def test_unreadable_file_is_an_error_entry(fake_pipeline, tree, capsys):
+def test_unreadable_file_is_an_error_entry(fake_pipeline, tree, capsys, monkeypatch):
     src, a, b, _ = tree
     os.chmod(a, 0)
+    if os.geteuid() == 0:  # root reads it anyway: the open fails as it would for a user
+        real_open = os.open
+
+        def deny(path, flags, *args, **kwargs):
+            if str(path).endswith(os.sep + "a.py") and not flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+                raise PermissionError(13, "Permission denied", str(path))
+            return real_open(path, flags, *args, **kwargs)
+
+        monkeypatch.setattr(os, "open", deny)
     code, _, err = run_cli(capsys, "--write", "src")
     os.chmod(a, 0o644)
     assert code == 1 and "a.py: error[E100]" in err

@@ -14,7 +14,7 @@ import ast
 import re
 import sys
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 
@@ -34,6 +34,7 @@ _CALL = re.compile(r"F\.softmax\((\w+), dim=-1\)")
 @dataclass
 class FakeCompiled:
     pack: ir.Pack
+    done: object = None  # the loader's compiled rules (the fake compiles nothing)
 
     def anchor_names(self):
         return frozenset({"softmax", "relu"})
@@ -117,6 +118,8 @@ def fake_rewrite_source(source, facts, matches, *, path="<string>"):
 class LoadResult:
     packs: list
     diagnostics: list
+    compiled: dict = field(default_factory=dict)
+    sources: dict = field(default_factory=dict)
 
 
 def fake_load_rules(paths, select=()):

@@ -25,7 +25,7 @@ import pytest
 from dslc.apply import driver as apply
 from dslc.analysis import cachefile
 from dslc.cli import main
-from dslc.lang.loader import load_rules
+from rewrite_support import load_packs, self_output
 
 REPO = Path(__file__).resolve().parent.parent
 PACK = REPO / "rulepacks" / "adopter.adr"
@@ -37,22 +37,7 @@ class Base(nn.Module):
     pass
 '''
 
-OUTPUT = '''from torch import nn
-
-
-class SelfOutput(nn.Module):
-    def __init__(self, config):
-        super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-
-    def forward(self, hidden_states, input_tensor):
-        hidden_states = self.dense(hidden_states)
-        hidden_states = self.dropout(hidden_states)
-        hidden_states = self.LayerNorm(hidden_states + input_tensor)
-        return hidden_states
-'''
+OUTPUT = self_output(imports="from torch import nn\n")  # the paper's BertSelfOutput
 
 ATTN = '''import torch
 from torch import nn
@@ -84,7 +69,7 @@ class Child(Base):
 
 @pytest.fixture(scope="module")
 def packs():
-    return load_rules([str(PACK)]).packs
+    return load_packs(str(PACK))
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ import pytest
 
 from dslc.match import ir
 from dslc.match.compiler import PASSES, CompileError, compile_rule, compile_rules
+from dslc.lang.loader import load_rules
 from test_matcher_helpers import K, L, O, V, W, biased_gelu, conv_batchnorm, dropout_layernorm, rule, softmax
 
 REPO = Path(__file__).resolve().parent.parent
@@ -83,11 +84,56 @@ def test_dump_is_readable():
     assert "$norm := torch.nn.LayerNorm(...), args by torch.nn.LayerNorm { $h <- p:normalized_shape; $eps <- p:eps }" in text
 
 
+RESIDUAL = """
+import torch
+from torch import nn
+
+
+class Out(nn.Module):
+    def __init__(self, h):
+        super().__init__()
+        self.dropout = nn.Dropout(0.1)
+        self.norm = nn.LayerNorm(h, eps=1e-5)
+
+    def forward(self, x, res):
+        y = self.dropout(x)
+        z = {sum}
+        return self.norm(z)
+"""
+
+RESIDUAL_RULE = """pack p "d"
+rule fuse "d" {{
+  kernel torch.x
+  exact
+  init {{ torch.nn.Dropout($p) -> $drop; torch.nn.LayerNorm($h, eps=$eps) -> $norm; }}
+    => {{ torch.x.Fused($h, $p, eps=$eps) -> $norm; }}
+  forward {{ $drop($x) -> $y; $y + $res -> $z; $norm($z) -> $out; }} => {{ $norm($x, $res) -> $out; }}
+  {option}
+}}
+"""
+
+
+@pytest.mark.parametrize("option, swapped_matches", [("", True), ("option commutative = True", True),
+                                                    ("option commutative = False", False)])
+def test_option_commutative_from_a_rule_file(tmp_path, option, swapped_matches):
+    """`option commutative` passes the checker and reaches the matcher: False keeps `y + res` in that order."""
+    from dslc.analysis import analyze_source
+    from dslc.lang.loader import load_rules
+    from dslc.match.compiler import compile_pack
+    from dslc.match.matcher import match_file
+
+    (tmp_path / "p.adr").write_text(RESIDUAL_RULE.format(option=option))
+    result = load_rules([str(tmp_path / "p.adr")])
+    assert not result.diagnostics, result.diagnostics
+    compiled = compile_pack(result.packs[0], result.compiled)
+    assert ("(commutative)" in compiled.dump()) == swapped_matches
+    for text, expected in (("y + res", True), ("res + y", swapped_matches)):
+        facts = analyze_source(RESIDUAL.format(sum=text), "m.py")
+        assert bool(match_file(compiled, facts)) == expected, text
+
+
 def _load_adopter():
-    if not PACK.exists():
-        pytest.skip("rulepacks/adopter.adr not there yet")
-    loader = pytest.importorskip("dslc.lang.loader")
-    result = loader.load_rules([str(PACK)])
+    result = load_rules([str(PACK)])
     errors = [d for d in result.diagnostics if getattr(d, "severity", "error") == "error"]
     assert not errors, errors
     [pack] = result.packs

@@ -5,18 +5,9 @@ changed statements mention); otherwise the whole run is duplicated as before."""
 
 from __future__ import annotations
 
-import ast
-from pathlib import Path
-
 import pytest
 
-from dslc.analysis import analyze_source
-from dslc.match.compiler import compile_pack
-from dslc.lang.loader import load_rules
-from dslc.match.matcher import match_file
-from dslc.rewrite.rewriter import rewrite_source
-
-PACK = Path(__file__).resolve().parent.parent / "rulepacks" / "adopter.adr"
+from rewrite_support import run, stable
 
 SOURCE = '''import torch
 from torch import nn
@@ -41,34 +32,23 @@ OLD_FC1 = "self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)\n"
 OLD_ACT = "self.act = ACT2FN[config.hidden_act]\n"
 
 
-@pytest.fixture(scope="module")
-def compiled():
-    return compile_pack(load_rules([str(PACK)]).packs[0])
-
-
-def run(compiled, source: str):
-    facts = analyze_source(source, "m.py")
-    return rewrite_source(source, facts, match_file(compiled, facts), path="m.py")
-
-
 def init_body(new: str) -> str:
     return new[new.index("        super().__init__()\n") + len("        super().__init__()\n"):new.index("    def forward")]
 
 
-def rewrite(compiled, between: str) -> str:
+def rewrite(between: str) -> str:
     source = SOURCE.format(between=between)
-    result = run(compiled, source)
-    assert [(o.match.rule.name, o.status) for o in result.outcomes] == [("biased_gelu", "applied")], result.outcomes
+    result = run(source)
+    assert [(m.rule, m.status) for m in result.matches] == [("adopter:biased_gelu", "applied")], result.matches
     new = result.new_source
-    ast.parse(new)
-    assert run(compiled, new).new_source is None  # a second apply changes nothing
+    stable(new)
     assert new.endswith(source[source.index("    def forward"):])
     return new
 
 
-def test_unrelated_init_line_is_not_duplicated(compiled):
+def test_unrelated_init_line_is_not_duplicated():
     line = "        self.drop = nn.Dropout(config.hidden_dropout_prob)\n"
-    new = rewrite(compiled, line)
+    new = rewrite(line)
     hook = ("            self._register_load_state_dict_pre_hook(_dslc_remap_state_dict((\n"
             "                ('act.bias', 'fc1.bias', False),\n"
             "            )))\n")
@@ -76,9 +56,9 @@ def test_unrelated_init_line_is_not_duplicated(compiled):
                               + "        else:\n" + "            " + OLD_FC1 + "            " + OLD_ACT + "\n")
 
 
-def test_several_unrelated_lines_keep_their_order(compiled):
+def test_several_unrelated_lines_keep_their_order():
     lines = "        self.drop = nn.Dropout(p=0.1)\n        self.pool = torch.nn.AdaptiveAvgPool1d(1)\n"
-    new = rewrite(compiled, lines)
+    new = rewrite(lines)
     body = init_body(new)
     assert body.startswith(lines + COND) and body.count("self.drop =") == 1 and body.count("self.pool =") == 1
 
@@ -96,8 +76,8 @@ def test_several_unrelated_lines_keep_their_order(compiled):
     # a comment between the statements
     "        # regularisation\n        self.drop = nn.Dropout(0.1)\n",
 ])
-def test_refuses_to_reorder_and_duplicates_the_run(compiled, between):
-    new = rewrite(compiled, between)
+def test_refuses_to_reorder_and_duplicates_the_run(between):
+    new = rewrite(between)
     body = init_body(new)
     assert body.startswith(COND)
     # Today's shape: the whole run, unrelated lines included, in both branches.
@@ -105,17 +85,16 @@ def test_refuses_to_reorder_and_duplicates_the_run(compiled, between):
     assert body.index("            " + NEW_FC1) < body.index(between.strip().splitlines()[-1]) < body.index("            " + NEW_ACT)
 
 
-def test_changed_statement_reading_what_the_unrelated_one_writes_is_not_moved(compiled):
+def test_changed_statement_reading_what_the_unrelated_one_writes_is_not_moved():
     # fc1 reads `self.drop`, which the line between them assigns again: moving
     # fc1 below it would change the value fc1 reads.
     line = "        self.drop = nn.Dropout(0.2)\n"
     source = SOURCE.format(between=line).replace(
         "        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)\n",
         "        self.drop = nn.Dropout(0.1)\n        self.fc1 = nn.Linear(config.hidden_size, int(self.drop.p * 100))\n")
-    result = run(compiled, source)
-    assert [o.status for o in result.outcomes] == ["applied"], result.outcomes
+    result = run(source)
+    assert [m.status for m in result.matches] == ["applied"], result.matches
     new = result.new_source
-    ast.parse(new)
-    assert run(compiled, new).new_source is None
+    stable(new)
     body = init_body(new)
     assert body.startswith("        self.drop = nn.Dropout(0.1)\n" + COND) and body.count(line.strip()) == 2

@@ -25,11 +25,11 @@ hypothesmith = pytest.importorskip("hypothesmith", reason="hypothesmith (the `te
 from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
 
 from dslc.apply import driver  # noqa: E402
-from dslc.lang.loader import load_rules  # noqa: E402
+from rewrite_support import load_packs  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = (REPO / "examples" / "bert_self_output.py").read_text()
-PACKS = load_rules([str(REPO / "rulepacks" / "adopter.adr")]).packs
+PACKS = load_packs("adopter")  # fails the module if the pack does not load
 OPTIONS = driver.ApplyOptions(mode="diff", jobs=1, cache_dir=None)
 
 programs = st.one_of(hypothesmith.from_grammar(), hypothesmith.from_node())

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from dslc.verify import equivalence as verify
+from dslc.verify.compare import Tally
 from dslc.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -222,7 +223,7 @@ def test_inf_of_the_other_sign_fails(files, capsys):
 def test_unit_compare_nan_inf():
     import torch
 
-    tally = verify._Tally(verify.Tolerance())
+    tally = Tally(verify.Tolerance())
     nan, inf = float("nan"), float("inf")
     tally.compare("t", torch.tensor([1.0, nan, inf, -inf]), torch.tensor([1.0, nan, inf, -inf]), torch)
     assert tally.worst is None and tally.nonfinite == 3
@@ -233,7 +234,7 @@ def test_unit_compare_nan_inf():
 def test_pass_within_atol_shows_no_alarming_relative_error():
     import torch
 
-    tally = verify._Tally(verify.Tolerance(atol=1e-5, rtol=1e-4))
+    tally = Tally(verify.Tolerance(atol=1e-5, rtol=1e-4))
     # 1e-9 against 2e-9: 100% relative, but far inside atol.
     tally.compare("t", torch.tensor([1e-9, 1.0]), torch.tensor([2e-9, 1.0]), torch)
     assert tally.worst is None and tally.max_rel < 1e-3

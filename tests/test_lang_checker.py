@@ -80,6 +80,13 @@ def test_option_allow_acknowledges_warnings_only():
     assert codes_of(rule % 'option allow = "ADR201"') == ["ADR106", "ADR112"]  # errors cannot be allowed
 
 
+def test_option_commutative_is_a_bool():
+    rule = HEAD + 'rule r "d" { kernel torch.x exact forward { $a + $b -> $c; } => { torch.g($a, $b) -> $c; } %s }'
+    assert codes_of(rule % "option commutative = False") == []
+    assert codes_of(rule % "option commutative = True") == []
+    assert codes_of(rule % 'option commutative = "no"') == ["ADR106"]
+
+
 def test_scope_must_agree_with_the_items():
     fwd = HEAD + 'rule r "d" { kernel torch.x exact forward { torch.f($x) -> $y; } => { torch.g($x) -> $y; } %s }'
     assert codes_of(fwd % 'option scope = "any"') == []

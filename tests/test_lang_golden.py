@@ -80,8 +80,8 @@ def test_every_code_is_exercised():
 
 
 def test_io_errors(tmp_path):
-    from dslc.lang.parser import parse_file
+    from dslc.lang.loader import parse_path
 
     result = load_rules([str(tmp_path / "nope.adr"), str(tmp_path)])
     assert [d.code for d in result.diagnostics] == ["ADR007", "ADR007"]
-    assert parse_file(tmp_path).diagnostics[0].code == "ADR007"  # a directory read as a file
+    assert parse_path(str(tmp_path), {}).diagnostics[0].code == "ADR007"  # a directory read as a file

@@ -21,7 +21,7 @@ from dslc.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 LIGER = REPO / "rulepacks" / "liger.adr"
-TINY = REPO / "tests" / "langpacks_models" / "tiny_lm.py"
+TINY = REPO / "tests" / "langpacks_models" / "liger_spellings.py"
 
 
 def _apply(tmp_path: Path, src: Path, *extra: str) -> tuple[Path, dict]:

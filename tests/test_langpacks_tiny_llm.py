@@ -15,7 +15,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
 
 from dslc.cli import main
 
@@ -23,9 +22,6 @@ REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "tiny_llm.py"
 SDPA = REPO / "rulepacks" / "sdpa.adr"
 LIGER = REPO / "rulepacks" / "liger.adr"
-
-pytestmark = pytest.mark.skipif(not (EXAMPLE.exists() and SDPA.exists()),
-                                reason="examples/tiny_llm.py and rulepacks/sdpa.adr come with the sdpa pack")
 
 
 def test_sdpa_and_liger_rewrite_tiny_llm_and_it_runs_without_liger(tmp_path):

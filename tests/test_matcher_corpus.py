@@ -1,7 +1,7 @@
 """The matcher on real corpus files (transformers 4.35.0), through the analysis.
 
-Uses the shipped `rulepacks/adopter.adr` when the front end loads it, else the
-hand-lowered rules of `test_matcher_helpers.adopter_rules()`.
+Uses the shipped `rulepacks/adopter.adr` (a pack that does not load fails the
+tests).
 """
 
 from __future__ import annotations
@@ -11,33 +11,23 @@ from pathlib import Path
 
 import pytest
 
-from dslc.match.compiler import compile_rules
+from dslc.analysis import api
+from dslc.lang.loader import load_rules
+from dslc.match.compiler import compile_pack
 from dslc.match.matcher import match_file
-from test_matcher_helpers import adopter_rules
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def compiled():
-    pack = REPO / "rulepacks" / "adopter.adr"
-    rules = None
-    if pack.exists():
-        try:
-            from dslc.lang.loader import load_rules
-
-            result = load_rules([str(pack)])
-            if result.packs and not any(getattr(d, "severity", "") == "error" for d in result.diagnostics):
-                rules = result.packs[0].rules
-        except ImportError:
-            pass
-    return compile_rules(rules if rules is not None else adopter_rules())
+    result = load_rules([str(REPO / "rulepacks" / "adopter.adr")])
+    assert result.ok and len(result.packs) == 1, result.diagnostics
+    return compile_pack(result.packs[0])
 
 
 @pytest.fixture(scope="module")
 def analyze():
-    api = pytest.importorskip("dslc.analysis.api", reason="the analysis has not landed")
-
     def run(root: Path, model: str, names):
         f = root / "models" / model / f"modeling_{model}.py"
         return api.analyze_source(f.read_text(), str(f), root=str(root.parent), want=names)
@@ -101,7 +91,6 @@ def test_corpus_recall_per_rule(transformers_src, compiled, tmp_path):
 
     from dslc import corpus
 
-    api = pytest.importorskip("dslc.analysis.api", reason="the analysis has not landed")
     truth = corpus.ground_truth()
     files = corpus.benchmark_files(transformers_src)
     facts = api.analyze_paths([str(f) for f in files], root=str(transformers_src.parent), jobs=2,

@@ -427,3 +427,52 @@ class NoAdd(nn.Module):
     for code in ("N101", "N102", "N103", "N201", "N301", "N401", "N402", "W199"):
         assert codes.lookup(code) is not None
     assert main(["explain", "N102"]) == 0 and "written again" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------
+# A second place in a class where the rule applied at another one.
+
+TWO_PLACES = '''\
+import torch
+from torch import nn
+
+
+class TwoPlaces(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, c, 3)
+        self.bn1 = nn.BatchNorm2d(c)
+        self.conv2 = nn.Conv2d(c, c, 3)
+        self.bn2 = nn.BatchNorm2d(c, affine=False)
+        self.conv3 = nn.Conv2d(c, c, 3)
+        self.bn3 = nn.BatchNorm2d(c)
+        self.head = nn.Conv2d(c, c, 1)
+
+    def forward(self, x):
+        x = self.bn1(self.conv1(x))
+        x = self.bn2(self.conv2(x))
+        h = self.conv3(x)
+        y = self.bn3(h)
+        return self.head(y + h)
+'''
+
+
+def test_a_second_place_in_a_class_where_the_rule_applied(tmp_path, capsys):
+    path = tmp_path / "two.py"
+    path.write_text(TWO_PLACES)
+    _, report = apply_json(path, "--near-misses")
+    statuses = sorted((m["status"], line_of(TWO_PLACES, needle) in m["lines"])
+                      for m, needle in zip(report["matches"], ("self.bn1(", "h = self.conv3")))
+    assert statuses == [("applied", True), ("skipped", True)], report["matches"]
+    # the pair the rule could not fuse is reported with its reason; the
+    # applied pair is not, the skipped one has its own reason (kind skipped),
+    # and a lone conv with no BatchNorm after it (`self.head`) is no place
+    unmatched = [n for n in report["near_misses"] if n["kind"] == "unmatched"]
+    assert len(unmatched) == 1, report["near_misses"]
+    [miss] = unmatched
+    assert miss["rule"] == "adopter:conv_batchnorm" and miss["class"] == "TwoPlaces"
+    assert miss["line"] == line_of(TWO_PLACES, "self.bn2(self.conv2(x))")
+    assert "self.bn2" in miss["reason"] and "affine == True" in miss["reason"] and "'False'" in miss["reason"]
+    assert main(["explain", "--rules", str(PACK), f"{path}:{miss['line']}"]) == 0
+    out = capsys.readouterr().out
+    assert "near miss adopter:conv_batchnorm" in out and "affine == True" in out

@@ -22,6 +22,7 @@ import pytest
 
 from dslc.lang import codes
 from dslc.cli import main
+from rewrite_support import self_output
 
 REPO = Path(__file__).resolve().parent.parent
 PACK = REPO / "rulepacks" / "adopter.adr"
@@ -141,24 +142,7 @@ def test_skip_takes_a_code_and_a_message():
     assert Skip("legacy text").reason.code == codes.S_UNCLASSIFIED
 
 
-READ_AFTER = '''\
-import torch
-from torch import nn
-
-
-class SelfOutput(nn.Module):
-    def __init__(self, config):
-        super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-
-    def forward(self, hidden_states, input_tensor):
-        hidden_states = self.dense(hidden_states)
-        dropped = self.dropout(hidden_states)
-        out = self.LayerNorm(dropped + input_tensor)
-        return out, dropped
-'''
+READ_AFTER = self_output(tail="out, dropped")  # `dropped` is read after the fused statements
 
 
 def _apply(capsys, *args):

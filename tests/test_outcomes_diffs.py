@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from dslc.cli import main
+from rewrite_support import assert_rewrite, remap_hook
 
 REPO = Path(__file__).resolve().parent.parent
 PACK = REPO / "rulepacks" / "adopter.adr"
@@ -130,9 +131,28 @@ def test_identical_branches_are_merged_but_different_ones_kept(tmp_path, capsys)
     f.write_text((REPO / "examples" / "dpt_preact_residual.py").read_text())
     out = diff_of(capsys, "--select", "adopter:conv_batchnorm", f)
     assert "else:" not in out and "-        if self.use_batch_norm:" in out
-    g = tmp_path / "hoist.py"
-    g.write_text(HOIST_DIFFERENT)
-    out = diff_of(capsys, "--select", "adopter:dropout_layernorm", g)
-    if not out:
-        pytest.skip("the dropout_layernorm rewrite does not apply to this shape here")
-    assert "+        else:" in out and "+            hidden_states = self.dropout(hidden_states)" in out
+    # Different branches: the dropout goes into the `else` the fusion leaves behind.
+    assert_rewrite(HOIST_DIFFERENT, """\
+        import torch
+        from epoi.ops.torchscript_ops import FusedDropoutAddLayerNorm
+        from torch import nn
+        """ + remap_hook() + """
+
+        class SelfOutput(nn.Module):
+            def __init__(self, config):
+                super().__init__()
+                self.post_norm = config.post_norm
+                self.LayerNorm = FusedDropoutAddLayerNorm(config.hidden_size, config.hidden_dropout_prob, eps=config.layer_norm_eps)
+                self._register_load_state_dict_pre_hook(_dslc_remap_state_dict((
+                    ('LayerNorm.layer_norm.weight', 'LayerNorm.weight', False),
+                    ('LayerNorm.layer_norm.bias', 'LayerNorm.bias', False),
+                )))
+                self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+            def forward(self, hidden_states, input_tensor):
+                if self.post_norm:
+                    hidden_states = self.LayerNorm(hidden_states, input_tensor)
+                else:
+                    hidden_states = self.dropout(hidden_states)
+                return hidden_states
+        """, select=["adopter:dropout_layernorm"], applied=["dropout_layernorm"])

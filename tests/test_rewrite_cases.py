@@ -25,6 +25,7 @@ from rules import (  # noqa: E402
 from dslc.match import ir  # noqa: E402
 from dslc.analysis.model import Value  # noqa: E402
 from dslc.rewrite.rewriter import rewrite_source  # noqa: E402
+from rewrite_support import self_output  # noqa: E402
 
 OUTPUT_MARK = "# output\n"
 
@@ -119,27 +120,8 @@ def test_dpt_hoist_with_identical_branches_keeps_the_call_and_drops_the_if():
 # Refusals, one per reason
 
 
-BERT = '''import torch
-from torch import nn
-
-
-class BertSelfOutput(nn.Module):
-    def __init__(self, config):
-        super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-
-    def forward(self, hidden_states, input_tensor):
-        hidden_states = self.dense(hidden_states)
-        dropped = self.dropout(hidden_states)
-        out = self.LayerNorm(dropped + input_tensor)
-        return {tail}
-{extra}'''
-
-
 def bert(tail="out", extra=""):
-    return BERT.format(tail=tail, extra=extra)
+    return self_output("BertSelfOutput", tail=tail) + extra
 
 
 def skipped(source, matches_of):
@@ -358,7 +340,7 @@ def test_same_location_twice_is_edited_once():
 
 
 def test_refuses_read_between_when_names_are_reused():
-    source = BERT.format(tail="out", extra="").replace(
+    source = bert().replace(
         "        dropped = self.dropout(hidden_states)\n        out = self.LayerNorm(dropped + input_tensor)",
         "        hidden_states = self.dropout(hidden_states)\n        print(hidden_states)\n        hidden_states = self.LayerNorm(hidden_states + input_tensor)",
     ).replace("return out", "return hidden_states")

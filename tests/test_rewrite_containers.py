@@ -8,7 +8,6 @@ shape the emitter cannot prove safe is skipped with its reason.
 
 from __future__ import annotations
 
-import ast
 import importlib.util
 import sys
 from pathlib import Path
@@ -17,28 +16,15 @@ import pytest
 
 from dslc.analysis import analyze_source
 from dslc.match.compiler import compile_pack
-from dslc.lang.loader import load_rules
 from dslc.match.matcher import match_file
 from dslc.rewrite.rewriter import rewrite_source
+from rewrite_support import REPO, assert_rewrite, load_packs, remap_hook, run
 
-REPO = Path(__file__).resolve().parent.parent
 PACK = REPO / "rulepacks" / "adopter.adr"
 
 
-@pytest.fixture(scope="module")
-def compiled():
-    result = load_rules([str(PACK)])
-    return compile_pack(result.packs[0])
-
-
-def run(compiled, source: str, path: str = "m.py"):
-    facts = analyze_source(source, path)
-    matches = match_file(compiled, facts)
-    return rewrite_source(source, facts, matches, path=path)
-
-
 def outcomes(result, rule: str):
-    return [(o.status, o.reason) for o in result.outcomes if o.match.rule.name == rule]
+    return [(m.status, m.reason) for m in result.matches if m.rule.split(":")[-1] == rule]
 
 
 HEAD = '''import torch
@@ -71,37 +57,52 @@ def block(forward: str = FORWARD, head: str | None = None) -> str:
     return source
 
 
-def test_sequential_conv_bn_is_fused_in_place(compiled):
-    source = block()
-    result = run(compiled, source)
-    assert outcomes(result, "conv_batchnorm") == [("applied", None)]
-    new = result.new_source
-    assert "            ConvBn2d(nn.Conv2d(cin, cout, kernel_size=3, padding=1), nn.BatchNorm2d(cout)),\n" \
-           "            nn.Identity(),\n            nn.ReLU(),\n" in new
-    assert "from torch.ao.nn.intrinsic import ConvBn2d\n" in new
-    assert "('head.0.0.weight', 'head.0.weight', False)" in new
-    assert "('head.0.1.running_mean', 'head.1.running_mean', False)" in new
-    # Forward is unchanged; untouched lines are byte-identical.
-    assert new.endswith(source[source.index("    def forward"):])
-    ast.parse(new)
-    # Idempotent.
-    again = run(compiled, new)
-    assert again.new_source is None
+def test_sequential_conv_bn_is_fused_in_place():
+    # Element 0 becomes the fused layer, element 1 nn.Identity(); forward is untouched.
+    assert_rewrite(block(), """\
+        import torch
+        from torch import nn
+        from torch.ao.nn.intrinsic import ConvBn2d
+        """ + remap_hook() + """
+
+        class Block(nn.Module):
+            def __init__(self, cin=3, cout=8):
+                super().__init__()
+                self.head = nn.Sequential(
+                    ConvBn2d(nn.Conv2d(cin, cout, kernel_size=3, padding=1), nn.BatchNorm2d(cout)),
+                    nn.Identity(),
+                    nn.ReLU(),
+                )
+                self._register_load_state_dict_pre_hook(_dslc_remap_state_dict((
+                    ('head.0.0.weight', 'head.0.weight', False),
+                    ('head.0.0.bias', 'head.0.bias', False),
+                    ('head.0.1.weight', 'head.1.weight', False),
+                    ('head.0.1.bias', 'head.1.bias', False),
+                    ('head.0.1.running_mean', 'head.1.running_mean', False),
+                    ('head.0.1.running_var', 'head.1.running_var', False),
+                    ('head.0.1.num_batches_tracked', 'head.1.num_batches_tracked', False),
+                )))
+                self.out = nn.Conv2d(cout, 2, 1)
+
+            def forward(self, x):
+                h = self.head(x)
+                return self.out(h)
+        """, applied=["conv_batchnorm"])
 
 
-def test_identity_uses_the_files_own_spelling(compiled):
+def test_identity_uses_the_files_own_spelling():
     source = block(head="        self.head = torch.nn.Sequential(torch.nn.Conv2d(cin, cout, 3), torch.nn.BatchNorm2d(cout))\n")
-    new = run(compiled, source).new_source
+    new = run(source).new_source
     assert "torch.nn.Sequential(ConvBn2d(torch.nn.Conv2d(cin, cout, 3), torch.nn.BatchNorm2d(cout)), torch.nn.Identity())" in new
     bare = block(head="        self.head = Sequential(nn.Conv2d(cin, cout, 3), nn.BatchNorm2d(cout))\n").replace(
         "from torch import nn\n", "from torch import nn\nfrom torch.nn import Sequential\n")
-    new = run(compiled, bare).new_source
+    new = run(bare).new_source
     assert new is not None and "Sequential(ConvBn2d(nn.Conv2d(cin, cout, 3), nn.BatchNorm2d(cout)), nn.Identity())" in new
 
 
-def test_linear_bn_in_sequential(compiled):
+def test_linear_bn_in_sequential():
     source = block(head="        self.head = nn.Sequential(nn.Linear(cin, cout), nn.BatchNorm1d(cout), nn.ReLU())\n")
-    result = run(compiled, source)
+    result = run(source, unsafe=True)  # linear_batchnorm is an `unsafe` rule
     assert outcomes(result, "linear_batchnorm") == [("applied", None)]
     new = result.new_source
     assert "        self.head = nn.Sequential(LinearBn1d(cin, cout, bias=True, eps=1e-05, momentum=0.1), nn.Identity(), nn.ReLU())\n" in new
@@ -109,10 +110,10 @@ def test_linear_bn_in_sequential(compiled):
     assert "('head.0.bn.running_var', 'head.1.running_var', False)" in new
 
 
-def test_container_called_twice_is_one_location(compiled):
+def test_container_called_twice_is_one_location():
     """Each call runs the whole container: fusing two of its elements is one
     init change, right for every call (groupvit's projections)."""
-    result = run(compiled, block("        return self.head(x) + self.head(x * 2)"))
+    result = run(block("        return self.head(x) + self.head(x * 2)"))
     got = outcomes(result, "conv_batchnorm")
     assert got[0] == ("applied", None), got
     assert all(status == "skipped" and "edited once" in why for status, why in got[1:]), got
@@ -128,9 +129,9 @@ def test_container_called_twice_is_one_location(compiled):
     (FORWARD, "        layers = [nn.Conv2d(cin, cout, 3), nn.BatchNorm2d(cout)]\n        self.head = nn.Sequential(*layers)\n", None),
     (FORWARD, "        self.head = nn.Sequential(nn.Conv2d(cin, cout, 3), nn.Dropout(0.0), nn.BatchNorm2d(cout))\n", None),
 ])
-def test_unsafe_shapes_are_skipped(compiled, forward, head, reason):
+def test_unsafe_shapes_are_skipped(forward, head, reason):
     source = block(forward, head)
-    result = run(compiled, source)
+    result = run(source)
     got = outcomes(result, "conv_batchnorm")
     if reason is None:
         # Not found at all, or skipped: never applied.
@@ -142,20 +143,20 @@ def test_unsafe_shapes_are_skipped(compiled, forward, head, reason):
         assert result.new_source is None or "ConvBn2d" not in result.new_source
 
 
-def test_star_args_reason(compiled):
+def test_star_args_reason():
     from dataclasses import replace
     # A Sequential whose first elements are literal but which ends in *rest.
     source = block(head="        rest = [nn.ReLU()]\n        self.head = nn.Sequential(nn.Conv2d(cin, cout, 3), nn.BatchNorm2d(cout), *rest)\n")
-    got = outcomes(run(compiled, source), "conv_batchnorm")
+    got = outcomes(run(source), "conv_batchnorm")
     assert got and got[0][0] == "skipped" and "`*args`" in got[0][1], got
 
 
-def test_sequential_assigned_twice_is_skipped(compiled):
+def test_sequential_assigned_twice_is_skipped():
     head = ("        if cin > 1:\n"
             "            self.head = nn.Sequential(nn.Conv2d(cin, cout, 3), nn.BatchNorm2d(cout))\n"
             "        else:\n"
             "            self.head = nn.Sequential(nn.Conv2d(cin, cout, 1), nn.ReLU())\n")
-    result = run(compiled, block(head=head))
+    result = run(block(head=head))
     got = outcomes(result, "conv_batchnorm")
     assert all(status == "skipped" for status, _ in got), got
 
@@ -221,12 +222,13 @@ class Two(nn.Module):
     assert "2 passed, 0 failed" in out, out
 
 
-def test_non_adjacent_elements_are_skipped(compiled):
+def test_non_adjacent_elements_are_skipped():
     import dataclasses
     # The matcher only chains adjacent elements; a match naming elements 0
     # and 2 (built by hand) must still be refused by the emitter.
     source = block(head="        self.head = nn.Sequential(nn.Conv2d(cin, cout, 3), nn.BatchNorm2d(cout), nn.BatchNorm2d(cout))\n")
     facts = analyze_source(source, "m.py")
+    compiled = compile_pack(load_packs("adopter")[0])
     match = next(m for m in match_file(compiled, facts) if m.rule.name == "conv_batchnorm")
     bn_var = next(v for v, b in match.init_nodes.items() if b.attr == "head.1")
     other = next(b for c in facts.classes for b in c.init if b.attr == "head.2")
@@ -237,13 +239,13 @@ def test_non_adjacent_elements_are_skipped(compiled):
     assert result.outcomes[0].reason == "the matched elements `self.head.0` and `self.head.2` are not adjacent in `self.head`"
 
 
-def test_subclass_indexing_the_sequential_is_seen(compiled):
+def test_subclass_indexing_the_sequential_is_seen():
     source = block() + '''
 
 class Child(Block):
     def first(self):
         return self.head[1]
 '''
-    got = outcomes(run(compiled, source), "conv_batchnorm")
+    got = outcomes(run(source), "conv_batchnorm")
     assert got and all(status == "skipped" for status, _ in got), got
     assert any(reason.startswith("`self.head` is also indexed at line 22") for _, reason in got), got

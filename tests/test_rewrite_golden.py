@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ast
 import os
-import types
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ from dslc.match.compiler import compile_pack
 from dslc.lang.loader import load_rules
 from dslc.match.matcher import match_file
 from dslc.rewrite.rewriter import rewrite_source
+from rewrite_support import assert_rewrite, load_module, remap_hook, self_output
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
@@ -80,12 +80,7 @@ def test_dpt_is_figure_5b_and_equivalent(compiled):
     assert "hidden_state = self.convolution1(hidden_state)" in body
     assert "hidden_state = self.convolution2(hidden_state)" in body
 
-    def load(text, name):
-        module = types.ModuleType(name)
-        exec(compile(text, name, "exec"), module.__dict__)
-        return module
-
-    old_mod, new_mod = load(source, "dpt_old"), load(new, "dpt_new")
+    old_mod, new_mod = load_module(source, "dpt_old"), load_module(new, "dpt_new")
     for use_bn in (True, False):
         config = old_mod.Config()
         config.use_batch_norm_in_fusion_residual = use_bn
@@ -101,108 +96,133 @@ def test_dpt_is_figure_5b_and_equivalent(compiled):
         assert torch.equal(before(x), after(x))
 
 
-BERT_LIKE = '''import torch
-from torch import nn
+def test_pipeline_applies_clean_variant():
+    assert_rewrite(self_output("Block", tail="out"), """\
+        import torch
+        from epoi.ops.torchscript_ops import FusedDropoutAddLayerNorm
+        from torch import nn
+        """ + remap_hook() + """
+
+        class Block(nn.Module):
+            def __init__(self, config):
+                super().__init__()
+                self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+                self.LayerNorm = FusedDropoutAddLayerNorm(config.hidden_size, config.hidden_dropout_prob, eps=config.layer_norm_eps)
+                self._register_load_state_dict_pre_hook(_dslc_remap_state_dict((
+                    ('LayerNorm.layer_norm.weight', 'LayerNorm.weight', False),
+                    ('LayerNorm.layer_norm.bias', 'LayerNorm.bias', False),
+                )))
+
+            def forward(self, hidden_states, input_tensor):
+                hidden_states = self.dense(hidden_states)
+                out = self.LayerNorm(hidden_states, input_tensor)
+                return out
+        """, applied=["dropout_layernorm"])
 
 
-class Block(nn.Module):
-    def __init__(self, config):
-        super().__init__()
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-
-    def forward(self, hidden_states, input_tensor):
-        dropped = self.dropout(hidden_states)
-        out = self.LayerNorm(dropped + input_tensor)
-        return {tail}
-'''
+def test_pipeline_refuses_intermediate_returned():
+    assert_rewrite(self_output("Block", tail="out, dropped"), None, skipped=[
+        ("dropout_layernorm", "S204", "intermediate `dropped` (line 14) is read at line 16 after the match")])
 
 
-def test_pipeline_applies_clean_variant(compiled):
-    result = run(compiled, BERT_LIKE.format(tail="out"))
-    assert [o.status for o in result.outcomes] == ["applied"]
-    assert "out = self.LayerNorm(hidden_states, input_tensor)" in result.new_source
+def test_pipeline_unconnected_layers_not_matched():
+    source = self_output("Block", tail="out").replace("self.LayerNorm(dropped + input_tensor)",
+                                                      "self.LayerNorm(hidden_states + input_tensor)")
+    assert_rewrite(source, None)
 
 
-def test_pipeline_refuses_intermediate_returned(compiled):
-    result = run(compiled, BERT_LIKE.format(tail="out, dropped"))
-    assert result.new_source is None
-    assert [(o.status, o.reason) for o in result.outcomes] == [
-        ("skipped", "intermediate `dropped` (line 12) is read at line 14 after the match")]
+def test_pipeline_user_layernorm_is_not_torch():
+    source = self_output("Block", tail="out").replace("import torch\n", "import torch\n\n\nclass LayerNorm(torch.nn.Module):\n    pass\n")
+    assert_rewrite(source.replace("nn.LayerNorm(", "LayerNorm("), None)
 
 
-def test_pipeline_unconnected_layers_not_matched(compiled):
-    source = BERT_LIKE.format(tail="out").replace("self.LayerNorm(dropped + input_tensor)", "self.LayerNorm(hidden_states + input_tensor)")
-    result = run(compiled, source)
-    assert result.new_source is None
-    assert all(o.status == "skipped" for o in result.outcomes)
+def test_pipeline_softmax_dtype_kept():
+    assert_rewrite("""
+        import torch
+        from torch import nn
+        import torch.nn.functional as F
 
 
-def test_pipeline_user_layernorm_is_not_torch(compiled):
-    source = BERT_LIKE.format(tail="out").replace("import torch\n", "import torch\n\n\nclass LayerNorm(torch.nn.Module):\n    pass\n")
-    source = source.replace("nn.LayerNorm(", "LayerNorm(")
-    result = run(compiled, source)
-    assert result.new_source is None
-    assert result.outcomes == ()
+        def attend(q, k):
+            scores = q @ k.transpose(-1, -2)
+            return F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+        """, """
+        import torch
+        from torch import nn
+        import torch.nn.functional as F
+        from xformers.triton.softmax import softmax
 
 
-SOFTMAX = '''import torch
-from torch import nn
-import torch.nn.functional as F
+        def attend(q, k):
+            scores = q @ k.transpose(-1, -2)
+            return softmax(scores.to(torch.float32)).to(q.dtype)
+        """, applied=["softmax"])
 
 
-def attend(q, k):
-    scores = q @ k.transpose(-1, -2)
-    return F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-'''
-
-
-def test_pipeline_softmax_dtype_kept(compiled):
-    result = run(compiled, SOFTMAX)
-    assert [o.status for o in result.outcomes] == ["applied"], result.outcomes
-    assert "    return softmax(scores.to(torch.float32)).to(q.dtype)\n" in result.new_source
-    assert "from xformers.triton.softmax import softmax\n" in result.new_source
-
-
-WHEN_AND_FUSION = '''import torch
-from torch import nn
-from transformers.activations import ACT2FN
-
-
-class Layer(nn.Module):
-    def __init__(self, config):
-        super().__init__()
-        self.linear1 = nn.Linear(config.hidden_size, config.intermediate_size)
-        self.norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout1 = nn.Dropout(config.hidden_dropout_prob)
-        self.activation = ACT2FN[config.hidden_act]
-
-    def forward(self, hidden_states, residual):
-        hidden_states = residual + self.dropout1(hidden_states)
-        hidden_states = self.norm1(hidden_states)
-        hidden_states = self.linear1(hidden_states)
-        hidden_states = self.activation(hidden_states)
-        return hidden_states
-'''
-
-
-def test_when_region_composes_other_rewrites(compiled):
+def test_when_region_composes_other_rewrites():
     """biased_gelu's `when` duplicates the init run that dropout_layernorm also edits:
     both apply (the fusion in both branches), and a second run finds nothing."""
-    result = run(compiled, WHEN_AND_FUSION)
-    assert sorted((o.match.rule.name, o.status) for o in result.outcomes) == [
-        ("biased_gelu", "applied"), ("dropout_layernorm", "applied")], result.outcomes
-    new = result.new_source
-    assert new.count("self.norm1 = FusedDropoutAddLayerNorm(") == 2
-    assert "        if config.hidden_act in (" in new
-    assert "            self.activation = FusedBiasGELU(config.intermediate_size, prev_weight=self.linear1.weight)\n" in new
-    assert "            self.activation = ACT2FN[config.hidden_act]\n" in new
-    again = run(compiled, new)
-    assert again.new_source is None
-    assert [o.status for o in again.outcomes if o.status == "applied"] == []
+    assert_rewrite("""
+        import torch
+        from torch import nn
+        from transformers.activations import ACT2FN
 
 
-GELU_TWO_SITES = '''import torch
+        class Layer(nn.Module):
+            def __init__(self, config):
+                super().__init__()
+                self.linear1 = nn.Linear(config.hidden_size, config.intermediate_size)
+                self.norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+                self.dropout1 = nn.Dropout(config.hidden_dropout_prob)
+                self.activation = ACT2FN[config.hidden_act]
+
+            def forward(self, hidden_states, residual):
+                hidden_states = residual + self.dropout1(hidden_states)
+                hidden_states = self.norm1(hidden_states)
+                hidden_states = self.linear1(hidden_states)
+                hidden_states = self.activation(hidden_states)
+                return hidden_states
+        """, """
+        import torch
+        from epoi.ops.torchscript_ops import FusedDropoutAddLayerNorm
+        from epoi.ops.torchscript_ops import FusedBiasGELU
+        from torch import nn
+        from transformers.activations import ACT2FN
+        """ + remap_hook() + """
+
+        class Layer(nn.Module):
+            def __init__(self, config):
+                super().__init__()
+                if config.hidden_act in ("gelu_new", "gelu_fast", "gelu_pytorch_tanh", "gelu_accurate"):
+                    self.linear1 = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+                    self.norm1 = FusedDropoutAddLayerNorm(config.hidden_size, config.hidden_dropout_prob, eps=config.layer_norm_eps)
+                    self._register_load_state_dict_pre_hook(_dslc_remap_state_dict((
+                        ('norm1.layer_norm.weight', 'norm1.weight', False),
+                        ('norm1.layer_norm.bias', 'norm1.bias', False),
+                    )))
+                    self.activation = FusedBiasGELU(config.intermediate_size, prev_weight=self.linear1.weight)
+                    self._register_load_state_dict_pre_hook(_dslc_remap_state_dict((
+                        ('activation.bias', 'linear1.bias', False),
+                    )))
+                else:
+                    self.linear1 = nn.Linear(config.hidden_size, config.intermediate_size)
+                    self.norm1 = FusedDropoutAddLayerNorm(config.hidden_size, config.hidden_dropout_prob, eps=config.layer_norm_eps)
+                    self._register_load_state_dict_pre_hook(_dslc_remap_state_dict((
+                        ('norm1.layer_norm.weight', 'norm1.weight', False),
+                        ('norm1.layer_norm.bias', 'norm1.bias', False),
+                    )))
+                    self.activation = ACT2FN[config.hidden_act]
+
+            def forward(self, hidden_states, residual):
+                hidden_states = self.norm1(hidden_states, residual)
+                hidden_states = self.linear1(hidden_states)
+                hidden_states = self.activation(hidden_states)
+                return hidden_states
+        """, applied=["biased_gelu", "dropout_layernorm"])
+
+
+GELU_TWO_SITES = """\
+import torch
 from torch import nn
 from transformers.activations import ACT2FN
 
@@ -210,39 +230,55 @@ from transformers.activations import ACT2FN
 class Layer(nn.Module):
     def __init__(self, config):
         super().__init__()
-        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
-        self.act = ACT2FN[config.hidden_act]
-
+{init}
     def forward(self, hidden_states, other):
         hidden_states = self.act(self.fc1(hidden_states))
         other = {second}
         return hidden_states, other
-'''
+"""
+FC1_ACT = """\
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.act = ACT2FN[config.hidden_act]
+"""
+GELU_WHEN = """\
+        if config.hidden_act in ("gelu_new", "gelu_fast", "gelu_pytorch_tanh", "gelu_accurate"):
+            self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+            self.act = FusedBiasGELU(config.intermediate_size, prev_weight=self.fc1.weight)
+            self._register_load_state_dict_pre_hook(_dslc_remap_state_dict((
+                ('act.bias', 'fc1.bias', False),
+            )))
+        else:
+            {first}
+            {second}
+"""
+GELU_IMPORTS = ("import torch\nfrom torch import nn\n",
+                "import torch\nfrom epoi.ops.torchscript_ops import FusedBiasGELU\nfrom torch import nn\n")
+GELU_HOOK = ("from transformers.activations import ACT2FN\n",
+             "from transformers.activations import ACT2FN\n" + remap_hook(0))
 
 
-def test_biased_gelu_two_call_sites_are_one_location(compiled):
-    result = run(compiled, GELU_TWO_SITES.format(second="self.act(self.fc1(other))"))
-    assert [(o.status, (o.reason or "")[:31]) for o in result.outcomes] == [
-        ("applied", ""), ("skipped", "same location as the match at l")]
-    assert "self.act = FusedBiasGELU(config.intermediate_size, prev_weight=self.fc1.weight)" in result.new_source
+def gelu_rewritten(first: str, second: str, call: str) -> str:
+    return GELU_TWO_SITES.replace(*GELU_IMPORTS).replace(*GELU_HOOK).format(
+        init=GELU_WHEN.format(first=first, second=second), second=call)
 
 
-def test_biased_gelu_linear_used_alone_elsewhere_is_skipped(compiled):
-    result = run(compiled, GELU_TWO_SITES.format(second="self.fc1(other)"))
-    assert result.new_source is None
-    assert [o.reason for o in result.outcomes] == [
-        "attribute `self.fc1`, which the rewrite replaces, is also used at line 14 (in `forward`)"]
+def test_biased_gelu_two_call_sites_are_one_location():
+    second = "self.act(self.fc1(other))"
+    assert_rewrite(GELU_TWO_SITES.format(init=FC1_ACT, second=second), gelu_rewritten(
+        "self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)", "self.act = ACT2FN[config.hidden_act]",
+        second), applied=["biased_gelu"], skipped=[("biased_gelu", "S401", "same location as the match at line 9")])
 
 
-def test_fused_layer_moves_below_the_layer_it_reads(compiled):
-    source = GELU_TWO_SITES.format(second="other").replace(
-        "        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)\n        self.act = ACT2FN[config.hidden_act]\n",
-        "        self.act = ACT2FN[config.hidden_act]\n        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)\n")
-    new = run(compiled, source).new_source
-    body = new[new.index("        if config.hidden_act in"):new.index("    def forward")]
-    fused = body.index("self.act = FusedBiasGELU(")
-    assert body.index("self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)") < fused
-    assert run(compiled, new).new_source is None
+def test_biased_gelu_linear_used_alone_elsewhere_is_skipped():
+    assert_rewrite(GELU_TWO_SITES.format(init=FC1_ACT, second="self.fc1(other)"), None, skipped=[
+        ("biased_gelu", "S207", "attribute `self.fc1`, which the rewrite replaces, is also used at line 14 (in `forward`)")])
+
+
+def test_fused_layer_moves_below_the_layer_it_reads():
+    act_first = "".join(reversed(FC1_ACT.splitlines(True)))
+    assert_rewrite(GELU_TWO_SITES.format(init=act_first, second="other"), gelu_rewritten(
+        "self.act = ACT2FN[config.hidden_act]", "self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)",
+        "other"), applied=["biased_gelu"])
 
 
 REVERSE = '''import torch
@@ -274,12 +310,7 @@ def test_later_statement_moves_into_the_branch_and_stays_equivalent(compiled):
             "        else:\n            x = self.bn(x)\n        return x\n") in new
     assert run(compiled, new).new_source is None
 
-    def load(text, name):
-        module = types.ModuleType(name)
-        exec(compile(text, name, "exec"), module.__dict__)
-        return module
-
-    old_mod, new_mod = load(REVERSE, "rev_old"), load(new, "rev_new")
+    old_mod, new_mod = load_module(REVERSE, "rev_old"), load_module(new, "rev_new")
     for use_conv in (True, False):
         torch.manual_seed(0)
         before = old_mod.M(use_conv).eval()

@@ -12,52 +12,15 @@ from __future__ import annotations
 
 import ast
 import difflib
-from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dslc.analysis import analyze_source
-from dslc.match.compiler import compile_pack
-from dslc.lang.loader import load_rules
-from dslc.match.matcher import match_file
-from dslc.rewrite.rewriter import rewrite_source
+from rewrite_support import run as rewrite, self_output
 
-REPO = Path(__file__).resolve().parent.parent
-
-BASE = '''import torch
-from torch import nn
-import torch.nn.functional as F
-
-
-class SelfOutput(nn.Module):
-    def __init__(self, config):
-        super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-
-    def forward(self, hidden_states, input_tensor):
-        hidden_states = self.dense(hidden_states)
-        hidden_states = self.dropout(hidden_states)
-        hidden_states = self.LayerNorm(hidden_states + input_tensor)
-        probs = F.softmax(hidden_states, dim=-1)
-        return probs
-'''
-
-_COMPILED = None
-
-
-def compiled():
-    global _COMPILED
-    if _COMPILED is None:
-        _COMPILED = compile_pack(load_rules([str(REPO / "rulepacks" / "adopter.adr")]).packs[0])
-    return _COMPILED
-
-
-def rewrite(source: str):
-    facts = analyze_source(source, "model.py")
-    return rewrite_source(source, facts, match_file(compiled(), facts), path="model.py")
+# The paper's BertSelfOutput followed by a softmax: two rewrites.
+BASE = self_output(imports="import torch\nfrom torch import nn\nimport torch.nn.functional as F\n").replace(
+    "        return hidden_states\n", "        probs = F.softmax(hidden_states, dim=-1)\n        return probs\n")
 
 
 words = st.text(alphabet="abcdefghij XYZ0123456789-_", min_size=0, max_size=20)
@@ -82,12 +45,12 @@ def decorated(draw):
 @given(decorated())
 def test_decorations_survive_and_rewrite_is_idempotent(source):
     result = rewrite(source)
-    assert sorted(o.status for o in result.outcomes) == ["applied", "applied"], result.outcomes
+    assert sorted(m.status for m in result.matches) == ["applied", "applied"], result.matches
     new = result.new_source
     ast.parse(new)
     touched: set[int] = set()
-    for o in result.outcomes:
-        touched.update(o.lines)
+    for m in result.matches:
+        touched.update(m.lines)
     old_lines = source.splitlines(keepends=True)
     new_lines = new.splitlines(keepends=True)
     for tag, i1, i2, _, _ in difflib.SequenceMatcher(None, old_lines, new_lines, autojunk=False).get_opcodes():
@@ -98,7 +61,7 @@ def test_decorations_survive_and_rewrite_is_idempotent(source):
             assert not stray, (tag, i1, i2, old_lines[i1:i2])
     again = rewrite(new)
     assert again.new_source is None
-    assert [o for o in again.outcomes if o.status == "applied"] == []
+    assert [m for m in again.matches if m.status == "applied"] == []
 
 
 @settings(max_examples=30, deadline=None)

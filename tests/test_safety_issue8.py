@@ -15,31 +15,20 @@ from pathlib import Path
 
 import pytest
 
-from dslc.analysis import analyze_source
-from dslc.match.compiler import compile_pack
-from dslc.lang.loader import load_rules
-from dslc.match.matcher import match_file
-from dslc.rewrite.rewriter import rewrite_source
+import rewrite_support
+from dslc.lang import codes
 
 REPO = Path(__file__).resolve().parent.parent
 PACKS = [str(REPO / "rulepacks" / "adopter.adr"), str(REPO / "rulepacks" / "examples.adr")]
-_COMPILED: dict = {}
-
-
-def compiled(paths=tuple(PACKS)):
-    if paths not in _COMPILED:
-        result = load_rules(list(paths))
-        assert not [d for d in result.diagnostics if d.severity == "error"], result.diagnostics
-        _COMPILED[paths] = [compile_pack(p) for p in result.packs]
-    return _COMPILED[paths]
 
 
 def run(source: str, packs=tuple(PACKS)):
-    source = textwrap.dedent(source)
-    facts = analyze_source(source, "model.py")
-    matches = [m for c in compiled(packs) for m in match_file(c, facts)]
-    result = rewrite_source(source, facts, matches, path="model.py")
-    return [(o.match.rule.name, o.status, o.reason) for o in result.outcomes], result.new_source
+    """The outcomes as (rule, status, reason with its code) and the new source
+    (None: unchanged); `unsafe` rules (linear_batchnorm) are applied too."""
+    result = rewrite_support.run(textwrap.dedent(source), rules=packs, unsafe=True)
+    assert not result.errors, result.errors
+    return [(m.rule.split(":")[-1], m.status, m.reason if m.reason is None else codes.Reason(m.code, m.reason))
+            for m in result.matches], result.new_source
 
 
 def only(outcomes, rule):
@@ -100,9 +89,9 @@ def test_1_reading_only_the_shape_of_the_changed_value_is_fine():
 
 
 def test_1_the_changed_value_is_told_from_the_rule():
-    from dslc.rewrite.rewriter import _changed_values
+    from dslc.rewrite.rules import changed_values as _changed_values
 
-    rules = {r.name: r for p in load_rules(PACKS).packs for r in p.rules}
+    rules = {r.name: r for p in rewrite_support.load_packs(tuple(PACKS)) for r in p.rules}
     assert _changed_values(rules["biased_gelu"]) == {"y"}
     for name in ("dropout_layernorm", "conv_batchnorm", "fused_qkv", "silu", "softmax"):
         assert _changed_values(rules[name]) == set(), name
@@ -342,7 +331,7 @@ def test_5_inherited_match_is_reported_in_the_base_file(tmp_path):
         "    def __init__(self):\n        super().__init__()\n        self.extra = torch.nn.Linear(2, 2)\n")
     # (The whole pack: the pre-filter keeps the child file for its `Linear`;
     # with conv_batchnorm alone it skips the file, see the report of issue 8.)
-    packs = load_rules([PACKS[0]]).packs
+    packs = rewrite_support.load_packs(PACKS[0])
     report = apply_paths([str(pkg / "sub")], packs, ApplyOptions(mode="diff", jobs=1))
     entries = [m for m in report.matches if m.class_name and m.class_name.endswith("Child")]
     assert entries, report
@@ -478,16 +467,10 @@ def test_13_shared_dropout_is_kept_for_its_other_use(kernel_refs):
     assert "self.dropout = nn.Dropout(0.1)" in new
     assert "h = self.dropout(h)" in new
     import torch
-    import types
-
-    def load(src, name):
-        mod = types.ModuleType(name)
-        exec(compile(src, name, "exec"), mod.__dict__)
-        return mod.Out().eval()
 
     torch.manual_seed(0)
-    old = load(textwrap.dedent(SHARED), "old13")
-    new_model = load(new, "new13")
+    old = rewrite_support.load_module(textwrap.dedent(SHARED), "old13").Out().eval()
+    new_model = rewrite_support.load_module(new, "new13").Out().eval()
     new_model.load_state_dict(old.state_dict(), strict=True)
     h, res = torch.randn(3, 6), torch.randn(3, 6)
     with torch.no_grad():
@@ -536,7 +519,7 @@ def test_4_subclass_in_a_sibling_module_is_refused(tmp_path):
     (pkg / "modeling.py").write_text(textwrap.dedent(ATTN))
     (pkg / "flash.py").write_text("from .modeling import Attn\n\n\nclass FlashAttn(Attn):\n"
                                   "    def forward(self, x):\n        return self.v_proj(x)\n")
-    packs = load_rules([PACKS[0]]).packs
+    packs = rewrite_support.load_packs(PACKS[0])
     report = apply_paths([str(pkg / "modeling.py")], packs, ApplyOptions(mode="diff", jobs=1))
     entry = [m for m in report.matches if m.rule == "adopter:fused_qkv"]
     assert entry and entry[0].status == "skipped"

@@ -41,6 +41,7 @@ from dslc.match.compiler import compile_pack  # noqa: E402
 from dslc.lang.loader import load_rules  # noqa: E402
 from dslc.match.matcher import match_file  # noqa: E402
 from dslc.rewrite.rewriter import rewrite_source  # noqa: E402
+from rewrite_support import load_module  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 REFS = REPO / "tests" / "kernel_refs"
@@ -157,13 +158,6 @@ def models(draw):
     return text
 
 
-def _load(source: str, name: str):
-    module = types.ModuleType(name)
-    module.__file__ = f"<{name}>"
-    exec(compile(source, f"<{name}>", "exec"), module.__dict__)
-    return module
-
-
 def _randomise(model) -> None:
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
@@ -186,10 +180,10 @@ def check(source: str) -> int:
     assert applied
     config = types.SimpleNamespace(hidden_act="gelu_new")
     torch.manual_seed(0)
-    old = _load(source, "dslc_prop_old").Model(config).eval()
+    old = load_module(source, "dslc_prop_old").Model(config).eval()
     _randomise(old)
     torch.manual_seed(0)
-    new = _load(result.new_source, "dslc_prop_new").Model(config).eval()
+    new = load_module(result.new_source, "dslc_prop_new").Model(config).eval()
     new.load_state_dict(old.state_dict(), strict=True)
     x = torch.randn(2, 4, 5, 6, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():

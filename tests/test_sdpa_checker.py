@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dslc.lang import checker
 from dslc import cli
-from dslc.analysis import extract
+from dslc.analysis import exprs
 
 
 def test_checker_knows_the_recorded_tensor_methods():
-    assert checker.TENSOR_METHODS == extract.TENSOR_METHODS
+    assert checker.TENSOR_METHODS == exprs.TENSOR_METHODS
 
 
 def test_unrecorded_tensor_method_is_a_warning(tmp_path, capsys):

@@ -85,17 +85,52 @@ def test_refusals_keep_the_code_and_say_why(rewritten):
     # v is the result of an inlined helper: no source expression to pass
     assert "inlined call" in skipped["InlinedValue"]
     # a head mask rebinds the probabilities inside an `if`: no match at all;
-    # transpose(2, 3) is the last two dims only for 4-d tensors: no rule accepts it
+    # transpose(2, 3) is the last two dims only for 4-d tensors: no rule accepts it;
+    # einsum equations outside the generator's lists (heads in dim 2, scores
+    # transposed) match no rule
     for name in sdpa_models.REFUSED:
         body = sdpa_models.CLASSES[name][0]
         assert body in text, f"{name} was changed"
+
+
+def _einsum_operands(eq: str, g):
+    """Random operands for an einsum equation (`...` stands for two dims)."""
+    sizes = {"...": (2, 3)}
+    shapes = []
+    for term in eq.replace(" ", "").split("->")[0].split(","):
+        dims = []
+        if term.startswith("..."):
+            dims += sizes["..."]
+            term = term[3:]
+        dims += [{"b": 2, "h": 3, "n": 3}.get(c, 0) or 4 + "ijqklsd".index(c) for c in term]
+        shapes.append(dims)
+    return [torch.randn(*s, generator=g, dtype=torch.float64) for s in shapes]
+
+
+@pytest.mark.parametrize("kind", ["qk", "pv"])
+def test_every_listed_einsum_equation_is_the_product_it_stands_for(kind):
+    """The einsum rules accept an equation only from gen_sdpa's lists: each
+    must compute q @ k^T (qk) or p @ v (pv) on tensors of its rank."""
+    sys.path.insert(0, str(REPO / "rulepacks"))
+    import gen_sdpa
+
+    eqs = gen_sdpa.EINSUM_QK if kind == "qk" else gen_sdpa.EINSUM_PV
+    assert len(eqs) == len(set(eqs)) > 10
+    g = torch.Generator().manual_seed(1)
+    for eq in eqs:
+        a, b = _einsum_operands(eq, g)
+        want = a @ b.transpose(-2, -1) if kind == "qk" else a @ b
+        torch.testing.assert_close(torch.einsum(eq, a, b), want, msg=lambda m: f"{eq}: {m}")
+    # the other list's equations are not this product (the lists are disjoint)
+    other = gen_sdpa.EINSUM_PV if kind == "qk" else gen_sdpa.EINSUM_QK
+    assert not set(eqs) & set(other)
 
 
 def _inputs(cls_name: str, dtype, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     x = (torch.randn(2, 5, 16, generator=g) * 2.5 + 0.7).to(dtype)
     kwargs = {}
-    if cls_name == "MatmulDivAddDrop":
+    if cls_name in ("MatmulDivAddDrop", "EinsumEllipsisDivAddUpcast"):
         # an additive padding mask: large negative values on some keys
         mask = torch.zeros(2, 1, 1, 5)
         mask[1, ..., -2:] = -1e4
@@ -207,3 +242,54 @@ def test_tiny_llm_attention_is_rewritten_and_equal(tmp_path, capsys):
     # a second apply changes nothing
     again, _ = _apply(tmp_path, capsys, "tiny_llm_sdpa.py", text)
     assert again == text
+
+
+WHEN_RULE = '''\
+pack guarded "a run-time guard on a forward rewrite"
+requires torch ">=2.1" install "pip install torch"
+rule guarded_attention "eager attention -> SDPA under a run-time condition" {
+  kernel torch.nn.functional.scaled_dot_product_attention
+  tolerance atol=1e-5 rtol=1e-4
+  forward {
+    torch.Tensor.transpose($k, -2, -1) -> $kt;
+    torch.matmul($q, $kt) -> $s0;
+    $s0 * $c -> $s1;
+    torch.nn.functional.softmax($s1, dim=-1) -> $p;
+    torch.matmul($p, $v) -> $out;
+  } => {
+    torch.nn.functional.scaled_dot_product_attention($q, $k, $v, dropout_p=0.0, scale=$c) -> $out;
+  }
+  when $c != 0
+}
+'''
+
+
+def test_when_cannot_guard_a_forward_rewrite(tmp_path, capsys):
+    """Why the output_attentions / head-mask rewrite is refused rather than
+    guarded (docs/adr-language.md, "What a forward rewrite cannot guard
+    yet"): `when` guards init rewrites only, and a rule that uses it on a
+    forward rewrite is skipped with S305, leaving the code as it was."""
+    pack = tmp_path / "guarded.adr"
+    pack.write_text(WHEN_RULE)
+    assert main(["check", str(pack)]) == 0
+    capsys.readouterr()
+    body = '''\
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class Attn(nn.Module):
+    def forward(self, q, k, v):
+        s = torch.matmul(q, k.transpose(-2, -1)) * 0.125
+        p = F.softmax(s, dim=-1)
+        return torch.matmul(p, v)
+'''
+    path = tmp_path / "m.py"
+    path.write_text(body)
+    code = main(["apply", "--rules", str(pack), "--no-cache", "--jobs", "1", "--write", "--format", "json", str(path)])
+    out = capsys.readouterr().out
+    assert code == 0
+    (match,) = json.loads(out)["matches"]
+    assert match["status"] == "skipped" and match["code"] == "S305", match
+    assert path.read_text() == body

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from dslc.apply import driver as apply
-from dslc.analysis import analyze_source, extract, guards
-from dslc.lang.loader import load_rules
+from dslc.analysis import analyze_source, budget, guards
+from rewrite_support import load_packs
 
 REPO = Path(__file__).resolve().parent.parent
 PACK = REPO / "rulepacks" / "adopter.adr"
@@ -36,7 +36,7 @@ W = _cases()
 
 @pytest.fixture(scope="module")
 def packs():
-    return load_rules([str(PACK)]).packs
+    return load_packs(str(PACK))
 
 
 def _apply(tmp_path, name, text, packs):
@@ -53,14 +53,14 @@ def _small_rewritten(result) -> bool:
 
 
 def test_a_huge_sequential_literal_is_a_node_budget_warning_and_small_is_rewritten(tmp_path, packs):
-    result = _apply(tmp_path, "seq", W.big_sequential(extract.MAX_CONTAINER_ELEMENTS + 10), packs)
+    result = _apply(tmp_path, "seq", W.big_sequential(budget.MAX_CONTAINER_ELEMENTS + 10), packs)
     assert any(w.code == "W105" and w.message.startswith("node-budget:") for w in result.warnings), result.warnings
     assert _small_rewritten(result)
     assert not result.errors
 
 
 def test_a_very_long_function_is_a_node_budget_warning_and_small_is_rewritten(tmp_path, packs):
-    result = _apply(tmp_path, "long", W.long_function(extract.MAX_PATH_NODES + 100), packs)
+    result = _apply(tmp_path, "long", W.long_function(budget.MAX_PATH_NODES + 100), packs)
     assert any(w.code == "W105" and w.message.startswith("node-budget:") and "Big.forward" in w.message
                for w in result.warnings), result.warnings
     assert _small_rewritten(result)
@@ -69,7 +69,7 @@ def test_a_very_long_function_is_a_node_budget_warning_and_small_is_rewritten(tm
 
 
 def test_the_work_budget_drops_one_function_and_keeps_the_others(monkeypatch):
-    monkeypatch.setattr(extract, "MAX_WORK", 2_000)
+    monkeypatch.setattr(budget, "MAX_WORK", 2_000)
     facts = analyze_source(W.long_branchy_function(600), "branchy.py")
     assert any(p.code == "path-budget" and "Big.forward" in p.message for p in facts.problems), facts.problems
     by_name = {c.name: c for c in facts.classes}
@@ -79,7 +79,7 @@ def test_the_work_budget_drops_one_function_and_keeps_the_others(monkeypatch):
 
 
 def test_the_solver_budget_assumes_feasible_and_says_so(monkeypatch):
-    monkeypatch.setattr(extract, "MAX_GUARD_QUERIES", 20)
+    monkeypatch.setattr(budget, "MAX_GUARD_QUERIES", 20)
     facts = analyze_source(W.if_else_chain(12), "chain.py")
     assert any(p.code == "solver-budget" for p in facts.problems), facts.problems
     assert {c.name for c in facts.classes} == {"Big", "Small"}
@@ -96,17 +96,18 @@ def test_budgets_do_not_change_ordinary_files():
 
 @pytest.mark.parametrize("name", sorted(W.CASES))
 def test_every_generated_worst_case_finishes_with_small_rewritten(tmp_path, packs, name, monkeypatch):
-    # the 5000/10000-size cases run in benchmarks/speed.py; here smaller, with budgets scaled to match
-    small = {"sequential_5000": lambda: W.big_sequential(300), "lines_10000": lambda: W.long_function(400),
-             "branchy_10000": lambda: W.long_branchy_function(400), "if_else_40": lambda: W.if_else_chain(12),
-             "if_helpers_40": lambda: W.if_helpers(12), "while_chain_40": lambda: W.while_chain(12),
-             "nested_while_40": lambda: W.nested_while(12)}
-    monkeypatch.setattr(extract, "MAX_CONTAINER_ELEMENTS", 200)
-    monkeypatch.setattr(extract, "MAX_PATH_NODES", 300)
-    monkeypatch.setattr(extract, "MAX_WORK", 20_000)
-    result = _apply(tmp_path, name, small[name](), packs)
+    # the 5000/10000-size cases run in benchmarks/speed.py; here at W.TEST_SIZES, with budgets scaled to match
+    generate, _ = W.CASES[name]
+    monkeypatch.setattr(budget, "MAX_CONTAINER_ELEMENTS", 200)
+    monkeypatch.setattr(budget, "MAX_PATH_NODES", 300)
+    monkeypatch.setattr(budget, "MAX_WORK", 20_000)
+    result = _apply(tmp_path, name, generate(W.TEST_SIZES[name]), packs)
     assert not result.errors, result.errors
     assert _small_rewritten(result), (name, result.matches, result.warnings)
+
+
+def test_every_case_has_a_test_size():
+    assert set(W.TEST_SIZES) == set(W.CASES)
 
 
 def test_propositional_groups_give_the_same_answer_as_one_enumeration():

@@ -24,18 +24,6 @@ PACK = REPO / "rulepacks" / "adopter.adr"
 EXAMPLES = REPO / "examples"
 
 
-def _pipeline_missing() -> str | None:
-    for module in ("dslc.lang.loader", "dslc.match.compiler", "dslc.match.matcher", "dslc.rewrite.rewriter", "dslc.apply.driver"):
-        if importlib.util.find_spec(module) is None:
-            return f"{module} not built yet"
-    if not PACK.exists():
-        return "rulepacks/adopter.adr not written yet"
-    return None
-
-
-pytestmark = pytest.mark.skipif(_pipeline_missing() is not None, reason=str(_pipeline_missing()))
-
-
 def apply_write(tmp_path: Path, sources: dict[str, Path], capsys) -> dict[str, tuple[Path, str]]:
     """Copy `sources` into tmp_path, `dslc apply --write` them; name -> (original, rewritten text)."""
     work = tmp_path / "work"

@@ -46,13 +46,14 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass, field, replace
-from typing import Callable, Literal, Sequence
+from typing import Callable, Sequence
 
 from dslc.lang import codes
-from dslc.apply import fileio
+from dslc.apply import fileio, report  # the diff text of a patch is the report's business
 from dslc.apply.fileio import Found, SourceError, SourceFile
-
-Mode = Literal["diff", "write", "patch"]
+# The result types live in dslc.apply.results (report and resultcache read them
+# without the driver); callers also know them as `driver.Report` etc.
+from dslc.apply.results import FileError, FileResult, MatchEntry, MissingKernel, Mode, NearMissEntry, Report
 
 W_NEAR_MISS = "W199"  # the near-miss report of a file failed (a dslc bug; its rewrites stand)
 
@@ -86,129 +87,15 @@ class ApplyOptions:
     near_misses: bool = False  # also explain the places where a rule did not apply
 
 
-@dataclass(frozen=True, slots=True)
-class MatchEntry:
-    """One match as reported (report.md: rule, file, class, lines, status, reason)."""
-
-    rule: str
-    file: str
-    class_name: str | None
-    lines: tuple[int, ...]
-    status: Literal["applied", "skipped"]
-    reason: str | None = None
-    function: str | None = None
-    code: str | None = None  # the reason's registered code (dslc/lang/codes.py); None when applied
-
-
-@dataclass(frozen=True, slots=True)
-class NearMissEntry:
-    """A place holding a rule's anchors where no rewrite was applied, and why.
-
-    `kind` is `unmatched` (a pattern node, an init argument or a constraint
-    did not fit: `dslc.rewrite.nearmiss`) or `skipped` (the rule matched but a check
-    refused it: the skipped match's reason).
-    """
-
-    rule: str
-    file: str
-    class_name: str | None
-    line: int
-    reason: str
-    function: str | None = None
-    kind: Literal["unmatched", "skipped"] = "unmatched"
-    code: str | None = None  # N1xx-N4xx for unmatched places, the skip reason's S code for skipped ones
-
-
-@dataclass(frozen=True, slots=True)
-class FileError:
-    """An `errors` (or `warnings`) entry: file, 1-based line (0: whole file), code, message."""
-
-    file: str
-    line: int
-    code: str
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class FileResult:
-    """What happened to one file.
-
-    `original`/`new_source` are decoded text (`new_source` None: no change);
-    `written` says the file on disk was replaced (mode `write`); `patch` is
-    the path of the `.patch` written for it (mode `patch`).
-    """
-
-    found: Found
-    matches: tuple[MatchEntry, ...] = ()
-    errors: tuple[FileError, ...] = ()
-    warnings: tuple[FileError, ...] = ()
-    original: str | None = None
-    new_source: str | None = None
-    written: bool = False
-    patch: str | None = None
-    seconds: float = 0.0
-    near_misses: tuple[NearMissEntry, ...] = ()  # the `unmatched` ones (with `near_misses`)
-
-    @property
-    def changed(self) -> bool:
-        return self.new_source is not None and self.new_source != self.original
-
-
-@dataclass(frozen=True, slots=True)
-class MissingKernel:
-    """A kernel package a pack requires that is not importable here."""
-
-    pack: str
-    package: str
-    module: str
-    version: str | None
-    install: str | None
-    reason: str
-    rules: tuple[str, ...]  # the selected rules whose kernels live in it
-    applied: int = 0  # rewrites in this run that import it
-    # every such rule declares `fallback original`: the rewritten code imports
-    # the kernel under a guard and runs without it
-    guarded: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Report:
-    rules: tuple[str, ...]
-    files: tuple[FileResult, ...]
-    errors: tuple[FileError, ...]  # path-level problems (no such file) + every file's errors
-    warnings: tuple[FileError, ...]
-    missing_kernels: tuple[MissingKernel, ...]
-    seconds: float
-    mode: Mode = "diff"
-    # Rules not applied because they are `unsafe` and `--unsafe` was not given:
-    # (qualified rule name, the rule's note or description).
-    left_out: tuple[tuple[str, str], ...] = ()
-    removed_temp_files: tuple[str, ...] = ()  # leftovers of an interrupted run, removed now
-    # With `ApplyOptions.near_misses`: every near miss, skipped matches
-    # included, per file in line order (None: not asked for).
-    near_misses: tuple[NearMissEntry, ...] | None = None
-
-    @property
-    def files_scanned(self) -> int:
-        return len(self.files)
-
-    @property
-    def matches(self) -> list[MatchEntry]:
-        return [m for f in self.files for m in f.matches]
-
-    @property
-    def ok(self) -> bool:
-        return not self.errors
-
-
 # ---------------------------------------------------------------------------
 # The stages, imported lazily (tests replace these names with fakes).
 
 
-def compile_pack(pack):
+def compile_pack(pack, done=None):
+    """`done`: rules compiled before (`LoadResult.compiled`), not compiled again."""
     from dslc.match.compiler import compile_pack as _compile
 
-    return _compile(pack)
+    return _compile(pack, done)
 
 
 def match_file(compiled, facts):
@@ -250,10 +137,8 @@ def verify_sources(original, rewritten, *, path, rules):
 
 
 def verify_available() -> bool:
-    try:
-        return importlib.util.find_spec("dslc.verify.equivalence") is not None
-    except (ImportError, ValueError):
-        return False
+    """Whether `--verify` can run: it needs PyTorch (optional: `dslc[verify]`)."""
+    return module_available("torch")
 
 
 # ---------------------------------------------------------------------------
@@ -354,19 +239,14 @@ class Compiled:
 
     packs: list
     compiled: list
-    want: frozenset[str] | None
+    want: frozenset[str]  # the analysis pre-filter: every name some rule needs
     rules: dict[str, object] = field(default_factory=dict)  # qualified name -> ir.Rule
 
 
-def compile_packs(packs: Sequence) -> Compiled:
-    compiled = [compile_pack(p) for p in packs]
-    want: set[str] = set()
-    for c in compiled:
-        names = getattr(c, "anchor_names", None)
-        if names is None:  # a compiler without the pre-filter: analyze everything
-            return Compiled(list(packs), compiled, None, _rule_index(packs))
-        want |= set(names())
-    return Compiled(list(packs), compiled, frozenset(want), _rule_index(packs))
+def compile_packs(packs: Sequence, done: dict | None = None) -> Compiled:
+    compiled = [compile_pack(p, done) for p in packs]
+    want = frozenset().union(*(c.anchor_names() for c in compiled))
+    return Compiled(list(packs), compiled, want, _rule_index(packs))
 
 
 def _rule_index(packs) -> dict[str, object]:
@@ -769,8 +649,6 @@ def emit(result: FileResult, source: SourceFile, options: ApplyOptions, used_pat
     """
     if not result.changed:
         return result
-    from dslc.apply.report import file_diff  # the diff text is the report's business
-
     name = result.found.display
     try:
         if options.mode == "write":
@@ -783,7 +661,7 @@ def emit(result: FileResult, source: SourceFile, options: ApplyOptions, used_pat
             fileio.encode_source(result.new_source, source.encoding)  # must be writable later
             # The patch must match the file's bytes: same encoding, BOM on line 1.
             bom = source.encoding == "utf-8-sig"
-            data = fileio.encode_source(file_diff(result, bom=bom), "utf-8" if bom else source.encoding)
+            data = fileio.encode_source(report.file_diff(result, bom=bom), "utf-8" if bom else source.encoding)
             target = os.path.join(options.patch_dir, patch_name(result.found, used_patch_names))
             fileio.atomic_write_new(target, data)
             return replace(result, patch=target)
@@ -799,6 +677,7 @@ def apply_paths(
     *,
     progress: Callable[[int, int], None] | None = None,
     files: Sequence[Found] | None = None,
+    compiled: dict | None = None,  # LoadResult.compiled: those rules are not compiled again
 ) -> Report:
     """Run the pipeline (module docstring) over command-line `paths`.
 
@@ -813,7 +692,7 @@ def apply_paths(
     else:
         found = list(files)
     packs, left_out = safe_packs(packs, options.unsafe)
-    compiled = compile_packs(packs)
+    compiled = compile_packs(packs, compiled)
     total = len(found)
     results: dict[int, FileResult] = {}
     sources: dict[int, SourceFile] = {}
@@ -829,31 +708,9 @@ def apply_paths(
     items = [(i, found[i], sources[i]) for i in sorted(sources)]
     for i, r in _run_all(items, packs, compiled, options, progress, done, total):
         results[i] = r
-    used_patch_names: set[str] = set()
     roots = _roots(paths, found)
-    removed: list[str] = []
-    if options.mode == "patch" and options.patch_dir:
-        try:
-            os.makedirs(options.patch_dir, exist_ok=True)
-        except OSError:  # each patch write then reports the problem per file
-            pass
-        removed += fileio.remove_stale_temp_files(options.patch_dir)
-    elif options.mode == "write":
-        # Leftovers of an interrupted --write in the folders written to now.
-        folders = {os.path.dirname(os.path.realpath(found[i].path)) for i in sources}
-        for folder in sorted(folders):
-            removed += fileio.remove_stale_temp_files(folder)
-    for i, f in enumerate(found):
-        if i not in sources:
-            continue
-        try:
-            r = results[i]
-            if options.verify:
-                r = verify_result(r, packs)
-            results[i] = emit(r, sources[i], options, used_patch_names, roots)
-        except Exception as exc:  # a dslc bug must not cost the other files
-            results[i] = replace(results[i], new_source=None,
-                                 errors=results[i].errors + (_internal_error(f.display, exc),))
+    removed = _remove_leftovers(options, [found[i] for i in sources])
+    _verify_and_emit(found, sources, results, packs, options, roots)
     ordered = tuple(results[i] for i in range(total))
     for r in ordered:
         errors += r.errors
@@ -876,15 +733,50 @@ def apply_paths(
     )
 
 
+def _remove_leftovers(options: ApplyOptions, readable: Sequence[Found]) -> list[str]:
+    """Temporary files an interrupted run left where this one writes (the
+    patch folder, created here, or the folders of the files read); removed."""
+    removed: list[str] = []
+    if options.mode == "patch" and options.patch_dir:
+        try:
+            os.makedirs(options.patch_dir, exist_ok=True)
+        except OSError:  # each patch write then reports the problem per file
+            pass
+        removed += fileio.remove_stale_temp_files(options.patch_dir)
+    elif options.mode == "write":
+        # Leftovers of an interrupted --write in the folders written to now.
+        folders = {os.path.dirname(os.path.realpath(f.path)) for f in readable}
+        for folder in sorted(folders):
+            removed += fileio.remove_stale_temp_files(folder)
+    return removed
+
+
+def _verify_and_emit(found: Sequence[Found], sources: dict[int, SourceFile], results: dict[int, FileResult],
+                     packs: Sequence, options: ApplyOptions, roots: frozenset[str]) -> None:
+    """Verify (with `options.verify`) and emit each file read, in order; `results` updated in place."""
+    used_patch_names: set[str] = set()
+    for i, f in enumerate(found):
+        if i not in sources:
+            continue
+        try:
+            r = results[i]
+            if options.verify:
+                r = verify_result(r, packs)
+            results[i] = emit(r, sources[i], options, used_patch_names, roots)
+        except Exception as exc:  # a dslc bug must not cost the other files
+            results[i] = replace(results[i], new_source=None,
+                                 errors=results[i].errors + (_internal_error(f.display, exc),))
+
+
 def safe_packs(packs: Sequence, unsafe: bool) -> tuple[list, tuple[tuple[str, str], ...]]:
     """The packs without their `unsafe` rules (unless `unsafe`), and what was left out."""
     if unsafe:
         return list(packs), ()
     out, left = [], []
     for pack in packs:
-        kept = tuple(r for r in pack.rules if getattr(r, "safety", "safe") != "unsafe")
+        kept = tuple(r for r in pack.rules if r.safety != "unsafe")
         for r in pack.rules:
-            if getattr(r, "safety", "safe") == "unsafe":
+            if r.safety == "unsafe":
                 why = (r.contract.note or r.description or "").split("\n")[0]
                 left.append((r.qualified_name, why))
         out.append(replace(pack, rules=kept) if len(kept) != len(pack.rules) else pack)

@@ -20,7 +20,6 @@ import io
 import os
 import re
 import stat
-import tempfile
 import tokenize
 from dataclasses import dataclass
 
@@ -596,38 +595,51 @@ def discover(paths: list[str], excludes: tuple[str, ...] = (), *, gitignore: boo
     Names in reports (`Found.display`, problem paths) go through
     `display_path`.  Returns (found files, problems as (path, message, code)).
     """
-    found: list[Found] = []
-    problems: list[tuple[str, str, str]] = []
-    seen: set[str] = set()
-
-    def add(path: str, display: str, arg: str) -> None:
-        key = os.path.realpath(path)
-        if key not in seen:
-            seen.add(key)
-            found.append(Found(path, display_path(display), arg))
-
-    def problem(entry) -> None:
-        if entry is not None:
-            path, message, code = entry
-            problems.append((display_path(path), message, code))
-
+    d = _Discovery(excludes, gitignore)
     for arg in paths:
         if os.path.lexists(arg) and not os.path.isdir(arg):
             if not excluded(os.path.basename(arg), excludes) and not excluded(arg.replace(os.sep, "/"), excludes):
-                add(arg, arg, arg)
+                d.add(arg, arg, arg)
             continue
         if not os.path.isdir(arg):
-            problems.append((display_path(arg), "no such file or directory", E_UNREADABLE))
+            d.problems.append((display_path(arg), "no such file or directory", E_UNREADABLE))
             continue
+        d.directory(arg)
+    return d.found, d.problems
+
+
+class _Discovery:
+    """What `discover` has found so far (each file once) and the problems it met."""
+
+    def __init__(self, excludes: tuple[str, ...], gitignore: bool) -> None:
+        self.excludes = excludes
+        self.gitignore = gitignore
+        self.found: list[Found] = []
+        self.problems: list[tuple[str, str, str]] = []
+        self.seen: set[str] = set()
+
+    def add(self, path: str, display: str, arg: str) -> None:
+        key = os.path.realpath(path)
+        if key not in self.seen:
+            self.seen.add(key)
+            self.found.append(Found(path, display_path(display), arg))
+
+    def problem(self, entry) -> None:
+        if entry is not None:
+            path, message, code = entry
+            self.problems.append((display_path(path), message, code))
+
+    def directory(self, arg: str) -> None:
+        """Walk a directory argument (step 2 of `discover`)."""
         top_abs = os.path.abspath(arg)
         ignores = IgnoreSet()
-        repo_top = git_top(top_abs) if gitignore else None
+        repo_top = git_top(top_abs) if self.gitignore else None
         anchor = repo_top or top_abs
 
-        def rel_to_anchor(p: str, anchor: str = anchor) -> str:
+        def rel_to_anchor(p: str) -> str:
             rel = os.path.relpath(p, anchor).replace(os.sep, "/")
             return "" if rel == "." else rel
-        if gitignore:
+        if self.gitignore:
             # .gitignore files above the argument, from the work tree's top down.
             chain = []
             current = top_abs
@@ -637,40 +649,27 @@ def discover(paths: list[str], excludes: tuple[str, ...] = (), *, gitignore: boo
                     break
                 current = os.path.dirname(current)
             for directory in reversed(chain[1:]):
-                problem(ignores.load(directory, rel_to_anchor(directory)))
+                self.problem(ignores.load(directory, rel_to_anchor(directory)))
 
         def unlistable(exc: OSError) -> None:
             where = exc.filename if isinstance(exc.filename, str) else arg
-            problems.append((display_path(where), f"cannot list directory: {exc.strerror or exc}; "
-                                                  "the files under it were not processed", E_UNREADABLE))
+            self.problems.append((display_path(where), f"cannot list directory: {exc.strerror or exc}; "
+                                                       "the files under it were not processed", E_UNREADABLE))
+
+        def wanted(path: str, is_dir: bool) -> bool:
+            if excluded(os.path.relpath(path, arg).replace(os.sep, "/"), self.excludes):
+                return False
+            return not (self.gitignore and ignores.ignored(rel_to_anchor(os.path.abspath(path)), is_dir))
 
         for dirpath, dirnames, filenames in os.walk(arg, onerror=unlistable):
-            dir_abs = os.path.abspath(dirpath)
-            if gitignore:
-                problem(ignores.load(dirpath, rel_to_anchor(dir_abs)))
-            keep = []
-            for name in sorted(dirnames):
-                if name in SKIP_DIRS:
-                    continue
-                sub = os.path.join(dirpath, name)
-                rel = os.path.relpath(sub, arg).replace(os.sep, "/")
-                if excluded(rel, excludes):
-                    continue
-                if gitignore and ignores.ignored(rel_to_anchor(os.path.abspath(sub)), True):
-                    continue
-                keep.append(name)
-            dirnames[:] = keep
+            if self.gitignore:
+                self.problem(ignores.load(dirpath, rel_to_anchor(os.path.abspath(dirpath))))
+            dirnames[:] = [name for name in sorted(dirnames)
+                           if name not in SKIP_DIRS and wanted(os.path.join(dirpath, name), True)]
             for name in sorted(filenames):
-                if not name.endswith(".py"):
-                    continue
                 full = os.path.normpath(os.path.join(dirpath, name))
-                rel = os.path.relpath(full, arg).replace(os.sep, "/")
-                if excluded(rel, excludes):
-                    continue
-                if gitignore and ignores.ignored(rel_to_anchor(os.path.abspath(full)), False):
-                    continue
-                add(full, rel, arg)
-    return found, problems
+                if name.endswith(".py") and wanted(full, False):
+                    self.add(full, os.path.relpath(full, arg).replace(os.sep, "/"), arg)
 
 
 def atomic_write_new(path: str, data: bytes) -> None:
@@ -689,27 +688,18 @@ def _replace_atomically(target: str, data: bytes, mode: int, owner: tuple[int, i
     The temporary file's name carries this process's pid and host, so that
     a later run can tell a leftover of a killed run from a live one's
     (`stale_temp_files`)."""
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.{os.getpid()}@{_host()}.",
-                                   suffix=TMP_SUFFIX, dir=os.path.dirname(target) or ".")
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+    from dslc.analysis.cachefile import replace_atomically  # here: importing dslc.analysis loads z3
+
+    def prepare(tmp: str) -> None:
         os.chmod(tmp, mode)
         if owner is not None and hasattr(os, "chown"):
             try:
                 os.chown(tmp, *owner)
             except OSError:  # only root may give files away; the mode is what matters
                 pass
-        os.replace(tmp, target)
-        tmp = None
+
+    try:
+        replace_atomically(target, data, prefix=f".{os.path.basename(target)}.{os.getpid()}@{_host()}.",
+                           suffix=TMP_SUFFIX, fsync=True, prepare=prepare)
     except OSError as exc:
         raise SourceError(E_WRITE, f"{what}: {exc.strerror or exc}") from None
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass

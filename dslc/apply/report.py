@@ -1,6 +1,6 @@
 """Rendering an apply `Report`: unified diffs, the JSON contract, the text summary.
 
-Pure functions from `dslc.apply.driver` values to text; the command prints them.
+Pure functions from `dslc.apply.results` values to text; the command prints them.
 The JSON shape is docs/report-format.md (`dslc`, `rules`, `files_scanned`,
 `seconds`, `matches`, `errors` are the core; everything else is an added
 field, never a changed one).
@@ -14,8 +14,8 @@ import os
 
 from dslc import __version__
 from dslc.lang import codes
-from dslc.apply.driver import FileResult, Report
-from dslc.apply.fileio import git_top
+from dslc.apply.fileio import display_path, git_top
+from dslc.apply.results import FileResult, Report
 
 
 def diff_path(result: FileResult) -> str:
@@ -28,8 +28,6 @@ def diff_path(result: FileResult) -> str:
        top of the git work tree that holds it (apply from there), else to
        the folder of the command-line PATH it was found under.
     """
-    from dslc.apply.fileio import display_path
-
     return display_path(_diff_path(result))
 
 

@@ -39,6 +39,7 @@ import os
 from functools import lru_cache
 
 from dslc.analysis import cachefile
+from dslc.apply import results
 
 _DSLC = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FORMAT = 1
@@ -192,8 +193,6 @@ def from_json(value: dict, found, text: str):
     """
     import dataclasses
 
-    from dslc.apply import driver as apply
-
     name = found.display
     kwargs: dict = {}
     for field_name in _ENTRY_FIELDS:
@@ -201,7 +200,7 @@ def from_json(value: dict, found, text: str):
             continue
         entries = []
         for item in value[field_name]:
-            cls = getattr(apply, item["type"], None)
+            cls = getattr(results, item["type"], None)
             if cls is None or not dataclasses.is_dataclass(cls) or item["type"] not in (
                     "MatchEntry", "FileError", "NearMissEntry"):
                 raise ValueError(f"unknown entry type {item['type']!r}")
@@ -221,4 +220,4 @@ def from_json(value: dict, found, text: str):
     for m in kwargs.get("matches", ()):
         if m.status not in ("applied", "skipped"):
             raise ValueError("bad match status")
-    return apply.FileResult(found, original=text, new_source=new_source, **kwargs)
+    return results.FileResult(found, original=text, new_source=new_source, **kwargs)

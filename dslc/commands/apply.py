@@ -10,7 +10,6 @@ and rule packs with errors.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 
@@ -193,18 +192,11 @@ class _Progress:
             self.stream.flush()
 
 
-def _is_error(diag) -> bool:
-    severity = getattr(diag, "severity", "error")
-    return str(getattr(severity, "value", severity)).lower().endswith("error")
+def _render_diagnostics(diags, sources) -> str:
+    """`sources`: the rule files' text (`LoadResult.sources`) for the snippets."""
+    from dslc.lang.diagnostics import render
 
-
-def _render_diagnostics(diags) -> str:
-    try:
-        from dslc.lang.diagnostics import render
-
-        return render(list(diags), fmt="text").rstrip("\n") + "\n"
-    except ImportError:
-        return "".join(f"{d}\n" for d in diags)
+    return render(list(diags), fmt="text", sources=sources).rstrip("\n") + "\n"
 
 
 def _usage(message: str) -> int:
@@ -235,10 +227,7 @@ def _settings(args: argparse.Namespace):
     out.exclude = list(args.exclude) if args.exclude is not None else list(conf.exclude)
     out.jobs = args.jobs or conf.jobs or default_jobs()
     out.cache_dir = args.cache_dir or conf.cache_dir or default_cache_dir()
-    # `unsafe` pairs with an `--unsafe` flag (rules marked unsafe); read and
-    # checked here, passed on where the flag exists.
-    flag_unsafe = getattr(args, "unsafe", None)
-    out.unsafe = bool(flag_unsafe) if flag_unsafe else bool(conf.unsafe)
+    out.unsafe = bool(args.unsafe) if args.unsafe else bool(conf.unsafe)  # rules marked unsafe too
     if not out.rules:
         where = f" (and `rules` is not set in [tool.dslc] of {conf.path})" if conf.path else \
             " (or set `rules` in [tool.dslc] of pyproject.toml)"
@@ -246,53 +235,84 @@ def _settings(args: argparse.Namespace):
     return out, None
 
 
+class _UsageError(Exception):
+    """`dslc apply: error: MESSAGE` on stderr, exit status 2."""
+
+
 def run(args: argparse.Namespace) -> int:
     """1. check paths, options and [tool.dslc], 2. load the packs, 3. apply,
     4. print, 5. exit code."""
     from dslc.apply import driver
-    from dslc.lang import codes
-    from dslc import color
-    from dslc.apply import report as render
+
+    try:
+        mode, settings = _check(args)
+        loaded = _load(settings)
+    except _UsageError as exc:
+        return _usage(str(exc))
+    options = _apply_options(args, mode, settings)
+    progress = _Progress(sys.stderr) if sys.stderr.isatty() else None
+    try:
+        result = driver.apply_paths(list(args.paths), loaded.packs, options, progress=progress,
+                                    compiled=loaded.compiled)
+    finally:
+        if progress:
+            progress.clear()
+    _print(args, mode, result, loaded.packs)
+    if result.errors:
+        return 1
+    if args.check and any(f.changed for f in result.files):
+        return 1
+    return 0
+
+
+def _check(args: argparse.Namespace):
+    """(mode, settings) once the flags, paths and [tool.dslc] make sense; _UsageError otherwise."""
+    from dslc.apply import driver
+    from dslc.output import display_path
 
     if args.check and (args.mode == "write" or args.patch_dir):
-        return _usage("--check changes nothing; it cannot be combined with --write or --patch-dir")
+        raise _UsageError("--check changes nothing; it cannot be combined with --write or --patch-dir")
     mode = "patch" if args.patch_dir else (args.mode or "diff")
-    from dslc.apply.fileio import DEFAULT_MAX_FILE_SIZE
-    from dslc.output import display_path, write_json
-
     settings, problem = _settings(args)
     if problem:
-        return _usage(problem)
+        raise _UsageError(problem)
     missing = [p for p in list(args.paths) + list(settings.rules) if not os.path.lexists(p)]
     if missing:
-        return _usage(f"no such file or directory: {', '.join(display_path(m) for m in missing)}")
+        raise _UsageError(f"no such file or directory: {', '.join(display_path(m) for m in missing)}")
     if args.patch_dir:
         try:
             os.makedirs(args.patch_dir, exist_ok=True)
         except OSError as exc:
-            return _usage(f"--patch-dir {display_path(args.patch_dir)}: {exc.strerror or exc}")
+            raise _UsageError(f"--patch-dir {display_path(args.patch_dir)}: {exc.strerror or exc}") from None
     if args.verify and not driver.verify_available():
-        return _usage("--verify needs the dslc.verify.equivalence module, which is not part of this installation")
-    try:
-        from dslc.lang.loader import load_rules
-    except ImportError as exc:
-        return _usage(f"the rule loader is not available ({exc})")
+        raise _UsageError("--verify needs PyTorch, which is not installed: pip install 'dslc[verify]'")
+    return mode, settings
+
+
+def _load(settings: argparse.Namespace):
+    """The packs of `settings.rules` (their diagnostics printed); _UsageError
+    when they have errors or leave no rule to apply."""
+    from dslc.lang.loader import load_rules
+
     if settings.ignore:
         loaded = load_rules(list(settings.rules), list(settings.select), list(settings.ignore))
     else:
         loaded = load_rules(list(settings.rules), list(settings.select))
     diags = list(loaded.diagnostics)
-    paint_err = color.enabled(sys.stderr, args.color)
-    paint_out = color.enabled(sys.stdout, args.color)
     if diags:
-        sys.stderr.write(_render_diagnostics(diags))
-    if any(_is_error(d) for d in diags):
-        print("dslc apply: error: the rule packs have errors; nothing was applied", file=sys.stderr)
-        return 2
+        sys.stderr.write(_render_diagnostics(diags, loaded.sources))
+    if any(d.is_error for d in diags):
+        raise _UsageError("the rule packs have errors; nothing was applied")
     if not any(p.rules for p in loaded.packs):
-        return _usage("no rules to apply (empty packs, or --select/--ignore left none)")
+        raise _UsageError("no rules to apply (empty packs, or --select/--ignore left none)")
+    return loaded
 
-    options = driver.ApplyOptions(
+
+def _apply_options(args: argparse.Namespace, mode: str, settings: argparse.Namespace):
+    from dslc.apply import driver
+    from dslc.apply.fileio import DEFAULT_MAX_FILE_SIZE
+
+    return driver.ApplyOptions(
         mode=mode,
         patch_dir=args.patch_dir,
         jobs=settings.jobs,
@@ -305,15 +325,16 @@ def run(args: argparse.Namespace) -> int:
         follow_symlinks_outside=args.follow_symlinks_outside,
         force=args.force,
         near_misses=args.near_misses,
-        # `unsafe` (the --unsafe flag or [tool.dslc] unsafe = true) where the driver has the option.
-        **({"unsafe": settings.unsafe} if "unsafe" in {f.name for f in dataclasses.fields(driver.ApplyOptions)} else {}),
+        unsafe=settings.unsafe,  # the --unsafe flag or [tool.dslc] unsafe = true
     )
-    progress = _Progress(sys.stderr) if sys.stderr.isatty() else None
-    try:
-        result = driver.apply_paths(list(args.paths), loaded.packs, options, progress=progress)
-    finally:
-        if progress:
-            progress.clear()
+
+
+def _print(args: argparse.Namespace, mode: str, result, packs) -> None:
+    """The report on stdout (diff, JSON or SARIF); notes, summary and what was written on stderr."""
+    from dslc import color
+    from dslc.apply import report as render
+    from dslc.lang import codes
+    from dslc.output import write_json
 
     notes_out = ""
     if args.format == "json":
@@ -321,23 +342,13 @@ def run(args: argparse.Namespace) -> int:
     elif args.format == "sarif":
         from dslc.apply import sarif
 
-        write_json(sarif.render_sarif(result, loaded.packs))
+        write_json(sarif.render_sarif(result, packs))
     else:
         if mode == "diff" and (not args.check or args.mode == "diff"):
             diff = render.render_diff(result)
-            sys.stdout.write(color.paint_diff(diff) if paint_out else diff)
+            sys.stdout.write(color.paint_diff(diff) if color.enabled(sys.stdout, args.color) else diff)
         sys.stdout.flush()
-        notes_out += render.render_notes(result, skipped=not args.quiet, warnings=not args.quiet)
-        notes_out += render.render_near_misses(result)
-        notes_out += render.render_errors(result)
-        if args.check:
-            notes_out += "".join(f"would rewrite {render.diff_path(f)}\n" for f in result.files if f.changed)
-        notes_out += render.render_summary(result)
-        for f in result.files:
-            if f.patch:
-                notes_out += f"wrote {display_path(f.patch)}\n"
-            elif f.written:
-                notes_out += f"rewrote {display_path(f.found.path)}\n"
+        notes_out += _text_notes(args, result)
     if result.removed_temp_files:
         n = len(result.removed_temp_files)
         notes_out += (f"note[{codes.I_TEMP_REMOVED}]: removed {n} temporary file{'s' * (n != 1)} left by an interrupted dslc run: "
@@ -345,9 +356,23 @@ def run(args: argparse.Namespace) -> int:
     if args.format != "text" and (result.missing_kernels or result.left_out):
         # Also tell a human watching the terminal; the JSON field carries the data.
         notes_out += render.render_notes(result, skipped=False, warnings=False)
-    sys.stderr.write(color.paint_notes(notes_out) if paint_err else notes_out)
-    if result.errors:
-        return 1
-    if args.check and any(f.changed for f in result.files):
-        return 1
-    return 0
+    sys.stderr.write(color.paint_notes(notes_out) if color.enabled(sys.stderr, args.color) else notes_out)
+
+
+def _text_notes(args: argparse.Namespace, result) -> str:
+    """What `--format text` tells on stderr: notes, near misses, errors, summary, files written."""
+    from dslc.apply import report as render
+    from dslc.output import display_path
+
+    notes_out = render.render_notes(result, skipped=not args.quiet, warnings=not args.quiet)
+    notes_out += render.render_near_misses(result)
+    notes_out += render.render_errors(result)
+    if args.check:
+        notes_out += "".join(f"would rewrite {render.diff_path(f)}\n" for f in result.files if f.changed)
+    notes_out += render.render_summary(result)
+    for f in result.files:
+        if f.patch:
+            notes_out += f"wrote {display_path(f.patch)}\n"
+        elif f.written:
+            notes_out += f"rewrote {display_path(f.found.path)}\n"
+    return notes_out

@@ -65,21 +65,17 @@ def run(args) -> int:
         return 2
     # Imported here, not at module level: the command module is imported
     # once by the CLI, and a stub loader (tests) must not stick to it.
+    from dslc.lang.checker import check_semantics
     from dslc.lang.loader import load_rules
 
     start = time.perf_counter()
     result = load_rules(args.paths, args.select)
     diags = list(result.diagnostics)
-    try:
-        from dslc.lang.checker import check_semantics
-    except ImportError:  # a stub checker (tests)
-        check_semantics = None
-    if check_semantics is not None:
-        # Rules of files that parsed (even with errors elsewhere in them).
-        selected = {r.qualified_name for p in result.packs for r in p.rules}
-        parsed = [f for f in result.parsed if not args.select or f.header is None
-                  or any(f"{f.header.name}:{r.name}" in selected for r in f.rules)]
-        diags = sorted(diags + check_semantics(parsed), key=D.Diagnostic.sort_key)
+    # Rules of files that parsed (even with errors elsewhere in them).
+    selected = {r.qualified_name for p in result.packs for r in p.rules}
+    parsed = [f for f in result.parsed if not args.select or f.header is None
+              or any(f"{f.header.name}:{r.name}" in selected for r in f.rules)]
+    diags = sorted(diags + check_semantics(parsed), key=D.Diagnostic.sort_key)
     elapsed = time.perf_counter() - start
     errors, warnings = D.count(diags)
     shown = [d for d in diags if d.is_error] if args.quiet else diags
@@ -109,9 +105,9 @@ def run(args) -> int:
 
 def _dump(result) -> int:
     # Every loaded rule already compiled once (the loader reports the ones
-    # that do not as ADR120 and drops them), so this cannot fail.
+    # that do not as ADR120 and drops them): reuse them.
     from dslc.match.compiler import compile_pack
 
     for pack in result.packs:
-        print(compile_pack(pack).dump())
+        print(compile_pack(pack, result.compiled).dump())
     return 0

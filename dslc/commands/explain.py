@@ -113,9 +113,8 @@ def explain_place(path: str, line: int, args) -> int:
         return _usage(f"{path} has {n_lines} line(s), not {line}")
     loaded = load_rules(rules, list(args.select))
     diags = list(loaded.diagnostics)
-    if any(str(getattr(getattr(d, "severity", "error"), "value", getattr(d, "severity", "error"))).lower().endswith("error")
-           for d in diags):
-        sys.stderr.write(_render_diagnostics(diags))
+    if any(d.is_error for d in diags):
+        sys.stderr.write(_render_diagnostics(diags, loaded.sources))
         return _usage("the rule packs have errors")
     if not any(p.rules for p in loaded.packs):
         return _usage("no rules (empty packs, or --select matched nothing)")

@@ -36,6 +36,9 @@ from dslc.lang.diagnostics import Diagnostic, Label, diag
 OPTIONS: dict[str, tuple] = {
     "scope": (lambda v: v in ("any", "forward"), '"any" or "forward"'),
     "detect": (lambda v: isinstance(v, bool), "True or False"),
+    # False: `+` and `*` of the forward pattern match their operands in the
+    # written order only (the compiler's default is commutative).
+    "commutative": (lambda v: isinstance(v, bool), "True or False"),
     # A run-time condition of the kernel dispatch (rules with `fallback`):
     # a Python expression over `$vars` and `$v.attr` (`"$x.dim() == 2"`).
     "check": (lambda v: isinstance(v, str) and _check_parses(v), 'a Python expression over $variables, e.g. "$x.dim() == 2"'),
@@ -236,66 +239,93 @@ class _ClassAsSection:
 
 
 # The tensor methods the analysis records as `torch.Tensor.<m>` call nodes
-# (analysis/extract.py TENSOR_METHODS; a copy, so that `dslc check` does not
+# (analysis/exprs.py TENSOR_METHODS; a copy, so that `dslc check` does not
 # import the analysis; tests/test_sdpa_checker.py keeps them equal).
 TENSOR_METHODS = frozenset({"transpose", "masked_fill", "softmax", "matmul", "bmm", "to"})
 
 
+def _allowed(rule: S.Rule, diags: list[Diagnostic]) -> list[Diagnostic]:
+    """Drop the warnings the rule acknowledges with `option allow = "..."`."""
+    allowed: set[str] = set()
+    for o in rule.of(S.Option):
+        if o.name == "allow" and isinstance(o.value.value, str):
+            allowed.update(c.strip().upper() for c in o.value.value.split(","))
+    return [d for d in diags if d.is_error or d.code not in allowed]
+
+
+def _suggest(name: str, names) -> str:
+    close = difflib.get_close_matches(name, sorted(names), n=1)
+    if close:
+        return f"did you mean `${close[0]}`?"
+    return "bound variables: " + (", ".join(f"${n}" for n in sorted(names)) or "none")
+
+
 class _RuleChecker:
+    """The checks of one rule (steps 3-5 of the module docstring).
+
+    Each concern is a collaborator (structure, node shapes, class items,
+    variables, run-time needs); all of them append to this object's one
+    list of diagnostics, in the order the steps run, since later checks
+    look at what earlier ones reported.
+    """
+
     def __init__(self, rule: S.Rule, providers: set[str]) -> None:
         self.r = rule
         self.providers = providers
         self.packages: set[str] = set()
         self.out: list[Diagnostic] = []
+        # What the last class item checked to its end binds (visible to the
+        # variable and run-time checks).
+        self.class_vars: set[str] = set()
 
     def emit(self, *args, **kw) -> None:
         self.out.append(diag(*args, **kw))
 
     def run(self) -> list[Diagnostic]:
-        self.structure()
+        _StructureChecks(self).run()
         init = self.r.section("init")
         fwd = self.r.section("forward")
+        shapes = _ShapeChecks(self)
         for sec in (init, fwd):
             if sec is not None:
-                self.shapes(sec)
+                shapes.shapes(sec)
         for c in self.r.of(S.ClassItem):
-            self.class_item(c, mixed=init is not None or fwd is not None)
-        self.variables(init, fwd)
-        self.needs(init, fwd)
-        return self._allowed(self.out)
+            _ClassItemChecks(self, shapes).run(c, mixed=init is not None or fwd is not None)
+        _VariableChecks(self, init, fwd).run()
+        _NeedsChecks(self).run(init, fwd)
+        return _allowed(self.r, self.out)
 
-    def _allowed(self, diags: list[Diagnostic]) -> list[Diagnostic]:
-        """Drop the warnings the rule acknowledges with `option allow = "..."`."""
-        allowed: set[str] = set()
-        for o in self.r.of(S.Option):
-            if o.name == "allow" and isinstance(o.value.value, str):
-                allowed.update(c.strip().upper() for c in o.value.value.split(","))
-        return [d for d in diags if d.is_error or d.code not in allowed]
+    def unbound(self, v: S.Var, kind: str) -> None:
+        where = "the init source" if kind == "init" else "the forward or init source"
+        self.emit(codes.UNBOUND_TARGET, f"unbound variable `${v.name}` in {kind} target", v.span,
+                  label=f"not bound in {where}",
+                  help=f"bind `${v.name}` in {where}, or use a constant")
 
-    # -- 3. structure ----------------------------------------------------------
-    def structure(self) -> None:
+
+class _Checks:
+    """A collaborator of `_RuleChecker`: one concern's checks of its rule."""
+
+    def __init__(self, ck: _RuleChecker) -> None:
+        self.ck = ck
+        self.r = ck.r
+
+    def emit(self, *args, **kw) -> None:
+        self.ck.emit(*args, **kw)
+
+
+class _StructureChecks(_Checks):
+    """3. Sections at most once, kernel, contract, tolerances, options."""
+
+    def run(self) -> None:
         r = self.r
-        counts: Counter = Counter()
-        for c in r.clauses:
-            key = {S.Exact: "contract", S.Tolerance: "contract", S.When: "when",
-                   S.Params: "params", S.DtypeTolerance: "contract", S.Safety: "safe/unsafe",
-                   S.Fallback: "fallback", S.ClassItem: "class"}.get(type(c))
-            if isinstance(c, S.Section):
-                key = c.kind
-            if key is None:
-                continue
-            counts[key] += 1
-            if counts[key] > 1:
-                what = "a numerical contract (`exact` or `tolerance`)" if key == "contract" else f"`{key}`"
-                self.emit(codes.DUP_SECTION, f"{what} given twice in rule `{r.name}`", c.span,
-                          label="second one", help="keep one; merge them if both say something")
+        self.sections_once()
         kernels = r.of(S.Kernel)
         if not kernels:
             self.emit(codes.NO_KERNEL, f"rule `{r.name}` names no kernel", r.name_span,
                       help="add `kernel <qualified.name>` for the kernel the rule brings in")
         for k in kernels:
             top = k.qualname.qualname.split(".")[0].lower()
-            if top not in self.providers:
+            if top not in self.ck.providers:
                 self.emit(codes.KERNEL_NOT_REQUIRED,
                           f"kernel `{k.qualname.qualname}` is in no required package", k.span,
                           label=f"`{top}` is not in `requires`",
@@ -317,18 +347,38 @@ class _RuleChecker:
         for t in r.of(S.Tolerance):
             self.tolerance(t)
         for t in r.of(S.DtypeTolerance):
-            seen_dtypes: dict[str, S.DtypeTol] = {}
-            for d in t.dtypes:
-                if d.dtype not in DTYPES:
-                    self.emit(codes.BAD_TOLERANCE, f"unknown dtype `{d.dtype}` in a tolerance", d.span,
-                              label="expected " + ", ".join(DTYPES),
-                              help="write e.g. `tolerance fp32 atol=1e-5 rtol=1e-5; bf16 atol=1e-2 rtol=1.6e-2`")
-                elif d.dtype in seen_dtypes:
-                    self.emit(codes.BAD_TOLERANCE, f"dtype `{d.dtype}` given twice", d.span, label="again here")
-                seen_dtypes[d.dtype] = d
-                self.tolerance(S.Tolerance(d.args, span=d.span))
+            self.dtype_tolerance(t)
         for o in r.of(S.Option):
             self.option(o)
+
+    def sections_once(self) -> None:
+        r = self.r
+        counts: Counter = Counter()
+        for c in r.clauses:
+            key = {S.Exact: "contract", S.Tolerance: "contract", S.When: "when",
+                   S.Params: "params", S.DtypeTolerance: "contract", S.Safety: "safe/unsafe",
+                   S.Fallback: "fallback", S.ClassItem: "class"}.get(type(c))
+            if isinstance(c, S.Section):
+                key = c.kind
+            if key is None:
+                continue
+            counts[key] += 1
+            if counts[key] > 1:
+                what = "a numerical contract (`exact` or `tolerance`)" if key == "contract" else f"`{key}`"
+                self.emit(codes.DUP_SECTION, f"{what} given twice in rule `{r.name}`", c.span,
+                          label="second one", help="keep one; merge them if both say something")
+
+    def dtype_tolerance(self, t: S.DtypeTolerance) -> None:
+        seen_dtypes: dict[str, S.DtypeTol] = {}
+        for d in t.dtypes:
+            if d.dtype not in DTYPES:
+                self.emit(codes.BAD_TOLERANCE, f"unknown dtype `{d.dtype}` in a tolerance", d.span,
+                          label="expected " + ", ".join(DTYPES),
+                          help="write e.g. `tolerance fp32 atol=1e-5 rtol=1e-5; bf16 atol=1e-2 rtol=1.6e-2`")
+            elif d.dtype in seen_dtypes:
+                self.emit(codes.BAD_TOLERANCE, f"dtype `{d.dtype}` given twice", d.span, label="again here")
+            seen_dtypes[d.dtype] = d
+            self.tolerance(S.Tolerance(d.args, span=d.span))
 
     def tolerance(self, t: S.Tolerance) -> None:
         seen = set()
@@ -375,7 +425,10 @@ class _RuleChecker:
                 self.emit(codes.BAD_OPTION, f"scope {pretty_const(o.value.value)} contradicts the rule, which {why}",
                           o.value.span, label=f"this rule's scope is \"{want}\"")
 
-    # -- 4. node shapes --------------------------------------------------------
+
+class _ShapeChecks(_Checks):
+    """4. Node shapes: what init / forward, source / target nodes may be."""
+
     def shapes(self, sec: S.Section) -> None:
         item = sec.item
         if not item.source:
@@ -476,19 +529,34 @@ class _RuleChecker:
                   if isinstance(e, (S.Call, S.BinOp, S.UnaryOp))
                   else "bind the value to a variable (and constrain it with `where`)")
 
-    # -- 5. variables --------------------------------------------------------
-    def variables(self, init: S.Section | None, fwd: S.Section | None) -> None:
-        r = self.r
-        init_src = init.item.source if init else ()
-        fwd_src = fwd.item.source if fwd else ()
-        init_layers: dict[str, object] = {}  # init-source output var -> node
-        for n in init_src:
-            for v in n.outputs:
-                init_layers.setdefault(v.name, n)
-        init_targets = {v.name for n in (init.item.target or ()) for v in n.outputs} if init else set()
 
-        # one definition per output, per pattern
-        for sec in (init, fwd):
+class _VariableChecks(_Checks):
+    """5. Variables of the init and forward items and of the clauses naming them."""
+
+    def __init__(self, ck: _RuleChecker, init: S.Section | None, fwd: S.Section | None) -> None:
+        super().__init__(ck)
+        self.init, self.fwd = init, fwd
+        self.init_src = init.item.source if init else ()
+        self.fwd_src = fwd.item.source if fwd else ()
+        self.init_layers: dict[str, object] = {}  # init-source output var -> node
+        for n in self.init_src:
+            for v in n.outputs:
+                self.init_layers.setdefault(v.name, n)
+        self.init_targets = {v.name for n in (init.item.target or ()) for v in n.outputs} if init else set()
+        self.init_src_vars = {v.name for n in self.init_src for v in node_vars(n)}
+        self.fwd_src_vars = {v.name for n in self.fwd_src for v in node_vars(n)}
+        self.all_src = self.init_src_vars | self.fwd_src_vars | set(ck.class_vars)
+
+    def run(self) -> None:
+        self.one_definition()
+        unlinked = self.layer_calls()
+        self.targets()
+        self.constraints()
+        self.unused(unlinked)
+
+    def one_definition(self) -> None:
+        """One definition per output, per pattern."""
+        for sec in (self.init, self.fwd):
             if sec is None:
                 continue
             for nodes in (sec.item.source, sec.item.target or ()):
@@ -505,24 +573,23 @@ class _RuleChecker:
                         else:
                             defined[v.name] = v
 
-        init_src_vars = {v.name for n in init_src for v in node_vars(n)}
-        fwd_src_vars = {v.name for n in fwd_src for v in node_vars(n)}
-        all_src = init_src_vars | fwd_src_vars | set(getattr(self, "class_vars", ()))
-
-        # `$v(...)` and `qual.Type(...)` in forward sources
+    def layer_calls(self) -> set[str]:
+        """`$v(...)` and `qual.Type(...)` in forward sources; the init layers
+        no forward node calls (returned)."""
+        init, fwd = self.init, self.fwd
         by_type: dict[str, list[str]] = {}
-        for name, node in init_layers.items():
+        for name, node in self.init_layers.items():
             t = _callee_type(node)
             if t is not None and isinstance(node.expr, S.Call):
                 by_type.setdefault(t, []).append(name)
         used_layers: set[str] = set()
-        self.unlinked: set[str] = set()
-        for n in fwd_src:
+        unlinked: set[str] = set()
+        for n in self.fwd_src:
             if not (isinstance(n, S.Node) and isinstance(n.expr, S.Call)):
                 continue
             callee = n.expr.callee
             if isinstance(callee, S.Var):
-                if callee.name not in init_layers:
+                if callee.name not in self.init_layers:
                     msg = "the rule has no init item" if init is None else "no init node binds it"
                     self.emit(codes.UNKNOWN_LAYER, f"forward calls layer `${callee.name}`, but {msg}", callee.span,
                               label="not an init layer",
@@ -530,69 +597,76 @@ class _RuleChecker:
                                    "or call the type by its qualified name")
                 used_layers.add(callee.name)
             elif isinstance(callee, S.Name):
-                method = callee.qualname[len("torch.Tensor."):] if callee.qualname.startswith("torch.Tensor.") else None
-                if method is not None and method not in TENSOR_METHODS:
-                    self.emit(codes.UNRECORDED_METHOD, f"`x.{method}(...)` is not recorded as a node by the analysis",
-                              callee.span, label="never matches",
-                              help="use one of " + ", ".join(sorted(TENSOR_METHODS)) + " or a function form")
-                owners = by_type.get(callee.qualname, [])
-                if len(owners) > 1:
-                    self.emit(codes.AMBIGUOUS_LAYER, f"`{callee.qualname}` is the type of several init layers ("
-                              + ", ".join(f"${o}" for o in owners) + ")", callee.span,
-                              label="which one?", help=f"call it as `${owners[0]}(...)`")
-                used_layers.update(owners)
+                self.qualified_call(callee, by_type.get(callee.qualname, []))
+                used_layers.update(by_type.get(callee.qualname, []))
         if fwd is not None and init is not None:
-            for name, node in init_layers.items():
+            for name, node in self.init_layers.items():
                 if name not in used_layers and name != "_":
-                    self.unlinked.add(name)
+                    unlinked.add(name)
                     self.emit(codes.NO_FORWARD_USE, f"init layer `${name}` is not called by the forward pattern",
                               node.outputs[0].span if node.outputs else node.span,
                               label="no forward node calls it",
                               help=f"add `${name}(...) -> $out` to the forward source, or remove the init node")
+        return unlinked
 
-        # targets
+    def qualified_call(self, callee: S.Name, owners: list[str]) -> None:
+        method = callee.qualname[len("torch.Tensor."):] if callee.qualname.startswith("torch.Tensor.") else None
+        if method is not None and method not in TENSOR_METHODS:
+            self.emit(codes.UNRECORDED_METHOD, f"`x.{method}(...)` is not recorded as a node by the analysis",
+                      callee.span, label="never matches",
+                      help="use one of " + ", ".join(sorted(TENSOR_METHODS)) + " or a function form")
+        if len(owners) > 1:
+            self.emit(codes.AMBIGUOUS_LAYER, f"`{callee.qualname}` is the type of several init layers ("
+                      + ", ".join(f"${o}" for o in owners) + ")", callee.span,
+                      label="which one?", help=f"call it as `${owners[0]}(...)`")
+
+    def targets(self) -> None:
+        init, fwd = self.init, self.fwd
         if init is not None and init.item.target is not None:
             for n in init.item.target:
                 for v in node_vars(n):
-                    if v.name in init_src_vars or v.name == "_":
+                    if v.name in self.init_src_vars or v.name == "_":
                         continue
-                    if v.name in fwd_src_vars:
+                    if v.name in self.fwd_src_vars:
                         self.emit(codes.INIT_USES_FORWARD,
                                   f"init target uses `${v.name}`, bound only by the forward pattern", v.span,
                                   label="bound in forward",
                                   help="its source text is copied into __init__; prefer an init-source variable")
                     else:
-                        self._unbound(v, "init")
+                        self.ck.unbound(v, "init")
         if fwd is not None and fwd.item.target is not None:
-            visible = fwd_src_vars | init_src_vars | init_targets
+            visible = self.fwd_src_vars | self.init_src_vars | self.init_targets
             for n in fwd.item.target:
                 for v in node_vars(n):
                     if v.name not in visible and v.name != "_":
-                        self._unbound(v, "forward")
+                        self.ck.unbound(v, "forward")
 
-        # where / when / params
+    def constraints(self) -> None:
+        """`where` / `when` / `params` name bound variables."""
+        r, all_src = self.r, self.all_src
         for w in r.of(S.Where):
             for c in w.constraints:
                 if c.var.name not in all_src:
                     self.emit(codes.CONSTRAINT_UNKNOWN, f"`where` constrains `${c.var.name}`, which no source binds",
-                              c.var.span, label="unknown variable", help=self._suggest(c.var.name, all_src))
+                              c.var.span, label="unknown variable", help=_suggest(c.var.name, all_src))
         for w in r.of(S.When):
             for v in vars_in(w.cond):
                 if v.name not in all_src:
                     self.emit(codes.CONSTRAINT_UNKNOWN, f"`when` names `${v.name}`, which no source binds",
-                              v.span, label="unknown variable", help=self._suggest(v.name, all_src))
-        layer_vars = init_src_vars | init_targets
+                              v.span, label="unknown variable", help=_suggest(v.name, all_src))
+        layer_vars = self.init_src_vars | self.init_targets
         for p in r.of(S.Params):
             for m in p.maps:
                 for ref, role in ((m.target, "target"), (m.source, "source")):
                     if ref.var.name not in layer_vars:
                         self.emit(codes.PARAMS_UNKNOWN,
                                   f"params {role} `${ref.var.name}` is not an init variable", ref.var.span,
-                                  label="unknown variable", help=self._suggest(ref.var.name, layer_vars))
+                                  label="unknown variable", help=_suggest(ref.var.name, layer_vars))
 
-        # unused source variables
+    def uses(self) -> Counter:
+        r = self.r
         uses: Counter = Counter()
-        for sec in (init, fwd):
+        for sec in (self.init, self.fwd):
             if sec is None:
                 continue
             for n in list(sec.item.source) + list(sec.item.target or ()):
@@ -604,43 +678,58 @@ class _RuleChecker:
         for p in r.of(S.Params):
             for m in p.maps:
                 uses.update((m.target.var.name, m.source.var.name))
-        # No "never used" beside an error that already concerns the variable
-        # (`$nrom(...)` calling no layer), nor for the one unused variable of an
-        # item whose target names an unbound one: that is most likely the same
-        # variable misspelt, and the error's help says so.
-        blamed = {d.span for d in self.out if d.is_error}
-        for sec in (init, fwd):
+        return uses
+
+    def unused(self, unlinked: set[str]) -> None:
+        """Source variables used nowhere.
+
+        No "never used" beside an error that already concerns the variable
+        (`$nrom(...)` calling no layer), nor for the one unused variable of an
+        item whose target names an unbound one: that is most likely the same
+        variable misspelt, and the error's help says so.
+        """
+        uses = self.uses()
+        out = self.ck.out
+        blamed = {d.span for d in out if d.is_error}
+        for sec in (self.init, self.fwd):
             if sec is None or sec.item.target is None:
                 continue  # detect-only items bind freely
             unused, reported = [], set()
             for n in sec.item.source:
                 for v in node_vars(n):
                     if uses[v.name] <= 1 and not v.name.startswith("_") and v.name not in reported \
-                            and v.name not in self.unlinked:
+                            and v.name not in unlinked:
                         reported.add(v.name)
                         if v.span not in blamed:
                             unused.append(v)
-            unbound = [i for i, d in enumerate(self.out)
+            unbound = [i for i, d in enumerate(out)
                        if d.code == codes.UNBOUND_TARGET and d.message.endswith(f" in {sec.kind} target")]
             if len(unused) == 1 and unbound:
                 for i in unbound:
-                    self.out[i] = dataclasses.replace(
-                        self.out[i], help=f"{self.out[i].help}; `${unused[0].name}` is bound in the source "
-                                          f"but used nowhere: a misspelling?")
+                    out[i] = dataclasses.replace(
+                        out[i], help=f"{out[i].help}; `${unused[0].name}` is bound in the source "
+                                     f"but used nowhere: a misspelling?")
                 continue
             for v in unused:
                 self.emit(codes.UNUSED_VAR, f"variable `${v.name}` is never used", v.span,
                           label="bound here only",
                           help=f"use it, or write `$_{v.name}` to ignore it on purpose")
 
-    # -- class items -----------------------------------------------------------
-    def class_item(self, c: S.ClassItem, mixed: bool) -> None:
+
+class _ClassItemChecks(_Checks):
+    """A class item: its init layers, its forward expression and its target."""
+
+    def __init__(self, ck: _RuleChecker, shapes: _ShapeChecks) -> None:
+        super().__init__(ck)
+        self.shapes = shapes
+
+    def run(self, c: S.ClassItem, mixed: bool) -> None:
         if mixed:
             self.emit(codes.CLASS_MIXED, f"rule `{self.r.name}` has a class item and init/forward items",
                       c.span, label="class item here", help="put the class item in a rule of its own")
         init_vars: dict[str, S.Var] = {}
         for n in c.init or ():
-            self.node_shape(n, "init", source=True)
+            self.shapes.node_shape(n, "init", source=True)
             for v in getattr(n, "outputs", ()):
                 init_vars.setdefault(v.name, v)
         if not c.forward:
@@ -657,36 +746,9 @@ class _RuleChecker:
         used: Counter = Counter()
         produced: list[S.Var] = []
         for n in c.forward:
-            if isinstance(n, S.Wildcard) or not n.outputs or len(n.outputs) != 1:
-                self.emit(codes.CLASS_NODE, "a class forward node must be an expression with one output `-> $v`",
-                          n.span, label="not allowed here")
+            if not self.forward_node(n, init_vars):
                 continue
-            e = n.expr
-            if not isinstance(e, (S.Call, S.BinOp, S.UnaryOp, S.AttrRef)):
-                self.emit(codes.CLASS_NODE, "a class forward node must be a call, a method, an attribute read "
-                          "or a tensor op", n.span, label="not a computation")
-                continue
-            if isinstance(e, S.Call):
-                if isinstance(e.callee, S.Subscript):
-                    self.emit(codes.CLASS_NODE, "a lookup call in a class forward pattern", n.span,
-                              label="bind the looked-up layer in `init` and call it as `$layer(...)`")
-                    continue
-                if isinstance(e.callee, S.Var) and e.callee.name not in init_vars:
-                    self.emit(codes.UNKNOWN_LAYER, f"forward calls layer `${e.callee.name}`, but no init node binds it",
-                              e.callee.span, label="not an init layer",
-                              help=f"bind it in the class's init pattern (`torch.nn.Linear(...) -> ${e.callee.name}`)")
-                for a in e.args:
-                    if a.rest:
-                        self.emit(codes.CLASS_NODE, "`...` in a class forward pattern", a.span,
-                                  label="the match covers every argument", help="list the arguments")
-                    elif not isinstance(a.value, (S.Var, S.Const, S.Name)):
-                        self.term(a.value, True, where="argument", allow_expr=False)
-            elif isinstance(e, S.BinOp):
-                for operand in (e.left, e.right):
-                    self.term(operand, True, where="operand", allow_expr=False)
-            elif isinstance(e, S.UnaryOp):
-                self.term(e.operand, True, where="operand", allow_expr=False)
-            for v in vars_in(e):
+            for v in vars_in(n.expr):
                 used[v.name] += 1
                 defined.setdefault(v.name, v)  # free variables bind what they meet
             out = n.outputs[0]
@@ -701,36 +763,77 @@ class _RuleChecker:
                 self.emit(codes.CLASS_RESULT, f"`${out.name}` is computed but no later node uses it", out.span,
                           label="dangling output",
                           help="the pattern is one expression: its last node's output is what forward returns")
-        result = produced[-1].name if produced else None
         for v in c.scalars:
             if v.name not in defined:
                 self.emit(codes.CONSTRAINT_UNKNOWN, f"`scalar` names `${v.name}`, which the pattern does not bind",
-                          v.span, label="unknown variable", help=self._suggest(v.name, defined))
+                          v.span, label="unknown variable", help=_suggest(v.name, defined))
         if c.target is not None:
-            tdefined = set(defined)
-            for n in c.target:
-                self.node_shape(n, "forward", source=False)
-                for v in (vars_in(n.expr) if isinstance(n, S.Node) else []):
-                    if v.name not in tdefined:
-                        self._unbound(v, "forward")
-                for v in getattr(n, "outputs", ()):
-                    tdefined.add(v.name)
-            outs = {v.name for n in c.target for v in getattr(n, "outputs", ())}
-            if result is not None and result not in outs:
-                self.emit(codes.CLASS_RESULT, f"the class target does not compute `${result}`", c.target_span,
-                          label=f"`${result}` is what forward returns",
-                          help=f"end the target with a node `... -> ${result}`")
-        self.class_vars = set(defined)
+            self.target(c, set(defined), produced[-1].name if produced else None)
+        self.ck.class_vars = set(defined)
 
-    def needs(self, init, fwd) -> None:
+    def forward_node(self, n, init_vars: dict[str, S.Var]) -> bool:
+        """Check one node of the class's forward pattern; False when it is
+        not a computation with one output (then its variables are not read)."""
+        if isinstance(n, S.Wildcard) or not n.outputs or len(n.outputs) != 1:
+            self.emit(codes.CLASS_NODE, "a class forward node must be an expression with one output `-> $v`",
+                      n.span, label="not allowed here")
+            return False
+        e = n.expr
+        if not isinstance(e, (S.Call, S.BinOp, S.UnaryOp, S.AttrRef)):
+            self.emit(codes.CLASS_NODE, "a class forward node must be a call, a method, an attribute read "
+                      "or a tensor op", n.span, label="not a computation")
+            return False
+        term = self.shapes.term
+        if isinstance(e, S.Call):
+            if isinstance(e.callee, S.Subscript):
+                self.emit(codes.CLASS_NODE, "a lookup call in a class forward pattern", n.span,
+                          label="bind the looked-up layer in `init` and call it as `$layer(...)`")
+                return False
+            if isinstance(e.callee, S.Var) and e.callee.name not in init_vars:
+                self.emit(codes.UNKNOWN_LAYER, f"forward calls layer `${e.callee.name}`, but no init node binds it",
+                          e.callee.span, label="not an init layer",
+                          help=f"bind it in the class's init pattern (`torch.nn.Linear(...) -> ${e.callee.name}`)")
+            for a in e.args:
+                if a.rest:
+                    self.emit(codes.CLASS_NODE, "`...` in a class forward pattern", a.span,
+                              label="the match covers every argument", help="list the arguments")
+                elif not isinstance(a.value, (S.Var, S.Const, S.Name)):
+                    term(a.value, True, where="argument", allow_expr=False)
+        elif isinstance(e, S.BinOp):
+            for operand in (e.left, e.right):
+                term(operand, True, where="operand", allow_expr=False)
+        elif isinstance(e, S.UnaryOp):
+            term(e.operand, True, where="operand", allow_expr=False)
+        return True
+
+    def target(self, c: S.ClassItem, tdefined: set[str], result: str | None) -> None:
+        for n in c.target:
+            self.shapes.node_shape(n, "forward", source=False)
+            for v in (vars_in(n.expr) if isinstance(n, S.Node) else []):
+                if v.name not in tdefined:
+                    self.ck.unbound(v, "forward")
+            for v in getattr(n, "outputs", ()):
+                tdefined.add(v.name)
+        outs = {v.name for n in c.target for v in getattr(n, "outputs", ())}
+        if result is not None and result not in outs:
+            self.emit(codes.CLASS_RESULT, f"the class target does not compute `${result}`", c.target_span,
+                      label=f"`${result}` is what forward returns",
+                      help=f"end the target with a node `... -> ${result}`")
+
+
+class _NeedsChecks(_Checks):
+    """What the kernel dispatch needs at run time: `requires ... on`,
+    `option check`, `fallback`."""
+
+    def run(self, init, fwd) -> None:
         r = self.r
-        bound = set(getattr(self, "class_vars", set()))
+        bound = set(self.ck.class_vars)
         for sec in (init, fwd):
             if sec is not None:
                 bound |= {v.name for n in sec.item.source for v in node_vars(n)}
         reqs = r.of(S.RuleRequires)
         for q in reqs:
-            if q.package.lower().replace("_", "-") not in self.packages:
+            if q.package.lower().replace("_", "-") not in self.ck.packages:
                 self.emit(codes.REQUIRES_UNKNOWN, f"rule requires `{q.package}`, which the pack does not require",
                           q.package_span, label="not in the pack's `requires`",
                           help=f'add `requires {q.package} install "<how to install it>"` at the top of the file')
@@ -739,13 +842,13 @@ class _RuleChecker:
                           label="expected " + " or ".join(DEVICES))
             if q.var is not None and q.var.name not in bound:
                 self.emit(codes.CONSTRAINT_UNKNOWN, f"`requires ... on` names `${q.var.name}`, which no source binds",
-                          q.var.span, label="unknown variable", help=self._suggest(q.var.name, bound))
+                          q.var.span, label="unknown variable", help=_suggest(q.var.name, bound))
         for o in r.of(S.Option):
             if o.name == "check" and isinstance(o.value.value, str):
                 for name in CHECK_VAR.findall(o.value.value):
                     if name not in bound:
                         self.emit(codes.CONSTRAINT_UNKNOWN, f"`option check` names `${name}`, which no source binds",
-                                  o.value.span, label="unknown variable", help=self._suggest(name, bound))
+                                  o.value.span, label="unknown variable", help=_suggest(name, bound))
                 if not r.of(S.Fallback):
                     self.emit(codes.BAD_OPTION, "`option check` without `fallback original`", o.value.span,
                               label="a check guards the kernel dispatch", help="add `requires ...` and `fallback original`")
@@ -761,19 +864,6 @@ class _RuleChecker:
                           f.span, label="cannot guard per call",
                           help="a per-call fallback needs a one-node forward target (a dispatch helper)")
 
-    def _unbound(self, v: S.Var, kind: str) -> None:
-        where = "the init source" if kind == "init" else "the forward or init source"
-        self.emit(codes.UNBOUND_TARGET, f"unbound variable `${v.name}` in {kind} target", v.span,
-                  label=f"not bound in {where}",
-                  help=f"bind `${v.name}` in {where}, or use a constant")
-
-    @staticmethod
-    def _suggest(name: str, names) -> str:
-        close = difflib.get_close_matches(name, sorted(names), n=1)
-        if close:
-            return f"did you mean `${close[0]}`?"
-        return "bound variables: " + (", ".join(f"${n}" for n in sorted(names)) or "none")
-
 
 # ---------------------------------------------------------------------------
 # ADR5xx: names and types (`dslc check` only)
@@ -784,7 +874,7 @@ def check_semantics(files: list[S.File]) -> list[Diagnostic]:
     for f in files:
         for r in f.rules:
             diags = _Semantics(r).run()
-            out.extend(_RuleChecker(r, set())._allowed(diags))
+            out.extend(_allowed(r, diags))
     return out
 
 

@@ -541,6 +541,14 @@ S_CLASS_INIT = _code("S215", "skip", "the class's attributes do not fit the clas
     attribute it reads is not what the item's init pattern needs (built by
     another type, assigned more than once or under a condition, assigned
     again by another method), or a `scalar` variable is a layer.""")
+S_INIT_ALTERNATIVE = _code("S216", "skip", "a matched layer may be bound to something else", """
+    `__init__` binds a matched layer's attribute to another kind of object
+    on some branch (`self.bn = nn.BatchNorm2d(c) if norm else
+    nn.Identity()`, or an `else:` binding another layer class) that is not
+    always overwritten by the matched binding. Forward calls whichever was
+    bound, so a rewrite that assumes the matched type would change (or
+    break) the model where the other binding is live; an `a if c else b`
+    binding would also be copied whole into the fused layer.""")
 S_CLASS_DISPATCH = _code("S315", "skip", "the class dispatch cannot be written", """
     A class item matched, but the dispatch at the top of `forward` cannot be
     placed or written: the body shares the line of the `def` or of the

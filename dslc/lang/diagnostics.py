@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterable, Mapping
 
 from dslc.lang import codes
@@ -79,8 +78,8 @@ def render(diags: Iterable[Diagnostic], fmt: str = "text",
            sources: Mapping[str, str] | None = None) -> str:
     """Render diagnostics as text (with source snippets) or as JSON.
 
-    `sources` maps a path to its text; a path not in it is read from disk
-    (undecodable bytes replaced) when a snippet is needed.
+    `sources` maps a path to its text (`LoadResult.sources`); a diagnostic
+    in a path not in it is shown without a snippet.  Nothing is read here.
     """
     diags = list(diags)
     if fmt == "json":
@@ -113,7 +112,7 @@ def to_json(d: Diagnostic) -> dict:
 
 
 class _Lines:
-    """Source lines by path, loaded on demand."""
+    """Source lines by path, split on demand."""
 
     def __init__(self, sources: Mapping[str, str]) -> None:
         self._sources = dict(sources)
@@ -122,13 +121,6 @@ class _Lines:
     def get(self, path: str, line: int) -> str | None:
         if path not in self._split:
             text = self._sources.get(path)
-            if text is None:
-                from dslc.apply.fileio import SourceError, read_bytes
-
-                try:  # only a regular file: the snippet of a FIFO or a device is not worth a hang
-                    text = read_bytes(path, 2_000_000).decode("utf-8", "replace")
-                except SourceError:
-                    text = None
             self._split[path] = text.split("\n") if text is not None else []
         rows = self._split[path]
         if 1 <= line <= len(rows):

@@ -3,7 +3,8 @@
 `load_rules(paths, select)`:
 1. Expand the paths: a directory contributes its `*.adr` files (recursively,
    sorted); a missing path or an empty directory is an ADR007 diagnostic.
-2. Parse every file (`parser.parse_file`: never raises), then check all the
+2. Read every file (`fileio.read_bytes`: only a regular file) and parse it
+   (`parser.parse_bytes`; neither step raises), then check all the
    parsed files together (`checker.check_files`: per-file checks plus the
    cross-file duplicate-pack warning).
 3. Lower each file that has no error to an `ir.Pack`, in path order.
@@ -17,24 +18,33 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 from dslc.lang import checker, codes
 from dslc.match import ir
 from dslc.lang.diagnostics import Diagnostic, diag
 from dslc.lang.lower import lower_file
-from dslc.lang.parser import parse_file
+from dslc.apply.fileio import SourceError, display_path, read_bytes
+from dslc.lang.parser import ParseResult, parse_bytes
+from dslc.lang.source import MAX_SOURCE_BYTES
+
+if TYPE_CHECKING:
+    from dslc.match.compiler import CompiledRule
 
 
 @dataclass(frozen=True)
 class LoadResult:
     packs: list[ir.Pack]
     diagnostics: list[Diagnostic]
-    # path -> text of every decoded file (for rendering snippets)
+    # path -> text of every file read (for rendering snippets; undecodable
+    # bytes replaced)
     sources: dict[str, str] = field(default_factory=dict)
     files: tuple[str, ...] = ()
     # every parsed file, with or without errors (for counting and printing)
     parsed: tuple = ()
+    # qualified rule name -> its `CompiledRule`: every loaded rule is compiled
+    # once, here; `apply_paths(..., compiled=)` reuses them
+    compiled: dict[str, CompiledRule] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -73,16 +83,15 @@ def load_rules(paths: list[str] | str, select: Iterable[str] = (), ignore: Itera
     parsed = []
     sources: dict[str, str] = {}
     for path in files:
-        result = parse_file(path)
+        result = parse_path(path, sources)
         diags.extend(result.diagnostics)
-        if result.source is not None:
-            sources[path] = result.source.text
         if result.file is not None:
             parsed.append(result.file)
     diags.extend(checker.check_files(parsed))
     failed = {d.span.path for d in diags if d.is_error and d.span is not None}
     packs = [lower_file(f) for f in parsed if f.path not in failed]
-    packs = _compilable(packs, diags)
+    compiled: dict[str, CompiledRule] = {}
+    packs = _compilable(packs, diags, compiled)
     # Rules of files with errors are not loaded, but a selection naming them
     # is not "unknown": the file's own diagnostics say what is wrong.
     broken = [ir.Pack(f.header.name, "", (), tuple(ir.Rule(f.header.name, r.name, "", (), ir.Contract())
@@ -93,12 +102,31 @@ def load_rules(paths: list[str] | str, select: Iterable[str] = (), ignore: Itera
     packs, ign_diags = apply_ignore(packs, list(ignore), broken)
     diags.extend(ign_diags)
     diags.sort(key=Diagnostic.sort_key)
-    return LoadResult(packs, diags, sources, tuple(files), tuple(parsed))
+    kept = {r.qualified_name for p in packs for r in p.rules}
+    compiled = {name: c for name, c in compiled.items() if name in kept}
+    return LoadResult(packs, diags, sources, tuple(files), tuple(parsed), compiled)
 
 
-def _compilable(packs: list[ir.Pack], diags: list[Diagnostic]) -> list[ir.Pack]:
-    """Compile each rule once; a rule the compiler refuses is an ADR120 error
-    and is dropped, so neither `check` nor `apply` meets it later."""
+def parse_path(path: str, sources: dict[str, str]) -> ParseResult:
+    """Read and parse one rule file; never raises.  Its text goes into
+    `sources` for the diagnostics' snippets (undecodable bytes replaced)."""
+    span = ir.Span(path, 1, 1, 1, 1)
+    try:  # only a regular file: a FIFO would block, /dev/zero never end
+        data = read_bytes(path, MAX_SOURCE_BYTES)
+    except SourceError as exc:
+        if exc.code == "E109":
+            d = diag(codes.TOO_LARGE, f"file too large (the limit is {MAX_SOURCE_BYTES} bytes)", span)
+        else:
+            d = diag(codes.IO_ERROR, f"cannot read {display_path(path)}: {exc.message}", span)
+        return ParseResult(None, [d], None)
+    result = parse_bytes(data, path)
+    sources[path] = result.source.text if result.source is not None else data.decode("utf-8", "replace")
+    return result
+
+
+def _compilable(packs: list[ir.Pack], diags: list[Diagnostic], compiled: dict[str, CompiledRule]) -> list[ir.Pack]:
+    """Compile each rule once, into `compiled`; a rule the compiler refuses is
+    an ADR120 error and is dropped, so neither `check` nor `apply` meets it later."""
     from dslc.match.compiler import CompileError, compile_rule
 
     out = []
@@ -106,7 +134,7 @@ def _compilable(packs: list[ir.Pack], diags: list[Diagnostic]) -> list[ir.Pack]:
         kept = []
         for rule in pack.rules:
             try:
-                compile_rule(rule)
+                compiled[rule.qualified_name] = compile_rule(rule)
             except CompileError as exc:
                 message = str(exc).split(f"rule {rule.qualified_name}: ", 1)[-1]
                 diags.append(diag(codes.UNCOMPILABLE, message, exc.span, label="cannot be compiled"))

@@ -32,7 +32,6 @@ import threading
 import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
-from pathlib import Path
 
 from lark import Lark, Token, Transformer
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
@@ -208,22 +207,6 @@ def parse_bytes(data: bytes, path: str) -> ParseResult:
                  help="rule files are UTF-8 text; is this the right file?")
         return ParseResult(None, [d], None)
     return parse_source(text, path)
-
-
-def parse_file(path: str | Path) -> ParseResult:
-    from dslc.apply.fileio import SourceError, display_path, read_bytes
-
-    path = str(path)
-    try:  # only a regular file: a FIFO would block, /dev/zero never end
-        data = read_bytes(path, MAX_SOURCE_BYTES)
-    except SourceError as exc:
-        if exc.code == "E109":
-            d = diag(codes.TOO_LARGE, f"file too large (the limit is {MAX_SOURCE_BYTES} bytes)",
-                     Span(path, 1, 1, 1, 1))
-        else:
-            d = diag(codes.IO_ERROR, f"cannot read {display_path(path)}: {exc.message}", Span(path, 1, 1, 1, 1))
-        return ParseResult(None, [d], None)
-    return parse_bytes(data, path)
 
 
 # ---------------------------------------------------------------------------

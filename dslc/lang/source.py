@@ -42,10 +42,6 @@ class SourceFile:
             pos = find("\n", pos + 1)
         object.__setattr__(self, "_starts", tuple(starts))
 
-    @property
-    def line_count(self) -> int:
-        return len(self._starts)
-
     def position(self, offset: int) -> tuple[int, int]:
         """1-based (line, col) of a character offset (clamped to the text)."""
         offset = max(0, min(offset, len(self.text)))

@@ -17,7 +17,7 @@ rule, then indexes the compiled rules by anchor:
    needs (the file pre-filter of `CompiledPack.anchor_names`).
 
 Rule options read here: `option scope = "forward"` limits an init-less rule
-to forward paths (default `"any"`); `option commutative = false` matches the operands
+to forward paths (default `"any"`); `option commutative = False` matches the operands
 of `+`/`*` in written order only (default: commutative, as
 docs/adopter-rules.md settles it).  Pattern terms: `Var` binds,
 `Const` is a literal check (a non-static value keeps the match, marked
@@ -33,7 +33,7 @@ start there, however many rules the pack holds.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Mapping
 
 from dslc.match import ir, signatures
@@ -72,12 +72,6 @@ class CompiledRule:
         so do init-less rules with `option scope = "forward"` (the default
         for them is `"any"`: every method and module-level function)."""
         return self.init is not None or self.rule.option("scope") == "forward"
-
-    def init_type(self, var: str) -> str | None:
-        for v, t in self.init_types:
-            if v == var:
-                return t
-        return None
 
     def dump(self) -> str:
         scope = "forward paths of classes" if self.class_scoped else "every function (no init item)"
@@ -247,10 +241,10 @@ def _compile_forward(w: _Work) -> None:
     rule = w.rule
     if rule.forward is None:
         return
-    # `option commutative = false`: match `+`/`*` operands in written order
+    # `option commutative = False`: match `+`/`*` operands in written order
     # only (the ADOPTER benchmark labels count `dropout(x) + res`, not
     # `res + dropout(x)`).
-    commutative = rule.option("commutative", True) not in (False, "false", "no", 0)
+    commutative = rule.option("commutative", True) is not False  # the checker admits True/False
     transitions = []
     for i, node in enumerate(w.forward):
         outs = tuple(Action(f"out{j}", o) for j, o in enumerate(node.outputs) if not _is_discard(o))
@@ -315,9 +309,13 @@ def compile_rule(rule: ir.Rule, index: int = 0) -> CompiledRule:
     return CompiledRule(rule, index, w.init, w.automaton, tuple(sorted(w.init_types.items())), frozenset(w.names))
 
 
-def compile_rules(rules) -> CompiledPack:
-    """Compile rules (in pack order) into one combined, anchor-indexed matcher."""
-    compiled = tuple(compile_rule(rule, i) for i, rule in enumerate(rules))
+def compile_rules(rules, done: Mapping[str, CompiledRule] | None = None) -> CompiledPack:
+    """Compile rules (in pack order) into one combined, anchor-indexed matcher.
+
+    `done` holds rules compiled before (`LoadResult.compiled`, by qualified
+    name): a rule found there (the same `ir.Rule` object) is not compiled again.
+    """
+    compiled = tuple(_compiled(rule, i, done) for i, rule in enumerate(rules))
     index: dict[tuple[str, str], list[int]] = {}
     unanchored, init_only, class_rules = [], [], []
     for c in compiled:
@@ -333,10 +331,12 @@ def compile_rules(rules) -> CompiledPack:
                         tuple(class_rules))
 
 
-def compile_pack(pack: ir.Pack) -> CompiledPack:
-    return compile_rules(pack.rules)
+def _compiled(rule: ir.Rule, index: int, done: Mapping[str, CompiledRule] | None) -> CompiledRule:
+    before = done.get(rule.qualified_name) if done else None
+    if before is None or before.rule is not rule:
+        return compile_rule(rule, index)
+    return before if before.index == index else replace(before, index=index)
 
 
-def compile_packs(packs) -> CompiledPack:
-    """One combined matcher over several packs (pack order, then rule order)."""
-    return compile_rules([rule for pack in packs for rule in pack.rules])
+def compile_pack(pack: ir.Pack, done: Mapping[str, CompiledRule] | None = None) -> CompiledPack:
+    return compile_rules(pack.rules, done)

@@ -42,13 +42,20 @@ Conditional init policy: an attribute with several `InitBinding`s (an
 unifies with the same variable bindings.  Bindings of kind `other` (the
 `else: self.act = config.hidden_act` branch of transformers) are allowed:
 `init_nodes` holds the matching binding with its guards, and the rewriter
-keeps the other branch as it is.  So are bindings of another known type
-(`nn.Linear(...)` if `num_groups == 1` else `GroupedLinearLayer(...)`, which
-the benchmark labels count): the safety checks see the guards.
+keeps the other branch as it is.  A binding of another type (`nn.Linear(...)`
+if `num_groups == 1` else `GroupedLinearLayer(...)`; `nn.BatchNorm2d(c) if
+norm else nn.Identity()`) that the matched binding does not always
+overwrite makes the match a conflict (S216, `_alternative_binding`): forward
+calls whichever layer was bound, and the rewrite assumes the matched type
+everywhere (the grouped layer would keep its bias and get the fused one;
+`ConvBn2d(conv, nn.Identity())` does not construct).  So does any other
+branch of an `a if c else b` binding, since the rewriter copies the whole
+expression.
 
-Debugging: `DSLC_MATCH_DEBUG=<file suffix>:<line>` prints to stderr why the
-nodes at that line did not match (failed attempts are falsy `Fail` values
-carrying a reason).  For users, `match_file(..., recorder=)` hands every
+Debugging: `DSLC_MATCH_DEBUG=<file suffix>:<line>` logs (logger
+`dslc.match.matcher`, level DEBUG; the `dslc` command shows them on stderr)
+why the nodes at that line did not match (failed attempts are falsy `Fail`
+values carrying a reason).  For users, `match_file(..., recorder=)` hands every
 failed attempt to a recorder (`dslc.rewrite.nearmiss`: the near-miss report of
 `dslc apply --near-misses` and `dslc explain FILE:LINE`); without one, the
 hooks cost an `is None` test.
@@ -56,15 +63,18 @@ hooks cost an `is None` test.
 
 from __future__ import annotations
 
+import ast
+import logging
 import os
-import sys
 from bisect import bisect_left
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from typing import Iterator
 
 from dslc.lang import codes
 from dslc.match import ir, signatures
 from dslc.analysis.model import ClassFacts, FileFacts, InitBinding, Node, Path, Value
+from dslc.analysis.scalars import MATH_FUNCTIONS
 from dslc.match.automaton import Action, InitTest, Transition
 from dslc.match.compiler import CompiledPack, CompiledRule
 
@@ -196,6 +206,9 @@ def _show(b: _B) -> str:
 # Per-file, per-class and per-path context.
 
 
+_LOG = logging.getLogger(__name__)
+
+
 class _Debug:
     def __init__(self, file: str):
         spec = os.environ.get("DSLC_MATCH_DEBUG", "")
@@ -209,7 +222,7 @@ class _Debug:
         return self.line is not None and node.stmt.lines[0] <= self.line <= node.stmt.lines[1]
 
     def say(self, file: str, rule: str, msg: str) -> None:
-        print(f"{file}:{self.line}: {rule}: {msg}", file=sys.stderr)
+        _LOG.debug("%s:%s: %s: %s", file, self.line, rule, msg)
 
 
 @dataclass
@@ -226,11 +239,18 @@ class _Scope:
 
 
 class _PathCtx:
-    __slots__ = ("path", "nodes", "writes", "writers", "keys")
+    __slots__ = ("path", "nodes", "writes", "writers", "keys", "scalars", "ranks", "cutoffs", "positions")
 
     def __init__(self, path: Path, scope: _Scope):
         self.path = path
         self.nodes = path.nodes
+        # rank proofs: (name, defining position) -> rank; `cutoffs` counts the
+        # proofs cut short by the depth limit (those results are not cached)
+        self.ranks: dict[tuple[str, int], int | None] = {}
+        self.cutoffs = 0
+        self.positions: dict | None = None  # node id -> position, built on first use
+        # `self.<attr>`s that hold a Python number (rank 0; analysis/scalars.py)
+        self.scalars = scope.cls.scalars if scope.cls is not None else frozenset()
         # Index keys per node: a transition is only fired on nodes carrying
         # its key (the same pre-filter as the anchor index, for later nodes).
         # Both are per node, and the paths of one scope share most nodes: memoised in the scope.
@@ -429,7 +449,7 @@ def _run_actions(actions, node: Node, pos: int, env, slots, swap, ctx: _PathCtx)
 
 _RANK_KEEPING_CALLS = frozenset({
     "torch.nn.functional.softmax", "torch.softmax", "torch.nn.functional.dropout", "torch.nn.functional.gelu",
-    "torch.nn.functional.relu", "torch.tanh", "torch.sigmoid",
+    "torch.nn.functional.relu", "torch.tanh", "torch.sigmoid", "torch.index_select",
 })
 _RANK_KEEPING_LAYERS = frozenset({
     "torch.nn.Dropout", "torch.nn.GELU", "torch.nn.ReLU", "torch.nn.Softmax", "torch.nn.Tanh", "torch.nn.Sigmoid",
@@ -438,6 +458,11 @@ _RANK_KEEPING_LAYERS = frozenset({
 _KEEP_METHODS = frozenset({"transpose", "contiguous", "float", "half", "bfloat16", "double", "to", "type_as",
                            "clone", "detach"})
 _COUNT_METHODS = frozenset({"view", "reshape", "permute"})
+# Calls whose result is a Python number whatever they are given (or they raise).
+_NUMBER_CALLS = frozenset({f"math.{f}" for f in MATH_FUNCTIONS} | {"builtins.float", "builtins.int"})
+# Elementwise binary operators: the result broadcasts its operands.
+_BROADCAST_OPS = ("+", "-", "*", "/", "//", "%", "**")
+_BROADCAST_AST = (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv, ast.Mod, ast.Pow)
 
 
 def _last_dim(a, value: Value, slots: dict, pos: int, ctx: "_PathCtx") -> bool:
@@ -460,29 +485,35 @@ def _rank_of_value(value: Value, pos: int, ctx: "_PathCtx", depth: int) -> int |
     return _rank_of_text(value.text, pos, ctx, depth)
 
 
-def _rank_of_text(text: str, pos: int, ctx: "_PathCtx", depth: int) -> int | None:
-    import ast
-
+@lru_cache(maxsize=4096)
+def _parse_expr(text: str):
+    """`text` parsed as an expression (None when it is not one); the trees
+    are only read, so one parse serves every rank proof."""
     try:
-        expr = ast.parse(text, mode="eval").body
+        return ast.parse(text, mode="eval").body
     except SyntaxError:
         return None
-    return _rank_expr(expr, pos, ctx, depth)
+
+
+def _rank_of_text(text: str, pos: int, ctx: "_PathCtx", depth: int) -> int | None:
+    expr = _parse_expr(text)
+    return None if expr is None else _rank_expr(expr, pos, ctx, depth)
 
 
 def _rank_expr(e, pos: int, ctx: "_PathCtx", depth: int) -> int | None:
     """The rank of expression `e` read at path position `pos`, when provable."""
-    import ast
-
     if depth > 32:
+        ctx.cutoffs += 1
         return None
     if isinstance(e, ast.Constant):
         return 0 if type(e.value) in (int, float) else None
     if isinstance(e, ast.Name):
         return _rank_of_name(e.id, pos, ctx, depth + 1)
+    if isinstance(e, ast.Attribute) and isinstance(e.value, ast.Name) and e.value.id == "self":
+        return 0 if e.attr in ctx.scalars else None
     if isinstance(e, ast.UnaryOp) and isinstance(e.op, (ast.USub, ast.UAdd)):
         return _rank_expr(e.operand, pos, ctx, depth + 1)
-    if isinstance(e, ast.BinOp) and isinstance(e.op, (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.MatMult)):
+    if isinstance(e, ast.BinOp) and isinstance(e.op, (*_BROADCAST_AST, ast.MatMult)):
         ra = _rank_expr(e.left, pos, ctx, depth + 1)
         rb = _rank_expr(e.right, pos, ctx, depth + 1)
         return _binary_rank("@" if isinstance(e.op, ast.MatMult) else "+", ra, rb)
@@ -513,9 +544,23 @@ def _binary_rank(op: str, ra: int | None, rb: int | None) -> int | None:
 
 
 def _rank_of_name(name: str, pos: int, ctx: "_PathCtx", depth: int) -> int | None:
+    """The rank of `name` read at `pos`: memoised per (name, definition),
+    since the value a name holds depends only on the node that wrote it (a
+    result cut short by the depth limit depends on the depth: not kept)."""
     d = ctx.defn(name, pos)
     if d < 0:
         return None
+    key = (name, d)
+    if key in ctx.ranks:
+        return ctx.ranks[key]
+    cutoffs = ctx.cutoffs
+    rank = _rank_of_definition(name, d, ctx, depth)
+    if ctx.cutoffs == cutoffs:
+        ctx.ranks[key] = rank
+    return rank
+
+
+def _rank_of_definition(name: str, d: int, ctx: "_PathCtx", depth: int) -> int | None:
     node = ctx.nodes[d]
     src = next((s for t, s in node.copies if t == name), None)
     if src is not None:
@@ -533,10 +578,12 @@ def _node_rank(node: Node, pos: int, ctx: "_PathCtx", depth: int) -> int | None:
         ranks = [_rank_of_value(v, pos, ctx, depth) for v in node.inputs]
         if len(ranks) == 1:
             return ranks[0] if node.op in ("-", "+") else None
-        if node.op in ("+", "-", "*", "/", "@"):
+        if node.op in _BROADCAST_OPS or node.op == "@":
             return _binary_rank(node.op if node.op == "@" else "+", ranks[0], ranks[1])
         return None
     if node.kind == "call":
+        if node.type in _NUMBER_CALLS:
+            return 0
         if node.type == "torch.einsum" and node.inputs and node.inputs[0].is_const and not node.kwargs:
             spec = node.inputs[0].const
             if isinstance(spec, str) and spec.count("->") == 1:
@@ -782,6 +829,64 @@ def _match_init(cr: CompiledRule, scope: _Scope, env: dict[str, _B]) -> Iterator
     return iter(results)
 
 
+def _alternative_binding(rule: ir.Rule, scope: _Scope, init_nodes: dict[str, InitBinding]) -> codes.Reason | None:
+    """Why a matched binding may not be what forward calls (S216), or None.
+
+    Every other binding of a matched attribute must be of the same kind and
+    type (`_match_init` unified those), of kind `other` (the module doc's
+    conditional init policy: a config callable, `None` under a forward
+    `is not None` guard), or always overwritten by the matched one.  When the
+    rule's init target takes the layer itself (`ConvBn2d($conv, $bn)`), the
+    rewriter copies its statement's whole right-hand side, so a binding from
+    the same statement (`a if c else b`) must be of the same type too."""
+    copied = _copied_vars(rule)
+    for var, b in init_nodes.items():
+        for other in scope.init_by_attr.get(b.attr, ()):
+            if other is b or (other.kind == b.kind and other.type == b.type):
+                continue
+            line = other.stmt.lines[0] if other.stmt is not None else 0
+            if var in copied and b.stmt is not None and other.stmt == b.stmt:
+                return codes.reason(codes.S_INIT_ALTERNATIVE, (
+                    f"`self.{b.attr} = ... if ... else ...` (line {line}) builds a `{_short_type(b)}` on one branch "
+                    f"only: the other is {_binding_text(other)}"))
+            if other.kind == "other" or _overwritten_by(other, b):
+                continue
+            where = f" where `{' and '.join(str(g) for g in other.guards)}`" if other.guards else ""
+            return codes.reason(codes.S_INIT_ALTERNATIVE, (
+                f"`self.{b.attr}` is also bound to {_binding_text(other)} (line {line}){where}, "
+                f"which forward would call in place of the `{_short_type(b)}`"))
+    return None
+
+
+def _copied_vars(rule: ir.Rule) -> set[str]:
+    """The init variables the rule's init target passes as arguments (the
+    rewriter writes their constructor expressions there)."""
+    item = rule.init
+    if item is None or item.target is None:
+        return set()
+    return {t.name for pn in item.target for t in (*pn.args, *(v for _, v in pn.kwargs)) if isinstance(t, ir.Var)}
+
+
+def _overwritten_by(other: InitBinding, b: InitBinding) -> bool:
+    """`other` always runs before `b` and `b` always runs after it: same
+    method, earlier line, in the blocks of `b` (so in the same loop, if any),
+    under at least `b`'s guards."""
+    o, s = other.stmt, b.stmt
+    if o is None or s is None or (o.owner, o.method) != (s.owner, s.method) or o.lines[1] >= s.lines[0]:
+        return False
+    return o.blocks[:len(s.blocks)] == s.blocks and set(b.guards) <= set(other.guards)
+
+
+def _short_type(b: InitBinding) -> str:
+    return (b.type or b.unresolved or "layer").rpartition(".")[2]
+
+
+def _binding_text(b: InitBinding) -> str:
+    if b.kind == "other":
+        return f"`{b.args[0].text}`" if b.args else "another value"
+    return f"`{_short_type(b)}(...)`"
+
+
 # Containers a `for layer in self.<attr>:` loop calls the elements of.
 _LOOPED = ("torch.nn.ModuleList", "torch.nn.Sequential")
 
@@ -961,7 +1066,11 @@ def _check_ranks(scope: _Scope, paths, found: list[_Found]) -> None:
                 if pi not in ctxs:
                     ctxs[pi] = _PathCtx(_expand_sequential(path, scope), scope)
                 ctx = ctxs[pi]
-                q = next((i for i, n in enumerate(ctx.nodes) if _node_id(n) == key), None)
+                if ctx.positions is None:
+                    ctx.positions = {}
+                    for i, n in enumerate(ctx.nodes):
+                        ctx.positions.setdefault(_node_id(n), i)
+                q = ctx.positions.get(key)
                 if q is not None and _rank_of_value(value, q, ctx, 0) != rank:
                     f.conflict = (f"`{value.text}` at line {node.stmt.lines[0]} has rank {rank} (so its last dim "
                                   f"is the one given) only on some paths through the call")
@@ -1026,6 +1135,8 @@ def _complete(cr: CompiledRule, scope: _Scope, pi: int, ctx: _PathCtx, p: _Parti
             if rec is not None:
                 rec.event(cr, scope, nodes[cr.forward.anchor_index], nodes, len(nodes), 3, verdict, stage="where")
             continue
+        if verdict is None:
+            verdict = _alternative_binding(cr.rule, scope, init_nodes)
         if verdict is not None:
             unsure = unsure or (env, init_nodes, verdict)  # a solution without unknowns wins
             continue
@@ -1058,6 +1169,8 @@ def _match_init_only(cr: CompiledRule, facts: FileFacts, out: list[_Found], rec=
                 if rec is not None:
                     rec.event(cr, scope, None, (), 0, 3, verdict, stage="where")
                 continue
+            if verdict is None:
+                verdict = _alternative_binding(cr.rule, scope, init_nodes)
             out.append(_Found(cr, scope, paths[0], (), env, init_nodes, {}, verdict, paths))
 
 
@@ -1104,7 +1217,9 @@ def match_file(compiled: CompiledPack, facts: FileFacts, *, file: str | None = N
     kept: list[_Found] = []
     matches = []
     for f in ordered:
-        conflict = codes.reason(codes.S_NOT_STATIC, f.conflict) if f.conflict is not None else None
+        conflict = f.conflict
+        if conflict is not None and not isinstance(conflict, codes.Reason):
+            conflict = codes.reason(codes.S_NOT_STATIC, conflict)
         if conflict is None:
             ids = {_node_id(n) for n in f.nodes}
             inits = _rewritten_inits(f)

@@ -23,13 +23,16 @@ pays nothing):
 3. Places already covered by a match (applied, or skipped by the matcher's
    conflicts and the safety checks: those are reported with their own
    reasons) are left out; every other place is a `NearMiss` with the
-   deepest attempt's reason, formatted only now.
+   deepest attempt's reason, formatted only now.  In a class where the rule
+   matched, each anchor node that no match holds is a place of its own (a
+   second conv -> BN pair the rule could not fuse), with the deepest attempt
+   from that anchor, when that attempt got past the anchor (`_got_past_anchor`).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable
 
 from dslc.match import ir
@@ -69,17 +72,28 @@ def _unit(cr, scope, anchor) -> tuple:
 
 
 class Recorder:
-    """Keeps the deepest failed attempt per (rule, place); see `match_file(recorder=)`."""
+    """Keeps the deepest failed attempt per (rule, place), and for a class
+    place also per anchor node (a second place of a class where the rule
+    applied elsewhere); see `match_file(recorder=)`."""
 
     def __init__(self) -> None:
         self.best: dict[tuple, tuple[tuple, _Event]] = {}
 
     def event(self, cr, scope, anchor, matched, k, sub, fail, *, node=None, stage="forward") -> None:
-        key = (cr.name, _unit(cr, scope, anchor))
+        unit = _unit(cr, scope, anchor)
         score = (k, sub)
-        cur = self.best.get(key)
-        if cur is None or score > cur[0]:
-            self.best[key] = (score, _Event(cr, scope, anchor, tuple(matched), k, fail, node, stage))
+        keys = [(cr.name, unit)]
+        if unit[0] == "class" and anchor is not None:
+            keys.append((cr.name, _anchor_unit(unit, anchor)))
+        for key in keys:
+            cur = self.best.get(key)
+            if cur is None or score > cur[0]:
+                self.best[key] = (score, _Event(cr, scope, anchor, tuple(matched), k, fail, node, stage))
+
+
+def _anchor_unit(unit: tuple, anchor) -> tuple:
+    """One anchor node of a class place."""
+    return ("anchor", unit[1], _node_id(anchor))
 
 
 # ---------------------------------------------------------------------------
@@ -110,6 +124,26 @@ class _Place:
     line: int
     hint: str | None = None  # the reason when no attempt can start (the anchor layer is never called)
     anchor: object = None  # the first anchor node seen
+    # a class place: every anchor node in it, by node id (its other places
+    # where the rule applied at one of them)
+    anchors: dict = field(default_factory=dict)
+
+
+def _add_place(found: dict, cr, scope, node) -> None:
+    """Record anchor `node` of rule `cr`: its own place (an init-less rule),
+    or its class's, which keeps its first line and all its anchors."""
+    unit = _unit(cr, scope, node)
+    line = node.stmt.lines[0]
+    k = (cr.name, unit)
+    place = found.get(k)
+    if place is None or line < place.line and unit[0] == "class":
+        new = _Place(cr, unit, scope.cls.name if scope.cls else None,
+                     node.stmt.method if unit[0] == "node" else "forward", line, anchor=node)
+        if place is not None:
+            new.anchors = place.anchors
+        found[k] = place = new
+    if unit[0] == "class":
+        place.anchors.setdefault(_node_id(node), node)
 
 
 def places(compiled, facts) -> list[_Place]:
@@ -139,13 +173,7 @@ def places(compiled, facts) -> list[_Place]:
                             continue
                         if not cr.names <= names:
                             continue
-                        unit = _unit(cr, scope, node)
-                        line = node.stmt.lines[0]
-                        k = (cr.name, unit)
-                        if k not in found or line < found[k].line and unit[0] == "class":
-                            found[k] = _Place(cr, unit, scope.cls.name if scope.cls else None,
-                                              node.stmt.method if unit[0] == "node" else "forward", line,
-                                              anchor=node)
+                        _add_place(found, cr, scope, node)
     # A class that builds a rule's anchor layer in __init__ but whose forward
     # never calls it (a layer list iterated, a call the analysis cannot see).
     for cr in compiled.rules:
@@ -326,9 +354,39 @@ def covered_units(compiled, matches: Iterable[ir.Match]) -> set[tuple]:
             continue
         if cr.class_scoped or not m.nodes:
             out.add((cr.name, ("class-name", m.class_name)))
+            # the nodes it holds: its class's other anchors are places of their own
+            out.update((cr.name, ("class-node", m.class_name, _node_id(n))) for n in m.nodes)
             continue
         for n in m.nodes:
             out.add((cr.name, ("node", _node_id(n))))
+    return out
+
+
+def _got_past_anchor(got) -> bool:
+    """A second place in a class counts when its attempt is a partial
+    instance of the pattern: two pattern nodes matched, or the whole forward
+    (then `__init__` or a `where` failed).  A lone anchor (a conv with no
+    BatchNorm after it, next to the pair the rule fused) is no near miss."""
+    if got is None:
+        return False
+    e = got[1]
+    return len(e.matched) >= 2 or e.stage in ("init", "where")
+
+
+def _open_places(p: _Place, covered: set[tuple]) -> list[_Place]:
+    """`p` when no match covers it.  A class place where the rule matched
+    (applied or skipped) is covered, but each of its anchor nodes that no
+    match holds is a place of its own: a second place in the class."""
+    name = p.rule.name
+    if (name, p.key) in covered:
+        return []
+    if p.key[0] != "class" or (name, ("class-name", p.class_name)) not in covered:
+        return [p]
+    out = []
+    for nid, node in p.anchors.items():
+        if (name, ("class-node", p.class_name, nid)) not in covered:
+            out.append(_Place(p.rule, _anchor_unit(p.key, node), p.class_name, p.function,
+                              node.stmt.lines[0], anchor=node))
     return out
 
 
@@ -342,9 +400,9 @@ def near_misses(compiled, facts, matches: Iterable[ir.Match], *, file: str | Non
     todo = places(compiled, facts)
     if not todo:
         return []
+    matches = list(matches)
     covered = covered_units(compiled, matches)
-    todo = [p for p in todo if (p.rule.name, p.key) not in covered
-            and not (p.key[0] == "class" and (p.rule.name, ("class-name", p.class_name)) in covered)]
+    todo = [q for p in todo for q in _open_places(p, covered)]
     if not todo:
         return []
     rec = Recorder()
@@ -352,6 +410,8 @@ def near_misses(compiled, facts, matches: Iterable[ir.Match], *, file: str | Non
     out = []
     for p in todo:
         got = rec.best.get((p.rule.name, p.key))
+        if p.key[0] == "anchor" and not _got_past_anchor(got):
+            continue
         if got is None:
             reason = p.hint or _no_attempt(p)
             code = "N401" if p.hint else "N402"
@@ -360,7 +420,10 @@ def near_misses(compiled, facts, matches: Iterable[ir.Match], *, file: str | Non
             e = got[1]
             reason, code = describe(e), code_of(e)
             first = e.matched[0] if e.matched else (e.anchor if e.anchor is not None else None)
-            line = first.stmt.lines[0] if first is not None and p.key[0] == "class" else p.line
+            if p.key[0] == "anchor" and first is not None \
+                    and (p.rule.name, ("class-node", p.class_name, _node_id(first))) in covered:
+                first = None  # the attempt began at the place where the rule applied: the anchor's line
+            line = first.stmt.lines[0] if first is not None and p.key[0] in ("class", "anchor") else p.line
         out.append(NearMiss(p.rule.name, p.class_name, p.function, line, reason, code))
     out.sort(key=lambda n: (n.line, n.rule))
     return out

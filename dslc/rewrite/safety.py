@@ -33,6 +33,8 @@ import ast
 import re
 from typing import Iterable, Sequence
 
+from dslc.analysis import guards
+from dslc.analysis.model import Guard
 from dslc.lang import codes
 from dslc.match import ir
 from dslc.rewrite.edits import Edit, parse_error, untouched_regions_identical
@@ -151,57 +153,63 @@ def stmt_effects(stmt: ast.stmt, defined: frozenset = frozenset()) -> tuple[set[
     if isinstance(stmt, (ast.Pass, ast.Break, ast.Continue, ast.Global, ast.Nonlocal, ast.Import, ast.ImportFrom)):
         written = {(a.asname or a.name).split(".")[0] for a in getattr(stmt, "names", ()) if isinstance(a, ast.alias)}
         return set(), defined | written
+    if isinstance(stmt, (ast.For, ast.AsyncFor, ast.While, ast.If)):
+        return _branch_effects(stmt, defined)
+    if isinstance(stmt, (ast.With, ast.AsyncWith)):
+        return _with_effects(stmt, defined)
+    if isinstance(stmt, ast.Try):
+        return _try_effects(stmt, defined)
+    return None
+
+
+def _branch_effects(stmt, defined: frozenset) -> tuple[set[str], frozenset] | None:
+    """`for`/`while`/`if`: the head's reads, then the body (a loop's target
+    bound there) and the `else` block.  Only an `if` writes definitely (what
+    both its blocks write): a loop body may run zero times."""
     if isinstance(stmt, (ast.For, ast.AsyncFor)):
         reads = _expr_reads(stmt.iter) - defined
         inner = defined | _target_names(stmt.target)
-        body = _block_effects(stmt.body, inner)
-        orelse = _block_effects(stmt.orelse, defined)
-        if body is None or orelse is None:
-            return None
-        return reads | body[0] | orelse[0], defined
-    if isinstance(stmt, ast.While):
+    else:
         reads = _expr_reads(stmt.test) - defined
-        body = _block_effects(stmt.body, defined)
-        orelse = _block_effects(stmt.orelse, defined)
-        if body is None or orelse is None:
+        inner = defined
+    body = _block_effects(stmt.body, inner)
+    orelse = _block_effects(stmt.orelse, defined)
+    if body is None or orelse is None:
+        return None
+    return reads | body[0] | orelse[0], (body[1] & orelse[1] if isinstance(stmt, ast.If) else defined)
+
+
+def _with_effects(stmt, defined: frozenset) -> tuple[set[str], frozenset] | None:
+    reads: set[str] = set()
+    written: set[str] = set()
+    for item in stmt.items:
+        reads |= _expr_reads(item.context_expr) - defined - written
+        if item.optional_vars is not None:
+            written |= _target_names(item.optional_vars)
+    body = _block_effects(stmt.body, defined | written)
+    if body is None:
+        return None
+    return reads | body[0], body[1]
+
+
+def _try_effects(stmt: ast.Try, defined: frozenset) -> tuple[set[str], frozenset] | None:
+    """A `try` may leave early: its writes are not definite."""
+    body = _block_effects(stmt.body, defined)
+    if body is None:
+        return None
+    reads = set(body[0])
+    for handler in stmt.handlers:
+        bound = {handler.name} if handler.name else set()
+        got = _block_effects(handler.body, defined | bound)
+        if got is None:
             return None
-        return reads | body[0] | orelse[0], defined
-    if isinstance(stmt, ast.If):
-        reads = _expr_reads(stmt.test) - defined
-        body = _block_effects(stmt.body, defined)
-        orelse = _block_effects(stmt.orelse, defined)
-        if body is None or orelse is None:
+        reads |= got[0] | (_expr_reads(handler.type) - defined)
+    for block in (stmt.orelse, stmt.finalbody):
+        got = _block_effects(block, defined)
+        if got is None:
             return None
-        return reads | body[0] | orelse[0], body[1] & orelse[1]
-    if isinstance(stmt, (ast.With, ast.AsyncWith)):
-        reads: set[str] = set()
-        written: set[str] = set()
-        for item in stmt.items:
-            reads |= _expr_reads(item.context_expr) - defined - written
-            if item.optional_vars is not None:
-                written |= _target_names(item.optional_vars)
-        body = _block_effects(stmt.body, defined | written)
-        if body is None:
-            return None
-        return reads | body[0], body[1]
-    if isinstance(stmt, ast.Try):
-        body = _block_effects(stmt.body, defined)
-        if body is None:
-            return None
-        reads = set(body[0])
-        for handler in stmt.handlers:
-            bound = {handler.name} if handler.name else set()
-            got = _block_effects(handler.body, defined | bound)
-            if got is None:
-                return None
-            reads |= got[0] | (_expr_reads(handler.type) - defined)
-        for block in (stmt.orelse, stmt.finalbody):
-            got = _block_effects(block, defined)
-            if got is None:
-                return None
-            reads |= got[0]
-        return reads, defined
-    return None
+        reads |= got[0]
+    return reads, defined
 
 
 # ---------------------------------------------------------------------------
@@ -273,14 +281,6 @@ def check_conflict(match: ir.Match) -> str | None:
 # 2. guards
 
 
-def _guards_module():
-    try:
-        from dslc.analysis import guards
-    except ImportError:  # pragma: no cover - the analysis package ships guards
-        return None
-    return guards
-
-
 def check_guards(match: ir.Match, paths: Iterable) -> tuple[str | None, list]:
     """Keep the feasible paths through the location.
 
@@ -293,21 +293,15 @@ def check_guards(match: ir.Match, paths: Iterable) -> tuple[str | None, list]:
     paths = list(paths)
     if not paths:
         return None, []
-    guards = _guards_module()
     init_guards = []
     for binding in match.init_nodes.values():
         init_guards.extend(getattr(binding, "guards", ()) or ())
     feasible, unknown, refuted = [], [], []
     for path in paths:
         gs = list(path.guards)
-        if guards is None:
-            answer = _text_consistent(gs)
-        else:
-            answer = guards.consistent(gs).value
-            if answer != "refuted" and init_guards:
-                combined = guards.consistent(gs + init_guards).value
-                if combined == "refuted":
-                    answer = "refuted"
+        answer = guards.consistent(gs).value
+        if answer != "refuted" and init_guards and guards.consistent(gs + init_guards).value == "refuted":
+            answer = "refuted"
         if answer == "proved":
             feasible.append(path)
         elif answer == "refuted":
@@ -320,11 +314,6 @@ def check_guards(match: ir.Match, paths: Iterable) -> tuple[str | None, list]:
         texts = ", ".join(f"`{g}`" for g in unknown[0].guards)
         return codes.reason(codes.S_GUARDS_UNKNOWN, f"guards {texts} could not be decided; skipped as unsafe"), []
     return codes.reason(codes.S_GUARDS_CONTRADICT, "contradictory guards: " + _describe_contradiction(refuted[0].guards, init_guards)), []
-
-
-def _text_consistent(gs) -> str:
-    seen = {(g.text, g.negated) for g in gs}
-    return "refuted" if any((t, not n) in seen for t, n in seen) else "proved"
 
 
 def _describe_contradiction(gs, init_guards) -> str:
@@ -457,8 +446,9 @@ def _scan_reads(path, pos, out, matched, end_of_final, final_positions, produced
         if q in final_positions:
             if q not in matched and out in reads_at(q) and not (metadata_ok and metadata_ok(q, out)):
                 what = "temporary" if TEMP_RE.match(out) else "intermediate"
-                return (f"{what} `{out}` (line {origin}) is also read at line {first_line(other)}, "
-                        f"in the statement that holds the matched call")
+                return codes.reason(codes.S_VALUE_READ,
+                                    f"{what} `{out}` (line {origin}) is also read at line {first_line(other)}, "
+                                    f"in the statement that holds the matched call")
             if out in writes_at(q):
                 return None
             continue
@@ -571,7 +561,6 @@ def _exclusive_store(cls, binding, use) -> bool:
     (`if isinstance(k, str): self.act = ACT2FN[k] else: self.act = k`)."""
     if binding.stmt is None or use.method != binding.stmt.method:
         return False
-    guards = _guards_module()
     for other in cls.init:
         if other.attr != use.attr or other.stmt is None or other is binding:
             continue
@@ -581,8 +570,7 @@ def _exclusive_store(cls, binding, use) -> bool:
         gs = list(binding.guards) + list(other.guards)
         if not gs:
             return False
-        answer = guards.consistent(gs).value if guards is not None else _text_consistent(gs)
-        return answer == "refuted"
+        return guards.consistent(gs).value == "refuted"
     return False
 
 
@@ -598,18 +586,11 @@ def check_when(match: ir.Match, condition: str | None) -> str | None:
     """
     if not condition:
         return None
-    guards = _guards_module()
-    from dslc.analysis.model import Guard
-
     for binding in match.init_nodes.values():
         gs = list(getattr(binding, "guards", ()) or ())
         if not gs:
             continue
-        if guards is not None:
-            answer = guards.consistent(gs + [Guard(condition)]).value
-        else:
-            answer = _text_consistent(gs + [Guard(condition)])
-        if answer == "refuted":
+        if guards.consistent(gs + [Guard(condition)]).value == "refuted":
             return codes.reason(codes.S_WHEN_NEVER, f"not a location: `self.{binding.attr}` (line {binding.stmt.lines[0] if binding.stmt else 0}) is built only when `not ({condition})`")
     return None
 

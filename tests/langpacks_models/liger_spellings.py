@@ -3,6 +3,10 @@
 Test input for rulepacks/liger.adr: the norms and MLPs are recognised by
 what their forward computes, the losses by their calls.  `NotQuiteRMS`
 and `BiasedGate` are near misses that must stay untouched.
+
+Not a copy of examples/tiny_llm.py (the model users see, with attention):
+this one is a catalogue of spellings, two or more per liger rule, and
+near misses that have no place in an example.
 """
 
 import torch

@@ -1,0 +1,153 @@
+"""Compound statements on the paths: `if`, loops, `with`, `try` (step 2 of
+`extract.py`'s docstring).
+
+Each function takes the `PathBuilder` that walks the statement's blocks and
+returns the paths after the statement.  A compound statement with no DL
+node inside (`Classifier.has_dl`) is one opaque `stmt` node instead.
+
+* `if` evaluates its test on every path, then forks: the body under the
+  guard, the `orelse` under its negation.
+* A loop gives the path that skips it (for `while`, guarded by
+  `not test`) and the path that runs its body exactly once; `break` and
+  `continue` end that iteration, and `orelse` runs on the paths that did
+  not break.  `for x in self.<container>` makes `x(...)` a call of the
+  container's elements (`Frame.loop_layers`).
+* `with`: the context expressions, then the body in line.
+* `try`: the body then `else`, and for each handler the path that runs only
+  that handler (as if the exception came before any body effect);
+  `finally` is appended to the paths that fall through.
+
+Flatten mode (the ADOPTER_p ablation) walks every block in order, with no
+guards and no path ends.
+"""
+
+from __future__ import annotations
+
+import ast
+from typing import TYPE_CHECKING
+
+from .defuse import reads_of, self_attr, target_reads, writes_of
+from .model import StmtRef
+from .pathstate import Alt, Frame, split_alts
+
+if TYPE_CHECKING:
+    from .paths import PathBuilder
+
+
+def if_statement(pb: PathBuilder, stmt: ast.If, ref: StmtRef, path: tuple, blocks: tuple, frame: Frame,
+                 alts: list[Alt]) -> list[Alt]:
+    if not pb.kinds.has_dl(stmt, frame):
+        return pb.opaque(stmt, ref, frame, alts)
+    alts = pb.run_actions(pb.exprs.evaluate(stmt.test, frame, ref), frame, alts)
+    test_reads = reads_of(stmt.test, pb.exprs.replaced)
+    for a in alts:
+        a.add_node(pb.stmt_node(ref, frame, test_reads, ()))
+    sub_body = blocks + ((path, "body"),)
+    sub_else = blocks + ((path, "orelse"),)
+    if pb.ctx.options.flatten:
+        alts = pb.block(stmt.body, path + ("body",), sub_body, frame, alts)
+        return pb.block(stmt.orelse, path + ("orelse",), sub_else, frame, alts)
+    text = ast.unparse(stmt.test)
+    lines = (stmt.lineno, stmt.test.end_lineno or stmt.lineno)
+    yes, no = split_alts(alts, text, lines)
+    yes = pb.block(stmt.body, path + ("body",), sub_body, frame, yes)
+    no = pb.block(stmt.orelse, path + ("orelse",), sub_else, frame, no)
+    return pb.join(yes, no)
+
+
+def loop_statement(pb: PathBuilder, stmt: ast.For | ast.AsyncFor | ast.While, ref: StmtRef, path: tuple,
+                   blocks: tuple, frame: Frame, alts: list[Alt]) -> list[Alt]:
+    flatten = pb.ctx.options.flatten
+    is_while = isinstance(stmt, ast.While)
+    loop_frame = frame
+    if not is_while and isinstance(stmt.target, ast.Name):
+        attr = self_attr(stmt.iter)
+        if attr is not None and attr in pb.ctx.init_types:
+            # `for layer in self.layers: layer(x)`: calls of a container's element
+            loop_frame = _with_loop_layer(frame, stmt.target.id, attr)
+    if not pb.kinds.has_dl(stmt, loop_frame):
+        return pb.opaque(stmt, ref, frame, alts)
+    head = stmt.test if is_while else stmt.iter
+    alts = pb.run_actions(pb.exprs.evaluate(head, frame, ref), frame, alts)
+    head_reads = reads_of(head, pb.exprs.replaced)
+    head_writes = set() if is_while else writes_of(stmt.target)
+    if not is_while:
+        head_reads |= target_reads(stmt.target)
+    sub_body = blocks + ((path, "body"),)
+    sub_else = blocks + ((path, "orelse"),)
+    text = ast.unparse(stmt.test) if is_while else None
+    lines = (stmt.lineno, stmt.lineno)
+    if is_while and not flatten:
+        run, skip = split_alts(alts, text, lines)
+    else:
+        run, skip = alts, [a.copy() for a in alts]
+    for a in run:
+        a.add_node(pb.stmt_node(ref, frame, head_reads, head_writes))
+    run = pb.block(stmt.body, path + ("body",), sub_body, loop_frame, run)
+    broke = []
+    for a in run:
+        if a.status == "continue":
+            a.status = "fall"
+        elif a.status == "break":
+            a.status = "fall"
+            broke.append(a)
+    if flatten:
+        run = pb.block(stmt.orelse, path + ("orelse",), sub_else, frame, run)
+        return run
+    after = [a for a in run if a not in broke] + skip
+    after = pb.block(stmt.orelse, path + ("orelse",), sub_else, frame, after)
+    return pb.join(after, broke)
+
+
+def with_statement(pb: PathBuilder, stmt: ast.With | ast.AsyncWith, ref: StmtRef, path: tuple, blocks: tuple,
+                   frame: Frame, alts: list[Alt]) -> list[Alt]:
+    actions = []
+    reads, writes = set(), set()
+    for item in stmt.items:
+        actions += pb.exprs.evaluate(item.context_expr, frame, ref)
+        reads |= reads_of(item.context_expr, pb.exprs.replaced)
+        if item.optional_vars is not None:
+            writes |= writes_of(item.optional_vars)
+    alts = pb.run_actions(actions, frame, alts)
+    for a in alts:
+        a.add_node(pb.stmt_node(ref, frame, reads, writes))
+    return pb.block(stmt.body, path + ("body",), blocks + ((path, "body"),), frame, alts)
+
+
+def try_statement(pb: PathBuilder, stmt: ast.Try, ref: StmtRef, path: tuple, blocks: tuple, frame: Frame,
+                  alts: list[Alt]) -> list[Alt]:
+    """`try` and `try` / `except*`."""
+    if not pb.kinds.has_dl(stmt, frame):
+        return pb.opaque(stmt, ref, frame, alts)
+    if pb.ctx.options.flatten:
+        alts = pb.block(stmt.body, path + ("body",), blocks + ((path, "body"),), frame, alts)
+        for h, handler in enumerate(stmt.handlers):
+            alts = pb.block(handler.body, path + ("handlers", h, "body"),
+                            blocks + ((path, f"handlers[{h}]"),), frame, alts)
+        alts = pb.block(stmt.orelse, path + ("orelse",), blocks + ((path, "orelse"),), frame, alts)
+        return pb.block(stmt.finalbody, path + ("finalbody",), blocks + ((path, "finalbody"),), frame, alts)
+    starts = [a.copy() for a in alts]
+    body = pb.block(stmt.body, path + ("body",), blocks + ((path, "body"),), frame, alts)
+    body_fall = [a for a in body if a.status == "fall"]
+    body_done = [a for a in body if a.status != "fall"]
+    body_fall = pb.block(stmt.orelse, path + ("orelse",), blocks + ((path, "orelse"),), frame, body_fall)
+    result = body_done + body_fall
+    for h, handler in enumerate(stmt.handlers):
+        hal = [a.copy() for a in starts]
+        reads = reads_of(handler.type) if handler.type is not None else set()
+        for a in hal:
+            a.add_node(pb.stmt_node(ref, frame, reads, {handler.name} if handler.name else ()))
+        result += pb.block(handler.body, path + ("handlers", h, "body"),
+                           blocks + ((path, f"handlers[{h}]"),), frame, hal)
+    result = pb.cap(result)
+    fall = [a for a in result if a.status == "fall"]
+    rest = [a for a in result if a.status != "fall"]
+    fall = pb.block(stmt.finalbody, path + ("finalbody",), blocks + ((path, "finalbody"),), frame, fall)
+    return rest + fall
+
+
+def _with_loop_layer(frame: Frame, name: str, attr: str) -> Frame:
+    loop_layers = dict(frame.loop_layers)
+    loop_layers[name] = attr
+    return Frame(frame.method, frame.owner, frame.fn, frame.locals, frame.inlined_from, frame.depth,
+                 frame.local_funcs, frame.local_imports, loop_layers, frame.result, frame.stack, frame.scope)

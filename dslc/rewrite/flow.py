@@ -1,0 +1,243 @@
+"""Data-flow questions about the rewritten file that need its syntax tree.
+
+`safety.check_dataflow` works on the analysis' paths; three of its answers
+need the source itself, and `FlowChecks` gives them for one file:
+- `metadata_check`: with `option keeps = "shape,dtype,..."`, a later read
+  of a value the rewrite changes may stay when it looks only at properties
+  the rule keeps (`h.shape`, `h.size()`, `h.dtype`, ...);
+- `stmt_effects`: the reads and definite writes of a loop or `with` that
+  the analysis keeps as one opaque node;
+- `package_subclass_uses`: subclasses in the sibling modules of the file's
+  package that use an attribute the rewrite changes.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+
+from dslc.lang import codes
+from dslc.match import ir
+from dslc.rewrite import safety
+from dslc.rewrite.astutil import dotted_tail
+from dslc.rewrite.plan import Skip
+from dslc.rewrite.rules import forward_unchanged
+
+# Reads that look only at a tensor's metadata, and the property each needs.
+_META_ATTRS = {"shape": "shape", "ndim": "shape", "dtype": "dtype", "device": "device", "is_cuda": "device"}
+_META_METHODS = {"size": "shape", "dim": "shape"}
+
+# Layers and functions whose output has the shape, dtype and device of their
+# first input (elementwise ops, normalisations, dropout).
+SHAPE_KEEPING = frozenset(
+    [f"torch.nn.{n}" for n in (
+        "Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout", "LayerNorm", "RMSNorm", "GroupNorm",
+        "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "InstanceNorm1d", "InstanceNorm2d",
+        "InstanceNorm3d", "GELU", "ReLU", "ReLU6", "SiLU", "Sigmoid", "Tanh", "Identity", "Softmax", "LogSoftmax")]
+    + [f"torch.nn.functional.{n}" for n in (
+        "dropout", "gelu", "relu", "silu", "softmax", "log_softmax", "layer_norm", "batch_norm", "group_norm")]
+)
+
+
+class FlowChecks:
+    """The source-level answers `safety.check_dataflow` asks for, cached per file."""
+
+    def __init__(self, mod, facts, path: str):
+        self.mod = mod
+        self.facts = facts
+        self.path = path
+        self._effects_cache: dict[tuple, object] = {}
+        self._sibling_cache: dict[tuple, list] = {}
+
+    def metadata_check(self, match: ir.Match):
+        """`metadata_ok(path, pos, q, name)` for `safety.check_dataflow`, or None.
+
+        With `option keeps = "shape,dtype,..."` a read at node `q` of the
+        value the matched node at `pos` bound to `name` may stay when it looks
+        only at properties the rule keeps (`name.shape`, `name.size()`,
+        `name.dim()`, `name.ndim`, `name.dtype`, `name.device`) and, after the
+        rewrite, `name` there still holds a value with those properties:
+        1. the matched statement stays (the forward target equals the source)
+           and the rule keeps the properties of every value it changes;
+        2. the matched statement goes: `name` then falls back to its earlier
+           definition, which must be the input of a chain of matched calls,
+           each of a layer that keeps its input's shape, dtype and device
+           (`h = self.dropout(h)`: `h` is the Dropout's input again).
+        """
+        keeps = {k.strip() for k in str(match.rule.option("keeps") or "").split(",") if k.strip()}
+        if not keeps:
+            return None
+        unchanged_forward = forward_unchanged(match.rule)
+        keys = [safety.node_key(n) for n in match.nodes]
+
+        def ok(path, pos, q, name) -> bool:
+            needs = self.metadata_reads(path, q, name)
+            if needs is None or not needs <= keeps:
+                return False
+            if unchanged_forward:
+                return True
+            positions = safety._positions(path, keys) or []
+            while True:
+                node = path.nodes[pos]
+                if node.kind not in ("layer", "call") or node.type not in SHAPE_KEEPING:
+                    return False
+                first = node.inputs[0] if node.inputs else None
+                if first is None or first.kind != "name" or first.text != name:
+                    return False
+                earlier = next((r for r in range(pos - 1, -1, -1) if name in safety.writes_of(path.nodes[r])), None)
+                if earlier is None or earlier not in positions:
+                    return True
+                pos = earlier
+
+        return ok
+
+    def metadata_reads(self, path, q: int, name: str) -> set[str] | None:
+        """The properties (shape / dtype / device) the node at `q` reads of `name`,
+        or None when some read of `name` there looks at more than those."""
+        node = path.nodes[q]
+        if not self.local_code(node):
+            return None
+        try:
+            stmt = self.mod.stmt(node.stmt)
+        except Skip:
+            return None
+        if (stmt.lineno, stmt.end_lineno) != tuple(node.stmt.lines):
+            return None  # code of another file (inherited)
+        whole = (stmt.lineno, stmt.col_offset, stmt.end_lineno, stmt.end_col_offset)
+        region = tuple(node.expr_span) if node.expr_span is not None else whole
+        key = safety.stmt_key(node)
+        inner = [tuple(n.expr_span) for n in path.nodes
+                 if n is not node and n.expr_span is not None and safety.stmt_key(n) == key
+                 and tuple(n.expr_span) != region and _span_in(tuple(n.expr_span), region)]
+        parents: dict[int, ast.AST] = {}
+        for sub in ast.walk(stmt):
+            for child in ast.iter_child_nodes(sub):
+                parents[id(child)] = sub
+        needs: set[str] = set()
+        for sub in ast.walk(stmt):
+            if not (isinstance(sub, ast.Name) and sub.id == name and isinstance(sub.ctx, ast.Load)):
+                continue
+            at = (sub.lineno, sub.col_offset, sub.end_lineno, sub.end_col_offset)
+            if not _span_in(at, region) or any(_span_in(at, span) for span in inner):
+                continue
+            parent = parents.get(id(sub))
+            if isinstance(parent, ast.Attribute) and parent.attr in _META_ATTRS:
+                needs.add(_META_ATTRS[parent.attr])
+                continue
+            if isinstance(parent, ast.Attribute) and parent.attr in _META_METHODS:
+                call = parents.get(id(parent))
+                if isinstance(call, ast.Call) and call.func is parent:
+                    needs.add(_META_METHODS[parent.attr])
+                    continue
+            return None
+        return needs
+
+    def local_code(self, node) -> bool:
+        """Is the node's statement in this file (not inherited from another module)?"""
+        owner = node.stmt.owner or ""
+        module = getattr(self.facts, "module", None)
+        return not owner or owner == module or owner.rsplit(".", 1)[-1] in self.mod.classes \
+            or owner.rsplit(".", 1)[-1] in self.mod.functions
+
+    def stmt_effects(self, path, q: int):
+        """(reads, definite writes) of a statement the analysis keeps as one opaque node, else None.
+
+        The analysis summarises a loop or `with` without layers as one `stmt`
+        node with every name it reads or writes; order and conditions are
+        lost (`for h in xs: o = o + h` reads `h` only after writing it, and
+        may write nothing), and a comprehension's own variables count as
+        reads (`[h * 2 for h in xs]`).  `safety.stmt_effects` recovers them
+        from the statement (only when no part of it is a node of its own).
+        """
+        node = path.nodes[q]
+        if node.kind != "stmt" or not self.local_code(node):
+            return None
+        cache = self._effects_cache
+        key = (node.stmt.lines, node.stmt.col)
+        if key not in cache:
+            found = None
+            stmt = self.mod.stmt_at.get((node.stmt.lines[0], node.stmt.col))
+            if stmt is not None and (stmt.lineno, stmt.end_lineno) == tuple(node.stmt.lines):
+                found = safety.stmt_effects(stmt)
+                if found is None and isinstance(stmt, safety._COMPOUND):
+                    found = (set(node.reads), frozenset())
+            cache[key] = found
+        found = cache[key]
+        if found is None:
+            return None
+        lo, hi = node.stmt.lines
+        if any(other is not node and lo <= other.stmt.lines[0] <= hi for other in path.nodes):
+            return None  # parts of the statement are on the path as nodes of their own
+        return found
+
+    def package_subclass_uses(self, cls, changed: dict[str, str], *, interface_kept: bool) -> str | None:
+        """Subclasses in the other modules of this file's package that use a changed attribute.
+
+        The analysis sees one file; a subclass in a sibling module (same
+        folder) inherits the rewritten `__init__` too.  A sibling whose text
+        names the class is parsed; a class there that derives from it (by
+        name, directly or through other classes of that file) must not call,
+        read or assign the attribute in its own methods.  Names are matched
+        by spelling, so an unrelated class of the same name refuses too.
+        """
+        if cls is None or not changed:
+            return None
+        here = getattr(self.facts, "path", None) or self.path
+        folder = os.path.dirname(os.path.abspath(here))
+        try:
+            siblings = sorted(n for n in os.listdir(folder) if n.endswith(".py"))
+        except OSError:
+            return None
+        pattern = re.compile(r"\b" + re.escape(cls.name) + r"\b")
+        for name in siblings:
+            path = os.path.join(folder, name)
+            if os.path.abspath(path) == os.path.abspath(here) or not os.path.isfile(path):
+                continue
+            found = self._sibling_cache.get((path, cls.name))
+            if found is None:
+                found = []
+                try:
+                    with open(path, "rb") as fh:
+                        raw = fh.read()
+                    text = raw.decode("utf-8", errors="replace")
+                    if pattern.search(text):
+                        found = _subclass_attr_uses(ast.parse(raw), cls.name)
+                except (OSError, SyntaxError, ValueError, RecursionError):
+                    found = []
+                self._sibling_cache[(path, cls.name)] = found
+            for sub, attr, line, method, kind in found:
+                if attr not in changed or (interface_kept and kind != "store"):
+                    continue
+                return codes.reason(codes.S_ATTR_USED, f"attribute `self.{attr}`, which the rewrite {changed[attr]}, is also used by the subclass "
+                        f"`{sub}` in {name} at line {line} (in `{method}`)")
+        return None
+
+
+def _subclass_attr_uses(tree: ast.Module, base: str) -> list[tuple[str, str, int, str, str]]:
+    """(class, attr, line, method, kind) for `self.<attr>` in the methods of classes deriving from `base` (by name)."""
+    classes = [n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)]
+    names = {base}
+    family: list[ast.ClassDef] = []
+    grew = True
+    while grew:
+        grew = False
+        for c in classes:
+            if c not in family and c.name != base and any(dotted_tail(b) in names for b in c.bases):
+                family.append(c)
+                names.add(c.name)
+                grew = True
+    out = []
+    for c in family:
+        for fn in c.body:
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for sub in ast.walk(fn):
+                if isinstance(sub, ast.Attribute) and isinstance(sub.value, ast.Name) and sub.value.id == "self":
+                    kind = "store" if isinstance(sub.ctx, ast.Store) else "read"
+                    out.append((c.name, sub.attr, sub.lineno, fn.name, kind))
+    return out
+
+
+def _span_in(inner: tuple, outer: tuple) -> bool:
+    return (inner[0], inner[1]) >= (outer[0], outer[1]) and (inner[2], inner[3]) <= (outer[2], outer[3])

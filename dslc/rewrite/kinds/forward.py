@@ -1,0 +1,216 @@
+"""Forward fusion: the matched forward statements become the target expression.
+
+The matched nodes are grouped by statement; the statement of the last node
+keeps its place and gets the target expression in place of the last node's
+expression (`Node.expr_span`); every other matched statement must be a
+plain `name = <matched call>` and is deleted (hoisted across `if` branches
+by `Hoisting` when they sit in different blocks).  Earlier target nodes are
+inlined into later ones; a call's `dtype=` argument the pattern does not
+name becomes a cast of its input.  The data flow is checked
+(`safety.check_dataflow`) before any edit; a `fallback original` rule gets a
+per-call dispatch helper (`CallDispatch`) instead of the kernel call.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+
+from dslc.lang import codes
+from dslc.match import ir
+from dslc.rewrite import safety
+from dslc.rewrite.astutil import is_prefix, owner_name
+from dslc.rewrite.flow import FlowChecks
+from dslc.rewrite.kinds.base import Planner
+from dslc.rewrite.kinds.call import CallDispatch
+from dslc.rewrite.kinds.hoist import Hoisting
+from dslc.rewrite.plan import Plan, Skip
+from dslc.rewrite.render import Env, paren
+from dslc.rewrite.rules import node_vars, values_produced_again
+
+
+class ForwardFusion(Planner):
+    """The forward edits of a match (its statements, hoisted where needed)."""
+
+    def __init__(self, ctx, flow: FlowChecks):
+        super().__init__(ctx)
+        self.flow = flow
+        self.calls = CallDispatch(ctx)
+        self.hoist = Hoisting(ctx)
+
+    def forward_groups(self, match: ir.Match) -> list[tuple[tuple, list, ast.stmt]]:
+        """Matched nodes grouped by statement, in source order; last = the final statement."""
+        groups: dict[tuple, list] = {}
+        for node in match.nodes:
+            if node.kind == "stmt":
+                raise Skip(codes.S_TARGET, f"a wildcard matched a plain statement at line {node.stmt.lines[0]}")
+            groups.setdefault(safety.stmt_key(node), []).append(node)
+        methods = {key[0] for key in groups}
+        if len(methods) > 1:
+            names = " and ".join(f"`{m}`" for m in sorted(methods))
+            raise Skip(codes.S_CROSS_METHOD, f"the match crosses methods {names}; the emitter cannot edit across them")
+        if match.class_name:
+            mine = match.class_name
+            for node in match.nodes:
+                owner = owner_name(node.stmt.owner, mine)
+                if owner != mine:
+                    raise Skip(codes.S_INHERITED,
+                        f"the matched code at line {node.stmt.lines[0]} is `{owner}.{node.stmt.method}`, inherited; "
+                        f"editing it would change every class that shares it"
+                    )
+        last_key = safety.stmt_key(match.nodes[-1])
+        ordered = sorted((k for k in groups if k != last_key), key=lambda k: (k[2][0], k[3]))
+        ordered.append(last_key)
+        return [(key, groups[key], self.mod.stmt(groups[key][0].stmt)) for key in ordered]
+
+    def plan(self, match: ir.Match, groups, env: Env, plan: Plan, paths) -> None:
+        """The forward edits of `match` (see the module docstring)."""
+        rule = match.rule
+        final_key, final_nodes, final_stmt = groups[-1]
+        lo, hi, deleted_keys = self._check_statements(match, groups)
+        self._casts(match, env)
+        final_text, target = self._target_text(rule, env, plan)
+        final_pn = target[-1]
+        self._check_dataflow(match, env, target, paths, deleted_keys, final_key)
+        source_nodes = rule.forward.source
+        if rule.fallback == "original" and rule.needs and (rule.init is None or rule.init.target is None):
+            # Per call: a generated helper chooses the kernel or the original call
+            # (whatever the statement: one output or several, hoisted or not;
+            # `q, k = helper(...)` too).
+            if len(target) != 1 or len(source_nodes) != 1:
+                raise Skip(codes.S_FALLBACK, "a per-call fallback needs one source node and one target node")
+            final_text = self.calls.dispatch_call(match, plan, env, source_nodes[0], target[0])
+
+        final_chain = self.mod.chain(final_stmt)
+        reverse = [stmt for _, _, stmt in groups[:-1]
+                   if self.hoist.needs_hoist(stmt, final_stmt) and is_prefix(final_chain, self.mod.chain(stmt))]
+        if reverse:
+            self.hoist.reverse(plan, groups, final_stmt, final_text, (lo, hi), len(final_pn.outputs))
+            return
+
+        if len(final_pn.outputs) == 1 and self.hoist.merge_identical_branches(plan, groups, final_stmt, final_text, (lo, hi)):
+            return
+
+        # The final statement.
+        if len(final_pn.outputs) > 1:
+            if not (isinstance(final_stmt, ast.Assign) and len(final_stmt.targets) == 1):
+                raise Skip(codes.S_STMT_SHAPE, f"line {final_stmt.lineno} must be a plain assignment to take several outputs")
+            names = []
+            for out in final_pn.outputs:
+                bound = match.bindings.get(out.name)
+                if bound is None or bound.kind != "name":
+                    raise Skip(codes.S_TARGET, f"target output `${out.name}` is bound to no name")
+                names.append(bound.text)
+            start, end = self.mod.smap.node_span(final_stmt)
+            self.ctx.claim(plan, start, end, f"{', '.join(names)} = {final_text}", final_stmt)
+        else:
+            self.ctx.claim(plan, lo, hi, final_text, final_stmt)
+
+        self.hoist.hoist_earlier(plan, groups, final_stmt)
+        plan.lines.update(range(final_stmt.lineno, final_stmt.end_lineno + 1))
+
+    def _check_statements(self, match: ir.Match, groups) -> tuple[int, int, set[tuple]]:
+        """The offsets of the last node's expression, and the keys of the
+        earlier statements, each a plain `name = <matched call>` to delete."""
+        _, final_nodes, final_stmt = groups[-1]
+        last = match.nodes[-1]
+        if last.expr_span is None:
+            raise Skip(codes.S_STMT_SHAPE, f"no expression span for the matched call at line {last.stmt.lines[0]}")
+        if isinstance(final_stmt, ast.AugAssign):
+            raise Skip(codes.S_STMT_SHAPE, f"line {final_stmt.lineno} is an augmented assignment; the emitter does not rewrite its hidden operand")
+        lo, hi = self.ctx.span_offsets(last.expr_span)
+        for node in final_nodes:
+            if node.expr_span is None:
+                continue
+            a, b = self.ctx.span_offsets(node.expr_span)
+            if a < lo or b > hi:
+                raise Skip(codes.S_STMT_SHAPE, f"matched node at line {node.stmt.lines[0]} is not part of the last node's expression")
+
+        deleted_keys: set[tuple] = set()
+        for key, nodes, stmt in groups[:-1]:
+            outer = max(nodes, key=lambda n: self.ctx.span_len(n.expr_span))
+            value = stmt.value if isinstance(stmt, (ast.Assign, ast.AnnAssign)) else None
+            ok = (
+                value is not None
+                and (not isinstance(stmt, ast.Assign) or (len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name)))
+                and (not isinstance(stmt, ast.AnnAssign) or isinstance(stmt.target, ast.Name))
+                and outer.expr_span is not None
+                and tuple(outer.expr_span) == (value.lineno, value.col_offset, value.end_lineno, value.end_col_offset)
+            )
+            if not ok:
+                raise Skip(codes.S_STMT_SHAPE, f"line {stmt.lineno} is not a plain `name = <matched call>` and cannot be removed")
+            deleted_keys.add(key)
+        return lo, hi, deleted_keys
+
+    def _casts(self, match: ir.Match, env: Env) -> None:
+        """Extra arguments of matched function calls the pattern did not mention."""
+        last = match.nodes[-1]
+        extras = getattr(match, "extras", {}) or {}
+        source_nodes = match.rule.forward.source
+        for index, items in extras.items():
+            pn = source_nodes[index] if 0 <= index < len(source_nodes) else None
+            for name, value in items:
+                text = getattr(value, "text", str(value))
+                # `f(x, ..., dtype=d)` casts its input first (softmax & co.): keep that as `x.to(d)`.
+                is_function = pn is not None and pn.layer_var is None and (pn.callee is None or pn.callee.var is None)
+                if name == "dtype" and is_function and pn.args and isinstance(pn.args[0], ir.Var):
+                    env.casts[pn.args[0].name] = text
+                    continue
+                line = match.nodes[index].stmt.lines[0] if index < len(match.nodes) else last.stmt.lines[0]
+                raise Skip(codes.S_EXTRA_ARG, f"argument `{name}={text}` of the call at line {line} has no counterpart in the target")
+
+    def _target_text(self, rule: ir.Rule, env: Env, plan: Plan) -> tuple[str, list]:
+        """The target expression: earlier target nodes are inlined into later ones."""
+        target = rule.forward.target
+        uses: dict[str, int] = {}
+        for pn in target:
+            for v in node_vars(pn):
+                uses[v] = uses.get(v, 0) + 1
+        final_text = None
+        for i, pn in enumerate(target):
+            text = self.ctx.render_node(pn, env, plan)
+            if i == len(target) - 1:
+                final_text = text
+                break
+            if len(pn.outputs) != 1 or uses.get(pn.outputs[0].name, 0) != 1:
+                raise Skip(codes.S_TEMP_VAR, "the target needs a temporary variable, which the emitter does not introduce")
+            env.inline[pn.outputs[0].name] = paren(text) if pn.kind in ("op", "unary") else text
+        return final_text, target
+
+    def _check_dataflow(self, match: ir.Match, env: Env, target, paths, deleted_keys, final_key) -> None:
+        """The removed intermediates are read nowhere else; the target's inputs still hold their values."""
+        produced_again = values_produced_again(match)
+        target_inputs: set[str] = set()
+        for pn in target:
+            for v in node_vars(pn):
+                bound = match.bindings.get(v)
+                if bound is not None and bound.kind == "name" and v not in env.inline and bound.text not in env.temps:
+                    target_inputs.add(bound.text)
+        reason = safety.check_dataflow(
+            match, paths,
+            produced_again=produced_again,
+            target_inputs=target_inputs,
+            deleted_stmts=deleted_keys,
+            final_stmt=final_key,
+            metadata_ok=self.flow.metadata_check(match),
+            effects=self.flow.stmt_effects,
+        )
+        if reason:
+            raise Skip(reason)
+
+    def copied_layer_uses(self, match: ir.Match, paths) -> dict[str, str]:
+        """Attributes `self.<a>` named in a value the forward target copies: attr -> variable."""
+        rule = match.rule
+        wanted: set[str] = set()
+        for pn in rule.forward.target:
+            wanted |= node_vars(pn)
+        temps = self.ctx.temp_texts(match, paths)
+        out: dict[str, str] = {}
+        for var in sorted(wanted):
+            bound = match.bindings.get(var)
+            if bound is None or bound.kind not in ("name", "expr") or not bound.text:
+                continue
+            text = temps.get(bound.text, bound.text)
+            for attr in re.findall(r"\bself\.([A-Za-z_][A-Za-z0-9_]*)", text):
+                out.setdefault(attr, var)
+        return out

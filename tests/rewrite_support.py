@@ -1,0 +1,225 @@
+"""Shared test support: `assert_rewrite` and the model sources tests reuse.
+
+`assert_rewrite(before, after, rules=..., skipped=..., warnings=...)` is
+modelled on LibCST's `CodemodTest.assertCodemod`: both texts are dedented,
+`before` goes through the real `dslc apply` pipeline (`dslc.apply.driver.
+apply_paths`: loader, compiler, analysis, matcher, rewriter, in diff mode on
+a file in a fresh temporary folder), and the output must equal `after`
+exactly.  The skipped matches (rule, code, and optionally a piece of the
+reason) and the file's warnings (code, and optionally a piece of the message)
+must be exactly the ones given.  Every rewrite must also parse and be a fixed
+point: a second apply on the output changes nothing.
+
+The model sources (`BERT_EXAMPLE`, `self_output()`) are the BertSelfOutput
+block of the ADOPTER paper (examples/bert_self_output.py) in the few
+spellings the tests need, written once here; `REMAP_HOOK` is the checkpoint
+pre-hook rewrites add.  `run` and `stable` are the pipeline without the
+comparison, `load_packs` loads packs or fails, `load_module` runs a model
+source to compare an original and its rewrite in torch.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import functools
+import os
+import tempfile
+import textwrap
+import types
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from dslc.apply.driver import ApplyOptions, FileResult, apply_paths
+from dslc.lang.loader import load_rules
+
+REPO = Path(__file__).resolve().parent.parent
+RULEPACKS = REPO / "rulepacks"
+
+# ---------------------------------------------------------------------------
+# Model sources
+
+BERT_EXAMPLE = (REPO / "examples" / "bert_self_output.py").read_text()
+
+_SELF_OUTPUT = '''\
+{imports}
+
+class {name}(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states, input_tensor):
+{forward}'''
+
+# Dropout, add, LayerNorm as in the paper: one name rebound throughout.
+PAPER_FORWARD = '''\
+        hidden_states = self.dense(hidden_states)
+        hidden_states = self.dropout(hidden_states)
+        hidden_states = self.LayerNorm(hidden_states + input_tensor)
+        return hidden_states
+'''
+
+# The same with each intermediate named, so that a test can read one later.
+NAMED_FORWARD = '''\
+        hidden_states = self.dense(hidden_states)
+        dropped = self.dropout(hidden_states)
+        out = self.LayerNorm(dropped + input_tensor)
+        return {tail}
+'''
+
+
+def self_output(name: str = "SelfOutput", *, tail: str | None = None,
+                imports: str = "import torch\nfrom torch import nn\n") -> str:
+    """A BertSelfOutput-like module.  With `tail`, the forward names its
+    intermediates (`dropped`, `out`) and returns `tail`; without, it is the
+    paper's version."""
+    forward = PAPER_FORWARD if tail is None else NAMED_FORWARD.format(tail=tail)
+    return _SELF_OUTPUT.format(imports=imports, name=name, forward=forward)
+
+
+
+# The pre-hook a rewrite that renames parameters adds after the imports
+# (with the blank lines around it), so that old checkpoints still load.
+REMAP_HOOK = '''
+
+def _dslc_remap_state_dict(renames):
+    """A load_state_dict pre-hook (added by `dslc apply`): load checkpoints saved before the rewrite."""
+
+    def hook(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        for new, old, keep in renames:
+            if prefix + old in state_dict and prefix + new not in state_dict:
+                state_dict[prefix + new] = state_dict[prefix + old] if keep else state_dict.pop(prefix + old)
+
+    return hook
+'''
+
+
+def remap_hook(indent: int = 8) -> str:
+    """`REMAP_HOOK` indented to sit inside an indented `assert_rewrite` text."""
+    return textwrap.indent(REMAP_HOOK, " " * indent)
+
+
+# ---------------------------------------------------------------------------
+# The pipeline
+
+
+def fixture(code: str) -> str:
+    """`code` dedented, without the newline that follows an opening `'''`."""
+    code = textwrap.dedent(code)
+    return code[1:] if code.startswith("\n") else code
+
+
+def rule_paths(rules: str | os.PathLike | Iterable[str | os.PathLike]) -> tuple[str, ...]:
+    """Pack names (`adopter` -> rulepacks/adopter.adr) or paths, as paths."""
+    if isinstance(rules, (str, os.PathLike)):
+        rules = (rules,)
+    out = []
+    for r in rules:
+        shipped = RULEPACKS / f"{r}.adr"
+        out.append(str(shipped if isinstance(r, str) and shipped.exists() else r))
+    return tuple(out)
+
+
+def load_packs(paths: tuple[str, ...] | str, select: tuple[str, ...] = ()) -> list:
+    """The loaded packs; a pack that does not load fails the test (no fallback).
+    Cached per path, selection and file contents (a test may rewrite a pack file)."""
+    paths = rule_paths(paths)
+    contents = tuple(Path(p).read_bytes() if Path(p).is_file() else None for p in paths)
+    return list(_packs(paths, select, contents))
+
+
+@functools.lru_cache(maxsize=None)
+def _packs(paths: tuple[str, ...], select: tuple[str, ...], contents: tuple) -> list:
+    result = load_rules(list(paths), select)
+    errors = [str(d) for d in result.diagnostics if d.is_error]
+    assert result.ok and result.packs, f"rule packs {paths} did not load: {errors}"
+    return result.packs
+
+
+def run(source: str, *, rules=("adopter",), select: Sequence[str] = (), unsafe: bool = False,
+        name: str = "model.py") -> FileResult:
+    """`dslc apply` (diff mode, one process, no cache) on `source` saved as `name`."""
+    loaded = load_packs(rules, tuple(select))
+    with tempfile.TemporaryDirectory(prefix="dslc-rewrite-") as tmp:
+        path = Path(tmp) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(source.encode())
+        report = apply_paths([str(path)], loaded, ApplyOptions(mode="diff", jobs=1, cache_dir=None, unsafe=unsafe))
+        assert path.read_bytes() == source.encode(), "diff mode wrote the file"
+    (result,) = report.files
+    return result
+
+
+def stable(new: str, **kw) -> None:
+    """`new` parses and a second apply (same keywords as `run`) changes nothing."""
+    ast.parse(new)
+    again = run(new, **kw)
+    assert again.new_source is None, "a second apply changed the output:\n" + _mismatch(new, again.new_source or "")
+    assert not any(m.status == "applied" for m in again.matches)
+
+
+def _short(rule: str) -> str:
+    return rule.split(":", 1)[-1]
+
+
+def _entries_agree(got: list[tuple[str, ...]], expected: Iterable[Sequence[str]], what: str) -> None:
+    """`got`: (key, code, text); each expected item (key, code[, piece of text])."""
+    expected = [tuple(e) for e in expected]
+    keys = [g[:2] for g in got]
+    want = [e[:2] for e in expected]
+    assert sorted(keys) == sorted(want), f"{what}: got {got}, expected {expected}"
+    for e in expected:
+        if len(e) > 2:
+            assert any(g[:2] == e[:2] and e[2] in g[2] for g in got), f"{what}: no {e[:2]} says {e[2]!r}: {got}"
+
+
+def assert_rewrite(before: str, after: str | None = None, *, rules=("adopter",), select: Sequence[str] = (),
+                   skipped: Iterable[Sequence[str]] = (), warnings: Iterable[Sequence[str] | str] = (),
+                   applied: Iterable[str] | None = None, unsafe: bool = False, name: str = "model.py",
+                   idempotent: bool = True) -> FileResult:
+    """Rewrite `before` with `rules` and compare with `after` (None or equal
+    to `before`: the file must stay unchanged).
+
+    `skipped`: every skipped match as (rule, code) or (rule, code, a piece of
+    its reason); rule names may be short (`softmax`) or qualified.
+    `warnings`: every warning of the file as a code or (code, a piece of its
+    message).  `applied`: when given, the rules applied, one entry per match.
+    A changed output must parse and, unless `idempotent=False`, be left
+    alone by a second apply.  Returns the `FileResult` for further checks.
+    """
+    before = fixture(before)
+    expected = before if after is None else fixture(after)
+    result = run(before, rules=rules, select=select, unsafe=unsafe, name=name)
+    assert not result.errors, f"errors: {result.errors}"
+    got = result.new_source if result.new_source is not None else before
+    assert got == expected, _mismatch(expected, got)
+    _entries_agree([(_short(m.rule), m.code or "", m.reason or "") for m in result.matches if m.status == "skipped"],
+                   [(_short(s[0]), *s[1:]) for s in skipped], "skipped")
+    _entries_agree([(w.code, "", w.message) for w in result.warnings],
+                   [(w, "") if isinstance(w, str) else (w[0], "", *w[1:]) for w in warnings], "warnings")
+    if applied is not None:
+        done = sorted(_short(m.rule) for m in result.matches if m.status == "applied")
+        assert done == sorted(_short(a) for a in applied), f"applied: {done}"
+    if got != before:
+        assert any(m.status == "applied" for m in result.matches)
+        ast.parse(got)
+        if idempotent:
+            stable(got, rules=rules, select=select, unsafe=unsafe, name=name)
+    return result
+
+
+def _mismatch(expected: str, got: str) -> str:
+    return "output differs (- expected, + got):\n" + "".join(
+        difflib.unified_diff(expected.splitlines(True), got.splitlines(True), "expected", "got"))
+
+
+def load_module(source: str, name: str) -> types.ModuleType:
+    """Run model source as a fresh module `name` (not put in sys.modules), to
+    compare an original and its rewrite in torch."""
+    module = types.ModuleType(name)
+    module.__file__ = f"<{name}>"
+    exec(compile(source, f"<{name}>", "exec"), module.__dict__)
+    return module
