@@ -460,24 +460,23 @@ def _process_file(found: Found, source: SourceFile, facts, compiled: Compiled, o
             warnings.append(FileError(name, line, PROBLEM_CODES.get(code, codes.W_ANALYSIS), msg))
     if errors or _is_empty(facts):
         return FileResult(found, errors=tuple(errors), warnings=tuple(warnings), original=text)
-    if True:  # (frozen by `process_file`)
-        matches = []
-        near: list[NearMissEntry] = []
-        for c in compiled.compiled:
-            found_here = match_file(c, facts)
-            matches.extend(found_here)
-            if options.near_misses:
-                try:
-                    near += [NearMissEntry(n.rule, name, n.class_name, n.line, n.reason, n.function,
-                                           code=getattr(n, "code", None))
-                             for n in near_misses(c, facts, found_here, file=name)]
-                except Exception as exc:  # the report must not cost the file its rewrites
-                    err = _internal_error(name, exc)
-                    warnings.append(FileError(name, 0, W_NEAR_MISS, f"near-miss report failed: {err.message}"))
-        if not matches:
-            return FileResult(found, warnings=tuple(warnings), original=text, near_misses=tuple(near))
-        matches, suppressed = split_suppressed(text, matches)
-        result = rewrite_source(text, facts, matches, path=name) if matches else None
+    matches = []
+    near: list[NearMissEntry] = []
+    for c in compiled.compiled:
+        found_here = match_file(c, facts)
+        matches.extend(found_here)
+        if options.near_misses:
+            try:
+                near += [NearMissEntry(n.rule, name, n.class_name, n.line, n.reason, n.function,
+                                       code=getattr(n, "code", None))
+                         for n in near_misses(c, facts, found_here, file=name)]
+            except Exception as exc:  # the report must not cost the file its rewrites
+                err = _internal_error(name, exc)
+                warnings.append(FileError(name, 0, W_NEAR_MISS, f"near-miss report failed: {err.message}"))
+    if not matches:
+        return FileResult(found, warnings=tuple(warnings), original=text, near_misses=tuple(near))
+    matches, suppressed = split_suppressed(text, matches)
+    result = rewrite_source(text, facts, matches, path=name) if matches else None
     entries = list(suppressed_entries(suppressed, name))
     if result is None:
         return FileResult(found, matches=tuple(entries), warnings=tuple(warnings), original=text,
