@@ -47,10 +47,11 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(REPO))
 
-from dslc.apply import driver as apply, fileio  # noqa: E402
+from dslc.apply import driver as apply  # noqa: E402
+from dslc import fileio
 from dslc import corpus
 from dslc.rewrite import nearmiss
-from dslc.lang import codes as dslc_codes  # noqa: E402
+from dslc import codes as dslc_codes  # noqa: E402
 
 # Paper Table 2 (ADOPTER): rule -> (ground truth, TP, FN, FP).
 PAPER = {
@@ -189,7 +190,7 @@ def _check_patched(found, new_source: str, compiled, kw) -> dict:
 
 
 def reason_group(match) -> str:
-    """A skipped match's group: its registered code and the code's title (dslc/lang/codes.py)."""
+    """A skipped match's group: its registered code and the code's title (dslc/codes.py)."""
     code = getattr(match, "code", None) or dslc_codes.S_UNCLASSIFIED
     entry = dslc_codes.lookup(code)
     return f"{code} {entry.title if entry else 'unregistered code'}"

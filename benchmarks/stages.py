@@ -26,7 +26,7 @@ from collections import defaultdict
 
 # stage -> [(module, attribute path)]
 TARGETS: dict[str, list[tuple[str, str]]] = {
-    "read": [("dslc.apply.fileio", "read_source"), ("dslc.apply.fileio", "discover")],
+    "read": [("dslc.fileio", "read_source"), ("dslc.fileio", "discover")],
     "parse": [("ast", "parse")],
     "names": [("dslc.analysis.names", "build_scope"), ("dslc.analysis.names", "Resolver.resolve_parts"),
               ("dslc.analysis.names", "Resolver.follow"), ("dslc.analysis.names", "Resolver.load")],

@@ -9,7 +9,7 @@
 * `write_json(text)` writes a JSON document as UTF-8 whatever the terminal
   takes, after turning undecodable name bytes inside its strings into the
   same `\\xNN` text (so the document stays valid UTF-8 and valid JSON).
-* `display_path` (from `dslc.apply.fileio`) makes file names printable and one line.
+* `display_path` (from `dslc.fileio`) makes file names printable and one line.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import json
 import re
 import sys
 
-from dslc.apply.fileio import display_path
+from dslc.fileio import display_path
 
 __all__ = ["setup", "write_json", "display_path", "escape_text", "ERRORS"]
 

@@ -1,4 +1,4 @@
-"""dslc.apply.fileio: gitignore semantics, decoding, atomic writes; kernel look-up without imports."""
+"""dslc.fileio: gitignore semantics, decoding, atomic writes; kernel look-up without imports."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import sys
 
 import pytest
 
-from dslc.apply import driver as apply, fileio
-from dslc.apply.fileio import IgnoreSet, SourceError, parse_gitignore
+from dslc.apply import driver as apply
+from dslc import fileio
+from dslc.fileio import IgnoreSet, SourceError, parse_gitignore
 
 
 def ignores(text, base=""):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from dslc.analysis import analyze_source
-from dslc.lang import codes
+from dslc import codes
 from rewrite_support import assert_rewrite, load_module, remap_hook, run, stable
 
 REPO = Path(__file__).resolve().parent.parent

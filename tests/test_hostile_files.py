@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from dslc.apply import fileio
+from dslc import fileio
 from dslc.cli import main
 
 REPO = Path(__file__).resolve().parent.parent

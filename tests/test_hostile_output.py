@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from dslc import output
-from dslc.apply.fileio import display_path
+from dslc.fileio import display_path
 
 REPO = Path(__file__).resolve().parent.parent
 RULES = str(REPO / "rulepacks" / "adopter.adr")

@@ -48,7 +48,7 @@ def test_golden(case: Path, monkeypatch, capsys):
 
 def test_every_code_is_exercised():
     """Each registered code has a golden case, or a named test elsewhere."""
-    from dslc.lang.codes import REGISTRY
+    from dslc.codes import REGISTRY
 
     elsewhere = {
         "ADR005": "test_lang_roundtrip.test_ten_megabytes_is_refused_quickly",

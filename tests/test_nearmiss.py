@@ -392,7 +392,7 @@ def first(x):
 
 
 def test_codes_of_near_misses(model, tmp_path, capsys):
-    from dslc.lang import codes
+    from dslc import codes
 
     _, report = apply_json(model, "--near-misses")
     got = {(n["class"], n["code"]) for n in report["near_misses"] if n["kind"] == "unmatched"}

@@ -1,4 +1,4 @@
-"""Every outcome has a stable, registered, explained code (dslc/lang/codes.py).
+"""Every outcome has a stable, registered, explained code (dslc/codes.py).
 
 * the registry: each code has a severity, a title and a doc, and
   `dslc explain CODE` prints it;
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from dslc.lang import codes
+from dslc import codes
 from dslc.cli import main
 from rewrite_support import self_output
 

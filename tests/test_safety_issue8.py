@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import rewrite_support
-from dslc.lang import codes
+from dslc import codes
 
 REPO = Path(__file__).resolve().parent.parent
 PACKS = [str(REPO / "rulepacks" / "adopter.adr"), str(REPO / "rulepacks" / "examples.adr")]

@@ -48,9 +48,10 @@ import traceback
 from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
-from dslc.lang import codes
-from dslc.apply import fileio, report  # the diff text of a patch is the report's business
-from dslc.apply.fileio import Found, SourceError, SourceFile
+from dslc import codes
+from dslc.apply import report  # the diff text of a patch is the report's business
+from dslc import fileio
+from dslc.fileio import Found, SourceError, SourceFile
 # The result types live in dslc.apply.results (report and resultcache read them
 # without the driver); callers also know them as `driver.Report` etc.
 from dslc.apply.results import FileError, FileResult, MatchEntry, MissingKernel, Mode, NearMissEntry, Report

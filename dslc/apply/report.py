@@ -13,8 +13,8 @@ import json
 import os
 
 from dslc import __version__
-from dslc.lang import codes
-from dslc.apply.fileio import display_path, git_top
+from dslc import codes
+from dslc.fileio import display_path, git_top
 from dslc.apply.results import FileResult, Report
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from dslc.apply.fileio import Found
+from dslc.fileio import Found
 
 Mode = Literal["diff", "write", "patch"]
 
@@ -27,7 +27,7 @@ class MatchEntry:
     status: Literal["applied", "skipped"]
     reason: str | None = None
     function: str | None = None
-    code: str | None = None  # the reason's registered code (dslc/lang/codes.py); None when applied
+    code: str | None = None  # the reason's registered code (dslc/codes.py); None when applied
 
 
 @dataclass(frozen=True, slots=True)

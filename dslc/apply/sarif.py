@@ -26,7 +26,7 @@ import os
 from pathlib import Path
 
 from dslc import __version__
-from dslc.lang import codes
+from dslc import codes
 from dslc.apply.report import diff_path
 
 SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"

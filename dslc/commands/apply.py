@@ -310,7 +310,7 @@ def _load(settings: argparse.Namespace):
 
 def _apply_options(args: argparse.Namespace, mode: str, settings: argparse.Namespace):
     from dslc.apply import driver
-    from dslc.apply.fileio import DEFAULT_MAX_FILE_SIZE
+    from dslc.fileio import DEFAULT_MAX_FILE_SIZE
 
     return driver.ApplyOptions(
         mode=mode,
@@ -333,7 +333,7 @@ def _print(args: argparse.Namespace, mode: str, result, packs) -> None:
     """The report on stdout (diff, JSON or SARIF); notes, summary and what was written on stderr."""
     from dslc import color
     from dslc.apply import report as render
-    from dslc.lang import codes
+    from dslc import codes
     from dslc.output import write_json
 
     notes_out = ""

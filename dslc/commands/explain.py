@@ -15,7 +15,7 @@ import re
 import sys
 import textwrap
 
-from dslc.lang import codes
+from dslc import codes
 
 _PLACE = re.compile(r"^(.+):(\d+)$")
 
@@ -103,7 +103,7 @@ def explain_place(path: str, line: int, args) -> int:
     if missing:
         return _usage(f"no such file or directory: {', '.join(missing)}")
     try:
-        from dslc.apply import fileio
+        from dslc import fileio
 
         text = fileio.read_source(path).text
     except Exception as exc:  # SourceError and friends: one line, no traceback

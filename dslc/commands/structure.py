@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from dslc.lang import codes
+from dslc import codes
 
 # The analysis's fatal problem kinds -> registered codes (`dslc explain`).
 PROBLEM_CODES = {
@@ -59,7 +59,7 @@ def add_parser(subparsers) -> None:
 
 
 def _error(path: str, line: int, col: int, code: str, message: str) -> None:
-    from dslc.apply.fileio import display_path
+    from dslc.fileio import display_path
 
     print(f"{display_path(path)}:{line}:{col}: error[{code}]: {message}", file=sys.stderr)
 
@@ -79,7 +79,7 @@ def run(args) -> int:
     if os.path.isdir(path):
         print(f"dslc structure: error: {path} is a directory; give one Python file", file=sys.stderr)
         return 2
-    from dslc.apply import fileio
+    from dslc import fileio
 
     try:  # only a regular file of a sane size is read: a FIFO or /dev/zero would hang
         fileio.read_bytes(path, fileio.DEFAULT_MAX_FILE_SIZE)

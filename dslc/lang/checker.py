@@ -29,7 +29,8 @@ import difflib
 import re
 from collections import Counter
 
-from dslc.lang import codes, syntax as S
+from dslc.lang import syntax as S
+from dslc import codes
 from dslc.lang.diagnostics import Diagnostic, Label, diag
 
 # option name -> (check, description of the valid values)

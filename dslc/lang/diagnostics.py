@@ -20,7 +20,7 @@ import json
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
-from dslc.lang import codes
+from dslc import codes
 from dslc.match.ir import Span
 
 ERROR = "error"

@@ -20,11 +20,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
-from dslc.lang import checker, codes
+from dslc.lang import checker
+from dslc import codes
 from dslc.match import ir
 from dslc.lang.diagnostics import Diagnostic, diag
 from dslc.lang.lower import lower_file
-from dslc.apply.fileio import SourceError, display_path, read_bytes
+from dslc.fileio import SourceError, display_path, read_bytes
 from dslc.lang.parser import ParseResult, parse_bytes
 from dslc.lang.source import MAX_SOURCE_BYTES
 

@@ -36,7 +36,8 @@ from functools import lru_cache
 from lark import Lark, Token, Transformer
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
-from dslc.lang import codes, syntax as S
+from dslc.lang import syntax as S
+from dslc import codes
 from dslc.lang.diagnostics import Diagnostic, diag
 from dslc.match.ir import Span
 from dslc.lang.source import MAX_SOURCE_BYTES, SourceFile, decode

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dslc.lang import codes
+from dslc import codes
 from dslc.match import ir, signatures
 from dslc.analysis.compute import Compute, reachable
 from dslc.analysis.model import ClassFacts, InitBinding, Value

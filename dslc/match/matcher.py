@@ -71,7 +71,7 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Iterator
 
-from dslc.lang import codes
+from dslc import codes
 from dslc.match import ir, signatures
 from dslc.analysis.model import ClassFacts, FileFacts, InitBinding, Node, Path, Value
 from dslc.analysis.scalars import MATH_FUNCTIONS

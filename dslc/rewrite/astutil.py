@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ast
 
-from dslc.lang import codes
+from dslc import codes
 
 
 def is_self_attr(node) -> bool:

@@ -16,7 +16,7 @@ import ast
 import keyword
 import re
 
-from dslc.lang import codes
+from dslc import codes
 from dslc.match import ir
 from dslc.rewrite import safety
 from dslc.rewrite.edits import Edit, SourceMap

@@ -17,7 +17,7 @@ import ast
 import os
 import re
 
-from dslc.lang import codes
+from dslc import codes
 from dslc.match import ir
 from dslc.rewrite import safety
 from dslc.rewrite.astutil import dotted_tail

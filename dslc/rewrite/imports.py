@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import ast
 
-from dslc.lang import codes
+from dslc import codes
 from dslc.match import ir
 from dslc.rewrite.astutil import fresh_name
 from dslc.rewrite.edits import Edit

@@ -48,7 +48,7 @@ class NearMiss:
     function: str | None
     line: int
     reason: str
-    code: str = "N101"  # dslc.lang.codes: N1xx forward, N2xx init, N3xx where, N4xx no attempt
+    code: str = "N101"  # dslc.codes: N1xx forward, N2xx init, N3xx where, N4xx no attempt
 
 
 @dataclass(frozen=True, slots=True)

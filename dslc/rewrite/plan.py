@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dslc.lang import codes
+from dslc import codes
 from dslc.rewrite.edits import Edit
 
 
@@ -19,7 +19,7 @@ class Skip(Exception):
     """A match cannot be rewritten: `Skip(CODE, message)` or `Skip(reason)`.
 
     `reason` (a `codes.Reason`) is the report's reason: the message and its
-    registered code (dslc/lang/codes.py).  A plain string without a code gets
+    registered code (dslc/codes.py).  A plain string without a code gets
     S499, which the tests flag.
     """
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ast
 
-from dslc.lang import codes
+from dslc import codes
 from dslc.match import ir
 from dslc.rewrite import safety
 from dslc.rewrite.plan import Skip

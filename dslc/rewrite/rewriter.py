@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from dslc.lang import codes
+from dslc import codes
 from dslc.match import ir
 from dslc.rewrite import safety
 from dslc.rewrite.context import Context

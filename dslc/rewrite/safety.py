@@ -35,7 +35,7 @@ from typing import Iterable, Sequence
 
 from dslc.analysis import guards
 from dslc.analysis.model import Guard
-from dslc.lang import codes
+from dslc import codes
 from dslc.match import ir
 from dslc.rewrite.edits import Edit, parse_error, untouched_regions_identical
 

@@ -22,7 +22,7 @@ from dslc.verify.selection import all_rules
 def read_text(path: str) -> str:
     """A source file's text exactly as `dslc apply` reads it (`fileio.read_source`:
     only a regular file, PEP 263 coding cookie, BOM); VerifyUsageError otherwise."""
-    from dslc.apply import fileio
+    from dslc import fileio
 
     try:
         return fileio.read_source(path).text

@@ -167,7 +167,7 @@ def _describe_modes(modes: Sequence[str]) -> str:
 def render(report: VerifyReport, fmt: str = "text") -> str:
     if fmt == "json":
         return json.dumps(report.to_dict(), indent=2)
-    from dslc.apply.fileio import display_path
+    from dslc.fileio import display_path
 
     lines = [f"verify {display_path(report.original)} -> {display_path(report.rewritten)} on {report.device}"]
     if report.error:

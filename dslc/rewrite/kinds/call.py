@@ -15,7 +15,7 @@ from __future__ import annotations
 import keyword
 import re
 
-from dslc.lang import codes
+from dslc import codes
 from dslc.match import ir
 from dslc.rewrite.astutil import container_reason
 from dslc.rewrite.kinds.base import Planner

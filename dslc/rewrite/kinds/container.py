@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import ast
 
-from dslc.lang import codes
+from dslc import codes
 from dslc.match import ir
 from dslc.rewrite.astutil import container_reason, dotted_tail, owner_name, self_attr_name
 from dslc.rewrite.context import Module

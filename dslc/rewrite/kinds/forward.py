@@ -16,7 +16,7 @@ from __future__ import annotations
 import ast
 import re
 
-from dslc.lang import codes
+from dslc import codes
 from dslc.match import ir
 from dslc.rewrite import safety
 from dslc.rewrite.astutil import is_prefix, owner_name

@@ -18,7 +18,7 @@ init target, forward `_` or unchanged).  The plan:
 
 from __future__ import annotations
 
-from dslc.lang import codes
+from dslc import codes
 from dslc.match import ir
 from dslc.rewrite import safety
 from dslc.rewrite.astutil import owner_name

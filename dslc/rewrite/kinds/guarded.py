@@ -11,7 +11,7 @@ from __future__ import annotations
 import ast
 
 from dslc.analysis.model import Guard
-from dslc.lang import codes
+from dslc import codes
 from dslc.match import ir
 from dslc.rewrite import safety
 from dslc.rewrite.astutil import exit_between, owner_name

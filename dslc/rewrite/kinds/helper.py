@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ast
 
-from dslc.lang import codes
+from dslc import codes
 from dslc.match import ir
 from dslc.rewrite import safety
 from dslc.rewrite.astutil import exit_between, self_attr_name

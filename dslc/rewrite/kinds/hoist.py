@@ -17,7 +17,7 @@ import ast
 import textwrap
 
 from dslc.analysis.model import Guard
-from dslc.lang import codes
+from dslc import codes
 from dslc.rewrite.astutil import is_prefix, names_in
 from dslc.rewrite.edits import Edit
 from dslc.rewrite.kinds.base import Planner

@@ -15,7 +15,7 @@ import ast
 import re
 import textwrap
 
-from dslc.lang import codes
+from dslc import codes
 from dslc.match import ir
 from dslc.rewrite.astutil import dotted_name, is_self_attr
 from dslc.rewrite.edits import Edit, EditConflict, apply_edits
