@@ -312,3 +312,21 @@ def test_known_over_is_current():
 def test_checkout_root_is_not_the_package(name):
     with pytest.raises(ModuleNotFoundError):
         importlib.import_module(name)
+
+
+def test_every_subpackage_is_installed():
+    """setup.cfg lists packages by name: a new subpackage left out of it is
+    missing from a non-editable install (what CI and users get)."""
+    import configparser
+
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "setup.cfg", encoding="utf-8")
+    listed = set(cfg["options"]["packages"].split())
+    mapped = dict(line.split("=", 1) for line in cfg["options"]["package_dir"].strip().splitlines())
+    mapped = {k.strip(): v.strip() for k, v in mapped.items()}
+    found = {name for name, path in MODULES.items() if path.name == "__init__.py"}
+    assert found - listed == set(), f"subpackages missing from setup.cfg [options] packages: {sorted(found - listed)}"
+    for name in found:
+        top = ".".join(name.split(".")[:2]) if name.startswith("dslc.analysis") else name
+        if top in mapped:
+            assert (REPO / mapped[top]).is_dir(), f"package_dir of {top} points to a missing folder"
