@@ -55,6 +55,18 @@ class Expressions:
         self.temp += 1
         return f"temp_{self.temp}"
 
+    def result_names(self, outputs, top: bool) -> tuple:
+        """The names the value of a top-level or nested expression is bound to:
+        the statement's own targets when it is the whole right-hand side
+        (the statement is then consumed by the node), else a fresh temporary
+        (an expression statement, `outputs == ()`, is consumed as well)."""
+        if top and outputs:
+            self.top_consumed = True
+            return outputs
+        if top and outputs == ():
+            self.top_consumed = True
+        return (self.new_temp(),)
+
     def evaluate(self, expr, frame: Frame, ref: StmtRef, outputs=None) -> list:
         """Actions for the DL nodes of `expr`, in evaluation order.
 
@@ -106,13 +118,7 @@ class Expressions:
         """`a if c else b` with DL calls in a branch: a split like an `if`
         (a "fork" action); both branches write one result name."""
         self._expr(e.test, frame, ref, actions, need=False)
-        if top and outputs:
-            outs = outputs
-            self.top_consumed = True
-        else:
-            outs = (self.new_temp(),)
-            if top and outputs == ():
-                self.top_consumed = True
+        outs = self.result_names(outputs, top)
         branches = []
         for branch in (e.body, e.orelse):
             sub: list = []
@@ -134,13 +140,7 @@ class Expressions:
 
     def _emit(self, e, node: Node, frame, actions, outputs, top) -> Value:
         """Finish a DL node: outputs, reads/writes, span; record it."""
-        if top and outputs:
-            outs = outputs
-            self.top_consumed = True
-        else:
-            outs = (self.new_temp(),)
-            if top and outputs == ():
-                self.top_consumed = True  # an expression statement
+        outs = self.result_names(outputs, top)
         # reads from the argument expressions, nested DL nodes read as their temporaries
         if isinstance(e, ast.Call):
             parts = list(e.args) + [k.value for k in e.keywords]
@@ -202,13 +202,7 @@ class Expressions:
                           and key not in frame.stack and self.kinds.fn_has_dl(fn, owner, frame))
             args, kwargs = self._args(e, frame, ref, actions)
             if can_inline:
-                if top and outputs:
-                    outs = outputs
-                    self.top_consumed = True
-                else:
-                    outs = (self.new_temp(),)
-                    if top and outputs == ():
-                        self.top_consumed = True
+                outs = self.result_names(outputs, top)
                 actions.append(("inline", fn, owner_qual, args, kwargs, outs, e, key, ref))
                 if len(outs) == 1:
                     self.replaced[id(e)] = outs[0]
