@@ -24,6 +24,8 @@ import ast
 import difflib
 import functools
 import os
+import subprocess
+import sys
 import tempfile
 import textwrap
 import types
@@ -223,3 +225,28 @@ def load_module(source: str, name: str) -> types.ModuleType:
     module.__file__ = f"<{name}>"
     exec(compile(source, f"<{name}>", "exec"), module.__dict__)
     return module
+
+
+_WITHOUT_LIGER = """\
+import importlib.util, sys
+{path}sys.modules["liger_kernel"] = None
+import torch
+
+def load(name, path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+"""
+
+
+def run_without_liger(folder: Path, body: str, *, sys_path: str | os.PathLike | None = None,
+                      timeout: int = 120) -> subprocess.CompletedProcess:
+    """Run `body` (dedented) in a fresh interpreter where `import liger_kernel`
+    fails, as on a machine without it; `load(name, path)` imports a file as a
+    module, and `sys_path` goes first on the module path."""
+    path = f"sys.path.insert(0, {str(sys_path)!r})\n" if sys_path is not None else ""
+    script = Path(folder) / "run.py"
+    script.write_text(_WITHOUT_LIGER.format(path=path) + textwrap.dedent(body))
+    return subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=timeout)

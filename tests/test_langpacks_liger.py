@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from dslc.cli import main
+from rewrite_support import run_without_liger
 
 REPO = Path(__file__).resolve().parent.parent
 LIGER = REPO / "rulepacks" / "liger.adr"
@@ -190,24 +191,14 @@ def test_per_call_dispatch_is_a_helper_that_evaluates_arguments_once(tmp_path):
     code = main(["apply", "--rules", str(LIGER), "--no-cache", "--jobs", "1", "-q", "--write", str(target)])
     assert code == 0 and target.read_text() == text
     # without liger: the same loss as the original function
-    script = tmp_path / "run.py"
-    script.write_text(textwrap.dedent(f"""
-        import sys
-        sys.modules["liger_kernel"] = None
-        import importlib.util, torch
-        def load(name, path):
-            spec = importlib.util.spec_from_file_location(name, path)
-            mod = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(mod)
-            return mod
+    proc = run_without_liger(tmp_path, f"""
         a, b = load("a", {str(src)!r}), load("b", {str(target)!r})
         torch.manual_seed(0)
         logits, labels = torch.randn(2, 3, 7), torch.randint(0, 7, (2, 3))
         assert torch.equal(a.loss(logits, labels), b.loss(logits, labels))
         assert b.liger_cross_entropy is None
         print("ok")
-    """))
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    """)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
 
 
@@ -421,17 +412,7 @@ def test_rotary_call_gets_a_guarded_dispatch_with_the_same_numbers(tmp_path, arc
     assert target.read_text() == text
     # without liger-kernel, on CPU: the same outputs and gradients as the original
     fake = _fake_transformers(tmp_path, arch)
-    script = tmp_path / "run.py"
-    script.write_text(textwrap.dedent(f"""
-        import sys
-        sys.path.insert(0, {str(fake)!r})
-        sys.modules["liger_kernel"] = None
-        import importlib.util, torch
-        def load(name, path):
-            spec = importlib.util.spec_from_file_location(name, path)
-            mod = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(mod)
-            return mod
+    proc = run_without_liger(tmp_path, f"""
         a, b = load("a", {str(src)!r}), load("b", {str(target)!r})
         assert b.liger_rotary_pos_emb is None
         torch.manual_seed(0)
@@ -450,8 +431,7 @@ def test_rotary_call_gets_a_guarded_dispatch_with_the_same_numbers(tmp_path, arc
         assert torch.equal(qa, qb) and torch.equal(ka, kb)
         assert all(torch.equal(u, v) for u, v in zip(ga, gb))
         print("ok")
-    """))
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    """, sys_path=fake)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
 
 
@@ -499,16 +479,7 @@ def test_rotary_call_inside_the_modeling_module_itself_keeps_its_own_name(tmp_pa
     assert "import transformers" not in text
     assert "    return apply_rotary_pos_emb(q, k, cos, sin)\n" in text
     assert "        q, k = _dslc_liger_rotary_pos_emb(q, k, cos, sin)\n" in text
-    script = tmp_path / "run.py"
-    script.write_text(textwrap.dedent(f"""
-        import sys
-        sys.modules["liger_kernel"] = None
-        import importlib.util, torch
-        def load(name, path):
-            spec = importlib.util.spec_from_file_location(name, path)
-            mod = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(mod)
-            return mod
+    proc = run_without_liger(tmp_path, f"""
         a, b = load("a", {str(original)!r}), load("b", {str(src)!r})
         torch.manual_seed(0)
         ma, mb = a.Attn(), b.Attn()
@@ -519,6 +490,5 @@ def test_rotary_call_inside_the_modeling_module_itself_keeps_its_own_name(tmp_pa
         (qa, ka), (qb, kb) = ma(x, cos, sin), mb(x, cos, sin)
         assert torch.equal(qa, qb) and torch.equal(ka, kb)
         print("ok")
-    """))
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    """)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]

@@ -10,13 +10,11 @@ import contextlib
 import io
 import json
 import shutil
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 
 from dslc.cli import main
+from rewrite_support import run_without_liger
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "tiny_llm.py"
@@ -38,18 +36,7 @@ def test_sdpa_and_liger_rewrite_tiny_llm_and_it_runs_without_liger(tmp_path):
     assert packs == {"sdpa", "liger"}, applied
     liger_rules = {m["rule"] for m in report["matches"] if m["status"] == "applied" and m["rule"].startswith("liger:")}
     assert {"liger:rms_norm_fp32", "liger:swiglu_mlp"} <= liger_rules
-    script = tmp_path / "run.py"
-    script.write_text(textwrap.dedent(f"""
-        import importlib.util, sys
-        sys.modules["liger_kernel"] = None
-        import torch
-
-        def load(name, path):
-            spec = importlib.util.spec_from_file_location(name, path)
-            mod = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(mod)
-            return mod
-
+    proc = run_without_liger(tmp_path, f"""
         a, b = load("orig", {str(EXAMPLE)!r}), load("new", {str(target)!r})
         torch.manual_seed(0)
         ma = a.TinyLM(a.TinyConfig()).eval()
@@ -62,8 +49,7 @@ def test_sdpa_and_liger_rewrite_tiny_llm_and_it_runs_without_liger(tmp_path):
         gb = dict(mb.named_parameters())
         worst = max(float((p.grad - gb[n].grad).abs().max()) for n, p in ma.named_parameters() if p.grad is not None)
         print(float((la - lb).abs().max()), abs(float(lossa - lossb)), worst)
-    """))
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    """, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     logits, loss, grads = map(float, proc.stdout.split())
     assert logits <= 1e-4 and loss <= 1e-4 and grads <= 1e-4
