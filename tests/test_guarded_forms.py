@@ -586,3 +586,92 @@ def test_the_refused_unknown_and_eager_rewrites_were_wrong():
 
 def nn_group_norm(torch):
     return torch.nn.GroupNorm(2, 4)
+
+
+# Under a rule with `when` the `else:` of `if <when>:` keeps the original, and
+# a value of unknown type on another branch is allowed (transformers'
+# `else: self.act = config.hidden_act`) only where `when` excludes it.
+WHEN_ARGUMENT = '''import torch
+from torch import nn
+from transformers.activations import ACT2FN
+
+
+class Inter(nn.Module):
+    def __init__(self, config, custom_act=None):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        if custom_act is None:
+            self.act = ACT2FN[config.hidden_act]
+        else:
+            self.act = custom_act
+
+    def forward(self, x):
+        return self.act(self.dense(x))
+'''
+
+# What dslc wrote for it before the refusal (less the checkpoint hook, which
+# it registered only where `custom_act is None`): with `gelu_new` and a
+# `custom_act`, the Linear loses its bias and nothing adds it back.
+WHEN_ARGUMENT_BEFORE_THE_FIX = '''import torch
+from torch import nn
+from transformers.activations import ACT2FN
+from epoi.ops.torchscript_ops import FusedBiasGELU
+
+
+class Inter(nn.Module):
+    def __init__(self, config, custom_act=None):
+        super().__init__()
+        if config.hidden_act in ("gelu_new", "gelu_fast", "gelu_pytorch_tanh", "gelu_accurate"):
+            self.dense = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+            if custom_act is None:
+                self.act = FusedBiasGELU(config.intermediate_size, prev_weight=self.dense.weight)
+            else:
+                self.act = custom_act
+        else:
+            self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+            if custom_act is None:
+                self.act = ACT2FN[config.hidden_act]
+            else:
+                self.act = custom_act
+
+    def forward(self, x):
+        return self.act(self.dense(x))
+'''
+
+
+def test_a_when_rule_with_an_argument_on_a_branch_the_condition_allows_is_refused():
+    result = run(WHEN_ARGUMENT)
+    got = _statuses(result, "biased_gelu")
+    assert [(s[1], s[2]) for s in got] == [("skipped", "S216")], got
+    assert "`self.act` is also bound to `custom_act` (line 13), a value of unknown type" in got[0][3]
+    # the transformers spelling: the condition's strings imply `isinstance(..., str)`
+    for init in ("        if isinstance(config.hidden_act, str):\n            self.act = ACT2FN[config.hidden_act]\n"
+                 "        else:\n            self.act = config.hidden_act\n",
+                 "        self.act = ACT2FN[config.hidden_act] if isinstance(config.hidden_act, str) "
+                 "else config.hidden_act\n"):
+        source = WHEN_ARGUMENT.replace(
+            "        if custom_act is None:\n            self.act = ACT2FN[config.hidden_act]\n"
+            "        else:\n            self.act = custom_act\n", init)
+        assert source != WHEN_ARGUMENT
+        assert [s[1] for s in _statuses(run(source), "biased_gelu")] == ["applied"]
+
+
+def test_the_refused_when_rewrite_was_wrong(monkeypatch):
+    torch = pytest.importorskip("torch", reason="torch runs the two versions")
+    pytest.importorskip("transformers", reason="the model reads ACT2FN")
+    import sys
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "kernel_refs"))
+    for name in [n for n in sys.modules if n.split(".")[0] == "epoi"]:
+        monkeypatch.delitem(sys.modules, name)
+    config = SimpleNamespace(hidden_size=4, intermediate_size=6, hidden_act="gelu_new")
+    old = load_module(WHEN_ARGUMENT, "old").Inter(config, custom_act=torch.nn.Tanh())
+    new = load_module(WHEN_ARGUMENT_BEFORE_THE_FIX, "new").Inter(config, custom_act=torch.nn.Tanh())
+    with torch.no_grad():
+        old.dense.bias.fill_(0.5)
+    missing, unexpected = new.load_state_dict(old.state_dict(), strict=False)
+    assert unexpected == ["dense.bias"] and not missing
+    x = torch.randn(2, 4)
+    assert not torch.allclose(new(x), old(x))

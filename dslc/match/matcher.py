@@ -838,7 +838,8 @@ def _alternative_binding(rule: ir.Rule, scope: _Scope, init_nodes: dict[str, Ini
     Every other binding of a matched attribute must be of the same kind and
     type (`_match_init` unified those), always overwritten by the matched
     one, of kind `other` under a rule with `when` (the module doc's
-    conditional init policy: a config callable the `else` branch keeps), or
+    conditional init policy: a config callable the `else` branch keeps; the
+    rewriter checks that `when` excludes it) or one that rewrites nothing, or
     `None` / `nn.Identity()` for a layer the rewrite removes (the guarded
     kind rewrites those under the init guard, or refuses them).  Any other
     value of kind `other` (`self.bn = norm_layer`, an argument of unknown
@@ -849,7 +850,9 @@ def _alternative_binding(rule: ir.Rule, scope: _Scope, init_nodes: dict[str, Ini
     must be of the same type too."""
     copied = _copied_vars(rule)
     removed = removed_layer_vars(rule)
-    when = rule.option("when") is not None
+    # a rule that rewrites nothing (detect-only) or keeps the original under `when`
+    keeps = rule.option("when") is not None or all(item is None or item.target is None
+                                                   for item in (rule.init, rule.forward))
     for var, b in init_nodes.items():
         for other in scope.init_by_attr.get(b.attr, ()):
             if other is b or (other.kind == b.kind and other.type == b.type):
@@ -861,7 +864,7 @@ def _alternative_binding(rule: ir.Rule, scope: _Scope, init_nodes: dict[str, Ini
                 return codes.reason(codes.S_INIT_ALTERNATIVE, (
                     f"`self.{b.attr} = ... if ... else ...` (line {line}) builds a `{_short_type(b)}` on one branch "
                     f"only: the other is {_binding_text(other)}"))
-            if overwritten_by(other, b) or (other.kind == "other" and when):
+            if overwritten_by(other, b) or (other.kind == "other" and keeps):
                 continue
             where = f" where `{' and '.join(str(g) for g in other.guards)}`" if other.guards else ""
             if other.kind == "other":

@@ -35,7 +35,7 @@ class Found:
     """What `NoneGuardedLayer.select` found."""
 
     var: str  # the removed layer's init variable
-    index: int  # its node in the match
+    index: int | None  # its node in the match (None: not a node this kind reads)
     form: GuardForm | None  # the guard on the attribute around its call; None: unguarded
     neutral: tuple  # the `None` / `nn.Identity()` bindings of the attribute the layer does not overwrite
 
@@ -51,27 +51,34 @@ class NoneGuardedLayer(Kind):
         """The removed layer (a layer variable of the forward source absent
         from both targets), when its call is guarded by its attribute or
         `__init__` binds that attribute to `None` / `nn.Identity()` where the
-        layer's binding does not overwrite it; None for any other match."""
+        layer's binding does not overwrite it; None for any other match.
+        A match with such a binding is always selected (the matcher leaves
+        those bindings to this kind), so that a shape this kind does not
+        rewrite is refused here rather than fused as if the layer were
+        always there (`index` None)."""
         rule = match.rule
-        if rule.forward is None or rule.forward.target is None or len(match.nodes) != len(rule.forward.source):
-            return None
         removed = removed_layer_vars(rule)
-        for i, (pn, node) in enumerate(zip(rule.forward.source, match.nodes)):
-            var = pn.layer_var
-            if var not in removed or node.kind != "layer" or not node.attr:
-                continue
-            try:
-                stmt = self.mod.stmt(node.stmt)
-            except Skip:
-                return None
-            parent, fname = self.mod.parent.get(id(stmt), (None, None))
-            form = guard_form(parent, fname, node.attr)
+        if not removed:
+            return None
+        nodes_ok = len(match.nodes) == len(rule.forward.source)
+        for var in sorted(removed):
             layer = match.init_nodes.get(var)
-            neutral = tuple(b for b in (cls.init if cls is not None else ())
-                            if b.attr == node.attr and b is not layer and is_neutral(b)
-                            and not (layer is not None and overwritten_by(b, layer)))
+            neutral = tuple(b for b in (cls.init if cls is not None and layer is not None else ())
+                            if b.attr == layer.attr and b is not layer and is_neutral(b) and not overwritten_by(b, layer))
+            index = next((i for i, pn in enumerate(rule.forward.source) if pn.layer_var == var), None)
+            node = match.nodes[index] if nodes_ok and index is not None else None
+            form = None
+            if node is not None and node.kind == "layer" and node.attr:
+                try:
+                    stmt = self.mod.stmt(node.stmt)
+                except Skip:
+                    stmt = None
+                parent, fname = self.mod.parent.get(id(stmt), (None, None))
+                form = guard_form(parent, fname, node.attr)
+            elif neutral:
+                return Found(var, None, None, neutral)
             if form is not None or neutral:
-                return Found(var, i, form, neutral)
+                return Found(var, index, form, neutral)
         return None
 
     def plan(self, match: ir.Match, setup: Setup | None, found: Found, plan: Plan) -> None:
@@ -86,6 +93,11 @@ class NoneGuardedLayer(Kind):
         source without the removed layer's call (`$conv($x) -> $h; $bn($h) ->
         $o` => `$conv($x) -> $o`), so that the unchanged forward computes the
         target; every other shape is refused here with its reason."""
+        if found.index is None:
+            b = found.neutral[0]
+            raise Skip(codes.S_GUARDED_LAYER, (
+                f"`self.{b.attr}` is also bound to `{'None' if b.kind == 'other' else 'nn.Identity()'}` (line "
+                f"{b.stmt.lines[0] if b.stmt else 0}), and the matched call of the layer is not one this rewrite reads"))
         where, name = self._check_forward(match, found, setup.condition)
         self._check_paths(match, found, where, name, setup.paths)
         layer, layer_stmt = self._check_init(match, setup.cls, found, where)
