@@ -663,12 +663,18 @@ def test_the_refused_when_rewrite_was_wrong(monkeypatch):
     from pathlib import Path
     from types import SimpleNamespace
 
+    # the reference kernels stand in for epoi while the module is loaded, and
+    # are gone after (other tests check the packs against what is importable)
     monkeypatch.syspath_prepend(str(Path(__file__).parent / "kernel_refs"))
     for name in [n for n in sys.modules if n.split(".")[0] == "epoi"]:
         monkeypatch.delitem(sys.modules, name)
     config = SimpleNamespace(hidden_size=4, intermediate_size=6, hidden_act="gelu_new")
     old = load_module(WHEN_ARGUMENT, "old").Inter(config, custom_act=torch.nn.Tanh())
-    new = load_module(WHEN_ARGUMENT_BEFORE_THE_FIX, "new").Inter(config, custom_act=torch.nn.Tanh())
+    try:
+        new = load_module(WHEN_ARGUMENT_BEFORE_THE_FIX, "new").Inter(config, custom_act=torch.nn.Tanh())
+    finally:
+        for name in [n for n in sys.modules if n.split(".")[0] == "epoi"]:
+            del sys.modules[name]
     with torch.no_grad():
         old.dense.bias.fill_(0.5)
     missing, unexpected = new.load_state_dict(old.state_dict(), strict=False)
