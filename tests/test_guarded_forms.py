@@ -681,3 +681,13 @@ def test_the_refused_when_rewrite_was_wrong(monkeypatch):
     assert unexpected == ["dense.bias"] and not missing
     x = torch.randn(2, 4)
     assert not torch.allclose(new(x), old(x))
+
+
+def test_none_on_another_branch_of_a_layer_the_rewrite_keeps_is_refused():
+    # only the removed layer (`$bn`) is rewritten under its init guard; the
+    # conv, which the rewrite replaces, may not be None on a branch
+    before = IDENTITY.replace(
+        "        self.conv = nn.Conv2d(cin, cout, 3, padding=1)\n",
+        "        if cin:\n            self.conv = nn.Conv2d(cin, cout, 3, padding=1)\n        else:\n            self.conv = None\n")
+    assert before != IDENTITY
+    assert_rewrite(before, skipped=[("conv_batchnorm", "S216", "as if the `Conv2d` were always there")])

@@ -867,6 +867,11 @@ def _alternative_binding(rule: ir.Rule, scope: _Scope, init_nodes: dict[str, Ini
             if overwritten_by(other, b) or (other.kind == "other" and keeps):
                 continue
             where = f" where `{' and '.join(str(g) for g in other.guards)}`" if other.guards else ""
+            if is_neutral(other):
+                return codes.reason(codes.S_INIT_ALTERNATIVE, (
+                    f"`self.{b.attr}` is also bound to {_binding_text(other)} (line {line}){where}, and the rewrite "
+                    f"changes it as if the `{_short_type(b)}` were always there (only a layer the rule removes is "
+                    f"rewritten under its init guard)"))
             if other.kind == "other":
                 return codes.reason(codes.S_INIT_ALTERNATIVE, (
                     f"`self.{b.attr}` is also bound to {_binding_text(other)} (line {line}){where}, a value of "
