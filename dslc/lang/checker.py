@@ -43,6 +43,10 @@ OPTIONS: dict[str, tuple] = {
     # A run-time condition of the kernel dispatch (rules with `fallback`):
     # a Python expression over `$vars` and `$v.attr` (`"$x.dim() == 2"`).
     "check": (lambda v: isinstance(v, str) and _check_parses(v), 'a Python expression over $variables, e.g. "$x.dim() == 2"'),
+    # `"$a: $b"`: `$a` may be matched through a row reshaping of its value
+    # (view/reshape/flatten/contiguous/leading-dim slicing, the last dim kept),
+    # and the target applies the same reshaping to `$b` (dslc/match/rows.py).
+    "rows": (lambda v: isinstance(v, str) and bool(ROWS_FORMAT.fullmatch(v)), 'two variables, e.g. "$logits: $h"'),
     # Acknowledge warnings for this rule: a comma-separated list of codes.
     "allow": (lambda v: isinstance(v, str) and bool(v.strip()) and all(
         (c.strip().upper() in codes.REGISTRY and codes.REGISTRY[c.strip().upper()].severity == "warning")
@@ -69,6 +73,7 @@ _CLAUSE = re.compile(r"\s*(~=|===|==|!=|<=|>=|<|>)\s*(\S+?)\s*$")
 
 
 CHECK_VAR = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
+ROWS_FORMAT = re.compile(r"\s*\$[A-Za-z_][A-Za-z0-9_]*\s*:\s*\$[A-Za-z_][A-Za-z0-9_]*\s*")
 
 
 def _check_parses(text: str) -> bool:
@@ -845,14 +850,14 @@ class _NeedsChecks(_Checks):
                 self.emit(codes.CONSTRAINT_UNKNOWN, f"`requires ... on` names `${q.var.name}`, which no source binds",
                           q.var.span, label="unknown variable", help=_suggest(q.var.name, bound))
         for o in r.of(S.Option):
-            if o.name == "check" and isinstance(o.value.value, str):
+            if o.name in ("check", "rows") and isinstance(o.value.value, str):
                 for name in CHECK_VAR.findall(o.value.value):
                     if name not in bound:
-                        self.emit(codes.CONSTRAINT_UNKNOWN, f"`option check` names `${name}`, which no source binds",
+                        self.emit(codes.CONSTRAINT_UNKNOWN, f"`option {o.name}` names `${name}`, which no source binds",
                                   o.value.span, label="unknown variable", help=_suggest(name, bound))
                 if not r.of(S.Fallback):
-                    self.emit(codes.BAD_OPTION, "`option check` without `fallback original`", o.value.span,
-                              label="a check guards the kernel dispatch", help="add `requires ...` and `fallback original`")
+                    self.emit(codes.BAD_OPTION, f"`option {o.name}` without `fallback original`", o.value.span,
+                              label="it shapes the kernel dispatch", help="add `requires ...` and `fallback original`")
         for f in r.of(S.Fallback):
             if f.kind != "original":
                 self.emit(codes.BAD_FALLBACK, f"unknown fallback `{f.kind}`", f.span, label="expected `original`")

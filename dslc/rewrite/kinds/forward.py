@@ -77,9 +77,12 @@ class ForwardFusion(Planner):
             # Per call: a generated helper chooses the kernel or the original call
             # (whatever the statement: one output or several, hoisted or not;
             # `q, k = helper(...)` too).
-            if len(target) != 1 or len(source_nodes) != 1:
-                raise Skip(codes.S_FALLBACK, "a per-call fallback needs one source node and one target node")
-            final_text = self.calls.dispatch_call(match, plan, env, source_nodes[0], target[0])
+            if len(target) != 1:
+                raise Skip(codes.S_FALLBACK, "a per-call fallback needs one target node")
+            if len(source_nodes) == 1:
+                final_text = self.calls.dispatch_call(match, plan, env, source_nodes[0], target[0])
+            else:
+                final_text = self.calls.dispatch_chain(match, plan, env, source_nodes, target[0])
 
         final_chain = self.mod.chain(final_stmt)
         reverse = [stmt for _, _, stmt in groups[:-1]
