@@ -88,6 +88,7 @@ def test_the_head_and_the_loss_become_one_helper_call(tmp_path):
     assert {c: s for c, (s, _) in got.items()} == {
         "NanoLM": "applied", "ShiftLM": "applied", "FlatLM": "applied",
         "ReturnsLogits": "skipped", "WeightedLM": "skipped"}
+    assert _outcomes(report, RULE + "_loss")["LossModuleLM"][0] == "applied"
     text = target.read_text()
     assert "logits = self.lm_head(x)" not in text
     assert ("loss = _dslc_liger_fused_linear_cross_entropy(self.lm_head, x, targets.view(-1), -1, "
@@ -124,7 +125,7 @@ EQUIV = """
     assert new.liger_fused_linear_cross_entropy is None
     out = {{}}
     for name, call in (("NanoLM", "(ids, tgt)"), ("ShiftLM", "(ids, tgt)"), ("ShiftLM", "(ids,)"),
-                       ("FlatLM", "(ids, tgt)")):
+                       ("FlatLM", "(ids, tgt)"), ("LossModuleLM", "(ids, tgt)")):
         torch.manual_seed(0)
         a, b = getattr(orig, name)(), getattr(new, name)()
         b.load_state_dict(a.state_dict(), strict=True)
@@ -151,7 +152,7 @@ def test_rewritten_models_without_liger_give_the_same_loss_and_gradients(tmp_pat
     proc = run_without_liger(tmp_path, "import json\n" + textwrap.dedent(EQUIV).format(orig=str(MODELS), new=str(target)))
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert set(result) == {"NanoLM", "ShiftLM", "FlatLM"}
+    assert set(result) == {"NanoLM", "ShiftLM", "FlatLM", "LossModuleLM"}
     for name, (loss_diff, grad_diff, n_grads) in result.items():
         assert n_grads >= 2 and loss_diff <= 1e-5 and grad_diff <= 1e-5, (name, loss_diff, grad_diff)
 
@@ -192,7 +193,7 @@ KERNEL_PATH = textwrap.dedent("""
 
     orig, new = load("orig", sys.argv[1]), load("new", sys.argv[2])
     out = {}
-    for name in ("NanoLM", "ShiftLM", "FlatLM"):
+    for name in ("NanoLM", "ShiftLM", "FlatLM", "LossModuleLM"):
         torch.manual_seed(0)
         a, b = getattr(orig, name)(), getattr(new, name)()
         b.load_state_dict(a.state_dict(), strict=True)
@@ -224,6 +225,6 @@ def test_kernel_path_gets_the_reshaped_hidden_rows(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["NanoLM"]["shape"] == [21, 16] and result["ShiftLM"]["shape"] == [18, 16]
-    assert result["FlatLM"]["shape"] == [21, 16]
+    assert result["FlatLM"]["shape"] == [21, 16] and result["LossModuleLM"]["shape"] == [21, 16]
     for name, r in result.items():
         assert r["kernel"] == 1 and r["loss"] <= 1e-5 and r["grad"] <= 1e-5, (name, r)

@@ -9,7 +9,8 @@ logits (tests/test_langpacks_flce.py, rule liger:fused_linear_cross_entropy).
 * `FlatLM`: `logits.flatten(0, -2)`, `reduction="sum"`;
 * `ReturnsLogits`: the logits are returned too (the fused op must not apply);
 * `WeightedLM`: a class weight, which the fused op's rule does not pass on;
-* `VocabLM`: the last size spelt `self.vocab`, not provably the logits' dim.
+* `VocabLM`: the last size spelt `self.vocab`, not provably the logits' dim;
+* `LossModuleLM`: an `nn.CrossEntropyLoss` attribute with its own arguments.
 """
 
 import torch
@@ -96,3 +97,16 @@ class VocabLM(nn.Module):
         h = self.embed(idx)
         logits = self.lm_head(h)
         return F.cross_entropy(logits.view(-1, self.vocab), targets.view(-1))
+
+
+class LossModuleLM(nn.Module):
+    def __init__(self, vocab=37, dim=16):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.lm_head = nn.Linear(dim, vocab, bias=False)
+        self.loss_fn = nn.CrossEntropyLoss(ignore_index=0, label_smoothing=0.05)
+
+    def forward(self, idx, targets):
+        h = self.embed(idx)
+        logits = self.lm_head(h)
+        return self.loss_fn(logits.view(-1, logits.size(-1)), targets.view(-1))

@@ -47,7 +47,7 @@ class CallDispatch(Planner):
         if not parts:
             raise Skip(codes.S_FALLBACK, "the rule requires a package but its target calls nothing from it")
         if check and per_call and env is not None and rule.option("check"):
-            parts.append(paren(self.check_text(str(rule.option("check")), env)))
+            parts.append(self._check(match, plan, env))
         for need in rule.needs:
             if need.device == "cuda":
                 if per_call and need.var is not None and env is not None:
