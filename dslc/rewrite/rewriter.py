@@ -67,10 +67,12 @@ class _Rewriter:
         self.kinds = [kind(self.ctx) for kind in KINDS]
         self.calls = CallDispatch(self.ctx)
         self.when = WhenGuard(self.ctx)
+        self.overlap_lifted = False
 
-    def plan(self, match: ir.Match, *, overlap_lifted: bool = False) -> Plan:
+    def plan(self, match: ir.Match) -> Plan:
         plan = Plan()
-        reason = None if overlap_lifted else safety.check_conflict(match)
+        # an overlap with earlier rules' matches that were all refused is lifted (`_rewrite`)
+        reason = None if match.yields_to and self.overlap_lifted else safety.check_conflict(match)
         if reason:
             raise Skip(reason)
         if match.function.startswith("_dslc_"):
@@ -173,7 +175,8 @@ def _rewrite(source: str, facts, matches, path: str, *, check_each: bool) -> Rew
             continue
         try:
             try:
-                plan = rewriter.plan(match, overlap_lifted=lifted)
+                rewriter.overlap_lifted = lifted
+                plan = rewriter.plan(match)
             except (Skip, SyntaxError):
                 raise
             except Exception as exc:  # a bug must cost one match, not the run
