@@ -157,6 +157,8 @@ class CallDispatch(Planner):
         taken = set(names.values()) | set(produced)
         rows_fn, rows_in = _fresh("rows", taken), _fresh("rows_in", taken)
         chain, rows_pair = self._rows_chain(match)
+        if chain is not None and (rows_pair[1] not in names or rows_pair[0] not in set(produced) | set(names)):
+            raise Skip(codes.S_FALLBACK, f"`option rows`: `${rows_pair[1]}` is not an input of the dispatch here")
         henv = Env(match, {}, {})
         henv.inline = {v: names[v] for v in params}
         henv.inline.update({v: v + "_" if keyword.iskeyword(v) else v for v in produced})
