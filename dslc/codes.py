@@ -263,6 +263,14 @@ BAD_FALLBACK = _code("ADR352", "error", "invalid fallback", """
     guard: a class item (a per-call dispatch in forward), an init item that
     replaces layers in place (a per-construction choice), or a forward item
     whose source and target are one node each (a per-call dispatch helper).""")
+GUARDED_FORWARD = _code("ADR353", "error", "run-time guard on `__init__` of a rule that changes forward", """
+    `when` (and `fallback original` on a rule with an init target, which
+    chooses per construction) writes `if <cond>: <new layers> else: <old
+    layers>` in `__init__`.  The old layers then exist only in the `else`
+    branch, so a forward rewrite cannot be right on both sides: `dslc apply`
+    refuses every match of such a rule (S305).  Leave the forward item
+    unchanged (target `_` or equal to its source), or guard per call with a
+    one-node forward item and `fallback original`.""")
 
 # -- ADR4xx: selection -----------------------------------------------------------
 UNKNOWN_SELECT = _code("ADR401", "error", "unknown rule selection", """
