@@ -72,12 +72,15 @@ def verify_sources(original_source: str, rewritten_source: str, *, path: str,
                    module: str | None = None, rules: Sequence | None = None,
                    device: str = "auto", classes: Sequence[str] = (),
                    factory: str | None = None, seed: int = 0, allow_skip: bool = False,
-                   isolate: bool = True, timeout: float | None = 600.0) -> VerifyReport:
+                   isolate: bool = True, timeout: float | None = 600.0,
+                   applied: Sequence[tuple[str, str | None]] | None = None) -> VerifyReport:
     """Verify a rewrite held in memory (`dslc apply --verify`).
 
     `path` is where the original lives (it decides the package a modeling
     file belongs to); `module` its dotted name when known; `rules` holds
-    loaded `ir.Pack`s or `ir.Rule`s (the rules applied) or rule file paths.
+    loaded `ir.Pack`s or `ir.Rule`s or rule file paths; `applied` the rules
+    that rewrote the file, as (qualified name, class) pairs (their contracts
+    give the tolerance; None: every rule whose kernels the rewrite uses).
     Never raises for bad input: a usage problem (no torch, rules that do not
     load) comes back as `report.error`, so the caller refuses the rewrite.
     """
@@ -85,7 +88,8 @@ def verify_sources(original_source: str, rewritten_source: str, *, path: str,
     files = tuple(str(r) for r in (rules or ()) if isinstance(r, (str, os.PathLike)))
     options = VerifyOptions(classes=tuple(classes), factory=factory, device=device,
                             rules=files, packs=packs, seed=seed, module=module, allow_skip=allow_skip,
-                            isolate=isolate, timeout=timeout)
+                            isolate=isolate, timeout=timeout,
+                            applied=tuple(applied) if applied is not None else None)
     try:
         return verify_isolated(original_source, rewritten_source, path=path, rewritten_path=path, options=options)
     except VerifyUsageError as exc:

@@ -15,6 +15,8 @@ DEFAULT_RTOL = 1e-4
 REFERENCE_MARKER = "DSLC_REFERENCE_KERNEL"
 
 Status = Literal["pass", "fail", "skipped"]
+# The text report names at most this many rules per tolerance (the JSON all).
+MAX_RULES_SHOWN = 4
 
 
 class VerifyUsageError(Exception):
@@ -28,10 +30,18 @@ class Tolerance:
     rtol: float = DEFAULT_RTOL
     deterministic: bool = False
     rules: tuple[str, ...] = ()  # qualified names of the rules it came from
+    # rules whose kernels the file uses but that did not apply to it (left
+    # out of `rules` when the applied rules are known: `VerifyOptions.applied`)
+    others: int = 0
 
     def describe(self) -> str:
         base = "exact" if self.exact else f"atol={self.atol:g} rtol={self.rtol:g}"
-        src = ", ".join(self.rules) if self.rules else "default"
+        shown = self.rules if len(self.rules) <= MAX_RULES_SHOWN else self.rules[:MAX_RULES_SHOWN - 1]
+        src = ", ".join(shown) if shown else "default"
+        if len(shown) < len(self.rules):
+            src += f" and {len(self.rules) - len(shown)} more rules with these kernels"
+        if self.others:
+            src += f"; {self.others} other rule{'s' if self.others != 1 else ''} with these kernels did not apply"
         return f"{base} ({src})"
 
 
@@ -70,7 +80,8 @@ class ClassResult:
         if self.tolerance is not None:
             t = self.tolerance
             out["tolerance"] = {"exact": t.exact, "atol": t.atol, "rtol": t.rtol,
-                                "deterministic": t.deterministic, "rules": list(t.rules)}
+                                "deterministic": t.deterministic, "rules": list(t.rules),
+                                "other_rules": t.others}
         if self.status != "skipped":
             out.update(max_abs=_num(self.max_abs), max_rel=_num(self.max_rel),
                        modes=list(self.modes), compared=self.compared)
@@ -148,6 +159,11 @@ class VerifyOptions:
     input_shapes: tuple[tuple[int, ...], ...] = ()  # --input-shape: inputs of a plain module
     isolate: bool = True  # run the user's code in a child process (verify_isolated)
     timeout: float | None = 600.0  # seconds for the child process; None: no limit
+    # The rules that applied to the file, when known, as (qualified name,
+    # class or None) pairs (`dslc apply --verify`; `dslc verify` re-runs the
+    # rewrite to find them): the tolerance comes from those alone.  None:
+    # every rule whose kernels the rewritten source uses.
+    applied: tuple[tuple[str, str | None], ...] | None = None
 
 
 def _num(x: float) -> float | str:
