@@ -180,8 +180,14 @@ def _verify_class(loaded: Loaded, name: str, factory: Any, class_tol: Tolerance,
         else:
             merged = replace(merged, max_abs=max(merged.max_abs, result.max_abs),
                              max_rel=max(merged.max_rel, result.max_rel), compared=merged.compared + result.compared,
-                             modes=merged.modes + tuple(f"{m}[{label}]" for m in result.modes))
+                             modes=merged.modes + tuple(f"{m}[{label}]" for m in result.modes),
+                             bf16_max_abs=_max_known(merged.bf16_max_abs, result.bf16_max_abs),
+                             bf16_max_rel=_max_known(merged.bf16_max_rel, result.bf16_max_rel))
     return merged  # type: ignore[return-value] - variant 0 always returns above or sets it
+
+
+def _max_known(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else max(a, b)
 
 
 def _variant_label(loaded: Loaded, name: str, variant: int) -> str:
@@ -236,7 +242,8 @@ def _verify_variant(loaded: Loaded, name: str, factory: Any, class_tol: Toleranc
                                             "were no gradients", tolerance=tol)
     common = dict(via=built.via, tolerance=tol, max_abs=tally.max_abs, max_rel=tally.max_rel,
                   modes=tally.modes, compared=tally.compared, reference_kernels=refs,
-                  nonfinite=tally.nonfinite, inputs=built.described)
+                  nonfinite=tally.nonfinite, inputs=built.described,
+                  bf16_max_abs=tally.bf16_max_abs, bf16_max_rel=tally.bf16_max_rel)
     if tally.worst is not None:
         m = tally.worst
         reason = m.message or f"max abs error {m.max_abs:.3g}, max rel error {m.max_rel:.3g}"

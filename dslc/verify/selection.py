@@ -173,4 +173,13 @@ def tolerance_for(rules: Sequence, others: int = 0) -> Tolerance:
         deterministic=all(c.deterministic for c in contracts),
         rules=tuple(r.qualified_name for r in rules),
         others=others,
+        bf16=_bf16(contracts),
     )
+
+
+def _bf16(contracts: Sequence) -> tuple[float, float] | None:
+    """The loosest declared bf16 (atol, rtol), when every contract declares one."""
+    declared = [dict((d, (a, r)) for d, a, r in c.per_dtype).get("bf16") for c in contracts]
+    if not declared or any(d is None for d in declared):
+        return None
+    return max(d[0] for d in declared), max(d[1] for d in declared)
