@@ -67,9 +67,9 @@ def test_a_kernel_computing_in_float32_passes_in_bf16(tmp_path):
     report = _verify(tmp_path, FP32_INSIDE, _rule())
     (res,) = report.results
     assert res.status == "pass", verify.render(report)
-    assert res.modes == ("eval", "eval x0.01", "eval bf16")
+    assert res.modes == ("eval", "eval x0.01", "eval 2x+1", "eval bf16")
     # per run: the output, the input gradient, the weight gradient
-    assert res.compared == 9
+    assert res.compared == 12
     assert res.bf16_max_abs is not None and 0 < res.bf16_max_abs <= 1e-2 + 1.6e-2 * 4
     text = verify.render(report)
     assert "eval bf16" in text and "(bf16: max abs error" in text
@@ -87,4 +87,17 @@ def test_a_result_left_in_float32_fails_the_bf16_run(tmp_path):
 def test_no_bf16_run_without_a_declared_bf16_tolerance(tmp_path):
     report = _verify(tmp_path, NO_CAST_BACK, _rule(()))
     (res,) = report.results
-    assert res.status == "pass" and res.modes == ("eval", "eval x0.01") and res.bf16_max_abs is None
+    assert res.status == "pass" and res.modes == ("eval", "eval x0.01", "eval 2x+1") and res.bf16_max_abs is None
+
+
+# Inputs that are not all standard normal: a kernel that is right only for
+# |x| < 3 passes on randn inputs (seed 0: none reaches 3), not on 2x+1.
+SATURATING = ORIGINAL.replace("        v = x.pow(2).mean(-1, keepdim=True)\n",
+                              "        x = x.clamp(-3.0, 3.0)\n        v = x.pow(2).mean(-1, keepdim=True)\n")
+
+
+def test_inputs_that_are_not_standard_normal_catch_a_range_assumption(tmp_path):
+    report = _verify(tmp_path, SATURATING, _rule(()))
+    (res,) = report.results
+    assert res.status == "fail", verify.render(report)
+    assert res.mismatch.where.startswith("eval 2x+1 ")

@@ -19,8 +19,9 @@ rewritten class are built with the same constructor arguments and seed, the
 original's state_dict is loaded into the rewritten module with strict=True
 (checkpoint compatibility; constant weights such as LayerNorm's 1/0 are
 perturbed first so that a wrong mapping shows), both run on the same inputs
-in eval mode, again with inputs scaled by 0.01, and in train mode when the
-rule declares itself deterministic, and the outputs,
+in eval mode, again with inputs scaled by 0.01 and with inputs 2x+1, in
+train mode when the rule declares itself deterministic, and in bfloat16 when
+every rule declares a bf16 tolerance, and the outputs,
 input gradients and parameter gradients are compared within the rule's
 declared tolerance (default atol=1e-5 rtol=1e-4; `exact` rules bit for bit).
 

@@ -204,15 +204,18 @@ def compare_built(built: Built, tol: Tolerance, seed: int, device: str, torch: A
     m1.to(device)
     inputs = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in built.inputs.items()}
     # Small activations make constants such as a LayerNorm eps visible (an
-    # eps of 1e-5 for 1e-12 is within tolerance at unit scale).
+    # eps of 1e-5 for 1e-12 is within tolerance at unit scale); inputs with a
+    # mean of 1 and a deviation of 2 (not standard normal) show a dropped
+    # mean subtraction or shift, and larger scores.
     has_float = any(isinstance(v, torch.Tensor) and v.is_floating_point() for v in inputs.values())
-    runs = [("eval", 1.0)] + ([("eval x0.01", 0.01)] if has_float else [])
-    runs += [("train", 1.0)] if tol.deterministic else []
-    for mode, scale in runs:
-        scaled = {k: (v * scale if isinstance(v, torch.Tensor) and v.is_floating_point() and scale != 1.0 else v)
+    runs = [("eval", 1.0, 0.0)] + ([("eval x0.01", 0.01, 0.0), ("eval 2x+1", 2.0, 1.0)] if has_float else [])
+    runs += [("train", 1.0, 0.0)] if tol.deterministic else []
+    for mode, scale, shift in runs:
+        scaled = {k: (v * scale + shift if isinstance(v, torch.Tensor) and v.is_floating_point()
+                      and (scale, shift) != (1.0, 0.0) else v)
                   for k, v in inputs.items()}
         _compare_run(m0, m1, scaled, mode, seed, torch, tally)
-    tally.modes = tuple(mode for mode, _ in runs)
+    tally.modes = tuple(mode for mode, _, _ in runs)
     if tol.bf16 is not None:
         _compare_bf16(m0, m1, inputs, seed, torch, tally)
     return tally

@@ -20,8 +20,10 @@ check is a differential test, per rewritten class:
      bias shows; then load its state_dict into the optimized module with
      strict=True: a failing load breaks checkpoint compatibility.
   5. Run both in eval mode, again with the inputs scaled by 0.01 (a wrong
-     LayerNorm eps hides at unit scale), and in train mode when every rule
-     involved declares itself deterministic, seeding before each forward;
+     LayerNorm eps hides at unit scale) and with inputs 2x+1 (not standard
+     normal), in train mode when every rule involved declares itself
+     deterministic, and in bfloat16 when every rule declares a bf16
+     tolerance (`compare._compare_bf16`), seeding before each forward;
      with a tiny config, repeat for each configuration variant that turns on
      dead code paths (`tinyconfig.variants`).  Compare all
      tensors of the nested outputs, the input gradients and the parameter
