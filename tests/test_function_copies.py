@@ -190,3 +190,18 @@ def test_phi3s_partial_rotary_is_llamas_where_cos_is_as_wide_as_the_head():
     assert torch.equal(ns_p["apply_rotary_pos_emb"](q, k, *half)[0][..., 4:], q[..., 4:])  # passed through
     with pytest.raises(RuntimeError):
         ns_l["apply_rotary_pos_emb"](q, k, *half)  # Llama's is another function there
+
+
+def test_a_namesake_that_is_no_copy_is_left_alone_with_a_reason(tmp_path, capsys):
+    glm = GEMMA.replace("torch.cat((-x2, x1), dim=-1)", "torch.stack((-x2, x1), dim=-1).flatten(-2)")
+    path = _fake_modeling(tmp_path, "glm", glm)
+    before = path.read_text()
+    code = main(["apply", "--rules", str(LIGER), "--no-cache", "--jobs", "1", "--near-misses", "--format", "json",
+                 "--write", str(path)])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0 and path.read_text() == before
+    assert not [m for m in report["matches"] if "rotary" in m["rule"]]
+    (near,) = [n for n in report["near_misses"] if n["code"] == "N403"]
+    assert near["class"] == "Attn" and "own function" in near["reason"]
+    assert set(near["rules"]) == {"liger:rotary_pos_emb", "liger:mistral_rotary_pos_emb",
+                                  "liger:qwen2_rotary_pos_emb", "liger:phi3_rotary_pos_emb"}

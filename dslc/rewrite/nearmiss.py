@@ -400,14 +400,13 @@ def near_misses(compiled, facts, matches: Iterable[ir.Match], *, file: str | Non
     places are covered and left out.
     """
     file = file or facts.path
-    todo = places(compiled, facts)
-    if not todo:
-        return []
     matches = list(matches)
-    covered = covered_units(compiled, matches)
+    namesakes = own_namesakes(compiled, facts)
+    todo = places(compiled, facts)
+    covered = covered_units(compiled, matches) if todo else set()
     todo = [q for p in todo for q in _open_places(p, covered)]
     if not todo:
-        return []
+        return sorted(family_pruned(compiled, namesakes, matches, {}), key=lambda n: (n.line, n.rule))
     rec = Recorder()
     match_file(compiled, facts, file=file, recorder=rec)
     out = []
@@ -431,9 +430,41 @@ def near_misses(compiled, facts, matches: Iterable[ir.Match], *, file: str | Non
         nm = NearMiss(p.rule.name, p.class_name, p.function, line, reason, code)
         depth[id(nm)] = (got[0] if got is not None else (-1, -1), _got_past_anchor(got))
         out.append(nm)
-    out = family_pruned(compiled, out, matches, depth)
+    out = family_pruned(compiled, out + namesakes, matches, depth)
     out.sort(key=lambda n: (n.line, n.rule))
     return out
+
+
+def own_namesakes(compiled, facts) -> list[NearMiss]:
+    """Calls of a function of this file that has the name of a library
+    function a rule starts from, but is no copy of it (N403): transformers
+    5.x copies `apply_rotary_pos_emb` into every modeling file; GLM's or
+    Cohere's differs from Llama's, so the rule for Llama's does not apply."""
+    module = getattr(facts, "module", None)
+    wanted: dict[str, list] = {}
+    for cr in compiled.rules:
+        anchor = cr.forward.anchor if cr.forward is not None else None
+        if anchor is not None and anchor[0] == "call" and "." in anchor[1]:
+            wanted.setdefault(anchor[1].rsplit(".", 1)[1], []).append(cr)
+    if not module or not wanted:
+        return []
+    out: dict[tuple, NearMiss] = {}
+    for scope, paths in _scopes(facts):
+        for path in paths:
+            for node in path.nodes:
+                if node.kind != "call" or not node.type or node.type.rsplit(".", 1)[0] != module:
+                    continue
+                name = node.type.rsplit(".", 1)[1]
+                for cr in wanted.get(name, ()):
+                    if cr.forward.anchor[1] == node.type:
+                        continue
+                    line = node.stmt.lines[0]
+                    out.setdefault((cr.name, line), NearMiss(
+                        cr.name, scope.cls.name if scope.cls is not None else None, node.stmt.method, line,
+                        f"`{name}` (line {line}) is this file's own function, and its definition is no "
+                        f"word-for-word copy of the library function the rule names, so what it computes "
+                        f"is not known to be what the kernel computes", "N403"))
+    return list(out.values())
 
 
 # ---------------------------------------------------------------------------
