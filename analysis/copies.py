@@ -146,8 +146,10 @@ def _module_bindings(tree: ast.Module) -> tuple[dict[str, list[ast.AST]], bool]:
 def copies(tree: ast.Module, module: str) -> dict[str, str]:
     """{name of a module-level function that is a copy: canonical qualname}
     (module doc); a module's own canonical definition is left out."""
-    defs, torch_ok = _module_bindings(tree)
     out: dict[str, str] = {}
+    if not any(isinstance(s, ast.FunctionDef) and s.name in _BY_NAME for s in tree.body):
+        return out  # the common case: one pass over the top-level statements
+    defs, torch_ok = _module_bindings(tree)
     if not torch_ok:
         return out
     for stmt in tree.body:
