@@ -2,7 +2,7 @@
 
 transformers 5.x defines its own `apply_rotary_pos_emb` (and `rotate_half`)
 in each modeling file: 119 of the 5.24.0 files hold Llama's two functions
-word for word, so a call there resolves to `transformers.models.gemma.
+word for word (and 25 more one of three other spellings below), so a call there resolves to `transformers.models.gemma.
 modeling_gemma.apply_rotary_pos_emb` and no rule written for Llama's
 function sees it.  A module-level function counts as a copy of a canonical
 function below, and a call of it resolves to the canonical qualified name
@@ -61,6 +61,36 @@ def apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1):
     return q_embed, k_embed
 '''
 
+# Olmo2's: Llama's computation, the results cast back to q's and k's dtypes.
+_OLMO2_ROPE = '''
+@use_kernel_forward_from_hub("rotary_pos_emb")
+def apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1):
+    q_type, k_type = q.dtype, k.dtype
+    cos = cos.unsqueeze(unsqueeze_dim)
+    sin = sin.unsqueeze(unsqueeze_dim)
+    q_embed = (q * cos) + (rotate_half(q) * sin)
+    k_embed = (k * cos) + (rotate_half(k) * sin)
+    return q_embed.to(q_type), k_embed.to(k_type)
+'''
+
+# GLM4-MoE's partial rotary (Phi3's, spelled in more statements).
+_GLM4_MOE_ROPE = '''
+def apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1):
+    cos = cos.unsqueeze(unsqueeze_dim)
+    sin = sin.unsqueeze(unsqueeze_dim)
+
+    rotary_dim = cos.shape[-1]
+    q_rot, q_pass = q[..., :rotary_dim], q[..., rotary_dim:]
+    k_rot, k_pass = k[..., :rotary_dim], k[..., rotary_dim:]
+
+    q_embed = (q_rot * cos) + (rotate_half(q_rot) * sin)
+    k_embed = (k_rot * cos) + (rotate_half(k_rot) * sin)
+
+    q_embed = torch.cat([q_embed, q_pass], dim=-1)
+    k_embed = torch.cat([k_embed, k_pass], dim=-1)
+    return q_embed, k_embed
+'''
+
 
 @dataclass(frozen=True)
 class Canonical:
@@ -73,6 +103,10 @@ CANONICAL: tuple[Canonical, ...] = (
     Canonical("transformers.models.llama.modeling_llama.apply_rotary_pos_emb", _LLAMA_ROPE,
               {"rotate_half": _ROTATE_HALF}),
     Canonical("transformers.models.phi3.modeling_phi3.apply_rotary_pos_emb", _PHI3_ROPE,
+              {"rotate_half": _ROTATE_HALF}),
+    Canonical("transformers.models.olmo2.modeling_olmo2.apply_rotary_pos_emb", _OLMO2_ROPE,
+              {"rotate_half": _ROTATE_HALF}),
+    Canonical("transformers.models.glm4_moe.modeling_glm4_moe.apply_rotary_pos_emb", _GLM4_MOE_ROPE,
               {"rotate_half": _ROTATE_HALF}),
 )
 

@@ -68,6 +68,22 @@ def apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1):
     k_embed = torch.cat([(k_rot * cos) + (rotate_half(k_rot) * sin), k_pass], dim=-1)
     return q_embed, k_embed''')
 
+# transformers 5.24.0 modeling_olmo2.py: Llama's, cast back.
+OLMO2_FUNCS = GEMMA.replace('''    """Applies Rotary Position Embedding to the query and key tensors."""
+    cos = cos.unsqueeze(unsqueeze_dim)''', '''    q_type, k_type = q.dtype, k.dtype
+    cos = cos.unsqueeze(unsqueeze_dim)''').replace(
+    "    return q_embed, k_embed", "    return q_embed.to(q_type), k_embed.to(k_type)")
+
+# transformers 5.24.0 modeling_glm4_moe.py: Phi3's partial rotary in more statements.
+GLM4_MOE_FUNCS = PHI3_FUNCS.replace('''    q_embed = torch.cat([(q_rot * cos) + (rotate_half(q_rot) * sin), q_pass], dim=-1)
+    k_embed = torch.cat([(k_rot * cos) + (rotate_half(k_rot) * sin), k_pass], dim=-1)''', '''    # Apply rotary embeddings on the first half or full tensor
+    q_embed = (q_rot * cos) + (rotate_half(q_rot) * sin)
+    k_embed = (k_rot * cos) + (rotate_half(k_rot) * sin)
+
+    # Concatenate back to full shape
+    q_embed = torch.cat([q_embed, q_pass], dim=-1)
+    k_embed = torch.cat([k_embed, k_pass], dim=-1)''')
+
 ATTN = '''
 
 class Attn(nn.Module):
@@ -97,6 +113,10 @@ def test_a_word_for_word_copy_resolves_to_the_canonical_name():
     assert _copies(bare) == {"apply_rotary_pos_emb": LLAMA}
     assert _copies(PHI3_FUNCS, "transformers.models.phi4_multimodal.modeling_phi4_multimodal") == {
         "apply_rotary_pos_emb": PHI3}
+    assert _copies(OLMO2_FUNCS, "transformers.models.olmo3.modeling_olmo3") == {
+        "apply_rotary_pos_emb": "transformers.models.olmo2.modeling_olmo2.apply_rotary_pos_emb"}
+    assert _copies(GLM4_MOE_FUNCS, "transformers.models.bamba.modeling_bamba") == {
+        "apply_rotary_pos_emb": "transformers.models.glm4_moe.modeling_glm4_moe.apply_rotary_pos_emb"}
     # the canonical module itself keeps its own name (nothing to map)
     assert _copies(GEMMA, "transformers.models.llama.modeling_llama") == {}
 
@@ -133,7 +153,9 @@ def _fake_modeling(tmp_path: Path, arch: str, funcs: str) -> Path:
 
 
 @pytest.mark.parametrize("arch, funcs, rule", [("gemma", GEMMA, "rotary_pos_emb"),
-                                               ("phi4_multimodal", PHI3_FUNCS, "phi3_rotary_pos_emb")])
+                                               ("phi4_multimodal", PHI3_FUNCS, "phi3_rotary_pos_emb"),
+                                               ("olmo3", OLMO2_FUNCS, "olmo2_rotary_pos_emb"),
+                                               ("bamba", GLM4_MOE_FUNCS, "glm4_moe_rotary_pos_emb")])
 def test_the_copys_calls_are_rewritten_and_compute_the_same(tmp_path, capsys, arch, funcs, rule):
     path = _fake_modeling(tmp_path, arch, funcs)
     original = tmp_path / "original.py"
@@ -172,6 +194,27 @@ def test_the_copys_calls_are_rewritten_and_compute_the_same(tmp_path, capsys, ar
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
 
 
+def test_olmo2s_and_glm4_moes_are_llamas_under_the_rules_check():
+    """olmo2_rotary_pos_emb's check (one dtype) makes the casts back no-ops;
+    glm4_moe_rotary_pos_emb's (cos as wide as the head) the partial rotary full."""
+    torch = pytest.importorskip("torch")
+    fns = {}
+    for name, src in (("llama", GEMMA), ("olmo2", OLMO2_FUNCS), ("glm4_moe", GLM4_MOE_FUNCS)):
+        ns = {}
+        exec(compile(src.replace("from ...integrations import use_kernel_forward_from_hub\n", "")
+                     .replace('@use_kernel_forward_from_hub("rotary_pos_emb")\n', ""), name, "exec"), ns)
+        fns[name] = ns["apply_rotary_pos_emb"]
+    g = torch.Generator().manual_seed(1)
+    for dtype in (torch.float32, torch.bfloat16):
+        q, k = torch.randn(2, 4, 5, 8, generator=g).to(dtype), torch.randn(2, 2, 5, 8, generator=g).to(dtype)
+        ang = torch.rand(1, 5, 4, generator=g) * 3
+        cos, sin = torch.cat((ang, ang), -1).cos().to(dtype), torch.cat((ang, ang), -1).sin().to(dtype)
+        want = fns["llama"](q, k, cos, sin)
+        for name in ("olmo2", "glm4_moe"):
+            for a, b in zip(want, fns[name](q, k, cos, sin)):
+                assert a.dtype == b.dtype and torch.equal(a, b), name
+
+
 def test_phi3s_partial_rotary_is_llamas_where_cos_is_as_wide_as_the_head():
     """What phi3_rotary_pos_emb's run-time check relies on: with cos as wide as
     the head, Phi3's function computes Llama's (bit for bit); narrower, not."""
@@ -204,4 +247,5 @@ def test_a_namesake_that_is_no_copy_is_left_alone_with_a_reason(tmp_path, capsys
     (near,) = [n for n in report["near_misses"] if n["code"] == "N403"]
     assert near["class"] == "Attn" and "own function" in near["reason"]
     assert set(near["rules"]) == {"liger:rotary_pos_emb", "liger:mistral_rotary_pos_emb",
-                                  "liger:qwen2_rotary_pos_emb", "liger:phi3_rotary_pos_emb"}
+                                  "liger:qwen2_rotary_pos_emb", "liger:phi3_rotary_pos_emb",
+                                  "liger:olmo2_rotary_pos_emb", "liger:glm4_moe_rotary_pos_emb"}
