@@ -164,3 +164,65 @@ def test_explained_benchmark_reports_a_dropped_place(tmp_path, monkeypatch):
     ex = _explained()
     res = ex.run([str(PACK)], ex.files_of(_tree(tmp_path)), 1, None)
     assert [(p["rule"], p["unit"]) for p in res["unexplained"]] == [("adopter:conv_batchnorm", "class Block")]
+
+
+LOOPED = '''\
+import torch
+from torch import nn
+
+
+class Heads(nn.Module):
+    def __init__(self, n, d):
+        super().__init__()
+        self.qkvs = nn.ModuleList([nn.Linear(d, 3 * d) for _ in range(n)])
+        self.gates = nn.ModuleList([nn.Identity() for _ in range(n)])
+
+    def forward(self, x):
+        outs = []
+        for qkv, gate in zip(self.qkvs, self.gates):
+            q, k, v = gate(qkv(x)).chunk(3, dim=-1)
+            attn = q @ k.transpose(-2, -1)
+            attn = attn.softmax(dim=-1)
+            outs.append(attn @ v)
+        return torch.cat(outs, -1)
+
+
+class Maps(nn.Module):
+    def __init__(self, d, p):
+        super().__init__()
+        self.qk = nn.Linear(d, 2 * d)
+        self.drop = nn.Dropout(p)
+
+    def forward(self, x):
+        return self.qk(x)
+
+    def attention_map(self, x, v):
+        q, k = self.qk(x).chunk(2, dim=-1)
+        attn = torch.matmul(q, k.transpose(-2, -1))
+        attn = attn.softmax(dim=-1)
+        return torch.matmul(self.drop(attn), v)
+'''
+
+
+def test_anchors_in_code_no_analysed_path_reaches_are_explained(tmp_path):
+    """4. An anchor inside a loop the analysis keeps as one statement;
+    5. an anchor of a forward-only rule in a method forward does not call."""
+    path = tmp_path / "looped.py"
+    path.write_text(LOOPED)
+    pack = REPO / "rulepacks" / "sdpa.adr"
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(["apply", "--rules", str(pack), "--select", "sdpa:at_tm2m1_noscale_nomask_tsoftmax_nodrop",
+                     "--select", "sdpa:matmul_tm2m1_noscale_nomask_tsoftmax_drop",
+                     "--no-cache", "--jobs", "1", "--format", "json", "--near-misses", str(path)])
+    report = json.loads(out.getvalue())
+    assert code == 0 and report["errors"] == [] and report["matches"] == []
+    near = {(n["rule"], n["class"]): n for n in report["near_misses"]}
+    looped = near[("sdpa:at_tm2m1_noscale_nomask_tsoftmax_nodrop", "Heads")]
+    assert looped["line"] == line_of(LOOPED, "attn = q @ k.transpose") and "no analysed path reaches" in looped["reason"]
+    maps = near[("sdpa:matmul_tm2m1_noscale_nomask_tsoftmax_drop", "Maps")]
+    assert maps["line"] == line_of(LOOPED, "attn = torch.matmul(q, k.transpose")
+    assert "`attention_map`, which forward does not call" in maps["reason"]

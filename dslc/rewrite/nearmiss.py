@@ -198,8 +198,12 @@ class SourceNames:
             return None
         node = next((n for span, n in self._load() if span[0] <= line <= span[1]), None)
         lines = []
+        method = qualname.startswith("torch.Tensor.") and qualname.rsplit(".", 1)[-1]
         for n in ast.walk(node) if node is not None else ():
             if isinstance(n, ast.Call):
+                if method and isinstance(n.func, ast.Attribute) and n.func.attr == method:
+                    lines.append(n.lineno)  # a tensor method: of any value
+                    continue
                 parts = _dotted(n.func)
                 if parts and parts[0] in imports and ".".join([imports[parts[0]], *parts[1:]]) == qualname:
                     lines.append(n.lineno)
@@ -224,6 +228,18 @@ def _scope_line(scope, node) -> int:
     return node.stmt.lines[0]
 
 
+def _outside_forward(found: dict, cr, scope, node) -> None:
+    """An anchor of a forward-only rule in a method forward does not call."""
+    if scope.cls is None:
+        return
+    key = (cr.name, ("class", scope.cls.qualname))
+    if key not in found:
+        line = node.stmt.lines[0]
+        found[key] = _Place(cr, key[1], scope.cls.name, node.stmt.method, line,
+                            f"`{node_text(node)}` (line {line}) is in `{node.stmt.method}`, which forward does not "
+                            f"call: the rule applies to forward and what it calls only", anchor=node)
+
+
 def _unreached_places(compiled, facts, found: dict, class_names: dict, spelled: SourceNames) -> None:
     """A class that builds a rule's anchor layer but whose forward never calls
     it where the analysis can see: bound in __init__ and not called (a layer
@@ -231,14 +247,16 @@ def _unreached_places(compiled, facts, found: dict, class_names: dict, spelled: 
     container the analysis does not follow (`nn.Sequential(*[...])`, an
     `OrderedDict`, `ModuleList.append(nn.Sequential(...))`)."""
     for cr in compiled.rules:
-        anchor = cr.forward.anchor if cr.forward is not None and cr.init is not None else None
-        if anchor is None or anchor[0] != "layer":
+        anchor = cr.forward.anchor if cr.forward is not None else None
+        if anchor is None or anchor[0] not in ("layer", "call"):
             continue
         for cls in facts.classes:
             key = (cr.name, ("class", cls.qualname))
-            if key in found or not cr.names <= class_names[cls.qualname] | spelled.around(cls.lines[0]):
+            if key in found or any(k[0] == cr.name and k[1][0] == "node" and p.class_name == cls.name
+                                   for k, p in found.items()) \
+                    or not cr.names <= class_names[cls.qualname] | spelled.around(cls.lines[0]):
                 continue
-            built = [b for b in cls.init if b.type == anchor[1]]
+            built = [b for b in cls.init if b.type == anchor[1]] if anchor[0] == "layer" and cr.init else []
             if built:
                 b = built[0]
                 line = b.stmt.lines[0] if b.stmt else cls.lines[0]
@@ -248,6 +266,12 @@ def _unreached_places(compiled, facts, found: dict, class_names: dict, spelled: 
                 continue
             line = spelled.first_call(cls.lines[0], anchor[1], dict(getattr(facts, "imports", ()) or ()))
             if line is None:
+                continue
+            if anchor[0] == "call":
+                found[key] = _Place(cr, key[1], cls.name, None, line,
+                                    f"{_short(anchor[1])}(...) (line {line}) is in code no analysed path reaches "
+                                    f"(a loop or block kept as one statement, or a method forward does not call): "
+                                    f"no pattern is tried there")
                 continue
             holder = next((b for b in cls.init if b.stmt and b.stmt.lines[0] <= line <= b.stmt.lines[1]), None)
             where = (f"inside `self.{holder.attr} = {_short(holder.type or holder.unresolved)}(...)`"
@@ -282,6 +306,7 @@ def places(compiled, facts, source: str | None = None) -> list[_Place]:
                     for r in compiled.candidates(key):
                         cr = compiled.rules[r]
                         if cr.class_scoped and not scope.class_scoped:
+                            _outside_forward(found, cr, scope, node)
                             continue
                         if not cr.names <= names and not cr.names <= names | spelled.around(_scope_line(scope, node)):
                             continue
