@@ -24,9 +24,10 @@
      name R needs -- a place the analysis did not see at all.
    A place is a class for a rule with an init item (or `scope = "forward"`),
    else the innermost function or method around the anchor.
-4. A place is explained when the report holds, for that rule and inside the
-   place's lines, an applied match, a skipped match (its reason) or a near
-   miss (its reason).  Unsafe rules left out of the run (`--unsafe` not
+4. A place is explained when the report holds, for that rule (or a rule of
+   its family: one pack, the same kernels, which the report gives one entry
+   per place and reason) and inside the place's lines, an applied match, a
+   skipped match (its reason) or a near miss (its reason).  Unsafe rules left out of the run (`--unsafe` not
    given) are listed, not checked.  Class rules (`klass`: matched by the
    expression graph of a whole forward; no anchor node) are not checked.
 
@@ -55,6 +56,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from dslc.apply.driver import ApplyOptions, analyze_paths, apply_paths, compile_packs  # noqa: E402
 from dslc.lang.loader import load_rules  # noqa: E402
 from dslc.match.matcher import _expand_sequential, _PathCtx, _scopes  # noqa: E402
+from dslc.rewrite.nearmiss import family_key  # noqa: E402
 
 DEFAULT_PACKS = ("adopter.adr", "sdpa.adr", "liger.adr")
 INTERNAL = ("E9", "W199")
@@ -250,21 +252,25 @@ def _innermost(places: dict[tuple, Place]) -> dict[tuple, Place]:
     return out
 
 
-def explained(result) -> tuple[dict[str, list[int]], set[tuple[str, str]]]:
+def explained(result, family) -> tuple[dict, set]:
     """The report's entries in this file (applied, skipped, near misses):
-    rule -> their sorted lines, and the (rule, class name) pairs (an entry
-    of a subclass can sit at the lines of the base it inherits from)."""
+    rule family -> their sorted lines, and the (family, class name) pairs (an
+    entry of a subclass can sit at the lines of the base it inherits from).
+    The report gives one entry per place and reason for a family of rules
+    (one pack, the same kernels: `nearmiss.family_key`), and none where one
+    of the family matched, so a family's entry explains each of its rules."""
     lines = collections.defaultdict(list)
     classes = set()
     for m in result.matches:
         if m.file == result.found.display:
-            lines[m.rule].extend(m.lines)
+            lines[family(m.rule)].extend(m.lines)
         if m.class_name:
-            classes.add((m.rule, m.class_name))
+            classes.add((family(m.rule), m.class_name))
     for n in result.near_misses:
-        lines[n.rule].append(n.line)
-        if n.class_name:
-            classes.add((n.rule, n.class_name))
+        for r in (n.rule, *(getattr(n, "rules", ()) or ())):
+            lines[family(r)].append(n.line)
+            if n.class_name:
+                classes.add((family(r), n.class_name))
     return {r: sorted(ls) for r, ls in lines.items()}, classes
 
 
@@ -287,9 +293,15 @@ def check_file(compiled, facts, result, left_out: set[str]) -> tuple[list[Place]
         for k, p in analysis_places(compiled, facts, defs, file).items():
             places[k] = p  # the analysis's anchor line wins
     places = {k: p for k, p in _innermost(places).items() if p.rule not in left_out}
-    seen, classes = explained(result)
-    missing = [p for p in places.values() if not _inside(seen.get(p.rule, []), p.span)
-               and not (p.unit.startswith("class ") and (p.rule, p.unit[6:]) in classes)]
+    by_name = {cr.name: cr for c in compiled for cr in c.rules}
+
+    def family(rule: str):
+        cr = by_name.get(rule)
+        return family_key(cr.rule) if cr is not None else rule
+
+    seen, classes = explained(result, family)
+    missing = [p for p in places.values() if not _inside(seen.get(family(p.rule), []), p.span)
+               and not (p.unit.startswith("class ") and (family(p.rule), p.unit[6:]) in classes)]
     return list(places.values()), missing
 
 

@@ -213,16 +213,17 @@ def test_anchors_in_code_no_analysed_path_reaches_are_explained(tmp_path):
     import contextlib
     import io
 
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = main(["apply", "--rules", str(pack), "--select", "sdpa:at_tm2m1_noscale_nomask_tsoftmax_nodrop",
-                     "--select", "sdpa:matmul_tm2m1_noscale_nomask_tsoftmax_drop",
-                     "--no-cache", "--jobs", "1", "--format", "json", "--near-misses", str(path)])
-    report = json.loads(out.getvalue())
-    assert code == 0 and report["errors"] == [] and report["matches"] == []
-    near = {(n["rule"], n["class"]): n for n in report["near_misses"]}
-    looped = near[("sdpa:at_tm2m1_noscale_nomask_tsoftmax_nodrop", "Heads")]
+    def near_of(rule):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            code = main(["apply", "--rules", str(pack), "--select", rule, "--no-cache", "--jobs", "1",
+                         "--format", "json", "--near-misses", str(path)])
+        report = json.loads(out.getvalue())
+        assert code == 0 and report["errors"] == [] and report["matches"] == []
+        return {n["class"]: n for n in report["near_misses"]}
+
+    looped = near_of("sdpa:at_tm2m1_noscale_nomask_tsoftmax_nodrop")["Heads"]
     assert looped["line"] == line_of(LOOPED, "attn = q @ k.transpose") and "no analysed path reaches" in looped["reason"]
-    maps = near[("sdpa:matmul_tm2m1_noscale_nomask_tsoftmax_drop", "Maps")]
+    maps = near_of("sdpa:matmul_tm2m1_noscale_nomask_tsoftmax_drop")["Maps"]
     assert maps["line"] == line_of(LOOPED, "attn = torch.matmul(q, k.transpose")
     assert "`attention_map`, which forward does not call" in maps["reason"]
