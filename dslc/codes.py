@@ -650,7 +650,9 @@ NM_WHERE = _code("N301", "note", "a `where` constraint does not hold", """
 NM_NOT_CALLED = _code("N401", "note", "the rule's layer is never called here", """
     The class builds the layer the rule starts from in `__init__`, but no
     analyzed path of `forward` calls it (it is called through a container,
-    by another module, or not at all).""")
+    by another module, or not at all), or builds it inside a container the
+    analysis does not follow into layers (`nn.Sequential(*[...])`, an
+    `OrderedDict`, `ModuleList.append(nn.Sequential(...))`).""")
 NM_NO_ATTEMPT = _code("N402", "note", "no attempt got past the rule's anchor", """
     The place holds the rule's anchor and names, but no match attempt from
     the anchor got further (a leading wildcard found nothing to match).""")
