@@ -469,8 +469,10 @@ S_NO_BINDING = _code("S306", "skip", "an init variable matched no binding", """
     An init pattern variable was not matched to an attribute assignment of
     the class, so the init statement to rewrite is unknown.""")
 S_CROSS_METHOD = _code("S307", "skip", "the match crosses methods", """
-    The matched nodes come from several methods (through inlined calls); the
-    emitter edits one function body at a time.""")
+    The matched nodes come from several methods (through inlined calls).  The
+    emitter edits across two of them only when one is a helper the other
+    calls once and the removed layer's call is the last matched one; the
+    reason says which condition failed.""")
 S_STMT_SHAPE = _code("S308", "skip", "the statement has a shape the emitter does not rewrite", """
     A matched call is not in a plain `name = call(...)` (or `self.x = ...`)
     statement: an augmented assignment, a nested expression, a tuple target,
