@@ -487,7 +487,8 @@ S_TEMP_VAR = _code("S310", "skip", "the target needs a temporary variable", """
 S_HOIST = _code("S311", "skip", "cannot hoist or move the statement", """
     The matched statements sit in different branches or compound statements
     and the rewrite would have to move or copy one into a place the emitter
-    cannot reach (an `elif`, a loop, a `with`).""")
+    cannot reach (across a loop, a `with` or a `try`; `if`/`elif` branches
+    are crossed).""")
 S_ANCHOR = _code("S312", "skip", "nothing anchors the new layer in `__init__`", """
     The new layer is built where one of the replaced init statements was;
     here none of them can be replaced (they must stay for another branch),
