@@ -163,3 +163,72 @@ def test_zip_elements_that_do_not_all_match(change, expected):
     result = run(changed)
     assert not [m for m in result.matches if m.rule.endswith("conv_batchnorm") and m.status == "applied"]
     assert result.new_source in (None, changed)
+
+
+APPEND = '''import torch
+from torch import nn
+
+
+class ZipAppend(nn.Module):
+    def __init__(self, c, n):
+        super().__init__()
+        self.convs = nn.ModuleList()
+        self.bns = nn.ModuleList()
+        for i in range(n):
+            self.convs.append(nn.Conv2d(c, c, 3, padding=1, dilation=i + 1))
+            self.bns.append(nn.BatchNorm2d(c))
+        self.act = nn.ReLU()
+
+    def forward(self, x):
+        for conv, bn in zip(self.convs, self.bns):
+            x = self.act(bn(conv(x)))
+        return x
+'''
+
+
+def test_zip_of_lists_filled_by_appends_in_one_loop():
+    torch = pytest.importorskip("torch", reason="torch runs the two versions")
+    expected = APPEND.replace("from torch import nn\n", "from torch import nn\nfrom torch.ao.nn.intrinsic import ConvBn2d\n" + remap_hook(0), 1)
+    expected = expected.replace(
+        "            self.convs.append(nn.Conv2d(c, c, 3, padding=1, dilation=i + 1))\n"
+        "            self.bns.append(nn.BatchNorm2d(c))\n",
+        "            self.convs.append(ConvBn2d(nn.Conv2d(c, c, 3, padding=1, dilation=i + 1), nn.BatchNorm2d(c)))\n"
+        "            self.bns.append(nn.Identity())\n" + HOOK)
+    assert expected.count("ConvBn2d(nn.Conv2d") == 1
+    result = assert_rewrite(APPEND, expected, applied=["conv_batchnorm"])
+    old_ns, new_ns = vars(load_module(APPEND, "old_append")), vars(load_module(result.new_source, "new_append"))
+    torch.manual_seed(0)
+    old = old_ns["ZipAppend"](3, 3)
+    with torch.no_grad():
+        for bn in old.bns:
+            bn.running_mean.uniform_(-1, 1)
+    new = new_ns["ZipAppend"](3, 3)
+    new.load_state_dict(old.state_dict())
+    x = torch.randn(2, 3, 12, 12)
+    for train in (False, True):
+        old.train(train)
+        new.train(train)
+        torch.testing.assert_close(new(x), old(x))
+
+
+@pytest.mark.parametrize("change, expected, code, reason", [
+    # an append that runs on some iterations only
+    ("            self.bns.append(nn.BatchNorm2d(c))\n",
+     "            if i < n:\n                self.bns.append(nn.BatchNorm2d(c))\n", codes.S_CONTAINER, "are not statements of one `for` body"),
+    # a `continue` between the two appends
+    ("            self.bns.append(nn.BatchNorm2d(c))\n",
+     "            if i == 1:\n                continue\n            self.bns.append(nn.BatchNorm2d(c))\n",
+     codes.S_CONTAINER, "may leave between the appends"),
+    # the two lists filled by two loops
+    ("            self.bns.append(nn.BatchNorm2d(c))\n",
+     "        for j in range(n):\n            self.bns.append(nn.BatchNorm2d(c))\n", codes.S_CONTAINER, "are not statements of one `for` body"),
+    # one more element
+    ("        self.act = nn.ReLU()\n", "        self.bns.append(nn.BatchNorm2d(c))\n        self.act = nn.ReLU()\n",
+     codes.S_CONTAINER, "is not filled by one `self.bns.append(<layer>)`"),
+])
+def test_zip_of_appended_lists_refusals(change, expected, code, reason):
+    changed = APPEND.replace(change, expected)
+    assert changed != APPEND
+    result = run(changed)
+    got = [(m.status, m.code, m.reason) for m in result.matches if m.rule.endswith("conv_batchnorm")]
+    assert got and all(status == "skipped" and c == code and reason in why for status, c, why in got), got

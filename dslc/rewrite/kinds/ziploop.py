@@ -10,8 +10,9 @@ per element and parameter (`convs.{i}.weight` -> `convs.{i}.0.weight`,
 `bns.{i}.weight` -> `convs.{i}.1.weight`).
 
 The pairing must be provable: both lists are comprehensions with the same
-generators (and the moved element reads nothing written between the two
-statements), or literal lists of constructor calls of one length.
+generators, literal lists of constructor calls of one length, or empty
+`nn.ModuleList()`s each filled by one `append` in the body of one `for`
+loop; the moved element reads nothing written between the two statements.
 Everything else is refused with the reason (`plan` lists the conditions).
 """
 
@@ -75,11 +76,14 @@ class ZipContainers(ContainerFusion):
                        f"only a target built from the layers is rewritten")
         stmts = self._owners(match, setup.cls, var_of)
         loop = self._check_loop(match, setup, var_of)
-        reason = _zip_uses(self.mod, match.class_name or "", set(var_of), stmts, loop.iter)
+        if all(not st.value.args for st in stmts.values()):
+            elements, hook_after, appends = self._appended(var_of, stmts, kept)
+        else:
+            elements, hook_after, appends = self._pairs(var_of, stmts, kept), max(stmts.values(), key=lambda st: st.lineno), ()
+        reason = _zip_uses(self.mod, match.class_name or "", set(var_of), stmts, loop.iter, appends)
         if reason:
             raise Skip(codes.S_CONTAINER_USE, reason)
-        elements = self._pairs(var_of, stmts, kept)
-        self._edits(match, plan, var_of, stmts, elements, kept)
+        self._edits(match, plan, var_of, stmts, elements, kept, hook_after)
 
     def _owners(self, match: ir.Match, cls, var_of: dict) -> dict[str, ast.Assign]:
         """The one `self.<c> = nn.ModuleList(<list>)` of each container, in one block of this class's `__init__`."""
@@ -94,9 +98,9 @@ class ZipContainers(ContainerFusion):
                 raise Skip(codes.S_INHERITED, f"`self.{c}` is built in an inherited `__init__`; editing it would change every class that shares it")
             stmt = mod.stmt(owns[0].stmt)
             call = stmt.value if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 else None
-            if not (self_attr_name(stmt.targets[0]) == c and isinstance(call, ast.Call) and len(call.args) == 1
+            if not (self_attr_name(stmt.targets[0]) == c and isinstance(call, ast.Call) and len(call.args) <= 1
                     and not call.keywords):
-                raise Skip(codes.S_CONTAINER, f"`self.{c}` (line {stmt.lineno}) is not built as `nn.ModuleList(<list>)`")
+                raise Skip(codes.S_CONTAINER, f"`self.{c}` (line {stmt.lineno}) is not built as `nn.ModuleList(<list>)` or `nn.ModuleList()`")
             for use in cls.attr_uses:
                 lo, hi = owns[0].stmt.lines
                 if use.attr == c and use.kind == "store" and not (use.method == owns[0].stmt.method and lo <= use.lines[0] <= hi):
@@ -165,23 +169,43 @@ class ZipContainers(ContainerFusion):
                        f"`for` clauses or as literal lists; their pairing cannot be proved")
         if any(not isinstance(e, ast.Call) for p in pairs for e in p.values()):
             raise Skip(codes.S_CONTAINER, f"the elements of {_names(var_of)} are not all constructor calls")
-        # the other containers' elements move into the kept container's statement
-        body = mod.block_of(stmts[kept])[2]
-        index = sorted(body.index(s) for s in stmts.values())
-        lo, hi = index[0], index[-1]
-        between = body[lo + 1:hi]
-        written = {n.id for st in between for n in ast.walk(st) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
-        written |= {n.attr for st in between for n in ast.walk(st) if isinstance(n, ast.Attribute) and isinstance(n.ctx, ast.Store)}
-        for c, a in args.items():
-            if c == kept:
-                continue
-            read = {n.id for n in ast.walk(a) if isinstance(n, ast.Name)} | {n.attr for n in ast.walk(a) if isinstance(n, ast.Attribute)}
-            if read & written:
-                raise Skip(codes.S_CONTAINER, f"`{sorted(read & written)[0]}` changes between the statements that build {_names(var_of)}; "
-                           f"the elements of `self.{c}` cannot move")
+        _check_moved(mod.block_of(stmts[kept])[2], stmts, args, kept, var_of)
         return pairs
 
-    def _edits(self, match: ir.Match, plan: Plan, var_of: dict, stmts: dict, pairs: list, kept: str) -> None:
+    def _appended(self, var_of: dict, stmts: dict[str, ast.Assign], kept: str):
+        """`self.<c> = nn.ModuleList()` each, then one `self.<c>.append(Layer(...))`
+        per container, all statements of one `for` body after them (so every
+        iteration adds one element to each): the pairs, the loop, the appends."""
+        mod = self.mod
+        fn = next(f for f in ast.walk(mod.tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+                  and any(s is stmts[kept] for s in f.body))
+        appends = {}
+        for c in var_of:
+            found = [st for st in ast.walk(fn) if isinstance(st, ast.Expr) and isinstance(st.value, ast.Call)
+                     and isinstance(st.value.func, ast.Attribute) and st.value.func.attr == "append"
+                     and self_attr_name(st.value.func.value) == c]
+            if len(found) != 1 or len(found[0].value.args) != 1 or found[0].value.keywords:
+                raise Skip(codes.S_CONTAINER, f"`self.{c}` is not filled by one `self.{c}.append(<layer>)`; the lengths of "
+                           f"{_names(var_of)} cannot be proved equal")
+            appends[c] = found[0]
+        loop, field = mod.block_of(appends[kept])[:2]
+        body = getattr(loop, field)
+        outer = mod.block_of(stmts[kept])[2]
+        if not (isinstance(loop, ast.For) and field == "body" and all(a in body for a in appends.values())
+                and loop in outer and all(outer.index(st) < outer.index(loop) for st in stmts.values())):
+            raise Skip(codes.S_CONTAINER, f"the appends to {_names(var_of)} are not statements of one `for` body after the "
+                       f"containers are built; their lengths cannot be proved equal")
+        ordered = sorted(appends.values(), key=lambda st: st.lineno)
+        exit_line = exit_between(self.ctx.statements_between(ordered[0], ordered[-1]))
+        if exit_line:
+            raise Skip(codes.S_CONTAINER, f"line {exit_line} may leave between the appends to {_names(var_of)}")
+        args = {c: a.value.args[0] for c, a in appends.items()}
+        if any(not isinstance(e, ast.Call) for e in args.values()):
+            raise Skip(codes.S_CONTAINER, f"the elements of {_names(var_of)} are not all constructor calls")
+        _check_moved(body, appends, args, kept, var_of)
+        return [args], loop, tuple(a.value.func.value for a in appends.values())
+
+    def _edits(self, match: ir.Match, plan: Plan, var_of: dict, stmts: dict, pairs: list, kept: str, last: ast.stmt) -> None:
         mod = self.mod
         rule = match.rule
         smap = mod.smap
@@ -189,7 +213,7 @@ class ZipContainers(ContainerFusion):
         env = Env(match, attrs, {})
         env.literals = self.ctx.literal_texts(match)
         env.extra_args = ctor_extras(match, {v: ("replaced" if c == kept else "deleted") for c, v in var_of.items()})
-        for s in stmts.values():
+        for s in list(stmts.values()) + [last]:
             mod.stmt_range(s)  # alone on its lines
         for pair in pairs:
             env.ctor = {var_of[c]: smap.span_text((e.lineno, e.col_offset, e.end_lineno, e.end_col_offset)) for c, e in pair.items()}
@@ -199,13 +223,13 @@ class ZipContainers(ContainerFusion):
                 plan.edits.append(Edit(start, end, fused if c == kept else f"{_identity(self.ctx, stmts[c], plan)}()"))
                 plan.claimed.add((start, end))
         env.ctor = {}
-        for s in stmts.values():
-            plan.lines.update(range(s.lineno, s.end_lineno + 1))
+        for pair in pairs:
+            for e in pair.values():
+                plan.lines.update(range(e.lineno, e.end_lineno + 1))
         renames = param_renames(rule, lambda v: f"{kept}.{{i}}" if v in attrs else None,
                                 lambda v: f"{match.init_nodes[v].container}.{{i}}" if v in attrs else None)
         if renames:
             plan.needs_hook = True
-            last = max(stmts.values(), key=lambda s: s.lineno)
             text = self.ctx.lines_text([_hook_per_element(renames, kept, mod.unit)], mod.indent(last))
             at = smap.line_end(last.end_lineno)
             if not mod.ends_with_newline(last.end_lineno):
@@ -247,9 +271,25 @@ def _hook_per_element(renames: list[tuple[str, str, bool]], kept: str, unit: str
             f"{unit}for new, old, keep in (\n{items}{unit})\n)))")
 
 
-def _zip_uses(mod, class_name: str, attrs: set[str], stmts: dict, zip_call: ast.Call) -> str | None:
+def _check_moved(body: list, stmts: dict, args: dict, kept: str, var_of: dict) -> None:
+    """The other containers' elements move to the kept container's statement:
+    they may read nothing written between the statements (of `body`)."""
+    index = sorted(body.index(s) for s in stmts.values())
+    between = body[index[0] + 1:index[-1]]
+    written = {n.id for st in between for n in ast.walk(st) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+    written |= {n.attr for st in between for n in ast.walk(st) if isinstance(n, ast.Attribute) and isinstance(n.ctx, ast.Store)}
+    for c, a in args.items():
+        if c == kept:
+            continue
+        read = {n.id for n in ast.walk(a) if isinstance(n, ast.Name)} | {n.attr for n in ast.walk(a) if isinstance(n, ast.Attribute)}
+        if read & written:
+            raise Skip(codes.S_CONTAINER, f"`{sorted(read & written)[0]}` changes between the statements that build {_names(var_of)}; "
+                       f"the elements of `self.{c}` cannot move")
+
+
+def _zip_uses(mod, class_name: str, attrs: set[str], stmts: dict, zip_call: ast.Call, appends: tuple = ()) -> str | None:
     """Every `self.<c>` of the class and its subclasses in the file is its one
-    assignment or an argument of the matched `zip`."""
+    assignment, its one `append` or an argument of the matched `zip`."""
     cls = mod.classes.get(class_name)
     if cls is None:
         return f"cannot find the class `{class_name}`"
@@ -261,7 +301,7 @@ def _zip_uses(mod, class_name: str, attrs: set[str], stmts: dict, zip_call: ast.
                 family.append(other)
                 names.add(other.name)
                 grew = True
-    allowed = {id(a) for a in zip_call.args} | {id(s.targets[0]) for s in stmts.values()}
+    allowed = {id(a) for a in zip_call.args} | {id(s.targets[0]) for s in stmts.values()} | {id(a) for a in appends}
     for sub in (n for klass in family for n in ast.walk(klass)):
         if isinstance(sub, ast.Attribute) and sub.attr in attrs and isinstance(sub.value, ast.Name) \
                 and sub.value.id == "self" and id(sub) not in allowed:
