@@ -497,7 +497,9 @@ S_CONTAINER = _code("S313", "skip", "layers inside a container", """
     The matched layers live in an `nn.Sequential` (or another container) in
     a way the emitter does not rewrite: built from `*args` or an
     OrderedDict, not adjacent, mixed with other code, inherited, or under a
-    `when` rule.""")
+    `when` rule; for `nn.ModuleList`s walked by one `zip` loop, elements
+    whose pairing (same length, one element of each per position) cannot be
+    proved.""")
 S_WHEN_REGION = _code("S314", "skip", "a `when` rewrite cannot duplicate its init statements", """
     A `when` rewrite copies the run of init statements it changes into both
     branches of an `if`; here they are not in one run, or the copy would
