@@ -138,6 +138,10 @@ LITERAL = ZIP[: ZIP.index("class ZipComp")] + ZIP[ZIP.index("class ZipLiteral"):
     (LITERAL, "            x = bn(h)\n", "            x = bn(h) + h\n", codes.S_VALUE_READ, "the intermediate `h` is also read"),
     (LITERAL, "            h = conv(x)\n", "            h = conv(x)\n            print(h.sum())\n",
      codes.S_VALUE_READ, "the intermediate `h` is also read"),
+    # a loop-carried read of the intermediate by the first call of the next iteration
+    (LITERAL, "        for conv, bn in zip(self.convs, self.bns):\n            h = conv(x)\n",
+     "        h = x\n        for conv, bn in zip(self.convs, self.bns):\n            h = conv(h)\n",
+     codes.S_VALUE_READ, "the intermediate `h` is also read"),
     # something may leave between the two calls
     (LITERAL, "            h = conv(x)\n", "            h = conv(x)\n            if self.training:\n                break\n",
      codes.S_CONTAINER, "may leave between the matched calls"),

@@ -83,6 +83,9 @@ class ZipContainers(ContainerFusion):
         reason = _zip_uses(self.mod, match.class_name or "", set(var_of), stmts, loop.iter, appends)
         if reason:
             raise Skip(codes.S_CONTAINER_USE, reason)
+        reason = safety.check_subclass_uses(self.facts, setup.cls, {c: "changes the elements of" for c in var_of}, interface_kept=False)
+        if reason:
+            raise Skip(reason)
         self._edits(match, plan, var_of, stmts, elements, kept, hook_after)
 
     def _owners(self, match: ir.Match, cls, var_of: dict) -> dict[str, ast.Assign]:
@@ -130,11 +133,14 @@ class ZipContainers(ContainerFusion):
         for sub in ast.walk(fn):
             if isinstance(sub, ast.Name) and sub.id in names and isinstance(sub.ctx, ast.Load) and id(sub) not in matched_funcs:
                 raise Skip(codes.S_CONTAINER_USE, f"the loop's `{sub.id}` is also used at line {sub.lineno}; the rewrite changes the layer it holds")
-        args = {id(a) for c in ast.walk(loop) if isinstance(c, ast.Call) and id(c.func) in matched_funcs for a in c.args}
-        for n in match.nodes[:-1]:
+        call_at = {(c.lineno, c.col_offset, c.end_lineno, c.end_col_offset): c for c in ast.walk(loop) if isinstance(c, ast.Call)}
+        for i, n in enumerate(match.nodes[:-1]):
+            # read only as an argument of a later matched call (a loop-carried
+            # read by an earlier one, `h = conv(h)`, would see the fused value)
+            later = {id(a) for m in match.nodes[i + 1:] if m.expr_span in call_at for a in call_at[m.expr_span].args}
             for out in n.outputs:
                 for sub in ast.walk(fn):
-                    if isinstance(sub, ast.Name) and sub.id == out and isinstance(sub.ctx, ast.Load) and id(sub) not in args:
+                    if isinstance(sub, ast.Name) and sub.id == out and isinstance(sub.ctx, ast.Load) and id(sub) not in later:
                         raise Skip(codes.S_VALUE_READ, f"the intermediate `{out}` is also read at line {sub.lineno}; the fused layer changes its value")
         keys = [safety.node_key(n) for n in match.nodes]
         for path in safety.candidate_paths(match, self.facts):
