@@ -238,3 +238,91 @@ def test_the_name_clash_refusal_prevents_a_wrong_rewrite():
         h = m.conv(x)
         fused = m.bn(h)
         assert not torch.allclose(m(x), fused * 2 + fused)
+
+
+# ---------------------------------------------------------------------------
+# A loop around the match: the paths walk its body once, so a read of the
+# intermediate earlier in the body (the next iteration's) is checked apart.
+
+LOOPS = '''import torch
+from torch import nn
+
+
+class InLoop(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, padding=1)
+        self.bn = nn.BatchNorm2d(c)
+
+    def _conv(self, z):
+        return self.conv(z)
+
+    def _bn(self, y):
+        return self.bn(y)
+
+    def forward(self, x):
+        s = 0
+        for _ in range(2):
+            h = self.conv(x)
+            x = self.bn(h)
+        return x, s
+'''
+
+SAME = ("            h = self.conv(x)\n            x = self.bn(h)\n")
+CONV_HELPER = "    def _conv(self, z):\n        return self.conv(z)\n\n"
+BN_HELPER = "    def _bn(self, y):\n        return self.bn(y)\n\n"
+
+
+def loops(change: str = SAME, expected: str = SAME) -> str:
+    """LOOPS with `change` replaced, keeping only the helpers it calls (another
+    helper calling the layer would be a second use of it)."""
+    source = LOOPS.replace(change, expected)
+    for helper, call in ((CONV_HELPER, "self._conv("), (BN_HELPER, "self._bn(")):
+        if call not in source:
+            source = source.replace(helper, "")
+    return source
+CARRIED = [
+    # one method (the general fusion)
+    ("        s = 0\n" + "        for _ in range(2):\n" + SAME,
+     "        s, h = 0, x\n        for _ in range(2):\n            s = s + h.sum()\n" + SAME,
+     "the intermediate `h` is read at line"),
+    # the BatchNorm in a helper
+    ("        s = 0\n" + "        for _ in range(2):\n" + SAME,
+     "        s, h = 0, x\n        for _ in range(2):\n            s = s + h.sum()\n"
+     "            h = self.conv(x)\n            x = self._bn(h)\n",
+     "the value between the calls, `h`, is read at line"),
+    # the conv in a helper
+    ("        s = 0\n" + "        for _ in range(2):\n" + SAME,
+     "        s, h = 0, x\n        for _ in range(2):\n            s = s + h.sum()\n"
+     "            h = self._conv(x)\n            x = self.bn(h)\n",
+     "the value between the calls, `h`, is read at line"),
+]
+
+
+@pytest.mark.parametrize("change, expected, reason", CARRIED)
+def test_a_read_of_the_intermediate_by_the_next_iteration_refuses(change, expected, reason):
+    torch = pytest.importorskip("torch", reason="torch shows that the naive rewrite would differ")
+    source = loops(change, expected)
+    assert "s = s + h.sum()" in source
+    result = run(source)
+    got = [(m.status, m.reason) for m in result.matches if m.rule.endswith("conv_batchnorm")]
+    assert got and all(status == "skipped" and reason in why for status, why in got), got
+    # what fusing would compute: `h` of the second iteration's `s` is normalised
+    m = vars(load_module(source, "carried"))["InLoop"](3).eval()
+    with torch.no_grad():
+        m.bn.running_mean.uniform_(-1, 1)
+        x = torch.randn(1, 3, 6, 6)
+        h1 = m.conv(x)
+        plain = x.sum() + h1.sum()
+        fused = x.sum() + m.bn(h1).sum()
+        torch.testing.assert_close(m(x)[1], plain)
+        assert not torch.allclose(plain, fused)
+
+
+def test_the_same_match_in_a_loop_without_that_read_is_rewritten():
+    for body in (SAME, "            h = self.conv(x)\n            x = self._bn(h)\n",
+                 "            h = self._conv(x)\n            x = self.bn(h)\n"):
+        source = loops(SAME, body)
+        result = run(source)
+        assert [m.status for m in result.matches if m.rule.endswith("conv_batchnorm")] == ["applied"], body
+        stable(result.new_source)

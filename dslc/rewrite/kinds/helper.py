@@ -16,7 +16,7 @@ import ast
 from dslc import codes
 from dslc.match import ir
 from dslc.rewrite import safety
-from dslc.rewrite.astutil import exit_between, self_attr_name
+from dslc.rewrite.astutil import exit_between, loop_carried_read, self_attr_name
 from dslc.rewrite.edits import Edit
 from dslc.rewrite.kinds.base import Kind, Setup
 from dslc.rewrite.kinds.init import InitReplacement
@@ -92,6 +92,7 @@ class AcrossHelper(Kind):
         self._check_paths(match, sides, where)
         self._check_exits(match, sides, where, stmt, helper_fn)
         self._check_alias_reads(match, sides, where, setup.paths, self._helper_writes(sides, helper_fn, where))
+        self._check_loop_carried(sides, where, stmt)
         removal = self._removal(sides, stmt, where)
         self._init_change(match, setup.cls, where, plan)
         removal(plan)
@@ -268,6 +269,29 @@ class AcrossHelper(Kind):
                     raise Skip(codes.S_VALUE_READ, f"{where}: the value it normalises, `{sorted(read)[0]}`, is also read at line {n.stmt.lines[0]}")
                 alias = (alias - set(n.writes)) | copied
 
+    def _check_loop_carried(self, sides: _Sides, where: str, stmt: ast.stmt) -> None:
+        """The caller's names of the value between the calls are not read
+        elsewhere in a loop around the caller's matched code (the paths walk
+        a loop body once; the next iteration would read the fused value)."""
+        mod = self.mod
+        site = self._site_call(sides)
+        site_stmt = next((st for st in ast.walk(mod.tree) if isinstance(st, ast.stmt)
+                          and not isinstance(st, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+                          and not any(isinstance(c, ast.stmt) for c in ast.iter_child_nodes(st))
+                          and any(c is site for c in ast.walk(st))), None)
+        if site_stmt is None:
+            raise Skip(codes.S_CROSS_METHOD, f"{where}: cannot locate the helper's call site")
+        if sides.mirror:
+            caller_stmts = [site_stmt, stmt]
+            names = _stored(site_stmt) - _stored(stmt)
+        else:
+            caller_stmts = [mod.stmt(n.stmt) for n in sides.others] + [site_stmt]
+            names = {o for n in sides.others for o in n.outputs} - _stored(site_stmt)
+        hit = loop_carried_read(mod.chain(caller_stmts[-1]), names, {id(st) for st in caller_stmts}) if names else None
+        if hit:
+            raise Skip(codes.S_VALUE_READ, f"{where}: the value between the calls, `{hit[0]}`, is read at line {hit[1]} inside the loop "
+                       f"around them; the next iteration would read the fused value")
+
     def _removal(self, sides: _Sides, stmt: ast.stmt, where: str):
         """The edit that removes the call `self.<layer>(v)`: the statement
         `v = self.<layer>(v)` is deleted, a call inside an expression is
@@ -350,3 +374,7 @@ def _stored_names(body: list[ast.stmt]) -> set[str]:
             elif isinstance(n, ast.ExceptHandler) and n.name:
                 out.add(n.name)
     return out
+
+
+def _stored(stmt: ast.stmt) -> set[str]:
+    return {n.id for n in ast.walk(stmt) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
