@@ -149,14 +149,19 @@ def try_statement(pb: PathBuilder, stmt: ast.Try, ref: StmtRef, path: tuple, blo
 
 def _loop_layers(pb: PathBuilder, stmt: ast.For | ast.AsyncFor, frame: Frame) -> dict[str, str]:
     """The loop's names that hold a container's elements: `for layer in
-    self.layers` or `for conv, bn in zip(self.convs, self.bns)` (the builtin
-    `zip`; a name rebound in the body holds something else there)."""
+    self.layers` or `for conv, bn in zip(self.convs, self.bns)`, also as
+    `for i, (conv, bn) in enumerate(zip(...))` (the builtins; a name rebound
+    in the body holds something else there)."""
     target, it = stmt.target, stmt.iter
-    if isinstance(target, ast.Name):
+    builtins_here = {n for n in ("zip", "enumerate") if n not in frame.locals and n not in (frame.scope or pb.ctx.scope).names}
+    if (isinstance(it, ast.Call) and isinstance(it.func, ast.Name) and it.func.id == "enumerate" and "enumerate" in builtins_here
+            and len(it.args) == 1 and not it.keywords and isinstance(target, ast.Tuple) and len(target.elts) == 2
+            and isinstance(target.elts[1], ast.Tuple) and isinstance(it.args[0], ast.Call)):
+        target, it = target.elts[1], it.args[0]  # `for i, (a, b) in enumerate(zip(...))`
+    if isinstance(target, ast.Name) and target is stmt.target:
         names, attrs = [target.id], [self_attr(it)]
     elif (isinstance(target, ast.Tuple) and all(isinstance(e, ast.Name) for e in target.elts)
-          and isinstance(it, ast.Call) and isinstance(it.func, ast.Name) and it.func.id == "zip"
-          and "zip" not in frame.locals and "zip" not in (frame.scope or pb.ctx.scope).names
+          and isinstance(it, ast.Call) and isinstance(it.func, ast.Name) and it.func.id == "zip" and "zip" in builtins_here
           and all(k.arg == "strict" for k in it.keywords) and len(it.args) == len(target.elts)):
         names, attrs = [e.id for e in target.elts], [self_attr(a) for a in it.args]
     else:

@@ -236,3 +236,14 @@ def test_zip_of_appended_lists_refusals(change, expected, code, reason):
     result = run(changed)
     got = [(m.status, m.code, m.reason) for m in result.matches if m.rule.endswith("conv_batchnorm")]
     assert got and all(status == "skipped" and c == code and reason in why for status, c, why in got), got
+
+
+def test_zip_under_enumerate():
+    source = COMP.replace("        for conv, bn in zip(self.convs, self.bns):\n            x = self.act(bn(conv(x)))\n",
+                          "        for i, (conv, bn) in enumerate(zip(self.convs, self.bns)):\n"
+                          "            x = self.act(bn(conv(x))) * (i + 1)\n")
+    assert source != COMP
+    result = run(source)
+    assert [m.status for m in result.matches if m.rule.endswith("conv_batchnorm")] == ["applied"]
+    assert "        self.bns = nn.ModuleList([nn.Identity() for _ in range(n)])\n" in result.new_source
+    stable(result.new_source)

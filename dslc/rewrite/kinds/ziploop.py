@@ -80,7 +80,7 @@ class ZipContainers(ContainerFusion):
             elements, hook_after, appends = self._appended(var_of, stmts, kept)
         else:
             elements, hook_after, appends = self._pairs(var_of, stmts, kept), max(stmts.values(), key=lambda st: st.lineno), ()
-        reason = _zip_uses(self.mod, match.class_name or "", set(var_of), stmts, loop.iter, appends)
+        reason = _zip_uses(self.mod, match.class_name or "", set(var_of), stmts, _zip_of(loop)[0], appends)
         if reason:
             raise Skip(codes.S_CONTAINER_USE, reason)
         reason = safety.check_subclass_uses(self.facts, setup.cls, {c: "changes the elements of" for c in var_of}, interface_kept=False)
@@ -244,11 +244,22 @@ class ZipContainers(ContainerFusion):
             plan.claimed.add((at, at))
 
 
+def _zip_of(loop: ast.For) -> tuple[ast.Call, ast.Tuple] | tuple[None, None]:
+    """The `zip(...)` call a loop walks and the loop's tuple for its items
+    (`for a, b in zip(...)` or `for i, (a, b) in enumerate(zip(...))`)."""
+    it, target = loop.iter, loop.target
+    if (isinstance(it, ast.Call) and isinstance(it.func, ast.Name) and it.func.id == "enumerate" and len(it.args) == 1
+            and isinstance(target, ast.Tuple) and len(target.elts) == 2):
+        it, target = it.args[0], target.elts[1]
+    if isinstance(it, ast.Call) and isinstance(it.func, ast.Name) and it.func.id == "zip" and isinstance(target, ast.Tuple):
+        return it, target
+    return None, None
+
+
 def _zipped(loop: ast.For) -> dict[str, str] | None:
     """`for a, b in zip(self.x, self.y)`: {a: x, b: y}."""
-    it, target = loop.iter, loop.target
-    if not (isinstance(it, ast.Call) and isinstance(it.func, ast.Name) and it.func.id == "zip"
-            and isinstance(target, ast.Tuple) and len(target.elts) == len(it.args)):
+    it, target = _zip_of(loop)
+    if it is None or len(target.elts) != len(it.args):
         return None
     out = {}
     for t, a in zip(target.elts, it.args):
