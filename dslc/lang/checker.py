@@ -853,6 +853,7 @@ class _NeedsChecks(_Checks):
                 if not r.of(S.Fallback):
                     self.emit(codes.BAD_OPTION, "`option check` without `fallback original`", o.value.span,
                               label="a check guards the kernel dispatch", help="add `requires ...` and `fallback original`")
+        self.guarded_forward(init, fwd, reqs)
         for f in r.of(S.Fallback):
             if f.kind != "original":
                 self.emit(codes.BAD_FALLBACK, f"unknown fallback `{f.kind}`", f.span, label="expected `original`")
@@ -864,6 +865,29 @@ class _NeedsChecks(_Checks):
                 self.emit(codes.BAD_FALLBACK, "`fallback` on a forward item whose target has several nodes",
                           f.span, label="cannot guard per call",
                           help="a per-call fallback needs a one-node forward target (a dispatch helper)")
+
+    def guarded_forward(self, init, fwd, reqs) -> None:
+        """A run-time choice made for `__init__` (`when`, or `fallback original`
+        with an init target: per construction) keeps the old layers only in
+        the `else` branch, so the rule's forward must stay as it is: `dslc
+        apply` refuses every match of such a rule (S305)."""
+        if fwd is None or fwd.item.target is None or fwd.item.target == fwd.item.source:
+            return
+        guard = self.r.of(S.When)[:1]
+        if not guard and reqs and init is not None and init.item.target is not None:
+            guard = [f for f in self.r.of(S.Fallback) if f.kind == "original"][:1]
+        if not guard:
+            return
+        g = guard[0]
+        what = "`when`" if isinstance(g, S.When) else "`fallback original` with an init item (a per-construction choice)"
+        self.emit(codes.GUARDED_FORWARD, f"{what} guards `__init__` only, but the forward item changes code",
+                  g.span, label="a run-time choice made in `__init__`",
+                  extra=[Label(fwd.item.target_span or fwd.span, "this forward target differs from its source")]
+                  if (fwd.item.target_span or fwd.span) is not None else (),
+                  notes=("the old layers live only in the `else` branch, so `dslc apply` refuses every match "
+                         "of this rule (S305)",),
+                  help="leave forward unchanged (`=> _`, or a target equal to its source), or choose per call: "
+                       "a one-node forward item with `fallback original` and no init target")
 
 
 # ---------------------------------------------------------------------------
