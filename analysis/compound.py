@@ -11,7 +11,8 @@ node inside (`Classifier.has_dl`) is one opaque `stmt` node instead.
   `not test`) and the path that runs its body exactly once; `break` and
   `continue` end that iteration, and `orelse` runs on the paths that did
   not break.  `for x in self.<container>` makes `x(...)` a call of the
-  container's elements (`Frame.loop_layers`).
+  container's elements (`Frame.loop_layers`), and so does
+  `for a, b in zip(self.<c1>, self.<c2>)` for each name.
 * `with`: the context expressions, then the body in line.
 * `try`: the body then `else`, and for each handler the path that runs only
   that handler (as if the exception came before any body effect);
@@ -60,11 +61,11 @@ def loop_statement(pb: PathBuilder, stmt: ast.For | ast.AsyncFor | ast.While, re
     flatten = pb.ctx.options.flatten
     is_while = isinstance(stmt, ast.While)
     loop_frame = frame
-    if not is_while and isinstance(stmt.target, ast.Name):
-        attr = self_attr(stmt.iter)
-        if attr is not None and attr in pb.ctx.init_types:
+    if not is_while:
+        layers = _loop_layers(pb, stmt, frame)
+        if layers:
             # `for layer in self.layers: layer(x)`: calls of a container's element
-            loop_frame = _with_loop_layer(frame, stmt.target.id, attr)
+            loop_frame = _with_loop_layers(frame, layers)
     if not pb.kinds.has_dl(stmt, loop_frame):
         return pb.opaque(stmt, ref, frame, alts)
     head = stmt.test if is_while else stmt.iter
@@ -146,8 +147,40 @@ def try_statement(pb: PathBuilder, stmt: ast.Try, ref: StmtRef, path: tuple, blo
     return rest + fall
 
 
-def _with_loop_layer(frame: Frame, name: str, attr: str) -> Frame:
+def _loop_layers(pb: PathBuilder, stmt: ast.For | ast.AsyncFor, frame: Frame) -> dict[str, str]:
+    """The loop's names that hold a container's elements: `for layer in
+    self.layers` or `for conv, bn in zip(self.convs, self.bns)`, also as
+    `for i, (conv, bn) in enumerate(zip(...))` (the builtins; a name rebound
+    in the body holds something else there)."""
+    target, it = stmt.target, stmt.iter
+    builtins_here = {n for n in ("zip", "enumerate") if n not in frame.locals and n not in (frame.scope or pb.ctx.scope).names}
+    if (isinstance(it, ast.Call) and isinstance(it.func, ast.Name) and it.func.id == "enumerate" and "enumerate" in builtins_here
+            and len(it.args) == 1 and not it.keywords and isinstance(target, ast.Tuple) and len(target.elts) == 2
+            and isinstance(target.elts[1], ast.Tuple) and isinstance(it.args[0], ast.Call)):
+        target, it = target.elts[1], it.args[0]  # `for i, (a, b) in enumerate(zip(...))`
+    if isinstance(target, ast.Name) and target is stmt.target:
+        names, attrs = [target.id], [self_attr(it)]
+    elif (isinstance(target, ast.Tuple) and all(isinstance(e, ast.Name) for e in target.elts)
+          and isinstance(it, ast.Call) and isinstance(it.func, ast.Name) and it.func.id == "zip" and "zip" in builtins_here
+          and all(k.arg == "strict" for k in it.keywords) and len(it.args) == len(target.elts)):
+        names, attrs = [e.id for e in target.elts], [self_attr(a) for a in it.args]
+    else:
+        return {}
+    if any(a is None or a not in pb.ctx.init_types for a in attrs) or len(set(names)) != len(names):
+        return {}
+    rebound = set()
+    for st in stmt.body + stmt.orelse:
+        rebound |= writes_of_block(st)
+    return {n: a for n, a in zip(names, attrs) if n not in rebound}
+
+
+def writes_of_block(stmt: ast.stmt) -> set[str]:
+    """Every name a statement (and the statements inside it) binds."""
+    return {n.id for n in ast.walk(stmt) if isinstance(n, ast.Name) and isinstance(n.ctx, (ast.Store, ast.Del))}
+
+
+def _with_loop_layers(frame: Frame, layers: dict[str, str]) -> Frame:
     loop_layers = dict(frame.loop_layers)
-    loop_layers[name] = attr
+    loop_layers.update(layers)
     return Frame(frame.method, frame.owner, frame.fn, frame.locals, frame.inlined_from, frame.depth,
                  frame.local_funcs, frame.local_imports, loop_layers, frame.result, frame.stack, frame.scope)

@@ -8,7 +8,8 @@ and the `self.<helper>()` methods and in-tree `super().__init__` it calls
 `InitBinding`: a constructor call (kind call, its qualified type), a
 `TABLE[key]` (kind subscript), one binding per branch of `a if c else b`,
 a container (`nn.ModuleList([...])`, `nn.Sequential(...)`,
-`nn.ModuleDict({...})`) plus one binding per element (`container` set), a
+`nn.ModuleDict({...})`) plus one binding per element (`container` set;
+`self.<list>.append(Layer(...))` adds one to an `nn.ModuleList`), a
 local variable assigned a layer earlier, or anything else (kind other).
 A constructor's `**dd` is expanded when `dd` provably holds a local dict
 literal (`_star_kwargs`).
@@ -108,6 +109,14 @@ class InitBindings:
                 if self_attr(call.func) in ("add_module", "register_module") and len(call.args) == 2 \
                         and isinstance(call.args[0], ast.Constant) and isinstance(call.args[0].value, str):
                     out.extend(self._bindings_for(call.args[0].value, call.args[1], frame, guards, ref, local_layers))
+                    continue
+                # self.<list>.append(Layer(...)) on an `nn.ModuleList` bound before: one more element
+                func = call.func
+                listed = self_attr(func.value) if isinstance(func, ast.Attribute) and func.attr == "append" else None
+                if listed is not None and len(call.args) == 1 and not call.keywords \
+                        and any(b.attr == listed and b.type == "torch.nn.ModuleList" for b in out):
+                    for b in self._bindings_for(f"{listed}.*", call.args[0], frame, guards, ref, local_layers):
+                        out.append(InitBinding(b.attr, b.type, b.args, b.kwargs, b.kind, b.unresolved, b.guards, b.stmt, listed))
                     continue
                 # self.<helper>(...) and super().__init__(...)
                 callee = self._callee(call, owner)

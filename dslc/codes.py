@@ -477,8 +477,10 @@ S_NO_BINDING = _code("S306", "skip", "an init variable matched no binding", """
     An init pattern variable was not matched to an attribute assignment of
     the class, so the init statement to rewrite is unknown.""")
 S_CROSS_METHOD = _code("S307", "skip", "the match crosses methods", """
-    The matched nodes come from several methods (through inlined calls); the
-    emitter edits one function body at a time.""")
+    The matched nodes come from several methods (through inlined calls).  The
+    emitter edits across two of them only when one is a helper the other
+    calls once and the removed layer's call is the last matched one; the
+    reason says which condition failed.""")
 S_STMT_SHAPE = _code("S308", "skip", "the statement has a shape the emitter does not rewrite", """
     A matched call is not in a plain `name = call(...)` (or `self.x = ...`)
     statement: an augmented assignment, a nested expression, a tuple target,
@@ -493,7 +495,8 @@ S_TEMP_VAR = _code("S310", "skip", "the target needs a temporary variable", """
 S_HOIST = _code("S311", "skip", "cannot hoist or move the statement", """
     The matched statements sit in different branches or compound statements
     and the rewrite would have to move or copy one into a place the emitter
-    cannot reach (an `elif`, a loop, a `with`).""")
+    cannot reach (across a loop, a `with` or a `try`; `if`/`elif` branches
+    are crossed).""")
 S_ANCHOR = _code("S312", "skip", "nothing anchors the new layer in `__init__`", """
     The new layer is built where one of the replaced init statements was;
     here none of them can be replaced (they must stay for another branch),
@@ -502,7 +505,9 @@ S_CONTAINER = _code("S313", "skip", "layers inside a container", """
     The matched layers live in an `nn.Sequential` (or another container) in
     a way the emitter does not rewrite: built from `*args` or an
     OrderedDict, not adjacent, mixed with other code, inherited, or under a
-    `when` rule.""")
+    `when` rule; for `nn.ModuleList`s walked by one `zip` loop, elements
+    whose pairing (same length, one element of each per position) cannot be
+    proved.""")
 S_WHEN_REGION = _code("S314", "skip", "a `when` rewrite cannot duplicate its init statements", """
     A `when` rewrite copies the run of init statements it changes into both
     branches of an `if`; here they are not in one run, or the copy would

@@ -74,3 +74,23 @@ def container_reason(binding) -> str:
     line = binding.stmt.lines[0] if binding.stmt else 0
     return codes.reason(codes.S_CONTAINER, f"`self.{binding.attr}` lives inside the container `self.{binding.container}` (line {line}); "
                         f"the emitter does not rewrite layers inside containers")
+
+
+def loop_carried_read(chain: list, names: set[str], matched: set[int]) -> tuple[str, int] | None:
+    """(name, line) of a read of one of `names` inside a loop of `chain` (the
+    compound statements around the matched code, outermost first, as
+    `(statement, field)`), outside the matched statements (`matched`: ids):
+    the paths walk a loop body once, so they do not see that read, which on
+    the next iteration gets the value the matched code left in the name."""
+    for compound, field in chain:
+        if not isinstance(compound, (ast.For, ast.AsyncFor, ast.While)) or field != "body":
+            continue
+        stack = list(compound.body) + ([compound.test] if isinstance(compound, ast.While) else [])
+        while stack:
+            node = stack.pop()
+            if id(node) in matched:
+                continue
+            if isinstance(node, ast.Name) and node.id in names and isinstance(node.ctx, ast.Load):
+                return node.id, node.lineno
+            stack.extend(ast.iter_child_nodes(node))
+    return None

@@ -7,6 +7,7 @@ and lets the first kind of `KINDS` that selects the match plan it:
 - `NoneGuardedLayer` a removed layer `__init__` binds to `None` / `nn.Identity()`
                      on another branch (its call under `if self.<a> is not None:`, ...);
 - `AcrossHelper`     the removed layer's call in a helper forward calls;
+- `ZipContainers`    a chain of elements of `nn.ModuleList`s walked by one `zip` loop;
 - `ContainerFusion`  layers that are elements of an `nn.Sequential` / `nn.ModuleList`;
 - `Fusion`           the general kind (forward statements fused and hoisted,
                      layers replaced in `__init__`, call replacement), last.
@@ -25,7 +26,8 @@ from dslc.rewrite.kinds.container import ContainerFusion
 from dslc.rewrite.kinds.fusion import Fusion
 from dslc.rewrite.kinds.guarded import NoneGuardedLayer
 from dslc.rewrite.kinds.helper import AcrossHelper
+from dslc.rewrite.kinds.ziploop import ZipContainers
 
-KINDS = (ClassDispatch, NoneGuardedLayer, AcrossHelper, ContainerFusion, Fusion)
+KINDS = (ClassDispatch, NoneGuardedLayer, AcrossHelper, ZipContainers, ContainerFusion, Fusion)
 
-__all__ = ["KINDS", "AcrossHelper", "ClassDispatch", "ContainerFusion", "Fusion", "NoneGuardedLayer"]
+__all__ = ["KINDS", "AcrossHelper", "ClassDispatch", "ContainerFusion", "Fusion", "NoneGuardedLayer", "ZipContainers"]

@@ -19,7 +19,7 @@ import re
 from dslc import codes
 from dslc.match import ir
 from dslc.rewrite import safety
-from dslc.rewrite.astutil import is_prefix, owner_name
+from dslc.rewrite.astutil import is_prefix, loop_carried_read, owner_name
 from dslc.rewrite.flow import FlowChecks
 from dslc.rewrite.kinds.base import Planner
 from dslc.rewrite.kinds.call import CallDispatch
@@ -201,6 +201,20 @@ class ForwardFusion(Planner):
         )
         if reason:
             raise Skip(reason)
+        self._check_loop_carried(match)
+
+    def _check_loop_carried(self, match: ir.Match) -> None:
+        """An intermediate the rewrite no longer assigns (the final statement
+        does not write it again) is not read elsewhere in a loop around the
+        match: the next iteration would read what the rewrite left there."""
+        stmts = [self.mod.stmt(n.stmt) for n in match.nodes]
+        final = stmts[-1]
+        written = {n.id for n in ast.walk(final) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+        names = {o for n in match.nodes[:-1] for o in n.outputs} - written
+        hit = loop_carried_read(self.mod.chain(final), names, {id(s) for s in stmts}) if names else None
+        if hit:
+            raise Skip(codes.S_VALUE_READ, f"the intermediate `{hit[0]}` is read at line {hit[1]} inside the loop around the match; "
+                       f"the next iteration would read the value the rewrite leaves there")
 
     def conditional_read(self, match: ir.Match, node, name: str) -> str:
         """How a read after the match happens when it is conditional: every
