@@ -40,9 +40,12 @@ Algorithm, per file:
 Conditional init policy: an attribute with several `InitBinding`s (an
 `if`/`else` in `__init__`) matches when every binding of the test's type
 unifies with the same variable bindings.  Bindings of kind `other` (the
-`else: self.act = config.hidden_act` branch of transformers) are allowed:
-`init_nodes` holds the matching binding with its guards, and the rewriter
-keeps the other branch as it is.  A binding of another type (`nn.Linear(...)`
+`else: self.act = config.hidden_act` branch of transformers) are allowed
+under a rule with `when`: `init_nodes` holds the matching binding with its
+guards, and the rewriter keeps the other branch as it is; without `when`
+forward would call that value of unknown type where the rewrite assumes the
+matched layer (S216).  `None` and `nn.Identity()` bindings of a layer the
+rewrite removes are left to the guarded kind.  A binding of another type (`nn.Linear(...)`
 if `num_groups == 1` else `GroupedLinearLayer(...)`; `nn.BatchNorm2d(c) if
 norm else nn.Identity()`) that the matched binding does not always
 overwrite makes the match a conflict (S216, `_alternative_binding`): forward
@@ -72,7 +75,7 @@ from functools import lru_cache
 from typing import Iterator
 
 from dslc import codes
-from dslc.match import ir, signatures
+from dslc.match import ir, rows, signatures
 from dslc.analysis.model import ClassFacts, FileFacts, InitBinding, Node, Path, Value
 from dslc.analysis.scalars import MATH_FUNCTIONS
 from dslc.match.automaton import Action, InitTest, Transition
@@ -439,6 +442,8 @@ def _run_actions(actions, node: Node, pos: int, env, slots, swap, ctx: _PathCtx)
                     # fact of this path: `_check_ranks` re-proves it on the others
                     env = dict(before)
                     env[f"!rank{pos}"] = _B(value.text, "rank", (node, slots["p:input"], value.const - a.term.value))
+                elif isinstance(env, Fail) and a.rows and value.kind == "expr":
+                    env = _rows_binding(a.term, value, pos, before, ctx, env)
         if isinstance(env, Fail):
             return Fail("{}: {}", a.describe(), env.reason)
     return env
@@ -463,6 +468,23 @@ _NUMBER_CALLS = frozenset({f"math.{f}" for f in MATH_FUNCTIONS} | {"builtins.flo
 # Elementwise binary operators: the result broadcasts its operands.
 _BROADCAST_OPS = ("+", "-", "*", "/", "//", "%", "**")
 _BROADCAST_AST = (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv, ast.Mod, ast.Pow)
+
+
+def _rows_binding(term: ir.Var, value: Value, pos: int, env: dict, ctx: "_PathCtx", failed: Fail) -> dict | Fail:
+    """`option rows`: the argument is a row reshaping of the value bound to
+    `term` (`logits[:, :-1].reshape(-1, logits.size(-1))`); the chain is kept
+    as the binding `~rows` (dslc/match/rows.py)."""
+    old = env.get(term.name)
+    if old is None or old.kind != "name":
+        return failed
+    got = rows.row_chain(value.text, old.text)
+    if isinstance(got, str):
+        return Fail("{} is bound to {!r}; the argument `{}` is not a row reshaping of it: {}", term, _show(old), value.text, got)
+    if ctx.root(old.text, pos) != old.root or "~rows" in env:
+        return Fail("{} is bound to {!r}, the argument `{}` reads another value", term, _show(old), value.text)
+    new = dict(env)
+    new["~rows"] = _B(value.text, "expr", got)
+    return new
 
 
 def _last_dim(a, value: Value, slots: dict, pos: int, ctx: "_PathCtx") -> bool:
@@ -833,29 +855,69 @@ def _alternative_binding(rule: ir.Rule, scope: _Scope, init_nodes: dict[str, Ini
     """Why a matched binding may not be what forward calls (S216), or None.
 
     Every other binding of a matched attribute must be of the same kind and
-    type (`_match_init` unified those), of kind `other` (the module doc's
-    conditional init policy: a config callable, `None` under a forward
-    `is not None` guard), or always overwritten by the matched one.  When the
-    rule's init target takes the layer itself (`ConvBn2d($conv, $bn)`), the
-    rewriter copies its statement's whole right-hand side, so a binding from
-    the same statement (`a if c else b`) must be of the same type too."""
+    type (`_match_init` unified those), always overwritten by the matched
+    one, of kind `other` under a rule with `when` (the module doc's
+    conditional init policy: a config callable the `else` branch keeps; the
+    rewriter checks that `when` excludes it) or one that rewrites nothing, or
+    `None` / `nn.Identity()` for a layer the rewrite removes (the guarded
+    kind rewrites those under the init guard, or refuses them).  Any other
+    value of kind `other` (`self.bn = norm_layer`, an argument of unknown
+    type) is refused: forward would call it where the rewrite assumes the
+    matched layer.  When the rule's init target takes the layer itself
+    (`ConvBn2d($conv, $bn)`), the rewriter copies its statement's whole
+    right-hand side, so a binding from the same statement (`a if c else b`)
+    must be of the same type too."""
     copied = _copied_vars(rule)
+    removed = removed_layer_vars(rule)
+    # a rule that rewrites nothing (detect-only) or keeps the original under `when`
+    keeps = rule.option("when") is not None or all(item is None or item.target is None
+                                                   for item in (rule.init, rule.forward))
     for var, b in init_nodes.items():
         for other in scope.init_by_attr.get(b.attr, ()):
             if other is b or (other.kind == b.kind and other.type == b.type):
                 continue
+            if var in removed and is_neutral(other):
+                continue  # the guarded kind (dslc.rewrite.kinds.guarded) rewrites under the init guard, or refuses
             line = other.stmt.lines[0] if other.stmt is not None else 0
             if var in copied and b.stmt is not None and other.stmt == b.stmt:
                 return codes.reason(codes.S_INIT_ALTERNATIVE, (
                     f"`self.{b.attr} = ... if ... else ...` (line {line}) builds a `{_short_type(b)}` on one branch "
                     f"only: the other is {_binding_text(other)}"))
-            if other.kind == "other" or _overwritten_by(other, b):
+            if overwritten_by(other, b) or (other.kind == "other" and keeps):
                 continue
             where = f" where `{' and '.join(str(g) for g in other.guards)}`" if other.guards else ""
+            if is_neutral(other):
+                return codes.reason(codes.S_INIT_ALTERNATIVE, (
+                    f"`self.{b.attr}` is also bound to {_binding_text(other)} (line {line}){where}, and the rewrite "
+                    f"changes it as if the `{_short_type(b)}` were always there (only a layer the rule removes is "
+                    f"rewritten under its init guard)"))
+            if other.kind == "other":
+                return codes.reason(codes.S_INIT_ALTERNATIVE, (
+                    f"`self.{b.attr}` is also bound to {_binding_text(other)} (line {line}){where}, a value of "
+                    f"unknown type: forward would call it in place of the `{_short_type(b)}`, and the rewrite "
+                    f"assumes the `{_short_type(b)}` everywhere"))
             return codes.reason(codes.S_INIT_ALTERNATIVE, (
                 f"`self.{b.attr}` is also bound to {_binding_text(other)} (line {line}){where}, "
                 f"which forward would call in place of the `{_short_type(b)}`"))
     return None
+
+
+def removed_layer_vars(rule: ir.Rule) -> set[str]:
+    """The init variables whose layer the rewrite removes: called by the
+    forward source, absent from both targets (conv_batchnorm's `$bn`)."""
+    if rule.init is None or rule.init.target is None or rule.forward is None or rule.forward.target is None:
+        return set()
+    kept = {o.name for pn in rule.init.target for o in pn.outputs}
+    kept |= {pn.layer_var for pn in rule.forward.target if pn.layer_var}
+    return {pn.layer_var for pn in rule.forward.source if pn.layer_var and pn.layer_var not in kept}
+
+
+def is_neutral(b: InitBinding) -> bool:
+    """`None`, or an `nn.Identity(...)`: a binding under which forward either
+    skips the layer (an `is not None` guard) or passes its input through."""
+    if b.kind == "other":
+        return len(b.args) == 1 and b.args[0].is_const and b.args[0].const is None
+    return b.kind == "call" and b.type == "torch.nn.Identity" and b.container is None
 
 
 def _copied_vars(rule: ir.Rule) -> set[str]:
@@ -867,7 +929,7 @@ def _copied_vars(rule: ir.Rule) -> set[str]:
     return {t.name for pn in item.target for t in (*pn.args, *(v for _, v in pn.kwargs)) if isinstance(t, ir.Var)}
 
 
-def _overwritten_by(other: InitBinding, b: InitBinding) -> bool:
+def overwritten_by(other: InitBinding, b: InitBinding) -> bool:
     """`other` always runs before `b` and `b` always runs after it: same
     method, earlier line, in the blocks of `b` (so in the same loop, if any),
     under at least `b`'s guards."""
@@ -952,6 +1014,20 @@ def _rewritten_inits(f) -> set:
 def _init_id(b: InitBinding) -> tuple:
     s = b.stmt
     return (b.attr, s.owner if s else None, s.lines if s else None, s.index_path if s else None)
+
+
+def _overlaps(f: _Found, kept: list[_Found], first_line) -> tuple[codes.Reason | None, tuple]:
+    """The overlap of `f` with the matches kept before it (earlier rules
+    first), and the `overlap_key`s of those it yields to."""
+    ids = {_node_id(n) for n in f.nodes}
+    inits = _rewritten_inits(f)
+    blockers = [k for k in kept if ids & {_node_id(n) for n in k.nodes}
+                or (k.rule.index != f.rule.index and inits & _rewritten_inits(k))]
+    if not blockers:
+        return None, ()
+    k = blockers[0]
+    return (codes.reason(codes.S_OVERLAP_RULE, f"overlaps {k.rule.name} at line {first_line(k)[0]}"),
+            tuple(ir.overlap_key(b.rule.rule, b.nodes, b.init_nodes) for b in blockers))
 
 
 def _to_bound(b: _B) -> ir.Bound | None:
@@ -1218,15 +1294,11 @@ def match_file(compiled: CompiledPack, facts: FileFacts, *, file: str | None = N
     matches = []
     for f in ordered:
         conflict = f.conflict
+        yields_to: tuple = ()
         if conflict is not None and not isinstance(conflict, codes.Reason):
             conflict = codes.reason(codes.S_NOT_STATIC, conflict)
         if conflict is None:
-            ids = {_node_id(n) for n in f.nodes}
-            inits = _rewritten_inits(f)
-            for k in kept:
-                if ids & {_node_id(n) for n in k.nodes} or (k.rule.index != f.rule.index and inits & _rewritten_inits(k)):
-                    conflict = codes.reason(codes.S_OVERLAP_RULE, f"overlaps {k.rule.name} at line {first_line(k)[0]}")
-                    break
+            conflict, yields_to = _overlaps(f, kept, first_line)
             if conflict is None:
                 kept.append(f)
         bindings = {}
@@ -1247,6 +1319,7 @@ def match_file(compiled: CompiledPack, facts: FileFacts, *, file: str | None = N
             bindings=bindings,
             paths=tuple(sorted(f.paths)),
             conflict=conflict,
+            yields_to=yields_to,
             extras=dict(f.extras),
             paths_of=f.scope.paths_of,
         ))

@@ -21,7 +21,9 @@ Checks (the rewriter calls them in this order):
 5. `check_attr_uses`  attributes the rewrite replaces or removes are used
                       nowhere else, and assigned only by their init binding;
    `check_subclass_uses` nor by a subclass the analysis sees in the file.
-6. `check_when`       the init binding's guards do not imply `not when`.
+6. `check_when`       the init binding's guards do not imply `not when`;
+   `check_when_alternatives` where `when` holds, a matched layer is never
+                      bound to the value of unknown type of another branch.
 
 `verify_output` is the final gate: the output parses and every character
 outside the edits is unchanged.
@@ -359,6 +361,7 @@ def check_dataflow(
     metadata_ok=None,
     scan: set[str] | None = None,
     effects=None,
+    read_note=None,
 ) -> str | None:
     """Removed intermediates are dead and target inputs are unchanged, on every path.
 
@@ -396,7 +399,7 @@ def check_dataflow(
                     continue
                 ok = (lambda q, name, _p=path, _pos=pos: metadata_ok(_p, _pos, q, name)) if metadata_ok is not None else None
                 reason = _scan_reads(path, pos, out, matched, end_of_final, final_positions, produced_again, ok,
-                                     effects)
+                                     effects, read_note)
                 if reason:
                     return reason
         for name in sorted(target_inputs):
@@ -419,7 +422,7 @@ def check_dataflow(
 
 
 def _scan_reads(path, pos, out, matched, end_of_final, final_positions, produced_again,
-                metadata_ok=None, effects=None) -> str | None:
+                metadata_ok=None, effects=None, read_note=None) -> str | None:
     """The first unmatched read of `out` that the definition at `pos` reaches.
 
     Per path, a read counts only while the matched definition reaches it: a
@@ -429,6 +432,8 @@ def _scan_reads(path, pos, out, matched, end_of_final, final_positions, produced
     count even when the final statement binds `out` again.  `metadata_ok(q,
     out)` (when given) says a read at `q` looks only at the shape, dtype or
     device of `out` and the rewrite keeps those (rule option `keeps`).
+    `read_note(path, q, out)` (when given) may add to the reason of a read
+    after the match how that read happens (under which condition).
     """
     origin = first_line(path.nodes[pos])
 
@@ -461,7 +466,8 @@ def _scan_reads(path, pos, out, matched, end_of_final, final_positions, produced
                 continue
             where = "after the match" if after else "between the matched statements"
             what = "temporary" if TEMP_RE.match(out) else "intermediate"
-            return codes.reason(codes.S_VALUE_READ, f"{what} `{out}` (line {origin}) is read at line {first_line(other)} {where}")
+            note = (read_note(path, q, out) or "") if after and read_note is not None else ""
+            return codes.reason(codes.S_VALUE_READ, f"{what} `{out}` (line {origin}) is read at line {first_line(other)} {where}{note}")
         if out in writes_at(q):
             return None
     return None
@@ -593,6 +599,53 @@ def check_when(match: ir.Match, condition: str | None) -> str | None:
         if guards.consistent(gs + [Guard(condition)]).value == "refuted":
             return codes.reason(codes.S_WHEN_NEVER, f"not a location: `self.{binding.attr}` (line {binding.stmt.lines[0] if binding.stmt else 0}) is built only when `not ({condition})`")
     return None
+
+
+def check_when_alternatives(match: ir.Match, cls, condition: str | None) -> str | None:
+    """Under `when`, the matcher lets a matched attribute also be bound to a
+    value of unknown type on another branch (`else: self.act =
+    config.hidden_act`): the `else:` of `if <when>:` keeps the original.  The
+    `if <when>:` branch assumes the matched layer (and changes the other
+    matched layers for it), so there the other binding must never run: z3
+    must refute `when` together with its guards, unless the matched binding
+    always overwrites it.  A comparison `e in ("a", "b")` / `e == "a"` in the
+    condition implies `isinstance(e, str)` (the transformers spelling of the
+    other branch's guard)."""
+    if not condition or cls is None:
+        return None
+    from dslc.match.matcher import overwritten_by
+
+    axioms = _str_axioms(condition)
+    for b in match.init_nodes.values():
+        for other in cls.init:
+            if other.attr != b.attr or other is b or other.kind != "other" or overwritten_by(other, b):
+                continue
+            gs = [Guard(condition), *other.guards, *axioms]
+            if guards.consistent(gs) is not guards.Answer.REFUTED:
+                line = other.stmt.lines[0] if other.stmt is not None else 0
+                text = other.args[0].text if other.args else "another value"
+                return codes.reason(codes.S_INIT_ALTERNATIVE, (
+                    f"`self.{b.attr}` is also bound to `{text}` (line {line}), a value of unknown type, which may "
+                    f"be what forward calls where `{condition}` holds and the rewrite assumes the matched layer"))
+    return None
+
+
+def _str_axioms(condition: str) -> list[Guard]:
+    """`not (<e in strs>) or isinstance(e, str)` for each such comparison in `condition`."""
+    try:
+        tree = ast.parse(condition, mode="eval")
+    except SyntaxError:
+        return []
+    out = []
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Compare) and len(node.ops) == 1):
+            continue
+        right = node.comparators[0]
+        members = right.elts if isinstance(node.ops[0], ast.In) and isinstance(right, (ast.Tuple, ast.List, ast.Set)) \
+            else [right] if isinstance(node.ops[0], ast.Eq) else []
+        if members and all(isinstance(e, ast.Constant) and isinstance(e.value, str) for e in members):
+            out.append(Guard(f"not ({ast.unparse(node)}) or isinstance({ast.unparse(node.left)}, str)"))
+    return out
 
 
 # ---------------------------------------------------------------------------
