@@ -26,6 +26,7 @@ import os
 import pickle
 import warnings
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from functools import lru_cache
 
 from . import cachefile, model, scalars
@@ -53,6 +54,49 @@ def mentions_any(source: str, want: frozenset[str] | None) -> bool:
     if want is None:
         return True
     return any(word in source for word in want)
+
+
+# The trees `analyze_source` parsed, by the exact text it parsed, while a
+# `keep_trees()` block is active (None outside one: nothing is kept).
+_TREES: dict[str, ast.Module] | None = None
+
+
+@contextmanager
+def keep_trees():
+    """Keep the tree of every source analyzed in this block (in this
+    process) for `take_tree`, so that a caller that parses the same text
+    again (the rewriter) can take it instead.  The analysis never changes
+    a tree it parsed.  Everything kept is dropped when the outermost block
+    ends; `drop_tree` drops one earlier."""
+    global _TREES
+    outer = _TREES
+    if outer is None:
+        _TREES = {}
+    try:
+        yield
+    finally:
+        if outer is None:
+            _TREES = None
+
+
+def take_tree(source: str) -> ast.Module | None:
+    """The tree the analysis parsed from exactly `source` in the active
+    `keep_trees()` block, handed over once (the taker may change it), or None."""
+    if _TREES is None:
+        return None
+    return _TREES.pop(source, None)
+
+
+def parsed(source: str) -> bool:
+    """Did the analysis parse exactly `source` (without error) in the active
+    `keep_trees()` block, its tree still kept?"""
+    return _TREES is not None and source in _TREES
+
+
+def drop_tree(source: str) -> None:
+    """Forget the tree kept for `source`, if any."""
+    if _TREES is not None:
+        _TREES.pop(source, None)
 
 
 def _decode(data: bytes, path: str) -> tuple[str | None, Problem | None]:
@@ -105,6 +149,8 @@ def analyze_source(
         return FileFacts(path, module, (), problems=(Problem("syntax-error", f"{msg} (col {exc.offset or 0})", exc.lineno or 1),))
     except (ValueError, MemoryError, RecursionError) as exc:
         return FileFacts(path, module, (), problems=(Problem("syntax-error", str(exc), 1),))
+    if _TREES is not None:
+        _TREES[source] = tree
     try:
         is_package = os.path.basename(path) == "__init__.py"
         scope = build_scope(tree, module, path, is_package)

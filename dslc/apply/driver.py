@@ -266,6 +266,10 @@ def _analysis_kwargs(options: ApplyOptions, want) -> dict:
 
 
 def _parse_error(text: str, path: str) -> FileError | None:
+    from dslc.analysis.api import parsed
+
+    if parsed(text):  # the analysis parsed this very text just now
+        return None
     try:
         ast.parse(text, filename=path)
     except SyntaxError as exc:
@@ -827,6 +831,17 @@ def _init_worker(packs, options) -> None:
 
 
 def _run_chunk(items, compiled=None, options=None) -> list[tuple[int, FileResult]]:
+    """`_run_chunk_kept` with the analysis keeping the trees it parses
+    (`dslc.analysis.api.keep_trees`): the rewriter takes a file's tree
+    instead of parsing the same text again, and `_process_one` drops each
+    file's tree once the file is done."""
+    from dslc.analysis.api import keep_trees
+
+    with keep_trees():
+        return _run_chunk_kept(items, compiled, options)
+
+
+def _run_chunk_kept(items, compiled=None, options=None) -> list[tuple[int, FileResult]]:
     """Analyze, match and rewrite a chunk of files (in a worker, or in-process).
 
     With a cache folder, each file's whole result is first looked up in the
@@ -985,6 +1000,10 @@ def _process_one(i, f, src, facts, failed, compiled, options, kw) -> tuple[int, 
         r = process_file(f, src, facts[i], compiled, options)
     except Exception as exc:
         r = FileResult(f, errors=(_internal_error(f.display, exc),), original=src.text)
+    finally:
+        from dslc.analysis.api import drop_tree
+
+        drop_tree(src.text)  # the rewriter took it, or nothing needs it any more
     return i, replace(r, seconds=time.perf_counter() - t0)
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import ast
+import re
+import unicodedata
+from collections import deque
 
 from dslc import codes
 
@@ -94,3 +97,122 @@ def loop_carried_read(chain: list, names: set[str], matched: set[int]) -> tuple[
                 return node.id, node.lineno
             stack.extend(ast.iter_child_nodes(node))
     return None
+
+
+# The fields that hold blocks (lists of statements, handlers or cases), in
+# the order of every node type's `_fields`.
+_BLOCK_FIELDS = ("body", "handlers", "orelse", "finalbody", "cases")
+
+
+def index_statements(tree: ast.Module):
+    """(statements, parent, stmt_at, classes) of a module, as a walk of
+    every node (`ast.walk`) would find them, walking only statements and
+    the nodes that hold blocks (expressions hold no statement):
+
+    * statements: every statement, in `ast.walk` order (breadth first);
+    * parent: id(statement) -> (node whose block holds it, the field name);
+    * stmt_at: (line, column) -> the statement that starts there;
+    * classes: name -> the first `class` of that name in `ast.walk` order.
+    """
+    statements: list[ast.stmt] = []
+    parent: dict[int, tuple[ast.AST, str]] = {}
+    stmt_at: dict[tuple[int, int], ast.stmt] = {}
+    classes: dict[str, ast.ClassDef] = {}
+    queue = deque([tree])
+    while queue:
+        node = queue.popleft()
+        if isinstance(node, ast.stmt):
+            statements.append(node)
+            stmt_at.setdefault((node.lineno, node.col_offset), node)
+            if isinstance(node, ast.ClassDef):
+                classes.setdefault(node.name, node)
+        for fname in _BLOCK_FIELDS:
+            value = getattr(node, fname, None)
+            if type(value) is list:
+                for child in value:
+                    if isinstance(child, ast.stmt):
+                        parent[id(child)] = (node, fname)
+                queue.extend(value)
+    return statements, parent, stmt_at, classes
+
+
+# An identifier, and the `.` (on the same line) before it when it is an attribute.
+_WORD = re.compile(r"(\.[ \t\f]*)?([A-Za-z_][A-Za-z0-9_]*)")
+
+
+class NameSet:
+    """The names a module binds or reads (`Name`s, parameters, `def` and
+    `class` names, the first part of imported names), for `in` questions.
+
+    The set is walked from the whole tree only when a question needs it.
+    `sure` names are in it (the module's classes, top-level functions and
+    imports).  A name that is not a word of the text, or only after a `.`
+    (an attribute: `F.softmax`), is no node's name, when no character of
+    the text normalises (NFKC, as identifiers are) to ASCII.  `|` gives a
+    `NameSet` with extra names (without walking); iterating walks it.
+    """
+
+    __slots__ = ("_tree", "_source", "_words", "_all", "_extra", "_sure")
+
+    def __init__(self, tree: ast.Module, source: str, sure: set[str] = frozenset(), extra: set[str] | None = None):
+        self._tree = tree
+        self._source = source
+        self._sure = sure
+        self._words: set[str] | None = None
+        self._all: set[str] | None = None
+        self._extra = set(extra or ())
+
+    def names(self) -> set[str]:
+        """The module's names (without the extra ones)."""
+        if self._all is None:
+            self._all = _module_names(self._tree)
+        return self._all
+
+    def _maybe(self, name: str) -> bool:
+        """False when `name` is surely not one of the module's names."""
+        if self._all is not None or not name.isascii() or not name.isidentifier():
+            return True
+        if self._words is None:
+            source = self._source
+            if not source.isascii():
+                odd = [c for c in set(source) if not c.isascii()]
+                if any(any(ch.isascii() for ch in unicodedata.normalize("NFKC", c)) for c in odd):
+                    self._all = _module_names(self._tree)  # e.g. fullwidth letters: the words do not tell
+                    return True
+            self._words = {word for dot, word in _WORD.findall(source) if not dot}
+        return name in self._words
+
+    def __contains__(self, name) -> bool:
+        if name in self._extra or name in self._sure:
+            return True
+        return isinstance(name, str) and self._maybe(name) and name in self.names()
+
+    def __iter__(self):
+        return iter(self.names() | self._extra)
+
+    def __len__(self) -> int:
+        return len(self.names() | self._extra)
+
+    def __or__(self, other) -> "NameSet":
+        out = NameSet(self._tree, self._source, self._sure, self._extra | set(other))
+        out._words, out._all = self._words, self._all
+        return out
+
+    __ror__ = __or__
+
+    def add(self, name: str) -> None:
+        self._extra.add(name)
+
+
+def _module_names(tree: ast.Module) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            names.add(node.id)
+        elif isinstance(node, ast.arg):
+            names.add(node.arg)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.alias):
+            names.add((node.asname or node.name).split(".")[0])
+    return names

@@ -17,8 +17,10 @@ import keyword
 import re
 
 from dslc import codes
+from dslc.analysis.api import take_tree
 from dslc.match import ir
 from dslc.rewrite import safety
+from dslc.rewrite.astutil import NameSet, index_statements
 from dslc.rewrite.edits import Edit, SourceMap
 from dslc.rewrite.imports import ImportScheduler
 from dslc.rewrite.plan import Plan, Skip
@@ -31,31 +33,13 @@ class Module:
     def __init__(self, source: str, facts):
         self.source = source
         self.smap = SourceMap(source)
-        self.tree = ast.parse(source)
+        # the tree the analysis parsed from this very text, when it kept it
+        self.tree = take_tree(source) or ast.parse(source)
         self.facts = facts
-        self.parent: dict[int, tuple[ast.AST, str]] = {}
-        self.stmt_at: dict[tuple[int, int], ast.stmt] = {}
-        self.classes: dict[str, ast.ClassDef] = {}
+        # every statement (in `ast.walk` order), their parents and positions,
+        # the classes: walked over statements only
+        self.statements, self.parent, self.stmt_at, self.classes = index_statements(self.tree)
         self.functions: dict[str, ast.FunctionDef] = {}
-        self.all_names: set[str] = set()
-        for node in ast.walk(self.tree):
-            for fname, value in ast.iter_fields(node):
-                if isinstance(value, list):
-                    for child in value:
-                        if isinstance(child, ast.stmt):
-                            self.parent[id(child)] = (node, fname)
-            if isinstance(node, ast.stmt):
-                self.stmt_at.setdefault((node.lineno, node.col_offset), node)
-            if isinstance(node, ast.ClassDef):
-                self.classes.setdefault(node.name, node)
-            if isinstance(node, ast.Name):
-                self.all_names.add(node.id)
-            elif isinstance(node, ast.arg):
-                self.all_names.add(node.arg)
-            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-                self.all_names.add(node.name)
-            elif isinstance(node, ast.alias):
-                self.all_names.add((node.asname or node.name).split(".")[0])
         for node in self.tree.body:
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 self.functions[node.name] = node
@@ -93,6 +77,8 @@ class Module:
                             self.guarded[f"{sub.module}.{alias.name}"] = alias.asname or alias.name
         # Only top-level imports are reused: a function-local alias is not in
         # scope where the new code goes.
+        sure = {n for n in self.classes if "." not in n} | set(self.functions) | set(self.imports)
+        self.all_names = NameSet(self.tree, source, sure)  # walked when a question needs it
         self.unit = self.smap.indent_unit()
         self.block_unit = _block_unit(self.tree, self.smap) or self.unit
         self.nl = self.smap.newline
@@ -145,6 +131,9 @@ class Module:
 
     def ends_with_newline(self, lineno: int) -> bool:
         return self.smap.lines[lineno - 1].endswith(("\n", "\r"))
+
+
+_SCRIPT = re.compile(r"\bscript\b")
 
 
 def _block_unit(tree: ast.Module, smap) -> str | None:
@@ -287,8 +276,7 @@ class Context:
     def statements_between(self, lo: ast.stmt, hi: ast.stmt) -> list[ast.stmt]:
         """Statements that start after `lo` ends and end before `hi` starts."""
         lo_end, hi_start = lo.end_lineno or lo.lineno, hi.lineno
-        return [st for st in ast.walk(self.mod.tree)
-                if isinstance(st, ast.stmt) and st.lineno > lo_end and (st.end_lineno or st.lineno) < hi_start]
+        return [st for st in self.mod.statements if st.lineno > lo_end and (st.end_lineno or st.lineno) < hi_start]
 
     def check_scripted(self, match: ir.Match) -> str | None:
         """A match inside a TorchScript-compiled function is not rewritten.
@@ -311,8 +299,8 @@ class Context:
         """The functions decorated with `torch.jit.script` (one walk per file)."""
         if self._scripted is None:
             self._scripted = []
-            if "script" in self.mod.source:
-                for fn in ast.walk(self.mod.tree):
+            if _SCRIPT.search(self.mod.source):  # `...script` ends the decorator's text
+                for fn in self.mod.statements:
                     if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
                         continue
                     for deco in fn.decorator_list:

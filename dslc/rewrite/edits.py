@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import re
+from bisect import bisect_right
 from dataclasses import dataclass
 
 
@@ -154,3 +155,87 @@ def parse_error(text: str) -> str | None:
     except ValueError as exc:  # null bytes
         return str(exc)
     return None
+
+
+_NEWLINE = re.compile(r"\r\n|\r|\n")  # what the tokenizer counts as a line end (not \f, \v, \u2028)
+
+
+def statement_starts(text: str, tree: ast.Module) -> list[int]:
+    """Offsets in `text` (which parsed as `tree`) where the tokenizer is in
+    its initial state: 0, and the start of the line of each top-level
+    statement that begins a fresh logical line.
+
+    A statement counts when its first token (its first decorator's `@`)
+    is at column 0 of its line and the line before does not end with a
+    backslash: no bracket, string or continuation is open there, and the
+    indentation is 0.  Statements that share a line, or start after a
+    `;` or a continuation, are left out (their text joins the block of
+    the statement before).  Increasing offsets.
+    """
+    line_starts = [0]
+    line_starts.extend(m.end() for m in _NEWLINE.finditer(text))
+    out = [0]
+    for stmt in tree.body:
+        decorators = getattr(stmt, "decorator_list", None)
+        line = decorators[0].lineno if decorators else stmt.lineno
+        start = line_starts[line - 1]
+        if decorators:
+            if text[start : start + 1] != "@":
+                continue
+        elif stmt.col_offset:
+            continue
+        before = text[max(0, start - 3) : start].rstrip("\r\n")
+        if start <= out[-1] or before.endswith("\\"):
+            continue
+        out.append(start)
+    return out
+
+
+def edited_blocks_parse(original: str, new: str, edits, starts: list[int]) -> bool:
+    """True when `new` is proven to parse by parsing only the top-level
+    blocks that hold an edit; False when that does not prove it (then
+    parse the whole text for the answer and its message).
+
+    `original` parses, `new` is `original` with `edits` applied and
+    byte-identical outside them (`untouched_regions_identical`), and
+    `starts` are `statement_starts(original, ...)`: the original is cut
+    there into blocks, each a sequence of whole top-level statements
+    (with the comments after them), starting in the tokenizer's initial
+    state.  The blocks an edit touches (an insertion at a cut goes to the
+    block after it) are merged into runs, and each run's new text is
+    parsed alone.  When every run parses, and every run but the file's
+    last ends with a line end, `new` is the untouched blocks (each a whole
+    statement sequence of the original, starting and ending clean) and
+    the runs (each a statement sequence ending clean, since it parsed
+    alone) in order: module statements in a row, which parse as one
+    module (`ast.parse` checks no context across top-level statements:
+    not even `from __future__` placement).
+    """
+    bounds = list(starts) + [len(original)]
+    last_block = len(starts) - 1
+    spans = []
+    for edit in edits:
+        lo = min(bisect_right(bounds, edit.start) - 1, last_block)
+        hi = min(bisect_right(bounds, max(edit.start, edit.end - 1)) - 1, last_block)
+        spans.append((lo, hi))
+    runs: list[list[int]] = []
+    for lo, hi in sorted(spans):
+        if runs and lo <= runs[-1][1]:
+            runs[-1][1] = max(runs[-1][1], hi)
+        else:
+            runs.append([lo, hi])
+
+    def shift(offset: int) -> int:  # how far the edits before `offset` moved it
+        return sum(len(e.text) - (e.end - e.start) for e in edits if e.start < offset)
+
+    for lo, hi in runs:
+        a = bounds[lo] + shift(bounds[lo])
+        b = len(new) if hi == last_block else bounds[hi + 1] + shift(bounds[hi + 1])
+        part = new[a:b]
+        if hi != last_block and not part.endswith(("\n", "\r")):
+            return False
+        try:
+            ast.parse(part)
+        except (SyntaxError, ValueError, MemoryError, RecursionError):
+            return False
+    return True

@@ -219,7 +219,7 @@ def _rewrite(source: str, facts, matches, path: str, *, check_each: bool) -> Rew
     edits = list(ctx.accepted)
     edits.extend(ctx.imports.header_edit())
     new = apply_edits(source, edits)
-    reason = safety.verify_output(source, new, edits)
+    reason = safety.verify_output(source, new, edits, ctx.mod.tree)
     if reason is not None:
         if not check_each:
             return None  # find the culprit: redo with a parse after each match

@@ -39,7 +39,7 @@ from dslc.analysis import guards
 from dslc.analysis.model import Guard
 from dslc import codes
 from dslc.match import ir
-from dslc.rewrite.edits import Edit, parse_error, untouched_regions_identical
+from dslc.rewrite.edits import Edit, edited_blocks_parse, parse_error, statement_starts, untouched_regions_identical
 
 TEMP_RE = re.compile(r"^temp_\d+$")
 
@@ -652,8 +652,16 @@ def _str_axioms(condition: str) -> list[Guard]:
 # the output gate
 
 
-def verify_output(original: str, new: str, edits: Sequence[Edit]) -> str | None:
-    """None when `new` parses and is `original` outside the edits."""
+def verify_output(original: str, new: str, edits: Sequence[Edit], tree=None) -> str | None:
+    """None when `new` parses and is `original` outside the edits.
+
+    With `tree` (the original's parsed module), only the top-level blocks
+    that hold an edit are parsed (`edits.edited_blocks_parse`); the whole
+    file is parsed when that does not prove it, for the exact answer.
+    """
+    if tree is not None and untouched_regions_identical(original, new, edits) \
+            and edited_blocks_parse(original, new, edits, statement_starts(original, tree)):
+        return None
     err = parse_error(new)
     if err is not None:
         return codes.reason(codes.S_NO_PARSE, f"the rewritten file does not parse ({err})")

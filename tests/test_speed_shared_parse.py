@@ -1,0 +1,67 @@
+"""The rewriter takes the tree the analysis parsed, and its name index walks
+only when the text cannot answer (issue 11: one parse per file)."""
+
+from __future__ import annotations
+
+import ast
+
+from dslc.analysis import api
+from dslc.rewrite.astutil import NameSet, _module_names
+from dslc.rewrite.context import Module
+
+SRC = "import torch.nn as nn\nfrom torch.nn import functional as F\n\n\nclass A(nn.Module):\n" \
+      "    def forward(self, x, scale=2):\n        y = F.softmax(x, dim=-1)\n        return y * scale\n"
+
+
+def test_trees_are_kept_only_inside_keep_trees_and_handed_over_once():
+    api.analyze_source(SRC, "m.py")
+    assert api.take_tree(SRC) is None  # nothing kept outside a block
+    with api.keep_trees():
+        api.analyze_source(SRC, "m.py")
+        assert api.parsed(SRC)
+        tree = api.take_tree(SRC)
+        assert ast.dump(tree, include_attributes=True) == ast.dump(ast.parse(SRC), include_attributes=True)
+        assert api.take_tree(SRC) is None and not api.parsed(SRC)
+        api.analyze_source(SRC, "m.py")
+        module = Module(SRC, None)  # takes the kept tree
+        assert not api.parsed(SRC)
+        bom = "\ufeff" + SRC
+        api.analyze_source(bom, "m.py")  # parsed without the BOM: not the text given
+        assert api.take_tree(bom) is None
+        api.drop_tree(SRC)
+    assert api._TREES is None
+    assert ast.dump(module.tree) == ast.dump(ast.parse(SRC))
+
+
+def test_apply_leaves_no_tree_behind(tmp_path):
+    from dslc.apply import driver
+    from dslc.lang.loader import load_rules
+
+    path = tmp_path / "m.py"
+    path.write_text(SRC)
+    packs = load_rules("rulepacks/adopter.adr").packs
+    driver.apply_paths([str(path)], packs, driver.ApplyOptions())
+    assert api._TREES is None
+
+
+def test_name_set_answers_like_the_walk():
+    src = SRC + "z = [k for k in range(3)]\nimport os.path\n"
+    tree = ast.parse(src)
+    names = _module_names(tree)
+    found = NameSet(tree, src)
+    for word in {"softmax", "dim", "x", "y", "scale", "k", "os", "path", "nn", "F", "A", "forward", "torch",
+                 "Module", "absent", "*"}:
+        assert (word in found) == (word in names), word
+    fresh = NameSet(tree, src)
+    assert "softmax" not in fresh and "absent" not in fresh and "path" not in fresh
+    assert fresh._all is None  # answered from the text alone: attribute-only and absent words
+    taken = found | {"extra"}
+    assert "extra" in taken and "x" in taken and "absent" not in taken
+    taken.add("more")
+    assert "more" in taken and set(taken) == names | {"extra", "more"}
+
+
+def test_name_set_walks_when_characters_normalise_to_ascii():
+    src = "ｘ = 1\n"  # fullwidth x: the name is `x`, which is no word of the text
+    tree = ast.parse(src)
+    assert "x" in NameSet(tree, src)
