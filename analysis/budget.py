@@ -35,6 +35,9 @@ MAX_NESTED_CLASS_DEPTH = 4  # classes nested in class bodies (Outer.Inner...)
 class Options:
     inline: bool = True
     flatten: bool = False
+    # Split an `if` without calls whose branch updates a value a DL node wrote
+    # (`if m is not None: s = s + m`): only for rules with optional nodes.
+    optional_ifs: bool = False
     max_paths: int = MAX_PATHS
     # budgets (None: the module's MAX_* value at the time of use)
     max_work: int | None = None

@@ -27,6 +27,7 @@ import ast
 from typing import TYPE_CHECKING
 
 from .defuse import reads_of, self_attr, target_reads, writes_of
+from .exprs import BINOPS, TENSOR_METHODS
 from .model import StmtRef
 from .pathstate import Alt, Frame, split_alts
 
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
 
 def if_statement(pb: PathBuilder, stmt: ast.If, ref: StmtRef, path: tuple, blocks: tuple, frame: Frame,
                  alts: list[Alt]) -> list[Alt]:
-    if not pb.kinds.has_dl(stmt, frame):
+    if not pb.kinds.has_dl(stmt, frame) and not (pb.ctx.options.optional_ifs and _updates_dl_value(stmt, frame, alts)):
         return pb.opaque(stmt, ref, frame, alts)
     alts = pb.run_actions(pb.exprs.evaluate(stmt.test, frame, ref), frame, alts)
     test_reads = reads_of(stmt.test, pb.exprs.replaced)
@@ -53,6 +54,27 @@ def if_statement(pb: PathBuilder, stmt: ast.If, ref: StmtRef, path: tuple, block
     yes = pb.block(stmt.body, path + ("body",), sub_body, frame, yes)
     no = pb.block(stmt.orelse, path + ("orelse",), sub_else, frame, no)
     return pb.join(yes, no)
+
+
+def _updates_dl_value(stmt: ast.If, frame: Frame, alts: list[Alt]) -> bool:
+    """Does a branch of an `if` without DL calls update, by an operator or a
+    tensor method, a name that a DL node wrote last on some path?  (`if mask
+    is not None: scores = scores + mask`.)  Such an `if` splits the paths, so
+    that a rule can see the op on one path and its absence on the other
+    (optional nodes); any other `if` without DL calls stays one statement."""
+    names = set()
+    for s in list(stmt.body) + list(stmt.orelse):
+        if isinstance(s, ast.AugAssign) and isinstance(s.target, ast.Name) and type(s.op) in BINOPS:
+            names.add(s.target.id)
+        elif isinstance(s, ast.Assign) and len(s.targets) == 1 and isinstance(s.targets[0], ast.Name):
+            v = s.value
+            if (isinstance(v, ast.BinOp) and type(v.op) in BINOPS) or (
+                    isinstance(v, ast.Call) and isinstance(v.func, ast.Attribute)
+                    and v.func.attr in TENSOR_METHODS and isinstance(v.func.value, ast.Name)):
+                names |= {n.id for n in ast.walk(v) if isinstance(n, ast.Name) and n.id in frame.locals}
+    if not names:
+        return False
+    return any(a.status == "fall" and name in a.dl_written(names) for a in alts for name in names)
 
 
 def loop_statement(pb: PathBuilder, stmt: ast.For | ast.AsyncFor | ast.While, ref: StmtRef, path: tuple,

@@ -66,6 +66,20 @@ class Alt:
             cur = cur[1]
         return tuple(reversed(out))
 
+    def dl_written(self, names: set[str]) -> set[str]:
+        """Those of `names` whose last writer on this path is a DL node (not a `stmt`)."""
+        found, left = set(), set(names)
+        cur = self.tail
+        while cur is not None and left:
+            node = cur[0]
+            hit = left & (set(node.writes) | set(node.outputs))
+            if hit:
+                if node.kind != "stmt":
+                    found |= hit
+                left -= hit
+            cur = cur[1]
+        return found
+
     def version(self, symbol: str) -> int:
         """Position of the last node that wrote `symbol` or a prefix of it
         (0: never written on this path): the symbol's version."""

@@ -242,20 +242,25 @@ class Compiled:
     compiled: list
     want: frozenset[str]  # the analysis pre-filter: every name some rule needs
     rules: dict[str, object] = field(default_factory=dict)  # qualified name -> ir.Rule
+    # some rule has an optional node: the analysis splits `if m is not None: s = s + m`
+    optional_ifs: bool = False
 
 
 def compile_packs(packs: Sequence, done: dict | None = None) -> Compiled:
     compiled = [compile_pack(p, done) for p in packs]
     want = frozenset().union(*(c.anchor_names() for c in compiled))
-    return Compiled(list(packs), compiled, want, _rule_index(packs))
+    optional_ifs = any(c.variant_of is not None for cp in compiled for c in cp.rules)
+    return Compiled(list(packs), compiled, want, _rule_index(packs), optional_ifs)
 
 
 def _rule_index(packs) -> dict[str, object]:
     return {r.qualified_name: r for p in packs for r in p.rules}
 
 
-def _analysis_kwargs(options: ApplyOptions, want) -> dict:
+def _analysis_kwargs(options: ApplyOptions, want, optional_ifs: bool = False) -> dict:
     kw: dict = {"root": options.root, "want": want}
+    if optional_ifs:
+        kw["optional_ifs"] = True
     # Pass the ablation switches only when set, so an analysis without them still runs.
     if not options.inline:
         kw["inline"] = False
@@ -836,7 +841,7 @@ def _run_chunk(items, compiled=None, options=None) -> list[tuple[int, FileResult
     """
     compiled = compiled or _WORKER["compiled"]
     options = options or _WORKER["options"]
-    kw = _analysis_kwargs(options, compiled.want)
+    kw = _analysis_kwargs(options, compiled.want, compiled.optional_ifs)
     cache = _result_cache(compiled, options)
     out: list[tuple[int, FileResult]] = []
     keys: dict[int, tuple[str, str]] = {}

@@ -38,6 +38,7 @@ from typing import Callable, Mapping
 
 from dslc.match import ir, signatures
 from dslc.match.automaton import Action, Automaton, InitTest, SetMatcher, Test, Transition
+from dslc.match.optional import absent_variant
 
 COMMUTATIVE = frozenset({"+", "*"})
 
@@ -61,6 +62,13 @@ class CompiledRule:
     forward: Automaton | None
     init_types: tuple[tuple[str, str], ...]  # init var -> qualified type
     names: frozenset[str]
+    # The absent variant of a rule with an optional node (`dslc.match.optional`):
+    # the index of the rule it derives from (its rank in overlap resolution).
+    variant_of: int | None = None
+
+    @property
+    def rank(self) -> int:
+        return self.index if self.variant_of is None else self.variant_of
 
     @property
     def name(self) -> str:
@@ -316,6 +324,7 @@ def compile_rules(rules, done: Mapping[str, CompiledRule] | None = None) -> Comp
     name): a rule found there (the same `ir.Rule` object) is not compiled again.
     """
     compiled = tuple(_compiled(rule, i, done) for i, rule in enumerate(rules))
+    compiled += _absent_variants(compiled)
     index: dict[tuple[str, str], list[int]] = {}
     unanchored, init_only, class_rules = [], [], []
     for c in compiled:
@@ -329,6 +338,17 @@ def compile_rules(rules, done: Mapping[str, CompiledRule] | None = None) -> Comp
             index.setdefault(c.forward.anchor, []).append(c.index)
     return CompiledPack(compiled, {k: tuple(v) for k, v in index.items()}, tuple(unanchored), tuple(init_only),
                         tuple(class_rules))
+
+
+def _absent_variants(compiled: tuple[CompiledRule, ...]) -> tuple[CompiledRule, ...]:
+    """One more compiled rule per rule with an optional node: the node absent
+    (`dslc.match.optional`); appended, so the indices of the rules stay."""
+    out = []
+    for c in compiled:
+        variant = absent_variant(c.rule) if c.rule.forward is not None else None
+        if variant is not None:
+            out.append(replace(compile_rule(variant, len(compiled) + len(out)), variant_of=c.index))
+    return tuple(out)
 
 
 def _compiled(rule: ir.Rule, index: int, done: Mapping[str, CompiledRule] | None) -> CompiledRule:
