@@ -26,6 +26,7 @@ from __future__ import annotations
 import ast
 from typing import TYPE_CHECKING
 
+from .budget import MAX_OPTIONAL_IFS
 from .defuse import reads_of, self_attr, target_reads, writes_of
 from .exprs import BINOPS, TENSOR_METHODS
 from .model import StmtRef
@@ -37,8 +38,11 @@ if TYPE_CHECKING:
 
 def if_statement(pb: PathBuilder, stmt: ast.If, ref: StmtRef, path: tuple, blocks: tuple, frame: Frame,
                  alts: list[Alt]) -> list[Alt]:
-    if not pb.kinds.has_dl(stmt, frame) and not (pb.ctx.options.optional_ifs and _updates_dl_value(stmt, frame, alts)):
-        return pb.opaque(stmt, ref, frame, alts)
+    if not pb.kinds.has_dl(stmt, frame):
+        if not (pb.ctx.options.optional_ifs and pb.optional_ifs < MAX_OPTIONAL_IFS
+                and _updates_dl_value(stmt, frame, alts)):
+            return pb.opaque(stmt, ref, frame, alts)
+        pb.optional_ifs += 1
     alts = pb.run_actions(pb.exprs.evaluate(stmt.test, frame, ref), frame, alts)
     test_reads = reads_of(stmt.test, pb.exprs.replaced)
     for a in alts:
@@ -74,7 +78,10 @@ def _updates_dl_value(stmt: ast.If, frame: Frame, alts: list[Alt]) -> bool:
                 names |= {n.id for n in ast.walk(v) if isinstance(n, ast.Name) and n.id in frame.locals}
     if not names:
         return False
-    return any(a.status == "fall" and name in a.dl_written(names) for a in alts for name in names)
+    # a few paths suffice (the same statements wrote the name on most of them);
+    # not splitting is always sound: the `if` stays one statement
+    live = [a for a in alts if a.status == "fall"][:8]
+    return any(a.dl_written(names) for a in live)
 
 
 def loop_statement(pb: PathBuilder, stmt: ast.For | ast.AsyncFor | ast.While, ref: StmtRef, path: tuple,

@@ -70,7 +70,10 @@ class Alt:
         """Those of `names` whose last writer on this path is a DL node (not a `stmt`)."""
         found, left = set(), set(names)
         cur = self.tail
+        budget = ACTIVE[0]
         while cur is not None and left:
+            if budget is not None:
+                budget.walk += 1  # charged like `version`'s walk (`Budget.charge`)
             node = cur[0]
             hit = left & (set(node.writes) | set(node.outputs))
             if hit:

@@ -249,7 +249,7 @@ class Compiled:
 def compile_packs(packs: Sequence, done: dict | None = None) -> Compiled:
     compiled = [compile_pack(p, done) for p in packs]
     want = frozenset().union(*(c.anchor_names() for c in compiled))
-    optional_ifs = any(c.variant_of is not None for cp in compiled for c in cp.rules)
+    optional_ifs = any(getattr(c, "variant_of", None) is not None for cp in compiled for c in getattr(cp, "rules", ()))
     return Compiled(list(packs), compiled, want, _rule_index(packs), optional_ifs)
 
 

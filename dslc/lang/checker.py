@@ -892,9 +892,13 @@ class _OptionalChecks(_Checks):
                                                    if x is not opt for v in node_vars(x)}
         init = self.r.section("init")
         only -= {v.name for x in (init.item.source if init else ()) for v in node_vars(x)}
-        for n in tgt:
+        for i, n in enumerate(tgt):
             if getattr(n, "optional", None) is not None:
-                if n.optional.name != opt.optional.name:
+                if i == len(tgt) - 1:
+                    self.emit(codes.OPTIONAL_MISUSE, "the last target node cannot be optional: it computes the "
+                              "result on every path", n.span, label="optional target node",
+                              help="remove `optional when ...` from it")
+                elif n.optional.name != opt.optional.name:
                     self.emit(codes.OPTIONAL_MISUSE, f"an optional target node must be optional on "
                               f"`${opt.optional.name}`, as the source node", n.span,
                               label="optional target node", help="match the source's optional node")
