@@ -78,7 +78,7 @@ def analyze_source(
     flatten: bool = False,
     want: frozenset[str] | None = None,
     max_paths: int | None = None,
-    optional_ifs: bool = False,
+    optional_ifs=frozenset(),
     _modules: dict | None = None,
     _consulted: set | None = None,
 ) -> FileFacts:
@@ -112,7 +112,7 @@ def analyze_source(
         tree_root = root if root is not None else tree_root_for(path, module)
         resolver = Resolver(tree_root, _modules)
         resolver.register(scope, tree)
-        options = Options(inline=inline, flatten=flatten, optional_ifs=optional_ifs)
+        options = Options(inline=inline, flatten=flatten, optional_ifs=frozenset(optional_ifs))
         if max_paths is not None:
             options.max_paths = max_paths
         extractor = Extractor(tree, scope, resolver, options, source=source)
@@ -303,7 +303,7 @@ def analyze_paths(
     inline: bool = True,
     flatten: bool = False,
     deps_out: list | None = None,
-    optional_ifs: bool = False,
+    optional_ifs=frozenset(),
 ) -> list[FileFacts]:
     """Facts for many files, in the order given (see the module docstring).
 
@@ -322,13 +322,13 @@ def analyze_paths(
 
 
 def _analyze_paths(paths, root, jobs, cache_dir, want, inline, flatten, deps_out=None,
-                   optional_ifs=False) -> list[FileFacts]:
+                   optional_ifs=frozenset()) -> list[FileFacts]:
     paths = [str(p) for p in paths]
     kwargs = {"want": want, "inline": inline, "flatten": flatten}
     options: tuple = (root and os.path.abspath(root), sorted(want) if want is not None else None, inline, flatten)
     if optional_ifs:  # only then: the cache keys of other runs stay
-        kwargs["optional_ifs"] = True
-        options += ("optional_ifs",)
+        kwargs["optional_ifs"] = tuple(sorted(optional_ifs))
+        options += ("optional_ifs", tuple(sorted(optional_ifs)))
     results: list[FileFacts | None] = [None] * len(paths)
     keys: list[str | None] = [None] * len(paths)
     contents: list[str | None] = [None] * len(paths)

@@ -40,8 +40,10 @@ class Options:
     inline: bool = True
     flatten: bool = False
     # Split an `if` without calls whose branch updates a value a DL node wrote
-    # (`if m is not None: s = s + m`): only for rules with optional nodes.
-    optional_ifs: bool = False
+    # (`if m is not None: s = s + m`), for the loaded rules' optional nodes:
+    # (update, writer) pairs, e.g. ("+", "/"), ("masked_fill", "torch.einsum")
+    # (`compound._updates_dl_value`).
+    optional_ifs: frozenset = frozenset()
     max_paths: int = MAX_PATHS
     # budgets (None: the module's MAX_* value at the time of use)
     max_work: int | None = None

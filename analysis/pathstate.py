@@ -66,9 +66,11 @@ class Alt:
             cur = cur[1]
         return tuple(reversed(out))
 
-    def dl_written(self, names: set[str]) -> set[str]:
-        """Those of `names` whose last writer on this path is a DL node (not a `stmt`)."""
-        found, left = set(), set(names)
+    def dl_written(self, names: set[str]) -> dict[str, str]:
+        """Those of `names` whose last writer on this path is a DL node (not a
+        `stmt`), each with that node's op (`/`) or type (`torch.matmul`)."""
+        found: dict[str, str] = {}
+        left = set(names)
         cur = self.tail
         budget = ACTIVE[0]
         while cur is not None and left:
@@ -78,7 +80,8 @@ class Alt:
             hit = left & (set(node.writes) | set(node.outputs))
             if hit:
                 if node.kind != "stmt":
-                    found |= hit
+                    for name in hit:
+                        found[name] = (node.op if node.kind == "op" else node.type) or ""
                 left -= hit
             cur = cur[1]
         return found

@@ -110,7 +110,7 @@ class A(nn.Module):
 
 def test_the_analysis_splits_only_for_optional_nodes_and_only_an_update_of_a_dl_value():
     plain = analyze_source(SPLIT, "m.py")
-    split = analyze_source(SPLIT, "m.py", optional_ifs=True)
+    split = analyze_source(SPLIT, "m.py", optional_ifs={("+", "torch.nn.Linear")})
     assert len(plain.classes[0].paths) == 1
     # `if mask is not None: s = s + mask` splits; `if flag: y = y + 1` (y: no DL value) does not
     assert len(split.classes[0].paths) == 2
@@ -120,7 +120,7 @@ def test_at_most_max_optional_ifs_split_per_function():
     body = "".join(f"        if m{i} is not None:\n            s = s + m{i}\n" for i in range(MAX_OPTIONAL_IFS + 3))
     src = SPLIT.split("    def forward")[0] + "    def forward(self, x, " + ", ".join(
         f"m{i}=None" for i in range(MAX_OPTIONAL_IFS + 3)) + "):\n        s = self.fc(x)\n" + body + "        return s\n"
-    facts = analyze_source(src, "m.py", optional_ifs=True)
+    facts = analyze_source(src, "m.py", optional_ifs={("+", "torch.nn.Linear")})
     assert len(facts.classes[0].paths) == 2 ** MAX_OPTIONAL_IFS
 
 

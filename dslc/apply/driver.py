@@ -242,14 +242,17 @@ class Compiled:
     compiled: list
     want: frozenset[str]  # the analysis pre-filter: every name some rule needs
     rules: dict[str, object] = field(default_factory=dict)  # qualified name -> ir.Rule
-    # some rule has an optional node: the analysis splits `if m is not None: s = s + m`
-    optional_ifs: bool = False
+    # the operators / tensor methods of the rules' optional nodes: the analysis
+    # splits `if m is not None: s = s + m` for them (`dslc.match.optional`)
+    optional_ifs: frozenset = frozenset()
 
 
 def compile_packs(packs: Sequence, done: dict | None = None) -> Compiled:
+    from dslc.match.optional import optional_updates
+
     compiled = [compile_pack(p, done) for p in packs]
     want = frozenset().union(*(c.anchor_names() for c in compiled))
-    optional_ifs = any(getattr(c, "variant_of", None) is not None for cp in compiled for c in getattr(cp, "rules", ()))
+    optional_ifs = optional_updates(getattr(cp, "rules", ()) for cp in compiled)
     return Compiled(list(packs), compiled, want, _rule_index(packs), optional_ifs)
 
 
@@ -257,10 +260,10 @@ def _rule_index(packs) -> dict[str, object]:
     return {r.qualified_name: r for p in packs for r in p.rules}
 
 
-def _analysis_kwargs(options: ApplyOptions, want, optional_ifs: bool = False) -> dict:
+def _analysis_kwargs(options: ApplyOptions, want, optional_ifs=frozenset()) -> dict:
     kw: dict = {"root": options.root, "want": want}
     if optional_ifs:
-        kw["optional_ifs"] = True
+        kw["optional_ifs"] = frozenset(optional_ifs)
     # Pass the ablation switches only when set, so an analysis without them still runs.
     if not options.inline:
         kw["inline"] = False

@@ -65,6 +65,8 @@ class CompiledRule:
     # The absent variant of a rule with an optional node (`dslc.match.optional`):
     # the index of the rule it derives from (its rank in overlap resolution).
     variant_of: int | None = None
+    # every rule whose absent variant this is (equal variants are compiled once)
+    variant_origins: tuple[int, ...] = ()
 
     @property
     def rank(self) -> int:
@@ -343,11 +345,21 @@ def compile_rules(rules, done: Mapping[str, CompiledRule] | None = None) -> Comp
 def _absent_variants(compiled: tuple[CompiledRule, ...]) -> tuple[CompiledRule, ...]:
     """One more compiled rule per rule with an optional node: the node absent
     (`dslc.match.optional`); appended, so the indices of the rules stay."""
-    out = []
+    out: list[CompiledRule] = []
+    seen: dict[tuple, int] = {}  # equal variants (add / masked_fill absent: no mask) once
     for c in compiled:
         variant = absent_variant(c.rule) if c.rule.forward is not None else None
-        if variant is not None:
-            out.append(replace(compile_rule(variant, len(compiled) + len(out)), variant_of=c.index))
+        if variant is None:
+            continue
+        key = (variant.pack, variant.kernels, variant.contract, variant.init, variant.forward, variant.where,
+               variant.params, variant.options, variant.safety, variant.needs, variant.fallback)
+        if key in seen:
+            j = seen[key]
+            out[j] = replace(out[j], variant_origins=out[j].variant_origins + (c.index,))
+            continue
+        seen[key] = len(out)
+        out.append(replace(compile_rule(variant, len(compiled) + len(out)), variant_of=c.index,
+                           variant_origins=(c.index,)))
     return tuple(out)
 
 

@@ -172,8 +172,8 @@ def pair_guarded(found: list, node_id, paths_of) -> list:
     match over the same nodes (the same rewrite: no mask either way)."""
     absent: dict[tuple, list] = {}
     for f in found:
-        if f.rule.variant_of is not None:
-            absent.setdefault((f.rule.variant_of, frozenset(node_id(n) for n in f.nodes)), []).append(f)
+        for origin in f.rule.variant_origins:
+            absent.setdefault((origin, frozenset(node_id(n) for n in f.nodes)), []).append(f)
     dropped: set[int] = set()
     for f in found:
         where = _nested(f)
@@ -198,3 +198,34 @@ def pair_guarded(found: list, node_id, paths_of) -> list:
             dropped.add(id(f))
         seen.setdefault(key, f.rule.rank)
     return [f for f in found if id(f) not in dropped]
+
+
+def optional_updates(rule_lists) -> frozenset:
+    """What the analysis splits a call-free `if` for
+    (`analysis.budget.Options.optional_ifs`): per optional node of compiled
+    rules (lists of `CompiledRule`), the pair (its update: the operator `+`
+    or the tensor method `masked_fill`; the op or function of the source node
+    whose output it updates: `/`, `torch.matmul`)."""
+    out = set()
+    for rules in rule_lists:
+        for c in rules:
+            rule = getattr(c, "rule", None)
+            k = optional_index(rule) if rule is not None and getattr(c, "variant_of", None) is None else None
+            flow = pass_through(rule) if k is not None else None
+            if flow is None:
+                continue
+            update = _node_key(rule.forward.source[k])
+            writer = next((_node_key(n) for n in rule.forward.source[:k] if flow in {v.name for v in n.outputs}), None)
+            if update and writer:
+                out.add((update.rsplit("torch.Tensor.", 1)[-1], writer))
+    return frozenset(out)
+
+
+def _node_key(n: ir.PatNode) -> str | None:
+    """The op (`+`) or the function (`torch.matmul`) of a pattern node, as the
+    analysis records it (None for a layer of `__init__`)."""
+    if n.kind in ("op", "unary"):
+        return n.op
+    if n.kind == "layer" and n.layer_var is None and n.callee is not None and n.callee.var is None:
+        return n.callee.qualname
+    return None
