@@ -36,6 +36,8 @@ import os
 import warnings
 from dataclasses import dataclass, field
 
+from .copies import copies
+
 BUILTINS = frozenset(dir(builtins))
 
 # Defining module -> public module, for libraries outside the analyzed tree.
@@ -138,6 +140,9 @@ class Scope:
     names: dict[str, list[Binding]] = field(default_factory=dict)
     # module-level `NAME = {...}` dict literals (for `TABLE["key"](...)` lookups)
     dicts: dict[str, ast.Dict] = field(default_factory=dict)
+    # functions defined here that are copies of a library function (copies.py):
+    # name -> the canonical qualified name a call of them resolves to
+    copies: dict[str, str] = field(default_factory=dict)
 
     def add(self, name: str, binding: Binding) -> None:
         self.names.setdefault(name, []).append(binding)
@@ -231,6 +236,7 @@ def build_scope(tree: ast.Module, module: str, path: str | None, is_package: boo
                 visit(stmt.body)
 
     visit(tree.body)
+    scope.copies = copies(tree, module)
     return scope
 
 
@@ -322,6 +328,8 @@ class Resolver:
                 results.add(self.resolve_parts(scope, binding.target.split("."), seen))
             elif binding.kind == "infer":
                 results.add(None)  # left to astroid (infer.py) at the call sites that need it
+            elif binding.kind == "def" and len(parts) == 1 and head in scope.copies:
+                results.add(scope.copies[head])  # a copy of a library function: its canonical name
             else:  # class, def, value: defined here
                 results.add(f"{scope.module}.{head}")
         if len(results) != 1:

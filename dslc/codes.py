@@ -274,6 +274,14 @@ BAD_FALLBACK = _code("ADR352", "error", "invalid fallback", """
     guard: a class item (a per-call dispatch in forward), an init item that
     replaces layers in place (a per-construction choice), or a forward item
     whose source and target are one node each (a per-call dispatch helper).""")
+GUARDED_FORWARD = _code("ADR353", "error", "run-time guard on `__init__` of a rule that changes forward", """
+    `when` (and `fallback original` on a rule with an init target, which
+    chooses per construction) writes `if <cond>: <new layers> else: <old
+    layers>` in `__init__`.  The old layers then exist only in the `else`
+    branch, so a forward rewrite cannot be right on both sides: `dslc apply`
+    refuses every match of such a rule (S305).  Leave the forward item
+    unchanged (target `_` or equal to its source), or guard per call with a
+    one-node forward item and `fallback original`.""")
 
 # -- ADR4xx: selection -----------------------------------------------------------
 UNKNOWN_SELECT = _code("ADR401", "error", "unknown rule selection", """
@@ -646,6 +654,14 @@ NM_NOT_CALLED = _code("N401", "note", "the rule's layer is never called here", "
 NM_NO_ATTEMPT = _code("N402", "note", "no attempt got past the rule's anchor", """
     The place holds the rule's anchor and names, but no match attempt from
     the anchor got further (a leading wildcard found nothing to match).""")
+NM_NOT_A_COPY = _code("N403", "note", "the file's own function has the name of the rule's function", """
+    The rule names a library function (`transformers.models.llama.
+    modeling_llama.apply_rotary_pos_emb`), and this file calls a function of
+    its own with that name.  A word-for-word copy of the library function
+    counts as the library function (analysis/copies.py); this one differs
+    (another body, another helper it calls, another decorator), so what it
+    computes is not known to be what the kernel computes, and the rule does
+    not apply.""")
 W_NEAR_MISS_FAILED = _code("W199", "warning", "the near-miss report of a file failed", """
     Computing the near misses of one file raised an exception: a bug in
     dslc. The file's matches and rewrites are reported as usual; only its

@@ -336,9 +336,11 @@ def test_verify_failure_keeps_the_file_and_reports(fake_pipeline, tree, capsys, 
             self.summary = "max abs diff 0.5 > atol"
 
     seen = []
+    applied_seen = []
 
-    def verify(original, rewritten, *, path, rules):
+    def verify(original, rewritten, *, path, rules, applied=None):
         seen.append((path, [r.name for pack in rules for r in pack.rules]))
+        applied_seen.append(applied)
         return Verdict(not path.endswith("a.py"))
 
     monkeypatch.setattr(apply, "verify_available", lambda: True)
@@ -351,6 +353,7 @@ def test_verify_failure_keeps_the_file_and_reports(fake_pipeline, tree, capsys, 
     assert err["code"] == "E110" and "max abs diff" in err["message"]
     assert {m["file"]: m["status"] for m in report["matches"]} == {"a.py": "skipped", "pkg/b.py": "applied"}
     assert [r for _, r in seen] == [["softmax", "relu"]] * 2  # the loaded packs
+    assert all(a and all(name.endswith(":softmax") for name, _ in a) for a in applied_seen)  # the rules applied
 
 
 def test_a_crashing_stage_costs_only_its_file(fake_pipeline, tree, capsys, monkeypatch):

@@ -305,11 +305,13 @@ def test_when_cannot_guard_a_forward_rewrite(tmp_path, capsys):
     """Why the output_attentions / head-mask rewrite is refused rather than
     guarded (docs/adr-language.md, "What a forward rewrite cannot guard
     yet"): `when` guards init rewrites only, and a rule that uses it on a
-    forward rewrite is skipped with S305, leaving the code as it was."""
+    forward rewrite is an error of `dslc check` (ADR353; `dslc apply` would
+    skip each match with S305: tests/test_check_guarded_forward.py), so
+    apply loads no such pack and leaves the code as it was."""
     pack = tmp_path / "guarded.adr"
     pack.write_text(WHEN_RULE)
-    assert main(["check", str(pack)]) == 0
-    capsys.readouterr()
+    assert main(["check", str(pack)]) == 1
+    assert "error[ADR353]" in capsys.readouterr().out
     body = '''\
 import torch
 from torch import nn
@@ -325,10 +327,8 @@ class Attn(nn.Module):
     path = tmp_path / "m.py"
     path.write_text(body)
     code = main(["apply", "--rules", str(pack), "--no-cache", "--jobs", "1", "--write", "--format", "json", str(path)])
-    out = capsys.readouterr().out
-    assert code == 0
-    (match,) = json.loads(out)["matches"]
-    assert match["status"] == "skipped" and match["code"] == "S305", match
+    err = capsys.readouterr().err
+    assert code == 2 and "ADR353" in err
     assert path.read_text() == body
 
 

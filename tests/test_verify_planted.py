@@ -168,11 +168,11 @@ def test_fused_operands_swapped_fail_in_train_mode_when_the_rule_is_deterministi
     loose = rule("dropout_layernorm", "epoi.ops.torchscript_ops.FusedDropoutAddLayerNorm")
     bad = verify.verify_sources(ORIGINAL, swapped, path=path, rules=[pack(det)], factory=factory)
     assert not bad.ok and bad.results[0].mismatch.where.startswith("train output")
-    assert bad.results[0].modes == ("eval", "eval x0.01", "train")
+    assert bad.results[0].modes == ("eval", "eval x0.01", "eval 2x+1", "train")
     good = verify.verify_sources(ORIGINAL, fused_layernorm(), path=path, rules=[pack(det)], factory=factory)
     assert good.ok, verify.render(good)
     eval_only = verify.verify_sources(ORIGINAL, swapped, path=path, rules=[pack(loose)], factory=factory)
-    assert eval_only.ok and eval_only.results[0].modes == ("eval", "eval x0.01")
+    assert eval_only.ok and eval_only.results[0].modes == ("eval", "eval x0.01", "eval 2x+1")
 
 
 def test_correct_biased_gelu_passes(files, capsys, kernel_refs):
@@ -215,7 +215,7 @@ def test_parameter_gradients_are_compared_through_the_load_mapping(files, kernel
     report = verify.verify_files(argv[0], argv[1], verify.VerifyOptions(factory=argv[3]))
     (res,) = report.results
     # per run: output, 2 input grads, dense.weight/bias, LayerNorm.layer_norm.weight/bias
-    assert res.status == "pass" and res.modes == ("eval", "eval x0.01") and res.compared == 14
+    assert res.status == "pass" and res.modes == ("eval", "eval x0.01", "eval 2x+1") and res.compared == 21
 
 
 def test_swapped_weight_and_bias_mapping_is_caught_despite_unit_init(files, capsys, kernel_refs):

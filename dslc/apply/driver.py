@@ -129,12 +129,13 @@ def analyze_source(source, path, **kwargs):
     return _analyze(source, path, **kwargs)
 
 
-def verify_sources(original, rewritten, *, path, rules):
-    """`rules`: the loaded packs (the verifier takes its tolerances from them)."""
+def verify_sources(original, rewritten, *, path, rules, applied=None):
+    """`rules`: the loaded packs (the verifier takes its tolerances from them);
+    `applied`: the rules that rewrote the file, as (rule, class) pairs."""
     from dslc.verify.equivalence import verify_sources as _verify
 
     # Skipped classes stay W110 warnings here (the rewrite is written): allow_skip.
-    return _verify(original, rewritten, path=path, rules=rules, allow_skip=True)
+    return _verify(original, rewritten, path=path, rules=rules, allow_skip=True, applied=applied)
 
 
 def verify_available() -> bool:
@@ -578,7 +579,9 @@ def verify_result(result: FileResult, packs: Sequence) -> FileResult:
     if not result.changed:
         return result
     name = result.found.display
-    verdict = verify_sources(result.original, result.new_source, path=result.found.path, rules=tuple(packs))
+    applied = tuple(dict.fromkeys((m.rule, m.class_name) for m in result.matches if m.status == "applied"))
+    verdict = verify_sources(result.original, result.new_source, path=result.found.path, rules=tuple(packs),
+                             applied=applied)
     warnings = result.warnings + tuple(_verify_skips(verdict, name))
     if getattr(verdict, "ok", False):
         return replace(result, warnings=warnings)

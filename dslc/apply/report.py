@@ -88,9 +88,10 @@ def summary_counts(report: Report) -> dict[str, dict[str, int]]:
             c["suppressed"] += 1
         else:
             c["skipped"] += 1
-    for n in report.near_misses or ():
+    for n, rules in group_near_misses(report.near_misses or ()):
         if n.kind == "unmatched":
-            counts.setdefault(n.rule, dict.fromkeys(keys, 0))["near_misses"] += 1
+            for rule in rules:  # a rule's near misses at one place with one reason count once
+                counts.setdefault(rule, dict.fromkeys(keys, 0))["near_misses"] += 1
     return counts
 
 
@@ -129,8 +130,8 @@ def to_json(report: Report) -> dict:
         "warnings": [_error_json(w) for w in report.warnings],
         **({} if report.near_misses is None else {"near_misses": [
             {"rule": n.rule, "file": n.file, "class": n.class_name, "line": n.line, "reason": n.reason,
-             "function": n.function, "kind": n.kind, "code": n.code}
-            for n in report.near_misses
+             "function": n.function, "kind": n.kind, "code": n.code, "rules": list(rules)}
+            for n, rules in group_near_misses(report.near_misses)
         ]}),
         "missing_kernels": [
             {
@@ -199,17 +200,34 @@ def render_notes(report: Report, *, skipped: bool = True, warnings: bool = True)
     return "".join(lines)
 
 
+def group_near_misses(near) -> list[tuple]:
+    """(the first near miss, the names of every rule with it) per place and
+    reason: near misses of one file, class, function and line with the same
+    kind, code and reason are one entry, whatever the rules (the spellings
+    of one rewrite in a generated pack fail alike), in the order given."""
+    groups: dict[tuple, tuple] = {}
+    for n in near:
+        key = (n.file, n.class_name, n.function, n.line, n.kind, n.code, n.reason)
+        if key in groups:
+            groups[key][1].append(n.rule)
+        else:
+            groups[key] = (n, [n.rule])
+    return [(n, tuple(dict.fromkeys(rules))) for n, rules in groups.values()]
+
+
 def render_near_misses(report: Report) -> str:
-    """`file:line: near-miss[rule]: reason`, grouped per file (files in run order)."""
+    """`file:line: near-miss[rule]: reason`, grouped per file (files in run
+    order); one line per place and reason (`near-miss[rule +N more rules]`)."""
     if not report.near_misses:
         return ""
     lines = []
-    for n in report.near_misses:
+    for n, rules in group_near_misses(report.near_misses):
         where = f"{n.file}:{n.line}" if n.line else n.file
         cls = f" in {n.class_name}" if n.class_name else ""
         how = "skipped: " if n.kind == "skipped" else ""
         code = f" [{n.code}]" if n.code else ""
-        lines.append(f"{where}: near-miss[{n.rule}]{cls}: {how}{n.reason}{code}\n")
+        more = f" +{len(rules) - 1} more rule{'s' if len(rules) != 2 else ''}" if len(rules) > 1 else ""
+        lines.append(f"{where}: near-miss[{n.rule}{more}]{cls}: {how}{n.reason}{code}\n")
     return "".join(lines)
 
 

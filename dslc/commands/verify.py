@@ -19,8 +19,9 @@ rewritten class are built with the same constructor arguments and seed, the
 original's state_dict is loaded into the rewritten module with strict=True
 (checkpoint compatibility; constant weights such as LayerNorm's 1/0 are
 perturbed first so that a wrong mapping shows), both run on the same inputs
-in eval mode, again with inputs scaled by 0.01, and in train mode when the
-rule declares itself deterministic, and the outputs,
+in eval mode, again with inputs scaled by 0.01 and with inputs 2x+1, in
+train mode when the rule declares itself deterministic, and in bfloat16 when
+every rule declares a bf16 tolerance, and the outputs,
 input gradients and parameter gradients are compared within the rule's
 declared tolerance (default atol=1e-5 rtol=1e-4; `exact` rules bit for bit).
 
@@ -109,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
                                    device=args.device, rules=tuple(args.rules),
                                    seed=args.seed, module=args.module, allow_skip=args.allow_skip,
                                    input_shapes=tuple(args.input_shape),
-                                   timeout=args.timeout if args.timeout and args.timeout > 0 else None)
+                                   timeout=args.timeout if args.timeout and args.timeout > 0 else None,
+                                   applied=applied_rules(args.original, args.rewritten, args.rules))
     try:
         report = verify.verify_files(args.original, args.rewritten, options)
     except verify.VerifyUsageError as exc:
@@ -123,3 +125,36 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(verify.render(report, args.format))
     return 0 if report.ok else 1
+
+
+def applied_rules(original: str, rewritten: str, rules: list[str]) -> tuple[tuple[str, str | None], ...] | None:
+    """The rules of `--rules` that rewrite ORIGINAL into REWRITTEN, found by
+    running `dslc apply` (diff mode, no cache; safe rules, then with
+    `--unsafe`) on ORIGINAL: the applied (rule, class) pairs when its output
+    is the same program as REWRITTEN, else None (the rewrite came from other
+    rules or was edited: every rule whose kernels it uses counts)."""
+    if not rules:
+        return None
+    import ast
+
+    from dslc.apply import driver
+    from dslc.lang.loader import load_rules
+
+    try:
+        loaded = load_rules(list(rules))
+        if any(d.is_error for d in loaded.diagnostics):
+            return None  # verify reports the rules' errors itself
+        with open(rewritten, encoding="utf-8") as fh:
+            want = ast.dump(ast.parse(fh.read()))
+        for unsafe in (False, True):
+            report = driver.apply_paths([original], loaded.packs,
+                                        driver.ApplyOptions(mode="diff", jobs=1, cache_dir=None, unsafe=unsafe))
+            if report.errors or len(report.files) != 1:
+                return None
+            result = report.files[0]
+            got = result.new_source if result.changed else result.original
+            if ast.dump(ast.parse(got)) == want:
+                return tuple(dict.fromkeys((m.rule, m.class_name) for m in report.matches if m.status == "applied"))
+    except Exception:  # noqa: BLE001 - unreadable or unparsable files: verify reports them itself
+        return None
+    return None

@@ -43,6 +43,10 @@ OPTIONS: dict[str, tuple] = {
     # A run-time condition of the kernel dispatch (rules with `fallback`):
     # a Python expression over `$vars` and `$v.attr` (`"$x.dim() == 2"`).
     "check": (lambda v: isinstance(v, str) and _check_parses(v), 'a Python expression over $variables, e.g. "$x.dim() == 2"'),
+    # `"$a: $b"`: `$a` may be matched through a row reshaping of its value
+    # (view/reshape/flatten/contiguous/leading-dim slicing, the last dim kept),
+    # and the target applies the same reshaping to `$b` (dslc/match/rows.py).
+    "rows": (lambda v: isinstance(v, str) and bool(ROWS_FORMAT.fullmatch(v)), 'two variables, e.g. "$logits: $h"'),
     # Acknowledge warnings for this rule: a comma-separated list of codes.
     "allow": (lambda v: isinstance(v, str) and bool(v.strip()) and all(
         (c.strip().upper() in codes.REGISTRY and codes.REGISTRY[c.strip().upper()].severity == "warning")
@@ -69,6 +73,7 @@ _CLAUSE = re.compile(r"\s*(~=|===|==|!=|<=|>=|<|>)\s*(\S+?)\s*$")
 
 
 CHECK_VAR = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
+ROWS_FORMAT = re.compile(r"\s*\$[A-Za-z_][A-Za-z0-9_]*\s*:\s*\$[A-Za-z_][A-Za-z0-9_]*\s*")
 
 
 def _check_parses(text: str) -> bool:
@@ -935,14 +940,15 @@ class _NeedsChecks(_Checks):
                 self.emit(codes.CONSTRAINT_UNKNOWN, f"`requires ... on` names `${q.var.name}`, which no source binds",
                           q.var.span, label="unknown variable", help=_suggest(q.var.name, bound))
         for o in r.of(S.Option):
-            if o.name == "check" and isinstance(o.value.value, str):
+            if o.name in ("check", "rows") and isinstance(o.value.value, str):
                 for name in CHECK_VAR.findall(o.value.value):
                     if name not in bound:
-                        self.emit(codes.CONSTRAINT_UNKNOWN, f"`option check` names `${name}`, which no source binds",
+                        self.emit(codes.CONSTRAINT_UNKNOWN, f"`option {o.name}` names `${name}`, which no source binds",
                                   o.value.span, label="unknown variable", help=_suggest(name, bound))
                 if not r.of(S.Fallback):
-                    self.emit(codes.BAD_OPTION, "`option check` without `fallback original`", o.value.span,
-                              label="a check guards the kernel dispatch", help="add `requires ...` and `fallback original`")
+                    self.emit(codes.BAD_OPTION, f"`option {o.name}` without `fallback original`", o.value.span,
+                              label="it shapes the kernel dispatch", help="add `requires ...` and `fallback original`")
+        self.guarded_forward(init, fwd, reqs)
         for f in r.of(S.Fallback):
             if f.kind != "original":
                 self.emit(codes.BAD_FALLBACK, f"unknown fallback `{f.kind}`", f.span, label="expected `original`")
@@ -954,6 +960,29 @@ class _NeedsChecks(_Checks):
                 self.emit(codes.BAD_FALLBACK, "`fallback` on a forward item whose target has several nodes",
                           f.span, label="cannot guard per call",
                           help="a per-call fallback needs a one-node forward target (a dispatch helper)")
+
+    def guarded_forward(self, init, fwd, reqs) -> None:
+        """A run-time choice made for `__init__` (`when`, or `fallback original`
+        with an init target: per construction) keeps the old layers only in
+        the `else` branch, so the rule's forward must stay as it is: `dslc
+        apply` refuses every match of such a rule (S305)."""
+        if fwd is None or fwd.item.target is None or fwd.item.target == fwd.item.source:
+            return
+        guard = self.r.of(S.When)[:1]
+        if not guard and reqs and init is not None and init.item.target is not None:
+            guard = [f for f in self.r.of(S.Fallback) if f.kind == "original"][:1]
+        if not guard:
+            return
+        g = guard[0]
+        what = "`when`" if isinstance(g, S.When) else "`fallback original` with an init item (a per-construction choice)"
+        self.emit(codes.GUARDED_FORWARD, f"{what} guards `__init__` only, but the forward item changes code",
+                  g.span, label="a run-time choice made in `__init__`",
+                  extra=[Label(fwd.item.target_span or fwd.span, "this forward target differs from its source")]
+                  if (fwd.item.target_span or fwd.span) is not None else (),
+                  notes=("the old layers live only in the `else` branch, so `dslc apply` refuses every match "
+                         "of this rule (S305)",),
+                  help="leave forward unchanged (`=> _`, or a target equal to its source), or choose per call: "
+                       "a one-node forward item with `fallback original` and no init target")
 
 
 # ---------------------------------------------------------------------------

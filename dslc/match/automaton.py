@@ -80,6 +80,9 @@ class Action:
 
     slot: str
     term: ir.Term
+    # `option rows`: the slot may hold a row reshaping of the variable's value
+    # (`logits.view(-1, logits.size(-1))`; dslc/match/rows.py)
+    rows: bool = False
 
     def describe(self) -> str:
         if isinstance(self.term, ir.Var):

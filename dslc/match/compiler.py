@@ -33,6 +33,7 @@ start there, however many rules the pack holds.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from typing import Callable, Mapping
 
@@ -280,8 +281,20 @@ def _compile_forward(w: _Work) -> None:
                 transitions.append(Transition(i, Test("call", qual), acts + outs, sig, rest, node))
         else:
             raise CompileError(rule, f"cannot compile forward node of kind {node.kind!r}", node.span)
+    rows = rows_option(rule)
+    if rows is not None:
+        transitions = [replace(t, actions=tuple(
+            replace(a, rows=True) if isinstance(a.term, ir.Var) and a.term.name == rows[0]
+            and not a.slot.startswith(("out", "attr")) else a for a in t.actions)) for t in transitions]
     anchor = next((t.source for t in transitions if t.test.kind != "any"), 0)
     w.automaton = Automaton(tuple(transitions), anchor)
+
+
+def rows_option(rule: ir.Rule) -> tuple[str, str] | None:
+    """`option rows = "$a: $b"` as ("a", "b"), None without it (or malformed: the checker's ADR106)."""
+    text = rule.option("rows")
+    m = re.fullmatch(r"\s*\$([A-Za-z_][A-Za-z0-9_]*)\s*:\s*\$([A-Za-z_][A-Za-z0-9_]*)\s*", text) if isinstance(text, str) else None
+    return (m.group(1), m.group(2)) if m else None
 
 
 def _collect_names(w: _Work) -> None:

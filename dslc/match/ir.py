@@ -312,6 +312,10 @@ class Match:
     # needs a static value the source does not give, e.g. `bias=config.x`);
     # None for a clean match.  Apply reports such matches `skipped`.
     conflict: str | None = None
+    # `yields_to`: when `conflict` is an overlap with earlier rules' matches,
+    # the `overlap_key`s of those matches: the rewriter tries this match
+    # after all of them were refused (then nothing overlaps it).
+    yields_to: tuple = ()
     # `extras`: per forward pattern node index, the arguments the call gives
     # that the pattern does not mention, as (parameter name or `#<pos>`, the
     # analysis Value) pairs (`dtype=torch.float32` on a softmax call).
@@ -343,3 +347,10 @@ class Match:
                 lo, hi = binding.stmt.lines
                 found.update(range(lo, hi + 1))
         return tuple(sorted(found))
+
+
+def overlap_key(rule: Rule, nodes, init_nodes) -> tuple:
+    """A match's identity for `Match.yields_to`: its rule and where its nodes and init bindings are."""
+    return (rule.qualified_name,
+            tuple((n.kind, n.stmt.method, tuple(n.stmt.lines), n.expr_span, n.attr) for n in nodes),
+            tuple(sorted((b.attr, tuple(b.stmt.lines) if b.stmt else ()) for b in init_nodes.values())))

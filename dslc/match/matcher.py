@@ -72,7 +72,7 @@ from functools import lru_cache
 from typing import Iterator
 
 from dslc import codes
-from dslc.match import ir, signatures
+from dslc.match import ir, rows, signatures
 from dslc.analysis.model import ClassFacts, FileFacts, InitBinding, Node, Path, Value
 from dslc.analysis.scalars import MATH_FUNCTIONS
 from dslc.match.automaton import Action, InitTest, Transition
@@ -440,6 +440,8 @@ def _run_actions(actions, node: Node, pos: int, env, slots, swap, ctx: _PathCtx)
                     # fact of this path: `_check_ranks` re-proves it on the others
                     env = dict(before)
                     env[f"!rank{pos}"] = _B(value.text, "rank", (node, slots["p:input"], value.const - a.term.value))
+                elif isinstance(env, Fail) and a.rows and value.kind == "expr":
+                    env = _rows_binding(a.term, value, pos, before, ctx, env)
         if isinstance(env, Fail):
             return Fail("{}: {}", a.describe(), env.reason)
     return env
@@ -464,6 +466,23 @@ _NUMBER_CALLS = frozenset({f"math.{f}" for f in MATH_FUNCTIONS} | {"builtins.flo
 # Elementwise binary operators: the result broadcasts its operands.
 _BROADCAST_OPS = ("+", "-", "*", "/", "//", "%", "**")
 _BROADCAST_AST = (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv, ast.Mod, ast.Pow)
+
+
+def _rows_binding(term: ir.Var, value: Value, pos: int, env: dict, ctx: "_PathCtx", failed: Fail) -> dict | Fail:
+    """`option rows`: the argument is a row reshaping of the value bound to
+    `term` (`logits[:, :-1].reshape(-1, logits.size(-1))`); the chain is kept
+    as the binding `~rows` (dslc/match/rows.py)."""
+    old = env.get(term.name)
+    if old is None or old.kind != "name":
+        return failed
+    got = rows.row_chain(value.text, old.text)
+    if isinstance(got, str):
+        return Fail("{} is bound to {!r}; the argument `{}` is not a row reshaping of it: {}", term, _show(old), value.text, got)
+    if ctx.root(old.text, pos) != old.root or "~rows" in env:
+        return Fail("{} is bound to {!r}, the argument `{}` reads another value", term, _show(old), value.text)
+    new = dict(env)
+    new["~rows"] = _B(value.text, "expr", got)
+    return new
 
 
 def _last_dim(a, value: Value, slots: dict, pos: int, ctx: "_PathCtx") -> bool:
@@ -956,6 +975,20 @@ def _init_id(b: InitBinding) -> tuple:
     return (b.attr, s.owner if s else None, s.lines if s else None, s.index_path if s else None)
 
 
+def _overlaps(f: _Found, kept: list[_Found], first_line) -> tuple[codes.Reason | None, tuple]:
+    """The overlap of `f` with the matches kept before it (earlier rules
+    first), and the `overlap_key`s of those it yields to."""
+    ids = {_node_id(n) for n in f.nodes}
+    inits = _rewritten_inits(f)
+    blockers = [k for k in kept if ids & {_node_id(n) for n in k.nodes}
+                or (k.rule.rank != f.rule.rank and inits & _rewritten_inits(k))]
+    if not blockers:
+        return None, ()
+    k = blockers[0]
+    return (codes.reason(codes.S_OVERLAP_RULE, f"overlaps {k.rule.name} at line {first_line(k)[0]}"),
+            tuple(ir.overlap_key(b.rule.rule, b.nodes, b.init_nodes) for b in blockers))
+
+
 def _to_bound(b: _B) -> ir.Bound | None:
     if b.kind in ("absent", "unknown", "rank"):
         return None
@@ -1213,15 +1246,11 @@ def match_file(compiled: CompiledPack, facts: FileFacts, *, file: str | None = N
     matches = []
     for f in ordered:
         conflict = f.conflict
+        yields_to: tuple = ()
         if conflict is not None and not isinstance(conflict, codes.Reason):
             conflict = codes.reason(codes.S_NOT_STATIC, conflict)
         if conflict is None:
-            ids = {_node_id(n) for n in f.nodes}
-            inits = _rewritten_inits(f)
-            for k in kept:
-                if ids & {_node_id(n) for n in k.nodes} or (k.rule.rank != f.rule.rank and inits & _rewritten_inits(k)):
-                    conflict = codes.reason(codes.S_OVERLAP_RULE, f"overlaps {k.rule.name} at line {first_line(k)[0]}")
-                    break
+            conflict, yields_to = _overlaps(f, kept, first_line)
             if conflict is None:
                 kept.append(f)
         bindings = {}
@@ -1242,6 +1271,7 @@ def match_file(compiled: CompiledPack, facts: FileFacts, *, file: str | None = N
             bindings=bindings,
             paths=tuple(sorted(f.paths)),
             conflict=conflict,
+            yields_to=yields_to,
             extras=dict(f.extras),
             paths_of=f.scope.paths_of,
             guarded=f.guarded,

@@ -45,6 +45,7 @@ class ImportScheduler:
         self.needs_hook = HOOK_HELPER in mod.all_names
         self.hook_present = self.needs_hook
         self.helper_defs: dict[str, str] = {}
+        self._copy_names: dict[str, str] | None = None
 
     def accept(self, plan: Plan) -> None:
         """Take the requests of an accepted match."""
@@ -67,6 +68,12 @@ class ImportScheduler:
         if "." not in qualname:
             plan.imports[qualname] = qualname
             return qualname
+        copy = self._copies().get(qualname)
+        if copy is not None and copy not in imports:
+            # a function of this file that is a copy of `qualname` (gemma's own
+            # apply_rotary_pos_emb, word for word Llama's: analysis/copies.py)
+            plan.imports[qualname] = copy
+            return copy
         module, name = qualname.rsplit(".", 1)
         if module == getattr(self.facts, "module", None) and name not in imports and any(
                 isinstance(st, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and st.name == name
@@ -92,6 +99,15 @@ class ImportScheduler:
         if imports.get(root) != root or module != root:
             plan.import_lines.append(f"import {module}")
         return qualname
+
+    def _copies(self) -> dict[str, str]:
+        """Canonical qualified name -> the function of this file that copies it."""
+        if self._copy_names is None:
+            from dslc.analysis.copies import copies
+
+            found = copies(self.mod.tree, getattr(self.facts, "module", None) or "")
+            self._copy_names = {canon: name for name, canon in found.items()}
+        return self._copy_names
 
     def guarded_import(self, qualname: str, plan: Plan) -> str:
         """`try: from m import n / except ImportError: n = None` once per file; the local name."""

@@ -27,6 +27,9 @@ pays nothing):
    matched, each anchor node that no match holds is a place of its own (a
    second conv -> BN pair the rule could not fuse), with the deepest attempt
    from that anchor, when that attempt got past the anchor (`_got_past_anchor`).
+4. Families (`family_pruned`): the rules of a pack with the same kernels
+   spell one rewrite, so a place one of them holds is no near miss of the
+   others, and per line only the family's deepest attempts are kept.
 """
 
 from __future__ import annotations
@@ -397,17 +400,17 @@ def near_misses(compiled, facts, matches: Iterable[ir.Match], *, file: str | Non
     places are covered and left out.
     """
     file = file or facts.path
-    todo = places(compiled, facts)
-    if not todo:
-        return []
     matches = list(matches)
-    covered = covered_units(compiled, matches)
+    namesakes = own_namesakes(compiled, facts)
+    todo = places(compiled, facts)
+    covered = covered_units(compiled, matches) if todo else set()
     todo = [q for p in todo for q in _open_places(p, covered)]
     if not todo:
-        return []
+        return sorted(family_pruned(compiled, namesakes, matches, {}), key=lambda n: (n.line, n.rule))
     rec = Recorder()
     match_file(compiled, facts, file=file, recorder=rec)
     out = []
+    depth: dict[int, tuple] = {}  # id(NearMiss) -> (score of its attempt, got past its anchor)
     for p in todo:
         got = rec.best.get((p.rule.name, p.key))
         if p.key[0] == "anchor" and not _got_past_anchor(got):
@@ -424,6 +427,101 @@ def near_misses(compiled, facts, matches: Iterable[ir.Match], *, file: str | Non
                     and (p.rule.name, ("class-node", p.class_name, _node_id(first))) in covered:
                 first = None  # the attempt began at the place where the rule applied: the anchor's line
             line = first.stmt.lines[0] if first is not None and p.key[0] in ("class", "anchor") else p.line
-        out.append(NearMiss(p.rule.name, p.class_name, p.function, line, reason, code))
+        nm = NearMiss(p.rule.name, p.class_name, p.function, line, reason, code)
+        depth[id(nm)] = (got[0] if got is not None else (-1, -1), _got_past_anchor(got))
+        out.append(nm)
+    out = family_pruned(compiled, out + namesakes, matches, depth)
     out.sort(key=lambda n: (n.line, n.rule))
+    return out
+
+
+def own_namesakes(compiled, facts) -> list[NearMiss]:
+    """Calls of a function of this file that has the name of a library
+    function a rule starts from, but is no copy of it (N403): transformers
+    5.x copies `apply_rotary_pos_emb` into every modeling file; GLM's or
+    Cohere's differs from Llama's, so the rule for Llama's does not apply."""
+    module = getattr(facts, "module", None)
+    wanted: dict[str, list] = {}
+    for cr in compiled.rules:
+        anchor = cr.forward.anchor if cr.forward is not None else None
+        if anchor is not None and anchor[0] == "call" and "." in anchor[1]:
+            wanted.setdefault(anchor[1].rsplit(".", 1)[1], []).append(cr)
+    if not module or not wanted:
+        return []
+    out: dict[tuple, NearMiss] = {}
+    for scope, paths in _scopes(facts):
+        for path in paths:
+            for node in path.nodes:
+                if node.kind != "call" or not node.type or node.type.rsplit(".", 1)[0] != module:
+                    continue
+                name = node.type.rsplit(".", 1)[1]
+                for cr in wanted.get(name, ()):
+                    if cr.forward.anchor[1] == node.type:
+                        continue
+                    line = node.stmt.lines[0]
+                    out.setdefault((cr.name, line), NearMiss(
+                        cr.name, scope.cls.name if scope.cls is not None else None, node.stmt.method, line,
+                        f"`{name}` (line {line}) is this file's own function, and its definition is no "
+                        f"word-for-word copy of the library function the rule names, so what it computes "
+                        f"is not known to be what the kernel computes", "N403"))
+    return list(out.values())
+
+
+# ---------------------------------------------------------------------------
+# Rule families (step 4): a generated pack spells one rewrite as many rules.
+
+
+def family_key(rule: ir.Rule) -> tuple:
+    """Rules of one pack with the same kernels are one family: the spellings
+    of one rewrite (sdpa.adr's 729 rules of `scaled_dot_product_attention`)."""
+    return (rule.pack, tuple(sorted(rule.kernels)))
+
+
+def _lone_anchor(cr, depth: tuple | None) -> bool:
+    """The attempt of a chain rule stopped at its anchor (see `family_pruned`)."""
+    chain = cr is not None and cr.rule.forward is not None and len(cr.rule.forward.source) >= 2
+    return chain and depth is not None and not depth[1]
+
+
+def family_pruned(compiled, found: list[NearMiss], matches: list, depth: dict[int, tuple]) -> list[NearMiss]:
+    """The near misses a user needs from a family of rules, per place.
+
+    1. A place a match of the family holds (applied or skipped: its own
+       outcome says what happened there) is no near miss of its siblings:
+       a near miss whose line is a line of such a match in its class goes.
+    2. In a class where the family matched, another place of a rule whose
+       forward pattern is a chain (two nodes or more) counts only when its
+       attempt got past the anchor (as for a class-scoped rule itself, module
+       doc step 3): a lone `transpose(1, 2)` beside the rewritten attention
+       chain is none; a second `softmax(dim=1)` of a one-node rule still is.
+    3. Of the family's near misses that start at one line of one class, only
+       the deepest attempts stay (most pattern nodes matched, then the
+       furthest step): a spelling that failed at its second node says less
+       than one that failed at its sixth.
+    """
+    by_name = {cr.name: cr for cr in compiled.rules}
+    held: dict[tuple, set[int]] = {}
+    for m in matches:
+        held.setdefault((family_key(m.rule), m.class_name), set()).update(m.lines)
+    kept: list[NearMiss] = []
+    for nm in found:
+        cr = by_name.get(nm.rule)
+        fam = (family_key(cr.rule) if cr is not None else nm.rule, nm.class_name)
+        lines = held.get(fam)
+        if lines is not None and (nm.line in lines or _lone_anchor(cr, depth.get(id(nm)))):
+            continue
+        kept.append(nm)
+    best: dict[tuple, tuple] = {}
+    for nm in kept:
+        cr = by_name.get(nm.rule)
+        key = (family_key(cr.rule) if cr is not None else nm.rule, nm.class_name, nm.function, nm.line)
+        score = depth.get(id(nm), ((), False))[0]
+        if key not in best or score > best[key]:
+            best[key] = score
+    out = []
+    for nm in kept:
+        cr = by_name.get(nm.rule)
+        key = (family_key(cr.rule) if cr is not None else nm.rule, nm.class_name, nm.function, nm.line)
+        if depth.get(id(nm), ((), False))[0] == best[key]:
+            out.append(nm)
     return out

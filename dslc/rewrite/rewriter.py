@@ -67,10 +67,12 @@ class _Rewriter:
         self.kinds = [kind(self.ctx) for kind in KINDS]
         self.calls = CallDispatch(self.ctx)
         self.when = WhenGuard(self.ctx)
+        self.overlap_lifted = False
 
     def plan(self, match: ir.Match) -> Plan:
         plan = Plan()
-        reason = safety.check_conflict(match)
+        # an overlap with earlier rules' matches that were all refused is lifted (`_rewrite`)
+        reason = None if match.yields_to and self.overlap_lifted else safety.check_conflict(match)
         if reason:
             raise Skip(reason)
         if match.function.startswith("_dslc_"):
@@ -159,15 +161,21 @@ def _rewrite(source: str, facts, matches, path: str, *, check_each: bool) -> Rew
     # `if`: they go last, so the other rewrites inside that run are composed
     # into both branches instead of blocking each other (a second apply would
     # otherwise find them).
-    order = sorted(range(len(matches)), key=lambda i: (bool(matches[i].rule.option("when")), i))
+    # A match that yields to overlapping matches of earlier rules comes after
+    # them, and is tried when they were all refused.
+    order = sorted(range(len(matches)), key=lambda i: (bool(matches[i].rule.option("when")), bool(matches[i].yields_to), i))
+    keys = {ir.overlap_key(m.rule, m.nodes, m.init_nodes): i for i, m in enumerate(matches)}
     for index in order:
         match = matches[index]
+        lifted = bool(match.yields_to) and all(
+            keys.get(k) is None or (keys[k] in outcomes and outcomes[keys[k]].status == "skipped") for k in match.yields_to)
         key = _location_key(match)
         if key in ctx.done_locations:
             outcomes[index] = Outcome(match, "skipped", codes.reason(codes.S_SAME_LOCATION, f"same location as the match at line {ctx.done_locations[key]} (edited once)"), tuple(match.lines))
             continue
         try:
             try:
+                rewriter.overlap_lifted = lifted
                 plan = rewriter.plan(match)
             except (Skip, SyntaxError):
                 raise

@@ -377,6 +377,7 @@ def check_dataflow(
     metadata_ok=None,
     scan: set[str] | None = None,
     effects=None,
+    read_note=None,
 ) -> str | None:
     """Removed intermediates are dead and target inputs are unchanged, on every path.
 
@@ -414,7 +415,7 @@ def check_dataflow(
                     continue
                 ok = (lambda q, name, _p=path, _pos=pos: metadata_ok(_p, _pos, q, name)) if metadata_ok is not None else None
                 reason = _scan_reads(path, pos, out, matched, end_of_final, final_positions, produced_again, ok,
-                                     effects)
+                                     effects, read_note)
                 if reason:
                     return reason
         for name in sorted(target_inputs):
@@ -437,7 +438,7 @@ def check_dataflow(
 
 
 def _scan_reads(path, pos, out, matched, end_of_final, final_positions, produced_again,
-                metadata_ok=None, effects=None) -> str | None:
+                metadata_ok=None, effects=None, read_note=None) -> str | None:
     """The first unmatched read of `out` that the definition at `pos` reaches.
 
     Per path, a read counts only while the matched definition reaches it: a
@@ -447,6 +448,8 @@ def _scan_reads(path, pos, out, matched, end_of_final, final_positions, produced
     count even when the final statement binds `out` again.  `metadata_ok(q,
     out)` (when given) says a read at `q` looks only at the shape, dtype or
     device of `out` and the rewrite keeps those (rule option `keeps`).
+    `read_note(path, q, out)` (when given) may add to the reason of a read
+    after the match how that read happens (under which condition).
     """
     origin = first_line(path.nodes[pos])
 
@@ -479,7 +482,8 @@ def _scan_reads(path, pos, out, matched, end_of_final, final_positions, produced
                 continue
             where = "after the match" if after else "between the matched statements"
             what = "temporary" if TEMP_RE.match(out) else "intermediate"
-            return codes.reason(codes.S_VALUE_READ, f"{what} `{out}` (line {origin}) is read at line {first_line(other)} {where}")
+            note = (read_note(path, q, out) or "") if after and read_note is not None else ""
+            return codes.reason(codes.S_VALUE_READ, f"{what} `{out}` (line {origin}) is read at line {first_line(other)} {where}{note}")
         if out in writes_at(q):
             return None
     return None

@@ -35,6 +35,9 @@ class Tally:
     worst: Mismatch | None = None  # first failing comparison
     modes: tuple[str, ...] = ()
     nonfinite: int = 0  # NaN/Inf values at the same positions on both sides
+    check_dtype: bool = False  # a floating result in another dtype fails (the bf16 run)
+    bf16_max_abs: float | None = None  # the worst errors of the bf16 run, when there was one
+    bf16_max_rel: float | None = None
 
     def compare(self, where: str, a: Any, b: Any, torch: Any) -> None:
         """Compare expected `a` (original) with actual `b` (rewritten)."""
@@ -48,6 +51,9 @@ class Tally:
             return
         if tuple(a.shape) != tuple(b.shape):
             self._fail(Mismatch(where, message=f"shape {tuple(b.shape)} instead of {tuple(a.shape)}"))
+            return
+        if self.check_dtype and a.dtype != b.dtype:
+            self._fail(Mismatch(where, message=f"dtype {b.dtype} instead of {a.dtype}"))
             return
         self.compared += 1
         if a.numel() == 0:
@@ -198,45 +204,76 @@ def compare_built(built: Built, tol: Tolerance, seed: int, device: str, torch: A
     m1.to(device)
     inputs = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in built.inputs.items()}
     # Small activations make constants such as a LayerNorm eps visible (an
-    # eps of 1e-5 for 1e-12 is within tolerance at unit scale).
+    # eps of 1e-5 for 1e-12 is within tolerance at unit scale); inputs with a
+    # mean of 1 and a deviation of 2 (not standard normal) show a dropped
+    # mean subtraction or shift, and larger scores.
     has_float = any(isinstance(v, torch.Tensor) and v.is_floating_point() for v in inputs.values())
-    runs = [("eval", 1.0)] + ([("eval x0.01", 0.01)] if has_float else [])
-    runs += [("train", 1.0)] if tol.deterministic else []
-    for mode, scale in runs:
-        m0.train(mode == "train")
-        m1.train(mode == "train")
-        m0.zero_grad(set_to_none=True)
-        m1.zero_grad(set_to_none=True)
-        scaled = {k: (v * scale if isinstance(v, torch.Tensor) and v.is_floating_point() and scale != 1.0 else v)
+    runs = [("eval", 1.0, 0.0)] + ([("eval x0.01", 0.01, 0.0), ("eval 2x+1", 2.0, 1.0)] if has_float else [])
+    runs += [("train", 1.0, 0.0)] if tol.deterministic else []
+    for mode, scale, shift in runs:
+        scaled = {k: (v * scale + shift if isinstance(v, torch.Tensor) and v.is_floating_point()
+                      and (scale, shift) != (1.0, 0.0) else v)
                   for k, v in inputs.items()}
-        out0, g0 = _run(m0, scaled, seed, torch)
-        try:
-            out1, g1 = _run(m1, scaled, seed, torch)
-        except Exception as exc:  # noqa: BLE001
-            raise ClassFail(f"the rewritten forward/backward raises in {mode} mode: {one_line(exc)}") from None
-        f0: list[tuple[str, Any]] = []
-        f1: list[tuple[str, Any]] = []
-        _flatten(out0, "output", f0, torch)
-        _flatten(out1, "output", f1, torch)
-        d1 = dict(f1)
-        for where, t0 in f0:
-            tally.compare(f"{mode} {where}", t0, d1.get(where), torch)
-        for where, _ in f1:
-            if where not in dict(f0):
-                tally._fail(Mismatch(f"{mode} {where}", message="extra output"))
-        for k in g0:
-            tally.compare(f"{mode} grad input {k}", g0[k], g1.get(k), torch)
-        mapped = _param_grads_mapped(m0, m1, torch)
-        if mapped is None:
-            p0 = dict(m0.named_parameters())
-            mapped = ({k: (v.grad if v.grad is not None else torch.zeros_like(v)) for k, v in p0.items()},
-                      {k: (v.grad if v.grad is not None else torch.zeros_like(v))
-                       for k, v in m1.named_parameters() if k in p0})
-        expected, actual = mapped
-        for k in sorted(actual):
-            tally.compare(f"{mode} grad param {k}", expected.get(k), actual[k], torch)
-    tally.modes = tuple(mode for mode, _ in runs)
+        _compare_run(m0, m1, scaled, mode, seed, torch, tally)
+    tally.modes = tuple(mode for mode, _, _ in runs)
+    if tol.bf16 is not None:
+        _compare_bf16(m0, m1, inputs, seed, torch, tally)
     return tally
+
+
+def _compare_bf16(m0: Any, m1: Any, inputs: dict[str, Any], seed: int, torch: Any, tally: Tally) -> None:
+    """The same eval run with both modules and the floating inputs in
+    bfloat16, held to the rules' declared bf16 tolerance; a floating result
+    in another dtype fails (a kernel that forgets to cast back)."""
+    atol, rtol = tally.tol.bf16
+    low = Tally(Tolerance(atol=atol, rtol=rtol), check_dtype=True)
+    m0.to(torch.bfloat16)
+    m1.to(torch.bfloat16)
+    cast = {k: (v.to(torch.bfloat16) if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
+            for k, v in inputs.items()}
+    _compare_run(m0, m1, cast, "eval bf16", seed, torch, low)
+    tally.compared += low.compared
+    tally.nonfinite += low.nonfinite
+    tally.bf16_max_abs, tally.bf16_max_rel = low.max_abs, low.max_rel
+    if low.worst is not None:
+        tally._fail(low.worst)
+    tally.modes += ("eval bf16",)
+
+
+def _compare_run(m0: Any, m1: Any, inputs: dict[str, Any], mode: str, seed: int, torch: Any,
+                 tally: Tally) -> None:
+    """One forward and backward of both modules on the same inputs: outputs,
+    input gradients and parameter gradients (through the load mapping)."""
+    m0.train(mode == "train")
+    m1.train(mode == "train")
+    m0.zero_grad(set_to_none=True)
+    m1.zero_grad(set_to_none=True)
+    out0, g0 = _run(m0, inputs, seed, torch)
+    try:
+        out1, g1 = _run(m1, inputs, seed, torch)
+    except Exception as exc:  # noqa: BLE001
+        raise ClassFail(f"the rewritten forward/backward raises in {mode} mode: {one_line(exc)}") from None
+    f0: list[tuple[str, Any]] = []
+    f1: list[tuple[str, Any]] = []
+    _flatten(out0, "output", f0, torch)
+    _flatten(out1, "output", f1, torch)
+    d1 = dict(f1)
+    for where, t0 in f0:
+        tally.compare(f"{mode} {where}", t0, d1.get(where), torch)
+    for where, _ in f1:
+        if where not in dict(f0):
+            tally._fail(Mismatch(f"{mode} {where}", message="extra output"))
+    for k in g0:
+        tally.compare(f"{mode} grad input {k}", g0[k], g1.get(k), torch)
+    mapped = _param_grads_mapped(m0, m1, torch)
+    if mapped is None:
+        p0 = dict(m0.named_parameters())
+        mapped = ({k: (v.grad if v.grad is not None else torch.zeros_like(v)) for k, v in p0.items()},
+                  {k: (v.grad if v.grad is not None else torch.zeros_like(v))
+                   for k, v in m1.named_parameters() if k in p0})
+    expected, actual = mapped
+    for k in sorted(actual):
+        tally.compare(f"{mode} grad param {k}", expected.get(k), actual[k], torch)
 
 
 def _some(keys: Sequence[str], n: int = 4) -> str:

@@ -16,8 +16,9 @@ from dslc.verify import tinyconfig
 from dslc.verify.building import ClassFail, ClassSkip, build_from_config, build_with_factory
 from dslc.verify.compare import compare_built
 from dslc.verify.loading import Broken, Loaded, SkipAll, load_factory, load_pair, one_line, reference_kernels
-from dslc.verify.report import ClassResult, VerifyOptions, VerifyReport, VerifyUsageError
-from dslc.verify.selection import all_rules, changed_classes, class_sources, load_packs, rules_used, tolerance_for
+from dslc.verify.report import ClassResult, Tolerance, VerifyOptions, VerifyReport, VerifyUsageError
+from dslc.verify.selection import (all_rules, applied_rules, changed_classes, class_sources, load_packs,
+                                   rules_used, tolerance_for)
 
 
 def resolve_device(device: str, torch: Any) -> tuple[str, str | None]:
@@ -106,7 +107,7 @@ def _compare_classes(loaded: Loaded, names: list[str], packs: tuple, new_src: st
                      torch: Any, options: VerifyOptions, progress) -> list[ClassResult]:
     """Each class in turn; the loaded modules leave `sys.modules` after."""
     rules = all_rules(packs)
-    file_rules = rules_used(new_src, rules)
+    file_tol = tolerance_for(*applied_rules(rules_used(new_src, rules), options.applied))
     refs = reference_kernels(loaded.rewritten)
     results = []
     via_cache: dict = {}  # one whole-model run serves every class inside it
@@ -115,7 +116,9 @@ def _compare_classes(loaded: Loaded, names: list[str], packs: tuple, new_src: st
             for name in names:
                 progress("class", name)
                 class_rules = rules_used(new_src, rules, within=name)
-                result = _verify_class(loaded, name, factory, class_rules, file_rules,
+                class_tol = (tolerance_for(*applied_rules(class_rules, options.applied, within=name))
+                             if class_rules else file_tol)
+                result = _verify_class(loaded, name, factory, class_tol, file_tol,
                                        refs, options.seed, device, torch, via_cache, options.input_shapes)
                 results.append(result)
                 progress("result", result)
@@ -148,7 +151,7 @@ def _quiet(torch: Any) -> Iterator[None]:
         hf_logger.setLevel(saved_level)
 
 
-def _verify_class(loaded: Loaded, name: str, factory: Any, class_rules: list, file_rules: list,
+def _verify_class(loaded: Loaded, name: str, factory: Any, class_tol: Tolerance, file_tol: Tolerance,
                   refs: tuple[str, ...], seed: int, device: str, torch: Any,
                   via_cache: dict | None = None, input_shapes: tuple = ()) -> ClassResult:
     """Every configuration variant of one class; the first failure decides.
@@ -163,7 +166,7 @@ def _verify_class(loaded: Loaded, name: str, factory: Any, class_rules: list, fi
             count = max(count, len(tinyconfig.variants(config_cls)))
     merged: ClassResult | None = None
     for variant in range(count):
-        result = _verify_variant(loaded, name, factory, class_rules, file_rules, refs, seed, device,
+        result = _verify_variant(loaded, name, factory, class_tol, file_tol, refs, seed, device,
                                  torch, via_cache, variant, input_shapes)
         label = _variant_label(loaded, name, variant)
         if variant and result.status == "skipped":
@@ -177,8 +180,14 @@ def _verify_class(loaded: Loaded, name: str, factory: Any, class_rules: list, fi
         else:
             merged = replace(merged, max_abs=max(merged.max_abs, result.max_abs),
                              max_rel=max(merged.max_rel, result.max_rel), compared=merged.compared + result.compared,
-                             modes=merged.modes + tuple(f"{m}[{label}]" for m in result.modes))
+                             modes=merged.modes + tuple(f"{m}[{label}]" for m in result.modes),
+                             bf16_max_abs=_max_known(merged.bf16_max_abs, result.bf16_max_abs),
+                             bf16_max_rel=_max_known(merged.bf16_max_rel, result.bf16_max_rel))
     return merged  # type: ignore[return-value] - variant 0 always returns above or sets it
+
+
+def _max_known(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else max(a, b)
 
 
 def _variant_label(loaded: Loaded, name: str, variant: int) -> str:
@@ -189,7 +198,7 @@ def _variant_label(loaded: Loaded, name: str, variant: int) -> str:
     return str(variant)
 
 
-def _verify_variant(loaded: Loaded, name: str, factory: Any, class_rules: list, file_rules: list,
+def _verify_variant(loaded: Loaded, name: str, factory: Any, class_tol: Tolerance, file_tol: Tolerance,
                     refs: tuple[str, ...], seed: int, device: str, torch: Any,
                     via_cache: dict | None, variant: int, input_shapes: tuple = ()) -> ClassResult:
     orig_cls = getattr(loaded.original, name, None)
@@ -198,7 +207,7 @@ def _verify_variant(loaded: Loaded, name: str, factory: Any, class_rules: list, 
         return ClassResult(name, "fail", "the rewritten file no longer defines this class")
     if not isinstance(orig_cls, type) or not hasattr(orig_cls, "forward"):
         return ClassResult(name, "skipped", "not a torch module class")
-    tol = tolerance_for(class_rules or file_rules)
+    tol = class_tol
     built = None
     try:
         if factory is not None:
@@ -206,7 +215,7 @@ def _verify_variant(loaded: Loaded, name: str, factory: Any, class_rules: list, 
         else:
             built = build_from_config(loaded, name, seed, torch, variant, input_shapes)
         if built.via:
-            tol = tolerance_for(file_rules)
+            tol = file_tol
             if via_cache is not None and (built.via, variant) in via_cache:
                 return replace(via_cache[built.via, variant], name=name)
         tally = compare_built(built, tol, seed, device, torch)
@@ -233,7 +242,8 @@ def _verify_variant(loaded: Loaded, name: str, factory: Any, class_rules: list, 
                                             "were no gradients", tolerance=tol)
     common = dict(via=built.via, tolerance=tol, max_abs=tally.max_abs, max_rel=tally.max_rel,
                   modes=tally.modes, compared=tally.compared, reference_kernels=refs,
-                  nonfinite=tally.nonfinite, inputs=built.described)
+                  nonfinite=tally.nonfinite, inputs=built.described,
+                  bf16_max_abs=tally.bf16_max_abs, bf16_max_rel=tally.bf16_max_rel)
     if tally.worst is not None:
         m = tally.worst
         reason = m.message or f"max abs error {m.max_abs:.3g}, max rel error {m.max_rel:.3g}"

@@ -20,8 +20,10 @@ check is a differential test, per rewritten class:
      bias shows; then load its state_dict into the optimized module with
      strict=True: a failing load breaks checkpoint compatibility.
   5. Run both in eval mode, again with the inputs scaled by 0.01 (a wrong
-     LayerNorm eps hides at unit scale), and in train mode when every rule
-     involved declares itself deterministic, seeding before each forward;
+     LayerNorm eps hides at unit scale) and with inputs 2x+1 (not standard
+     normal), in train mode when every rule involved declares itself
+     deterministic, and in bfloat16 when every rule declares a bf16
+     tolerance (`compare._compare_bf16`), seeding before each forward;
      with a tiny config, repeat for each configuration variant that turns on
      dead code paths (`tinyconfig.variants`).  Compare all
      tensors of the nested outputs, the input gradients and the parameter
@@ -72,12 +74,15 @@ def verify_sources(original_source: str, rewritten_source: str, *, path: str,
                    module: str | None = None, rules: Sequence | None = None,
                    device: str = "auto", classes: Sequence[str] = (),
                    factory: str | None = None, seed: int = 0, allow_skip: bool = False,
-                   isolate: bool = True, timeout: float | None = 600.0) -> VerifyReport:
+                   isolate: bool = True, timeout: float | None = 600.0,
+                   applied: Sequence[tuple[str, str | None]] | None = None) -> VerifyReport:
     """Verify a rewrite held in memory (`dslc apply --verify`).
 
     `path` is where the original lives (it decides the package a modeling
     file belongs to); `module` its dotted name when known; `rules` holds
-    loaded `ir.Pack`s or `ir.Rule`s (the rules applied) or rule file paths.
+    loaded `ir.Pack`s or `ir.Rule`s or rule file paths; `applied` the rules
+    that rewrote the file, as (qualified name, class) pairs (their contracts
+    give the tolerance; None: every rule whose kernels the rewrite uses).
     Never raises for bad input: a usage problem (no torch, rules that do not
     load) comes back as `report.error`, so the caller refuses the rewrite.
     """
@@ -85,7 +90,8 @@ def verify_sources(original_source: str, rewritten_source: str, *, path: str,
     files = tuple(str(r) for r in (rules or ()) if isinstance(r, (str, os.PathLike)))
     options = VerifyOptions(classes=tuple(classes), factory=factory, device=device,
                             rules=files, packs=packs, seed=seed, module=module, allow_skip=allow_skip,
-                            isolate=isolate, timeout=timeout)
+                            isolate=isolate, timeout=timeout,
+                            applied=tuple(applied) if applied is not None else None)
     try:
         return verify_isolated(original_source, rewritten_source, path=path, rewritten_path=path, options=options)
     except VerifyUsageError as exc:

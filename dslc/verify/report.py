@@ -15,6 +15,8 @@ DEFAULT_RTOL = 1e-4
 REFERENCE_MARKER = "DSLC_REFERENCE_KERNEL"
 
 Status = Literal["pass", "fail", "skipped"]
+# The text report names at most this many rules per tolerance (the JSON all).
+MAX_RULES_SHOWN = 4
 
 
 class VerifyUsageError(Exception):
@@ -28,10 +30,23 @@ class Tolerance:
     rtol: float = DEFAULT_RTOL
     deterministic: bool = False
     rules: tuple[str, ...] = ()  # qualified names of the rules it came from
+    # rules whose kernels the file uses but that did not apply to it (left
+    # out of `rules` when the applied rules are known: `VerifyOptions.applied`)
+    others: int = 0
+    # (atol, rtol) for a run in bfloat16, when every rule declares one
+    # (`tolerance fp32 ...; bf16 atol=.. rtol=..`); None: no bf16 run
+    bf16: tuple[float, float] | None = None
 
     def describe(self) -> str:
         base = "exact" if self.exact else f"atol={self.atol:g} rtol={self.rtol:g}"
-        src = ", ".join(self.rules) if self.rules else "default"
+        if self.bf16 is not None:
+            base += f", bf16 atol={self.bf16[0]:g} rtol={self.bf16[1]:g}"
+        shown = self.rules if len(self.rules) <= MAX_RULES_SHOWN else self.rules[:MAX_RULES_SHOWN - 1]
+        src = ", ".join(shown) if shown else "default"
+        if len(shown) < len(self.rules):
+            src += f" and {len(self.rules) - len(shown)} more rules with these kernels"
+        if self.others:
+            src += f"; {self.others} other rule{'s' if self.others != 1 else ''} with these kernels did not apply"
         return f"{base} ({src})"
 
 
@@ -60,6 +75,9 @@ class ClassResult:
     reference_kernels: tuple[str, ...] = ()
     nonfinite: int = 0  # NaN/Inf values found at the same positions on both sides (they count as equal)
     inputs: str = ""  # how the inputs were made, when dslc synthesised them without a config
+    # the worst errors of the bfloat16 run (`Tolerance.bf16`), when there was one
+    bf16_max_abs: float | None = None
+    bf16_max_rel: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"class": self.name, "status": self.status}
@@ -70,7 +88,9 @@ class ClassResult:
         if self.tolerance is not None:
             t = self.tolerance
             out["tolerance"] = {"exact": t.exact, "atol": t.atol, "rtol": t.rtol,
-                                "deterministic": t.deterministic, "rules": list(t.rules)}
+                                "deterministic": t.deterministic, "rules": list(t.rules),
+                                "other_rules": t.others,
+                                "bf16": None if t.bf16 is None else {"atol": t.bf16[0], "rtol": t.bf16[1]}}
         if self.status != "skipped":
             out.update(max_abs=_num(self.max_abs), max_rel=_num(self.max_rel),
                        modes=list(self.modes), compared=self.compared)
@@ -84,6 +104,8 @@ class ClassResult:
             out["nonfinite_equal"] = self.nonfinite
         if self.inputs:
             out["inputs"] = self.inputs
+        if self.bf16_max_abs is not None:
+            out["bf16"] = {"max_abs": _num(self.bf16_max_abs), "max_rel": _num(self.bf16_max_rel or 0.0)}
         return out
 
 
@@ -148,6 +170,11 @@ class VerifyOptions:
     input_shapes: tuple[tuple[int, ...], ...] = ()  # --input-shape: inputs of a plain module
     isolate: bool = True  # run the user's code in a child process (verify_isolated)
     timeout: float | None = 600.0  # seconds for the child process; None: no limit
+    # The rules that applied to the file, when known, as (qualified name,
+    # class or None) pairs (`dslc apply --verify`; `dslc verify` re-runs the
+    # rewrite to find them): the tolerance comes from those alone.  None:
+    # every rule whose kernels the rewritten source uses.
+    applied: tuple[tuple[str, str | None], ...] | None = None
 
 
 def _num(x: float) -> float | str:
@@ -184,8 +211,10 @@ def render(report: VerifyReport, fmt: str = "text") -> str:
             nonfinite = (f", {r.nonfinite} NaN/Inf values equal on both sides (same positions)"
                          if r.nonfinite else "")
             inputs = f"; {r.inputs}" if r.inputs else ""
+            bf16 = (f" (bf16: max abs error {r.bf16_max_abs:.3g}, max rel error {r.bf16_max_rel or 0.0:.3g})"
+                    if r.bf16_max_abs is not None else "")
             lines.append(f"  pass  {r.name}{via}: {r.compared} tensors in {_describe_modes(r.modes)}, "
-                         f"max abs error {r.max_abs:.3g}, {_rel_text(r)}{nonfinite}{tol}{inputs}{ref}")
+                         f"max abs error {r.max_abs:.3g}, {_rel_text(r)}{bf16}{nonfinite}{tol}{inputs}{ref}")
         elif r.status == "fail":
             lines.append(f"  FAIL  {r.name}{via}: {r.reason}{tol}{ref}")
         else:

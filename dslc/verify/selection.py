@@ -136,7 +136,30 @@ def _kernel_referenced(kernel: str, refs: set[str]) -> bool:
     return any(r == kernel or r.startswith(kernel + ".") for r in refs)
 
 
-def tolerance_for(rules: Sequence) -> Tolerance:
+def applied_rules(rules: Sequence, applied: Sequence[tuple[str, str | None]] | None,
+                  within: str | None = None) -> tuple[list, int]:
+    """(the rules of `rules` that applied, how many others there are).
+
+    `applied` holds (rule, class) pairs, the class a rule rewrote (None:
+    module level).  With `within`, the rules applied in that class count, or
+    when none did (a class that changed through a helper) those applied
+    anywhere in the file.  Without the applied pairs (None), or when none of
+    `rules` applied (the file was edited by hand after the rewrite), every
+    rule counts, and no other.  A generated pack has hundreds of rules with
+    one kernel: the tolerance and the report follow the ones that rewrote
+    the file."""
+    if applied is None:
+        return list(rules), 0
+    names = {r for r, c in applied if c == within} if within is not None else set()
+    if not names:
+        names = {r for r, _ in applied}
+    kept = [r for r in rules if r.qualified_name in names]
+    if not kept:
+        return list(rules), 0
+    return kept, len(rules) - len(kept)
+
+
+def tolerance_for(rules: Sequence, others: int = 0) -> Tolerance:
     """Combine contracts: the loosest atol/rtol; exact and deterministic only if all are."""
     if not rules:
         return Tolerance()
@@ -149,4 +172,14 @@ def tolerance_for(rules: Sequence) -> Tolerance:
         rtol=max((c.rtol for c in loose), default=0.0),
         deterministic=all(c.deterministic for c in contracts),
         rules=tuple(r.qualified_name for r in rules),
+        others=others,
+        bf16=_bf16(contracts),
     )
+
+
+def _bf16(contracts: Sequence) -> tuple[float, float] | None:
+    """The loosest declared bf16 (atol, rtol), when every contract declares one."""
+    declared = [dict((d, (a, r)) for d, a, r in c.per_dtype).get("bf16") for c in contracts]
+    if not declared or any(d is None for d in declared):
+        return None
+    return max(d[0] for d in declared), max(d[1] for d in declared)

@@ -107,9 +107,12 @@ class ForwardFusion(Planner):
             # Per call: a generated helper chooses the kernel or the original call
             # (whatever the statement: one output or several, hoisted or not;
             # `q, k = helper(...)` too).
-            if len(target) != 1 or len(source_nodes) != 1:
-                raise Skip(codes.S_FALLBACK, "a per-call fallback needs one source node and one target node")
-            final_text = self.calls.dispatch_call(match, plan, env, source_nodes[0], target[0])
+            if len(target) != 1:
+                raise Skip(codes.S_FALLBACK, "a per-call fallback needs one target node")
+            if len(source_nodes) == 1:
+                final_text = self.calls.dispatch_call(match, plan, env, source_nodes[0], target[0])
+            else:
+                final_text = self.calls.dispatch_chain(match, plan, env, source_nodes, target[0])
 
         final_chain = self.mod.chain(final_stmt)
         reverse = [stmt for _, _, stmt in groups[:-1]
@@ -234,9 +237,47 @@ class ForwardFusion(Planner):
             final_stmt=final_key,
             metadata_ok=self.flow.metadata_check(match),
             effects=self.flow.stmt_effects,
+            read_note=lambda path, q, name: self.conditional_read(match, path.nodes[q], name),
         )
         if reason:
             raise Skip(reason)
+
+    def conditional_read(self, match: ir.Match, node, name: str) -> str:
+        """How a read after the match happens when it is conditional: every
+        occurrence of `name` in the reading statement is in one branch of
+        `a if c else b`, or the statement sits in an `if` that does not hold
+        the matched code (`return (out, probs) if output_attentions else
+        (out,)`): the value is needed only where `c` holds, and a rewrite
+        guarded per call on `c` is not supported yet."""
+        try:
+            stmt = self.mod.stmt(node.stmt)
+            final = self.mod.stmt(match.nodes[-1].stmt)
+        except Skip:
+            return ""
+        parents = {id(c): (p, f) for p in ast.walk(stmt) for f, v in ast.iter_fields(p)
+                   for c in (v if isinstance(v, list) else [v]) if isinstance(c, ast.AST)}
+        conds = set()
+        for n in ast.walk(stmt):
+            if not (isinstance(n, ast.Name) and n.id == name and isinstance(n.ctx, ast.Load)):
+                continue
+            cond, child = None, n
+            while id(child) in parents and cond is None:
+                parent, field = parents[id(child)]
+                if isinstance(parent, (ast.IfExp, ast.If)) and field in ("body", "orelse"):
+                    cond = (ast.unparse(parent.test), field == "body")
+                child = parent
+            conds.add(cond)
+        if None in conds or len(conds) != 1:
+            final_chain = [c for c, _ in self.mod.chain(final)]
+            outer = [(c, f) for c, f in self.mod.chain(stmt) if isinstance(c, ast.If) and f in ("body", "orelse")
+                     and not any(c is fc for fc in final_chain)]
+            if not outer:
+                return ""
+            conds = {(ast.unparse(outer[-1][0].test), outer[-1][1] == "body")}
+        (test, holds), = conds
+        when = f"`{test}`" + (" holds" if holds else " is false")
+        return (f", where {when} (the rewrite does not compute it; a per-call guard on that condition "
+                f"is not supported yet)")
 
     def copied_layer_uses(self, match: ir.Match, paths) -> dict[str, str]:
         """Attributes `self.<a>` named in a value the forward target copies: attr -> variable."""
