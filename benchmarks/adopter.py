@@ -101,13 +101,13 @@ def _init(packs, cache_dir, inline, flatten, check, near=True) -> None:
                   kw=apply._analysis_kwargs(options, compiled.want, compiled.optional_ifs))
 
 
-def _near_misses(found, facts, compiled) -> list:
+def _near_misses(found, facts, compiled, source=None) -> list:
     """The file's unmatched places (`dslc.rewrite.nearmiss`), after the timed run."""
     if facts is None or apply._is_empty(facts):
         return []
     out = []
     for c in compiled.compiled:
-        out += nearmiss.near_misses(c, facts, apply.match_file(c, facts), file=found.display)
+        out += nearmiss.near_misses(c, facts, apply.match_file(c, facts), file=found.display, source=source)
     return out
 
 
@@ -132,7 +132,7 @@ def _one_file(path: Path) -> dict:
     near = []
     if _STATE["near"] and not result.errors:
         try:
-            near = _near_misses(found, facts, compiled)
+            near = _near_misses(found, facts, compiled, result.original)
         except Exception as exc:
             result = apply.FileResult(found, matches=result.matches, new_source=result.new_source,
                                       original=result.original,

@@ -518,15 +518,28 @@ S_WHEN_REGION = _code("S314", "skip", "a `when` rewrite cannot duplicate its ini
     A `when` rewrite copies the run of init statements it changes into both
     branches of an `if`; here they are not in one run, or the copy would
     clash with another rewrite.""")
-S_GUARDED_LAYER = _code("S318", "skip", "a layer guarded by `is not None` cannot be fused under its init guard", """
-    The removed layer is called under `if self.<a> is not None:` and the
-    rewrite would fuse it under the condition that binds it in `__init__`
-    (forward unchanged, `self.<a> = None` there); refused when the rule's
-    forward target is not its source without that call, `self.<a>` is bound
-    to something else than the layer or `None` (or `None` may follow the
-    layer), the other layers are not built unconditionally before it, some
-    path runs one matched call without the other, or the value between them
-    is read or may leave early.""")
+S_GUARDED_LAYER = _code("S318", "skip", "a layer bound to `None` or `nn.Identity()` elsewhere cannot be fused under its init guard", """
+    `__init__` binds the removed layer under a condition and `None` or
+    `nn.Identity()` where it fails (forward calls it under `if self.<a> is
+    not None:`, `if self.<a>:` or their `else:` forms, or, for the Identity,
+    unguarded), and the rewrite would fuse it under the condition that binds
+    it (forward unchanged, `self.<a> = None` or a new `nn.Identity()`
+    there); refused when the rule has `when` or its forward target is not
+    its source without that call, `self.<a>` is bound to something else
+    than the layer, `None` or `nn.Identity()` (or one of those may follow the
+    layer, or share its statement), an unguarded call may find `None`, the
+    other layers are not built unconditionally before it, some path runs one
+    matched call without the other, or the value between them is read or
+    may leave early.""")
+S_GUARD_FALSY = _code("S319", "skip", "a bare `if self.<a>:` guard on a layer that may be falsy", """
+    Forward guards the removed layer's call with the truth of its attribute
+    (`if self.norm:`), which equals `is not None` only when every value the
+    attribute may hold but `None` is truthy. An `nn.Module` is, unless its
+    class defines `__len__` or `__bool__`: `nn.Sequential`, `nn.ModuleList`,
+    `nn.ModuleDict` (and `nn.ParameterList` / `nn.ParameterDict`) are falsy
+    when empty, and a class defined outside the file may define either. The
+    rewrite would skip the call where the layer is falsy, so it is refused;
+    `if self.norm is not None:` says what is meant.""")
 
 S_INLINED_VALUE = _code("S317", "skip", "a target value is the result of an inlined call", """
     A variable the target uses is bound to the result of a helper method the
@@ -567,7 +580,12 @@ S_INIT_ALTERNATIVE = _code("S216", "skip", "a matched layer may be bound to some
     always overwritten by the matched binding. Forward calls whichever was
     bound, so a rewrite that assumes the matched type would change (or
     break) the model where the other binding is live; an `a if c else b`
-    binding would also be copied whole into the fused layer.""")
+    binding would also be copied whole into the fused layer. So does a
+    value of unknown type (`self.bn = norm_layer`, an argument of
+    `__init__`), unless the rule has `when` (the `else` branch keeps the
+    original). A removed layer bound to `None` or `nn.Identity()` elsewhere
+    is not refused here: it is rewritten under its init guard, or refused
+    with S318.""")
 S_CLASS_DISPATCH = _code("S315", "skip", "the class dispatch cannot be written", """
     A class item matched, but the dispatch at the top of `forward` cannot be
     placed or written: the body shares the line of the `def` or of the
@@ -650,7 +668,9 @@ NM_WHERE = _code("N301", "note", "a `where` constraint does not hold", """
 NM_NOT_CALLED = _code("N401", "note", "the rule's layer is never called here", """
     The class builds the layer the rule starts from in `__init__`, but no
     analyzed path of `forward` calls it (it is called through a container,
-    by another module, or not at all).""")
+    by another module, or not at all), or builds it inside a container the
+    analysis does not follow into layers (`nn.Sequential(*[...])`, an
+    `OrderedDict`, `ModuleList.append(nn.Sequential(...))`).""")
 NM_NO_ATTEMPT = _code("N402", "note", "no attempt got past the rule's anchor", """
     The place holds the rule's anchor and names, but no match attempt from
     the anchor got further (a leading wildcard found nothing to match).""")

@@ -758,9 +758,10 @@ def test_guarded_fusion_computes_the_same_and_loads_old_checkpoints():
     # the None branch may run after the layer's binding
     ("        else:\n            self.normalization = None\n",
      "        else:\n            self.normalization = None\n        if cin == cout:\n            self.normalization = None\n"),
-    # bound to another layer where the condition fails
+    # bound to another layer where the condition fails (an `nn.Identity()`
+    # there is rewritten: tests/test_guarded_forms.py)
     ("        else:\n            self.normalization = None\n",
-     "        else:\n            self.normalization = nn.Identity()\n"),
+     "        else:\n            self.normalization = nn.GroupNorm(1, cout)\n"),
     # the attribute is used elsewhere
     ("        return features\n", "        return features, self.normalization\n"),
     # the value before the guarded call is read in between
@@ -779,7 +780,8 @@ def test_guarded_layer_refusals(change, reason):
 
 # ---------------------------------------------------------------------------
 # 12. a layer `__init__` may bind to something else than the matched type:
-# forward calls whichever was bound, so the rewrite is refused (S216)
+# forward calls whichever was bound, so the rewrite is refused (S216), unless
+# it is an `nn.Identity()` the guarded kind rewrites under the init guard
 
 ALTERNATIVES = '''import torch
 from torch import nn
@@ -858,17 +860,20 @@ class Overwritten(nn.Module):
 def test_a_layer_bound_to_something_else_on_a_branch_is_refused():
     result = run(ALTERNATIVES)
     got = {name: (status, reason) for name, status, reason in outcomes(result, "conv_batchnorm")}
+    # (an `nn.Identity()` or `None` on the other branch of a BatchNorm the
+    # rewrite removes is rewritten under the init guard, in an `else:` or in
+    # `a if c else b`: tests/test_guarded_forms.py)
     assert {name: status for name, (status, _) in got.items()} == {
-        "IdentityElse": "skipped", "IdentityIfExp": "skipped", "NoneIfExp": "skipped", "LaterOverride": "skipped",
+        "IdentityElse": "applied", "IdentityIfExp": "applied", "NoneIfExp": "applied", "LaterOverride": "skipped",
         "SameTypeIfExp": "applied", "Overwritten": "skipped"}
-    for name in ("IdentityElse", "IdentityIfExp", "NoneIfExp", "LaterOverride"):
-        assert got[name][1].code == "S216", got[name]
     # an Identity always overwritten by the BatchNorm is no alternative (the
     # second assignment is refused for its own reason)
     assert got["Overwritten"][1].code == "S206", got["Overwritten"]
-    assert "`Identity(...)` (line 12) where `not (use_norm)`" in got["IdentityElse"][1]
-    assert "one branch only: the other is `None`" in got["NoneIfExp"][1]
-    assert "`Identity(...)` (line 47) where `plain`" in got["LaterOverride"][1]
+    # an Identity that may replace the BatchNorm after it is built
+    assert got["LaterOverride"][1].code == "S318", got["LaterOverride"]
+    assert "`self.norm = nn.Identity()` (line 47) may run after the layer's binding" in got["LaterOverride"][1]
+    assert ("        if use_norm:\n            self.conv = ConvBn2d(self.conv, nn.BatchNorm2d(cout))\n"
+            "            self.norm = None\n") in result.new_source
     # both branches are a Conv2d: the whole expression is the fused layer's conv
     assert "ConvBn2d(nn.Conv2d(cin, cout, 3) if wide else nn.Conv2d(cin, cout, 1), nn.BatchNorm2d(cout))" \
         in result.new_source

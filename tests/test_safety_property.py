@@ -21,6 +21,16 @@ pre-activation read later; `bias=False` dropped, so the strict load fails;
 `self.bn(h) + h` leaving `h` undefined), and the slow variant found one more
 (an init-only change reaches every call of the layer, not only the matched
 one: tests/test_safety_issue8.py::test_1_every_call_site_of_the_changed_layer_is_checked).
+
+Two more generators below cover the other pure-PyTorch packs: eager
+attention chains for rulepacks/sdpa.adr (the kernel is torch's own SDPA),
+and RMSNorm / gated-MLP classes for rulepacks/liger.adr's class rules, run
+both on the CPU fallback and with the kernel branch taken through
+pure-PyTorch stand-ins of Liger's functions.  With the data-flow check's
+"read after the match" refusal disabled, the attention property fails within
+its 40 examples (the returned probabilities are no longer defined); with the
+swiglu rule's kernel arguments swapped (gate <-> up), the liger property
+fails on the kernel branch (the fallback branch alone would not see it).
 """
 
 from __future__ import annotations
@@ -236,3 +246,282 @@ def test_the_generator_reaches_applied_rewrites(reference_kernels):
          "        h5 = self.act0(h4)\n"
          "        return h5\n")
     assert check(source) == 3
+
+
+# ---------------------------------------------------------------------------
+# Eager attention -> SDPA (rulepacks/sdpa.adr): the kernel is PyTorch's own
+# scaled_dot_product_attention, so every applied rewrite runs for real.
+# Hypothesis writes the chain q k^T -> scale -> mask -> softmax -> dropout
+# -> @ v in its spellings, and around it what must stop a rewrite: a
+# softmax over another dimension, a transpose of other dimensions, the
+# scores or the probabilities read again (returned, added to the output),
+# a name reassigned in between, a shape read.
+
+SDPA_HEADER = '''import math
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.head_dim = 4
+        self.scale = self.head_dim ** -0.5
+        self.p = 0.1
+        self.qkv = nn.Linear(4, 12)
+        self.drop = nn.Dropout(0.1)
+
+    def forward(self, x, mask, bmask):
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+'''
+
+_SDPA = None
+
+
+def sdpa_compiled():
+    global _SDPA
+    if _SDPA is None:
+        _SDPA = [compile_pack(p) for p in load_rules([str(REPO / "rulepacks" / "sdpa.adr")]).packs]
+    return _SDPA
+
+
+@st.composite
+def attention_models(draw):
+    pick = lambda *xs: draw(st.sampled_from(xs))  # noqa: E731
+    body = []
+    s_name, p_name = pick(("scores", "probs"), ("attn", "attn"), ("w", "w"))
+    kt = pick("k.transpose(-2, -1)", "k.transpose(-1, -2)", "k.transpose(-2, -1)", "k.transpose(-1, -2)",
+              "k.transpose(2, 3)", "k.transpose(3, 2)", "k.transpose(1, 2)")  # (1, 2) is no q k^T: (2, 5, 2, 4) here, and the shapes still fit
+    if draw(st.booleans()):
+        body.append(f"kt = {kt}")
+        kt = "kt"
+    scale = pick("", "div", "mul", "pre")
+    q = "q"
+    if scale == "pre":
+        body.append("q = q * self.scale")
+    prod = pick("matmul", "at")
+    mm = (lambda a, b: f"torch.matmul({a}, {b})") if prod == "matmul" else (lambda a, b: f"{a} @ {b}")
+    s = mm(q, kt)
+    if scale == "div":
+        s = f"{s} / math.sqrt(self.head_dim)"
+    elif scale == "mul":
+        s = f"({s}) * self.scale"
+    body.append(f"{s_name} = {s}")
+    mask = pick("", "add", "fill")
+    if mask == "add":
+        body.append(f"{s_name} = {s_name} + mask")
+    elif mask == "fill":
+        body.append(f"{s_name} = {s_name}.masked_fill(bmask, float('-inf'))")
+    rare = lambda: draw(st.integers(0, 4)) == 0  # noqa: E731  (a feature that stops most rewrites)
+    if rare():
+        body.append(f"assert {s_name}.shape[-1] == {s_name}.size(-1)")
+    dim = pick("-1", "-1", "-1", "-1", "-1", "-1", "3", "2", "-2")
+    softmax = pick("f", "t", "upcast")
+    if softmax == "f":
+        body.append(f"{p_name} = F.softmax({s_name}, dim={dim})")
+    elif softmax == "t":
+        body.append(f"{p_name} = {s_name}.softmax(dim={dim})")
+    else:
+        body.append(f"{p_name} = F.softmax({s_name}, dim={dim}, dtype=torch.float32).to(q.dtype)")
+    kept = s_name if s_name != p_name and rare() else None  # the scores, read later
+    drop = pick("", "layer", "f")
+    if drop == "layer":
+        body.append(f"{p_name} = self.drop({p_name})")
+    elif drop == "f":
+        body.append(f"{p_name} = F.dropout({p_name}, p=self.p, training=self.training)")
+    if rare():
+        body.append("v = v * 2.0")  # v reassigned before the product that reads it
+    body.append(f"out = {mm(p_name, 'v')}")
+    result = pick("out", "out", "out", "out", "out", "out", f"out, {p_name}", f"out + {p_name}.sum()")
+    if kept:
+        result = f"{result}, {kept}.sum(-1)"
+    return SDPA_HEADER + "".join(f"        {line}\n" for line in body) + f"        return {result}\n"
+
+
+def check_attention(source: str) -> int:
+    """Rewrite `source` with the SDPA pack; when something was applied, the
+    two models must agree (eval mode: dropout off) on every output."""
+    facts = analyze_source(source, "model.py")
+    matches = [m for c in sdpa_compiled() for m in match_file(c, facts)]
+    result = rewrite_source(source, facts, matches, path="model.py")
+    if result.new_source is None:
+        return 0
+    applied = [o for o in result.outcomes if o.status == "applied"]
+    assert applied
+    torch.manual_seed(0)
+    old = load_module(source, "dslc_prop_attn_old").Model().eval()
+    _randomise(old)
+    new = load_module(result.new_source, "dslc_prop_attn_new").Model().eval()
+    new.load_state_dict(old.state_dict(), strict=True)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 2, 5, 4, generator=gen)
+    mask = torch.randn(2, 1, 5, 5, generator=gen)
+    bmask = torch.ones(5, 5, dtype=torch.bool).triu(1)  # causal: no row fully masked
+    with torch.no_grad():
+        want, got = old(x, mask, bmask), new(x, mask, bmask)
+    want = want if isinstance(want, tuple) else (want,)
+    got = got if isinstance(got, tuple) else (got,)
+    assert len(want) == len(got)
+    for a, b in zip(want, got):
+        assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5, rtol=1e-4), (
+            f"max abs diff {(a - b).abs().max().item()}\n--- original\n{source}\n--- rewritten\n{result.new_source}")
+    return len(applied)
+
+
+@settings(max_examples=40, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(attention_models())
+def test_applied_sdpa_rewrites_of_generated_attention_compute_the_same(source):
+    check_attention(source)
+
+
+@pytest.mark.slow
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(attention_models())
+def test_applied_sdpa_rewrites_of_generated_attention_compute_the_same_many(source):
+    check_attention(source)
+
+
+def test_the_attention_generator_reaches_applied_rewrites():
+    """Not vacuous: spellings the generator writes are rewritten and run."""
+    for body in ("scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_dim)\n"
+                 "        scores = scores + mask\n        probs = F.softmax(scores, dim=-1)\n"
+                 "        probs = self.drop(probs)\n        out = torch.matmul(probs, v)\n        return out\n",
+                 "q = q * self.scale\n        attn = q @ k.transpose(-2, -1)\n"
+                 "        attn = attn.masked_fill(bmask, float('-inf'))\n        attn = attn.softmax(dim=-1)\n"
+                 "        out = attn @ v\n        return out\n"):
+        assert check_attention(SDPA_HEADER + "        " + body) == 1
+
+
+# ---------------------------------------------------------------------------
+# Liger's class rules (rulepacks/liger.adr: RMSNorm, SwiGLU / GEGLU MLPs),
+# guarded by `requires ... device cuda` with `fallback original`.  Each
+# applied rewrite runs twice against the original: as emitted on this CPU
+# (the guard falls back: the original code must still be intact), and with
+# the kernel branch taken -- the kernels replaced by pure-PyTorch stand-ins
+# of their documented semantics (the top of liger.adr) and the device test
+# `.is_cuda` read as `.is_cpu` -- so the arguments the rewrite passes (which
+# tensors, eps, offset, which projection is the gate) are checked too.
+# Hypothesis varies what must stop a rewrite: the mean over another dim, the
+# weight offset `(1 + w)`, gate and up swapped, the exact (erf) GELU, the
+# normalised value read again.
+
+def _ref_rms_norm(x, w, eps, offset=0.0, casting_mode="llama", in_place=True):
+    h = x.to(torch.float32)
+    n = (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+    return (offset + w) * n
+
+
+LIGER_REFS = {
+    "liger_rms_norm": _ref_rms_norm,
+    "liger_swiglu": lambda a, b: torch.nn.functional.silu(a) * b,
+    "liger_geglu": lambda a, b: torch.nn.functional.gelu(a, approximate="tanh") * b,
+    "liger_layer_norm": lambda x, w, b, eps: torch.nn.functional.layer_norm(x, x.shape[-1:], w, b, eps),
+}
+
+_LIGER = None
+
+
+def liger_compiled():
+    global _LIGER
+    if _LIGER is None:
+        _LIGER = [compile_pack(p) for p in load_rules([str(REPO / "rulepacks" / "liger.adr")]).packs]
+    return _LIGER
+
+
+LIGER_HEADER = "import torch\nfrom torch import nn\nfrom torch.nn import functional as F\n\n\n"
+
+
+@st.composite
+def liger_models(draw):
+    pick = lambda *xs: draw(st.sampled_from(xs))  # noqa: E731
+    rare = lambda: draw(st.integers(0, 4)) == 0  # noqa: E731
+    upcast = draw(st.booleans())
+    h = "hidden_states"
+    body = ["input_dtype = hidden_states.dtype", "hidden_states = hidden_states.to(torch.float32)"] if upcast else []
+    sq = pick(f"{h}.pow(2)", f"({h} ** 2)", f"({h} * {h})")
+    dim = "-2" if rare() else "-1"
+    body.append(f"variance = {sq}.mean({dim}, keepdim=True)")
+    eps = pick("self.variance_epsilon", "self.eps", "1e-6")
+    inv = pick(f"torch.rsqrt(variance + {eps})", f"1 / torch.sqrt(variance + {eps})")
+    body.append(f"normed = {h} * {inv}")
+    w = "(1.0 + self.weight)" if rare() else "self.weight"
+    cast = "normed.to(input_dtype)" if upcast else "normed"
+    ret = f"{w} * {cast}" + (", normed" if rare() else "")
+    norm = ("class Norm(nn.Module):\n    def __init__(self, hidden_size, eps=1e-6):\n        super().__init__()\n"
+            "        self.weight = nn.Parameter(torch.ones(hidden_size))\n        self.variance_epsilon = eps\n"
+            "        self.eps = eps\n\n    def forward(self, hidden_states):\n"
+            + "".join(f"        {line}\n" for line in body) + f"        return {ret}\n")
+    act = pick("F.silu({})", "nn.functional.silu({})", "self.act({})", "F.gelu({}, approximate='tanh')",
+               "F.gelu({})")
+    gate, up = ("gate_proj", "up_proj") if not rare() else ("up_proj", "gate_proj")
+    bias = pick("False", "False", "True")
+    a = act.format(f"self.{gate}(x)")
+    mlp = ("class Mlp(nn.Module):\n    def __init__(self, h, i):\n        super().__init__()\n"
+           f"        self.gate_proj = nn.Linear(h, i, bias={bias})\n        self.up_proj = nn.Linear(h, i, bias={bias})\n"
+           f"        self.down_proj = nn.Linear(i, h, bias={bias})\n        self.act = nn.SiLU()\n\n"
+           f"    def forward(self, x):\n        return self.down_proj({a} * self.{up}(x))\n")
+    return LIGER_HEADER + norm + "\n\n" + mlp
+
+
+def _liger_outputs(source: str, name: str, kernels: bool):
+    if kernels:
+        source = source.replace(".is_cuda", ".is_cpu")
+    mod = load_module(source, name)
+    if kernels:
+        for fn, ref in LIGER_REFS.items():
+            if hasattr(mod, fn):
+                setattr(mod, fn, ref)
+    torch.manual_seed(0)
+    norm, mlp = mod.Norm(6).eval(), mod.Mlp(6, 10).eval()
+    return norm, mlp
+
+
+def check_liger(source: str) -> int:
+    facts = analyze_source(source, "model.py")
+    matches = [m for c in liger_compiled() for m in match_file(c, facts)]
+    result = rewrite_source(source, facts, matches, path="model.py")
+    if result.new_source is None:
+        return 0
+    applied = [o for o in result.outcomes if o.status == "applied"]
+    assert applied
+    old_norm, old_mlp = _liger_outputs(source, "dslc_prop_liger_old", False)
+    _randomise(old_norm), _randomise(old_mlp)
+    x = torch.randn(2, 3, 6, generator=torch.Generator().manual_seed(4)) * 2.5 + 0.5
+    with torch.no_grad():
+        want = (old_norm(x), old_mlp(x))
+    for kernels in (False, True):
+        norm, mlp = _liger_outputs(result.new_source, f"dslc_prop_liger_new{int(kernels)}", kernels)
+        norm.load_state_dict(old_norm.state_dict(), strict=True)
+        mlp.load_state_dict(old_mlp.state_dict(), strict=True)
+        with torch.no_grad():
+            got = (norm(x), mlp(x))
+        for a, b in zip(want, got):
+            a = a if isinstance(a, tuple) else (a,)
+            b = b if isinstance(b, tuple) else (b,)
+            for u, v in zip(a, b):
+                assert torch.allclose(u, v, atol=1e-5, rtol=1e-5), (
+                    f"kernel branch {kernels}: max abs diff {(u - v).abs().max().item()}\n--- original\n{source}"
+                    f"\n--- rewritten\n{result.new_source}")
+    return len(applied)
+
+
+@settings(max_examples=30, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(liger_models())
+def test_applied_liger_rewrites_compute_the_same_on_both_branches(source):
+    check_liger(source)
+
+
+def test_the_liger_generator_reaches_applied_rewrites():
+    source = (LIGER_HEADER + "class Norm(nn.Module):\n    def __init__(self, hidden_size, eps=1e-6):\n"
+              "        super().__init__()\n        self.weight = nn.Parameter(torch.ones(hidden_size))\n"
+              "        self.variance_epsilon = eps\n\n    def forward(self, hidden_states):\n"
+              "        input_dtype = hidden_states.dtype\n        hidden_states = hidden_states.to(torch.float32)\n"
+              "        variance = hidden_states.pow(2).mean(-1, keepdim=True)\n"
+              "        normed = hidden_states * torch.rsqrt(variance + self.variance_epsilon)\n"
+              "        return self.weight * normed.to(input_dtype)\n\n\n"
+              "class Mlp(nn.Module):\n    def __init__(self, h, i):\n        super().__init__()\n"
+              "        self.gate_proj = nn.Linear(h, i, bias=False)\n        self.up_proj = nn.Linear(h, i, bias=False)\n"
+              "        self.down_proj = nn.Linear(i, h, bias=False)\n\n"
+              "    def forward(self, x):\n        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))\n")
+    assert check_liger(source) == 2

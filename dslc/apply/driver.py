@@ -105,10 +105,10 @@ def match_file(compiled, facts):
     return _match(compiled, facts)
 
 
-def near_misses(compiled, facts, matches, *, file):
+def near_misses(compiled, facts, matches, *, file, source=None):
     from dslc.rewrite.nearmiss import near_misses as _near
 
-    return _near(compiled, facts, matches, file=file)
+    return _near(compiled, facts, matches, file=file, source=source)
 
 
 def rewrite_source(source, facts, matches, *, path):
@@ -479,7 +479,7 @@ def _process_file(found: Found, source: SourceFile, facts, compiled: Compiled, o
             try:
                 near += [NearMissEntry(n.rule, name, n.class_name, n.line, n.reason, n.function,
                                        code=getattr(n, "code", None))
-                         for n in near_misses(c, facts, found_here, file=name)]
+                         for n in near_misses(c, facts, found_here, file=name, source=text)]
             except Exception as exc:  # the report must not cost the file its rewrites
                 err = _internal_error(name, exc)
                 warnings.append(FileError(name, 0, W_NEAR_MISS, f"near-miss report failed: {err.message}"))

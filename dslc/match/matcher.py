@@ -40,9 +40,12 @@ Algorithm, per file:
 Conditional init policy: an attribute with several `InitBinding`s (an
 `if`/`else` in `__init__`) matches when every binding of the test's type
 unifies with the same variable bindings.  Bindings of kind `other` (the
-`else: self.act = config.hidden_act` branch of transformers) are allowed:
-`init_nodes` holds the matching binding with its guards, and the rewriter
-keeps the other branch as it is.  A binding of another type (`nn.Linear(...)`
+`else: self.act = config.hidden_act` branch of transformers) are allowed
+under a rule with `when`: `init_nodes` holds the matching binding with its
+guards, and the rewriter keeps the other branch as it is; without `when`
+forward would call that value of unknown type where the rewrite assumes the
+matched layer (S216).  `None` and `nn.Identity()` bindings of a layer the
+rewrite removes are left to the guarded kind.  A binding of another type (`nn.Linear(...)`
 if `num_groups == 1` else `GroupedLinearLayer(...)`; `nn.BatchNorm2d(c) if
 norm else nn.Identity()`) that the matched binding does not always
 overwrite makes the match a conflict (S216, `_alternative_binding`): forward
@@ -853,29 +856,69 @@ def _alternative_binding(rule: ir.Rule, scope: _Scope, init_nodes: dict[str, Ini
     """Why a matched binding may not be what forward calls (S216), or None.
 
     Every other binding of a matched attribute must be of the same kind and
-    type (`_match_init` unified those), of kind `other` (the module doc's
-    conditional init policy: a config callable, `None` under a forward
-    `is not None` guard), or always overwritten by the matched one.  When the
-    rule's init target takes the layer itself (`ConvBn2d($conv, $bn)`), the
-    rewriter copies its statement's whole right-hand side, so a binding from
-    the same statement (`a if c else b`) must be of the same type too."""
+    type (`_match_init` unified those), always overwritten by the matched
+    one, of kind `other` under a rule with `when` (the module doc's
+    conditional init policy: a config callable the `else` branch keeps; the
+    rewriter checks that `when` excludes it) or one that rewrites nothing, or
+    `None` / `nn.Identity()` for a layer the rewrite removes (the guarded
+    kind rewrites those under the init guard, or refuses them).  Any other
+    value of kind `other` (`self.bn = norm_layer`, an argument of unknown
+    type) is refused: forward would call it where the rewrite assumes the
+    matched layer.  When the rule's init target takes the layer itself
+    (`ConvBn2d($conv, $bn)`), the rewriter copies its statement's whole
+    right-hand side, so a binding from the same statement (`a if c else b`)
+    must be of the same type too."""
     copied = _copied_vars(rule)
+    removed = removed_layer_vars(rule)
+    # a rule that rewrites nothing (detect-only) or keeps the original under `when`
+    keeps = rule.option("when") is not None or all(item is None or item.target is None
+                                                   for item in (rule.init, rule.forward))
     for var, b in init_nodes.items():
         for other in scope.init_by_attr.get(b.attr, ()):
             if other is b or (other.kind == b.kind and other.type == b.type):
                 continue
+            if var in removed and is_neutral(other):
+                continue  # the guarded kind (dslc.rewrite.kinds.guarded) rewrites under the init guard, or refuses
             line = other.stmt.lines[0] if other.stmt is not None else 0
             if var in copied and b.stmt is not None and other.stmt == b.stmt:
                 return codes.reason(codes.S_INIT_ALTERNATIVE, (
                     f"`self.{b.attr} = ... if ... else ...` (line {line}) builds a `{_short_type(b)}` on one branch "
                     f"only: the other is {_binding_text(other)}"))
-            if other.kind == "other" or _overwritten_by(other, b):
+            if overwritten_by(other, b) or (other.kind == "other" and keeps):
                 continue
             where = f" where `{' and '.join(str(g) for g in other.guards)}`" if other.guards else ""
+            if is_neutral(other):
+                return codes.reason(codes.S_INIT_ALTERNATIVE, (
+                    f"`self.{b.attr}` is also bound to {_binding_text(other)} (line {line}){where}, and the rewrite "
+                    f"changes it as if the `{_short_type(b)}` were always there (only a layer the rule removes is "
+                    f"rewritten under its init guard)"))
+            if other.kind == "other":
+                return codes.reason(codes.S_INIT_ALTERNATIVE, (
+                    f"`self.{b.attr}` is also bound to {_binding_text(other)} (line {line}){where}, a value of "
+                    f"unknown type: forward would call it in place of the `{_short_type(b)}`, and the rewrite "
+                    f"assumes the `{_short_type(b)}` everywhere"))
             return codes.reason(codes.S_INIT_ALTERNATIVE, (
                 f"`self.{b.attr}` is also bound to {_binding_text(other)} (line {line}){where}, "
                 f"which forward would call in place of the `{_short_type(b)}`"))
     return None
+
+
+def removed_layer_vars(rule: ir.Rule) -> set[str]:
+    """The init variables whose layer the rewrite removes: called by the
+    forward source, absent from both targets (conv_batchnorm's `$bn`)."""
+    if rule.init is None or rule.init.target is None or rule.forward is None or rule.forward.target is None:
+        return set()
+    kept = {o.name for pn in rule.init.target for o in pn.outputs}
+    kept |= {pn.layer_var for pn in rule.forward.target if pn.layer_var}
+    return {pn.layer_var for pn in rule.forward.source if pn.layer_var and pn.layer_var not in kept}
+
+
+def is_neutral(b: InitBinding) -> bool:
+    """`None`, or an `nn.Identity(...)`: a binding under which forward either
+    skips the layer (an `is not None` guard) or passes its input through."""
+    if b.kind == "other":
+        return len(b.args) == 1 and b.args[0].is_const and b.args[0].const is None
+    return b.kind == "call" and b.type == "torch.nn.Identity" and b.container is None
 
 
 def _copied_vars(rule: ir.Rule) -> set[str]:
@@ -887,7 +930,7 @@ def _copied_vars(rule: ir.Rule) -> set[str]:
     return {t.name for pn in item.target for t in (*pn.args, *(v for _, v in pn.kwargs)) if isinstance(t, ir.Var)}
 
 
-def _overwritten_by(other: InitBinding, b: InitBinding) -> bool:
+def overwritten_by(other: InitBinding, b: InitBinding) -> bool:
     """`other` always runs before `b` and `b` always runs after it: same
     method, earlier line, in the blocks of `b` (so in the same loop, if any),
     under at least `b`'s guards."""

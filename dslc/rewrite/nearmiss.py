@@ -13,7 +13,10 @@ pays nothing):
    `softmax(...)` call) in any method or function.  A place counts only when
    its class (or function) mentions every name the rule needs
    (`CompiledRule.names`, the pre-filter of `anchor_names`): a class with a
-   Dropout but no LayerNorm is no near miss of dropout_layernorm.
+   Dropout but no LayerNorm is no near miss of dropout_layernorm.  The
+   names are those the analysis typed, or, where it could not (a layer
+   built by a parameter whose default is `nn.BatchNorm2d`, `ACT2FN[...]`
+   called inline), those the class's source spells (`SourceNames`).
 2. Reasons.  The matcher runs again with a `Recorder`: every failed attempt
    (`dslc.match.matcher.Fail`, falsy, its reason formatted lazily) is offered with
    a score -- how many pattern nodes had matched, then how far the failing
@@ -34,6 +37,7 @@ pays nothing):
 
 from __future__ import annotations
 
+import ast
 import re
 from dataclasses import dataclass, field
 from typing import Iterable
@@ -149,10 +153,142 @@ def _add_place(found: dict, cr, scope, node) -> None:
         place.anchors.setdefault(_node_id(node), node)
 
 
-def places(compiled, facts) -> list[_Place]:
+class SourceNames:
+    """The names a class or function of the file's source mentions (parsed
+    only when asked): where the analysis cannot type a layer (`self.bn =
+    norm_layer(c)` with `norm_layer=nn.BatchNorm2d` a parameter's default,
+    `ACT2FN[self.config.act](h)` called inline), the source still names the
+    rule's types, and the place is a near miss to explain, not nothing.
+    Attributes of `self` are layer names (`self.LayerNorm`), not types: left out."""
+
+    def __init__(self, source: str | None):
+        self.source = source
+        self._defs: list | None = None
+        self._names: dict[tuple[int, int], frozenset[str]] = {}
+
+    def _load(self) -> list:
+        if self._defs is None:
+            self._defs = []
+            try:
+                tree = ast.parse(self.source or "")
+            except (SyntaxError, ValueError, RecursionError, MemoryError):
+                return self._defs
+            for n in ast.walk(tree):
+                if isinstance(n, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                    self._defs.append(((n.lineno, n.end_lineno), n))
+            self._defs.sort(key=lambda d: d[0][1] - d[0][0])
+        return self._defs
+
+    def around(self, line: int) -> frozenset[str]:
+        """The names of the innermost class or function holding `line`."""
+        if not self.source:
+            return frozenset()
+        for span, node in self._load():
+            if span[0] <= line <= span[1]:
+                if span not in self._names:
+                    self._names[span] = frozenset(
+                        n.id if isinstance(n, ast.Name) else n.attr for n in ast.walk(node)
+                        if isinstance(n, ast.Name) or isinstance(n, ast.Attribute)
+                        and not (isinstance(n.value, ast.Name) and n.value.id == "self"))
+                return self._names[span]
+        return frozenset()
+
+    def first_call(self, line: int, qualname: str, imports: dict[str, str]) -> int | None:
+        """The line of the first call of `qualname` (spelled through the
+        file's imports: `nn.Conv2d(` is `torch.nn.Conv2d`) in the innermost
+        class or function holding `line`."""
+        if not self.source:
+            return None
+        node = next((n for span, n in self._load() if span[0] <= line <= span[1]), None)
+        lines = []
+        method = qualname.startswith("torch.Tensor.") and qualname.rsplit(".", 1)[-1]
+        for n in ast.walk(node) if node is not None else ():
+            if isinstance(n, ast.Call):
+                if method and isinstance(n.func, ast.Attribute) and n.func.attr == method:
+                    lines.append(n.lineno)  # a tensor method: of any value
+                    continue
+                parts = _dotted(n.func)
+                if parts and parts[0] in imports and ".".join([imports[parts[0]], *parts[1:]]) == qualname:
+                    lines.append(n.lineno)
+        return min(lines, default=None)
+
+
+def _dotted(f) -> list[str]:
+    parts = []
+    while isinstance(f, ast.Attribute):
+        parts.append(f.attr)
+        f = f.value
+    if not isinstance(f, ast.Name):
+        return []
+    parts.append(f.id)
+    return parts[::-1]
+
+
+def _scope_line(scope, node) -> int:
+    """A line of the class (its first) or, outside a class, of the anchor."""
+    if scope.cls is not None:
+        return scope.cls.lines[0]
+    return node.stmt.lines[0]
+
+
+def _outside_forward(found: dict, cr, scope, node) -> None:
+    """An anchor of a forward-only rule in a method forward does not call."""
+    if scope.cls is None:
+        return
+    key = (cr.name, ("class", scope.cls.qualname))
+    if key not in found:
+        line = node.stmt.lines[0]
+        found[key] = _Place(cr, key[1], scope.cls.name, node.stmt.method, line,
+                            f"`{node_text(node)}` (line {line}) is in `{node.stmt.method}`, which forward does not "
+                            f"call: the rule applies to forward and what it calls only", anchor=node)
+
+
+def _unreached_places(compiled, facts, found: dict, class_names: dict, spelled: SourceNames) -> None:
+    """A class that builds a rule's anchor layer but whose forward never calls
+    it where the analysis can see: bound in __init__ and not called (a layer
+    list iterated, a call the analysis cannot see), or built inside a
+    container the analysis does not follow (`nn.Sequential(*[...])`, an
+    `OrderedDict`, `ModuleList.append(nn.Sequential(...))`)."""
+    for cr in compiled.rules:
+        anchor = cr.forward.anchor if cr.forward is not None else None
+        if anchor is None or anchor[0] not in ("layer", "call"):
+            continue
+        for cls in facts.classes:
+            key = (cr.name, ("class", cls.qualname))
+            if key in found or any(k[0] == cr.name and k[1][0] == "node" and p.class_name == cls.name
+                                   for k, p in found.items()) \
+                    or not cr.names <= class_names[cls.qualname] | spelled.around(cls.lines[0]):
+                continue
+            built = [b for b in cls.init if b.type == anchor[1]] if anchor[0] == "layer" and cr.init else []
+            if built:
+                b = built[0]
+                line = b.stmt.lines[0] if b.stmt else cls.lines[0]
+                found[key] = _Place(cr, key[1], cls.name, "__init__", line,
+                                    f"self.{b.attr} = {_short(anchor[1])}(...) (line {line}) is built in __init__, "
+                                    f"but no path of forward calls it")
+                continue
+            line = spelled.first_call(cls.lines[0], anchor[1], dict(getattr(facts, "imports", ()) or ()))
+            if line is None:
+                continue
+            if anchor[0] == "call":
+                found[key] = _Place(cr, key[1], cls.name, None, line,
+                                    f"{_short(anchor[1])}(...) (line {line}) is in code no analysed path reaches "
+                                    f"(a loop or block kept as one statement, or a method forward does not call): "
+                                    f"no pattern is tried there")
+                continue
+            holder = next((b for b in cls.init if b.stmt and b.stmt.lines[0] <= line <= b.stmt.lines[1]), None)
+            where = (f"inside `self.{holder.attr} = {_short(holder.type or holder.unresolved)}(...)`"
+                     if holder is not None else "as a local value or inside a container")
+            found[key] = _Place(cr, key[1], cls.name, "__init__", line,
+                                f"{_short(anchor[1])}(...) (line {line}) is built {where}, which the analysis "
+                                f"does not follow into layers: no path of forward calls it")
+
+
+def places(compiled, facts, source: str | None = None) -> list[_Place]:
     """Every (rule, place) that holds the rule's anchors (module doc, step 1)."""
     found: dict[tuple, _Place] = {}
     class_names: dict[str, set[str]] = {}
+    spelled = SourceNames(source)
     for cls in facts.classes:
         names = {_last(b.type) for b in cls.init if b.type} | {_last(b.unresolved) for b in cls.init if b.unresolved}
         names |= _names_of_paths(cls.paths)
@@ -173,33 +309,18 @@ def places(compiled, facts) -> list[_Place]:
                     for r in compiled.candidates(key):
                         cr = compiled.rules[r]
                         if cr.class_scoped and not scope.class_scoped:
+                            _outside_forward(found, cr, scope, node)
                             continue
-                        if not cr.names <= names:
+                        if not cr.names <= names and not cr.names <= names | spelled.around(_scope_line(scope, node)):
                             continue
                         _add_place(found, cr, scope, node)
-    # A class that builds a rule's anchor layer in __init__ but whose forward
-    # never calls it (a layer list iterated, a call the analysis cannot see).
-    for cr in compiled.rules:
-        anchor = cr.forward.anchor if cr.forward is not None and cr.init is not None else None
-        if anchor is None or anchor[0] != "layer":
-            continue
-        for cls in facts.classes:
-            key = (cr.name, ("class", cls.qualname))
-            if key in found or not cr.names <= class_names[cls.qualname]:
-                continue
-            built = [b for b in cls.init if b.type == anchor[1]]
-            if built:
-                b = built[0]
-                line = b.stmt.lines[0] if b.stmt else cls.lines[0]
-                found[key] = _Place(cr, key[1], cls.name, "__init__", line,
-                                    f"self.{b.attr} = {_short(anchor[1])}(...) (line {line}) is built in __init__, "
-                                    f"but no path of forward calls it")
+    _unreached_places(compiled, facts, found, class_names, spelled)
     for r in compiled.init_only:
         cr = compiled.rules[r]
         types = {t.type for t in cr.init.tests}
         for cls in facts.classes:
             hits = [b for b in cls.init if b.type in types]
-            if hits and cr.names <= class_names[cls.qualname]:
+            if hits and cr.names <= class_names[cls.qualname] | spelled.around(cls.lines[0]):
                 line = min((b.stmt.lines[0] for b in hits if b.stmt), default=cls.lines[0])
                 found[(cr.name, ("class", cls.qualname))] = _Place(cr, ("class", cls.qualname), cls.name, "__init__", line)
     return list(found.values())
@@ -311,6 +432,23 @@ def code_of(e: _Event) -> str:
     return "N201" if e.stage == "init" else "N301"
 
 
+def _untyped(e: _Event, trans) -> str:
+    """When the pattern node wants a layer of a type: the class's layers the
+    analysis could not type (`self.bn = norm_layer(c)`, a parameter), which
+    may be the one it wants."""
+    t = trans[e.k] if e.k < len(trans) else None
+    cls = getattr(e.scope, "cls", None)
+    if t is None or t.test.kind != "layer" or not t.test.type or cls is None:
+        return ""
+    unknown = [b for b in cls.init if b.type is None and b.unresolved and b.kind == "call"]
+    if not unknown:
+        return ""
+    shown = ", ".join(f"`self.{b.attr} = {b.unresolved}(...)`" + (f" (line {b.stmt.lines[0]})" if b.stmt else "")
+                      for b in unknown[:3])
+    more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
+    return f"; the type of {shown}{more} is not known here (a parameter or a call the analysis cannot resolve)"
+
+
 def describe(e: _Event) -> str:
     """The reason of the deepest attempt, in words."""
     trans = e.rule.forward.transitions if e.rule.forward is not None else ()
@@ -323,7 +461,7 @@ def describe(e: _Event) -> str:
     if e.stage == "forward":
         want = f"`{pattern_text(trans[e.k])}`" if e.k < len(trans) else "the next pattern node"
         if e.fail is None:
-            return f"found {found}, but no later node fits {want}"
+            return f"found {found}, but no later node fits {want}{_untyped(e, trans)}"
         where = f"line {e.node.stmt.lines[0]} `{node_text(e.node)}`" if e.node is not None else "a node"
         head = f"found {found}, but " if found else ""
         return f"{head}{where} does not fit {want}: {tidy(e.fail.reason)}"
@@ -393,16 +531,18 @@ def _open_places(p: _Place, covered: set[tuple]) -> list[_Place]:
     return out
 
 
-def near_misses(compiled, facts, matches: Iterable[ir.Match], *, file: str | None = None) -> list[NearMiss]:
+def near_misses(compiled, facts, matches: Iterable[ir.Match], *, file: str | None = None,
+                source: str | None = None) -> list[NearMiss]:
     """The near misses of one compiled pack in one analysed file (module doc).
 
     `matches`: the matches the normal run found (applied or skipped): their
-    places are covered and left out.
+    places are covered and left out.  `source`: the file's text, for the
+    names a place spells where the analysis could not type them (`SourceNames`).
     """
     file = file or facts.path
     matches = list(matches)
     namesakes = own_namesakes(compiled, facts)
-    todo = places(compiled, facts)
+    todo = places(compiled, facts, source)
     covered = covered_units(compiled, matches) if todo else set()
     todo = [q for p in todo for q in _open_places(p, covered)]
     if not todo:

@@ -112,6 +112,9 @@ class _Rewriter:
         if reason:
             raise Skip(reason)
         cls = safety.find_class(self.ctx.facts, match.class_name)
+        reason = safety.check_when_alternatives(match, cls, condition)
+        if reason:
+            raise Skip(reason)
         paths = safety.paths_through(match, self.ctx.facts) if match.nodes else []
         if match.nodes and not paths:
             raise Skip(codes.S_NO_PATH, f"the matched nodes are on no path of `{match.function}`; the data flow cannot be checked")

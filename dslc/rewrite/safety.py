@@ -21,7 +21,9 @@ Checks (the rewriter calls them in this order):
 5. `check_attr_uses`  attributes the rewrite replaces or removes are used
                       nowhere else, and assigned only by their init binding;
    `check_subclass_uses` nor by a subclass the analysis sees in the file.
-6. `check_when`       the init binding's guards do not imply `not when`.
+6. `check_when`       the init binding's guards do not imply `not when`;
+   `check_when_alternatives` where `when` holds, a matched layer is never
+                      bound to the value of unknown type of another branch.
 
 `verify_output` is the final gate: the output parses and every character
 outside the edits is unchanged.
@@ -615,6 +617,53 @@ def check_when(match: ir.Match, condition: str | None) -> str | None:
         if guards.consistent(gs + [Guard(condition)]).value == "refuted":
             return codes.reason(codes.S_WHEN_NEVER, f"not a location: `self.{binding.attr}` (line {binding.stmt.lines[0] if binding.stmt else 0}) is built only when `not ({condition})`")
     return None
+
+
+def check_when_alternatives(match: ir.Match, cls, condition: str | None) -> str | None:
+    """Under `when`, the matcher lets a matched attribute also be bound to a
+    value of unknown type on another branch (`else: self.act =
+    config.hidden_act`): the `else:` of `if <when>:` keeps the original.  The
+    `if <when>:` branch assumes the matched layer (and changes the other
+    matched layers for it), so there the other binding must never run: z3
+    must refute `when` together with its guards, unless the matched binding
+    always overwrites it.  A comparison `e in ("a", "b")` / `e == "a"` in the
+    condition implies `isinstance(e, str)` (the transformers spelling of the
+    other branch's guard)."""
+    if not condition or cls is None:
+        return None
+    from dslc.match.matcher import overwritten_by
+
+    axioms = _str_axioms(condition)
+    for b in match.init_nodes.values():
+        for other in cls.init:
+            if other.attr != b.attr or other is b or other.kind != "other" or overwritten_by(other, b):
+                continue
+            gs = [Guard(condition), *other.guards, *axioms]
+            if guards.consistent(gs) is not guards.Answer.REFUTED:
+                line = other.stmt.lines[0] if other.stmt is not None else 0
+                text = other.args[0].text if other.args else "another value"
+                return codes.reason(codes.S_INIT_ALTERNATIVE, (
+                    f"`self.{b.attr}` is also bound to `{text}` (line {line}), a value of unknown type, which may "
+                    f"be what forward calls where `{condition}` holds and the rewrite assumes the matched layer"))
+    return None
+
+
+def _str_axioms(condition: str) -> list[Guard]:
+    """`not (<e in strs>) or isinstance(e, str)` for each such comparison in `condition`."""
+    try:
+        tree = ast.parse(condition, mode="eval")
+    except SyntaxError:
+        return []
+    out = []
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Compare) and len(node.ops) == 1):
+            continue
+        right = node.comparators[0]
+        members = right.elts if isinstance(node.ops[0], ast.In) and isinstance(right, (ast.Tuple, ast.List, ast.Set)) \
+            else [right] if isinstance(node.ops[0], ast.Eq) else []
+        if members and all(isinstance(e, ast.Constant) and isinstance(e.value, str) for e in members):
+            out.append(Guard(f"not ({ast.unparse(node)}) or isinstance({ast.unparse(node.left)}, str)"))
+    return out
 
 
 # ---------------------------------------------------------------------------

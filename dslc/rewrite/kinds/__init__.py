@@ -4,7 +4,8 @@ For each match, `rewriter._Rewriter.plan` runs the shared checks (`Setup`)
 and lets the first kind of `KINDS` that selects the match plan it:
 
 - `ClassDispatch`    a class item: a dispatch at the top of the class's forward;
-- `NoneGuardedLayer` the removed layer's call under `if self.<a> is not None:`;
+- `NoneGuardedLayer` a removed layer `__init__` binds to `None` / `nn.Identity()`
+                     on another branch (its call under `if self.<a> is not None:`, ...);
 - `AcrossHelper`     the removed layer's call in a helper forward calls;
 - `ContainerFusion`  layers that are elements of an `nn.Sequential` / `nn.ModuleList`;
 - `Fusion`           the general kind (forward statements fused and hoisted,
@@ -12,7 +13,8 @@ and lets the first kind of `KINDS` that selects the match plan it:
 
 Parts the kinds share are planners of their own modules, not registered:
 `ForwardFusion` (forward.py), `Hoisting` (hoist.py), `InitReplacement`
-(init.py), `WhenGuard` (when.py), `CallDispatch` (call.py).
+(init.py), `WhenGuard` (when.py), `CallDispatch` (call.py); guardforms.py
+holds the attribute guards `NoneGuardedLayer` reads.
 
 A new kind of rewrite is one `Kind` subclass (see base.py) added to `KINDS`
 before the kinds whose matches it takes over.

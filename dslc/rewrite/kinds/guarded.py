@@ -1,84 +1,124 @@
-"""A layer guarded by `if self.<attr> is not None:` (mobilenet/mobilevit, issue 8 item 12).
+"""A removed layer that `__init__` binds under a condition and to `None` or
+`nn.Identity()` elsewhere (mobilenet/mobilevit, issue 8 item 12).
 
-`__init__` binds the layer under a condition and `None` otherwise; forward
-calls it under `if self.<attr> is not None:`.  Forward stays as it is; the
-layer's binding becomes the rule's init target built from the layers that
-already exist, then `self.<attr> = None`.
+`__init__` binds the layer under a guard G and, where G fails, to `None`
+(forward calls it under a guard on the attribute: `if self.<a> is not
+None:`, `if self.<a>:`, or the `else:` of `if self.<a> is None:` / `if not
+self.<a>:`) or to `nn.Identity()` (forward may call it unguarded).  Forward
+stays as it is; the layer's binding becomes the rule's init target built
+from the layers that already exist, then `self.<a> = None` (guarded call)
+or `self.<a> = nn.Identity()` (unguarded call): under G the fused layer runs
+and the guarded call is skipped, or the Identity passes the fused value
+through; where G fails nothing changes.
 """
 
 from __future__ import annotations
 
 import ast
+from dataclasses import dataclass
 
-from dslc.analysis.model import Guard
 from dslc import codes
 from dslc.match import ir
+from dslc.match.matcher import is_neutral, overwritten_by, removed_layer_vars
 from dslc.rewrite import safety
 from dslc.rewrite.astutil import exit_between, owner_name
 from dslc.rewrite.imports import hook_registration, param_renames
 from dslc.rewrite.kinds.base import Kind, Setup
+from dslc.rewrite.kinds.guardforms import GuardForm, guard_form, self_attr_nodes, truthy_reason
 from dslc.rewrite.plan import Plan, Skip
 from dslc.rewrite.render import Env
 from dslc.rewrite.rules import renamed_key
 
 
+@dataclass(frozen=True)
+class Found:
+    """What `NoneGuardedLayer.select` found."""
+
+    var: str  # the removed layer's init variable
+    index: int | None  # its node in the match (None: not a node this kind reads)
+    form: GuardForm | None  # the guard on the attribute around its call; None: unguarded
+    neutral: tuple  # the `None` / `nn.Identity()` bindings of the attribute the layer does not overwrite
+
+
 class NoneGuardedLayer(Kind):
-    """The removed layer's call is the only statement of `if self.<attr> is not None:`."""
+    """The removed layer's call under a guard on its attribute, or its
+    attribute bound to `None` / `nn.Identity()` on another branch of `__init__`."""
 
     def select(self, match: ir.Match, setup: Setup | None):
-        return self.none_guarded_layer(match)
+        return self.find(match, setup.cls if setup is not None else None)
 
-    def none_guarded_layer(self, match: ir.Match):
-        """(var, node index, `if` statement) when the matched call of a layer
-        the rewrite removes is the only statement of `if self.<attr> is not
-        None:` (mobilenet/mobilevit: `__init__` binds the layer under a
-        condition and `None` otherwise); None for any other shape."""
+    def find(self, match: ir.Match, cls) -> Found | None:
+        """The removed layer (a layer variable of the forward source absent
+        from both targets), when its call is guarded by its attribute or
+        `__init__` binds that attribute to `None` / `nn.Identity()` where the
+        layer's binding does not overwrite it; None for any other match.
+        A match with such a binding is always selected (the matcher leaves
+        those bindings to this kind), so that a shape this kind does not
+        rewrite is refused here rather than fused as if the layer were
+        always there (`index` None)."""
         rule = match.rule
-        if rule.forward is None or rule.forward.target is None or rule.init is None or rule.init.target is None:
+        removed = removed_layer_vars(rule)
+        if not removed:
             return None
-        if len(match.nodes) != len(rule.forward.source):
-            return None
-        target_vars = {o.name for pn in rule.init.target for o in pn.outputs}
-        for i, (pn, node) in enumerate(zip(rule.forward.source, match.nodes)):
-            var = pn.layer_var
-            if var is None or var in target_vars or node.kind != "layer" or not node.attr:
-                continue
-            try:
-                stmt = self.mod.stmt(node.stmt)
-            except Skip:
-                return None
-            parent, fname = self.mod.parent.get(id(stmt), (None, None))
-            if isinstance(parent, ast.If) and fname == "body" and _is_not_none_test(parent.test, node.attr):
-                return var, i, parent
+        nodes_ok = len(match.nodes) == len(rule.forward.source)
+        for var in sorted(removed):
+            layer = match.init_nodes.get(var)
+            neutral = tuple(b for b in (cls.init if cls is not None and layer is not None else ())
+                            if b.attr == layer.attr and b is not layer and is_neutral(b) and not overwritten_by(b, layer))
+            index = next((i for i, pn in enumerate(rule.forward.source) if pn.layer_var == var), None)
+            node = match.nodes[index] if nodes_ok and index is not None else None
+            form = None
+            if node is not None and node.kind == "layer" and node.attr:
+                try:
+                    stmt = self.mod.stmt(node.stmt)
+                except Skip:
+                    stmt = None
+                parent, fname = self.mod.parent.get(id(stmt), (None, None))
+                form = guard_form(parent, fname, node.attr)
+            elif neutral:
+                return Found(var, None, None, neutral)
+            if form is not None or neutral:
+                return Found(var, index, form, neutral)
         return None
 
-    def plan(self, match: ir.Match, setup: Setup | None, found, plan: Plan) -> None:
-        """Rewrite a match whose removed layer `$a` is called under
-        `if self.a is not None:` while `__init__` binds `self.a` to the layer
-        under a guard G and to `None` where G fails.
+    def plan(self, match: ir.Match, setup: Setup | None, found: Found, plan: Plan) -> None:
+        """Rewrite a match whose removed layer `$a` `__init__` binds under a
+        guard G, and to `None` or `nn.Identity()` where G fails.
 
         Forward stays as it is.  At the layer's binding (under G) the statement
         becomes the rule's init target, built from the layers that already
         exist (`self.conv = ConvBn2d(self.conv, nn.BatchNorm2d(...))`), then
-        `self.a = None`: under G the fused layer runs and the guarded call is
-        skipped; where G fails nothing changes.  Only for rules whose forward
-        target is the source without the removed layer's call (`$conv($x) ->
-        $h; $bn($h) -> $o` => `$conv($x) -> $o`), so that the unchanged
-        forward computes the target; every other shape is refused here with
-        its reason."""
-        var, index, if_stmt = found
-        where, node, name = self._check_forward(match, found, setup.condition)
+        `self.a = None` (forward's call is guarded) or `self.a =
+        nn.Identity()` (it is not).  Only for rules whose forward target is the
+        source without the removed layer's call (`$conv($x) -> $h; $bn($h) ->
+        $o` => `$conv($x) -> $o`), so that the unchanged forward computes the
+        target; every other shape is refused here with its reason."""
+        if found.index is None:
+            b = found.neutral[0]
+            raise Skip(codes.S_GUARDED_LAYER, (
+                f"`self.{b.attr}` is also bound to `{'None' if b.kind == 'other' else 'nn.Identity()'}` (line "
+                f"{b.stmt.lines[0] if b.stmt else 0}), and the matched call of the layer is not one this rewrite reads"))
+        where, name = self._check_forward(match, found, setup.condition)
         self._check_paths(match, found, where, name, setup.paths)
-        layer, layer_stmt = self._check_init(match, setup.cls, var, where, node, if_stmt)
-        self._init_edit(match, setup.cls, var, node.attr, layer, layer_stmt, where, plan)
+        layer, layer_stmt = self._check_init(match, setup.cls, found, where)
+        self._init_edit(match, setup.cls, found, layer, layer_stmt, where, plan)
 
-    def _check_forward(self, match: ir.Match, guarded, condition):
-        """The rule and the forward code have the shape this kind rewrites."""
-        var, index, if_stmt = guarded
+    def _check_forward(self, match: ir.Match, found: Found, condition):
+        """The rule and the forward code have the shape this kind rewrites;
+        returns the description of the place and the name the guarded call
+        reads (None for an unguarded call)."""
         rule = match.rule
-        where = f"the call of `self.{match.nodes[index].attr}` under `if ... is not None:` at line {if_stmt.lineno}"
+        index, form = found.index, found.form
+        node = match.nodes[index]
+        stmt = self.mod.stmt(node.stmt)
+        if form is not None:
+            where = f"the call of `self.{node.attr}` under {form.describe()} at line {form.if_stmt.lineno}"
+        else:
+            where = f"the call of `self.{node.attr}` at line {stmt.lineno}"
         if condition:
             raise Skip(codes.S_GUARDED_LAYER, f"{where}: a rule with `when` is not rewritten there")
+        if rule.init is None or rule.init.target is None:
+            raise Skip(codes.S_GUARDED_LAYER, f"{where}: the rule builds no fused layer in `__init__`")
         if index != len(match.nodes) - 1 or index == 0:
             raise Skip(codes.S_GUARDED_LAYER, f"{where}: it is not the last matched call after the others")
         source_pn = rule.forward.source[index]
@@ -89,47 +129,96 @@ class NoneGuardedLayer(Kind):
         rest = [renamed_key(pn, rename) for j, pn in enumerate(rule.forward.source) if j != index]
         if rest != [renamed_key(pn, rename) for pn in rule.forward.target]:
             raise Skip(codes.S_GUARDED_LAYER, f"{where}: the rule's forward target is not its source without that call")
-        node = match.nodes[index]
-        stmt = if_stmt.body[0]
-        if len(if_stmt.body) != 1 or if_stmt.orelse:
-            raise Skip(codes.S_GUARDED_LAYER, f"{where}: the `if` holds more than the call")
-        value = stmt.value if isinstance(stmt, ast.Assign) else None
-        if not (value is not None and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name)
-                and isinstance(value, ast.Call) and len(value.args) == 1 and not value.keywords
-                and isinstance(value.args[0], ast.Name) and value.args[0].id == stmt.targets[0].id
-                and node.expr_span == (value.lineno, value.col_offset, value.end_lineno, value.end_col_offset)):
-            raise Skip(codes.S_GUARDED_LAYER, f"{where}: the call is not `v = self.<layer>(v)`")
-        name = stmt.targets[0].id
         for other in match.nodes:
             if other.stmt.method != node.stmt.method or other.inlined_from != node.inlined_from:
                 raise Skip(codes.S_GUARDED_LAYER, f"{where}: the matched calls are in different methods")
-        return where, node, name
+        self._check_single_uses(match, where)
+        if form is None:
+            none = next((b for b in found.neutral if b.kind == "other"), None)
+            if none is not None:
+                raise Skip(codes.S_GUARDED_LAYER, (
+                    f"{where}: forward calls `self.{node.attr}` outside `if self.{node.attr} is not None:` (or `if "
+                    f"self.{node.attr}:`), and `__init__` binds it to `None` at line "
+                    f"{none.stmt.lines[0] if none.stmt else 0}"))
+            return where, None
+        return where, self._guarded_name(node, stmt, form, where)
 
-    def _check_paths(self, match: ir.Match, guarded, where: str, name: str, paths) -> None:
-        """Every path runs all the matched calls, or (`self.a` is None) all but
-        the guarded one; the value before the guarded call is read by nothing
-        but that call."""
-        var, index, if_stmt = guarded
+    def _guarded_name(self, node, stmt: ast.stmt, form: GuardForm, where: str) -> str:
+        """The guarded branch is exactly `v = self.<a>(v)` (or `t = self.<a>(s)`
+        in the `else:` form whose other branch is `t = s`); the other branch
+        is nothing, `pass`, or that copy.  Returns the name the call reads."""
+        call_branch = form.if_stmt.orelse if form.in_orelse else form.if_stmt.body
+        other_branch = form.if_stmt.body if form.in_orelse else form.if_stmt.orelse
+        value = stmt.value if isinstance(stmt, ast.Assign) else None
+        if len(call_branch) != 1 or (other_branch and not form.in_orelse):
+            raise Skip(codes.S_GUARDED_LAYER, f"{where}: the `if` holds more than the call")
+        if not (value is not None and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name)
+                and isinstance(value, ast.Call) and len(value.args) == 1 and not value.keywords
+                and isinstance(value.args[0], ast.Name)
+                and node.expr_span == (value.lineno, value.col_offset, value.end_lineno, value.end_col_offset)):
+            raise Skip(codes.S_GUARDED_LAYER, f"{where}: the call is not `v = self.<layer>(v)`")
+        target, source = stmt.targets[0].id, value.args[0].id
+        if form.in_orelse and len(other_branch) == 1 and isinstance(other_branch[0], ast.Assign) \
+                and len(other_branch[0].targets) == 1 and isinstance(other_branch[0].targets[0], ast.Name) \
+                and other_branch[0].targets[0].id == target and isinstance(other_branch[0].value, ast.Name) \
+                and other_branch[0].value.id == source:
+            return source  # `if self.a is None: t = s else: t = self.a(s)`
+        if form.in_orelse and not (len(other_branch) == 1 and isinstance(other_branch[0], ast.Pass)):
+            raise Skip(codes.S_GUARDED_LAYER, f"{where}: the branch without the call is not `pass` or `{target} = {source}`")
+        if target != source:
+            raise Skip(codes.S_GUARDED_LAYER, f"{where}: the call is not `v = self.<layer>(v)`")
+        return source
+
+    def _check_single_uses(self, match: ir.Match, where: str) -> None:
+        """In each matched statement, `self.<a>` of a matched layer occurs only
+        as the matched calls (`self.bn(self.conv(x)) + self.conv(y)` would
+        call the fused layer a second time)."""
+        per_stmt: dict[int, tuple[ast.stmt, dict[str, int]]] = {}
+        for n in match.nodes:
+            if n.kind != "layer" or not n.attr:
+                continue
+            st = self.mod.stmt(n.stmt)
+            counts = per_stmt.setdefault(id(st), (st, {}))[1]
+            counts[n.attr] = counts.get(n.attr, 0) + 1
+        for st, counts in per_stmt.values():
+            for attr, count in counts.items():
+                if len(self_attr_nodes(st, attr)) != count:
+                    raise Skip(codes.S_ATTR_USED, f"{where}: line {st.lineno} also uses `self.{attr}` beside the matched call")
+
+    def _check_paths(self, match: ir.Match, found: Found, where: str, name: str | None, paths) -> None:
+        """Every path runs all the matched calls, or (guarded: `self.a` is
+        None) all but the guarded one; the value the removed call reads is
+        read by nothing else."""
+        index, form = found.index, found.form
         mod = self.mod
         node = match.nodes[index]
         keys = [safety.node_key(n) for j, n in enumerate(match.nodes) if j != index]
         mine = safety.node_key(node)
-        around = Guard(ast.unparse(if_stmt.test), True)
         for path in safety.candidate_paths(match, self.facts):
             have = {safety.node_key(n) for n in path.nodes}
             if mine in have and not all(k in have for k in keys):
                 raise Skip(codes.S_GUARDED_LAYER, f"{where}: some path runs it without the other matched calls")
-            if any(k in have for k in keys) and mine not in have and not any(
-                    g.text == around.text and g.negated for g in path.guards):
+            if any(k in have for k in keys) and mine not in have and not (
+                    form is not None and any(form.skips(g) for g in path.guards)):
                 raise Skip(codes.S_GUARDED_LAYER, f"{where}: some path runs the other matched calls but not the guarded one")
-        first = mod.stmt(match.nodes[0].stmt) if index else None
-        if first is not None:
-            exit_line = exit_between(self.ctx.statements_between(first, if_stmt))
-            if exit_line:
-                raise Skip(codes.S_GUARDED_LAYER, f"{where}: line {exit_line} may leave before it (the fused layer would already have run)")
-            if match.class_name and owner_name(match.nodes[-1].stmt.owner, match.class_name) != match.class_name:
-                raise Skip(codes.S_INHERITED, f"{where}: the matched code is inherited")
-        # The value before the guarded call is read by nothing but that call.
+        call_stmt = form.if_stmt if form is not None else mod.stmt(node.stmt)
+        first = mod.stmt(match.nodes[0].stmt)
+        exit_line = exit_between(self.ctx.statements_between(first, call_stmt))
+        if exit_line:
+            raise Skip(codes.S_GUARDED_LAYER, f"{where}: line {exit_line} may leave before it (the fused layer would already have run)")
+        if match.class_name and owner_name(match.nodes[-1].stmt.owner, match.class_name) != match.class_name:
+            raise Skip(codes.S_INHERITED, f"{where}: the matched code is inherited")
+        if name is not None:
+            self._check_reads_before(match, index, where, name, paths)
+        value = match.bindings.get(match.rule.forward.source[index].args[0].name)
+        if value is not None and value.kind == "name":
+            reason = safety.check_dataflow(match, paths, produced_again=set(), target_inputs=set(), deleted_stmts=set(),
+                                           final_stmt=safety.stmt_key(node), scan={value.text})
+            if reason:
+                raise Skip(codes.Reason(codes.code_of(reason), f"{where}: {reason}"))
+
+    def _check_reads_before(self, match: ir.Match, index: int, where: str, name: str, paths) -> None:
+        """The value before the guarded call is read by nothing but that call."""
         for path in paths:
             positions = [next((k for k, n in enumerate(path.nodes) if safety.node_key(n) == safety.node_key(m)), None)
                          for m in match.nodes]
@@ -141,19 +230,25 @@ class NoneGuardedLayer(Kind):
                 if name in path.nodes[k].reads:
                     raise Skip(codes.S_VALUE_READ, f"{where}: `{name}` is read at line {path.nodes[k].stmt.lines[0]} before it")
 
-    def _check_init(self, match: ir.Match, cls, var: str, where: str, node, if_stmt: ast.If):
-        """__init__: the layer under G, None (and nothing else) where G fails;
-        `self.<attr>` used nowhere else, and no subclass shares the change."""
+    def _check_init(self, match: ir.Match, cls, found: Found, where: str):
+        """__init__: the layer under G, None / Identity (and nothing else) where
+        G fails; `self.<attr>` used nowhere else, and no subclass shares the change."""
         mod = self.mod
+        node = match.nodes[found.index]
         attr = node.attr
-        layer = match.init_nodes.get(var)
-        if layer is None or layer.stmt is None or not layer.guards:
+        layer = match.init_nodes.get(found.var)
+        if layer is None or layer.stmt is None:
+            raise Skip(codes.S_GUARDED_LAYER, f"{where}: `self.{attr}` is not bound in `__init__`")
+        self._check_neutral_bindings(cls, layer, attr, where)
+        if not layer.guards:
             raise Skip(codes.S_GUARDED_LAYER, f"{where}: `self.{attr}` is not bound under a condition in `__init__`")
-        self._check_none_bindings(cls, layer, attr, where)
+        if found.form is not None and found.form.bare:
+            self._check_truthy(cls, layer, attr, found.form)
         layer_stmt = mod.stmt(layer.stmt)
         if not (isinstance(layer_stmt, ast.Assign) and len(layer_stmt.targets) == 1):
             raise Skip(codes.S_GUARDED_LAYER, f"line {layer_stmt.lineno} is not a plain `self.{attr} = ...`")
-        if_lines = (if_stmt.lineno, if_stmt.end_lineno)
+        around = found.form.if_stmt if found.form is not None else mod.stmt(node.stmt)
+        if_lines = (around.lineno, around.end_lineno)
         for use in (cls.attr_uses if cls is not None else ()):
             if use.attr != attr:
                 continue
@@ -170,34 +265,54 @@ class NoneGuardedLayer(Kind):
                     raise Skip(codes.S_GUARDED_LAYER, f"{where}: `{other.name}` subclasses `{cls.name}` and would share the change")
         return layer, layer_stmt
 
-    def _check_none_bindings(self, cls, layer, attr: str, where: str) -> None:
-        """Every other binding of `self.<attr>` is `None`, where the layer's is not."""
+    def _check_truthy(self, cls, layer, attr: str, form: GuardForm) -> None:
+        """A bare `if self.a:` means `is not None` only when every other value is truthy."""
+        values = [layer] + [b for b in (cls.init if cls is not None else ()) if b.attr == attr and b.kind == "call"]
+        for b in values:
+            reason = truthy_reason(b.type, self.facts.classes)
+            if reason is not None:
+                line = b.stmt.lines[0] if b.stmt is not None else 0
+                raise Skip(codes.S_GUARD_FALSY, (
+                    f"{form.describe()} (line {form.if_stmt.lineno}) tests the truth of `self.{attr}`, which may be "
+                    f"falsy though not `None`: {reason} (bound at line {line}); write `is not None`"))
+
+    def _check_neutral_bindings(self, cls, layer, attr: str, where: str) -> None:
+        """Every other binding of `self.<attr>` is `None` or `nn.Identity()`
+        where the layer's is not (z3 over the guards of `__init__`), in a
+        statement of its own."""
         from dslc.analysis import guards as guardlib
 
         mod = self.mod
         for b in (cls.init if cls is not None else ()):
             if b.attr != attr or b is layer:
                 continue
-            none = b.kind == "other" and len(b.args) == 1 and b.args[0].is_const and b.args[0].const is None
-            if not none:
-                raise Skip(codes.S_GUARDED_LAYER, f"{where}: `self.{attr}` is also bound to something else than `None` at line {b.stmt.lines[0] if b.stmt else 0}")
+            line = b.stmt.lines[0] if b.stmt else 0
+            if not is_neutral(b):
+                raise Skip(codes.S_GUARDED_LAYER, f"{where}: `self.{attr}` is also bound to something else than `None` or `nn.Identity()` at line {line}")
+            if b.stmt == layer.stmt:
+                if _ifexp_branches(mod.stmt(layer.stmt), layer) is None:
+                    raise Skip(codes.S_GUARDED_LAYER, f"{where}: `self.{attr} = ... if ... else ...` (line {line}) is not one layer or the other")
+                continue  # `self.a = L if c else N`: exclusive by construction
             if b.stmt is not None and b.stmt.method == layer.stmt.method and b.stmt.owner == layer.stmt.owner \
                     and b.stmt.lines[1] < layer.stmt.lines[0] \
                     and not any(isinstance(c, (ast.For, ast.AsyncFor, ast.While))
                                 for c, _ in mod.chain(mod.stmt(layer.stmt)) + mod.chain(mod.stmt(b.stmt))):
                 continue  # `self.a = None` first, then the layer under G: the layer's binding wins
             if guardlib.consistent(tuple(layer.guards) + tuple(b.guards)) is not guardlib.Answer.REFUTED:
-                raise Skip(codes.S_GUARDED_LAYER, f"{where}: `self.{attr} = None` (line {b.stmt.lines[0] if b.stmt else 0}) may run with the layer's binding")
+                raise Skip(codes.S_GUARDED_LAYER, f"{where}: `self.{attr} = {'None' if b.kind == 'other' else 'nn.Identity()'}` (line {line}) may run "
+                           f"after the layer's binding (the guards of the two are not exclusive)")
 
-    def _init_edit(self, match: ir.Match, cls, var: str, attr: str, layer, layer_stmt: ast.stmt, where: str,
+    def _init_edit(self, match: ir.Match, cls, found: Found, layer, layer_stmt: ast.stmt, where: str,
                    plan: Plan) -> None:
         """The layers the target replaces exist, unconditionally, before the
-        binding; the binding becomes the target, then `self.<attr> = None`."""
+        binding; the binding becomes the target, then `self.<attr> = None`
+        (or a new `nn.Identity()` where forward calls it unguarded)."""
         rule = match.rule
-        mod = self.mod
+        var, attr = found.var, match.nodes[found.index].attr
         source_vars = {o.name for pn in rule.init.source for o in pn.outputs}
         changed = {}
-        env_ctor = {var: self.ctx.relative_text(layer_stmt.value, layer_stmt)}
+        branches = _ifexp_branches(layer_stmt, layer)
+        env_ctor = {var: self.ctx.relative_text(branches[1] if branches else layer_stmt.value, layer_stmt)}
         for pn in rule.init.target:
             for out in pn.outputs:
                 if out.name not in source_vars:
@@ -225,18 +340,36 @@ class NoneGuardedLayer(Kind):
         for pn in rule.init.target:
             out = pn.outputs[0].name
             lines.append(f"self.{attrs[out]} = {self.ctx.render_node(pn, env, plan)}")
-        lines.append(f"self.{attr} = None")
+        neutral = "None" if found.form is not None else f"{self.ctx.imports.spell('torch.nn.Identity', plan)}()"
+        lines.append(f"self.{attr} = {neutral}")
         renames = param_renames(rule, attrs.get, lambda v: getattr(match.init_nodes.get(v), "attr", None))
         if renames:
             plan.needs_hook = True
-            lines.append(hook_registration(renames, mod.unit))
-        start, end = mod.stmt_range(layer_stmt)
-        self.ctx.claim(plan, start, end, self.ctx.fit(self.ctx.lines_text(lines, mod.indent(layer_stmt)), layer_stmt), layer_stmt)
+            lines.append(hook_registration(renames, self.mod.unit))
+        indent = self.mod.indent(layer_stmt)
+        if branches:
+            # `self.a = L if c else N` -> `if c: <lines> else: self.a = N` (or the mirror)
+            layer_first, layer_expr, other_expr = branches
+            test = f"if {self.ctx.relative_text(layer_stmt.value.test, layer_stmt)}:"
+            other = [f"self.{attr} = {self.ctx.relative_text(other_expr, layer_stmt)}"]
+            first, second = (lines, other) if layer_first else (other, lines)
+            text = (self.ctx.lines_text([test], indent) + self.ctx.lines_text(first, indent + self.mod.unit)
+                    + self.ctx.lines_text(["else:"], indent) + self.ctx.lines_text(second, indent + self.mod.unit))
+        else:
+            text = self.ctx.lines_text(lines, indent)
+        start, end = self.mod.stmt_range(layer_stmt)
+        self.ctx.claim(plan, start, end, self.ctx.fit(text, layer_stmt), layer_stmt)
 
 
-def _is_not_none_test(test: ast.expr, attr: str) -> bool:
-    """`self.<attr> is not None`."""
-    return (isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.IsNot)
-            and isinstance(test.comparators[0], ast.Constant) and test.comparators[0].value is None
-            and isinstance(test.left, ast.Attribute) and isinstance(test.left.value, ast.Name)
-            and test.left.value.id == "self" and test.left.attr == attr)
+def _ifexp_branches(stmt: ast.stmt, layer):
+    """(layer first?, layer expression, other expression) of `self.a = L if c
+    else N` (or `N if c else L`) where `layer` is the binding of L (its last
+    guard is the test of this `a if c else b`) and neither branch is itself
+    an `a if c else b`; None for any other statement."""
+    value = getattr(stmt, "value", None)
+    if not isinstance(value, ast.IfExp) or isinstance(value.body, ast.IfExp) or isinstance(value.orelse, ast.IfExp) \
+            or not layer.guards or layer.guards[-1].text != ast.unparse(value.test):
+        return None
+    if layer.guards[-1].negated:
+        return False, value.orelse, value.body
+    return True, value.body, value.orelse
