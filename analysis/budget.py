@@ -28,6 +28,10 @@ MAX_PATH_NODES = 3_000  # nodes on one path (the matcher's work grows with it)
 MAX_GUARD_QUERIES = 100_000  # guards sent to z3 (summed over its questions; cached answers are free)
 MAX_CONTAINER_ELEMENTS = 1_000  # elements of one nn.Sequential/ModuleList literal
 MAX_INLINE_DEPTH = 3
+# `if`s without calls split for optional nodes (`Options.optional_ifs`), per
+# function: each one doubles the paths after it; past this many they stay
+# one statement each (no rule matches across them: sound, and no blow-up)
+MAX_OPTIONAL_IFS = 4
 MAX_NESTED_CLASS_DEPTH = 4  # classes nested in class bodies (Outer.Inner...)
 
 
@@ -35,6 +39,11 @@ MAX_NESTED_CLASS_DEPTH = 4  # classes nested in class bodies (Outer.Inner...)
 class Options:
     inline: bool = True
     flatten: bool = False
+    # Split an `if` without calls whose branch updates a value a DL node wrote
+    # (`if m is not None: s = s + m`), for the loaded rules' optional nodes:
+    # (update, writer) pairs, e.g. ("+", "/"), ("masked_fill", "torch.einsum")
+    # (`compound._updates_dl_value`).
+    optional_ifs: frozenset = frozenset()
     max_paths: int = MAX_PATHS
     # budgets (None: the module's MAX_* value at the time of use)
     max_work: int | None = None

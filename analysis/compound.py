@@ -27,7 +27,9 @@ from __future__ import annotations
 import ast
 from typing import TYPE_CHECKING
 
+from .budget import MAX_OPTIONAL_IFS
 from .defuse import reads_of, self_attr, target_reads, writes_of
+from .exprs import BINOPS, TENSOR_METHODS
 from .model import StmtRef
 from .pathstate import Alt, Frame, split_alts
 
@@ -38,7 +40,10 @@ if TYPE_CHECKING:
 def if_statement(pb: PathBuilder, stmt: ast.If, ref: StmtRef, path: tuple, blocks: tuple, frame: Frame,
                  alts: list[Alt]) -> list[Alt]:
     if not pb.kinds.has_dl(stmt, frame):
-        return pb.opaque(stmt, ref, frame, alts)
+        if not (pb.ctx.options.optional_ifs and pb.optional_ifs < MAX_OPTIONAL_IFS
+                and _updates_dl_value(stmt, frame, alts, pb.ctx.options.optional_ifs)):
+            return pb.opaque(stmt, ref, frame, alts)
+        pb.optional_ifs += 1
     alts = pb.run_actions(pb.exprs.evaluate(stmt.test, frame, ref), frame, alts)
     test_reads = reads_of(stmt.test, pb.exprs.replaced)
     for a in alts:
@@ -54,6 +59,44 @@ def if_statement(pb: PathBuilder, stmt: ast.If, ref: StmtRef, path: tuple, block
     yes = pb.block(stmt.body, path + ("body",), sub_body, frame, yes)
     no = pb.block(stmt.orelse, path + ("orelse",), sub_else, frame, no)
     return pb.join(yes, no)
+
+
+def _updates_dl_value(stmt: ast.If, frame: Frame, alts: list[Alt], pairs: frozenset) -> bool:
+    """Does a branch of an `if` without DL calls update a value that a DL node
+    wrote last, the way a loaded rule's optional node may (`if mask is not
+    None: scores = scores + mask`)?  `pairs` (`Options.optional_ifs`) holds
+    (update, writer): the update an operator (`+`) or a tensor method
+    (`masked_fill`), the writer the op (`/`) or callable (`torch.matmul`) of
+    the DL node that wrote the updated value.  Such an `if` splits the paths,
+    so that a rule can see the update on one path and its absence on the
+    other; any other `if` without DL calls stays one statement."""
+    wanted: dict[str, set[str]] = {}  # name read by an update -> its update keys
+    for s in list(stmt.body) + list(stmt.orelse):
+        key, value = None, None
+        if isinstance(s, ast.AugAssign) and isinstance(s.target, ast.Name):
+            key, value = BINOPS.get(type(s.op)), s.target
+        elif isinstance(s, ast.Assign) and len(s.targets) == 1 and isinstance(s.targets[0], ast.Name):
+            v = s.value
+            if isinstance(v, ast.BinOp):
+                key, value = BINOPS.get(type(v.op)), v
+            elif (isinstance(v, ast.Call) and isinstance(v.func, ast.Attribute) and v.func.attr in TENSOR_METHODS
+                  and isinstance(v.func.value, ast.Name)):
+                key, value = v.func.attr, v
+        if key is None or not any(u == key for u, _ in pairs):
+            continue
+        for n in ast.walk(value):
+            if isinstance(n, ast.Name) and n.id in frame.locals:
+                wanted.setdefault(n.id, set()).add(key)
+    if not wanted:
+        return False
+    # a few paths suffice (the same statements wrote the name on most of them);
+    # not splitting is always sound: the `if` stays one statement
+    live = [a for a in alts if a.status == "fall"][:8]
+    for a in live:
+        for name, writer in a.dl_written(set(wanted)).items():
+            if any((u, writer) in pairs for u in wanted[name]):
+                return True
+    return False
 
 
 def loop_statement(pb: PathBuilder, stmt: ast.For | ast.AsyncFor | ast.While, ref: StmtRef, path: tuple,

@@ -40,12 +40,14 @@ class PathBuilder:
         self.kinds = kinds
         self.exprs = Expressions(ctx, kinds)
         self.capped = False  # the function being walked had more than max_paths paths
+        self.optional_ifs = 0  # `if`s without calls split so far in it (`compound.if_statement`)
 
     def function_paths(self, fn: ast.FunctionDef, owner: str, info: ClassInfo | None) -> tuple[Path, ...]:
         """The paths of `fn` (a method of `info`, or a function when None)."""
         self.ctx.enter(info)
         self.exprs.temp = 0
         self.capped = False
+        self.optional_ifs = 0
         frame = Frame(fn.name, owner, fn, frozenset(local_names(fn)), stack=((owner, fn.name),),
                       scope=info.scope if info is not None else self.ctx.scope)
         problems, where = self.ctx.problems, f"{owner}.{fn.name}"

@@ -66,6 +66,26 @@ class Alt:
             cur = cur[1]
         return tuple(reversed(out))
 
+    def dl_written(self, names: set[str]) -> dict[str, str]:
+        """Those of `names` whose last writer on this path is a DL node (not a
+        `stmt`), each with that node's op (`/`) or type (`torch.matmul`)."""
+        found: dict[str, str] = {}
+        left = set(names)
+        cur = self.tail
+        budget = ACTIVE[0]
+        while cur is not None and left:
+            if budget is not None:
+                budget.walk += 1  # charged like `version`'s walk (`Budget.charge`)
+            node = cur[0]
+            hit = left & (set(node.writes) | set(node.outputs))
+            if hit:
+                if node.kind != "stmt":
+                    for name in hit:
+                        found[name] = (node.op if node.kind == "op" else node.type) or ""
+                left -= hit
+            cur = cur[1]
+        return found
+
     def version(self, symbol: str) -> int:
         """Position of the last node that wrote `symbol` or a prefix of it
         (0: never written on this path): the symbol's version."""

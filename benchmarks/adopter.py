@@ -98,7 +98,7 @@ def _init(packs, cache_dir, inline, flatten, check, near=True) -> None:
     compiled = apply.compile_packs(packs)
     options = apply.ApplyOptions(mode="diff", cache_dir=cache_dir, inline=inline, flatten=flatten)
     _STATE.update(compiled=compiled, options=options, check=check, near=near,
-                  kw=apply._analysis_kwargs(options, compiled.want))
+                  kw=apply._analysis_kwargs(options, compiled.want, compiled.optional_ifs))
 
 
 def _near_misses(found, facts, compiled, source=None) -> list:

@@ -249,6 +249,17 @@ METHOD_OUTSIDE_CLASS = _code("ADR153", "error", "method or attribute node outsid
     `$x.m(...)` and `$x.attr` patterns are matched against the expression
     graph of a class's forward; `init` and `forward` items match DL-node
     paths, which do not record tensor methods. Use a `class` item.""")
+OPTIONAL_MISUSE = _code("ADR160", "error", "misused optional node", """
+    `<node> -> $out optional when $m is not None` marks a forward node that
+    may be absent. In a source pattern (one such node per rule) it has one
+    output, which a later source node reads; one of its operands is the
+    output of an earlier source node (the value that flows on when the node
+    is absent) and `$m` is another operand that no other source node binds.
+    In a target it marks a node written only where the source node is
+    present: its output is the optional source node's, its `when` variable
+    the same. A variable that only the optional source node binds may appear
+    in the target only inside optional target nodes (it is None where the
+    node is absent). Not in init or class items.""")
 REQUIRES_UNKNOWN = _code("ADR350", "error", "rule requires a package the pack does not require", """
     `requires PKG ...` inside a rule names what its kernel needs at run time;
     PKG must be named by a `requires` line of the pack (which gives its
@@ -592,6 +603,13 @@ S_FALLBACK = _code("S316", "skip", "the guarded fallback cannot be written", """
     declared, a per-call dispatch for a call with further arguments or a
     cast, a value the dispatch needs is bound to nothing, the target calls
     nothing from the required package, or `torch` names something else.""")
+S_OPTIONAL_GUARD = _code("S330", "skip", "an optional node sits under a guard the rewrite cannot drop", """
+    The rule's optional node (`... optional when $m is not None`) matched a
+    statement inside an `if`, and that `if` is not exactly `if m is not
+    None:` around that one statement with no `else` (m the name bound to
+    `$m`), or the path where the `if` is not taken does not match the rest of
+    the chain: deleting the `if` with the chain would change what one of its
+    paths computes.""")
 S_GENERATED = _code("S407", "skip", "inside code that dslc generated", """
     The match lies in a dispatch helper (`_dslc_<pack>_<rule>`) written by an
     earlier `dslc apply`; its call of the original function is the fallback

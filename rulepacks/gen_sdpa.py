@@ -13,7 +13,10 @@ Each step and its target contribution:
              torch.einsum(E, q, k) for E in EINSUM_QK (no transpose node)
   scale      s / d -> scale=1.0 / d | s * c -> scale=c | none -> scale=1.0
   mask       s + m -> attn_mask=torch.as_tensor(m, dtype=q.dtype) | s.masked_fill(c, f) ->
-             attn_mask=zeros_like(c, q.dtype).masked_fill(c, f) | none
+             attn_mask=zeros_like(c, q.dtype).masked_fill(c, f); an optional node
+             (docs/adr-language.md, "Optional nodes"): absent -> no attn_mask;
+             alone in `if m is not None:` -> the `if` is deleted and
+             attn_mask=None if m is None else <the conversion>
   softmax    F.softmax(s, dim=-1) | s.softmax(dim=-1) |
              F.softmax(s, dim=-1, dtype=X).to(Y)              (float32 upcast)
   dropout    self.<drop>(p) (an nn.Dropout) -> dropout_p=<drop>.p * <drop>.training |
@@ -48,9 +51,14 @@ HEADER = '''\
 #   `output_attentions`, a head mask multiplied in, hooks): the data-flow
 #   check of dslc.rewrite.safety refuses it with the reason; a run-time
 #   guard on `output_attentions` / `head_mask` is not expressible yet (`when`
-#   guards init rewrites only), nor is the optional mask `if mask is not
-#   None: s = s + mask` (see docs/adr-language.md, "What a forward rewrite
-#   cannot guard yet"): both are left alone;
+#   guards init rewrites only; see docs/adr-language.md, "What a forward
+#   rewrite cannot guard yet"): both are left alone;
+# * the mask node is optional: a chain without it is rewritten without
+#   `attn_mask`; `if mask is not None: s = s + mask` (or `s =
+#   s.masked_fill(mask, f)`), alone in its `if` without `else`, is deleted
+#   with the chain and the mask passed as `None if mask is None else ...`
+#   (SDPA with attn_mask=None is the unmasked attention); any other `if`
+#   around it is refused (S330);
 # * the mask is kept as an additive float mask in q's dtype (a boolean mask
 #   added to the scores adds 0/1; as a float mask it still does);
 #   `masked_fill(c, f)` becomes the additive mask `zeros.masked_fill(c, f)`:
@@ -109,11 +117,17 @@ SCALE = {
     "mul": ("$s0 * $c -> $s1", "$c"),
     "noscale": (None, "1.0"),
 }
+# The mask node is optional (`optional when $m is not None`): each rule also
+# matches the chain without it (no mask: `attn_mask` left out) and with it
+# alone in `if m is not None:` (the `if` is deleted; the mask is converted
+# only where it is not None).
+OPT_M = " optional when $m is not None"
+OPT_C = " optional when $cond is not None"
 MASK = {
-    "add": (["$s1 + $m -> $s2"], ["torch.as_tensor($m, dtype=$q.dtype) -> $s2"]),
-    "fill": (["torch.Tensor.masked_fill($s1, $cond, $fill) -> $s2"],
-             ["torch.zeros_like($cond, dtype=$q.dtype) -> $s0", "torch.masked_fill($s0, $cond, $fill) -> $s2"]),
-    "nomask": ([], []),
+    "add": (["$s1 + $m -> $s2" + OPT_M], ["torch.as_tensor($m, dtype=$q.dtype) -> $s2" + OPT_M]),
+    "fill": (["torch.Tensor.masked_fill($s1, $cond, $fill) -> $s2" + OPT_C],
+             ["torch.zeros_like($cond, dtype=$q.dtype) -> $s0" + OPT_C,
+              "torch.masked_fill($s0, $cond, $fill) -> $s2" + OPT_C]),
 }
 SOFTMAX = {
     "softmax": ["torch.nn.functional.softmax($s2, dim=-1) -> $p"],

@@ -51,7 +51,7 @@ CLASSES = {
         attn = F.dropout(attn, p=self.p, training=self.training)
         out = attn @ v
         return out.transpose(1, 2).flatten(2)
-''', "sdpa:at_tm2m1_mul_nomask_tsoftmax_fdrop"),
+''', "sdpa:at_tm2m1_mul_add_tsoftmax_fdrop"),
     "BmmFillUpcast": ('''\
     def forward(self, x, mask):
         q, k, v = self.split(x)
@@ -72,7 +72,7 @@ CLASSES = {
         attn = self.drop(attn)
         x = attn @ v
         return x.transpose(1, 2).flatten(2)
-''', "sdpa:at_tm2m1_noscale_nomask_tsoftmax_drop"),
+''', "sdpa:at_tm2m1_noscale_add_tsoftmax_drop"),
     "TimmFusedBranch": ('''\
     fused_attn = False
 
@@ -87,7 +87,7 @@ CLASSES = {
             attn = self.drop(attn)
             x = attn @ v
         return x.transpose(1, 2).flatten(2)
-''', "sdpa:at_tm2m1_noscale_nomask_tsoftmax_drop"),
+''', "sdpa:at_tm2m1_noscale_add_tsoftmax_drop"),
     "EinsumSpacedMulDrop": ('''\
     def forward(self, x):
         q, k, v = self.split(x)
@@ -96,7 +96,7 @@ CLASSES = {
         attn = self.drop(attn)
         out = torch.einsum("b h i j, b h j d -> b h i d", attn, v)
         return out.transpose(1, 2).flatten(2)
-''', "sdpa:einsum_mul_nomask_tsoftmax_drop"),
+''', "sdpa:einsum_mul_add_tsoftmax_drop"),
     "EinsumEllipsisDivAddUpcast": ('''\
     def forward(self, x, mask):
         q, k, v = self.split(x)
@@ -181,7 +181,7 @@ CLASSES = {
         attention_probs = self.drop(attention_probs)
         context = torch.matmul(attention_probs, v)
         return context.transpose(1, 2).flatten(2)
-''', None),
+''', "sdpa:matmul_tm1m2_div_add_softmax_drop"),
     "OptionalMaskFill": ('''\
     def forward(self, x, mask=None):
         q, k, v = self.split(x)
@@ -191,6 +191,56 @@ CLASSES = {
         attn = sim.softmax(dim=-1)
         out = torch.einsum("b h i j, b h j d -> b h i d", attn, v)
         return out.transpose(1, 2).flatten(2)
+''', "sdpa:einsum_mul_fill_tsoftmax_nodrop"),
+    # Optional masks the rewrite cannot drop with the `if` (S330, or no match):
+    "OptionalMaskElse": ('''\
+    def forward(self, x, attention_mask=None):
+        q, k, v = self.split(x)
+        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_dim)
+        if attention_mask is not None:
+            scores = scores + attention_mask
+        else:
+            scores = scores * 0.5
+        probs = F.softmax(scores, dim=-1)
+        return torch.matmul(probs, v).transpose(1, 2).flatten(2)
+''', None),
+    "OptionalMaskOtherGuard": ('''\
+    def forward(self, x, attention_mask=None):
+        q, k, v = self.split(x)
+        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_dim)
+        if self.p > 0:
+            scores = scores + attention_mask
+        probs = F.softmax(scores, dim=-1)
+        return torch.matmul(probs, v).transpose(1, 2).flatten(2)
+''', None),
+    "OptionalMaskTwoStatements": ('''\
+    def forward(self, x, attention_mask=None):
+        q, k, v = self.split(x)
+        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_dim)
+        if attention_mask is not None:
+            scores = scores + attention_mask
+            scores = scores * 0.5
+        probs = F.softmax(scores, dim=-1)
+        return torch.matmul(probs, v).transpose(1, 2).flatten(2)
+''', None),
+    "OptionalMaskReassigned": ('''\
+    def forward(self, x, attention_mask=None):
+        q, k, v = self.split(x)
+        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_dim)
+        if attention_mask is not None:
+            scores = scores + attention_mask
+        attention_mask = None
+        probs = F.softmax(scores, dim=-1)
+        return torch.matmul(probs, v).transpose(1, 2).flatten(2)
+''', None),
+    "OptionalMaskOtherName": ('''\
+    def forward(self, x, attention_mask=None, bias=None):
+        q, k, v = self.split(x)
+        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_dim)
+        if attention_mask is not None:
+            scores = scores + bias
+        probs = F.softmax(scores, dim=-1)
+        return torch.matmul(probs, v).transpose(1, 2).flatten(2)
 ''', None),
 }
 

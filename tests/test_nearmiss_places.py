@@ -225,8 +225,8 @@ def test_anchors_in_code_no_analysed_path_reaches_are_explained(tmp_path):
         assert code == 0 and report["errors"] == [] and report["matches"] == []
         return {n["class"]: n for n in report["near_misses"]}
 
-    looped = near_of("sdpa:at_tm2m1_noscale_nomask_tsoftmax_nodrop")["Heads"]
+    looped = near_of("sdpa:at_tm2m1_noscale_add_tsoftmax_nodrop")["Heads"]
     assert looped["line"] == line_of(LOOPED, "attn = q @ k.transpose") and "no analysed path reaches" in looped["reason"]
-    maps = near_of("sdpa:matmul_tm2m1_noscale_nomask_tsoftmax_drop")["Maps"]
+    maps = near_of("sdpa:matmul_tm2m1_noscale_add_tsoftmax_drop")["Maps"]
     assert maps["line"] == line_of(LOOPED, "attn = torch.matmul(q, k.transpose")
     assert "`attention_map`, which forward does not call" in maps["reason"]

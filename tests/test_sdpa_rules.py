@@ -84,6 +84,14 @@ def test_refusals_keep_the_code_and_say_why(rewritten):
     assert "`probs`" in skipped["OutputAttentions"] and "after the match" in skipped["OutputAttentions"]
     # v is the result of an inlined helper: no source expression to pass
     assert "inlined call" in skipped["InlinedValue"]
+    # an optional mask under an `if` the rewrite cannot delete (S330), or
+    # whose other path does not match the chain (the data-flow check)
+    codes = {m["class"]: m["code"] for m in matches if m["status"] == "skipped"}
+    assert codes["OptionalMaskElse"] == "S330" and "`else` branch" in skipped["OptionalMaskElse"]
+    assert codes["OptionalMaskOtherGuard"] == "S330" and "tests `self.p > 0`" in skipped["OptionalMaskOtherGuard"]
+    assert codes["OptionalMaskOtherName"] == "S330" and "not `bias is not None`" in skipped["OptionalMaskOtherName"]
+    for name in ("OptionalMaskTwoStatements", "OptionalMaskReassigned"):
+        assert codes[name] == "S204" and "`scores`" in skipped[name], skipped[name]
     # a head mask rebinds the probabilities inside an `if`: no match at all;
     # transpose(2, 3) is the last two dims only for 4-d tensors: no rule accepts it;
     # einsum equations outside the generator's lists (heads in dim 2, scores
@@ -135,7 +143,12 @@ def _inputs(cls_name: str, dtype, seed: int = 0):
         mask = torch.zeros(2, 1, 1, 5)
         mask[1, ..., -2:] = -1e4
         kwargs["mask"] = mask.to(dtype)
-    if cls_name == "BmmFillUpcast":
+    if cls_name == "OptionalMaskAdd":
+        mask = torch.zeros(2, 1, 1, 5)
+        mask[0, ..., -1:] = -1e4
+        mask[1, ..., :2] = -1e4
+        kwargs["attention_mask"] = mask.to(dtype)
+    if cls_name in ("BmmFillUpcast", "OptionalMaskFill"):
         kwargs["mask"] = torch.triu(torch.ones(5, 5, dtype=torch.bool), diagonal=1)  # causal
     return x, kwargs
 
@@ -170,6 +183,30 @@ def test_rewrite_equals_eager_fp32(rewritten, cls_name):
     assert gp0.keys() == gp1.keys() and gp0
     for name in gp0:
         torch.testing.assert_close(gp1[name], gp0[name], **tol, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("cls_name", ["OptionalMaskAdd", "OptionalMaskFill"])
+@pytest.mark.parametrize("given", [True, False], ids=["mask", "no-mask"])
+def test_optional_mask_equals_eager_on_both_paths(rewritten, cls_name, given):
+    """`if mask is not None: s = s + mask` (or `s.masked_fill(mask, f)`) became
+    one SDPA call that converts the mask only where it is not None: the same
+    outputs and gradients with the mask and without it (the `if` not taken)."""
+    orig, new, _, text = rewritten
+    assert "if attention_mask is not None" not in text.split("class OptionalMaskAdd")[1].split("class ")[0]
+    m0 = _build(orig, cls_name, torch.float32)
+    m1 = _build(new, cls_name, torch.float32, m0.state_dict())
+    x, kwargs = _inputs(cls_name, torch.float32)
+    if not given:
+        kwargs = {}
+    o0, gx0, gp0 = _run(m0, x, kwargs)
+    o1, gx1, gp1 = _run(m1, x, kwargs)
+    tol = TOL[torch.float32]
+    torch.testing.assert_close(o1, o0, **tol)
+    torch.testing.assert_close(gx1, gx0, **tol)
+    for name in gp0:
+        torch.testing.assert_close(gp1[name], gp0[name], **tol, msg=lambda m: f"{name}: {m}")
+    if given:  # the mask changes the result: the path with it is not the path without it
+        assert not torch.allclose(o0, _run(m0, x, {})[0], atol=1e-3)
 
 
 @pytest.mark.parametrize("cls_name", sorted(sdpa_models.REWRITTEN))
@@ -293,3 +330,24 @@ class Attn(nn.Module):
     err = capsys.readouterr().err
     assert code == 2 and "ADR353" in err
     assert path.read_text() == body
+
+
+def test_bert_like_optional_mask_is_rewritten_and_verifies(tmp_path, capsys):
+    """tests/sdpa_bert_like.py: `if attention_mask is not None: scores = scores +
+    attention_mask` is deleted with the chain; `dslc verify` passes on the
+    attention alone (mask None) and inside a block that passes a mask; a
+    second apply changes nothing."""
+    src = (REPO / "tests" / "sdpa_bert_like.py").read_text()
+    text, matches = _apply(tmp_path, capsys, "bert_like.py", src)
+    assert [(m["class"], m["status"]) for m in matches] == [("MiniBertSelfAttention", "applied")]
+    assert "        if attention_mask is not None:" not in text
+    assert "attn_mask=None if attention_mask is None else torch.as_tensor(attention_mask" in text
+    orig = tmp_path / "bert_like_orig.py"
+    orig.write_text(src)
+    code = main(["verify", "--rules", str(PACK), "--class", "MiniBertSelfAttention", "--class", "MaskedBlock",
+                 str(orig), str(tmp_path / "bert_like.py")])
+    out, err = capsys.readouterr()
+    assert code == 0, out + err
+    assert "2 passed, 0 failed" in out + err
+    again, _ = _apply(tmp_path, capsys, "bert_like.py", text)
+    assert again == text

@@ -243,20 +243,28 @@ class Compiled:
     compiled: list
     want: frozenset[str]  # the analysis pre-filter: every name some rule needs
     rules: dict[str, object] = field(default_factory=dict)  # qualified name -> ir.Rule
+    # the operators / tensor methods of the rules' optional nodes: the analysis
+    # splits `if m is not None: s = s + m` for them (`dslc.match.optional`)
+    optional_ifs: frozenset = frozenset()
 
 
 def compile_packs(packs: Sequence, done: dict | None = None) -> Compiled:
+    from dslc.match.optional import optional_updates
+
     compiled = [compile_pack(p, done) for p in packs]
     want = frozenset().union(*(c.anchor_names() for c in compiled))
-    return Compiled(list(packs), compiled, want, _rule_index(packs))
+    optional_ifs = optional_updates(getattr(cp, "rules", ()) for cp in compiled)
+    return Compiled(list(packs), compiled, want, _rule_index(packs), optional_ifs)
 
 
 def _rule_index(packs) -> dict[str, object]:
     return {r.qualified_name: r for p in packs for r in p.rules}
 
 
-def _analysis_kwargs(options: ApplyOptions, want) -> dict:
+def _analysis_kwargs(options: ApplyOptions, want, optional_ifs=frozenset()) -> dict:
     kw: dict = {"root": options.root, "want": want}
+    if optional_ifs:
+        kw["optional_ifs"] = frozenset(optional_ifs)
     # Pass the ablation switches only when set, so an analysis without them still runs.
     if not options.inline:
         kw["inline"] = False
@@ -854,7 +862,7 @@ def _run_chunk_kept(items, compiled=None, options=None) -> list[tuple[int, FileR
     """
     compiled = compiled or _WORKER["compiled"]
     options = options or _WORKER["options"]
-    kw = _analysis_kwargs(options, compiled.want)
+    kw = _analysis_kwargs(options, compiled.want, compiled.optional_ifs)
     cache = _result_cache(compiled, options)
     out: list[tuple[int, FileResult]] = []
     keys: dict[int, tuple[str, str]] = {}

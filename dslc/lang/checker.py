@@ -297,6 +297,7 @@ class _RuleChecker:
                 shapes.shapes(sec)
         for c in self.r.of(S.ClassItem):
             _ClassItemChecks(self, shapes).run(c, mixed=init is not None or fwd is not None)
+        _OptionalChecks(self).run(init, fwd)
         _VariableChecks(self, init, fwd).run()
         _NeedsChecks(self).run(init, fwd)
         return _allowed(self.r, self.out)
@@ -825,6 +826,95 @@ class _ClassItemChecks(_Checks):
             self.emit(codes.CLASS_RESULT, f"the class target does not compute `${result}`", c.target_span,
                       label=f"`${result}` is what forward returns",
                       help=f"end the target with a node `... -> ${result}`")
+
+
+def _operands(n) -> list[S.Var]:
+    """The variables a node reads (a layer call's callee variable excluded)."""
+    e = n.expr
+    if isinstance(e, S.Call):
+        return [v for a in e.args if a.value is not None for v in vars_in(a.value)]
+    return vars_in(e)
+
+
+class _OptionalChecks(_Checks):
+    """Optional forward nodes (`... optional when $m is not None`, ADR160)."""
+
+    def run(self, init, fwd) -> None:
+        others = [(init, "an init item")] + [(c, "a class item") for c in self.r.of(S.ClassItem)]
+        for sec, where in others:
+            if sec is None:
+                continue
+            nodes = (sec.item.source + (sec.item.target or ())) if where == "an init item" else \
+                (tuple(sec.init or ()) + tuple(sec.forward) + tuple(sec.target or ()))
+            for n in nodes:
+                if getattr(n, "optional", None) is not None:
+                    self.emit(codes.OPTIONAL_MISUSE, f"an optional node in {where}", n.span,
+                              label="only forward items have optional nodes", help="remove `optional when ...`")
+        if fwd is None:
+            return
+        src = fwd.item.source
+        optional = [i for i, n in enumerate(src) if getattr(n, "optional", None) is not None]
+        for i in optional[1:]:
+            self.emit(codes.OPTIONAL_MISUSE, "a source pattern has one optional node at most", src[i].span,
+                      label="second optional node", help="write a second rule for the other one")
+        if not optional:
+            for n in fwd.item.target or ():
+                if getattr(n, "optional", None) is not None:
+                    self.emit(codes.OPTIONAL_MISUSE, "an optional target node without an optional source node",
+                              n.span, label="no source node is optional", help="remove `optional when ...`")
+            return
+        opt = src[optional[0]]
+        if self.source_node(src, optional[0]):
+            self.target(fwd.item.target or (), opt)
+
+    def source_node(self, src, k: int) -> bool:
+        n = src[k]
+        m = n.optional.name
+        bad = None
+        earlier = {v.name for x in src[:k] for v in x.outputs}
+        later = {v.name for x in src[k + 1:] for v in node_vars(x) if v not in x.outputs}
+        operands = [v.name for v in _operands(n)]
+        init = self.r.section("init")
+        bound_elsewhere = {v.name for x in src if x is not n for v in node_vars(x)}
+        bound_elsewhere |= {v.name for x in (init.item.source if init else ()) for v in node_vars(x)}
+        if len(n.outputs) != 1:
+            bad = "it must bind one output"
+        elif m not in operands:
+            bad = f"`${m}` is not an operand of the node"
+        elif m in bound_elsewhere:
+            bad = f"`${m}` is bound by another source node too"
+        elif len([v for v in operands if v in earlier]) != 1:
+            bad = "exactly one operand must be the output of an earlier source node (the value that flows on)"
+        elif n.outputs[0].name not in later:
+            bad = f"its output `${n.outputs[0].name}` is read by no later source node"
+        if bad:
+            self.emit(codes.OPTIONAL_MISUSE, f"invalid optional source node: {bad}", n.span,
+                      label="optional node", help="see docs/adr-language.md, \"Optional nodes\"")
+        return bad is None
+
+    def target(self, tgt, opt) -> None:
+        only = {v.name for v in _operands(opt)} - {v.name for x in self.r.section("forward").item.source
+                                                   if x is not opt for v in node_vars(x)}
+        init = self.r.section("init")
+        only -= {v.name for x in (init.item.source if init else ()) for v in node_vars(x)}
+        for i, n in enumerate(tgt):
+            if getattr(n, "optional", None) is not None:
+                if i == len(tgt) - 1:
+                    self.emit(codes.OPTIONAL_MISUSE, "the last target node cannot be optional: it computes the "
+                              "result on every path", n.span, label="optional target node",
+                              help="remove `optional when ...` from it")
+                elif n.optional.name != opt.optional.name:
+                    self.emit(codes.OPTIONAL_MISUSE, f"an optional target node must be optional on "
+                              f"`${opt.optional.name}`, as the source node", n.span,
+                              label="optional target node", help="match the source's optional node")
+                continue
+            for v in _operands(n):
+                if v.name in only:
+                    self.emit(codes.OPTIONAL_MISUSE, f"`${v.name}` is bound only by the optional source node; "
+                              f"it may be used only in optional target nodes", v.span,
+                              label="None where the node is absent",
+                              help=f"compute it in a target node `... -> ${opt.outputs[0].name} optional when "
+                                   f"${opt.optional.name} is not None`")
 
 
 class _NeedsChecks(_Checks):

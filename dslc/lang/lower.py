@@ -21,6 +21,8 @@ Algorithm (`lower_file`):
 
 from __future__ import annotations
 
+import dataclasses
+
 from dslc.match import ir
 from dslc.lang import pretty, syntax as S
 
@@ -123,9 +125,15 @@ def _types(nodes) -> dict[str, list[str]]:
 
 
 def _item(it: S.Item, src_types, tgt_types) -> ir.Item:
-    source = tuple(_node(n, src_types) for n in it.source)
-    target = None if it.target is None else tuple(_node(n, tgt_types) for n in it.target)
+    source = tuple(_optional(n, _node(n, src_types)) for n in it.source)
+    target = None if it.target is None else tuple(_optional(n, _node(n, tgt_types)) for n in it.target)
     return ir.Item(source, target, span=it.span)
+
+
+def _optional(n, pn: ir.PatNode) -> ir.PatNode:
+    """`... optional when $m is not None`: the node carries the variable's name."""
+    opt = getattr(n, "optional", None)
+    return dataclasses.replace(pn, optional=opt.name) if opt is not None else pn
 
 
 def _var(v: S.Var) -> ir.Var:

@@ -263,6 +263,9 @@ def _terminal_names() -> dict[str, str]:
 
 def _friendly(expected) -> str:
     names = _terminal_names()
+    # After a node's outputs the `optional when ...` suffix may come too; it is
+    # rare, and the usual fix is a `;`: it is not listed beside others.
+    expected = [t for t in expected if t != "_KW_OPTIONAL"] or list(expected)
     shown = sorted({names.get(t, t) for t in expected})
     # Keywords last, punctuation and classes first: easier to read.
     shown.sort(key=lambda s: (s.startswith("`") and s[1:-1].isalpha(), s))
@@ -585,6 +588,13 @@ class _Builder(Transformer):
     def node_out(self, c):
         expr, outs = c
         return S.Node(expr, outs, span=_join(expr, *outs))
+
+    def node_optional(self, c):
+        expr, outs, when = c
+        return S.Node(expr, outs, span=_join(expr, *outs, when), optional=when)
+
+    def optional_clause(self, c):
+        return next(x for x in c if isinstance(x, S.Var))
 
     def wildcard(self, c):
         outs = next((x for x in c if isinstance(x, tuple)), ())

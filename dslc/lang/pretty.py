@@ -87,7 +87,9 @@ def arg(a: S.Arg) -> str:
 def node(n) -> str:
     outs = ", ".join(f"${v.name}" for v in n.outputs)
     head = "*" if isinstance(n, S.Wildcard) else expr(n.expr)
-    return f"{head} -> {outs}" if outs else head
+    opt = getattr(n, "optional", None)
+    tail = f" optional when ${opt.name} is not None" if opt is not None else ""
+    return f"{head} -> {outs}{tail}" if outs else head
 
 
 def block(nodes, indent: str) -> str:

@@ -114,6 +114,8 @@ class Node:
     expr: Expr
     outputs: tuple[Var, ...] = ()
     span: Span | None = field(default=None, compare=False)
+    # `-> $s2 optional when $m is not None`: the variable the node is optional on
+    optional: Var | None = None
 
 
 @dataclass(frozen=True, slots=True)

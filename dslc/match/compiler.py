@@ -39,6 +39,7 @@ from typing import Callable, Mapping
 
 from dslc.match import ir, signatures
 from dslc.match.automaton import Action, Automaton, InitTest, SetMatcher, Test, Transition
+from dslc.match.optional import absent_variant
 
 COMMUTATIVE = frozenset({"+", "*"})
 
@@ -62,6 +63,15 @@ class CompiledRule:
     forward: Automaton | None
     init_types: tuple[tuple[str, str], ...]  # init var -> qualified type
     names: frozenset[str]
+    # The absent variant of a rule with an optional node (`dslc.match.optional`):
+    # the index of the rule it derives from (its rank in overlap resolution).
+    variant_of: int | None = None
+    # every rule whose absent variant this is (equal variants are compiled once)
+    variant_origins: tuple[int, ...] = ()
+
+    @property
+    def rank(self) -> int:
+        return self.index if self.variant_of is None else self.variant_of
 
     @property
     def name(self) -> str:
@@ -329,6 +339,7 @@ def compile_rules(rules, done: Mapping[str, CompiledRule] | None = None) -> Comp
     name): a rule found there (the same `ir.Rule` object) is not compiled again.
     """
     compiled = tuple(_compiled(rule, i, done) for i, rule in enumerate(rules))
+    compiled += _absent_variants(compiled)
     index: dict[tuple[str, str], list[int]] = {}
     unanchored, init_only, class_rules = [], [], []
     for c in compiled:
@@ -342,6 +353,27 @@ def compile_rules(rules, done: Mapping[str, CompiledRule] | None = None) -> Comp
             index.setdefault(c.forward.anchor, []).append(c.index)
     return CompiledPack(compiled, {k: tuple(v) for k, v in index.items()}, tuple(unanchored), tuple(init_only),
                         tuple(class_rules))
+
+
+def _absent_variants(compiled: tuple[CompiledRule, ...]) -> tuple[CompiledRule, ...]:
+    """One more compiled rule per rule with an optional node: the node absent
+    (`dslc.match.optional`); appended, so the indices of the rules stay."""
+    out: list[CompiledRule] = []
+    seen: dict[tuple, int] = {}  # equal variants (add / masked_fill absent: no mask) once
+    for c in compiled:
+        variant = absent_variant(c.rule) if c.rule.forward is not None else None
+        if variant is None:
+            continue
+        key = (variant.pack, variant.kernels, variant.contract, variant.init, variant.forward, variant.where,
+               variant.params, variant.options, variant.safety, variant.needs, variant.fallback)
+        if key in seen:
+            j = seen[key]
+            out[j] = replace(out[j], variant_origins=out[j].variant_origins + (c.index,))
+            continue
+        seen[key] = len(out)
+        out.append(replace(compile_rule(variant, len(compiled) + len(out)), variant_of=c.index,
+                           variant_origins=(c.index,)))
+    return tuple(out)
 
 
 def _compiled(rule: ir.Rule, index: int, done: Mapping[str, CompiledRule] | None) -> CompiledRule:

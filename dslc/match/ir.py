@@ -112,6 +112,11 @@ class PatNode:
     # the compiler), None for a plain function call.
     layer_var: str | None = None
     span: Span | None = field(default=None, compare=False)
+    # `... optional when $m is not None` (forward items): the name of `$m`.
+    # Source: the node may be absent (its output is then its chain input and
+    # the variables only it binds are None) or alone in `if m is not None:`.
+    # Target: the node is written only where the source node is present.
+    optional: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,6 +327,11 @@ class Match:
     # A class item's match (`dslc.match.classmatch.ClassMatch`): the forward's
     # expression graph and the run-time type checks; None otherwise.
     klass: object = None
+    # An optional node one `if` deeper than the other matched nodes
+    # (`dslc.match.optional`): (its index in `nodes`, the analysis `stmt`
+    # node of the `if` test or None, whether the absent variant matched the
+    # other paths); None otherwise.
+    guarded: tuple | None = None
 
     @property
     def lines(self) -> tuple[int, ...]:

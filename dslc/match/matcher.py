@@ -80,6 +80,7 @@ from dslc.analysis.model import ClassFacts, FileFacts, InitBinding, Node, Path, 
 from dslc.analysis.scalars import MATH_FUNCTIONS
 from dslc.match.automaton import Action, InitTest, Transition
 from dslc.match.compiler import CompiledPack, CompiledRule
+from dslc.match.optional import pair_guarded
 
 # How many complete matches one anchor attempt may produce (several later
 # nodes can complete the same prefix; all are reported, overlaps resolved).
@@ -989,6 +990,7 @@ class _Found:
     extras: dict[int, tuple]
     conflict: str | None
     paths: list[int] = field(default_factory=list)
+    guarded: tuple | None = None  # `dslc.match.optional.pair_guarded`
 
 
 def _node_id(node: Node) -> tuple:
@@ -1022,7 +1024,7 @@ def _overlaps(f: _Found, kept: list[_Found], first_line) -> tuple[codes.Reason |
     ids = {_node_id(n) for n in f.nodes}
     inits = _rewritten_inits(f)
     blockers = [k for k in kept if ids & {_node_id(n) for n in k.nodes}
-                or (k.rule.index != f.rule.index and inits & _rewritten_inits(k))]
+                or (k.rule.rank != f.rule.rank and inits & _rewritten_inits(k))]
     if not blockers:
         return None, ()
     k = blockers[0]
@@ -1265,31 +1267,24 @@ def match_file(compiled: CompiledPack, facts: FileFacts, *, file: str | None = N
     file = file or facts.path
     dbg = _Debug(file)
     found: list[_Found] = []
+    scope_paths: dict[int, tuple] = {}
     for scope, paths in _scopes(facts):
+        scope_paths[id(scope)] = paths
         scope.sequential = sequential
         _match_paths(compiled, scope, paths, file, dbg, stats, found, recorder)
     for r in compiled.init_only:
         _match_init_only(compiled.rules[r], facts, found, recorder)
 
-    # Step 5: one Match per location (rule, statements, init bindings).
-    merged: dict[tuple, _Found] = {}
-    for f in found:
-        key = (f.rule.index, tuple(_node_id(n) for n in f.nodes), tuple(sorted(_init_id(b) for b in f.init_nodes.values())))
-        if key in merged:
-            m = merged[key]
-            if m.scope.paths_of == f.scope.paths_of and m.scope.cls is f.scope.cls:
-                for pi in f.paths:
-                    if pi not in m.paths:
-                        m.paths.append(pi)
-        else:
-            merged[key] = f
+    # Step 5: one Match per location (rule, statements, init bindings);
+    # 5b: optional nodes in `if m is not None:` (dslc.match.optional).
+    found = pair_guarded(_merge_locations(found), _node_id, lambda f: scope_paths.get(id(f.scope), ()))
 
     # Step 6: overlaps, deterministic order.
     def first_line(f: _Found) -> tuple:
         lines = [n.stmt.lines[0] for n in f.nodes] + [b.stmt.lines[0] for b in f.init_nodes.values() if b.stmt]
         return (min(lines) if lines else 0, tuple(sorted(lines)))
 
-    ordered = sorted(merged.values(), key=lambda f: (f.rule.index, first_line(f)))
+    ordered = sorted(found, key=lambda f: (f.rule.rank, first_line(f)))
     kept: list[_Found] = []
     matches = []
     for f in ordered:
@@ -1322,10 +1317,27 @@ def match_file(compiled: CompiledPack, facts: FileFacts, *, file: str | None = N
             yields_to=yields_to,
             extras=dict(f.extras),
             paths_of=f.scope.paths_of,
+            guarded=f.guarded,
         ))
     if compiled.class_rules:
         matches.extend(_class_matches(compiled, facts, file))
     return matches
+
+
+def _merge_locations(found: list[_Found]) -> list[_Found]:
+    """One `_Found` per location (rule, statements, init bindings), with the paths of all."""
+    merged: dict[tuple, _Found] = {}
+    for f in found:
+        key = (f.rule.index, tuple(_node_id(n) for n in f.nodes), tuple(sorted(_init_id(b) for b in f.init_nodes.values())))
+        if key in merged:
+            m = merged[key]
+            if m.scope.paths_of == f.scope.paths_of and m.scope.cls is f.scope.cls:
+                for pi in f.paths:
+                    if pi not in m.paths:
+                        m.paths.append(pi)
+        else:
+            merged[key] = f
+    return list(merged.values())
 
 
 def _class_matches(compiled: CompiledPack, facts: FileFacts, file: str) -> list[ir.Match]:

@@ -69,7 +69,7 @@ class FlowChecks:
         if not keeps:
             return None
         unchanged_forward = forward_unchanged(match.rule)
-        keys = [safety.node_key(n) for n in match.nodes]
+        keys, optional = safety.match_keys(match)
 
         def ok(path, pos, q, name) -> bool:
             needs = self.metadata_reads(path, q, name)
@@ -77,7 +77,7 @@ class FlowChecks:
                 return False
             if unchanged_forward:
                 return True
-            positions = safety._positions(path, keys) or []
+            positions = safety._positions(path, keys, optional) or []
             while True:
                 node = path.nodes[pos]
                 if node.kind not in ("layer", "call") or node.type not in SHAPE_KEEPING:

@@ -233,6 +233,22 @@ def candidate_paths(match: ir.Match, facts) -> list:
     return list(dict(facts.functions).get(match.function, ()))
 
 
+def match_keys(match: ir.Match) -> tuple[list[tuple], frozenset]:
+    """The node keys of a match, and those that may be missing on a path.
+
+    A guarded optional node (`Match.guarded`, paired) is on the paths where
+    its `if` is taken only; the `stmt` node of that `if`'s test is on all of
+    them and counts as matched (it reads the optional node's `when` name
+    where the node is absent)."""
+    keys = [node_key(n) for n in match.nodes]
+    guarded = getattr(match, "guarded", None)
+    if not guarded or not guarded[2]:
+        return keys, frozenset()
+    if guarded[1] is not None:
+        keys.append(node_key(guarded[1]))
+    return keys, frozenset({keys[guarded[0]]})
+
+
 def paths_through(match: ir.Match, facts) -> list:
     """The paths that contain every matched node, in order.
 
@@ -242,18 +258,20 @@ def paths_through(match: ir.Match, facts) -> list:
        analysis may rename temporaries per path).
     """
     paths = candidate_paths(match, facts)
-    keys = [node_key(n) for n in match.nodes]
-    found = [p for p in paths if _positions(p, keys) is not None]
+    keys, optional = match_keys(match)
+    found = [p for p in paths if _positions(p, keys, optional) is not None]
     if not found:
         found = [paths[i] for i in match.paths if 0 <= i < len(paths)]
     return found
 
 
-def _positions(path, keys: Sequence[tuple]) -> list[int] | None:
+def _positions(path, keys: Sequence[tuple], optional: frozenset = frozenset()) -> list[int] | None:
     index = {node_key(n): i for i, n in enumerate(path.nodes)}
     out = []
     for key in keys:
         if key not in index:
+            if key in optional:
+                continue
             return None
         out.append(index[key])
     return out
@@ -381,9 +399,9 @@ def check_dataflow(
        final statement may write it, and no deleted statement before it may
        write it (after the edit the name is read at the final statement).
     """
-    keys = [node_key(n) for n in match.nodes]
+    keys, optional = match_keys(match)
     for path in paths:
-        positions = _positions(path, keys)
+        positions = _positions(path, keys, optional)
         if positions is None:
             continue
         matched = set(positions)

@@ -17,7 +17,7 @@ import ast
 import re
 
 from dslc import codes
-from dslc.match import ir
+from dslc.match import ir, optional
 from dslc.rewrite import safety
 from dslc.rewrite.astutil import is_prefix, loop_carried_read, owner_name
 from dslc.rewrite.flow import FlowChecks
@@ -41,10 +41,15 @@ class ForwardFusion(Planner):
     def forward_groups(self, match: ir.Match) -> list[tuple[tuple, list, ast.stmt]]:
         """Matched nodes grouped by statement, in source order; last = the final statement."""
         groups: dict[tuple, list] = {}
-        for node in match.nodes:
+        holder: dict[tuple, object] = {}  # key -> the node whose statement it is
+        guarded = self._guard(match)
+        for i, node in enumerate(match.nodes):
             if node.kind == "stmt":
                 raise Skip(codes.S_TARGET, f"a wildcard matched a plain statement at line {node.stmt.lines[0]}")
-            groups.setdefault(safety.stmt_key(node), []).append(node)
+            # a guarded optional node: its statement is the `if` that holds it (deleted whole)
+            at = guarded[1] if guarded is not None and i == guarded[0] else node
+            groups.setdefault(safety.stmt_key(at), []).append(node)
+            holder.setdefault(safety.stmt_key(at), at)
         methods = {key[0] for key in groups}
         if len(methods) > 1:
             names = " and ".join(f"`{m}`" for m in sorted(methods))
@@ -61,11 +66,36 @@ class ForwardFusion(Planner):
         last_key = safety.stmt_key(match.nodes[-1])
         ordered = sorted((k for k in groups if k != last_key), key=lambda k: (k[2][0], k[3]))
         ordered.append(last_key)
-        return [(key, groups[key], self.mod.stmt(groups[key][0].stmt)) for key in ordered]
+        return [(key, groups[key], self.mod.stmt(holder[key].stmt)) for key in ordered]
+
+    def _guard(self, match: ir.Match):
+        """A guarded optional node (`dslc.match.optional`): check that its `if`
+        is exactly `if m is not None: <that statement>` and that the absent
+        variant matched where it is not taken (else S330)."""
+        guarded = getattr(match, "guarded", None)
+        if guarded is None:
+            return None
+        k, test, paired = guarded
+        node = match.nodes[k]
+        pn = match.rule.forward.source[k]
+        bound = match.bindings.get(pn.optional)
+        name = bound.text if bound is not None and bound.kind == "name" else None
+        if_stmt = self.mod.stmt(test.stmt) if test is not None else None
+        problem = optional.guard_problem(if_stmt, tuple(node.stmt.lines), name)
+        if problem is None and not paired:
+            problem = (f"where the `if` at line {if_stmt.lineno} is not taken, the rest of the chain does not match "
+                       f"(the rule without its optional node)")
+        if problem is not None:
+            raise Skip(codes.S_OPTIONAL_GUARD, problem)
+        self.guarded_name = name
+        return guarded
 
     def plan(self, match: ir.Match, groups, env: Env, plan: Plan, paths) -> None:
         """The forward edits of `match` (see the module docstring)."""
         rule = match.rule
+        self.guarded_name = None
+        if getattr(match, "guarded", None):
+            self._guard(match)
         final_key, final_nodes, final_stmt = groups[-1]
         lo, hi, deleted_keys = self._check_statements(match, groups)
         self._casts(match, env)
@@ -132,6 +162,10 @@ class ForwardFusion(Planner):
         deleted_keys: set[tuple] = set()
         for key, nodes, stmt in groups[:-1]:
             outer = max(nodes, key=lambda n: self.ctx.span_len(n.expr_span))
+            if isinstance(stmt, ast.If) and getattr(match, "guarded", None):
+                # the guarded optional node's `if` (checked by `_guard`): its one statement
+                deleted_keys.add(safety.stmt_key(outer))
+                stmt = stmt.body[0]
             value = stmt.value if isinstance(stmt, (ast.Assign, ast.AnnAssign)) else None
             ok = (
                 value is not None
@@ -170,8 +204,14 @@ class ForwardFusion(Planner):
             for v in node_vars(pn):
                 uses[v] = uses.get(v, 0) + 1
         final_text = None
+        guarded = getattr(self, "guarded_name", None)
         for i, pn in enumerate(target):
             text = self.ctx.render_node(pn, env, plan)
+            inner = len(pn.outputs) == 1 and any(
+                q.optional is not None and pn.outputs[0].name in node_vars(q) for q in target[i + 1:])
+            if pn.optional is not None and guarded is not None and not inner:
+                # the optional source node ran only where its name is not None
+                text = f"None if {guarded} is None else {text}"
             if i == len(target) - 1:
                 final_text = text
                 break
