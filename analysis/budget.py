@@ -29,8 +29,9 @@ MAX_GUARD_QUERIES = 100_000  # guards sent to z3 (summed over its questions; cac
 MAX_CONTAINER_ELEMENTS = 1_000  # elements of one nn.Sequential/ModuleList literal
 MAX_INLINE_DEPTH = 3
 # `if`s without calls split for optional nodes (`Options.optional_ifs`), per
-# function: each one doubles the paths after it; past this many they stay
-# one statement each (no rule matches across them: sound, and no blow-up)
+# function: each one doubles the paths after it; a function with more than
+# this many splits none (each stays one statement: no rule matches across
+# it; sound, no blow-up, and a second apply finds the same count)
 MAX_OPTIONAL_IFS = 4
 MAX_NESTED_CLASS_DEPTH = 4  # classes nested in class bodies (Outer.Inner...)
 

@@ -40,8 +40,13 @@ if TYPE_CHECKING:
 def if_statement(pb: PathBuilder, stmt: ast.If, ref: StmtRef, path: tuple, blocks: tuple, frame: Frame,
                  alts: list[Alt]) -> list[Alt]:
     if not pb.kinds.has_dl(stmt, frame):
-        if not (pb.ctx.options.optional_ifs and pb.optional_ifs < MAX_OPTIONAL_IFS
-                and _updates_dl_value(stmt, frame, alts, pb.ctx.options.optional_ifs)):
+        pairs = pb.ctx.options.optional_ifs
+        wanted = _updated_names(stmt, frame, pairs) if pairs and pb.split_optional else None
+        if wanted and pb.optional_ifs >= MAX_OPTIONAL_IFS:
+            # one more that may split (judged without the writers: a superset)
+            pb.optional_over = True  # PathBuilder.function_paths walks again, splitting none
+            return pb.opaque(stmt, ref, frame, alts)
+        if not (wanted and _updates_dl_value(wanted, alts, pairs)):
             return pb.opaque(stmt, ref, frame, alts)
         pb.optional_ifs += 1
     alts = pb.run_actions(pb.exprs.evaluate(stmt.test, frame, ref), frame, alts)
@@ -61,15 +66,9 @@ def if_statement(pb: PathBuilder, stmt: ast.If, ref: StmtRef, path: tuple, block
     return pb.join(yes, no)
 
 
-def _updates_dl_value(stmt: ast.If, frame: Frame, alts: list[Alt], pairs: frozenset) -> bool:
-    """Does a branch of an `if` without DL calls update a value that a DL node
-    wrote last, the way a loaded rule's optional node may (`if mask is not
-    None: scores = scores + mask`)?  `pairs` (`Options.optional_ifs`) holds
-    (update, writer): the update an operator (`+`) or a tensor method
-    (`masked_fill`), the writer the op (`/`) or callable (`torch.matmul`) of
-    the DL node that wrote the updated value.  Such an `if` splits the paths,
-    so that a rule can see the update on one path and its absence on the
-    other; any other `if` without DL calls stays one statement."""
+def _updated_names(stmt: ast.If, frame: Frame, pairs: frozenset) -> dict[str, set[str]]:
+    """The local names a branch of `stmt` updates the way a loaded rule's
+    optional node may (see `_updates_dl_value`), each with its update keys."""
     wanted: dict[str, set[str]] = {}  # name read by an update -> its update keys
     for s in list(stmt.body) + list(stmt.orelse):
         key, value = None, None
@@ -87,8 +86,18 @@ def _updates_dl_value(stmt: ast.If, frame: Frame, alts: list[Alt], pairs: frozen
         for n in ast.walk(value):
             if isinstance(n, ast.Name) and n.id in frame.locals:
                 wanted.setdefault(n.id, set()).add(key)
-    if not wanted:
-        return False
+    return wanted
+
+
+def _updates_dl_value(wanted: dict[str, set[str]], alts: list[Alt], pairs: frozenset) -> bool:
+    """Does a branch of an `if` without DL calls update a value that a DL node
+    wrote last, the way a loaded rule's optional node may (`if mask is not
+    None: scores = scores + mask`)?  `pairs` (`Options.optional_ifs`) holds
+    (update, writer): the update an operator (`+`) or a tensor method
+    (`masked_fill`), the writer the op (`/`) or callable (`torch.matmul`) of
+    the DL node that wrote the updated value.  Such an `if` splits the paths,
+    so that a rule can see the update on one path and its absence on the
+    other; any other `if` without DL calls stays one statement."""
     # a few paths suffice (the same statements wrote the name on most of them);
     # not splitting is always sound: the `if` stays one statement
     live = [a for a in alts if a.status == "fall"][:8]

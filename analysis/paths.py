@@ -41,6 +41,11 @@ class PathBuilder:
         self.exprs = Expressions(ctx, kinds)
         self.capped = False  # the function being walked had more than max_paths paths
         self.optional_ifs = 0  # `if`s without calls split so far in it (`compound.if_statement`)
+        # more than MAX_OPTIONAL_IFS such `if`s in the function: it is walked
+        # again splitting none (all or none, so that applying again, after the
+        # split ones are rewritten, cannot split and rewrite the rest)
+        self.optional_over = False
+        self.split_optional = True
 
     def function_paths(self, fn: ast.FunctionDef, owner: str, info: ClassInfo | None) -> tuple[Path, ...]:
         """The paths of `fn` (a method of `info`, or a function when None)."""
@@ -54,7 +59,11 @@ class PathBuilder:
         outer, budget = ACTIVE[0], new_budget(self.ctx.options)
         ACTIVE[0] = budget
         try:
+            self.optional_over, self.split_optional = False, True
             alts = self.cap(self.block(fn.body, ("body",), (), frame, [Alt()]))
+            if self.optional_over:
+                self.exprs.temp, self.capped, self.optional_ifs, self.split_optional = 0, False, 0, False
+                alts = self.cap(self.block(fn.body, ("body",), (), frame, [Alt()]))
         except OverBudget as exc:
             problems.append(Problem(exc.code, f"{exc.code}: {where}: {exc.message}; its paths are not "
                                     f"analysed (no rule is matched in it)", fn.lineno))

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from rewrite_support import assert_rewrite
+from rewrite_support import assert_rewrite, run, stable
 
 from dslc.analysis.api import analyze_source
 from dslc.analysis.budget import MAX_OPTIONAL_IFS
@@ -116,12 +116,20 @@ def test_the_analysis_splits_only_for_optional_nodes_and_only_an_update_of_a_dl_
     assert len(split.classes[0].paths) == 2
 
 
-def test_at_most_max_optional_ifs_split_per_function():
-    body = "".join(f"        if m{i} is not None:\n            s = s + m{i}\n" for i in range(MAX_OPTIONAL_IFS + 3))
-    src = SPLIT.split("    def forward")[0] + "    def forward(self, x, " + ", ".join(
-        f"m{i}=None" for i in range(MAX_OPTIONAL_IFS + 3)) + "):\n        s = self.fc(x)\n" + body + "        return s\n"
-    facts = analyze_source(src, "m.py", optional_ifs={("+", "torch.nn.Linear")})
+def _ifs_source(n):
+    body = "".join(f"        if m{i} is not None:\n            s = s + m{i}\n" for i in range(n))
+    return SPLIT.split("    def forward")[0] + "    def forward(self, x, " + ", ".join(
+        f"m{i}=None" for i in range(n)) + "):\n        s = self.fc(x)\n" + body + "        return s\n"
+
+
+def test_optional_ifs_split_all_or_none_per_function():
+    # up to the limit every one splits; one more and none does (splitting only
+    # the first ones would let a second apply, after those are rewritten,
+    # split and rewrite the rest: the output would not be a fixed point)
+    facts = analyze_source(_ifs_source(MAX_OPTIONAL_IFS), "m.py", optional_ifs={("+", "torch.nn.Linear")})
     assert len(facts.classes[0].paths) == 2 ** MAX_OPTIONAL_IFS
+    facts = analyze_source(_ifs_source(MAX_OPTIONAL_IFS + 1), "m.py", optional_ifs={("+", "torch.nn.Linear")})
+    assert len(facts.classes[0].paths) == 1
 
 
 def test_present_absent_and_guarded(pack):
@@ -154,3 +162,23 @@ def test_other_statements_in_the_if_refuse_by_the_data_flow(pack):
 def test_mask_reassigned_after_the_if_is_refused(pack):
     guard = "        if mask is not None:\n            s = s + mask\n        mask = None\n"
     assert_rewrite(HEAD + guard + TAIL, None, rules=(pack,), skipped=[("attn", "S204", "`s`")])
+
+
+def _chains(n: int) -> str:
+    body = "".join(f"        s{i} = torch.matmul(q, k.transpose(-2, -1)) * 0.5\n"
+                   f"        if m{i} is not None:\n            s{i} = s{i} + m{i}\n"
+                   f"        o{i} = torch.matmul(F.softmax(s{i}, dim=-1), v)\n" for i in range(n))
+    args = ", ".join(f"m{i}=None" for i in range(n))
+    return HEAD.split("    def forward")[0] + f"    def forward(self, q, k, v, {args}):\n" + body + \
+        "        return " + " + ".join(f"o{i}" for i in range(n)) + "\n"
+
+
+@pytest.mark.parametrize("n", [MAX_OPTIONAL_IFS, MAX_OPTIONAL_IFS + 1])
+def test_a_second_apply_changes_nothing_past_the_optional_if_limit(pack, n):
+    # n chains, each with its mask in an `if`: up to the limit all are
+    # rewritten, past it none (rewriting the first four would leave the fifth
+    # for a second apply to rewrite)
+    result = run(_chains(n), rules=(pack,))
+    applied = [m for m in result.matches if m.status == "applied"]
+    assert len(applied) == (n if n <= MAX_OPTIONAL_IFS else 0), [(m.status, m.reason) for m in result.matches]
+    stable(result.new_source or _chains(n), rules=(pack,))
