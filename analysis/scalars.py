@@ -162,7 +162,8 @@ class _FileScan:
                     self.dynamic = True
             elif isinstance(node, ast.Call):
                 self._named_write(node)
-            stack.extend(ast.iter_child_nodes(node))
+            # the children (lists and non-nodes among them are handled above; order does not matter here)
+            stack.extend([getattr(node, f, None) for f in node._fields])
 
     def _named_write(self, call: ast.Call) -> None:
         func = call.func

@@ -65,3 +65,15 @@ def test_name_set_walks_when_characters_normalise_to_ascii():
     src = "ｘ = 1\n"  # fullwidth x: the name is `x`, which is no word of the text
     tree = ast.parse(src)
     assert "x" in NameSet(tree, src)
+
+
+def test_name_set_reads_the_text_when_non_ascii_is_only_punctuation():
+    # `…` normalises to `...` and `’` to itself: no identifier is spelled with
+    # them, so the words of the text still answer (no walk of the tree)
+    src = "# it’s fine…\nx = 1  # “quoted”\n"
+    tree = ast.parse(src)
+    found = NameSet(tree, src)
+    assert "y" not in found and found._all is None
+    assert "x" in found
+    src = "ﬁle = 1\n"  # the ligature: the name is `file`
+    assert "file" in NameSet(ast.parse(src), src)

@@ -270,14 +270,16 @@ class _PathCtx:
             facts.append(got)
         self.keys = [f[1] for f in facts]
         self.writes = [f[2] for f in facts]
-        writers: dict[str, list[int]] = {}
-        for i, names in enumerate(self.writes):
-            for name in names:
-                writers.setdefault(name, []).append(i)
-        self.writers = writers
+        self.writers: dict[str, list[int]] | None = None  # name -> positions writing it, built on first use
 
     def defn(self, name: str, pos: int) -> int:
         """The position of the last write of `name` before `pos` (-1: none)."""
+        if self.writers is None:
+            writers: dict[str, list[int]] = {}
+            for i, names in enumerate(self.writes):
+                for n in names:
+                    writers.setdefault(n, []).append(i)
+            self.writers = writers
         ws = self.writers.get(name)
         if not ws:
             return -1

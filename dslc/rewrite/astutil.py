@@ -176,7 +176,7 @@ class NameSet:
             source = self._source
             if not source.isascii():
                 odd = [c for c in set(source) if not c.isascii()]
-                if any(any(ch.isascii() for ch in unicodedata.normalize("NFKC", c)) for c in odd):
+                if any(_ascii_word_char(unicodedata.normalize("NFKC", c)) for c in odd):
                     self._all = _module_names(self._tree)  # e.g. fullwidth letters: the words do not tell
                     return True
             self._words = {word for dot, word in _WORD.findall(source) if not dot}
@@ -204,9 +204,25 @@ class NameSet:
         self._extra.add(name)
 
 
+def _ascii_word_char(text: str) -> bool:
+    """Does `text` (a character's NFKC form) hold an ASCII letter, digit or
+    `_`, i.e. could the character be part of an ASCII identifier's spelling
+    (a fullwidth `Ａ`, a ligature `ﬁ`)?  Punctuation such as `…` -> `...`
+    or `’` cannot."""
+    return any(ch.isascii() and (ch.isalnum() or ch == "_") for ch in text)
+
+
 def _module_names(tree: ast.Module) -> set[str]:
     names: set[str] = set()
-    for node in ast.walk(tree):
+    stack: list = [tree]
+    while stack:  # every node, as ast.walk (the order does not matter); inlined: a hot loop
+        node = stack.pop()
+        for field in node._fields:
+            value = getattr(node, field, None)
+            if type(value) is list:
+                stack.extend(v for v in value if isinstance(v, ast.AST))
+            elif isinstance(value, ast.AST):
+                stack.append(value)
         if isinstance(node, ast.Name):
             names.add(node.id)
         elif isinstance(node, ast.arg):
