@@ -227,11 +227,7 @@ def load_module(source: str, name: str) -> types.ModuleType:
     return module
 
 
-_WITHOUT_LIGER = """\
-import importlib.util, sys
-{path}sys.modules["liger_kernel"] = None
-import torch
-
+_LOAD = """\
 def load(name, path):
     spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
@@ -239,6 +235,41 @@ def load(name, path):
     return mod
 
 """
+
+_WITHOUT_LIGER = """\
+import importlib.util, sys
+{path}sys.modules["liger_kernel"] = None
+import torch
+
+""" + _LOAD
+
+# The start of a child script that runs a rewritten file's kernel branch on
+# CPU: `load(name, path)` imports a file as a module; `FakeCuda` is a tensor
+# subclass whose `is_cuda` is True (the run-time dispatch then takes the
+# kernel); `fake_liger(name=function, ...)` installs a stand-in
+# `liger_kernel.transformers.functional` holding the given functions.
+KERNEL_PRELUDE = """\
+import importlib.util, sys, types
+import torch
+
+
+class FakeCuda(torch.Tensor):
+    # a CPU tensor that says it is on CUDA: the dispatch takes the kernel
+    @property
+    def is_cuda(self):
+        return True
+
+
+def fake_liger(**functions):
+    fake = types.ModuleType("liger_kernel.transformers.functional")
+    for name, fn in functions.items():
+        setattr(fake, name, fn)
+    for name in ("liger_kernel", "liger_kernel.transformers"):
+        sys.modules[name] = types.ModuleType(name)
+    sys.modules["liger_kernel.transformers.functional"] = fake
+
+
+""" + _LOAD
 
 
 def run_without_liger(folder: Path, body: str, *, sys_path: str | os.PathLike | None = None,

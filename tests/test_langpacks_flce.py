@@ -23,7 +23,7 @@ import pytest
 
 from dslc.cli import main
 from dslc.match.rows import RowChain, row_chain
-from rewrite_support import run_without_liger
+from rewrite_support import KERNEL_PRELUDE, run_without_liger
 
 REPO = Path(__file__).resolve().parent.parent
 LIGER = REPO / "rulepacks" / "liger.adr"
@@ -157,8 +157,8 @@ def test_rewritten_models_without_liger_give_the_same_loss_and_gradients(tmp_pat
         assert n_grads >= 2 and loss_diff <= 1e-5 and grad_diff <= 1e-5, (name, loss_diff, grad_diff)
 
 
-KERNEL_PATH = textwrap.dedent("""
-    import importlib.util, json, sys, types
+KERNEL_PATH = KERNEL_PRELUDE + textwrap.dedent("""
+    import json
     import torch
     import torch.nn.functional as F
 
@@ -173,23 +173,7 @@ KERNEL_PATH = textwrap.dedent("""
         return F.cross_entropy(logits, target.as_subclass(torch.Tensor), ignore_index=ignore_index,
                                reduction=reduction, label_smoothing=label_smoothing).float()
 
-    fake = types.ModuleType("liger_kernel.transformers.functional")
-    fake.liger_fused_linear_cross_entropy = flce
-    for name in ("liger_kernel", "liger_kernel.transformers"):
-        sys.modules[name] = types.ModuleType(name)
-    sys.modules["liger_kernel.transformers.functional"] = fake
-
-    class FakeCuda(torch.Tensor):
-        # a CPU tensor that says it is on CUDA: the dispatch takes the kernel
-        @property
-        def is_cuda(self):
-            return True
-
-    def load(name, path):
-        spec = importlib.util.spec_from_file_location(name, path)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod
+    fake_liger(liger_fused_linear_cross_entropy=flce)
 
     orig, new = load("orig", sys.argv[1]), load("new", sys.argv[2])
     out = {}
@@ -272,16 +256,9 @@ def test_option_rows_needs_the_fallback(tmp_path, capsys):
     assert any(d["code"] == "ADR106" and "`option rows` without `fallback original`" in d["message"] for d in diags), diags
 
 
-INTERPRETED = textwrap.dedent("""
-    import importlib.util, json, os, sys, warnings
+INTERPRETED = KERNEL_PRELUDE + textwrap.dedent("""
+    import json, os, warnings
     warnings.filterwarnings("ignore")
-    import torch
-
-    def load(name, path):
-        spec = importlib.util.spec_from_file_location(name, path)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod
 
     orig, new = load("orig", sys.argv[1]), load("new", sys.argv[2])
     real = new.liger_fused_linear_cross_entropy
@@ -296,12 +273,6 @@ INTERPRETED = textwrap.dedent("""
         return real(*[plain(x) for x in a], **{n: plain(v) for n, v in k.items()})
 
     new.liger_fused_linear_cross_entropy = kernel
-
-    class FakeCuda(torch.Tensor):
-        # hidden states that say they are on CUDA: the helper takes the kernel branch
-        @property
-        def is_cuda(self):
-            return True
 
     out = {}
     for name in ("NanoLM", "ShiftLM", "FlatLM", "LossModuleLM"):

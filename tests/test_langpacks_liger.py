@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from dslc.cli import main
-from rewrite_support import run_without_liger
+from rewrite_support import KERNEL_PRELUDE, run_without_liger
 
 REPO = Path(__file__).resolve().parent.parent
 LIGER = REPO / "rulepacks" / "liger.adr"
@@ -243,8 +243,8 @@ def test_kernel_names_exist_in_the_installed_liger_kernel():
         assert name in _liger_names(module), qual
 
 
-KERNEL_PATH = textwrap.dedent("""
-    import importlib.util, json, sys, types
+KERNEL_PATH = KERNEL_PRELUDE + textwrap.dedent("""
+    import json
     import torch
     import torch.nn.functional as F
 
@@ -263,27 +263,13 @@ KERNEL_PATH = textwrap.dedent("""
         Xf = X.float()
         return (Xf * torch.rsqrt(Xf.pow(2).mean(-1, keepdim=True) + eps)).to(X.dtype) * W
 
-    fake = types.ModuleType("liger_kernel.transformers.functional")
-    fake.liger_rms_norm = record("rms_norm", rms_norm)
-    fake.liger_swiglu = record("swiglu", lambda a, b: F.silu(a) * b)
-    fake.liger_geglu = record("geglu", lambda a, b: F.gelu(a, approximate="tanh") * b)
-    fake.liger_layer_norm = record("layer_norm", lambda X, W, B, eps: F.layer_norm(X, (X.shape[-1],), W, B, eps))
-    fake.liger_cross_entropy = record("cross_entropy", lambda x, y, **k: F.cross_entropy(x, y, **k))
-    for name in ("liger_kernel", "liger_kernel.transformers"):
-        sys.modules[name] = types.ModuleType(name)
-    sys.modules["liger_kernel.transformers.functional"] = fake
-
-    class FakeCuda(torch.Tensor):
-        # a CPU tensor that says it is on CUDA: the dispatch takes the kernel
-        @property
-        def is_cuda(self):
-            return True
-
-    def load(name, path):
-        spec = importlib.util.spec_from_file_location(name, path)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod
+    fake_liger(
+        liger_rms_norm=record("rms_norm", rms_norm),
+        liger_swiglu=record("swiglu", lambda a, b: F.silu(a) * b),
+        liger_geglu=record("geglu", lambda a, b: F.gelu(a, approximate="tanh") * b),
+        liger_layer_norm=record("layer_norm", lambda X, W, B, eps: F.layer_norm(X, (X.shape[-1],), W, B, eps)),
+        liger_cross_entropy=record("cross_entropy", lambda x, y, **k: F.cross_entropy(x, y, **k)),
+    )
 
     orig, new = load("orig", sys.argv[1]), load("new", sys.argv[2])
     torch.manual_seed(0)
