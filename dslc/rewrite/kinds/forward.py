@@ -241,17 +241,25 @@ class ForwardFusion(Planner):
         )
         if reason:
             raise Skip(reason)
-        self._check_loop_carried(match)
+        self._check_loop_carried(match, target_inputs)
 
-    def _check_loop_carried(self, match: ir.Match) -> None:
+    def _check_loop_carried(self, match: ir.Match, target_inputs: set[str]) -> None:
         """An intermediate the rewrite no longer assigns (the final statement
         does not write it again) is not read elsewhere in a loop around the
-        match: the next iteration would read what the rewrite left there."""
+        match, nor by the target itself (`h = self.conv(h); x = self.bn(h)`
+        becomes `x = self.conv(h)`, which reads the `h` of the loop's entry on
+        every iteration): the next iteration would read what the rewrite left
+        there."""
         stmts = [self.mod.stmt(n.stmt) for n in match.nodes]
         final = stmts[-1]
         written = {n.id for n in ast.walk(final) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
         names = {o for n in match.nodes[:-1] for o in n.outputs} - written
-        hit = loop_carried_read(self.mod.chain(final), names, {id(s) for s in stmts}) if names else None
+        chain = self.mod.chain(final)
+        fed = sorted(names & target_inputs)
+        if fed and any(isinstance(c, (ast.For, ast.AsyncFor, ast.While)) and f == "body" for c, f in chain):
+            raise Skip(codes.S_VALUE_READ, f"the intermediate `{fed[0]}` is also the input of the match, inside a loop; "
+                       f"the rewrite no longer assigns it, so the next iteration would read a stale value")
+        hit = loop_carried_read(chain, names, {id(s) for s in stmts}) if names else None
         if hit:
             raise Skip(codes.S_VALUE_READ, f"the intermediate `{hit[0]}` is read at line {hit[1]} inside the loop around the match; "
                        f"the next iteration would read the value the rewrite leaves there")

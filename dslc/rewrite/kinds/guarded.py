@@ -21,7 +21,7 @@ from dslc import codes
 from dslc.match import ir
 from dslc.match.matcher import is_neutral, overwritten_by, removed_layer_vars
 from dslc.rewrite import safety
-from dslc.rewrite.astutil import exit_between, owner_name
+from dslc.rewrite.astutil import exit_between, loop_carried_read, owner_name
 from dslc.rewrite.imports import hook_registration, param_renames
 from dslc.rewrite.kinds.base import Kind, Setup
 from dslc.rewrite.kinds.guardforms import GuardForm, guard_form, self_attr_nodes, truthy_reason
@@ -216,6 +216,29 @@ class NoneGuardedLayer(Kind):
                                            final_stmt=safety.stmt_key(node), scan={value.text})
             if reason:
                 raise Skip(codes.Reason(codes.code_of(reason), f"{where}: {reason}"))
+            self._check_loop_carried(match, found, where, value.text)
+
+    def _check_loop_carried(self, match: ir.Match, found: Found, where: str, name: str) -> None:
+        """The value the removed call reads (`h` of `h = self.conv(x); x =
+        self.norm(h)`) is not read elsewhere in a loop around the match, unless
+        the removed call's statement writes that name again: the paths walk a
+        loop body once, and the next iteration would read the fused value
+        where the original left the layer's input."""
+        node = match.nodes[found.index]
+        stmt = self.mod.stmt(node.stmt)
+        written = {n.id for n in ast.walk(stmt) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+        if name in written:
+            return
+        # the other matched statements stay as they are: a read of the name
+        # there (`h = self.conv(h)`) is a read of the next iteration's
+        matched = {id(stmt)}
+        if found.form is not None:
+            matched.add(id(found.form.if_stmt))  # `y = h` in the branch without the call reads the fused value there too
+        hit = loop_carried_read(self.mod.chain(stmt), {name}, matched)
+        if hit:
+            raise Skip(codes.S_VALUE_READ, f"{where}: `{hit[0]}` is read at line {hit[1]} inside the loop around the "
+                       f"match; the next iteration would read the fused value where the original left the input of "
+                       f"`self.{node.attr}`")
 
     def _check_reads_before(self, match: ir.Match, index: int, where: str, name: str, paths) -> None:
         """The value before the guarded call is read by nothing but that call."""
