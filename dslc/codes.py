@@ -526,8 +526,9 @@ S_WHEN_REGION = _code("S314", "skip", "a `when` rewrite cannot duplicate its ini
 S_GUARDED_LAYER = _code("S318", "skip", "a layer bound to `None` or `nn.Identity()` elsewhere cannot be fused under its init guard", """
     `__init__` binds the removed layer under a condition and `None` or
     `nn.Identity()` where it fails (forward calls it under `if self.<a> is
-    not None:`, `if self.<a>:` or their `else:` forms, or, for the Identity,
-    unguarded), and the rewrite would fuse it under the condition that binds
+    not None:`, `if self.<a>:` or their `else:` forms, after an early `if
+    self.<a> is None: return e` whose `e` is what the `return` after the
+    call gives, or, for the Identity, unguarded), and the rewrite would fuse it under the condition that binds
     it (forward unchanged, `self.<a> = None` or a new `nn.Identity()`
     there); refused when the rule has `when` or its forward target is not
     its source without that call, `self.<a>` is bound to something else

@@ -151,6 +151,56 @@ def test_else_forms_are_fused_under_the_init_guard(form):
     same_in_torch(before, after_of(before), "ConvNorm", "use_norm")
 
 
+
+# The early-return form: `if self.a is None: return E` right before the
+# call's statement, then `return R`; where the fused layer runs `self.a` is
+# None and `return E` gives what `return R` gave after the removed call.
+GUARDED_CALL = "        if self.norm:\n            x = self.norm(x)\n        return self.act(x)\n"
+EARLY_FORMS = {
+    "is None": "        if self.norm is None:\n            return self.act(x)\n        x = self.norm(x)\n        return self.act(x)\n",
+    "not": "        if not self.norm:\n            return self.act(x)\n        x = self.norm(x)\n        return self.act(x)\n",
+    "another name": "        if self.norm is None:\n            return self.act(x) * 2\n        y = self.norm(x)\n        return self.act(y) * 2\n",
+}
+
+
+@pytest.mark.parametrize("form", sorted(EARLY_FORMS))
+def test_early_return_forms_are_fused_under_the_init_guard(form):
+    before = BARE.replace(GUARDED_CALL, EARLY_FORMS[form])
+    assert before != BARE
+    assert_rewrite(before, after_of(before), applied=["conv_batchnorm"])
+    same_in_torch(before, after_of(before), "ConvNorm", "use_norm")
+
+
+@pytest.mark.parametrize("tail, why", [
+    # what follows the call is not the early return: the fused layer would skip it
+    ("        if self.norm is None:\n            return x\n        x = self.norm(x)\n        return self.act(x)\n",
+     "`return self.act(x)` (line 20) is not the early `return x`"),
+    ("        if self.norm is None:\n            return self.act(x)\n        x = self.norm(x)\n        x = x + 1\n"
+     "        return self.act(x)\n", "is not followed by a `return`"),
+    # the return after the call also reads the value before it
+    ("        if self.norm is None:\n            return x\n        y = self.norm(x)\n        return y + x\n",
+     "`return y + x` (line 20) is not the early `return x` with `y` read as `x`"),
+    # the early return reads the attribute
+    ("        if self.norm is None:\n            return x if self.norm is None else -x\n        x = self.norm(x)\n"
+     "        return x if self.norm is None else -x\n", "the early `return` reads `self.norm`"),
+])
+def test_early_return_forms_that_do_not_return_the_same_are_refused(tail, why):
+    torch = pytest.importorskip("torch", reason="torch shows the refused rewrite would differ")
+    before = BARE.replace(GUARDED_CALL, tail)
+    assert before != BARE
+    assert_rewrite(before, skipped=[("conv_batchnorm", "S318", why)])
+    # what the init-only rewrite would compute where the layer exists: the
+    # conv followed by the norm, then the early return
+    m = vars(load_module(before, "early"))["ConvNorm"](3, 4)
+    with torch.no_grad():
+        m.norm.running_mean.uniform_(-1, 1)
+    m.eval()
+    x = torch.randn(2, 3, 8, 8)
+    expected = m(x)
+    m.conv, m.norm = torch.nn.Sequential(m.conv, m.norm), None
+    assert not torch.allclose(m(x), expected)
+
+
 @pytest.mark.parametrize("guard, expected", [
     # the branch without the call does something else
     ("        if self.norm is None:\n            x = x * 2\n        else:\n            x = self.norm(x)\n",

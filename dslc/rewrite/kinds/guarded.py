@@ -4,7 +4,9 @@
 `__init__` binds the layer under a guard G and, where G fails, to `None`
 (forward calls it under a guard on the attribute: `if self.<a> is not
 None:`, `if self.<a>:`, or the `else:` of `if self.<a> is None:` / `if not
-self.<a>:`) or to `nn.Identity()` (forward may call it unguarded).  Forward
+self.<a>:`, or after an early `if self.<a> is None: return E` when the
+`return` right after the call gives E) or to `nn.Identity()` (forward may
+call it unguarded).  Forward
 stays as it is; the layer's binding becomes the rule's init target built
 from the layers that already exist, then `self.<a> = None` (guarded call)
 or `self.<a> = nn.Identity()` (unguarded call): under G the fused layer runs
@@ -15,6 +17,7 @@ through; where G fails nothing changes.
 from __future__ import annotations
 
 import ast
+import dataclasses
 from dataclasses import dataclass
 
 from dslc import codes
@@ -24,7 +27,7 @@ from dslc.rewrite import safety
 from dslc.rewrite.astutil import exit_between, loop_carried_read, owner_name
 from dslc.rewrite.imports import hook_registration, param_renames
 from dslc.rewrite.kinds.base import Kind, Setup
-from dslc.rewrite.kinds.guardforms import GuardForm, guard_form, self_attr_nodes, truthy_reason
+from dslc.rewrite.kinds.guardforms import GuardForm, early_return_form, guard_form, self_attr_nodes, truthy_reason
 from dslc.rewrite.plan import Plan, Skip
 from dslc.rewrite.render import Env
 from dslc.rewrite.rules import renamed_key
@@ -75,6 +78,9 @@ class NoneGuardedLayer(Kind):
                     stmt = None
                 parent, fname = self.mod.parent.get(id(stmt), (None, None))
                 form = guard_form(parent, fname, node.attr)
+                block = getattr(parent, fname, None) if parent is not None else None
+                if form is None and isinstance(block, list):
+                    form = early_return_form(block, next((i for i, st in enumerate(block) if st is stmt), 0), node.attr)
             elif neutral:
                 return Found(var, None, None, neutral)
             if form is not None or neutral:
@@ -141,7 +147,39 @@ class NoneGuardedLayer(Kind):
                     f"self.{node.attr}:`), and `__init__` binds it to `None` at line "
                     f"{none.stmt.lines[0] if none.stmt else 0}"))
             return where, None
+        if form.early:
+            return where, self._early_return_name(node, stmt, form, where)
         return where, self._guarded_name(node, stmt, form, where)
+
+    def _early_return_name(self, node, stmt: ast.stmt, form: GuardForm, where: str) -> str:
+        """`if self.a is None: return E` then `t = self.<a>(s)` then `return R`,
+        where R with `t` read as `s` is E (and reads no `s` beside, when `t`
+        is another name): where the fused layer runs `self.a` is None and the
+        early `return E` gives what `return R` gave after the removed call.
+        Returns the name the call reads."""
+        value = stmt.value if isinstance(stmt, ast.Assign) else None
+        if not (value is not None and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name)
+                and isinstance(value, ast.Call) and len(value.args) == 1 and not value.keywords
+                and isinstance(value.args[0], ast.Name)
+                and node.expr_span == (value.lineno, value.col_offset, value.end_lineno, value.end_col_offset)):
+            raise Skip(codes.S_GUARDED_LAYER, f"{where}: the call is not `t = self.<layer>(s)`")
+        target, source = stmt.targets[0].id, value.args[0].id
+        parent, fname = self.mod.parent[id(stmt)]
+        block = getattr(parent, fname)
+        index = next(i for i, st in enumerate(block) if st is stmt)
+        after = block[index + 1] if index + 1 < len(block) else None
+        early = form.if_stmt.body[0].value
+        if not (isinstance(after, ast.Return) and after.value is not None):
+            raise Skip(codes.S_GUARDED_LAYER, f"{where}: the call's statement is not followed by a `return` "
+                       f"(the fused layer would leave at the early `return`, skipping what follows)")
+        renamed = _renamed(after.value, target, source)
+        if renamed is None or ast.dump(renamed) != ast.dump(early):
+            raise Skip(codes.S_GUARDED_LAYER, (
+                f"{where}: `return {ast.unparse(after.value)}` (line {after.lineno}) is not the early "
+                f"`return {ast.unparse(early)}`" + (f" with `{target}` read as `{source}`" if target != source else "")))
+        if self_attr_nodes(early, node.attr):
+            raise Skip(codes.S_GUARDED_LAYER, f"{where}: the early `return` reads `self.{node.attr}`")
+        return source
 
     def _guarded_name(self, node, stmt: ast.stmt, form: GuardForm, where: str) -> str:
         """The guarded branch is exactly `v = self.<a>(v)` (or `t = self.<a>(s)`
@@ -208,10 +246,16 @@ class NoneGuardedLayer(Kind):
             raise Skip(codes.S_GUARDED_LAYER, f"{where}: line {exit_line} may leave before it (the fused layer would already have run)")
         if match.class_name and owner_name(match.nodes[-1].stmt.owner, match.class_name) != match.class_name:
             raise Skip(codes.S_INHERITED, f"{where}: the matched code is inherited")
+        # the early `return E` reads the name only where it leaves (where the fused layer runs)
+        early = (form.if_stmt.lineno, form.if_stmt.end_lineno) if form is not None and form.early else None
         if name is not None:
-            self._check_reads_before(match, index, where, name, paths)
+            self._check_reads_before(match, index, where, name, paths, early)
         value = match.bindings.get(match.rule.forward.source[index].args[0].name)
         if value is not None and value.kind == "name":
+            if early is not None:
+                # the early `return E` reads the value only where it leaves, which is where the fused layer runs
+                paths = [dataclasses.replace(p, nodes=tuple(n for n in p.nodes if not (
+                    early[0] <= n.stmt.lines[0] and n.stmt.lines[1] <= early[1]))) for p in paths]
             reason = safety.check_dataflow(match, paths, produced_again=set(), target_inputs=set(), deleted_stmts=set(),
                                            final_stmt=safety.stmt_key(node), scan={value.text})
             if reason:
@@ -240,8 +284,9 @@ class NoneGuardedLayer(Kind):
                        f"match; the next iteration would read the fused value where the original left the input of "
                        f"`self.{node.attr}`")
 
-    def _check_reads_before(self, match: ir.Match, index: int, where: str, name: str, paths) -> None:
-        """The value before the guarded call is read by nothing but that call."""
+    def _check_reads_before(self, match: ir.Match, index: int, where: str, name: str, paths, early=None) -> None:
+        """The value before the guarded call is read by nothing but that call
+        (and the early `return` whose lines are `early`)."""
         for path in paths:
             positions = [next((k for k, n in enumerate(path.nodes) if safety.node_key(n) == safety.node_key(m)), None)
                          for m in match.nodes]
@@ -250,6 +295,8 @@ class NoneGuardedLayer(Kind):
             producers = [k for k in range(positions[index]) if name in path.nodes[k].writes]
             start = producers[-1] if producers else -1
             for k in range(start + 1, positions[index]):
+                if early is not None and path.nodes[k].stmt.lines == early:
+                    continue
                 if name in path.nodes[k].reads:
                     raise Skip(codes.S_VALUE_READ, f"{where}: `{name}` is read at line {path.nodes[k].stmt.lines[0]} before it")
 
@@ -272,6 +319,8 @@ class NoneGuardedLayer(Kind):
             raise Skip(codes.S_GUARDED_LAYER, f"line {layer_stmt.lineno} is not a plain `self.{attr} = ...`")
         around = found.form.if_stmt if found.form is not None else mod.stmt(node.stmt)
         if_lines = (around.lineno, around.end_lineno)
+        if found.form is not None and found.form.early:
+            if_lines = (around.lineno, mod.stmt(node.stmt).end_lineno)
         for use in (cls.attr_uses if cls is not None else ()):
             if use.attr != attr:
                 continue
@@ -396,3 +445,15 @@ def _ifexp_branches(stmt: ast.stmt, layer):
     if layer.guards[-1].negated:
         return False, value.orelse, value.body
     return True, value.body, value.orelse
+
+
+def _renamed(expr: ast.expr, old: str, new: str):
+    """`expr` with each read of `old` read as `new`; None when `expr` reads
+    `new` itself and `old != new` (it would read the value before the call)."""
+    if old != new and any(isinstance(n, ast.Name) and n.id == new for n in ast.walk(expr)):
+        return None
+    copy = ast.parse(ast.unparse(expr), mode="eval").body
+    for n in ast.walk(copy):
+        if isinstance(n, ast.Name) and n.id == old:
+            n.id = new
+    return copy

@@ -6,6 +6,9 @@ truthiness they rely on (used by `guarded.NoneGuardedLayer`).
 
 - `if self.a is not None: <call>`   and   `if self.a is None: ... else: <call>`
 - `if self.a: <call>`               and   `if not self.a: ... else: <call>`
+- `if self.a is None: return e` / `if not self.a: return e` right before
+  the call's statement (`early_return_form`): the call is reached only where
+  the attribute holds a layer
 
 The last two equal the first two only when every value `self.a` may hold
 but `None` is truthy (`truthy_reason`): an `nn.Module` is, unless its class
@@ -35,6 +38,7 @@ class GuardForm:
     if_stmt: ast.If
     in_orelse: bool  # the call is the `else` branch: `if self.a is None: ... else: <call>`
     bare: bool  # `if self.a:` / `if not self.a:` (needs every non-None value truthy)
+    early: bool = False  # `if self.a is None: return e` right before the call's statement
 
     @property
     def text(self) -> str:
@@ -45,6 +49,8 @@ class GuardForm:
         return guard.text == self.text and guard.negated != self.in_orelse
 
     def describe(self) -> str:
+        if self.early:
+            return f"the early `if {self.text}: return ...`"
         if self.in_orelse:
             return f"the `else:` of `if {self.text}:`"
         return f"`if {self.text}:`"
@@ -66,6 +72,25 @@ def guard_form(parent, field: str | None, attr: str) -> GuardForm | None:
             return GuardForm(parent, False, False)
         if isinstance(test.ops[0], ast.Is) and in_orelse:
             return GuardForm(parent, True, False)
+    return None
+
+
+def early_return_form(block: list, index: int, attr: str) -> GuardForm | None:
+    """`if self.a is None: return e` (or `if not self.a: return e`), with no
+    `else:`, as the statement just before `block[index]`, or None."""
+    if index < 1:
+        return None
+    prev = block[index - 1]
+    if not isinstance(prev, ast.If) or prev.orelse or len(prev.body) != 1 or not isinstance(prev.body[0], ast.Return) \
+            or prev.body[0].value is None:
+        return None
+    test = prev.test
+    if isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not) and _is_self_attr(test.operand, attr):
+        return GuardForm(prev, True, True, early=True)
+    if isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Is) \
+            and _is_self_attr(test.left, attr) and isinstance(test.comparators[0], ast.Constant) \
+            and test.comparators[0].value is None:
+        return GuardForm(prev, True, False, early=True)
     return None
 
 
