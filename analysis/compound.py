@@ -203,7 +203,9 @@ def _loop_layers(pb: PathBuilder, stmt: ast.For | ast.AsyncFor, frame: Frame) ->
     """The loop's names that hold a container's elements: `for layer in
     self.layers` or `for conv, bn in zip(self.convs, self.bns)`, also as
     `for i, (conv, bn) in enumerate(zip(...))` (the builtins; a name rebound
-    in the body holds something else there)."""
+    in the body holds something else there).  An iterable of `zip` that is
+    not a container of the class (`zip(self.blocks, past_key_values)`)
+    leaves its name a plain local."""
     target, it = stmt.target, stmt.iter
     builtins_here = {n for n in ("zip", "enumerate") if n not in frame.locals and n not in (frame.scope or pb.ctx.scope).names}
     if (isinstance(it, ast.Call) and isinstance(it.func, ast.Name) and it.func.id == "enumerate" and "enumerate" in builtins_here
@@ -218,8 +220,14 @@ def _loop_layers(pb: PathBuilder, stmt: ast.For | ast.AsyncFor, frame: Frame) ->
         names, attrs = [e.id for e in target.elts], [self_attr(a) for a in it.args]
     else:
         return {}
-    if any(a is None or a not in pb.ctx.init_types for a in attrs) or len(set(names)) != len(names):
+    if len(set(names)) != len(names):
         return {}
+    # `zip(self.blocks, past_key_values)`: only the names of the class's own
+    # containers hold its layers; the others stay plain locals of the loop
+    pairs = [(n, a) for n, a in zip(names, attrs) if a is not None and a in pb.ctx.init_types]
+    if len(pairs) != len(names) and (len(names) == 1 or not pairs):
+        return {}
+    names, attrs = [n for n, _ in pairs], [a for _, a in pairs]
     rebound = set()
     for st in stmt.body + stmt.orelse:
         rebound |= writes_of_block(st)

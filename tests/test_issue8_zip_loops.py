@@ -247,3 +247,92 @@ def test_zip_under_enumerate():
     assert [m.status for m in result.matches if m.rule.endswith("conv_batchnorm")] == ["applied"]
     assert "        self.bns = nn.ModuleList([nn.Identity() for _ in range(n)])\n" in result.new_source
     stable(result.new_source)
+
+
+# ---------------------------------------------------------------------------
+# A container zipped with an iterable that is not one of the class's
+# containers (`zip(self.blocks, past_key_values)`): only the class's
+# containers' names hold its layers; the other name stays a plain local.
+
+WITH_LOCAL = '''import torch
+from torch import nn
+
+
+class M(nn.Module):
+    def __init__(self, c, n=2):
+        super().__init__()
+        self.convs = nn.ModuleList([nn.Conv2d(c, c, 3, padding=1) for _ in range(n)])
+        self.bns = nn.ModuleList([nn.BatchNorm2d(c) for _ in range(n)])
+
+    def forward(self, x, scales=(1.0, 2.0)):
+{body}
+        return x
+'''
+
+
+@pytest.mark.parametrize("body", [
+    "        for conv, bn, s in zip(self.convs, self.bns, scales):\n            x = bn(conv(x)) * s",
+    # zip stops at the shortest: the elements not reached are fused all the same
+    "        for conv, bn, s in zip(self.convs, self.bns, scales[:1]):\n            x = bn(conv(x)) * s",
+    "        for i, (conv, s, bn) in enumerate(zip(self.convs, scales, self.bns)):\n            x = bn(conv(x)) * s + i",
+    "        for conv, bn, s in zip(self.convs, self.bns, scales):\n            s = s * 2\n            x = bn(conv(x)) * s",
+])
+def test_zip_with_a_local_iterable_fuses_the_containers_elements(body):
+    torch = pytest.importorskip("torch", reason="torch runs the two versions")
+    source = WITH_LOCAL.format(body=body)
+    result = run(source)
+    assert [m.status for m in result.matches if m.rule.endswith("conv_batchnorm")] == ["applied"]
+    new = result.new_source
+    assert "self.convs = nn.ModuleList([ConvBn2d(nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c)) for _ in range(n)])" in new
+    assert new.split("def forward", 1)[1] == source.split("def forward", 1)[1]
+    stable(new)
+    torch.manual_seed(0)
+    old = vars(load_module(source, "old_local"))["M"](3)
+    with torch.no_grad():
+        for bn in old.bns:
+            bn.running_mean.uniform_(-1, 1)
+            bn.running_var.uniform_(0.5, 2)
+    fresh = vars(load_module(new, "new_local"))["M"](3)
+    fresh.load_state_dict(old.state_dict())
+    x = torch.randn(2, 3, 6, 6)
+    for train in (False, True):
+        old.train(train)
+        fresh.train(train)
+        torch.testing.assert_close(fresh(x), old(x))
+
+
+def test_zip_with_a_local_iterable_holding_a_layer_of_the_container_is_refused():
+    body = "        for conv, bn, s in zip(self.convs, self.bns, [self.bns[0]] * 2):\n            x = s(bn(conv(x)))"
+    result = run(WITH_LOCAL.format(body=body))
+    got = [(m.status, m.code, m.reason) for m in result.matches if m.rule.endswith("conv_batchnorm")]
+    assert got and all(st == "skipped" and c == codes.S_CONTAINER_USE and "`self.bns` is also used" in why
+                       for st, c, why in got), got
+
+
+PAST = '''import torch
+from torch import nn
+from transformers.models.bert.modeling_bert import BertSelfAttention
+
+
+class Past(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.layers = nn.ModuleList([BertSelfAttention(config, position_embedding_type="absolute") for _ in range(config.n)])
+
+    def forward(self, x, past_key_values):
+        for layer, past in zip(self.layers, past_key_values):
+            x = layer(x, past_key_value=past)[0]
+        return x
+'''
+
+
+def test_module_list_zipped_with_past_key_values_is_replaced():
+    result = run(PAST)
+    assert [(m.rule, m.status) for m in result.matches] == [("adopter:bert_self_attention", "applied")]
+    assert ("        self.layers = nn.ModuleList([BertSelfAttentionWithXF(config, position_embedding_type='absolute', "
+            "attn_op_name='cutlass') for _ in range(config.n)])\n") in result.new_source
+    assert result.new_source.split("def forward", 1)[1] == PAST.split("def forward", 1)[1]
+    stable(result.new_source)
+    # the element's name rebound in the body holds something else there: not followed
+    rebound = PAST.replace("            x = layer(", "            layer = layer if past is not None else layer\n            x = layer(")
+    assert not [m for m in run(rebound).matches if m.status == "applied"]
