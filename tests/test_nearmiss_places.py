@@ -179,10 +179,11 @@ class Heads(nn.Module):
         self.qkvs = nn.ModuleList([nn.Linear(d, 3 * d) for _ in range(n)])
 
     def forward(self, x, gates):
-        # zip over a forward argument: the loop stays one statement (a zip of
-        # two attribute containers is followed, and rewritten).
+        # zip over a copy of the container: the loop stays one statement (a
+        # zip of the container itself, with or without a forward argument, is
+        # followed and rewritten).
         outs = []
-        for qkv, gate in zip(self.qkvs, gates):
+        for qkv, gate in zip(list(self.qkvs), gates):
             q, k, v = gate(qkv(x)).chunk(3, dim=-1)
             attn = q @ k.transpose(-2, -1)
             attn = attn.softmax(dim=-1)
