@@ -27,6 +27,7 @@ from dslc.rewrite import safety
 from dslc.rewrite.astutil import exit_between, loop_carried_read, owner_name
 from dslc.rewrite.imports import hook_registration, param_renames
 from dslc.rewrite.kinds.base import Kind, Setup
+from dslc.rewrite.kinds.guardhelper import check_aliases, check_helper
 from dslc.rewrite.kinds.guardforms import GuardForm, early_return_form, guard_form, self_attr_nodes, truthy_reason
 from dslc.rewrite.plan import Plan, Skip
 from dslc.rewrite.render import Env
@@ -105,7 +106,11 @@ class NoneGuardedLayer(Kind):
                 f"`self.{b.attr}` is also bound to `{'None' if b.kind == 'other' else 'nn.Identity()'}` (line "
                 f"{b.stmt.lines[0] if b.stmt else 0}), and the matched call of the layer is not one this rewrite reads"))
         where, name = self._check_forward(match, found, setup.condition)
-        self._check_paths(match, found, where, name, setup.paths)
+        node = match.nodes[found.index]
+        between = None
+        if any(n.stmt.method != node.stmt.method or n.inlined_from != node.inlined_from for n in match.nodes):
+            between = check_helper(self.ctx, match, found.index, setup.cls, found.form, where)
+        self._check_paths(match, found, where, name, setup.paths, between)
         layer, layer_stmt = self._check_init(match, setup.cls, found, where)
         self._init_edit(match, setup.cls, found, layer, layer_stmt, where, plan)
 
@@ -135,9 +140,6 @@ class NoneGuardedLayer(Kind):
         rest = [renamed_key(pn, rename) for j, pn in enumerate(rule.forward.source) if j != index]
         if rest != [renamed_key(pn, rename) for pn in rule.forward.target]:
             raise Skip(codes.S_GUARDED_LAYER, f"{where}: the rule's forward target is not its source without that call")
-        for other in match.nodes:
-            if other.stmt.method != node.stmt.method or other.inlined_from != node.inlined_from:
-                raise Skip(codes.S_GUARDED_LAYER, f"{where}: the matched calls are in different methods")
         self._check_single_uses(match, where)
         if form is None:
             none = next((b for b in found.neutral if b.kind == "other"), None)
@@ -148,38 +150,8 @@ class NoneGuardedLayer(Kind):
                     f"{none.stmt.lines[0] if none.stmt else 0}"))
             return where, None
         if form.early:
-            return where, self._early_return_name(node, stmt, form, where)
+            return where, _early_return_name(self.mod, node, stmt, form, where)
         return where, self._guarded_name(node, stmt, form, where)
-
-    def _early_return_name(self, node, stmt: ast.stmt, form: GuardForm, where: str) -> str:
-        """`if self.a is None: return E` then `t = self.<a>(s)` then `return R`,
-        where R with `t` read as `s` is E (and reads no `s` beside, when `t`
-        is another name): where the fused layer runs `self.a` is None and the
-        early `return E` gives what `return R` gave after the removed call.
-        Returns the name the call reads."""
-        value = stmt.value if isinstance(stmt, ast.Assign) else None
-        if not (value is not None and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name)
-                and isinstance(value, ast.Call) and len(value.args) == 1 and not value.keywords
-                and isinstance(value.args[0], ast.Name)
-                and node.expr_span == (value.lineno, value.col_offset, value.end_lineno, value.end_col_offset)):
-            raise Skip(codes.S_GUARDED_LAYER, f"{where}: the call is not `t = self.<layer>(s)`")
-        target, source = stmt.targets[0].id, value.args[0].id
-        parent, fname = self.mod.parent[id(stmt)]
-        block = getattr(parent, fname)
-        index = next(i for i, st in enumerate(block) if st is stmt)
-        after = block[index + 1] if index + 1 < len(block) else None
-        early = form.if_stmt.body[0].value
-        if not (isinstance(after, ast.Return) and after.value is not None):
-            raise Skip(codes.S_GUARDED_LAYER, f"{where}: the call's statement is not followed by a `return` "
-                       f"(the fused layer would leave at the early `return`, skipping what follows)")
-        renamed = _renamed(after.value, target, source)
-        if renamed is None or ast.dump(renamed) != ast.dump(early):
-            raise Skip(codes.S_GUARDED_LAYER, (
-                f"{where}: `return {ast.unparse(after.value)}` (line {after.lineno}) is not the early "
-                f"`return {ast.unparse(early)}`" + (f" with `{target}` read as `{source}`" if target != source else "")))
-        if self_attr_nodes(early, node.attr):
-            raise Skip(codes.S_GUARDED_LAYER, f"{where}: the early `return` reads `self.{node.attr}`")
-        return source
 
     def _guarded_name(self, node, stmt: ast.stmt, form: GuardForm, where: str) -> str:
         """The guarded branch is exactly `v = self.<a>(v)` (or `t = self.<a>(s)`
@@ -223,10 +195,11 @@ class NoneGuardedLayer(Kind):
                 if len(self_attr_nodes(st, attr)) != count:
                     raise Skip(codes.S_ATTR_USED, f"{where}: line {st.lineno} also uses `self.{attr}` beside the matched call")
 
-    def _check_paths(self, match: ir.Match, found: Found, where: str, name: str | None, paths) -> None:
+    def _check_paths(self, match: ir.Match, found: Found, where: str, name: str | None, paths, between=None) -> None:
         """Every path runs all the matched calls, or (guarded: `self.a` is
         None) all but the guarded one; the value the removed call reads is
-        read by nothing else."""
+        read by nothing else.  `between`: the statements between the calls
+        of a match across a helper (`guardhelper.check_helper`)."""
         index, form = found.index, found.form
         mod = self.mod
         node = match.nodes[index]
@@ -240,14 +213,22 @@ class NoneGuardedLayer(Kind):
                     form is not None and any(form.skips(g) for g in path.guards)):
                 raise Skip(codes.S_GUARDED_LAYER, f"{where}: some path runs the other matched calls but not the guarded one")
         call_stmt = form.if_stmt if form is not None else mod.stmt(node.stmt)
-        first = mod.stmt(match.nodes[0].stmt)
-        exit_line = exit_between(self.ctx.statements_between(first, call_stmt))
+        helper = between is not None
+        if between is None:
+            between = self.ctx.statements_between(mod.stmt(match.nodes[0].stmt), call_stmt)
+        exit_line = exit_between(between)
         if exit_line:
             raise Skip(codes.S_GUARDED_LAYER, f"{where}: line {exit_line} may leave before it (the fused layer would already have run)")
         if match.class_name and owner_name(match.nodes[-1].stmt.owner, match.class_name) != match.class_name:
             raise Skip(codes.S_INHERITED, f"{where}: the matched code is inherited")
         # the early `return E` reads the name only where it leaves (where the fused layer runs)
         early = (form.if_stmt.lineno, form.if_stmt.end_lineno) if form is not None and form.early else None
+        if helper:
+            # across a helper: the value and its copies per method; the name the call reads
+            check_aliases(self.ctx, match, index, where, paths, early)
+            if name is not None:
+                self._check_loop_carried(match, found, where, name)
+            return
         if name is not None:
             self._check_reads_before(match, index, where, name, paths, early)
         value = match.bindings.get(match.rule.forward.source[index].args[0].name)
@@ -457,3 +438,34 @@ def _renamed(expr: ast.expr, old: str, new: str):
         if isinstance(n, ast.Name) and n.id == old:
             n.id = new
     return copy
+
+
+def _early_return_name(mod, node, stmt: ast.stmt, form: GuardForm, where: str) -> str:
+    """`if self.a is None: return E` then `t = self.<a>(s)` then `return R`,
+    where R with `t` read as `s` is E (and reads no `s` beside, when `t`
+    is another name): where the fused layer runs `self.a` is None and the
+    early `return E` gives what `return R` gave after the removed call.
+    Returns the name the call reads."""
+    value = stmt.value if isinstance(stmt, ast.Assign) else None
+    if not (value is not None and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name)
+            and isinstance(value, ast.Call) and len(value.args) == 1 and not value.keywords
+            and isinstance(value.args[0], ast.Name)
+            and node.expr_span == (value.lineno, value.col_offset, value.end_lineno, value.end_col_offset)):
+        raise Skip(codes.S_GUARDED_LAYER, f"{where}: the call is not `t = self.<layer>(s)`")
+    target, source = stmt.targets[0].id, value.args[0].id
+    parent, fname = mod.parent[id(stmt)]
+    block = getattr(parent, fname)
+    index = next(i for i, st in enumerate(block) if st is stmt)
+    after = block[index + 1] if index + 1 < len(block) else None
+    early = form.if_stmt.body[0].value
+    if not (isinstance(after, ast.Return) and after.value is not None):
+        raise Skip(codes.S_GUARDED_LAYER, f"{where}: the call's statement is not followed by a `return` "
+                   f"(the fused layer would leave at the early `return`, skipping what follows)")
+    renamed = _renamed(after.value, target, source)
+    if renamed is None or ast.dump(renamed) != ast.dump(early):
+        raise Skip(codes.S_GUARDED_LAYER, (
+            f"{where}: `return {ast.unparse(after.value)}` (line {after.lineno}) is not the early "
+            f"`return {ast.unparse(early)}`" + (f" with `{target}` read as `{source}`" if target != source else "")))
+    if self_attr_nodes(early, node.attr):
+        raise Skip(codes.S_GUARDED_LAYER, f"{where}: the early `return` reads `self.{node.attr}`")
+    return source
