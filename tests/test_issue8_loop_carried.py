@@ -299,3 +299,43 @@ def test_per_call_dispatch_of_a_chain_read_by_the_next_iteration_is_refused():
     again = run(plain, rules=liger)
     assert {m.rule: m.status for m in again.matches}["liger:fused_linear_cross_entropy"] == "applied"
     stable(again.new_source, rules=liger)
+
+
+# ---------------------------------------------------------------------------
+# Item 2 per kind: a read of the removed intermediate in the statement that
+# holds the matched call (the zip loop's is above, the general fusion's in
+# test_safety_issue8.py, the guarded kind across a helper's in
+# test_guarded_helpers.py).
+
+SAME_HELPER = HEAD + '''
+class M(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, padding=1)
+        self.bn = nn.BatchNorm2d(c)
+
+    def _bn(self, y):
+        return self.bn(y)
+
+    def forward(self, x):
+        h = self.conv(x)
+        return self._bn(h) + h
+'''
+
+SAME_CASES = {
+    "guarded": (lambda: _guarded("nn.Identity()", "        if True:\n", "            h = self.conv(x)\n            x = self.norm(h) + h\n"),
+                ("adopter",), "conv_batchnorm", "intermediate `h` (line 19) is also read at line 20, in the statement that holds"),
+    "across a helper": (lambda: SAME_HELPER, ("adopter",), "conv_batchnorm", "the value it normalises, `h`, is also read at line 16"),
+    "per-call dispatch": (lambda: LOOP_LM.replace("            total = total + logits.sum()\n", "").replace(
+        "targets.view(-1))\n", "targets.view(-1)) + logits.mean()\n"), (str(RULEPACKS / "liger.adr"),),
+        "fused_linear_cross_entropy", "intermediate `logits` (line 17) is also read at line 18, in the statement that holds"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SAME_CASES))
+def test_a_read_in_the_statement_of_the_matched_call_is_refused_per_kind(case):
+    make, rules, rule, why = SAME_CASES[case]
+    source = make()
+    result = run(source, rules=rules, select=[rule])
+    got = [(m.status, m.code, m.reason or "") for m in result.matches]
+    assert len(got) == 1 and got[0][:2] == ("skipped", codes.S_VALUE_READ) and why in got[0][2], got

@@ -15,7 +15,8 @@ and lets the first kind of `KINDS` that selects the match plan it:
 Parts the kinds share are planners of their own modules, not registered:
 `ForwardFusion` (forward.py), `Hoisting` (hoist.py), `InitReplacement`
 (init.py), `WhenGuard` (when.py), `CallDispatch` (call.py); guardforms.py
-holds the attribute guards `NoneGuardedLayer` reads.
+holds the attribute guards `NoneGuardedLayer` reads, guardhelper.py its
+checks of a match across one helper.
 
 A new kind of rewrite is one `Kind` subclass (see base.py) added to `KINDS`
 before the kinds whose matches it takes over.

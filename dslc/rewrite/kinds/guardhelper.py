@@ -134,20 +134,26 @@ def check_aliases(ctx, match, index: int, where: str, paths, early=None) -> None
             continue
         start, stop = keys.index(safety.node_key(kept)), keys.index(safety.node_key(removed))
         alias = {(kept.inlined_from, o) for o in kept.outputs}
+        # the call sites of every inlined call on the path: a copy there binds another method's parameters
+        sites = {(fr[-1][0], tuple(fr[-1][1])) for fr in (m.inlined_from for m in path.nodes) if fr}
         for k in range(start + 1, len(path.nodes)):
             n = path.nodes[k]
             frame = n.inlined_from
             into = frame
-            if frame == caller_frame and n.stmt.method == sides.caller and tuple(n.stmt.lines) == sides.site and n.copies:
+            copies = n.copies
+            at = (n.stmt.method, tuple(n.stmt.lines))
+            if frame == caller_frame and at == (sides.caller, sides.site) and n.copies:
                 into = helper_frame  # the binding of the helper's parameters
             elif frame == helper_frame and isinstance(ctx.mod.stmt(n.stmt), ast.Return):
                 into = caller_frame  # the helper's `return`: the call site's value
+            elif at in sites:
+                copies = ()  # the binding of another inlined call: its copies are reads here
             if k != stop and not (early is not None and early[0] <= n.stmt.lines[0] and n.stmt.lines[1] <= early[1]):
-                copied = {src for _, src in n.copies}
+                copied = {src for _, src in copies}
                 read = sorted(r for r in n.reads if (frame, r) in alias and r not in copied)
                 if read:
                     raise Skip(codes.S_VALUE_READ, (
                         f"{where}: `{read[0]}` (the value of `self.{kept.attr}` or a copy of it) is also read at line "
                         f"{n.stmt.lines[0]} (in `{n.stmt.method}`); the fused layer changes it"))
-            added = {(into, dst) for dst, src in n.copies if (frame, src) in alias}
+            added = {(into, dst) for dst, src in copies if (frame, src) in alias}
             alias = (alias - {(into, w) for w in n.writes}) | added
