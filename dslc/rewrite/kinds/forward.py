@@ -247,7 +247,7 @@ class ForwardFusion(Planner):
             metadata_ok=self.flow.metadata_check(match),
             effects=self.flow.stmt_effects if region is None or not region.guard_ifs else self.keep.effects(
                 region, match.nodes[-1].stmt.method, self.flow.stmt_effects),
-            read_note=lambda path, q, name: self.conditional_read(match, path.nodes[q], name),
+            read_note=lambda path, q, name: self.conditional_read(match, path.nodes[q], name, region),
             read_ok=None if region is None else (
                 lambda path, q, name: self.keep.read_ok(region, match, path, q, name, self.read_condition)),
             skip_path=None if region is None or not region.guard_ifs else self.keep.skip_path(
@@ -270,7 +270,7 @@ class ForwardFusion(Planner):
             raise Skip(codes.S_VALUE_READ, f"the intermediate `{hit[0]}` is read at line {hit[1]} inside the loop around the match; "
                        f"the next iteration would read the value the rewrite leaves there")
 
-    def conditional_read(self, match: ir.Match, node, name: str) -> str:
+    def conditional_read(self, match: ir.Match, node, name: str, region=None) -> str:
         """How a read after the match happens when it is conditional (see
         `read_condition`): the value is needed only where `c` holds; a rule
         that does not `keep` it cannot guard the rewrite on `c`."""
@@ -279,8 +279,9 @@ class ForwardFusion(Planner):
             return ""
         test, holds = found
         when = f"`{ast.unparse(test)}`" + (" holds" if holds else " is false")
-        return (f", where {when} (the rewrite does not compute it; the rule does not `keep` it for a per-call "
-                f"guard on that condition)")
+        why = (region.problem if region is not None and region.problem and not region.body
+               else "the rule does not `keep` it for a per-call guard on that condition")
+        return f", where {when} (the rewrite does not compute it; {why})"
 
     def read_condition(self, match: ir.Match, node, name: str):
         """(test, holds) when every occurrence of `name` in the reading

@@ -56,6 +56,8 @@ class Region:
     guard_ifs: list  # `if T:` statements dropped from the rewritten branch
     kept: set[str]  # names bound to kept variables
     tests: list = field(default_factory=list)  # ast tests, source order, deduplicated by text
+    # why a condition cannot be guarded (the match then gets the plain checks)
+    problem: str | None = None
     read_later: list = field(default_factory=list)  # kept names read after the match (bound to None)
 
     def add_test(self, test: ast.expr) -> None:
@@ -79,25 +81,28 @@ class KeepGuard(Planner):
             return None
         final = groups[-1][2]
         _, _, block = self.mod.block_of(final)
+        kept = {b.text for v in rule.keep if (b := match.bindings.get(v)) is not None and b.kind == "name"}
         tops = []
         for _, _, stmt in groups:
             top = self._top_in(stmt, block)
-            if top is None:
-                raise Skip(codes.S_KEEP_GUARD, f"line {stmt.lineno} is not in the block of the final statement "
-                           f"(line {final.lineno}); a per-call guard holds one block")
+            if top is None:  # hoisted across blocks: the plain rewrite, no guard
+                return Region([], None, [], kept, problem=(
+                    f"line {stmt.lineno} is not in the block of the final statement (line {final.lineno}); "
+                    f"a per-call guard holds one block"))
             tops.append(top)
         lo = min(block.index(t) for t in tops)
         body = block[lo:block.index(final) + 1]
-        kept = {b.text for v in rule.keep if (b := match.bindings.get(v)) is not None and b.kind == "name"}
         region = Region(body, self._function(final), [], kept)
         ids = {id(t) for t in tops}
         for stmt in body:
             if id(stmt) in ids or not isinstance(stmt, ast.If) or not (_stores(stmt.body) & kept):
                 continue
-            if stmt.orelse:
-                raise Skip(codes.S_KEEP_GUARD, f"the `if` at line {stmt.lineno} updates a kept value and has an "
-                           f"`else`; only an `if` without `else` can be guarded")
-            self.check_test(region, stmt.test, stmt.lineno)
+            # else: not guarded; its paths get the plain data-flow checks
+            problem = (f"the `if` at line {stmt.lineno} updates a kept value and has an `else`" if stmt.orelse
+                       else self.test_problem(region, stmt.test, stmt.lineno))
+            if problem:
+                region.problem = region.problem or problem
+                continue
             region.guard_ifs.append(stmt)
             region.add_test(stmt.test)
         return region
@@ -120,14 +125,15 @@ class KeepGuard(Planner):
                 return node
         raise Skip(codes.S_KEEP_GUARD, f"line {stmt.lineno} is not inside a function")
 
-    def check_test(self, region: Region, test: ast.expr, line: int) -> None:
-        """`test` is call-free and what it reads is not written between the
-        first matched statement and `line` (where the original tests it)."""
+    def test_problem(self, region: Region, test: ast.expr, line: int) -> str | None:
+        """Why `test` cannot be the guard's: it calls or binds something, or
+        what it reads is written between the first matched statement and
+        `line` (where the original tests it); None when it can."""
         text = ast.unparse(test)
         for n in ast.walk(test):
             if isinstance(n, _BAD_TEST):
-                raise Skip(codes.S_KEEP_GUARD, f"the condition `{text}` (line {line}) calls or binds something; "
-                           f"the guard evaluates it earlier, so it must be a plain test")
+                return (f"the condition `{text}` (line {line}) calls or binds something; "
+                        f"the guard evaluates it earlier, so it must be a plain test")
         roots = {n.id for n in ast.walk(test) if isinstance(n, ast.Name)}
         attr_roots = {_root(n) for n in ast.walk(test) if isinstance(n, ast.Attribute)} - {None}
         start = region.body[0].lineno
@@ -143,19 +149,22 @@ class KeepGuard(Planner):
             elif isinstance(n, ast.Call) and _root(n.func) in attr_roots and isinstance(n.func, ast.Attribute):
                 hit = _root(n.func)
             if hit:
-                raise Skip(codes.S_KEEP_GUARD, f"`{hit}` in the condition `{text}` (line {line}) may change at "
-                           f"line {at}, after the guard would test it")
+                return (f"`{hit}` in the condition `{text}` (line {line}) may change at line {at}, "
+                        f"after the guard would test it")
+        return None
 
     def read_ok(self, region: Region, match: ir.Match, path, q: int, name: str, condition) -> bool:
         """A read of a kept value after the match, under a condition the guard takes on."""
-        if name not in region.kept:
+        if name not in region.kept or not region.body:
             return False
         node = path.nodes[q]
         found = condition(match, node, name)
         if found is None:
             return False
         test, holds = found
-        self.check_test(region, test, safety.first_line(node))
+        problem = self.test_problem(region, test, safety.first_line(node))
+        if problem:
+            raise Skip(codes.S_KEEP_GUARD, problem)
         if not holds:
             negated = isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not)
             test = test.operand if negated else ast.UnaryOp(ast.Not(), test)
