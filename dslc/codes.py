@@ -447,7 +447,10 @@ S_ATTR_ASSIGNED = _code("S206", "skip", "a replaced attribute is assigned elsewh
 S_ATTR_USED = _code("S207", "skip", "a replaced attribute is used elsewhere", """
     An attribute the rewrite replaces or removes is used by other code (a
     different method or statement, another path). That code would see the
-    fused layer or a missing attribute.""")
+    fused layer or a missing attribute.  A rule whose target keeps the
+    original layer inside the new one states it (`option inner = "$conv[0]"`)
+    and such reads and calls are redirected there; the reason then says why
+    a use could not be.""")
 S_WHEN_NEVER = _code("S208", "skip", "the `when` condition can never hold", """
     The init statement of a `when` rule is built only on a branch where the
     rule's condition is false; the location is not one the rule describes.""")

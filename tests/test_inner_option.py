@@ -427,3 +427,17 @@ class Two(nn.Module):
     old_m, new_m = load_module(src, "old").Two(3), load_module(new, "new").Two(3)
     _perturbed(old_m, torch)
     _same(old_m, new_m, torch)
+
+
+def test_method_defined_twice_is_refused():
+    # the analysis keeps one definition per name: the getter's use would go unseen
+    src = BLOCK + '''
+    @property
+    def kernel(self):
+        return self.conv.kernel_size
+
+    @kernel.setter
+    def kernel(self, value):
+        raise AttributeError("read-only")
+'''
+    _refused(src, "`kernel` is defined more than once in the class and uses it")
