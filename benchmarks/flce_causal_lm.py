@@ -39,6 +39,12 @@ BEFORE = ("liger:fused_linear_cross_entropy", "liger:fused_linear_cross_entropy_
 AFTER = BEFORE + ("liger:fused_linear_cross_entropy_float", "liger:fused_linear_cross_entropy_loss_float")
 
 
+def modeling_files(src: Path) -> list[Path]:
+    """The PyTorch modeling files (not the TF/Flax ones, not the auto classes)."""
+    return sorted(f for f in (src / "transformers" / "models").glob("*/modeling_*.py")
+                  if not f.name.startswith(("modeling_tf_", "modeling_flax_", "_")) and f.parent.name != "auto")
+
+
 def causal_lm_classes(files: list[Path]) -> dict[tuple[str, str], str]:
     """(file, class) -> the class's forward source, for every *ForCausalLM class."""
     out = {}
@@ -55,10 +61,27 @@ def causal_lm_classes(files: list[Path]) -> dict[tuple[str, str], str]:
 
 
 def _generic(reason: str) -> str:
-    """A near miss's text without line numbers and the class's own names."""
-    reason = re.sub(r"\(line \d+\)|line \d+|at line \d+", "", reason)
-    reason = re.sub(r"`[^`]*`", "`…`", reason)
+    """A near miss's text without line numbers and the layer's own name."""
+    reason = re.sub(r" ?\(line \d+\)|(at )?line \d+ ?", " ", reason)
+    reason = re.sub(r"found `self\.\w+\(\.\.\.\)`", "found the head call", reason)
     return re.sub(r"\s+", " ", reason).strip()
+
+
+# What the forward's source shows that the fused rules do not take (each
+# counted apart: a class usually has several).
+OBSTACLES = {
+    "the loss is `self.loss_function(...)` (chosen at run time)": r"self\.loss_function\(",
+    "a loss module built in forward (`loss_fct = CrossEntropyLoss()`)": r"\w+ = (nn\.)?CrossEntropyLoss\(",
+    "the logits are returned (`logits=logits` / `(logits,) + ...`)": r"\blogits=(?!None)\w|\((\w*logits|prediction_scores),\) \+|return \(?\w*logits",
+    "the reshaping spread over statements (`shift_logits = ...`)": r"shift_logits = ",
+    "a last size that is not provably the logits' (`view(-1, self.config.vocab_size)`)": r"view\(-1, self\.(config\.)?vocab_size\)",
+    "`logits = logits.float()`": r"logits = logits\.float\(\)",
+    "no `lm_head` call (another head module, e.g. `self.cls(...)`)": r"^(?![\s\S]*lm_head\()",
+}
+
+
+def obstacles(forward: str) -> list[str]:
+    return [name for name, pattern in OBSTACLES.items() if forward and re.search(pattern, forward)]
 
 
 def source_reason(forward: str) -> str:
@@ -73,7 +96,7 @@ def source_reason(forward: str) -> str:
 
 def run(src: Path, jobs: int, rules: tuple[str, ...]) -> tuple[dict, float, int]:
     loaded = load_rules([str(REPO / "rulepacks" / "liger.adr")], select=rules)
-    files = sorted(f for f in (src / "transformers" / "models").glob("*/modeling_*.py") if not f.name.startswith("_"))
+    files = modeling_files(src)
     start = time.perf_counter()
     report = apply_paths([str(f) for f in files], loaded.packs,
                          ApplyOptions(mode="diff", jobs=jobs, gitignore=False, near_misses=True))
@@ -93,7 +116,7 @@ def run(src: Path, jobs: int, rules: tuple[str, ...]) -> tuple[dict, float, int]
             out[key] = "applied"
         else:
             out[key] = skipped.get(key) or near.get(key) or source_reason(forward)
-    return out, seconds, len(report.errors)
+    return out, seconds, len(report.errors), classes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,8 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     dump = {}
     for src in map(Path, args.src):
-        before, _, _ = run(src, args.jobs, BEFORE)
-        after, seconds, errors = run(src, args.jobs, AFTER)
+        before, _, _, _ = run(src, args.jobs, BEFORE)
+        after, seconds, errors, classes = run(src, args.jobs, AFTER)
         n_before = sum(v == "applied" for v in before.values())
         n_after = sum(v == "applied" for v in after.values())
         print(f"{src}: {len(after)} *ForCausalLM classes; fused linear cross-entropy applied: "
@@ -114,7 +137,11 @@ def main(argv: list[str] | None = None) -> int:
         for reason, count in reasons.most_common():
             example = sorted(c for (_, c), v in after.items() if v == reason)[:3]
             print(f"  {count:4d}  {reason}  (e.g. {', '.join(example)})")
-        dump[str(src)] = {"before": n_before, "after": n_after, "classes": len(after),
+        seen = collections.Counter(o for key, v in after.items() if v != "applied" for o in obstacles(classes[key]))
+        print("  in the source of those not rewritten (a class counts under each it shows):")
+        for name, count in seen.most_common():
+            print(f"  {count:4d}  {name}")
+        dump[str(src)] = {"obstacles": dict(seen), "before": n_before, "after": n_after, "classes": len(after),
                           "reasons": dict(reasons), "applied": sorted(c for (_, c), v in after.items() if v == "applied")}
     if args.json:
         args.json.write_text(json.dumps(dump, indent=2) + "\n")
