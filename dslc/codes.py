@@ -290,6 +290,15 @@ GUARDED_FORWARD = _code("ADR353", "error", "run-time guard on `__init__` of a ru
     refuses every match of such a rule (S305).  Leave the forward item
     unchanged (target `_` or equal to its source), or guard per call with a
     one-node forward item and `fallback original`.""")
+KEEP_MISUSE = _code("ADR354", "error", "misused `keep`", """
+    `keep $v, ...` names intermediates of a forward rewrite (outputs of
+    source nodes other than the last) that the code may still need where a
+    run-time condition holds: read after the match only in one branch of a
+    condition, or updated between the matched statements inside an `if`
+    without `else`.  `dslc apply` then keeps the original statements for
+    that condition and the rewrite on the other branch, chosen per call.
+    The rule must rewrite forward and make no other run-time choice (`when`,
+    `fallback`).""")
 
 # -- ADR4xx: selection -----------------------------------------------------------
 UNKNOWN_SELECT = _code("ADR401", "error", "unknown rule selection", """
@@ -621,6 +630,14 @@ S_OPTIONAL_GUARD = _code("S330", "skip", "an optional node sits under a guard th
     `$m`), or the path where the `if` is not taken does not match the rest of
     the chain: deleting the `if` with the chain would change what one of its
     paths computes.""")
+S_KEEP_GUARD = _code("S331", "skip", "the per-call guard for kept values cannot be written", """
+    The rule keeps intermediates for a run-time condition (`keep`), and the
+    code needs one of them under a condition, but the guard `if <cond>:
+    <original> else: <rewrite>` cannot be written soundly: the matched
+    statements are not in one block, an `if` that updates a kept value has
+    an `else`, the condition calls something, or a name it reads may change
+    between the first matched statement (where the guard tests it) and the
+    place the original code tests it.""")
 S_GENERATED = _code("S407", "skip", "inside code that dslc generated", """
     The match lies in a dispatch helper (`_dslc_<pack>_<rule>`) written by an
     earlier `dslc apply`; its call of the original function is the fallback

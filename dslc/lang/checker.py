@@ -307,6 +307,7 @@ class _RuleChecker:
         _OptionalChecks(self).run(init, fwd)
         _VariableChecks(self, init, fwd).run()
         _NeedsChecks(self).run(init, fwd)
+        _KeepChecks(self).run(fwd)
         _InnerChecks(self).run(init)
         return _allowed(self.r, self.out)
 
@@ -372,7 +373,7 @@ class _StructureChecks(_Checks):
         for c in r.clauses:
             key = {S.Exact: "contract", S.Tolerance: "contract", S.When: "when",
                    S.Params: "params", S.DtypeTolerance: "contract", S.Safety: "safe/unsafe",
-                   S.Fallback: "fallback", S.ClassItem: "class"}.get(type(c))
+                   S.Fallback: "fallback", S.Keep: "keep", S.ClassItem: "class"}.get(type(c))
             if isinstance(c, S.Section):
                 key = c.kind
             if key is None:
@@ -1023,6 +1024,39 @@ class _NeedsChecks(_Checks):
                          "of this rule (S305)",),
                   help="leave forward unchanged (`=> _`, or a target equal to its source), or choose per call: "
                        "a one-node forward item with `fallback original` and no init target")
+
+
+class _KeepChecks(_Checks):
+    """`keep $v, ...`: each an intermediate of a forward item that rewrites
+    code (the output of a source node other than the last), on a rule that
+    makes no other run-time choice (`when`, `fallback`)."""
+
+    def run(self, fwd) -> None:
+        r = self.r
+        for k in r.of(S.Keep):
+            if fwd is None or fwd.item.target is None or fwd.item.target == fwd.item.source:
+                self.emit(codes.KEEP_MISUSE, "`keep` on a rule without a forward rewrite", k.span,
+                          label="nothing to keep", help="`keep` names intermediates of a forward item that changes code")
+                continue
+            for g in [c for c in r.clauses if isinstance(c, (S.When, S.Fallback))][:1]:
+                what = "`when`" if isinstance(g, S.When) else "`fallback`"
+                self.emit(codes.KEEP_MISUSE, f"`keep` with {what}: the rule would make two run-time choices",
+                          k.span, label="a per-call guard on the values' conditions",
+                          help=f"drop {what} or `keep`")
+            source = fwd.item.source
+            inner = {v.name for n in source[:-1] for v in getattr(n, "outputs", ())}
+            last = {v.name for v in getattr(source[-1], "outputs", ())} if source else set()
+            seen: set[str] = set()
+            for v in k.vars:
+                if v.name in seen:
+                    self.emit(codes.KEEP_MISUSE, f"`${v.name}` kept twice", v.span, label="named again")
+                elif v.name in last:
+                    self.emit(codes.KEEP_MISUSE, f"`${v.name}` is the result of the chain, not an intermediate",
+                              v.span, label="the target computes it", help="keep only values the target removes")
+                elif v.name not in inner:
+                    self.emit(codes.KEEP_MISUSE, f"`${v.name}` is not the output of a forward source node",
+                              v.span, label="not an intermediate of the chain", help=_suggest(v.name, inner))
+                seen.add(v.name)
 
 
 # ---------------------------------------------------------------------------

@@ -262,6 +262,9 @@ class Rule:
     needs: tuple[Need, ...] = ()
     fallback: str | None = None
     klass: ClassPattern | None = None
+    # `keep $p, $pd`: intermediates the forward rewrite may keep for a
+    # run-time condition (a per-call guard, dslc.rewrite.kinds.keep)
+    keep: tuple[str, ...] = ()
 
     @property
     def qualified_name(self) -> str:

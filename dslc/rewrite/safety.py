@@ -380,6 +380,8 @@ def check_dataflow(
     scan: set[str] | None = None,
     effects=None,
     read_note=None,
+    read_ok=None,
+    skip_path=None,
 ) -> str | None:
     """Removed intermediates are dead and target inputs are unchanged, on every path.
 
@@ -402,7 +404,7 @@ def check_dataflow(
     keys, optional = match_keys(match)
     for path in paths:
         positions = _positions(path, keys, optional)
-        if positions is None:
+        if positions is None or (skip_path is not None and skip_path(path)):
             continue
         matched = set(positions)
         last = max(positions)
@@ -417,7 +419,7 @@ def check_dataflow(
                     continue
                 ok = (lambda q, name, _p=path, _pos=pos: metadata_ok(_p, _pos, q, name)) if metadata_ok is not None else None
                 reason = _scan_reads(path, pos, out, matched, end_of_final, final_positions, produced_again, ok,
-                                     effects, read_note)
+                                     effects, read_note, read_ok)
                 if reason:
                     return reason
         for name in sorted(target_inputs):
@@ -440,7 +442,7 @@ def check_dataflow(
 
 
 def _scan_reads(path, pos, out, matched, end_of_final, final_positions, produced_again,
-                metadata_ok=None, effects=None, read_note=None) -> str | None:
+                metadata_ok=None, effects=None, read_note=None, read_ok=None) -> str | None:
     """The first unmatched read of `out` that the definition at `pos` reaches.
 
     Per path, a read counts only while the matched definition reaches it: a
@@ -451,7 +453,9 @@ def _scan_reads(path, pos, out, matched, end_of_final, final_positions, produced
     out)` (when given) says a read at `q` looks only at the shape, dtype or
     device of `out` and the rewrite keeps those (rule option `keeps`).
     `read_note(path, q, out)` (when given) may add to the reason of a read
-    after the match how that read happens (under which condition).
+    after the match how that read happens (under which condition);
+    `read_ok(path, q, out)` (when given) accepts such a read (a kept value
+    read under a condition the rewrite guards on, dslc.rewrite.kinds.keep).
     """
     origin = first_line(path.nodes[pos])
 
@@ -481,6 +485,8 @@ def _scan_reads(path, pos, out, matched, end_of_final, final_positions, produced
             if metadata_ok is not None and metadata_ok(q, out):
                 if out in writes_at(q):
                     return None
+                continue
+            if after and read_ok is not None and read_ok(path, q, out):
                 continue
             where = "after the match" if after else "between the matched statements"
             what = "temporary" if TEMP_RE.match(out) else "intermediate"
