@@ -31,9 +31,11 @@ BINOPS = {
 _UNARY = {ast.USub: "-", ast.UAdd: "+", ast.Invert: "~"}
 # Tensor methods recorded as `call` nodes (type `torch.Tensor.<name>`, the
 # receiver as first input) when called on a local name: the steps of an eager
-# attention chain (rulepacks/sdpa.adr).  Other tensor methods stay inside
-# `stmt` nodes (reads/writes only).
-TENSOR_METHODS = frozenset({"transpose", "masked_fill", "softmax", "matmul", "bmm", "to"})
+# attention chain (rulepacks/sdpa.adr), and `float` as a whole statement
+# (`logits = logits.float()`, between an LM head and its loss: liger.adr's
+# fused linear cross-entropy; nested, `f(q.float())`, it stays inside its
+# statement).  Other tensor methods stay inside `stmt` nodes (reads/writes only).
+TENSOR_METHODS = frozenset({"transpose", "masked_fill", "softmax", "matmul", "bmm", "to", "float"})
 
 # Sub-expressions whose parts do not run exactly once, in order.
 _OPAQUE = (ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp,
@@ -180,7 +182,7 @@ class Expressions:
 
     def _call(self, e: ast.Call, frame, ref, actions, outputs, top, need=True) -> Value | None:
         kind = self.kinds.classify(e, frame)
-        if kind is None and self._is_tensor_method(e, frame):
+        if kind is None and self._is_tensor_method(e, frame) and (e.func.attr != "float" or self._whole_float(e, top)):
             return self._tensor_method(e, frame, ref, actions, outputs, top)
         if kind is None:
             # not a node: evaluate the receiver and the arguments in order
@@ -249,8 +251,15 @@ class Expressions:
             return (func.attr != "to" and recv.id != "self" and recv.id in frame.locals and recv.id not in frame.local_imports
                     and recv.id not in frame.local_funcs and recv.id not in frame.loop_layers)
         # the result of a DL call (`F.softmax(s, dim=-1, dtype=torch.float32).to(q.dtype)`)
-        return isinstance(recv, ast.Call) and (self.kinds.classify(recv, frame) is not None
-                                                or self._is_tensor_method(recv, frame))
+        # (not on `x.float()`: that is a node only as a whole statement)
+        return func.attr != "float" and isinstance(recv, ast.Call) and (
+            self.kinds.classify(recv, frame) is not None
+            or (self._is_tensor_method(recv, frame) and recv.func.attr != "float"))
+
+    @staticmethod
+    def _whole_float(e: ast.Call, top: bool) -> bool:
+        """`y = x.float()`: the whole right-hand side, on a name, without arguments."""
+        return top and isinstance(e.func.value, ast.Name) and not e.args and not e.keywords
 
     def _tensor_method(self, e: ast.Call, frame, ref, actions, outputs, top) -> Value:
         """A tensor method call as a `call` node of type `torch.Tensor.<m>` whose

@@ -13,6 +13,7 @@ common edits (`claim` a statement's text, `delete_stmt`, `fit`).
 from __future__ import annotations
 
 import ast
+import dataclasses
 import keyword
 import re
 
@@ -224,6 +225,13 @@ class Context:
             return f"{pn.op}{paren(env.term(pn.args[0]))}"
         if pn.kind == "wildcard":
             raise Skip(codes.S_TARGET, "a wildcard cannot be emitted")
+        callee = pn.callee
+        if callee is not None and callee.var is None and pn.layer_var is None and callee.subscript is None \
+                and (callee.qualname or "").startswith("torch.Tensor.") and pn.args:
+            # a tensor method (the analysis records `x.float()` as `torch.Tensor.float(x)`):
+            # written as the method on its first argument (`torch.Tensor` is not a module to import from)
+            body = render_args(env, dataclasses.replace(pn, args=pn.args[1:]))
+            return f"{paren(env.term(pn.args[0]))}.{callee.qualname.rsplit('.', 1)[1]}({body})"
         args = render_args(env, pn)
         extra = env.extra_args.get(pn.outputs[0].name, ()) if len(pn.outputs) == 1 else ()
         if extra:
