@@ -282,3 +282,44 @@ def test_anchors_come_from_the_pattern():
         ("method", "to")}
     assert classmatch.class_anchors(rules["swiglu_mlp"]) == {
         ("layer", "torch.nn.Linear"), ("call", "torch.nn.functional.silu"), ("binop", "*")}
+
+
+def _explained():
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("dslc_bench_explained_cls", REPO / "benchmarks" / "explained.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # its dataclass looks its module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _tree(tmp_path) -> Path:
+    src = tmp_path / "src"
+    (src / "transformers" / "models" / "tiny").mkdir(parents=True)
+    (src / "transformers" / "models" / "tiny" / "modeling_tiny.py").write_text(MODEL)
+    (src / "timm" / "models").mkdir(parents=True)
+    return src
+
+
+def test_explained_benchmark_checks_class_rules(tmp_path):
+    ex = _explained()
+    res = ex.run([str(PACK)], ex.files_of(_tree(tmp_path)), 1, None)
+    assert res["errors"] == 0 and res["internal_errors"] == 0 and res["unexplained"] == []
+    # the two exact classes and the nine near misses (NoCastBackNorm: two rules)
+    assert res["by_source"]["class"] == 11, res
+
+
+def test_explained_benchmark_reports_a_dropped_class_near_miss(tmp_path, monkeypatch):
+    from dslc.apply import driver
+
+    real = driver.near_misses
+
+    def drop(*args, **kwargs):
+        return [n for n in real(*args, **kwargs) if n.class_name != "DimOneNorm"]
+
+    monkeypatch.setattr(driver, "near_misses", drop)
+    ex = _explained()
+    res = ex.run([str(PACK)], ex.files_of(_tree(tmp_path)), 1, None)
+    assert [(p["rule"], p["unit"]) for p in res["unexplained"]] == [("liger:rms_norm", "class DimOneNorm")]
