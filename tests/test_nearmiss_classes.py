@@ -151,6 +151,17 @@ class Conv(nn.Module):
 
     def forward(self, x):
         return F.silu(self.conv(x))
+
+
+class TensorWeightNorm(nn.Module):
+    def __init__(self, d, eps=1e-6):
+        super().__init__()
+        self.weight = torch.ones(d)
+        self.eps = eps
+
+    def forward(self, x):
+        v = x.pow(2).mean(-1, keepdim=True)
+        return self.weight * (x * torch.rsqrt(v + self.eps))
 '''
 
 
@@ -217,6 +228,14 @@ def test_each_rms_variant_gets_its_own_reason(report):
     [n] = miss["BranchNorm"]
     assert n["code"] == codes.NM_CLASS_SHAPE and "not one expression" in n["reason"]
     assert f"line {line_of(MODEL, 'if self.weight.dtype')}" in n["reason"]
+
+
+def test_a_weight_that_is_no_parameter_is_skipped_with_the_reason(report):
+    """Forward fits; __init__ does not: the match's own skip reason (S215), no near miss of its own."""
+    [m] = [m for m in report[1]["matches"] if m["class"] == "TensorWeightNorm"]
+    assert m["status"] == "skipped" and m["code"] == codes.S_CLASS_INIT
+    assert "`self.weight` is built by `torch.ones`, not `torch.nn.Parameter`" in m["reason"]
+    assert "TensorWeightNorm" not in _misses(report[1])
 
 
 def test_float32_round_trip_without_the_cast_back(report):
@@ -307,8 +326,8 @@ def test_explained_benchmark_checks_class_rules(tmp_path):
     ex = _explained()
     res = ex.run([str(PACK)], ex.files_of(_tree(tmp_path)), 1, None)
     assert res["errors"] == 0 and res["internal_errors"] == 0 and res["unexplained"] == []
-    # the two exact classes and the nine near misses (NoCastBackNorm: two rules)
-    assert res["by_source"]["class"] == 11, res
+    # the two exact classes, the nine near misses (NoCastBackNorm: two rules), the skipped one
+    assert res["by_source"]["class"] == 12, res
 
 
 def test_explained_benchmark_reports_a_dropped_class_near_miss(tmp_path, monkeypatch):
