@@ -268,8 +268,9 @@ class _Matcher:
         # the deepest failed attempt (near misses): (score, code, line, reason)
         self.best: tuple | None = None
 
-    def miss(self, score: tuple, code: str, i: int, reason: str) -> None:
-        """Offer a failed attempt (`explain_class`): the deepest one is kept."""
+    def miss(self, score: tuple, code: str, i: int, reason) -> None:
+        """Offer a failed attempt (`explain_class`): the deepest one is kept;
+        `reason` makes its text (called for the one shown only)."""
         if self.best is None or score > self.best[0]:
             line = self.c.nodes[i].lines[0] if 0 <= i < len(self.c.nodes) else self.c.lines[0]
             self.best = (score, code, line, reason)
@@ -278,7 +279,7 @@ class _Matcher:
         c = self.c
         if len(c.inputs) != len(self.k.inputs):
             self.miss((-1,), codes.NM_CLASS_INPUTS, -1,
-                      f"forward takes {len(c.inputs)} input(s) ({', '.join(c.inputs) or 'none'}), "
+                      lambda: f"forward takes {len(c.inputs)} input(s) ({', '.join(c.inputs) or 'none'}), "
                       f"the rule's forward takes {len(self.k.inputs)} ({', '.join(str(v) for v in self.k.inputs)})")
             return None
         state = _State()
@@ -297,12 +298,12 @@ class _Matcher:
                 continue
             if i not in reach:  # dead code: not one expression
                 self.miss((len(self.k.forward) + 1,), codes.NM_CLASS_EXTRA, i,
-                          f"every pattern node matched, but forward also computes `{_short_text(n)}` "
+                          lambda: f"every pattern node matched, but forward also computes `{_short_text(n)}` "
                           f"(line {n.lines[0]}), which the returned value does not use")
                 return False
             if i not in s.covered and n.op not in ("self", "const", "global"):
                 self.miss((len(self.k.forward) + 1,), codes.NM_CLASS_EXTRA, i,
-                          f"every pattern node matched, but forward also computes `{_short_text(n)}` "
+                          lambda: f"every pattern node matched, but forward also computes `{_short_text(n)}` "
                           f"(line {n.lines[0]}), which no pattern node stands for: the kernel would drop it")
                 return False
         return True
@@ -310,30 +311,39 @@ class _Matcher:
     def node(self, pn: ir.PatNode, i: int, s: _State):
         """Match pattern node `pn` against compute node i (generator of states)."""
         node = self.c.nodes[i]
-        where = f"`{_short_text(node)}` (line {node.lines[0]})"
-        want = f"`{pattern_text(pn)}`"
+
+        def where() -> str:  # the texts of a failure's reason (made when shown)
+            return f"`{_short_text(node)}` (line {node.lines[0]})"
+
+        def want() -> str:
+            return f"`{pattern_text(pn)}`"
+
         try:
             kind, name, args, kw, extra, check = _canon_compute(self.c, i, self.cls)
             pkind, pname, pargs, pkw = _canon_pattern(pn)
         except _Fail as exc:
-            self.miss((s.matched, len(s.covered), 0), codes.NM_CLASS_NODE, i, f"{where} does not fit {want}: {exc}")
+            self.miss((s.matched, len(s.covered), 0), codes.NM_CLASS_NODE, i,
+                      lambda e=exc: f"{where()} does not fit {want()}: {e}")
             return
         if kind == "layer" and pkind == "layer":
             s2 = self.bind_attr(pname, name, s)
             if s2 is None:
                 self.miss((s.matched, len(s.covered), 0), codes.NM_CLASS_NODE, i,
-                          f"{where} does not fit {want}: `self.{name}` is not the layer `${pname}` stands for")
+                          lambda: f"{where()} does not fit {want()}: `self.{name}` is not the layer "
+                                  f"`${pname}` stands for")
                 return
             s = s2
         elif (kind, name) != (pkind, pname):
             self.miss((s.matched, len(s.covered), 0), codes.NM_CLASS_NODE, i,
-                      f"{where} is {_kind_text(kind, name)}, where the rule needs {want} ({_kind_text(pkind, pname)})")
+                      lambda: f"{where()} is {_kind_text(kind, name)}, where the rule needs {want()} "
+                              f"({_kind_text(pkind, pname)})")
             return
         if len(args) != len(pargs) or set(kw) != set(pkw):
             diff = sorted(set(kw) ^ set(pkw))
             self.miss((s.matched, len(s.covered), 1), codes.NM_CLASS_NODE, i,
-                      f"{where} does not fit {want}: " + (f"the arguments {', '.join(diff)} differ" if diff else
-                                                           f"{len(args)} operand(s), the rule has {len(pargs)}"))
+                      lambda: f"{where()} does not fit {want()}: " + (
+                          f"the arguments {', '.join(diff)} differ" if diff
+                          else f"{len(args)} operand(s), the rule has {len(pargs)}"))
             return
         s = s.copy()
         s.matched += 1
@@ -365,7 +375,7 @@ class _Matcher:
         slot = f"`{names[pos]}`" if pos < len(names) and names[pos] else f"operand #{pos + 1}"
         got = _arg_text(self.c, a)
         self.miss((s.matched, len(s.covered), 2 + pos), codes.NM_CLASS_NODE, i,
-                  f"`{_short_text(node)}` (line {node.lines[0]}) does not fit `{pattern_text(pn)}`: "
+                  lambda: f"`{_short_text(node)}` (line {node.lines[0]}) does not fit `{pattern_text(pn)}`: "
                   f"its {slot} is `{got}`, {why}")
 
     def term(self, t, a, s: _State, ctx, pos: int):
@@ -587,7 +597,8 @@ def pattern_text(pn: ir.PatNode) -> str:
         if pn.kind == "attr":
             body = f"${c.var.name}.{c.qualname}" if c is not None and c.var is not None else head
         else:
-            body = f"{head}({', '.join([_term_text(a) for a in pn.args] + [f'{k}={_term_text(v)}' for k, v in pn.kwargs])})"
+            args = [_term_text(a) for a in pn.args] + [f"{k}={_term_text(v)}" for k, v in pn.kwargs]
+            body = f"{head}({', '.join(args)})"
     if pn.outputs:
         body += " -> " + ", ".join(f"${o.name}" for o in pn.outputs)
     return body
@@ -676,4 +687,4 @@ def explain_class(rule: ir.Rule, cls: ClassFacts) -> tuple[str, int, str] | None
     if m.best is None:
         return codes.NM_CLASS_NODE, c.lines[0], "no node of forward fits the rule's pattern"
     _, code, line, reason = m.best
-    return code, line, reason
+    return code, line, reason()
