@@ -342,3 +342,21 @@ def test_explained_benchmark_reports_a_dropped_class_near_miss(tmp_path, monkeyp
     ex = _explained()
     res = ex.run([str(PACK)], ex.files_of(_tree(tmp_path)), 1, None)
     assert [(p["rule"], p["unit"]) for p in res["unexplained"]] == [("liger:rms_norm", "class DimOneNorm")]
+
+
+def test_a_layer_bound_under_a_condition_still_counts_for_candidates():
+    """`if use_act: self.act = nn.SiLU()`: the layer is a SiLU wherever it is
+    bound, so the class is a gated-MLP candidate (forward has **kwargs: N501)."""
+    src = (
+        "import torch\nfrom torch import nn\n\n\n"
+        "class Block(nn.Module):\n    def __init__(self, d, use_act):\n        super().__init__()\n"
+        "        if use_act:\n            self.act = nn.SiLU()\n        self.gate = nn.Linear(d, d)\n\n"
+        "    def forward(self, x, **kwargs):\n        return self.act(self.gate(x)) * x\n")
+    cls = analyze_source(src, "m.py").classes[0]
+    assert {("call", "torch.nn.functional.silu"), ("layer", "torch.nn.Linear"), ("binop", "*")} <= \
+        classmatch.class_ops(cls)
+    loaded = load_rules([str(PACK)])
+    rules = {r.qualified_name: r for r in loaded.packs[0].rules if r.klass is not None}
+    anchors = {name: classmatch.class_anchors(r) for name, r in rules.items()}
+    assert classmatch.candidates(anchors, classmatch.class_ops(cls)) == ["liger:swiglu_mlp"]
+    assert classmatch.explain_class(rules["liger:swiglu_mlp"], cls)[0] == codes.NM_CLASS_SHAPE

@@ -648,15 +648,26 @@ def class_ops(cls: ClassFacts) -> frozenset[tuple[str, str]]:
         elif op == "method" and name in ("square", "float"):
             out.add(("method", "pow" if name == "square" else "to"))
         elif op == "layer":
-            b = _one_binding(cls, name)
-            fn = _activation(b) if b is not None else None
-            if fn is not None:
-                out.add(("call", fn[0]))
-            elif b is not None and b.type:
-                out.add(("layer", b.type))
+            key = _layer_key(cls, name)
+            if key is not None:
+                out.add(key)
         else:
             out.add((op, name))
     return frozenset(out)
+
+
+def _layer_key(cls: ClassFacts, attr: str) -> tuple[str, str] | None:
+    """What a call of `self.<attr>` is, for `class_ops`: the function of an
+    activation layer, else the layer's type; a layer bound on several
+    branches of __init__ (`if config.x: self.act = ACT2FN[...]`) counts
+    when every binding says the same."""
+    keys = set()
+    for b in cls.init:
+        if b.attr != attr or b.container:
+            continue
+        fn = _activation(b)
+        keys.add(("call", fn[0]) if fn is not None else ("layer", b.type) if b.type else None)
+    return keys.pop() if len(keys) == 1 else None
 
 
 def candidates(anchors: dict, ops: frozenset) -> list:
