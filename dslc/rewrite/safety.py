@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import ast
 import re
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 from dslc.analysis import guards
 from dslc.analysis.model import Guard
@@ -503,7 +503,24 @@ def check_attr_uses(
     interface_kept: bool,
     also_allowed: Sequence = (),
 ) -> str | None:
-    """Attributes the rewrite replaces or removes are used nowhere else.
+    """Attributes the rewrite replaces or removes are used nowhere else: the
+    reason of the first use `attr_use_problems` finds, None when there is none."""
+    for _use, reason in attr_use_problems(match, cls, changed, interface_kept=interface_kept,
+                                          also_allowed=also_allowed):
+        return reason
+    return None
+
+
+def attr_use_problems(
+    match: ir.Match,
+    cls,
+    changed: dict[str, str],
+    *,
+    interface_kept: bool,
+    also_allowed: Sequence = (),
+) -> Iterator[tuple[object, str]]:
+    """Every use of an attribute the rewrite replaces or removes that stands
+    in its way, with the reason (S206 for a store, S207 for any other use).
 
     `changed` maps attribute -> "replaces" / "removes".  Allowed uses: the
     init binding's own statement, the matched forward statements, and
@@ -512,7 +529,7 @@ def check_attr_uses(
     elsewhere are fine; stores outside the binding never are.
     """
     if cls is None or not changed:
-        return None
+        return
     bindings = {b.attr: b for b in match.init_nodes.values()}
     forward_spans = [(n.stmt.method, n.stmt.lines) for n in list(match.nodes) + list(also_allowed)]
     for use in cls.attr_uses:
@@ -527,19 +544,19 @@ def check_attr_uses(
             continue
         if use.kind == "store":
             where = "outside `__init__`" if use.method != "__init__" else "again"
-            return codes.reason(codes.S_ATTR_ASSIGNED, f"attribute `self.{use.attr}` is assigned {where} at line {use.lines[0]} (in `{use.method}`)")
+            yield use, codes.reason(codes.S_ATTR_ASSIGNED, f"attribute `self.{use.attr}` is assigned {where} at line {use.lines[0]} (in `{use.method}`)")
+            continue
         if interface_kept:
             continue
         if any(method == use.method and lo <= use.lines[0] <= hi for method, (lo, hi) in forward_spans):
             continue
         if binding is not None and binding.stmt is not None and use.method == binding.stmt.method and binding.stmt.lines[0] <= use.lines[0] <= binding.stmt.lines[1]:
             continue
-        return codes.reason(
+        yield use, codes.reason(
             codes.S_ATTR_USED,
             f"attribute `self.{use.attr}`, which the rewrite {changed[use.attr]}, "
             f"is also used at line {use.lines[0]} (in `{use.method}`)"
         )
-    return None
 
 
 def subclasses(facts, cls) -> list:
