@@ -61,6 +61,9 @@ class Compute:
     # 1-based line span of the forward `def` and of its body (for the rewriter)
     lines: tuple[int, int] = (0, 0)
     problem: str | None = None
+    # every operation forward spells, straight-line or not (`forward_ops`):
+    # which rules' distinctive operations a class holds, for the near misses
+    ops: tuple[tuple[str, str], ...] = ()
 
 
 _BINOPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.MatMult: "@",
@@ -86,9 +89,10 @@ def _dotted(e: ast.expr) -> list[str] | None:
 def forward_compute(fn: ast.FunctionDef, resolve: Callable[[list[str]], str | None]) -> Compute:
     """The expression graph of `fn` (see the module docstring); never raises."""
     lines = (fn.lineno, fn.end_lineno or fn.lineno)
+    ops = forward_ops(fn, resolve)
     problem = _signature_problem(fn)
     if problem is not None:
-        return Compute(lines=lines, problem=problem)
+        return Compute(lines=lines, problem=problem, ops=ops)
     inputs = tuple(p.arg for p in fn.args.args[1:])
     graph = _Graph(resolve, inputs, lines)
     body = list(fn.body)
@@ -103,10 +107,49 @@ def forward_compute(fn: ast.FunctionDef, resolve: Callable[[list[str]], str | No
             graph.env[target] = graph.expr(value)
         output = graph.expr(body[-1].value)
     except _Unsupported as exc:
-        return Compute(inputs, (), -1, lines, problem=str(exc))
+        return Compute(inputs, (), -1, lines, problem=str(exc), ops=ops)
     except RecursionError:
-        return Compute(inputs, (), -1, lines, problem="expression nested too deeply")
-    return Compute(inputs, tuple(graph.nodes), output, lines, None)
+        return Compute(inputs, (), -1, lines, problem="expression nested too deeply", ops=ops)
+    return Compute(inputs, tuple(graph.nodes), output, lines, None, ops)
+
+
+def forward_ops(fn: ast.AST, resolve: Callable[[list[str]], str | None]) -> tuple[tuple[str, str], ...]:
+    """The operations `fn` spells anywhere in its body, as (op, name) pairs
+    in the node vocabulary above: ("binop", "*"), ("method", "pow"),
+    ("call", "torch.rsqrt"), ("layer", "gate_proj").  A dotted callee whose
+    root is a local value (a parameter, an assigned name) is a method."""
+    local = _locals(fn)
+    out: dict[tuple[str, str], None] = {}
+    for e in ast.walk(fn):
+        if isinstance(e, ast.BinOp) and type(e.op) in _BINOPS:
+            out[("binop", _BINOPS[type(e.op)])] = None
+        elif isinstance(e, ast.Call):
+            f = e.func
+            parts = _dotted(f)
+            if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.value.id == "self":
+                out[("layer", f.attr)] = None
+            elif parts is not None and parts[0] != "self" and (len(parts) == 1 or parts[0] not in local):
+                try:
+                    qual = resolve(parts)
+                except Exception:  # a name the resolver cannot follow: as written
+                    qual = None
+                out[("call", qual or ".".join(parts))] = None
+            elif isinstance(f, ast.Attribute):
+                out[("method", f.attr)] = None
+    return tuple(out)
+
+
+def _locals(fn: ast.AST) -> set[str]:
+    """The parameters of `fn` and the names its body assigns."""
+    out: set[str] = set()
+    args = getattr(fn, "args", None)
+    if isinstance(args, ast.arguments):
+        out.update(a.arg for a in (*args.posonlyargs, *args.args, *args.kwonlyargs))
+        out.update(a.arg for a in (args.vararg, args.kwarg) if a is not None)
+    for n in ast.walk(fn):
+        if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store):
+            out.add(n.id)
+    return out
 
 
 def _signature_problem(fn: ast.FunctionDef) -> str | None:

@@ -22,14 +22,21 @@
    - from the source itself (`ast`): every class that calls R's anchor
      (a call whose callee's last name is the anchor's) and mentions every
      name R needs -- a place the analysis did not see at all.
-   A place is a class for a rule with an init item (or `scope = "forward"`),
-   else the innermost function or method around the anchor.
+   - for a class rule (`class { ... }`: matched by the expression graph of
+     a whole forward, no anchor node), from the source (`ast`): every class
+     whose own `forward` spells the rule's anchors, the operations of its
+     pattern (`classmatch.class_anchors`; `classmatch.candidates` says how
+     many must be there), read here from the source without the analysis:
+     `x ** 2` / `.square()` / `torch.pow` are `pow`, `.float()` is `to`, a
+     layer called as `self.<attr>(...)` is the type its `__init__` builds
+     (an activation layer, `ACT2FN[...]` included, is its function).
+   A place is a class for a rule with an init item (or `scope = "forward"`,
+   or a class rule), else the innermost function or method around the anchor.
 4. A place is explained when the report holds, for that rule (or a rule of
    its family: one pack, the same kernels, which the report gives one entry
    per place and reason) and inside the place's lines, an applied match, a
    skipped match (its reason) or a near miss (its reason).  Unsafe rules left out of the run (`--unsafe` not
-   given) are listed, not checked.  Class rules (`klass`: matched by the
-   expression graph of a whole forward; no anchor node) are not checked.
+   given) are listed, not checked.
 
 Prints the counts per pack and every unexplained place (`--show` of them),
 with the anchor node and which source found it; exit status 1 when some
@@ -55,6 +62,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from dslc.apply.driver import ApplyOptions, analyze_paths, apply_paths, compile_packs  # noqa: E402
 from dslc.lang.loader import load_rules  # noqa: E402
+from dslc.match import classmatch  # noqa: E402
 from dslc.match.matcher import _expand_sequential, _PathCtx, _scopes  # noqa: E402
 from dslc.rewrite.nearmiss import family_key  # noqa: E402
 
@@ -132,18 +140,35 @@ def _identifiers(node: ast.AST, imported: dict[str, str]) -> tuple[set[str], set
     return names, module_callees, methods
 
 
-def _imported(tree: ast.AST) -> dict[str, str]:
-    """Local name -> qualified name of the file's absolute imports."""
+def _imported(tree: ast.AST, module: str | None = None) -> dict[str, str]:
+    """Local name -> qualified name of the file's imports (relative ones
+    too where the file's own module name is known)."""
     out = {}
     for n in ast.walk(tree):
         if isinstance(n, ast.Import):
             for a in n.names:
                 out[a.asname] = a.name if a.asname else out.setdefault(a.name.split(".")[0], a.name.split(".")[0])
-        elif isinstance(n, ast.ImportFrom) and n.module and not n.level:
+        elif isinstance(n, ast.ImportFrom) and (n.module or n.level):
+            base = n.module
+            if n.level:
+                parts = module.split(".") if module else []
+                if not module or n.level > len(parts):
+                    continue
+                base = ".".join(parts[:-n.level] + ([n.module] if n.module else []))
             for a in n.names:
-                out[a.asname or a.name] = f"{n.module}.{a.name}"
+                out[a.asname or a.name] = f"{base}.{a.name}"
     out.pop(None, None)
     return out
+
+
+def _module_of(path: Path) -> str | None:
+    """The dotted module name of a file inside packages (`__init__.py` up the tree)."""
+    parts = [path.stem]
+    folder = path.parent
+    while (folder / "__init__.py").exists():
+        parts.append(folder.name)
+        folder = folder.parent
+    return ".".join(reversed(parts)) if len(parts) > 1 else None
 
 
 def _unit_of(cr, scope, node, defs: Defs) -> tuple[str, tuple[int, int]] | None:
@@ -236,6 +261,83 @@ def source_places(compiled, defs: Defs, imported: dict[str, str], file: str) -> 
     return out
 
 
+def _layer_key(value: ast.AST, imported: dict[str, str]) -> tuple[str, str] | None:
+    """The anchor key of a layer built by `value` in __init__ (`nn.Linear(...)`,
+    `nn.SiLU()`, `ACT2FN["silu"]`, `ACT2FN[config.hidden_act]`)."""
+    if isinstance(value, ast.Subscript):
+        parts = _dotted(value.value)
+        qual = ".".join([imported[parts[0]], *parts[1:]]) if parts and parts[0] in imported else None
+        if qual != classmatch.ACT2FN:
+            return None
+        key = value.slice
+        if isinstance(key, ast.Constant):
+            found = classmatch.ACT2FN_KEYS.get(key.value)
+            return ("call", found[0]) if found else None
+        return ("call", next(iter(classmatch.ACT2FN_RUNTIME))[0])  # checked at run time
+    if not isinstance(value, ast.Call):
+        return None
+    parts = _dotted(value.func)
+    if not parts or parts[0] not in imported:
+        return None
+    qual = ".".join([imported[parts[0]], *parts[1:]])
+    if qual in classmatch.ACTIVATION_LAYERS:
+        return ("call", classmatch.ACTIVATION_LAYERS[qual][0])
+    return ("layer", qual)
+
+
+def _class_ops(node: ast.ClassDef, imported: dict[str, str]) -> frozenset | None:
+    """The anchor keys the class's own `forward` spells (None: it has none)."""
+    methods = {f.name: f for f in node.body if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    fwd = methods.get("forward")
+    if fwd is None:
+        return None
+    layers: dict[str, tuple | None] = {}
+    for n in ast.walk(methods["__init__"]) if "__init__" in methods else ():
+        if isinstance(n, ast.Assign) and len(n.targets) == 1 and isinstance(n.targets[0], ast.Attribute) \
+                and isinstance(n.targets[0].value, ast.Name) and n.targets[0].value.id == "self":
+            attr = n.targets[0].attr
+            layers[attr] = _layer_key(n.value, imported) if attr not in layers else None
+    binops = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.MatMult: "@", ast.FloorDiv: "//",
+              ast.Mod: "%"}
+    out = set()
+    for n in ast.walk(fwd):
+        if isinstance(n, ast.BinOp):
+            out.add(("method", "pow") if isinstance(n.op, ast.Pow) else ("binop", binops.get(type(n.op), "?")))
+        if not isinstance(n, ast.Call):
+            continue
+        parts = _dotted(n.func)
+        if len(parts) == 2 and parts[0] == "self":
+            if layers.get(parts[1]):
+                out.add(layers[parts[1]])
+        elif parts and parts[0] in imported:
+            qual = ".".join([imported[parts[0]], *parts[1:]])
+            name = qual[6:] if qual.startswith("torch.") else None
+            out.add(("method", "pow" if name == "square" else name) if name in classmatch.TORCH_METHODS
+                    else ("call", qual))
+        elif len(parts) > 1:
+            out.add(("method", {"square": "pow", "float": "to"}.get(parts[-1], parts[-1])))
+    return frozenset(out)
+
+
+def class_places(compiled, defs: Defs, imported: dict[str, str], file: str) -> dict[tuple, Place]:
+    """Step 3 for class rules, from the source: classes whose own forward
+    spells the rule's anchors (`classmatch.candidates`)."""
+    out: dict[tuple, Place] = {}
+    anchors = {cr.name: classmatch.class_anchors(cr.rule) for c in compiled for cr in c.rules
+               if cr.rule.klass is not None}
+    if not anchors:
+        return out
+    for lo, hi, unit, node in defs.defs:
+        if not isinstance(node, ast.ClassDef):
+            continue
+        ops = _class_ops(node, imported)
+        if ops is None:
+            continue
+        for name in classmatch.candidates(anchors, ops):
+            out.setdefault((name, unit, (lo, hi)), Place(name, file, unit, (lo, hi), lo, "class"))
+    return out
+
+
 def _innermost(places: dict[tuple, Place]) -> dict[tuple, Place]:
     """A function place inside another function place of the same rule is
     the same place seen twice (`def` nested in `def`): keep the innermost."""
@@ -288,7 +390,9 @@ def check_file(compiled, facts, result, left_out: set[str]) -> tuple[list[Place]
         return [], []
     defs = Defs(tree)
     file = result.found.display
-    places = source_places(compiled, defs, _imported(tree), file)
+    imported = _imported(tree, _module_of(Path(result.found.path)))
+    places = source_places(compiled, defs, imported, file)
+    places.update(class_places(compiled, defs, imported, file))
     if facts is not None:
         for k, p in analysis_places(compiled, facts, defs, file).items():
             places[k] = p  # the analysis's anchor line wins

@@ -672,7 +672,7 @@ FILE_TOO_LARGE = _code("E109", "error", "file too large", """
     smaller, so this is usually generated or binary content. Raise the limit
     or leave the file out with `--exclude`.""")
 
-# -- N1xx-N4xx: near misses (`dslc apply --near-misses`, `dslc explain FILE:LINE`) --
+# -- N1xx-N5xx: near misses (N5xx: class rules) (`dslc apply --near-misses`, `dslc explain FILE:LINE`) --
 NM_NODE = _code("N101", "note", "a pattern node did not fit", """
     The place holds the rule's anchors and the pattern matched up to a node,
     but the next node of the right kind does not fit that pattern node: an
@@ -716,6 +716,35 @@ NM_NOT_A_COPY = _code("N403", "note", "the file's own function has the name of t
     (another body, another helper it calls, another decorator), so what it
     computes is not known to be what the kernel computes, and the rule does
     not apply.""")
+NM_CLASS_SHAPE = _code("N501", "note", "the class's forward is not one expression", """
+    The class holds the distinctive operations of a class rule (`pow`,
+    `mean` and `rsqrt` for an RMS norm; an activation times a Linear for a
+    gated MLP), but its `forward` is not straight-line code (a branch, a
+    loop, a tuple target, a call with `*args`, an expression statement):
+    a class rule replaces the whole computation, so it needs forward to be
+    assignments to plain names and one final `return`. The message names
+    the first statement that is not. Move the branch out of the layer (or
+    into two classes) to let the rule apply.""")
+NM_CLASS_NODE = _code("N502", "note", "a node of the class's forward does not fit the class rule", """
+    The class's forward is one expression and holds the rule's distinctive
+    operations, but unifying it with the rule's pattern (from the returned
+    value backwards) stops at a node: another operation than the pattern
+    node's (`self.weight + h` where the rule multiplies by the weight, no
+    `+ eps` before `rsqrt`), a literal that differs (`mean(1)` where the
+    rule needs `mean(-1)`), or a value that is not the one the pattern's
+    variable holds (the weight is a local tensor, not an attribute built in
+    __init__; no cast back to the input dtype after a float32 round trip).
+    The message names the node, its line and the pattern node.""")
+NM_CLASS_EXTRA = _code("N503", "note", "the class's forward computes more than the class rule", """
+    Every node of the rule's pattern matched, but forward computes
+    something the pattern has no node for (an extra op in between, such as
+    a dropout or a clamp, or a value computed and never used), so replacing
+    the whole computation would drop it. The message names the node.""")
+NM_CLASS_INPUTS = _code("N504", "note", "the class's forward takes other inputs than the class rule", """
+    The class holds the rule's distinctive operations, but its forward
+    takes another number of inputs than the rule's `forward(...)` (an extra
+    argument such as a residual or a mask), so its call sites do not fit
+    the kernel's signature.""")
 W_NEAR_MISS_FAILED = _code("W199", "warning", "the near-miss report of a file failed", """
     Computing the near misses of one file raised an exception: a bug in
     dslc. The file's matches and rewrites are reported as usual; only its

@@ -99,9 +99,10 @@ class _State:
     env: dict[str, object] = field(default_factory=dict)  # var -> ("node", i) | ("attr", name)
     covered: set[int] = field(default_factory=set)
     checks: list[tuple[str, str]] = field(default_factory=list)
+    matched: int = 0  # pattern nodes matched so far (the depth of a failed attempt)
 
     def copy(self) -> "_State":
-        return _State(dict(self.env), set(self.covered), list(self.checks))
+        return _State(dict(self.env), set(self.covered), list(self.checks), self.matched)
 
 
 def _canon_compute(c: Compute, i: int, cls: ClassFacts):
@@ -264,10 +265,22 @@ class _Matcher:
                 self.producer[o.name] = pn
         self.inputs = {v.name for v in self.k.inputs}
         self.init_vars = {o.name: pn for pn in self.k.init for o in pn.outputs}
+        # the deepest failed attempt (near misses): (score, code, line, reason)
+        self.best: tuple | None = None
+
+    def miss(self, score: tuple, code: str, i: int, reason) -> None:
+        """Offer a failed attempt (`explain_class`): the deepest one is kept;
+        `reason` makes its text (called for the one shown only)."""
+        if self.best is None or score > self.best[0]:
+            line = self.c.nodes[i].lines[0] if 0 <= i < len(self.c.nodes) else self.c.lines[0]
+            self.best = (score, code, line, reason)
 
     def run(self) -> _State | None:
         c = self.c
         if len(c.inputs) != len(self.k.inputs):
+            self.miss((-1,), codes.NM_CLASS_INPUTS, -1,
+                      lambda: f"forward takes {len(c.inputs)} input(s) ({', '.join(c.inputs) or 'none'}), "
+                      f"the rule's forward takes {len(self.k.inputs)} ({', '.join(str(v) for v in self.k.inputs)})")
             return None
         state = _State()
         for v, name in zip(self.k.inputs, c.inputs):
@@ -283,28 +296,57 @@ class _Matcher:
         for i, n in enumerate(self.c.nodes):
             if n.op == "input":
                 continue
-            if i not in reach:
-                return False  # dead code: not one expression
+            if i not in reach:  # dead code: not one expression
+                self.miss((len(self.k.forward) + 1,), codes.NM_CLASS_EXTRA, i,
+                          lambda: f"every pattern node matched, but forward also computes `{_short_text(n)}` "
+                          f"(line {n.lines[0]}), which the returned value does not use")
+                return False
             if i not in s.covered and n.op not in ("self", "const", "global"):
+                self.miss((len(self.k.forward) + 1,), codes.NM_CLASS_EXTRA, i,
+                          lambda: f"every pattern node matched, but forward also computes `{_short_text(n)}` "
+                          f"(line {n.lines[0]}), which no pattern node stands for: the kernel would drop it")
                 return False
         return True
 
     def node(self, pn: ir.PatNode, i: int, s: _State):
         """Match pattern node `pn` against compute node i (generator of states)."""
+        node = self.c.nodes[i]
+
+        def where() -> str:  # the texts of a failure's reason (made when shown)
+            return f"`{_short_text(node)}` (line {node.lines[0]})"
+
+        def want() -> str:
+            return f"`{pattern_text(pn)}`"
+
         try:
             kind, name, args, kw, extra, check = _canon_compute(self.c, i, self.cls)
             pkind, pname, pargs, pkw = _canon_pattern(pn)
-        except _Fail:
+        except _Fail as exc:
+            self.miss((s.matched, len(s.covered), 0), codes.NM_CLASS_NODE, i,
+                      lambda e=exc: f"{where()} does not fit {want()}: {e}")
             return
         if kind == "layer" and pkind == "layer":
-            s = self.bind_attr(pname, name, s)
-            if s is None:
+            s2 = self.bind_attr(pname, name, s)
+            if s2 is None:
+                self.miss((s.matched, len(s.covered), 0), codes.NM_CLASS_NODE, i,
+                          lambda: f"{where()} does not fit {want()}: `self.{name}` is not the layer "
+                                  f"`${pname}` stands for")
                 return
+            s = s2
         elif (kind, name) != (pkind, pname):
+            self.miss((s.matched, len(s.covered), 0), codes.NM_CLASS_NODE, i,
+                      lambda: f"{where()} is {_kind_text(kind, name)}, where the rule needs {want()} "
+                              f"({_kind_text(pkind, pname)})")
             return
         if len(args) != len(pargs) or set(kw) != set(pkw):
+            diff = sorted(set(kw) ^ set(pkw))
+            self.miss((s.matched, len(s.covered), 1), codes.NM_CLASS_NODE, i,
+                      lambda: f"{where()} does not fit {want()}: " + (
+                          f"the arguments {', '.join(diff)} differ" if diff
+                          else f"{len(args)} operand(s), the rule has {len(pargs)}"))
             return
         s = s.copy()
+        s.matched += 1
         s.covered.add(i)
         s.covered.update(extra)
         if check:
@@ -312,41 +354,63 @@ class _Matcher:
         orders = [list(range(len(args)))]
         if kind == "binop" and name in ("+", "*") and len(args) == 2:
             orders.append([1, 0])
+        names = [None] * len(args) + sorted(kw)
         for order in orders:
             pairs = [(pargs[j], ("idx", args[order[j]])) for j in range(len(args))]
             pairs += [(pkw[k], kw[k]) for k in sorted(kw)]
-            yield from self.terms(pairs, s)
+            yield from self.terms(pairs, s, (pn, i, names))
 
-    def terms(self, pairs, s: _State):
+    def terms(self, pairs, s: _State, ctx, pos: int = 0):
         if not pairs:
             yield s
             return
         (t, a), rest = pairs[0], pairs[1:]
-        for s2 in self.term(t, a, s):
-            yield from self.terms(rest, s2)
+        for s2 in self.term(t, a, s, ctx, pos):
+            yield from self.terms(rest, s2, ctx, pos + 1)
 
-    def term(self, t, a, s: _State):
+    def bad_term(self, s: _State, ctx, pos: int, t, a, why: str) -> None:
+        """A term of pattern node `ctx[0]` did not fit argument `a` of node `ctx[1]`."""
+        pn, i, names = ctx
+        node = self.c.nodes[i]
+        slot = f"`{names[pos]}`" if pos < len(names) and names[pos] else f"operand #{pos + 1}"
+        got = _arg_text(self.c, a)
+        self.miss((s.matched, len(s.covered), 2 + pos), codes.NM_CLASS_NODE, i,
+                  lambda: f"`{_short_text(node)}` (line {node.lines[0]}) does not fit `{pattern_text(pn)}`: "
+                  f"its {slot} is `{got}`, {why}")
+
+    def term(self, t, a, s: _State, ctx, pos: int):
         nodes = self.c.nodes
         if isinstance(t, ir.Const):
             if a[0] == "const" and _const_eq(a[1], t.value):
                 yield s
             elif a[0] == "idx" and nodes[a[1]].op == "const" and _const_eq(nodes[a[1]].value, t.value):
                 yield s
+            else:
+                self.bad_term(s, ctx, pos, t, a, f"the rule needs `{t.value!r}`")
             return
         if isinstance(t, ir.Code):
             if a[0] == "global" and a[1] == t.text:
                 yield s
             elif a[0] == "idx" and nodes[a[1]].op == "global" and nodes[a[1]].name == t.text:
                 yield s
+            else:
+                self.bad_term(s, ctx, pos, t, a, f"the rule needs `{t.text}`")
             return
         if not isinstance(t, ir.Var) or a[0] != "idx":
+            self.bad_term(s, ctx, pos, t, a, "the rule needs a value there")
             return
-        i = a[1]
-        v = t.name
+        yield from self.var_term(t.name, a[1], s, ctx, pos)
+
+    def var_term(self, v: str, i: int, s: _State, ctx, pos: int):
+        nodes = self.c.nodes
         if v in s.env:
             if s.env[v] == ("node", i) or (s.env[v][0] == "attr" and nodes[i].op == "self"
                                            and nodes[i].name == s.env[v][1]):
                 yield s
+            else:
+                held = s.env[v]
+                text = f"self.{held[1]}" if held[0] == "attr" else _short_text(nodes[held[1]])
+                self.bad_term(s, ctx, pos, None, ("idx", i), f"where the rule needs `${v}`, which is `{text}` here")
             return
         if v in self.producer:
             s2 = s.copy()
@@ -354,18 +418,25 @@ class _Matcher:
             yield from self.node(self.producer[v], i, s2)
             return
         if v in self.init_vars:
-            if nodes[i].op != "self":
+            s2 = self.bind_attr(v, nodes[i].name, s) if nodes[i].op == "self" else None
+            if s2 is None:
+                ipn = self.init_vars[v]
+                self.bad_term(s, ctx, pos, None, ("idx", i),
+                              f"where the rule needs `${v}`, an attribute of self built in __init__ by "
+                              f"`{ipn.callee.qualname if ipn.callee else '?'}(...)`")
                 return
-            s2 = self.bind_attr(v, nodes[i].name, s)
-            if s2 is not None:
-                s2.covered.add(i)
-                yield s2
+            s2.covered.add(i)
+            yield s2
             return
         if nodes[i].op in ("self", "const", "global"):
             s2 = s.copy()
             s2.env[v] = ("node", i)
             s2.covered.add(i)
             yield s2
+        else:
+            self.bad_term(s, ctx, pos, None, ("idx", i),
+                          f"where the rule needs `${v}`: an attribute of self, a constant or a module-level name "
+                          f"(not a value forward computes)")
 
     def bind_attr(self, var: str, attr: str, s: _State) -> _State | None:
         if var in s.env:
@@ -465,3 +536,166 @@ def match_class(rule: ir.Rule, cls: ClassFacts, file: str) -> ir.Match | None:
         init_nodes=init if isinstance(init, dict) else {}, bindings=bindings, paths=(),
         conflict=conflict, klass=ClassMatch(c, tuple(dict.fromkeys(state.checks)), c.lines),
     )
+
+
+# ---------------------------------------------------------------------------
+# Near misses of class rules (`dslc.rewrite.classmiss`): which classes are
+# candidates of a rule, and why one that is does not match.
+
+def _short_text(n) -> str:
+    text = " ".join(n.text.split()) or n.name or n.op
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _arg_text(c: Compute, a) -> str:
+    if a[0] == "idx" and 0 <= a[1] < len(c.nodes):
+        return _short_text(c.nodes[a[1]])
+    return repr(a[1]) if a[0] == "const" else str(a[1])
+
+
+def _kind_text(kind: str, name: str) -> str:
+    if kind in ("binop", "unary"):
+        return f"a `{name}`"
+    if kind == "method":
+        return f"a `.{name}()` call"
+    if kind == "call":
+        return f"a call of `{name}`"
+    if kind == "layer":
+        return f"a call of `self.{name}`" if not name.startswith("$") else "a layer call"
+    if kind == "attr":
+        return f"a read of `.{name}`"
+    return {"input": "an input of forward", "self": "an attribute of self", "const": "a constant",
+            "global": "a module-level name"}.get(name, f"a {name}")
+
+
+def _term_text(t) -> str:
+    if isinstance(t, ir.Var):
+        return f"${t.name}"
+    if isinstance(t, ir.Const):
+        return "..." if t.value is Ellipsis else repr(t.value)
+    if isinstance(t, ir.Code):
+        return t.text
+    return "?"
+
+
+def pattern_text(pn: ir.PatNode) -> str:
+    """A forward pattern node as written in the rule: `$v + $eps -> $ve`."""
+    if pn.kind in ("op", "unary"):
+        ops = [_term_text(a) for a in pn.args]
+        body = f" {pn.op} ".join(ops) if len(ops) == 2 else f"{pn.op}{ops[0] if ops else ''}"
+    else:
+        c = pn.callee
+        head = "?"
+        if pn.layer_var is not None:
+            head = f"${pn.layer_var}"
+        elif c is not None and c.var is not None and pn.kind == "method":
+            head = f"${c.var.name}.{c.qualname}"
+        elif c is not None and c.var is not None:
+            head = f"${c.var.name}"
+        elif c is not None and c.qualname:
+            head = c.qualname
+        if pn.kind == "attr":
+            body = f"${c.var.name}.{c.qualname}" if c is not None and c.var is not None else head
+        else:
+            args = [_term_text(a) for a in pn.args] + [f"{k}={_term_text(v)}" for k, v in pn.kwargs]
+            body = f"{head}({', '.join(args)})"
+    if pn.outputs:
+        body += " -> " + ", ".join(f"${o.name}" for o in pn.outputs)
+    return body
+
+
+def _init_type(rule: ir.Rule, var: str) -> str | None:
+    for pn in rule.klass.init:
+        if any(o.name == var for o in pn.outputs) and pn.callee is not None:
+            return pn.callee.qualname
+    return None
+
+
+def class_anchors(rule: ir.Rule) -> frozenset[tuple[str, str]]:
+    """The operations of a class rule's forward pattern, in the canonical
+    keys of `_canon_pattern` (`("method", "pow")`, `("binop", "*")`,
+    `("call", "torch.nn.functional.silu")`); a layer variable's call is
+    `("layer", <its init type>)`.  Reads (`$x.dtype`) say nothing: left out."""
+    out = set()
+    for pn in rule.klass.forward:
+        try:
+            kind, name, _, _ = _canon_pattern(pn)
+        except _Fail:
+            continue
+        if kind == "attr":
+            continue
+        if kind == "layer":
+            typ = _init_type(rule, name)
+            if typ is None:
+                continue
+            name = typ
+        out.add((kind, name))
+    return frozenset(out)
+
+
+def class_ops(cls: ClassFacts) -> frozenset[tuple[str, str]]:
+    """The operations the class's forward spells (`Compute.ops`), in the keys
+    of `class_anchors`: `x ** 2` and `.square()` are `pow`, `torch.<f>` is
+    the method `<f>`, `.float()` is `to`, an activation layer its function,
+    any other layer its init type."""
+    c = cls.compute
+    out = set()
+    for op, name in (c.ops if c is not None else ()):
+        if op == "binop" and name == "**":
+            out.add(("method", "pow"))
+        elif op == "call" and name.startswith("torch.") and name[6:] in TORCH_METHODS:
+            out.add(("method", "pow" if name[6:] == "square" else name[6:]))
+        elif op == "method" and name in ("square", "float"):
+            out.add(("method", "pow" if name == "square" else "to"))
+        elif op == "layer":
+            key = _layer_key(cls, name)
+            if key is not None:
+                out.add(key)
+        else:
+            out.add((op, name))
+    return frozenset(out)
+
+
+def _layer_key(cls: ClassFacts, attr: str) -> tuple[str, str] | None:
+    """What a call of `self.<attr>` is, for `class_ops`: the function of an
+    activation layer, else the layer's type; a layer bound on several
+    branches of __init__ (`if config.x: self.act = ACT2FN[...]`) counts
+    when every binding says the same."""
+    keys = set()
+    for b in cls.init:
+        if b.attr != attr or b.container:
+            continue
+        fn = _activation(b)
+        keys.add(("call", fn[0]) if fn is not None else ("layer", b.type) if b.type else None)
+    return keys.pop() if len(keys) == 1 else None
+
+
+def candidates(anchors: dict, ops: frozenset) -> list:
+    """The rules a forward holding `ops` looks like (`anchors`: rule ->
+    `class_anchors`): those whose every anchor it holds; where there is
+    none, those with four anchors or more of which it lacks one (one
+    operation spelled another way, or missing: no `+ eps`).  So an RMS norm
+    is no candidate of the written-out LayerNorm (it lacks the `-`) while
+    the RMS norm rule fits it fully."""
+    full = [r for r, a in anchors.items() if a and a <= ops]
+    if full:
+        return full
+    return [r for r, a in anchors.items() if len(a) >= 4 and len(a - ops) == 1]
+
+
+def explain_class(rule: ir.Rule, cls: ClassFacts) -> tuple[str, int, str] | None:
+    """Why `rule` does not match `cls` by its forward: (near-miss code, line,
+    reason) of the deepest failed attempt, or None where the forward matches
+    (an init that does not fit is the match's own skip reason)."""
+    c = cls.compute
+    if c is None or rule.klass is None:
+        return None
+    if c.problem is not None:
+        return codes.NM_CLASS_SHAPE, c.lines[0], f"forward is not one expression the rule can replace: {c.problem}"
+    m = _Matcher(rule, cls)
+    if m.run() is not None:
+        return None
+    if m.best is None:
+        return codes.NM_CLASS_NODE, c.lines[0], "no node of forward fits the rule's pattern"
+    _, code, line, reason = m.best
+    return code, line, reason()

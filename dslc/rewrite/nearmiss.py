@@ -30,7 +30,9 @@ pays nothing):
    matched, each anchor node that no match holds is a place of its own (a
    second conv -> BN pair the rule could not fuse), with the deepest attempt
    from that anchor, when that attempt got past the anchor (`_got_past_anchor`).
-4. Families (`family_pruned`): the rules of a pack with the same kernels
+4. Class rules (no anchor node: they match a whole forward) have places
+   and reasons of their own: `dslc.rewrite.classmiss`.
+5. Families (`family_pruned`): the rules of a pack with the same kernels
    spell one rewrite, so a place one of them holds is no near miss of the
    others, and per line only the family's deepest attempts are kept.
 """
@@ -43,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from dslc.match import ir
+from dslc.rewrite.classmiss import class_near_misses
 from dslc.match.matcher import Fail, _expand_sequential, _node_id, _PathCtx, _scopes, match_file
 
 
@@ -55,7 +58,7 @@ class NearMiss:
     function: str | None
     line: int
     reason: str
-    code: str = "N101"  # dslc.codes: N1xx forward, N2xx init, N3xx where, N4xx no attempt
+    code: str = "N101"  # dslc.codes: N1xx forward, N2xx init, N3xx where, N4xx no attempt, N5xx class rules
 
 
 @dataclass(frozen=True, slots=True)
@@ -542,6 +545,7 @@ def near_misses(compiled, facts, matches: Iterable[ir.Match], *, file: str | Non
     file = file or facts.path
     matches = list(matches)
     namesakes = own_namesakes(compiled, facts)
+    namesakes += class_near_misses(compiled, facts, matches, NearMiss)
     todo = places(compiled, facts, source)
     covered = covered_units(compiled, matches) if todo else set()
     todo = [q for p in todo for q in _open_places(p, covered)]
