@@ -22,6 +22,7 @@ import dataclasses
 import gc
 import hashlib
 import io
+import operator
 import os
 import pickle
 import warnings
@@ -198,9 +199,11 @@ def analyze_file(path: str, *, root: str | None = None, **kwargs) -> FileFacts:
 
 def _reducer(cls):
     names = tuple(f.name for f in dataclasses.fields(cls))
+    # attrgetter of several names gives their values as a tuple, in C
+    fields = operator.attrgetter(*names) if len(names) > 1 else (lambda obj: (getattr(obj, names[0]),))
 
     def reduce(obj):
-        return cls, tuple(getattr(obj, name) for name in names)
+        return cls, fields(obj)
 
     return reduce
 

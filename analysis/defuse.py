@@ -61,6 +61,39 @@ def value_of(expr: ast.expr) -> Value:
     return Value(text, "expr")
 
 
+# Fields of no use to a walk for names and calls: names and flags (strings,
+# ints, in every node class that has them), a constant's value, and `ctx` (a
+# `Load`/`Store`/`Del` marker without children, which no walk here looks
+# at).  Not `name`: a `type X = ...` statement's is a `Name` node.
+_LEAF_FIELDS = frozenset({"ctx", "id", "attr", "arg", "asname", "module", "level", "kind", "type_comment",
+                          "is_async", "conversion", "simple"})
+_CHILD_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def child_fields(cls: type) -> tuple[str, ...]:
+    """The fields of node class `cls` that may hold child nodes other than
+    an expression context, in `_fields` order."""
+    fields = _CHILD_FIELDS.get(cls)
+    if fields is None:
+        fields = _CHILD_FIELDS[cls] = () if cls is ast.Constant else tuple(
+            f for f in cls._fields if f not in _LEAF_FIELDS)
+    return fields
+
+
+def child_nodes(node: ast.AST) -> list:
+    """`ast.iter_child_nodes(node)`, in the same order, less the expression
+    contexts (`Load`, `Store`, `Del`), as a list (faster: a hot walk)."""
+    out: list = []
+    AST = ast.AST
+    for f in child_fields(type(node)):
+        value = getattr(node, f, None)
+        if type(value) is list:
+            out.extend(v for v in value if isinstance(v, AST))
+        elif isinstance(value, AST):
+            out.append(value)
+    return out
+
+
 def self_attr(expr: ast.expr) -> str | None:
     """`self.x` -> 'x'."""
     if isinstance(expr, ast.Attribute) and isinstance(expr.value, ast.Name) and expr.value.id == "self":
@@ -91,7 +124,7 @@ def reads_of(expr: ast.AST | None, replaced: dict | None = None) -> set[str]:
             out.add("self." + attr)
             out.add("self")
             continue
-        stack.extend(ast.iter_child_nodes(node))
+        stack.extend(child_nodes(node))
     return out
 
 

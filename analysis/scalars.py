@@ -43,6 +43,8 @@ from __future__ import annotations
 import ast
 import dataclasses
 
+from .defuse import child_fields, child_nodes
+
 _MATH_CONSTANTS = frozenset({"pi", "e", "tau", "inf", "nan"})
 # math functions that return a Python number for any argument they accept
 # (not `prod`/`sumprod`, which multiply their arguments' own type)
@@ -163,7 +165,8 @@ class _FileScan:
             elif isinstance(node, ast.Call):
                 self._named_write(node)
             # the children (lists and non-nodes among them are handled above; order does not matter here)
-            stack.extend([getattr(node, f, None) for f in node._fields])
+            for f in child_fields(type(node)):  # not `ctx`: a marker without children
+                stack.append(getattr(node, f, None))
 
     def _named_write(self, call: ast.Call) -> None:
         func = call.func
@@ -423,5 +426,5 @@ def _local_defs(fn) -> tuple[dict[str, list[ast.expr] | None], set[str]]:
                 bad((alias.asname or alias.name).split(".")[0])
         elif isinstance(node, ast.ExceptHandler) and node.name:
             bad(node.name)
-        stack.extend(ast.iter_child_nodes(node))
+        stack.extend(child_nodes(node))
     return out, mutated

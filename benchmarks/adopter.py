@@ -97,7 +97,7 @@ _STATE: dict = {}
 def _init(packs, cache_dir, inline, flatten, check, near=True) -> None:
     compiled = apply.compile_packs(packs)
     options = apply.ApplyOptions(mode="diff", cache_dir=cache_dir, inline=inline, flatten=flatten)
-    _STATE.update(compiled=compiled, options=options, check=check, near=near,
+    _STATE.update(compiled=compiled, options=options, check=check, near=near, modules={},
                   kw=apply._analysis_kwargs(options, compiled.want, compiled.optional_ifs))
 
 
@@ -173,7 +173,14 @@ def _check_patched(found, new_source: str, compiled, kw) -> dict:
     except SyntaxError as exc:
         return {"parses": False, "idempotent": None, "check_error": f"line {exc.lineno}: {exc.msg}"}
     try:
-        facts = apply.analyze_source(new_source, found.path, **kw)
+        # The package modules the file imports, parsed once for all the checks
+        # (`_STATE["modules"]`, read from disk as a fresh resolver would); the
+        # patched file's own module goes into this check's copy only.
+        shared = _STATE["modules"]
+        modules = dict(shared)
+        facts = apply.analyze_source(new_source, found.path, **kw, _modules=modules)
+        own = facts.module
+        shared.update((name, entry) for name, entry in modules.items() if name not in shared and name != own)
         again = apply.process_file(found, fileio.SourceFile(found.path, new_source, "utf-8", b""),
                                    facts, compiled, apply.ApplyOptions())
         idem = not again.changed and not again.errors

@@ -77,3 +77,78 @@ def test_name_set_reads_the_text_when_non_ascii_is_only_punctuation():
     assert "x" in found
     src = "ﬁle = 1\n"  # the ligature: the name is `file`
     assert "file" in NameSet(ast.parse(src), src)
+
+
+LINES_SRC = '''\
+import torch.nn.functional as F
+from m import (a as
+    softmax_alias)
+
+
+def deco(f):
+    return f
+
+
+@deco(
+    softmax_in_decorator)
+class Attn:  # softmax in a comment
+    """softmax in a docstring"""
+
+    def forward(self, x, softmax_arg=1):
+        y = F.softmax(x, dim=-1)  # attribute only
+        msg = f"{softmax_in_fstring!r} softmax"
+        try:
+            pass
+        except ValueError as softmax_handler:
+            pass
+        return [softmax_comp for softmax_comp in y] + \\
+            softmax_after_continuation + F.  softmax2
+
+    async def softmax_def(self):
+        lambda softmax_lambda: softmax_lambda
+'''
+
+
+def _statements(tree):
+    from dslc.rewrite.astutil import index_statements
+
+    return index_statements(tree)[0]
+
+
+def test_name_set_by_lines_answers_like_the_walk():
+    # with the statements given, a word of the text is looked up in the
+    # statements on its lines only: the same answers as the whole walk
+    for src in (LINES_SRC, LINES_SRC.replace("\n", "\r\n"), SRC):
+        tree = ast.parse(src)
+        names = _module_names(tree)
+        words = {w for w in __import__("re").findall(r"[A-Za-z_][A-Za-z0-9_]*", src)} | {"absent"}
+        found = NameSet(tree, src, statements=_statements(tree))
+        for word in sorted(words):
+            assert (word in found) == (word in names), word
+        assert found._all is None  # never walked the whole tree
+        for word in ("a.b", "*", "softmax_arg"):  # not identifiers: the whole walk answers
+            assert (word in found) == (word in names), word
+
+
+def test_name_set_by_lines_walks_the_whole_tree_on_a_lone_cr():
+    src = "x = 1\ry = softmax\n"  # a lone CR ends a line for the parser, not for a count of LFs
+    tree = ast.parse(src)
+    found = NameSet(tree, src, statements=_statements(tree))
+    assert "softmax" in found and found._all is not None
+
+
+def test_name_set_by_lines_on_dslc_sources():
+    # every word of a few real modules (decorators, f-strings, continuations)
+    import glob
+    import os
+    import re
+
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for path in sorted(glob.glob(os.path.join(here, "dslc", "rewrite", "*.py")))[:8]:
+        with open(path, encoding="utf-8") as fh:
+            src = fh.read()
+        tree = ast.parse(src)
+        names = _module_names(tree)
+        found = NameSet(tree, src, statements=_statements(tree))
+        for word in set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", src)):
+            assert (word in found) == (word in names), (path, word)

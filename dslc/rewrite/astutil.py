@@ -152,15 +152,20 @@ class NameSet:
     `NameSet` with extra names (without walking); iterating walks it.
     """
 
-    __slots__ = ("_tree", "_source", "_words", "_all", "_extra", "_sure")
+    __slots__ = ("_tree", "_source", "_words", "_all", "_extra", "_sure", "_statements", "_asked")
 
-    def __init__(self, tree: ast.Module, source: str, sure: set[str] = frozenset(), extra: set[str] | None = None):
+    def __init__(self, tree: ast.Module, source: str, sure: set[str] = frozenset(), extra: set[str] | None = None,
+                 statements: list | None = None):
         self._tree = tree
         self._source = source
         self._sure = sure
         self._words: set[str] | None = None
         self._all: set[str] | None = None
         self._extra = set(extra or ())
+        # every statement of the tree (`index_statements`): a word of the text
+        # is then looked up in the statements on its lines only (`_names_on_lines`)
+        self._statements = statements
+        self._asked: dict[str, bool] = {}
 
     def names(self) -> set[str]:
         """The module's names (without the extra ones)."""
@@ -185,7 +190,15 @@ class NameSet:
     def __contains__(self, name) -> bool:
         if name in self._extra or name in self._sure:
             return True
-        return isinstance(name, str) and self._maybe(name) and name in self.names()
+        if not isinstance(name, str) or not self._maybe(name):
+            return False
+        source = self._source
+        if (self._all is not None or self._statements is None or not name.isascii() or not name.isidentifier()
+                or source.count("\r") != source.count("\r\n")):
+            return name in self.names()  # (a lone CR ends a line too: the lines below count LFs)
+        if name not in self._asked:
+            self._asked[name] = name in _names_on_lines(self._statements, _word_lines(source, name))
+        return self._asked[name]
 
     def __iter__(self):
         return iter(self.names() | self._extra)
@@ -194,8 +207,8 @@ class NameSet:
         return len(self.names() | self._extra)
 
     def __or__(self, other) -> "NameSet":
-        out = NameSet(self._tree, self._source, self._sure, self._extra | set(other))
-        out._words, out._all = self._words, self._all
+        out = NameSet(self._tree, self._source, self._sure, self._extra | set(other), self._statements)
+        out._words, out._all, out._asked = self._words, self._all, self._asked
         return out
 
     __ror__ = __or__
@@ -212,16 +225,53 @@ def _ascii_word_char(text: str) -> bool:
     return any(ch.isascii() and (ch.isalnum() or ch == "_") for ch in text)
 
 
-def _module_names(tree: ast.Module) -> set[str]:
+def _word_lines(source: str, name: str) -> set[int]:
+    """The lines (1-based, counted by LF) where `name` (an ASCII
+    identifier) stands as a word of `source` not after a `.` (as `_WORD`
+    reads the text; a non-ASCII neighbour counts as a word boundary, which
+    can only add lines)."""
+    lines: set[int] = set()
+    line, at = 1, 0
+    for m in re.finditer(rf"(\.[ \t\f]*)?(?<![A-Za-z0-9_]){name}(?![A-Za-z0-9_])", source):
+        line += source.count("\n", at, m.start())
+        at = m.start()
+        if not m.group(1):
+            lines.add(line)
+    return lines
+
+
+def _names_on_lines(statements: list, lines: set[int]) -> set[str]:
+    """`_module_names` of the nodes of the statements that span one of
+    `lines` (decorators included), each walked without its nested
+    statements.  Every node lies within the lines of its nearest statement,
+    so a name whose every spelling in the text is on `lines` is in this set
+    exactly when it is in the whole module's."""
+    if not lines:
+        return set()
+    low, high = min(lines), max(lines)
+    roots = []
+    for st in statements:
+        end = st.end_lineno or st.lineno
+        start = min([st.lineno] + [d.lineno for d in getattr(st, "decorator_list", ())])
+        if end < low or start > high:
+            continue
+        if any(start <= line <= end for line in lines):
+            roots.append(st)
+    return _module_names(roots, skip=ast.stmt)
+
+
+def _module_names(tree, skip=()) -> set[str]:
+    """The names of `tree` (a node, or a list of nodes: their union); the
+    walk does not go into nodes of the `skip` types below the roots."""
     names: set[str] = set()
-    stack: list = [tree]
+    stack: list = list(tree) if type(tree) is list else [tree]
     while stack:  # every node, as ast.walk (the order does not matter); inlined: a hot loop
         node = stack.pop()
         for field in node._fields:
             value = getattr(node, field, None)
             if type(value) is list:
-                stack.extend(v for v in value if isinstance(v, ast.AST))
-            elif isinstance(value, ast.AST):
+                stack.extend(v for v in value if isinstance(v, ast.AST) and not isinstance(v, skip))
+            elif isinstance(value, ast.AST) and not isinstance(value, skip):
                 stack.append(value)
         if isinstance(node, ast.Name):
             names.add(node.id)

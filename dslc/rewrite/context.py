@@ -79,7 +79,7 @@ class Module:
         # Only top-level imports are reused: a function-local alias is not in
         # scope where the new code goes.
         sure = {n for n in self.classes if "." not in n} | set(self.functions) | set(self.imports)
-        self.all_names = NameSet(self.tree, source, sure)  # walked when a question needs it
+        self.all_names = NameSet(self.tree, source, sure, statements=self.statements)  # walked when a question needs it
         self.unit = self.smap.indent_unit()
         self.block_unit = _block_unit(self.tree, self.smap) or self.unit
         self.nl = self.smap.newline

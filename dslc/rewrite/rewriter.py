@@ -146,13 +146,16 @@ def rewrite_source(source: str, facts, matches: list[ir.Match], *, path: str = "
     after each match, which pins the failure on the match that causes it.
     """
     try:
-        result = _rewrite(source, facts, matches, path, check_each=False)
-    except SyntaxError as exc:
-        reason = codes.reason(codes.S_FILE_PARSE, f"the file does not parse (line {exc.lineno}: {exc.msg})")
-        return RewriteResult(None, tuple(Outcome(m, "skipped", reason, tuple(m.lines)) for m in matches))
-    if result is None:
-        result = _rewrite(source, facts, matches, path, check_each=True)
-    return result
+        try:
+            result = _rewrite(source, facts, matches, path, check_each=False)
+        except SyntaxError as exc:
+            reason = codes.reason(codes.S_FILE_PARSE, f"the file does not parse (line {exc.lineno}: {exc.msg})")
+            return RewriteResult(None, tuple(Outcome(m, "skipped", reason, tuple(m.lines)) for m in matches))
+        if result is None:
+            result = _rewrite(source, facts, matches, path, check_each=True)
+        return result
+    finally:
+        safety.forget_paths()  # the file's path indexes (`safety.path_index`)
 
 
 def _rewrite(source: str, facts, matches, path: str, *, check_each: bool) -> RewriteResult | None:

@@ -265,8 +265,34 @@ def paths_through(match: ir.Match, facts) -> list:
     return found
 
 
-def _positions(path, keys: Sequence[tuple], optional: frozenset = frozenset()) -> list[int] | None:
+# id(path) -> (path, {node_key: last position}); the path is kept in the
+# entry so that its id is not reused while the entry lives.  Paths are
+# frozen (their nodes a tuple), so an index never goes stale.
+_INDEX: dict[int, tuple] = {}
+_INDEX_MAX = 4096
+
+
+def path_index(path) -> dict[tuple, int]:
+    """`node_key` -> position (the last, for a key seen twice) of `path`'s
+    nodes; memoised per path object (the safety checks of every match of a
+    function ask for the same paths)."""
+    hit = _INDEX.get(id(path))
+    if hit is not None and hit[0] is path:
+        return hit[1]
     index = {node_key(n): i for i, n in enumerate(path.nodes)}
+    if len(_INDEX) >= _INDEX_MAX:
+        _INDEX.clear()
+    _INDEX[id(path)] = (path, index)
+    return index
+
+
+def forget_paths() -> None:
+    """Drop the memoised path indexes (the rewriter does, after each file)."""
+    _INDEX.clear()
+
+
+def _positions(path, keys: Sequence[tuple], optional: frozenset = frozenset()) -> list[int] | None:
+    index = path_index(path)
     out = []
     for key in keys:
         if key not in index:
