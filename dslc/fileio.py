@@ -8,6 +8,8 @@ decoded text and never opens a file itself.
 * `read_source(path)` decodes a file the way Python would run it (PEP 263
   coding cookie, UTF-8 BOM) and raises `SourceError` for what is not text.
 * `encode_source(text, encoding)` is its inverse (the BOM comes back).
+* `source_lines(text)` splits decoded text into lines where Python's
+  tokenizer does (`\n`, `\r\n`, `\r` only), so that ast line numbers index it.
 * `atomic_write(path, data)` replaces a file through a temporary file in the
   same directory and `os.replace`, keeping the file's mode.
 """
@@ -88,6 +90,24 @@ class Found:
 
 
 DEFAULT_MAX_FILE_SIZE = 10 * 1024 * 1024  # bytes; `--max-file-size` changes it
+
+# What `str.splitlines` also breaks on but Python's tokenizer does not.
+_OTHER_BREAKS = re.compile("[\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+\Z")
+
+
+def source_lines(text: str, keepends: bool = False) -> list[str]:
+    """`text.splitlines(keepends)` with only `\\n`, `\\r\\n` and `\\r` ending a line.
+
+    Line `n` of the result is line `n` of the stdlib `ast` and `tokenize`:
+    a form feed, vertical tab, `\\x1c`-`\\x1e`, NEL, or a Unicode line or
+    paragraph separator (in a comment, a string, a docstring) stays inside
+    its line.  Text without those characters takes `str.splitlines` (fast).
+    """
+    if not _OTHER_BREAKS.search(text):
+        return text.splitlines(keepends)
+    lines = _LINE.findall(text)
+    return lines if keepends else [line.rstrip("\r\n") for line in lines]
 
 
 def display_path(path: str) -> str:

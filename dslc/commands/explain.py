@@ -108,7 +108,7 @@ def explain_place(path: str, line: int, args) -> int:
         text = fileio.read_source(path).text
     except Exception as exc:  # SourceError and friends: one line, no traceback
         return _usage(f"cannot read {path}: {getattr(exc, 'message', exc)}")
-    n_lines = len(text.splitlines())
+    n_lines = len(fileio.source_lines(text))
     if not 1 <= line <= max(n_lines, 1):
         return _usage(f"{path} has {n_lines} line(s), not {line}")
     loaded = load_rules(rules, list(args.select))

@@ -18,6 +18,7 @@ import re
 
 from dslc import codes
 from dslc.analysis.api import take_tree
+from dslc.fileio import source_lines
 from dslc.match import ir
 from dslc.rewrite import safety
 from dslc.rewrite.astutil import NameSet, index_statements
@@ -125,7 +126,7 @@ class Module:
         start, end = self.stmt_range(stmt)
         old = self.indent(stmt)
         out = []
-        for raw in self.source[start:end].splitlines():
+        for raw in source_lines(self.source[start:end]):
             out.append(indent + raw[len(old):] if raw.startswith(old) else raw)
         return self.nl.join(out) + self.nl
 
@@ -318,7 +319,7 @@ class Context:
         """An expression's source; continuation lines lose the statement's indentation."""
         text = self.mod.smap.span_text((expr.lineno, expr.col_offset, expr.end_lineno, expr.end_col_offset))
         indent = self.mod.indent(stmt)
-        lines = text.splitlines()
+        lines = source_lines(text)
         out = [lines[0]] + [line[len(indent):] if line.startswith(indent) else line for line in lines[1:]]
         return "\n".join(out)
 

@@ -16,6 +16,8 @@ import re
 from bisect import bisect_right
 from dataclasses import dataclass
 
+from dslc.fileio import source_lines
+
 
 @dataclass(frozen=True, slots=True)
 class Edit:
@@ -37,7 +39,8 @@ class EditConflict(ValueError):
 class SourceMap:
     """Offsets, lines and indentation of one source text.
 
-    1. Split the text into lines keeping their terminators.
+    1. Split the text into lines keeping their terminators, where the
+       tokenizer does (`fileio.source_lines`: not at a form feed or U+2028).
     2. Remember the string offset where each line starts.
     3. Convert (line, byte column) to a string offset by decoding the line's
        UTF-8 prefix (columns of the stdlib `ast` count bytes).
@@ -45,7 +48,7 @@ class SourceMap:
 
     def __init__(self, text: str):
         self.text = text
-        self.lines = text.splitlines(keepends=True)
+        self.lines = source_lines(text, keepends=True)
         if not self.lines or self.lines[-1].endswith(("\n", "\r")):
             self.lines.append("")
         self.starts: list[int] = []

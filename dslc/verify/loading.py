@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from dslc.fileio import source_lines
 from dslc.verify.report import REFERENCE_MARKER, VerifyUsageError
 from dslc.verify.selection import all_rules
 
@@ -75,7 +76,7 @@ def _exec_module(source: str, name: str, package: str | None, filename: str) -> 
         on_disk = None
     if on_disk != source:
         code_name = f"{filename}::dslc-{next(_COUNTER)}"
-        linecache.cache[code_name] = (len(source), None, source.splitlines(True), code_name)
+        linecache.cache[code_name] = (len(source), None, source_lines(source, keepends=True), code_name)
     try:
         exec(compile(source, code_name, "exec"), module.__dict__)
     except BaseException:

@@ -18,6 +18,7 @@ import textwrap
 
 from dslc.analysis.model import Guard
 from dslc import codes
+from dslc.fileio import source_lines
 from dslc.rewrite.astutil import is_prefix, names_in
 from dslc.rewrite.edits import Edit
 from dslc.rewrite.kinds.base import Planner
@@ -113,7 +114,7 @@ class Hoisting(Planner):
 
         def at_indent(text: str, indent: str) -> str:
             return "".join(indent + line[len(old_indent):] if line.startswith(old_indent) else line
-                           for line in text.splitlines(keepends=True))
+                           for line in source_lines(text, keepends=True))
 
         # The branch gets the fused statement, so it never empties: no `pass`.
         for stmt in earlier:

@@ -16,6 +16,7 @@ import re
 import textwrap
 
 from dslc import codes
+from dslc.fileio import source_lines
 from dslc.match import ir
 from dslc.rewrite.astutil import dotted_name, is_self_attr
 from dslc.rewrite.edits import Edit, EditConflict, apply_edits
@@ -257,4 +258,4 @@ def _plain_arguments(call: ast.Call) -> bool:
 
 
 def _indent_lines(text: str, unit: str) -> str:
-    return "".join(unit + line if line.strip() else line for line in text.splitlines(keepends=True))
+    return "".join(unit + line if line.strip() else line for line in source_lines(text, keepends=True))
