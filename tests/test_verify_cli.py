@@ -154,6 +154,26 @@ def test_changed_classes_follow_changed_helpers():
     assert verify.changed_classes(before, before.replace("class B:\n", "class B:  # note\n")) == []
 
 
+def test_a_huge_module_level_literal_is_parsed_once_and_never_dumped(tmp_path, monkeypatch):
+    """A file with a huge single line (a data table) costs verify one parse
+    per side: the steps share the tree, and a value no class reads is not
+    compared (`ast.dump` of 300k elements, `ast.get_source_segment` per
+    class took minutes)."""
+    import ast
+
+    table = "TABLE = [" + "1, " * 20_000 + "]\n"
+    before, after = CONFIG_MODEL + table, CONFIG_MODEL.replace("eps=config.layer_norm_eps", "eps=1e-5") + table
+    parses, dumps = [], []
+    real_parse, real_dump = ast.parse, ast.dump
+    monkeypatch.setattr(ast, "parse", lambda src, *a, **k: (parses.append(src), real_parse(src, *a, **k))[1])
+    monkeypatch.setattr(ast, "dump", lambda node, *a, **k: (dumps.append(len(real_dump(node))), real_dump(node, *a, **k))[1])
+    monkeypatch.setattr(ast, "get_source_segment", lambda *a, **k: pytest.fail("get_source_segment"))
+    report = verify.verify_sources(before, after, path=str(tmp_path / "a.py"), isolate=False, device="cpu")
+    assert [r.status for r in report.results] == ["fail"]  # eps changed: compared, and caught
+    assert parses.count(before) == 1 and parses.count(after) == 1
+    assert max(dumps) < len(table)
+
+
 def test_tolerance_combines_contracts():
     a = rule("a", "k.A", atol=1e-5, rtol=1e-4, deterministic=True)
     b = rule("b", "k.B", atol=1e-3, rtol=0.0, deterministic=False)

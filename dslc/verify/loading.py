@@ -13,11 +13,11 @@ import linecache
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from dslc.fileio import source_lines
 from dslc.verify.report import REFERENCE_MARKER, VerifyUsageError
-from dslc.verify.selection import all_rules
+from dslc.verify.selection import all_rules, parsed
 
 
 def read_text(path: str) -> str:
@@ -108,13 +108,25 @@ class Broken(Exception):
     """The rewritten file is broken: a failure."""
 
 
+def _import_statements(tree: ast.Module) -> Iterator[ast.Import | ast.ImportFrom]:
+    """Every import statement, at any depth, without walking expressions
+    (a file with a huge literal is walked in a few steps)."""
+    todo: list[ast.AST] = list(tree.body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            yield node
+        for name in ("body", "orelse", "finalbody", "handlers", "cases"):
+            todo.extend(getattr(node, name, None) or ())
+
+
 def _top_imports(source: str) -> set[str]:
     found: set[str] = set()
     try:
-        tree = ast.parse(source)
+        tree = parsed(source)
     except SyntaxError:
         return found
-    for node in ast.walk(tree):
+    for node in _import_statements(tree):
         if isinstance(node, ast.Import):
             found.update(a.name.split(".")[0] for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
@@ -207,7 +219,7 @@ def load_pair(orig_src: str, new_src: str, path: str, rewritten_path: str,
 
 def _has_relative_imports(source: str) -> bool:
     try:
-        return any(isinstance(n, ast.ImportFrom) and n.level for n in ast.walk(ast.parse(source)))
+        return any(isinstance(n, ast.ImportFrom) and n.level for n in _import_statements(parsed(source)))
     except SyntaxError:
         return False
 
