@@ -157,6 +157,40 @@ def _stat_error(exc: OSError, path: str) -> SourceError:
     return SourceError(E_UNREADABLE, f"cannot read: {exc.strerror or exc}")
 
 
+NO_SUCH_PATH = "no such file or directory"
+
+
+def path_reason(path: str) -> str | None:
+    """Why a path given on the command line cannot be used; None when it can
+    be stat-ed (and, a directory, listed).
+
+    Never raises: a folder on the way that cannot be searched gives
+    "cannot read: Permission denied" where `Path.exists()` would raise, a
+    symlink loop says so, and only a path that is really absent is
+    `NO_SUCH_PATH`.
+    """
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ENOENT and not os.path.islink(path):
+            return NO_SUCH_PATH
+        return _stat_error(exc, path).message
+    if stat.S_ISDIR(st.st_mode):
+        try:
+            os.listdir(path)
+        except OSError as exc:
+            return f"cannot list directory: {exc.strerror or exc}"
+    return None
+
+
+def path_problem(path: str) -> str | None:
+    """`path_reason` as one line naming the path (None: no problem)."""
+    why = path_reason(path)
+    if why is None:
+        return None
+    return f"{NO_SUCH_PATH}: {display_path(path)}" if why == NO_SUCH_PATH else f"{display_path(path)}: {why}"
+
+
 def read_bytes(path: str, max_size: int | None = DEFAULT_MAX_FILE_SIZE) -> bytes:
     """The bytes of a regular file, never blocking and never reading a device.
 

@@ -10,6 +10,7 @@ import importlib.util
 import inspect
 import itertools
 import linecache
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,8 @@ def read_text(path: str) -> str:
         return fileio.read_source(path).text
     except fileio.SourceError as exc:
         where = f":{exc.line}" if exc.line else ""
-        raise VerifyUsageError(f"{fileio.display_path(path)}{where}: cannot read: {exc.message} [{exc.code}]") from None
+        why = exc.message if exc.message.startswith("cannot read") else f"cannot read: {exc.message}"
+        raise VerifyUsageError(f"{fileio.display_path(path)}{where}: {why} [{exc.code}]") from None
 
 
 @dataclass
@@ -258,8 +260,12 @@ def load_factory(spec: str) -> Any:
     file, sep, func = spec.rpartition(":")
     if not sep or not file or not func:
         raise VerifyUsageError(f"--factory {spec!r}: expected FILE.py:FUNC")
-    if not Path(file).is_file():
-        raise VerifyUsageError(f"--factory {spec!r}: no such file {file}")
+    if not os.path.isfile(file):  # Path.is_file() raises behind a folder that cannot be searched
+        from dslc.fileio import NO_SUCH_PATH, path_reason
+
+        why = path_reason(file)
+        raise VerifyUsageError(f"--factory {spec!r}: " + (f"no such file {file}" if why in (None, NO_SUCH_PATH)
+                                                           else f"{file}: {why}"))
     name = f"_dslc_factory_{Path(file).stem}_{next(_COUNTER)}"
     parent = str(Path(file).resolve().parent)
     sys.path.insert(0, parent)
