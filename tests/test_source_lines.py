@@ -95,3 +95,28 @@ def test_reindented_statements_keep_odd_characters(ch):
     moved = f"            self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)  # odd{ch}comment\n"
     assert moved in result.new_source
     stable(result.new_source)
+
+
+def test_reindented_statements_keep_the_value_of_a_multi_line_string():
+    """Lines inside a triple-quoted string are its value: re-indenting the
+    run of init statements a `when` rewrite duplicates must leave them."""
+    import ast
+
+    from test_diffs_when import SOURCE
+
+    source = SOURCE.format(between='        self.note = """first\n  second\n"""\n')
+    result = run(source)
+    assert [m.status for m in result.matches] == ["applied"], [(m.code, m.reason) for m in result.matches]
+    notes = [n.value.value for n in ast.walk(ast.parse(result.new_source))
+             if isinstance(n, ast.Assign) and ast.unparse(n.targets[0]) == "self.note"]
+    assert notes == ["first\n  second\n", "first\n  second\n"]  # both branches, the value unchanged
+    stable(result.new_source)
+
+
+def test_string_interior_lines():
+    from dslc.rewrite.edits import string_interior_lines
+
+    assert string_interior_lines('x = """a\n  b\nc"""\ny = 1\n') == {1, 2}
+    assert string_interior_lines("x = f(a,\n  b)\n") == frozenset()
+    assert string_interior_lines('s = "a\\\n  b"\n') == {1}
+    assert string_interior_lines('    x = """a\nb"""\n    y = 2\n') == {1}

@@ -22,7 +22,7 @@ from dslc.fileio import source_lines
 from dslc.match import ir
 from dslc.rewrite import safety
 from dslc.rewrite.astutil import NameSet, index_statements
-from dslc.rewrite.edits import Edit, SourceMap
+from dslc.rewrite.edits import Edit, SourceMap, string_interior_lines
 from dslc.rewrite.imports import ImportScheduler
 from dslc.rewrite.plan import Plan, Skip
 from dslc.rewrite.render import Absent, Env, paren, render_args
@@ -126,8 +126,10 @@ class Module:
         start, end = self.stmt_range(stmt)
         old = self.indent(stmt)
         out = []
-        for raw in source_lines(self.source[start:end]):
-            out.append(indent + raw[len(old):] if raw.startswith(old) else raw)
+        text = self.source[start:end]
+        inside = string_interior_lines(text)  # a multi-line string's lines are its value: kept
+        for i, raw in enumerate(source_lines(text)):
+            out.append(indent + raw[len(old):] if raw.startswith(old) and i not in inside else raw)
         return self.nl.join(out) + self.nl
 
     def ends_with_newline(self, lineno: int) -> bool:
@@ -320,15 +322,18 @@ class Context:
         text = self.mod.smap.span_text((expr.lineno, expr.col_offset, expr.end_lineno, expr.end_col_offset))
         indent = self.mod.indent(stmt)
         lines = source_lines(text)
-        out = [lines[0]] + [line[len(indent):] if line.startswith(indent) else line for line in lines[1:]]
+        inside = string_interior_lines(text)  # a multi-line string's lines are its value: kept
+        out = [lines[0]] + [line[len(indent):] if line.startswith(indent) and i not in inside else line
+                            for i, line in enumerate(lines[1:], 1)]
         return "\n".join(out)
 
     def lines_text(self, items: list[str], indent: str) -> str:
         """Statements (possibly multi-line, relative indentation) at `indent`."""
         out = []
         for item in items:
-            for line in item.split("\n"):
-                out.append(indent + line if line.strip() else "")
+            inside = string_interior_lines(item)  # a multi-line string's lines are its value: kept
+            for i, line in enumerate(item.split("\n")):
+                out.append(line if i in inside else indent + line if line.strip() else "")
         return "".join(line + self.mod.nl for line in out)
 
     def fit(self, text: str, stmt: ast.stmt) -> str:

@@ -12,7 +12,10 @@ column); `SourceMap` converts them to string offsets of the original text.
 from __future__ import annotations
 
 import ast
+import io
 import re
+import textwrap
+import tokenize
 from bisect import bisect_right
 from dataclasses import dataclass
 
@@ -242,3 +245,29 @@ def edited_blocks_parse(original: str, new: str, edits, starts: list[int]) -> bo
         except (SyntaxError, ValueError, MemoryError, RecursionError):
             return False
     return True
+
+
+def string_interior_lines(text: str) -> frozenset[int]:
+    """0-based indices of the lines of `text` (whole statements or a
+    bracketed expression) that begin inside a multi-line string literal.
+
+    Re-indenting must leave those lines alone: their leading spaces are
+    part of the string's value.  Text the tokenizer cannot read gives the
+    empty set (nothing is known to be inside a string).
+    """
+    if '"""' not in text and "'''" not in text and "\\\n" not in text and "\\\r" not in text:
+        return frozenset()  # no literal can span lines
+    out: set[int] = set()
+    starts: list[int] = []  # open f-strings (Python 3.12+ tokenizes their parts)
+    fstart, fend = getattr(tokenize, "FSTRING_START", -1), getattr(tokenize, "FSTRING_END", -1)
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(textwrap.dedent(text)).readline):
+            if tok.type == fstart:
+                starts.append(tok.start[0])
+            elif tok.type == fend and starts:
+                out.update(range(starts.pop(), tok.end[0]))
+            elif tok.type == tokenize.STRING and tok.end[0] > tok.start[0]:
+                out.update(range(tok.start[0], tok.end[0]))
+    except (tokenize.TokenError, SyntaxError):
+        return frozenset()
+    return frozenset(out)

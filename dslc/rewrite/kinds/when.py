@@ -19,7 +19,7 @@ from dslc import codes
 from dslc.fileio import source_lines
 from dslc.match import ir
 from dslc.rewrite.astutil import dotted_name, is_self_attr
-from dslc.rewrite.edits import Edit, EditConflict, apply_edits
+from dslc.rewrite.edits import Edit, EditConflict, apply_edits, string_interior_lines
 from dslc.rewrite.kinds.base import Planner
 from dslc.rewrite.plan import Plan, Skip
 from dslc.rewrite.render import Absent, Env, paren
@@ -261,4 +261,7 @@ def _plain_arguments(call: ast.Call) -> bool:
 
 
 def _indent_lines(text: str, unit: str) -> str:
-    return "".join(unit + line if line.strip() else line for line in source_lines(text, keepends=True))
+    """`text` one `unit` deeper; lines inside a multi-line string keep their spaces (they are its value)."""
+    inside = string_interior_lines(text)
+    return "".join(unit + line if line.strip() and i not in inside else line
+                   for i, line in enumerate(source_lines(text, keepends=True)))
