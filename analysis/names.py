@@ -274,8 +274,12 @@ class Resolver:
         self._modules[scope.module] = (scope, tree)
 
     def module_file(self, module: str) -> tuple[str, bool] | None:
+        if module.split(".")[0] in _NEVER_INSTALLED:
+            # canonicalised, never read, even where the root holds them (a
+            # file inside site-packages has site-packages as its root)
+            return None
         roots = [self.root] if self.root is not None else []
-        if self.installed and module.split(".")[0] not in _NEVER_INSTALLED:
+        if self.installed:
             roots += site_dirs()
         for root in roots:
             base = os.path.join(root, *module.split("."))

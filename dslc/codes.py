@@ -121,7 +121,8 @@ UNKNOWN_OPTION = _code("ADR105", "error", "unknown option", """
     `option NAME = VALUE` accepts only the options the tools read: scope
     ("any" for rules without an init item, "forward" for rules with one),
     detect (True: the rule only reports), allow (a string of warning codes
-    the rule acknowledges, e.g. "ADR209"; errors cannot be allowed).""")
+    the rule acknowledges, e.g. "ADR209"; errors cannot be allowed),
+    commutative, check, rows, keeps, inner (docs/adr-language.md).""")
 BAD_OPTION = _code("ADR106", "error", "invalid option value", """
     The option exists but the value has the wrong type or is not one of the
     allowed values (see `dslc explain ADR105`).""")
@@ -171,6 +172,13 @@ UNCOMPILABLE = _code("ADR120", "error", "rule does not compile", """
     The rule is well formed but cannot be turned into a matcher, e.g. a
     keyword argument that the layer's signature (dslc/data/signatures.json)
     does not have. The rule is not loaded; `dslc apply` refuses the pack.""")
+INNER_MISUSE = _code("ADR121", "error", "`option inner` names a layer the target does not keep", """
+    `option inner = "$conv[0]"` states that the layer the init target binds
+    to `$conv` keeps the original `$conv` layer at `[0]`, so that other uses
+    of the attribute can be redirected there.  The variable must be bound by
+    the init source and bound again by an init target node that takes `$conv`
+    itself as an argument (the original constructor call is embedded).""")
+
 
 # -- ADR2xx: variables -------------------------------------------------------
 UNBOUND_TARGET = _code("ADR201", "error", "unbound variable in target", """
@@ -282,6 +290,15 @@ GUARDED_FORWARD = _code("ADR353", "error", "run-time guard on `__init__` of a ru
     refuses every match of such a rule (S305).  Leave the forward item
     unchanged (target `_` or equal to its source), or guard per call with a
     one-node forward item and `fallback original`.""")
+KEEP_MISUSE = _code("ADR354", "error", "misused `keep`", """
+    `keep $v, ...` names intermediates of a forward rewrite (outputs of
+    source nodes other than the last) that the code may still need where a
+    run-time condition holds: read after the match only in one branch of a
+    condition, or updated between the matched statements inside an `if`
+    without `else`.  `dslc apply` then keeps the original statements for
+    that condition and the rewrite on the other branch, chosen per call.
+    The rule must rewrite forward and make no other run-time choice (`when`,
+    `fallback`).""")
 
 # -- ADR4xx: selection -----------------------------------------------------------
 UNKNOWN_SELECT = _code("ADR401", "error", "unknown rule selection", """
@@ -439,7 +456,10 @@ S_ATTR_ASSIGNED = _code("S206", "skip", "a replaced attribute is assigned elsewh
 S_ATTR_USED = _code("S207", "skip", "a replaced attribute is used elsewhere", """
     An attribute the rewrite replaces or removes is used by other code (a
     different method or statement, another path). That code would see the
-    fused layer or a missing attribute.""")
+    fused layer or a missing attribute.  A rule whose target keeps the
+    original layer inside the new one states it (`option inner = "$conv[0]"`)
+    and such reads and calls are redirected there; the reason then says why
+    a use could not be.""")
 S_WHEN_NEVER = _code("S208", "skip", "the `when` condition can never hold", """
     The init statement of a `when` rule is built only on a branch where the
     rule's condition is false; the location is not one the rule describes.""")
@@ -613,6 +633,14 @@ S_OPTIONAL_GUARD = _code("S330", "skip", "an optional node sits under a guard th
     `$m`), or the path where the `if` is not taken does not match the rest of
     the chain: deleting the `if` with the chain would change what one of its
     paths computes.""")
+S_KEEP_GUARD = _code("S331", "skip", "the per-call guard for kept values cannot be written", """
+    The rule keeps intermediates for a run-time condition (`keep`), and the
+    code needs one of them under a condition, but the guard `if <cond>:
+    <original> else: <rewrite>` cannot be written soundly: the matched
+    statements are not in one block, an `if` that updates a kept value has
+    an `else`, the condition calls something, or a name it reads may change
+    between the first matched statement (where the guard tests it) and the
+    place the original code tests it.""")
 S_GENERATED = _code("S407", "skip", "inside code that dslc generated", """
     The match lies in a dispatch helper (`_dslc_<pack>_<rule>`) written by an
     earlier `dslc apply`; its call of the original function is the fallback

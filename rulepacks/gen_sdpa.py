@@ -47,12 +47,14 @@ HEADER = '''\
 # One rule per spelling of the chain q k^T -> scale -> mask -> softmax ->
 # dropout -> @ v (see the generator's docstring).  Soundness:
 # * every intermediate (scores, probabilities) is removed, so a rewrite is
-#   skipped when any of them is read elsewhere (returned attention weights,
-#   `output_attentions`, a head mask multiplied in, hooks): the data-flow
-#   check of dslc.rewrite.safety refuses it with the reason; a run-time
-#   guard on `output_attentions` / `head_mask` is not expressible yet (`when`
-#   guards init rewrites only; see docs/adr-language.md, "What a forward
-#   rewrite cannot guard yet"): both are left alone;
+#   skipped when any of them is read elsewhere (returned attention weights
+#   unconditionally, hooks): the data-flow check of dslc.rewrite.safety
+#   refuses it with the reason; where they are needed only under a run-time
+#   condition (`(ctx, probs) if output_attentions else (ctx,)`, `if
+#   head_mask is not None: probs = probs * head_mask`), `keep` guards the
+#   rewrite per call: the original statements run where the condition holds,
+#   SDPA elsewhere (docs/adr-language.md, "Values kept for a run-time
+#   condition");
 # * the mask node is optional: a chain without it is rewritten without
 #   `attn_mask`; `if mask is not None: s = s + mask` (or `s =
 #   s.masked_fill(mask, f)`), alone in its `if` without `else`, is deleted
@@ -193,10 +195,23 @@ def rule(qk: str, t: tuple[int, int] | None, scale: str, mask: str, sm: str, dro
     lines.append("  } => {")
     lines += [f"    {n};" for n in tgt]
     lines.append("  }")
+    lines.append("  keep " + ", ".join(_kept(src)))
     if qk == "einsum":
         lines.append(_where_einsum())
     lines.append("}")
     return "\n".join(lines)
+
+
+# The scores and probabilities may be kept for a run-time condition (`keep`,
+# docs/adr-language.md "Values kept for a run-time condition"): returned only
+# `if output_attentions`, multiplied by a head mask only `if head_mask is not
+# None`, the original chain runs there and SDPA elsewhere, chosen per call.
+KEPT = ("$s0", "$s1", "$s2", "$p32", "$p", "$pd")
+
+
+def _kept(src: list[str]) -> list[str]:
+    outs = {n.split("->")[1].split()[0] for n in src[:-1] if "->" in n}
+    return [v for v in KEPT if v in outs]
 
 
 def generate() -> str:

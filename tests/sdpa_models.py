@@ -123,7 +123,7 @@ CLASSES = {
         out = torch.matmul(probs, v)
         out = out.transpose(1, 2).flatten(2)
         return (out, probs) if output_attentions else (out,)
-''', None),
+''', "sdpa:matmul_tm2m1_div_add_softmax_drop"),
     "HeadMask": ('''\
     def forward(self, x, head_mask=None):
         q, k, v = self.split(x)
@@ -133,7 +133,7 @@ CLASSES = {
             probs = probs * head_mask
         out = torch.matmul(probs, v)
         return out.transpose(1, 2).flatten(2)
-''', None),
+''', "sdpa:matmul_tm2m1_div_add_softmax_nodrop"),
     "InlinedValue": ('''\
     def values(self, v):
         return torch.tanh(v)
@@ -222,7 +222,7 @@ CLASSES = {
             scores = scores * 0.5
         probs = F.softmax(scores, dim=-1)
         return torch.matmul(probs, v).transpose(1, 2).flatten(2)
-''', None),
+''', "sdpa:matmul_tm1m2_div_add_softmax_nodrop"),
     "OptionalMaskReassigned": ('''\
     def forward(self, x, attention_mask=None):
         q, k, v = self.split(x)
@@ -232,7 +232,7 @@ CLASSES = {
         attention_mask = None
         probs = F.softmax(scores, dim=-1)
         return torch.matmul(probs, v).transpose(1, 2).flatten(2)
-''', None),
+''', "sdpa:matmul_tm1m2_div_add_softmax_nodrop"),
     "OptionalMaskOtherName": ('''\
     def forward(self, x, attention_mask=None, bias=None):
         q, k, v = self.split(x)

@@ -32,6 +32,7 @@ from collections import Counter
 from dslc.lang import syntax as S
 from dslc import codes
 from dslc.lang.diagnostics import Diagnostic, Label, diag
+from dslc.match.ir import parse_inner
 
 # option name -> (check, description of the valid values)
 OPTIONS: dict[str, tuple] = {
@@ -57,6 +58,12 @@ OPTIONS: dict[str, tuple] = {
     "keeps": (lambda v: isinstance(v, str) and bool(v.strip()) and all(
         c.strip() in ("shape", "dtype", "device") for c in v.split(",")),
         'a comma-separated subset of "shape", "dtype", "device", e.g. "shape,dtype,device"'),
+    # Where the layer an init target binds again keeps the original one
+    # (`"$conv[0]"`: ConvBn2d($conv, $bn)[0] is $conv): other uses of the
+    # attribute are redirected there (docs/adr-language.md, "Other uses of a
+    # replaced layer"; checked further by _InnerChecks, ADR121).
+    "inner": (lambda v: parse_inner(v) is not None,
+              'a comma-separated list of variables with accessors, e.g. "$conv[0]"'),
 }
 
 # PEP 440 public versions (with local labels), as in the specification's
@@ -300,6 +307,8 @@ class _RuleChecker:
         _OptionalChecks(self).run(init, fwd)
         _VariableChecks(self, init, fwd).run()
         _NeedsChecks(self).run(init, fwd)
+        _KeepChecks(self).run(fwd)
+        _InnerChecks(self).run(init)
         return _allowed(self.r, self.out)
 
     def unbound(self, v: S.Var, kind: str) -> None:
@@ -364,7 +373,7 @@ class _StructureChecks(_Checks):
         for c in r.clauses:
             key = {S.Exact: "contract", S.Tolerance: "contract", S.When: "when",
                    S.Params: "params", S.DtypeTolerance: "contract", S.Safety: "safe/unsafe",
-                   S.Fallback: "fallback", S.ClassItem: "class"}.get(type(c))
+                   S.Fallback: "fallback", S.Keep: "keep", S.ClassItem: "class"}.get(type(c))
             if isinstance(c, S.Section):
                 key = c.kind
             if key is None:
@@ -917,6 +926,38 @@ class _OptionalChecks(_Checks):
                                    f"${opt.optional.name} is not None`")
 
 
+class _InnerChecks(_Checks):
+    """`option inner = "$v[0]"`: `$v` is an init layer that an init target
+    node binds again and takes as an argument, the original constructor call
+    embedded in the new layer (ADR121)."""
+
+    def run(self, init) -> None:
+        for o in self.r.of(S.Option):
+            entries = parse_inner(o.value.value) if o.name == "inner" else None
+            for var in entries or ():
+                why = self.why_not(init, var)
+                if why is not None:
+                    self.emit(codes.INNER_MISUSE, f"`option inner` names `${var}`, {why}", o.value.span,
+                              label="no original layer inside the new one",
+                              help="name a layer the init target rebuilds around itself, e.g. "
+                                   "`Fused($conv, $bn) -> $conv` with `option inner = \"$conv[0]\"`")
+
+    @staticmethod
+    def why_not(init, var: str) -> str | None:
+        if init is None or init.item.target is None:
+            return "but the rule has no init target"
+        if not any(out.name == var for n in init.item.source for out in n.outputs):
+            return "which the init source does not bind"
+        rebinding = [n for n in init.item.target if any(out.name == var for out in n.outputs)]
+        if not rebinding:
+            return "which the init target does not bind again (the layer is removed, not kept)"
+        n = rebinding[0]
+        if len(n.outputs) != 1 or not isinstance(n.expr, S.Call) or not any(
+                isinstance(a.value, S.Var) and a.value.name == var and not a.rest for a in n.expr.args):
+            return f"but the target node that binds it again does not take `${var}` itself as an argument"
+        return None
+
+
 class _NeedsChecks(_Checks):
     """What the kernel dispatch needs at run time: `requires ... on`,
     `option check`, `fallback`."""
@@ -983,6 +1024,39 @@ class _NeedsChecks(_Checks):
                          "of this rule (S305)",),
                   help="leave forward unchanged (`=> _`, or a target equal to its source), or choose per call: "
                        "a one-node forward item with `fallback original` and no init target")
+
+
+class _KeepChecks(_Checks):
+    """`keep $v, ...`: each an intermediate of a forward item that rewrites
+    code (the output of a source node other than the last), on a rule that
+    makes no other run-time choice (`when`, `fallback`)."""
+
+    def run(self, fwd) -> None:
+        r = self.r
+        for k in r.of(S.Keep):
+            if fwd is None or fwd.item.target is None or fwd.item.target == fwd.item.source:
+                self.emit(codes.KEEP_MISUSE, "`keep` on a rule without a forward rewrite", k.span,
+                          label="nothing to keep", help="`keep` names intermediates of a forward item that changes code")
+                continue
+            for g in [c for c in r.clauses if isinstance(c, (S.When, S.Fallback))][:1]:
+                what = "`when`" if isinstance(g, S.When) else "`fallback`"
+                self.emit(codes.KEEP_MISUSE, f"`keep` with {what}: the rule would make two run-time choices",
+                          k.span, label="a per-call guard on the values' conditions",
+                          help=f"drop {what} or `keep`")
+            source = fwd.item.source
+            inner = {v.name for n in source[:-1] for v in getattr(n, "outputs", ())}
+            last = {v.name for v in getattr(source[-1], "outputs", ())} if source else set()
+            seen: set[str] = set()
+            for v in k.vars:
+                if v.name in seen:
+                    self.emit(codes.KEEP_MISUSE, f"`${v.name}` kept twice", v.span, label="named again")
+                elif v.name in last:
+                    self.emit(codes.KEEP_MISUSE, f"`${v.name}` is the result of the chain, not an intermediate",
+                              v.span, label="the target computes it", help="keep only values the target removes")
+                elif v.name not in inner:
+                    self.emit(codes.KEEP_MISUSE, f"`${v.name}` is not the output of a forward source node",
+                              v.span, label="not an intermediate of the chain", help=_suggest(v.name, inner))
+                seen.add(v.name)
 
 
 # ---------------------------------------------------------------------------

@@ -111,7 +111,8 @@ def lower_rule(pack: str, r: S.Rule, modules: dict[str, str] | None = None) -> i
         )
     return ir.Rule(pack, r.name, r.description, kernels, contract, init, forward, where,
                    params, tuple(options), span=r.span, safety=safety, needs=needs,
-                   fallback=fallback, klass=klass)
+                   fallback=fallback, klass=klass,
+                   keep=tuple(v.name for c in r.of(S.Keep) for v in c.vars))
 
 
 def _types(nodes) -> dict[str, list[str]]:

@@ -46,7 +46,7 @@ from dslc.lang.source import MAX_SOURCE_BYTES, SourceFile, decode
 MAX_DEPTH = 100
 
 SECTIONS = ("kernel", "exact", "tolerance", "init", "forward", "where", "when",
-            "params", "option", "note", "safe", "unsafe", "requires", "fallback", "class")
+            "params", "option", "note", "safe", "unsafe", "requires", "fallback", "keep", "class")
 
 
 def grammar_path():
@@ -530,6 +530,9 @@ class _Builder(Transformer):
 
     def fallback(self, c):
         return S.Fallback(str(c[0]), span=_tok_span(c[0]))
+
+    def keep(self, c):
+        return S.Keep(tuple(c), span=_join(*c))
 
     def class_item(self, c):
         init = scalars = None

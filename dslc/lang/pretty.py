@@ -192,6 +192,8 @@ def clause(c, indent: str) -> str:
         return f"requires {c.package}{dev}"
     if isinstance(c, S.Fallback):
         return f"fallback {c.kind}"
+    if isinstance(c, S.Keep):
+        return "keep " + ", ".join(f"${v.name}" for v in c.vars)
     if isinstance(c, S.ClassItem):
         inner = indent + INDENT
         parts = []

@@ -303,6 +303,14 @@ class Fallback:
 
 
 @dataclass(frozen=True, slots=True)
+class Keep:
+    """`keep $p, $pd`: forward intermediates the rewrite may keep for a run-time condition."""
+
+    vars: tuple[Var, ...]
+    span: Span | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
 class ClassItem:
     """`class { init {..} scalar $e; forward($x) {..} } => {..} | _`."""
 
@@ -317,7 +325,7 @@ class ClassItem:
 
 
 Clause = Union[Kernel, Exact, Tolerance, Section, Where, When, Params, Option, Note,
-               DtypeTolerance, Safety, RuleRequires, Fallback, ClassItem]
+               DtypeTolerance, Safety, RuleRequires, Fallback, Keep, ClassItem]
 
 
 @dataclass(frozen=True, slots=True)

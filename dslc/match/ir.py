@@ -23,8 +23,27 @@ None for a plain function call), so the matcher never has to guess.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal, Mapping
+
+# `option inner = "$conv[0]"`: one entry, a variable and its accessors.
+INNER_ENTRY = re.compile(r"\s*\$([A-Za-z_][A-Za-z0-9_]*)((?:\[[0-9]+\]|\.[A-Za-z_][A-Za-z0-9_]*)+)\s*")
+
+
+def parse_inner(text: object) -> dict[str, str] | None:
+    """The entries of `option inner` (`"$conv[0]"`, `"$a[0], $b.inner"`):
+    variable -> the accessors that reach the original layer inside the new
+    one (`"[0]"`); None when the text is not such a list."""
+    if not isinstance(text, str) or not text.strip():
+        return None
+    out: dict[str, str] = {}
+    for part in text.split(","):
+        m = INNER_ENTRY.fullmatch(part)
+        if m is None or m.group(1) in out:
+            return None
+        out[m.group(1)] = m.group(2)
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +262,9 @@ class Rule:
     needs: tuple[Need, ...] = ()
     fallback: str | None = None
     klass: ClassPattern | None = None
+    # `keep $p, $pd`: intermediates the forward rewrite may keep for a
+    # run-time condition (a per-call guard, dslc.rewrite.kinds.keep)
+    keep: tuple[str, ...] = ()
 
     @property
     def qualified_name(self) -> str:
@@ -253,6 +275,11 @@ class Rule:
             if key == name:
                 return value
         return default
+
+    def inner(self) -> dict[str, str]:
+        """`option inner`: init variable -> the accessors (`"[0]"`) at which
+        the layer the target binds to it keeps the original layer."""
+        return parse_inner(self.option("inner")) or {}
 
 
 @dataclass(frozen=True, slots=True)

@@ -218,7 +218,36 @@ def optional_updates(rule_lists) -> frozenset:
             writer = next((_node_key(n) for n in rule.forward.source[:k] if flow in {v.name for v in n.outputs}), None)
             if update and writer:
                 out.add((update.rsplit("torch.Tensor.", 1)[-1], writer))
+        out |= kept_updates(rules)
     return frozenset(out)
+
+
+# How the kept value that the last source node reads (`keep $pd`) may be
+# updated in an `if` without `else` between the matched statements (the head
+# mask: `if head_mask is not None: p = p * head_mask`): the analysis splits
+# such an `if` so that the chain matches where it is not taken (the rewrite
+# then runs the original statements where it is, dslc.rewrite.kinds.keep).
+KEPT_UPDATES = ("*",)
+
+
+def kept_updates(rules) -> set:
+    """(update, writer) pairs for the kept values of `rules` (see KEPT_UPDATES)."""
+    out = set()
+    for c in rules:
+        rule = getattr(c, "rule", None)
+        if rule is None or not rule.keep or rule.forward is None or getattr(c, "variant_of", None) is not None:
+            continue
+        source = rule.forward.source
+        last_reads = {v for t in _node_terms(source[-1]) for v in _vars(t)} if source else set()
+        layers = {v.name: n.callee.qualname for n in (rule.init.source if rule.init is not None else ())
+                  for v in n.outputs if n.callee is not None}
+        for n in source[:-1]:
+            if not {v.name for v in n.outputs} & set(rule.keep) & last_reads:
+                continue
+            writer = _node_key(n) or (layers.get(n.layer_var) if n.layer_var else None)
+            if writer:
+                out.update((u, writer) for u in KEPT_UPDATES)
+    return out
 
 
 def _node_key(n: ir.PatNode) -> str | None:

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import ast
 import re
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 from dslc.analysis import guards
 from dslc.analysis.model import Guard
@@ -380,6 +380,8 @@ def check_dataflow(
     scan: set[str] | None = None,
     effects=None,
     read_note=None,
+    read_ok=None,
+    skip_path=None,
 ) -> str | None:
     """Removed intermediates are dead and target inputs are unchanged, on every path.
 
@@ -402,7 +404,7 @@ def check_dataflow(
     keys, optional = match_keys(match)
     for path in paths:
         positions = _positions(path, keys, optional)
-        if positions is None:
+        if positions is None or (skip_path is not None and skip_path(path)):
             continue
         matched = set(positions)
         last = max(positions)
@@ -417,7 +419,7 @@ def check_dataflow(
                     continue
                 ok = (lambda q, name, _p=path, _pos=pos: metadata_ok(_p, _pos, q, name)) if metadata_ok is not None else None
                 reason = _scan_reads(path, pos, out, matched, end_of_final, final_positions, produced_again, ok,
-                                     effects, read_note)
+                                     effects, read_note, read_ok)
                 if reason:
                     return reason
         for name in sorted(target_inputs):
@@ -440,7 +442,7 @@ def check_dataflow(
 
 
 def _scan_reads(path, pos, out, matched, end_of_final, final_positions, produced_again,
-                metadata_ok=None, effects=None, read_note=None) -> str | None:
+                metadata_ok=None, effects=None, read_note=None, read_ok=None) -> str | None:
     """The first unmatched read of `out` that the definition at `pos` reaches.
 
     Per path, a read counts only while the matched definition reaches it: a
@@ -451,7 +453,9 @@ def _scan_reads(path, pos, out, matched, end_of_final, final_positions, produced
     out)` (when given) says a read at `q` looks only at the shape, dtype or
     device of `out` and the rewrite keeps those (rule option `keeps`).
     `read_note(path, q, out)` (when given) may add to the reason of a read
-    after the match how that read happens (under which condition).
+    after the match how that read happens (under which condition);
+    `read_ok(path, q, out)` (when given) accepts such a read (a kept value
+    read under a condition the rewrite guards on, dslc.rewrite.kinds.keep).
     """
     origin = first_line(path.nodes[pos])
 
@@ -482,6 +486,8 @@ def _scan_reads(path, pos, out, matched, end_of_final, final_positions, produced
                 if out in writes_at(q):
                     return None
                 continue
+            if after and read_ok is not None and read_ok(path, q, out):
+                continue
             where = "after the match" if after else "between the matched statements"
             what = "temporary" if TEMP_RE.match(out) else "intermediate"
             note = (read_note(path, q, out) or "") if after and read_note is not None else ""
@@ -503,7 +509,24 @@ def check_attr_uses(
     interface_kept: bool,
     also_allowed: Sequence = (),
 ) -> str | None:
-    """Attributes the rewrite replaces or removes are used nowhere else.
+    """Attributes the rewrite replaces or removes are used nowhere else: the
+    reason of the first use `attr_use_problems` finds, None when there is none."""
+    for _use, reason in attr_use_problems(match, cls, changed, interface_kept=interface_kept,
+                                          also_allowed=also_allowed):
+        return reason
+    return None
+
+
+def attr_use_problems(
+    match: ir.Match,
+    cls,
+    changed: dict[str, str],
+    *,
+    interface_kept: bool,
+    also_allowed: Sequence = (),
+) -> Iterator[tuple[object, str]]:
+    """Every use of an attribute the rewrite replaces or removes that stands
+    in its way, with the reason (S206 for a store, S207 for any other use).
 
     `changed` maps attribute -> "replaces" / "removes".  Allowed uses: the
     init binding's own statement, the matched forward statements, and
@@ -512,7 +535,7 @@ def check_attr_uses(
     elsewhere are fine; stores outside the binding never are.
     """
     if cls is None or not changed:
-        return None
+        return
     bindings = {b.attr: b for b in match.init_nodes.values()}
     forward_spans = [(n.stmt.method, n.stmt.lines) for n in list(match.nodes) + list(also_allowed)]
     for use in cls.attr_uses:
@@ -527,19 +550,19 @@ def check_attr_uses(
             continue
         if use.kind == "store":
             where = "outside `__init__`" if use.method != "__init__" else "again"
-            return codes.reason(codes.S_ATTR_ASSIGNED, f"attribute `self.{use.attr}` is assigned {where} at line {use.lines[0]} (in `{use.method}`)")
+            yield use, codes.reason(codes.S_ATTR_ASSIGNED, f"attribute `self.{use.attr}` is assigned {where} at line {use.lines[0]} (in `{use.method}`)")
+            continue
         if interface_kept:
             continue
         if any(method == use.method and lo <= use.lines[0] <= hi for method, (lo, hi) in forward_spans):
             continue
         if binding is not None and binding.stmt is not None and use.method == binding.stmt.method and binding.stmt.lines[0] <= use.lines[0] <= binding.stmt.lines[1]:
             continue
-        return codes.reason(
+        yield use, codes.reason(
             codes.S_ATTR_USED,
             f"attribute `self.{use.attr}`, which the rewrite {changed[use.attr]}, "
             f"is also used at line {use.lines[0]} (in `{use.method}`)"
         )
-    return None
 
 
 def subclasses(facts, cls) -> list:

@@ -24,6 +24,7 @@ from dslc.rewrite.flow import FlowChecks
 from dslc.rewrite.kinds.base import Planner
 from dslc.rewrite.kinds.call import CallDispatch
 from dslc.rewrite.kinds.hoist import Hoisting
+from dslc.rewrite.kinds.keep import KeepGuard
 from dslc.rewrite.plan import Plan, Skip
 from dslc.rewrite.render import Env, paren
 from dslc.rewrite.rules import node_vars, values_produced_again
@@ -37,6 +38,7 @@ class ForwardFusion(Planner):
         self.flow = flow
         self.calls = CallDispatch(ctx)
         self.hoist = Hoisting(ctx)
+        self.keep = KeepGuard(ctx)
 
     def forward_groups(self, match: ir.Match) -> list[tuple[tuple, list, ast.stmt]]:
         """Matched nodes grouped by statement, in source order; last = the final statement."""
@@ -101,7 +103,14 @@ class ForwardFusion(Planner):
         self._casts(match, env)
         final_text, target = self._target_text(rule, env, plan)
         final_pn = target[-1]
-        self._check_dataflow(match, env, target, paths, deleted_keys, final_key)
+        region = self.keep.prepare(match, groups)
+        self._check_dataflow(match, env, target, paths, deleted_keys, final_key, region)
+        if region is not None and region.tests:
+            # kept values needed under a run-time condition: a per-call guard
+            if len(final_pn.outputs) != 1:
+                raise Skip(codes.S_KEEP_GUARD, "a per-call guard needs a one-output target")
+            self.keep.emit(plan, region, groups, final_text, lo, hi)
+            return
         source_nodes = rule.forward.source
         if rule.fallback == "original" and rule.needs and (rule.init is None or rule.init.target is None):
             # Per call: a generated helper chooses the kernel or the original call
@@ -220,7 +229,7 @@ class ForwardFusion(Planner):
             env.inline[pn.outputs[0].name] = paren(text) if pn.kind in ("op", "unary") else text
         return final_text, target
 
-    def _check_dataflow(self, match: ir.Match, env: Env, target, paths, deleted_keys, final_key) -> None:
+    def _check_dataflow(self, match: ir.Match, env: Env, target, paths, deleted_keys, final_key, region=None) -> None:
         """The removed intermediates are read nowhere else; the target's inputs still hold their values."""
         produced_again = values_produced_again(match)
         target_inputs: set[str] = set()
@@ -236,8 +245,13 @@ class ForwardFusion(Planner):
             deleted_stmts=deleted_keys,
             final_stmt=final_key,
             metadata_ok=self.flow.metadata_check(match),
-            effects=self.flow.stmt_effects,
-            read_note=lambda path, q, name: self.conditional_read(match, path.nodes[q], name),
+            effects=self.flow.stmt_effects if region is None or not region.guard_ifs else self.keep.effects(
+                region, match.nodes[-1].stmt.method, self.flow.stmt_effects),
+            read_note=lambda path, q, name: self.conditional_read(match, path.nodes[q], name, region),
+            read_ok=None if region is None else (
+                lambda path, q, name: self.keep.read_ok(region, match, path, q, name, self.read_condition)),
+            skip_path=None if region is None or not region.guard_ifs else self.keep.skip_path(
+                region, match.nodes[-1].stmt.method),
         )
         if reason:
             raise Skip(reason)
@@ -256,18 +270,29 @@ class ForwardFusion(Planner):
             raise Skip(codes.S_VALUE_READ, f"the intermediate `{hit[0]}` is read at line {hit[1]} inside the loop around the match; "
                        f"the next iteration would read the value the rewrite leaves there")
 
-    def conditional_read(self, match: ir.Match, node, name: str) -> str:
-        """How a read after the match happens when it is conditional: every
-        occurrence of `name` in the reading statement is in one branch of
-        `a if c else b`, or the statement sits in an `if` that does not hold
-        the matched code (`return (out, probs) if output_attentions else
-        (out,)`): the value is needed only where `c` holds, and a rewrite
-        guarded per call on `c` is not supported yet."""
+    def conditional_read(self, match: ir.Match, node, name: str, region=None) -> str:
+        """How a read after the match happens when it is conditional (see
+        `read_condition`): the value is needed only where `c` holds; a rule
+        that does not `keep` it cannot guard the rewrite on `c`."""
+        found = self.read_condition(match, node, name)
+        if found is None:
+            return ""
+        test, holds = found
+        when = f"`{ast.unparse(test)}`" + (" holds" if holds else " is false")
+        why = (region.problem if region is not None and region.problem and not region.body
+               else "the rule does not `keep` it for a per-call guard on that condition")
+        return f", where {when} (the rewrite does not compute it; {why})"
+
+    def read_condition(self, match: ir.Match, node, name: str):
+        """(test, holds) when every occurrence of `name` in the reading
+        statement is in one branch of `a if c else b`, or the statement sits
+        in an `if` that does not hold the matched code (`return (out, probs)
+        if output_attentions else (out,)`); else None."""
         try:
             stmt = self.mod.stmt(node.stmt)
             final = self.mod.stmt(match.nodes[-1].stmt)
         except Skip:
-            return ""
+            return None
         parents = {id(c): (p, f) for p in ast.walk(stmt) for f, v in ast.iter_fields(p)
                    for c in (v if isinstance(v, list) else [v]) if isinstance(c, ast.AST)}
         conds = set()
@@ -278,7 +303,7 @@ class ForwardFusion(Planner):
             while id(child) in parents and cond is None:
                 parent, field = parents[id(child)]
                 if isinstance(parent, (ast.IfExp, ast.If)) and field in ("body", "orelse"):
-                    cond = (ast.unparse(parent.test), field == "body")
+                    cond = (parent.test, field == "body")
                 child = parent
             conds.add(cond)
         if None in conds or len(conds) != 1:
@@ -286,12 +311,10 @@ class ForwardFusion(Planner):
             outer = [(c, f) for c, f in self.mod.chain(stmt) if isinstance(c, ast.If) and f in ("body", "orelse")
                      and not any(c is fc for fc in final_chain)]
             if not outer:
-                return ""
-            conds = {(ast.unparse(outer[-1][0].test), outer[-1][1] == "body")}
+                return None
+            conds = {(outer[-1][0].test, outer[-1][1] == "body")}
         (test, holds), = conds
-        when = f"`{test}`" + (" holds" if holds else " is false")
-        return (f", where {when} (the rewrite does not compute it; a per-call guard on that condition "
-                f"is not supported yet)")
+        return test, holds
 
     def copied_layer_uses(self, match: ir.Match, paths) -> dict[str, str]:
         """Attributes `self.<a>` named in a value the forward target copies: attr -> variable."""

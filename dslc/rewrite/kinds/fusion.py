@@ -23,6 +23,7 @@ from dslc.match import ir
 from dslc.rewrite import safety
 from dslc.rewrite.astutil import owner_name
 from dslc.rewrite.flow import FlowChecks
+from dslc.rewrite.inner import InnerForm, InnerUses, inner_attrs
 from dslc.rewrite.kinds.base import Kind, Setup
 from dslc.rewrite.kinds.forward import ForwardFusion
 from dslc.rewrite.kinds.init import InitReplacement, ctor_extras
@@ -47,6 +48,7 @@ class Fusion(Kind):
         self.flow = FlowChecks(ctx.mod, ctx.facts, ctx.path)
         self.forward = ForwardFusion(ctx, self.flow)
         self.init = InitReplacement(ctx)
+        self.inner = InnerUses(ctx)
 
     def select(self, match: ir.Match, setup: Setup | None):
         return True
@@ -79,7 +81,8 @@ class Fusion(Kind):
         # survive the rewrite although they sit in a matched statement.
         copied_uses = self.forward.copied_layer_uses(match, paths) if forward_edit else {}
         self._keep_shared(match, cls, kinds, changed, copied_uses, detect_only)
-        self._check_changed(match, cls, changed, unchanged_forward, detect_only)
+        forms = self._inner_forms(match, cls, kinds, changed, bool(condition or hoist_guards))
+        self._check_changed(match, cls, changed, unchanged_forward, detect_only, plan, forms)
         env, new_names = self._env(match, source_vars, target_vars, paths)
         if init_edit:
             env.extra_args = ctor_extras(match, kinds)
@@ -148,7 +151,23 @@ class Fusion(Kind):
                 raise Skip(codes.S_ATTR_USED, f"attribute `self.{attr}`, which the rewrite {changed[attr]}, is also used "
                            f"in the value of `${var}`, which the rewritten statement keeps")
 
-    def _check_changed(self, match: ir.Match, cls, changed, unchanged_forward: bool, detect_only: bool) -> None:
+    def _inner_forms(self, match: ir.Match, cls, kinds, changed, conditional: bool) -> dict[str, InnerForm]:
+        """`option inner`: the replaced attributes whose other uses may read
+        the original layer at `self.<attr>[0]`: replaced in place, with no
+        condition, and bound nowhere else (so `self.<attr>` is always the new
+        layer once built)."""
+        forms: dict[str, InnerForm] = {}
+        for attr, (var, accessor) in inner_attrs(match, changed).items():
+            refused = None
+            if kinds.get(var) != "replaced" or conditional:
+                refused = "the layer is replaced only on some paths of `__init__`"
+            elif cls is None or [b for b in cls.init if b.attr == attr] != [match.init_nodes[var]]:
+                refused = f"`self.{attr}` is bound more than once in `__init__`"
+            forms[attr] = InnerForm(accessor, refused=refused)
+        return forms
+
+    def _check_changed(self, match: ir.Match, cls, changed, unchanged_forward: bool, detect_only: bool,
+                       plan: Plan, forms: dict[str, InnerForm]) -> None:
         """The changed attributes are used nowhere else and built in this class's `__init__`."""
         rule = match.rule
         bindings = match.init_nodes
@@ -170,7 +189,7 @@ class Fusion(Kind):
                 if owner != mine:
                     raise Skip(codes.S_INHERITED, f"`self.{binding.attr}` is built in `{owner}.__init__`, inherited; "
                                f"editing it would change every class that shares it")
-        reason = safety.check_attr_uses(match, cls, changed, interface_kept=detect_only, also_allowed=siblings)
+        reason = self.inner.check(match, cls, changed, plan, forms, interface_kept=detect_only, also_allowed=siblings)
         if reason:
             raise Skip(reason)
         reason = safety.check_subclass_uses(self.facts, cls, changed, interface_kept=detect_only)

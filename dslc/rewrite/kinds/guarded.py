@@ -23,6 +23,7 @@ from dslc.match.matcher import is_neutral, overwritten_by, removed_layer_vars
 from dslc.rewrite import safety
 from dslc.rewrite.astutil import exit_between, owner_name
 from dslc.rewrite.imports import hook_registration, param_renames
+from dslc.rewrite.inner import InnerForm, InnerUses, inner_attrs, target_class
 from dslc.rewrite.kinds.base import Kind, Setup
 from dslc.rewrite.kinds.guardforms import GuardForm, guard_form, self_attr_nodes, truthy_reason
 from dslc.rewrite.plan import Plan, Skip
@@ -265,6 +266,24 @@ class NoneGuardedLayer(Kind):
                     raise Skip(codes.S_GUARDED_LAYER, f"{where}: `{other.name}` subclasses `{cls.name}` and would share the change")
         return layer, layer_stmt
 
+    def _other_uses(self, match: ir.Match, cls, changed: dict[str, str], plan: Plan) -> None:
+        """The layers the target rebuilds are used nowhere else, or (`option
+        inner`) those uses read the original layer inside the new one where
+        this branch of `__init__` built it, and the attribute itself where it
+        did not: `(self.conv[0] if isinstance(self.conv, ConvBn2d) else
+        self.conv)`.  The attribute is bound once, to the original layer, so
+        only the rewritten branch makes it an instance of the target's class."""
+        forms: dict[str, InnerForm] = {}
+        for attr, (var, accessor) in inner_attrs(match, changed).items():
+            qualname = target_class(match, var)
+            if qualname is None:
+                forms[attr] = InnerForm(accessor, refused="the target's class is not known")
+            else:
+                forms[attr] = InnerForm(accessor, test=self.ctx.imports.spell(qualname, plan))
+        reason = InnerUses(self.ctx).check(match, cls, changed, plan, forms)
+        if reason:
+            raise Skip(reason)
+
     def _check_truthy(self, cls, layer, attr: str, form: GuardForm) -> None:
         """A bare `if self.a:` means `is not None` only when every other value is truthy."""
         values = [layer] + [b for b in (cls.init if cls is not None else ()) if b.attr == attr and b.kind == "call"]
@@ -330,9 +349,7 @@ class NoneGuardedLayer(Kind):
                 raise Skip(codes.S_GUARDED_LAYER, f"{where}: `self.{b.attr}` is not built before `self.{attr}` wherever that is")
             changed[b.attr] = "replaces"
             env_ctor[v] = f"self.{b.attr}"
-        reason = safety.check_attr_uses(match, cls, changed, interface_kept=False)
-        if reason:
-            raise Skip(reason)
+        self._other_uses(match, cls, changed, plan)
         attrs = {v: b.attr for v, b in match.init_nodes.items()}
         env = Env(match, attrs, {})
         env.ctor = env_ctor
