@@ -501,9 +501,12 @@ S_TARGET = _code("S303", "skip", "the target cannot be written", """
 S_IMPORT_CLASH = _code("S304", "skip", "the kernel cannot be imported", """
     The names the import of a kernel would bind are already taken in the
     file, so the rewrite could not refer to the kernel without shadowing.""")
-S_WHEN_FORWARD = _code("S305", "skip", "a `when` rule changes forward", """
-    A rule with `when` keeps both layers in an `if`/`else`; its forward must
-    stay as it is, since the old layers live only in the `else` branch.""")
+S_WHEN_FORWARD = _code("S305", "skip", "a rule that chooses its layers in `__init__` changes forward", """
+    A rule with `when`, or with a per-construction fallback (`fallback
+    original` with `needs` and an init target: the kernel's layers where
+    its needs hold), keeps both layers in an `if`/`else` of `__init__`; its
+    forward must stay as it is, since the old layers live only in the
+    `else` branch.  The reason says which of the two (or both) applies.""")
 S_NO_BINDING = _code("S306", "skip", "an init variable matched no binding", """
     An init pattern variable was not matched to an attribute assignment of
     the class, so the init statement to rewrite is unknown.""")
@@ -536,13 +539,13 @@ S_CONTAINER = _code("S313", "skip", "layers inside a container", """
     The matched layers live in an `nn.Sequential` (or another container) in
     a way the emitter does not rewrite: built from `*args` or an
     OrderedDict, not adjacent, mixed with other code, inherited, or under a
-    `when` rule; for `nn.ModuleList`s walked by one `zip` loop, elements
+    rule with `when` or a per-construction fallback; for `nn.ModuleList`s walked by one `zip` loop, elements
     whose pairing (same length, one element of each per position) cannot be
     proved.""")
-S_WHEN_REGION = _code("S314", "skip", "a `when` rewrite cannot duplicate its init statements", """
-    A `when` rewrite copies the run of init statements it changes into both
-    branches of an `if`; here they are not in one run, or the copy would
-    clash with another rewrite.""")
+S_WHEN_REGION = _code("S314", "skip", "a conditional init rewrite cannot duplicate its init statements", """
+    A rule with `when` or a per-construction fallback copies the run of init
+    statements it changes into both branches of an `if`; here they are not
+    in one run, or the copy would clash with another rewrite.""")
 S_GUARDED_LAYER = _code("S318", "skip", "a layer bound to `None` or `nn.Identity()` elsewhere cannot be fused under its init guard", """
     `__init__` binds the removed layer under a condition and `None` or
     `nn.Identity()` where it fails (forward calls it under `if self.<a> is

@@ -50,7 +50,7 @@ class Config:
 def _start_dir(paths: Sequence[str]) -> Path:
     first = Path(paths[0]) if paths else Path(".")
     first = first.absolute()
-    return first if first.is_dir() else first.parent
+    return first if os.path.isdir(first) else first.parent
 
 
 def _has_table(pyproject: Path) -> dict | None:
@@ -71,7 +71,7 @@ def find_config(paths: Sequence[str]) -> Config:
     here = _start_dir(paths)
     for folder in (here, *here.parents):
         candidate = folder / "pyproject.toml"
-        if candidate.is_file():
+        if os.path.isfile(candidate):  # False behind a folder that cannot be searched (Path.is_file raises)
             table = _has_table(candidate)
             if table is not None:
                 return parse_table(table, candidate)
@@ -81,8 +81,10 @@ def find_config(paths: Sequence[str]) -> Config:
 def load_config(pyproject: str) -> Config:
     """Read the `[tool.dslc]` table of one named file (an empty Config if it has none)."""
     path = Path(pyproject)
-    if not path.is_file():
-        raise ConfigError(f"{pyproject}: no such file")
+    if not os.path.isfile(path):
+        from dslc.fileio import path_problem
+
+        raise ConfigError(path_problem(pyproject) or f"{pyproject}: not a file")
     table = _has_table(path)
     return parse_table(table, path) if table is not None else Config(path=str(path))
 

@@ -8,6 +8,8 @@ decoded text and never opens a file itself.
 * `read_source(path)` decodes a file the way Python would run it (PEP 263
   coding cookie, UTF-8 BOM) and raises `SourceError` for what is not text.
 * `encode_source(text, encoding)` is its inverse (the BOM comes back).
+* `source_lines(text)` splits decoded text into lines where Python's
+  tokenizer does (`\n`, `\r\n`, `\r` only), so that ast line numbers index it.
 * `atomic_write(path, data)` replaces a file through a temporary file in the
   same directory and `os.replace`, keeping the file's mode.
 """
@@ -89,6 +91,24 @@ class Found:
 
 DEFAULT_MAX_FILE_SIZE = 10 * 1024 * 1024  # bytes; `--max-file-size` changes it
 
+# What `str.splitlines` also breaks on but Python's tokenizer does not.
+_OTHER_BREAKS = re.compile("[\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+\Z")
+
+
+def source_lines(text: str, keepends: bool = False) -> list[str]:
+    """`text.splitlines(keepends)` with only `\\n`, `\\r\\n` and `\\r` ending a line.
+
+    Line `n` of the result is line `n` of the stdlib `ast` and `tokenize`:
+    a form feed, vertical tab, `\\x1c`-`\\x1e`, NEL, or a Unicode line or
+    paragraph separator (in a comment, a string, a docstring) stays inside
+    its line.  Text without those characters takes `str.splitlines` (fast).
+    """
+    if not _OTHER_BREAKS.search(text):
+        return text.splitlines(keepends)
+    lines = _LINE.findall(text)
+    return lines if keepends else [line.rstrip("\r\n") for line in lines]
+
 
 def display_path(path: str) -> str:
     """A path as shown in every report (text and JSON): printable, one line.
@@ -135,6 +155,40 @@ def _stat_error(exc: OSError, path: str) -> SourceError:
     if exc.errno == errno.ENOENT and os.path.islink(path):
         return SourceError(E_UNREADABLE, f"broken symlink (its target {display_path(os.readlink(path))} does not exist)")
     return SourceError(E_UNREADABLE, f"cannot read: {exc.strerror or exc}")
+
+
+NO_SUCH_PATH = "no such file or directory"
+
+
+def path_reason(path: str) -> str | None:
+    """Why a path given on the command line cannot be used; None when it can
+    be stat-ed (and, a directory, listed).
+
+    Never raises: a folder on the way that cannot be searched gives
+    "cannot read: Permission denied" where `Path.exists()` would raise, a
+    symlink loop says so, and only a path that is really absent is
+    `NO_SUCH_PATH`.
+    """
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ENOENT and not os.path.islink(path):
+            return NO_SUCH_PATH
+        return _stat_error(exc, path).message
+    if stat.S_ISDIR(st.st_mode):
+        try:
+            os.listdir(path)
+        except OSError as exc:
+            return f"cannot list directory: {exc.strerror or exc}"
+    return None
+
+
+def path_problem(path: str) -> str | None:
+    """`path_reason` as one line naming the path (None: no problem)."""
+    why = path_reason(path)
+    if why is None:
+        return None
+    return f"{NO_SUCH_PATH}: {display_path(path)}" if why == NO_SUCH_PATH else f"{display_path(path)}: {why}"
 
 
 def read_bytes(path: str, max_size: int | None = DEFAULT_MAX_FILE_SIZE) -> bytes:

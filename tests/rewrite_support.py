@@ -272,6 +272,27 @@ def fake_liger(**functions):
 """ + _LOAD
 
 
+# The end of a child script that compares two rotary attention modules `ma`
+# (original) and `mb` (rewritten) of the tests' `Attn(x, cos, sin) -> (q, k)`
+# form: the state dict loads strictly, and q, k and every parameter gradient
+# are bit-identical; prints "ok".
+ROPE_SAME_OUTPUTS_AND_GRADS = """
+mb.load_state_dict(ma.state_dict(), strict=True)
+x = torch.randn(2, 5, 16) * 2 + 0.5
+ang = torch.rand(1, 5, 2) * 3
+cos, sin = torch.cat((ang, ang), -1).cos(), torch.cat((ang, ang), -1).sin()
+outs = []
+for m in (ma, mb):
+    q, k = m(x, cos, sin)
+    (q.square().sum() + (k * 3).sum()).backward()
+    outs.append((q, k, [p.grad for p in m.parameters()]))
+(qa, ka, ga), (qb, kb, gb) = outs
+assert torch.equal(qa, qb) and torch.equal(ka, kb)
+assert all(torch.equal(u, v) for u, v in zip(ga, gb))
+print("ok")
+"""
+
+
 def run_without_liger(folder: Path, body: str, *, sys_path: str | os.PathLike | None = None,
                       timeout: int = 120) -> subprocess.CompletedProcess:
     """Run `body` (dedented) in a fresh interpreter where `import liger_kernel`

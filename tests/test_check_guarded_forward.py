@@ -46,19 +46,24 @@ def _flagged() -> set[str]:
     return out
 
 
-def _refused_with_s305() -> dict[str, set[str]]:
-    """Apply each rule of the case alone (lowered without the checker, as
-    `dslc apply` would see it were the error not caught) to MODEL."""
-    parsed = parse_source(CASE.read_text(), str(CASE))
+def _outcomes(text: str = "") -> dict[str, set[tuple[str, str]]]:
+    """Apply each rule of the case (or of `text`) alone (lowered without the
+    checker, as `dslc apply` would see it were the error not caught) to
+    MODEL: (code or status, reason) per match."""
+    parsed = parse_source(text or CASE.read_text(), str(CASE))
     pack = lower_file(parsed.file)
-    out: dict[str, set[str]] = {}
+    out: dict[str, set[tuple[str, str]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "m.py"
         path.write_text(MODEL)
         for rule in pack.rules:
             report = apply_paths([str(path)], [dataclasses.replace(pack, rules=(rule,))], ApplyOptions(mode="diff", jobs=1, cache_dir=None))
-            out[rule.name] = {m.code or m.status for m in report.matches}
+            out[rule.name] = {(m.code or m.status, m.reason or "") for m in report.matches}
     return out
+
+
+def _refused_with_s305() -> dict[str, set[str]]:
+    return {name: {code for code, _ in seen} for name, seen in _outcomes().items()}
 
 
 def test_check_flags_exactly_the_rules_apply_refuses_with_s305():
@@ -74,3 +79,16 @@ def test_check_flags_exactly_the_rules_apply_refuses_with_s305():
 def test_shipped_packs_have_no_adr353(capsys):
     assert cli.main(["check", str(REPO / "rulepacks")]) == 0
     assert "ADR353" not in capsys.readouterr().out
+
+
+def test_s305_reason_names_its_cause():
+    """`when`, a per-construction fallback, or both: the reason says which."""
+    text = CASE.read_text()
+    both = text[text.index("rule fallback_forward"):text.index("# Not flagged")]
+    both = both.replace("rule fallback_forward", "rule both_forward").replace("\n}", "\n  when not $h == 0\n}")
+    reasons = {name: [r for code, r in seen if code == "S305"] for name, seen in _outcomes(text + both).items()}
+    (when,), (fallback,), (both_reason,) = reasons["when_forward"], reasons["fallback_forward"], reasons["both_forward"]
+    assert when.startswith("a rule with `when` must leave forward unchanged")
+    assert fallback.startswith("a rule with a per-construction fallback (`fallback original` with `needs`")
+    assert "`when`" not in fallback
+    assert both_reason.startswith("a rule with `when` and a per-construction fallback")

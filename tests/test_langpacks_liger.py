@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from dslc.cli import main
-from rewrite_support import KERNEL_PRELUDE, run_without_liger
+from rewrite_support import KERNEL_PRELUDE, ROPE_SAME_OUTPUTS_AND_GRADS, run_without_liger
 
 REPO = Path(__file__).resolve().parent.parent
 LIGER = REPO / "rulepacks" / "liger.adr"
@@ -398,26 +398,13 @@ def test_rotary_call_gets_a_guarded_dispatch_with_the_same_numbers(tmp_path, arc
     assert target.read_text() == text
     # without liger-kernel, on CPU: the same outputs and gradients as the original
     fake = _fake_transformers(tmp_path, arch)
-    proc = run_without_liger(tmp_path, f"""
+    proc = run_without_liger(tmp_path, textwrap.dedent(f"""
         a, b = load("a", {str(src)!r}), load("b", {str(target)!r})
         assert b.liger_rotary_pos_emb is None
         torch.manual_seed(0)
         ma = a.Attn()
         mb = b.Attn()
-        mb.load_state_dict(ma.state_dict(), strict=True)
-        x = torch.randn(2, 5, 16) * 2 + 0.5
-        ang = torch.rand(1, 5, 2) * 3
-        cos, sin = torch.cat((ang, ang), -1).cos(), torch.cat((ang, ang), -1).sin()
-        outs = []
-        for m in (ma, mb):
-            q, k = m(x, cos, sin)
-            (q.square().sum() + (k * 3).sum()).backward()
-            outs.append((q, k, [p.grad for p in m.parameters()]))
-        (qa, ka, ga), (qb, kb, gb) = outs
-        assert torch.equal(qa, qb) and torch.equal(ka, kb)
-        assert all(torch.equal(u, v) for u, v in zip(ga, gb))
-        print("ok")
-    """, sys_path=fake)
+    """) + ROPE_SAME_OUTPUTS_AND_GRADS, sys_path=fake)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
 
 

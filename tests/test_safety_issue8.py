@@ -17,6 +17,7 @@ import pytest
 
 import rewrite_support
 from dslc import codes
+from test_verify_support import kernel_refs  # noqa: F401 - the fixture (reference kernels importable)
 
 REPO = Path(__file__).resolve().parent.parent
 PACKS = [str(REPO / "rulepacks" / "adopter.adr"), str(REPO / "rulepacks" / "examples.adr")]
@@ -494,20 +495,6 @@ def _property_model(body: str) -> str:
     return HEADER + "".join(
         f"        self.{kind}{i} = {ctor.format(extra='')}\n" for kind, ctor in LAYERS.items() for i in range(2)
     ) + "\n    def forward(self, x):\n        " + body + "\n"
-
-
-@pytest.fixture
-def kernel_refs():
-    from test_verify_support import REFS, _purge
-    import sys
-
-    _purge()
-    sys.path.insert(0, str(REFS))
-    try:
-        yield REFS
-    finally:
-        sys.path.remove(str(REFS))
-        _purge()
 
 
 def test_4_subclass_in_a_sibling_module_is_refused(tmp_path):

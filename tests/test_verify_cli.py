@@ -154,6 +154,26 @@ def test_changed_classes_follow_changed_helpers():
     assert verify.changed_classes(before, before.replace("class B:\n", "class B:  # note\n")) == []
 
 
+def test_a_huge_module_level_literal_is_parsed_once_and_never_dumped(tmp_path, monkeypatch):
+    """A file with a huge single line (a data table) costs verify one parse
+    per side: the steps share the tree, and a value no class reads is not
+    compared (`ast.dump` of 300k elements, `ast.get_source_segment` per
+    class took minutes)."""
+    import ast
+
+    table = "TABLE = [" + "1, " * 20_000 + "]\n"
+    before, after = CONFIG_MODEL + table, CONFIG_MODEL.replace("eps=config.layer_norm_eps", "eps=1e-5") + table
+    parses, dumps = [], []
+    real_parse, real_dump = ast.parse, ast.dump
+    monkeypatch.setattr(ast, "parse", lambda src, *a, **k: (parses.append(src), real_parse(src, *a, **k))[1])
+    monkeypatch.setattr(ast, "dump", lambda node, *a, **k: (dumps.append(len(real_dump(node))), real_dump(node, *a, **k))[1])
+    monkeypatch.setattr(ast, "get_source_segment", lambda *a, **k: pytest.fail("get_source_segment"))
+    report = verify.verify_sources(before, after, path=str(tmp_path / "a.py"), isolate=False, device="cpu")
+    assert [r.status for r in report.results] == ["fail"]  # eps changed: compared, and caught
+    assert parses.count(before) == 1 and parses.count(after) == 1
+    assert max(dumps) < len(table)
+
+
 def test_tolerance_combines_contracts():
     a = rule("a", "k.A", atol=1e-5, rtol=1e-4, deterministic=True)
     b = rule("b", "k.B", atol=1e-3, rtol=0.0, deterministic=False)
@@ -223,6 +243,78 @@ def test_plain_file_with_its_own_config_class_needs_no_factory(tmp_path, capsys)
     assert code == 0 and "pass  Block" in out
     code, out, _ = cli(capsys, str(tmp_path / "a.py"), str(tmp_path / "c.py"))
     assert code == 1 and "FAIL  Block: eval x0.01 output" in out
+
+
+NESTED_MODEL = '''\
+import torch
+from torch import nn
+
+
+class Norm(nn.Module):  # built with a size, not a config: compared inside a container
+    def __init__(self, dim, eps=1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x):
+        return self.weight * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+
+
+class Block(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.norm = Norm(config.hidden_size)
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, hidden_states):
+        return hidden_states + self.dense(self.norm(hidden_states))
+
+
+class LM(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.blocks = nn.ModuleList([Block(config) for _ in range(2)])
+
+    def forward(self, input_ids):
+        h = self.embed(input_ids)
+        for block in self.blocks:
+            h = block(h)
+        return h
+
+
+class Config:
+    hidden_size = 16
+    vocab_size = 11
+'''
+
+
+def test_contained_class_is_compared_through_the_smallest_container_that_runs(tmp_path, capsys):
+    """`Norm(dim)` cannot be built from the config: it is compared inside
+    `Block` (the smallest class of the file that contains it and runs), and a
+    wrong rewrite of it fails there."""
+    (tmp_path / "a.py").write_text(NESTED_MODEL)
+    (tmp_path / "b.py").write_text(NESTED_MODEL.replace("x * torch.rsqrt(", "x / torch.sqrt("))
+    (tmp_path / "c.py").write_text(NESTED_MODEL.replace("+ self.eps)", "+ 1e-2)"))
+    code, out, err = cli(capsys, str(tmp_path / "a.py"), str(tmp_path / "b.py"), "--class", "Norm")
+    assert code == 0 and "pass  Norm via Block:" in out, out + err
+    code, out, _ = cli(capsys, str(tmp_path / "a.py"), str(tmp_path / "c.py"), "--class", "Norm")
+    assert code == 1 and "FAIL  Norm via Block:" in out
+
+
+def test_contained_class_without_a_running_container_says_why(tmp_path, capsys):
+    source = NESTED_MODEL.replace("def forward(self, hidden_states):", "def forward(self, states_of_mind):")
+    source = source.replace("return hidden_states + self.dense(self.norm(hidden_states))",
+                            "return states_of_mind + self.dense(self.norm(states_of_mind))")
+    source = source.replace("self.embed = nn.Embedding(config.vocab_size", "self.embed = nn.Embedding(config.vocab")
+    (tmp_path / "a.py").write_text(source)
+    (tmp_path / "b.py").write_text(source)
+    code, out, _ = cli(capsys, str(tmp_path / "a.py"), str(tmp_path / "b.py"), "--class", "Norm")
+    assert code == 1
+    (line,) = [ln for ln in out.splitlines() if "skip  Norm" in ln]
+    assert "no class of the file that contains it runs" in line
+    assert "Block contains it, but no synthesised inputs fit its forward" in line
+    assert "LM does not construct from Config: AttributeError" in line
 
 
 def test_modeling_file_without_transformers_is_skipped_with_the_reason(transformers_src, monkeypatch):

@@ -14,7 +14,7 @@ import os
 
 from dslc import __version__
 from dslc import codes
-from dslc.fileio import display_path, git_top
+from dslc.fileio import display_path, git_top, source_lines
 from dslc.apply.results import FileResult, Report
 
 
@@ -60,8 +60,8 @@ def file_diff(result: FileResult, *, bom: bool = False) -> str:
         return ""
     name = diff_path(result)
     prefix = "\ufeff" if bom else ""
-    old = (prefix + result.original).splitlines(keepends=True)
-    new = (prefix + result.new_source).splitlines(keepends=True)
+    old = source_lines(prefix + result.original, keepends=True)
+    new = source_lines(prefix + result.new_source, keepends=True)
     out = []
     for line in difflib.unified_diff(old, new, f"a/{name}", f"b/{name}"):
         if line.startswith(("---", "+++")) and not line.endswith("\n"):

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from dslc import __version__
 from dslc import codes
+from dslc.fileio import source_lines
 from dslc.apply.report import diff_path
 
 SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
@@ -38,7 +39,7 @@ def _uri(path: str) -> str:
 
 def _line_starts(text: str) -> list[int]:
     starts, pos = [0], 0
-    for line in text.splitlines(keepends=True):
+    for line in source_lines(text, keepends=True):
         pos += len(line)
         starts.append(pos)
     return starts
@@ -46,7 +47,7 @@ def _line_starts(text: str) -> list[int]:
 
 def _hunks(old: str, new: str) -> list[tuple[int, int, dict]]:
     """(first old line, last old line (1-based, inclusive), replacement) per changed block."""
-    a, b = old.splitlines(keepends=True), new.splitlines(keepends=True)
+    a, b = source_lines(old, keepends=True), source_lines(new, keepends=True)
     starts = _line_starts(old)
     out = []
     for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():

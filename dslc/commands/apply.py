@@ -277,8 +277,12 @@ def _check(args: argparse.Namespace):
     if problem:
         raise _UsageError(problem)
     missing = [p for p in list(args.paths) + list(settings.rules) if not os.path.lexists(p)]
-    if missing:
-        raise _UsageError(f"no such file or directory: {', '.join(display_path(m) for m in missing)}")
+    if missing:  # absent, or behind a folder that cannot be searched
+        from dslc.fileio import NO_SUCH_PATH, path_problem
+
+        absent = [display_path(m) for m in missing if path_problem(m) in (None, f"{NO_SUCH_PATH}: {display_path(m)}")]
+        others = [path_problem(m) for m in missing if display_path(m) not in absent]
+        raise _UsageError("; ".join(([f"{NO_SUCH_PATH}: {', '.join(absent)}"] if absent else []) + others))
     if args.patch_dir:
         try:
             os.makedirs(args.patch_dir, exist_ok=True)

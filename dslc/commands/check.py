@@ -8,6 +8,7 @@ directory without `.adr` files).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -47,11 +48,14 @@ def add_parser(subparsers) -> None:
 
 
 def _usage_error(paths: list[str]) -> str | None:
+    from dslc.fileio import path_problem
+
     for raw in paths:
         p = Path(raw)
-        if not p.exists():
-            return f"no such file or directory: {raw}"
-        if p.is_dir() and not any(f.is_file() for f in p.rglob("*.adr")):
+        problem = path_problem(raw)  # never raises (Path.exists() does, behind a closed folder)
+        if problem:
+            return problem
+        if os.path.isdir(raw) and not any(f.is_file() for f in p.rglob("*.adr")):
             return f"no .adr files in directory {raw}"
     return None
 

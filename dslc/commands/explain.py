@@ -94,21 +94,25 @@ def explain_place(path: str, line: int, args) -> int:
     from dslc.commands.apply import _render_diagnostics
     from dslc.lang.loader import load_rules
 
-    if not os.path.isfile(path):
-        return _usage(f"no such file: {path}")
+    if os.path.isdir(path):
+        return _usage(f"{path} is a directory; give one Python file")
+    from dslc.fileio import path_problem
+
+    if not os.path.lexists(path):  # absent, or behind a folder that cannot be searched
+        return _usage(path_problem(path) or f"no such file: {path}")
     rules = list(args.rules) or (["rulepacks"] if os.path.isdir("rulepacks") else [])
     if not rules:
         return _usage("FILE:LINE needs --rules (no ./rulepacks here)")
-    missing = [r for r in rules if not os.path.exists(r)]
+    missing = [problem for problem in map(path_problem, rules) if problem]
     if missing:
-        return _usage(f"no such file or directory: {', '.join(missing)}")
+        return _usage("; ".join(missing))
     try:
         from dslc import fileio
 
         text = fileio.read_source(path).text
     except Exception as exc:  # SourceError and friends: one line, no traceback
         return _usage(f"cannot read {path}: {getattr(exc, 'message', exc)}")
-    n_lines = len(text.splitlines())
+    n_lines = len(fileio.source_lines(text))
     if not 1 <= line <= max(n_lines, 1):
         return _usage(f"{path} has {n_lines} line(s), not {line}")
     loaded = load_rules(rules, list(args.select))

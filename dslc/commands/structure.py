@@ -67,26 +67,29 @@ def _error(path: str, line: int, col: int, code: str, message: str) -> None:
 def run(args) -> int:
     import os
 
-    from dslc.analysis import analyze_file
+    from dslc.analysis import analyze_source
 
     path = args.file
     if args.root is not None and not os.path.isdir(args.root):
         print(f"dslc structure: error: --root {args.root}: not a directory", file=sys.stderr)
         return 2
-    if not os.path.lexists(path):
-        _error(path, 0, 0, codes.E_UNREADABLE, "no such file")
+    if not os.path.lexists(path):  # absent, or behind a folder that cannot be searched
+        from dslc.fileio import NO_SUCH_PATH, path_reason
+
+        why = path_reason(path) or NO_SUCH_PATH
+        _error(path, 0, 0, codes.E_UNREADABLE, "no such file" if why == NO_SUCH_PATH else why)
         return 1
     if os.path.isdir(path):
         print(f"dslc structure: error: {path} is a directory; give one Python file", file=sys.stderr)
         return 2
     from dslc import fileio
 
-    try:  # only a regular file of a sane size is read: a FIFO or /dev/zero would hang
-        fileio.read_bytes(path, fileio.DEFAULT_MAX_FILE_SIZE)
+    try:  # only a regular file of a sane size is read (a FIFO or /dev/zero would hang), decoded as apply does
+        source = fileio.read_source(path, fileio.DEFAULT_MAX_FILE_SIZE)
     except fileio.SourceError as exc:
         _error(path, exc.line, 0, exc.code, exc.message)
         return 1
-    facts = analyze_file(path, root=args.root, inline=not args.no_inline, flatten=args.flatten)
+    facts = analyze_source(source.text, path, root=args.root, inline=not args.no_inline, flatten=args.flatten)
     fatal = [p for p in facts.problems if p.code in ("syntax-error", "encoding", "io-error", "analysis-error")]
     if fatal:
         for p in fatal:

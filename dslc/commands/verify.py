@@ -33,11 +33,13 @@ How modules are built:
       run inside the file's whole-model class (XxxModel) that contains it.
       transformers (4.35.0 for the benchmark) must be importable.
   a plain file without --factory: its own ...Config class (no constructor
-      arguments, sizes as attributes) when it has one; else the class is
-      built without arguments and its inputs are synthesised: --input-shape
-      when given, else from the first layer (a Linear's in_features gives
-      (2, 4, in_features), a Conv2d's in_channels (2, C, 8, 8), an
-      Embedding integer indices (2, 8), ...); the report says which.
+      arguments, sizes as attributes) when it has one (a class that does not
+      build from it runs inside the smallest class that does and contains
+      it); else the class is built without arguments and its inputs are
+      synthesised: --input-shape when given, else from the first layer (a
+      Linear's in_features gives (2, 4, in_features), a Conv2d's
+      in_channels (2, C, 8, 8), an Embedding integer indices (2, 8), ...);
+      the report says which.
 
 The code under test runs in a child process: if it exits (sys.exit,
 os._exit), crashes or hangs (--timeout), the class being compared fails

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
@@ -25,7 +26,7 @@ from dslc import codes
 from dslc.match import ir
 from dslc.lang.diagnostics import Diagnostic, diag
 from dslc.lang.lower import lower_file
-from dslc.fileio import SourceError, display_path, read_bytes
+from dslc.fileio import SourceError, display_path, path_problem, read_bytes
 from dslc.lang.parser import ParseResult, parse_bytes
 from dslc.lang.source import MAX_SOURCE_BYTES
 
@@ -62,15 +63,16 @@ def expand(paths: Iterable[str]) -> tuple[list[str], list[Diagnostic]]:
     diags: list[Diagnostic] = []
     for raw in paths:
         p = Path(raw)
-        if p.is_dir():
+        problem = path_problem(str(raw))  # never raises (Path.exists() does, behind a closed folder)
+        if problem:
+            diags.append(diag(codes.IO_ERROR, problem, ir.Span(str(raw), 1, 1, 1, 1)))
+        elif os.path.isdir(raw):
             found = sorted(str(f) for f in p.rglob("*.adr") if f.is_file())
             if not found:
                 diags.append(diag(codes.IO_ERROR, f"no .adr files in directory {raw}", ir.Span(str(raw), 1, 1, 1, 1)))
             files.extend(found)
-        elif p.exists():
-            files.append(str(p))
         else:
-            diags.append(diag(codes.IO_ERROR, f"no such file or directory: {raw}", ir.Span(str(raw), 1, 1, 1, 1)))
+            files.append(str(p))
     # The same file given twice is read once.
     seen: set[str] = set()
     unique = [f for f in files if not (str(Path(f).resolve()) in seen or seen.add(str(Path(f).resolve())))]

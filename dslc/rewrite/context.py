@@ -19,10 +19,11 @@ import re
 
 from dslc import codes
 from dslc.analysis.api import take_tree
+from dslc.fileio import source_lines
 from dslc.match import ir
 from dslc.rewrite import safety
 from dslc.rewrite.astutil import NameSet, index_statements
-from dslc.rewrite.edits import Edit, SourceMap
+from dslc.rewrite.edits import Edit, SourceMap, string_interior_lines
 from dslc.rewrite.imports import ImportScheduler
 from dslc.rewrite.plan import Plan, Skip
 from dslc.rewrite.render import Absent, Env, paren, render_args
@@ -126,8 +127,10 @@ class Module:
         start, end = self.stmt_range(stmt)
         old = self.indent(stmt)
         out = []
-        for raw in self.source[start:end].splitlines():
-            out.append(indent + raw[len(old):] if raw.startswith(old) else raw)
+        text = self.source[start:end]
+        inside = string_interior_lines(text)  # a multi-line string's lines are its value: kept
+        for i, raw in enumerate(source_lines(text)):
+            out.append(indent + raw[len(old):] if raw.startswith(old) and i not in inside else raw)
         return self.nl.join(out) + self.nl
 
     def ends_with_newline(self, lineno: int) -> bool:
@@ -326,16 +329,19 @@ class Context:
         """An expression's source; continuation lines lose the statement's indentation."""
         text = self.mod.smap.span_text((expr.lineno, expr.col_offset, expr.end_lineno, expr.end_col_offset))
         indent = self.mod.indent(stmt)
-        lines = text.splitlines()
-        out = [lines[0]] + [line[len(indent):] if line.startswith(indent) else line for line in lines[1:]]
+        lines = source_lines(text)
+        inside = string_interior_lines(text)  # a multi-line string's lines are its value: kept
+        out = [lines[0]] + [line[len(indent):] if line.startswith(indent) and i not in inside else line
+                            for i, line in enumerate(lines[1:], 1)]
         return "\n".join(out)
 
     def lines_text(self, items: list[str], indent: str) -> str:
         """Statements (possibly multi-line, relative indentation) at `indent`."""
         out = []
         for item in items:
-            for line in item.split("\n"):
-                out.append(indent + line if line.strip() else "")
+            inside = string_interior_lines(item)  # a multi-line string's lines are its value: kept
+            for i, line in enumerate(item.split("\n")):
+                out.append(line if i in inside else indent + line if line.strip() else "")
         return "".join(line + self.mod.nl for line in out)
 
     def fit(self, text: str, stmt: ast.stmt) -> str:

@@ -12,9 +12,14 @@ column); `SourceMap` converts them to string offsets of the original text.
 from __future__ import annotations
 
 import ast
+import io
 import re
+import textwrap
+import tokenize
 from bisect import bisect_right
 from dataclasses import dataclass
+
+from dslc.fileio import source_lines
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +42,8 @@ class EditConflict(ValueError):
 class SourceMap:
     """Offsets, lines and indentation of one source text.
 
-    1. Split the text into lines keeping their terminators.
+    1. Split the text into lines keeping their terminators, where the
+       tokenizer does (`fileio.source_lines`: not at a form feed or U+2028).
     2. Remember the string offset where each line starts.
     3. Convert (line, byte column) to a string offset by decoding the line's
        UTF-8 prefix (columns of the stdlib `ast` count bytes).
@@ -45,7 +51,7 @@ class SourceMap:
 
     def __init__(self, text: str):
         self.text = text
-        self.lines = text.splitlines(keepends=True)
+        self.lines = source_lines(text, keepends=True)
         if not self.lines or self.lines[-1].endswith(("\n", "\r")):
             self.lines.append("")
         self.starts: list[int] = []
@@ -239,3 +245,29 @@ def edited_blocks_parse(original: str, new: str, edits, starts: list[int]) -> bo
         except (SyntaxError, ValueError, MemoryError, RecursionError):
             return False
     return True
+
+
+def string_interior_lines(text: str) -> frozenset[int]:
+    """0-based indices of the lines of `text` (whole statements or a
+    bracketed expression) that begin inside a multi-line string literal.
+
+    Re-indenting must leave those lines alone: their leading spaces are
+    part of the string's value.  Text the tokenizer cannot read gives the
+    empty set (nothing is known to be inside a string).
+    """
+    if '"""' not in text and "'''" not in text and "\\\n" not in text and "\\\r" not in text:
+        return frozenset()  # no literal can span lines
+    out: set[int] = set()
+    starts: list[int] = []  # open f-strings (Python 3.12+ tokenizes their parts)
+    fstart, fend = getattr(tokenize, "FSTRING_START", -1), getattr(tokenize, "FSTRING_END", -1)
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(textwrap.dedent(text)).readline):
+            if tok.type == fstart:
+                starts.append(tok.start[0])
+            elif tok.type == fend and starts:
+                out.update(range(starts.pop(), tok.end[0]))
+            elif tok.type == tokenize.STRING and tok.end[0] > tok.start[0]:
+                out.update(range(tok.start[0], tok.end[0]))
+    except (tokenize.TokenError, SyntaxError):
+        return frozenset()
+    return frozenset(out)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import ast
 
 from dslc import codes
+from dslc.fileio import source_lines
 from dslc.match import ir
 from dslc.rewrite.astutil import fresh_name
 from dslc.rewrite.edits import Edit
@@ -218,7 +219,7 @@ class ImportScheduler:
     def import_groups(self) -> list[list[ast.stmt]]:
         """Runs of top-level imports (not `__future__`) with no blank line between."""
         mod = self.mod
-        rows = mod.source.splitlines()
+        rows = source_lines(mod.source)
         groups: list[list[ast.stmt]] = []
         cur: list[ast.stmt] = []
         for node in mod.tree.body:

@@ -36,7 +36,7 @@ from dslc.rewrite.kinds.base import Setup
 from dslc.rewrite.kinds.call import CallDispatch
 from dslc.rewrite.kinds.when import WhenGuard
 from dslc.rewrite.plan import Plan, Skip
-from dslc.rewrite.rules import forward_unchanged, init_attrs
+from dslc.rewrite.rules import forward_unchanged, init_attrs, per_construction
 
 __all__ = ["Outcome", "RewriteResult", "Skip", "rewrite_source"]
 
@@ -104,7 +104,7 @@ class _Rewriter:
         if reason:
             raise Skip(reason)
         condition = self.when.condition(match)
-        if rule.fallback == "original" and rule.needs and rule.init is not None and rule.init.target is not None:
+        if per_construction(rule):
             # Per construction: the kernel's layer where its needs are met, else the original.
             needs = self.calls.needs_condition(match, plan, rule.init.target, per_call=False)
             condition = f"{needs} and ({condition})" if condition else needs

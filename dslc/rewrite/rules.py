@@ -135,3 +135,23 @@ def init_attrs(match: ir.Match) -> tuple:
         (var, getattr(b, "attr", None), tuple(b.stmt.lines) if getattr(b, "stmt", None) else ())
         for var, b in match.init_nodes.items()
     ))
+
+
+def per_construction(rule: ir.Rule) -> bool:
+    """Whether the rule chooses its layers per construction: `fallback
+    original` with `needs` and an init target builds the kernel's layers where
+    the needs hold, else the original ones (an `if` in `__init__`)."""
+    return (rule.fallback == "original" and bool(rule.needs)
+            and rule.init is not None and rule.init.target is not None)
+
+
+def conditional_rule(rule: ir.Rule) -> str:
+    """Which rule builds its layers under an `if` in `__init__`, as skip
+    reasons say it: through `when`, a per-construction fallback, or both."""
+    when = bool(rule.option("when"))
+    if when and per_construction(rule):
+        return "a rule with `when` and a per-construction fallback (`fallback original` with `needs`)"
+    if when:
+        return "a rule with `when`"
+    return ("a rule with a per-construction fallback (`fallback original` with `needs`: the kernel's layers "
+            "where its needs hold, else the original ones)")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 from dslc.verify import tinyconfig
 from dslc.verify.loading import Loaded, one_line
@@ -213,38 +213,89 @@ def _fitting_inputs(m0: Any, forward: Any, cfg: Any, torch: Any) -> dict[str, An
 
 def _build_whole_model(loaded: Loaded, name: str, why: str, seed: int, torch: Any,
                        variant: int = 0) -> Built:
-    """Run a whole-model class of the file that contains `name` instead.
+    """Run a class of the file that contains `name` instead.
 
-    Candidates are the file's PreTrainedModel subclasses, `XxxModel` first;
-    the first one whose tiny instance contains an instance of `name` and runs
-    on synthesised inputs is used.
+    1. Candidates: the file's PreTrainedModel subclasses, `XxxModel` first;
+       then its other module classes built from a config (a plain file's
+       `TinyLM(TinyConfig())`), the smallest instance first.
+    2. The first whose tiny instance contains an instance of `name` and runs
+       on synthesised inputs is used.
+    3. Else the skip says, per containing class tried, why it did not run.
     """
-    cands = [v for k, v in vars(loaded.original).items()
-             if tinyconfig.is_pretrained_model(v) and v.__module__ == loaded.original.__name__]
-    cands.sort(key=lambda c: (not c.__name__.endswith("Model"), c.__name__))
-    for model_cls in cands:
-        for config_cls in tinyconfig.config_candidates(loaded.original, model_cls)[:1]:
+    tried: list[str] = []
+    for model_cls, cfg, m0 in _containers(loaded, name, torch, seed, variant, tried):
+        m0.eval()
+        inputs = _fitting_inputs(m0, model_cls.forward, cfg, torch)
+        if inputs is None:
+            tried.append(f"{model_cls.__name__} contains it, but no synthesised inputs fit its forward")
+            continue
+        new_cls = getattr(loaded.rewritten, model_cls.__name__, None)
+        if new_cls is None:
+            raise ClassFail(f"the rewritten file lost class {model_cls.__name__}")
+        torch.manual_seed(seed)
+        try:
+            m1 = tinyconfig.construct_with_config(new_cls, cfg)
+        except Exception as exc:  # noqa: BLE001
+            raise ClassFail(f"the rewritten {model_cls.__name__} does not construct: {one_line(exc)}") from None
+        return Built(m0, m1, inputs, via=model_cls.__name__)
+    if tried:
+        raise ClassSkip(f"{why}; no class of the file that contains it runs ({'; '.join(tried)})")
+    raise ClassSkip(f"{why}; no class of the file that builds from a config contains it")
+
+
+def _containers(loaded: Loaded, name: str, torch: Any, seed: int, variant: int,
+                tried: list[str]) -> Iterator[tuple[type, Any, Any]]:
+    """(class, tiny config, original instance) of each candidate of
+    `_build_whole_model` whose instance contains a `name`, in its order; a
+    containing class that does not construct is noted in `tried`."""
+    module = loaded.original
+    mine = [v for k, v in vars(module).items()
+            if isinstance(v, type) and v.__module__ == module.__name__ and k != name]
+    pretrained = sorted((c for c in mine if tinyconfig.is_pretrained_model(c)),
+                        key=lambda c: (not c.__name__.endswith("Model"), c.__name__))
+    plain = [c for c in mine if not tinyconfig.is_pretrained_model(c) and issubclass(c, torch.nn.Module)
+             and _mentions(c, name, mine)]
+    later = []
+    for model_cls in pretrained + plain:
+        for config_cls in tinyconfig.config_candidates(module, model_cls)[:1]:
             if variant >= len(tinyconfig.variants(config_cls)):
                 continue
             try:
                 cfg = tinyconfig.tiny_config(config_cls, variant)
                 torch.manual_seed(seed)
-                m0 = model_cls(cfg)
-            except Exception:  # noqa: BLE001
+                m0 = tinyconfig.construct_with_config(model_cls, cfg)
+            except Exception as exc:  # noqa: BLE001
+                if _mentions(model_cls, name, mine):
+                    tried.append(f"{model_cls.__name__} does not construct from {config_cls.__name__}: "
+                                 f"{one_line(exc)}")
                 continue
             if not any(type(m).__name__ == name for m in m0.modules()):
                 continue
-            m0.eval()
-            inputs = _fitting_inputs(m0, model_cls.forward, cfg, torch)
-            if inputs is None:
-                continue
-            new_cls = getattr(loaded.rewritten, model_cls.__name__, None)
-            if new_cls is None:
-                raise ClassFail(f"the rewritten file lost class {model_cls.__name__}")
-            torch.manual_seed(seed)
-            try:
-                m1 = new_cls(cfg)
-            except Exception as exc:  # noqa: BLE001
-                raise ClassFail(f"the rewritten {model_cls.__name__} does not construct: {one_line(exc)}") from None
-            return Built(m0, m1, inputs, via=model_cls.__name__)
-    raise ClassSkip(f"{why}; no whole-model class of the file contains it and runs")
+            if model_cls in plain:
+                later.append((sum(1 for _ in m0.modules()), model_cls.__name__, model_cls, cfg, m0))
+            else:
+                yield model_cls, cfg, m0
+    for *_, model_cls, cfg, m0 in sorted(later, key=lambda t: t[:2]):
+        yield model_cls, cfg, m0
+
+
+def _mentions(cls: type, name: str, classes: list[type]) -> bool:
+    """Whether `cls`'s methods name `name`, directly or through another class
+    of the file they name (a cheap filter before constructing it)."""
+    by_name = {c.__name__: c for c in classes}
+    seen, todo = set(), [cls]
+    while todo:
+        c = todo.pop()
+        if c.__name__ in seen:
+            continue
+        seen.add(c.__name__)
+        names: set[str] = set()
+        codes = [fn.__code__ for fn in vars(c).values() if hasattr(fn, "__code__")]
+        while codes:  # with the comprehensions and lambdas inside the methods
+            code = codes.pop()
+            names.update(code.co_names)
+            codes.extend(k for k in code.co_consts if hasattr(k, "co_names"))
+        if name in names:
+            return True
+        todo.extend(by_name[n] for n in names if n in by_name)
+    return False

@@ -17,7 +17,7 @@ from dslc.verify.building import ClassFail, ClassSkip, build_from_config, build_
 from dslc.verify.compare import compare_built
 from dslc.verify.loading import Broken, Loaded, SkipAll, load_factory, load_pair, one_line, reference_kernels
 from dslc.verify.report import ClassResult, Tolerance, VerifyOptions, VerifyReport, VerifyUsageError
-from dslc.verify.selection import (all_rules, applied_rules, changed_classes, class_sources, load_packs,
+from dslc.verify.selection import (all_rules, applied_rules, changed_classes, class_names, load_packs, parsed,
                                    rules_used, tolerance_for)
 
 
@@ -58,7 +58,7 @@ def verify_in_process(orig_src: str, new_src: str, *, path: str, rewritten_path:
     except SyntaxError as exc:
         return VerifyReport(path, rewritten_path, device,
                             error=f"the rewritten file does not parse: {one_line(exc)}")
-    if not names and ast.dump(ast.parse(orig_src)) == ast.dump(ast.parse(new_src)):
+    if not names and (orig_src == new_src or ast.dump(parsed(orig_src)) == ast.dump(parsed(new_src))):
         return VerifyReport(path, rewritten_path, device, unchanged=True, allow_skip=allow)
     progress("classes", list(names))
     if no_device:
@@ -90,11 +90,11 @@ def _class_names(orig_src: str, new_src: str, path: str, options: VerifyOptions)
     """The classes to compare: those given with `--class`, else those the
     rewrite changed.  SyntaxError when the rewritten source does not parse."""
     try:
-        ast.parse(orig_src)
+        parsed(orig_src)
     except SyntaxError as exc:
         raise VerifyUsageError(f"{path}: the original does not parse: {one_line(exc)}") from None
     names = changed_classes(orig_src, new_src)
-    orig_classes = class_sources(orig_src)
+    orig_classes = class_names(orig_src)
     for name in options.classes:
         if name not in orig_classes:
             raise VerifyUsageError(f"--class {name}: no such class in {path}")

@@ -10,13 +10,15 @@ import importlib.util
 import inspect
 import itertools
 import linecache
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
+from dslc.fileio import source_lines
 from dslc.verify.report import REFERENCE_MARKER, VerifyUsageError
-from dslc.verify.selection import all_rules
+from dslc.verify.selection import all_rules, parsed
 
 
 def read_text(path: str) -> str:
@@ -28,7 +30,8 @@ def read_text(path: str) -> str:
         return fileio.read_source(path).text
     except fileio.SourceError as exc:
         where = f":{exc.line}" if exc.line else ""
-        raise VerifyUsageError(f"{fileio.display_path(path)}{where}: cannot read: {exc.message} [{exc.code}]") from None
+        why = exc.message if exc.message.startswith("cannot read") else f"cannot read: {exc.message}"
+        raise VerifyUsageError(f"{fileio.display_path(path)}{where}: {why} [{exc.code}]") from None
 
 
 @dataclass
@@ -75,7 +78,7 @@ def _exec_module(source: str, name: str, package: str | None, filename: str) -> 
         on_disk = None
     if on_disk != source:
         code_name = f"{filename}::dslc-{next(_COUNTER)}"
-        linecache.cache[code_name] = (len(source), None, source.splitlines(True), code_name)
+        linecache.cache[code_name] = (len(source), None, source_lines(source, keepends=True), code_name)
     try:
         exec(compile(source, code_name, "exec"), module.__dict__)
     except BaseException:
@@ -107,13 +110,25 @@ class Broken(Exception):
     """The rewritten file is broken: a failure."""
 
 
+def _import_statements(tree: ast.Module) -> Iterator[ast.Import | ast.ImportFrom]:
+    """Every import statement, at any depth, without walking expressions
+    (a file with a huge literal is walked in a few steps)."""
+    todo: list[ast.AST] = list(tree.body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            yield node
+        for name in ("body", "orelse", "finalbody", "handlers", "cases"):
+            todo.extend(getattr(node, name, None) or ())
+
+
 def _top_imports(source: str) -> set[str]:
     found: set[str] = set()
     try:
-        tree = ast.parse(source)
+        tree = parsed(source)
     except SyntaxError:
         return found
-    for node in ast.walk(tree):
+    for node in _import_statements(tree):
         if isinstance(node, ast.Import):
             found.update(a.name.split(".")[0] for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
@@ -206,7 +221,7 @@ def load_pair(orig_src: str, new_src: str, path: str, rewritten_path: str,
 
 def _has_relative_imports(source: str) -> bool:
     try:
-        return any(isinstance(n, ast.ImportFrom) and n.level for n in ast.walk(ast.parse(source)))
+        return any(isinstance(n, ast.ImportFrom) and n.level for n in _import_statements(parsed(source)))
     except SyntaxError:
         return False
 
@@ -245,8 +260,12 @@ def load_factory(spec: str) -> Any:
     file, sep, func = spec.rpartition(":")
     if not sep or not file or not func:
         raise VerifyUsageError(f"--factory {spec!r}: expected FILE.py:FUNC")
-    if not Path(file).is_file():
-        raise VerifyUsageError(f"--factory {spec!r}: no such file {file}")
+    if not os.path.isfile(file):  # Path.is_file() raises behind a folder that cannot be searched
+        from dslc.fileio import NO_SUCH_PATH, path_reason
+
+        why = path_reason(file)
+        raise VerifyUsageError(f"--factory {spec!r}: " + (f"no such file {file}" if why in (None, NO_SUCH_PATH)
+                                                           else f"{file}: {why}"))
     name = f"_dslc_factory_{Path(file).stem}_{next(_COUNTER)}"
     parent = str(Path(file).resolve().parent)
     sys.path.insert(0, parent)

@@ -5,6 +5,7 @@ kernels a source refers to, and the tolerance their contracts combine to."""
 from __future__ import annotations
 
 import ast
+import functools
 from typing import Iterable, Sequence
 
 from dslc.verify.report import Tolerance, VerifyOptions, VerifyUsageError
@@ -18,8 +19,13 @@ def changed_classes(original_source: str, rewritten_source: str) -> list[str]:
     2. A class that reads a module-level name whose definition changed
        (a rewritten helper function, a new import bound to an old name).
     """
-    old, new = ast.parse(original_source), ast.parse(rewritten_source)
-    old_defs, new_defs = _top_defs(old), _top_defs(new)
+    old, new = parsed(original_source), parsed(rewritten_source)
+    # Only what a class can depend on is compared (a huge literal nothing reads is never dumped).
+    wanted = {n.name for n in old.body if isinstance(n, ast.ClassDef)}
+    for node in old.body:
+        if isinstance(node, ast.ClassDef):
+            wanted |= {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+    old_defs, new_defs = _top_defs(old, wanted), _top_defs(new, wanted)
     changed_names = {n for n, d in old_defs.items() if n in new_defs and new_defs[n] != d}
     # A changed class is compared itself; its users need not be compared too.
     changed_helpers = changed_names - {n.name for n in old.body if isinstance(n, ast.ClassDef)}
@@ -36,25 +42,38 @@ def changed_classes(original_source: str, rewritten_source: str) -> list[str]:
     return out
 
 
-def _top_defs(tree: ast.Module) -> dict[str, str]:
+def _top_defs(tree: ast.Module, wanted: set[str]) -> dict[str, str]:
+    """Module-level name -> the dump of what defines it; a name not in
+    `wanted` is only marked present."""
     defs: dict[str, str] = {}
+
+    def define(name: str, node: ast.AST, default: str | None = None) -> None:
+        defs[name] = (default if default is not None else ast.dump(node)) if name in wanted else ""
+
     for node in tree.body:
         if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-            defs[node.name] = ast.dump(node)
+            define(node.name, node)
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
             for alias in node.names:
                 name = (alias.asname or alias.name).split(".")[0]
-                defs[name] = ast.dump(node) if alias.asname or isinstance(node, ast.ImportFrom) else defs.get(name, "import")
+                plain = not alias.asname and not isinstance(node, ast.ImportFrom)
+                define(name, node, defs.get(name, "import") if plain else None)
         elif isinstance(node, ast.Assign):
             for target in node.targets:
                 if isinstance(target, ast.Name):
-                    defs[target.id] = ast.dump(node.value)
+                    define(target.id, node.value)
     return defs
 
 
-def class_sources(source: str) -> dict[str, str]:
-    tree = ast.parse(source)
-    return {n.name: (ast.get_source_segment(source, n) or "") for n in tree.body if isinstance(n, ast.ClassDef)}
+@functools.lru_cache(maxsize=2)
+def parsed(source: str) -> ast.Module:
+    """`ast.parse(source)`, parsed once however many steps ask (the original
+    and the rewritten source; never mutate the tree)."""
+    return ast.parse(source)
+
+
+def class_names(source: str) -> set[str]:
+    return {n.name for n in parsed(source).body if isinstance(n, ast.ClassDef)}
 
 
 def load_packs(options: VerifyOptions) -> tuple:
@@ -96,7 +115,7 @@ def rules_used(source: str, rules: Iterable, within: str | None = None) -> list:
 def _referenced_qualnames(source: str, within: str | None = None) -> set[str]:
     """Dotted names a source (or one class of it) reaches: imports and attribute chains."""
     try:
-        tree = ast.parse(source)
+        tree = parsed(source)
     except SyntaxError:
         return set()
     aliases: dict[str, str] = {}

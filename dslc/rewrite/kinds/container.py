@@ -24,7 +24,7 @@ from dslc.rewrite.kinds.base import Kind, Setup
 from dslc.rewrite.kinds.init import ctor_extras
 from dslc.rewrite.plan import Plan, Skip
 from dslc.rewrite.render import Env
-from dslc.rewrite.rules import attrof_bases, changes_init, layer_var_of
+from dslc.rewrite.rules import attrof_bases, changes_init, conditional_rule, layer_var_of
 
 
 class ContainerFusion(Kind):
@@ -72,7 +72,7 @@ class ContainerFusion(Kind):
         if var is None or len(rule.init.target) != 1 or tuple(o.name for o in rule.init.target[0].outputs) != (var,):
             raise Skip(codes.S_CONTAINER, f"inside the container `self.{seq}` only a one-layer replacement is rewritten")
         if condition:
-            raise Skip(codes.S_CONTAINER, f"a rule with `when` cannot rewrite layers inside the container `self.{seq}`")
+            raise Skip(codes.S_CONTAINER, f"{conditional_rule(match.rule)} cannot rewrite layers inside the container `self.{seq}`")
         owns = [b for b in cls.init if b.attr == seq]
         elements = [b for b in cls.init if b.container == seq]
         if len(owns) != 1 or owns[0].stmt is None or first.stmt is None:
@@ -146,7 +146,7 @@ class ContainerFusion(Kind):
             raise Skip(container_reason(first))  # a chain that leaves the container
         seq = first.container
         if condition:
-            raise Skip(codes.S_CONTAINER, f"a rule with `when` cannot rewrite layers inside the container `self.{seq}`")
+            raise Skip(codes.S_CONTAINER, f"{conditional_rule(match.rule)} cannot rewrite layers inside the container `self.{seq}`")
         if cls is None:
             raise Skip(container_reason(first))
         owns = [b for b in cls.init if b.attr == seq]

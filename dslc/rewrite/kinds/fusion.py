@@ -29,7 +29,7 @@ from dslc.rewrite.kinds.forward import ForwardFusion
 from dslc.rewrite.kinds.init import InitReplacement, ctor_extras
 from dslc.rewrite.plan import Plan, Skip
 from dslc.rewrite.render import Env
-from dslc.rewrite.rules import (attrof_bases, changed_values, changes_init, forward_unchanged, init_attrs,
+from dslc.rewrite.rules import (attrof_bases, conditional_rule, changed_values, changes_init, forward_unchanged, init_attrs,
                                 values_produced_again)
 
 # Layers with no parameters or buffers: a second instance is indistinguishable.
@@ -71,7 +71,8 @@ class Fusion(Kind):
         if unchanged_forward:
             forward_edit = False
         if condition and forward_edit:
-            raise Skip(codes.S_WHEN_FORWARD, "a rule with `when` must leave forward unchanged (its old layers live only in the `else` branch)")
+            raise Skip(codes.S_WHEN_FORWARD, f"{conditional_rule(rule)} must leave forward unchanged (its old layers "
+                                             "live only in the `else` branch of `__init__`)")
         groups = self.forward.forward_groups(match) if forward_edit else []
         hoisted_attrs, hoist_guards = self.forward.hoist.crossed_guards(groups) if groups else (set(), [])
         source_vars, target_vars, kinds, changed = self._init_changes(match, init_edit, hoisted_attrs)

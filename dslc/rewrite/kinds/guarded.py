@@ -32,7 +32,7 @@ from dslc.rewrite.kinds.guardhelper import check_aliases, check_helper
 from dslc.rewrite.kinds.guardforms import GuardForm, early_return_form, guard_form, self_attr_nodes, truthy_reason
 from dslc.rewrite.plan import Plan, Skip
 from dslc.rewrite.render import Env
-from dslc.rewrite.rules import renamed_key
+from dslc.rewrite.rules import conditional_rule, renamed_key
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,7 @@ class NoneGuardedLayer(Kind):
         else:
             where = f"the call of `self.{node.attr}` at line {stmt.lineno}"
         if condition:
-            raise Skip(codes.S_GUARDED_LAYER, f"{where}: a rule with `when` is not rewritten there")
+            raise Skip(codes.S_GUARDED_LAYER, f"{where}: {conditional_rule(rule)} is not rewritten there")
         if rule.init is None or rule.init.target is None:
             raise Skip(codes.S_GUARDED_LAYER, f"{where}: the rule builds no fused layer in `__init__`")
         if index != len(match.nodes) - 1 or index == 0:

@@ -22,7 +22,7 @@ from dslc.rewrite.kinds.base import Kind, Setup
 from dslc.rewrite.kinds.init import InitReplacement
 from dslc.rewrite.plan import Plan, Skip
 from dslc.rewrite.render import Env
-from dslc.rewrite.rules import renamed_key
+from dslc.rewrite.rules import conditional_rule, renamed_key
 
 
 class _Sides:
@@ -106,7 +106,7 @@ class AcrossHelper(Kind):
         else:
             where = f"the call of `self.{node.attr}` in the helper `{sides.helper}` (line {node.stmt.lines[0]})"
         if condition:
-            raise Skip(codes.S_CROSS_METHOD, f"{where}: a rule with `when` is not rewritten across methods")
+            raise Skip(codes.S_CROSS_METHOD, f"{where}: {conditional_rule(rule)} is not rewritten across methods")
         if index != len(match.nodes) - 1 or index == 0:
             raise Skip(codes.S_CROSS_METHOD, f"the match crosses methods `{sides.helper}` and `{sides.caller or match.nodes[0].stmt.method}`; "
                        f"the emitter edits across them only when the removed layer's call is the last one")

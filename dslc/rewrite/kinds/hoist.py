@@ -18,8 +18,9 @@ import textwrap
 
 from dslc.analysis.model import Guard
 from dslc import codes
+from dslc.fileio import source_lines
 from dslc.rewrite.astutil import is_prefix, names_in
-from dslc.rewrite.edits import Edit
+from dslc.rewrite.edits import Edit, string_interior_lines
 from dslc.rewrite.kinds.base import Planner
 from dslc.rewrite.plan import Plan, Skip
 
@@ -112,8 +113,9 @@ class Hoisting(Planner):
         old_indent = mod.indent(final_stmt)
 
         def at_indent(text: str, indent: str) -> str:
-            return "".join(indent + line[len(old_indent):] if line.startswith(old_indent) else line
-                           for line in text.splitlines(keepends=True))
+            inside = string_interior_lines(text)  # a multi-line string's lines are its value: kept
+            return "".join(indent + line[len(old_indent):] if line.startswith(old_indent) and i not in inside else line
+                           for i, line in enumerate(source_lines(text, keepends=True)))
 
         # The branch gets the fused statement, so it never empties: no `pass`.
         for stmt in earlier:

@@ -85,7 +85,7 @@ class InitReplacement(Planner):
             new_lines.append(hook_registration(renames, self.mod.unit))
         init_plan = self._edits(kinds, stmts, rendered, anchor_var, new_lines)
         if condition:
-            self.when.wrap(init_plan, [stmts[v] for v in candidates], condition)
+            self.when.wrap(init_plan, [stmts[v] for v in candidates], condition, rule)
         plan.edits.extend(init_plan.edits)
         plan.claimed |= init_plan.claimed
         plan.lines |= init_plan.lines

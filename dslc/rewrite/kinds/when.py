@@ -16,12 +16,14 @@ import re
 import textwrap
 
 from dslc import codes
+from dslc.fileio import source_lines
 from dslc.match import ir
 from dslc.rewrite.astutil import dotted_name, is_self_attr
-from dslc.rewrite.edits import Edit, EditConflict, apply_edits
+from dslc.rewrite.edits import Edit, EditConflict, apply_edits, string_interior_lines
 from dslc.rewrite.kinds.base import Planner
 from dslc.rewrite.plan import Plan, Skip
 from dslc.rewrite.render import Absent, Env, paren
+from dslc.rewrite.rules import conditional_rule
 
 # torch.nn layers with no parameters and no buffers (so none draws random
 # numbers when built): moving a `when` rewrite's statements across them keeps
@@ -53,9 +55,10 @@ class WhenGuard(Planner):
 
         return re.sub(r"\$([A-Za-z_]\w*)", sub, text)
 
-    def wrap(self, init_plan: Plan, stmts: list[ast.stmt], condition: str) -> None:
+    def wrap(self, init_plan: Plan, stmts: list[ast.stmt], condition: str, rule: ir.Rule) -> None:
         """Replace the run of statements holding the init edits by `if cond: <new> else: <old>`."""
         mod = self.mod
+        cause = conditional_rule(rule)
         # The innermost block that holds (an ancestor of) every edited statement.
         chains = [[(None, None)] + mod.chain(s) for s in stmts]
         depth = 0
@@ -73,7 +76,7 @@ class WhenGuard(Planner):
         region_end = mod.smap.line_end(last.end_lineno)
         for e in init_plan.edits:
             if e.start < region_start or e.end > region_end:
-                raise Skip(codes.S_WHEN_REGION, "a `when` rewrite needs all the init statements it changes in one run of statements")
+                raise Skip(codes.S_WHEN_REGION, f"{cause}: the init statements it changes must be in one run of statements")
         # Earlier rewrites inside the run go into both branches (`when` rules run last).
         absorbed = []
         for e in self.ctx.accepted:
@@ -81,7 +84,7 @@ class WhenGuard(Planner):
             if region_start <= e.start and e.end <= region_end and not boundary_insert:
                 absorbed.append(e)
             elif e.start < region_end and e.end > region_start and not boundary_insert:
-                raise Skip(codes.S_WHEN_REGION, "overlaps an earlier rewrite around the init statements a `when` rewrite duplicates")
+                raise Skip(codes.S_WHEN_REGION, f"{cause}: overlaps an earlier rewrite around the init statements it duplicates")
 
         def shifted(edits):
             return [Edit(e.start - region_start, e.end - region_start, e.text) for e in edits]
@@ -90,7 +93,8 @@ class WhenGuard(Planner):
             old = apply_edits(mod.source[region_start:region_end], shifted(absorbed))
             new = apply_edits(mod.source[region_start:region_end], shifted(absorbed + init_plan.edits))
         except EditConflict:
-            raise Skip(codes.S_WHEN_REGION, "its init statements were already changed by another rewrite in the run a `when` rewrite duplicates") from None
+            raise Skip(codes.S_WHEN_REGION, f"{cause}: its init statements were already changed by another rewrite in the run "
+                                             "it duplicates") from None
         init_plan.absorbed = absorbed
         indent = mod.indent(first)
         nl = mod.nl
@@ -257,4 +261,7 @@ def _plain_arguments(call: ast.Call) -> bool:
 
 
 def _indent_lines(text: str, unit: str) -> str:
-    return "".join(unit + line if line.strip() else line for line in text.splitlines(keepends=True))
+    """`text` one `unit` deeper; lines inside a multi-line string keep their spaces (they are its value)."""
+    inside = string_interior_lines(text)
+    return "".join(unit + line if line.strip() and i not in inside else line
+                   for i, line in enumerate(source_lines(text, keepends=True)))

@@ -31,7 +31,7 @@ from dslc.rewrite.kinds.init import ctor_extras
 from dslc.rewrite.plan import Plan, Skip
 from dslc.rewrite.render import Env
 from dslc.rewrite import safety
-from dslc.rewrite.rules import changes_init
+from dslc.rewrite.rules import changes_init, conditional_rule
 
 _LIST = "torch.nn.ModuleList"
 
@@ -67,7 +67,7 @@ class ZipContainers(ContainerFusion):
         order = [n.attr for n in match.nodes]
         kept = order[0]
         if setup.condition:
-            raise Skip(codes.S_CONTAINER, f"a rule with `when` cannot rewrite layers inside the containers `self.{kept}`")
+            raise Skip(codes.S_CONTAINER, f"{conditional_rule(rule)} cannot rewrite layers inside the containers `self.{kept}`")
         if len(set(order)) != len(order) or set(order) != set(var_of):
             raise Skip(codes.S_CONTAINER, f"the matched calls do not take one element of each of {_names(var_of)}")
         self._check_rule(rule, kept, var_of[kept])
