@@ -346,3 +346,22 @@ def test_probabilities_read_between_are_refused(tmp_path):
                              "        self.last = attention_probs\n")
     m = _skipped(tmp_path, text)
     assert m["code"] == "S204" and "between the matched statements" in m["reason"], m
+
+
+def test_form_feed_inside_the_guarded_region_keeps_lines(tmp_path):
+    # Python splits lines only at \n, \r\n and \r: a form feed in a comment of
+    # the region the guard re-indents is part of that line, not a line break.
+    text = BERT_LIKE.replace("        # Mask heads if we want to\n", "        # Mask heads\x0c if we want to\n")
+    orig, new, report, path = _rewrite(tmp_path, "ff", text)
+    assert [m["status"] for m in report["matches"]] == ["applied"]
+    out = path.read_text()
+    assert "\n            # Mask heads\x0c if we want to\n" in out and out.count("\x0c") == 1
+    torch.manual_seed(0)
+    a, b = orig.SelfAttention().eval(), new.SelfAttention().eval()
+    b.load_state_dict(a.state_dict(), strict=True)
+    x = torch.randn(2, 5, 16)
+    torch.testing.assert_close(b(x, output_attentions=True)[1], a(x, output_attentions=True)[1], **TOL)
+    torch.testing.assert_close(b(x)[0], a(x)[0], **TOL)
+    before = path.read_bytes()
+    code, again = _apply(path, "--write")
+    assert code == 0 and path.read_bytes() == before

@@ -38,8 +38,10 @@ import ast
 from dataclasses import dataclass, field
 
 from dslc import codes
+from dslc.fileio import source_lines
 from dslc.match import ir
 from dslc.rewrite import safety
+from dslc.rewrite.edits import string_interior_lines
 from dslc.rewrite.kinds.base import Planner
 from dslc.rewrite.plan import Plan, Skip
 
@@ -233,10 +235,12 @@ class KeepGuard(Planner):
 
 
 def _shift(text: str, indent: str, inner: str) -> str:
-    """Each non-blank line one level deeper (`indent` -> `inner`)."""
+    """Each non-blank line one level deeper (`indent` -> `inner`); lines inside
+    a multi-line string keep their spaces (they are its value)."""
+    inside = string_interior_lines(text)
     out = []
-    for line in text.splitlines(keepends=True):
-        if line.strip():
+    for i, line in enumerate(source_lines(text, keepends=True)):
+        if line.strip() and i not in inside:
             out.append(inner + line[len(indent):] if line.startswith(indent) else inner[len(indent):] + line)
         else:
             out.append(line)
