@@ -124,6 +124,7 @@ def analyze_source(
     want: frozenset[str] | None = None,
     max_paths: int | None = None,
     optional_ifs=frozenset(),
+    compute: bool = True,
     _modules: dict | None = None,
     _consulted: set | None = None,
 ) -> FileFacts:
@@ -159,7 +160,7 @@ def analyze_source(
         tree_root = root if root is not None else tree_root_for(path, module)
         resolver = Resolver(tree_root, _modules)
         resolver.register(scope, tree)
-        options = Options(inline=inline, flatten=flatten, optional_ifs=frozenset(optional_ifs))
+        options = Options(inline=inline, flatten=flatten, optional_ifs=frozenset(optional_ifs), compute=compute)
         if max_paths is not None:
             options.max_paths = max_paths
         extractor = Extractor(tree, scope, resolver, options, source=source)
@@ -353,6 +354,7 @@ def analyze_paths(
     flatten: bool = False,
     deps_out: list | None = None,
     optional_ifs=frozenset(),
+    compute: bool = True,
 ) -> list[FileFacts]:
     """Facts for many files, in the order given (see the module docstring).
 
@@ -364,20 +366,23 @@ def analyze_paths(
     enabled = gc.isenabled()
     gc.disable()  # unpickling and building many small objects: no cyclic garbage here
     try:
-        return _analyze_paths(paths, root, jobs, cache_dir, want, inline, flatten, deps_out, optional_ifs)
+        return _analyze_paths(paths, root, jobs, cache_dir, want, inline, flatten, deps_out, optional_ifs, compute)
     finally:
         if enabled:
             gc.enable()
 
 
 def _analyze_paths(paths, root, jobs, cache_dir, want, inline, flatten, deps_out=None,
-                   optional_ifs=frozenset()) -> list[FileFacts]:
+                   optional_ifs=frozenset(), compute=True) -> list[FileFacts]:
     paths = [str(p) for p in paths]
     kwargs = {"want": want, "inline": inline, "flatten": flatten}
     options: tuple = (root and os.path.abspath(root), sorted(want) if want is not None else None, inline, flatten)
     if optional_ifs:  # only then: the cache keys of other runs stay
         kwargs["optional_ifs"] = tuple(sorted(optional_ifs))
         options += ("optional_ifs", tuple(sorted(optional_ifs)))
+    if not compute:  # facts without class graphs: a key of their own
+        kwargs["compute"] = False
+        options += ("no_compute",)
     results: list[FileFacts | None] = [None] * len(paths)
     keys: list[str | None] = [None] * len(paths)
     contents: list[str | None] = [None] * len(paths)

@@ -45,6 +45,9 @@ class Options:
     # (update, writer) pairs, e.g. ("+", "/"), ("masked_fill", "torch.einsum")
     # (`compound._updates_dl_value`).
     optional_ifs: frozenset = frozenset()
+    # Build each class's forward graph (`ClassFacts.compute`): only class rules
+    # read it, so a run without them skips the work.
+    compute: bool = True
     max_paths: int = MAX_PATHS
     # budgets (None: the module's MAX_* value at the time of use)
     max_work: int | None = None

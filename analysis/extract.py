@@ -168,7 +168,7 @@ class Extractor:
         uses = self.attr_uses(info)
         node = info.node
         compute = None
-        if "forward" in info.methods:
+        if "forward" in info.methods and self.ctx.options.compute:
             # the whole data flow of a forward defined by this class (class rules)
             compute = forward_compute(info.methods["forward"],
                                       lambda parts: self.ctx.resolve(parts, scope=info.scope))

@@ -98,7 +98,8 @@ def _init(packs, cache_dir, inline, flatten, check, near=True) -> None:
     compiled = apply.compile_packs(packs)
     options = apply.ApplyOptions(mode="diff", cache_dir=cache_dir, inline=inline, flatten=flatten)
     _STATE.update(compiled=compiled, options=options, check=check, near=near, modules={},
-                  kw=apply._analysis_kwargs(options, compiled.want, compiled.optional_ifs))
+                  kw=apply._analysis_kwargs(options, compiled.want, compiled.optional_ifs,
+                                                compiled.class_rules))
 
 
 def _near_misses(found, facts, compiled, source=None) -> list:

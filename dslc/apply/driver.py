@@ -246,6 +246,8 @@ class Compiled:
     # the operators / tensor methods of the rules' optional nodes: the analysis
     # splits `if m is not None: s = s + m` for them (`dslc.match.optional`)
     optional_ifs: frozenset = frozenset()
+    # whether some rule is a class rule (it reads the analysis' forward graphs)
+    class_rules: bool = True
 
 
 def compile_packs(packs: Sequence, done: dict | None = None) -> Compiled:
@@ -254,17 +256,20 @@ def compile_packs(packs: Sequence, done: dict | None = None) -> Compiled:
     compiled = [compile_pack(p, done) for p in packs]
     want = frozenset().union(*(c.anchor_names() for c in compiled))
     optional_ifs = optional_updates(getattr(cp, "rules", ()) for cp in compiled)
-    return Compiled(list(packs), compiled, want, _rule_index(packs), optional_ifs)
+    class_rules = any(getattr(r, "klass", None) is not None for p in packs for r in p.rules)
+    return Compiled(list(packs), compiled, want, _rule_index(packs), optional_ifs, class_rules)
 
 
 def _rule_index(packs) -> dict[str, object]:
     return {r.qualified_name: r for p in packs for r in p.rules}
 
 
-def _analysis_kwargs(options: ApplyOptions, want, optional_ifs=frozenset()) -> dict:
+def _analysis_kwargs(options: ApplyOptions, want, optional_ifs=frozenset(), class_rules=True) -> dict:
     kw: dict = {"root": options.root, "want": want}
     if optional_ifs:
         kw["optional_ifs"] = frozenset(optional_ifs)
+    if not class_rules:
+        kw["compute"] = False  # no class rule: the forward graphs are not needed
     # Pass the ablation switches only when set, so an analysis without them still runs.
     if not options.inline:
         kw["inline"] = False
@@ -862,7 +867,7 @@ def _run_chunk_kept(items, compiled=None, options=None) -> list[tuple[int, FileR
     """
     compiled = compiled or _WORKER["compiled"]
     options = options or _WORKER["options"]
-    kw = _analysis_kwargs(options, compiled.want, compiled.optional_ifs)
+    kw = _analysis_kwargs(options, compiled.want, compiled.optional_ifs, compiled.class_rules)
     cache = _result_cache(compiled, options)
     out: list[tuple[int, FileResult]] = []
     keys: dict[int, tuple[str, str]] = {}
