@@ -272,6 +272,30 @@ def fake_liger(**functions):
 """ + _LOAD
 
 
+# A child-script piece (after KERNEL_PRELUDE) for a rewritten file whose
+# fused linear cross-entropy helper imported the real liger-kernel: `orig`
+# and `new` are the two modules loaded from argv, and each call of Liger's
+# function (on plain CPU tensors, for Triton's interpreter) is counted in
+# `calls`.
+SPY_REAL_FLCE = """
+orig, new = load("orig", sys.argv[1]), load("new", sys.argv[2])
+real = new.liger_fused_linear_cross_entropy
+assert real is not None, "liger_kernel did not import"
+calls = []
+
+
+def plain(x):
+    return x.as_subclass(torch.Tensor) if isinstance(x, torch.Tensor) else x
+
+
+def kernel(*a, **k):  # Liger's own function, on plain CPU tensors (Triton's interpreter)
+    calls.append(1)
+    return real(*[plain(x) for x in a], **{n: plain(v) for n, v in k.items()})
+
+
+new.liger_fused_linear_cross_entropy = kernel
+"""
+
 # The end of a child script that compares two rotary attention modules `ma`
 # (original) and `mb` (rewritten) of the tests' `Attn(x, cos, sin) -> (q, k)`
 # form: the state dict loads strictly, and q, k and every parameter gradient

@@ -23,7 +23,7 @@ import pytest
 
 from dslc.cli import main
 from dslc.match.rows import RowChain, row_chain
-from rewrite_support import KERNEL_PRELUDE, run_without_liger
+from rewrite_support import KERNEL_PRELUDE, SPY_REAL_FLCE, run_without_liger
 
 REPO = Path(__file__).resolve().parent.parent
 LIGER = REPO / "rulepacks" / "liger.adr"
@@ -259,20 +259,7 @@ def test_option_rows_needs_the_fallback(tmp_path, capsys):
 INTERPRETED = KERNEL_PRELUDE + textwrap.dedent("""
     import json, os, warnings
     warnings.filterwarnings("ignore")
-
-    orig, new = load("orig", sys.argv[1]), load("new", sys.argv[2])
-    real = new.liger_fused_linear_cross_entropy
-    assert real is not None, "liger_kernel did not import"
-    calls = []
-
-    def plain(x):
-        return x.as_subclass(torch.Tensor) if isinstance(x, torch.Tensor) else x
-
-    def kernel(*a, **k):  # Liger's own function, on plain CPU tensors (Triton's interpreter)
-        calls.append(1)
-        return real(*[plain(x) for x in a], **{n: plain(v) for n, v in k.items()})
-
-    new.liger_fused_linear_cross_entropy = kernel
+""") + SPY_REAL_FLCE + textwrap.dedent("""
 
     out = {}
     for name in ("NanoLM", "ShiftLM", "FlatLM", "LossModuleLM"):

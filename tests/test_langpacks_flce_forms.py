@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from dslc.cli import main
-from rewrite_support import KERNEL_PRELUDE, run_without_liger
+from rewrite_support import KERNEL_PRELUDE, SPY_REAL_FLCE, run_without_liger
 
 REPO = Path(__file__).resolve().parent.parent
 LIGER = REPO / "rulepacks" / "liger.adr"
@@ -170,20 +170,7 @@ def test_the_kernel_path_is_taken_in_float32_and_bfloat16(applied):
 INTERPRETED = KERNEL_PRELUDE + textwrap.dedent("""
     import json, warnings
     warnings.filterwarnings("ignore")
-
-    orig, new = load("orig", sys.argv[1]), load("new", sys.argv[2])
-    real = new.liger_fused_linear_cross_entropy
-    assert real is not None, "liger_kernel did not import"
-    calls = []
-
-    def plain(x):
-        return x.as_subclass(torch.Tensor) if isinstance(x, torch.Tensor) else x
-
-    def kernel(*a, **k):  # Liger's own function, on plain CPU tensors (Triton's interpreter)
-        calls.append(1)
-        return real(*[plain(x) for x in a], **{n: plain(v) for n, v in k.items()})
-
-    new.liger_fused_linear_cross_entropy = kernel
+""") + SPY_REAL_FLCE + textwrap.dedent("""
     out = {}
     for name in ("FloatLM", "FloatLossModuleLM"):
         for dtype in (torch.float32, torch.bfloat16):
