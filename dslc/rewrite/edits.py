@@ -271,3 +271,11 @@ def string_interior_lines(text: str) -> frozenset[int]:
     except (tokenize.TokenError, SyntaxError):
         return frozenset()
     return frozenset(out)
+
+
+def indent_lines(text: str, unit: str) -> str:
+    """`text` one `unit` deeper (blank lines as they are); lines inside a
+    multi-line string keep their spaces (they are its value)."""
+    inside = string_interior_lines(text)
+    return "".join(unit + line if line.strip() and i not in inside else line
+                   for i, line in enumerate(source_lines(text, keepends=True)))

@@ -38,10 +38,9 @@ import ast
 from dataclasses import dataclass, field
 
 from dslc import codes
-from dslc.fileio import source_lines
 from dslc.match import ir
 from dslc.rewrite import safety
-from dslc.rewrite.edits import string_interior_lines
+from dslc.rewrite.edits import indent_lines
 from dslc.rewrite.kinds.base import Planner
 from dslc.rewrite.plan import Plan, Skip
 
@@ -214,7 +213,7 @@ class KeepGuard(Planner):
                            f"would change it")
         start, end = smap.line_start(region.body[0].lineno), smap.line_end(final.end_lineno)
         indent = self.mod.indent(region.body[0])
-        inner = indent + ("\t" if indent.startswith("\t") else "    ")
+        unit = "\t" if indent.startswith("\t") else "    "
         nl = self.mod.nl
         original = smap.text[start:end]
         deleted = {id(s) for _, _, s in groups[:-1]} | {id(s) for s in region.guard_ifs}
@@ -228,23 +227,10 @@ class KeepGuard(Planner):
         fast += [f"{indent}{name} = None{nl}" for name in region.read_later]
         if not original.endswith(("\n", "\r")):
             original += nl
-        text = (f"{indent}if {cond}:{nl}" + _shift(original, indent, inner)
-                + f"{indent}else:{nl}" + _shift("".join(fast), indent, inner))
+        text = (f"{indent}if {cond}:{nl}" + indent_lines(original, unit)
+                + f"{indent}else:{nl}" + indent_lines("".join(fast), unit))
         self.ctx.claim(plan, start, end, text, final)
         plan.lines.update(range(region.body[0].lineno, final.end_lineno + 1))
-
-
-def _shift(text: str, indent: str, inner: str) -> str:
-    """Each non-blank line one level deeper (`indent` -> `inner`); lines inside
-    a multi-line string keep their spaces (they are its value)."""
-    inside = string_interior_lines(text)
-    out = []
-    for i, line in enumerate(source_lines(text, keepends=True)):
-        if line.strip() and i not in inside:
-            out.append(inner + line[len(indent):] if line.startswith(indent) else inner[len(indent):] + line)
-        else:
-            out.append(line)
-    return "".join(out)
 
 
 def _root(node) -> str | None:

@@ -16,10 +16,9 @@ import re
 import textwrap
 
 from dslc import codes
-from dslc.fileio import source_lines
 from dslc.match import ir
 from dslc.rewrite.astutil import dotted_name, is_self_attr
-from dslc.rewrite.edits import Edit, EditConflict, apply_edits, string_interior_lines
+from dslc.rewrite.edits import Edit, EditConflict, apply_edits, indent_lines
 from dslc.rewrite.kinds.base import Planner
 from dslc.rewrite.plan import Plan, Skip
 from dslc.rewrite.render import Absent, Env, paren
@@ -101,8 +100,8 @@ class WhenGuard(Planner):
         if not old.endswith(("\n", "\r")):
             old += nl
             new += nl
-        text = (indent + f"if {condition}:" + nl + _indent_lines(new, mod.unit)
-                + indent + "else:" + nl + _indent_lines(old, mod.unit))
+        text = (indent + f"if {condition}:" + nl + indent_lines(new, mod.unit)
+                + indent + "else:" + nl + indent_lines(old, mod.unit))
         init_plan.edits = [Edit(region_start, region_end, self.ctx.fit(text, last))]
         init_plan.claimed = {(region_start, region_end)}
         init_plan.lines.update(range(first.lineno, last.end_lineno + 1))
@@ -140,8 +139,8 @@ class WhenGuard(Planner):
         first = changed[0]
         indent = mod.indent(first)
         text = "".join(mod.source[seg_of[id(st)][0]:seg_of[id(st)][1]] for st in between)
-        text += (indent + f"if {condition}:" + nl + _indent_lines(new, mod.unit)
-                 + indent + "else:" + nl + _indent_lines(old, mod.unit))
+        text += (indent + f"if {condition}:" + nl + indent_lines(new, mod.unit)
+                 + indent + "else:" + nl + indent_lines(old, mod.unit))
         last = run[-1]
         region_start, region_end = seg_of[id(run[0])][0], seg_of[id(last)][1]
         init_plan.absorbed = []
@@ -258,10 +257,3 @@ def _plain_arguments(call: ast.Call) -> bool:
             if isinstance(n, ast.Name) and n.id == "self":
                 return False
     return not any(k.arg is None for k in call.keywords)
-
-
-def _indent_lines(text: str, unit: str) -> str:
-    """`text` one `unit` deeper; lines inside a multi-line string keep their spaces (they are its value)."""
-    inside = string_interior_lines(text)
-    return "".join(unit + line if line.strip() and i not in inside else line
-                   for i, line in enumerate(source_lines(text, keepends=True)))
