@@ -243,7 +243,7 @@ class _Scope:
 
 
 class _PathCtx:
-    __slots__ = ("path", "nodes", "writes", "writers", "keys", "scalars", "ranks", "cutoffs", "positions")
+    __slots__ = ("path", "nodes", "writes", "writers", "keys", "scalars", "ranks", "cutoffs", "positions", "at_key")
 
     def __init__(self, path: Path, scope: _Scope):
         self.path = path
@@ -259,28 +259,60 @@ class _PathCtx:
         # its key (the same pre-filter as the anchor index, for later nodes).
         # Both are per node, and the paths of one scope share most nodes: memoised in the scope.
         memo = scope.node_memo
-        facts = []
+        get = memo.get
+        self.keys, self.writes = keys, writes = [], []
         for n in path.nodes:
-            got = memo.get(id(n))
+            got = get(id(n))
             if got is None or got[0] is not n:
                 # a parameter bound to the same name (`self._f(h)`, `def _f(self, h)`) keeps its value
                 got = (n, frozenset(_node_keys(n, scope)),
                        (frozenset(n.writes) | frozenset(n.outputs)) - {d for d, s in n.copies if d == s})
                 memo[id(n)] = got
-            facts.append(got)
-        self.keys = [f[1] for f in facts]
-        self.writes = [f[2] for f in facts]
+            keys.append(got[1])
+            writes.append(got[2])
         self.writers: dict[str, list[int]] | None = None  # name -> positions writing it, built on first use
+        self.at_key: dict | None = None  # index key -> positions of the nodes carrying it, built on first use
 
-    def defn(self, name: str, pos: int) -> int:
-        """The position of the last write of `name` before `pos` (-1: none)."""
+    def _writers(self) -> dict[str, list[int]]:
         if self.writers is None:
             writers: dict[str, list[int]] = {}
             for i, names in enumerate(self.writes):
                 for n in names:
                     writers.setdefault(n, []).append(i)
             self.writers = writers
-        ws = self.writers.get(name)
+        return self.writers
+
+    def keyed(self, key, lo: int, hi: int) -> list[int] | range:
+        """The positions in [lo, hi) of the nodes carrying index key `key`
+        (None: every position): the only ones a transition can fire on."""
+        if key is None:
+            return range(lo, hi)
+        if self.at_key is None:
+            at: dict = {}
+            for i, keys in enumerate(self.keys):
+                for k in keys:
+                    at.setdefault(k, []).append(i)
+            self.at_key = at
+        ps = self.at_key.get(key)
+        if not ps:
+            return []
+        return ps[bisect_left(ps, lo):bisect_left(ps, hi)]
+
+    def first_write(self, names: set[str], lo: int, hi: int) -> int | None:
+        """The first position in [lo, hi) whose node writes one of `names`."""
+        writers = self._writers()
+        first = None
+        for name in names:
+            ws = writers.get(name)
+            if ws:
+                i = bisect_left(ws, lo)
+                if i < len(ws) and ws[i] < hi and (first is None or ws[i] < first):
+                    first = ws[i]
+        return first
+
+    def defn(self, name: str, pos: int) -> int:
+        """The position of the last write of `name` before `pos` (-1: none)."""
+        ws = self._writers().get(name)
         if not ws:
             return -1
         i = bisect_left(ws, pos)
@@ -652,6 +684,26 @@ def _bound_names(env: dict[str, _B]) -> set[str]:
     return {b.text for b in env.values() if b.kind == "name"}
 
 
+def _window(ctx: _PathCtx, k: int, a: int, prev: int, anchor_pos: int, bound: set[str], key):
+    """(the positions transition k may fire on after `prev`, the first
+    position of the range that writes a name in `bound` or None); None when
+    a skipped node before the anchor writes one.  The nodes between prev and
+    the position fired on are skipped: none may write a bound name.  Nodes
+    without the transition's `key` are left out (they cannot fire, and a
+    `_NO_KEY` failure is never reported)."""
+    if k == a:
+        if anchor_pos <= prev:
+            return range(0), None
+        if bound and ctx.first_write(bound, prev + 1, anchor_pos) is not None:
+            return None
+        lo, hi = anchor_pos, anchor_pos + 1
+        candidates: range | list[int] = range(lo, hi)
+    else:
+        lo, hi = prev + 1, len(ctx.nodes) if k > a else anchor_pos
+        candidates = ctx.keyed(key, lo, hi)
+    return candidates, (ctx.first_write(bound, lo, hi) if bound else None)
+
+
 def _run(cr: CompiledRule, ctx: _PathCtx, anchor_pos: int, scope: _Scope, dbg: _Debug, file: str,
          rec=None) -> Iterator[_Partial]:
     auto = cr.forward
@@ -675,21 +727,15 @@ def _run(cr: CompiledRule, ctx: _PathCtx, anchor_pos: int, scope: _Scope, dbg: _
             found += 1
             yield p
             return
-        if k == a:
-            candidates: range | list[int] = [anchor_pos] if anchor_pos > prev else []
-            bound = _bound_names(p.env)
-            if k > 0 and any(ctx.writes[q] & bound for q in range(prev + 1, anchor_pos)):
-                return  # a skipped node before the anchor rebinds a name
-        else:
-            candidates = range(prev + 1, len(nodes) if k > a else anchor_pos)
-        bound = _bound_names(p.env)
-        key = trans[k].test.anchor
+        bound = _bound_names(p.env) if k > 0 else set()
+        window = _window(ctx, k, a, prev, anchor_pos, bound, trans[k].test.anchor)
+        if window is None:
+            return  # a skipped node before the anchor rebinds a name
+        candidates, kill = window
         for q in candidates:
-            # The nodes between prev and q are skipped: none may write a bound name.
-            if key is not None and key not in ctx.keys[q]:
-                res = _NO_KEY
-            else:
-                res = _fire(trans[k], nodes[q], q, p.env, scope, ctx)
+            if kill is not None and q > kill:
+                break
+            res = _fire(trans[k], nodes[q], q, p.env, scope, ctx)
             if isinstance(res, Fail):
                 report(k, q, res, p)
             else:
@@ -698,16 +744,17 @@ def _run(cr: CompiledRule, ctx: _PathCtx, anchor_pos: int, scope: _Scope, dbg: _
                 if extra:
                     extras[k] = extra
                 yield from extend(k + 1, q, _Partial(p.positions + (q,), env, extras))
-            if k > 0 and ctx.writes[q] & bound:
-                if watching(p, q):
-                    dbg.say(file, cr.name, f"path node {q} (line {nodes[q].stmt.lines[0]}) writes "
-                            f"{sorted(ctx.writes[q] & bound)}, bound before: kills the partial match at pattern node {k}")
-                if rec is not None:
-                    rec.event(cr, scope, nodes[anchor_pos], _at(p), k, 0.5,
-                              Fail("line {} writes {} again", nodes[q].stmt.lines[0],
-                                   ", ".join(f"`{n}`" for n in sorted(ctx.writes[q] & bound))),
-                              node=nodes[q], stage="kill")
-                return
+        if kill is not None:
+            q = kill
+            if watching(p, q):
+                dbg.say(file, cr.name, f"path node {q} (line {nodes[q].stmt.lines[0]}) writes "
+                        f"{sorted(ctx.writes[q] & bound)}, bound before: kills the partial match at pattern node {k}")
+            if rec is not None:
+                rec.event(cr, scope, nodes[anchor_pos], _at(p), k, 0.5,
+                          Fail("line {} writes {} again", nodes[q].stmt.lines[0],
+                               ", ".join(f"`{n}`" for n in sorted(ctx.writes[q] & bound))),
+                          node=nodes[q], stage="kill")
+            return
         if k > a and watching(p, None):
             dbg.say(file, cr.name, f"pattern node {k} ({trans[k].test.describe()}): no later node of the path matched")
         if rec is not None and k > a:
@@ -1168,21 +1215,19 @@ def _match_paths(compiled: CompiledPack, scope: _Scope, paths, file: str, dbg: _
 
 def _match_paths_run(compiled: CompiledPack, scope: _Scope, paths, file: str, dbg: _Debug, stats: dict | None,
                      out: list[_Found], rec=None) -> None:
+    by_keys: dict[frozenset, list[int]] = {}  # a node's index keys -> the rules anchored there, in order
     for pi, path in enumerate(paths):
         ctx = _PathCtx(_expand_sequential(path, scope), scope)
         for pos, node in enumerate(ctx.nodes):
             if node.kind == "stmt":
                 continue
-            cands: list[int] = []
-            for key in ctx.keys[pos]:
-                for r in compiled.candidates(key):
-                    if r not in cands:
-                        cands.append(r)
-            cands.extend(r for r in compiled.unanchored if r not in cands)
+            cands = by_keys.get(ctx.keys[pos])
+            if cands is None:
+                cands = by_keys[ctx.keys[pos]] = sorted(_anchored(compiled, ctx.keys[pos]))
             if dbg.line is not None and dbg.at(node):
                 names = ", ".join(compiled.rules[r].name for r in cands) or "no rule"
                 dbg.say(file, "-", f"path {pi} node {pos} ({node.kind} {node.type or node.op or ''}) keys {sorted(ctx.keys[pos])}: anchors {names}")
-            for r in sorted(cands):
+            for r in cands:
                 cr = compiled.rules[r]
                 if cr.class_scoped and not scope.class_scoped:
                     continue
@@ -1190,6 +1235,17 @@ def _match_paths_run(compiled: CompiledPack, scope: _Scope, paths, file: str, db
                     stats["attempts"] = stats.get("attempts", 0) + 1
                 for p in _run(cr, ctx, pos, scope, dbg, file, rec):
                     _complete(cr, scope, pi, ctx, p, file, dbg, out, rec)
+
+
+def _anchored(compiled: CompiledPack, keys: frozenset) -> list[int]:
+    """The rules anchored at a node with index keys `keys` (and the unanchored ones)."""
+    cands: list[int] = []
+    for key in keys:
+        for r in compiled.candidates(key):
+            if r not in cands:
+                cands.append(r)
+    cands.extend(r for r in compiled.unanchored if r not in cands)
+    return cands
 
 
 def _complete(cr: CompiledRule, scope: _Scope, pi: int, ctx: _PathCtx, p: _Partial, file: str, dbg: _Debug, out: list[_Found],
