@@ -23,11 +23,15 @@ def split_alts(alts: list, text: str, lines: tuple[int, int]) -> tuple[list, lis
     """Fork each alternative on a condition: (those where it holds, those
     where it does not), each keeping only the feasible forks."""
     yes, no = [], []
+    pos, neg = Guard(text, False, lines), Guard(text, True, lines)
     for a in alts:
         b = a.copy()
-        if a.add_guard(Guard(text, False, lines)):
+        # both forks have a's nodes and guards: the versions and the related
+        # guards are worked out once, for whichever fork asks first
+        shared = [None, None]
+        if a.add_guard(pos, shared):
             yes.append(a)
-        if b.add_guard(Guard(text, True, lines)):
+        if b.add_guard(neg, shared):
             no.append(b)
     return yes, no
 
@@ -98,8 +102,11 @@ class Alt:
             cur = cur[1]
         return 0
 
-    def add_guard(self, guard: Guard) -> bool:
-        """Add a guard; False when the path became infeasible."""
+    def add_guard(self, guard: Guard, shared: list | None = None) -> bool:
+        """Add a guard; False when the path became infeasible.  `shared`
+        ([versions, related] or Nones, `split_alts`): the same guard text
+        was or will be added to a copy of this path with the same nodes and
+        guards, which computes these once."""
         syms = guardlib.symbols(guard)
         budget = ACTIVE[0]
         if budget is not None and not budget.ask(self.tail[2] if self.tail else 0, len(syms)):
@@ -107,7 +114,12 @@ class Alt:
             self.keys = self.keys + ((guard.text, guard.negated, ()),)
             self.symbols = self.symbols | syms
             return True  # z3 had its share: assumed feasible (safety re-checks a match's guards)
-        versions = tuple(sorted((s, v) for s in syms if (v := self.version(s))))
+        if shared is not None and shared[0] is not None:
+            versions = shared[0]
+        else:
+            versions = tuple(sorted((s, v) for s in syms if (v := self.version(s))))
+            if shared is not None:
+                shared[0] = versions
         key = (guard.text, guard.negated, versions)
         for old in self.keys:
             if old[0] == key[0] and old[2] == key[2]:
@@ -117,12 +129,17 @@ class Alt:
             self.guards = self.guards + (guard,)
             self.keys = self.keys + (key,)
             return guardlib.feasible_key((key,)) is not guardlib.Answer.REFUTED
-        shared = bool(syms & self.symbols)
-        related = tuple(k for k in self.keys if shared and guardlib.symbols(k[0]) & syms)
+        common = bool(syms & self.symbols)
+        if shared is not None and shared[1] is not None:
+            related = shared[1]
+        else:
+            related = tuple(k for k in self.keys if common and guardlib.symbols(k[0]) & syms)
+            if shared is not None:
+                shared[1] = related
         self.guards = self.guards + (guard,)
         self.keys = self.keys + (key,)
         self.symbols = self.symbols | syms
-        if shared:
+        if common:
             # only the guards that share a symbol can contradict the new one
             return guardlib.feasible_key(related + (key,)) is not guardlib.Answer.REFUTED
         return True
