@@ -12,7 +12,10 @@ that the analysis cannot handle, comes back as `FileFacts.problems`.
    files still have those hashes.
 3. Misses are analyzed, in `jobs` worker processes when `jobs > 1` (each
    worker keeps one parsed-module cache for its share of the files), and
-   written back atomically (temporary file + `os.replace`).
+   written back atomically (temporary file + `os.replace`).  With `lazy`, a
+   key analysed for the first time gets a marker entry instead of its facts
+   (a key with a marker, or with facts made stale by a changed dependency,
+   gets its facts written).
 """
 
 from __future__ import annotations
@@ -276,9 +279,16 @@ def _entry_path(cache_dir: str, key: str) -> str:
     return os.path.join(cache_dir, key[:2], key + ".pickle")
 
 
+# `_cache_get`'s answer for an entry that holds no facts but shows that this
+# very key was analysed before (a marker: see `analyze_paths`'s `lazy`), or
+# one whose facts are stale because a file they depend on changed.
+SEEN = object()
+
+
 def _cache_get(cache_dir: str, key: str, memo: dict, content: str | None = None,
-               deps_out: list | None = None) -> FileFacts | None:
-    """The cached facts for `key`, or None (missing, bad, or a dependency changed).
+               deps_out: list | None = None):
+    """The cached facts for `key`; `SEEN` when the entry is a marker or its
+    facts depend on a file that changed since; None when missing or bad.
 
     The entry is checked before it is decoded and must name this key, this
     content hash and this analysis version (`cachefile`); never raises.
@@ -289,10 +299,14 @@ def _cache_get(cache_dir: str, key: str, memo: dict, content: str | None = None,
         return None
     try:
         tag, got_key, got_content, version, deps, facts = cachefile.loads(payload, _ALLOWED, _analysis_dataclass)
-        if tag != "facts" or got_key != key or version != analysis_version():
+        if tag not in ("facts", "seen") or got_key != key or version != analysis_version():
             raise cachefile.Bad("made for another key or version")
         if content is not None and got_content != content:
             raise cachefile.Bad("made from other content")
+        if tag == "seen":
+            if facts is not None or deps:
+                raise cachefile.Bad("a marker with facts")
+            return SEEN
         if not isinstance(facts, FileFacts):
             raise cachefile.Bad("not file facts")
         deps = [(str(dep), digest) for dep, digest in deps]
@@ -301,7 +315,7 @@ def _cache_get(cache_dir: str, key: str, memo: dict, content: str | None = None,
         return None
     for dep, digest in deps:
         if _hash_file(dep, memo) != digest:
-            return None
+            return SEEN
     if deps_out is not None:
         deps_out.extend(deps)
     return facts
@@ -313,6 +327,11 @@ def _cache_put(cache_dir: str, key: str, deps: list, facts: FileFacts, content: 
     except Exception:  # noqa: BLE001 - unpicklable facts: not cached
         return
     cachefile.write(_entry_path(cache_dir, key), payload)
+
+
+def _cache_mark(cache_dir: str, key: str, content: str | None = None) -> None:
+    """Write the marker entry of `key`: analysed once, facts not kept."""
+    cachefile.write(_entry_path(cache_dir, key), dumps(("seen", key, content, analysis_version(), (), None)))
 
 
 def _work(batch: list[tuple[int, str]], root, kwargs) -> list[tuple[int, FileFacts, list]]:
@@ -355,6 +374,7 @@ def analyze_paths(
     deps_out: list | None = None,
     optional_ifs=frozenset(),
     compute: bool = True,
+    lazy: bool = False,
 ) -> list[FileFacts]:
     """Facts for many files, in the order given (see the module docstring).
 
@@ -362,18 +382,27 @@ def analyze_paths(
     (path, SHA-256) of the other files its facts depend on (bases and
     re-exports read from the tree): what a cache of anything computed from
     these facts must check too.
+
+    `lazy` (for a caller that caches what it computes from the facts, as
+    `dslc apply`'s result cache does): a file analysed for the first time
+    under its key gets only a small marker entry, not its facts (pickling
+    them is most of the cost of a cache write); the facts are written the
+    second time the same key is analysed (the marker is there: the caller's
+    own cache missed for an unchanged file, e.g. after a pack change that
+    keeps the pack's names), and read from the third on.
     """
     enabled = gc.isenabled()
     gc.disable()  # unpickling and building many small objects: no cyclic garbage here
     try:
-        return _analyze_paths(paths, root, jobs, cache_dir, want, inline, flatten, deps_out, optional_ifs, compute)
+        return _analyze_paths(paths, root, jobs, cache_dir, want, inline, flatten, deps_out, optional_ifs, compute,
+                              lazy)
     finally:
         if enabled:
             gc.enable()
 
 
 def _analyze_paths(paths, root, jobs, cache_dir, want, inline, flatten, deps_out=None,
-                   optional_ifs=frozenset(), compute=True) -> list[FileFacts]:
+                   optional_ifs=frozenset(), compute=True, lazy=False) -> list[FileFacts]:
     paths = [str(p) for p in paths]
     kwargs = {"want": want, "inline": inline, "flatten": flatten}
     options: tuple = (root and os.path.abspath(root), sorted(want) if want is not None else None, inline, flatten)
@@ -387,6 +416,7 @@ def _analyze_paths(paths, root, jobs, cache_dir, want, inline, flatten, deps_out
     keys: list[str | None] = [None] * len(paths)
     contents: list[str | None] = [None] * len(paths)
     file_deps: list[list] = [[] for _ in paths]
+    seen = [False] * len(paths)  # an entry for the key, without usable facts
     memo: dict = {}
     todo: list[tuple[int, str]] = []
     for i, path in enumerate(paths):
@@ -400,7 +430,8 @@ def _analyze_paths(paths, root, jobs, cache_dir, want, inline, flatten, deps_out
                 contents[i] = cachefile.digest(data)
                 keys[i] = _key(data + b"\0" + os.fsencode(os.path.abspath(path)), options)
                 hit = _cache_get(cache_dir, keys[i], memo, contents[i], file_deps[i])
-                if hit is not None:
+                seen[i] = hit is SEEN
+                if hit is not None and not seen[i]:
                     results[i] = hit
                     continue
         todo.append((i, path))
@@ -417,7 +448,10 @@ def _analyze_paths(paths, root, jobs, cache_dir, want, inline, flatten, deps_out
         results[index] = facts
         file_deps[index] = list(deps)
         if cache_dir is not None and keys[index] is not None:
-            _cache_put(cache_dir, keys[index], deps, facts, contents[index])
+            if lazy and not seen[index]:
+                _cache_mark(cache_dir, keys[index], contents[index])
+            else:
+                _cache_put(cache_dir, keys[index], deps, facts, contents[index])
     if deps_out is not None:
         deps_out.extend(file_deps)
     return results  # type: ignore[return-value]

@@ -24,6 +24,7 @@ import re
 import stat
 import tokenize
 from dataclasses import dataclass
+from functools import lru_cache
 
 # Error codes of the apply report (`errors[].code`); README.md lists them.
 E_UNREADABLE = "E100"  # a file cannot be read or a directory cannot be listed
@@ -96,6 +97,14 @@ _OTHER_BREAKS = re.compile("[\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
 _LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+\Z")
 
 
+@lru_cache(maxsize=8)
+def _other_breaks(text: str) -> bool:
+    """Does `text` hold a character of `_OTHER_BREAKS`?  (Kept for the last
+    texts: a file's text is split by the source map, the import scheduler
+    and the diff.)"""
+    return _OTHER_BREAKS.search(text) is not None
+
+
 def source_lines(text: str, keepends: bool = False) -> list[str]:
     """`text.splitlines(keepends)` with only `\\n`, `\\r\\n` and `\\r` ending a line.
 
@@ -104,7 +113,7 @@ def source_lines(text: str, keepends: bool = False) -> list[str]:
     paragraph separator (in a comment, a string, a docstring) stays inside
     its line.  Text without those characters takes `str.splitlines` (fast).
     """
-    if not _OTHER_BREAKS.search(text):
+    if not _other_breaks(text):
         return text.splitlines(keepends)
     lines = _LINE.findall(text)
     return lines if keepends else [line.rstrip("\r\n") for line in lines]

@@ -90,6 +90,26 @@ def _run(pkg, packs, cache):
     return [(f.found.display, f.matches, f.errors, f.warnings, f.new_source) for f in report.files]
 
 
+def _fill(pkg, packs, cache):
+    """Fill both caches: a cold run keeps only a marker per analysis entry
+    (the result cache holds the outcome); the second analysis of the same
+    key, after the results are gone, writes the facts."""
+    _run(pkg, packs, cache)
+    shutil.rmtree(cache / "results")
+    return _run(pkg, packs, cache)
+
+
+def _tags(cache: Path) -> list[str]:
+    """The kind of every analysis entry (`facts` or the marker `seen`)."""
+    from dslc.analysis import api
+
+    out = []
+    for p in _entries(cache):
+        if "results" not in p.parts:
+            out.append(cachefile.loads(cachefile.read(str(p)), api._ALLOWED, api._analysis_dataclass)[0])
+    return out
+
+
 def _entries(cache: Path) -> list[Path]:
     return sorted(p for p in cache.rglob("*") if p.is_file() and not p.name.startswith("."))
 
@@ -140,15 +160,27 @@ def test_good_entries_are_never_refused(tmp_path):
     assert cachefile.BAD_ENTRIES[0] == before
 
 
-def test_the_result_cache_makes_warm_runs_hit(tree, packs, tmp_path):
+def test_the_result_cache_makes_warm_runs_hit(tree, packs, tmp_path, monkeypatch):
+    from dslc.analysis import api
+
     cache = tmp_path / "cache"
     ref = _run(tree, packs, None)
     assert _run(tree, packs, cache) == ref
     assert list((cache / "results").rglob("*.json")), "results were not cached"
+    # the cold run kept markers, not facts: the result cache holds the outcome
+    assert _tags(cache) and set(_tags(cache)) == {"seen"}
+    analysed = []
+    real_analyze = api.analyze_file
+    monkeypatch.setattr(api, "analyze_file", lambda *a, **k: analysed.append(a[0]) or real_analyze(*a, **k))
     before = cachefile.BAD_ENTRIES[0]
     shutil.rmtree(cache / "results")
+    assert _run(tree, packs, cache) == ref  # analysed again: now the facts are kept
+    assert analysed and set(_tags(cache)) == {"facts"}
+    analysed.clear()
+    shutil.rmtree(cache / "results")
     assert _run(tree, packs, cache) == ref  # from the analysis cache
-    assert cachefile.BAD_ENTRIES[0] == before, "a good analysis entry was refused"
+    assert analysed == [], "the analysis cache missed"
+    assert cachefile.BAD_ENTRIES[0] == before, "a good analysis entry or marker was refused"
 
     calls = []
     real = apply.process_file
@@ -160,13 +192,29 @@ def test_the_result_cache_makes_warm_runs_hit(tree, packs, tmp_path):
     assert calls == [], "a warm run re-processed unchanged files"
 
 
+def test_without_the_result_cache_the_facts_are_written_at_once(tree, tmp_path):
+    from dslc.analysis import analyze_paths
+
+    cache = tmp_path / "cache"
+    files = sorted(str(p) for p in tree.glob("*.py"))
+    first = analyze_paths(files, cache_dir=str(cache))
+    assert set(_tags(cache)) == {"facts"}
+    assert analyze_paths(files, cache_dir=str(cache), lazy=True) == first  # hits, nothing rewritten
+    assert set(_tags(cache)) == {"facts"}
+
+
 @pytest.mark.parametrize("how", list(_corruptions()))
-@pytest.mark.parametrize("which", ["results", "facts", "both"])
+@pytest.mark.parametrize("which", ["results", "facts", "both", "markers"])
 def test_corrupt_entries_are_misses_and_the_output_equals_a_no_cache_run(tree, packs, tmp_path, how, which, caplog):
     cache = tmp_path / "cache"
     ref = _run(tree, packs, None)
     assert any(new for *_, new in ref), "the fixture must produce rewrites"
-    _run(tree, packs, cache)
+    if which == "markers":  # a cold run's analysis entries
+        _run(tree, packs, cache)
+        assert set(_tags(cache)) == {"seen"}
+    else:
+        _fill(tree, packs, cache)
+        assert set(_tags(cache)) == {"facts"}
     entries = _entries(cache)
     chosen = [p for p in entries if which == "both" or ("results" in p.parts) == (which == "results")]
     assert len(chosen) >= 2
@@ -176,7 +224,7 @@ def test_corrupt_entries_are_misses_and_the_output_equals_a_no_cache_run(tree, p
         # `swapped`: each entry gets the bytes of another file's entry of the same cache
         peers = [q for q in chosen if q.parent.parent == p.parent.parent and q != p] or [p]
         p.write_bytes(corrupt(originals[p], originals[peers[k % len(peers)]]))
-    if which == "facts":  # the results would hit first: make the run read the facts
+    if which in ("facts", "markers"):  # the results would hit first: make the run read the facts
         shutil.rmtree(cache / "results")
     before = cachefile.BAD_ENTRIES[0]
     with caplog.at_level(logging.WARNING, logger="dslc.cache"):
@@ -197,7 +245,7 @@ def test_a_swapped_entry_never_writes_another_files_rewrite(tree, packs, tmp_pat
     clean = tmp_path / "clean"
     shutil.copytree(tree, clean)
     assert main(["apply", "--rules", str(PACK), "--no-cache", "--jobs", "1", "--write", str(clean)]) in (0, 1)
-    _run(tree, packs, cache)
+    _fill(tree, packs, cache)
     for sub in ("results", None):
         entries = [p for p in _entries(cache) if ("results" in p.parts) == (sub == "results")]
         data = [p.read_bytes() for p in entries]

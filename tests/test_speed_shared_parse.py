@@ -152,3 +152,82 @@ def test_name_set_by_lines_on_dslc_sources():
         found = NameSet(tree, src, statements=_statements(tree))
         for word in set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", src)):
             assert (word in found) == (word in names), (path, word)
+
+
+def test_has_word_answers_like_the_word_boundary_search():
+    """`has_word` (the rewriter's `\\bword\\b` search by a literal scan) gives
+    `re.search`'s answer: random texts over word and non-word characters
+    (ASCII, digits, `_`, non-ASCII letters and marks), words with and without
+    non-word characters, and the corpus-like cases."""
+    import random
+    import re
+
+    from dslc.rewrite.astutil import has_word
+
+    rng = random.Random(11)
+    alphabet = "ab_1 .\n(\té\u0301ß·-"
+    words = ["a", "ab", "aba", "b_1", "_", "é", "ß", "a.b", ".", "-a", "a-", "\u0301", "ab ", "1"]
+    for _ in range(20000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 14)))
+        word = rng.choice(words)
+        assert has_word(text, word) == (re.search(r"\b" + re.escape(word) + r"\b", text) is not None), (text, word)
+    for text, word, want in [("description", "script", False), ("torch.jit.script\n", "script", True),
+                             ("@script", "script", True), ("scripts", "script", False), ("script", "script", True),
+                             ("class BertSelfOutputX", "BertSelfOutput", False), ("(BertSelfOutput)", "BertSelfOutput", True),
+                             ("aaa", "aa", False), ("éscript", "script", False), ("1script", "script", False)]:
+        assert has_word(text, word) is want, (text, word)
+
+
+def test_bare_word_answers_like_the_word_set():
+    """`bare_word` (NameSet's question, from the name's occurrences) gives
+    the answer of the set of `_WORD` words not after a `.`: random texts of
+    letters, digits, `_`, dots, blanks, line ends and a non-ASCII letter,
+    and every identifier of the corpus-like cases."""
+    import random
+
+    from dslc.rewrite.astutil import _WORD, bare_word
+
+    rng = random.Random(5)
+    alphabet = "ab_19. \t\f\n(é"
+    names = ["a", "b", "ab", "a1", "_", "_a", "ba", "aa", "b_", "a9b"]
+    for _ in range(20000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 12)))
+        words = {w for dot, w in _WORD.findall(text) if not dot}
+        for name in names:
+            assert bare_word(text, name) == (name in words), (text, name)
+    text = "import torch\nx = F.softmax(y) # softmax\n9softmax . relu\tself .gelu\n"
+    words = {w for dot, w in _WORD.findall(text) if not dot}
+    for name in ("softmax", "relu", "gelu", "F", "x", "torch", "self", "y", "import", "nothing"):
+        assert bare_word(text, name) == (name in words), name
+
+
+def _indent_unit_by_lines(text: str) -> str:
+    """`SourceMap.indent_unit` as it was: line by line."""
+    from dslc.fileio import source_lines
+
+    best = None
+    for raw in source_lines(text, keepends=True):
+        line = raw.rstrip("\r\n")
+        stripped = line.lstrip(" \t")
+        if not stripped or stripped.startswith("#"):
+            continue
+        indent = line[: len(line) - len(stripped)]
+        if indent and (best is None or len(indent) < len(best)):
+            best = indent
+    return best if best else "    "
+
+
+def test_indent_unit_answers_like_the_line_loop():
+    import random
+    from pathlib import Path
+
+    from dslc.rewrite.edits import SourceMap
+
+    rng = random.Random(3)
+    alphabet = ["  ", " ", "\t", "\n", "\r\n", "\r", "#", "x", "\f", "\u2028", "\x0b"]
+    for _ in range(20000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 14)))
+        assert SourceMap(text).indent_unit() == _indent_unit_by_lines(text), repr(text)
+    for path in sorted((Path(__file__).resolve().parent.parent / "dslc").rglob("*.py"))[:40]:
+        text = path.read_text()
+        assert SourceMap(text).indent_unit() == _indent_unit_by_lines(text), path

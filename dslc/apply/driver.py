@@ -881,7 +881,9 @@ def _run_chunk_kept(items, compiled=None, options=None) -> list[tuple[int, FileR
     if utf8:
         try:
             found_deps: list = []
-            extra = {"deps_out": found_deps} if cache is not None else {}
+            # With the result cache on, a file's facts are cached only when the same analysis
+            # is needed again (`lazy`: the result cache keeps the outcome of the first run).
+            extra = {"deps_out": found_deps, "lazy": True} if cache is not None else {}
             out_facts = _analyze_frozen([f.path for _, f in utf8], cache_dir=options.cache_dir, **kw, **extra)
             if len(out_facts) != len(utf8):
                 raise RuntimeError(f"analysis returned {len(out_facts)} results for {len(utf8)} files")

@@ -138,6 +138,67 @@ def index_statements(tree: ast.Module):
 
 # An identifier, and the `.` (on the same line) before it when it is an attribute.
 _WORD = re.compile(r"(\.[ \t\f]*)?([A-Za-z_][A-Za-z0-9_]*)")
+_WORD_CHARS = re.compile(r"\w+")
+_WORD_CHAR = re.compile(r"\w")
+
+
+_IDENT = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
+_DIGIT = frozenset("0123456789")
+
+
+def bare_word(source: str, name: str) -> bool:
+    """Is the ASCII identifier `name` a word of `source` not after a `.`?
+    The same answer as `name in {w for dot, w in _WORD.findall(source) if not dot}`,
+    from `name`'s occurrences only.
+
+    `_WORD` scans left to right: a word starts at a letter or `_` that no
+    earlier word reaches (after a non-identifier character, the text's
+    start, or a run of digits that follows one), takes every identifier
+    character after it, and is dotted when `.` and blanks (` `, tab, form
+    feed) come right before it.  So an occurrence of `name` counts when the
+    character after it is no identifier character, the identifier
+    characters right before it are digits only (none, or a run after a
+    non-identifier character or the start), and, with none, no `.`-and-blanks
+    comes right before it.
+    """
+    n = len(name)
+    i = source.find(name)
+    while i != -1:
+        end = i + n
+        if end == len(source) or source[end] not in _IDENT:
+            j = i
+            while j > 0 and source[j - 1] in _DIGIT:
+                j -= 1
+            if j == 0 or source[j - 1] not in _IDENT:
+                if j < i:
+                    return True  # after digits: a word, not after a `.`
+                k = i
+                while k > 0 and source[k - 1] in " \t\f":
+                    k -= 1
+                if k == 0 or source[k - 1] != ".":
+                    return True
+        i = source.find(name, i + 1)
+    return False
+
+
+def has_word(text: str, word: str) -> bool:
+    """`re.search(r"\\b" + re.escape(word) + r"\\b", text) is not None`, faster.
+
+    A pattern that starts with `\\b` is tried at every position of the text;
+    without it, the pattern starts with a literal, which `re` finds by a fast
+    scan.  For a `word` of word characters only, `\\b` before it holds at
+    the text's start or after a non-word character, checked at each hit (a
+    hit inside a longer word cannot hide another: the character before any
+    later start inside it is a word character).  Other words take the
+    pattern as it is.
+    """
+    if not _WORD_CHARS.fullmatch(word):
+        return re.search(r"\b" + re.escape(word) + r"\b", text) is not None
+    for hit in re.finditer(re.escape(word) + r"\b", text):
+        i = hit.start()
+        if i == 0 or not _WORD_CHAR.match(text, i - 1):
+            return True
+    return False
 
 
 class NameSet:
@@ -159,7 +220,7 @@ class NameSet:
         self._tree = tree
         self._source = source
         self._sure = sure
-        self._words: set[str] | None = None
+        self._words: dict[str, bool] | None = None  # name -> `bare_word`
         self._all: set[str] | None = None
         self._extra = set(extra or ())
         # every statement of the tree (`index_statements`): a word of the text
@@ -184,8 +245,11 @@ class NameSet:
                 if any(_ascii_word_char(unicodedata.normalize("NFKC", c)) for c in odd):
                     self._all = _module_names(self._tree)  # e.g. fullwidth letters: the words do not tell
                     return True
-            self._words = {word for dot, word in _WORD.findall(source) if not dot}
-        return name in self._words
+            self._words = {}
+        found = self._words.get(name)
+        if found is None:
+            found = self._words[name] = bare_word(self._source, name)
+        return found
 
     def __contains__(self, name) -> bool:
         if name in self._extra or name in self._sure:

@@ -22,7 +22,7 @@ from dslc.analysis.api import take_tree
 from dslc.fileio import source_lines
 from dslc.match import ir
 from dslc.rewrite import safety
-from dslc.rewrite.astutil import NameSet, index_statements
+from dslc.rewrite.astutil import NameSet, has_word, index_statements
 from dslc.rewrite.edits import Edit, SourceMap, string_interior_lines
 from dslc.rewrite.imports import ImportScheduler
 from dslc.rewrite.plan import Plan, Skip
@@ -135,9 +135,6 @@ class Module:
 
     def ends_with_newline(self, lineno: int) -> bool:
         return self.smap.lines[lineno - 1].endswith(("\n", "\r"))
-
-
-_SCRIPT = re.compile(r"\bscript\b")
 
 
 def _block_unit(tree: ast.Module, smap) -> str | None:
@@ -310,7 +307,7 @@ class Context:
         """The functions decorated with `torch.jit.script` (one walk per file)."""
         if self._scripted is None:
             self._scripted = []
-            if _SCRIPT.search(self.mod.source):  # `...script` ends the decorator's text
+            if has_word(self.mod.source, "script"):  # `...script` ends the decorator's text
                 for fn in self.mod.statements:
                     if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
                         continue

@@ -39,6 +39,11 @@ class EditConflict(ValueError):
     """Two edits overlap: the rewrite is ill-formed and must not be applied."""
 
 
+# The indentation of a line (as `source_lines` splits: at LF, CRLF or CR)
+# whose first other character is no line end and no `#`.
+_INDENT = re.compile(r"(?:\A|(?<=\n)|(?<=\r)(?!\n))([ \t]+)[^ \t\r\n#]")
+
+
 class SourceMap:
     """Offsets, lines and indentation of one source text.
 
@@ -92,17 +97,10 @@ class SourceMap:
         )
 
     def indent_unit(self) -> str:
-        """The file's indentation step: the smallest positive indent seen, else 4 spaces."""
-        best: str | None = None
-        for raw in self.lines:
-            line = raw.rstrip("\r\n")
-            stripped = line.lstrip(" \t")
-            if not stripped or stripped.startswith("#"):
-                continue
-            indent = line[: len(line) - len(stripped)]
-            if indent and (best is None or len(indent) < len(best)):
-                best = indent
-        return best if best else "    "
+        """The file's indentation step: the smallest positive indent seen (the
+        first of that length) on a line that holds more than blanks and is no
+        comment, else 4 spaces."""
+        return min(_INDENT.findall(self.text), key=len, default=None) or "    "
 
 
 def detect_newline(text: str) -> str:

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import ast
 import os
-import re
 
 from dslc import codes
 from dslc.match import ir
 from dslc.rewrite import safety
-from dslc.rewrite.astutil import dotted_tail
+from dslc.rewrite.astutil import dotted_tail, has_word
 from dslc.rewrite.plan import Skip
 from dslc.rewrite.rules import forward_unchanged
 
@@ -189,7 +188,6 @@ class FlowChecks:
             siblings = sorted(n for n in os.listdir(folder) if n.endswith(".py"))
         except OSError:
             return None
-        pattern = re.compile(r"\b" + re.escape(cls.name) + r"\b")
         for name in siblings:
             path = os.path.join(folder, name)
             if os.path.abspath(path) == os.path.abspath(here) or not os.path.isfile(path):
@@ -201,7 +199,7 @@ class FlowChecks:
                     with open(path, "rb") as fh:
                         raw = fh.read()
                     text = raw.decode("utf-8", errors="replace")
-                    if pattern.search(text):
+                    if has_word(text, cls.name):
                         found = _subclass_attr_uses(ast.parse(raw), cls.name)
                 except (OSError, SyntaxError, ValueError, RecursionError):
                     found = []

@@ -286,9 +286,28 @@ def path_index(path) -> dict[tuple, int]:
     return index
 
 
+_STMT_INDEX: dict[int, tuple] = {}
+
+
+def stmt_positions(path) -> dict[tuple, list[int]]:
+    """`stmt_key` -> the positions (ascending) of `path`'s nodes of that
+    statement; memoised per path object, as `path_index`."""
+    hit = _STMT_INDEX.get(id(path))
+    if hit is not None and hit[0] is path:
+        return hit[1]
+    index: dict[tuple, list[int]] = {}
+    for i, n in enumerate(path.nodes):
+        index.setdefault(stmt_key(n), []).append(i)
+    if len(_STMT_INDEX) >= _INDEX_MAX:
+        _STMT_INDEX.clear()
+    _STMT_INDEX[id(path)] = (path, index)
+    return index
+
+
 def forget_paths() -> None:
     """Drop the memoised path indexes (the rewriter does, after each file)."""
     _INDEX.clear()
+    _STMT_INDEX.clear()
 
 
 def _positions(path, keys: Sequence[tuple], optional: frozenset = frozenset()) -> list[int] | None:
@@ -434,7 +453,7 @@ def check_dataflow(
             continue
         matched = set(positions)
         last = max(positions)
-        final_positions = {i for i, n in enumerate(path.nodes) if final_stmt is not None and stmt_key(n) == final_stmt}
+        final_positions = set(stmt_positions(path).get(final_stmt, ())) if final_stmt is not None else set()
         end_of_final = max([last] + [i for i in final_positions])
         for pos in sorted(positions):
             node = path.nodes[pos]
