@@ -719,6 +719,17 @@ NM_NOT_A_COPY = _code("N403", "note", "the file's own function has the name of t
     (another body, another helper it calls, another decorator), so what it
     computes is not known to be what the kernel computes, and the rule does
     not apply.""")
+NM_NO_NODE_FOR_CALL = _code("N404", "note", "the rule's anchor call is in code the analysis keeps whole", """
+    The function calls the rule's anchor (`k.transpose(-1, -2)`,
+    `torch.einsum(...)`), but no analysed path holds that call as a node, so
+    no pattern is tried there. The message says why: the call is inside a
+    lambda, a comprehension or a conditional expression; it is a tensor
+    method called on a value the analysis does not follow (the result of
+    another method, `k.reshape(...).transpose(-1, -2)`); it sits in a loop
+    or block the analysis keeps as one statement; or the function is on no
+    analysed path (forward does not call it). Spelling the value as a local
+    name first (`k = k.reshape(...)`, then `k.transpose(-1, -2)`) lets the
+    rule see it.""")
 NM_CLASS_SHAPE = _code("N501", "note", "the class's forward is not one expression", """
     The class holds the distinctive operations of a class rule (`pow`,
     `mean` and `rsqrt` for an RMS norm; an activation times a Linear for a

@@ -227,7 +227,10 @@ def test_anchors_in_code_no_analysed_path_reaches_are_explained(tmp_path):
         return {n["class"]: n for n in report["near_misses"]}
 
     looped = near_of("sdpa:at_tm2m1_noscale_add_tsoftmax_nodrop")["Heads"]
-    assert looped["line"] == line_of(LOOPED, "attn = q @ k.transpose") and "no analysed path reaches" in looped["reason"]
+    assert looped["line"] == line_of(LOOPED, "attn = q @ k.transpose") and looped["code"] == "N404"
+    loop = line_of(LOOPED, "for qkv, gate in zip(list(self.qkvs), gates):")
+    assert f"inside the `for` loop at lines {loop}-{loop + 4}, which the analysis keeps as one statement" \
+        in looped["reason"] and "no pattern is tried there" in looped["reason"]
     maps = near_of("sdpa:matmul_tm2m1_noscale_add_tsoftmax_drop")["Maps"]
     assert maps["line"] == line_of(LOOPED, "attn = torch.matmul(q, k.transpose")
     assert "`attention_map`, which forward does not call" in maps["reason"]

@@ -132,9 +132,32 @@ def explain_place(path: str, line: int, args) -> int:
     return 1 if report.errors else 0
 
 
+def _more(rules) -> str:
+    """` +N more rules` after the first rule of a group (as `dslc apply` prints it)."""
+    n = len(rules) - 1
+    return f" +{n} more rule{'s' if n != 1 else ''}" if n > 0 else ""
+
+
+def _grouped_matches(matches) -> list[tuple]:
+    """(the first match, the names of every rule with it) per place and
+    outcome: matches of one class with the same lines, status and reason are
+    one entry (the spellings of one rewrite in a generated pack)."""
+    groups: dict[tuple, tuple] = {}
+    for m in matches:
+        key = (m.file, m.class_name, tuple(m.lines), m.status, m.reason)
+        if key in groups:
+            groups[key][1].append(m.rule)
+        else:
+            groups[key] = (m, [m.rule])
+    return [(m, tuple(dict.fromkeys(rules))) for m, rules in groups.values()]
+
+
 def explain_text(report, path: str, line: int, cls: str | None, func: str | None, span) -> str:
     """What the report says about `line`: matches there (else in its class)
-    and near misses there (else in its class)."""
+    and near misses there (else in its class), one line per place and
+    reason whatever the number of rules with it (`+N more rules`)."""
+    from dslc.apply.report import group_near_misses
+
     where = f" in {cls}" + (f".{func}" if func else "") if cls else (f" in {func}" if func else "")
     out = [f"{path}:{line}{where}\n"]
     for e in report.errors:
@@ -147,15 +170,15 @@ def explain_text(report, path: str, line: int, cls: str | None, func: str | None
     near_here = [n for n in near if n.line == line and n.kind == "unmatched"]
     if not near_here and cls:
         near_here = [n for n in near if n.class_name == cls and n.kind == "unmatched"]
-    for m in here:
+    for m, rules in _grouped_matches(here):
         lines = f"lines {m.lines[0]}-{m.lines[-1]}" if m.lines else "no lines"
         if m.status == "applied":
-            out.append(f"  applied   {m.rule} ({lines})\n")
+            out.append(f"  applied   {m.rule}{_more(rules)} ({lines})\n")
         else:
-            out.append(f"  skipped   {m.rule} ({lines}): {m.reason or 'no reason given'}\n")
-    for n in near_here:
+            out.append(f"  skipped   {m.rule}{_more(rules)} ({lines}): {m.reason or 'no reason given'}\n")
+    for n, rules in group_near_misses(near_here):
         code = f" [{n.code}]" if n.code else ""
-        out.append(f"  near miss {n.rule} (line {n.line}): {n.reason}{code}\n")
+        out.append(f"  near miss {n.rule}{_more(rules)} (line {n.line}): {n.reason}{code}\n")
     if len(out) == 1:
         scope = f"class {cls}" if cls else "this line"
         out.append(f"  no rule matched, and {scope} holds no rule's anchors "

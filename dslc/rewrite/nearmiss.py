@@ -46,6 +46,7 @@ from typing import Iterable
 
 from dslc.match import ir
 from dslc.rewrite.classmiss import class_near_misses
+from dslc.rewrite.unreached import SourceCalls
 from dslc.match.matcher import Fail, _expand_sequential, _node_id, _PathCtx, _scopes, match_file
 
 
@@ -133,6 +134,7 @@ class _Place:
     function: str | None
     line: int
     hint: str | None = None  # the reason when no attempt can start (the anchor layer is never called)
+    code: str | None = None  # the hint's code (default N401)
     anchor: object = None  # the first anchor node seen
     # a class place: every anchor node in it, by node id (its other places
     # where the rule applied at one of them)
@@ -168,14 +170,24 @@ class SourceNames:
         self.source = source
         self._defs: list | None = None
         self._names: dict[tuple[int, int], frozenset[str]] = {}
+        self._calls: SourceCalls | None = None
+
+    @property
+    def calls(self) -> SourceCalls:
+        """The file's calls by callee (`dslc.rewrite.unreached`)."""
+        if self._calls is None:
+            self._load()
+            self._calls = SourceCalls(self._tree)
+        return self._calls
 
     def _load(self) -> list:
         if self._defs is None:
-            self._defs = []
+            self._defs, self._tree = [], None
             try:
                 tree = ast.parse(self.source or "")
             except (SyntaxError, ValueError, RecursionError, MemoryError):
                 return self._defs
+            self._tree = tree
             for n in ast.walk(tree):
                 if isinstance(n, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
                     self._defs.append(((n.lineno, n.end_lineno), n))
@@ -188,13 +200,21 @@ class SourceNames:
             return frozenset()
         for span, node in self._load():
             if span[0] <= line <= span[1]:
-                if span not in self._names:
-                    self._names[span] = frozenset(
-                        n.id if isinstance(n, ast.Name) else n.attr for n in ast.walk(node)
-                        if isinstance(n, ast.Name) or isinstance(n, ast.Attribute)
-                        and not (isinstance(n.value, ast.Name) and n.value.id == "self"))
-                return self._names[span]
+                return self._names_of(span, node)
         return frozenset()
+
+    def defs_around(self, line: int) -> list[tuple[tuple[int, int], str, frozenset[str]]]:
+        """(span, name, names it mentions) of every function holding `line`, innermost first."""
+        return [(span, node.name, self._names_of(span, node)) for span, node in self._load()
+                if span[0] <= line <= span[1] and not isinstance(node, ast.ClassDef)]
+
+    def _names_of(self, span: tuple[int, int], node) -> frozenset[str]:
+        if span not in self._names:
+            self._names[span] = frozenset(
+                n.id if isinstance(n, ast.Name) else n.attr for n in ast.walk(node)
+                if isinstance(n, ast.Name) or isinstance(n, ast.Attribute)
+                and not (isinstance(n.value, ast.Name) and n.value.id == "self"))
+        return self._names[span]
 
     def first_call(self, line: int, qualname: str, imports: dict[str, str]) -> int | None:
         """The line of the first call of `qualname` (spelled through the
@@ -251,10 +271,21 @@ def _unreached_places(compiled, facts, found: dict, class_names: dict, spelled: 
     it where the analysis can see: bound in __init__ and not called (a layer
     list iterated, a call the analysis cannot see), or built inside a
     container the analysis does not follow (`nn.Sequential(*[...])`, an
-    `OrderedDict`, `ModuleList.append(nn.Sequential(...))`)."""
+    `OrderedDict`, `ModuleList.append(nn.Sequential(...))`).  An anchor
+    call of a rule without init items (its places are functions) that no
+    path holds: `_unreached_calls`."""
+    covered: list = []
+    by_rule: dict[str, list[int]] = {}
+    for k, p in found.items():
+        by_rule.setdefault(k[0], []).append(p.line)
     for cr in compiled.rules:
         anchor = cr.forward.anchor if cr.forward is not None else None
         if anchor is None or anchor[0] not in ("layer", "call"):
+            continue
+        if anchor[0] == "call" and not covered:
+            covered.append(_covered_lines(facts))
+        if anchor[0] == "call" and not cr.class_scoped:
+            _unreached_calls(cr, anchor[1], facts, found, spelled, covered[0], by_rule.get(cr.name, ()))
             continue
         for cls in facts.classes:
             key = (cr.name, ("class", cls.qualname))
@@ -274,10 +305,10 @@ def _unreached_places(compiled, facts, found: dict, class_names: dict, spelled: 
             if line is None:
                 continue
             if anchor[0] == "call":
-                found[key] = _Place(cr, key[1], cls.name, None, line,
-                                    f"{_short(anchor[1])}(...) (line {line}) is in code no analysed path reaches "
-                                    f"(a loop or block kept as one statement, or a method forward does not call): "
-                                    f"no pattern is tried there")
+                calls = [c for c in spelled.calls.calls(anchor[1], _imports(facts)) if c.line == line]
+                found[key] = _Place(cr, key[1], cls.name, None, line, spelled.calls.why(calls[0], covered[0])
+                                    if calls else f"{_short(anchor[1])}(...) (line {line}) is in code no analysed "
+                                    f"path reaches: no pattern is tried there", code="N404")
                 continue
             holder = next((b for b in cls.init if b.stmt and b.stmt.lines[0] <= line <= b.stmt.lines[1]), None)
             where = (f"inside `self.{holder.attr} = {_short(holder.type or holder.unresolved)}(...)`"
@@ -285,6 +316,51 @@ def _unreached_places(compiled, facts, found: dict, class_names: dict, spelled: 
             found[key] = _Place(cr, key[1], cls.name, "__init__", line,
                                 f"{_short(anchor[1])}(...) (line {line}) is built {where}, which the analysis "
                                 f"does not follow into layers: no path of forward calls it")
+
+
+def _imports(facts) -> dict[str, str]:
+    return dict(getattr(facts, "imports", ()) or ())
+
+
+def _covered_lines(facts) -> list[tuple[int, int]]:
+    """The line spans of this file's path nodes (every scope; a node
+    inherited from a class of another file has its lines there: left out)."""
+    module = getattr(facts, "module", None)
+    owners = [c.qualname for c in facts.classes]
+    seen: set[tuple[int, int]] = set()
+    done: set[int] = set()
+    for _, paths in _scopes(facts):
+        for path in paths:
+            for n in path.nodes:
+                if id(n) in done:
+                    continue
+                done.add(id(n))
+                owner = n.stmt.owner
+                if owner and module and owner != module and not any(
+                        owner == q or owner.startswith(q + ".") for q in owners):
+                    continue
+                seen.add(tuple(n.stmt.lines))
+    return sorted(seen)
+
+
+def _unreached_calls(cr, qualname: str, facts, found: dict, spelled: SourceNames, covered: list,
+                     lines: Iterable[int]) -> None:
+    """The functions that call rule `cr`'s anchor in the source and mention
+    every name it needs, where no path node of the rule is: one place each,
+    at the first such call, with the reason no path holds it
+    (`dslc.rewrite.unreached`)."""
+    lines = sorted(lines)
+    done: set[tuple[int, int]] = set()
+    for c in spelled.calls.calls(qualname, _imports(facts)):
+        span, name = next(((sp, nm) for sp, nm, names in spelled.defs_around(c.line) if cr.names <= names),
+                          (None, None))
+        if span is None or span in done:
+            continue
+        done.add(span)
+        if any(span[0] <= line <= span[1] for line in lines):
+            continue  # a path node of the rule is there: its attempts say why
+        key = (cr.name, ("def", span))
+        found[key] = _Place(cr, key, c.class_name, name, c.line, spelled.calls.why(c, covered), code="N404")
 
 
 def places(compiled, facts, source: str | None = None) -> list[_Place]:
@@ -561,7 +637,7 @@ def near_misses(compiled, facts, matches: Iterable[ir.Match], *, file: str | Non
             continue
         if got is None:
             reason = p.hint or _no_attempt(p)
-            code = "N401" if p.hint else "N402"
+            code = (p.code or "N401") if p.hint else "N402"
             line = p.line
         else:
             e = got[1]
@@ -633,11 +709,15 @@ def family_pruned(compiled, found: list[NearMiss], matches: list, depth: dict[in
     1. A place a match of the family holds (applied or skipped: its own
        outcome says what happened there) is no near miss of its siblings:
        a near miss whose line is a line of such a match in its class goes.
-    2. In a class where the family matched, another place of a rule whose
-       forward pattern is a chain (two nodes or more) counts only when its
-       attempt got past the anchor (as for a class-scoped rule itself, module
-       doc step 3): a lone `transpose(1, 2)` beside the rewritten attention
-       chain is none; a second `softmax(dim=1)` of a one-node rule still is.
+    2. In a function where the family matched (the match's own function
+       or a helper its nodes sit in), another place of a rule whose forward
+       pattern is a chain (two nodes or more) counts only when its attempt
+       got past the anchor (as for a class-scoped rule itself, module doc
+       step 3): a lone `transpose(1, 2)` beside the rewritten attention
+       chain is none; a second `softmax(dim=1)` of a one-node rule still
+       is; and so is a lone anchor in another method of the class (an
+       `einsum` of a relative-position helper beside the attention chain):
+       that method is a place of its own, which the user needs explained.
     3. Of the family's near misses that start at one line of one class, only
        the deepest attempts stay (most pattern nodes matched, then the
        furthest step): a spelling that failed at its second node says less
@@ -645,14 +725,19 @@ def family_pruned(compiled, found: list[NearMiss], matches: list, depth: dict[in
     """
     by_name = {cr.name: cr for cr in compiled.rules}
     held: dict[tuple, set[int]] = {}
+    functions: set[tuple] = set()  # (family, class, function) holding a match
     for m in matches:
-        held.setdefault((family_key(m.rule), m.class_name), set()).update(m.lines)
+        fam = family_key(m.rule)
+        held.setdefault((fam, m.class_name), set()).update(m.lines)
+        for fn in {m.function, *(getattr(getattr(n, "stmt", None), "method", None) for n in m.nodes)}:
+            functions.add((fam, m.class_name, fn))
     kept: list[NearMiss] = []
     for nm in found:
         cr = by_name.get(nm.rule)
-        fam = (family_key(cr.rule) if cr is not None else nm.rule, nm.class_name)
-        lines = held.get(fam)
-        if lines is not None and (nm.line in lines or _lone_anchor(cr, depth.get(id(nm)))):
+        fam = family_key(cr.rule) if cr is not None else nm.rule
+        lines = held.get((fam, nm.class_name))
+        if lines is not None and (nm.line in lines or (fam, nm.class_name, nm.function) in functions
+                                  and _lone_anchor(cr, depth.get(id(nm)))):
             continue
         kept.append(nm)
     best: dict[tuple, tuple] = {}
