@@ -399,6 +399,15 @@ W_VERIFY_SKIPPED = _code("W110", "warning", "verification of a class skipped", "
     With `--verify`, a rewritten class could not be checked: its kernel is
     not installed, it needs a GPU, or no inputs could be built for it. The
     rewrite is still emitted; check it where the kernel runs.""")
+W_OUTSIDE_SCRIPT = _code("W111", "warning", "a script of the package reaches a rewritten layer", """
+    A sibling module that is a script of its own (it has an
+    `if __name__ == "__main__":` block: a checkpoint converter, a TF-weight
+    loader run by hand) reaches an attribute the rewrite replaces or removes
+    (`hf_mlp.fc1`, `pointer.LayerNorm`). The model itself is rewritten: the
+    script is another program, which may now fail or convert differently.
+    The warning names the script's line; update the script for the
+    rewritten layer (its checkpoint keys are in the rule's `params`) or
+    leave the class out (`--ignore`, or a `# dslc: ignore` comment).""")
 I_VERIFIED = _code("I110", "note", "verification of a class passed", """
     With `--verify`, a rewritten class produced the same outputs as the
     original within the rule's tolerance; the note gives the largest absolute
@@ -485,6 +494,18 @@ S_SCRIPTED = _code("S214", "skip", "the location is compiled by TorchScript", ""
     The matched code is inside a function decorated with `@torch.jit.script`
     (or similar); the kernel is a Python-level call that TorchScript cannot
     compile, so the rewrite would break the model at import time.""")
+S_OUTSIDE_USE = _code("S220", "skip", "a replaced attribute is reached from outside the class", """
+    An attribute the rewrite replaces (another module type) or removes is
+    reached by code outside the class: a module-level function
+    (`model.backbone.conv.weight` in a weight loader), another class
+    (`self.body.layer[-1].conv.out_channels`), a sibling module of the
+    package, or `getattr`/`hasattr`/`setattr` with its name. That code would
+    read a missing attribute, call the fused layer where the original was
+    meant, or store a layer nobody calls. The reason names the file and line.
+    Uses that provably reach another object are allowed: `self.<attr>` of a
+    class that binds it itself (and is no base of the rewritten class), a
+    chain rooted at an imported name or a class, or a `self.a.b` chain whose
+    links are bound to other classes of the file.""")
 
 # -- S3xx: what the emitter cannot write -------------------------------------
 S_LOCATE = _code("S301", "skip", "cannot locate the statement", """
@@ -643,9 +664,11 @@ S_KEEP_GUARD = _code("S331", "skip", "the per-call guard for kept values cannot 
     between the first matched statement (where the guard tests it) and the
     place the original code tests it.""")
 S_GENERATED = _code("S407", "skip", "inside code that dslc generated", """
-    The match lies in a dispatch helper (`_dslc_<pack>_<rule>`) written by an
-    earlier `dslc apply`; its call of the original function is the fallback
-    and stays as it is.""")
+    The match lies in code an earlier `dslc apply` wrote: a dispatch helper
+    (`_dslc_<pack>_<rule>`), whose call of the original function is the
+    fallback, or the original branch of a per-call `keep` guard. That code
+    stays as it is and is no location: the match is left out of the report
+    (not found, not skipped), so a second apply reports nothing new.""")
 S_UNCLASSIFIED = _code("S499", "skip", "skipped (no code given)", """
     A skip reason produced without a code (code that predates the registry).
     Every reason dslc itself gives has a code; this one marks a gap to fill.""")

@@ -116,7 +116,7 @@ def test_errors_are_located_and_never_tracebacks(tmp_path, capsys):
     code, _, err = run_cli(capsys, str(latin))
     assert code == 1 and "error[" in err
     code, _, err = run_cli(capsys, str(tmp_path / "missing.py"))
-    assert code == 1 and "error[E100]" in err
+    assert code == 2 and "no such file or directory" in err  # a usage error, as in apply
     ok = tmp_path / "ok.py"
     ok.write_text("x = 1\n")
     code, _, err = run_cli(capsys, str(ok), "--class", "Nope")

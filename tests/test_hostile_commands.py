@@ -59,15 +59,36 @@ def test_structure_of_a_bom_and_a_latin1_file(here, capsys):
         assert code == 0 and "BertSelfOutput" in out
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda: os.mkdir("adir"), "adir is a directory; give one Python file"),
-    (lambda: (os.symlink("loop2.py", "adir"), os.symlink("adir", "loop2.py")),
-     "cannot read adir: symlink loop"),
+@pytest.mark.parametrize("make, status, message", [
+    (lambda: os.mkdir("adir"), 2, "adir is a directory; give one Python file"),
+    # a file that cannot be read is the file's error (1), as in apply and structure
+    (lambda: (os.symlink("loop2.py", "adir"), os.symlink("adir", "loop2.py")), 1,
+     "adir:0:0: error[E108]: symlink loop"),
 ])
-def test_explain_names_what_is_wrong_with_the_file(here, capsys, make, message):
+def test_explain_names_what_is_wrong_with_the_file(here, capsys, make, status, message):
     make()
     code, _, err = cli(capsys, "explain", "adir:3", "--rules", RULES)
-    assert code == 2 and message in err and "no such file" not in err
+    assert code == status and message in err and "no such file" not in err
+
+
+def test_a_missing_file_is_a_usage_error_in_every_command(here, capsys):
+    """A path that names nothing is 2 (usage) in apply, check, structure and explain alike."""
+    for args in (["apply", "--rules", RULES, "--no-cache", "gone.py"], ["check", "gone.adr"],
+                 ["structure", "gone.py"], ["explain", "gone.py:3", "--rules", RULES]):
+        code, _, err = cli(capsys, *args)
+        assert code == 2 and "no such file or directory: gone." in err, (args, code, err)
+
+
+def test_a_file_that_cannot_be_read_is_1_in_every_command(here, capsys):
+    """A file that is there but is no text (NUL bytes) or no regular file (a
+    FIFO): the file's error line and status 1 in apply, structure and explain."""
+    Path("nul.py").write_bytes(b"import torch\x00\n")
+    os.mkfifo("fifo.py")
+    for name, code_ in (("nul.py", "E102"), ("fifo.py", "E106")):
+        for args in (["apply", "--rules", RULES, "--no-cache", name], ["structure", name],
+                     ["explain", f"{name}:1", "--rules", RULES]):
+            code, _, err = cli(capsys, *args)
+            assert code == 1 and f"{name}:" in err and f"error[{code_}]" in err, (args, code, err)
 
 
 @pytest.mark.parametrize("content, message", [
@@ -126,7 +147,7 @@ def closed(here, monkeypatch):
     (["apply", "--rules", RULES, "--no-cache", "secret"], 1, "secret: error[E100]: cannot list directory"),
     (["apply", "--rules", RULES, "--config", "secret/pyproject.toml", "ok.py"], 2,
      "secret/pyproject.toml: cannot read: Permission denied"),
-    (["structure", "secret/m.py"], 1, "secret/m.py:0:0: error[E100]: cannot read: Permission denied"),
+    (["structure", "secret/m.py"], 2, "dslc structure: error: secret/m.py: cannot read: Permission denied"),
     (["explain", "secret/m.py:3", "--rules", RULES], 2, "secret/m.py: cannot read: Permission denied"),
     (["explain", "ok.py:3", "--rules", "secret/x.adr"], 2, "secret/x.adr: cannot read: Permission denied"),
     (["verify", "ok.py", "ok.py", "--rules", "secret/x.adr"], 2, "secret/x.adr: cannot read: Permission denied"),

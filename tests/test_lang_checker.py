@@ -51,6 +51,27 @@ def test_crlf_and_tabs():
     assert (d.code, d.span.line, d.span.col) == ("ADR201", 5, line.index("$w") + 1)
 
 
+def test_cr_only_line_ends_are_lines():
+    """Old Mac line ends: the first `#` comment used to run to the end of the
+    file and the parser reported a missing pack header (ADR101)."""
+    text = ('# a comment\npack p "d"\n\nrule r "d" {\n  kernel torch.x\n  exact\n'
+            '  forward { torch.f($x) -> $y; } => { torch.g($w) -> $y; }\n}\n').replace("\n", "\r")
+    result = parse_source(text, "t.adr")
+    assert result.file is not None, result.diagnostics
+    (d,) = [d for d in check_file(result.file) if d.is_error]
+    line = text.split("\r")[6]
+    assert (d.code, d.span.line, d.span.col) == ("ADR201", 7, line.index("$w") + 1)
+    assert result.source.line_text(7) == line
+
+
+def test_cr_only_line_ends_locate_decode_errors():
+    from dslc.lang.parser import parse_bytes
+
+    result = parse_bytes(b'pack p "d"\r\r# caf\xe9\r', "t.adr")
+    (d,) = result.diagnostics
+    assert (d.code, d.span.line, d.span.col) == ("ADR004", 3, 6)
+
+
 def test_detect_only_rules():
     base = HEAD + 'rule r "d" { kernel torch.x forward { torch.f($x) -> $y; } => _ %s }'
     assert codes_of(base % "") == ["ADR112"]

@@ -299,3 +299,40 @@ def test_liger_kernel_in_the_helper_under_the_triton_interpreter(tmp_path):
     for name, r in json.loads(lines[-1][len("RESULT "):]).items():
         assert r["kernel"] == 1, (name, r)
         assert r["loss"] <= 1e-5 + 1e-5 * r["ref"] and r["grad"] <= 1e-5, (name, r)
+
+
+GUARDED_LOSS = '''\
+import torch.nn.functional as F
+from torch import nn
+
+
+class LM(nn.Module):
+    def __init__(self, vocab=37, dim=16):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.head = nn.Linear(dim, vocab, bias=False)
+
+    def forward(self, idx, labels=None):
+        h = self.embed(idx)
+        logits = self.head(h)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), labels.view(-1)){tail}
+        return loss
+'''
+
+
+@pytest.mark.parametrize("tail, has_else", [("", False), ("\n        else:\n            loss = logits.sum()", True)])
+def test_the_loss_under_if_labels_gets_no_dead_else(tail, has_else):
+    """`logits = self.head(h)` hoisted into `if labels is not None:` was also
+    copied into a new `else:` although nothing read `logits` after the `if`
+    (a wasted LM head in inference); where the other branch reads it, the copy stays."""
+    import rewrite_support
+
+    result = rewrite_support.run(GUARDED_LOSS.format(tail=tail), rules=(str(LIGER),), select=(RULE,))
+    assert [m.status for m in result.matches] == ["applied"], result.matches
+    new = result.new_source
+    assert ("        else:\n            logits = self.head(h)\n" in new) == has_else, new
+    assert new.count("else:") == (1 if has_else else 0)
+    assert new.count("logits = self.head(h)") == (1 if has_else else 0)
+    rewrite_support.stable(new, rules=(str(LIGER),), select=(RULE,))

@@ -94,5 +94,5 @@ def test_structure_of_a_directory_is_a_usage_error(tmp_path, capsys):
     assert main(["structure", str(tmp_path)]) == 2
     out, err = capsys.readouterr()
     assert out == "" and "is a directory; give one Python file" in err and "Traceback" not in err
-    assert main(["structure", str(tmp_path / "missing.py")]) == 1
-    assert "error[E100]" in capsys.readouterr().err
+    assert main(["structure", str(tmp_path / "missing.py")]) == 2  # as in apply: a path that names nothing
+    assert "dslc structure: error: no such file or directory" in capsys.readouterr().err

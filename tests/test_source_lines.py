@@ -120,3 +120,48 @@ def test_string_interior_lines():
     assert string_interior_lines("x = f(a,\n  b)\n") == frozenset()
     assert string_interior_lines('s = "a\\\n  b"\n') == {1}
     assert string_interior_lines('    x = """a\nb"""\n    y = 2\n') == {1}
+
+
+def test_indent_unit_ignores_lines_inside_strings():
+    """A docstring's two-space example is its value, not the file's indentation step."""
+    import ast
+
+    from dslc.rewrite.context import Module
+
+    text = ('def f():\n    """Example:\n\n  x = 1\n\t  y\n    """\n    s = """\n a\n"""\n'
+            '    return f"""{s}\n  z"""\n')
+    tree = ast.parse(text)
+    smap = SourceMap(text)
+    assert smap.indent_unit() == " "  # without the tree every line counts (` a` inside `s`)
+    assert smap.indent_unit(tree) == "    "
+    assert smap.indent_unit(tree, [1, 7]) == "    "  # no statement line has the smallest indent: the strings are looked at
+    assert Module(text, None).unit == "    "
+    two = "def f():\n  '''doc\n x'''\n  return 1\n"
+    assert SourceMap(two).indent_unit(ast.parse(two), [1, 2, 4]) == "  "
+
+
+@pytest.mark.parametrize("text", [
+    "x = f(a,\n      b)\n",
+    "    y = '''\n  kept\n    also kept\n'''\n    z = 1\n",
+    "    a = g(\r\n        1)\r\n",
+    "    b = 1\x0c  # form feed\n    c = 2\n",
+    "\tif t:\n\t\tu = 1\n",
+    "    s = f\"\"\"{x}\n  v\"\"\"\n",
+])
+@pytest.mark.parametrize("old, new", [("    ", "        "), ("    ", ""), ("", "  "), ("\t", "    ")])
+def test_reindent_is_what_the_three_re_indent_sites_computed(text, old, new):
+    """`edits.reindent` replaced hoist's `at_indent`, `Module.stmt_text` and
+    `relative_text`; the old bodies, kept here, give the same text."""
+    from dslc.rewrite.edits import reindent, string_interior_lines
+
+    inside = string_interior_lines(text)
+    at_indent = "".join(new + line[len(old):] if line.startswith(old) and i not in inside else line
+                        for i, line in enumerate(source_lines(text, keepends=True)))
+    assert reindent(text, old, new) == at_indent
+    stmt_text = "\n".join(new + raw[len(old):] if raw.startswith(old) and i not in inside else raw
+                          for i, raw in enumerate(source_lines(text)))
+    assert "\n".join(source_lines(reindent(text, old, new))) == stmt_text
+    lines = source_lines(text)
+    relative = "\n".join([lines[0]] + [line[len(old):] if line.startswith(old) and i not in inside else line
+                                       for i, line in enumerate(lines[1:], 1)])
+    assert "\n".join(source_lines(reindent(text, old, "", first=False))) == relative

@@ -514,6 +514,8 @@ def _process_file(found: Found, source: SourceFile, facts, compiled: Compiled, o
         if code == codes.E_INTERNAL:  # a dslc bug: the match is skipped and the file is an error
             first = entry.lines[0] if entry.lines else 0
             errors.append(FileError(name, first, codes.E_INTERNAL, f"{entry.rule}: {entry.reason}"))
+    for line, code, message in getattr(result, "warnings", ()):
+        warnings.append(FileError(name, line, code, message))
     new_source = result.new_source
     if new_source == text:
         new_source = None

@@ -106,11 +106,14 @@ def explain_place(path: str, line: int, args) -> int:
     missing = [problem for problem in map(path_problem, rules) if problem]
     if missing:
         return _usage("; ".join(missing))
-    try:
-        from dslc import fileio
+    from dslc import fileio
 
+    try:
         text = fileio.read_source(path).text
-    except Exception as exc:  # SourceError and friends: one line, no traceback
+    except fileio.SourceError as exc:  # a file that is there but cannot be read or decoded: 1, as in apply and structure
+        print(f"{fileio.display_path(path)}:{exc.line}:0: error[{exc.code}]: {exc.message}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - one line, no traceback
         return _usage(f"cannot read {path}: {getattr(exc, 'message', exc)}")
     n_lines = len(fileio.source_lines(text))
     if not 1 <= line <= max(n_lines, 1):

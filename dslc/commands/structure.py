@@ -73,12 +73,12 @@ def run(args) -> int:
     if args.root is not None and not os.path.isdir(args.root):
         print(f"dslc structure: error: --root {args.root}: not a directory", file=sys.stderr)
         return 2
-    if not os.path.lexists(path):  # absent, or behind a folder that cannot be searched
-        from dslc.fileio import NO_SUCH_PATH, path_reason
+    if not os.path.lexists(path):  # absent, or behind a folder that cannot be searched: a usage error (2), as in apply
+        from dslc.fileio import NO_SUCH_PATH, display_path, path_problem
 
-        why = path_reason(path) or NO_SUCH_PATH
-        _error(path, 0, 0, codes.E_UNREADABLE, "no such file" if why == NO_SUCH_PATH else why)
-        return 1
+        why = path_problem(path) or f"{NO_SUCH_PATH}: {display_path(path)}"
+        print(f"dslc structure: error: {why}", file=sys.stderr)
+        return 2
     if os.path.isdir(path):
         print(f"dslc structure: error: {path} is a directory; give one Python file", file=sys.stderr)
         return 2

@@ -40,7 +40,7 @@ from dslc.lang import syntax as S
 from dslc import codes
 from dslc.lang.diagnostics import Diagnostic, diag
 from dslc.match.ir import Span
-from dslc.lang.source import MAX_SOURCE_BYTES, SourceFile, decode
+from dslc.lang.source import MAX_SOURCE_BYTES, SourceFile, decode, normalize_newlines
 
 # Sub-expressions nested deeper than this are refused (ADR006).
 MAX_DEPTH = 100
@@ -91,6 +91,7 @@ def _lark() -> Lark:
 
 def parse_source(text: str, path: str = "<string>") -> ParseResult:
     """Parse rule text; see the module docstring for the steps."""
+    text = normalize_newlines(text)
     source = SourceFile(path, text)
     if len(text.encode("utf-8", "surrogatepass")) > MAX_SOURCE_BYTES:
         d = diag(codes.TOO_LARGE,

@@ -8,6 +8,7 @@ that the caller can turn it into a located diagnostic.
 from __future__ import annotations
 
 import bisect
+import re
 from dataclasses import dataclass, field
 
 from dslc.match.ir import Span
@@ -62,6 +63,17 @@ class SourceFile:
         return Span(self.path, line, col, end_line, end_col)
 
 
+_LONE_CR = re.compile(r"\r(?!\n)")
+
+
+def normalize_newlines(text: str) -> str:
+    """Old Mac line ends (a lone `\r`) become `\n`, as Python's universal
+    newlines read them; one character for one, so offsets stay the same.
+    Without it a CR-only file is one line: its first `#` comment runs to the
+    end of the file and the parser reports a missing pack header."""
+    return _LONE_CR.sub("\n", text) if "\r" in text else text
+
+
 def decode(data: bytes) -> str | DecodeError:
     """Decode rule-file bytes.
 
@@ -82,7 +94,7 @@ def decode(data: bytes) -> str | DecodeError:
 
 
 def _located(message: str, data: bytes, offset: int) -> DecodeError:
-    before = data[:offset]
+    before = re.sub(rb"\r(?!\n)", b"\n", data[:offset + 1])[:offset]
     line = before.count(b"\n") + 1
     col = offset - (before.rfind(b"\n") + 1) + 1
     return DecodeError(message, offset, line, col)

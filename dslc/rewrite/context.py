@@ -23,7 +23,7 @@ from dslc.fileio import source_lines
 from dslc.match import ir
 from dslc.rewrite import safety
 from dslc.rewrite.astutil import NameSet, has_word, index_statements
-from dslc.rewrite.edits import Edit, SourceMap, string_interior_lines
+from dslc.rewrite.edits import Edit, SourceMap, reindent, string_interior_lines
 from dslc.rewrite.imports import ImportScheduler
 from dslc.rewrite.plan import Plan, Skip
 from dslc.rewrite.render import Absent, Env, paren, render_args
@@ -81,7 +81,7 @@ class Module:
         # scope where the new code goes.
         sure = {n for n in self.classes if "." not in n} | set(self.functions) | set(self.imports)
         self.all_names = NameSet(self.tree, source, sure, statements=self.statements)  # walked when a question needs it
-        self.unit = self.smap.indent_unit()
+        self.unit = self.smap.indent_unit(self.tree, (s.lineno for s in self.statements))
         self.block_unit = _block_unit(self.tree, self.smap) or self.unit
         self.nl = self.smap.newline
 
@@ -125,13 +125,7 @@ class Module:
     def stmt_text(self, stmt: ast.stmt, indent: str) -> str:
         """The statement's lines re-indented to `indent` (with the newline)."""
         start, end = self.stmt_range(stmt)
-        old = self.indent(stmt)
-        out = []
-        text = self.source[start:end]
-        inside = string_interior_lines(text)  # a multi-line string's lines are its value: kept
-        for i, raw in enumerate(source_lines(text)):
-            out.append(indent + raw[len(old):] if raw.startswith(old) and i not in inside else raw)
-        return self.nl.join(out) + self.nl
+        return self.nl.join(source_lines(reindent(self.source[start:end], self.indent(stmt), indent))) + self.nl
 
     def ends_with_newline(self, lineno: int) -> bool:
         return self.smap.lines[lineno - 1].endswith(("\n", "\r"))
@@ -325,12 +319,7 @@ class Context:
     def relative_text(self, expr: ast.expr, stmt: ast.stmt) -> str:
         """An expression's source; continuation lines lose the statement's indentation."""
         text = self.mod.smap.span_text((expr.lineno, expr.col_offset, expr.end_lineno, expr.end_col_offset))
-        indent = self.mod.indent(stmt)
-        lines = source_lines(text)
-        inside = string_interior_lines(text)  # a multi-line string's lines are its value: kept
-        out = [lines[0]] + [line[len(indent):] if line.startswith(indent) and i not in inside else line
-                            for i, line in enumerate(lines[1:], 1)]
-        return "\n".join(out)
+        return "\n".join(source_lines(reindent(text, self.mod.indent(stmt), "", first=False)))
 
     def lines_text(self, items: list[str], indent: str) -> str:
         """Statements (possibly multi-line, relative indentation) at `indent`."""

@@ -41,7 +41,6 @@ class EditConflict(ValueError):
 
 # The indentation of a line (as `source_lines` splits: at LF, CRLF or CR)
 # whose first other character is no line end and no `#`.
-_INDENT = re.compile(r"(?:\A|(?<=\n)|(?<=\r)(?!\n))([ \t]+)[^ \t\r\n#]")
 
 
 class SourceMap:
@@ -96,11 +95,42 @@ class SourceMap:
             self.offset(node.end_lineno, node.end_col_offset),
         )
 
-    def indent_unit(self) -> str:
-        """The file's indentation step: the smallest positive indent seen (the
-        first of that length) on a line that holds more than blanks and is no
-        comment, else 4 spaces."""
-        return min(_INDENT.findall(self.text), key=len, default=None) or "    "
+    def indent_unit(self, tree: ast.AST | None = None, starts=()) -> str:
+        """The file's indentation step: the smallest positive indent seen, else 4 spaces.
+
+        Blank lines, comments and (given the file's `tree`) the lines inside a
+        multi-line string do not count: a docstring's two-space example is
+        its value, not the file's style.  `starts`: lines where statements
+        start, never inside a string; when one of them has the smallest
+        indent, the strings need not be looked at.
+        """
+        best = self._smallest_indent(frozenset())
+        if tree is None or best is None or any(self.indent_of(n) == best for n in starts):
+            return best or "    "
+        return self._smallest_indent(multiline_string_lines(tree)) or "    "
+
+    def _smallest_indent(self, skip: frozenset[int]) -> str | None:
+        best: str | None = None
+        for n, raw in enumerate(self.lines, 1):
+            if n in skip:
+                continue
+            line = raw.rstrip("\r\n")
+            stripped = line.lstrip(" \t")
+            if not stripped or stripped.startswith("#"):
+                continue
+            indent = line[: len(line) - len(stripped)]
+            if indent and (best is None or len(indent) < len(best)):
+                best = indent
+        return best
+
+
+def multiline_string_lines(tree: ast.AST) -> frozenset[int]:
+    """1-based lines that begin inside a string literal spanning lines."""
+    out: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Constant, ast.JoinedStr)) and node.end_lineno and node.end_lineno > node.lineno:
+            out.update(range(node.lineno + 1, node.end_lineno + 1))
+    return frozenset(out)
 
 
 def detect_newline(text: str) -> str:
@@ -269,6 +299,16 @@ def string_interior_lines(text: str) -> frozenset[int]:
     except (tokenize.TokenError, SyntaxError):
         return frozenset()
     return frozenset(out)
+
+
+def reindent(text: str, old: str, new: str, *, first: bool = True) -> str:
+    """`text` with the indentation `old` swapped for `new` on every line that
+    starts with it (the first line too unless `first=False`); lines inside a
+    multi-line string keep their spaces (they are its value), and line ends
+    are kept as they are."""
+    inside = string_interior_lines(text)
+    return "".join(new + line[len(old):] if (i or first) and line.startswith(old) and i not in inside else line
+                   for i, line in enumerate(source_lines(text, keepends=True)))
 
 
 def indent_lines(text: str, unit: str) -> str:

@@ -8,7 +8,10 @@ need the source itself, and `FlowChecks` gives them for one file:
 - `stmt_effects`: the reads and definite writes of a loop or `with` that
   the analysis keeps as one opaque node;
 - `package_subclass_uses`: subclasses in the sibling modules of the file's
-  package that use an attribute the rewrite changes.
+  package that use an attribute the rewrite changes;
+- `outside_uses`: code outside the class (module functions, other classes,
+  sibling modules) that reaches an attribute the rewrite changes
+  (`dslc.rewrite.outside`).
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ import os
 
 from dslc import codes
 from dslc.match import ir
-from dslc.rewrite import safety
-from dslc.rewrite.astutil import dotted_tail, has_word
+from dslc.rewrite import outside, safety
+from dslc.rewrite.astutil import dotted_tail
 from dslc.rewrite.plan import Skip
 from dslc.rewrite.rules import forward_unchanged
 
@@ -47,7 +50,7 @@ class FlowChecks:
         self.facts = facts
         self.path = path
         self._effects_cache: dict[tuple, object] = {}
-        self._sibling_cache: dict[tuple, list] = {}
+        self._outside_cache: dict[tuple, object] = {}
 
     def metadata_check(self, match: ir.Match):
         """`metadata_ok(path, pos, q, name)` for `safety.check_dataflow`, or None.
@@ -179,62 +182,162 @@ class FlowChecks:
         name, directly or through other classes of that file) must not call,
         read or assign the attribute in its own methods.  Names are matched
         by spelling, so an unrelated class of the same name refuses too.
+        Each sibling is read and parsed at most once while its size and
+        modification time stay the same (`_Siblings`, shared by every file
+        of the run).
         """
         if cls is None or not changed:
             return None
         here = getattr(self.facts, "path", None) or self.path
-        folder = os.path.dirname(os.path.abspath(here))
-        try:
-            siblings = sorted(n for n in os.listdir(folder) if n.endswith(".py"))
-        except OSError:
-            return None
-        for name in siblings:
-            path = os.path.join(folder, name)
-            if os.path.abspath(path) == os.path.abspath(here) or not os.path.isfile(path):
-                continue
-            found = self._sibling_cache.get((path, cls.name))
-            if found is None:
-                found = []
-                try:
-                    with open(path, "rb") as fh:
-                        raw = fh.read()
-                    text = raw.decode("utf-8", errors="replace")
-                    if has_word(text, cls.name):
-                        found = _subclass_attr_uses(ast.parse(raw), cls.name)
-                except (OSError, SyntaxError, ValueError, RecursionError):
-                    found = []
-                self._sibling_cache[(path, cls.name)] = found
+        pattern = re.compile(r"\b" + re.escape(cls.name) + r"\b")
+        for path in _sibling_paths(here):
+            table = _SIBLINGS.derived(path, ("classes",), pattern, _class_table, None)
+            found = _subclass_attr_uses(table, cls.name) if table else []
             for sub, attr, line, method, kind in found:
                 if attr not in changed or (interface_kept and kind != "store"):
                     continue
                 return codes.reason(codes.S_ATTR_USED, f"attribute `self.{attr}`, which the rewrite {changed[attr]}, is also used by the subclass "
-                        f"`{sub}` in {name} at line {line} (in `{method}`)")
+                        f"`{sub}` in {os.path.basename(path)} at line {line} (in `{method}`)")
+        return None
+
+    def outside_uses(self, cls, changed: dict[str, str], *, interface_kept: bool, kept=None,
+                     notes: list | None = None, line: int = 0) -> str | None:
+        """A changed attribute reached from outside the class, in this file or
+        a sibling module of its package (`dslc.rewrite.outside`): S220.
+        `kept`: `outside.kept_params` (reads of those parameters are fine).
+        With `notes`, a use in a sibling that is a script of its own (a
+        checkpoint converter) is a W111 warning appended there, as
+        (`line`, code, message), instead of a refusal."""
+        if cls is None or not changed:
+            return None
+        attrs = frozenset(changed)
+        pattern = outside.pattern(attrs)
+        here = getattr(self.facts, "path", None) or self.path
+        key = ("here", attrs)
+        if key not in self._outside_cache:
+            self._outside_cache[key] = outside.scan(self.mod.tree, attrs) if pattern.search(self.mod.source) else None
+        scans = [(os.path.basename(self.path), self._outside_cache[key], True)]
+        for path in _sibling_paths(here):
+            scans.append((os.path.basename(path), _SIBLINGS.derived(
+                path, ("outside", attrs), pattern, lambda tree: outside.scan(tree, attrs), None), False))
+        found = []
+        for name, fs, mine in scans:
+            if fs is None:
+                continue
+            in_script = []
+            for use, what in outside.problems(fs, changed, cls.name, here=mine, interface_kept=interface_kept, kept=kept):
+                if notes is None or mine or not fs.script:
+                    return codes.reason(codes.S_OUTSIDE_USE, outside.describe(use, name, what))
+                in_script.append((use, what))
+            if in_script:  # one warning per script: its first use, and how many there are
+                message = outside.describe_script(in_script[0][0], name, in_script[0][1], len(in_script))
+                found.append((line, codes.W_OUTSIDE_SCRIPT, f"{cls.name}: {message}"))
+        if notes is not None:
+            notes.extend(found)
         return None
 
 
-def _subclass_attr_uses(tree: ast.Module, base: str) -> list[tuple[str, str, int, str, str]]:
-    """(class, attr, line, method, kind) for `self.<attr>` in the methods of classes deriving from `base` (by name)."""
-    classes = [n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)]
+def _sibling_paths(here: str) -> list[str]:
+    """The other `*.py` files of the folder of `here`."""
+    folder = os.path.dirname(os.path.abspath(here))
+    try:
+        names = sorted(n for n in os.listdir(folder) if n.endswith(".py"))
+    except OSError:
+        return []
+    mine = os.path.abspath(here)
+    return [p for p in (os.path.join(folder, n) for n in names) if p != mine and os.path.isfile(p)]
+
+
+class _Siblings:
+    """What the checks derive from sibling modules, per (path, size, mtime):
+    a file is read again only when it changed, parsed only when its text
+    matches the question's pattern, and parsed once for all the questions
+    asked while it is the most recent one (package folders of multi-MB
+    files made the parses the bulk of a run).  The answers of the last
+    `KEEP` files are kept (a run goes folder by folder)."""
+
+    KEEP = 32
+
+    def __init__(self) -> None:
+        self.results: dict[tuple, dict] = {}
+        self.texts: dict[tuple, bytes] = {}
+        self.tree: tuple[tuple, ast.AST] | None = None
+
+    def derived(self, path: str, question: tuple, pattern: re.Pattern, compute, default):
+        try:
+            st = os.stat(path)
+        except OSError:
+            return default
+        stamp = (path, st.st_size, st.st_mtime_ns)
+        known = self.results.pop(stamp, None)
+        if known is None:
+            known = {}
+            if len(self.results) >= self.KEEP:
+                self.results.pop(next(iter(self.results)))
+        self.results[stamp] = known  # the most recent last
+        try:
+            gate = ("mentions", pattern.pattern)
+            if gate not in known:
+                known[gate] = pattern.search(self._raw(stamp).decode("utf-8", errors="replace")) is not None
+            if not known[gate]:
+                return default
+            if question not in known:
+                if self.tree is None or self.tree[0] != stamp:
+                    self.tree = None
+                    self.tree = (stamp, ast.parse(self._raw(stamp)))
+                known[question] = compute(self.tree[1])
+            return known[question]
+        except (OSError, SyntaxError, ValueError, RecursionError):
+            known[question] = default
+            return default
+
+    def _raw(self, stamp: tuple) -> bytes:
+        raw = self.texts.get(stamp)
+        if raw is None:
+            with open(stamp[0], "rb") as fh:
+                raw = fh.read()
+            if len(self.texts) >= 8:
+                self.texts.pop(next(iter(self.texts)))
+            self.texts[stamp] = raw
+        return raw
+
+
+_SIBLINGS = _Siblings()
+
+
+def _subclass_attr_uses(table, base: str) -> list[tuple[str, str, int, str, str]]:
+    """(class, attr, line, method, kind) for `self.<attr>` in the methods of the
+    classes of `table` (`_class_table`) deriving from `base` (by name)."""
     names = {base}
-    family: list[ast.ClassDef] = []
+    family: list = []
     grew = True
     while grew:
         grew = False
-        for c in classes:
-            if c not in family and c.name != base and any(dotted_tail(b) in names for b in c.bases):
+        for c in table:
+            if c not in family and c[0] != base and any(b in names for b in c[1]):
                 family.append(c)
-                names.add(c.name)
+                names.add(c[0])
                 grew = True
-    out = []
-    for c in family:
+    return [use for c in family for use in c[2]]
+
+
+def _class_table(tree: ast.Module) -> list[tuple[str, tuple, list]]:
+    """(name, base names, its methods' `self.<attr>` uses) for every class of
+    the file: what `_subclass_attr_uses` needs for any base, from one walk."""
+    table = []
+    for c in ast.walk(tree):
+        if not isinstance(c, ast.ClassDef):
+            continue
+        uses = []
         for fn in c.body:
             if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 continue
             for sub in ast.walk(fn):
                 if isinstance(sub, ast.Attribute) and isinstance(sub.value, ast.Name) and sub.value.id == "self":
                     kind = "store" if isinstance(sub.ctx, ast.Store) else "read"
-                    out.append((c.name, sub.attr, sub.lineno, fn.name, kind))
-    return out
+                    uses.append((c.name, sub.attr, sub.lineno, fn.name, kind))
+        table.append((c.name, tuple(filter(None, map(dotted_tail, c.bases))), uses))
+    return table
 
 
 def _span_in(inner: tuple, outer: tuple) -> bool:

@@ -49,3 +49,5 @@ class Plan:
     absorbed: list[Edit] = field(default_factory=list)
     # Generated per-call dispatch helpers: name -> definition (rules with `fallback`).
     helper_defs: dict[str, str] = field(default_factory=dict)
+    # Warnings of an applied rewrite: (line, code, message).
+    warnings: list[tuple[int, str, str]] = field(default_factory=list)

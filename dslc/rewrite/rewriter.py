@@ -57,6 +57,7 @@ class RewriteResult:
 
     new_source: str | None
     outcomes: tuple[Outcome, ...]
+    warnings: tuple[tuple[int, str, str], ...] = ()  # of the applied rewrites: (line, code, message)
 
 
 class _Rewriter:
@@ -163,6 +164,7 @@ def _rewrite(source: str, facts, matches, path: str, *, check_each: bool) -> Rew
     ctx = rewriter.ctx
     ctx.matches = list(matches)
     outcomes: dict[int, Outcome] = {}
+    warned: list[tuple[int, str, str]] = []
     # `when` rules duplicate a run of init statements into both branches of an
     # `if`: they go last, so the other rewrites inside that run are composed
     # into both branches instead of blocking each other (a second apply would
@@ -203,10 +205,13 @@ def _rewrite(source: str, facts, matches, path: str, *, check_each: bool) -> Rew
                 if err is not None:
                     raise Skip(codes.S_NO_PARSE, f"the rewrite would not parse ({err})")
         except Skip as exc:
+            if codes.code_of(exc.reason) == codes.S_GENERATED:
+                continue  # dslc's own fallback code is no location: a second apply reports nothing new
             outcomes[index] = Outcome(match, "skipped", exc.reason, tuple(match.lines))
             continue
         # Accept.
         ctx.accepted = edits
+        warned.extend(plan.warnings)
         first = min(plan.lines) if plan.lines else (match.lines[0] if match.lines else 0)
         for start, end in plan.claimed:
             ctx.claimed.append((start, end, f"{match.rule.qualified_name} at line {first}"))
@@ -216,7 +221,7 @@ def _rewrite(source: str, facts, matches, path: str, *, check_each: bool) -> Rew
         if match.nodes or key[1:2] == ("init",):
             ctx.done_locations[key] = first
         outcomes[index] = Outcome(match, "applied", None, tuple(sorted(set(match.lines) | plan.lines)))
-    ordered = [outcomes[i] for i in range(len(matches))]
+    ordered = [outcomes[i] for i in range(len(matches)) if i in outcomes]
     if not ctx.accepted:
         return RewriteResult(None, tuple(ordered))
     edits = list(ctx.accepted)
@@ -228,4 +233,4 @@ def _rewrite(source: str, facts, matches, path: str, *, check_each: bool) -> Rew
             return None  # find the culprit: redo with a parse after each match
         ordered = [Outcome(o.match, "skipped", reason, o.lines) if o.status == "applied" else o for o in ordered]
         return RewriteResult(None, tuple(ordered))
-    return RewriteResult(new if new != source else None, tuple(ordered))
+    return RewriteResult(new if new != source else None, tuple(ordered), tuple(dict.fromkeys(warned)))

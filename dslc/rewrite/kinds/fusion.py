@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dslc import codes
 from dslc.match import ir
-from dslc.rewrite import safety
+from dslc.rewrite import outside, safety
 from dslc.rewrite.astutil import owner_name
 from dslc.rewrite.flow import FlowChecks
 from dslc.rewrite.inner import InnerForm, InnerUses, inner_attrs
@@ -143,7 +143,8 @@ class Fusion(Kind):
             alone = {binding.attr: "removes"}
             if (binding.attr in copied_uses
                     or safety.check_attr_uses(match, cls, alone, interface_kept=detect_only)
-                    or safety.check_subclass_uses(self.facts, cls, alone, interface_kept=detect_only)):
+                    or safety.check_subclass_uses(self.facts, cls, alone, interface_kept=detect_only)
+                    or self.flow.outside_uses(cls, alone, interface_kept=detect_only)):
                 kinds[var] = "kept"
                 del changed[binding.attr]
         for attr, var in copied_uses.items():
@@ -196,6 +197,10 @@ class Fusion(Kind):
         if reason:
             raise Skip(reason)
         reason = self.flow.package_subclass_uses(cls, changed, interface_kept=detect_only)
+        if reason:
+            raise Skip(reason)
+        reason = self.flow.outside_uses(cls, changed, interface_kept=detect_only, kept=outside.kept_params(rule, bindings),
+                                        notes=plan.warnings, line=min(match.lines) if match.lines else 0)
         if reason:
             raise Skip(reason)
 

@@ -26,6 +26,7 @@ from dslc.match.matcher import is_neutral, overwritten_by, removed_layer_vars
 from dslc.rewrite import safety
 from dslc.rewrite.astutil import exit_between, loop_carried_read, owner_name
 from dslc.rewrite.imports import hook_registration, param_renames
+from dslc.rewrite.flow import FlowChecks
 from dslc.rewrite.inner import InnerForm, InnerUses, inner_attrs, target_class
 from dslc.rewrite.kinds.base import Kind, Setup
 from dslc.rewrite.kinds.guardhelper import check_aliases, check_helper
@@ -403,6 +404,15 @@ class NoneGuardedLayer(Kind):
             changed[b.attr] = "replaces"
             env_ctor[v] = f"self.{b.attr}"
         self._other_uses(match, cls, changed, plan)
+        # From outside the class (module functions, other classes, sibling
+        # modules) neither layer can be redirected, and the guarded one is
+        # now `None` where it was built.
+        flow = FlowChecks(self.mod, self.facts, self.ctx.path)
+        outer = dict(changed, **{attr: "sets to `None` where it was built"})
+        reason = flow.package_subclass_uses(cls, outer, interface_kept=False) or flow.outside_uses(
+            cls, outer, interface_kept=False, notes=plan.warnings, line=min(match.lines) if match.lines else 0)
+        if reason:
+            raise Skip(reason)
         attrs = {v: b.attr for v, b in match.init_nodes.items()}
         env = Env(match, attrs, {})
         env.ctor = env_ctor

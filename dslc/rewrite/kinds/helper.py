@@ -18,6 +18,7 @@ from dslc.match import ir
 from dslc.rewrite import safety
 from dslc.rewrite.astutil import exit_between, loop_carried_read, self_attr_name
 from dslc.rewrite.edits import Edit
+from dslc.rewrite.flow import FlowChecks
 from dslc.rewrite.kinds.base import Kind, Setup
 from dslc.rewrite.kinds.init import InitReplacement
 from dslc.rewrite.plan import Plan, Skip
@@ -337,7 +338,12 @@ class AcrossHelper(Kind):
                 raise Skip(codes.S_NO_BINDING, f"init variable `${v}` matched no binding")
             kinds[v] = "replaced" if v in target_vars else "deleted"
             changed[b.attr] = "replaces" if v in target_vars else "removes"
-        reason = safety.check_attr_uses(match, cls, changed, interface_kept=False)
+        flow = FlowChecks(self.mod, self.facts, self.ctx.path)
+        reason = (safety.check_attr_uses(match, cls, changed, interface_kept=False)
+                  or safety.check_subclass_uses(self.facts, cls, changed, interface_kept=False)
+                  or flow.package_subclass_uses(cls, changed, interface_kept=False)
+                  or flow.outside_uses(cls, changed, interface_kept=False, notes=plan.warnings,
+                                       line=min(match.lines) if match.lines else 0))
         if reason:
             raise Skip(reason)
         attrs = {v: b.attr for v, b in match.init_nodes.items()}

@@ -18,9 +18,8 @@ import textwrap
 
 from dslc.analysis.model import Guard
 from dslc import codes
-from dslc.fileio import source_lines
 from dslc.rewrite.astutil import is_prefix, names_in
-from dslc.rewrite.edits import Edit, string_interior_lines
+from dslc.rewrite.edits import Edit, reindent
 from dslc.rewrite.kinds.base import Planner
 from dslc.rewrite.plan import Plan, Skip
 
@@ -113,9 +112,7 @@ class Hoisting(Planner):
         old_indent = mod.indent(final_stmt)
 
         def at_indent(text: str, indent: str) -> str:
-            inside = string_interior_lines(text)  # a multi-line string's lines are its value: kept
-            return "".join(indent + line[len(old_indent):] if line.startswith(old_indent) and i not in inside else line
-                           for i, line in enumerate(source_lines(text, keepends=True)))
+            return reindent(text, old_indent, indent)
 
         # The branch gets the fused statement, so it never empties: no `pass`.
         for stmt in earlier:
@@ -216,6 +213,8 @@ class Hoisting(Planner):
     def copy_into_other_branch(self, plan: Plan, compound: ast.If, branch: str, stmts: list[ast.stmt]) -> None:
         mod = self.mod
         stmts = sorted(stmts, key=lambda s: s.lineno)
+        if self.dead_in_other_branch(compound, branch, stmts):
+            return  # `else: logits = self.head(h)` where nothing reads `logits` after: dead code, not written
         if branch == "body":
             other = compound.orelse
             if other:
@@ -245,6 +244,41 @@ class Hoisting(Planner):
             text = "".join(mod.stmt_text(s, indent) for s in stmts)
             at = mod.smap.line_start(first.lineno)
             plan.edits.append(Edit(at, at, text))
+
+
+    def dead_in_other_branch(self, compound: ast.If, branch: str, stmts: list[ast.stmt]) -> bool:
+        """Would the copies of the hoisted `stmts` in the other branch of
+        `compound` be dead?  True only when each is `name = <call>` (names
+        only: a matched layer call, which the rewrite already treats as
+        removable) and nothing that can run after them reads or deletes
+        those names: no read in the other branch nor after the `if` in the
+        function, the `if` in no loop, no nested function or lambda reading
+        them, no `global`/`nonlocal`, no `locals()`/`vars()`/`eval`/`exec`."""
+        names: set[str] = set()
+        for stmt in stmts:
+            if not (isinstance(stmt, ast.Assign) and isinstance(stmt.value, ast.Call)
+                    and all(isinstance(t, ast.Name) for t in stmt.targets)):
+                return False
+            names |= {t.id for t in stmt.targets}
+        func = compound
+        while id(func) in self.mod.parent and not isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            func = self.mod.parent[id(func)][0]
+            if isinstance(func, (ast.For, ast.AsyncFor, ast.While, ast.ClassDef, ast.Module)):
+                return False
+        other = compound.orelse if branch == "body" else compound.body
+        later = {id(n) for s in other for n in ast.walk(s)}
+        for n in ast.walk(func):
+            if isinstance(n, (ast.Global, ast.Nonlocal)) and names & set(n.names):
+                return False
+            if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in ("locals", "vars", "eval", "exec"):
+                return False
+            if isinstance(n, (ast.Lambda, ast.FunctionDef, ast.AsyncFunctionDef)) and n is not func \
+                    and names & {m.id for m in ast.walk(n) if isinstance(m, ast.Name)}:
+                return False
+            if isinstance(n, ast.Name) and n.id in names and not isinstance(n.ctx, ast.Store) \
+                    and (id(n) in later or n.lineno > compound.end_lineno):
+                return False
+        return True
 
 
 def _hoist_reason(stmt: ast.stmt, final: ast.stmt, compound: ast.AST) -> str:

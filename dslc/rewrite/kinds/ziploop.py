@@ -24,6 +24,7 @@ from dslc import codes
 from dslc.match import ir
 from dslc.rewrite.astutil import exit_between, owner_name, self_attr_name
 from dslc.rewrite.edits import Edit
+from dslc.rewrite.flow import FlowChecks
 from dslc.rewrite.imports import HOOK_HELPER, param_renames
 from dslc.rewrite.kinds.base import Setup
 from dslc.rewrite.kinds.container import ContainerFusion
@@ -83,7 +84,11 @@ class ZipContainers(ContainerFusion):
         reason = _zip_uses(self.mod, match.class_name or "", set(var_of), stmts, _zip_of(loop)[0], appends)
         if reason:
             raise Skip(codes.S_CONTAINER_USE, reason)
-        reason = safety.check_subclass_uses(self.facts, setup.cls, {c: "changes the elements of" for c in var_of}, interface_kept=False)
+        containers = {c: "changes the elements of" for c in var_of}
+        reason = (safety.check_subclass_uses(self.facts, setup.cls, containers, interface_kept=False)
+                  or FlowChecks(self.mod, self.facts, self.ctx.path).outside_uses(
+                      setup.cls, containers, interface_kept=False, notes=plan.warnings,
+                      line=min(match.lines) if match.lines else 0))
         if reason:
             raise Skip(reason)
         self._edits(match, plan, var_of, stmts, elements, kept, hook_after)
