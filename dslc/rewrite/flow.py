@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 
 from dslc import codes
 from dslc.match import ir
