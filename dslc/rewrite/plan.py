@@ -49,3 +49,5 @@ class Plan:
     absorbed: list[Edit] = field(default_factory=list)
     # Generated per-call dispatch helpers: name -> definition (rules with `fallback`).
     helper_defs: dict[str, str] = field(default_factory=dict)
+    # `option probe`: id(statement) -> the line that replaces it instead of deleting it
+    probes: dict[int, str] = field(default_factory=dict)
