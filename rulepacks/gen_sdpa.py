@@ -292,9 +292,22 @@ def t5_rule(t: tuple[int, int], scale: str, mask: str, drop: str) -> str:
     return "\n".join(lines)
 
 
+T5_NOTE = """\
+# ---- T5-style attention (transformers' T5Attention and its copies) ----
+# torch.matmul(q, k.transpose(3, 2)) (dims 3 and 2, or 2 and 3: SDPA's key
+# is then `kt.mT`, so that SDPA's q @ keyᵀ is the original q @ kt whatever
+# k's rank), `s += bias` (the additive mask), no scale (scale=1.0),
+# `F.softmax(s.float(), dim=-1).type_as(s)` (float32 round trip: SDPA
+# computes in the input dtype; fp32 equal, bf16 within the contract).
+# The scores' dtype and device, read to build the position bias, stay
+# readable: `option probe = "$s0"` keeps the product's statement computed on
+# empty slices (same dtype under autocast, no arithmetic); any other read of
+# the scores refuses the match.  Head mask and returned weights: `keep`."""
+
+
 def t5_rules() -> list[str]:
-    return [t5_rule(t, scale, mask, drop)
-            for t in T5_TRANSPOSES for scale in SCALE for mask in MASK for drop in DROPOUT]
+    return [T5_NOTE] + [t5_rule(t, scale, mask, drop)
+                        for t in T5_TRANSPOSES for scale in SCALE for mask in MASK for drop in DROPOUT]
 
 
 def generate() -> str:

@@ -3,7 +3,8 @@
 The matched nodes are grouped by statement; the statement of the last node
 keeps its place and gets the target expression in place of the last node's
 expression (`Node.expr_span`); every other matched statement must be a
-plain `name = <matched call>` and is deleted (hoisted across `if` branches
+plain `name = <matched call>` (or `name += x`, the matched op `name + x`)
+and is deleted (kept on empty slices where `option probe` says so) (hoisted across `if` branches
 by `Hoisting` when they sit in different blocks).  Earlier target nodes are
 inlined into later ones; a call's `dtype=` argument the pattern does not
 name becomes a cast of its input.  The data flow is checked
