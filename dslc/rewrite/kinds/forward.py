@@ -3,7 +3,9 @@
 The matched nodes are grouped by statement; the statement of the last node
 keeps its place and gets the target expression in place of the last node's
 expression (`Node.expr_span`); every other matched statement must be a
-plain `name = <matched call>` (or `name += x`, the matched op `name + x`)
+plain `name = <matched call>` (or `name += x`, the matched op `name + x`;
+not `/=` and the others: Falcon's `s /= d` feeds a softmax whose `dtype=`
+the SDPA target does not keep)
 and is deleted (kept on empty slices where `option probe` says so) (hoisted across `if` branches
 by `Hoisting` when they sit in different blocks).  Earlier target nodes are
 inlined into later ones; a call's `dtype=` argument the pattern does not
@@ -193,10 +195,11 @@ class ForwardFusion(Planner):
                 deleted_keys.add(safety.stmt_key(outer))
                 stmt = stmt.body[0]
             value = stmt.value if isinstance(stmt, (ast.Assign, ast.AnnAssign)) else None
-            if isinstance(stmt, ast.AugAssign) and isinstance(stmt.target, ast.Name) and outer.kind == "op" \
+            if isinstance(stmt, ast.AugAssign) and isinstance(stmt.op, ast.Add) and isinstance(stmt.target, ast.Name) \
+                    and outer.kind == "op" \
                     and outer.expr_span is not None and tuple(outer.expr_span) == (
                         stmt.lineno, stmt.col_offset, stmt.end_lineno, stmt.end_col_offset):
-                deleted_keys.add(key)  # `s += m`, the matched op `s + m -> s`
+                deleted_keys.add(key)  # `s += m` (an additive mask), the matched op `s + m -> s`
                 continue
             ok = (
                 value is not None
