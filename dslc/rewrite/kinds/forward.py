@@ -190,12 +190,15 @@ class ForwardFusion(Planner):
         deleted_keys: set[tuple] = set()
         for key, nodes, stmt in groups[:-1]:
             outer = max(nodes, key=lambda n: self.ctx.span_len(n.expr_span))
-            if isinstance(stmt, ast.If) and getattr(match, "guarded", None):
+            guarded_if = isinstance(stmt, ast.If) and getattr(match, "guarded", None)
+            if guarded_if:
                 # the guarded optional node's `if` (checked by `_guard`): its one statement
                 deleted_keys.add(safety.stmt_key(outer))
                 stmt = stmt.body[0]
             value = stmt.value if isinstance(stmt, (ast.Assign, ast.AnnAssign)) else None
-            if isinstance(stmt, ast.AugAssign) and isinstance(stmt.op, ast.Add) and isinstance(stmt.target, ast.Name) \
+            # (not in a guarded optional `if`: MPNet's `if position_bias is not None: s += position_bias`
+            # stays refused, as before, so that its other mask stays the rewritten one)
+            if not guarded_if and isinstance(stmt, ast.AugAssign) and isinstance(stmt.op, ast.Add) and isinstance(stmt.target, ast.Name) \
                     and outer.kind == "op" \
                     and outer.expr_span is not None and tuple(outer.expr_span) == (
                         stmt.lineno, stmt.col_offset, stmt.end_lineno, stmt.end_col_offset):
