@@ -34,8 +34,15 @@ _UNARY = {ast.USub: "-", ast.UAdd: "+", ast.Invert: "~"}
 # attention chain (rulepacks/sdpa.adr), and `float` as a whole statement
 # (`logits = logits.float()`, between an LM head and its loss: liger.adr's
 # fused linear cross-entropy; nested, `f(q.float())`, it stays inside its
-# statement).  Other tensor methods stay inside `stmt` nodes (reads/writes only).
-TENSOR_METHODS = frozenset({"transpose", "masked_fill", "softmax", "matmul", "bmm", "to", "float"})
+# statement; and as the input of a softmax, `F.softmax(s.float(), dim=-1)`:
+# the float32 upcast of T5's attention).  `type_as`, as `to`, only on the
+# result of a DL call (`F.softmax(s.float(), dim=-1).type_as(s)`).  Other
+# tensor methods stay inside `stmt` nodes (reads/writes only).
+TENSOR_METHODS = frozenset({"transpose", "masked_fill", "softmax", "matmul", "bmm", "to", "float", "type_as"})
+# Functions whose first argument `x.float()` is recorded as a node.
+_FLOAT_INPUT_CALLS = frozenset({"torch.nn.functional.softmax", "torch.softmax"})
+# Tensor methods recorded only on the result of a DL call.
+_ON_CALL_ONLY = frozenset({"to", "type_as"})
 
 # Sub-expressions whose parts do not run exactly once, in order.
 _OPAQUE = (ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp,
@@ -49,6 +56,7 @@ class Expressions:
         self.ctx = ctx
         self.kinds = kinds
         self.temp = 0  # the last `temp_<n>` of the function being walked
+        self.float_inputs: set[int] = set()  # ids of `x.float()` that are a softmax's input
         self.replaced: dict = {}
         self.top_consumed = False
         self.last_value: Value | None = None
@@ -182,7 +190,8 @@ class Expressions:
 
     def _call(self, e: ast.Call, frame, ref, actions, outputs, top, need=True) -> Value | None:
         kind = self.kinds.classify(e, frame)
-        if kind is None and self._is_tensor_method(e, frame) and (e.func.attr != "float" or self._whole_float(e, top)):
+        if kind is None and self._is_tensor_method(e, frame) and (
+                e.func.attr != "float" or self._whole_float(e, top) or id(e) in self.float_inputs):
             return self._tensor_method(e, frame, ref, actions, outputs, top)
         if kind is None:
             # not a node: evaluate the receiver and the arguments in order
@@ -231,6 +240,10 @@ class Expressions:
         if qual is None and (parts := dotted(func)) is not None:
             qual = self.ctx.infer(func, parts, frame)
         spelling = None if qual else ast.unparse(func)
+        first = e.args[0] if e.args else None
+        if (qual in _FLOAT_INPUT_CALLS and isinstance(first, ast.Call) and isinstance(first.func, ast.Attribute)
+                and first.func.attr == "float" and self._whole_float(first, True)):
+            self.float_inputs.add(id(first))
         args, kwargs = self._args(e, frame, ref, actions)
         node = Node("call", ref, type=qual, unresolved=None if qual else spelling, inputs=args, kwargs=kwargs)
         return self._emit(e, node, frame, actions, outputs, top)
@@ -248,7 +261,7 @@ class Expressions:
         if isinstance(recv, ast.Name):
             # `.to` only on a DL call's result (`F.softmax(..., dtype=torch.float32).to(q.dtype)`):
             # `x = x.to(torch.float32)` on a name stays a plain statement
-            return (func.attr != "to" and recv.id != "self" and recv.id in frame.locals and recv.id not in frame.local_imports
+            return (func.attr not in _ON_CALL_ONLY and recv.id != "self" and recv.id in frame.locals and recv.id not in frame.local_imports
                     and recv.id not in frame.local_funcs and recv.id not in frame.loop_layers)
         # the result of a DL call (`F.softmax(s, dim=-1, dtype=torch.float32).to(q.dtype)`)
         # (not on `x.float()`: that is a node only as a whole statement)

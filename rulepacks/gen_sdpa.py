@@ -220,6 +220,96 @@ def _kept(src: list[str]) -> list[str]:
     return [v for v in KEPT if v in outs]
 
 
+# ---------------------------------------------------------------------------
+# T5-style attention (helper t5; transformers' T5Attention, MT5, LongT5's
+# full attention, SwitchTransformers, Pix2Struct's text attention, Pop2Piano):
+#
+#   scores = torch.matmul(query_states, key_states.transpose(3, 2))
+#   ... position_bias built from scores.device, scores.dtype ...
+#   scores += position_bias_masked
+#   attn_weights = nn.functional.softmax(scores.float(), dim=-1).type_as(scores)
+#   attn_weights = nn.functional.dropout(attn_weights, p=self.dropout, training=self.training)
+#   if layer_head_mask is not None: attn_weights = attn_weights * layer_head_mask
+#   attn_output = unshape(torch.matmul(attn_weights, value_states))
+#
+# * the transpose of dims 3 and 2 (or 2 and 3): k.transpose(3, 2) is kᵀ over
+#   the last two dims only for a 4-d k, which is not provable here (a past
+#   key is a parameter).  The target passes `kt.mT` as SDPA's key: SDPA
+#   computes q @ (kt.mT)ᵀ = q @ kt, the original product, whatever the rank
+#   (for a 4-d k, kt.mT is k itself, the same view);
+# * `s.float()` into the softmax and `.type_as(s)` back: SDPA computes in the
+#   input dtype (its kernels accumulate the softmax in float32 anyway): equal
+#   in fp32, within the bf16 contract below otherwise, as the `upcast` rules;
+# * `s += m` (augmented) is the op `s + m -> s`: the additive mask, as `add`;
+# * no scale: T5 folds it into the initialisation, so `scale=1.0`;
+# * the scores' dtype and device, read to build the position bias, stay
+#   readable: `option probe = "$s0"` keeps the product's statement on empty
+#   slices (dslc/rewrite/kinds/probe.py); any other read refuses the match;
+# * the head mask and the returned weights are kept per call (`keep`).
+T5_TRANSPOSES = [(3, 2), (2, 3), (-2, -1), (-1, -2)]
+T5_SOFTMAX = ["torch.Tensor.float($s2) -> $sf",
+              "torch.nn.functional.softmax($sf, dim=-1) -> $p32",
+              "torch.Tensor.type_as($p32, $s2) -> $p"]
+
+
+def t5_rule(t: tuple[int, int], scale: str, mask: str, drop: str) -> str:
+    """One rule of the T5 block: matmul, the `.float()` / `.type_as` softmax."""
+    tname = f"t{t[0]}{t[1]}".replace("-", "m")
+    name = f"matmul_{tname}_{scale}_{mask}_f32typeas_{drop}"
+    key = "$kt.mT" if t[0] >= 0 else "$k"  # (see the block's comment)
+    k = "$_k" if t[0] >= 0 else "$k"
+    src = [f"torch.Tensor.transpose({k}, {t[0]}, {t[1]}) -> $kt", "torch.matmul($q, $kt) -> $s0"]
+    scale_node, scale_arg = SCALE[scale]
+    last = "$s0"
+    if scale_node:
+        src.append(scale_node)
+        last = "$s1"
+    mask_nodes, mask_target = MASK[mask]
+    src += [n.replace("$s1", last) for n in mask_nodes]
+    src += T5_SOFTMAX
+    drop_node, drop_arg = DROPOUT[drop]
+    if drop_node:
+        src += [drop_node, "torch.matmul($pd, $v) -> $out"]
+    else:
+        src.append("torch.matmul($p, $v) -> $out")
+    args = ["$q", key, "$v", "attn_mask=$s2", f"dropout_p={drop_arg}", f"scale={scale_arg}"]
+    tgt = list(mask_target) + [f"torch.nn.functional.scaled_dot_product_attention({', '.join(args)}) -> $out"]
+    desc = f"eager attention (matmul {tname}, {scale}, {mask}, float32 softmax type_as, {drop}) -> SDPA"
+    lines = [f'rule {name} "{desc}" {{',
+             "  kernel torch.nn.functional.scaled_dot_product_attention",
+             f"  tolerance {TOLERANCE}"]
+    if drop == "drop":
+        lines.append("  init { torch.nn.Dropout($_p) -> $drop; } => { torch.nn.Dropout($_p) -> $drop; }")
+    lines.append("  forward {")
+    lines += [f"    {n};" for n in src]
+    lines.append("  } => {")
+    lines += [f"    {n};" for n in tgt]
+    lines.append("  }")
+    lines.append("  keep " + ", ".join(v for v in ("$s0", "$s1", "$s2", "$sf", "$p32", "$p", "$pd")
+                                       if any(n.endswith("-> " + v) or ("-> " + v + " ") in n for n in src[:-1])))
+    lines.append('  option probe = "$s0"')
+    lines.append("}")
+    return "\n".join(lines)
+
+
+T5_NOTE = """\
+# ---- T5-style attention (transformers' T5Attention and its copies) ----
+# torch.matmul(q, k.transpose(3, 2)) (dims 3 and 2, or 2 and 3: SDPA's key
+# is then `kt.mT`, so that SDPA's q @ keyᵀ is the original q @ kt whatever
+# k's rank), `s += bias` (the additive mask), no scale (scale=1.0),
+# `F.softmax(s.float(), dim=-1).type_as(s)` (float32 round trip: SDPA
+# computes in the input dtype; fp32 equal, bf16 within the contract).
+# The scores' dtype and device, read to build the position bias, stay
+# readable: `option probe = "$s0"` keeps the product's statement computed on
+# empty slices (same dtype under autocast, no arithmetic); any other read of
+# the scores refuses the match.  Head mask and returned weights: `keep`."""
+
+
+def t5_rules() -> list[str]:
+    return [T5_NOTE] + [t5_rule(t, scale, mask, drop)
+                        for t in T5_TRANSPOSES for scale in SCALE for mask in MASK for drop in DROPOUT]
+
+
 def generate() -> str:
     out = [HEADER]
     for qk, (transposes, _, _) in QK.items():
@@ -229,6 +319,7 @@ def generate() -> str:
                     for sm in SOFTMAX:
                         for drop in DROPOUT:
                             out.append(rule(qk, t, scale, mask, sm, drop))
+    out += t5_rules()
     out.append(TOLERANCE_NOTE)
     return "\n\n".join(out) + "\n"
 

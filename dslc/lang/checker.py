@@ -62,6 +62,11 @@ OPTIONS: dict[str, tuple] = {
     # (`"$conv[0]"`: ConvBn2d($conv, $bn)[0] is $conv): other uses of the
     # attribute are redirected there (docs/adr-language.md, "Other uses of a
     # replaced layer"; checked further by _InnerChecks, ADR121).
+    # `"$s0"`: reads of the dtype and device of this intermediate (a q k^T
+    # product) may stay; the rewrite keeps its statement computed on empty
+    # slices (docs/adr-language.md, "Reads of dtype and device: `option probe`").
+    "probe": (lambda v: isinstance(v, str) and bool(re.fullmatch(r"\$[A-Za-z_][A-Za-z0-9_]*", v.strip())),
+              'one variable, e.g. "$s0"'),
     "inner": (lambda v: parse_inner(v) is not None,
               'a comma-separated list of variables with accessors, e.g. "$conv[0]"'),
 }
@@ -254,7 +259,7 @@ class _ClassAsSection:
 # The tensor methods the analysis records as `torch.Tensor.<m>` call nodes
 # (analysis/exprs.py TENSOR_METHODS; a copy, so that `dslc check` does not
 # import the analysis; tests/test_sdpa_checker.py keeps them equal).
-TENSOR_METHODS = frozenset({"transpose", "masked_fill", "softmax", "matmul", "bmm", "to", "float"})
+TENSOR_METHODS = frozenset({"transpose", "masked_fill", "softmax", "matmul", "bmm", "to", "float", "type_as"})
 
 
 def _allowed(rule: S.Rule, diags: list[Diagnostic]) -> list[Diagnostic]:
@@ -1057,6 +1062,26 @@ class _KeepChecks(_Checks):
                     self.emit(codes.KEEP_MISUSE, f"`${v.name}` is not the output of a forward source node",
                               v.span, label="not an intermediate of the chain", help=_suggest(v.name, inner))
                 seen.add(v.name)
+        for o in r.of(S.Option):
+            if o.name == "probe" and isinstance(o.value.value, str):
+                self.probe(o, fwd)
+
+    def probe(self, o, fwd) -> None:
+        """`option probe = "$s"`: `$s` is the output of a forward source node
+        other than the last that multiplies two tensors (`torch.matmul`,
+        `torch.bmm`, `@`): the rewrite keeps that statement on empty slices."""
+        name = o.value.value.strip()[1:]
+        source = fwd.item.source if fwd is not None and fwd.item.target is not None else ()
+        node = next((n for n in source[:-1] if any(v.name == name for v in getattr(n, "outputs", ()))), None)
+        e = getattr(node, "expr", None)
+        product = (isinstance(e, S.BinOp) and e.op == "@") or (
+            isinstance(e, S.Call) and isinstance(e.callee, S.Name) and e.callee.qualname in ("torch.matmul", "torch.bmm")
+            and len(e.args) == 2 and all(a.name is None and not a.rest for a in e.args))
+        if not product:
+            self.emit(codes.BAD_OPTION, f"`option probe` names `${name}`, which is not the output of a product "
+                      f"(`torch.matmul`, `torch.bmm`, `@`) of the forward source other than the last node",
+                      o.value.span, label="not a product of the chain",
+                      help="name the q k^T product whose dtype and device the code reads")
 
 
 # ---------------------------------------------------------------------------

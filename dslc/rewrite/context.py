@@ -273,6 +273,9 @@ class Context:
                 for name in node.outputs:
                     if safety.TEMP_RE.match(name):
                         out[name] = self.mod.smap.span_text(node.expr_span)
+        for node in match.nodes:
+            if matched_view(node):
+                out[node.outputs[0]] = self.mod.smap.span_text(node.expr_span)
         return out
 
     def statements_between(self, lo: ast.stmt, hi: ast.stmt) -> list[ast.stmt]:
@@ -368,3 +371,14 @@ class Context:
         plan.edits.append(Edit(start, end, text))
         plan.claimed.add((start, end))
         plan.lines.update(range(stmt.lineno, stmt.end_lineno + 1))
+
+
+def matched_view(node) -> bool:
+    """A matched nested `name.transpose(c, c)` (a view of a name, constant
+    dims): the target may spell its temporary by its source text, which
+    reads only that name (`ForwardFusion` checks it is not reassigned
+    before the final statement)."""
+    return (node.kind == "call" and node.type == "torch.Tensor.transpose" and node.expr_span is not None
+            and len(node.outputs) == 1 and bool(safety.TEMP_RE.match(node.outputs[0]))
+            and len(node.inputs) == 3 and node.inputs[0].kind == "name"
+            and all(v.is_const for v in node.inputs[1:]) and not node.kwargs)

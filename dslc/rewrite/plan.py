@@ -51,3 +51,5 @@ class Plan:
     helper_defs: dict[str, str] = field(default_factory=dict)
     # Warnings of an applied rewrite: (line, code, message).
     warnings: list[tuple[int, str, str]] = field(default_factory=list)
+    # `option probe`: id(statement) -> the line that replaces it instead of deleting it
+    probes: dict[int, str] = field(default_factory=dict)

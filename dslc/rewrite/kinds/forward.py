@@ -3,7 +3,10 @@
 The matched nodes are grouped by statement; the statement of the last node
 keeps its place and gets the target expression in place of the last node's
 expression (`Node.expr_span`); every other matched statement must be a
-plain `name = <matched call>` and is deleted (hoisted across `if` branches
+plain `name = <matched call>` (or `name += x`, the matched op `name + x`;
+not `/=` and the others: Falcon's `s /= d` feeds a softmax whose `dtype=`
+the SDPA target does not keep)
+and is deleted (kept on empty slices where `option probe` says so) (hoisted across `if` branches
 by `Hoisting` when they sit in different blocks).  Earlier target nodes are
 inlined into later ones; a call's `dtype=` argument the pattern does not
 name becomes a cast of its input.  The data flow is checked
@@ -20,11 +23,13 @@ from dslc import codes
 from dslc.match import ir, optional
 from dslc.rewrite import safety
 from dslc.rewrite.astutil import is_prefix, loop_carried_read, owner_name
+from dslc.rewrite.context import matched_view
 from dslc.rewrite.flow import FlowChecks
 from dslc.rewrite.kinds.base import Planner
 from dslc.rewrite.kinds.call import CallDispatch
 from dslc.rewrite.kinds.hoist import Hoisting
 from dslc.rewrite.kinds.keep import KeepGuard
+from dslc.rewrite.kinds.probe import metadata_with_probe, probe_index, probe_line
 from dslc.rewrite.plan import Plan, Skip
 from dslc.rewrite.render import Env, paren
 from dslc.rewrite.rules import node_vars, values_produced_again
@@ -104,7 +109,10 @@ class ForwardFusion(Planner):
         final_text, target = self._target_text(rule, env, plan)
         final_pn = target[-1]
         region = self.keep.prepare(match, groups)
+        self.probe_used: list = []
         self._check_dataflow(match, env, target, paths, deleted_keys, final_key, region)
+        if self.probe_used:
+            self._probe(match, groups, plan)
         if region is not None and region.tests:
             # kept values needed under a run-time condition: a per-call guard
             if len(final_pn.outputs) != 1:
@@ -126,11 +134,13 @@ class ForwardFusion(Planner):
         final_chain = self.mod.chain(final_stmt)
         reverse = [stmt for _, _, stmt in groups[:-1]
                    if self.hoist.needs_hoist(stmt, final_stmt) and is_prefix(final_chain, self.mod.chain(stmt))]
+        if reverse and plan.probes:
+            raise Skip(codes.S_HOIST, "the product whose dtype and device are read would move with the hoisted call")
         if reverse:
             self.hoist.reverse(plan, groups, final_stmt, final_text, (lo, hi), len(final_pn.outputs))
             return
 
-        if len(final_pn.outputs) == 1 and self.hoist.merge_identical_branches(plan, groups, final_stmt, final_text, (lo, hi)):
+        if len(final_pn.outputs) == 1 and not plan.probes and self.hoist.merge_identical_branches(plan, groups, final_stmt, final_text, (lo, hi)):
             return
 
         # The final statement.
@@ -150,6 +160,15 @@ class ForwardFusion(Planner):
 
         self.hoist.hoist_earlier(plan, groups, final_stmt)
         plan.lines.update(range(final_stmt.lineno, final_stmt.end_lineno + 1))
+
+    def _probe(self, match: ir.Match, groups, plan: Plan) -> None:
+        """`option probe`: the product's statement stays, on empty slices (kinds/probe.py)."""
+        key = safety.stmt_key(match.nodes[probe_index(match)])
+        stmt = next((s for k, _, s in groups[:-1] if k == key), None)
+        if stmt is None or self.hoist.needs_hoist(stmt, groups[-1][2]):
+            raise Skip(codes.S_STMT_SHAPE, "the product whose dtype and device are read is not a statement "
+                       "of the final statement's block before it")
+        plan.probes[id(stmt)] = probe_line(self.mod, match, stmt)
 
     def _check_statements(self, match: ir.Match, groups) -> tuple[int, int, set[tuple]]:
         """The offsets of the last node's expression, and the keys of the
@@ -171,11 +190,20 @@ class ForwardFusion(Planner):
         deleted_keys: set[tuple] = set()
         for key, nodes, stmt in groups[:-1]:
             outer = max(nodes, key=lambda n: self.ctx.span_len(n.expr_span))
-            if isinstance(stmt, ast.If) and getattr(match, "guarded", None):
+            guarded_if = isinstance(stmt, ast.If) and getattr(match, "guarded", None)
+            if guarded_if:
                 # the guarded optional node's `if` (checked by `_guard`): its one statement
                 deleted_keys.add(safety.stmt_key(outer))
                 stmt = stmt.body[0]
             value = stmt.value if isinstance(stmt, (ast.Assign, ast.AnnAssign)) else None
+            # (not in a guarded optional `if`: MPNet's `if position_bias is not None: s += position_bias`
+            # stays refused, as before, so that its other mask stays the rewritten one)
+            if not guarded_if and isinstance(stmt, ast.AugAssign) and isinstance(stmt.op, ast.Add) and isinstance(stmt.target, ast.Name) \
+                    and outer.kind == "op" \
+                    and outer.expr_span is not None and tuple(outer.expr_span) == (
+                        stmt.lineno, stmt.col_offset, stmt.end_lineno, stmt.end_col_offset):
+                deleted_keys.add(key)  # `s += m` (an additive mask), the matched op `s + m -> s`
+                continue
             ok = (
                 value is not None
                 and (not isinstance(stmt, ast.Assign) or (len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name)))
@@ -238,13 +266,16 @@ class ForwardFusion(Planner):
                 bound = match.bindings.get(v)
                 if bound is not None and bound.kind == "name" and v not in env.inline and bound.text not in env.temps:
                     target_inputs.add(bound.text)
+        for node in match.nodes:  # a matched view the target spells (`k.transpose(3, 2)`) reads its name
+            if matched_view(node) and any(b.kind == "name" and b.text == node.outputs[0] for b in match.bindings.values()):
+                target_inputs.add(node.inputs[0].text)
         reason = safety.check_dataflow(
             match, paths,
             produced_again=produced_again,
             target_inputs=target_inputs,
             deleted_stmts=deleted_keys,
             final_stmt=final_key,
-            metadata_ok=self.flow.metadata_check(match),
+            metadata_ok=metadata_with_probe(match, self.flow, self.flow.metadata_check(match), self.probe_used),
             effects=self.flow.stmt_effects if region is None or not region.guard_ifs else self.keep.effects(
                 region, match.nodes[-1].stmt.method, self.flow.stmt_effects),
             read_note=lambda path, q, name: self.conditional_read(match, path.nodes[q], name, region),

@@ -71,6 +71,10 @@ class Hoisting(Planner):
                         raise Skip(codes.S_HOIST, f"cannot hoist line {stmt.lineno} into the `{kind}` at line {compound.lineno}")
                     entry = hoisted_by_if.setdefault(id(compound), (compound, branch, []))
                     entry[2].append(stmt)
+            if id(stmt) in plan.probes:  # `option probe`: kept on empty slices
+                start, end = mod.stmt_range(stmt)
+                self.ctx.claim(plan, start, end, plan.probes[id(stmt)], stmt)
+                continue
             self.ctx.delete_stmt(plan, stmt, also_deleted={id(s) for _, _, s in groups[:-1]})
         for compound, branch, stmts in hoisted_by_if.values():
             self.copy_into_other_branch(plan, compound, branch, stmts)

@@ -222,6 +222,8 @@ class KeepGuard(Planner):
             a, b = self.mod.stmt_range(stmt)
             if stmt is final:
                 fast.append(smap.text[a:lo] + final_text + smap.text[hi:b])
+            elif id(stmt) in plan.probes:
+                fast.append(plan.probes[id(stmt)])
             elif id(stmt) not in deleted:
                 fast.append(smap.text[a:b])
         fast += [f"{indent}{name} = None{nl}" for name in region.read_later]

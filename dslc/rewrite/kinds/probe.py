@@ -1,0 +1,102 @@
+"""`option probe = "$s"`: reads of the dtype and device of a removed q kᵀ product.
+
+T5's attention reads the scores' dtype and device between the product and
+the softmax, to build its position bias:
+
+    scores = torch.matmul(query_states, key_states.transpose(3, 2))
+    if position_bias is None:
+        position_bias = torch.zeros(..., device=scores.device, dtype=scores.dtype)
+    scores += position_bias_masked
+
+The rewrite removes `scores`.  Its dtype is the product's: the operands'
+dtype, or autocast's where autocast is on (q's dtype is then not the
+scores'), and its device the operands'.  With `option probe`, a read of the
+rule's product that looks only at `.dtype` / `.device` (nothing else, in
+any statement the matched definition reaches) may stay, and the product's
+statement is kept computed on empty slices of its operands:
+
+    scores = torch.matmul(query_states[..., :0, :], key_states.transpose(3, 2)[..., :0])
+
+the same operation on the same operands' dtypes and device (so autocast
+casts it alike), with an empty result: no arithmetic.  Only a statement
+`name = <product>` (`torch.matmul(a, b)`, `torch.bmm(a, b)`, `a @ b`) is
+probed; anything else refuses the match as before.
+"""
+
+from __future__ import annotations
+
+import ast
+
+from dslc import codes
+from dslc.match import ir
+from dslc.rewrite import safety
+from dslc.rewrite.plan import Skip
+
+_SAFE_OPERAND = (ast.Name, ast.Attribute, ast.Call, ast.Subscript)
+
+
+def probe_var(rule: ir.Rule) -> str | None:
+    """The variable `option probe` names (without `$`), or None."""
+    text = rule.option("probe")
+    return text.strip()[1:] if isinstance(text, str) and text.strip().startswith("$") else None
+
+
+def probe_index(match: ir.Match) -> int | None:
+    """The index of the source node whose output the rule probes."""
+    var = probe_var(match.rule)
+    if var is None:
+        return None
+    for k, pn in enumerate(match.rule.forward.source):
+        if any(o.name == var for o in pn.outputs):
+            return k if k < len(match.nodes) else None
+    return None
+
+
+def metadata_with_probe(match: ir.Match, flow, base, used: list):
+    """`metadata_ok` for `safety.check_dataflow`: `base`'s answer, or a read
+    of the probed product that looks only at its dtype and device (then
+    `used` gets True: the statement must be probed, not deleted)."""
+    k = probe_index(match)
+    if k is None:
+        return base
+    key = safety.node_key(match.nodes[k])
+
+    def ok(path, pos, q, name) -> bool:
+        if base is not None and base(path, pos, q, name):
+            return True
+        if safety.node_key(path.nodes[pos]) != key:
+            return False
+        needs = flow.metadata_reads(path, q, name)
+        if needs is None or not needs <= {"dtype", "device"}:
+            return False
+        used.append(True)
+        return True
+
+    return ok
+
+
+def probe_line(mod, match: ir.Match, stmt: ast.stmt) -> str:
+    """The statement `name = <product>` computed on empty slices (see the module docstring)."""
+    value = stmt.value if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 else None
+    target = stmt.targets[0] if value is not None else None
+    if not isinstance(target, ast.Name):
+        raise Skip(codes.S_STMT_SHAPE, f"line {stmt.lineno}: the product whose dtype and device are read "
+                   f"is not a plain `name = <product>`")
+    text = mod.smap.text
+
+    def seg(node) -> str:
+        a, b = mod.smap.node_span(node)
+        part = text[a:b]
+        return part if isinstance(node, _SAFE_OPERAND) else f"({part})"
+
+    if isinstance(value, ast.BinOp) and isinstance(value.op, ast.MatMult):
+        expr = f"{seg(value.left)}[..., :0, :] @ {seg(value.right)}[..., :0]"
+    elif (isinstance(value, ast.Call) and len(value.args) == 2 and not value.keywords
+          and not any(isinstance(a, ast.Starred) for a in value.args)):
+        a, b = mod.smap.node_span(value.func)
+        expr = f"{text[a:b]}({seg(value.args[0])}[..., :0, :], {seg(value.args[1])}[..., :0])"
+    else:
+        raise Skip(codes.S_STMT_SHAPE, f"line {stmt.lineno}: the product whose dtype and device are read "
+                   f"is not `torch.matmul(a, b)`, `torch.bmm(a, b)` or `a @ b`")
+    comment = "  # dslc: only its dtype and device are read (empty operands: no arithmetic)"
+    return f"{mod.indent(stmt)}{target.id} = {expr}{comment}{mod.nl}"
