@@ -14,14 +14,20 @@ def is_self_attr(node) -> bool:
     return isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self"
 
 
-def dotted_name(node) -> str | None:
+def dotted_parts(node) -> list[str]:
+    """`a.b.c` -> ["a", "b", "c"]; [] when the chain does not start at a name."""
     parts = []
     while isinstance(node, ast.Attribute):
         parts.append(node.attr)
         node = node.value
     if not isinstance(node, ast.Name):
-        return None
-    return ".".join([node.id] + parts[::-1])
+        return []
+    parts.append(node.id)
+    return parts[::-1]
+
+
+def dotted_name(node) -> str | None:
+    return ".".join(dotted_parts(node)) or None
 
 
 def dotted_tail(expr: ast.expr) -> str | None:

@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from dslc.match import ir
+from dslc.rewrite.astutil import dotted_parts
 from dslc.rewrite.classmiss import class_near_misses
 from dslc.rewrite.unreached import SourceCalls
 from dslc.match.matcher import Fail, _expand_sequential, _node_id, _PathCtx, _scopes, match_file
@@ -230,21 +231,10 @@ class SourceNames:
                 if method and isinstance(n.func, ast.Attribute) and n.func.attr == method:
                     lines.append(n.lineno)  # a tensor method: of any value
                     continue
-                parts = _dotted(n.func)
+                parts = dotted_parts(n.func)
                 if parts and parts[0] in imports and ".".join([imports[parts[0]], *parts[1:]]) == qualname:
                     lines.append(n.lineno)
         return min(lines, default=None)
-
-
-def _dotted(f) -> list[str]:
-    parts = []
-    while isinstance(f, ast.Attribute):
-        parts.append(f.attr)
-        f = f.value
-    if not isinstance(f, ast.Name):
-        return []
-    parts.append(f.id)
-    return parts[::-1]
 
 
 def _scope_line(scope, node) -> int:

@@ -27,6 +27,8 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass
 
+from dslc.rewrite.astutil import dotted_parts
+
 _OPAQUE = {ast.Lambda: "a lambda", ast.ListComp: "a comprehension", ast.SetComp: "a comprehension",
            ast.DictComp: "a comprehension", ast.GeneratorExp: "a generator expression",
            ast.IfExp: "a conditional expression (`a if c else b`)", ast.BoolOp: "an `and`/`or` expression"}
@@ -46,17 +48,6 @@ class AnchorCall:
     span: tuple[int, int] | None  # that function's lines
     class_name: str | None  # the innermost class around that function
     method: bool  # the anchor is a tensor method (`torch.Tensor.transpose`)
-
-
-def _dotted(f) -> list[str]:
-    parts = []
-    while isinstance(f, ast.Attribute):
-        parts.append(f.attr)
-        f = f.value
-    if not isinstance(f, ast.Name):
-        return []
-    parts.append(f.id)
-    return parts[::-1]
 
 
 def short(node: ast.AST, width: int = 48) -> str:
@@ -104,7 +95,7 @@ class SourceCalls:
             if method and isinstance(n.func, ast.Attribute) and n.func.attr == method:
                 out.append(self._anchor_call(n, True))
                 continue
-            parts = _dotted(n.func)
+            parts = dotted_parts(n.func)
             if parts and parts[0] in imports and ".".join([imports[parts[0]], *parts[1:]]) == qualname:
                 out.append(self._anchor_call(n, False))
         out.sort(key=lambda c: (c.line, c.call.col_offset))
