@@ -37,5 +37,7 @@ class _CheckoutFinder:
         return _machinery.PathFinder.find_spec(fullname, [_os.path.dirname(folder)]) or None
 
 
+# First in line: an editable install of another checkout maps these names too,
+# and the checkout whose `dslc` was imported must win.
 if _CHECKOUT and not any(isinstance(f, type) and f.__name__ == "_CheckoutFinder" for f in _sys.meta_path):
-    _sys.meta_path.append(_CheckoutFinder)
+    _sys.meta_path.insert(0, _CheckoutFinder)
