@@ -259,9 +259,11 @@ class Expressions:
             return False
         recv = func.value
         if isinstance(recv, ast.Name):
-            # `.to` only on a DL call's result (`F.softmax(..., dtype=torch.float32).to(q.dtype)`):
-            # `x = x.to(torch.float32)` on a name stays a plain statement
-            return (func.attr not in _ON_CALL_ONLY and recv.id != "self" and recv.id in frame.locals and recv.id not in frame.local_imports
+            # `.to` only on a DL call's result (`F.softmax(..., dtype=torch.float32).to(q.dtype)`)
+            # or on a softmax's result in the statement right after it (`p = p.to(v.dtype)`,
+            # `softmax_casts`): `x = x.to(torch.float32)` on a name stays a plain statement
+            return ((func.attr not in _ON_CALL_ONLY or id(e) in softmax_casts(frame.fn))
+                    and recv.id != "self" and recv.id in frame.locals and recv.id not in frame.local_imports
                     and recv.id not in frame.local_funcs and recv.id not in frame.loop_layers)
         # the result of a DL call (`F.softmax(s, dim=-1, dtype=torch.float32).to(q.dtype)`)
         # (not on `x.float()`: that is a node only as a whole statement)
@@ -282,3 +284,50 @@ class Expressions:
         args, kwargs = self._args(e, frame, ref, actions)
         node = Node("call", ref, type="torch.Tensor." + e.func.attr, inputs=(receiver,) + args, kwargs=kwargs)
         return self._emit(e, node, frame, actions, outputs, top)
+
+
+_SOFTMAX_CASTS: dict = {}
+
+
+def softmax_casts(fn: ast.AST) -> frozenset:
+    """Ids of the `.to(...)` calls of `fn` that cast a softmax's result back
+    in the statement right after it, in one block:
+
+        p = nn.functional.softmax(s, dim=-1)    # (or `s.softmax(dim=-1)`)
+        p = p.to(v.dtype)
+
+    (GPT-Neo's and Bark's eager attention): recorded as `torch.Tensor.to`
+    nodes, as `F.softmax(...).to(...)` is.  Memoised per function object."""
+    key = id(fn)
+    hit = _SOFTMAX_CASTS.get(key)
+    if hit is not None and hit[0] is fn:
+        return hit[1]
+    out = set()
+    for node in ast.walk(fn):
+        for field in ("body", "orelse", "finalbody"):
+            block = getattr(node, field, None)
+            if not isinstance(block, list):
+                continue
+            for a, b in zip(block, block[1:]):
+                name = _softmax_target(a)
+                if name is None or not (isinstance(b, ast.Assign) and len(b.targets) == 1):
+                    continue
+                v = b.value
+                if (isinstance(v, ast.Call) and isinstance(v.func, ast.Attribute) and v.func.attr == "to"
+                        and isinstance(v.func.value, ast.Name) and v.func.value.id == name):
+                    out.add(id(v))
+    if len(_SOFTMAX_CASTS) > 4096:
+        _SOFTMAX_CASTS.clear()
+    res = frozenset(out)
+    _SOFTMAX_CASTS[key] = (fn, res)
+    return res
+
+
+def _softmax_target(stmt: ast.stmt) -> str | None:
+    """`name` of `name = <...>.softmax(...)` (a plain assignment of a softmax call)."""
+    if not (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name)):
+        return None
+    v = stmt.value
+    if isinstance(v, ast.Call) and isinstance(v.func, ast.Attribute) and v.func.attr == "softmax":
+        return stmt.targets[0].id
+    return None

@@ -310,6 +310,102 @@ def t5_rules() -> list[str]:
                         for t in T5_TRANSPOSES for scale in SCALE for mask in MASK for drop in DROPOUT]
 
 
+# ---------------------------------------------------------------------------
+# Causal attention by `torch.where` with a cast back (transformers'
+# GPTNeoSelfAttention._attn and its kind):
+#
+#   attn_weights = torch.matmul(query, key.transpose(-1, -2))
+#   causal_mask = self.bias[:, :, key_length - query_length : key_length, :key_length]
+#   mask_value = torch.tensor(torch.finfo(attn_weights.dtype).min, dtype=attn_weights.dtype)...
+#   attn_weights = torch.where(causal_mask, attn_weights, mask_value)
+#   if attention_mask is not None: attn_weights = attn_weights + attention_mask
+#   attn_weights = nn.functional.softmax(attn_weights, dim=-1)
+#   attn_weights = attn_weights.to(value.dtype)
+#   attn_weights = self.attn_dropout(attn_weights)
+#   ... attn_output = torch.matmul(attn_weights, value)
+#
+# * the causal `where(c, s, mv)` becomes the additive mask `where(c, 0.0, mv)`
+#   (as `masked_fill` does: exact for mv = finfo.min or -inf, the row of a
+#   fully masked query aside), plus the optional mask: `where(c, 0.0, mv) +
+#   as_tensor(m, dtype=q.dtype)`, which the absent and guarded forms reduce
+#   to `where(c, 0.0, mv)` (docs/adr-language.md, "Optional nodes": a target
+#   node that adds to its chain input);
+# * `p.to(dt)` after the softmax: the product `p @ v` runs in dt, which must
+#   be v's dtype, while q and k may have been upcast (GPT-Neo computes the
+#   scores in float32): SDPA gets `v.to(q.dtype)` and its result is cast to
+#   dt.  Same dtypes: both casts are no-ops (fp32 equal); bf16 v with float32
+#   q, k: SDPA computes in float32 and rounds once;
+# * the scores' dtype and device, read to build mv, stay readable: `option
+#   probe = "$s0"`; returned weights and a head mask: `keep` (across the
+#   helper's call where the helper returns them, dslc/rewrite/kinds/keepcall.py).
+CAUSAL_TRANSPOSES = [(-1, -2), (-2, -1)]
+CAUSAL_SCALE = {
+    "div": ("$s0 / $d -> $s1", "1.0 / $d"),
+    "mul": ("$s0 * $c -> $s1", "$c"),
+    "noscale": (None, "1.0"),
+}
+
+
+def causal_rule(qk: str, t: tuple[int, int], scale: str, drop: str) -> str:
+    """One rule of the causal `where` block (see its comment)."""
+    _, qk_node, pv_node = QK[qk]
+    tname = f"t{t[0]}{t[1]}".replace("-", "m")
+    name = f"{qk}_{tname}_{scale}_causal_add_softmaxto_{drop}"
+    src = [f"torch.Tensor.transpose($k, {t[0]}, {t[1]}) -> $kt", qk_node]
+    scale_node, scale_arg = CAUSAL_SCALE[scale]
+    last = "$s0"
+    if scale_node:
+        src.append(scale_node.replace("$c", "$sf"))
+        scale_arg = scale_arg.replace("$c", "$sf")
+        last = "$s1"
+    src.append(f"torch.where($cm, {last}, $mv) -> $sc")
+    src.append("$sc + $m -> $s2" + OPT_M)
+    src += ["torch.nn.functional.softmax($s2, dim=-1) -> $p32", "torch.Tensor.to($p32, $dt) -> $p"]
+    drop_node, drop_arg = DROPOUT[drop]
+    if drop_node:
+        src += [drop_node, pv_node]
+    else:
+        src.append(pv_node.replace("$pd", "$p"))
+    tgt = ["torch.where($cm, 0.0, $mv) -> $sc",
+           "torch.as_tensor($m, dtype=$q.dtype) -> $p32" + OPT_M,
+           "$sc + $p32 -> $s2" + OPT_M,
+           "torch.Tensor.to($v, $q.dtype) -> $kt",
+           f"torch.nn.functional.scaled_dot_product_attention($q, $k, $kt, attn_mask=$s2, dropout_p={drop_arg}, "
+           f"scale={scale_arg}) -> $p",
+           "torch.Tensor.to($p, $dt) -> $out"]
+    desc = f"eager attention ({qk} {tname}, {scale}, causal where, add, softmax cast back, {drop}) -> SDPA"
+    lines = [f'rule {name} "{desc}" {{',
+             "  kernel torch.nn.functional.scaled_dot_product_attention",
+             f"  tolerance {TOLERANCE}"]
+    if drop == "drop":
+        lines.append("  init { torch.nn.Dropout($_p) -> $drop; } => { torch.nn.Dropout($_p) -> $drop; }")
+    lines.append("  forward {")
+    lines += [f"    {n};" for n in src]
+    lines.append("  } => {")
+    lines += [f"    {n};" for n in tgt]
+    lines.append("  }")
+    outs = {n.split("->")[1].split()[0] for n in src[:-1]}
+    lines.append("  keep " + ", ".join(v for v in ("$s0", "$s1", "$sc", "$s2", "$p32", "$p", "$pd") if v in outs))
+    lines.append('  option probe = "$s0"')
+    lines.append("}")
+    return "\n".join(lines)
+
+
+CAUSAL_NOTE = """\
+# ---- causal attention by torch.where, softmax cast back (GPT-Neo's kind) ----
+# q k^T (matmul or @, the last two dims), an optional scale, `torch.where(c,
+# s, mv)` (the causal mask: the additive mask `where(c, 0.0, mv)`), the
+# optional additive mask, softmax, `.to(dt)` (v's dtype: SDPA gets
+# `v.to(q.dtype)`, its result is cast to dt), dropout, @ v.  The scores'
+# dtype and device stay readable (`option probe`); head mask and returned
+# weights: `keep`, across the helper's call where the helper returns them."""
+
+
+def causal_rules() -> list[str]:
+    return [CAUSAL_NOTE] + [causal_rule(qk, t, scale, drop) for qk in ("matmul", "at")
+                            for t in CAUSAL_TRANSPOSES for scale in CAUSAL_SCALE for drop in DROPOUT]
+
+
 def generate() -> str:
     out = [HEADER]
     for qk, (transposes, _, _) in QK.items():
@@ -320,6 +416,7 @@ def generate() -> str:
                         for drop in DROPOUT:
                             out.append(rule(qk, t, scale, mask, sm, drop))
     out += t5_rules()
+    out += causal_rules()
     out.append(TOLERANCE_NOTE)
     return "\n\n".join(out) + "\n"
 

@@ -315,7 +315,13 @@ def _skipped(tmp_path: Path, text: str) -> dict:
 
 
 def test_probabilities_returned_always_are_refused(tmp_path):
-    m = _skipped(tmp_path, GPT2_ALWAYS)
+    # the helper returns them and its caller reads them unconditionally (a
+    # caller that reads them only under a condition is guarded at the call:
+    # tests/test_sdpa_keepcall.py)
+    text = GPT2_ALWAYS.replace("        outputs = (attn_output,)\n        if output_attentions:\n"
+                               "            outputs += (attn_weights,)\n", "        outputs = (attn_output, attn_weights)\n")
+    assert text != GPT2_ALWAYS
+    m = _skipped(tmp_path, text)
     assert m["code"] == "S204" and "`attn_weights`" in m["reason"] and "after the match" in m["reason"], m
 
 

@@ -100,9 +100,35 @@ def absent_variant(rule: ir.Rule) -> ir.Rule | None:
     target = rule.forward.target
     if target is not None:
         gone = {v.name for n in target if n.optional is not None for v in n.outputs} | only
+        if through_target(rule) is not None:
+            gone.discard(out)  # the optional target node's output reads as its chain input (`through_target`)
         target = tuple(_rewrite_node(n, rename, gone) for n in target if n.optional is None)
     where = tuple(c for c in rule.where if c.var.name not in only | {out})
     return replace(rule, forward=replace(rule.forward, source=source, target=target), where=where)
+
+
+def through_target(rule: ir.Rule) -> int | None:
+    """The index of an optional target node that adds to a value an earlier
+    (not optional) target node computes, when it writes the optional source
+    node's output: `torch.where($c, 0.0, $mv) -> $s1; $s1 + $mm -> $s2
+    optional when $m is not None` (a causal mask plus the optional one).
+    Where the source node is absent its output is its chain input (`$s2`
+    reads as `$s1`), and so is this node's: the value computed without the
+    optional part, not None; guarded, it is written `<$s1> if m is None else
+    <$s1 + ...>`.  None when the rule has no such node."""
+    k = optional_index(rule)
+    flow = pass_through(rule)
+    if k is None or flow is None or rule.forward.target is None:
+        return None
+    out = rule.forward.source[k].outputs[0].name
+    target = rule.forward.target
+    for i, n in enumerate(target):
+        if n.optional is None or [v.name for v in n.outputs] != [out]:
+            continue
+        earlier = {v.name for m in target[:i] if m.optional is None for v in m.outputs}
+        if flow in earlier and flow in {v for t in _node_terms(n) for v in _vars(t)}:
+            return i
+    return None
 
 
 # ---------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from dslc.rewrite.kinds.base import Planner
 from dslc.rewrite.kinds.call import CallDispatch
 from dslc.rewrite.kinds.hoist import Hoisting
 from dslc.rewrite.kinds.keep import KeepGuard
+from dslc.rewrite.kinds.keepcall import KeepCall
 from dslc.rewrite.kinds.probe import metadata_with_probe, probe_index, probe_line
 from dslc.rewrite.plan import Plan, Skip
 from dslc.rewrite.render import Env, paren
@@ -44,6 +45,7 @@ class ForwardFusion(Planner):
         self.calls = CallDispatch(ctx)
         self.hoist = Hoisting(ctx)
         self.keep = KeepGuard(ctx)
+        self.keepcall = KeepCall(ctx, self.keep)
 
     def forward_groups(self, match: ir.Match) -> list[tuple[tuple, list, ast.stmt]]:
         """Matched nodes grouped by statement, in source order; last = the final statement."""
@@ -109,15 +111,20 @@ class ForwardFusion(Planner):
         final_text, target = self._target_text(rule, env, plan)
         final_pn = target[-1]
         region = self.keep.prepare(match, groups)
+        self.keepcall.prepare(match, region)  # a match in a helper: the guard may go to its call
         self.probe_used: list = []
         self._check_dataflow(match, env, target, paths, deleted_keys, final_key, region)
         if self.probe_used:
             self._probe(match, groups, plan)
-        if region is not None and region.tests:
+        across = self.keepcall.site is not None and self.keepcall.site.handed
+        if region is not None and (region.tests or across):
             # kept values needed under a run-time condition: a per-call guard
             if len(final_pn.outputs) != 1:
                 raise Skip(codes.S_KEEP_GUARD, "a per-call guard needs a one-output target")
-            self.keep.emit(plan, region, groups, final_text, lo, hi)
+            if across:  # at the helper's call site (kinds/keepcall.py)
+                self.keepcall.emit(plan, region, groups, final_text, lo, hi)
+            else:
+                self.keep.emit(plan, region, groups, final_text, lo, hi)
             return
         source_nodes = rule.forward.source
         if rule.fallback == "original" and rule.needs and (rule.init is None or rule.init.target is None):
@@ -248,7 +255,14 @@ class ForwardFusion(Planner):
                 q.optional is not None and pn.outputs[0].name in node_vars(q) for q in target[i + 1:])
             if pn.optional is not None and guarded is not None and not inner:
                 # the optional source node ran only where its name is not None
-                text = f"None if {guarded} is None else {text}"
+                # (a node that adds to its chain input: that input there, `through_target`)
+                absent = "None"
+                if i == optional.through_target(rule):
+                    flow = optional.pass_through(rule)
+                    absent = paren(env.inline[flow]) if flow in env.inline else None
+                    if absent is None:
+                        raise Skip(codes.S_TEMP_VAR, "the value the optional target node adds to is not a target expression")
+                text = f"{absent} if {guarded} is None else {text}"
             if i == len(target) - 1:
                 final_text = text
                 break
@@ -280,7 +294,7 @@ class ForwardFusion(Planner):
                 region, match.nodes[-1].stmt.method, self.flow.stmt_effects),
             read_note=lambda path, q, name: self.conditional_read(match, path.nodes[q], name, region),
             read_ok=None if region is None else (
-                lambda path, q, name: self.keep.read_ok(region, match, path, q, name, self.read_condition)),
+                lambda path, q, name: self.keepcall.read_ok(region, match, path, q, name, self.read_condition)),
             skip_path=None if region is None or not region.guard_ifs else self.keep.skip_path(
                 region, match.nodes[-1].stmt.method),
         )

@@ -1,0 +1,179 @@
+"""sdpa.adr on transformers 4.35.0's GPT-Neo (the causal `where` block of
+rulepacks/gen_sdpa.py, the guard at the helper's call: kinds/keepcall.py).
+
+The installed modeling_gpt_neo.py is rewritten by `dslc apply` with the sdpa
+pack and loaded as a module of `transformers.models.gpt_neo`; a tiny
+GPTNeoForCausalLM (global and local layers) built from it, with the
+original's state_dict (loaded strictly), must give the original's logits,
+loss and every parameter gradient (fp32, 1e-5) in train (dropout 0) and
+eval, with and without (right) padding, with a head mask, with
+output_attentions, and the same greedy cached generation.  The kernel must
+run where neither a head mask nor the weights are asked for.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+pytestmark = pytest.mark.slow  # rewrites a 4.35.0 modeling file (about 20 s)
+
+REPO = Path(__file__).resolve().parent.parent
+MODULE = "transformers.models.gpt_neo.modeling_gpt_neo"
+
+
+def _rewrite(path: Path) -> tuple[str, list]:
+    from dslc.apply.driver import ApplyOptions, apply_paths
+    from dslc.lang.loader import load_rules
+
+    loaded = load_rules([str(REPO / "rulepacks" / "sdpa.adr")])
+    report = apply_paths([str(path)], loaded.packs, ApplyOptions(mode="diff", jobs=1, gitignore=False))
+    res = report.files[0]
+    return (res.new_source if res.changed else res.original), res.matches
+
+
+@pytest.fixture(scope="module")
+def gptneo():
+    if not transformers.__version__.startswith("4.35."):
+        pytest.skip(f"written for transformers 4.35 (installed: {transformers.__version__})")
+    original = importlib.import_module(MODULE)
+    path = Path(original.__file__)
+    source, matches = _rewrite(path)
+    name = MODULE + "_dslc_sdpa_test"
+    spec = importlib.util.spec_from_loader(name, loader=None, origin=str(path))
+    mod = importlib.util.module_from_spec(spec)
+    mod.__file__ = str(path)
+    mod.__package__ = MODULE.rsplit(".", 1)[0]
+    sys.modules[name] = mod
+    exec(compile(source, str(path), "exec"), mod.__dict__)
+    calls = []
+    real = mod.scaled_dot_product_attention
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    mod.scaled_dot_product_attention = counting
+    yield original, mod, source, matches, calls
+    sys.modules.pop(name, None)
+
+
+def _config(**kw):
+    cfg = transformers.GPTNeoConfig(vocab_size=97, max_position_embeddings=32, hidden_size=32, num_layers=2,
+                                    attention_types=[[["global", "local"], 1]], num_heads=4, intermediate_size=64,
+                                    window_size=4, embed_dropout=0.0, attention_dropout=0.0, resid_dropout=0.0,
+                                    pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    for k, v in kw.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def _pair(original, mod, cfg):
+    torch.manual_seed(0)
+    a = original.GPTNeoForCausalLM(cfg)
+    b = mod.GPTNeoForCausalLM(cfg)
+    b.load_state_dict(a.state_dict(), strict=True)
+    return a, b
+
+
+def _inputs(padding: bool):
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, 97, (3, 9), generator=g)
+    mask = torch.ones_like(ids)
+    if padding:  # right padding (a left-padded row sees no key at first: see test_sdpa_keepcall.py)
+        mask[0, 6:] = 0
+        mask[2, 4:] = 0
+        ids = ids.masked_fill(mask == 0, 0)
+    labels = ids.masked_fill(mask == 0, -100)
+    return ids, mask, labels
+
+
+def _close(x, y, what):
+    torch.testing.assert_close(y, x, atol=1e-5, rtol=1e-5, msg=lambda m: f"{what}: {m}")
+
+
+def _compare(a, b, train: bool, **kw):
+    a.train(train)
+    b.train(train)
+    outs = []
+    for m in (a, b):
+        m.zero_grad()
+        out = m(**kw)
+        out.loss.backward()
+        outs.append(out)
+    _close(outs[0].logits, outs[1].logits, "logits")
+    _close(outs[0].loss, outs[1].loss, "loss")
+    for (n, pa), pb in zip(a.named_parameters(), b.parameters()):
+        _close(pa.grad, pb.grad, f"grad of {n}")
+    return outs
+
+
+def test_gpt_neo_attention_is_rewritten(gptneo):
+    _, _, source, matches, _ = gptneo
+    applied = [m for m in matches if m.status == "applied"]
+    assert [m.rule.split(":")[-1] for m in applied] == ["matmul_tm1m2_noscale_causal_add_softmaxto_drop"]
+    assert "if head_mask is not None or output_attentions:" in source
+    assert "attn_output, attn_weights = self._attn_fast(query, key, value, attention_mask, head_mask)" in source
+    assert "scaled_dot_product_attention(query, key, value.to(query.dtype), attn_mask=" in source
+
+
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("padding", [False, True])
+def test_gpt_neo_same_logits_loss_and_gradients(gptneo, train, padding):
+    original, mod, _, _, calls = gptneo
+    a, b = _pair(original, mod, _config())
+    ids, mask, labels = _inputs(padding)
+    before = len(calls)
+    _compare(a, b, train, input_ids=ids, attention_mask=mask, labels=labels)
+    assert len(calls) - before == 2  # one per layer: the kernel ran
+
+
+def test_gpt_neo_output_attentions_and_head_mask(gptneo):
+    original, mod, _, _, calls = gptneo
+    a, b = _pair(original, mod, _config())
+    ids, mask, labels = _inputs(True)
+    before = len(calls)
+    outs = _compare(a, b, True, input_ids=ids, attention_mask=mask, labels=labels, output_attentions=True)
+    for x, y in zip(outs[0].attentions, outs[1].attentions):
+        _close(x, y, "attentions")
+    head = torch.tensor([[1.0, 0.0, 1.0, 0.5], [0.0, 1.0, 1.0, 1.0]])
+    _compare(a, b, False, input_ids=ids, attention_mask=mask, labels=labels, head_mask=head)
+    assert len(calls) == before  # the original helper ran (weights asked for, head mask given)
+
+
+def test_gpt_neo_cached_generation(gptneo):
+    original, mod, _, _, calls = gptneo
+    a, b = _pair(original, mod, _config())
+    a.eval()
+    b.eval()
+    ids, mask, _ = _inputs(False)
+    before = len(calls)
+    with torch.no_grad():
+        ga = a.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6, do_sample=False,
+                        output_scores=True, return_dict_in_generate=True, pad_token_id=0)
+        gb = b.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6, do_sample=False,
+                        output_scores=True, return_dict_in_generate=True, pad_token_id=0)
+    assert torch.equal(ga.sequences, gb.sequences)
+    for x, y in zip(ga.scores, gb.scores):
+        _close(x, y, "scores of a decoding step")
+    assert len(calls) > before
+
+
+def test_gpt_neo_train_with_dropout_runs_the_kernel(gptneo):
+    """Dropout on: SDPA drops with its own random stream, so only the shapes
+    and a finite loss are compared."""
+    original, mod, _, _, calls = gptneo
+    a, b = _pair(original, mod, _config(attention_dropout=0.1))
+    ids, mask, labels = _inputs(True)
+    b.train()
+    before = len(calls)
+    out = b(input_ids=ids, attention_mask=mask, labels=labels)
+    assert torch.isfinite(out.loss) and out.logits.shape == a(input_ids=ids, labels=labels).logits.shape
+    assert len(calls) - before == 2
