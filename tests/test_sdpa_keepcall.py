@@ -328,3 +328,84 @@ def test_received_under_another_name(tmp_path, monkeypatch):
                          "        self.seen = probs\n")
     m = _outcome(tmp_path, bad)
     assert m["status"] == "skipped" and "`probs`" in m["reason"], m
+
+
+# A layer causal or not by construction: its helper masks `if self.causal:`.
+# That `if` updates the kept scores, so its test joins the guard, written at
+# the call (`self` is the call's own receiver); the non-causal layer runs SDPA.
+FLAGGED = '''\
+import math
+
+import torch
+from torch import nn
+
+
+class Flagged(nn.Module):
+    def __init__(self, width=16, n_heads=2, span=8, causal=False, p=0.2):
+        super().__init__()
+        self.n_heads = n_heads
+        self.causal = causal
+        self.qkv = nn.Linear(width, 3 * width)
+        self.drop = nn.Dropout(p)
+        self.register_buffer("lower", torch.ones((span, span)).tril()[None, None], persistent=False)
+
+    def _mix(self, q, k, v, mask=None, head_mask=None):
+        s = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(q.size(-1)))
+        if self.causal:
+            n_q, n_k = q.size(-2), k.size(-2)
+            s = s.masked_fill(self.lower[:, :, n_k - n_q : n_k, :n_k] == 0, torch.finfo(s.dtype).min)
+        if mask is not None:
+            s = s + mask
+        w = nn.functional.softmax(s, dim=-1)
+        w = w.to(v.dtype)
+        w = self.drop(w)
+        if head_mask is not None:
+            w = w * head_mask
+        out = torch.matmul(w, v)
+        return out, w
+
+    def forward(self, x, mask=None, head_mask=None, want_probs=False):
+        b, t, c = x.shape
+        q, k, v = (y.reshape(b, t, self.n_heads, -1).transpose(1, 2) for y in self.qkv(x).chunk(3, dim=-1))
+        ctx, probs = self._mix(q, k, v, mask, head_mask)
+        out = ctx.transpose(1, 2).reshape(b, t, c)
+        return (out, probs) if want_probs else (out,)
+'''
+
+
+@pytest.fixture(scope="module")
+def flagged(tmp_path_factory):
+    return _rewrite(tmp_path_factory.mktemp("keepcall_flag"), "flagged_kc", FLAGGED)
+
+
+def test_attribute_condition_of_the_helper_joins_the_guard(flagged):
+    _, _, report, new = flagged
+    applied = [m["rule"] for m in report["matches"] if m["status"] == "applied"]
+    assert applied == ["sdpa:matmul_tm1m2_mul_add_upcast_drop"], report["matches"]
+    text = new.read_text()
+    assert ("        if self.causal or head_mask is not None or want_probs:\n"
+            "            ctx, probs = self._mix(q, k, v, mask, head_mask)\n") in text
+    assert "self.causal" not in text.split("    def _mix_fast")[1].split("    def forward")[0]
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["plain", "causal"])
+@pytest.mark.parametrize("want_probs", [False, True], ids=["no-probs", "probs"])
+def test_attribute_condition_both_branches_equal(flagged, monkeypatch, causal, want_probs):
+    orig, new, _, _ = flagged
+    torch.manual_seed(0)
+    a, b = orig.Flagged(causal=causal).eval(), new.Flagged(causal=causal).eval()
+    b.load_state_dict(a.state_dict(), strict=True)
+    m = torch.zeros(2, 1, 1, 5)
+    m[1, ..., -1:] = -1e4
+    x = torch.randn(2, 5, 16)
+    kwargs = {"mask": m, "want_probs": want_probs}
+    o0, gx0, gp0 = _run(a, x, kwargs)
+    calls = _spy(monkeypatch, new)
+    o1, gx1, gp1 = _run(b, x, kwargs)
+    monkeypatch.undo()
+    assert len(calls) == (0 if causal or want_probs else 1)
+    for u, w in zip(o1, o0):
+        torch.testing.assert_close(u, w, **TOL)
+    torch.testing.assert_close(gx1, gx0, **TOL)
+    for name in gp0:
+        torch.testing.assert_close(gp1[name], gp0[name], **TOL)
