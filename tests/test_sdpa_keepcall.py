@@ -409,3 +409,18 @@ def test_attribute_condition_both_branches_equal(flagged, monkeypatch, causal, w
     torch.testing.assert_close(gx1, gx0, **TOL)
     for name in gp0:
         torch.testing.assert_close(gp1[name], gp0[name], **TOL)
+
+
+def test_subclass_in_a_sibling_module_is_refused(tmp_path):
+    (tmp_path / "custom.py").write_text("from attn import Causal\n\n\nclass Mine(Causal):\n"
+                                        "    def _scores(self, q, k, v, mask=None, head_mask=None):\n"
+                                        "        return super()._scores(q, k, v, mask, head_mask)\n")
+    m = _outcome(tmp_path, CAUSAL)
+    assert m["status"] == "skipped" and "`Mine` in custom.py" in m["reason"], m
+
+
+def test_call_inside_a_loop_is_refused(tmp_path):
+    text = CAUSAL.replace("        ctx, probs = self._scores(q, k, v, mask, head_mask)\n",
+                          "        for _ in range(2):\n            ctx, probs = self._scores(q, k, v, mask, head_mask)\n")
+    m = _outcome(tmp_path, text)
+    assert m["status"] == "skipped" and "inside the loop" in m["reason"], m

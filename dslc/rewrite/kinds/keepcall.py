@@ -55,6 +55,7 @@ Soundness, each refused with S331 (or left to the plain checks) otherwise:
 from __future__ import annotations
 
 import ast
+import os
 import re
 from dataclasses import dataclass, field
 
@@ -135,6 +136,10 @@ class KeepCall(Planner):
                     or (isinstance(b, ast.Attribute) and b.attr == cls_node.name) for b in other.bases):
                 raise _Refused(f"`{other.name}` subclasses `{cls_node.name}`; its own `{helper.name}` "
                                f"would be skipped by the rewritten call")
+        sub = _sibling_subclass(self.ctx.path, cls_node.name)
+        if sub:
+            raise _Refused(f"`{sub[0]}` in {sub[1]} may subclass `{cls_node.name}`; its own `{helper.name}` "
+                           f"would be skipped by the rewritten call")
         caller = next((f for f in cls_node.body if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
                        and f.name == caller_name), None)
         if caller is None:
@@ -146,6 +151,10 @@ class KeepCall(Planner):
             stmt = next((s for s in ast.walk(caller) if isinstance(s, ast.Assign) and s.value is call), None)
         if stmt is None or len(stmt.targets) != 1:
             raise _Refused(f"the call of `self.{helper.name}` (line {lines[0]}) is not `a, b = self.{helper.name}(...)`")
+        loop = next((c for c, f in mod.chain(stmt) if isinstance(c, (ast.For, ast.AsyncFor, ast.While))), None)
+        if loop is not None:
+            raise _Refused(f"the call of `self.{helper.name}` (line {stmt.lineno}) is inside the loop at line "
+                           f"{loop.lineno}; a later iteration could read what the fast branch returns")
         tgt = stmt.targets[0]
         elts = tgt.elts if isinstance(tgt, ast.Tuple) else [tgt]
         if not all(isinstance(e, ast.Name) for e in elts):
@@ -384,3 +393,38 @@ def _returns_at(helper, node) -> bool:
     last = helper.body[-1] if helper is not None and helper.body else None
     return (isinstance(last, ast.Return) and node.kind == "stmt" and node.stmt.method == helper.name
             and tuple(node.stmt.lines) == (last.lineno, last.end_lineno))
+
+
+def _sibling_subclass(path: str, name: str) -> tuple[str, str] | None:
+    """A class of another module of the file's folder that derives from a
+    class spelled `name` (by spelling: an unrelated class of that name
+    refuses too), as (class, file); None when there is none."""
+    if not path:
+        return None
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        names = sorted(n for n in os.listdir(folder) if n.endswith(".py"))
+    except OSError:
+        return None
+    word = re.compile(r"\b" + re.escape(name) + r"\b")
+    for n in names:
+        other = os.path.join(folder, n)
+        if other == os.path.abspath(path) or not os.path.isfile(other):
+            continue
+        try:
+            with open(other, encoding="utf-8", errors="replace") as f:
+                text = f.read()
+        except OSError:
+            continue
+        if not word.search(text):
+            continue
+        try:
+            tree = ast.parse(text)
+        except (SyntaxError, ValueError):
+            return ("a class", n)  # unreadable: assume the worst
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef) and any(
+                    (isinstance(b, ast.Name) and b.id == name) or (isinstance(b, ast.Attribute) and b.attr == name)
+                    for b in node.bases):
+                return (node.name, n)
+    return None
