@@ -306,9 +306,29 @@ class _Siblings:
 _SIBLINGS = _Siblings()
 
 
+def sibling_subclass(here: str, base: str) -> tuple[str, str] | None:
+    """A class of a sibling module (`_sibling_paths`) that derives from a
+    class spelled `base` (directly or through other classes of its file; by
+    spelling, so an unrelated class of that name counts too), as (class,
+    file name); None when there is none.  Read through `_SIBLINGS`."""
+    pattern = re.compile(r"\b" + re.escape(base) + r"\b")
+    for path in _sibling_paths(here):
+        table = _SIBLINGS.derived(path, ("classes",), pattern, _class_table, None)
+        family = sorted({c[0] for c in _subclass_family(table, base)}) if table else []
+        if family:
+            return family[0], os.path.basename(path)
+    return None
+
+
 def _subclass_attr_uses(table, base: str) -> list[tuple[str, str, int, str, str]]:
     """(class, attr, line, method, kind) for `self.<attr>` in the methods of the
     classes of `table` (`_class_table`) deriving from `base` (by name)."""
+    return [use for c in _subclass_family(table, base) for use in c[2]]
+
+
+def _subclass_family(table, base: str) -> list:
+    """The rows of `table` (`_class_table`) deriving from `base` (by name),
+    directly or through other classes of the table."""
     names = {base}
     family: list = []
     grew = True
@@ -319,7 +339,7 @@ def _subclass_attr_uses(table, base: str) -> list[tuple[str, str, int, str, str]
                 family.append(c)
                 names.add(c[0])
                 grew = True
-    return [use for c in family for use in c[2]]
+    return family
 
 
 def _class_table(tree: ast.Module) -> list[tuple[str, tuple, list]]:

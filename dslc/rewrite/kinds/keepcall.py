@@ -55,7 +55,6 @@ Soundness, each refused with S331 (or left to the plain checks) otherwise:
 from __future__ import annotations
 
 import ast
-import os
 import re
 from dataclasses import dataclass, field
 
@@ -64,6 +63,7 @@ from dslc.match import ir
 from dslc.rewrite import safety
 from dslc.rewrite.astutil import self_attr_name
 from dslc.rewrite.edits import Edit, indent_lines
+from dslc.rewrite.flow import sibling_subclass
 from dslc.rewrite.kinds.base import Planner
 from dslc.rewrite.plan import Plan, Skip
 
@@ -136,7 +136,7 @@ class KeepCall(Planner):
                     or (isinstance(b, ast.Attribute) and b.attr == cls_node.name) for b in other.bases):
                 raise _Refused(f"`{other.name}` subclasses `{cls_node.name}`; its own `{helper.name}` "
                                f"would be skipped by the rewritten call")
-        sub = _sibling_subclass(self.ctx.path, cls_node.name)
+        sub = sibling_subclass(self.ctx.path, cls_node.name) if self.ctx.path else None
         if sub:
             raise _Refused(f"`{sub[0]}` in {sub[1]} may subclass `{cls_node.name}`; its own `{helper.name}` "
                            f"would be skipped by the rewritten call")
@@ -393,38 +393,3 @@ def _returns_at(helper, node) -> bool:
     last = helper.body[-1] if helper is not None and helper.body else None
     return (isinstance(last, ast.Return) and node.kind == "stmt" and node.stmt.method == helper.name
             and tuple(node.stmt.lines) == (last.lineno, last.end_lineno))
-
-
-def _sibling_subclass(path: str, name: str) -> tuple[str, str] | None:
-    """A class of another module of the file's folder that derives from a
-    class spelled `name` (by spelling: an unrelated class of that name
-    refuses too), as (class, file); None when there is none."""
-    if not path:
-        return None
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        names = sorted(n for n in os.listdir(folder) if n.endswith(".py"))
-    except OSError:
-        return None
-    word = re.compile(r"\b" + re.escape(name) + r"\b")
-    for n in names:
-        other = os.path.join(folder, n)
-        if other == os.path.abspath(path) or not os.path.isfile(other):
-            continue
-        try:
-            with open(other, encoding="utf-8", errors="replace") as f:
-                text = f.read()
-        except OSError:
-            continue
-        if not word.search(text):
-            continue
-        try:
-            tree = ast.parse(text)
-        except (SyntaxError, ValueError):
-            return ("a class", n)  # unreadable: assume the worst
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ClassDef) and any(
-                    (isinstance(b, ast.Name) and b.id == name) or (isinstance(b, ast.Attribute) and b.attr == name)
-                    for b in node.bases):
-                return (node.name, n)
-    return None
