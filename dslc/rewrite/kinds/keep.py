@@ -42,6 +42,7 @@ from dslc.match import ir
 from dslc.rewrite import safety
 from dslc.rewrite.edits import indent_lines
 from dslc.rewrite.kinds.base import Planner
+from dslc.rewrite.kinds.keepchecks import multiline_string
 from dslc.rewrite.plan import Plan, Skip
 
 _BAD_TEST = (ast.Call, ast.NamedExpr, ast.Lambda, ast.Await, ast.Yield, ast.YieldFrom,
@@ -207,11 +208,11 @@ class KeepGuard(Planner):
         smap = self.mod.smap
         for stmt in region.body:
             self.mod.stmt_range(stmt)  # alone on its lines (S_MULTI_STMT)
-        for n in ast.walk(ast.Module(body=region.body, type_ignores=[])):
-            if isinstance(n, ast.Constant) and isinstance(n.value, (str, bytes)) and n.end_lineno != n.lineno:
-                raise Skip(codes.S_KEEP_GUARD, f"the string at line {n.lineno} spans lines; re-indenting it "
-                           f"would change it")
         start, end = smap.line_start(region.body[0].lineno), smap.line_end(final.end_lineno)
+        spans = multiline_string(smap.text[start:end])  # a string token, not implicitly joined literals
+        if spans is not None:
+            raise Skip(codes.S_KEEP_GUARD, f"the string at line {region.body[0].lineno + spans - 1} spans lines; "
+                       f"re-indenting it would change it")
         indent = self.mod.indent(region.body[0])
         unit = "\t" if indent.startswith("\t") else "    "
         nl = self.mod.nl
@@ -224,6 +225,8 @@ class KeepGuard(Planner):
                 fast.append(smap.text[a:lo] + final_text + smap.text[hi:b])
             elif id(stmt) in plan.probes:
                 fast.append(plan.probes[id(stmt)])
+            elif id(stmt) in plan.checks:  # `option shape` (kinds/keepchecks.py)
+                fast.append(plan.checks[id(stmt)])
             elif id(stmt) not in deleted:
                 fast.append(smap.text[a:b])
         fast += [f"{indent}{name} = None{nl}" for name in region.read_later]
