@@ -30,6 +30,7 @@ from dslc.rewrite.kinds.call import CallDispatch
 from dslc.rewrite.kinds.hoist import Hoisting
 from dslc.rewrite.kinds.keep import KeepGuard
 from dslc.rewrite.kinds.keepchecks import ShapeChecks, emit_plain
+from dslc.rewrite.kinds.keepviews import take_view_ifs
 from dslc.rewrite.kinds.probe import metadata_with_probe, probe_index, probe_line
 from dslc.rewrite.plan import Plan, Skip
 from dslc.rewrite.render import Env, paren
@@ -110,6 +111,12 @@ class ForwardFusion(Planner):
         final_text, target = self._target_text(rule, env, plan)
         final_pn = target[-1]
         region = self.keep.prepare(match, groups)
+        views = take_view_ifs(self.mod, region, match)  # a mask added through views (kinds/keepviews.py)
+        if views is not None:
+            self.guarded_name = views.mask
+            env.inline[views.var] = views.text
+            final_text, target = self._target_text(match.rule.present, env, plan)
+            final_pn = target[-1]
         self.probe_used: list = []
         self.shape_checks = ShapeChecks(self.mod, self.flow)
         self._check_dataflow(match, env, target, paths, deleted_keys, final_key, region)
@@ -117,6 +124,10 @@ class ForwardFusion(Planner):
             self._probe(match, groups, plan)
         # `option shape`: raise-only size checks of a removed value, rewritten (kinds/keepchecks.py)
         plan.checks = self.shape_checks.plan(match, groups, plan)
+        self.check_stmts = {sid: s for sid, (s, _) in self.shape_checks.found.items()}
+        if views is not None:
+            plan.checks[id(views.stmt)] = views.fast
+            self.check_stmts[id(views.stmt)] = views.stmt
         if region is not None and region.tests:
             # kept values needed under a run-time condition: a per-call guard
             if len(final_pn.outputs) != 1:
@@ -165,7 +176,7 @@ class ForwardFusion(Planner):
             self.ctx.claim(plan, lo, hi, final_text, final_stmt)
 
         self.hoist.hoist_earlier(plan, groups, final_stmt)
-        emit_plain(self.ctx, plan, plan.checks, {sid: s for sid, (s, _) in self.shape_checks.found.items()})
+        emit_plain(self.ctx, plan, plan.checks, self.check_stmts)
         plan.lines.update(range(final_stmt.lineno, final_stmt.end_lineno + 1))
 
     def _probe(self, match: ir.Match, groups, plan: Plan) -> None:
@@ -284,12 +295,12 @@ class ForwardFusion(Planner):
             final_stmt=final_key,
             metadata_ok=self.shape_checks.metadata_ok(
                 match, metadata_with_probe(match, self.flow, self.flow.metadata_check(match), self.probe_used)),
-            effects=self.flow.stmt_effects if region is None or not region.guard_ifs else self.keep.effects(
+            effects=self.flow.stmt_effects if region is None or not (region.guard_ifs or region.view_ifs) else self.keep.effects(
                 region, match.nodes[-1].stmt.method, self.flow.stmt_effects),
             read_note=lambda path, q, name: self.conditional_read(match, path.nodes[q], name, region),
             read_ok=None if region is None else (
                 lambda path, q, name: self.keep.read_ok(region, match, path, q, name, self.read_condition)),
-            skip_path=None if region is None or not region.guard_ifs else self.keep.skip_path(
+            skip_path=None if region is None or not (region.guard_ifs or region.view_ifs) else self.keep.skip_path(
                 region, match.nodes[-1].stmt.method),
         )
         if reason:
