@@ -28,7 +28,12 @@ an attribute chain, called or stored through) is written in the function
 between the first matched statement and the place it is tested: so the
 guard, evaluated once before the statements, has the value the original
 code tests later.  All matched statements must sit in one block (an
-optional node's `if` counts as one of its statements).  A match inside the
+optional node's `if` counts as one of its statements); a matched statement
+nested in a compound statement of that block (`if self.scale: s = s / d`)
+gets no guard (the rewritten branch would copy the compound statement, and
+the matched statement in it, whole): the match takes the plain checks,
+which refuse it, and the rule without that node may still apply, guarded
+on the `if`'s test like any `if` that updates a kept value.  A match inside the
 original branch of a guard written by an earlier run is left alone (S407).
 """
 
@@ -93,6 +98,8 @@ class KeepGuard(Planner):
                 return Region([], None, [], kept, problem=(
                     f"line {stmt.lineno} is not in the block of the final statement (line {final.lineno}); "
                     f"a per-call guard holds one block"))
+            if top is not stmt:  # nested in a compound statement of the block: not copied whole
+                return Region([], None, [], kept, problem=_nested_problem(stmt, top))
             tops.append(top)
         lo = min(block.index(t) for t in tops)
         body = block[lo:block.index(final) + 1]
@@ -242,6 +249,16 @@ class KeepGuard(Planner):
                 + f"{indent}else:{nl}" + indent_lines("".join(fast), unit))
         self.ctx.claim(plan, start, end, text, final)
         plan.lines.update(range(region.body[0].lineno, final.end_lineno + 1))
+
+
+def _nested_problem(stmt: ast.stmt, top: ast.stmt) -> str:
+    """Why a matched statement nested in a compound statement of the guarded
+    block cannot be guarded: the rewritten branch would keep the compound
+    statement (it holds more than the chain) and with it the matched
+    statement, which then reads a value the rewrite no longer computes."""
+    what = type(top).__name__.lower().replace("asyncfor", "async for").replace("asyncwith", "async with")
+    return (f"line {stmt.lineno} sits inside the `{what}` at line {top.lineno}; a per-call guard holds "
+            f"matched statements of one block, not statements nested in it")
 
 
 def _root(node) -> str | None:
