@@ -27,8 +27,12 @@ original does not raise, s.view(A) is s's memory in the shape A (s is the
 contiguous product), the broadcast sum has the shape A (else the view back
 to B would not have s's number of elements), so view(B) of the sum is
 s.reshape(B) + m.expand(A).reshape(B) elementwise; and B is s's shape
-(else the softmax's rows would not be the product's and the next product
-with v would fail on its shapes).  So the scores are s + M with M =
+(else the next product, a `torch.bmm` with v, which takes 3-d tensors
+and does not broadcast, would fail on its shapes: only a chain ending in
+`torch.bmm` is taken).  Where the sum's shape is not A (a mask larger
+than A), `m.expand(A)` raises: the original raises too, unless B holds a
+-1 and its larger scores went on (a result of another shape, never the
+same numbers).  So the scores are s + M with M =
 m.expand(A).reshape(B): the rule's present form with that mask.
 
 The paths through the `if`'s body are left out of the data-flow checks
@@ -145,6 +149,8 @@ def take_view_ifs(mod, region, match: ir.Match) -> ViewMask | None:
     flow = optional.pass_through(present)
     pn = present.forward.source[k] if k is not None else None
     if pn is None or flow is None or pn.kind != "op" or pn.op != "+" or not 0 < k < len(match.nodes):
+        return None
+    if getattr(match.nodes[-1], "type", None) != "torch.bmm":  # B is then the product's shape (docstring)
         return None
     bound = match.bindings.get(flow)
     if bound is None or bound.kind != "name":
