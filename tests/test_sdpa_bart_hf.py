@@ -189,3 +189,70 @@ def test_cached_generation(name, calls):
             for x, y in zip(ga.scores, gb.scores):
                 _close(x, y, "scores of a decoding step")
     assert calls
+
+
+# ---------------------------------------------------------------------------
+# Whisper (WhisperAttention: copied from BartAttention; an encoder over
+# audio features, no encoder mask)
+
+MODELS["whisper"] = ("transformers.models.whisper.modeling_whisper", "WhisperForConditionalGeneration",
+                     "WhisperConfig", "WhisperAttention", {})
+
+
+def _whisper_pair():
+    cfg = transformers.WhisperConfig(
+        vocab_size=97, num_mel_bins=8, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+        decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_source_positions=8,
+        max_target_positions=32, pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=0,
+        begin_suppress_tokens=None, suppress_tokens=None)
+    original, mod, _, _ = _model_pair("whisper")
+    torch.manual_seed(0)
+    a = original.WhisperForConditionalGeneration(cfg)
+    b = mod.WhisperForConditionalGeneration(cfg)
+    b.load_state_dict(a.state_dict(), strict=True)
+    g = torch.Generator().manual_seed(1)
+    feats = torch.randn(2, 8, 16, generator=g)
+    labels = torch.randint(3, 97, (2, 5), generator=g)
+    return a, b, feats, labels
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_whisper_same_logits_loss_gradients_and_attentions(calls, train):
+    a, b, feats, labels = _whisper_pair()
+    dmask = torch.ones_like(labels)
+    dmask[1, 3:] = 0
+    _compare(a, b, train, input_features=feats, labels=labels)
+    assert len(calls) == 6
+    _compare(a, b, train, input_features=feats, labels=labels, decoder_attention_mask=dmask)
+    outs = _compare(a, b, train, input_features=feats, labels=labels, output_attentions=True)
+    for key in ("encoder_attentions", "decoder_attentions", "cross_attentions"):
+        for x, y in zip(getattr(outs[0], key), getattr(outs[1], key)):
+            _close(x, y, key)
+    head = torch.tensor([[1.0, 0.0, 1.0, 0.5], [0.0, 1.0, 1.0, 1.0]])
+    _compare(a, b, train, input_features=feats, labels=labels, head_mask=head, decoder_head_mask=head.flip(0),
+             cross_attn_head_mask=head)
+    assert len(calls) == 6 * 2  # the guard's original branch ran where weights or a head mask were asked
+
+
+def test_whisper_attention_is_rewritten():
+    _, _, source, matches = _model_pair("whisper")
+    applied = [m for m in matches if m.status == "applied" and m.class_name == "WhisperAttention"]
+    assert [m.rule.split(":")[-1] for m in applied] == ["bmm_t12_noscale_add_softmax_fdrop"], matches
+    assert ".expand(bsz, self.num_heads, tgt_len, src_len).reshape(bsz * self.num_heads, tgt_len, src_len)" in source
+
+
+def test_whisper_cached_decoding(calls):
+    a, b, feats, labels = _whisper_pair()
+    a.eval()
+    b.eval()
+    with torch.no_grad():
+        steps = []
+        for m in (a, b):
+            first = m(input_features=feats, decoder_input_ids=labels[:, :3], use_cache=True)
+            second = m(encoder_outputs=(first.encoder_last_hidden_state,), decoder_input_ids=labels[:, 3:4],
+                       past_key_values=first.past_key_values, use_cache=True)
+            steps.append((first.logits, second.logits))
+    for (x1, x2), (y1, y2) in zip([steps[0]], [steps[1]]):
+        _close(x1, y1, "logits of the prompt")
+        _close(x2, y2, "logits of a cached step")
+    assert calls
