@@ -67,10 +67,20 @@ HEADER = '''\
 #   exact for f = -inf and for f = finfo.min (f + s rounds to f); for a
 #   moderate f (-1e4) the result differs only in a row where every key is
 #   masked (the original attends uniformly, SDPA attends by the scores);
+# * a query row where every key is masked (left padding under a causal
+#   mask): with finfo.min both attend uniformly (equal outputs), and every
+#   gradient is equal where the loss does not read that row (a padding
+#   position); where it does, SDPA's CPU backward gives other q, k, v
+#   gradients (it recomputes each probability of the row as 1, not 1/n).
+#   With -inf the original gives NaN in that row, SDPA zeros.  Measured by
+#   tests/test_sdpa_masked_rows.py; `dslc verify` pads on the right, so its
+#   inputs have no such row;
 # * a causal `tril` buffer stays a mask (is_causal=True would assume
 #   top-left alignment, which a buffer sliced [k-q:k] does not have);
 # * the scale is passed as `scale=`: a Python number in the source stays
-#   one; a tensor scale makes SDPA raise (never a silent change);
+#   one; a 0-d tensor without grad (`s / torch.full([], d ** 0.5)`) is read
+#   as its value (the same number); any other tensor scale makes SDPA
+#   raise (never a silent change);
 # * dropout: SDPA drops with its own RNG stream, so train mode is random
 #   (not `deterministic`); dropout_p is the layer's p while the layer is in
 #   training mode, else 0.0 (`p * training`).

@@ -42,6 +42,7 @@ class Env:
         self.temps = temps  # temp name -> source expression
         self.inline: dict[str, str] = {}
         self.casts: dict[str, str] = {}
+        self.cast_used: set[str] = set()  # the casts some rendered text applies
         # Init targets: a layer variable as an argument is its original constructor call.
         self.ctor: dict[str, str] = {}
         # A constant's canonical text -> its spelling in the matched statements
@@ -74,6 +75,7 @@ class Env:
                 raise Skip(codes.S_INLINED_VALUE, f"`${name}` is the result of an inlined call (`{text}`), which the target cannot spell")
         if name in self.casts:
             text = f"{paren(text)}.to({self.casts[name]})"
+            self.cast_used.add(name)
         return text
 
     def term(self, term) -> str:

@@ -109,6 +109,7 @@ class ForwardFusion(Planner):
         lo, hi, deleted_keys = self._check_statements(match, groups)
         self._casts(match, env)
         final_text, target = self._target_text(rule, env, plan)
+        self._check_casts_kept(match, env)
         final_pn = target[-1]
         region = self.keep.prepare(match, groups)
         views = take_view_ifs(self.mod, region, match)  # a mask added through views (kinds/keepviews.py)
@@ -250,6 +251,23 @@ class ForwardFusion(Planner):
                     continue
                 line = match.nodes[index].stmt.lines[0] if index < len(match.nodes) else last.stmt.lines[0]
                 raise Skip(codes.S_EXTRA_ARG, f"argument `{name}={text}` of the call at line {line} has no counterpart in the target")
+
+    def _check_casts_kept(self, match: ir.Match, env: Env) -> None:
+        """A cast `_casts` recorded reaches the target: the target reads the
+        cast variable as the source binds it.  Where the target binds it
+        itself (an inlined earlier target node: SDPA's `$s2` is the converted
+        mask, not the softmax's input) or does not read it (SDPA without a
+        mask), the `dtype=` would be dropped: refused."""
+        for name, dtype in env.casts.items():
+            if name not in env.cast_used:
+                where = "binds it to another value" if name in env.inline else "does not read it"
+                raise Skip(codes.S_EXTRA_ARG, f"argument `dtype={dtype}` casts `${name}` (`{self._bound_text(match, name)}`), "
+                           f"and the target {where}: the cast would be dropped")
+
+    @staticmethod
+    def _bound_text(match: ir.Match, name: str) -> str:
+        bound = match.bindings.get(name)
+        return bound.text if bound is not None and bound.text else f"${name}"
 
     def _target_text(self, rule: ir.Rule, env: Env, plan: Plan) -> tuple[str, list]:
         """The target expression: earlier target nodes are inlined into later ones."""
