@@ -66,6 +66,12 @@ def if_statement(pb: PathBuilder, stmt: ast.If, ref: StmtRef, path: tuple, block
     return pb.join(yes, no)
 
 
+# Tensor methods that are no DL node but may update a kept value in an `if`
+# (`r = p.view(...)`, the returned weights of BART-style attention;
+# dslc.match.optional.KEPT_UPDATES): such an `if` may be split too.
+SPLIT_METHODS = frozenset({"view"})
+
+
 def _updated_names(stmt: ast.If, frame: Frame, pairs: frozenset) -> dict[str, set[str]]:
     """The local names a branch of `stmt` updates the way a loaded rule's
     optional node may (see `_updates_dl_value`), each with its update keys."""
@@ -78,7 +84,8 @@ def _updated_names(stmt: ast.If, frame: Frame, pairs: frozenset) -> dict[str, se
             v = s.value
             if isinstance(v, ast.BinOp):
                 key, value = BINOPS.get(type(v.op)), v
-            elif (isinstance(v, ast.Call) and isinstance(v.func, ast.Attribute) and v.func.attr in TENSOR_METHODS
+            elif (isinstance(v, ast.Call) and isinstance(v.func, ast.Attribute)
+                  and (v.func.attr in TENSOR_METHODS or v.func.attr in SPLIT_METHODS)
                   and isinstance(v.func.value, ast.Name)):
                 key, value = v.func.attr, v
         if key is None or not any(u == key for u, _ in pairs):
@@ -100,7 +107,10 @@ def _updates_dl_value(wanted: dict[str, set[str]], alts: list[Alt], pairs: froze
     other; any other `if` without DL calls stays one statement."""
     # a few paths suffice (the same statements wrote the name on most of them);
     # not splitting is always sound: the `if` stays one statement
-    live = [a for a in alts if a.status == "fall"][:8]
+    # (the first and the last few: `join` puts the paths through an earlier
+    # `if`'s body first, so the last ones are where no earlier `if` was taken)
+    live = [a for a in alts if a.status == "fall"]
+    live = live if len(live) <= 16 else live[:8] + live[-8:]
     for a in live:
         for name, writer in a.dl_written(set(wanted)).items():
             if any((u, writer) in pairs for u in wanted[name]):

@@ -212,10 +212,24 @@ def rule(qk: str, t: tuple[int, int] | None, scale: str, mask: str, sm: str, dro
     lines += [f"    {n};" for n in tgt]
     lines.append("  }")
     lines.append("  keep " + ", ".join(_kept(src)))
+    lines += bmm_shape_option(qk)
     if qk == "einsum":
         lines.append(_where_einsum())
     lines.append("}")
     return "\n".join(lines)
+
+
+# BART-style size checks (`if attn_weights.size() != (...): raise ...`
+# between the product and the softmax; docs/adr-language.md, "Size checks
+# of a removed value: `option shape`"): torch.bmm takes 3-d tensors only,
+# and every transpose the bmm rules accept swaps k's last two dims, so the
+# product's size is q's first two dims and k's dim -2 (a torch.Size).
+BMM_SHAPE = "$s0 = $q.shape[:-1] + $k.shape[-2:-1]"
+
+
+def bmm_shape_option(qk: str) -> list[str]:
+    """The `option shape` line of a bmm rule (none for the others)."""
+    return [f'  option shape = "{BMM_SHAPE}"'] if qk == "bmm" else []
 
 
 # The scores and probabilities may be kept for a run-time condition (`keep`,

@@ -67,6 +67,11 @@ OPTIONS: dict[str, tuple] = {
     # slices (docs/adr-language.md, "Reads of dtype and device: `option probe`").
     "probe": (lambda v: isinstance(v, str) and bool(re.fullmatch(r"\$[A-Za-z_][A-Za-z0-9_]*", v.strip())),
               'one variable, e.g. "$s0"'),
+    # `"$s0 = <expr>"`: the size a removed intermediate has, as an expression
+    # over bound variables; raise-only size checks of it may stay, rewritten
+    # (docs/adr-language.md, "Size checks of a removed value: `option shape`").
+    "shape": (lambda v: _parse_shape(v) is not None, 'a variable and an expression, e.g. '
+              '"$s0 = $q.shape[:-1] + $k.shape[-2:-1]"'),
     "inner": (lambda v: parse_inner(v) is not None,
               'a comma-separated list of variables with accessors, e.g. "$conv[0]"'),
 }
@@ -86,6 +91,12 @@ _CLAUSE = re.compile(r"\s*(~=|===|==|!=|<=|>=|<|>)\s*(\S+?)\s*$")
 
 CHECK_VAR = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
 ROWS_FORMAT = re.compile(r"\s*\$[A-Za-z_][A-Za-z0-9_]*\s*:\s*\$[A-Za-z_][A-Za-z0-9_]*\s*")
+
+
+def _parse_shape(text):
+    from dslc.rewrite.kinds.keepchecks import parse_shape
+
+    return parse_shape(text)
 
 
 def _check_parses(text: str) -> bool:
@@ -1065,6 +1076,30 @@ class _KeepChecks(_Checks):
         for o in r.of(S.Option):
             if o.name == "probe" and isinstance(o.value.value, str):
                 self.probe(o, fwd)
+            if o.name == "shape" and _parse_shape(o.value.value) is not None:
+                self.shape(o, fwd)
+
+    def shape(self, o, fwd) -> None:
+        """`option shape = "$s = <expr>"`: `$s` is the output of a forward
+        source node other than the last; every variable of the expression is
+        an input of the forward target (so the data-flow checks keep it)."""
+        from dslc.rewrite.kinds.keepchecks import template_vars
+
+        name, template = _parse_shape(o.value.value)
+        item = fwd.item if fwd is not None else None
+        source = item.source if item is not None and item.target is not None else ()
+        inner = {v.name for n in source[:-1] for v in getattr(n, "outputs", ())}
+        if name not in inner:
+            self.emit(codes.BAD_OPTION, f"`option shape` names `${name}`, which is not an intermediate of the "
+                      f"forward source", o.value.span, label="not an intermediate of the chain",
+                      help="name a value the rewrite removes")
+            return
+        used = {v.name for n in item.target for v in node_vars(n)}
+        missing = [v for v in template_vars(template) if v not in used]
+        if missing:
+            self.emit(codes.BAD_OPTION, f"`option shape` reads `${missing[0]}`, which the forward target does not read",
+                      o.value.span, label="not an input of the target",
+                      help="state the size with the target's inputs (the data-flow checks keep them unchanged)")
 
     def probe(self, o, fwd) -> None:
         """`option probe = "$s"`: `$s` is the output of a forward source node

@@ -265,6 +265,9 @@ class Rule:
     # `keep $p, $pd`: intermediates the forward rewrite may keep for a
     # run-time condition (a per-call guard, dslc.rewrite.kinds.keep)
     keep: tuple[str, ...] = ()
+    # An absent variant of a rule with an optional node (dslc.match.optional):
+    # the rule as written (dslc.rewrite.kinds.keepviews renders its target)
+    present: "Rule | None" = field(default=None, compare=False, repr=False)
 
     @property
     def qualified_name(self) -> str:

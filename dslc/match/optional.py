@@ -104,7 +104,7 @@ def absent_variant(rule: ir.Rule) -> ir.Rule | None:
             gone.discard(out)  # the optional target node's output reads as its chain input (`through_target`)
         target = tuple(_rewrite_node(n, rename, gone) for n in target if n.optional is None)
     where = tuple(c for c in rule.where if c.var.name not in only | {out})
-    return replace(rule, forward=replace(rule.forward, source=source, target=target), where=where)
+    return replace(rule, forward=replace(rule.forward, source=source, target=target), where=where, present=rule)
 
 
 def through_target(rule: ir.Rule) -> int | None:
@@ -253,7 +253,7 @@ def optional_updates(rule_lists) -> frozenset:
 # mask: `if head_mask is not None: p = p * head_mask`): the analysis splits
 # such an `if` so that the chain matches where it is not taken (the rewrite
 # then runs the original statements where it is, dslc.rewrite.kinds.keep).
-KEPT_UPDATES = ("*",)
+KEPT_UPDATES = ("*", "view")
 
 
 def kept_updates(rules) -> set:
@@ -267,13 +267,26 @@ def kept_updates(rules) -> set:
         last_reads = {v for t in _node_terms(source[-1]) for v in _vars(t)} if source else set()
         layers = {v.name: n.callee.qualname for n in (rule.init.source if rule.init is not None else ())
                   for v in n.outputs if n.callee is not None}
+        probs = set(rule.keep) & last_reads
+        for n in reversed(source[:-1]):  # through a dropout: the probabilities before it too
+            writer = _node_key(n) or (layers.get(n.layer_var) if n.layer_var else None)
+            if {v.name for v in n.outputs} & probs and writer in DROPOUTS:
+                probs |= {v for t in _node_terms(n) for v in _vars(t)} & set(rule.keep)
         for n in source[:-1]:
-            if not {v.name for v in n.outputs} & set(rule.keep) & last_reads:
+            if not {v.name for v in n.outputs} & probs:
                 continue
             writer = _node_key(n) or (layers.get(n.layer_var) if n.layer_var else None)
             if writer:
                 out.update((u, writer) for u in KEPT_UPDATES)
     return out
+
+
+# The dropouts that the probabilities a rule keeps may pass through (BART's
+# head mask multiplies them before the dropout, BERT's after), and the
+# method by which a returned copy may be reshaped in an `if` with `else`
+# (`if output_attentions: r = p.view(...); p = r.view(...) else: r = None`,
+# dslc/rewrite/kinds/keepelse.py).
+DROPOUTS = frozenset({"torch.nn.functional.dropout", "torch.nn.Dropout"})
 
 
 def _node_key(n: ir.PatNode) -> str | None:

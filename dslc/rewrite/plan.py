@@ -53,3 +53,5 @@ class Plan:
     warnings: list[tuple[int, str, str]] = field(default_factory=list)
     # `option probe`: id(statement) -> the line that replaces it instead of deleting it
     probes: dict[int, str] = field(default_factory=dict)
+    # `option shape`: id(raise-only size check) -> its rewritten lines (kinds/keepchecks.py)
+    checks: dict[int, str] = field(default_factory=dict)

@@ -30,6 +30,8 @@ from dslc.rewrite.kinds.call import CallDispatch
 from dslc.rewrite.kinds.hoist import Hoisting
 from dslc.rewrite.kinds.keep import KeepGuard
 from dslc.rewrite.kinds.keepcall import KeepCall
+from dslc.rewrite.kinds.keepchecks import ShapeChecks, emit_plain
+from dslc.rewrite.kinds.keepviews import take_view_ifs
 from dslc.rewrite.kinds.probe import metadata_with_probe, probe_index, probe_line
 from dslc.rewrite.plan import Plan, Skip
 from dslc.rewrite.render import Env, paren
@@ -113,10 +115,23 @@ class ForwardFusion(Planner):
         final_pn = target[-1]
         region = self.keep.prepare(match, groups)
         self.keepcall.prepare(match, region)  # a match in a helper: the guard may go to its call
+        views = take_view_ifs(self.mod, region, match)  # a mask added through views (kinds/keepviews.py)
+        if views is not None:
+            self.guarded_name = views.mask
+            env.inline[views.var] = views.text
+            final_text, target = self._target_text(match.rule.present, env, plan)
+            final_pn = target[-1]
         self.probe_used: list = []
+        self.shape_checks = ShapeChecks(self.mod, self.flow)
         self._check_dataflow(match, env, target, paths, deleted_keys, final_key, region)
         if self.probe_used:
             self._probe(match, groups, plan)
+        # `option shape`: raise-only size checks of a removed value, rewritten (kinds/keepchecks.py)
+        plan.checks = self.shape_checks.plan(match, groups, plan)
+        self.check_stmts = {sid: s for sid, (s, _) in self.shape_checks.found.items()}
+        if views is not None:
+            plan.checks[id(views.stmt)] = views.fast
+            self.check_stmts[id(views.stmt)] = views.stmt
         across = self.keepcall.site is not None and self.keepcall.site.handed
         if region is not None and (region.tests or across):
             # kept values needed under a run-time condition: a per-call guard
@@ -144,11 +159,13 @@ class ForwardFusion(Planner):
                    if self.hoist.needs_hoist(stmt, final_stmt) and is_prefix(final_chain, self.mod.chain(stmt))]
         if reverse and plan.probes:
             raise Skip(codes.S_HOIST, "the product whose dtype and device are read would move with the hoisted call")
+        if reverse and plan.checks:
+            raise Skip(codes.S_HOIST, "the size check of the product would stay behind the hoisted call")
         if reverse:
             self.hoist.reverse(plan, groups, final_stmt, final_text, (lo, hi), len(final_pn.outputs))
             return
 
-        if len(final_pn.outputs) == 1 and not plan.probes and self.hoist.merge_identical_branches(plan, groups, final_stmt, final_text, (lo, hi)):
+        if len(final_pn.outputs) == 1 and not plan.probes and not plan.checks and self.hoist.merge_identical_branches(plan, groups, final_stmt, final_text, (lo, hi)):
             return
 
         # The final statement.
@@ -167,6 +184,7 @@ class ForwardFusion(Planner):
             self.ctx.claim(plan, lo, hi, final_text, final_stmt)
 
         self.hoist.hoist_earlier(plan, groups, final_stmt)
+        emit_plain(self.ctx, plan, plan.checks, self.check_stmts)
         plan.lines.update(range(final_stmt.lineno, final_stmt.end_lineno + 1))
 
     def _probe(self, match: ir.Match, groups, plan: Plan) -> None:
@@ -307,13 +325,14 @@ class ForwardFusion(Planner):
             target_inputs=target_inputs,
             deleted_stmts=deleted_keys,
             final_stmt=final_key,
-            metadata_ok=metadata_with_probe(match, self.flow, self.flow.metadata_check(match), self.probe_used),
-            effects=self.flow.stmt_effects if region is None or not region.guard_ifs else self.keep.effects(
+            metadata_ok=self.shape_checks.metadata_ok(
+                match, metadata_with_probe(match, self.flow, self.flow.metadata_check(match), self.probe_used)),
+            effects=self.flow.stmt_effects if region is None or not (region.guard_ifs or region.view_ifs) else self.keep.effects(
                 region, match.nodes[-1].stmt.method, self.flow.stmt_effects),
             read_note=lambda path, q, name: self.conditional_read(match, path.nodes[q], name, region),
             read_ok=None if region is None else (
                 lambda path, q, name: self.keepcall.read_ok(region, match, path, q, name, self.read_condition)),
-            skip_path=None if region is None or not region.guard_ifs else self.keep.skip_path(
+            skip_path=None if region is None or not (region.guard_ifs or region.view_ifs) else self.keep.skip_path(
                 region, match.nodes[-1].stmt.method),
         )
         if reason:

@@ -47,6 +47,8 @@ from dslc.match import ir
 from dslc.rewrite import safety
 from dslc.rewrite.edits import indent_lines
 from dslc.rewrite.kinds.base import Planner
+from dslc.rewrite.kinds.keepchecks import multiline_string
+from dslc.rewrite.kinds.keepelse import else_ok, else_text
 from dslc.rewrite.plan import Plan, Skip
 
 _BAD_TEST = (ast.Call, ast.NamedExpr, ast.Lambda, ast.Await, ast.Yield, ast.YieldFrom,
@@ -65,6 +67,7 @@ class Region:
     # why a condition cannot be guarded (the match then gets the plain checks)
     problem: str | None = None
     read_later: list = field(default_factory=list)  # kept names read after the match (bound to None)
+    view_ifs: list = field(default_factory=list)  # a mask added through views (kinds/keepviews.py)
 
     def add_test(self, test: ast.expr) -> None:
         text = ast.unparse(test)
@@ -106,7 +109,9 @@ class KeepGuard(Planner):
             if id(stmt) in ids or not isinstance(stmt, ast.If) or not (_stores(stmt.body) & kept):
                 continue
             # else: not guarded; its paths get the plain data-flow checks
-            problem = (f"the `if` at line {stmt.lineno} updates a kept value and has an `else`" if stmt.orelse
+            # (an `else` that updates no kept value is the rewritten branch's: kinds/keepelse.py)
+            problem = (f"the `if` at line {stmt.lineno} updates a kept value and has an `else`"
+                       if stmt.orelse and not else_ok(stmt, kept)
                        else self.test_problem(region, stmt.test, stmt.lineno))
             if problem:
                 region.problem = region.problem or problem
@@ -183,7 +188,7 @@ class KeepGuard(Planner):
 
     def skip_path(self, region: Region, method: str):
         """The paths through a guarded `if`'s body run the original code."""
-        spans = [(s.body[0].lineno, s.body[-1].end_lineno) for s in region.guard_ifs]
+        spans = [(s.body[0].lineno, s.body[-1].end_lineno) for s in region.guard_ifs + region.view_ifs]
 
         def skip(path) -> bool:
             return any(n.stmt.method == method and a <= n.stmt.lines[0] <= b for n in path.nodes for a, b in spans)
@@ -193,7 +198,7 @@ class KeepGuard(Planner):
         """What a node reads and writes, the test of a guarded `if` reading
         its test only (where the `if` is not taken, which is where the
         rewritten branch runs; `effects` sees the whole statement)."""
-        tests = {s.lineno: s.test for s in region.guard_ifs}
+        tests = {s.lineno: s.test for s in region.guard_ifs + region.view_ifs}
 
         def at(path, q):
             node = path.nodes[q]
@@ -214,11 +219,11 @@ class KeepGuard(Planner):
         smap = self.mod.smap
         for stmt in region.body:
             self.mod.stmt_range(stmt)  # alone on its lines (S_MULTI_STMT)
-        for n in ast.walk(ast.Module(body=region.body, type_ignores=[])):
-            if isinstance(n, ast.Constant) and isinstance(n.value, (str, bytes)) and n.end_lineno != n.lineno:
-                raise Skip(codes.S_KEEP_GUARD, f"the string at line {n.lineno} spans lines; re-indenting it "
-                           f"would change it")
         start, end = smap.line_start(region.body[0].lineno), smap.line_end(final.end_lineno)
+        spans = multiline_string(smap.text[start:end])  # a string token, not implicitly joined literals
+        if spans is not None:
+            raise Skip(codes.S_KEEP_GUARD, f"the string at line {region.body[0].lineno + spans - 1} spans lines; "
+                       f"re-indenting it would change it")
         indent = self.mod.indent(region.body[0])
         unit = "\t" if indent.startswith("\t") else "    "
         nl = self.mod.nl
@@ -231,8 +236,12 @@ class KeepGuard(Planner):
                 fast.append(smap.text[a:lo] + final_text + smap.text[hi:b])
             elif id(stmt) in plan.probes:
                 fast.append(plan.probes[id(stmt)])
+            elif id(stmt) in plan.checks:  # `option shape` (kinds/keepchecks.py)
+                fast.append(plan.checks[id(stmt)])
             elif id(stmt) not in deleted:
                 fast.append(smap.text[a:b])
+            elif any(stmt is s for s in region.guard_ifs) and stmt.orelse:  # where the test is false
+                fast.append(else_text(self.mod, stmt))
         fast += [f"{indent}{name} = None{nl}" for name in region.read_later]
         if not original.endswith(("\n", "\r")):
             original += nl
