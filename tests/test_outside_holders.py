@@ -212,3 +212,11 @@ def test_a_class_name_bound_again_or_deriving_from_a_sibling_class_refuses():
     refused(MODEL + use + "\n\nif torch.cuda.is_available():\n    Stem = Block\n", "`model.stem.conv`")
     refused(MODEL.replace("class Stem(nn.Module):", "class Stem(SiblingBase):").replace(
         "from torch import nn\n", "from torch import nn\nfrom .base import SiblingBase\n") + use, "`model.stem.conv`")
+
+
+def test_an_annotated_class_field_of_that_name_refuses():
+    """`stem: object = None` in a dataclass is a field its generated
+    `__init__` sets to whatever it is given, not the default."""
+    use = "\ndef weight_map(model):\n    return model.stem.conv.weight\n"
+    refused(MODEL + use + "\n\n@dataclasses.dataclass\nclass Parts:\n    stem: object = None\n", "`model.stem.conv`")
+    allowed(MODEL + use + "\n\nclass Parts:\n    stem = None\n")

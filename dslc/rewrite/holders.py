@@ -34,7 +34,6 @@ Anything else is unknown, and the use still refuses.
 from __future__ import annotations
 
 import ast
-import builtins
 import re
 from dataclasses import dataclass, field
 
@@ -154,7 +153,9 @@ class _Walker(ast.NodeVisitor):
                 for t in targets:
                     for n in ast.walk(t):
                         if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store):
-                            plain = isinstance(t, ast.Name) and not isinstance(item, ast.AugAssign)
+                            # an annotated name is a field: a generated `__init__`
+                            # (dataclass, NamedTuple) stores whatever it is given
+                            plain = isinstance(t, ast.Name) and isinstance(item, ast.Assign)
                             self.store(n.id, _value(item.value) if plain else ("unknown",))
         self.generic_visit(node)
 
@@ -252,10 +253,12 @@ def holders(tree: ast.AST) -> Holders:
 # The question
 
 
-def not_ours(h: Holders, cls_name: str, found: tuple, *, here: bool) -> bool:
+def not_ours(h: Holders, cls_name: str, found: tuple) -> bool:
     """A value `found` (`_value`) stored in the module of `h` is provably no
-    instance of `cls_name` (here: `h` is the module of the class; elsewhere a
-    class of that name, or one imported from this folder, may be it)."""
+    instance of `cls_name`: a literal or plain method, or a new instance of a
+    class defined there that is not `cls_name` and derives from it through
+    none of that module's classes (in a sibling module a class of that name
+    counts as it too; one imported from the folder is unknown)."""
     if found[0] == "other":
         return True
     if found[0] != "class":
@@ -271,11 +274,11 @@ def link_elsewhere(package: list[tuple[Holders, bool]], cls_name: str, link: str
     class's module)` per module) stores something that is no instance of
     `cls_name`, at least one does, and no module stores under computed names."""
     seen = False
-    for h, here in package:
+    for h, _ in package:
         if h.dynamic:
             return False
         for found in h.stores.get(link, ()):
-            if not not_ours(h, cls_name, found, here=here):
+            if not not_ours(h, cls_name, found):
                 return False
             seen = True
     return seen
@@ -370,23 +373,16 @@ def reaching_value(fn, stmt: ast.stmt, name: str) -> tuple[ast.expr, ast.stmt] |
 def _statement_of(fn, node: ast.AST) -> ast.stmt | None:
     """The innermost statement of `fn` holding `node` (not inside a nested
     function, lambda or comprehension, whose names are their own)."""
-    found = None
-
-    def visit(n: ast.AST, stmt) -> bool:
-        nonlocal found
+    todo: list[tuple[ast.AST, ast.stmt | None]] = [(fn, None)]
+    while todo:
+        n, stmt = todo.pop()
         if n is node:
-            found = stmt
-            return True
+            return stmt
         for child in ast.iter_child_nodes(n):
-            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda,
-                                  ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)):
-                continue
-            if visit(child, child if isinstance(child, ast.stmt) else stmt):
-                return True
-        return False
-
-    visit(fn, None)
-    return found
+            if not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda,
+                                      ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)):
+                todo.append((child, child if isinstance(child, ast.stmt) else stmt))
+    return None
 
 
 # ---------------------------------------------------------------------------
@@ -483,13 +479,16 @@ def elsewhere(tree: ast.AST, use, cls_name: str, here, package) -> bool:
     class) provably reaches no instance of `cls_name`.  `here()`: that module's
     `holders`; `package(link)`: [(holders, is the class's module)] for every
     module of the package that may store `link`."""
-    how = holder_link(tree, use)
-    if not how:
-        return False
-    for kind, name in how:
-        if kind == "link":
-            if not link_elsewhere(package(name), cls_name, name):
-                return False
-        elif not not_ours(here(), cls_name, ("class", name), here=True):
+    try:
+        how = holder_link(tree, use)
+        if not how:
             return False
-    return True
+        for kind, name in how:
+            if kind == "link":
+                if not link_elsewhere(package(name), cls_name, name):
+                    return False
+            elif not not_ours(here(), cls_name, ("class", name)):
+                return False
+        return True
+    except RecursionError:  # code nested too deep to follow: unknown
+        return False
