@@ -22,7 +22,7 @@ import re
 
 from dslc import codes
 from dslc.match import ir
-from dslc.rewrite import outside, safety
+from dslc.rewrite import holders, outside, safety
 from dslc.rewrite.astutil import dotted_tail
 from dslc.rewrite.plan import Skip
 from dslc.rewrite.rules import forward_unchanged
@@ -231,7 +231,9 @@ class FlowChecks:
             if fs is None:
                 continue
             in_script = []
-            for use, what in outside.problems(fs, changed, cls.name, here=mine, interface_kept=interface_kept, kept=kept):
+            proof = _holders_proof(self, cls.name) if mine else None
+            for use, what in outside.problems(fs, changed, cls.name, here=mine, interface_kept=interface_kept, kept=kept,
+                                              elsewhere=proof):
                 if notes is None or mine or not fs.script:
                     return codes.reason(codes.S_OUTSIDE_USE, outside.describe(use, name, what))
                 in_script.append((use, what))
@@ -241,6 +243,27 @@ class FlowChecks:
         if notes is not None:
             notes.extend(found)
         return None
+
+
+def _holders_proof(self: FlowChecks, cls_name: str):
+    """`outside.problems`' `elsewhere` for the file of `self` (`dslc.rewrite.holders`):
+    the holders of an attribute name in this file and its sibling modules,
+    found when a use first needs them."""
+    cache = self._outside_cache
+    path = getattr(self.facts, "path", None) or self.path
+
+    def here():
+        if ("holders",) not in cache:
+            cache[("holders",)] = holders.holders(self.mod.tree)
+        return cache[("holders",)]
+
+    def package(link: str):
+        out = [(here(), True)]
+        for sib in _sibling_paths(path):
+            out.append((_SIBLINGS.derived(sib, ("holders",), holders.gate(link), holders.holders, holders.Holders()), False))
+        return out
+
+    return lambda use: holders.elsewhere(self.mod.tree, use, cls_name, here, package)
 
 
 # The package folders whose modules the checks read while a file is processed

@@ -28,7 +28,11 @@ unless it provably reaches another object:
   a layer of an instance;
 - `self.a.b.<attr>` whose links resolve, through the `self.a = K(...)`
   bindings of the classes of the file, to a class that is neither the
-  rewritten class nor a subclass of it.
+  rewritten class nor a subclass of it;
+- in the class's own file, a chain from a parameter or a local whose
+  holder is the value of an attribute that the package stores only as
+  instances of other classes (`dslc.rewrite.holders`, the `elsewhere`
+  argument of `problems`).
 Everything else may be the rewritten object and refuses.  With
 `interface_kept` (a drop-in replacement, forward target `_`) only stores
 count, as for the class's own uses.
@@ -357,7 +361,7 @@ def reaches(fs: FileScan, use: Use, ours: set[str], bases_of_ours: set[str]) -> 
     return found is None or found in ours
 
 
-def problems(fs: FileScan, changed, cls_name: str, *, here: bool, interface_kept: bool, kept=None):
+def problems(fs: FileScan, changed, cls_name: str, *, here: bool, interface_kept: bool, kept=None, elsewhere=None):
     """The uses in `fs` that may reach a changed attribute of `cls_name` from
     outside: (use, what the rewrite does to it).  `here`: `fs` is the file of
     the class (its own and its subclasses' `self.<attr>` uses are checked by the
@@ -365,7 +369,9 @@ def problems(fs: FileScan, changed, cls_name: str, *, here: bool, interface_kept
     another class, and its subclasses are `package_subclass_uses`' part.
     `kept`: attr -> the parameters the rewrite keeps as they are (the layer
     keeps its class, and the rule's `params` block does not move them):
-    `<expr>.<attr>.weight` reads the same parameter after the rewrite."""
+    `<expr>.<attr>.weight` reads the same parameter after the rewrite.
+    `elsewhere(use)`: True when `dslc.rewrite.holders` proves that a use
+    this module cannot type reaches another object."""
     ours = family(fs.classes, cls_name) if here else family(fs.classes, cls_name) - {cls_name}
     bases = _ancestors(fs.classes, cls_name) if here else set()
     kept = kept or {}
@@ -377,6 +383,8 @@ def problems(fs: FileScan, changed, cls_name: str, *, here: bool, interface_kept
         if use.chain == ("self",) and use.owner in ours:
             continue
         if reaches(fs, use, ours | ({cls_name} if not here else set()), bases):
+            if elsewhere is not None and elsewhere(use):
+                continue
             yield use, changed[use.attr]
 
 
