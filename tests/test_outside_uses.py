@@ -287,3 +287,48 @@ def test_a_script_of_the_package_gets_a_warning_not_a_refusal(tmp_path):
                                "`convert`), the attribute `conv` that the rewrite replaces: update it for the rewritten layer")
     assert warning.line == 8
     skipped_outside(BLOCK + "\n" + script, "is read from outside the class at model.py:16")
+
+
+def test_one_index_answers_each_set_of_attributes_as_its_own_walk():
+    """`outside.index` walks a file once; each `select` gives the uses of its
+    attributes in the walk's order, and each class's bindings in the order of
+    a breadth-first walk of the class (a shallower store first)."""
+    import ast
+    src = textwrap.dedent("""\
+        import torch
+
+
+        class Cell(torch.nn.Module):
+            def __init__(self, deep):
+                if deep:
+                    self.proj = Wide()
+                self.proj = Narrow()
+                self.gate = Narrow()
+
+            class Inner:
+                def setup(self):
+                    self.proj = Other()
+
+            def forward(self, x):
+                y = self.gate(self.proj(x))
+                return getattr(self, "proj").scale + y
+
+
+        def peek(cell):
+            return cell.gate.bias, cell.proj
+        """)
+    idx = outside.index(ast.parse(src))
+    both = idx.select({"proj", "gate"})
+    assert [(u.attr, u.line, u.kind, u.owner, u.where, u.then) for u in both.uses] == [
+        ("proj", 7, "store", "Cell", "__init__", None), ("proj", 8, "store", "Cell", "__init__", None),
+        ("gate", 9, "store", "Cell", "__init__", None), ("proj", 13, "store", "Inner", "setup", None),
+        ("gate", 16, "call", "Cell", "forward", None), ("proj", 16, "call", "Cell", "forward", None),
+        ("proj", 17, "read", "Cell", "forward", None), ("gate", 21, "read", None, "peek", "bias"),
+        ("proj", 21, "read", None, "peek", None)]
+    assert [u.line for u in idx.select({"gate"}).uses] == [9, 16, 21]
+    assert [u.line for u in outside.scan(ast.parse(src), {"proj"}).uses] == [7, 8, 13, 16, 17, 21]
+    assert idx.select({"gate"}).uses == [u for u in both.uses if u.attr == "gate"]
+    # `Narrow` (depth 3 in the class) before `Wide` (inside the `if`), then the nested class's store.
+    assert both.classes["Cell"].binds["proj"] == ["Narrow", "Wide", "Other"]
+    assert both.classes["Inner"].binds["proj"] == ["Other"]
+    assert both.classes["Cell"].binds["forward"] == [None] and both.imported == frozenset({"torch"})

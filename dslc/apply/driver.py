@@ -935,10 +935,13 @@ def _run_chunk_kept(items, compiled=None, options=None) -> list[tuple[int, FileR
                 deps[i] = [(p, _file_digest(p)) for p in sorted(consulted)]
             except Exception:  # noqa: BLE001 - `_process_one` retries and reports it
                 pass
-        result = _process_one(i, f, src, facts, failed, compiled, options, kw)
+        from dslc.rewrite.flow import reading_siblings
+
+        with reading_siblings() as folders:
+            result = _process_one(i, f, src, facts, failed, compiled, options, kw)
         out.append(result)
         if cache is not None and i in keys and i in deps:
-            _store_result(cache, keys[i], deps[i], result[1])
+            _store_result(cache, keys[i], deps[i], result[1], folders)
     return out
 
 
@@ -1020,13 +1023,16 @@ def _cached_results(cache, items, keys):
     return misses, hits
 
 
-def _store_result(cache, key_content, deps, result: FileResult) -> None:
+def _store_result(cache, key_content, deps, result: FileResult, folders=()) -> None:
+    """Store `result` with its dependencies: `deps` (what the analysis read) and the
+    package folders whose modules the sibling checks read (`flow.reading_siblings`)."""
     if any(e.code == fileio.E_INTERNAL for e in result.errors):
         return  # a dslc bug's outcome is not worth keeping
     try:
         from dslc.apply.resultcache import to_json
 
         key, content = key_content
+        deps = list(deps) + cache.folder_deps(folders)
         cache.put(key, content, deps, to_json(result))
     except Exception:  # noqa: BLE001
         pass

@@ -26,6 +26,10 @@ Value: JSON (never pickle: nothing in an entry is code) sealed by
 same key, content hash and code version, or it is a miss.  It also lists the
 (path, SHA-256) of every other file the analysis read for it (in-tree bases
 and re-exports): a result whose base class changed in another file is a miss.
+A result whose checks read the sibling modules of the file's package
+(subclasses there, uses from outside the class: `dslc.rewrite.flow`) lists
+the folder (the digest of its list of `*.py` files) and each of those files
+too: a sibling changed, added or removed is a miss.
 
 Results with an internal error (E199) are never stored.  A cache that
 cannot be read or written is only slower; nothing here raises.
@@ -89,6 +93,26 @@ def options_fingerprint(options) -> str:
     return ";".join(items)
 
 
+def _py_files(folder: str) -> list[str]:
+    """The names of the `*.py` files of `folder` (what `dslc.rewrite.flow` reads as its siblings)."""
+    try:
+        names = sorted(n for n in os.listdir(folder) if n.endswith(".py"))
+    except OSError:
+        return []
+    return [n for n in names if os.path.isfile(os.path.join(folder, n))]
+
+
+def dep_digest(path: str) -> str | None:
+    """A dependency's digest: a file's SHA-256, a folder's list of `*.py` files; None when unreadable."""
+    if os.path.isdir(path):
+        return "folder " + hashlib.sha256("\0".join(_py_files(path)).encode("utf-8", "surrogateescape")).hexdigest()
+    try:
+        with open(path, "rb") as fh:
+            return hashlib.sha256(fh.read()).hexdigest()
+    except OSError:
+        return None
+
+
 class ResultCache:
     """One run's view of the result cache under `<cache_dir>/results/`."""
 
@@ -110,12 +134,19 @@ class ResultCache:
 
     def _dep_hash(self, path: str) -> str | None:
         if path not in self.memo:
-            try:
-                with open(path, "rb") as fh:
-                    self.memo[path] = hashlib.sha256(fh.read()).hexdigest()
-            except OSError:
-                self.memo[path] = None
+            self.memo[path] = dep_digest(path)
         return self.memo[path]
+
+    def folder_deps(self, folders) -> list[tuple[str, str | None]]:
+        """The dependencies of a result that read the modules of `folders` (the
+        sibling checks): each folder's list of `*.py` files and each one's content."""
+        deps = []
+        for folder in sorted(folders):
+            deps.append((folder, self._dep_hash(folder)))
+            for name in _py_files(folder):
+                path = os.path.join(folder, name)
+                deps.append((path, self._dep_hash(path)))
+        return deps
 
     def get(self, key: str, content: str) -> dict | None:
         """The stored result (a dict, see `put`) or None; never raises."""

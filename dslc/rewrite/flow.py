@@ -22,7 +22,7 @@ import re
 
 from dslc import codes
 from dslc.match import ir
-from dslc.rewrite import outside, safety
+from dslc.rewrite import holders, outside, safety
 from dslc.rewrite.astutil import dotted_tail
 from dslc.rewrite.plan import Skip
 from dslc.rewrite.rules import forward_unchanged
@@ -216,17 +216,24 @@ class FlowChecks:
         here = getattr(self.facts, "path", None) or self.path
         key = ("here", attrs)
         if key not in self._outside_cache:
-            self._outside_cache[key] = outside.scan(self.mod.tree, attrs) if pattern.search(self.mod.source) else None
+            found = None
+            if pattern.search(self.mod.source):
+                if "index" not in self._outside_cache:
+                    self._outside_cache["index"] = outside.index(self.mod.tree)
+                found = self._outside_cache["index"].select(attrs)
+            self._outside_cache[key] = found
         scans = [(os.path.basename(self.path), self._outside_cache[key], True)]
         for path in _sibling_paths(here):
-            scans.append((os.path.basename(path), _SIBLINGS.derived(
-                path, ("outside", attrs), pattern, lambda tree: outside.scan(tree, attrs), None), False))
+            index = _SIBLINGS.derived(path, ("outside",), pattern, outside.index, None)
+            scans.append((os.path.basename(path), index.select(attrs) if index is not None else None, False))
         found = []
         for name, fs, mine in scans:
             if fs is None:
                 continue
             in_script = []
-            for use, what in outside.problems(fs, changed, cls.name, here=mine, interface_kept=interface_kept, kept=kept):
+            proof = _holders_proof(self, cls.name) if mine else None
+            for use, what in outside.problems(fs, changed, cls.name, here=mine, interface_kept=interface_kept, kept=kept,
+                                              elsewhere=proof):
                 if notes is None or mine or not fs.script:
                     return codes.reason(codes.S_OUTSIDE_USE, outside.describe(use, name, what))
                 in_script.append((use, what))
@@ -238,9 +245,50 @@ class FlowChecks:
         return None
 
 
+def _holders_proof(self: FlowChecks, cls_name: str):
+    """`outside.problems`' `elsewhere` for the file of `self` (`dslc.rewrite.holders`):
+    the holders of an attribute name in this file and its sibling modules,
+    found when a use first needs them."""
+    cache = self._outside_cache
+    path = getattr(self.facts, "path", None) or self.path
+
+    def here():
+        if ("holders",) not in cache:
+            cache[("holders",)] = holders.holders(self.mod.tree)
+        return cache[("holders",)]
+
+    def package(link: str):
+        out = [(here(), True)]
+        for sib in _sibling_paths(path):
+            out.append((_SIBLINGS.derived(sib, ("holders",), holders.gate(link), holders.holders, holders.Holders()), False))
+        return out
+
+    return lambda use: holders.elsewhere(self.mod.tree, use, cls_name, here, package)
+
+
+# The package folders whose modules the checks read while a file is processed
+# (`reading_siblings`): the result cache makes them dependencies of its result.
+_READ_FOLDERS: list[set[str]] = []
+
+
+class reading_siblings:
+    """`with reading_siblings() as folders:` the folders whose `*.py` files the
+    sibling checks (subclasses, outside uses) listed and may have read meanwhile."""
+
+    def __enter__(self) -> set[str]:
+        self.folders: set[str] = set()
+        _READ_FOLDERS.append(self.folders)
+        return self.folders
+
+    def __exit__(self, *exc) -> None:
+        _READ_FOLDERS.remove(self.folders)
+
+
 def _sibling_paths(here: str) -> list[str]:
     """The other `*.py` files of the folder of `here`."""
     folder = os.path.dirname(os.path.abspath(here))
+    for folders in _READ_FOLDERS:
+        folders.add(folder)
     try:
         names = sorted(n for n in os.listdir(folder) if n.endswith(".py"))
     except OSError:

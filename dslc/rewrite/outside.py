@@ -28,13 +28,19 @@ unless it provably reaches another object:
   a layer of an instance;
 - `self.a.b.<attr>` whose links resolve, through the `self.a = K(...)`
   bindings of the classes of the file, to a class that is neither the
-  rewritten class nor a subclass of it.
+  rewritten class nor a subclass of it;
+- in the class's own file, a chain from a parameter or a local whose
+  holder is the value of an attribute that the package stores only as
+  instances of other classes (`dslc.rewrite.holders`, the `elsewhere`
+  argument of `problems`).
 Everything else may be the rewritten object and refuses.  With
 `interface_kept` (a drop-in replacement, forward target `_`) only stores
 count, as for the class's own uses.
 
 Finding the uses is cheap: a regular expression over the text looks for
 `.attr` or a quoted `"attr"` first, and only a file that has one is parsed.
+A parsed file is walked once for the uses of every attribute (`index`), and
+each question (a set of attributes) selects its part of that `FileIndex`.
 """
 
 from __future__ import annotations
@@ -103,9 +109,23 @@ def _chain(expr: ast.expr) -> tuple[str, ...] | None:
     return tuple(reversed(links))
 
 
+class _AllNames:
+    """Every name: `_Scanner(_ALL)` records the uses of every attribute."""
+
+    def __contains__(self, name) -> bool:
+        return isinstance(name, str)
+
+
+_ALL = _AllNames()
+
+# Fields never worth visiting: `ctx` (Load / Store / Del) has no children.
+_SKIP_FIELDS = frozenset({"ctx"})
+
+
 class _Scanner(ast.NodeVisitor):
-    def __init__(self, attrs: frozenset[str]):
+    def __init__(self, attrs):
         self.attrs = attrs
+        self._dispatch: dict[type, object] = {}
         self.uses: list[Use] = []
         self.classes: dict[str, ClassInfo] = {}
         self.imported: set[str] = set()
@@ -113,6 +133,39 @@ class _Scanner(ast.NodeVisitor):
         self.func: list[str] = []
         self.calls: set[int] = set()
         self.after: dict[int, str] = {}
+        self.depth = 0  # of the node being visited
+        self.seq = 0
+        self.made: dict[int, str | None] = {}  # id(target) -> K of an assignment `target = K(...)`
+        self.open_classes: list[list] = []  # the `self.<a>` stores of each class being visited
+        self.class_defs: list[tuple[ClassInfo, ast.ClassDef, list]] = []
+
+    def visit(self, node):
+        # `NodeVisitor.visit`, with the method looked up once per node type.
+        method = self._dispatch.get(type(node))
+        if method is None:
+            method = self._dispatch[type(node)] = getattr(
+                self, "visit_" + type(node).__name__, None) or self.generic_visit
+        self.depth += 1
+        method(node)
+        self.depth -= 1
+
+    def generic_visit(self, node) -> None:
+        # `NodeVisitor.generic_visit`'s order (fields in order, lists in order), minus the
+        # `ctx` leaves and the per-node `visit_Constant` of NodeVisitor (constants have no children).
+        visit = self.visit
+        for name in node._fields:
+            if name in _SKIP_FIELDS:
+                continue
+            value = getattr(node, name, None)
+            if isinstance(value, list):
+                for item in value:
+                    if isinstance(item, ast.AST):
+                        visit(item)
+            elif isinstance(value, ast.AST):
+                visit(value)
+
+    def visit_Constant(self, node) -> None:
+        pass
 
     def _add(self, attr: str, line: int, kind: str, value: ast.expr | None, then: str | None = None) -> None:
         owner = self.owner[-1] if self.owner else None
@@ -131,23 +184,34 @@ class _Scanner(ast.NodeVisitor):
         info = self.classes.setdefault(node.name, ClassInfo(node.name, tuple(filter(None, map(_tail, node.bases)))))
         # Its own attributes: `self.<a> = K(...)` (the class K is remembered),
         # any other store of `self.<a>` (tuples, `+=`, loop targets), methods
-        # and names bound in the class body.
-        made: dict[int, str | None] = {}
-        for sub in ast.walk(node):
-            if isinstance(sub, ast.Assign) and len(sub.targets) == 1 and isinstance(sub.value, ast.Call):
-                made[id(sub.targets[0])] = _tail(sub.value.func)
-        for sub in ast.walk(node):
-            if isinstance(sub, ast.Attribute) and not isinstance(sub.ctx, ast.Load) \
-                    and isinstance(sub.value, ast.Name) and sub.value.id == "self":
-                info.binds.setdefault(sub.attr, []).append(made.get(id(sub)))
-        for item in node.body:
-            names = [item.name] if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) else \
-                [t.id for t in getattr(item, "targets", [getattr(item, "target", None)]) if isinstance(t, ast.Name)]
-            for name in names:
-                info.binds.setdefault(name, []).append(None)
+        # and names bound in the class body: collected by this walk
+        # (`visit_Assign`, `visit_Attribute`), written by `finish`.
+        stores: list[tuple[int, int, str, str | None]] = []
+        self.class_defs.append((info, node, stores))
+        self.open_classes.append(stores)
         self.owner.append(node.name)
         self.generic_visit(node)
         self.owner.pop()
+        self.open_classes.pop()
+
+    def visit_Assign(self, node: ast.Assign) -> None:
+        if len(node.targets) == 1 and isinstance(node.value, ast.Call):
+            self.made[id(node.targets[0])] = _tail(node.value.func)
+        self.generic_visit(node)
+
+    def finish(self) -> None:
+        """Each class's `binds`, as one `ast.walk` of each class (in the order of the
+        classes) would find them: the `self.<a>` stores in breadth-first order
+        (by depth, then in the walk's order), then the names bound in its body."""
+        for info, node, stores in self.class_defs:
+            stores.sort(key=lambda store: (store[0], store[1]))
+            for _, _, attr, made in stores:
+                info.binds.setdefault(attr, []).append(made)
+            for item in node.body:
+                names = [item.name] if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) else \
+                    [t.id for t in getattr(item, "targets", [getattr(item, "target", None)]) if isinstance(t, ast.Name)]
+                for name in names:
+                    info.binds.setdefault(name, []).append(None)
 
     def visit_FunctionDef(self, node) -> None:
         self.func.append(node.name)
@@ -168,6 +232,12 @@ class _Scanner(ast.NodeVisitor):
         self.generic_visit(node)
 
     def visit_Attribute(self, node: ast.Attribute) -> None:
+        if self.open_classes and not isinstance(node.ctx, ast.Load) \
+                and isinstance(node.value, ast.Name) and node.value.id == "self":
+            self.seq += 1
+            store = (self.depth, self.seq, node.attr, self.made.get(id(node)))
+            for stores in self.open_classes:
+                stores.append(store)
         if isinstance(node.value, ast.Attribute):
             self.after[id(node.value)] = node.attr
         if node.attr in self.attrs and id(node) not in self.calls:
@@ -177,9 +247,45 @@ class _Scanner(ast.NodeVisitor):
 
 
 def scan(tree: ast.AST, attrs) -> FileScan:
-    s = _Scanner(frozenset(attrs))
+    """The uses of `attrs` in `tree` (`index(tree).select(attrs)`)."""
+    return index(tree).select(attrs)
+
+
+class FileIndex:
+    """The uses of every attribute in one file, in the walk's order, by name:
+    one walk answers the questions about any set of attributes."""
+
+    def __init__(self, uses: list[Use], classes: dict[str, ClassInfo], imported: frozenset[str], script: bool):
+        self.classes = classes
+        self.imported = imported
+        self.script = script
+        self._uses = uses
+        self._at: dict[str, list[int]] = {}
+        for i, use in enumerate(uses):
+            self._at.setdefault(use.attr, []).append(i)
+        self._selected: dict[frozenset, FileScan] = {}
+
+    def names(self) -> set[str]:
+        """The attributes used in the file."""
+        return set(self._at)
+
+    def select(self, attrs) -> FileScan:
+        """The `FileScan` of `attrs`: the same uses, in the same order, as a walk for them alone."""
+        attrs = frozenset(attrs)
+        found = self._selected.get(attrs)
+        if found is None:
+            at = sorted(i for a in attrs for i in self._at.get(a, ()))
+            found = self._selected[attrs] = FileScan([self._uses[i] for i in at], self.classes, self.imported,
+                                                     self.script)
+        return found
+
+
+def index(tree: ast.AST) -> FileIndex:
+    """Walk `tree` once for the uses of every attribute."""
+    s = _Scanner(_ALL)
     s.visit(tree)
-    return FileScan(s.uses, s.classes, frozenset(s.imported), _is_script(tree))
+    s.finish()
+    return FileIndex(s.uses, s.classes, frozenset(s.imported), _is_script(tree))
 
 
 def _is_script(tree: ast.AST) -> bool:
@@ -255,7 +361,7 @@ def reaches(fs: FileScan, use: Use, ours: set[str], bases_of_ours: set[str]) -> 
     return found is None or found in ours
 
 
-def problems(fs: FileScan, changed, cls_name: str, *, here: bool, interface_kept: bool, kept=None):
+def problems(fs: FileScan, changed, cls_name: str, *, here: bool, interface_kept: bool, kept=None, elsewhere=None):
     """The uses in `fs` that may reach a changed attribute of `cls_name` from
     outside: (use, what the rewrite does to it).  `here`: `fs` is the file of
     the class (its own and its subclasses' `self.<attr>` uses are checked by the
@@ -263,7 +369,9 @@ def problems(fs: FileScan, changed, cls_name: str, *, here: bool, interface_kept
     another class, and its subclasses are `package_subclass_uses`' part.
     `kept`: attr -> the parameters the rewrite keeps as they are (the layer
     keeps its class, and the rule's `params` block does not move them):
-    `<expr>.<attr>.weight` reads the same parameter after the rewrite."""
+    `<expr>.<attr>.weight` reads the same parameter after the rewrite.
+    `elsewhere(use)`: True when `dslc.rewrite.holders` proves that a use
+    this module cannot type reaches another object."""
     ours = family(fs.classes, cls_name) if here else family(fs.classes, cls_name) - {cls_name}
     bases = _ancestors(fs.classes, cls_name) if here else set()
     kept = kept or {}
@@ -275,6 +383,8 @@ def problems(fs: FileScan, changed, cls_name: str, *, here: bool, interface_kept
         if use.chain == ("self",) and use.owner in ours:
             continue
         if reaches(fs, use, ours | ({cls_name} if not here else set()), bases):
+            if elsewhere is not None and elsewhere(use):
+                continue
             yield use, changed[use.attr]
 
 
