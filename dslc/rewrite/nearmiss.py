@@ -30,6 +30,9 @@ pays nothing):
    matched, each anchor node that no match holds is a place of its own (a
    second conv -> BN pair the rule could not fuse), with the deepest attempt
    from that anchor, when that attempt got past the anchor (`_got_past_anchor`).
+   A class that inherits the code its base matched (forward and the
+   bindings of __init__) matched too: its match is its base's, reported
+   once at the base's class and lines, and it is no near miss.
 4. Class rules (no anchor node: they match a whole forward) have places
    and reasons of their own: `dslc.rewrite.classmiss`.
 5. Families (`family_pruned`): the rules of a pack with the same kernels
@@ -90,6 +93,14 @@ class Recorder:
 
     def __init__(self) -> None:
         self.best: dict[tuple, tuple[tuple, _Event]] = {}
+        self.done: set[tuple] = set()  # class places where the rule matched
+
+    def matched(self, cr, scope, nodes) -> None:
+        """Told of every match before the matcher merges one location's
+        matches: a subclass that inherits the matched code (forward and
+        __init__) matched too, and its match is reported as its base's."""
+        if cr.class_scoped or not nodes:
+            self.done.add((cr.name, _unit(cr, scope, None)))
 
     def event(self, cr, scope, anchor, matched, k, sub, fail, *, node=None, stage="forward") -> None:
         unit = _unit(cr, scope, anchor)
@@ -619,6 +630,7 @@ def near_misses(compiled, facts, matches: Iterable[ir.Match], *, file: str | Non
         return sorted(family_pruned(compiled, namesakes, matches, {}), key=lambda n: (n.line, n.rule))
     rec = Recorder()
     match_file(compiled, facts, file=file, recorder=rec)
+    todo = [p for p in todo if (p.rule.name, p.key) not in rec.done]
     out = []
     depth: dict[int, tuple] = {}  # id(NearMiss) -> (score of its attempt, got past its anchor)
     for p in todo:
