@@ -94,6 +94,7 @@ class Recorder:
     def __init__(self) -> None:
         self.best: dict[tuple, tuple[tuple, _Event]] = {}
         self.done: set[tuple] = set()  # class places where the rule matched
+        self.over: set[tuple] = set()  # the path sets whose matching ran out of budget (`_scope_key`)
 
     def matched(self, cr, scope, nodes) -> None:
         """Told of every match before the matcher merges one location's
@@ -101,6 +102,11 @@ class Recorder:
         __init__) matched too, and its match is reported as its base's."""
         if cr.class_scoped or not nodes:
             self.done.add((cr.name, _unit(cr, scope, None)))
+
+    def over_budget(self, scope) -> None:
+        """`match_file` gave up on a path set (its match budget): the
+        places in it are not fully analysed (N405)."""
+        self.over.add(_scope_key(scope))
 
     def event(self, cr, scope, anchor, matched, k, sub, fail, *, node=None, stage="forward") -> None:
         unit = _unit(cr, scope, anchor)
@@ -112,6 +118,11 @@ class Recorder:
             cur = self.best.get(key)
             if cur is None or score > cur[0]:
                 self.best[key] = (score, _Event(cr, scope, anchor, tuple(matched), k, fail, node, stage))
+
+
+def _scope_key(scope) -> tuple:
+    """A path set of the matcher, by what it is (class and paths_of)."""
+    return (scope.cls.qualname if scope.cls is not None else None, scope.paths_of)
 
 
 def _anchor_unit(unit: tuple, anchor) -> tuple:
@@ -151,6 +162,7 @@ class _Place:
     # a class place: every anchor node in it, by node id (its other places
     # where the rule applied at one of them)
     anchors: dict = field(default_factory=dict)
+    scopes: set = field(default_factory=set)  # the path sets it was seen in (`_scope_key`)
 
 
 def _add_place(found: dict, cr, scope, node) -> None:
@@ -166,6 +178,7 @@ def _add_place(found: dict, cr, scope, node) -> None:
         if place is not None:
             new.anchors = place.anchors
         found[k] = place = new
+    place.scopes.add(_scope_key(scope))
     if unit[0] == "class":
         place.anchors.setdefault(_node_id(node), node)
 
@@ -414,11 +427,16 @@ def places(compiled, facts, source: str | None = None) -> list[_Place]:
             names = class_names[scope.cls.qualname]
         else:
             names = _names_of_paths(paths)
+        seen: set = set()  # paths share their nodes: a node's places are those of its first path
         for path in paths:
             ctx = _PathCtx(_expand_sequential(path, scope), scope)
             for pos, node in enumerate(ctx.nodes):
                 if node.kind == "stmt":
                     continue
+                nid = _node_id(node)
+                if nid in seen:
+                    continue
+                seen.add(nid)
                 for key in ctx.keys[pos]:
                     for r in compiled.candidates(key):
                         cr = compiled.rules[r]
@@ -643,17 +661,19 @@ def _open_places(p: _Place, covered: set[tuple]) -> list[_Place]:
     for nid, node in p.anchors.items():
         if (name, ("class-node", p.class_name, nid)) not in covered:
             out.append(_Place(p.rule, _anchor_unit(p.key, node), p.class_name, p.function,
-                              node.stmt.lines[0], anchor=node))
+                              node.stmt.lines[0], anchor=node, scopes=p.scopes))
     return out
 
 
 def near_misses(compiled, facts, matches: Iterable[ir.Match], *, file: str | None = None,
-                source: str | None = None) -> list[NearMiss]:
+                source: str | None = None, recorder: Recorder | None = None) -> list[NearMiss]:
     """The near misses of one compiled pack in one analysed file (module doc).
 
     `matches`: the matches the normal run found (applied or skipped): their
     places are covered and left out.  `source`: the file's text, for the
     names a place spells where the analysis could not type them (`SourceNames`).
+    `recorder`: a `Recorder` the run that found `matches` filled (then the
+    matcher is not run again).
     """
     file = file or facts.path
     matches = list(matches)
@@ -664,13 +684,25 @@ def near_misses(compiled, facts, matches: Iterable[ir.Match], *, file: str | Non
     todo = [q for p in todo for q in _open_places(p, covered)]
     if not todo:
         return sorted(family_pruned(compiled, namesakes, matches, {}), key=lambda n: (n.line, n.rule))
-    rec = Recorder()
-    match_file(compiled, facts, file=file, recorder=rec)
+    rec = recorder
+    if rec is None:
+        rec = Recorder()
+        match_file(compiled, facts, file=file, recorder=rec)
     todo = [p for p in todo if (p.rule.name, p.key) not in rec.done]
     out = []
     depth: dict[int, tuple] = {}  # id(NearMiss) -> (score of its attempt, got past its anchor)
+    unanalysed: set[tuple] = set()  # (family, class, line) given N405 already: one per family
+    over_classes = {q for q, _ in rec.over if q is not None}
     for p in todo:
         got = rec.best.get((p.rule.name, p.key))
+        # a class place gathers the attempts of all its class's path sets
+        if rec.over and (p.scopes & rec.over or p.key[0] in ("class", "anchor") and p.key[1] in over_classes):
+            # the matcher gave up on its path set: say so, whatever it saw
+            key = (family_key(p.rule.rule), p.class_name, p.line)
+            if key not in unanalysed:
+                unanalysed.add(key)
+                out.append(NearMiss(p.rule.name, p.class_name, p.function, p.line, _not_analysed(p), "N405"))
+            continue
         if p.key[0] == "anchor" and not _got_past_anchor(got):
             continue
         if got is None:
@@ -691,6 +723,12 @@ def near_misses(compiled, facts, matches: Iterable[ir.Match], *, file: str | Non
     out = family_pruned(compiled, out + namesakes, matches, depth)
     out.sort(key=lambda n: (n.line, n.rule))
     return out
+
+
+def _not_analysed(p: _Place) -> str:
+    where = f"`{node_text(p.anchor)}` (line {p.anchor.stmt.lines[0]})" if p.anchor is not None else "here"
+    return (f"the rule's anchor {where} is here, but the function has too many paths and rules to try for the "
+            f"matching budget (W105): it was not fully analysed, and no rule of the pack is matched in it")
 
 
 def own_namesakes(compiled, facts) -> list[NearMiss]:
