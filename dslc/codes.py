@@ -730,7 +730,9 @@ NM_NOT_CALLED = _code("N401", "note", "the rule's layer is never called here", "
     analyzed path of `forward` calls it (it is called through a container,
     by another module, or not at all), or builds it inside a container the
     analysis does not follow into layers (`nn.Sequential(*[...])`, an
-    `OrderedDict`, `ModuleList.append(nn.Sequential(...))`).""")
+    `OrderedDict`, `ModuleList.append(nn.Sequential(...))`), or builds it in
+    a method as a local value (`loss_fct = CrossEntropyLoss()` in `forward`)
+    where the rule starts from a layer bound in `__init__`.""")
 NM_NO_ATTEMPT = _code("N402", "note", "no attempt got past the rule's anchor", """
     The place holds the rule's anchor and names, but no match attempt from
     the anchor got further (a leading wildcard found nothing to match).""")

@@ -1374,6 +1374,9 @@ def match_file(compiled: CompiledPack, facts: FileFacts, *, file: str | None = N
         _match_paths(compiled, scope, paths, file, dbg, stats, found, recorder, over)
     for r in compiled.init_only:
         _match_init_only(compiled.rules[r], facts, found, recorder)
+    if recorder is not None and hasattr(recorder, "matched"):
+        for f in found:  # before step 5 merges a subclass's match into its base's
+            recorder.matched(f.rule, f.scope, f.nodes)
 
     # Step 5: one Match per location (rule, statements, init bindings);
     # 5b: optional nodes in `if m is not None:` (dslc.match.optional).
