@@ -1,6 +1,7 @@
 """Is every unrewritten place that holds a rule's anchors explained? (issue 8, "Why not" report)
 
     python benchmarks/explained.py [--src DIR] [--rules PACK.adr ...] [--jobs N] [--show N] [--json FILE]
+        [--only PART ...] [--skip PART ...]
 
 1. Gets the newest `transformers` and `timm` wheels from the package index
    (`benchmarks/coverage.py`'s `fetch`; `--src DIR` reuses an unpacked
@@ -35,8 +36,10 @@
 4. A place is explained when the report holds, for that rule (or a rule of
    its family: one pack, the same kernels, which the report gives one entry
    per place and reason) and inside the place's lines, an applied match, a
-   skipped match (its reason) or a near miss (its reason).  Unsafe rules left out of the run (`--unsafe` not
-   given) are listed, not checked.
+   skipped match (its reason) or a near miss (its reason); a class place
+   whose anchor is code inherited from a base in the file, by an entry at
+   the anchor's line (the base's, which is of the same code).  Unsafe rules
+   left out of the run (`--unsafe` not given) are listed, not checked.
 
 Prints the counts per pack and every unexplained place (`--show` of them),
 with the anchor node and which source found it; exit status 1 when some
@@ -381,6 +384,17 @@ def _inside(lines: list[int], span: tuple[int, int]) -> bool:
     return i < len(lines) and lines[i] <= span[1]
 
 
+def _inherited_entry(lines: list[int], p: Place) -> bool:
+    """A class place whose anchor is code it inherits from a base in the
+    file (its line lies outside the class) is explained by an entry at that
+    line: the base's match (or near miss) is of the same code, reported once
+    at the base."""
+    if p.span[0] <= p.line <= p.span[1]:
+        return False
+    i = bisect.bisect_left(lines, p.line)
+    return i < len(lines) and lines[i] == p.line
+
+
 def check_file(compiled, facts, result, left_out: set[str]) -> tuple[list[Place], list[Place]]:
     """(every place, the unexplained ones) of one file."""
     try:
@@ -405,7 +419,8 @@ def check_file(compiled, facts, result, left_out: set[str]) -> tuple[list[Place]
 
     seen, classes = explained(result, family)
     missing = [p for p in places.values() if not _inside(seen.get(family(p.rule), []), p.span)
-               and not (p.unit.startswith("class ") and (family(p.rule), p.unit[6:]) in classes)]
+               and not (p.unit.startswith("class ") and (family(p.rule), p.unit[6:]) in classes)
+               and not _inherited_entry(seen.get(family(p.rule), []), p)]
     return list(places.values()), missing
 
 
@@ -456,6 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--show", type=int, default=40, help="unexplained places to print per pack")
     ap.add_argument("--json", help="write the results as JSON here")
     ap.add_argument("--only", action="append", help="only files whose path contains this (a quick look)")
+    ap.add_argument("--skip", action="append", help="leave out files whose path contains this")
     args = ap.parse_args(argv)
     if args.src:
         src = Path(args.src)
@@ -468,6 +484,8 @@ def main(argv: list[str] | None = None) -> int:
     files = files_of(src)
     if args.only:
         files = [f for f in files if any(o in str(f) for o in args.only)]
+    if args.skip:
+        files = [f for f in files if not any(o in str(f) for o in args.skip)]
     cache_dir = args.cache_dir or str(Path(tempfile.gettempdir()) / "dslc-explained-cache")
     rules = args.rules or [str(REPO / "rulepacks" / p) for p in DEFAULT_PACKS]
     out, bad = {}, False

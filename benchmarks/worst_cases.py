@@ -177,3 +177,65 @@ def write_all(directory, names=None) -> list:
         p.write_text(gen())
         out.append(p)
     return out
+
+
+def main(argv=None) -> int:
+    """Seconds per generated input (and any extra files given), one cold
+    `dslc apply --near-misses` each with the packs given, in child processes
+    (CPU seconds: user + sys of the child).  `--tree DIR` (repeatable) runs
+    the same inputs with the dslc of another checkout too, in the same run,
+    so that before/after compare under one machine load.
+
+        python benchmarks/worst_cases.py                       # all cases, all three packs
+        python benchmarks/worst_cases.py --tree /tmp/base FILE.py ...
+    """
+    import argparse
+    import json
+    import os
+    import resource
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    p = argparse.ArgumentParser(description=main.__doc__.split("\n\n")[0])
+    p.add_argument("files", nargs="*", help="extra files to time (e.g. a corpus file)")
+    p.add_argument("--rules", action="append", help="rule packs (default: sdpa, adopter, liger)")
+    p.add_argument("--only", help="comma-separated case names (default: all; 'none' for the files only)")
+    p.add_argument("--tree", action="append", default=[], help="another checkout to time too")
+    p.add_argument("--timeout", type=float, default=1200)
+    args = p.parse_args(argv)
+    rules = args.rules or [str(repo / "rulepacks" / f"{n}.adr") for n in ("sdpa", "adopter", "liger")]
+    names = None if not args.only else [n for n in args.only.split(",") if n != "none"] or ["-"]
+    tmp = tempfile.mkdtemp(prefix="dslc-worst-")
+    inputs = write_all(tmp, names) + [Path(f) for f in args.files]
+    trees = [str(repo)] + args.tree
+    print(f"{'input':40} " + " ".join(f"{Path(t).name[:18]:>18}" for t in trees) + "   (CPU s; W105 warnings)")
+    for path in inputs:
+        cells = []
+        for tree in trees:
+            cmd = [sys.executable, "-m", "dslc", "apply", "--no-cache", "--jobs", "1", "--near-misses",
+                   "--format", "json"] + [a for r in rules for a in ("--rules", r)] + [str(path)]
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            try:
+                proc = subprocess.run(cmd, cwd=tree, capture_output=True, text=True, timeout=args.timeout,
+                                      env={**os.environ, "PYTHONPATH": tree})
+            except subprocess.TimeoutExpired:
+                cells.append(f"{'>' + str(int(args.timeout)):>12}      ")
+                continue
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+            try:
+                rep = json.loads(proc.stdout)
+                w105 = sum(1 for w in rep.get("warnings", ()) if w.get("code") == "W105")
+                tb = "" if not rep.get("errors") else " E"
+            except ValueError:
+                w105, tb = "?", f" rc={proc.returncode}"
+            cells.append(f"{cpu:10.1f} s {w105!s:>3}{tb:3}")
+        print(f"{path.stem[:40]:40} " + " ".join(cells), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -730,7 +730,9 @@ NM_NOT_CALLED = _code("N401", "note", "the rule's layer is never called here", "
     analyzed path of `forward` calls it (it is called through a container,
     by another module, or not at all), or builds it inside a container the
     analysis does not follow into layers (`nn.Sequential(*[...])`, an
-    `OrderedDict`, `ModuleList.append(nn.Sequential(...))`).""")
+    `OrderedDict`, `ModuleList.append(nn.Sequential(...))`), or builds it in
+    a method as a local value (`loss_fct = CrossEntropyLoss()` in `forward`)
+    where the rule starts from a layer bound in `__init__`.""")
 NM_NO_ATTEMPT = _code("N402", "note", "no attempt got past the rule's anchor", """
     The place holds the rule's anchor and names, but no match attempt from
     the anchor got further (a leading wildcard found nothing to match).""")
@@ -753,6 +755,13 @@ NM_NO_NODE_FOR_CALL = _code("N404", "note", "the rule's anchor call is in code t
     analysed path (forward does not call it). Spelling the value as a local
     name first (`k = k.reshape(...)`, then `k.transpose(-1, -2)`) lets the
     rule see it.""")
+NM_NOT_ANALYSED = _code("N405", "note", "the place was not fully analysed (match budget)", """
+    The function holding the place has so many paths, and the packs so
+    many rules anchored in it, that trying them all ran past the matching
+    budget (docs/performance.md); the warning W105 names the function. No
+    rule of the pack is matched there (nothing is rewritten in it), so
+    whether this rule would fit is unknown. Splitting the function (fewer
+    branches over the anchors) brings it under the budget.""")
 NM_CLASS_SHAPE = _code("N501", "note", "the class's forward is not one expression", """
     The class holds the distinctive operations of a class rule (`pow`,
     `mean` and `rsqrt` for an RMS norm; an activation times a Linear for a

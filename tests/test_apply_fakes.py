@@ -70,7 +70,7 @@ def fake_analyze_paths(paths, *, jobs=1, cache_dir=None, want=None, root=None, *
     return out
 
 
-def fake_match_file(compiled, facts):
+def fake_match_file(compiled, facts, over=None, recorder=None):
     rules = {r.name: r for r in compiled.pack.rules}
     out = []
     for _, paths in facts.functions:

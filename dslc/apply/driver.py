@@ -99,16 +99,18 @@ def compile_pack(pack, done=None):
     return _compile(pack, done)
 
 
-def match_file(compiled, facts):
+def match_file(compiled, facts, over=None, recorder=None):
+    """`over`: gets the path sets whose matching ran out of budget;
+    `recorder`: the near-miss recorder (`near_misses` then matches no more)."""
     from dslc.match.matcher import match_file as _match
 
-    return _match(compiled, facts)
+    return _match(compiled, facts, over=over, recorder=recorder)
 
 
-def near_misses(compiled, facts, matches, *, file, source=None):
+def near_misses(compiled, facts, matches, *, file, source=None, recorder=None):
     from dslc.rewrite.nearmiss import near_misses as _near
 
-    return _near(compiled, facts, matches, file=file, source=source)
+    return _near(compiled, facts, matches, file=file, source=source, recorder=recorder)
 
 
 def rewrite_source(source, facts, matches, *, path):
@@ -482,13 +484,16 @@ def _process_file(found: Found, source: SourceFile, facts, compiled: Compiled, o
     matches = []
     near: list[NearMissEntry] = []
     for c in compiled.compiled:
-        found_here = match_file(c, facts)
+        over: list = []
+        rec = _recorder() if options.near_misses else None
+        found_here = match_file(c, facts, over=over, recorder=rec)
         matches.extend(found_here)
+        warnings += _match_budget_warnings(name, c, over, warnings)
         if options.near_misses:
             try:
                 near += [NearMissEntry(n.rule, name, n.class_name, n.line, n.reason, n.function,
                                        code=getattr(n, "code", None))
-                         for n in near_misses(c, facts, found_here, file=name, source=text)]
+                         for n in near_misses(c, facts, found_here, file=name, source=text, recorder=rec)]
             except Exception as exc:  # the report must not cost the file its rewrites
                 err = _internal_error(name, exc)
                 warnings.append(FileError(name, 0, W_NEAR_MISS, f"near-miss report failed: {err.message}"))
@@ -521,6 +526,27 @@ def _process_file(found: Found, source: SourceFile, facts, compiled: Compiled, o
         new_source = None
     return FileResult(found, matches=tuple(entries), errors=tuple(errors), warnings=tuple(warnings),
                       original=text, new_source=new_source, near_misses=tuple(near))
+
+
+def _recorder():
+    """A near-miss recorder for the normal matching run (one run serves
+    both; the recorder only watches)."""
+    from dslc.rewrite.nearmiss import Recorder
+
+    return Recorder()
+
+
+def _match_budget_warnings(name: str, compiled, over: list, earlier: list) -> list:
+    """W105 for each path set whose matching of `compiled` ran out of budget."""
+    from dslc.match.matcher import over_budget_message
+
+    out = []
+    packs = ", ".join(sorted({getattr(cr.rule, "pack", "") or "?" for cr in getattr(compiled, "rules", ())}))
+    for scope in over:
+        w = FileError(name, scope.budget_line, codes.W_BUDGET, over_budget_message(scope, packs))
+        if w not in earlier and w not in out:
+            out.append(w)
+    return out
 
 
 def _code_location(found: Found, facts, match, lines: tuple[int, ...], options: ApplyOptions) -> tuple[str, tuple[int, ...]]:

@@ -85,6 +85,14 @@ from dslc.match.optional import pair_guarded
 # How many complete matches one anchor attempt may produce (several later
 # nodes can complete the same prefix; all are reported, overlaps resolved).
 MAX_PER_ANCHOR = 8
+# The matching work budget of one path set (issue 11): transitions fired over
+# all its paths and anchors.  A function at the path cap under a pack of
+# hundreds of spellings (sdpa.adr) fires millions (minutes); no function of
+# the transformers corpora below the cap comes near this.  Past it the path
+# set's matches are all dropped (`MatchBudget`: nothing of it is rewritten,
+# never a match found on some of its paths only) and `match_file(over=)`
+# is told; the file's other classes and functions are matched as usual.
+MAX_MATCH_FIRES = 200_000
 
 
 class Fail:
@@ -240,6 +248,24 @@ class _Scope:
     sequential: bool = True  # expand nn.Sequential calls into their elements
     # id(node) -> (node, its index keys, the names it writes): paths share their nodes
     node_memo: dict = field(default_factory=dict, repr=False, compare=False)
+    fires: int = 0  # transitions fired on its paths (MAX_MATCH_FIRES)
+    max_fires: int = 0
+    budget_line: int = 0  # where a path set that ran out of budget begins (its first node's line)
+
+
+class MatchBudget(Exception):
+    """A path set used up its matching budget (`MAX_MATCH_FIRES`)."""
+
+
+def over_budget_message(scope: _Scope, packs: str = "") -> str:
+    """The warning of a path set whose matching ran out of budget (`packs`:
+    the names of the packs whose rules were being matched)."""
+    where = scope.cls.qualname if scope.cls is not None else ""
+    what = scope.paths_of.split(":", 1)[1] if scope.paths_of else "forward"
+    where = f"{where}.{what}" if where else what
+    rules = f"no rule of {packs}" if packs else "no rule"
+    return (f"match-budget: {where}: more than {scope.max_fires} pattern steps tried over its paths; "
+            f"{rules} is matched in it (its near misses say it was not fully analysed)")
 
 
 class _PathCtx:
@@ -735,6 +761,9 @@ def _run(cr: CompiledRule, ctx: _PathCtx, anchor_pos: int, scope: _Scope, dbg: _
         for q in candidates:
             if kill is not None and q > kill:
                 break
+            scope.fires += 1
+            if scope.fires > scope.max_fires:
+                raise MatchBudget()
             res = _fire(trans[k], nodes[q], q, p.env, scope, ctx)
             if isinstance(res, Fail):
                 report(k, q, res, p)
@@ -1207,9 +1236,20 @@ def _check_ranks(scope: _Scope, paths, found: list[_Found]) -> None:
 
 
 def _match_paths(compiled: CompiledPack, scope: _Scope, paths, file: str, dbg: _Debug, stats: dict | None, out: list[_Found],
-                 rec=None) -> None:
+                 rec=None, over: list | None = None) -> None:
     start = len(out)
-    _match_paths_run(compiled, scope, paths, file, dbg, stats, out, rec)
+    scope.fires, scope.max_fires = 0, MAX_MATCH_FIRES
+    try:
+        _match_paths_run(compiled, scope, paths, file, dbg, stats, out, rec)
+    except MatchBudget:
+        # sound: the path set is left unmatched, as if no rule fitted it
+        del out[start:]
+        scope.budget_line = min((p.nodes[0].stmt.lines[0] for p in paths if p.nodes), default=0)
+        if over is not None:
+            over.append(scope)
+        if rec is not None and hasattr(rec, "over_budget"):
+            rec.over_budget(scope)
+        return
     _check_ranks(scope, paths, out[start:])
 
 
@@ -1311,7 +1351,7 @@ def _match_init_only(cr: CompiledRule, facts: FileFacts, out: list[_Found], rec=
 
 
 def match_file(compiled: CompiledPack, facts: FileFacts, *, file: str | None = None, stats: dict | None = None,
-               sequential: bool = True, recorder=None) -> list[ir.Match]:
+               sequential: bool = True, recorder=None, over: list | None = None) -> list[ir.Match]:
     """All matches of the compiled rules in one analysed file (see module doc).
 
     `stats`, when given, counts `attempts` (rule runs started at an anchor
@@ -1321,6 +1361,8 @@ def match_file(compiled: CompiledPack, facts: FileFacts, *, file: str | None = N
     `recorder`, when given, is told of every failed attempt (falsy `Fail`
     values with their reasons; `dslc.rewrite.nearmiss` keeps the deepest per place):
     the near-miss report.  Without it nothing is recorded.
+    `over`, when given, gets each `_Scope` whose matching ran out of budget
+    (`MAX_MATCH_FIRES`; `over_budget_message` words its warning).
     """
     file = file or facts.path
     dbg = _Debug(file)
@@ -1329,9 +1371,12 @@ def match_file(compiled: CompiledPack, facts: FileFacts, *, file: str | None = N
     for scope, paths in _scopes(facts):
         scope_paths[id(scope)] = paths
         scope.sequential = sequential
-        _match_paths(compiled, scope, paths, file, dbg, stats, found, recorder)
+        _match_paths(compiled, scope, paths, file, dbg, stats, found, recorder, over)
     for r in compiled.init_only:
         _match_init_only(compiled.rules[r], facts, found, recorder)
+    if recorder is not None and hasattr(recorder, "matched"):
+        for f in found:  # before step 5 merges a subclass's match into its base's
+            recorder.matched(f.rule, f.scope, f.nodes)
 
     # Step 5: one Match per location (rule, statements, init bindings);
     # 5b: optional nodes in `if m is not None:` (dslc.match.optional).

@@ -30,6 +30,9 @@ pays nothing):
    matched, each anchor node that no match holds is a place of its own (a
    second conv -> BN pair the rule could not fuse), with the deepest attempt
    from that anchor, when that attempt got past the anchor (`_got_past_anchor`).
+   A class that inherits the code its base matched (forward and the
+   bindings of __init__) matched too: its match is its base's, reported
+   once at the base's class and lines, and it is no near miss.
 4. Class rules (no anchor node: they match a whole forward) have places
    and reasons of their own: `dslc.rewrite.classmiss`.
 5. Families (`family_pruned`): the rules of a pack with the same kernels
@@ -90,6 +93,20 @@ class Recorder:
 
     def __init__(self) -> None:
         self.best: dict[tuple, tuple[tuple, _Event]] = {}
+        self.done: set[tuple] = set()  # class places where the rule matched
+        self.over: set[tuple] = set()  # the path sets whose matching ran out of budget (`_scope_key`)
+
+    def matched(self, cr, scope, nodes) -> None:
+        """Told of every match before the matcher merges one location's
+        matches: a subclass that inherits the matched code (forward and
+        __init__) matched too, and its match is reported as its base's."""
+        if cr.class_scoped or not nodes:
+            self.done.add((cr.name, _unit(cr, scope, None)))
+
+    def over_budget(self, scope) -> None:
+        """`match_file` gave up on a path set (its match budget): the
+        places in it are not fully analysed (N405)."""
+        self.over.add(_scope_key(scope))
 
     def event(self, cr, scope, anchor, matched, k, sub, fail, *, node=None, stage="forward") -> None:
         unit = _unit(cr, scope, anchor)
@@ -101,6 +118,11 @@ class Recorder:
             cur = self.best.get(key)
             if cur is None or score > cur[0]:
                 self.best[key] = (score, _Event(cr, scope, anchor, tuple(matched), k, fail, node, stage))
+
+
+def _scope_key(scope) -> tuple:
+    """A path set of the matcher, by what it is (class and paths_of)."""
+    return (scope.cls.qualname if scope.cls is not None else None, scope.paths_of)
 
 
 def _anchor_unit(unit: tuple, anchor) -> tuple:
@@ -140,6 +162,7 @@ class _Place:
     # a class place: every anchor node in it, by node id (its other places
     # where the rule applied at one of them)
     anchors: dict = field(default_factory=dict)
+    scopes: set = field(default_factory=set)  # the path sets it was seen in (`_scope_key`)
 
 
 def _add_place(found: dict, cr, scope, node) -> None:
@@ -155,6 +178,7 @@ def _add_place(found: dict, cr, scope, node) -> None:
         if place is not None:
             new.anchors = place.anchors
         found[k] = place = new
+    place.scopes.add(_scope_key(scope))
     if unit[0] == "class":
         place.anchors.setdefault(_node_id(node), node)
 
@@ -216,6 +240,21 @@ class SourceNames:
                 if isinstance(n, ast.Name) or isinstance(n, ast.Attribute)
                 and not (isinstance(n.value, ast.Name) and n.value.id == "self"))
         return self._names[span]
+
+    def local_value(self, line: int) -> tuple[str, str] | None:
+        """(function, name) when a statement starting at `line`, in a function
+        other than `__init__`, binds a call's result to a plain local name
+        (`loss_fct = CrossEntropyLoss()` in forward)."""
+        self._load()
+        fn = next((n for span, n in self._defs if span[0] <= line <= span[1]
+                   and isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))), None)
+        if fn is None or fn.name == "__init__":
+            return None
+        for n in ast.walk(fn):
+            if isinstance(n, ast.Assign) and n.lineno == line and isinstance(n.value, ast.Call) \
+                    and len(n.targets) == 1 and isinstance(n.targets[0], ast.Name):
+                return fn.name, n.targets[0].id
+        return None
 
     def first_call(self, line: int, qualname: str, imports: dict[str, str]) -> int | None:
         """The line of the first call of `qualname` (spelled through the
@@ -300,12 +339,31 @@ def _unreached_places(compiled, facts, found: dict, class_names: dict, spelled: 
                                     if calls else f"{_short(anchor[1])}(...) (line {line}) is in code no analysed "
                                     f"path reaches: no pattern is tried there", code="N404")
                 continue
-            holder = next((b for b in cls.init if b.stmt and b.stmt.lines[0] <= line <= b.stmt.lines[1]), None)
+            holder = next((b for b in cls.init if b.stmt and b.stmt.lines[0] <= line <= b.stmt.lines[1]
+                           and in_file(b.stmt, facts)), None)
+            local = spelled.local_value(line) if holder is None else None
+            if local is not None:
+                found[key] = _Place(cr, key[1], cls.name, local[0], line,
+                                    f"{_short(anchor[1])}(...) (line {line}) is built in `{local[0]}` as the local "
+                                    f"value `{local[1]}`, not bound to an attribute in __init__: the rule starts "
+                                    f"from a layer __init__ builds, so no pattern is tried there")
+                continue
             where = (f"inside `self.{holder.attr} = {_short(holder.type or holder.unresolved)}(...)`"
                      if holder is not None else "as a local value or inside a container")
             found[key] = _Place(cr, key[1], cls.name, "__init__", line,
                                 f"{_short(anchor[1])}(...) (line {line}) is built {where}, which the analysis "
                                 f"does not follow into layers: no path of forward calls it")
+
+
+def in_file(stmt, facts) -> bool:
+    """Is `stmt` in this file's source?  A class's facts hold what it
+    inherits from a base in another module (`PreTrainedModel.__init__`'s
+    bindings), whose lines are lines of that other file."""
+    owner = getattr(stmt, "owner", None)
+    module = getattr(facts, "module", None)
+    if not owner or not module or owner == module:
+        return True
+    return any(owner == c.qualname or owner.startswith(c.qualname + ".") for c in facts.classes)
 
 
 def _imports(facts) -> dict[str, str]:
@@ -369,11 +427,16 @@ def places(compiled, facts, source: str | None = None) -> list[_Place]:
             names = class_names[scope.cls.qualname]
         else:
             names = _names_of_paths(paths)
+        seen: set = set()  # paths share their nodes: a node's places are those of its first path
         for path in paths:
             ctx = _PathCtx(_expand_sequential(path, scope), scope)
             for pos, node in enumerate(ctx.nodes):
                 if node.kind == "stmt":
                     continue
+                nid = _node_id(node)
+                if nid in seen:
+                    continue
+                seen.add(nid)
                 for key in ctx.keys[pos]:
                     for r in compiled.candidates(key):
                         cr = compiled.rules[r]
@@ -501,7 +564,7 @@ def code_of(e: _Event) -> str:
     return "N201" if e.stage == "init" else "N301"
 
 
-def _untyped(e: _Event, trans) -> str:
+def _untyped(e: _Event, trans, here=None) -> str:
     """When the pattern node wants a layer of a type: the class's layers the
     analysis could not type (`self.bn = norm_layer(c)`, a parameter), which
     may be the one it wants."""
@@ -509,7 +572,8 @@ def _untyped(e: _Event, trans) -> str:
     cls = getattr(e.scope, "cls", None)
     if t is None or t.test.kind != "layer" or not t.test.type or cls is None:
         return ""
-    unknown = [b for b in cls.init if b.type is None and b.unresolved and b.kind == "call"]
+    unknown = [b for b in cls.init if b.type is None and b.unresolved and b.kind == "call"
+               and (here is None or b.stmt is None or here(b.stmt))]  # lines of this file only
     if not unknown:
         return ""
     shown = ", ".join(f"`self.{b.attr} = {b.unresolved}(...)`" + (f" (line {b.stmt.lines[0]})" if b.stmt else "")
@@ -518,8 +582,9 @@ def _untyped(e: _Event, trans) -> str:
     return f"; the type of {shown}{more} is not known here (a parameter or a call the analysis cannot resolve)"
 
 
-def describe(e: _Event) -> str:
-    """The reason of the deepest attempt, in words."""
+def describe(e: _Event, here=None) -> str:
+    """The reason of the deepest attempt, in words (`here`: is a statement
+    in this file, for the bindings it names)."""
     trans = e.rule.forward.transitions if e.rule.forward is not None else ()
     found = _found_text(e.matched)
     if e.stage == "forward" and e.anchor is None:  # an init-only rule
@@ -530,7 +595,7 @@ def describe(e: _Event) -> str:
     if e.stage == "forward":
         want = f"`{pattern_text(trans[e.k])}`" if e.k < len(trans) else "the next pattern node"
         if e.fail is None:
-            return f"found {found}, but no later node fits {want}{_untyped(e, trans)}"
+            return f"found {found}, but no later node fits {want}{_untyped(e, trans, here)}"
         where = f"line {e.node.stmt.lines[0]} `{node_text(e.node)}`" if e.node is not None else "a node"
         head = f"found {found}, but " if found else ""
         return f"{head}{where} does not fit {want}: {tidy(e.fail.reason)}"
@@ -596,17 +661,19 @@ def _open_places(p: _Place, covered: set[tuple]) -> list[_Place]:
     for nid, node in p.anchors.items():
         if (name, ("class-node", p.class_name, nid)) not in covered:
             out.append(_Place(p.rule, _anchor_unit(p.key, node), p.class_name, p.function,
-                              node.stmt.lines[0], anchor=node))
+                              node.stmt.lines[0], anchor=node, scopes=p.scopes))
     return out
 
 
 def near_misses(compiled, facts, matches: Iterable[ir.Match], *, file: str | None = None,
-                source: str | None = None) -> list[NearMiss]:
+                source: str | None = None, recorder: Recorder | None = None) -> list[NearMiss]:
     """The near misses of one compiled pack in one analysed file (module doc).
 
     `matches`: the matches the normal run found (applied or skipped): their
     places are covered and left out.  `source`: the file's text, for the
     names a place spells where the analysis could not type them (`SourceNames`).
+    `recorder`: a `Recorder` the run that found `matches` filled (then the
+    matcher is not run again).
     """
     file = file or facts.path
     matches = list(matches)
@@ -617,12 +684,25 @@ def near_misses(compiled, facts, matches: Iterable[ir.Match], *, file: str | Non
     todo = [q for p in todo for q in _open_places(p, covered)]
     if not todo:
         return sorted(family_pruned(compiled, namesakes, matches, {}), key=lambda n: (n.line, n.rule))
-    rec = Recorder()
-    match_file(compiled, facts, file=file, recorder=rec)
+    rec = recorder
+    if rec is None:
+        rec = Recorder()
+        match_file(compiled, facts, file=file, recorder=rec)
+    todo = [p for p in todo if (p.rule.name, p.key) not in rec.done]
     out = []
     depth: dict[int, tuple] = {}  # id(NearMiss) -> (score of its attempt, got past its anchor)
+    unanalysed: set[tuple] = set()  # (family, class, line) given N405 already: one per family
+    over_classes = {q for q, _ in rec.over if q is not None}
     for p in todo:
         got = rec.best.get((p.rule.name, p.key))
+        # a class place gathers the attempts of all its class's path sets
+        if rec.over and (p.scopes & rec.over or p.key[0] in ("class", "anchor") and p.key[1] in over_classes):
+            # the matcher gave up on its path set: say so, whatever it saw
+            key = (family_key(p.rule.rule), p.class_name, p.line)
+            if key not in unanalysed:
+                unanalysed.add(key)
+                out.append(NearMiss(p.rule.name, p.class_name, p.function, p.line, _not_analysed(p), "N405"))
+            continue
         if p.key[0] == "anchor" and not _got_past_anchor(got):
             continue
         if got is None:
@@ -631,7 +711,7 @@ def near_misses(compiled, facts, matches: Iterable[ir.Match], *, file: str | Non
             line = p.line
         else:
             e = got[1]
-            reason, code = describe(e), code_of(e)
+            reason, code = describe(e, lambda stmt: in_file(stmt, facts)), code_of(e)
             first = e.matched[0] if e.matched else (e.anchor if e.anchor is not None else None)
             if p.key[0] == "anchor" and first is not None \
                     and (p.rule.name, ("class-node", p.class_name, _node_id(first))) in covered:
@@ -643,6 +723,12 @@ def near_misses(compiled, facts, matches: Iterable[ir.Match], *, file: str | Non
     out = family_pruned(compiled, out + namesakes, matches, depth)
     out.sort(key=lambda n: (n.line, n.rule))
     return out
+
+
+def _not_analysed(p: _Place) -> str:
+    where = f"`{node_text(p.anchor)}` (line {p.anchor.stmt.lines[0]})" if p.anchor is not None else "here"
+    return (f"the rule's anchor {where} is here, but the function has too many paths and rules to try for the "
+            f"matching budget (W105): it was not fully analysed, and no rule of the pack is matched in it")
 
 
 def own_namesakes(compiled, facts) -> list[NearMiss]:
