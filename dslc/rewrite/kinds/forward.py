@@ -117,21 +117,14 @@ class ForwardFusion(Planner):
         self.keepcall.prepare(match, region)  # a match in a helper: the guard may go to its call
         views = take_view_ifs(self.mod, region, match)  # a mask added through views (kinds/keepviews.py)
         if views is not None:
-            self.guarded_name = views.mask
-            env.inline[views.var] = views.text
-            final_text, target = self._target_text(match.rule.present, env, plan)
+            final_text, target = self._through_views(match, views, env, plan)
             final_pn = target[-1]
         self.probe_used: list = []
         self.shape_checks = ShapeChecks(self.mod, self.flow)
         self._check_dataflow(match, env, target, paths, deleted_keys, final_key, region)
         if self.probe_used:
             self._probe(match, groups, plan)
-        # `option shape`: raise-only size checks of a removed value, rewritten (kinds/keepchecks.py)
-        plan.checks = self.shape_checks.plan(match, groups, plan)
-        self.check_stmts = {sid: s for sid, (s, _) in self.shape_checks.found.items()}
-        if views is not None:
-            plan.checks[id(views.stmt)] = views.fast
-            self.check_stmts[id(views.stmt)] = views.stmt
+        self._plan_checks(match, groups, plan, views)
         across = self.keepcall.site is not None and self.keepcall.site.handed
         if region is not None and (region.tests or across):
             # kept values needed under a run-time condition: a per-call guard
@@ -186,6 +179,22 @@ class ForwardFusion(Planner):
         self.hoist.hoist_earlier(plan, groups, final_stmt)
         emit_plain(self.ctx, plan, plan.checks, self.check_stmts)
         plan.lines.update(range(final_stmt.lineno, final_stmt.end_lineno + 1))
+
+    def _through_views(self, match: ir.Match, views, env: Env, plan: Plan):
+        """The target once the mask added through views is the kernel's mask
+        (kinds/keepviews.py): the full rule's text, the guard on the mask."""
+        self.guarded_name = views.mask
+        env.inline[views.var] = views.text
+        return self._target_text(match.rule.present, env, plan)
+
+    def _plan_checks(self, match: ir.Match, groups, plan: Plan, views) -> None:
+        """`option shape`: raise-only size checks of a removed value,
+        rewritten (kinds/keepchecks.py); the view-`if`'s checks with them."""
+        plan.checks = self.shape_checks.plan(match, groups, plan)
+        self.check_stmts = {sid: s for sid, (s, _) in self.shape_checks.found.items()}
+        if views is not None:
+            plan.checks[id(views.stmt)] = views.fast
+            self.check_stmts[id(views.stmt)] = views.stmt
 
     def _probe(self, match: ir.Match, groups, plan: Plan) -> None:
         """`option probe`: the product's statement stays, on empty slices (kinds/probe.py)."""
