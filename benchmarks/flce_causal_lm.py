@@ -94,12 +94,12 @@ def source_reason(forward: str) -> str:
     return "no near miss reported"
 
 
-def run(src: Path, jobs: int, rules: tuple[str, ...]) -> tuple[dict, float, int]:
+def run(src: Path, jobs: int, rules: tuple[str, ...], unsafe: bool = False) -> tuple[dict, float, int]:
     loaded = load_rules([str(REPO / "rulepacks" / "liger.adr")], select=rules)
     files = modeling_files(src)
     start = time.perf_counter()
     report = apply_paths([str(f) for f in files], loaded.packs,
-                         ApplyOptions(mode="diff", jobs=jobs, gitignore=False, near_misses=True))
+                         ApplyOptions(mode="diff", jobs=jobs, gitignore=False, near_misses=True, unsafe=unsafe))
     seconds = time.perf_counter() - start
     classes = causal_lm_classes(files)
     applied = {(m.file, m.class_name) for m in report.matches if m.status == "applied"}

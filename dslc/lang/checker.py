@@ -72,6 +72,9 @@ OPTIONS: dict[str, tuple] = {
     # (docs/adr-language.md, "Size checks of a removed value: `option shape`").
     "shape": (lambda v: _parse_shape(v) is not None, 'a variable and an expression, e.g. '
               '"$s0 = $q.shape[:-1] + $k.shape[-2:-1]"'),
+    # True: the head call starts a causal LM's labelled loss, which the rewrite
+    # reads from the source (dslc/rewrite/kinds/causallm.py; rules declared unsafe).
+    "causal_lm": (lambda v: isinstance(v, bool), "True or False"),
     "inner": (lambda v: parse_inner(v) is not None,
               'a comma-separated list of variables with accessors, e.g. "$conv[0]"'),
 }
