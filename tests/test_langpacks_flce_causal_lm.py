@@ -33,7 +33,25 @@ REPO = Path(__file__).resolve().parent.parent
 LIGER = REPO / "rulepacks" / "liger.adr"
 MODELS = REPO / "tests" / "langpacks_models" / "flce_causal_lm.py"
 RULE = "liger:fused_linear_cross_entropy_causal_lm"
-REWRITTEN = ("SplitHeadLM", "AlignedLM", "CastLM")
+REWRITTEN = ("SplitHeadLM", "AlignedLM", "CastLM", "KwargsLM")
+
+# transformers 5.x' ForCausalLMLoss (transformers/loss/loss_utils.py), restated for the tests: the
+# logits upcast, the labels padded with one ignored position and shifted (unless shift_labels is
+# given), flattened to vocab_size columns, then a mean, or a sum divided by num_items_in_batch.
+CAUSAL_LOSS = """
+import torch.nn.functional as F
+
+
+def ForCausalLMLoss(logits, labels, vocab_size, num_items_in_batch=None, ignore_index=-100, shift_labels=None, **kwargs):
+    logits = logits.float()
+    if shift_labels is None:
+        shift_labels = F.pad(labels, (0, 1), value=ignore_index)[..., 1:].contiguous()
+    flat = logits.view(-1, vocab_size)
+    target = shift_labels.view(-1).to(flat.device)
+    if num_items_in_batch is None:
+        return F.cross_entropy(flat, target, ignore_index=ignore_index)
+    return F.cross_entropy(flat, target, ignore_index=ignore_index, reduction="sum") / num_items_in_batch
+"""
 
 
 def _apply(target: Path, *extra: str) -> tuple[int, dict]:
@@ -76,7 +94,8 @@ def test_the_causal_lm_spellings_are_rewritten_and_the_others_refused(applied):
     assert not [m for m in ours if m["class"] in ("Tagger", "Body")]
     text = target.read_text()
     assert "if not (self.split > 1) and self.training and labels is not None and " in text
-    assert text.count("logits = None\n") == 3  # one per rewritten class (CastLM's is lm_logits)
+    assert text.count("logits = None\n") == 4  # one per rewritten class (CastLM's is lm_logits)
+    assert "_lf_ok(self, self.lm_head, hidden_states, labels, self.vocab, kwargs):" in text
     again = target.parent / "again.py"
     again.write_text(text)
     code, second = _apply(again, "--unsafe")
@@ -84,9 +103,10 @@ def test_the_causal_lm_spellings_are_rewritten_and_the_others_refused(applied):
     assert not [m for m in second["matches"] if m["rule"] == RULE and m["status"] == "applied"]
 
 
-FALLBACK = """
+FALLBACK = CAUSAL_LOSS.replace("{", "{{").replace("}", "}}") + """
 import json
 orig, new = load("orig", {orig!r}), load("new", {new!r})
+orig.LOSS = new.LOSS = ForCausalLMLoss
 out = {{}}
 for name in {names!r}:
     torch.manual_seed(0)
@@ -191,6 +211,75 @@ def test_kernel_path_in_training_with_labels_only(applied, tmp_path):
             assert train["loss"] <= 1e-5 + 1e-5 * train["ref"] and train["grad"] <= 1e-5, (name, r)
         # eval with labels: the logits are computed and returned, the original loss
         assert ev["kernel"] == 0 and not ev["logits_none"] and ev["loss"] == 0.0 and ev["grad"] == 0.0, (name, r)
+
+
+KWARGS_PATH = KERNEL_PRELUDE + CAUSAL_LOSS + textwrap.dedent("""
+    import json
+
+    calls = []
+
+    def flce(x, weight, target, bias=None, ce_weight=None, ignore_index=-100, lse_square_scale=0.0,
+             label_smoothing=0.0, reduction="mean"):
+        assert x.dim() == 2 and target.dim() == 1 and x.shape[0] == target.shape[0] and x.is_contiguous()
+        calls.append((tuple(x.shape), ignore_index, reduction))
+        logits = F.linear(x.as_subclass(torch.Tensor), weight, bias)
+        return F.cross_entropy(logits.float(), target.as_subclass(torch.Tensor), ignore_index=ignore_index,
+                               reduction=reduction, label_smoothing=label_smoothing)
+
+    fake_liger(liger_fused_linear_cross_entropy=flce)
+    utils = types.ModuleType("transformers.loss.loss_utils")
+    utils.ForCausalLMLoss = ForCausalLMLoss
+    sys.modules["transformers.loss.loss_utils"] = utils
+
+    orig, new = load("orig", sys.argv[1]), load("new", sys.argv[2])
+    torch.manual_seed(0)
+    a, b = orig.KwargsLM(), new.KwargsLM()
+    b.load_state_dict(a.state_dict(), strict=True)
+    b.body.register_forward_hook(lambda m, i, o: tuple(t.as_subclass(FakeCuda) for t in o))
+    ids = torch.randint(0, 41, (3, 9))
+    labels = ids.clone()
+    labels[2, :5] = -100
+    other = ids.clone()
+    other[0, 3:] = -1
+    cases = {
+        "mean": ({}, ForCausalLMLoss),
+        "num_items": ({"num_items_in_batch": torch.tensor(13)}, ForCausalLMLoss),
+        "shift_labels": ({"shift_labels": torch.roll(other, -1, 1).contiguous(), "ignore_index": -1}, ForCausalLMLoss),
+        "other keys": ({"output_attentions": False}, ForCausalLMLoss),
+        "another loss": ({}, lambda **k: ForCausalLMLoss(**k) * 2.0),
+    }
+    out = {}
+    for name, (kw, loss_fn) in cases.items():
+        orig.LOSS = new.LOSS = loss_fn
+        a.zero_grad(); b.zero_grad()
+        n = len(calls)
+        ra, rb = a(ids, labels, **kw), b(ids, labels, **kw)
+        ra["loss"].backward(); rb["loss"].backward()
+        gb = dict(b.named_parameters())
+        out[name] = {"calls": calls[n:], "logits_none": rb["logits"] is None, "ref": abs(float(ra["loss"])),
+                     "loss": abs(float(ra["loss"] - rb["loss"].as_subclass(torch.Tensor))),
+                     "grad": max(float((p.grad - gb[k].grad).abs().max()) for k, p in a.named_parameters())}
+    print(json.dumps(out))
+""")
+
+
+def test_kernel_path_of_the_loss_function_form(applied, tmp_path):
+    """transformers 5.x' `self.loss_function(..., **kwargs)`: the kernel runs
+    where the model's loss is ForCausalLMLoss, with its padding shift (all
+    rows), ignore_index and num_items_in_batch reduction, or the caller's
+    shift_labels; another loss function runs the original."""
+    target, _ = applied
+    script = tmp_path / "kwargs_path.py"
+    script.write_text(KWARGS_PATH)
+    proc = subprocess.run([sys.executable, str(script), str(MODELS), str(target)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    expected = {"mean": [[[27, 16], -100, "mean"]], "num_items": [[[27, 16], -100, "sum"]],
+                "shift_labels": [[[27, 16], -1, "mean"]], "other keys": [[[27, 16], -100, "mean"]], "another loss": []}
+    for name, r in result.items():
+        assert r["calls"] == expected[name] and r["logits_none"] == bool(expected[name]), (name, r)
+        assert r["loss"] <= 1e-5 + 1e-5 * r["ref"] and r["grad"] <= 1e-5, (name, r)
 
 
 LLAMA = """

@@ -8,7 +8,10 @@ Rewritten by liger:fused_linear_cross_entropy_causal_lm (unsafe):
   `view(-1, self.vocab_size)`, a device move; returns an output dict;
 * `AlignedLM`: labels already aligned (no shift), the head on `outputs[0]`,
   `labels.to(logits.device)` first, the loss in one call; returns a tuple;
-* `CastLM`: `self.head(h).to(torch.float32)` and the shift inside the call.
+* `CastLM`: `self.head(h).to(torch.float32)` and the shift inside the call;
+* `KwargsLM`: transformers 5.x' `self.loss_function(logits=logits,
+  labels=labels, vocab_size=..., **kwargs)` (the loss chosen at run time:
+  `LOSS`, which the tests set).
 
 Refused with the reason (S421):
 * `SmoothedLM`: `CrossEntropyLoss(label_smoothing=0.1)`;
@@ -99,6 +102,32 @@ class CastLM(nn.Module):
             loss_fct = CrossEntropyLoss()
             loss = loss_fct(shift_logits.view(-1, shift_logits.size(-1)), shift_labels.view(-1))
         return loss, lm_logits
+
+
+# what `KwargsLM.loss_function` returns (set by the tests)
+LOSS = None
+
+
+class KwargsLM(nn.Module):
+    def __init__(self, vocab=41, dim=16):
+        super().__init__()
+        self.vocab = vocab
+        self.body = Body(vocab, dim)
+        self.lm_head = nn.Linear(dim, vocab, bias=False)
+
+    @property
+    def loss_function(self):
+        return LOSS
+
+    def forward(self, idx, labels=None, **kwargs):
+        hidden_states = self.body(idx)[0]
+        logits = self.lm_head(hidden_states)
+
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.vocab, **kwargs)
+
+        return {"loss": loss, "logits": logits}
 
 
 class SmoothedLM(nn.Module):

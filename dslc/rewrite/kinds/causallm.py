@@ -116,6 +116,8 @@ class _Loss:
         self.vocab: ast.expr | None = None
         self.loss: str | None = None
         self.shift = True
+        self.form = ""  # "loss_function": transformers 5.x' call
+        self.kwargs: str | None = None
 
     def value(self, e: ast.expr) -> tuple:
         if isinstance(e, ast.Name):
@@ -130,6 +132,8 @@ class _Loss:
                     or ast.unparse(e) not in [f"{ast.unparse(e.value)}[{w}]" for w in want]:
                 raise _form(f"`{ast.unparse(e)}` is not the next-token shift (`[{want[0]}]`) of the logits or labels")
             return (what, True, False)
+        if isinstance(e, ast.Call) and ast.unparse(e.func) == "self.loss_function":
+            return self._loss_function(e)
         if isinstance(e, ast.Call) and ast.unparse(e.func) in self.ce_names:
             if e.args or e.keywords:
                 raise _form(f"`{ast.unparse(e)}` is not a default CrossEntropyLoss() (ignore_index, reduction, weight or smoothing given)")
@@ -158,14 +162,30 @@ class _Loss:
             raise _form(f"`{ast.unparse(e)}` is not a shift, flattening or device move the rewrite follows")
         if isinstance(e, ast.Call) and isinstance(e.func, ast.Name) and e.func.id in self.env \
                 and self.env[e.func.id][0] == "ce" and len(e.args) == 2 and not e.keywords:
-            if self.loss is not None:
-                raise _form("the loss module is called twice")
+            if self.loss is not None or self.form:
+                raise _form("the loss is computed twice")
             a, b = self.value(e.args[0]), self.value(e.args[1])
             if a[0] != "logits" or b[0] != "labels" or not (a[2] and b[2]) or a[1] != b[1]:
                 raise _form(f"`{ast.unparse(e)}` is not the loss on the flattened logits and labels, both shifted or neither")
             self.shift = a[1]
             return ("loss", False, False)
         raise _form(f"`{ast.unparse(e)}` is not a value the rewrite follows")
+
+    def _loss_function(self, e: ast.Call) -> tuple:
+        """transformers 5.x: `self.loss_function(logits=.., labels=.., vocab_size=.., **kwargs)`."""
+        named = {k.arg: k.value for k in e.keywords if k.arg is not None}
+        rest = [k.value for k in e.keywords if k.arg is None]
+        if self.loss is not None or self.form:
+            raise _form("the loss is computed twice")
+        if e.args or set(named) != {"logits", "labels", "vocab_size"} or len(rest) > 1 \
+                or (rest and not isinstance(rest[0], ast.Name)):
+            raise _form(f"`{ast.unparse(e)}` is not `self.loss_function(logits=.., labels=.., vocab_size=..[, **kwargs])`")
+        if self.value(named["logits"]) != ("logits", False, False) or self.value(named["labels"]) != ("labels", False, False) \
+                or not _pure(named["vocab_size"]):
+            raise _form(f"`{ast.unparse(e)}` does not pass the head's logits and the labels as they are")
+        self.form, self.vocab = "loss_function", named["vocab_size"]
+        self.kwargs = rest[0].id if rest else None
+        return ("loss", False, False)
 
     def run(self, body: list[ast.stmt]) -> None:
         for stmt in body:
@@ -177,7 +197,7 @@ class _Loss:
                 self.loss = name
             self.env[name] = v
         if self.loss is None:
-            raise _form("no call of a CrossEntropyLoss() on the logits in the labelled block")
+            raise _form("no call of a CrossEntropyLoss() or of self.loss_function on the logits in the labelled block")
 
 
 class CausalLMLoss(Kind):
@@ -241,7 +261,7 @@ class CausalLMLoss(Kind):
         self._emit(match, plan, start, cond, block, i, labelled, dict(
             logits=logits, head=head, hidden=hidden, labels=labels, loss=loss.loss,
             vocab=ast.unparse(loss.vocab) if loss.vocab is not None else "None", upcast=upcast, extra=guard_extra,
-            shift=loss.shift))
+            shift=loss.shift, form=loss.form, kwargs=loss.kwargs or "{}"))
 
     # -- reading the source ------------------------------------------------
 
@@ -288,24 +308,17 @@ class CausalLMLoss(Kind):
         base = "_dslc_" + match.rule.pack + "_" + match.rule.name
         unit, nl = mod.block_unit, mod.nl
         rule = match.rule.qualified_name
-        ok = ctx.imports.dispatch_helper(base + "_ok", (
-            f"(head, h, labels, vocab, upcast):{nl}"
-            f'{unit}"""Added by `dslc apply` ({rule}, unsafe): in training with labels, whether the kernel takes the loss (on CUDA, the shapes it takes); the logits are then None."""{nl}'
-            f"{unit}return ({kernel} is not None and h.is_cuda{nl}"
-            f"{unit}        and h.dim() == 3 and labels.dim() == 2 and h.shape[:2] == labels.shape and not labels.is_floating_point(){nl}"
-            f"{unit}        and (vocab is None or vocab == head.weight.shape[0]){nl}"
-            f"{unit}        and (upcast or h.dtype == {torch}.float32 or {torch}.is_autocast_enabled())){nl}"), plan)
-        fused = ctx.imports.dispatch_helper(base, (
-            f"(head, h, labels, shift):{nl}"
-            f'{unit}"""Added by `dslc apply` ({rule}, unsafe): the next-token cross-entropy of head(h) against labels, the logits not computed."""{nl}'
-            f"{unit}if shift:  # tokens < n predict n{nl}"
-            f"{unit}{unit}h, labels = h[..., :-1, :], labels[..., 1:]{nl}"
-            f"{unit}rows = h.reshape(-1, h.shape[-1]){nl}"
-            f"{unit}target = labels.reshape(-1).to(h.device){nl}"
-            f"{unit}return {kernel}(rows, head.weight, target, head.bias, ignore_index=-100, reduction=\"mean\", label_smoothing=0.0){nl}"), plan)
+        if f["form"] == "loss_function":
+            ok, fused = self._loss_function_helpers(plan, base, rule, kernel, torch)
+            args = f"self.{f['head']}, {f['hidden']}, {f['labels']}"
+            test = f"self.training and {f['labels']} is not None and {ok}(self, {args}, {f['vocab']}, {f['kwargs']})"
+            call = f"{fused}({args}, {f['kwargs']})"
+        else:
+            ok, fused = self._cross_entropy_helpers(plan, base, rule, kernel, torch)
+            # the tests the original makes first come first; the vocabulary size is read only with labels, as there
+            test = f"self.training and {f['labels']} is not None and {ok}(self.{f['head']}, {f['hidden']}, {f['labels']}, {f['vocab']}, {f['upcast']})"
+            call = f"{fused}(self.{f['head']}, {f['hidden']}, {f['labels']}, {f['shift']})"
         indent = mod.indent(start)
-        # the tests the original makes first come first; the vocabulary size is read only with labels, as there
-        test = f"self.training and {f['labels']} is not None and {ok}(self.{f['head']}, {f['hidden']}, {f['labels']}, {f['vocab']}, {f['upcast']})"
         if f["extra"]:
             test = f"{f['extra']} and {test}"
         lo = mod.smap.line_start(start.lineno)
@@ -315,12 +328,67 @@ class CausalLMLoss(Kind):
             original += nl
         text = (f"{indent}if {test}:{nl}"
                 f"{indent}{unit}{f['logits']} = None{nl}"
-                f"{indent}{unit}{f['loss']} = {fused}(self.{f['head']}, {f['hidden']}, {f['labels']}, {f['shift']}){nl}"
+                f"{indent}{unit}{f['loss']} = {call}{nl}"
                 f"{indent}else:{nl}" + indent_lines(original, unit))
         text = ctx.fit(text, cond)
         plan.edits.append(Edit(lo, hi, text))
         plan.claimed.add((lo, hi))
         plan.lines.update(range(start.lineno, cond.end_lineno + 1))
+
+    def _cross_entropy_helpers(self, plan: Plan, base: str, rule: str, kernel: str, torch: str) -> tuple[str, str]:
+        """transformers 4.x: a default CrossEntropyLoss() on the (shifted) flattened logits and labels."""
+        unit, nl, helper = self.mod.block_unit, self.mod.nl, self.ctx.imports.dispatch_helper
+        ok = helper(base + "_ok", (
+            f"(head, h, labels, vocab, upcast):{nl}"
+            f'{unit}"""Added by `dslc apply` ({rule}, unsafe): in training with labels, whether the kernel takes the loss (on CUDA, the shapes it takes); the logits are then None."""{nl}'
+            f"{unit}return ({kernel} is not None and h.is_cuda{nl}"
+            f"{unit}        and h.dim() == 3 and labels.dim() == 2 and h.shape[:2] == labels.shape and not labels.is_floating_point(){nl}"
+            f"{unit}        and (vocab is None or vocab == head.weight.shape[0]){nl}"
+            f"{unit}        and (upcast or h.dtype == {torch}.float32 or {torch}.is_autocast_enabled())){nl}"), plan)
+        fused = helper(base, (
+            f"(head, h, labels, shift):{nl}"
+            f'{unit}"""Added by `dslc apply` ({rule}, unsafe): the next-token cross-entropy of head(h) against labels, the logits not computed."""{nl}'
+            f"{unit}if shift:  # tokens < n predict n{nl}"
+            f"{unit}{unit}h, labels = h[..., :-1, :], labels[..., 1:]{nl}"
+            f"{unit}rows = h.reshape(-1, h.shape[-1]){nl}"
+            f"{unit}target = labels.reshape(-1).to(h.device){nl}"
+            f"{unit}return {kernel}(rows, head.weight, target, head.bias, ignore_index=-100, reduction=\"mean\", label_smoothing=0.0){nl}"), plan)
+        return ok, fused
+
+    def _loss_function_helpers(self, plan: Plan, base: str, rule: str, kernel: str, torch: str) -> tuple[str, str]:
+        """transformers 5.x: `self.loss_function(...)` where it is transformers' ForCausalLMLoss, whose
+        computation (the labels padded with ignore_index and shifted, the logits upcast, a sum divided by
+        num_items_in_batch or a mean) the fused helper repeats; the other losses run the original."""
+        unit, nl, helper = self.mod.block_unit, self.mod.nl, self.ctx.imports.dispatch_helper
+        lossfn = self.ctx.imports.guarded_import("transformers.loss.loss_utils.ForCausalLMLoss", plan)
+        ok = helper(base + "_lf_ok", (
+            f"(module, head, h, labels, vocab, kwargs):{nl}"
+            f'{unit}"""Added by `dslc apply` ({rule}, unsafe): in training with labels, whether the kernel takes the loss: the model\'s loss_function is transformers\' ForCausalLMLoss (with the parameters this helper follows), the kernel runs on CUDA and takes the shapes; the logits are then None."""{nl}'
+            f"{unit}shift_labels = kwargs.get(\"shift_labels\"){nl}"
+            f"{unit}return ({kernel} is not None and {lossfn} is not None and h.is_cuda{nl}"
+            f"{unit}        and {lossfn}.__code__.co_varnames[:6] == (\"logits\", \"labels\", \"vocab_size\", \"num_items_in_batch\", \"ignore_index\", \"shift_labels\"){nl}"
+            f"{unit}        and module.loss_function is {lossfn}{nl}"
+            f"{unit}        and not set(kwargs) & {{\"logits\", \"labels\", \"vocab_size\", \"source\", \"target\"}}{nl}"
+            f"{unit}        and isinstance(kwargs.get(\"ignore_index\", -100), int){nl}"
+            f"{unit}        and h.dim() == 3 and labels.dim() == 2 and h.shape[:2] == labels.shape and not labels.is_floating_point(){nl}"
+            f"{unit}        and vocab == head.weight.shape[0]{nl}"
+            f"{unit}        and (shift_labels is None or ({torch}.is_tensor(shift_labels) and shift_labels.is_contiguous(){nl}"
+            f"{unit}                                      and shift_labels.numel() == labels.numel() and not shift_labels.is_floating_point()))){nl}"), plan)
+        fused = helper(base + "_lf", (
+            f"(head, h, labels, kwargs):{nl}"
+            f'{unit}"""Added by `dslc apply` ({rule}, unsafe): ForCausalLMLoss of head(h) against labels, the logits not computed."""{nl}'
+            f"{unit}ignore_index = kwargs.get(\"ignore_index\", -100){nl}"
+            f"{unit}num_items = kwargs.get(\"num_items_in_batch\"){nl}"
+            f"{unit}target = kwargs.get(\"shift_labels\"){nl}"
+            f"{unit}if target is None:  # tokens < n predict n; the last position predicts nothing{nl}"
+            f"{unit}{unit}target = {torch}.nn.functional.pad(labels, (0, 1), value=ignore_index)[..., 1:]{nl}"
+            f"{unit}rows = h.reshape(-1, h.shape[-1]){nl}"
+            f"{unit}loss = {kernel}(rows, head.weight, target.reshape(-1).to(h.device), head.bias, ignore_index=ignore_index,{nl}"
+            f"{unit}            reduction=\"sum\" if num_items is not None else \"mean\", label_smoothing=0.0){nl}"
+            f"{unit}if num_items is not None:{nl}"
+            f"{unit}{unit}loss = loss / (num_items.to(loss.device) if {torch}.is_tensor(num_items) else num_items){nl}"
+            f"{unit}return loss{nl}"), plan)
+        return ok, fused
 
 
 def _read(e: ast.expr) -> bool:
