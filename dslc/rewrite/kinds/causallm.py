@@ -237,22 +237,25 @@ class CausalLMLoss(Kind):
         if labelled is None:
             raise Skip(codes.S_NO_CAUSAL_LM_LOSS, f"no `if <labels> is not None:` reading `{logits}` follows the head in its block")
         between = block[i + 1:labelled]
+        cond = block[labelled]
+        labels = cond.test.left.id
         for stmt in between:
             if _assigns(stmt, logits) and ast.unparse(stmt.value) == f"{logits}.float()" and not upcast:
                 upcast = True
             elif isinstance(stmt, ast.Assign) and isinstance(stmt.value, ast.Constant) and stmt.value.value is None \
-                    and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
+                    and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name) \
+                    and stmt.targets[0].id not in (logits, hidden_root, labels):
                 continue
             else:
                 raise _form(f"line {stmt.lineno} (between the head and the loss) is not `{logits} = {logits}.float()` or `loss = None`")
-        cond = block[labelled]
-        labels = cond.test.left.id
         loss = _Loss(logits, labels, self._ce_names())
         loss.run(cond.body)
         written = _stored([start, *between])
         if written & {hidden_root, labels, "<attribute or item>"}:
             raise _form(f"the hidden states `{hidden}` or the labels `{labels}` are written between the head and the loss")
         fn = self._function(start)
+        if any(isinstance(p, (ast.For, ast.AsyncFor, ast.While)) for p, _ in self.ctx.mod.chain(start)):
+            raise _form("the head and the loss are inside a loop (a read before them may run after them)")
         after = {n.id for n in ast.walk(fn) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)
                  and (n.lineno, n.col_offset) > (cond.end_lineno, cond.end_col_offset)}
         unbound = (_stored([start, *between, cond]) - {logits, loss.loss}) & after
@@ -284,7 +287,10 @@ class CausalLMLoss(Kind):
     def _ce_names(self) -> set[str]:
         """How the file spells torch.nn.CrossEntropyLoss (its top-level imports)."""
         out = set()
+        mine = set(self.mod.classes) | set(self.mod.functions)  # a name the file defines again is not the import
         for local, qual in self.mod.imports.items():
+            if local in mine:
+                continue
             if qual == "torch.nn.CrossEntropyLoss":
                 out.add(local)
             elif qual == "torch.nn":
