@@ -1,6 +1,6 @@
 """Fused linear cross-entropy on transformers' causal LMs (issue 10, item 3).
 
-    python benchmarks/flce_causal_lm.py --src DIR [--src DIR ...] [--jobs N] [--json FILE] [--unsafe]
+    python benchmarks/flce_causal_lm.py --src DIR [--src DIR ...] [--jobs N] [--json FILE] [--unsafe | --only-unsafe]
 
 Each DIR holds an unpacked `transformers/` (tests and benchmarks cache them
 under ~/.cache/dslc/corpus: transformers-4.35.0/ and transformers-newest/<v>/).
@@ -127,9 +127,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--json", type=Path)
     ap.add_argument("--unsafe", action="store_true", help="also count the rewrites with --unsafe (logits None in training)")
+    ap.add_argument("--only-unsafe", action="store_true", help="count only the rewrites with --unsafe")
     args = ap.parse_args(argv)
     dump = {}
     for src in map(Path, args.src):
+        if args.only_unsafe:  # the safe rules' columns skipped (they rewrite none of these classes)
+            after, seconds, errors, classes = run(src, args.jobs, UNSAFE, unsafe=True)
+            n_unsafe = sum(v == "applied" for v in after.values())
+            print(f"{src}: {len(after)} *ForCausalLM classes; with --unsafe: {n_unsafe} rewritten ({seconds:.0f} s, {errors} errors)")
+            for reason, count in collections.Counter(v for v in after.values() if v != "applied").most_common():
+                example = sorted(c for (_, c), v in after.items() if v == reason)[:3]
+                print(f"  {count:4d}  {reason}  (e.g. {', '.join(example)})")
+            dump[str(src)] = {"classes": len(after), "unsafe": n_unsafe,
+                              "unsafe_applied": sorted(c for (_, c), v in after.items() if v == "applied")}
+            continue
         before, _, _, _ = run(src, args.jobs, BEFORE)
         after, seconds, errors, classes = run(src, args.jobs, AFTER)
         n_before = sum(v == "applied" for v in before.values())

@@ -6,7 +6,8 @@ Rewritten by liger:fused_linear_cross_entropy_causal_lm (unsafe):
 * `SplitHeadLM`: the head in the `else` of a config test, `logits.float()`,
   the shift spread over statements, a `CrossEntropyLoss()` built in forward,
   `view(-1, self.vocab_size)`, a device move; returns an output dict;
-* `AlignedLM`: labels already aligned (no shift), the head on `outputs[0]`,
+* `AlignedLM`: labels already aligned (no shift), the head on `outputs[0]`
+  (its output made contiguous),
   `labels.to(logits.device)` first, the loss in one call; returns a tuple;
 * `CastLM`: `self.head(h).to(torch.float32)` and the shift inside the call;
 * `KwargsLM`: transformers 5.x' `self.loss_function(logits=logits,
@@ -76,7 +77,7 @@ class AlignedLM(nn.Module):
 
     def forward(self, idx, labels=None):
         outputs = self.body(idx)
-        logits = self.out(outputs[0])
+        logits = self.out(outputs[0]).contiguous()
         loss = None
         if labels is not None:
             labels = labels.to(logits.device)

@@ -219,6 +219,9 @@ class CausalLMLoss(Kind):
             node = mod.parent[id(node)][0]
         v = head_stmt.value if isinstance(head_stmt, ast.Assign) else None
         upcast = False
+        if isinstance(v, ast.Call) and isinstance(v.func, ast.Attribute) and v.func.attr == "contiguous" \
+                and not v.args and not v.keywords:
+            v = v.func.value  # `self.lm_head(outputs[0]).contiguous()` (OPT): the same values
         if isinstance(v, ast.Call) and isinstance(v.func, ast.Attribute) and not v.keywords and (
                 (v.func.attr == "float" and not v.args)
                 or (v.func.attr == "to" and len(v.args) == 1 and ast.unparse(v.args[0]) in ("torch.float32", "torch.float"))):
@@ -398,9 +401,12 @@ class CausalLMLoss(Kind):
 
 
 def _read(e: ast.expr) -> bool:
-    """A name, an attribute of one, or an item at a constant of one (`outputs[0]`): read twice, same value."""
+    """A name, an attribute of one, or an item of one at constants, names and slices of them
+    (`outputs[0]`, `hidden_states[:, slice_indices, :]`): no call, so reading it twice gives the same value."""
     while isinstance(e, (ast.Attribute, ast.Subscript)):
-        if isinstance(e, ast.Subscript) and not isinstance(e.slice, ast.Constant):
+        if isinstance(e, ast.Subscript) and not all(
+                isinstance(n, (ast.Name, ast.Constant, ast.Slice, ast.Tuple, ast.UnaryOp, ast.unaryop, ast.Load))
+                for n in ast.walk(e.slice)):
             return False
         e = e.value
     return isinstance(e, ast.Name)
