@@ -246,7 +246,7 @@ KWARGS_PATH = KERNEL_PRELUDE + CAUSAL_LOSS + textwrap.dedent("""
         "num_items": ({"num_items_in_batch": torch.tensor(13)}, ForCausalLMLoss),
         "shift_labels": ({"shift_labels": torch.roll(other, -1, 1).contiguous(), "ignore_index": -1}, ForCausalLMLoss),
         "other keys": ({"output_attentions": False}, ForCausalLMLoss),
-        "another loss": ({}, lambda **k: ForCausalLMLoss(**k) * 2.0),
+        "another loss": ({}, lambda *a, **k: ForCausalLMLoss(*a, **k) * 2.0),
     }
     out = {}
     for name, (kw, loss_fn) in cases.items():

@@ -10,8 +10,8 @@ Rewritten by liger:fused_linear_cross_entropy_causal_lm (unsafe):
   (its output made contiguous),
   `labels.to(logits.device)` first, the loss in one call; returns a tuple;
 * `CastLM`: `self.head(h).to(torch.float32)` and the shift inside the call;
-* `KwargsLM`: transformers 5.x' `self.loss_function(logits=logits,
-  labels=labels, vocab_size=..., **kwargs)` (the loss chosen at run time:
+* `KwargsLM`: transformers 5.x' `self.loss_function(logits, labels,
+  vocab_size=..., **kwargs)` (the loss chosen at run time:
   `LOSS`, which the tests set).
 
 Refused with the reason (S421):
@@ -126,7 +126,7 @@ class KwargsLM(nn.Module):
 
         loss = None
         if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.vocab, **kwargs)
+            loss = self.loss_function(logits, labels, vocab_size=self.vocab, **kwargs)
 
         return {"loss": loss, "logits": logits}
 

@@ -172,12 +172,18 @@ class _Loss:
         raise _form(f"`{ast.unparse(e)}` is not a value the rewrite follows")
 
     def _loss_function(self, e: ast.Call) -> tuple:
-        """transformers 5.x: `self.loss_function(logits=.., labels=.., vocab_size=.., **kwargs)`."""
+        """transformers 5.x: `self.loss_function(logits=.., labels=.., vocab_size=.., **kwargs)`, the three
+        also by position."""
         named = {k.arg: k.value for k in e.keywords if k.arg is not None}
         rest = [k.value for k in e.keywords if k.arg is None]
         if self.loss is not None or self.form:
             raise _form("the loss is computed twice")
-        if e.args or set(named) != {"logits", "labels", "vocab_size"} or len(rest) > 1 \
+        # positional arguments in ForCausalLMLoss' order (the helper checks its parameter names at run time)
+        positional = dict(zip(("logits", "labels", "vocab_size"), e.args))
+        if len(e.args) > 3 or any(isinstance(a, ast.Starred) for a in e.args) or set(positional) & set(named):
+            raise _form(f"`{ast.unparse(e)}` is not `self.loss_function(logits, labels, vocab_size[, **kwargs])`")
+        named.update(positional)
+        if set(named) != {"logits", "labels", "vocab_size"} or len(rest) > 1 \
                 or (rest and not isinstance(rest[0], ast.Name)):
             raise _form(f"`{ast.unparse(e)}` is not `self.loss_function(logits=.., labels=.., vocab_size=..[, **kwargs])`")
         if self.value(named["logits"]) != ("logits", False, False) or self.value(named["labels"]) != ("labels", False, False) \
