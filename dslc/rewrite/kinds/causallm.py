@@ -41,7 +41,9 @@ without liger-kernel included, the original statements run.
 The rule's pattern is the head call alone (`$head($h) -> $logits`); this
 kind reads the rest from the source, and takes only what it can follow:
 
-* the head: `<logits> = self.<head>(<name>)`, possibly the one statement of
+* the head: `<logits> = self.<head>(<h>)` (`<h>` a name, an attribute, an
+  item at names, constants and slices; the call possibly followed by
+  `.contiguous()`, `.float()` or `.to(torch.float32)`), possibly the one statement of
   a branch of an `if T:` whose test reads names and attributes only (Llama
   4.35's `pretraining_tp`; the guard adds `T` or `not (T)`), then
   optionally `<logits> = <logits>.float()` and `loss = None`, nothing else;
@@ -51,7 +53,13 @@ kind reads the rest from the source, and takes only what it can follow:
   `<vocab>` checked against the head's rows at run time), `.view(-1)`,
   `.to(<x>.device)` on the labels, a default `CrossEntropyLoss()` built
   there (ignore_index -100, mean, no smoothing, no class weight) and its
-  call on the shifted, flattened logits and labels, once.
+  call on the flattened logits and labels, both shifted or neither, once;
+  or transformers 5.x' `loss = self.loss_function(logits, labels,
+  vocab_size[, **kwargs])` (by position or keyword), where at run time the
+  model's loss is transformers' `ForCausalLMLoss` (its parameter names
+  checked): the helper repeats its padding shift (or takes the caller's
+  `shift_labels`), `ignore_index` and its `num_items_in_batch` sum and
+  division.
 
 Every name those statements write, but the logits and the loss, must not
 be read after them (it would be unbound in the fused branch: S421), nor
