@@ -430,6 +430,40 @@ def causal_rules() -> list[str]:
                             for t in CAUSAL_TRANSPOSES for scale in CAUSAL_SCALE for drop in DROPOUT]
 
 
+# ---------------------------------------------------------------------------
+# The causal `where` block with the cast back spelled `.type(dt)` (GPT-2's
+# `attn_weights = attn_weights.type(value.dtype)`): `Tensor.type(dtype)`
+# is `Tensor.to(dtype)` (no copy where the dtype is already dt), so each rule
+# is the causal block's with `.type` in the source and in the target's cast
+# back.  (`torch.where(c, s.to(s.dtype), mv)`: the analysis reads `s.to(s.dtype)`
+# as `s`, the tensor itself.)  A flag-guarded step of the chain (`if
+# self.scale_attn_weights: s = s / d`, `if not self.is_cross_attention:
+# <causal where>`) is matched where the flag selects it; the per-call guard
+# runs the original where it does not (dslc/rewrite/kinds/keepflat.py).
+CAST_TYPE_NOTE = """\
+# ---- causal attention by torch.where, softmax cast back by `.type(dt)` (GPT-2's kind) ----
+# As the block above, the cast back spelled `p.type(dt)` (the same cast as
+# `p.to(dt)`), kept so in the target.  Steps under a flag (`if
+# self.scale_attn_weights:`, `if not self.is_cross_attention:`) are matched
+# where the flag selects them; the per-call guard runs the original where it
+# does not."""
+
+
+def cast_type_rule(qk: str, t: tuple[int, int], scale: str, drop: str) -> str:
+    """One rule of the `.type` block: the causal rule with the cast spelled `.type`."""
+    text = causal_rule(qk, t, scale, drop)
+    text = text.replace("_causal_add_softmaxto_", "_causal_add_softmaxtype_", 1)
+    text = text.replace("softmax cast back,", "softmax cast back by .type,", 1)
+    text = text.replace("torch.Tensor.to($p32, $dt) -> $p;", "torch.Tensor.type($p32, $dt) -> $p;", 1)
+    text = text.replace("torch.Tensor.to($p, $dt) -> $out;", "torch.Tensor.type($p, $dt) -> $out;", 1)
+    return text
+
+
+def cast_type_rules() -> list[str]:
+    return [CAST_TYPE_NOTE] + [cast_type_rule(qk, t, scale, drop) for qk in ("matmul", "at")
+                               for t in CAUSAL_TRANSPOSES for scale in CAUSAL_SCALE for drop in DROPOUT]
+
+
 def generate() -> str:
     out = [HEADER]
     for qk, (transposes, _, _) in QK.items():
@@ -441,6 +475,7 @@ def generate() -> str:
                             out.append(rule(qk, t, scale, mask, sm, drop))
     out += t5_rules()
     out += causal_rules()
+    out += cast_type_rules()
     out.append(TOLERANCE_NOTE)
     return "\n\n".join(out) + "\n"
 

@@ -64,7 +64,7 @@ def metadata_with_probe(match: ir.Match, flow, base, used: list):
     def ok(path, pos, q, name) -> bool:
         if base is not None and base(path, pos, q, name):
             return True
-        if safety.node_key(path.nodes[pos]) != key:
+        if safety.node_key(path.nodes[pos]) != key and not _same_metadata_scale(match, k, path, pos):
             return False
         needs = flow.metadata_reads(path, q, name)
         if needs is None or not needs <= {"dtype", "device"}:
@@ -100,3 +100,32 @@ def probe_line(mod, match: ir.Match, stmt: ast.stmt) -> str:
                    f"is not `torch.matmul(a, b)`, `torch.bmm(a, b)` or `a @ b`")
     comment = "  # dslc: only its dtype and device are read (empty operands: no arithmetic)"
     return f"{mod.indent(stmt)}{target.id} = {expr}{comment}{mod.nl}"
+
+
+def _same_metadata_scale(match: ir.Match, k: int, path, pos: int) -> bool:
+    """The node at `pos` is the matched node right after the probed product,
+    `s = s / d` or `s = s * d` rebinding the product's own name, with `d` a
+    number or a 0-d tensor of the product's dtype (`torch.full([], x,
+    dtype=s.dtype, ...)`, GPT-2's scale): the result has the product's dtype
+    and device, and where its statement is deleted the name still holds the
+    probed product, so a read of its dtype or device reads the same."""
+    if k + 1 >= len(match.nodes) or safety.node_key(path.nodes[pos]) != safety.node_key(match.nodes[k + 1]):
+        return False
+    node, product = path.nodes[pos], match.nodes[k]
+    if node.kind != "op" or node.op not in ("/", "*") or len(node.inputs) != 2 or len(product.outputs) != 1:
+        return False
+    name = product.outputs[0]
+    left, right = node.inputs
+    if node.outputs != (name,) or left.kind != "name" or left.text != name:
+        return False
+    if right.kind == "const":
+        return isinstance(right.const, (int, float)) and not isinstance(right.const, bool)
+    if right.kind != "name":
+        return False
+    full = next((n for n in reversed(path.nodes[:pos]) if right.text in n.outputs), None)
+    if full is None or full.kind != "call" or full.type != "torch.full" or not full.inputs:
+        return False
+    kwargs = dict(full.kwargs)
+    dtype = kwargs.get("dtype")
+    return (full.inputs[0].text in ("[]", "()") and dtype is not None and dtype.text == f"{name}.dtype"
+            and set(kwargs) <= {"dtype", "device"})
