@@ -174,8 +174,9 @@ def _nested(f) -> tuple | None:
     base = f.nodes[-1].stmt.blocks if k != len(f.nodes) - 1 else None
     # the others in the final node's block, or one `if` deeper (a step under
     # a flag, flattened by the per-call guard: dslc/rewrite/kinds/keepflat.py)
-    if base is None or any(b != base and (len(b) != len(base) + 1 or b[: len(base)] != base
-                                          or b[-1][1] != "body") for b in blocks):
+    deeper = [b for b in blocks if b != base]
+    if base is None or (deeper and not f.rule.rule.keep) or any(
+            len(b) != len(base) + 1 or b[: len(base)] != base or b[-1][1] != "body" for b in deeper):
         return None
     inner = f.nodes[k].stmt.blocks
     if len(inner) != len(base) + 1 or inner[: len(base)] != base:

@@ -230,10 +230,16 @@ class KeepGuard(Planner):
         """`if <cond>: <original> else: <rewritten>` in place of the region."""
         final = groups[-1][2]
         cond = region.condition()
+        callee = final_text.split("(", 1)[0].strip()
         for parent, fname in self.mod.chain(final):
             if isinstance(parent, ast.If) and fname == "body" and ast.unparse(parent.test) == cond:
                 raise Skip(codes.S_GENERATED, f"inside the original branch of the per-call guard `if {cond}:` "
                            f"(line {parent.lineno})")
+            # a guard of an earlier run on other flags (kinds/keepflat.py): its `else` calls the kernel
+            if (isinstance(parent, ast.If) and fname == "body" and callee and parent.orelse
+                    and callee + "(" in "\n".join(ast.unparse(x) for x in parent.orelse)):
+                raise Skip(codes.S_GENERATED, f"inside the original branch of the per-call guard "
+                           f"`if {ast.unparse(parent.test)}:` (line {parent.lineno}), whose `else` calls the kernel")
         smap = self.mod.smap
         for stmt in region.body:
             self.mod.stmt_range(stmt)  # alone on its lines (S_MULTI_STMT)
