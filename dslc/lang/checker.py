@@ -273,7 +273,7 @@ class _ClassAsSection:
 # The tensor methods the analysis records as `torch.Tensor.<m>` call nodes
 # (analysis/exprs.py TENSOR_METHODS; a copy, so that `dslc check` does not
 # import the analysis; tests/test_sdpa_checker.py keeps them equal).
-TENSOR_METHODS = frozenset({"transpose", "masked_fill", "softmax", "matmul", "bmm", "to", "float", "type_as"})
+TENSOR_METHODS = frozenset({"transpose", "masked_fill", "softmax", "matmul", "bmm", "to", "float", "type_as", "type"})
 
 
 def _allowed(rule: S.Rule, diags: list[Diagnostic]) -> list[Diagnostic]:
