@@ -30,6 +30,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+# The checkout's dslc, not an installed one: sys.path[0] is benchmarks/ when
+# this script runs, and an installed (or editable) dslc of another tree would
+# otherwise be what gets measured.
+sys.path.insert(0, str(REPO))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,10 +82,15 @@ def main(argv: list[str] | None = None) -> int:
             detail = r.reason or ""
             if r.status == "pass":
                 detail = f"via {r.via}" if r.via else ""
+                if r.bf16_ref_ratio is not None:
+                    detail += f"; bf16 error vs fp32 {r.bf16_ref_ratio:.2f} of bound"
+                elif r.bf16_max_abs is not None:
+                    detail += f"; bf16 max abs {r.bf16_max_abs:.3g}"
                 if r.reference_kernels:
                     detail += f" [reference kernel: {', '.join(r.reference_kernels)}]"
             rows.append({"model": f.parent.name, "class": r.name, "rules": applied, "status": r.status,
-                         "max_abs": r.max_abs if r.status != "skipped" else None, "detail": detail.strip()})
+                         "max_abs": r.max_abs if r.status != "skipped" else None, "detail": detail.strip("; "),
+                         "via": r.via, "bf16_max_abs": r.bf16_max_abs, "bf16_ref_ratio": r.bf16_ref_ratio})
     seconds = time.perf_counter() - t0
 
     print(f"{'model':<22} {'class':<42} {'status':<8} {'max abs':>9}  detail")
