@@ -73,7 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         if result is None or not result.changed:
             continue
         applied = sorted({m.rule.split(":")[1] for m in result.matches if m.status == "applied"})
-        verdict = verify_sources(result.original, result.new_source, path=str(f), rules=tuple(loaded.packs))
+        # the rules that rewrote each class give its tolerance, as `apply --verify` passes them
+        pairs = tuple(dict.fromkeys((m.rule, m.class_name) for m in result.matches if m.status == "applied"))
+        verdict = verify_sources(result.original, result.new_source, path=str(f), rules=tuple(loaded.packs),
+                                 applied=pairs)
         if verdict.error:
             rows.append({"model": f.parent.name, "class": "-", "rules": applied, "status": "fail",
                          "max_abs": None, "detail": verdict.error})
