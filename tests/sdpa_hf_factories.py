@@ -84,3 +84,15 @@ def bart_cross(cls):
     m = cls(embed_dim=32, num_heads=4, is_decoder=True)
     return m, {"hidden_states": _g(B, T, 32), "key_value_states": _g(B, S, 32),
                "attention_mask": _padding_mask(T, S)}
+
+
+# class name -> the factories above that build it (benchmarks/verify_corpus.py
+# --factories reads this to check the classes its tiny configs skip)
+BY_CLASS = {
+    "DetrAttention": ("detr_self", "detr_cross"),
+    "TableTransformerAttention": ("detr_self", "detr_cross"),
+    "ConditionalDetrAttention": ("conditional", "conditional_self"),
+    "XCLIPCrossAttention": ("xclip_cross",),
+    "TimeSeriesTransformerAttention": ("bart_self", "bart_causal", "bart_cross"),
+    "GPTSanJapaneseAttention": ("bart_self", "bart_causal", "bart_cross"),
+}

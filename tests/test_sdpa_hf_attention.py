@@ -92,3 +92,19 @@ def test_rewritten_attention_is_equivalent(model, cls, factory):
     assert res.status == "pass", verify.render(report)
     assert res.modes == ("eval", "eval x0.01", "eval 2x+1", "eval bf16"), res.modes
     assert res.tolerance.rules and all(r.startswith("sdpa:") for r in res.tolerance.rules)
+
+
+@pytest.mark.parametrize("model,cls,factory", [("conditional_detr", "ConditionalDetrAttention", "conditional"),
+                                               ("x_clip", "XCLIPCrossAttention", "xclip_cross")])
+def test_the_factory_check_fails_a_wrong_rewrite(model, cls, factory):
+    """The same check on the rewrite with its queries halved inside the
+    SDPA call (a scale off by 2) fails: the factories' inputs reach the
+    kernel."""
+    from dslc.verify import equivalence as verify
+    path, original, new, pairs = _rewritten(model)
+    wrong = new.replace("scaled_dot_product_attention(", "scaled_dot_product_attention(0.5 * ")
+    assert wrong != new
+    report = verify.verify_sources(original, wrong, path=path, rules=_packs(), applied=pairs, classes=[cls],
+                                   factory=f"{FACTORIES}:{factory}", device="cpu")
+    (res,) = report.results
+    assert res.status == "fail" and res.mismatch.where.startswith("eval output"), verify.render(report)
