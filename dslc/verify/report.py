@@ -117,8 +117,10 @@ class ClassResult:
 def _ratio_text(r: ClassResult) -> str:
     if r.bf16_ref_ratio is None:
         return ""
-    return (f"; error against float32 at most {r.bf16_ref_ratio:.2f} of its bound, 2 x the bf16 "
-            f"original's + 2^-8 x max")
+    if not r.bf16_ref_ratio:
+        return "; inside the model, every tensor within the layer contract"
+    return (f"; inside the model, tensors beyond the layer contract: error against float32 at most "
+            f"{r.bf16_ref_ratio:.2f} of its bound, 2 x the bf16 original's + 2^-8 x max")
 
 
 @dataclass(frozen=True, slots=True)
