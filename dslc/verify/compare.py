@@ -314,14 +314,13 @@ def _compare_bf16_whole(m0: Any, m1: Any, cast: dict[str, Any], seed: int, torch
     the rewrite is the more accurate of the two.  A tensor within the
     contract passes; beyond it, what must hold is that the rewrite loses
     no more precision than the original does: the tensor's largest error
-    against the float32 original (the original
-    with the same bf16-rounded weights, run in float32 on the same
-    bf16-rounded inputs: `m0`, in bf16, taken back to float32 for that
-    run; no copy, a model can hold tensors deepcopy refuses) may be at
-    most twice the bf16 original's, plus
-    bf16's unit roundoff (2^-8) times the tensor's largest magnitude (the
-    criterion of the FlashAttention tests, made relative to the tensor's
-    scale).
+    against the float32 original may be at most twice the bf16 original's,
+    plus bf16's unit roundoff (2^-8) times the tensor's largest magnitude
+    (the criterion of the FlashAttention tests, made relative to the
+    tensor's scale).  The float32 original is the original with the same
+    bf16-rounded weights, run in float32 on the same bf16-rounded inputs:
+    `m0` itself taken back to float32 for that run (not a copy: a model
+    can hold tensors deepcopy refuses).
     """
     mode = "eval bf16"
     wide = {k: (v.to(torch.float32) if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
