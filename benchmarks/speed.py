@@ -193,7 +193,8 @@ def run_cli(path: str, rules: list[str], near_misses: bool, timeout: float | Non
         return {"error": f"exit {proc.returncode}: {stderr.strip()[-200:]}"}
     found = rep.get("matches", [])
     return {"cpu": usage.ru_utime + usage.ru_stime, "wall": wall, "peak_mb": round(usage.ru_maxrss / 1024, 1),
-            "applied": sum(1 for m in found if m.get("status") == "applied"), "found": len(found), "errors": len(rep.get("errors", ())),
+            "applied": sum(1 for m in found if m.get("status") == "applied"), "found": len(found),
+            "errors": len(rep.get("errors", ())),
             "budget_warnings": sorted({w.get("message", "").split(":")[0] for w in rep.get("warnings", ())
                                        if w.get("message", "").split(":")[0].endswith("-budget")})}
 
