@@ -225,6 +225,13 @@ UNRECORDED_METHOD = _code("ADR210", "warning", "tensor method the analysis does 
     method stays inside an opaque statement, so this node can never match.
     Use the function form (`torch.transpose($x, ...)`) or one of those
     methods.""")
+BAD_DOTTED = _code("ADR211", "error", "a constraint's dotted constant cannot be decided", """
+    A `where` constraint may list dotted constants (`where $_f32 in
+    (torch.float32, torch.float)`): the bound value must be spelled as one
+    of them (its canonical source text), so a dotted constant needs a dot
+    (`torch.float32`, not `float32`, which could be any local name), and
+    only `==` and `in` take one: with `!=` or `not in`, another spelling
+    of the same value (an alias, an import) would pass.""")
 
 # -- ADR3xx: requires and versions -------------------------------------------
 BAD_VERSION = _code("ADR301", "error", "malformed version range", """
