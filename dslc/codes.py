@@ -642,7 +642,10 @@ S_INIT_ALTERNATIVE = _code("S216", "skip", "a matched layer may be bound to some
     `__init__`), unless the rule has `when` (the `else` branch keeps the
     original). A removed layer bound to `None` or `nn.Identity()` elsewhere
     is not refused here: it is rewritten under its init guard, or refused
-    with S318.""")
+    with S318. A layer the rule keeps (init target `_`) and whose attributes
+    the new forward reads is refused too where a subclass binds its
+    attribute to another kind of object (`self.norm = nn.Identity()` after
+    `super().__init__()`): the subclass inherits the rewritten forward.""")
 S_CLASS_DISPATCH = _code("S315", "skip", "the class dispatch cannot be written", """
     A class item matched, but the dispatch at the top of `forward` cannot be
     placed or written: the body shares the line of the `def` or of the
