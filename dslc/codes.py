@@ -415,6 +415,16 @@ W_OUTSIDE_SCRIPT = _code("W111", "warning", "a script of the package reaches a r
     The warning names the script's line; update the script for the
     rewritten layer (its checkpoint keys are in the rule's `params`) or
     leave the class out (`--ignore`, or a `# dslc: ignore` comment).""")
+W_TREE_WALK = _code("W112", "warning", "a module tree is walked by computed names", """
+    A function of the file or of a sibling module walks a model by names
+    it computes (`pointer = getattr(pointer, scope_names[0])` in
+    transformers' `load_tf_weights_in_*`), which the outside-use check
+    (S220) cannot read. A checkpoint that names a layer the rewrite
+    replaces or removes then fails to load (an AttributeError, or the
+    loader skips that weight). The rewrite is kept (refusing would drop
+    every such package's rewrites for a loader few use); load such
+    checkpoints into the original model and save its state dict, which the
+    rewritten model loads (the rule's `params`).""")
 I_VERIFIED = _code("I110", "note", "verification of a class passed", """
     With `--verify`, a rewritten class produced the same outputs as the
     original within the rule's tolerance; the note gives the largest absolute

@@ -24,7 +24,7 @@ import time
 
 from dslc import codes
 from dslc.match import ir
-from dslc.rewrite import holders, outside, safety
+from dslc.rewrite import holders, outside, safety, walkers
 from dslc.rewrite.astutil import dotted_tail
 from dslc.rewrite.plan import Skip
 from dslc.rewrite.rules import forward_unchanged
@@ -244,7 +244,21 @@ class FlowChecks:
                 found.append((line, codes.W_OUTSIDE_SCRIPT, f"{cls.name}: {message}"))
         if notes is not None:
             notes.extend(found)
+            if not interface_kept:
+                notes.extend((line, codes.W_TREE_WALK, f"{cls.name}: {message}") for message in self._walks(changed))
         return None
+
+    def _walks(self, changed: dict[str, str]) -> list[str]:
+        """W112: computed-name walks of a module tree in this file and its
+        siblings (`dslc.rewrite.walkers`), one message per file."""
+        if "walks" not in self._outside_cache:
+            here = walkers.walks(self.mod.tree) if walkers.GATE.search(self.mod.source) else ()
+            self._outside_cache["walks"] = here
+        found = [(os.path.basename(self.path), w) for w in self._outside_cache["walks"][:1]]
+        for path in _sibling_paths(getattr(self.facts, "path", None) or self.path):
+            there = _SIBLINGS.derived(path, ("walks",), walkers.GATE, walkers.walks, ())
+            found += [(os.path.basename(path), w) for w in there[:1]]
+        return [walkers.describe(w, name, changed) for name, w in found]
 
 
 def _holders_proof(self: FlowChecks, cls_name: str):
