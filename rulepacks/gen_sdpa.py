@@ -149,9 +149,10 @@ SOFTMAX = {
 # The upcast softmax computes the probabilities in float32, as SDPA does in
 # a float32 model: only the spellings of float32 qualify (`dtype=
 # torch.bfloat16` rounds them, a variable is not known statically: refused,
-# S102).  The cast back `.to($_dt)` needs no constraint: `p @ v` takes
-# equal dtypes, so a $_dt other than v's makes the original raise.
-UPCAST_WHERE = "  where $_f32 in (torch.float32, torch.float)"
+# S102); no dtype (None: the softmax in the scores' dtype, then `.to()`)
+# qualifies too.  The cast back `.to($_dt)` needs no constraint: `p @ v`
+# takes equal dtypes, so a $_dt other than v's makes the original raise.
+UPCAST_WHERE = "  where $_f32 in (torch.float32, torch.float, None)"
 DROPOUT = {
     "drop": ("$drop($p) -> $pd", "$drop.p * $drop.training"),
     "fdrop": ("torch.nn.functional.dropout($p, p=$dp, training=$tr) -> $pd", "$dp * $tr"),
