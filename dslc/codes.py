@@ -689,6 +689,17 @@ S_GENERATED = _code("S407", "skip", "inside code that dslc generated", """
     fallback, or the original branch of a per-call `keep` guard. That code
     stays as it is and is no location: the match is left out of the report
     (not found, not skipped), so a second apply reports nothing new.""")
+S_NO_CAUSAL_LM_LOSS = _code("S420", "skip", "no causal-LM loss follows the head", """
+    A rule with `option causal_lm` matched a head call that no labelled
+    loss follows (`if <labels> is not None:` in the head's block): the call
+    is no candidate, and the match is left out of the report (not found,
+    not skipped), as any Linear call of the model would otherwise be.""")
+S_CAUSAL_LM_FORM = _code("S421", "skip", "the causal-LM loss is not a form the rewrite follows", """
+    A rule with `option causal_lm` (dslc/rewrite/kinds/causallm.py) found
+    the head and a labelled loss after it, but a statement between them or
+    in the loss is not one the rewrite follows (the next-token shift, the
+    flattening, a default CrossEntropyLoss() and its one call), or a value
+    written there is read after the loss. The message names the statement.""")
 S_UNCLASSIFIED = _code("S499", "skip", "skipped (no code given)", """
     A skip reason produced without a code (code that predates the registry).
     Every reason dslc itself gives has a code; this one marks a gap to fill.""")

@@ -72,6 +72,9 @@ OPTIONS: dict[str, tuple] = {
     # (docs/adr-language.md, "Size checks of a removed value: `option shape`").
     "shape": (lambda v: _parse_shape(v) is not None, 'a variable and an expression, e.g. '
               '"$s0 = $q.shape[:-1] + $k.shape[-2:-1]"'),
+    # True: the head call starts a causal LM's labelled loss, which the rewrite
+    # reads from the source (dslc/rewrite/kinds/causallm.py; rules declared unsafe).
+    "causal_lm": (lambda v: isinstance(v, bool), "True or False"),
     "inner": (lambda v: parse_inner(v) is not None,
               'a comma-separated list of variables with accessors, e.g. "$conv[0]"'),
 }
@@ -270,7 +273,7 @@ class _ClassAsSection:
 # The tensor methods the analysis records as `torch.Tensor.<m>` call nodes
 # (analysis/exprs.py TENSOR_METHODS; a copy, so that `dslc check` does not
 # import the analysis; tests/test_sdpa_checker.py keeps them equal).
-TENSOR_METHODS = frozenset({"transpose", "masked_fill", "softmax", "matmul", "bmm", "to", "float", "type_as"})
+TENSOR_METHODS = frozenset({"transpose", "masked_fill", "softmax", "matmul", "bmm", "to", "float", "type_as", "type"})
 
 
 def _allowed(rule: S.Rule, diags: list[Diagnostic]) -> list[Diagnostic]:

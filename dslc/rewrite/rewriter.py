@@ -209,7 +209,7 @@ def _rewrite(source: str, facts, matches, path: str, *, check_each: bool) -> Rew
                 if err is not None:
                     raise Skip(codes.S_NO_PARSE, f"the rewrite would not parse ({err})")
         except Skip as exc:
-            if codes.code_of(exc.reason) == codes.S_GENERATED:
+            if codes.code_of(exc.reason) in (codes.S_GENERATED, codes.S_NO_CAUSAL_LM_LOSS):
                 continue  # dslc's own fallback code is no location: a second apply reports nothing new
             outcomes[index] = Outcome(match, "skipped", exc.reason, tuple(match.lines))
             continue
