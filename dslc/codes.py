@@ -225,6 +225,13 @@ UNRECORDED_METHOD = _code("ADR210", "warning", "tensor method the analysis does 
     method stays inside an opaque statement, so this node can never match.
     Use the function form (`torch.transpose($x, ...)`) or one of those
     methods.""")
+BAD_DOTTED = _code("ADR211", "error", "a constraint's dotted constant cannot be decided", """
+    A `where` constraint may list dotted constants (`where $_f32 in
+    (torch.float32, torch.float)`): the bound value must be spelled as one
+    of them (its canonical source text), so a dotted constant needs a dot
+    (`torch.float32`, not `float32`, which could be any local name), and
+    only `==` and `in` take one: with `!=` or `not in`, another spelling
+    of the same value (an alias, an import) would pass.""")
 
 # -- ADR3xx: requires and versions -------------------------------------------
 BAD_VERSION = _code("ADR301", "error", "malformed version range", """
@@ -408,6 +415,16 @@ W_OUTSIDE_SCRIPT = _code("W111", "warning", "a script of the package reaches a r
     The warning names the script's line; update the script for the
     rewritten layer (its checkpoint keys are in the rule's `params`) or
     leave the class out (`--ignore`, or a `# dslc: ignore` comment).""")
+W_TREE_WALK = _code("W112", "warning", "a module tree is walked by computed names", """
+    A function of the file or of a sibling module walks a model by names
+    it computes (`pointer = getattr(pointer, scope_names[0])` in
+    transformers' `load_tf_weights_in_*`), which the outside-use check
+    (S220) cannot read. A checkpoint that names a layer the rewrite
+    replaces or removes then fails to load (an AttributeError, or the
+    loader skips that weight). The rewrite is kept (refusing would drop
+    every such package's rewrites for a loader few use); load such
+    checkpoints into the original model and save its state dict, which the
+    rewritten model loads (the rule's `params`).""")
 I_VERIFIED = _code("I110", "note", "verification of a class passed", """
     With `--verify`, a rewritten class produced the same outputs as the
     original within the rule's tolerance; the note gives the largest absolute
@@ -635,7 +652,10 @@ S_INIT_ALTERNATIVE = _code("S216", "skip", "a matched layer may be bound to some
     `__init__`), unless the rule has `when` (the `else` branch keeps the
     original). A removed layer bound to `None` or `nn.Identity()` elsewhere
     is not refused here: it is rewritten under its init guard, or refused
-    with S318.""")
+    with S318. A layer the rule keeps (init target `_`) and whose attributes
+    the new forward reads is refused too where a subclass binds its
+    attribute to another kind of object (`self.norm = nn.Identity()` after
+    `super().__init__()`): the subclass inherits the rewritten forward.""")
 S_CLASS_DISPATCH = _code("S315", "skip", "the class dispatch cannot be written", """
     A class item matched, but the dispatch at the top of `forward` cannot be
     placed or written: the body shares the line of the `def` or of the

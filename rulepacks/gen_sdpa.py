@@ -146,6 +146,13 @@ SOFTMAX = {
     "tsoftmax": ["torch.Tensor.softmax($s2, dim=-1) -> $p"],
     "upcast": ["torch.nn.functional.softmax($s2, dim=-1, dtype=$_f32) -> $p32", "torch.Tensor.to($p32, $_dt) -> $p"],
 }
+# The upcast softmax computes the probabilities in float32, as SDPA does in
+# a float32 model: only the spellings of float32 qualify (`dtype=
+# torch.bfloat16` rounds them, a variable is not known statically: refused,
+# S102); no dtype (None: the softmax in the scores' dtype, then `.to()`)
+# qualifies too.  The cast back `.to($_dt)` needs no constraint: `p @ v`
+# takes equal dtypes, so a $_dt other than v's makes the original raise.
+UPCAST_WHERE = "  where $_f32 in (torch.float32, torch.float, None)"
 DROPOUT = {
     "drop": ("$drop($p) -> $pd", "$drop.p * $drop.training"),
     "fdrop": ("torch.nn.functional.dropout($p, p=$dp, training=$tr) -> $pd", "$dp * $tr"),
@@ -215,6 +222,8 @@ def rule(qk: str, t: tuple[int, int] | None, scale: str, mask: str, sm: str, dro
     lines += bmm_shape_option(qk)
     if qk == "einsum":
         lines.append(_where_einsum())
+    if sm == "upcast":
+        lines.append(UPCAST_WHERE)
     lines.append("}")
     return "\n".join(lines)
 

@@ -1042,6 +1042,8 @@ def _check_where(rule: ir.Rule, env: dict[str, _B]) -> str | None | Fail:
         b = env.get(c.var.name)
         if b is None or b.kind == "absent":
             return f"where {c.var} {c.op} ...: {c.var} has no value at this location"
+        if c.spelled_as(b.kind, b.text):
+            continue  # `where $_f32 in (torch.float32, ...)`: a listed spelling
         if b.kind != "const":
             return f"where {c.var} {c.op} {_vals(c)}: {c.var} is {b.text}, not a static value"
         hit = any(_const_eq(b.value, v) for v in c.values)
@@ -1051,7 +1053,8 @@ def _check_where(rule: ir.Rule, env: dict[str, _B]) -> str | None | Fail:
 
 
 def _vals(c: ir.Constraint) -> str:
-    return repr(c.values[0]) if c.op in ("==", "!=") else repr(tuple(c.values))
+    vals = tuple(v.text if isinstance(v, ir.Code) else repr(v) for v in c.values)
+    return vals[0] if c.op in ("==", "!=") else "(" + ", ".join(vals) + ")"
 
 
 # ---------------------------------------------------------------------------

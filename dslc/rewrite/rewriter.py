@@ -28,7 +28,8 @@ from typing import Literal
 
 from dslc import codes
 from dslc.match import ir
-from dslc.rewrite import safety
+from dslc.rewrite import rebound, safety
+from dslc.rewrite.flow import FlowChecks
 from dslc.rewrite.context import Context
 from dslc.rewrite.edits import EditConflict, apply_edits, parse_error
 from dslc.rewrite.kinds import KINDS
@@ -114,6 +115,9 @@ class _Rewriter:
             raise Skip(reason)
         cls = safety.find_class(self.ctx.facts, match.class_name)
         reason = safety.check_when_alternatives(match, cls, condition)
+        if reason:
+            raise Skip(reason)
+        reason = rebound.check_rebound(match, self.ctx.facts, cls, FlowChecks(self.ctx.mod, self.ctx.facts, self.ctx.path))
         if reason:
             raise Skip(reason)
         paths = safety.paths_through(match, self.ctx.facts) if match.nodes else []
