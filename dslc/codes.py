@@ -635,7 +635,12 @@ S_INIT_ALTERNATIVE = _code("S216", "skip", "a matched layer may be bound to some
     `__init__`), unless the rule has `when` (the `else` branch keeps the
     original). A removed layer bound to `None` or `nn.Identity()` elsewhere
     is not refused here: it is rewritten under its init guard, or refused
-    with S318.""")
+    with S318. Nor is a binding that z3 shows never runs where the matched
+    one does (`if c: self.dense = nn.Linear(...)` / `else: self.dense =
+    GroupedLinearLayer(...)`) under a rule that changes only `__init__`:
+    the init edits go under `if <c>:` (with `when`'s condition), the
+    original run in the `else:`; refused when the test `c` has effects or
+    is not the first statement of the edited run.""")
 S_CLASS_DISPATCH = _code("S315", "skip", "the class dispatch cannot be written", """
     A class item matched, but the dispatch at the top of `forward` cannot be
     placed or written: the body shares the line of the `def` or of the
