@@ -225,3 +225,20 @@ def test_a_rule_that_edits_forward_stays_refused():
     # forward would call `Scale` with two arguments
     got = [(m.status, m.code) for m in run(NORM_MODEL).matches if m.rule.endswith(":dropout_layernorm")]
     assert got == [("skipped", "S216")], got
+
+
+def test_a_binding_in_a_loop_stays_refused():
+    # with the `if` inside a loop, the test at the top of the run would be
+    # evaluated once before the loop, not at each iteration where the `if`
+    # tests it (the guard may read the loop's variable)
+    for loop in ("for _ in range(cfg.repeat):", "while cfg.more():"):
+        source = MODEL.replace(
+            "        if cfg.blocks == 1:\n            self.proj = nn.Linear(cfg.width, cfg.inner)\n"
+            "        else:\n            self.proj = Blocked(cfg.width, cfg.inner, cfg.blocks)\n",
+            f"        {loop}\n            if cfg.blocks == 1:\n"
+            "                self.proj = nn.Linear(cfg.width, cfg.inner)\n"
+            "            else:\n                self.proj = Blocked(cfg.width, cfg.inner, cfg.blocks)\n")
+        assert source != MODEL
+        got = _biased_gelu(run(source))
+        assert [(s[0], s[1]) for s in got] == [("skipped", "S216")], got
+        assert "inside a loop" in got[0][2], got

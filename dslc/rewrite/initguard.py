@@ -20,7 +20,9 @@ tests it:
   twice gives one answer;
 - the `if` that holds the matched binding, and the other binding, is the
   first statement of the run (`WhenGuard.wrap` checks it with the run it
-  duplicates): nothing runs between the new test and the original one.
+  duplicates): nothing runs between the new test and the original one;
+- only `if` statements lie between that `if` and either binding (no loop,
+  whose variable the guard may read, no `try` / `with`).
 Anything else is refused (S216).
 """
 
@@ -122,6 +124,11 @@ def check_first(mod, found, depth: int, first: ast.stmt, chain0) -> None:
                     f"`self.{b.attr}` is built only where `{' and '.join(str(g) for g in b.guards)}` (line "
                     f"{b.stmt.lines[0]}), and the `if` that tests it is not the first statement of the init "
                     f"statements the rewrite duplicates: the test cannot move to their top"))
+            if not all(isinstance(n, ast.If) for n, _ in chain[depth + 1:]):
+                raise Skip(codes.S_INIT_ALTERNATIVE, (
+                    f"`self.{b.attr}` (line {binding.stmt.lines[0]}) is bound inside a loop or another block than "
+                    f"an `if`: its guards cannot be tested once at the top of the init statements the rewrite "
+                    f"duplicates"))
 
 
 def prune(new: str, first: ast.stmt, found, unit: str) -> str:
