@@ -155,12 +155,14 @@ def prune(new: str, first: ast.stmt, found, unit: str) -> str:
         return new
     block = head.orelse if negated else head.body
     if not block or (negated and len(block) == 1 and isinstance(block[0], ast.If)
-                     and _is_elif(lines, block[0], indent)):
+                     and _is_elif(lines, block[0])):
         return new
     for node in ast.walk(ast.Module(body=block, type_ignores=[])):
         if isinstance(node, (ast.Constant, ast.JoinedStr)) and getattr(node, "end_lineno", node.lineno) != node.lineno:
             return new
     start = head.test.end_lineno  # the lines after the header (comments above the block's first statement too)
+    if block[0].lineno <= start:
+        return new  # `if t: <statement>` on one line
     if negated:
         start = next((i for i in range(head.body[-1].end_lineno, block[0].lineno - 1)
                       if lines[i].lstrip().startswith("else")), None)
@@ -180,5 +182,5 @@ def prune(new: str, first: ast.stmt, found, unit: str) -> str:
     return out
 
 
-def _is_elif(lines: list[str], node: ast.If, indent: str) -> bool:
+def _is_elif(lines: list[str], node: ast.If) -> bool:
     return lines[node.lineno - 1].lstrip().startswith("elif")
