@@ -655,7 +655,13 @@ S_INIT_ALTERNATIVE = _code("S216", "skip", "a matched layer may be bound to some
     with S318. A layer the rule keeps (init target `_`) and whose attributes
     the new forward reads is refused too where a subclass binds its
     attribute to another kind of object (`self.norm = nn.Identity()` after
-    `super().__init__()`): the subclass inherits the rewritten forward.""")
+    `super().__init__()`): the subclass inherits the rewritten forward.
+    Not refused: a binding that z3 shows never runs where the matched
+    one does (`if c: self.dense = nn.Linear(...)` / `else: self.dense =
+    GroupedLinearLayer(...)`) under a rule that changes only `__init__`:
+    the init edits go under `if <c>:` (with `when`'s condition), the
+    original run in the `else:`; refused when the test `c` has effects or
+    is not the first statement of the edited run.""")
 S_CLASS_DISPATCH = _code("S315", "skip", "the class dispatch cannot be written", """
     A class item matched, but the dispatch at the top of `forward` cannot be
     placed or written: the body shares the line of the `def` or of the

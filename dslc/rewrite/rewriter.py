@@ -28,7 +28,7 @@ from typing import Literal
 
 from dslc import codes
 from dslc.match import ir
-from dslc.rewrite import rebound, safety
+from dslc.rewrite import initguard, rebound, safety
 from dslc.rewrite.flow import FlowChecks
 from dslc.rewrite.context import Context
 from dslc.rewrite.edits import EditConflict, apply_edits, parse_error
@@ -70,9 +70,11 @@ class _Rewriter:
         self.calls = CallDispatch(self.ctx)
         self.when = WhenGuard(self.ctx)
         self.overlap_lifted = False
+        self.ctx.init_guarded = []  # of the match being planned (`dslc.rewrite.initguard`)
 
     def plan(self, match: ir.Match) -> Plan:
         plan = Plan()
+        self.ctx.init_guarded = []
         # an overlap with earlier rules' matches that were all refused is lifted (`_rewrite`)
         reason = None if match.yields_to and self.overlap_lifted else safety.check_conflict(match)
         if reason:
@@ -110,10 +112,15 @@ class _Rewriter:
             # Per construction: the kernel's layer where its needs are met, else the original.
             needs = self.calls.needs_condition(match, plan, rule.init.target, per_call=False)
             condition = f"{needs} and ({condition})" if condition else needs
+        cls = safety.find_class(self.ctx.facts, match.class_name)
+        # A matched layer built only under a guard, another binding where it fails: the rewrite under that guard too.
+        self.ctx.init_guarded = initguard.guarded_bindings(match, cls)
+        guard = initguard.condition(self.ctx.init_guarded)
+        if guard:
+            condition = initguard.conjunction([condition, guard]) if condition else guard
         reason = safety.check_when(match, condition)
         if reason:
             raise Skip(reason)
-        cls = safety.find_class(self.ctx.facts, match.class_name)
         reason = safety.check_when_alternatives(match, cls, condition)
         if reason:
             raise Skip(reason)
