@@ -25,7 +25,12 @@ MAX_PATHS = 256
 # file's other functions and classes are still analysed.
 MAX_WORK = 250_000  # statement visits x live paths (+ path nodes walked / 64), inlined callees included
 MAX_PATH_NODES = 3_000  # nodes on one path (the matcher's work grows with it)
-MAX_GUARD_QUERIES = 100_000  # guards sent to z3 (summed over its questions; cached answers are free)
+# guards sent to z3 (summed over its questions; cached answers are free).  The
+# corpus's largest function asks 21 664 (modeling_reformer.py; 28 636 for
+# the whole file).  A 10 000-line forward with an `if mode == i` every 10
+# lines (benchmarks/worst_cases.py) took 3.8-4.1 s of analysis with the
+# 100 000 this was, 2.2-2.9 s with 50 000 (mostly z3; load 14).
+MAX_GUARD_QUERIES = 50_000
 MAX_CONTAINER_ELEMENTS = 1_000  # elements of one nn.Sequential/ModuleList literal
 MAX_INLINE_DEPTH = 3
 # `if`s without calls split for optional nodes (`Options.optional_ifs`), per

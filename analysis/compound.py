@@ -42,13 +42,17 @@ def if_statement(pb: PathBuilder, stmt: ast.If, ref: StmtRef, path: tuple, block
     if not pb.kinds.has_dl(stmt, frame):
         pairs = pb.ctx.options.optional_ifs
         wanted = _updated_names(stmt, frame, pairs) if pairs and pb.split_optional else None
-        if wanted and pb.optional_ifs >= MAX_OPTIONAL_IFS:
+        # counted per path: `if`s in exclusive branches (two helpers, one per
+        # branch of a flag) do not multiply each other's paths
+        if wanted and max((a.optional_ifs for a in alts if a.status == "fall"), default=0) >= MAX_OPTIONAL_IFS:
             # one more that may split (judged without the writers: a superset)
             pb.optional_over = True  # PathBuilder.function_paths walks again, splitting none
             return pb.opaque(stmt, ref, frame, alts)
         if not (wanted and _updates_dl_value(wanted, alts, pairs)):
             return pb.opaque(stmt, ref, frame, alts)
         pb.optional_ifs += 1
+        for a in alts:
+            a.optional_ifs += 1
     alts = pb.run_actions(pb.exprs.evaluate(stmt.test, frame, ref), frame, alts)
     test_reads = reads_of(stmt.test, pb.exprs.replaced)
     for a in alts:

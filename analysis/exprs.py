@@ -38,11 +38,14 @@ _UNARY = {ast.USub: "-", ast.UAdd: "+", ast.Invert: "~"}
 # the float32 upcast of T5's attention).  `type_as`, as `to`, only on the
 # result of a DL call (`F.softmax(s.float(), dim=-1).type_as(s)`).  Other
 # tensor methods stay inside `stmt` nodes (reads/writes only).
-TENSOR_METHODS = frozenset({"transpose", "masked_fill", "softmax", "matmul", "bmm", "to", "float", "type_as"})
+TENSOR_METHODS = frozenset({"transpose", "masked_fill", "softmax", "matmul", "bmm", "to", "float", "type_as", "type"})
 # Functions whose first argument `x.float()` is recorded as a node.
 _FLOAT_INPUT_CALLS = frozenset({"torch.nn.functional.softmax", "torch.softmax"})
 # Tensor methods recorded only on the result of a DL call.
-_ON_CALL_ONLY = frozenset({"to", "type_as"})
+_ON_CALL_ONLY = frozenset({"to", "type_as", "type"})
+# Casts recorded after a softmax in the next statement (`softmax_casts`):
+# `p = p.to(v.dtype)` (GPT-Neo) and `p = p.type(v.dtype)` (GPT-2).
+_SOFTMAX_CAST_METHODS = frozenset({"to", "type"})
 
 # Sub-expressions whose parts do not run exactly once, in order.
 _OPAQUE = (ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp,
@@ -189,6 +192,12 @@ class Expressions:
         return tuple(args), tuple(kwargs)
 
     def _call(self, e: ast.Call, frame, ref, actions, outputs, top, need=True) -> Value | None:
+        if not top and _same_dtype_cast(e, frame):
+            # `x.to(x.dtype)` nested in an expression: `Tensor.to` with the
+            # tensor's own dtype returns the tensor itself (no copy, the same
+            # autograd node), so its value is `x` (GPT-2's `torch.where(c,
+            # s.to(s.dtype), mv)`); the statement still reads `x`
+            return value_of(e.func.value) if need else None
         kind = self.kinds.classify(e, frame)
         if kind is None and self._is_tensor_method(e, frame) and (
                 e.func.attr != "float" or self._whole_float(e, top) or id(e) in self.float_inputs):
@@ -313,7 +322,7 @@ def softmax_casts(fn: ast.AST) -> frozenset:
                 if name is None or not (isinstance(b, ast.Assign) and len(b.targets) == 1):
                     continue
                 v = b.value
-                if (isinstance(v, ast.Call) and isinstance(v.func, ast.Attribute) and v.func.attr == "to"
+                if (isinstance(v, ast.Call) and isinstance(v.func, ast.Attribute) and v.func.attr in _SOFTMAX_CAST_METHODS
                         and isinstance(v.func.value, ast.Name) and v.func.value.id == name):
                     out.add(id(v))
     if len(_SOFTMAX_CASTS) > 4096:
@@ -331,3 +340,15 @@ def _softmax_target(stmt: ast.stmt) -> str | None:
     if isinstance(v, ast.Call) and isinstance(v.func, ast.Attribute) and v.func.attr == "softmax":
         return stmt.targets[0].id
     return None
+
+
+def _same_dtype_cast(e: ast.Call, frame: Frame) -> bool:
+    """`x.to(x.dtype)` on a local name `x` (not `self`), nothing else passed."""
+    func = e.func
+    if not (isinstance(func, ast.Attribute) and func.attr == "to" and isinstance(func.value, ast.Name)
+            and len(e.args) == 1 and not e.keywords):
+        return False
+    name = func.value.id
+    arg = e.args[0]
+    return (name != "self" and name in frame.locals and isinstance(arg, ast.Attribute) and arg.attr == "dtype"
+            and isinstance(arg.value, ast.Name) and arg.value.id == name)

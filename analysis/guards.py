@@ -428,39 +428,58 @@ def _prop_of(text: str, versions: tuple):
 
 
 def _components(props: list) -> list[tuple[list, list]]:
-    """Group propositions that (transitively) share an atom: [(atoms, props)]."""
-    parent: dict = {}
+    """Group propositions that (transitively) share an atom: [(atoms, props)].
 
-    def find(x):
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    owned = []
-    for i, prop in enumerate(props):
-        atoms: dict = {}
-        _atoms(prop, atoms)
-        node = ("p", i)
-        parent[node] = node
+    One pass: each atom points at its group; a proposition that reaches
+    several groups merges them into the first.  The groups are those of a
+    union-find over props and atoms; their order and the order inside a
+    merged group may differ from it, which `feasible_key` does not read
+    (every group must be satisfiable)."""
+    where: dict = {}  # atom -> its group [atoms (dict: an ordered set), members]
+    groups: list = []
+    for prop in props:
+        atoms = _atoms_of(prop)
+        found: list = []
         for atom in atoms:
-            parent.setdefault(("a", atom), ("a", atom))
-            ra, rb = find(node), find(("a", atom))
-            if ra != rb:
-                parent[ra] = rb
-        owned.append(list(atoms))
-    groups: dict = {}
-    for i, prop in enumerate(props):
-        root = find(("p", i))
-        atoms, members = groups.setdefault(root, ({}, []))
-        for atom in owned[i]:
-            atoms[atom] = True
-        members.append(prop)
-    return [(list(a), m) for a, m in groups.values()]
+            g = where.get(atom)
+            if g is not None and all(g is not f for f in found):
+                found.append(g)
+        if not found:
+            g = [dict.fromkeys(atoms, True), [prop]]
+            groups.append(g)
+        else:
+            g = found[0]
+            for other in found[1:]:
+                g[0].update(other[0])
+                g[1].extend(other[1])
+                for atom in other[0]:
+                    where[atom] = g
+                other[0] = None
+            g[0].update(dict.fromkeys(atoms, True))
+            g[1].append(prop)
+        for atom in atoms:
+            where[atom] = g
+    return [(list(g[0]), g[1]) for g in groups if g[0] is not None]
+
+
+@lru_cache(maxsize=65536)
+def _atoms_of(prop) -> tuple:
+    """The atoms of `prop`, in `_atoms`' order (cached: the guards of a path
+    come back in the question of every guard added after them)."""
+    atoms: dict = {}
+    _atoms(prop, atoms)
+    return tuple(atoms)
 
 
 def _enumerate(names: list, props: list) -> bool:
     """Is some assignment of `names` making every prop true? (at most 2^12 tries)"""
+    return _enumerate_cached(tuple(names), tuple(props))
+
+
+@lru_cache(maxsize=65536)
+def _enumerate_cached(names: tuple, props: tuple) -> bool:
+    # a path's unrelated groups (`flags[3]`, `not flags[4]`, ...) are asked
+    # again with every guard added after them: one enumeration each
     for bits in range(1 << len(names)):
         env = {name: bool(bits >> i & 1) for i, name in enumerate(names)}
         if all(_eval(p, env) for p in props):

@@ -43,7 +43,7 @@ class Alt:
     length)) so that splitting a path is O(1); `nodes` materialises it.
     """
 
-    __slots__ = ("guards", "keys", "tail", "status", "symbols")
+    __slots__ = ("guards", "keys", "tail", "status", "symbols", "optional_ifs")
 
     def __init__(self):
         self.guards: tuple[Guard, ...] = ()
@@ -51,11 +51,12 @@ class Alt:
         self.tail = None
         self.status = "fall"
         self.symbols: frozenset[str] = frozenset()
+        self.optional_ifs = 0  # call-free `if`s split on this path (`compound.if_statement`)
 
     def copy(self) -> "Alt":
         new = Alt()
         new.guards, new.keys, new.tail = self.guards, self.keys, self.tail
-        new.status, new.symbols = self.status, self.symbols
+        new.status, new.symbols, new.optional_ifs = self.status, self.symbols, self.optional_ifs
         return new
 
     def add_node(self, node: Node) -> None:

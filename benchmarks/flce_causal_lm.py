@@ -1,6 +1,6 @@
 """Fused linear cross-entropy on transformers' causal LMs (issue 10, item 3).
 
-    python benchmarks/flce_causal_lm.py --src DIR [--src DIR ...] [--jobs N] [--json FILE]
+    python benchmarks/flce_causal_lm.py --src DIR [--src DIR ...] [--jobs N] [--json FILE] [--unsafe | --only-unsafe]
 
 Each DIR holds an unpacked `transformers/` (tests and benchmarks cache them
 under ~/.cache/dslc/corpus: transformers-4.35.0/ and transformers-newest/<v>/).
@@ -37,6 +37,8 @@ from dslc.lang.loader import load_rules  # noqa: E402
 
 BEFORE = ("liger:fused_linear_cross_entropy", "liger:fused_linear_cross_entropy_loss")
 AFTER = BEFORE + ("liger:fused_linear_cross_entropy_float", "liger:fused_linear_cross_entropy_loss_float")
+# applied with --unsafe only: the logits are None in training with labels
+UNSAFE = AFTER + ("liger:fused_linear_cross_entropy_causal_lm",)
 
 
 def modeling_files(src: Path) -> list[Path]:
@@ -94,12 +96,12 @@ def source_reason(forward: str) -> str:
     return "no near miss reported"
 
 
-def run(src: Path, jobs: int, rules: tuple[str, ...]) -> tuple[dict, float, int]:
+def run(src: Path, jobs: int, rules: tuple[str, ...], unsafe: bool = False) -> tuple[dict, float, int]:
     loaded = load_rules([str(REPO / "rulepacks" / "liger.adr")], select=rules)
     files = modeling_files(src)
     start = time.perf_counter()
     report = apply_paths([str(f) for f in files], loaded.packs,
-                         ApplyOptions(mode="diff", jobs=jobs, gitignore=False, near_misses=True))
+                         ApplyOptions(mode="diff", jobs=jobs, gitignore=False, near_misses=True, unsafe=unsafe))
     seconds = time.perf_counter() - start
     classes = causal_lm_classes(files)
     applied = {(m.file, m.class_name) for m in report.matches if m.status == "applied"}
@@ -124,9 +126,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--src", action="append", required=True, help="a folder holding transformers/")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--unsafe", action="store_true", help="also count the rewrites with --unsafe (logits None in training)")
+    ap.add_argument("--only-unsafe", action="store_true", help="count only the rewrites with --unsafe")
     args = ap.parse_args(argv)
     dump = {}
     for src in map(Path, args.src):
+        if args.only_unsafe:  # the safe rules' columns skipped (they rewrite none of these classes)
+            after, seconds, errors, classes = run(src, args.jobs, UNSAFE, unsafe=True)
+            n_unsafe = sum(v == "applied" for v in after.values())
+            print(f"{src}: {len(after)} *ForCausalLM classes; with --unsafe: {n_unsafe} rewritten ({seconds:.0f} s, {errors} errors)")
+            for reason, count in collections.Counter(v for v in after.values() if v != "applied").most_common():
+                example = sorted(c for (_, c), v in after.items() if v == reason)[:3]
+                print(f"  {count:4d}  {reason}  (e.g. {', '.join(example)})")
+            dump[str(src)] = {"classes": len(after), "unsafe": n_unsafe,
+                              "unsafe_applied": sorted(c for (_, c), v in after.items() if v == "applied")}
+            continue
         before, _, _, _ = run(src, args.jobs, BEFORE)
         after, seconds, errors, classes = run(src, args.jobs, AFTER)
         n_before = sum(v == "applied" for v in before.values())
@@ -141,8 +155,19 @@ def main(argv: list[str] | None = None) -> int:
         print("  in the source of those not rewritten (a class counts under each it shows):")
         for name, count in seen.most_common():
             print(f"  {count:4d}  {name}")
-        dump[str(src)] = {"obstacles": dict(seen), "before": n_before, "after": n_after, "classes": len(after),
-                          "reasons": dict(reasons), "applied": sorted(c for (_, c), v in after.items() if v == "applied")}
+        entry = {"obstacles": dict(seen), "before": n_before, "after": n_after, "classes": len(after),
+                 "reasons": dict(reasons), "applied": sorted(c for (_, c), v in after.items() if v == "applied")}
+        if args.unsafe:
+            unsafe, seconds, errors, _ = run(src, args.jobs, UNSAFE, unsafe=True)
+            n_unsafe = sum(v == "applied" for v in unsafe.values())
+            print(f"  with --unsafe: {n_unsafe} rewritten ({seconds:.0f} s, {errors} errors); the others:")
+            left = collections.Counter(v for v in unsafe.values() if v != "applied")
+            for reason, count in left.most_common():
+                example = sorted(c for (_, c), v in unsafe.items() if v == reason)[:3]
+                print(f"  {count:4d}  {reason}  (e.g. {', '.join(example)})")
+            entry.update(unsafe=n_unsafe, unsafe_reasons=dict(left),
+                         unsafe_applied=sorted(c for (_, c), v in unsafe.items() if v == "applied"))
+        dump[str(src)] = entry
     if args.json:
         args.json.write_text(json.dumps(dump, indent=2) + "\n")
     return 0

@@ -1,7 +1,7 @@
 """Equivalence of the benchmark's rewrites: apply, then `dslc verify`, per model.
 
     python benchmarks/verify_corpus.py [--select adopter:conv_batchnorm]... \
-        [--models dpt,resnet] [--reference-kernels] [--json OUT]
+        [--models dpt,resnet] [--reference-kernels] [--factories FILE.py] [--json OUT]
 
 Steps:
 1. Load the pack (default rulepacks/adopter.adr, optionally `--select`ed
@@ -19,6 +19,11 @@ pack's install hint; `--reference-kernels` puts the clearly labelled
 pure-PyTorch references of tests/kernel_refs/ on sys.path instead, which
 checks the rewrite's wiring (arguments, data flow, checkpoint mapping), not
 the real kernels.
+
+`--factories FILE.py` (e.g. tests/sdpa_hf_factories.py): a class the tiny
+configs skip is checked again with each factory that FILE's `BY_CLASS`
+dict names for it (`dslc verify --factory FILE.py:FUNC`), one row per
+factory (`via factory FUNC`).
 """
 
 from __future__ import annotations
@@ -30,6 +35,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+# The checkout's dslc, not an installed one: sys.path[0] is benchmarks/ when
+# this script runs, and an installed (or editable) dslc of another tree would
+# otherwise be what gets measured.
+sys.path.insert(0, str(REPO))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", help="comma-separated model folder names (default: all 199)")
     ap.add_argument("--reference-kernels", action="store_true",
                     help="use the pure-PyTorch reference kernels of tests/kernel_refs/")
+    ap.add_argument("--factories", metavar="FILE.py",
+                    help="check skipped classes with the factories FILE's BY_CLASS names for them")
     ap.add_argument("--json", metavar="OUT", help="save the rows as JSON")
     args = ap.parse_args(argv)
 
@@ -51,6 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     from dslc.lang.diagnostics import render
     from dslc.verify.equivalence import verify_sources
 
+    by_class: dict[str, tuple[str, ...]] = {}
+    if args.factories:
+        import runpy
+        args.factories = str(Path(args.factories).resolve())
+        by_class = runpy.run_path(args.factories).get("BY_CLASS", {})
     loaded = load_rules([args.rules], args.select)
     if not loaded.ok:
         print(render(loaded.diagnostics, "text", loaded.sources), file=sys.stderr)
@@ -69,19 +85,39 @@ def main(argv: list[str] | None = None) -> int:
         if result is None or not result.changed:
             continue
         applied = sorted({m.rule.split(":")[1] for m in result.matches if m.status == "applied"})
-        verdict = verify_sources(result.original, result.new_source, path=str(f), rules=tuple(loaded.packs))
+        # the rules that rewrote each class give its tolerance, as `apply --verify` passes them
+        pairs = tuple(dict.fromkeys((m.rule, m.class_name) for m in result.matches if m.status == "applied"))
+        verdict = verify_sources(result.original, result.new_source, path=str(f), rules=tuple(loaded.packs),
+                                 applied=pairs)
         if verdict.error:
             rows.append({"model": f.parent.name, "class": "-", "rules": applied, "status": "fail",
                          "max_abs": None, "detail": verdict.error})
             continue
+        results = []
         for r in verdict.results:
+            if r.status == "skipped" and r.name in by_class:
+                for func in by_class[r.name]:
+                    again = verify_sources(result.original, result.new_source, path=str(f),
+                                           rules=tuple(loaded.packs), applied=pairs, classes=[r.name],
+                                           factory=f"{args.factories}:{func}")
+                    results += [(x, f"factory {func}") for x in again.results]
+            else:
+                results.append((r, None))
+        for r, factory in results:
             detail = r.reason or ""
+            if factory and r.status != "pass":
+                detail = f"{factory}: {detail}"
             if r.status == "pass":
-                detail = f"via {r.via}" if r.via else ""
+                detail = f"via {r.via or factory}" if r.via or factory else ""
+                if r.bf16_ref_ratio is not None:
+                    detail += f"; bf16 error vs fp32 {r.bf16_ref_ratio:.2f} of bound"
+                elif r.bf16_max_abs is not None:
+                    detail += f"; bf16 max abs {r.bf16_max_abs:.3g}"
                 if r.reference_kernels:
                     detail += f" [reference kernel: {', '.join(r.reference_kernels)}]"
             rows.append({"model": f.parent.name, "class": r.name, "rules": applied, "status": r.status,
-                         "max_abs": r.max_abs if r.status != "skipped" else None, "detail": detail.strip()})
+                         "max_abs": r.max_abs if r.status != "skipped" else None, "detail": detail.strip("; "),
+                         "via": r.via, "factory": factory, "bf16_max_abs": r.bf16_max_abs, "bf16_ref_ratio": r.bf16_ref_ratio})
     seconds = time.perf_counter() - t0
 
     print(f"{'model':<22} {'class':<42} {'status':<8} {'max abs':>9}  detail")
@@ -89,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         err = "" if row["max_abs"] is None else f"{row['max_abs']:.2e}"
         print(f"{row['model']:<22} {row['class']:<42} {row['status']:<8} {err:>9}  {row['detail'][:140]}")
     counts = {s: sum(1 for r in rows if r["status"] == s) for s in ("pass", "fail", "skipped")}
-    print(f"\n{len(rows)} classes in {len({r['model'] for r in rows})} rewritten models: "
+    classes = len({(r["model"], r["class"]) for r in rows})
+    print(f"\n{len(rows)} checks of {classes} classes in {len({r['model'] for r in rows})} rewritten models: "
           f"{counts['pass']} pass, {counts['fail']} fail, {counts['skipped']} skipped ({seconds:.0f} s)")
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "counts": counts}, indent=1))

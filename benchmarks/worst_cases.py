@@ -163,8 +163,13 @@ TEST_SIZES: dict[str, int] = {
 }
 
 
-def write_all(directory, names=None) -> list:
-    """Write the cases (all, or `names`) as `<name>.py` under `directory`."""
+def write_all(directory, names=None, separate: bool = False) -> list:
+    """Write the cases (all, or `names`) as `<name>.py` under `directory`.
+
+    `separate`: each in a folder of its own (`<name>/<name>.py`), so that a
+    file's time is its own: the checks that read a rewritten class's
+    sibling modules (subclasses, outside uses) would otherwise parse the
+    other generated files, tens of thousands of lines each."""
     from pathlib import Path
 
     out = []
@@ -173,7 +178,9 @@ def write_all(directory, names=None) -> list:
     for name, (gen, _) in CASES.items():
         if names and name not in names:
             continue
-        p = d / f"{name}.py"
+        folder = d / name if separate else d
+        folder.mkdir(exist_ok=True)
+        p = folder / f"{name}.py"
         p.write_text(gen())
         out.append(p)
     return out
@@ -209,7 +216,7 @@ def main(argv=None) -> int:
     rules = args.rules or [str(repo / "rulepacks" / f"{n}.adr") for n in ("sdpa", "adopter", "liger")]
     names = None if not args.only else [n for n in args.only.split(",") if n != "none"] or ["-"]
     tmp = tempfile.mkdtemp(prefix="dslc-worst-")
-    inputs = write_all(tmp, names) + [Path(f) for f in args.files]
+    inputs = write_all(tmp, names, separate=True) + [Path(f) for f in args.files]
     trees = [str(repo)] + args.tree
     print(f"{'input':40} " + " ".join(f"{Path(t).name[:18]:>18}" for t in trees) + "   (CPU s; W105 warnings)")
     for path in inputs:

@@ -225,6 +225,13 @@ UNRECORDED_METHOD = _code("ADR210", "warning", "tensor method the analysis does 
     method stays inside an opaque statement, so this node can never match.
     Use the function form (`torch.transpose($x, ...)`) or one of those
     methods.""")
+BAD_DOTTED = _code("ADR211", "error", "a constraint's dotted constant cannot be decided", """
+    A `where` constraint may list dotted constants (`where $_f32 in
+    (torch.float32, torch.float)`): the bound value must be spelled as one
+    of them (its canonical source text), so a dotted constant needs a dot
+    (`torch.float32`, not `float32`, which could be any local name), and
+    only `==` and `in` take one: with `!=` or `not in`, another spelling
+    of the same value (an alias, an import) would pass.""")
 
 # -- ADR3xx: requires and versions -------------------------------------------
 BAD_VERSION = _code("ADR301", "error", "malformed version range", """
@@ -408,6 +415,16 @@ W_OUTSIDE_SCRIPT = _code("W111", "warning", "a script of the package reaches a r
     The warning names the script's line; update the script for the
     rewritten layer (its checkpoint keys are in the rule's `params`) or
     leave the class out (`--ignore`, or a `# dslc: ignore` comment).""")
+W_TREE_WALK = _code("W112", "warning", "a module tree is walked by computed names", """
+    A function of the file or of a sibling module walks a model by names
+    it computes (`pointer = getattr(pointer, scope_names[0])` in
+    transformers' `load_tf_weights_in_*`), which the outside-use check
+    (S220) cannot read. A checkpoint that names a layer the rewrite
+    replaces or removes then fails to load (an AttributeError, or the
+    loader skips that weight). The rewrite is kept (refusing would drop
+    every such package's rewrites for a loader few use); load such
+    checkpoints into the original model and save its state dict, which the
+    rewritten model loads (the rule's `params`).""")
 I_VERIFIED = _code("I110", "note", "verification of a class passed", """
     With `--verify`, a rewritten class produced the same outputs as the
     original within the rule's tolerance; the note gives the largest absolute
@@ -635,7 +652,16 @@ S_INIT_ALTERNATIVE = _code("S216", "skip", "a matched layer may be bound to some
     `__init__`), unless the rule has `when` (the `else` branch keeps the
     original). A removed layer bound to `None` or `nn.Identity()` elsewhere
     is not refused here: it is rewritten under its init guard, or refused
-    with S318.""")
+    with S318. A layer the rule keeps (init target `_`) and whose attributes
+    the new forward reads is refused too where a subclass binds its
+    attribute to another kind of object (`self.norm = nn.Identity()` after
+    `super().__init__()`): the subclass inherits the rewritten forward.
+    Not refused: a binding that z3 shows never runs where the matched
+    one does (`if c: self.dense = nn.Linear(...)` / `else: self.dense =
+    GroupedLinearLayer(...)`) under a rule that changes only `__init__`:
+    the init edits go under `if <c>:` (with `when`'s condition), the
+    original run in the `else:`; refused when the test `c` has effects or
+    is not the first statement of the edited run.""")
 S_CLASS_DISPATCH = _code("S315", "skip", "the class dispatch cannot be written", """
     A class item matched, but the dispatch at the top of `forward` cannot be
     placed or written: the body shares the line of the `def` or of the
@@ -669,6 +695,17 @@ S_GENERATED = _code("S407", "skip", "inside code that dslc generated", """
     fallback, or the original branch of a per-call `keep` guard. That code
     stays as it is and is no location: the match is left out of the report
     (not found, not skipped), so a second apply reports nothing new.""")
+S_NO_CAUSAL_LM_LOSS = _code("S420", "skip", "no causal-LM loss follows the head", """
+    A rule with `option causal_lm` matched a head call that no labelled
+    loss follows (`if <labels> is not None:` in the head's block): the call
+    is no candidate, and the match is left out of the report (not found,
+    not skipped), as any Linear call of the model would otherwise be.""")
+S_CAUSAL_LM_FORM = _code("S421", "skip", "the causal-LM loss is not a form the rewrite follows", """
+    A rule with `option causal_lm` (dslc/rewrite/kinds/causallm.py) found
+    the head and a labelled loss after it, but a statement between them or
+    in the loss is not one the rewrite follows (the next-token shift, the
+    flattening, a default CrossEntropyLoss() and its one call), or a value
+    written there is read after the loss. The message names the statement.""")
 S_UNCLASSIFIED = _code("S499", "skip", "skipped (no code given)", """
     A skip reason produced without a code (code that predates the registry).
     Every reason dslc itself gives has a code; this one marks a gap to fill.""")

@@ -146,6 +146,13 @@ SOFTMAX = {
     "tsoftmax": ["torch.Tensor.softmax($s2, dim=-1) -> $p"],
     "upcast": ["torch.nn.functional.softmax($s2, dim=-1, dtype=$_f32) -> $p32", "torch.Tensor.to($p32, $_dt) -> $p"],
 }
+# The upcast softmax computes the probabilities in float32, as SDPA does in
+# a float32 model: only the spellings of float32 qualify (`dtype=
+# torch.bfloat16` rounds them, a variable is not known statically: refused,
+# S102); no dtype (None: the softmax in the scores' dtype, then `.to()`)
+# qualifies too.  The cast back `.to($_dt)` needs no constraint: `p @ v`
+# takes equal dtypes, so a $_dt other than v's makes the original raise.
+UPCAST_WHERE = "  where $_f32 in (torch.float32, torch.float, None)"
 DROPOUT = {
     "drop": ("$drop($p) -> $pd", "$drop.p * $drop.training"),
     "fdrop": ("torch.nn.functional.dropout($p, p=$dp, training=$tr) -> $pd", "$dp * $tr"),
@@ -215,6 +222,8 @@ def rule(qk: str, t: tuple[int, int] | None, scale: str, mask: str, sm: str, dro
     lines += bmm_shape_option(qk)
     if qk == "einsum":
         lines.append(_where_einsum())
+    if sm == "upcast":
+        lines.append(UPCAST_WHERE)
     lines.append("}")
     return "\n".join(lines)
 
@@ -430,8 +439,130 @@ def causal_rules() -> list[str]:
                             for t in CAUSAL_TRANSPOSES for scale in CAUSAL_SCALE for drop in DROPOUT]
 
 
+# ---------------------------------------------------------------------------
+# The causal `where` block with the cast back spelled `.type(dt)` (GPT-2's
+# `attn_weights = attn_weights.type(value.dtype)`): `Tensor.type(dtype)`
+# is `Tensor.to(dtype)` (no copy where the dtype is already dt), so each rule
+# is the causal block's with `.type` in the source and in the target's cast
+# back.  (`torch.where(c, s.to(s.dtype), mv)`: the analysis reads `s.to(s.dtype)`
+# as `s`, the tensor itself.)  A flag-guarded step of the chain (`if
+# self.scale_attn_weights: s = s / d`, `if not self.is_cross_attention:
+# <causal where>`) is matched where the flag selects it; the per-call guard
+# runs the original where it does not (dslc/rewrite/kinds/keepflat.py).
+CAST_TYPE_NOTE = """\
+# ---- causal attention by torch.where, softmax cast back by `.type(dt)` (GPT-2's kind) ----
+# As the block above, the cast back spelled `p.type(dt)` (the same cast as
+# `p.to(dt)`), kept so in the target.  Steps under a flag (`if
+# self.scale_attn_weights:`, `if not self.is_cross_attention:`) are matched
+# where the flag selects them; the per-call guard runs the original where it
+# does not."""
+
+
+def cast_type_rule(qk: str, t: tuple[int, int], scale: str, drop: str) -> str:
+    """One rule of the `.type` block: the causal rule with the cast spelled `.type`."""
+    text = causal_rule(qk, t, scale, drop)
+    text = text.replace("_causal_add_softmaxto_", "_causal_add_softmaxtype_", 1)
+    text = text.replace("softmax cast back,", "softmax cast back by .type,", 1)
+    text = text.replace("torch.Tensor.to($p32, $dt) -> $p;", "torch.Tensor.type($p32, $dt) -> $p;", 1)
+    text = text.replace("torch.Tensor.to($p, $dt) -> $out;", "torch.Tensor.type($p, $dt) -> $out;", 1)
+    return text
+
+
+def cast_type_rules() -> list[str]:
+    return [CAST_TYPE_NOTE] + [cast_type_rule(qk, t, scale, drop) for qk in ("matmul", "at")
+                               for t in CAUSAL_TRANSPOSES for scale in CAUSAL_SCALE for drop in DROPOUT]
+
+
+# ---------------------------------------------------------------------------
+# Causal attention by `masked_fill` with a cast back (transformers' causal
+# BarkSelfAttention._attn; the fill under `if self.is_causal:` is flattened
+# by the per-call guard, kinds/keepflat.py):
+#
+#   attn_weights = torch.matmul(query, key.transpose(-1, -2)) * (1.0 / math.sqrt(self.head_dim))
+#   if self.is_causal:
+#       attn_weights = attn_weights.masked_fill(self.bias[...] == 0, torch.finfo(attn_weights.dtype).min)
+#   if attention_mask is not None: attn_weights = attn_weights + attention_mask
+#   attn_weights = nn.functional.softmax(attn_weights, dim=-1)
+#   attn_weights = attn_weights.to(value.dtype)
+#   ...
+#
+# * the causal `masked_fill(c, f)` becomes the additive mask
+#   `zeros_like(c, dtype=q.dtype).masked_fill(c, f)` (the `fill` rules'
+#   conversion: exact for f = finfo.min or -inf, the row of a fully masked
+#   query aside), plus the optional mask as in the causal `where` block;
+# * the cast back, the probe of the scores' dtype and device, `keep`: as
+#   the causal `where` block.
+def causal_fill_rule(qk: str, t: tuple[int, int], scale: str, cast: str, drop: str) -> str:
+    """One rule of the causal `masked_fill` block (see its comment)."""
+    _, qk_node, pv_node = QK[qk]
+    tname = f"t{t[0]}{t[1]}".replace("-", "m")
+    name = f"{qk}_{tname}_{scale}_causalfill_add_softmax{cast}_{drop}"
+    src = [f"torch.Tensor.transpose($k, {t[0]}, {t[1]}) -> $kt", qk_node]
+    scale_node, scale_arg = CAUSAL_SCALE[scale]
+    last = "$s0"
+    if scale_node:
+        src.append(scale_node.replace("$c", "$sf"))
+        scale_arg = scale_arg.replace("$c", "$sf")
+        last = "$s1"
+    src.append(f"torch.Tensor.masked_fill({last}, $cond, $fill) -> $sc")
+    src.append("$sc + $m -> $s2" + OPT_M)
+    src += ["torch.nn.functional.softmax($s2, dim=-1) -> $p32", f"torch.Tensor.{cast}($p32, $dt) -> $p"]
+    drop_node, drop_arg = DROPOUT[drop]
+    if drop_node:
+        src += [drop_node, pv_node]
+    else:
+        src.append(pv_node.replace("$pd", "$p"))
+    tgt = ["torch.zeros_like($cond, dtype=$q.dtype) -> $s0",
+           "torch.masked_fill($s0, $cond, $fill) -> $sc",
+           "torch.as_tensor($m, dtype=$q.dtype) -> $p32" + OPT_M,
+           "$sc + $p32 -> $s2" + OPT_M,
+           "torch.Tensor.to($v, $q.dtype) -> $kt",
+           f"torch.nn.functional.scaled_dot_product_attention($q, $k, $kt, attn_mask=$s2, dropout_p={drop_arg}, "
+           f"scale={scale_arg}) -> $p",
+           f"torch.Tensor.{cast}($p, $dt) -> $out"]
+    desc = f"eager attention ({qk} {tname}, {scale}, causal masked_fill, add, softmax cast back by .{cast}, {drop}) -> SDPA"
+    lines = [f'rule {name} "{desc}" {{',
+             "  kernel torch.nn.functional.scaled_dot_product_attention",
+             f"  tolerance {TOLERANCE}"]
+    if drop == "drop":
+        lines.append("  init { torch.nn.Dropout($_p) -> $drop; } => { torch.nn.Dropout($_p) -> $drop; }")
+    lines.append("  forward {")
+    lines += [f"    {n};" for n in src]
+    lines.append("  } => {")
+    lines += [f"    {n};" for n in tgt]
+    lines.append("  }")
+    outs = {n.split("->")[1].split()[0] for n in src[:-1]}
+    lines.append("  keep " + ", ".join(v for v in ("$s0", "$s1", "$sc", "$s2", "$p32", "$p", "$pd") if v in outs))
+    lines.append('  option probe = "$s0"')
+    lines.append("}")
+    return "\n".join(lines)
+
+
+CAUSAL_FILL_NOTE = """\
+# ---- causal attention by masked_fill, softmax cast back (causal Bark's kind) ----
+# As the causal `where` block, the causal mask spelled `s.masked_fill(c, f)`
+# (the additive mask `zeros_like(c, dtype=q.dtype).masked_fill(c, f)`), the
+# cast back `.to(dt)` or `.type(dt)`.  A fill under a flag (`if
+# self.is_causal:`) is matched where the flag selects it; the per-call guard
+# runs the original where it does not."""
+
+
+def causal_fill_rules() -> list[str]:
+    return [CAUSAL_FILL_NOTE] + [causal_fill_rule(qk, t, scale, cast, drop) for qk in ("matmul", "at")
+                                 for t in CAUSAL_TRANSPOSES for scale in CAUSAL_SCALE for cast in ("to", "type")
+                                 for drop in DROPOUT]
+
+
 def generate() -> str:
     out = [HEADER]
+    # The causal blocks first: where the chain runs under a flag (`if
+    # self.is_causal:`, kinds/keepflat.py), a causal rule and a general one
+    # match the same statements on different paths; pack order decides
+    # (S101), and the causal match covers the more complete computation (the
+    # general one only the path where the causal step is skipped).
+    out += causal_rules()
+    out += cast_type_rules()
+    out += causal_fill_rules()
     for qk, (transposes, _, _) in QK.items():
         for t in transposes:
             for scale in SCALE:
@@ -440,7 +571,6 @@ def generate() -> str:
                         for drop in DROPOUT:
                             out.append(rule(qk, t, scale, mask, sm, drop))
     out += t5_rules()
-    out += causal_rules()
     out.append(TOLERANCE_NOTE)
     return "\n\n".join(out) + "\n"
 

@@ -240,7 +240,7 @@ def test_whisper_attention_is_rewritten():
     _, _, source, matches = _model_pair("whisper")
     applied = [m for m in matches if m.status == "applied" and m.class_name == "WhisperAttention"]
     assert [m.rule.split(":")[-1] for m in applied] == ["bmm_t12_noscale_add_softmax_fdrop"], matches
-    assert ".expand(bsz, self.num_heads, tgt_len, src_len).reshape(bsz * self.num_heads, tgt_len, src_len)" in source
+    assert ".broadcast_shapes(attention_mask.shape, (bsz, self.num_heads, tgt_len, src_len))).reshape(bsz * self.num_heads, tgt_len, src_len)" in source
 
 
 def test_whisper_cached_decoding(calls):

@@ -5,9 +5,11 @@ statements into its rewritten branch except the matched ones.  A matched
 statement that sits inside an `if` of the region (`if self.scale_attn:
 scores = scores / d`) used to be copied with its `if` into that branch,
 where it read the scores the rewrite no longer computes (UnboundLocalError)
-while SDPA also applied the scale.  Such a match is now refused; the rule
-without the nested node may still apply, guarded on the `if`'s test (where
-it is false the `if` is dead).  Each model, written here, is rewritten by
+while SDPA also applied the scale.  Such a match is now flattened
+(dslc/rewrite/kinds/keepflat.py): the guard takes `not self.scale_attn` on
+(the original runs without the scale) and the rewritten branch holds the
+`if`'s body without the `if`, the matched scale passed as SDPA's `scale=`,
+so no statement of the `if` is left there.  Each model, written here, is rewritten by
 `dslc apply` and run against the original on every combination of the
 run-time conditions: outputs, returned probabilities, input and parameter
 gradients (fp32, CPU, the real SDPA kernel).
@@ -81,6 +83,10 @@ MODELS = {
 }
 
 
+# rewritten only where `self.scale_attn` is false (see the first test)
+FLAG_FALSE_ONLY = {"tensor_of_scores"}
+
+
 @pytest.fixture(scope="module", params=sorted(MODELS))
 def rewritten(request, tmp_path_factory):
     name = request.param
@@ -91,9 +97,12 @@ def test_the_nested_scale_is_never_rewritten_into_the_sdpa_branch(rewritten):
     name, _, _, report, path = rewritten
     applied = [m for m in report["matches"] if m["status"] == "applied"]
     assert applied, report["matches"]
+    # the scale under `if self.scale_attn:` is SDPA's, where the flag holds; a divisor
+    # built from the scores' dtype (no `option probe` in the general rules): the rule
+    # without it applies, where the flag is false
+    flat = name not in FLAG_FALSE_ONLY
     for m in applied:
-        # the scale under `if self.scale_attn:` is not SDPA's: the rule without it applies
-        assert "_noscale_" in m["rule"], m
+        assert ("_div_" if flat else "_noscale_") in m["rule"], m
     for m in report["matches"]:
         if m["status"] == "skipped":
             assert m["code"] and m["reason"], m
@@ -101,9 +110,9 @@ def test_the_nested_scale_is_never_rewritten_into_the_sdpa_branch(rewritten):
     # the guard: the first `if` of the forward's block, before the original statements
     guard = next(line for line in text.split("v = self.split(self.value(x))")[1].splitlines()
                  if line.startswith("        if "))
-    assert "self.scale_attn" in guard.split(":")[0], guard
+    assert ("not self.scale_attn" in guard.split(":")[0]) == flat and "self.scale_attn" in guard, guard
     fast = text.split("        else:\n", 1)[1]
-    assert "scale=1.0)" in fast and "if self.scale_attn" not in fast.split("return")[0], fast
+    assert ("scale=1.0 / " if flat else "scale=1.0)") in fast and "if self.scale_attn" not in fast.split("return")[0]
 
 
 def _run(module, x, kwargs):
@@ -147,7 +156,8 @@ def test_every_branch_equals_the_original(rewritten, monkeypatch):
         for p in gp0:
             torch.testing.assert_close(gp1[p], gp0[p], **base.TOL, msg=lambda s: f"{case} {p}: {s}")
         # SDPA runs exactly where no condition of the guard holds
-        assert len(calls) == (0 if scale_attn or head_mask or output_attentions else 1), case
+        flag_off = scale_attn if name in FLAG_FALSE_ONLY else not scale_attn
+        assert len(calls) == (0 if flag_off or head_mask or output_attentions else 1), case
         fused_runs += len(calls)
     assert fused_runs
 

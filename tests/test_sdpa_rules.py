@@ -12,7 +12,9 @@ always, a transpose whose meaning depends on the rank.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import json
 import subprocess
 import sys
@@ -58,10 +60,13 @@ def rewritten(tmp_path_factory):
     orig.write_text(sdpa_models.source())
     new = tmp / "new_models.py"
     new.write_text(sdpa_models.source())
-    proc = subprocess.run([sys.executable, "-m", "dslc", "apply", "--rules", str(PACK), "--no-cache", "--jobs", "1",
-                           "--write", "--format", "json", str(new)], capture_output=True, text=True, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr
-    return _load(orig, "sdpa_orig_models"), _load(new, "sdpa_new_models"), json.loads(proc.stdout)["matches"], new.read_text()
+    # in-process (the pack is loaded once per test process: tests/packcache.py)
+    so, se = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(so), contextlib.redirect_stderr(se):
+        code = main(["apply", "--rules", str(PACK), "--no-cache", "--jobs", "1", "--write", "--format", "json", str(new)])
+    assert code == 0, se.getvalue()
+    assert "Traceback" not in se.getvalue()
+    return _load(orig, "sdpa_orig_models"), _load(new, "sdpa_new_models"), json.loads(so.getvalue())["matches"], new.read_text()
 
 
 def test_generated_pack_is_up_to_date():

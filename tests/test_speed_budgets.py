@@ -39,10 +39,10 @@ def packs():
     return load_packs(str(PACK))
 
 
-def _apply(tmp_path, name, text, packs):
+def _apply(tmp_path, name, text, packs, near_misses=False):
     f = tmp_path / f"{name}.py"
     f.write_text(text)
-    report = apply.apply_paths([str(f)], packs, apply.ApplyOptions(jobs=1))
+    report = apply.apply_paths([str(f)], packs, apply.ApplyOptions(jobs=1, near_misses=near_misses))
     (result,) = report.files
     return result
 
@@ -108,6 +108,23 @@ def test_every_generated_worst_case_finishes_with_small_rewritten(tmp_path, pack
     result = _apply(tmp_path, name, generate(W.TEST_SIZES[name]), packs)
     assert not result.errors, result.errors
     assert _small_rewritten(result), (name, result.matches, result.warnings)
+
+
+@pytest.mark.parametrize("name", sorted(W.CASES))
+def test_every_worst_case_with_the_three_packs_and_near_misses_keeps_small_rewritten(tmp_path, name, monkeypatch):
+    # what a demanding user runs (benchmarks/speed.py --only worst times it at full size): the
+    # shared near-miss source, the guard caches and the lower z3 budget must keep `Small` as it was
+    packs = load_packs(tuple(str(REPO / "rulepacks" / f"{n}.adr") for n in ("adopter", "sdpa", "liger")))
+    generate, _ = W.CASES[name]
+    monkeypatch.setattr(budget, "MAX_CONTAINER_ELEMENTS", 200)
+    monkeypatch.setattr(budget, "MAX_PATH_NODES", 300)
+    monkeypatch.setattr(budget, "MAX_WORK", 20_000)
+    monkeypatch.setattr(budget, "MAX_GUARD_QUERIES", 2_000)
+    result = _apply(tmp_path, name, generate(W.TEST_SIZES[name]), packs, near_misses=True)
+    assert not result.errors, result.errors
+    assert _small_rewritten(result), (name, result.matches, result.warnings)
+    small = [n for n in result.near_misses if n.class_name == "Small"]
+    assert not [n for n in small if n.code == "N405"], small  # Small is fully analysed
 
 
 def test_every_case_has_a_test_size():

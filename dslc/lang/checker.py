@@ -72,6 +72,9 @@ OPTIONS: dict[str, tuple] = {
     # (docs/adr-language.md, "Size checks of a removed value: `option shape`").
     "shape": (lambda v: _parse_shape(v) is not None, 'a variable and an expression, e.g. '
               '"$s0 = $q.shape[:-1] + $k.shape[-2:-1]"'),
+    # True: the head call starts a causal LM's labelled loss, which the rewrite
+    # reads from the source (dslc/rewrite/kinds/causallm.py; rules declared unsafe).
+    "causal_lm": (lambda v: isinstance(v, bool), "True or False"),
     "inner": (lambda v: parse_inner(v) is not None,
               'a comma-separated list of variables with accessors, e.g. "$conv[0]"'),
 }
@@ -270,7 +273,7 @@ class _ClassAsSection:
 # The tensor methods the analysis records as `torch.Tensor.<m>` call nodes
 # (analysis/exprs.py TENSOR_METHODS; a copy, so that `dslc check` does not
 # import the analysis; tests/test_sdpa_checker.py keeps them equal).
-TENSOR_METHODS = frozenset({"transpose", "masked_fill", "softmax", "matmul", "bmm", "to", "float", "type_as"})
+TENSOR_METHODS = frozenset({"transpose", "masked_fill", "softmax", "matmul", "bmm", "to", "float", "type_as", "type"})
 
 
 def _allowed(rule: S.Rule, diags: list[Diagnostic]) -> list[Diagnostic]:
@@ -681,6 +684,7 @@ class _VariableChecks(_Checks):
                 if c.var.name not in all_src:
                     self.emit(codes.CONSTRAINT_UNKNOWN, f"`where` constrains `${c.var.name}`, which no source binds",
                               c.var.span, label="unknown variable", help=_suggest(c.var.name, all_src))
+                self.dotted_values(c)
         for w in r.of(S.When):
             for v in vars_in(w.cond):
                 if v.name not in all_src:
@@ -694,6 +698,22 @@ class _VariableChecks(_Checks):
                         self.emit(codes.PARAMS_UNKNOWN,
                                   f"params {role} `${ref.var.name}` is not an init variable", ref.var.span,
                                   label="unknown variable", help=_suggest(ref.var.name, layer_vars))
+
+    def dotted_values(self, c) -> None:
+        """ADR211: a dotted constant needs a dot, and `==` / `in` (by spelling)."""
+        for v in c.values:
+            if not isinstance(v, S.Name):
+                continue
+            if "." not in v.qualname:
+                self.emit(codes.BAD_DOTTED, f"`{v.qualname}` in a `where` constraint is a bare name",
+                          v.span, label="not a constant",
+                          help=f"write the qualified name as sources spell it (e.g. `torch.{v.qualname}`), "
+                               "or a literal (a string: `\"...\"`)")
+            elif c.op in ("!=", "not in"):
+                self.emit(codes.BAD_DOTTED, f"`${c.var.name} {c.op}` a dotted constant cannot be decided",
+                          v.span, label="matched by spelling",
+                          help="another spelling of the same value would pass: list the accepted "
+                               "spellings with `in (...)`")
 
     def uses(self) -> Counter:
         r = self.r
@@ -1219,7 +1239,7 @@ class _Semantics:
                     tensor.add(x.operand.name)
         for w in self.r.of(S.Where):
             for c in w.constraints:
-                if c.var.name in tensor and any(isinstance(v.value, str) for v in c.values):
+                if c.var.name in tensor and any(isinstance(getattr(v, "value", None), str) for v in c.values):
                     self.out.append(diag(codes.TENSOR_VS_STRING,
                                          f"`${c.var.name}` holds a tensor and is compared with a string",
                                          c.span, label="never holds",

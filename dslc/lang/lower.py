@@ -81,7 +81,7 @@ def lower_rule(pack: str, r: S.Rule, modules: dict[str, str] | None = None) -> i
             tgt_types = _types(init_sec.item.target)
         forward = _item(fwd_sec.item, src_types, tgt_types)
     where = tuple(
-        ir.Constraint(_var(c.var), c.op, tuple(v.value for v in c.values), span=c.span)
+        ir.Constraint(_var(c.var), c.op, tuple(_where_value(v) for v in c.values), span=c.span)
         for w in r.of(S.Where) for c in w.constraints
     )
     params = tuple(
@@ -207,3 +207,9 @@ def _node(n, types) -> ir.PatNode:
     if isinstance(e, S.UnaryOp):
         return ir.PatNode("unary", op=e.op, args=(term(e.operand),), outputs=outs, span=n.span)
     raise LowerError(f"not a pattern node: {type(e).__name__}")
+
+
+def _where_value(v) -> object:
+    """A constraint value: a literal's value, or a dotted constant as `ir.Code`
+    (matched by the canonical source text of the bound value)."""
+    return ir.Code(v.qualname, span=v.span) if isinstance(v, S.Name) else v.value

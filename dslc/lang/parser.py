@@ -673,7 +673,7 @@ class _Builder(Transformer):
         return S.Constraint(var, "not in", values.items, span=_join(var, values))
 
     def const_tuple(self, c):
-        items = tuple(x for x in c if isinstance(x, S.Const))
+        items = tuple(x for x in c if isinstance(x, (S.Const, S.Name)))
         return S.TupleLit(items, span=_join(*items) if items else None)
 
     def cond_tuple(self, c):

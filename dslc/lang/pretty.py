@@ -148,8 +148,12 @@ def tuple_lit(items) -> str:
 
 def constraint(c: S.Constraint) -> str:
     if c.op in ("==", "!="):
-        return f"${c.var.name} {c.op} {const(c.values[0].value)}"
-    return f"${c.var.name} {c.op} " + "(" + ", ".join(const(i.value) for i in c.values) + ")"
+        return f"${c.var.name} {c.op} {_where_value(c.values[0])}"
+    return f"${c.var.name} {c.op} " + "(" + ", ".join(_where_value(i) for i in c.values) + ")"
+
+
+def _where_value(v) -> str:
+    return v.qualname if isinstance(v, S.Name) else const(v.value)
 
 
 # -- clauses, rules, files ----------------------------------------------------

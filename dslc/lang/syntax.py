@@ -174,7 +174,7 @@ Cond = Union[Var, AttrRef, Const, TupleLit, Compare, BoolOp, Not]
 class Constraint:
     var: Var
     op: str  # == != in "not in"
-    values: tuple[Const, ...]
+    values: tuple[Const | Name, ...]  # Name: a dotted constant, matched by spelling
     span: Span | None = field(default=None, compare=False)
 
 

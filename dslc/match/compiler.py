@@ -98,8 +98,9 @@ class CompiledRule:
         else:
             lines.append("  forward: none (an instantiation whose layer is called in forward)")
         for c in self.rule.where:
-            vals = c.values[0] if c.op in ("==", "!=") else c.values
-            lines.append(f"  where {c.var} {c.op} {vals!r}")
+            vals = tuple(v.text if isinstance(v, ir.Code) else repr(v) for v in c.values)
+            shown = vals[0] if c.op in ("==", "!=") else "(" + ", ".join(vals) + ")"
+            lines.append(f"  where {c.var} {c.op} {shown}")
         lines.append(f"  names: {', '.join(sorted(self.names)) or '-'}")
         return "\n".join(lines)
 

@@ -159,8 +159,15 @@ class Constraint:
 
     var: Var
     op: str
-    values: tuple[object, ...]
+    values: tuple[object, ...]  # a `Code` value: a dotted constant (`torch.float32`)
     span: Span | None = field(default=None, compare=False)
+
+    def spelled_as(self, kind: str, text: str) -> bool:
+        """Whether a non-literal value is one of the dotted constants an `==` /
+        `in` constraint lists (`torch.float32`), by its canonical source text
+        (`!=` / `not in` take no dotted constant: ADR211)."""
+        return self.op in ("==", "in") and kind in ("name", "expr") and any(
+            isinstance(v, Code) and v.text == text for v in self.values)
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,7 +51,10 @@ norm else nn.Identity()`) that the matched binding does not always
 overwrite makes the match a conflict (S216, `_alternative_binding`): forward
 calls whichever layer was bound, and the rewrite assumes the matched type
 everywhere (the grouped layer would keep its bias and get the fused one;
-`ConvBn2d(conv, nn.Identity())` does not construct).  So does any other
+`ConvBn2d(conv, nn.Identity())` does not construct), unless z3 shows the
+two bindings' guards exclusive and the rule only changes `__init__`
+(`excluded_by_guards`): the rewriter then adds the matched binding's guards
+to the `if` it writes around the init edits.  So does any other
 branch of an `a if c else b` binding, since the rewriter copies the whole
 expression.
 
@@ -966,6 +969,8 @@ def _alternative_binding(rule: ir.Rule, scope: _Scope, init_nodes: dict[str, Ini
                     f"only: the other is {_binding_text(other)}"))
             if overwritten_by(other, b) or (other.kind == "other" and keeps):
                 continue
+            if excluded_by_guards(rule, b, other):
+                continue  # the rewriter confines the rewrite to `b`'s guards (`dslc.rewrite.initguard`)
             where = f" where `{' and '.join(str(g) for g in other.guards)}`" if other.guards else ""
             if is_neutral(other):
                 return codes.reason(codes.S_INIT_ALTERNATIVE, (
@@ -981,6 +986,28 @@ def _alternative_binding(rule: ir.Rule, scope: _Scope, init_nodes: dict[str, Ini
                 f"`self.{b.attr}` is also bound to {_binding_text(other)} (line {line}){where}, "
                 f"which forward would call in place of the `{_short_type(b)}`"))
     return None
+
+
+def excluded_by_guards(rule: ir.Rule, b: InitBinding, other: InitBinding) -> bool:
+    """`other` never runs where `b` does: z3 refutes `b`'s guards together
+    with `other`'s (`if config.num_groups == 1: self.dense = nn.Linear(...)`
+    `else: self.dense = GroupedLinearLayer(...)`), both in the same method.
+    Only for a rule that changes `__init__` and leaves forward as it is
+    (biased_gelu): its rewrite can then be confined to `b`'s guards, as
+    `when` confines it (`dslc.rewrite.initguard`), and where they fail the
+    original code runs.  A rule that edits forward would run the new forward
+    on the other binding's layer."""
+    fwd, init = rule.forward, rule.init
+    if fwd is None or fwd.target is None or tuple(fwd.target) != tuple(fwd.source):
+        return False
+    if init is None or init.target is None or init.target == init.source:
+        return False
+    o, s = other.stmt, b.stmt
+    if not b.guards or o is None or s is None or (o.owner, o.method) != (s.owner, s.method):
+        return False
+    from dslc.analysis import guards
+
+    return guards.consistent(list(b.guards) + list(other.guards)) is guards.Answer.REFUTED
 
 
 def removed_layer_vars(rule: ir.Rule) -> set[str]:
@@ -1043,6 +1070,8 @@ def _check_where(rule: ir.Rule, env: dict[str, _B]) -> str | None | Fail:
         b = env.get(c.var.name)
         if b is None or b.kind == "absent":
             return f"where {c.var} {c.op} ...: {c.var} has no value at this location"
+        if c.spelled_as(b.kind, b.text):
+            continue  # `where $_f32 in (torch.float32, ...)`: a listed spelling
         if b.kind != "const":
             return f"where {c.var} {c.op} {_vals(c)}: {c.var} is {b.text}, not a static value"
         hit = any(_const_eq(b.value, v) for v in c.values)
@@ -1052,7 +1081,8 @@ def _check_where(rule: ir.Rule, env: dict[str, _B]) -> str | None | Fail:
 
 
 def _vals(c: ir.Constraint) -> str:
-    return repr(c.values[0]) if c.op in ("==", "!=") else repr(tuple(c.values))
+    vals = tuple(v.text if isinstance(v, ir.Code) else repr(v) for v in c.values)
+    return vals[0] if c.op in ("==", "!=") else "(" + ", ".join(vals) + ")"
 
 
 # ---------------------------------------------------------------------------

@@ -171,9 +171,13 @@ def _nested(f) -> tuple | None:
     if k is None or f.rule.variant_of is not None or k >= len(f.nodes):
         return None
     blocks = {n.stmt.blocks for i, n in enumerate(f.nodes) if i != k}
-    if len(blocks) != 1:
+    base = f.nodes[-1].stmt.blocks if k != len(f.nodes) - 1 else None
+    # the others in the final node's block, or one `if` deeper (a step under
+    # a flag, flattened by the per-call guard: dslc/rewrite/kinds/keepflat.py)
+    deeper = [b for b in blocks if b != base]
+    if base is None or (deeper and not f.rule.rule.keep) or any(
+            len(b) != len(base) + 1 or b[: len(base)] != base or b[-1][1] != "body" for b in deeper):
         return None
-    base = blocks.pop()
     inner = f.nodes[k].stmt.blocks
     if len(inner) != len(base) + 1 or inner[: len(base)] != base:
         return None
@@ -278,6 +282,25 @@ def kept_updates(rules) -> set:
             writer = _node_key(n) or (layers.get(n.layer_var) if n.layer_var else None)
             if writer:
                 out.update((u, writer) for u in KEPT_UPDATES)
+        out |= _score_updates(source, set(rule.keep) - probs)
+    return out
+
+
+# How a kept score (a kept value other than the probabilities) may be
+# updated in an `if` without `else`: rescaled (`if self.scale_by_layer: s =
+# s / float(self.layer_idx + 1)`, GPT-2's layer-wise scaling).  The analysis
+# splits such a call-free `if` so that the chain matches where it is not
+# taken; where it is, the per-call guard runs the original (kinds/keep.py).
+SCORE_UPDATES = ("/",)
+
+
+def _score_updates(source, scores: set) -> set:
+    """(update, writer) pairs for the kept scores (see SCORE_UPDATES)."""
+    out = set()
+    for n in source[:-1]:
+        writer = _node_key(n)
+        if writer and {v.name for v in n.outputs} & scores:
+            out.update((u, writer) for u in SCORE_UPDATES)
     return out
 
 

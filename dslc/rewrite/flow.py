@@ -17,12 +17,14 @@ need the source itself, and `FlowChecks` gives them for one file:
 from __future__ import annotations
 
 import ast
+import hashlib
 import os
 import re
+import time
 
 from dslc import codes
 from dslc.match import ir
-from dslc.rewrite import holders, outside, safety
+from dslc.rewrite import holders, outside, safety, walkers
 from dslc.rewrite.astutil import dotted_tail, word_pattern
 from dslc.rewrite.plan import Skip
 from dslc.rewrite.rules import forward_unchanged
@@ -183,8 +185,8 @@ class FlowChecks:
         name, directly or through other classes of that file) must not call,
         read or assign the attribute in its own methods.  Names are matched
         by spelling, so an unrelated class of the same name refuses too.
-        Each sibling is read and parsed at most once while its size and
-        modification time stay the same (`_Siblings`, shared by every file
+        Each sibling is read and parsed at most once while its
+        content stays the same (`_Siblings`, shared by every file
         of the run).
         """
         if cls is None or not changed:
@@ -242,7 +244,21 @@ class FlowChecks:
                 found.append((line, codes.W_OUTSIDE_SCRIPT, f"{cls.name}: {message}"))
         if notes is not None:
             notes.extend(found)
+            if not interface_kept:
+                notes.extend((line, codes.W_TREE_WALK, f"{cls.name}: {message}") for message in self._walks(changed))
         return None
+
+    def _walks(self, changed: dict[str, str]) -> list[str]:
+        """W112: computed-name walks of a module tree in this file and its
+        siblings (`dslc.rewrite.walkers`), one message per file."""
+        if "walks" not in self._outside_cache:
+            here = walkers.walks(self.mod.tree) if walkers.GATE.search(self.mod.source) else ()
+            self._outside_cache["walks"] = here
+        found = [(os.path.basename(self.path), w) for w in self._outside_cache["walks"][:1]]
+        for path in _sibling_paths(getattr(self.facts, "path", None) or self.path):
+            there = _SIBLINGS.derived(path, ("walks",), walkers.GATE, walkers.walks, ())
+            found += [(os.path.basename(path), w) for w in there[:1]]
+        return [walkers.describe(w, name, changed) for name, w in found]
 
 
 def _holders_proof(self: FlowChecks, cls_name: str):
@@ -298,56 +314,91 @@ def _sibling_paths(here: str) -> list[str]:
 
 
 class _Siblings:
-    """What the checks derive from sibling modules, per (path, size, mtime):
-    a file is read again only when it changed, parsed only when its text
+    """What the checks derive from sibling modules, per file content: a file
+    is read again only when it may have changed, parsed only when its text
     matches the question's pattern, and parsed once for all the questions
     asked while it is the most recent one (package folders of multi-MB
     files made the parses the bulk of a run).  The answers of the last
-    `KEEP` files are kept (a run goes folder by folder)."""
+    `KEEP` files are kept (a run goes folder by folder).
+
+    Answers are keyed by (path, content digest).  The stat stamp (inode,
+    size, mtime, ctime) says whether to read the file again, but only once
+    it has settled: two same-size writes within one timestamp tick leave
+    the stamp as it was, so a file changed less than `SETTLE_NS` before it
+    was looked at is read (and its digest compared) at every question.  A
+    settled file cannot change without a later ctime (no tool sets ctime).
+    """
 
     KEEP = 32
+    SETTLE_NS = 2_000_000_000  # above any filesystem's timestamp granularity (FAT: 2 s)
 
     def __init__(self) -> None:
         self.results: dict[tuple, dict] = {}
         self.texts: dict[tuple, bytes] = {}
         self.tree: tuple[tuple, ast.AST] | None = None
+        # path -> (stat stamp, digest, settled)
+        self.seen: dict[str, tuple[tuple, bytes, bool]] = {}
 
     def derived(self, path: str, question: tuple, pattern: re.Pattern, compute, default):
         try:
-            st = os.stat(path)
+            key = self._key(path)
         except OSError:
             return default
-        stamp = (path, st.st_size, st.st_mtime_ns)
-        known = self.results.pop(stamp, None)
+        known = self.results.pop(key, None)
         if known is None:
             known = {}
             if len(self.results) >= self.KEEP:
                 self.results.pop(next(iter(self.results)))
-        self.results[stamp] = known  # the most recent last
+        self.results[key] = known  # the most recent last
         try:
             gate = ("mentions", pattern.pattern)
             if gate not in known:
-                known[gate] = pattern.search(self._raw(stamp).decode("utf-8", errors="replace")) is not None
+                known[gate] = pattern.search(self._raw(key).decode("utf-8", errors="replace")) is not None
             if not known[gate]:
                 return default
             if question not in known:
-                if self.tree is None or self.tree[0] != stamp:
+                if self.tree is None or self.tree[0] != key:
                     self.tree = None
-                    self.tree = (stamp, ast.parse(self._raw(stamp)))
+                    self.tree = (key, ast.parse(self._raw(key)))
                 known[question] = compute(self.tree[1])
             return known[question]
         except (OSError, SyntaxError, ValueError, RecursionError):
             known[question] = default
             return default
 
-    def _raw(self, stamp: tuple) -> bytes:
-        raw = self.texts.get(stamp)
-        if raw is None:
-            with open(stamp[0], "rb") as fh:
-                raw = fh.read()
+    def _key(self, path: str) -> tuple:
+        """(path, digest of the content); reads the file unless its settled
+        stat stamp is the one last seen."""
+        now = time.time_ns()
+        st = os.stat(path)
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        seen = self.seen.get(path)
+        if seen is not None and seen[0] == stamp and seen[2]:
+            return (path, seen[1])
+        with open(path, "rb") as fh:
+            raw = fh.read()
+        digest = hashlib.blake2b(raw, digest_size=16).digest()
+        settled = max(st.st_mtime_ns, st.st_ctime_ns) + self.SETTLE_NS < now
+        if path not in self.seen and len(self.seen) >= 64 * self.KEEP:
+            self.seen.pop(next(iter(self.seen)))
+        self.seen[path] = (stamp, digest, settled)
+        key = (path, digest)
+        if key not in self.texts:
             if len(self.texts) >= 8:
                 self.texts.pop(next(iter(self.texts)))
-            self.texts[stamp] = raw
+            self.texts[key] = raw
+        return key
+
+    def _raw(self, key: tuple) -> bytes:
+        raw = self.texts.get(key)
+        if raw is None:
+            with open(key[0], "rb") as fh:
+                raw = fh.read()
+            if hashlib.blake2b(raw, digest_size=16).digest() != key[1]:
+                raise OSError(f"{key[0]} changed while it was read")
+            if len(self.texts) >= 8:
+                self.texts.pop(next(iter(self.texts)))
+            self.texts[key] = raw
         return raw
 
 

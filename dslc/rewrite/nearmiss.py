@@ -191,6 +191,20 @@ class SourceNames:
     rule's types, and the place is a near miss to explain, not nothing.
     Attributes of `self` are layer names (`self.LayerNorm`), not types: left out."""
 
+    # The last file's: the near misses of each pack of a run read the same
+    # text (one parse and one name walk per file, not per pack).
+    _last: SourceNames | None = None
+
+    @classmethod
+    def of(cls, source: str | None) -> SourceNames:
+        """The `SourceNames` of `source`, shared with the last caller that
+        passed the same text object (everything here derives from the text
+        alone; `SourceCalls` keys its answers by the imports too)."""
+        last = cls._last
+        if last is None or last.source is not source:
+            last = cls._last = cls(source)
+        return last
+
     def __init__(self, source: str | None):
         self.source = source
         self._defs: list | None = None
@@ -415,7 +429,7 @@ def places(compiled, facts, source: str | None = None) -> list[_Place]:
     """Every (rule, place) that holds the rule's anchors (module doc, step 1)."""
     found: dict[tuple, _Place] = {}
     class_names: dict[str, set[str]] = {}
-    spelled = SourceNames(source)
+    spelled = SourceNames.of(source)
     for cls in facts.classes:
         names = {_last(b.type) for b in cls.init if b.type} | {_last(b.unresolved) for b in cls.init if b.unresolved}
         names |= _names_of_paths(cls.paths)

@@ -28,7 +28,8 @@ from typing import Literal
 
 from dslc import codes
 from dslc.match import ir
-from dslc.rewrite import safety
+from dslc.rewrite import initguard, rebound, safety
+from dslc.rewrite.flow import FlowChecks
 from dslc.rewrite.context import Context
 from dslc.rewrite.edits import EditConflict, apply_edits, parse_error
 from dslc.rewrite.kinds import KINDS
@@ -69,9 +70,11 @@ class _Rewriter:
         self.calls = CallDispatch(self.ctx)
         self.when = WhenGuard(self.ctx)
         self.overlap_lifted = False
+        self.ctx.init_guarded = []  # of the match being planned (`dslc.rewrite.initguard`)
 
     def plan(self, match: ir.Match) -> Plan:
         plan = Plan()
+        self.ctx.init_guarded = []
         # an overlap with earlier rules' matches that were all refused is lifted (`_rewrite`)
         reason = None if match.yields_to and self.overlap_lifted else safety.check_conflict(match)
         if reason:
@@ -109,11 +112,19 @@ class _Rewriter:
             # Per construction: the kernel's layer where its needs are met, else the original.
             needs = self.calls.needs_condition(match, plan, rule.init.target, per_call=False)
             condition = f"{needs} and ({condition})" if condition else needs
+        cls = safety.find_class(self.ctx.facts, match.class_name)
+        # A matched layer built only under a guard, another binding where it fails: the rewrite under that guard too.
+        self.ctx.init_guarded = initguard.guarded_bindings(match, cls)
+        guard = initguard.condition(self.ctx.init_guarded)
+        if guard:
+            condition = initguard.conjunction([condition, guard]) if condition else guard
         reason = safety.check_when(match, condition)
         if reason:
             raise Skip(reason)
-        cls = safety.find_class(self.ctx.facts, match.class_name)
         reason = safety.check_when_alternatives(match, cls, condition)
+        if reason:
+            raise Skip(reason)
+        reason = rebound.check_rebound(match, self.ctx.facts, cls, FlowChecks(self.ctx.mod, self.ctx.facts, self.ctx.path))
         if reason:
             raise Skip(reason)
         paths = safety.paths_through(match, self.ctx.facts) if match.nodes else []
@@ -205,7 +216,7 @@ def _rewrite(source: str, facts, matches, path: str, *, check_each: bool) -> Rew
                 if err is not None:
                     raise Skip(codes.S_NO_PARSE, f"the rewrite would not parse ({err})")
         except Skip as exc:
-            if codes.code_of(exc.reason) == codes.S_GENERATED:
+            if codes.code_of(exc.reason) in (codes.S_GENERATED, codes.S_NO_CAUSAL_LM_LOSS):
                 continue  # dslc's own fallback code is no location: a second apply reports nothing new
             outcomes[index] = Outcome(match, "skipped", exc.reason, tuple(match.lines))
             continue

@@ -401,9 +401,9 @@ def check_constraints(match: ir.Match) -> str | None:
     """A `where` constraint over a value that is not a literal cannot be decided."""
     for constraint in match.rule.where:
         bound = match.bindings.get(constraint.var.name)
-        if bound is None or bound.kind == "const":
+        if bound is None or bound.kind == "const" or constraint.spelled_as(bound.kind, bound.text):
             continue
-        values = ", ".join(repr(v) for v in constraint.values)
+        values = ", ".join(v.text if isinstance(v, ir.Code) else repr(v) for v in constraint.values)
         need = f"{constraint.op} {values}" if len(constraint.values) == 1 else f"{constraint.op} ({values})"
         return codes.reason(codes.S_CONSTRAINT_STATIC, f"`${constraint.var.name}` must be {need} but is `{bound.text}`, not known statically")
     return None

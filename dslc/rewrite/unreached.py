@@ -66,7 +66,15 @@ class SourceCalls:
     def __init__(self, tree: ast.AST | None):
         self.tree = tree
         self._parent: dict[int, ast.AST] | None = None
-        self._calls: dict[str, list[AnchorCall]] = {}
+        self._calls: dict[tuple, list[AnchorCall]] = {}
+        # the file's calls in `ast.walk` order, indexed once (a pack asks for
+        # hundreds of callees: one walk of the tree each was most of the
+        # near-miss time on a long file): by method name, and by callee name
+        # through each set of imports asked with
+        self._nodes: list[ast.Call] | None = None
+        self._by_attr: dict[str, list[int]] = {}
+        self._parts: list[list[str]] = []
+        self._by_name: dict[tuple, dict[str, list[int]]] = {}
 
     def parent(self, node: ast.AST) -> ast.AST | None:
         if self._parent is None:
@@ -82,24 +90,36 @@ class SourceCalls:
             yield p
             p = self.parent(p)
 
+    def _index(self, imports: dict[str, str]) -> tuple[tuple, dict[str, list[int]]]:
+        if self._nodes is None:
+            self._nodes = [n for n in ast.walk(self.tree) if isinstance(n, ast.Call)] if self.tree is not None else []
+            for i, n in enumerate(self._nodes):
+                if isinstance(n.func, ast.Attribute):
+                    self._by_attr.setdefault(n.func.attr, []).append(i)
+                self._parts.append(dotted_parts(n.func))
+        key = tuple(sorted(imports.items()))
+        if key not in self._by_name:
+            names: dict[str, list[int]] = {}
+            for i, parts in enumerate(self._parts):
+                if parts and parts[0] in imports:
+                    names.setdefault(".".join([imports[parts[0]], *parts[1:]]), []).append(i)
+            self._by_name[key] = names
+        return key, self._by_name[key]
+
     def calls(self, qualname: str, imports: dict[str, str]) -> list[AnchorCall]:
         """Every call of `qualname` (spelled through the file's imports; a
         `torch.Tensor.<m>` method on any value), in source order."""
-        if qualname in self._calls:
-            return self._calls[qualname]
+        key, names = self._index(imports)
+        if (qualname, key) in self._calls:
+            return self._calls[(qualname, key)]
         method = qualname.startswith("torch.Tensor.") and qualname.rsplit(".", 1)[-1]
+        by_method = set(self._by_attr.get(method, ())) if method else set()
         out = []
-        for n in ast.walk(self.tree) if self.tree is not None else ():
-            if not isinstance(n, ast.Call):
-                continue
-            if method and isinstance(n.func, ast.Attribute) and n.func.attr == method:
-                out.append(self._anchor_call(n, True))
-                continue
-            parts = dotted_parts(n.func)
-            if parts and parts[0] in imports and ".".join([imports[parts[0]], *parts[1:]]) == qualname:
-                out.append(self._anchor_call(n, False))
+        # in walk order, as one walk of the tree finds them (the sort below keeps ties in that order)
+        for i in sorted(by_method.union(names.get(qualname, ()))):
+            out.append(self._anchor_call(self._nodes[i], i in by_method))
         out.sort(key=lambda c: (c.line, c.call.col_offset))
-        self._calls[qualname] = out
+        self._calls[(qualname, key)] = out
         return out
 
     def _anchor_call(self, call: ast.Call, method: bool) -> AnchorCall:

@@ -182,7 +182,8 @@ def _verify_class(loaded: Loaded, name: str, factory: Any, class_tol: Tolerance,
                              max_rel=max(merged.max_rel, result.max_rel), compared=merged.compared + result.compared,
                              modes=merged.modes + tuple(f"{m}[{label}]" for m in result.modes),
                              bf16_max_abs=_max_known(merged.bf16_max_abs, result.bf16_max_abs),
-                             bf16_max_rel=_max_known(merged.bf16_max_rel, result.bf16_max_rel))
+                             bf16_max_rel=_max_known(merged.bf16_max_rel, result.bf16_max_rel),
+                             bf16_ref_ratio=_max_known(merged.bf16_ref_ratio, result.bf16_ref_ratio))
     return merged  # type: ignore[return-value] - variant 0 always returns above or sets it
 
 
@@ -243,7 +244,8 @@ def _verify_variant(loaded: Loaded, name: str, factory: Any, class_tol: Toleranc
     common = dict(via=built.via, tolerance=tol, max_abs=tally.max_abs, max_rel=tally.max_rel,
                   modes=tally.modes, compared=tally.compared, reference_kernels=refs,
                   nonfinite=tally.nonfinite, inputs=built.described,
-                  bf16_max_abs=tally.bf16_max_abs, bf16_max_rel=tally.bf16_max_rel)
+                  bf16_max_abs=tally.bf16_max_abs, bf16_max_rel=tally.bf16_max_rel,
+                  bf16_ref_ratio=tally.bf16_ref_ratio)
     if tally.worst is not None:
         m = tally.worst
         reason = m.message or f"max abs error {m.max_abs:.3g}, max rel error {m.max_rel:.3g}"

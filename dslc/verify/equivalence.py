@@ -23,7 +23,9 @@ check is a differential test, per rewritten class:
      LayerNorm eps hides at unit scale) and with inputs 2x+1 (not standard
      normal), in train mode when every rule involved declares itself
      deterministic, and in bfloat16 when every rule declares a bf16
-     tolerance (`compare._compare_bf16`), seeding before each forward;
+     tolerance (`compare._compare_bf16`; a class run inside a containing
+     model against a float32 reference, `compare._compare_bf16_whole`),
+     seeding before each forward;
      with a tiny config, repeat for each configuration variant that turns on
      dead code paths (`tinyconfig.variants`).  Compare all
      tensors of the nested outputs, the input gradients and the parameter

@@ -78,6 +78,9 @@ class ClassResult:
     # the worst errors of the bfloat16 run (`Tolerance.bf16`), when there was one
     bf16_max_abs: float | None = None
     bf16_max_rel: float | None = None
+    # a class run inside a containing model: the worst ratio of the rewrite's
+    # bf16 error against float32 to its bound (`compare._compare_bf16_whole`)
+    bf16_ref_ratio: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"class": self.name, "status": self.status}
@@ -106,7 +109,18 @@ class ClassResult:
             out["inputs"] = self.inputs
         if self.bf16_max_abs is not None:
             out["bf16"] = {"max_abs": _num(self.bf16_max_abs), "max_rel": _num(self.bf16_max_rel or 0.0)}
+            if self.bf16_ref_ratio is not None:
+                out["bf16"]["fp32_error_ratio"] = _num(self.bf16_ref_ratio)
         return out
+
+
+def _ratio_text(r: ClassResult) -> str:
+    if r.bf16_ref_ratio is None:
+        return ""
+    if not r.bf16_ref_ratio:
+        return "; inside the model, every tensor within the layer contract"
+    return (f"; inside the model, tensors beyond the layer contract: error against float32 at most "
+            f"{r.bf16_ref_ratio:.2f} of its bound, 2 x the bf16 original's + 2^-8 x max")
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,8 +225,8 @@ def render(report: VerifyReport, fmt: str = "text") -> str:
             nonfinite = (f", {r.nonfinite} NaN/Inf values equal on both sides (same positions)"
                          if r.nonfinite else "")
             inputs = f"; {r.inputs}" if r.inputs else ""
-            bf16 = (f" (bf16: max abs error {r.bf16_max_abs:.3g}, max rel error {r.bf16_max_rel or 0.0:.3g})"
-                    if r.bf16_max_abs is not None else "")
+            bf16 = (f" (bf16: max abs error {r.bf16_max_abs:.3g}, max rel error {r.bf16_max_rel or 0.0:.3g}"
+                    f"{_ratio_text(r)})" if r.bf16_max_abs is not None else "")
             lines.append(f"  pass  {r.name}{via}: {r.compared} tensors in {_describe_modes(r.modes)}, "
                          f"max abs error {r.max_abs:.3g}, {_rel_text(r)}{bf16}{nonfinite}{tol}{inputs}{ref}")
         elif r.status == "fail":

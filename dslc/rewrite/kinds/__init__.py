@@ -3,6 +3,7 @@
 For each match, `rewriter._Rewriter.plan` runs the shared checks (`Setup`)
 and lets the first kind of `KINDS` that selects the match plan it:
 
+- `CausalLMLoss`     `option causal_lm`: a causal LM's head and loss, fused in training (unsafe);
 - `ClassDispatch`    a class item: a dispatch at the top of the class's forward;
 - `NoneGuardedLayer` a removed layer `__init__` binds to `None` / `nn.Identity()`
                      on another branch (its call under `if self.<a> is not None:`, ...);
@@ -22,6 +23,7 @@ A new kind of rewrite is one `Kind` subclass (see base.py) added to `KINDS`
 before the kinds whose matches it takes over.
 """
 
+from dslc.rewrite.kinds.causallm import CausalLMLoss
 from dslc.rewrite.kinds.classitem import ClassDispatch
 from dslc.rewrite.kinds.container import ContainerFusion
 from dslc.rewrite.kinds.fusion import Fusion
@@ -29,6 +31,6 @@ from dslc.rewrite.kinds.guarded import NoneGuardedLayer
 from dslc.rewrite.kinds.helper import AcrossHelper
 from dslc.rewrite.kinds.ziploop import ZipContainers
 
-KINDS = (ClassDispatch, NoneGuardedLayer, AcrossHelper, ZipContainers, ContainerFusion, Fusion)
+KINDS = (CausalLMLoss, ClassDispatch, NoneGuardedLayer, AcrossHelper, ZipContainers, ContainerFusion, Fusion)
 
-__all__ = ["KINDS", "AcrossHelper", "ClassDispatch", "ContainerFusion", "Fusion", "NoneGuardedLayer", "ZipContainers"]
+__all__ = ["KINDS", "AcrossHelper", "CausalLMLoss", "ClassDispatch", "ContainerFusion", "Fusion", "NoneGuardedLayer", "ZipContainers"]

@@ -115,7 +115,7 @@ class ForwardFusion(Planner):
         final_pn = target[-1]
         region = self.keep.prepare(match, groups)
         self.keepcall.prepare(match, region)  # a match in a helper: the guard may go to its call
-        views = take_view_ifs(self.mod, region, match)  # a mask added through views (kinds/keepviews.py)
+        views = take_view_ifs(self.mod, region, match, lambda: self.ctx.imports.torch_module(plan))  # kinds/keepviews.py
         if views is not None:
             final_text, target = self._through_views(match, views, env, plan)
             final_pn = target[-1]

@@ -29,10 +29,12 @@ between the first matched statement and the place it is tested: so the
 guard, evaluated once before the statements, has the value the original
 code tests later.  All matched statements must sit in one block (an
 optional node's `if` counts as one of its statements); a matched statement
-nested in a compound statement of that block (`if self.scale: s = s / d`)
-gets no guard (the rewritten branch would copy the compound statement, and
-the matched statement in it, whole): the match takes the plain checks,
-which refuse it, and the rule without that node may still apply, guarded
+nested in a compound statement of that block gets no guard (the rewritten
+branch would copy the compound statement, and the matched statement in it,
+whole): the match takes the plain checks, which refuse it; except directly
+in an `if T:` without `else` (`if self.scale: s = s / d`): the guard takes
+`not T` on and the rewritten branch holds the `if`'s body without the `if`
+(kinds/keepflat.py).  The rule without that node may still apply, guarded
 on the `if`'s test like any `if` that updates a kept value.  A match inside the
 original branch of a guard written by an earlier run is left alone (S407).
 """
@@ -46,6 +48,7 @@ from dslc import codes
 from dslc.match import ir
 from dslc.rewrite import safety
 from dslc.rewrite.edits import indent_lines
+from dslc.rewrite.kinds import keepflat
 from dslc.rewrite.kinds.base import Planner
 from dslc.rewrite.kinds.keepchecks import multiline_string
 from dslc.rewrite.kinds.keepelse import else_ok, else_text
@@ -68,6 +71,8 @@ class Region:
     problem: str | None = None
     read_later: list = field(default_factory=list)  # kept names read after the match (bound to None)
     view_ifs: list = field(default_factory=list)  # a mask added through views (kinds/keepviews.py)
+    # `if T:` statements holding matched statements, flattened in the rewritten branch (kinds/keepflat.py)
+    taken_ifs: list = field(default_factory=list)
 
     def add_test(self, test: ast.expr) -> None:
         text = ast.unparse(test)
@@ -91,19 +96,32 @@ class KeepGuard(Planner):
         final = groups[-1][2]
         _, _, block = self.mod.block_of(final)
         kept = {b.text for v in rule.keep if (b := match.bindings.get(v)) is not None and b.kind == "name"}
-        tops = []
-        for _, _, stmt in groups:
+        tops, taken = [], []
+        optional = {id(match.nodes[k]) for k, pn in enumerate(rule.forward.source)
+                    if pn.optional and k < len(match.nodes)}
+        for _, nodes, stmt in groups:
             top = self._top_in(stmt, block)
             if top is None:  # hoisted across blocks: the plain rewrite, no guard
                 return Region([], None, [], kept, problem=(
                     f"line {stmt.lineno} is not in the block of the final statement (line {final.lineno}); "
                     f"a per-call guard holds one block"))
-            if top is not stmt:  # nested in a compound statement of the block: not copied whole
-                return Region([], None, [], kept, problem=_nested_problem(stmt, top))
+            if top is not stmt:  # nested: only in an `if T:` flattened where T holds (kinds/keepflat.py)
+                problem = (keepflat.taken_if(stmt, top, any(id(n) in optional for n in nodes))
+                           if isinstance(top, ast.If) else _nested_problem(stmt, top))
+                if problem is not None:
+                    return Region([], None, [], kept, problem=problem)
+                if not any(t is top for t in taken):
+                    taken.append(top)
             tops.append(top)
         lo = min(block.index(t) for t in tops)
         body = block[lo:block.index(final) + 1]
         region = Region(body, self._function(final), [], kept)
+        for top in taken:
+            problem = self.test_problem(region, top.test, top.lineno)
+            if problem is not None:
+                return Region([], None, [], kept, problem=problem)
+            region.taken_ifs.append(top)
+            region.add_test(keepflat.negated(top.test))
         ids = {id(t) for t in tops}
         for stmt in body:
             if id(stmt) in ids or not isinstance(stmt, ast.If) or not (_stores(stmt.body) & kept):
@@ -212,10 +230,16 @@ class KeepGuard(Planner):
         """`if <cond>: <original> else: <rewritten>` in place of the region."""
         final = groups[-1][2]
         cond = region.condition()
+        callee = final_text.split("(", 1)[0].strip()
         for parent, fname in self.mod.chain(final):
             if isinstance(parent, ast.If) and fname == "body" and ast.unparse(parent.test) == cond:
                 raise Skip(codes.S_GENERATED, f"inside the original branch of the per-call guard `if {cond}:` "
                            f"(line {parent.lineno})")
+            # a guard of an earlier run on other flags (kinds/keepflat.py): its `else` calls the kernel
+            if (isinstance(parent, ast.If) and fname == "body" and callee and parent.orelse
+                    and callee + "(" in "\n".join(ast.unparse(x) for x in parent.orelse)):
+                raise Skip(codes.S_GENERATED, f"inside the original branch of the per-call guard "
+                           f"`if {ast.unparse(parent.test)}:` (line {parent.lineno}), whose `else` calls the kernel")
         smap = self.mod.smap
         for stmt in region.body:
             self.mod.stmt_range(stmt)  # alone on its lines (S_MULTI_STMT)
@@ -229,9 +253,25 @@ class KeepGuard(Planner):
         nl = self.mod.nl
         original = smap.text[start:end]
         deleted = {id(s) for _, _, s in groups[:-1]} | {id(s) for s in region.guard_ifs}
+        fast = self.fast_lines(plan, region, region.body, deleted, final, final_text, lo, hi)
+        fast += [f"{indent}{name} = None{nl}" for name in region.read_later]
+        if not original.endswith(("\n", "\r")):
+            original += nl
+        text = (f"{indent}if {cond}:{nl}" + indent_lines(original, unit)
+                + f"{indent}else:{nl}" + indent_lines("".join(fast), unit))
+        self.ctx.claim(plan, start, end, text, final)
+        plan.lines.update(range(region.body[0].lineno, final.end_lineno + 1))
+
+    def fast_lines(self, plan: Plan, region: Region, stmts, deleted, final, final_text: str, lo: int, hi: int):
+        """The rewritten branch's text of `stmts`, one string per statement."""
+        smap = self.mod.smap
         fast = []
-        for stmt in region.body:
+        for stmt in stmts:
             a, b = self.mod.stmt_range(stmt)
+            if any(stmt is t for t in region.taken_ifs):  # where its test holds: its body (kinds/keepflat.py)
+                inner = self.fast_lines(plan, region, stmt.body, deleted, final, final_text, lo, hi)
+                fast.append(keepflat.flat_text(self.mod, stmt, list(zip(stmt.body, inner))) if inner else "")
+                continue
             if stmt is final:
                 fast.append(smap.text[a:lo] + final_text + smap.text[hi:b])
             elif id(stmt) in plan.probes:
@@ -242,13 +282,9 @@ class KeepGuard(Planner):
                 fast.append(smap.text[a:b])
             elif any(stmt is s for s in region.guard_ifs) and stmt.orelse:  # where the test is false
                 fast.append(else_text(self.mod, stmt))
-        fast += [f"{indent}{name} = None{nl}" for name in region.read_later]
-        if not original.endswith(("\n", "\r")):
-            original += nl
-        text = (f"{indent}if {cond}:{nl}" + indent_lines(original, unit)
-                + f"{indent}else:{nl}" + indent_lines("".join(fast), unit))
-        self.ctx.claim(plan, start, end, text, final)
-        plan.lines.update(range(region.body[0].lineno, final.end_lineno + 1))
+            else:
+                fast.append("")
+        return fast
 
 
 def _nested_problem(stmt: ast.stmt, top: ast.stmt) -> str:

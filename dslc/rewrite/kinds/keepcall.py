@@ -64,6 +64,7 @@ from dslc.rewrite import safety
 from dslc.rewrite.astutil import self_attr_name
 from dslc.rewrite.edits import Edit, indent_lines
 from dslc.rewrite.flow import sibling_subclass
+from dslc.rewrite.kinds import keepflat
 from dslc.rewrite.kinds.base import Planner
 from dslc.rewrite.plan import Plan, Skip
 
@@ -263,6 +264,8 @@ class KeepCall(Planner):
         for test in region.tests:
             text = ast.unparse(test)
             where = next((s.lineno for s in region.guard_ifs if ast.unparse(s.test) == text), None)
+            where = where or next((s.lineno for s in region.taken_ifs  # kinds/keepflat.py
+                                   if ast.unparse(keepflat.negated(s.test)) == text), None)
             for n in ast.walk(test):
                 if isinstance(n, (ast.Call, ast.NamedExpr, ast.Lambda, ast.Await, ast.Yield, ast.YieldFrom,
                                   ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)):
@@ -313,7 +316,9 @@ class KeepCall(Planner):
         fast = []
         for stmt in region.body:
             a, b = mod.stmt_range(stmt)
-            if stmt is final:
+            if any(stmt is t for t in region.taken_ifs):  # flattened where its test holds (kinds/keepflat.py)
+                fast += self.keep.fast_lines(plan, region, [stmt], deleted, final, final_text, lo, hi)
+            elif stmt is final:
                 fast.append(smap.text[a:lo] + final_text + smap.text[hi:b])
             elif id(stmt) in plan.probes:
                 fast.append(plan.probes[id(stmt)])

@@ -20,20 +20,25 @@ call-free; `s` the value that flows into the optional node's place), the
 rewritten branch passes the mask of the rule as written (its `present`
 rule) with `$m` read as
 
-    m.expand(A).reshape(B)
+    torch.broadcast_to(m, torch.broadcast_shapes(m.shape, (A))).reshape(B)
 
 and keeps the `if` with its checks only.  Why it is the same: where the
 original does not raise, s.view(A) is s's memory in the shape A (s is the
 contiguous product), the broadcast sum has the shape A (else the view back
 to B would not have s's number of elements), so view(B) of the sum is
-s.reshape(B) + m.expand(A).reshape(B) elementwise; and B is s's shape
+s.reshape(B) + M elementwise, M = m broadcast to the sum's shape and
+reshaped to B (the sum's shape is A, or A with leading 1s where m has more
+dims: `m.expand(A)` would raise there); and B is s's shape
 (else the next product, a `torch.bmm` with v, which takes 3-d tensors
 and does not broadcast, would fail on its shapes: only a chain ending in
-`torch.bmm` is taken).  Where the sum's shape is not A (a mask larger
-than A), `m.expand(A)` raises: the original raises too, unless B holds a
--1 and its larger scores went on (a result of another shape, never the
-same numbers).  So the scores are s + M with M =
-m.expand(A).reshape(B): the rule's present form with that mask.
+`torch.bmm` is taken).  Where the sum has more elements than A (a mask
+larger than A), the reshape to B raises, as the original's view does,
+unless B holds a -1 (the original's larger scores go on): a `-1` (any
+negative literal) in B, or in A (`view`'s inferred size, which neither
+`expand` nor `broadcast_shapes` infers), leaves the `if` to the guard
+(the original runs where a mask is given); so does an A of fewer than
+two sizes (it may be one shape object).  So the scores are s + M: the
+rule's present form with that mask.
 
 The paths through the `if`'s body are left out of the data-flow checks
 (their statements are the ones above, which write only `s`); the names that
@@ -138,7 +143,24 @@ def _root(node) -> str | None:
     return node.id if isinstance(node, ast.Name) else None
 
 
-def take_view_ifs(mod, region, match: ir.Match) -> ViewMask | None:
+def exact_views(a, b) -> bool:
+    """A and B as `broadcast_to(m, broadcast_shapes(m.shape, A)).reshape(B)`
+    needs them (module docstring): two or more sizes for A (a tuple of
+    numbers, whatever each is), and no negative literal in either.  A `-1`
+    in B lets the original's larger sum go on (scores of another shape,
+    where the mask's rewrite would raise); in A it is `view`'s inferred
+    size, which `expand` and `broadcast_shapes` do not infer."""
+    if len(a) < 2 or any(isinstance(x, (ast.Tuple, ast.List)) for x in a):
+        return False
+    for e in (*a, *b):
+        for n in ast.walk(e):
+            if isinstance(n, ast.UnaryOp) and isinstance(n.op, ast.USub) \
+                    or isinstance(n, ast.Constant) and isinstance(n.value, (int, float)) and n.value < 0:
+                return False
+    return True
+
+
+def take_view_ifs(mod, region, match: ir.Match, torch_name=lambda: "torch") -> ViewMask | None:
     """Move the `if` of the module docstring from the region's guard `if`s
     to its `view_ifs` (its test leaves the guard's condition); what the
     rewritten branch needs, or None when there is none."""
@@ -177,7 +199,10 @@ def take_view_ifs(mod, region, match: ir.Match) -> ViewMask | None:
         spans = [mod.smap.node_span(n) for n in nodes]
         return ", ".join(text[x:y] for x, y in spans)
 
-    mask = f"{m}.expand({args(a)}).reshape({args(b)})"
+    if not exact_views(a, b):
+        return None
+    torch = torch_name()  # may raise Skip: `torch` names something else here
+    mask = f"{torch}.broadcast_to({m}, {torch}.broadcast_shapes({m}.shape, ({args(a)}))).reshape({args(b)})"
     if checks:
         start = mod.smap.line_start(stmt.lineno)
         cut = mod.smap.line_start(stmt.body[-2].lineno)

@@ -17,6 +17,7 @@ import textwrap
 
 from dslc import codes
 from dslc.match import ir
+from dslc.rewrite import initguard
 from dslc.rewrite.astutil import dotted_name, is_self_attr
 from dslc.rewrite.edits import Edit, EditConflict, apply_edits, indent_lines
 from dslc.rewrite.kinds.base import Planner
@@ -68,6 +69,9 @@ class WhenGuard(Planner):
             tops.append(c[depth + 1][0] if len(c) > depth + 1 else s)
         _, _, body = mod.block_of(tops[0])
         indices = sorted(body.index(t) for t in tops)
+        if getattr(self.ctx, "init_guarded", None):
+            # the condition holds the guards of a binding built under an `if`: that `if` must come first
+            initguard.check_first(mod, self.ctx.init_guarded, depth, body[indices[0]], chains[0])
         if self.wrap_moved(init_plan, stmts, tops, body, indices, condition):
             return
         first, last = body[indices[0]], body[indices[-1]]
@@ -94,6 +98,8 @@ class WhenGuard(Planner):
         except EditConflict:
             raise Skip(codes.S_WHEN_REGION, f"{cause}: its init statements were already changed by another rewrite in the run "
                                              "it duplicates") from None
+        if getattr(self.ctx, "init_guarded", None):
+            new = initguard.prune(new, first, self.ctx.init_guarded, mod.unit)
         init_plan.absorbed = absorbed
         indent = mod.indent(first)
         nl = mod.nl

@@ -1,0 +1,437 @@
+"""`option causal_lm = True`: a causal LM's head and its loss, fused in training.
+
+transformers' `*ForCausalLM.forward` computes the logits with a Linear head
+and, when labels are given, the next-token cross-entropy on them; it then
+returns the logits beside the loss.  4.x spells the loss in place:
+
+    logits = self.lm_head(hidden_states)
+    logits = logits.float()                          # (Llama, Mistral)
+    loss = None
+    if labels is not None:
+        shift_logits = logits[..., :-1, :].contiguous()
+        shift_labels = labels[..., 1:].contiguous()
+        loss_fct = CrossEntropyLoss()
+        shift_logits = shift_logits.view(-1, self.config.vocab_size)
+        shift_labels = shift_labels.view(-1)
+        shift_labels = shift_labels.to(shift_logits.device)
+        loss = loss_fct(shift_logits, shift_labels)
+
+A fused linear cross-entropy never computes the logits, so the logits the
+forward returns cannot exist: the rewrite is sound only for a caller that
+does not read them, which no analysis of the class can prove.  A rule with
+this option is therefore declared `unsafe` (applied with `--unsafe` only)
+and its contract is Liger's own (`apply_liger_kernel_to_<arch>`): *in
+training with labels, where the kernel can run, the logits are None*; the
+loss and every gradient are the original's.  The rewrite guards the
+statements from the head to the loss:
+
+    if self.training and labels is not None and _dslc_<rule>_ok(self.lm_head, hidden_states, labels,
+                                                                self.config.vocab_size, True):
+        logits = None
+        loss = _dslc_<rule>(self.lm_head, hidden_states, labels)
+    else:
+        <the original statements, unchanged>
+
+`_ok` holds where the kernel
+imports, the hidden states are on CUDA, the shapes are (B, T, H) and
+(B, T) integer labels, the head has `vocab` rows and (without the cast to
+float) the loss the original computes is float32.  Everywhere else, CPU
+without liger-kernel included, the original statements run.
+
+The rule's pattern is the head call alone (`$head($h) -> $logits`); this
+kind reads the rest from the source, and takes only what it can follow:
+
+* the head: `<logits> = self.<head>(<h>)` (`<h>` a name, an attribute, an
+  item at names, constants and slices; the call possibly followed by
+  `.contiguous()`, `.float()` or `.to(torch.float32)`), possibly the one statement of
+  a branch of an `if T:` whose test reads names and attributes only (Llama
+  4.35's `pretraining_tp`; the guard adds `T` or `not (T)`), then
+  optionally `<logits> = <logits>.float()` and `loss = None`, nothing else;
+* the loss: `if <labels> is not None:` (no `else`) whose statements are
+  assignments built from `<logits>[..., :-1, :]`, `<labels>[..., 1:]`,
+  `.contiguous()`, `.view(-1, X.size(-1))`, `.view(-1, <vocab>)` (the
+  `<vocab>` checked against the head's rows at run time), `.view(-1)`,
+  `.to(<x>.device)` on the labels, a default `CrossEntropyLoss()` built
+  there (ignore_index -100, mean, no smoothing, no class weight) and its
+  call on the flattened logits and labels, both shifted or neither, once;
+  or transformers 5.x' `loss = self.loss_function(logits, labels,
+  vocab_size[, **kwargs])` (by position or keyword), where at run time the
+  model's loss is transformers' `ForCausalLMLoss` (its parameter names
+  checked): the helper repeats its padding shift (or takes the caller's
+  `shift_labels`), `ignore_index` and its `num_items_in_batch` sum and
+  division.
+
+Every name those statements write, but the logits and the loss, must not
+be read after them (it would be unbound in the fused branch: S421), nor
+may the hidden states or labels be written before the loss.  The head
+call with no labelled loss after it is no candidate (S420, left out of the
+report).  A match inside the original branch of a guard written by an
+earlier run is left alone (S407).
+"""
+
+from __future__ import annotations
+
+import ast
+
+from dslc import codes
+from dslc.match import ir
+from dslc.rewrite.edits import Edit, indent_lines
+from dslc.rewrite.kinds.base import Kind
+from dslc.rewrite.plan import Plan, Skip
+
+OPTION = "causal_lm"
+_PURE = (ast.Name, ast.Attribute, ast.Constant, ast.Compare, ast.BoolOp, ast.UnaryOp, ast.Load,
+         ast.cmpop, ast.boolop, ast.unaryop)
+
+
+def _form(message: str) -> Skip:
+    return Skip(codes.S_CAUSAL_LM_FORM, message)
+
+
+def _self_attr(node: ast.AST) -> str | None:
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self":
+        return node.attr
+    return None
+
+
+def _pure(node: ast.AST) -> bool:
+    """A test that reads names and attributes only (no call, no subscript)."""
+    return all(isinstance(n, _PURE) for n in ast.walk(node))
+
+
+def _stored(nodes) -> set[str]:
+    out = set()
+    for stmt in nodes:
+        for n in ast.walk(stmt):
+            if isinstance(n, ast.Name) and isinstance(n.ctx, (ast.Store, ast.Del)):
+                out.add(n.id)
+            elif isinstance(n, (ast.Attribute, ast.Subscript)) and isinstance(n.ctx, (ast.Store, ast.Del)):
+                out.add("<attribute or item>")
+    return out
+
+
+def _generated_guard(node: ast.AST) -> bool:
+    return isinstance(node, ast.If) and any(
+        isinstance(c, ast.Call) and isinstance(c.func, ast.Name) and c.func.id.startswith("_dslc_") for c in ast.walk(node.test))
+
+
+class _Loss:
+    """Abstract values of the labelled block's statements (see the module docstring)."""
+
+    def __init__(self, logits: str, labels: str, ce_names: set[str]):
+        self.env: dict[str, tuple] = {logits: ("logits", False, False), labels: ("labels", False, False)}
+        self.ce_names = ce_names
+        self.vocab: ast.expr | None = None
+        self.loss: str | None = None
+        self.shift = True
+        self.form = ""  # "loss_function": transformers 5.x' call
+        self.kwargs: str | None = None
+
+    def value(self, e: ast.expr) -> tuple:
+        if isinstance(e, ast.Name):
+            if e.id not in self.env:
+                raise _form(f"the loss reads `{e.id}`, which is not the logits, the labels or a value computed from them")
+            return self.env[e.id]
+        if isinstance(e, ast.Subscript):
+            what, shifted, flat = self.value(e.value)
+            # the helper's check makes the logits 3-d and the labels 2-d: `...` is `:` there
+            want = ("..., :-1, :", ":, :-1, :") if what == "logits" else ("..., 1:", ":, 1:")
+            if what not in ("logits", "labels") or shifted or flat \
+                    or ast.unparse(e) not in [f"{ast.unparse(e.value)}[{w}]" for w in want]:
+                raise _form(f"`{ast.unparse(e)}` is not the next-token shift (`[{want[0]}]`) of the logits or labels")
+            return (what, True, False)
+        if isinstance(e, ast.Call) and ast.unparse(e.func) == "self.loss_function":
+            return self._loss_function(e)
+        if isinstance(e, ast.Call) and ast.unparse(e.func) in self.ce_names:
+            if e.args or e.keywords:
+                raise _form(f"`{ast.unparse(e)}` is not a default CrossEntropyLoss() (ignore_index, reduction, weight or smoothing given)")
+            return ("ce", False, False)
+        if isinstance(e, ast.Call) and isinstance(e.func, ast.Attribute) and not any(isinstance(a, ast.Starred) for a in e.args):
+            what, shifted, flat = self.value(e.func.value)
+            meth, args = e.func.attr, e.args
+            if e.keywords:
+                raise _form(f"`{ast.unparse(e)}` passes keywords")
+            if meth == "contiguous" and not args:
+                return (what, shifted, flat)
+            if meth == "to" and what == "labels" and len(args) == 1 and isinstance(args[0], ast.Attribute) \
+                    and args[0].attr == "device":
+                return (what, shifted, flat)
+            if meth == "view" and what == "labels" and len(args) == 1 and ast.unparse(args[0]) == "-1":
+                return (what, shifted, True)
+            if meth == "view" and what == "logits" and len(args) == 2 and ast.unparse(args[0]) == "-1":
+                last = args[1]
+                if not (isinstance(last, ast.Call) and isinstance(last.func, ast.Attribute) and last.func.attr == "size"
+                        and len(last.args) == 1 and ast.unparse(last.args[0]) == "-1" and not last.keywords
+                        and self.value(last.func.value)[0] == "logits"):  # the logits' own last size
+                    if not _pure(last):
+                        raise _form(f"the last size of `{ast.unparse(e)}` is not a name or attribute")
+                    self.vocab = last
+                return (what, shifted, True)
+            raise _form(f"`{ast.unparse(e)}` is not a shift, flattening or device move the rewrite follows")
+        if isinstance(e, ast.Call) and isinstance(e.func, ast.Name) and e.func.id in self.env \
+                and self.env[e.func.id][0] == "ce" and len(e.args) == 2 and not e.keywords:
+            if self.loss is not None or self.form:
+                raise _form("the loss is computed twice")
+            a, b = self.value(e.args[0]), self.value(e.args[1])
+            if a[0] != "logits" or b[0] != "labels" or not (a[2] and b[2]) or a[1] != b[1]:
+                raise _form(f"`{ast.unparse(e)}` is not the loss on the flattened logits and labels, both shifted or neither")
+            self.shift = a[1]
+            return ("loss", False, False)
+        raise _form(f"`{ast.unparse(e)}` is not a value the rewrite follows")
+
+    def _loss_function(self, e: ast.Call) -> tuple:
+        """transformers 5.x: `self.loss_function(logits=.., labels=.., vocab_size=.., **kwargs)`, the three
+        also by position."""
+        named = {k.arg: k.value for k in e.keywords if k.arg is not None}
+        rest = [k.value for k in e.keywords if k.arg is None]
+        if self.loss is not None or self.form:
+            raise _form("the loss is computed twice")
+        # positional arguments in ForCausalLMLoss' order (the helper checks its parameter names at run time)
+        positional = dict(zip(("logits", "labels", "vocab_size"), e.args))
+        if len(e.args) > 3 or any(isinstance(a, ast.Starred) for a in e.args) or set(positional) & set(named):
+            raise _form(f"`{ast.unparse(e)}` is not `self.loss_function(logits, labels, vocab_size[, **kwargs])`")
+        named.update(positional)
+        if set(named) != {"logits", "labels", "vocab_size"} or len(rest) > 1 \
+                or (rest and not isinstance(rest[0], ast.Name)):
+            raise _form(f"`{ast.unparse(e)}` is not `self.loss_function(logits=.., labels=.., vocab_size=..[, **kwargs])`")
+        if self.value(named["logits"]) != ("logits", False, False) or self.value(named["labels"]) != ("labels", False, False) \
+                or not _pure(named["vocab_size"]):
+            raise _form(f"`{ast.unparse(e)}` does not pass the head's logits and the labels as they are")
+        self.form, self.vocab = "loss_function", named["vocab_size"]
+        self.kwargs = rest[0].id if rest else None
+        return ("loss", False, False)
+
+    def run(self, body: list[ast.stmt]) -> None:
+        for stmt in body:
+            if not (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name)):
+                raise _form(f"line {stmt.lineno} is not an assignment to one name")
+            v = self.value(stmt.value)
+            name = stmt.targets[0].id
+            if v[0] == "loss":
+                self.loss = name
+            self.env[name] = v
+        if self.loss is None:
+            raise _form("no call of a CrossEntropyLoss() or of self.loss_function on the logits in the labelled block")
+
+
+class CausalLMLoss(Kind):
+    """A rule with `option causal_lm = True`; see the module docstring."""
+
+    def select(self, match: ir.Match, setup):
+        return True if match.rule.option(OPTION) and match.nodes else None
+
+    def plan(self, match: ir.Match, setup, found, plan: Plan) -> None:
+        mod = self.mod
+        first = match.nodes[0]
+        if first.inlined_from or first.stmt.method != "forward" or first.stmt.owner.rsplit(".", 1)[-1] != match.class_name.rsplit(".", 1)[-1]:
+            raise Skip(codes.S_NO_CAUSAL_LM_LOSS, "the head call is in an inlined helper or an inherited forward")
+        head_stmt = mod.stmt(first.stmt)
+        node = head_stmt
+        while id(node) in mod.parent:
+            if _generated_guard(node):
+                raise Skip(codes.S_GENERATED, "inside the original branch of a guard that dslc generated")
+            node = mod.parent[id(node)][0]
+        v = head_stmt.value if isinstance(head_stmt, ast.Assign) else None
+        upcast = False
+        if isinstance(v, ast.Call) and isinstance(v.func, ast.Attribute) and v.func.attr == "contiguous" \
+                and not v.args and not v.keywords:
+            v = v.func.value  # `self.lm_head(outputs[0]).contiguous()` (OPT): the same values
+        if isinstance(v, ast.Call) and isinstance(v.func, ast.Attribute) and not v.keywords and (
+                (v.func.attr == "float" and not v.args)
+                or (v.func.attr == "to" and len(v.args) == 1 and ast.unparse(v.args[0]) in ("torch.float32", "torch.float"))):
+            v, upcast = v.func.value, True  # `self.lm_head(h).to(torch.float32)` (CodeGen, GPT-J)
+        if not (isinstance(head_stmt, ast.Assign) and len(head_stmt.targets) == 1 and isinstance(head_stmt.targets[0], ast.Name)
+                and isinstance(v, ast.Call) and _self_attr(v.func) and len(v.args) == 1 and not v.keywords
+                and _read(v.args[0])):
+            raise Skip(codes.S_NO_CAUSAL_LM_LOSS, "the head call is not `<logits> = self.<head>(<name, attribute or item>)`")
+        logits, head, hidden = head_stmt.targets[0].id, v.func.attr, ast.unparse(v.args[0])
+        hidden_root = _root(v.args[0])
+        start, guard_extra = self._outer(head_stmt)
+        parent, fname, block = mod.block_of(start)
+        i = block.index(start)
+        labelled = next((j for j in range(i + 1, len(block)) if self._labels_if(block[j]) and any(
+            isinstance(n, ast.Name) and n.id == logits for s in block[j].body for n in ast.walk(s))), None)
+        if labelled is None:
+            raise Skip(codes.S_NO_CAUSAL_LM_LOSS, f"no `if <labels> is not None:` reading `{logits}` follows the head in its block")
+        between = block[i + 1:labelled]
+        cond = block[labelled]
+        labels = cond.test.left.id
+        for stmt in between:
+            if _assigns(stmt, logits) and ast.unparse(stmt.value) == f"{logits}.float()" and not upcast:
+                upcast = True
+            elif isinstance(stmt, ast.Assign) and isinstance(stmt.value, ast.Constant) and stmt.value.value is None \
+                    and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name) \
+                    and stmt.targets[0].id not in (logits, hidden_root, labels):
+                continue
+            else:
+                raise _form(f"line {stmt.lineno} (between the head and the loss) is not `{logits} = {logits}.float()` or `loss = None`")
+        loss = _Loss(logits, labels, self._ce_names())
+        loss.run(cond.body)
+        written = _stored([start, *between])
+        if written & {hidden_root, labels, "<attribute or item>"}:
+            raise _form(f"the hidden states `{hidden}` or the labels `{labels}` are written between the head and the loss")
+        fn = self._function(start)
+        if any(isinstance(p, (ast.For, ast.AsyncFor, ast.While)) for p, _ in self.ctx.mod.chain(start)):
+            raise _form("the head and the loss are inside a loop (a read before them may run after them)")
+        after = {n.id for n in ast.walk(fn) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)
+                 and (n.lineno, n.col_offset) > (cond.end_lineno, cond.end_col_offset)}
+        unbound = (_stored([start, *between, cond]) - {logits, loss.loss}) & after
+        if unbound:
+            raise _form(f"{', '.join(sorted(unbound))} (written from the head to the loss) read after the loss")
+        self._emit(match, plan, start, cond, block, i, labelled, dict(
+            logits=logits, head=head, hidden=hidden, labels=labels, loss=loss.loss,
+            vocab=ast.unparse(loss.vocab) if loss.vocab is not None else "None", upcast=upcast, extra=guard_extra,
+            shift=loss.shift, form=loss.form, kwargs=loss.kwargs or "{}"))
+
+    # -- reading the source ------------------------------------------------
+
+    def _outer(self, head_stmt: ast.stmt) -> tuple[ast.stmt, str]:
+        """The statement of the loss's block that holds the head, and the guard's extra test."""
+        parent, fname, block = self.mod.block_of(head_stmt)
+        if isinstance(parent, ast.If) and len(block) == 1 and _pure(parent.test) \
+                and not any(self._labels_if(s) for s in getattr(parent, "orelse" if fname == "body" else "body")):
+            test = ast.unparse(parent.test)
+            return parent, (f"({test})" if fname == "body" else f"not ({test})")
+        return head_stmt, ""
+
+    @staticmethod
+    def _labels_if(stmt: ast.stmt) -> bool:
+        t = stmt.test if isinstance(stmt, ast.If) else None
+        return (t is not None and not stmt.orelse and isinstance(t, ast.Compare) and isinstance(t.left, ast.Name)
+                and len(t.ops) == 1 and isinstance(t.ops[0], ast.IsNot)
+                and isinstance(t.comparators[0], ast.Constant) and t.comparators[0].value is None)
+
+    def _ce_names(self) -> set[str]:
+        """How the file spells torch.nn.CrossEntropyLoss (its top-level imports)."""
+        out = set()
+        mine = set(self.mod.classes) | set(self.mod.functions)  # a name the file defines again is not the import
+        for local, qual in self.mod.imports.items():
+            if local in mine:
+                continue
+            if qual == "torch.nn.CrossEntropyLoss":
+                out.add(local)
+            elif qual == "torch.nn":
+                out.add(f"{local}.CrossEntropyLoss")
+            elif qual == "torch":
+                out.add(f"{local}.nn.CrossEntropyLoss")
+        return out
+
+    def _function(self, stmt: ast.stmt) -> ast.AST:
+        node = stmt
+        while id(node) in self.mod.parent and not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            node = self.mod.parent[id(node)][0]
+        return node
+
+    # -- writing -------------------------------------------------------------
+
+    def _emit(self, match: ir.Match, plan: Plan, start, cond, block, i, labelled, f: dict) -> None:
+        mod, ctx = self.mod, self.ctx
+        kernel = ctx.imports.guarded_import("liger_kernel.transformers.functional.liger_fused_linear_cross_entropy", plan)
+        torch = ctx.imports.torch_module(plan)
+        base = "_dslc_" + match.rule.pack + "_" + match.rule.name
+        unit, nl = mod.block_unit, mod.nl
+        rule = match.rule.qualified_name
+        if f["form"] == "loss_function":
+            ok, fused = self._loss_function_helpers(plan, base, rule, kernel, torch)
+            args = f"self.{f['head']}, {f['hidden']}, {f['labels']}"
+            test = f"self.training and {f['labels']} is not None and {ok}(self, {args}, {f['vocab']}, {f['kwargs']})"
+            call = f"{fused}({args}, {f['kwargs']})"
+        else:
+            ok, fused = self._cross_entropy_helpers(plan, base, rule, kernel, torch)
+            # the tests the original makes first come first; the vocabulary size is read only with labels, as there
+            test = f"self.training and {f['labels']} is not None and {ok}(self.{f['head']}, {f['hidden']}, {f['labels']}, {f['vocab']}, {f['upcast']})"
+            call = f"{fused}(self.{f['head']}, {f['hidden']}, {f['labels']}, {f['shift']})"
+        indent = mod.indent(start)
+        if f["extra"]:
+            test = f"{f['extra']} and {test}"
+        lo = mod.smap.line_start(start.lineno)
+        hi = mod.smap.line_end(cond.end_lineno)
+        original = mod.source[lo:hi]
+        if not original.endswith(("\n", "\r")):
+            original += nl
+        text = (f"{indent}if {test}:{nl}"
+                f"{indent}{unit}{f['logits']} = None{nl}"
+                f"{indent}{unit}{f['loss']} = {call}{nl}"
+                f"{indent}else:{nl}" + indent_lines(original, unit))
+        text = ctx.fit(text, cond)
+        plan.edits.append(Edit(lo, hi, text))
+        plan.claimed.add((lo, hi))
+        plan.lines.update(range(start.lineno, cond.end_lineno + 1))
+
+    def _cross_entropy_helpers(self, plan: Plan, base: str, rule: str, kernel: str, torch: str) -> tuple[str, str]:
+        """transformers 4.x: a default CrossEntropyLoss() on the (shifted) flattened logits and labels."""
+        unit, nl, helper = self.mod.block_unit, self.mod.nl, self.ctx.imports.dispatch_helper
+        ok = helper(base + "_ok", (
+            f"(head, h, labels, vocab, upcast):{nl}"
+            f'{unit}"""Added by `dslc apply` ({rule}, unsafe): in training with labels, whether the kernel takes the loss (on CUDA, the shapes it takes); the logits are then None."""{nl}'
+            f"{unit}return ({kernel} is not None and h.is_cuda{nl}"
+            f"{unit}        and h.dim() == 3 and labels.dim() == 2 and h.shape[:2] == labels.shape and not labels.is_floating_point(){nl}"
+            f"{unit}        and (vocab is None or vocab == head.weight.shape[0]){nl}"
+            f"{unit}        and (upcast or h.dtype == {torch}.float32 or {torch}.is_autocast_enabled())){nl}"), plan)
+        fused = helper(base, (
+            f"(head, h, labels, shift):{nl}"
+            f'{unit}"""Added by `dslc apply` ({rule}, unsafe): the next-token cross-entropy of head(h) against labels, the logits not computed."""{nl}'
+            f"{unit}if shift:  # tokens < n predict n{nl}"
+            f"{unit}{unit}h, labels = h[..., :-1, :], labels[..., 1:]{nl}"
+            f"{unit}rows = h.reshape(-1, h.shape[-1]){nl}"
+            f"{unit}target = labels.reshape(-1).to(h.device){nl}"
+            f"{unit}return {kernel}(rows, head.weight, target, head.bias, ignore_index=-100, reduction=\"mean\", label_smoothing=0.0){nl}"), plan)
+        return ok, fused
+
+    def _loss_function_helpers(self, plan: Plan, base: str, rule: str, kernel: str, torch: str) -> tuple[str, str]:
+        """transformers 5.x: `self.loss_function(...)` where it is transformers' ForCausalLMLoss, whose
+        computation (the labels padded with ignore_index and shifted, the logits upcast, a sum divided by
+        num_items_in_batch or a mean) the fused helper repeats; the other losses run the original."""
+        unit, nl, helper = self.mod.block_unit, self.mod.nl, self.ctx.imports.dispatch_helper
+        lossfn = self.ctx.imports.guarded_import("transformers.loss.loss_utils.ForCausalLMLoss", plan)
+        ok = helper(base + "_lf_ok", (
+            f"(module, head, h, labels, vocab, kwargs):{nl}"
+            f'{unit}"""Added by `dslc apply` ({rule}, unsafe): in training with labels, whether the kernel takes the loss: the model\'s loss_function is transformers\' ForCausalLMLoss (with the parameters this helper follows), the kernel runs on CUDA and takes the shapes; the logits are then None."""{nl}'
+            f"{unit}shift_labels = kwargs.get(\"shift_labels\"){nl}"
+            f"{unit}return ({kernel} is not None and {lossfn} is not None and h.is_cuda{nl}"
+            f"{unit}        and {lossfn}.__code__.co_varnames[:6] == (\"logits\", \"labels\", \"vocab_size\", \"num_items_in_batch\", \"ignore_index\", \"shift_labels\"){nl}"
+            f"{unit}        and module.loss_function is {lossfn}{nl}"
+            f"{unit}        and not set(kwargs) & {{\"logits\", \"labels\", \"vocab_size\", \"source\", \"target\"}}{nl}"
+            f"{unit}        and isinstance(kwargs.get(\"ignore_index\", -100), int){nl}"
+            f"{unit}        and h.dim() == 3 and labels.dim() == 2 and h.shape[:2] == labels.shape and not labels.is_floating_point(){nl}"
+            f"{unit}        and vocab == head.weight.shape[0]{nl}"
+            f"{unit}        and (shift_labels is None or ({torch}.is_tensor(shift_labels) and shift_labels.is_contiguous(){nl}"
+            f"{unit}                                      and shift_labels.numel() == labels.numel() and not shift_labels.is_floating_point()))){nl}"), plan)
+        fused = helper(base + "_lf", (
+            f"(head, h, labels, kwargs):{nl}"
+            f'{unit}"""Added by `dslc apply` ({rule}, unsafe): ForCausalLMLoss of head(h) against labels, the logits not computed."""{nl}'
+            f"{unit}ignore_index = kwargs.get(\"ignore_index\", -100){nl}"
+            f"{unit}num_items = kwargs.get(\"num_items_in_batch\"){nl}"
+            f"{unit}target = kwargs.get(\"shift_labels\"){nl}"
+            f"{unit}if target is None:  # tokens < n predict n; the last position predicts nothing{nl}"
+            f"{unit}{unit}target = {torch}.nn.functional.pad(labels, (0, 1), value=ignore_index)[..., 1:]{nl}"
+            f"{unit}rows = h.reshape(-1, h.shape[-1]){nl}"
+            f"{unit}loss = {kernel}(rows, head.weight, target.reshape(-1).to(h.device), head.bias, ignore_index=ignore_index,{nl}"
+            f"{unit}            reduction=\"sum\" if num_items is not None else \"mean\", label_smoothing=0.0){nl}"
+            f"{unit}if num_items is not None:{nl}"
+            f"{unit}{unit}loss = loss / (num_items.to(loss.device) if {torch}.is_tensor(num_items) else num_items){nl}"
+            f"{unit}return loss{nl}"), plan)
+        return ok, fused
+
+
+def _read(e: ast.expr) -> bool:
+    """A name, an attribute of one, or an item of one at constants, names and slices of them
+    (`outputs[0]`, `hidden_states[:, slice_indices, :]`): no call, so reading it twice gives the same value."""
+    while isinstance(e, (ast.Attribute, ast.Subscript)):
+        if isinstance(e, ast.Subscript) and not all(
+                isinstance(n, (ast.Name, ast.Constant, ast.Slice, ast.Tuple, ast.UnaryOp, ast.unaryop, ast.Load))
+                for n in ast.walk(e.slice)):
+            return False
+        e = e.value
+    return isinstance(e, ast.Name)
+
+
+def _root(e: ast.expr) -> str:
+    while isinstance(e, (ast.Attribute, ast.Subscript)):
+        e = e.value
+    return e.id
+
+
+def _assigns(stmt: ast.stmt, name: str) -> bool:
+    return isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name) \
+        and stmt.targets[0].id == name

@@ -1,0 +1,211 @@
+"""sdpa.adr on transformers 4.35.0's GPT-2 (the causal `where` block with
+the cast back spelled `.type`, steps under flags flattened by the per-call
+guard: kinds/keepflat.py, the guard at the helper's call: kinds/keepcall.py).
+
+The installed modeling_gpt2.py is rewritten by `dslc apply` with the sdpa
+pack and loaded as a module of `transformers.models.gpt2`; a tiny
+GPT2LMHeadModel built from it, with the original's state_dict (loaded
+strictly), must give the original's logits, loss and every parameter
+gradient (fp32, 1e-5) in train (dropout 0) and eval, with and without
+(right) padding, with a head mask, with output_attentions, and the same
+greedy cached generation.  The kernel must run where the flags select the
+matched chain (the default config) and neither a head mask nor the weights
+are asked for; with `scale_attn_by_inverse_layer_idx`, without
+`scale_attn_weights`, and in cross-attention layers the original runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+pytestmark = pytest.mark.slow  # rewrites a 4.35.0 modeling file (about 20 s)
+
+REPO = Path(__file__).resolve().parent.parent
+MODULE = "transformers.models.gpt2.modeling_gpt2"
+
+
+def _rewrite(path: Path) -> tuple[str, list]:
+    from dslc.apply.driver import ApplyOptions, apply_paths
+    from dslc.lang.loader import load_rules
+
+    loaded = load_rules([str(REPO / "rulepacks" / "sdpa.adr")])
+    report = apply_paths([str(path)], loaded.packs, ApplyOptions(mode="diff", jobs=1, gitignore=False))
+    res = report.files[0]
+    return (res.new_source if res.changed else res.original), res.matches
+
+
+@pytest.fixture(scope="module")
+def gpt2():
+    if not transformers.__version__.startswith("4.35."):
+        pytest.skip(f"written for transformers 4.35 (installed: {transformers.__version__})")
+    original = importlib.import_module(MODULE)
+    path = Path(original.__file__)
+    source, matches = _rewrite(path)
+    name = MODULE + "_dslc_sdpa_test"
+    spec = importlib.util.spec_from_loader(name, loader=None, origin=str(path))
+    mod = importlib.util.module_from_spec(spec)
+    mod.__file__ = str(path)
+    mod.__package__ = MODULE.rsplit(".", 1)[0]
+    sys.modules[name] = mod
+    exec(compile(source, str(path), "exec"), mod.__dict__)
+    calls = []
+    real = mod.scaled_dot_product_attention
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    mod.scaled_dot_product_attention = counting
+    yield original, mod, source, matches, calls
+    sys.modules.pop(name, None)
+
+
+def _config(**kw):
+    cfg = transformers.GPT2Config(vocab_size=97, n_positions=32, n_embd=32, n_layer=2, n_head=4, n_inner=64,
+                                  embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0,
+                                  pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    for k, v in kw.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def _pair(original, mod, cfg, cls="GPT2LMHeadModel"):
+    torch.manual_seed(0)
+    a = getattr(original, cls)(cfg)
+    b = getattr(mod, cls)(cfg)
+    b.load_state_dict(a.state_dict(), strict=True)
+    return a, b
+
+
+def _inputs(padding: bool):
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, 97, (3, 9), generator=g)
+    mask = torch.ones_like(ids)
+    if padding:  # right padding (a left-padded row sees no key at first: see test_sdpa_keepcall.py)
+        mask[0, 6:] = 0
+        mask[2, 4:] = 0
+        ids = ids.masked_fill(mask == 0, 0)
+    labels = ids.masked_fill(mask == 0, -100)
+    return ids, mask, labels
+
+
+def _close(x, y, what):
+    torch.testing.assert_close(y, x, atol=1e-5, rtol=1e-5, msg=lambda m: f"{what}: {m}")
+
+
+def _compare(a, b, train: bool, **kw):
+    a.train(train)
+    b.train(train)
+    outs = []
+    for m in (a, b):
+        m.zero_grad()
+        out = m(**kw)
+        out.loss.backward()
+        outs.append(out)
+    _close(outs[0].logits, outs[1].logits, "logits")
+    _close(outs[0].loss, outs[1].loss, "loss")
+    for (n, pa), pb in zip(a.named_parameters(), b.parameters()):
+        _close(pa.grad, pb.grad, f"grad of {n}")
+    return outs
+
+
+def test_gpt2_attention_is_rewritten(gpt2):
+    _, _, source, matches, _ = gpt2
+    applied = [m for m in matches if m.status == "applied"]
+    assert [m.rule.split(":")[-1] for m in applied] == ["matmul_tm1m2_div_causal_add_softmaxtype_drop"]
+    assert ("if not self.scale_attn_weights or self.is_cross_attention or self.scale_attn_by_inverse_layer_idx "
+            "or (head_mask is not None) or output_attentions:") in source
+    assert "attn_output, attn_weights = self._attn_fast(query, key, value, attention_mask, head_mask)" in source
+    assert "scaled_dot_product_attention(query, key, value.to(query.dtype), attn_mask=" in source
+
+
+def test_gpt2_second_apply_changes_nothing(gpt2, tmp_path):
+    _, _, source, _, _ = gpt2
+    path = tmp_path / "modeling_gpt2.py"
+    path.write_text(source)
+    again, matches = _rewrite(path)
+    assert again == source
+    assert not [m for m in matches if m.status == "applied"]
+
+
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("padding", [False, True])
+def test_gpt2_same_logits_loss_and_gradients(gpt2, train, padding):
+    original, mod, _, _, calls = gpt2
+    a, b = _pair(original, mod, _config())
+    ids, mask, labels = _inputs(padding)
+    before = len(calls)
+    _compare(a, b, train, input_ids=ids, attention_mask=mask, labels=labels)
+    assert len(calls) - before == 2  # one per layer: the kernel ran
+
+
+@pytest.mark.parametrize("flags", [dict(scale_attn_by_inverse_layer_idx=True), dict(scale_attn_weights=False)])
+def test_gpt2_other_flags_run_the_original(gpt2, flags):
+    original, mod, _, _, calls = gpt2
+    a, b = _pair(original, mod, _config(**flags))
+    ids, mask, labels = _inputs(True)
+    before = len(calls)
+    _compare(a, b, True, input_ids=ids, attention_mask=mask, labels=labels)
+    assert len(calls) == before  # the flags' paths are not the matched chain's: the original helper ran
+
+
+def test_gpt2_cross_attention_layers_run_the_original(gpt2):
+    original, mod, _, _, calls = gpt2
+    a, b = _pair(original, mod, _config(add_cross_attention=True))
+    ids, mask, labels = _inputs(True)
+    enc = torch.randn(3, 5, 32, generator=torch.Generator().manual_seed(2))
+    before = len(calls)
+    _compare(a, b, True, input_ids=ids, attention_mask=mask, labels=labels, encoder_hidden_states=enc)
+    assert len(calls) - before == 2  # the self-attention layers only
+
+
+def test_gpt2_output_attentions_and_head_mask(gpt2):
+    original, mod, _, _, calls = gpt2
+    a, b = _pair(original, mod, _config())
+    ids, mask, labels = _inputs(True)
+    before = len(calls)
+    outs = _compare(a, b, True, input_ids=ids, attention_mask=mask, labels=labels, output_attentions=True)
+    for x, y in zip(outs[0].attentions, outs[1].attentions):
+        _close(x, y, "attentions")
+    head = torch.tensor([[1.0, 0.0, 1.0, 0.5], [0.0, 1.0, 1.0, 1.0]])
+    _compare(a, b, False, input_ids=ids, attention_mask=mask, labels=labels, head_mask=head)
+    assert len(calls) == before  # the original helper ran (weights asked for, head mask given)
+
+
+def test_gpt2_cached_generation(gpt2):
+    original, mod, _, _, calls = gpt2
+    a, b = _pair(original, mod, _config())
+    a.eval()
+    b.eval()
+    ids, mask, _ = _inputs(False)
+    before = len(calls)
+    with torch.no_grad():
+        ga = a.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6, do_sample=False,
+                        output_scores=True, return_dict_in_generate=True, pad_token_id=0)
+        gb = b.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6, do_sample=False,
+                        output_scores=True, return_dict_in_generate=True, pad_token_id=0)
+    assert torch.equal(ga.sequences, gb.sequences)
+    for x, y in zip(ga.scores, gb.scores):
+        _close(x, y, "scores of a decoding step")
+    assert len(calls) > before
+
+
+def test_gpt2_train_with_dropout_runs_the_kernel(gpt2):
+    """Dropout on: SDPA drops with its own random stream, so only the shapes
+    and a finite loss are compared."""
+    original, mod, _, _, calls = gpt2
+    a, b = _pair(original, mod, _config(attn_pdrop=0.1))
+    ids, mask, labels = _inputs(True)
+    b.train()
+    before = len(calls)
+    out = b(input_ids=ids, attention_mask=mask, labels=labels)
+    assert torch.isfinite(out.loss) and out.logits.shape == a(input_ids=ids, labels=labels).logits.shape
+    assert len(calls) - before == 2
