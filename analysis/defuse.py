@@ -45,20 +45,32 @@ def is_literal(expr: ast.expr) -> bool:
         return False
 
 
+_VALUES: dict[int, tuple] = {}
+
+
 def value_of(expr: ast.expr) -> Value:
-    """A `Value` for an expression as written (no DL nodes inside)."""
+    """A `Value` for an expression as written (no DL nodes inside).  The
+    `ast.unparse` ones are remembered per node (a path walk asks again for
+    many: helpers inlined at several calls, branches walked twice), like
+    `scan`: by identity, the node kept with its answer."""
     if isinstance(expr, ast.Name):
         return Value(expr.id, "name")
     if isinstance(expr, ast.Attribute):
         parts = dotted(expr)
         if parts is not None:
             return Value(".".join(parts), "attr")
+    known = _VALUES.get(id(expr))
+    if known is not None and known[0] is expr:
+        return known[1]
+    if len(_VALUES) > 50000:
+        _VALUES.clear()
     text = ast.unparse(expr)
     try:
-        return Value(text, "const", literal(expr))
+        value = Value(text, "const", literal(expr))
     except ValueError:
-        pass
-    return Value(text, "expr")
+        value = Value(text, "expr")
+    _VALUES[id(expr)] = (expr, value)
+    return value
 
 
 # Fields of no use to a walk for names and calls: names and flags (strings,
@@ -241,7 +253,8 @@ def scan(fn: ast.FunctionDef) -> tuple[frozenset[str], tuple]:
             names.add(node.name)
         elif cls is ast.Constant:
             continue
-        for field_name in node._fields:
+        fields = _CHILD_FIELDS.get(cls)
+        for field_name in child_fields(cls) if fields is None else fields:  # not the name fields, not `ctx`
             value = getattr(node, field_name, None)
             if type(value) is list:
                 for item in value:

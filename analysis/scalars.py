@@ -43,7 +43,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 
-from .defuse import child_fields, child_nodes
+from .defuse import _CHILD_FIELDS, child_fields, child_nodes
 
 _MATH_CONSTANTS = frozenset({"pi", "e", "tau", "inf", "nan"})
 # math functions that return a Python number for any argument they accept
@@ -150,22 +150,28 @@ class _FileScan:
 
     def _exprs(self, parts, fn, accepted: frozenset | set = frozenset()) -> None:
         stack = list(parts)
+        known = _CHILD_FIELDS  # node class -> `child_fields` (a hot walk: looked up by type)
+        Attribute, Call, Load = ast.Attribute, ast.Call, ast.Load
         while stack:
             node = stack.pop()
-            if isinstance(node, list):
-                stack.extend(node)
-                continue
-            if not isinstance(node, ast.AST):
-                continue
-            if isinstance(node, ast.Attribute):
-                if isinstance(node.ctx, (ast.Store, ast.Del)) and id(node) not in accepted:
+            cls = type(node)
+            fields = known.get(cls)
+            if fields is None:
+                if cls is list:
+                    stack.extend(node)
+                    continue
+                if not isinstance(node, ast.AST):
+                    continue
+                fields = child_fields(cls)
+            if cls is Attribute:
+                if type(node.ctx) is not Load and id(node) not in accepted:
                     self.refused.add(node.attr)
                 if node.attr == "__dict__":
                     self.dynamic = True
-            elif isinstance(node, ast.Call):
+            elif cls is Call:
                 self._named_write(node)
             # the children (lists and non-nodes among them are handled above; order does not matter here)
-            for f in child_fields(type(node)):  # not `ctx`: a marker without children
+            for f in fields:  # not `ctx`: a marker without children
                 stack.append(getattr(node, f, None))
 
     def _named_write(self, call: ast.Call) -> None:

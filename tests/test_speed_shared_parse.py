@@ -178,6 +178,31 @@ def test_has_word_answers_like_the_word_boundary_search():
         assert has_word(text, word) is want, (text, word)
 
 
+def test_word_pattern_matches_like_the_word_boundary_pattern():
+    """`word_pattern` (the sibling-module gates' `\\bword\\b`, starting with
+    the word) finds the same matches, at the same places, as the pattern with
+    a leading `\\b`: random texts over word and non-word characters (ASCII,
+    digits, `_`, non-ASCII letters and marks), words with and without
+    non-word characters."""
+    import random
+    import re
+
+    from dslc.rewrite.astutil import word_pattern
+
+    rng = random.Random(12)
+    alphabet = "ab_1 .\n(\té\u0301ß·-"
+    words = ["a", "ab", "aba", "b_1", "_", "é", "ß", "a.b", ".", "-a", "a-", "\u0301", "ab ", "1", "Ab"]
+    for _ in range(20000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 14)))
+        word = rng.choice(words)
+        want = [m.span() for m in re.finditer(r"\b" + re.escape(word) + r"\b", text)]
+        assert [m.span() for m in word_pattern(word).finditer(text)] == want, (text, word)
+    for text, word, want in [("class BertSelfOutputX", "BertSelfOutput", False), ("(BertSelfOutput)", "BertSelfOutput", True),
+                             ("XBertSelfOutput", "BertSelfOutput", False), ("BertSelfOutput", "BertSelfOutput", True),
+                             ("aaa", "aa", False), ("éscript", "script", False), ("a aa", "aa", True)]:
+        assert (word_pattern(word).search(text) is not None) is want, (text, word)
+
+
 def test_bare_word_answers_like_the_word_set():
     """`bare_word` (NameSet's question, from the name's occurrences) gives
     the answer of the set of `_WORD` words not after a `.`: random texts of

@@ -290,16 +290,17 @@ class _PathCtx:
         # Both are per node, and the paths of one scope share most nodes: memoised in the scope.
         memo = scope.node_memo
         get = memo.get
-        self.keys, self.writes = keys, writes = [], []
-        for n in path.nodes:
-            got = get(id(n))
-            if got is None or got[0] is not n:
-                # a parameter bound to the same name (`self._f(h)`, `def _f(self, h)`) keeps its value
-                got = (n, frozenset(_node_keys(n, scope)),
-                       (frozenset(n.writes) | frozenset(n.outputs)) - {d for d, s in n.copies if d == s})
-                memo[id(n)] = got
-            keys.append(got[1])
-            writes.append(got[2])
+        # (an entry holds its node, so no other object has its id while the scope lives)
+        rows = [get(id(n)) for n in path.nodes]
+        if None in rows:
+            for i, n in enumerate(path.nodes):
+                if rows[i] is None:
+                    # a parameter bound to the same name (`self._f(h)`, `def _f(self, h)`) keeps its value
+                    rows[i] = memo[id(n)] = (n, frozenset(_node_keys(n, scope)),
+                                             (frozenset(n.writes) | frozenset(n.outputs))
+                                             - {d for d, s in n.copies if d == s})
+        self.keys = [got[1] for got in rows]
+        self.writes = [got[2] for got in rows]
         self.writers: dict[str, list[int]] | None = None  # name -> positions writing it, built on first use
         self.at_key: dict | None = None  # index key -> positions of the nodes carrying it, built on first use
 

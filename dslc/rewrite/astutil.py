@@ -207,6 +207,21 @@ def has_word(text: str, word: str) -> bool:
     return False
 
 
+def word_pattern(word: str) -> re.Pattern:
+    """`re.compile(r"\\b" + re.escape(word) + r"\\b")`, the same matches, faster.
+
+    A leading `\\b` makes `re` try the pattern at every position (see
+    `has_word`); for a `word` of word characters only, the pattern starts
+    with the word (a literal, found by a fast scan) and a look-behind after
+    it checks that the character before the word is no word character.
+    Other words take the pattern as it is.
+    """
+    escaped = re.escape(word)
+    if not _WORD_CHARS.fullmatch(word):
+        return re.compile(r"\b" + escaped + r"\b")
+    return re.compile(escaped + r"\b(?<!\w" + escaped + ")")
+
+
 class NameSet:
     """The names a module binds or reads (`Name`s, parameters, `def` and
     `class` names, the first part of imported names), for `in` questions.

@@ -25,7 +25,7 @@ import time
 from dslc import codes
 from dslc.match import ir
 from dslc.rewrite import holders, outside, safety, walkers
-from dslc.rewrite.astutil import dotted_tail
+from dslc.rewrite.astutil import dotted_tail, word_pattern
 from dslc.rewrite.plan import Skip
 from dslc.rewrite.rules import forward_unchanged
 
@@ -192,7 +192,7 @@ class FlowChecks:
         if cls is None or not changed:
             return None
         here = getattr(self.facts, "path", None) or self.path
-        pattern = re.compile(r"\b" + re.escape(cls.name) + r"\b")
+        pattern = word_pattern(cls.name)
         for path in _sibling_paths(here):
             table = _SIBLINGS.derived(path, ("classes",), pattern, _class_table, None)
             found = _subclass_attr_uses(table, cls.name) if table else []
@@ -410,7 +410,7 @@ def sibling_subclass(here: str, base: str) -> tuple[str, str] | None:
     class spelled `base` (directly or through other classes of its file; by
     spelling, so an unrelated class of that name counts too), as (class,
     file name); None when there is none.  Read through `_SIBLINGS`."""
-    pattern = re.compile(r"\b" + re.escape(base) + r"\b")
+    pattern = word_pattern(base)
     for path in _sibling_paths(here):
         table = _SIBLINGS.derived(path, ("classes",), pattern, _class_table, None)
         family = sorted({c[0] for c in _subclass_family(table, base)}) if table else []

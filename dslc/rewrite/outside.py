@@ -118,8 +118,23 @@ class _AllNames:
 
 _ALL = _AllNames()
 
-# Fields never worth visiting: `ctx` (Load / Store / Del) has no children.
-_SKIP_FIELDS = frozenset({"ctx"})
+# Per node class, the fields `_Scanner.generic_visit` looks into: those that
+# may hold a node (not `ctx` and the name and flag fields, strings or numbers
+# in every class that has them).  () for a class whose visit does nothing
+# (no `visit_` method that records, no such field: `Name`, `Constant`, the
+# operators, the contexts), so that the walk does not go into it: what the
+# scanner records, and the depths it records them at, are the same.
+_WALK: dict[type, tuple[str, ...]] = {}
+_NAME_FIELDS = frozenset({"ctx", "id", "attr", "arg", "asname", "module", "level", "kind", "type_comment",
+                          "is_async", "conversion", "simple"})
+
+
+def _walked(cls: type) -> tuple[str, ...]:
+    fields = tuple(f for f in cls._fields if f not in _NAME_FIELDS)
+    if cls is ast.Constant or (not fields and not hasattr(_Scanner, "visit_" + cls.__name__)):
+        fields = ()
+    _WALK[cls] = fields
+    return fields
 
 
 class _Scanner(ast.NodeVisitor):
@@ -151,17 +166,18 @@ class _Scanner(ast.NodeVisitor):
 
     def generic_visit(self, node) -> None:
         # `NodeVisitor.generic_visit`'s order (fields in order, lists in order), minus the
-        # `ctx` leaves and the per-node `visit_Constant` of NodeVisitor (constants have no children).
+        # children whose visit does nothing (`_walked`: names, constants, operators, `ctx`).
         visit = self.visit
-        for name in node._fields:
-            if name in _SKIP_FIELDS:
-                continue
+        fields = _WALK.get(type(node))
+        if fields is None:
+            fields = _walked(type(node))
+        for name in fields:
             value = getattr(node, name, None)
-            if isinstance(value, list):
+            if type(value) is list:
                 for item in value:
-                    if isinstance(item, ast.AST):
+                    if _WALK.get(type(item)) != () and isinstance(item, ast.AST):
                         visit(item)
-            elif isinstance(value, ast.AST):
+            elif _WALK.get(type(value)) != () and isinstance(value, ast.AST):
                 visit(value)
 
     def visit_Constant(self, node) -> None:
