@@ -63,15 +63,15 @@ def test_config_found_upward_and_flags_win(tmp_path, capsys, monkeypatch):
     code, out, _ = run(capsys, "--format", "json", "--select", "adopter:dropout_layernorm", ".")
     assert json.loads(out)["rules"] == ["adopter:dropout_layernorm"]  # the flag wins
     code, out, _ = run(capsys, "--format", "json", "--no-config", "--rules", str(PACK), ".")
-    # the nine rules less adopter:linear_batchnorm, which is `unsafe` (left out without --unsafe)
-    assert len(json.loads(out)["rules"]) == 8
+    # the nine rules less adopter:linear_batchnorm and adopter:fused_qkv, which are `unsafe` (left out without --unsafe)
+    assert len(json.loads(out)["rules"]) == 7
 
 
 def test_config_ignore_exclude_and_the_ignore_flag(tmp_path, capsys):
     src = project(tmp_path, 'rules = "adopter.adr"\nignore = ["softmax"]\nexclude = ["attn.py"]\n')
     code, out, _ = run(capsys, "--format", "json", src)
     report = json.loads(out)
-    assert "adopter:softmax" not in report["rules"] and len(report["rules"]) == 7  # and not the unsafe rule
+    assert "adopter:softmax" not in report["rules"] and len(report["rules"]) == 6  # and not the unsafe rules
     assert report["files_scanned"] == 1
     code, out, err = run(capsys, "--format", "json", "--ignore", "adopter:dropout_layernorm", "--exclude", "nothing", src)
     report = json.loads(out)
