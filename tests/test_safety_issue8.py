@@ -507,13 +507,13 @@ def test_4_subclass_in_a_sibling_module_is_refused(tmp_path):
     (pkg / "flash.py").write_text("from .modeling import Attn\n\n\nclass FlashAttn(Attn):\n"
                                   "    def forward(self, x):\n        return self.v_proj(x)\n")
     packs = rewrite_support.load_packs(PACKS[0])
-    report = apply_paths([str(pkg / "modeling.py")], packs, ApplyOptions(mode="diff", jobs=1))
+    report = apply_paths([str(pkg / "modeling.py")], packs, ApplyOptions(mode="diff", jobs=1, unsafe=True))
     entry = [m for m in report.matches if m.rule == "adopter:fused_qkv"]
     assert entry and entry[0].status == "skipped"
     assert entry[0].reason == ("attribute `self.v_proj`, which the rewrite removes, is also used by the subclass "
                                "`FlashAttn` in flash.py at line 6 (in `forward`)")
     (pkg / "flash.py").write_text("from .modeling import Attn\n\n\nclass FlashAttn(Attn):\n    pass\n")
-    report = apply_paths([str(pkg / "modeling.py")], packs, ApplyOptions(mode="diff", jobs=1))
+    report = apply_paths([str(pkg / "modeling.py")], packs, ApplyOptions(mode="diff", jobs=1, unsafe=True))
     assert [m.status for m in report.matches if m.rule == "adopter:fused_qkv"] == ["applied"]
 
 
