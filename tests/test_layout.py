@@ -236,6 +236,7 @@ DOES_IO = {
     "dslc/cli.py", "dslc/output.py", "dslc/fileio.py",
     "dslc/commands/apply.py", "dslc/commands/check.py", "dslc/commands/explain.py",
     "dslc/commands/structure.py", "dslc/commands/verify.py",
+    "dslc/commands/packcache.py",  # digests of the rule files for the loaded packs' cache
     "dslc/apply/driver.py",  # the result cache's dependency digests
     "dslc/apply/resultcache.py", "dslc/config.py", "dslc/corpus.py",
     "dslc/lang/parser.py",  # the grammar, a package resource

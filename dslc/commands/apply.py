@@ -136,9 +136,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "its name and its folders; repeatable)")
     p.add_argument("--no-gitignore", dest="gitignore", action="store_false",
                    help="do not skip the files that .gitignore files ignore")
-    p.add_argument("--no-cache", action="store_true", help="do not read or write the caches (analysis facts and per-file results)")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write the caches (analysis facts, per-file results, loaded packs)")
     p.add_argument("--cache-dir", metavar="DIR",
-                   help=f"cache location: analysis facts, and per-file results under results/ (default: {default_cache_dir()})")
+                   help=f"cache location: analysis facts, per-file results under results/, loaded rule packs under packs/ (default: {default_cache_dir()})")
     p.add_argument("--verify", action="store_true",
                    help="check each rewrite with `dslc verify` before emitting it; a rewrite "
                         "that fails is not written and the file is an error")
@@ -246,7 +246,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         mode, settings = _check(args)
-        loaded = _load(settings)
+        loaded = _load(settings, None if args.no_cache else settings.cache_dir)
     except _UsageError as exc:
         return _usage(str(exc))
     options = _apply_options(args, mode, settings)
@@ -293,15 +293,13 @@ def _check(args: argparse.Namespace):
     return mode, settings
 
 
-def _load(settings: argparse.Namespace):
-    """The packs of `settings.rules` (their diagnostics printed); _UsageError
-    when they have errors or leave no rule to apply."""
-    from dslc.lang.loader import load_rules
+def _load(settings: argparse.Namespace, cache_dir: str | None):
+    """The packs of `settings.rules` (their diagnostics printed; through the
+    pack cache in `cache_dir`, None: none); _UsageError when they have errors
+    or leave no rule to apply."""
+    from dslc.commands import packcache
 
-    if settings.ignore:
-        loaded = load_rules(list(settings.rules), list(settings.select), list(settings.ignore))
-    else:
-        loaded = load_rules(list(settings.rules), list(settings.select))
+    loaded = packcache.load_rules(list(settings.rules), list(settings.select), list(settings.ignore), cache_dir)
     diags = list(loaded.diagnostics)
     if diags:
         sys.stderr.write(_render_diagnostics(diags, loaded.sources))
