@@ -13,19 +13,16 @@ the guard's conditions are all false.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from sdpa_hf_rewrite import load_rewritten  # noqa: E402
+
 pytestmark = pytest.mark.slow  # rewrites 4.35.0 modeling files (about 20 s each)
 
-REPO = Path(__file__).resolve().parent.parent
 
 MODELS = {
     # name: (module, model class, config class, attention class, config kwargs)
@@ -35,34 +32,13 @@ MODELS = {
 }
 
 
-def _rewrite(path: Path) -> tuple[str, list]:
-    from dslc.apply.driver import ApplyOptions, apply_paths
-    from dslc.lang.loader import load_rules
-
-    loaded = load_rules([str(REPO / "rulepacks" / "sdpa.adr")])
-    report = apply_paths([str(path)], loaded.packs, ApplyOptions(mode="diff", jobs=1, gitignore=False))
-    res = report.files[0]
-    return (res.new_source if res.changed else res.original), res.matches
-
-
 _LOADED: dict = {}
 
 
 def _model_pair(name):
-    if not transformers.__version__.startswith("4.35."):
-        pytest.skip(f"written for transformers 4.35 (installed: {transformers.__version__})")
     module, _, _, _, _ = MODELS[name]
     if name not in _LOADED:
-        original = importlib.import_module(module)
-        path = Path(original.__file__)
-        source, matches = _rewrite(path)
-        mname = module + "_dslc_sdpa_test"
-        spec = importlib.util.spec_from_loader(mname, loader=None, origin=str(path))
-        mod = importlib.util.module_from_spec(spec)
-        mod.__file__ = str(path)
-        mod.__package__ = module.rsplit(".", 1)[0]
-        sys.modules[mname] = mod
-        exec(compile(source, str(path), "exec"), mod.__dict__)
+        original, mod, source, matches = load_rewritten(module)
         if "scaled_dot_product_attention" in mod.__dict__:  # imported by name: look it up per call (`calls`)
             mod.scaled_dot_product_attention = lambda *a, **k: torch.nn.functional.scaled_dot_product_attention(*a, **k)
         _LOADED[name] = (original, mod, source, matches)

@@ -12,46 +12,24 @@ weights are asked for (the per-call guard's fast branch).
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import sys
-from pathlib import Path
 
 import pytest
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from sdpa_hf_rewrite import SUFFIX, load_rewritten  # noqa: E402
+
 pytestmark = pytest.mark.slow  # rewrites a 4.35.0 modeling file (about 20 s)
 
-REPO = Path(__file__).resolve().parent.parent
 MODULE = "transformers.models.t5.modeling_t5"
-
-
-def _rewrite(path: Path) -> tuple[str, list]:
-    from dslc.apply.driver import ApplyOptions, apply_paths
-    from dslc.lang.loader import load_rules
-
-    loaded = load_rules([str(REPO / "rulepacks" / "sdpa.adr")])
-    report = apply_paths([str(path)], loaded.packs, ApplyOptions(mode="diff", jobs=1, gitignore=False))
-    res = report.files[0]
-    return (res.new_source if res.changed else res.original), res.matches
 
 
 @pytest.fixture(scope="module")
 def t5():
-    if not transformers.__version__.startswith("4.35."):
-        pytest.skip(f"written for transformers 4.35 (installed: {transformers.__version__})")
-    original = importlib.import_module(MODULE)
-    path = Path(original.__file__)
-    source, matches = _rewrite(path)
-    name = MODULE + "_dslc_sdpa_test"
-    spec = importlib.util.spec_from_loader(name, loader=None, origin=str(path))
-    mod = importlib.util.module_from_spec(spec)
-    mod.__file__ = str(path)
-    mod.__package__ = MODULE.rsplit(".", 1)[0]
-    sys.modules[name] = mod
-    exec(compile(source, str(path), "exec"), mod.__dict__)
+    original, mod, source, matches = load_rewritten(MODULE)
+    name = MODULE + SUFFIX
     calls = []
     real = mod.scaled_dot_product_attention
 

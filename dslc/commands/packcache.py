@@ -55,13 +55,13 @@ def _loader():
     return importlib.import_module("dslc.lang.loader")
 
 
-def _key(files: list[str], select: list[str], ignore: list[str]) -> str | None:
+def _key(loader, files: list[str], select: list[str], ignore: list[str]) -> str | None:
     from dslc.apply.resultcache import code_version
 
     parts = [FORMAT, code_version(), list(select), list(ignore)]
     for path in files:
         try:
-            data = _loader().read_bytes(path, _loader().MAX_SOURCE_BYTES)
+            data = loader.read_bytes(path, loader.MAX_SOURCE_BYTES)
         except Exception:  # noqa: BLE001 - unreadable: the loader reports it
             return None
         parts.append([os.path.abspath(path), hashlib.sha256(data).hexdigest()])
@@ -82,7 +82,7 @@ def load_rules(paths: list[str], select: Iterable[str] = (), ignore: Iterable[st
     if cache_dir is None or not hasattr(loader, "expand"):
         return _load(paths, select, ignore)
     files, diags = loader.expand(paths)
-    key = None if diags or not files else _key(files, select, ignore)
+    key = None if diags or not files else _key(loader, files, select, ignore)
     if key is None:
         return _load(paths, select, ignore)
     entry = os.path.join(cache_dir, "packs", f"{key}.pack")
