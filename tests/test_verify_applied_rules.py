@@ -1,5 +1,5 @@
 """`dslc verify` and `dslc apply --verify` name the rules that rewrote the file
-(not every rule whose kernel it uses: sdpa.adr has 729 rules with one kernel),
+(not every rule whose kernel it uses: sdpa.adr has hundreds of rules and one kernel),
 and take the tolerance from those alone."""
 
 from __future__ import annotations
