@@ -41,6 +41,7 @@ class EditConflict(ValueError):
 
 # The indentation of a line (as `source_lines` splits: at LF, CRLF or CR)
 # whose first other character is no line end and no `#`.
+_INDENT = re.compile(r"(?:\A|(?<=\n)|(?<=\r)(?!\n))([ \t]+)[^ \t\r\n#]")
 
 
 class SourceMap:
@@ -110,6 +111,10 @@ class SourceMap:
         return self._smallest_indent(multiline_string_lines(tree)) or "    "
 
     def _smallest_indent(self, skip: frozenset[int]) -> str | None:
+        """The smallest positive indent (the first of that length) of a line
+        not in `skip` that holds more than blanks and is no comment."""
+        if not skip:
+            return min(_INDENT.findall(self.text), key=len, default=None)
         best: str | None = None
         for n, raw in enumerate(self.lines, 1):
             if n in skip:

@@ -49,6 +49,8 @@ import ast
 import re
 from dataclasses import dataclass, field
 
+from dslc.rewrite import walkers
+
 _ACCESSORS = {"getattr": "read", "hasattr": "read", "setattr": "store", "delattr": "store"}
 
 
@@ -153,6 +155,7 @@ class _Scanner(ast.NodeVisitor):
         self.made: dict[int, str | None] = {}  # id(target) -> K of an assignment `target = K(...)`
         self.open_classes: list[list] = []  # the `self.<a>` stores of each class being visited
         self.class_defs: list[tuple[ClassInfo, ast.ClassDef, list]] = []
+        self.walks: list[walkers.Walk] = []  # `walkers.walks` of the tree, found on the way
 
     def visit(self, node):
         # `NodeVisitor.visit`, with the method looked up once per node type.
@@ -213,6 +216,10 @@ class _Scanner(ast.NodeVisitor):
     def visit_Assign(self, node: ast.Assign) -> None:
         if len(node.targets) == 1 and isinstance(node.value, ast.Call):
             self.made[id(node.targets[0])] = _tail(node.value.func)
+            if walkers.is_walk(node):
+                func = self.func[-1] if self.func else "module level"
+                if not any(w.function == func for w in self.walks):
+                    self.walks.append(walkers.Walk(func, node.lineno, ast.unparse(node)))
         self.generic_visit(node)
 
     def finish(self) -> None:
@@ -269,12 +276,16 @@ def scan(tree: ast.AST, attrs) -> FileScan:
 
 class FileIndex:
     """The uses of every attribute in one file, in the walk's order, by name:
-    one walk answers the questions about any set of attributes."""
+    one walk answers the questions about any set of attributes.  The same
+    walk finds the file's computed-name walks (`walks`: `walkers.walks` of
+    the tree, the W112 check's question)."""
 
-    def __init__(self, uses: list[Use], classes: dict[str, ClassInfo], imported: frozenset[str], script: bool):
+    def __init__(self, uses: list[Use], classes: dict[str, ClassInfo], imported: frozenset[str], script: bool,
+                 walks: tuple = ()):
         self.classes = classes
         self.imported = imported
         self.script = script
+        self.walks = walks
         self._uses = uses
         self._at: dict[str, list[int]] = {}
         for i, use in enumerate(uses):
@@ -301,7 +312,7 @@ def index(tree: ast.AST) -> FileIndex:
     s = _Scanner(_ALL)
     s.visit(tree)
     s.finish()
-    return FileIndex(s.uses, s.classes, frozenset(s.imported), _is_script(tree))
+    return FileIndex(s.uses, s.classes, frozenset(s.imported), _is_script(tree), tuple(s.walks))
 
 
 def _is_script(tree: ast.AST) -> bool:
