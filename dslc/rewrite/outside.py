@@ -111,15 +111,6 @@ def _chain(expr: ast.expr) -> tuple[str, ...] | None:
     return tuple(reversed(links))
 
 
-class _AllNames:
-    """Every name: `_Scanner(_ALL)` records the uses of every attribute."""
-
-    def __contains__(self, name) -> bool:
-        return isinstance(name, str)
-
-
-_ALL = _AllNames()
-
 # Per node class, the fields `_Scanner.generic_visit` looks into: those that
 # may hold a node (not `ctx` and the name and flag fields, strings or numbers
 # in every class that has them).  () for a class whose visit does nothing
@@ -143,8 +134,10 @@ def _walked(cls: type) -> tuple[str, ...]:
 
 
 class _Scanner(ast.NodeVisitor):
-    def __init__(self, attrs):
-        self.attrs = attrs
+    """One walk of a tree: the uses of every attribute, the classes with
+    their stores of `self.<a>`, the imported names, the computed-name walks."""
+
+    def __init__(self):
         self._dispatch: dict[type, object] = {}
         self.uses: list[tuple] = []  # the fields of each `Use`, with the expression before `.attr` (`_use`)
         self.classes: dict[str, ClassInfo] = {}
@@ -253,12 +246,12 @@ class _Scanner(ast.NodeVisitor):
 
     def visit_Call(self, node: ast.Call) -> None:
         f = node.func
-        if isinstance(f, ast.Attribute) and f.attr in self.attrs:
+        if isinstance(f, ast.Attribute):
             self.calls.add(id(f))
             self._add(f.attr, f.lineno, "call", f.value)
         if isinstance(f, ast.Name) and f.id in _ACCESSORS and len(node.args) >= 2:
             name = node.args[1]
-            if isinstance(name, ast.Constant) and name.value in self.attrs:
+            if isinstance(name, ast.Constant) and isinstance(name.value, str):
                 self._add(name.value, node.lineno, _ACCESSORS[f.id], node.args[0])
         self.generic_visit(node)
 
@@ -271,7 +264,7 @@ class _Scanner(ast.NodeVisitor):
                 stores.append(store)
         if isinstance(node.value, ast.Attribute):
             self.after[id(node.value)] = node.attr
-        if node.attr in self.attrs and id(node) not in self.calls:
+        if id(node) not in self.calls:
             kind = "read" if isinstance(node.ctx, ast.Load) else "store"
             self._add(node.attr, node.lineno, kind, node.value, self.after.get(id(node)))
         self.generic_visit(node)
@@ -326,7 +319,7 @@ class FileIndex:
 
 def index(tree: ast.AST) -> FileIndex:
     """Walk `tree` once for the uses of every attribute."""
-    s = _Scanner(_ALL)
+    s = _Scanner()
     s.visit(tree)
     s.finish()
     return FileIndex(s.uses, s.classes, frozenset(s.imported), _is_script(tree), tuple(s.walks))
