@@ -9,7 +9,9 @@ near misses), and adopter + sdpa + liger together; and keeps, per set, the
 JSON report (without its `seconds`), the unified diff, the notes and the
 summary (without its time).  `compare` runs the same and prints the first differing lines of
 each output that changed.  `--models N` takes the first N files (a quick
-look; save and compare with the same N).
+look; save and compare with the same N).  `--files LIST` reads the files
+from LIST (one path a line) instead of the corpus: e.g. modeling files of a
+newer transformers, where the rules meet other code.
 """
 
 from __future__ import annotations
@@ -53,11 +55,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("action", choices=("save", "compare"))
     parser.add_argument("dir")
     parser.add_argument("--models", type=int, help="only the first N corpus files")
+    parser.add_argument("--files", help="a file listing the source files, one a line (instead of the corpus)")
     parser.add_argument("--packs", default=",".join(DEFAULT), help=f"pack sets, of {', '.join(PACKS)}")
     args = parser.parse_args(argv)
     from dslc import corpus
 
-    files = [str(f) for f in corpus.benchmark_files()]
+    if args.files:
+        files = Path(args.files).read_text().split()
+    else:
+        files = [str(f) for f in corpus.benchmark_files()]
     files = files[:args.models] if args.models else files
     out = Path(args.dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -220,3 +220,45 @@ def test_an_annotated_class_field_of_that_name_refuses():
     use = "\ndef weight_map(model):\n    return model.stem.conv.weight\n"
     refused(MODEL + use + "\n\n@dataclasses.dataclass\nclass Parts:\n    stem: object = None\n", "`model.stem.conv`")
     allowed(MODEL + use + "\n\nclass Parts:\n    stem = None\n")
+
+
+def test_function_defs_are_the_functions_of_a_walk_in_its_order():
+    """`holders.find_use_node` takes the module's functions from its indexed
+    statements: the same definitions, in the order `ast.walk` finds them (a
+    later one of the same first line wins there)."""
+    from pathlib import Path
+
+    from dslc.rewrite.astutil import index_statements
+
+    src = textwrap.dedent("""\
+        def a():
+            def b(): pass
+            class C:
+                def m(self): pass
+                async def n(self): pass
+            try:
+                def t(): pass
+            except ValueError:
+                def e(): pass
+            else:
+                def el(): pass
+            finally:
+                def f(): pass
+            return [lambda: 0]
+
+        match x:
+            case 1:
+                def one(): pass
+            case _:
+                def other(): pass
+
+        if y:
+            def g(): pass
+        else:
+            def g(): pass
+        """)
+    sources = [src] + [p.read_text() for p in sorted(Path(holders.__file__).parent.glob("*.py"))]
+    for text in sources:
+        tree = ast.parse(text)
+        walked = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+        assert holders.function_defs(index_statements(tree)[0]) == walked

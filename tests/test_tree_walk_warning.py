@@ -75,3 +75,69 @@ def test_a_loader_in_a_sibling_module_is_named(tmp_path):
     assert [m.status for m in result.matches] == ["applied"], result.matches
     (w,) = _walk_warnings(result)
     assert "convert.py" in w.message and "`load_checkpoint`" in w.message
+
+
+def _walks_one_by_one(tree):
+    """The W112 walks as a plain recursive walk of every node finds them: the
+    first of each function name, in the order of the tree."""
+    import ast
+
+    from dslc.rewrite import walkers
+
+    out = []
+
+    def visit(node, func):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                visit(child, child.name)
+                continue
+            if walkers.is_walk(child) and not any(w.function == func for w in out):
+                out.append(walkers.Walk(func, child.lineno, ast.unparse(child)))
+            visit(child, func)
+
+    visit(tree, "module level")
+    return tuple(out)
+
+
+def test_the_index_finds_the_walks_of_a_plain_walk():
+    """`outside.index` finds the walks in its own walk (which skips names and
+    constants): the same ones, in the same order, as a walk of every node."""
+    import ast
+    import textwrap
+
+    from dslc.rewrite import outside
+
+    src = textwrap.dedent('''\
+        p = getattr(p, names[0])
+
+        class Loader:
+            q = getattr(q, key)
+
+            def load(self, model, parts, d=lambda m: getattr(m, "x")):
+                pointer = model
+                for part in parts:
+                    pointer = getattr(pointer, part)
+                    pointer = getattr(pointer, part + "_")
+                async def inner(m, k):
+                    m = getattr(m, k, None)
+                    m = getattr(m, "literal")
+                    (m) = getattr(m, k)
+                return [getattr(pointer, k) for k in parts]
+
+        def load(tree, names):
+            while names:
+                if names:
+                    tree = getattr(tree, names.pop())
+
+        def other(x, y):
+            x = getattr(y, x)
+            x, y = getattr(x, y), 1
+            x.a = getattr(x, y)
+        ''')
+    tree = ast.parse(src)
+    found = outside.index(tree).walks
+    assert found == _walks_one_by_one(tree)
+    assert [(w.function, w.line) for w in found] == [("module level", 1), ("load", 9), ("inner", 12)]
+    for path in sorted(__import__("pathlib").Path(outside.__file__).parent.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        assert outside.index(tree).walks == _walks_one_by_one(tree), path

@@ -242,12 +242,13 @@ class Context:
         if not ranges:
             return {}
         out: dict[str, str] = {}
-        lo_all, hi_all = min(lo for lo, _ in ranges), max(hi for _, hi in ranges)
+        ranges = sorted(set(ranges))
         stack = [self.mod.tree]
-        while stack:  # only the subtrees that reach into the matched lines
+        while stack:  # only the subtrees that reach into one of the matched statements' lines
             node = stack.pop()
             for child in ast.iter_child_nodes(node):
-                if not hasattr(child, "lineno") or (child.lineno <= hi_all and (child.end_lineno or child.lineno) >= lo_all):
+                if not hasattr(child, "lineno") or any(
+                        child.lineno <= hi and (child.end_lineno or child.lineno) >= lo for lo, hi in ranges):
                     stack.append(child)
             if not hasattr(node, "lineno"):
                 continue

@@ -21,6 +21,7 @@ import hashlib
 import os
 import re
 import time
+import weakref
 
 from dslc import codes
 from dslc.match import ir
@@ -45,6 +46,10 @@ SHAPE_KEEPING = frozenset(
 )
 
 
+# Module (`dslc.rewrite.context.Module`) -> the caches of its `FlowChecks`.
+_MODULE_CACHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 class FlowChecks:
     """The source-level answers `safety.check_dataflow` asks for, cached per file."""
 
@@ -52,8 +57,12 @@ class FlowChecks:
         self.mod = mod
         self.facts = facts
         self.path = path
-        self._effects_cache: dict[tuple, object] = {}
-        self._outside_cache: dict[tuple, object] = {}
+        # Derived from the module alone: shared by every `FlowChecks` of it
+        # (each kind of rewrite and the setup make their own).
+        caches = _MODULE_CACHES.get(mod)
+        if caches is None:
+            caches = _MODULE_CACHES[mod] = ({}, {})
+        self._effects_cache, self._outside_cache = caches
 
     def metadata_check(self, match: ir.Match):
         """`metadata_ok(path, pos, q, name)` for `safety.check_dataflow`, or None.
@@ -220,9 +229,7 @@ class FlowChecks:
         if key not in self._outside_cache:
             found = None
             if pattern.search(self.mod.source):
-                if "index" not in self._outside_cache:
-                    self._outside_cache["index"] = outside.index(self.mod.tree)
-                found = self._outside_cache["index"].select(attrs)
+                found = self._index().select(attrs)
             self._outside_cache[key] = found
         scans = [(os.path.basename(self.path), self._outside_cache[key], True)]
         for path in _sibling_paths(here):
@@ -248,16 +255,22 @@ class FlowChecks:
                 notes.extend((line, codes.W_TREE_WALK, f"{cls.name}: {message}") for message in self._walks(changed))
         return None
 
+    def _index(self) -> outside.FileIndex:
+        """`outside.index` of this file, walked once."""
+        if "index" not in self._outside_cache:
+            self._outside_cache["index"] = outside.index(self.mod.tree)
+        return self._outside_cache["index"]
+
     def _walks(self, changed: dict[str, str]) -> list[str]:
         """W112: computed-name walks of a module tree in this file and its
         siblings (`dslc.rewrite.walkers`), one message per file."""
         if "walks" not in self._outside_cache:
-            here = walkers.walks(self.mod.tree) if walkers.GATE.search(self.mod.source) else ()
+            here = self._index().walks if walkers.GATE.search(self.mod.source) else ()
             self._outside_cache["walks"] = here
         found = [(os.path.basename(self.path), w) for w in self._outside_cache["walks"][:1]]
         for path in _sibling_paths(getattr(self.facts, "path", None) or self.path):
-            there = _SIBLINGS.derived(path, ("walks",), walkers.GATE, walkers.walks, ())
-            found += [(os.path.basename(path), w) for w in there[:1]]
+            index = _SIBLINGS.derived(path, ("outside",), walkers.GATE, outside.index, None)
+            found += [(os.path.basename(path), w) for w in (index.walks[:1] if index is not None else ())]
         return [walkers.describe(w, name, changed) for name, w in found]
 
 
@@ -279,7 +292,9 @@ def _holders_proof(self: FlowChecks, cls_name: str):
             out.append((_SIBLINGS.derived(sib, ("holders",), holders.gate(link), holders.holders, holders.Holders()), False))
         return out
 
-    return lambda use: holders.elsewhere(self.mod.tree, use, cls_name, here, package)
+    if ("functions",) not in cache:
+        cache[("functions",)] = holders.function_defs(self.mod.statements)
+    return lambda use: holders.elsewhere(cache[("functions",)], use, cls_name, here, package)
 
 
 # The package folders whose modules the checks read while a file is processed

@@ -389,14 +389,15 @@ def _statement_of(fn, node: ast.AST) -> ast.stmt | None:
 # From a use to its holder
 
 
-def find_use_node(tree: ast.AST, use):
+def find_use_node(functions, use):
     """([(the node of `use`, the expression of the object holding the
     attribute)] for every spelling of it on its line, the innermost function
-    holding them): `<holder>.<attr>` or `getattr(<holder>, "<attr>")`."""
+    holding them): `<holder>.<attr>` or `getattr(<holder>, "<attr>")`.
+    `functions`: every function definition of the module, in `ast.walk`
+    order (`function_defs`)."""
     best = None
-    for fn in ast.walk(tree):
-        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)) \
-                and fn.lineno <= use.line <= (fn.end_lineno or fn.lineno) and (best is None or fn.lineno >= best.lineno):
+    for fn in functions:
+        if fn.lineno <= use.line <= (fn.end_lineno or fn.lineno) and (best is None or fn.lineno >= best.lineno):
             best = fn
     if best is None:
         return None
@@ -412,11 +413,19 @@ def find_use_node(tree: ast.AST, use):
     return (hits, best) if hits else None
 
 
-def holder_link(tree: ast.AST, use) -> list[tuple[str, str]] | None:
+def function_defs(statements) -> list:
+    """The function definitions among `statements` (a module's, in `ast.walk`
+    order: `astutil.index_statements`); functions are statements, so these
+    are the module's functions in the order `ast.walk` finds them."""
+    return [s for s in statements if isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef))]
+
+
+def holder_link(functions, use) -> list[tuple[str, str]] | None:
     """For each spelling of `use` on its line: how its holder is known, as
     ("link", L) (the value of an attribute `L`) or ("class", K) (a new `K`
-    instance, K by name); None when some spelling's holder is unknown."""
-    got = find_use_node(tree, use)
+    instance, K by name); None when some spelling's holder is unknown.
+    `functions`: as for `find_use_node`."""
+    got = find_use_node(functions, use)
     if got is None:
         return None
     hits, fn = got
@@ -474,13 +483,14 @@ def gate(link: str) -> re.Pattern:
     return re.compile(r"\b%s\b|%s" % (re.escape(link), DYNAMIC_TEXT.pattern))
 
 
-def elsewhere(tree: ast.AST, use, cls_name: str, here, package) -> bool:
-    """`use` (an `outside.Use` in the module of `tree`, the module of the
-    class) provably reaches no instance of `cls_name`.  `here()`: that module's
-    `holders`; `package(link)`: [(holders, is the class's module)] for every
-    module of the package that may store `link`."""
+def elsewhere(functions, use, cls_name: str, here, package) -> bool:
+    """`use` (an `outside.Use` in the module of the class, whose function
+    definitions are `functions`, as for `find_use_node`) provably reaches no
+    instance of `cls_name`.  `here()`: that module's `holders`;
+    `package(link)`: [(holders, is the class's module)] for every module of
+    the package that may store `link`."""
     try:
-        how = holder_link(tree, use)
+        how = holder_link(functions, use)
         if not how:
             return False
         for kind, name in how:

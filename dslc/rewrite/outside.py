@@ -49,6 +49,8 @@ import ast
 import re
 from dataclasses import dataclass, field
 
+from dslc.rewrite import walkers
+
 _ACCESSORS = {"getattr": "read", "hasattr": "read", "setattr": "store", "delattr": "store"}
 
 
@@ -109,15 +111,6 @@ def _chain(expr: ast.expr) -> tuple[str, ...] | None:
     return tuple(reversed(links))
 
 
-class _AllNames:
-    """Every name: `_Scanner(_ALL)` records the uses of every attribute."""
-
-    def __contains__(self, name) -> bool:
-        return isinstance(name, str)
-
-
-_ALL = _AllNames()
-
 # Per node class, the fields `_Scanner.generic_visit` looks into: those that
 # may hold a node (not `ctx` and the name and flag fields, strings or numbers
 # in every class that has them).  () for a class whose visit does nothing
@@ -129,19 +122,24 @@ _NAME_FIELDS = frozenset({"ctx", "id", "attr", "arg", "asname", "module", "level
                           "is_async", "conversion", "simple"})
 
 
+_WALK[ast.Constant] = ()
+
+
 def _walked(cls: type) -> tuple[str, ...]:
     fields = tuple(f for f in cls._fields if f not in _NAME_FIELDS)
-    if cls is ast.Constant or (not fields and not hasattr(_Scanner, "visit_" + cls.__name__)):
+    if not fields and not hasattr(_Scanner, "visit_" + cls.__name__):
         fields = ()
     _WALK[cls] = fields
     return fields
 
 
 class _Scanner(ast.NodeVisitor):
-    def __init__(self, attrs):
-        self.attrs = attrs
+    """One walk of a tree: the uses of every attribute, the classes with
+    their stores of `self.<a>`, the imported names, the computed-name walks."""
+
+    def __init__(self):
         self._dispatch: dict[type, object] = {}
-        self.uses: list[Use] = []
+        self.uses: list[tuple] = []  # the fields of each `Use`, with the expression before `.attr` (`_use`)
         self.classes: dict[str, ClassInfo] = {}
         self.imported: set[str] = set()
         self.owner: list[str] = []
@@ -153,40 +151,46 @@ class _Scanner(ast.NodeVisitor):
         self.made: dict[int, str | None] = {}  # id(target) -> K of an assignment `target = K(...)`
         self.open_classes: list[list] = []  # the `self.<a>` stores of each class being visited
         self.class_defs: list[tuple[ClassInfo, ast.ClassDef, list]] = []
+        self.walks: list[walkers.Walk] = []  # `walkers.walks` of the tree, found on the way
 
     def visit(self, node):
-        # `NodeVisitor.visit`, with the method looked up once per node type.
-        method = self._dispatch.get(type(node))
-        if method is None:
-            method = self._dispatch[type(node)] = getattr(
-                self, "visit_" + type(node).__name__, None) or self.generic_visit
         self.depth += 1
-        method(node)
+        self._method(type(node))(node)
         self.depth -= 1
+
+    def _method(self, cls: type):
+        """`NodeVisitor.visit`'s method for a node class, looked up once per class."""
+        method = self._dispatch.get(cls)
+        if method is None:
+            method = self._dispatch[cls] = getattr(self, "visit_" + cls.__name__, None) or self.generic_visit
+        return method
 
     def generic_visit(self, node) -> None:
         # `NodeVisitor.generic_visit`'s order (fields in order, lists in order), minus the
-        # children whose visit does nothing (`_walked`: names, constants, operators, `ctx`).
-        visit = self.visit
+        # children whose visit does nothing (`_walked`: names, constants, operators, `ctx`);
+        # `depth` is the children's while they are visited.
+        dispatch = self._dispatch
         fields = _WALK.get(type(node))
         if fields is None:
             fields = _walked(type(node))
+        self.depth += 1
         for name in fields:
             value = getattr(node, name, None)
             if type(value) is list:
                 for item in value:
-                    if _WALK.get(type(item)) != () and isinstance(item, ast.AST):
-                        visit(item)
-            elif _WALK.get(type(value)) != () and isinstance(value, ast.AST):
-                visit(value)
-
-    def visit_Constant(self, node) -> None:
-        pass
+                    cls = type(item)
+                    if _WALK.get(cls) != () and isinstance(item, ast.AST):
+                        (dispatch.get(cls) or self._method(cls))(item)
+            else:
+                cls = type(value)
+                if _WALK.get(cls) != () and isinstance(value, ast.AST):
+                    (dispatch.get(cls) or self._method(cls))(value)
+        self.depth -= 1
 
     def _add(self, attr: str, line: int, kind: str, value: ast.expr | None, then: str | None = None) -> None:
         owner = self.owner[-1] if self.owner else None
         where = self.func[-1] if self.func else "module level"
-        self.uses.append(Use(attr, line, kind, owner, where, _chain(value) if value is not None else None, then))
+        self.uses.append((attr, line, kind, owner, where, value, then))
 
     def visit_Import(self, node) -> None:
         for alias in node.names:
@@ -213,6 +217,10 @@ class _Scanner(ast.NodeVisitor):
     def visit_Assign(self, node: ast.Assign) -> None:
         if len(node.targets) == 1 and isinstance(node.value, ast.Call):
             self.made[id(node.targets[0])] = _tail(node.value.func)
+            if walkers.is_walk(node):
+                func = self.func[-1] if self.func else "module level"
+                if not any(w.function == func for w in self.walks):
+                    self.walks.append(walkers.Walk(func, node.lineno, ast.unparse(node)))
         self.generic_visit(node)
 
     def finish(self) -> None:
@@ -238,12 +246,12 @@ class _Scanner(ast.NodeVisitor):
 
     def visit_Call(self, node: ast.Call) -> None:
         f = node.func
-        if isinstance(f, ast.Attribute) and f.attr in self.attrs:
+        if isinstance(f, ast.Attribute):
             self.calls.add(id(f))
             self._add(f.attr, f.lineno, "call", f.value)
         if isinstance(f, ast.Name) and f.id in _ACCESSORS and len(node.args) >= 2:
             name = node.args[1]
-            if isinstance(name, ast.Constant) and name.value in self.attrs:
+            if isinstance(name, ast.Constant) and isinstance(name.value, str):
                 self._add(name.value, node.lineno, _ACCESSORS[f.id], node.args[0])
         self.generic_visit(node)
 
@@ -256,7 +264,7 @@ class _Scanner(ast.NodeVisitor):
                 stores.append(store)
         if isinstance(node.value, ast.Attribute):
             self.after[id(node.value)] = node.attr
-        if node.attr in self.attrs and id(node) not in self.calls:
+        if id(node) not in self.calls:
             kind = "read" if isinstance(node.ctx, ast.Load) else "store"
             self._add(node.attr, node.lineno, kind, node.value, self.after.get(id(node)))
         self.generic_visit(node)
@@ -269,17 +277,30 @@ def scan(tree: ast.AST, attrs) -> FileScan:
 
 class FileIndex:
     """The uses of every attribute in one file, in the walk's order, by name:
-    one walk answers the questions about any set of attributes."""
+    one walk answers the questions about any set of attributes.  The same
+    walk finds the file's computed-name walks (`walks`: `walkers.walks` of
+    the tree, the W112 check's question)."""
 
-    def __init__(self, uses: list[Use], classes: dict[str, ClassInfo], imported: frozenset[str], script: bool):
+    def __init__(self, uses: list[tuple], classes: dict[str, ClassInfo], imported: frozenset[str], script: bool,
+                 walks: tuple = ()):
         self.classes = classes
         self.imported = imported
         self.script = script
-        self._uses = uses
+        self.walks = walks
+        self._uses = uses  # as the scanner records them; a `Use` is made when a question selects it (`_use`)
+        self._made: dict[int, Use] = {}
         self._at: dict[str, list[int]] = {}
         for i, use in enumerate(uses):
-            self._at.setdefault(use.attr, []).append(i)
+            self._at.setdefault(use[0], []).append(i)
         self._selected: dict[frozenset, FileScan] = {}
+
+    def _use(self, i: int) -> Use:
+        found = self._made.get(i)
+        if found is None:
+            attr, line, kind, owner, where, value, then = self._uses[i]
+            found = self._made[i] = Use(attr, line, kind, owner, where, _chain(value) if value is not None else None,
+                                        then)
+        return found
 
     def names(self) -> set[str]:
         """The attributes used in the file."""
@@ -291,17 +312,17 @@ class FileIndex:
         found = self._selected.get(attrs)
         if found is None:
             at = sorted(i for a in attrs for i in self._at.get(a, ()))
-            found = self._selected[attrs] = FileScan([self._uses[i] for i in at], self.classes, self.imported,
+            found = self._selected[attrs] = FileScan([self._use(i) for i in at], self.classes, self.imported,
                                                      self.script)
         return found
 
 
 def index(tree: ast.AST) -> FileIndex:
     """Walk `tree` once for the uses of every attribute."""
-    s = _Scanner(_ALL)
+    s = _Scanner()
     s.visit(tree)
     s.finish()
-    return FileIndex(s.uses, s.classes, frozenset(s.imported), _is_script(tree))
+    return FileIndex(s.uses, s.classes, frozenset(s.imported), _is_script(tree), tuple(s.walks))
 
 
 def _is_script(tree: ast.AST) -> bool:

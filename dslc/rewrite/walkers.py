@@ -14,7 +14,9 @@ rewrite stays and carries a warning naming the loader (W112;
 docs/reliability.md).
 
 A walk is `p = getattr(p, <not a literal>)` (the name it assigns is its
-first argument) in a function of the file or of a sibling module.
+first argument) in a function of the file or of a sibling module; the walk
+of `outside.index` finds them (`FileIndex.walks`: the first of each
+function, in the order of the tree), as it finds the attribute uses.
 """
 
 from __future__ import annotations
@@ -33,24 +35,7 @@ class Walk:
     text: str  # `pointer = getattr(pointer, scope_names[0])`
 
 
-def walks(tree: ast.AST) -> tuple[Walk, ...]:
-    """Every computed-name walk of `tree`, first per function."""
-    out: list[Walk] = []
-
-    def visit(node, func: str) -> None:
-        for child in ast.iter_child_nodes(node):
-            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                visit(child, child.name)
-                continue
-            if _is_walk(child) and not any(w.function == func for w in out):
-                out.append(Walk(func, child.lineno, ast.unparse(child)))
-            visit(child, func)
-
-    visit(tree, "module level")
-    return tuple(out)
-
-
-def _is_walk(node) -> bool:
+def is_walk(node) -> bool:
     if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
         return False
     call = node.value
