@@ -312,11 +312,18 @@ def softmax_casts(fn: ast.AST) -> frozenset:
     if hit is not None and hit[0] is fn:
         return hit[1]
     out = set()
-    for node in ast.walk(fn):
+    # statement lists hold only statements, handlers and match cases (an
+    # expression's `body` is an expression): walking them reaches every block
+    stack = [fn]
+    while stack:
+        node = stack.pop()
+        for field in ("handlers", "cases"):
+            stack.extend(getattr(node, field, ()))
         for field in ("body", "orelse", "finalbody"):
             block = getattr(node, field, None)
             if not isinstance(block, list):
                 continue
+            stack.extend(block)
             for a, b in zip(block, block[1:]):
                 name = _softmax_target(a)
                 if name is None or not (isinstance(b, ast.Assign) and len(b.targets) == 1):

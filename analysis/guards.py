@@ -417,6 +417,16 @@ def feasible_key(keys: tuple) -> Answer:
                     return Answer.REFUTED
             return Answer.PROVED
     SOLVER_TERMS[0] += len(keys)
+    return _solve_renumbered(_renumbered(keys))
+
+
+@lru_cache(maxsize=16384)
+def _solve_renumbered(keys: tuple) -> Answer:
+    """`_solve` of guard keys renumbered by `_renumbered`: the same answer
+    as for the keys as they were (a one-to-one renaming of the z3 constants
+    keeps the independent groups and, renumbered again, each group's
+    question).  The paths of a function ask the same guards at other
+    versions: their z3 terms and their grouping are built once."""
     return _solve_safely(keys)
 
 

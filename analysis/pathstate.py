@@ -41,9 +41,12 @@ class Alt:
 
     Nodes are a persistent linked list (`tail` = (node, previous tail,
     length)) so that splitting a path is O(1); `nodes` materialises it.
+    `written` is shared by all the copies of one start: every name a node
+    added to any of them writes (a name outside it has version 0 on each,
+    without a walk).
     """
 
-    __slots__ = ("guards", "keys", "tail", "status", "symbols", "optional_ifs")
+    __slots__ = ("guards", "keys", "tail", "status", "symbols", "optional_ifs", "written")
 
     def __init__(self):
         self.guards: tuple[Guard, ...] = ()
@@ -52,15 +55,19 @@ class Alt:
         self.status = "fall"
         self.symbols: frozenset[str] = frozenset()
         self.optional_ifs = 0  # call-free `if`s split on this path (`compound.if_statement`)
+        self.written: set[str] = set()
 
     def copy(self) -> "Alt":
         new = Alt()
         new.guards, new.keys, new.tail = self.guards, self.keys, self.tail
         new.status, new.symbols, new.optional_ifs = self.status, self.symbols, self.optional_ifs
+        new.written = self.written
         return new
 
     def add_node(self, node: Node) -> None:
         self.tail = (node, self.tail, (self.tail[2] if self.tail else 0) + 1)
+        if node.writes:
+            self.written.update(node.writes)
 
     @property
     def nodes(self) -> tuple[Node, ...]:
@@ -96,6 +103,8 @@ class Alt:
         (0: never written on this path): the symbol's version."""
         parts = symbol.split(".")
         prefixes = {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
+        if prefixes.isdisjoint(self.written):
+            return 0
         cur = self.tail
         while cur is not None:
             if cur[0].writes and not prefixes.isdisjoint(cur[0].writes):
