@@ -379,19 +379,29 @@ CAUSAL_SCALE = {
 }
 
 
-def causal_rule(qk: str, t: tuple[int, int], scale: str, drop: str) -> str:
-    """One rule of the causal `where` block (see its comment)."""
+def causal_rule(qk: str, t: tuple[int, int], scale: str, drop: str, where_first: bool = False) -> str:
+    """One rule of the causal `where` block (see its comment); `where_first`:
+    the scale applied to the `where`'s result (the block after it)."""
     _, qk_node, pv_node = QK[qk]
     tname = f"t{t[0]}{t[1]}".replace("-", "m")
-    name = f"{qk}_{tname}_{scale}_causal_add_softmaxto_{drop}"
+    name = (f"{qk}_{tname}_causal_{scale}_add_softmaxto_{drop}" if where_first
+            else f"{qk}_{tname}_{scale}_causal_add_softmaxto_{drop}")
     src = [f"torch.Tensor.transpose($k, {t[0]}, {t[1]}) -> $kt", qk_node]
     scale_node, scale_arg = CAUSAL_SCALE[scale]
-    last = "$s0"
-    if scale_node:
-        src.append(scale_node.replace("$c", "$sf"))
-        scale_arg = scale_arg.replace("$c", "$sf")
-        last = "$s1"
-    src.append(f"torch.where($cm, {last}, $mv) -> $sc")
+    scale_arg = scale_arg.replace("$c", "$sf")
+    if where_first:
+        # where(c, s, mv) / d is where(c, s / d, mv / d) elementwise: the
+        # additive mask is where(c, 0.0, mv) / d
+        scaled = scale_node.replace("$s1", "$sc").replace("$s0", "$s1").replace("$c", "$sf")
+        src += ["torch.where($cm, $s0, $mv) -> $s1", scaled]
+        tgt = ["torch.where($cm, 0.0, $mv) -> $s1", scaled]
+    else:
+        last = "$s0"
+        if scale_node:
+            src.append(scale_node.replace("$c", "$sf"))
+            last = "$s1"
+        src.append(f"torch.where($cm, {last}, $mv) -> $sc")
+        tgt = ["torch.where($cm, 0.0, $mv) -> $sc"]
     src.append("$sc + $m -> $s2" + OPT_M)
     src += ["torch.nn.functional.softmax($s2, dim=-1) -> $p32", "torch.Tensor.to($p32, $dt) -> $p"]
     drop_node, drop_arg = DROPOUT[drop]
@@ -399,14 +409,14 @@ def causal_rule(qk: str, t: tuple[int, int], scale: str, drop: str) -> str:
         src += [drop_node, pv_node]
     else:
         src.append(pv_node.replace("$pd", "$p"))
-    tgt = ["torch.where($cm, 0.0, $mv) -> $sc",
-           "torch.as_tensor($m, dtype=$q.dtype) -> $p32" + OPT_M,
+    tgt += ["torch.as_tensor($m, dtype=$q.dtype) -> $p32" + OPT_M,
            "$sc + $p32 -> $s2" + OPT_M,
            "torch.Tensor.to($v, $q.dtype) -> $kt",
            f"torch.nn.functional.scaled_dot_product_attention($q, $k, $kt, attn_mask=$s2, dropout_p={drop_arg}, "
            f"scale={scale_arg}) -> $p",
            "torch.Tensor.to($p, $dt) -> $out"]
-    desc = f"eager attention ({qk} {tname}, {scale}, causal where, add, softmax cast back, {drop}) -> SDPA"
+    steps = f"causal where, {scale}" if where_first else f"{scale}, causal where"
+    desc = f"eager attention ({qk} {tname}, {steps}, add, softmax cast back, {drop}) -> SDPA"
     lines = [f'rule {name} "{desc}" {{',
              "  kernel torch.nn.functional.scaled_dot_product_attention",
              f"  tolerance {TOLERANCE}"]
@@ -437,6 +447,31 @@ CAUSAL_NOTE = """\
 def causal_rules() -> list[str]:
     return [CAUSAL_NOTE] + [causal_rule(qk, t, scale, drop) for qk in ("matmul", "at")
                             for t in CAUSAL_TRANSPOSES for scale in CAUSAL_SCALE for drop in DROPOUT]
+
+
+# ---------------------------------------------------------------------------
+# The causal `where` block with the scale after the `where` (transformers'
+# GPTJAttention._attn: `attn_weights = torch.where(causal_mask, attn_weights,
+# mask_value)`, then `attn_weights = attn_weights / self.scale_attn`, then
+# the optional mask, softmax, `.to(value.dtype)`, dropout, @ v).  Division
+# (or a product) by one scale distributes over `where` elementwise, with the
+# same rounding: `where(c, s, mv) / d` is `where(c, s / d, mv / d)`, the
+# causal block's chain with the mask value mv / d.  So the additive mask is
+# `where(c, 0.0, mv) / d` (its dtype mv's, as the causal block's; 0.0 / d
+# is a zero) and SDPA gets scale=1.0 / d; the masked rows' caveats are the
+# causal block's, with mv / d for mv (finfo.min / sqrt(head_dim) for GPT-J:
+# s / d + mv / d rounds to mv / d).
+CAUSAL_SCALED_NOTE = """\
+# ---- causal attention by torch.where, then the scale (GPT-J's kind) ----
+# As the causal `where` block, the scale applied after the `where`:
+# `where(c, s, mv) / d` is `where(c, s / d, mv / d)` elementwise, so the
+# additive mask is `where(c, 0.0, mv) / d` and SDPA's scale is 1.0 / d
+# (`* c`: `where(c, 0.0, mv) * c`, scale=c)."""
+
+
+def causal_scaled_rules() -> list[str]:
+    return [CAUSAL_SCALED_NOTE] + [causal_rule(qk, t, scale, drop, where_first=True) for qk in ("matmul", "at")
+                                   for t in CAUSAL_TRANSPOSES for scale in ("div", "mul") for drop in DROPOUT]
 
 
 # ---------------------------------------------------------------------------
@@ -561,6 +596,7 @@ def generate() -> str:
     # (S101), and the causal match covers the more complete computation (the
     # general one only the path where the causal step is skipped).
     out += causal_rules()
+    out += causal_scaled_rules()
     out += cast_type_rules()
     out += causal_fill_rules()
     for qk, (transposes, _, _) in QK.items():

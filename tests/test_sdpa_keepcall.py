@@ -424,3 +424,61 @@ def test_call_inside_a_loop_is_refused(tmp_path):
                           "        for _ in range(2):\n            ctx, probs = self._scores(q, k, v, mask, head_mask)\n")
     m = _outcome(tmp_path, text)
     assert m["status"] == "skipped" and "inside the loop" in m["reason"], m
+
+
+# The scale after the causal `where` (GPT-J's order): by a 0-d tensor
+# attribute (GPT-J's `self.scale_attn`) or a product with a Python number.
+SCALED = {
+    "div-tensor": ("torch.sqrt(torch.tensor(4.0))", "        s = s / self.scale\n",
+                   "torch.where(allowed, 0.0, low) / self.scale", "scale=1.0 / self.scale)"),
+    "mul-float": ("0.5", "        s = s * self.scale\n",
+                  "torch.where(allowed, 0.0, low) * self.scale", "scale=self.scale)"),
+}
+
+
+def _scaled_text(kind: str) -> str:
+    init, step, _, _ = SCALED[kind]
+    return (CAUSAL.replace("        self.n_heads = n_heads\n", f"        self.n_heads = n_heads\n        self.scale = {init}\n")
+            .replace("        s = torch.where(allowed, s, low)\n", "        s = torch.where(allowed, s, low)\n" + step))
+
+
+@pytest.fixture(scope="module", params=list(SCALED))
+def scaled(request, tmp_path_factory):
+    kind = request.param
+    return kind, _rewrite(tmp_path_factory.mktemp("keepcall_scaled"), f"causal_{kind.replace('-', '_')}",
+                          _scaled_text(kind))
+
+
+def test_scale_after_the_where_is_rewritten(scaled):
+    kind, (_, _, report, new) = scaled
+    applied = [m["rule"] for m in report["matches"] if m["status"] == "applied"]
+    assert applied == [f"sdpa:matmul_tm1m2_causal_{kind.split('-')[0]}_add_softmaxto_drop"], report["matches"]
+    fast = new.read_text().split("    def _scores_fast")[1].split("    def forward")[0]
+    _, _, mask, scale = SCALED[kind]
+    assert mask in fast and scale in fast
+
+
+@pytest.mark.parametrize("want_probs", [False, True], ids=["no-probs", "probs"])
+@pytest.mark.parametrize("mask", [None, "padding", "row"], ids=["no-mask", "padding", "masked-row"])
+def test_scale_after_the_where_equals_the_original(scaled, monkeypatch, want_probs, mask):
+    """As test_both_branches_equal_the_original: where(c, s, mv) / d runs as
+    SDPA with the mask where(c, 0.0, mv) / d and scale 1 / d."""
+    _, (orig, new, _, _) = scaled
+    kwargs = {"want_probs": want_probs}
+    if mask is not None:
+        m = torch.zeros(2, 1, 1, 6)
+        low = torch.finfo(torch.float32).min
+        m[1, ..., -2:] = low
+        if mask == "row":
+            m[1, ..., :2] = low
+            m[0, ..., :] = low
+        kwargs["mask"] = m
+    _compare(orig, new, kwargs, monkeypatch, fused=not want_probs, grads=mask != "row")
+
+
+def test_scale_after_the_where_second_apply_changes_nothing(scaled):
+    new = scaled[1][3]
+    before = new.read_bytes()
+    code, report = _apply(new, "--write")
+    assert code == 0 and new.read_bytes() == before
+    assert report["matches"] == [], report["matches"]
