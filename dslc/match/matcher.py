@@ -252,6 +252,8 @@ class _Scope:
     sequential: bool = True  # expand nn.Sequential calls into their elements
     # id(node) -> (node, its index keys, the names it writes): paths share their nodes
     node_memo: dict = field(default_factory=dict, repr=False, compare=False)
+    # (signature, id(node)) -> `_slots` (the node is held by `node_memo`)
+    slots_memo: dict = field(default_factory=dict, repr=False, compare=False)
     fires: int = 0  # transitions fired on its paths (MAX_MATCH_FIRES)
     max_fires: int = 0
     budget_line: int = 0  # where a path set that ran out of budget begins (its first node's line)
@@ -273,7 +275,8 @@ def over_budget_message(scope: _Scope, packs: str = "") -> str:
 
 
 class _PathCtx:
-    __slots__ = ("path", "nodes", "writes", "writers", "keys", "scalars", "ranks", "cutoffs", "positions", "at_key")
+    __slots__ = ("path", "nodes", "writes", "writers", "keys", "scalars", "ranks", "cutoffs", "proofs", "positions",
+                 "at_key", "fired")
 
     def __init__(self, path: Path, scope: _Scope):
         self.path = path
@@ -282,6 +285,9 @@ class _PathCtx:
         # proofs cut short by the depth limit (those results are not cached)
         self.ranks: dict[tuple[str, int], int | None] = {}
         self.cutoffs = 0
+        # rank proofs asked by the runs: a cached proof may hold where a new one
+        # is cut short, so a run that asked one is not replayed (`_Trace`)
+        self.proofs = 0
         self.positions: dict | None = None  # node id -> position, built on first use
         # `self.<attr>`s that hold a Python number (rank 0; analysis/scalars.py)
         self.scalars = scope.cls.scalars if scope.cls is not None else frozenset()
@@ -303,6 +309,9 @@ class _PathCtx:
         self.writes = [got[2] for got in rows]
         self.writers: dict[str, list[int]] | None = None  # name -> positions writing it, built on first use
         self.at_key: dict | None = None  # index key -> positions of the nodes carrying it, built on first use
+        # (transition id, position, id(env)) -> (env, what `_fire` returned): rules
+        # that share their first transitions fire them once (`_transition_ids`)
+        self.fired: dict = {}
 
     def _writers(self) -> dict[str, list[int]]:
         if self.writers is None:
@@ -449,7 +458,10 @@ def _fire(t: Transition, node: Node, pos: int, env: dict[str, _B], scope: _Scope
     ok = _test(t, node, env, scope)
     if not ok:
         return ok
-    got = _slots(t, node)
+    key = (t.signature, id(node))
+    got = scope.slots_memo.get(key)
+    if got is None:
+        got = scope.slots_memo[key] = _slots(t, node)
     if isinstance(got, Fail):
         return got
     slots, given = got
@@ -564,6 +576,7 @@ def _last_dim(a, value: Value, slots: dict, pos: int, ctx: "_PathCtx") -> bool:
     source = slots.get("p:input")
     if source is None:
         return False
+    ctx.proofs += 1
     return _rank_of_value(source, pos, ctx, 0) == got - want
 
 
@@ -709,6 +722,92 @@ class _Partial:
 
 
 _NO_KEY = Fail("the node does not carry the transition's (kind, type)")
+# The bindings every run starts from (never changed: `_unify` copies), one
+# object so that the first fires of all rules share `_PathCtx.fired`.
+_NO_BINDINGS: dict[str, _B] = {}
+
+# id(CompiledPack) -> (the pack, per rule: its forward transitions' ids)
+_TRANSITION_IDS: dict[int, tuple] = {}
+
+
+def _transition_ids(compiled: CompiledPack) -> tuple:
+    """Per rule, an id per forward transition, the same for equal
+    transitions (the sdpa pack's 1125 rules start with 7 distinct ones)."""
+    got = _TRANSITION_IDS.get(id(compiled))
+    if got is None or got[0] is not compiled:
+        ids: dict[Transition, int] = {}
+        per_rule = tuple(tuple(ids.setdefault(t, len(ids)) for t in cr.forward.transitions)
+                         if cr.forward is not None else () for cr in compiled.rules)
+        if len(_TRANSITION_IDS) > 16:
+            _TRANSITION_IDS.clear()
+        got = _TRANSITION_IDS[id(compiled)] = (compiled, per_rule)
+    return got[1]
+
+
+class _Trace:
+    """What one anchor run did, to replay it on another path of the set.
+
+    A run reads its path backwards from the positions it fires on (names'
+    definitions, ranks, the nodes before the anchor) and forwards up to the
+    last position it tried or the first write that killed its partial
+    match; past that it reads nothing, unless a transition found no node
+    and no kill up to the path's end.  So another path with the same
+    nodes at positions 0..`hi` (the same prefix: `_Prefixes`) gives the
+    same partial matches, events, bindings and positions.  `items` holds,
+    in order, the recorder's events (`("e", args, kw)`) and the partial
+    matches yielded (`("y", partial)`); `fires` the transitions fired."""
+
+    __slots__ = ("hi", "items", "fires")
+
+    def __init__(self, anchor_pos: int):
+        self.hi = anchor_pos
+        self.items: list = []
+        self.fires = 0
+
+    def seen(self, pos: int) -> None:
+        if pos > self.hi:
+            self.hi = pos
+
+    def recording(self, rec):
+        return _Recording(rec, self.items)
+
+
+class _Recording:
+    """A recorder that also keeps its events in a `_Trace`."""
+
+    __slots__ = ("rec", "items")
+
+    def __init__(self, rec, items: list):
+        self.rec = rec
+        self.items = items
+
+    def event(self, *args, **kw) -> None:
+        self.items.append(("e", args, kw))
+        self.rec.event(*args, **kw)
+
+
+class _Prefixes:
+    """The prefixes of a path set's paths as a trie of node identities:
+    `ids(nodes)[i]` names the prefix `nodes[0..i]`, equal for two paths
+    exactly when those prefixes hold the same nodes (the paths of a
+    function share the nodes before their first branch, and more)."""
+
+    __slots__ = ("trie",)
+
+    def __init__(self):
+        self.trie: dict[tuple[int, int], int] = {}
+
+    def ids(self, nodes) -> list[int]:
+        trie = self.trie
+        out = []
+        t = 0
+        for n in nodes:
+            key = (t, id(n))
+            t = trie.get(key)
+            if t is None:
+                t = trie[key] = len(trie) + 1
+            out.append(t)
+        return out
 
 
 def _bound_names(env: dict[str, _B]) -> set[str]:
@@ -736,12 +835,19 @@ def _window(ctx: _PathCtx, k: int, a: int, prev: int, anchor_pos: int, bound: se
 
 
 def _run(cr: CompiledRule, ctx: _PathCtx, anchor_pos: int, scope: _Scope, dbg: _Debug, file: str,
-         rec=None) -> Iterator[_Partial]:
+         rec=None, trace: _Trace | None = None, tids: tuple[int, ...] | None = None) -> Iterator[_Partial]:
+    """The partial matches of `cr` anchored at `anchor_pos`, depth first.
+    `trace`, when given, learns how far into the path the run looked and
+    gets the recorder's events (`_Trace`).  `tids`: the transitions'
+    `_transition_ids`, for the path's fire memo (`_PathCtx.fired`)."""
     auto = cr.forward
     trans = auto.transitions
     a = auto.anchor_index
     nodes = ctx.nodes
+    fired = ctx.fired
     found = 0
+    if trace is not None and rec is not None:
+        rec = trace.recording(rec)
 
     def report(k: int, pos: int, why: Fail, p: _Partial) -> None:
         if rec is not None and why is not _NO_KEY:
@@ -763,13 +869,33 @@ def _run(cr: CompiledRule, ctx: _PathCtx, anchor_pos: int, scope: _Scope, dbg: _
         if window is None:
             return  # a skipped node before the anchor rebinds a name
         candidates, kill = window
+        if trace is not None:
+            if kill is not None:
+                trace.seen(kill)
+            elif k > a:
+                trace.seen(len(nodes))  # every later node was looked at, to the path's end
         for q in candidates:
             if kill is not None and q > kill:
                 break
+            if trace is not None:
+                trace.seen(q)
             scope.fires += 1
             if scope.fires > scope.max_fires:
                 raise MatchBudget()
-            res = _fire(trans[k], nodes[q], q, p.env, scope, ctx)
+            if tids is None:
+                res = _fire(trans[k], nodes[q], q, p.env, scope, ctx)
+            else:
+                # A fire is a function of the transition, the node, its position
+                # and the bindings so far, save for a rank proof (`_PathCtx.proofs`).
+                key = (tids[k], q, id(p.env))
+                hit = fired.get(key)
+                if hit is not None and hit[0] is p.env:
+                    res = hit[1]
+                else:
+                    proofs = ctx.proofs
+                    res = _fire(trans[k], nodes[q], q, p.env, scope, ctx)
+                    if ctx.proofs == proofs:
+                        fired[key] = (p.env, res)  # (holds the env: its id stays its own)
             if isinstance(res, Fail):
                 report(k, q, res, p)
             else:
@@ -803,7 +929,7 @@ def _run(cr: CompiledRule, ctx: _PathCtx, anchor_pos: int, scope: _Scope, dbg: _
         return (q is not None and dbg.at(nodes[q])) or any(dbg.at(nodes[i]) for i in p.positions)
 
     try:
-        yield from extend(0, -1, _Partial((), {}))
+        yield from extend(0, -1, _Partial((), _NO_BINDINGS))
     finally:
         # `extend` refers to itself through its closure cell: a reference
         # cycle that would keep this path's context alive until the next
@@ -1287,9 +1413,19 @@ def _match_paths(compiled: CompiledPack, scope: _Scope, paths, file: str, dbg: _
 
 def _match_paths_run(compiled: CompiledPack, scope: _Scope, paths, file: str, dbg: _Debug, stats: dict | None,
                      out: list[_Found], rec=None) -> None:
+    """Every rule at every anchor of every path, in that order.  A run that
+    only looked at a prefix another path of the set shares (`_Trace`) is
+    replayed there: the same events, partial matches and fired transitions
+    (counted against the budget as if run), not run again."""
     by_keys: dict[frozenset, list[int]] = {}  # a node's index keys -> the rules anchored there, in order
+    prefixes = _Prefixes()
+    # (rule, anchor position) -> [(hi, prefix id of nodes[0..hi], trace)]
+    done: dict[tuple[int, int], list] = {}
+    memo = dbg.line is None and len(paths) > 1  # (the debug log is per path)
+    tids = _transition_ids(compiled)
     for pi, path in enumerate(paths):
         ctx = _PathCtx(_expand_sequential(path, scope), scope)
+        ids = prefixes.ids(ctx.nodes) if memo else ()
         for pos, node in enumerate(ctx.nodes):
             if node.kind == "stmt":
                 continue
@@ -1305,8 +1441,30 @@ def _match_paths_run(compiled: CompiledPack, scope: _Scope, paths, file: str, db
                     continue
                 if stats is not None:
                     stats["attempts"] = stats.get("attempts", 0) + 1
-                for p in _run(cr, ctx, pos, scope, dbg, file, rec):
+                if not memo:
+                    for p in _run(cr, ctx, pos, scope, dbg, file, rec, None, tids[r]):
+                        _complete(cr, scope, pi, ctx, p, file, dbg, out, rec)
+                    continue
+                runs = done.get((r, pos))
+                trace = None
+                if runs is not None:
+                    trace = next((t for hi, at, t in runs if hi < len(ids) and ids[hi] == at), None)
+                if trace is not None and scope.fires + trace.fires <= scope.max_fires:
+                    scope.fires += trace.fires
+                    for item in trace.items:
+                        if item[0] == "y":
+                            _complete(cr, scope, pi, ctx, item[1], file, dbg, out, rec)
+                        else:
+                            rec.event(*item[1], **item[2])
+                    continue
+                trace = _Trace(pos)
+                fires, proofs = scope.fires, ctx.proofs
+                for p in _run(cr, ctx, pos, scope, dbg, file, rec, trace, tids[r]):
+                    trace.items.append(("y", p))
                     _complete(cr, scope, pi, ctx, p, file, dbg, out, rec)
+                trace.fires = scope.fires - fires
+                if trace.hi < len(ids) and ctx.proofs == proofs:
+                    done.setdefault((r, pos), []).append((trace.hi, ids[trace.hi], trace))
 
 
 def _anchored(compiled: CompiledPack, keys: frozenset) -> list[int]:
