@@ -276,7 +276,7 @@ def over_budget_message(scope: _Scope, packs: str = "") -> str:
 
 class _PathCtx:
     __slots__ = ("path", "nodes", "writes", "writers", "keys", "scalars", "ranks", "cutoffs", "proofs", "positions",
-                 "at_key", "fired")
+                 "at_key", "fired", "windows")
 
     def __init__(self, path: Path, scope: _Scope):
         self.path = path
@@ -310,8 +310,11 @@ class _PathCtx:
         self.writers: dict[str, list[int]] | None = None  # name -> positions writing it, built on first use
         self.at_key: dict | None = None  # index key -> positions of the nodes carrying it, built on first use
         # (transition id, position, id(env)) -> (env, what `_fire` returned): rules
-        # that share their first transitions fire them once (`_transition_ids`)
+        # that share their first transitions fire them once (`_Rules.tids`)
         self.fired: dict = {}
+        # (k == anchor, k > anchor, prev, anchor position, id(env), index key) ->
+        # (env, its bound names, `_window`): the same for the rules sharing those
+        self.windows: dict = {}
 
     def _writers(self) -> dict[str, list[int]]:
         if self.writers is None:
@@ -726,21 +729,32 @@ _NO_KEY = Fail("the node does not carry the transition's (kind, type)")
 # object so that the first fires of all rules share `_PathCtx.fired`.
 _NO_BINDINGS: dict[str, _B] = {}
 
-# id(CompiledPack) -> (the pack, per rule: its forward transitions' ids)
-_TRANSITION_IDS: dict[int, tuple] = {}
+@dataclass(frozen=True, slots=True)
+class _Rules:
+    """What the matcher reads of each rule of a pack at every anchor, worked out once."""
+
+    tids: tuple  # per rule, an id per forward transition, the same for equal transitions
+    keys: tuple  # per rule, each forward transition's index key (`Test.anchor`)
+    class_scoped: tuple[bool, ...]
 
 
-def _transition_ids(compiled: CompiledPack) -> tuple:
-    """Per rule, an id per forward transition, the same for equal
-    transitions (the sdpa pack's 1125 rules start with 7 distinct ones)."""
-    got = _TRANSITION_IDS.get(id(compiled))
+# id(CompiledPack) -> (the pack, its `_Rules`)
+_RULES: dict[int, tuple] = {}
+
+
+def _rules(compiled: CompiledPack) -> _Rules:
+    """The pack's `_Rules` (equal transitions: the sdpa pack's 1125 rules
+    start with 7 distinct ones, and fire them once per node: `_PathCtx.fired`)."""
+    got = _RULES.get(id(compiled))
     if got is None or got[0] is not compiled:
         ids: dict[Transition, int] = {}
-        per_rule = tuple(tuple(ids.setdefault(t, len(ids)) for t in cr.forward.transitions)
-                         if cr.forward is not None else () for cr in compiled.rules)
-        if len(_TRANSITION_IDS) > 16:
-            _TRANSITION_IDS.clear()
-        got = _TRANSITION_IDS[id(compiled)] = (compiled, per_rule)
+        trans = [cr.forward.transitions if cr.forward is not None else () for cr in compiled.rules]
+        table = _Rules(tuple(tuple(ids.setdefault(t, len(ids)) for t in ts) for ts in trans),
+                       tuple(tuple(t.test.anchor for t in ts) for ts in trans),
+                       tuple(cr.class_scoped for cr in compiled.rules))
+        if len(_RULES) > 16:
+            _RULES.clear()
+        got = _RULES[id(compiled)] = (compiled, table)
     return got[1]
 
 
@@ -835,16 +849,19 @@ def _window(ctx: _PathCtx, k: int, a: int, prev: int, anchor_pos: int, bound: se
 
 
 def _run(cr: CompiledRule, ctx: _PathCtx, anchor_pos: int, scope: _Scope, dbg: _Debug, file: str,
-         rec=None, trace: _Trace | None = None, tids: tuple[int, ...] | None = None) -> Iterator[_Partial]:
+         rec=None, trace: _Trace | None = None, table: _Rules | None = None, ri: int = 0) -> Iterator[_Partial]:
     """The partial matches of `cr` anchored at `anchor_pos`, depth first.
     `trace`, when given, learns how far into the path the run looked and
-    gets the recorder's events (`_Trace`).  `tids`: the transitions'
-    `_transition_ids`, for the path's fire memo (`_PathCtx.fired`)."""
+    gets the recorder's events (`_Trace`).  `table`: the pack's `_Rules`
+    (`cr` is its rule `ri`), for the path's memos (`_PathCtx.fired` and
+    `windows`)."""
     auto = cr.forward
     trans = auto.transitions
     a = auto.anchor_index
     nodes = ctx.nodes
-    fired = ctx.fired
+    fired, windows = ctx.fired, ctx.windows
+    tids = table.tids[ri] if table is not None else None
+    keys = table.keys[ri] if table is not None else tuple(t.test.anchor for t in trans)
     found = 0
     if trace is not None and rec is not None:
         rec = trace.recording(rec)
@@ -864,8 +881,14 @@ def _run(cr: CompiledRule, ctx: _PathCtx, anchor_pos: int, scope: _Scope, dbg: _
             found += 1
             yield p
             return
-        bound = _bound_names(p.env) if k > 0 else set()
-        window = _window(ctx, k, a, prev, anchor_pos, bound, trans[k].test.anchor)
+        wkey = (k == a, k > a, prev, anchor_pos, id(p.env), keys[k])
+        got = windows.get(wkey)
+        if got is not None and got[0] is p.env:
+            bound, window = got[1], got[2]
+        else:
+            bound = _bound_names(p.env) if k > 0 else set()
+            window = _window(ctx, k, a, prev, anchor_pos, bound, keys[k])
+            windows[wkey] = (p.env, bound, window)  # (holds the env: its id stays its own)
         if window is None:
             return  # a skipped node before the anchor rebinds a name
         candidates, kill = window
@@ -1417,12 +1440,13 @@ def _match_paths_run(compiled: CompiledPack, scope: _Scope, paths, file: str, db
     only looked at a prefix another path of the set shares (`_Trace`) is
     replayed there: the same events, partial matches and fired transitions
     (counted against the budget as if run), not run again."""
-    by_keys: dict[frozenset, list[int]] = {}  # a node's index keys -> the rules anchored there, in order
+    table = _rules(compiled)
+    # a node's index keys -> the rules anchored there that apply to the scope, in order
+    by_keys: dict[frozenset, list[int]] = {}
     prefixes = _Prefixes()
-    # (rule, anchor position) -> [(hi, prefix id of nodes[0..hi], trace)]
-    done: dict[tuple[int, int], list] = {}
+    # (rule, anchor position) -> {hi: {prefix id of nodes[0..hi]: trace}}
+    done: dict[tuple[int, int], dict] = {}
     memo = dbg.line is None and len(paths) > 1  # (the debug log is per path)
-    tids = _transition_ids(compiled)
     for pi, path in enumerate(paths):
         ctx = _PathCtx(_expand_sequential(path, scope), scope)
         ids = prefixes.ids(ctx.nodes) if memo else ()
@@ -1431,24 +1455,23 @@ def _match_paths_run(compiled: CompiledPack, scope: _Scope, paths, file: str, db
                 continue
             cands = by_keys.get(ctx.keys[pos])
             if cands is None:
-                cands = by_keys[ctx.keys[pos]] = sorted(_anchored(compiled, ctx.keys[pos]))
+                cands = by_keys[ctx.keys[pos]] = [r for r in sorted(_anchored(compiled, ctx.keys[pos]))
+                                                  if scope.class_scoped or not table.class_scoped[r]]
             if dbg.line is not None and dbg.at(node):
                 names = ", ".join(compiled.rules[r].name for r in cands) or "no rule"
                 dbg.say(file, "-", f"path {pi} node {pos} ({node.kind} {node.type or node.op or ''}) keys {sorted(ctx.keys[pos])}: anchors {names}")
             for r in cands:
                 cr = compiled.rules[r]
-                if cr.class_scoped and not scope.class_scoped:
-                    continue
                 if stats is not None:
                     stats["attempts"] = stats.get("attempts", 0) + 1
                 if not memo:
-                    for p in _run(cr, ctx, pos, scope, dbg, file, rec, None, tids[r]):
+                    for p in _run(cr, ctx, pos, scope, dbg, file, rec, None, table, r):
                         _complete(cr, scope, pi, ctx, p, file, dbg, out, rec)
                     continue
                 runs = done.get((r, pos))
                 trace = None
                 if runs is not None:
-                    trace = next((t for hi, at, t in runs if hi < len(ids) and ids[hi] == at), None)
+                    trace = next((t for hi, at in runs.items() if hi < len(ids) and (t := at.get(ids[hi]))), None)
                 if trace is not None and scope.fires + trace.fires <= scope.max_fires:
                     scope.fires += trace.fires
                     for item in trace.items:
@@ -1459,12 +1482,12 @@ def _match_paths_run(compiled: CompiledPack, scope: _Scope, paths, file: str, db
                     continue
                 trace = _Trace(pos)
                 fires, proofs = scope.fires, ctx.proofs
-                for p in _run(cr, ctx, pos, scope, dbg, file, rec, trace, tids[r]):
+                for p in _run(cr, ctx, pos, scope, dbg, file, rec, trace, table, r):
                     trace.items.append(("y", p))
                     _complete(cr, scope, pi, ctx, p, file, dbg, out, rec)
                 trace.fires = scope.fires - fires
                 if trace.hi < len(ids) and ctx.proofs == proofs:
-                    done.setdefault((r, pos), []).append((trace.hi, ids[trace.hi], trace))
+                    done.setdefault((r, pos), {}).setdefault(trace.hi, {})[ids[trace.hi]] = trace
 
 
 def _anchored(compiled: CompiledPack, keys: frozenset) -> list[int]:
