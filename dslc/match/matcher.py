@@ -254,6 +254,7 @@ class _Scope:
     node_memo: dict = field(default_factory=dict, repr=False, compare=False)
     # (signature, id(node)) -> `_slots` (the node is held by `node_memo`)
     slots_memo: dict = field(default_factory=dict, repr=False, compare=False)
+    has_sequential: bool | None = None  # an init binding is an nn.Sequential (worked out on first use)
     fires: int = 0  # transitions fired on its paths (MAX_MATCH_FIRES)
     max_fires: int = 0
     budget_line: int = 0  # where a path set that ran out of budget begins (its first node's line)
@@ -278,7 +279,8 @@ class _PathCtx:
     __slots__ = ("path", "nodes", "writes", "writers", "keys", "scalars", "ranks", "cutoffs", "proofs", "positions",
                  "at_key", "fired", "windows")
 
-    def __init__(self, path: Path, scope: _Scope):
+    def __init__(self, path: Path, scope: _Scope, prev: _PathCtx | None = None, common: int = 0):
+        """`prev`: the context of a path whose first `common` nodes are this one's."""
         self.path = path
         self.nodes = path.nodes
         # rank proofs: (name, defining position) -> rank; `cutoffs` counts the
@@ -297,9 +299,10 @@ class _PathCtx:
         memo = scope.node_memo
         get = memo.get
         # (an entry holds its node, so no other object has its id while the scope lives)
-        rows = [get(id(n)) for n in path.nodes]
+        rest = path.nodes[common:] if prev is not None else path.nodes
+        rows = [get(id(n)) for n in rest]
         if None in rows:
-            for i, n in enumerate(path.nodes):
+            for i, n in enumerate(rest):
                 if rows[i] is None:
                     # a parameter bound to the same name (`self._f(h)`, `def _f(self, h)`) keeps its value
                     rows[i] = memo[id(n)] = (n, frozenset(_node_keys(n, scope)),
@@ -307,6 +310,9 @@ class _PathCtx:
                                              - {d for d, s in n.copies if d == s})
         self.keys = [got[1] for got in rows]
         self.writes = [got[2] for got in rows]
+        if prev is not None and common:
+            self.keys[:0] = prev.keys[:common]
+            self.writes[:0] = prev.writes[:common]
         self.writers: dict[str, list[int]] | None = None  # name -> positions writing it, built on first use
         self.at_key: dict | None = None  # index key -> positions of the nodes carrying it, built on first use
         # (transition id, position, id(env)) -> (env, what `_fire` returned): rules
@@ -736,6 +742,9 @@ class _Rules:
     tids: tuple  # per rule, an id per forward transition, the same for equal transitions
     keys: tuple  # per rule, each forward transition's index key (`Test.anchor`)
     class_scoped: tuple[bool, ...]
+    # two rules start with the same transition: worth the per-path memos of
+    # fires and windows (adopter.adr's 9 rules share none)
+    shared: bool
 
 
 # id(CompiledPack) -> (the pack, its `_Rules`)
@@ -749,9 +758,10 @@ def _rules(compiled: CompiledPack) -> _Rules:
     if got is None or got[0] is not compiled:
         ids: dict[Transition, int] = {}
         trans = [cr.forward.transitions if cr.forward is not None else () for cr in compiled.rules]
-        table = _Rules(tuple(tuple(ids.setdefault(t, len(ids)) for t in ts) for ts in trans),
-                       tuple(tuple(t.test.anchor for t in ts) for ts in trans),
-                       tuple(cr.class_scoped for cr in compiled.rules))
+        tids = tuple(tuple(ids.setdefault(t, len(ids)) for t in ts) for ts in trans)
+        firsts = [ts[0] for ts in tids if ts]
+        table = _Rules(tids, tuple(tuple(t.test.anchor for t in ts) for ts in trans),
+                       tuple(cr.class_scoped for cr in compiled.rules), len(set(firsts)) < len(firsts))
         if len(_RULES) > 16:
             _RULES.clear()
         got = _RULES[id(compiled)] = (compiled, table)
@@ -806,22 +816,44 @@ class _Prefixes:
     exactly when those prefixes hold the same nodes (the paths of a
     function share the nodes before their first branch, and more)."""
 
-    __slots__ = ("trie",)
+    __slots__ = ("trie", "last", "last_ids")
 
     def __init__(self):
         self.trie: dict[tuple[int, int], int] = {}
+        self.last: tuple[int, ...] = ()  # the node ids of the last path given
+        self.last_ids: list[int] = []
 
-    def ids(self, nodes) -> list[int]:
+    def ids(self, nodes) -> tuple[int, list[int]]:
+        """(how many first nodes the last path given shares, `nodes`' prefix
+        ids).  The nodes must outlive the trie (`_Scope.node_memo` holds them)."""
+        node_ids = tuple(map(id, nodes))
+        common = _common_prefix(self.last, node_ids)
+        out = self.last_ids[:common]
+        t = out[-1] if out else 0
         trie = self.trie
-        out = []
-        t = 0
-        for n in nodes:
-            key = (t, id(n))
+        for n in node_ids[common:]:
+            key = (t, n)
             t = trie.get(key)
             if t is None:
                 t = trie[key] = len(trie) + 1
             out.append(t)
-        return out
+        self.last, self.last_ids = node_ids, out
+        return common, out
+
+
+def _common_prefix(a: tuple, b: tuple) -> int:
+    """The length of the longest common prefix of `a` and `b` (bisected:
+    consecutive paths share most of their nodes, and a slice compares fast)."""
+    lo, hi = 0, min(len(a), len(b))
+    if a[:hi] == b[:hi]:
+        return hi
+    while lo < hi - 1:  # a[:lo] == b[:lo], a[:hi] != b[:hi]
+        mid = (lo + hi) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 def _bound_names(env: dict[str, _B]) -> set[str]:
@@ -860,7 +892,7 @@ def _run(cr: CompiledRule, ctx: _PathCtx, anchor_pos: int, scope: _Scope, dbg: _
     a = auto.anchor_index
     nodes = ctx.nodes
     fired, windows = ctx.fired, ctx.windows
-    tids = table.tids[ri] if table is not None else None
+    tids = table.tids[ri] if table is not None and table.shared else None
     keys = table.keys[ri] if table is not None else tuple(t.test.anchor for t in trans)
     found = 0
     if trace is not None and rec is not None:
@@ -881,14 +913,18 @@ def _run(cr: CompiledRule, ctx: _PathCtx, anchor_pos: int, scope: _Scope, dbg: _
             found += 1
             yield p
             return
-        wkey = (k == a, k > a, prev, anchor_pos, id(p.env), keys[k])
-        got = windows.get(wkey)
-        if got is not None and got[0] is p.env:
-            bound, window = got[1], got[2]
-        else:
+        if tids is None:
             bound = _bound_names(p.env) if k > 0 else set()
             window = _window(ctx, k, a, prev, anchor_pos, bound, keys[k])
-            windows[wkey] = (p.env, bound, window)  # (holds the env: its id stays its own)
+        else:
+            wkey = (k == a, k > a, prev, anchor_pos, id(p.env), keys[k])
+            got = windows.get(wkey)
+            if got is not None and got[0] is p.env:
+                bound, window = got[1], got[2]
+            else:
+                bound = _bound_names(p.env) if k > 0 else set()
+                window = _window(ctx, k, a, prev, anchor_pos, bound, keys[k])
+                windows[wkey] = (p.env, bound, window)  # (holds the env: its id stays its own)
         if window is None:
             return  # a skipped node before the anchor rebinds a name
         candidates, kill = window
@@ -1310,8 +1346,12 @@ def _group_init(cls: ClassFacts | None) -> dict[str, list[InitBinding]]:
 def _forward_references(cls: ClassFacts) -> set[str]:
     """Methods forward passes as values (`apply_chunking_to_forward(self.ff_chunk, ...)`)."""
     out: set[str] = set()
+    seen: set[int] = set()  # (the paths share their nodes)
     for path in cls.paths:
         for node in path.nodes:
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
             for name in node.reads:
                 if name.startswith("self."):
                     out.add(name[5:])
@@ -1361,7 +1401,9 @@ def _expand_sequential(path: Path, scope: _Scope) -> Path:
     the container (the intermediate names contain `:` and so can never clash
     with a Python name).
     """
-    if not scope.sequential or scope.cls is None or not any(b.type == SEQUENTIAL for bs in scope.init_by_attr.values() for b in bs):
+    if scope.has_sequential is None:
+        scope.has_sequential = any(b.type == SEQUENTIAL for bs in scope.init_by_attr.values() for b in bs)
+    if not scope.sequential or scope.cls is None or not scope.has_sequential:
         return path
     nodes: list[Node] = []
     changed = False
@@ -1447,9 +1489,14 @@ def _match_paths_run(compiled: CompiledPack, scope: _Scope, paths, file: str, db
     # (rule, anchor position) -> {hi: {prefix id of nodes[0..hi]: trace}}
     done: dict[tuple[int, int], dict] = {}
     memo = dbg.line is None and len(paths) > 1  # (the debug log is per path)
+    ctx = None
     for pi, path in enumerate(paths):
-        ctx = _PathCtx(_expand_sequential(path, scope), scope)
-        ids = prefixes.ids(ctx.nodes) if memo else ()
+        path = _expand_sequential(path, scope)
+        if memo:
+            common, ids = prefixes.ids(path.nodes)
+            ctx = _PathCtx(path, scope, ctx, common)
+        else:
+            ctx, ids = _PathCtx(path, scope), ()
         for pos, node in enumerate(ctx.nodes):
             if node.kind == "stmt":
                 continue
