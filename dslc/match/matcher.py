@@ -252,6 +252,9 @@ class _Scope:
     sequential: bool = True  # expand nn.Sequential calls into their elements
     # id(node) -> (node, its index keys, the names it writes): paths share their nodes
     node_memo: dict = field(default_factory=dict, repr=False, compare=False)
+    # (signature, id(node)) -> `_slots` (the node is held by `node_memo`)
+    slots_memo: dict = field(default_factory=dict, repr=False, compare=False)
+    has_sequential: bool | None = None  # an init binding is an nn.Sequential (worked out on first use)
     fires: int = 0  # transitions fired on its paths (MAX_MATCH_FIRES)
     max_fires: int = 0
     budget_line: int = 0  # where a path set that ran out of budget begins (its first node's line)
@@ -273,15 +276,20 @@ def over_budget_message(scope: _Scope, packs: str = "") -> str:
 
 
 class _PathCtx:
-    __slots__ = ("path", "nodes", "writes", "writers", "keys", "scalars", "ranks", "cutoffs", "positions", "at_key")
+    __slots__ = ("path", "nodes", "writes", "writers", "keys", "scalars", "ranks", "cutoffs", "proofs", "positions",
+                 "at_key", "fired", "windows")
 
-    def __init__(self, path: Path, scope: _Scope):
+    def __init__(self, path: Path, scope: _Scope, prev: _PathCtx | None = None, common: int = 0):
+        """`prev`: the context of a path whose first `common` nodes are this one's."""
         self.path = path
         self.nodes = path.nodes
         # rank proofs: (name, defining position) -> rank; `cutoffs` counts the
         # proofs cut short by the depth limit (those results are not cached)
         self.ranks: dict[tuple[str, int], int | None] = {}
         self.cutoffs = 0
+        # rank proofs asked by the runs: a cached proof may hold where a new one
+        # is cut short, so a run that asked one is not replayed (`_Trace`)
+        self.proofs = 0
         self.positions: dict | None = None  # node id -> position, built on first use
         # `self.<attr>`s that hold a Python number (rank 0; analysis/scalars.py)
         self.scalars = scope.cls.scalars if scope.cls is not None else frozenset()
@@ -291,9 +299,10 @@ class _PathCtx:
         memo = scope.node_memo
         get = memo.get
         # (an entry holds its node, so no other object has its id while the scope lives)
-        rows = [get(id(n)) for n in path.nodes]
+        rest = path.nodes[common:] if prev is not None else path.nodes
+        rows = [get(id(n)) for n in rest]
         if None in rows:
-            for i, n in enumerate(path.nodes):
+            for i, n in enumerate(rest):
                 if rows[i] is None:
                     # a parameter bound to the same name (`self._f(h)`, `def _f(self, h)`) keeps its value
                     rows[i] = memo[id(n)] = (n, frozenset(_node_keys(n, scope)),
@@ -301,8 +310,17 @@ class _PathCtx:
                                              - {d for d, s in n.copies if d == s})
         self.keys = [got[1] for got in rows]
         self.writes = [got[2] for got in rows]
+        if prev is not None and common:
+            self.keys[:0] = prev.keys[:common]
+            self.writes[:0] = prev.writes[:common]
         self.writers: dict[str, list[int]] | None = None  # name -> positions writing it, built on first use
         self.at_key: dict | None = None  # index key -> positions of the nodes carrying it, built on first use
+        # (transition id, position, id(env)) -> (env, what `_fire` returned): rules
+        # that share their first transitions fire them once (`_Rules.tids`)
+        self.fired: dict = {}
+        # (k == anchor, k > anchor, prev, anchor position, id(env), index key) ->
+        # (env, its bound names, `_window`): the same for the rules sharing those
+        self.windows: dict = {}
 
     def _writers(self) -> dict[str, list[int]]:
         if self.writers is None:
@@ -449,7 +467,10 @@ def _fire(t: Transition, node: Node, pos: int, env: dict[str, _B], scope: _Scope
     ok = _test(t, node, env, scope)
     if not ok:
         return ok
-    got = _slots(t, node)
+    key = (t.signature, id(node))
+    got = scope.slots_memo.get(key)
+    if got is None:
+        got = scope.slots_memo[key] = _slots(t, node)
     if isinstance(got, Fail):
         return got
     slots, given = got
@@ -564,6 +585,7 @@ def _last_dim(a, value: Value, slots: dict, pos: int, ctx: "_PathCtx") -> bool:
     source = slots.get("p:input")
     if source is None:
         return False
+    ctx.proofs += 1
     return _rank_of_value(source, pos, ctx, 0) == got - want
 
 
@@ -709,6 +731,129 @@ class _Partial:
 
 
 _NO_KEY = Fail("the node does not carry the transition's (kind, type)")
+# The bindings every run starts from (never changed: `_unify` copies), one
+# object so that the first fires of all rules share `_PathCtx.fired`.
+_NO_BINDINGS: dict[str, _B] = {}
+
+@dataclass(frozen=True, slots=True)
+class _Rules:
+    """What the matcher reads of each rule of a pack at every anchor, worked out once."""
+
+    tids: tuple  # per rule, an id per forward transition, the same for equal transitions
+    keys: tuple  # per rule, each forward transition's index key (`Test.anchor`)
+    class_scoped: tuple[bool, ...]
+    # two rules start with the same transition: worth the per-path memos of
+    # fires and windows (adopter.adr's 9 rules share none)
+    shared: bool
+
+
+# id(CompiledPack) -> (the pack, its `_Rules`)
+_RULES: dict[int, tuple] = {}
+
+
+def _rules(compiled: CompiledPack) -> _Rules:
+    """The pack's `_Rules` (equal transitions: the sdpa pack's 1125 rules
+    start with 7 distinct ones, and fire them once per node: `_PathCtx.fired`)."""
+    got = _RULES.get(id(compiled))
+    if got is None or got[0] is not compiled:
+        ids: dict[Transition, int] = {}
+        trans = [cr.forward.transitions if cr.forward is not None else () for cr in compiled.rules]
+        tids = tuple(tuple(ids.setdefault(t, len(ids)) for t in ts) for ts in trans)
+        firsts = [ts[0] for ts in tids if ts]
+        table = _Rules(tids, tuple(tuple(t.test.anchor for t in ts) for ts in trans),
+                       tuple(cr.class_scoped for cr in compiled.rules), len(set(firsts)) < len(firsts))
+        if len(_RULES) > 16:
+            _RULES.clear()
+        got = _RULES[id(compiled)] = (compiled, table)
+    return got[1]
+
+
+class _Trace:
+    """What one anchor run did, to replay it on another path of the set.
+
+    A run reads its path backwards from the positions it fires on (names'
+    definitions, ranks, the nodes before the anchor) and forwards up to the
+    last position it tried or the first write that killed its partial
+    match; past that it reads nothing, unless a transition found no node
+    and no kill up to the path's end.  So another path with the same
+    nodes at positions 0..`hi` (the same prefix: `_Prefixes`) gives the
+    same partial matches, events, bindings and positions.  `items` holds,
+    in order, the recorder's events (`("e", args, kw)`) and the partial
+    matches yielded (`("y", partial)`); `fires` the transitions fired."""
+
+    __slots__ = ("hi", "items", "fires")
+
+    def __init__(self, anchor_pos: int):
+        self.hi = anchor_pos
+        self.items: list = []
+        self.fires = 0
+
+    def seen(self, pos: int) -> None:
+        if pos > self.hi:
+            self.hi = pos
+
+    def recording(self, rec):
+        return _Recording(rec, self.items)
+
+
+class _Recording:
+    """A recorder that also keeps its events in a `_Trace`."""
+
+    __slots__ = ("rec", "items")
+
+    def __init__(self, rec, items: list):
+        self.rec = rec
+        self.items = items
+
+    def event(self, *args, **kw) -> None:
+        self.items.append(("e", args, kw))
+        self.rec.event(*args, **kw)
+
+
+class _Prefixes:
+    """The prefixes of a path set's paths as a trie of node identities:
+    `ids(nodes)[i]` names the prefix `nodes[0..i]`, equal for two paths
+    exactly when those prefixes hold the same nodes (the paths of a
+    function share the nodes before their first branch, and more)."""
+
+    __slots__ = ("trie", "last", "last_ids")
+
+    def __init__(self):
+        self.trie: dict[tuple[int, int], int] = {}
+        self.last: tuple[int, ...] = ()  # the node ids of the last path given
+        self.last_ids: list[int] = []
+
+    def ids(self, nodes) -> tuple[int, list[int]]:
+        """(how many first nodes the last path given shares, `nodes`' prefix
+        ids).  The nodes must outlive the trie (`_Scope.node_memo` holds them)."""
+        node_ids = tuple(map(id, nodes))
+        common = _common_prefix(self.last, node_ids)
+        out = self.last_ids[:common]
+        t = out[-1] if out else 0
+        trie = self.trie
+        for n in node_ids[common:]:
+            key = (t, n)
+            t = trie.get(key)
+            if t is None:
+                t = trie[key] = len(trie) + 1
+            out.append(t)
+        self.last, self.last_ids = node_ids, out
+        return common, out
+
+
+def _common_prefix(a: tuple, b: tuple) -> int:
+    """The length of the longest common prefix of `a` and `b` (bisected:
+    consecutive paths share most of their nodes, and a slice compares fast)."""
+    lo, hi = 0, min(len(a), len(b))
+    if a[:hi] == b[:hi]:
+        return hi
+    while lo < hi - 1:  # a[:lo] == b[:lo], a[:hi] != b[:hi]
+        mid = (lo + hi) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 def _bound_names(env: dict[str, _B]) -> set[str]:
@@ -736,12 +881,22 @@ def _window(ctx: _PathCtx, k: int, a: int, prev: int, anchor_pos: int, bound: se
 
 
 def _run(cr: CompiledRule, ctx: _PathCtx, anchor_pos: int, scope: _Scope, dbg: _Debug, file: str,
-         rec=None) -> Iterator[_Partial]:
+         rec=None, trace: _Trace | None = None, table: _Rules | None = None, ri: int = 0) -> Iterator[_Partial]:
+    """The partial matches of `cr` anchored at `anchor_pos`, depth first.
+    `trace`, when given, learns how far into the path the run looked and
+    gets the recorder's events (`_Trace`).  `table`: the pack's `_Rules`
+    (`cr` is its rule `ri`), for the path's memos (`_PathCtx.fired` and
+    `windows`)."""
     auto = cr.forward
     trans = auto.transitions
     a = auto.anchor_index
     nodes = ctx.nodes
+    fired, windows = ctx.fired, ctx.windows
+    tids = table.tids[ri] if table is not None and table.shared else None
+    keys = table.keys[ri] if table is not None else tuple(t.test.anchor for t in trans)
     found = 0
+    if trace is not None and rec is not None:
+        rec = trace.recording(rec)
 
     def report(k: int, pos: int, why: Fail, p: _Partial) -> None:
         if rec is not None and why is not _NO_KEY:
@@ -758,18 +913,48 @@ def _run(cr: CompiledRule, ctx: _PathCtx, anchor_pos: int, scope: _Scope, dbg: _
             found += 1
             yield p
             return
-        bound = _bound_names(p.env) if k > 0 else set()
-        window = _window(ctx, k, a, prev, anchor_pos, bound, trans[k].test.anchor)
+        if tids is None:
+            bound = _bound_names(p.env) if k > 0 else set()
+            window = _window(ctx, k, a, prev, anchor_pos, bound, keys[k])
+        else:
+            wkey = (k == a, k > a, prev, anchor_pos, id(p.env), keys[k])
+            got = windows.get(wkey)
+            if got is not None and got[0] is p.env:
+                bound, window = got[1], got[2]
+            else:
+                bound = _bound_names(p.env) if k > 0 else set()
+                window = _window(ctx, k, a, prev, anchor_pos, bound, keys[k])
+                windows[wkey] = (p.env, bound, window)  # (holds the env: its id stays its own)
         if window is None:
             return  # a skipped node before the anchor rebinds a name
         candidates, kill = window
+        if trace is not None:
+            if kill is not None:
+                trace.seen(kill)
+            elif k > a:
+                trace.seen(len(nodes))  # every later node was looked at, to the path's end
         for q in candidates:
             if kill is not None and q > kill:
                 break
+            if trace is not None:
+                trace.seen(q)
             scope.fires += 1
             if scope.fires > scope.max_fires:
                 raise MatchBudget()
-            res = _fire(trans[k], nodes[q], q, p.env, scope, ctx)
+            if tids is None:
+                res = _fire(trans[k], nodes[q], q, p.env, scope, ctx)
+            else:
+                # A fire is a function of the transition, the node, its position
+                # and the bindings so far, save for a rank proof (`_PathCtx.proofs`).
+                key = (tids[k], q, id(p.env))
+                hit = fired.get(key)
+                if hit is not None and hit[0] is p.env:
+                    res = hit[1]
+                else:
+                    proofs = ctx.proofs
+                    res = _fire(trans[k], nodes[q], q, p.env, scope, ctx)
+                    if ctx.proofs == proofs:
+                        fired[key] = (p.env, res)  # (holds the env: its id stays its own)
             if isinstance(res, Fail):
                 report(k, q, res, p)
             else:
@@ -803,7 +988,7 @@ def _run(cr: CompiledRule, ctx: _PathCtx, anchor_pos: int, scope: _Scope, dbg: _
         return (q is not None and dbg.at(nodes[q])) or any(dbg.at(nodes[i]) for i in p.positions)
 
     try:
-        yield from extend(0, -1, _Partial((), {}))
+        yield from extend(0, -1, _Partial((), _NO_BINDINGS))
     finally:
         # `extend` refers to itself through its closure cell: a reference
         # cycle that would keep this path's context alive until the next
@@ -1161,8 +1346,12 @@ def _group_init(cls: ClassFacts | None) -> dict[str, list[InitBinding]]:
 def _forward_references(cls: ClassFacts) -> set[str]:
     """Methods forward passes as values (`apply_chunking_to_forward(self.ff_chunk, ...)`)."""
     out: set[str] = set()
+    seen: set[int] = set()  # (the paths share their nodes)
     for path in cls.paths:
         for node in path.nodes:
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
             for name in node.reads:
                 if name.startswith("self."):
                     out.add(name[5:])
@@ -1212,7 +1401,9 @@ def _expand_sequential(path: Path, scope: _Scope) -> Path:
     the container (the intermediate names contain `:` and so can never clash
     with a Python name).
     """
-    if not scope.sequential or scope.cls is None or not any(b.type == SEQUENTIAL for bs in scope.init_by_attr.values() for b in bs):
+    if scope.has_sequential is None:
+        scope.has_sequential = any(b.type == SEQUENTIAL for bs in scope.init_by_attr.values() for b in bs)
+    if not scope.sequential or scope.cls is None or not scope.has_sequential:
         return path
     nodes: list[Node] = []
     changed = False
@@ -1287,26 +1478,63 @@ def _match_paths(compiled: CompiledPack, scope: _Scope, paths, file: str, dbg: _
 
 def _match_paths_run(compiled: CompiledPack, scope: _Scope, paths, file: str, dbg: _Debug, stats: dict | None,
                      out: list[_Found], rec=None) -> None:
-    by_keys: dict[frozenset, list[int]] = {}  # a node's index keys -> the rules anchored there, in order
+    """Every rule at every anchor of every path, in that order.  A run that
+    only looked at a prefix another path of the set shares (`_Trace`) is
+    replayed there: the same events, partial matches and fired transitions
+    (counted against the budget as if run), not run again."""
+    table = _rules(compiled)
+    # a node's index keys -> the rules anchored there that apply to the scope, in order
+    by_keys: dict[frozenset, list[int]] = {}
+    prefixes = _Prefixes()
+    # (rule, anchor position) -> {hi: {prefix id of nodes[0..hi]: trace}}
+    done: dict[tuple[int, int], dict] = {}
+    memo = dbg.line is None and len(paths) > 1  # (the debug log is per path)
+    ctx = None
     for pi, path in enumerate(paths):
-        ctx = _PathCtx(_expand_sequential(path, scope), scope)
+        path = _expand_sequential(path, scope)
+        if memo:
+            common, ids = prefixes.ids(path.nodes)
+            ctx = _PathCtx(path, scope, ctx, common)
+        else:
+            ctx, ids = _PathCtx(path, scope), ()
         for pos, node in enumerate(ctx.nodes):
             if node.kind == "stmt":
                 continue
             cands = by_keys.get(ctx.keys[pos])
             if cands is None:
-                cands = by_keys[ctx.keys[pos]] = sorted(_anchored(compiled, ctx.keys[pos]))
+                cands = by_keys[ctx.keys[pos]] = [r for r in sorted(_anchored(compiled, ctx.keys[pos]))
+                                                  if scope.class_scoped or not table.class_scoped[r]]
             if dbg.line is not None and dbg.at(node):
                 names = ", ".join(compiled.rules[r].name for r in cands) or "no rule"
                 dbg.say(file, "-", f"path {pi} node {pos} ({node.kind} {node.type or node.op or ''}) keys {sorted(ctx.keys[pos])}: anchors {names}")
             for r in cands:
                 cr = compiled.rules[r]
-                if cr.class_scoped and not scope.class_scoped:
-                    continue
                 if stats is not None:
                     stats["attempts"] = stats.get("attempts", 0) + 1
-                for p in _run(cr, ctx, pos, scope, dbg, file, rec):
+                if not memo:
+                    for p in _run(cr, ctx, pos, scope, dbg, file, rec, None, table, r):
+                        _complete(cr, scope, pi, ctx, p, file, dbg, out, rec)
+                    continue
+                runs = done.get((r, pos))
+                trace = None
+                if runs is not None:
+                    trace = next((t for hi, at in runs.items() if hi < len(ids) and (t := at.get(ids[hi]))), None)
+                if trace is not None and scope.fires + trace.fires <= scope.max_fires:
+                    scope.fires += trace.fires
+                    for item in trace.items:
+                        if item[0] == "y":
+                            _complete(cr, scope, pi, ctx, item[1], file, dbg, out, rec)
+                        else:
+                            rec.event(*item[1], **item[2])
+                    continue
+                trace = _Trace(pos)
+                fires, proofs = scope.fires, ctx.proofs
+                for p in _run(cr, ctx, pos, scope, dbg, file, rec, trace, table, r):
+                    trace.items.append(("y", p))
                     _complete(cr, scope, pi, ctx, p, file, dbg, out, rec)
+                trace.fires = scope.fires - fires
+                if trace.hi < len(ids) and ctx.proofs == proofs:
+                    done.setdefault((r, pos), {}).setdefault(trace.hi, {})[ids[trace.hi]] = trace
 
 
 def _anchored(compiled: CompiledPack, keys: frozenset) -> list[int]:
