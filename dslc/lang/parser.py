@@ -25,6 +25,7 @@ Algorithm (`parse_source`):
 from __future__ import annotations
 
 import ast as _pyast
+import copy
 import difflib
 import re
 import importlib.resources
@@ -99,8 +100,9 @@ class _Tables:
 
     `actions[state]`: terminal or rule name -> the next state (a shift or a
     goto, an int) or `(size, callback, rule name)` (a reduce, with lark's
-    own tree-builder callback).  `lexers[state]`: the state's lark scanner
-    regexes, its ignored terminals and its terminal callbacks.
+    own tree-builder callback).  `lexers[state]`: the `match` of the state's
+    lark scanner regex (all its terminals, in lark's order) and its ignored
+    terminals.
     """
 
     actions: dict
@@ -124,7 +126,9 @@ def _tables() -> _Tables | None:
         actions[state] = {name: arg if action is Shift else _reduce(arg, callbacks[arg])
                           for name, (action, arg) in row.items()}
         lexer = frontend.lexer.lexers[state]
-        lexers[state] = (tuple(lexer.scanner._mres), lexer.ignore_types, lexer.callback)
+        if len(lexer.scanner._mres) != 1 or lexer.callback:  # a split regex, string callbacks: lark's way
+            return None
+        lexers[state] = (lexer.scanner._mres[0].match, lexer.ignore_types)
     return _Tables(actions, lexers, table.start_states[start], table.end_states[start])
 
 
@@ -132,12 +136,29 @@ def _reduce(rule, callback) -> tuple:
     """A reduce action: `(size, callback, rule name)`; the callback is None
     for a `?rule` of one symbol (lark's `ExpandSingleChild` would hand the
     one child back: `?expr: sum`, `?sum: product`, ...)."""
-    from lark.parse_tree_builder import ExpandSingleChild
+    from lark.parse_tree_builder import ChildFilter, ExpandSingleChild
 
     size = len(rule.expansion)
     if size == 1 and isinstance(callback, ExpandSingleChild):
         callback = None
+    elif rule.origin.name.startswith("_") and not hasattr(_Builder, rule.origin.name):
+        # An inlined rule (lark's `__block_star_6` repetitions): the parent's
+        # child filter splices its `.children` in; a `Tree` is not needed.
+        if isinstance(callback, ChildFilter):
+            callback = copy.copy(callback)
+            callback.node_builder = _Children
+        else:
+            callback = _Children
     return size, callback, rule.origin.name
+
+
+class _Children:
+    """The value of an inlined rule: only its `children` are read."""
+
+    __slots__ = ("children",)
+
+    def __init__(self, children):
+        self.children = children
 
 
 def _fast_parse(text: str):
@@ -161,14 +182,11 @@ def _fast_parse(text: str):
     pos, n, line, line_start = 0, len(text), 1, 0
     tok = None
     while True:
-        mres, ignore, lexer_callbacks = lexers[states[-1]]
+        match, ignore = lexers[states[-1]]
         ttype = None
         while pos < n:
-            for mre in mres:
-                m = mre.match(text, pos)
-                if m:
-                    break
-            else:
+            m = match(text, pos)
+            if m is None:
                 raise _NotFast
             value, ttype = m.group(0), m.lastgroup
             start, start_line, col = pos, line, pos - line_start + 1
@@ -183,9 +201,6 @@ def _fast_parse(text: str):
             tok = new(Token, value)
             tok.type, tok.value, tok.start_pos, tok.line, tok.column = ttype, value, start, start_line, col
             tok.end_line, tok.end_column, tok.end_pos = line, pos - line_start + 1, pos
-            if ttype in lexer_callbacks:
-                tok = lexer_callbacks[ttype](tok)
-                ttype = tok.type
             break
         is_end = ttype is None
         if is_end:
