@@ -91,6 +91,13 @@ def take_tree(source: str) -> ast.Module | None:
     return _TREES.pop(source, None)
 
 
+def kept_tree(source: str) -> ast.Module | None:
+    """The tree kept for exactly `source`, left in place for `take_tree`:
+    for a reader that comes before the taker and changes nothing (the
+    near-miss report, which would parse the file again otherwise)."""
+    return None if _TREES is None else _TREES.get(source)
+
+
 def parsed(source: str) -> bool:
     """Did the analysis parse exactly `source` (without error) in the active
     `keep_trees()` block, its tree still kept?"""

@@ -179,3 +179,34 @@ def test_the_packs_of_one_file_share_its_parsed_source(monkeypatch):
     assert len(parses) == 1
     other = nearmiss.SourceNames.of("x = 1\n")
     assert other is not first and other.around(1) == frozenset()
+
+
+def test_one_walk_indexes_parents_calls_definitions_and_their_names():
+    tree = ast.parse(MODEL)
+    index = unreached.TreeIndex(tree)
+    walked = list(ast.walk(tree))
+    assert index.calls == [n for n in walked if isinstance(n, ast.Call)]
+    assert index.defs == [n for n in walked if isinstance(n, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))]
+    assert index.parent == {id(c): n for n in walked for c in ast.iter_child_nodes(n)}
+    for d in index.defs:  # nested definitions included, `self.x` left out
+        assert index.names[id(d)] == {
+            n.id if isinstance(n, ast.Name) else n.attr for n in ast.walk(d)
+            if isinstance(n, ast.Name) or isinstance(n, ast.Attribute)
+            and not (isinstance(n.value, ast.Name) and n.value.id == "self")}
+    assert unreached.TreeIndex(None).calls == []
+
+
+def test_the_near_miss_report_reads_the_tree_the_analysis_kept(monkeypatch):
+    from dslc.analysis import api
+
+    parses = []
+    real_parse = ast.parse
+    monkeypatch.setattr(nearmiss.ast, "parse", lambda text, *a, **k: parses.append(1) or real_parse(text, *a, **k))
+    text = "".join(MODEL)
+    with api.keep_trees():
+        api.analyze_source(text, "m.py")
+        parses.clear()  # the analysis' own parse (`ast` is one module)
+        names = nearmiss.SourceNames.of(text)
+        assert "softmax" in names.around(9) and names._tree is api.kept_tree(text)
+        assert api.parsed(text)  # still there for the rewriter
+    assert parses == []

@@ -253,9 +253,19 @@ class Compiled:
 
 
 def compile_packs(packs: Sequence, done: dict | None = None) -> Compiled:
+    """The packs' combined matchers, with the cyclic garbage collector paused:
+    its full collections would re-scan the loaded packs while the absent
+    variants are compiled (three quarters of this step with the three
+    shipped packs)."""
     from dslc.match.optional import optional_updates
 
-    compiled = [compile_pack(p, done) for p in packs]
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        compiled = [compile_pack(p, done) for p in packs]
+    finally:
+        if enabled:
+            gc.enable()
     want = frozenset().union(*(c.anchor_names() for c in compiled))
     optional_ifs = optional_updates(getattr(cp, "rules", ()) for cp in compiled)
     class_rules = any(getattr(r, "klass", None) is not None for p in packs for r in p.rules)

@@ -25,6 +25,7 @@ Algorithm (`parse_source`):
 from __future__ import annotations
 
 import ast as _pyast
+import copy
 import difflib
 import re
 import importlib.resources
@@ -87,6 +88,153 @@ def _lark() -> Lark:
     # grammar text), so a fresh process skips the table construction.
     return Lark(text, parser="lalr", lexer="contextual", transformer=_Builder(),
                 propagate_positions=False, maybe_placeholders=True, cache=True)
+
+
+class _NotFast(Exception):
+    """The fast loop met a syntax error (lark's parse reports it)."""
+
+
+@dataclass(frozen=True)
+class _Tables:
+    """`_lark()`'s LALR table and contextual lexer, flattened for `_fast_parse`.
+
+    `actions[state]`: terminal or rule name -> the next state (a shift or a
+    goto, an int) or `(size, callback, rule name)` (a reduce, with lark's
+    own tree-builder callback).  `lexers[state]`: the `match` of the state's
+    lark scanner regex (all its terminals, in lark's order) and its ignored
+    terminals.
+    """
+
+    actions: dict
+    lexers: dict
+    start: int
+    end: int
+
+
+@lru_cache(maxsize=1)
+def _tables() -> _Tables | None:
+    from lark.parsers.lalr_analysis import Shift
+
+    frontend = _lark().parser
+    table = frontend.parser._parse_table
+    callbacks = frontend.parser.parser.callbacks
+    if any(isinstance(k, str) for k in callbacks):  # terminal callbacks: not handled here
+        return None
+    (start,) = frontend.parser_conf.start
+    actions, lexers = {}, {}
+    for state, row in table.states.items():
+        actions[state] = {name: arg if action is Shift else _reduce(arg, callbacks[arg])
+                          for name, (action, arg) in row.items()}
+        lexer = frontend.lexer.lexers[state]
+        if len(lexer.scanner._mres) != 1 or lexer.callback:  # a split regex, string callbacks: lark's way
+            return None
+        lexers[state] = (lexer.scanner._mres[0].match, lexer.ignore_types)
+    return _Tables(actions, lexers, table.start_states[start], table.end_states[start])
+
+
+def _reduce(rule, callback) -> tuple:
+    """A reduce action: `(size, callback, rule name)`; the callback is None
+    for a `?rule` of one symbol (lark's `ExpandSingleChild` would hand the
+    one child back: `?expr: sum`, `?sum: product`, ...)."""
+    from lark.parse_tree_builder import ChildFilter, ExpandSingleChild
+
+    size = len(rule.expansion)
+    if size == 1 and isinstance(callback, ExpandSingleChild):
+        callback = None
+    elif rule.origin.name.startswith("_") and not hasattr(_Builder, rule.origin.name):
+        # An inlined rule (lark's `__block_star_6` repetitions): the parent's
+        # child filter splices its `.children` in; a `Tree` is not needed.
+        if isinstance(callback, ChildFilter):
+            callback = copy.copy(callback)
+            callback.node_builder = _Children
+        else:
+            callback = _Children
+    return size, callback, rule.origin.name
+
+
+class _Children:
+    """The value of an inlined rule: only its `children` are read."""
+
+    __slots__ = ("children",)
+
+    def __init__(self, children):
+        self.children = children
+
+
+def _fast_parse(text: str):
+    """`_lark().parse(text)` without lark's per-token machinery.
+
+    Reading the rule packs is mostly lexing and LALR steps (sdpa.adr: some
+    170 000 tokens); this loop does what lark's contextual lexer and
+    `ParserState.feed_token` do -- the same per-state regexes, the same
+    table, the same tree-builder callbacks, the same tokens (type, value,
+    positions) -- with the table flattened to plain dicts (no `Rule`
+    hashing) and no generator, line counter or lexer-state objects.  On a
+    syntax error it raises `_NotFast`: the caller parses again with lark,
+    whose exception the diagnostics are built from.
+    """
+    tables = _tables()
+    if tables is None:
+        return _lark().parse(text)
+    actions, lexers, end = tables.actions, tables.lexers, tables.end
+    new = str.__new__
+    states, values = [tables.start], []
+    pos, n, line, line_start = 0, len(text), 1, 0
+    tok = None
+    while True:
+        match, ignore = lexers[states[-1]]
+        ttype = None
+        while pos < n:
+            m = match(text, pos)
+            if m is None:
+                raise _NotFast
+            value, ttype = m.group(0), m.lastgroup
+            start, start_line, col = pos, line, pos - line_start + 1
+            newlines = value.count("\n")
+            if newlines:
+                line += newlines
+                line_start = pos + value.rindex("\n") + 1
+            pos += len(value)
+            if ttype in ignore:
+                ttype = None
+                continue
+            tok = new(Token, value)
+            tok.type, tok.value, tok.start_pos, tok.line, tok.column = ttype, value, start, start_line, col
+            tok.end_line, tok.end_column, tok.end_pos = line, pos - line_start + 1, pos
+            break
+        is_end = ttype is None
+        if is_end:
+            ttype = "$END"
+            tok = Token.new_borrow_pos("$END", "", tok) if tok is not None else Token("$END", "", 0, 1, 1)
+        state = states[-1]
+        while True:
+            act = actions[state].get(ttype)
+            if act is None:
+                raise _NotFast
+            if act.__class__ is int:
+                states.append(act)
+                values.append(tok)
+                break
+            size, callback, origin = act
+            if callback is None:  # the child is the value
+                del states[-1]
+                state = actions[states[-1]][origin]
+                states.append(state)
+                if is_end and state == end:
+                    return values[-1]
+                continue
+            if size:
+                children = values[-size:]
+                del states[-size:]
+                del values[-size:]
+            else:
+                children = []
+            result = callback(children)
+            state = actions[states[-1]][origin]
+            states.append(state)
+            values.append(result)
+            if is_end and state == end:
+                return result
 
 
 def parse_source(text: str, path: str = "<string>") -> ParseResult:
@@ -170,7 +318,11 @@ def _parse_locked(text: str, source: SourceFile):
     _CTX.path, _CTX.diagnostics, _CTX.depth, _CTX.too_deep = path, [], {}, False
     tree = error = None
     try:
-        tree = _lark().parse(text)
+        try:
+            tree = _fast_parse(text)
+        except _NotFast:  # a syntax error: lark's own parse says which
+            _CTX.diagnostics, _CTX.depth, _CTX.too_deep = [], {}, False
+            tree = _lark().parse(text)
     except UnexpectedInput as exc:
         error = exc
     except RecursionError:  # not expected (no recursion), but never crash
@@ -388,11 +540,24 @@ def _span_of(x) -> Span | None:
 
 
 def _join(*parts) -> Span | None:
-    spans = [s for s in (_span_of(p) for p in parts if p is not None) if s is not None]
-    if not spans:
+    """From the start of the first part that has a place to the end of the
+    last one (tokens are read in place: no span is built for them)."""
+    for first in parts:
+        if isinstance(first, Token):
+            line, col = first.line, first.column
+            break
+        span = getattr(first, "span", None)  # None too
+        if span is not None:
+            line, col = span.line, span.col
+            break
+    else:
         return None
-    first, last = spans[0], spans[-1]
-    return Span(_CTX.path, first.line, first.col, last.end_line, last.end_col)
+    for last in reversed(parts):
+        if isinstance(last, Token):
+            return Span(_CTX.path, line, col, last.end_line or last.line, last.end_column or last.column + len(last))
+        span = getattr(last, "span", None)
+        if span is not None:
+            return Span(_CTX.path, line, col, span.end_line, span.end_col)
 
 
 def _number(tok: Token):
@@ -411,6 +576,9 @@ def _number(tok: Token):
 
 def _unquote(tok: Token) -> str:
     """A string token's value (Python escapes; an invalid one is diagnosed)."""
+    inner = str(tok)[1:-1]
+    if "\\" not in inner and inner.isprintable():  # no escape: the text itself
+        return inner
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # `"\q"` is a warning in Python, an error here

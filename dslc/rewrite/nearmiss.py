@@ -47,10 +47,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterable
 
+from dslc.analysis.api import kept_tree
 from dslc.match import ir
 from dslc.rewrite.astutil import dotted_parts
 from dslc.rewrite.classmiss import class_near_misses
-from dslc.rewrite.unreached import SourceCalls
+from dslc.rewrite.unreached import SourceCalls, TreeIndex
 from dslc.match.matcher import Fail, _expand_sequential, _node_id, _PathCtx, _scopes, match_file
 
 
@@ -208,6 +209,8 @@ class SourceNames:
     def __init__(self, source: str | None):
         self.source = source
         self._defs: list | None = None
+        self._tree: ast.Module | None = None
+        self._index: TreeIndex | None = None
         self._names: dict[tuple[int, int], frozenset[str]] = {}
         self._calls: SourceCalls | None = None
 
@@ -216,21 +219,20 @@ class SourceNames:
         """The file's calls by callee (`dslc.rewrite.unreached`)."""
         if self._calls is None:
             self._load()
-            self._calls = SourceCalls(self._tree)
+            self._calls = SourceCalls(self._tree, self._index)
         return self._calls
 
     def _load(self) -> list:
         if self._defs is None:
-            self._defs, self._tree = [], None
+            self._defs, self._tree, self._index = [], None, None
+            tree = kept_tree(self.source) if self.source else None  # the analysis' tree: read only
             try:
-                tree = ast.parse(self.source or "")
+                tree = tree or ast.parse(self.source or "")
             except (SyntaxError, ValueError, RecursionError, MemoryError):
                 return self._defs
-            self._tree = tree
-            for n in ast.walk(tree):
-                if isinstance(n, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-                    self._defs.append(((n.lineno, n.end_lineno), n))
-            self._defs.sort(key=lambda d: d[0][1] - d[0][0])
+            self._tree, self._index = tree, TreeIndex(tree)
+            self._defs = sorted((((n.lineno, n.end_lineno), n) for n in self._index.defs),
+                                key=lambda d: d[0][1] - d[0][0])
         return self._defs
 
     def around(self, line: int) -> frozenset[str]:
@@ -249,10 +251,7 @@ class SourceNames:
 
     def _names_of(self, span: tuple[int, int], node) -> frozenset[str]:
         if span not in self._names:
-            self._names[span] = frozenset(
-                n.id if isinstance(n, ast.Name) else n.attr for n in ast.walk(node)
-                if isinstance(n, ast.Name) or isinstance(n, ast.Attribute)
-                and not (isinstance(n.value, ast.Name) and n.value.id == "self"))
+            self._names[span] = frozenset(self._index.names[id(node)])
         return self._names[span]
 
     def local_value(self, line: int) -> tuple[str, str] | None:

@@ -25,6 +25,7 @@ analysis kept (`covered`: the line spans of every path node of the file):
 from __future__ import annotations
 
 import ast
+from collections import deque
 from dataclasses import dataclass
 
 from dslc.rewrite.astutil import dotted_parts
@@ -60,11 +61,57 @@ def short(node: ast.AST, width: int = 48) -> str:
     return text if len(text) <= width else text[:width - 3] + "..."
 
 
+class TreeIndex:
+    """One walk of a parsed file (`ast.walk`'s order), for the near-miss
+    report: each node's parent, the calls, the class and function
+    definitions, and the names each definition mentions.
+
+    A 10 000-line function was walked five times over (its definitions, the
+    names of the function and of its class, its calls, its parents): most
+    of the near-miss time on such a file.
+    """
+
+    def __init__(self, tree: ast.AST | None):
+        self.parent: dict[int, ast.AST] = {}
+        self.calls: list[ast.Call] = []
+        self.defs: list[ast.AST] = []
+        # id(definition) -> the names (`x`, `.attr` but not `self.attr`) in
+        # it, nested definitions included
+        self.names: dict[int, set[str]] = {}
+        inside: dict[int, ast.AST] = {}  # id(node) -> the innermost definition holding it
+        todo = deque([tree] if tree is not None else ())
+        while todo:
+            n = todo.popleft()
+            kind = type(n)
+            name = None
+            if kind is ast.Name:
+                name = n.id
+            elif kind is ast.Attribute and not (type(n.value) is ast.Name and n.value.id == "self"):
+                name = n.attr
+            elif kind is ast.Call:
+                self.calls.append(n)
+            elif kind in _DEFS:
+                self.defs.append(n)
+                self.names[id(n)] = set()
+            if name is not None:
+                d = inside.get(id(n))
+                while d is not None:
+                    self.names[id(d)].add(name)
+                    d = inside.get(id(d))
+            holder = n if kind in _DEFS else inside.get(id(n))
+            for c in ast.iter_child_nodes(n):
+                self.parent[id(c)] = n
+                if holder is not None:
+                    inside[id(c)] = holder
+                todo.append(c)
+
+
 class SourceCalls:
     """The calls of one file's source by callee (parsed on first use)."""
 
-    def __init__(self, tree: ast.AST | None):
+    def __init__(self, tree: ast.AST | None, index: TreeIndex | None = None):
         self.tree = tree
+        self._tree_index = index
         self._parent: dict[int, ast.AST] | None = None
         self._calls: dict[tuple, list[AnchorCall]] = {}
         # the file's calls in `ast.walk` order, indexed once (a pack asks for
@@ -76,12 +123,14 @@ class SourceCalls:
         self._parts: list[list[str]] = []
         self._by_name: dict[tuple, dict[str, list[int]]] = {}
 
+    def _walked(self) -> TreeIndex:
+        if self._tree_index is None:
+            self._tree_index = TreeIndex(self.tree)
+        return self._tree_index
+
     def parent(self, node: ast.AST) -> ast.AST | None:
         if self._parent is None:
-            self._parent = {}
-            for n in ast.walk(self.tree) if self.tree is not None else ():
-                for c in ast.iter_child_nodes(n):
-                    self._parent[id(c)] = n
+            self._parent = self._walked().parent
         return self._parent.get(id(node))
 
     def ancestors(self, node: ast.AST):
@@ -92,7 +141,7 @@ class SourceCalls:
 
     def _index(self, imports: dict[str, str]) -> tuple[tuple, dict[str, list[int]]]:
         if self._nodes is None:
-            self._nodes = [n for n in ast.walk(self.tree) if isinstance(n, ast.Call)] if self.tree is not None else []
+            self._nodes = self._walked().calls
             for i, n in enumerate(self._nodes):
                 if isinstance(n.func, ast.Attribute):
                     self._by_attr.setdefault(n.func.attr, []).append(i)
