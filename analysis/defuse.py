@@ -16,6 +16,7 @@ from functools import lru_cache
 
 from .model import Value
 from .names import dotted
+from .nodetext import node_text, unparse
 
 
 def literal(expr: ast.expr):
@@ -64,7 +65,7 @@ def value_of(expr: ast.expr) -> Value:
         return known[1]
     if len(_VALUES) > 50000:
         _VALUES.clear()
-    text = ast.unparse(expr)
+    text = node_text(expr)
     try:
         value = Value(text, "const", literal(expr))
     except ValueError:
@@ -333,7 +334,7 @@ def unparse_with_temps(expr: ast.expr, replaced: dict) -> str:
     """`ast.unparse(expr)` with the sub-expressions that became DL nodes
     written as their temporaries."""
     if not replaced:
-        return ast.unparse(expr)
+        return node_text(expr)
 
     def copy(node):
         temp = replaced.get(id(node))
@@ -349,4 +350,4 @@ def unparse_with_temps(expr: ast.expr, replaced: dict) -> str:
                 fields[name] = copy(value)
         return type(node)(**fields)
 
-    return ast.unparse(copy(expr))
+    return unparse(copy(expr))

@@ -25,6 +25,7 @@ from .context import FileContext
 from .defuse import local_names, self_attr, value_of
 from .model import Guard, InitBinding, Problem, StmtRef
 from .names import BUILTINS, dotted, import_bindings
+from .nodetext import node_text
 from .pathstate import Frame
 
 CONTAINERS = ("torch.nn.ModuleList", "torch.nn.Sequential", "torch.nn.ModuleDict")
@@ -61,9 +62,8 @@ class InitBindings:
     def _block(self, stmts, prefix, blocks, frame, owner, guards, out, seen, depth, local_layers) -> None:
         for i, stmt in enumerate(stmts):
             path = prefix + (i,)
-            ref = StmtRef(frame.method, frame.owner, path, (stmt.lineno, stmt.end_lineno or stmt.lineno), stmt.col_offset, blocks)
             if isinstance(stmt, ast.If):
-                g = Guard(ast.unparse(stmt.test), False, (stmt.lineno, stmt.lineno))
+                g = Guard(node_text(stmt.test), False, (stmt.lineno, stmt.lineno))
                 gn = Guard(g.text, True, g.lines)
                 self._block(stmt.body, path + ("body",), blocks + ((path, "body"),), frame, owner,
                                  guards + (g,), out, seen, depth, local_layers)
@@ -89,6 +89,7 @@ class InitBindings:
                 for name, binding in import_bindings(stmt, (frame.scope or self.ctx.scope).module, (frame.scope or self.ctx.scope).is_package):
                     frame.local_imports[name] = binding.target
             elif isinstance(stmt, (ast.Assign, ast.AnnAssign)) and stmt.value is not None:
+                ref = _ref(stmt, frame, path, blocks)
                 targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
                 for target in targets:
                     attr = self_attr(target)
@@ -104,6 +105,7 @@ class InitBindings:
                             if a is not None:
                                 out.extend(self._bindings_for(a, v, frame, guards, ref, local_layers))
             elif isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call):
+                ref = _ref(stmt, frame, path, blocks)
                 call = stmt.value
                 # self.add_module("name", Layer(...)) / self.register_module
                 if self_attr(call.func) in ("add_module", "register_module") and len(call.args) == 2 \
@@ -143,7 +145,7 @@ class InitBindings:
 
     def _bindings_for(self, attr, rhs, frame, guards, ref, local_layers) -> list[InitBinding]:
         if isinstance(rhs, ast.IfExp):
-            g = Guard(ast.unparse(rhs.test), False, (rhs.test.lineno, rhs.test.end_lineno or rhs.test.lineno))
+            g = Guard(node_text(rhs.test), False, (rhs.test.lineno, rhs.test.end_lineno or rhs.test.lineno))
             return (self._bindings_for(attr, rhs.body, frame, guards + (g,), ref, local_layers)
                     + self._bindings_for(attr, rhs.orelse, frame, guards + (Guard(g.text, True, g.lines),), ref, local_layers))
         if isinstance(rhs, ast.Name) and rhs.id in local_layers and local_layers[rhs.id]:
@@ -161,7 +163,7 @@ class InitBindings:
             parts = dotted(rhs.value)
             qual = self.ctx.resolve(parts, frame) if parts and parts[0] not in frame.locals else None
             return [InitBinding(attr, qual, (value_of(rhs.slice),), (), "subscript",
-                                None if qual else ast.unparse(rhs.value), guards, ref)]
+                                None if qual else node_text(rhs.value), guards, ref)]
         return [InitBinding(attr, None, (value_of(rhs),), (), "other", None, guards, ref)]
 
     def _container_elements(self, attr, qual, call, frame, guards, ref, local_layers) -> list[InitBinding]:
@@ -195,7 +197,7 @@ class InitBindings:
 
     def _callee_type(self, func: ast.expr, frame: Frame) -> tuple[str | None, str]:
         """(qualified name, spelling) of what a call calls; None when unknown."""
-        spelling = ast.unparse(func)
+        spelling = node_text(func)
         parts = dotted(func)
         if parts is None:
             return self._table_entry(func, frame), spelling
@@ -228,6 +230,10 @@ class InitBindings:
                 parts = dotted(value)
                 return self.ctx.resolve(parts, frame) if parts else None
         return None
+
+
+def _ref(stmt: ast.stmt, frame: Frame, path: tuple, blocks: tuple) -> StmtRef:
+    return StmtRef(frame.method, frame.owner, path, (stmt.lineno, stmt.end_lineno or stmt.lineno), stmt.col_offset, blocks)
 
 
 def _star_kwargs(call: ast.Call, frame: Frame) -> tuple:

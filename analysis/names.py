@@ -267,11 +267,15 @@ class Resolver:
         self.consulted: set[str] = set()
         # also read the sources of installed packages (site-packages; never torch)
         self.installed = installed
+        # (id(scope), *parts) -> (scope, answer) of `resolve_parts` asked from outside (no `_seen`):
+        # the same spellings are asked again and again (each class, method and inlined helper)
+        self._answers: dict[tuple, tuple] = {}
 
     # -- modules of the tree -------------------------------------------------
 
     def register(self, scope: Scope, tree: ast.Module) -> None:
         self._modules[scope.module] = (scope, tree)
+        self._answers.clear()
 
     def module_file(self, module: str) -> tuple[str, bool] | None:
         if module.split(".")[0] in _NEVER_INSTALLED:
@@ -315,7 +319,23 @@ class Resolver:
     # -- resolution ------------------------------------------------------------
 
     def resolve_parts(self, scope: Scope, parts: list[str], _seen: frozenset = frozenset()) -> str | None:
-        """Qualified, canonical name of the dotted name `parts` seen in `scope`."""
+        """Qualified, canonical name of the dotted name `parts` seen in `scope`.
+
+        A question asked from outside is answered once per resolver: the
+        answer depends only on the scopes of the modules it reads, which
+        never change once loaded (`register` forgets the answers), and the
+        files it consulted are in `consulted` from the first time."""
+        if _seen:
+            return self._resolve_parts(scope, parts, _seen)
+        key = (id(scope), *parts)
+        known = self._answers.get(key)
+        if known is not None and known[0] is scope:
+            return known[1]
+        answer = self._resolve_parts(scope, parts, _seen)
+        self._answers[key] = (scope, answer)
+        return answer
+
+    def _resolve_parts(self, scope: Scope, parts: list[str], _seen: frozenset) -> str | None:
         head = parts[0]
         bindings = scope.names.get(head)
         if not bindings:

@@ -44,6 +44,7 @@ import ast
 import dataclasses
 
 from .defuse import _CHILD_FIELDS, child_fields, child_nodes
+from .nodetext import node_text
 
 _MATH_CONSTANTS = frozenset({"pi", "e", "tau", "inf", "nan"})
 # math functions that return a Python number for any argument they accept
@@ -106,7 +107,7 @@ class _FileScan:
         for stmt in stmts:
             if isinstance(stmt, ast.ClassDef):
                 qual = f"{prefix}.{stmt.name}" if prefix else stmt.name
-                self.bases[qual] = [ast.unparse(b) for b in stmt.bases]
+                self.bases[qual] = [node_text(b) for b in stmt.bases]
                 self._class_body(stmt)
                 self._visit(stmt.body, None, qual)
                 continue
@@ -114,7 +115,10 @@ class _FileScan:
                 self._visit(stmt.body, stmt, prefix)
                 self._exprs([*stmt.decorator_list, *stmt.args.defaults, *stmt.args.kw_defaults], fn)
                 continue
-            self._stmt(stmt, fn, prefix)
+            own, nested = _statement_fields(type(stmt))
+            self._stmt(stmt, fn, prefix, own)
+            if not nested:
+                continue
             for field in ("body", "orelse", "finalbody"):
                 self._visit(getattr(stmt, field, None) or [], fn, prefix)
             for handler in getattr(stmt, "handlers", None) or []:
@@ -133,9 +137,9 @@ class _FileScan:
                         if isinstance(sub, ast.Name):
                             self.refused.add(sub.id)  # a class attribute `self.a` may read
 
-    def _stmt(self, stmt: ast.stmt, fn, cls: str) -> None:
-        """The attribute writes of one statement (its own expressions, not
-        the statements nested in it)."""
+    def _stmt(self, stmt: ast.stmt, fn, cls: str, own_fields: tuple[str, ...]) -> None:
+        """The attribute writes of one statement (its own expressions, in
+        `own_fields`, not the statements nested in it)."""
         accepted: set[int] = set()
         if isinstance(stmt, (ast.Assign, ast.AnnAssign)) and stmt.value is not None:
             targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
@@ -144,9 +148,7 @@ class _FileScan:
                         and fn is not None:
                     self.stores.setdefault(t.attr, []).append((cls, fn, stmt.value))
                     accepted.add(id(t))
-        own = [child for field, child in ast.iter_fields(stmt)
-               if field not in ("body", "orelse", "finalbody", "handlers", "cases")]
-        self._exprs(own, fn, accepted)
+        self._exprs([getattr(stmt, f, None) for f in own_fields], fn, accepted)
 
     def _exprs(self, parts, fn, accepted: frozenset | set = frozenset()) -> None:
         stack = list(parts)
@@ -302,7 +304,7 @@ class _FileScan:
                 continue  # `self` is not configuration
             if default is not None and not isinstance(default, ast.Constant):
                 return None
-            if arg.annotation is not None and any(w in ast.unparse(arg.annotation) for w in _TENSOR_WORDS):
+            if arg.annotation is not None and any(w in node_text(arg.annotation) for w in _TENSOR_WORDS):
                 return None
             return _Param(arg, default)
         return None
@@ -321,6 +323,21 @@ class _FileScan:
         if key not in self._locals:
             self._locals[key] = _local_defs(fn)
         return self._locals[key]
+
+
+_BLOCK_FIELDS = ("body", "orelse", "finalbody", "handlers", "cases")
+_STATEMENT_FIELDS: dict[type, tuple[tuple[str, ...], bool]] = {}
+
+
+def _statement_fields(cls: type) -> tuple[tuple[str, ...], bool]:
+    """(the fields of statement class `cls` that may hold its own
+    expressions, does it hold nested statements?), looked up per class: the
+    scan visits every statement of the file."""
+    known = _STATEMENT_FIELDS.get(cls)
+    if known is None:
+        known = _STATEMENT_FIELDS[cls] = (tuple(f for f in child_fields(cls) if f not in _BLOCK_FIELDS),
+                                          any(f in _BLOCK_FIELDS for f in cls._fields))
+    return known
 
 
 def _families(bases: dict[str, list[str]]) -> dict[str, frozenset[str]]:
@@ -377,6 +394,13 @@ def _is_param(fn, name: str) -> bool:
                if arg is not None)
 
 
+# the node classes `_local_defs` looks at (every other node: only its children)
+_LOCAL_DEF_KINDS = frozenset({
+    ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp,
+    ast.GeneratorExp, ast.Assign, ast.AnnAssign, ast.AugAssign, ast.NamedExpr, ast.Name, ast.Attribute,
+    ast.Subscript, ast.Global, ast.Nonlocal, ast.Import, ast.ImportFrom, ast.ExceptHandler})
+
+
 def _local_defs(fn) -> tuple[dict[str, list[ast.expr] | None], set[str]]:
     """(per local name the values assigned to it, or None when some binding
     is not a plain assignment; the names whose attributes or items are written)."""
@@ -393,6 +417,9 @@ def _local_defs(fn) -> tuple[dict[str, list[ast.expr] | None], set[str]]:
     stack: list = list(fn.body)
     while stack:
         node = stack.pop()
+        if type(node) not in _LOCAL_DEF_KINDS:
+            stack.extend(child_nodes(node))  # nothing below binds or writes by itself
+            continue
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             bad(node.name)
             continue  # its own scope
