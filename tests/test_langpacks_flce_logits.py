@@ -5,7 +5,8 @@ head and the loss (dslc/rewrite/kinds/causallm.py, `_LogitOps`).
 Models: tests/langpacks_models/flce_logits.py.  The factors are folded into
 the hidden states and the bias and the softcap is passed to the kernel (as
 Liger's own Gemma-2 and MuseGlimmer forwards do); a factor after the
-softcap, a computed factor or a test of another value is refused (S421).
+softcap, a computed factor or a test of another value is refused (S421).  Hidden
+states cast to the head's dtype in its call (Mamba's) go to the kernel cast.
 With a reference fused op (rewrite_support.REF_FLCE) behind the guarded
 name, the loss and every gradient are the original's in training with
 labels; where a factor or the softcap is not a number the kernel takes
@@ -34,7 +35,7 @@ REPO = Path(__file__).resolve().parent.parent
 LIGER = REPO / "rulepacks" / "liger.adr"
 MODELS = REPO / "tests" / "langpacks_models" / "flce_logits.py"
 RULE = "liger:fused_linear_cross_entropy_causal_lm"
-REWRITTEN = ("CappedLM", "ScaledLM", "DividedCappedLM")
+REWRITTEN = ("CappedLM", "ScaledLM", "DividedCappedLM", "HeadDtypeLM")
 
 
 def _apply(target: Path) -> tuple[int, dict]:
@@ -71,7 +72,8 @@ def test_scaled_and_softcapped_logits_are_rewritten_and_the_others_refused(appli
     assert "_logits_ok(((self.logit_scale, False),), None, True):" in text
     assert "_logits_ok(((self.scaling, True),), self.soft_cap, False):" in text  # the alias `cap` replaced
     assert "_scaled(self.lm_head, hidden_states, labels, True, ((self.logit_scale, False),), None)" in text
-    assert text.count("logits = None\n") == 3
+    assert text.count("logits = None\n") == 4
+    assert "_lf_ok(self, self.lm_head, hidden_states.to(self.lm_head.weight.dtype), labels, " in text
     again = target.parent / "again.py"
     again.write_text(text)
     code, second = _apply(again)
@@ -133,6 +135,7 @@ KERNEL_PATH = KERNEL_PRELUDE + CAUSAL_LOSS + REF_FLCE + textwrap.dedent("""
         "scaled": ("ScaledLM", {}, {}),
         "scaled, int": ("ScaledLM", {"scale": 3}, {}),
         "divided, capped": ("DividedCappedLM", {}, {}),
+        "head dtype": ("HeadDtypeLM", {}, {}),
         # not numbers the kernel takes as the original does: the original statements
         "scaled, tensor": ("ScaledLM", {"scale": torch.tensor(0.37)}, {}),
         "scaled, bool": ("ScaledLM", {"scale": True}, {}),
@@ -195,7 +198,8 @@ def test_kernel_path_scales_and_softcaps_as_the_original(applied, tmp_path):
     # rows: 3 x 8 shifted by the 4.x loss (ScaledLM), all 3 x 9 padded by ForCausalLMLoss
     kernel = {"capped": ([27, 16], False, 2.0, "mean"), "capped, no cap": ([27, 16], False, None, "mean"),
               "capped, num_items": ([27, 16], False, 2.0, "sum"), "scaled": ([24, 16], True, None, "mean"),
-              "scaled, int": ([24, 16], True, None, "mean"), "divided, capped": ([27, 16], True, 1.5, "mean")}
+              "scaled, int": ([24, 16], True, None, "mean"), "divided, capped": ([27, 16], True, 1.5, "mean"),
+              "head dtype": ([27, 16], False, None, "mean")}
     assert result.pop("divided, cap None") == [["unsupported operand type(s) for /: 'FakeCuda' and 'NoneType'", 0]] * 2
     assert set(result) == set(kernel) | {"scaled, tensor", "scaled, bool", "capped, negative", "divided, zero"}
     for case, r in result.items():

@@ -10,7 +10,9 @@ Rewritten by liger:fused_linear_cross_entropy_causal_lm (unsafe):
   4.x loss (`logits.float()`, the shift, `CrossEntropyLoss()`);
 * `DividedCappedLM`: the head divided in its own statement (Falcon-H1's
   `self.lm_head(h) * m`, Granite's division), then RecurrentGemma's
-  `cap = ...; logits = nn.functional.tanh(logits / cap) * cap`.
+  `cap = ...; logits = nn.functional.tanh(logits / cap) * cap`;
+* `HeadDtypeLM`: Mamba's head kept in its own dtype (float64 here), the
+  hidden states cast to it in the call.
 
 Refused with the reason (S421):
 * `LateScaleLM`: a factor after the softcap (the kernel caps last);
@@ -100,6 +102,21 @@ class DividedCappedLM(_LM):
         # soft-cap the logits
         cap = self.soft_cap
         logits = nn.functional.tanh(logits / cap) * cap
+
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.vocab_size, **kwargs)
+        return {"loss": loss, "logits": logits}
+
+
+class HeadDtypeLM(_LM):
+    def __init__(self):
+        super().__init__()
+        self.lm_head.double()
+
+    def forward(self, idx, labels=None, **kwargs):
+        hidden_states = self.body(idx)
+        logits = self.lm_head(hidden_states.to(self.lm_head.weight.dtype)).float()
 
         loss = None
         if labels is not None:

@@ -42,7 +42,8 @@ The rule's pattern is the head call alone (`$head($h) -> $logits`); this
 kind reads the rest from the source, and takes only what it can follow:
 
 * the head: `<logits> = self.<head>(<h>)` (`<h>` a name, an attribute, an
-  item at names, constants and slices; the call possibly followed by
+  item at names, constants and slices, possibly cast to the head's dtype,
+  `.to(self.<head>.weight.dtype)` as Mamba's; the call possibly followed by
   `.contiguous()`, `.float()` or `.to(torch.float32)`), possibly the one statement of
   a branch of an `if T:` whose test reads names and attributes only (Llama
   4.35's `pretraining_tp`; the guard adds `T` or `not (T)`), then
@@ -369,12 +370,15 @@ class CausalLMLoss(Kind):
                 v = ops.chain(head_stmt.value, lambda e: isinstance(e, ast.Call) and _self_attr(e.func) is not None)
             except Skip:
                 v = None
+        read = v.args[0] if isinstance(v, ast.Call) and len(v.args) == 1 else None
+        if read is not None and _head_cast(read, _self_attr(v.func)):
+            read = read.func.value  # `self.lm_head(h.to(self.lm_head.weight.dtype))` (Mamba): h cast as the head takes it
         if not (isinstance(head_stmt, ast.Assign) and len(head_stmt.targets) == 1 and isinstance(head_stmt.targets[0], ast.Name)
                 and isinstance(v, ast.Call) and _self_attr(v.func) and len(v.args) == 1 and not v.keywords
-                and _read(v.args[0])):
+                and _read(read)):
             raise Skip(codes.S_NO_CAUSAL_LM_LOSS, "the head call is not `<logits> = self.<head>(<name, attribute or item>)`")
         logits, head, hidden = head_stmt.targets[0].id, v.func.attr, ast.unparse(v.args[0])
-        hidden_root = _root(v.args[0])
+        hidden_root = _root(read)
         ops.logits, ops.protected = logits, {logits, hidden_root}
         start, guard_extra = self._outer(head_stmt)
         parent, fname, block = mod.block_of(start)
@@ -592,6 +596,15 @@ def _read(e: ast.expr) -> bool:
             return False
         e = e.value
     return isinstance(e, ast.Name)
+
+
+def _head_cast(e: ast.expr, head: str | None) -> bool:
+    """`<x>.to(self.<head>.weight.dtype)` (or `dtype=`): the same values each time it is evaluated (the
+    guard passes it to both helpers)."""
+    if not (isinstance(e, ast.Call) and isinstance(e.func, ast.Attribute) and e.func.attr == "to"):
+        return False
+    dtypes = [*e.args, *(k.value for k in e.keywords if k.arg == "dtype")]
+    return len(dtypes) == 1 and len(e.args) + len(e.keywords) == 1 and ast.unparse(dtypes[0]) == f"self.{head}.weight.dtype"
 
 
 def _root(e: ast.expr) -> str:
