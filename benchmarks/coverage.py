@@ -1,6 +1,6 @@
 """Coverage of the kernel packs on the newest transformers and timm (issue 10, item 7).
 
-    python benchmarks/coverage.py [--rules rulepacks/sdpa.adr ...] [--src DIR] [--jobs N] [--json FILE]
+    python benchmarks/coverage.py [--rules rulepacks/sdpa.adr ...] [--src DIR] [--jobs N] [--json FILE] [--unsafe]
 
 1. Gets the newest `transformers`, `timm` and `liger-kernel` wheels from the
    package index with `pip download --no-deps` (nothing is installed) and
@@ -22,7 +22,10 @@
    Liger's list where the liger pack rewrites something.
 
 `--arch NAME` (repeatable) restricts the run to those architectures (a quick
-look; the totals are then of those only).
+look; the totals are then of those only).  `--unsafe` also applies the rules
+declared `unsafe` (`dslc apply --unsafe`): liger's fused linear cross-entropy
+on causal LMs, whose logits are then None in training with labels, as with
+Liger's own patching.
 
 "verified": a rewrite of a transformers 5.x file can only be run against an
 importable transformers 5.x, which the test extra does not install (it pins
@@ -194,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--json", help="write the per-architecture table as JSON here")
     ap.add_argument("--arch", action="append", help="only these architectures (model folder or timm module)")
+    ap.add_argument("--unsafe", action="store_true",
+                    help="also apply the rules declared unsafe (causal LMs' fused linear cross-entropy: logits None in training)")
     args = ap.parse_args(argv)
 
     rules = args.rules or [str(p) for p in (REPO / "rulepacks" / "sdpa.adr", REPO / "rulepacks" / "liger.adr") if p.exists()]
@@ -213,14 +218,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.arch:
         files = [f for f in files if arch_of(f)[1] in set(args.arch)]
     start = time.perf_counter()
-    report = apply_paths([str(f) for f in files], loaded.packs, ApplyOptions(mode="diff", jobs=args.jobs, gitignore=False))
+    report = apply_paths([str(f) for f in files], loaded.packs, ApplyOptions(mode="diff", jobs=args.jobs, gitignore=False,
+                                                                             unsafe=args.unsafe))
     seconds = time.perf_counter() - start
 
     table = build_table(files, report)
 
     liger = liger_architectures(src)
     liger_set = set(liger)
-    print(f"packs: {', '.join(p.name for p in loaded.packs)} ({sum(len(p.rules) for p in loaded.packs)} rules); "
+    print(f"packs: {', '.join(p.name for p in loaded.packs)} ({sum(len(p.rules) for p in loaded.packs)} rules"
+          f"{', the unsafe ones applied' if args.unsafe else ''}); "
           f"versions: {versions or 'from ' + str(src)}")
     print(f"{len(files)} files in {seconds:.1f} s; {len(report.errors)} errors\n")
     print(f"{'library':12} {'architecture':28} {'rewritten':>9} {'skipped':>7} {'liger':>5}  rules applied")
@@ -257,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     print("verified: not run (transformers 5.x is not importable here; see the module docstring)")
     if args.json:
         Path(args.json).write_text(json.dumps({
-            "versions": versions, "liger": liger, "liger_comparison": cmp,
+            "versions": versions, "unsafe": args.unsafe, "liger": liger, "liger_comparison": cmp,
             "seconds": seconds, "errors": [e.message for e in report.errors],
             "rows": [{"library": lib, "architecture": arch, "rewritten": dict(row["rewritten"]),
                       "skipped": row["skipped"], "files": row["files"]} for (lib, arch), row in sorted(table.items())],

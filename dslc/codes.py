@@ -703,9 +703,11 @@ S_NO_CAUSAL_LM_LOSS = _code("S420", "skip", "no causal-LM loss follows the head"
 S_CAUSAL_LM_FORM = _code("S421", "skip", "the causal-LM loss is not a form the rewrite follows", """
     A rule with `option causal_lm` (dslc/rewrite/kinds/causallm.py) found
     the head and a labelled loss after it, but a statement between them or
-    in the loss is not one the rewrite follows (the next-token shift, the
-    flattening, a default CrossEntropyLoss() and its one call), or a value
-    written there is read after the loss. The message names the statement.""")
+    in the loss is not one the rewrite follows (a cast, scale or final
+    softcap of the logits by numbers, names or attributes, the next-token
+    shift, the flattening, a default CrossEntropyLoss() and its one call),
+    or a value written there is read after the loss. The message names the
+    statement.""")
 S_UNCLASSIFIED = _code("S499", "skip", "skipped (no code given)", """
     A skip reason produced without a code (code that predates the registry).
     Every reason dslc itself gives has a code; this one marks a gap to fill.""")

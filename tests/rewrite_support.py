@@ -272,6 +272,50 @@ def fake_liger(**functions):
 """ + _LOAD
 
 
+# transformers 5.x' ForCausalLMLoss (transformers/loss/loss_utils.py), restated for the tests: the
+# logits upcast, the labels padded with one ignored position and shifted (unless shift_labels is
+# given), flattened to vocab_size columns, then a mean, or a sum divided by num_items_in_batch.
+CAUSAL_LOSS = """
+import torch.nn.functional as F
+
+
+def ForCausalLMLoss(logits, labels, vocab_size, num_items_in_batch=None, ignore_index=-100, shift_labels=None, **kwargs):
+    logits = logits.float()
+    if shift_labels is None:
+        shift_labels = F.pad(labels, (0, 1), value=ignore_index)[..., 1:].contiguous()
+    flat = logits.view(-1, vocab_size)
+    target = shift_labels.view(-1).to(flat.device)
+    if num_items_in_batch is None:
+        return F.cross_entropy(flat, target, ignore_index=ignore_index)
+    return F.cross_entropy(flat, target, ignore_index=ignore_index, reduction="sum") / num_items_in_batch
+"""
+
+# A child-script piece (after KERNEL_PRELUDE): `flce`, liger-kernel 0.8's
+# liger_fused_linear_cross_entropy as documented, in PyTorch (the rows through
+# the linear layer in their dtype, then in float32 the softcap `c * tanh(x /
+# c)` and the cross-entropy), installed behind the guarded import; each call's
+# rows, bias, softcap and reduction go to `calls`.
+REF_FLCE = """
+import torch.nn.functional as F
+
+calls = []
+
+
+def flce(x, weight, target, bias=None, ce_weight=None, ignore_index=-100, lse_square_scale=0.0,
+         label_smoothing=0.0, reduction="mean", softcap=None):
+    assert x.dim() == 2 and target.dim() == 1 and x.shape[0] == target.shape[0] and x.is_contiguous()
+    assert ce_weight is None and lse_square_scale == 0.0
+    calls.append({"rows": list(x.shape), "bias": bias is not None, "softcap": softcap, "reduction": reduction})
+    logits = F.linear(x.as_subclass(torch.Tensor), weight, bias).float()
+    if softcap is not None:
+        logits = softcap * torch.tanh(logits / softcap)
+    return F.cross_entropy(logits, target.as_subclass(torch.Tensor), ignore_index=ignore_index,
+                           reduction=reduction, label_smoothing=label_smoothing)
+
+
+fake_liger(liger_fused_linear_cross_entropy=flce)
+"""
+
 # A child-script piece (after KERNEL_PRELUDE) for a rewritten file whose
 # fused linear cross-entropy helper imported the real liger-kernel: `orig`
 # and `new` are the two modules loaded from argv, and each call of Liger's

@@ -86,3 +86,25 @@ def test_run_on_a_small_tree_compares_with_liger(tmp_path, capsys):
     assert "rms_norm" not in row["missing"] and "fused_linear_cross_entropy" in row["missing"]
     assert "Liger architectures with a liger-pack rewrite: 1 of 1" in out
     assert "outside Liger's list, with a liger-pack rewrite: 0 ()" in out
+
+
+def test_unsafe_applies_the_causal_lm_rule(tmp_path, capsys):
+    """`--unsafe`: the fused linear cross-entropy on a causal LM (an unsafe rule) counts for the
+    architecture; without it, it is missed."""
+    cov = _coverage()
+    (tmp_path / "liger_kernel" / "transformers").mkdir(parents=True)
+    (tmp_path / "liger_kernel" / "transformers" / "monkey_patch.py").write_text(MONKEY_PATCH)
+    llama = tmp_path / "transformers" / "models" / "llama"
+    llama.mkdir(parents=True)
+    shutil.copy(REPO / "tests" / "langpacks_models" / "flce_causal_lm.py", llama / "modeling_llama.py")
+    missing = {}
+    for extra in ([], ["--unsafe"]):
+        out_json = tmp_path / "cov.json"
+        assert cov.main(["--src", str(tmp_path), "--jobs", "1", "--json", str(out_json),
+                         "--rules", str(REPO / "rulepacks" / "liger.adr"), *extra]) == 0
+        assert ("the unsafe ones applied" in capsys.readouterr().out) == bool(extra)
+        data = json.loads(out_json.read_text())
+        assert data["unsafe"] == bool(extra)
+        [row] = data["liger_comparison"]["rows"]
+        missing[bool(extra)] = row["missing"]
+    assert "fused_linear_cross_entropy" in missing[False] and "fused_linear_cross_entropy" not in missing[True]

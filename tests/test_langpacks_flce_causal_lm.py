@@ -27,31 +27,13 @@ from pathlib import Path
 import pytest
 
 from dslc.cli import main
-from rewrite_support import KERNEL_PRELUDE, run_without_liger
+from rewrite_support import CAUSAL_LOSS, KERNEL_PRELUDE, run_without_liger
 
 REPO = Path(__file__).resolve().parent.parent
 LIGER = REPO / "rulepacks" / "liger.adr"
 MODELS = REPO / "tests" / "langpacks_models" / "flce_causal_lm.py"
 RULE = "liger:fused_linear_cross_entropy_causal_lm"
 REWRITTEN = ("SplitHeadLM", "AlignedLM", "CastLM", "KwargsLM")
-
-# transformers 5.x' ForCausalLMLoss (transformers/loss/loss_utils.py), restated for the tests: the
-# logits upcast, the labels padded with one ignored position and shifted (unless shift_labels is
-# given), flattened to vocab_size columns, then a mean, or a sum divided by num_items_in_batch.
-CAUSAL_LOSS = """
-import torch.nn.functional as F
-
-
-def ForCausalLMLoss(logits, labels, vocab_size, num_items_in_batch=None, ignore_index=-100, shift_labels=None, **kwargs):
-    logits = logits.float()
-    if shift_labels is None:
-        shift_labels = F.pad(labels, (0, 1), value=ignore_index)[..., 1:].contiguous()
-    flat = logits.view(-1, vocab_size)
-    target = shift_labels.view(-1).to(flat.device)
-    if num_items_in_batch is None:
-        return F.cross_entropy(flat, target, ignore_index=ignore_index)
-    return F.cross_entropy(flat, target, ignore_index=ignore_index, reduction="sum") / num_items_in_batch
-"""
 
 
 def _apply(target: Path, *extra: str) -> tuple[int, dict]:

@@ -42,11 +42,25 @@ The rule's pattern is the head call alone (`$head($h) -> $logits`); this
 kind reads the rest from the source, and takes only what it can follow:
 
 * the head: `<logits> = self.<head>(<h>)` (`<h>` a name, an attribute, an
-  item at names, constants and slices; the call possibly followed by
+  item at names, constants and slices, possibly cast to the head's dtype,
+  `.to(self.<head>.weight.dtype)` as Mamba's; the call possibly followed by
   `.contiguous()`, `.float()` or `.to(torch.float32)`), possibly the one statement of
   a branch of an `if T:` whose test reads names and attributes only (Llama
   4.35's `pretraining_tp`; the guard adds `T` or `not (T)`), then
-  optionally `<logits> = <logits>.float()` and `loss = None`, nothing else;
+  assignments of `<logits>` that cast it (`.float()`), scale it (`* s`,
+  `s *`, `/ s`: Cohere's `logit_scale`, Granite's `logits_scaling`, also in
+  the head's own statement as Falcon-H1's) and softcap it last (`tanh(<logits>
+  / c) * c` in one to three statements, Gemma-2's under `if c is not None:`),
+  `s` and `c` numbers, names or attributes (`name = <attribute>` before, as
+  RecurrentGemma's `cap = self.config.logits_soft_cap`, is read through),
+  and `loss = None`, nothing else.  The fused branch reads `s` and `c` in
+  the guard (nothing between writes them), folds the factors into the
+  hidden states and the bias (`(h @ W.T + b) * s == (h * s) @ W.T + b * s`,
+  as Liger's own MuseGlimmer forward folds its multiplier) and passes `c` as
+  the kernel's `softcap`; where at run time a factor is not a finite
+  nonzero number or the cap not a finite positive one (a tensor, a bool,
+  None where the original divides by it) the original statements run.
+  A factor after the softcap, or one computed by a call, is refused (S421);
 * the loss: `if <labels> is not None:` (no `else`) whose statements are
   assignments built from `<logits>[..., :-1, :]`, `<labels>[..., 1:]`,
   `.contiguous()`, `.view(-1, X.size(-1))`, `.view(-1, <vocab>)` (the
@@ -214,6 +228,124 @@ class _Loss:
             raise _form("no call of a CrossEntropyLoss() or of self.loss_function on the logits in the labelled block")
 
 
+class _LogitOps:
+    """What the head's statement and those between it and the loss do to the logits (see the module
+    docstring): casts to float32, scale factors (`* s`, `/ s`, folded into the hidden states and the
+    bias) and one final softcap (`tanh(logits / c) * c`, possibly over three statements under `if c is
+    not None:`), each `s` and `c` a number or a name or attribute the fused branch reads in the guard."""
+
+    def __init__(self, tanh: set[str]):
+        self.tanh = tanh
+        self.logits = ""
+        self.protected: set[str] = set()  # the logits, hidden states and labels: never a factor
+        self.aliases: dict[str, ast.expr] = {}  # `cap = self.config.logits_soft_cap` (RecurrentGemma)
+        self.nones: set[str] = set()  # `loss = None`
+        self.ops: list[tuple] = []  # ("float",), ("mul", s), ("div", s), ("tanh",), ("cap", c, optional)
+
+    def _leaf(self, e: ast.expr) -> ast.expr | None:
+        """A number, or a name or attribute chain (an alias replaced by its value); None otherwise."""
+        if isinstance(e, ast.Constant) and type(e.value) in (int, float):
+            return e
+        if isinstance(e, ast.Attribute):
+            value = self._leaf(e.value)
+            return None if value is None or isinstance(value, ast.Constant) else ast.Attribute(value, e.attr, ast.Load())
+        if isinstance(e, ast.Name) and e.id not in self.protected and e.id not in self.nones:
+            return self.aliases.get(e.id, e)
+        return None
+
+    def chain(self, e: ast.expr, is_base, out: list | None = None) -> ast.expr:
+        """The base of `e` (where `is_base` holds) under casts, `.contiguous()`, factors and tanh; the
+        operations, innermost first, go to `out` (the logits' own by default)."""
+        out = self.ops if out is None else out
+        if is_base(e):
+            return e
+        if isinstance(e, ast.Call) and isinstance(e.func, ast.Attribute) and not e.keywords:
+            meth, args = e.func.attr, e.args
+            if meth == "contiguous" and not args:  # the same values
+                return self.chain(e.func.value, is_base, out)
+            op = ("float",) if (meth == "float" and not args) or (
+                meth == "to" and len(args) == 1 and ast.unparse(args[0]) in ("torch.float32", "torch.float")) else \
+                ("tanh",) if meth == "tanh" and not args else None
+            if op is not None:
+                base = self.chain(e.func.value, is_base, out)
+                out.append(op)
+                return base
+        if isinstance(e, ast.Call) and ast.unparse(e.func) in self.tanh and len(e.args) == 1 and not e.keywords:
+            base = self.chain(e.args[0], is_base, out)
+            out.append(("tanh",))
+            return base
+        if isinstance(e, ast.BinOp) and isinstance(e.op, (ast.Mult, ast.Div)):
+            x, factor = e.left, e.right
+            if isinstance(e.op, ast.Mult) and self._leaf(x) is not None and self._leaf(factor) is None:
+                x, factor = factor, x  # `s * logits`
+            leaf = self._leaf(factor)
+            if leaf is None:
+                raise _form(f"the factor of `{ast.unparse(e)}` is not a number, a name or an attribute")
+            base = self.chain(x, is_base, out)
+            out.append(("mul" if isinstance(e.op, ast.Mult) else "div", leaf))
+            return base
+        raise _form(f"`{ast.unparse(e)}` is not a cast, scale or softcap of the logits the rewrite follows")
+
+    def _is_logits(self, e: ast.expr) -> bool:
+        return isinstance(e, ast.Name) and e.id == self.logits
+
+    def statement(self, stmt: ast.stmt) -> None:
+        """One statement between the head and the loss."""
+        if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
+            name, value = stmt.targets[0].id, stmt.value
+            if name == self.logits:
+                self.chain(value, self._is_logits)
+                return
+            if name not in self.protected and name not in self.aliases:
+                if isinstance(value, ast.Constant) and value.value is None:
+                    self.nones.add(name)
+                    return
+                leaf = self._leaf(value)
+                if leaf is not None and not isinstance(leaf, ast.Constant) and name not in self.nones:
+                    self.aliases[name] = leaf
+                    return
+        if isinstance(stmt, ast.If) and _is_not_none(stmt):
+            inner: list[tuple] = []
+            for s in stmt.body:
+                if not _assigns(s, self.logits):
+                    raise _form(f"line {s.lineno} (under `if {ast.unparse(stmt.test)}:`) is not an assignment to `{self.logits}`")
+                self.chain(s.value, self._is_logits, inner)
+            cap = self._leaf(stmt.test.left)
+            inner = [op for op in inner if op[0] != "float"]  # a cast under the test: not the loss's dtype
+            if cap is None or len(inner) != 3 or [op[0] for op in inner] != ["div", "tanh", "mul"] \
+                    or not ast.unparse(inner[0][1]) == ast.unparse(inner[2][1]) == ast.unparse(cap):
+                raise _form(f"line {stmt.lineno}: `if {ast.unparse(stmt.test)}:` is not a softcap of `{self.logits}` by that value")
+            self.ops.append(("cap", cap, True))
+            return
+        raise _form(f"line {stmt.lineno} (between the head and the loss) is not a cast, scale or softcap of "
+                    f"`{self.logits}`, `loss = None` or a name for an attribute")
+
+    def result(self) -> tuple[bool, list[tuple[str, bool]], str | None, bool]:
+        """(the logits upcast, the factors in order as (source, divide), the softcap's source, whether
+        the original skips it where it is None)."""
+        ops = [op for op in self.ops if op[0] != "float"]
+        scales, cap, optional, i = [], None, False, 0
+        while i < len(ops):
+            op = ops[i]
+            if op[0] == "cap":
+                c, opt, i = op[1], op[2], i + 1
+            elif op[0] == "div" and [o[0] for o in ops[i + 1:i + 3]] == ["tanh", "mul"] \
+                    and ast.unparse(ops[i + 2][1]) == ast.unparse(op[1]):
+                c, opt, i = op[1], False, i + 3
+            elif op[0] in ("mul", "div"):
+                if cap is not None:
+                    raise _form("the logits are scaled after the softcap (the kernel applies the softcap last)")
+                scales.append((ast.unparse(op[1]), op[0] == "div"))
+                i += 1
+                continue
+            else:
+                raise _form("a tanh of the logits that is not a softcap `tanh(logits / c) * c`")
+            if cap is not None:
+                raise _form("the logits are softcapped twice")
+            cap, optional = c, opt
+        return (len(ops) < len(self.ops), scales, None if cap is None else ast.unparse(cap), optional)
+
+
 class CausalLMLoss(Kind):
     """A rule with `option causal_lm = True`; see the module docstring."""
 
@@ -231,40 +363,39 @@ class CausalLMLoss(Kind):
             if _generated_guard(node):
                 raise Skip(codes.S_GENERATED, "inside the original branch of a guard that dslc generated")
             node = mod.parent[id(node)][0]
-        v = head_stmt.value if isinstance(head_stmt, ast.Assign) else None
-        upcast = False
-        if isinstance(v, ast.Call) and isinstance(v.func, ast.Attribute) and v.func.attr == "contiguous" \
-                and not v.args and not v.keywords:
-            v = v.func.value  # `self.lm_head(outputs[0]).contiguous()` (OPT): the same values
-        if isinstance(v, ast.Call) and isinstance(v.func, ast.Attribute) and not v.keywords and (
-                (v.func.attr == "float" and not v.args)
-                or (v.func.attr == "to" and len(v.args) == 1 and ast.unparse(v.args[0]) in ("torch.float32", "torch.float"))):
-            v, upcast = v.func.value, True  # `self.lm_head(h).to(torch.float32)` (CodeGen, GPT-J)
+        ops = _LogitOps(self._tanh_names())
+        v = None
+        if isinstance(head_stmt, ast.Assign):
+            try:  # `self.lm_head(outputs[0]).contiguous()` (OPT), `.to(torch.float32)` (CodeGen), `* s` (Falcon-H1)
+                v = ops.chain(head_stmt.value, lambda e: isinstance(e, ast.Call) and _self_attr(e.func) is not None)
+            except Skip:
+                v = None
+        read = v.args[0] if isinstance(v, ast.Call) and len(v.args) == 1 else None
+        if read is not None and _head_cast(read, _self_attr(v.func)):
+            read = read.func.value  # `self.lm_head(h.to(self.lm_head.weight.dtype))` (Mamba): h cast as the head takes it
         if not (isinstance(head_stmt, ast.Assign) and len(head_stmt.targets) == 1 and isinstance(head_stmt.targets[0], ast.Name)
                 and isinstance(v, ast.Call) and _self_attr(v.func) and len(v.args) == 1 and not v.keywords
-                and _read(v.args[0])):
+                and _read(read)):
             raise Skip(codes.S_NO_CAUSAL_LM_LOSS, "the head call is not `<logits> = self.<head>(<name, attribute or item>)`")
         logits, head, hidden = head_stmt.targets[0].id, v.func.attr, ast.unparse(v.args[0])
-        hidden_root = _root(v.args[0])
+        hidden_root = _root(read)
+        ops.logits, ops.protected = logits, {logits, hidden_root}
         start, guard_extra = self._outer(head_stmt)
         parent, fname, block = mod.block_of(start)
         i = block.index(start)
+        # the first such `if` reading the logits that does more than assign them (`if cap is not None:` softcaps)
         labelled = next((j for j in range(i + 1, len(block)) if self._labels_if(block[j]) and any(
-            isinstance(n, ast.Name) and n.id == logits for s in block[j].body for n in ast.walk(s))), None)
+            isinstance(n, ast.Name) and n.id == logits for s in block[j].body for n in ast.walk(s))
+            and not all(_assigns(s, logits) for s in block[j].body)), None)
         if labelled is None:
             raise Skip(codes.S_NO_CAUSAL_LM_LOSS, f"no `if <labels> is not None:` reading `{logits}` follows the head in its block")
         between = block[i + 1:labelled]
         cond = block[labelled]
         labels = cond.test.left.id
+        ops.protected.add(labels)
         for stmt in between:
-            if _assigns(stmt, logits) and ast.unparse(stmt.value) == f"{logits}.float()" and not upcast:
-                upcast = True
-            elif isinstance(stmt, ast.Assign) and isinstance(stmt.value, ast.Constant) and stmt.value.value is None \
-                    and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name) \
-                    and stmt.targets[0].id not in (logits, hidden_root, labels):
-                continue
-            else:
-                raise _form(f"line {stmt.lineno} (between the head and the loss) is not `{logits} = {logits}.float()` or `loss = None`")
+            ops.statement(stmt)
+        upcast, scales, cap, cap_optional = ops.result()
         loss = _Loss(logits, labels, self._ce_names())
         loss.run(cond.body)
         written = _stored([start, *between])
@@ -281,7 +412,7 @@ class CausalLMLoss(Kind):
         self._emit(match, plan, start, cond, block, i, labelled, dict(
             logits=logits, head=head, hidden=hidden, labels=labels, loss=loss.loss,
             vocab=ast.unparse(loss.vocab) if loss.vocab is not None else "None", upcast=upcast, extra=guard_extra,
-            shift=loss.shift, form=loss.form, kwargs=loss.kwargs or "{}"))
+            shift=loss.shift, form=loss.form, kwargs=loss.kwargs or "{}", scales=scales, cap=cap, cap_optional=cap_optional))
 
     # -- reading the source ------------------------------------------------
 
@@ -296,25 +427,25 @@ class CausalLMLoss(Kind):
 
     @staticmethod
     def _labels_if(stmt: ast.stmt) -> bool:
-        t = stmt.test if isinstance(stmt, ast.If) else None
-        return (t is not None and not stmt.orelse and isinstance(t, ast.Compare) and isinstance(t.left, ast.Name)
-                and len(t.ops) == 1 and isinstance(t.ops[0], ast.IsNot)
-                and isinstance(t.comparators[0], ast.Constant) and t.comparators[0].value is None)
+        return _is_not_none(stmt) and isinstance(stmt.test.left, ast.Name)
 
-    def _ce_names(self) -> set[str]:
-        """How the file spells torch.nn.CrossEntropyLoss (its top-level imports)."""
+    def _spellings(self, *quals: str) -> set[str]:
+        """How the file spells the qualified names (through its top-level imports)."""
         out = set()
         mine = set(self.mod.classes) | set(self.mod.functions)  # a name the file defines again is not the import
-        for local, qual in self.mod.imports.items():
+        for local, imported in self.mod.imports.items():
             if local in mine:
                 continue
-            if qual == "torch.nn.CrossEntropyLoss":
-                out.add(local)
-            elif qual == "torch.nn":
-                out.add(f"{local}.CrossEntropyLoss")
-            elif qual == "torch":
-                out.add(f"{local}.nn.CrossEntropyLoss")
+            for qual in quals:
+                if qual == imported or qual.startswith(imported + "."):
+                    out.add(local + qual[len(imported):])
         return out
+
+    def _ce_names(self) -> set[str]:
+        return self._spellings("torch.nn.CrossEntropyLoss")
+
+    def _tanh_names(self) -> set[str]:
+        return self._spellings("torch.tanh", "torch.nn.functional.tanh")
 
     def _function(self, stmt: ast.stmt) -> ast.AST:
         node = stmt
@@ -331,16 +462,23 @@ class CausalLMLoss(Kind):
         base = "_dslc_" + match.rule.pack + "_" + match.rule.name
         unit, nl = mod.block_unit, mod.nl
         rule = match.rule.qualified_name
+        scaled = bool(f["scales"]) or f["cap"] is not None
+        # the factors and the softcap, read where the guard runs (numbers, names and attributes that
+        # nothing from the head to the loss writes: the values the original reads)
+        logit_args = ("(" + "".join(f"({s}, {d}), " for s, d in f["scales"]).rstrip(" ") + ")", f["cap"] or "None")
+        more = f", {logit_args[0]}, {logit_args[1]}" if scaled else ""
         if f["form"] == "loss_function":
-            ok, fused = self._loss_function_helpers(plan, base, rule, kernel, torch)
+            ok, fused = self._loss_function_helpers(plan, base, rule, kernel, torch, scaled)
             args = f"self.{f['head']}, {f['hidden']}, {f['labels']}"
             test = f"self.training and {f['labels']} is not None and {ok}(self, {args}, {f['vocab']}, {f['kwargs']})"
-            call = f"{fused}({args}, {f['kwargs']})"
+            call = f"{fused}({args}, {f['kwargs']}{more})"
         else:
-            ok, fused = self._cross_entropy_helpers(plan, base, rule, kernel, torch)
+            ok, fused = self._cross_entropy_helpers(plan, base, rule, kernel, torch, scaled)
             # the tests the original makes first come first; the vocabulary size is read only with labels, as there
             test = f"self.training and {f['labels']} is not None and {ok}(self.{f['head']}, {f['hidden']}, {f['labels']}, {f['vocab']}, {f['upcast']})"
-            call = f"{fused}(self.{f['head']}, {f['hidden']}, {f['labels']}, {f['shift']})"
+            call = f"{fused}(self.{f['head']}, {f['hidden']}, {f['labels']}, {f['shift']}{more})"
+        if scaled:
+            test += f" and {self._logits_ok(plan, base, rule)}({logit_args[0]}, {logit_args[1]}, {f['cap_optional'] or f['cap'] is None})"
         indent = mod.indent(start)
         if f["extra"]:
             test = f"{f['extra']} and {test}"
@@ -358,9 +496,34 @@ class CausalLMLoss(Kind):
         plan.claimed.add((lo, hi))
         plan.lines.update(range(start.lineno, cond.end_lineno + 1))
 
-    def _cross_entropy_helpers(self, plan: Plan, base: str, rule: str, kernel: str, torch: str) -> tuple[str, str]:
+    def _logits_ok(self, plan: Plan, base: str, rule: str) -> str:
+        unit, nl = self.mod.block_unit, self.mod.nl
+        return self.ctx.imports.dispatch_helper(base + "_logits_ok", (
+            f"(scales, softcap, optional):{nl}"
+            f'{unit}"""Added by `dslc apply` ({rule}, unsafe): whether the kernel computes the original\'s logits: each (factor, divide) of scales a finite nonzero number (folded into the hidden states and the bias), the softcap a finite positive number (None only where the original skips it where it is None)."""{nl}'
+            f"{unit}def number(v):{nl}"
+            f"{unit}{unit}return isinstance(v, (int, float)) and not isinstance(v, bool) and -float(\"inf\") < v < float(\"inf\"){nl}"
+            f"{unit}return (all(number(s) and s != 0 for s, _ in scales){nl}"
+            f"{unit}        and (number(softcap) and softcap > 0 if softcap is not None else optional)){nl}"), plan)
+
+    def _scaled(self, rule: str, what: str) -> tuple[str, str, str, str]:
+        """The pieces a fused helper adds where the logits are scaled or softcapped: (parameters,
+        docstring, the lines folding the factors into h and the bias, the kernel's softcap argument)."""
+        unit, nl = self.mod.block_unit, self.mod.nl
+        return (", scales, softcap",
+                f'{unit}"""Added by `dslc apply` ({rule}, unsafe): {what} of head(h) scaled by scales and softcapped as the original\'s logits, against labels, the logits not computed."""{nl}',
+                f"{unit}bias = head.bias{nl}"
+                f"{unit}for s, divide in scales:  # (h @ W.T + b) * s == (h * s) @ W.T + b * s{nl}"
+                f"{unit}{unit}h, bias = (h / s, None if bias is None else bias / s) if divide else (h * s, None if bias is None else bias * s){nl}",
+                ", softcap=softcap")
+
+    def _cross_entropy_helpers(self, plan: Plan, base: str, rule: str, kernel: str, torch: str,
+                               scaled: bool) -> tuple[str, str]:
         """transformers 4.x: a default CrossEntropyLoss() on the (shifted) flattened logits and labels."""
         unit, nl, helper = self.mod.block_unit, self.mod.nl, self.ctx.imports.dispatch_helper
+        params, doc, fold, cap = self._scaled(rule, "the next-token cross-entropy") if scaled else (
+            "", f'{unit}"""Added by `dslc apply` ({rule}, unsafe): the next-token cross-entropy of head(h) against labels, the logits not computed."""{nl}',
+            "", "")
         ok = helper(base + "_ok", (
             f"(head, h, labels, vocab, upcast):{nl}"
             f'{unit}"""Added by `dslc apply` ({rule}, unsafe): in training with labels, whether the kernel takes the loss (on CUDA, the shapes it takes); the logits are then None."""{nl}'
@@ -368,17 +531,17 @@ class CausalLMLoss(Kind):
             f"{unit}        and h.dim() == 3 and labels.dim() == 2 and h.shape[:2] == labels.shape and not labels.is_floating_point(){nl}"
             f"{unit}        and (vocab is None or vocab == head.weight.shape[0]){nl}"
             f"{unit}        and (upcast or h.dtype == {torch}.float32 or {torch}.is_autocast_enabled())){nl}"), plan)
-        fused = helper(base, (
-            f"(head, h, labels, shift):{nl}"
-            f'{unit}"""Added by `dslc apply` ({rule}, unsafe): the next-token cross-entropy of head(h) against labels, the logits not computed."""{nl}'
+        fused = helper(base + ("_scaled" if scaled else ""), (
+            f"(head, h, labels, shift{params}):{nl}" + doc + fold +
             f"{unit}if shift:  # tokens < n predict n{nl}"
             f"{unit}{unit}h, labels = h[..., :-1, :], labels[..., 1:]{nl}"
             f"{unit}rows = h.reshape(-1, h.shape[-1]){nl}"
             f"{unit}target = labels.reshape(-1).to(h.device){nl}"
-            f"{unit}return {kernel}(rows, head.weight, target, head.bias, ignore_index=-100, reduction=\"mean\", label_smoothing=0.0){nl}"), plan)
+            f"{unit}return {kernel}(rows, head.weight, target, {'bias' if scaled else 'head.bias'}, ignore_index=-100, reduction=\"mean\", label_smoothing=0.0{cap}){nl}"), plan)
         return ok, fused
 
-    def _loss_function_helpers(self, plan: Plan, base: str, rule: str, kernel: str, torch: str) -> tuple[str, str]:
+    def _loss_function_helpers(self, plan: Plan, base: str, rule: str, kernel: str, torch: str,
+                               scaled: bool) -> tuple[str, str]:
         """transformers 5.x: `self.loss_function(...)` where it is transformers' ForCausalLMLoss, whose
         computation (the labels padded with ignore_index and shifted, the logits upcast, a sum divided by
         num_items_in_batch or a mean) the fused helper repeats; the other losses run the original."""
@@ -397,21 +560,30 @@ class CausalLMLoss(Kind):
             f"{unit}        and vocab == head.weight.shape[0]{nl}"
             f"{unit}        and (shift_labels is None or ({torch}.is_tensor(shift_labels) and shift_labels.is_contiguous(){nl}"
             f"{unit}                                      and shift_labels.numel() == labels.numel() and not shift_labels.is_floating_point()))){nl}"), plan)
-        fused = helper(base + "_lf", (
-            f"(head, h, labels, kwargs):{nl}"
-            f'{unit}"""Added by `dslc apply` ({rule}, unsafe): ForCausalLMLoss of head(h) against labels, the logits not computed."""{nl}'
+        params, doc, fold, cap = self._scaled(rule, "ForCausalLMLoss") if scaled else (
+            "", f'{unit}"""Added by `dslc apply` ({rule}, unsafe): ForCausalLMLoss of head(h) against labels, the logits not computed."""{nl}',
+            "", "")
+        fused = helper(base + ("_lf_scaled" if scaled else "_lf"), (
+            f"(head, h, labels, kwargs{params}):{nl}" + doc + fold +
             f"{unit}ignore_index = kwargs.get(\"ignore_index\", -100){nl}"
             f"{unit}num_items = kwargs.get(\"num_items_in_batch\"){nl}"
             f"{unit}target = kwargs.get(\"shift_labels\"){nl}"
             f"{unit}if target is None:  # tokens < n predict n; the last position predicts nothing{nl}"
             f"{unit}{unit}target = {torch}.nn.functional.pad(labels, (0, 1), value=ignore_index)[..., 1:]{nl}"
             f"{unit}rows = h.reshape(-1, h.shape[-1]){nl}"
-            f"{unit}loss = {kernel}(rows, head.weight, target.reshape(-1).to(h.device), head.bias, ignore_index=ignore_index,{nl}"
-            f"{unit}            reduction=\"sum\" if num_items is not None else \"mean\", label_smoothing=0.0){nl}"
+            f"{unit}loss = {kernel}(rows, head.weight, target.reshape(-1).to(h.device), {'bias' if scaled else 'head.bias'}, ignore_index=ignore_index,{nl}"
+            f"{unit}            reduction=\"sum\" if num_items is not None else \"mean\", label_smoothing=0.0{cap}){nl}"
             f"{unit}if num_items is not None:{nl}"
             f"{unit}{unit}loss = loss / (num_items.to(loss.device) if {torch}.is_tensor(num_items) else num_items){nl}"
             f"{unit}return loss{nl}"), plan)
         return ok, fused
+
+
+def _is_not_none(stmt: ast.stmt) -> bool:
+    """`if X is not None:` with no `else`."""
+    t = stmt.test if isinstance(stmt, ast.If) else None
+    return (t is not None and not stmt.orelse and isinstance(t, ast.Compare) and len(t.ops) == 1
+            and isinstance(t.ops[0], ast.IsNot) and isinstance(t.comparators[0], ast.Constant) and t.comparators[0].value is None)
 
 
 def _read(e: ast.expr) -> bool:
@@ -424,6 +596,15 @@ def _read(e: ast.expr) -> bool:
             return False
         e = e.value
     return isinstance(e, ast.Name)
+
+
+def _head_cast(e: ast.expr, head: str | None) -> bool:
+    """`<x>.to(self.<head>.weight.dtype)` (or `dtype=`): the same values each time it is evaluated (the
+    guard passes it to both helpers)."""
+    if not (isinstance(e, ast.Call) and isinstance(e.func, ast.Attribute) and e.func.attr == "to"):
+        return False
+    dtypes = [*e.args, *(k.value for k in e.keywords if k.arg == "dtype")]
+    return len(dtypes) == 1 and len(e.args) + len(e.keywords) == 1 and ast.unparse(dtypes[0]) == f"self.{head}.weight.dtype"
 
 
 def _root(e: ast.expr) -> str:
