@@ -31,6 +31,7 @@ from .budget import MAX_OPTIONAL_IFS
 from .defuse import reads_of, self_attr, target_reads, writes_of
 from .exprs import BINOPS, TENSOR_METHODS
 from .model import StmtRef
+from .nodetext import node_text
 from .pathstate import Alt, Frame, split_alts
 
 if TYPE_CHECKING:
@@ -62,7 +63,7 @@ def if_statement(pb: PathBuilder, stmt: ast.If, ref: StmtRef, path: tuple, block
     if pb.ctx.options.flatten:
         alts = pb.block(stmt.body, path + ("body",), sub_body, frame, alts)
         return pb.block(stmt.orelse, path + ("orelse",), sub_else, frame, alts)
-    text = ast.unparse(stmt.test)
+    text = node_text(stmt.test)
     lines = (stmt.lineno, stmt.test.end_lineno or stmt.lineno)
     yes, no = split_alts(alts, text, lines)
     yes = pb.block(stmt.body, path + ("body",), sub_body, frame, yes)
@@ -142,7 +143,7 @@ def loop_statement(pb: PathBuilder, stmt: ast.For | ast.AsyncFor | ast.While, re
         head_reads |= target_reads(stmt.target)
     sub_body = blocks + ((path, "body"),)
     sub_else = blocks + ((path, "orelse"),)
-    text = ast.unparse(stmt.test) if is_while else None
+    text = node_text(stmt.test) if is_while else None
     lines = (stmt.lineno, stmt.lineno)
     if is_while and not flatten:
         run, skip = split_alts(alts, text, lines)

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .model import NOT_CONST
+from .nodetext import node_text
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,7 +210,7 @@ class _Graph:
 
     def expr(self, e: ast.expr) -> int:
         span = (e.lineno, e.end_lineno or e.lineno)
-        text = ast.unparse(e)
+        text = node_text(e)
         env, add, resolve = self.env, self.add, self.resolve
         if isinstance(e, ast.Constant):
             return add(CNode("const", value=e.value, text=text, lines=span))

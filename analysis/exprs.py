@@ -22,6 +22,7 @@ from .context import FileContext
 from .defuse import is_literal, reads_of, source_span, value_of
 from .model import Node, StmtRef, Value
 from .names import dotted
+from .nodetext import node_text
 from .pathstate import Frame
 
 BINOPS = {
@@ -145,7 +146,7 @@ class Expressions:
             self.top_consumed = saved
             branches.append(sub)
         lines = (e.test.lineno, e.test.end_lineno or e.test.lineno)
-        actions.append(("fork", ast.unparse(e.test), lines, branches[0], branches[1]))
+        actions.append(("fork", node_text(e.test), lines, branches[0], branches[1]))
         if len(outs) == 1:
             self.replaced[id(e)] = outs[0]
             return Value(outs[0], "name")
@@ -182,7 +183,7 @@ class Expressions:
         for a in call.args:
             if isinstance(a, ast.Starred):
                 self._expr(a.value, frame, ref, actions)
-                args.append(Value(ast.unparse(a), "expr"))
+                args.append(Value(node_text(a), "expr"))
             else:
                 args.append(self._expr(a, frame, ref, actions))
         kwargs = []
@@ -248,7 +249,7 @@ class Expressions:
         _, qual, func = kind
         if qual is None and (parts := dotted(func)) is not None:
             qual = self.ctx.infer(func, parts, frame)
-        spelling = None if qual else ast.unparse(func)
+        spelling = None if qual else node_text(func)
         first = e.args[0] if e.args else None
         if (qual in _FLOAT_INPUT_CALLS and isinstance(first, ast.Call) and isinstance(first.func, ast.Attribute)
                 and first.func.attr == "float" and self._whole_float(first, True)):

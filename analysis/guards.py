@@ -37,6 +37,7 @@ from typing import Iterable, Mapping
 import z3
 
 from .model import Guard
+from .nodetext import node_text, unparse
 
 TIMEOUT_MS = 200
 
@@ -85,7 +86,7 @@ class _Translator:
         return {"bool": z3.Bool, "int": z3.Int, "real": z3.Real, "str": z3.String}[sort](name)
 
     def key(self, expr: ast.expr) -> str:
-        text = ast.unparse(expr)
+        text = node_text(expr)
         stamps = []
         for name in sorted(_names_in(expr)):
             version = self.versions.get(name, 0)
@@ -134,7 +135,7 @@ class _Translator:
             return atom if isinstance(op, ast.In) else z3.Not(atom)
         sort = self._sort(left, right)
         if sort is None:
-            text = ast.unparse(ast.Compare(left=left, ops=[op], comparators=[right]))
+            text = unparse(ast.Compare(left=left, ops=[op], comparators=[right]))
             return self.const("bool", "cmp:" + text + "|" + self.key(left) + "|" + self.key(right))
         a, b = self.term(left, sort), self.term(right, sort)
         if isinstance(op, ast.Eq):

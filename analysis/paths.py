@@ -29,6 +29,7 @@ from .exprs import BINOPS, Expressions
 from .inline import inline_call
 from .model import Guard, Node, Path, Problem, StmtRef
 from .names import import_bindings
+from .nodetext import node_text
 from .pathstate import Alt, Frame, merge_paths, split_alts
 
 
@@ -175,7 +176,7 @@ class PathBuilder:
         out = []
         for a in alts:
             a.add_node(self.stmt_node(ref, frame, reads, ()))
-            if flatten or a.add_guard(Guard(ast.unparse(stmt.test), False, (stmt.lineno, stmt.end_lineno or stmt.lineno))):
+            if flatten or a.add_guard(Guard(node_text(stmt.test), False, (stmt.lineno, stmt.end_lineno or stmt.lineno))):
                 out.append(a)
         return out
 
