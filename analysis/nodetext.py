@@ -82,129 +82,167 @@ def _constant(value, out: list) -> None:
 
 def _write(node, prec: int, out: list) -> None:
     """Append the text of `node`, asked for at precedence `prec` by its parent."""
-    cls = type(node)
-    if cls is ast.Name:
-        out.append(node.id)
-    elif cls is ast.Attribute:
-        value = node.value
-        _write(value, _P_ATOM, out)
-        if type(value) is ast.Constant and isinstance(value.value, int):
-            out.append(" ")  # `1 .real`
-        out.append(".")
-        out.append(node.attr)
-    elif cls is ast.Constant:
-        if node.kind == "u":
-            out.append("u")
-        _constant(node.value, out)
-    elif cls is ast.Call:
-        _write(node.func, _P_ATOM, out)
-        out.append("(")
-        comma = False
-        for arg in node.args:
-            if comma:
-                out.append(", ")
-            comma = True
-            _write(arg, _P_TEST, out)
-        for kw in node.keywords:
-            if comma:
-                out.append(", ")
-            comma = True
-            out.append("**" if kw.arg is None else kw.arg + "=")
-            _write(kw.value, _P_TEST, out)
-        out.append(")")
-    elif cls is ast.BinOp:
-        op, own = _BINOPS[type(node.op)]
-        if prec > own:
-            out.append("(")
-        if own == _P_POWER:  # right-associative
-            _write(node.left, own + 1, out)
-            out.append(op)
-            _write(node.right, own, out)
-        else:
-            _write(node.left, own, out)
-            out.append(op)
-            _write(node.right, own + 1, out)
-        if prec > own:
-            out.append(")")
-    elif cls is ast.UnaryOp:
-        op, own = _UNARYOPS[type(node.op)]
-        if prec > own:
-            out.append("(")
-        out.append(op)
-        _write(node.operand, own, out)
-        if prec > own:
-            out.append(")")
-    elif cls is ast.Compare:
-        if prec > _P_CMP:
-            out.append("(")
-        _write(node.left, _P_EXPR, out)
-        for op, right in zip(node.ops, node.comparators):
-            out.append(_CMPOPS[type(op)])
-            _write(right, _P_EXPR, out)
-        if prec > _P_CMP:
-            out.append(")")
-    elif cls is ast.BoolOp:
-        if type(node.op) is ast.And:
-            word, own = " and ", _P_AND
-        else:
-            word, own = " or ", _P_OR
-        if prec > own:
-            out.append("(")
-        level = own
-        for i, value in enumerate(node.values):
-            if i:
-                out.append(word)
-            level = min(level + 1, _P_ATOM)  # each operand one level up (ast's `increasing_level_traverse`)
-            _write(value, level, out)
-        if prec > own:
-            out.append(")")
-    elif cls is ast.Subscript:
-        _write(node.value, _P_ATOM, out)
-        out.append("[")
-        index = node.slice
-        if type(index) is ast.Tuple and index.elts:
-            _items(index.elts, out)
-        else:
-            _write(index, _P_TEST, out)
-        out.append("]")
-    elif cls is ast.Tuple:
-        parens = not node.elts or prec > _P_TUPLE
-        if parens:
-            out.append("(")
-        _items(node.elts, out)
-        if parens:
-            out.append(")")
-    elif cls is ast.List:
-        out.append("[")
-        for i, elt in enumerate(node.elts):
-            if i:
-                out.append(", ")
-            _write(elt, _P_TEST, out)
-        out.append("]")
-    elif cls is ast.Starred:
-        out.append("*")
-        _write(node.value, _P_EXPR, out)
-    elif cls is ast.IfExp:
-        if prec > _P_TEST:
-            out.append("(")
-        _write(node.body, _P_OR, out)
-        out.append(" if ")
-        _write(node.test, _P_OR, out)
-        out.append(" else ")
-        _write(node.orelse, _P_TEST, out)
-        if prec > _P_TEST:
-            out.append(")")
-    elif cls is ast.Slice:
-        if node.lower:
-            _write(node.lower, _P_TEST, out)
-        out.append(":")
-        if node.upper:
-            _write(node.upper, _P_TEST, out)
-        if node.step:
-            out.append(":")
-            _write(node.step, _P_TEST, out)
-    else:
+    writer = _WRITERS.get(type(node))
+    if writer is None:
         raise _Other
+    writer(node, prec, out)
+
+
+def _open(prec: int, own: int, out: list) -> bool:
+    """Open a parenthesis when the parent binds tighter than `own`."""
+    if prec > own:
+        out.append("(")
+        return True
+    return False
+
+
+def _name(node, prec, out) -> None:
+    out.append(node.id)
+
+
+def _attribute(node, prec, out) -> None:
+    value = node.value
+    _write(value, _P_ATOM, out)
+    if type(value) is ast.Constant and isinstance(value.value, int):
+        out.append(" ")  # `1 .real`
+    out.append(".")
+    out.append(node.attr)
+
+
+def _constant_node(node, prec, out) -> None:
+    if node.kind == "u":
+        out.append("u")
+    _constant(node.value, out)
+
+
+def _call(node, prec, out) -> None:
+    _write(node.func, _P_ATOM, out)
+    out.append("(")
+    comma = False
+    for arg in node.args:
+        if comma:
+            out.append(", ")
+        comma = True
+        _write(arg, _P_TEST, out)
+    for kw in node.keywords:
+        if comma:
+            out.append(", ")
+        comma = True
+        out.append("**" if kw.arg is None else kw.arg + "=")
+        _write(kw.value, _P_TEST, out)
+    out.append(")")
+
+
+def _binop(node, prec, out) -> None:
+    op, own = _BINOPS[type(node.op)]
+    paren = _open(prec, own, out)
+    if own == _P_POWER:  # right-associative
+        _write(node.left, own + 1, out)
+        out.append(op)
+        _write(node.right, own, out)
+    else:
+        _write(node.left, own, out)
+        out.append(op)
+        _write(node.right, own + 1, out)
+    if paren:
+        out.append(")")
+
+
+def _unaryop(node, prec, out) -> None:
+    op, own = _UNARYOPS[type(node.op)]
+    paren = _open(prec, own, out)
+    out.append(op)
+    _write(node.operand, own, out)
+    if paren:
+        out.append(")")
+
+
+def _compare(node, prec, out) -> None:
+    paren = _open(prec, _P_CMP, out)
+    _write(node.left, _P_EXPR, out)
+    for op, right in zip(node.ops, node.comparators):
+        out.append(_CMPOPS[type(op)])
+        _write(right, _P_EXPR, out)
+    if paren:
+        out.append(")")
+
+
+def _boolop(node, prec, out) -> None:
+    if type(node.op) is ast.And:
+        word, own = " and ", _P_AND
+    else:
+        word, own = " or ", _P_OR
+    paren = _open(prec, own, out)
+    level = own
+    for i, value in enumerate(node.values):
+        if i:
+            out.append(word)
+        level = min(level + 1, _P_ATOM)  # each operand one level up (ast's `increasing_level_traverse`)
+        _write(value, level, out)
+    if paren:
+        out.append(")")
+
+
+def _subscript(node, prec, out) -> None:
+    _write(node.value, _P_ATOM, out)
+    out.append("[")
+    index = node.slice
+    if type(index) is ast.Tuple and index.elts:
+        _items(index.elts, out)
+    else:
+        _write(index, _P_TEST, out)
+    out.append("]")
+
+
+def _tuple(node, prec, out) -> None:
+    parens = not node.elts or prec > _P_TUPLE
+    if parens:
+        out.append("(")
+    _items(node.elts, out)
+    if parens:
+        out.append(")")
+
+
+def _list(node, prec, out) -> None:
+    out.append("[")
+    for i, elt in enumerate(node.elts):
+        if i:
+            out.append(", ")
+        _write(elt, _P_TEST, out)
+    out.append("]")
+
+
+def _starred(node, prec, out) -> None:
+    out.append("*")
+    _write(node.value, _P_EXPR, out)
+
+
+def _ifexp(node, prec, out) -> None:
+    paren = _open(prec, _P_TEST, out)
+    _write(node.body, _P_OR, out)
+    out.append(" if ")
+    _write(node.test, _P_OR, out)
+    out.append(" else ")
+    _write(node.orelse, _P_TEST, out)
+    if paren:
+        out.append(")")
+
+
+def _slice(node, prec, out) -> None:
+    if node.lower:
+        _write(node.lower, _P_TEST, out)
+    out.append(":")
+    if node.upper:
+        _write(node.upper, _P_TEST, out)
+    if node.step:
+        out.append(":")
+        _write(node.step, _P_TEST, out)
+
+
+_WRITERS = {ast.Name: _name, ast.Attribute: _attribute, ast.Constant: _constant_node, ast.Call: _call,
+            ast.BinOp: _binop, ast.UnaryOp: _unaryop, ast.Compare: _compare, ast.BoolOp: _boolop,
+            ast.Subscript: _subscript, ast.Tuple: _tuple, ast.List: _list, ast.Starred: _starred,
+            ast.IfExp: _ifexp, ast.Slice: _slice}
 
 
 def _items(elts: list, out: list) -> None:

@@ -891,19 +891,11 @@ def _run(cr: CompiledRule, ctx: _PathCtx, anchor_pos: int, scope: _Scope, dbg: _
     trans = auto.transitions
     a = auto.anchor_index
     nodes = ctx.nodes
-    fired, windows = ctx.fired, ctx.windows
     tids = table.tids[ri] if table is not None and table.shared else None
     keys = table.keys[ri] if table is not None else tuple(t.test.anchor for t in trans)
     found = 0
     if trace is not None and rec is not None:
         rec = trace.recording(rec)
-
-    def report(k: int, pos: int, why: Fail, p: _Partial) -> None:
-        if rec is not None and why is not _NO_KEY:
-            # Near-miss mode: a node of the right kind failed pattern node k.
-            rec.event(cr, scope, nodes[anchor_pos], _at(p), k, 1, why, node=nodes[pos], stage="forward")
-        if dbg.line is not None and why is not _NO_KEY and dbg.at(nodes[pos]):
-            dbg.say(file, cr.name, f"pattern node {k} ({trans[k].test.describe()}) at path node {pos}: {why.reason}")
 
     def extend(k: int, prev: int, p: _Partial) -> Iterator[_Partial]:
         nonlocal found
@@ -913,18 +905,7 @@ def _run(cr: CompiledRule, ctx: _PathCtx, anchor_pos: int, scope: _Scope, dbg: _
             found += 1
             yield p
             return
-        if tids is None:
-            bound = _bound_names(p.env) if k > 0 else set()
-            window = _window(ctx, k, a, prev, anchor_pos, bound, keys[k])
-        else:
-            wkey = (k == a, k > a, prev, anchor_pos, id(p.env), keys[k])
-            got = windows.get(wkey)
-            if got is not None and got[0] is p.env:
-                bound, window = got[1], got[2]
-            else:
-                bound = _bound_names(p.env) if k > 0 else set()
-                window = _window(ctx, k, a, prev, anchor_pos, bound, keys[k])
-                windows[wkey] = (p.env, bound, window)  # (holds the env: its id stays its own)
+        bound, window = _window_of(ctx, k, a, prev, anchor_pos, p.env, keys[k], tids is not None)
         if window is None:
             return  # a skipped node before the anchor rebinds a name
         candidates, kill = window
@@ -941,22 +922,10 @@ def _run(cr: CompiledRule, ctx: _PathCtx, anchor_pos: int, scope: _Scope, dbg: _
             scope.fires += 1
             if scope.fires > scope.max_fires:
                 raise MatchBudget()
-            if tids is None:
-                res = _fire(trans[k], nodes[q], q, p.env, scope, ctx)
-            else:
-                # A fire is a function of the transition, the node, its position
-                # and the bindings so far, save for a rank proof (`_PathCtx.proofs`).
-                key = (tids[k], q, id(p.env))
-                hit = fired.get(key)
-                if hit is not None and hit[0] is p.env:
-                    res = hit[1]
-                else:
-                    proofs = ctx.proofs
-                    res = _fire(trans[k], nodes[q], q, p.env, scope, ctx)
-                    if ctx.proofs == proofs:
-                        fired[key] = (p.env, res)  # (holds the env: its id stays its own)
+            res = _fire_once(trans[k], None if tids is None else tids[k], nodes[q], q, p.env, scope, ctx)
             if isinstance(res, Fail):
-                report(k, q, res, p)
+                if res is not _NO_KEY:
+                    _report_fail(cr, scope, ctx, anchor_pos, k, q, res, p, rec, dbg, file)
             else:
                 env, extra = res
                 extras = dict(p.extras)
@@ -964,28 +933,9 @@ def _run(cr: CompiledRule, ctx: _PathCtx, anchor_pos: int, scope: _Scope, dbg: _
                     extras[k] = extra
                 yield from extend(k + 1, q, _Partial(p.positions + (q,), env, extras))
         if kill is not None:
-            q = kill
-            if watching(p, q):
-                dbg.say(file, cr.name, f"path node {q} (line {nodes[q].stmt.lines[0]}) writes "
-                        f"{sorted(ctx.writes[q] & bound)}, bound before: kills the partial match at pattern node {k}")
-            if rec is not None:
-                rec.event(cr, scope, nodes[anchor_pos], _at(p), k, 0.5,
-                          Fail("line {} writes {} again", nodes[q].stmt.lines[0],
-                               ", ".join(f"`{n}`" for n in sorted(ctx.writes[q] & bound))),
-                          node=nodes[q], stage="kill")
-            return
-        if k > a and watching(p, None):
-            dbg.say(file, cr.name, f"pattern node {k} ({trans[k].test.describe()}): no later node of the path matched")
-        if rec is not None and k > a:
-            rec.event(cr, scope, nodes[anchor_pos], _at(p), k, 0, None, stage="forward")
-
-    def _at(p: _Partial) -> tuple[Node, ...]:
-        return tuple(nodes[i] for i in p.positions)
-
-    def watching(p: _Partial, q: int | None) -> bool:
-        if dbg.line is None:
-            return False
-        return (q is not None and dbg.at(nodes[q])) or any(dbg.at(nodes[i]) for i in p.positions)
+            _report_kill(cr, scope, ctx, anchor_pos, k, kill, bound, p, rec, dbg, file)
+        elif k > a:
+            _report_end(cr, scope, ctx, anchor_pos, k, p, rec, dbg, file)
 
     try:
         yield from extend(0, -1, _Partial((), _NO_BINDINGS))
@@ -994,6 +944,83 @@ def _run(cr: CompiledRule, ctx: _PathCtx, anchor_pos: int, scope: _Scope, dbg: _
         # cycle that would keep this path's context alive until the next
         # full collection.  Cut it so that it is freed now.
         extend = None  # noqa: F841
+
+
+def _window_of(ctx: _PathCtx, k: int, a: int, prev: int, anchor_pos: int, env, key, memo: bool):
+    """(names bound so far, `_window`) for pattern node `k`; with `memo`,
+    remembered per path (`_PathCtx.windows`) for rules that share a prefix."""
+    if not memo:
+        bound = _bound_names(env) if k > 0 else set()
+        return bound, _window(ctx, k, a, prev, anchor_pos, bound, key)
+    wkey = (k == a, k > a, prev, anchor_pos, id(env), key)
+    got = ctx.windows.get(wkey)
+    if got is not None and got[0] is env:
+        return got[1], got[2]
+    bound = _bound_names(env) if k > 0 else set()
+    window = _window(ctx, k, a, prev, anchor_pos, bound, key)
+    ctx.windows[wkey] = (env, bound, window)  # (holds the env: its id stays its own)
+    return bound, window
+
+
+def _fire_once(tr, tid, node: Node, q: int, env, scope: _Scope, ctx: _PathCtx):
+    """`_fire`; with a transition id `tid`, remembered per path
+    (`_PathCtx.fired`): a fire is a function of the transition, the node,
+    its position and the bindings so far, save for a rank proof
+    (`_PathCtx.proofs`), which is never remembered."""
+    if tid is None:
+        return _fire(tr, node, q, env, scope, ctx)
+    key = (tid, q, id(env))
+    hit = ctx.fired.get(key)
+    if hit is not None and hit[0] is env:
+        return hit[1]
+    proofs = ctx.proofs
+    res = _fire(tr, node, q, env, scope, ctx)
+    if ctx.proofs == proofs:
+        ctx.fired[key] = (env, res)  # (holds the env: its id stays its own)
+    return res
+
+
+def _at(nodes, p: _Partial) -> tuple[Node, ...]:
+    return tuple(nodes[i] for i in p.positions)
+
+
+def _watching(dbg: _Debug, nodes, p: _Partial, q: int | None) -> bool:
+    if dbg.line is None:
+        return False
+    return (q is not None and dbg.at(nodes[q])) or any(dbg.at(nodes[i]) for i in p.positions)
+
+
+def _report_fail(cr, scope, ctx, anchor_pos, k, pos, why: Fail, p: _Partial, rec, dbg: _Debug, file) -> None:
+    """A node of the right kind failed pattern node `k` (near misses, debug)."""
+    nodes = ctx.nodes
+    if rec is not None:
+        rec.event(cr, scope, nodes[anchor_pos], _at(nodes, p), k, 1, why, node=nodes[pos], stage="forward")
+    if dbg.line is not None and dbg.at(nodes[pos]):
+        dbg.say(file, cr.name, f"pattern node {k} ({cr.forward.transitions[k].test.describe()}) at path node {pos}: "
+                f"{why.reason}")
+
+
+def _report_kill(cr, scope, ctx, anchor_pos, k, q, bound, p: _Partial, rec, dbg: _Debug, file) -> None:
+    """Path node `q` writes a name bound before: the partial match ends."""
+    nodes = ctx.nodes
+    if _watching(dbg, nodes, p, q):
+        dbg.say(file, cr.name, f"path node {q} (line {nodes[q].stmt.lines[0]}) writes "
+                f"{sorted(ctx.writes[q] & bound)}, bound before: kills the partial match at pattern node {k}")
+    if rec is not None:
+        rec.event(cr, scope, nodes[anchor_pos], _at(nodes, p), k, 0.5,
+                  Fail("line {} writes {} again", nodes[q].stmt.lines[0],
+                       ", ".join(f"`{n}`" for n in sorted(ctx.writes[q] & bound))),
+                  node=nodes[q], stage="kill")
+
+
+def _report_end(cr, scope, ctx, anchor_pos, k, p: _Partial, rec, dbg: _Debug, file) -> None:
+    """No later node of the path matched pattern node `k`."""
+    nodes = ctx.nodes
+    if _watching(dbg, nodes, p, None):
+        dbg.say(file, cr.name, f"pattern node {k} ({cr.forward.transitions[k].test.describe()}): "
+                "no later node of the path matched")
+    if rec is not None:
+        rec.event(cr, scope, nodes[anchor_pos], _at(nodes, p), k, 0, None, stage="forward")
 
 
 # ---------------------------------------------------------------------------
