@@ -50,9 +50,30 @@ any astroid exception, the answer is None (unresolved).
 from __future__ import annotations
 
 import ast
+import gc
 import time
 
 from .names import Resolver, Scope, resolve_relative
+
+_GC = [0.0, 0.0]  # CPU seconds spent in the cyclic collector so far; start of the current pass
+
+
+def _gc_clock(phase: str, info: dict) -> None:
+    if phase == "start":
+        _GC[1] = time.process_time()
+    else:
+        _GC[0] += time.process_time() - _GC[1]
+
+
+gc.callbacks.append(_gc_clock)
+
+
+def _clock() -> float:
+    """This process's CPU seconds less those of the cyclic garbage collector:
+    a full pass over a large heap (packs loaded, earlier files) falls where it
+    falls and must not eat the budget of the module it interrupts."""
+    return time.process_time() - _GC[0]
+
 
 TIME_BUDGET = 2.0  # CPU seconds of astroid work per analyzed module (CPU, not wall: a loaded machine must not change results)
 MAX_DEPTH = 24
@@ -90,17 +111,20 @@ class Inferrer:
             return self._module
         global PARSES
         PARSES += 1
-        start = time.process_time()
-        try:
-            import astroid
-            from astroid import nodes
+        # imported before the clock starts: the first module of a process
+        # must not pay astroid's import out of its budget (answers would
+        # depend on which module came first)
+        import astroid
+        from astroid import nodes
+        from astroid.builder import AstroidBuilder
 
+        start = _clock()
+        try:
             modname = self.scope.module
             # Only the tree: astroid.parse() would also run the transforms and
             # the post-build pass (instance attributes), both of which infer
             # class bases and so load the imported libraries (torch) into
             # astroid's cache.  `_data_build` does neither, nor caches.
-            from astroid.builder import AstroidBuilder
             builder = AstroidBuilder(astroid.MANAGER, apply_transforms=False)
             module, rebuilder = builder._data_build(self.source, modname, self.scope.path)
             # the one post-build step needed: `from x import y` names into locals
@@ -116,7 +140,7 @@ class Inferrer:
         except Exception as exc:  # any astroid failure: unresolved
             self._failed = True
             self.error = f"{type(exc).__name__}: {exc}"
-        self._spent += time.process_time() - start
+        self._spent += _clock() - start
         return self._module
 
     def _node_for(self, expr: ast.expr):
@@ -136,7 +160,7 @@ class Inferrer:
             return None
         if self._astroid() is None:
             return None
-        start = time.process_time()
+        start = _clock()
         self._deadline = start + (TIME_BUDGET - self._spent)
         try:
             if (isinstance(expr, ast.Attribute) and isinstance(expr.value, ast.Name)
@@ -158,7 +182,7 @@ class Inferrer:
             self.error = f"{type(exc).__name__}: {exc}"
             return None
         finally:
-            self._spent += time.process_time() - start
+            self._spent += _clock() - start
 
     # -- class attributes -----------------------------------------------------------
 
@@ -205,7 +229,7 @@ class Inferrer:
 
     def _eval(self, node, depth: int) -> str | None:
         """Dotted composition that an astroid (or ('ifexp', ast)) node denotes."""
-        if depth > MAX_DEPTH or time.process_time() > self._deadline:
+        if depth > MAX_DEPTH or _clock() > self._deadline:
             raise _Unknown
         from astroid import nodes
 
