@@ -16,6 +16,7 @@ from functools import lru_cache
 
 from .model import Value
 from .names import dotted
+from .nodememo import NodeMemo
 from .nodetext import node_text, unparse
 
 
@@ -46,7 +47,7 @@ def is_literal(expr: ast.expr) -> bool:
         return False
 
 
-_VALUES: dict[int, tuple] = {}
+_VALUES = NodeMemo()
 
 
 def value_of(expr: ast.expr) -> Value:
@@ -60,17 +61,15 @@ def value_of(expr: ast.expr) -> Value:
         parts = dotted(expr)
         if parts is not None:
             return Value(".".join(parts), "attr")
-    known = _VALUES.get(id(expr))
-    if known is not None and known[0] is expr:
-        return known[1]
-    if len(_VALUES) > 50000:
-        _VALUES.clear()
+    known = _VALUES.get(expr)
+    if known is not None:
+        return known
     text = node_text(expr)
     try:
         value = Value(text, "const", literal(expr))
     except ValueError:
         value = Value(text, "expr")
-    _VALUES[id(expr)] = (expr, value)
+    _VALUES.put(expr, value)
     return value
 
 
@@ -191,7 +190,7 @@ def target_reads(target: ast.AST) -> set[str]:
         return out
     return set()
 
-_SCANS: dict = {}
+_SCANS = NodeMemo()
 
 
 def local_names(fn: ast.FunctionDef) -> frozenset[str]:
@@ -202,11 +201,9 @@ def local_names(fn: ast.FunctionDef) -> frozenset[str]:
 def scan(fn: ast.FunctionDef) -> tuple[frozenset[str], tuple]:
     """One walk of a function: (its local names, its `self.<attr>` uses as
     (attr, lines, kind) with kind call/read/store).  Cached per node."""
-    cached = _SCANS.get(id(fn))
-    if cached is not None and cached[0] is fn:
-        return cached[1]
-    if len(_SCANS) > 50000:
-        _SCANS.clear()
+    cached = _SCANS.get(fn)
+    if cached is not None:
+        return cached
     args = fn.args
     names = {a.arg for a in args.posonlyargs + args.args + args.kwonlyargs}
     if args.vararg:
@@ -264,7 +261,7 @@ def scan(fn: ast.FunctionDef) -> tuple[frozenset[str], tuple]:
             elif isinstance(value, ast.AST):
                 stack.append((value, own))
     result = (frozenset(names), tuple(uses))
-    _SCANS[id(fn)] = (fn, result)
+    _SCANS.put(fn, result)
     return result
 
 

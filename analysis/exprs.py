@@ -22,6 +22,7 @@ from .context import FileContext
 from .defuse import is_literal, reads_of, source_span, value_of
 from .model import Node, StmtRef, Value
 from .names import dotted
+from .nodememo import NodeMemo
 from .nodetext import node_text
 from .pathstate import Frame
 
@@ -296,7 +297,7 @@ class Expressions:
         return self._emit(e, node, frame, actions, outputs, top)
 
 
-_SOFTMAX_CASTS: dict = {}
+_SOFTMAX_CASTS = NodeMemo(limit=4096)
 
 
 def softmax_casts(fn: ast.AST) -> frozenset:
@@ -308,10 +309,9 @@ def softmax_casts(fn: ast.AST) -> frozenset:
 
     (GPT-Neo's and Bark's eager attention): recorded as `torch.Tensor.to`
     nodes, as `F.softmax(...).to(...)` is.  Memoised per function object."""
-    key = id(fn)
-    hit = _SOFTMAX_CASTS.get(key)
-    if hit is not None and hit[0] is fn:
-        return hit[1]
+    hit = _SOFTMAX_CASTS.get(fn)
+    if hit is not None:
+        return hit
     out = set()
     # statement lists hold only statements, handlers and match cases (an
     # expression's `body` is an expression): walking them reaches every block
@@ -333,10 +333,8 @@ def softmax_casts(fn: ast.AST) -> frozenset:
                 if (isinstance(v, ast.Call) and isinstance(v.func, ast.Attribute) and v.func.attr in _SOFTMAX_CAST_METHODS
                         and isinstance(v.func.value, ast.Name) and v.func.value.id == name):
                     out.add(id(v))
-    if len(_SOFTMAX_CASTS) > 4096:
-        _SOFTMAX_CASTS.clear()
     res = frozenset(out)
-    _SOFTMAX_CASTS[key] = (fn, res)
+    _SOFTMAX_CASTS.put(fn, res)
     return res
 
 

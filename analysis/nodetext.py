@@ -19,6 +19,8 @@ from __future__ import annotations
 import ast
 import sys
 
+from .nodememo import NodeMemo
+
 # ast._Precedence's values (an operand gets parentheses when the precedence
 # its parent asks for is above its operator's)
 _P_TUPLE, _P_TEST, _P_OR, _P_AND, _P_NOT, _P_CMP, _P_EXPR = 2, 4, 5, 6, 7, 8, 9
@@ -52,19 +54,16 @@ def unparse(node: ast.AST) -> str:
     return "".join(out)
 
 
-_TEXTS: dict[int, tuple] = {}
+_TEXTS = NodeMemo()
 
 
 def node_text(node: ast.AST) -> str:
     """`ast.unparse(node)`, remembered per node: by identity, the node kept
     with its text (a tree the analysis reads is never changed)."""
-    known = _TEXTS.get(id(node))
-    if known is not None and known[0] is node:
-        return known[1]
-    if len(_TEXTS) > 50000:
-        _TEXTS.clear()
-    text = unparse(node)
-    _TEXTS[id(node)] = (node, text)
+    text = _TEXTS.get(node)
+    if text is None:
+        text = unparse(node)
+        _TEXTS.put(node, text)
     return text
 
 

@@ -123,7 +123,7 @@ def test_node_text_is_per_node():
     tree = ast.parse("f(a + b)\nf(a + b)\n")
     first, second = (stmt.value.args[0] for stmt in tree.body)
     assert node_text(first) == node_text(second) == "a + b"
-    assert nodetext._TEXTS[id(first)][0] is first  # kept with its text: the id cannot be reused meanwhile
+    assert nodetext._TEXTS._known[id(first)][0] is first  # kept with its text: the id cannot be reused meanwhile
     other = ast.parse("c * d", mode="eval").body
-    nodetext._TEXTS[id(other)] = (first, "stale")  # an id whose node is not this one
+    nodetext._TEXTS._known[id(other)] = (first, "stale")  # an id whose node is not this one
     assert node_text(other) == "c * d"
