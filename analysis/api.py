@@ -135,6 +135,7 @@ def analyze_source(
     max_paths: int | None = None,
     optional_ifs=frozenset(),
     compute: bool = True,
+    needs=None,
     _modules: dict | None = None,
     _consulted: set | None = None,
 ) -> FileFacts:
@@ -170,12 +171,13 @@ def analyze_source(
         tree_root = root if root is not None else tree_root_for(path, module)
         resolver = Resolver(tree_root, _modules)
         resolver.register(scope, tree)
-        options = Options(inline=inline, flatten=flatten, optional_ifs=frozenset(optional_ifs), compute=compute)
+        options = Options(inline=inline, flatten=flatten, optional_ifs=frozenset(optional_ifs), compute=compute,
+                          needs=tuple(sorted(needs, key=sorted)) if needs is not None else None)
         if max_paths is not None:
             options.max_paths = max_paths
         extractor = Extractor(tree, scope, resolver, options, source=source)
         classes, functions = extractor.run()
-        classes = scalars.annotate(tree, scope, classes)
+        classes = scalars.annotate(tree, scope, classes, frozenset(extractor.gated))
         imports = []
         for name, bindings in scope.names.items():
             if len(bindings) == 1 and bindings[0].kind == "import":
@@ -382,6 +384,7 @@ def analyze_paths(
     optional_ifs=frozenset(),
     compute: bool = True,
     lazy: bool = False,
+    needs=None,
 ) -> list[FileFacts]:
     """Facts for many files, in the order given (see the module docstring).
 
@@ -402,14 +405,14 @@ def analyze_paths(
     gc.disable()  # unpickling and building many small objects: no cyclic garbage here
     try:
         return _analyze_paths(paths, root, jobs, cache_dir, want, inline, flatten, deps_out, optional_ifs, compute,
-                              lazy)
+                              lazy, needs)
     finally:
         if enabled:
             gc.enable()
 
 
 def _analyze_paths(paths, root, jobs, cache_dir, want, inline, flatten, deps_out=None,
-                   optional_ifs=frozenset(), compute=True, lazy=False) -> list[FileFacts]:
+                   optional_ifs=frozenset(), compute=True, lazy=False, needs=None) -> list[FileFacts]:
     paths = [str(p) for p in paths]
     kwargs = {"want": want, "inline": inline, "flatten": flatten}
     options: tuple = (root and os.path.abspath(root), sorted(want) if want is not None else None, inline, flatten)
@@ -419,6 +422,9 @@ def _analyze_paths(paths, root, jobs, cache_dir, want, inline, flatten, deps_out
     if not compute:  # facts without class graphs: a key of their own
         kwargs["compute"] = False
         options += ("no_compute",)
+    if needs is not None:  # the class pre-filter's rules: a key of their own
+        kwargs["needs"] = needs = tuple(sorted(needs, key=sorted))
+        options += ("needs", tuple(tuple(sorted(n)) for n in needs))
     results: list[FileFacts | None] = [None] * len(paths)
     keys: list[str | None] = [None] * len(paths)
     contents: list[str | None] = [None] * len(paths)

@@ -53,6 +53,9 @@ class Options:
     # Build each class's forward graph (`ClassFacts.compute`): only class rules
     # read it, so a run without them skips the work.
     compute: bool = True
+    # The class pre-filter (`classgate.py`): per rule, the names it needs;
+    # None: every class's paths are enumerated.
+    needs: tuple | None = None
     max_paths: int = MAX_PATHS
     # budgets (None: the module's MAX_* value at the time of use)
     max_work: int | None = None

@@ -77,6 +77,7 @@ import ast
 
 from .budget import MAX_NESTED_CLASS_DEPTH, Options
 from .classes import ClassInfo, top_level
+from .classgate import ClassGate
 from .classify import Classifier
 from .compute import forward_compute
 from .context import FileContext
@@ -98,6 +99,8 @@ class Extractor:
         self.kinds = Classifier(self.ctx)
         self.init = InitBindings(self.ctx)
         self.paths = PathBuilder(self.ctx, self.kinds)
+        self.gate = ClassGate(self.ctx, options.needs) if options.needs is not None else None
+        self.gated: list[str] = []  # qualnames of the classes the gate left without paths
 
     def run(self) -> tuple[list[ClassFacts], list[tuple[str, tuple[Path, ...]]]]:
         classes, functions = [], []
@@ -154,6 +157,14 @@ class Extractor:
             self.ctx.init_types.setdefault(binding.attr, []).append(binding)
         paths: tuple[Path, ...] = ()
         other = []
+        uses = self.attr_uses(info)
+        node = info.node
+        if self.gate is not None and not self.gate.passes(info, init):
+            # no rule can match this class (`classgate.py`): its facts without paths
+            self.gated.append(info.qualname)
+            return ClassFacts(name=info.name, qualname=info.qualname, lines=(node.lineno, node.end_lineno or node.lineno),
+                              bases=info.bases, init=tuple(init), paths=(), methods=tuple(info.methods), attr_uses=uses,
+                              compute=self._compute(info))
         found = self.ctx.find_method("forward")
         if found is not None:
             fn, owner = found
@@ -165,13 +176,7 @@ class Extractor:
             if not self.kinds.fn_has_dl(fn, info, Frame(name, info.qualname, fn, local_names(fn), scope=info.scope)):
                 continue
             other.append((name, self.paths.function_paths(fn, info.qualname, info)))
-        uses = self.attr_uses(info)
-        node = info.node
-        compute = None
-        if "forward" in info.methods and self.ctx.options.compute:
-            # the whole data flow of a forward defined by this class (class rules)
-            compute = forward_compute(info.methods["forward"],
-                                      lambda parts: self.ctx.resolve(parts, scope=info.scope))
+        compute = self._compute(info)
         return ClassFacts(
             name=info.name,
             qualname=info.qualname,
@@ -184,6 +189,12 @@ class Extractor:
             other_paths=tuple(other),
             compute=compute,
         )
+
+    def _compute(self, info: ClassInfo):
+        """The whole data flow of a forward defined by this class (class rules), or None."""
+        if "forward" not in info.methods or not self.ctx.options.compute:
+            return None
+        return forward_compute(info.methods["forward"], lambda parts: self.ctx.resolve(parts, scope=info.scope))
 
     def attr_uses(self, info: ClassInfo) -> tuple[AttrUse, ...]:
         out = []

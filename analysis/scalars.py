@@ -63,15 +63,20 @@ _TENSOR_WORDS = ("Tensor", "torch", "ndarray", "array", "Parameter", "Module")
 _NUMBER_TYPES = frozenset({"int", "float", "bool", "None", "Optional", "Union"})
 
 
-def annotate(tree: ast.Module, scope, classes: list) -> list:
-    """`classes` (ClassFacts of `tree`) with `scalars` filled in."""
-    wanted = {b.attr for c in classes for b in c.init if b.kind in ("other", "call")}
+def annotate(tree: ast.Module, scope, classes: list, skip: frozenset[str] = frozenset()) -> list:
+    """`classes` (ClassFacts of `tree`) with `scalars` filled in, but for the
+    classes named in `skip` (qualnames: those the class pre-filter left
+    without paths, which no rule reads)."""
+    wanted = {b.attr for c in classes if c.qualname not in skip for b in c.init if b.kind in ("other", "call")}
     if not wanted:
         return classes
     scan = _FileScan(tree, scope)
     local = {f"{scan.module}.{q}": q for q in scan.bases}
     out = []
     for c in classes:
+        if c.qualname in skip:
+            out.append(c)
+            continue
         attrs = {b.attr for b in c.init if b.kind in ("other", "call")}
         family = scan.family(local.get(c.qualname))
         proven = frozenset(

@@ -250,6 +250,9 @@ class Compiled:
     optional_ifs: frozenset = frozenset()
     # whether some rule is a class rule (it reads the analysis' forward graphs)
     class_rules: bool = True
+    # the class pre-filter (`dslc.analysis.classgate`): the names each rule
+    # needs, minimal sets only; None when some rule needs no name
+    needs: frozenset | None = None
 
 
 def compile_packs(packs: Sequence, done: dict | None = None) -> Compiled:
@@ -269,15 +272,33 @@ def compile_packs(packs: Sequence, done: dict | None = None) -> Compiled:
     want = frozenset().union(*(c.anchor_names() for c in compiled))
     optional_ifs = optional_updates(getattr(cp, "rules", ()) for cp in compiled)
     class_rules = any(getattr(r, "klass", None) is not None for p in packs for r in p.rules)
-    return Compiled(list(packs), compiled, want, _rule_index(packs), optional_ifs, class_rules)
+    return Compiled(list(packs), compiled, want, _rule_index(packs), optional_ifs, class_rules, _needs(compiled))
+
+
+def _needs(compiled) -> frozenset | None:
+    """Per compiled rule (absent variants included), the names it needs
+    (`CompiledRule.names`), less the sets that hold another one: a class whose
+    names include none of them cannot match (`dslc.analysis.classgate`).
+    Class rules are left out: they match the forward graph
+    (`ClassFacts.compute`), which the gate does not skip, and their names are
+    init types they report as a refusal when absent.  None when some rule
+    needs no name at all, or every rule is a class rule."""
+    sets = {frozenset(r.names) for c in compiled for r in getattr(c, "rules", ())
+            if getattr(getattr(r, "rule", None), "klass", None) is None}
+    if not sets or frozenset() in sets:
+        return None
+    return frozenset(s for s in sets if not any(o < s for o in sets))
 
 
 def _rule_index(packs) -> dict[str, object]:
     return {r.qualified_name: r for p in packs for r in p.rules}
 
 
-def _analysis_kwargs(options: ApplyOptions, want, optional_ifs=frozenset(), class_rules=True) -> dict:
+def _analysis_kwargs(options: ApplyOptions, want, optional_ifs=frozenset(), class_rules=True, needs=None) -> dict:
     kw: dict = {"root": options.root, "want": want}
+    if needs is not None and not options.near_misses:
+        # the class pre-filter; a near-miss report explains classes no rule matched, so it needs them all
+        kw["needs"] = needs
     if optional_ifs:
         kw["optional_ifs"] = frozenset(optional_ifs)
     if not class_rules:
@@ -905,7 +926,7 @@ def _run_chunk_kept(items, compiled=None, options=None) -> list[tuple[int, FileR
     """
     compiled = compiled or _WORKER["compiled"]
     options = options or _WORKER["options"]
-    kw = _analysis_kwargs(options, compiled.want, compiled.optional_ifs, compiled.class_rules)
+    kw = _analysis_kwargs(options, compiled.want, compiled.optional_ifs, compiled.class_rules, compiled.needs)
     cache = _result_cache(compiled, options)
     out: list[tuple[int, FileResult]] = []
     keys: dict[int, tuple[str, str]] = {}
