@@ -43,55 +43,37 @@ import ast
 import re
 
 from .classes import ClassInfo, top_level
-from .nodememo import NodeMemo
 
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+_DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
+# a comment or a string literal (any prefix, triple-quoted or not; escapes honoured)
+_NOISE = re.compile(r"""#[^\n]*|[rRbBuUfF]{0,2}(?:'''(?:[^'\\]|\\.|'(?!''))*'''|\"\"\"(?:[^"\\]|\\.|"(?!""))*\"\"\"|"""
+                    r"""'(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*")""", re.S)
 
-# id(node) -> (the identifiers in it, whether it holds an import)
-_WORDS = NodeMemo(limit=20000)
+
+def _blank(m: re.Match) -> str:
+    """A comment goes; a string keeps its line breaks only, unless it spells a
+    dotted name (`getattr(F, "softmax")`: its words stay) or is an f-string
+    (code inside)."""
+    text = m.group()
+    if text[0] == "#":
+        return ""
+    body = text.lstrip("rRbBuUfF")
+    if "f" in text[: len(text) - len(body)].lower():
+        return text
+    quote = 3 if body[:3] in ("\'\'\'", '\"\"\"') else 1
+    inner = body[quote:-quote]
+    if _DOTTED.fullmatch(inner):
+        return " " + inner.replace(".", " ") + " "
+    return "\n" * text.count("\n")
 
 
-def node_words(node: ast.AST) -> tuple[frozenset[str], bool]:
-    """The identifiers anywhere in `node` (see the module docstring), and
-    whether it holds an `import` statement."""
-    known = _WORDS.get(node)
-    if known is not None:
-        return known
-    out: set[str] = set()
-    imports = False
-    stack = [node]
-    while stack:
-        n = stack.pop()
-        cls = type(n)
-        if cls is ast.Name:
-            out.add(n.id)
-            continue
-        if cls is ast.Attribute:
-            out.add(n.attr)
-        elif cls is ast.Constant:
-            if type(n.value) is str and _DOTTED.fullmatch(n.value):
-                out.update(n.value.split("."))
-            continue
-        elif cls in (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef):
-            out.add(n.name)
-        elif cls is ast.arg:
-            out.add(n.arg)
-        elif cls is ast.keyword:
-            if n.arg:
-                out.add(n.arg)
-        elif cls is ast.alias:
-            out.update(n.name.split("."))
-            if n.asname:
-                out.add(n.asname)
-        elif cls in (ast.Import, ast.ImportFrom):
-            imports = True
-            if cls is ast.ImportFrom and n.module:
-                out.update(n.module.split("."))
-        stack.extend(ast.iter_child_nodes(n))
-    found = (frozenset(out), imports)
-    _WORDS.put(node, found)
-    return found
+def code_lines(source: str) -> list[str]:
+    """The lines of `source` with comments and string literals blanked
+    (`_blank`): the same line count, so a node's lines are where they were."""
+    if "\r" in source:  # the line breaks Python's tokenizer counts
+        source = source.replace("\r\n", "\n").replace("\r", "\n")
+    return _NOISE.sub(_blank, source).split("\n")
 
 
 class ClassGate:
@@ -100,12 +82,14 @@ class ClassGate:
     def __init__(self, ctx, needs: tuple[frozenset[str], ...]):
         self.ctx = ctx
         self.needs = needs
+        self._lines: list[str] | None = None
+        self._words: dict[int, frozenset[str]] = {}  # id(node of this module) -> its words
         self._defs: dict[str, list[ast.stmt]] | None = None  # module-level name -> the statements binding it
         self._closure: dict[str, frozenset[str]] = {}  # name -> the words its definitions bring in
         self._resolved: dict[str, frozenset[str]] = {}
 
     def passes(self, info: ClassInfo, init) -> bool:
-        if not self.needs:
+        if not self.needs or self.ctx.source is None:
             return True
         found = self.ctx.find_method("forward")
         if found is not None and found[1].scope is not self.ctx.scope:
@@ -114,8 +98,8 @@ class ClassGate:
         for c in self.ctx.classes.mro(info):
             if c.scope is not self.ctx.scope:
                 continue  # its methods are not inlined: a call of one is a node named after it
-            own, imports = node_words(c.node)
-            if imports:
+            own = self.words(c.node)
+            if "import" in own:
                 return True  # a local import: its names may resolve to anything
             words |= own
         for w in list(words):
@@ -124,6 +108,18 @@ class ClassGate:
             if b.type:
                 words.add(b.type.rsplit(".", 1)[-1])
         return any(need <= words for need in self.needs)
+
+    def words(self, node: ast.stmt) -> frozenset[str]:
+        """The identifiers of the lines of `node` (a statement of this module),
+        decorators included, comments and strings left out (`code_lines`)."""
+        found = self._words.get(id(node))
+        if found is None:
+            if self._lines is None:
+                self._lines = code_lines(self.ctx.source)
+            start = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", ())]) - 1
+            text = "\n".join(self._lines[start:node.end_lineno or node.lineno])
+            found = self._words[id(node)] = frozenset(_WORD.findall(text))
+        return found
 
     def _brought(self, name: str) -> frozenset[str]:
         """What module-level name `name` brings in: the words of the
@@ -141,7 +137,7 @@ class ClassGate:
             out.add(w)
             out |= self._resolve(w, scope)
             for stmt in defs.get(w, ()):
-                for v in node_words(stmt)[0]:
+                for v in self.words(stmt):
                     if v not in seen:
                         seen.add(v)
                         todo.append(v)

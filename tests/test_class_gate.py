@@ -4,12 +4,14 @@ is analysed as before, however its calls reach the names the rule needs."""
 
 from __future__ import annotations
 
+import ast
 import json
 import textwrap
 from pathlib import Path
 
 import pytest
 
+from dslc.analysis import classgate
 from dslc.analysis.api import analyze_source
 from dslc.apply import driver
 from dslc.apply import report as rep
@@ -196,3 +198,34 @@ def test_apply_reports_the_same_with_and_without_the_gate(tree, monkeypatch, pac
         found = json.loads(gated[0])["matches"]
         assert {m["class"] for m in found if m["file"].endswith("model.py")} >= {"Direct", "ViaAlias", "ViaImported",
                                                                                  "ViaHelper"}
+
+
+def _identifiers_by_line(tree):
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Name):
+            yield n.lineno, n.id
+        elif isinstance(n, ast.Attribute):
+            yield n.end_lineno, n.attr
+        elif isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            yield n.lineno, n.name
+        elif isinstance(n, ast.keyword) and n.arg:
+            yield n.lineno, n.arg
+
+
+def test_code_lines_keep_every_identifier_where_it_is():
+    """Blanking comments and strings keeps the line count and every name the
+    tree has on its line (all of dslc's sources and tests, and odd cases)."""
+    odd = ("x = 1  # softmax here\rs = 'a # not a comment'; t = r'\\\\'\r\n"
+           "d = '''doc\nwith ' and '' inside\n''' ; e = F.softmax\n"
+           "u = f\"{F.gelu(x)!r:>{w}}\" + b'x' + rb\"\\\"\" + 'torch.nn.functional.relu'\n"
+           "if\"a\" in s: k = 2\n")
+    sources = [odd] + [p.read_text() for d in ("dslc", "analysis", "tests") for p in sorted((REPO / d).rglob("*.py"))]
+    for text in sources:
+        tree = ast.parse(text)
+        lines = classgate.code_lines(text)
+        assert len(lines) == len(text.replace("\r\n", "\n").replace("\r", "\n").split("\n"))
+        for line, name in _identifiers_by_line(tree):
+            assert name in classgate._WORD.findall(lines[line - 1]), (name, line, lines[line - 1])
+    odd_lines = classgate.code_lines(odd)
+    assert "softmax" not in odd_lines[0] and "comment" not in odd_lines[1]
+    assert "gelu" in odd_lines[5] and "relu" in odd_lines[5] and "inside" not in "".join(odd_lines)
