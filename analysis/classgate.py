@@ -47,8 +47,9 @@ from .classes import ClassInfo, top_level
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
 # a comment or a string literal (any prefix, triple-quoted or not; escapes honoured)
-_NOISE = re.compile(r"""#[^\n]*|[rRbBuUfF]{0,2}(?:'''(?:[^'\\]|\\.|'(?!''))*'''|\"\"\"(?:[^"\\]|\\.|"(?!""))*\"\"\"|"""
-                    r"""'(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*")""", re.S)
+# (the lookahead makes the scan skip other characters fast)
+_NOISE = re.compile(r"""(?=[#'"rRbBuUfF])(?:#[^\n]*|[rRbBuUfF]{0,2}(?:'''(?:[^'\\]|\\.|'(?!''))*'''|"""
+                    r"""\"\"\"(?:[^"\\]|\\.|"(?!""))*\"\"\"|'(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*"))""", re.S)
 
 
 def _blank(m: re.Match) -> str:
@@ -84,8 +85,9 @@ class ClassGate:
         self.needs = needs
         self._lines: list[str] | None = None
         self._words: dict[int, frozenset[str]] = {}  # id(node of this module) -> its words
+        self._closed: dict[int, frozenset[str]] = {}  # id(class node) -> its words and what they bring in
         self._defs: dict[str, list[ast.stmt]] | None = None  # module-level name -> the statements binding it
-        self._closure: dict[str, frozenset[str]] = {}  # name -> the words its definitions bring in
+        self._imported: frozenset[str] = frozenset()  # module-level names an import (or a copy) binds
         self._resolved: dict[str, frozenset[str]] = {}
 
     def passes(self, info: ClassInfo, init) -> bool:
@@ -98,15 +100,15 @@ class ClassGate:
         for c in self.ctx.classes.mro(info):
             if c.scope is not self.ctx.scope:
                 continue  # its methods are not inlined: a call of one is a node named after it
-            own = self.words(c.node)
-            if "import" in own:
+            if "import" in self.words(c.node):
                 return True  # a local import: its names may resolve to anything
-            words |= own
-        for w in list(words):
-            words |= self._brought(w)
-        for b in init:
-            if b.type:
-                words.add(b.type.rsplit(".", 1)[-1])
+            words |= self._closure(c.node)
+        words.update(b.type.rsplit(".", 1)[-1] for b in init if b.type)
+        if any(need <= words for need in self.needs):
+            return True
+        # only now (most classes pass or fail without it): what imported names stand for
+        for name in words & self._imported:
+            words |= self._resolve(name)
         return any(need <= words for need in self.needs)
 
     def words(self, node: ast.stmt) -> frozenset[str]:
@@ -121,48 +123,48 @@ class ClassGate:
             found = self._words[id(node)] = frozenset(_WORD.findall(text))
         return found
 
-    def _brought(self, name: str) -> frozenset[str]:
-        """What module-level name `name` brings in: the words of the
-        statements that bind it and, transitively, of those binding the
-        names they mention; and what each of those names resolves to."""
-        known = self._closure.get(name)
-        if known is not None:
-            return known
-        defs = self._module_defs()
-        scope = self.ctx.scope
-        out: set[str] = set()
-        todo, seen = [name], {name}
-        while todo:
-            w = todo.pop()
-            out.add(w)
-            out |= self._resolve(w, scope)
-            for stmt in defs.get(w, ()):
-                for v in self.words(stmt):
-                    if v not in seen:
-                        seen.add(v)
-                        todo.append(v)
-        found = self._closure[name] = frozenset(out)
+    def _closure(self, node: ast.ClassDef) -> frozenset[str]:
+        """The words of class `node`, with those of the module-level
+        statements binding a name they mention, and so on."""
+        found = self._closed.get(id(node))
+        if found is None:
+            defs = self._module_defs()
+            out = set(self.words(node))
+            todo = list(out & defs.keys())
+            seen = set(todo)
+            while todo:
+                for stmt in defs[todo.pop()]:
+                    more = self.words(stmt)
+                    out |= more
+                    for name in more & defs.keys():
+                        if name not in seen:
+                            seen.add(name)
+                            todo.append(name)
+            found = self._closed[id(node)] = frozenset(out)
         return found
 
     def _module_defs(self) -> dict[str, list[ast.stmt]]:
         if self._defs is None:
             defs: dict[str, list[ast.stmt]] = {}
+            imported = set(self.ctx.scope.copies)
             for stmt in top_level(self.ctx.tree.body):
                 if isinstance(stmt, ast.ClassDef):
                     continue  # a class is a node only as a layer's type (init bindings)
                 for name in _bound(stmt):
                     defs.setdefault(name, []).append(stmt)
+                    if isinstance(stmt, (ast.Import, ast.ImportFrom)):
+                        imported.add(name)
             self._defs = defs
+            self._imported = frozenset(imported)
         return self._defs
 
-    def _resolve(self, name: str, scope) -> frozenset[str]:
-        """The last components of what module-level `name` resolves to (its
-        import followed through the tree) and of the library function a
-        local copy of it stands for."""
-        if name not in scope.names and name not in scope.copies:
-            return frozenset()
+    def _resolve(self, name: str) -> frozenset[str]:
+        """The last components of what imported `name` resolves to (followed
+        through the tree: an alias imported from another module) and of the
+        library function a local copy of it stands for."""
         found = self._resolved.get(name)
         if found is None:
+            scope = self.ctx.scope
             got: set[str] = set()
             try:
                 qual = self.ctx.resolve([name], scope=scope)
