@@ -1510,6 +1510,15 @@ def _match_paths_run(compiled: CompiledPack, scope: _Scope, paths, file: str, db
     replayed there: the same events, partial matches and fired transitions
     (counted against the budget as if run), not run again."""
     table = _rules(compiled)
+    # a rule whose names the scope does not all hold cannot match there (`_scope_names`);
+    # near misses and the debug log want every attempt, so they run them all
+    fits = None
+    if rec is None and dbg.line is None:
+        have = _scope_names(scope, paths)
+        fits = [cr.names <= have and (scope.class_scoped or not table.class_scoped[r])
+                for r, cr in enumerate(compiled.rules)]
+        if not any(fits):
+            return  # no rule of the pack can match here: its paths are not walked
     # a node's index keys -> the rules anchored there that apply to the scope, in order
     by_keys: dict[frozenset, list[int]] = {}
     prefixes = _Prefixes()
@@ -1530,7 +1539,8 @@ def _match_paths_run(compiled: CompiledPack, scope: _Scope, paths, file: str, db
             cands = by_keys.get(ctx.keys[pos])
             if cands is None:
                 cands = by_keys[ctx.keys[pos]] = [r for r in sorted(_anchored(compiled, ctx.keys[pos]))
-                                                  if scope.class_scoped or not table.class_scoped[r]]
+                                                  if (fits[r] if fits is not None else
+                                                      scope.class_scoped or not table.class_scoped[r])]
             if dbg.line is not None and dbg.at(node):
                 names = ", ".join(compiled.rules[r].name for r in cands) or "no rule"
                 dbg.say(file, "-", f"path {pi} node {pos} ({node.kind} {node.type or node.op or ''}) keys {sorted(ctx.keys[pos])}: anchors {names}")
@@ -1562,6 +1572,31 @@ def _match_paths_run(compiled: CompiledPack, scope: _Scope, paths, file: str, db
                 trace.fires = scope.fires - fires
                 if trace.hi < len(ids) and ctx.proofs == proofs:
                     done.setdefault((r, pos), {}).setdefault(trace.hi, {})[ids[trace.hi]] = trace
+
+
+def _scope_names(scope: _Scope, paths) -> frozenset[str]:
+    """The last name components a transition of a rule can fire on in this
+    scope (`CompiledRule.names` are the rule's): the types and unresolved
+    spellings of its path nodes and of every init binding (a layer test
+    passes on a binding's type; a sequence's elements are bindings)."""
+    out: set[str] = set()
+    for bindings in scope.init_by_attr.values():
+        for b in bindings:
+            if b.type:
+                out.add(b.type.rsplit(".", 1)[-1])
+            if b.unresolved:
+                out.add(b.unresolved.rsplit(".", 1)[-1])
+    seen: set[int] = set()
+    for path in paths:
+        for node in path.nodes:
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            if node.type:
+                out.add(node.type.rsplit(".", 1)[-1])
+            if node.unresolved:
+                out.add(node.unresolved.rsplit(".", 1)[-1])
+    return frozenset(out)
 
 
 def _anchored(compiled: CompiledPack, keys: frozenset) -> list[int]:
