@@ -229,3 +229,51 @@ def test_code_lines_keep_every_identifier_where_it_is():
     odd_lines = classgate.code_lines(odd)
     assert "softmax" not in odd_lines[0] and "comment" not in odd_lines[1]
     assert "gelu" in odd_lines[5] and "relu" in odd_lines[5] and "inside" not in "".join(odd_lines)
+
+
+# --- the matcher's per-scope filter (`matcher._scope_names`) ---------------
+
+DLN_ONLY = """\
+import torch
+from torch import nn
+
+
+class OnlyDropout(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.dropout = nn.Dropout(0.1)
+        self.proj = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.proj(self.dropout(x))
+"""
+
+
+def test_a_rule_missing_a_name_is_not_run_unless_near_misses_are_asked():
+    from dslc.match import matcher
+
+    compiled = driver.compile_packs(load_rules([str(REPO / "rulepacks" / "adopter.adr")]).packs).compiled[0]
+    facts = analyze_source(DLN_ONLY, "m.py")
+    stats: dict = {}
+    assert matcher.match_file(compiled, facts, stats=stats) == [] and stats.get("attempts", 0) == 0
+
+    class Rec:
+        def event(self, *a, **k):
+            pass
+
+    asked: dict = {}
+    matcher.match_file(compiled, facts, stats=asked, recorder=Rec())
+    assert asked["attempts"] > 0  # dropout_layernorm starts at the Dropout (and dies without a LayerNorm)
+
+
+@pytest.mark.parametrize("pack", ["adopter", "sdpa", "liger"])
+def test_the_matcher_filter_changes_no_result(tree, monkeypatch, pack):
+    from dslc.match import matcher
+
+    packs = load_rules([str(REPO / "rulepacks" / f"{pack}.adr")]).packs
+    files = [tree / "pkg" / "model.py", REPO / "examples" / "bert_self_output.py", REPO / "examples" / "tiny_llm.py",
+             REPO / "examples" / "dpt_preact_residual.py"]
+    filtered = _report(files, packs, monkeypatch, gate=False)
+    every = frozenset().union(*(r.names for c in driver.compile_packs(packs).compiled for r in c.rules))
+    monkeypatch.setattr(matcher, "_scope_names", lambda scope, paths: every)
+    assert _report(files, packs, monkeypatch, gate=False) == filtered
