@@ -81,7 +81,7 @@ from dslc import codes
 from dslc.match import ir, rows, signatures
 from dslc.analysis.model import ClassFacts, FileFacts, InitBinding, Node, Path, Value
 from dslc.analysis.scalars import MATH_FUNCTIONS
-from dslc.match.automaton import Action, InitTest, Transition
+from dslc.match.automaton import InitTest, Transition
 from dslc.match.compiler import CompiledPack, CompiledRule
 from dslc.match.optional import pair_guarded
 
