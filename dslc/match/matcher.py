@@ -1574,11 +1574,28 @@ def _match_paths_run(compiled: CompiledPack, scope: _Scope, paths, file: str, db
                     done.setdefault((r, pos), {}).setdefault(trace.hi, {})[ids[trace.hi]] = trace
 
 
+# (id(paths), id(class facts)) -> (paths, class facts, `_scope_names`): each
+# pack's matcher asks it of the same path sets
+_NAMES: dict[tuple[int, int], tuple] = {}
+
+
 def _scope_names(scope: _Scope, paths) -> frozenset[str]:
     """The last name components a transition of a rule can fire on in this
     scope (`CompiledRule.names` are the rule's): the types and unresolved
     spellings of its path nodes and of every init binding (a layer test
     passes on a binding's type; a sequence's elements are bindings)."""
+    key = (id(paths), id(scope.cls))
+    known = _NAMES.get(key)
+    if known is not None and known[0] is paths and known[1] is scope.cls:
+        return known[2]
+    found = _names_of(scope, paths)
+    if len(_NAMES) > 256:
+        _NAMES.clear()
+    _NAMES[key] = (paths, scope.cls, found)
+    return found
+
+
+def _names_of(scope: _Scope, paths) -> frozenset[str]:
     out: set[str] = set()
     for bindings in scope.init_by_attr.values():
         for b in bindings:
