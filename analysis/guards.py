@@ -235,9 +235,12 @@ _SOLVER: list = []
 SOLVER_TERMS = [0]
 
 
-def _check(formula: z3.BoolRef) -> z3.CheckSatResult:
-    """Satisfiability of `formula` on one reused solver (push/pop is ~2x
-    cheaper than a fresh solver per query), with the timeout."""
+def _check(*formulas: z3.BoolRef) -> z3.CheckSatResult:
+    """Satisfiability of the conjunction of `formulas` on one reused solver
+    (push/pop is ~2x cheaper than a fresh solver per query), with the
+    timeout.  Each is asserted on its own: the same answer as asserting
+    their `z3.And`, without the sort checks `And` makes over its operands
+    (a fifth of a query of 28 comparisons)."""
     if not _SOLVER:
         solver = z3.Solver()
         solver.set("timeout", TIMEOUT_MS)
@@ -245,7 +248,7 @@ def _check(formula: z3.BoolRef) -> z3.CheckSatResult:
     solver = _SOLVER[0]
     solver.push()
     try:
-        solver.add(formula)
+        solver.add(*formulas)
         return solver.check()
     finally:
         solver.pop()
@@ -351,7 +354,7 @@ def _renumbered(keys) -> tuple:
 
 @lru_cache(maxsize=16384)
 def _solve_group(keys: tuple) -> Answer:
-    result = _check(z3.And(*[_term(*k)[0] for k in keys]))
+    result = _check(*[_term(*k)[0] for k in keys])
     if result == z3.sat:
         return Answer.PROVED
     if result == z3.unsat:
