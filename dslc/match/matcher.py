@@ -1385,15 +1385,30 @@ def _forward_references(cls: ClassFacts) -> set[str]:
     return out
 
 
+# id(class facts) -> (the class facts, its init bindings by attribute, the
+# node memo and the slots memo of its scopes): every pack of a run matches
+# the same classes, and what those memos hold depends on the class alone
+_CLASSES: dict[int, tuple] = {}
+
+
+def _class_memos(cls: ClassFacts) -> tuple:
+    got = _CLASSES.get(id(cls))
+    if got is None or got[0] is not cls:
+        if len(_CLASSES) > 512:
+            _CLASSES.clear()
+        got = _CLASSES[id(cls)] = (cls, _group_init(cls), {}, {})
+    return got
+
+
 def _scopes(facts: FileFacts) -> Iterator[tuple[_Scope, tuple[Path, ...]]]:
     for cls in facts.classes:
-        init = _group_init(cls)
-        yield _Scope(cls, init, None, True), cls.paths
+        _, init, nodes, slots = _class_memos(cls)
+        yield _Scope(cls, init, None, True, node_memo=nodes, slots_memo=slots), cls.paths
         referenced = _forward_references(cls) if cls.other_paths else set()
         for method, paths in cls.other_paths:
             # A helper forward hands to a function (transformers' chunking)
             # runs as part of forward: rules with init items apply there too.
-            yield _Scope(cls, init, f"method:{method}", method in referenced), paths
+            yield _Scope(cls, init, f"method:{method}", method in referenced, node_memo=nodes, slots_memo=slots), paths
     for name, paths in facts.functions:
         yield _Scope(None, {}, f"function:{name}", False), paths
 
