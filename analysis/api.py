@@ -172,7 +172,7 @@ def analyze_source(
         resolver = Resolver(tree_root, _modules)
         resolver.register(scope, tree)
         options = Options(inline=inline, flatten=flatten, optional_ifs=frozenset(optional_ifs), compute=compute,
-                          needs=tuple(sorted(needs, key=sorted)) if needs is not None else None)
+                          needs=tuple(needs) if needs is not None else None)
         if max_paths is not None:
             options.max_paths = max_paths
         extractor = Extractor(tree, scope, resolver, options, source=source)

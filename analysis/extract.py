@@ -157,25 +157,13 @@ class Extractor:
             self.ctx.init_types.setdefault(binding.attr, []).append(binding)
         paths: tuple[Path, ...] = ()
         other = []
-        uses = self.attr_uses(info)
-        node = info.node
         if self.gate is not None and not self.gate.passes(info, init):
             # no rule can match this class (`classgate.py`): its facts without paths
             self.gated.append(info.qualname)
-            return ClassFacts(name=info.name, qualname=info.qualname, lines=(node.lineno, node.end_lineno or node.lineno),
-                              bases=info.bases, init=tuple(init), paths=(), methods=tuple(info.methods), attr_uses=uses,
-                              compute=self._compute(info))
-        found = self.ctx.find_method("forward")
-        if found is not None:
-            fn, owner = found
-            paths = self.paths.function_paths(fn, owner.qualname, owner)
-        for name, fn in info.methods.items():
-            if name in ("forward", "__init__"):
-                continue
-            # a method with no layer/call node has nothing an init-less rule can match
-            if not self.kinds.fn_has_dl(fn, info, Frame(name, info.qualname, fn, local_names(fn), scope=info.scope)):
-                continue
-            other.append((name, self.paths.function_paths(fn, info.qualname, info)))
+        else:
+            paths, other = self._paths(info)
+        uses = self.attr_uses(info)
+        node = info.node
         compute = self._compute(info)
         return ClassFacts(
             name=info.name,
@@ -189,6 +177,24 @@ class Extractor:
             other_paths=tuple(other),
             compute=compute,
         )
+
+    def _paths(self, info: ClassInfo) -> tuple[tuple[Path, ...], list]:
+        """The paths of forward (its own or inherited) and of the other
+        methods that hold a layer or call node."""
+        paths: tuple[Path, ...] = ()
+        other = []
+        found = self.ctx.find_method("forward")
+        if found is not None:
+            fn, owner = found
+            paths = self.paths.function_paths(fn, owner.qualname, owner)
+        for name, fn in info.methods.items():
+            if name in ("forward", "__init__"):
+                continue
+            # a method with no layer/call node has nothing an init-less rule can match
+            if not self.kinds.fn_has_dl(fn, info, Frame(name, info.qualname, fn, local_names(fn), scope=info.scope)):
+                continue
+            other.append((name, self.paths.function_paths(fn, info.qualname, info)))
+        return paths, other
 
     def _compute(self, info: ClassInfo):
         """The whole data flow of a forward defined by this class (class rules), or None."""
