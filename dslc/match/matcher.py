@@ -75,11 +75,12 @@ import os
 from bisect import bisect_left
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 from dslc import codes
 from dslc.match import ir, rows, signatures
 from dslc.analysis.model import ClassFacts, FileFacts, InitBinding, Node, Path, Value
+from dslc.analysis.nodememo import NodeMemo
 from dslc.analysis.scalars import MATH_FUNCTIONS
 from dslc.match.automaton import InitTest, Transition
 from dslc.match.compiler import CompiledPack, CompiledRule
@@ -1385,24 +1386,30 @@ def _forward_references(cls: ClassFacts) -> set[str]:
     return out
 
 
-# id(class facts) -> (the class facts, its init bindings by attribute, the
-# node memo and the slots memo of its scopes): every pack of a run matches
-# the same classes, and what those memos hold depends on the class alone
-_CLASSES: dict[int, tuple] = {}
+class _ClassMemos(NamedTuple):
+    """What the scopes of one class work out, kept for every pack of a run
+    (each matches the same classes, and this depends on the class alone)."""
+
+    init: dict[str, list[InitBinding]]  # `_group_init`
+    nodes: dict  # `_Scope.node_memo`
+    slots: dict  # `_Scope.slots_memo`
+    names: dict  # id(path set) -> (the path set, its `_scope_names`)
 
 
-def _class_memos(cls: ClassFacts) -> tuple:
-    got = _CLASSES.get(id(cls))
-    if got is None or got[0] is not cls:
-        if len(_CLASSES) > 512:
-            _CLASSES.clear()
-        got = _CLASSES[id(cls)] = (cls, _group_init(cls), {}, {})
+_CLASSES = NodeMemo(limit=512)  # class facts -> its `_ClassMemos`
+
+
+def _class_memos(cls: ClassFacts) -> _ClassMemos:
+    got = _CLASSES.get(cls)
+    if got is None:
+        got = _ClassMemos(_group_init(cls), {}, {}, {})
+        _CLASSES.put(cls, got)
     return got
 
 
 def _scopes(facts: FileFacts) -> Iterator[tuple[_Scope, tuple[Path, ...]]]:
     for cls in facts.classes:
-        _, init, nodes, slots = _class_memos(cls)
+        init, nodes, slots, _ = _class_memos(cls)
         yield _Scope(cls, init, None, True, node_memo=nodes, slots_memo=slots), cls.paths
         referenced = _forward_references(cls) if cls.other_paths else set()
         for method, paths in cls.other_paths:
@@ -1589,25 +1596,19 @@ def _match_paths_run(compiled: CompiledPack, scope: _Scope, paths, file: str, db
                     done.setdefault((r, pos), {}).setdefault(trace.hi, {})[ids[trace.hi]] = trace
 
 
-# (id(paths), id(class facts)) -> (paths, class facts, `_scope_names`): each
-# pack's matcher asks it of the same path sets
-_NAMES: dict[tuple[int, int], tuple] = {}
-
-
 def _scope_names(scope: _Scope, paths) -> frozenset[str]:
     """The last name components a transition of a rule can fire on in this
     scope (`CompiledRule.names` are the rule's): the types and unresolved
     spellings of its path nodes and of every init binding (a layer test
-    passes on a binding's type; a sequence's elements are bindings)."""
-    key = (id(paths), id(scope.cls))
-    known = _NAMES.get(key)
-    if known is not None and known[0] is paths and known[1] is scope.cls:
-        return known[2]
-    found = _names_of(scope, paths)
-    if len(_NAMES) > 256:
-        _NAMES.clear()
-    _NAMES[key] = (paths, scope.cls, found)
-    return found
+    passes on a binding's type; a sequence's elements are bindings).
+    Remembered per path set of a class (`_class_memos`): every pack asks."""
+    if scope.cls is None:
+        return _names_of(scope, paths)
+    known = _class_memos(scope.cls).names
+    got = known.get(id(paths))
+    if got is None or got[0] is not paths:
+        got = known[id(paths)] = (paths, _names_of(scope, paths))
+    return got[1]
 
 
 def _names_of(scope: _Scope, paths) -> frozenset[str]:
